@@ -1,0 +1,359 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Cuts an unquoted trailing comment and unquotes a "quoted" value in place.
+ * Returns NULL on an unterminated quote. */
+static char *clean_value(char *v)
+{
+    v = trim(v);
+    if (*v == '"') {
+        char *end = strchr(v + 1, '"');
+        if (!end)
+            return NULL;
+        *end = '\0';
+        return v + 1;
+    }
+    for (char *c = v; *c; c++) {
+        if ((*c == '#' || *c == ';') && (c == v || c[-1] == ' ' || c[-1] == '\t')) {
+            *c = '\0';
+            break;
+        }
+    }
+    return trim(v);
+}
+
+static int valid_key(const char *k)
+{
+    if (!*k)
+        return 0;
+    for (; *k; k++)
+        if (!isalnum((unsigned char)*k) && *k != '_' && *k != '-' && *k != '.' && *k != '/' &&
+            *k != '*' && *k != ':')
+            return 0;
+    return 1;
+}
+
+int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, char *err,
+                   size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (!name || !text)
+        return -EINVAL;
+    cfg->path = strdup(name);
+    cfg->arena = strdup(text);
+    size_t cap = 16;
+    cfg->entries = calloc(cap, sizeof *cfg->entries);
+    if (!cfg->path || !cfg->arena || !cfg->entries) {
+        cbus_cfg_free(cfg);
+        snprintf(err, errlen, "%s: out of memory", name);
+        return -ENOMEM;
+    }
+    const char *section = "";
+    unsigned lineno = 0;
+    /* strtok_r would merge empty lines and lose the count: walk by hand. */
+    char *line = cfg->arena;
+    while (line) {
+        lineno++;
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#' || *s == ';') {
+            line = nl ? nl + 1 : NULL;
+            continue;
+        }
+        if (*s == '[') {
+            char *end = strchr(s, ']');
+            if (!end || trim(end + 1)[0] != '\0') {
+                snprintf(err, errlen, "%s:%u: malformed section header (want [name])", name, lineno);
+                cbus_cfg_free(cfg);
+                return -EINVAL;
+            }
+            *end = '\0';
+            section = trim(s + 1);
+            if (!valid_key(section)) {
+                snprintf(err, errlen, "%s:%u: bad section name '%s'", name, lineno, section);
+                cbus_cfg_free(cfg);
+                return -EINVAL;
+            }
+            line = nl ? nl + 1 : NULL;
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%u: expected 'key = value'", name, lineno);
+            cbus_cfg_free(cfg);
+            return -EINVAL;
+        }
+        *eq = '\0';
+        char *key = trim(s);
+        char *value = clean_value(eq + 1);
+        if (!valid_key(key)) {
+            snprintf(err, errlen, "%s:%u: bad key '%s'", name, lineno, key);
+            cbus_cfg_free(cfg);
+            return -EINVAL;
+        }
+        if (!value) {
+            snprintf(err, errlen, "%s:%u: %s: unterminated quote", name, lineno, key);
+            cbus_cfg_free(cfg);
+            return -EINVAL;
+        }
+        if (cfg->count == cap) {
+            cap *= 2;
+            struct cbus_cfg_entry *n = realloc(cfg->entries, cap * sizeof *n);
+            if (!n) {
+                cbus_cfg_free(cfg);
+                snprintf(err, errlen, "%s: out of memory", name);
+                return -ENOMEM;
+            }
+            cfg->entries = n;
+        }
+        cfg->entries[cfg->count++] =
+            (struct cbus_cfg_entry){.section = section, .key = key, .value = value, .line = lineno};
+        line = nl ? nl + 1 : NULL;
+    }
+    return 0;
+}
+
+int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            snprintf(err, errlen, "%s: out of memory", path);
+            return -ENOMEM;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (len < cap - 1)
+            break;
+        if (cap > (64u << 20)) {
+            free(buf);
+            fclose(f);
+            snprintf(err, errlen, "%s: larger than 64 MiB", path);
+            return -EFBIG;
+        }
+        cap *= 2;
+        char *nb = realloc(buf, cap);
+        if (!nb)
+            free(buf);
+        buf = nb;
+    }
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        free(buf);
+        snprintf(err, errlen, "%s: read error", path);
+        return -EIO;
+    }
+    buf[len] = '\0';
+    if (memchr(buf, '\0', len)) {
+        free(buf);
+        snprintf(err, errlen, "%s: contains a NUL byte (not a text file)", path);
+        return -EINVAL;
+    }
+    int r = cbus_cfg_parse(cfg, path, buf, err, errlen);
+    free(buf);
+    return r;
+}
+
+void cbus_cfg_free(struct cbus_cfg *cfg)
+{
+    free(cfg->path);
+    free(cfg->entries);
+    free(cfg->arena);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+int cbus_cfg_error(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *err,
+                   size_t errlen, const char *fmt, ...)
+{
+    int n;
+    if (e->section[0])
+        n = snprintf(err, errlen, "%s:%u: [%s] %s: ", cfg->path, e->line, e->section, e->key);
+    else
+        n = snprintf(err, errlen, "%s:%u: %s: ", cfg->path, e->line, e->key);
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+int cbus_cfg_u64(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, uint64_t min,
+                 uint64_t max, uint64_t *out, char *err, size_t errlen)
+{
+    const char *v = e->value;
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*v))
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a whole number", v);
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end)
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a whole number", v);
+    if (x < min || x > max)
+        return cbus_cfg_error(cfg, e, err, errlen, "%llu is out of range [%llu, %llu]", x,
+                              (unsigned long long)min, (unsigned long long)max);
+    *out = x;
+    return 0;
+}
+
+int cbus_cfg_double(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, double min,
+                    double max, double *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(e->value, &end);
+    if (errno || end == e->value || *end || !isfinite(x))
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a number", e->value);
+    if (x < min || x > max)
+        return cbus_cfg_error(cfg, e, err, errlen, "%g is out of range [%g, %g]", x, min, max);
+    *out = x;
+    return 0;
+}
+
+int cbus_cfg_bool(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, int *out,
+                  char *err, size_t errlen)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    for (unsigned i = 0; i < 4; i++) {
+        if (!strcasecmp(e->value, yes[i])) {
+            *out = 1;
+            return 0;
+        }
+        if (!strcasecmp(e->value, no[i])) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a boolean (true/false)", e->value);
+}
+
+int cbus_parse_duration_ns(const char *text, uint64_t *out)
+{
+    if (!text || !isdigit((unsigned char)*text))
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    double x = strtod(text, &end);
+    if (errno || end == text || !isfinite(x) || x < 0)
+        return -EINVAL;
+    double mult;
+    if (!*end || !strcmp(end, "s"))
+        mult = 1e9;
+    else if (!strcmp(end, "ns"))
+        mult = 1;
+    else if (!strcmp(end, "us"))
+        mult = 1e3;
+    else if (!strcmp(end, "ms"))
+        mult = 1e6;
+    else if (!strcmp(end, "m"))
+        mult = 60e9;
+    else if (!strcmp(end, "h"))
+        mult = 3600e9;
+    else if (!strcmp(end, "d"))
+        mult = 86400e9;
+    else
+        return -EINVAL;
+    double ns = x * mult;
+    if (ns > 1.8e19)
+        return -ERANGE;
+    *out = (uint64_t)ns;
+    return 0;
+}
+
+int cbus_parse_size(const char *text, uint64_t *out)
+{
+    if (!text || !isdigit((unsigned char)*text))
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(text, &end, 10);
+    if (errno)
+        return -ERANGE;
+    unsigned shift = 0;
+    if (*end == 'k' || *end == 'K')
+        shift = 10;
+    else if (*end == 'm' || *end == 'M')
+        shift = 20;
+    else if (*end == 'g' || *end == 'G')
+        shift = 30;
+    else if (*end)
+        return -EINVAL;
+    if (shift) {
+        end++;
+        if (*end == 'i')
+            end++;
+        if (*end == 'B' || *end == 'b')
+            end++;
+        if (*end)
+            return -EINVAL;
+    }
+    if (shift && x > (UINT64_MAX >> shift))
+        return -ERANGE;
+    *out = (uint64_t)x << shift;
+    return 0;
+}
+
+int cbus_cfg_duration_ns(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                         uint64_t *out, char *err, size_t errlen)
+{
+    if (cbus_parse_duration_ns(e->value, out))
+        return cbus_cfg_error(cfg, e, err, errlen,
+                              "'%s' is not a duration (examples: 250ms, 2s, 5m, 1h, 7d)", e->value);
+    return 0;
+}
+
+int cbus_cfg_size(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, uint64_t *out,
+                  char *err, size_t errlen)
+{
+    if (cbus_parse_size(e->value, out))
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a size (examples: 4096, 64k, 8M, 1G)",
+                              e->value);
+    return 0;
+}
+
+int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                    const char *const *choices, unsigned *out, char *err, size_t errlen)
+{
+    char list[256] = "";
+    size_t used = 0;
+    for (unsigned i = 0; choices[i]; i++) {
+        if (!strcmp(e->value, choices[i])) {
+            *out = i;
+            return 0;
+        }
+        int n = snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", choices[i]);
+        if (n > 0 && (size_t)n < sizeof list - used)
+            used += (size_t)n;
+    }
+    return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not one of: %s", e->value, list);
+}

@@ -1,0 +1,63 @@
+/* The daemons' configuration format: INI-style, one setting per line.
+ *
+ *   # comment            ; also a comment
+ *   [section]
+ *   key = value          # values may be "quoted" to keep spaces or '#'
+ *
+ * The parser keeps every entry with its line number so a daemon can say
+ * exactly which line is wrong ("cost.ini:12: [budget] limit_usd: not a number").
+ * Typed helpers parse values and write such messages into err.
+ */
+#ifndef CBUS_COMMON_CONFIG_H
+#define CBUS_COMMON_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cbus_cfg_entry {
+    const char *section;   /* "" before the first [section] */
+    const char *key;
+    const char *value;
+    unsigned line;
+};
+
+struct cbus_cfg {
+    char *path;
+    struct cbus_cfg_entry *entries;
+    size_t count;
+    char *arena;           /* owns the strings */
+};
+
+/* Loads and parses path.  Returns 0, or -errno with a message in err
+ * ("FILE:LINE: what is wrong"). */
+int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen);
+/* Parses text already in memory; name is used in messages. */
+int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, char *err, size_t errlen);
+void cbus_cfg_free(struct cbus_cfg *cfg);
+
+/* Formats "FILE:LINE: [section] key: " + message into err; returns -EINVAL. */
+int cbus_cfg_error(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *err,
+                   size_t errlen, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Value parsers: 0 or -EINVAL (err filled, naming file, line and key). */
+int cbus_cfg_u64(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, uint64_t min,
+                 uint64_t max, uint64_t *out, char *err, size_t errlen);
+int cbus_cfg_double(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, double min,
+                    double max, double *out, char *err, size_t errlen);
+int cbus_cfg_bool(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, int *out,
+                  char *err, size_t errlen);
+/* "250ms", "2s", "5m", "1h", "1d", "7d"; a bare number is seconds. */
+int cbus_cfg_duration_ns(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                         uint64_t *out, char *err, size_t errlen);
+/* "4096", "64k", "8M", "1G" (powers of 1024). */
+int cbus_cfg_size(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, uint64_t *out,
+                  char *err, size_t errlen);
+/* One of choices (NULL-terminated); *out gets its index. */
+int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                    const char *const *choices, unsigned *out, char *err, size_t errlen);
+
+/* Shared parsers for values that also come from flags (no file context). */
+int cbus_parse_duration_ns(const char *text, uint64_t *out);
+int cbus_parse_size(const char *text, uint64_t *out);
+
+#endif

@@ -1,0 +1,147 @@
+#include "sbuf.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sbuf_init(struct sbuf *b)
+{
+    memset(b, 0, sizeof *b);
+}
+
+void sbuf_free(struct sbuf *b)
+{
+    free(b->data);
+    sbuf_init(b);
+}
+
+void sbuf_reset(struct sbuf *b)
+{
+    b->len = 0;
+    b->failed = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+int sbuf_reserve(struct sbuf *b, size_t extra)
+{
+    if (b->failed)
+        return -ENOMEM;
+    if (b->len + extra + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d) {
+        b->failed = 1;
+        return -ENOMEM;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+void sbuf_add(struct sbuf *b, const void *p, size_t n)
+{
+    if (sbuf_reserve(b, n))
+        return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void sbuf_puts(struct sbuf *b, const char *s)
+{
+    sbuf_add(b, s, strlen(s));
+}
+
+void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || sbuf_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0) {
+        len = 2;
+        min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3;
+        min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    unsigned cp = c & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+void sbuf_json_str(struct sbuf *b, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    sbuf_add(b, "\"", 1);
+    for (size_t i = 0; i < n && u[i];) {
+        unsigned c = u[i];
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            sbuf_add(b, esc, 2);
+            i++;
+        } else if (c < 0x20) {
+            sbuf_printf(b, "\\u%04x", c);
+            i++;
+        } else {
+            size_t len = utf8_seq(u + i, n - i);
+            if (!len) {
+                sbuf_add(b, "\xef\xbf\xbd", 3); /* U+FFFD: a cut multibyte char or bad byte */
+                i++;
+            } else {
+                sbuf_add(b, u + i, len);
+                i += len;
+            }
+        }
+    }
+    sbuf_add(b, "\"", 1);
+}
+
+void sbuf_prom_label(struct sbuf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n && s[i]; i++) {
+        if (s[i] == '\\')
+            sbuf_add(b, "\\\\", 2);
+        else if (s[i] == '"')
+            sbuf_add(b, "\\\"", 2);
+        else if (s[i] == '\n')
+            sbuf_add(b, "\\n", 2);
+        else
+            sbuf_add(b, &s[i], 1);
+    }
+}

@@ -1,0 +1,64 @@
+/* Creating, opening and inspecting a bus segment (/dev/shm/cbus.NAME). */
+#ifndef CBUS_BUS_H
+#define CBUS_BUS_H
+
+#include <cbus/cbus.h>
+
+struct cbus_create_opts {
+    uint64_t capacity;          /* slots, power of two, 1024..2^24; 0 = 16384 (8 MiB) */
+    uint32_t mode;              /* 0 = 0600; 0660 with group_name */
+    const char *group_name;     /* NULL = none; else chown to this group, mode 0660 */
+    uint64_t lossless_wait_ns;  /* 0 = 1 ms */
+    uint64_t stall_timeout_ns;  /* 0 = 2 s: heartbeat age that untethers a lossless consumer */
+    uint64_t abandon_timeout_ns;/* 0 = 20 ms: a dead writer's slot is skipped after this */
+    uint64_t admit_stale_ns;    /* 0 = 3 s */
+    uint32_t admission_entries; /* power of two, 0 = 4096 */
+};
+
+/* Creates /dev/shm/cbus.NAME (O_EXCL) sized for opts, zero-filled so a full
+ * /dev/shm fails here and not as a SIGBUS later.
+ * Returns 0, -EEXIST (already exists), -EINVAL (name or option),
+ * -ENOSPC (no room in /dev/shm), -EPERM/-EACCES, -ENOENT (no such group). */
+CBUS_API int cbus_bus_create(const char *name, const struct cbus_create_opts *opts);
+
+/* Removes the name; mapped users keep working until they unmap.
+ * Returns 0, -ENOENT, -EINVAL, -EACCES. */
+CBUS_API int cbus_bus_destroy(const char *name);
+
+#define CBUS_OPEN_TRUST_OWNER (1u << 0) /* accept a segment owned by another uid */
+#define CBUS_OPEN_READONLY    (1u << 1) /* map read-only (inspection tools) */
+
+/* Opens and validates a segment: regular file, no symlink, owned by us (unless
+ * CBUS_OPEN_TRUST_OWNER), size matches the header, magic, endianness, layout
+ * major and fingerprint, every offset in bounds.
+ * Returns 0, -ENOENT (no bus), -EACCES, -EPERM (other owner), -EPROTO (not a
+ * cbus segment of this layout), -EBADMSG (header inconsistent / corrupt),
+ * -EINVAL (name). */
+CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags);
+/* Same on any memory the caller provides (anonymous or memfd mapping), as
+ * laid out by cbus_bus_format().  The memory must outlive the handle. */
+CBUS_API int cbus_bus_open_mem(cbus_bus **out, void *base, size_t len);
+CBUS_API int cbus_bus_format(void *base, size_t len, const char *name, const struct cbus_create_opts *opts);
+/* Bytes needed for a segment with these options (0 when invalid). */
+CBUS_API size_t cbus_bus_size(const struct cbus_create_opts *opts);
+CBUS_API void cbus_bus_close(cbus_bus *bus);
+
+/* Read access for tools (cbusctl) and consumers: the validated header. */
+CBUS_API const struct cbus_shm_header *cbus_bus_header(const cbus_bus *bus);
+CBUS_API struct cbus_consumer_entry *cbus_bus_consumer_entry(cbus_bus *bus, unsigned idx);
+CBUS_API struct cbus_producer_entry *cbus_bus_producer_entry(cbus_bus *bus, unsigned idx);
+CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus);
+CBUS_API int cbus_bus_fd(const cbus_bus *bus);
+
+/* Liveness of a consumer entry: 1 alive, 0 dead (its OFD lock is gone or its
+ * pid/start time no longer match), -errno on error. */
+CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx);
+/* Frees a consumer entry whose owner is dead (cbusctl evict).  With force,
+ * frees it even if alive (the owner sees -ESTALE on its next call).
+ * Returns 0, -EBUSY (alive and not forced), -ENOENT (free), -EINVAL. */
+CBUS_API int cbus_bus_evict(cbus_bus *bus, unsigned idx, int force);
+/* Reads event at ring position pos into *out if still present and committed.
+ * Returns 0, -EAGAIN (not yet committed), -ESPIPE (overwritten). For tools. */
+CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out);
+
+#endif

@@ -1,0 +1,90 @@
+/* Consumer API: read events from a bus at your own pace.
+ *
+ * Two positions per consumer:
+ *   read position  advanced by cbus_consumer_poll() (private to the process);
+ *   cursor         published by cbus_consumer_commit(): what a lossless
+ *                  consumer lets producers overwrite.  Commit only what you
+ *                  have made durable; after a crash, resume from it.
+ * Event ids are ring positions: ev.event_id + 1 is the cursor that
+ * acknowledges ev.
+ *
+ * Accounting is exact: for positions from the attach point on,
+ *   consumed + lost + abandoned == positions passed.
+ */
+#ifndef CBUS_CONSUMER_H
+#define CBUS_CONSUMER_H
+
+#include <cbus/cbus.h>
+
+enum cbus_consumer_mode {
+    CBUS_LOSSY = 0,     /* never slows producers; counts what it loses when lapped */
+    CBUS_LOSSLESS = 1,  /* producers wait (bounded) for it, then drop and count */
+};
+
+enum cbus_start {
+    CBUS_START_NEWEST = 0,  /* only events claimed after attach */
+    CBUS_START_OLDEST = 1,  /* the oldest event still in the ring */
+    CBUS_START_CURSOR = 2,  /* opts.cursor (a saved cursor); gone events count as lost */
+    CBUS_START_RESUME = 3,  /* the cursor of a dead consumer of the same name, else NEWEST */
+};
+
+struct cbus_consumer_opts {
+    const char *name;       /* required, cbus_name_valid(); unique among live consumers */
+    unsigned mode;          /* enum cbus_consumer_mode */
+    unsigned start;         /* enum cbus_start */
+    uint64_t cursor;        /* with CBUS_START_CURSOR */
+    uint64_t expect_bus_id; /* with CBUS_START_CURSOR: nonzero => -ESTALE if the bus differs */
+    uint32_t open_flags;    /* CBUS_OPEN_* */
+};
+
+/* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts), -EBUSY (a live
+ * consumer has this name), -ENOSPC (all CBUS_MAX_CONSUMERS entries in use),
+ * -ESTALE (expect_bus_id differs: the bus was recreated). */
+CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
+                                  const struct cbus_consumer_opts *opts);
+/* On an open bus (borrowed: must outlive the consumer). */
+CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
+                                      const struct cbus_consumer_opts *opts);
+/* Frees the entry (producers stop waiting for it).  NULL is a no-op. */
+CBUS_API void cbus_consumer_detach(cbus_consumer *c);
+
+/* Copies up to max committed events into out, in ring order; never blocks
+ * for long (a slot whose producer is mid-write is waited for at most the
+ * abandon timeout, and only when its writer is dead or unknown).
+ * Returns the count (0 = nothing new), -EINVAL, -ESTALE (evicted). */
+CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max);
+
+/* Sleeps until an event may be available, timeout_ns passes, or a signal.
+ * Uses no CPU while idle (futex); heartbeats while it waits.
+ * Returns 1 (data), 0 (timeout), -EINTR, -ESTALE. */
+CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns);
+
+/* Publishes the read position (or pos, <= read position) as the cursor.
+ * Returns 0, -EINVAL (pos beyond the read position or behind the cursor), -ESTALE. */
+CBUS_API int cbus_consumer_commit(cbus_consumer *c);
+CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos);
+
+/* Proof of life for a consumer busy between polls (poll and wait heartbeat
+ * on their own).  A lossless consumer silent for the bus's stall timeout is
+ * untethered (made lossy); it re-tethers by itself once it has caught up. */
+CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c);
+
+struct cbus_consumer_stats {
+    uint64_t consumed;
+    uint64_t lost;
+    uint64_t abandoned;
+    uint64_t read_pos;
+    uint64_t cursor;
+    uint64_t tail;        /* producers' claim position now */
+    uint64_t lag;         /* tail - read_pos */
+    unsigned mode;        /* asked for */
+    int tethered;         /* currently gating producers */
+    uint64_t untethered_count;
+};
+CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *out);
+CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c);
+CBUS_API uint64_t cbus_consumer_bus_id(const cbus_consumer *c);
+CBUS_API cbus_bus *cbus_consumer_bus(cbus_consumer *c);
+CBUS_API int cbus_consumer_index(const cbus_consumer *c);
+
+#endif

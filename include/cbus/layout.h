@@ -1,0 +1,411 @@
+/* cbus shared-memory layout: the ABI between producers, consumers and tools.
+ *
+ * This header is self-contained (no library needed) so that a tool can map a
+ * segment read-only and decode it, the way LTTng's crash ABI lets tools read
+ * buffers of a dead process.  Everything here is plain data at fixed offsets;
+ * every offset another process depends on is static_assert'ed below and folded
+ * into CBUS_LAYOUT_FINGERPRINT, which the creator writes into the header and
+ * every attacher compares.
+ *
+ * Segment map (all offsets from the start of the mapping):
+ *
+ *   0                      struct cbus_shm_header      (CBUS_HEADER_SIZE)
+ *   consumers_off          struct cbus_consumer_entry  [CBUS_MAX_CONSUMERS]
+ *   producers_off          struct cbus_producer_entry  [CBUS_MAX_PRODUCERS]
+ *   admission_off          struct cbus_admit_writer    [CBUS_ADMIT_MAX_WRITERS]
+ *                          struct cbus_admit_entry     [admission_entries]
+ *   slots_off              struct cbus_slot            [capacity]
+ *
+ * Token convention (stated once, used everywhere): OpenTelemetry's.  The
+ * input token count INCLUDES cache_read and cache_creation tokens; the output
+ * count INCLUDES reasoning tokens.  Absent is not zero: each count has a bit in
+ * usage_present, and a count whose bit is clear must be reported as absent.
+ */
+#ifndef CBUS_LAYOUT_H
+#define CBUS_LAYOUT_H
+
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+
+#ifdef __cplusplus
+#error "layout.h is C11; C++ users include it through an extern \"C\" shim that maps _Atomic"
+#endif
+
+static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "cbus needs lock-free 64-bit atomics");
+static_assert(ATOMIC_INT_LOCK_FREE == 2, "cbus needs lock-free 32-bit atomics");
+
+#define CBUS_MAGIC            UINT64_C(0x474E495253554243) /* "CBUSRING" little endian */
+#define CBUS_ENDIAN_MARK      UINT32_C(0x01020304)
+#define CBUS_LAYOUT_MAJOR     1  /* incompatible change: refuse to attach */
+#define CBUS_LAYOUT_MINOR     0  /* compatible addition */
+
+#define CBUS_CACHELINE        64
+#define CBUS_HOTLINE          128 /* two lines: adjacent-line prefetch (Aeron) */
+#define CBUS_HEADER_SIZE      4096
+#define CBUS_SLOT_SIZE        512
+#define CBUS_MAX_CONSUMERS    64
+#define CBUS_MAX_PRODUCERS    128
+#define CBUS_ADMIT_MAX_WRITERS 8
+#define CBUS_NAME_MAX         32  /* bus and consumer names, NUL included */
+
+/* ---- event kinds (LangChain callback names in comments) ---------------- */
+enum cbus_kind {
+    CBUS_EV_NONE = 0,
+    CBUS_EV_LLM_START = 1,        /* on_llm_start / handleLLMStart */
+    CBUS_EV_CHAT_MODEL_START = 2, /* on_chat_model_start */
+    CBUS_EV_LLM_NEW_TOKEN = 3,    /* on_llm_new_token: chunk in preview */
+    CBUS_EV_LLM_END = 4,          /* on_llm_end: usage */
+    CBUS_EV_LLM_ERROR = 5,        /* on_llm_error */
+    CBUS_EV_CHAIN_START = 6,
+    CBUS_EV_CHAIN_END = 7,
+    CBUS_EV_CHAIN_ERROR = 8,
+    CBUS_EV_TOOL_START = 9,       /* name = tool, preview = input */
+    CBUS_EV_TOOL_END = 10,        /* preview = output */
+    CBUS_EV_TOOL_ERROR = 11,
+    CBUS_EV_AGENT_ACTION = 12,    /* name = tool chosen, preview = tool input */
+    CBUS_EV_AGENT_FINISH = 13,    /* preview = final output */
+    CBUS_EV_RETRIEVER_START = 14, /* preview = query */
+    CBUS_EV_RETRIEVER_END = 15,   /* u.retriever.document_count */
+    CBUS_EV_RETRIEVER_ERROR = 16,
+    CBUS_EV_TEXT = 17,            /* on_text */
+    CBUS_EV_RETRY = 18,           /* on_retry: u.retry */
+    CBUS_EV_CUSTOM = 19,          /* on_custom_event: name + preview */
+    CBUS_EV__COUNT
+};
+
+/* Finish reasons, as OpenTelemetry's gen_ai.response.finish_reasons values. */
+enum cbus_finish_reason {
+    CBUS_FINISH_UNSET = 0,
+    CBUS_FINISH_STOP = 1,
+    CBUS_FINISH_LENGTH = 2,
+    CBUS_FINISH_TOOL_CALLS = 3,
+    CBUS_FINISH_CONTENT_FILTER = 4,
+    CBUS_FINISH_ERROR = 5,
+    CBUS_FINISH_OTHER = 6,
+    CBUS_FINISH__COUNT
+};
+
+/* usage_present bits: a count is meaningful only when its bit is set. */
+#define CBUS_USAGE_INPUT          (1u << 0)
+#define CBUS_USAGE_OUTPUT         (1u << 1)
+#define CBUS_USAGE_CACHE_READ     (1u << 2)
+#define CBUS_USAGE_CACHE_CREATION (1u << 3)
+#define CBUS_USAGE_REASONING      (1u << 4)
+#define CBUS_USAGE_DURATION       (1u << 5)
+#define CBUS_USAGE_TTFT           (1u << 6)
+
+/* cbus_event.flags: which bounded strings were cut to fit. */
+#define CBUS_TRUNC_PROVIDER   (1u << 0)
+#define CBUS_TRUNC_MODEL      (1u << 1)
+#define CBUS_TRUNC_USER       (1u << 2)
+#define CBUS_TRUNC_SESSION    (1u << 3)
+#define CBUS_TRUNC_REQUEST    (1u << 4)
+#define CBUS_TRUNC_NAME       (1u << 5)
+#define CBUS_TRUNC_PREVIEW    (1u << 6)
+#define CBUS_FLAG_HAS_PARENT  (1u << 8)  /* parent_run_id is meaningful */
+#define CBUS_FLAG_HAS_TRACE   (1u << 9)  /* trace_id is meaningful */
+
+/* Bounded string fields: NUL-padded; a reader must never rely on the NUL
+ * (use strnlen(field, sizeof field)). */
+#define CBUS_PROVIDER_LEN  16
+#define CBUS_MODEL_LEN     64
+#define CBUS_USER_LEN      48
+#define CBUS_SESSION_LEN   48
+#define CBUS_REQUEST_LEN   40
+#define CBUS_NAME_LEN      48
+#define CBUS_PREVIEW_LEN   80
+
+struct cbus_usage {                 /* llm_end */
+    uint32_t input_tokens;          /* includes cache_read + cache_creation */
+    uint32_t output_tokens;         /* includes reasoning */
+    uint32_t cache_read_tokens;
+    uint32_t cache_creation_tokens;
+    uint32_t reasoning_tokens;
+    uint8_t  usage_present;         /* CBUS_USAGE_* */
+    uint8_t  finish_reason;         /* enum cbus_finish_reason */
+    uint16_t generations;           /* number of choices returned (0 = unknown) */
+    uint64_t duration_ns;           /* llm_start .. llm_end */
+    uint64_t ttft_ns;               /* llm_start .. first token */
+};
+
+struct cbus_llm_start_info {        /* llm_start, chat_model_start */
+    uint32_t prompt_count;          /* prompts, or messages for chat */
+    uint32_t est_input_tokens;      /* caller's estimate, 0 = none (rate limiter) */
+    uint32_t max_tokens;            /* requested limit, 0 = none */
+    uint32_t _reserved;
+};
+
+struct cbus_token_info {            /* llm_new_token */
+    uint32_t index;                 /* 0-based chunk index within the run */
+    uint32_t _reserved;
+};
+
+struct cbus_error_info {            /* *_error */
+    int32_t  http_status;           /* 0 = not an HTTP error */
+    uint32_t _reserved;
+    uint64_t duration_ns;           /* start .. error, 0 = unknown */
+};
+
+struct cbus_retry_info {            /* retry */
+    uint32_t attempt;               /* 1 = first retry */
+    uint32_t _reserved;
+    uint64_t backoff_ns;
+};
+
+struct cbus_retriever_info {        /* retriever_end */
+    uint32_t document_count;
+    uint32_t _reserved;
+    uint64_t duration_ns;
+};
+
+struct cbus_span_info {             /* chain_end, tool_end, agent_finish */
+    uint64_t duration_ns;           /* 0 = unknown */
+};
+
+/* One event: every kind has the same 496-byte layout. */
+struct cbus_event {
+    uint16_t kind;                  /* enum cbus_kind */
+    uint16_t flags;                 /* CBUS_TRUNC_*, CBUS_FLAG_* */
+    uint32_t pid;
+    uint32_t tid;
+    uint32_t _reserved0;
+    uint64_t event_id;              /* ring position: unique per bus_id, dedupe key */
+    uint64_t ts_realtime_ns;        /* CLOCK_REALTIME, ns since the epoch */
+    uint64_t ts_mono_ns;            /* CLOCK_MONOTONIC, ns */
+    uint8_t  run_id[16];            /* UUID bytes */
+    uint8_t  parent_run_id[16];
+    uint8_t  trace_id[16];          /* W3C 128-bit trace id */
+    union {
+        struct cbus_usage usage;
+        struct cbus_llm_start_info llm_start;
+        struct cbus_token_info token;
+        struct cbus_error_info error;
+        struct cbus_retry_info retry;
+        struct cbus_retriever_info retriever;
+        struct cbus_span_info span;
+        uint8_t raw[64];
+    } u;
+    char provider[CBUS_PROVIDER_LEN];   /* "openai", "anthropic", "aws.bedrock" */
+    char model[CBUS_MODEL_LEN];
+    char user[CBUS_USER_LEN];
+    char session[CBUS_SESSION_LEN];     /* session / conversation id */
+    char request_id[CBUS_REQUEST_LEN];  /* request / correlation id */
+    char name[CBUS_NAME_LEN];           /* tool, chain, agent, custom event or error type */
+    char preview[CBUS_PREVIEW_LEN];     /* text preview; chunk text for new_token */
+};
+
+/* One ring slot: the commit word, who is writing, then the event. */
+struct cbus_slot {
+    /* Commit protocol for ring position p (slot p & mask):
+     *   2p+1  a producer is writing position p (payload unstable)
+     *   2p+2  position p is committed (payload stable)
+     * Anything else: the slot holds another lap (older: not yet written;
+     * newer: the reader was lapped).  0 = never written. */
+    _Atomic uint64_t seq;
+    _Atomic uint32_t writer_pid;     /* pid that claimed it (for abandon checks) */
+    uint32_t _reserved;
+    struct cbus_event ev;
+};
+
+#define CBUS_SEQ_BUSY(p)      (2 * (uint64_t)(p) + 1)
+#define CBUS_SEQ_COMMITTED(p) (2 * (uint64_t)(p) + 2)
+
+/* ---- consumer table ------------------------------------------------------ */
+enum cbus_consumer_state {
+    CBUS_CSTATE_FREE = 0,
+    CBUS_CSTATE_CLAIMED = 1,   /* being set up by an attacher */
+    CBUS_CSTATE_ACTIVE = 2,
+};
+
+#define CBUS_CFLAG_LOSSLESS   (1u << 0) /* asked for lossless delivery */
+#define CBUS_CFLAG_TETHERED   (1u << 1) /* currently gates producers */
+#define CBUS_CFLAG_SLEEPING   (1u << 2) /* in futex wait */
+
+struct cbus_consumer_entry {
+    /* line 0: identity, written at attach */
+    _Atomic uint32_t state;            /* enum cbus_consumer_state */
+    _Atomic uint32_t flags;            /* CBUS_CFLAG_* */
+    uint32_t pid;
+    uint32_t _reserved0;
+    uint64_t pid_start_time;           /* /proc/pid/stat starttime, against pid reuse */
+    uint64_t attach_realtime_ns;
+    _Atomic uint64_t generation;       /* bumped at every attach of this entry */
+    char name[CBUS_NAME_MAX - 8];
+    /* line 1: counters and heartbeat, written by the consumer only */
+    _Atomic uint64_t heartbeat_ns;     /* monotonic; producers read it only when gated */
+    _Atomic uint64_t consumed;
+    _Atomic uint64_t lost;             /* overwritten before this consumer read them */
+    _Atomic uint64_t abandoned;        /* claimed by a producer that never committed */
+    _Atomic uint64_t read_pos;         /* next position the consumer will read */
+    _Atomic uint64_t untethered_count; /* times it was cut loose */
+    uint64_t _reserved1[2];
+    /* lines 2-3: the committed cursor, the only word producers read on the
+     * fast-ish path (recomputing the gate), alone on a 128-byte pair */
+    _Alignas(CBUS_HOTLINE) _Atomic uint64_t cursor;
+    uint8_t _pad2[CBUS_HOTLINE - 8];
+};
+
+
+/* ---- producer table (statistics only; never on the claim path) ----------- */
+struct cbus_producer_entry {
+    _Atomic uint32_t in_use;
+    uint32_t pid;
+    uint64_t pid_start_time;
+    _Atomic uint64_t emitted;    /* flushed from per-thread counters every 256 emits */
+    _Atomic uint64_t dropped;    /* exact */
+    _Atomic uint64_t waited_ns;  /* time spent waiting on lossless consumers */
+    _Atomic uint64_t max_wait_ns;
+    char name[16];
+};
+
+/* ---- admission table (control plane) ------------------------------------ */
+enum cbus_verdict {
+    CBUS_ALLOW = 0,
+    CBUS_THROTTLED = 1,        /* retry after until_ns */
+    CBUS_BUDGET_EXCEEDED = 2,
+};
+
+enum cbus_admit_scope {
+    CBUS_SCOPE_GLOBAL = 0,
+    CBUS_SCOPE_USER = 1,
+    CBUS_SCOPE_SESSION = 2,
+    CBUS_SCOPE_MODEL = 3,
+    CBUS_SCOPE_PROVIDER = 4,
+    CBUS_SCOPE__COUNT
+};
+
+struct cbus_admit_writer {
+    _Atomic uint32_t in_use;
+    uint32_t pid;
+    uint64_t pid_start_time;
+    _Atomic uint64_t heartbeat_ns;     /* monotonic; stale => fail open/closed */
+    char name[CBUS_NAME_MAX - 8];
+    uint8_t _pad[CBUS_CACHELINE - 24 - (CBUS_NAME_MAX - 8)];
+};
+
+#define CBUS_ADMIT_KEY_LEN 40
+
+struct cbus_admit_entry {
+    /* Seqlock: odd while its writer updates the entry; readers retry. */
+    _Atomic uint32_t seq;
+    _Atomic uint32_t word;             /* verdict | scope << 8 | writer << 16 */
+    _Atomic uint64_t key_hash;         /* 0 = empty slot; cbus_admit_key_hash() */
+    _Atomic uint64_t until_ns;         /* monotonic; verdict holds until then, 0 = until cleared */
+    char key[CBUS_ADMIT_KEY_LEN];      /* for display only; readers match on key_hash */
+};
+#define CBUS_ADMIT_WORD(verdict, scope, writer) \
+    ((uint32_t)(verdict) | (uint32_t)(scope) << 8 | (uint32_t)(writer) << 16)
+
+/* ---- the header (page 0) --------------------------------------------------- */
+#define CBUS_CLOCK_TSC       1  /* timestamps from rdtsc, calibrated below */
+#define CBUS_CLOCK_GETTIME   2  /* no usable TSC: clock_gettime */
+
+/* Offsets of the event fields a tool needs, so it can decode without this
+ * header (LTTng-style self-description).  Terminated by an entry with size 0. */
+struct cbus_field_desc {
+    char     name[12];
+    uint16_t offset;
+    uint16_t size;
+};
+#define CBUS_FIELD_TABLE_MAX 24
+
+struct cbus_shm_header {
+    /* identity: written once by the creator, before `ready` */
+    uint64_t magic;                    /* CBUS_MAGIC */
+    uint32_t endian;                   /* CBUS_ENDIAN_MARK */
+    uint16_t layout_major;
+    uint16_t layout_minor;
+    uint64_t fingerprint;              /* CBUS_LAYOUT_FINGERPRINT */
+    uint32_t header_size;
+    uint32_t slot_size;
+    uint64_t capacity;                 /* slots, power of two */
+    uint64_t total_size;               /* bytes of the mapping */
+    uint64_t consumers_off;
+    uint32_t max_consumers;
+    uint32_t max_producers;
+    uint64_t producers_off;
+    uint64_t admission_off;            /* writer table, then entries */
+    uint32_t admission_entries;        /* power of two */
+    uint32_t admit_max_writers;
+    uint64_t slots_off;
+    uint64_t bus_id;                   /* random at create: event ids are unique per bus_id */
+    uint32_t creator_pid;
+    uint32_t mode;                     /* st_mode bits requested at create */
+    uint64_t creator_start_time;
+    uint64_t created_realtime_ns;
+    /* policy (ns), fixed at create */
+    uint64_t lossless_wait_ns;         /* producer's bound on waiting for a lossless consumer */
+    uint64_t stall_timeout_ns;         /* heartbeat age after which a consumer is untethered */
+    uint64_t abandon_timeout_ns;       /* wait before skipping a claimed, uncommitted slot */
+    uint64_t admit_stale_ns;           /* admission writer heartbeat age => stale */
+    /* clock: ns = base_ns + ((tsc - base_tsc) * mult) >> shift */
+    uint32_t clock_source;             /* CBUS_CLOCK_* */
+    uint32_t tsc_shift;
+    uint64_t tsc_mult;
+    uint64_t tsc_hz;
+    char     name[CBUS_NAME_MAX];
+    struct cbus_field_desc fields[CBUS_FIELD_TABLE_MAX];
+    /* `ready` is stored last with RELEASE by the creator; attachers ACQUIRE it
+     * before trusting anything above. */
+    _Alignas(CBUS_CACHELINE) _Atomic uint32_t ready;
+
+    /* hot words: each on its own 128-byte line */
+    _Alignas(CBUS_HOTLINE) _Atomic uint64_t tail;      /* next position to claim */
+    _Alignas(CBUS_HOTLINE) _Atomic uint32_t wake_seq;  /* futex word */
+    _Atomic uint32_t waiters;                          /* consumers in (or entering) futex wait */
+    /* gate: n_tethered | epoch << 16.  Producers read it every emit; it
+     * changes only when a lossless consumer attaches, detaches, is untethered
+     * or re-tethers. */
+    _Alignas(CBUS_HOTLINE) _Atomic uint64_t gate;
+    /* slow-path counters */
+    _Alignas(CBUS_HOTLINE) _Atomic uint64_t dropped;   /* all producers, exact */
+    _Atomic uint64_t untethered;                       /* consumers cut loose */
+    _Atomic uint64_t producer_overflow_emitted;        /* producers with no table entry */
+};
+
+#define CBUS_GATE_COUNT(g)  ((uint32_t)((g) & 0xffffu))
+#define CBUS_GATE_EPOCH(g)  ((g) >> 16)
+
+/* ---- offsets other processes depend on ------------------------------------ */
+static_assert(sizeof(struct cbus_event) == 496, "event size");
+static_assert(sizeof(struct cbus_slot) == CBUS_SLOT_SIZE, "slot size");
+static_assert(offsetof(struct cbus_slot, ev) == 16, "slot.ev");
+static_assert(offsetof(struct cbus_event, event_id) == 16, "event_id");
+static_assert(offsetof(struct cbus_event, ts_realtime_ns) == 24, "ts_realtime_ns");
+static_assert(offsetof(struct cbus_event, ts_mono_ns) == 32, "ts_mono_ns");
+static_assert(offsetof(struct cbus_event, run_id) == 40, "run_id");
+static_assert(offsetof(struct cbus_event, parent_run_id) == 56, "parent_run_id");
+static_assert(offsetof(struct cbus_event, trace_id) == 72, "trace_id");
+static_assert(offsetof(struct cbus_event, u) == 88, "u");
+static_assert(offsetof(struct cbus_event, provider) == 152, "provider");
+static_assert(offsetof(struct cbus_event, model) == 168, "model");
+static_assert(offsetof(struct cbus_event, user) == 232, "user");
+static_assert(offsetof(struct cbus_event, session) == 280, "session");
+static_assert(offsetof(struct cbus_event, request_id) == 328, "request_id");
+static_assert(offsetof(struct cbus_event, name) == 368, "name");
+static_assert(offsetof(struct cbus_event, preview) == 416, "preview");
+static_assert(sizeof(struct cbus_usage) == 40, "usage");
+static_assert(sizeof(struct cbus_consumer_entry) == 256, "consumer entry");
+static_assert(offsetof(struct cbus_consumer_entry, cursor) == 128, "consumer cursor");
+static_assert(sizeof(struct cbus_producer_entry) == 64, "producer entry");
+static_assert(sizeof(struct cbus_admit_writer) == 64, "admit writer");
+static_assert(sizeof(struct cbus_admit_entry) == 64, "admit entry");
+static_assert(sizeof(struct cbus_shm_header) <= CBUS_HEADER_SIZE, "header fits page 0");
+static_assert(offsetof(struct cbus_shm_header, tail) % CBUS_HOTLINE == 0, "tail line");
+
+/* A layout fingerprint: changes whenever a size or offset that another
+ * process depends on changes (LMDB's MDB_LOCK_FORMAT idea). */
+#define CBUS__FP(acc, v) ((acc) * UINT64_C(1099511628211) ^ (uint64_t)(v))
+#define CBUS_LAYOUT_FINGERPRINT                                                        \
+    CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(  \
+    CBUS__FP(CBUS__FP(CBUS__FP(UINT64_C(14695981039346656037),                         \
+        sizeof(struct cbus_slot)), sizeof(struct cbus_event)),                         \
+        offsetof(struct cbus_event, u)), offsetof(struct cbus_event, preview)),         \
+        sizeof(struct cbus_usage)), sizeof(struct cbus_consumer_entry)),                \
+        offsetof(struct cbus_consumer_entry, cursor)), sizeof(struct cbus_producer_entry)), \
+        sizeof(struct cbus_admit_entry)), offsetof(struct cbus_shm_header, tail)),      \
+        offsetof(struct cbus_shm_header, gate)), CBUS_LAYOUT_MAJOR)
+
+#endif

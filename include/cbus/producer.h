@@ -1,0 +1,131 @@
+/* Producer API: emit LLM callback events into a bus.
+ *
+ * Cost model: one timestamp (rdtsc), one atomic claim, one copy of a 496-byte
+ * record from the context's template, one release store.  No syscall, lock,
+ * allocation or print, except one futex wake when a consumer sleeps.  Every
+ * emit call is thread-safe; a cbus_ctx is owned by one thread at a time (it is
+ * per run, like a LangChain callback manager's child).
+ *
+ * Every emit returns 0, or:
+ *   -EINVAL  NULL producer/context, or a kind out of range
+ *   -EAGAIN  dropped: a lossless consumer kept the ring full past the wait
+ *            bound (counted in the producer's and the bus's dropped counters)
+ *   -ESTALE  the producer was closed
+ */
+#ifndef CBUS_PRODUCER_H
+#define CBUS_PRODUCER_H
+
+#include <cbus/cbus.h>
+
+#define CBUS_PRODUCER_ADMIT_FAIL_CLOSED (1u << 0) /* stale admission table refuses */
+
+struct cbus_producer_opts {
+    const char *name;      /* shown by cbusctl stat; NULL = "pid<N>" */
+    unsigned flags;        /* CBUS_PRODUCER_* */
+    uint32_t open_flags;   /* CBUS_OPEN_* for cbus_producer_open */
+};
+
+/* Opens bus NAME for producing.  opts may be NULL.
+ * Returns 0 or the codes of cbus_bus_open(), -ENOMEM. */
+CBUS_API int cbus_producer_open(cbus_producer **out, const char *bus_name,
+                                const struct cbus_producer_opts *opts);
+/* Same on an already open bus (borrowed: must outlive the producer). */
+CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
+                                    const struct cbus_producer_opts *opts);
+/* Flushes counters and frees.  NULL is a no-op. */
+CBUS_API void cbus_producer_close(cbus_producer *p);
+
+struct cbus_producer_stats {
+    uint64_t emitted;      /* committed events (this thread's pending counts included) */
+    uint64_t dropped;      /* exact */
+    uint64_t waited_ns;    /* total time waiting on lossless consumers */
+    uint64_t max_wait_ns;  /* the longest single wait: never above the bus's bound */
+};
+CBUS_API int cbus_producer_stats(cbus_producer *p, struct cbus_producer_stats *out);
+CBUS_API cbus_bus *cbus_producer_bus(cbus_producer *p);
+
+/* ---- context: who and what an event is about ------------------------------
+ * A context carries the run ids and the bounded strings, pre-laid-out as an
+ * event template, so an emit copies it in one go.  Setters truncate to the
+ * field size and set the matching CBUS_TRUNC_* flag; NULL clears a field. */
+struct cbus_ctx {
+    struct cbus_event tmpl;         /* kind/timestamps/event_id are set per emit */
+    uint64_t admit_hash[CBUS_SCOPE__COUNT]; /* cached cbus_admit_key_hash() values */
+    uint64_t run_start_ns;          /* set by *_start calls, for durations */
+    uint64_t first_token_ns;        /* set by the first llm_new_token */
+    uint32_t token_index;           /* next llm_new_token index */
+    uint32_t magic;                 /* CBUS_CTX_MAGIC once initialised */
+};
+#define CBUS_CTX_MAGIC 0x43545843u
+
+/* Fresh context with a new run id and a new trace id. */
+CBUS_API void cbus_ctx_init(cbus_ctx *ctx);
+/* Child run: copies parent's strings and trace id, parent_run_id = parent's
+ * run id, new run id.  Returns 0 or -EINVAL. */
+CBUS_API int cbus_ctx_child(cbus_ctx *child, const cbus_ctx *parent);
+CBUS_API int cbus_ctx_set_provider(cbus_ctx *ctx, const char *provider);
+CBUS_API int cbus_ctx_set_model(cbus_ctx *ctx, const char *model);
+CBUS_API int cbus_ctx_set_user(cbus_ctx *ctx, const char *user);
+CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *session);
+CBUS_API int cbus_ctx_set_request_id(cbus_ctx *ctx, const char *request_id);
+CBUS_API int cbus_ctx_set_run_id(cbus_ctx *ctx, const uint8_t run_id[16]);
+CBUS_API int cbus_ctx_set_parent_run_id(cbus_ctx *ctx, const uint8_t parent_run_id[16]);
+CBUS_API int cbus_ctx_set_trace_id(cbus_ctx *ctx, const uint8_t trace_id[16]);
+
+/* Random v4 UUID (run ids) and random 128-bit trace ids from a per-thread
+ * generator (no syscall after the thread's first call). */
+CBUS_API void cbus_run_id_new(uint8_t out[16]);
+CBUS_API void cbus_trace_id_new(uint8_t out[16]);
+
+/* ---- typed calls, one per event kind ---------------------------------------
+ * Text arguments may be NULL; previews are cut to CBUS_PREVIEW_LEN with
+ * CBUS_TRUNC_PREVIEW set. */
+CBUS_API int cbus_llm_start(cbus_producer *p, cbus_ctx *ctx, const char *prompt,
+                            const struct cbus_llm_start_info *info);
+CBUS_API int cbus_chat_model_start(cbus_producer *p, cbus_ctx *ctx, const char *last_message,
+                                   const struct cbus_llm_start_info *info);
+/* chunk need not be NUL-terminated; len bytes are used.  The chunk index and
+ * the time to first token are tracked in ctx. */
+CBUS_API int cbus_llm_new_token(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len);
+/* usage may be NULL (no usage reported).  When usage has no DURATION/TTFT bit,
+ * they are filled from the ctx's start and first-token times. */
+CBUS_API int cbus_llm_end(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                          const char *output);
+CBUS_API int cbus_llm_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                            const char *message, int http_status);
+CBUS_API int cbus_chain_start(cbus_producer *p, cbus_ctx *ctx, const char *chain_name,
+                              const char *inputs);
+CBUS_API int cbus_chain_end(cbus_producer *p, cbus_ctx *ctx, const char *outputs);
+CBUS_API int cbus_chain_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                              const char *message);
+CBUS_API int cbus_tool_start(cbus_producer *p, cbus_ctx *ctx, const char *tool_name,
+                             const char *input);
+CBUS_API int cbus_tool_end(cbus_producer *p, cbus_ctx *ctx, const char *output);
+CBUS_API int cbus_tool_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                             const char *message);
+CBUS_API int cbus_agent_action(cbus_producer *p, cbus_ctx *ctx, const char *tool_name,
+                               const char *tool_input);
+CBUS_API int cbus_agent_finish(cbus_producer *p, cbus_ctx *ctx, const char *output);
+CBUS_API int cbus_retriever_start(cbus_producer *p, cbus_ctx *ctx, const char *retriever_name,
+                                  const char *query);
+CBUS_API int cbus_retriever_end(cbus_producer *p, cbus_ctx *ctx, uint32_t document_count);
+CBUS_API int cbus_retriever_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                                  const char *message);
+CBUS_API int cbus_text(cbus_producer *p, cbus_ctx *ctx, const char *text);
+CBUS_API int cbus_retry(cbus_producer *p, cbus_ctx *ctx, uint32_t attempt, uint64_t backoff_ns,
+                        const char *reason);
+CBUS_API int cbus_custom(cbus_producer *p, cbus_ctx *ctx, const char *event_name,
+                         const char *data);
+
+/* Generic emit: any kind, explicit per-kind numbers. */
+struct cbus_emit_args {
+    unsigned kind;             /* enum cbus_kind */
+    const char *name;          /* tool / chain / custom name or error type; NULL = none */
+    const char *preview;       /* NULL = none */
+    size_t preview_len;        /* bytes of preview; SIZE_MAX = strlen */
+    const void *payload;       /* per-kind union bytes (e.g. struct cbus_usage); NULL = zero */
+    size_t payload_len;        /* at most 64 */
+};
+CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *args);
+
+#endif
