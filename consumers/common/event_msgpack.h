@@ -1,0 +1,160 @@
+/* The project's one msgpack encoding of a struct cbus_event, and a small
+ * dependency-free msgpack writer/reader it is built on.
+ *
+ * Used by cbus-audit (one record per event in the audit log) and by
+ * cbus-export (its msgpack batch format), so an event looks the same in
+ * every msgpack the project writes.  No libmsgpack dependency: every
+ * consumer links cbus_common, and an encoder on the audit hot path has to be
+ * a few hundred nanoseconds.
+ *
+ * ---- Schema (format 1) ------------------------------------------------------
+ * An event is one msgpack map.  Keys are str; they appear in this order,
+ * and a key whose condition is false is absent (absent is not zero):
+ *
+ *   key               type   when / meaning
+ *   kind              str    always: cbus_kind_name() ("llm_end"); a kind
+ *                            with no name is written as its uint
+ *   event_id          uint   always: ring position, unique per bus_id
+ *   ts_realtime_ns    uint   always: CLOCK_REALTIME ns since the epoch
+ *   ts_mono_ns        uint   always: CLOCK_MONOTONIC ns
+ *   pid, tid          uint   always
+ *   flags             uint   always: CBUS_TRUNC_* | CBUS_FLAG_* (layout.h);
+ *                            bit 6 = the preview was truncated
+ *   run_id            str    32 lowercase hex chars; absent when all zero
+ *   parent_run_id     str    same; absent when all zero
+ *   trace_id          str    same; absent when all zero
+ *   provider, model, user, session, request_id, name
+ *                     str    the field's bytes up to strnlen(field, size);
+ *                            absent when empty
+ *   preview           str    redaction "keep": the preview bytes; absent
+ *                            when empty or under "drop"/"hash"
+ *   preview_sha256    str    redaction "hash": 64 lowercase hex chars of
+ *                            SHA-256 over the preview bytes (the caller
+ *                            computes it); absent when the preview is empty
+ *   -- per kind --
+ *   llm_start, chat_model_start:
+ *     prompt_count, est_input_tokens, max_tokens      uint (0 = none)
+ *   llm_new_token:
+ *     index                                           uint (chunk index)
+ *   llm_end:
+ *     usage           map   only the counts whose usage_present bit is set:
+ *                           input_tokens, output_tokens, cache_read_tokens,
+ *                           cache_creation_tokens, reasoning_tokens (uint).
+ *                           Absent when no count is present.  OpenTelemetry
+ *                           convention: input includes cached, output
+ *                           includes reasoning.
+ *     duration_ns     uint  only with CBUS_USAGE_DURATION
+ *     ttft_ns         uint  only with CBUS_USAGE_TTFT
+ *     finish_reason   str   cbus_finish_reason_name(); absent when unset
+ *     generations     uint  absent when 0 (unknown)
+ *   llm_error, chain_error, tool_error, retriever_error:
+ *     http_status     int   0 = not an HTTP error
+ *     duration_ns     uint  0 = unknown
+ *   retry:            attempt uint, backoff_ns uint
+ *   retriever_end:    document_count uint, duration_ns uint
+ *   chain_end, tool_end, agent_finish:  duration_ns uint (0 = unknown)
+ *
+ * Text fields are msgpack str when their bytes are valid UTF-8 and bin
+ * (the raw bytes) when not, e.g. a preview cut in the middle of a
+ * character: nothing is lost and a strict decoder (python msgpack with
+ * raw=False) never fails.  Integers use the smallest msgpack form.
+ * Readers must ignore keys they do not know (later minor formats add keys).
+ * Key names and placement follow event_json.h where both carry a value;
+ * the differences: ids here are 32-char hex (JSON: run ids as UUIDs), all
+ * non-zero ids are written (JSON: parent/trace only with their flag), the
+ * raw flags word replaces JSON's "truncated" list, and llm_start always
+ * carries its three numbers.
+ */
+#ifndef CBUS_COMMON_EVENT_MSGPACK_H
+#define CBUS_COMMON_EVENT_MSGPACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbus/layout.h>
+
+#define CBUS_EVMP_FORMAT 1
+
+/* An encoded event never exceeds this many bytes (checked by the tests with
+ * every field full). */
+#define CBUS_EVMP_MAX 1024
+
+enum cbus_evmp_preview {
+    CBUS_EVMP_PREVIEW_KEEP = 0,  /* "preview": the text */
+    CBUS_EVMP_PREVIEW_HASH = 1,  /* "preview_sha256": opts->preview_sha256 as hex */
+    CBUS_EVMP_PREVIEW_DROP = 2,  /* nothing */
+};
+
+struct cbus_evmp_opts {
+    unsigned preview;                  /* enum cbus_evmp_preview */
+    const uint8_t *preview_sha256;     /* 32 bytes, with CBUS_EVMP_PREVIEW_HASH */
+};
+
+/* Encodes ev into out (cap >= CBUS_EVMP_MAX).  opts may be NULL (keep).
+ * Returns the byte count, -ENOSPC (cap too small), -EINVAL (NULL ev/out, or
+ * HASH without a digest). */
+int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *opts,
+                     uint8_t *out, size_t cap);
+
+/* Decodes one event map from buf into *ev (zeroed first; unknown keys are
+ * skipped, preview_sha256 cannot restore a preview and is skipped too).
+ * *used (may be NULL) gets the bytes consumed.
+ * Returns 0, -ENODATA (buf ends inside the map: a torn record), -EBADMSG
+ * (not an event map: wrong type, unknown kind name, string longer than its
+ * field, bad hex). */
+int cbus_evmp_decode(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used);
+
+/* ---- msgpack primitives ------------------------------------------------------
+ * Writer: the caller guarantees room (the event encoder sizes its output
+ * with CBUS_EVMP_MAX), so puts are unchecked stores. */
+struct cbus_mp_writer {
+    uint8_t *p;
+};
+
+void cbus_mp_put_map(struct cbus_mp_writer *w, uint32_t n);
+void cbus_mp_put_array(struct cbus_mp_writer *w, uint32_t n);
+void cbus_mp_put_uint(struct cbus_mp_writer *w, uint64_t v);
+void cbus_mp_put_int(struct cbus_mp_writer *w, int64_t v);
+void cbus_mp_put_bool(struct cbus_mp_writer *w, int v);
+void cbus_mp_put_nil(struct cbus_mp_writer *w);
+void cbus_mp_put_str(struct cbus_mp_writer *w, const char *s, uint32_t n);
+void cbus_mp_put_bin(struct cbus_mp_writer *w, const void *p, uint32_t n);
+/* str when valid UTF-8, else bin (see the schema above). */
+void cbus_mp_put_text(struct cbus_mp_writer *w, const char *s, uint32_t n);
+/* n bytes as 2n lowercase hex characters, as a str. */
+void cbus_mp_put_hex(struct cbus_mp_writer *w, const uint8_t *p, uint32_t n);
+/* Bytes a str/bin/map/array header of length n takes. */
+size_t cbus_mp_str_header_size(uint32_t n);
+
+/* Reader: every call checks bounds.  Each returns 0, -ENODATA (input ends
+ * inside the value), or -EBADMSG (a different type or malformed). */
+struct cbus_mp_reader {
+    const uint8_t *p;
+    const uint8_t *end;
+};
+
+enum cbus_mp_type {
+    CBUS_MP_NIL, CBUS_MP_BOOL, CBUS_MP_UINT, CBUS_MP_INT, CBUS_MP_FLOAT, CBUS_MP_STR,
+    CBUS_MP_BIN, CBUS_MP_ARRAY, CBUS_MP_MAP, CBUS_MP_EXT, CBUS_MP_INVALID
+};
+
+/* Type of the next value (CBUS_MP_UINT for non-negative ints of any width,
+ * CBUS_MP_INT for negative ones), or CBUS_MP_INVALID at the end / on 0xc1. */
+enum cbus_mp_type cbus_mp_peek(const struct cbus_mp_reader *r);
+int cbus_mp_read_map(struct cbus_mp_reader *r, uint32_t *n);
+int cbus_mp_read_array(struct cbus_mp_reader *r, uint32_t *n);
+int cbus_mp_read_uint(struct cbus_mp_reader *r, uint64_t *v);  /* any non-negative int */
+int cbus_mp_read_int(struct cbus_mp_reader *r, int64_t *v);    /* any int fitting int64 */
+int cbus_mp_read_bool(struct cbus_mp_reader *r, int *v);
+int cbus_mp_read_float(struct cbus_mp_reader *r, double *v);
+int cbus_mp_read_str(struct cbus_mp_reader *r, const char **s, uint32_t *n);
+int cbus_mp_read_bin(struct cbus_mp_reader *r, const uint8_t **p, uint32_t *n);
+/* str or bin: the text fields of the schema. */
+int cbus_mp_read_text(struct cbus_mp_reader *r, const char **s, uint32_t *n);
+/* Skips one value of any type (nesting limited to 32 levels: -EBADMSG). */
+int cbus_mp_skip(struct cbus_mp_reader *r);
+
+/* 1 when s[0..n) is valid UTF-8 (no overlongs, no surrogates). */
+int cbus_utf8_valid(const char *s, size_t n);
+
+#endif
