@@ -305,7 +305,7 @@ struct cbus_admit_entry {
 /* Offsets of the event fields a tool needs, so it can decode without this
  * header (LTTng-style self-description).  Terminated by an entry with size 0. */
 struct cbus_field_desc {
-    char     name[12];
+    char     name[16];
     uint16_t offset;
     uint16_t size;
 };

@@ -1,0 +1,299 @@
+/* The admission table: verdicts written by deciding consumers, read by
+ * producers in O(1) without syscalls or locks.
+ *
+ * Open addressing with linear probing over admission_entries slots.  An
+ * entry's key_hash never goes back to 0 once set (a cleared verdict stays as
+ * ALLOW and can be reused for another key), so a reader may stop probing at
+ * the first empty slot.  Each entry is a seqlock written by one writer at a
+ * time (the writer that owns it; writers only take empty or own/ALLOW
+ * entries with CAS on key_hash). */
+#include "../producer/producer_internal.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+#define MAX_PROBE 32
+
+CBUS_API uint64_t cbus_admit_key_hash(unsigned scope, const char *key)
+{
+    uint64_t h = UINT64_C(14695981039346656037);
+    h = (h ^ (uint8_t)scope) * UINT64_C(1099511628211);
+    if (key)
+        for (const unsigned char *k = (const unsigned char *)key; *k; k++)
+            h = (h ^ *k) * UINT64_C(1099511628211);
+    return h ? h : 1;
+}
+
+static uint64_t bus_now(cbus_bus *bus)
+{
+    uint64_t real;
+    return cbus__clock_now(&bus->clock, &real);
+}
+
+/* ---- writer side -------------------------------------------------------- */
+
+CBUS_API int cbus_admit_writer_register(cbus_bus *bus, const char *name, unsigned *writer)
+{
+    if (!bus || bus->readonly || !writer || cbus_name_valid(name) ||
+        strlen(name) >= sizeof bus->awriters[0].name)
+        return -EINVAL;
+    uint64_t start = cbus__pid_start_time(getpid());
+    int free_idx = -1;
+    for (unsigned i = 0; i < CBUS_ADMIT_MAX_WRITERS; i++) {
+        struct cbus_admit_writer *w = &bus->awriters[i];
+        uint32_t in_use = atomic_load_explicit(&w->in_use, memory_order_acquire);
+        if (!in_use) {
+            if (free_idx < 0)
+                free_idx = (int)i;
+            continue;
+        }
+        if (strncmp(w->name, name, sizeof w->name))
+            continue;
+        if (cbus__pid_alive(w->pid, w->pid_start_time))
+            return -EBUSY;
+        /* A dead writer of the same name: take over its slot and verdicts
+         * (a restarted rate limiter republishes what still holds). */
+        w->pid = (uint32_t)getpid();
+        w->pid_start_time = start;
+        atomic_store_explicit(&w->heartbeat_ns, bus_now(bus), memory_order_release);
+        *writer = i;
+        return 0;
+    }
+    for (unsigned i = free_idx < 0 ? 0 : (unsigned)free_idx; i < CBUS_ADMIT_MAX_WRITERS; i++) {
+        struct cbus_admit_writer *w = &bus->awriters[i];
+        uint32_t expect = 0;
+        if (!atomic_compare_exchange_strong_explicit(&w->in_use, &expect, 1, memory_order_acq_rel,
+                                                     memory_order_acquire))
+            continue;
+        w->pid = (uint32_t)getpid();
+        w->pid_start_time = start;
+        memset(w->name, 0, sizeof w->name);
+        memcpy(w->name, name, strlen(name));
+        atomic_store_explicit(&w->heartbeat_ns, bus_now(bus), memory_order_release);
+        *writer = i;
+        return 0;
+    }
+    return -ENOSPC;
+}
+
+CBUS_API int cbus_admit_writer_heartbeat(cbus_bus *bus, unsigned writer)
+{
+    if (!bus || writer >= CBUS_ADMIT_MAX_WRITERS ||
+        !atomic_load_explicit(&bus->awriters[writer].in_use, memory_order_acquire))
+        return -EINVAL;
+    atomic_store_explicit(&bus->awriters[writer].heartbeat_ns, bus_now(bus), memory_order_release);
+    return 0;
+}
+
+static void entry_write(struct cbus_admit_entry *e, uint32_t word, uint64_t until_ns)
+{
+    uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed); /* odd: writing */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->word, word, memory_order_relaxed);
+    atomic_store_explicit(&e->until_ns, until_ns, memory_order_relaxed);
+    /* RELEASE: publishes word/until.  Pairs with the ACQUIRE seq load in lookup(). */
+    atomic_store_explicit(&e->seq, s + 2, memory_order_release);
+}
+
+CBUS_API void cbus_admit_writer_release(cbus_bus *bus, unsigned writer)
+{
+    if (!bus || writer >= CBUS_ADMIT_MAX_WRITERS)
+        return;
+    for (uint32_t i = 0; i <= bus->amask; i++) {
+        struct cbus_admit_entry *e = &bus->aentries[i];
+        uint32_t w = atomic_load_explicit(&e->word, memory_order_relaxed);
+        if (atomic_load_explicit(&e->key_hash, memory_order_relaxed) && (w >> 16) == writer &&
+            (w & 0xff) != CBUS_ALLOW)
+            entry_write(e, CBUS_ADMIT_WORD(CBUS_ALLOW, (w >> 8) & 0xff, writer), 0);
+    }
+    atomic_store_explicit(&bus->awriters[writer].in_use, 0, memory_order_release);
+}
+
+CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope, const char *key,
+                                unsigned verdict, uint64_t until_ns)
+{
+    if (!bus || bus->readonly || writer >= CBUS_ADMIT_MAX_WRITERS || scope >= CBUS_SCOPE__COUNT ||
+        !key || !*key || verdict > CBUS_BUDGET_EXCEEDED ||
+        !atomic_load_explicit(&bus->awriters[writer].in_use, memory_order_acquire))
+        return -EINVAL;
+    uint64_t h = cbus_admit_key_hash(scope, key);
+    uint32_t word = CBUS_ADMIT_WORD(verdict, scope, writer);
+    int64_t reusable = -1;
+    for (uint32_t probe = 0; probe < MAX_PROBE; probe++) {
+        uint32_t i = (uint32_t)(h + probe) & bus->amask;
+        struct cbus_admit_entry *e = &bus->aentries[i];
+        uint64_t eh = atomic_load_explicit(&e->key_hash, memory_order_acquire);
+        if (eh == h) {
+            uint32_t w = atomic_load_explicit(&e->word, memory_order_relaxed);
+            /* Another writer's live verdict on the same key: the stricter
+             * stays (a budget stop is not lifted by a rate limiter's allow). */
+            if ((w >> 16) != writer && (w & 0xff) > verdict)
+                return 0;
+            entry_write(e, word, until_ns);
+            return 0;
+        }
+        if (eh == 0) {
+            if (verdict == CBUS_ALLOW)
+                return 0; /* nothing to clear */
+            if (reusable >= 0)
+                break;
+            uint64_t expect = 0;
+            /* Claim: fill in the verdict before the key becomes visible, so
+             * a reader that matches the hash never sees a stale verdict. */
+            entry_write(e, word, until_ns);
+            memset(e->key, 0, sizeof e->key);
+            snprintf(e->key, sizeof e->key, "%s", key);
+            if (atomic_compare_exchange_strong_explicit(&e->key_hash, &expect, h,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire))
+                return 0;
+            continue; /* another writer took it: probe on */
+        }
+        if (reusable < 0 && (atomic_load_explicit(&e->word, memory_order_relaxed) & 0xff) ==
+                                CBUS_ALLOW && (atomic_load(&e->word) >> 16) == writer)
+            reusable = i;
+    }
+    if (verdict == CBUS_ALLOW)
+        return 0;
+    if (reusable < 0)
+        return -ENOSPC;
+    /* Recycle one of our cleared entries for this key.  Readers probing for
+     * the old key simply find no match: allowed, which it was. */
+    struct cbus_admit_entry *e = &bus->aentries[reusable];
+    uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->key_hash, h, memory_order_relaxed);
+    atomic_store_explicit(&e->word, word, memory_order_relaxed);
+    atomic_store_explicit(&e->until_ns, until_ns, memory_order_relaxed);
+    memset(e->key, 0, sizeof e->key);
+    snprintf(e->key, sizeof e->key, "%s", key);
+    atomic_store_explicit(&e->seq, s + 2, memory_order_release);
+    return 0;
+}
+
+CBUS_API const struct cbus_admit_entry *cbus_admit_entry_at(cbus_bus *bus, unsigned i)
+{
+    return bus && i <= bus->amask ? &bus->aentries[i] : NULL;
+}
+
+CBUS_API const struct cbus_admit_writer *cbus_admit_writer_at(cbus_bus *bus, unsigned i)
+{
+    return bus && i < CBUS_ADMIT_MAX_WRITERS ? &bus->awriters[i] : NULL;
+}
+
+/* ---- reader side (producers) --------------------------------------------- */
+
+/* Verdict for one key hash: CBUS_ALLOW when none.  Lock-free, bounded. */
+static unsigned lookup(cbus_bus *bus, uint64_t h, uint64_t now, uint64_t *until, unsigned *writer)
+{
+    for (uint32_t probe = 0; probe < MAX_PROBE; probe++) {
+        struct cbus_admit_entry *e = &bus->aentries[(uint32_t)(h + probe) & bus->amask];
+        for (;;) {
+            /* ACQUIRE: pairs with entry_write()'s RELEASE. */
+            uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
+            uint64_t eh = atomic_load_explicit(&e->key_hash, memory_order_relaxed);
+            uint32_t w = atomic_load_explicit(&e->word, memory_order_relaxed);
+            uint64_t u = atomic_load_explicit(&e->until_ns, memory_order_relaxed);
+            atomic_thread_fence(memory_order_acquire);
+            if (s1 & 1 || atomic_load_explicit(&e->seq, memory_order_relaxed) != s1) {
+                cbus__cpu_relax();
+                continue;
+            }
+            if (eh == 0)
+                return CBUS_ALLOW;
+            if (eh != h)
+                break;
+            unsigned v = w & 0xff;
+            if (v == CBUS_ALLOW || v > CBUS_BUDGET_EXCEEDED)
+                return CBUS_ALLOW;
+            if (u && u <= now)
+                return CBUS_ALLOW; /* lapsed */
+            *until = u;
+            *writer = (w >> 16) & 0xff;
+            return v;
+        }
+    }
+    return CBUS_ALLOW;
+}
+
+static int writer_stale(cbus_bus *bus, unsigned w, uint64_t now)
+{
+    if (w >= CBUS_ADMIT_MAX_WRITERS)
+        return 1;
+    const struct cbus_admit_writer *wr = &bus->awriters[w];
+    if (!atomic_load_explicit(&wr->in_use, memory_order_acquire))
+        return 1;
+    uint64_t hb = atomic_load_explicit(&wr->heartbeat_ns, memory_order_acquire);
+    return now > hb && now - hb > bus->admit_stale_ns;
+}
+
+CBUS_API int cbus_admit(cbus_producer *p, const cbus_ctx *ctx, uint64_t *retry_after_ns)
+{
+    if (!p || !ctx || ctx->magic != CBUS_CTX_MAGIC)
+        return -EINVAL;
+    cbus_bus *bus = p->bus;
+    uint64_t real;
+    uint64_t now = cbus__clock_now(&bus->clock, &real);
+    if (p->flags & CBUS_PRODUCER_ADMIT_FAIL_CLOSED) {
+        for (unsigned w = 0; w < CBUS_ADMIT_MAX_WRITERS; w++)
+            if (atomic_load_explicit(&bus->awriters[w].in_use, memory_order_acquire) &&
+                writer_stale(bus, w, now))
+                return CBUS_ADMIT_STALE;
+    }
+    unsigned result = CBUS_ALLOW;
+    uint64_t retry = 0;
+    for (unsigned scope = 0; scope < CBUS_SCOPE__COUNT; scope++) {
+        uint64_t h = ctx->admit_hash[scope];
+        if (!h)
+            continue;
+        uint64_t until = 0;
+        unsigned writer = 0;
+        unsigned v = lookup(bus, h, now, &until, &writer);
+        if (v == CBUS_ALLOW)
+            continue;
+        if (writer_stale(bus, writer, now)) {
+            /* Its writer died: fail open by default. */
+            if (p->flags & CBUS_PRODUCER_ADMIT_FAIL_CLOSED)
+                return CBUS_ADMIT_STALE;
+            continue;
+        }
+        if (v == CBUS_BUDGET_EXCEEDED) {
+            result = CBUS_BUDGET_EXCEEDED;
+            retry = until > now ? until - now : 0;
+            break;
+        }
+        result = CBUS_THROTTLED;
+        uint64_t r = until > now ? until - now : 0;
+        if (r > retry)
+            retry = r;
+    }
+    if (retry_after_ns)
+        *retry_after_ns = retry;
+    return (int)result;
+}
+
+CBUS_API int cbus_admit_wait(cbus_producer *p, const cbus_ctx *ctx, uint64_t timeout_ns)
+{
+    if (!p || !ctx)
+        return -EINVAL;
+    uint64_t start = cbus__mono_ns();
+    for (;;) {
+        uint64_t retry = 0;
+        int v = cbus_admit(p, ctx, &retry);
+        if (v == CBUS_ALLOW || v == CBUS_BUDGET_EXCEEDED || v < 0)
+            return v;
+        uint64_t elapsed = cbus__mono_ns() - start;
+        if (elapsed >= timeout_ns)
+            return -ETIMEDOUT;
+        uint64_t left = timeout_ns - elapsed;
+        /* Sleep until the verdict lapses (or 10 ms when it has no end, to see
+         * it lifted), never past the deadline. */
+        uint64_t sleep = retry ? retry : 10000000u;
+        if (sleep > left)
+            sleep = left;
+        struct timespec ts = {(time_t)(sleep / 1000000000u), (long)(sleep % 1000000000u)};
+        nanosleep(&ts, NULL);
+    }
+}

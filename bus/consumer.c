@@ -1,0 +1,475 @@
+/* Consumers: attach, poll (the seqlock read), commit, wait, detach.
+ *
+ * Accounting: every ring position from the attach point up to the read
+ * position is exactly one of consumed, lost (overwritten before we read it:
+ * we were lapped) or abandoned (claimed by a producer that never committed).
+ * Nothing read from a slot is trusted beyond the commit word: the event's
+ * own event_id is overwritten with the position we read it at. */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Poll spins this long on a slot whose producer is between claim and
+ * commit (normally nanoseconds) before returning to the caller. */
+#define COMMIT_SPIN_NS 20000u
+/* Wait spins this long before sleeping on the futex. */
+#define WAIT_SPIN_NS 50000u
+
+struct cbus_consumer {
+    cbus_bus *bus;
+    int owns_bus;
+    int lock_fd;                  /* holds the OFD lock on our entry; -1 on memory buses */
+    unsigned idx;
+    uint64_t generation;
+    struct cbus_consumer_entry *e;
+    unsigned mode;
+    uint64_t read_pos;
+    uint64_t cursor;
+    uint64_t consumed, lost, abandoned;
+    /* a claimed slot not yet committed at read_pos: since when */
+    uint64_t stuck_pos;
+    uint64_t stuck_since;
+    int stuck;
+};
+
+static uint64_t now_ns(cbus_bus *bus)
+{
+    uint64_t real;
+    return cbus__clock_now(&bus->clock, &real);
+}
+
+static int take_lock(cbus_consumer *c)
+{
+    c->lock_fd = -1;
+    if (c->bus->fd < 0)
+        return 0;
+    char path[64];
+    if (cbus__shm_path(path, sizeof path, c->bus->name))
+        return -EINVAL;
+    /* Our own open file description, so the lock is ours alone and another
+     * handle in this process (cbusctl-style checks) sees it as held. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET,
+                       .l_start = (off_t)(c->bus->hdr->consumers_off +
+                                          c->idx * sizeof(struct cbus_consumer_entry)),
+                       .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        int e = -errno;
+        close(fd);
+        return e == -EAGAIN || e == -EACCES ? -EBUSY : e;
+    }
+    c->lock_fd = fd;
+    return 0;
+}
+
+static int entry_is_dead(cbus_bus *bus, unsigned i)
+{
+    return cbus_bus_consumer_alive(bus, i) == 0;
+}
+
+CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
+                                      const struct cbus_consumer_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!bus || bus->readonly || !opts || cbus_name_valid(opts->name) ||
+        strlen(opts->name) >= sizeof(bus->consumers[0].name) || opts->mode > CBUS_LOSSLESS ||
+        opts->start > CBUS_START_RESUME)
+        return -EINVAL;
+    if (opts->start == CBUS_START_CURSOR && opts->expect_bus_id &&
+        opts->expect_bus_id != bus->hdr->bus_id)
+        return -ESTALE;
+
+    /* Same name: a live owner keeps it; a dead one's entry is ours to take
+     * over (and, with RESUME, its cursor). */
+    int resume_from = -1;
+    uint64_t resume_cursor = 0;
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = &bus->consumers[i];
+        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE ||
+            strncmp(e->name, opts->name, sizeof e->name))
+            continue;
+        if (!entry_is_dead(bus, i))
+            return -EBUSY;
+        resume_cursor = atomic_load_explicit(&e->cursor, memory_order_acquire);
+        resume_from = (int)i;
+        if (cbus_bus_evict(bus, i, 0) && atomic_load(&e->state) != CBUS_CSTATE_FREE)
+            return -EBUSY;
+    }
+
+    cbus_consumer *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->bus = bus;
+    c->mode = opts->mode;
+    c->lock_fd = -1;
+    int claimed = -1;
+    for (int pass = 0; pass < 2 && claimed < 0; pass++) {
+        for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+            struct cbus_consumer_entry *e = &bus->consumers[i];
+            if (pass == 1 && atomic_load_explicit(&e->state, memory_order_acquire) ==
+                                 CBUS_CSTATE_ACTIVE && entry_is_dead(bus, i))
+                cbus_bus_evict(bus, i, 0); /* reclaim dead consumers' entries */
+            uint32_t expect = CBUS_CSTATE_FREE;
+            if (atomic_compare_exchange_strong_explicit(&e->state, &expect, CBUS_CSTATE_CLAIMED,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                claimed = (int)i;
+                break;
+            }
+        }
+    }
+    if (claimed < 0) {
+        free(c);
+        return -ENOSPC;
+    }
+    c->idx = (unsigned)claimed;
+    c->e = &bus->consumers[claimed];
+    int r = take_lock(c);
+    if (r) {
+        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
+        free(c);
+        return r;
+    }
+
+    struct cbus_consumer_entry *e = c->e;
+    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    uint64_t start;
+    switch (opts->start) {
+    case CBUS_START_OLDEST:
+        start = tail > bus->capacity ? tail - bus->capacity : 0;
+        break;
+    case CBUS_START_CURSOR:
+        start = opts->cursor;
+        break;
+    case CBUS_START_RESUME:
+        start = resume_from >= 0 ? resume_cursor : tail;
+        break;
+    default:
+        start = tail;
+        break;
+    }
+    if (start > tail)
+        start = tail; /* a cursor from the future (other bus, corrupt file) */
+    c->read_pos = c->cursor = start;
+    c->generation = atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel) + 1;
+    e->pid = (uint32_t)getpid();
+    e->pid_start_time = cbus__pid_start_time(getpid());
+    e->attach_realtime_ns = cbus__real_ns();
+    memset(e->name, 0, sizeof e->name);
+    memcpy(e->name, opts->name, strlen(opts->name));
+    atomic_store_explicit(&e->consumed, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->lost, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->abandoned, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->untethered_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->read_pos, start, memory_order_relaxed);
+    atomic_store_explicit(&e->heartbeat_ns, now_ns(bus), memory_order_relaxed);
+    atomic_store_explicit(&e->flags, opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0,
+                          memory_order_relaxed);
+    /* RELEASE: the cursor and identity above are visible to any producer that
+     * sees the entry ACTIVE (ACQUIRE in gate_min()). */
+    atomic_store_explicit(&e->cursor, start, memory_order_release);
+    atomic_store_explicit(&e->state, CBUS_CSTATE_ACTIVE, memory_order_release);
+    if (opts->mode == CBUS_LOSSLESS)
+        cbus__consumer_tether(bus, e);
+    *out = c;
+    return 0;
+}
+
+CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
+                                  const struct cbus_consumer_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    cbus_bus *bus;
+    int r = cbus_bus_open(&bus, bus_name, opts ? opts->open_flags : 0);
+    if (r)
+        return r;
+    r = cbus_consumer_attach_bus(out, bus, opts);
+    if (r) {
+        cbus_bus_close(bus);
+        return r;
+    }
+    (*out)->owns_bus = 1;
+    return 0;
+}
+
+static int still_owner(cbus_consumer *c)
+{
+    return atomic_load_explicit(&c->e->generation, memory_order_acquire) == c->generation &&
+           atomic_load_explicit(&c->e->state, memory_order_acquire) == CBUS_CSTATE_ACTIVE;
+}
+
+CBUS_API void cbus_consumer_detach(cbus_consumer *c)
+{
+    if (!c)
+        return;
+    if (still_owner(c)) {
+        cbus__consumer_untether(c->bus, c->e);
+        atomic_fetch_add_explicit(&c->e->generation, 1, memory_order_acq_rel);
+        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
+    }
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    if (c->owns_bus)
+        cbus_bus_close(c->bus);
+    free(c);
+}
+
+static void publish_counters(cbus_consumer *c, uint64_t now)
+{
+    struct cbus_consumer_entry *e = c->e;
+    atomic_store_explicit(&e->consumed, c->consumed, memory_order_relaxed);
+    atomic_store_explicit(&e->lost, c->lost, memory_order_relaxed);
+    atomic_store_explicit(&e->abandoned, c->abandoned, memory_order_relaxed);
+    atomic_store_explicit(&e->read_pos, c->read_pos, memory_order_relaxed);
+    atomic_store_explicit(&e->heartbeat_ns, now, memory_order_release);
+}
+
+/* A lossless consumer that was cut loose re-tethers once it has caught up
+ * to within a quarter ring of the head. */
+static void maybe_retether(cbus_consumer *c, uint64_t tail)
+{
+    if (c->mode != CBUS_LOSSLESS ||
+        (atomic_load_explicit(&c->e->flags, memory_order_relaxed) & CBUS_CFLAG_TETHERED))
+        return;
+    if (tail - c->cursor < c->bus->capacity / 4)
+        cbus__consumer_tether(c->bus, c->e);
+}
+
+/* Decides about a claimed but uncommitted slot at read_pos.  Returns 1 to
+ * skip it as abandoned, 0 to keep waiting. */
+static int slot_abandoned(cbus_consumer *c, struct cbus_slot *s, uint64_t seq, uint64_t now)
+{
+    if (!c->stuck || c->stuck_pos != c->read_pos) {
+        c->stuck = 1;
+        c->stuck_pos = c->read_pos;
+        c->stuck_since = now;
+        return 0;
+    }
+    uint64_t waited = now - c->stuck_since;
+    if (waited < c->bus->abandon_timeout_ns)
+        return 0;
+    /* A writer we can name and that is dead will never commit.  A live one
+     * (or one we cannot name: killed between claim and marking the slot)
+     * gets the longer stall timeout, then is skipped all the same so one
+     * stuck producer thread cannot wedge every consumer. */
+    if (seq == CBUS_SEQ_BUSY(c->read_pos)) {
+        uint32_t pid = atomic_load_explicit(&s->writer_pid, memory_order_relaxed);
+        if (!cbus__pid_alive(pid, 0))
+            return 1;
+    }
+    return waited >= c->bus->stall_timeout_ns;
+}
+
+CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
+{
+    if (!c || (!out && max))
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    cbus_bus *bus = c->bus;
+    const uint64_t cap = bus->capacity;
+    uint64_t now = now_ns(bus);
+    unsigned n = 0;
+    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    while (n < max) {
+        uint64_t pos = c->read_pos;
+        if (pos >= tail) {
+            tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+            if (pos >= tail)
+                break;
+        }
+        if (tail - pos > cap) {
+            /* Lapped: everything older than one ring behind the head is gone. */
+            uint64_t oldest = tail - cap;
+            c->lost += oldest - pos;
+            c->read_pos = oldest;
+            continue;
+        }
+        struct cbus_slot *s = &bus->slots[pos & bus->mask];
+        /* ACQUIRE: pairs with the RELEASE commit store in emit(). */
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (seq == CBUS_SEQ_COMMITTED(pos)) {
+            cbus__slot_read(&out[n], &s->ev);
+            /* ACQUIRE fence: the re-check below sees any writer that changed
+             * the payload during the copy (pairs with emit's release fence). */
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&s->seq, memory_order_relaxed) != seq) {
+                c->lost++; /* overwritten while we copied: lapped */
+                c->read_pos++;
+                continue;
+            }
+            out[n].event_id = pos;
+            n++;
+            c->consumed++;
+            c->read_pos++;
+            c->stuck = 0;
+            continue;
+        }
+        if (seq > CBUS_SEQ_COMMITTED(pos)) {
+            /* A later lap is in (or going into) this slot. */
+            c->lost++;
+            c->read_pos++;
+            continue;
+        }
+        /* Claimed (pos < tail) but not committed yet: spin briefly, the
+         * producer is normally a few stores away. */
+        uint64_t spin_end = now + COMMIT_SPIN_NS;
+        while (atomic_load_explicit(&s->seq, memory_order_acquire) < CBUS_SEQ_COMMITTED(pos)) {
+            cbus__cpu_relax();
+            now = now_ns(bus);
+            if (now > spin_end)
+                break;
+        }
+        seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (seq >= CBUS_SEQ_COMMITTED(pos))
+            continue;
+        if (slot_abandoned(c, s, seq, now)) {
+            c->abandoned++;
+            c->read_pos++;
+            c->stuck = 0;
+            continue;
+        }
+        break;
+    }
+    publish_counters(c, now);
+    maybe_retether(c, tail);
+    return (int)n;
+}
+
+CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos)
+{
+    if (!c)
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    if (pos > c->read_pos || pos < c->cursor)
+        return -EINVAL;
+    c->cursor = pos;
+    /* RELEASE: we are done with every slot below pos; producers ACQUIRE it in
+     * gate_min() before reusing those slots. */
+    atomic_store_explicit(&c->e->cursor, pos, memory_order_release);
+    return 0;
+}
+
+CBUS_API int cbus_consumer_commit(cbus_consumer *c)
+{
+    if (!c)
+        return -EINVAL;
+    return cbus_consumer_commit_to(c, c->read_pos);
+}
+
+CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c)
+{
+    if (!c)
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    atomic_store_explicit(&c->e->heartbeat_ns, now_ns(c->bus), memory_order_release);
+    return 0;
+}
+
+/* Something to do at read_pos?  Not when the ring is empty, nor when the
+ * slot there is a stuck claim we are already timing (then sleep briefly). */
+static int has_work(cbus_consumer *c, uint64_t tail)
+{
+    if (tail <= c->read_pos)
+        return 0;
+    if (!c->stuck || c->stuck_pos != c->read_pos)
+        return 1;
+    struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
+    return atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_COMMITTED(c->read_pos) ||
+           tail - c->read_pos > c->bus->capacity;
+}
+
+CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
+{
+    if (!c)
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    struct cbus_shm_header *hdr = c->bus->hdr;
+    uint64_t start = now_ns(c->bus);
+    uint64_t deadline = timeout_ns > UINT64_MAX - start ? UINT64_MAX : start + timeout_ns;
+    /* Sleep at most a third of the stall timeout at a time so the heartbeat
+     * keeps a lossless consumer tethered while it idles. */
+    uint64_t slice = c->bus->stall_timeout_ns / 3;
+    for (;;) {
+        uint64_t now = now_ns(c->bus);
+        atomic_store_explicit(&c->e->heartbeat_ns, now, memory_order_release);
+        if (has_work(c, atomic_load_explicit(&hdr->tail, memory_order_acquire)))
+            return 1;
+        if (now >= deadline)
+            return 0;
+        if (now - start < WAIT_SPIN_NS) {
+            cbus__cpu_relax();
+            continue;
+        }
+        /* Announce, then look again, then sleep.  seq_cst increment and tail
+         * load pair with the producer's seq_cst claim and waiters load: either
+         * we see its claim here or it sees us and wakes the futex. */
+        atomic_fetch_add_explicit(&hdr->waiters, 1, memory_order_seq_cst);
+        uint32_t w = atomic_load_explicit(&hdr->wake_seq, memory_order_acquire);
+        uint64_t tail = atomic_load_explicit(&hdr->tail, memory_order_seq_cst);
+        int r = 0;
+        if (!has_work(c, tail)) {
+            uint64_t sleep = deadline - now < slice ? deadline - now : slice;
+            if (c->stuck && sleep > 1000000u)
+                sleep = 1000000u; /* re-check a stuck slot every ms */
+            atomic_fetch_or_explicit(&c->e->flags, CBUS_CFLAG_SLEEPING, memory_order_relaxed);
+            r = cbus__futex_wait(&hdr->wake_seq, w, sleep);
+            atomic_fetch_and_explicit(&c->e->flags, ~CBUS_CFLAG_SLEEPING, memory_order_relaxed);
+        }
+        atomic_fetch_sub_explicit(&hdr->waiters, 1, memory_order_seq_cst);
+        if (r == -EINTR)
+            return -EINTR;
+        if (!still_owner(c))
+            return -ESTALE;
+    }
+}
+
+CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *out)
+{
+    if (!c || !out)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    out->consumed = c->consumed;
+    out->lost = c->lost;
+    out->abandoned = c->abandoned;
+    out->read_pos = c->read_pos;
+    out->cursor = c->cursor;
+    out->tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
+    out->lag = out->tail > c->read_pos ? out->tail - c->read_pos : 0;
+    out->mode = c->mode;
+    out->tethered = !!(atomic_load_explicit(&c->e->flags, memory_order_acquire) & CBUS_CFLAG_TETHERED);
+    out->untethered_count = atomic_load_explicit(&c->e->untethered_count, memory_order_relaxed);
+    return still_owner(c) ? 0 : -ESTALE;
+}
+
+CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c)
+{
+    return c ? c->read_pos : 0;
+}
+
+CBUS_API uint64_t cbus_consumer_bus_id(const cbus_consumer *c)
+{
+    return c ? c->bus->hdr->bus_id : 0;
+}
+
+CBUS_API cbus_bus *cbus_consumer_bus(cbus_consumer *c)
+{
+    return c ? c->bus : NULL;
+}
+
+CBUS_API int cbus_consumer_index(const cbus_consumer *c)
+{
+    return c ? (int)c->idx : -EINVAL;
+}

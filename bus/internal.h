@@ -1,0 +1,123 @@
+/* Internals shared by bus/ and producer/ (never installed). */
+#ifndef CBUS_BUS_INTERNAL_H
+#define CBUS_BUS_INTERNAL_H
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cbus__cpu_relax() _mm_pause()
+#else
+#define cbus__cpu_relax() ((void)0)
+#endif
+
+#define CBUS__LIKELY(x)   __builtin_expect(!!(x), 1)
+#define CBUS__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+static inline int cbus__sys(int r)
+{
+    return r < 0 ? -errno : r;
+}
+
+/* TSC -> ns conversion, anchored per thread (see clock.c). */
+struct cbus__clock {
+    uint32_t source;   /* CBUS_CLOCK_* */
+    uint32_t shift;
+    uint64_t mult;
+    uint64_t hz;
+};
+
+struct cbus_bus {
+    void *base;
+    size_t len;
+    int fd;                     /* -1 for caller-provided memory */
+    int owns_mapping;
+    int readonly;
+    char name[CBUS_NAME_MAX];
+    struct cbus_shm_header *hdr;
+    struct cbus_slot *slots;
+    uint64_t capacity;
+    uint64_t mask;
+    struct cbus_consumer_entry *consumers;
+    struct cbus_producer_entry *producers;
+    struct cbus_admit_writer *awriters;
+    struct cbus_admit_entry *aentries;
+    uint32_t amask;
+    struct cbus__clock clock;
+    /* policy copied out of the header once validated */
+    uint64_t lossless_wait_ns;
+    uint64_t stall_timeout_ns;
+    uint64_t abandon_timeout_ns;
+    uint64_t admit_stale_ns;
+};
+
+/* ---- clock.c ---- */
+int cbus__clock_calibrate(struct cbus_shm_header *hdr);
+void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr);
+/* Monotonic ns on the bus clock (TSC when calibrated); *real gets realtime. */
+uint64_t cbus__clock_now(const struct cbus__clock *clk, uint64_t *real);
+uint64_t cbus__mono_ns(void);
+uint64_t cbus__real_ns(void);
+
+/* ---- proc.c ---- */
+uint64_t cbus__pid_start_time(int pid);  /* 0 if unknown/dead */
+int cbus__pid_alive(uint32_t pid, uint64_t start_time); /* 1 alive, 0 dead */
+uint32_t cbus__gettid(void);
+int cbus__futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t timeout_ns);
+int cbus__futex_wake(_Atomic uint32_t *addr);
+
+/* ---- shm.c ---- */
+int cbus__bus_validate(cbus_bus *bus, size_t file_len);
+int cbus__shm_path(char *out, size_t len, const char *name);
+
+/* ---- ring.c: the gate (tethered lossless consumers) ---- */
+void cbus__consumer_untether(cbus_bus *bus, struct cbus_consumer_entry *e);
+int cbus__consumer_tether(cbus_bus *bus, struct cbus_consumer_entry *e);
+
+/* Copy an event out of a slot.  Under ThreadSanitizer the copy is done with
+ * relaxed atomic word loads: a lapped seqlock read races with the writer by
+ * design (the re-check of seq discards it), and C11 only makes that race
+ * defined when both sides are atomic (Boehm, "Can seqlocks get along with
+ * programming language memory models?").  Elsewhere memcpy, which compiles to
+ * the same loads without the per-word overhead. */
+#if defined(__SANITIZE_THREAD__)
+#define CBUS__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CBUS__TSAN 1
+#endif
+#endif
+
+static inline void cbus__slot_read(struct cbus_event *dst, const struct cbus_event *src)
+{
+#ifdef CBUS__TSAN
+    _Static_assert(sizeof *dst % 8 == 0, "event size multiple of 8");
+    uint64_t *d = (uint64_t *)dst;
+    _Atomic uint64_t *s = (_Atomic uint64_t *)(uintptr_t)src;
+    for (size_t i = 0; i < sizeof *dst / 8; i++)
+        d[i] = atomic_load_explicit(&s[i], memory_order_relaxed);
+#else
+    memcpy(dst, src, sizeof *dst);
+#endif
+}
+
+static inline void cbus__slot_write(struct cbus_event *dst, const struct cbus_event *src)
+{
+#ifdef CBUS__TSAN
+    const uint64_t *s = (const uint64_t *)src;
+    _Atomic uint64_t *d = (_Atomic uint64_t *)(uintptr_t)dst;
+    for (size_t i = 0; i < sizeof *dst / 8; i++)
+        atomic_store_explicit(&d[i], s[i], memory_order_relaxed);
+#else
+    memcpy(dst, src, sizeof *dst);
+#endif
+}
+
+#endif

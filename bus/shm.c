@@ -1,0 +1,475 @@
+/* The segment: create, format, open and validate /dev/shm/cbus.NAME.
+ * Nothing in a segment is trusted until cbus__bus_validate() has checked
+ * magic, endianness, layout, fingerprint and every offset against the file
+ * size (lttng-ust: "we don't trust the shm_ref"). */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_CAPACITY      16384u
+#define MIN_CAPACITY          1024u
+#define MAX_CAPACITY          (1u << 24)
+#define DEFAULT_ADMIT_ENTRIES 4096u
+#define MAX_ADMIT_ENTRIES     (1u << 20)
+
+struct layout {
+    uint64_t capacity;
+    uint32_t admission_entries;
+    uint64_t consumers_off, producers_off, admission_off, slots_off, total;
+};
+
+static int is_pow2(uint64_t x)
+{
+    return x && !(x & (x - 1));
+}
+
+static uint64_t align_up(uint64_t x, uint64_t a)
+{
+    return (x + a - 1) & ~(a - 1);
+}
+
+static int compute_layout(struct layout *l, uint64_t capacity, uint32_t admission_entries)
+{
+    if (!is_pow2(capacity) || capacity < MIN_CAPACITY || capacity > MAX_CAPACITY)
+        return -EINVAL;
+    if (!is_pow2(admission_entries) || admission_entries < 64 ||
+        admission_entries > MAX_ADMIT_ENTRIES)
+        return -EINVAL;
+    l->capacity = capacity;
+    l->admission_entries = admission_entries;
+    l->consumers_off = CBUS_HEADER_SIZE;
+    l->producers_off = l->consumers_off + CBUS_MAX_CONSUMERS * sizeof(struct cbus_consumer_entry);
+    l->admission_off = l->producers_off + CBUS_MAX_PRODUCERS * sizeof(struct cbus_producer_entry);
+    uint64_t admit_end = l->admission_off +
+                         CBUS_ADMIT_MAX_WRITERS * sizeof(struct cbus_admit_writer) +
+                         (uint64_t)admission_entries * sizeof(struct cbus_admit_entry);
+    l->slots_off = align_up(admit_end, 4096);
+    l->total = l->slots_off + capacity * CBUS_SLOT_SIZE;
+    return 0;
+}
+
+static void fill_defaults(struct cbus_create_opts *o, const struct cbus_create_opts *in)
+{
+    memset(o, 0, sizeof *o);
+    if (in)
+        *o = *in;
+    if (!o->capacity)
+        o->capacity = DEFAULT_CAPACITY;
+    if (!o->lossless_wait_ns)
+        o->lossless_wait_ns = 1000000u;
+    if (!o->stall_timeout_ns)
+        o->stall_timeout_ns = 2000000000u;
+    if (!o->abandon_timeout_ns)
+        o->abandon_timeout_ns = 20000000u;
+    if (!o->admit_stale_ns)
+        o->admit_stale_ns = 3000000000u;
+    if (!o->admission_entries)
+        o->admission_entries = DEFAULT_ADMIT_ENTRIES;
+}
+
+CBUS_API size_t cbus_bus_size(const struct cbus_create_opts *opts)
+{
+    struct cbus_create_opts o;
+    struct layout l;
+    fill_defaults(&o, opts);
+    if (compute_layout(&l, o.capacity, o.admission_entries))
+        return 0;
+    return (size_t)l.total;
+}
+
+int cbus__shm_path(char *out, size_t len, const char *name)
+{
+    if (cbus_name_valid(name))
+        return -EINVAL;
+    int n = snprintf(out, len, "/dev/shm/cbus.%s", name);
+    return n > 0 && (size_t)n < len ? 0 : -EINVAL;
+}
+
+static void set_field(struct cbus_shm_header *h, int i, const char *name, size_t off, size_t size)
+{
+    snprintf(h->fields[i].name, sizeof h->fields[i].name, "%s", name);
+    h->fields[i].offset = (uint16_t)off;
+    h->fields[i].size = (uint16_t)size;
+}
+
+#define FIELD(i, f) set_field(h, i, #f, offsetof(struct cbus_event, f), sizeof(((struct cbus_event *)0)->f))
+
+CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
+                             const struct cbus_create_opts *opts)
+{
+    struct cbus_create_opts o;
+    struct layout l;
+    if (!base || cbus_name_valid(name))
+        return -EINVAL;
+    fill_defaults(&o, opts);
+    if (compute_layout(&l, o.capacity, o.admission_entries) || l.total > len)
+        return -EINVAL;
+    if (o.lossless_wait_ns > 10000000000u || o.stall_timeout_ns < 1000000u ||
+        o.abandon_timeout_ns < 1000000u || o.admit_stale_ns < 1000000u)
+        return -EINVAL;
+    memset(base, 0, (size_t)l.total);
+    struct cbus_shm_header *h = base;
+    h->magic = CBUS_MAGIC;
+    h->endian = CBUS_ENDIAN_MARK;
+    h->layout_major = CBUS_LAYOUT_MAJOR;
+    h->layout_minor = CBUS_LAYOUT_MINOR;
+    h->fingerprint = CBUS_LAYOUT_FINGERPRINT;
+    h->header_size = CBUS_HEADER_SIZE;
+    h->slot_size = CBUS_SLOT_SIZE;
+    h->capacity = l.capacity;
+    h->total_size = l.total;
+    h->consumers_off = l.consumers_off;
+    h->max_consumers = CBUS_MAX_CONSUMERS;
+    h->max_producers = CBUS_MAX_PRODUCERS;
+    h->producers_off = l.producers_off;
+    h->admission_off = l.admission_off;
+    h->admission_entries = l.admission_entries;
+    h->admit_max_writers = CBUS_ADMIT_MAX_WRITERS;
+    h->slots_off = l.slots_off;
+    uint64_t id = 0;
+    FILE *r = fopen("/dev/urandom", "re");
+    if (!r || fread(&id, sizeof id, 1, r) != 1)
+        id = cbus__real_ns() ^ ((uint64_t)getpid() << 32);
+    if (r)
+        fclose(r);
+    h->bus_id = id ? id : 1;
+    h->creator_pid = (uint32_t)getpid();
+    h->creator_start_time = cbus__pid_start_time(getpid());
+    h->created_realtime_ns = cbus__real_ns();
+    h->mode = o.mode ? o.mode : (o.group_name ? 0660 : 0600);
+    h->lossless_wait_ns = o.lossless_wait_ns;
+    h->stall_timeout_ns = o.stall_timeout_ns;
+    h->abandon_timeout_ns = o.abandon_timeout_ns;
+    h->admit_stale_ns = o.admit_stale_ns;
+    cbus__clock_calibrate(h);
+    snprintf(h->name, sizeof h->name, "%s", name);
+    FIELD(0, kind);
+    FIELD(1, flags);
+    FIELD(2, pid);
+    FIELD(3, tid);
+    FIELD(4, event_id);
+    FIELD(5, ts_realtime_ns);
+    FIELD(6, ts_mono_ns);
+    FIELD(7, run_id);
+    FIELD(8, parent_run_id);
+    FIELD(9, trace_id);
+    FIELD(10, u);
+    FIELD(11, provider);
+    FIELD(12, model);
+    FIELD(13, user);
+    FIELD(14, session);
+    FIELD(15, request_id);
+    FIELD(16, name);
+    FIELD(17, preview);
+    /* RELEASE: publishes everything above.  Pairs with the ACQUIRE load of
+     * ready in cbus__bus_validate(). */
+    atomic_store_explicit(&h->ready, 1, memory_order_release);
+    return 0;
+}
+
+CBUS_API int cbus_bus_create(const char *name, const struct cbus_create_opts *opts)
+{
+    char path[64];
+    struct cbus_create_opts o;
+    struct layout l;
+    if (cbus__shm_path(path, sizeof path, name))
+        return -EINVAL;
+    fill_defaults(&o, opts);
+    if (compute_layout(&l, o.capacity, o.admission_entries))
+        return -EINVAL;
+    if (o.mode & ~0660u)
+        return -EINVAL; /* never world-accessible, never executable */
+    gid_t gid = (gid_t)-1;
+    if (o.group_name) {
+        struct group *g = getgrnam(o.group_name);
+        if (!g)
+            return -ENOENT;
+        gid = g->gr_gid;
+    }
+    mode_t mode = o.mode ? o.mode : (o.group_name ? 0660 : 0600);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -errno;
+    int err;
+    void *base = MAP_FAILED;
+    /* umask may have cut the mode: set exactly what was asked. */
+    if (fchmod(fd, mode) < 0 || (gid != (gid_t)-1 && fchown(fd, (uid_t)-1, gid) < 0)) {
+        err = -errno;
+        goto err_unlink;
+    }
+    if (ftruncate(fd, (off_t)l.total) < 0) {
+        err = -errno;
+        goto err_unlink;
+    }
+    /* Reserve the pages now: a full /dev/shm fails here, not as SIGBUS in a
+     * producer later. */
+    err = posix_fallocate(fd, 0, (off_t)l.total);
+    if (err) {
+        err = -err;
+        goto err_unlink;
+    }
+    base = mmap(NULL, (size_t)l.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        err = -errno;
+        goto err_unlink;
+    }
+    err = cbus_bus_format(base, (size_t)l.total, name, &o);
+    if (err)
+        goto err_unmap;
+    munmap(base, (size_t)l.total);
+    close(fd);
+    return 0;
+
+err_unmap:
+    munmap(base, (size_t)l.total);
+err_unlink:
+    unlink(path);
+    close(fd);
+    return err;
+}
+
+CBUS_API int cbus_bus_destroy(const char *name)
+{
+    char path[64];
+    if (cbus__shm_path(path, sizeof path, name))
+        return -EINVAL;
+    return unlink(path) < 0 ? -errno : 0;
+}
+
+int cbus__bus_validate(cbus_bus *bus, size_t file_len)
+{
+    struct cbus_shm_header *h = bus->base;
+    if (file_len < CBUS_HEADER_SIZE)
+        return -EPROTO;
+    if (h->magic != CBUS_MAGIC)
+        return -EPROTO;
+    if (h->endian != CBUS_ENDIAN_MARK || h->layout_major != CBUS_LAYOUT_MAJOR ||
+        h->fingerprint != CBUS_LAYOUT_FINGERPRINT)
+        return -EPROTO;
+    /* ACQUIRE: pairs with the RELEASE store in cbus_bus_format(). */
+    if (atomic_load_explicit(&h->ready, memory_order_acquire) != 1)
+        return -EBADMSG;
+    struct layout l;
+    if (h->header_size != CBUS_HEADER_SIZE || h->slot_size != CBUS_SLOT_SIZE ||
+        compute_layout(&l, h->capacity, h->admission_entries))
+        return -EBADMSG;
+    if (h->total_size != l.total || l.total != file_len || h->consumers_off != l.consumers_off ||
+        h->producers_off != l.producers_off || h->admission_off != l.admission_off ||
+        h->slots_off != l.slots_off || h->max_consumers != CBUS_MAX_CONSUMERS ||
+        h->max_producers != CBUS_MAX_PRODUCERS || h->admit_max_writers != CBUS_ADMIT_MAX_WRITERS)
+        return -EBADMSG;
+    if (h->lossless_wait_ns > 10000000000u || h->stall_timeout_ns < 1000000u ||
+        h->abandon_timeout_ns < 1000000u || h->admit_stale_ns < 1000000u)
+        return -EBADMSG;
+    char *base = bus->base;
+    bus->hdr = h;
+    bus->capacity = l.capacity;
+    bus->mask = l.capacity - 1;
+    bus->slots = (struct cbus_slot *)(base + l.slots_off);
+    bus->consumers = (struct cbus_consumer_entry *)(base + l.consumers_off);
+    bus->producers = (struct cbus_producer_entry *)(base + l.producers_off);
+    bus->awriters = (struct cbus_admit_writer *)(base + l.admission_off);
+    bus->aentries = (struct cbus_admit_entry *)(base + l.admission_off +
+                                                CBUS_ADMIT_MAX_WRITERS * sizeof(struct cbus_admit_writer));
+    bus->amask = l.admission_entries - 1;
+    bus->lossless_wait_ns = h->lossless_wait_ns;
+    bus->stall_timeout_ns = h->stall_timeout_ns;
+    bus->abandon_timeout_ns = h->abandon_timeout_ns;
+    bus->admit_stale_ns = h->admit_stale_ns;
+    cbus__clock_load(&bus->clock, h);
+    memcpy(bus->name, h->name, sizeof bus->name);
+    bus->name[sizeof bus->name - 1] = '\0';
+    return 0;
+}
+
+CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags)
+{
+    char path[64];
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (cbus__shm_path(path, sizeof path, name))
+        return -EINVAL;
+    int ro = !!(flags & CBUS_OPEN_READONLY);
+    int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int err;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        err = -errno;
+        goto err_close;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        err = -EPROTO;
+        goto err_close;
+    }
+    if (st.st_uid != geteuid() && !(flags & CBUS_OPEN_TRUST_OWNER)) {
+        err = -EPERM;
+        goto err_close;
+    }
+    if (st.st_size < CBUS_HEADER_SIZE) {
+        err = -EPROTO;
+        goto err_close;
+    }
+    cbus_bus *bus = calloc(1, sizeof *bus);
+    if (!bus) {
+        err = -ENOMEM;
+        goto err_close;
+    }
+    bus->len = (size_t)st.st_size;
+    bus->base = mmap(NULL, bus->len, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (bus->base == MAP_FAILED) {
+        err = -errno;
+        goto err_free;
+    }
+    bus->fd = fd;
+    bus->owns_mapping = 1;
+    bus->readonly = ro;
+    err = cbus__bus_validate(bus, bus->len);
+    if (err)
+        goto err_unmap;
+    *out = bus;
+    return 0;
+
+err_unmap:
+    munmap(bus->base, bus->len);
+err_free:
+    free(bus);
+err_close:
+    close(fd);
+    return err;
+}
+
+CBUS_API int cbus_bus_open_mem(cbus_bus **out, void *base, size_t len)
+{
+    if (!out || !base)
+        return -EINVAL;
+    *out = NULL;
+    cbus_bus *bus = calloc(1, sizeof *bus);
+    if (!bus)
+        return -ENOMEM;
+    bus->base = base;
+    bus->len = len;
+    bus->fd = -1;
+    int err = cbus__bus_validate(bus, len);
+    if (err) {
+        free(bus);
+        return err;
+    }
+    *out = bus;
+    return 0;
+}
+
+CBUS_API void cbus_bus_close(cbus_bus *bus)
+{
+    if (!bus)
+        return;
+    if (bus->owns_mapping)
+        munmap(bus->base, bus->len);
+    if (bus->fd >= 0)
+        close(bus->fd);
+    free(bus);
+}
+
+CBUS_API const struct cbus_shm_header *cbus_bus_header(const cbus_bus *bus)
+{
+    return bus ? bus->hdr : NULL;
+}
+
+CBUS_API struct cbus_consumer_entry *cbus_bus_consumer_entry(cbus_bus *bus, unsigned idx)
+{
+    return bus && idx < CBUS_MAX_CONSUMERS ? &bus->consumers[idx] : NULL;
+}
+
+CBUS_API struct cbus_producer_entry *cbus_bus_producer_entry(cbus_bus *bus, unsigned idx)
+{
+    return bus && idx < CBUS_MAX_PRODUCERS ? &bus->producers[idx] : NULL;
+}
+
+CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus)
+{
+    return bus ? atomic_load_explicit(&bus->hdr->tail, memory_order_acquire) : 0;
+}
+
+CBUS_API int cbus_bus_fd(const cbus_bus *bus)
+{
+    return bus ? bus->fd : -1;
+}
+
+/* The OFD lock a consumer holds on its entry's first byte while it lives;
+ * the kernel drops it at death.  Returns 1 held, 0 not held, -1 unknown. */
+static int entry_lock_held(cbus_bus *bus, unsigned idx)
+{
+    if (bus->fd < 0)
+        return -1;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = (off_t)(bus->hdr->consumers_off + idx * sizeof(struct cbus_consumer_entry)),
+                       .l_len = 1};
+    if (fcntl(bus->fd, F_OFD_GETLK, &fl) < 0)
+        return -1;
+    return fl.l_type != F_UNLCK;
+}
+
+CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx)
+{
+    if (!bus || idx >= CBUS_MAX_CONSUMERS)
+        return -EINVAL;
+    struct cbus_consumer_entry *e = &bus->consumers[idx];
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == CBUS_CSTATE_FREE)
+        return 0;
+    if (!cbus__pid_alive(e->pid, e->pid_start_time))
+        return 0;
+    /* The pid lives; its lock says whether it still holds this entry (a
+     * process that closed its consumer without detaching, or that forked). */
+    if ((uint32_t)getpid() != e->pid && entry_lock_held(bus, idx) == 0)
+        return 0;
+    return 1;
+}
+
+CBUS_API int cbus_bus_evict(cbus_bus *bus, unsigned idx, int force)
+{
+    if (!bus || idx >= CBUS_MAX_CONSUMERS || bus->readonly)
+        return -EINVAL;
+    struct cbus_consumer_entry *e = &bus->consumers[idx];
+    uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
+    if (st == CBUS_CSTATE_FREE)
+        return -ENOENT;
+    if (!force && cbus_bus_consumer_alive(bus, idx) == 1)
+        return -EBUSY;
+    cbus__consumer_untether(bus, e);
+    /* The owner (if any) compares generation on every call: -ESTALE. */
+    atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel);
+    if (!atomic_compare_exchange_strong_explicit(&e->state, &st, CBUS_CSTATE_FREE,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return -EBUSY;
+    return 0;
+}
+
+CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out)
+{
+    if (!bus || !out)
+        return -EINVAL;
+    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    if (pos >= tail)
+        return -EAGAIN;
+    if (tail - pos > bus->capacity)
+        return -ESPIPE;
+    struct cbus_slot *s = &bus->slots[pos & bus->mask];
+    uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (seq < CBUS_SEQ_COMMITTED(pos))
+        return -EAGAIN;
+    if (seq != CBUS_SEQ_COMMITTED(pos))
+        return -ESPIPE;
+    cbus__slot_read(out, &s->ev);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
+        return -ESPIPE;
+    return 0;
+}

@@ -1,0 +1,498 @@
+/* The emit path and the context API.
+ *
+ * An emit: one timestamp (rdtsc), one claim (fetch_add; CAS only while a
+ * lossless consumer is tethered), one copy of the context's pre-built event,
+ * a few field stores, one release store.  No syscall unless a consumer sleeps
+ * (then one futex wake), no lock, no allocation, no print. */
+#include "producer_internal.h"
+
+#include <stdio.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+/* Bounded copy into a zero-filled field (the template's): never reads past
+ * len, always leaves a NUL, flags the cut. */
+static inline void put_str(char *dst, size_t cap, const char *src, size_t len, uint16_t *flags,
+                           uint16_t trunc_flag)
+{
+    if (len >= cap) {
+        len = cap - 1;
+        *flags |= trunc_flag;
+        /* do not leave half a UTF-8 sequence at the cut */
+        while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+            len--;
+    }
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+static inline size_t bounded_strlen(const char *s, size_t cap)
+{
+    /* One past the field is enough to know it must be cut. */
+    return strnlen(s, cap);
+}
+
+static void wake_consumers(struct cbus_shm_header *hdr)
+{
+    atomic_fetch_add_explicit(&hdr->wake_seq, 1, memory_order_release);
+    cbus__futex_wake(&hdr->wake_seq);
+}
+
+struct emit_req {
+    unsigned kind;
+    const char *name;       /* per-event name override, or NULL for the ctx's */
+    size_t name_len;
+    const char *preview;
+    size_t preview_len;
+    const void *payload;    /* copied into ev->u */
+    size_t payload_len;
+};
+
+static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
+{
+    if (CBUS__UNLIKELY(!p || !ctx || ctx->magic != CBUS_CTX_MAGIC || rq->kind == CBUS_EV_NONE ||
+                       rq->kind >= CBUS_EV__COUNT || rq->payload_len > 64))
+        return -EINVAL;
+    struct cbus_shm_header *hdr = p->hdr;
+    struct cbus__producer_tls *t = &cbus__ptls;
+    if (CBUS__UNLIKELY(t->generation != p->generation)) {
+        /* first emit of this thread with this producer */
+        *t = (struct cbus__producer_tls){.generation = p->generation};
+    }
+    uint64_t real;
+    uint64_t now = cbus__clock_now(&p->bus->clock, &real);
+
+    uint64_t pos;
+    uint64_t gate = atomic_load_explicit(&hdr->gate, memory_order_relaxed);
+    if (CBUS__LIKELY(CBUS_GATE_COUNT(gate) == 0)) {
+        /* seq_cst: also orders this claim before the load of waiters below
+         * against the consumer's waiters increment (see cbus_consumer_wait). */
+        pos = atomic_fetch_add_explicit(&hdr->tail, 1, memory_order_seq_cst);
+    } else {
+        int r = cbus__claim_gated(p, t, gate, now, &pos);
+        if (r)
+            return r;
+    }
+
+    struct cbus_slot *slot = &p->slots[pos & p->mask];
+    atomic_store_explicit(&slot->writer_pid, p->pid, memory_order_relaxed);
+    atomic_store_explicit(&slot->seq, CBUS_SEQ_BUSY(pos), memory_order_relaxed);
+    /* RELEASE fence: the busy mark is ordered before the payload stores, so
+     * a reader that sees any new payload byte sees the busy mark on its
+     * re-check (seqlock writer; pairs with the acquire fence in poll). */
+    atomic_thread_fence(memory_order_release);
+
+#ifdef CBUS__TSAN
+    struct cbus_event local, *ev = &local;
+#else
+    struct cbus_event *ev = &slot->ev;
+#endif
+    memcpy(ev, &ctx->tmpl, sizeof *ev);
+    ev->kind = (uint16_t)rq->kind;
+    ev->pid = p->pid;
+    ev->tid = cbus__gettid();
+    ev->event_id = pos;
+    ev->ts_realtime_ns = real;
+    ev->ts_mono_ns = now;
+    if (rq->name)
+        put_str(ev->name, sizeof ev->name, rq->name, rq->name_len, &ev->flags, CBUS_TRUNC_NAME);
+    if (rq->preview)
+        put_str(ev->preview, sizeof ev->preview, rq->preview, rq->preview_len, &ev->flags,
+                CBUS_TRUNC_PREVIEW);
+    if (rq->payload_len)
+        memcpy(&ev->u, rq->payload, rq->payload_len);
+
+    /* Run bookkeeping in the context: durations and time to first token. */
+    switch (rq->kind) {
+    case CBUS_EV_LLM_START:
+    case CBUS_EV_CHAT_MODEL_START:
+    case CBUS_EV_CHAIN_START:
+    case CBUS_EV_TOOL_START:
+    case CBUS_EV_RETRIEVER_START:
+        ctx->run_start_ns = now;
+        ctx->first_token_ns = 0;
+        ctx->token_index = 0;
+        break;
+    case CBUS_EV_LLM_NEW_TOKEN:
+        ev->u.token.index = ctx->token_index++;
+        if (!ctx->first_token_ns)
+            ctx->first_token_ns = now;
+        break;
+    case CBUS_EV_LLM_END:
+        if (!(ev->u.usage.usage_present & CBUS_USAGE_DURATION) && ctx->run_start_ns) {
+            ev->u.usage.duration_ns = now - ctx->run_start_ns;
+            ev->u.usage.usage_present |= CBUS_USAGE_DURATION;
+        }
+        if (!(ev->u.usage.usage_present & CBUS_USAGE_TTFT) && ctx->first_token_ns &&
+            ctx->run_start_ns) {
+            ev->u.usage.ttft_ns = ctx->first_token_ns - ctx->run_start_ns;
+            ev->u.usage.usage_present |= CBUS_USAGE_TTFT;
+        }
+        break;
+    case CBUS_EV_LLM_ERROR:
+    case CBUS_EV_CHAIN_ERROR:
+    case CBUS_EV_TOOL_ERROR:
+    case CBUS_EV_RETRIEVER_ERROR:
+        if (!ev->u.error.duration_ns && ctx->run_start_ns)
+            ev->u.error.duration_ns = now - ctx->run_start_ns;
+        break;
+    case CBUS_EV_RETRIEVER_END:
+        if (!ev->u.retriever.duration_ns && ctx->run_start_ns)
+            ev->u.retriever.duration_ns = now - ctx->run_start_ns;
+        break;
+    case CBUS_EV_CHAIN_END:
+    case CBUS_EV_TOOL_END:
+    case CBUS_EV_AGENT_FINISH:
+        if (!ev->u.span.duration_ns && ctx->run_start_ns)
+            ev->u.span.duration_ns = now - ctx->run_start_ns;
+        break;
+    default:
+        break;
+    }
+
+#ifdef CBUS__TSAN
+    cbus__slot_write(&slot->ev, &local);
+#endif
+    /* RELEASE: publishes the payload written above.
+     * Pairs with the ACQUIRE load of slot->seq in cbus_consumer_poll(). */
+    atomic_store_explicit(&slot->seq, CBUS_SEQ_COMMITTED(pos), memory_order_release);
+
+    /* seq_cst load: a consumer that found the ring empty after announcing
+     * itself in waiters is seen here (Dekker pairing with its seq_cst
+     * increment and tail load); otherwise no syscall. */
+    if (CBUS__UNLIKELY(atomic_load_explicit(&hdr->waiters, memory_order_seq_cst) != 0))
+        wake_consumers(hdr);
+
+    if (CBUS__UNLIKELY(++t->pending == 256))
+        cbus__producer_flush(p, t);
+    return 0;
+}
+
+static inline size_t text_len(const char *s)
+{
+    return s ? bounded_strlen(s, CBUS_PREVIEW_LEN + 1) : 0;
+}
+
+#define REQ(k, nm, pv) \
+    (struct emit_req){.kind = (k), .name = (nm), .name_len = (nm) ? bounded_strlen((nm), CBUS_NAME_LEN + 1) : 0, \
+                      .preview = (pv), .preview_len = text_len(pv)}
+
+/* Sets the run's name in the context (so ends and errors carry it) and emits. */
+static int emit_named_start(cbus_producer *p, cbus_ctx *ctx, unsigned kind, const char *name,
+                            const char *preview)
+{
+    if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
+        return -EINVAL;
+    memset(ctx->tmpl.name, 0, sizeof ctx->tmpl.name);
+    ctx->tmpl.flags &= (uint16_t)~CBUS_TRUNC_NAME;
+    if (name)
+        put_str(ctx->tmpl.name, sizeof ctx->tmpl.name, name,
+                bounded_strlen(name, CBUS_NAME_LEN + 1), &ctx->tmpl.flags, CBUS_TRUNC_NAME);
+    struct emit_req rq = REQ(kind, NULL, preview);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_start(cbus_producer *p, cbus_ctx *ctx, const char *prompt,
+                            const struct cbus_llm_start_info *info)
+{
+    struct emit_req rq = REQ(CBUS_EV_LLM_START, NULL, prompt);
+    if (info) {
+        rq.payload = info;
+        rq.payload_len = sizeof *info;
+    }
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_chat_model_start(cbus_producer *p, cbus_ctx *ctx, const char *last_message,
+                                   const struct cbus_llm_start_info *info)
+{
+    struct emit_req rq = REQ(CBUS_EV_CHAT_MODEL_START, NULL, last_message);
+    if (info) {
+        rq.payload = info;
+        rq.payload_len = sizeof *info;
+    }
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_new_token(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len)
+{
+    struct emit_req rq = {.kind = CBUS_EV_LLM_NEW_TOKEN, .preview = chunk,
+                          .preview_len = chunk ? len : 0};
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_end(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                          const char *output)
+{
+    struct cbus_usage u = {0};
+    if (usage)
+        u = *usage;
+    struct emit_req rq = REQ(CBUS_EV_LLM_END, NULL, output);
+    rq.payload = &u;
+    rq.payload_len = sizeof u;
+    return emit(p, ctx, &rq);
+}
+
+static int emit_error(cbus_producer *p, cbus_ctx *ctx, unsigned kind, const char *error_type,
+                      const char *message, int http_status)
+{
+    struct cbus_error_info e = {.http_status = http_status};
+    struct emit_req rq = REQ(kind, error_type, message);
+    rq.payload = &e;
+    rq.payload_len = sizeof e;
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                            const char *message, int http_status)
+{
+    return emit_error(p, ctx, CBUS_EV_LLM_ERROR, error_type, message, http_status);
+}
+
+CBUS_API int cbus_chain_start(cbus_producer *p, cbus_ctx *ctx, const char *chain_name,
+                              const char *inputs)
+{
+    return emit_named_start(p, ctx, CBUS_EV_CHAIN_START, chain_name, inputs);
+}
+
+CBUS_API int cbus_chain_end(cbus_producer *p, cbus_ctx *ctx, const char *outputs)
+{
+    struct emit_req rq = REQ(CBUS_EV_CHAIN_END, NULL, outputs);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_chain_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                              const char *message)
+{
+    return emit_error(p, ctx, CBUS_EV_CHAIN_ERROR, error_type, message, 0);
+}
+
+CBUS_API int cbus_tool_start(cbus_producer *p, cbus_ctx *ctx, const char *tool_name,
+                             const char *input)
+{
+    return emit_named_start(p, ctx, CBUS_EV_TOOL_START, tool_name, input);
+}
+
+CBUS_API int cbus_tool_end(cbus_producer *p, cbus_ctx *ctx, const char *output)
+{
+    struct emit_req rq = REQ(CBUS_EV_TOOL_END, NULL, output);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_tool_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                             const char *message)
+{
+    return emit_error(p, ctx, CBUS_EV_TOOL_ERROR, error_type, message, 0);
+}
+
+CBUS_API int cbus_agent_action(cbus_producer *p, cbus_ctx *ctx, const char *tool_name,
+                               const char *tool_input)
+{
+    struct emit_req rq = REQ(CBUS_EV_AGENT_ACTION, tool_name, tool_input);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_agent_finish(cbus_producer *p, cbus_ctx *ctx, const char *output)
+{
+    struct emit_req rq = REQ(CBUS_EV_AGENT_FINISH, NULL, output);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_retriever_start(cbus_producer *p, cbus_ctx *ctx, const char *retriever_name,
+                                  const char *query)
+{
+    return emit_named_start(p, ctx, CBUS_EV_RETRIEVER_START, retriever_name, query);
+}
+
+CBUS_API int cbus_retriever_end(cbus_producer *p, cbus_ctx *ctx, uint32_t document_count)
+{
+    struct cbus_retriever_info r = {.document_count = document_count};
+    struct emit_req rq = {.kind = CBUS_EV_RETRIEVER_END, .payload = &r, .payload_len = sizeof r};
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_retriever_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
+                                  const char *message)
+{
+    return emit_error(p, ctx, CBUS_EV_RETRIEVER_ERROR, error_type, message, 0);
+}
+
+CBUS_API int cbus_text(cbus_producer *p, cbus_ctx *ctx, const char *text)
+{
+    struct emit_req rq = REQ(CBUS_EV_TEXT, NULL, text);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_retry(cbus_producer *p, cbus_ctx *ctx, uint32_t attempt, uint64_t backoff_ns,
+                        const char *reason)
+{
+    struct cbus_retry_info r = {.attempt = attempt, .backoff_ns = backoff_ns};
+    struct emit_req rq = REQ(CBUS_EV_RETRY, NULL, reason);
+    rq.payload = &r;
+    rq.payload_len = sizeof r;
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_custom(cbus_producer *p, cbus_ctx *ctx, const char *event_name,
+                         const char *data)
+{
+    struct emit_req rq = REQ(CBUS_EV_CUSTOM, event_name, data);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *a)
+{
+    if (!a)
+        return -EINVAL;
+    struct emit_req rq = {.kind = a->kind, .name = a->name, .preview = a->preview,
+                          .payload = a->payload, .payload_len = a->payload_len};
+    if (a->name)
+        rq.name_len = bounded_strlen(a->name, CBUS_NAME_LEN + 1);
+    if (a->preview)
+        rq.preview_len = a->preview_len == SIZE_MAX ? text_len(a->preview) : a->preview_len;
+    if (a->payload_len && !a->payload)
+        return -EINVAL;
+    return emit(p, ctx, &rq);
+}
+
+/* ---- context ---------------------------------------------------------------- */
+
+/* splitmix64 per thread, seeded once from getrandom. */
+static uint64_t rng_next(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local int seeded;
+    if (CBUS__UNLIKELY(!seeded)) {
+        if (getrandom(&state, sizeof state, GRND_NONBLOCK) != sizeof state)
+            state = cbus__mono_ns() ^ ((uint64_t)getpid() << 32) ^ cbus__gettid();
+        seeded = 1;
+    }
+    uint64_t z = (state += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
+CBUS_API void cbus_trace_id_new(uint8_t out[16])
+{
+    if (!out)
+        return;
+    uint64_t a = rng_next(), b = rng_next();
+    memcpy(out, &a, 8);
+    memcpy(out + 8, &b, 8);
+    if (cbus_id_is_zero(out))
+        out[15] = 1; /* all-zero is "no id" */
+}
+
+CBUS_API void cbus_run_id_new(uint8_t out[16])
+{
+    if (!out)
+        return;
+    cbus_trace_id_new(out);
+    out[6] = (uint8_t)((out[6] & 0x0f) | 0x40); /* version 4 */
+    out[8] = (uint8_t)((out[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+}
+
+CBUS_API void cbus_ctx_init(cbus_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    memset(ctx, 0, sizeof *ctx);
+    cbus_run_id_new(ctx->tmpl.run_id);
+    cbus_trace_id_new(ctx->tmpl.trace_id);
+    ctx->tmpl.flags = CBUS_FLAG_HAS_TRACE;
+    ctx->admit_hash[CBUS_SCOPE_GLOBAL] = cbus_admit_key_hash(CBUS_SCOPE_GLOBAL, "*");
+    ctx->magic = CBUS_CTX_MAGIC;
+}
+
+static int set_field(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int scope,
+                     const char *value)
+{
+    if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
+        return -EINVAL;
+    memset(field, 0, cap);
+    ctx->tmpl.flags &= (uint16_t)~trunc;
+    if (value)
+        put_str(field, cap, value, strnlen(value, cap + 1), &ctx->tmpl.flags, trunc);
+    if (scope >= 0)
+        ctx->admit_hash[scope] = field[0] ? cbus_admit_key_hash((unsigned)scope, field) : 0;
+    return 0;
+}
+
+CBUS_API int cbus_ctx_set_provider(cbus_ctx *ctx, const char *v)
+{
+    return set_field(ctx, ctx ? ctx->tmpl.provider : NULL, CBUS_PROVIDER_LEN, CBUS_TRUNC_PROVIDER,
+                     CBUS_SCOPE_PROVIDER, v);
+}
+
+CBUS_API int cbus_ctx_set_model(cbus_ctx *ctx, const char *v)
+{
+    return set_field(ctx, ctx ? ctx->tmpl.model : NULL, CBUS_MODEL_LEN, CBUS_TRUNC_MODEL,
+                     CBUS_SCOPE_MODEL, v);
+}
+
+CBUS_API int cbus_ctx_set_user(cbus_ctx *ctx, const char *v)
+{
+    return set_field(ctx, ctx ? ctx->tmpl.user : NULL, CBUS_USER_LEN, CBUS_TRUNC_USER,
+                     CBUS_SCOPE_USER, v);
+}
+
+CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *v)
+{
+    return set_field(ctx, ctx ? ctx->tmpl.session : NULL, CBUS_SESSION_LEN, CBUS_TRUNC_SESSION,
+                     CBUS_SCOPE_SESSION, v);
+}
+
+CBUS_API int cbus_ctx_set_request_id(cbus_ctx *ctx, const char *v)
+{
+    return set_field(ctx, ctx ? ctx->tmpl.request_id : NULL, CBUS_REQUEST_LEN, CBUS_TRUNC_REQUEST,
+                     -1, v);
+}
+
+static int set_id(cbus_ctx *ctx, uint8_t *field, const uint8_t id[16], uint16_t flag)
+{
+    if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
+        return -EINVAL;
+    if (id) {
+        memcpy(field, id, 16);
+        ctx->tmpl.flags |= flag;
+    } else {
+        memset(field, 0, 16);
+        ctx->tmpl.flags &= (uint16_t)~flag;
+    }
+    return 0;
+}
+
+CBUS_API int cbus_ctx_set_run_id(cbus_ctx *ctx, const uint8_t run_id[16])
+{
+    if (!run_id)
+        return -EINVAL;
+    return set_id(ctx, ctx ? ctx->tmpl.run_id : NULL, run_id, 0);
+}
+
+CBUS_API int cbus_ctx_set_parent_run_id(cbus_ctx *ctx, const uint8_t parent[16])
+{
+    return set_id(ctx, ctx ? ctx->tmpl.parent_run_id : NULL, parent, CBUS_FLAG_HAS_PARENT);
+}
+
+CBUS_API int cbus_ctx_set_trace_id(cbus_ctx *ctx, const uint8_t trace_id[16])
+{
+    return set_id(ctx, ctx ? ctx->tmpl.trace_id : NULL, trace_id, CBUS_FLAG_HAS_TRACE);
+}
+
+CBUS_API int cbus_ctx_child(cbus_ctx *child, const cbus_ctx *parent)
+{
+    if (!child || !parent || parent->magic != CBUS_CTX_MAGIC || child == parent)
+        return -EINVAL;
+    *child = *parent;
+    memcpy(child->tmpl.parent_run_id, parent->tmpl.run_id, 16);
+    child->tmpl.flags |= CBUS_FLAG_HAS_PARENT;
+    cbus_run_id_new(child->tmpl.run_id);
+    memset(child->tmpl.name, 0, sizeof child->tmpl.name);
+    memset(child->tmpl.preview, 0, sizeof child->tmpl.preview);
+    child->tmpl.flags &= (uint16_t)~(CBUS_TRUNC_NAME | CBUS_TRUNC_PREVIEW);
+    child->run_start_ns = 0;
+    child->first_token_ns = 0;
+    child->token_index = 0;
+    return 0;
+}

@@ -1,0 +1,271 @@
+/* Producers: open/close, statistics, and the claim.
+ *
+ * The claim is the one contended step.  With no tethered (lossless)
+ * consumer it is a wait-free fetch_add on hdr->tail.  With one, a producer
+ * must never take a position that would overwrite an event that consumer
+ * has not committed, and a fetch_add claim cannot be given back (DESIGN.md's
+ * pitfall), so it claims with CAS strictly below min(tethered cursors) +
+ * capacity.  When that bound is reached it waits at most the bus's
+ * lossless_wait_ns, then drops and counts; after one such timeout it drops
+ * at once until the blocking consumer moves, so a stuck consumer costs each
+ * thread one bounded wait, not one per event.  A consumer whose heartbeat is
+ * older than stall_timeout_ns is untethered by the producer that notices. */
+#include "producer_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+_Thread_local struct cbus__producer_tls cbus__ptls;
+static _Atomic uint64_t next_generation = 1;
+
+static void entry_acquire(cbus_producer *p, const char *name)
+{
+    cbus_bus *bus = p->bus;
+    uint64_t start = cbus__pid_start_time(getpid());
+    for (int pass = 0; pass < 2; pass++) {
+        for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
+            struct cbus_producer_entry *e = &bus->producers[i];
+            uint32_t in_use = atomic_load_explicit(&e->in_use, memory_order_acquire);
+            /* second pass: take over entries of dead producers */
+            if (in_use && (pass == 0 || cbus__pid_alive(e->pid, e->pid_start_time)))
+                continue;
+            if (!atomic_compare_exchange_strong_explicit(&e->in_use, &in_use, 1,
+                                                         memory_order_acq_rel,
+                                                         memory_order_acquire))
+                continue;
+            e->pid = p->pid;
+            e->pid_start_time = start;
+            atomic_store_explicit(&e->emitted, 0, memory_order_relaxed);
+            atomic_store_explicit(&e->dropped, 0, memory_order_relaxed);
+            atomic_store_explicit(&e->waited_ns, 0, memory_order_relaxed);
+            atomic_store_explicit(&e->max_wait_ns, 0, memory_order_relaxed);
+            memset(e->name, 0, sizeof e->name);
+            memcpy(e->name, name, strnlen(name, sizeof e->name - 1));
+            p->entry = e;
+            return;
+        }
+    }
+    p->entry = NULL; /* table full: counted in hdr->producer_overflow_emitted */
+}
+
+CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
+                                    const struct cbus_producer_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!bus || bus->readonly)
+        return -EINVAL;
+    if (opts && opts->flags & ~CBUS_PRODUCER_ADMIT_FAIL_CLOSED)
+        return -EINVAL;
+    if (opts && opts->name && cbus_name_valid(opts->name))
+        return -EINVAL;
+    cbus_producer *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->bus = bus;
+    p->hdr = bus->hdr;
+    p->slots = bus->slots;
+    p->mask = bus->mask;
+    p->capacity = bus->capacity;
+    p->pid = (uint32_t)getpid();
+    p->flags = opts ? opts->flags : 0;
+    p->generation = atomic_fetch_add_explicit(&next_generation, 1, memory_order_relaxed);
+    char name[32];
+    if (opts && opts->name)
+        snprintf(name, sizeof name, "%s", opts->name);
+    else
+        snprintf(name, sizeof name, "pid%u", p->pid);
+    entry_acquire(p, name);
+    *out = p;
+    return 0;
+}
+
+CBUS_API int cbus_producer_open(cbus_producer **out, const char *bus_name,
+                                const struct cbus_producer_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    cbus_bus *bus;
+    int r = cbus_bus_open(&bus, bus_name, opts ? opts->open_flags : 0);
+    if (r)
+        return r;
+    r = cbus_producer_open_bus(out, bus, opts);
+    if (r) {
+        cbus_bus_close(bus);
+        return r;
+    }
+    (*out)->owns_bus = 1;
+    return 0;
+}
+
+void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t)
+{
+    if (!t->pending)
+        return;
+    atomic_fetch_add_explicit(&p->emitted, t->pending, memory_order_relaxed);
+    if (p->entry)
+        atomic_fetch_add_explicit(&p->entry->emitted, t->pending, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&p->hdr->producer_overflow_emitted, t->pending,
+                                  memory_order_relaxed);
+    t->pending = 0;
+}
+
+CBUS_API void cbus_producer_close(cbus_producer *p)
+{
+    if (!p)
+        return;
+    struct cbus__producer_tls *t = &cbus__ptls;
+    if (t->generation == p->generation) {
+        cbus__producer_flush(p, t);
+        t->generation = 0;
+    }
+    if (p->entry)
+        atomic_store_explicit(&p->entry->in_use, 0, memory_order_release);
+    if (p->owns_bus)
+        cbus_bus_close(p->bus);
+    free(p);
+}
+
+CBUS_API int cbus_producer_stats(cbus_producer *p, struct cbus_producer_stats *out)
+{
+    if (!p || !out)
+        return -EINVAL;
+    const struct cbus__producer_tls *t = &cbus__ptls;
+    out->emitted = atomic_load_explicit(&p->emitted, memory_order_relaxed) +
+                   (t->generation == p->generation ? t->pending : 0);
+    out->dropped = atomic_load_explicit(&p->dropped, memory_order_relaxed);
+    out->waited_ns = atomic_load_explicit(&p->waited_ns, memory_order_relaxed);
+    out->max_wait_ns = atomic_load_explicit(&p->max_wait_ns, memory_order_relaxed);
+    return 0;
+}
+
+CBUS_API cbus_bus *cbus_producer_bus(cbus_producer *p)
+{
+    return p ? p->bus : NULL;
+}
+
+/* ---- the gated claim ------------------------------------------------------ */
+
+/* min(cursor) over tethered consumers; *blocker gets the entry holding it. */
+static uint64_t gate_min(cbus_bus *bus, struct cbus_consumer_entry **blocker)
+{
+    uint64_t min = UINT64_MAX;
+    *blocker = NULL;
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = &bus->consumers[i];
+        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE ||
+            !(atomic_load_explicit(&e->flags, memory_order_acquire) & CBUS_CFLAG_TETHERED))
+            continue;
+        /* ACQUIRE: pairs with the RELEASE store of cursor in
+         * cbus_consumer_commit_to(): the consumer is done with every slot
+         * below it. */
+        uint64_t c = atomic_load_explicit(&e->cursor, memory_order_acquire);
+        if (c < min) {
+            min = c;
+            *blocker = e;
+        }
+    }
+    return min;
+}
+
+static void record_wait(cbus_producer *p, uint64_t waited)
+{
+    atomic_fetch_add_explicit(&p->waited_ns, waited, memory_order_relaxed);
+    uint64_t m = atomic_load_explicit(&p->max_wait_ns, memory_order_relaxed);
+    while (waited > m &&
+           !atomic_compare_exchange_weak_explicit(&p->max_wait_ns, &m, waited,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+    if (p->entry) {
+        atomic_fetch_add_explicit(&p->entry->waited_ns, waited, memory_order_relaxed);
+        m = atomic_load_explicit(&p->entry->max_wait_ns, memory_order_relaxed);
+        while (waited > m && !atomic_compare_exchange_weak_explicit(
+                                 &p->entry->max_wait_ns, &m, waited, memory_order_relaxed,
+                                 memory_order_relaxed)) {
+        }
+    }
+}
+
+int cbus__producer_drop(cbus_producer *p)
+{
+    atomic_fetch_add_explicit(&p->dropped, 1, memory_order_relaxed);
+    if (p->entry)
+        atomic_fetch_add_explicit(&p->entry->dropped, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->hdr->dropped, 1, memory_order_relaxed);
+    return -EAGAIN;
+}
+
+/* Untethers the blocking consumer if its heartbeat is stale.  Returns 1 if
+ * it did (the caller recomputes the gate). */
+static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blocker, uint64_t now)
+{
+    if (!blocker)
+        return 0;
+    uint64_t hb = atomic_load_explicit(&blocker->heartbeat_ns, memory_order_acquire);
+    if (now <= hb || now - hb < p->bus->stall_timeout_ns)
+        return 0;
+    uint32_t before = atomic_load_explicit(&blocker->flags, memory_order_acquire);
+    cbus__consumer_untether(p->bus, blocker);
+    if (before & CBUS_CFLAG_TETHERED) {
+        atomic_fetch_add_explicit(&blocker->untethered_count, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->hdr->untethered, 1, memory_order_relaxed);
+    }
+    return 1;
+}
+
+int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
+                      uint64_t now, uint64_t *pos)
+{
+    struct cbus_shm_header *hdr = p->hdr;
+    const uint64_t cap = p->capacity;
+    struct cbus_consumer_entry *blocker = NULL;
+    if (!t->gate_valid || t->gate_epoch != CBUS_GATE_EPOCH(gate)) {
+        t->gate_min = gate_min(p->bus, &blocker);
+        t->gate_epoch = CBUS_GATE_EPOCH(gate);
+        t->gate_valid = 1;
+    }
+    uint64_t wait_start = 0;
+    uint64_t cur = atomic_load_explicit(&hdr->tail, memory_order_relaxed);
+    for (;;) {
+        if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap) {
+            if (atomic_compare_exchange_weak_explicit(&hdr->tail, &cur, cur + 1,
+                                                      memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                if (wait_start)
+                    record_wait(p, cbus__clock_now(&p->bus->clock, &(uint64_t){0}) - wait_start);
+                *pos = cur;
+                return 0;
+            }
+            continue;
+        }
+        /* The cached bound is reached: look at the cursors again. */
+        gate = atomic_load_explicit(&hdr->gate, memory_order_seq_cst);
+        t->gate_epoch = CBUS_GATE_EPOCH(gate);
+        t->gate_min = gate_min(p->bus, &blocker);
+        if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap)
+            continue;
+        if (wait_start)
+            now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
+        if (untether_if_stalled(p, blocker, now))
+            continue;
+        if (!wait_start) {
+            /* Timed out before at this very cursor: the consumer has not
+             * moved, so waiting again would only stall the host again. */
+            if (t->stuck_valid && t->stuck_min == t->gate_min)
+                return cbus__producer_drop(p);
+            wait_start = now;
+        } else if (now - wait_start >= p->bus->lossless_wait_ns) {
+            record_wait(p, now - wait_start);
+            t->stuck_min = t->gate_min;
+            t->stuck_valid = 1;
+            return cbus__producer_drop(p);
+        }
+        cbus__cpu_relax();
+        cur = atomic_load_explicit(&hdr->tail, memory_order_relaxed);
+    }
+}

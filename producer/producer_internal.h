@@ -1,0 +1,46 @@
+/* Producer internals shared by producer.c, emit.c and bus/admit.c. */
+#ifndef CBUS_PRODUCER_INTERNAL_H
+#define CBUS_PRODUCER_INTERNAL_H
+
+#include "../bus/internal.h"
+
+struct cbus_producer {
+    cbus_bus *bus;
+    int owns_bus;
+    unsigned flags;                  /* CBUS_PRODUCER_* */
+    uint32_t pid;
+    uint64_t generation;             /* process-unique: keys the thread-local state */
+    /* copies of bus fields the emit path reads, to stay on one line */
+    struct cbus_shm_header *hdr;
+    struct cbus_slot *slots;
+    uint64_t mask;
+    uint64_t capacity;
+    struct cbus_producer_entry *entry; /* NULL when the table was full */
+    _Alignas(64) _Atomic uint64_t emitted;  /* flushed from threads every 256 */
+    _Atomic uint64_t dropped;
+    _Atomic uint64_t waited_ns;
+    _Atomic uint64_t max_wait_ns;
+};
+
+/* Per-thread state for the producer a thread last used: counters are kept
+ * here and flushed every 256 emits so the emit path does no shared RMW
+ * besides the claim itself.  A thread that alternates between producers
+ * loses at most 255 unflushed counts of "emitted" per switch (never of
+ * "dropped", which is exact). */
+struct cbus__producer_tls {
+    uint64_t generation;
+    uint64_t pending;
+    uint64_t gate_epoch;
+    uint64_t gate_min;
+    uint64_t stuck_min;
+    int gate_valid;
+    int stuck_valid;
+};
+extern _Thread_local struct cbus__producer_tls cbus__ptls;
+
+void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
+int cbus__producer_drop(cbus_producer *p);
+int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
+                      uint64_t now, uint64_t *pos);
+
+#endif
