@@ -8,6 +8,7 @@
 #ifndef CBUS_CBUS_H
 #define CBUS_CBUS_H
 
+#include <errno.h> /* the negative codes every call returns */
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>

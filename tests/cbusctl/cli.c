@@ -1,0 +1,565 @@
+/* cbusctl end to end: the real binary against real buses in /dev/shm. */
+#include "run.h"
+#include "support.h"
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define T_RUN 10000 /* ms: a bound for a hung binary, not a timing assert */
+
+static char bus[64];
+static char path[96];
+static struct run_result rr;
+
+static void setup(void)
+{
+    test_bus_name(bus, sizeof bus);
+    snprintf(path, sizeof path, "/dev/shm/cbus.%s", bus);
+    memset(&rr, 0, sizeof rr);
+}
+
+static void teardown(void)
+{
+    run_free(&rr);
+    cbus_bus_destroy(bus);
+}
+
+TestSuite(cbusctl_cli, .init = setup, .fini = teardown);
+
+/* Runs cbusctl, replacing the previous result. */
+#define CTL(...)                                 \
+    do {                                         \
+        run_free(&rr);                           \
+        run_cbusctl(&rr, T_RUN, __VA_ARGS__, NULL); \
+    } while (0)
+
+#define ASSERT_EXIT(code)                                                                  \
+    cr_assert_eq(rr.code, (code), "exit %d, expected %d\nstdout: %s\nstderr: %s", rr.code, \
+                 (code), rr.out, rr.err)
+
+static cJSON *stat_json(void)
+{
+    CTL("stat", bus, "--json");
+    ASSERT_EXIT(0);
+    cJSON *j = cJSON_Parse(rr.out);
+    cr_assert(j, "stat --json is not JSON: %s", rr.out);
+    return j;
+}
+
+static double jnum(const cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    cr_assert(cJSON_IsNumber(v), "no number '%s'", k);
+    return v->valuedouble;
+}
+
+static const char *jstr(const cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    cr_assert(cJSON_IsString(v), "no string '%s'", k);
+    return v->valuestring;
+}
+
+static cJSON *find_consumer(cJSON *stat, const char *name)
+{
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(stat, "consumers"))
+    {
+        if (!strcmp(jstr(c, "name"), name))
+            return c;
+    }
+    return NULL;
+}
+
+/* Waits until a consumer called name is attached (by polling the table
+ * through the library), so a background tail is known to be listening. */
+static void wait_attached(const char *name)
+{
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, bus, CBUS_OPEN_READONLY), 0);
+    uint64_t end = test_now_ms() + T_RUN;
+    for (;;) {
+        for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+            struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+            if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE &&
+                !strncmp(e->name, name, sizeof e->name)) {
+                cbus_bus_close(b);
+                return;
+            }
+        }
+        cr_assert(test_now_ms() < end, "consumer %s never attached", name);
+        test_sleep_ms(5);
+    }
+}
+
+Test(cbusctl_cli, create_stat_destroy)
+{
+    CTL("create", bus, "--capacity", "1024", "--lossless-wait", "2ms", "--stall-timeout", "3s");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "created bus"), "%s", rr.out);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+
+    cJSON *j = stat_json();
+    cr_assert_str_eq(jstr(j, "bus"), bus);
+    cr_assert_eq(jnum(j, "capacity"), 1024);
+    cr_assert_eq(jnum(j, "slot_size"), CBUS_SLOT_SIZE);
+    cr_assert_eq(jnum(j, "total_size"), (double)st.st_size);
+    cr_assert_eq(jnum(j, "lossless_wait_ns"), 2e6);
+    cr_assert_eq(jnum(j, "stall_timeout_ns"), 3e9);
+    cr_assert_eq(jnum(j, "tail"), 0);
+    cr_assert_eq(jnum(j, "dropped"), 0);
+    cJSON *layout = cJSON_GetObjectItemCaseSensitive(j, "layout");
+    cr_assert_eq(jnum(layout, "major"), CBUS_LAYOUT_MAJOR);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "consumers")), 0);
+    cr_assert(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "producers")));
+    cr_assert_eq(strlen(jstr(j, "bus_id")), 16);
+    cJSON_Delete(j);
+
+    CTL("stat", bus);
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "capacity 1024 slots"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "consumers: 0"), "%s", rr.out);
+
+    CTL("destroy", bus);
+    ASSERT_EXIT(0);
+    cr_assert_neq(stat(path, &st), 0);
+    CTL("destroy", bus);
+    ASSERT_EXIT(1);
+}
+
+Test(cbusctl_cli, create_refuses_existing_and_bad_options)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    CTL("create", bus);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "already exists"), "%s", rr.err);
+
+    cbus_bus_destroy(bus);
+    CTL("create", bus, "--capacity", "1000");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "power of two"), "%s", rr.err);
+    CTL("create", bus, "--lossless-wait", "soon");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "--lossless-wait"), "%s", rr.err);
+    CTL("create", bus, "--capacity", "1024", "--size", "8M");
+    ASSERT_EXIT(2);
+    CTL("create", bus, "--group", "no-such-group-cbusctl");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "no-such-group-cbusctl"), "%s", rr.err);
+    struct stat st;
+    cr_assert_neq(stat(path, &st), 0, "a refused create leaves no segment");
+}
+
+Test(cbusctl_cli, create_by_size_fits)
+{
+    CTL("create", bus, "--size", "3M");
+    ASSERT_EXIT(0);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_leq(st.st_size, 3 << 20);
+    cJSON *j = stat_json();
+    double cap = jnum(j, "capacity");
+    cJSON_Delete(j);
+    /* The largest power of two that fits: twice as many would not. */
+    cr_assert_gt(cap * 2 * CBUS_SLOT_SIZE, (double)(3 << 20) - 2 * (double)(st.st_size - cap * CBUS_SLOT_SIZE));
+}
+
+Test(cbusctl_cli, bad_names_are_usage_errors)
+{
+    const char *bad[] = {"a/b", "..", ".hidden", "", "x y",
+                         "this-name-is-far-too-long-for-a-bus-0123456789"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CTL("create", bad[i]);
+        ASSERT_EXIT(2);
+        cr_assert(strstr(rr.err, "invalid bus name"), "%s", rr.err);
+        CTL("stat", bad[i]);
+        ASSERT_EXIT(2);
+        CTL("tail", bad[i]);
+        ASSERT_EXIT(2);
+        CTL("emit", bad[i], "--kind", "text");
+        ASSERT_EXIT(2);
+        CTL("evict", bad[i], "0");
+        ASSERT_EXIT(2);
+        CTL("destroy", bad[i]);
+        ASSERT_EXIT(2);
+    }
+    CTL("frobnicate");
+    ASSERT_EXIT(2);
+    CTL("stat");
+    ASSERT_EXIT(2);
+}
+
+Test(cbusctl_cli, missing_bus_says_how_to_create_it)
+{
+    char want[256];
+    snprintf(want, sizeof want, "no bus '%s' (%s): create it with cbusctl create %s", bus, path,
+             bus);
+    const char *cmds[] = {"stat", "tail"};
+    for (size_t i = 0; i < 2; i++) {
+        CTL(cmds[i], bus);
+        ASSERT_EXIT(1);
+        cr_assert(strstr(rr.err, want), "%s", rr.err);
+    }
+    CTL("emit", bus, "--kind", "text");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, want), "%s", rr.err);
+    CTL("evict", bus, "3");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, want), "%s", rr.err);
+}
+
+static void overwrite(off_t off, const void *p, size_t n)
+{
+    int fd = open(path, O_WRONLY);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, p, n, off), (ssize_t)n);
+    close(fd);
+}
+
+Test(cbusctl_cli, garbage_header_is_refused_clearly)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    char junk[256];
+    memset(junk, 0xa5, sizeof junk);
+    overwrite(0, junk, sizeof junk);
+    const char *cmds[] = {"stat", "tail"};
+    for (size_t i = 0; i < 2; i++) {
+        CTL(cmds[i], bus);
+        ASSERT_EXIT(1); /* not a crash: a signal would be 128+ */
+        cr_assert(strstr(rr.err, "not a cbus segment"), "%s", rr.err);
+        cr_assert(strstr(rr.err, "cbusctl destroy"), "%s", rr.err);
+    }
+    CTL("destroy", bus);
+    ASSERT_EXIT(0);
+}
+
+Test(cbusctl_cli, wrong_layout_version_is_named)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    uint16_t major = CBUS_LAYOUT_MAJOR + 7;
+    overwrite(offsetof(struct cbus_shm_header, layout_major), &major, sizeof major);
+    CTL("stat", bus);
+    ASSERT_EXIT(1);
+    char want[64];
+    snprintf(want, sizeof want, "layout version %d.%d", CBUS_LAYOUT_MAJOR + 7, CBUS_LAYOUT_MINOR);
+    cr_assert(strstr(rr.err, want), "%s", rr.err);
+    CTL("emit", bus, "--kind", "text");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, want), "%s", rr.err);
+}
+
+Test(cbusctl_cli, corrupt_offsets_and_truncation_are_refused)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    uint64_t huge = UINT64_C(1) << 40;
+    overwrite(offsetof(struct cbus_shm_header, slots_off), &huge, sizeof huge);
+    CTL("stat", bus, "--json");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, bus), "%s", rr.err);
+    cr_assert_eq(rr.out[0], '\0', "nothing on stdout for a refused bus");
+
+    cbus_bus_destroy(bus);
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    cr_assert_eq(truncate(path, 8192), 0);
+    CTL("stat", bus);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "truncated"), "%s", rr.err);
+}
+
+Test(cbusctl_cli, permission_denied_and_foreign_owner)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to create a bus another uid cannot open");
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    /* A root-owned 0600 bus, opened as nobody. */
+    const char *argv[] = {"cbusctl", "stat", bus, NULL};
+    run_free(&rr);
+    run_cbusctl_as(&rr, 65534, T_RUN, argv);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "permission denied"), "%s", rr.err);
+    cr_assert(strstr(rr.err, "mode 0600"), "%s", rr.err);
+
+    /* A bus owned by someone else: refused unless trusted. */
+    cr_assert_eq(chown(path, 65534, 65534), 0);
+    CTL("emit", bus, "--kind", "text");
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "--trust-owner"), "%s", rr.err);
+    CTL("emit", bus, "--kind", "text", "--trust-owner");
+    ASSERT_EXIT(0);
+    CTL("stat", bus, "--json");
+    ASSERT_EXIT(0);
+}
+
+Test(cbusctl_cli, emit_then_tail_count_json)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    struct bg_proc tail;
+    bg_start(&tail, "tail", bus, "--json", "--count", "2", "--name", "t-json", NULL);
+    wait_attached("t-json");
+
+    CTL("emit", bus, "--kind", "llm_end", "--model", "gpt-4o", "--user", "alice", "--provider",
+        "openai", "--input-tokens", "10", "--output-tokens", "20", "--cache-read-tokens", "4",
+        "--duration", "1.5s", "--finish-reason", "stop");
+    ASSERT_EXIT(0);
+    cr_assert_eq(rr.out[0], '\0');
+    CTL("emit", bus, "--kind", "tool_start", "--name", "search", "--preview", "weather in Paris",
+        "--run-id", "0123456789abcdef0123456789abcdef");
+    ASSERT_EXIT(0);
+
+    run_free(&rr);
+    bg_finish(&tail, &rr, T_RUN);
+    ASSERT_EXIT(0);
+    char *nl = strchr(rr.out, '\n');
+    cr_assert(nl, "%s", rr.out);
+    *nl = '\0';
+    cJSON *a = cJSON_Parse(rr.out), *b = cJSON_Parse(nl + 1);
+    cr_assert(a && b, "%s / %s", rr.out, nl + 1);
+    cr_assert_str_eq(jstr(a, "kind"), "llm_end");
+    cr_assert_str_eq(jstr(a, "model"), "gpt-4o");
+    cr_assert_str_eq(jstr(a, "user"), "alice");
+    cr_assert_str_eq(jstr(a, "provider"), "openai");
+    cJSON *u = cJSON_GetObjectItemCaseSensitive(a, "usage");
+    cr_assert_eq(jnum(u, "input_tokens"), 10);
+    cr_assert_eq(jnum(u, "output_tokens"), 20);
+    cr_assert_eq(jnum(u, "cache_read_tokens"), 4);
+    cr_assert(!cJSON_GetObjectItemCaseSensitive(u, "reasoning_tokens"), "not given: absent");
+    cr_assert_eq(jnum(a, "duration_ns"), 1.5e9);
+    cr_assert_str_eq(jstr(a, "finish_reason"), "stop");
+    cr_assert_str_eq(jstr(b, "kind"), "tool_start");
+    cr_assert_str_eq(jstr(b, "name"), "search");
+    cr_assert_str_eq(jstr(b, "preview"), "weather in Paris");
+    cr_assert_str_eq(jstr(b, "run_id"), "01234567-89ab-cdef-0123-456789abcdef");
+    cr_assert_lt(jnum(a, "event_id"), jnum(b, "event_id"));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
+    /* The tail detached on its way out. */
+    cJSON *j = stat_json();
+    cr_assert_null(find_consumer(j, "t-json"));
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_cli, tail_oldest_filters_and_prints_text)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_end", "--model", "gpt-4o", "--user", "alice",
+        "--input-tokens", "1");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_end", "--model", "claude", "--user", "bob",
+        "--input-tokens", "2", "--preview", "line1\nline2\033[31m");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_error", "--model", "claude", "--user", "bob",
+        "--http-status", "429", "--name", "RateLimitError");
+    ASSERT_EXIT(0);
+
+    CTL("tail", bus, "--oldest", "--user", "bob", "--count", "1");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "llm_end"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "user=bob"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "in=2"), "%s", rr.out);
+    cr_assert(!strstr(rr.out, "alice"), "%s", rr.out);
+    /* Control bytes from the bus never reach the terminal raw. */
+    cr_assert(!strchr(rr.out, '\033'), "%s", rr.out);
+    cr_assert(strstr(rr.out, "line1\\nline2\\x1b[31m"), "%s", rr.out);
+    cr_assert_eq(strchr(rr.out, '\n'), rr.out + strlen(rr.out) - 1, "one line: %s", rr.out);
+
+    CTL("tail", bus, "--oldest", "--kind", "llm_error", "--model", "claude", "--count", "1",
+        "--json");
+    ASSERT_EXIT(0);
+    cJSON *e = cJSON_Parse(rr.out);
+    cr_assert(e, "%s", rr.out);
+    cr_assert_str_eq(jstr(e, "kind"), "llm_error");
+    cr_assert_eq(jnum(e, "http_status"), 429);
+    cr_assert_str_eq(jstr(e, "name"), "RateLimitError");
+    cJSON_Delete(e);
+
+    CTL("tail", bus, "--kind", "llm_stop");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "llm_end"), "lists the kinds: %s", rr.err);
+}
+
+Test(cbusctl_cli, emit_refuses_options_of_another_kind)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "tool_start", "--input-tokens", "5");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "--input-tokens does not apply to kind tool_start"), "%s", rr.err);
+    CTL("emit", bus, "--kind", "nonsense");
+    ASSERT_EXIT(2);
+    CTL("emit", bus);
+    ASSERT_EXIT(2);
+    CTL("emit", bus, "--kind", "llm_end", "--input-tokens", "-3");
+    ASSERT_EXIT(2);
+    CTL("emit", bus, "--kind", "llm_end", "--run-id", "not-a-uuid");
+    ASSERT_EXIT(2);
+    cJSON *j = stat_json();
+    cr_assert_eq(jnum(j, "tail"), 0, "nothing was emitted");
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_cli, tail_detaches_on_sigint)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    struct bg_proc tail;
+    bg_start(&tail, "tail", bus, "--name", "t-int", NULL);
+    wait_attached("t-int");
+    CTL("emit", bus, "--kind", "text", "--preview", "hello", "--repeat", "3");
+    ASSERT_EXIT(0);
+
+    /* The tail is live: stat lists it alive, lossy, untethered, by name. */
+    cJSON *j = stat_json();
+    cJSON *c = find_consumer(j, "t-int");
+    cr_assert(c, "%s", rr.out);
+    cr_assert_eq(jnum(c, "pid"), tail.pid);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "alive")));
+    cr_assert_str_eq(jstr(c, "mode"), "lossy");
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(c, "tethered")));
+    cr_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(c, "rate")));
+    cJSON_Delete(j);
+
+    kill(tail.pid, SIGINT);
+    run_free(&rr);
+    bg_finish(&tail, &rr, T_RUN);
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "hello"), "%s", rr.out);
+    j = stat_json();
+    cr_assert_null(find_consumer(j, "t-int"), "detached on SIGINT");
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_cli, evict_sigkilled_consumer)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    struct bg_proc victim, live;
+    bg_start(&victim, "tail", bus, "--name", "victim", NULL);
+    bg_start(&live, "tail", bus, "--name", "bystander", NULL);
+    wait_attached("victim");
+    wait_attached("bystander");
+    kill(victim.pid, SIGKILL);
+    run_free(&rr);
+    bg_finish(&victim, &rr, T_RUN);
+    cr_assert_eq(rr.code, 128 + SIGKILL);
+
+    cJSON *j = stat_json();
+    cJSON *c = find_consumer(j, "victim");
+    cr_assert(c, "a SIGKILLed consumer's entry stays until evicted: %s", rr.out);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(c, "alive")), "%s", rr.out);
+    int victim_idx = (int)jnum(c, "index");
+    int live_idx = (int)jnum(find_consumer(j, "bystander"), "index");
+    cJSON_Delete(j);
+    CTL("stat", bus);
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "DEAD"), "%s", rr.out);
+
+    /* A live consumer is not evicted without --force. */
+    char idx[16];
+    snprintf(idx, sizeof idx, "%d", live_idx);
+    CTL("evict", bus, idx);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "is alive"), "%s", rr.err);
+
+    CTL("evict", bus, "victim");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "victim"), "%s", rr.out);
+    j = stat_json();
+    cr_assert_null(find_consumer(j, "victim"));
+    cr_assert(find_consumer(j, "bystander"));
+    cJSON_Delete(j);
+    snprintf(idx, sizeof idx, "%d", victim_idx);
+    CTL("evict", bus, idx);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "free"), "%s", rr.err);
+    CTL("evict", bus, "nobody-here");
+    ASSERT_EXIT(1);
+    CTL("evict", bus, "99999");
+    ASSERT_EXIT(2);
+
+    /* Forced: the bystander's next call sees it was evicted, and it exits 1. */
+    snprintf(idx, sizeof idx, "%d", live_idx);
+    CTL("evict", bus, idx, "--force");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "text");
+    ASSERT_EXIT(0);
+    run_free(&rr);
+    bg_finish(&live, &rr, T_RUN);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "evicted"), "%s", rr.err);
+}
+
+Test(cbusctl_cli, stat_shows_producer_table)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    cbus_producer *p;
+    struct cbus_producer_opts po = {.name = "testprod"};
+    cr_assert_eq(cbus_producer_open(&p, bus, &po), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(cbus_text(p, &ctx, "x"), 0);
+
+    cJSON *j = stat_json();
+    cr_assert_eq(jnum(j, "tail"), 3);
+    cJSON *pe, *found = NULL;
+    cJSON_ArrayForEach(pe, cJSON_GetObjectItemCaseSensitive(j, "producers"))
+    {
+        if (!strcmp(jstr(pe, "name"), "testprod"))
+            found = pe;
+    }
+    cr_assert(found, "%s", rr.out);
+    cr_assert_eq(jnum(found, "pid"), getpid());
+    cr_assert_eq(jnum(found, "dropped"), 0);
+    cr_assert_leq(jnum(found, "emitted"), 3);
+    cJSON_Delete(j);
+    CTL("stat", bus);
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "testprod"), "%s", rr.out);
+    cbus_producer_close(p);
+}
+
+Test(cbusctl_cli, stat_watch_json_until_sigint)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    struct bg_proc w;
+    bg_start(&w, "stat", bus, "--json", "--watch", "0.1", NULL);
+    test_sleep_ms(450);
+    kill(w.pid, SIGINT);
+    run_free(&rr);
+    bg_finish(&w, &rr, T_RUN);
+    ASSERT_EXIT(0);
+    int lines = 0;
+    for (char *s = rr.out, *nl; (nl = strchr(s, '\n')); s = nl + 1) {
+        *nl = '\0';
+        cJSON *j = cJSON_Parse(s);
+        cr_assert(j, "line %d: %s", lines, s);
+        cr_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "interval_ms")));
+        cJSON_Delete(j);
+        lines++;
+    }
+    cr_assert_geq(lines, 1);
+}

@@ -1,0 +1,228 @@
+/* The shared event JSON rendering (consumers/common/event_json.c), parsed
+ * back with cJSON: what `cbusctl tail --json` and `cbus-audit cat` print. */
+#include "event_json.h"
+
+#include <cbus/cbus.h>
+
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <string.h>
+
+static struct cbus_event ev;
+static struct sbuf out;
+
+static void setup(void)
+{
+    memset(&ev, 0, sizeof ev);
+    ev.kind = CBUS_EV_LLM_END;
+    ev.event_id = 42;
+    ev.ts_realtime_ns = UINT64_C(1763950000123456789); /* above 2^53 on purpose */
+    ev.ts_mono_ns = 987654321;
+    ev.pid = 1234;
+    ev.tid = 1235;
+    for (int i = 0; i < 16; i++)
+        ev.run_id[i] = (uint8_t)(0x10 + i);
+    sbuf_init(&out);
+}
+
+static void teardown(void)
+{
+    sbuf_free(&out);
+}
+
+/* Renders ev and parses it; fails the test if it is not one JSON object. */
+static cJSON *render(void)
+{
+    sbuf_reset(&out);
+    cbus_event_json(&out, &ev);
+    cr_assert(!out.failed);
+    cr_assert(!strchr(out.data, '\n'), "one line: %s", out.data);
+    cJSON *j = cJSON_Parse(out.data);
+    cr_assert(j, "not JSON: %s", out.data);
+    cr_assert(cJSON_IsObject(j));
+    return j;
+}
+
+static const char *str(cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double num(cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    cr_assert(cJSON_IsNumber(v), "%s is not a number in %s", k, out.data);
+    return v->valuedouble;
+}
+
+static int has(cJSON *j, const char *k)
+{
+    return cJSON_GetObjectItemCaseSensitive(j, k) != NULL;
+}
+
+TestSuite(cbusctl_event_json, .init = setup, .fini = teardown);
+
+Test(cbusctl_event_json, common_fields_by_name)
+{
+    strcpy(ev.model, "gpt-4o");
+    strcpy(ev.provider, "openai");
+    strcpy(ev.user, "alice");
+    cJSON *j = render();
+    cr_assert_str_eq(str(j, "kind"), "llm_end");
+    cr_assert_eq(num(j, "event_id"), 42);
+    cr_assert_eq(num(j, "pid"), 1234);
+    cr_assert_eq(num(j, "tid"), 1235);
+    cr_assert_str_eq(str(j, "model"), "gpt-4o");
+    cr_assert_str_eq(str(j, "provider"), "openai");
+    cr_assert_str_eq(str(j, "user"), "alice");
+    cr_assert_str_eq(str(j, "run_id"), "10111213-1415-1617-1819-1a1b1c1d1e1f");
+    /* Empty strings and ids without their flag are left out, not rendered empty. */
+    cr_assert(!has(j, "session") && !has(j, "preview") && !has(j, "request_id"));
+    cr_assert(!has(j, "parent_run_id") && !has(j, "trace_id") && !has(j, "truncated"));
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, timestamps_are_exact_integers)
+{
+    cJSON *j = render();
+    /* A double cannot hold this value; the text must carry every digit. */
+    cr_assert(strstr(out.data, "\"ts_realtime_ns\":1763950000123456789,"), "%s", out.data);
+    cr_assert(strstr(out.data, "\"ts_mono_ns\":987654321,"), "%s", out.data);
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, usage_lists_only_present_counts)
+{
+    ev.u.usage.usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_CACHE_READ | CBUS_USAGE_TTFT;
+    ev.u.usage.input_tokens = 100;
+    ev.u.usage.output_tokens = 777; /* no present bit: must not appear */
+    ev.u.usage.cache_read_tokens = 40;
+    ev.u.usage.ttft_ns = 120000000;
+    ev.u.usage.duration_ns = 999; /* no present bit */
+    ev.u.usage.finish_reason = CBUS_FINISH_LENGTH;
+    cJSON *j = render();
+    cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+    cr_assert(cJSON_IsObject(u), "%s", out.data);
+    cr_assert_eq(cJSON_GetArraySize(u), 2);
+    cr_assert_eq(num(u, "input_tokens"), 100);
+    cr_assert_eq(num(u, "cache_read_tokens"), 40);
+    cr_assert(!has(u, "output_tokens"));
+    cr_assert_eq(num(j, "ttft_ns"), 120000000);
+    cr_assert(!has(j, "duration_ns"));
+    cr_assert_str_eq(str(j, "finish_reason"), "length");
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, llm_end_without_usage_has_no_usage_object)
+{
+    cJSON *j = render();
+    cr_assert(!has(j, "usage"), "absent is not zero: %s", out.data);
+    cr_assert(!has(j, "finish_reason"));
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, full_width_fields_stop_at_their_array)
+{
+    /* No NUL anywhere in model: the reader must stop at 64 bytes and not
+     * run into user. */
+    memset(ev.model, 'm', sizeof ev.model);
+    memset(ev.user, 'u', sizeof ev.user);
+    memset(ev.preview, 'p', sizeof ev.preview);
+    ev.flags = CBUS_TRUNC_MODEL | CBUS_TRUNC_PREVIEW;
+    cJSON *j = render();
+    cr_assert_eq(strlen(str(j, "model")), CBUS_MODEL_LEN);
+    cr_assert_eq(strspn(str(j, "model"), "m"), CBUS_MODEL_LEN);
+    cr_assert_eq(strlen(str(j, "user")), CBUS_USER_LEN);
+    cr_assert_eq(strlen(str(j, "preview")), CBUS_PREVIEW_LEN);
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "truncated");
+    cr_assert(cJSON_IsArray(t));
+    cr_assert_eq(cJSON_GetArraySize(t), 2);
+    cr_assert_str_eq(cJSON_GetArrayItem(t, 0)->valuestring, "model");
+    cr_assert_str_eq(cJSON_GetArrayItem(t, 1)->valuestring, "preview");
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, hostile_bytes_stay_valid_json)
+{
+    ev.kind = CBUS_EV_LLM_NEW_TOKEN;
+    ev.u.token.index = 7;
+    /* quote, backslash, newline, a control byte, a lone continuation byte
+     * and a UTF-8 sequence cut by the preview limit */
+    static const char hostile[] = "a\"b\\c\nd\001e\x80" "f\xc3";
+    memcpy(ev.preview, hostile, sizeof hostile - 1);
+    memcpy(ev.user, "\xe2\x82\xac", 3); /* a valid euro sign passes through */
+    cJSON *j = render();
+    cr_assert_str_eq(str(j, "preview"), "a\"b\\c\nd\001e\xef\xbf\xbd" "f\xef\xbf\xbd");
+    cr_assert_str_eq(str(j, "user"), "\xe2\x82\xac");
+    cr_assert_eq(num(j, "index"), 7);
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, parent_and_trace_only_with_their_flags)
+{
+    memset(ev.parent_run_id, 0xab, 16);
+    memset(ev.trace_id, 0xcd, 16);
+    cJSON *j = render();
+    cr_assert(!has(j, "parent_run_id") && !has(j, "trace_id"));
+    cJSON_Delete(j);
+    ev.flags = CBUS_FLAG_HAS_PARENT | CBUS_FLAG_HAS_TRACE;
+    j = render();
+    cr_assert_str_eq(str(j, "parent_run_id"), "abababab-abab-abab-abab-abababababab");
+    cr_assert_str_eq(str(j, "trace_id"), "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd");
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, unknown_kind_and_reason_render_as_numbers)
+{
+    ev.kind = 999;
+    cJSON *j = render();
+    cr_assert_str_eq(str(j, "kind"), "unknown");
+    cr_assert_eq(num(j, "kind_code"), 999);
+    cJSON_Delete(j);
+    ev.kind = CBUS_EV_LLM_END;
+    ev.u.usage.finish_reason = 200;
+    j = render();
+    cr_assert_eq(num(j, "finish_reason"), 200);
+    cJSON_Delete(j);
+}
+
+Test(cbusctl_event_json, per_kind_numbers)
+{
+    ev.kind = CBUS_EV_RETRY;
+    ev.u.retry.attempt = 3;
+    ev.u.retry.backoff_ns = 2000000000;
+    cJSON *j = render();
+    cr_assert_eq(num(j, "attempt"), 3);
+    cr_assert_eq(num(j, "backoff_ns"), 2e9);
+    cJSON_Delete(j);
+
+    memset(&ev.u, 0, sizeof ev.u);
+    ev.kind = CBUS_EV_TOOL_ERROR;
+    ev.u.error.http_status = 503;
+    ev.u.error.duration_ns = 5000;
+    strcpy(ev.name, "TimeoutError");
+    j = render();
+    cr_assert_eq(num(j, "http_status"), 503);
+    cr_assert_eq(num(j, "duration_ns"), 5000);
+    cr_assert_str_eq(str(j, "name"), "TimeoutError");
+    cJSON_Delete(j);
+
+    memset(&ev.u, 0, sizeof ev.u);
+    ev.kind = CBUS_EV_RETRIEVER_END;
+    ev.u.retriever.document_count = 0;
+    j = render();
+    cr_assert_eq(num(j, "document_count"), 0, "zero documents is a real count");
+    cr_assert(!has(j, "duration_ns"));
+    cJSON_Delete(j);
+
+    memset(&ev.u, 0, sizeof ev.u);
+    ev.kind = CBUS_EV_CHAT_MODEL_START;
+    ev.u.llm_start.prompt_count = 4;
+    ev.u.llm_start.max_tokens = 256;
+    j = render();
+    cr_assert_eq(num(j, "prompt_count"), 4);
+    cr_assert_eq(num(j, "max_tokens"), 256);
+    cr_assert(!has(j, "est_input_tokens"));
+    cJSON_Delete(j);
+}
