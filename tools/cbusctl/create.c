@@ -1,0 +1,231 @@
+/* cbusctl create / destroy */
+#include "cbusctl.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define CAPACITY_MIN (UINT64_C(1) << 10)
+#define CAPACITY_MAX (UINT64_C(1) << 24)
+
+static void create_help(FILE *f)
+{
+    fprintf(f,
+            "usage: cbusctl create NAME [options]\n"
+            "Creates /dev/shm/cbus.NAME, zero-filled (a full /dev/shm fails here, not later).\n"
+            "  --capacity N          slots, a power of two %" PRIu64 "..%" PRIu64
+            " (default 16384 = 8 MiB of slots)\n"
+            "  --size BYTES          instead of --capacity: the largest capacity fitting in\n"
+            "                        BYTES (4096, 64k, 8M), e.g. to stay under Docker's 64M\n"
+            "  --group G             chown to group G and make it mode 0660\n"
+            "  --mode OCTAL          file mode (default 0600; 0660 with --group)\n"
+            "  --lossless-wait D     how long a producer waits for a lossless consumer before\n"
+            "                        dropping (default 1ms)\n"
+            "  --stall-timeout D     heartbeat age that untethers a lossless consumer (default 2s)\n"
+            "  --abandon-timeout D   wait before skipping a dead writer's slot (default 20ms)\n"
+            "  --admit-stale D       admission writer heartbeat age that makes it stale (default 3s)\n"
+            "  --admission-entries N admission table entries, a power of two (default 4096)\n"
+            "Durations: 500us, 1ms, 2s.\n",
+            CAPACITY_MIN, CAPACITY_MAX);
+}
+
+static int is_pow2(uint64_t v)
+{
+    return v && !(v & (v - 1));
+}
+
+int cmd_create(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"capacity", required_argument, NULL, 'c'},
+        {"size", required_argument, NULL, 's'},
+        {"group", required_argument, NULL, 'g'},
+        {"mode", required_argument, NULL, 'm'},
+        {"lossless-wait", required_argument, NULL, 'w'},
+        {"stall-timeout", required_argument, NULL, 't'},
+        {"abandon-timeout", required_argument, NULL, 'a'},
+        {"admit-stale", required_argument, NULL, 'A'},
+        {"admission-entries", required_argument, NULL, 'e'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    struct cbus_create_opts o = {0};
+    uint64_t size = 0, v;
+    int r;
+
+    optind = 0;
+    for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
+        switch (c) {
+        case 'c':
+            if ((r = cli_u64("create", "--capacity", optarg, CAPACITY_MIN, CAPACITY_MAX,
+                             &o.capacity)))
+                return r;
+            if (!is_pow2(o.capacity))
+                return cli_usage_error("create", "--capacity %s: must be a power of two", optarg);
+            break;
+        case 's':
+            if ((r = cli_u64("create", "--size", optarg, 1, UINT64_MAX, &size)))
+                return r;
+            break;
+        case 'g':
+            o.group_name = optarg;
+            break;
+        case 'm': {
+            char *end;
+            errno = 0;
+            unsigned long m = strtoul(optarg, &end, 8);
+            if (errno || end == optarg || *end || m > 0777)
+                return cli_usage_error("create", "--mode '%s': expected octal like 0600 or 0660",
+                                       optarg);
+            if ((m & 0600) != 0600)
+                return cli_usage_error("create", "--mode %s: the owner needs read and write (06xx)",
+                                       optarg);
+            o.mode = (uint32_t)m;
+            break;
+        }
+        case 'w':
+            if ((r = cli_duration("create", "--lossless-wait", optarg, &o.lossless_wait_ns)))
+                return r;
+            if (!o.lossless_wait_ns)
+                return cli_usage_error("create", "--lossless-wait must be above zero");
+            break;
+        case 't':
+            if ((r = cli_duration("create", "--stall-timeout", optarg, &o.stall_timeout_ns)))
+                return r;
+            if (!o.stall_timeout_ns)
+                return cli_usage_error("create", "--stall-timeout must be above zero");
+            break;
+        case 'a':
+            if ((r = cli_duration("create", "--abandon-timeout", optarg, &o.abandon_timeout_ns)))
+                return r;
+            if (!o.abandon_timeout_ns)
+                return cli_usage_error("create", "--abandon-timeout must be above zero");
+            break;
+        case 'A':
+            if ((r = cli_duration("create", "--admit-stale", optarg, &o.admit_stale_ns)))
+                return r;
+            if (!o.admit_stale_ns)
+                return cli_usage_error("create", "--admit-stale must be above zero");
+            break;
+        case 'e':
+            if ((r = cli_u64("create", "--admission-entries", optarg, 1, UINT32_MAX, &v)))
+                return r;
+            if (!is_pow2(v))
+                return cli_usage_error("create", "--admission-entries %s: must be a power of two",
+                                       optarg);
+            o.admission_entries = (uint32_t)v;
+            break;
+        case 'h':
+            create_help(stdout);
+            return EXIT_OK;
+        default:
+            create_help(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("create", "expected exactly one bus NAME");
+    const char *name = argv[optind];
+    if ((r = cli_bus_name("create", name)))
+        return r;
+    if (size && o.capacity)
+        return cli_usage_error("create", "give --capacity or --size, not both");
+    if (size) {
+        /* The largest power-of-two capacity whose whole segment fits. */
+        uint64_t best = 0;
+        for (uint64_t cap = CAPACITY_MIN; cap <= CAPACITY_MAX; cap <<= 1) {
+            o.capacity = cap;
+            size_t need = cbus_bus_size(&o);
+            if (need && need <= size)
+                best = cap;
+        }
+        o.capacity = CAPACITY_MIN;
+        if (!best) {
+            char b1[32], b2[32];
+            return cli_usage_error("create", "--size %s: too small, the smallest bus takes %s",
+                                   fmt_bytes(b1, sizeof b1, size),
+                                   fmt_bytes(b2, sizeof b2, cbus_bus_size(&o)));
+        }
+        o.capacity = best;
+    }
+
+    char path[64];
+    cli_shm_path(path, sizeof path, name);
+    r = cbus_bus_create(name, &o);
+    switch (r) {
+    case 0:
+        break;
+    case -EEXIST:
+        cli_error("bus '%s' already exists (%s): remove it first with cbusctl destroy %s", name,
+                  path, name);
+        return EXIT_RUNTIME;
+    case -ENOSPC:
+        cli_error("no room in /dev/shm for bus '%s' (%zu bytes): choose a smaller --capacity or "
+                  "--size, or enlarge /dev/shm",
+                  name, cbus_bus_size(&o));
+        return EXIT_RUNTIME;
+    case -ENOENT:
+        if (o.group_name) {
+            cli_error("no group '%s'", o.group_name);
+            return EXIT_RUNTIME;
+        }
+        cli_error("create bus '%s': %s", name, cbus_strerror(r));
+        return EXIT_RUNTIME;
+    case -EPERM:
+    case -EACCES:
+        cli_error("permission denied creating bus '%s' (%s)%s", name, path,
+                  o.group_name ? ": you must be a member of the group to chown to it" : "");
+        return EXIT_RUNTIME;
+    case -EINVAL:
+        cli_error("create bus '%s': the library refused the options (%s)", name, cbus_strerror(r));
+        return EXIT_USAGE;
+    default:
+        cli_error("create bus '%s': %s", name, cbus_strerror(r));
+        return EXIT_RUNTIME;
+    }
+
+    struct stat st;
+    char sz[32];
+    uint64_t cap = o.capacity ? o.capacity : 16384;
+    if (stat(path, &st) == 0)
+        printf("created bus '%s' (%s): %" PRIu64 " slots x %d B, %s, mode %04o\n", name, path, cap,
+               CBUS_SLOT_SIZE, fmt_bytes(sz, sizeof sz, (uint64_t)st.st_size),
+               (unsigned)(st.st_mode & 07777));
+    else
+        printf("created bus '%s' (%s)\n", name, path);
+    return EXIT_OK;
+}
+
+int cmd_destroy(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    optind = 0;
+    for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
+        if (c == 'h') {
+            printf("usage: cbusctl destroy NAME\n"
+                   "Removes /dev/shm/cbus.NAME.  Processes that have it mapped keep working on the\n"
+                   "old segment until they exit; new opens see no bus.\n");
+            return EXIT_OK;
+        }
+        return cli_usage_error("destroy", "unknown option");
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("destroy", "expected exactly one bus NAME");
+    const char *name = argv[optind];
+    int r = cli_bus_name("destroy", name);
+    if (r)
+        return r;
+    r = cbus_bus_destroy(name);
+    if (r) {
+        cli_explain_open_error(name, r);
+        return EXIT_RUNTIME;
+    }
+    printf("destroyed bus '%s'\n", name);
+    return EXIT_OK;
+}

@@ -1,0 +1,358 @@
+/* cbusctl emit: inject one event (or --repeat N) through the producer API,
+ * for demos, smoke tests and checking that consumers react. */
+#include "cbusctl.h"
+
+#include <cbus/producer.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+
+#define K(kind) (UINT32_C(1) << (kind))
+#define KINDS_START (K(CBUS_EV_LLM_START) | K(CBUS_EV_CHAT_MODEL_START))
+#define KINDS_ERROR (K(CBUS_EV_LLM_ERROR) | K(CBUS_EV_CHAIN_ERROR) | K(CBUS_EV_TOOL_ERROR) | \
+                     K(CBUS_EV_RETRIEVER_ERROR))
+#define KINDS_SPAN  (K(CBUS_EV_CHAIN_END) | K(CBUS_EV_TOOL_END) | K(CBUS_EV_AGENT_FINISH))
+#define KINDS_DURATION (K(CBUS_EV_LLM_END) | KINDS_ERROR | KINDS_SPAN | K(CBUS_EV_RETRIEVER_END))
+#define KINDS_ALL UINT32_MAX
+
+enum opt_id {
+    O_KIND = 1, O_PROVIDER, O_MODEL, O_USER, O_SESSION, O_REQUEST, O_RUN, O_PARENT, O_TRACE,
+    O_NAME, O_PREVIEW,
+    O_INPUT, O_OUTPUT, O_CACHE_READ, O_CACHE_CREATION, O_REASONING, O_TTFT, O_FINISH,
+    O_GENERATIONS,
+    O_DURATION,
+    O_PROMPTS, O_EST_INPUT, O_MAX_TOKENS,
+    O_INDEX,
+    O_HTTP,
+    O_ATTEMPT, O_BACKOFF,
+    O_DOCS,
+    O_REPEAT, O_PRODUCER, O_TRUST, O_HELP,
+    O__COUNT
+};
+
+/* Which kinds each per-kind option applies to: anything else is a usage
+ * error, so a typo'd kind does not silently emit an event without its numbers. */
+static uint32_t applies_to(int id)
+{
+    switch (id) {
+    case O_INPUT: case O_OUTPUT: case O_CACHE_READ: case O_CACHE_CREATION: case O_REASONING:
+    case O_TTFT: case O_FINISH: case O_GENERATIONS:
+        return K(CBUS_EV_LLM_END);
+    case O_DURATION:
+        return KINDS_DURATION;
+    case O_PROMPTS: case O_EST_INPUT: case O_MAX_TOKENS:
+        return KINDS_START;
+    case O_INDEX:
+        return K(CBUS_EV_LLM_NEW_TOKEN);
+    case O_HTTP:
+        return KINDS_ERROR;
+    case O_ATTEMPT: case O_BACKOFF:
+        return K(CBUS_EV_RETRY);
+    case O_DOCS:
+        return K(CBUS_EV_RETRIEVER_END);
+    default:
+        return KINDS_ALL;
+    }
+}
+
+static const struct option longopts[] = {
+    {"kind", required_argument, NULL, O_KIND},
+    {"provider", required_argument, NULL, O_PROVIDER},
+    {"model", required_argument, NULL, O_MODEL},
+    {"user", required_argument, NULL, O_USER},
+    {"session", required_argument, NULL, O_SESSION},
+    {"request-id", required_argument, NULL, O_REQUEST},
+    {"run-id", required_argument, NULL, O_RUN},
+    {"parent-run-id", required_argument, NULL, O_PARENT},
+    {"trace-id", required_argument, NULL, O_TRACE},
+    {"name", required_argument, NULL, O_NAME},
+    {"preview", required_argument, NULL, O_PREVIEW},
+    {"text", required_argument, NULL, O_PREVIEW},
+    {"input-tokens", required_argument, NULL, O_INPUT},
+    {"output-tokens", required_argument, NULL, O_OUTPUT},
+    {"cache-read-tokens", required_argument, NULL, O_CACHE_READ},
+    {"cache-creation-tokens", required_argument, NULL, O_CACHE_CREATION},
+    {"reasoning-tokens", required_argument, NULL, O_REASONING},
+    {"ttft", required_argument, NULL, O_TTFT},
+    {"finish-reason", required_argument, NULL, O_FINISH},
+    {"generations", required_argument, NULL, O_GENERATIONS},
+    {"duration", required_argument, NULL, O_DURATION},
+    {"prompt-count", required_argument, NULL, O_PROMPTS},
+    {"est-input-tokens", required_argument, NULL, O_EST_INPUT},
+    {"max-tokens", required_argument, NULL, O_MAX_TOKENS},
+    {"index", required_argument, NULL, O_INDEX},
+    {"http-status", required_argument, NULL, O_HTTP},
+    {"attempt", required_argument, NULL, O_ATTEMPT},
+    {"backoff", required_argument, NULL, O_BACKOFF},
+    {"document-count", required_argument, NULL, O_DOCS},
+    {"repeat", required_argument, NULL, O_REPEAT},
+    {"producer-name", required_argument, NULL, O_PRODUCER},
+    {"trust-owner", no_argument, NULL, O_TRUST},
+    {"help", no_argument, NULL, O_HELP},
+    {0},
+};
+
+static void emit_help(FILE *f)
+{
+    fprintf(f,
+            "usage: cbusctl emit NAME --kind KIND [options]\n"
+            "Emits one event through the producer API (as producer 'cbusctl').  Prints nothing\n"
+            "on success.\n"
+            "Context (any kind):\n"
+            "  --provider P --model M --user U --session S --request-id R\n"
+            "  --run-id ID --parent-run-id ID --trace-id ID   (UUID or 32 hex; default: new ids)\n"
+            "  --name N                tool / chain / custom event name or error type\n"
+            "  --preview TEXT          text preview (alias --text); cut to %d bytes\n"
+            "Per kind:\n"
+            "  llm_end: --input-tokens --output-tokens --cache-read-tokens\n"
+            "           --cache-creation-tokens --reasoning-tokens (OpenTelemetry convention:\n"
+            "           input includes cache tokens, output includes reasoning; a count not\n"
+            "           given is absent, not zero) --ttft D --finish-reason R --generations N\n"
+            "  llm_start, chat_model_start: --prompt-count --est-input-tokens --max-tokens\n"
+            "  llm_new_token: --index\n"
+            "  *_error: --http-status\n"
+            "  retry: --attempt --backoff D\n"
+            "  retriever_end: --document-count\n"
+            "  --duration D            llm_end, *_error, retriever_end, chain_end, tool_end,\n"
+            "                          agent_finish\n"
+            "Other:\n"
+            "  --repeat N              emit N identical events (default 1)\n"
+            "  --producer-name NAME    producer table name (default cbusctl)\n"
+            "  --trust-owner           emit into a bus owned by another uid\n",
+            CBUS_PREVIEW_LEN);
+}
+
+static const char *opt_name(int id)
+{
+    for (const struct option *o = longopts; o->name; o++)
+        if (o->val == id)
+            return o->name;
+    return "?";
+}
+
+static int parse_id(const char *flag, const char *text, uint8_t id[16])
+{
+    if (cbus_id_parse(id, text))
+        return cli_usage_error("emit", "%s '%s': expected a UUID or 32 hex characters", flag, text);
+    return 0;
+}
+
+int cmd_emit(int argc, char **argv)
+{
+    const char *arg[O__COUNT] = {0};
+    int given[O__COUNT] = {0};
+    int r;
+
+    optind = 0;
+    for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
+        if (c == 'h' || c == O_HELP) {
+            emit_help(stdout);
+            return EXIT_OK;
+        }
+        if (c <= 0 || c >= O__COUNT) {
+            emit_help(stderr);
+            return EXIT_USAGE;
+        }
+        given[c] = 1;
+        arg[c] = optarg;
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("emit", "expected exactly one bus NAME");
+    const char *name = argv[optind];
+    if ((r = cli_bus_name("emit", name)))
+        return r;
+    if (!given[O_KIND])
+        return cli_usage_error("emit", "--kind is required (llm_start, llm_end, tool_start, ...)");
+    int kind = cbus_kind_from_name(arg[O_KIND]);
+    if (kind <= 0)
+        return cli_usage_error("emit", "--kind '%s': unknown kind", arg[O_KIND]);
+    for (const struct option *o = longopts; o->name; o++) {
+        if (given[o->val] && !(applies_to(o->val) & K(kind)))
+            return cli_usage_error("emit", "--%s does not apply to kind %s", o->name,
+                                   arg[O_KIND]);
+    }
+
+    /* Context: ids and bounded strings. */
+    cbus_ctx ctx;
+    uint8_t id[16];
+    cbus_ctx_init(&ctx);
+    static const struct {
+        int id;
+        int (*set)(cbus_ctx *, const char *);
+    } strings[] = {
+        {O_PROVIDER, cbus_ctx_set_provider}, {O_MODEL, cbus_ctx_set_model},
+        {O_USER, cbus_ctx_set_user},         {O_SESSION, cbus_ctx_set_session},
+        {O_REQUEST, cbus_ctx_set_request_id},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        if (given[strings[i].id] && (r = strings[i].set(&ctx, arg[strings[i].id])) < 0) {
+            cli_error("emit: setting a context string: %s", cbus_strerror(r));
+            return EXIT_USAGE;
+        }
+    }
+    if (given[O_RUN]) {
+        if ((r = parse_id("--run-id", arg[O_RUN], id)))
+            return r;
+        cbus_ctx_set_run_id(&ctx, id);
+    }
+    if (given[O_PARENT]) {
+        if ((r = parse_id("--parent-run-id", arg[O_PARENT], id)))
+            return r;
+        cbus_ctx_set_parent_run_id(&ctx, id);
+    }
+    if (given[O_TRACE]) {
+        if ((r = parse_id("--trace-id", arg[O_TRACE], id)))
+            return r;
+        cbus_ctx_set_trace_id(&ctx, id);
+    }
+
+    /* Per-kind numbers, laid out as the event's union. */
+    union {
+        struct cbus_usage usage;
+        struct cbus_llm_start_info start;
+        struct cbus_token_info token;
+        struct cbus_error_info error;
+        struct cbus_retry_info retry;
+        struct cbus_retriever_info retriever;
+        struct cbus_span_info span;
+    } pl;
+    size_t pl_len = 0;
+    uint64_t duration = 0;
+    memset(&pl, 0, sizeof pl);
+    if (given[O_DURATION] && (r = cli_duration("emit", "--duration", arg[O_DURATION], &duration)))
+        return r;
+
+    if (kind == CBUS_EV_LLM_END) {
+        static const struct {
+            int id;
+            unsigned bit;
+            size_t off;
+        } counts[] = {
+            {O_INPUT, CBUS_USAGE_INPUT, offsetof(struct cbus_usage, input_tokens)},
+            {O_OUTPUT, CBUS_USAGE_OUTPUT, offsetof(struct cbus_usage, output_tokens)},
+            {O_CACHE_READ, CBUS_USAGE_CACHE_READ, offsetof(struct cbus_usage, cache_read_tokens)},
+            {O_CACHE_CREATION, CBUS_USAGE_CACHE_CREATION,
+             offsetof(struct cbus_usage, cache_creation_tokens)},
+            {O_REASONING, CBUS_USAGE_REASONING, offsetof(struct cbus_usage, reasoning_tokens)},
+        };
+        for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+            if (!given[counts[i].id])
+                continue;
+            uint32_t v;
+            char flag[48];
+            snprintf(flag, sizeof flag, "--%s", opt_name(counts[i].id));
+            if ((r = cli_u32("emit", flag, arg[counts[i].id], &v)))
+                return r;
+            memcpy((char *)&pl.usage + counts[i].off, &v, sizeof v);
+            pl.usage.usage_present |= (uint8_t)counts[i].bit;
+        }
+        if (given[O_DURATION]) {
+            pl.usage.duration_ns = duration;
+            pl.usage.usage_present |= CBUS_USAGE_DURATION;
+        }
+        if (given[O_TTFT]) {
+            if ((r = cli_duration("emit", "--ttft", arg[O_TTFT], &pl.usage.ttft_ns)))
+                return r;
+            pl.usage.usage_present |= CBUS_USAGE_TTFT;
+        }
+        if (given[O_FINISH]) {
+            int fr = cbus_finish_reason_from_name(arg[O_FINISH]);
+            if (fr < 0)
+                return cli_usage_error("emit", "--finish-reason '%s': expected stop, length, "
+                                               "tool_calls, content_filter, error or other",
+                                       arg[O_FINISH]);
+            pl.usage.finish_reason = (uint8_t)fr;
+        }
+        if (given[O_GENERATIONS]) {
+            uint64_t g;
+            if ((r = cli_u64("emit", "--generations", arg[O_GENERATIONS], 0, UINT16_MAX, &g)))
+                return r;
+            pl.usage.generations = (uint16_t)g;
+        }
+        pl_len = sizeof pl.usage;
+    } else if (K(kind) & KINDS_START) {
+        if ((given[O_PROMPTS] && (r = cli_u32("emit", "--prompt-count", arg[O_PROMPTS],
+                                              &pl.start.prompt_count))) ||
+            (given[O_EST_INPUT] && (r = cli_u32("emit", "--est-input-tokens", arg[O_EST_INPUT],
+                                                &pl.start.est_input_tokens))) ||
+            (given[O_MAX_TOKENS] && (r = cli_u32("emit", "--max-tokens", arg[O_MAX_TOKENS],
+                                                 &pl.start.max_tokens))))
+            return r;
+        pl_len = sizeof pl.start;
+    } else if (kind == CBUS_EV_LLM_NEW_TOKEN) {
+        if (given[O_INDEX] && (r = cli_u32("emit", "--index", arg[O_INDEX], &pl.token.index)))
+            return r;
+        pl_len = sizeof pl.token;
+    } else if (K(kind) & KINDS_ERROR) {
+        if (given[O_HTTP]) {
+            uint64_t st;
+            if ((r = cli_u64("emit", "--http-status", arg[O_HTTP], 100, 599, &st)))
+                return r;
+            pl.error.http_status = (int32_t)st;
+        }
+        pl.error.duration_ns = duration;
+        pl_len = sizeof pl.error;
+    } else if (kind == CBUS_EV_RETRY) {
+        if ((given[O_ATTEMPT] &&
+             (r = cli_u32("emit", "--attempt", arg[O_ATTEMPT], &pl.retry.attempt))) ||
+            (given[O_BACKOFF] &&
+             (r = cli_duration("emit", "--backoff", arg[O_BACKOFF], &pl.retry.backoff_ns))))
+            return r;
+        pl_len = sizeof pl.retry;
+    } else if (kind == CBUS_EV_RETRIEVER_END) {
+        if (given[O_DOCS] && (r = cli_u32("emit", "--document-count", arg[O_DOCS],
+                                          &pl.retriever.document_count)))
+            return r;
+        pl.retriever.duration_ns = duration;
+        pl_len = sizeof pl.retriever;
+    } else if (K(kind) & KINDS_SPAN) {
+        pl.span.duration_ns = duration;
+        pl_len = sizeof pl.span;
+    }
+
+    uint64_t repeat = 1;
+    if (given[O_REPEAT] && (r = cli_u64("emit", "--repeat", arg[O_REPEAT], 1, UINT64_MAX, &repeat)))
+        return r;
+    struct cbus_producer_opts po = {.name = given[O_PRODUCER] ? arg[O_PRODUCER] : "cbusctl"};
+    if (given[O_PRODUCER] && strlen(po.name) >= sizeof ((struct cbus_producer_entry *)0)->name)
+        return cli_usage_error("emit", "--producer-name '%s': at most %zu characters", po.name,
+                               sizeof ((struct cbus_producer_entry *)0)->name - 1);
+    if (given[O_TRUST])
+        po.open_flags |= CBUS_OPEN_TRUST_OWNER;
+
+    cbus_producer *p;
+    if ((r = cbus_producer_open(&p, name, &po))) {
+        cli_explain_open_error(name, r);
+        return EXIT_RUNTIME;
+    }
+    struct cbus_emit_args ea = {
+        .kind = (unsigned)kind,
+        .name = arg[O_NAME],
+        .preview = arg[O_PREVIEW],
+        .preview_len = SIZE_MAX,
+        .payload = pl_len ? &pl : NULL,
+        .payload_len = pl_len,
+    };
+    uint64_t dropped = 0;
+    int rc = EXIT_OK;
+    for (uint64_t i = 0; i < repeat; i++) {
+        r = cbus_emit(p, &ctx, &ea);
+        if (r == -EAGAIN) {
+            dropped++;
+        } else if (r < 0) {
+            cli_error("emit into bus '%s': %s", name, cbus_strerror(r));
+            rc = EXIT_RUNTIME;
+            break;
+        }
+    }
+    if (dropped) {
+        cli_error("%" PRIu64 " of %" PRIu64 " events dropped: a lossless consumer kept bus '%s' "
+                  "full past the producer wait bound (see cbusctl stat %s)",
+                  dropped, repeat, name, name);
+        rc = EXIT_RUNTIME;
+    }
+    cbus_producer_close(p);
+    return rc;
+}
