@@ -1,0 +1,180 @@
+/* In-process lock-free stress for ThreadSanitizer (a plain program: Criterion
+ * aborts under TSan).  Producers, a lossless and a lossy consumer and an
+ * attach/detach churner share one ring on an anonymous mapping; at the end
+ * the accounting must be exact.  Exit 0 pass, 1 fail. */
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define PRODUCERS 2
+#define PER_PRODUCER 100000u
+
+static cbus_bus *bus;
+static atomic_int producers_done;
+static atomic_int failures;
+static atomic_int attached;
+
+#define CHECK(cond, ...)                                      \
+    do {                                                      \
+        if (!(cond)) {                                        \
+            fprintf(stderr, "stress_ring: " __VA_ARGS__);     \
+            fputc('\n', stderr);                              \
+            atomic_fetch_add(&failures, 1);                   \
+        }                                                     \
+    } while (0)
+
+struct tag {
+    uint32_t producer, seq;
+};
+
+static void *producer(void *arg)
+{
+    uint32_t id = (uint32_t)(uintptr_t)arg;
+    cbus_producer *p;
+    if (cbus_producer_open_bus(&p, bus, NULL)) {
+        atomic_fetch_add(&failures, 1);
+        return NULL;
+    }
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cbus_ctx_set_model(&ctx, "gpt-4o");
+    uint32_t seq = 0;
+    for (uint32_t i = 0; i < PER_PRODUCER; i++) {
+        struct tag t = {id, seq};
+        struct cbus_emit_args a = {.kind = CBUS_EV_CUSTOM, .payload = &t, .payload_len = sizeof t};
+        int r = cbus_emit(p, &ctx, &a);
+        CHECK(r == 0 || r == -EAGAIN, "emit returned %d", r);
+        if (r == 0)
+            seq++;
+    }
+    cbus_producer_close(p);
+    atomic_fetch_add(&producers_done, 1);
+    return NULL;
+}
+
+struct consumer_result {
+    unsigned mode;
+    uint64_t consumed, lost, abandoned, read_pos;
+};
+
+static void *consumer(void *arg)
+{
+    struct consumer_result *res = arg;
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = res->mode ? "lossless" : "lossy", .mode = res->mode,
+                                   .start = CBUS_START_OLDEST};
+    if (cbus_consumer_attach_bus(&c, bus, &o)) {
+        atomic_fetch_add(&failures, 1);
+        atomic_fetch_add(&attached, 1);
+        return NULL;
+    }
+    atomic_fetch_add(&attached, 1);
+    uint32_t next[PRODUCERS] = {0};
+    struct cbus_event ev[64];
+    for (;;) {
+        int n = cbus_consumer_poll(c, ev, 64);
+        CHECK(n >= 0, "poll %d", n);
+        for (int i = 0; i < n; i++) {
+            struct tag t;
+            memcpy(&t, &ev[i].u, sizeof t);
+            CHECK(t.producer < PRODUCERS, "bad producer %u", t.producer);
+            if (t.producer < PRODUCERS) {
+                if (res->mode == CBUS_LOSSLESS)
+                    CHECK(t.seq == next[t.producer], "lossless gap: got %u want %u", t.seq,
+                          next[t.producer]);
+                else
+                    CHECK(t.seq >= next[t.producer], "lossy disorder");
+                next[t.producer] = t.seq + 1;
+            }
+            CHECK(!strcmp(ev[i].model, "gpt-4o"), "torn event");
+        }
+        cbus_consumer_commit(c);
+        if (n == 0) {
+            if (atomic_load(&producers_done) == PRODUCERS &&
+                cbus_consumer_read_pos(c) == cbus_bus_tail(bus))
+                break;
+            cbus_consumer_wait(c, 1000000u);
+        }
+    }
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(c, &st);
+    res->consumed = st.consumed;
+    res->lost = st.lost;
+    res->abandoned = st.abandoned;
+    res->read_pos = st.read_pos;
+    cbus_consumer_detach(c);
+    return NULL;
+}
+
+static void *churner(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&producers_done) < PRODUCERS) {
+        cbus_consumer *c;
+        struct cbus_consumer_opts o = {.name = "churn", .mode = CBUS_LOSSLESS};
+        if (cbus_consumer_attach_bus(&c, bus, &o))
+            continue;
+        struct cbus_event ev[16];
+        uint64_t start = cbus_consumer_read_pos(c);
+        for (int i = 0; i < 10; i++) {
+            cbus_consumer_poll(c, ev, 16);
+            cbus_consumer_commit(c);
+        }
+        struct cbus_consumer_stats st;
+        cbus_consumer_stats(c, &st);
+        CHECK(st.consumed + st.lost + st.abandoned == st.read_pos - start, "churn accounting");
+        cbus_consumer_detach(c);
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    struct cbus_create_opts o = {.capacity = 1024};
+    size_t len = cbus_bus_size(&o);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || cbus_bus_format(mem, len, "stress", &o) ||
+        cbus_bus_open_mem(&bus, mem, len)) {
+        fprintf(stderr, "stress_ring: setup failed\n");
+        return 1;
+    }
+    struct consumer_result lossless = {.mode = CBUS_LOSSLESS}, lossy = {.mode = CBUS_LOSSY};
+    pthread_t tc[2], tp[PRODUCERS], tch;
+    pthread_create(&tc[0], NULL, consumer, &lossless);
+    pthread_create(&tc[1], NULL, consumer, &lossy);
+    while (atomic_load(&attached) < 2) /* producers start on a watched ring */
+        sched_yield();
+    pthread_create(&tch, NULL, churner, NULL);
+    for (uintptr_t i = 0; i < PRODUCERS; i++)
+        pthread_create(&tp[i], NULL, producer, (void *)i);
+    for (int i = 0; i < PRODUCERS; i++)
+        pthread_join(tp[i], NULL);
+    pthread_join(tch, NULL);
+    pthread_join(tc[0], NULL);
+    pthread_join(tc[1], NULL);
+    uint64_t tail = cbus_bus_tail(bus);
+    uint64_t dropped = cbus_bus_header(bus)->dropped;
+    CHECK(tail + dropped == (uint64_t)PRODUCERS * PER_PRODUCER, "tail %llu + dropped %llu",
+          (unsigned long long)tail, (unsigned long long)dropped);
+    CHECK(lossless.consumed == tail && lossless.lost == 0 && lossless.abandoned == 0,
+          "lossless consumed %llu of %llu (lost %llu)", (unsigned long long)lossless.consumed,
+          (unsigned long long)tail, (unsigned long long)lossless.lost);
+    CHECK(lossy.consumed + lossy.lost + lossy.abandoned == tail, "lossy accounting");
+    printf("stress_ring: produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
+           (unsigned long long)tail, (unsigned long long)dropped,
+           (unsigned long long)lossless.consumed, (unsigned long long)lossy.consumed,
+           (unsigned long long)lossy.lost);
+    cbus_bus_close(bus);
+    munmap(mem, len);
+    int f = atomic_load(&failures);
+    printf("%d passed, %d failed\n", f ? 0 : 1, f ? 1 : 0);
+    return f ? 1 : 0;
+}
