@@ -432,10 +432,21 @@ Test(cbusctl_cli, tail_detaches_on_sigint)
     CTL("emit", bus, "--kind", "text", "--preview", "hello", "--repeat", "3");
     ASSERT_EXIT(0);
 
-    /* The tail is live: stat lists it alive, lossy, untethered, by name. */
-    cJSON *j = stat_json();
-    cJSON *c = find_consumer(j, "t-int");
-    cr_assert(c, "%s", rr.out);
+    /* The tail is live: stat lists it alive, lossy, untethered, by name,
+     * and counts what it consumed. */
+    cJSON *j, *c;
+    uint64_t end = test_now_ms() + T_RUN;
+    for (;;) {
+        j = stat_json();
+        c = find_consumer(j, "t-int");
+        cr_assert(c, "%s", rr.out);
+        if (jnum(c, "consumed") == 3)
+            break;
+        cr_assert(test_now_ms() < end, "the tail never consumed 3: %s", rr.out);
+        cJSON_Delete(j);
+    }
+    cr_assert_eq(jnum(c, "lost"), 0);
+    cr_assert_eq(jnum(c, "lag"), 0);
     cr_assert_eq(jnum(c, "pid"), tail.pid);
     cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "alive")));
     cr_assert_str_eq(jstr(c, "mode"), "lossy");
@@ -550,7 +561,7 @@ Test(cbusctl_cli, stat_watch_json_until_sigint)
     ASSERT_EXIT(0);
     struct bg_proc w;
     bg_start(&w, "stat", bus, "--json", "--watch", "0.1", NULL);
-    test_sleep_ms(450);
+    cr_assert(bg_wait_line(&w, T_RUN), "no sample printed");
     kill(w.pid, SIGINT);
     run_free(&rr);
     bg_finish(&w, &rr, T_RUN);
@@ -565,4 +576,46 @@ Test(cbusctl_cli, stat_watch_json_until_sigint)
         lines++;
     }
     cr_assert_geq(lines, 1);
+}
+
+Test(cbusctl_cli, lapped_tail_reports_exact_loss)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    struct bg_proc tail;
+    bg_start(&tail, "tail", bus, "--name", "t-lap", "--json", NULL);
+    wait_attached("t-lap");
+    /* Frozen while producers write three laps: it must lose, and say how much. */
+    kill(tail.pid, SIGSTOP);
+    CTL("emit", bus, "--kind", "llm_new_token", "--preview", "tok", "--repeat", "3000");
+    ASSERT_EXIT(0);
+    kill(tail.pid, SIGCONT);
+
+    cJSON *j, *c;
+    uint64_t end = test_now_ms() + T_RUN;
+    for (;;) {
+        j = stat_json();
+        c = find_consumer(j, "t-lap");
+        cr_assert(c, "%s", rr.out);
+        if (jnum(c, "consumed") + jnum(c, "lost") + jnum(c, "abandoned") == 3000)
+            break;
+        cr_assert(test_now_ms() < end, "accounting never reached 3000: %s", rr.out);
+        cJSON_Delete(j);
+    }
+    double lost = jnum(c, "lost"), consumed = jnum(c, "consumed");
+    cr_assert_gt(lost, 0);
+    cr_assert_leq(consumed, 1024, "a 1024-slot ring cannot hand over more than one lap");
+    cJSON_Delete(j);
+
+    kill(tail.pid, SIGINT);
+    run_free(&rr);
+    bg_finish(&tail, &rr, T_RUN);
+    ASSERT_EXIT(0);
+    char want[64];
+    snprintf(want, sizeof want, "%.0f lost in all", lost);
+    cr_assert(strstr(rr.err, want), "%s", rr.err);
+    size_t lines = 0;
+    for (const char *s = rr.out; (s = strchr(s, '\n')); s++)
+        lines++;
+    cr_assert_eq(lines, (size_t)consumed, "one line per consumed event");
 }

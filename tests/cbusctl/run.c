@@ -41,6 +41,9 @@ static pid_t spawn(const char *const *argv, int as_uid, int *out_fd, int *err_fd
     int o[2], e[2];
     if (pipe2(o, O_CLOEXEC) || pipe2(e, O_CLOEXEC))
         abort();
+    /* Room for a ring's worth of tail output, so a background tail the test
+     * reads only at the end never blocks on a full pipe. */
+    fcntl(o[1], F_SETPIPE_SZ, 1 << 20);
     pid_t pid = fork();
     if (pid < 0)
         abort();
@@ -147,9 +150,49 @@ void bg_start(struct bg_proc *p, const char *arg, ...)
     build_argv(argv, arg, ap);
     va_end(ap);
     p->pid = spawn(argv, -1, &p->out_fd, &p->err_fd);
+    p->early = NULL;
+    p->early_len = 0;
+}
+
+int bg_wait_line(struct bg_proc *p, unsigned timeout_ms)
+{
+    uint64_t end = test_now_ms() + timeout_ms;
+    while (!p->early || !memchr(p->early, '\n', p->early_len)) {
+        uint64_t now = test_now_ms();
+        if (now >= end)
+            return 0;
+        struct pollfd pf = {p->out_fd, POLLIN, 0};
+        if (poll(&pf, 1, (int)(end - now)) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t k = read(p->out_fd, buf, sizeof buf);
+        if (k == 0)
+            return 0;
+        if (k < 0)
+            continue;
+        p->early = realloc(p->early, p->early_len + (size_t)k + 1);
+        if (!p->early)
+            abort();
+        memcpy(p->early + p->early_len, buf, (size_t)k);
+        p->early_len += (size_t)k;
+        p->early[p->early_len] = '\0';
+    }
+    return 1;
 }
 
 void bg_finish(struct bg_proc *p, struct run_result *r, unsigned timeout_ms)
 {
     collect(p->pid, p->out_fd, p->err_fd, r, timeout_ms);
+    if (p->early) {
+        size_t n = strlen(r->out);
+        char *all = malloc(p->early_len + n + 1);
+        if (!all)
+            abort();
+        memcpy(all, p->early, p->early_len);
+        memcpy(all + p->early_len, r->out, n + 1);
+        free(r->out);
+        free(p->early);
+        r->out = all;
+        p->early = NULL;
+    }
 }

@@ -22,8 +22,13 @@ struct bg_proc {
     pid_t pid;
     int out_fd;
     int err_fd;
+    char *early;   /* stdout read by bg_wait_line, handed over by bg_finish */
+    size_t early_len;
 };
 void bg_start(struct bg_proc *p, const char *arg, ...);
+/* Reads its stdout until a full line has arrived (or timeout_ms passes);
+ * returns 1 if one did.  What was read is kept for bg_finish. */
+int bg_wait_line(struct bg_proc *p, unsigned timeout_ms);
 /* Waits for exit (kills it after timeout_ms) and collects its output. */
 void bg_finish(struct bg_proc *p, struct run_result *r, unsigned timeout_ms);
 
