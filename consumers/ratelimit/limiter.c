@@ -1,0 +1,422 @@
+#include "limiter_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- GCRA on 128-bit scaled time ---------------------------------------- */
+
+/* Charges n units at now: tat = max(tat, now) + n * I. */
+static void gcra_charge(rl_u128 *tat, uint64_t n, const struct rl_limit *lim, uint64_t now)
+{
+    rl_u128 now_s = (rl_u128)now * lim->limit;
+    rl_u128 base = *tat > now_s ? *tat : now_s;
+    *tat = base + (rl_u128)n * RL_PERIOD_NS;
+}
+
+/* Gives n units back (an estimate that was too high); a bucket never holds
+ * more room than it would had the units never been charged, nor is it
+ * credited beyond full. */
+static void gcra_refund(rl_u128 *tat, uint64_t n, const struct rl_limit *lim, uint64_t now)
+{
+    rl_u128 now_s = (rl_u128)now * lim->limit;
+    if (*tat <= now_s)
+        return;
+    rl_u128 d = (rl_u128)n * RL_PERIOD_NS;
+    *tat = *tat - now_s > d ? *tat - d : now_s;
+}
+
+uint64_t rl__until(rl_u128 tat, const struct rl_limit *lim)
+{
+    if (!lim->limit)
+        return 0;
+    rl_u128 slack = (rl_u128)(lim->burst - 1) * RL_PERIOD_NS;
+    if (tat <= slack)
+        return 0;
+    rl_u128 u = tat - slack;
+    /* Round up: at until_ns the unit fits. */
+    return (uint64_t)((u + lim->limit - 1) / lim->limit);
+}
+
+uint64_t rl__used(rl_u128 tat, const struct rl_limit *lim, uint64_t now)
+{
+    rl_u128 now_s = (rl_u128)now * lim->limit;
+    if (!lim->limit || tat <= now_s)
+        return 0;
+    return (uint64_t)((tat - now_s + RL_PERIOD_NS - 1) / RL_PERIOD_NS);
+}
+
+uint64_t rl__key_until(const rl_limiter *l, const struct rl_key *k)
+{
+    const struct rl_rule *r = &l->rules.rule[k->rule];
+    uint64_t a = rl__until(k->req_tat, &r->req), b = rl__until(k->tok_tat, &r->tok);
+    return a > b ? a : b;
+}
+
+/* ---- construction ---------------------------------------------------------- */
+
+int rl_new(rl_limiter **out, struct rl_rules *rules, const struct rl_opts *opts)
+{
+    if (rules->count > 65535)
+        return -EINVAL;
+    rl_limiter *l = calloc(1, sizeof *l);
+    if (!l)
+        return -ENOMEM;
+    if (opts)
+        l->opts = *opts;
+    if (!l->opts.max_keys)
+        l->opts.max_keys = 1000000;
+    if (!l->opts.max_pending)
+        l->opts.max_pending = 1000000;
+    if (!l->opts.max_published)
+        l->opts.max_published = 4096;
+    if (!l->opts.pending_ttl_ns)
+        l->opts.pending_ttl_ns = UINT64_C(600000000000);
+    int r = rl_map_init(&l->keys, sizeof(struct rl_key), offsetof(struct rl_key, key), RL_KEY_MAX,
+                        l->opts.max_keys);
+    if (r)
+        goto err_keys;
+    r = rl_map_init(&l->pending, sizeof(struct rl_pending), offsetof(struct rl_pending, run_id), 16,
+                    l->opts.max_pending);
+    if (r)
+        goto err_pending;
+    r = rl_map_init(&l->pubs, sizeof(struct rl_pub), offsetof(struct rl_pub, key), RL_PUB_KEY_MAX,
+                    l->opts.max_published);
+    if (r)
+        goto err_pubs;
+    l->rules = *rules;
+    memset(rules, 0, sizeof *rules);
+    for (size_t i = 0; i < l->rules.count; i++)
+        l->has_tpm |= l->rules.rule[i].tok.limit != 0;
+    *out = l;
+    return 0;
+err_pubs:
+    rl_map_free(&l->pending);
+err_pending:
+    rl_map_free(&l->keys);
+err_keys:
+    free(l);
+    return r;
+}
+
+void rl_free(rl_limiter *l)
+{
+    if (!l)
+        return;
+    rl_map_free(&l->keys);
+    rl_map_free(&l->pending);
+    rl_map_free(&l->pubs);
+    rl_rules_free(&l->rules);
+    free(l);
+}
+
+const struct rl_rules *rl_rules(const rl_limiter *l)
+{
+    return &l->rules;
+}
+
+/* ---- keys ----------------------------------------------------------------- */
+
+static void event_dims(const struct cbus_event *ev, struct rl_dims *d)
+{
+    d->s[RL_DIM_USER] = ev->user;
+    d->len[RL_DIM_USER] = strnlen(ev->user, sizeof ev->user);
+    d->s[RL_DIM_SESSION] = ev->session;
+    d->len[RL_DIM_SESSION] = strnlen(ev->session, sizeof ev->session);
+    d->s[RL_DIM_MODEL] = ev->model;
+    d->len[RL_DIM_MODEL] = strnlen(ev->model, sizeof ev->model);
+    d->s[RL_DIM_PROVIDER] = ev->provider;
+    d->len[RL_DIM_PROVIDER] = strnlen(ev->provider, sizeof ev->provider);
+}
+
+static size_t build_key(unsigned group, const struct rl_dims *d, char *out)
+{
+    size_t n = 0;
+    out[n++] = (char)group;
+    for (unsigned k = 0; k < RL_DIM__COUNT; k++)
+        if (group & (1u << k)) {
+            out[n++] = (char)d->len[k];
+            memcpy(out + n, d->s[k], d->len[k]);
+            n += d->len[k];
+        }
+    return n;
+}
+
+void rl__key_text(const struct rl_key *k, char *out, size_t outlen)
+{
+    unsigned group = (unsigned char)k->key[0];
+    size_t n = 0, pos = 1;
+    out[0] = '\0';
+    if (!group) {
+        snprintf(out, outlen, "global");
+        return;
+    }
+    for (unsigned d = 0; d < RL_DIM__COUNT; d++) {
+        if (!(group & (1u << d)))
+            continue;
+        unsigned len = (unsigned char)k->key[pos++];
+        int w = snprintf(out + n, outlen - n, "%s%s=%.*s", n ? " " : "", rl_dim_name(d), (int)len,
+                         k->key + pos);
+        pos += len;
+        if (w < 0 || (size_t)w >= outlen - n)
+            return;
+        n += (size_t)w;
+    }
+}
+
+enum { FIND_ONLY, CREATE_FOR_REQ, CREATE_FOR_TOK };
+
+/* The key of group for these values.  Creates it when `create` says what the
+ * caller is about to charge and the winning rule limits it. */
+static struct rl_key *get_key(rl_limiter *l, unsigned group, const struct rl_dims *d, int create)
+{
+    char kb[RL_KEY_MAX];
+    size_t kl = build_key(group, d, kb);
+    uint64_t h = rl_hash_bytes(kb, kl, group);
+    struct rl_key *k = rl_map_find(&l->keys, h, kb, kl);
+    if (k || create == FIND_ONLY)
+        return k;
+    int ri = rl_rules_match(&l->rules, group, d);
+    if (ri < 0)
+        return NULL;
+    const struct rl_rule *r = &l->rules.rule[ri];
+    if (create == CREATE_FOR_TOK ? !r->tok.limit : !r->req.limit && !r->tok.limit)
+        return NULL;
+    int err;
+    k = rl_map_insert(&l->keys, h, kb, kl, &err);
+    if (!k) {
+        l->st.untracked++;
+        return NULL;
+    }
+    k->rule = (uint32_t)ri;
+    l->st.keys = l->keys.count;
+    if (l->st.keys > l->st.keys_peak)
+        l->st.keys_peak = l->st.keys;
+    return k;
+}
+
+/* After a charge: count a new throttle and ask for its verdict. */
+static void settle(rl_limiter *l, struct rl_key *k, const struct rl_dims *d, uint64_t now)
+{
+    struct rl_rule *r = &l->rules.rule[k->rule];
+    uint64_t was = k->until_ns;
+    uint64_t u = rl__key_until(l, k);
+    k->until_ns = u;
+    k->last_ns = now;
+    if (u <= now)
+        return;
+    if (was <= now) {
+        r->throttles++;
+        l->st.throttles++;
+    }
+    if (r->publish_scope == RL_NO_PUBLISH || l->opts.count_only)
+        return;
+    if (r->publish_scope == CBUS_SCOPE_GLOBAL) {
+        rl__want(l, CBUS_SCOPE_GLOBAL, "*", 1, u);
+        return;
+    }
+    static const unsigned dim_of_scope[CBUS_SCOPE__COUNT] = {
+        [CBUS_SCOPE_USER] = RL_DIM_USER, [CBUS_SCOPE_SESSION] = RL_DIM_SESSION,
+        [CBUS_SCOPE_MODEL] = RL_DIM_MODEL, [CBUS_SCOPE_PROVIDER] = RL_DIM_PROVIDER};
+    unsigned dim = dim_of_scope[r->publish_scope];
+    rl__want(l, (unsigned)r->publish_scope, d->s[dim], d->len[dim], u);
+}
+
+/* ---- events ----------------------------------------------------------------- */
+
+static uint64_t count_tokens(unsigned kind, uint64_t in, uint64_t out)
+{
+    return kind == RL_TOKENS_INPUT ? in : kind == RL_TOKENS_OUTPUT ? out : in + out;
+}
+
+static void on_start(rl_limiter *l, const struct cbus_event *ev)
+{
+    uint64_t now = ev->ts_mono_ns;
+    uint32_t est = l->has_tpm ? ev->u.llm_start.est_input_tokens : 0;
+    struct rl_dims d;
+    event_dims(ev, &d);
+    l->st.requests++;
+    if (est) {
+        int err;
+        struct rl_pending *p = rl_map_find(&l->pending, rl_hash_bytes(ev->run_id, 16, 0),
+                                           ev->run_id, 16);
+        if (!p)
+            p = rl_map_insert(&l->pending, rl_hash_bytes(ev->run_id, 16, 0), ev->run_id, 16, &err);
+        if (p) {
+            p->est = est;
+            p->ts_ns = now;
+            l->st.estimated_tokens += est;
+        } else {
+            /* Without a record the llm_end cannot subtract the estimate:
+             * do not charge it, count the request only. */
+            l->st.pending_dropped++;
+            est = 0;
+        }
+        l->st.pending = l->pending.count;
+    }
+    int over = 0;
+    for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, CREATE_FOR_REQ);
+        if (!k)
+            continue;
+        struct rl_rule *r = &l->rules.rule[k->rule];
+        if (k->until_ns > now) {
+            /* The event happened (the producer raced the verdict or ignored
+             * it): count it against the key like any other, and note it. */
+            r->over_limit++;
+            k->over_limit++;
+            over = 1;
+        }
+        if (r->req.limit)
+            gcra_charge(&k->req_tat, 1, &r->req, now);
+        if (r->tok.limit && est && r->tokens != RL_TOKENS_OUTPUT) {
+            gcra_charge(&k->tok_tat, est, &r->tok, now);
+            k->tokens += est;
+        }
+        k->requests++;
+        settle(l, k, &d, now);
+    }
+    l->st.over_limit += (uint64_t)over;
+}
+
+/* The estimate recorded for ev's run, removed; 0 when none. */
+static uint32_t take_estimate(rl_limiter *l, const struct cbus_event *ev)
+{
+    if (!l->pending.count)
+        return 0;
+    struct rl_pending *p = rl_map_find(&l->pending, rl_hash_bytes(ev->run_id, 16, 0), ev->run_id, 16);
+    if (!p)
+        return 0;
+    uint32_t est = p->est;
+    rl_map_remove(&l->pending, p);
+    l->st.pending = l->pending.count;
+    return est;
+}
+
+static void on_end(rl_limiter *l, const struct cbus_event *ev)
+{
+    if (!l->has_tpm)
+        return;
+    uint64_t now = ev->ts_mono_ns;
+    uint32_t est = take_estimate(l, ev);
+    const struct cbus_usage *u = &ev->u.usage;
+    /* Absent is not zero: an absent input count leaves the estimate standing. */
+    uint64_t in = (u->usage_present & CBUS_USAGE_INPUT) ? u->input_tokens : est;
+    uint64_t out = (u->usage_present & CBUS_USAGE_OUTPUT) ? u->output_tokens : 0;
+    l->st.input_tokens += in;
+    l->st.output_tokens += out;
+    if (in == est && out == 0)
+        return; /* nothing beyond what start charged */
+    struct rl_dims d;
+    event_dims(ev, &d);
+    for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, CREATE_FOR_TOK);
+        if (!k)
+            continue;
+        const struct rl_rule *r = &l->rules.rule[k->rule];
+        if (!r->tok.limit)
+            continue;
+        uint64_t want = count_tokens(r->tokens, in, out);
+        uint64_t had = r->tokens == RL_TOKENS_OUTPUT ? 0 : est;
+        if (want >= had)
+            gcra_charge(&k->tok_tat, want - had, &r->tok, now);
+        else
+            gcra_refund(&k->tok_tat, had - want, &r->tok, now);
+        if (want >= had)
+            k->tokens += want - had;
+        else
+            k->tokens -= had - want < k->tokens ? had - want : k->tokens;
+        settle(l, k, &d, now);
+    }
+}
+
+static void on_error(rl_limiter *l, const struct cbus_event *ev)
+{
+    uint32_t est = take_estimate(l, ev);
+    if (!est)
+        return;
+    /* A failed call is taken to have used no tokens: the estimate returns. */
+    struct rl_dims d;
+    event_dims(ev, &d);
+    for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, FIND_ONLY);
+        if (!k)
+            continue;
+        const struct rl_rule *r = &l->rules.rule[k->rule];
+        if (!r->tok.limit || r->tokens == RL_TOKENS_OUTPUT)
+            continue;
+        gcra_refund(&k->tok_tat, est, &r->tok, ev->ts_mono_ns);
+        k->tokens -= est < k->tokens ? est : k->tokens;
+        k->until_ns = rl__key_until(l, k);
+    }
+}
+
+void rl_feed(rl_limiter *l, const struct cbus_event *ev)
+{
+    l->st.events++;
+    switch (ev->kind) {
+    case CBUS_EV_LLM_START:
+    case CBUS_EV_CHAT_MODEL_START:
+        on_start(l, ev);
+        break;
+    case CBUS_EV_LLM_END:
+        on_end(l, ev);
+        break;
+    case CBUS_EV_LLM_ERROR:
+        on_error(l, ev);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- housekeeping ---------------------------------------------------------- */
+
+void rl_expire(rl_limiter *l, uint64_t now)
+{
+    for (size_t i = l->keys.count; i-- > 0;) {
+        struct rl_key *k = rl_map_at(&l->keys, i);
+        const struct rl_rule *r = &l->rules.rule[k->rule];
+        if (k->until_ns > now)
+            continue;
+        if (r->req.limit && k->req_tat > (rl_u128)now * r->req.limit)
+            continue;
+        if (r->tok.limit && k->tok_tat > (rl_u128)now * r->tok.limit)
+            continue;
+        rl_map_remove(&l->keys, k);
+        l->st.keys_expired++;
+    }
+    for (size_t i = l->pending.count; i-- > 0;) {
+        struct rl_pending *p = rl_map_at(&l->pending, i);
+        if (now > p->ts_ns && now - p->ts_ns > l->opts.pending_ttl_ns) {
+            rl_map_remove(&l->pending, p);
+            l->st.pending_expired++;
+        }
+    }
+    rl_map_compact(&l->keys);
+    rl_map_compact(&l->pending);
+    l->st.keys = l->keys.count;
+    l->st.pending = l->pending.count;
+}
+
+int rl_check(const rl_limiter *l, const struct cbus_event *ev, uint64_t now,
+             uint64_t *retry_after_ns)
+{
+    struct rl_dims d;
+    event_dims(ev, &d);
+    uint64_t worst = 0;
+    for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+        struct rl_key *k = get_key((rl_limiter *)l, l->rules.groups[gi], &d, FIND_ONLY);
+        if (k && k->until_ns > now && k->until_ns - now > worst)
+            worst = k->until_ns - now;
+    }
+    if (retry_after_ns)
+        *retry_after_ns = worst;
+    return worst ? CBUS_THROTTLED : CBUS_ALLOW;
+}
+
+void rl_get_stats(const rl_limiter *l, struct rl_stats *out)
+{
+    *out = l->st;
+}

@@ -1,0 +1,71 @@
+/* Limiter internals shared by limiter.c (counting), verdicts.c (what to
+ * publish) and status.c (what to show). */
+#ifndef CBUS_RATELIMIT_LIMITER_INT_H
+#define CBUS_RATELIMIT_LIMITER_INT_H
+
+#include "limiter.h"
+#include "map.h"
+
+__extension__ typedef unsigned __int128 rl_u128;
+
+/* Key bytes: the group, then per dim of the group its length and bytes. */
+#define RL_KEY_MAX (1 + RL_DIM__COUNT + CBUS_USER_LEN + CBUS_SESSION_LEN + CBUS_MODEL_LEN + \
+                    CBUS_PROVIDER_LEN)
+
+/* One counter set: a (group, values) tuple under its winning rule. */
+struct rl_key {
+    struct rl_ent hdr;
+    uint32_t rule;        /* index of the winning rule */
+    uint32_t _reserved;
+    rl_u128 req_tat;      /* GCRA tat in 1/limit ns; 0 = never charged */
+    rl_u128 tok_tat;
+    uint64_t until_ns;    /* throttled until (as of the last event), 0 = never */
+    uint64_t last_ns;     /* last event for the key */
+    uint64_t requests;    /* totals while the key has been live */
+    uint64_t tokens;
+    uint64_t over_limit;
+    char key[RL_KEY_MAX];
+};
+
+/* An estimate at llm_start awaiting its llm_end, by run id. */
+struct rl_pending {
+    struct rl_ent hdr;
+    uint32_t est;
+    uint32_t _reserved;
+    uint64_t ts_ns;
+    uint8_t run_id[16];
+};
+
+/* A verdict for one admission-table key: scope byte, then the value. */
+#define RL_PUB_KEY_MAX (1 + CBUS_MODEL_LEN)
+struct rl_pub {
+    struct rl_ent hdr;
+    uint64_t want_until;  /* the longest throttle any key asked for */
+    uint64_t pub_until;   /* what the table holds now, 0 = nothing */
+    uint32_t dirty;
+    uint32_t _reserved;
+    char key[RL_PUB_KEY_MAX];
+};
+
+struct rl_limiter {
+    struct rl_rules rules;
+    struct rl_opts opts;
+    struct rl_map keys;
+    struct rl_map pending;
+    struct rl_map pubs;
+    uint64_t dirty;         /* pubs with dirty set */
+    int has_tpm;            /* some rule limits tokens */
+    struct rl_stats st;
+};
+
+/* verdicts.c: ask for (scope, value) to be throttled until until_ns. */
+void rl__want(rl_limiter *l, unsigned scope, const char *value, size_t len, uint64_t until_ns);
+
+/* limiter.c: GCRA helpers for status.c. */
+uint64_t rl__until(rl_u128 tat, const struct rl_limit *lim);
+uint64_t rl__used(rl_u128 tat, const struct rl_limit *lim, uint64_t now);
+uint64_t rl__key_until(const rl_limiter *l, const struct rl_key *k);
+/* Human form of a key ("user=alice model=gpt-4o", "global"). */
+void rl__key_text(const struct rl_key *k, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,266 @@
+/* cbus-ratelimit: counts requests and tokens from the bus against RPM/TPM
+ * rules and publishes throttle verdicts into the bus's admission table,
+ * where producers read them with cbus_admit() in nanoseconds. */
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "limiter.h"
+#include "log.h"
+#include "rlconfig.h"
+#include "sbuf.h"
+#include "statuscmd.h"
+
+#define BATCH 256
+#define MS UINT64_C(1000000)
+
+struct daemon {
+    const char *bus_name;
+    struct rl_config cfg;
+    cbus_bus *bus;
+    cbus_consumer *cons;
+    unsigned writer;
+    rl_limiter *l;
+    uint64_t last_lost;
+    uint64_t last_fail;
+};
+
+static int publish(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+{
+    struct daemon *d = ctx;
+    int r = cbus_admit_publish(d->bus, d->writer, scope, key, verdict, until);
+    if (r)
+        cbus_log_debug("publish %u/%s: %s", scope, key, cbus_strerror(r));
+    return r;
+}
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void write_status(struct daemon *d, uint64_t now)
+{
+    struct cbus_consumer_stats cs;
+    memset(&cs, 0, sizeof cs);
+    cbus_consumer_stats(d->cons, &cs);
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_puts(&b, "{\"name\":");
+    sbuf_json_str(&b, d->cfg.name, strlen(d->cfg.name));
+    sbuf_puts(&b, ",\"bus\":");
+    sbuf_json_str(&b, d->bus_name, strlen(d->bus_name));
+    sbuf_printf(&b, ",\"pid\":%d,\"updated_realtime_ns\":%llu,\"now_mono_ns\":%llu,"
+                    "\"consumer\":{\"consumed\":%llu,\"lost\":%llu,\"lag\":%llu},\"limiter\":",
+                (int)getpid(), (unsigned long long)realtime_ns(), (unsigned long long)now,
+                (unsigned long long)cs.consumed, (unsigned long long)cs.lost,
+                (unsigned long long)cs.lag);
+    rl_status_json(d->l, &b, now, d->cfg.status_top);
+    sbuf_puts(&b, "}\n");
+    if (b.failed) {
+        cbus_log_warn("status: out of memory");
+    } else {
+        int r = cbus_write_file_atomic(d->cfg.status_file, b.data, b.len);
+        if (r)
+            cbus_log_warn("status file %s: %s", d->cfg.status_file, strerror(-r));
+    }
+    if (cs.lost > d->last_lost) {
+        cbus_log_warn("lost %llu events (lapped by producers): counts are low by as much",
+                      (unsigned long long)(cs.lost - d->last_lost));
+        d->last_lost = cs.lost;
+    }
+    struct rl_stats st;
+    rl_get_stats(d->l, &st);
+    if (st.publish_failed > d->last_fail) {
+        cbus_log_warn("%llu verdicts could not be published (admission table full?)",
+                      (unsigned long long)(st.publish_failed - d->last_fail));
+        d->last_fail = st.publish_failed;
+    }
+    sbuf_free(&b);
+}
+
+static int run(struct daemon *d)
+{
+    const struct cbus_shm_header *h = cbus_bus_header(d->bus);
+    uint64_t hb_every = h->admit_stale_ns / 4;
+    if (hb_every < MS)
+        hb_every = MS;
+    uint64_t wait_ns = hb_every < 100 * MS ? hb_every : 100 * MS;
+    static struct cbus_event evs[BATCH];
+    uint64_t now = cbus_now_ns();
+    uint64_t next_hb = now, next_status = now, next_expire = now + 1000 * MS, next_drain = now;
+    uint64_t last_ts = 0;
+    int caught_up = 1;
+    while (!cbus_daemon_stop) {
+        int n = cbus_consumer_poll(d->cons, evs, BATCH);
+        if (n < 0) {
+            cbus_log_error("poll: %s", cbus_strerror(n));
+            return 1;
+        }
+        for (int i = 0; i < n; i++)
+            rl_feed(d->l, &evs[i]);
+        if (n > 0)
+            last_ts = evs[n - 1].ts_mono_ns;
+        caught_up = n < BATCH;
+        now = cbus_now_ns();
+        /* Publish at once what changed; clear lapsed verdicts now and then. */
+        if (n > 0 || now >= next_drain) {
+            rl_drain(d->l, now, publish, d);
+            next_drain = now + 100 * MS;
+        }
+        if (now >= next_hb) {
+            int r = cbus_admit_writer_heartbeat(d->bus, d->writer);
+            if (r)
+                cbus_log_warn("admission heartbeat: %s", cbus_strerror(r));
+            next_hb = now + hb_every;
+        }
+        if (now >= next_expire) {
+            /* Behind the ring, expire only what the events read so far allow:
+             * a key dropped ahead of its backlog would lose its debt. */
+            rl_expire(d->l, caught_up || last_ts == 0 ? now : last_ts);
+            next_expire = now + 1000 * MS;
+        }
+        if (now >= next_status || cbus_daemon_usr1) {
+            cbus_daemon_usr1 = 0;
+            write_status(d, now);
+            next_status = now + d->cfg.status_interval_ns;
+        }
+        if (n == 0) {
+            int r = cbus_consumer_wait(d->cons, wait_ns);
+            if (r < 0 && r != -EINTR) {
+                cbus_log_error("wait: %s", cbus_strerror(r));
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cbus-ratelimit --bus NAME [--config PATH] [--status-file PATH] [--verbose]\n"
+            "       cbus-ratelimit --check --config PATH      validate the configuration\n"
+            "       cbus-ratelimit status [--bus NAME] [--config PATH] [--status-file PATH]\n"
+            "                             [--top N] [--json]  hottest keys and the admission table\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "status"))
+        return rl_status_main(argc - 1, argv + 1);
+    static const struct option longopts[] = {
+        {"bus", required_argument, NULL, 'b'},
+        {"config", required_argument, NULL, 'c'},
+        {"status-file", required_argument, NULL, 's'},
+        {"check", no_argument, NULL, 'k'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct daemon d;
+    memset(&d, 0, sizeof d);
+    const char *config = NULL, *status_file = NULL;
+    int check = 0, verbose = 0, opt;
+    while ((opt = getopt_long(argc, argv, "b:c:s:kvh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'b': d.bus_name = optarg; break;
+        case 'c': config = optarg; break;
+        case 's': status_file = optarg; break;
+        case 'k': check = 1; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    cbus_log_init("cbus-ratelimit", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+    if (optind < argc) {
+        fprintf(stderr, "cbus-ratelimit: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (!config && check) {
+        fprintf(stderr, "cbus-ratelimit: --check needs --config PATH\n");
+        return 2;
+    }
+    char err[1024];
+    if (!config)
+        config = RL_DEFAULT_CONFIG_PATH;
+    if (rl_config_load(&d.cfg, config, err, sizeof err)) {
+        cbus_log_error("%s", err);
+        return 2;
+    }
+    if (check) {
+        printf("%s: %zu rules ok\n", config, d.cfg.rules.count);
+        rl_config_free(&d.cfg);
+        return 0;
+    }
+    if (!d.bus_name || cbus_name_valid(d.bus_name)) {
+        cbus_log_error(d.bus_name ? "bad bus name '%s'" : "--bus NAME is required%s",
+                       d.bus_name ? d.bus_name : "");
+        rl_config_free(&d.cfg);
+        return 2;
+    }
+    if (status_file)
+        snprintf(d.cfg.status_file, sizeof d.cfg.status_file, "%s", status_file);
+    else if (!d.cfg.status_file[0])
+        rl_default_status_path(d.cfg.status_file, sizeof d.cfg.status_file, d.bus_name);
+    size_t nrules = d.cfg.rules.count;
+    int r = rl_new(&d.l, &d.cfg.rules, &d.cfg.opts);
+    if (r) {
+        cbus_log_error("limiter: %s", strerror(-r));
+        rl_config_free(&d.cfg);
+        return 1;
+    }
+    cbus_daemon_signals();
+    int rc = 1;
+    r = cbus_bus_open(&d.bus, d.bus_name, 0);
+    if (r) {
+        cbus_log_error("bus %s: %s", d.bus_name, cbus_strerror(r));
+        goto err_bus;
+    }
+    struct cbus_consumer_opts co = {.name = d.cfg.name, .mode = CBUS_LOSSY, .start = CBUS_START_OLDEST};
+    /* From the oldest event still in the ring: a restarted limiter rebuilds
+     * its counts exactly (decisions use event timestamps), and verdicts that
+     * have lapsed meanwhile are never published. */
+    r = cbus_consumer_attach_bus(&d.cons, d.bus, &co);
+    if (r) {
+        cbus_log_error("attach to %s as %s: %s", d.bus_name, d.cfg.name, cbus_strerror(r));
+        goto err_attach;
+    }
+    r = cbus_admit_writer_register(d.bus, d.cfg.name, &d.writer);
+    if (r) {
+        cbus_log_error("admission writer %s: %s", d.cfg.name, cbus_strerror(r));
+        goto err_writer;
+    }
+    cbus_log_info("started: bus %s, %zu rules from %s, writer %u, status %s%s", d.bus_name, nrules,
+                  config, d.writer, d.cfg.status_file, d.cfg.opts.count_only ? ", count only" : "");
+    rc = run(&d);
+    write_status(&d, cbus_now_ns());
+    /* Our verdicts go with us: a limiter that stops cleanly leaves no throttle. */
+    cbus_admit_writer_release(d.bus, d.writer);
+    struct rl_stats st;
+    rl_get_stats(d.l, &st);
+    cbus_log_info("stopped: %llu events, %llu requests, %llu throttles, %llu over limit",
+                  (unsigned long long)st.events, (unsigned long long)st.requests,
+                  (unsigned long long)st.throttles, (unsigned long long)st.over_limit);
+err_writer:
+    cbus_consumer_detach(d.cons);
+err_attach:
+    cbus_bus_close(d.bus);
+err_bus:
+    rl_free(d.l);
+    rl_config_free(&d.cfg);
+    return rc;
+}

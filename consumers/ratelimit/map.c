@@ -1,0 +1,192 @@
+#include "map.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN_SLOTS 64
+
+uint64_t rl_hash_bytes(const void *p, size_t n, uint64_t seed)
+{
+    /* Eight bytes per multiply, then murmur3's finaliser: cheap on the short
+     * user/model strings the limiter hashes several times per event. */
+    const unsigned char *b = p;
+    uint64_t h = seed ^ (n * UINT64_C(0x9E3779B97F4A7C15));
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+        h ^= h >> 32;
+        b += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, b, n);
+        h = (h ^ w) * UINT64_C(0xc4ceb9fe1a85ec53);
+        h ^= h >> 29;
+    }
+    h ^= h >> 33;
+    h *= UINT64_C(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h *= UINT64_C(0xc4ceb9fe1a85ec53);
+    h ^= h >> 33;
+    return h ? h : 1;
+}
+
+static size_t slots_for(size_t entries)
+{
+    size_t s = MIN_SLOTS;
+    while (s < entries * 2)
+        s *= 2;
+    return s;
+}
+
+static int rebuild(struct rl_map *m, size_t slots)
+{
+    uint64_t *idx = calloc(slots, sizeof *idx);
+    if (!idx)
+        return -ENOMEM;
+    size_t mask = slots - 1;
+    for (size_t i = 0; i < m->count; i++) {
+        const struct rl_ent *e = rl_map_at(m, i);
+        size_t s = e->hash & mask;
+        while (idx[s])
+            s = (s + 1) & mask;
+        idx[s] = (e->hash >> 32) << 32 | (i + 1);
+    }
+    free(m->index);
+    m->index = idx;
+    m->mask = mask;
+    return 0;
+}
+
+int rl_map_init(struct rl_map *m, size_t esize, size_t key_off, size_t key_max, size_t max)
+{
+    memset(m, 0, sizeof *m);
+    if (esize < sizeof(struct rl_ent) || key_off + key_max > esize || max == 0 ||
+        max >= UINT32_MAX)
+        return -EINVAL;
+    m->esize = esize;
+    m->key_off = key_off;
+    m->key_max = key_max;
+    m->max = max;
+    return rebuild(m, MIN_SLOTS);
+}
+
+void rl_map_free(struct rl_map *m)
+{
+    free(m->index);
+    free(m->ents);
+    memset(m, 0, sizeof *m);
+}
+
+void *rl_map_find(const struct rl_map *m, uint64_t hash, const void *key, size_t klen)
+{
+    uint64_t tag = (hash >> 32) << 32;
+    for (size_t s = hash & m->mask;; s = (s + 1) & m->mask) {
+        uint64_t v = m->index[s];
+        if (!v)
+            return NULL;
+        if ((v & ~UINT64_C(0xffffffff)) != tag)
+            continue;
+        struct rl_ent *e = rl_map_at(m, (size_t)(v & 0xffffffffu) - 1);
+        if (e->hash == hash && e->klen == klen &&
+            !memcmp((char *)e + m->key_off, key, klen))
+            return e;
+    }
+}
+
+void *rl_map_insert(struct rl_map *m, uint64_t hash, const void *key, size_t klen, int *err)
+{
+    int dummy;
+    if (!err)
+        err = &dummy;
+    if (klen > m->key_max) {
+        *err = -ENAMETOOLONG;
+        return NULL;
+    }
+    if (m->count >= m->max) {
+        *err = -ENOSPC;
+        return NULL;
+    }
+    if (m->count == m->cap) {
+        size_t ncap = m->cap ? m->cap * 2 : 64;
+        if (ncap > m->max)
+            ncap = m->max;
+        unsigned char *n = realloc(m->ents, ncap * m->esize);
+        if (!n) {
+            *err = -ENOMEM;
+            return NULL;
+        }
+        m->ents = n;
+        m->cap = ncap;
+    }
+    /* Keep the load factor at or below one half. */
+    if ((m->count + 1) * 2 > m->mask + 1) {
+        int r = rebuild(m, (m->mask + 1) * 2);
+        if (r) {
+            *err = r;
+            return NULL;
+        }
+    }
+    size_t i = m->count++;
+    struct rl_ent *e = rl_map_at(m, i);
+    memset(e, 0, m->esize);
+    e->hash = hash;
+    e->klen = (uint32_t)klen;
+    memcpy((char *)e + m->key_off, key, klen);
+    size_t s = hash & m->mask;
+    while (m->index[s])
+        s = (s + 1) & m->mask;
+    m->index[s] = (hash >> 32) << 32 | (i + 1);
+    return e;
+}
+
+static size_t slot_of(const struct rl_map *m, uint64_t hash, size_t entry)
+{
+    for (size_t s = hash & m->mask;; s = (s + 1) & m->mask)
+        if ((m->index[s] & 0xffffffffu) == entry + 1)
+            return s;
+}
+
+void rl_map_remove(struct rl_map *m, void *ent)
+{
+    struct rl_ent *e = ent;
+    size_t i = (size_t)((unsigned char *)ent - m->ents) / m->esize;
+    size_t hole = slot_of(m, e->hash, i);
+    /* Backward-shift deletion: pull later members of the probe run into the
+     * hole when their home slot does not lie cyclically in (hole, j]. */
+    for (size_t j = (hole + 1) & m->mask; m->index[j]; j = (j + 1) & m->mask) {
+        const struct rl_ent *o = rl_map_at(m, (size_t)(m->index[j] & 0xffffffffu) - 1);
+        size_t home = o->hash & m->mask;
+        if (((j - home) & m->mask) >= ((j - hole) & m->mask)) {
+            m->index[hole] = m->index[j];
+            hole = j;
+        }
+    }
+    m->index[hole] = 0;
+    size_t last = m->count - 1;
+    if (i != last) {
+        struct rl_ent *l = rl_map_at(m, last);
+        size_t s = slot_of(m, l->hash, last);
+        m->index[s] = (m->index[s] & ~UINT64_C(0xffffffff)) | (i + 1);
+        memcpy(e, l, m->esize);
+    }
+    m->count--;
+}
+
+void rl_map_compact(struct rl_map *m)
+{
+    size_t want = slots_for(m->count);
+    if (want * 4 <= m->mask + 1)
+        rebuild(m, want * 2); /* failure keeps the bigger, still valid index */
+    if (m->cap > 64 && m->count * 4 < m->cap) {
+        size_t ncap = m->cap / 2;
+        unsigned char *n = realloc(m->ents, ncap * m->esize);
+        if (n) {
+            m->ents = n;
+            m->cap = ncap;
+        }
+    }
+}

@@ -1,0 +1,258 @@
+#include "statuscmd.h"
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rlconfig.h"
+
+void rl_default_status_path(char *out, size_t outlen, const char *bus_name)
+{
+    snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        len += fread(buf + len, 1, cap - len - 1, f);
+        if (len < cap - 1)
+            break;
+        cap *= 2;
+        char *n = realloc(buf, cap);
+        if (!n)
+            free(buf);
+        buf = n;
+    }
+    fclose(f);
+    if (buf)
+        buf[len] = '\0';
+    return buf;
+}
+
+static double num(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void fmt_pair(char *out, size_t n, const cJSON *k, const char *used, const char *burst,
+                     const char *limit)
+{
+    if (!cJSON_GetObjectItemCaseSensitive(k, limit)) {
+        snprintf(out, n, "-");
+        return;
+    }
+    snprintf(out, n, "%.0f/%.0f (%.0f/min)", num(k, used), num(k, burst), num(k, limit));
+}
+
+static int print_status(const char *path, unsigned top)
+{
+    char *text = slurp(path);
+    if (!text) {
+        fprintf(stderr, "cbus-ratelimit status: %s: %s (is the daemon running?)\n", path,
+                strerror(errno));
+        return 1;
+    }
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) {
+        fprintf(stderr, "cbus-ratelimit status: %s: not valid JSON\n", path);
+        return 1;
+    }
+    const cJSON *lim = cJSON_GetObjectItemCaseSensitive(root, "limiter");
+    const cJSON *cons = cJSON_GetObjectItemCaseSensitive(root, "consumer");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double age = ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - num(root, "updated_realtime_ns")) / 1e9;
+    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", str(root, "name"),
+           str(root, "bus"), num(root, "pid"), age);
+    printf("events %.0f  requests %.0f  tokens in/out %.0f/%.0f  lost %.0f  lag %.0f\n",
+           num(lim, "events"), num(lim, "requests"), num(lim, "input_tokens"),
+           num(lim, "output_tokens"), num(cons, "lost"), num(cons, "lag"));
+    printf("throttles %.0f  over_limit %.0f  published %.0f  cleared %.0f  publish_failed %.0f  "
+           "in table %.0f\n",
+           num(lim, "throttles"), num(lim, "over_limit"), num(lim, "published"), num(lim, "cleared"),
+           num(lim, "publish_failed"), num(lim, "published_now"));
+    printf("keys %.0f (peak %.0f, expired %.0f, untracked events %.0f)  pending estimates %.0f\n\n",
+           num(lim, "keys"), num(lim, "keys_peak"), num(lim, "keys_expired"), num(lim, "untracked"),
+           num(lim, "pending"));
+    printf("%-5s %-9s %-9s %s\n", "LINE", "THROTTLES", "OVER", "RULE");
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(lim, "rules"))
+    {
+        printf("%-5.0f %-9.0f %-9.0f %s%s\n", num(r, "line"), num(r, "throttles"), num(r, "over_limit"),
+               str(r, "rule"), cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "published"))
+                                   ? "" : "   (counted, not published)");
+    }
+    printf("\n%-36s %-5s %-9s %-9s %-24s %-28s %s\n", "KEY", "LINE", "STATE", "RETRY",
+           "REQUESTS USED/BURST", "TOKENS USED/BURST", "OVER");
+    unsigned shown = 0;
+    const cJSON *k;
+    cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(lim, "hot"))
+    {
+        if (shown++ >= top)
+            break;
+        char req[64], tok[64], retry[32] = "-";
+        fmt_pair(req, sizeof req, k, "requests_used", "burst", "rpm");
+        fmt_pair(tok, sizeof tok, k, "tokens_used", "token_burst", "tpm");
+        if (num(k, "retry_after_ms") > 0)
+            snprintf(retry, sizeof retry, "%.3fs", num(k, "retry_after_ms") / 1000);
+        printf("%-36s %-5.0f %-9s %-9s %-24s %-28s %.0f\n", str(k, "key"), num(k, "rule_line"),
+               str(k, "state"), retry, req, tok, num(k, "over_limit"));
+    }
+    if (!shown)
+        printf("(no key has used any of its allowance)\n");
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* One consistent copy of an admission entry (its seqlock), or 0 if empty. */
+static int read_entry(const struct cbus_admit_entry *e, uint32_t *word, uint64_t *until,
+                      char key[CBUS_ADMIT_KEY_LEN + 1])
+{
+    for (int tries = 0; tries < 100; tries++) {
+        /* ACQUIRE: pairs with the writer's RELEASE store of the even seq. */
+        uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
+        if (s1 & 1)
+            continue;
+        uint64_t hash = atomic_load_explicit(&e->key_hash, memory_order_relaxed);
+        *word = atomic_load_explicit(&e->word, memory_order_relaxed);
+        *until = atomic_load_explicit(&e->until_ns, memory_order_relaxed);
+        memcpy(key, e->key, CBUS_ADMIT_KEY_LEN);
+        key[CBUS_ADMIT_KEY_LEN] = '\0';
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&e->seq, memory_order_relaxed) == s1)
+            return hash != 0;
+    }
+    return 0;
+}
+
+static int print_table(const char *bus_name)
+{
+    cbus_bus *bus;
+    int r = cbus_bus_open(&bus, bus_name, CBUS_OPEN_READONLY);
+    if (r) {
+        fprintf(stderr, "cbus-ratelimit status: bus %s: %s\n", bus_name, cbus_strerror(r));
+        return 1;
+    }
+    static const char *const scopes[] = {"global", "user", "session", "model", "provider"};
+    static const char *const verdicts[] = {"allow", "throttled", "budget_exceeded"};
+    const struct cbus_shm_header *h = cbus_bus_header(bus);
+    uint64_t now = cbus_now_ns();
+    printf("\nadmission table of bus %s (%u entries, stale after %.1f s):\n", bus_name,
+           h->admission_entries, (double)h->admit_stale_ns / 1e9);
+    for (unsigned w = 0; w < h->admit_max_writers; w++) {
+        const struct cbus_admit_writer *aw = cbus_admit_writer_at(bus, w);
+        if (!aw || !atomic_load_explicit(&aw->in_use, memory_order_acquire))
+            continue;
+        uint64_t hb = atomic_load_explicit(&aw->heartbeat_ns, memory_order_relaxed);
+        printf("  writer %u %.*s pid %u heartbeat %.2f s ago%s\n", w, (int)sizeof aw->name, aw->name,
+               aw->pid, now > hb ? (double)(now - hb) / 1e9 : 0.0,
+               now > hb && now - hb > h->admit_stale_ns ? " STALE" : "");
+    }
+    printf("  %-9s %-40s %-16s %-9s %s\n", "SCOPE", "KEY", "VERDICT", "RETRY", "WRITER");
+    unsigned shown = 0;
+    for (unsigned i = 0; i < h->admission_entries; i++) {
+        const struct cbus_admit_entry *e = cbus_admit_entry_at(bus, i);
+        uint32_t word;
+        uint64_t until;
+        char key[CBUS_ADMIT_KEY_LEN + 1];
+        if (!e || !read_entry(e, &word, &until, key))
+            continue;
+        unsigned verdict = word & 0xff, scope = (word >> 8) & 0xff, writer = word >> 16;
+        if (verdict == CBUS_ALLOW || (until && until <= now))
+            continue;
+        const struct cbus_admit_writer *aw = cbus_admit_writer_at(bus, writer);
+        char retry[32] = "-";
+        if (until)
+            snprintf(retry, sizeof retry, "%.3fs", (double)(until - now) / 1e9);
+        printf("  %-9s %-40s %-16s %-9s %.*s\n", scope < 5 ? scopes[scope] : "?", key,
+               verdict < 3 ? verdicts[verdict] : "?", retry, aw ? (int)sizeof aw->name : 1,
+               aw ? aw->name : "?");
+        shown++;
+    }
+    if (!shown)
+        printf("  (no verdict in force)\n");
+    cbus_bus_close(bus);
+    return 0;
+}
+
+int rl_status_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"bus", required_argument, NULL, 'b'},
+        {"config", required_argument, NULL, 'c'},
+        {"status-file", required_argument, NULL, 's'},
+        {"top", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *bus = NULL, *config = NULL, *file = NULL;
+    unsigned top = 20;
+    int json = 0, opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "b:c:s:t:j", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'b': bus = optarg; break;
+        case 'c': config = optarg; break;
+        case 's': file = optarg; break;
+        case 't': top = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'j': json = 1; break;
+        default:
+            fprintf(stderr, "usage: cbus-ratelimit status [--bus NAME] [--config PATH] "
+                            "[--status-file PATH] [--top N] [--json]\n");
+            return 2;
+        }
+    }
+    char path[1024] = "";
+    if (file) {
+        snprintf(path, sizeof path, "%s", file);
+    } else if (config) {
+        struct rl_config c;
+        char err[1024];
+        if (rl_config_load(&c, config, err, sizeof err)) {
+            fprintf(stderr, "cbus-ratelimit status: %s\n", err);
+            return 2;
+        }
+        snprintf(path, sizeof path, "%s", c.status_file);
+        rl_config_free(&c);
+    }
+    if (!path[0] && bus)
+        rl_default_status_path(path, sizeof path, bus);
+    if (!path[0]) {
+        fprintf(stderr, "cbus-ratelimit status: give --bus NAME, --config PATH or --status-file PATH\n");
+        return 2;
+    }
+    if (json) {
+        char *text = slurp(path);
+        if (!text) {
+            fprintf(stderr, "cbus-ratelimit status: %s: %s\n", path, strerror(errno));
+            return 1;
+        }
+        fputs(text, stdout);
+        free(text);
+        return 0;
+    }
+    int rc = print_status(path, top);
+    if (bus && print_table(bus))
+        rc = 1;
+    return rc;
+}

@@ -1,0 +1,258 @@
+/* The daemon as users run it: a real bus, a real cbus-ratelimit process, a
+ * producer asking cbus_admit(); SIGTERM, SIGKILL and bad configurations. */
+#include <criterion/criterion.h>
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/producer.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.h"
+
+#define MS UINT64_C(1000000)
+#define STALE_MS 300
+
+static char bus[64];
+static char dir[256];
+static char cfg_path[512], status_path[512], log_path[512];
+static pid_t daemon_pid;
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_text(const char *path)
+{
+    static char buf[65536];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static void setup(void)
+{
+    test_bus_name(bus, sizeof bus);
+    struct cbus_create_opts o = {.capacity = 1024, .admit_stale_ns = STALE_MS * MS};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    snprintf(dir, sizeof dir, "/tmp/cbus-rl-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(cfg_path, sizeof cfg_path, "%s/rl.ini", dir);
+    snprintf(status_path, sizeof status_path, "%s/status.json", dir);
+    snprintf(log_path, sizeof log_path, "%s/daemon.log", dir);
+    daemon_pid = 0;
+}
+
+static void teardown(void)
+{
+    if (daemon_pid > 0) {
+        kill(daemon_pid, SIGKILL);
+        waitpid(daemon_pid, NULL, 0);
+    }
+    cbus_bus_destroy(bus);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* Starts the daemon with stderr to log_path; extra args NULL-terminated. */
+static pid_t spawn(const char *a1, const char *a2)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execl(RL_DAEMON_PATH, "cbus-ratelimit", "--bus", bus, "--config", cfg_path,
+              "--status-file", status_path, a1, a2, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static cbus_bus *wait_writer(void)
+{
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, bus, 0), 0);
+    uint64_t end = test_now_ms() + 5000;
+    for (;;) {
+        for (unsigned i = 0; i < CBUS_ADMIT_MAX_WRITERS; i++) {
+            const struct cbus_admit_writer *w = cbus_admit_writer_at(b, i);
+            if (atomic_load(&w->in_use) && !strncmp(w->name, "ratelimit", sizeof w->name))
+                return b;
+        }
+        cr_assert_lt(test_now_ms(), end, "daemon never registered; log:\n%s", read_text(log_path));
+        test_sleep_ms(5);
+    }
+}
+
+static const char *rules = "[ratelimit]\nstatus_interval = 50ms\n[rules]\n"
+                           "rule = user=* rpm=5\n";
+
+/* Sends n requests for user and waits until cbus_admit() says throttled. */
+static uint64_t throttle_user(cbus_producer *p, cbus_ctx *ctx, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        cr_assert_eq(cbus_llm_start(p, ctx, "hello", NULL), 0);
+        cr_assert_eq(cbus_llm_end(p, ctx, NULL, "hi"), 0);
+    }
+    /* The bound: the limiter decides after reading the events and the
+     * verdict is one shared-memory store away; 3 s covers a loaded CI box. */
+    uint64_t end = test_now_ms() + 3000, retry = 0;
+    int v;
+    while ((v = cbus_admit(p, ctx, &retry)) != CBUS_THROTTLED) {
+        cr_assert_eq(v, CBUS_ALLOW);
+        cr_assert_lt(test_now_ms(), end, "no verdict within 3 s; log:\n%s", read_text(log_path));
+        test_sleep_ms(1);
+    }
+    return retry;
+}
+
+Test(ratelimit_daemon, producer_sees_the_verdict_and_sigterm_clears_it, .init = setup,
+     .fini = teardown)
+{
+    write_file(cfg_path, rules);
+    daemon_pid = spawn(NULL, NULL);
+    cbus_bus *b = wait_writer();
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open_bus(&p, b, NULL), 0);
+    cbus_ctx alice, bob;
+    cbus_ctx_init(&alice);
+    cbus_ctx_set_user(&alice, "alice");
+    cbus_ctx_init(&bob);
+    cbus_ctx_set_user(&bob, "bob");
+    uint64_t retry = throttle_user(p, &alice, 5);
+    /* rpm=5: one request every 12 s once the burst of 5 is spent */
+    cr_assert(retry > 0 && retry <= 12000 * MS, "retry %llu", (unsigned long long)retry);
+    cr_assert_eq(cbus_admit(p, &bob, NULL), CBUS_ALLOW);
+    cr_assert_eq(cbus_admit_wait(p, &alice, 20 * MS), -ETIMEDOUT);
+
+    /* The status file and command show alice's key. */
+    uint64_t end = test_now_ms() + 3000;
+    const char *st;
+    while (!(st = read_text(status_path)) || !strstr(st, "user=alice")) {
+        cr_assert_lt(test_now_ms(), end, "status never showed alice");
+        test_sleep_ms(10);
+    }
+    cr_assert(strstr(st, "\"state\":\"throttled\""), "%s", st);
+    char cmd[2048], out[512];
+    snprintf(out, sizeof out, "%s/status.txt", dir);
+    snprintf(cmd, sizeof cmd, "%s status --status-file %s --bus %s > %s", RL_DAEMON_PATH,
+             status_path, bus, out);
+    cr_assert_eq(system(cmd), 0);
+    const char *txt = read_text(out);
+    cr_assert(strstr(txt, "user=alice") && strstr(txt, "throttled"), "%s", txt);
+    cr_assert(strstr(txt, "alice") && strstr(txt, "ratelimit"), "%s", txt);
+
+    /* SIGTERM: exit 0, verdicts withdrawn. */
+    kill(daemon_pid, SIGTERM);
+    int status = test_wait_pid(daemon_pid, 5000);
+    daemon_pid = 0;
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d; log:\n%s", status,
+              read_text(log_path));
+    cr_assert_eq(cbus_admit(p, &alice, NULL), CBUS_ALLOW);
+    const char *log = read_text(log_path);
+    cr_assert(strstr(log, "started") && strstr(log, "stopped"), "%s", log);
+    cbus_producer_close(p);
+    cbus_bus_close(b);
+}
+
+Test(ratelimit_daemon, sigkill_fails_open_after_staleness_or_closed_when_asked, .init = setup,
+     .fini = teardown)
+{
+    write_file(cfg_path, rules);
+    daemon_pid = spawn(NULL, NULL);
+    cbus_bus *b = wait_writer();
+    cbus_producer *p, *closed;
+    cr_assert_eq(cbus_producer_open_bus(&p, b, NULL), 0);
+    struct cbus_producer_opts co = {.name = "closed", .flags = CBUS_PRODUCER_ADMIT_FAIL_CLOSED};
+    cr_assert_eq(cbus_producer_open_bus(&closed, b, &co), 0);
+    cbus_ctx alice, bob;
+    cbus_ctx_init(&alice);
+    cbus_ctx_set_user(&alice, "alice");
+    cbus_ctx_init(&bob);
+    cbus_ctx_set_user(&bob, "bob");
+    throttle_user(p, &alice, 5);
+    cr_assert_eq(cbus_admit(closed, &bob, NULL), CBUS_ALLOW);
+
+    uint64_t killed = test_now_ms();
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, NULL, 0);
+    daemon_pid = 0;
+    /* The verdict outlives its writer until the heartbeat is stale... */
+    uint64_t end = killed + 5000;
+    while (cbus_admit(p, &alice, NULL) == CBUS_THROTTLED) {
+        cr_assert_lt(test_now_ms(), end, "still throttled 5 s after the limiter died");
+        test_sleep_ms(5);
+    }
+    /* ...and not before: the heartbeat was at most a quarter of it old. */
+    cr_assert_geq(test_now_ms() - killed, STALE_MS / 2);
+    cr_assert_eq(cbus_admit(p, &alice, NULL), CBUS_ALLOW);
+    /* A fail-closed producer refuses everyone once the writer is stale. */
+    cr_assert_eq(cbus_admit(closed, &alice, NULL), CBUS_ADMIT_STALE);
+    cr_assert_eq(cbus_admit(closed, &bob, NULL), CBUS_ADMIT_STALE);
+
+    /* A restarted limiter takes its writer slot over and serves again. */
+    daemon_pid = spawn(NULL, NULL);
+    cbus_ctx carol;
+    cbus_ctx_init(&carol);
+    cbus_ctx_set_user(&carol, "carol");
+    end = test_now_ms() + 5000;
+    while (cbus_admit(closed, &carol, NULL) == CBUS_ADMIT_STALE) {
+        cr_assert_lt(test_now_ms(), end, "restarted limiter never heartbeat; log:\n%s",
+                     read_text(log_path));
+        test_sleep_ms(5);
+    }
+    /* It replays the ring from its oldest event: alice's requests count again. */
+    uint64_t retry = 0;
+    end = test_now_ms() + 3000;
+    while (cbus_admit(p, &alice, &retry) != CBUS_THROTTLED) {
+        cr_assert_lt(test_now_ms(), end, "restarted limiter did not rebuild alice's count");
+        test_sleep_ms(5);
+    }
+    throttle_user(p, &carol, 5);
+    cbus_producer_close(closed);
+    cbus_producer_close(p);
+    cbus_bus_close(b);
+}
+
+Test(ratelimit_daemon, bad_config_exits_2_naming_the_line, .init = setup, .fini = teardown)
+{
+    write_file(cfg_path, "[ratelimit]\nstatus_top = 5\n\n[rules]\nrule = user=* rpm=60\n"
+                         "rule = model=* rpm=sixty\n");
+    pid_t pid = spawn(NULL, NULL);
+    int status = test_wait_pid(pid, 5000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status %d", status);
+    const char *log = read_text(log_path);
+    cr_assert(strstr(log, "rl.ini:6: [rules] rule: rpm: 'sixty' is not a whole number"), "%s", log);
+
+    write_file(cfg_path, rules);
+    pid = spawn("--frobnicate", NULL);
+    status = test_wait_pid(pid, 5000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status %d", status);
+
+    /* the shipped default configuration is accepted */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --check --config %s > /dev/null", RL_DAEMON_PATH,
+             RL_DEFAULT_CONFIG);
+    cr_assert_eq(system(cmd), 0);
+}
