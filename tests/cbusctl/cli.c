@@ -282,6 +282,24 @@ Test(cbusctl_cli, corrupt_offsets_and_truncation_are_refused)
     CTL("stat", bus);
     ASSERT_EXIT(1);
     cr_assert(strstr(rr.err, "truncated"), "%s", rr.err);
+
+    /* A creator that died before publishing `ready`. */
+    cbus_bus_destroy(bus);
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    uint32_t zero = 0;
+    overwrite(offsetof(struct cbus_shm_header, ready), &zero, sizeof zero);
+    CTL("tail", bus);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "never finished by its creator"), "%s", rr.err);
+
+    /* Not even a file. */
+    cbus_bus_destroy(bus);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    CTL("stat", bus);
+    rmdir(path);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "not a regular file"), "%s", rr.err);
 }
 
 Test(cbusctl_cli, permission_denied_and_foreign_owner)

@@ -80,8 +80,10 @@ int cmd_create(int argc, char **argv)
             if (errno || end == optarg || *end || m > 0777)
                 return cli_usage_error("create", "--mode '%s': expected octal like 0600 or 0660",
                                        optarg);
-            if ((m & 0600) != 0600)
-                return cli_usage_error("create", "--mode %s: the owner needs read and write (06xx)",
+            if ((m & 0600) != 0600 || (m & ~0660ul))
+                return cli_usage_error("create", "--mode %s: the owner needs read and write, and "
+                                                 "a bus is never world-accessible (0600, 0640, "
+                                                 "0660)",
                                        optarg);
             o.mode = (uint32_t)m;
             break;

@@ -111,8 +111,10 @@ static void explain_bad_header(const char *name, const char *path, int err)
     int have_st = fstat(fd, &st) == 0;
     close(fd);
 
-    if (n < (ssize_t)offsetof(struct cbus_shm_header, fingerprint) + 8) {
-        cli_error("%s is not a cbus segment: only %zd bytes: %s", path, n < 0 ? 0 : n, fix);
+    if (have_st && !S_ISREG(st.st_mode)) {
+        cli_error("%s is not a regular file, so not a cbus segment: remove it", path);
+    } else if (n < (ssize_t)offsetof(struct cbus_shm_header, fingerprint) + 8) {
+        cli_error("%s is not a cbus segment (only %zd bytes): %s", path, n < 0 ? 0 : n, fix);
     } else if (h.magic != CBUS_MAGIC) {
         cli_error("%s is not a cbus segment (bad magic 0x%016" PRIx64 "): %s", path, h.magic, fix);
     } else if (h.endian != CBUS_ENDIAN_MARK) {
@@ -125,6 +127,10 @@ static void explain_bad_header(const char *name, const char *path, int err)
         cli_error("bus '%s' has layout fingerprint 0x%016" PRIx64 " but this cbusctl expects "
                   "0x%016" PRIx64 " (built from another layout.h): %s",
                   name, h.fingerprint, (uint64_t)CBUS_LAYOUT_FINGERPRINT, fix);
+    } else if (n == (ssize_t)sizeof h && atomic_load(&h.ready) != 1) {
+        cli_error("bus '%s' was never finished by its creator (pid %u): it died while creating "
+                  "it, or the header is corrupt: %s",
+                  name, h.creator_pid, fix);
     } else if (have_st && h.total_size != (uint64_t)st.st_size) {
         cli_error("bus '%s' header says %" PRIu64 " bytes but %s has %jd: corrupt or truncated "
                   "segment: %s",
