@@ -128,7 +128,7 @@ struct anchor {
     uint64_t real_minus_mono;
     uint64_t last;   /* last value returned: keeps per-thread time monotonic */
 };
-static _Thread_local struct anchor tl_anchor;
+static CBUS__TLS struct anchor tl_anchor;
 
 static void reanchor(struct anchor *a, const struct cbus__clock *clk)
 {

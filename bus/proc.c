@@ -55,7 +55,7 @@ int cbus__pid_alive(uint32_t pid, uint64_t start_time)
 
 uint32_t cbus__gettid(void)
 {
-    static _Thread_local uint32_t tid;
+    static CBUS__TLS uint32_t tid;
     if (CBUS__UNLIKELY(!tid))
         tid = (uint32_t)syscall(SYS_gettid);
     return tid;

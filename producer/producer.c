@@ -17,7 +17,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-_Thread_local struct cbus__producer_tls cbus__ptls;
+CBUS__TLS struct cbus__producer_tls cbus__ptls;
 static _Atomic uint64_t next_generation = 1;
 
 static void entry_acquire(cbus_producer *p, const char *name)

@@ -36,7 +36,7 @@ struct cbus__producer_tls {
     int gate_valid;
     int stuck_valid;
 };
-extern _Thread_local struct cbus__producer_tls cbus__ptls;
+extern CBUS__TLS struct cbus__producer_tls cbus__ptls;
 
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);
