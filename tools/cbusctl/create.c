@@ -53,7 +53,7 @@ int cmd_create(int argc, char **argv)
         {0},
     };
     struct cbus_create_opts o = {0};
-    uint64_t size = 0, v;
+    uint64_t size = 0, v = 0;
     int r;
 
     optind = 0;

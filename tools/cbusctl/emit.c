@@ -266,7 +266,7 @@ int cmd_emit(int argc, char **argv)
             pl.usage.finish_reason = (uint8_t)fr;
         }
         if (given[O_GENERATIONS]) {
-            uint64_t g;
+            uint64_t g = 0;
             if ((r = cli_u64("emit", "--generations", arg[O_GENERATIONS], 0, UINT16_MAX, &g)))
                 return r;
             pl.usage.generations = (uint16_t)g;
@@ -287,7 +287,7 @@ int cmd_emit(int argc, char **argv)
         pl_len = sizeof pl.token;
     } else if (K(kind) & KINDS_ERROR) {
         if (given[O_HTTP]) {
-            uint64_t st;
+            uint64_t st = 0;
             if ((r = cli_u64("emit", "--http-status", arg[O_HTTP], 100, 599, &st)))
                 return r;
             pl.error.http_status = (int32_t)st;

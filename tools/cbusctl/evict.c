@@ -108,7 +108,7 @@ int cmd_evict(int argc, char **argv)
     unsigned maxc = h->max_consumers < CBUS_MAX_CONSUMERS ? h->max_consumers : CBUS_MAX_CONSUMERS;
 
     if (all_digits(who)) {
-        uint64_t idx;
+        uint64_t idx = 0;
         if ((r = cli_u64("evict", "INDEX", who, 0, maxc - 1, &idx))) {
             cbus_bus_close(bus);
             return r;

@@ -47,7 +47,7 @@ int cli_bus_name(const char *cmd, const char *name)
 int cli_u64(const char *cmd, const char *flag, const char *text, uint64_t min, uint64_t max,
             uint64_t *out)
 {
-    uint64_t v;
+    uint64_t v = 0;
     /* Sizes accept k/M/G suffixes; plain counts are plain numbers to the same parser. */
     if (cbus_parse_size(text, &v))
         return cli_usage_error(cmd, "%s '%s': not a number", flag, text);
@@ -60,7 +60,7 @@ int cli_u64(const char *cmd, const char *flag, const char *text, uint64_t min, u
 
 int cli_u32(const char *cmd, const char *flag, const char *text, uint32_t *out)
 {
-    uint64_t v;
+    uint64_t v = 0;
     int r = cli_u64(cmd, flag, text, 0, UINT32_MAX, &v);
     if (!r)
         *out = (uint32_t)v;
