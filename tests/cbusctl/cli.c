@@ -594,6 +594,15 @@ Test(cbusctl_cli, stat_watch_json_until_sigint)
         lines++;
     }
     cr_assert_geq(lines, 1);
+
+    /* Watching a bus that goes away ends with a message, not a frozen screen. */
+    bg_start(&w, "stat", bus, "--watch", "0.1", NULL);
+    cr_assert(bg_wait_line(&w, T_RUN), "no sample printed");
+    cbus_bus_destroy(bus);
+    run_free(&rr);
+    bg_finish(&w, &rr, T_RUN);
+    ASSERT_EXIT(1);
+    cr_assert(strstr(rr.err, "destroyed"), "%s", rr.err);
 }
 
 Test(cbusctl_cli, lapped_tail_reports_exact_loss)

@@ -310,6 +310,19 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
     }
 }
 
+/* 1 when the name no longer leads to the segment we mapped (st). */
+static int replaced(const char *name, const struct stat *mapped)
+{
+    char path[64];
+    struct stat now;
+    cli_shm_path(path, sizeof path, name);
+    if (!mapped->st_ino)
+        return 0;
+    if (stat(path, &now) != 0)
+        return 1;
+    return now.st_ino != mapped->st_ino || now.st_dev != mapped->st_dev;
+}
+
 static void stat_help(FILE *f)
 {
     fprintf(f,
@@ -370,7 +383,7 @@ int cmd_stat(int argc, char **argv)
         return r;
     const struct cbus_shm_header *h = cbus_bus_header(bus);
     struct busfile bf = {0};
-    struct stat st;
+    struct stat st = {0};
     if (fstat(cbus_bus_fd(bus), &st) == 0) {
         bf.have = 1;
         bf.mode = (unsigned)(st.st_mode & 07777);
@@ -390,9 +403,16 @@ int cmd_stat(int argc, char **argv)
     int tty = isatty(STDOUT_FILENO);
     uint64_t interval = RATE_SAMPLE_NS;
     take(bus, prev);
+    int rc = EXIT_OK;
     for (;;) {
         if (cli_sleep_ns(interval))
             break;
+        if (watch && replaced(name, &st)) {
+            /* Our mapping outlives the name: say so rather than show a dead bus forever. */
+            cli_error("bus '%s' was destroyed or recreated: stopped watching", name);
+            rc = EXIT_RUNTIME;
+            break;
+        }
         take(bus, cur);
         if (watch && tty && !json)
             fputs("\033[H\033[2J", stdout); /* home + clear: a refreshing screen */
@@ -412,5 +432,5 @@ int cmd_stat(int argc, char **argv)
     free(prev);
     free(cur);
     cbus_bus_close(bus);
-    return EXIT_OK;
+    return rc;
 }
