@@ -312,6 +312,8 @@ Test(cbusctl_cli, permission_denied_and_foreign_owner)
     const char *argv[] = {"cbusctl", "stat", bus, NULL};
     run_free(&rr);
     run_cbusctl_as(&rr, 65534, T_RUN, argv);
+    if (rr.code == 126 || rr.code == 127)
+        cr_skip_test("uid 65534 cannot execute %s (build tree not world-readable)", CBUSCTL_PATH);
     ASSERT_EXIT(1);
     cr_assert(strstr(rr.err, "permission denied"), "%s", rr.err);
     cr_assert(strstr(rr.err, "mode 0600"), "%s", rr.err);
