@@ -1,0 +1,28 @@
+/* A batch: one HTTP request body and what it holds.  It is built in memory,
+ * then sent, queued, or spooled; the ring positions it covers decide what a
+ * lossless exporter may acknowledge. */
+#ifndef CBUS_EXPORT_BATCH_H
+#define CBUS_EXPORT_BATCH_H
+
+#include <stdint.h>
+
+#include "sbuf.h"
+
+struct batch {
+    struct batch *next;       /* in whichever list holds it */
+    struct batch *prev;
+    uint64_t seq;             /* spool sequence (file name) once spooled */
+    uint64_t min_pos;         /* lowest ring position whose data it carries; UINT64_MAX = none */
+    uint64_t max_pos;
+    uint32_t items;           /* spans (OTLP) or events (msgpack) */
+    uint8_t format;           /* enum export_format */
+    uint8_t gzip;             /* body is gzip-compressed */
+    uint8_t in_spool;         /* owned by the spool (removed only when delivered or dropped) */
+    uint8_t on_disk;          /* the spool holds it durably in a file */
+    uint8_t sending;          /* a request for it is in flight */
+    uint64_t body_len;        /* bytes of the body, also while it lives on disk only */
+    uint64_t created_ns;      /* monotonic: batch age */
+    struct sbuf body;         /* empty while a spooled batch sits on disk */
+};
+
+#endif

@@ -1,0 +1,275 @@
+#include "export_config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cbus/cbus.h>
+#include <cbus/consumer.h>
+
+#include "config.h"
+
+void export_config_defaults(struct export_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->bus, sizeof c->bus, "demo");
+    snprintf(c->consumer_name, sizeof c->consumer_name, "export");
+    c->lossless = 0;
+    c->start = CBUS_START_RESUME;
+    c->format = EXPORT_OTLP;
+    snprintf(c->endpoint, sizeof c->endpoint, "http://127.0.0.1:4318");
+    c->gzip = 0;
+    c->gzip_level = 1;
+    c->batch_max_items = 2048;
+    c->batch_max_bytes = 4u << 20;
+    c->batch_max_age_ns = 1000000000ull;
+    c->max_in_flight = 4;
+    c->queue_batches = 8;
+    c->request_timeout_ns = 10000000000ull;
+    c->connect_timeout_ns = 3000000000ull;
+    c->retry_initial_ns = 500000000ull;
+    c->retry_max_ns = 30000000000ull;
+    c->shutdown_timeout_ns = 5000000000ull;
+    snprintf(c->service_name, sizeof c->service_name, "cbus");
+    c->include_previews = 0;
+    c->run_timeout_ns = 600000000000ull;
+    c->max_open_runs = 200000;
+    c->spool_limit = 256u << 20;
+    snprintf(c->auth_header_env, sizeof c->auth_header_env, "CBUS_EXPORT_AUTH_HEADER");
+    c->tls_verify = 1;
+    c->status_interval_ns = 1000000000ull;
+}
+
+void export_config_free(struct export_config *c)
+{
+    for (unsigned i = 0; i < c->n_headers; i++)
+        free(c->headers[i]);
+    c->n_headers = 0;
+}
+
+static int copy_str(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *dst,
+                    size_t cap, char *err, size_t errlen)
+{
+    size_t n = strlen(e->value);
+    if (n >= cap)
+        return cbus_cfg_error(cfg, e, err, errlen, "longer than %zu characters", cap - 1);
+    memcpy(dst, e->value, n + 1);
+    return 0;
+}
+
+static int env_name(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *dst,
+                    size_t cap, char *err, size_t errlen)
+{
+    for (const char *p = e->value; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return cbus_cfg_error(cfg, e, err, errlen,
+                                  "'%s' is not an environment variable name (secrets go in the environment, not here)",
+                                  e->value);
+    return copy_str(cfg, e, dst, cap, err, errlen);
+}
+
+static int header_ok(const char *name, const char *value)
+{
+    if (!*name)
+        return 0;
+    for (const char *p = name; *p; p++)
+        if (*p <= ' ' || *p == ':' || *p >= 127)
+            return 0;
+    for (const char *p = value; *p; p++)
+        if (*p == '\r' || *p == '\n')
+            return 0;
+    return 1;
+}
+
+static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
+                     const struct cbus_cfg_entry *e, char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
+    uint64_t u;
+    int r;
+#define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
+    if (IS("bus", "name")) {
+        if (cbus_name_valid(e->value))
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a bus name", e->value);
+        return copy_str(cfg, e, c->bus, sizeof c->bus, err, errlen);
+    }
+    if (IS("bus", "consumer_name")) {
+        if (cbus_name_valid(e->value))
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a consumer name", e->value);
+        return copy_str(cfg, e, c->consumer_name, sizeof c->consumer_name, err, errlen);
+    }
+    if (IS("bus", "mode")) {
+        static const char *const modes[] = {"lossy", "lossless", NULL};
+        unsigned m;
+        if ((r = cbus_cfg_choice(cfg, e, modes, &m, err, errlen)))
+            return r;
+        c->lossless = m == 1;
+        return 0;
+    }
+    if (IS("bus", "start")) {
+        static const char *const starts[] = {"newest", "oldest", "resume", NULL};
+        static const unsigned map[] = {CBUS_START_NEWEST, CBUS_START_OLDEST, CBUS_START_RESUME};
+        unsigned m;
+        if ((r = cbus_cfg_choice(cfg, e, starts, &m, err, errlen)))
+            return r;
+        c->start = map[m];
+        return 0;
+    }
+    if (IS("export", "format")) {
+        static const char *const formats[] = {"otlp", "msgpack", NULL};
+        return cbus_cfg_choice(cfg, e, formats, &c->format, err, errlen);
+    }
+    if (IS("export", "endpoint")) {
+        if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not an http:// or https:// URL", e->value);
+        return copy_str(cfg, e, c->endpoint, sizeof c->endpoint, err, errlen);
+    }
+    if (IS("export", "gzip"))
+        return cbus_cfg_bool(cfg, e, &c->gzip, err, errlen);
+    if (IS("export", "gzip_level")) {
+        if ((r = cbus_cfg_u64(cfg, e, 1, 9, &u, err, errlen)))
+            return r;
+        c->gzip_level = (int)u;
+        return 0;
+    }
+    if (IS("export", "batch_max_items"))
+        return cbus_cfg_u64(cfg, e, 1, 1000000, &c->batch_max_items, err, errlen);
+    if (IS("export", "batch_max_bytes")) {
+        if ((r = cbus_cfg_size(cfg, e, &c->batch_max_bytes, err, errlen)))
+            return r;
+        if (c->batch_max_bytes < 4096 || c->batch_max_bytes > (64u << 20))
+            return cbus_cfg_error(cfg, e, err, errlen, "must be between 4k and 64M");
+        return 0;
+    }
+    if (IS("export", "batch_max_age"))
+        return cbus_cfg_duration_ns(cfg, e, &c->batch_max_age_ns, err, errlen);
+    if (IS("export", "max_in_flight"))
+        return cbus_cfg_u64(cfg, e, 1, 64, &c->max_in_flight, err, errlen);
+    if (IS("export", "queue_batches"))
+        return cbus_cfg_u64(cfg, e, 0, 1024, &c->queue_batches, err, errlen);
+    if (IS("export", "request_timeout"))
+        return cbus_cfg_duration_ns(cfg, e, &c->request_timeout_ns, err, errlen);
+    if (IS("export", "connect_timeout"))
+        return cbus_cfg_duration_ns(cfg, e, &c->connect_timeout_ns, err, errlen);
+    if (IS("export", "retry_initial"))
+        return cbus_cfg_duration_ns(cfg, e, &c->retry_initial_ns, err, errlen);
+    if (IS("export", "retry_max"))
+        return cbus_cfg_duration_ns(cfg, e, &c->retry_max_ns, err, errlen);
+    if (IS("export", "shutdown_timeout"))
+        return cbus_cfg_duration_ns(cfg, e, &c->shutdown_timeout_ns, err, errlen);
+    if (IS("export", "service_name")) {
+        if (!e->value[0])
+            return cbus_cfg_error(cfg, e, err, errlen, "must not be empty");
+        return copy_str(cfg, e, c->service_name, sizeof c->service_name, err, errlen);
+    }
+    if (IS("export", "resource_attributes")) {
+        /* k=v,k=v */
+        for (const char *p = e->value; *p;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            const char *eq = memchr(p, '=', len);
+            if (!eq || eq == p)
+                return cbus_cfg_error(cfg, e, err, errlen, "want key=value pairs separated by commas");
+            p = comma ? comma + 1 : p + len;
+        }
+        return copy_str(cfg, e, c->resource_attributes, sizeof c->resource_attributes, err, errlen);
+    }
+    if (IS("export", "include_previews"))
+        return cbus_cfg_bool(cfg, e, &c->include_previews, err, errlen);
+    if (IS("spans", "run_timeout")) {
+        if ((r = cbus_cfg_duration_ns(cfg, e, &c->run_timeout_ns, err, errlen)))
+            return r;
+        if (c->run_timeout_ns < 1000000ull)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 1ms");
+        return 0;
+    }
+    if (IS("spans", "max_open_runs"))
+        return cbus_cfg_u64(cfg, e, 16, 100000000, &c->max_open_runs, err, errlen);
+    if (IS("spool", "dir"))
+        return copy_str(cfg, e, c->spool_dir, sizeof c->spool_dir, err, errlen);
+    if (IS("spool", "limit")) {
+        if ((r = cbus_cfg_size(cfg, e, &c->spool_limit, err, errlen)))
+            return r;
+        if (c->spool_limit < 65536)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 64k");
+        return 0;
+    }
+    if (!strcmp(s, "headers")) {
+        if (c->n_headers >= EXPORT_MAX_HEADERS)
+            return cbus_cfg_error(cfg, e, err, errlen, "at most %d headers", EXPORT_MAX_HEADERS);
+        if (!header_ok(k, e->value))
+            return cbus_cfg_error(cfg, e, err, errlen, "not a valid HTTP header");
+        if (!strcasecmp(k, "Authorization"))
+            return cbus_cfg_error(cfg, e, err, errlen,
+                                  "secrets do not belong in the config: set [auth] header_env or basic_*_env");
+        char *h = malloc(strlen(k) + strlen(e->value) + 3);
+        if (!h)
+            return -ENOMEM;
+        sprintf(h, "%s: %s", k, e->value);
+        c->headers[c->n_headers++] = h;
+        return 0;
+    }
+    if (IS("auth", "header_env"))
+        return env_name(cfg, e, c->auth_header_env, sizeof c->auth_header_env, err, errlen);
+    if (IS("auth", "basic_user_env"))
+        return env_name(cfg, e, c->basic_user_env, sizeof c->basic_user_env, err, errlen);
+    if (IS("auth", "basic_password_env"))
+        return env_name(cfg, e, c->basic_password_env, sizeof c->basic_password_env, err, errlen);
+    if (IS("tls", "ca_file"))
+        return copy_str(cfg, e, c->ca_file, sizeof c->ca_file, err, errlen);
+    if (IS("tls", "verify"))
+        return cbus_cfg_bool(cfg, e, &c->tls_verify, err, errlen);
+    if (IS("status", "file"))
+        return copy_str(cfg, e, c->status_file, sizeof c->status_file, err, errlen);
+    if (IS("status", "interval")) {
+        if ((r = cbus_cfg_duration_ns(cfg, e, &c->status_interval_ns, err, errlen)))
+            return r;
+        if (c->status_interval_ns < 10000000ull)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
+        return 0;
+    }
+#undef IS
+    return cbus_cfg_error(cfg, e, err, errlen, "unknown setting");
+}
+
+int export_config_load(struct export_config *c, const char *path, char *err, size_t errlen)
+{
+    struct cbus_cfg cfg;
+    int r = cbus_cfg_load(&cfg, path, err, errlen);
+    if (r)
+        return r;
+    for (size_t i = 0; i < cfg.count && !r; i++)
+        r = set_entry(c, &cfg, &cfg.entries[i], err, errlen);
+    cbus_cfg_free(&cfg);
+    return r;
+}
+
+int export_config_finish(struct export_config *c, char *err, size_t errlen)
+{
+    if (c->format == EXPORT_OTLP) {
+        size_t n = strlen(c->endpoint);
+        while (n && c->endpoint[n - 1] == '/')
+            c->endpoint[--n] = '\0';
+        /* an endpoint already naming the traces path is taken as is */
+        const char *suffix = "/v1/traces";
+        int has = n >= 10 && !strcmp(c->endpoint + n - 10, suffix);
+        snprintf(c->url, sizeof c->url, "%s%s", c->endpoint, has ? "" : suffix);
+    } else {
+        snprintf(c->url, sizeof c->url, "%s", c->endpoint);
+    }
+    if (c->retry_initial_ns == 0 || c->retry_max_ns < c->retry_initial_ns) {
+        snprintf(err, errlen, "[export] retry_max must be at least retry_initial (> 0)");
+        return -EINVAL;
+    }
+    if (!!c->basic_user_env[0] != !!c->basic_password_env[0]) {
+        snprintf(err, errlen, "[auth] basic_user_env and basic_password_env go together");
+        return -EINVAL;
+    }
+    if (c->batch_max_age_ns == 0) {
+        snprintf(err, errlen, "[export] batch_max_age must be > 0");
+        return -EINVAL;
+    }
+    return 0;
+}

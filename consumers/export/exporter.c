@@ -1,0 +1,655 @@
+#include "exporter.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+
+#include <cbus/cbus.h>
+
+#include "event_msgpack.h"
+#include "log.h"
+#include "otlp.h"
+#include "span.h"
+#include "spool.h"
+#include "transport.h"
+
+/* msgpack batch: {"format":"cbus.events","version":1,"bus":..,"bus_id":..,
+ * "host":..,"pid":..,"events":[...]} with the array length patched in at the
+ * end (array 32: a valid, if not minimal, msgpack header). */
+#define MP_BATCH_KEYS 7
+
+struct blist {
+    struct batch *head, *tail;
+    size_t count;
+};
+
+struct exporter {
+    struct export_config cfg;
+    struct otlp_resource res;
+    struct otlp_opts oopts;
+    char host[256];
+    char bus[40];
+    uint64_t bus_id;
+    uint32_t pid;
+    struct span_table *spans;
+    struct batch *cur;
+    size_t mp_count_off;        /* msgpack: offset of the array 32 length */
+    struct blist queue;         /* finished, waiting for a request slot */
+    struct blist direct;        /* sent straight from memory, in flight */
+    struct spool *spool;
+    struct transport *tr;
+    int unhealthy;              /* the last attempt failed in a retryable way */
+    unsigned attempt;           /* consecutive retryable failures */
+    uint64_t next_try_ns;       /* no spool request before this */
+    uint64_t now_ns;
+    uint64_t rng;
+    uint64_t last_reject_log_ns, suppressed_rejects;
+    uint64_t last_partial_log_ns, suppressed_partials;
+    struct exporter_stats st;
+};
+
+static void list_push(struct blist *l, struct batch *b)
+{
+    b->next = NULL;
+    b->prev = l->tail;
+    if (l->tail)
+        l->tail->next = b;
+    else
+        l->head = b;
+    l->tail = b;
+    l->count++;
+}
+
+static void list_del(struct blist *l, struct batch *b)
+{
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        l->head = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    else
+        l->tail = b->prev;
+    b->next = b->prev = NULL;
+    l->count--;
+}
+
+static struct batch *list_pop(struct blist *l)
+{
+    struct batch *b = l->head;
+    if (b)
+        list_del(l, b);
+    return b;
+}
+
+static uint64_t rnd(struct exporter *x)
+{
+    /* xorshift64*: jitter only, no need for more */
+    x->rng ^= x->rng >> 12;
+    x->rng ^= x->rng << 25;
+    x->rng ^= x->rng >> 27;
+    return x->rng * UINT64_C(2685821657736338717);
+}
+
+/* ---- building batches ---------------------------------------------------- */
+
+static struct batch *batch_new(struct exporter *x)
+{
+    struct batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    sbuf_init(&b->body);
+    b->format = (uint8_t)x->cfg.format;
+    b->min_pos = UINT64_MAX;
+    b->created_ns = x->now_ns;
+    if (sbuf_reserve(&b->body, x->cfg.batch_max_bytes / 2 + 4096)) {
+        free(b);
+        return NULL;
+    }
+    if (x->cfg.format == EXPORT_OTLP) {
+        otlp_begin(&b->body, &x->res);
+    } else {
+        uint8_t hdr[512];
+        struct cbus_mp_writer w = {hdr};
+        cbus_mp_put_map(&w, MP_BATCH_KEYS);
+        cbus_mp_put_str(&w, "format", 6);
+        cbus_mp_put_str(&w, "cbus.events", 11);
+        cbus_mp_put_str(&w, "version", 7);
+        cbus_mp_put_uint(&w, CBUS_EVMP_FORMAT);
+        cbus_mp_put_str(&w, "bus", 3);
+        cbus_mp_put_str(&w, x->bus, (uint32_t)strlen(x->bus));
+        cbus_mp_put_str(&w, "bus_id", 6);
+        cbus_mp_put_uint(&w, x->bus_id);
+        cbus_mp_put_str(&w, "host", 4);
+        cbus_mp_put_text(&w, x->host, (uint32_t)strlen(x->host));
+        cbus_mp_put_str(&w, "pid", 3);
+        cbus_mp_put_uint(&w, x->pid);
+        cbus_mp_put_str(&w, "events", 6);
+        *w.p++ = 0xdd; /* array 32, length patched at finalize */
+        x->mp_count_off = (size_t)(w.p - hdr);
+        memset(w.p, 0, 4);
+        w.p += 4;
+        sbuf_add(&b->body, hdr, (size_t)(w.p - hdr));
+    }
+    return b;
+}
+
+static int gzip_body(struct exporter *x, struct batch *b)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    /* 15 + 16: a gzip wrapper, which is what Content-Encoding: gzip means */
+    if (deflateInit2(&zs, x->cfg.gzip_level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -ENOMEM;
+    struct sbuf out;
+    sbuf_init(&out);
+    size_t bound = deflateBound(&zs, (uLong)b->body.len) + 32;
+    if (sbuf_reserve(&out, bound)) {
+        deflateEnd(&zs);
+        return -ENOMEM;
+    }
+    zs.next_in = (Bytef *)b->body.data;
+    zs.avail_in = (uInt)b->body.len;
+    zs.next_out = (Bytef *)out.data;
+    zs.avail_out = (uInt)bound;
+    int r = deflate(&zs, Z_FINISH);
+    size_t n = bound - zs.avail_out;
+    deflateEnd(&zs);
+    if (r != Z_STREAM_END) {
+        sbuf_free(&out);
+        return -EIO;
+    }
+    out.len = n;
+    sbuf_free(&b->body);
+    b->body = out;
+    b->gzip = 1;
+    return 0;
+}
+
+static void deliver(struct exporter *x, struct batch *b);
+
+static void finalize(struct exporter *x)
+{
+    struct batch *b = x->cur;
+    if (!b)
+        return;
+    x->cur = NULL;
+    if (!b->items) {
+        batch_free(b);
+        return;
+    }
+    if (b->format == EXPORT_OTLP) {
+        otlp_end(&b->body);
+    } else {
+        uint8_t *p = (uint8_t *)b->body.data + x->mp_count_off;
+        p[0] = (uint8_t)(b->items >> 24);
+        p[1] = (uint8_t)(b->items >> 16);
+        p[2] = (uint8_t)(b->items >> 8);
+        p[3] = (uint8_t)b->items;
+    }
+    if (b->body.failed) {
+        cbus_log_error("out of memory building a batch of %u items: dropped", b->items);
+        x->st.rejected_batches++;
+        x->st.rejected_items += b->items;
+        batch_free(b);
+        return;
+    }
+    x->st.batches++;
+    x->st.body_bytes += b->body.len;
+    if (x->cfg.gzip && gzip_body(x, b))
+        cbus_log_warn("gzip failed: sending the batch uncompressed");
+    b->body_len = b->body.len;
+    deliver(x, b);
+}
+
+static void need_batch(struct exporter *x)
+{
+    if (!x->cur)
+        x->cur = batch_new(x);
+}
+
+static void batch_added(struct exporter *x, uint64_t pos)
+{
+    struct batch *b = x->cur;
+    b->items++;
+    x->st.items++;
+    if (pos < b->min_pos)
+        b->min_pos = pos;
+    if (pos > b->max_pos || b->max_pos == 0)
+        b->max_pos = pos;
+    if (b->items >= x->cfg.batch_max_items || b->body.len >= x->cfg.batch_max_bytes)
+        finalize(x);
+}
+
+static void on_span(const struct span *s, void *arg)
+{
+    struct exporter *x = arg;
+    need_batch(x);
+    if (!x->cur)
+        return;
+    otlp_span(&x->cur->body, s, x->cur->items == 0, &x->oopts);
+    batch_added(x, s->start_pos);
+}
+
+static void add_event(struct exporter *x, const struct cbus_event *ev)
+{
+    need_batch(x);
+    if (!x->cur || sbuf_reserve(&x->cur->body, CBUS_EVMP_MAX))
+        return;
+    struct cbus_evmp_opts o = {
+        .preview = x->cfg.include_previews ? CBUS_EVMP_PREVIEW_KEEP : CBUS_EVMP_PREVIEW_DROP};
+    int n = cbus_evmp_encode(ev, &o, (uint8_t *)x->cur->body.data + x->cur->body.len,
+                             x->cur->body.cap - x->cur->body.len - 1);
+    if (n <= 0)
+        return;
+    x->cur->body.len += (size_t)n;
+    batch_added(x, ev->event_id);
+}
+
+void exporter_feed(struct exporter *x, const struct cbus_event *ev, uint64_t now_ns)
+{
+    x->now_ns = now_ns;
+    x->st.events++;
+    if (x->cfg.format == EXPORT_OTLP)
+        span_table_feed(x->spans, ev, now_ns);
+    else
+        add_event(x, ev);
+}
+
+/* ---- delivery -------------------------------------------------------------- */
+
+static void drop_batch(struct exporter *x, struct batch *b)
+{
+    if (b->in_spool)
+        spool_remove(x->spool, b);
+    else
+        batch_free(b);
+}
+
+static void enforce_spool_limit(struct exporter *x)
+{
+    if (x->cfg.lossless && spool_on_disk(x->spool))
+        return; /* back-pressure instead (exporter_paused): acknowledged data is never dropped */
+    while (spool_bytes(x->spool) > spool_limit(x->spool)) {
+        struct batch *v = spool_oldest_idle(x->spool);
+        if (!v)
+            break;
+        x->st.spool_dropped_batches++;
+        x->st.spool_dropped_items += v->items;
+        if (x->st.spool_dropped_batches == 1 || x->st.spool_dropped_batches % 100 == 0)
+            cbus_log_warn("spool full (%" PRIu64 " bytes): dropped its oldest batch (%" PRIu64
+                          " batches dropped so far)",
+                          spool_limit(x->spool), x->st.spool_dropped_batches);
+        spool_remove(x->spool, v);
+    }
+}
+
+static void to_spool(struct exporter *x, struct batch *b)
+{
+    int r = spool_append(x->spool, b);
+    x->st.spooled++;
+    if (r) {
+        x->st.spool_errors++;
+        cbus_log_error("spool write failed: %s (batch kept in memory, not durable)", strerror(-r));
+    }
+    enforce_spool_limit(x);
+}
+
+static void send_direct(struct exporter *x, struct batch *b)
+{
+    list_push(&x->direct, b);
+    if (transport_send(x->tr, b)) {
+        list_del(&x->direct, b);
+        list_push(&x->queue, b);
+        return;
+    }
+    x->st.requests++;
+}
+
+static void deliver(struct exporter *x, struct batch *b)
+{
+    if (x->unhealthy || spool_count(x->spool)) {
+        to_spool(x, b);
+    } else if (transport_in_flight(x->tr) < transport_slots(x->tr) && !x->queue.count) {
+        send_direct(x, b);
+    } else if (x->queue.count < x->cfg.queue_batches) {
+        list_push(&x->queue, b);
+    } else {
+        to_spool(x, b);
+    }
+}
+
+/* Everything in memory goes to the spool, in order, behind what is there. */
+static void queue_to_spool(struct exporter *x)
+{
+    struct batch *b;
+    while ((b = list_pop(&x->queue)))
+        to_spool(x, b);
+}
+
+static void pump(struct exporter *x)
+{
+    if (!x->unhealthy && !spool_count(x->spool)) {
+        while (x->queue.count && transport_in_flight(x->tr) < transport_slots(x->tr))
+            send_direct(x, list_pop(&x->queue));
+        return;
+    }
+    /* Draining the spool: strictly one request at a time, oldest first,
+     * so a receiver sees the batches in the order they were made. */
+    struct batch *h = spool_head(x->spool);
+    if (!h || h->sending || x->now_ns < x->next_try_ns)
+        return;
+    if (transport_in_flight(x->tr) >= transport_slots(x->tr))
+        return;
+    int r = spool_load(x->spool, h);
+    if (r == -EBADMSG) {
+        cbus_log_warn("spool batch %" PRIu64 " is damaged: discarded", h->seq);
+        x->st.spool_dropped_batches++;
+        x->st.spool_dropped_items += h->items;
+        spool_remove(x->spool, h);
+        return;
+    }
+    if (r) {
+        cbus_log_error("reading spool batch %" PRIu64 ": %s", h->seq, strerror(-r));
+        x->next_try_ns = x->now_ns + x->cfg.retry_initial_ns;
+        return;
+    }
+    if (transport_send(x->tr, h) == 0)
+        x->st.requests++;
+    else
+        spool_unload(x->spool, h);
+}
+
+static int rate_ok(uint64_t now, uint64_t *last)
+{
+    if (*last && now - *last < 10000000000ull)
+        return 0;
+    *last = now;
+    return 1;
+}
+
+static void on_done(void *arg, struct batch *b, const struct send_result *r)
+{
+    struct exporter *x = arg;
+    x->st.last_status = r->status;
+    if (!b->in_spool)
+        list_del(&x->direct, b);
+    switch (r->outcome) {
+    case SEND_OK:
+        x->st.sent_batches++;
+        x->st.sent_items += b->items;
+        x->st.sent_bytes += b->body_len;
+        if (b->in_spool)
+            x->st.replayed++;
+        if (r->partial) {
+            x->st.partial_batches++;
+            x->st.partial_rejected += r->rejected;
+            if (rate_ok(x->now_ns, &x->last_partial_log_ns)) {
+                cbus_log_warn("partial success: %" PRIu64 " spans rejected (%s); not retried (+%" PRIu64
+                              " similar)",
+                              r->rejected, r->message[0] ? r->message : "no message", x->suppressed_partials);
+                x->suppressed_partials = 0;
+            } else {
+                x->suppressed_partials++;
+            }
+        }
+        if (x->unhealthy) {
+            cbus_log_info("endpoint is back (HTTP %ld); %zu spooled batches to replay", r->status,
+                          spool_count(x->spool) - (b->in_spool ? 1 : 0));
+            x->unhealthy = 0;
+        }
+        x->attempt = 0;
+        drop_batch(x, b);
+        break;
+    case SEND_REJECT:
+        x->st.rejected_batches++;
+        x->st.rejected_items += b->items;
+        if (rate_ok(x->now_ns, &x->last_reject_log_ns)) {
+            if (r->curl_code)
+                cbus_log_error("request failed for good (%s): batch of %u dropped (+%" PRIu64 " similar)",
+                               r->message, b->items, x->suppressed_rejects);
+            else
+                cbus_log_error("HTTP %ld: batch of %u dropped, not retried: %s (+%" PRIu64 " similar)",
+                               r->status, b->items, r->message, x->suppressed_rejects);
+            x->suppressed_rejects = 0;
+        } else {
+            x->suppressed_rejects++;
+        }
+        x->unhealthy = 0; /* it answered: the endpoint is up */
+        x->attempt = 0;
+        drop_batch(x, b);
+        break;
+    case SEND_RETRY: {
+        x->st.retried++;
+        uint64_t delay = r->has_retry_after
+                             ? r->retry_after_ns
+                             : retry_backoff_ns(x->attempt, x->cfg.retry_initial_ns, x->cfg.retry_max_ns, rnd(x));
+        x->attempt++;
+        if (!x->unhealthy) {
+            char why[300];
+            if (r->curl_code)
+                snprintf(why, sizeof why, "%s", r->message);
+            else
+                snprintf(why, sizeof why, "HTTP %ld", r->status);
+            cbus_log_warn("endpoint unavailable (%s): spooling, next try in %" PRIu64 " ms%s", why,
+                          delay / 1000000, r->has_retry_after ? " (Retry-After)" : "");
+        }
+        x->unhealthy = 1;
+        uint64_t t = x->now_ns + delay;
+        if (t > x->next_try_ns || r->has_retry_after)
+            x->next_try_ns = t;
+        if (b->in_spool) {
+            spool_unload(x->spool, b); /* stays at the head */
+        } else {
+            to_spool(x, b);
+            queue_to_spool(x);
+        }
+        break;
+    }
+    }
+}
+
+void exporter_tick(struct exporter *x, uint64_t now_ns, uint64_t hold_min_pos)
+{
+    x->now_ns = now_ns;
+    if (x->spans) {
+        uint64_t older = now_ns > x->cfg.run_timeout_ns ? now_ns - x->cfg.run_timeout_ns : 0;
+        span_table_expire(x->spans, older, hold_min_pos);
+    }
+    if (x->cur && now_ns - x->cur->created_ns >= x->cfg.batch_max_age_ns)
+        finalize(x);
+    pump(x);
+    transport_run(x->tr, 0, on_done, x);
+    pump(x);
+}
+
+int exporter_wait(struct exporter *x, int timeout_ms)
+{
+    if (!transport_in_flight(x->tr))
+        return 0;
+    transport_run(x->tr, timeout_ms, on_done, x);
+    return 1;
+}
+
+uint64_t exporter_next_deadline(const struct exporter *x)
+{
+    uint64_t d = UINT64_MAX;
+    if (x->cur)
+        d = x->cur->created_ns + x->cfg.batch_max_age_ns;
+    struct batch *h = spool_head(x->spool);
+    if (h && !h->sending && x->next_try_ns < d)
+        d = x->next_try_ns;
+    return d;
+}
+
+uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos)
+{
+    uint64_t m = read_pos;
+    if (x->spans) {
+        uint64_t s = span_table_min_pos(x->spans);
+        if (s < m)
+            m = s;
+    }
+    if (x->cur && x->cur->min_pos < m)
+        m = x->cur->min_pos;
+    for (const struct batch *b = x->queue.head; b; b = b->next)
+        if (b->min_pos < m)
+            m = b->min_pos;
+    for (const struct batch *b = x->direct.head; b; b = b->next)
+        if (b->min_pos < m)
+            m = b->min_pos;
+    uint64_t v = spool_min_volatile_pos(x->spool);
+    return v < m ? v : m;
+}
+
+int exporter_paused(const struct exporter *x)
+{
+    return x->cfg.lossless && spool_bytes(x->spool) > spool_limit(x->spool);
+}
+
+int exporter_idle(const struct exporter *x)
+{
+    return !x->cur && !x->queue.count && !x->direct.count && !spool_count(x->spool) &&
+           (!x->tr || !transport_in_flight(x->tr));
+}
+
+size_t exporter_shutdown(struct exporter *x, uint64_t deadline_ns)
+{
+    if (x->spans)
+        span_table_flush(x->spans);
+    finalize(x);
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        x->now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        if (exporter_idle(x) || x->now_ns >= deadline_ns)
+            break;
+        /* while the endpoint is failing, do not wait out a long backoff */
+        if (x->unhealthy && x->next_try_ns > deadline_ns && !transport_in_flight(x->tr))
+            break;
+        pump(x);
+        if (!exporter_wait(x, 10)) {
+            struct timespec nap = {0, 5000000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    /* What is still in memory goes to the spool (on disk: it survives) */
+    struct batch *b;
+    transport_free(x->tr); /* aborts requests still in flight */
+    x->tr = NULL;
+    while ((b = list_pop(&x->direct))) {
+        b->sending = 0;
+        to_spool(x, b);
+    }
+    for (struct batch *s = spool_head(x->spool); s; s = s->next) {
+        if (s->sending) {
+            s->sending = 0;
+            spool_unload(x->spool, s);
+        }
+    }
+    queue_to_spool(x);
+    size_t lost = 0;
+    if (!spool_on_disk(x->spool))
+        lost = spool_count(x->spool);
+    return lost;
+}
+
+int exporter_new(struct exporter **out, const struct export_config *cfg,
+                 const struct exporter_identity *id, char *err, size_t errlen)
+{
+    struct exporter *x = calloc(1, sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    /* the config's header strings stay owned by the caller's config */
+    x->cfg = *cfg;
+    snprintf(x->host, sizeof x->host, "%s", id->host_name ? id->host_name : "");
+    snprintf(x->bus, sizeof x->bus, "%s", id->bus_name ? id->bus_name : "");
+    x->bus_id = id->bus_id;
+    x->pid = id->pid;
+    x->res = (struct otlp_resource){
+        .service_name = x->cfg.service_name,
+        .host_name = x->host[0] ? x->host : NULL,
+        .pid = id->pid,
+        .bus_name = x->bus[0] ? x->bus : NULL,
+        .bus_id = id->bus_id,
+        .extra = x->cfg.resource_attributes[0] ? x->cfg.resource_attributes : NULL,
+    };
+    x->oopts.include_previews = cfg->include_previews;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    x->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)id->pid ^ UINT64_C(0x9e3779b97f4a7c15);
+    x->now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    int r;
+    if (cfg->format == EXPORT_OTLP && (r = span_table_new(&x->spans, cfg->max_open_runs, on_span, x))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if ((r = spool_open(&x->spool, cfg->spool_dir, cfg->spool_limit, err, errlen)))
+        goto fail;
+    if ((r = transport_new(&x->tr, cfg, err, errlen)))
+        goto fail;
+    *out = x;
+    return 0;
+fail:
+    exporter_free(x);
+    return r;
+}
+
+void exporter_free(struct exporter *x)
+{
+    if (!x)
+        return;
+    transport_free(x->tr);
+    struct batch *b;
+    while ((b = list_pop(&x->queue)))
+        batch_free(b);
+    while ((b = list_pop(&x->direct)))
+        batch_free(b);
+    batch_free(x->cur);
+    spool_close(x->spool);
+    span_table_free(x->spans);
+    free(x);
+}
+
+const struct exporter_stats *exporter_stats(const struct exporter *x)
+{
+    return &x->st;
+}
+
+void exporter_status_json(const struct exporter *x, struct sbuf *b)
+{
+    const struct exporter_stats *s = &x->st;
+    sbuf_printf(b,
+                "{\"events\":%" PRIu64 ",\"items\":%" PRIu64 ",\"batches\":%" PRIu64
+                ",\"body_bytes\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"sent_batches\":%" PRIu64
+                ",\"sent_items\":%" PRIu64 ",\"sent_bytes\":%" PRIu64 ",\"retried\":%" PRIu64
+                ",\"rejected_batches\":%" PRIu64 ",\"rejected_items\":%" PRIu64
+                ",\"partial_batches\":%" PRIu64 ",\"partial_rejected\":%" PRIu64
+                ",\"spooled\":%" PRIu64 ",\"replayed\":%" PRIu64 ",\"spool_dropped_batches\":%" PRIu64
+                ",\"spool_dropped_items\":%" PRIu64 ",\"spool_errors\":%" PRIu64
+                ",\"spool_batches\":%zu,\"spool_bytes\":%" PRIu64 ",\"spool_recovered\":%" PRIu64
+                ",\"spool_corrupt\":%" PRIu64 ",\"queue\":%zu,\"in_flight\":%u,\"connections\":%" PRIu64
+                ",\"endpoint_ok\":%s,\"last_status\":%ld",
+                s->events, s->items, s->batches, s->body_bytes, s->requests, s->sent_batches,
+                s->sent_items, s->sent_bytes, s->retried, s->rejected_batches, s->rejected_items,
+                s->partial_batches, s->partial_rejected, s->spooled, s->replayed,
+                s->spool_dropped_batches, s->spool_dropped_items, s->spool_errors,
+                spool_count(x->spool), spool_bytes(x->spool), spool_stats(x->spool)->recovered,
+                spool_stats(x->spool)->corrupt, x->queue.count,
+                x->tr ? transport_in_flight(x->tr) : 0u, x->tr ? transport_connects(x->tr) : 0,
+                x->unhealthy ? "false" : "true", s->last_status);
+    if (x->spans) {
+        const struct span_stats *p = span_table_stats(x->spans);
+        sbuf_printf(b,
+                    ",\"spans\":{\"exported\":%" PRIu64 ",\"open\":%" PRIu64 ",\"unfinished\":%" PRIu64
+                    ",\"start_missing\":%" PRIu64 ",\"points\":%" PRIu64 ",\"chunks_folded\":%" PRIu64
+                    ",\"chunks_orphan\":%" PRIu64 ",\"events_folded\":%" PRIu64 "}",
+                    p->spans, p->open, p->unfinished, p->start_missing, p->points, p->chunks_folded,
+                    p->chunks_orphan, p->events_folded);
+    }
+    sbuf_puts(b, "}");
+}

@@ -1,0 +1,247 @@
+/* cbus-export: ships bus events to OTLP/HTTP collectors (OpenTelemetry
+ * Collector, Langfuse, Jaeger, Tempo, Phoenix) or any HTTP endpoint that
+ * takes msgpack.  See docs/export.md. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+
+#include "daemon.h"
+#include "export_config.h"
+#include "exporter.h"
+#include "log.h"
+#include "sbuf.h"
+
+#define POLL_MAX 256
+
+static struct cbus_event evbuf[POLL_MAX];
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cbus-export --bus NAME [--config PATH] [options]\n"
+            "  --bus NAME          bus to read (overrides [bus] name)\n"
+            "  --config PATH       INI config (default: built-in defaults; see export.ini)\n"
+            "  --endpoint URL      overrides [export] endpoint\n"
+            "  --status-file PATH  overrides [status] file (counters as JSON, rewritten every interval)\n"
+            "  --check             validate the config and exit (0 = valid, 2 = not)\n"
+            "  --verbose           debug logging\n"
+            "Signals: SIGTERM/SIGINT stop (flushing what it can), SIGUSR1 logs the counters.\n");
+}
+
+static void write_status(const struct export_config *cfg, struct exporter *x, cbus_consumer *c,
+                         int final)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cbus_consumer_stats cs;
+    memset(&cs, 0, sizeof cs);
+    if (c)
+        cbus_consumer_stats(c, &cs);
+    sbuf_printf(&b,
+                "{\"daemon\":\"cbus-export\",\"pid\":%d,\"running\":%s,\"bus\":{\"consumed\":%" PRIu64
+                ",\"lost\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"cursor\":%" PRIu64 ",\"tethered\":%d},\"export\":",
+                (int)getpid(), final ? "false" : "true", cs.consumed, cs.lost, cs.lag, cs.cursor, cs.tethered);
+    exporter_status_json(x, &b);
+    sbuf_puts(&b, "}\n");
+    if (cfg->status_file[0] && !b.failed) {
+        int r = cbus_write_file_atomic(cfg->status_file, b.data, b.len);
+        if (r)
+            cbus_log_warn("status file %s: %s", cfg->status_file, strerror(-r));
+    }
+    sbuf_free(&b);
+}
+
+static void log_counters(struct exporter *x, const char *what)
+{
+    const struct exporter_stats *s = exporter_stats(x);
+    cbus_log_info("%s: events %" PRIu64 ", items %" PRIu64 ", sent %" PRIu64 " items in %" PRIu64
+                  " batches (%" PRIu64 " bytes), retried %" PRIu64 ", spooled %" PRIu64 ", replayed %" PRIu64
+                  ", rejected %" PRIu64 " batches, spool dropped %" PRIu64 " batches",
+                  what, s->events, s->items, s->sent_items, s->sent_batches, s->sent_bytes, s->retried,
+                  s->spooled, s->replayed, s->rejected_batches, s->spool_dropped_batches);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {{"bus", 1, 0, 'b'},         {"config", 1, 0, 'c'},
+                                       {"endpoint", 1, 0, 'e'},    {"status-file", 1, 0, 's'},
+                                       {"check", 0, 0, 'k'},       {"verbose", 0, 0, 'v'},
+                                       {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
+    const char *bus = NULL, *config = NULL, *endpoint = NULL, *status = NULL;
+    int check = 0, verbose = 0, ch;
+    while ((ch = getopt_long(argc, argv, "b:c:h", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'b': bus = optarg; break;
+        case 'c': config = optarg; break;
+        case 'e': endpoint = optarg; break;
+        case 's': status = optarg; break;
+        case 'k': check = 1; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    cbus_log_init("cbus-export", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+
+    struct export_config cfg;
+    char err[512] = "";
+    export_config_defaults(&cfg);
+    if (config && export_config_load(&cfg, config, err, sizeof err)) {
+        cbus_log_error("%s", err);
+        export_config_free(&cfg);
+        return 2;
+    }
+    if (bus) {
+        if (cbus_name_valid(bus) || strlen(bus) >= sizeof cfg.bus) {
+            cbus_log_error("--bus: '%s' is not a bus name", bus);
+            return 2;
+        }
+        snprintf(cfg.bus, sizeof cfg.bus, "%s", bus);
+    }
+    if (endpoint) {
+        if (strncmp(endpoint, "http://", 7) && strncmp(endpoint, "https://", 8)) {
+            cbus_log_error("--endpoint: '%s' is not an http:// or https:// URL", endpoint);
+            return 2;
+        }
+        snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+    }
+    if (status)
+        snprintf(cfg.status_file, sizeof cfg.status_file, "%s", status);
+    if (export_config_finish(&cfg, err, sizeof err)) {
+        cbus_log_error("%s%s%s", config ? config : "", config ? ": " : "", err);
+        export_config_free(&cfg);
+        return 2;
+    }
+    if (check) {
+        printf("%s: valid (endpoint %s, format %s)\n", config ? config : "defaults", cfg.url,
+               cfg.format == EXPORT_OTLP ? "otlp" : "msgpack");
+        export_config_free(&cfg);
+        return 0;
+    }
+    cbus_daemon_signals();
+
+    struct cbus_consumer_opts co = {.name = cfg.consumer_name,
+                                    .mode = cfg.lossless ? CBUS_LOSSLESS : CBUS_LOSSY,
+                                    .start = cfg.start};
+    cbus_consumer *c = NULL;
+    int r = cbus_consumer_attach(&c, cfg.bus, &co);
+    if (r) {
+        cbus_log_error("attach to bus '%s' as '%s': %s", cfg.bus, cfg.consumer_name, cbus_strerror(r));
+        export_config_free(&cfg);
+        return 1;
+    }
+    uint64_t capacity = cbus_bus_header(cbus_consumer_bus(c))->capacity;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    struct exporter_identity id = {.bus_name = cfg.bus,
+                                   .bus_id = cbus_consumer_bus_id(c),
+                                   .host_name = host,
+                                   .pid = (uint32_t)getpid()};
+    struct exporter *x = NULL;
+    r = exporter_new(&x, &cfg, &id, err, sizeof err);
+    if (r) {
+        cbus_log_error("%s", err);
+        cbus_consumer_detach(c);
+        export_config_free(&cfg);
+        return r == -EINVAL ? 2 : 1;
+    }
+    cbus_log_info("started: bus %s as %s (%s), %s to %s%s, batches of %" PRIu64 " / %" PRIu64
+                  " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
+                  cfg.bus, cfg.consumer_name, cfg.lossless ? "lossless" : "lossy",
+                  cfg.format == EXPORT_OTLP ? "OTLP/JSON" : "msgpack", cfg.url, cfg.gzip ? " gzip" : "",
+                  cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
+                  cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
+
+    uint64_t committed = 0, next_status = 0;
+    int exit_code = 0;
+    while (!cbus_daemon_stop) {
+        uint64_t now = mono_ns();
+        int paused = exporter_paused(x);
+        int n = 0;
+        if (!paused) {
+            n = cbus_consumer_poll(c, evbuf, POLL_MAX);
+            if (n < 0) {
+                cbus_log_error("poll: %s (evicted or bus removed)", cbus_strerror(n));
+                exit_code = 1;
+                break;
+            }
+            for (int i = 0; i < n; i++)
+                exporter_feed(x, &evbuf[i], now);
+        } else {
+            cbus_consumer_heartbeat(c);
+        }
+        uint64_t read_pos = cbus_consumer_read_pos(c);
+        /* a lossless consumer must not hold more than half the ring in open runs */
+        uint64_t hold = cfg.lossless && read_pos > capacity / 2 ? read_pos - capacity / 2 : 0;
+        exporter_tick(x, now, hold);
+        uint64_t floor = exporter_floor(x, read_pos);
+        if (floor > committed && cbus_consumer_commit_to(c, floor) == 0)
+            committed = floor;
+        if (cfg.status_file[0] && now >= next_status) {
+            write_status(&cfg, x, c, 0);
+            next_status = now + cfg.status_interval_ns;
+        }
+        if (cbus_daemon_usr1) {
+            cbus_daemon_usr1 = 0;
+            log_counters(x, "counters");
+        }
+        if (n == POLL_MAX)
+            continue;
+        /* idle: sleep until data, a timer, or network activity */
+        uint64_t deadline = exporter_next_deadline(x);
+        uint64_t wait_ns = 100000000ull;
+        if (deadline != UINT64_MAX)
+            wait_ns = deadline > now ? deadline - now : 0;
+        if (wait_ns > 100000000ull)
+            wait_ns = 100000000ull;
+        if (n > 0 && wait_ns > 1000000ull)
+            wait_ns = 1000000ull; /* a trickle: look again soon, batch by age */
+        int ms = (int)(wait_ns / 1000000);
+        if (exporter_wait(x, ms < 5 ? (ms ? ms : 1) : 5))
+            continue;
+        if (paused) {
+            struct timespec nap = {0, 5000000};
+            nanosleep(&nap, NULL);
+        } else if (n == 0 && wait_ns) {
+            r = cbus_consumer_wait(c, wait_ns);
+            if (r == -ESTALE) {
+                cbus_log_error("evicted from the bus");
+                exit_code = 1;
+                break;
+            }
+        }
+    }
+
+    cbus_log_info("stopping: flushing (up to %" PRIu64 " ms)", cfg.shutdown_timeout_ns / 1000000);
+    size_t lost = exporter_shutdown(x, mono_ns() + cfg.shutdown_timeout_ns);
+    if (lost)
+        cbus_log_warn("%zu undelivered batches were in the memory spool and are lost (set [spool] dir)", lost);
+    uint64_t floor = exporter_floor(x, cbus_consumer_read_pos(c));
+    if (floor > committed)
+        cbus_consumer_commit_to(c, floor);
+    write_status(&cfg, x, c, 1);
+    log_counters(x, "stopped");
+    exporter_free(x);
+    cbus_consumer_detach(c);
+    export_config_free(&cfg);
+    return exit_code;
+}

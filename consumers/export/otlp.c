@@ -1,0 +1,485 @@
+#include "otlp.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <cbus/cbus.h>
+
+#define LIT(b, s) sbuf_add((b), (s), sizeof(s) - 1)
+#define FLEN(f) strnlen((f), sizeof(f))
+
+/* SpanKind and Status.code values of the OTLP protobuf enums */
+enum { KIND_INTERNAL = 1, KIND_CLIENT = 3 };
+
+void otlp_put_u64(struct sbuf *b, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sbuf_add(b, tmp + i, sizeof tmp - i);
+}
+
+void otlp_put_hex(struct sbuf *b, const uint8_t *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (sbuf_reserve(b, 2 * n))
+        return;
+    char *o = b->data + b->len;
+    for (size_t i = 0; i < n; i++) {
+        o[2 * i] = hex[p[i] >> 4];
+        o[2 * i + 1] = hex[p[i] & 15];
+    }
+    b->len += 2 * n;
+    b->data[b->len] = '\0';
+}
+
+/* Length of a valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0], cp, min;
+    size_t len;
+    if ((c & 0xe0) == 0xc0) {
+        len = 2;
+        min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3;
+        min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    cp = c & (0x7fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* A quoted JSON string; invalid UTF-8 (a preview cut mid-character) becomes
+ * U+FFFD so the document always parses.  Written straight into the buffer:
+ * this runs for every attribute of every span. */
+static void put_str(struct sbuf *b, const char *s, size_t n)
+{
+    if (sbuf_reserve(b, n * 6 + 2))
+        return;
+    char *o = b->data + b->len;
+    const unsigned char *u = (const unsigned char *)s;
+    *o++ = '"';
+    for (size_t i = 0; i < n && u[i];) {
+        unsigned c = u[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+        } else if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+            i++;
+        } else if (c < 0x20) {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+            i++;
+        } else {
+            size_t len = utf8_seq(u + i, n - i);
+            if (!len) {
+                memcpy(o, "\xef\xbf\xbd", 3);
+                o += 3;
+                i++;
+            } else {
+                memcpy(o, u + i, len);
+                o += len;
+                i += len;
+            }
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+}
+
+static void put_key(struct sbuf *b, const char *key, size_t klen)
+{
+    LIT(b, ",{\"key\":\"");
+    sbuf_add(b, key, klen);
+    LIT(b, "\",\"value\":{");
+}
+
+static void a_str(struct sbuf *b, const char *key, size_t klen, const char *s, size_t n)
+{
+    if (!n)
+        return;
+    put_key(b, key, klen);
+    LIT(b, "\"stringValue\":");
+    put_str(b, s, n);
+    LIT(b, "}}");
+}
+
+static void a_int(struct sbuf *b, const char *key, size_t klen, uint64_t v)
+{
+    put_key(b, key, klen);
+    LIT(b, "\"intValue\":\"");
+    otlp_put_u64(b, v);
+    LIT(b, "\"}}");
+}
+
+static void a_double(struct sbuf *b, const char *key, size_t klen, double v)
+{
+    put_key(b, key, klen);
+    sbuf_printf(b, "\"doubleValue\":%.9g}}", v);
+}
+
+static void a_bool(struct sbuf *b, const char *key, size_t klen, int v)
+{
+    put_key(b, key, klen);
+    if (v)
+        LIT(b, "\"boolValue\":true}}");
+    else
+        LIT(b, "\"boolValue\":false}}");
+}
+
+static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const char *s)
+{
+    put_key(b, key, klen);
+    LIT(b, "\"arrayValue\":{\"values\":[{\"stringValue\":");
+    put_str(b, s, strlen(s));
+    LIT(b, "}]}}}");
+}
+
+#define A_STR(b, k, s, n) a_str((b), k, sizeof(k) - 1, (s), (n))
+#define A_FIELD(b, k, f) a_str((b), k, sizeof(k) - 1, (f), FLEN(f))
+#define A_INT(b, k, v) a_int((b), k, sizeof(k) - 1, (v))
+#define A_DOUBLE(b, k, v) a_double((b), k, sizeof(k) - 1, (v))
+#define A_BOOL(b, k, v) a_bool((b), k, sizeof(k) - 1, (v))
+
+static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
+{
+    sbuf_add(b, key, klen);
+    otlp_put_u64(b, ns);
+    LIT(b, "\"");
+}
+
+void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
+{
+    LIT(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    LIT(b, "{\"key\":\"service.name\",\"value\":{\"stringValue\":");
+    put_str(b, r->service_name, strlen(r->service_name));
+    LIT(b, "}}");
+    if (r->host_name)
+        A_STR(b, "host.name", r->host_name, strlen(r->host_name));
+    A_INT(b, "process.pid", r->pid);
+    if (r->bus_name)
+        A_STR(b, "cbus.bus.name", r->bus_name, strlen(r->bus_name));
+    A_INT(b, "cbus.bus.id", r->bus_id);
+    /* extra "k=v,k=v" pairs, already validated by the config parser */
+    for (const char *p = r->extra; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        if (eq && eq > p) {
+            LIT(b, ",{\"key\":");
+            put_str(b, p, (size_t)(eq - p));
+            LIT(b, ",\"value\":{\"stringValue\":");
+            put_str(b, eq + 1, len - (size_t)(eq - p) - 1);
+            LIT(b, "}}");
+        }
+        p = comma ? comma + 1 : p + len;
+    }
+    LIT(b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"cbus-export\",\"version\":\"" CBUS_VERSION_STRING
+           "\"},\"spans\":[");
+}
+
+void otlp_end(struct sbuf *b)
+{
+    LIT(b, "]}]}]}");
+}
+
+static const char *run_kind(unsigned kind)
+{
+    switch (kind) {
+    case CBUS_EV_LLM_START:
+    case CBUS_EV_LLM_END:
+    case CBUS_EV_LLM_ERROR:
+        return "llm";
+    case CBUS_EV_CHAT_MODEL_START:
+        return "chat_model";
+    case CBUS_EV_CHAIN_START:
+    case CBUS_EV_CHAIN_END:
+    case CBUS_EV_CHAIN_ERROR:
+        return "chain";
+    case CBUS_EV_TOOL_START:
+    case CBUS_EV_TOOL_END:
+    case CBUS_EV_TOOL_ERROR:
+        return "tool";
+    case CBUS_EV_RETRIEVER_START:
+    case CBUS_EV_RETRIEVER_END:
+    case CBUS_EV_RETRIEVER_ERROR:
+        return "retriever";
+    default: {
+        const char *n = cbus_kind_name(kind);
+        return n ? n : "unknown";
+    }
+    }
+}
+
+static int is_error_kind(unsigned kind)
+{
+    return kind == CBUS_EV_LLM_ERROR || kind == CBUS_EV_CHAIN_ERROR || kind == CBUS_EV_TOOL_ERROR ||
+           kind == CBUS_EV_RETRIEVER_ERROR;
+}
+
+static int is_llm(unsigned kind)
+{
+    return kind == CBUS_EV_LLM_START || kind == CBUS_EV_CHAT_MODEL_START ||
+           kind == CBUS_EV_LLM_END || kind == CBUS_EV_LLM_ERROR;
+}
+
+/* Duration an end event reports by itself (for a span whose start is missing). */
+static uint64_t end_duration(const struct cbus_event *e)
+{
+    switch (e->kind) {
+    case CBUS_EV_LLM_END:
+        return (e->u.usage.usage_present & CBUS_USAGE_DURATION) ? e->u.usage.duration_ns : 0;
+    case CBUS_EV_LLM_ERROR:
+    case CBUS_EV_CHAIN_ERROR:
+    case CBUS_EV_TOOL_ERROR:
+    case CBUS_EV_RETRIEVER_ERROR:
+        return e->u.error.duration_ns;
+    case CBUS_EV_RETRIEVER_END:
+        return e->u.retriever.duration_ns;
+    case CBUS_EV_CHAIN_END:
+    case CBUS_EV_TOOL_END:
+        return e->u.span.duration_ns;
+    default:
+        return 0;
+    }
+}
+
+static void put_name(struct sbuf *b, const struct span *s, const char *op)
+{
+    const struct cbus_event *st = &s->start;
+    char name[CBUS_MODEL_LEN + CBUS_NAME_LEN + 32];
+    size_t n;
+    if (is_llm(st->kind)) {
+        size_t ml = FLEN(st->model);
+        n = (size_t)snprintf(name, sizeof name, "%s%s%.*s", op, ml ? " " : "", (int)ml, st->model);
+    } else {
+        size_t nl = FLEN(st->name);
+        const char *prefix = op ? op : run_kind(st->kind);
+        n = (size_t)snprintf(name, sizeof name, "%s%s%.*s", prefix, nl ? " " : "", (int)nl, st->name);
+    }
+    if (n >= sizeof name)
+        n = sizeof name - 1;
+    LIT(b, ",\"name\":");
+    put_str(b, name, n);
+}
+
+static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int first,
+                            const struct otlp_opts *o)
+{
+    if (!first)
+        LIT(b, ",");
+    put_time(b, "{\"timeUnixNano\":\"", 17, ev->ts_realtime_ns);
+    LIT(b, ",\"name\":");
+    const char *kn = run_kind(ev->kind);
+    put_str(b, kn, strlen(kn));
+    LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{\"intValue\":\"");
+    otlp_put_u64(b, ev->event_id);
+    LIT(b, "\"}}");
+    switch (ev->kind) {
+    case CBUS_EV_AGENT_ACTION:
+        A_FIELD(b, "gen_ai.tool.name", ev->name);
+        break;
+    case CBUS_EV_RETRY:
+        A_INT(b, "cbus.retry.attempt", ev->u.retry.attempt);
+        A_INT(b, "cbus.retry.backoff_ns", ev->u.retry.backoff_ns);
+        break;
+    case CBUS_EV_CUSTOM:
+        A_FIELD(b, "cbus.custom.name", ev->name);
+        break;
+    default:
+        A_FIELD(b, "cbus.name", ev->name);
+        break;
+    }
+    if (o->include_previews)
+        A_FIELD(b, "cbus.preview", ev->preview);
+    LIT(b, "]}");
+}
+
+void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o)
+{
+    const struct cbus_event *st = &s->start;
+    const struct cbus_event *en = (s->end_kind == SPAN_ENDED || s->end_kind == SPAN_START_MISSING)
+                                      ? &s->end
+                                      : NULL;
+    /* ---- times ---- */
+    uint64_t t0 = st->ts_realtime_ns, t1 = t0;
+    if (s->end_kind == SPAN_ENDED) {
+        /* monotonic difference: immune to a realtime step between the events */
+        t1 = en->ts_mono_ns >= st->ts_mono_ns ? t0 + (en->ts_mono_ns - st->ts_mono_ns)
+                                              : en->ts_realtime_ns;
+    } else if (s->end_kind == SPAN_START_MISSING) {
+        t1 = en->ts_realtime_ns;
+        uint64_t d = end_duration(en);
+        t0 = d && d < t1 ? t1 - d : t1;
+    } else if (s->end_kind == SPAN_UNFINISHED) {
+        t1 = s->unfinished_end_ns;
+    }
+    /* ---- what it is ---- */
+    unsigned k = st->kind;
+    const char *op = NULL;
+    int kind = KIND_INTERNAL;
+    if (k == CBUS_EV_CHAT_MODEL_START) {
+        op = "chat";
+        kind = KIND_CLIENT;
+    } else if (k == CBUS_EV_LLM_START || (s->end_kind == SPAN_START_MISSING && is_llm(k))) {
+        op = s->end_kind == SPAN_START_MISSING ? "chat" : "text_completion";
+        kind = KIND_CLIENT;
+    } else if (k == CBUS_EV_TOOL_START || k == CBUS_EV_TOOL_END || k == CBUS_EV_TOOL_ERROR) {
+        op = "execute_tool";
+    } else if (s->is_agent) {
+        op = "invoke_agent";
+    }
+
+    if (!first)
+        LIT(b, ",");
+    LIT(b, "{\"traceId\":\"");
+    otlp_put_hex(b, s->trace_id, 16);
+    LIT(b, "\",\"spanId\":\"");
+    otlp_put_hex(b, s->span_id, 8);
+    if (s->has_parent) {
+        LIT(b, "\",\"parentSpanId\":\"");
+        otlp_put_hex(b, s->parent_span_id, 8);
+    }
+    LIT(b, "\"");
+    put_name(b, s, op);
+    if (kind == KIND_CLIENT)
+        LIT(b, ",\"kind\":3");
+    else
+        LIT(b, ",\"kind\":1");
+    put_time(b, ",\"startTimeUnixNano\":\"", 22, t0);
+    put_time(b, ",\"endTimeUnixNano\":\"", 20, t1);
+
+    /* ---- attributes ---- */
+    LIT(b, ",\"attributes\":[{\"key\":\"cbus.run.kind\",\"value\":{\"stringValue\":\"");
+    sbuf_puts(b, run_kind(k));
+    LIT(b, "\"}}");
+    if (op)
+        A_STR(b, "gen_ai.operation.name", op, strlen(op));
+    char uuid[37];
+    cbus_id_uuid(uuid, st->run_id);
+    A_STR(b, "cbus.run.id", uuid, 36);
+    A_INT(b, "cbus.event.id", st->event_id);
+    if (en && s->end_kind == SPAN_ENDED)
+        A_INT(b, "cbus.end_event.id", en->event_id);
+    A_FIELD(b, "gen_ai.provider.name", st->provider);
+    A_FIELD(b, "user.id", st->user);
+    if (FLEN(st->session)) {
+        A_FIELD(b, "session.id", st->session);
+        A_FIELD(b, "gen_ai.conversation.id", st->session);
+    }
+    A_FIELD(b, "cbus.request.id", st->request_id);
+    A_INT(b, "cbus.producer.pid", st->pid);
+    A_INT(b, "thread.id", st->tid);
+
+    if (is_llm(k)) {
+        A_FIELD(b, "gen_ai.request.model", st->model);
+        if (s->end_kind == SPAN_ENDED && st->u.llm_start.max_tokens)
+            A_INT(b, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
+        if (en && en->kind == CBUS_EV_LLM_END) {
+            const struct cbus_usage *u = &en->u.usage;
+            A_FIELD(b, "gen_ai.response.model", en->model);
+            if (u->usage_present & CBUS_USAGE_INPUT)
+                A_INT(b, "gen_ai.usage.input_tokens", u->input_tokens);
+            if (u->usage_present & CBUS_USAGE_OUTPUT)
+                A_INT(b, "gen_ai.usage.output_tokens", u->output_tokens);
+            if (u->usage_present & CBUS_USAGE_CACHE_READ)
+                A_INT(b, "gen_ai.usage.cache_read.input_tokens", u->cache_read_tokens);
+            if (u->usage_present & CBUS_USAGE_CACHE_CREATION)
+                A_INT(b, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
+            if (u->usage_present & CBUS_USAGE_REASONING)
+                A_INT(b, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
+            const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
+            if (fr)
+                a_str_array1(b, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
+            if (u->usage_present & CBUS_USAGE_TTFT)
+                A_DOUBLE(b, "gen_ai.response.time_to_first_chunk", (double)u->ttft_ns / 1e9);
+            else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)
+                A_DOUBLE(b, "gen_ai.response.time_to_first_chunk",
+                         (double)(s->first_chunk_mono_ns - st->ts_mono_ns) / 1e9);
+        } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
+            A_DOUBLE(b, "gen_ai.response.time_to_first_chunk",
+                     (double)(s->first_chunk_mono_ns - st->ts_mono_ns) / 1e9);
+        }
+        if (s->chunks)
+            A_INT(b, "cbus.stream.chunks", s->chunks);
+    } else if (op && !strcmp(op, "execute_tool")) {
+        A_FIELD(b, "gen_ai.tool.name", st->name);
+    } else if (s->is_agent) {
+        A_FIELD(b, "gen_ai.agent.name", st->name);
+    } else {
+        A_FIELD(b, "cbus.name", st->name);
+    }
+    if (en && en->kind == CBUS_EV_RETRIEVER_END)
+        A_INT(b, "cbus.retriever.document_count", en->u.retriever.document_count);
+    if (en && is_error_kind(en->kind)) {
+        size_t tl = FLEN(en->name);
+        A_STR(b, "error.type", tl ? en->name : "_OTHER", tl ? tl : 6);
+        if (en->u.error.http_status > 0)
+            A_INT(b, "http.response.status_code", (uint64_t)en->u.error.http_status);
+    }
+    if (s->end_kind == SPAN_UNFINISHED)
+        A_BOOL(b, "cbus.run.unfinished", 1);
+    else if (s->end_kind == SPAN_START_MISSING)
+        A_BOOL(b, "cbus.run.start_missing", 1);
+    if (o->include_previews) {
+        if (s->end_kind == SPAN_POINT)
+            A_FIELD(b, "cbus.preview", st->preview);
+        else if (s->end_kind != SPAN_START_MISSING)
+            A_FIELD(b, "cbus.input.preview", st->preview);
+        if (en && !is_error_kind(en->kind))
+            A_FIELD(b, "cbus.output.preview", en->preview);
+    }
+    if ((st->flags | (en ? en->flags : 0)) & 0x7f)
+        A_BOOL(b, "cbus.truncated", 1);
+    LIT(b, "]");
+
+    /* ---- point events folded into the span ---- */
+    if (s->n_events) {
+        LIT(b, ",\"events\":[");
+        for (uint32_t i = 0; i < s->n_events; i++)
+            put_point_event(b, &s->events[i], i == 0, o);
+        LIT(b, "]");
+    }
+    if (s->events_dropped) {
+        LIT(b, ",\"droppedEventsCount\":");
+        otlp_put_u64(b, s->events_dropped);
+    }
+
+    /* ---- status ---- */
+    if (en && is_error_kind(en->kind)) {
+        LIT(b, ",\"status\":{\"code\":2");
+        size_t ml = FLEN(en->preview);
+        if (ml) {
+            LIT(b, ",\"message\":");
+            put_str(b, en->preview, ml);
+        }
+        LIT(b, "}}");
+    } else if (en) {
+        LIT(b, ",\"status\":{\"code\":1}}");
+    } else {
+        LIT(b, ",\"status\":{\"code\":0}}");
+    }
+}

@@ -1,0 +1,449 @@
+#include "span.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct span_table {
+    struct span **buckets;
+    size_t nbuckets;           /* power of two */
+    size_t count;
+    size_t max_open;
+    struct span *head, *tail;  /* arrival (ring) order */
+    struct span *free_list;    /* recycled spans: no malloc per run in steady state */
+    size_t free_count;
+    span_emit_fn emit;
+    void *arg;
+    struct span_stats st;
+};
+
+static uint64_t mix64(uint64_t x)
+{
+    /* splitmix64's finaliser: every input bit affects every output bit */
+    x ^= x >> 30;
+    x *= UINT64_C(0xbf58476d1ce4e5b9);
+    x ^= x >> 27;
+    x *= UINT64_C(0x94d049bb133111eb);
+    x ^= x >> 31;
+    return x;
+}
+
+static uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static void store_be64(uint8_t *out, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        out[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t run_hash(const uint8_t id[16])
+{
+    return mix64(load64(id) ^ mix64(load64(id + 8) + UINT64_C(0x9e3779b97f4a7c15)));
+}
+
+void span_id_from_run(uint8_t out[8], const uint8_t run_id[16])
+{
+    uint64_t h = run_hash(run_id);
+    store_be64(out, h ? h : 1);
+}
+
+void span_id_from_event(uint8_t out[8], const uint8_t run_id[16], uint64_t event_id)
+{
+    uint64_t h = mix64(run_hash(run_id) ^ mix64(event_id + UINT64_C(0x632be59bd9b4e019)));
+    store_be64(out, h ? h : 1);
+}
+
+void trace_id_derive(uint8_t out[16], const uint8_t id[16])
+{
+    uint64_t a = run_hash(id);
+    uint64_t b = mix64(a ^ UINT64_C(0xd6e8feb86659fd93));
+    store_be64(out, a ? a : 1);
+    store_be64(out + 8, b);
+}
+
+static int id_zero(const uint8_t id[16])
+{
+    return load64(id) == 0 && load64(id + 8) == 0;
+}
+
+int event_has_parent(const struct cbus_event *ev)
+{
+    return (ev->flags & CBUS_FLAG_HAS_PARENT) || !id_zero(ev->parent_run_id);
+}
+
+int event_has_trace(const struct cbus_event *ev)
+{
+    return !id_zero(ev->trace_id);
+}
+
+int span_table_new(struct span_table **out, size_t max_open, span_emit_fn emit, void *arg)
+{
+    struct span_table *t = calloc(1, sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    t->nbuckets = 1024;
+    t->buckets = calloc(t->nbuckets, sizeof *t->buckets);
+    if (!t->buckets) {
+        free(t);
+        return -ENOMEM;
+    }
+    t->max_open = max_open ? max_open : 1;
+    t->emit = emit;
+    t->arg = arg;
+    *out = t;
+    return 0;
+}
+
+static void span_release(struct span_table *t, struct span *s)
+{
+    /* keep a bounded pool; the events array stays with the span */
+    if (t->free_count < 4096) {
+        s->hnext = t->free_list;
+        t->free_list = s;
+        t->free_count++;
+    } else {
+        free(s->events);
+        free(s);
+    }
+}
+
+void span_table_free(struct span_table *t)
+{
+    if (!t)
+        return;
+    for (struct span *s = t->head, *n; s; s = n) {
+        n = s->next;
+        free(s->events);
+        free(s);
+    }
+    for (struct span *s = t->free_list, *n; s; s = n) {
+        n = s->hnext;
+        free(s->events);
+        free(s);
+    }
+    free(t->buckets);
+    free(t);
+}
+
+static struct span *span_alloc(struct span_table *t)
+{
+    struct span *s = t->free_list;
+    struct cbus_event *events = NULL;
+    if (s) {
+        t->free_list = s->hnext;
+        t->free_count--;
+        events = s->events;
+    } else {
+        s = malloc(sizeof *s);
+        if (!s)
+            return NULL;
+    }
+    /* only the header part needs clearing; start/end are written by the caller */
+    memset(&s->end_kind, 0, sizeof *s - offsetof(struct span, end_kind));
+    s->events = events;
+    return s;
+}
+
+static size_t bucket_of(const struct span_table *t, const uint8_t id[16])
+{
+    return (size_t)run_hash(id) & (t->nbuckets - 1);
+}
+
+static struct span *lookup(const struct span_table *t, const uint8_t id[16])
+{
+    for (struct span *s = t->buckets[bucket_of(t, id)]; s; s = s->hnext)
+        if (!memcmp(s->start.run_id, id, 16))
+            return s;
+    return NULL;
+}
+
+static void grow(struct span_table *t)
+{
+    size_t nb = t->nbuckets * 2;
+    struct span **b = calloc(nb, sizeof *b);
+    if (!b)
+        return; /* keep the smaller table: slower chains, still correct */
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct span *s = t->buckets[i], *n; s; s = n) {
+            n = s->hnext;
+            size_t j = (size_t)run_hash(s->start.run_id) & (nb - 1);
+            s->hnext = b[j];
+            b[j] = s;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = nb;
+}
+
+static void unlink_span(struct span_table *t, struct span *s)
+{
+    struct span **pp = &t->buckets[bucket_of(t, s->start.run_id)];
+    while (*pp != s)
+        pp = &(*pp)->hnext;
+    *pp = s->hnext;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        t->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        t->tail = s->prev;
+    t->count--;
+}
+
+static void emit(struct span_table *t, struct span *s)
+{
+    t->st.spans++;
+    if (s->end_kind == SPAN_UNFINISHED)
+        t->st.unfinished++;
+    else if (s->end_kind == SPAN_START_MISSING)
+        t->st.start_missing++;
+    else if (s->end_kind == SPAN_POINT)
+        t->st.points++;
+    t->emit(s, t->arg);
+}
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void finish_unfinished(struct span_table *t, struct span *s, uint64_t end_realtime)
+{
+    unlink_span(t, s);
+    s->end_kind = SPAN_UNFINISHED;
+    s->unfinished_end_ns = end_realtime > s->start.ts_realtime_ns ? end_realtime : s->start.ts_realtime_ns;
+    emit(t, s);
+    span_release(t, s);
+}
+
+/* Fills the ids every exported span needs from its first event. */
+static void set_ids(struct span_table *t, struct span *s, const struct cbus_event *ev, int point)
+{
+    if (point)
+        span_id_from_event(s->span_id, ev->run_id, ev->event_id);
+    else
+        span_id_from_run(s->span_id, ev->run_id);
+    const struct span *parent = NULL;
+    if (point && !id_zero(ev->run_id)) {
+        /* a point event belongs to its run: that run is its parent */
+        s->has_parent = 1;
+        span_id_from_run(s->parent_span_id, ev->run_id);
+        parent = lookup(t, ev->run_id);
+    } else if (event_has_parent(ev)) {
+        s->has_parent = 1;
+        span_id_from_run(s->parent_span_id, ev->parent_run_id);
+        parent = lookup(t, ev->parent_run_id);
+    }
+    if (event_has_trace(ev))
+        memcpy(s->trace_id, ev->trace_id, 16);
+    else if (parent)
+        memcpy(s->trace_id, parent->trace_id, 16);
+    else
+        trace_id_derive(s->trace_id, s->has_parent && !point ? ev->parent_run_id : ev->run_id);
+}
+
+static void open_run(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)
+{
+    struct span *old = lookup(t, ev->run_id);
+    if (old) /* a second start for a live run: the first one will never end */
+        finish_unfinished(t, old, ev->ts_realtime_ns);
+    while (t->count >= t->max_open && t->head)
+        finish_unfinished(t, t->head, ev->ts_realtime_ns);
+    struct span *s = span_alloc(t);
+    if (!s)
+        return;
+    s->start = *ev;
+    s->start_pos = ev->event_id;
+    s->arrival_ns = now_ns;
+    set_ids(t, s, ev, 0);
+    if (t->count >= t->nbuckets)
+        grow(t);
+    size_t b = bucket_of(t, ev->run_id);
+    s->hnext = t->buckets[b];
+    t->buckets[b] = s;
+    s->prev = t->tail;
+    s->next = NULL;
+    if (t->tail)
+        t->tail->next = s;
+    else
+        t->head = s;
+    t->tail = s;
+    t->count++;
+}
+
+static int start_matches(unsigned start_kind, unsigned end_kind)
+{
+    switch (end_kind) {
+    case CBUS_EV_LLM_END:
+    case CBUS_EV_LLM_ERROR:
+        return start_kind == CBUS_EV_LLM_START || start_kind == CBUS_EV_CHAT_MODEL_START;
+    case CBUS_EV_CHAIN_END:
+    case CBUS_EV_CHAIN_ERROR:
+        return start_kind == CBUS_EV_CHAIN_START;
+    case CBUS_EV_TOOL_END:
+    case CBUS_EV_TOOL_ERROR:
+        return start_kind == CBUS_EV_TOOL_START;
+    case CBUS_EV_RETRIEVER_END:
+    case CBUS_EV_RETRIEVER_ERROR:
+        return start_kind == CBUS_EV_RETRIEVER_START;
+    default:
+        return 0;
+    }
+}
+
+static void close_run(struct span_table *t, const struct cbus_event *ev)
+{
+    struct span *s = lookup(t, ev->run_id);
+    if (s && start_matches(s->start.kind, ev->kind)) {
+        unlink_span(t, s);
+        s->end = *ev;
+        s->end_kind = SPAN_ENDED;
+        emit(t, s);
+        span_release(t, s);
+        return;
+    }
+    /* No start: we attached mid-run, or it was exported unfinished already.
+     * Export what the end event knows; its span id is the run's, so a
+     * receiver that saw the unfinished export can replace it. */
+    s = span_alloc(t);
+    if (!s)
+        return;
+    s->start = *ev;
+    s->end = *ev;
+    s->start_pos = ev->event_id;
+    s->end_kind = SPAN_START_MISSING;
+    set_ids(t, s, ev, 0);
+    emit(t, s);
+    span_release(t, s);
+}
+
+static void add_point(struct span_table *t, struct span *s, const struct cbus_event *ev)
+{
+    if (ev->kind == CBUS_EV_AGENT_ACTION || ev->kind == CBUS_EV_AGENT_FINISH)
+        s->is_agent = 1;
+    if (s->n_events >= SPAN_MAX_EVENTS) {
+        s->events_dropped++;
+        t->st.events_overflow++;
+        return;
+    }
+    if (!s->events) {
+        s->events = malloc(SPAN_MAX_EVENTS * sizeof *s->events);
+        if (!s->events) {
+            s->events_dropped++;
+            return;
+        }
+    }
+    s->events[s->n_events++] = *ev;
+    t->st.events_folded++;
+}
+
+static void point_event(struct span_table *t, const struct cbus_event *ev)
+{
+    struct span *s = lookup(t, ev->run_id);
+    if (!s && event_has_parent(ev))
+        s = lookup(t, ev->parent_run_id);
+    if (s) {
+        add_point(t, s, ev);
+        return;
+    }
+    s = span_alloc(t);
+    if (!s)
+        return;
+    s->start = *ev;
+    s->start_pos = ev->event_id;
+    s->end_kind = SPAN_POINT;
+    set_ids(t, s, ev, 1);
+    emit(t, s);
+    span_release(t, s);
+}
+
+void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)
+{
+    switch (ev->kind) {
+    case CBUS_EV_LLM_START:
+    case CBUS_EV_CHAT_MODEL_START:
+    case CBUS_EV_CHAIN_START:
+    case CBUS_EV_TOOL_START:
+    case CBUS_EV_RETRIEVER_START:
+        open_run(t, ev, now_ns);
+        break;
+    case CBUS_EV_LLM_END:
+    case CBUS_EV_LLM_ERROR:
+    case CBUS_EV_CHAIN_END:
+    case CBUS_EV_CHAIN_ERROR:
+    case CBUS_EV_TOOL_END:
+    case CBUS_EV_TOOL_ERROR:
+    case CBUS_EV_RETRIEVER_END:
+    case CBUS_EV_RETRIEVER_ERROR:
+        close_run(t, ev);
+        break;
+    case CBUS_EV_LLM_NEW_TOKEN: {
+        struct span *s = lookup(t, ev->run_id);
+        if (!s) {
+            t->st.chunks_orphan++;
+            break;
+        }
+        if (!s->chunks++)
+            s->first_chunk_mono_ns = ev->ts_mono_ns;
+        t->st.chunks_folded++;
+        break;
+    }
+    case CBUS_EV_AGENT_ACTION:
+    case CBUS_EV_AGENT_FINISH:
+    case CBUS_EV_TEXT:
+    case CBUS_EV_RETRY:
+    case CBUS_EV_CUSTOM:
+    default: /* kinds from a newer minor layout: exported as point events */
+        point_event(t, ev);
+        break;
+    }
+}
+
+size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, uint64_t min_pos)
+{
+    size_t n = 0;
+    uint64_t now_rt = 0;
+    /* arrival order = ring order: both conditions can only hold at the head */
+    while (t->head && (t->head->arrival_ns < older_than_ns || t->head->start_pos < min_pos)) {
+        if (!now_rt)
+            now_rt = realtime_ns();
+        finish_unfinished(t, t->head, now_rt);
+        n++;
+    }
+    return n;
+}
+
+size_t span_table_flush(struct span_table *t)
+{
+    size_t n = 0;
+    uint64_t now_rt = realtime_ns();
+    while (t->head) {
+        finish_unfinished(t, t->head, now_rt);
+        n++;
+    }
+    return n;
+}
+
+uint64_t span_table_min_pos(const struct span_table *t)
+{
+    return t->head ? t->head->start_pos : UINT64_MAX;
+}
+
+const struct span_stats *span_table_stats(struct span_table *t)
+{
+    t->st.open = t->count;
+    return &t->st;
+}

@@ -1,0 +1,95 @@
+/* Span assembly: pairs *_start with *_end / *_error by run_id, folds streamed
+ * tokens and point events (text, retry, custom, agent actions) into the span
+ * of their run, and hands finished spans to a callback.
+ *
+ * Open runs sit in a hash table by run_id and, in arrival order, on a list:
+ * arrival order is ring order, so the list head is both the oldest run (for
+ * the timeout sweep) and the lowest ring position still held in memory (what
+ * a lossless exporter may not acknowledge yet).
+ */
+#ifndef CBUS_EXPORT_SPAN_H
+#define CBUS_EXPORT_SPAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbus/layout.h>
+
+#define SPAN_MAX_EVENTS 16  /* point events kept per span; more are counted */
+
+enum span_end_kind {
+    SPAN_ENDED = 0,        /* start and end seen */
+    SPAN_UNFINISHED = 1,   /* no end before the timeout, the hold limit or shutdown */
+    SPAN_START_MISSING = 2,/* end seen, start not (attached mid-run, or expired) */
+    SPAN_POINT = 3,        /* a point event with no open run to attach to */
+};
+
+struct span {
+    struct cbus_event start;   /* the start event (for SPAN_START_MISSING / SPAN_POINT: the event) */
+    struct cbus_event end;     /* valid when end_kind is SPAN_ENDED or SPAN_START_MISSING */
+    unsigned end_kind;         /* enum span_end_kind */
+    uint64_t start_pos;        /* ring position of the first event it holds */
+    uint64_t arrival_ns;       /* monotonic, when the start was read (timeout sweep) */
+    uint64_t unfinished_end_ns;/* realtime end used for SPAN_UNFINISHED */
+    uint8_t span_id[8];
+    uint8_t parent_span_id[8];
+    uint8_t trace_id[16];
+    int has_parent;
+    int is_agent;              /* saw agent_action / agent_finish */
+    uint32_t chunks;           /* llm_new_token events folded in */
+    uint64_t first_chunk_mono_ns; /* 0 = none */
+    uint32_t n_events;
+    uint32_t events_dropped;   /* point events beyond SPAN_MAX_EVENTS */
+    struct cbus_event *events; /* n_events point events, in order */
+    /* private to the assembler */
+    struct span *hnext, *prev, *next;
+};
+
+struct span_stats {
+    uint64_t spans;             /* handed to the callback */
+    uint64_t unfinished;        /* of which SPAN_UNFINISHED */
+    uint64_t start_missing;     /* of which SPAN_START_MISSING */
+    uint64_t points;            /* of which SPAN_POINT */
+    uint64_t chunks_folded;
+    uint64_t chunks_orphan;     /* llm_new_token with no open run: counted, not exported */
+    uint64_t events_folded;     /* point events attached to an open span */
+    uint64_t events_overflow;   /* point events beyond SPAN_MAX_EVENTS */
+    uint64_t open;              /* runs open now */
+};
+
+/* Called once per finished span; the span is freed after it returns. */
+typedef void (*span_emit_fn)(const struct span *s, void *arg);
+
+struct span_table;
+
+/* max_open bounds memory: beyond it the oldest run is exported unfinished. */
+int span_table_new(struct span_table **out, size_t max_open, span_emit_fn emit, void *arg);
+void span_table_free(struct span_table *t);
+
+/* Feeds one event read at ring position ev->event_id, at monotonic time now_ns. */
+void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns);
+
+/* Exports (SPAN_UNFINISHED) every open run that arrived before older_than_ns
+ * (monotonic) or whose start position is below min_pos.  Returns how many. */
+size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, uint64_t min_pos);
+/* Exports every open run as SPAN_UNFINISHED (shutdown). */
+size_t span_table_flush(struct span_table *t);
+
+/* Lowest ring position an open run holds, or UINT64_MAX when none is open. */
+uint64_t span_table_min_pos(const struct span_table *t);
+const struct span_stats *span_table_stats(struct span_table *t);
+
+/* Ids: the 8-byte span id is a 64-bit mix of the 16-byte run id (never all
+ * zero), so a child's parentSpanId is computed from its parent_run_id alone. */
+void span_id_from_run(uint8_t out[8], const uint8_t run_id[16]);
+/* For a point event with no open run: a mix of its run id and event id. */
+void span_id_from_event(uint8_t out[8], const uint8_t run_id[16], uint64_t event_id);
+/* Deterministic trace id for events that carry none (from the root-most run
+ * known: the parent run if any, else the run itself). */
+void trace_id_derive(uint8_t out[16], const uint8_t id[16]);
+
+/* Whether an event's parent_run_id / trace_id is meaningful. */
+int event_has_parent(const struct cbus_event *ev);
+int event_has_trace(const struct cbus_event *ev);
+
+#endif

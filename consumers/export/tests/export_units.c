@@ -1,0 +1,541 @@
+/* Unit suites for cbus-export: span assembly and OTLP/JSON (decoded with
+ * cJSON, not by the encoder), retry rules, config errors, the io_uring spool.
+ * No bus, no network. */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cbus/cbus.h>
+
+#include "export_config.h"
+#include "otlp.h"
+#include "retry.h"
+#include "span.h"
+#include "spool.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static struct sbuf out;
+static int nspans;
+static struct otlp_opts oopts;
+
+static void collect(const struct span *s, void *arg)
+{
+    (void)arg;
+    otlp_span(&out, s, nspans == 0, &oopts);
+    nspans++;
+}
+
+static struct span_table *table;
+
+static void setup(void)
+{
+    sbuf_init(&out);
+    nspans = 0;
+    oopts.include_previews = 0;
+    struct otlp_resource r = {.service_name = "svc", .host_name = "h", .pid = 42, .bus_name = "b",
+                              .bus_id = 7, .extra = "deployment.environment=test"};
+    otlp_begin(&out, &r);
+    cr_assert_eq(span_table_new(&table, 1000, collect, NULL), 0);
+}
+
+static void teardown(void)
+{
+    span_table_free(table);
+    sbuf_free(&out);
+}
+
+static uint64_t pos;
+
+static struct cbus_event ev(unsigned kind, uint8_t run, uint8_t parent, uint64_t t_ns)
+{
+    struct cbus_event e;
+    memset(&e, 0, sizeof e);
+    e.kind = (uint16_t)kind;
+    e.event_id = pos++;
+    e.ts_realtime_ns = 1700000000000000000ull + t_ns;
+    e.ts_mono_ns = 1000000000ull + t_ns;
+    e.pid = 10;
+    e.tid = 11;
+    e.run_id[15] = run;
+    e.run_id[0] = 0xaa;
+    if (parent) {
+        e.parent_run_id[15] = parent;
+        e.parent_run_id[0] = 0xaa;
+        e.flags |= CBUS_FLAG_HAS_PARENT;
+    }
+    memset(e.trace_id, 0x11, 16);
+    e.flags |= CBUS_FLAG_HAS_TRACE;
+    return e;
+}
+
+static cJSON *parse_batch(void)
+{
+    otlp_end(&out);
+    cJSON *root = cJSON_Parse(out.data);
+    cr_assert_not_null(root, "not JSON: %.300s", out.data);
+    return root;
+}
+
+static cJSON *spans_of(cJSON *root)
+{
+    cJSON *rs = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "resourceSpans"), 0);
+    cJSON *ss = cJSON_GetArrayItem(cJSON_GetObjectItem(rs, "scopeSpans"), 0);
+    return cJSON_GetObjectItem(ss, "spans");
+}
+
+static cJSON *attr(cJSON *span, const char *key)
+{
+    cJSON *a;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItem(span, "attributes")) {
+        if (!strcmp(cJSON_GetObjectItem(a, "key")->valuestring, key))
+            return cJSON_GetObjectItem(a, "value");
+    }
+    return NULL;
+}
+
+static const char *attr_s(cJSON *span, const char *key)
+{
+    cJSON *v = attr(span, key);
+    cJSON *s = v ? cJSON_GetObjectItem(v, "stringValue") : NULL;
+    return s ? s->valuestring : NULL;
+}
+
+static const char *attr_i(cJSON *span, const char *key)
+{
+    cJSON *v = attr(span, key);
+    cJSON *s = v ? cJSON_GetObjectItem(v, "intValue") : NULL;
+    /* 64-bit integers are decimal strings in OTLP/JSON */
+    return s && cJSON_IsString(s) ? s->valuestring : NULL;
+}
+
+static const char *str(cJSON *o, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItem(o, key);
+    return v && cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static cJSON *find_span(cJSON *spans, const char *name)
+{
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        if (!strcmp(str(s, "name"), name))
+            return s;
+    }
+    cr_assert_fail("no span named %s", name);
+    return NULL;
+}
+
+static void hex8(char out8[17], const uint8_t id[8])
+{
+    for (int i = 0; i < 8; i++)
+        sprintf(out8 + 2 * i, "%02x", id[i]);
+}
+
+/* ---- span assembly + OTLP ---------------------------------------------------- */
+
+TestSuite(export_otlp, .init = setup, .fini = teardown);
+
+Test(export_otlp, chat_span_has_genai_attributes_and_folds_tokens)
+{
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 9, 0);
+    strcpy(s.model, "gpt-4o");
+    strcpy(s.provider, "openai");
+    strcpy(s.user, "alice");
+    strcpy(s.session, "sess-1");
+    s.u.llm_start.max_tokens = 256;
+    span_table_feed(table, &s, 1);
+    for (int i = 0; i < 5; i++) {
+        struct cbus_event t = ev(CBUS_EV_LLM_NEW_TOKEN, 1, 9, 250000000ull + (uint64_t)i * 1000000);
+        span_table_feed(table, &t, 2);
+    }
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 9, 2000000000ull);
+    strcpy(e.model, "gpt-4o-2024-08-06");
+    e.u.usage = (struct cbus_usage){.input_tokens = 1200, .output_tokens = 300, .cache_read_tokens = 1000,
+                                    .reasoning_tokens = 100, .finish_reason = CBUS_FINISH_STOP,
+                                    .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT |
+                                                     CBUS_USAGE_CACHE_READ | CBUS_USAGE_REASONING};
+    span_table_feed(table, &e, 3);
+    cr_assert_eq(nspans, 1, "tokens are folded, not exported: one span");
+    cJSON *root = parse_batch();
+    cJSON *sp = cJSON_GetArrayItem(spans_of(root), 0);
+    cr_assert_str_eq(str(sp, "name"), "chat gpt-4o");
+    cr_assert_eq(cJSON_GetObjectItem(sp, "kind")->valueint, 3);
+    cr_assert_str_eq(str(sp, "traceId"), "11111111111111111111111111111111");
+    cr_assert_eq(strlen(str(sp, "spanId")), 16);
+    uint8_t pid[8], run9[16] = {0xaa};
+    run9[15] = 9;
+    span_id_from_run(pid, run9);
+    char phex[17];
+    hex8(phex, pid);
+    cr_assert_str_eq(str(sp, "parentSpanId"), phex, "parent link computed from parent_run_id");
+    cr_assert_str_eq(str(sp, "startTimeUnixNano"), "1700000000000000000");
+    cr_assert_str_eq(str(sp, "endTimeUnixNano"), "1700000002000000000");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.operation.name"), "chat");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.provider.name"), "openai");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.request.model"), "gpt-4o");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.response.model"), "gpt-4o-2024-08-06");
+    cr_assert_str_eq(attr_i(sp, "gen_ai.usage.input_tokens"), "1200");
+    cr_assert_str_eq(attr_i(sp, "gen_ai.usage.output_tokens"), "300");
+    cr_assert_str_eq(attr_i(sp, "gen_ai.usage.cache_read.input_tokens"), "1000");
+    cr_assert_str_eq(attr_i(sp, "gen_ai.usage.reasoning.output_tokens"), "100");
+    cr_assert_null(attr(sp, "gen_ai.usage.cache_creation.input_tokens"), "absent is not zero");
+    cr_assert_str_eq(attr_i(sp, "gen_ai.request.max_tokens"), "256");
+    cr_assert_str_eq(attr_s(sp, "user.id"), "alice");
+    cr_assert_str_eq(attr_s(sp, "session.id"), "sess-1");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.conversation.id"), "sess-1");
+    cr_assert_str_eq(attr_i(sp, "cbus.stream.chunks"), "5");
+    cJSON *ttft = cJSON_GetObjectItem(attr(sp, "gen_ai.response.time_to_first_chunk"), "doubleValue");
+    cr_assert(ttft && ttft->valuedouble > 0.2499 && ttft->valuedouble < 0.2501);
+    cJSON *fr = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(sp, "gen_ai.response.finish_reasons"), "arrayValue"), "values");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(fr, 0), "stringValue"), "stop");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(sp, "status"), "code")->valueint, 1);
+    /* resource */
+    cJSON *res = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(root, "resourceSpans"), 0), "resource");
+    cr_assert_str_eq(attr_s(res, "service.name"), "svc");
+    cr_assert_str_eq(attr_s(res, "host.name"), "h");
+    cr_assert_str_eq(attr_i(res, "process.pid"), "42");
+    cr_assert_str_eq(attr_s(res, "deployment.environment"), "test");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, error_tool_agent_and_points)
+{
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 1, 0, 0);
+    strcpy(c.name, "planner");
+    span_table_feed(table, &c, 1);
+    struct cbus_event a = ev(CBUS_EV_AGENT_ACTION, 1, 0, 10);
+    strcpy(a.name, "search");
+    span_table_feed(table, &a, 1);
+    struct cbus_event t = ev(CBUS_EV_TOOL_START, 2, 1, 20);
+    strcpy(t.name, "search");
+    span_table_feed(table, &t, 1);
+    struct cbus_event te = ev(CBUS_EV_TOOL_ERROR, 2, 1, 30);
+    strcpy(te.name, "TimeoutError");
+    strcpy(te.preview, "took \"too\" long");
+    te.u.error.http_status = 504;
+    span_table_feed(table, &te, 1);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_END, 1, 0, 40);
+    span_table_feed(table, &ce, 1);
+    struct cbus_event orphan = ev(CBUS_EV_CUSTOM, 5, 0, 50);
+    strcpy(orphan.name, "cache_hit");
+    span_table_feed(table, &orphan, 1);
+    cr_assert_eq(nspans, 3);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *tool = find_span(spans, "execute_tool search");
+    cr_assert_eq(cJSON_GetObjectItem(tool, "kind")->valueint, 1);
+    cr_assert_str_eq(attr_s(tool, "gen_ai.tool.name"), "search");
+    cr_assert_str_eq(attr_s(tool, "error.type"), "TimeoutError");
+    cr_assert_str_eq(attr_i(tool, "http.response.status_code"), "504");
+    cJSON *st = cJSON_GetObjectItem(tool, "status");
+    cr_assert_eq(cJSON_GetObjectItem(st, "code")->valueint, 2);
+    cr_assert_str_eq(str(st, "message"), "took \"too\" long");
+    cJSON *agent = find_span(spans, "invoke_agent planner");
+    cr_assert_str_eq(attr_s(agent, "gen_ai.operation.name"), "invoke_agent");
+    cr_assert_str_eq(str(tool, "parentSpanId"), str(agent, "spanId"));
+    cr_assert_null(cJSON_GetObjectItem(agent, "parentSpanId"), "a root span has no parent");
+    cJSON *evs = cJSON_GetObjectItem(agent, "events");
+    cr_assert_eq(cJSON_GetArraySize(evs), 1);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(evs, 0), "name"), "agent_action");
+    cJSON *pt = find_span(spans, "custom cache_hit");
+    uint8_t run5[16] = {0xaa}, sid[8];
+    run5[15] = 5;
+    span_id_from_run(sid, run5);
+    char h[17];
+    hex8(h, sid);
+    cr_assert_str_eq(str(pt, "parentSpanId"), h, "a point event hangs under its run");
+    cr_assert_str_neq(str(pt, "spanId"), h);
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, unfinished_and_start_missing)
+{
+    struct cbus_event s = ev(CBUS_EV_LLM_START, 1, 0, 0);
+    strcpy(s.model, "m");
+    span_table_feed(table, &s, 100);
+    struct cbus_event s2 = ev(CBUS_EV_RETRIEVER_START, 2, 0, 0);
+    span_table_feed(table, &s2, 500);
+    cr_assert_eq(span_table_min_pos(table), s.event_id);
+    cr_assert_eq(span_table_expire(table, 200, 0), 1, "only the run older than the timeout");
+    cr_assert_eq(span_table_min_pos(table), s2.event_id);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 3000000000ull);
+    e.u.usage.duration_ns = 3000000000ull;
+    e.u.usage.usage_present = CBUS_USAGE_DURATION;
+    span_table_feed(table, &e, 600);
+    cr_assert_eq(span_table_flush(table), 1);
+    cr_assert_eq(span_table_min_pos(table), UINT64_MAX);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cr_assert_eq(cJSON_GetArraySize(spans), 3);
+    cJSON *u = cJSON_GetArrayItem(spans, 0);
+    cr_assert_eq(cJSON_GetObjectItem(u, "kind")->valueint, 3);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(attr(u, "cbus.run.unfinished"), "boolValue")));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(u, "status"), "code")->valueint, 0);
+    cJSON *m = cJSON_GetArrayItem(spans, 1);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(attr(m, "cbus.run.start_missing"), "boolValue")));
+    cr_assert_str_eq(str(m, "spanId"), str(u, "spanId"), "same run, same span id: receivers can replace");
+    cr_assert_str_eq(str(m, "startTimeUnixNano"), "1700000000000000000", "start = end - duration");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, bad_utf8_and_quotes_stay_valid_json)
+{
+    oopts.include_previews = 1;
+    struct cbus_event s = ev(CBUS_EV_LLM_START, 1, 0, 0);
+    memcpy(s.model, "we\"ird\\m\x01odel\xe2\x82", 14); /* cut multibyte at the end */
+    memset(s.preview, 'x', sizeof s.preview);            /* no NUL at all */
+    span_table_feed(table, &s, 1);
+    span_table_flush(table);
+    cJSON *root = parse_batch();
+    cJSON *sp = cJSON_GetArrayItem(spans_of(root), 0);
+    cr_assert_str_eq(attr_s(sp, "gen_ai.request.model"), "we\"ird\\m\x01odel\xef\xbf\xbd");
+    cr_assert_eq(strlen(attr_s(sp, "cbus.input.preview")), CBUS_PREVIEW_LEN);
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, ids_are_deterministic_and_nonzero)
+{
+    uint8_t zero[16] = {0}, a[8], b[8], t1[16], t2[16];
+    span_id_from_run(a, zero);
+    span_id_from_run(b, zero);
+    cr_assert_eq(memcmp(a, b, 8), 0);
+    static const uint8_t z8[8];
+    cr_assert_neq(memcmp(a, z8, 8), 0);
+    trace_id_derive(t1, zero);
+    trace_id_derive(t2, zero);
+    cr_assert_eq(memcmp(t1, t2, 16), 0);
+    uint8_t r1[16] = {1}, r2[16] = {2};
+    span_id_from_run(a, r1);
+    span_id_from_run(b, r2);
+    cr_assert_neq(memcmp(a, b, 8), 0);
+}
+
+Test(export_otlp, numbers_as_decimal_strings)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    otlp_put_u64(&b, 0);
+    sbuf_puts(&b, ",");
+    otlp_put_u64(&b, UINT64_MAX);
+    cr_assert_str_eq(b.data, "0,18446744073709551615");
+    sbuf_free(&b);
+}
+
+/* ---- retry rules ---------------------------------------------------------------- */
+
+Test(export_retry, classify_statuses)
+{
+    cr_assert_eq(retry_classify(200, 0), SEND_OK);
+    cr_assert_eq(retry_classify(204, 0), SEND_OK);
+    cr_assert_eq(retry_classify(429, 0), SEND_RETRY);
+    cr_assert_eq(retry_classify(502, 0), SEND_RETRY);
+    cr_assert_eq(retry_classify(503, 0), SEND_RETRY);
+    cr_assert_eq(retry_classify(504, 0), SEND_RETRY);
+    cr_assert_eq(retry_classify(400, 0), SEND_REJECT);
+    cr_assert_eq(retry_classify(401, 0), SEND_REJECT);
+    cr_assert_eq(retry_classify(413, 0), SEND_REJECT);
+    cr_assert_eq(retry_classify(500, 0), SEND_REJECT);
+    cr_assert_eq(retry_classify(0, 7 /* CURLE_COULDNT_CONNECT */), SEND_RETRY);
+    cr_assert_eq(retry_classify(0, 52 /* CURLE_GOT_NOTHING */), SEND_RETRY);
+    cr_assert_eq(retry_classify(0, 56 /* CURLE_RECV_ERROR */), SEND_RETRY);
+    cr_assert_eq(retry_classify(0, 60 /* CURLE_PEER_FAILED_VERIFICATION */), SEND_REJECT);
+}
+
+Test(export_retry, retry_after_seconds_and_dates)
+{
+    uint64_t ns = 0;
+    cr_assert_eq(retry_after_parse(" 3", 0, &ns), 0);
+    cr_assert_eq(ns, 3000000000ull);
+    /* Sun, 06 Nov 1994 08:49:37 GMT = 784111777 */
+    cr_assert_eq(retry_after_parse("Sun, 06 Nov 1994 08:49:37 GMT", 784111770, &ns), 0);
+    cr_assert_eq(ns, 7000000000ull);
+    cr_assert_eq(retry_after_parse("Sun, 06 Nov 1994 08:49:37 GMT", 784111790, &ns), 0);
+    cr_assert_eq(ns, 0, "a date in the past means now");
+    cr_assert_eq(retry_after_parse("soon", 0, &ns), -EINVAL);
+    cr_assert_eq(retry_after_parse("5s", 0, &ns), -EINVAL);
+}
+
+Test(export_retry, backoff_grows_with_jitter_and_caps)
+{
+    for (uint64_t r = 0; r < 1000; r += 7) {
+        uint64_t d0 = retry_backoff_ns(0, 100, 10000, r * 2654435761u);
+        cr_assert(d0 >= 50 && d0 <= 100);
+        uint64_t d3 = retry_backoff_ns(3, 100, 10000, r * 2654435761u);
+        cr_assert(d3 >= 400 && d3 <= 800);
+        uint64_t d20 = retry_backoff_ns(20, 100, 10000, r * 2654435761u);
+        cr_assert(d20 >= 5000 && d20 <= 10000);
+    }
+}
+
+Test(export_retry, partial_success)
+{
+    uint64_t n;
+    char msg[64];
+    const char *a = "{\"partialSuccess\":{\"rejectedSpans\":\"3\",\"errorMessage\":\"bad span\"}}";
+    cr_assert_eq(retry_partial_success(a, strlen(a), &n, msg, sizeof msg), 1);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(msg, "bad span");
+    const char *b = "{\"partialSuccess\":{}}";
+    cr_assert_eq(retry_partial_success(b, strlen(b), &n, msg, sizeof msg), 0, "empty = full success");
+    cr_assert_eq(retry_partial_success("{}", 2, &n, msg, sizeof msg), 0);
+    cr_assert_eq(retry_partial_success("garbage", 7, &n, msg, sizeof msg), 0);
+}
+
+/* ---- config ------------------------------------------------------------------- */
+
+static char tmpdir[64];
+
+static void mk_tmp(void)
+{
+    strcpy(tmpdir, "/tmp/cbus-export-unit-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmpdir));
+}
+
+static void rm_tmp(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static int load_text(struct export_config *c, const char *text, char *err, size_t errlen)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/x.ini", tmpdir);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    export_config_defaults(c);
+    int r = export_config_load(c, path, err, errlen);
+    if (!r)
+        r = export_config_finish(c, err, errlen);
+    return r;
+}
+
+TestSuite(export_config, .init = mk_tmp, .fini = rm_tmp);
+
+Test(export_config, shipped_default_config_is_valid)
+{
+    struct export_config c;
+    char err[256] = "";
+    export_config_defaults(&c);
+    int r = export_config_load(&c, CBUS_SOURCE_DIR "/consumers/export/export.ini", err, sizeof err);
+    cr_assert_eq(r, 0, "%s", err);
+    cr_assert_eq(export_config_finish(&c, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.url, "http://127.0.0.1:4318/v1/traces");
+    export_config_free(&c);
+}
+
+Test(export_config, errors_name_file_line_and_key)
+{
+    struct export_config c;
+    char err[256];
+    cr_assert_eq(load_text(&c, "[export]\nformat = otlp\nbatch_max_items = lots\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "x.ini:3: [export] batch_max_items:"), "%s", err);
+    cr_assert_eq(load_text(&c, "[export]\nendpont = http://x\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, ":2: [export] endpont: unknown setting"), "%s", err);
+    cr_assert_eq(load_text(&c, "[export]\nendpoint = ftp://x\n", err, sizeof err), -EINVAL);
+    cr_assert_eq(load_text(&c, "[headers]\nAuthorization = Bearer sekrit\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "secrets do not belong"), "%s", err);
+    cr_assert_null(strstr(err, "sekrit"), "the secret is not echoed");
+    cr_assert_eq(load_text(&c, "[auth]\nbasic_user_env = LANGFUSE_PUBLIC_KEY\n", err, sizeof err), -EINVAL);
+    cr_assert_eq(load_text(&c, "[bus]\nmode = sometimes\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "lossy, lossless"), "%s", err);
+}
+
+Test(export_config, endpoint_paths)
+{
+    struct export_config c;
+    char err[256];
+    cr_assert_eq(load_text(&c, "[export]\nendpoint = https://cloud.langfuse.com/api/public/otel/\n", err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.url, "https://cloud.langfuse.com/api/public/otel/v1/traces");
+    cr_assert_eq(load_text(&c, "[export]\nendpoint = http://h:4318/v1/traces\n", err, sizeof err), 0);
+    cr_assert_str_eq(c.url, "http://h:4318/v1/traces");
+    cr_assert_eq(load_text(&c, "[export]\nformat = msgpack\nendpoint = http://h/ingest\n[headers]\nX-Tenant = a b\n", err, sizeof err), 0);
+    cr_assert_str_eq(c.url, "http://h/ingest");
+    cr_assert_eq(c.n_headers, 1);
+    cr_assert_str_eq(c.headers[0], "X-Tenant: a b");
+    export_config_free(&c);
+}
+
+/* ---- spool ------------------------------------------------------------------- */
+
+TestSuite(export_spool, .init = mk_tmp, .fini = rm_tmp);
+
+static struct batch *mk_batch(const char *body, uint64_t at)
+{
+    struct batch *b = calloc(1, sizeof *b);
+    sbuf_init(&b->body);
+    sbuf_puts(&b->body, body);
+    b->items = (uint32_t)strlen(body);
+    b->min_pos = b->max_pos = at;
+    return b;
+}
+
+Test(export_spool, survives_reopen_in_order)
+{
+    struct spool *s;
+    char err[256];
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 20, err, sizeof err), 0, "%s", err);
+    int ar = spool_append(s, mk_batch("first", 10));
+    cr_assert_eq(ar, 0, "%s", strerror(-ar));
+    cr_assert_eq(spool_append(s, mk_batch("second", 20)), 0);
+    cr_assert_eq(spool_append(s, mk_batch("third", 30)), 0);
+    cr_assert_eq(spool_min_volatile_pos(s), UINT64_MAX, "on disk = durable, holds nothing");
+    cr_assert_eq(spool_bytes(s), 16);
+    spool_remove(s, spool_head(s));
+    spool_close(s);
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 20, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(spool_count(s), 2);
+    cr_assert_eq(spool_stats(s)->recovered, 2);
+    struct batch *h = spool_head(s);
+    cr_assert_eq(spool_load(s, h), 0);
+    cr_assert_str_eq(h->body.data, "second");
+    cr_assert_eq(h->items, 6);
+    cr_assert_eq(spool_load(s, h->next), 0);
+    cr_assert_str_eq(h->next->body.data, "third");
+    /* appends continue after the recovered sequence */
+    cr_assert_eq(spool_append(s, mk_batch("fourth", 40)), 0);
+    cr_assert(spool_head(s)->next->next->seq > spool_head(s)->next->seq);
+    spool_close(s);
+}
+
+Test(export_spool, torn_file_is_discarded)
+{
+    struct spool *s;
+    char err[256];
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 20, err, sizeof err), 0);
+    cr_assert_eq(spool_append(s, mk_batch("a whole batch body", 1)), 0);
+    cr_assert_eq(spool_append(s, mk_batch("the next one", 2)), 0);
+    uint64_t seq = spool_head(s)->seq;
+    spool_close(s);
+    char path[256];
+    snprintf(path, sizeof path, "%s/%020llu.cbxs", tmpdir, (unsigned long long)seq);
+    cr_assert_eq(truncate(path, 64 + 5), 0); /* a crash in the middle of the body */
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 20, err, sizeof err), 0);
+    cr_assert_eq(spool_count(s), 2);
+    cr_assert_eq(spool_load(s, spool_head(s)), -EBADMSG);
+    spool_remove(s, spool_head(s));
+    cr_assert_eq(spool_load(s, spool_head(s)), 0);
+    cr_assert_str_eq(spool_head(s)->body.data, "the next one");
+    spool_close(s);
+}
+
+Test(export_spool, memory_spool_is_volatile)
+{
+    struct spool *s;
+    char err[256];
+    cr_assert_eq(spool_open(&s, NULL, 1 << 20, err, sizeof err), 0);
+    cr_assert_eq(spool_append(s, mk_batch("x", 77)), 0);
+    cr_assert_eq(spool_append(s, mk_batch("y", 78)), 0);
+    cr_assert_eq(spool_min_volatile_pos(s), 77, "memory batches hold the lossless cursor");
+    cr_assert_str_eq(spool_head(s)->body.data, "x");
+    spool_close(s);
+}
