@@ -13,6 +13,10 @@
 #define EXIT_RUNTIME 1 /* the bus said no: missing, corrupt, busy, permission */
 #define EXIT_USAGE   2 /* the command line is wrong */
 
+/* Name arrays of the shm tables (NUL included): the longest name each takes. */
+#define CONSUMER_NAME_SIZE sizeof(((struct cbus_consumer_entry *)0)->name)
+#define PRODUCER_NAME_SIZE sizeof(((struct cbus_producer_entry *)0)->name)
+
 /* Each subcommand gets argv with argv[0] == its own name. */
 int cmd_create(int argc, char **argv);
 int cmd_destroy(int argc, char **argv);

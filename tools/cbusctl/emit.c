@@ -316,9 +316,9 @@ int cmd_emit(int argc, char **argv)
     if (given[O_REPEAT] && (r = cli_u64("emit", "--repeat", arg[O_REPEAT], 1, UINT64_MAX, &repeat)))
         return r;
     struct cbus_producer_opts po = {.name = given[O_PRODUCER] ? arg[O_PRODUCER] : "cbusctl"};
-    if (given[O_PRODUCER] && strlen(po.name) >= sizeof ((struct cbus_producer_entry *)0)->name)
+    if (given[O_PRODUCER] && strlen(po.name) >= PRODUCER_NAME_SIZE)
         return cli_usage_error("emit", "--producer-name '%s': at most %zu characters", po.name,
-                               sizeof ((struct cbus_producer_entry *)0)->name - 1);
+                               PRODUCER_NAME_SIZE - 1);
     if (given[O_TRUST])
         po.open_flags |= CBUS_OPEN_TRUST_OWNER;
 

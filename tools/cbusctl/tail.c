@@ -130,10 +130,10 @@ int cmd_tail(int argc, char **argv)
             co.start = CBUS_START_OLDEST;
             break;
         case 'N':
-            if (cbus_name_valid(optarg) || strlen(optarg) >= sizeof ((struct cbus_consumer_entry *)0)->name)
+            if (cbus_name_valid(optarg) || strlen(optarg) >= CONSUMER_NAME_SIZE)
                 return cli_usage_error("tail", "--name '%s': use 1..%zu characters of "
                                                "[A-Za-z0-9_.-], not starting with '.'",
-                                       optarg, sizeof ((struct cbus_consumer_entry *)0)->name - 1);
+                                       optarg, CONSUMER_NAME_SIZE - 1);
             co.name = optarg;
             break;
         case 'T':
