@@ -34,7 +34,7 @@ static inline void put64(struct cbus_mp_writer *w, uint64_t v)
     put32(w, (uint32_t)v);
 }
 
-void cbus_mp_put_map(struct cbus_mp_writer *w, uint32_t n)
+static inline void mp_map(struct cbus_mp_writer *w, uint32_t n)
 {
     if (n < 16) {
         put8(w, (uint8_t)(0x80 | n));
@@ -47,7 +47,7 @@ void cbus_mp_put_map(struct cbus_mp_writer *w, uint32_t n)
     }
 }
 
-void cbus_mp_put_array(struct cbus_mp_writer *w, uint32_t n)
+static inline void mp_array(struct cbus_mp_writer *w, uint32_t n)
 {
     if (n < 16) {
         put8(w, (uint8_t)(0x90 | n));
@@ -60,7 +60,7 @@ void cbus_mp_put_array(struct cbus_mp_writer *w, uint32_t n)
     }
 }
 
-void cbus_mp_put_uint(struct cbus_mp_writer *w, uint64_t v)
+static inline void mp_uint(struct cbus_mp_writer *w, uint64_t v)
 {
     if (v < 128) {
         put8(w, (uint8_t)v);
@@ -79,10 +79,10 @@ void cbus_mp_put_uint(struct cbus_mp_writer *w, uint64_t v)
     }
 }
 
-void cbus_mp_put_int(struct cbus_mp_writer *w, int64_t v)
+static inline void mp_int(struct cbus_mp_writer *w, int64_t v)
 {
     if (v >= 0) {
-        cbus_mp_put_uint(w, (uint64_t)v);
+        mp_uint(w, (uint64_t)v);
     } else if (v >= -32) {
         put8(w, (uint8_t)(int8_t)v); /* negative fixint 0xe0..0xff */
     } else if (v >= INT8_MIN) {
@@ -100,12 +100,12 @@ void cbus_mp_put_int(struct cbus_mp_writer *w, int64_t v)
     }
 }
 
-void cbus_mp_put_bool(struct cbus_mp_writer *w, int v)
+static inline void mp_bool(struct cbus_mp_writer *w, int v)
 {
     put8(w, v ? 0xc3 : 0xc2);
 }
 
-void cbus_mp_put_nil(struct cbus_mp_writer *w)
+static inline void mp_nil(struct cbus_mp_writer *w)
 {
     put8(w, 0xc0);
 }
@@ -131,14 +131,14 @@ size_t cbus_mp_str_header_size(uint32_t n)
     return n < 32 ? 1 : n <= UINT8_MAX ? 2 : n <= UINT16_MAX ? 3 : 5;
 }
 
-void cbus_mp_put_str(struct cbus_mp_writer *w, const char *s, uint32_t n)
+static inline void mp_str(struct cbus_mp_writer *w, const char *s, uint32_t n)
 {
     put_str_header(w, n);
     memcpy(w->p, s, n);
     w->p += n;
 }
 
-void cbus_mp_put_bin(struct cbus_mp_writer *w, const void *p, uint32_t n)
+static inline void mp_bin(struct cbus_mp_writer *w, const void *p, uint32_t n)
 {
     if (n <= UINT8_MAX) {
         put8(w, 0xc4);
@@ -154,15 +154,30 @@ void cbus_mp_put_bin(struct cbus_mp_writer *w, const void *p, uint32_t n)
     w->p += n;
 }
 
-void cbus_mp_put_text(struct cbus_mp_writer *w, const char *s, uint32_t n)
+/* All bytes below 0x80, eight at a time: the common case for model names,
+ * ids and English previews, checked before the full UTF-8 validation. */
+static inline int all_ascii(const char *s, size_t n)
 {
-    if (cbus_utf8_valid(s, n))
-        cbus_mp_put_str(w, s, n);
-    else
-        cbus_mp_put_bin(w, s, n);
+    uint64_t acc = 0, word;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, s + i, 8);
+        acc |= word;
+    }
+    for (; i < n; i++)
+        acc |= (uint8_t)s[i];
+    return (acc & UINT64_C(0x8080808080808080)) == 0;
 }
 
-void cbus_mp_put_hex(struct cbus_mp_writer *w, const uint8_t *p, uint32_t n)
+static inline void mp_text(struct cbus_mp_writer *w, const char *s, uint32_t n)
+{
+    if (all_ascii(s, n) || cbus_utf8_valid(s, n))
+        mp_str(w, s, n);
+    else
+        mp_bin(w, s, n);
+}
+
+static inline void mp_hex(struct cbus_mp_writer *w, const uint8_t *p, uint32_t n)
 {
     static const char digits[] = "0123456789abcdef";
     put_str_header(w, 2 * n);
@@ -172,6 +187,19 @@ void cbus_mp_put_hex(struct cbus_mp_writer *w, const uint8_t *p, uint32_t n)
     }
     w->p += 2 * n;
 }
+
+
+/* Public entry points over the inline writers the event encoder uses. */
+void cbus_mp_put_map(struct cbus_mp_writer *w, uint32_t n) { mp_map(w, n); }
+void cbus_mp_put_array(struct cbus_mp_writer *w, uint32_t n) { mp_array(w, n); }
+void cbus_mp_put_uint(struct cbus_mp_writer *w, uint64_t v) { mp_uint(w, v); }
+void cbus_mp_put_int(struct cbus_mp_writer *w, int64_t v) { mp_int(w, v); }
+void cbus_mp_put_bool(struct cbus_mp_writer *w, int v) { mp_bool(w, v); }
+void cbus_mp_put_nil(struct cbus_mp_writer *w) { mp_nil(w); }
+void cbus_mp_put_str(struct cbus_mp_writer *w, const char *s, uint32_t n) { mp_str(w, s, n); }
+void cbus_mp_put_bin(struct cbus_mp_writer *w, const void *p, uint32_t n) { mp_bin(w, p, n); }
+void cbus_mp_put_text(struct cbus_mp_writer *w, const char *s, uint32_t n) { mp_text(w, s, n); }
+void cbus_mp_put_hex(struct cbus_mp_writer *w, const uint8_t *p, uint32_t n) { mp_hex(w, p, n); }
 
 int cbus_utf8_valid(const char *str, size_t n)
 {
@@ -215,7 +243,15 @@ int cbus_utf8_valid(const char *str, size_t n)
 /* ---- event encoder ----------------------------------------------------------- */
 
 /* Keys are string literals; sizeof - 1 is their length, known at compile time. */
-#define KEY(w, lit) cbus_mp_put_str((w), (lit), (uint32_t)(sizeof(lit) - 1))
+/* Keys are string literals shorter than 32 bytes: a fixstr header and a
+ * copy whose length the compiler knows. */
+#define KEY(w, lit)                                              \
+    do {                                                         \
+        static_assert(sizeof(lit) - 1 < 32, "fixstr key");      \
+        *(w)->p++ = (uint8_t)(0xa0 | (sizeof(lit) - 1));         \
+        memcpy((w)->p, (lit), sizeof(lit) - 1);                  \
+        (w)->p += sizeof(lit) - 1;                               \
+    } while (0)
 
 static int id_zero(const uint8_t id[16])
 {
@@ -271,9 +307,9 @@ static void put_finish_reason(struct cbus_mp_writer *w, unsigned reason)
 {
     const char *name = cbus_finish_reason_name(reason);
     if (name)
-        cbus_mp_put_str(w, name, (uint32_t)strlen(name));
+        mp_str(w, name, (uint32_t)strlen(name));
     else
-        cbus_mp_put_uint(w, reason);
+        mp_uint(w, reason);
 }
 
 static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *ev)
@@ -282,50 +318,50 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
     case CBUS_EV_LLM_START:
     case CBUS_EV_CHAT_MODEL_START:
         KEY(w, "prompt_count");
-        cbus_mp_put_uint(w, ev->u.llm_start.prompt_count);
+        mp_uint(w, ev->u.llm_start.prompt_count);
         KEY(w, "est_input_tokens");
-        cbus_mp_put_uint(w, ev->u.llm_start.est_input_tokens);
+        mp_uint(w, ev->u.llm_start.est_input_tokens);
         KEY(w, "max_tokens");
-        cbus_mp_put_uint(w, ev->u.llm_start.max_tokens);
+        mp_uint(w, ev->u.llm_start.max_tokens);
         break;
     case CBUS_EV_LLM_NEW_TOKEN:
         KEY(w, "index");
-        cbus_mp_put_uint(w, ev->u.token.index);
+        mp_uint(w, ev->u.token.index);
         break;
     case CBUS_EV_LLM_END: {
         const struct cbus_usage *u = &ev->u.usage;
         unsigned n = usage_count(u);
         if (n) {
             KEY(w, "usage");
-            cbus_mp_put_map(w, n);
+            mp_map(w, n);
             if (u->usage_present & CBUS_USAGE_INPUT) {
                 KEY(w, "input_tokens");
-                cbus_mp_put_uint(w, u->input_tokens);
+                mp_uint(w, u->input_tokens);
             }
             if (u->usage_present & CBUS_USAGE_OUTPUT) {
                 KEY(w, "output_tokens");
-                cbus_mp_put_uint(w, u->output_tokens);
+                mp_uint(w, u->output_tokens);
             }
             if (u->usage_present & CBUS_USAGE_CACHE_READ) {
                 KEY(w, "cache_read_tokens");
-                cbus_mp_put_uint(w, u->cache_read_tokens);
+                mp_uint(w, u->cache_read_tokens);
             }
             if (u->usage_present & CBUS_USAGE_CACHE_CREATION) {
                 KEY(w, "cache_creation_tokens");
-                cbus_mp_put_uint(w, u->cache_creation_tokens);
+                mp_uint(w, u->cache_creation_tokens);
             }
             if (u->usage_present & CBUS_USAGE_REASONING) {
                 KEY(w, "reasoning_tokens");
-                cbus_mp_put_uint(w, u->reasoning_tokens);
+                mp_uint(w, u->reasoning_tokens);
             }
         }
         if (u->usage_present & CBUS_USAGE_DURATION) {
             KEY(w, "duration_ns");
-            cbus_mp_put_uint(w, u->duration_ns);
+            mp_uint(w, u->duration_ns);
         }
         if (u->usage_present & CBUS_USAGE_TTFT) {
             KEY(w, "ttft_ns");
-            cbus_mp_put_uint(w, u->ttft_ns);
+            mp_uint(w, u->ttft_ns);
         }
         if (u->finish_reason != CBUS_FINISH_UNSET) {
             KEY(w, "finish_reason");
@@ -333,7 +369,7 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
         }
         if (u->generations) {
             KEY(w, "generations");
-            cbus_mp_put_uint(w, u->generations);
+            mp_uint(w, u->generations);
         }
         break;
     }
@@ -342,27 +378,27 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
     case CBUS_EV_TOOL_ERROR:
     case CBUS_EV_RETRIEVER_ERROR:
         KEY(w, "http_status");
-        cbus_mp_put_int(w, ev->u.error.http_status);
+        mp_int(w, ev->u.error.http_status);
         KEY(w, "duration_ns");
-        cbus_mp_put_uint(w, ev->u.error.duration_ns);
+        mp_uint(w, ev->u.error.duration_ns);
         break;
     case CBUS_EV_RETRY:
         KEY(w, "attempt");
-        cbus_mp_put_uint(w, ev->u.retry.attempt);
+        mp_uint(w, ev->u.retry.attempt);
         KEY(w, "backoff_ns");
-        cbus_mp_put_uint(w, ev->u.retry.backoff_ns);
+        mp_uint(w, ev->u.retry.backoff_ns);
         break;
     case CBUS_EV_RETRIEVER_END:
         KEY(w, "document_count");
-        cbus_mp_put_uint(w, ev->u.retriever.document_count);
+        mp_uint(w, ev->u.retriever.document_count);
         KEY(w, "duration_ns");
-        cbus_mp_put_uint(w, ev->u.retriever.duration_ns);
+        mp_uint(w, ev->u.retriever.duration_ns);
         break;
     case CBUS_EV_CHAIN_END:
     case CBUS_EV_TOOL_END:
     case CBUS_EV_AGENT_FINISH:
         KEY(w, "duration_ns");
-        cbus_mp_put_uint(w, ev->u.span.duration_ns);
+        mp_uint(w, ev->u.span.duration_ns);
         break;
     default:
         break;
@@ -399,51 +435,51 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *o
     n += kind_entries(ev);
 
     struct cbus_mp_writer w = {out};
-    cbus_mp_put_map(&w, n);
+    mp_map(&w, n);
     KEY(&w, "kind");
     const char *kname = cbus_kind_name(ev->kind);
     if (kname)
-        cbus_mp_put_str(&w, kname, (uint32_t)strlen(kname));
+        mp_str(&w, kname, (uint32_t)strlen(kname));
     else
-        cbus_mp_put_uint(&w, ev->kind);
+        mp_uint(&w, ev->kind);
     KEY(&w, "event_id");
-    cbus_mp_put_uint(&w, ev->event_id);
+    mp_uint(&w, ev->event_id);
     KEY(&w, "ts_realtime_ns");
-    cbus_mp_put_uint(&w, ev->ts_realtime_ns);
+    mp_uint(&w, ev->ts_realtime_ns);
     KEY(&w, "ts_mono_ns");
-    cbus_mp_put_uint(&w, ev->ts_mono_ns);
+    mp_uint(&w, ev->ts_mono_ns);
     KEY(&w, "pid");
-    cbus_mp_put_uint(&w, ev->pid);
+    mp_uint(&w, ev->pid);
     KEY(&w, "tid");
-    cbus_mp_put_uint(&w, ev->tid);
+    mp_uint(&w, ev->tid);
     KEY(&w, "flags");
-    cbus_mp_put_uint(&w, ev->flags);
+    mp_uint(&w, ev->flags);
     if (has_run) {
         KEY(&w, "run_id");
-        cbus_mp_put_hex(&w, ev->run_id, 16);
+        mp_hex(&w, ev->run_id, 16);
     }
     if (has_parent) {
         KEY(&w, "parent_run_id");
-        cbus_mp_put_hex(&w, ev->parent_run_id, 16);
+        mp_hex(&w, ev->parent_run_id, 16);
     }
     if (has_trace) {
         KEY(&w, "trace_id");
-        cbus_mp_put_hex(&w, ev->trace_id, 16);
+        mp_hex(&w, ev->trace_id, 16);
     }
 #define PUT(f)                                  \
     if (len_##f) {                              \
         KEY(&w, #f);                            \
-        cbus_mp_put_text(&w, ev->f, len_##f);   \
+        mp_text(&w, ev->f, len_##f);   \
     }
     EV_TEXT_FIELDS(PUT)
 #undef PUT
     if (len_preview) {
         if (pmode == CBUS_EVMP_PREVIEW_KEEP) {
             KEY(&w, "preview");
-            cbus_mp_put_text(&w, ev->preview, len_preview);
+            mp_text(&w, ev->preview, len_preview);
         } else if (pmode == CBUS_EVMP_PREVIEW_HASH) {
             KEY(&w, "preview_sha256");
-            cbus_mp_put_hex(&w, opts->preview_sha256, 32);
+            mp_hex(&w, opts->preview_sha256, 32);
         }
     }
     put_kind_entries(&w, ev);
@@ -725,7 +761,7 @@ static int skip_depth(struct cbus_mp_reader *r, unsigned depth)
     if (r->p >= r->end)
         return -ENODATA;
     uint8_t c = *r->p;
-    uint32_t n;
+    uint32_t n = 0;
     const uint8_t *payload;
     int rc;
     switch (cbus_mp_peek(r)) {
@@ -744,7 +780,7 @@ static int skip_depth(struct cbus_mp_reader *r, unsigned depth)
         return cbus_mp_read_float(r, &d);
     }
     case CBUS_MP_STR: {
-        const char *s;
+        const char *s = "";
         return cbus_mp_read_str(r, &s, &n);
     }
     case CBUS_MP_BIN:
@@ -807,8 +843,8 @@ static int hexval(int c)
 
 static int read_id(struct cbus_mp_reader *r, uint8_t id[16])
 {
-    const char *s;
-    uint32_t n;
+    const char *s = "";
+    uint32_t n = 0;
     int rc = cbus_mp_read_str(r, &s, &n);
     if (rc)
         return rc;
@@ -825,8 +861,8 @@ static int read_id(struct cbus_mp_reader *r, uint8_t id[16])
 
 static int read_field(struct cbus_mp_reader *r, char *field, size_t size)
 {
-    const char *s;
-    uint32_t n;
+    const char *s = "";
+    uint32_t n = 0;
     int rc = cbus_mp_read_text(r, &s, &n);
     if (rc)
         return rc;
@@ -838,7 +874,7 @@ static int read_field(struct cbus_mp_reader *r, char *field, size_t size)
 
 static int read_u32(struct cbus_mp_reader *r, uint32_t *out)
 {
-    uint64_t v;
+    uint64_t v = 0;
     int rc = cbus_mp_read_uint(r, &v);
     if (rc)
         return rc;
@@ -850,7 +886,7 @@ static int read_u32(struct cbus_mp_reader *r, uint32_t *out)
 
 static int read_u16(struct cbus_mp_reader *r, uint16_t *out)
 {
-    uint64_t v;
+    uint64_t v = 0;
     int rc = cbus_mp_read_uint(r, &v);
     if (rc)
         return rc;
@@ -876,13 +912,13 @@ static int read_usage(struct cbus_mp_reader *r, struct cbus_usage *u)
         {"cache_creation_tokens", CBUS_USAGE_CACHE_CREATION},
         {"reasoning_tokens", CBUS_USAGE_REASONING},
     };
-    uint32_t n;
+    uint32_t n = 0;
     int rc = cbus_mp_read_map(r, &n);
     if (rc)
         return rc;
     for (uint32_t i = 0; i < n; i++) {
-        const char *k;
-        uint32_t kl;
+        const char *k = "";
+        uint32_t kl = 0;
         if ((rc = cbus_mp_read_str(r, &k, &kl)))
             return rc;
         unsigned bit = 0;
@@ -894,7 +930,7 @@ static int read_usage(struct cbus_mp_reader *r, struct cbus_usage *u)
                 return rc;
             continue;
         }
-        uint64_t v;
+        uint64_t v = 0;
         if ((rc = cbus_mp_read_uint(r, &v)))
             return rc;
         if (v > UINT32_MAX)
@@ -949,15 +985,15 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
         }
         if (key_is(k, kl, "finish_reason")) {
             if (cbus_mp_peek(r) == CBUS_MP_UINT) {
-                uint16_t v;
+                uint16_t v = 0;
                 int rc = read_u16(r, &v);
                 if (rc == 0 && v > UINT8_MAX)
                     return -EBADMSG;
                 ev->u.usage.finish_reason = (uint8_t)v;
                 return rc;
             }
-            const char *s;
-            uint32_t n;
+            const char *s = "";
+            uint32_t n = 0;
             char name[32];
             int rc = cbus_mp_read_str(r, &s, &n);
             if (rc)
@@ -980,7 +1016,7 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
     case CBUS_EV_TOOL_ERROR:
     case CBUS_EV_RETRIEVER_ERROR:
         if (key_is(k, kl, "http_status")) {
-            int64_t v;
+            int64_t v = 0;
             int rc = cbus_mp_read_int(r, &v);
             if (rc == 0 && (v < INT32_MIN || v > INT32_MAX))
                 return -EBADMSG;
@@ -1019,14 +1055,14 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
 static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass,
                        int *deferred)
 {
-    uint32_t n;
+    uint32_t n = 0;
     int rc = cbus_mp_read_map(r, &n);
     if (rc)
         return rc;
     int seen_kind = 0;
     for (uint32_t i = 0; i < n; i++) {
-        const char *k;
-        uint32_t kl;
+        const char *k = "";
+        uint32_t kl = 0;
         if ((rc = cbus_mp_read_str(r, &k, &kl)))
             return rc == -ENODATA ? rc : -EBADMSG;
         if (pass == 1) {
@@ -1041,8 +1077,8 @@ static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass
             if (cbus_mp_peek(r) == CBUS_MP_UINT) {
                 rc = read_u16(r, &ev->kind);
             } else {
-                const char *s;
-                uint32_t sl;
+                const char *s = "";
+                uint32_t sl = 0;
                 char name[32];
                 if ((rc = cbus_mp_read_str(r, &s, &sl)))
                     return rc;

@@ -1,0 +1,276 @@
+/* cbus-audit-bench: throughput of the audit log.
+ *
+ *   writer mode (default): synthetic events straight into the writer:
+ *     record encoding + SHA-256 chain + io_uring writes + fdatasync.
+ *   bus mode (--bus): end to end: a producer process emits llm_new_token
+ *     events into a fresh bus, the real daemon loop (audit_run) consumes them
+ *     losslessly in a second process; timed until the committed (durable)
+ *     cursor reaches the producer's last event.
+ *
+ * Prints one line per run; run it a few times and take the median (the
+ * machine is a noisy shared VM).  Figures are in docs/audit.md.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include "audit.h"
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "writer.h"
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A streaming-token event as an OpenAI-style gateway would emit it. */
+static void sample_event(struct cbus_event *ev, uint64_t i)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->kind = CBUS_EV_LLM_NEW_TOKEN;
+    ev->flags = CBUS_FLAG_HAS_TRACE;
+    ev->pid = 4242;
+    ev->tid = 4243;
+    ev->event_id = i;
+    ev->ts_realtime_ns = 1795489948380668061ull + i * 1000;
+    ev->ts_mono_ns = 1254823015339ull + i * 1000;
+    for (int k = 0; k < 16; k++) {
+        ev->run_id[k] = (uint8_t)(0x11 * k + (i >> 6));
+        ev->trace_id[k] = (uint8_t)(0x2d * k + 7);
+    }
+    memcpy(ev->provider, "openai", 6);
+    memcpy(ev->model, "gpt-4o-2024-08-06", 17);
+    memcpy(ev->user, "user-1234", 9);
+    memcpy(ev->session, "conv-5678", 9);
+    snprintf(ev->preview, sizeof ev->preview, " token%" PRIu64, i % 1000);
+    ev->u.token.index = (uint32_t)(i & 1023);
+}
+
+static int rm_logs(const char *dir)
+{
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+struct opts {
+    uint64_t events;
+    unsigned batch_events;
+    unsigned qd;
+    uint64_t batch_bytes;
+    unsigned sync;
+    uint64_t interval_ns;
+    const char *dir;
+    const char *bus;
+    unsigned preview;
+};
+
+static int bench_writer(const struct opts *o)
+{
+    rm_logs(o->dir);
+    mkdir(o->dir, 0750);
+    struct audit_writer_opts wo = {
+        .dir = o->dir, .prefix = "bench", .bus = "bench", .queue_depth = o->qd,
+        .batch_bytes = (size_t)o->batch_bytes, .batch_events = o->batch_events, .sync = o->sync,
+        .sync_interval_ns = o->interval_ns, .max_file_bytes = 1ull << 30,
+        .redact = {.mode = o->preview}, .retry_initial_ns = 100000000u,
+        .retry_max_ns = 1000000000u};
+    struct audit_resume r;
+    struct audit_writer *w;
+    char err[256];
+    if (audit_writer_open(&w, &wo, &r, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    audit_writer_set_bus(w, 1, 0);
+    /* Events made up front: the producer's work is not what is measured. */
+    static struct cbus_event tmpl[1024];
+    for (unsigned i = 0; i < 1024; i++)
+        sample_event(&tmpl[i], i);
+    struct cbus_event ev;
+    uint64_t t0 = mono_ns();
+    for (uint64_t i = 0; i < o->events; i++) {
+        memcpy(&ev, &tmpl[i & 1023], sizeof ev);
+        ev.event_id = i;
+        ev.ts_realtime_ns += i;
+        ev.ts_mono_ns += i;
+        while (audit_writer_append(w, &ev) == -EAGAIN)
+            audit_writer_service(w, 200000);
+        if ((i & 255) == 255)
+            audit_writer_service(w, 0);
+    }
+    audit_writer_flush(w);
+    while (!audit_writer_idle(w))
+        audit_writer_service(w, 1000000);
+    uint64_t dt = mono_ns() - t0;
+    struct audit_writer_stats st;
+    audit_writer_stats(w, &st);
+    int valid;
+    uint64_t cur = audit_writer_durable_cursor(w, &valid);
+    audit_writer_close(w);
+    printf("writer: %" PRIu64 " events in %.3f s = %.2f M events/s, %.1f MB/s, %.0f B/record, "
+           "%" PRIu64 " batches (%.0f events/batch), %" PRIu64 " fdatasync, sync %s%s, "
+           "queue depth %u, durable cursor %" PRIu64 "\n",
+           o->events, (double)dt / 1e9, (double)o->events / ((double)dt / 1e9) / 1e6,
+           (double)st.bytes / ((double)dt / 1e9) / 1e6, (double)st.bytes / (double)o->events,
+           st.batches, (double)o->events / (double)st.batches, st.syncs,
+           o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval",
+           o->sync == AUDIT_SYNC_BATCH ? "" : (o->interval_ns >= 10000000 ? " (>=10ms)" : ""),
+           o->qd, valid ? cur : 0);
+    rm_logs(o->dir);
+    return 0;
+}
+
+static int bench_bus(const struct opts *o)
+{
+    struct cbus_create_opts co = {.capacity = 1u << 18};
+    cbus_bus_destroy(o->bus);
+    int rc = cbus_bus_create(o->bus, &co);
+    if (rc) {
+        fprintf(stderr, "create %s: %s\n", o->bus, cbus_strerror(rc));
+        return 1;
+    }
+    rm_logs(o->dir);
+    pid_t daemon = fork();
+    if (daemon == 0) {
+        struct audit_config cfg;
+        audit_config_defaults(&cfg);
+        snprintf(cfg.bus, sizeof cfg.bus, "%s", o->bus);
+        snprintf(cfg.dir, sizeof cfg.dir, "%s", o->dir);
+        cfg.queue_depth = o->qd;
+        cfg.batch_events = o->batch_events;
+        cfg.batch_bytes = o->batch_bytes;
+        cfg.sync = o->sync;
+        cfg.sync_interval_ns = o->interval_ns;
+        cfg.max_file_bytes = 1ull << 30;
+        cfg.preview = o->preview;
+        cbus_log_init("cbus-audit", CBUS_LOG_WARN);
+        cbus_daemon_signals();
+        _exit(audit_run(&cfg));
+    }
+    cbus_bus *bus;
+    if ((rc = cbus_bus_open(&bus, o->bus, 0))) {
+        fprintf(stderr, "open: %s\n", cbus_strerror(rc));
+        return 1;
+    }
+    /* Wait for the daemon's consumer entry. */
+    int idx = -1;
+    for (int tries = 0; tries < 5000 && idx < 0; tries++) {
+        for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+            struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
+            if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, "audit"))
+                idx = (int)i;
+        }
+        usleep(1000);
+    }
+    if (idx < 0) {
+        fprintf(stderr, "daemon did not attach\n");
+        kill(daemon, SIGKILL);
+        return 1;
+    }
+    struct cbus_consumer_entry *ce = cbus_bus_consumer_entry(bus, (unsigned)idx);
+    cbus_producer *p;
+    if ((rc = cbus_producer_open_bus(&p, bus, NULL))) {
+        fprintf(stderr, "producer: %s\n", cbus_strerror(rc));
+        return 1;
+    }
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cbus_ctx_set_provider(&ctx, "openai");
+    cbus_ctx_set_model(&ctx, "gpt-4o-2024-08-06");
+    cbus_ctx_set_user(&ctx, "user-1234");
+    cbus_ctx_set_session(&ctx, "conv-5678");
+    uint64_t t0 = mono_ns(), dropped = 0;
+    for (uint64_t i = 0; i < o->events; i++) {
+        if (cbus_llm_new_token(p, &ctx, " token42", 8) == -EAGAIN)
+            dropped++;
+    }
+    uint64_t t_emit = mono_ns() - t0;
+    uint64_t tail = cbus_bus_tail(bus);
+    while (atomic_load(&ce->cursor) < tail && mono_ns() - t0 < 120000000000ull)
+        usleep(200);
+    uint64_t dt = mono_ns() - t0;
+    uint64_t durable = atomic_load(&ce->cursor);
+    kill(daemon, SIGTERM);
+    int status;
+    waitpid(daemon, &status, 0);
+    printf("bus: %" PRIu64 " events emitted in %.3f s, durable in %.3f s = %.2f M events/s "
+           "end to end (%" PRIu64 " dropped by the bounded wait, cursor %" PRIu64 "/%" PRIu64
+           "), sync %s, batch %u events, queue depth %u\n",
+           o->events, (double)t_emit / 1e9, (double)dt / 1e9,
+           (double)(o->events - dropped) / ((double)dt / 1e9) / 1e6, dropped, durable, tail,
+           o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval", o->batch_events, o->qd);
+    cbus_producer_close(p);
+    cbus_bus_close(bus);
+    cbus_bus_destroy(o->bus);
+    rm_logs(o->dir);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.events = 3000000, .batch_events = 8192, .qd = 16,
+                     .batch_bytes = 4u << 20, .sync = AUDIT_SYNC_BATCH,
+                     .interval_ns = 10000000, .dir = "audit-bench-log"};
+    static const struct option longopts[] = {
+        {"events", required_argument, NULL, 'n'}, {"batch-events", required_argument, NULL, 'b'},
+        {"queue-depth", required_argument, NULL, 'q'}, {"batch-bytes", required_argument, NULL, 'B'},
+        {"interval", required_argument, NULL, 'i'}, {"dir", required_argument, NULL, 'd'},
+        {"bus", required_argument, NULL, 'u'}, {"preview", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'n': o.events = strtoull(optarg, NULL, 10); break;
+        case 'b': o.batch_events = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'q': o.qd = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'B':
+            if (cbus_parse_size(optarg, &o.batch_bytes)) {
+                fprintf(stderr, "bad --batch-bytes\n");
+                return 2;
+            }
+            break;
+        case 'i':
+            if (cbus_parse_duration_ns(optarg, &o.interval_ns)) {
+                fprintf(stderr, "bad --interval\n");
+                return 2;
+            }
+            o.sync = AUDIT_SYNC_INTERVAL;
+            break;
+        case 'd': o.dir = optarg; break;
+        case 'u': o.bus = optarg; break;
+        case 'p':
+            o.preview = !strcmp(optarg, "hash") ? AUDIT_REDACT_HASH
+                      : !strcmp(optarg, "drop") ? AUDIT_REDACT_DROP : AUDIT_REDACT_KEEP;
+            break;
+        default:
+            fprintf(stderr,
+                    "usage: cbus-audit-bench [--events N] [--batch-events N] [--batch-bytes B]\n"
+                    "       [--queue-depth N] [--interval D (sync every D instead of per batch)]\n"
+                    "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)]\n");
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    if (o.events == 0 || o.batch_events == 0 || o.qd < 2) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    cbus_log_init("cbus-audit-bench", CBUS_LOG_WARN);
+    return o.bus ? bench_bus(&o) : bench_writer(&o);
+}

@@ -1,0 +1,121 @@
+/* The cbus-audit log file format: a plain msgpack stream, hash-chained.
+ *
+ * A log file is a sequence of msgpack maps: one file header, then one
+ * record per event.  Any msgpack decoder reads it with a streaming unpacker
+ * (python: `for v in msgpack.Unpacker(open(f, "rb"), raw=False): ...`).
+ *
+ * File header (keys in this order):
+ *   cbus_audit   uint   format version (AUDIT_FORMAT)
+ *   file_seq     uint   0 for the first file of a chain, +1 per rotation
+ *   created_ns   uint   CLOCK_REALTIME ns at creation
+ *   first_seq    uint   seq of the first record in this file
+ *   bus_cursor   uint   bus cursor at creation (event_id + 1 of the last
+ *                       record before this file; where the consumer resumes)
+ *   bus          str    bus name
+ *   bus_id       str    16 lowercase hex chars: the bus instance; event ids
+ *                       are unique per bus_id
+ *   prev_file    str    name of the previous file in the chain ("" for the first)
+ *   prev_hash    bin32  hash of the last record (or header) of the previous
+ *                       file; 32 zero bytes for the first file of a chain
+ *   redaction    str    "keep" | "hash" | "drop": what happened to previews
+ *   hash         bin32  SHA-256(prev_hash || header bytes before the "hash" key)
+ *
+ * Record (exactly these three keys, in this order):
+ *   seq          uint   position in the chain: 0, 1, 2, ... across files
+ *   event        map    the event, as consumers/common/event_msgpack.h encodes it
+ *   hash         bin32  SHA-256(previous hash || record bytes before the "hash" key)
+ *
+ * "previous hash" is the hash of the record before, or of the file header
+ * for a file's first record; the header's own input is the previous file's
+ * last hash, so one chain runs from the first file's header to the last
+ * record of the last file.  The "hash" key and its value are always the last
+ * AUDIT_TRAILER bytes of a header or record.
+ */
+#ifndef CBUS_AUDIT_FORMAT_H
+#define CBUS_AUDIT_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbus/layout.h>
+
+#include "event_msgpack.h"
+
+#define AUDIT_FORMAT 1
+#define AUDIT_HASH_LEN 32
+#define AUDIT_TRAILER 39                    /* fixstr "hash" (5) + bin8 header (2) + 32 */
+#define AUDIT_RECORD_MAX (CBUS_EVMP_MAX + 64) /* map + seq + "event" + trailer */
+#define AUDIT_HEADER_MAX 1024
+#define AUDIT_FILE_NAME_MAX 128
+
+enum audit_redaction { AUDIT_REDACT_KEEP = 0, AUDIT_REDACT_HASH = 1, AUDIT_REDACT_DROP = 2 };
+const char *audit_redaction_name(unsigned r);
+
+/* The running end of the chain.  hash starts as 32 zero bytes. */
+struct audit_chain {
+    uint8_t hash[AUDIT_HASH_LEN];
+    uint64_t next_seq;
+};
+
+/* Returns 0 (kept as a call so a digest backend with state can be swapped in). */
+int audit_chain_init(struct audit_chain *c);
+void audit_chain_free(struct audit_chain *c);
+/* SHA-256(a || b). */
+void audit_sha256(struct audit_chain *c, const void *a, size_t alen, const void *b, size_t blen,
+                  uint8_t out[AUDIT_HASH_LEN]);
+
+struct audit_header {
+    uint64_t format;
+    uint64_t file_seq;
+    uint64_t created_ns;
+    uint64_t first_seq;
+    uint64_t bus_cursor;
+    char bus[CBUS_NAME_MAX];
+    uint64_t bus_id;
+    char prev_file[AUDIT_FILE_NAME_MAX];
+    uint8_t prev_hash[AUDIT_HASH_LEN];
+    unsigned redaction;
+    uint8_t hash[AUDIT_HASH_LEN];
+};
+
+/* Encodes h into out (cap >= AUDIT_HEADER_MAX): prev_hash is taken from the
+ * chain, h->hash and the chain's hash are set to the header's hash.
+ * Returns the byte count or -ENOSPC/-EINVAL. */
+int audit_header_encode(struct audit_chain *c, struct audit_header *h, uint8_t *out, size_t cap);
+
+/* Redaction of previews for record encoding. */
+struct audit_redact {
+    unsigned mode;          /* enum audit_redaction */
+    const uint8_t *salt;    /* hashed before the preview with AUDIT_REDACT_HASH */
+    size_t salt_len;
+};
+
+/* Encodes ev as the chain's next record into out (cap >= AUDIT_RECORD_MAX)
+ * and advances the chain.  Returns the byte count or -ENOSPC/-EINVAL. */
+int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
+                        const struct audit_redact *red, uint8_t *out, size_t cap);
+
+/* One parsed value of a log file.  Pointers point into the input. */
+struct audit_item {
+    int is_header;
+    size_t len;                 /* bytes of the whole value */
+    struct audit_header hdr;    /* is_header */
+    uint64_t seq;               /* record */
+    const uint8_t *event;       /* record: the event map */
+    size_t event_len;
+    const uint8_t *hash;        /* the stored hash (last 32 bytes) */
+};
+
+/* Parses the value at buf.  Returns 0, -ENODATA (buf ends inside it: a torn
+ * tail), -EBADMSG (not a header or record of this format; *why says what). */
+int audit_parse(const uint8_t *buf, size_t len, struct audit_item *it, const char **why);
+
+/* Hash a parsed item must carry, given the hash before it. */
+void audit_item_expected_hash(struct audit_chain *c, const uint8_t prev[AUDIT_HASH_LEN],
+                              const uint8_t *buf, const struct audit_item *it,
+                              uint8_t out[AUDIT_HASH_LEN]);
+
+/* Lowercase hex of n bytes into out (2n + 1 bytes). */
+void audit_hex(char *out, const uint8_t *p, size_t n);
+
+#endif

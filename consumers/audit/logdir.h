@@ -1,0 +1,60 @@
+/* The log directory: file names, listing, start-up recovery, retention.
+ *
+ * Files are named PREFIX-YYYYMMDDTHHMMSS.mmmZ-NNNNNNNN.cbaudit (UTC creation
+ * time, then the file_seq), so a plain `ls` sorts them by time and the
+ * chain order is also readable from the name. */
+#ifndef CBUS_AUDIT_LOGDIR_H
+#define CBUS_AUDIT_LOGDIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format.h"
+
+#define AUDIT_SUFFIX ".cbaudit"
+
+struct audit_file_ent {
+    char name[AUDIT_FILE_NAME_MAX];
+    uint64_t file_seq;
+};
+
+/* Returns 0 or -ENAMETOOLONG. */
+int audit_name_make(char *out, size_t n, const char *prefix, uint64_t created_ns,
+                    uint64_t file_seq);
+/* 0 and *file_seq when name is one of ours for prefix, else -EINVAL. */
+int audit_name_parse(const char *name, const char *prefix, uint64_t *file_seq);
+/* The log files of dir, sorted by file_seq.  *out is malloc'd.
+ * Returns 0 or -errno (-ENOENT: no such directory). */
+int audit_dir_list(const char *dir, const char *prefix, struct audit_file_ent **out, size_t *n);
+/* Makes directory entries (create, rename, unlink) durable. */
+int audit_fsync_dir(const char *dir);
+
+/* Where the log stands after recovery: the writer continues from here. */
+struct audit_resume {
+    int have_file;                          /* a last file exists and is good */
+    char name[AUDIT_FILE_NAME_MAX];
+    uint64_t file_seq;
+    uint64_t file_size;                     /* bytes after recovery */
+    uint64_t created_ns;
+    unsigned redaction;
+    uint64_t bus_id;
+    int have_cursor;
+    uint64_t cursor;                        /* bus cursor to resume from */
+    uint64_t records_in_file;
+    uint64_t trimmed_bytes;                 /* cut off a torn/bad tail */
+};
+
+/* Recovers dir: checks the last file's chain; a tail that is torn (power cut
+ * mid-write) or otherwise bad is cut off, its bytes kept beside the log in
+ * NAME.torn-OFFSET (never silently destroyed), and logged; a last file whose
+ * header never became durable is moved aside the same way and its
+ * predecessor becomes the last file.  On return the chain c holds the hash
+ * and next seq to continue with.  Returns 0 or -errno with err filled. */
+int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
+                  struct audit_resume *out, char *err, size_t errlen);
+
+/* Deletes the oldest files beyond keep (0 = keep all).  Returns the number
+ * removed or -errno. */
+int audit_retention(const char *dir, const char *prefix, unsigned keep);
+
+#endif

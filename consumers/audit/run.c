@@ -1,0 +1,243 @@
+/* The daemon: a lossless bus consumer feeding the writer, committing the bus
+ * cursor only as far as the writer says is durable. */
+#include "audit.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <cbus/consumer.h>
+
+#include "daemon.h"
+#include "log.h"
+
+#define POLL_MAX 256
+#define IO_WAIT_NS 500000u          /* wait for a completion while I/O is in flight */
+#define IDLE_WAIT_NS 200000000u     /* bus wait with nothing in flight */
+#define FAIL_WAIT_NS 20000000u      /* while retrying a failed write */
+#define HEARTBEAT_NS 100000000u
+#define SHUTDOWN_LIMIT_NS 10000000000ull
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int attach(cbus_consumer **c, const struct audit_config *cfg, const struct audit_resume *r)
+{
+    struct cbus_consumer_opts o = {.name = cfg->name, .mode = CBUS_LOSSLESS};
+    if (r->have_cursor) {
+        /* The log, not the bus, says what is durable: resume right after its
+         * last record, so nothing is written twice and nothing acknowledged
+         * is missing, even if the crash came between fdatasync and commit. */
+        o.start = CBUS_START_CURSOR;
+        o.cursor = r->cursor;
+        o.expect_bus_id = r->bus_id;
+        int rc = cbus_consumer_attach(c, cfg->bus, &o);
+        if (rc != -ESTALE)
+            return rc;
+        cbus_log_warn("bus %s was recreated since the log's last record (log bus id %016" PRIx64
+                      "): starting at the oldest event of the new bus", cfg->bus, r->bus_id);
+        o.start = CBUS_START_OLDEST;
+        o.cursor = 0;
+        o.expect_bus_id = 0;
+        return cbus_consumer_attach(c, cfg->bus, &o);
+    }
+    o.start = cfg->start_oldest ? CBUS_START_OLDEST : CBUS_START_NEWEST;
+    return cbus_consumer_attach(c, cfg->bus, &o);
+}
+
+struct loop {
+    const struct audit_config *cfg;
+    struct audit_writer *w;
+    cbus_consumer *c;
+    uint64_t committed;
+    int has_committed;
+    uint64_t last_heartbeat;
+    uint64_t lost_reported;
+    uint64_t fail_since;
+};
+
+static void commit_durable(struct loop *l)
+{
+    int valid;
+    uint64_t cur = audit_writer_durable_cursor(l->w, &valid);
+    if (!valid || (l->has_committed && cur == l->committed))
+        return;
+    int rc = cbus_consumer_commit_to(l->c, cur);
+    if (rc == 0) {
+        l->committed = cur;
+        l->has_committed = 1;
+    } else if (rc != -ESTALE) {
+        cbus_log_warn("commit of cursor %" PRIu64 ": %s", cur, cbus_strerror(rc));
+    }
+}
+
+/* Keeps the consumer tethered while the writer is stuck (the bus would
+ * otherwise cut it loose after its stall timeout), unless the operator
+ * prefers producers to run free after untether_after. */
+static void heartbeat(struct loop *l, uint64_t now)
+{
+    if (now - l->last_heartbeat < HEARTBEAT_NS)
+        return;
+    if (audit_writer_failing(l->w)) {
+        if (!l->fail_since)
+            l->fail_since = now;
+        if (l->cfg->untether_after_ns && now - l->fail_since >= l->cfg->untether_after_ns)
+            return;
+    } else {
+        l->fail_since = 0;
+    }
+    cbus_consumer_heartbeat(l->c);
+    l->last_heartbeat = now;
+}
+
+static void report(struct loop *l, int always)
+{
+    struct cbus_consumer_stats cs;
+    if (cbus_consumer_stats(l->c, &cs))
+        return;
+    if (cs.lost > l->lost_reported) {
+        cbus_log_warn("%" PRIu64 " events were overwritten on the bus before cbus-audit read them "
+                      "(%" PRIu64 " in total; the log has a gap in event ids there)",
+                      cs.lost - l->lost_reported, cs.lost);
+        l->lost_reported = cs.lost;
+    }
+    if (!always)
+        return;
+    struct audit_writer_stats ws;
+    audit_writer_stats(l->w, &ws);
+    cbus_log_info("status: file %s, %" PRIu64 " records (%" PRIu64 " durable), %" PRIu64
+                  " bytes, %" PRIu64 " batches, %" PRIu64 " syncs, %" PRIu64 " rotations, %" PRIu64
+                  " I/O errors%s; bus lag %" PRIu64 ", lost %" PRIu64 ", cursor %" PRIu64,
+                  ws.file, ws.records, ws.durable_records, ws.bytes, ws.batches, ws.syncs,
+                  ws.rotations, ws.io_errors, ws.failing ? " (failing now)" : "", cs.lag, cs.lost,
+                  cs.cursor);
+}
+
+int audit_run(const struct audit_config *cfg)
+{
+    char err[512];
+    struct audit_writer_opts wo;
+    audit_config_writer_opts(cfg, &wo);
+    if (mkdir(cfg->dir, 0750) < 0 && errno != EEXIST) {
+        cbus_log_error("cannot create log directory %s: %s", cfg->dir, strerror(errno));
+        return 1;
+    }
+    /* io_uring writes past RLIMIT_FSIZE must fail with EFBIG, not kill us. */
+    signal(SIGXFSZ, SIG_IGN);
+
+    struct audit_resume resume;
+    struct audit_writer *w;
+    int rc = audit_writer_open(&w, &wo, &resume, err, sizeof err);
+    if (rc) {
+        cbus_log_error("%s", err);
+        return 1;
+    }
+    cbus_consumer *c;
+    rc = attach(&c, cfg, &resume);
+    if (rc) {
+        cbus_log_error("cannot attach to bus %s as %s: %s", cfg->bus, cfg->name,
+                       cbus_strerror(rc));
+        audit_writer_close(w);
+        return 1;
+    }
+    uint64_t bus_id = cbus_consumer_bus_id(c);
+    uint64_t start = cbus_consumer_read_pos(c);
+    audit_writer_set_bus(w, bus_id, start);
+    char sync[64];
+    if (cfg->sync == AUDIT_SYNC_BATCH)
+        snprintf(sync, sizeof sync, "fdatasync per batch");
+    else
+        snprintf(sync, sizeof sync, "fdatasync every %.1f ms", (double)cfg->sync_interval_ns / 1e6);
+    cbus_log_info("started: bus %s (id %016" PRIx64 ") as lossless consumer '%s' from cursor %" PRIu64
+                  ", log %s, %s, queue depth %u, batch %u events / %" PRIu64
+                  " bytes, previews %s",
+                  cfg->bus, bus_id, cfg->name, start, cfg->dir, sync, cfg->queue_depth,
+                  cfg->batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
+
+    struct loop l = {.cfg = cfg, .w = w, .c = c};
+    struct cbus_event evs[POLL_MAX];
+    unsigned have = 0, next = 0;  /* polled events not yet appended: evs[next..have) */
+    int status = 0;
+    uint64_t last_report = mono_ns();
+
+    while (!cbus_daemon_stop) {
+        if ((rc = audit_writer_service(w, 0))) {
+            cbus_log_error("io_uring: %s", strerror(-rc));
+            status = 1;
+            break;
+        }
+        commit_durable(&l);
+        if (next == have) {
+            int n = cbus_consumer_poll(c, evs, POLL_MAX);
+            if (n < 0) {
+                cbus_log_error("poll: %s%s", cbus_strerror(n),
+                               n == -ESTALE ? " (evicted from the bus)" : "");
+                status = 1;
+                break;
+            }
+            have = (unsigned)n;
+            next = 0;
+        }
+        while (next < have && audit_writer_append(w, &evs[next]) == 0)
+            next++;
+        uint64_t now = mono_ns();
+        if (have == 0) {
+            /* The bus is idle: do not let records wait for a full batch. */
+            audit_writer_flush(w);
+            if (audit_writer_idle(w)) {
+                rc = cbus_consumer_wait(c, IDLE_WAIT_NS);
+                if (rc == -ESTALE) {
+                    cbus_log_error("evicted from the bus");
+                    status = 1;
+                    break;
+                }
+            } else {
+                audit_writer_service(w, IO_WAIT_NS);
+                heartbeat(&l, now);
+            }
+        } else if (next < have) {
+            /* The writer is full (disk slow or failing, or a rotation is
+             * draining): wait for it, staying alive on the bus. */
+            audit_writer_service(w, audit_writer_failing(w) ? FAIL_WAIT_NS : IO_WAIT_NS);
+            heartbeat(&l, now);
+        }
+        if (cbus_daemon_usr1 || now - last_report > 60000000000ull) {
+            report(&l, cbus_daemon_usr1);
+            cbus_daemon_usr1 = 0;
+            last_report = now;
+        }
+    }
+
+    /* Drain: everything polled is appended and made durable, then committed,
+     * so a clean stop replays nothing and loses nothing. */
+    uint64_t deadline = mono_ns() + SHUTDOWN_LIMIT_NS;
+    for (;;) {
+        while (next < have && audit_writer_append(w, &evs[next]) == 0)
+            next++;
+        audit_writer_flush(w);
+        audit_writer_service(w, 10000000u);
+        commit_durable(&l);
+        if (next == have && audit_writer_idle(w))
+            break;
+        uint64_t now = mono_ns();
+        heartbeat(&l, now);
+        if (now > deadline) {
+            cbus_log_warn("stopping with unwritten records (disk failing?); they were not "
+                          "acknowledged on the bus and will be read again at the next start");
+            break;
+        }
+    }
+    report(&l, 1);
+    cbus_consumer_detach(c);
+    audit_writer_close(w);
+    cbus_log_info("stopped");
+    return status;
+}

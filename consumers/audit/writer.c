@@ -1,0 +1,673 @@
+#include "writer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+enum batch_state {
+    B_FREE = 0,
+    B_FILLING,   /* records being appended */
+    B_READY,     /* to be submitted (new, short write, or retry) */
+    B_INFLIGHT,  /* write (+ linked fdatasync) submitted */
+    B_WRITTEN,   /* interval mode: written, waiting for the next fdatasync */
+    B_SYNCING,   /* interval mode: covered by the fdatasync in flight */
+    B_DURABLE,   /* on disk; freed once every older batch is too */
+};
+
+struct batch {
+    uint8_t *buf;
+    size_t len;             /* bytes filled */
+    size_t done;            /* bytes written by completed writes */
+    uint64_t off;           /* file offset of buf[0] */
+    unsigned nrec;
+    int has_cursor;
+    uint64_t cursor;        /* event_id + 1 of the last record */
+    enum batch_state state;
+    unsigned pending;       /* CQEs still to come for the current submission */
+    int wres;               /* write result */
+    int sres;               /* linked fdatasync result */
+};
+
+/* user_data: batch index << 2 | op */
+#define OP_WRITE 1u
+#define OP_SYNC  2u
+#define OP_ISYNC 3u  /* interval fdatasync (no batch) */
+
+struct audit_writer {
+    struct audit_writer_opts o;
+    char dir[4096];
+    char prefix[64];
+    char bus[CBUS_NAME_MAX];
+    struct io_uring ring;
+    int ring_ok;
+    struct audit_chain chain;
+
+    struct batch *b;
+    unsigned qd;
+    unsigned head;          /* oldest batch in use */
+    unsigned used;          /* batches in use, from head on; the last may be FILLING */
+    unsigned inflight_ops;  /* SQEs submitted and not completed */
+
+    /* current file */
+    int fd;
+    char name[AUDIT_FILE_NAME_MAX];
+    uint64_t file_seq;
+    uint64_t file_off;      /* where the next byte goes (filling batch included) */
+    uint64_t file_created_ns;
+    uint64_t file_records;
+    uint64_t file_bus_id;
+    unsigned file_redaction;
+    int have_file;
+
+    uint64_t bus_id;
+    int bus_set;
+    uint64_t last_cursor;   /* cursor after the last appended record */
+    int has_last_cursor;
+    uint64_t durable_cursor;
+    int has_durable_cursor;
+    int rotate_pending;
+
+    /* interval sync */
+    int isync_inflight;
+    int isync_res;
+    uint64_t last_sync_ns;
+
+    /* errors */
+    int failing;
+    uint64_t fail_since_ns;
+    uint64_t next_retry_ns;
+    uint64_t backoff_ns;
+    uint64_t retries;
+
+    struct audit_writer_stats st;
+};
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static struct batch *batch_at(struct audit_writer *w, unsigned i)
+{
+    return &w->b[(w->head + i) % w->qd];
+}
+
+static struct batch *filling(struct audit_writer *w)
+{
+    if (!w->used)
+        return NULL;
+    struct batch *b = batch_at(w, w->used - 1);
+    return b->state == B_FILLING ? b : NULL;
+}
+
+/* A fresh FILLING batch at the end of the queue, or NULL when all are in use. */
+static struct batch *take_batch(struct audit_writer *w)
+{
+    if (w->used == w->qd)
+        return NULL;
+    struct batch *b = batch_at(w, w->used);
+    w->used++;
+    uint8_t *buf = b->buf;
+    memset(b, 0, sizeof *b);
+    b->buf = buf;
+    b->off = w->file_off;
+    b->state = B_FILLING;
+    return b;
+}
+
+static void finish_filling(struct audit_writer *w)
+{
+    struct batch *b = filling(w);
+    if (!b)
+        return;
+    if (b->len == 0) { /* nothing in it: give it back */
+        b->state = B_FREE;
+        w->used--;
+        return;
+    }
+    b->state = B_READY;
+}
+
+void audit_writer_flush(struct audit_writer *w)
+{
+    finish_filling(w);
+}
+
+/* ---- files ------------------------------------------------------------------- */
+
+static int open_new_file(struct audit_writer *w, uint64_t cursor)
+{
+    if (w->used == w->qd)
+        return -EBUSY; /* callers open files only with every batch retired */
+    uint64_t now = real_ns();
+    uint64_t seq = w->have_file ? w->file_seq + 1 : 0;
+    char name[AUDIT_FILE_NAME_MAX], path[4300];
+    int rc = audit_name_make(name, sizeof name, w->prefix, now, seq);
+    if (rc)
+        return rc;
+    snprintf(path, sizeof path, "%s/%s", w->dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        rc = -errno;
+        cbus_log_error("cannot create %s: %s", path, strerror(errno));
+        return rc;
+    }
+    struct audit_header h = {0};
+    h.file_seq = seq;
+    h.created_ns = now;
+    h.first_seq = w->chain.next_seq;
+    h.bus_cursor = cursor;
+    snprintf(h.bus, sizeof h.bus, "%s", w->bus);
+    h.bus_id = w->bus_id;
+    snprintf(h.prev_file, sizeof h.prev_file, "%s", w->have_file ? w->name : "");
+    h.redaction = w->o.redact.mode;
+
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = fd;
+    snprintf(w->name, sizeof w->name, "%s", name);
+    w->file_seq = seq;
+    w->file_off = 0;
+    w->file_created_ns = now;
+    w->file_records = 0;
+    w->file_bus_id = w->bus_id;
+    w->file_redaction = w->o.redact.mode;
+    w->have_file = 1;
+    snprintf(w->st.file, sizeof w->st.file, "%s", name);
+
+    /* The header goes out as the first batch of the file, through the same
+     * durable path as records; the directory entry is synced now. */
+    struct batch *b = take_batch(w);
+    int n = audit_header_encode(&w->chain, &h, b->buf, w->o.batch_bytes);
+    if (n < 0)
+        return n;
+    b->len = (size_t)n;
+    w->file_off = (uint64_t)n;
+    b->state = B_READY;
+    audit_fsync_dir(w->dir);
+    cbus_log_info("writing %s (file %llu, first seq %llu, bus cursor %llu)", path,
+                  (unsigned long long)seq, (unsigned long long)h.first_seq,
+                  (unsigned long long)cursor);
+    int removed = audit_retention(w->dir, w->prefix, w->o.retain_files);
+    if (removed > 0)
+        w->st.files_removed += (uint64_t)removed;
+    return 0;
+}
+
+static int open_last_file(struct audit_writer *w, const struct audit_resume *r)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", w->dir, r->name);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    w->fd = fd;
+    snprintf(w->name, sizeof w->name, "%s", r->name);
+    snprintf(w->st.file, sizeof w->st.file, "%s", r->name);
+    w->file_seq = r->file_seq;
+    w->file_off = r->file_size;
+    w->file_created_ns = r->created_ns;
+    w->file_records = r->records_in_file;
+    w->file_bus_id = r->bus_id;
+    w->file_redaction = r->redaction;
+    w->have_file = 1;
+    return 0;
+}
+
+int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts *o,
+                      struct audit_resume *resume, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (o->queue_depth < 2 || o->queue_depth > 1024 || o->batch_bytes < 8192 ||
+        o->batch_bytes < AUDIT_HEADER_MAX + AUDIT_RECORD_MAX || !o->batch_events) {
+        snprintf(err, errlen, "writer: bad queue depth or batch size");
+        return -EINVAL;
+    }
+    struct audit_writer *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    w->o = *o;
+    w->fd = -1;
+    w->qd = o->queue_depth;
+    snprintf(w->dir, sizeof w->dir, "%s", o->dir);
+    snprintf(w->prefix, sizeof w->prefix, "%s", o->prefix);
+    snprintf(w->bus, sizeof w->bus, "%s", o->bus ? o->bus : "");
+    w->o.dir = w->dir;
+    w->o.prefix = w->prefix;
+    w->backoff_ns = o->retry_initial_ns;
+    int rc = audit_chain_init(&w->chain);
+    if (rc) {
+        snprintf(err, errlen, "libcrypto: cannot set up SHA-256");
+        goto err_free;
+    }
+    w->b = calloc(w->qd, sizeof *w->b);
+    if (!w->b) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto err_chain;
+    }
+    for (unsigned i = 0; i < w->qd; i++) {
+        /* Page-aligned: the kernel copies whole pages into the page cache. */
+        if (posix_memalign((void **)&w->b[i].buf, 4096, o->batch_bytes)) {
+            rc = -ENOMEM;
+            snprintf(err, errlen, "out of memory for %u batches of %zu bytes", w->qd,
+                     o->batch_bytes);
+            goto err_bufs;
+        }
+    }
+    /* Two SQEs per batch (write + linked fdatasync) plus the interval sync. */
+    rc = io_uring_queue_init(2 * w->qd + 2, &w->ring, 0);
+    if (rc < 0) {
+        snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
+        goto err_bufs;
+    }
+    w->ring_ok = 1;
+    rc = audit_recover(&w->chain, w->dir, w->prefix, resume, err, errlen);
+    if (rc)
+        goto err_ring;
+    if (resume->have_file && (rc = open_last_file(w, resume))) {
+        snprintf(err, errlen, "%s/%s: %s", w->dir, resume->name, strerror(-rc));
+        goto err_ring;
+    }
+    w->last_sync_ns = mono_ns();
+    *out = w;
+    return 0;
+err_ring:
+    io_uring_queue_exit(&w->ring);
+err_bufs:
+    for (unsigned i = 0; i < w->qd; i++)
+        free(w->b[i].buf);
+    free(w->b);
+err_chain:
+    audit_chain_free(&w->chain);
+err_free:
+    free(w);
+    return rc;
+}
+
+void audit_writer_close(struct audit_writer *w)
+{
+    if (!w)
+        return;
+    if (w->ring_ok) {
+        /* Whatever is still in flight must complete before the buffers go. */
+        while (w->inflight_ops) {
+            struct io_uring_cqe *cqe;
+            if (io_uring_wait_cqe(&w->ring, &cqe) < 0)
+                break;
+            io_uring_cqe_seen(&w->ring, cqe);
+            w->inflight_ops--;
+        }
+        io_uring_queue_exit(&w->ring);
+    }
+    if (w->fd >= 0)
+        close(w->fd);
+    for (unsigned i = 0; i < w->qd; i++)
+        free(w->b[i].buf);
+    free(w->b);
+    audit_chain_free(&w->chain);
+    free(w);
+}
+
+int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t cursor)
+{
+    w->bus_id = bus_id;
+    w->bus_set = 1;
+    if (!w->has_last_cursor) {
+        w->last_cursor = cursor;
+    }
+    if (!w->have_file)
+        return open_new_file(w, cursor);
+    if (w->file_bus_id != bus_id || w->file_redaction != w->o.redact.mode) {
+        cbus_log_info("%s belongs to bus id %016llx (redaction %s); continuing the chain in a "
+                      "new file for bus id %016llx (redaction %s)",
+                      w->name, (unsigned long long)w->file_bus_id,
+                      audit_redaction_name(w->file_redaction), (unsigned long long)bus_id,
+                      audit_redaction_name(w->o.redact.mode));
+        w->rotate_pending = 1;
+        /* The new header records the consumer's start, not the old bus's cursor. */
+        w->last_cursor = cursor;
+        w->has_last_cursor = 1;
+    }
+    return 0;
+}
+
+/* ---- appending ------------------------------------------------------------- */
+
+int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
+{
+    if (!w->have_file)
+        return -EAGAIN; /* the first file could not be created: service retries */
+    if (w->rotate_pending)
+        return -EAGAIN;
+    if (w->file_records &&
+        ((w->o.max_file_bytes && w->file_off >= w->o.max_file_bytes) ||
+         (w->o.max_file_age_ns && real_ns() - w->file_created_ns >= w->o.max_file_age_ns))) {
+        w->rotate_pending = 1;
+        finish_filling(w);
+        return -EAGAIN;
+    }
+    struct batch *b = filling(w);
+    if (b && (b->nrec >= w->o.batch_events || w->o.batch_bytes - b->len < AUDIT_RECORD_MAX)) {
+        b->state = B_READY;
+        b = NULL;
+    }
+    if (!b && !(b = take_batch(w)))
+        return -EAGAIN;
+    int n = audit_record_encode(&w->chain, ev, &w->o.redact, b->buf + b->len,
+                                w->o.batch_bytes - b->len);
+    if (n < 0)
+        return n; /* cannot happen: room was checked */
+    b->len += (size_t)n;
+    b->nrec++;
+    b->has_cursor = 1;
+    b->cursor = ev->event_id + 1;
+    w->last_cursor = b->cursor;
+    w->has_last_cursor = 1;
+    w->file_off += (uint64_t)n;
+    w->file_records++;
+    w->st.records++;
+    return 0;
+}
+
+/* ---- submission and completion ---------------------------------------------- */
+
+static int submit_batch(struct audit_writer *w, unsigned idx)
+{
+    struct batch *b = &w->b[idx];
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_write(sqe, w->fd, b->buf + b->done, (unsigned)(b->len - b->done),
+                        b->off + b->done);
+    io_uring_sqe_set_data64(sqe, (uint64_t)idx << 2 | OP_WRITE);
+    b->pending = 1;
+    b->wres = 0;
+    b->sres = 0;
+    if (w->o.sync == AUDIT_SYNC_BATCH) {
+        /* The fdatasync starts only after this write completed in full: a
+         * failed or short write cancels it (-ECANCELED). */
+        sqe->flags |= IOSQE_IO_LINK;
+        struct io_uring_sqe *s2 = io_uring_get_sqe(&w->ring);
+        if (!s2) {
+            /* Cannot happen: the ring has two SQEs per batch. Undo the link. */
+            sqe->flags &= (unsigned char)~IOSQE_IO_LINK;
+        } else {
+            io_uring_prep_fsync(s2, w->fd, IORING_FSYNC_DATASYNC);
+            io_uring_sqe_set_data64(s2, (uint64_t)idx << 2 | OP_SYNC);
+            b->pending = 2;
+        }
+    }
+    w->inflight_ops += b->pending;
+    b->state = B_INFLIGHT;
+    w->st.batches++;
+    return 0;
+}
+
+static void io_failed(struct audit_writer *w, struct batch *b, int err, const char *what)
+{
+    uint64_t now = mono_ns();
+    w->st.io_errors++;
+    b->state = B_READY;
+    if (!w->failing) {
+        w->failing = 1;
+        w->fail_since_ns = now;
+        w->backoff_ns = w->o.retry_initial_ns;
+        w->retries = 0;
+        cbus_log_error("%s %s/%s at offset %llu failed: %s; keeping the batch and retrying "
+                       "with backoff (up to %.1f s); the bus cursor is not advanced, so "
+                       "producers see at most the bus's bounded wait and counted drops",
+                       what, w->dir, w->name, (unsigned long long)(b->off + b->done),
+                       strerror(-err), (double)w->o.retry_max_ns / 1e9);
+    }
+    w->next_retry_ns = now + w->backoff_ns;
+    w->backoff_ns = w->backoff_ns * 2 > w->o.retry_max_ns ? w->o.retry_max_ns : w->backoff_ns * 2;
+}
+
+static void io_succeeded(struct audit_writer *w)
+{
+    if (w->failing) {
+        cbus_log_info("writes to %s/%s resumed after %.1f s (%llu retries)", w->dir, w->name,
+                      (double)(mono_ns() - w->fail_since_ns) / 1e9,
+                      (unsigned long long)w->retries);
+        w->failing = 0;
+        w->backoff_ns = w->o.retry_initial_ns;
+    }
+}
+
+static void batch_complete(struct audit_writer *w, struct batch *b)
+{
+    if (b->wres < 0) {
+        io_failed(w, b, b->wres, "write to");
+        return;
+    }
+    b->done += (size_t)b->wres;
+    if (b->done < b->len) {
+        /* Short write (e.g. the disk filled mid-batch): write the rest; a
+         * persisting error shows up on that attempt. */
+        b->state = B_READY;
+        return;
+    }
+    if (w->o.sync == AUDIT_SYNC_BATCH) {
+        if (b->sres < 0) {
+            b->done = 0; /* rewrite before syncing again (see writer.h) */
+            io_failed(w, b, b->sres, "fdatasync of");
+            return;
+        }
+        w->st.syncs++;
+        b->state = B_DURABLE;
+    } else {
+        b->state = B_WRITTEN;
+    }
+    w->st.bytes += b->len;
+    io_succeeded(w);
+}
+
+static void isync_complete(struct audit_writer *w)
+{
+    w->isync_inflight = 0;
+    for (unsigned i = 0; i < w->used; i++) {
+        struct batch *b = batch_at(w, i);
+        if (b->state != B_SYNCING)
+            continue;
+        if (w->isync_res < 0) {
+            b->done = 0;
+            io_failed(w, b, w->isync_res, "fdatasync of");
+        } else {
+            b->state = B_DURABLE;
+        }
+    }
+    if (w->isync_res >= 0) {
+        w->st.syncs++;
+        io_succeeded(w);
+    }
+}
+
+static void reap(struct audit_writer *w)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&w->ring, head, cqe) {
+        n++;
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        unsigned op = (unsigned)(ud & 3u), idx = (unsigned)(ud >> 2);
+        w->inflight_ops--;
+        if (op == OP_ISYNC) {
+            w->isync_res = cqe->res;
+            isync_complete(w);
+            continue;
+        }
+        if (idx >= w->qd)
+            continue;
+        struct batch *b = &w->b[idx];
+        if (op == OP_WRITE)
+            b->wres = cqe->res;
+        else
+            b->sres = cqe->res;
+        if (--b->pending == 0)
+            batch_complete(w, b);
+    }
+    io_uring_cq_advance(&w->ring, n);
+}
+
+/* Frees durable batches from the oldest on; their cursor becomes durable. */
+static void retire(struct audit_writer *w)
+{
+    while (w->used) {
+        struct batch *b = batch_at(w, 0);
+        if (b->state != B_DURABLE)
+            break;
+        if (b->has_cursor) {
+            w->durable_cursor = b->cursor;
+            w->has_durable_cursor = 1;
+        }
+        w->st.durable_records += b->nrec;
+        b->state = B_FREE;
+        w->head = (w->head + 1) % w->qd;
+        w->used--;
+    }
+}
+
+static void submit_ready(struct audit_writer *w, uint64_t now)
+{
+    if (w->failing && (now < w->next_retry_ns || w->inflight_ops))
+        return;
+    for (unsigned i = 0; i < w->used; i++) {
+        struct batch *b = batch_at(w, i);
+        if (b->state != B_READY)
+            continue;
+        if (submit_batch(w, (unsigned)(b - w->b)))
+            break;
+        if (w->failing) {
+            w->retries++;
+            break; /* one probe at a time while the disk is failing */
+        }
+    }
+}
+
+static void maybe_interval_sync(struct audit_writer *w, uint64_t now, int urgent)
+{
+    if (w->o.sync != AUDIT_SYNC_INTERVAL || w->isync_inflight)
+        return;
+    if (!urgent && now - w->last_sync_ns < w->o.sync_interval_ns)
+        return;
+    int any = 0;
+    for (unsigned i = 0; i < w->used; i++)
+        any |= batch_at(w, i)->state == B_WRITTEN;
+    if (!any)
+        return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (!sqe)
+        return;
+    /* Covers every write that has completed; later ones wait for the next. */
+    io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
+    io_uring_sqe_set_data64(sqe, OP_ISYNC);
+    for (unsigned i = 0; i < w->used; i++) {
+        struct batch *b = batch_at(w, i);
+        if (b->state == B_WRITTEN)
+            b->state = B_SYNCING;
+    }
+    w->isync_inflight = 1;
+    w->inflight_ops++;
+    w->last_sync_ns = now;
+}
+
+int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
+{
+    uint64_t now = mono_ns();
+    if (!w->have_file && w->bus_set) {
+        if (w->failing && now < w->next_retry_ns)
+            goto wait;
+        int rc = open_new_file(w, w->last_cursor);
+        if (rc) {
+            struct batch dummy = {0};
+            io_failed(w, &dummy, rc, "creating a file in");
+            goto wait;
+        }
+    }
+    /* A rotation waits until the old file is entirely durable, so a file's
+     * records never depend on a later file's state. */
+    if (w->rotate_pending) {
+        finish_filling(w);
+        if (w->used == 0 && !w->isync_inflight) {
+            w->rotate_pending = 0;
+            w->st.rotations++;
+            int rc = open_new_file(w, w->last_cursor);
+            if (rc) {
+                /* Keep writing to the old file rather than stop. */
+                cbus_log_error("rotation failed (%s); continuing in %s", strerror(-rc), w->name);
+            }
+        }
+    }
+    submit_ready(w, now);
+    /* A rotation drains: sync at once rather than at the next interval. */
+    maybe_interval_sync(w, now, w->rotate_pending);
+    if (io_uring_sq_ready(&w->ring)) {
+        int rc = io_uring_submit(&w->ring);
+        if (rc < 0 && rc != -EAGAIN && rc != -EINTR)
+            return rc;
+    }
+wait:
+    reap(w);
+    if (wait_ns && w->inflight_ops && !io_uring_cq_ready(&w->ring)) {
+        struct __kernel_timespec ts = {(long long)(wait_ns / 1000000000u),
+                                       (long long)(wait_ns % 1000000000u)};
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe_timeout(&w->ring, &cqe, &ts);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN)
+            return rc;
+        reap(w);
+    } else if (wait_ns && !w->inflight_ops && (w->failing || w->o.sync == AUDIT_SYNC_INTERVAL)) {
+        /* Nothing in flight: sleep toward the next retry or sync time. */
+        uint64_t due = w->failing ? w->next_retry_ns : w->last_sync_ns + w->o.sync_interval_ns;
+        uint64_t left = due > now ? due - now : 0;
+        if (left > wait_ns)
+            left = wait_ns;
+        if (left) {
+            struct timespec ts = {(time_t)(left / 1000000000u), (long)(left % 1000000000u)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    retire(w);
+    return 0;
+}
+
+uint64_t audit_writer_durable_cursor(const struct audit_writer *w, int *valid)
+{
+    *valid = w->has_durable_cursor;
+    return w->durable_cursor;
+}
+
+int audit_writer_idle(const struct audit_writer *w)
+{
+    return w->used == 0 && w->inflight_ops == 0 && !w->rotate_pending;
+}
+
+int audit_writer_failing(const struct audit_writer *w)
+{
+    return w->failing;
+}
+
+void audit_writer_stats(const struct audit_writer *w, struct audit_writer_stats *out)
+{
+    *out = w->st;
+    out->failing = w->failing;
+}
