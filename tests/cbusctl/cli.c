@@ -544,10 +544,14 @@ Test(cbusctl_cli, evict_sigkilled_consumer)
     cr_assert(strstr(rr.err, "evicted"), "%s", rr.err);
 }
 
-Test(cbusctl_cli, stat_shows_producer_table)
+Test(cbusctl_cli, stat_shows_producers_and_lossless_consumer)
 {
     CTL("create", bus, "--capacity", "1024");
     ASSERT_EXIT(0);
+    /* A lossless consumer that reads nothing: it gates producers and lags. */
+    cbus_consumer *keeper;
+    struct cbus_consumer_opts co = {.name = "keeper", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&keeper, bus, &co), 0);
     cbus_producer *p;
     struct cbus_producer_opts po = {.name = "testprod"};
     cr_assert_eq(cbus_producer_open(&p, bus, &po), 0);
@@ -568,11 +572,21 @@ Test(cbusctl_cli, stat_shows_producer_table)
     cr_assert_eq(jnum(found, "pid"), getpid());
     cr_assert_eq(jnum(found, "dropped"), 0);
     cr_assert_leq(jnum(found, "emitted"), 3);
+    cJSON *k = find_consumer(j, "keeper");
+    cr_assert(k, "%s", rr.out);
+    cr_assert_str_eq(jstr(k, "mode"), "lossless");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k, "tethered")), "%s", rr.out);
+    cr_assert_eq(jnum(k, "lag"), 3);
+    cr_assert_eq(jnum(k, "consumed"), 0);
+    cr_assert_eq(jnum(k, "pid"), getpid());
+    cr_assert_eq(jnum(j, "tethered_consumers"), 1);
     cJSON_Delete(j);
     CTL("stat", bus);
     ASSERT_EXIT(0);
     cr_assert(strstr(rr.out, "testprod"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "lossless"), "%s", rr.out);
     cbus_producer_close(p);
+    cbus_consumer_detach(keeper);
 }
 
 Test(cbusctl_cli, stat_watch_json_until_sigint)
