@@ -1,0 +1,295 @@
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "daemon.h"
+
+#define CKPT_MAGIC   "CBUSCOST"
+#define CKPT_VERSION 1u
+/* Changes whenever a struct written raw changes size. */
+#define CKPT_STAMP                                                                     \
+    ((uint32_t)(sizeof(struct cost_counters) * 31u + sizeof(struct cost_budget_state) * 7u + \
+                sizeof(struct cost_anomalies) * 3u + COST_HIST_BUCKETS * 131u +        \
+                COST_TOK__COUNT * 1009u + COST_MARKS_MAX))
+
+static void put(struct sbuf *b, const void *p, size_t n)
+{
+    sbuf_add(b, p, n);
+}
+static void put_u64(struct sbuf *b, uint64_t v)
+{
+    put(b, &v, sizeof v);
+}
+
+static void put_hist(struct sbuf *b, const struct cost_hist *h)
+{
+    put_u64(b, h->count);
+    put_u64(b, h->min_ns);
+    put_u64(b, h->max_ns);
+    put(b, &h->sum_ns, sizeof h->sum_ns);
+    put(b, h->prom, sizeof h->prom);
+    uint32_t nz = 0;
+    for (unsigned i = 0; i < COST_HIST_BUCKETS; i++)
+        nz += h->b[i] != 0;
+    put(b, &nz, sizeof nz);
+    for (unsigned i = 0; i < COST_HIST_BUCKETS; i++)
+        if (h->b[i]) {
+            uint16_t idx = (uint16_t)i;
+            put(b, &idx, sizeof idx);
+            put_u64(b, h->b[i]);
+        }
+}
+
+static void put_lat(struct sbuf *b, const struct cost_latency *l)
+{
+    put_hist(b, &l->duration);
+    put_hist(b, &l->ttft);
+}
+
+int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t now_realtime_ns,
+                         const char *path, struct sbuf *b)
+{
+    sbuf_reset(b);
+    uint32_t ver = CKPT_VERSION, stamp = CKPT_STAMP;
+    put(b, CKPT_MAGIC, 8);
+    put(b, &ver, 4);
+    put(b, &stamp, 4);
+    put_u64(b, bus_id);
+    put_u64(b, l->cursor);
+    put_u64(b, now_realtime_ns);
+    put_u64(b, l->events);
+    put_u64(b, l->models.n);
+    put_u64(b, l->users.n);
+    put_u64(b, l->sessions.n);
+    put(b, &l->total, sizeof l->total);
+    put_lat(b, &l->total_lat);
+    put(b, &l->global_b, sizeof l->global_b);
+    put(b, &l->an, sizeof l->an);
+    put(b, &l->model_overflow.c, sizeof l->model_overflow.c);
+    put_lat(b, &l->model_overflow.lat);
+    put(b, &l->user_overflow.c, sizeof l->user_overflow.c);
+    for (size_t i = 0; i < l->models.n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(&l->models, i);
+        put(b, cost_ktab_key_at(&l->models, i), COST_MODEL_KEY);
+        put(b, &m->c, sizeof m->c);
+        put_lat(b, &m->lat);
+    }
+    for (size_t i = 0; i < l->users.n; i++) {
+        const struct cost_user *u = cost_ktab_val_at(&l->users, i);
+        put(b, cost_ktab_key_at(&l->users, i), COST_USER_KEY);
+        put(b, &u->c, sizeof u->c);
+        put(b, &u->b, sizeof u->b);
+    }
+    for (size_t i = 0; i < l->sessions.n; i++) {
+        const struct cost_session *s = cost_ktab_val_at(&l->sessions, i);
+        put(b, cost_ktab_key_at(&l->sessions, i), COST_SESSION_KEY);
+        put(b, &s->c, sizeof s->c);
+        put(b, &s->b, sizeof s->b);
+    }
+    if (b->failed)
+        return -ENOMEM;
+    uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)b->data, (uInt)b->len);
+    put(b, &crc, sizeof crc);
+    if (b->failed)
+        return -ENOMEM;
+    return cbus_write_file_atomic(path, b->data, b->len);
+}
+
+/* ---- loading: every length is checked against what is left -------------- */
+
+struct rd {
+    const unsigned char *p;
+    size_t left;
+    int bad;
+};
+
+static void get(struct rd *r, void *out, size_t n)
+{
+    if (r->bad || r->left < n) {
+        r->bad = 1;
+        memset(out, 0, n);
+        return;
+    }
+    memcpy(out, r->p, n);
+    r->p += n;
+    r->left -= n;
+}
+static uint64_t get_u64(struct rd *r)
+{
+    uint64_t v;
+    get(r, &v, sizeof v);
+    return v;
+}
+
+static void get_hist(struct rd *r, struct cost_hist *h)
+{
+    memset(h, 0, sizeof *h);
+    h->count = get_u64(r);
+    h->min_ns = get_u64(r);
+    h->max_ns = get_u64(r);
+    get(r, &h->sum_ns, sizeof h->sum_ns);
+    get(r, h->prom, sizeof h->prom);
+    uint32_t nz;
+    get(r, &nz, sizeof nz);
+    if (nz > COST_HIST_BUCKETS) {
+        r->bad = 1;
+        return;
+    }
+    for (uint32_t i = 0; i < nz && !r->bad; i++) {
+        uint16_t idx;
+        get(r, &idx, sizeof idx);
+        uint64_t v = get_u64(r);
+        if (idx >= COST_HIST_BUCKETS) {
+            r->bad = 1;
+            return;
+        }
+        h->b[idx] = v;
+    }
+}
+
+static void get_lat(struct rd *r, struct cost_latency *l)
+{
+    get_hist(r, &l->duration);
+    get_hist(r, &l->ttft);
+}
+
+static char *read_all(const char *path, size_t *len, int *rc)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *rc = -errno;
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            *rc = -ENOMEM;
+            return NULL;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb)
+            free(buf);
+        buf = nb;
+        cap *= 2;
+    }
+    int e = ferror(f);
+    fclose(f);
+    if (e) {
+        free(buf);
+        *rc = -EIO;
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *path, char *err,
+                         size_t errlen)
+{
+    int rc = 0;
+    size_t len;
+    char *buf = read_all(path, &len, &rc);
+    if (!buf) {
+        if (rc != -ENOENT)
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    rc = -EBADMSG;
+    if (len < 8 + 4 + 4 + 4 || memcmp(buf, CKPT_MAGIC, 8)) {
+        snprintf(err, errlen, "%s: not a cbus-cost checkpoint", path);
+        goto out;
+    }
+    uint32_t crc;
+    memcpy(&crc, buf + len - 4, 4);
+    if (crc != (uint32_t)crc32(0L, (const Bytef *)buf, (uInt)(len - 4))) {
+        snprintf(err, errlen, "%s: checksum mismatch (corrupt checkpoint)", path);
+        goto out;
+    }
+    struct rd r = {(const unsigned char *)buf + 8, len - 8 - 4, 0};
+    uint32_t ver, stamp;
+    get(&r, &ver, 4);
+    get(&r, &stamp, 4);
+    if (ver != CKPT_VERSION || stamp != CKPT_STAMP) {
+        snprintf(err, errlen,
+                 "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
+                 "this build %u, %08x)", path, ver, stamp, CKPT_VERSION, CKPT_STAMP);
+        rc = -EPROTO;
+        goto out;
+    }
+    *bus_id = get_u64(&r);
+    l->cursor = get_u64(&r);
+    (void)get_u64(&r); /* saved_realtime_ns: informational */
+    l->events = get_u64(&r);
+    uint64_t nm = get_u64(&r), nu = get_u64(&r), ns = get_u64(&r);
+    get(&r, &l->total, sizeof l->total);
+    get_lat(&r, &l->total_lat);
+    get(&r, &l->global_b, sizeof l->global_b);
+    get(&r, &l->an, sizeof l->an);
+    get(&r, &l->model_overflow.c, sizeof l->model_overflow.c);
+    get_lat(&r, &l->model_overflow.lat);
+    get(&r, &l->user_overflow.c, sizeof l->user_overflow.c);
+    struct {
+        struct cost_ktab *t;
+        uint64_t n;
+    } tabs[3] = {{&l->models, nm}, {&l->users, nu}, {&l->sessions, ns}};
+    for (unsigned t = 0; t < 3 && !r.bad; t++) {
+        struct cost_ktab *kt = tabs[t].t;
+        if (tabs[t].n > kt->max_entries) {
+            snprintf(err, errlen, "%s: holds %llu entries, more than the configured maximum %zu "
+                     "(raise max_models/max_users/max_sessions)", path,
+                     (unsigned long long)tabs[t].n, kt->max_entries);
+            rc = -EOVERFLOW;
+            goto out;
+        }
+        for (uint64_t i = 0; i < tabs[t].n && !r.bad; i++) {
+            unsigned char key[COST_MODEL_KEY];
+            get(&r, key, kt->key_size);
+            if (r.bad)
+                break;
+            uint64_t h = cost_key_hash(key, kt->key_size);
+            if (cost_ktab_find(kt, key, h) >= 0) {
+                r.bad = 1;
+                break;
+            }
+            long idx = cost_ktab_insert(kt, key, h);
+            if (idx < 0) {
+                snprintf(err, errlen, "%s: %s", path, strerror((int)-idx));
+                rc = (int)idx;
+                goto out;
+            }
+            void *v = cost_ktab_val_at(kt, (size_t)idx);
+            if (t == 0) {
+                struct cost_model *m = v;
+                get(&r, &m->c, sizeof m->c);
+                get_lat(&r, &m->lat);
+            } else if (t == 1) {
+                struct cost_user *u = v;
+                get(&r, &u->c, sizeof u->c);
+                get(&r, &u->b, sizeof u->b);
+            } else {
+                struct cost_session *s = v;
+                get(&r, &s->c, sizeof s->c);
+                get(&r, &s->b, sizeof s->b);
+            }
+        }
+    }
+    if (r.bad || r.left) {
+        snprintf(err, errlen, "%s: truncated or inconsistent checkpoint", path);
+        goto out;
+    }
+    cost_ledger_rebind(l);
+    rc = 0;
+out:
+    free(buf);
+    return rc;
+}

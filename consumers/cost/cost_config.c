@@ -1,0 +1,370 @@
+#include "cost_config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cbus/cbus.h>
+
+#include "config.h"
+
+static void defaults(struct cost_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->consumer, sizeof c->consumer, "cost");
+    snprintf(c->prices_file, sizeof c->prices_file, "model_prices_and_context_window.json");
+    snprintf(c->state_dir, sizeof c->state_dir, "/tmp/cbus-cost-%%b");
+    c->checkpoint_interval_ns = UINT64_C(2000000000);
+    c->snapshot_interval_ns = UINT64_C(1000000000);
+    c->session_ttl_ns = 7 * COST_DAY_NS;
+    c->max_users = 100000;
+    c->max_sessions = 100000;
+    c->max_models = 10000;
+    c->snapshot_max_sessions = 1000;
+    c->prom_users = 1;
+    c->webhook_timeout_ns = UINT64_C(5000000000);
+    c->global_idx = c->user_default_idx = c->session_default_idx = -1;
+}
+
+int cost_parse_period(const char *s, uint32_t *days)
+{
+    if (!strcmp(s, "none") || !strcmp(s, "0")) {
+        *days = 0;
+        return 0;
+    }
+    char *end;
+    unsigned long d = strtoul(s, &end, 10);
+    if (end == s || strcmp(end, "d") || d == 0 || d > 3660)
+        return -EINVAL;
+    *days = (uint32_t)d;
+    return 0;
+}
+
+/* Joins a relative path onto base_dir. */
+static int set_path(char *dst, size_t dstlen, const char *base_dir, const char *v)
+{
+    int n;
+    if (v[0] == '/' || !base_dir || !base_dir[0])
+        n = snprintf(dst, dstlen, "%s", v);
+    else
+        n = snprintf(dst, dstlen, "%s/%s", base_dir, v);
+    return n < 0 || (size_t)n >= dstlen ? -ENAMETOOLONG : 0;
+}
+
+static int parse_thresholds(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                            uint32_t *pcts, unsigned *n, char *err, size_t errlen)
+{
+    *n = 0;
+    const char *p = e->value;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        char *end;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p || v == 0 || v > 1000 || (*end && *end != ',' && *end != ' ' && *end != '%'))
+            return cbus_cfg_error(cfg, e, err, errlen,
+                                  "'%s' is not a list of percentages 1..1000 (e.g. 50,80,100)",
+                                  e->value);
+        if (*n == COST_MARKS_MAX - 2)
+            return cbus_cfg_error(cfg, e, err, errlen, "at most %d thresholds", COST_MARKS_MAX - 2);
+        pcts[(*n)++] = (uint32_t)v;
+        p = end;
+        if (*p == '%')
+            p++;
+    }
+    if (*n == 0)
+        return cbus_cfg_error(cfg, e, err, errlen, "empty threshold list");
+    return 0;
+}
+
+/* One [budget.global] / [budget.user.NAME] / [budget.session.NAME] section:
+ * the entries from index first on that share its section name. */
+static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_t first,
+                        char *err, size_t errlen)
+{
+    const struct cbus_cfg_entry *e0 = &cfg->entries[first];
+    const char *sec = e0->section;
+    struct cost_budget b;
+    memset(&b, 0, sizeof b);
+    b.line = e0->line;
+    b.period_days = 1;
+    const char *who;
+    if (!strcmp(sec, "budget.global")) {
+        b.scope = COST_SCOPE_GLOBAL;
+        who = "*";
+    } else if (!strncmp(sec, "budget.user.", 12)) {
+        b.scope = COST_SCOPE_USER;
+        who = sec + 12;
+    } else if (!strncmp(sec, "budget.session.", 15)) {
+        b.scope = COST_SCOPE_SESSION;
+        who = sec + 15;
+    } else {
+        return cbus_cfg_error(cfg, e0, err, errlen,
+                              "unknown section [%s] (want budget.global, budget.user.NAME or "
+                              "budget.session.NAME; NAME * is the default)", sec);
+    }
+    size_t maxkey = b.scope == COST_SCOPE_USER ? CBUS_USER_LEN : CBUS_SESSION_LEN;
+    if (!*who || strlen(who) > maxkey)
+        return cbus_cfg_error(cfg, e0, err, errlen, "[%s]: id must be 1..%zu characters", sec,
+                              maxkey);
+    snprintf(b.key, sizeof b.key, "%s", who);
+    uint32_t pcts[COST_MARKS_MAX];
+    unsigned n_pcts = 0;
+    int have_pcts = 0, have_limit = 0;
+    double soft = 0, limit = 0;
+    const struct cbus_cfg_entry *soft_e = NULL;
+    for (size_t i = first; i < cfg->count; i++) {
+        const struct cbus_cfg_entry *e = &cfg->entries[i];
+        if (strcmp(e->section, sec))
+            continue;
+        int r = 0;
+        if (!strcmp(e->key, "limit_usd")) {
+            r = cbus_cfg_double(cfg, e, 1e-9, 1e12, &limit, err, errlen);
+            have_limit = 1;
+        } else if (!strcmp(e->key, "soft_usd")) {
+            r = cbus_cfg_double(cfg, e, 1e-9, 1e12, &soft, err, errlen);
+            soft_e = e;
+        } else if (!strcmp(e->key, "period")) {
+            if (cost_parse_period(e->value, &b.period_days))
+                r = cbus_cfg_error(cfg, e, err, errlen,
+                                   "'%s' is not a period (1d, 7d, 30d, Nd or none)", e->value);
+        } else if (!strcmp(e->key, "thresholds")) {
+            r = parse_thresholds(cfg, e, pcts, &n_pcts, err, errlen);
+            have_pcts = 1;
+        } else {
+            r = cbus_cfg_error(cfg, e, err, errlen,
+                               "unknown key (want limit_usd, soft_usd, period, thresholds)");
+        }
+        if (r)
+            return r;
+    }
+    if (!have_limit)
+        return cbus_cfg_error(cfg, e0, err, errlen, "[%s] needs limit_usd", sec);
+    cost_usd_to_pico(limit, 1e12, &b.limit_pico);
+    if (soft_e) {
+        cost_usd_to_pico(soft, 1e12, &b.soft_pico);
+        if (b.soft_pico >= b.limit_pico)
+            return cbus_cfg_error(cfg, soft_e, err, errlen, "soft_usd must be below limit_usd");
+    }
+    if (cost_budget_build(&b, have_pcts ? pcts : NULL, n_pcts))
+        return cbus_cfg_error(cfg, e0, err, errlen, "too many thresholds");
+    for (size_t i = 0; i < c->n_budgets; i++)
+        if (c->budgets[i].scope == b.scope && !strcmp(c->budgets[i].key, b.key))
+            return cbus_cfg_error(cfg, e0, err, errlen, "[%s] given twice", sec);
+    struct cost_budget *nb = realloc(c->budgets, (c->n_budgets + 1) * sizeof *nb);
+    if (!nb) {
+        snprintf(err, errlen, "%s: out of memory", cfg->path);
+        return -ENOMEM;
+    }
+    c->budgets = nb;
+    long idx = (long)c->n_budgets;
+    c->budgets[c->n_budgets++] = b;
+    if (b.scope == COST_SCOPE_GLOBAL)
+        c->global_idx = idx;
+    else if (!strcmp(b.key, "*"))
+        *(b.scope == COST_SCOPE_USER ? &c->user_default_idx : &c->session_default_idx) = idx;
+    return 0;
+}
+
+static int parse_listen(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                        struct cost_config *c, char *err, size_t errlen)
+{
+    const char *colon = strrchr(e->value, ':');
+    if (!colon || colon == e->value)
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s': want HOST:PORT (127.0.0.1:9464)",
+                              e->value);
+    char host[64];
+    size_t hl = (size_t)(colon - e->value);
+    if (hl >= sizeof host)
+        return cbus_cfg_error(cfg, e, err, errlen, "host too long");
+    memcpy(host, e->value, hl);
+    host[hl] = '\0';
+    char *end;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || port > 65535)
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s': port must be 0..65535", colon + 1);
+    if (!strcmp(host, "localhost"))
+        snprintf(host, sizeof host, "127.0.0.1");
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127)
+        return cbus_cfg_error(cfg, e, err, errlen,
+                              "'%s': metrics are served on loopback only (127.0.0.0/8)", host);
+    snprintf(c->http_host, sizeof c->http_host, "%s", host);
+    c->http_port = (unsigned)port;
+    return 0;
+}
+
+int cost_config_parse(struct cost_config *c, const char *name, const char *text,
+                      const char *base_dir, char *err, size_t errlen)
+{
+    defaults(c);
+    struct cbus_cfg cfg;
+    int r = cbus_cfg_parse(&cfg, name, text, err, errlen);
+    if (r)
+        return r;
+    static const char *const starts[] = {"oldest", "newest", NULL};
+    for (size_t i = 0; i < cfg.count && !r; i++) {
+        const struct cbus_cfg_entry *e = &cfg.entries[i];
+        const char *s = e->section, *k = e->key;
+        if (!strncmp(s, "budget.", 7)) {
+            /* Parse each budget section once, at its first entry. */
+            int seen = 0;
+            for (size_t j = 0; j < i && !seen; j++)
+                seen = !strcmp(cfg.entries[j].section, s);
+            if (!seen)
+                r = parse_budget(c, &cfg, i, err, errlen);
+        } else if (!strcmp(s, "bus") && !strcmp(k, "name")) {
+            if (cbus_name_valid(e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid bus name", e->value);
+            else
+                snprintf(c->bus, sizeof c->bus, "%s", e->value);
+        } else if (!strcmp(s, "bus") && !strcmp(k, "consumer")) {
+            if (cbus_name_valid(e->value) || strlen(e->value) >= sizeof c->consumer)
+                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid consumer name (1..%zu of [A-Za-z0-9_.-])",
+                                   e->value, sizeof c->consumer - 1);
+            else
+                snprintf(c->consumer, sizeof c->consumer, "%s", e->value);
+        } else if (!strcmp(s, "bus") && !strcmp(k, "start")) {
+            r = cbus_cfg_choice(&cfg, e, starts, &c->start_newest, err, errlen);
+        } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
+            if (set_path(c->prices_file, sizeof c->prices_file, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+        } else if (!strcmp(s, "prices") && !strcmp(k, "overrides")) {
+            if (set_path(c->overrides_file, sizeof c->overrides_file, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+        } else if (!strcmp(s, "state") && !strcmp(k, "dir")) {
+            if (set_path(c->state_dir, sizeof c->state_dir, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+        } else if (!strcmp(s, "state") && !strcmp(k, "checkpoint_interval")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->checkpoint_interval_ns, err, errlen);
+            if (!r && (c->checkpoint_interval_ns < 10000000 || c->checkpoint_interval_ns > 3600 * UINT64_C(1000000000)))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 10ms and 1h");
+        } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_interval")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->snapshot_interval_ns, err, errlen);
+            if (!r && (c->snapshot_interval_ns < 10000000 || c->snapshot_interval_ns > 3600 * UINT64_C(1000000000)))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 10ms and 1h");
+        } else if (!strcmp(s, "state") && !strcmp(k, "session_ttl")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->session_ttl_ns, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "max_users")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_users, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "max_sessions")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_sessions, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "max_models")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 1000000, &c->max_models, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_max_sessions")) {
+            r = cbus_cfg_u64(&cfg, e, 0, 10000000, &c->snapshot_max_sessions, err, errlen);
+        } else if (!strcmp(s, "prometheus") && !strcmp(k, "textfile")) {
+            if (set_path(c->prom_textfile, sizeof c->prom_textfile, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+        } else if (!strcmp(s, "prometheus") && !strcmp(k, "users")) {
+            r = cbus_cfg_bool(&cfg, e, &c->prom_users, err, errlen);
+        } else if (!strcmp(s, "prometheus") && !strcmp(k, "listen")) {
+            r = parse_listen(&cfg, e, c, err, errlen);
+        } else if (!strcmp(s, "webhook") && !strcmp(k, "url")) {
+            if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not an http:// or https:// URL",
+                                   e->value);
+            else if (strlen(e->value) >= sizeof c->webhook_url)
+                r = cbus_cfg_error(&cfg, e, err, errlen, "URL too long");
+            else
+                snprintf(c->webhook_url, sizeof c->webhook_url, "%s", e->value);
+        } else if (!strcmp(s, "webhook") && !strcmp(k, "timeout")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->webhook_timeout_ns, err, errlen);
+            if (!r && (c->webhook_timeout_ns < 1000000 || c->webhook_timeout_ns > 600 * UINT64_C(1000000000)))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 1ms and 10m");
+        } else {
+            static const char *const known[] = {"bus", "prices", "state", "prometheus", "webhook", NULL};
+            int sec_known = 0;
+            for (unsigned j = 0; known[j]; j++)
+                sec_known |= !strcmp(s, known[j]);
+            r = sec_known ? cbus_cfg_error(&cfg, e, err, errlen, "unknown key")
+                          : cbus_cfg_error(&cfg, e, err, errlen, "unknown section [%s]", s);
+        }
+    }
+    /* The default price table sits beside the config file. */
+    int prices_given = 0;
+    for (size_t i = 0; i < cfg.count; i++)
+        prices_given |= !strcmp(cfg.entries[i].section, "prices") && !strcmp(cfg.entries[i].key, "file");
+    if (!r && !prices_given)
+        set_path(c->prices_file, sizeof c->prices_file, base_dir, "model_prices_and_context_window.json");
+    cbus_cfg_free(&cfg);
+    if (r)
+        cost_config_free(c);
+    return r;
+}
+
+int cost_config_load(struct cost_config *c, const char *path, char *err, size_t errlen)
+{
+    if (!path) {
+        defaults(c);
+        return 0;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    struct sbuf_like {
+        char *d;
+        size_t n, cap;
+    } b = {NULL, 0, 0};
+    char chunk[4096];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (b.n + got + 1 > b.cap) {
+            size_t cap = (b.cap ? b.cap : 8192) * 2 + got;
+            char *d = realloc(b.d, cap);
+            if (!d) {
+                free(b.d);
+                fclose(f);
+                snprintf(err, errlen, "%s: out of memory", path);
+                return -ENOMEM;
+            }
+            b.d = d;
+            b.cap = cap;
+        }
+        memcpy(b.d + b.n, chunk, got);
+        b.n += got;
+    }
+    fclose(f);
+    if (!b.d) {
+        b.d = strdup("");
+        if (!b.d)
+            return -ENOMEM;
+    }
+    b.d[b.n] = '\0';
+    char dir[COST_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    int r = cost_config_parse(c, path, b.d, dirname(dir), err, errlen);
+    free(b.d);
+    return r;
+}
+
+static void expand_bus(char *s, size_t len, const char *bus)
+{
+    char *p = strstr(s, "%b");
+    if (!p)
+        return;
+    char out[COST_PATH_MAX];
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(p - s), s, bus, p + 2);
+    snprintf(s, len, "%s", out);
+}
+
+void cost_config_finish(struct cost_config *c)
+{
+    expand_bus(c->state_dir, sizeof c->state_dir, c->bus);
+    expand_bus(c->prom_textfile, sizeof c->prom_textfile, c->bus);
+}
+
+void cost_config_free(struct cost_config *c)
+{
+    free(c->budgets);
+    c->budgets = NULL;
+    c->n_budgets = 0;
+}

@@ -1,0 +1,572 @@
+#include "daemon_loop.h"
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "cost_config.h"
+#include "daemon.h"
+#include "http.h"
+#include "ledger.h"
+#include "log.h"
+#include "prices.h"
+#include "render.h"
+#include "sbuf.h"
+#include "webhook.h"
+
+#define BATCH 512
+#define SEC   UINT64_C(1000000000)
+
+struct daemon {
+    struct cost_config cfg;
+    struct cost_price_table *prices;
+    struct cost_ledger led;
+    cbus_consumer *c;
+    cbus_bus *bus;            /* borrowed from the consumer */
+    unsigned writer;
+    int have_writer;
+    uint64_t bus_id;
+    struct cost_webhook *hook;
+    struct cost_http *http;
+    uint64_t alerts;
+    uint64_t ckpt_cursor;     /* cursor of the last durable checkpoint */
+    char ckpt_path[COST_PATH_MAX + 32];
+    char snap_path[COST_PATH_MAX + 32];
+    struct sbuf ckbuf, json, prom;
+};
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
+}
+
+static unsigned admit_scope(unsigned scope)
+{
+    return scope == COST_SCOPE_GLOBAL ? CBUS_SCOPE_GLOBAL
+           : scope == COST_SCOPE_USER ? CBUS_SCOPE_USER
+                                      : CBUS_SCOPE_SESSION;
+}
+
+/* Verdict lapses at the end of the period on the bus's clock, so even a
+ * daemon that stalls past midnight does not keep a user blocked. */
+static uint64_t verdict_until(const struct cost_budget *b, uint64_t period_end_day)
+{
+    if (!b->period_days || period_end_day == 0 || period_end_day == UINT64_MAX)
+        return 0;
+    uint64_t end = period_end_day * COST_DAY_NS, now = real_ns();
+    uint64_t left = end > now ? end - now : SEC;
+    return cbus_now_ns() + left;
+}
+
+static void publish_verdict(struct daemon *d, unsigned scope, const char *key, unsigned verdict,
+                            uint64_t until)
+{
+    if (!d->have_writer)
+        return;
+    int r = cbus_admit_publish(d->bus, d->writer, admit_scope(scope), key, verdict, until);
+    if (r)
+        cbus_log_error("admission verdict for %s %s: %s", cost_scope_name(scope), key,
+                       cbus_strerror(r));
+}
+
+static void on_alert(void *arg, const struct cost_alert *a)
+{
+    struct daemon *d = arg;
+    char spent[64], limit[64], start[32], end[32];
+    cost_pico_format_usd(spent, sizeof spent, a->spent_pico);
+    cost_pico_format_usd(limit, sizeof limit, a->limit_pico);
+    cost_format_time(start, sizeof start, a->period_start_day * COST_DAY_NS);
+    if (a->period_end_day == UINT64_MAX)
+        snprintf(end, sizeof end, "never");
+    else
+        cost_format_time(end, sizeof end, a->period_end_day * COST_DAY_NS);
+    const char *scope = cost_scope_name(a->scope);
+    static const char *const kinds[] = {"threshold", "soft_budget", "budget_exceeded",
+                                        "budget_reset"};
+    char period[16];
+    if (a->budget->period_days)
+        snprintf(period, sizeof period, "%ud", a->budget->period_days);
+    else
+        snprintf(period, sizeof period, "none");
+    switch (a->kind) {
+    case COST_ALERT_THRESHOLD:
+    case COST_ALERT_SOFT:
+        cbus_log_warn("budget %s %s: %s %u%% reached: spent %s of %s USD (period %s from %s)",
+                      scope, a->key, a->kind == COST_ALERT_SOFT ? "soft budget" : "threshold",
+                      a->pct, spent, limit, period, start);
+        break;
+    case COST_ALERT_EXCEEDED:
+        cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
+                      "admission verdict published until %s", scope, a->key, spent, limit, period,
+                      start, end);
+        publish_verdict(d, a->scope, a->key, CBUS_BUDGET_EXCEEDED,
+                        verdict_until(a->budget, a->period_end_day));
+        break;
+    case COST_ALERT_RESET:
+        cbus_log_info("budget %s %s: new period, verdict cleared (previous period spent %s USD)",
+                      scope, a->key, spent);
+        publish_verdict(d, a->scope, a->key, CBUS_ALLOW, 0);
+        break;
+    }
+    d->alerts++;
+    if (d->hook) {
+        struct sbuf b;
+        sbuf_init(&b);
+        sbuf_printf(&b, "{\"source\":\"cbus-cost\",\"event\":\"%s\",\"scope\":\"%s\",\"who\":",
+                    kinds[a->kind], scope);
+        sbuf_json_str(&b, a->key, (size_t)-1);
+        sbuf_printf(&b, ",\"threshold_pct\":%u,\"spent_usd\":%s,\"limit_usd\":%s,"
+                        "\"period\":\"%s\",\"period_start\":\"%s\",\"period_end\":\"%s\",\"bus\":",
+                    a->pct, spent, limit, period, start, end);
+        sbuf_json_str(&b, d->cfg.bus, (size_t)-1);
+        sbuf_puts(&b, "}");
+        if (!b.failed)
+            cost_webhook_post(d->hook, b.data);
+        sbuf_free(&b);
+    }
+}
+
+static void on_unpriced(void *arg, const char *provider, const char *model, const char *why)
+{
+    (void)arg;
+    cbus_log_warn("model %s%s%s: %s; counted as unpriced (tokens tracked, no cost)",
+                  provider, *provider ? "/" : "", model, why);
+}
+
+static void republish(void *arg, unsigned scope, const char *key,
+                      const struct cost_budget_state *st, const struct cost_budget *b)
+{
+    struct daemon *d = arg;
+    publish_verdict(d, scope, key, CBUS_BUDGET_EXCEEDED, verdict_until(b, st->period_end_day));
+}
+
+/* After a restart the admission table may still hold verdicts this writer
+ * published before it died; the checkpoint is the truth: clear the rest. */
+static void reconcile_verdicts(struct daemon *d)
+{
+    const struct cbus_shm_header *h = cbus_bus_header(d->bus);
+    for (unsigned i = 0; i < h->admission_entries; i++) {
+        const struct cbus_admit_entry *e = cbus_admit_entry_at(d->bus, i);
+        if (!e || !atomic_load_explicit(&e->key_hash, memory_order_acquire))
+            continue;
+        uint32_t w = atomic_load_explicit(&e->word, memory_order_acquire);
+        if ((w >> 16) != d->writer || (w & 0xff) != CBUS_BUDGET_EXCEEDED)
+            continue;
+        unsigned scope = (w >> 8) & 0xff;
+        char key[CBUS_ADMIT_KEY_LEN + 1];
+        memcpy(key, e->key, CBUS_ADMIT_KEY_LEN);
+        key[CBUS_ADMIT_KEY_LEN] = '\0';
+        if (key[0])
+            cbus_admit_publish(d->bus, d->writer, scope, key, CBUS_ALLOW, 0);
+    }
+    cost_ledger_each_exceeded(&d->led, republish, d);
+}
+
+static void render_info(struct daemon *d, struct cost_render_info *ri)
+{
+    memset(ri, 0, sizeof *ri);
+    ri->bus = d->cfg.bus;
+    ri->bus_id = d->bus_id;
+    ri->pid = (long)getpid();
+    ri->now_realtime_ns = real_ns();
+    ri->max_sessions = d->cfg.snapshot_max_sessions;
+    ri->prom_users = d->cfg.prom_users;
+    ri->checkpoint_cursor = d->ckpt_cursor;
+    ri->alerts = d->alerts;
+    ri->prices_loaded = cost_prices_count(d->prices);
+    cost_webhook_counts(d->hook, &ri->webhook_sent, &ri->webhook_failed);
+    struct cbus_consumer_stats cs;
+    if (d->c && cbus_consumer_stats(d->c, &cs) == 0) {
+        ri->consumed = cs.consumed;
+        ri->lost = cs.lost;
+        ri->lag = cs.lag;
+        ri->tethered = cs.tethered;
+    }
+}
+
+static void write_outputs(struct daemon *d)
+{
+    struct cost_render_info ri;
+    render_info(d, &ri);
+    sbuf_reset(&d->json);
+    cost_render_json(&d->json, &d->led, &ri);
+    sbuf_reset(&d->prom);
+    cost_render_prom(&d->prom, &d->led, &ri);
+    if (d->json.failed || d->prom.failed) {
+        cbus_log_error("rendering outputs: out of memory");
+        return;
+    }
+    int r = cbus_write_file_atomic(d->snap_path, d->json.data, d->json.len);
+    if (r)
+        cbus_log_error("%s: %s", d->snap_path, strerror(-r));
+    if (d->cfg.prom_textfile[0]) {
+        r = cbus_write_file_atomic(d->cfg.prom_textfile, d->prom.data, d->prom.len);
+        if (r)
+            cbus_log_error("%s: %s", d->cfg.prom_textfile, strerror(-r));
+    }
+    if (d->http)
+        cost_http_publish(d->http, d->prom.data, d->prom.len, d->json.data, d->json.len);
+}
+
+/* Durable first, then let producers overwrite: the cursor committed to the
+ * bus never passes what the checkpoint on disk accounts for. */
+static int checkpoint(struct daemon *d)
+{
+    int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf);
+    if (r) {
+        cbus_log_error("checkpoint %s: %s (cursor not advanced)", d->ckpt_path, strerror(-r));
+        return r;
+    }
+    d->ckpt_cursor = d->led.cursor;
+    if (d->c) {
+        r = cbus_consumer_commit_to(d->c, d->led.cursor);
+        if (r)
+            cbus_log_error("commit cursor %llu: %s", (unsigned long long)d->led.cursor,
+                           cbus_strerror(r));
+    }
+    return 0;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[COST_PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cbus-cost [--bus NAME] [--config PATH] [--state-dir DIR]\n"
+            "                 [--listen HOST:PORT] [--verbose]\n"
+            "       cbus-cost report (--state-dir DIR | --config PATH [--bus NAME]) [--json]\n"
+            "                 [--sessions N] [--no-refresh]\n");
+}
+
+/* Attaches, waiting for the bus to exist.  Returns 0, 1 (stopped) or -errno. */
+static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
+{
+    struct cbus_consumer_opts o = {
+        .name = d->cfg.consumer,
+        .mode = CBUS_LOSSLESS,
+        .start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST,
+    };
+    if (have_ckpt) {
+        o.start = CBUS_START_CURSOR;
+        o.cursor = d->led.cursor;
+        o.expect_bus_id = saved_bus_id;
+    }
+    int logged = 0;
+    for (;;) {
+        int r = cbus_consumer_attach(&d->c, d->cfg.bus, &o);
+        if (r == -ESTALE && o.start == CBUS_START_CURSOR) {
+            /* The bus was recreated: old positions mean nothing on it.  Keep
+             * the totals, start the new bus from its oldest event. */
+            cbus_log_warn("bus %s was recreated since the checkpoint: keeping totals, reading the "
+                          "new bus from its %s event", d->cfg.bus,
+                          d->cfg.start_newest ? "newest" : "oldest");
+            o.start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST;
+            o.cursor = 0;
+            o.expect_bus_id = 0;
+            d->led.cursor = 0;
+            continue;
+        }
+        if (r == -ENOENT) {
+            if (!logged)
+                cbus_log_info("bus %s does not exist yet; waiting for it", d->cfg.bus);
+            logged = 1;
+            struct timespec ts = {0, 200000000L};
+            nanosleep(&ts, NULL);
+            if (cbus_daemon_stop)
+                return 1;
+            continue;
+        }
+        if (r)
+            return r;
+        break;
+    }
+    d->bus = cbus_consumer_bus(d->c);
+    d->bus_id = cbus_consumer_bus_id(d->c);
+    if (o.start != CBUS_START_CURSOR)
+        d->led.cursor = cbus_consumer_read_pos(d->c);
+    return 0;
+}
+
+int cost_daemon_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"bus", required_argument, NULL, 'b'},
+        {"config", required_argument, NULL, 'c'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *bus = NULL, *config = NULL, *state_dir = NULL, *listen_at = NULL;
+    int verbose = 0, opt;
+    while ((opt = getopt_long(argc, argv, "b:c:s:l:vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'b': bus = optarg; break;
+        case 'c': config = optarg; break;
+        case 's': state_dir = optarg; break;
+        case 'l': listen_at = optarg; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cbus-cost: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    cbus_log_init("cbus-cost", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+
+    static struct daemon dd;
+    struct daemon *d = &dd;
+    memset(d, 0, sizeof *d);
+    char err[1024];
+    if (cost_config_load(&d->cfg, config, err, sizeof err)) {
+        cbus_log_error("%s", err);
+        return 2;
+    }
+    if (bus) {
+        if (cbus_name_valid(bus)) {
+            cbus_log_error("--bus %s: not a valid bus name", bus);
+            return 2;
+        }
+        snprintf(d->cfg.bus, sizeof d->cfg.bus, "%s", bus);
+    }
+    if (!d->cfg.bus[0]) {
+        cbus_log_error("no bus: give --bus NAME or [bus] name in the config");
+        return 2;
+    }
+    if (state_dir)
+        snprintf(d->cfg.state_dir, sizeof d->cfg.state_dir, "%s", state_dir);
+    if (listen_at) {
+        char text[128];
+        snprintf(text, sizeof text, "[prometheus]\nlisten = %s\n", listen_at);
+        struct cost_config tmp;
+        if (cost_config_parse(&tmp, "--listen", text, NULL, err, sizeof err)) {
+            cbus_log_error("%s", err);
+            return 2;
+        }
+        snprintf(d->cfg.http_host, sizeof d->cfg.http_host, "%s", tmp.http_host);
+        d->cfg.http_port = tmp.http_port;
+        cost_config_free(&tmp);
+    }
+    cost_config_finish(&d->cfg);
+    if (cost_prices_load(&d->prices, d->cfg.prices_file,
+                         d->cfg.overrides_file[0] ? d->cfg.overrides_file : NULL, err, sizeof err)) {
+        cbus_log_error("%s", err);
+        cost_config_free(&d->cfg);
+        return 2;
+    }
+    int r = mkdir_p(d->cfg.state_dir);
+    if (r) {
+        cbus_log_error("state dir %s: %s", d->cfg.state_dir, strerror(-r));
+        return 1;
+    }
+    snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);
+    snprintf(d->snap_path, sizeof d->snap_path, "%s/snapshot.json", d->cfg.state_dir);
+
+    struct cost_budget_set bs = {
+        .global = d->cfg.global_idx >= 0 ? &d->cfg.budgets[d->cfg.global_idx] : NULL,
+        .user_default = d->cfg.user_default_idx >= 0 ? &d->cfg.budgets[d->cfg.user_default_idx] : NULL,
+        .session_default =
+            d->cfg.session_default_idx >= 0 ? &d->cfg.budgets[d->cfg.session_default_idx] : NULL,
+        .list = d->cfg.budgets,
+        .n = d->cfg.n_budgets,
+    };
+    struct cost_ledger_opts lo = {d->cfg.max_models, d->cfg.max_users, d->cfg.max_sessions};
+    if (cost_ledger_init(&d->led, d->prices, &bs, &lo)) {
+        cbus_log_error("out of memory");
+        return 1;
+    }
+    d->led.on_alert = on_alert;
+    d->led.alert_arg = d;
+    d->led.on_unpriced = on_unpriced;
+    uint64_t saved_bus_id = 0;
+    r = cost_checkpoint_load(&d->led, &saved_bus_id, d->ckpt_path, err, sizeof err);
+    int have_ckpt = r == 0;
+    if (r && r != -ENOENT) {
+        cbus_log_error("%s; move it away to start from zero", err);
+        return 1;
+    }
+    d->ckpt_cursor = d->led.cursor;
+    sbuf_init(&d->ckbuf);
+    sbuf_init(&d->json);
+    sbuf_init(&d->prom);
+    cbus_daemon_signals();
+
+    int rc = 0;
+    r = attach(d, have_ckpt, saved_bus_id);
+    if (r == 1)
+        goto out;
+    if (r) {
+        cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
+                       cbus_strerror(r));
+        rc = 1;
+        goto out;
+    }
+    r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
+    if (r)
+        cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
+                       d->cfg.consumer, cbus_strerror(r));
+    else
+        d->have_writer = 1;
+    if (d->have_writer)
+        reconcile_verdicts(d);
+    if (d->cfg.webhook_url[0]) {
+        r = cost_webhook_start(&d->hook, d->cfg.webhook_url, d->cfg.webhook_timeout_ns);
+        if (r) {
+            cbus_log_error("webhook: %s", strerror(-r));
+            rc = 1;
+            goto out;
+        }
+    }
+    if (d->cfg.http_host[0]) {
+        r = cost_http_start(&d->http, d->cfg.http_host, d->cfg.http_port);
+        if (r) {
+            cbus_log_error("listen %s:%u: %s", d->cfg.http_host, d->cfg.http_port, strerror(-r));
+            rc = 1;
+            goto out;
+        }
+    }
+    const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
+    cbus_log_info("started: bus %s (id %016llx, %llu slots) as lossless consumer %s from cursor %llu "
+                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s%s%s%s",
+                  d->cfg.bus, (unsigned long long)d->bus_id, (unsigned long long)hdr->capacity,
+                  d->cfg.consumer, (unsigned long long)d->led.cursor,
+                  have_ckpt ? "checkpoint" : "fresh", cost_prices_count(d->prices),
+                  d->cfg.prices_file, d->cfg.overrides_file[0] ? " + " : "",
+                  d->cfg.overrides_file, d->cfg.n_budgets, d->cfg.state_dir,
+                  d->http ? "; metrics on http://" : "", d->http ? d->cfg.http_host : "",
+                  d->http ? "" : "");
+    if (d->http)
+        cbus_log_info("metrics: http://%s:%u/metrics", d->cfg.http_host, cost_http_port(d->http));
+
+    /* The admission heartbeat must beat at least every admit_stale_ns / 3. */
+    uint64_t hb_every = hdr->admit_stale_ns / 4;
+    if (hb_every == 0 || hb_every > SEC)
+        hb_every = SEC;
+    uint64_t capacity = hdr->capacity;
+    uint64_t now = mono_ns();
+    uint64_t next_hb = now, next_out = now, next_ckpt = now + d->cfg.checkpoint_interval_ns;
+    uint64_t next_expire = now + 60 * SEC, last_ckpt = now;
+    struct cbus_event *buf = malloc(BATCH * sizeof *buf);
+    if (!buf) {
+        rc = 1;
+        goto out;
+    }
+    write_outputs(d);
+    while (!cbus_daemon_stop) {
+        int n = cbus_consumer_poll(d->c, buf, BATCH);
+        if (n < 0) {
+            cbus_log_error("poll: %s", cbus_strerror(n));
+            rc = 1;
+            break;
+        }
+        for (int i = 0; i < n; i++)
+            cost_ledger_apply(&d->led, &buf[i]);
+        if (n > 0) {
+            /* Everything below the read position was applied, lost or
+             * abandoned: the checkpoint may acknowledge all of it. */
+            uint64_t rp = cbus_consumer_read_pos(d->c);
+            if (rp > d->led.cursor)
+                d->led.cursor = rp;
+        }
+        now = mono_ns();
+        if (now >= next_hb) {
+            if (d->have_writer)
+                cbus_admit_writer_heartbeat(d->bus, d->writer);
+            cbus_consumer_heartbeat(d->c);
+            next_hb = now + hb_every;
+        }
+        /* Checkpoint on the interval, or early when unacknowledged events
+         * fill half the ring (a lossless consumer that sits on its cursor
+         * makes producers wait), but not more than every 20 ms. */
+        uint64_t pending = d->led.cursor - d->ckpt_cursor;
+        if (pending && (now >= next_ckpt || (pending > capacity / 2 && now - last_ckpt > 20000000u))) {
+            checkpoint(d);
+            last_ckpt = now;
+            next_ckpt = now + d->cfg.checkpoint_interval_ns;
+        }
+        if (now >= next_out || cbus_daemon_usr1) {
+            cbus_daemon_usr1 = 0;
+            cost_ledger_tick(&d->led, real_ns());
+            write_outputs(d);
+            next_out = now + d->cfg.snapshot_interval_ns;
+        }
+        if (now >= next_expire) {
+            if (d->cfg.session_ttl_ns) {
+                uint64_t rn = real_ns();
+                size_t gone = cost_ledger_expire_sessions(
+                    &d->led, rn > d->cfg.session_ttl_ns ? rn - d->cfg.session_ttl_ns : 0);
+                if (gone)
+                    cbus_log_info("expired %zu idle sessions", gone);
+            }
+            next_expire = now + 60 * SEC;
+        }
+        if (n == 0) {
+            uint64_t wait = hb_every < 100000000u ? hb_every : 100000000u;
+            int w = cbus_consumer_wait(d->c, wait);
+            if (w < 0 && w != -EINTR) {
+                cbus_log_error("wait: %s", cbus_strerror(w));
+                rc = 1;
+                break;
+            }
+        }
+    }
+    free(buf);
+    /* Final state: durable, then published. */
+    if (d->led.cursor != d->ckpt_cursor || !have_ckpt)
+        checkpoint(d);
+    cost_ledger_tick(&d->led, real_ns());
+    write_outputs(d);
+    cbus_log_info("stopping: %llu events accounted, cursor %llu checkpointed",
+                  (unsigned long long)d->led.events, (unsigned long long)d->ckpt_cursor);
+out:
+    cost_http_stop(d->http);
+    cost_webhook_stop(d->hook);
+    if (d->have_writer)
+        cbus_admit_writer_release(d->bus, d->writer); /* fail open while we are down */
+    cbus_consumer_detach(d->c);
+    cost_ledger_free(&d->led);
+    cost_prices_free(d->prices);
+    cost_config_free(&d->cfg);
+    sbuf_free(&d->ckbuf);
+    sbuf_free(&d->json);
+    sbuf_free(&d->prom);
+    return rc;
+}

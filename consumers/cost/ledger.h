@@ -1,0 +1,181 @@
+/* The ledger: exact usage and cost accounting from llm_end / llm_error
+ * events, per provider/model, per user, per session and in total, with the
+ * budgets.  Single-threaded: the daemon's consumer loop owns it.
+ *
+ * Token convention (layout.h, OpenTelemetry): input includes cache_read and
+ * cache_creation; output includes reasoning.  So
+ *   cost = (input - cache_read - cache_creation) * input_rate
+ *        + cache_read * cache_read_rate + cache_creation * cache_creation_rate
+ *        + (output - reasoning) * output_rate + reasoning * reasoning_rate
+ * in pico-dollars.  Each cache token is charged once, at its own rate.
+ * A count whose usage_present bit is clear is absent: it adds nothing and is
+ * not counted as reported, so a report can say "absent" instead of 0.
+ */
+#ifndef CBUS_COST_LEDGER_H
+#define CBUS_COST_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbus/layout.h>
+
+#include "budget.h"
+#include "hist.h"
+#include "ktab.h"
+#include "money.h"
+#include "prices.h"
+
+enum cost_tok {
+    COST_TOK_INPUT,
+    COST_TOK_OUTPUT,
+    COST_TOK_CACHE_READ,
+    COST_TOK_CACHE_CREATION,
+    COST_TOK_REASONING,
+    COST_TOK__COUNT
+};
+extern const char *const cost_tok_names[COST_TOK__COUNT];
+
+#define COST_MODEL_KEY   (CBUS_PROVIDER_LEN + CBUS_MODEL_LEN) /* provider then model */
+#define COST_USER_KEY    CBUS_USER_LEN
+#define COST_SESSION_KEY CBUS_SESSION_LEN
+#define COST_MINUTE_NS   UINT64_C(60000000000)
+
+struct cost_counters {
+    uint64_t requests;                 /* llm_end events */
+    uint64_t errors;                   /* llm_error events */
+    uint64_t usage_missing;            /* llm_end with no token count at all */
+    uint64_t unpriced;                 /* llm_end whose model has no price */
+    uint64_t tokens[COST_TOK__COUNT];  /* sums over the events that reported each */
+    uint64_t reported[COST_TOK__COUNT];/* events that reported each count */
+    cost_u128 cost_pico;
+    uint64_t last_ts_ns;               /* realtime of the newest event */
+    /* requests (end + error) and tokens (input + output) in the current and
+     * the previous UTC minute of event time */
+    uint64_t minute;
+    uint64_t cur_req, cur_tok, prev_req, prev_tok;
+};
+
+struct cost_latency {
+    struct cost_hist duration;         /* llm_start .. llm_end */
+    struct cost_hist ttft;             /* llm_start .. first token */
+};
+
+struct cost_model {
+    struct cost_counters c;
+    struct cost_latency lat;
+    const struct cost_price *price;    /* NULL: unpriced (not checkpointed) */
+    uint32_t resolved;                 /* price looked up (not checkpointed) */
+};
+
+/* Users and sessions keep counters but no latency histograms: at 7 KB a
+ * pair, 1,000 users' histograms miss the cache on every event and halve the
+ * throughput; latency is a property of the model and the service (total). */
+struct cost_user {
+    struct cost_counters c;
+    struct cost_budget_state b;
+    const struct cost_budget *budget;  /* not checkpointed: resolved from config */
+};
+
+struct cost_session {
+    struct cost_counters c;
+    struct cost_budget_state b;
+    const struct cost_budget *budget;
+};
+
+struct cost_anomalies {
+    uint64_t cache_exceeds_input;      /* cache_read + cache_creation > input: uncached taken as 0 */
+    uint64_t reasoning_exceeds_output; /* reasoning > output: output taken as all reasoning */
+    uint64_t truncated_keys;           /* provider/model/user/session cut by the producer */
+    uint64_t duplicate_events;         /* event_id below the cursor: already counted */
+    uint64_t models_overflow, users_overflow, sessions_overflow; /* table full */
+    uint64_t late_events;              /* event older than its entity's budget period */
+};
+
+enum cost_alert_kind {
+    COST_ALERT_THRESHOLD,  /* a percentage of the limit was reached */
+    COST_ALERT_SOFT,       /* the soft budget was reached */
+    COST_ALERT_EXCEEDED,   /* the hard limit was reached: verdict */
+    COST_ALERT_RESET,      /* a new period began for an exceeded budget: clear verdict */
+};
+
+struct cost_alert {
+    enum cost_alert_kind kind;
+    unsigned scope;                    /* enum cost_scope */
+    const char *key;                   /* "*" for global */
+    uint32_t pct;
+    cost_u128 spent_pico, limit_pico, mark_pico;
+    const struct cost_budget *budget;
+    uint64_t period_start_day, period_end_day;
+};
+
+typedef void (*cost_alert_fn)(void *arg, const struct cost_alert *a);
+typedef void (*cost_unpriced_fn)(void *arg, const char *provider, const char *model,
+                                 const char *why);
+
+struct cost_budget_set {
+    const struct cost_budget *global;          /* NULL = none */
+    const struct cost_budget *user_default;    /* NULL = none */
+    const struct cost_budget *session_default;
+    const struct cost_budget *list;            /* specific users and sessions */
+    size_t n;
+};
+
+struct cost_ledger_opts {
+    size_t max_models, max_users, max_sessions;   /* 0 = 10000, 100000, 100000 */
+};
+
+struct cost_ledger {
+    const struct cost_price_table *prices;
+    struct cost_budget_set budgets;
+    struct cost_ktab models, users, sessions;
+    struct cost_counters total;
+    struct cost_latency total_lat;
+    struct cost_budget_state global_b;
+    /* Aggregates for events that found their table full. */
+    struct cost_model model_overflow;
+    struct cost_user user_overflow;
+    struct cost_anomalies an;
+    uint64_t events;                   /* every event accounted (any kind) */
+    uint64_t cursor;                   /* next ring position: all below are counted */
+    cost_alert_fn on_alert;
+    void *alert_arg;
+    cost_unpriced_fn on_unpriced;
+    void *unpriced_arg;
+};
+
+int cost_ledger_init(struct cost_ledger *l, const struct cost_price_table *prices,
+                     const struct cost_budget_set *budgets, const struct cost_ledger_opts *opts);
+void cost_ledger_free(struct cost_ledger *l);
+
+/* Accounts one event (any kind; only llm_end and llm_error change totals).
+ * Events below the cursor were counted already and are skipped. */
+void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev);
+
+/* Moves budget periods forward to now_realtime_ns (UTC) for entities that
+ * have not seen an event since their period ended: clears their verdicts. */
+void cost_ledger_tick(struct cost_ledger *l, uint64_t now_realtime_ns);
+
+/* Drops sessions with no event since before cutoff_realtime_ns that hold
+ * no published verdict.  Returns how many. */
+size_t cost_ledger_expire_sessions(struct cost_ledger *l, uint64_t cutoff_realtime_ns);
+
+/* The cost of one llm_end's usage at price p (NULL = 0), in pico-dollars;
+ * counts anomalies into an (may be NULL).  Exposed for tests. */
+cost_u128 cost_usage_cost(const struct cost_price *p, const struct cbus_usage *u,
+                          struct cost_anomalies *an);
+
+/* Re-resolves budgets and prices after a checkpoint load or config change
+ * and recomputes each entity's next mark. */
+void cost_ledger_rebind(struct cost_ledger *l);
+
+/* Calls fn for every published verdict in the state (after a restart). */
+void cost_ledger_each_exceeded(struct cost_ledger *l,
+                               void (*fn)(void *arg, unsigned scope, const char *key,
+                                          const struct cost_budget_state *st,
+                                          const struct cost_budget *b),
+                               void *arg);
+
+/* A key buffer as a C string (keys are NUL-padded and may fill their size). */
+void cost_key_str(char *out, size_t outlen, const char *key, size_t key_size);
+
+#endif

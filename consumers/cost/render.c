@@ -1,0 +1,431 @@
+#include "render.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void cost_format_time(char *out, size_t len, uint64_t realtime_ns)
+{
+    time_t t = (time_t)(realtime_ns / 1000000000u);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void usd_exact(struct sbuf *b, cost_u128 pico)
+{
+    char s[64];
+    cost_pico_format_usd(s, sizeof s, pico);
+    sbuf_puts(b, s);
+}
+
+/* Requests / tokens in the last complete minute before now. */
+static void per_minute(const struct cost_counters *c, uint64_t now_ns, uint64_t *rpm, uint64_t *tpm)
+{
+    uint64_t now_min = now_ns / COST_MINUTE_NS;
+    *rpm = *tpm = 0;
+    if (c->minute == now_min) {
+        *rpm = c->prev_req;
+        *tpm = c->prev_tok;
+    } else if (c->minute + 1 == now_min) {
+        *rpm = c->cur_req;
+        *tpm = c->cur_tok;
+    }
+}
+
+static void json_hist(struct sbuf *b, const char *name, const struct cost_hist *h)
+{
+    sbuf_printf(b, "\"%s\":", name);
+    if (!h->count) {
+        sbuf_puts(b, "null");
+        return;
+    }
+    sbuf_printf(b,
+                "{\"count\":%llu,\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,\"mean\":%.3f,"
+                "\"min\":%.3f,\"max\":%.3f}",
+                (unsigned long long)h->count, cost_hist_quantile(h, 0.50) / 1e6,
+                cost_hist_quantile(h, 0.95) / 1e6, cost_hist_quantile(h, 0.99) / 1e6,
+                (double)(h->sum_ns / h->count) / 1e6, h->min_ns / 1e6, h->max_ns / 1e6);
+}
+
+static void json_counters(struct sbuf *b, const struct cost_counters *c, uint64_t now)
+{
+    sbuf_printf(b, "\"requests\":%llu,\"errors\":%llu,\"usage_missing\":%llu,\"unpriced\":%llu,",
+                (unsigned long long)c->requests, (unsigned long long)c->errors,
+                (unsigned long long)c->usage_missing, (unsigned long long)c->unpriced);
+    /* Absent is not zero: a count nobody reported is null. */
+    sbuf_puts(b, "\"tokens\":{");
+    for (unsigned f = 0; f < COST_TOK__COUNT; f++) {
+        sbuf_printf(b, "%s\"%s\":", f ? "," : "", cost_tok_names[f]);
+        if (c->reported[f])
+            sbuf_printf(b, "%llu", (unsigned long long)c->tokens[f]);
+        else
+            sbuf_puts(b, "null");
+    }
+    sbuf_puts(b, "},\"reported\":{");
+    for (unsigned f = 0; f < COST_TOK__COUNT; f++)
+        sbuf_printf(b, "%s\"%s\":%llu", f ? "," : "", cost_tok_names[f],
+                    (unsigned long long)c->reported[f]);
+    sbuf_puts(b, "},\"cost_usd\":\"");
+    usd_exact(b, c->cost_pico);
+    uint64_t rpm, tpm;
+    per_minute(c, now, &rpm, &tpm);
+    sbuf_printf(b, "\",\"rpm\":%llu,\"tpm\":%llu", (unsigned long long)rpm,
+                (unsigned long long)tpm);
+    if (c->last_ts_ns) {
+        char t[32];
+        cost_format_time(t, sizeof t, c->last_ts_ns);
+        sbuf_printf(b, ",\"last_seen\":\"%s\"", t);
+    }
+}
+
+static void json_latency(struct sbuf *b, const struct cost_latency *lat)
+{
+    sbuf_puts(b, ",");
+    json_hist(b, "duration_ms", &lat->duration);
+    sbuf_puts(b, ",");
+    json_hist(b, "ttft_ms", &lat->ttft);
+}
+
+static void json_budget(struct sbuf *b, const struct cost_budget *bu,
+                        const struct cost_budget_state *st)
+{
+    if (!bu)
+        return;
+    sbuf_puts(b, ",\"budget\":{\"limit_usd\":\"");
+    usd_exact(b, bu->limit_pico);
+    sbuf_puts(b, "\",\"spent_usd\":\"");
+    usd_exact(b, st->period_end_day ? st->spent_pico : 0);
+    sbuf_puts(b, "\"");
+    if (bu->soft_pico) {
+        sbuf_puts(b, ",\"soft_usd\":\"");
+        usd_exact(b, bu->soft_pico);
+        sbuf_puts(b, "\"");
+    }
+    if (bu->period_days)
+        sbuf_printf(b, ",\"period\":\"%ud\"", bu->period_days);
+    else
+        sbuf_puts(b, ",\"period\":\"none\"");
+    if (st->period_end_day && bu->period_days) {
+        char t[32];
+        cost_format_time(t, sizeof t, st->period_start_day * COST_DAY_NS);
+        sbuf_printf(b, ",\"period_start\":\"%s\"", t);
+        cost_format_time(t, sizeof t, st->period_end_day * COST_DAY_NS);
+        sbuf_printf(b, ",\"resets_at\":\"%s\"", t);
+    }
+    sbuf_printf(b, ",\"exceeded\":%s,\"alerted_pct\":[", st->exceeded ? "true" : "false");
+    int first = 1;
+    for (unsigned i = 0; i < bu->n_marks; i++)
+        if (st->fired & (1u << i)) {
+            sbuf_printf(b, "%s%u", first ? "" : ",", bu->marks[i].pct);
+            first = 0;
+        }
+    sbuf_puts(b, "]}");
+}
+
+static const cost_u128 *sort_cost_base;
+static size_t sort_stride;
+static int by_cost_desc(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    const cost_u128 *cx = (const cost_u128 *)((const char *)sort_cost_base + x * sort_stride);
+    const cost_u128 *cy = (const cost_u128 *)((const char *)sort_cost_base + y * sort_stride);
+    return *cx < *cy ? 1 : *cx > *cy ? -1 : 0;
+}
+
+void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+{
+    char t[32];
+    uint64_t now = ri->now_realtime_ns;
+    cost_format_time(t, sizeof t, now);
+    sbuf_printf(b, "{\"version\":1,\"generated_at\":\"%s\",\"generated_at_ns\":%llu,\"pid\":%ld,",
+                t, (unsigned long long)now, ri->pid);
+    sbuf_puts(b, "\"bus\":");
+    sbuf_json_str(b, ri->bus ? ri->bus : "", (size_t)-1);
+    sbuf_printf(b,
+                ",\"bus_id\":\"%016llx\",\"cursor\":%llu,\"checkpoint_cursor\":%llu,"
+                "\"events\":%llu,\"consumed\":%llu,\"lost\":%llu,\"lag\":%llu,\"tethered\":%s,"
+                "\"alerts\":%llu,\"webhook_sent\":%llu,\"webhook_failed\":%llu,\"prices\":%llu,",
+                (unsigned long long)ri->bus_id, (unsigned long long)l->cursor,
+                (unsigned long long)ri->checkpoint_cursor, (unsigned long long)l->events,
+                (unsigned long long)ri->consumed, (unsigned long long)ri->lost,
+                (unsigned long long)ri->lag, ri->tethered ? "true" : "false",
+                (unsigned long long)ri->alerts, (unsigned long long)ri->webhook_sent,
+                (unsigned long long)ri->webhook_failed, (unsigned long long)ri->prices_loaded);
+    const struct cost_anomalies *a = &l->an;
+    sbuf_printf(b,
+                "\"anomalies\":{\"cache_exceeds_input\":%llu,\"reasoning_exceeds_output\":%llu,"
+                "\"truncated_keys\":%llu,\"duplicate_events\":%llu,\"models_overflow\":%llu,"
+                "\"users_overflow\":%llu,\"sessions_overflow\":%llu,\"late_events\":%llu},",
+                (unsigned long long)a->cache_exceeds_input,
+                (unsigned long long)a->reasoning_exceeds_output,
+                (unsigned long long)a->truncated_keys, (unsigned long long)a->duplicate_events,
+                (unsigned long long)a->models_overflow, (unsigned long long)a->users_overflow,
+                (unsigned long long)a->sessions_overflow, (unsigned long long)a->late_events);
+    sbuf_puts(b, "\"total\":{");
+    json_counters(b, &l->total, now);
+    json_latency(b, &l->total_lat);
+    json_budget(b, l->budgets.global, &l->global_b);
+    sbuf_puts(b, "},\"models\":[");
+    for (size_t i = 0; i < l->models.n; i++) {
+        const char *k = cost_ktab_key_at(&l->models, i);
+        const struct cost_model *m = cost_ktab_val_at(&l->models, i);
+        sbuf_puts(b, i ? ",{\"provider\":" : "{\"provider\":");
+        sbuf_json_str(b, k, strnlen(k, CBUS_PROVIDER_LEN));
+        sbuf_puts(b, ",\"model\":");
+        sbuf_json_str(b, k + CBUS_PROVIDER_LEN, strnlen(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN));
+        sbuf_puts(b, ",\"price_key\":");
+        if (m->price)
+            sbuf_json_str(b, m->price->key, (size_t)-1);
+        else
+            sbuf_puts(b, "null");
+        sbuf_puts(b, ",");
+        json_counters(b, &m->c, now);
+        json_latency(b, &m->lat);
+        sbuf_puts(b, "}");
+    }
+    sbuf_puts(b, "],\"users\":[");
+    for (size_t i = 0; i < l->users.n; i++) {
+        const char *k = cost_ktab_key_at(&l->users, i);
+        const struct cost_user *u = cost_ktab_val_at(&l->users, i);
+        sbuf_puts(b, i ? ",{\"user\":" : "{\"user\":");
+        sbuf_json_str(b, k, strnlen(k, COST_USER_KEY));
+        sbuf_puts(b, ",");
+        json_counters(b, &u->c, now);
+        json_budget(b, u->budget, &u->b);
+        sbuf_puts(b, "}");
+    }
+    sbuf_printf(b, "],\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
+    size_t ns = l->sessions.n;
+    size_t *idx = ns ? malloc(ns * sizeof *idx) : NULL;
+    if (idx) {
+        for (size_t i = 0; i < ns; i++)
+            idx[i] = i;
+        const struct cost_session *s0 = cost_ktab_val_at(&l->sessions, 0);
+        sort_cost_base = &s0->c.cost_pico;
+        sort_stride = l->sessions.stride;
+        qsort(idx, ns, sizeof *idx, by_cost_desc);
+        size_t shown = ns < ri->max_sessions ? ns : ri->max_sessions;
+        for (size_t j = 0; j < shown; j++) {
+            const char *k = cost_ktab_key_at(&l->sessions, idx[j]);
+            const struct cost_session *s = cost_ktab_val_at(&l->sessions, idx[j]);
+            sbuf_puts(b, j ? ",{\"session\":" : "{\"session\":");
+            sbuf_json_str(b, k, strnlen(k, COST_SESSION_KEY));
+            sbuf_puts(b, ",");
+            json_counters(b, &s->c, now);
+            json_budget(b, s->budget, &s->b);
+            sbuf_puts(b, "}");
+        }
+        free(idx);
+    }
+    sbuf_puts(b, "]}\n");
+}
+
+/* ---- Prometheus text exposition ------------------------------------------------ */
+
+static void prom_head(struct sbuf *b, const char *name, const char *type, const char *help)
+{
+    sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_usd(struct sbuf *b, cost_u128 pico)
+{
+    /* Exact decimal: Prometheus parses it as a float64 anyway, but the text
+     * is the integer total, not a float sum. */
+    char s[64];
+    cost_pico_format_usd(s, sizeof s, pico);
+    sbuf_puts(b, s);
+}
+
+static void model_labels(struct sbuf *b, const char *k)
+{
+    sbuf_puts(b, "provider=\"");
+    sbuf_prom_label(b, k, strnlen(k, CBUS_PROVIDER_LEN));
+    sbuf_puts(b, "\",model=\"");
+    sbuf_prom_label(b, k + CBUS_PROVIDER_LEN, strnlen(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN));
+    sbuf_puts(b, "\"");
+}
+
+static void prom_hist(struct sbuf *b, const char *name, const char *labels,
+                      const struct cost_hist *h, int ttft)
+{
+    unsigned nb = ttft ? COST_TTFT_PROM_BOUNDS : COST_DUR_PROM_BOUNDS;
+    const double *bounds = ttft ? cost_ttft_prom_bounds_s : cost_dur_prom_bounds_s;
+    uint64_t cum = 0;
+    for (unsigned i = 0; i < nb; i++) {
+        cum += h->prom[i];
+        sbuf_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[i],
+                    (unsigned long long)cum);
+    }
+    sbuf_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
+    sbuf_printf(b, "%s_sum{%s} %.9f\n", name, labels, (double)h->sum_ns / 1e9);
+    sbuf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
+}
+
+static void prom_budget(struct sbuf *b, const char *scope, const char *key, size_t keylen,
+                        const struct cost_budget *bu, const struct cost_budget_state *st,
+                        const char *metric)
+{
+    sbuf_printf(b, "%s{scope=\"%s\",key=\"", metric, scope);
+    sbuf_prom_label(b, key, keylen);
+    sbuf_puts(b, "\"} ");
+    if (!strcmp(metric, "cbus_cost_budget_spent_usd"))
+        prom_usd(b, st->period_end_day ? st->spent_pico : 0);
+    else if (!strcmp(metric, "cbus_cost_budget_limit_usd"))
+        prom_usd(b, bu->limit_pico);
+    else
+        sbuf_puts(b, st->exceeded ? "1" : "0");
+    sbuf_puts(b, "\n");
+}
+
+void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+{
+    const struct cost_ktab *mt = &l->models, *ut = &l->users;
+    prom_head(b, "cbus_cost_usd_total", "counter",
+              "Cost of LLM calls in USD (exact sum of integer pico-dollars).");
+    for (size_t i = 0; i < mt->n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(mt, i);
+        sbuf_puts(b, "cbus_cost_usd_total{");
+        model_labels(b, cost_ktab_key_at(mt, i));
+        sbuf_puts(b, "} ");
+        prom_usd(b, m->c.cost_pico);
+        sbuf_puts(b, "\n");
+    }
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counts[] = {
+        {"cbus_cost_requests_total", "Completed LLM calls (llm_end events).",
+         offsetof(struct cost_counters, requests)},
+        {"cbus_cost_errors_total", "Failed LLM calls (llm_error events).",
+         offsetof(struct cost_counters, errors)},
+        {"cbus_cost_unpriced_requests_total", "Calls to a model with no price (cost not counted).",
+         offsetof(struct cost_counters, unpriced)},
+        {"cbus_cost_usage_missing_total", "Calls that reported no token usage at all.",
+         offsetof(struct cost_counters, usage_missing)},
+    };
+    for (unsigned c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        prom_head(b, counts[c].name, "counter", counts[c].help);
+        for (size_t i = 0; i < mt->n; i++) {
+            const struct cost_model *m = cost_ktab_val_at(mt, i);
+            sbuf_printf(b, "%s{", counts[c].name);
+            model_labels(b, cost_ktab_key_at(mt, i));
+            sbuf_printf(b, "} %llu\n",
+                        (unsigned long long)*(const uint64_t *)((const char *)&m->c + counts[c].off));
+        }
+    }
+    prom_head(b, "cbus_cost_tokens_total", "counter",
+              "Tokens by type (OpenTelemetry convention: input includes cache, output includes "
+              "reasoning); a type nobody reported has no series.");
+    for (size_t i = 0; i < mt->n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(mt, i);
+        for (unsigned f = 0; f < COST_TOK__COUNT; f++) {
+            if (!m->c.reported[f])
+                continue;
+            sbuf_puts(b, "cbus_cost_tokens_total{");
+            model_labels(b, cost_ktab_key_at(mt, i));
+            sbuf_printf(b, ",type=\"%s\"} %llu\n", cost_tok_names[f],
+                        (unsigned long long)m->c.tokens[f]);
+        }
+    }
+    prom_head(b, "cbus_cost_request_duration_seconds", "histogram",
+              "LLM call duration (gen_ai.client.operation.duration buckets).");
+    for (size_t i = 0; i < mt->n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(mt, i);
+        if (!m->lat.duration.count)
+            continue;
+        struct sbuf lb;
+        sbuf_init(&lb);
+        model_labels(&lb, cost_ktab_key_at(mt, i));
+        prom_hist(b, "cbus_cost_request_duration_seconds", lb.data, &m->lat.duration, 0);
+        sbuf_free(&lb);
+    }
+    prom_head(b, "cbus_cost_time_to_first_token_seconds", "histogram",
+              "Time to first token (gen_ai.server.time_to_first_token buckets).");
+    for (size_t i = 0; i < mt->n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(mt, i);
+        if (!m->lat.ttft.count)
+            continue;
+        struct sbuf lb;
+        sbuf_init(&lb);
+        model_labels(&lb, cost_ktab_key_at(mt, i));
+        prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, 1);
+        sbuf_free(&lb);
+    }
+    if (ri->prom_users) {
+        prom_head(b, "cbus_cost_user_usd_total", "counter", "Cost per user in USD.");
+        for (size_t i = 0; i < ut->n; i++) {
+            const char *k = cost_ktab_key_at(ut, i);
+            const struct cost_user *u = cost_ktab_val_at(ut, i);
+            sbuf_puts(b, "cbus_cost_user_usd_total{user=\"");
+            sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+            sbuf_puts(b, "\"} ");
+            prom_usd(b, u->c.cost_pico);
+            sbuf_puts(b, "\n");
+        }
+        prom_head(b, "cbus_cost_user_requests_total", "counter", "Completed calls per user.");
+        for (size_t i = 0; i < ut->n; i++) {
+            const char *k = cost_ktab_key_at(ut, i);
+            const struct cost_user *u = cost_ktab_val_at(ut, i);
+            sbuf_puts(b, "cbus_cost_user_requests_total{user=\"");
+            sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+            sbuf_printf(b, "\"} %llu\n", (unsigned long long)u->c.requests);
+        }
+        prom_head(b, "cbus_cost_user_tokens_total", "counter", "Tokens per user by type.");
+        for (size_t i = 0; i < ut->n; i++) {
+            const char *k = cost_ktab_key_at(ut, i);
+            const struct cost_user *u = cost_ktab_val_at(ut, i);
+            for (unsigned f = 0; f < COST_TOK__COUNT; f++) {
+                if (!u->c.reported[f])
+                    continue;
+                sbuf_puts(b, "cbus_cost_user_tokens_total{user=\"");
+                sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+                sbuf_printf(b, "\",type=\"%s\"} %llu\n", cost_tok_names[f],
+                            (unsigned long long)u->c.tokens[f]);
+            }
+        }
+    }
+    static const char *const bm[] = {"cbus_cost_budget_spent_usd", "cbus_cost_budget_limit_usd",
+                                     "cbus_cost_budget_exceeded"};
+    static const char *const bh[] = {"Spend in the current budget period, USD.",
+                                     "Hard budget limit, USD.",
+                                     "1 while a budget-exceeded verdict is published."};
+    for (unsigned m = 0; m < 3; m++) {
+        prom_head(b, bm[m], "gauge", bh[m]);
+        if (l->budgets.global)
+            prom_budget(b, "global", "*", 1, l->budgets.global, &l->global_b, bm[m]);
+        for (size_t i = 0; i < ut->n; i++) {
+            const struct cost_user *u = cost_ktab_val_at(ut, i);
+            if (!u->budget)
+                continue;
+            const char *k = cost_ktab_key_at(ut, i);
+            prom_budget(b, "user", k, strnlen(k, COST_USER_KEY), u->budget, &u->b, bm[m]);
+        }
+    }
+    const struct cost_anomalies *a = &l->an;
+    prom_head(b, "cbus_cost_anomalies_total", "counter",
+              "Inconsistent or unaccountable input, by kind.");
+    sbuf_printf(b,
+                "cbus_cost_anomalies_total{kind=\"cache_exceeds_input\"} %llu\n"
+                "cbus_cost_anomalies_total{kind=\"reasoning_exceeds_output\"} %llu\n"
+                "cbus_cost_anomalies_total{kind=\"truncated_keys\"} %llu\n"
+                "cbus_cost_anomalies_total{kind=\"duplicate_events\"} %llu\n"
+                "cbus_cost_anomalies_total{kind=\"table_overflow\"} %llu\n"
+                "cbus_cost_anomalies_total{kind=\"late_events\"} %llu\n",
+                (unsigned long long)a->cache_exceeds_input,
+                (unsigned long long)a->reasoning_exceeds_output,
+                (unsigned long long)a->truncated_keys, (unsigned long long)a->duplicate_events,
+                (unsigned long long)(a->models_overflow + a->users_overflow + a->sessions_overflow),
+                (unsigned long long)a->late_events);
+    prom_head(b, "cbus_cost_events_total", "counter", "Events read from the bus (any kind).");
+    sbuf_printf(b, "cbus_cost_events_total %llu\n", (unsigned long long)l->events);
+    prom_head(b, "cbus_cost_events_lost_total", "counter",
+              "Events overwritten before cbus-cost read them (this run).");
+    sbuf_printf(b, "cbus_cost_events_lost_total %llu\n", (unsigned long long)ri->lost);
+    prom_head(b, "cbus_cost_consumer_lag", "gauge", "Events claimed but not yet read.");
+    sbuf_printf(b, "cbus_cost_consumer_lag %llu\n", (unsigned long long)ri->lag);
+    prom_head(b, "cbus_cost_alerts_total", "counter", "Budget alerts raised.");
+    sbuf_printf(b, "cbus_cost_alerts_total %llu\n", (unsigned long long)ri->alerts);
+    prom_head(b, "cbus_cost_webhook_failures_total", "counter", "Alert webhooks that failed.");
+    sbuf_printf(b, "cbus_cost_webhook_failures_total %llu\n", (unsigned long long)ri->webhook_failed);
+}

@@ -1,0 +1,287 @@
+/* cbus-cost report: prints the live daemon's tables from its JSON snapshot.
+ * When the daemon is alive it is asked (SIGUSR1) for a fresh snapshot first. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cost_config.h"
+#include "daemon_loop.h"
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        size_t r = fread(b + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+        if (n + 1 >= cap) {
+            char *nb = realloc(b, cap * 2);
+            if (!nb)
+                free(b);
+            b = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (b)
+        b[n] = '\0';
+    return b;
+}
+
+static double num(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* A token count, or "-" when absent (null). */
+static void tok(char *out, size_t n, const cJSON *agg, const char *type)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(agg, "tokens");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, type);
+    if (cJSON_IsNumber(v))
+        snprintf(out, n, "%.0f", v->valuedouble);
+    else
+        snprintf(out, n, "-");
+}
+
+/* USD from the exact string, cut to 6 decimals for the table. */
+static void usd6(char *out, size_t n, const char *exact)
+{
+    const char *dot = strchr(exact, '.');
+    if (!dot) {
+        snprintf(out, n, "%s", exact[0] ? exact : "-");
+        return;
+    }
+    snprintf(out, n, "%.*s", (int)(dot - exact) + 7, exact);
+}
+
+static void lat(char *out, size_t n, const cJSON *agg, const char *h, const char *q)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(agg, h);
+    if (!cJSON_IsObject(o)) {
+        snprintf(out, n, "-");
+        return;
+    }
+    snprintf(out, n, "%.1f", num(o, q));
+}
+
+static void print_counts(const cJSON *a)
+{
+    char in[24], out[24], cr[24], cc[24], rs[24], cost[48];
+    tok(in, sizeof in, a, "input");
+    tok(out, sizeof out, a, "output");
+    tok(cr, sizeof cr, a, "cache_read");
+    tok(cc, sizeof cc, a, "cache_creation");
+    tok(rs, sizeof rs, a, "reasoning");
+    usd6(cost, sizeof cost, str(a, "cost_usd"));
+    printf(" %8.0f %5.0f %11s %10s %10s %10s %9s %14s", num(a, "requests"), num(a, "errors"), in,
+           out, cr, cc, rs, cost);
+}
+
+static void print_budget(const cJSON *a)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(a, "budget");
+    if (!cJSON_IsObject(b)) {
+        printf("  -");
+        return;
+    }
+    char spent[48], limit[48];
+    usd6(spent, sizeof spent, str(b, "spent_usd"));
+    usd6(limit, sizeof limit, str(b, "limit_usd"));
+    printf("  %s/%s per %s%s", spent, limit, str(b, "period"),
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "exceeded")) ? "  EXCEEDED" : "");
+}
+
+static void header(const char *first)
+{
+    printf("%-40s %8s %5s %11s %10s %10s %10s %9s %14s", first, "REQS", "ERRS", "INPUT", "OUTPUT",
+           "CACHE_RD", "CACHE_WR", "REASON", "COST_USD");
+}
+
+static void print_table(const cJSON *root, long max_sessions)
+{
+    printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
+           "  alerts %.0f\n",
+           str(root, "bus"), str(root, "generated_at"), num(root, "events"), num(root, "cursor"),
+           num(root, "checkpoint_cursor"), num(root, "lag"), num(root, "lost"),
+           num(root, "alerts"));
+    const cJSON *total = cJSON_GetObjectItemCaseSensitive(root, "total");
+    printf("\n");
+    header("PROVIDER/MODEL");
+    printf(" %8s %8s %8s %8s %6s %8s\n", "P50_MS", "P95_MS", "P99_MS", "TTFT50", "RPM", "TPM");
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(root, "models")) {
+        char name[96], p50[16], p95[16], p99[16], t50[16];
+        const char *prov = str(m, "provider");
+        snprintf(name, sizeof name, "%s%s%s%s", prov, *prov ? "/" : "", str(m, "model"),
+                 cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(m, "price_key")) ? " (unpriced)" : "");
+        printf("%-40.40s", name);
+        print_counts(m);
+        lat(p50, sizeof p50, m, "duration_ms", "p50");
+        lat(p95, sizeof p95, m, "duration_ms", "p95");
+        lat(p99, sizeof p99, m, "duration_ms", "p99");
+        lat(t50, sizeof t50, m, "ttft_ms", "p50");
+        printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(m, "rpm"), num(m, "tpm"));
+    }
+    {
+        char p50[16], p95[16], p99[16], t50[16];
+        printf("%-40s", "TOTAL");
+        print_counts(total);
+        lat(p50, sizeof p50, total, "duration_ms", "p50");
+        lat(p95, sizeof p95, total, "duration_ms", "p95");
+        lat(p99, sizeof p99, total, "duration_ms", "p99");
+        lat(t50, sizeof t50, total, "ttft_ms", "p50");
+        printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(total, "rpm"),
+               num(total, "tpm"));
+        if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(total, "budget"))) {
+            printf("global budget:");
+            print_budget(total);
+            printf("\n");
+        }
+    }
+    printf("\n");
+    header("USER");
+    printf("  BUDGET (SPENT/LIMIT)\n");
+    const cJSON *u;
+    cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(root, "users")) {
+        const char *name = str(u, "user");
+        printf("%-40.40s", *name ? name : "(none)");
+        print_counts(u);
+        print_budget(u);
+        printf("\n");
+    }
+    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(root, "sessions");
+    if (cJSON_GetArraySize(ss) && max_sessions) {
+        printf("\n");
+        header("SESSION (highest cost first)");
+        printf("  BUDGET (SPENT/LIMIT)\n");
+        long shown = 0;
+        const cJSON *s;
+        cJSON_ArrayForEach(s, ss) {
+            if (shown++ == max_sessions)
+                break;
+            printf("%-40.40s", str(s, "session"));
+            print_counts(s);
+            print_budget(s);
+            printf("\n");
+        }
+        printf("(%.0f sessions tracked)\n", num(root, "sessions_total"));
+    }
+    const cJSON *an = cJSON_GetObjectItemCaseSensitive(root, "anomalies"), *a;
+    int any = 0;
+    cJSON_ArrayForEach(a, an) {
+        if (cJSON_IsNumber(a) && a->valuedouble > 0) {
+            printf("%s%s %.0f", any ? ", " : "\nanomalies: ", a->string, a->valuedouble);
+            any = 1;
+        }
+    }
+    if (any)
+        printf("\n");
+}
+
+int cost_report_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"state-dir", required_argument, NULL, 's'}, {"config", required_argument, NULL, 'c'},
+        {"bus", required_argument, NULL, 'b'},       {"json", no_argument, NULL, 'j'},
+        {"sessions", required_argument, NULL, 'n'},  {"no-refresh", no_argument, NULL, 'r'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *state_dir = NULL, *config = NULL, *bus = NULL;
+    int json = 0, refresh = 1, opt;
+    long max_sessions = 10;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "s:c:b:jn:r", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 's': state_dir = optarg; break;
+        case 'c': config = optarg; break;
+        case 'b': bus = optarg; break;
+        case 'j': json = 1; break;
+        case 'n': max_sessions = strtol(optarg, NULL, 10); break;
+        case 'r': refresh = 0; break;
+        default:
+            fprintf(stderr, "usage: cbus-cost report (--state-dir DIR | --config PATH [--bus NAME]) "
+                            "[--json] [--sessions N] [--no-refresh]\n");
+            return 2;
+        }
+    }
+    char dir[COST_PATH_MAX];
+    if (state_dir) {
+        snprintf(dir, sizeof dir, "%s", state_dir);
+    } else if (config) {
+        struct cost_config c;
+        char err[1024];
+        if (cost_config_load(&c, config, err, sizeof err)) {
+            fprintf(stderr, "cbus-cost report: %s\n", err);
+            return 2;
+        }
+        if (bus)
+            snprintf(c.bus, sizeof c.bus, "%s", bus);
+        cost_config_finish(&c);
+        snprintf(dir, sizeof dir, "%s", c.state_dir);
+        cost_config_free(&c);
+    } else {
+        fprintf(stderr, "cbus-cost report: give --state-dir DIR or --config PATH\n");
+        return 2;
+    }
+    char path[COST_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/snapshot.json", dir);
+    char *text = read_file(path);
+    if (!text) {
+        fprintf(stderr, "cbus-cost report: %s: %s (is cbus-cost running with this state dir?)\n",
+                path, strerror(errno));
+        return 1;
+    }
+    cJSON *root = cJSON_Parse(text);
+    if (root && refresh) {
+        /* Ask the live daemon for a fresh snapshot and wait for it (1.5 s). */
+        long pid = (long)num(root, "pid");
+        double gen = num(root, "generated_at_ns");
+        if (pid > 0 && kill((pid_t)pid, SIGUSR1) == 0) {
+            for (int i = 0; i < 75; i++) {
+                struct timespec ts = {0, 20000000L};
+                nanosleep(&ts, NULL);
+                char *t2 = read_file(path);
+                cJSON *r2 = t2 ? cJSON_Parse(t2) : NULL;
+                if (r2 && num(r2, "generated_at_ns") != gen) {
+                    cJSON_Delete(root);
+                    free(text);
+                    root = r2;
+                    text = t2;
+                    break;
+                }
+                cJSON_Delete(r2);
+                free(t2);
+            }
+        }
+    }
+    if (!root) {
+        fprintf(stderr, "cbus-cost report: %s: not valid JSON\n", path);
+        free(text);
+        return 1;
+    }
+    if (json)
+        fputs(text, stdout);
+    else
+        print_table(root, max_sessions);
+    cJSON_Delete(root);
+    free(text);
+    return 0;
+}

@@ -1,0 +1,443 @@
+/* Aggregation, budgets and checkpoints of the ledger, fed struct cbus_event
+ * records directly (the daemon feeds it the same records from the bus). */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "ledger.h"
+#include "prices.h"
+
+#define DAY  COST_DAY_NS
+#define T0   (UINT64_C(20000) * DAY + UINT64_C(3600) * 1000000000u) /* 1:00 UTC on day 20000 */
+
+/* A tiny price table with round numbers: 1 USD per 1M input tokens... */
+static const char *PRICES =
+    "{\"m1\": {\"input_cost_per_token\": 1e-6, \"output_cost_per_token\": 2e-6,"
+    "          \"cache_read_input_token_cost\": 1e-7},"
+    " \"m2\": {\"input_cost_per_token\": 1e-5, \"output_cost_per_token\": 1e-5}}";
+
+static struct cost_price_table *tab;
+static struct cost_ledger led;
+static uint64_t next_id;
+
+struct rec {
+    struct cost_alert a;
+    char key[64];
+};
+static struct rec alerts[64];
+static unsigned n_alerts;
+static unsigned n_unpriced;
+
+static void on_alert(void *arg, const struct cost_alert *a)
+{
+    (void)arg;
+    cr_assert_lt(n_alerts, 64);
+    alerts[n_alerts].a = *a;
+    snprintf(alerts[n_alerts].key, sizeof alerts[n_alerts].key, "%s", a->key);
+    alerts[n_alerts].a.key = alerts[n_alerts].key;
+    n_alerts++;
+}
+
+static void on_unpriced(void *arg, const char *p, const char *m, const char *why)
+{
+    (void)arg;
+    (void)p;
+    (void)m;
+    (void)why;
+    n_unpriced++;
+}
+
+static struct cost_budget user_b, global_b, sess_b, alice_b;
+
+static void init_ledger(struct cost_ledger *l)
+{
+    struct cost_budget_set bs = {.global = &global_b, .user_default = &user_b,
+                                 .session_default = &sess_b, .list = &alice_b, .n = 1};
+    cr_assert_eq(cost_ledger_init(l, tab, &bs, NULL), 0);
+    l->on_alert = on_alert;
+    l->on_unpriced = on_unpriced;
+}
+
+static void setup(void)
+{
+    char err[256];
+    cr_assert_eq(cost_prices_parse(&tab, "t.json", PRICES, err, sizeof err), 0, "%s", err);
+    memset(&user_b, 0, sizeof user_b);
+    snprintf(user_b.key, sizeof user_b.key, "*");
+    user_b.scope = COST_SCOPE_USER;
+    user_b.limit_pico = 1 * COST_PICO_PER_USD;
+    user_b.period_days = 1;
+    cost_budget_build(&user_b, NULL, 0);
+    global_b = user_b;
+    global_b.scope = COST_SCOPE_GLOBAL;
+    global_b.limit_pico = 100 * COST_PICO_PER_USD;
+    cost_budget_build(&global_b, NULL, 0);
+    sess_b = user_b;
+    sess_b.scope = COST_SCOPE_SESSION;
+    sess_b.limit_pico = COST_PICO_PER_USD / 2;
+    cost_budget_build(&sess_b, (const uint32_t[]){100}, 1);
+    alice_b = user_b;
+    snprintf(alice_b.key, sizeof alice_b.key, "alice");
+    alice_b.limit_pico = 10 * COST_PICO_PER_USD;
+    alice_b.soft_pico = 5 * COST_PICO_PER_USD;
+    alice_b.period_days = 7;
+    cost_budget_build(&alice_b, (const uint32_t[]){90}, 1);
+    init_ledger(&led);
+    next_id = 0;
+    n_alerts = 0;
+    n_unpriced = 0;
+}
+
+static void teardown(void)
+{
+    cost_ledger_free(&led);
+    cost_prices_free(tab);
+}
+
+static struct cbus_event ev_end(const char *model, const char *user, const char *session,
+                                uint32_t in, uint32_t out, uint64_t ts)
+{
+    struct cbus_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = CBUS_EV_LLM_END;
+    ev.event_id = next_id++;
+    ev.ts_realtime_ns = ts;
+    snprintf(ev.provider, sizeof ev.provider, "acme");
+    snprintf(ev.model, sizeof ev.model, "%s", model);
+    snprintf(ev.user, sizeof ev.user, "%s", user);
+    if (session)
+        snprintf(ev.session, sizeof ev.session, "%s", session);
+    ev.u.usage.input_tokens = in;
+    ev.u.usage.output_tokens = out;
+    ev.u.usage.usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT;
+    return ev;
+}
+
+static void feed(struct cbus_event ev)
+{
+    cost_ledger_apply(&led, &ev);
+}
+
+static struct cost_user *user(const char *name)
+{
+    char k[COST_USER_KEY];
+    cost_key_set(k, sizeof k, name, strlen(name));
+    long i = cost_ktab_find(&led.users, k, cost_key_hash(k, sizeof k));
+    cr_assert_geq(i, 0, "user %s", name);
+    return cost_ktab_val_at(&led.users, (size_t)i);
+}
+
+static struct cost_model *model(const char *name)
+{
+    char k[COST_MODEL_KEY];
+    cost_key_set(k, CBUS_PROVIDER_LEN, "acme", 4);
+    cost_key_set(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, name, strlen(name));
+    long i = cost_ktab_find(&led.models, k, cost_key_hash(k, sizeof k));
+    cr_assert_geq(i, 0, "model %s", name);
+    return cost_ktab_val_at(&led.models, (size_t)i);
+}
+
+TestSuite(cost_ledger, .init = setup, .fini = teardown);
+
+Test(cost_ledger, totals_per_model_user_session)
+{
+    feed(ev_end("m1", "bob", "s1", 1000, 100, T0));   /* 0.001 + 0.0002 */
+    feed(ev_end("m2", "bob", "s2", 1000, 100, T0));   /* 0.01 + 0.001 */
+    feed(ev_end("m1", "carol", "s1", 2000, 0, T0));   /* 0.002 */
+    cr_assert_eq(led.total.requests, 3);
+    cr_assert(led.total.cost_pico == (cost_u128)14200000000ull);
+    cr_assert(model("m1")->c.cost_pico == (cost_u128)3200000000ull);
+    cr_assert_eq(model("m1")->c.tokens[COST_TOK_INPUT], 3000);
+    cr_assert(user("bob")->c.cost_pico == (cost_u128)12200000000ull);
+    cr_assert_eq(user("carol")->c.requests, 1);
+    cr_assert_eq(led.sessions.n, 2);
+    cr_assert_eq(led.events, 3);
+    cr_assert_eq(led.cursor, 3);
+}
+
+Test(cost_ledger, absent_usage_is_not_reported_as_zero)
+{
+    struct cbus_event ev = ev_end("m1", "bob", NULL, 0, 0, T0);
+    ev.u.usage.usage_present = 0; /* streaming call without usage */
+    feed(ev);
+    ev = ev_end("m1", "bob", NULL, 10, 5, T0);
+    ev.u.usage.usage_present = CBUS_USAGE_OUTPUT;
+    feed(ev);
+    struct cost_model *m = model("m1");
+    cr_assert_eq(m->c.requests, 2);
+    cr_assert_eq(m->c.usage_missing, 1);
+    cr_assert_eq(m->c.reported[COST_TOK_INPUT], 0, "input never reported");
+    cr_assert_eq(m->c.reported[COST_TOK_OUTPUT], 1);
+    cr_assert_eq(m->c.tokens[COST_TOK_OUTPUT], 5);
+    cr_assert_eq(m->c.reported[COST_TOK_CACHE_READ], 0);
+}
+
+Test(cost_ledger, errors_and_unpriced_models)
+{
+    struct cbus_event ev = ev_end("mystery", "bob", NULL, 1000, 1000, T0);
+    feed(ev);
+    feed(ev_end("mystery", "bob", NULL, 1000, 1000, T0));
+    ev.kind = CBUS_EV_LLM_ERROR;
+    ev.event_id = next_id++;
+    feed(ev);
+    cr_assert_eq(n_unpriced, 1, "one warning per model");
+    struct cost_model *m = model("mystery");
+    cr_assert_null(m->price);
+    cr_assert_eq(m->c.unpriced, 2);
+    cr_assert_eq(m->c.errors, 1);
+    cr_assert_eq(m->c.tokens[COST_TOK_INPUT], 2000, "tokens still tracked");
+    cr_assert(m->c.cost_pico == 0);
+}
+
+Test(cost_ledger, duplicates_below_cursor_are_skipped)
+{
+    struct cbus_event ev = ev_end("m1", "bob", NULL, 1000, 0, T0);
+    feed(ev);
+    feed(ev); /* same event_id again */
+    cr_assert_eq(led.total.requests, 1);
+    cr_assert_eq(led.an.duplicate_events, 1);
+}
+
+Test(cost_ledger, thresholds_alert_once_per_period_then_reset)
+{
+    /* bob: 1 USD/day, 50/80/100%.  Each call costs 0.3 USD (300k input on m1). */
+    for (int i = 0; i < 3; i++)
+        feed(ev_end("m1", "bob", NULL, 300000, 0, T0 + (uint64_t)i));
+    /* 0.9 USD: 50% and 80% fired, once each */
+    cr_assert_eq(n_alerts, 2);
+    cr_assert_eq(alerts[0].a.kind, COST_ALERT_THRESHOLD);
+    cr_assert_eq(alerts[0].a.pct, 50);
+    cr_assert_eq(alerts[1].a.pct, 80);
+    cr_assert_str_eq(alerts[1].key, "bob");
+    feed(ev_end("m1", "bob", NULL, 300000, 0, T0 + 10));
+    cr_assert_eq(n_alerts, 3);
+    cr_assert_eq(alerts[2].a.kind, COST_ALERT_EXCEEDED);
+    cr_assert_eq(alerts[2].a.scope, COST_SCOPE_USER);
+    cr_assert(alerts[2].a.spent_pico == (cost_u128)1200000000000ull);
+    cr_assert(user("bob")->b.exceeded);
+    for (int i = 0; i < 5; i++)
+        feed(ev_end("m1", "bob", NULL, 300000, 0, T0 + 20));
+    cr_assert_eq(n_alerts, 3, "no repeat within the period");
+
+    /* Next UTC day: the verdict is cleared by the wall clock tick. */
+    cost_ledger_tick(&led, T0 + DAY - 3600 * UINT64_C(1000000000) - 1);
+    cr_assert_eq(n_alerts, 3, "still the same day");
+    cost_ledger_tick(&led, (T0 / DAY + 1) * DAY);
+    cr_assert_eq(n_alerts, 4);
+    cr_assert_eq(alerts[3].a.kind, COST_ALERT_RESET);
+    cr_assert_not(user("bob")->b.exceeded);
+    cr_assert(user("bob")->b.spent_pico == 0);
+    /* and the thresholds fire again in the new period */
+    feed(ev_end("m1", "bob", NULL, 600000, 0, T0 + DAY));
+    cr_assert_eq(n_alerts, 5);
+    cr_assert_eq(alerts[4].a.pct, 50);
+}
+
+Test(cost_ledger, event_in_next_period_resets_and_counts_there)
+{
+    for (int i = 0; i < 4; i++)
+        feed(ev_end("m1", "bob", NULL, 300000, 0, T0));
+    cr_assert(user("bob")->b.exceeded);
+    n_alerts = 0;
+    feed(ev_end("m1", "bob", NULL, 100000, 0, T0 + DAY));
+    cr_assert_eq(n_alerts, 1);
+    cr_assert_eq(alerts[0].a.kind, COST_ALERT_RESET);
+    cr_assert(alerts[0].a.spent_pico == (cost_u128)1200000000000ull, "reports the old period's spend");
+    cr_assert(user("bob")->b.spent_pico == (cost_u128)100000000000ull);
+}
+
+Test(cost_ledger, specific_budget_soft_limit_and_week_period)
+{
+    /* alice: 10 USD per 7d, soft 5, thresholds 90 (+ the limit itself). */
+    feed(ev_end("m2", "alice", NULL, 500000, 0, T0)); /* 5 USD */
+    cr_assert_eq(n_alerts, 1);
+    cr_assert_eq(alerts[0].a.kind, COST_ALERT_SOFT);
+    feed(ev_end("m2", "alice", NULL, 400000, 0, T0)); /* 9 */
+    cr_assert_eq(n_alerts, 2);
+    cr_assert_eq(alerts[1].a.pct, 90);
+    feed(ev_end("m2", "alice", NULL, 100000, 0, T0)); /* 10: exactly the limit */
+    cr_assert_eq(n_alerts, 3);
+    cr_assert_eq(alerts[2].a.kind, COST_ALERT_EXCEEDED);
+    cr_assert_eq(alerts[2].a.period_end_day - alerts[2].a.period_start_day, 7);
+    cr_assert_eq(alerts[2].a.period_start_day % 7, 0);
+    /* the next day is the same 7d period (unless it is the boundary) */
+    uint64_t day = T0 / DAY;
+    if ((day + 1) % 7 != 0) {
+        cost_ledger_tick(&led, (day + 1) * DAY);
+        cr_assert(user("alice")->b.exceeded);
+    }
+    cost_ledger_tick(&led, alerts[2].a.period_end_day * DAY);
+    cr_assert_not(user("alice")->b.exceeded);
+}
+
+Test(cost_ledger, global_and_session_budgets)
+{
+    /* session limit 0.5 USD (threshold list {100}); global 100 USD */
+    feed(ev_end("m1", "bob", "sx", 300000, 0, T0));
+    feed(ev_end("m1", "carol", "sx", 300000, 0, T0));
+    int got_session = 0;
+    for (unsigned i = 0; i < n_alerts; i++)
+        if (alerts[i].a.scope == COST_SCOPE_SESSION) {
+            cr_assert_eq(alerts[i].a.kind, COST_ALERT_EXCEEDED);
+            cr_assert_str_eq(alerts[i].key, "sx");
+            got_session++;
+        }
+    cr_assert_eq(got_session, 1);
+    n_alerts = 0;
+    for (int i = 0; i < 100; i++)
+        feed(ev_end("m2", "u", NULL, 100000, 0, T0)); /* 1 USD each */
+    int got_global = 0;
+    for (unsigned i = 0; i < n_alerts; i++)
+        if (alerts[i].a.scope == COST_SCOPE_GLOBAL && alerts[i].a.kind == COST_ALERT_EXCEEDED) {
+            got_global++;
+            cr_assert_str_eq(alerts[i].key, "*");
+        }
+    cr_assert_eq(got_global, 1);
+    cr_assert(led.global_b.exceeded);
+}
+
+Test(cost_ledger, latency_percentiles_within_bucket_precision)
+{
+    for (uint32_t i = 1; i <= 1000; i++) {
+        struct cbus_event ev = ev_end("m1", "bob", NULL, 1, 1, T0);
+        ev.u.usage.usage_present |= CBUS_USAGE_DURATION | CBUS_USAGE_TTFT;
+        ev.u.usage.duration_ns = (uint64_t)i * 1000000u; /* 1..1000 ms */
+        ev.u.usage.ttft_ns = 50000000u;
+        feed(ev);
+    }
+    const struct cost_hist *h = &model("m1")->lat.duration;
+    cr_assert_eq(h->count, 1000);
+    double p50 = cost_hist_quantile(h, 0.5) / 1e6, p99 = cost_hist_quantile(h, 0.99) / 1e6;
+    cr_assert(p50 > 500 * 0.96 && p50 < 500 * 1.04, "p50 %f", p50);
+    cr_assert(p99 > 990 * 0.96 && p99 < 990 * 1.04, "p99 %f", p99);
+    cr_assert_eq(cost_hist_quantile(&model("m1")->lat.ttft, 0.5), 50000000u, "clamped to min/max");
+    /* Prometheus buckets: le=0.01 s holds 1..10 ms */
+    cr_assert_eq(h->prom[0], 10);
+    cr_assert_eq(cost_dur_prom_index(10000000), 0);
+    cr_assert_eq(cost_dur_prom_index(10000001), 1);
+    cr_assert_eq(cost_dur_prom_index(81920000000ull), 13);
+    cr_assert_eq(cost_dur_prom_index(81920000001ull), 14);
+    cr_assert_eq(cost_ttft_prom_index(1000000), 0);
+    cr_assert_eq(cost_ttft_prom_index(1000001), 1);
+}
+
+Test(cost_ledger, histogram_index_is_monotonic_and_covers_range)
+{
+    unsigned prev = 0;
+    for (uint64_t v = 0; v < (UINT64_C(1) << 44); v = v * 9 / 8 + 1) {
+        unsigned i = cost_hist_index(v);
+        cr_assert_geq(i, prev);
+        cr_assert_lt(i, COST_HIST_BUCKETS);
+        uint64_t lo, w;
+        cost_hist_bucket_range(i, &lo, &w);
+        if (i < COST_HIST_BUCKETS - 1)
+            cr_assert(v >= lo && v < lo + w, "v %llu in [%llu,+%llu)", (unsigned long long)v,
+                      (unsigned long long)lo, (unsigned long long)w);
+        prev = i;
+    }
+}
+
+Test(cost_ledger, requests_and_tokens_per_minute)
+{
+    uint64_t m0 = (T0 / COST_MINUTE_NS) * COST_MINUTE_NS;
+    feed(ev_end("m1", "bob", NULL, 10, 5, m0));
+    feed(ev_end("m1", "bob", NULL, 10, 5, m0 + 1));
+    feed(ev_end("m1", "bob", NULL, 10, 5, m0 + COST_MINUTE_NS));
+    cr_assert_eq(led.total.prev_req, 2);
+    cr_assert_eq(led.total.prev_tok, 30);
+    cr_assert_eq(led.total.cur_req, 1);
+}
+
+Test(cost_ledger, checkpoint_round_trip_and_corruption)
+{
+    char dir[] = "/tmp/cost_ledger_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    for (int i = 0; i < 50; i++) {
+        struct cbus_event ev = ev_end(i % 2 ? "m1" : "m2", i % 3 ? "bob" : "carol", "s1",
+                                      (uint32_t)(30000 * i), 10, T0);
+        ev.u.usage.usage_present |= CBUS_USAGE_DURATION;
+        ev.u.usage.duration_ns = 1000000u * (uint64_t)i;
+        feed(ev);
+    }
+    cr_assert(user("bob")->b.exceeded);
+    struct sbuf b;
+    sbuf_init(&b);
+    cr_assert_eq(cost_checkpoint_save(&led, 0xabcdef, T0, path, &b), 0);
+    struct cost_ledger l2;
+    init_ledger(&l2);
+    uint64_t bus_id = 0;
+    char err[256];
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(bus_id, 0xabcdef);
+    cr_assert_eq(l2.cursor, led.cursor);
+    cr_assert(l2.total.cost_pico == led.total.cost_pico);
+    cr_assert_eq(l2.total.requests, 50);
+    cr_assert_eq(l2.users.n, 2);
+    cr_assert_eq(l2.total_lat.duration.count, 50);
+    cr_assert_eq(memcmp(&l2.total_lat, &led.total_lat, sizeof l2.total_lat), 0);
+    /* budget state survives: no second "exceeded" alert for bob after restart */
+    unsigned before = n_alerts;
+    struct cbus_event ev = ev_end("m1", "bob", NULL, 300000, 0, T0);
+    ev.event_id = l2.cursor;
+    cost_ledger_apply(&l2, &ev);
+    for (unsigned i = before; i < n_alerts; i++)
+        cr_assert_neq(alerts[i].a.scope, COST_SCOPE_USER, "bob alerted again");
+    cost_ledger_free(&l2);
+
+    /* flip one byte: refused */
+    FILE *f = fopen(path, "r+b");
+    fseek(f, 100, SEEK_SET);
+    int c = fgetc(f);
+    fseek(f, 100, SEEK_SET);
+    fputc(c ^ 0x40, f);
+    fclose(f);
+    init_ledger(&l2);
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, path, err, sizeof err), -EBADMSG);
+    cr_assert(strstr(err, "checksum"), "%s", err);
+    cost_ledger_free(&l2);
+    init_ledger(&l2);
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/none.bin", dir);
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, missing, err, sizeof err), -ENOENT);
+    cost_ledger_free(&l2);
+    sbuf_free(&b);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(cost_ledger, idle_sessions_expire_unless_blocked)
+{
+    feed(ev_end("m1", "bob", "old", 10, 0, T0));
+    feed(ev_end("m1", "bob", "blocked", 600000, 0, T0)); /* 0.6 > 0.5 session limit */
+    feed(ev_end("m1", "bob", "new", 10, 0, T0 + 100 * 1000000000ull));
+    cr_assert_eq(led.sessions.n, 3);
+    cr_assert_eq(cost_ledger_expire_sessions(&led, T0 + 1), 1);
+    cr_assert_eq(led.sessions.n, 2);
+    feed(ev_end("m1", "bob", "new", 10, 0, T0 + 101 * 1000000000ull));
+    cr_assert_eq(led.sessions.n, 2, "index rebuilt: 'new' is found, not re-added");
+}
+
+Test(cost_ledger, full_user_table_overflows_into_one_row)
+{
+    struct cost_ledger l2;
+    struct cost_ledger_opts o = {.max_users = 2};
+    cr_assert_eq(cost_ledger_init(&l2, tab, NULL, &o), 0);
+    for (int i = 0; i < 5; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "u%d", i);
+        struct cbus_event ev = ev_end("m1", u, NULL, 1000, 0, T0);
+        cost_ledger_apply(&l2, &ev);
+    }
+    cr_assert_eq(l2.users.n, 2);
+    cr_assert_eq(l2.user_overflow.c.requests, 3);
+    cr_assert_eq(l2.an.users_overflow, 3);
+    cr_assert_eq(l2.total.requests, 5);
+    cost_ledger_free(&l2);
+}

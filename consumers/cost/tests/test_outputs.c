@@ -1,0 +1,217 @@
+/* JSON snapshot, Prometheus text, the loopback /metrics server and the
+ * alert webhook (against a real loopback HTTP listener). */
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "ledger.h"
+#include "render.h"
+#include "webhook.h"
+
+#define T0 (UINT64_C(20000) * COST_DAY_NS)
+
+static struct cost_price_table *tab;
+static struct cost_ledger led;
+static struct cost_budget ub;
+
+static void setup(void)
+{
+    char err[256];
+    cr_assert_eq(cost_prices_parse(&tab, "t.json",
+                                   "{\"gpt-4o\": {\"input_cost_per_token\": 2.5e-6, "
+                                   "\"output_cost_per_token\": 1e-5, "
+                                   "\"cache_read_input_token_cost\": 1.25e-6}}",
+                                   err, sizeof err), 0);
+    memset(&ub, 0, sizeof ub);
+    snprintf(ub.key, sizeof ub.key, "*");
+    ub.scope = COST_SCOPE_USER;
+    ub.limit_pico = COST_PICO_PER_USD / 100;
+    ub.period_days = 1;
+    cost_budget_build(&ub, NULL, 0);
+    struct cost_budget_set bs = {.user_default = &ub};
+    cr_assert_eq(cost_ledger_init(&led, tab, &bs, NULL), 0);
+    const char *users[] = {"alice", "bob \"quoted\""};
+    for (int i = 0; i < 4; i++) {
+        struct cbus_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.kind = CBUS_EV_LLM_END;
+        ev.event_id = (uint64_t)i;
+        ev.ts_realtime_ns = T0;
+        snprintf(ev.provider, sizeof ev.provider, "openai");
+        snprintf(ev.model, sizeof ev.model, i == 3 ? "unknown-model" : "gpt-4o");
+        snprintf(ev.user, sizeof ev.user, "%s", users[i % 2]);
+        snprintf(ev.session, sizeof ev.session, "s%d", i);
+        ev.u.usage.input_tokens = 10000;
+        ev.u.usage.cache_read_tokens = 4000;
+        ev.u.usage.output_tokens = 500;
+        ev.u.usage.duration_ns = 1500000000u;
+        ev.u.usage.usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT |
+                                   CBUS_USAGE_CACHE_READ | CBUS_USAGE_DURATION;
+        cost_ledger_apply(&led, &ev);
+    }
+}
+
+static void teardown(void)
+{
+    cost_ledger_free(&led);
+    cost_prices_free(tab);
+}
+
+TestSuite(cost_outputs, .init = setup, .fini = teardown);
+
+static struct cost_render_info info(void)
+{
+    struct cost_render_info ri = {.bus = "demo", .bus_id = 0x1234, .pid = 42,
+                                  .now_realtime_ns = T0 + 1000, .max_sessions = 2,
+                                  .prom_users = 1};
+    return ri;
+}
+
+Test(cost_outputs, json_snapshot_is_valid_and_exact)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cost_render_info ri = info();
+    cost_render_json(&b, &led, &ri);
+    cJSON *root = cJSON_Parse(b.data);
+    cr_assert_not_null(root, "%s", b.data);
+    const cJSON *total = cJSON_GetObjectItem(root, "total");
+    /* 3 priced calls at 0.025 USD */
+    cr_assert_str_eq(cJSON_GetObjectItem(total, "cost_usd")->valuestring, "0.075000000000");
+    const cJSON *tokens = cJSON_GetObjectItem(total, "tokens");
+    cr_assert_eq(cJSON_GetObjectItem(tokens, "input")->valuedouble, 40000);
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItem(tokens, "reasoning")), "absent, not zero");
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(root, "models")), 2);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(root, "sessions")), 2, "capped");
+    cr_assert_eq(cJSON_GetObjectItem(root, "sessions_total")->valuedouble, 4);
+    const cJSON *dur = cJSON_GetObjectItem(total, "duration_ms");
+    cr_assert_eq(cJSON_GetObjectItem(dur, "count")->valuedouble, 4);
+    double p50 = cJSON_GetObjectItem(dur, "p50")->valuedouble;
+    cr_assert(p50 > 1400 && p50 < 1600, "%f", p50);
+    const cJSON *u0 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "users"), 0);
+    const cJSON *bud = cJSON_GetObjectItem(u0, "budget");
+    cr_assert_not_null(bud);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(bud, "exceeded")), "0.05 of 0.01 USD");
+    cJSON_Delete(root);
+    sbuf_free(&b);
+}
+
+Test(cost_outputs, prometheus_text_has_costs_tokens_histograms)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cost_render_info ri = info();
+    cost_render_prom(&b, &led, &ri);
+    cr_assert(strstr(b.data, "cbus_cost_usd_total{provider=\"openai\",model=\"gpt-4o\"} 0.075000000000\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_tokens_total{provider=\"openai\",model=\"gpt-4o\",type=\"cache_read\"} 12000\n"));
+    cr_assert_null(strstr(b.data, "type=\"reasoning\""), "never reported: no series");
+    cr_assert(strstr(b.data, "cbus_cost_unpriced_requests_total{provider=\"openai\",model=\"unknown-model\"} 1\n"));
+    cr_assert(strstr(b.data, "cbus_cost_request_duration_seconds_bucket{provider=\"openai\",model=\"gpt-4o\",le=\"1.28\"} 0\n"));
+    cr_assert(strstr(b.data, "cbus_cost_request_duration_seconds_bucket{provider=\"openai\",model=\"gpt-4o\",le=\"2.56\"} 3\n"));
+    cr_assert(strstr(b.data, "cbus_cost_request_duration_seconds_count{provider=\"openai\",model=\"gpt-4o\"} 3\n"));
+    cr_assert(strstr(b.data, "cbus_cost_user_usd_total{user=\"bob \\\"quoted\\\"\"}"), "escaped label");
+    cr_assert(strstr(b.data, "cbus_cost_budget_exceeded{scope=\"user\",key=\"alice\"} 1\n"));
+    cr_assert(strstr(b.data, "# TYPE cbus_cost_usd_total counter\n"));
+    sbuf_free(&b);
+}
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    sbuf_add(arg, p, size * n);
+    return size * n;
+}
+
+Test(cost_outputs, http_serves_metrics_on_loopback)
+{
+    struct cost_http *h;
+    cr_assert_eq(cost_http_start(&h, "127.0.0.1", 0), 0);
+    cost_http_publish(h, "m 1\n", 4, "{\"a\":1}", 7);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/metrics", cost_http_port(h));
+    CURL *c = curl_easy_init();
+    struct sbuf body;
+    sbuf_init(&body);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    cr_assert_eq(curl_easy_perform(c), CURLE_OK);
+    long status;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    cr_assert_eq(status, 200);
+    cr_assert_str_eq(body.data, "m 1\n");
+    sbuf_reset(&body);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/nope", cost_http_port(h));
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    cr_assert_eq(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    cr_assert_eq(status, 404);
+    curl_easy_cleanup(c);
+    sbuf_free(&body);
+    cost_http_stop(h);
+}
+
+/* A one-shot loopback HTTP server that stores the request it gets. */
+struct catcher {
+    int fd;
+    unsigned port;
+    char req[8192];
+    pthread_t t;
+};
+
+static void *catch_one(void *arg)
+{
+    struct catcher *k = arg;
+    int c = accept(k->fd, NULL, NULL);
+    if (c < 0)
+        return NULL;
+    size_t got = 0;
+    for (;;) {
+        ssize_t r = recv(c, k->req + got, sizeof k->req - 1 - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        k->req[got] = '\0';
+        char *hdr_end = strstr(k->req, "\r\n\r\n");
+        char *cl = strcasestr(k->req, "Content-Length:");
+        if (hdr_end && cl && strlen(hdr_end + 4) >= (size_t)atoi(cl + 15))
+            break;
+    }
+    const char *ok = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    send(c, ok, strlen(ok), MSG_NOSIGNAL);
+    close(c);
+    return NULL;
+}
+
+Test(cost_outputs, webhook_posts_alert_json)
+{
+    struct catcher k;
+    memset(&k, 0, sizeof k);
+    k.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(k.fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(k.fd, (struct sockaddr *)&a, &al);
+    listen(k.fd, 4);
+    pthread_create(&k.t, NULL, catch_one, &k);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/alerts", ntohs(a.sin_port));
+    struct cost_webhook *w;
+    cr_assert_eq(cost_webhook_start(&w, url, 2000000000u), 0);
+    cost_webhook_post(w, "{\"who\":\"alice\",\"spent_usd\":1.5,\"limit_usd\":1,\"period\":\"1d\"}");
+    cost_webhook_stop(w); /* delivers what is queued */
+    pthread_join(k.t, NULL);
+    close(k.fd);
+    cr_assert(strstr(k.req, "POST /alerts HTTP/1.1"), "%s", k.req);
+    cr_assert(strcasestr(k.req, "Content-Type: application/json"));
+    cr_assert(strstr(k.req, "\"who\":\"alice\""));
+}
