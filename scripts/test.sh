@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what is missing, then builds
+# and runs every suite three ways:
+#   1. release build with -Werror: all Criterion suites and stress programs;
+#   2. ASan+UBSan build: the same suites (cross-process tests included);
+#   3. TSan build: the in-process lock-free stress programs (label "stress";
+#      Criterion aborts under TSan, and TSan cannot see cross-process sync).
+# CBUS_TEST_QUICK=1 skips the sanitizer builds (for a fast local loop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+jobs=$(nproc)
+run_suite() { # dir, cmake args..., then -- ctest args...
+  local dir=$1; shift
+  local cm=() ct=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do cm+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  ct=("$@")
+  echo "=== cbus: configure ${dir} (${cm[*]})"
+  cmake -S . -B "$dir" -DCBUS_WERROR=ON "${cm[@]}" >/dev/null
+  echo "=== cbus: build ${dir}"
+  cmake --build "$dir" -j"$jobs" >/dev/null
+  echo "=== cbus: test ${dir}"
+  ctest --test-dir "$dir" --output-on-failure --timeout 600 "${ct[@]}"
+}
+start=$(date +%s)
+run_suite build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_suite build/asan -DCMAKE_BUILD_TYPE=Debug -DCBUS_SANITIZE=address,undefined
+  TSAN_OPTIONS=halt_on_error=1 \
+    run_suite build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=thread -- -L stress
+fi
+echo "=== cbus: all test runs passed in $(( $(date +%s) - start )) s"
