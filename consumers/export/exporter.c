@@ -200,6 +200,7 @@ static void finalize(struct exporter *x)
     }
     x->st.batches++;
     x->st.body_bytes += b->body.len;
+    b->seq = spool_take_seq(x->spool);
     if (x->cfg.gzip && gzip_body(x, b))
         cbus_log_warn("gzip failed: sending the batch uncompressed");
     b->body_len = b->body.len;

@@ -202,15 +202,22 @@ static void unlink_seq(struct spool *s, uint64_t seq)
         unlinkat(s->dirfd, name, 0);
 }
 
-static void push_tail(struct spool *s, struct batch *b)
+/* Links b in by seq: from the tail, since it is nearly always the newest. */
+static void insert_sorted(struct spool *s, struct batch *b)
 {
-    b->next = NULL;
-    b->prev = s->tail;
-    if (s->tail)
-        s->tail->next = b;
+    struct batch *after = s->tail;
+    while (after && after->seq > b->seq)
+        after = after->prev;
+    b->prev = after;
+    b->next = after ? after->next : s->head;
+    if (b->next)
+        b->next->prev = b;
+    else
+        s->tail = b;
+    if (after)
+        after->next = b;
     else
         s->head = b;
-    s->tail = b;
     s->count++;
     s->bytes += b->body_len;
     b->in_spool = 1;
@@ -279,7 +286,7 @@ static int recover(struct spool *s, char *err, size_t errlen)
         b->body_len = h.body_len;
         b->on_disk = 1;
         sbuf_init(&b->body);
-        push_tail(s, b);
+        insert_sorted(s, b);
         s->st.recovered++;
     }
     s->next_seq = n ? seqs[n - 1] + 1 : 1;
@@ -343,9 +350,15 @@ void spool_close(struct spool *s)
     free(s);
 }
 
+uint64_t spool_take_seq(struct spool *s)
+{
+    return s->next_seq++;
+}
+
 int spool_append(struct spool *s, struct batch *b)
 {
-    b->seq = s->next_seq++;
+    if (!b->seq)
+        b->seq = s->next_seq++;
     b->body_len = b->body.len;
     b->sending = 0;
     int r = 0;
@@ -360,7 +373,7 @@ int spool_append(struct spool *s, struct batch *b)
             s->st.write_errors++;
         }
     }
-    push_tail(s, b);
+    insert_sorted(s, b);
     return r;
 }
 

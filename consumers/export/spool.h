@@ -36,7 +36,11 @@ int spool_open(struct spool **out, const char *dir, uint64_t limit, char *err, s
 /* Frees the index; files stay for the next run. */
 void spool_close(struct spool *s);
 
-/* Appends b (taking ownership).  On disk the body is written, synced and
+/* The next sequence number: batches take one when they are built, so the
+ * spool (and its file names) stays in build order even when an older batch
+ * comes back from a failed request after newer ones were spooled. */
+uint64_t spool_take_seq(struct spool *s);
+/* Inserts b by its seq (taking ownership); normally that is the tail.  On disk the body is written, synced and
  * freed (b->on_disk = 1).  A write error leaves the body in memory and
  * returns -errno: the batch is still queued, just not durable. */
 int spool_append(struct spool *s, struct batch *b);

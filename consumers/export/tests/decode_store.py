@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""Independent decoder for what cbus-collector stored: OTLP/JSON bodies
+(python's json) and msgpack batches (python3-msgpack).  Prints one JSON
+document the C test asserts on:
+
+  {"files": [...], "violations": [...],
+   "spans":  [{"file", "trace", "span", "parent", "name", "kind", "status",
+               "attrs": {key: value}, "events": [name, ...]}],
+   "events": [{"file", "event_id", "kind", "run_id", "bus_id"}]}
+
+"violations" lists every breach of the OTLP/JSON rules cbus-export must
+follow (hex ids, integer enums, 64-bit integers as decimal strings).
+"""
+import json
+import os
+import re
+import sys
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+DEC = re.compile(r"^[0-9]+$")
+
+
+def value(v, where, bad):
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        if not isinstance(v["intValue"], str) or not DEC.match(v["intValue"]):
+            bad.append(f"{where}: intValue {v['intValue']!r} is not a decimal string")
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "arrayValue" in v:
+        return [value(x, where, bad) for x in v["arrayValue"].get("values", [])]
+    bad.append(f"{where}: unknown value {v!r}")
+    return None
+
+
+def attrs(lst, where, bad):
+    out = {}
+    for a in lst or []:
+        if a["key"] in out:
+            bad.append(f"{where}: duplicate attribute {a['key']}")
+        out[a["key"]] = value(a["value"], where + ":" + a["key"], bad)
+    return out
+
+
+def otlp(path, name, spans, bad):
+    with open(path, "rb") as f:
+        doc = json.load(f)
+    for rs in doc["resourceSpans"]:
+        res = attrs(rs["resource"]["attributes"], name + ":resource", bad)
+        for key in ("service.name", "host.name", "process.pid"):
+            if key not in res:
+                bad.append(f"{name}: resource lacks {key}")
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                w = f"{name}:{s.get('spanId')}"
+                if not HEX32.match(s["traceId"]):
+                    bad.append(f"{w}: traceId {s['traceId']!r}")
+                if not HEX16.match(s["spanId"]):
+                    bad.append(f"{w}: spanId {s['spanId']!r}")
+                if "parentSpanId" in s and not HEX16.match(s["parentSpanId"]):
+                    bad.append(f"{w}: parentSpanId {s['parentSpanId']!r}")
+                if not isinstance(s["kind"], int):
+                    bad.append(f"{w}: kind is not an integer")
+                for t in ("startTimeUnixNano", "endTimeUnixNano"):
+                    if not isinstance(s[t], str) or not DEC.match(s[t]):
+                        bad.append(f"{w}: {t} is not a decimal string")
+                if int(s["endTimeUnixNano"]) < int(s["startTimeUnixNano"]):
+                    bad.append(f"{w}: ends before it starts")
+                code = s.get("status", {}).get("code", 0)
+                if not isinstance(code, int):
+                    bad.append(f"{w}: status code is not an integer")
+                spans.append({
+                    "file": name,
+                    "trace": s["traceId"],
+                    "span": s["spanId"],
+                    "parent": s.get("parentSpanId", ""),
+                    "name": s["name"],
+                    "kind": s["kind"],
+                    "status": code,
+                    "attrs": attrs(s.get("attributes"), w, bad),
+                    "events": [e["name"] for e in s.get("events", [])],
+                })
+
+
+def mpack(path, name, events, bad):
+    import msgpack
+    with open(path, "rb") as f:
+        doc = msgpack.unpackb(f.read(), raw=False)
+    if doc.get("format") != "cbus.events":
+        bad.append(f"{name}: format {doc.get('format')!r}")
+    for e in doc["events"]:
+        events.append({"file": name, "event_id": e["event_id"], "kind": e["kind"],
+                       "run_id": e.get("run_id", ""), "bus_id": doc.get("bus_id")})
+
+
+def main():
+    store = sys.argv[1]
+    files = sorted(os.listdir(store)) if os.path.isdir(store) else []
+    files = [f for f in files if f.endswith(".json") or f.endswith(".msgpack")]
+    spans, events, bad = [], [], []
+    for name in files:
+        path = os.path.join(store, name)
+        try:
+            if name.endswith(".json"):
+                otlp(path, name, spans, bad)
+            else:
+                mpack(path, name, events, bad)
+        except Exception as exc:  # a body the decoder cannot read is a finding
+            bad.append(f"{name}: {type(exc).__name__}: {exc}")
+    json.dump({"files": files, "violations": bad, "spans": spans, "events": events}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+/* cbus-export end to end: a real bus, the real daemon, a real HTTP server on
+ * loopback (cbus-collector, which stores every accepted body), and every
+ * stored payload decoded by an independent decoder (tests/decode_store.py:
+ * python's json and python3-msgpack). */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cbus/bus.h>
+#include <cbus/producer.h>
+
+#include "harness.h"
+#include "support.h"
+
+#define PY "/usr/bin/python3"
+#define DECODER CBUS_SOURCE_DIR "/consumers/export/tests/decode_store.py"
+
+static char bus[64];
+static char dir[64];
+static cbus_producer *prod;
+static struct collector col;
+static struct exporter_proc ex;
+
+static void setup(void)
+{
+    test_bus_name(bus, sizeof bus);
+    test_bus_create(bus, 0);
+    strcpy(dir, "/tmp/cbus-export-e2e-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
+    memset(&col, 0, sizeof col);
+    memset(&ex, 0, sizeof ex);
+}
+
+static void teardown(void)
+{
+    if (ex.pid > 0) {
+        kill(ex.pid, SIGKILL);
+        waitpid(ex.pid, NULL, 0);
+    }
+    if (col.pid > 0)
+        collector_stop(&col);
+    cbus_producer_close(prod);
+    cbus_bus_destroy(bus);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {
+    }
+}
+
+TestSuite(export_daemon, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Config text for the exporter: the common part plus extra lines. */
+static const char *config_path(unsigned port, const char *path, const char *extra)
+{
+    static char buf[2048];
+    snprintf(buf, sizeof buf,
+             "[bus]\nstart = newest\nconsumer_name = exp\n"
+             "[export]\nendpoint = http://127.0.0.1:%u%s\nbatch_max_age = 50ms\n"
+             "retry_initial = 50ms\nretry_max = 200ms\nshutdown_timeout = 3s\n"
+             "[spool]\ndir = %s/spool\n[status]\ninterval = 20ms\n%s\n",
+             port, path, dir, extra ? extra : "");
+    return buf;
+}
+
+static const char *config(unsigned port, const char *extra)
+{
+    return config_path(port, "", extra);
+}
+
+/* Decodes the collector's store with python; the caller cJSON_Delete()s. */
+static cJSON *decode(void)
+{
+    char cmd[512], out[128];
+    snprintf(out, sizeof out, "%s/decoded.json", dir);
+    snprintf(cmd, sizeof cmd, PY " " DECODER " %s > %s", col.store, out);
+    cr_assert_eq(system(cmd), 0, "decoder failed: %s", cmd);
+    FILE *f = fopen(out, "r");
+    cr_assert_not_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *text = malloc((size_t)n + 1);
+    cr_assert_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+    text[n] = '\0';
+    fclose(f);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(root);
+    cJSON *bad = cJSON_GetObjectItem(root, "violations");
+    cr_assert_eq(cJSON_GetArraySize(bad), 0, "OTLP rule broken: %s",
+                 cJSON_GetArraySize(bad) ? cJSON_GetArrayItem(bad, 0)->valuestring : "");
+    return root;
+}
+
+static cJSON *attr(cJSON *span, const char *key)
+{
+    return cJSON_GetObjectItem(cJSON_GetObjectItem(span, "attrs"), key);
+}
+
+static const char *s_of(cJSON *o, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static cJSON *span_by_id(cJSON *spans, const char *id)
+{
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        if (!strcmp(s_of(s, "span"), id))
+            return s;
+    }
+    return NULL;
+}
+
+/* Counts spans carrying cbus.run.id == uuid. */
+static int count_run(cJSON *spans, const char *uuid)
+{
+    int n = 0;
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        cJSON *r = attr(s, "cbus.run.id");
+        if (cJSON_IsString(r) && !strcmp(r->valuestring, uuid))
+            n++;
+    }
+    return n;
+}
+
+/* One agent turn: chain (agent) -> chat with 2 streamed tokens -> tool.
+ * Every tenth chat fails instead.  Records the run ids. 9 or 8 events. */
+static void agent_turn(int i, char (*uuids)[3][37])
+{
+    cbus_ctx root, chat, tool;
+    cbus_ctx_init(&root);
+    cbus_ctx_set_user(&root, "alice");
+    cbus_ctx_set_session(&root, "s-1");
+    cr_assert_eq(cbus_chain_start(prod, &root, "planner", "question"), 0);
+    cbus_ctx_child(&chat, &root);
+    cbus_ctx_set_provider(&chat, "anthropic");
+    cbus_ctx_set_model(&chat, "claude-sonnet-4");
+    cr_assert_eq(cbus_chat_model_start(prod, &chat, "q", NULL), 0);
+    cbus_llm_new_token(prod, &chat, "Hel", 3);
+    cbus_llm_new_token(prod, &chat, "lo", 2);
+    if (i % 10 == 9) {
+        cbus_llm_error(prod, &chat, "RateLimitError", "slow down", 429);
+    } else {
+        struct cbus_usage u = {.input_tokens = 1000, .output_tokens = 20, .cache_read_tokens = 800,
+                               .cache_creation_tokens = 100, .reasoning_tokens = 5,
+                               .finish_reason = CBUS_FINISH_TOOL_CALLS,
+                               .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT | CBUS_USAGE_CACHE_READ |
+                                                CBUS_USAGE_CACHE_CREATION | CBUS_USAGE_REASONING};
+        cbus_llm_end(prod, &chat, &u, "Hello");
+    }
+    cbus_agent_action(prod, &root, "search", "weather");
+    cbus_ctx_child(&tool, &root);
+    cbus_tool_start(prod, &tool, "search", "weather");
+    cbus_tool_end(prod, &tool, "sunny");
+    cbus_chain_end(prod, &root, "done");
+    if (uuids) {
+        cbus_id_uuid(uuids[i][0], root.tmpl.run_id);
+        cbus_id_uuid(uuids[i][1], chat.tmpl.run_id);
+        cbus_id_uuid(uuids[i][2], tool.tmpl.run_id);
+    }
+}
+
+static void tool_span(int i)
+{
+    cbus_ctx c;
+    cbus_ctx_init(&c);
+    char name[32];
+    snprintf(name, sizeof name, "tool%d", i);
+    cr_assert_eq(cbus_tool_start(prod, &c, name, NULL), 0);
+    cr_assert_eq(cbus_tool_end(prod, &c, NULL), 0);
+}
+
+Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nmax_in_flight = 3\nbatch_max_items = 64\n")), 0);
+    enum { N = 200 };
+    static char uuids[N][3][37];
+    for (int i = 0; i < N; i++)
+        agent_turn(i, uuids);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 3 * N, 20000), 3 * N);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0, "clean exit on SIGTERM");
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "spans"), 3 * N, "nothing extra: tokens are folded, not exported");
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    cr_assert_eq(cJSON_GetArraySize(spans), 3 * N);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < 3; k++)
+            cr_assert_eq(count_run(spans, uuids[i][k]), 1, "run %s arrived %d times", uuids[i][k],
+                         count_run(spans, uuids[i][k]));
+    int chats = 0, errors = 0;
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        const char *kind = attr(s, "cbus.run.kind")->valuestring;
+        if (!strcmp(kind, "chain")) {
+            cr_assert_str_eq(s_of(s, "name"), "invoke_agent planner");
+            cr_assert_str_eq(s_of(s, "parent"), "", "the agent is the root");
+            continue;
+        }
+        /* every child links to its agent span, in the same trace */
+        cJSON *parent = span_by_id(spans, s_of(s, "parent"));
+        cr_assert_not_null(parent, "%s has no parent in the export", s_of(s, "name"));
+        cr_assert_str_eq(s_of(parent, "name"), "invoke_agent planner");
+        cr_assert_str_eq(s_of(parent, "trace"), s_of(s, "trace"));
+        if (!strcmp(kind, "tool")) {
+            cr_assert_str_eq(s_of(s, "name"), "execute_tool search");
+            cr_assert_eq(cJSON_GetObjectItem(s, "kind")->valueint, 1);
+            continue;
+        }
+        cr_assert_str_eq(kind, "chat_model");
+        cr_assert_str_eq(s_of(s, "name"), "chat claude-sonnet-4");
+        cr_assert_eq(cJSON_GetObjectItem(s, "kind")->valueint, 3);
+        cr_assert_str_eq(attr(s, "gen_ai.provider.name")->valuestring, "anthropic");
+        cr_assert_str_eq(attr(s, "user.id")->valuestring, "alice");
+        cr_assert_str_eq(attr(s, "gen_ai.conversation.id")->valuestring, "s-1");
+        cr_assert_eq(attr(s, "cbus.stream.chunks")->valueint, 2);
+        cr_assert_not_null(attr(s, "gen_ai.response.time_to_first_chunk"));
+        if (cJSON_GetObjectItem(s, "status")->valueint == 2) {
+            errors++;
+            cr_assert_str_eq(attr(s, "error.type")->valuestring, "RateLimitError");
+            cr_assert_eq(attr(s, "http.response.status_code")->valueint, 429);
+            cr_assert_null(attr(s, "gen_ai.usage.input_tokens"));
+        } else {
+            chats++;
+            cr_assert_eq(cJSON_GetObjectItem(s, "status")->valueint, 1);
+            cr_assert_eq(attr(s, "gen_ai.usage.input_tokens")->valueint, 1000);
+            cr_assert_eq(attr(s, "gen_ai.usage.output_tokens")->valueint, 20);
+            cr_assert_eq(attr(s, "gen_ai.usage.cache_read.input_tokens")->valueint, 800);
+            cr_assert_eq(attr(s, "gen_ai.usage.cache_creation.input_tokens")->valueint, 100);
+            cr_assert_eq(attr(s, "gen_ai.usage.reasoning.output_tokens")->valueint, 5);
+            cr_assert_str_eq(cJSON_GetArrayItem(attr(s, "gen_ai.response.finish_reasons"), 0)->valuestring,
+                             "tool_calls");
+        }
+    }
+    cr_assert_eq(chats, N - N / 10);
+    cr_assert_eq(errors, N / 10);
+    cJSON_Delete(root);
+}
+
+Test(export_daemon, msgpack_gzip_every_event_once)
+{
+    if (system(PY " -c 'import msgpack' 2>/dev/null"))
+        cr_skip("python3-msgpack is not installed for " PY);
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    /* msgpack takes the endpoint as the full URL */
+    const char *cfg = config_path(col.port, "/ingest", "[export]\nformat = msgpack\ngzip = true\nbatch_max_items = 100\n");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    uint64_t first = cbus_bus_tail(cbus_producer_bus(prod));
+    enum { TURNS = 150 };
+    for (int i = 0; i < TURNS; i++)
+        agent_turn(i, NULL);
+    uint64_t last = cbus_bus_tail(cbus_producer_bus(prod));
+    int64_t want = (int64_t)(last - first);
+    cr_assert_eq(wait_for(get_collector, &col, "events", want, 20000), want);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_gt(collector_stat(&col, "gzip"), 0, "bodies arrived gzip-compressed");
+    cJSON *root = decode();
+    cJSON *evs = cJSON_GetObjectItem(root, "events");
+    cr_assert_eq(cJSON_GetArraySize(evs), want);
+    static unsigned char seen[TURNS * 10];
+    memset(seen, 0, sizeof seen);
+    int tokens = 0;
+    cJSON *e;
+    cJSON_ArrayForEach(e, evs) {
+        uint64_t id = (uint64_t)cJSON_GetObjectItem(e, "event_id")->valuedouble;
+        cr_assert(id >= first && id < last, "event id %llu out of range", (unsigned long long)id);
+        cr_assert_eq(seen[id - first]++, 0, "event %llu arrived twice", (unsigned long long)id);
+        if (!strcmp(s_of(e, "kind"), "llm_new_token"))
+            tokens++;
+    }
+    cr_assert_eq(tokens, 2 * TURNS, "raw format: every event, tokens included");
+    cJSON_Delete(root);
+}
+
+Test(export_daemon, endpoint_down_then_up_replays_spool_in_order)
+{
+    unsigned port = free_port();
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(port, "[export]\nbatch_max_items = 20\n")), 0);
+    enum { N = 200 };
+    for (int i = 0; i < N; i++)
+        tool_span(i);
+    /* all ten batches end up spooled while nothing listens */
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.spooled", N / 20, 10000), N / 20);
+    cr_assert_eq(exporter_stat(&ex, "export.endpoint_ok"), 0);
+    cr_assert_eq(exporter_stat(&ex, "export.sent_items"), 0);
+    cr_assert_eq(collector_start(&col, dir, port, NULL), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", N, 20000), N);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.replayed", N / 20, 5000), N / 20);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    cr_assert_eq(cJSON_GetArraySize(spans), N, "each span once");
+    /* in order: the stored bodies (numbered by arrival) carry rising event ids */
+    double prev = -1;
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        double id = attr(s, "cbus.event.id")->valuedouble;
+        cr_assert_gt(id, prev, "span with event id %.0f arrived after %.0f", id, prev);
+        prev = id;
+    }
+    cJSON_Delete(root);
+}
+
+Test(export_daemon, retry_after_429_is_honoured)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--fail-first", "1", "--status", "429",
+                                                                "--retry-after", "2", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nretry_initial = 10ms\nretry_max = 20ms\n")), 0);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_collector, &col, "failed", 1, 10000), 1);
+    /* the backoff alone would have retried a dozen times by now */
+    test_sleep_ms(800);
+    cr_assert_eq(collector_stat(&col, "requests"), 1, "retried before Retry-After elapsed");
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 10, 10000), 10);
+    cr_assert_eq(collector_stat(&col, "requests"), 2);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.retried", 1, 2000), 1);
+    cr_assert_eq(exporter_stat(&ex, "export.retried"), 1);
+}
+
+Test(export_daemon, status_400_drops_the_batch_without_retry)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--fail-first", "1000", "--status", "400", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, NULL)), 0);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_exporter, &ex, "export.rejected_batches", 1, 10000), 1);
+    test_sleep_ms(400);
+    cr_assert_eq(collector_stat(&col, "requests"), 1, "a 400 is never retried");
+    cr_assert_eq(exporter_stat(&ex, "export.rejected_items"), 10);
+    cr_assert_eq(exporter_stat(&ex, "export.retried"), 0);
+    cr_assert_eq(exporter_stat(&ex, "export.spooled"), 0);
+}
+
+Test(export_daemon, partial_success_is_counted_not_retried)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--partial", "2", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, NULL)), 0);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_exporter, &ex, "export.partial_batches", 1, 10000), 1);
+    cr_assert_eq(exporter_stat(&ex, "export.partial_rejected"), 2);
+    test_sleep_ms(200);
+    cr_assert_eq(collector_stat(&col, "requests"), 1);
+    cr_assert_eq(exporter_stat(&ex, "export.retried"), 0);
+}
+
+Test(export_daemon, slow_endpoint_does_not_hold_producers)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--delay-ms", "400", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[bus]\nmode = lossy\n[export]\nbatch_max_items = 100\nmax_in_flight = 1\nqueue_batches = 1\n")), 0);
+    for (int i = 0; i < 20000; i++)
+        tool_span(i);
+    struct cbus_producer_stats ps;
+    cr_assert_eq(cbus_producer_stats(prod, &ps), 0);
+    cr_assert_eq(ps.dropped, 0);
+    cr_assert_eq(ps.waited_ns, 0, "a lossy exporter never makes a producer wait");
+    cr_assert_geq(wait_for(get_collector, &col, "accepted", 1, 10000), 1, "the slow endpoint still gets data");
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+}
+
+Test(export_daemon, sigkill_and_restart_lose_nothing_acknowledged_lossless)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    const char *cfg = config(col.port, "[bus]\nmode = lossless\nstart = resume\n[export]\nbatch_max_items = 25\n");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    enum { N = 400 };
+    static char uuids[N][37];
+    for (int i = 0; i < N / 2; i++) {
+        cbus_ctx c;
+        cbus_ctx_init(&c);
+        cbus_tool_start(prod, &c, "t", NULL);
+        cbus_tool_end(prod, &c, NULL);
+        cbus_id_uuid(uuids[i], c.tmpl.run_id);
+    }
+    /* kill it in the middle of its work */
+    wait_for(get_collector, &col, "spans", N / 8, 10000);
+    kill(ex.pid, SIGKILL);
+    waitpid(ex.pid, NULL, 0);
+    ex.pid = 0;
+    for (int i = N / 2; i < N; i++) {
+        cbus_ctx c;
+        cbus_ctx_init(&c);
+        cbus_tool_start(prod, &c, "t", NULL);
+        cbus_tool_end(prod, &c, NULL);
+        cbus_id_uuid(uuids[i], c.tmpl.run_id);
+    }
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0, "restarts and resumes its cursor");
+    cr_assert_geq(wait_for(get_collector, &col, "spans", N, 20000), N);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    for (int i = 0; i < N; i++)
+        cr_assert_geq(count_run(spans, uuids[i]), 1, "run %d (%s) was lost", i, uuids[i]);
+    cJSON_Delete(root);
+}
+
+Test(export_daemon, bad_config_exits_2_naming_the_line)
+{
+    char path[128], cmd[512];
+    snprintf(path, sizeof path, "%s/bad.ini", dir);
+    FILE *f = fopen(path, "w");
+    fputs("[export]\nformat = otlp\nmax_in_flight = many\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, CBUS_BINARY_DIR "/consumers/export/cbus-export --bus %s --config %s 2>%s/err.txt",
+             bus, path, dir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "exit status %d", st);
+    snprintf(path, sizeof path, "%s/err.txt", dir);
+    f = fopen(path, "r");
+    char line[512] = "";
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    fclose(f);
+    cr_assert(strstr(line, "bad.ini:3: [export] max_in_flight:"), "%s", line);
+}
