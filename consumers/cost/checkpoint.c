@@ -31,7 +31,6 @@ static void put_hist(struct sbuf *b, const struct cost_hist *h)
     put_u64(b, h->min_ns);
     put_u64(b, h->max_ns);
     put(b, &h->sum_ns, sizeof h->sum_ns);
-    put(b, h->prom, sizeof h->prom);
     uint32_t nz = 0;
     for (unsigned i = 0; i < COST_HIST_BUCKETS; i++)
         nz += h->b[i] != 0;
@@ -132,7 +131,6 @@ static void get_hist(struct rd *r, struct cost_hist *h)
     h->min_ns = get_u64(r);
     h->max_ns = get_u64(r);
     get(r, &h->sum_ns, sizeof h->sum_ns);
-    get(r, h->prom, sizeof h->prom);
     uint32_t nz;
     get(r, &nz, sizeof nz);
     if (nz > COST_HIST_BUCKETS) {

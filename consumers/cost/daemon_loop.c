@@ -249,7 +249,9 @@ static int checkpoint(struct daemon *d)
 static int mkdir_p(const char *path)
 {
     char tmp[COST_PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
+    int n = snprintf(tmp, sizeof tmp, "%s", path);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return -ENAMETOOLONG;
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/')
             continue;
@@ -397,8 +399,12 @@ int cost_daemon_main(int argc, char **argv)
         cbus_log_error("state dir %s: %s", d->cfg.state_dir, strerror(-r));
         return 1;
     }
-    snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);
-    snprintf(d->snap_path, sizeof d->snap_path, "%s/snapshot.json", d->cfg.state_dir);
+    int n1 = snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);
+    int n2 = snprintf(d->snap_path, sizeof d->snap_path, "%s/snapshot.json", d->cfg.state_dir);
+    if (n1 < 0 || (size_t)n1 >= sizeof d->ckpt_path || n2 < 0 || (size_t)n2 >= sizeof d->snap_path) {
+        cbus_log_error("state dir %s: path too long", d->cfg.state_dir);
+        return 1;
+    }
 
     struct cost_budget_set bs = {
         .global = d->cfg.global_idx >= 0 ? &d->cfg.budgets[d->cfg.global_idx] : NULL,

@@ -103,9 +103,32 @@ static inline long cost_ktab_get(struct cost_ktab *t, const void *key, int *crea
 size_t cost_ktab_remove_if(struct cost_ktab *t, int (*drop)(const void *key, void *val, void *arg),
                            void *arg);
 
-/* Copies a bounded event field into a zeroed key buffer. */
+/* Copies a bounded event field into a key buffer, zeroing everything from
+ * the first NUL on, so whatever a producer left after the NUL cannot split
+ * one key into two.  Event fields are multiples of 8 bytes: the common case
+ * goes a word at a time (the lowest zero byte of a word is found with the
+ * classic haszero bit trick, which is exact for the lowest one). */
 static inline void cost_key_set(char *dst, size_t dst_size, const char *field, size_t field_size)
 {
+    if (dst_size == field_size && dst_size % 8 == 0) {
+        int ended = 0;
+        for (size_t i = 0; i < dst_size; i += 8) {
+            uint64_t w;
+            memcpy(&w, field + i, 8);
+            if (ended) {
+                w = 0;
+            } else {
+                uint64_t z = (w - UINT64_C(0x0101010101010101)) & ~w & UINT64_C(0x8080808080808080);
+                if (z) {
+                    unsigned byte = (unsigned)__builtin_ctzll(z) / 8;
+                    w = byte ? w & ((UINT64_C(1) << (8 * byte)) - 1) : 0;
+                    ended = 1;
+                }
+            }
+            memcpy(dst + i, &w, 8);
+        }
+        return;
+    }
     memset(dst, 0, dst_size);
     size_t n = strnlen(field, field_size);
     memcpy(dst, field, n < dst_size ? n : dst_size);

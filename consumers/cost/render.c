@@ -33,7 +33,8 @@ static void per_minute(const struct cost_counters *c, uint64_t now_ns, uint64_t 
     }
 }
 
-static void json_hist(struct sbuf *b, const char *name, const struct cost_hist *h)
+static void json_hist(struct sbuf *b, const char *name, const struct cost_hist *h,
+                      enum cost_hist_kind k)
 {
     sbuf_printf(b, "\"%s\":", name);
     if (!h->count) {
@@ -43,8 +44,8 @@ static void json_hist(struct sbuf *b, const char *name, const struct cost_hist *
     sbuf_printf(b,
                 "{\"count\":%llu,\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,\"mean\":%.3f,"
                 "\"min\":%.3f,\"max\":%.3f}",
-                (unsigned long long)h->count, cost_hist_quantile(h, 0.50) / 1e6,
-                cost_hist_quantile(h, 0.95) / 1e6, cost_hist_quantile(h, 0.99) / 1e6,
+                (unsigned long long)h->count, cost_hist_quantile(h, 0.50, k) / 1e6,
+                cost_hist_quantile(h, 0.95, k) / 1e6, cost_hist_quantile(h, 0.99, k) / 1e6,
                 (double)(h->sum_ns / h->count) / 1e6, h->min_ns / 1e6, h->max_ns / 1e6);
 }
 
@@ -82,9 +83,9 @@ static void json_counters(struct sbuf *b, const struct cost_counters *c, uint64_
 static void json_latency(struct sbuf *b, const struct cost_latency *lat)
 {
     sbuf_puts(b, ",");
-    json_hist(b, "duration_ms", &lat->duration);
+    json_hist(b, "duration_ms", &lat->duration, COST_HIST_DURATION);
     sbuf_puts(b, ",");
-    json_hist(b, "ttft_ms", &lat->ttft);
+    json_hist(b, "ttft_ms", &lat->ttft, COST_HIST_TTFT);
 }
 
 static void json_budget(struct sbuf *b, const struct cost_budget *bu,
@@ -247,16 +248,13 @@ static void model_labels(struct sbuf *b, const char *k)
 }
 
 static void prom_hist(struct sbuf *b, const char *name, const char *labels,
-                      const struct cost_hist *h, int ttft)
+                      const struct cost_hist *h, enum cost_hist_kind k)
 {
-    unsigned nb = ttft ? COST_TTFT_PROM_BOUNDS : COST_DUR_PROM_BOUNDS;
-    const double *bounds = ttft ? cost_ttft_prom_bounds_s : cost_dur_prom_bounds_s;
-    uint64_t cum = 0;
-    for (unsigned i = 0; i < nb; i++) {
-        cum += h->prom[i];
-        sbuf_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[i],
-                    (unsigned long long)cum);
-    }
+    unsigned nb = cost_hist_prom_bounds(k);
+    for (unsigned i = 0; i < nb; i++)
+        sbuf_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
+                    cost_hist_prom_bound_s(k, i),
+                    (unsigned long long)cost_hist_prom_cumulative(h, k, i));
     sbuf_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
     sbuf_printf(b, "%s_sum{%s} %.9f\n", name, labels, (double)h->sum_ns / 1e9);
     sbuf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
@@ -337,11 +335,11 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
         struct sbuf lb;
         sbuf_init(&lb);
         model_labels(&lb, cost_ktab_key_at(mt, i));
-        prom_hist(b, "cbus_cost_request_duration_seconds", lb.data, &m->lat.duration, 0);
+        prom_hist(b, "cbus_cost_request_duration_seconds", lb.data, &m->lat.duration, COST_HIST_DURATION);
         sbuf_free(&lb);
     }
     prom_head(b, "cbus_cost_time_to_first_token_seconds", "histogram",
-              "Time to first token (gen_ai.server.time_to_first_token buckets).");
+              "Time to first token (exponential buckets 1 ms .. 16.384 s).");
     for (size_t i = 0; i < mt->n; i++) {
         const struct cost_model *m = cost_ktab_val_at(mt, i);
         if (!m->lat.ttft.count)
@@ -349,7 +347,7 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
         struct sbuf lb;
         sbuf_init(&lb);
         model_labels(&lb, cost_ktab_key_at(mt, i));
-        prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, 1);
+        prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, COST_HIST_TTFT);
         sbuf_free(&lb);
     }
     if (ri->prom_users) {

@@ -312,18 +312,45 @@ Test(cost_ledger, latency_percentiles_within_bucket_precision)
     }
     const struct cost_hist *h = &model("m1")->lat.duration;
     cr_assert_eq(h->count, 1000);
-    double p50 = cost_hist_quantile(h, 0.5) / 1e6, p99 = cost_hist_quantile(h, 0.99) / 1e6;
+    double p50 = cost_hist_quantile(h, 0.5, COST_HIST_DURATION) / 1e6;
+    double p99 = cost_hist_quantile(h, 0.99, COST_HIST_DURATION) / 1e6;
     cr_assert(p50 > 500 * 0.96 && p50 < 500 * 1.04, "p50 %f", p50);
     cr_assert(p99 > 990 * 0.96 && p99 < 990 * 1.04, "p99 %f", p99);
-    cr_assert_eq(cost_hist_quantile(&model("m1")->lat.ttft, 0.5), 50000000u, "clamped to min/max");
-    /* Prometheus buckets: le=0.01 s holds 1..10 ms */
-    cr_assert_eq(h->prom[0], 10);
-    cr_assert_eq(cost_dur_prom_index(10000000), 0);
-    cr_assert_eq(cost_dur_prom_index(10000001), 1);
-    cr_assert_eq(cost_dur_prom_index(81920000000ull), 13);
-    cr_assert_eq(cost_dur_prom_index(81920000001ull), 14);
-    cr_assert_eq(cost_ttft_prom_index(1000000), 0);
-    cr_assert_eq(cost_ttft_prom_index(1000001), 1);
+    cr_assert_eq(cost_hist_quantile(&model("m1")->lat.ttft, 0.5, COST_HIST_TTFT), 50000000u,
+                 "clamped to min/max");
+    /* Prometheus buckets, exact: le=0.01 s holds 1..10 ms, le=0.64 s 1..640 ms */
+    cr_assert_eq(cost_hist_prom_cumulative(h, COST_HIST_DURATION, 0), 10);
+    cr_assert_eq(cost_hist_prom_cumulative(h, COST_HIST_DURATION, 6), 640);
+    cr_assert_eq(cost_hist_prom_cumulative(h, COST_HIST_DURATION, 13), 1000);
+    cr_assert_eq(cost_hist_prom_cumulative(&model("m1")->lat.ttft, COST_HIST_TTFT, 5), 0, "le 32 ms");
+    cr_assert_eq(cost_hist_prom_cumulative(&model("m1")->lat.ttft, COST_HIST_TTFT, 6), 1000, "le 64 ms");
+}
+
+Test(cost_ledger, prometheus_bounds_are_inclusive_and_exact)
+{
+    static struct cost_hist h;
+    struct {
+        uint64_t ns;
+        enum cost_hist_kind k;
+        unsigned i;
+        uint64_t want;
+    } cases[] = {
+        {10000000, COST_HIST_DURATION, 0, 1},  /* exactly 0.01 s: le="0.01" */
+        {10000001, COST_HIST_DURATION, 0, 0},
+        {10000001, COST_HIST_DURATION, 1, 1},
+        {81920000000ull, COST_HIST_DURATION, 13, 1},
+        {81920000001ull, COST_HIST_DURATION, 13, 0},
+        {0, COST_HIST_DURATION, 0, 1},
+        {1000000, COST_HIST_TTFT, 0, 1},
+        {1000001, COST_HIST_TTFT, 0, 0},
+        {16384000000ull, COST_HIST_TTFT, 14, 1},
+    };
+    for (unsigned c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        memset(&h, 0, sizeof h);
+        cost_hist_record(&h, cases[c].ns, cases[c].k);
+        cr_assert_eq(cost_hist_prom_cumulative(&h, cases[c].k, cases[c].i), cases[c].want,
+                     "case %u", c);
+    }
 }
 
 Test(cost_ledger, histogram_index_is_monotonic_and_covers_range)
