@@ -162,6 +162,15 @@ int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
         }
         if (res.bad) {
             size_t cut = len - res.good_end;
+            /* Blocks allocated but never written before a crash read back as
+             * zeros: that is a torn tail too, not tampering. */
+            int zeros = 1;
+            for (size_t k = res.good_end; k < len && zeros; k++)
+                zeros = buf[k] == 0;
+            if (zeros) {
+                res.torn = 1;
+                snprintf(res.why, sizeof res.why, "zero-filled tail");
+            }
             rc = keep_cut_bytes(path, buf, res.good_end, len, side, sizeof side);
             if (rc == 0 && truncate(path, (off_t)res.good_end) < 0)
                 rc = -errno;
@@ -181,9 +190,9 @@ int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
             }
             audit_fsync_dir(dir);
             if (res.torn)
-                cbus_log_warn("recovery: %s: torn last record at offset %zu (index %lld): "
+                cbus_log_warn("recovery: %s: torn tail at offset %zu (index %lld: %s): "
                               "truncated %zu bytes (kept in %s); the chain resumes at seq %llu",
-                              path, res.bad_offset, (long long)res.bad_index, cut, side,
+                              path, res.bad_offset, (long long)res.bad_index, res.why, cut, side,
                               (unsigned long long)st.next_seq);
             else
                 cbus_log_error("recovery: %s: bad record at offset %zu (index %lld): %s; "

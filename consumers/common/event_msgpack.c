@@ -437,7 +437,9 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *o
     struct cbus_mp_writer w = {out};
     mp_map(&w, n);
     KEY(&w, "kind");
-    const char *kname = cbus_kind_name(ev->kind);
+    /* Kind 0 ("none") is no event and cbus_kind_from_name() does not map
+     * its name back: it goes out as a number, like unknown kinds. */
+    const char *kname = ev->kind ? cbus_kind_name(ev->kind) : NULL;
     if (kname)
         mp_str(&w, kname, (uint32_t)strlen(kname));
     else

@@ -12,8 +12,8 @@
  * and a key whose condition is false is absent (absent is not zero):
  *
  *   key               type   when / meaning
- *   kind              str    always: cbus_kind_name() ("llm_end"); a kind
- *                            with no name is written as its uint
+ *   kind              str    always: cbus_kind_name() ("llm_end"); kind 0
+ *                            and kinds with no name are written as a uint
  *   event_id          uint   always: ring position, unique per bus_id
  *   ts_realtime_ns    uint   always: CLOCK_REALTIME ns since the epoch
  *   ts_mono_ns        uint   always: CLOCK_MONOTONIC ns

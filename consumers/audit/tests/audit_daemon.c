@@ -1,0 +1,298 @@
+/* cbus-audit as users run it: the real binary on a real bus, producers in
+ * other processes, SIGKILL under load, a disk that fills up, bad configs. */
+#include <criterion/criterion.h>
+
+#include <cbus/bus.h>
+#include <cbus/producer.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.h"
+#include "test_util.h"
+
+static char tmp[200];
+static char dir[300];
+static char logfile[300];
+static char bus[64];
+static char mnt[280];
+static int mounted;
+
+static void setup(void)
+{
+    tu_tmpdir(tmp, sizeof tmp);
+    snprintf(dir, sizeof dir, "%s/log", tmp);
+    snprintf(logfile, sizeof logfile, "%s/daemon.log", tmp);
+    test_bus_name(bus, sizeof bus);
+    mounted = 0;
+}
+
+static void teardown(void)
+{
+    if (mounted)
+        umount2(mnt, MNT_DETACH);
+    cbus_bus_destroy(bus);
+    tu_rmrf(tmp);
+}
+
+static char *slurp_text(const char *path)
+{
+    size_t len;
+    uint8_t *b = tu_slurp(path, &len);
+    if (!b)
+        return strdup("");
+    char *s = malloc(len + 1);
+    memcpy(s, b, len);
+    s[len] = '\0';
+    free(b);
+    return s;
+}
+
+static void stop_daemon(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int st = test_wait_pid(pid, 20000);
+    char *log = slurp_text(logfile);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon exit %d:\n%s", st, log);
+    free(log);
+}
+
+static void verify_ok(const char *d, const char *expect)
+{
+    char out[4096];
+    char *argv[] = {(char *)CBUS_AUDIT_BIN, (char *)"verify", (char *)d, NULL};
+    cr_assert_eq(tu_run(argv, out, sizeof out), 0, "%s", out);
+    if (expect)
+        cr_assert(strstr(out, expect), "%s", out);
+}
+
+/* Emits events [first, first+n) tagged with their number (retry events,
+ * attempt = i: cbus_emit() overrides an llm_new_token's index with the
+ * context's counter); ok[i] = 1 when the emit succeeded.  Runs in a child
+ * process. */
+static pid_t producer(unsigned first, unsigned n, volatile uint8_t *ok, unsigned pace_every)
+{
+    pid_t pid = fork();
+    if (pid)
+        return pid;
+    cbus_producer *p;
+    if (cbus_producer_open(&p, bus, NULL))
+        _exit(3);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cbus_ctx_set_model(&ctx, "gpt-4o");
+    cbus_ctx_set_user(&ctx, "alice");
+    for (unsigned i = first; i < first + n; i++) {
+        struct cbus_retry_info ti = {.attempt = i};
+        struct cbus_emit_args a = {.kind = CBUS_EV_RETRY, .preview = "tok",
+                                   .preview_len = 3, .payload = &ti, .payload_len = sizeof ti};
+        int rc = cbus_emit(p, &ctx, &a);
+        ok[i] = rc == 0;
+        if (rc && rc != -EAGAIN)
+            _exit(4);
+        if (pace_every && i % pace_every == 0)
+            usleep(200);
+    }
+    cbus_producer_close(p);
+    _exit(0);
+}
+
+/* The log holds exactly the events whose emit succeeded, in order, once. */
+static void assert_log_matches(const volatile uint8_t *ok, unsigned n)
+{
+    struct cbus_event *evs;
+    long cnt = tu_read_events(dir, &evs);
+    cr_assert_geq(cnt, 0, "log does not parse");
+    unsigned want = 0;
+    long k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (!ok[i])
+            continue;
+        want++;
+        cr_assert_lt(k, cnt, "event %u missing (log has %ld)", i, cnt);
+        cr_assert_eq(evs[k].u.retry.attempt, i, "record %ld holds %u, expected %u", k,
+                     evs[k].u.retry.attempt, i);
+        if (k > 0)
+            cr_assert_gt(evs[k].event_id, evs[k - 1].event_id);
+        k++;
+    }
+    cr_assert_eq(cnt, (long)want, "log has %ld records, %u events were emitted", cnt, want);
+    free(evs);
+}
+
+static uint64_t bus_tail(void)
+{
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, bus, 0), 0);
+    uint64_t t = cbus_bus_tail(b);
+    cbus_bus_close(b);
+    return t;
+}
+
+Test(audit_daemon, default_config_logs_every_event_once_across_restarts, .init = setup,
+     .fini = teardown)
+{
+    test_bus_create(bus, 0);
+    volatile uint8_t *ok = mmap(NULL, 6000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 5000);
+    cr_assert_geq(idx, 0, "daemon did not attach");
+    cr_assert_eq(test_wait_pid(producer(0, 5000, ok, 0), 30000), 0);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 20000), 0, "not all durable");
+    stop_daemon(d);
+    char *log = slurp_text(logfile);
+    cr_assert(strstr(log, "cbus-audit info: started: bus"), "%s", log);
+    free(log);
+
+    /* A clean restart resumes after the last record: nothing twice. */
+    d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    idx = tu_wait_consumer(bus, "audit", 5000);
+    cr_assert_geq(idx, 0);
+    cr_assert_eq(test_wait_pid(producer(5000, 1000, ok, 0), 30000), 0);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 20000), 0);
+    stop_daemon(d);
+    assert_log_matches(ok, 6000);
+    verify_ok(dir, "6000 records");
+    munmap((void *)ok, 6000);
+}
+
+Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_order,
+     .init = setup, .fini = teardown)
+{
+    enum { N = 100000 };
+    /* Room for every event: while the daemon is dead nothing may be
+     * overwritten, so "every event" is checkable exactly. */
+    test_bus_create(bus, 1u << 17);
+    volatile uint8_t *ok = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    cr_assert_geq(tu_wait_consumer(bus, "audit", 5000), 0);
+    pid_t p = producer(0, N, ok, 64);
+    for (int kill_round = 0; kill_round < 3; kill_round++) {
+        test_sleep_ms(60 + 40 * (unsigned)kill_round);
+        kill(d, SIGKILL);
+        cr_assert_geq(test_wait_pid(d, 5000), 0);
+        d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+        cr_assert_geq(tu_wait_consumer(bus, "audit", 5000), 0);
+    }
+    cr_assert_eq(test_wait_pid(p, 60000), 0, "producer");
+    int idx = tu_wait_consumer(bus, "audit", 5000);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 30000), 0, "not all durable");
+    stop_daemon(d);
+    assert_log_matches(ok, N);
+    verify_ok(dir, NULL);
+    char *log = slurp_text(logfile);
+    unsigned starts = 0;
+    for (char *s = log; (s = strstr(s, "info: started: ")); s++)
+        starts++;
+    cr_assert_eq(starts, 4, "%s", log);
+    free(log);
+    munmap((void *)ok, N);
+}
+
+static const char disk_ini[] =
+    "[audit]\nname = audit\n"
+    "[io]\nbatch_events = 256\nbatch_bytes = 64k\n"
+    "[disk]\nretry_initial = 20ms\nretry_max = 200ms\n";
+
+Test(audit_daemon, disk_full_backs_off_and_resumes_without_loss, .init = setup,
+     .fini = teardown)
+{
+    enum { N = 4000 };
+    char ini[400];
+    snprintf(ini, sizeof ini, "%s/disk.ini", tmp);
+    tu_spit(ini, (const uint8_t *)disk_ini, sizeof disk_ini - 1);
+    /* A 512 KiB tmpfs holds about 1700 records; else the same RLIMIT_FSIZE. */
+    snprintf(mnt, sizeof mnt, "%s/mnt", tmp);
+    mkdir(mnt, 0755);
+    int use_rlimit = 0;
+    /* CBUS_AUDIT_TEST_RLIMIT=1 exercises the fallback where mount works too. */
+    if (!getenv("CBUS_AUDIT_TEST_RLIMIT") && mount("tmpfs", mnt, "tmpfs", 0, "size=512k") == 0) {
+        mounted = 1;
+        snprintf(dir, sizeof dir, "%s/log", mnt);
+    } else {
+        use_rlimit = 1;
+    }
+    /* A small ring, so the stuck daemon fills it and producers hit the bound. */
+    test_bus_create(bus, 1024);
+    volatile uint8_t *ok = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, ini, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 5000);
+    cr_assert_geq(idx, 0);
+    if (use_rlimit) {
+        struct rlimit rl = {512 << 10, RLIM_INFINITY}; /* soft: raisable later */
+        if (prlimit(d, RLIMIT_FSIZE, &rl, NULL) != 0) {
+            kill(d, SIGKILL);
+            test_wait_pid(d, 5000);
+            cr_skip_test("neither a tmpfs mount nor RLIMIT_FSIZE can be set up here");
+        }
+    }
+    /* Paced so the daemon keeps up until the disk fills; then the ring
+     * fills and the producer finishes anyway: it waits at most the bus's
+     * bound per event, then drops and counts. */
+    cr_assert_eq(test_wait_pid(producer(0, N, ok, 16), 60000), 0, "producer hung");
+    unsigned dropped = 0;
+    for (unsigned i = 0; i < N; i++)
+        dropped += !ok[i];
+    cr_assert_gt(dropped, 0, "the disk never filled?");
+    char *log = NULL;
+    for (int i = 0; i < 200; i++) {
+        free(log);
+        log = slurp_text(logfile);
+        if (strstr(log, use_rlimit ? "File too large" : "No space left on device"))
+            break;
+        test_sleep_ms(20);
+    }
+    cr_assert(strstr(log, "retrying with backoff"), "%s", log);
+    free(log);
+
+    /* Space returns: writing resumes and everything accepted gets written. */
+    if (use_rlimit) {
+        struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+        cr_assert_eq(prlimit(d, RLIMIT_FSIZE, &rl, NULL), 0, "%s", strerror(errno));
+    } else {
+        cr_assert_eq(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m"), 0);
+    }
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 20000), 0, "writing did not resume");
+    stop_daemon(d);
+    log = slurp_text(logfile);
+    cr_assert(strstr(log, "resumed after"), "%s", log);
+    free(log);
+    assert_log_matches(ok, N);
+    verify_ok(dir, NULL);
+    munmap((void *)ok, N);
+}
+
+Test(audit_daemon, bad_config_exits_2_naming_file_line_and_key, .init = setup, .fini = teardown)
+{
+    char ini[400], out[2048];
+    snprintf(ini, sizeof ini, "%s/bad.ini", tmp);
+    static const char bad[] = "[audit]\nbus = demo\n[io]\nqueue_depth = 4\n";
+    tu_spit(ini, (const uint8_t *)bad, sizeof bad - 1);
+    char *argv[] = {(char *)CBUS_AUDIT_BIN, (char *)"--config", ini, NULL};
+    cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "bad.ini:4: [io] queue_depth: 4 is out of range [8, 1024]"), "%s", out);
+
+    static const char unknown[] = "[redact]\npreview = scramble\n";
+    tu_spit(ini, (const uint8_t *)unknown, sizeof unknown - 1);
+    cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "bad.ini:2: [redact] preview:"), "%s", out);
+
+    static const char nobus[] = "[audit]\nname = a\n";
+    tu_spit(ini, (const uint8_t *)nobus, sizeof nobus - 1);
+    cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "no bus"), "%s", out);
+
+    char *nosuch[] = {(char *)CBUS_AUDIT_BIN, (char *)"--bus", (char *)"no_such_bus_x",
+                      (char *)"--dir", dir, NULL};
+    cr_assert_eq(tu_run(nosuch, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "cannot attach to bus no_such_bus_x"), "%s", out);
+}

@@ -1,0 +1,590 @@
+/* cbus-audit without a bus: the msgpack event encoding, the file format and
+ * its hash chain, verify (tampering of every kind), cat, redaction, rotation,
+ * retention, torn-tail recovery, and python3-msgpack as an independent
+ * decoder. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test_util.h"
+#include "event_msgpack.h"
+#include "format.h"
+#include "logdir.h"
+#include "scan.h"
+#include "writer.h"
+
+static char tmp[256];
+static char dir[300];
+
+static void setup(void)
+{
+    tu_tmpdir(tmp, sizeof tmp);
+    snprintf(dir, sizeof dir, "%s/log", tmp);
+    mkdir(dir, 0755);
+}
+
+static void teardown(void)
+{
+    tu_rmrf(tmp);
+}
+
+/* ---- event_msgpack --------------------------------------------------------- */
+
+static void assert_same_event(const struct cbus_event *a, const struct cbus_event *b)
+{
+    cr_assert_eq(a->kind, b->kind);
+    cr_assert_eq(a->flags, b->flags);
+    cr_assert_eq(a->pid, b->pid);
+    cr_assert_eq(a->tid, b->tid);
+    cr_assert_eq(a->event_id, b->event_id);
+    cr_assert_eq(a->ts_realtime_ns, b->ts_realtime_ns);
+    cr_assert_eq(a->ts_mono_ns, b->ts_mono_ns);
+    cr_assert(!memcmp(a->run_id, b->run_id, 16));
+    cr_assert(!memcmp(a->parent_run_id, b->parent_run_id, 16));
+    cr_assert(!memcmp(a->trace_id, b->trace_id, 16));
+    cr_assert(!strncmp(a->provider, b->provider, sizeof a->provider));
+    cr_assert(!strncmp(a->model, b->model, sizeof a->model));
+    cr_assert(!strncmp(a->user, b->user, sizeof a->user));
+    cr_assert(!strncmp(a->session, b->session, sizeof a->session));
+    cr_assert(!strncmp(a->request_id, b->request_id, sizeof a->request_id));
+    cr_assert(!strncmp(a->name, b->name, sizeof a->name));
+    cr_assert(!strncmp(a->preview, b->preview, sizeof a->preview));
+}
+
+/* Every field full, every byte non-NUL: the largest encoding there is. */
+static void full_event(struct cbus_event *ev, unsigned kind)
+{
+    memset(ev, 'x', sizeof *ev);
+    ev->kind = (uint16_t)kind;
+    ev->flags = 0xffff;
+    ev->pid = ev->tid = UINT32_MAX;
+    ev->event_id = ev->ts_realtime_ns = ev->ts_mono_ns = UINT64_MAX;
+    memset(ev->run_id, 0xff, 16);
+    memset(ev->parent_run_id, 0xab, 16);
+    memset(ev->trace_id, 0xcd, 16);
+    memset(&ev->u, 0xff, sizeof ev->u);
+    ev->u.usage.usage_present = 0x7f;
+    ev->u.usage.finish_reason = CBUS_FINISH_CONTENT_FILTER;
+    if (kind == CBUS_EV_LLM_ERROR)
+        ev->u.error.http_status = INT32_MIN;
+}
+
+Test(audit_format, event_roundtrip_every_kind_at_max_size)
+{
+    uint8_t buf[CBUS_EVMP_MAX];
+    for (unsigned kind = 0; kind < CBUS_EV__COUNT + 2; kind++) {
+        struct cbus_event ev, back;
+        full_event(&ev, kind);
+        int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+        cr_assert_gt(n, 0, "kind %u", kind);
+        cr_assert_leq(n, CBUS_EVMP_MAX);
+        size_t used;
+        cr_assert_eq(cbus_evmp_decode(buf, (size_t)n, &back, &used), 0, "kind %u", kind);
+        cr_assert_eq(used, (size_t)n);
+        assert_same_event(&ev, &back);
+        if (kind == CBUS_EV_LLM_END) {
+            cr_assert_eq(back.u.usage.usage_present, 0x7f);
+            cr_assert_eq(back.u.usage.input_tokens, UINT32_MAX);
+            cr_assert_eq(back.u.usage.ttft_ns, UINT64_MAX);
+            cr_assert_eq(back.u.usage.finish_reason, CBUS_FINISH_CONTENT_FILTER);
+            cr_assert_eq(back.u.usage.generations, UINT16_MAX);
+        } else if (kind == CBUS_EV_LLM_ERROR) {
+            cr_assert_eq(back.u.error.http_status, INT32_MIN);
+        } else if (kind == CBUS_EV_RETRY) {
+            cr_assert_eq(back.u.retry.attempt, UINT32_MAX);
+            cr_assert_eq(back.u.retry.backoff_ns, UINT64_MAX);
+        }
+    }
+}
+
+Test(audit_format, event_absent_usage_stays_absent)
+{
+    struct cbus_event ev = {.kind = CBUS_EV_LLM_END, .event_id = 7}, back;
+    ev.u.usage.usage_present = CBUS_USAGE_OUTPUT;
+    ev.u.usage.output_tokens = 0; /* present zero, not absent */
+    uint8_t buf[CBUS_EVMP_MAX];
+    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    cr_assert_gt(n, 0);
+    cr_assert_eq(cbus_evmp_decode(buf, (size_t)n, &back, NULL), 0);
+    cr_assert_eq(back.u.usage.usage_present, CBUS_USAGE_OUTPUT);
+    cr_assert_eq(back.u.usage.output_tokens, 0);
+    cr_assert_null(memmem(buf, (size_t)n, "input_tokens", 12));
+}
+
+Test(audit_format, invalid_utf8_preview_is_bin_and_roundtrips)
+{
+    struct cbus_event ev = {.kind = CBUS_EV_LLM_NEW_TOKEN}, back;
+    memcpy(ev.preview, "caf\xc3", 4); /* cut inside "é" */
+    uint8_t buf[CBUS_EVMP_MAX];
+    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    cr_assert_gt(n, 0);
+    cr_assert_not_null(memmem(buf, (size_t)n, "\xc4\x04" "caf\xc3", 6), "bin8 of 4 bytes");
+    cr_assert_eq(cbus_evmp_decode(buf, (size_t)n, &back, NULL), 0);
+    cr_assert(!memcmp(back.preview, "caf\xc3", 5));
+}
+
+Test(audit_format, every_truncation_is_enodata_and_garbage_never_crashes)
+{
+    struct cbus_event ev, back;
+    tu_event(&ev, 3); /* llm_end with usage */
+    uint8_t buf[CBUS_EVMP_MAX] = {0};
+    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    for (int cut = 0; cut < n; cut++)
+        cr_assert_eq(cbus_evmp_decode(buf, (size_t)cut, &back, NULL), -ENODATA, "cut %d", cut);
+    srand(7);
+    for (int round = 0; round < 2000; round++) {
+        uint8_t junk[256];
+        memcpy(junk, buf, sizeof junk);
+        for (int k = 0; k < 4; k++)
+            junk[rand() % n % 256] = (uint8_t)rand();
+        int rc = cbus_evmp_decode(junk, sizeof junk, &back, NULL);
+        cr_assert(rc == 0 || rc == -ENODATA || rc == -EBADMSG, "rc %d", rc);
+    }
+}
+
+/* ---- the chain and verify ---------------------------------------------------- */
+
+static int verify_cli(const char *path, char *out, size_t len)
+{
+    char *argv[] = {(char *)CBUS_AUDIT_BIN, (char *)"verify", (char *)path, NULL};
+    return tu_run(argv, out, len);
+}
+
+static const char *only_file(void)
+{
+    static char path[512];
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 1);
+    snprintf(path, sizeof path, "%s", paths[0]);
+    tu_free_paths(paths, n);
+    return path;
+}
+
+Test(audit_format, verify_passes_on_an_intact_log, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 200), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 1 file, 200 records, seq 0..199; chain starts at its origin"), "%s",
+              out);
+    struct cbus_event *evs;
+    cr_assert_eq(tu_read_events(dir, &evs), 200);
+    for (unsigned i = 0; i < 200; i++) {
+        struct cbus_event want;
+        tu_event(&want, i);
+        assert_same_event(&evs[i], &want);
+    }
+    free(evs);
+}
+
+/* Scans path's buffer through the API: the first bad record's index. */
+static struct audit_scan_result scan_buf(const uint8_t *buf, size_t len)
+{
+    struct audit_chain c;
+    audit_chain_init(&c);
+    struct audit_verify_state st = {0};
+    struct audit_scan_result res;
+    audit_scan(&c, &st, "f", buf, len, 1, NULL, NULL, &res);
+    audit_chain_free(&c);
+    return res;
+}
+
+Test(audit_format, any_flipped_byte_is_named_at_its_record, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 40), 0);
+    size_t len;
+    uint8_t *buf = tu_slurp(only_file(), &len);
+    size_t offs[64];
+    cr_assert_eq(tu_value_offsets(buf, len, offs, 64), 41);
+    /* Every byte of record 20 (value 21), every bit pattern change. */
+    size_t start = offs[21], end = offs[22];
+    for (size_t p = start; p < end; p++) {
+        uint8_t save = buf[p];
+        buf[p] ^= 0x5a;
+        struct audit_scan_result res = scan_buf(buf, len);
+        cr_assert(res.bad, "flip at %zu not detected", p);
+        cr_assert_eq(res.bad_index, 20, "flip at %zu: index %lld (%s)", p,
+                     (long long)res.bad_index, res.why);
+        cr_assert_eq(res.bad_offset, start, "flip at %zu", p);
+        buf[p] = save;
+    }
+    /* And through the CLI, which names file, offset and index. */
+    buf[start + 30] ^= 1;
+    tu_spit(only_file(), buf, len);
+    char out[4096], want[128];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, ": offset %zu, record index 20 (seq 20): ", start);
+    cr_assert(strstr(out, want), "%s", out);
+    cr_assert(strstr(out, only_file()), "%s", out);
+    free(buf);
+}
+
+Test(audit_format, deleted_swapped_inserted_records_are_named, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 40), 0);
+    size_t len;
+    uint8_t *buf = tu_slurp(only_file(), &len);
+    size_t offs[64];
+    tu_value_offsets(buf, len, offs, 64);
+    offs[41] = len;
+    uint8_t *t = malloc(len * 2);
+    char out[4096], want[128];
+
+    /* delete record 20 */
+    size_t a = offs[21], b = offs[22];
+    memcpy(t, buf, a);
+    memcpy(t + a, buf + b, len - b);
+    tu_spit(only_file(), t, len - (b - a));
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, "offset %zu, record index 20 (seq 20): seq 21 where 20", a);
+    cr_assert(strstr(out, want), "delete: %s", out);
+
+    /* swap records 20 and 21 */
+    size_t c = offs[23];
+    memcpy(t, buf, a);
+    memcpy(t + a, buf + b, c - b);
+    memcpy(t + a + (c - b), buf + a, b - a);
+    memcpy(t + c, buf + c, len - c);
+    tu_spit(only_file(), t, len);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, "offset %zu, record index 20 (seq 20): seq 21 where 20", a);
+    cr_assert(strstr(out, want), "swap: %s", out);
+
+    /* insert a copy of record 5 before record 20 */
+    size_t r5 = offs[6], r5e = offs[7];
+    memcpy(t, buf, a);
+    memcpy(t + a, buf + r5, r5e - r5);
+    memcpy(t + a + (r5e - r5), buf + a, len - a);
+    tu_spit(only_file(), t, len + (r5e - r5));
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, "offset %zu, record index 20 (seq 20): seq 5 where 20", a);
+    cr_assert(strstr(out, want), "insert: %s", out);
+
+    /* a forged record with the right seq but no knowledge of the chain */
+    struct audit_chain fake = {0};
+    fake.next_seq = 20;
+    struct cbus_event ev;
+    tu_event(&ev, 20);
+    snprintf(ev.user, sizeof ev.user, "mallory");
+    uint8_t rec[AUDIT_RECORD_MAX];
+    int rn = audit_record_encode(&fake, &ev, NULL, rec, sizeof rec);
+    memcpy(t, buf, a);
+    memcpy(t + a, rec, (size_t)rn);
+    memcpy(t + a + (size_t)rn, buf + b, len - b);
+    tu_spit(only_file(), t, a + (size_t)rn + len - b);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, "offset %zu, record index 20 (seq 20): hash mismatch", a);
+    cr_assert(strstr(out, want), "forge: %s", out);
+
+    /* the header */
+    memcpy(t, buf, len);
+    t[offs[0] + 20] ^= 1;
+    tu_spit(only_file(), t, len);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "offset 0, file header"), "header: %s", out);
+
+    /* cut mid-record: the torn tail verify reports (and the daemon repairs) */
+    tu_spit(only_file(), buf, len - 7);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want, "offset %zu, record index 39 (seq 39): file ends inside a record",
+             offs[40]);
+    cr_assert(strstr(out, want), "torn: %s", out);
+    free(t);
+    free(buf);
+}
+
+Test(audit_format, chain_spans_rotated_files_and_a_missing_file_is_named, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 8192;
+    cr_assert_eq(tu_write_log(&o, 0, 300), 0);
+    cr_assert_eq(tu_write_log(&o, 300, 100), 0); /* a restart appends to the chain */
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_gt(n, 5);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "400 records, seq 0..399; chain starts at its origin"), "%s", out);
+    struct cbus_event *evs;
+    cr_assert_eq(tu_read_events(dir, &evs), 400);
+    for (unsigned i = 0; i < 400; i++)
+        cr_assert_eq(evs[i].event_id, i);
+    free(evs);
+    /* Each header names its predecessor. */
+    for (size_t i = 1; i < n; i++) {
+        size_t len;
+        uint8_t *buf = tu_slurp(paths[i], &len);
+        struct audit_item it;
+        cr_assert_eq(audit_parse(buf, len, &it, NULL), 0);
+        cr_assert(it.is_header);
+        cr_assert_str_eq(it.hdr.prev_file, strrchr(paths[i - 1], '/') + 1);
+        cr_assert_eq(it.hdr.file_seq, i);
+        free(buf);
+    }
+    /* Remove a middle file: the next one's header is named. */
+    unlink(paths[2]);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    char want[600];
+    snprintf(want, sizeof want, "%s: offset 0, file header", paths[3]);
+    cr_assert(strstr(out, want), "%s", out);
+    cr_assert(strstr(out, "a file is missing"), "%s", out);
+    tu_free_paths(paths, n);
+}
+
+Test(audit_format, retention_keeps_the_newest_files_and_they_still_verify, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 8192;
+    o.retain_files = 3;
+    cr_assert_eq(tu_write_log(&o, 0, 400), 0);
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 3);
+    tu_free_paths(paths, n);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "continues from files not given"), "%s", out);
+}
+
+Test(audit_format, interval_sync_mode_writes_everything, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.sync = AUDIT_SYNC_INTERVAL;
+    o.sync_interval_ns = 2000000;
+    cr_assert_eq(tu_write_log(&o, 0, 1000), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "1000 records"), "%s", out);
+}
+
+/* ---- independent decoder --------------------------------------------------- */
+
+static const char python_check[] =
+    "import sys, os, glob, hashlib, msgpack\n"
+    "files = sorted(glob.glob(os.path.join(sys.argv[1], '*.cbaudit')))\n"
+    "prev = None; n = 0; kinds = set()\n"
+    "for f in files:\n"
+    "    data = open(f, 'rb').read()\n"
+    "    u = msgpack.Unpacker(raw=False, strict_map_key=True); u.feed(data); off = 0\n"
+    "    for v in u:\n"
+    "        end = u.tell(); raw = data[off:end]\n"
+    "        if 'cbus_audit' in v:\n"
+    "            assert prev is None or v['prev_hash'] == prev, 'file link'\n"
+    "            p = v['prev_hash']\n"
+    "        else:\n"
+    "            assert v['seq'] == n, (v['seq'], n); p = prev; n += 1\n"
+    "            e = v['event']\n"
+    "            assert isinstance(e['kind'], str) and isinstance(e['event_id'], int)\n"
+    "            assert isinstance(e['ts_realtime_ns'], int) and len(e['run_id']) == 32\n"
+    "            int(e['run_id'], 16); kinds.add(e['kind'])\n"
+    "            if e['kind'] == 'llm_end': assert 'input_tokens' in e['usage']\n"
+    "        assert hashlib.sha256(p + raw[:-39]).digest() == v['hash'], 'hash at %d' % off\n"
+    "        prev = v['hash']; off = end\n"
+    "    assert off == len(data)\n"
+    "print('OK', n, len(kinds))\n";
+
+Test(audit_format, python_msgpack_decodes_and_rechecks_the_chain, .init = setup, .fini = teardown)
+{
+    if (access("/usr/bin/python3", X_OK) != 0 ||
+        system("/usr/bin/python3 -c 'import msgpack' 2>/dev/null") != 0)
+        cr_skip_test("python3-msgpack not installed");
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 16384;
+    cr_assert_eq(tu_write_log(&o, 0, 190), 0);
+    char script[300];
+    snprintf(script, sizeof script, "%s/check.py", tmp);
+    tu_spit(script, (const uint8_t *)python_check, sizeof python_check - 1);
+    char *argv[] = {(char *)"/usr/bin/python3", script, dir, NULL};
+    char out[4096];
+    cr_assert_eq(tu_run(argv, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK 190 19"), "%s", out);
+}
+
+/* ---- cat and redaction -------------------------------------------------------- */
+
+static unsigned count_lines(const char *s, const char *must)
+{
+    unsigned n = 0;
+    for (const char *line = s; *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        if (len) {
+            n++;
+            if (must) {
+                char *l = strndup(line, len);
+                cr_assert(strstr(l, must), "line without %s: %s", must, l);
+                free(l);
+            }
+        }
+        line += len + (nl ? 1 : 0);
+    }
+    return n;
+}
+
+Test(audit_format, cat_filters_by_user_kind_and_time, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 190), 0);
+    static char out[1 << 20];
+    char *all[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", dir, NULL};
+    cr_assert_eq(tu_run(all, out, sizeof out), 0);
+    cr_assert_eq(count_lines(out, "\"event_id\":"), 190);
+
+    char *user[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--user", (char *)"user-1",
+                    dir, NULL};
+    cr_assert_eq(tu_run(user, out, sizeof out), 0);
+    cr_assert_eq(count_lines(out, "\"user\":\"user-1\""), 63); /* i % 3 == 1 below 190 */
+
+    char *kind[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--kind",
+                    (char *)"llm_end,tool_start", dir, NULL};
+    cr_assert_eq(tu_run(kind, out, sizeof out), 0);
+    cr_assert_eq(count_lines(out, NULL), 20); /* kinds 4 and 9 repeat every 19 */
+    cr_assert(strstr(out, "\"usage\":{\"input_tokens\":"), "%s", out);
+
+    /* [since, until): events 10..19 */
+    char since[64], until[64];
+    snprintf(since, sizeof since, "@%llu", 1795489948000000000ull + 10 * 1000000ull);
+    snprintf(until, sizeof until, "@%llu", 1795489948000000000ull + 20 * 1000000ull);
+    char *when[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--since", since,
+                    (char *)"--until", until, (char *)"--seq", dir, NULL};
+    cr_assert_eq(tu_run(when, out, sizeof out), 0);
+    cr_assert_eq(count_lines(out, "\"audit_seq\":1"), 10, "%s", out);
+
+    char *bad[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--kind", (char *)"nope", dir,
+                   NULL};
+    cr_assert_eq(tu_run(bad, out, sizeof out), 2);
+}
+
+Test(audit_format, redaction_hash_and_drop, .init = setup, .fini = teardown)
+{
+    static char out[1 << 20];
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.redact.mode = AUDIT_REDACT_HASH;
+    o.redact.salt = (const uint8_t *)"pepper";
+    o.redact.salt_len = 6;
+    cr_assert_eq(tu_write_log(&o, 0, 5), 0);
+    char *cat[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", dir, NULL};
+    cr_assert_eq(tu_run(cat, out, sizeof out), 0);
+    cr_assert_null(strstr(out, "preview text"), "%s", out);
+    /* SHA-256("pepper" || "preview text 3"), computed independently here. */
+    struct audit_chain c;
+    audit_chain_init(&c);
+    uint8_t d[32];
+    char hex[65], want[100];
+    audit_sha256(&c, "pepper", 6, "preview text 3", 14, d);
+    audit_hex(hex, d, 32);
+    snprintf(want, sizeof want, "\"preview_sha256\":\"%s\"", hex);
+    cr_assert(strstr(out, want), "%s", out);
+    char vout[1024];
+    cr_assert_eq(verify_cli(dir, vout, sizeof vout), 0, "%s", vout);
+
+    /* Switching to drop continues the chain in a new file that says so. */
+    o.redact.mode = AUDIT_REDACT_DROP;
+    cr_assert_eq(tu_write_log(&o, 5, 5), 0);
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 2);
+    size_t len;
+    uint8_t *buf = tu_slurp(paths[1], &len);
+    struct audit_item it;
+    cr_assert_eq(audit_parse(buf, len, &it, NULL), 0);
+    cr_assert_eq(it.hdr.redaction, AUDIT_REDACT_DROP);
+    cr_assert_null(memmem(buf, len, "preview", 7));
+    free(buf);
+    tu_free_paths(paths, n);
+    cr_assert_eq(verify_cli(dir, vout, sizeof vout), 0, "%s", vout);
+}
+
+/* ---- recovery ---------------------------------------------------------------- */
+
+static int exists_with(const char *d, const char *part)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -q -- '%s'", d, part);
+    return system(cmd) == 0;
+}
+
+Test(audit_format, torn_tail_is_cut_kept_aside_and_the_chain_resumes, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 30), 0);
+    const char *path = only_file();
+    size_t len;
+    uint8_t *buf = tu_slurp(path, &len);
+    cr_assert_eq(truncate(path, (off_t)(len - 10)), 0); /* power cut inside record 29 */
+
+    struct audit_chain c;
+    audit_chain_init(&c);
+    struct audit_resume r;
+    char err[256];
+    cr_assert_eq(audit_recover(&c, dir, "audit", &r, err, sizeof err), 0, "%s", err);
+    cr_assert(r.have_file);
+    cr_assert_eq(r.cursor, 29, "resume after the last whole record (event 28)");
+    cr_assert_eq(c.next_seq, 29);
+    cr_assert_gt(r.trimmed_bytes, 0);
+    cr_assert(exists_with(dir, ".torn-"));
+    audit_chain_free(&c);
+
+    /* The writer continues the same chain: 0..28, then 29..38. */
+    cr_assert_eq(tu_write_log(&o, 29, 10), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "39 records"), "%s", out);
+    struct cbus_event *evs;
+    cr_assert_eq(tu_read_events(dir, &evs), 39);
+    for (unsigned i = 0; i < 39; i++)
+        cr_assert_eq(evs[i].event_id, i);
+    free(evs);
+    free(buf);
+}
+
+Test(audit_format, zero_filled_tail_and_torn_header_are_recovered, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 10), 0);
+    char first[512];
+    snprintf(first, sizeof first, "%s", only_file());
+    /* A crash can leave allocated-but-unwritten blocks: zeros after the data. */
+    size_t len;
+    uint8_t *buf = tu_slurp(first, &len);
+    uint8_t *z = calloc(1, len + 4096);
+    memcpy(z, buf, len);
+    tu_spit(first, z, len + 4096);
+    /* And a next file whose header never made it. */
+    char torn[600];
+    snprintf(torn, sizeof torn, "%s/audit-20991231T235959.999Z-00000001.cbaudit", dir);
+    tu_spit(torn, buf, 17);
+
+    cr_assert_eq(tu_write_log(&o, 10, 10), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "20 records"), "%s", out);
+    cr_assert(access(torn, F_OK) != 0, "torn-header file set aside");
+    cr_assert(exists_with(dir, "00000001.cbaudit.torn-0"));
+    free(z);
+    free(buf);
+}
