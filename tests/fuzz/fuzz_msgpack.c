@@ -1,0 +1,83 @@
+/* Target: the msgpack event decoder (consumers/common/event_msgpack.c) on
+ * arbitrary bytes: what cbus-audit reads back from a log file and what a
+ * msgpack collector would get.
+ *
+ * Oracles beyond "no crash":
+ *   - *used never exceeds the input;
+ *   - a decoded event re-encodes within CBUS_EVMP_MAX, and that encoding
+ *     decodes to the same event (decode . encode is the identity on what the
+ *     decoder can produce);
+ *   - the generic reader's skip() consumes the same bytes as a decode. */
+#include "fuzz.h"
+
+#include "event_msgpack.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct cbus_event ev, ev2;
+    size_t used = 0;
+    int r = cbus_evmp_decode(data, size, &ev, &used);
+    FZ_CHECK(r == 0 || r == -ENODATA || r == -EBADMSG, "decode returned %d", r);
+
+    struct cbus_mp_reader rd = {data, data + size};
+    int sk = cbus_mp_skip(&rd);
+    FZ_CHECK(rd.p <= data + size, "skip ran past the input");
+
+    if (r == 0) {
+        FZ_CHECK(used <= size && used > 0, "used %zu of %zu", used, size);
+        if (sk == 0)
+            FZ_CHECK((size_t)(rd.p - data) == used, "skip took %zu, decode %zu",
+                     (size_t)(rd.p - data), used);
+        uint8_t buf[CBUS_EVMP_MAX];
+        int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+        FZ_CHECK(n > 0 && n <= CBUS_EVMP_MAX, "re-encode returned %d", n);
+        size_t used2 = 0;
+        r = cbus_evmp_decode(buf, (size_t)n, &ev2, &used2);
+        FZ_CHECK(r == 0 && used2 == (size_t)n, "re-decode returned %d (used %zu of %d)", r,
+                 used2, n);
+        FZ_CHECK(!memcmp(&ev, &ev2, sizeof ev), "decode(encode(ev)) != ev");
+    }
+
+    /* The primitives on their own: walk values until the input runs out. */
+    rd = (struct cbus_mp_reader){data, data + size};
+    for (int i = 0; i < 64 && rd.p < rd.end; i++) {
+        const uint8_t *before = rd.p;
+        uint64_t u;
+        int64_t s;
+        double d;
+        const char *str;
+        uint32_t n;
+        int rc;
+        switch (cbus_mp_peek(&rd)) {
+        case CBUS_MP_UINT:
+            rc = cbus_mp_read_uint(&rd, &u);
+            break;
+        case CBUS_MP_INT:
+            rc = cbus_mp_read_int(&rd, &s);
+            break;
+        case CBUS_MP_FLOAT:
+            rc = cbus_mp_read_float(&rd, &d);
+            break;
+        case CBUS_MP_STR:
+        case CBUS_MP_BIN:
+            rc = cbus_mp_read_text(&rd, &str, &n);
+            if (!rc)
+                FZ_CHECK(str >= (const char *)data && str + n <= (const char *)rd.end,
+                         "text outside the input");
+            break;
+        case CBUS_MP_MAP:
+            rc = cbus_mp_read_map(&rd, &n);
+            break;
+        case CBUS_MP_ARRAY:
+            rc = cbus_mp_read_array(&rd, &n);
+            break;
+        default:
+            rc = cbus_mp_skip(&rd);
+            break;
+        }
+        FZ_CHECK(rd.p <= rd.end, "reader ran past the input");
+        if (rc || rd.p == before)
+            break;
+    }
+    return 0;
+}
