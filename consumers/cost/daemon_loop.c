@@ -353,6 +353,8 @@ int cost_daemon_main(int argc, char **argv)
         return 2;
     }
     cbus_log_init("cbus-cost", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+    /* First: a SIGTERM during startup (price loading) is a clean stop. */
+    cbus_daemon_signals();
 
     static struct daemon dd;
     struct daemon *d = &dd;
@@ -433,7 +435,6 @@ int cost_daemon_main(int argc, char **argv)
     sbuf_init(&d->ckbuf);
     sbuf_init(&d->json);
     sbuf_init(&d->prom);
-    cbus_daemon_signals();
 
     int rc = 0;
     r = attach(d, have_ckpt, saved_bus_id);
@@ -470,17 +471,18 @@ int cost_daemon_main(int argc, char **argv)
         }
     }
     const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
+    char metrics[96] = "off";
+    if (d->http)
+        snprintf(metrics, sizeof metrics, "http://%s:%u/metrics", d->cfg.http_host,
+                 cost_http_port(d->http));
     cbus_log_info("started: bus %s (id %016llx, %llu slots) as lossless consumer %s from cursor %llu "
-                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s%s%s%s",
+                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s; metrics %s",
                   d->cfg.bus, (unsigned long long)d->bus_id, (unsigned long long)hdr->capacity,
                   d->cfg.consumer, (unsigned long long)d->led.cursor,
                   have_ckpt ? "checkpoint" : "fresh", cost_prices_count(d->prices),
                   d->cfg.prices_file, d->cfg.overrides_file[0] ? " + " : "",
                   d->cfg.overrides_file, d->cfg.n_budgets, d->cfg.state_dir,
-                  d->http ? "; metrics on http://" : "", d->http ? d->cfg.http_host : "",
-                  d->http ? "" : "");
-    if (d->http)
-        cbus_log_info("metrics: http://%s:%u/metrics", d->cfg.http_host, cost_http_port(d->http));
+                  metrics);
 
     /* The admission heartbeat must beat at least every admit_stale_ns / 3. */
     uint64_t hb_every = hdr->admit_stale_ns / 4;

@@ -19,17 +19,20 @@ static void usd_exact(struct sbuf *b, cost_u128 pico)
     sbuf_puts(b, s);
 }
 
-/* Requests / tokens in the last complete minute before now. */
+/* Requests / tokens per minute over the sliding minute ending now,
+ * estimated from the current and the previous UTC minute of event time
+ * (the previous minute weighted by the part of it still in the window). */
 static void per_minute(const struct cost_counters *c, uint64_t now_ns, uint64_t *rpm, uint64_t *tpm)
 {
     uint64_t now_min = now_ns / COST_MINUTE_NS;
+    double left = 1.0 - (double)(now_ns % COST_MINUTE_NS) / (double)COST_MINUTE_NS;
     *rpm = *tpm = 0;
     if (c->minute == now_min) {
-        *rpm = c->prev_req;
-        *tpm = c->prev_tok;
+        *rpm = c->cur_req + (uint64_t)((double)c->prev_req * left + 0.5);
+        *tpm = c->cur_tok + (uint64_t)((double)c->prev_tok * left + 0.5);
     } else if (c->minute + 1 == now_min) {
-        *rpm = c->cur_req;
-        *tpm = c->cur_tok;
+        *rpm = (uint64_t)((double)c->cur_req * left + 0.5);
+        *tpm = (uint64_t)((double)c->cur_tok * left + 0.5);
     }
 }
 

@@ -197,7 +197,24 @@ Test(cost_daemon, budget_exceeded_verdict_reaches_the_producer)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     pid = spawn("c.ini", 1);
-    test_sleep_ms(300);
+    /* Until the new daemon holds the "cost" writer slot, the old verdict is
+     * merely not stale yet; after it, only a republished one counts. */
+    uint64_t until = test_now_ms() + 10000;
+    cbus_bus *b = cbus_producer_bus(p);
+    int mine = 0;
+    while (!mine && test_now_ms() < until) {
+        for (unsigned w = 0; w < CBUS_ADMIT_MAX_WRITERS; w++) {
+            const struct cbus_admit_writer *aw = cbus_admit_writer_at(b, w);
+            if (aw && atomic_load(&aw->in_use) && aw->pid == (uint32_t)pid)
+                mine = 1;
+        }
+        if (!mine)
+            test_sleep_ms(10);
+    }
+    cr_assert(mine, "%s", log_text(1));
+    until = test_now_ms() + 5000;
+    while (!strstr(log_text(1), "started:") && test_now_ms() < until)
+        test_sleep_ms(10);
     cr_assert_eq(cbus_admit(p, &alice, NULL), CBUS_BUDGET_EXCEEDED, "%s", log_text(1));
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
@@ -258,7 +275,9 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     pid = spawn("c.ini", 2);
-    test_sleep_ms(300);
+    uint64_t until = test_now_ms() + 10000;
+    while (!strstr(log_text(2), "started:") && test_now_ms() < until)
+        test_sleep_ms(10);
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(2));
     char cost[64], want[64];
