@@ -473,8 +473,9 @@ int cost_daemon_main(int argc, char **argv)
     const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
     char metrics[96] = "off";
     if (d->http)
-        snprintf(metrics, sizeof metrics, "http://%s:%u/metrics", d->cfg.http_host,
-                 cost_http_port(d->http));
+        if (snprintf(metrics, sizeof metrics, "http://%.40s:%u/metrics", d->cfg.http_host,
+                     cost_http_port(d->http)) < 0)
+            metrics[0] = '\0';
     cbus_log_info("started: bus %s (id %016llx, %llu slots) as lossless consumer %s from cursor %llu "
                   "(%s); %zu prices from %s%s%s; %zu budgets; state %s; metrics %s",
                   d->cfg.bus, (unsigned long long)d->bus_id, (unsigned long long)hdr->capacity,
