@@ -22,6 +22,7 @@ struct batch {
     uint8_t sending;          /* a request for it is in flight */
     uint64_t body_len;        /* bytes of the body, also while it lives on disk only */
     uint64_t created_ns;      /* monotonic: batch age */
+    uint64_t sent_ns;         /* monotonic: last request started (latency in the debug log) */
     struct sbuf body;         /* empty while a spooled batch sits on disk */
 };
 

@@ -148,7 +148,7 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
     if (IS("export", "max_in_flight"))
         return cbus_cfg_u64(cfg, e, 1, 64, &c->max_in_flight, err, errlen);
     if (IS("export", "queue_batches"))
-        return cbus_cfg_u64(cfg, e, 0, 1024, &c->queue_batches, err, errlen);
+        return cbus_cfg_u64(cfg, e, 1, 1024, &c->queue_batches, err, errlen);
     if (IS("export", "request_timeout"))
         return cbus_cfg_duration_ns(cfg, e, &c->request_timeout_ns, err, errlen);
     if (IS("export", "connect_timeout"))

@@ -49,6 +49,8 @@ struct exporter {
     uint64_t rng;
     uint64_t last_reject_log_ns, suppressed_rejects;
     uint64_t last_partial_log_ns, suppressed_partials;
+    struct sbuf pool[4];        /* body buffers of delivered batches, reused */
+    unsigned npool;
     struct exporter_stats st;
 };
 
@@ -106,6 +108,11 @@ static struct batch *batch_new(struct exporter *x)
     b->format = (uint8_t)x->cfg.format;
     b->min_pos = UINT64_MAX;
     b->created_ns = x->now_ns;
+    if (x->npool) {
+        /* a recycled buffer: no fresh pages to fault in for every batch */
+        b->body = x->pool[--x->npool];
+        sbuf_reset(&b->body);
+    }
     if (sbuf_reserve(&b->body, x->cfg.batch_max_bytes / 2 + 4096)) {
         free(b);
         return NULL;
@@ -265,6 +272,10 @@ void exporter_feed(struct exporter *x, const struct cbus_event *ev, uint64_t now
 
 static void drop_batch(struct exporter *x, struct batch *b)
 {
+    if (!b->body.failed && b->body.data && x->npool < sizeof x->pool / sizeof x->pool[0]) {
+        x->pool[x->npool++] = b->body;
+        sbuf_init(&b->body);
+    }
     if (b->in_spool)
         spool_remove(x->spool, b);
     else
@@ -300,9 +311,17 @@ static void to_spool(struct exporter *x, struct batch *b)
     enforce_spool_limit(x);
 }
 
+static uint64_t mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void send_direct(struct exporter *x, struct batch *b)
 {
     list_push(&x->direct, b);
+    b->sent_ns = mono_now();
     if (transport_send(x->tr, b)) {
         list_del(&x->direct, b);
         list_push(&x->queue, b);
@@ -317,10 +336,11 @@ static void deliver(struct exporter *x, struct batch *b)
         to_spool(x, b);
     } else if (transport_in_flight(x->tr) < transport_slots(x->tr) && !x->queue.count) {
         send_direct(x, b);
-    } else if (x->queue.count < x->cfg.queue_batches) {
-        list_push(&x->queue, b);
     } else {
-        to_spool(x, b);
+        /* A busy but healthy endpoint: wait in memory.  exporter_paused()
+         * stops reading the ring once queue_batches are waiting, so a slow
+         * endpoint costs ring space (lossy: counted losses), not disk. */
+        list_push(&x->queue, b);
     }
 }
 
@@ -359,6 +379,7 @@ static void pump(struct exporter *x)
         x->next_try_ns = x->now_ns + x->cfg.retry_initial_ns;
         return;
     }
+    h->sent_ns = mono_now();
     if (transport_send(x->tr, h) == 0)
         x->st.requests++;
     else
@@ -377,6 +398,9 @@ static void on_done(void *arg, struct batch *b, const struct send_result *r)
 {
     struct exporter *x = arg;
     x->st.last_status = r->status;
+    cbus_log_debug("batch %" PRIu64 " (%u items, %" PRIu64 " bytes): HTTP %ld after %.3f ms (built %.3f ms before)",
+                   b->seq, b->items, b->body_len, r->status, (double)(mono_now() - b->sent_ns) / 1e6,
+                   (double)(b->sent_ns - b->created_ns) / 1e6);
     if (!b->in_spool)
         list_del(&x->direct, b);
     switch (r->outcome) {
@@ -468,6 +492,12 @@ void exporter_tick(struct exporter *x, uint64_t now_ns, uint64_t hold_min_pos)
     pump(x);
 }
 
+void exporter_flush(struct exporter *x)
+{
+    finalize(x);
+    pump(x);
+}
+
 int exporter_wait(struct exporter *x, int timeout_ms)
 {
     if (!transport_in_flight(x->tr))
@@ -509,6 +539,8 @@ uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos)
 
 int exporter_paused(const struct exporter *x)
 {
+    if (x->queue.count >= x->cfg.queue_batches)
+        return 1;
     return x->cfg.lossless && spool_bytes(x->spool) > spool_limit(x->spool);
 }
 
@@ -613,6 +645,8 @@ void exporter_free(struct exporter *x)
     batch_free(x->cur);
     spool_close(x->spool);
     span_table_free(x->spans);
+    while (x->npool)
+        sbuf_free(&x->pool[--x->npool]);
     free(x);
 }
 

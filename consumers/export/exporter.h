@@ -3,7 +3,8 @@
  *   feed(event) -> spans (OTLP) or raw events (msgpack) -> current batch
  *   batch full or old -> finished batch -> deliver:
  *       endpoint healthy, spool empty:  a free request slot, else the memory
- *                                       queue, else the spool
+ *                                       queue (reading pauses while it holds
+ *                                       queue_batches: back-pressure on the ring)
  *       otherwise:                      the spool (order is kept: the spool
  *                                       drains, one request at a time, before
  *                                       anything newer is sent)
@@ -73,9 +74,14 @@ void exporter_tick(struct exporter *x, uint64_t now_ns, uint64_t hold_min_pos);
 int exporter_wait(struct exporter *x, int timeout_ms);
 /* Monotonic time of the next timer (batch age, retry), or UINT64_MAX. */
 uint64_t exporter_next_deadline(const struct exporter *x);
+/* Closes the batch being built now, whatever its size or age (a lossless
+ * exporter does this when unacknowledged events fill much of the ring:
+ * waiting for the batch age would stall the producers). */
+void exporter_flush(struct exporter *x);
 /* Lowest ring position not yet durable, given the next position to read. */
 uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos);
-/* Lossless back-pressure: 1 while the spool is over its limit (stop reading). */
+/* 1 while the exporter should not read the ring: queue_batches finished
+ * batches wait for a request slot, or (lossless) the spool is over its limit. */
 int exporter_paused(const struct exporter *x);
 /* Shutdown: exports open runs as unfinished, sends what it can until
  * deadline_ns (monotonic), spools the rest.  Returns batches left undelivered

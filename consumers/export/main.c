@@ -2,6 +2,7 @@
  * Collector, Langfuse, Jaeger, Tempo, Phoenix) or any HTTP endpoint that
  * takes msgpack.  See docs/export.md. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -43,6 +44,33 @@ static void usage(FILE *f)
             "Signals: SIGTERM/SIGINT stop (flushing what it can), SIGUSR1 logs the counters.\n");
 }
 
+/* Replaces path atomically (tmp + rename) without fsync: readers never see a
+ * partial file, and a status snapshot is not worth a disk flush per write
+ * (cbus_write_file_atomic syncs, which can stall this loop for milliseconds). */
+static int replace_file(const char *path, const char *data, size_t len)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    while (len) {
+        ssize_t w = write(fd, data, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = -errno;
+            close(fd);
+            unlink(tmp);
+            return e;
+        }
+        data += w;
+        len -= (size_t)w;
+    }
+    close(fd);
+    return rename(tmp, path) ? -errno : 0;
+}
+
 static void write_status(const struct export_config *cfg, struct exporter *x, cbus_consumer *c,
                          int final)
 {
@@ -59,7 +87,7 @@ static void write_status(const struct export_config *cfg, struct exporter *x, cb
     exporter_status_json(x, &b);
     sbuf_puts(&b, "}\n");
     if (cfg->status_file[0] && !b.failed) {
-        int r = cbus_write_file_atomic(cfg->status_file, b.data, b.len);
+        int r = replace_file(cfg->status_file, b.data, b.len);
         if (r)
             cbus_log_warn("status file %s: %s", cfg->status_file, strerror(-r));
     }
@@ -194,6 +222,12 @@ int main(int argc, char **argv)
         uint64_t hold = cfg.lossless && read_pos > capacity / 2 ? read_pos - capacity / 2 : 0;
         exporter_tick(x, now, hold);
         uint64_t floor = exporter_floor(x, read_pos);
+        if (cfg.lossless && n < POLL_MAX && read_pos - floor >= capacity / 4) {
+            /* caught up with a quarter of the ring unacknowledged: producers
+             * are about to wait on us, so ship the partial batch now */
+            exporter_flush(x);
+            floor = exporter_floor(x, read_pos);
+        }
         if (floor > committed && cbus_consumer_commit_to(c, floor) == 0)
             committed = floor;
         if (cfg.status_file[0] && now >= next_status) {

@@ -5,7 +5,23 @@
 
 #include <cbus/cbus.h>
 
-#define LIT(b, s) sbuf_add((b), (s), sizeof(s) - 1)
+/* Appends without sbuf_add's per-call NUL store: this runs ~40 times per
+ * span.  otlp_span() restores the NUL terminator sbuf promises at its end. */
+static inline void put(struct sbuf *b, const void *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap && sbuf_reserve(b, n))
+        return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static inline void terminate(struct sbuf *b)
+{
+    if (b->data && !b->failed)
+        b->data[b->len] = '\0';
+}
+
+#define LIT(b, s) put((b), (s), sizeof(s) - 1)
 #define FLEN(f) strnlen((f), sizeof(f))
 
 /* SpanKind and Status.code values of the OTLP protobuf enums */
@@ -19,7 +35,7 @@ void otlp_put_u64(struct sbuf *b, uint64_t v)
         tmp[--i] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    sbuf_add(b, tmp + i, sizeof tmp - i);
+    put(b, tmp + i, sizeof tmp - i);
 }
 
 void otlp_put_hex(struct sbuf *b, const uint8_t *p, size_t n)
@@ -34,6 +50,19 @@ void otlp_put_hex(struct sbuf *b, const uint8_t *p, size_t n)
     }
     b->len += 2 * n;
     b->data[b->len] = '\0';
+}
+
+/* 8-4-4-4-12 form of a run id (cbus_id_uuid() goes through snprintf). */
+static void uuid_text(char out[36], const uint8_t id[16])
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[id[i] >> 4];
+        *o++ = hex[id[i] & 15];
+    }
 }
 
 /* Length of a valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
@@ -113,7 +142,7 @@ static void put_str(struct sbuf *b, const char *s, size_t n)
 static void put_key(struct sbuf *b, const char *key, size_t klen)
 {
     LIT(b, ",{\"key\":\"");
-    sbuf_add(b, key, klen);
+    put(b, key, klen);
     LIT(b, "\",\"value\":{");
 }
 
@@ -166,7 +195,7 @@ static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const cha
 
 static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
 {
-    sbuf_add(b, key, klen);
+    put(b, key, klen);
     otlp_put_u64(b, ns);
     LIT(b, "\"");
 }
@@ -198,12 +227,13 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
         p = comma ? comma + 1 : p + len;
     }
     LIT(b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"cbus-export\",\"version\":\"" CBUS_VERSION_STRING
-           "\"},\"spans\":[");
+           "\"},\"spans\":[");    terminate(b);
 }
 
 void otlp_end(struct sbuf *b)
 {
     LIT(b, "]}]}]}");
+    terminate(b);
 }
 
 static const char *run_kind(unsigned kind)
@@ -374,12 +404,13 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
 
     /* ---- attributes ---- */
     LIT(b, ",\"attributes\":[{\"key\":\"cbus.run.kind\",\"value\":{\"stringValue\":\"");
-    sbuf_puts(b, run_kind(k));
+    const char *rk = run_kind(k);
+    put(b, rk, strlen(rk));
     LIT(b, "\"}}");
     if (op)
         A_STR(b, "gen_ai.operation.name", op, strlen(op));
-    char uuid[37];
-    cbus_id_uuid(uuid, st->run_id);
+    char uuid[36];
+    uuid_text(uuid, st->run_id);
     A_STR(b, "cbus.run.id", uuid, 36);
     A_INT(b, "cbus.event.id", st->event_id);
     if (en && s->end_kind == SPAN_ENDED)
@@ -482,4 +513,5 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
     } else {
         LIT(b, ",\"status\":{\"code\":0}}");
     }
+    terminate(b);
 }
