@@ -38,6 +38,22 @@ static char *read_file(const char *path)
     return b;
 }
 
+/* The snapshot's pid may have been reused since the daemon died: SIGUSR1
+ * kills most programs, so only signal a process that is cbus-cost. */
+static int is_cbus_cost(long pid)
+{
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (!fgets(comm, sizeof comm, f))
+        comm[0] = '\0';
+    fclose(f);
+    comm[strcspn(comm, "\n")] = '\0';
+    return strcmp(comm, "cbus-cost") == 0;
+}
+
 static double num(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -254,7 +270,7 @@ int cost_report_main(int argc, char **argv)
         /* Ask the live daemon for a fresh snapshot and wait for it (1.5 s). */
         long pid = (long)num(root, "pid");
         double gen = num(root, "generated_at_ns");
-        if (pid > 0 && kill((pid_t)pid, SIGUSR1) == 0) {
+        if (pid > 0 && is_cbus_cost(pid) && kill((pid_t)pid, SIGUSR1) == 0) {
             for (int i = 0; i < 75; i++) {
                 struct timespec ts = {0, 20000000L};
                 nanosleep(&ts, NULL);
