@@ -2,10 +2,10 @@
  *
  *   writer mode (default): synthetic events straight into the writer:
  *     record encoding + SHA-256 chain + io_uring writes + fdatasync.
- *   bus mode (--bus): end to end: a producer process emits llm_new_token
- *     events into a fresh bus, the real daemon loop (audit_run) consumes them
- *     losslessly in a second process; timed until the committed (durable)
- *     cursor reaches the producer's last event.
+ *   bus mode (--bus): end to end: this process emits llm_new_token events
+ *     into a fresh bus sized to hold them all, the real daemon loop
+ *     (audit_run) consumes them losslessly in a child process; timed from the
+ *     first emit until the committed (durable) cursor reaches the last event.
  *
  * Prints one line per run; run it a few times and take the median (the
  * machine is a noisy shared VM).  Figures are in docs/audit.md.
@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -62,6 +63,13 @@ static void sample_event(struct cbus_event *ev, uint64_t i)
     ev->u.token.index = (uint32_t)(i & 1023);
 }
 
+/* CPU seconds (user + system, io_uring workers included) of a rusage. */
+static double cpu_s(const struct rusage *ru)
+{
+    return (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6 +
+           (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec / 1e6;
+}
+
 static int rm_logs(const char *dir)
 {
     char cmd[4200];
@@ -79,6 +87,8 @@ struct opts {
     const char *dir;
     const char *bus;
     unsigned preview;
+    uint64_t rate;         /* bus mode: events/s the producer is paced at (0 = flat out) */
+    int verbose;           /* bus mode: the daemon's info lines (its final status) */
 };
 
 static int bench_writer(const struct opts *o)
@@ -115,10 +125,13 @@ static int bench_writer(const struct opts *o)
         if ((i & 255) == 255)
             audit_writer_service(w, 0);
     }
-    audit_writer_flush(w);
-    while (!audit_writer_idle(w))
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
         audit_writer_service(w, 1000000);
+    }
     uint64_t dt = mono_ns() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
     struct audit_writer_stats st;
     audit_writer_stats(w, &st);
     int valid;
@@ -126,20 +139,27 @@ static int bench_writer(const struct opts *o)
     audit_writer_close(w);
     printf("writer: %" PRIu64 " events in %.3f s = %.2f M events/s, %.1f MB/s, %.0f B/record, "
            "%" PRIu64 " batches (%.0f events/batch), %" PRIu64 " fdatasync, sync %s%s, "
-           "queue depth %u, durable cursor %" PRIu64 "\n",
+           "queue depth %u, durable cursor %" PRIu64 ", CPU %.2f us/event\n",
            o->events, (double)dt / 1e9, (double)o->events / ((double)dt / 1e9) / 1e6,
            (double)st.bytes / ((double)dt / 1e9) / 1e6, (double)st.bytes / (double)o->events,
            st.batches, (double)o->events / (double)st.batches, st.syncs,
            o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval",
            o->sync == AUDIT_SYNC_BATCH ? "" : (o->interval_ns >= 10000000 ? " (>=10ms)" : ""),
-           o->qd, valid ? cur : 0);
+           o->qd, valid ? cur : 0, cpu_s(&ru) * 1e6 / (double)o->events);
     rm_logs(o->dir);
     return 0;
 }
 
 static int bench_bus(const struct opts *o)
 {
-    struct cbus_create_opts co = {.capacity = 1u << 18};
+    /* A ring that holds every event: the producer never waits, so what is
+     * timed is how fast the daemon makes events durable, not the drop path. */
+    uint64_t cap = 1024;
+    while (cap < o->events && cap < (1u << 24))
+        cap <<= 1;
+    if (o->rate) /* paced: a ring of 64 MiB, as a deployment would have */
+        cap = 1u << 17;
+    struct cbus_create_opts co = {.capacity = cap};
     cbus_bus_destroy(o->bus);
     int rc = cbus_bus_create(o->bus, &co);
     if (rc) {
@@ -160,7 +180,7 @@ static int bench_bus(const struct opts *o)
         cfg.sync_interval_ns = o->interval_ns;
         cfg.max_file_bytes = 1ull << 30;
         cfg.preview = o->preview;
-        cbus_log_init("cbus-audit", CBUS_LOG_WARN);
+        cbus_log_init("cbus-audit", o->verbose ? CBUS_LOG_INFO : CBUS_LOG_WARN);
         cbus_daemon_signals();
         _exit(audit_run(&cfg));
     }
@@ -196,10 +216,23 @@ static int bench_bus(const struct opts *o)
     cbus_ctx_set_model(&ctx, "gpt-4o-2024-08-06");
     cbus_ctx_set_user(&ctx, "user-1234");
     cbus_ctx_set_session(&ctx, "conv-5678");
-    uint64_t t0 = mono_ns(), dropped = 0;
+    uint64_t t0 = mono_ns(), dropped = 0, max_lag = 0;
     for (uint64_t i = 0; i < o->events; i++) {
         if (cbus_llm_new_token(p, &ctx, " token42", 8) == -EAGAIN)
             dropped++;
+        if (o->rate && (i & 1023) == 1023) {
+            /* Paced: 1024 events, then sleep until the schedule says so. */
+            uint64_t lag = cbus_bus_tail(bus) - atomic_load(&ce->cursor);
+            if (lag > max_lag)
+                max_lag = lag;
+            uint64_t due = t0 + (uint64_t)((double)(i + 1) * 1e9 / (double)o->rate);
+            uint64_t now = mono_ns();
+            if (due > now) {
+                struct timespec ts = {(time_t)((due - now) / 1000000000u),
+                                      (long)((due - now) % 1000000000u)};
+                nanosleep(&ts, NULL);
+            }
+        }
     }
     uint64_t t_emit = mono_ns() - t0;
     uint64_t tail = cbus_bus_tail(bus);
@@ -209,13 +242,19 @@ static int bench_bus(const struct opts *o)
     uint64_t durable = atomic_load(&ce->cursor);
     kill(daemon, SIGTERM);
     int status;
-    waitpid(daemon, &status, 0);
+    struct rusage ru;
+    wait4(daemon, &status, 0, &ru);
+    char paced[96] = "";
+    if (o->rate)
+        snprintf(paced, sizeof paced, ", paced at %.2f M/s, max durable lag %" PRIu64 " events",
+                 (double)o->rate / 1e6, max_lag);
     printf("bus: %" PRIu64 " events emitted in %.3f s, durable in %.3f s = %.2f M events/s "
            "end to end (%" PRIu64 " dropped by the bounded wait, cursor %" PRIu64 "/%" PRIu64
-           "), sync %s, batch %u events, queue depth %u\n",
+           "%s), sync %s, batch %u events, queue depth %u, daemon CPU %.2f us/event\n",
            o->events, (double)t_emit / 1e9, (double)dt / 1e9,
            (double)(o->events - dropped) / ((double)dt / 1e9) / 1e6, dropped, durable, tail,
-           o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval", o->batch_events, o->qd);
+           paced, o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval", o->batch_events, o->qd,
+           cpu_s(&ru) * 1e6 / (double)(durable ? durable : 1));
     cbus_producer_close(p);
     cbus_bus_close(bus);
     cbus_bus_destroy(o->bus);
@@ -233,6 +272,7 @@ int main(int argc, char **argv)
         {"queue-depth", required_argument, NULL, 'q'}, {"batch-bytes", required_argument, NULL, 'B'},
         {"interval", required_argument, NULL, 'i'}, {"dir", required_argument, NULL, 'd'},
         {"bus", required_argument, NULL, 'u'}, {"preview", required_argument, NULL, 'p'},
+        {"rate", required_argument, NULL, 'r'}, {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -254,6 +294,8 @@ int main(int argc, char **argv)
             o.sync = AUDIT_SYNC_INTERVAL;
             break;
         case 'd': o.dir = optarg; break;
+        case 'r': o.rate = strtoull(optarg, NULL, 10); break;
+        case 'v': o.verbose = 1; break;
         case 'u': o.bus = optarg; break;
         case 'p':
             o.preview = !strcmp(optarg, "hash") ? AUDIT_REDACT_HASH
@@ -263,7 +305,8 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: cbus-audit-bench [--events N] [--batch-events N] [--batch-bytes B]\n"
                     "       [--queue-depth N] [--interval D (sync every D instead of per batch)]\n"
-                    "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)]\n");
+                    "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)\n"
+                    "       [--rate EVENTS_PER_S (bus mode: pace the producer)]]\n");
             return opt == 'h' ? 0 : 2;
         }
     }

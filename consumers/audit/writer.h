@@ -75,8 +75,10 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t curso
  * or a rotation is draining: call audit_writer_service() and retry. */
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev);
 
-/* Submits the batch being filled, if any (call when the bus has nothing new,
- * so records do not wait for a full batch). */
+/* Call when the bus has nothing new, so records do not wait for a full
+ * batch: submits the batch being filled once no older batch is in flight
+ * (group commit; see writer.c).  Call it again after audit_writer_service()
+ * until audit_writer_idle() to drain. */
 void audit_writer_flush(struct audit_writer *w);
 
 /* Submits, reaps completions, retries, rotates.  Waits up to wait_ns for a

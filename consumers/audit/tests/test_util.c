@@ -121,9 +121,10 @@ int tu_write_log(const struct audit_writer_opts *opts, uint64_t first, uint64_t 
         if (rc)
             break;
     }
-    audit_writer_flush(w);
-    while (!audit_writer_idle(w))
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
         audit_writer_service(w, 1000000);
+    }
     audit_writer_close(w);
     return rc;
 }
