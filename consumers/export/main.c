@@ -94,6 +94,47 @@ static void write_status(const struct export_config *cfg, struct exporter *x, cb
     sbuf_free(&b);
 }
 
+/* The cursor saved at a clean stop (DIR/cursor: "BUS_ID CURSOR"), so that a
+ * restart continues where the last run stopped.  After a crash there is no
+ * file and CBUS_START_RESUME takes the dead consumer's cursor instead. */
+static int cursor_path(const struct export_config *cfg, char *out, size_t cap)
+{
+    if (!cfg->spool_dir[0])
+        return -ENOENT;
+    int n = snprintf(out, cap, "%s/cursor", cfg->spool_dir);
+    return n > 0 && (size_t)n < cap ? 0 : -ENAMETOOLONG;
+}
+
+static int cursor_load(const struct export_config *cfg, uint64_t *bus_id, uint64_t *cursor)
+{
+    char path[600];
+    if (cursor_path(cfg, path, sizeof path))
+        return -ENOENT;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -errno;
+    unsigned long long b, c;
+    int ok = fscanf(f, "%llu %llu", &b, &c) == 2;
+    fclose(f);
+    unlink(path); /* used once: a later crash must not rewind to it */
+    if (!ok)
+        return -EBADMSG;
+    *bus_id = b;
+    *cursor = c;
+    return 0;
+}
+
+static void cursor_save(const struct export_config *cfg, uint64_t bus_id, uint64_t cursor)
+{
+    char path[600], text[64];
+    if (cursor_path(cfg, path, sizeof path))
+        return;
+    int n = snprintf(text, sizeof text, "%llu %llu\n", (unsigned long long)bus_id, (unsigned long long)cursor);
+    int r = cbus_write_file_atomic(path, text, (size_t)n);
+    if (r)
+        cbus_log_warn("saving the cursor in %s: %s", path, strerror(-r));
+}
+
 static void log_counters(struct exporter *x, const char *what)
 {
     const struct exporter_stats *s = exporter_stats(x);
@@ -170,8 +211,20 @@ int main(int argc, char **argv)
     struct cbus_consumer_opts co = {.name = cfg.consumer_name,
                                     .mode = cfg.lossless ? CBUS_LOSSLESS : CBUS_LOSSY,
                                     .start = cfg.start};
+    uint64_t saved_bus = 0, saved_cursor = 0;
+    if (cfg.start == CBUS_START_RESUME && cursor_load(&cfg, &saved_bus, &saved_cursor) == 0) {
+        /* a clean stop left its cursor: continue there if the bus is the same */
+        co.start = CBUS_START_CURSOR;
+        co.cursor = saved_cursor;
+        co.expect_bus_id = saved_bus;
+    }
     cbus_consumer *c = NULL;
     int r = cbus_consumer_attach(&c, cfg.bus, &co);
+    if (r == -ESTALE) {
+        cbus_log_info("bus '%s' was recreated since the saved cursor: starting at its newest event", cfg.bus);
+        co.start = CBUS_START_NEWEST;
+        r = cbus_consumer_attach(&c, cfg.bus, &co);
+    }
     if (r) {
         cbus_log_error("attach to bus '%s' as '%s': %s", cfg.bus, cfg.consumer_name, cbus_strerror(r));
         export_config_free(&cfg);
@@ -192,9 +245,12 @@ int main(int argc, char **argv)
         export_config_free(&cfg);
         return r == -EINVAL ? 2 : 1;
     }
-    cbus_log_info("started: bus %s as %s (%s), %s to %s%s, batches of %" PRIu64 " / %" PRIu64
+    cbus_log_info("started: bus %s as %s (%s, from %s), %s to %s%s, batches of %" PRIu64 " / %" PRIu64
                   " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
                   cfg.bus, cfg.consumer_name, cfg.lossless ? "lossless" : "lossy",
+                  co.start == CBUS_START_CURSOR ? "the saved cursor"
+                  : co.start == CBUS_START_RESUME ? "its last cursor or the newest event"
+                  : co.start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
                   cfg.format == EXPORT_OTLP ? "OTLP/JSON" : "msgpack", cfg.url, cfg.gzip ? " gzip" : "",
                   cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
                   cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
@@ -272,6 +328,7 @@ int main(int argc, char **argv)
     uint64_t floor = exporter_floor(x, cbus_consumer_read_pos(c));
     if (floor > committed)
         cbus_consumer_commit_to(c, floor);
+    cursor_save(&cfg, id.bus_id, floor > committed ? floor : committed);
     write_status(&cfg, x, c, 1);
     log_counters(x, "stopped");
     exporter_free(x);

@@ -426,3 +426,21 @@ Test(export_daemon, bad_config_exits_2_naming_the_line)
     fclose(f);
     cr_assert(strstr(line, "bad.ini:3: [export] max_in_flight:"), "%s", line);
 }
+
+Test(export_daemon, clean_restart_continues_at_the_saved_cursor)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    const char *cfg = config(col.port, "[bus]\nstart = resume\n");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    for (int i = 0; i < 50; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 50, 10000), 50);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    /* emitted while no exporter runs */
+    for (int i = 0; i < 70; i++)
+        tool_span(i);
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 120, 10000), 120);
+    test_sleep_ms(200);
+    cr_assert_eq(collector_stat(&col, "spans"), 120, "nothing twice after a clean stop");
+}
