@@ -1,0 +1,837 @@
+/* cbus-soak: a chaos soak of the bus and its consumer daemons.
+ *
+ * Producer threads (in this process) and producer processes emit events
+ * carrying sequence proofs; verifying consumers (child processes, lossless
+ * and lossy) and the daemons read them while a scheduler SIGKILLs and
+ * restarts consumers, daemons and producer processes, SIGSTOPs consumers for
+ * less or more than the bus's stall timeout, and makes the exporter's
+ * collector fail or disappear.  At the end it drains, checks the invariants
+ * (see docs/soak.md), prints the figures and exits 1 on any violation. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+
+#include "config.h"
+#include "orch.h"
+
+struct soak_cfg G;
+struct soak_shared *ST;
+
+static unsigned violations;
+static struct child kids[SOAK_MAX_VER + 16];
+static unsigned nkids;
+static uint32_t next_instance;
+static uint64_t rng_state;
+static cbus_bus *BUS;
+static volatile sig_atomic_t interrupted;
+
+/* figures */
+static uint64_t max_wait_seen, prod_kills_total, cost_untethered_seen;
+
+void violation(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "VIOLATION: ");
+    vfprintf(stdout, fmt, ap);
+    fprintf(stdout, "\n");
+    fflush(stdout);
+    va_end(ap);
+    violations++;
+}
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * UINT64_C(2685821657736338717);
+}
+
+static uint64_t rnd_range(uint64_t lo, uint64_t hi)
+{
+    return hi <= lo ? lo : lo + rnd() % (hi - lo);
+}
+
+static void on_int(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+/* ---- options -------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cbus-soak [--duration 30s] [--rate 6000] [--threads 3] [--procs 2]\n"
+            "                 [--lossless 2] [--lossy 1] [--capacity 16384] [--stall-timeout 1s]\n"
+            "                 [--lossless-wait 1ms] [--wait-margin 50ms] [--chaos-every 400ms]\n"
+            "                 [--seed N] [--no-daemons] [--keep] [--verbose]\n"
+            "                 [--cost PATH] [--audit PATH] [--export PATH] [--ratelimit PATH]\n"
+            "                 [--collector PATH]\n"
+            "Short mode (CI): --duration 30s.  Long mode: --duration 30m.\n"
+            "Exit status: 0 all invariants hold, 1 a violation (printed), 2 bad usage, 3 setup failed.\n");
+}
+
+static int parse_dur(const char *opt, const char *v, uint64_t *out)
+{
+    if (cbus_parse_duration_ns(v, out) || !*out) {
+        fprintf(stderr, "cbus-soak: %s: '%s' is not a duration (e.g. 30s, 30m, 500ms)\n", opt, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_uint(const char *opt, const char *v, unsigned lo, unsigned hi, unsigned *out)
+{
+    char *end;
+    unsigned long x = strtoul(v, &end, 10);
+    if (!*v || *end || x < lo || x > hi) {
+        fprintf(stderr, "cbus-soak: %s: '%s' is not an integer in %u..%u\n", opt, v, lo, hi);
+        return -1;
+    }
+    *out = (unsigned)x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv)
+{
+    G.duration_ns = 30000000000u;
+    G.rate = 6000;
+    G.threads = 3;
+    G.procs = 2;
+    G.verifiers_lossless = 2;
+    G.verifiers_lossy = 1;
+    G.capacity = 16384;
+    G.stall_timeout_ns = 1000000000u;
+    G.lossless_wait_ns = 1000000u;
+    G.wait_margin_ns = 50000000u;
+    G.chaos_mean_ns = 400000000u;
+    G.seed = soak_now_ns();
+#ifdef SOAK_COST
+    G.bin[K_COST] = SOAK_COST;
+#endif
+#ifdef SOAK_AUDIT
+    G.bin[K_AUDIT] = SOAK_AUDIT;
+#endif
+#ifdef SOAK_EXPORT
+    G.bin[K_EXPORT] = SOAK_EXPORT;
+#endif
+#ifdef SOAK_RATELIMIT
+    G.bin[K_RATELIMIT] = SOAK_RATELIMIT;
+#endif
+#ifdef SOAK_COLLECTOR
+    G.bin[K_COLLECTOR] = SOAK_COLLECTOR;
+#endif
+    static const struct option lo[] = {
+        {"duration", 1, 0, 'd'},  {"rate", 1, 0, 'r'},          {"threads", 1, 0, 't'},
+        {"procs", 1, 0, 'p'},     {"lossless", 1, 0, 'L'},      {"lossy", 1, 0, 'Y'},
+        {"capacity", 1, 0, 'c'},  {"stall-timeout", 1, 0, 'S'}, {"lossless-wait", 1, 0, 'W'},
+        {"wait-margin", 1, 0, 'M'}, {"chaos-every", 1, 0, 'C'}, {"seed", 1, 0, 's'},
+        {"no-daemons", 0, 0, 'n'}, {"keep", 0, 0, 'k'},         {"verbose", 0, 0, 'v'},
+        {"cost", 1, 0, 1},        {"audit", 1, 0, 2},           {"export", 1, 0, 3},
+        {"ratelimit", 1, 0, 4},   {"collector", 1, 0, 5},       {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    int ch;
+    unsigned u;
+    while ((ch = getopt_long(argc, argv, "hv", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'd': if (parse_dur("--duration", optarg, &G.duration_ns)) return -1; break;
+        case 'r': {
+            char *end;
+            G.rate = strtod(optarg, &end);
+            if (*end || G.rate < 0 || G.rate > 1e7) {
+                fprintf(stderr, "cbus-soak: --rate: '%s' is not events/s in 0..1e7 (0 = unpaced)\n", optarg);
+                return -1;
+            }
+            break;
+        }
+        case 't': if (parse_uint("--threads", optarg, 1, 16, &G.threads)) return -1; break;
+        case 'p': if (parse_uint("--procs", optarg, 0, 16, &G.procs)) return -1; break;
+        case 'L': if (parse_uint("--lossless", optarg, 0, SOAK_MAX_VER, &G.verifiers_lossless)) return -1; break;
+        case 'Y': if (parse_uint("--lossy", optarg, 0, SOAK_MAX_VER, &G.verifiers_lossy)) return -1; break;
+        case 'c':
+            if (parse_uint("--capacity", optarg, 1024, 1u << 24, &u)) return -1;
+            if (u & (u - 1)) {
+                fprintf(stderr, "cbus-soak: --capacity: %u is not a power of two\n", u);
+                return -1;
+            }
+            G.capacity = u;
+            break;
+        case 'S': if (parse_dur("--stall-timeout", optarg, &G.stall_timeout_ns)) return -1; break;
+        case 'W': if (parse_dur("--lossless-wait", optarg, &G.lossless_wait_ns)) return -1; break;
+        case 'M': if (parse_dur("--wait-margin", optarg, &G.wait_margin_ns)) return -1; break;
+        case 'C': if (parse_dur("--chaos-every", optarg, &G.chaos_mean_ns)) return -1; break;
+        case 's': G.seed = strtoull(optarg, NULL, 0); break;
+        case 'n': G.no_daemons = 1; break;
+        case 'k': G.keep = 1; break;
+        case 'v': G.verbose = 1; break;
+        case 1: G.bin[K_COST] = optarg; break;
+        case 2: G.bin[K_AUDIT] = optarg; break;
+        case 3: G.bin[K_EXPORT] = optarg; break;
+        case 4: G.bin[K_RATELIMIT] = optarg; break;
+        case 5: G.bin[K_COLLECTOR] = optarg; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "cbus-soak: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (G.verifiers_lossless + G.verifiers_lossy > SOAK_MAX_VER) {
+        fprintf(stderr, "cbus-soak: at most %d verifiers in all\n", SOAK_MAX_VER);
+        return -1;
+    }
+    rng_state = G.seed | 1;
+    return 0;
+}
+
+/* ---- children ------------------------------------------------------------- */
+
+static struct child *add_child(enum child_kind k, unsigned idx, const char *name)
+{
+    struct child *c = &kids[nkids++];
+    memset(c, 0, sizeof *c);
+    c->kind = k;
+    c->idx = idx;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    return c;
+}
+
+static int start_child(struct child *c)
+{
+    if (c->kind == K_PRODUCER) {
+        if (next_instance >= SOAK_MAX_PROD) {
+            c->state = C_OFF; /* out of instance slots: this slot stays down */
+            return 0;
+        }
+        c->instance = next_instance++;
+        atomic_store(&ST->prod[c->instance].is_process, 1);
+        atomic_store(&ST->prod[c->instance].used, 1);
+    }
+    int r = child_spawn(c);
+    if (r)
+        violation("cannot start %s: %s", c->name, strerror(-r));
+    return r;
+}
+
+static struct child *find_pid(pid_t pid)
+{
+    for (unsigned i = 0; i < nkids; i++)
+        if (kids[i].pid == pid)
+            return &kids[i];
+    return NULL;
+}
+
+/* Children that exit on their own (we reap our SIGKILLs in child_kill). */
+static void reap(void)
+{
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        struct child *c = find_pid(pid);
+        if (!c)
+            continue;
+        c->pid = 0;
+        c->state = C_DEAD;
+        c->unexpected_exits++;
+        c->until_ns = soak_now_ns() + 200000000u;
+        c->killed_at_ns = soak_now_ns();
+        violation("%s exited by itself (%s %d)", c->name,
+                  WIFEXITED(st) ? "status" : "signal",
+                  WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+        child_log_tail(c, 8);
+    }
+}
+
+/* ---- sampling: the producers' waits and the cost daemon's tether ------------ */
+
+static int entry_by_name(const char *name)
+{
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(BUS, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE &&
+            !strncmp(e->name, name, sizeof e->name))
+            return (int)i;
+    }
+    return -1;
+}
+
+static void sample(void)
+{
+    for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
+        struct cbus_producer_entry *e = cbus_bus_producer_entry(BUS, i);
+        if (e && atomic_load(&e->in_use)) {
+            uint64_t w = atomic_load(&e->max_wait_ns);
+            if (w > max_wait_seen)
+                max_wait_seen = w;
+        }
+    }
+    for (unsigned p = 0; p < next_instance; p++) {
+        uint64_t w = atomic_load(&ST->prod[p].max_wait_ns);
+        if (w > max_wait_seen)
+            max_wait_seen = w;
+    }
+    int ci = entry_by_name("cost");
+    if (ci >= 0) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(BUS, (unsigned)ci);
+        uint64_t u = atomic_load(&e->untethered_count);
+        if (u > cost_untethered_seen)
+            cost_untethered_seen = u;
+    }
+}
+
+/* ---- the chaos scheduler -------------------------------------------------- */
+
+static uint64_t stalls_short, stalls_long, kills_total, collector_faults, throttles;
+
+static int stoppable(const struct child *c)
+{
+    return c->kind != K_PRODUCER && c->kind != K_COLLECTOR;
+}
+
+static void act(uint64_t now)
+{
+    /* Pick a running child at random, then an action that fits it. */
+    struct child *cand[64];
+    unsigned n = 0;
+    for (unsigned i = 0; i < nkids; i++)
+        if (kids[i].state == C_RUNNING)
+            cand[n++] = &kids[i];
+    if (!n)
+        return;
+    struct child *c = cand[rnd() % n];
+    const uint64_t stall = G.stall_timeout_ns;
+    if (c->kind == K_COLLECTOR) {
+        /* Endpoint failures: gone for a while, or answering 503/429, or
+         * dropping connections; back to healthy after a few seconds. */
+        child_kill(c);
+        c->faults++;
+        collector_faults++;
+        unsigned what = (unsigned)(rnd() % 4);
+        if (what == 0) {
+            c->coll_mode = COLL_HEALTHY;
+            c->until_ns = now + rnd_range(1000000000u, 5000000000u);
+            c->killed_at_ns = now;
+            return; /* DEAD until then */
+        }
+        c->coll_mode = what == 1 ? COLL_FAIL_503 : what == 2 ? COLL_FAIL_429 : COLL_DROP;
+        start_child(c);
+        c->until_ns = now + rnd_range(2000000000u, 6000000000u); /* then healthy again */
+        return;
+    }
+    if (c->kind == K_VERIFIER && ST->ver[c->idx].lossless && rnd() % 3 == 0) {
+        uint64_t t = rnd_range(3000000000u, 8000000000u);
+        atomic_store(&ST->ver[c->idx].slow_until_ns, now + t);
+        throttles++;
+        c->throttles++;
+        if (G.verbose)
+            fprintf(stderr, "soak: %s reads slowly for %" PRIu64 " ms\n", c->name, t / 1000000);
+        return;
+    }
+    int do_stop = stoppable(c) && rnd() % 2;
+    if (do_stop) {
+        uint64_t t;
+        if (c->kind == K_COST) {
+            /* never near the stall timeout: its totals must stay exact */
+            t = rnd_range(10000000u, stall / 4);
+            stalls_short++;
+            c->stops_short++;
+        } else if (rnd() % 2) {
+            t = rnd_range(stall + stall / 2, 6 * stall);
+            stalls_long++;
+            c->stops_long++;
+        } else {
+            t = rnd_range(10000000u, stall / 2);
+            stalls_short++;
+            c->stops_short++;
+        }
+        if (t > c->longest_stop_ns)
+            c->longest_stop_ns = t;
+        kill(c->pid, SIGSTOP);
+        c->state = C_STOPPED;
+        c->stopped_at_ns = now;
+        c->until_ns = now + t;
+        if (G.verbose)
+            fprintf(stderr, "soak: SIGSTOP %s for %" PRIu64 " ms\n", c->name, t / 1000000);
+        return;
+    }
+    uint64_t dead = c->kind == K_COST ? rnd_range(0, 200000000u) : rnd_range(0, 3 * stall);
+    child_kill(c);
+    c->kills++;
+    kills_total++;
+    if (c->kind == K_PRODUCER)
+        prod_kills_total++;
+    c->killed_at_ns = now;
+    c->until_ns = now + dead;
+    if (dead > c->longest_dead_ns)
+        c->longest_dead_ns = dead;
+    if (G.verbose)
+        fprintf(stderr, "soak: SIGKILL %s, restart in %" PRIu64 " ms\n", c->name, dead / 1000000);
+}
+
+static void timers(uint64_t now)
+{
+    for (unsigned i = 0; i < nkids; i++) {
+        struct child *c = &kids[i];
+        if (c->state == C_STOPPED && now >= c->until_ns) {
+            kill(c->pid, SIGCONT);
+            c->state = C_RUNNING;
+        } else if (c->state == C_DEAD && now >= c->until_ns) {
+            start_child(c);
+        } else if (c->kind == K_COLLECTOR && c->state == C_RUNNING &&
+                   c->coll_mode != COLL_HEALTHY && now >= c->until_ns) {
+            child_kill(c);
+            c->coll_mode = COLL_HEALTHY;
+            start_child(c);
+        }
+    }
+}
+
+/* Brings every child back to running and healthy (end of the chaos phase). */
+static void heal_all(void)
+{
+    for (unsigned i = 0; i < nkids; i++) {
+        struct child *c = &kids[i];
+        if (c->state == C_STOPPED) {
+            kill(c->pid, SIGCONT);
+            c->state = C_RUNNING;
+        } else if (c->state == C_DEAD) {
+            start_child(c);
+        }
+        if (c->kind == K_COLLECTOR && c->coll_mode != COLL_HEALTHY) {
+            child_kill(c);
+            c->coll_mode = COLL_HEALTHY;
+            start_child(c);
+        }
+    }
+}
+
+/* ---- producer threads ----------------------------------------------------- */
+
+struct thread_arg {
+    pthread_t th;
+    struct soak_producer_args a;
+    int rc;
+};
+
+static void *producer_thread(void *p)
+{
+    struct thread_arg *t = p;
+    t->rc = soak_produce(&t->a);
+    return NULL;
+}
+
+/* ---- setup and teardown -------------------------------------------------- */
+
+static int rm_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return errno == ENOTDIR ? (unlink(path) ? -errno : 0) : -errno;
+    struct dirent *de;
+    char sub[PATH_MAX];
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+        struct stat st;
+        if (lstat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+            rm_tree(sub);
+        else
+            unlink(sub);
+    }
+    closedir(d);
+    return rmdir(path) ? -errno : 0;
+}
+
+static int binary_usable(const char *p)
+{
+    return p && access(p, X_OK) == 0;
+}
+
+static void wait_attached(const char *name, uint64_t timeout_ns)
+{
+    uint64_t end = soak_now_ns() + timeout_ns;
+    while (entry_by_name(name) < 0 && soak_now_ns() < end)
+        soak_sleep_ns(20000000);
+    if (entry_by_name(name) < 0)
+        violation("%s did not attach within %" PRIu64 " s", name, timeout_ns / 1000000000u);
+}
+
+/* ---- the final checks ------------------------------------------------------ */
+
+struct ver_result {
+    struct soak_vglobal g;
+    uint64_t missing, seen_sum;
+};
+
+static void check_verifiers(uint64_t tail, uint64_t uncommitted, const uint64_t *committed)
+{
+    for (unsigned v = 0; v < ST->nver; v++) {
+        struct soak_verifier *sv = &ST->ver[v];
+        soak_verifier_recover(sv);
+        struct soak_vglobal g = sv->g[atomic_load(&sv->gw)];
+        uint64_t seen = 0, missing = 0;
+        for (uint32_t p = 0; p < next_instance; p++) {
+            const struct soak_vrec *r = &sv->rec[p][atomic_load(&sv->which[p])];
+            seen += r->seen;
+            missing += committed[p] - r->seen;
+        }
+        const char *mode = sv->lossless ? "lossless" : "lossy";
+        printf("  verifier soak-v%u (%s): consumed %" PRIu64 " lost %" PRIu64 " abandoned %" PRIu64
+               " missing %" PRIu64 " redelivered %" PRIu64 " untethered %" PRIu64 " lives %" PRIu64 "\n",
+               v, mode, g.consumed, g.lost, g.abandoned, missing, g.redelivered, g.untethered,
+               g.lifetimes);
+        if (sv->first_violation[0])
+            violation("soak-v%u: %s", v, sv->first_violation);
+        if (atomic_load(&sv->bad_proof))
+            violation("soak-v%u: %" PRIu64 " events with a bad proof", v, atomic_load(&sv->bad_proof));
+        if (atomic_load(&sv->dup))
+            violation("soak-v%u: %" PRIu64 " duplicated or reordered events", v, atomic_load(&sv->dup));
+        if (g.applied_pos != tail)
+            violation("soak-v%u wedged: at position %" PRIu64 ", tail %" PRIu64, v, g.applied_pos, tail);
+        if (g.consumed + g.lost + g.abandoned != g.applied_pos)
+            violation("soak-v%u: consumed + lost + abandoned = %" PRIu64 " != positions passed %" PRIu64,
+                      v, g.consumed + g.lost + g.abandoned, g.applied_pos);
+        if (seen != g.consumed)
+            violation("soak-v%u: %" PRIu64 " distinct events seen != %" PRIu64 " consumed (not exactly once)",
+                      v, seen, g.consumed);
+        /* Every position is a committed event or an uncommitted claim, and
+         * each is consumed, lost or abandoned: so what the verifier did not
+         * see is what it lost or saw abandoned, less the uncommitted claims. */
+        if (g.lost + g.abandoned != missing + uncommitted)
+            violation("soak-v%u: lost %" PRIu64 " + abandoned %" PRIu64 " != missing %" PRIu64
+                      " + uncommitted claims %" PRIu64, v, g.lost, g.abandoned, missing, uncommitted);
+        if (sv->lossless && !g.untethered && (missing || g.lost))
+            violation("soak-v%u: lossless and never untethered, yet %" PRIu64 " events missing, %" PRIu64
+                      " lost", v, missing, g.lost);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 2 && !strcmp(argv[1], "--role")) {
+        if (!strcmp(argv[2], "producer"))
+            return soak_producer_main(argc - 2, argv + 2);
+        if (!strcmp(argv[2], "verifier"))
+            return soak_verifier_main(argc - 2, argv + 2);
+        fprintf(stderr, "cbus-soak: unknown role '%s'\n", argv[2]);
+        return 2;
+    }
+    if (parse_args(argc, argv))
+        return 2;
+    ssize_t sl = readlink("/proc/self/exe", G.self, sizeof G.self - 1);
+    if (sl <= 0) {
+        perror("cbus-soak: /proc/self/exe");
+        return 3;
+    }
+    G.self[sl] = '\0';
+    snprintf(G.tmp, sizeof G.tmp, "%s/cbus-soak.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (strlen(G.tmp) + 1 >= sizeof G.tmp) {
+        fprintf(stderr, "cbus-soak: TMPDIR is too long\n");
+        return 3;
+    }
+    if (!mkdtemp(G.tmp)) {
+        perror("cbus-soak: mkdtemp");
+        return 3;
+    }
+    snprintf(G.state_path, sizeof G.state_path, "%s/state", G.tmp);
+    snprintf(G.bus, sizeof G.bus, "soak-%d", (int)getpid());
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_int};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    int r = soak_state_create(G.state_path, &ST);
+    if (r) {
+        fprintf(stderr, "cbus-soak: %s: %s\n", G.state_path, strerror(-r));
+        return 3;
+    }
+    struct cbus_create_opts co = {.capacity = G.capacity,
+                                  .lossless_wait_ns = G.lossless_wait_ns,
+                                  .stall_timeout_ns = G.stall_timeout_ns};
+    r = cbus_bus_create(G.bus, &co);
+    if (!r)
+        r = cbus_bus_open(&BUS, G.bus, 0);
+    if (r) {
+        fprintf(stderr, "cbus-soak: bus %s: %s\n", G.bus, cbus_strerror(r));
+        return 3;
+    }
+    const struct cbus_shm_header *hdr = cbus_bus_header(BUS);
+    printf("cbus-soak: bus %s (capacity %" PRIu64 ", stall timeout %" PRIu64 " ms, lossless wait %" PRIu64
+           " us), %u producer threads + %u processes at %.0f events/s, seed %" PRIu64 ", temp %s\n",
+           G.bus, hdr->capacity, hdr->stall_timeout_ns / 1000000, hdr->lossless_wait_ns / 1000,
+           G.threads, G.procs, G.rate, G.seed, G.tmp);
+
+    /* verifiers first, so they see every position from 0 */
+    ST->nver = G.verifiers_lossless + G.verifiers_lossy;
+    for (unsigned v = 0; v < ST->nver; v++) {
+        char name[32];
+        snprintf(name, sizeof name, "soak-v%u", v);
+        ST->ver[v].lossless = v < G.verifiers_lossless;
+        start_child(add_child(K_VERIFIER, v, name));
+    }
+    /* daemons: each one whose binary exists */
+    int have[K__COUNT] = {0};
+    if (!G.no_daemons) {
+        if (free_loopback_port(&G.port) || daemons_write_configs()) {
+            fprintf(stderr, "cbus-soak: cannot prepare the daemons' configuration in %s\n", G.tmp);
+            return 3;
+        }
+        const enum child_kind order[] = {K_COLLECTOR, K_COST, K_AUDIT, K_EXPORT, K_RATELIMIT};
+        for (unsigned i = 0; i < sizeof order / sizeof order[0]; i++) {
+            enum child_kind k = order[i];
+            if (k == K_EXPORT && !binary_usable(G.bin[K_COLLECTOR])) {
+                printf("  skipping cbus-export: no cbus-collector to export to\n");
+                continue;
+            }
+            if (!binary_usable(G.bin[k])) {
+                printf("  skipping %s checks: binary %s not found\n", kind_name(k),
+                       G.bin[k] ? G.bin[k] : "(not built)");
+                continue;
+            }
+            have[k] = 1;
+            start_child(add_child(k, 0, kind_name(k)));
+        }
+    } else {
+        printf("  daemons skipped (--no-daemons)\n");
+    }
+    for (unsigned v = 0; v < ST->nver; v++) {
+        char name[32];
+        snprintf(name, sizeof name, "soak-v%u", v);
+        wait_attached(name, 10000000000u);
+    }
+    if (have[K_COST])
+        wait_attached("cost", 20000000000u);
+    if (have[K_AUDIT])
+        wait_attached("audit", 20000000000u);
+
+    /* producers */
+    struct thread_arg *ths = calloc(G.threads, sizeof *ths);
+    const double per = G.rate / (G.threads + G.procs);
+    for (unsigned t = 0; t < G.threads; t++) {
+        uint32_t idx = next_instance++;
+        atomic_store(&ST->prod[idx].used, 1);
+        ths[t].a = (struct soak_producer_args){.bus = G.bus, .st = ST, .index = idx, .rate = per};
+        pthread_create(&ths[t].th, NULL, producer_thread, &ths[t]);
+    }
+    for (unsigned p = 0; p < G.procs; p++) {
+        char name[32];
+        snprintf(name, sizeof name, "producer%u", p);
+        start_child(add_child(K_PRODUCER, p, name));
+    }
+
+    /* chaos */
+    uint64_t t0 = soak_now_ns(), now = t0, next_act = t0 + G.chaos_mean_ns, next_report = t0 + 10000000000u;
+    while (!interrupted && (now = soak_now_ns()) < t0 + G.duration_ns) {
+        reap();
+        timers(now);
+        sample();
+        if (now >= next_act) {
+            act(now);
+            next_act = now + rnd_range(G.chaos_mean_ns / 4, G.chaos_mean_ns * 7 / 4);
+        }
+        if (now >= next_report) {
+            printf("  %4" PRIu64 " s: tail %" PRIu64 ", kills %" PRIu64 ", stalls %" PRIu64 "/%" PRIu64
+                   " (short/long), collector faults %" PRIu64 ", dropped %" PRIu64 "\n",
+                   (now - t0) / 1000000000u, cbus_bus_tail(BUS), kills_total, stalls_short, stalls_long,
+                   collector_faults, atomic_load(&hdr->dropped));
+            fflush(stdout);
+            next_report = now + (G.duration_ns > 300000000000u ? 60000000000u : 10000000000u);
+        }
+        soak_sleep_ns(20000000);
+    }
+    if (interrupted)
+        violation("interrupted before the end of the run");
+
+    /* end of chaos: heal, stop producers, drain */
+    heal_all();
+    atomic_store(&ST->stop, 1);
+    for (unsigned t = 0; t < G.threads; t++) {
+        pthread_join(ths[t].th, NULL);
+        if (ths[t].a.index < SOAK_MAX_PROD && ths[t].rc)
+            violation("producer thread %u: %s", t, cbus_strerror(ths[t].rc));
+    }
+    for (unsigned i = 0; i < nkids; i++) {
+        if (kids[i].kind != K_PRODUCER || kids[i].state != C_RUNNING)
+            continue;
+        int st = 0;
+        uint64_t end = soak_now_ns() + 10000000000u;
+        pid_t w;
+        while ((w = waitpid(kids[i].pid, &st, WNOHANG)) == 0 && soak_now_ns() < end)
+            soak_sleep_ns(10000000);
+        if (w != kids[i].pid || !WIFEXITED(st) || WEXITSTATUS(st)) {
+            violation("%s did not finish cleanly", kids[i].name);
+            if (w == 0)
+                child_kill(&kids[i]);
+        }
+        kids[i].pid = 0;
+        kids[i].state = C_OFF;
+    }
+    sample();
+    const uint64_t tail = cbus_bus_tail(BUS);
+    const uint64_t elapsed = soak_now_ns() - t0;
+
+    /* Drain: every verifier reaches the tail, every daemon entry's read
+     * position reaches it (a wedged consumer never does). */
+    uint64_t drain_end = soak_now_ns() + 60000000000u;
+    for (;;) {
+        reap();
+        int pending = 0;
+        for (unsigned v = 0; v < ST->nver; v++)
+            pending |= ST->ver[v].g[atomic_load(&ST->ver[v].gw)].applied_pos < tail;
+        for (unsigned i = 0; i < nkids; i++) {
+            const char *en = kids[i].kind == K_COST ? "cost" : kids[i].kind == K_AUDIT ? "audit"
+                           : kids[i].kind == K_EXPORT ? "export" : kids[i].kind == K_RATELIMIT ? "ratelimit" : NULL;
+            if (!en)
+                continue;
+            int ei = entry_by_name(en);
+            if (ei < 0 || atomic_load(&cbus_bus_consumer_entry(BUS, (unsigned)ei)->read_pos) < tail)
+                pending = 1;
+        }
+        if (!pending || soak_now_ns() > drain_end)
+            break;
+        soak_sleep_ns(50000000);
+    }
+    for (unsigned i = 0; i < nkids; i++) {
+        const char *en = kids[i].kind == K_COST ? "cost" : kids[i].kind == K_AUDIT ? "audit"
+                       : kids[i].kind == K_EXPORT ? "export" : kids[i].kind == K_RATELIMIT ? "ratelimit" : NULL;
+        if (!en)
+            continue;
+        int ei = entry_by_name(en);
+        uint64_t rp = ei < 0 ? 0 : atomic_load(&cbus_bus_consumer_entry(BUS, (unsigned)ei)->read_pos);
+        if (rp < tail)
+            violation("%s wedged: read position %" PRIu64 " never reached the tail %" PRIu64
+                      " (60 s after the producers stopped)", kids[i].name, rp, tail);
+    }
+
+    /* What was committed: the producers' own counts, plus an event a killed
+     * producer process committed but did not live to count, if a verifier
+     * saw it. */
+    uint64_t *committed = calloc(SOAK_MAX_PROD, sizeof *committed);
+    uint64_t committed_sum = 0, dropped_sum = 0;
+    for (uint32_t p = 0; p < next_instance; p++) {
+        committed[p] = atomic_load(&ST->prod[p].committed);
+        dropped_sum += atomic_load(&ST->prod[p].dropped);
+        for (unsigned v = 0; v < ST->nver; v++) {
+            struct soak_verifier *sv = &ST->ver[v];
+            soak_verifier_recover(sv);
+            uint64_t ns = sv->rec[p][atomic_load(&sv->which[p])].next_seq;
+            if (ns == committed[p] + 1 && atomic_load(&ST->prod[p].is_process))
+                committed[p] = ns;
+            else if (ns > committed[p])
+                violation("soak-v%u saw producer %u seq %" PRIu64 " but only %" PRIu64 " were committed",
+                          v, p, ns - 1, committed[p]);
+        }
+        committed_sum += committed[p];
+    }
+    const uint64_t uncommitted = tail >= committed_sum ? tail - committed_sum : 0;
+    if (committed_sum > tail)
+        violation("more events committed (%" PRIu64 ") than positions claimed (%" PRIu64 ")",
+                  committed_sum, tail);
+    if (uncommitted > prod_kills_total)
+        violation("%" PRIu64 " positions never committed, more than the %" PRIu64
+                  " producer processes killed", uncommitted, prod_kills_total);
+
+    printf("cbus-soak: %.1f s, %" PRIu64 " positions, %" PRIu64 " events committed (%.0f/s), %" PRIu64
+           " uncommitted claims (killed producers), %" PRIu64 " emits dropped by the lossless bound\n",
+           elapsed / 1e9, tail, committed_sum, committed_sum / (elapsed / 1e9), uncommitted, dropped_sum);
+    printf("  chaos: %" PRIu64 " kills (%" PRIu64 " producer processes), %" PRIu64 " stalls (%" PRIu64
+           " short < stall timeout, %" PRIu64 " long > it), %" PRIu64 " collector faults, %" PRIu64
+           " consumers untethered by the bus, %" PRIu64 " slow-reader phases\n",
+           kills_total, prod_kills_total, stalls_short + stalls_long, stalls_short, stalls_long,
+           collector_faults, atomic_load(&hdr->untethered), throttles);
+    for (unsigned i = 0; i < nkids; i++)
+        if (kids[i].kind != K_PRODUCER)
+            printf("  %-16s kills %u, stops %u short / %u long, slow phases %u, faults %u\n",
+                   kids[i].name, kids[i].kills, kids[i].stops_short, kids[i].stops_long,
+                   kids[i].throttles, kids[i].faults);
+    printf("  %-16s kills %" PRIu64 " (%u instances)\n", "producer procs", prod_kills_total,
+           next_instance - G.threads);
+    const uint64_t bus_dropped = atomic_load(&hdr->dropped);
+    if (bus_dropped < dropped_sum || bus_dropped - dropped_sum > prod_kills_total)
+        violation("the bus counted %" PRIu64 " drops, the producers %" PRIu64 " (%" PRIu64
+                  " producer processes killed)", bus_dropped, dropped_sum, prod_kills_total);
+    printf("  max producer wait %.3f ms (bound %.3f ms + margin %.0f ms)\n", max_wait_seen / 1e6,
+           G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6);
+    if (max_wait_seen > G.lossless_wait_ns + G.wait_margin_ns)
+        violation("a producer waited %.3f ms, past the bound %.3f ms + margin %.0f ms",
+                  max_wait_seen / 1e6, G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6);
+
+    check_verifiers(tail, uncommitted, committed);
+
+    if (have[K_COST]) {
+        char msg[768];
+        int excused = 0;
+        int c = daemons_cost_check(tail, msg, sizeof msg, &excused);
+        printf("  cost: %s\n", msg);
+        if (c < 0)
+            violation("cost: %s", msg);
+        else if (c > 0 && !excused && !cost_untethered_seen)
+            violation("cost totals differ from the soak's independent sum");
+        else if (c > 0)
+            printf("  cost: differs, but the daemon was untethered (lost events): not checked\n");
+        if (cost_untethered_seen)
+            violation("cbus-cost was untethered (the soak keeps its stalls short: should not happen)");
+    }
+    /* stop the daemons: each must exit 0 on SIGTERM */
+    for (unsigned i = 0; i < nkids; i++) {
+        if (kids[i].kind == K_PRODUCER || kids[i].state == C_OFF)
+            continue;
+        int st;
+        child_term(&kids[i], &st, 20000000000u);
+        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+            violation("%s did not exit 0 on SIGTERM (%s %d)", kids[i].name,
+                      st == -1 ? "timeout" : WIFEXITED(st) ? "status" : "signal",
+                      st == -1 ? 0 : WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            child_log_tail(&kids[i], 8);
+        }
+    }
+    if (have[K_AUDIT]) {
+        char msg[512];
+        int a = daemons_audit_verify(msg, sizeof msg);
+        printf("  audit verify: %s (exit %d)\n", msg, a);
+        if (a != 0)
+            violation("cbus-audit verify failed: %s", msg);
+    }
+
+    /* cleanup, then look for leftovers */
+    cbus_bus_close(BUS);
+    cbus_bus_destroy(G.bus);
+    soak_state_close(ST);
+    char shm[64];
+    snprintf(shm, sizeof shm, "/dev/shm/cbus.%s", G.bus);
+    if (access(shm, F_OK) == 0)
+        violation("shm segment %s left behind", shm);
+    if (violations && G.keep)
+        printf("  kept %s for inspection\n", G.tmp);
+    else {
+        rm_tree(G.tmp);
+        if (access(G.tmp, F_OK) == 0)
+            violation("temp dir %s left behind", G.tmp);
+    }
+    free(committed);
+    free(ths);
+    if (violations) {
+        printf("cbus-soak: FAILED, %u invariant violation%s\n", violations, violations > 1 ? "s" : "");
+        return 1;
+    }
+    printf("cbus-soak: OK, all invariants hold\n");
+    return 0;
+}

@@ -1,0 +1,66 @@
+/* cbus-soak orchestrator internals: children, daemons, the run's settings. */
+#ifndef CBUS_SOAK_ORCH_H
+#define CBUS_SOAK_ORCH_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "soak.h"
+
+enum child_kind { K_VERIFIER, K_PRODUCER, K_COST, K_AUDIT, K_EXPORT, K_RATELIMIT, K_COLLECTOR,
+                  K__COUNT };
+enum child_state { C_OFF, C_RUNNING, C_STOPPED, C_DEAD };
+enum collector_mode { COLL_HEALTHY, COLL_FAIL_503, COLL_FAIL_429, COLL_DROP };
+
+struct child {
+    char name[32];
+    enum child_kind kind;
+    unsigned idx;              /* verifier index, producer slot */
+    uint32_t instance;         /* producer: current st->prod[] index */
+    pid_t pid;
+    enum child_state state;
+    uint64_t until_ns;         /* DEAD: restart then; STOPPED: continue then */
+    uint64_t started_ns;
+    enum collector_mode coll_mode;
+    unsigned kills, stops_short, stops_long, faults, unexpected_exits, throttles;
+    uint64_t longest_stop_ns, longest_dead_ns, stopped_at_ns, killed_at_ns;
+};
+
+struct soak_cfg {
+    uint64_t duration_ns;
+    double rate;               /* events/s over all producers */
+    unsigned threads, procs, verifiers_lossless, verifiers_lossy;
+    uint64_t capacity;
+    uint64_t stall_timeout_ns, lossless_wait_ns, wait_margin_ns;
+    uint64_t chaos_mean_ns;    /* mean time between chaos actions */
+    uint64_t seed;
+    int keep, verbose, no_daemons;
+    const char *bin[K__COUNT]; /* daemon binaries (NULL or missing = skipped) */
+    char self[PATH_MAX];
+    char tmp[200];             /* the run's temp dir (short: paths are built under it) */
+    char state_path[256];
+    char bus[32];
+    unsigned port;             /* collector */
+};
+
+extern struct soak_cfg G;
+extern struct soak_shared *ST;
+
+/* children.c */
+int child_spawn(struct child *c);
+void child_kill(struct child *c);          /* SIGKILL and reap */
+void child_term(struct child *c, int *status, uint64_t timeout_ns); /* SIGTERM, wait, else SIGKILL */
+void child_log_tail(const struct child *c, unsigned lines);
+const char *kind_name(enum child_kind k);
+
+/* daemons.c */
+int daemons_write_configs(void);
+int daemons_cost_check(uint64_t final_tail, char *msg, size_t len, int *excused);
+int daemons_audit_verify(char *msg, size_t len);
+int free_loopback_port(unsigned *port);
+
+/* report helpers (main.c) */
+void violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,201 @@
+/* Producers: threads of the orchestrator and separate processes.
+ *
+ * Each producer instance numbers only the events the bus accepted: the
+ * sequence number goes into the event's request_id before the emit, and is
+ * advanced (and published in the shared state) only when the emit returned 0.
+ * A dropped emit (-EAGAIN: a lossless consumer held the ring past the bound)
+ * is retried with the same number by the next event, so the committed events
+ * of one instance are exactly 0..committed-1, in ring order.
+ *
+ * Threads emit LLM request runs (llm_start, tokens, llm_end with usage) whose
+ * usage they sum for the cost check.  Processes are the ones the scheduler
+ * SIGKILLs, possibly between a commit and the publication of its count, so
+ * they emit no llm_end: the cost check's expected sum stays exact. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cbus/producer.h>
+
+#include "soak.h"
+
+struct emitter {
+    cbus_producer *p;
+    struct soak_prod *sp;
+    uint32_t index;
+    uint64_t seq;
+    uint64_t events;
+};
+
+static uint64_t rng_next(uint64_t *s)
+{
+    /* xorshift64*: enough for choosing kinds and counts */
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * UINT64_C(2685821657736338717);
+}
+
+static void publish_stats(struct emitter *em)
+{
+    struct cbus_producer_stats ps;
+    if (cbus_producer_stats(em->p, &ps) == 0)
+        atomic_store_explicit(&em->sp->max_wait_ns, ps.max_wait_ns, memory_order_relaxed);
+}
+
+/* Emits one event of kind with the next sequence proof.  Returns the emit's code. */
+static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const struct cbus_usage *usage)
+{
+    char rid[CBUS_REQUEST_LEN + 8];
+    soak_proof_format(rid, sizeof rid, em->index, em->seq, kind, usage);
+    cbus_ctx_set_request_id(ctx, rid);
+    int r;
+    switch (kind) {
+    case CBUS_EV_LLM_START: {
+        struct cbus_llm_start_info info = {.prompt_count = 1, .est_input_tokens = 100};
+        r = cbus_llm_start(em->p, ctx, "soak prompt", &info);
+        break;
+    }
+    case CBUS_EV_LLM_NEW_TOKEN:
+        r = cbus_llm_new_token(em->p, ctx, "tok", 3);
+        break;
+    case CBUS_EV_LLM_END:
+        r = cbus_llm_end(em->p, ctx, usage, "soak output");
+        break;
+    case CBUS_EV_TOOL_START:
+        r = cbus_tool_start(em->p, ctx, "search", "{\"q\":\"soak\"}");
+        break;
+    case CBUS_EV_TOOL_END:
+        r = cbus_tool_end(em->p, ctx, "result");
+        break;
+    case CBUS_EV_RETRIEVER_START:
+        r = cbus_retriever_start(em->p, ctx, "docs", "soak query");
+        break;
+    case CBUS_EV_RETRIEVER_END:
+        r = cbus_retriever_end(em->p, ctx, 3);
+        break;
+    default:
+        r = cbus_custom(em->p, ctx, "soak", "custom event");
+        break;
+    }
+    if (r == 0) {
+        if (kind == CBUS_EV_LLM_END) {
+            const uint32_t v[SOAK_TOK__COUNT] = {usage->input_tokens, usage->output_tokens,
+                                                 usage->cache_read_tokens,
+                                                 usage->cache_creation_tokens,
+                                                 usage->reasoning_tokens};
+            for (int f = 0; f < SOAK_TOK__COUNT; f++)
+                atomic_fetch_add_explicit(&em->sp->tok[f], v[f], memory_order_relaxed);
+            atomic_fetch_add_explicit(&em->sp->llm_ends, 1, memory_order_relaxed);
+        }
+        em->seq++;
+        /* RELEASE: the sums above are visible to whoever reads this count. */
+        atomic_store_explicit(&em->sp->committed, em->seq, memory_order_release);
+    } else if (r == -EAGAIN) {
+        atomic_fetch_add_explicit(&em->sp->dropped, 1, memory_order_relaxed);
+    }
+    if ((++em->events & 255) == 0)
+        publish_stats(em);
+    return r;
+}
+
+int soak_produce(const struct soak_producer_args *a)
+{
+    struct soak_prod *sp = &a->st->prod[a->index];
+    char name[24];
+    snprintf(name, sizeof name, "soak-%c%" PRIu32, a->process ? 'p' : 't', a->index);
+    struct cbus_producer_opts po = {.name = name};
+    struct emitter em = {.sp = sp, .index = a->index};
+    int r = cbus_producer_open(&em.p, a->bus, &po);
+    if (r)
+        return r;
+    uint64_t rng = soak_now_ns() ^ ((uint64_t)a->index << 32) ^ (uint64_t)getpid();
+    const uint64_t interval = a->rate > 0 ? (uint64_t)(1e9 / a->rate) : 0;
+    uint64_t next = soak_now_ns();
+    while (!atomic_load_explicit(&a->st->stop, memory_order_acquire)) {
+        cbus_ctx ctx;
+        cbus_ctx_init(&ctx);
+        uint64_t x = rng_next(&rng);
+        char user[16], session[24];
+        snprintf(user, sizeof user, "u%u", (unsigned)(x % 20));
+        snprintf(session, sizeof session, "s%u-%u", a->index, (unsigned)((x >> 8) % 50));
+        cbus_ctx_set_provider(&ctx, "openai");
+        cbus_ctx_set_model(&ctx, "soak-model");
+        cbus_ctx_set_user(&ctx, user);
+        cbus_ctx_set_session(&ctx, session);
+        unsigned kinds[8], n = 0;
+        struct cbus_usage usage;
+        soak_usage_make(&usage, rng_next(&rng));
+        if (!a->process) {
+            kinds[n++] = CBUS_EV_LLM_START;
+            for (unsigned t = 0; t < 1 + (x >> 16) % 3; t++)
+                kinds[n++] = CBUS_EV_LLM_NEW_TOKEN;
+            kinds[n++] = CBUS_EV_LLM_END;
+        } else if ((x >> 16) % 3 == 0) {
+            kinds[n++] = CBUS_EV_RETRIEVER_START;
+            kinds[n++] = CBUS_EV_RETRIEVER_END;
+            kinds[n++] = CBUS_EV_CUSTOM;
+        } else {
+            kinds[n++] = CBUS_EV_TOOL_START;
+            kinds[n++] = CBUS_EV_TOOL_END;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            emit_one(&em, &ctx, kinds[i], &usage);
+            if (!interval)
+                continue;
+            /* Paced in bursts: sleep only once ahead by a few ms, so events
+             * leave back to back (contending on the claim) between sleeps. */
+            next += interval;
+            uint64_t now = soak_now_ns();
+            if (next > now + 4000000)
+                soak_sleep_ns(next - now);
+            else if (now > next + 1000000000u)
+                next = now; /* descheduled for long: do not burst to catch up */
+        }
+    }
+    publish_stats(&em);
+    cbus_producer_close(em.p);
+    atomic_store_explicit(&sp->exited, 1, memory_order_release);
+    return 0;
+}
+
+int soak_producer_main(int argc, char **argv)
+{
+    const char *state = NULL, *bus = NULL;
+    long index = -1;
+    double rate = 0;
+    static const struct option lo[] = {{"state", 1, 0, 's'}, {"bus", 1, 0, 'b'},
+                                       {"index", 1, 0, 'i'}, {"rate", 1, 0, 'r'},
+                                       {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 's': state = optarg; break;
+        case 'b': bus = optarg; break;
+        case 'i': index = strtol(optarg, NULL, 10); break;
+        case 'r': rate = strtod(optarg, NULL); break;
+        default: return 2;
+        }
+    }
+    if (!state || !bus || index < 0 || index >= SOAK_MAX_PROD) {
+        fprintf(stderr, "cbus-soak producer: --state, --bus and --index are required\n");
+        return 2;
+    }
+    struct soak_shared *st;
+    int r = soak_state_open(state, &st);
+    if (r) {
+        fprintf(stderr, "cbus-soak producer: %s: %s\n", state, strerror(-r));
+        return 1;
+    }
+    struct soak_producer_args a = {.bus = bus, .st = st, .index = (uint32_t)index, .rate = rate,
+                                   .process = 1};
+    r = soak_produce(&a);
+    if (r)
+        fprintf(stderr, "cbus-soak producer %ld: %s\n", index, cbus_strerror(r));
+    soak_state_close(st);
+    return r ? 1 : 0;
+}
