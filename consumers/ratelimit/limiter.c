@@ -73,7 +73,11 @@ int rl_new(rl_limiter **out, struct rl_rules *rules, const struct rl_opts *opts)
         l->opts.max_published = 4096;
     if (!l->opts.pending_ttl_ns)
         l->opts.pending_ttl_ns = UINT64_C(600000000000);
-    int r = rl_map_init(&l->keys, sizeof(struct rl_key), offsetof(struct rl_key, key), RL_KEY_MAX,
+    int r = -ENOMEM;
+    l->scratch = malloc(3 * RL_BATCH * sizeof *l->scratch);
+    if (!l->scratch)
+        goto err_keys;
+    r = rl_map_init(&l->keys, sizeof(struct rl_key), offsetof(struct rl_key, key), RL_KEY_MAX,
                         l->opts.max_keys);
     if (r)
         goto err_keys;
@@ -87,8 +91,10 @@ int rl_new(rl_limiter **out, struct rl_rules *rules, const struct rl_opts *opts)
         goto err_pubs;
     l->rules = *rules;
     memset(rules, 0, sizeof *rules);
-    for (size_t i = 0; i < l->rules.count; i++)
+    for (size_t i = 0; i < l->rules.count; i++) {
         l->has_tpm |= l->rules.rule[i].tok.limit != 0;
+        l->dims_used |= l->rules.rule[i].group;
+    }
     *out = l;
     return 0;
 err_pubs:
@@ -96,6 +102,7 @@ err_pubs:
 err_pending:
     rl_map_free(&l->keys);
 err_keys:
+    free(l->scratch);
     free(l);
     return r;
 }
@@ -108,6 +115,7 @@ void rl_free(rl_limiter *l)
     rl_map_free(&l->pending);
     rl_map_free(&l->pubs);
     rl_rules_free(&l->rules);
+    free(l->scratch);
     free(l);
 }
 
@@ -118,16 +126,18 @@ const struct rl_rules *rl_rules(const rl_limiter *l)
 
 /* ---- keys ----------------------------------------------------------------- */
 
-static void event_dims(const struct cbus_event *ev, struct rl_dims *d)
+/* The event's values of the dims some rule uses (others stay empty). */
+static void event_dims(const struct cbus_event *ev, unsigned used, struct rl_dims *d)
 {
-    d->s[RL_DIM_USER] = ev->user;
-    d->len[RL_DIM_USER] = strnlen(ev->user, sizeof ev->user);
-    d->s[RL_DIM_SESSION] = ev->session;
-    d->len[RL_DIM_SESSION] = strnlen(ev->session, sizeof ev->session);
-    d->s[RL_DIM_MODEL] = ev->model;
-    d->len[RL_DIM_MODEL] = strnlen(ev->model, sizeof ev->model);
-    d->s[RL_DIM_PROVIDER] = ev->provider;
-    d->len[RL_DIM_PROVIDER] = strnlen(ev->provider, sizeof ev->provider);
+    static const size_t off[RL_DIM__COUNT] = {
+        offsetof(struct cbus_event, user), offsetof(struct cbus_event, session),
+        offsetof(struct cbus_event, model), offsetof(struct cbus_event, provider)};
+    static const size_t cap[RL_DIM__COUNT] = {CBUS_USER_LEN, CBUS_SESSION_LEN, CBUS_MODEL_LEN,
+                                              CBUS_PROVIDER_LEN};
+    for (unsigned k = 0; k < RL_DIM__COUNT; k++) {
+        d->s[k] = (const char *)ev + off[k];
+        d->len[k] = used & (1u << k) ? strnlen(d->s[k], cap[k]) : 0;
+    }
 }
 
 static size_t build_key(unsigned group, const struct rl_dims *d, char *out)
@@ -165,15 +175,35 @@ void rl__key_text(const struct rl_key *k, char *out, size_t outlen)
     }
 }
 
+static int relevant(unsigned kind)
+{
+    return kind == CBUS_EV_LLM_START || kind == CBUS_EV_CHAT_MODEL_START ||
+           kind == CBUS_EV_LLM_END || kind == CBUS_EV_LLM_ERROR;
+}
+
+static void prepare(const rl_limiter *l, const struct cbus_event *ev, struct rl_evkeys *ek)
+{
+    event_dims(ev, l->dims_used, &ek->d);
+    for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+        unsigned g = l->rules.groups[gi];
+        size_t kl = build_key(g, &ek->d, ek->kb[gi]);
+        ek->klen[gi] = (uint32_t)kl;
+        ek->hash[gi] = rl_hash_bytes(ek->kb[gi], kl, g);
+    }
+}
+
 enum { FIND_ONLY, CREATE_FOR_REQ, CREATE_FOR_TOK };
 
-/* The key of group for these values.  Creates it when `create` says what the
- * caller is about to charge and the winning rule limits it. */
-static struct rl_key *get_key(rl_limiter *l, unsigned group, const struct rl_dims *d, int create)
+/* The key of the gi-th active group for these values.  Creates it when
+ * `create` says what the caller is about to charge and the winning rule
+ * limits it. */
+static struct rl_key *get_key(rl_limiter *l, unsigned gi, const struct rl_evkeys *ek, int create)
 {
-    char kb[RL_KEY_MAX];
-    size_t kl = build_key(group, d, kb);
-    uint64_t h = rl_hash_bytes(kb, kl, group);
+    unsigned group = l->rules.groups[gi];
+    const struct rl_dims *d = &ek->d;
+    const char *kb = ek->kb[gi];
+    size_t kl = ek->klen[gi];
+    uint64_t h = ek->hash[gi];
     struct rl_key *k = rl_map_find(&l->keys, h, kb, kl);
     if (k || create == FIND_ONLY)
         return k;
@@ -196,12 +226,29 @@ static struct rl_key *get_key(rl_limiter *l, unsigned group, const struct rl_dim
     return k;
 }
 
-/* After a charge: count a new throttle and ask for its verdict. */
+/* rl__until() when the key is throttled at now, else 0: the common case
+ * needs one multiply and no 128-bit division. */
+static uint64_t until_at(rl_u128 tat, const struct rl_limit *lim, uint64_t now)
+{
+    if (!lim->limit)
+        return 0;
+    rl_u128 slack = (rl_u128)(lim->burst - 1) * RL_PERIOD_NS;
+    /* ceil((tat - slack) / L) > now  <=>  tat - slack > now * L */
+    if (tat <= slack || tat - slack <= (rl_u128)now * lim->limit)
+        return 0;
+    return rl__until(tat, lim);
+}
+
+/* After a charge: count a new throttle and ask for its verdict.  until_ns
+ * is kept only while it lies ahead (0 otherwise), which every reader of it
+ * treats alike: "not throttled at or after now". */
 static void settle(rl_limiter *l, struct rl_key *k, const struct rl_dims *d, uint64_t now)
 {
     struct rl_rule *r = &l->rules.rule[k->rule];
     uint64_t was = k->until_ns;
-    uint64_t u = rl__key_until(l, k);
+    uint64_t u = until_at(k->req_tat, &r->req, now), t = until_at(k->tok_tat, &r->tok, now);
+    if (t > u)
+        u = t;
     k->until_ns = u;
     k->last_ns = now;
     if (u <= now)
@@ -230,12 +277,11 @@ static uint64_t count_tokens(unsigned kind, uint64_t in, uint64_t out)
     return kind == RL_TOKENS_INPUT ? in : kind == RL_TOKENS_OUTPUT ? out : in + out;
 }
 
-static void on_start(rl_limiter *l, const struct cbus_event *ev)
+static void on_start(rl_limiter *l, const struct cbus_event *ev, const struct rl_evkeys *ek)
 {
     uint64_t now = ev->ts_mono_ns;
     uint32_t est = l->has_tpm ? ev->u.llm_start.est_input_tokens : 0;
-    struct rl_dims d;
-    event_dims(ev, &d);
+    const struct rl_dims *d = &ek->d;
     l->st.requests++;
     if (est) {
         int err;
@@ -257,7 +303,7 @@ static void on_start(rl_limiter *l, const struct cbus_event *ev)
     }
     int over = 0;
     for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
-        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, CREATE_FOR_REQ);
+        struct rl_key *k = get_key(l, gi, ek, CREATE_FOR_REQ);
         if (!k)
             continue;
         struct rl_rule *r = &l->rules.rule[k->rule];
@@ -275,7 +321,7 @@ static void on_start(rl_limiter *l, const struct cbus_event *ev)
             k->tokens += est;
         }
         k->requests++;
-        settle(l, k, &d, now);
+        settle(l, k, d, now);
     }
     l->st.over_limit += (uint64_t)over;
 }
@@ -294,7 +340,7 @@ static uint32_t take_estimate(rl_limiter *l, const struct cbus_event *ev)
     return est;
 }
 
-static void on_end(rl_limiter *l, const struct cbus_event *ev)
+static void on_end(rl_limiter *l, const struct cbus_event *ev, const struct rl_evkeys *ek)
 {
     if (!l->has_tpm)
         return;
@@ -308,10 +354,8 @@ static void on_end(rl_limiter *l, const struct cbus_event *ev)
     l->st.output_tokens += out;
     if (in == est && out == 0)
         return; /* nothing beyond what start charged */
-    struct rl_dims d;
-    event_dims(ev, &d);
     for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
-        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, CREATE_FOR_TOK);
+        struct rl_key *k = get_key(l, gi, ek, CREATE_FOR_TOK);
         if (!k)
             continue;
         const struct rl_rule *r = &l->rules.rule[k->rule];
@@ -327,20 +371,18 @@ static void on_end(rl_limiter *l, const struct cbus_event *ev)
             k->tokens += want - had;
         else
             k->tokens -= had - want < k->tokens ? had - want : k->tokens;
-        settle(l, k, &d, now);
+        settle(l, k, &ek->d, now);
     }
 }
 
-static void on_error(rl_limiter *l, const struct cbus_event *ev)
+static void on_error(rl_limiter *l, const struct cbus_event *ev, const struct rl_evkeys *ek)
 {
     uint32_t est = take_estimate(l, ev);
     if (!est)
         return;
     /* A failed call is taken to have used no tokens: the estimate returns. */
-    struct rl_dims d;
-    event_dims(ev, &d);
     for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
-        struct rl_key *k = get_key(l, l->rules.groups[gi], &d, FIND_ONLY);
+        struct rl_key *k = get_key(l, gi, ek, FIND_ONLY);
         if (!k)
             continue;
         const struct rl_rule *r = &l->rules.rule[k->rule];
@@ -352,22 +394,98 @@ static void on_error(rl_limiter *l, const struct cbus_event *ev)
     }
 }
 
-void rl_feed(rl_limiter *l, const struct cbus_event *ev)
+static void feed_prepared(rl_limiter *l, const struct cbus_event *ev, const struct rl_evkeys *ek)
 {
-    l->st.events++;
     switch (ev->kind) {
     case CBUS_EV_LLM_START:
     case CBUS_EV_CHAT_MODEL_START:
-        on_start(l, ev);
+        on_start(l, ev, ek);
         break;
     case CBUS_EV_LLM_END:
-        on_end(l, ev);
+        on_end(l, ev, ek);
         break;
     case CBUS_EV_LLM_ERROR:
-        on_error(l, ev);
+        on_error(l, ev, ek);
         break;
     default:
         break;
+    }
+}
+
+void rl_feed(rl_limiter *l, const struct cbus_event *ev)
+{
+    l->st.events++;
+    if (!relevant(ev->kind))
+        return;
+    prepare(l, ev, &l->scratch[0]);
+    feed_prepared(l, ev, &l->scratch[0]);
+}
+
+/* Prefetches the lines of an event record the limiter reads: the header,
+ * the usage, and provider through session. */
+static void prefetch_event(const struct cbus_event *ev)
+{
+    const char *e = (const char *)ev;
+    __builtin_prefetch(e);
+    __builtin_prefetch(e + 128);
+    __builtin_prefetch(e + 192);
+    __builtin_prefetch(e + 256);
+    __builtin_prefetch(e + 320);
+}
+
+void rl_feed_batch(rl_limiter *l, const struct cbus_event *evs, size_t n)
+{
+    /* A software pipeline over groups of RL_BATCH events.  At step b:
+     *   group b+2: prefetch the event records;
+     *   group b:   compute keys and hashes, prefetch their index slots;
+     *   group b-1: read those slots, prefetch the entries they name;
+     *   group b-2: count, in event order.
+     * With 100k keys the entries live in DRAM; each prefetch gets a whole
+     * group's worth of work to land, so the misses of many events overlap
+     * instead of stalling one after another.  Prefetches are hints only: the
+     * counting step looks everything up again (an insert may have moved
+     * entries or regrown the index meanwhile). */
+    const struct rl_map *m = &l->keys;
+    size_t groups = (n + RL_BATCH - 1) / RL_BATCH;
+    for (size_t b = 0; b < groups + 2; b++) {
+        for (size_t i = (b + 2) * RL_BATCH; i < (b + 3) * RL_BATCH && i < n; i++)
+            prefetch_event(&evs[i]);
+        if (b < groups) {
+            struct rl_evkeys *sc = &l->scratch[(b % 3) * RL_BATCH];
+            for (size_t i = 0, j = b * RL_BATCH; i < RL_BATCH && j < n; i++, j++) {
+                sc[i].relevant = relevant(evs[j].kind);
+                if (!sc[i].relevant)
+                    continue;
+                prepare(l, &evs[j], &sc[i]);
+                for (unsigned gi = 0; gi < l->rules.n_groups; gi++)
+                    __builtin_prefetch(&m->index[sc[i].hash[gi] & m->mask]);
+            }
+        }
+        if (b >= 1 && b - 1 < groups) {
+            const struct rl_evkeys *sc = &l->scratch[((b - 1) % 3) * RL_BATCH];
+            for (size_t i = 0, j = (b - 1) * RL_BATCH; i < RL_BATCH && j < n; i++, j++) {
+                if (!sc[i].relevant)
+                    continue;
+                for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
+                    uint64_t h = sc[i].hash[gi];
+                    uint64_t v = m->index[h & m->mask];
+                    size_t e = (size_t)(v & 0xffffffffu);
+                    if (v && (v >> 32) == (h >> 32) && e <= m->count) {
+                        const char *ent = rl_map_at(m, e - 1);
+                        __builtin_prefetch(ent);
+                        __builtin_prefetch(ent + 64);
+                    }
+                }
+            }
+        }
+        if (b >= 2) {
+            const struct rl_evkeys *sc = &l->scratch[((b - 2) % 3) * RL_BATCH];
+            for (size_t i = 0, j = (b - 2) * RL_BATCH; i < RL_BATCH && j < n; i++, j++) {
+                l->st.events++;
+                if (sc[i].relevant)
+                    feed_prepared(l, &evs[j], &sc[i]);
+            }
+        }
     }
 }
 
@@ -403,11 +521,11 @@ void rl_expire(rl_limiter *l, uint64_t now)
 int rl_check(const rl_limiter *l, const struct cbus_event *ev, uint64_t now,
              uint64_t *retry_after_ns)
 {
-    struct rl_dims d;
-    event_dims(ev, &d);
+    struct rl_evkeys eks, *ek = &eks; /* 3 KB of stack */
+    prepare(l, ev, ek);
     uint64_t worst = 0;
     for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
-        struct rl_key *k = get_key((rl_limiter *)l, l->rules.groups[gi], &d, FIND_ONLY);
+        struct rl_key *k = get_key((rl_limiter *)l, gi, ek, FIND_ONLY);
         if (k && k->until_ns > now && k->until_ns - now > worst)
             worst = k->until_ns - now;
     }

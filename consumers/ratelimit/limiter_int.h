@@ -12,7 +12,10 @@ __extension__ typedef unsigned __int128 rl_u128;
 #define RL_KEY_MAX (1 + RL_DIM__COUNT + CBUS_USER_LEN + CBUS_SESSION_LEN + CBUS_MODEL_LEN + \
                     CBUS_PROVIDER_LEN)
 
-/* One counter set: a (group, values) tuple under its winning rule. */
+/* One counter set: a (group, values) tuple under its winning rule.  What an
+ * event touches comes first: the decision state fills the first cache line
+ * and a short key (a user id) sits in the second, so a lookup costs two
+ * lines, both prefetched by rl_feed_batch(). */
 struct rl_key {
     struct rl_ent hdr;
     uint32_t rule;        /* index of the winning rule */
@@ -20,12 +23,23 @@ struct rl_key {
     rl_u128 req_tat;      /* GCRA tat in 1/limit ns; 0 = never charged */
     rl_u128 tok_tat;
     uint64_t until_ns;    /* throttled until (as of the last event), 0 = never */
+    char key[RL_KEY_MAX];
     uint64_t last_ns;     /* last event for the key */
     uint64_t requests;    /* totals while the key has been live */
     uint64_t tokens;
     uint64_t over_limit;
-    char key[RL_KEY_MAX];
 };
+
+/* An event's values and, per active group, its key bytes and hash:
+ * computed once per event (ahead of time in a batch, to prefetch). */
+struct rl_evkeys {
+    int relevant;          /* a kind the limiter counts */
+    struct rl_dims d;
+    uint64_t hash[RL_GROUPS];
+    uint32_t klen[RL_GROUPS];
+    char kb[RL_GROUPS][RL_KEY_MAX];
+};
+#define RL_BATCH 16
 
 /* An estimate at llm_start awaiting its llm_end, by run id. */
 struct rl_pending {
@@ -55,6 +69,8 @@ struct rl_limiter {
     struct rl_map pubs;
     uint64_t dirty;         /* pubs with dirty set */
     int has_tpm;            /* some rule limits tokens */
+    unsigned dims_used;     /* dims some rule names */
+    struct rl_evkeys *scratch; /* [3 * RL_BATCH]: rl_feed_batch's pipeline */
     struct rl_stats st;
 };
 

@@ -108,8 +108,7 @@ static int run(struct daemon *d)
             cbus_log_error("poll: %s", cbus_strerror(n));
             return 1;
         }
-        for (int i = 0; i < n; i++)
-            rl_feed(d->l, &evs[i]);
+        rl_feed_batch(d->l, evs, (size_t)n);
         if (n > 0)
             last_ts = evs[n - 1].ts_mono_ns;
         caught_up = n < BATCH;

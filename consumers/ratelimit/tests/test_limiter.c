@@ -369,3 +369,70 @@ Test(ratelimit_limiter, status_lists_hottest_keys_first)
     sbuf_free(&b);
     rl_free(l);
 }
+
+Test(ratelimit_limiter, batch_feed_decides_exactly_as_single_feed)
+{
+    const char *rules = "rule = user=* rpm=30 burst=5 tpm=5000\n"
+                        "rule = user=u1* rpm=100\n"
+                        "rule = model=* tpm=20000 tokens=output\n"
+                        "rule = user=* model=m1 rpm=10 enforce=user\n"
+                        "rule = global rpm=600\n";
+    rl_limiter *a = make(rules, 0), *b = make(rules, 0);
+    enum { N = 20000 };
+    struct cbus_event *evs = calloc(N, sizeof *evs);
+    uint64_t x = 12345, t = T0;
+    for (unsigned i = 0; i < N; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        unsigned u = (unsigned)(x % 64), kinds[] = {CBUS_EV_LLM_START, CBUS_EV_LLM_END,
+                                                    CBUS_EV_LLM_ERROR, CBUS_EV_TOOL_START};
+        char user[16], model[8];
+        snprintf(user, sizeof user, "u%u", u);
+        snprintf(model, sizeof model, "m%u", u % 3);
+        t += (x >> 20) % (20 * MS);
+        evs[i] = ev(kinds[(x >> 8) % 4], t, user, model);
+        evs[i].run_id[0] = (uint8_t)u;
+        evs[i].u.llm_start.est_input_tokens = (x >> 30) % 2 ? (uint32_t)((x >> 40) % 3000) : 0;
+        if (evs[i].kind == CBUS_EV_LLM_END) {
+            memset(&evs[i].u, 0, sizeof evs[i].u);
+            evs[i].u.usage.input_tokens = (uint32_t)((x >> 24) % 4000);
+            evs[i].u.usage.output_tokens = (uint32_t)((x >> 36) % 1000);
+            evs[i].u.usage.usage_present = (uint8_t)((x >> 50) % 4);
+        }
+    }
+    struct sink sa = {0}, sb = {0};
+    for (unsigned i = 0; i < N;) {
+        unsigned m = 1 + (unsigned)((i * 2654435761u) % 97); /* uneven chunks */
+        if (m > N - i)
+            m = N - i;
+        for (unsigned j = 0; j < m; j++)
+            rl_feed(a, &evs[i + j]);
+        rl_feed_batch(b, &evs[i], m);
+        i += m;
+        uint64_t now = evs[i - 1].ts_mono_ns;
+        rl_drain(a, now, record, &sa);
+        rl_drain(b, now, record, &sb);
+        if (i % 1000 < m)
+            rl_expire(a, now), rl_expire(b, now);
+        cr_assert_eq(sa.calls, sb.calls, "after %u events", i);
+        cr_assert_eq(sa.until, sb.until, "after %u events", i);
+    }
+    struct rl_stats st_a, st_b;
+    rl_get_stats(a, &st_a);
+    rl_get_stats(b, &st_b);
+    cr_assert_eq(memcmp(&st_a, &st_b, sizeof st_a), 0);
+    cr_assert_gt(st_a.throttles, 10);
+    cr_assert_gt(st_a.published, 10);
+    struct sbuf ja, jb;
+    sbuf_init(&ja);
+    sbuf_init(&jb);
+    rl_status_json(a, &ja, t, 50);
+    rl_status_json(b, &jb, t, 50);
+    cr_assert_str_eq(ja.data, jb.data);
+    sbuf_free(&ja);
+    sbuf_free(&jb);
+    free(evs);
+    rl_free(a);
+    rl_free(b);
+}
