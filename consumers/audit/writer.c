@@ -407,6 +407,11 @@ static int submit_batch(struct audit_writer *w, unsigned idx)
     io_uring_prep_write(sqe, w->fd, b->buf + b->done, (unsigned)(b->len - b->done),
                         b->off + b->done);
     io_uring_sqe_set_data64(sqe, (uint64_t)idx << 2 | OP_WRITE);
+    /* Straight to an io-wq worker: a buffered write attempted inline would
+     * copy megabytes into the page cache on this thread, which is the
+     * pipeline's bottleneck (encoding and hashing); the worker does it on
+     * the other core. */
+    sqe->flags |= IOSQE_ASYNC;
     b->pending = 1;
     b->wres = 0;
     b->sres = 0;

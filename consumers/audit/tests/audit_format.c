@@ -345,6 +345,24 @@ Test(audit_format, chain_spans_rotated_files_and_a_missing_file_is_named, .init 
     tu_free_paths(paths, n);
 }
 
+Test(audit_format, rotation_by_age_starts_new_files, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_age_ns = 20000000; /* 20 ms */
+    for (unsigned round = 0; round < 4; round++) {
+        cr_assert_eq(tu_write_log(&o, round * 5, 5), 0);
+        usleep(40000);
+    }
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 4, "one file per round, got %zu", n);
+    tu_free_paths(paths, n);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 4 files, 20 records"), "%s", out);
+}
+
 Test(audit_format, retention_keeps_the_newest_files_and_they_still_verify, .init = setup,
      .fini = teardown)
 {
