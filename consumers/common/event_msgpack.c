@@ -845,12 +845,12 @@ static int hexval(int c)
 
 static int read_id(struct cbus_mp_reader *r, uint8_t id[16])
 {
-    const char *s = "";
+    const char *s = NULL;
     uint32_t n = 0;
     int rc = cbus_mp_read_str(r, &s, &n);
     if (rc)
         return rc;
-    if (n != 32)
+    if (n != 32 || !s)
         return -EBADMSG;
     for (unsigned i = 0; i < 16; i++) {
         int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
