@@ -27,7 +27,7 @@ static inline void terminate(struct sbuf *b)
 /* SpanKind and Status.code values of the OTLP protobuf enums */
 enum { KIND_INTERNAL = 1, KIND_CLIENT = 3 };
 
-void otlp_put_u64(struct sbuf *b, uint64_t v)
+static void put_u64(struct sbuf *b, uint64_t v)
 {
     char tmp[20];
     size_t i = sizeof tmp;
@@ -36,6 +36,12 @@ void otlp_put_u64(struct sbuf *b, uint64_t v)
         v /= 10;
     } while (v);
     put(b, tmp + i, sizeof tmp - i);
+}
+
+void otlp_put_u64(struct sbuf *b, uint64_t v)
+{
+    put_u64(b, v);
+    terminate(b);
 }
 
 void otlp_put_hex(struct sbuf *b, const uint8_t *p, size_t n)
@@ -160,7 +166,7 @@ static void a_int(struct sbuf *b, const char *key, size_t klen, uint64_t v)
 {
     put_key(b, key, klen);
     LIT(b, "\"intValue\":\"");
-    otlp_put_u64(b, v);
+    put_u64(b, v);
     LIT(b, "\"}}");
 }
 
@@ -196,7 +202,7 @@ static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const cha
 static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
 {
     put(b, key, klen);
-    otlp_put_u64(b, ns);
+    put_u64(b, ns);
     LIT(b, "\"");
 }
 
@@ -326,7 +332,7 @@ static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int fir
     const char *kn = run_kind(ev->kind);
     put_str(b, kn, strlen(kn));
     LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{\"intValue\":\"");
-    otlp_put_u64(b, ev->event_id);
+    put_u64(b, ev->event_id);
     LIT(b, "\"}}");
     switch (ev->kind) {
     case CBUS_EV_AGENT_ACTION:
@@ -496,7 +502,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
     }
     if (s->events_dropped) {
         LIT(b, ",\"droppedEventsCount\":");
-        otlp_put_u64(b, s->events_dropped);
+        put_u64(b, s->events_dropped);
     }
 
     /* ---- status ---- */

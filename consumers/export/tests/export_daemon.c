@@ -191,6 +191,8 @@ Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
     cr_assert_eq(exporter_stop(&ex, 10000), 0, "clean exit on SIGTERM");
     collector_stop(&col);
     cr_assert_eq(collector_stat(&col, "spans"), 3 * N, "nothing extra: tokens are folded, not exported");
+    cr_assert_leq(collector_stat(&col, "connections"), 3, "keep-alive: at most one connection per request slot");
+    cr_assert_gt(collector_stat(&col, "requests"), 3);
     cJSON *root = decode();
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     cr_assert_eq(cJSON_GetArraySize(spans), 3 * N);
