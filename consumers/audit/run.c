@@ -186,8 +186,16 @@ int audit_run(const struct audit_config *cfg)
             have = (unsigned)n;
             next = 0;
         }
-        while (next < have && audit_writer_append(w, &evs[next]) == 0)
+        while (next < have && (rc = audit_writer_append(w, &evs[next])) == 0)
             next++;
+        if (next < have && rc != -EAGAIN) {
+            /* Cannot happen (room is checked before encoding); stop rather
+             * than skip an event: its cursor is never committed. */
+            cbus_log_error("cannot encode event %" PRIu64 ": %s", evs[next].event_id,
+                           strerror(-rc));
+            status = 1;
+            break;
+        }
         uint64_t now = mono_ns();
         if (have == 0) {
             /* The bus is idle: do not let records wait for a full batch. */

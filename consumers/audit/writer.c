@@ -435,21 +435,27 @@ static int submit_batch(struct audit_writer *w, unsigned idx)
     return 0;
 }
 
+/* A write, sync or file creation failed (b is NULL for the latter). */
 static void io_failed(struct audit_writer *w, struct batch *b, int err, const char *what)
 {
     uint64_t now = mono_ns();
     w->st.io_errors++;
-    b->state = B_READY;
+    if (b)
+        b->state = B_READY;
     if (!w->failing) {
         w->failing = 1;
         w->fail_since_ns = now;
         w->backoff_ns = w->o.retry_initial_ns;
         w->retries = 0;
-        cbus_log_error("%s %s/%s at offset %llu failed: %s; keeping the batch and retrying "
-                       "with backoff (up to %.1f s); the bus cursor is not advanced, so "
-                       "producers see at most the bus's bounded wait and counted drops",
-                       what, w->dir, w->name, (unsigned long long)(b->off + b->done),
-                       strerror(-err), (double)w->o.retry_max_ns / 1e9);
+        char where[64] = "";
+        if (b)
+            snprintf(where, sizeof where, " at offset %llu",
+                     (unsigned long long)(b->off + b->done));
+        cbus_log_error("%s %s/%s%s failed: %s; retrying with backoff (up to %.1f s) without "
+                       "losing anything; the bus cursor is not advanced meanwhile, so producers "
+                       "see at most the bus's bounded wait and counted drops",
+                       what, w->dir, b ? w->name : "", where, strerror(-err),
+                       (double)w->o.retry_max_ns / 1e9);
     }
     w->next_retry_ns = now + w->backoff_ns;
     w->backoff_ns = w->backoff_ns * 2 > w->o.retry_max_ns ? w->o.retry_max_ns : w->backoff_ns * 2;
@@ -611,8 +617,7 @@ int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
             goto wait;
         int rc = open_new_file(w, w->last_cursor);
         if (rc) {
-            struct batch dummy = {0};
-            io_failed(w, &dummy, rc, "creating a file in");
+            io_failed(w, NULL, rc, "creating a log file in");
             goto wait;
         }
     }
@@ -620,13 +625,15 @@ int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
      * records never depend on a later file's state. */
     if (w->rotate_pending) {
         finish_filling(w);
-        if (w->used == 0 && !w->isync_inflight) {
-            w->rotate_pending = 0;
-            w->st.rotations++;
+        if (w->used == 0 && !w->isync_inflight && (!w->failing || now >= w->next_retry_ns)) {
+            /* A file that cannot be created (disk full, EMFILE) is retried
+             * with the same backoff as a failed write; appends wait. */
             int rc = open_new_file(w, w->last_cursor);
             if (rc) {
-                /* Keep writing to the old file rather than stop. */
-                cbus_log_error("rotation failed (%s); continuing in %s", strerror(-rc), w->name);
+                io_failed(w, NULL, rc, "creating a new log file in");
+            } else {
+                w->rotate_pending = 0;
+                w->st.rotations++;
             }
         }
     }
