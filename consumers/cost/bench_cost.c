@@ -1,12 +1,14 @@
 /* cbus-cost-bench: throughput of the accounting path.
  *
  *   cbus-cost-bench [--events N] [--users U] [--models M] [--sessions S]
- *                   [--prices FILE] [--bus]
+ *                   [--prices FILE] [--bus] [--single]
  *
  * Direct mode (default) feeds pre-built struct cbus_event records into
  * cost_ledger_apply(), the exact code the daemon runs per event, with M
  * models drawn from the real price table (the first M chat entries), U users
- * and S sessions (0 = none), each with a 1d budget so the budget path runs.
+ * and S sessions (0 = none), each with a 1d budget so the budget path runs,
+ * in batches of 512 through cost_ledger_apply_batch() as the daemon does
+ * (--single: one cost_ledger_apply() call per event, no prefetching).
  * --bus also measures the whole consumer path: a forked producer emits
  * llm_end events into a fresh bus while this process polls them losslessly
  * and applies them.  Prints events/s; run it a few times and take the median.
@@ -132,7 +134,7 @@ int main(int argc, char **argv)
     uint64_t n = 10000000;
     struct setup s = {.users = 1000, .models = 200, .sessions = 0};
     const char *prices_path = CBUS_COST_DIR "/model_prices_and_context_window.json";
-    int bus_mode = 0;
+    int bus_mode = 0, single = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--events") && i + 1 < argc)
             n = strtoull(argv[++i], NULL, 10);
@@ -146,9 +148,11 @@ int main(int argc, char **argv)
             prices_path = argv[++i];
         else if (!strcmp(argv[i], "--bus"))
             bus_mode = 1;
+        else if (!strcmp(argv[i], "--single"))
+            single = 1;
         else {
             fprintf(stderr, "usage: %s [--events N] [--users U] [--models M] [--sessions S] "
-                            "[--prices FILE] [--bus]\n", argv[0]);
+                            "[--prices FILE] [--bus] [--single]\n", argv[0]);
             return 2;
         }
     }
@@ -195,10 +199,21 @@ int main(int argc, char **argv)
         uint64_t id = 0;
         for (int r = 0; r < RUNS; r++) {
             uint64_t t0 = mono_ns(), c0 = cpu_ns();
-            for (uint64_t i = 0; i < n; i++) {
-                struct cbus_event *ev = &evs[i & (pool - 1)];
-                ev->event_id = id++;
-                cost_ledger_apply(&l, ev);
+            /* Batches of 512, as the daemon applies what one poll returns. */
+            for (uint64_t i = 0; i < n;) {
+                size_t at = (size_t)(i & (pool - 1)), k = 512;
+                if (k > pool - at)
+                    k = pool - at;
+                if (k > n - i)
+                    k = (size_t)(n - i);
+                for (size_t j = 0; j < k; j++)
+                    evs[at + j].event_id = id++;
+                if (single)
+                    for (size_t j = 0; j < k; j++)
+                        cost_ledger_apply(&l, &evs[at + j]);
+                else
+                    cost_ledger_apply_batch(&l, &evs[at], k);
+                i += k;
             }
             uint64_t dt = mono_ns() - t0, dc = cpu_ns() - c0;
             rates[r] = n * 1000000000u / (dt ? dt : 1);
@@ -277,8 +292,7 @@ int main(int argc, char **argv)
                 t0 = mono_ns();
                 c0 = cpu_ns();
             }
-            for (int i = 0; i < k; i++)
-                cost_ledger_apply(&l, &buf[i]);
+            cost_ledger_apply_batch(&l, buf, (size_t)k);
             got_n += (uint64_t)k;
             cbus_consumer_commit(c);
         }

@@ -506,8 +506,8 @@ int cost_daemon_main(int argc, char **argv)
             rc = 1;
             break;
         }
-        for (int i = 0; i < n; i++)
-            cost_ledger_apply(&d->led, &buf[i]);
+        if (n > 0)
+            cost_ledger_apply_batch(&d->led, buf, (size_t)n);
         if (n > 0) {
             /* Everything below the read position was applied, lost or
              * abandoned: the checkpoint may acknowledge all of it. */

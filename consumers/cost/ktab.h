@@ -29,18 +29,28 @@ struct cost_ktab {
 int cost_ktab_init(struct cost_ktab *t, size_t key_size, size_t val_size, size_t max_entries);
 void cost_ktab_free(struct cost_ktab *t);
 
+/* Each word is mixed on its own (the multiplies are independent, so they
+ * overlap instead of forming one long dependent chain), then folded and
+ * finalised (splitmix64's finaliser). */
 static inline uint64_t cost_key_hash(const void *key, size_t n)
 {
     const unsigned char *p = key;
-    uint64_t h = UINT64_C(0x9E3779B97F4A7C15) ^ n;
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * UINT64_C(0xbf58476d1ce4e5b9);
-        h ^= h >> 31;
+    uint64_t a = UINT64_C(0x9E3779B97F4A7C15) ^ n, b = 0;
+    for (size_t i = 0; i < n; i += 16) {
+        uint64_t w0, w1 = 0;
+        memcpy(&w0, p + i, 8);
+        if (i + 8 < n)
+            memcpy(&w1, p + i + 8, 8);
+        a += (w0 ^ UINT64_C(0xa0761d6478bd642f)) * UINT64_C(0xe7037ed1a0b428db) + (uint64_t)i;
+        b += (w1 ^ UINT64_C(0x8ebc6af09c88c6e3)) * UINT64_C(0x589965cc75374cc3);
+        a = (a << 23) | (a >> 41);
     }
+    uint64_t h = a ^ (b + (b >> 31));
+    h ^= h >> 30;
+    h *= UINT64_C(0xbf58476d1ce4e5b9);
+    h ^= h >> 27;
     h *= UINT64_C(0x94d049bb133111eb);
-    return h ^ (h >> 29);
+    return h ^ (h >> 31);
 }
 
 static inline void *cost_ktab_key_at(const struct cost_ktab *t, size_t i)

@@ -265,30 +265,84 @@ static void resolve_price(struct cost_ledger *l, struct cost_model *m, const cha
         l->on_unpriced(l->unpriced_arg, provider, model, why);
 }
 
-static struct cost_model *model_get(struct cost_ledger *l, const struct cbus_event *ev)
+/* An event's table keys and their hashes, computed once: by the batch path
+ * two events ahead, so the hash-table slots can be prefetched. */
+struct prep {
+    char mkey[COST_MODEL_KEY];
+    char ukey[COST_USER_KEY];
+    char skey[COST_SESSION_KEY];
+    uint64_t mh, uh, sh;
+    int has_session;
+};
+
+static inline void prep_keys(struct prep *p, const struct cbus_event *ev)
 {
-    char key[COST_MODEL_KEY];
-    cost_key_set(key, CBUS_PROVIDER_LEN, ev->provider, sizeof ev->provider);
-    cost_key_set(key + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, ev->model, sizeof ev->model);
-    int created;
-    long i = cost_ktab_get(&l->models, key, &created);
+    cost_key_set(p->mkey, CBUS_PROVIDER_LEN, ev->provider, sizeof ev->provider);
+    cost_key_set(p->mkey + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, ev->model, sizeof ev->model);
+    cost_key_set(p->ukey, sizeof p->ukey, ev->user, sizeof ev->user);
+    p->mh = cost_key_hash(p->mkey, sizeof p->mkey);
+    p->uh = cost_key_hash(p->ukey, sizeof p->ukey);
+    p->has_session = ev->session[0] != 0;
+    if (p->has_session) {
+        cost_key_set(p->skey, sizeof p->skey, ev->session, sizeof ev->session);
+        p->sh = cost_key_hash(p->skey, sizeof p->skey);
+    }
+}
+
+static inline void prefetch_slots(const struct cost_ledger *l, const struct prep *p)
+{
+    __builtin_prefetch(&l->models.slots[p->mh & l->models.mask]);
+    __builtin_prefetch(&l->users.slots[p->uh & l->users.mask]);
+    if (p->has_session)
+        __builtin_prefetch(&l->sessions.slots[p->sh & l->sessions.mask]);
+}
+
+/* Reads the (now cached) first slot and prefetches the entry it names: a
+ * hint only, the real lookup happens when the event is applied. */
+static inline void prefetch_entry(const struct cost_ktab *t, uint64_t h, size_t lines)
+{
+    uint64_t s = t->slots[h & t->mask];
+    if (!s || (uint32_t)(s >> 32) != (uint32_t)(h >> 32))
+        return;
+    size_t idx = (uint32_t)s - 1;
+    if (idx >= t->n)
+        return;
+    const char *e = (const char *)cost_ktab_key_at(t, idx);
+    for (size_t i = 0; i < lines; i++)
+        __builtin_prefetch(e + 64 * i, 1);
+}
+
+static inline void prefetch_entries(const struct cost_ledger *l, const struct prep *p)
+{
+    prefetch_entry(&l->models, p->mh, 4);
+    prefetch_entry(&l->users, p->uh, 5);
+    if (p->has_session)
+        prefetch_entry(&l->sessions, p->sh, 5);
+}
+
+static struct cost_model *model_get(struct cost_ledger *l, const struct prep *p)
+{
+    long i = cost_ktab_find(&l->models, p->mkey, p->mh);
+    if (i < 0)
+        i = cost_ktab_insert(&l->models, p->mkey, p->mh);
     if (i < 0) {
         l->an.models_overflow++;
         return &l->model_overflow; /* never resolved: its events are unpriced */
     }
     struct cost_model *m = cost_ktab_val_at(&l->models, (size_t)i);
     if (!m->resolved)
-        resolve_price(l, m, key);
+        resolve_price(l, m, p->mkey);
     return m;
 }
 
-static struct cost_user *user_get(struct cost_ledger *l, const struct cbus_event *ev,
-                                  const char **key)
+static struct cost_user *user_get(struct cost_ledger *l, const struct prep *p, const char **key)
 {
-    char k[COST_USER_KEY];
-    cost_key_set(k, sizeof k, ev->user, sizeof ev->user);
-    int created;
-    long i = cost_ktab_get(&l->users, k, &created);
+    long i = cost_ktab_find(&l->users, p->ukey, p->uh);
+    int created = 0;
+    if (i < 0) {
+        i = cost_ktab_insert(&l->users, p->ukey, p->uh);
+        created = 1;
+    }
     if (i < 0) {
         l->an.users_overflow++;
         *key = NULL;
@@ -298,22 +352,24 @@ static struct cost_user *user_get(struct cost_ledger *l, const struct cbus_event
     *key = cost_ktab_key_at(&l->users, (size_t)i);
     if (created) {
         char s[COST_USER_KEY + 1];
-        cost_key_str(s, sizeof s, k, sizeof k);
+        cost_key_str(s, sizeof s, p->ukey, sizeof p->ukey);
         u->budget = budget_for(&l->budgets, COST_SCOPE_USER, s);
     }
     return u;
 }
 
-static struct cost_session *session_get(struct cost_ledger *l, const struct cbus_event *ev,
+static struct cost_session *session_get(struct cost_ledger *l, const struct prep *p,
                                         const char **key)
 {
     *key = NULL;
-    if (!ev->session[0])
+    if (!p->has_session)
         return NULL; /* sessions are optional: no row for "none" */
-    char k[COST_SESSION_KEY];
-    cost_key_set(k, sizeof k, ev->session, sizeof ev->session);
-    int created;
-    long i = cost_ktab_get(&l->sessions, k, &created);
+    long i = cost_ktab_find(&l->sessions, p->skey, p->sh);
+    int created = 0;
+    if (i < 0) {
+        i = cost_ktab_insert(&l->sessions, p->skey, p->sh);
+        created = 1;
+    }
     if (i < 0) {
         l->an.sessions_overflow++;
         return NULL;
@@ -322,7 +378,7 @@ static struct cost_session *session_get(struct cost_ledger *l, const struct cbus
     *key = cost_ktab_key_at(&l->sessions, (size_t)i);
     if (created) {
         char str[COST_SESSION_KEY + 1];
-        cost_key_str(str, sizeof str, k, sizeof k);
+        cost_key_str(str, sizeof str, p->skey, sizeof p->skey);
         s->budget = budget_for(&l->budgets, COST_SCOPE_SESSION, str);
     }
     return s;
@@ -330,7 +386,13 @@ static struct cost_session *session_get(struct cost_ledger *l, const struct cbus
 
 #define KEY_FLAGS (CBUS_TRUNC_PROVIDER | CBUS_TRUNC_MODEL | CBUS_TRUNC_USER | CBUS_TRUNC_SESSION)
 
-void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
+static inline int accountable(const struct cbus_event *ev)
+{
+    return ev->kind == CBUS_EV_LLM_END || ev->kind == CBUS_EV_LLM_ERROR;
+}
+
+/* p holds ev's keys when ev is accountable. */
+static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const struct prep *p)
 {
     if (ev->event_id < l->cursor) {
         l->an.duplicate_events++;
@@ -338,18 +400,18 @@ void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
     }
     l->cursor = ev->event_id + 1;
     l->events++;
-    if (ev->kind != CBUS_EV_LLM_END && ev->kind != CBUS_EV_LLM_ERROR)
+    if (!accountable(ev))
         return;
 
     uint64_t ts = ev->ts_realtime_ns;
     uint64_t minute = ts / COST_MINUTE_NS;
     l->an.truncated_keys += (ev->flags & KEY_FLAGS) != 0;
-    /* Sessions are looked up last: each table's pointers stay valid until
-     * that table's next insert, and each table is touched once. */
-    struct cost_model *m = model_get(l, ev);
+    /* Each table is touched once per event, so a pointer into one table
+     * stays valid while the next table inserts. */
+    struct cost_model *m = model_get(l, p);
     const char *ukey, *skey;
-    struct cost_user *u = user_get(l, ev, &ukey);
-    struct cost_session *s = session_get(l, ev, &skey);
+    struct cost_user *u = user_get(l, p, &ukey);
+    struct cost_session *s = session_get(l, p, &skey);
 
     if (ev->kind == CBUS_EV_LLM_ERROR) {
         counters_error(&l->total, ts, minute);
@@ -380,9 +442,8 @@ void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
     counters_end(&u->c, &e);
     latency_add(&l->total_lat, us);
     latency_add(&m->lat, us);
-    if (s) {
+    if (s)
         counters_end(&s->c, &e);
-    }
     if (e.cost == 0)
         return; /* budgets only move on money; periods also move in tick() */
     uint64_t day = ts / COST_DAY_NS;
@@ -392,6 +453,37 @@ void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
         budget_add(l, u->budget, &u->b, e.cost, day, COST_SCOPE_USER, ukey, COST_USER_KEY);
     if (s && s->budget)
         budget_add(l, s->budget, &s->b, e.cost, day, COST_SCOPE_SESSION, skey, COST_SESSION_KEY);
+}
+
+void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
+{
+    struct prep p;
+    if (accountable(ev))
+        prep_keys(&p, ev);
+    apply_one(l, ev, &p);
+}
+
+/* A three-stage software pipeline over the batch: keys and hashes of event
+ * i+2 (prefetch its slots), entries of event i+1 (prefetch their lines),
+ * apply event i.  With 1,000 users and 200 models the entries do not fit in
+ * L2, and overlapping their misses is most of the gain. */
+void cost_ledger_apply_batch(struct cost_ledger *l, const struct cbus_event *evs, size_t n)
+{
+    struct prep p[3];
+    for (size_t i = 0; i < n && i < 2; i++)
+        if (accountable(&evs[i])) {
+            prep_keys(&p[i], &evs[i]);
+            prefetch_slots(l, &p[i]);
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 < n && accountable(&evs[i + 2])) {
+            prep_keys(&p[(i + 2) % 3], &evs[i + 2]);
+            prefetch_slots(l, &p[(i + 2) % 3]);
+        }
+        if (i + 1 < n && accountable(&evs[i + 1]))
+            prefetch_entries(l, &p[(i + 1) % 3]);
+        apply_one(l, &evs[i], &p[i % 3]);
+    }
 }
 
 static void tick_state(struct cost_ledger *l, const struct cost_budget *b,

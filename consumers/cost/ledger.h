@@ -151,6 +151,10 @@ void cost_ledger_free(struct cost_ledger *l);
  * Events below the cursor were counted already and are skipped. */
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev);
 
+/* Same for n consecutive events, prefetching table entries a few events
+ * ahead (the daemon's path: it polls events in batches). */
+void cost_ledger_apply_batch(struct cost_ledger *l, const struct cbus_event *evs, size_t n);
+
 /* Moves budget periods forward to now_realtime_ns (UTC) for entities that
  * have not seen an event since their period ended: clears their verdicts. */
 void cost_ledger_tick(struct cost_ledger *l, uint64_t now_realtime_ns);

@@ -468,3 +468,45 @@ Test(cost_ledger, full_user_table_overflows_into_one_row)
     cr_assert_eq(l2.total.requests, 5);
     cost_ledger_free(&l2);
 }
+
+Test(cost_ledger, batch_path_matches_one_by_one)
+{
+    enum { N = 3000 };
+    static struct cbus_event evs[N];
+    uint64_t r = 88172645463325252ull;
+    for (int i = 0; i < N; i++) {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        char u[16], s[16];
+        snprintf(u, sizeof u, "u%u", (unsigned)(r % 97));
+        snprintf(s, sizeof s, "s%u", (unsigned)(r % 1009));
+        evs[i] = ev_end(r % 3 ? "m1" : "m2", u, r % 5 ? s : NULL, (uint32_t)(r % 50000),
+                        (uint32_t)(r % 700), T0 + (uint64_t)i * 1000000000u);
+        if (r % 11 == 0)
+            evs[i].kind = CBUS_EV_LLM_ERROR;
+        if (r % 13 == 0)
+            evs[i].kind = CBUS_EV_TOOL_START; /* not accounted, still advances the cursor */
+    }
+    struct cost_ledger a, b;
+    init_ledger(&a);
+    init_ledger(&b);
+    for (int i = 0; i < N; i++)
+        cost_ledger_apply(&a, &evs[i]);
+    for (int i = 0; i < N; i += 512)
+        cost_ledger_apply_batch(&b, &evs[i], N - i < 512 ? (size_t)(N - i) : 512);
+    cr_assert_eq(memcmp(&a.total, &b.total, sizeof a.total), 0);
+    cr_assert_eq(a.users.n, b.users.n);
+    cr_assert_eq(a.sessions.n, b.sessions.n);
+    cr_assert_eq(a.cursor, b.cursor);
+    cr_assert_eq(a.events, N);
+    cr_assert_eq(memcmp(&a.global_b, &b.global_b, sizeof a.global_b), 0);
+    for (size_t i = 0; i < a.users.n; i++) {
+        const struct cost_user *ua = cost_ktab_val_at(&a.users, i);
+        const struct cost_user *ub = cost_ktab_val_at(&b.users, i);
+        cr_assert_eq(memcmp(&ua->c, &ub->c, sizeof ua->c), 0);
+        cr_assert_eq(memcmp(&ua->b, &ub->b, sizeof ua->b), 0);
+    }
+    cost_ledger_free(&a);
+    cost_ledger_free(&b);
+}
