@@ -41,6 +41,11 @@
 static uint8_t *g_seg;        /* the mapping the bus lives in (between guards) */
 static uint8_t *g_template;   /* a freshly formatted bus, copied in per input */
 static size_t g_len;
+/* FUZZ_SEGMENT_SKIP_KNOWN=1 steers around the open bugs listed in
+ * docs/fuzz.md (their regression inputs still fail), so a fuzzing session can
+ * explore the rest instead of rediscovering them.  scripts/fuzz.sh does not
+ * set it. */
+static int g_skip_known;
 
 static uint64_t mono_ns(void)
 {
@@ -56,6 +61,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     struct cbus_create_opts o = {.capacity = 1024, .admission_entries = 64,
                                  .lossless_wait_ns = 200000, .abandon_timeout_ns = 1000000,
                                  .stall_timeout_ns = 5000000, .admit_stale_ns = 1000000};
+    g_skip_known = getenv("FUZZ_SEGMENT_SKIP_KNOWN") != NULL;
     g_len = cbus_bus_size(&o);
     if (!g_len)
         abort();
@@ -259,6 +265,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (h->stall_timeout_ns > 5000000u)
         h->stall_timeout_ns = 5000000u;
 
+    if (g_skip_known) {
+        /* Known open bugs (docs/fuzz.md): a header's TSC calibration is
+         * trusted, so a bogus mult/hz freezes the clock that bounds waits. */
+        memcpy(&h->clock_source, &((const struct cbus_shm_header *)g_template)->clock_source,
+               offsetof(struct cbus_shm_header, name) - offsetof(struct cbus_shm_header, clock_source));
+    }
+
     cbus_bus *bus;
     int r = cbus_bus_open_mem(&bus, g_seg, g_len);
     FZ_CHECK(r == 0 || r == -EPROTO || r == -EBADMSG, "open_mem returned %d", r);
@@ -281,7 +294,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r = cbus_consumer_attach_bus(&c, bus, &co);
     FZ_CHECK(r == 0 || r == -EBUSY || r == -ENOSPC, "attach returned %d", r);
     uint64_t start = c ? cbus_consumer_read_pos(c) : 0;
-    produce(bus, (mode >> 3) & 7, mode & 0x40);
+    produce(bus, (mode >> 3) & 7, (mode & 0x40) && !g_skip_known);
     if (mode & 0x80)
         decide(bus, dk);
     if (c) {

@@ -3,14 +3,32 @@
  * file in it, in name order).  ctest runs it over the seed corpus and the
  * regression inputs, so every crash ever found stays fixed under the
  * build's sanitizers.  Exit 0 when every input ran, 1 on an unreadable path
- * (a crash aborts the process, as under libFuzzer). */
+ * (a crash or a hang aborts the process, as under libFuzzer). */
 #include "fuzz.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+/* An input that hangs is a failure too (libFuzzer's -timeout): each input
+ * gets REPLAY_TIMEOUT_S seconds, then the replay aborts naming it. */
+#define REPLAY_TIMEOUT_S 10
+static const char *g_current;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "replay: input hangs (over 10 s): ";
+    ssize_t r = write(2, msg, sizeof msg - 1);
+    r = write(2, g_current, strlen(g_current));
+    r = write(2, "\n", 1);
+    (void)r;
+    abort();
+}
 
 /* Targets that need set-up define it; the others get this one. */
 __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -60,7 +78,10 @@ static int run_file(const char *path)
     }
     memcpy(exact, buf, len);
     free(buf);
+    g_current = path;
+    alarm(REPLAY_TIMEOUT_S);
     LLVMFuzzerTestOneInput(exact, len);
+    alarm(0);
     free(exact);
     return 0;
 }
@@ -117,6 +138,7 @@ static int run_dir(const char *dir, unsigned *count)
 
 int main(int argc, char **argv)
 {
+    signal(SIGALRM, on_alarm);
     LLVMFuzzerInitialize(&argc, &argv);
     unsigned count = 0;
     int rc = 0;
