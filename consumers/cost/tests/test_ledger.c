@@ -36,10 +36,11 @@ static unsigned n_unpriced;
 static void on_alert(void *arg, const struct cost_alert *a)
 {
     (void)arg;
-    cr_assert_lt(n_alerts, 64);
-    alerts[n_alerts].a = *a;
-    snprintf(alerts[n_alerts].key, sizeof alerts[n_alerts].key, "%s", a->key);
-    alerts[n_alerts].a.key = alerts[n_alerts].key;
+    if (n_alerts < 64) { /* tests that look at alerts raise fewer than 64 */
+        alerts[n_alerts].a = *a;
+        snprintf(alerts[n_alerts].key, sizeof alerts[n_alerts].key, "%s", a->key);
+        alerts[n_alerts].a.key = alerts[n_alerts].key;
+    }
     n_alerts++;
 }
 
