@@ -119,6 +119,21 @@ static long snapshot_total(char *cost, size_t costlen)
     return n;
 }
 
+/* A top-level number of the snapshot, or -1. */
+static double snapshot_num(const char *field)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s/state/snapshot.json", dir);
+    char *t = read_path(p);
+    cJSON *root = t ? cJSON_Parse(t) : NULL;
+    if (!root)
+        return -1;
+    const cJSON *v = cJSON_GetObjectItem(root, field);
+    double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    cJSON_Delete(root);
+    return d;
+}
+
 static int wait_requests(long want, unsigned ms)
 {
     uint64_t end = test_now_ms() + ms;
@@ -193,7 +208,9 @@ Test(cost_daemon, budget_exceeded_verdict_reaches_the_producer)
     /* The verdict survives a SIGKILL and restart (republished from the
      * checkpoint), and a clean stop releases it (fail open while down). */
     cr_assert(wait_requests(1, 5000));
-    test_sleep_ms(150); /* past a checkpoint */
+    uint64_t ck_end = test_now_ms() + 10000;
+    while (snapshot_num("checkpoint_cursor") < 1 && test_now_ms() < ck_end)
+        test_sleep_ms(10);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     pid = spawn("c.ini", 1);
@@ -256,10 +273,9 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
         cr_assert_eq(cbus_llm_end(p, &ctx[i % 8], &u, NULL), 0);
         if (i == N / 3) {
             /* let it read and checkpoint some, then kill it mid-stream */
-            uint64_t end = test_now_ms() + 10000;
-            while (snapshot_total(NULL, 0) < N / 3 && test_now_ms() < end)
+            uint64_t end = test_now_ms() + 15000;
+            while (snapshot_num("checkpoint_cursor") < N / 3 && test_now_ms() < end)
                 test_sleep_ms(10);
-            test_sleep_ms(120);
         }
         if (i == N / 2) {
             kill(pid, SIGKILL);
@@ -270,8 +286,10 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     }
     pid = spawn("c.ini", 1);
     cr_assert(wait_requests(N, 15000), "log: %s", log_text(1));
-    /* Kill once more after everything is counted, restart, stop cleanly. */
-    test_sleep_ms(150);
+    /* Kill once more after everything is checkpointed, restart, stop cleanly. */
+    uint64_t ck_end = test_now_ms() + 10000;
+    while (snapshot_num("checkpoint_cursor") < N && test_now_ms() < ck_end)
+        test_sleep_ms(10);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     pid = spawn("c.ini", 2);
