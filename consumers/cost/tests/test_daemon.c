@@ -6,8 +6,13 @@
 #include <cbus/bus.h>
 #include <cbus/producer.h>
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -315,5 +320,149 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     cr_assert_eq(pclose(f), 0);
     cr_assert(strstr(out, "openai/gpt-4o"), "%s", out);
     cr_assert(strstr(out, "user7"), "%s", out);
+    cbus_producer_close(p);
+}
+
+/* A loopback HTTP server that answers 204 to every request and keeps the
+ * request texts. */
+struct hook_server {
+    int fd;
+    unsigned port;
+    pthread_t t;
+    pthread_mutex_t mu;
+    char got[16384];
+    size_t len;
+    int stop;
+};
+
+static void *hook_loop(void *arg)
+{
+    struct hook_server *h = arg;
+    for (;;) {
+        int c = accept(h->fd, NULL, NULL);
+        if (c < 0 || h->stop) {
+            if (c >= 0)
+                close(c);
+            return NULL;
+        }
+        char req[4096];
+        size_t got = 0;
+        for (;;) {
+            ssize_t r = recv(c, req + got, sizeof req - 1 - got, 0);
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+            req[got] = '\0';
+            char *end = strstr(req, "\r\n\r\n");
+            char *cl = strcasestr(req, "Content-Length:");
+            if (end && cl && strlen(end + 4) >= (size_t)atoi(cl + 15))
+                break;
+        }
+        const char *ok = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        send(c, ok, strlen(ok), MSG_NOSIGNAL);
+        close(c);
+        pthread_mutex_lock(&h->mu);
+        if (h->len + got + 2 < sizeof h->got) {
+            memcpy(h->got + h->len, req, got);
+            h->len += got;
+            h->got[h->len++] = '\n';
+            h->got[h->len] = '\0';
+        }
+        pthread_mutex_unlock(&h->mu);
+    }
+}
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    char *buf = arg;
+    size_t have = strlen(buf), add = size * n;
+    if (have + add < 65536) {
+        memcpy(buf + have, p, add);
+        buf[have + add] = '\0';
+    }
+    return size * n;
+}
+
+Test(cost_daemon, webhook_alerts_and_metrics_endpoint)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    static struct hook_server h;
+    memset(&h, 0, sizeof h);
+    pthread_mutex_init(&h.mu, NULL);
+    h.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(h.fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(h.fd, (struct sockaddr *)&a, &al);
+    listen(h.fd, 8);
+    pthread_create(&h.t, NULL, hook_loop, &h);
+
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "%s[webhook]\nurl = http://127.0.0.1:%u/alerts\ntimeout = 2s\n"
+             "[prometheus]\nlisten = 127.0.0.1:0\n",
+             BASE_CONFIG, ntohs(a.sin_port));
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_ctx alice;
+    make_ctx(&alice, "alice");
+    /* 0.006 then 0.006 USD against 0.01: 50% on the first, 80% and
+     * exceeded on the second. */
+    struct cbus_usage u = {.input_tokens = 2400, .usage_present = CBUS_USAGE_INPUT};
+    cr_assert_eq(cbus_llm_end(p, &alice, &u, NULL), 0);
+    cr_assert_eq(cbus_llm_end(p, &alice, &u, NULL), 0);
+    uint64_t end = test_now_ms() + 15000;
+    int n = 0;
+    while (test_now_ms() < end) {
+        pthread_mutex_lock(&h.mu);
+        n = 0;
+        for (const char *c = h.got; (c = strstr(c, "POST /alerts")); c++)
+            n++;
+        pthread_mutex_unlock(&h.mu);
+        if (n >= 3)
+            break;
+        test_sleep_ms(20);
+    }
+    cr_assert_eq(n, 3, "alerts: %s\nlog: %s", h.got, log_text(0));
+    cr_assert(strstr(h.got, "\"event\":\"threshold\",\"scope\":\"user\",\"who\":\"alice\",\"threshold_pct\":50"),
+              "%s", h.got);
+    cr_assert(strstr(h.got, "\"event\":\"budget_exceeded\""), "%s", h.got);
+    cr_assert(strstr(h.got, "\"spent_usd\":0.012000000000,\"limit_usd\":0.010000000000,\"period\":\"1d\""),
+              "%s", h.got);
+
+    /* /metrics on the port the daemon logged */
+    const char *m = strstr(log_text(0), "metrics http://127.0.0.1:");
+    cr_assert_not_null(m, "%s", log_text(0));
+    unsigned port = (unsigned)atoi(m + strlen("metrics http://127.0.0.1:"));
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/metrics", port);
+    static char body[65536];
+    end = test_now_ms() + 5000;
+    do {
+        body[0] = '\0';
+        CURL *c = curl_easy_init();
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+        cr_assert_eq(curl_easy_perform(c), CURLE_OK);
+        curl_easy_cleanup(c);
+        if (strstr(body, "cbus_cost_budget_exceeded{scope=\"user\",key=\"alice\"} 1"))
+            break;
+        test_sleep_ms(20);
+    } while (test_now_ms() < end);
+    cr_assert(strstr(body, "cbus_cost_usd_total{provider=\"openai\",model=\"gpt-4o\"} 0.012000000000"),
+              "%s", body);
+    cr_assert(strstr(body, "cbus_cost_budget_exceeded{scope=\"user\",key=\"alice\"} 1"), "%s", body);
+
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    h.stop = 1;
+    shutdown(h.fd, SHUT_RDWR);
+    close(h.fd);
+    pthread_join(h.t, NULL);
     cbus_producer_close(p);
 }
