@@ -10,11 +10,13 @@
 
 #define CKPT_MAGIC   "CBUSCOST"
 #define CKPT_VERSION 1u
-/* Changes whenever a struct written raw changes size. */
+/* Changes whenever a struct written raw changes size or the histogram
+ * units change meaning. */
 #define CKPT_STAMP                                                                     \
     ((uint32_t)(sizeof(struct cost_counters) * 31u + sizeof(struct cost_budget_state) * 7u + \
                 sizeof(struct cost_anomalies) * 3u + COST_HIST_BUCKETS * 131u +        \
-                COST_TOK__COUNT * 1009u + COST_MARKS_MAX))
+                COST_TOK__COUNT * 1009u + COST_MARKS_MAX + (uint32_t)COST_DUR_UNIT_NS * 3u + \
+                (uint32_t)COST_TTFT_UNIT_NS * 5u))
 
 static void put(struct sbuf *b, const void *p, size_t n)
 {

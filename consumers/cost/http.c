@@ -78,16 +78,26 @@ static void serve(struct cost_http *h, int fd)
         return;
     }
     int head_only = !strcmp(method, "HEAD");
-    pthread_mutex_lock(&h->mu);
-    if (!strcmp(path, "/metrics")) {
-        respond(h, fd, "200 OK", "text/plain; version=0.0.4; charset=utf-8",
-                head_only ? NULL : h->metrics, h->mlen);
-    } else if (!strcmp(path, "/snapshot.json")) {
-        respond(h, fd, "200 OK", "application/json", head_only ? NULL : h->json, h->jlen);
-    } else {
+    int metrics = !strcmp(path, "/metrics"), json = !strcmp(path, "/snapshot.json");
+    if (!metrics && !json) {
         respond(h, fd, "404 Not Found", "text/plain", "try /metrics or /snapshot.json\n", 31);
+        return;
     }
+    /* Copy under the lock, send without it: a slow client must not block
+     * the consumer loop's next cost_http_publish(). */
+    pthread_mutex_lock(&h->mu);
+    size_t len = metrics ? h->mlen : h->jlen;
+    char *doc = malloc(len + 1);
+    if (doc)
+        memcpy(doc, metrics ? h->metrics : h->json, len);
     pthread_mutex_unlock(&h->mu);
+    if (!doc) {
+        respond(h, fd, "503 Service Unavailable", "text/plain", "out of memory\n", 14);
+        return;
+    }
+    respond(h, fd, "200 OK", metrics ? "text/plain; version=0.0.4; charset=utf-8" : "application/json",
+            head_only ? NULL : doc, len);
+    free(doc);
 }
 
 static void *loop(void *arg)

@@ -58,11 +58,12 @@ static int deliver(struct cost_webhook *w, CURL *curl, const char *body)
             break;
         }
         int retry = rc != CURLE_OK || status == 429 || status >= 500;
-        cbus_log_warn("webhook %s: %s (attempt %d of %d)", w->url,
-                      rc != CURLE_OK ? curl_easy_strerror(rc) : "HTTP error status", attempt + 1,
-                      ATTEMPTS);
-        if (rc == CURLE_OK)
-            cbus_log_warn("webhook %s: HTTP %ld", w->url, status);
+        if (rc != CURLE_OK)
+            cbus_log_warn("webhook %s: %s (attempt %d of %d)", w->url, curl_easy_strerror(rc),
+                          attempt + 1, ATTEMPTS);
+        else
+            cbus_log_warn("webhook %s: HTTP %ld (attempt %d of %d)", w->url, status, attempt + 1,
+                          ATTEMPTS);
         if (!retry)
             break;
         struct timespec ts = {0, 200000000L * (attempt + 1)};
