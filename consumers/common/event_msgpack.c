@@ -621,12 +621,14 @@ static int read_payload(struct cbus_mp_reader *r, uint32_t n, const uint8_t **p)
 
 int cbus_mp_read_str(struct cbus_mp_reader *r, const char **s, uint32_t *n)
 {
-    const uint8_t *save = r->p;
+    const uint8_t *save = r->p, *p = NULL;
     int rc = read_len(r, 0xa0, 0xbf, 0x1f, 0xd9, 0xda, 0xdb, n);
     if (rc == 0)
-        rc = read_payload(r, *n, (const uint8_t **)s);
+        rc = read_payload(r, *n, &p);
     if (rc)
         r->p = save;
+    else
+        *s = (const char *)p;
     return rc;
 }
 
@@ -644,8 +646,13 @@ int cbus_mp_read_bin(struct cbus_mp_reader *r, const uint8_t **p, uint32_t *n)
 
 int cbus_mp_read_text(struct cbus_mp_reader *r, const char **s, uint32_t *n)
 {
-    if (cbus_mp_peek(r) == CBUS_MP_BIN)
-        return cbus_mp_read_bin(r, (const uint8_t **)s, n);
+    if (cbus_mp_peek(r) == CBUS_MP_BIN) {
+        const uint8_t *p = NULL;
+        int rc = cbus_mp_read_bin(r, &p, n);
+        if (rc == 0)
+            *s = (const char *)p;
+        return rc;
+    }
     return cbus_mp_read_str(r, s, n);
 }
 
