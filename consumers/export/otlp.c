@@ -1,6 +1,5 @@
 #include "otlp.h"
 
-#include <stdio.h>
 #include <string.h>
 
 #include <cbus/cbus.h>
@@ -170,10 +169,27 @@ static void a_int(struct sbuf *b, const char *key, size_t klen, uint64_t v)
     LIT(b, "\"}}");
 }
 
-static void a_double(struct sbuf *b, const char *key, size_t klen, double v)
+/* A duration in seconds as a doubleValue, written from integer nanoseconds
+ * ("0.25", "1.000000123"): exact, and no printf on the per-span path. */
+static void a_seconds(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
 {
     put_key(b, key, klen);
-    sbuf_printf(b, "\"doubleValue\":%.9g}}", v);
+    LIT(b, "\"doubleValue\":");
+    put_u64(b, ns / 1000000000u);
+    uint32_t frac = (uint32_t)(ns % 1000000000u);
+    if (frac) {
+        char d[10];
+        d[0] = '.';
+        for (int i = 9; i >= 1; i--) {
+            d[i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        size_t n = 10;
+        while (d[n - 1] == '0')
+            n--;
+        put(b, d, n);
+    }
+    LIT(b, "}}");
 }
 
 static void a_bool(struct sbuf *b, const char *key, size_t klen, int v)
@@ -196,7 +212,7 @@ static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const cha
 #define A_STR(b, k, s, n) a_str((b), k, sizeof(k) - 1, (s), (n))
 #define A_FIELD(b, k, f) a_str((b), k, sizeof(k) - 1, (f), FLEN(f))
 #define A_INT(b, k, v) a_int((b), k, sizeof(k) - 1, (v))
-#define A_DOUBLE(b, k, v) a_double((b), k, sizeof(k) - 1, (v))
+#define A_SECONDS(b, k, ns) a_seconds((b), k, sizeof(k) - 1, (ns))
 #define A_BOOL(b, k, v) a_bool((b), k, sizeof(k) - 1, (v))
 
 static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
@@ -303,21 +319,33 @@ static uint64_t end_duration(const struct cbus_event *e)
     }
 }
 
+/* "{prefix} {name}" (or just the prefix when name is empty), no printf:
+ * this runs once per span. */
 static void put_name(struct sbuf *b, const struct span *s, const char *op)
 {
     const struct cbus_event *st = &s->start;
     char name[CBUS_MODEL_LEN + CBUS_NAME_LEN + 32];
-    size_t n;
+    const char *prefix, *field;
+    size_t fl;
     if (is_llm(st->kind)) {
-        size_t ml = FLEN(st->model);
-        n = (size_t)snprintf(name, sizeof name, "%s%s%.*s", op, ml ? " " : "", (int)ml, st->model);
+        prefix = op;
+        field = st->model;
+        fl = FLEN(st->model);
     } else {
-        size_t nl = FLEN(st->name);
-        const char *prefix = op ? op : run_kind(st->kind);
-        n = (size_t)snprintf(name, sizeof name, "%s%s%.*s", prefix, nl ? " " : "", (int)nl, st->name);
+        prefix = op ? op : run_kind(st->kind);
+        field = st->name;
+        fl = FLEN(st->name);
     }
-    if (n >= sizeof name)
-        n = sizeof name - 1;
+    size_t pl = strlen(prefix);
+    if (pl > 31)
+        pl = 31;
+    memcpy(name, prefix, pl);
+    size_t n = pl;
+    if (fl) {
+        name[n++] = ' ';
+        memcpy(name + n, field, fl); /* fl <= CBUS_MODEL_LEN: fits */
+        n += fl;
+    }
     LIT(b, ",\"name\":");
     put_str(b, name, n);
 }
@@ -452,13 +480,11 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
             if (fr)
                 a_str_array1(b, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
             if (u->usage_present & CBUS_USAGE_TTFT)
-                A_DOUBLE(b, "gen_ai.response.time_to_first_chunk", (double)u->ttft_ns / 1e9);
+                A_SECONDS(b, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
             else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)
-                A_DOUBLE(b, "gen_ai.response.time_to_first_chunk",
-                         (double)(s->first_chunk_mono_ns - st->ts_mono_ns) / 1e9);
+                A_SECONDS(b, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
         } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
-            A_DOUBLE(b, "gen_ai.response.time_to_first_chunk",
-                     (double)(s->first_chunk_mono_ns - st->ts_mono_ns) / 1e9);
+            A_SECONDS(b, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
         }
         if (s->chunks)
             A_INT(b, "cbus.stream.chunks", s->chunks);

@@ -539,3 +539,23 @@ Test(export_spool, memory_spool_is_volatile)
     cr_assert_str_eq(spool_head(s)->body.data, "x");
     spool_close(s);
 }
+
+Test(export_otlp, ttft_seconds_are_exact_decimals)
+{
+    struct cbus_event s = ev(CBUS_EV_LLM_START, 1, 0, 0);
+    span_table_feed(table, &s, 1);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 5000000000ull);
+    e.u.usage.ttft_ns = 1000000123ull;
+    e.u.usage.usage_present = CBUS_USAGE_TTFT;
+    span_table_feed(table, &e, 2);
+    struct cbus_event s2 = ev(CBUS_EV_LLM_START, 2, 0, 0);
+    span_table_feed(table, &s2, 1);
+    struct cbus_event e2 = ev(CBUS_EV_LLM_END, 2, 0, 1);
+    e2.u.usage.ttft_ns = 2000000000ull;
+    e2.u.usage.usage_present = CBUS_USAGE_TTFT;
+    span_table_feed(table, &e2, 2);
+    cr_assert(strstr(out.data, "\"doubleValue\":1.000000123}"), "%s", out.data);
+    cr_assert(strstr(out.data, "\"doubleValue\":2}"), "%s", out.data);
+    cJSON *root = parse_batch();
+    cJSON_Delete(root);
+}
