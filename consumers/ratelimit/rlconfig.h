@@ -25,7 +25,7 @@
 
 struct rl_config {
     char name[CBUS_NAME_MAX];
-    char status_file[1024];   /* "" = none */
+    char status_file[1024];   /* "" = the default path (statuscmd.h) */
     uint64_t status_interval_ns;
     unsigned status_top;
     struct rl_opts opts;

@@ -10,12 +10,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "rlconfig.h"
 
+/* The systemd unit gives the daemon /var/lib/cbus/ratelimit and a private
+ * /tmp; run by hand it has no state directory.  The daemon writes where it
+ * can, the status command reads where the file is. */
+#define RL_STATE_DIR "/var/lib/cbus/ratelimit"
+
 void rl_default_status_path(char *out, size_t outlen, const char *bus_name)
 {
-    snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
+    if (access(RL_STATE_DIR, W_OK) == 0)
+        snprintf(out, outlen, RL_STATE_DIR "/status-%s.json", bus_name);
+    else
+        snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
+}
+
+static void find_status_path(char *out, size_t outlen, const char *bus_name)
+{
+    snprintf(out, outlen, RL_STATE_DIR "/status-%s.json", bus_name);
+    if (access(out, R_OK) != 0)
+        snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
 }
 
 static char *slurp(const char *path)
@@ -236,7 +252,7 @@ int rl_status_main(int argc, char **argv)
         rl_config_free(&c);
     }
     if (!path[0] && bus)
-        rl_default_status_path(path, sizeof path, bus);
+        find_status_path(path, sizeof path, bus);
     if (!path[0]) {
         fprintf(stderr, "cbus-ratelimit status: give --bus NAME, --config PATH or --status-file PATH\n");
         return 2;
