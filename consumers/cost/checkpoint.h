@@ -26,7 +26,13 @@
 /* Serialises l (with bus_id) into buf and writes it atomically to path.
  * Returns 0 or -errno. */
 int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t now_realtime_ns,
-                         const char *path, struct sbuf *buf);
+                         const char *path, struct sbuf *buf, int do_fsync);
+
+/* Atomic replace of path.  With do_fsync, durable across power loss
+ * (cbus_write_file_atomic: fsync of file and directory); without, still
+ * atomic against a crash of this process (write temp, rename): the page
+ * cache survives SIGKILL. */
+int cost_write_file(const char *path, const void *data, size_t len, int do_fsync);
 
 /* Loads path into l (freshly initialised, with its prices and budgets) and
  * rebinds prices and budgets.  Returns 0, -ENOENT (no checkpoint yet), or

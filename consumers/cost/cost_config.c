@@ -18,6 +18,7 @@ static void defaults(struct cost_config *c)
     snprintf(c->prices_file, sizeof c->prices_file, "model_prices_and_context_window.json");
     snprintf(c->state_dir, sizeof c->state_dir, "/tmp/cbus-cost-%%b");
     c->checkpoint_interval_ns = UINT64_C(2000000000);
+    c->fsync = 1;
     c->snapshot_interval_ns = UINT64_C(1000000000);
     c->session_ttl_ns = 7 * COST_DAY_NS;
     c->max_users = 100000;
@@ -244,6 +245,8 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
             r = cbus_cfg_duration_ns(&cfg, e, &c->checkpoint_interval_ns, err, errlen);
             if (!r && (c->checkpoint_interval_ns < 10000000 || c->checkpoint_interval_ns > 3600 * UINT64_C(1000000000)))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 10ms and 1h");
+        } else if (!strcmp(s, "state") && !strcmp(k, "fsync")) {
+            r = cbus_cfg_bool(&cfg, e, &c->fsync, err, errlen);
         } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_interval")) {
             r = cbus_cfg_duration_ns(&cfg, e, &c->snapshot_interval_ns, err, errlen);
             if (!r && (c->snapshot_interval_ns < 10000000 || c->snapshot_interval_ns > 3600 * UINT64_C(1000000000)))

@@ -20,6 +20,7 @@ struct cost_config {
     char overrides_file[COST_PATH_MAX];   /* "" = none */
     char state_dir[COST_PATH_MAX];
     uint64_t checkpoint_interval_ns;
+    int fsync;                            /* checkpoints durable across power loss */
     uint64_t snapshot_interval_ns;
     uint64_t session_ttl_ns;              /* 0 = keep sessions forever */
     uint64_t max_users, max_sessions, max_models;

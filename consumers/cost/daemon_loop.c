@@ -215,11 +215,12 @@ static void write_outputs(struct daemon *d)
         cbus_log_error("rendering outputs: out of memory");
         return;
     }
-    int r = cbus_write_file_atomic(d->snap_path, d->json.data, d->json.len);
+    /* Regenerated every interval: atomic (rename) but not fsync'ed. */
+    int r = cost_write_file(d->snap_path, d->json.data, d->json.len, 0);
     if (r)
         cbus_log_error("%s: %s", d->snap_path, strerror(-r));
     if (d->cfg.prom_textfile[0]) {
-        r = cbus_write_file_atomic(d->cfg.prom_textfile, d->prom.data, d->prom.len);
+        r = cost_write_file(d->cfg.prom_textfile, d->prom.data, d->prom.len, 0);
         if (r)
             cbus_log_error("%s: %s", d->cfg.prom_textfile, strerror(-r));
     }
@@ -231,7 +232,8 @@ static void write_outputs(struct daemon *d)
  * bus never passes what the checkpoint on disk accounts for. */
 static int checkpoint(struct daemon *d)
 {
-    int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf);
+    int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf,
+                                 d->cfg.fsync);
     if (r) {
         cbus_log_error("checkpoint %s: %s (cursor not advanced)", d->ckpt_path, strerror(-r));
         return r;
@@ -523,10 +525,10 @@ int cost_daemon_main(int argc, char **argv)
             next_hb = now + hb_every;
         }
         /* Checkpoint on the interval, or early when unacknowledged events
-         * fill half the ring (a lossless consumer that sits on its cursor
-         * makes producers wait), but not more than every 20 ms. */
+         * fill a quarter of the ring (a lossless consumer that sits on its
+         * cursor makes producers wait), but not more than every 2 ms. */
         uint64_t pending = d->led.cursor - d->ckpt_cursor;
-        if (pending && (now >= next_ckpt || (pending > capacity / 2 && now - last_ckpt > 20000000u))) {
+        if (pending && (now >= next_ckpt || (pending > capacity / 4 && now - last_ckpt > 2000000u))) {
             checkpoint(d);
             last_ckpt = now;
             next_ckpt = now + d->cfg.checkpoint_interval_ns;

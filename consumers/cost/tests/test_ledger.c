@@ -397,7 +397,7 @@ Test(cost_ledger, checkpoint_round_trip_and_corruption)
     cr_assert(user("bob")->b.exceeded);
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(cost_checkpoint_save(&led, 0xabcdef, T0, path, &b), 0);
+    cr_assert_eq(cost_checkpoint_save(&led, 0xabcdef, T0, path, &b, 1), 0);
     struct cost_ledger l2;
     init_ledger(&l2);
     uint64_t bus_id = 0;
