@@ -276,10 +276,10 @@ int main(int argc, char **argv)
             cbus_producer_close(p);
             _exit(0);
         }
-        struct cbus_event *buf = malloc(256 * sizeof *buf);
+        struct cbus_event *buf = malloc(512 * sizeof *buf);
         uint64_t got_n = 0, t0 = 0, c0 = 0;
         while (got_n < n) {
-            int k = cbus_consumer_poll(c, buf, 256);
+            int k = cbus_consumer_poll(c, buf, 512);
             if (k < 0) {
                 fprintf(stderr, "poll: %s\n", cbus_strerror(k));
                 break;
