@@ -31,6 +31,8 @@ struct run_stats {
     uint64_t dropped;           /* producer-side drops (cbus lossless gate) */
     uint64_t lost;              /* consumer-side losses (lapped lossy consumers, LTTng discards) */
     uint64_t events;            /* events emitted in the run */
+    double cpu_ns;              /* end to end: the load generator's CPU ns per emitted event */
+    double side_cpu;            /* end to end: the daemons' CPU, in cores */
     double q[BENCH_NQ];         /* the curve */
 };
 
@@ -63,6 +65,7 @@ struct bench_opts {
     int e2e_runs;               /* load generator runs per end-to-end row */
     unsigned e2e_seconds;       /* length of one load generator run */
     unsigned e2e_threads;       /* load generator worker threads */
+    unsigned e2e_rate;          /* requests/s of the paced end-to-end rows */
 };
 
 /* ---- time, placement ---------------------------------------------------- */
@@ -117,6 +120,9 @@ void bench_progress(const struct bench_opts *o, const struct row *r);
 /* Runs argv (no shell), stdout+stderr captured into out (NUL-terminated, may
  * be cut).  Returns the exit status, or -errno when it could not start. */
 int bench_run_cmd(char *const argv[], char *out, size_t outcap);
+struct rusage;
+/* Same, and the child's resource usage into *ru. */
+int bench_run_cmd_ru(char *const argv[], char *out, size_t outcap, struct rusage *ru);
 /* Starts argv in the background, stdout+stderr appended to log.  Returns the
  * pid, or -errno. */
 int bench_spawn_logged(char *const argv[], const char *log);

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,6 +86,8 @@ void bench_aggregate(struct row *r)
     r->agg.p99 = median_of(r, offsetof(struct run_stats, p99));
     r->agg.p999 = median_of(r, offsetof(struct run_stats, p999));
     r->agg.mevents_s = median_of(r, offsetof(struct run_stats, mevents_s));
+    r->agg.cpu_ns = median_of(r, offsetof(struct run_stats, cpu_ns));
+    r->agg.side_cpu = median_of(r, offsetof(struct run_stats, side_cpu));
     /* drops and losses: the total over runs, they are rare events */
     r->agg.dropped = r->agg.lost = r->agg.events = 0;
     for (int i = 0; i < r->nruns; i++) {
@@ -200,6 +203,11 @@ int bench_in_path(const char *prog)
 
 int bench_run_cmd(char *const argv[], char *out, size_t outcap)
 {
+    return bench_run_cmd_ru(argv, out, outcap, NULL);
+}
+
+int bench_run_cmd_ru(char *const argv[], char *out, size_t outcap, struct rusage *ru)
+{
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC))
         return -errno;
@@ -232,7 +240,8 @@ int bench_run_cmd(char *const argv[], char *out, size_t outcap)
     if (out && outcap)
         out[len] = '\0';
     int st;
-    while (waitpid(pid, &st, 0) < 0)
+    struct rusage sink_ru;
+    while (wait4(pid, &st, 0, ru ? ru : &sink_ru) < 0)
         if (errno != EINTR)
             return -errno;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);

@@ -3,7 +3,7 @@
  *
  *   cbus-compare [--out DIR] [--runs N] [--events N] [--slow-events N]
  *                [--only LIST] [--e2e-seconds S] [--e2e-runs N] [--e2e-threads N]
- *                [--quiet]
+ *                [--e2e-rate REQ_PER_S] [--quiet]
  *
  * Rows (each can be picked with --only, comma-separated):
  *   cbus       cbus emit, 1 and 2 producer threads x 0/1/4 consumers, lossy
@@ -33,7 +33,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: cbus-compare [--out DIR] [--runs N] [--events N] [--slow-events N]\n"
             "                    [--only cbus,callbacks,sidecar,lttng,floor,e2e]\n"
-            "                    [--e2e-seconds S] [--e2e-runs N] [--e2e-threads N] [--quiet]\n");
+            "                    [--e2e-seconds S] [--e2e-runs N] [--e2e-threads N]\n"
+            "                    [--e2e-rate REQ_PER_S] [--quiet]\n");
 }
 
 static int wanted(const struct bench_opts *o, const char *name)
@@ -132,7 +133,7 @@ static int parse_u64(const char *s, uint64_t *out)
 int main(int argc, char **argv)
 {
     struct bench_opts o = {.runs = 5, .events = 1000000, .slow_events = 200000, .e2e_runs = 3,
-                           .e2e_seconds = 5, .e2e_threads = 1};
+                           .e2e_seconds = 5, .e2e_threads = 1, .e2e_rate = 500};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -162,10 +163,13 @@ int main(int argc, char **argv)
             o.e2e_runs = (int)x;
         else if (!strcmp(a, "--e2e-threads") && !parse_u64(v, &x) && x >= 1 && x <= 64)
             o.e2e_threads = (unsigned)x;
+        else if (!strcmp(a, "--e2e-rate") && !parse_u64(v, &x) && x >= 1 && x <= 1000000)
+            o.e2e_rate = (unsigned)x;
         else {
             fprintf(stderr, "cbus-compare: bad option %s %s (--runs 1..%d, --events and "
-                            "--slow-events 1000..1e8, --e2e-seconds 1..600, --e2e-runs 1..64, --e2e-threads 1..64)\n", a, v,
-                    BENCH_MAX_RUNS);
+                            "--slow-events 1000..1e8, --e2e-seconds 1..600, --e2e-runs 1..%d, "
+                            "--e2e-threads 1..64, --e2e-rate 1..1e6)\n",
+                    a, v, BENCH_MAX_RUNS, BENCH_MAX_RUNS);
             usage();
             return 2;
         }

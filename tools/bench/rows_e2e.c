@@ -6,7 +6,10 @@
  *   e2e-4c     with the four consumer daemons attached: cbus-cost,
  *              cbus-audit (fdatasync'ed log in a temp dir), cbus-export
  *              (OTLP/HTTP to a loopback cbus-collector) and cbus-ratelimit,
- *              each with a config written for the run.
+ *              each with a config written for the run;
+ * and then paced (--rate, requests/s, a busy server's load rather than a
+ * flood) with the bus alone and with the four daemons, where what counts is
+ * the load generator's CPU time per event and what was dropped.
  * The programs are looked up in the build tree this binary belongs to; rows
  * whose programs are not built are skipped with the list of what is missing. */
 #include "bench.h"
@@ -18,6 +21,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -71,9 +75,9 @@ static void file_last_line(char *dst, size_t cap, const char *path)
 
 /* One load generator run: fills rs->mevents_s from its summary line. */
 static int run_loadgen(const struct bench_opts *o, const struct e2e *e, const char *bus,
-                       struct run_stats *rs, char *why, size_t whycap)
+                       unsigned rate, struct run_stats *rs, char *why, size_t whycap)
 {
-    char dur[16], thr[16];
+    char dur[16], thr[16], rate_s[16];
     snprintf(dur, sizeof dur, "%us", o->e2e_seconds);
     snprintf(thr, sizeof thr, "%u", o->e2e_threads);
     char *argv[16] = {(char *)e->loadgen};
@@ -88,9 +92,15 @@ static int run_loadgen(const struct bench_opts *o, const struct e2e *e, const ch
                     "--seed", "1", "--quiet", NULL};
     for (int i = 0; rest[i]; i++)
         argv[k++] = rest[i];
+    if (rate) {
+        snprintf(rate_s, sizeof rate_s, "%u", rate);
+        argv[k++] = "--rate";
+        argv[k++] = rate_s;
+    }
     argv[k] = NULL;
     static char out[16384];
-    int rc = bench_run_cmd(argv, out, sizeof out);
+    struct rusage ru = {0};
+    int rc = bench_run_cmd_ru(argv, out, sizeof out, &ru);
     const char *p = strstr(out, "events emitted ");
     unsigned long long emitted = 0, dropped = 0;
     double evs = 0;
@@ -105,7 +115,28 @@ static int run_loadgen(const struct bench_opts *o, const struct e2e *e, const ch
     rs->events = emitted;
     rs->dropped = dropped;
     rs->mevents_s = evs / 1e6;
+    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    rs->cpu_ns = emitted ? cpu * 1e9 / (double)emitted : 0;
     return 0;
+}
+
+/* utime + stime of a process, in seconds (/proc/PID/stat). */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static int write_text(const char *path, const char *text)
@@ -269,11 +300,72 @@ static int start_consumers(struct e2e *e, pid_t pids[NDAEMONS + 1], char *why, s
     return -1;
 }
 
-static void rate_note(struct row *r, const char *what)
+/* One end-to-end row: e2e_runs load generator runs on a fresh bus, with the
+ * four daemons attached when daemons is set.  rate 0 = as fast as it can. */
+static void e2e_row(const struct bench_opts *o, struct e2e *e, struct row *r, int with_daemons,
+                    unsigned rate, const struct row *base)
 {
-    snprintf(r->note, sizeof r->note, "%s; %llu events, %llu dropped, %llu lost by consumers", what,
-             (unsigned long long)r->agg.events, (unsigned long long)r->agg.dropped,
+    char why[200] = "";
+    for (int i = 0; i < o->e2e_runs; i++) {
+        snprintf(e->dir, sizeof e->dir, "/tmp/cbus-compare-e2e.XXXXXX");
+        if (!mkdtemp(e->dir)) {
+            snprintf(why, sizeof why, "mkdtemp: %s", strerror(errno));
+            break;
+        }
+        cbus_bus_destroy(e->bus);
+        struct cbus_create_opts co = {0};
+        int rc = cbus_bus_create(e->bus, &co);
+        pid_t pids[NDAEMONS + 1] = {0};
+        int ok = 0;
+        if (rc) {
+            snprintf(why, sizeof why, "cannot create bus: %s", cbus_strerror(rc));
+        } else if (!with_daemons || !start_consumers(e, pids, why, sizeof why)) {
+            struct run_stats *rs = &r->run[r->nruns];
+            double cpu0 = 0, cpu1 = 0;
+            for (int k = 1; k <= NDAEMONS; k++)
+                cpu0 += pids[k] > 0 ? proc_cpu_s(pids[k]) : 0;
+            uint64_t t0 = bench_now_ns();
+            if (!run_loadgen(o, e, e->bus, rate, rs, why, sizeof why)) {
+                double secs = (double)(bench_now_ns() - t0) / 1e9;
+                usleep(200000); /* let the consumers reach the tail before reading losses */
+                for (int k = 1; k <= NDAEMONS; k++)
+                    cpu1 += pids[k] > 0 ? proc_cpu_s(pids[k]) : 0;
+                rs->side_cpu = secs > 0 ? (cpu1 - cpu0) / secs : 0;
+                rs->lost = consumers_lost(e->bus);
+                r->nruns++;
+                ok = 1;
+            }
+        }
+        for (int k = NDAEMONS; k >= 0; k--)
+            stop_pid(pids[k]);
+        cbus_bus_destroy(e->bus);
+        nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        if (!ok)
+            break;
+    }
+    if (!r->nruns) {
+        bench_row_skip(r, "%s", why);
+        return;
+    }
+    bench_aggregate(r);
+    uint64_t offered = r->agg.events + r->agg.dropped;
+    char extra[96] = "";
+    if (base && base->kind != ROW_SKIPPED && base->agg.cpu_ns > 0)
+        snprintf(extra, sizeof extra, " (%+.0f%% vs the bus alone)",
+                 100.0 * (r->agg.cpu_ns / base->agg.cpu_ns - 1));
+    snprintf(r->note, sizeof r->note,
+             "%s; load generator CPU %.0f ns/event%s; %.1f%% of offered events dropped, "
+             "%llu lost by lossy consumers",
+             with_daemons ? "cost, audit, export, ratelimit attached" : "no consumer",
+             r->agg.cpu_ns, extra,
+             offered ? 100.0 * (double)r->agg.dropped / (double)offered : 0.0,
              (unsigned long long)r->agg.lost);
+    if (with_daemons) {
+        size_t len = strlen(r->note);
+        snprintf(r->note + len, sizeof r->note - len, "; daemons used %.2f cores",
+                 r->agg.side_cpu);
+    }
+    bench_progress(o, r);
 }
 
 void bench_rows_e2e(const struct bench_opts *o, struct row *rows, int *n)
@@ -307,38 +399,19 @@ void bench_rows_e2e(const struct bench_opts *o, struct row *rows, int *n)
         bench_row_skip(nobus, "cbus-loadgen has no mode without a bus (no --no-bus option)");
     } else {
         for (int i = 0; i < o->e2e_runs; i++)
-            if (!run_loadgen(o, &e, NULL, &nobus->run[nobus->nruns], why, sizeof why))
+            if (!run_loadgen(o, &e, NULL, 0, &nobus->run[nobus->nruns], why, sizeof why))
                 nobus->nruns++;
         if (!nobus->nruns) {
             bench_row_skip(nobus, "%s", why);
         } else {
             bench_aggregate(nobus);
-            rate_note(nobus, "emit calls with no bus");
+            snprintf(nobus->note, sizeof nobus->note, "no bus; load generator CPU %.0f ns/event",
+                     nobus->agg.cpu_ns);
             bench_progress(o, nobus);
         }
     }
 
     snprintf(e.bus, sizeof e.bus, "compare-e2e%d", (int)getpid());
-    for (int i = 0; i < o->e2e_runs; i++) {
-        cbus_bus_destroy(e.bus);
-        struct cbus_create_opts co = {0};
-        int rc = cbus_bus_create(e.bus, &co);
-        if (rc) {
-            snprintf(why, sizeof why, "cannot create bus: %s", cbus_strerror(rc));
-            break;
-        }
-        if (!run_loadgen(o, &e, e.bus, &bus->run[bus->nruns], why, sizeof why))
-            bus->nruns++;
-        cbus_bus_destroy(e.bus);
-    }
-    if (!bus->nruns) {
-        bench_row_skip(bus, "%s", why);
-    } else {
-        bench_aggregate(bus);
-        rate_note(bus, "events/s the load generator achieves");
-        bench_progress(o, bus);
-    }
-
     char missing[256] = "";
     if (!exists(e.collector))
         snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " cbus-collector");
@@ -349,42 +422,21 @@ void bench_rows_e2e(const struct bench_opts *o, struct row *rows, int *n)
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " cbus-%s",
                      daemons[i]);
     }
-    if (missing[0]) {
+    e2e_row(o, &e, bus, 0, 0, NULL);
+    if (missing[0])
         bench_row_skip(four, "not built:%s", missing);
-        return;
-    }
-    for (int i = 0; i < o->e2e_runs; i++) {
-        snprintf(e.dir, sizeof e.dir, "/tmp/cbus-compare-e2e.XXXXXX");
-        if (!mkdtemp(e.dir)) {
-            snprintf(why, sizeof why, "mkdtemp: %s", strerror(errno));
-            break;
-        }
-        cbus_bus_destroy(e.bus);
-        struct cbus_create_opts co = {0};
-        int rc = cbus_bus_create(e.bus, &co);
-        pid_t pids[NDAEMONS + 1] = {0};
-        if (rc)
-            snprintf(why, sizeof why, "cannot create bus: %s", cbus_strerror(rc));
-        else if (!start_consumers(&e, pids, why, sizeof why)) {
-            struct run_stats *rs = &four->run[four->nruns];
-            if (!run_loadgen(o, &e, e.bus, rs, why, sizeof why)) {
-                usleep(200000); /* let the consumers reach the tail before reading losses */
-                rs->lost = consumers_lost(e.bus);
-                four->nruns++;
-            }
-        }
-        for (int k = NDAEMONS; k >= 0; k--)
-            stop_pid(pids[k]);
-        cbus_bus_destroy(e.bus);
-        nftw(e.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-        if (rc || four->nruns != i + 1)
-            break;
-    }
-    if (!four->nruns) {
-        bench_row_skip(four, "%s", why);
-        return;
-    }
-    bench_aggregate(four);
-    rate_note(four, "cost, audit, export (to a loopback collector), ratelimit attached");
-    bench_progress(o, four);
+    else
+        e2e_row(o, &e, four, 1, 0, NULL);
+
+    snprintf(cfg, sizeof cfg, "cbus-loadgen, %u thread(s), %u s, %u requests/s", o->e2e_threads,
+             o->e2e_seconds, o->e2e_rate);
+    struct row *pbus = bench_row_new(rows, n, "e2e-paced-bus", "end to end, paced: bus", cfg,
+                                     ROW_RATE);
+    struct row *pfour = bench_row_new(rows, n, "e2e-paced-4c", "end to end, paced: bus + 4 daemons",
+                                      cfg, ROW_RATE);
+    e2e_row(o, &e, pbus, 0, o->e2e_rate, NULL);
+    if (missing[0])
+        bench_row_skip(pfour, "not built:%s", missing);
+    else
+        e2e_row(o, &e, pfour, 1, o->e2e_rate, pbus);
 }
