@@ -75,6 +75,7 @@ struct conn {
     int fd;
     struct sbuf in;
     struct sbuf out;
+    struct sbuf chunks;      /* a chunked body, reassembled */
     size_t out_off;
     int sent_continue;
     int close_after;
@@ -204,7 +205,7 @@ static int ends_with(const char *s, const char *suffix)
 
 /* Decides the answer to a complete request.  Returns 0, or -1 to close the
  * connection at once without answering (--drop-first). */
-static int handle(struct conn *c, const struct http_request *req, struct sbuf *body)
+static int handle(struct conn *c, const struct http_request *req, const char *body, size_t body_len)
 {
     if (!strcmp(req->method, "GET") && !strcmp(req->target, "/stats")) {
         struct sbuf b;
@@ -251,10 +252,10 @@ static int handle(struct conn *c, const struct http_request *req, struct sbuf *b
     }
     struct sbuf inflated;
     sbuf_init(&inflated);
-    const char *data = body->data ? body->data : "";
-    size_t len = body->len;
+    const char *data = body;
+    size_t len = body_len;
     if (req->gzip) {
-        if (count_gunzip(body->data, body->len, &inflated)) {
+        if (count_gunzip(body, body_len, &inflated)) {
             sbuf_free(&inflated);
             S.bad++;
             respond(c, 400, "text/plain", "bad gzip body\n", NULL);
@@ -277,7 +278,7 @@ static int handle(struct conn *c, const struct http_request *req, struct sbuf *b
     S.spans += cr.spans;
     S.span_events += cr.span_events;
     S.events += cr.events;
-    S.bytes += body->len;
+    S.bytes += body_len;
     S.bytes_inflated += len;
     if (req->chunked)
         S.chunked++;
@@ -309,6 +310,7 @@ static void conn_close(int ep, struct conn *c)
     }
     sbuf_free(&c->in);
     sbuf_free(&c->out);
+    sbuf_free(&c->chunks);
     free(c);
 }
 
@@ -340,19 +342,16 @@ static int process(int ep, struct conn *c)
 {
     while (!c->respond_at_ms && c->in.len) {
         struct http_request req;
-        struct sbuf body;
-        sbuf_init(&body);
-        size_t used = 0;
-        int r = http_parse(c->in.data, c->in.len, &req, &body, &used);
+        const char *body = NULL;
+        size_t body_len = 0, used = 0;
+        int r = http_parse(c->in.data, c->in.len, &req, &c->chunks, &body, &body_len, &used);
         if (r < 0) {
-            sbuf_free(&body);
             S.bad++;
             c->close_after = 1;
             respond(c, 400, "text/plain", "malformed request\n", NULL);
             return flush_out(ep, c);
         }
         if (r == 0) {
-            sbuf_free(&body);
             if (req.header_len && req.expect_continue && !c->sent_continue) {
                 sbuf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
                 c->sent_continue = 1;
@@ -362,8 +361,7 @@ static int process(int ep, struct conn *c)
         }
         c->sent_continue = 0;
         c->close_after = !req.keep_alive;
-        int h = handle(c, &req, &body);
-        sbuf_free(&body);
+        int h = handle(c, &req, body, body_len);
         memmove(c->in.data, c->in.data + used, c->in.len - used);
         c->in.len -= used;
         if (h < 0)
@@ -561,6 +559,7 @@ int main(int argc, char **argv)
                     c->fd = fd;
                     sbuf_init(&c->in);
                     sbuf_init(&c->out);
+                    sbuf_init(&c->chunks);
                     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
                     S.connections++;

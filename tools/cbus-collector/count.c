@@ -36,11 +36,13 @@ int count_otlp_json(const char *json, size_t len, int full, struct count_result 
 {
     memset(out, 0, sizeof *out);
     if (!full) {
-        static const char key[] = "\"spanId\"";
+        /* find "spanId" by its rare capital I (memchr is vectorised; memmem
+         * with this needle was the collector's top cost in the benchmark) */
         const char *p = json, *end = json + len;
-        while ((p = memmem(p, (size_t)(end - p), key, sizeof key - 1))) {
-            out->spans++;
-            p += sizeof key - 1;
+        while ((p = memchr(p, 'I', (size_t)(end - p)))) {
+            if (p - json >= 5 && end - p >= 3 && !memcmp(p - 5, "\"span", 5) && p[1] == 'd' && p[2] == '"')
+                out->spans++;
+            p++;
         }
         return 0;
     }

@@ -161,8 +161,8 @@ static int walk_chunks(const char *p, const char *end, struct sbuf *body, const 
     }
 }
 
-int http_parse(const char *buf, size_t len, struct http_request *req, struct sbuf *body,
-               size_t *consumed)
+int http_parse(const char *buf, size_t len, struct http_request *req, struct sbuf *chunk_buf,
+               const char **body, size_t *body_len, size_t *consumed)
 {
     memset(req, 0, sizeof *req);
     const char *hend = NULL;
@@ -184,13 +184,17 @@ int http_parse(const char *buf, size_t len, struct http_request *req, struct sbu
         int r = walk_chunks(b, end, NULL, &bend);
         if (r <= 0)
             return r;
-        walk_chunks(b, end, body, &bend);
+        sbuf_reset(chunk_buf);
+        walk_chunks(b, end, chunk_buf, &bend);
+        *body = chunk_buf->data ? chunk_buf->data : "";
+        *body_len = chunk_buf->len;
         *consumed = (size_t)(bend - buf);
         return 1;
     }
     if ((size_t)(end - b) < req->content_length)
         return 0;
-    sbuf_add(body, b, req->content_length);
+    *body = b;
+    *body_len = req->content_length;
     *consumed = req->header_len + req->content_length;
     return 1;
 }

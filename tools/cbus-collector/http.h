@@ -24,12 +24,14 @@ struct http_request {
     size_t header_len;     /* bytes of the request line and headers */
 };
 
-/* Parses buf[0..len).  Returns 1 with *req filled, the body appended to body
- * and *consumed set when a whole request is present; 0 when more bytes are
- * needed (req->header_len is nonzero once the headers are complete, so the
- * caller can answer Expect: 100-continue); -1 on a malformed request. */
-int http_parse(const char *buf, size_t len, struct http_request *req, struct sbuf *body,
-               size_t *consumed);
+/* Parses buf[0..len).  Returns 1 with *req filled, *consumed set and the
+ * body in (*body, *body_len) when a whole request is present: a pointer into
+ * buf for Content-Length framing (no copy: bodies are megabytes), or into
+ * chunk_buf, where chunked framing is reassembled.  Returns 0 when more bytes
+ * are needed (req->header_len is nonzero once the headers are complete, so
+ * the caller can answer Expect: 100-continue), -1 on a malformed request. */
+int http_parse(const char *buf, size_t len, struct http_request *req, struct sbuf *chunk_buf,
+               const char **body, size_t *body_len, size_t *consumed);
 
 /* Reason phrase for a status code. */
 const char *http_reason(int status);
