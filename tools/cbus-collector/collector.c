@@ -266,7 +266,7 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
         S.gzip++;
     }
     struct count_result cr;
-    int r = is_msgpack ? count_msgpack(data, len, &cr) : count_otlp_json(data, len, O.full_parse, &cr);
+    int r = is_msgpack ? count_msgpack(data, len, O.full_parse, &cr) : count_otlp_json(data, len, O.full_parse, &cr);
     if (r) {
         sbuf_free(&inflated);
         S.bad++;
@@ -428,7 +428,7 @@ static void usage(FILE *f)
             "  --port-file FILE     write the bound port here once listening\n"
             "  --store DIR          store every accepted body (inflated) as DIR/NNNNNNNN.json|msgpack\n"
             "  --stats FILE         write the counters as JSON (every 100 ms while they change, and at exit)\n"
-            "  --parse              parse OTLP/JSON fully (validates; counts span events) instead of scanning\n"
+            "  --parse              parse bodies fully (validates; counts span events) instead of scanning\n"
             "  --fail-first N       answer the first N requests with --status\n"
             "  --fail-rate P        answer a fraction P (0..1) of requests with --status\n"
             "  --status CODE        failure status (default 503)\n"

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <msgpack.h>
+#include <stddef.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -68,9 +69,101 @@ int count_otlp_json(const char *json, size_t len, int full, struct count_result 
     return 0;
 }
 
-int count_msgpack(const void *data, size_t len, struct count_result *out)
+/* Reads a msgpack array/map header (any width) at *p.  Returns its element
+ * count, or -1 when the value is not of that kind or is cut short. */
+static int64_t mp_header(const uint8_t **p, const uint8_t *end, int want_map)
+{
+    if (*p >= end)
+        return -1;
+    uint8_t b = *(*p)++;
+    if (want_map && (b & 0xf0) == 0x80)
+        return b & 0x0f;
+    if (!want_map && (b & 0xf0) == 0x90)
+        return b & 0x0f;
+    size_t w = 0;
+    if (b == (want_map ? 0xde : 0xdc))
+        w = 2;
+    else if (b == (want_map ? 0xdf : 0xdd))
+        w = 4;
+    if (!w || end - *p < (ptrdiff_t)w)
+        return -1;
+    int64_t n = 0;
+    for (size_t i = 0; i < w; i++)
+        n = n << 8 | *(*p)++;
+    return n;
+}
+
+/* Skips one scalar (nil, bool, int, float, str, bin); -1 for anything else. */
+static int mp_skip_scalar(const uint8_t **p, const uint8_t *end)
+{
+    if (*p >= end)
+        return -1;
+    uint8_t b = *(*p)++;
+    size_t skip = 0, lenw = 0;
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+        return 0;
+    if ((b & 0xe0) == 0xa0)
+        skip = b & 0x1f;
+    else if (b == 0xcc || b == 0xd0)
+        skip = 1;
+    else if (b == 0xcd || b == 0xd1)
+        skip = 2;
+    else if (b == 0xce || b == 0xd2 || b == 0xca)
+        skip = 4;
+    else if (b == 0xcf || b == 0xd3 || b == 0xcb)
+        skip = 8;
+    else if (b == 0xd9 || b == 0xc4)
+        lenw = 1;
+    else if (b == 0xda || b == 0xc5)
+        lenw = 2;
+    else if (b == 0xdb || b == 0xc6)
+        lenw = 4;
+    else
+        return -1;
+    if (lenw) {
+        if (end - *p < (ptrdiff_t)lenw)
+            return -1;
+        for (size_t i = 0; i < lenw; i++)
+            skip = skip << 8 | *(*p)++;
+    }
+    if ((size_t)(end - *p) < skip)
+        return -1;
+    *p += skip;
+    return 0;
+}
+
+/* The top level only: {"...": scalar, ..., "events": [N items]} or [N items]. */
+static int count_msgpack_fast(const uint8_t *p, const uint8_t *end, struct count_result *out)
+{
+    if (p < end && ((*p & 0xf0) == 0x90 || *p == 0xdc || *p == 0xdd)) {
+        int64_t n = mp_header(&p, end, 0);
+        if (n < 0)
+            return -EINVAL;
+        out->events = (uint64_t)n;
+        return 0;
+    }
+    int64_t keys = mp_header(&p, end, 1);
+    for (int64_t i = 0; i < keys; i++) {
+        const uint8_t *k = p;
+        if (k < end && *k == 0xa6 && end - k >= 7 && !memcmp(k + 1, "events", 6)) {
+            p += 7;
+            int64_t n = mp_header(&p, end, 0);
+            if (n < 0)
+                return -EINVAL;
+            out->events = (uint64_t)n;
+            return 0;
+        }
+        if (mp_skip_scalar(&p, end) || mp_skip_scalar(&p, end))
+            return -EINVAL;
+    }
+    return -EINVAL;
+}
+
+int count_msgpack(const void *data, size_t len, int full, struct count_result *out)
 {
     memset(out, 0, sizeof *out);
+    if (!full)
+        return count_msgpack_fast(data, (const uint8_t *)data + len, out);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;

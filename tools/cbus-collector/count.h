@@ -23,7 +23,9 @@ struct count_result {
 int count_otlp_json(const char *json, size_t len, int full, struct count_result *out);
 
 /* msgpack batch: a map with an "events" array, or a bare array of events.
+ * With full, unpacks the whole document (libmsgpack, validates every event);
+ * else reads the top level only and takes the array's length.
  * Returns 0 or -EINVAL. */
-int count_msgpack(const void *data, size_t len, struct count_result *out);
+int count_msgpack(const void *data, size_t len, int full, struct count_result *out);
 
 #endif
