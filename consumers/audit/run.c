@@ -3,12 +3,15 @@
 #include "audit.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cbus/consumer.h>
 
@@ -130,6 +133,19 @@ int audit_run(const struct audit_config *cfg)
         cbus_log_error("cannot create log directory %s: %s", cfg->dir, strerror(errno));
         return 1;
     }
+    /* One writer per directory: a second daemon appending to the same files
+     * would interleave two chains.  The kernel drops the lock when we die. */
+    char lock_path[4200];
+    snprintf(lock_path, sizeof lock_path, "%s/.cbus-audit.lock", cfg->dir);
+    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        cbus_log_error("%s: %s", lock_path,
+                       errno == EWOULDBLOCK ? "another cbus-audit is writing this directory"
+                                            : strerror(errno));
+        if (lock_fd >= 0)
+            close(lock_fd);
+        return 1;
+    }
     /* io_uring writes past RLIMIT_FSIZE must fail with EFBIG, not kill us. */
     signal(SIGXFSZ, SIG_IGN);
 
@@ -138,6 +154,7 @@ int audit_run(const struct audit_config *cfg)
     int rc = audit_writer_open(&w, &wo, &resume, err, sizeof err);
     if (rc) {
         cbus_log_error("%s", err);
+        close(lock_fd);
         return 1;
     }
     cbus_consumer *c;
@@ -146,6 +163,7 @@ int audit_run(const struct audit_config *cfg)
         cbus_log_error("cannot attach to bus %s as %s: %s", cfg->bus, cfg->name,
                        cbus_strerror(rc));
         audit_writer_close(w);
+        close(lock_fd);
         return 1;
     }
     uint64_t bus_id = cbus_consumer_bus_id(c);
@@ -246,6 +264,7 @@ int audit_run(const struct audit_config *cfg)
     report(&l, 1);
     cbus_consumer_detach(c);
     audit_writer_close(w);
+    close(lock_fd);
     cbus_log_info("stopped");
     return status;
 }

@@ -319,6 +319,18 @@ Test(audit_daemon, bad_config_exits_2_naming_file_line_and_key, .init = setup, .
     cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
     cr_assert(strstr(out, "bad.ini:2: [redact] preview:"), "%s", out);
 
+    /* A second daemon on the same directory (another consumer name) refuses. */
+    test_bus_create(bus, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    cr_assert_geq(tu_wait_consumer(bus, "audit", 5000), 0);
+    static const char second[] = "[audit]\nname = audit2\n";
+    tu_spit(ini, (const uint8_t *)second, sizeof second - 1);
+    char *two[] = {(char *)CBUS_AUDIT_BIN, (char *)"--config", ini, (char *)"--bus", bus,
+                   (char *)"--dir", dir, NULL};
+    cr_assert_eq(tu_run(two, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "another cbus-audit is writing this directory"), "%s", out);
+    stop_daemon(d);
+
     static const char nobus[] = "[audit]\nname = a\n";
     tu_spit(ini, (const uint8_t *)nobus, sizeof nobus - 1);
     cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
