@@ -446,3 +446,71 @@ Test(export_daemon, clean_restart_continues_at_the_saved_cursor)
     test_sleep_ms(200);
     cr_assert_eq(collector_stat(&col, "spans"), 120, "nothing twice after a clean stop");
 }
+
+Test(export_daemon, dropped_connection_is_retried)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--drop-first", "1", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, NULL)), 0);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 10, 10000), 10);
+    cr_assert_eq(collector_stat(&col, "dropped"), 1);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.retried", 1, 2000), 1);
+}
+
+Test(export_daemon, spool_survives_a_restart_while_the_endpoint_is_down)
+{
+    unsigned port = free_port();
+    const char *cfg = config(port, "[export]\nbatch_max_items = 10\nshutdown_timeout = 200ms\n");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    for (int i = 0; i < 50; i++)
+        tool_span(i);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.spooled", 5, 10000), 5);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    cr_assert_eq(collector_start(&col, dir, port, NULL), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    cr_assert_eq(exporter_stat(&ex, "export.spool_recovered"), 5, "the spool was found on disk");
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 50, 10000), 50);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cJSON *root = decode();
+    double prev = -1;
+    cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItem(root, "spans")) {
+        double id = attr(s, "cbus.event.id")->valuedouble;
+        cr_assert_gt(id, prev, "replayed out of order");
+        prev = id;
+    }
+    cJSON_Delete(root);
+}
+
+Test(export_daemon, full_spool_drops_its_oldest_batches_lossy)
+{
+    unsigned port = free_port();
+    /* ~10 spans of ~1 KB per batch, 64 KiB of spool: room for about six */
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(port, "[export]\nbatch_max_items = 10\n[spool]\nlimit = 64k\n")), 0);
+    enum { N = 300 };
+    for (int i = 0; i < N; i++)
+        tool_span(i);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.spooled", N / 10, 10000), N / 10);
+    int64_t dropped = exporter_stat(&ex, "export.spool_dropped_items");
+    cr_assert_gt(dropped, 0);
+    cr_assert_leq(exporter_stat(&ex, "export.spool_bytes"), 65536);
+    cr_assert_eq(collector_start(&col, dir, port, NULL), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", N - dropped, 10000), N - dropped);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    cr_assert_eq(cJSON_GetArraySize(spans), N - dropped, "the survivors, once each");
+    /* the oldest went: the newest span made it */
+    double max = 0;
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        double id = attr(s, "cbus.event.id")->valuedouble;
+        if (id > max)
+            max = id;
+    }
+    cr_assert_eq((uint64_t)max, cbus_bus_tail(cbus_producer_bus(prod)) - 2);
+    cJSON_Delete(root);
+}
