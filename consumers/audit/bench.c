@@ -1,5 +1,7 @@
 /* cbus-audit-bench: throughput of the audit log.
  *
+ *   encode mode (--encode-only): msgpack encoding, then encoding + SHA-256
+ *     chain, no I/O: the serial stage's cost per event.
  *   writer mode (default): synthetic events straight into the writer:
  *     record encoding + SHA-256 chain + io_uring writes + fdatasync.
  *   bus mode (--bus): end to end: this process emits llm_new_token events
@@ -89,6 +91,7 @@ struct opts {
     unsigned preview;
     uint64_t rate;         /* bus mode: events/s the producer is paced at (0 = flat out) */
     int verbose;           /* bus mode: the daemon's info lines (its final status) */
+    int encode_only;       /* no I/O: encoding and hashing cost */
 };
 
 static int bench_writer(const struct opts *o)
@@ -155,6 +158,42 @@ static int bench_writer(const struct opts *o)
            o->sync == AUDIT_SYNC_BATCH ? "" : (o->interval_ns >= 10000000 ? " (>=10ms)" : ""),
            o->qd, valid ? cur : 0, cpu_s(&ru) * 1e6 / (double)o->events, main_us);
     rm_logs(o->dir);
+    return 0;
+}
+
+/* The encoding thread's work alone: msgpack encoding, and the SHA-256 chain
+ * on top (audit_record_encode), into one reused buffer; no I/O. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int bench_encode(const struct opts *o)
+{
+    static struct cbus_event tmpl[1024];
+    for (unsigned i = 0; i < 1024; i++)
+        sample_event(&tmpl[i], i);
+    static uint8_t buf[AUDIT_RECORD_MAX];
+    uint64_t sum = 0, bytes = 0;
+    uint64_t t0 = thread_cpu_ns();
+    for (uint64_t i = 0; i < o->events; i++)
+        sum += (uint64_t)cbus_evmp_encode(&tmpl[i & 1023], NULL, buf, sizeof buf);
+    uint64_t t1 = thread_cpu_ns();
+    struct audit_chain c;
+    audit_chain_init(&c);
+    struct audit_redact red = {.mode = o->preview};
+    for (uint64_t i = 0; i < o->events; i++)
+        bytes += (uint64_t)audit_record_encode(&c, &tmpl[i & 1023], &red, buf, sizeof buf);
+    uint64_t t2 = thread_cpu_ns();
+    audit_chain_free(&c);
+    /* Thread CPU time, not wall time: on a shared machine preemption would
+     * otherwise be counted as encoding. */
+    printf("encode: %.0f ns/event msgpack only, %.0f ns/event as a chained record (encode + "
+           "SHA-256), %.0f B/event, %.0f B/record\n",
+           (double)(t1 - t0) / (double)o->events, (double)(t2 - t1) / (double)o->events,
+           (double)sum / (double)o->events, (double)bytes / (double)o->events);
     return 0;
 }
 
@@ -281,6 +320,7 @@ int main(int argc, char **argv)
         {"interval", required_argument, NULL, 'i'}, {"dir", required_argument, NULL, 'd'},
         {"bus", required_argument, NULL, 'u'}, {"preview", required_argument, NULL, 'p'},
         {"rate", required_argument, NULL, 'r'}, {"verbose", no_argument, NULL, 'v'},
+        {"encode-only", no_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -304,6 +344,7 @@ int main(int argc, char **argv)
         case 'd': o.dir = optarg; break;
         case 'r': o.rate = strtoull(optarg, NULL, 10); break;
         case 'v': o.verbose = 1; break;
+        case 'e': o.encode_only = 1; break;
         case 'u': o.bus = optarg; break;
         case 'p':
             o.preview = !strcmp(optarg, "hash") ? AUDIT_REDACT_HASH
@@ -314,7 +355,8 @@ int main(int argc, char **argv)
                     "usage: cbus-audit-bench [--events N] [--batch-events N] [--batch-bytes B]\n"
                     "       [--queue-depth N] [--interval D (sync every D instead of per batch)]\n"
                     "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)\n"
-                    "       [--rate EVENTS_PER_S (bus mode: pace the producer)]]\n");
+                    "       [--rate EVENTS_PER_S (bus mode: pace the producer)]]\n"
+                    "       [--encode-only (no I/O: encoding and hashing cost)]\n");
             return opt == 'h' ? 0 : 2;
         }
     }
@@ -323,5 +365,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cbus_log_init("cbus-audit-bench", CBUS_LOG_WARN);
+    if (o.encode_only)
+        return bench_encode(&o);
     return o.bus ? bench_bus(&o) : bench_writer(&o);
 }
