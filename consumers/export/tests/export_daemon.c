@@ -514,3 +514,26 @@ Test(export_daemon, full_spool_drops_its_oldest_batches_lossy)
     cr_assert_eq((uint64_t)max, cbus_bus_tail(cbus_producer_bus(prod)) - 2);
     cJSON_Delete(root);
 }
+
+Test(export_daemon, run_that_never_ends_is_exported_after_the_timeout)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[spans]\nrun_timeout = 100ms\n")), 0);
+    cbus_ctx c;
+    cbus_ctx_init(&c);
+    cbus_ctx_set_model(&c, "gpt-4o");
+    cr_assert_eq(cbus_chat_model_start(prod, &c, "hello?", NULL), 0);
+    cbus_llm_new_token(prod, &c, "h", 1);
+    /* no end: the exporter gives up on it while still running */
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 1, 10000), 1);
+    cr_assert_eq(exporter_stat(&ex, "export.spans.unfinished"), 1);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cJSON *root = decode();
+    cJSON *s = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "spans"), 0);
+    cr_assert_str_eq(s_of(s, "name"), "chat gpt-4o");
+    cr_assert_eq(cJSON_GetObjectItem(s, "status")->valueint, 0, "status unset");
+    cr_assert(cJSON_IsTrue(attr(s, "cbus.run.unfinished")));
+    cr_assert_eq(attr(s, "cbus.stream.chunks")->valueint, 1);
+    cJSON_Delete(root);
+}
