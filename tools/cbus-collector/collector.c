@@ -81,6 +81,7 @@ struct conn {
     int close_after;
     uint64_t respond_at_ms;  /* a delayed answer is pending until then */
     struct conn *next;       /* in the delayed list */
+    struct conn *all_prev, *all_next; /* every open connection, freed at exit */
 };
 
 static struct opts O = {.listen_host = "127.0.0.1", .port = 4318, .fail_status = 503};
@@ -88,6 +89,7 @@ static struct stats S;
 static int stats_dirty;
 static uint64_t store_seq;
 static struct conn *delayed;
+static struct conn *all_conns;
 
 static uint64_t now_ms(void)
 {
@@ -308,6 +310,12 @@ static void conn_close(int ep, struct conn *c)
             break;
         }
     }
+    if (c->all_prev)
+        c->all_prev->all_next = c->all_next;
+    else
+        all_conns = c->all_next;
+    if (c->all_next)
+        c->all_next->all_prev = c->all_prev;
     sbuf_free(&c->in);
     sbuf_free(&c->out);
     sbuf_free(&c->chunks);
@@ -562,6 +570,10 @@ int main(int argc, char **argv)
                     sbuf_init(&c->chunks);
                     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+                    c->all_next = all_conns;
+                    if (all_conns)
+                        all_conns->all_prev = c;
+                    all_conns = c;
                     S.connections++;
                 }
                 continue;
@@ -583,7 +595,13 @@ int main(int argc, char **argv)
     struct sbuf b;
     sbuf_init(&b);
     stats_json(&b);
+    if (b.len && b.data[b.len - 1] == '\n')
+        b.data[--b.len] = '\0';
     cbus_log_info("stopping: %s", b.failed ? "" : b.data);
     sbuf_free(&b);
+    while (all_conns)
+        conn_close(ep, all_conns);
+    close(ep);
+    close(lfd);
     return 0;
 }
