@@ -284,8 +284,8 @@ static void drop_batch(struct exporter *x, struct batch *b)
 
 static void enforce_spool_limit(struct exporter *x)
 {
-    if (x->cfg.lossless && spool_on_disk(x->spool))
-        return; /* back-pressure instead (exporter_paused): acknowledged data is never dropped */
+    if (x->cfg.lossless)
+        return; /* back-pressure instead (exporter_paused): a lossless exporter never drops */
     while (spool_bytes(x->spool) > spool_limit(x->spool)) {
         struct batch *v = spool_oldest_idle(x->spool);
         if (!v)
