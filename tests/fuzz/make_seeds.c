@@ -8,14 +8,18 @@
  */
 #include "fuzz.h"
 
+#include "checkpoint.h"
 #include "event_msgpack.h"
 #include "format.h"
+#include "ledger.h"
+#include "prices.h"
 
 #include <cbus/layout.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *g_dir;
 
@@ -197,6 +201,44 @@ int main(int argc, char **argv)
         memcpy(b, rules, sizeof rules); /* with its NUL */
         memcpy(b + sizeof rules, ev, n * sizeof ev[0]);
         put("ratelimit_rules", "rules-and-events", b, sizeof rules + n * sizeof ev[0]);
+    }
+
+    /* cost_checkpoint: a real checkpoint of a ledger that counted the run
+     * (mode 1: the harness keeps the CRC right). */
+    {
+        char err[256];
+        struct cost_price_table *tab;
+        if (cost_prices_parse(&tab, "seed.json",
+                              "{\"gpt-4o\":{\"input_cost_per_token\":2.5e-6,"
+                              "\"output_cost_per_token\":1e-5}}", err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        struct cost_ledger l;
+        cost_ledger_init(&l, tab, NULL, NULL);
+        for (size_t i = 0; i < n; i++)
+            cost_ledger_apply(&l, &ev[i]);
+        char tmp[] = "/tmp/cbus-seed-ckpt.XXXXXX";
+        int fd = mkstemp(tmp);
+        close(fd);
+        struct sbuf b;
+        sbuf_init(&b);
+        if (cost_checkpoint_save(&l, 0x1234abcd, ev[0].ts_realtime_ns, tmp, &b, 0)) {
+            fprintf(stderr, "checkpoint save failed\n");
+            return 1;
+        }
+        FILE *f = fopen(tmp, "rb");
+        static uint8_t ck[1 + 65536];
+        size_t len = fread(ck + 1, 1, sizeof ck - 1, f);
+        fclose(f);
+        unlink(tmp);
+        ck[0] = 1;
+        put("cost_checkpoint", "ledger", ck, len + 1);
+        ck[0] = 0;
+        put("cost_checkpoint", "ledger-crc-checked", ck, len + 1);
+        sbuf_free(&b);
+        cost_ledger_free(&l);
+        cost_prices_free(tab);
     }
 
     /* segment: mode, cursor, 8 admission bytes, then ops (see fuzz_segment.c). */
