@@ -116,12 +116,19 @@ static int cursor_load(const struct export_config *cfg, uint64_t *bus_id, uint64
     unsigned long long b, c;
     int ok = fscanf(f, "%llu %llu", &b, &c) == 2;
     fclose(f);
-    unlink(path); /* used once: a later crash must not rewind to it */
     if (!ok)
         return -EBADMSG;
     *bus_id = b;
     *cursor = c;
     return 0;
+}
+
+/* The saved cursor is used once: a later crash must not rewind to it. */
+static void cursor_forget(const struct export_config *cfg)
+{
+    char path[600];
+    if (cursor_path(cfg, path, sizeof path) == 0)
+        unlink(path);
 }
 
 static void cursor_save(const struct export_config *cfg, uint64_t bus_id, uint64_t cursor)
@@ -230,6 +237,7 @@ int main(int argc, char **argv)
         export_config_free(&cfg);
         return 1;
     }
+    cursor_forget(&cfg);
     uint64_t capacity = cbus_bus_header(cbus_consumer_bus(c))->capacity;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
