@@ -11,6 +11,12 @@
  * so every call arrives and the rate is the sustained end-to-end rate.  Time is from the first emit to the
  * collector holding all N spans; CPU is the exporter's user+system time
  * from /proc.  Prints each run and the medians.
+ *
+ *   cbus-export-bench --encode-only [--spans N] [--tokens K]
+ *
+ * measures span assembly + OTLP/JSON encoding alone, in this thread (thread
+ * CPU time): what the exporter's CPU would be without the bus copy, libcurl
+ * and the kernel.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,12 +30,99 @@
 #include <cbus/producer.h>
 
 #include "harness.h"
+#include "otlp.h"
+#include "span.h"
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct enc_state {
+    struct sbuf buf;
+    struct otlp_opts o;
+    struct otlp_resource r;
+    unsigned in_batch;
+    uint64_t bytes;
+};
+
+static void enc_span(const struct span *sp, void *arg)
+{
+    struct enc_state *e = arg;
+    if (e->in_batch == 0)
+        otlp_begin(&e->buf, &e->r);
+    otlp_span(&e->buf, sp, e->in_batch == 0, &e->o);
+    if (++e->in_batch == 2048) {
+        otlp_end(&e->buf);
+        e->bytes += e->buf.len;
+        sbuf_reset(&e->buf);
+        e->in_batch = 0;
+    }
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Assembly + encoding only: synthetic chat calls like the end-to-end run. */
+static int encode_only(long spans, long tokens)
+{
+    struct enc_state e = {.r = {.service_name = "cbus", .host_name = "vm", .pid = 1, .bus_name = "bench"}};
+    sbuf_init(&e.buf);
+    struct span_table *t;
+    if (span_table_new(&t, 100000, enc_span, &e))
+        return 1;
+    struct cbus_event st, tok, en;
+    memset(&st, 0, sizeof st);
+    st.kind = CBUS_EV_CHAT_MODEL_START;
+    st.flags = CBUS_FLAG_HAS_PARENT | CBUS_FLAG_HAS_TRACE;
+    st.pid = st.tid = 4242;
+    memset(st.parent_run_id, 7, 16);
+    memset(st.trace_id, 9, 16);
+    strcpy(st.provider, "openai");
+    strcpy(st.model, "gpt-4o-mini");
+    strcpy(st.user, "user-17");
+    strcpy(st.session, "session-4711");
+    tok = st;
+    tok.kind = CBUS_EV_LLM_NEW_TOKEN;
+    en = st;
+    en.kind = CBUS_EV_LLM_END;
+    en.u.usage = (struct cbus_usage){.input_tokens = 812, .output_tokens = 143, .cache_read_tokens = 512,
+                                     .finish_reason = CBUS_FINISH_STOP,
+                                     .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT | CBUS_USAGE_CACHE_READ};
+    uint64_t pos = 0, ts = 1700000000000000000ull;
+    double c0 = thread_cpu_s();
+    for (long i = 0; i < spans; i++) {
+        memcpy(st.run_id, &i, sizeof i);
+        st.event_id = pos++;
+        st.ts_realtime_ns = ts;
+        st.ts_mono_ns = ts;
+        span_table_feed(t, &st, ts);
+        for (long k = 0; k < tokens; k++) {
+            memcpy(tok.run_id, &i, sizeof i);
+            tok.event_id = pos++;
+            tok.ts_mono_ns = ts + 1000 * (uint64_t)(k + 1);
+            span_table_feed(t, &tok, ts);
+        }
+        memcpy(en.run_id, &i, sizeof i);
+        en.event_id = pos++;
+        en.ts_realtime_ns = en.ts_mono_ns = ts + 500000;
+        span_table_feed(t, &en, ts);
+        ts += 1000000;
+    }
+    double cpu = thread_cpu_s() - c0;
+    printf("encode-only: %ld spans (%ld events each) in %.3f s CPU = %.0f ns per span, %.0f ns per event, "
+           "%.0f bytes per span; one core: %.0f spans/s\n",
+           spans, 2 + tokens, cpu, cpu / (double)spans * 1e9, cpu / (double)pos * 1e9,
+           (double)(e.bytes + e.buf.len) / (double)spans, (double)spans / cpu);
+    span_table_free(t);
+    sbuf_free(&e.buf);
+    return 0;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -47,10 +140,11 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     long spans = 500000, runs = 3, tokens = 0, batch = 512, inflight = 4, capacity = 65536;
-    int gzip = 0, msgpack = 0, ch;
+    int gzip = 0, msgpack = 0, encode = 0, ch;
     static const struct option lo[] = {{"spans", 1, 0, 'n'}, {"runs", 1, 0, 'r'}, {"tokens", 1, 0, 't'},
                                        {"gzip", 0, 0, 'g'},  {"msgpack", 0, 0, 'm'}, {"batch", 1, 0, 'b'},
-                                       {"in-flight", 1, 0, 'i'}, {"capacity", 1, 0, 'c'}, {0, 0, 0, 0}};
+                                       {"in-flight", 1, 0, 'i'}, {"capacity", 1, 0, 'c'}, {"encode-only", 0, 0, 'e'},
+                                       {0, 0, 0, 0}};
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'n': spans = atol(optarg); break;
@@ -61,14 +155,17 @@ int main(int argc, char **argv)
         case 'b': batch = atol(optarg); break;
         case 'i': inflight = atol(optarg); break;
         case 'c': capacity = atol(optarg); break;
+        case 'e': encode = 1; break;
         default:
             fprintf(stderr, "usage: cbus-export-bench [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
-                    "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS]\n");
+                    "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n");
             return 2;
         }
     }
     if (spans < 1 || runs < 1 || runs > 31 || tokens < 0)
         return 2;
+    if (encode)
+        return encode_only(spans, tokens);
     double rate[32], cpu_k[32], coll_cpu[32];
     long events_per_call = 2 + tokens;
     for (long run = 0; run < runs; run++) {
