@@ -14,6 +14,7 @@
 #include "test_util.h"
 #include "event_msgpack.h"
 #include "format.h"
+#include "log.h"
 #include "logdir.h"
 #include "scan.h"
 #include "writer.h"
@@ -23,6 +24,7 @@ static char dir[300];
 
 static void setup(void)
 {
+    cbus_log_init("audit-test", CBUS_LOG_WARN); /* recovery warnings stay visible */
     tu_tmpdir(tmp, sizeof tmp);
     snprintf(dir, sizeof dir, "%s/log", tmp);
     mkdir(dir, 0755);
