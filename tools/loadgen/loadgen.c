@@ -11,7 +11,8 @@
  *   ~1% of LLM calls fail first (llm_error 429/500, retry, then succeed).
  * Models come from the LiteLLM price table (chat models with prices);
  * users and sessions follow a Zipf-like skew.  --admit asks cbus_admit()
- * before each request and honours throttling.
+ * before each request and honours its verdict as a server would: a throttled
+ * or over-budget request is refused (429) and counted, not sent to the model.
  *
  * Exact totals of what was emitted successfully (events, llm_end tokens) go
  * to stdout at the end and, with --summary-json, to a file: the demo checks
@@ -343,10 +344,10 @@ static void one_request(struct worker *w)
             return;
         }
         if (v == CBUS_THROTTLED || v == CBUS_ADMIT_STALE) {
+            /* Honour the limiter the way a server does: answer this client
+             * 429 with Retry-After instead of calling the model. */
             w->t.throttled++;
-            /* honour the limiter: wait (bounded), then go on */
-            if (cbus_admit_wait(w->p, &root, retry ? retry + 1000000u : 100000000u) != CBUS_ALLOW)
-                return;
+            return;
         }
     }
     w->t.requests++;
