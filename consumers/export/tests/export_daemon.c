@@ -182,7 +182,7 @@ static void tool_span(int i)
 Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
 {
     cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
-    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nmax_in_flight = 3\nbatch_max_items = 64\n")), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nmax_in_flight = 3\nbatch_max_items = 64\ngzip = true\n")), 0);
     enum { N = 200 };
     static char uuids[N][3][37];
     for (int i = 0; i < N; i++)
@@ -193,6 +193,7 @@ Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
     cr_assert_eq(collector_stat(&col, "spans"), 3 * N, "nothing extra: tokens are folded, not exported");
     cr_assert_leq(collector_stat(&col, "connections"), 3, "keep-alive: at most one connection per request slot");
     cr_assert_gt(collector_stat(&col, "requests"), 3);
+    cr_assert_eq(collector_stat(&col, "gzip"), collector_stat(&col, "accepted"), "every body gzip-compressed");
     cJSON *root = decode();
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     cr_assert_eq(cJSON_GetArraySize(spans), 3 * N);
