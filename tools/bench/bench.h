@@ -57,7 +57,8 @@ struct row {
 struct bench_opts {
     int runs;
     uint64_t events;            /* per run for the fast rows (cbus, floor, no-session LTTng) */
-    uint64_t slow_events;       /* per run for rows that cost microseconds or fill disks */
+    uint64_t slow_events;       /* per run for rows that cost microseconds or fill disks:
+                                 * callbacks, sidecar, LTTng session, 4 sleeping consumers */
     const char *out_dir;        /* NULL: print only */
     const char *self_dir;       /* directory of this executable (helpers live beside it) */
     const char *only;           /* comma-separated method filter, NULL = all */
