@@ -250,7 +250,6 @@ static void settle(rl_limiter *l, struct rl_key *k, const struct rl_dims *d, uin
     if (t > u)
         u = t;
     k->until_ns = u;
-    k->last_ns = now;
     if (u <= now)
         return;
     if (was <= now) {

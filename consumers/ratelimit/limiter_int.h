@@ -13,9 +13,9 @@ __extension__ typedef unsigned __int128 rl_u128;
                     CBUS_PROVIDER_LEN)
 
 /* One counter set: a (group, values) tuple under its winning rule.  What an
- * event touches comes first: the decision state fills the first cache line
- * and a short key (a user id) sits in the second, so a lookup costs two
- * lines, both prefetched by rl_feed_batch(). */
+ * event touches comes first: the decision state fills the first cache line,
+ * the counters and a key of up to 40 bytes (a user id) the second, so an
+ * event costs two lines per key, both prefetched by rl_feed_batch(). */
 struct rl_key {
     struct rl_ent hdr;
     uint32_t rule;        /* index of the winning rule */
@@ -23,11 +23,11 @@ struct rl_key {
     rl_u128 req_tat;      /* GCRA tat in 1/limit ns; 0 = never charged */
     rl_u128 tok_tat;
     uint64_t until_ns;    /* throttled until (as of the last event), 0 = never */
-    char key[RL_KEY_MAX];
-    uint64_t last_ns;     /* last event for the key */
+    /* second line: the counters every event bumps, then the key */
     uint64_t requests;    /* totals while the key has been live */
     uint64_t tokens;
     uint64_t over_limit;
+    char key[RL_KEY_MAX];
 };
 
 /* An event's values and, per active group, its key bytes and hash:

@@ -16,9 +16,16 @@ static void *big_alloc(size_t len)
     if (len < BIG)
         return calloc(1, len);
     len = (len + BIG - 1) & ~(BIG - 1);
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
+    /* Map one huge page more and trim to a 2 MiB boundary: a huge page
+     * needs an aligned range, and the index is often exactly 2 MiB. */
+    char *raw = mmap(NULL, len + BIG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
         return NULL;
+    char *p = (char *)(((uintptr_t)raw + BIG - 1) & ~(uintptr_t)(BIG - 1));
+    if (p > raw)
+        munmap(raw, (size_t)(p - raw));
+    if (raw + len + BIG > p + len)
+        munmap(p + len, (size_t)(raw + len + BIG - (p + len)));
     madvise(p, len, MADV_HUGEPAGE);
     return p;
 }
@@ -52,26 +59,47 @@ static void *big_realloc(void *p, size_t old, size_t len)
     return n;
 }
 
+static inline uint64_t rd64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t rd32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 uint64_t rl_hash_bytes(const void *p, size_t n, uint64_t seed)
 {
     /* Eight bytes per multiply, then murmur3's finaliser: cheap on the short
-     * user/model strings the limiter hashes several times per event. */
+     * user/model strings the limiter hashes several times per event.  The
+     * last 1..8 bytes are read with whole (overlapping) loads, as wyhash
+     * does: assembling them byte by byte in memory would stall on store
+     * forwarding. */
     const unsigned char *b = p;
+    const size_t len = n;
     uint64_t h = seed ^ (n * UINT64_C(0x9E3779B97F4A7C15));
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, b, 8);
-        h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+    while (n > 8) {
+        h = (h ^ rd64(b)) * UINT64_C(0xff51afd7ed558ccd);
         h ^= h >> 32;
         b += 8;
         n -= 8;
     }
-    if (n) {
-        uint64_t w = 0;
-        memcpy(&w, b, n);
-        h = (h ^ w) * UINT64_C(0xc4ceb9fe1a85ec53);
-        h ^= h >> 29;
-    }
+    uint64_t w;
+    if (len >= 8)
+        w = rd64((const unsigned char *)p + len - 8);
+    else if (n >= 4)
+        w = rd32(b) | rd32(b + n - 4) << 32;
+    else if (n)
+        w = (uint64_t)b[0] << 16 | (uint64_t)b[n >> 1] << 8 | b[n - 1];
+    else
+        w = 0;
+    h = (h ^ w) * UINT64_C(0xc4ceb9fe1a85ec53);
+    h ^= h >> 29;
     h ^= h >> 33;
     h *= UINT64_C(0xff51afd7ed558ccd);
     h ^= h >> 33;

@@ -67,3 +67,59 @@ Test(ratelimit_map, matches_a_reference_through_churn)
     cr_assert_eq(err, -ENAMETOOLONG);
     rl_map_free(&m);
 }
+
+struct big_ent {
+    struct rl_ent hdr;
+    uint32_t value;
+    char pad[200];
+    char key[16];
+};
+
+Test(ratelimit_map, grows_into_huge_page_arrays_and_shrinks_back)
+{
+    enum { KEYS = 40000 }; /* ~9 MB of entries, a 1 MB+ index: the mmap path */
+    struct rl_map m;
+    cr_assert_eq(rl_map_init(&m, sizeof(struct big_ent), offsetof(struct big_ent, key), 16, KEYS), 0);
+    char key[16];
+    for (unsigned k = 0; k < KEYS; k++) {
+        int kl = snprintf(key, sizeof key, "k%u", k);
+        struct big_ent *e = rl_map_insert(&m, rl_hash_bytes(key, (size_t)kl, 0), key, (size_t)kl, NULL);
+        cr_assert_not_null(e);
+        e->value = k;
+        e->pad[199] = 'x';
+    }
+    for (unsigned k = 0; k < KEYS; k++) {
+        int kl = snprintf(key, sizeof key, "k%u", k);
+        struct big_ent *e = rl_map_find(&m, rl_hash_bytes(key, (size_t)kl, 0), key, (size_t)kl);
+        cr_assert(e && e->value == k && e->pad[199] == 'x');
+        if (k % 16)
+            rl_map_remove(&m, e);
+    }
+    size_t cap = m.cap, slots = m.mask + 1;
+    rl_map_compact(&m);
+    rl_map_compact(&m);
+    cr_assert_lt(m.cap, cap);
+    cr_assert_lt(m.mask + 1, slots);
+    for (unsigned k = 0; k < KEYS; k++) {
+        int kl = snprintf(key, sizeof key, "k%u", k);
+        struct big_ent *e = rl_map_find(&m, rl_hash_bytes(key, (size_t)kl, 0), key, (size_t)kl);
+        cr_assert_eq(e != NULL, k % 16 == 0, "key %u", k);
+        if (e)
+            cr_assert(e->value == k && e->pad[199] == 'x');
+    }
+    rl_map_free(&m);
+}
+
+Test(ratelimit_map, hash_reads_every_byte_of_short_and_long_keys)
+{
+    /* the overlapping tail loads must still depend on every byte */
+    char a[40], b[40];
+    for (size_t n = 1; n <= sizeof a; n++) {
+        memset(a, 'a', sizeof a);
+        for (size_t i = 0; i < n; i++) {
+            memcpy(b, a, sizeof b);
+            b[i] = 'b';
+            cr_assert_neq(rl_hash_bytes(a, n, 0), rl_hash_bytes(b, n, 0), "len %zu byte %zu", n, i);
+        }
+    }
+}
