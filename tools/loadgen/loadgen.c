@@ -303,6 +303,11 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
         u.reasoning_tokens = (uint32_t)(output * (0.2 + 0.5 * rng_unit(r)));
         u.usage_present |= CBUS_USAGE_REASONING;
     }
+    /* Simulated model latency (the generator does not sleep through it):
+     * time to first token ~ lognormal around 350 ms, then ~15 ms a token. */
+    u.ttft_ns = (uint64_t)rng_lognormal(r, 350, 0.5, 30000) * 1000000u;
+    u.duration_ns = u.ttft_ns + (uint64_t)output * (10 + rng_u64(r) % 10) * 1000000u;
+    u.usage_present |= CBUS_USAGE_TTFT | CBUS_USAGE_DURATION;
     double fr = rng_unit(r);
     u.finish_reason = fr < 0.9 ? CBUS_FINISH_STOP : fr < 0.95 ? CBUS_FINISH_LENGTH : CBUS_FINISH_TOOL_CALLS;
     int rc = cbus_llm_end(w->p, ctx, &u, "The capital of France is Paris.");
