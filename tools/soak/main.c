@@ -40,6 +40,25 @@ static volatile sig_atomic_t interrupted;
 
 /* figures */
 static uint64_t max_wait_seen, prod_kills_total, cost_untethered_seen;
+/* The longest a thread that asked to sleep 1 ms was kept off the CPU beyond
+ * that: how late this machine runs a ready thread.  A producer's bounded
+ * wait is a spin that can be preempted just as long. */
+static _Atomic uint64_t sched_delay_max;
+static _Atomic int sched_stop;
+
+static void *sched_sampler(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sched_stop)) {
+        uint64_t t0 = soak_now_ns();
+        soak_sleep_ns(1000000);
+        uint64_t d = soak_now_ns() - t0;
+        d = d > 1000000 ? d - 1000000 : 0;
+        if (d > atomic_load(&sched_delay_max))
+            atomic_store(&sched_delay_max, d);
+    }
+    return NULL;
+}
 
 void violation(const char *fmt, ...)
 {
@@ -78,7 +97,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: cbus-soak [--duration 30s] [--rate 6000] [--threads 3] [--procs 2]\n"
-            "                 [--lossless 2] [--lossy 1] [--capacity 16384] [--stall-timeout 1s]\n"
+            "                 [--lossless 2] [--lossy 1] [--capacity 16384] [--stall-timeout 2s]\n"
             "                 [--lossless-wait 1ms] [--wait-margin 50ms] [--chaos-every 400ms]\n"
             "                 [--seed N] [--no-daemons] [--keep] [--verbose]\n"
             "                 [--cost PATH] [--audit PATH] [--export PATH] [--ratelimit PATH]\n"
@@ -117,7 +136,7 @@ static int parse_args(int argc, char **argv)
     G.verifiers_lossless = 2;
     G.verifiers_lossy = 1;
     G.capacity = 16384;
-    G.stall_timeout_ns = 1000000000u;
+    G.stall_timeout_ns = 2000000000u;
     G.lossless_wait_ns = 1000000u;
     G.wait_margin_ns = 50000000u;
     G.chaos_mean_ns = 400000000u;
@@ -291,8 +310,24 @@ static void sample(void)
     if (ci >= 0) {
         struct cbus_consumer_entry *e = cbus_bus_consumer_entry(BUS, (unsigned)ci);
         uint64_t u = atomic_load(&e->untethered_count);
-        if (u > cost_untethered_seen)
+        if (u > cost_untethered_seen) {
+            /* Say what the daemon was doing: the soak never holds it near
+             * the stall timeout, so this is the machine or the daemon. */
+            const struct child *cc = NULL;
+            for (unsigned i = 0; i < nkids; i++)
+                if (kids[i].kind == K_COST)
+                    cc = &kids[i];
+            uint64_t now = soak_now_ns();
+            if (cc)
+                printf("  cbus-cost untethered by the bus: it is %s, last killed %.3f s ago, last "
+                       "restarted %.3f s ago, last stopped %.3f s ago; max scheduling delay so far %.0f ms\n",
+                       cc->state == C_RUNNING ? "running" : cc->state == C_STOPPED ? "stopped" : "dead",
+                       cc->killed_at_ns ? (now - cc->killed_at_ns) / 1e9 : -1.0,
+                       (now - cc->started_ns) / 1e9,
+                       cc->stopped_at_ns ? (now - cc->stopped_at_ns) / 1e9 : -1.0,
+                       atomic_load(&sched_delay_max) / 1e6);
             cost_untethered_seen = u;
+        }
     }
 }
 
@@ -622,6 +657,9 @@ int main(int argc, char **argv)
     if (have[K_AUDIT])
         wait_attached("audit", 20000000000u);
 
+    pthread_t sampler;
+    pthread_create(&sampler, NULL, sched_sampler, NULL);
+
     /* producers */
     struct thread_arg *ths = calloc(G.threads, sizeof *ths);
     const double per = G.rate / (G.threads + G.procs);
@@ -768,11 +806,16 @@ int main(int argc, char **argv)
     if (bus_dropped < dropped_sum || bus_dropped - dropped_sum > prod_kills_total)
         violation("the bus counted %" PRIu64 " drops, the producers %" PRIu64 " (%" PRIu64
                   " producer processes killed)", bus_dropped, dropped_sum, prod_kills_total);
-    printf("  max producer wait %.3f ms (bound %.3f ms + margin %.0f ms)\n", max_wait_seen / 1e6,
-           G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6);
-    if (max_wait_seen > G.lossless_wait_ns + G.wait_margin_ns)
-        violation("a producer waited %.3f ms, past the bound %.3f ms + margin %.0f ms",
-                  max_wait_seen / 1e6, G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6);
+    atomic_store(&sched_stop, 1);
+    pthread_join(sampler, NULL);
+    const uint64_t sched = atomic_load(&sched_delay_max);
+    printf("  max producer wait %.3f ms (bound %.3f ms + margin %.0f ms + max scheduling delay "
+           "seen %.1f ms)\n", max_wait_seen / 1e6, G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6,
+           sched / 1e6);
+    if (max_wait_seen > G.lossless_wait_ns + G.wait_margin_ns + sched)
+        violation("a producer waited %.3f ms, past the bound %.3f ms + margin %.0f ms + the "
+                  "machine's worst scheduling delay %.1f ms", max_wait_seen / 1e6,
+                  G.lossless_wait_ns / 1e6, G.wait_margin_ns / 1e6, sched / 1e6);
 
     check_verifiers(tail, uncommitted, committed);
 
