@@ -11,7 +11,9 @@
  * (--single: one cost_ledger_apply() call per event, no prefetching).
  * --bus also measures the whole consumer path: a forked producer emits
  * llm_end events into a fresh bus while this process polls them losslessly
- * and applies them.  Prints events/s; run it a few times and take the median.
+ * and applies them.  --emit-to BUS only produces (into an existing bus, for
+ * measuring the real cbus-cost daemon, see docs/cost.md).  Prints events/s;
+ * run it a few times and take the median.
  */
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
@@ -29,6 +31,7 @@
 #include <cjson/cJSON.h>
 
 #include "ledger.h"
+#include "render.h"
 #include "prices.h"
 
 static uint64_t mono_ns(void)
@@ -123,6 +126,43 @@ static void make_event(const struct setup *s, struct cbus_event *ev, uint64_t id
                        CBUS_USAGE_REASONING | CBUS_USAGE_DURATION | CBUS_USAGE_TTFT;
 }
 
+/* Emits n llm_end events as fast as the bus takes them; returns dropped. */
+static uint64_t produce(const char *bus, const struct setup *s, uint64_t n, double *secs)
+{
+    cbus_producer *p;
+    int rc = cbus_producer_open(&p, bus, NULL);
+    if (rc) {
+        fprintf(stderr, "producer: %s\n", cbus_strerror(rc));
+        exit(1);
+    }
+    size_t pool = 4096;
+    cbus_ctx *ctx = calloc(pool, sizeof *ctx);
+    struct cbus_usage *us = calloc(pool, sizeof *us);
+    for (size_t i = 0; i < pool; i++) {
+        struct cbus_event ev;
+        make_event(s, &ev, 0, 0);
+        cbus_ctx_init(&ctx[i]);
+        cbus_ctx_set_provider(&ctx[i], ev.provider);
+        cbus_ctx_set_model(&ctx[i], ev.model);
+        cbus_ctx_set_user(&ctx[i], ev.user);
+        if (ev.session[0])
+            cbus_ctx_set_session(&ctx[i], ev.session);
+        us[i] = ev.u.usage;
+    }
+    uint64_t dropped = 0, t0 = mono_ns();
+    for (uint64_t i = 0; i < n;) {
+        if (cbus_llm_end(p, &ctx[i & (pool - 1)], &us[i & (pool - 1)], NULL) == 0)
+            i++;
+        else
+            dropped++;
+    }
+    *secs = (mono_ns() - t0) / 1e9;
+    cbus_producer_close(p);
+    free(ctx);
+    free(us);
+    return dropped;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -135,6 +175,7 @@ int main(int argc, char **argv)
     struct setup s = {.users = 1000, .models = 200, .sessions = 0};
     const char *prices_path = CBUS_COST_DIR "/model_prices_and_context_window.json";
     int bus_mode = 0, single = 0;
+    const char *emit_to = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--events") && i + 1 < argc)
             n = strtoull(argv[++i], NULL, 10);
@@ -150,9 +191,11 @@ int main(int argc, char **argv)
             bus_mode = 1;
         else if (!strcmp(argv[i], "--single"))
             single = 1;
+        else if (!strcmp(argv[i], "--emit-to") && i + 1 < argc)
+            emit_to = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--events N] [--users U] [--models M] [--sessions S] "
-                            "[--prices FILE] [--bus] [--single]\n", argv[0]);
+                            "[--prices FILE] [--bus] [--single] [--emit-to BUS]\n", argv[0]);
             return 2;
         }
     }
@@ -186,6 +229,13 @@ int main(int argc, char **argv)
         return 1;
     }
     uint64_t ts0 = (uint64_t)time(NULL) * 1000000000u;
+    if (emit_to) {
+        double secs;
+        uint64_t dropped = produce(emit_to, &s, n, &secs);
+        printf("emitted %llu llm_end in %.3f s = %.2f M/s (%llu emits refused and retried)\n",
+               (unsigned long long)n, secs, n / secs / 1e6, (unsigned long long)dropped);
+        return 0;
+    }
 
     if (!bus_mode) {
         /* A pool of distinct pre-built events, cycled: building them is not
@@ -227,6 +277,21 @@ int main(int argc, char **argv)
         printf("direct: median %.2f M llm_end/s wall, %.2f M per cpu-second "
                "(%u users, %u models, %u sessions)\n",
                rates[RUNS / 2] / 1e6, cpu_rates[RUNS / 2] / 1e6, s.users, s.models, s.sessions);
+        /* What the daemon does every snapshot interval with this state. */
+        struct cost_render_info ri = {.bus = "bench", .now_realtime_ns = ts0, .max_sessions = 1000,
+                                      .prom_users = 1};
+        struct sbuf js, pm;
+        sbuf_init(&js);
+        sbuf_init(&pm);
+        uint64_t r0 = cpu_ns();
+        cost_render_json(&js, &l, &ri);
+        uint64_t r1 = cpu_ns();
+        cost_render_prom(&pm, &l, &ri);
+        uint64_t r2 = cpu_ns();
+        printf("outputs: JSON snapshot %zu KB in %.1f ms, Prometheus text %zu KB in %.1f ms (cpu)\n",
+               js.len / 1024, (r1 - r0) / 1e6, pm.len / 1024, (r2 - r1) / 1e6);
+        sbuf_free(&js);
+        sbuf_free(&pm);
         char usd[64];
         cost_pico_format_usd(usd, sizeof usd, l.total.cost_pico);
         printf("total cost accounted: %s USD over %llu requests\n", usd,
@@ -252,28 +317,8 @@ int main(int argc, char **argv)
         }
         pid_t pid = fork();
         if (pid == 0) {
-            cbus_producer *p;
-            if (cbus_producer_open(&p, bus, NULL))
-                _exit(1);
-            size_t pool = 4096;
-            cbus_ctx *ctx = calloc(pool, sizeof *ctx);
-            struct cbus_usage *us = calloc(pool, sizeof *us);
-            for (size_t i = 0; i < pool; i++) {
-                struct cbus_event ev;
-                make_event(&s, &ev, 0, 0);
-                cbus_ctx_init(&ctx[i]);
-                cbus_ctx_set_provider(&ctx[i], ev.provider);
-                cbus_ctx_set_model(&ctx[i], ev.model);
-                cbus_ctx_set_user(&ctx[i], ev.user);
-                if (ev.session[0])
-                    cbus_ctx_set_session(&ctx[i], ev.session);
-                us[i] = ev.u.usage;
-            }
-            for (uint64_t i = 0; i < n;) {
-                if (cbus_llm_end(p, &ctx[i & (pool - 1)], &us[i & (pool - 1)], NULL) == 0)
-                    i++;
-            }
-            cbus_producer_close(p);
+            double secs;
+            produce(bus, &s, n, &secs);
             _exit(0);
         }
         struct cbus_event *buf = malloc(512 * sizeof *buf);

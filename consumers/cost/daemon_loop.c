@@ -525,10 +525,13 @@ int cost_daemon_main(int argc, char **argv)
             next_hb = now + hb_every;
         }
         /* Checkpoint on the interval, or early when unacknowledged events
-         * fill a quarter of the ring (a lossless consumer that sits on its
-         * cursor makes producers wait), but not more than every 2 ms. */
+         * fill a quarter of the ring: a lossless consumer that sits on its
+         * cursor makes producers wait.  While events keep coming, not more
+         * than every 2 ms; once the ring is drained (n == 0), at once: the
+         * producers may be blocked on us and will not wake us. */
         uint64_t pending = d->led.cursor - d->ckpt_cursor;
-        if (pending && (now >= next_ckpt || (pending > capacity / 4 && now - last_ckpt > 2000000u))) {
+        if (pending && (now >= next_ckpt ||
+                        (pending > capacity / 4 && (n == 0 || now - last_ckpt > 2000000u)))) {
             checkpoint(d);
             last_ckpt = now;
             next_ckpt = now + d->cfg.checkpoint_interval_ns;
@@ -551,6 +554,8 @@ int cost_daemon_main(int argc, char **argv)
         }
         if (n == 0) {
             uint64_t wait = hb_every < 100000000u ? hb_every : 100000000u;
+            if (d->led.cursor != d->ckpt_cursor && next_ckpt > now && next_ckpt - now < wait)
+                wait = next_ckpt - now; /* wake for the interval checkpoint */
             int w = cbus_consumer_wait(d->c, wait);
             if (w < 0 && w != -EINTR) {
                 cbus_log_error("wait: %s", cbus_strerror(w));
