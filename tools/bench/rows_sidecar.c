@@ -334,8 +334,9 @@ void bench_rows_sidecar(const struct bench_opts *o, struct row *rows, int *n)
         return;
     }
     bench_aggregate(r);
-    snprintf(r->note, sizeof r->note, "%zu-byte msgpack map per event; sidecar decoded %llu of %llu",
-             msg, (unsigned long long)valid, (unsigned long long)r->agg.events);
-    (void)decoded;
+    snprintf(r->note, sizeof r->note,
+             "%zu-byte msgpack map per event; the sidecar decoded %llu maps, %llu intact, of %llu",
+             msg, (unsigned long long)decoded, (unsigned long long)valid,
+             (unsigned long long)r->agg.events);
     bench_progress(o, r);
 }
