@@ -163,13 +163,22 @@ int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
         if (res.bad) {
             size_t cut = len - res.good_end;
             /* Blocks allocated but never written before a crash read back as
-             * zeros: that is a torn tail too, not tampering. */
-            int zeros = 1;
-            for (size_t k = res.good_end; k < len && zeros; k++)
-                zeros = buf[k] == 0;
-            if (zeros) {
+             * zeros: a torn tail too, not tampering.  So does a hole left
+             * when a later batch's write reached the disk before an earlier
+             * one's (batches are written concurrently); nothing after the
+             * hole was acknowledged, because only the contiguous durable
+             * prefix is ever committed. */
+            size_t z = res.good_end;
+            while (z < len && buf[z] == 0)
+                z++;
+            if (z == len) {
                 res.torn = 1;
                 snprintf(res.why, sizeof res.why, "zero-filled tail");
+            } else if (z - res.good_end >= 16) {
+                res.torn = 1;
+                snprintf(res.why, sizeof res.why,
+                         "%zu zero bytes: a hole of unwritten blocks before later data",
+                         z - res.good_end);
             }
             rc = keep_cut_bytes(path, buf, res.good_end, len, side, sizeof side);
             if (rc == 0 && truncate(path, (off_t)res.good_end) < 0)

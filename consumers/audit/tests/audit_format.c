@@ -608,3 +608,30 @@ Test(audit_format, zero_filled_tail_and_torn_header_are_recovered, .init = setup
     free(z);
     free(buf);
 }
+
+Test(audit_format, hole_before_later_data_is_cut_as_torn, .init = setup, .fini = teardown)
+{
+    /* Crash with batch k+1 on disk but batch k not: zeros, then records. */
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 20), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s", only_file());
+    size_t len;
+    uint8_t *buf = tu_slurp(path, &len);
+    size_t offs[32];
+    tu_value_offsets(buf, len, offs, 32);
+    size_t hole = offs[11], hole_end = offs[15]; /* records 10..13 never written */
+    memset(buf + hole, 0, hole_end - hole);
+    tu_spit(path, buf, len);
+    struct audit_chain c;
+    audit_chain_init(&c);
+    struct audit_resume r;
+    char err[256];
+    cr_assert_eq(audit_recover(&c, dir, "audit", &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(r.cursor, 10, "resume after record 9: later records were never committed");
+    cr_assert_eq(c.next_seq, 10);
+    cr_assert_eq(r.file_size, hole);
+    audit_chain_free(&c);
+    free(buf);
+}
