@@ -245,6 +245,41 @@ Test(cost_daemon, budget_exceeded_verdict_reaches_the_producer)
     cbus_producer_close(p);
 }
 
+Test(cost_daemon, global_budget_blocks_every_user_and_session_budget_its_session)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    write_file("c.ini", "[prices]\nfile = " PRICES "\n[state]\nsnapshot_interval = 20ms\n"
+                        "[budget.global]\nlimit_usd = 0.05\n"
+                        "[budget.session.*]\nlimit_usd = 0.02\nperiod = none\n");
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_ctx a, b;
+    make_ctx(&a, "alice");
+    cbus_ctx_set_session(&a, "chat-1");
+    make_ctx(&b, "bob");
+    cbus_ctx_set_session(&b, "chat-2");
+    struct cbus_usage u = {.input_tokens = 10000, .usage_present = CBUS_USAGE_INPUT}; /* 0.025 */
+    cr_assert_eq(cbus_llm_end(p, &a, &u, NULL), 0);
+    uint64_t end = test_now_ms() + 10000;
+    while (cbus_admit(p, &a, NULL) != CBUS_BUDGET_EXCEEDED && test_now_ms() < end)
+        test_sleep_ms(10);
+    cr_assert_eq(cbus_admit(p, &a, NULL), CBUS_BUDGET_EXCEEDED, "session chat-1: %s", log_text(0));
+    cr_assert_eq(cbus_admit(p, &b, NULL), CBUS_ALLOW, "chat-2 is under its session budget");
+    cr_assert_eq(cbus_llm_end(p, &b, &u, NULL), 0); /* global: 0.05 of 0.05 */
+    end = test_now_ms() + 10000;
+    while (cbus_admit(p, &b, NULL) != CBUS_BUDGET_EXCEEDED && test_now_ms() < end)
+        test_sleep_ms(10);
+    cbus_ctx c;
+    make_ctx(&c, "carol"); /* never spent anything: blocked by the global budget */
+    cr_assert_eq(cbus_admit(p, &c, NULL), CBUS_BUDGET_EXCEEDED, "%s", log_text(0));
+    cr_assert(strstr(log_text(0), "budget global *: EXCEEDED"), "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cbus_producer_close(p);
+}
+
 /* Rates of gpt-4o in the real table, in pico-dollars per token. */
 #define IN_RATE 2500000u
 #define CR_RATE 1250000u
