@@ -115,7 +115,9 @@ static int run_dir(const char *dir, unsigned *count)
         names[n] = malloc(l);
         if (!names[n])
             break;
-        snprintf(names[n], l, "%s/%s", dir, de->d_name);
+        size_t dl = strlen(dir);
+        snprintf(names[n], l, "%.*s/%s", (int)(dl > 1 && dir[dl - 1] == '/' ? dl - 1 : dl), dir,
+                 de->d_name);
         n++;
     }
     closedir(d);
