@@ -32,11 +32,12 @@ static struct cbus_event ev(unsigned kind, uint64_t ts, const char *user, const 
     memset(&e, 0, sizeof e);
     e.kind = (uint16_t)kind;
     e.ts_mono_ns = ts;
+    /* bounded fields need no NUL when full: copy at most their size */
     if (user)
-        strncpy(e.user, user, sizeof e.user);
+        memcpy(e.user, user, strnlen(user, sizeof e.user));
     if (model)
-        strncpy(e.model, model, sizeof e.model);
-    strncpy(e.provider, "openai", sizeof e.provider);
+        memcpy(e.model, model, strnlen(model, sizeof e.model));
+    memcpy(e.provider, "openai", 6);
     return e;
 }
 
