@@ -67,7 +67,7 @@ struct cost_model {
     uint32_t resolved;                 /* price looked up (not checkpointed) */
 };
 
-/* Users and sessions keep counters but no latency histograms: at 7 KB a
+/* Users and sessions keep counters but no latency histograms: at 5.6 KB a
  * pair, 1,000 users' histograms miss the cache on every event and halve the
  * throughput; latency is a property of the model and the service (total). */
 struct cost_user {
