@@ -92,6 +92,7 @@ struct opts {
     uint64_t rate;         /* bus mode: events/s the producer is paced at (0 = flat out) */
     int verbose;           /* bus mode: the daemon's info lines (its final status) */
     int encode_only;       /* no I/O: encoding and hashing cost */
+    uint64_t capacity;     /* paced bus mode: ring slots */
 };
 
 static int bench_writer(const struct opts *o)
@@ -204,8 +205,8 @@ static int bench_bus(const struct opts *o)
     uint64_t cap = 1024;
     while (cap < o->events && cap < (1u << 24))
         cap <<= 1;
-    if (o->rate) /* paced: a ring of 64 MiB, as a deployment would have */
-        cap = 1u << 17;
+    if (o->rate) /* paced: a fixed ring, as a deployment would have */
+        cap = o->capacity;
     struct cbus_create_opts co = {.capacity = cap};
     cbus_bus_destroy(o->bus);
     int rc = cbus_bus_create(o->bus, &co);
@@ -295,12 +296,17 @@ static int bench_bus(const struct opts *o)
     if (o->rate)
         snprintf(paced, sizeof paced, ", paced at %.2f M/s, max durable lag %" PRIu64 " events",
                  (double)o->rate / 1e6, max_lag);
+    /* The daemon keeps the batches in flight within half the ring (run.c). */
+    uint64_t batch = o->batch_events;
+    if (batch * o->qd > cap / 2)
+        batch = cap / 2 / o->qd;
     printf("bus: %" PRIu64 " events emitted in %.3f s, durable in %.3f s = %.2f M events/s "
            "end to end (%" PRIu64 " dropped by the bounded wait, cursor %" PRIu64 "/%" PRIu64
-           "%s), sync %s, batch %u events, queue depth %u, daemon CPU %.2f us/event\n",
+           "%s), sync %s, batch %" PRIu64 " events, queue depth %u, ring %" PRIu64
+           " slots, daemon CPU %.2f us/event\n",
            o->events, (double)t_emit / 1e9, (double)dt / 1e9,
            (double)(o->events - dropped) / ((double)dt / 1e9) / 1e6, dropped, durable, tail,
-           paced, o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval", o->batch_events, o->qd,
+           paced, o->sync == AUDIT_SYNC_BATCH ? "per batch" : "interval", batch, o->qd, cap,
            cpu_s(&ru) * 1e6 / (double)(durable ? durable : 1));
     cbus_producer_close(p);
     cbus_bus_close(bus);
@@ -313,14 +319,15 @@ int main(int argc, char **argv)
 {
     struct opts o = {.events = 3000000, .batch_events = 8192, .qd = 16,
                      .batch_bytes = 4u << 20, .sync = AUDIT_SYNC_BATCH,
-                     .interval_ns = 10000000, .dir = "audit-bench-log"};
+                     .interval_ns = 10000000, .dir = "audit-bench-log",
+                     .capacity = 1u << 17};
     static const struct option longopts[] = {
         {"events", required_argument, NULL, 'n'}, {"batch-events", required_argument, NULL, 'b'},
         {"queue-depth", required_argument, NULL, 'q'}, {"batch-bytes", required_argument, NULL, 'B'},
         {"interval", required_argument, NULL, 'i'}, {"dir", required_argument, NULL, 'd'},
         {"bus", required_argument, NULL, 'u'}, {"preview", required_argument, NULL, 'p'},
         {"rate", required_argument, NULL, 'r'}, {"verbose", no_argument, NULL, 'v'},
-        {"encode-only", no_argument, NULL, 'e'},
+        {"encode-only", no_argument, NULL, 'e'}, {"capacity", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -345,6 +352,7 @@ int main(int argc, char **argv)
         case 'r': o.rate = strtoull(optarg, NULL, 10); break;
         case 'v': o.verbose = 1; break;
         case 'e': o.encode_only = 1; break;
+        case 'c': o.capacity = strtoull(optarg, NULL, 10); break;
         case 'u': o.bus = optarg; break;
         case 'p':
             o.preview = !strcmp(optarg, "hash") ? AUDIT_REDACT_HASH
@@ -355,7 +363,8 @@ int main(int argc, char **argv)
                     "usage: cbus-audit-bench [--events N] [--batch-events N] [--batch-bytes B]\n"
                     "       [--queue-depth N] [--interval D (sync every D instead of per batch)]\n"
                     "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)\n"
-                    "       [--rate EVENTS_PER_S (bus mode: pace the producer)]]\n"
+                    "       [--rate EVENTS_PER_S [--capacity SLOTS]] (bus mode: pace the producer\n"
+                    "       on a ring of that size, default 131072)]\n"
                     "       [--encode-only (no I/O: encoding and hashing cost)]\n");
             return opt == 'h' ? 0 : 2;
         }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cbus/bus.h>
 #include <cbus/consumer.h>
 
 #include "daemon.h"
@@ -166,6 +167,21 @@ int audit_run(const struct audit_config *cfg)
         close(lock_fd);
         return 1;
     }
+    /* Producers wait on the committed cursor, so every record in flight
+     * (read, not yet durable) holds a ring slot.  If the batches in flight
+     * could fill the ring, producers would stall (then drop) while the disk
+     * syncs: keep at most half the ring in flight. */
+    unsigned batch_events = cfg->batch_events;
+    const struct cbus_shm_header *hdr = cbus_bus_header(cbus_consumer_bus(c));
+    uint64_t half_ring = hdr ? hdr->capacity / 2 : 0;
+    if (half_ring && (uint64_t)batch_events * cfg->queue_depth > half_ring) {
+        uint64_t fit = half_ring / cfg->queue_depth;
+        batch_events = (unsigned)(fit ? fit : 1);
+        audit_writer_set_batch_events(w, batch_events);
+        cbus_log_info("batch_events lowered from %u to %u: %u batches in flight must fit in "
+                      "half of the ring (%" PRIu64 " slots)", cfg->batch_events, batch_events,
+                      cfg->queue_depth, hdr->capacity);
+    }
     uint64_t bus_id = cbus_consumer_bus_id(c);
     uint64_t start = cbus_consumer_read_pos(c);
     audit_writer_set_bus(w, bus_id, start);
@@ -178,7 +194,7 @@ int audit_run(const struct audit_config *cfg)
                   ", log %s, %s, queue depth %u, batch %u events / %" PRIu64
                   " bytes, previews %s",
                   cfg->bus, bus_id, cfg->name, start, cfg->dir, sync, cfg->queue_depth,
-                  cfg->batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
+                  batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
 
     struct loop l = {.cfg = cfg, .w = w, .c = c};
     struct cbus_event evs[POLL_MAX];

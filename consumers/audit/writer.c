@@ -358,6 +358,11 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t curso
     return 0;
 }
 
+void audit_writer_set_batch_events(struct audit_writer *w, unsigned n)
+{
+    w->o.batch_events = n ? n : 1;
+}
+
 /* ---- appending ------------------------------------------------------------- */
 
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)

@@ -71,6 +71,9 @@ void audit_writer_close(struct audit_writer *w);
  * Returns 0 or -errno (file creation failed; logged). */
 int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t cursor);
 
+/* Lowers (or raises) the records per batch from now on (n >= 1). */
+void audit_writer_set_batch_events(struct audit_writer *w, unsigned n);
+
 /* Appends one record.  Returns 0, or -EAGAIN when no batch buffer is free
  * or a rotation is draining: call audit_writer_service() and retry. */
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev);
