@@ -46,6 +46,8 @@ static size_t g_len;
  * explore the rest instead of rediscovering them.  scripts/fuzz.sh does not
  * set it. */
 static int g_skip_known;
+/* FUZZ_SEGMENT_VERBOSE=1: say what each input did (open result, counts). */
+static int g_verbose;
 
 static uint64_t mono_ns(void)
 {
@@ -62,6 +64,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                                  .lossless_wait_ns = 200000, .abandon_timeout_ns = 1000000,
                                  .stall_timeout_ns = 5000000, .admit_stale_ns = 1000000};
     g_skip_known = getenv("FUZZ_SEGMENT_SKIP_KNOWN") != NULL;
+    g_verbose = getenv("FUZZ_SEGMENT_VERBOSE") != NULL;
     g_len = cbus_bus_size(&o);
     if (!g_len)
         abort();
@@ -188,13 +191,28 @@ static void drain(cbus_consumer *c, uint64_t start)
             (void)l;
         }
         cbus_consumer_commit(c);
-        if (n == 0)
-            break;
+        if (n == 0) {
+            /* Nothing new: done, unless a claimed slot holds us up; then
+             * wait (futex path) past the abandon/stall timeout the harness
+             * capped at 5 ms, so skipping and counting it is exercised. */
+            if (cbus_consumer_read_pos(c) >= cbus_bus_tail(cbus_consumer_bus(c)))
+                break;
+            int w = cbus_consumer_wait(c, 3000000);
+            FZ_CHECK(w >= -ESTALE && w <= 1, "wait returned %d", w);
+            if (w < 0)
+                return;
+        }
     }
     struct cbus_consumer_stats st;
     /* consumer.h: every position passed is exactly one of these, whatever
      * the slots held. */
-    if (cbus_consumer_stats(c, &st) == 0)
+    int sr = cbus_consumer_stats(c, &st);
+    if (g_verbose)
+        fprintf(stderr, "segment: stats %d: consumed %llu lost %llu abandoned %llu read_pos %llu tail %llu\n",
+                sr, (unsigned long long)st.consumed, (unsigned long long)st.lost,
+                (unsigned long long)st.abandoned, (unsigned long long)st.read_pos,
+                (unsigned long long)st.tail);
+    if (sr == 0)
         FZ_CHECK(st.consumed + st.lost + st.abandoned == st.read_pos - start,
                  "consumed %llu + lost %llu + abandoned %llu != passed %llu",
                  (unsigned long long)st.consumed, (unsigned long long)st.lost,
@@ -275,6 +293,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cbus_bus *bus;
     int r = cbus_bus_open_mem(&bus, g_seg, g_len);
     FZ_CHECK(r == 0 || r == -EPROTO || r == -EBADMSG, "open_mem returned %d", r);
+    if (g_verbose)
+        fprintf(stderr, "segment: open %d\n", r);
     if (r)
         return 0;
     const struct cbus_shm_header *vh = cbus_bus_header(bus);
