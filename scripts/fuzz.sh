@@ -32,7 +32,9 @@ rt=$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "fuzz: installing ${need[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev >/dev/null
   else
     echo "fuzz: needs clang and libFuzzer: sudo apt-get install -y clang libclang-rt-14-dev" >&2
     exit 2
