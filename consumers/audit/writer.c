@@ -33,9 +33,10 @@ struct batch {
     unsigned pending;       /* CQEs still to come for the current submission */
     int wres;               /* write result */
     int sres;               /* linked fdatasync result */
+    uint64_t sync_gen;      /* interval mode: the fdatasync that covers it */
 };
 
-/* user_data: batch index << 2 | op */
+/* user_data: batch index << 2 | op; for OP_ISYNC, the sync generation << 2 | op */
 #define OP_WRITE 1u
 #define OP_SYNC  2u
 #define OP_ISYNC 3u  /* interval fdatasync (no batch) */
@@ -74,9 +75,10 @@ struct audit_writer {
     int has_durable_cursor;
     int rotate_pending;
 
-    /* interval sync */
-    int isync_inflight;
-    int isync_res;
+    /* interval sync: several may be in flight (ext4 overlaps them in one
+     * journal commit); each covers the writes completed before it started */
+    unsigned isync_inflight;
+    uint64_t isync_gen;     /* generation of the last one submitted */
     uint64_t last_sync_ns;
 
     /* errors */
@@ -505,21 +507,23 @@ static void batch_complete(struct audit_writer *w, struct batch *b)
     io_succeeded(w);
 }
 
-static void isync_complete(struct audit_writer *w)
+static void isync_complete(struct audit_writer *w, uint64_t gen, int res)
 {
-    w->isync_inflight = 0;
+    w->isync_inflight--;
     for (unsigned i = 0; i < w->used; i++) {
         struct batch *b = batch_at(w, i);
         if (b->state != B_SYNCING)
             continue;
-        if (w->isync_res < 0) {
-            b->done = 0;
-            io_failed(w, b, w->isync_res, "fdatasync of");
-        } else {
+        if (res < 0 && b->sync_gen == gen) {
+            b->done = 0; /* rewrite: the failed sync may have dropped its pages */
+            io_failed(w, b, res, "fdatasync of");
+        } else if (res >= 0 && b->sync_gen <= gen) {
+            /* A sync also covers batches an earlier, still running one was
+             * started for: their writes completed before this one began. */
             b->state = B_DURABLE;
         }
     }
-    if (w->isync_res >= 0) {
+    if (res >= 0) {
         w->st.syncs++;
         io_succeeded(w);
     }
@@ -535,8 +539,7 @@ static void reap(struct audit_writer *w)
         unsigned op = (unsigned)(ud & 3u), idx = (unsigned)(ud >> 2);
         w->inflight_ops--;
         if (op == OP_ISYNC) {
-            w->isync_res = cqe->res;
-            isync_complete(w);
+            isync_complete(w, ud >> 2, cqe->res);
             continue;
         }
         if (idx >= w->qd)
@@ -589,7 +592,7 @@ static void submit_ready(struct audit_writer *w, uint64_t now)
 
 static void maybe_interval_sync(struct audit_writer *w, uint64_t now, int urgent)
 {
-    if (w->o.sync != AUDIT_SYNC_INTERVAL || w->isync_inflight)
+    if (w->o.sync != AUDIT_SYNC_INTERVAL || w->isync_inflight >= w->qd)
         return;
     if (!urgent && now - w->last_sync_ns < w->o.sync_interval_ns)
         return;
@@ -601,15 +604,19 @@ static void maybe_interval_sync(struct audit_writer *w, uint64_t now, int urgent
     struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
     if (!sqe)
         return;
-    /* Covers every write that has completed; later ones wait for the next. */
+    /* Covers every write that has completed; later ones wait for the next
+     * tick.  It does not wait for syncs still running: they overlap. */
+    uint64_t gen = ++w->isync_gen;
     io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
-    io_uring_sqe_set_data64(sqe, OP_ISYNC);
+    io_uring_sqe_set_data64(sqe, gen << 2 | OP_ISYNC);
     for (unsigned i = 0; i < w->used; i++) {
         struct batch *b = batch_at(w, i);
-        if (b->state == B_WRITTEN)
+        if (b->state == B_WRITTEN) {
             b->state = B_SYNCING;
+            b->sync_gen = gen;
+        }
     }
-    w->isync_inflight = 1;
+    w->isync_inflight++;
     w->inflight_ops++;
     w->last_sync_ns = now;
 }
