@@ -131,8 +131,10 @@ static void header(const char *first)
            "CACHE_RD", "CACHE_WR", "REASON", "COST_USD");
 }
 
-static void print_table(const cJSON *root, long max_sessions)
+static void print_table(const cJSON *root, long max_sessions, int live)
 {
+    if (!live)
+        printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n", num(root, "pid"));
     printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
            "  alerts %.0f\n",
            str(root, "bus"), str(root, "generated_at"), num(root, "events"), num(root, "cursor"),
@@ -266,7 +268,12 @@ int cost_report_main(int argc, char **argv)
         return 1;
     }
     cJSON *root = cJSON_Parse(text);
-    if (root && refresh) {
+    int live = 0;
+    if (root) {
+        long pid = (long)num(root, "pid");
+        live = pid > 0 && is_cbus_cost(pid);
+    }
+    if (root && refresh && live) {
         /* Ask the live daemon for a fresh snapshot and wait for it (1.5 s). */
         long pid = (long)num(root, "pid");
         double gen = num(root, "generated_at_ns");
@@ -296,7 +303,7 @@ int cost_report_main(int argc, char **argv)
     if (json)
         fputs(text, stdout);
     else
-        print_table(root, max_sessions);
+        print_table(root, max_sessions, live);
     cJSON_Delete(root);
     free(text);
     return 0;
