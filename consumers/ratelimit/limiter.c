@@ -466,13 +466,17 @@ void rl_feed_batch(rl_limiter *l, const struct cbus_event *evs, size_t n)
                 if (!sc[i].relevant)
                     continue;
                 for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {
-                    uint64_t h = sc[i].hash[gi];
-                    uint64_t v = m->index[h & m->mask];
-                    size_t e = (size_t)(v & 0xffffffffu);
-                    if (v && (v >> 32) == (h >> 32) && e <= m->count) {
-                        const char *ent = rl_map_at(m, e - 1);
-                        __builtin_prefetch(ent);
-                        __builtin_prefetch(ent + 64);
+                    /* Walk the probe run to the slot whose tag matches: the
+                     * home slot often holds another key. */
+                    uint64_t h = sc[i].hash[gi], v;
+                    for (size_t s = h & m->mask; (v = m->index[s]) != 0; s = (s + 1) & m->mask) {
+                        size_t e = (size_t)(v & 0xffffffffu);
+                        if ((v >> 32) == (h >> 32) && e <= m->count) {
+                            const char *ent = rl_map_at(m, e - 1);
+                            __builtin_prefetch(ent);
+                            __builtin_prefetch(ent + 64);
+                            break;
+                        }
                     }
                 }
             }
