@@ -70,6 +70,7 @@ static int tsc_is_reliable(void)
 static void sample_pair(uint64_t *tsc, uint64_t *mono)
 {
     uint64_t best = UINT64_MAX;
+    *tsc = *mono = 0;
     for (int i = 0; i < 16; i++) {
         uint64_t t0 = read_tsc();
         uint64_t m = cbus__mono_ns();
@@ -89,7 +90,7 @@ int cbus__clock_calibrate(struct cbus_shm_header *hdr)
 #ifdef HAVE_TSC
     if (!tsc_is_reliable())
         return 0;
-    uint64_t t0, m0, t1, m1;
+    uint64_t t0 = 0, m0 = 0, t1 = 0, m1 = 0;
     sample_pair(&t0, &m0);
     struct timespec d = {0, 50 * 1000 * 1000};
     while (nanosleep(&d, &d) && errno == EINTR) {

@@ -33,6 +33,7 @@ struct cbus_consumer {
     uint64_t stuck_pos;
     uint64_t stuck_since;
     int stuck;
+    int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
 };
 
 static uint64_t now_ns(cbus_bus *bus)
@@ -80,7 +81,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     *out = NULL;
     if (!bus || bus->readonly || !opts || cbus_name_valid(opts->name) ||
         strlen(opts->name) >= sizeof(bus->consumers[0].name) || opts->mode > CBUS_LOSSLESS ||
-        opts->start > CBUS_START_RESUME)
+        opts->start > CBUS_START_RESUME || (opts->flags & ~CBUS_CONSUMER_KEEP))
         return -EINVAL;
     if (opts->start == CBUS_START_CURSOR && opts->expect_bus_id &&
         opts->expect_bus_id != bus->hdr->bus_id)
@@ -92,9 +93,21 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     uint64_t resume_cursor = 0;
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
-        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE ||
+        uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
+        if ((st != CBUS_CSTATE_ACTIVE && st != CBUS_CSTATE_PARKED) ||
             strncmp(e->name, opts->name, sizeof e->name))
             continue;
+        if (st == CBUS_CSTATE_PARKED) {
+            /* A clean detach of this name: free it; its cursor is ours to resume. */
+            uint64_t cur = atomic_load_explicit(&e->cursor, memory_order_acquire);
+            if (atomic_compare_exchange_strong_explicit(&e->state, &st, CBUS_CSTATE_FREE,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                resume_cursor = cur;
+                resume_from = (int)i;
+            }
+            continue;
+        }
         if (!entry_is_dead(bus, i))
             return -EBUSY;
         resume_cursor = atomic_load_explicit(&e->cursor, memory_order_acquire);
@@ -108,14 +121,20 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         return -ENOMEM;
     c->bus = bus;
     c->mode = opts->mode;
+    c->keep = !!(opts->flags & CBUS_CONSUMER_KEEP);
     c->lock_fd = -1;
     int claimed = -1;
-    for (int pass = 0; pass < 2 && claimed < 0; pass++) {
+    /* Free entries first, then dead consumers' entries, then parked ones. */
+    for (int pass = 0; pass < 3 && claimed < 0; pass++) {
         for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
             struct cbus_consumer_entry *e = &bus->consumers[i];
-            if (pass == 1 && atomic_load_explicit(&e->state, memory_order_acquire) ==
-                                 CBUS_CSTATE_ACTIVE && entry_is_dead(bus, i))
+            uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
+            if (pass == 1 && st == CBUS_CSTATE_ACTIVE && entry_is_dead(bus, i))
                 cbus_bus_evict(bus, i, 0); /* reclaim dead consumers' entries */
+            if (pass == 2 && st == CBUS_CSTATE_PARKED)
+                atomic_compare_exchange_strong_explicit(&e->state, &st, CBUS_CSTATE_FREE,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire);
             uint32_t expect = CBUS_CSTATE_FREE;
             if (atomic_compare_exchange_strong_explicit(&e->state, &expect, CBUS_CSTATE_CLAIMED,
                                                         memory_order_acq_rel,
@@ -214,7 +233,8 @@ CBUS_API void cbus_consumer_detach(cbus_consumer *c)
     if (still_owner(c)) {
         cbus__consumer_untether(c->bus, c->e);
         atomic_fetch_add_explicit(&c->e->generation, 1, memory_order_acq_rel);
-        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
+        atomic_store_explicit(&c->e->state, c->keep ? CBUS_CSTATE_PARKED : CBUS_CSTATE_FREE,
+                              memory_order_release);
     }
     if (c->lock_fd >= 0)
         close(c->lock_fd);

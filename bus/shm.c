@@ -425,8 +425,8 @@ CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx)
     if (!bus || idx >= CBUS_MAX_CONSUMERS)
         return -EINVAL;
     struct cbus_consumer_entry *e = &bus->consumers[idx];
-    if (atomic_load_explicit(&e->state, memory_order_acquire) == CBUS_CSTATE_FREE)
-        return 0;
+    if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE)
+        return 0; /* free, parked, or still being attached */
     if (!cbus__pid_alive(e->pid, e->pid_start_time))
         return 0;
     /* The pid lives; its lock says whether it still holds this entry (a

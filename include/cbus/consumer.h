@@ -25,8 +25,11 @@ enum cbus_start {
     CBUS_START_NEWEST = 0,  /* only events claimed after attach */
     CBUS_START_OLDEST = 1,  /* the oldest event still in the ring */
     CBUS_START_CURSOR = 2,  /* opts.cursor (a saved cursor); gone events count as lost */
-    CBUS_START_RESUME = 3,  /* the cursor of a dead consumer of the same name, else NEWEST */
+    CBUS_START_RESUME = 3,  /* the committed cursor of the last consumer of this name
+                               (dead, or detached with CBUS_CONSUMER_KEEP), else NEWEST */
 };
+
+#define CBUS_CONSUMER_KEEP (1u << 0) /* park name + cursor at detach for CBUS_START_RESUME */
 
 struct cbus_consumer_opts {
     const char *name;       /* required, cbus_name_valid(); unique among live consumers */
@@ -35,6 +38,7 @@ struct cbus_consumer_opts {
     uint64_t cursor;        /* with CBUS_START_CURSOR */
     uint64_t expect_bus_id; /* with CBUS_START_CURSOR: nonzero => -ESTALE if the bus differs */
     uint32_t open_flags;    /* CBUS_OPEN_* */
+    unsigned flags;         /* CBUS_CONSUMER_* */
 };
 
 /* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts), -EBUSY (a live
@@ -45,7 +49,11 @@ CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
 /* On an open bus (borrowed: must outlive the consumer). */
 CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
                                       const struct cbus_consumer_opts *opts);
-/* Frees the entry (producers stop waiting for it).  NULL is a no-op. */
+/* Releases the entry: producers stop waiting for it at once.  With
+ * CBUS_CONSUMER_KEEP the entry is parked with its name and committed cursor,
+ * so a restart with CBUS_START_RESUME continues where it committed (parked
+ * entries are reused when no free entry is left); without, nothing is left
+ * behind.  NULL is a no-op. */
 CBUS_API void cbus_consumer_detach(cbus_consumer *c);
 
 /* Copies up to max committed events into out, in ring order; never blocks

@@ -217,6 +217,8 @@ enum cbus_consumer_state {
     CBUS_CSTATE_FREE = 0,
     CBUS_CSTATE_CLAIMED = 1,   /* being set up by an attacher */
     CBUS_CSTATE_ACTIVE = 2,
+    CBUS_CSTATE_PARKED = 3,    /* detached with CBUS_CONSUMER_KEEP: name and cursor
+                                  kept for CBUS_START_RESUME; reusable */
 };
 
 #define CBUS_CFLAG_LOSSLESS   (1u << 0) /* asked for lossless delivery */

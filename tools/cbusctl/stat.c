@@ -137,7 +137,10 @@ static uint64_t hb_age(const struct snap *s, const struct csnap *c)
 
 static const char *state_name(uint32_t st)
 {
-    return st == CBUS_CSTATE_ACTIVE ? "active" : st == CBUS_CSTATE_CLAIMED ? "attaching" : "?";
+    return st == CBUS_CSTATE_ACTIVE    ? "active"
+           : st == CBUS_CSTATE_CLAIMED ? "attaching"
+           : st == CBUS_CSTATE_PARKED  ? "parked"
+                                       : "?";
 }
 
 struct busfile {
@@ -289,7 +292,9 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
             char nm[96];
             fmt_safe(nm, sizeof nm, c->name, sizeof c->name);
             const char *alive = c->alive > 0 ? "yes" : c->alive == 0 ? "DEAD" : "?";
-            if (c->state != CBUS_CSTATE_ACTIVE)
+            if (c->state == CBUS_CSTATE_PARKED)
+                alive = "park";
+            else if (c->state != CBUS_CSTATE_ACTIVE)
                 alive = c->alive == 0 ? "DEAD" : "attch";
             printf("  %-4u %-20s %-8u %-5s %-8s %-4s %12" PRIu64 " %12" PRIu64 " %8" PRIu64
                    " %12" PRIu64 " %10" PRIu64 " %6" PRIu64 " %9s %8s\n",
@@ -300,7 +305,7 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
                    fmt_ns(b4, sizeof b4, hb_age(s, c)));
         }
         for (unsigned i = 0; i < s->nc; i++) {
-            if (s->c[i].alive == 0) {
+            if (s->c[i].alive == 0 && s->c[i].state == CBUS_CSTATE_ACTIVE) {
                 printf("\nA DEAD entry keeps its name and cursor until evicted: "
                        "cbusctl evict %s INDEX\n",
                        name);
