@@ -297,7 +297,9 @@ CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags)
     if (cbus__shm_path(path, sizeof path, name))
         return -EINVAL;
     int ro = !!(flags & CBUS_OPEN_READONLY);
-    int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: anyone can put a FIFO at our name in world-writable
+     * /dev/shm, and a read-only open of a FIFO would wait for a writer. */
+    int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return -errno;
     int err;
@@ -311,6 +313,12 @@ CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags)
         goto err_close;
     }
     if (st.st_uid != geteuid() && !(flags & CBUS_OPEN_TRUST_OWNER)) {
+        err = -EPERM;
+        goto err_close;
+    }
+    /* Any local user could forge events in (or read prompts from) a segment
+     * someone made world-accessible: refuse it until it is recreated. */
+    if (st.st_mode & 0007) {
         err = -EPERM;
         goto err_close;
     }

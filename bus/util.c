@@ -45,7 +45,7 @@ CBUS_API int cbus_kind_from_name(const char *name)
 {
     if (!name)
         return -EINVAL;
-    for (unsigned k = 1; k < CBUS_EV__COUNT; k++)
+    for (unsigned k = 0; k < CBUS_EV__COUNT; k++) /* "none" too: names round-trip */
         if (!strcmp(name, kind_names[k]))
             return (int)k;
     return -EINVAL;

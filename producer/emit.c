@@ -114,7 +114,11 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
         ctx->token_index = 0;
         break;
     case CBUS_EV_LLM_NEW_TOKEN:
-        ev->u.token.index = ctx->token_index++;
+        /* The context numbers chunks; a generic emit with its own payload
+         * keeps its index and moves the context's count past it. */
+        if (!rq->payload_len)
+            ev->u.token.index = ctx->token_index;
+        ctx->token_index = ev->u.token.index + 1;
         if (!ctx->first_token_ns)
             ctx->first_token_ns = now;
         break;

@@ -434,3 +434,21 @@ Test(bus_ring, parked_entries_are_reused_when_the_table_is_full)
     cbus_consumer *c = attach("newcomer", CBUS_LOSSY, CBUS_START_NEWEST);
     cbus_consumer_detach(c);
 }
+
+Test(bus_ring, generic_emit_keeps_an_explicit_token_index)
+{
+    cbus_consumer *c = attach("c", CBUS_LOSSY, CBUS_START_NEWEST);
+    struct cbus_token_info t = {.index = 41};
+    struct cbus_emit_args a = {.kind = CBUS_EV_LLM_NEW_TOKEN, .preview = "x", .preview_len = 1,
+                               .payload = &t, .payload_len = sizeof t};
+    cr_assert_eq(cbus_emit(p, &ctx, &a), 0);
+    cr_assert_eq(cbus_llm_new_token(p, &ctx, "y", 1), 0);
+    struct cbus_event ev[2];
+    cr_assert_eq(cbus_consumer_poll(c, ev, 2), 2);
+    cr_assert_eq(ev[0].u.token.index, 41);
+    cr_assert_eq(ev[1].u.token.index, 42, "typed calls continue after it");
+    cr_assert_eq(cbus_kind_from_name(cbus_kind_name(CBUS_EV_NONE)), CBUS_EV_NONE);
+    cr_assert_eq(cbus_kind_from_name("llm_end"), CBUS_EV_LLM_END);
+    cr_assert_eq(cbus_kind_from_name("nope"), -EINVAL);
+    cbus_consumer_detach(c);
+}

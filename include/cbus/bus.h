@@ -28,12 +28,13 @@ CBUS_API int cbus_bus_destroy(const char *name);
 #define CBUS_OPEN_TRUST_OWNER (1u << 0) /* accept a segment owned by another uid */
 #define CBUS_OPEN_READONLY    (1u << 1) /* map read-only (inspection tools) */
 
-/* Opens and validates a segment: regular file, no symlink, owned by us (unless
- * CBUS_OPEN_TRUST_OWNER), size matches the header, magic, endianness, layout
+/* Opens and validates a segment: regular file (a FIFO or device is refused
+ * without blocking), no symlink, owned by us (unless CBUS_OPEN_TRUST_OWNER),
+ * not world-accessible, size matches the header, magic, endianness, layout
  * major and fingerprint, every offset in bounds.
- * Returns 0, -ENOENT (no bus), -EACCES, -EPERM (other owner), -EPROTO (not a
- * cbus segment of this layout), -EBADMSG (header inconsistent / corrupt),
- * -EINVAL (name). */
+ * Returns 0, -ENOENT (no bus), -EACCES, -EPERM (other owner, or world
+ * access bits set), -ELOOP (a symlink), -EPROTO (not a cbus segment of this
+ * layout), -EBADMSG (header inconsistent / corrupt), -EINVAL (name). */
 CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags);
 /* Same on any memory the caller provides (anonymous or memfd mapping), as
  * laid out by cbus_bus_format().  The memory must outlive the handle. */
