@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `cmake --install` into a temporary prefix, then build the README's example
+# against the installed headers, library and pkg-config file, and run it on a
+# bus made by the installed cbusctl.  Usage: install_check.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1 src=$2
+prefix=$(mktemp -d /tmp/cbus-install.XXXXXX)
+bus=inst$$
+trap 'rm -rf "$prefix"; "$prefix/bin/cbusctl" destroy "$bus" >/dev/null 2>&1 || true' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+for f in include/cbus/producer.h include/cbus/layout.h lib/pkgconfig/cbus.pc bin/cbusctl \
+         bin/cbus-cost bin/cbus-audit bin/cbus-export bin/cbus-ratelimit \
+         lib/systemd/system/cbus-bus@.service lib/systemd/system/cbus-cost@.service \
+         etc/cbus/cost.ini share/cbus/model_prices_and_context_window.json; do
+  [ -e "$prefix/$f" ] || { echo "install_check: $f was not installed" >&2; exit 1; }
+done
+ls "$prefix"/lib/libcbus.so* >/dev/null
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+cc -std=c11 -Wall -Werror "$src/examples/instrument.c" $(pkg-config --cflags cbus) \
+   -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" $(pkg-config --libs cbus) -o "$prefix/instrument"
+"$prefix/bin/cbusctl" create "$bus" >/dev/null
+out=$("$prefix/instrument" "$bus")
+echo "$out"
+echo "$out" | grep -q "status 200, emitted 7, dropped 0"
+n=$("$prefix/bin/cbusctl" tail "$bus" --oldest --count 7 --json | wc -l)
+[ "$n" = 7 ] || { echo "install_check: tail saw $n events, want 7" >&2; exit 1; }
+echo "install_check: 1 passed, 0 failed"
