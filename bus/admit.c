@@ -87,7 +87,9 @@ CBUS_API int cbus_admit_writer_heartbeat(cbus_bus *bus, unsigned writer)
 
 static void entry_write(struct cbus_admit_entry *e, uint32_t word, uint64_t until_ns)
 {
-    uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    /* Round up to even: a writer killed mid-update (or a forged segment)
+     * leaves an odd seq, and odd + 2 would stay odd for ever. */
+    uint32_t s = (atomic_load_explicit(&e->seq, memory_order_relaxed) + 1) & ~1u;
     atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed); /* odd: writing */
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&e->word, word, memory_order_relaxed);
@@ -161,7 +163,7 @@ CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope, 
     /* Recycle one of our cleared entries for this key.  Readers probing for
      * the old key simply find no match: allowed, which it was. */
     struct cbus_admit_entry *e = &bus->aentries[reusable];
-    uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    uint32_t s = (atomic_load_explicit(&e->seq, memory_order_relaxed) + 1) & ~1u;
     atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&e->key_hash, h, memory_order_relaxed);
@@ -190,7 +192,12 @@ static unsigned lookup(cbus_bus *bus, uint64_t h, uint64_t now, uint64_t *until,
 {
     for (uint32_t probe = 0; probe < MAX_PROBE; probe++) {
         struct cbus_admit_entry *e = &bus->aentries[(uint32_t)(h + probe) & bus->amask];
-        for (;;) {
+        /* A writer updates an entry in a few stores; an entry still odd after
+         * this many looks was left half-written by a dead writer (or forged):
+         * it holds no verdict we can trust, so it allows. */
+        for (int tries = 0;; tries++) {
+            if (tries == 1000)
+                return CBUS_ALLOW;
             /* ACQUIRE: pairs with entry_write()'s RELEASE. */
             uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
             uint64_t eh = atomic_load_explicit(&e->key_hash, memory_order_relaxed);

@@ -115,9 +115,12 @@ void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr
     clk->shift = hdr->tsc_shift;
     clk->mult = hdr->tsc_mult;
     clk->hz = hdr->tsc_hz;
-    /* A header could claim TSC with nonsense numbers: fall back. */
-    if (clk->source != CBUS_CLOCK_TSC || clk->shift != 32 || clk->mult == 0 ||
-        clk->hz < 100000000u)
+    /* A header could claim TSC with nonsense numbers (a frozen or racing
+     * clock would break every timeout): accept only a rate between 100 MHz
+     * and 10 GHz whose mult matches it to 0.1 %, else fall back. */
+    uint64_t want = clk->hz ? (uint64_t)(((cbus_u128)1000000000u << 32) / clk->hz) : 0;
+    if (clk->source != CBUS_CLOCK_TSC || clk->shift != 32 || clk->hz < 100000000u ||
+        clk->hz > 10000000000u || clk->mult < want - want / 1000 || clk->mult > want + want / 1000)
         clk->source = CBUS_CLOCK_GETTIME;
 }
 
