@@ -4,7 +4,10 @@
 #   1. release build with -Werror: all Criterion suites and stress programs;
 #   2. ASan+UBSan build: the same suites (cross-process tests included);
 #   3. TSan build: the in-process lock-free stress programs (label "stress";
-#      Criterion aborts under TSan, and TSan cannot see cross-process sync).
+#      Criterion aborts under TSan, and TSan cannot see cross-process sync);
+#   4. libFuzzer on every parser of untrusted bytes, bounded time per target.
+# The release run also runs the end-to-end demo in short mode and the short
+# chaos soak (ctest label "soak").
 # CBUS_TEST_QUICK=1 skips the sanitizer builds (for a fast local loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +35,7 @@ if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
     run_suite build/asan -DCMAKE_BUILD_TYPE=Debug -DCBUS_SANITIZE=address,undefined
   TSAN_OPTIONS=halt_on_error=1 \
     run_suite build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=thread -- -L stress
+  echo "=== cbus: libFuzzer, ${CBUS_FUZZ_SECONDS:-15} s per target"
+  scripts/fuzz.sh "${CBUS_FUZZ_SECONDS:-15}"
 fi
 echo "=== cbus: all test runs passed in $(( $(date +%s) - start )) s"
