@@ -61,6 +61,7 @@ struct options {
     unsigned users;
     unsigned sessions_per_user;
     int admit;
+    int no_bus;           /* do all the work, emit nowhere: the baseline rate */
     int quiet;
     uint64_t seed;
 };
@@ -247,6 +248,8 @@ struct worker {
 
 static void count(struct worker *w, int r)
 {
+    if (opt.no_bus)
+        r = 0; /* the emit had no producer to go to; count what would have gone */
     if (r == 0)
         w->t.events++;
     else if (r == -EAGAIN)
@@ -312,6 +315,8 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
     u.finish_reason = fr < 0.9 ? CBUS_FINISH_STOP : fr < 0.95 ? CBUS_FINISH_LENGTH : CBUS_FINISH_TOOL_CALLS;
     int rc = cbus_llm_end(w->p, ctx, &u, "The capital of France is Paris.");
     count(w, rc);
+    if (opt.no_bus)
+        rc = 0;
     if (rc == 0) {
         w->t.llm_calls++;
         w->t.input_tokens += u.input_tokens;
@@ -341,7 +346,7 @@ static void one_request(struct worker *w)
     cbus_ctx_set_model(&root, m->name);
     cbus_ctx_set_provider(&root, m->provider);
 
-    if (opt.admit) {
+    if (opt.admit && !opt.no_bus) {
         uint64_t retry = 0;
         int v = cbus_admit(w->p, &root, &retry);
         if (v == CBUS_BUDGET_EXCEEDED) {
@@ -454,11 +459,11 @@ static void add_totals(struct totals *a, const struct totals *b)
 
 static int run_process(unsigned index, struct totals *out)
 {
-    cbus_producer *p;
+    cbus_producer *p = NULL;
     char pname[32];
     snprintf(pname, sizeof pname, "loadgen%u", index);
     struct cbus_producer_opts po = {.name = pname};
-    int r = cbus_producer_open(&p, opt.bus, &po);
+    int r = opt.no_bus ? 0 : cbus_producer_open(&p, opt.bus, &po);
     if (r) {
         fprintf(stderr, "cbus-loadgen: cannot open bus '%s': %s\n", opt.bus, cbus_strerror(r));
         return 1;
@@ -514,7 +519,7 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: cbus-loadgen --bus NAME [options]\n"
+            "usage: cbus-loadgen --bus NAME [options]   (or --no-bus)\n"
             "  --threads N          worker threads per process (default 2)\n"
             "  --processes N        producer processes (default 1)\n"
             "  --rate R             requests/s over all workers, Poisson (default: as fast as possible)\n"
@@ -523,6 +528,7 @@ static void usage(FILE *f)
             "  --users N            distinct users, Zipf-skewed (default 1000)\n"
             "  --prices FILE        LiteLLM price table for model names (default %s)\n"
             "  --admit              ask cbus_admit() before each request and honour throttling\n"
+            "  --no-bus             build every event but emit nowhere (the baseline rate)\n"
             "  --seed N             random seed (default 0)\n"
             "  --summary-json FILE  write the totals as JSON\n"
             "  --quiet              no progress line\n",
@@ -541,6 +547,8 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--admit")) {
             opt.admit = 1;
+        } else if (!strcmp(a, "--no-bus")) {
+            opt.no_bus = 1;
         } else if (!strcmp(a, "--quiet")) {
             opt.quiet = 1;
         } else if (!v) {
@@ -592,7 +600,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!opt.bus) {
+    if (!opt.bus && !opt.no_bus) {
         usage(stderr);
         return 2;
     }
