@@ -151,8 +151,7 @@ void cost_ledger_free(struct cost_ledger *l);
  * Events below the cursor were counted already and are skipped. */
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev);
 
-/* Same for n consecutive events, prefetching table entries a few events
- * ahead (the daemon's path: it polls events in batches). */
+/* Same for n consecutive events (what one poll returned). */
 void cost_ledger_apply_batch(struct cost_ledger *l, const struct cbus_event *evs, size_t n);
 
 /* Moves budget periods forward to now_realtime_ns (UTC) for entities that
