@@ -146,8 +146,10 @@ bold "Rate limiter: hottest keys"
 bold "Stopping the consumers (SIGTERM: each flushes, checkpoints and exits 0)"
 for d in ratelimit export audit cost; do stop_daemon "$d"; done
 
-bold "Cost report"
-"$COST" report --state-dir "$WORK/cost" || fail "cbus-cost report"
+bold "Cost report (cbus-cost report; first 45 lines)"
+"$COST" report --state-dir "$WORK/cost" --sessions 5 >"$WORK/cost-report.txt" || fail "cbus-cost report"
+head -n 45 "$WORK/cost-report.txt"
+echo "... ($(wc -l <"$WORK/cost-report.txt") lines in all: every model, user and the top sessions)"
 
 bold "Exporter counters"
 python3 - "$WORK/export.status.json" <<'EOF' || fail "exporter status"
