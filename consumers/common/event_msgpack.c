@@ -877,7 +877,10 @@ static int read_field(struct cbus_mp_reader *r, char *field, size_t size)
         return rc;
     if (n > size)
         return -EBADMSG;
-    memcpy(field, s, n);
+    /* A field is a C string: it ends at its first NUL, and a key seen twice
+     * leaves nothing of its first value (decode(encode(x)) == x). */
+    memset(field, 0, size);
+    memcpy(field, s, strnlen(s, n));
     return 0;
 }
 
@@ -1083,6 +1086,10 @@ static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass
             continue;
         }
         if (key_is(k, kl, "kind")) {
+            /* Per-kind keys are read under the kind already seen: a second
+             * kind would leave them describing another kind of event. */
+            if (seen_kind)
+                return -EBADMSG;
             if (cbus_mp_peek(r) == CBUS_MP_UINT) {
                 rc = read_u16(r, &ev->kind);
             } else {
