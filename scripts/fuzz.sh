@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      default 20
 #   scripts/fuzz.sh --seeds                   regenerate the structured seeds
 #   FUZZ_TARGETS="segment msgpack" scripts/fuzz.sh 60   only these targets
+#   CBUS_FUZZ_SEED=N scripts/fuzz.sh                   libFuzzer seed (0, the default: random)
 #
 # Installs clang and libFuzzer's runtime if missing (as root), builds
 # tests/fuzz standalone in build/fuzz with clang -fsanitize=fuzzer,address,
@@ -69,7 +70,7 @@ for t in $targets; do
   mkdir -p "$work/$t" "$root/$build/crashes/$t"
   cp -r "tests/fuzz/corpus/$t/." "$work/$t/" 2>/dev/null || true
   echo "=== fuzz: $t for ${secs}s"
-  if ! (cd "$work" && "$root/$build/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+  if ! (cd "$work" && "$root/$build/fuzz_$t" -max_total_time="$secs" -seed="${CBUS_FUZZ_SEED:-0}" -timeout=10 -rss_limit_mb=2048 \
           -max_len=65536 -print_final_stats=1 -artifact_prefix="$root/$build/crashes/$t/" \
           "$work/$t" "$root/tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1); then
     echo "fuzz: $t FAILED; the input is in $build/crashes/$t/:"

@@ -45,6 +45,8 @@ if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
   TSAN_OPTIONS=halt_on_error=1 \
     run_suite build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=thread -- -L stress
   echo "=== cbus: libFuzzer, ${CBUS_FUZZ_SECONDS:-10} s per target"
-  scripts/fuzz.sh "${CBUS_FUZZ_SECONDS:-10}"
+  # A fixed libFuzzer seed here, so a green commit stays green; scripts/fuzz.sh
+  # alone explores with a random seed (CBUS_FUZZ_SEED=0).
+  CBUS_FUZZ_SEED=${CBUS_FUZZ_SEED:-1} scripts/fuzz.sh "${CBUS_FUZZ_SECONDS:-10}"
 fi
 echo "=== cbus: all test runs passed in $(( $(date +%s) - start )) s"
