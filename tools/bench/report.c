@@ -400,12 +400,16 @@ static int write_gnuplot(const char *dir, const struct row *rows, int n)
                "set terminal pngcairo size 1100,640 font 'sans,10' noenhanced\n"
                "set output 'latency.png'\n"
                "set title 'ns per event by percentile (batches of %d, llm_end payload, median run)'\n"
-               "set logscale y\nset format y '%%.0f'\nset grid ytics mytics xtics\n"
+               "set logscale y\nset format y '%%g'\nset grid ytics mytics xtics\n"
                "set ylabel 'ns per event'\nset xlabel 'percentile of 32-event batches'\n"
                "set xtics ('p0' 0, 'p50' 0.30103, 'p90' 1, 'p99' 2, 'p99.9' 3)\n"
-               "set xrange [0:3]\nset key outside right top\n"
-               "plot for [i=3:%d] 'latency.dat' using 1:i with lines lw 2 title columnheader(i)\n",
-            BENCH_BATCH, cols + 2);
+               "set xrange [0:3]\nset key outside right top\n",
+            BENCH_BATCH);
+    /* the SVG's colours, so the two charts match (gnuplot repeats after 8) */
+    for (size_t i = 0; i < NPAL; i++)
+        fprintf(f, "set linetype %zu lc rgb '%s'\n", i + 1, palette[i]);
+    fprintf(f, "plot for [i=3:%d] 'latency.dat' using 1:i with lines lw 2 title columnheader(i)\n",
+            cols + 2);
     fclose(f);
     if (!bench_in_path("gnuplot")) {
         fprintf(stderr, "cbus-compare: gnuplot not installed: no latency.png (latency.svg is "
