@@ -17,6 +17,10 @@
 #define COMMIT_SPIN_NS 20000u
 /* Wait spins this long before sleeping on the futex. */
 #define WAIT_SPIN_NS 50000u
+/* While spinning, wait looks at the next slot this often. */
+#define WAIT_LOOK_NS 10000u
+/* An empty poll looks at the producers' tail at most this often. */
+#define TAIL_CHECK_NS 5000u
 
 struct cbus_consumer {
     cbus_bus *bus;
@@ -33,6 +37,8 @@ struct cbus_consumer {
     uint64_t stuck_pos;
     uint64_t stuck_since;
     int stuck;
+    uint64_t tail_checked_ns;     /* when an empty poll last read tail */
+    uint64_t tail_seen;           /* what it read */
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
 };
 
@@ -255,11 +261,12 @@ static void publish_counters(cbus_consumer *c, uint64_t now)
 
 /* A lossless consumer that was cut loose re-tethers once it has caught up
  * to within a quarter ring of the head. */
-static void maybe_retether(cbus_consumer *c, uint64_t tail)
+static void maybe_retether(cbus_consumer *c)
 {
     if (c->mode != CBUS_LOSSLESS ||
         (atomic_load_explicit(&c->e->flags, memory_order_relaxed) & CBUS_CFLAG_TETHERED))
         return;
+    uint64_t tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
     if (tail - c->cursor < c->bus->capacity / 4)
         cbus__consumer_tether(c->bus, c->e);
 }
@@ -289,6 +296,20 @@ static int slot_abandoned(cbus_consumer *c, struct cbus_slot *s, uint64_t seq, u
     return waited >= c->bus->stall_timeout_ns;
 }
 
+/* Skips positions the producers have lapped: everything older than one ring
+ * behind the head is gone, counted as lost. */
+static void skip_lapped(cbus_consumer *c, uint64_t tail)
+{
+    uint64_t cap = c->bus->capacity;
+    if (tail > c->read_pos + cap) {
+        c->lost += tail - cap - c->read_pos;
+        c->read_pos = tail - cap;
+    } else {
+        c->lost++; /* the slot is being rewritten for the next lap right now */
+        c->read_pos++;
+    }
+}
+
 CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
 {
     if (!c || (!out && max))
@@ -296,24 +317,14 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
     if (!still_owner(c))
         return -ESTALE;
     cbus_bus *bus = c->bus;
-    const uint64_t cap = bus->capacity;
     uint64_t now = now_ns(bus);
     unsigned n = 0;
-    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    /* The slot's commit word alone says whether the next event is there:
+     * reading tail (the producers' claim line) on every poll would pull that
+     * line away from them on each emit.  Tail is read only to tell an empty
+     * ring from a claim in progress, and then at most every few us. */
     while (n < max) {
         uint64_t pos = c->read_pos;
-        if (pos >= tail) {
-            tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
-            if (pos >= tail)
-                break;
-        }
-        if (tail - pos > cap) {
-            /* Lapped: everything older than one ring behind the head is gone. */
-            uint64_t oldest = tail - cap;
-            c->lost += oldest - pos;
-            c->read_pos = oldest;
-            continue;
-        }
         struct cbus_slot *s = &bus->slots[pos & bus->mask];
         /* ACQUIRE: pairs with the RELEASE commit store in emit(). */
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -335,9 +346,20 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
             continue;
         }
         if (seq > CBUS_SEQ_COMMITTED(pos)) {
-            /* A later lap is in (or going into) this slot. */
-            c->lost++;
-            c->read_pos++;
+            /* A later lap is in (or going into) this slot: we were lapped. */
+            skip_lapped(c, atomic_load_explicit(&bus->hdr->tail, memory_order_acquire));
+            continue;
+        }
+        /* Not committed at pos.  With events in hand, return them. */
+        if (n || (now - c->tail_checked_ns < TAIL_CHECK_NS && !c->stuck))
+            break;
+        c->tail_checked_ns = now;
+        uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+        c->tail_seen = tail;
+        if (pos >= tail)
+            break; /* empty */
+        if (tail - pos > bus->capacity) {
+            skip_lapped(c, tail);
             continue;
         }
         /* Claimed (pos < tail) but not committed yet: spin briefly, the
@@ -361,7 +383,7 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         break;
     }
     publish_counters(c, now);
-    maybe_retether(c, tail);
+    maybe_retether(c);
     return (int)n;
 }
 
@@ -397,17 +419,11 @@ CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c)
     return 0;
 }
 
-/* Something to do at read_pos?  Not when the ring is empty, nor when the
- * slot there is a stuck claim we are already timing (then sleep briefly). */
-static int has_work(cbus_consumer *c, uint64_t tail)
+/* The next event is committed (or the slot was lapped): poll has work. */
+static int slot_ready(cbus_consumer *c)
 {
-    if (tail <= c->read_pos)
-        return 0;
-    if (!c->stuck || c->stuck_pos != c->read_pos)
-        return 1;
     struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
-    return atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_COMMITTED(c->read_pos) ||
-           tail - c->read_pos > c->bus->capacity;
+    return atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_COMMITTED(c->read_pos);
 }
 
 CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
@@ -425,34 +441,47 @@ CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
     for (;;) {
         uint64_t now = now_ns(c->bus);
         atomic_store_explicit(&c->e->heartbeat_ns, now, memory_order_release);
-        if (has_work(c, atomic_load_explicit(&hdr->tail, memory_order_acquire)))
+        if (slot_ready(c))
             return 1;
         if (now >= deadline)
             return 0;
         if (now - start < WAIT_SPIN_NS) {
-            cbus__cpu_relax();
+            /* Look again only every couple of us: the slot we watch is the
+             * line the producer writes next, and pulling it to this core on
+             * every emit would cost the producer a cross-core transfer per
+             * event.  Between looks it fills lines we then read in a batch. */
+            uint64_t until = now + WAIT_LOOK_NS;
+            while (now_ns(c->bus) < until)
+                cbus__cpu_relax();
             continue;
         }
-        /* Announce, then look again, then sleep.  seq_cst increment and tail
-         * load pair with the producer's seq_cst claim and waiters load: either
-         * we see its claim here or it sees us and wakes the futex. */
+        /* Announce, then look again, then sleep.  The seq_cst stores and tail
+         * load pair with the producer's seq_cst claim and its load of waiters
+         * / swap of need_wake: either we see its claim here, or it sees us
+         * and wakes the futex. */
         atomic_fetch_add_explicit(&hdr->waiters, 1, memory_order_seq_cst);
+        atomic_store_explicit(&hdr->need_wake, 1, memory_order_seq_cst);
         uint32_t w = atomic_load_explicit(&hdr->wake_seq, memory_order_acquire);
         uint64_t tail = atomic_load_explicit(&hdr->tail, memory_order_seq_cst);
-        int r = 0;
-        if (!has_work(c, tail)) {
+        int stuck_here = c->stuck && c->stuck_pos == c->read_pos;
+        int r = 0, ready = slot_ready(c) || (tail > c->read_pos && !stuck_here);
+        if (!ready) {
             uint64_t sleep = deadline - now < slice ? deadline - now : slice;
-            if (c->stuck && sleep > 1000000u)
+            if (stuck_here && sleep > 1000000u)
                 sleep = 1000000u; /* re-check a stuck slot every ms */
             atomic_fetch_or_explicit(&c->e->flags, CBUS_CFLAG_SLEEPING, memory_order_relaxed);
             r = cbus__futex_wait(&hdr->wake_seq, w, sleep);
             atomic_fetch_and_explicit(&c->e->flags, ~CBUS_CFLAG_SLEEPING, memory_order_relaxed);
         }
         atomic_fetch_sub_explicit(&hdr->waiters, 1, memory_order_seq_cst);
+        if (ready)
+            return 1; /* data, or a claim in progress that poll will wait out */
         if (r == -EINTR)
             return -EINTR;
         if (!still_owner(c))
             return -ESTALE;
+        if (stuck_here)
+            return 0; /* let the caller poll: the stuck slot may now be abandoned */
     }
 }
 

@@ -161,10 +161,12 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
      * Pairs with the ACQUIRE load of slot->seq in cbus_consumer_poll(). */
     atomic_store_explicit(&slot->seq, CBUS_SEQ_COMMITTED(pos), memory_order_release);
 
-    /* seq_cst load: a consumer that found the ring empty after announcing
-     * itself in waiters is seen here (Dekker pairing with its seq_cst
-     * increment and tail load); otherwise no syscall. */
-    if (CBUS__UNLIKELY(atomic_load_explicit(&hdr->waiters, memory_order_seq_cst) != 0))
+    /* seq_cst: a consumer that found the ring empty after announcing itself
+     * (waiters, need_wake) is seen here (Dekker pairing with its seq_cst
+     * stores and tail load); the producer that takes need_wake makes the
+     * one wake.  Otherwise no syscall. */
+    if (CBUS__UNLIKELY(atomic_load_explicit(&hdr->waiters, memory_order_seq_cst) != 0) &&
+        atomic_exchange_explicit(&hdr->need_wake, 0, memory_order_seq_cst))
         wake_consumers(hdr);
 
     if (CBUS__UNLIKELY(++t->pending == 256))

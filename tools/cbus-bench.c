@@ -5,8 +5,9 @@
  * Emit latency is measured per batch of 32 emits (clock_gettime costs about
  * as much as an emit) and reported per event: the median and p99 over all
  * batches of a run, then the median of those over --runs runs.  Consumers
- * are separate processes spinning on poll (lossy) or committing as they go
- * (lossless), pinned to the other core where there is one.  The drain rate
+ * are separate processes pinned to the other core running the daemons' loop
+ * (poll 256, commit when lossless, cbus_consumer_wait when empty); the
+ * busy-polling row never sleeps.  The drain rate
  * is a consumer reading a full ring of llm_end-sized events.
  * The machine is shared and noisy: compare rows of one run, not runs. */
 #include <cbus/bus.h>
@@ -98,6 +99,10 @@ static void *producer_main(void *arg)
     return NULL;
 }
 
+/* Consumers run the loop every cbus daemon runs (poll, commit, wait when
+ * empty); with spin they busy-poll instead and never sleep. */
+static int consumer_spin;
+
 static pid_t spawn_consumer(const char *bus, int idx, unsigned mode, int cpu)
 {
     pid_t pid = fork();
@@ -117,6 +122,8 @@ static pid_t spawn_consumer(const char *bus, int idx, unsigned mode, int cpu)
             cbus_consumer_commit(c);
         if (n < 0)
             _exit(2);
+        if (n == 0 && !consumer_spin)
+            cbus_consumer_wait(c, 100000000u);
     }
 }
 
@@ -289,9 +296,11 @@ int main(int argc, char **argv)
         int threads, consumers;
         unsigned mode;
         const char *label;
+        int spin;
     } cfg[] = {
         {1, 0, CBUS_LOSSY, "1 producer, no consumer"},
         {1, 1, CBUS_LOSSY, "1 producer, 1 lossy consumer"},
+        {1, 1, CBUS_LOSSY, "1 producer, 1 lossy busy-polling", 1},
         {1, 1, CBUS_LOSSLESS, "1 producer, 1 lossless consumer"},
         {1, 4, CBUS_LOSSY, "1 producer, 4 lossy consumers"},
         {1, 4, CBUS_LOSSLESS, "1 producer, 4 lossless consumers"},
@@ -308,6 +317,7 @@ int main(int argc, char **argv)
            "dropped");
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         struct result r[100];
+        consumer_spin = cfg[c].spin;
         for (int i = 0; i < runs; i++)
             r[i] = run_emit(bus_name, cfg[c].threads, cfg[c].consumers, cfg[c].mode, events);
         qsort(r, (size_t)runs, sizeof r[0], cmp_res);

@@ -39,7 +39,7 @@ static_assert(ATOMIC_INT_LOCK_FREE == 2, "cbus needs lock-free 32-bit atomics");
 #define CBUS_MAGIC            UINT64_C(0x474E495253554243) /* "CBUSRING" little endian */
 #define CBUS_ENDIAN_MARK      UINT32_C(0x01020304)
 #define CBUS_LAYOUT_MAJOR     1  /* incompatible change: refuse to attach */
-#define CBUS_LAYOUT_MINOR     0  /* compatible addition */
+#define CBUS_LAYOUT_MINOR     1  /* compatible addition (1: need_wake) */
 
 #define CBUS_CACHELINE        64
 #define CBUS_HOTLINE          128 /* two lines: adjacent-line prefetch (Aeron) */
@@ -357,6 +357,10 @@ struct cbus_shm_header {
     _Alignas(CBUS_HOTLINE) _Atomic uint64_t tail;      /* next position to claim */
     _Alignas(CBUS_HOTLINE) _Atomic uint32_t wake_seq;  /* futex word */
     _Atomic uint32_t waiters;                          /* consumers in (or entering) futex wait */
+    /* 1 once a consumer is about to sleep; the producer that swaps it back
+     * to 0 makes the one wake syscall, so a sleeper that is slow to get a
+     * CPU costs one syscall, not one per event. */
+    _Atomic uint32_t need_wake;
     /* gate: n_tethered | epoch << 16.  Producers read it every emit; it
      * changes only when a lossless consumer attaches, detaches, is untethered
      * or re-tethers. */
