@@ -37,7 +37,7 @@ void cbus_daemon_signals(void)
     sigaction(SIGPIPE, &sa, NULL);
 }
 
-int cbus_write_file_atomic(const char *path, const void *data, size_t len)
+int cbus_replace_file(const char *path, const void *data, size_t len, int durable)
 {
     char tmp[4096];
     int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -61,25 +61,30 @@ int cbus_write_file_atomic(const char *path, const void *data, size_t len)
         p += w;
         left -= (size_t)w;
     }
-    if (fsync(fd) < 0) {
+    if ((durable && fsync(fd) < 0) || close(fd) < 0) {
         int e = -errno;
-        close(fd);
         unlink(tmp);
         return e;
     }
-    close(fd);
     if (rename(tmp, path) < 0) {
         int e = -errno;
         unlink(tmp);
         return e;
     }
-    /* The rename is durable only once the directory is synced. */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
+    if (durable) {
+        /* The rename is durable only once the directory is synced. */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", path);
+        int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
     }
     return 0;
+}
+
+int cbus_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    return cbus_replace_file(path, data, len, 1);
 }

@@ -15,8 +15,14 @@ extern volatile sig_atomic_t cbus_daemon_usr1;
  * and the loop sees the flag.  Ignores SIGPIPE (a closed HTTP peer). */
 void cbus_daemon_signals(void);
 
-/* Writes data to path atomically: path.tmp, fsync, rename, fsync of the
- * directory.  Returns 0 or -errno. */
+/* Replaces path atomically (path.tmp, then rename): readers never see a
+ * partial file.  With durable, the data and the rename are also fsynced
+ * (file, then directory), so the new file survives a power cut; without, it
+ * survives a crash of the process only (status files, snapshots).
+ * Returns 0 or -errno. */
+int cbus_replace_file(const char *path, const void *data, size_t len, int durable);
+
+/* cbus_replace_file(path, data, len, 1). */
 int cbus_write_file_atomic(const char *path, const void *data, size_t len);
 
 #endif

@@ -55,35 +55,7 @@ static void put_lat(struct sbuf *b, const struct cost_latency *l)
 
 int cost_write_file(const char *path, const void *data, size_t len, int do_fsync)
 {
-    if (do_fsync)
-        return cbus_write_file_atomic(path, data, len);
-    char tmp[4200];
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return -ENAMETOOLONG;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    const char *p = data;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            int e = -errno;
-            close(fd);
-            unlink(tmp);
-            return e;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    if (close(fd) < 0 || rename(tmp, path) < 0) {
-        int e = -errno;
-        unlink(tmp);
-        return e;
-    }
-    return 0;
+    return cbus_replace_file(path, data, len, do_fsync);
 }
 
 int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t now_realtime_ns,

@@ -44,33 +44,6 @@ static void usage(FILE *f)
             "Signals: SIGTERM/SIGINT stop (flushing what it can), SIGUSR1 logs the counters.\n");
 }
 
-/* Replaces path atomically (tmp + rename) without fsync: readers never see a
- * partial file, and a status snapshot is not worth a disk flush per write
- * (cbus_write_file_atomic syncs, which can stall this loop for milliseconds). */
-static int replace_file(const char *path, const char *data, size_t len)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    while (len) {
-        ssize_t w = write(fd, data, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            int e = -errno;
-            close(fd);
-            unlink(tmp);
-            return e;
-        }
-        data += w;
-        len -= (size_t)w;
-    }
-    close(fd);
-    return rename(tmp, path) ? -errno : 0;
-}
-
 static void write_status(const struct export_config *cfg, struct exporter *x, cbus_consumer *c,
                          int final)
 {
@@ -87,7 +60,7 @@ static void write_status(const struct export_config *cfg, struct exporter *x, cb
     exporter_status_json(x, &b);
     sbuf_puts(&b, "}\n");
     if (cfg->status_file[0] && !b.failed) {
-        int r = replace_file(cfg->status_file, b.data, b.len);
+        int r = cbus_replace_file(cfg->status_file, b.data, b.len, 0);
         if (r)
             cbus_log_warn("status file %s: %s", cfg->status_file, strerror(-r));
     }

@@ -111,33 +111,6 @@ static void stats_json(struct sbuf *b)
                 S.stored);
 }
 
-/* Replaces path atomically (tmp + rename) without fsync: readers never see a
- * partial file, and a status snapshot is not worth a disk flush per write
- * (cbus_write_file_atomic syncs, which can stall this loop for milliseconds). */
-static int replace_file(const char *path, const char *data, size_t len)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    while (len) {
-        ssize_t w = write(fd, data, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            int e = -errno;
-            close(fd);
-            unlink(tmp);
-            return e;
-        }
-        data += w;
-        len -= (size_t)w;
-    }
-    close(fd);
-    return rename(tmp, path) ? -errno : 0;
-}
-
 static void write_stats(void)
 {
     if (!O.stats_file)
@@ -145,7 +118,7 @@ static void write_stats(void)
     struct sbuf b;
     sbuf_init(&b);
     stats_json(&b);
-    int r = b.failed ? -ENOMEM : replace_file(O.stats_file, b.data, b.len);
+    int r = b.failed ? -ENOMEM : cbus_replace_file(O.stats_file, b.data, b.len, 0);
     if (r)
         cbus_log_warn("writing %s: %s", O.stats_file, strerror(-r));
     sbuf_free(&b);
