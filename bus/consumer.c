@@ -94,8 +94,10 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         return -ESTALE;
 
     /* Same name: a live owner keeps it; a dead one's entry is ours to take
-     * over (and, with RESUME, its cursor). */
-    int resume_from = -1;
+     * over (and, with RESUME, its cursor).  The dead entry is evicted only
+     * once the new one gates producers, so a lossless consumer's events are
+     * never unguarded in between. */
+    int resume_from = -1, dead_idx = -1;
     uint64_t resume_cursor = 0;
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
@@ -118,8 +120,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
             return -EBUSY;
         resume_cursor = atomic_load_explicit(&e->cursor, memory_order_acquire);
         resume_from = (int)i;
-        if (cbus_bus_evict(bus, i, 0) && atomic_load(&e->state) != CBUS_CSTATE_FREE)
-            return -EBUSY;
+        dead_idx = (int)i;
     }
 
     cbus_consumer *c = calloc(1, sizeof *c);
@@ -203,6 +204,8 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->state, CBUS_CSTATE_ACTIVE, memory_order_release);
     if (opts->mode == CBUS_LOSSLESS)
         cbus__consumer_tether(bus, e);
+    if (dead_idx >= 0 && dead_idx != (int)c->idx)
+        cbus_bus_evict(bus, (unsigned)dead_idx, 0); /* -EBUSY/-ENOENT: someone else did */
     *out = c;
     return 0;
 }

@@ -400,6 +400,10 @@ Test(bus_procs, restarted_consumer_resumes_its_cursor)
     cr_assert_eq(cbus_bus_consumer_alive(bus, (unsigned)idx), 0, "death is seen");
     cbus_consumer *c;
     cr_assert_eq(cbus_consumer_attach(&c, name, &o), 0);
+    /* the dead entry was evicted once the new one gated producers */
+    cr_assert_eq(CBUS_GATE_COUNT(cbus_bus_header(bus)->gate), 1);
+    if (cbus_consumer_index(c) != idx)
+        cr_assert_eq(cbus_bus_consumer_entry(bus, (unsigned)idx)->state, CBUS_CSTATE_FREE);
     struct cbus_event ev[32];
     int n = cbus_consumer_poll(c, ev, 32);
     cr_assert_eq(n, 15, "resumes after the 5 committed events");
