@@ -105,31 +105,53 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+/* Written straight into the buffer (one reserve for the worst case, six
+ * bytes per input byte): the exporter calls this for every attribute of
+ * every span. */
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n)
 {
+    n = strnlen(s, n); /* n may be (size_t)-1: "up to the NUL" */
+    if (n > (SIZE_MAX - 2) / 6) {
+        b->failed = 1;
+        return;
+    }
+    if (sbuf_reserve(b, n * 6 + 2))
+        return;
+    char *o = b->data + b->len;
     const unsigned char *u = (const unsigned char *)s;
-    sbuf_add(b, "\"", 1);
-    for (size_t i = 0; i < n && u[i];) {
+    *o++ = '"';
+    for (size_t i = 0; i < n;) {
         unsigned c = u[i];
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            sbuf_add(b, esc, 2);
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+        } else if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
             i++;
         } else if (c < 0x20) {
-            sbuf_printf(b, "\\u%04x", c);
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
             i++;
         } else {
             size_t len = utf8_seq(u + i, n - i);
             if (!len) {
-                sbuf_add(b, "\xef\xbf\xbd", 3); /* U+FFFD: a cut multibyte char or bad byte */
+                memcpy(o, "\xef\xbf\xbd", 3); /* U+FFFD: a cut multibyte char or bad byte */
+                o += 3;
                 i++;
             } else {
-                sbuf_add(b, u + i, len);
+                memcpy(o, u + i, len);
+                o += len;
                 i += len;
             }
         }
     }
-    sbuf_add(b, "\"", 1);
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
 }
 
 void sbuf_prom_label(struct sbuf *b, const char *s, size_t n)

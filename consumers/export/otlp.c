@@ -70,79 +70,6 @@ static void uuid_text(char out[36], const uint8_t id[16])
     }
 }
 
-/* Length of a valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0], cp, min;
-    size_t len;
-    if ((c & 0xe0) == 0xc0) {
-        len = 2;
-        min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        min = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    cp = c & (0x7fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
-/* A quoted JSON string; invalid UTF-8 (a preview cut mid-character) becomes
- * U+FFFD so the document always parses.  Written straight into the buffer:
- * this runs for every attribute of every span. */
-static void put_str(struct sbuf *b, const char *s, size_t n)
-{
-    if (sbuf_reserve(b, n * 6 + 2))
-        return;
-    char *o = b->data + b->len;
-    const unsigned char *u = (const unsigned char *)s;
-    *o++ = '"';
-    for (size_t i = 0; i < n && u[i];) {
-        unsigned c = u[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            i++;
-        } else if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-            i++;
-        } else if (c < 0x20) {
-            static const char hex[] = "0123456789abcdef";
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[c >> 4];
-            o[5] = hex[c & 15];
-            o += 6;
-            i++;
-        } else {
-            size_t len = utf8_seq(u + i, n - i);
-            if (!len) {
-                memcpy(o, "\xef\xbf\xbd", 3);
-                o += 3;
-                i++;
-            } else {
-                memcpy(o, u + i, len);
-                o += len;
-                i += len;
-            }
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->data);
-    b->data[b->len] = '\0';
-}
 
 static void put_key(struct sbuf *b, const char *key, size_t klen)
 {
@@ -157,7 +84,7 @@ static void a_str(struct sbuf *b, const char *key, size_t klen, const char *s, s
         return;
     put_key(b, key, klen);
     LIT(b, "\"stringValue\":");
-    put_str(b, s, n);
+    sbuf_json_str(b, s, n);
     LIT(b, "}}");
 }
 
@@ -205,7 +132,7 @@ static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const cha
 {
     put_key(b, key, klen);
     LIT(b, "\"arrayValue\":{\"values\":[{\"stringValue\":");
-    put_str(b, s, strlen(s));
+    sbuf_json_str(b, s, strlen(s));
     LIT(b, "}]}}}");
 }
 
@@ -226,7 +153,7 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
 {
     LIT(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
     LIT(b, "{\"key\":\"service.name\",\"value\":{\"stringValue\":");
-    put_str(b, r->service_name, strlen(r->service_name));
+    sbuf_json_str(b, r->service_name, strlen(r->service_name));
     LIT(b, "}}");
     if (r->host_name)
         A_STR(b, "host.name", r->host_name, strlen(r->host_name));
@@ -241,9 +168,9 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
         const char *eq = memchr(p, '=', len);
         if (eq && eq > p) {
             LIT(b, ",{\"key\":");
-            put_str(b, p, (size_t)(eq - p));
+            sbuf_json_str(b, p, (size_t)(eq - p));
             LIT(b, ",\"value\":{\"stringValue\":");
-            put_str(b, eq + 1, len - (size_t)(eq - p) - 1);
+            sbuf_json_str(b, eq + 1, len - (size_t)(eq - p) - 1);
             LIT(b, "}}");
         }
         p = comma ? comma + 1 : p + len;
@@ -347,7 +274,7 @@ static void put_name(struct sbuf *b, const struct span *s, const char *op)
         n += fl;
     }
     LIT(b, ",\"name\":");
-    put_str(b, name, n);
+    sbuf_json_str(b, name, n);
 }
 
 static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int first,
@@ -358,7 +285,7 @@ static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int fir
     put_time(b, "{\"timeUnixNano\":\"", 17, ev->ts_realtime_ns);
     LIT(b, ",\"name\":");
     const char *kn = run_kind(ev->kind);
-    put_str(b, kn, strlen(kn));
+    sbuf_json_str(b, kn, strlen(kn));
     LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{\"intValue\":\"");
     put_u64(b, ev->event_id);
     LIT(b, "\"}}");
@@ -537,7 +464,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         size_t ml = FLEN(en->preview);
         if (ml) {
             LIT(b, ",\"message\":");
-            put_str(b, en->preview, ml);
+            sbuf_json_str(b, en->preview, ml);
         }
         LIT(b, "}}");
     } else if (en) {
