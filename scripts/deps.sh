@@ -3,7 +3,8 @@
 # As root it runs apt-get itself; otherwise it prints the exact command.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config liburing-dev libmsgpack-dev libcurl4-openssl-dev
-      libcriterion-dev libssl-dev libcjson-dev zlib1g-dev python3 python3-msgpack)
+      libcriterion-dev libssl-dev libcjson-dev zlib1g-dev python3 python3-msgpack
+      stress-ng)
 PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do

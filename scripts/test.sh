@@ -12,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
+# A test that cannot run here (missing package, binary or privilege) fails
+# instead of skipping (tests/support.h: cbus_test_skip_or_fail).
+export CBUS_TEST_STRICT=1
 jobs=$(nproc)
 run_suite() { # dir, cmake args..., then -- ctest args...
   local dir=$1; shift

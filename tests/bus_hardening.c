@@ -376,7 +376,7 @@ Test(bus_hardening, exporter_secret_stays_out_of_logs_argv_status_spool_and_cbus
     snprintf(exporter, sizeof exporter, "%s/consumers/export/cbus-export", CBUS_BINARY_DIR);
     snprintf(cbusctl, sizeof cbusctl, "%s/tools/cbusctl/cbusctl", CBUS_BINARY_DIR);
     if (access(exporter, X_OK))
-        cr_skip_test("cbus-export is not built (%s)", exporter);
+        cbus_test_skip_or_fail("cbus-export is not built (%s)", exporter);
     test_bus_create(name, 1024);
     char dir[] = "/tmp/cbus-hardening.XXXXXX";
     cr_assert_not_null(mkdtemp(dir));

@@ -2,11 +2,34 @@
 # `cmake --install` into a temporary prefix, then build the README's example
 # against the installed headers, library and pkg-config file, and run it on a
 # bus made by the installed cbusctl.  Usage: install_check.sh BUILD_DIR SOURCE_DIR
+#
+# The check runs in a child; the parent then makes sure the child's cleanup
+# left nothing behind (no /dev/shm segment of its bus, no install prefix):
+# the cleanup once removed the prefix before calling the installed cbusctl to
+# destroy the bus, so every run leaked a segment.
 set -euo pipefail
+if [ "${CBUS_INSTALL_CHECK_INNER:-0}" != 1 ]; then
+  bus=inst$$
+  prefix=$(mktemp -d /tmp/cbus-install.XXXXXX)
+  rc=0
+  CBUS_INSTALL_CHECK_INNER=1 CBUS_INSTALL_CHECK_BUS=$bus CBUS_INSTALL_CHECK_PREFIX=$prefix \
+    "$0" "$@" || rc=$?
+  if [ -e "/dev/shm/cbus.$bus" ]; then
+    echo "install_check: cleanup left /dev/shm/cbus.$bus behind" >&2
+    rm -f "/dev/shm/cbus.$bus"
+    rc=1
+  fi
+  if [ -e "$prefix" ]; then
+    echo "install_check: cleanup left $prefix behind" >&2
+    rm -rf "$prefix"
+    rc=1
+  fi
+  exit $rc
+fi
 build=$1 src=$2
-prefix=$(mktemp -d /tmp/cbus-install.XXXXXX)
-bus=inst$$
-trap 'rm -rf "$prefix"; "$prefix/bin/cbusctl" destroy "$bus" >/dev/null 2>&1 || true' EXIT
+bus=$CBUS_INSTALL_CHECK_BUS prefix=$CBUS_INSTALL_CHECK_PREFIX
+# The bus first: it is destroyed by the installed cbusctl, inside the prefix.
+trap '"$prefix/bin/cbusctl" destroy "$bus" >/dev/null 2>&1 || true; rm -rf "$prefix"' EXIT
 cmake --install "$build" --prefix "$prefix" >/dev/null
 for f in include/cbus/producer.h include/cbus/layout.h lib/pkgconfig/cbus.pc bin/cbusctl \
          bin/cbus-cost bin/cbus-audit bin/cbus-export bin/cbus-ratelimit \

@@ -17,4 +17,21 @@ uint64_t test_now_ms(void);
 /* Sleeps ms milliseconds. */
 void test_sleep_ms(unsigned ms);
 
+/* 1 when CBUS_TEST_STRICT=1 (the test command, scripts/test.sh, sets it):
+ * a test that cannot run here (a missing package, binary or privilege) must
+ * fail, so CI never passes a test that did not run. */
+int cbus_test_strict(void);
+/* In a Criterion test: skip it, or fail it under CBUS_TEST_STRICT=1.  The
+ * first argument is a string literal (a printf format). */
+#define cbus_test_skip_or_fail(...)                                                   \
+    do {                                                                              \
+        if (cbus_test_strict())                                                       \
+            cr_assert_fail("CBUS_TEST_STRICT=1, so this cannot be skipped: " __VA_ARGS__); \
+        else                                                                          \
+            cr_skip_test(__VA_ARGS__);                                                \
+    } while (0)
+/* Exit status of a plain test program that cannot run here: 77 (ctest's
+ * SKIP_RETURN_CODE), or 1 under CBUS_TEST_STRICT=1; says so on stderr. */
+int cbus_test_skip_code(const char *why);
+
 #endif

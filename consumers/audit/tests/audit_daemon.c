@@ -265,7 +265,7 @@ Test(audit_daemon, disk_full_backs_off_and_resumes_without_loss, .init = setup,
         if (prlimit(d, RLIMIT_FSIZE, &rl, NULL) != 0) {
             kill(d, SIGKILL);
             test_wait_pid(d, 5000);
-            cr_skip_test("neither a tmpfs mount nor RLIMIT_FSIZE can be set up here");
+            cbus_test_skip_or_fail("neither a tmpfs mount nor RLIMIT_FSIZE can be set up here");
         }
     }
     /* Paced so the daemon keeps up until the disk fills; then the ring

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "support.h"
 #include "test_util.h"
 #include "event_msgpack.h"
 #include "format.h"
@@ -424,7 +425,7 @@ Test(audit_format, python_msgpack_decodes_and_rechecks_the_chain, .init = setup,
 {
     if (access("/usr/bin/python3", X_OK) != 0 ||
         system("/usr/bin/python3 -c 'import msgpack' 2>/dev/null") != 0)
-        cr_skip_test("python3-msgpack not installed");
+        cbus_test_skip_or_fail("python3-msgpack not installed");
     struct audit_writer_opts o;
     tu_writer_opts(&o, dir);
     o.max_file_bytes = 16384;

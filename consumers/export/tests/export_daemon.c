@@ -253,7 +253,7 @@ Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
 Test(export_daemon, msgpack_gzip_every_event_once)
 {
     if (system(PY " -c 'import msgpack' 2>/dev/null"))
-        cr_skip("python3-msgpack is not installed for " PY);
+        cbus_test_skip_or_fail("python3-msgpack is not installed for " PY);
     cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
     /* msgpack takes the endpoint as the full URL */
     const char *cfg = config_path(col.port, "/ingest", "[export]\nformat = msgpack\ngzip = true\nbatch_max_items = 100\n");
