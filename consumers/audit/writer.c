@@ -98,8 +98,10 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t real_ns(void)
+static uint64_t real_ns(const struct audit_writer *w)
 {
+    if (w->o.realtime_ns)
+        return w->o.realtime_ns(w->o.clock_arg);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -165,7 +167,7 @@ static int open_new_file(struct audit_writer *w, uint64_t cursor)
 {
     if (w->used == w->qd)
         return -EBUSY; /* callers open files only with every batch retired */
-    uint64_t now = real_ns();
+    uint64_t now = real_ns(w);
     uint64_t seq = w->have_file ? w->file_seq + 1 : 0;
     char name[AUDIT_FILE_NAME_MAX], path[4300];
     int rc = audit_name_make(name, sizeof name, w->prefix, now, seq);
@@ -375,7 +377,7 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
         return -EAGAIN;
     if (w->file_records &&
         ((w->o.max_file_bytes && w->file_off >= w->o.max_file_bytes) ||
-         (w->o.max_file_age_ns && real_ns() - w->file_created_ns >= w->o.max_file_age_ns))) {
+         (w->o.max_file_age_ns && real_ns(w) - w->file_created_ns >= w->o.max_file_age_ns))) {
         w->rotate_pending = 1;
         finish_filling(w);
         return -EAGAIN;

@@ -40,6 +40,11 @@ struct audit_writer_opts {
     struct audit_redact redact;
     uint64_t retry_initial_ns;    /* first backoff after an I/O error */
     uint64_t retry_max_ns;        /* backoff cap */
+    /* CLOCK_REALTIME in ns for file creation times and rotation by age;
+     * NULL = the system clock.  Injectable so rotation can be driven by a
+     * test's clock instead of by sleeps a busy machine can stretch. */
+    uint64_t (*realtime_ns)(void *arg);
+    void *clock_arg;
 };
 
 struct audit_writer_stats {

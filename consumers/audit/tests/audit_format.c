@@ -33,6 +33,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    tu_kill_all();
     tu_rmrf(tmp);
 }
 
@@ -348,14 +349,28 @@ Test(audit_format, chain_spans_rotated_files_and_a_missing_file_is_named, .init 
     tu_free_paths(paths, n);
 }
 
+/* The writer's clock, driven by the test: rotation by age depends on it
+ * alone, never on how long a busy machine takes between appends. */
+static uint64_t fake_now_ns;
+
+static uint64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return fake_now_ns;
+}
+
 Test(audit_format, rotation_by_age_starts_new_files, .init = setup, .fini = teardown)
 {
     struct audit_writer_opts o;
     tu_writer_opts(&o, dir);
-    o.max_file_age_ns = 20000000; /* 20 ms */
+    o.max_file_age_ns = 20000000; /* 20 ms of the injected clock */
+    o.realtime_ns = fake_clock;
+    fake_now_ns = 1795489948000000000ull;
+    /* Across restarts: each round resumes the last file, finds it 40 ms old
+     * and starts a new one. */
     for (unsigned round = 0; round < 4; round++) {
         cr_assert_eq(tu_write_log(&o, round * 5, 5), 0);
-        usleep(40000);
+        fake_now_ns += 40000000;
     }
     char **paths;
     size_t n = tu_log_files(dir, &paths);
@@ -364,6 +379,52 @@ Test(audit_format, rotation_by_age_starts_new_files, .init = setup, .fini = tear
     char out[4096];
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "OK: 4 files, 20 records"), "%s", out);
+}
+
+Test(audit_format, rotation_by_age_follows_the_clock_within_one_run, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_age_ns = 20000000;
+    o.realtime_ns = fake_clock;
+    fake_now_ns = 1795489948000000000ull;
+    struct audit_writer *w;
+    struct audit_resume r;
+    char err[256];
+    cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
+    audit_writer_set_bus(w, 0x1234, 0);
+    struct cbus_event ev;
+    /* 30 events; the clock moves 19 ms every 3 events: a file is at least
+     * 20 ms old after 6 events, so files hold 6, 6, 6, 6, 6 records. */
+    for (uint64_t i = 0; i < 30; i++) {
+        if (i && i % 3 == 0)
+            fake_now_ns += 19000000;
+        tu_event(&ev, i);
+        int rc;
+        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+            audit_writer_service(w, 1000000);
+        cr_assert_eq(rc, 0);
+    }
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
+        audit_writer_service(w, 1000000);
+    }
+    audit_writer_close(w);
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 5, "got %zu files", n);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        uint8_t *buf = tu_slurp(paths[i], &len);
+        size_t offs[16];
+        cr_assert_eq(tu_value_offsets(buf, len, offs, 16), 7, "%s: header + 6 records", paths[i]);
+        free(buf);
+    }
+    tu_free_paths(paths, n);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 5 files, 30 records"), "%s", out);
 }
 
 Test(audit_format, retention_keeps_the_newest_files_and_they_still_verify, .init = setup,
@@ -507,13 +568,17 @@ Test(audit_format, redaction_hash_and_drop, .init = setup, .fini = teardown)
     char *cat[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", dir, NULL};
     cr_assert_eq(tu_run(cat, out, sizeof out), 0);
     cr_assert_null(strstr(out, "preview text"), "%s", out);
-    /* SHA-256("pepper" || "preview text 3"), computed independently here. */
-    struct audit_chain c;
-    audit_chain_init(&c);
-    uint8_t d[32];
-    char hex[65], want[100];
-    audit_sha256(&c, "pepper", 6, "preview text 3", 14, d);
-    audit_hex(hex, d, 32);
+    /* SHA-256("pepper" || "preview text 3") from openssl's own digest and
+     * hex, not our helpers: a bug in audit_sha256/audit_hex shows here. */
+    if (access("/usr/bin/openssl", X_OK) != 0)
+        cbus_test_skip_or_fail("openssl (the command) not installed");
+    char *dgst[] = {(char *)"/bin/sh", (char *)"-c",
+                    (char *)"printf %s 'pepperpreview text 3' | /usr/bin/openssl dgst -sha256 -r",
+                    NULL};
+    char hex[256], want[300];
+    cr_assert_eq(tu_run(dgst, hex, sizeof hex), 0, "%s", hex);
+    cr_assert_geq(strspn(hex, "0123456789abcdef"), 64, "%s", hex);
+    hex[64] = '\0';
     snprintf(want, sizeof want, "\"preview_sha256\":\"%s\"", hex);
     cr_assert(strstr(out, want), "%s", out);
     char vout[1024];

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -190,6 +191,53 @@ long tu_read_events(const char *dir, struct cbus_event **evs)
     return result ? -1 : (long)cnt;
 }
 
+#define TU_MAX_CHILDREN 64
+static pid_t children[TU_MAX_CHILDREN];
+
+void tu_track(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    for (unsigned i = 0; i < TU_MAX_CHILDREN; i++)
+        if (!children[i]) {
+            children[i] = pid;
+            return;
+        }
+    /* No room to remember it: do not let it outlive the test. */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static void untrack(pid_t pid)
+{
+    for (unsigned i = 0; i < TU_MAX_CHILDREN; i++)
+        if (children[i] == pid)
+            children[i] = 0;
+}
+
+int tu_wait(pid_t pid, unsigned timeout_ms)
+{
+    int st = test_wait_pid(pid, timeout_ms); /* reaps it on every path */
+    untrack(pid);
+    return st;
+}
+
+void tu_kill_all(void)
+{
+    for (unsigned i = 0; i < TU_MAX_CHILDREN; i++) {
+        if (!children[i])
+            continue;
+        kill(children[i], SIGKILL);
+        waitpid(children[i], NULL, 0);
+        children[i] = 0;
+    }
+}
+
+void tu_child_dies_with_parent(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 int tu_run(char *const argv[], char *out, size_t len)
 {
     int pfd[2];
@@ -197,6 +245,7 @@ int tu_run(char *const argv[], char *out, size_t len)
         return -1;
     pid_t pid = fork();
     if (pid == 0) {
+        tu_child_dies_with_parent();
         dup2(pfd[1], 1);
         dup2(pfd[1], 2);
         close(pfd[0]);
@@ -232,6 +281,7 @@ pid_t tu_start_daemon(const char *bus, const char *ini, const char *dir, const c
 {
     pid_t pid = fork();
     if (pid == 0) {
+        tu_child_dies_with_parent();
         int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -242,6 +292,7 @@ pid_t tu_start_daemon(const char *bus, const char *ini, const char *dir, const c
               (char *)NULL);
         _exit(127);
     }
+    tu_track(pid);
     return pid;
 }
 

@@ -35,6 +35,18 @@ void tu_free_paths(char **paths, size_t n);
  * not parse to its end. */
 long tu_read_events(const char *dir, struct cbus_event **evs);
 
+/* Children a test started: tu_track() records one (tu_start_daemon does it
+ * itself), tu_wait() reaps it (test_wait_pid: SIGKILL at the deadline) and
+ * forgets it, and tu_kill_all() -- called from every suite's .fini, so a
+ * failed assertion never leaves a daemon holding ctest's pipe -- SIGKILLs
+ * and reaps whatever is left.  Children also get PR_SET_PDEATHSIG(SIGKILL)
+ * in case the test process itself dies. */
+void tu_track(pid_t pid);
+int tu_wait(pid_t pid, unsigned timeout_ms);
+void tu_kill_all(void);
+/* In a freshly forked child: die with the test process. */
+void tu_child_dies_with_parent(void);
+
 /* Runs argv with stdout+stderr captured into out (NUL-terminated, cut to
  * len).  Returns the exit status, or -1. */
 int tu_run(char *const argv[], char *out, size_t len);
