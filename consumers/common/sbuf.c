@@ -154,6 +154,101 @@ void sbuf_json_str(struct sbuf *b, const char *s, size_t n)
     b->data[b->len] = '\0';
 }
 
+/* Code point of a valid sequence of len bytes (from utf8_seq). */
+static unsigned utf8_cp(const unsigned char *s, size_t len)
+{
+    unsigned cp = s[0] & (0x7f >> len);
+    for (size_t i = 1; i < len; i++)
+        cp = cp << 6 | (s[i] & 0x3f);
+    return cp;
+}
+
+/* Format characters a terminal renders as nothing or uses to reorder the
+ * line: shown as escapes so a name cannot pose as another. */
+static int invisible_cp(unsigned cp)
+{
+    return (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2060 && cp <= 0x2069) || cp == 0xfeff || cp == 0x061c;
+}
+
+/* One escaped unit of s at *i into e (at most 6 bytes + NUL); returns its
+ * length and advances *i. */
+static size_t human_unit(const unsigned char *u, size_t n, size_t *i, char e[8])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned c = u[*i];
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+        e[0] = (char)c;
+        (*i)++;
+        return 1;
+    }
+    if (c == '\\' || c == '\n' || c == '\t' || c == '\r') {
+        e[0] = '\\';
+        e[1] = c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : '\\';
+        (*i)++;
+        return 2;
+    }
+    size_t len = c < 0x80 ? 0 : utf8_seq(u + *i, n - *i);
+    if (!len) { /* C0 control, DEL, or a byte that is not valid UTF-8 */
+        e[0] = '\\';
+        e[1] = 'x';
+        e[2] = hex[c >> 4];
+        e[3] = hex[c & 15];
+        (*i)++;
+        return 4;
+    }
+    unsigned cp = utf8_cp(u + *i, len);
+    if (cp <= 0x9f || invisible_cp(cp)) {
+        e[0] = '\\';
+        e[1] = 'u';
+        e[2] = hex[cp >> 12 & 15];
+        e[3] = hex[cp >> 8 & 15];
+        e[4] = hex[cp >> 4 & 15];
+        e[5] = hex[cp & 15];
+        *i += len;
+        return 6;
+    }
+    memcpy(e, u + *i, len);
+    *i += len;
+    return len;
+}
+
+void sbuf_human_str(struct sbuf *b, const char *s, size_t n)
+{
+    n = strnlen(s, n);
+    if (n > (SIZE_MAX - 1) / 4) {
+        b->failed = 1;
+        return;
+    }
+    if (sbuf_reserve(b, n * 4)) /* worst case: \xNN per byte */
+        return;
+    const unsigned char *u = (const unsigned char *)s;
+    char *o = b->data + b->len;
+    for (size_t i = 0; i < n;)
+        o += human_unit(u, n, &i, o);
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+}
+
+size_t cbus_human_str(char *out, size_t cap, const char *s, size_t n)
+{
+    if (!cap)
+        return 0;
+    n = strnlen(s, n);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        char e[8];
+        size_t k = human_unit(u, n, &i, e);
+        if (o + k >= cap)
+            break;
+        memcpy(out + o, e, k);
+        o += k;
+    }
+    out[o] = '\0';
+    return o;
+}
+
 void sbuf_prom_label(struct sbuf *b, const char *s, size_t n)
 {
     for (size_t i = 0; i < n && s[i]; i++) {

@@ -25,6 +25,22 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(pri
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
 /* A bounded event field (may lack its NUL) as a JSON string. */
 #define sbuf_json_field(b, field) sbuf_json_str((b), (field), strnlen((field), sizeof(field)))
+/* Appends s (n bytes, or up to a NUL) made safe for a terminal: a human
+ * view (cbusctl tail, cbus-ratelimit status, cbus-cost report) shows
+ * producer strings, and a producer must not be able to move the cursor,
+ * retitle the window or hide text.  Backslash becomes "\\", \n \t \r
+ * stay readable, other C0 controls, DEL and bytes that are not valid UTF-8
+ * become \xNN, C1 controls (U+0080..U+009F: CSI and friends) and the
+ * invisible or reordering format characters (zero-width, bidi overrides
+ * and isolates, BOM) become \uNNNN.  Everything else valid UTF-8 is kept.
+ * The output is at most 4 bytes per input byte (CBUS_HUMAN_MAX). */
+void sbuf_human_str(struct sbuf *b, const char *s, size_t n);
+#define sbuf_human_field(b, field) sbuf_human_str((b), (field), strnlen((field), sizeof(field)))
+#define CBUS_HUMAN_MAX(n) (4 * (size_t)(n) + 1) /* out size that never truncates */
+/* The same into a fixed buffer (always NUL-terminated when cap > 0); an
+ * escape that does not fit is dropped whole, never cut.  Returns the
+ * length written. */
+size_t cbus_human_str(char *out, size_t cap, const char *s, size_t n);
 /* Prometheus label value escaping (backslash, quote, newline). */
 void sbuf_prom_label(struct sbuf *b, const char *s, size_t n);
 

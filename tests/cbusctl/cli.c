@@ -422,6 +422,25 @@ Test(cbusctl_cli, tail_oldest_filters_and_prints_text)
     cr_assert(strstr(rr.err, "llm_end"), "lists the kinds: %s", rr.err);
 }
 
+/* Issue 12 item 3: a terminal also acts on C1 controls (CSI as U+009B or
+ * a raw 0x9b byte), and invalid UTF-8 or a bidi override garbles or hides
+ * the line: tail's text view shows all of them as escapes. */
+Test(cbusctl_cli, tail_text_escapes_c1_invalid_utf8_and_bidi)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_end", "--model", "m\xc2\x9b" "2J\x9b" "31m",
+        "--user", "open\xff" "ai", "--preview", "ok\xe2\x80\xae" "evil", "--input-tokens", "1");
+    ASSERT_EXIT(0);
+    CTL("tail", bus, "--oldest", "--count", "1");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "model=m\\u009b2J\\x9b31m"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "user=open\\xffai"), "%s", rr.out);
+    cr_assert(strstr(rr.out, "\"ok\\u202eevil\""), "%s", rr.out);
+    for (const unsigned char *p = (const unsigned char *)rr.out; *p; p++)
+        cr_assert(*p < 0x80, "non-ASCII byte 0x%02x reached the terminal: %s", *p, rr.out);
+}
+
 Test(cbusctl_cli, emit_refuses_options_of_another_kind)
 {
     CTL("create", bus, "--capacity", "1024");

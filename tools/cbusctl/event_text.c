@@ -1,6 +1,7 @@
 /* tail's human rendering: one line per event, like tail -f.  Scripts use
  * --json (consumers/common/event_json.c); this is for eyes, so it is short
- * and every string is made terminal-safe (fmt_safe). */
+ * and every string is made terminal-safe (sbuf_human_str: controls, C1,
+ * invalid UTF-8 and bidi overrides are shown as escapes). */
 #include "cbusctl.h"
 
 #include "sbuf.h"
@@ -11,11 +12,10 @@
 
 static void text_field(struct sbuf *b, const char *key, const char *field, size_t size)
 {
-    char safe[4 * CBUS_PREVIEW_LEN + 1];
     if (!strnlen(field, size))
         return;
-    fmt_safe(safe, sizeof safe, field, size);
-    sbuf_printf(b, " %s=%s", key, safe);
+    sbuf_printf(b, " %s=", key);
+    sbuf_human_str(b, field, size);
 }
 
 static void text_ns(struct sbuf *b, const char *key, uint64_t ns)
@@ -132,8 +132,8 @@ void event_text(struct sbuf *b, const struct cbus_event *ev)
     text_field(b, "name", ev->name, sizeof ev->name);
     text_kind(b, ev);
     if (strnlen(ev->preview, sizeof ev->preview)) {
-        char safe[4 * CBUS_PREVIEW_LEN + 1];
-        fmt_safe(safe, sizeof safe, ev->preview, sizeof ev->preview);
-        sbuf_printf(b, " \"%s%s\"", safe, ev->flags & CBUS_TRUNC_PREVIEW ? "..." : "");
+        sbuf_puts(b, " \"");
+        sbuf_human_field(b, ev->preview);
+        sbuf_puts(b, ev->flags & CBUS_TRUNC_PREVIEW ? "...\"" : "\"");
     }
 }

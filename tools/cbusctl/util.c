@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "sbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -215,31 +216,7 @@ const char *fmt_bytes(char *buf, size_t len, uint64_t bytes)
 
 void fmt_safe(char *out, size_t len, const char *field, size_t field_size)
 {
-    size_t n = strnlen(field, field_size), o = 0;
-    if (!len)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)field[i];
-        char esc[5];
-        const char *s = esc;
-        size_t k;
-        if (c == '\n') {
-            s = "\\n";
-        } else if (c == '\t') {
-            s = "\\t";
-        } else if (c < 0x20 || c == 0x7f) {
-            snprintf(esc, sizeof esc, "\\x%02x", c);
-        } else {
-            esc[0] = (char)c;
-            esc[1] = '\0';
-        }
-        k = strlen(s);
-        if (o + k >= len)
-            break;
-        memcpy(out + o, s, k);
-        o += k;
-    }
-    out[o] = '\0';
+    cbus_human_str(out, len, field, field_size); /* one escaper for every human view */
 }
 
 uint64_t cli_mono_ns(void)
