@@ -13,6 +13,21 @@
 #include <unistd.h>
 
 #include "rlconfig.h"
+#include "sbuf.h"
+
+/* Every string shown here comes from a producer (keys are user, session
+ * and model names) or from shared memory: printed through this, so a
+ * hostile producer cannot drive the operator's terminal (issue 12 item 3).
+ * A few rotating buffers let one printf take several strings. */
+static const char *safe(const char *s, size_t n)
+{
+    static char bufs[6][CBUS_HUMAN_MAX(256)];
+    static unsigned next;
+    char *o = bufs[next++ % 6];
+    cbus_human_str(o, sizeof bufs[0], s, n);
+    return o;
+}
+#define SAFE(s) safe((s), (size_t)-1)
 
 /* The systemd unit gives the daemon /var/lib/cbus/ratelimit and a private
  * /tmp; run by hand it has no state directory.  The daemon writes where it
@@ -98,8 +113,8 @@ static int print_status(const char *path, unsigned top)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double age = ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - num(root, "updated_realtime_ns")) / 1e9;
-    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", str(root, "name"),
-           str(root, "bus"), num(root, "pid"), age);
+    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", SAFE(str(root, "name")),
+           SAFE(str(root, "bus")), num(root, "pid"), age);
     printf("events %.0f  requests %.0f  tokens in/out %.0f/%.0f  lost %.0f  lag %.0f\n",
            num(lim, "events"), num(lim, "requests"), num(lim, "input_tokens"),
            num(lim, "output_tokens"), num(cons, "lost"), num(cons, "lag"));
@@ -115,7 +130,7 @@ static int print_status(const char *path, unsigned top)
     cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(lim, "rules"))
     {
         printf("%-5.0f %-9.0f %-9.0f %s%s\n", num(r, "line"), num(r, "throttles"), num(r, "over_limit"),
-               str(r, "rule"), cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "published"))
+               SAFE(str(r, "rule")), cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "published"))
                                    ? "" : "   (counted, not published)");
     }
     printf("\n%-36s %-5s %-9s %-9s %-24s %-28s %s\n", "KEY", "LINE", "STATE", "RETRY",
@@ -131,8 +146,8 @@ static int print_status(const char *path, unsigned top)
         fmt_pair(tok, sizeof tok, k, "tokens_used", "token_burst", "tpm");
         if (num(k, "retry_after_ms") > 0)
             snprintf(retry, sizeof retry, "%.3fs", num(k, "retry_after_ms") / 1000);
-        printf("%-36s %-5.0f %-9s %-9s %-24s %-28s %.0f\n", str(k, "key"), num(k, "rule_line"),
-               str(k, "state"), retry, req, tok, num(k, "over_limit"));
+        printf("%-36s %-5.0f %-9s %-9s %-24s %-28s %.0f\n", SAFE(str(k, "key")), num(k, "rule_line"),
+               SAFE(str(k, "state")), retry, req, tok, num(k, "over_limit"));
     }
     if (!shown)
         printf("(no key has used any of its allowance)\n");
@@ -180,7 +195,7 @@ static int print_table(const char *bus_name)
         if (!aw || !atomic_load_explicit(&aw->in_use, memory_order_acquire))
             continue;
         uint64_t hb = atomic_load_explicit(&aw->heartbeat_ns, memory_order_relaxed);
-        printf("  writer %u %.*s pid %u heartbeat %.2f s ago%s\n", w, (int)sizeof aw->name, aw->name,
+        printf("  writer %u %s pid %u heartbeat %.2f s ago%s\n", w, safe(aw->name, sizeof aw->name),
                aw->pid, now > hb ? (double)(now - hb) / 1e9 : 0.0,
                now > hb && now - hb > h->admit_stale_ns ? " STALE" : "");
     }
@@ -200,9 +215,9 @@ static int print_table(const char *bus_name)
         char retry[32] = "-";
         if (until)
             snprintf(retry, sizeof retry, "%.3fs", (double)(until - now) / 1e9);
-        printf("  %-9s %-40s %-16s %-9s %.*s\n", scope < 5 ? scopes[scope] : "?", key,
-               verdict < 3 ? verdicts[verdict] : "?", retry, aw ? (int)sizeof aw->name : 1,
-               aw ? aw->name : "?");
+        printf("  %-9s %-40s %-16s %-9s %s\n", scope < 5 ? scopes[scope] : "?",
+               safe(key, sizeof key), verdict < 3 ? verdicts[verdict] : "?", retry,
+               aw ? safe(aw->name, sizeof aw->name) : "?");
         shown++;
     }
     if (!shown)
