@@ -18,14 +18,33 @@
 #include "support.h"
 
 static char name[64];
+/* Children a test started: teardown kills and reaps any still running, so a
+ * failed assertion never leaves one behind holding ctest's pipe. */
+static pid_t kids_started[8];
+static unsigned n_kids;
+
+static void track_kid(pid_t pid)
+{
+    if (pid > 0 && n_kids < sizeof kids_started / sizeof kids_started[0])
+        kids_started[n_kids++] = pid;
+}
 
 static void setup(void)
 {
     test_bus_name(name, sizeof name);
+    n_kids = 0;
 }
 
 static void teardown(void)
 {
+    for (unsigned i = 0; i < n_kids; i++) {
+        /* 0: still our unreaped child (its pid cannot have been reused);
+         * -1/ECHILD: the test reaped it already. */
+        if (waitpid(kids_started[i], NULL, WNOHANG) == 0) {
+            kill(kids_started[i], SIGKILL);
+            waitpid(kids_started[i], NULL, 0);
+        }
+    }
     cbus_bus_destroy(name);
 }
 
@@ -150,6 +169,7 @@ static void run_mix(int nthreads, uint32_t per_thread)
         cr_assert_eq(pipe(result_pipe[k]), 0);
         fcntl(total_pipe[k][0], F_SETFL, O_NONBLOCK);
         kids[k] = fork();
+        track_kid(kids[k]);
         if (kids[k] == 0)
             consumer_child(name, names[k], k == 0 ? CBUS_LOSSLESS : CBUS_LOSSY, total_pipe[k][0],
                            result_pipe[k][1]);
@@ -207,6 +227,7 @@ Test(bus_procs, sigkilled_lossless_consumer_does_not_hold_producers)
     struct cbus_create_opts co = {.capacity = 1024, .stall_timeout_ns = 200000000u};
     cr_assert_eq(cbus_bus_create(name, &co), 0);
     pid_t kid = fork();
+    track_kid(kid);
     if (kid == 0) {
         cbus_consumer *c;
         struct cbus_consumer_opts o = {.name = "victim", .mode = CBUS_LOSSLESS};
@@ -252,10 +273,45 @@ Test(bus_procs, sigkilled_lossless_consumer_does_not_hold_producers)
     cbus_producer_close(p);
 }
 
+/* Ten minutes: a test that passes only through the abandon shortcut cannot
+ * pass by waiting this out, however loaded the machine. */
+#define HUGE_STALL_NS 600000000000ull
+
+static struct cbus_slot *slot_at(cbus_bus *bus, uint64_t pos)
+{
+    struct cbus_shm_header *h = (struct cbus_shm_header *)cbus_bus_header(bus);
+    return (struct cbus_slot *)((char *)h + h->slots_off) + (pos & (h->capacity - 1));
+}
+
+/* Polls c until it has returned `want` events or deadline_ms passed; checks
+ * that per-producer sequence numbers arrive as 0, 1, 2, ... */
+static uint64_t poll_until(cbus_consumer *c, uint64_t want, uint64_t deadline_ms)
+{
+    uint64_t got = 0;
+    uint64_t t0 = test_now_ms();
+    struct cbus_event ev[32];
+    while (got < want && test_now_ms() - t0 < deadline_ms) {
+        int n = cbus_consumer_poll(c, ev, 32);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++) {
+            struct tag t;
+            memcpy(&t, &ev[i].u, sizeof t);
+            cr_assert_eq(t.seq, got, "no half-written event is ever delivered");
+            got++;
+        }
+        if (!n)
+            cbus_consumer_wait(c, 2000000u);
+    }
+    return got;
+}
+
 Test(bus_procs, producer_killed_mid_write_is_skipped_and_counted)
 {
+    /* The stall timeout is ten minutes and the deadline 30 s: the events
+     * behind the dead claim arrive only if the dead-writer shortcut (after
+     * abandon_timeout, 5 ms) is taken. */
     struct cbus_create_opts co = {.capacity = 1024, .abandon_timeout_ns = 5000000u,
-                                  .stall_timeout_ns = 300000000u};
+                                  .stall_timeout_ns = HUGE_STALL_NS};
     cr_assert_eq(cbus_bus_create(name, &co), 0);
     cbus_producer *p;
     cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
@@ -268,14 +324,14 @@ Test(bus_procs, producer_killed_mid_write_is_skipped_and_counted)
     /* A producer process claims a slot, marks it, and is SIGKILLed before
      * it commits: exactly the state a crash mid-write leaves. */
     pid_t kid = fork();
+    track_kid(kid);
     if (kid == 0) {
         cbus_bus *bus;
         if (cbus_bus_open(&bus, name, 0))
             _exit(3);
         struct cbus_shm_header *h = (struct cbus_shm_header *)cbus_bus_header(bus);
         uint64_t pos = atomic_fetch_add(&h->tail, 1);
-        struct cbus_slot *s =
-            (struct cbus_slot *)((char *)h + h->slots_off) + (pos & (h->capacity - 1));
+        struct cbus_slot *s = slot_at(bus, pos);
         atomic_store(&s->writer_pid, (uint32_t)getpid());
         atomic_store(&s->seq, CBUS_SEQ_BUSY(pos));
         memset(&s->ev, 0xab, 100); /* half-written payload */
@@ -285,26 +341,102 @@ Test(bus_procs, producer_killed_mid_write_is_skipped_and_counted)
     cr_assert(WIFSIGNALED(st));
     for (uint32_t i = 1; i <= 10; i++)
         cr_assert_eq(emit_tagged(p, &ctx, 0, i), 0);
-    uint64_t got = 0;
+    uint64_t got = poll_until(c, 11, 30000);
+    cr_assert_eq(got, 11, "events after the dead claim are delivered long before the stall timeout");
+    struct cbus_consumer_stats cs;
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.abandoned, 1);
+    cr_assert_eq(cs.consumed + cs.abandoned + cs.lost, 12);
+    cbus_consumer_detach(c);
+    cbus_producer_close(p);
+}
+
+/* Issue 12 item 24 (a): a writer that is alive but slow (it holds its claim,
+ * marked, far longer than abandon_timeout) must not be skipped: skipping it
+ * would lose an event that is then committed. */
+Test(bus_procs, live_slow_writer_is_waited_for_not_abandoned)
+{
+    struct cbus_create_opts co = {.capacity = 1024, .abandon_timeout_ns = 1000000u,
+                                  .stall_timeout_ns = HUGE_STALL_NS};
+    cr_assert_eq(cbus_bus_create(name, &co), 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "reader", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(emit_tagged(p, &ctx, 0, 0), 0);
+    int claimed[2], go[2];
+    cr_assert_eq(pipe(claimed), 0);
+    cr_assert_eq(pipe(go), 0);
+    pid_t kid = fork();
+    track_kid(kid);
+    if (kid == 0) {
+        /* The slow writer: claim and mark as emit does, then hold the claim
+         * until told to finish, then commit a complete event. */
+        cbus_bus *bus;
+        if (cbus_bus_open(&bus, name, 0))
+            _exit(3);
+        struct cbus_shm_header *h = (struct cbus_shm_header *)cbus_bus_header(bus);
+        uint64_t pos = atomic_fetch_add(&h->tail, 1);
+        struct cbus_slot *s = slot_at(bus, pos);
+        atomic_store(&s->writer_pid, (uint32_t)getpid());
+        atomic_store(&s->seq, CBUS_SEQ_BUSY(pos));
+        memset(&s->ev, 0xab, 100);
+        char b = 1;
+        if (write(claimed[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
+            _exit(4);
+        struct cbus_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.kind = CBUS_EV_CUSTOM;
+        ev.event_id = pos;
+        struct tag t = {0, 1};
+        memcpy(&ev.u, &t, sizeof t);
+        memcpy(&s->ev, &ev, sizeof ev);
+        atomic_store_explicit(&s->seq, CBUS_SEQ_COMMITTED(pos), memory_order_release);
+        _exit(0);
+    }
+    char b;
+    cr_assert_eq(read(claimed[0], &b, 1), 1);
+    cr_assert_eq(emit_tagged(p, &ctx, 0, 2), 0); /* behind the held claim */
+    cr_assert_eq(poll_until(c, 1, 10000), 1);
+    /* Keep polling the held slot for 100 abandon timeouts (the consumer's
+     * own clock decides when it is stuck: this only makes sure it had every
+     * chance to give up on a live writer), then a last poll. */
+    struct cbus_event ev[4];
     uint64_t t0 = test_now_ms();
-    struct cbus_event ev[32];
-    while (got < 11 && test_now_ms() - t0 < 5000) {
-        int n = cbus_consumer_poll(c, ev, 32);
+    while (test_now_ms() - t0 < 100) {
+        cr_assert_eq(cbus_consumer_poll(c, ev, 4), 0, "nothing is delivered past a held claim");
+        cbus_consumer_wait(c, 1000000u);
+    }
+    cr_assert_eq(cbus_consumer_poll(c, ev, 4), 0);
+    struct cbus_consumer_stats cs;
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.abandoned, 0, "a live writer's claim was skipped as abandoned");
+    cr_assert_eq(cs.read_pos, 1);
+    /* the writer finishes: its event and the one behind it arrive */
+    cr_assert_eq(write(go[1], &b, 1), 1);
+    int st = test_wait_pid(kid, 10000);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "writer status %d", st);
+    uint64_t got = 0;
+    t0 = test_now_ms();
+    while (got < 2 && test_now_ms() - t0 < 10000) {
+        int n = cbus_consumer_poll(c, ev, 4);
         cr_assert_geq(n, 0);
         for (int i = 0; i < n; i++) {
             struct tag t;
             memcpy(&t, &ev[i].u, sizeof t);
-            cr_assert_eq(t.seq, got, "no half-written event is ever delivered");
+            cr_assert_eq(t.seq, got + 1, "the slow writer's event, then the one behind it");
             got++;
         }
         if (!n)
             cbus_consumer_wait(c, 2000000u);
     }
-    cr_assert_eq(got, 11, "events after the dead claim are delivered");
-    struct cbus_consumer_stats cs;
+    cr_assert_eq(got, 2);
     cbus_consumer_stats(c, &cs);
-    cr_assert_eq(cs.abandoned, 1);
-    cr_assert_eq(cs.consumed + cs.abandoned + cs.lost, 12);
+    cr_assert_eq(cs.consumed, 3);
+    cr_assert_eq(cs.abandoned + cs.lost, 0);
     cbus_consumer_detach(c);
     cbus_producer_close(p);
 }
@@ -351,6 +483,7 @@ Test(bus_procs, restarted_consumer_resumes_its_cursor)
     int ready[2];
     cr_assert_eq(pipe(ready), 0);
     pid_t kid = fork();
+    track_kid(kid);
     if (kid == 0) {
         cbus_consumer *c;
         struct cbus_consumer_opts o = {.name = "durable", .mode = CBUS_LOSSLESS};
@@ -457,12 +590,32 @@ Test(bus_procs, attach_and_detach_under_load)
     cbus_producer_close(p);
 }
 
+/* State letter of /proc/pid/stat ('S' = interruptible sleep), or 0. */
+static char proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *r = strrchr(buf, ')');
+    return r && r[1] == ' ' ? r[2] : 0;
+}
+
 Test(bus_procs, idle_consumer_sleeps_without_cpu_and_wakes_on_emit)
 {
-    test_bus_create(name, 1024);
+    /* A stall timeout of ten minutes makes the consumer sleep in one futex
+     * wait for its whole 60 s timeout: it can return within the 20 s below
+     * only if the emit's futex wake ends that sleep. */
+    struct cbus_create_opts co = {.capacity = 1024, .stall_timeout_ns = HUGE_STALL_NS};
+    cr_assert_eq(cbus_bus_create(name, &co), 0);
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     pid_t kid = fork();
+    track_kid(kid);
     if (kid == 0) {
         cbus_consumer *c;
         struct cbus_consumer_opts o = {.name = "idle"};
@@ -478,19 +631,40 @@ Test(bus_procs, idle_consumer_sleeps_without_cpu_and_wakes_on_emit)
         if (write(fds[1], &cpu_us, sizeof cpu_us) != sizeof cpu_us)
             _exit(5);
         /* now wait for a real event: the producer's futex wake ends it */
-        int r = cbus_consumer_wait(c, 30000000000ull);
+        int r = cbus_consumer_wait(c, 60000000000ull);
         _exit(r == 1 ? 0 : 6);
     }
     uint64_t cpu_us;
     cr_assert_eq(read(fds[0], &cpu_us, sizeof cpu_us), (ssize_t)sizeof cpu_us);
     cr_assert_lt(cpu_us, 200000, "an idle second cost %llu us of CPU", (unsigned long long)cpu_us);
-    test_sleep_ms(50); /* let it go to sleep */
+    /* Prove it is asleep in the futex before emitting: its entry says
+     * SLEEPING (set just before futex_wait, cleared right after), it has
+     * announced itself (waiters, need_wake), and the kernel has it in an
+     * interruptible sleep. */
     cbus_producer *p;
     cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_bus *bus = cbus_producer_bus(p);
+    const struct cbus_shm_header *h = cbus_bus_header(bus);
+    struct cbus_consumer_entry *e = NULL;
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS && !e; i++)
+        if (cbus_bus_consumer_entry(bus, i)->state == CBUS_CSTATE_ACTIVE)
+            e = cbus_bus_consumer_entry(bus, i);
+    cr_assert_not_null(e);
+    uint64_t t0 = test_now_ms();
+    int asleep = 0;
+    while (!asleep && test_now_ms() - t0 < 20000) {
+        asleep = (atomic_load(&e->flags) & CBUS_CFLAG_SLEEPING) && atomic_load(&h->waiters) >= 1 &&
+                 atomic_load(&h->need_wake) == 1 && proc_state(kid) == 'S';
+        if (!asleep)
+            test_sleep_ms(1);
+    }
+    cr_assert(asleep, "the consumer never went to sleep on the futex");
+    uint32_t wake_before = atomic_load(&h->wake_seq);
     cbus_ctx ctx;
     cbus_ctx_init(&ctx);
-    cbus_text(p, &ctx, "wake");
-    int st = test_wait_pid(kid, 10000);
+    cr_assert_eq(cbus_text(p, &ctx, "wake"), 0);
+    cr_assert_neq(atomic_load(&h->wake_seq), wake_before, "the emit took the wake path");
+    int st = test_wait_pid(kid, 20000);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "woken by the emit (status %d)", st);
     cbus_producer_close(p);
 }

@@ -452,3 +452,88 @@ Test(bus_ring, generic_emit_keeps_an_explicit_token_index)
     cr_assert_eq(cbus_kind_from_name("nope"), -EINVAL);
     cbus_consumer_detach(c);
 }
+
+/* Issue 12 item 23.  A lossless consumer that tethers with its cursor behind
+ * the bound the producers cached (min of the tethered cursors they saw, plus
+ * the capacity) must bump the gate epoch, or producers keep claiming up to
+ * the stale bound and overwrite what the newcomer has not read.  Setup: one
+ * ring's worth is in the ring, consumer "ahead" is tethered at the head and
+ * the producer has cached its bound; then "behind" tethers at position 1. */
+enum behind_start { BEHIND_OLDEST, BEHIND_RESUME, BEHIND_CURSOR };
+
+static void behind_consumer_tethers(enum behind_start how)
+{
+    char n2[64];
+    test_bus_name(n2, sizeof n2);
+    /* A stall timeout of minutes: nobody is cut loose while the test runs,
+     * however slow the machine. */
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 600000000000ull};
+    cr_assert_eq(cbus_bus_create(n2, &o), 0);
+    cbus_producer *p2;
+    cr_assert_eq(cbus_producer_open(&p2, n2, NULL), 0);
+    cr_assert_eq(cbus_text(p2, &ctx, "x"), 0);
+    if (how == BEHIND_RESUME) {
+        /* park "behind" with its cursor at 1 */
+        cbus_consumer *k;
+        struct cbus_consumer_opts ko = {.name = "behind", .mode = CBUS_LOSSLESS,
+                                        .flags = CBUS_CONSUMER_KEEP};
+        cr_assert_eq(cbus_consumer_attach(&k, n2, &ko), 0);
+        cbus_consumer_detach(k);
+    }
+    for (int i = 1; i < 1024; i++)
+        cr_assert_eq(cbus_text(p2, &ctx, "x"), 0);
+    cbus_consumer *ahead;
+    struct cbus_consumer_opts ao = {.name = "ahead", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&ahead, n2, &ao), 0);
+    /* this emit caches ahead's bound (1024 + 1024) in the producer thread */
+    cr_assert_eq(cbus_text(p2, &ctx, "x"), 0);
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p2)), 1025);
+
+    cbus_consumer *behind;
+    struct cbus_consumer_opts bo = {.name = "behind", .mode = CBUS_LOSSLESS};
+    bo.start = how == BEHIND_OLDEST ? CBUS_START_OLDEST
+             : how == BEHIND_RESUME ? CBUS_START_RESUME : CBUS_START_CURSOR;
+    bo.cursor = 1;
+    if (how == BEHIND_RESUME)
+        bo.flags = CBUS_CONSUMER_KEEP;
+    cr_assert_eq(cbus_consumer_attach(&behind, n2, &bo), 0);
+    cr_assert_eq(cbus_consumer_read_pos(behind), 1);
+
+    /* The ring is full for "behind": every further emit must be dropped. */
+    int dropped = 0;
+    for (int i = 0; i < 1023; i++) {
+        int r = cbus_text(p2, &ctx, "x");
+        cr_assert(r == 0 || r == -EAGAIN, "emit: %d", r);
+        dropped += r == -EAGAIN;
+    }
+    struct cbus_event ev[128];
+    int n;
+    while ((n = cbus_consumer_poll(behind, ev, 128)) > 0) {
+    }
+    cr_assert_geq(n, 0);
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(behind, &st);
+    cr_assert_eq(st.lost, 0, "the new consumer lost %llu of %llu",
+                 (unsigned long long)st.lost, (unsigned long long)(st.lost + st.consumed));
+    cr_assert_eq(st.consumed, 1024, "positions 1..1024 all delivered");
+    cr_assert_eq(dropped, 1023, "producers were held at the newcomer's cursor");
+    cbus_consumer_detach(behind);
+    cbus_consumer_detach(ahead);
+    cbus_producer_close(p2);
+    cbus_bus_destroy(n2);
+}
+
+Test(bus_ring, tether_behind_cached_bound_oldest_loses_nothing)
+{
+    behind_consumer_tethers(BEHIND_OLDEST);
+}
+
+Test(bus_ring, tether_behind_cached_bound_resume_loses_nothing)
+{
+    behind_consumer_tethers(BEHIND_RESUME);
+}
+
+Test(bus_ring, tether_behind_cached_bound_saved_cursor_loses_nothing)
+{
+    behind_consumer_tethers(BEHIND_CURSOR);
+}
