@@ -149,6 +149,7 @@ void child_kill(struct child *c)
     kill(c->pid, SIGKILL);
     while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR) {
     }
+    G.dead_pid = c->pid; /* reaped: a pid no live process has (forged entries claim it) */
     c->pid = 0;
     c->state = C_DEAD;
 }

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <cbus/bus.h>
+
 #include "soak.h"
 
 enum child_kind { K_VERIFIER, K_PRODUCER, K_COST, K_AUDIT, K_EXPORT, K_RATELIMIT, K_COLLECTOR,
@@ -42,6 +44,23 @@ struct soak_cfg {
     char state_path[256];
     char bus[32];
     unsigned port;             /* collector */
+    unsigned faults;           /* F_* segment faults enabled */
+    uint64_t fault_mean_ns;    /* mean time between segment faults */
+    pid_t dead_pid;            /* a child killed and reaped (forged entries claim it) */
+};
+
+/* Segment faults (faults.c, --faults). */
+enum { F_COUNTERS = 1u << 0, F_SLOT = 1u << 1, F_ENTRY = 1u << 2, F_TAIL = 1u << 3,
+       F_TAIL_LARGE = 1u << 4, F_FORGE = 1u << 5, F_RECREATE = 1u << 6, F_TRUNCATE = 1u << 7 };
+
+struct fault_stats {
+    uint64_t counters, dropped_injected, untethered_injected;
+    uint64_t slots;                          /* slot corruptions (request_id bytes) */
+    uint64_t entries, entry_heartbeats;      /* consumer entry writes (heartbeat zeroed) */
+    uint64_t tail_jumps, tail_positions;     /* positions added to tail, never claimed */
+    uint64_t forged, forged_untethered, forged_counted, forged_evicted, forged_evicted_at_end;
+    uint64_t forged_max_ns;                  /* longest a forged entry blocked producers */
+    uint64_t recreations, truncations;
 };
 
 extern struct soak_cfg G;
@@ -60,7 +79,17 @@ int daemons_cost_check(uint64_t final_tail, char *msg, size_t len, int *excused)
 int daemons_audit_verify(char *msg, size_t len);
 int free_loopback_port(unsigned *port);
 
+/* faults.c */
+extern struct fault_stats FS;
+void faults_set_bus(cbus_bus *bus);
+void faults_act(uint64_t now);
+void faults_tick(uint64_t now, uint64_t sched_delay);
+void faults_heal(void);
+int faults_corrupted(uint64_t pos); /* 1: slot bytes at pos were written by the soak */
+
 /* report helpers (main.c) */
 void violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint64_t rnd(void);
+uint64_t rnd_range(uint64_t lo, uint64_t hi);
 
 #endif

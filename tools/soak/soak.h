@@ -20,6 +20,7 @@
 #define SOAK_MAX_PROD  4096 /* producer instances over a run (each restart is a new one) */
 #define SOAK_MAX_VER   4    /* verifying consumers */
 #define SOAK_BATCH     64   /* events per verifier batch (and journal entries) */
+#define SOAK_MAX_BAD   4096 /* bad-proof positions a verifier records */
 
 /* Token fields summed for the cost check, in this order. */
 enum { SOAK_TOK_INPUT, SOAK_TOK_OUTPUT, SOAK_TOK_CACHE_READ, SOAK_TOK_CACHE_CREATION,
@@ -60,6 +61,7 @@ struct soak_vglobal {
     uint64_t untethered;   /* times the bus cut it loose (>= exact: may double count) */
     uint64_t redelivered;  /* events seen again after a restart and skipped */
     uint64_t lifetimes;
+    uint64_t bad;          /* consumed events whose proof did not check (bad_pos[0..bad)) */
 };
 
 struct soak_journal_entry {
@@ -75,7 +77,7 @@ struct soak_verifier {
     uint64_t jbatch;
     struct soak_vglobal g[2];
     struct soak_journal_entry je[SOAK_BATCH];
-    _Atomic uint64_t bad_proof;           /* event whose proof did not decode or check */
+    _Atomic uint64_t bad_proof;           /* events whose proof did not check (all lives) */
     _Atomic uint64_t dup;                 /* sequence at or below one already seen */
     _Atomic uint64_t progress_ns;         /* monotonic time of the last batch */
     _Atomic uint32_t attached;            /* this lifetime is attached */
@@ -83,6 +85,9 @@ struct soak_verifier {
      * and producers meet the lossless wait bound on a live consumer. */
     _Atomic uint64_t slow_until_ns;
     char first_violation[192];
+    /* Positions of the events counted in g.bad: each must be one whose slot
+     * bytes the soak itself wrote (faults.c). */
+    uint64_t bad_pos[SOAK_MAX_BAD];
     _Atomic uint8_t which[SOAK_MAX_PROD]; /* current rec[p][] */
     struct soak_vrec rec[SOAK_MAX_PROD][2];
 };
