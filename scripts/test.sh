@@ -39,6 +39,7 @@ run_suite() { # dir, cmake args..., then -- ctest args...
   ctest --test-dir "$dir" --output-on-failure --timeout 600 "${ct[@]}"
 }
 start=$(date +%s)
+export CBUS_TEST_PYTHON; CBUS_TEST_PYTHON=$(scripts/venv.sh) # strict OTLP decoding (export tests)
 run_suite build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
 echo "=== cbus: end-to-end demo, short mode"
 CBUS_DEMO_BUILD=build/release scripts/demo.sh --short

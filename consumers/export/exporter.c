@@ -43,6 +43,15 @@ struct exporter {
     struct spool *spool;
     struct transport *tr;
     int unhealthy;              /* the last attempt failed in a retryable way */
+    int rejecting;              /* the last answer was a final failure (400, 413, TLS...) */
+    /* The last failed request, for the status file: an endpoint that answers
+     * every batch with 400 is up but loses everything, and must not look OK. */
+    struct {
+        long status;            /* HTTP status, 0 = none (transport error) */
+        int curl_code;
+        uint64_t realtime_ns;   /* 0 = no failure yet */
+        char message[121];      /* curl's error or the start of the answer */
+    } last_err;
     unsigned attempt;           /* consecutive retryable failures */
     uint64_t next_try_ns;       /* no spool request before this */
     uint64_t now_ns;
@@ -394,10 +403,27 @@ static int rate_ok(uint64_t now, uint64_t *last)
     return 1;
 }
 
+static void note_error(struct exporter *x, const struct send_result *r)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x->last_err.status = r->status;
+    x->last_err.curl_code = r->curl_code;
+    x->last_err.realtime_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    /* a short excerpt: the start of the answer is what says why */
+    size_t n = strnlen(r->message, sizeof x->last_err.message - 1);
+    memcpy(x->last_err.message, r->message, n);
+    x->last_err.message[n] = '\0';
+}
+
 static void on_done(void *arg, struct batch *b, const struct send_result *r)
 {
     struct exporter *x = arg;
     x->st.last_status = r->status;
+    if (r->outcome == SEND_OK)
+        x->rejecting = 0;
+    else
+        note_error(x, r);
     cbus_log_debug("batch %" PRIu64 " (%u items, %" PRIu64 " bytes): HTTP %ld after %.3f ms (built %.3f ms before)",
                    b->seq, b->items, b->body_len, r->status, (double)(mono_now() - b->sent_ns) / 1e6,
                    (double)(b->sent_ns - b->created_ns) / 1e6);
@@ -444,7 +470,8 @@ static void on_done(void *arg, struct batch *b, const struct send_result *r)
         } else {
             x->suppressed_rejects++;
         }
-        x->unhealthy = 0; /* it answered: the endpoint is up */
+        x->unhealthy = 0; /* it answered: no backoff, nothing to spool */
+        x->rejecting = 1; /* but it is losing our data: not OK */
         x->attempt = 0;
         drop_batch(x, b);
         break;
@@ -676,7 +703,14 @@ void exporter_status_json(const struct exporter *x, struct sbuf *b)
                 spool_count(x->spool), spool_bytes(x->spool), spool_stats(x->spool)->recovered,
                 spool_stats(x->spool)->corrupt, x->queue.count,
                 x->tr ? transport_in_flight(x->tr) : 0u, x->tr ? transport_connects(x->tr) : 0,
-                x->unhealthy ? "false" : "true", s->last_status);
+                x->unhealthy || x->rejecting ? "false" : "true", s->last_status);
+    if (x->last_err.realtime_ns) {
+        /* the message comes from the network: escaped, never raw */
+        sbuf_printf(b, ",\"last_error\":{\"status\":%ld,\"curl_code\":%d,\"unix_ms\":%" PRIu64 ",\"message\":",
+                    x->last_err.status, x->last_err.curl_code, x->last_err.realtime_ns / 1000000u);
+        sbuf_json_str(b, x->last_err.message, strlen(x->last_err.message));
+        sbuf_puts(b, "}");
+    }
     if (x->spans) {
         const struct span_stats *p = span_table_stats(x->spans);
         sbuf_printf(b,

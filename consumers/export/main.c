@@ -1,5 +1,5 @@
 /* cbus-export: ships bus events to OTLP/HTTP collectors (OpenTelemetry
- * Collector, Langfuse, Jaeger, Tempo, Phoenix) or any HTTP endpoint that
+ * Collector, Langfuse, Jaeger, Tempo: OTLP/JSON) or any HTTP endpoint that
  * takes msgpack.  See docs/export.md. */
 #include <errno.h>
 #include <fcntl.h>

@@ -88,12 +88,27 @@ static void a_str(struct sbuf *b, const char *key, size_t klen, const char *s, s
     LIT(b, "}}");
 }
 
+/* The value of an integer attribute.  AnyValue.intValue is a SIGNED int64:
+ * a receiver's protobuf-JSON parser (Google's, the OTel Collector's) rejects
+ * the whole request with 400 for a value above INT64_MAX, and a 400 is never
+ * retried, so the batch would be lost.  Every integer cbus sends is a u64 from
+ * shared memory or a counter; one above INT64_MAX (a corrupt ring position, a
+ * hostile producer's backoff) goes as its decimal stringValue instead: the
+ * value survives and the request stays valid. */
+static void put_int_value(struct sbuf *b, uint64_t v)
+{
+    if (v > (uint64_t)INT64_MAX)
+        LIT(b, "\"stringValue\":\"");
+    else
+        LIT(b, "\"intValue\":\"");
+    put_u64(b, v);
+    LIT(b, "\"}}");
+}
+
 static void a_int(struct sbuf *b, const char *key, size_t klen, uint64_t v)
 {
     put_key(b, key, klen);
-    LIT(b, "\"intValue\":\"");
-    put_u64(b, v);
-    LIT(b, "\"}}");
+    put_int_value(b, v);
 }
 
 /* A duration in seconds as a doubleValue, written from integer nanoseconds
@@ -160,7 +175,15 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
     A_INT(b, "process.pid", r->pid);
     if (r->bus_name)
         A_STR(b, "cbus.bus.name", r->bus_name, strlen(r->bus_name));
-    A_INT(b, "cbus.bus.id", r->bus_id);
+    /* A random u64: half of all buses have one above INT64_MAX, which an
+     * intValue cannot carry (see put_int_value), and an id is not a number
+     * anyway.  16 hex digits, the form cbusctl and the logs show. */
+    uint8_t idb[8];
+    for (int i = 0; i < 8; i++)
+        idb[i] = (uint8_t)(r->bus_id >> (56 - 8 * i));
+    LIT(b, ",{\"key\":\"cbus.bus.id\",\"value\":{\"stringValue\":\"");
+    otlp_put_hex(b, idb, 8);
+    LIT(b, "\"}}");
     /* extra "k=v,k=v" pairs, already validated by the config parser */
     for (const char *p = r->extra; p && *p;) {
         const char *comma = strchr(p, ',');
@@ -286,9 +309,8 @@ static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int fir
     LIT(b, ",\"name\":");
     const char *kn = run_kind(ev->kind);
     sbuf_json_str(b, kn, strlen(kn));
-    LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{\"intValue\":\"");
-    put_u64(b, ev->event_id);
-    LIT(b, "\"}}");
+    LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{");
+    put_int_value(b, ev->event_id);
     switch (ev->kind) {
     case CBUS_EV_AGENT_ACTION:
         A_FIELD(b, "gen_ai.tool.name", ev->name);

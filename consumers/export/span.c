@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#define CLOSED_SLOTS 4096 /* power of two; 32 KiB */
+
 struct span_table {
     struct span **buckets;
     size_t nbuckets;           /* power of two */
@@ -16,6 +18,12 @@ struct span_table {
     span_emit_fn emit;
     void *arg;
     struct span_stats st;
+    /* Run hashes of recently exported runs, direct-mapped: a point event that
+     * comes after its run closed (a retry after llm_error) still hangs under
+     * that run's span, which was exported.  A run pushed out of here, or never
+     * seen, gives its point events no parent: a parentSpanId that never
+     * arrives is worse than none.  64-bit hashes: a false match is ~2^-64. */
+    uint64_t closed[CLOSED_SLOTS];
 };
 
 static uint64_t mix64(uint64_t x)
@@ -201,8 +209,24 @@ static void unlink_span(struct span_table *t, struct span *s)
     t->count--;
 }
 
+static void remember_closed(struct span_table *t, const uint8_t run_id[16])
+{
+    uint64_t h = run_hash(run_id);
+    t->closed[h & (CLOSED_SLOTS - 1)] = h | 1; /* never 0: 0 marks an empty slot */
+}
+
+static int recently_closed(const struct span_table *t, const uint8_t run_id[16])
+{
+    uint64_t h = run_hash(run_id);
+    return t->closed[h & (CLOSED_SLOTS - 1)] == (h | 1);
+}
+
 static void emit(struct span_table *t, struct span *s)
 {
+    /* every span but a point carries its run's span id: children and later
+     * point events of that run can link to it */
+    if (s->end_kind != SPAN_POINT)
+        remember_closed(t, s->start.run_id);
     t->st.spans++;
     if (s->end_kind == SPAN_UNFINISHED)
         t->st.unfinished++;
@@ -237,11 +261,19 @@ static void set_ids(struct span_table *t, struct span *s, const struct cbus_even
     else
         span_id_from_run(s->span_id, ev->run_id);
     const struct span *parent = NULL;
-    if (point && !id_zero(ev->run_id)) {
-        /* a point event belongs to its run: that run is its parent */
-        s->has_parent = 1;
-        span_id_from_run(s->parent_span_id, ev->run_id);
-        parent = lookup(t, ev->run_id);
+    if (point) {
+        /* A point event with no open run (point_event() folds it otherwise):
+         * it hangs under its run, or its parent run, only if that run's span
+         * was exported; else it is a root span of its trace. */
+        const uint8_t *link = NULL;
+        if (!id_zero(ev->run_id) && recently_closed(t, ev->run_id))
+            link = ev->run_id;
+        else if (event_has_parent(ev) && recently_closed(t, ev->parent_run_id))
+            link = ev->parent_run_id;
+        if (link) {
+            s->has_parent = 1;
+            span_id_from_run(s->parent_span_id, link);
+        }
     } else if (event_has_parent(ev)) {
         s->has_parent = 1;
         span_id_from_run(s->parent_span_id, ev->parent_run_id);

@@ -1,15 +1,23 @@
 #!/usr/bin/python3
 """Independent decoder for what cbus-collector stored: OTLP/JSON bodies
-(python's json) and msgpack batches (python3-msgpack).  Prints one JSON
-document the C test asserts on:
+(python's json) and msgpack batches (msgpack).  Prints one JSON document the
+C test asserts on:
 
   {"files": [...], "violations": [...],
+   "strict": bool, "resources": [{key: value}],
    "spans":  [{"file", "trace", "span", "parent", "name", "kind", "status",
-               "attrs": {key: value}, "events": [name, ...]}],
+               "status_message", "start", "end", "attrs": {key: value},
+               "events": [name, ...]}],
    "events": [{"file", "event_id", "kind", "run_id", "bus_id"}]}
 
 "violations" lists every breach of the OTLP/JSON rules cbus-export must
 follow (hex ids, integer enums, 64-bit integers as decimal strings).
+
+With --strict, every OTLP/JSON body is also parsed the way a collector does:
+Google's protobuf-JSON parser (google.protobuf.json_format.Parse, unknown
+fields refused) into the official ExportTraceServiceRequest message
+(opentelemetry-proto).  A body it rejects is a violation: a real receiver
+answers it with 400.  Without those packages --strict exits 3.
 """
 import json
 import os
@@ -27,7 +35,11 @@ def value(v, where, bad):
     if "intValue" in v:
         if not isinstance(v["intValue"], str) or not DEC.match(v["intValue"]):
             bad.append(f"{where}: intValue {v['intValue']!r} is not a decimal string")
-        return int(v["intValue"])
+            return None
+        n = int(v["intValue"])
+        if not INT64_MIN <= n <= INT64_MAX:
+            bad.append(f"{where}: intValue {n} does not fit a signed 64-bit integer")
+        return n
     if "doubleValue" in v:
         return float(v["doubleValue"])
     if "boolValue" in v:
@@ -47,11 +59,27 @@ def attrs(lst, where, bad):
     return out
 
 
-def otlp(path, name, spans, bad):
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+STRICT = None  # (json_format, ExportTraceServiceRequest) with --strict
+
+
+def strict_parse(raw, name, bad):
+    json_format, request = STRICT
+    try:
+        json_format.Parse(raw, request(), ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        bad.append(f"{name}: protobuf-JSON parser rejects it: {exc}")
+
+
+def otlp(path, name, spans, resources, bad):
     with open(path, "rb") as f:
-        doc = json.load(f)
+        raw = f.read()
+    if STRICT:
+        strict_parse(raw, name, bad)
+    doc = json.loads(raw)
     for rs in doc["resourceSpans"]:
         res = attrs(rs["resource"]["attributes"], name + ":resource", bad)
+        resources.append(res)
         for key in ("service.name", "host.name", "process.pid"):
             if key not in res:
                 bad.append(f"{name}: resource lacks {key}")
@@ -82,6 +110,9 @@ def otlp(path, name, spans, bad):
                     "name": s["name"],
                     "kind": s["kind"],
                     "status": code,
+                    "status_message": s.get("status", {}).get("message", ""),
+                    "start": int(s["startTimeUnixNano"]),
+                    "end": int(s["endTimeUnixNano"]),
                     "attrs": attrs(s.get("attributes"), w, bad),
                     "events": [e["name"] for e in s.get("events", [])],
                 })
@@ -99,20 +130,33 @@ def mpack(path, name, events, bad):
 
 
 def main():
-    store = sys.argv[1]
+    global STRICT
+    args = sys.argv[1:]
+    if args and args[0] == "--strict":
+        args = args[1:]
+        try:
+            from google.protobuf import json_format
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceRequest)
+        except ImportError as exc:
+            print(f"decode_store.py --strict: {exc} (run scripts/venv.sh)", file=sys.stderr)
+            sys.exit(3)
+        STRICT = (json_format, ExportTraceServiceRequest)
+    store = args[0]
     files = sorted(os.listdir(store)) if os.path.isdir(store) else []
     files = [f for f in files if f.endswith(".json") or f.endswith(".msgpack")]
-    spans, events, bad = [], [], []
+    spans, events, resources, bad = [], [], [], []
     for name in files:
         path = os.path.join(store, name)
         try:
             if name.endswith(".json"):
-                otlp(path, name, spans, bad)
+                otlp(path, name, spans, resources, bad)
             else:
                 mpack(path, name, events, bad)
         except Exception as exc:  # a body the decoder cannot read is a finding
             bad.append(f"{name}: {type(exc).__name__}: {exc}")
-    json.dump({"files": files, "violations": bad, "spans": spans, "events": events}, sys.stdout)
+    json.dump({"files": files, "strict": bool(STRICT), "violations": bad, "spans": spans,
+               "resources": resources, "events": events}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -245,13 +245,61 @@ Test(export_otlp, error_tool_agent_and_points)
     cr_assert_eq(cJSON_GetArraySize(evs), 1);
     cr_assert_str_eq(str(cJSON_GetArrayItem(evs, 0), "name"), "agent_action");
     cJSON *pt = find_span(spans, "custom cache_hit");
-    uint8_t run5[16] = {0xaa}, sid[8];
-    run5[15] = 5;
-    span_id_from_run(sid, run5);
-    char h[17];
-    hex8(h, sid);
-    cr_assert_str_eq(str(pt, "parentSpanId"), h, "a point event hangs under its run");
-    cr_assert_str_neq(str(pt, "spanId"), h);
+    cr_assert_null(cJSON_GetObjectItem(pt, "parentSpanId"),
+                   "run 5 never started: a parent link would dangle, so there is none");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, point_event_after_its_run_hangs_under_the_exported_span)
+{
+    /* a retry after llm_error: the run is closed and was exported */
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 3, 0, 0);
+    span_table_feed(table, &s, 1);
+    struct cbus_event e = ev(CBUS_EV_LLM_ERROR, 3, 0, 10);
+    span_table_feed(table, &e, 1);
+    struct cbus_event r = ev(CBUS_EV_RETRY, 3, 0, 20);
+    r.u.retry.attempt = 1;
+    span_table_feed(table, &r, 1);
+    /* a point event whose parent run ended: hangs under the parent */
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 4, 0, 30);
+    span_table_feed(table, &c, 1);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_END, 4, 0, 40);
+    span_table_feed(table, &ce, 1);
+    struct cbus_event t = ev(CBUS_EV_TEXT, 6, 4, 50);
+    span_table_feed(table, &t, 1);
+    cr_assert_eq(nspans, 4);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = cJSON_GetArrayItem(spans, 0), *retry = cJSON_GetArrayItem(spans, 1);
+    cJSON *chain = cJSON_GetArrayItem(spans, 2), *text = cJSON_GetArrayItem(spans, 3);
+    cr_assert_str_eq(str(retry, "parentSpanId"), str(chat, "spanId"));
+    cr_assert_str_eq(str(text, "parentSpanId"), str(chain, "spanId"));
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, integers_above_int64_max_are_never_an_int_value)
+{
+    /* an event folded into an open run carries the retry numbers */
+    struct cbus_event s = ev(CBUS_EV_TOOL_START, 1, 0, 0);
+    span_table_feed(table, &s, 1);
+    struct cbus_event r = ev(CBUS_EV_RETRY, 1, 0, 10);
+    r.u.retry.attempt = 1;
+    r.u.retry.backoff_ns = UINT64_C(16360377253861318754);
+    span_table_feed(table, &r, 1);
+    struct cbus_event r2 = ev(CBUS_EV_RETRY, 1, 0, 20);
+    r2.u.retry.backoff_ns = (uint64_t)INT64_MAX;
+    span_table_feed(table, &r2, 1);
+    struct cbus_event e = ev(CBUS_EV_TOOL_END, 1, 0, 30);
+    span_table_feed(table, &e, 1);
+    cr_assert_eq(nspans, 1);
+    cr_assert(strstr(out.data, "\"cbus.retry.backoff_ns\",\"value\":{\"stringValue\":\"16360377253861318754\"}"),
+              "%s", out.data);
+    cr_assert(strstr(out.data, "\"cbus.retry.backoff_ns\",\"value\":{\"intValue\":\"9223372036854775807\"}"),
+              "INT64_MAX itself is still an intValue: %s", out.data);
+    /* the resource's bus id (7 here) is 16 hex digits, not a number */
+    cr_assert(strstr(out.data, "{\"key\":\"cbus.bus.id\",\"value\":{\"stringValue\":\"0000000000000007\"}}"),
+              "%s", out.data);
+    cJSON *root = parse_batch();
     cJSON_Delete(root);
 }
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -58,11 +59,33 @@ static int64_t json_path(const char *path, const char *key)
     cJSON *o = root;
     char k[128];
     snprintf(k, sizeof k, "%s", key);
+    /* "a.b.2": a number steps into an array */
     for (char *save = NULL, *part = strtok_r(k, ".", &save); part && o; part = strtok_r(NULL, ".", &save))
-        o = cJSON_GetObjectItemCaseSensitive(o, part);
+        o = cJSON_IsArray(o) ? cJSON_GetArrayItem(o, atoi(part)) : cJSON_GetObjectItemCaseSensitive(o, part);
     int64_t v = cJSON_IsNumber(o) ? (int64_t)o->valuedouble : cJSON_IsBool(o) ? cJSON_IsTrue(o) : -1;
     cJSON_Delete(root);
     return v;
+}
+
+void child_die_with_parent(pid_t parent)
+{
+    /* The test process may die on any path (a crash, a failed assert in a
+     * helper, SIGKILL from ctest's timeout): its daemons die with it instead of
+     * holding ctest's output pipe open.  getppid() closes the race with a
+     * parent that died before the prctl. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
+}
+
+cJSON *json_file(const char *path)
+{
+    char *text = slurp(path);
+    if (!text)
+        return NULL;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    return root;
 }
 
 int collector_start(struct collector *c, const char *dir, unsigned port, const char *const *args)
@@ -81,8 +104,10 @@ int collector_start(struct collector *c, const char *dir, unsigned port, const c
     for (int i = 0; args && args[i] && n < 38; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
+    pid_t parent = getpid();
     c->pid = fork();
     if (c->pid == 0) {
+        child_die_with_parent(parent);
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0 && !getenv("CBUS_TEST_VERBOSE"))
             dup2(devnull, 2);
@@ -146,8 +171,10 @@ int exporter_start(struct exporter_proc *e, const char *dir, const char *bus, co
     fputs(config_text, f);
     fclose(f);
     unlink(e->status);
+    pid_t parent = getpid();
     e->pid = fork();
     if (e->pid == 0) {
+        child_die_with_parent(parent);
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0 && !getenv("CBUS_TEST_VERBOSE"))
             dup2(devnull, 2);

@@ -7,6 +7,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <cjson/cJSON.h>
+
+/* In a forked child before exec: SIGKILL when parent (the test) dies. */
+void child_die_with_parent(pid_t parent);
+/* A whole JSON file (a status snapshot: several counters read at one instant),
+ * or NULL; the caller cJSON_Delete()s it. */
+cJSON *json_file(const char *path);
+
 struct collector {
     pid_t pid;
     unsigned port;
@@ -20,7 +28,7 @@ struct collector {
 int collector_start(struct collector *c, const char *dir, unsigned port, const char *const *args);
 /* SIGTERM and wait; the stats file is final afterwards. */
 void collector_stop(struct collector *c);
-/* A counter from the stats file (or -1). */
+/* A counter from the stats file (or -1); "post_ms.1" indexes an array. */
 int64_t collector_stat(const struct collector *c, const char *key);
 
 struct exporter_proc {
