@@ -7,8 +7,17 @@
  *        reasoning models, finish reasons);
  *   ~20% agent: chain_start, agent_action, tool_start/tool_end (child runs),
  *        an inner LLM call, agent_finish, chain_end;
- *   ~10% retrieval: retriever_start/end, then a chat;
+ *   ~10% retrieval: a RetrievalQA chain around retriever_start/end and a chat;
  *   ~1% of LLM calls fail first (llm_error 429/500, retry, then succeed).
+ * Every child's parent run emits its start first, so an exporter sees no
+ * parent that never arrives.
+ *
+ * Latency is not simulated: a request's events are emitted back to back, and
+ * each duration and time to first token is the producer's own measurement
+ * between its events (cbus_llm_end fills them from the context), so span
+ * times, time_to_first_chunk and the cost daemon's histograms agree.  A
+ * simulated latency reported beside back-to-back timestamps gave every chat
+ * span a time to first chunk longer than the span.
  * Models come from the LiteLLM price table (chat models with prices);
  * users and sessions follow a Zipf-like skew.  --admit asks cbus_admit()
  * before each request and honours its verdict as a server would: a throttled
@@ -306,11 +315,8 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
         u.reasoning_tokens = (uint32_t)(output * (0.2 + 0.5 * rng_unit(r)));
         u.usage_present |= CBUS_USAGE_REASONING;
     }
-    /* Simulated model latency (the generator does not sleep through it):
-     * time to first token ~ lognormal around 350 ms, then ~15 ms a token. */
-    u.ttft_ns = (uint64_t)rng_lognormal(r, 350, 0.5, 30000) * 1000000u;
-    u.duration_ns = u.ttft_ns + (uint64_t)output * (10 + rng_u64(r) % 10) * 1000000u;
-    u.usage_present |= CBUS_USAGE_TTFT | CBUS_USAGE_DURATION;
+    /* No CBUS_USAGE_TTFT / CBUS_USAGE_DURATION: the producer measures both
+     * on the clock that stamps the events (see the top of the file). */
     double fr = rng_unit(r);
     u.finish_reason = fr < 0.9 ? CBUS_FINISH_STOP : fr < 0.95 ? CBUS_FINISH_LENGTH : CBUS_FINISH_TOOL_CALLS;
     int rc = cbus_llm_end(w->p, ctx, &u, "The capital of France is Paris.");
@@ -390,6 +396,8 @@ static void one_request(struct worker *w)
         count(w, cbus_agent_finish(w->p, &root, "It is 18C in Paris."));
         count(w, cbus_chain_end(w->p, &root, "{\"output\":\"It is 18C in Paris.\"}"));
     } else {
+        /* the root run starts before its children: their parent arrives */
+        count(w, cbus_chain_start(w->p, &root, "RetrievalQA", "{\"query\":\"capital of France\"}"));
         cbus_ctx rc;
         cbus_ctx_child(&rc, &root);
         count(w, cbus_retriever_start(w->p, &rc, "VectorStoreRetriever", "capital of France"));
@@ -397,6 +405,7 @@ static void one_request(struct worker *w)
         cbus_ctx llm;
         cbus_ctx_child(&llm, &root);
         llm_call(w, &llm, m, 1);
+        count(w, cbus_chain_end(w->p, &root, "{\"result\":\"Paris\"}"));
     }
 }
 

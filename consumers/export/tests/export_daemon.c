@@ -10,6 +10,7 @@
  * CBUS_TEST_STRICT=1 (the test command), where it fails the test. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -415,6 +416,95 @@ Test(export_daemon, rejected_batches_make_the_endpoint_not_ok_with_the_last_erro
     double now_ms = (double)now.tv_sec * 1e3 + (double)now.tv_nsec / 1e6;
     cr_assert(at > now_ms - 60000 && at <= now_ms + 1000, "last_error.unix_ms %.0f is not now (%.0f)", at, now_ms);
     cJSON_Delete(st);
+}
+
+/* Runs cbus-loadgen to completion on the test's bus; returns its summary. */
+static cJSON *run_loadgen(unsigned requests)
+{
+    char prices[128], summary[128], nreq[16];
+    snprintf(prices, sizeof prices, "%s/prices.json", dir);
+    snprintf(summary, sizeof summary, "%s/loadgen.json", dir);
+    snprintf(nreq, sizeof nreq, "%u", requests);
+    FILE *f = fopen(prices, "w");
+    cr_assert_not_null(f);
+    /* a small LiteLLM-style table: two chat models, one with reasoning */
+    fputs("{\"gpt-4o\":{\"mode\":\"chat\",\"input_cost_per_token\":2.5e-06,\"output_cost_per_token\":1e-05,"
+          "\"litellm_provider\":\"openai\"},"
+          "\"o3-mini\":{\"mode\":\"chat\",\"input_cost_per_token\":1.1e-06,\"output_cost_per_token\":4.4e-06,"
+          "\"litellm_provider\":\"openai\",\"supports_reasoning\":true}}",
+          f);
+    fclose(f);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        child_die_with_parent(parent);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0 && !getenv("CBUS_TEST_VERBOSE"))
+            dup2(devnull, 1); /* its totals are read from the summary file */
+        execl(CBUS_BINARY_DIR "/tools/loadgen/cbus-loadgen", "cbus-loadgen", "--bus", bus, "--prices", prices,
+              "--requests", nreq, "--threads", "1", "--seed", "7", "--quiet", "--summary-json", summary,
+              (char *)NULL);
+        _exit(127);
+    }
+    int st = test_wait_pid(pid, 60000); /* kills and reaps it past the deadline */
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "cbus-loadgen: wait status %d", st);
+    cJSON *sum = json_file(summary);
+    cr_assert_not_null(sum, "no %s", summary);
+    return sum;
+}
+
+Test(export_daemon, loadgen_traces_have_every_parent_and_ttft_within_the_span)
+{
+    /* The ring holds the whole run: loadgen first, with no consumer, then the
+     * exporter from the oldest event.  No drop, no race. */
+    recreate_bus(1u << 16, 0);
+    cJSON *sum = run_loadgen(150);
+    int64_t events = (int64_t)cJSON_GetObjectItem(sum, "events")->valuedouble;
+    cr_assert_eq(cJSON_GetObjectItem(sum, "dropped")->valuedouble, 0);
+    cr_assert_lt(events, 1 << 16, "the ring must hold the run");
+    cJSON_Delete(sum);
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[bus]\nstart = oldest\n")), 0);
+    cr_assert_eq(wait_for(get_exporter, &ex, "bus.consumed", events, 30000), events);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(exporter_stat(&ex, "bus.lost"), 0);
+    cr_assert_eq(exporter_stat(&ex, "export.sent_items"), exporter_stat(&ex, "export.items"), "all delivered");
+    cr_assert_eq(exporter_stat(&ex, "export.spans.unfinished"), 0, "every run ended");
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    int n = cJSON_GetArraySize(spans), llm = 0, retrievers = 0, with_parent = 0;
+    cr_assert_gt(n, 150);
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans) {
+        const char *kind = attr(s, "cbus.run.kind")->valuestring;
+        if (*s_of(s, "parent")) {
+            with_parent++;
+            cJSON *p = span_by_id(spans, s_of(s, "parent"));
+            cr_assert_not_null(p, "%s span %s: parent %s never arrived", kind, s_of(s, "span"), s_of(s, "parent"));
+            cr_assert_str_eq(s_of(p, "trace"), s_of(s, "trace"));
+        }
+        cr_assert_null(attr(s, "cbus.run.start_missing"), "%s span without its start", kind);
+        if (!strcmp(kind, "retriever")) {
+            retrievers++;
+            cr_assert_str_eq(s_of(span_by_id(spans, s_of(s, "parent")), "name"), "chain RetrievalQA");
+        }
+        if (strcmp(kind, "chat_model") && strcmp(kind, "llm"))
+            continue;
+        cJSON *ttft = attr(s, "gen_ai.response.time_to_first_chunk");
+        if (!ttft)
+            continue; /* a failed attempt before any chunk */
+        llm++;
+        double dur = cJSON_GetObjectItem(s, "end")->valuedouble - cJSON_GetObjectItem(s, "start")->valuedouble;
+        /* seconds from exact decimals: 1 ns of slack for the double */
+        cr_assert_leq(ttft->valuedouble * 1e9, dur + 1, "%s: time to first chunk %.9f s > span %.0f ns",
+                      s_of(s, "name"), ttft->valuedouble, dur);
+    }
+    cr_assert_gt(llm, 150, "every request has an LLM call");
+    cr_assert_gt(retrievers, 0, "the retrieval path ran");
+    cr_assert_gt(with_parent, 0);
+    cJSON_Delete(root);
 }
 
 Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
