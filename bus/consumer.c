@@ -231,7 +231,9 @@ CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
 
 static int still_owner(cbus_consumer *c)
 {
-    return atomic_load_explicit(&c->e->generation, memory_order_acquire) == c->generation &&
+    /* A truncated segment (bus/guard.c) is zeros now: nothing to own. */
+    return !atomic_load_explicit(c->bus->broken, memory_order_relaxed) &&
+           atomic_load_explicit(&c->e->generation, memory_order_acquire) == c->generation &&
            atomic_load_explicit(&c->e->state, memory_order_acquire) == CBUS_CSTATE_ACTIVE;
 }
 

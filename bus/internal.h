@@ -62,6 +62,14 @@ struct cbus_bus {
     uint64_t stall_timeout_ns;
     uint64_t abandon_timeout_ns;
     uint64_t admit_stale_ns;
+    /* guard.c: set (process-local) when the segment was truncated under us
+     * and its pages were replaced by zeros; never NULL once validated. */
+    const _Atomic uint32_t *broken;
+    int guard_slot;             /* -1: not guarded */
+    /* what cbus_bus_check() compares the name against */
+    uint64_t bus_id;
+    dev_t dev;
+    ino_t ino;
 };
 
 /* ---- clock.c ---- */
@@ -78,6 +86,14 @@ int cbus__pid_alive(uint32_t pid, uint64_t start_time); /* 1 alive, 0 dead */
 uint32_t cbus__gettid(void);
 int cbus__futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t timeout_ns);
 int cbus__futex_wake(_Atomic uint32_t *addr);
+
+/* ---- guard.c ---- */
+/* Registers a segment mapping with the SIGBUS guard (installing it on first
+ * use).  *broken gets the mapping's broken word (a never-set word when the
+ * mapping cannot be guarded).  Returns the slot, or -1 (unguarded). */
+int cbus__guard_register(void *base, size_t len, const _Atomic uint32_t **broken);
+void cbus__guard_unregister(int slot);
+uint64_t cbus__guard_fired(void);
 
 /* ---- shm.c ---- */
 int cbus__bus_validate(cbus_bus *bus, size_t file_len);

@@ -343,13 +343,27 @@ CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags)
     bus->fd = fd;
     bus->owns_mapping = 1;
     bus->readonly = ro;
+    bus->dev = st.st_dev;
+    bus->ino = st.st_ino;
+    /* Guarded before the first read: the file may be cut short right now. */
+    bus->guard_slot = cbus__guard_register(bus->base, bus->len, &bus->broken);
     err = cbus__bus_validate(bus, bus->len);
     if (err)
         goto err_unmap;
+    if (atomic_load_explicit(bus->broken, memory_order_acquire)) {
+        err = -EBADMSG; /* truncated while we validated: what we read was zeros */
+        goto err_unmap;
+    }
+    bus->bus_id = bus->hdr->bus_id;
+    /* The name we opened by, not the one the header claims: the consumer
+     * lock and cbus_bus_check() look the file up by it. */
+    memset(bus->name, 0, sizeof bus->name);
+    memcpy(bus->name, name, strlen(name));
     *out = bus;
     return 0;
 
 err_unmap:
+    cbus__guard_unregister(bus->guard_slot);
     munmap(bus->base, bus->len);
 err_free:
     free(bus);
@@ -357,6 +371,8 @@ err_close:
     close(fd);
     return err;
 }
+
+static _Atomic uint32_t mem_never_broken;
 
 CBUS_API int cbus_bus_open_mem(cbus_bus **out, void *base, size_t len)
 {
@@ -369,11 +385,16 @@ CBUS_API int cbus_bus_open_mem(cbus_bus **out, void *base, size_t len)
     bus->base = base;
     bus->len = len;
     bus->fd = -1;
+    /* The caller's memory (anonymous, memfd, maybe not page aligned) is not
+     * ours to replace: it is not guarded. */
+    bus->guard_slot = -1;
+    bus->broken = &mem_never_broken;
     int err = cbus__bus_validate(bus, len);
     if (err) {
         free(bus);
         return err;
     }
+    bus->bus_id = bus->hdr->bus_id;
     *out = bus;
     return 0;
 }
@@ -382,11 +403,59 @@ CBUS_API void cbus_bus_close(cbus_bus *bus)
 {
     if (!bus)
         return;
-    if (bus->owns_mapping)
+    if (bus->owns_mapping) {
+        cbus__guard_unregister(bus->guard_slot);
         munmap(bus->base, bus->len);
+    }
     if (bus->fd >= 0)
         close(bus->fd);
     free(bus);
+}
+
+CBUS_API int cbus_bus_check(cbus_bus *bus)
+{
+    if (!bus)
+        return -EINVAL;
+    /* ACQUIRE: pairs with the handler's store in guard.c. */
+    if (atomic_load_explicit(bus->broken, memory_order_acquire))
+        return -EIO;
+    if (bus->fd < 0)
+        return 0; /* the caller's memory: no file to compare with */
+    struct stat st, ps;
+    if (fstat(bus->fd, &st) < 0)
+        return -errno;
+    /* Shrunk but not touched yet: the next access past the end would fault. */
+    if ((uint64_t)st.st_size < bus->len)
+        return -EIO;
+    char path[64];
+    if (cbus__shm_path(path, sizeof path, bus->name))
+        return -EINVAL;
+    if (lstat(path, &ps) < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    /* Our file is open, so its inode number cannot be reused meanwhile:
+     * another (dev, ino) at the name is another segment. */
+    if (ps.st_dev != bus->dev || ps.st_ino != bus->ino)
+        return -EIDRM;
+    if (bus->hdr->bus_id != bus->bus_id)
+        return -EIDRM; /* formatted again in place */
+    return 0;
+}
+
+CBUS_API int cbus_producer_check(cbus_producer *p)
+{
+    return p ? cbus_bus_check(cbus_producer_bus(p)) : -EINVAL;
+}
+
+CBUS_API int cbus_consumer_check(cbus_consumer *c)
+{
+    if (!c)
+        return -EINVAL;
+    int r = cbus_bus_check(cbus_consumer_bus(c));
+    if (r)
+        return r;
+    /* stats is a pure read that says -ESTALE when our entry was taken. */
+    struct cbus_consumer_stats st;
+    return cbus_consumer_stats(c, &st) == -ESTALE ? -ESTALE : 0;
 }
 
 CBUS_API const struct cbus_shm_header *cbus_bus_header(const cbus_bus *bus)

@@ -76,7 +76,11 @@ CBUS_API const char *cbus_strerror(int err)
     case -EBADMSG:
         return "cbus segment header is inconsistent (corrupt or truncated)";
     case -ESTALE:
-        return "consumer was evicted or the bus was recreated";
+        return "stale handle: consumer evicted, or the bus was truncated or recreated";
+    case -EIO:
+        return "the bus segment was truncated under us (its pages are gone)";
+    case -EIDRM:
+        return "the bus name now refers to another segment (the bus was recreated)";
     case -EAGAIN:
         return "event dropped: a lossless consumer kept the ring full past the wait bound";
     case -EEXIST:

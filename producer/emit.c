@@ -169,6 +169,14 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
         atomic_exchange_explicit(&hdr->need_wake, 0, memory_order_seq_cst))
         wake_consumers(hdr);
 
+    /* Truncated under us (bus/guard.c): everything above went to zero pages.
+     * Looked at after the commit, not before, so an emit that straddles the
+     * fault is counted dropped too.  One load of a process-local word. */
+    if (CBUS__UNLIKELY(atomic_load_explicit(p->broken, memory_order_relaxed))) {
+        cbus__producer_drop(p);
+        return -ESTALE;
+    }
+
     if (CBUS__UNLIKELY(++t->pending == 256))
         cbus__producer_flush(p, t);
     return 0;

@@ -70,6 +70,7 @@ CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
     p->slots = bus->slots;
     p->mask = bus->mask;
     p->capacity = bus->capacity;
+    p->broken = bus->broken;
     p->pid = (uint32_t)getpid();
     p->flags = opts ? opts->flags : 0;
     p->generation = atomic_fetch_add_explicit(&next_generation, 1, memory_order_relaxed);

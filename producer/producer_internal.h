@@ -15,6 +15,7 @@ struct cbus_producer {
     struct cbus_slot *slots;
     uint64_t mask;
     uint64_t capacity;
+    const _Atomic uint32_t *broken;  /* the bus's guard word (bus/guard.c) */
     struct cbus_producer_entry *entry; /* NULL when the table was full */
     _Alignas(64) _Atomic uint64_t emitted;  /* flushed from threads every 256 */
     _Atomic uint64_t dropped;

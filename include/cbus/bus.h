@@ -51,6 +51,33 @@ CBUS_API struct cbus_producer_entry *cbus_bus_producer_entry(cbus_bus *bus, unsi
 CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus);
 CBUS_API int cbus_bus_fd(const cbus_bus *bus);
 
+/* Is this handle still on the segment its name refers to?  Cheap (fstat and
+ * lstat, no lock): call it at heartbeat cadence, never per event.
+ * Returns 0 (yes), -EIO (the segment was truncated under us: its pages are
+ * gone and the guard replaced them with zeros, or it shrank and would fault
+ * next; the handle is dead, open the bus again once it is re-created),
+ * -ENOENT (the name was removed (cbusctl destroy, rm): this segment still
+ * works for whoever maps it, but nothing new will open it), -EIDRM (the name
+ * now refers to another segment: the bus was re-created; open it again to
+ * follow it), -EINVAL, or another -errno from fstat/lstat.
+ * Buses opened with cbus_bus_open_mem() are neither guarded nor named by a
+ * file: always 0. */
+CBUS_API int cbus_bus_check(cbus_bus *bus);
+
+/* The SIGBUS guard (bus/guard.c, SECURITY.md).  cbus_bus_open() installs,
+ * once per process, a SIGBUS handler that survives a truncated segment: for
+ * a fault inside a bus mapping it maps zero pages over the mapping, marks
+ * the bus broken (emits and consumer calls then return -ESTALE and
+ * cbus_bus_check() -EIO) and returns; any other SIGBUS goes to the handler
+ * that was installed before it (or the default action).  A host that
+ * installs its own SIGBUS handler later (Python's faulthandler, a JVM)
+ * replaces ours: a truncation then kills the process as it would without
+ * cbus, unless that handler chains to its predecessor with the original
+ * siginfo.  Calling cbus_guard_install() after the host's handler is in
+ * place puts the guard back in front, chaining to the host's handler.
+ * Returns 0 or -errno from sigaction. */
+CBUS_API int cbus_guard_install(void);
+
 /* Liveness of a consumer entry: 1 alive, 0 dead (its OFD lock is gone or its
  * pid/start time no longer match), -errno on error. */
 CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx);

@@ -59,7 +59,8 @@ CBUS_API void cbus_consumer_detach(cbus_consumer *c);
 /* Copies up to max committed events into out, in ring order; never blocks
  * for long (a slot whose producer is mid-write is waited for at most the
  * abandon timeout, and only when its writer is dead or unknown).
- * Returns the count (0 = nothing new), -EINVAL, -ESTALE (evicted). */
+ * Returns the count (0 = nothing new), -EINVAL, -ESTALE (evicted, or the
+ * segment was truncated under us: cbus_consumer_check() says which). */
 CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max);
 
 /* Sleeps until an event may be available, timeout_ns passes, or a signal.
@@ -71,6 +72,19 @@ CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns);
  * Returns 0, -EINVAL (pos beyond the read position or behind the cursor), -ESTALE. */
 CBUS_API int cbus_consumer_commit(cbus_consumer *c);
 CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos);
+
+/* Is this consumer still reading the bus its name refers to?  A bus
+ * destroyed and re-created (cbusctl destroy + create, rm + create) is not
+ * noticed by poll or wait: they keep reading the old segment, which only
+ * producers that opened it before keep writing to.  Call this at heartbeat
+ * cadence (it costs an fstat and an lstat); consumers/common/attach.c is
+ * the daemons' re-attach policy built on it.
+ * Returns 0, -ESTALE (our entry was evicted), -EIO (segment truncated: the
+ * handle is dead), -ENOENT (name removed, nothing re-created yet: the old
+ * segment still works), -EIDRM (the name is another segment now: attach
+ * again to follow it), -EINVAL, or an -errno of fstat/lstat.
+ * See cbus_bus_check(). */
+CBUS_API int cbus_consumer_check(cbus_consumer *c);
 
 /* Proof of life for a consumer busy between polls (poll and wait heartbeat
  * on their own).  A lossless consumer silent for the bus's stall timeout is

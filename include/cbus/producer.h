@@ -10,7 +10,11 @@
  *   -EINVAL  NULL producer/context, or a kind out of range
  *   -EAGAIN  dropped: a lossless consumer kept the ring full past the wait
  *            bound (counted in the producer's and the bus's dropped counters)
- *   -ESTALE  the producer was closed
+ *   -ESTALE  the producer was closed, or its segment was truncated under it
+ *            (the SIGBUS guard replaced its pages with zeros: see bus.h);
+ *            the event is counted in the producer's dropped counter.  The
+ *            check is one load of a process-local word.  Open the bus again
+ *            (cbus_producer_check() says -EIO) once it is re-created.
  */
 #ifndef CBUS_PRODUCER_H
 #define CBUS_PRODUCER_H
@@ -43,6 +47,16 @@ struct cbus_producer_stats {
 };
 CBUS_API int cbus_producer_stats(cbus_producer *p, struct cbus_producer_stats *out);
 CBUS_API cbus_bus *cbus_producer_bus(cbus_producer *p);
+
+/* Is this producer still emitting into the bus its name refers to?  Emits
+ * never look (that would be a syscall per event): a producer that keeps
+ * emitting into a segment whose name was removed or re-created emits into
+ * a segment no new consumer will read.  A host that may see its bus
+ * re-created calls this from a timer or its own slow path (every second or
+ * so), and on -EIDRM closes the producer and opens the bus again.
+ * Returns the codes of cbus_bus_check(): 0, -EIO (truncated), -ENOENT
+ * (removed), -EIDRM (re-created), -EINVAL. */
+CBUS_API int cbus_producer_check(cbus_producer *p);
 
 /* ---- context: who and what an event is about ------------------------------
  * A context carries the run ids and the bounded strings, pre-laid-out as an
