@@ -21,6 +21,23 @@
 #define WAIT_LOOK_NS 10000u
 /* An empty poll looks at the producers' tail at most this often. */
 #define TAIL_CHECK_NS 5000u
+/* Poll looks at the producer table at most this often (see dead_producer). */
+#define PRODUCER_SCAN_NS 200000000u
+
+/* A registered producer seen dead.  A claimed position nobody has marked
+ * cannot name its writer; if a producer died that could have claimed it,
+ * the position is skipped after abandon_timeout instead of stall_timeout.
+ * "Could have": it was alive to claim, so only positions below the tail we
+ * read once we knew it was dead.  Poll looks at the table every
+ * PRODUCER_SCAN_NS so a producer that died long ago (not mid-claim) cannot
+ * excuse a live producer's claim made later. */
+struct dead_producer {
+    uint32_t pid;
+    int known;                    /* this entry holds a producer seen dead */
+    int vouched;                  /* it already excused one unmarked claim */
+    uint64_t start_time;
+    uint64_t seen_tail;           /* tail read after it was seen dead */
+};
 
 struct cbus_consumer {
     cbus_bus *bus;
@@ -36,10 +53,13 @@ struct cbus_consumer {
     /* a claimed slot not yet committed at read_pos: since when */
     uint64_t stuck_pos;
     uint64_t stuck_since;
+    uint64_t stuck_tail;          /* tail then: every position below it was claimed */
     int stuck;
     uint64_t tail_checked_ns;     /* when an empty poll last read tail */
     uint64_t tail_seen;           /* what it read */
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
+    uint64_t pscan_ns;            /* when the producer table was last looked at */
+    struct dead_producer dead[CBUS_MAX_PRODUCERS];
 };
 
 static uint64_t now_ns(cbus_bus *bus)
@@ -72,6 +92,69 @@ static int take_lock(cbus_consumer *c)
     }
     c->lock_fd = fd;
     return 0;
+}
+
+/* Looks at the producer table: records producers that are dead and the
+ * tail once that is known; forgets entries freed, reused or alive. */
+static void scan_producers(cbus_consumer *c, uint64_t now)
+{
+    cbus_bus *bus = c->bus;
+    c->pscan_ns = now;
+    for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
+        struct cbus_producer_entry *e = &bus->producers[i];
+        struct dead_producer *d = &c->dead[i];
+        /* ACQUIRE: pairs with the RELEASE store of 1 in entry_acquire()
+         * (producer.c), after pid and start time are written.  Anything
+         * else (free, 2 = being set up, a forged value) is not known dead. */
+        if (atomic_load_explicit(&e->in_use, memory_order_acquire) != 1) {
+            d->known = 0;
+            continue;
+        }
+        uint32_t pid = e->pid;
+        uint64_t st = e->pid_start_time;
+        if (d->known && d->pid == pid && d->start_time == st)
+            continue; /* the same dead producer: dead stays dead */
+        if (cbus__pid_alive(pid, st)) {
+            d->known = 0;
+            continue;
+        }
+        /* Read only now that it is known dead: it claimed nothing at or past. */
+        uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_seq_cst);
+        *d = (struct dead_producer){.pid = pid, .known = 1, .start_time = st, .seen_tail = tail};
+    }
+}
+
+/* 1 if a dead producer may hold the unmarked claim at pos (and has not
+ * excused one already: each is taken to hold one, the claim it died in). */
+static int dead_producer_may_hold(cbus_consumer *c, uint64_t pos, uint64_t now)
+{
+    /* at most every ms: a wait while stuck returns every ms, and a scan is
+     * a kill() and a /proc read per live producer */
+    if (now - c->pscan_ns >= 1000000u)
+        scan_producers(c, now);
+    for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
+        struct dead_producer *d = &c->dead[i];
+        if (d->known && !d->vouched && pos < d->seen_tail) {
+            d->vouched = 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Tail as a consumer may use it.  Legitimately read_pos <= tail <
+ * CBUS__POS_LIMIT; anything else was written by someone else than a
+ * producer's claim: repair it (tail.c), and if that fails treat the ring as
+ * empty rather than jump to or count positions that never existed. */
+static uint64_t load_tail(cbus_consumer *c)
+{
+    uint64_t tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
+    if (CBUS__UNLIKELY(tail >= CBUS__POS_LIMIT || tail < c->read_pos)) {
+        tail = cbus__tail_repair(c->bus, c->read_pos);
+        if (tail >= CBUS__POS_LIMIT || tail < c->read_pos)
+            tail = c->read_pos;
+    }
+    return tail;
 }
 
 static int entry_is_dead(cbus_bus *bus, unsigned i)
@@ -166,6 +249,15 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
 
     struct cbus_consumer_entry *e = c->e;
     uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    if (tail >= CBUS__POS_LIMIT)
+        tail = cbus__tail_repair(bus, 0); /* corrupt: do not start beyond the ring */
+    if (tail >= CBUS__POS_LIMIT) {
+        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
+        if (c->lock_fd >= 0)
+            close(c->lock_fd);
+        free(c);
+        return -EBADMSG;
+    }
     uint64_t start;
     switch (opts->start) {
     case CBUS_START_OLDEST:
@@ -195,7 +287,9 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->abandoned, 0, memory_order_relaxed);
     atomic_store_explicit(&e->untethered_count, 0, memory_order_relaxed);
     atomic_store_explicit(&e->read_pos, start, memory_order_relaxed);
-    atomic_store_explicit(&e->heartbeat_ns, now_ns(bus), memory_order_relaxed);
+    uint64_t now = now_ns(bus);
+    atomic_store_explicit(&e->heartbeat_ns, now, memory_order_relaxed);
+    scan_producers(c, now); /* producers dead already cannot excuse later claims */
     atomic_store_explicit(&e->flags, opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0,
                           memory_order_relaxed);
     /* RELEASE: the cursor and identity above are visible to any producer that
@@ -276,29 +370,62 @@ static void maybe_retether(cbus_consumer *c)
         cbus__consumer_tether(c->bus, c->e);
 }
 
-/* Decides about a claimed but uncommitted slot at read_pos.  Returns 1 to
- * skip it as abandoned, 0 to keep waiting. */
-static int slot_abandoned(cbus_consumer *c, struct cbus_slot *s, uint64_t seq, uint64_t now)
+enum stuck_verdict {
+    STUCK_WAIT = 0,      /* keep waiting */
+    STUCK_SKIP_ONE,      /* skip read_pos as abandoned: its writer is dead */
+    STUCK_SKIP_RUN,      /* stall timeout: skip read_pos and the unclaimed run after it */
+};
+
+/* Decides about a claimed but uncommitted slot at read_pos. */
+static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct cbus_slot *s, uint64_t seq,
+                                         uint64_t now)
 {
     if (!c->stuck || c->stuck_pos != c->read_pos) {
         c->stuck = 1;
         c->stuck_pos = c->read_pos;
         c->stuck_since = now;
-        return 0;
+        c->stuck_tail = c->tail_seen;
+        return STUCK_WAIT;
     }
     uint64_t waited = now - c->stuck_since;
     if (waited < c->bus->abandon_timeout_ns)
-        return 0;
-    /* A writer we can name and that is dead will never commit.  A live one
-     * (or one we cannot name: killed between claim and marking the slot)
-     * gets the longer stall timeout, then is skipped all the same so one
-     * stuck producer thread cannot wedge every consumer. */
+        return STUCK_WAIT;
+    /* A writer we can name and that is dead will never commit.  One we
+     * cannot name (claimed, killed before marking the slot) is taken to be
+     * dead if a registered producer died that could have made the claim.
+     * A live one gets the longer stall timeout, then is skipped all the same
+     * so one stuck producer thread cannot wedge every consumer. */
     if (seq == CBUS_SEQ_BUSY(c->read_pos)) {
         uint32_t pid = atomic_load_explicit(&s->writer_pid, memory_order_relaxed);
         if (!cbus__pid_alive(pid, 0))
-            return 1;
+            return STUCK_SKIP_ONE;
+    } else if (seq < CBUS_SEQ_BUSY(c->read_pos) && dead_producer_may_hold(c, c->read_pos, now)) {
+        return STUCK_SKIP_ONE;
     }
-    return waited >= c->bus->stall_timeout_ns;
+    return waited >= c->bus->stall_timeout_ns ? STUCK_SKIP_RUN : STUCK_WAIT;
+}
+
+/* After a stall timeout at one position, the positions after it that were
+ * already claimed when we got stuck (below stuck_tail) and are still not
+ * even marked go with it: they have waited as long, and nobody is writing
+ * them (tail was moved forward by a write, or their producers died).
+ * Waiting a stall timeout for each would take hours for a ring-sized gap.
+ * A marked slot stops the run: its writer can be named and gets its own
+ * wait. */
+static void skip_unclaimed_run(cbus_consumer *c)
+{
+    uint64_t end = c->stuck_tail;
+    if (end <= c->read_pos)
+        return;
+    if (end - c->read_pos > c->bus->capacity)
+        end = c->read_pos + c->bus->capacity;
+    while (c->read_pos < end) {
+        struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_BUSY(c->read_pos))
+            break;
+        c->abandoned++;
+        c->read_pos++;
+    }
 }
 
 /* Skips positions the producers have lapped: everything older than one ring
@@ -352,14 +479,14 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         }
         if (seq > CBUS_SEQ_COMMITTED(pos)) {
             /* A later lap is in (or going into) this slot: we were lapped. */
-            skip_lapped(c, atomic_load_explicit(&bus->hdr->tail, memory_order_acquire));
+            skip_lapped(c, load_tail(c));
             continue;
         }
         /* Not committed at pos.  With events in hand, return them. */
         if (n || (now - c->tail_checked_ns < TAIL_CHECK_NS && !c->stuck))
             break;
         c->tail_checked_ns = now;
-        uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+        uint64_t tail = load_tail(c);
         c->tail_seen = tail;
         if (pos >= tail)
             break; /* empty */
@@ -379,14 +506,17 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (seq >= CBUS_SEQ_COMMITTED(pos))
             continue;
-        if (slot_abandoned(c, s, seq, now)) {
-            c->abandoned++;
-            c->read_pos++;
-            c->stuck = 0;
-            continue;
-        }
-        break;
+        enum stuck_verdict v = slot_abandoned(c, s, seq, now);
+        if (v == STUCK_WAIT)
+            break;
+        c->abandoned++;
+        c->read_pos++;
+        c->stuck = 0;
+        if (v == STUCK_SKIP_RUN)
+            skip_unclaimed_run(c);
     }
+    if (now - c->pscan_ns >= PRODUCER_SCAN_NS)
+        scan_producers(c, now);
     publish_counters(c, now);
     maybe_retether(c);
     return (int)n;

@@ -72,6 +72,18 @@ struct cbus_bus {
     ino_t ino;
 };
 
+/* Ring positions stay below this: 2^62 claims is 146 years at 10^9 a second,
+ * and 2p + 2 (the commit word of position p) cannot wrap.  A tail at or past
+ * it is corrupt (see tail.c). */
+#define CBUS__POS_LIMIT (UINT64_C(1) << 62)
+
+/* ---- tail.c ---- */
+/* Puts a corrupt tail (moved back, or >= CBUS__POS_LIMIT) back one past the
+ * highest position the ring shows was reached (slots, consumers' read
+ * positions, floor).  Returns tail afterwards.  Slow: one pass over the
+ * slots; for the corruption path only. */
+uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor);
+
 /* ---- clock.c ---- */
 int cbus__clock_calibrate(struct cbus_shm_header *hdr);
 void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr);

@@ -31,7 +31,9 @@ static void entry_acquire(cbus_producer *p, const char *name)
             /* second pass: take over entries of dead producers */
             if (in_use && (pass == 0 || cbus__pid_alive(e->pid, e->pid_start_time)))
                 continue;
-            if (!atomic_compare_exchange_strong_explicit(&e->in_use, &in_use, 1,
+            /* 2 while the identity below is written; 1 (RELEASE) once it is
+             * whole, for consumers that read it (ACQUIRE in scan_producers()). */
+            if (!atomic_compare_exchange_strong_explicit(&e->in_use, &in_use, 2,
                                                          memory_order_acq_rel,
                                                          memory_order_acquire))
                 continue;
@@ -43,6 +45,7 @@ static void entry_acquire(cbus_producer *p, const char *name)
             atomic_store_explicit(&e->max_wait_ns, 0, memory_order_relaxed);
             memset(e->name, 0, sizeof e->name);
             memcpy(e->name, name, strnlen(name, sizeof e->name - 1));
+            atomic_store_explicit(&e->in_use, 1, memory_order_release);
             p->entry = e;
             return;
         }

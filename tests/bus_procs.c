@@ -441,6 +441,124 @@ Test(bus_procs, live_slow_writer_is_waited_for_not_abandoned)
     cbus_producer_close(p);
 }
 
+/* Issue 12 item 11: a registered producer SIGKILLed between its claim (the
+ * fetch_add on tail) and marking the slot leaves a position no writer can be
+ * named for.  The consumer sees that a registered producer died that could
+ * have made the claim and skips it after abandon_timeout (5 ms), not after
+ * the stall timeout (ten minutes here; the deadline is 30 s). */
+Test(bus_procs, producer_killed_between_claim_and_mark_is_skipped_soon)
+{
+    struct cbus_create_opts co = {.capacity = 1024, .abandon_timeout_ns = 5000000u,
+                                  .stall_timeout_ns = HUGE_STALL_NS};
+    cr_assert_eq(cbus_bus_create(name, &co), 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "reader", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(emit_tagged(p, &ctx, 0, 0), 0);
+    pid_t kid = fork();
+    track_kid(kid);
+    if (kid == 0) {
+        cbus_producer *kp;
+        struct cbus_producer_opts po = {.name = "victim"};
+        if (cbus_producer_open(&kp, name, &po))
+            _exit(3);
+        struct cbus_shm_header *h =
+            (struct cbus_shm_header *)cbus_bus_header(cbus_producer_bus(kp));
+        atomic_fetch_add(&h->tail, 1); /* emit's claim, then death before the mark */
+        raise(SIGKILL);
+    }
+    int st = test_wait_pid(kid, 5000);
+    cr_assert(WIFSIGNALED(st));
+    for (uint32_t i = 1; i <= 10; i++)
+        cr_assert_eq(emit_tagged(p, &ctx, 0, i), 0);
+    cr_assert_eq(poll_until(c, 11, 30000), 11, "the dead claim was skipped long before the stall timeout");
+    struct cbus_consumer_stats cs;
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.abandoned, 1);
+    cr_assert_eq(cs.consumed + cs.abandoned + cs.lost, 12);
+    cbus_consumer_detach(c);
+    cbus_producer_close(p);
+}
+
+/* ...but a producer that was already dead when the claim was made cannot
+ * have made it: a live writer's unmarked claim is still waited for. */
+Test(bus_procs, unmarked_claim_is_not_excused_by_a_producer_dead_before_it)
+{
+    struct cbus_create_opts co = {.capacity = 1024, .abandon_timeout_ns = 1000000u,
+                                  .stall_timeout_ns = HUGE_STALL_NS};
+    cr_assert_eq(cbus_bus_create(name, &co), 0);
+    pid_t kid = fork();
+    track_kid(kid);
+    if (kid == 0) {
+        cbus_producer *kp;
+        if (cbus_producer_open(&kp, name, NULL))
+            _exit(3);
+        raise(SIGKILL); /* dies registered, holding no claim */
+    }
+    int st = test_wait_pid(kid, 5000);
+    cr_assert(WIFSIGNALED(st));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "reader", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(emit_tagged(p, &ctx, 0, 0), 0);
+    /* A live writer's claim, not yet marked (as if preempted right after
+     * the fetch_add), then an event behind it. */
+    cbus_bus *bus = cbus_producer_bus(p);
+    struct cbus_shm_header *h = (struct cbus_shm_header *)cbus_bus_header(bus);
+    uint64_t pos = atomic_fetch_add(&h->tail, 1);
+    cr_assert_eq(emit_tagged(p, &ctx, 0, 2), 0);
+    cr_assert_eq(poll_until(c, 1, 10000), 1);
+    /* 100 abandon timeouts of polling: every chance to give up wrongly */
+    struct cbus_event ev[4];
+    uint64_t t0 = test_now_ms();
+    while (test_now_ms() - t0 < 100) {
+        cr_assert_eq(cbus_consumer_poll(c, ev, 4), 0, "nothing is delivered past a held claim");
+        cbus_consumer_wait(c, 1000000u);
+    }
+    cr_assert_eq(cbus_consumer_poll(c, ev, 4), 0);
+    struct cbus_consumer_stats cs;
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.abandoned, 0, "a live claim was excused by a producer dead before it");
+    /* the writer completes its claim: both events arrive */
+    struct cbus_slot *s = slot_at(bus, pos);
+    atomic_store(&s->writer_pid, (uint32_t)getpid());
+    atomic_store(&s->seq, CBUS_SEQ_BUSY(pos));
+    struct cbus_event e;
+    memset(&e, 0, sizeof e);
+    e.kind = CBUS_EV_CUSTOM;
+    struct tag t = {0, 1};
+    memcpy(&e.u, &t, sizeof t);
+    memcpy(&s->ev, &e, sizeof e);
+    atomic_store_explicit(&s->seq, CBUS_SEQ_COMMITTED(pos), memory_order_release);
+    uint64_t got = 0;
+    t0 = test_now_ms();
+    while (got < 2 && test_now_ms() - t0 < 10000) {
+        int n = cbus_consumer_poll(c, ev, 4);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++) {
+            memcpy(&t, &ev[i].u, sizeof t);
+            cr_assert_eq(t.seq, got + 1);
+            got++;
+        }
+        if (!n)
+            cbus_consumer_wait(c, 2000000u);
+    }
+    cr_assert_eq(got, 2);
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.consumed, 3);
+    cr_assert_eq(cs.abandoned + cs.lost, 0);
+    cbus_consumer_detach(c);
+    cbus_producer_close(p);
+}
+
 Test(bus_procs, claim_without_mark_is_skipped_after_stall_timeout)
 {
     struct cbus_create_opts co = {.capacity = 1024, .abandon_timeout_ns = 5000000u,

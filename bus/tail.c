@@ -1,0 +1,66 @@
+/* Repairing a corrupt tail.
+ *
+ * hdr->tail is one shared word that any process with the segment mapped can
+ * write.  Legitimately it only grows, by one per claim, and it stays far
+ * below CBUS__POS_LIMIT (2^62 claims: 146 years at a billion a second), so
+ * that 2p + 2, the commit word of position p, cannot wrap.  Two corruptions
+ * would otherwise lose events without counting them:
+ *
+ *  - tail moved back: producers claim positions the ring already used and
+ *    write over events consumers already passed (never seen, never counted),
+ *    while a consumer waits at its read position with "lag 0";
+ *  - tail moved to near 2^64: positions wrap, commit words overflow, and a
+ *    consumer would count 2^64 positions as lost.
+ *
+ * Producers check each claimed slot's commit word (emit.c: a slot already
+ * at this lap or a later one was claimed before) and drop the event, counted;
+ * consumers check the tail they read (consumer.c).  Whoever notices calls
+ * cbus__tail_repair(), which puts tail back one past the highest position
+ * the ring shows was reached.  Moving tail forward by a sane amount is not
+ * detectable this way: consumers skip such a gap as abandoned (consumer.c). */
+#include "internal.h"
+
+/* The position whose claim last wrote slot `i`, or UINT64_MAX when the slot
+ * was never written or its word names a position that is out of range or
+ * does not map to this slot (a forged word proves nothing). */
+static uint64_t slot_position(const cbus_bus *bus, uint64_t i)
+{
+    uint64_t s = atomic_load_explicit(&bus->slots[i].seq, memory_order_acquire);
+    if (s == 0 || s > CBUS_SEQ_COMMITTED(CBUS__POS_LIMIT - 1))
+        return UINT64_MAX;
+    uint64_t p = (s - 1) / 2; /* BUSY(p) = 2p+1 and COMMITTED(p) = 2p+2 both give p */
+    return (p & bus->mask) == i ? p : UINT64_MAX;
+}
+
+uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor)
+{
+    /* Every position below these was claimed, so the true tail is at least
+     * one past the highest slot position and at least every consumer's read
+     * position (those cover positions skipped as never claimed, which no
+     * slot shows).  A full pass over the slots: this runs once per
+     * corruption, never on a healthy bus. */
+    uint64_t hi = floor < CBUS__POS_LIMIT ? floor : 0;
+    for (uint64_t i = 0; i < bus->capacity; i++) {
+        uint64_t p = slot_position(bus, i);
+        if (p != UINT64_MAX && p + 1 > hi)
+            hi = p + 1;
+    }
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = &bus->consumers[i];
+        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE)
+            continue;
+        uint64_t r = atomic_load_explicit(&e->read_pos, memory_order_relaxed);
+        if (r < CBUS__POS_LIMIT && r > hi)
+            hi = r;
+    }
+    /* Only ever from a bad value: a legitimate tail is already >= hi (every
+     * position counted above was claimed from it), so a producer that moved
+     * it on meanwhile is never pulled back. */
+    uint64_t cur = atomic_load_explicit(&bus->hdr->tail, memory_order_seq_cst);
+    while (cur >= CBUS__POS_LIMIT || cur < hi) {
+        if (atomic_compare_exchange_weak_explicit(&bus->hdr->tail, &cur, hi, memory_order_seq_cst,
+                                                  memory_order_seq_cst))
+            return hi;
+    }
+    return cur;
+}

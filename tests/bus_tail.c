@@ -1,0 +1,243 @@
+/* A corrupt tail (issue 12 item 7): written forward by a sane amount, moved
+ * back, or moved to near 2^64.  Delivery resumes quickly and every loss is
+ * counted: consumed + lost + abandoned == positions passed, producers'
+ * emitted + dropped == calls. */
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "support.h"
+
+static char name[64];
+static cbus_producer *p;
+static cbus_ctx ctx;
+
+static void teardown(void)
+{
+    cbus_producer_close(p);
+    p = NULL;
+    cbus_bus_destroy(name);
+}
+
+TestSuite(bus_tail, .fini = teardown, .timeout = 120);
+
+static void make_bus(uint64_t stall_ns)
+{
+    test_bus_name(name, sizeof name);
+    struct cbus_create_opts o = {.capacity = 1024, .abandon_timeout_ns = 1000000u,
+                                 .stall_timeout_ns = stall_ns};
+    cr_assert_eq(cbus_bus_create(name, &o), 0);
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_ctx_init(&ctx);
+}
+
+static _Atomic uint64_t *tail_word(void)
+{
+    return (_Atomic uint64_t *)&cbus_bus_header(cbus_producer_bus(p))->tail;
+}
+
+static cbus_consumer *attach(const char *cname, unsigned mode)
+{
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = cname, .mode = mode};
+    int r = cbus_consumer_attach(&c, name, &o);
+    cr_assert_eq(r, 0, "attach %s: %s", cname, cbus_strerror(r));
+    return c;
+}
+
+/* Emits n events tagged with consecutive numbers from *next; returns how
+ * many were accepted (the rest were dropped: -EAGAIN). */
+static unsigned emit_n(unsigned n, uint32_t *next)
+{
+    unsigned ok = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct cbus_emit_args a = {.kind = CBUS_EV_CUSTOM, .name = "t", .payload = next,
+                                   .payload_len = sizeof *next};
+        int r = cbus_emit(p, &ctx, &a);
+        cr_assert(r == 0 || r == -EAGAIN, "emit: %d", r);
+        if (r == 0) {
+            ok++;
+            (*next)++;
+        }
+    }
+    return ok;
+}
+
+/* Reads until c has passed position `until` or deadline_ms passed; checks
+ * tags arrive in order from *expect; returns events read. */
+static uint64_t drain(cbus_consumer *c, uint64_t until, uint32_t *expect, uint64_t deadline_ms)
+{
+    struct cbus_event ev[64];
+    uint64_t got = 0, t0 = test_now_ms();
+    while (cbus_consumer_read_pos(c) < until && test_now_ms() - t0 < deadline_ms) {
+        int n = cbus_consumer_poll(c, ev, 64);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++) {
+            uint32_t tag;
+            memcpy(&tag, &ev[i].u, sizeof tag);
+            cr_assert_eq(tag, *expect, "in order, nothing twice");
+            (*expect)++;
+        }
+        got += (uint64_t)n;
+        cbus_consumer_commit(c);
+        if (!n)
+            cbus_consumer_wait(c, 1000000u);
+    }
+    return got;
+}
+
+static void assert_exact(cbus_consumer *c, uint64_t start)
+{
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(c, &st);
+    cr_assert_eq(st.consumed + st.lost + st.abandoned, st.read_pos - start,
+                 "consumed %llu + lost %llu + abandoned %llu != passed %llu",
+                 (unsigned long long)st.consumed, (unsigned long long)st.lost,
+                 (unsigned long long)st.abandoned, (unsigned long long)(st.read_pos - start));
+    cr_assert_leq(st.read_pos, st.tail);
+}
+
+Test(bus_tail, forward_write_gap_is_skipped_after_one_stall_timeout)
+{
+    /* Stall timeout 200 ms, deadline 30 s: one timeout per position would
+     * take 1024 x 200 ms for the ring-sized rest of the gap. */
+    make_bus(200000000u);
+    cbus_consumer *ll = attach("lossless", CBUS_LOSSLESS);
+    cbus_consumer *ly = attach("lossy", CBUS_LOSSY);
+    uint32_t next = 0, e1 = 0, e2 = 0;
+    cr_assert_eq(emit_n(10, &next), 10);
+    cr_assert_eq(drain(ll, 10, &e1, 10000), 10);
+    cr_assert_eq(drain(ly, 10, &e2, 10000), 10);
+    atomic_fetch_add(tail_word(), 20000); /* the hostile write */
+    uint64_t tail = 20010;
+    /* the lossless consumer holds producers at its cursor: they drop */
+    cr_assert_eq(emit_n(5, &next), 0);
+    cr_assert_eq(drain(ll, tail, &e1, 30000), 0);
+    cr_assert_geq(cbus_consumer_read_pos(ll), tail, "the gap was passed in one stall timeout");
+    cr_assert_eq(drain(ly, tail, &e2, 30000), 0);
+    cr_assert_geq(cbus_consumer_read_pos(ly), tail);
+    for (int k = 0; k < 2; k++) {
+        cbus_consumer *c = k ? ly : ll;
+        struct cbus_consumer_stats st;
+        cbus_consumer_stats(c, &st);
+        cr_assert_eq(st.consumed, 10);
+        cr_assert_eq(st.lost + st.abandoned, 20000, "the gap is counted, position by position");
+        cr_assert_geq(st.abandoned, 1000, "the unclaimed run went as abandoned in one go");
+        assert_exact(c, 0);
+    }
+    /* and events flow again */
+    cr_assert_eq(emit_n(5, &next), 5);
+    cr_assert_eq(drain(ll, tail + 5, &e1, 10000), 5);
+    cr_assert_eq(drain(ly, tail + 5, &e2, 10000), 5);
+    assert_exact(ll, 0);
+    cbus_consumer_detach(ll);
+    cbus_consumer_detach(ly);
+}
+
+Test(bus_tail, moved_back_producer_drops_once_and_restores_it)
+{
+    make_bus(0);
+    cbus_consumer *ll = attach("lossless", CBUS_LOSSLESS);
+    cbus_consumer *ly = attach("lossy", CBUS_LOSSY);
+    uint32_t next = 0, e1 = 0, e2 = 0;
+    cr_assert_eq(emit_n(100, &next), 100);
+    cr_assert_eq(drain(ll, 100, &e1, 10000), 100);
+    cr_assert_eq(drain(ly, 100, &e2, 10000), 100);
+    atomic_store(tail_word(), 40);
+    /* the first claim finds position 40 used: dropped, tail put back */
+    cr_assert_eq(emit_n(1, &next), 0);
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p)), 100);
+    cr_assert_eq(emit_n(10, &next), 10);
+    cr_assert_eq(drain(ll, 110, &e1, 10000), 10, "events after the write are delivered");
+    cr_assert_eq(drain(ly, 110, &e2, 10000), 10);
+    struct cbus_producer_stats ps;
+    cbus_producer_stats(p, &ps);
+    cr_assert_eq(ps.dropped, 1);
+    cr_assert_eq(ps.emitted, 110);
+    cr_assert_eq(cbus_bus_header(cbus_producer_bus(p))->dropped, 1);
+    for (int k = 0; k < 2; k++) {
+        struct cbus_consumer_stats st;
+        cbus_consumer_stats(k ? ly : ll, &st);
+        cr_assert_eq(st.consumed, 110);
+        cr_assert_eq(st.lost + st.abandoned, 0);
+        cr_assert_eq(st.lag, 0);
+    }
+    cbus_consumer_detach(ll);
+    cbus_consumer_detach(ly);
+}
+
+Test(bus_tail, moved_back_is_seen_and_restored_by_an_idle_consumer)
+{
+    make_bus(0);
+    cbus_consumer *ly = attach("lossy", CBUS_LOSSY);
+    uint32_t next = 0, e = 0;
+    cr_assert_eq(emit_n(100, &next), 100);
+    cr_assert_eq(drain(ly, 100, &e, 10000), 100);
+    atomic_store(tail_word(), 3);
+    /* the consumer's next look at tail finds it behind its read position */
+    uint64_t t0 = test_now_ms();
+    struct cbus_event ev[4];
+    while (cbus_bus_tail(cbus_producer_bus(p)) != 100 && test_now_ms() - t0 < 10000)
+        cr_assert_eq(cbus_consumer_poll(ly, ev, 4), 0);
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p)), 100, "tail put back by the consumer");
+    cr_assert_eq(emit_n(10, &next), 10, "nothing dropped: the producers never saw it");
+    cr_assert_eq(drain(ly, 110, &e, 10000), 10);
+    assert_exact(ly, 0);
+    cbus_consumer_detach(ly);
+}
+
+Test(bus_tail, near_2_64_producer_drops_once_and_restores_it)
+{
+    make_bus(0);
+    cbus_consumer *ly = attach("lossy", CBUS_LOSSY);
+    uint32_t next = 0, e = 0;
+    cr_assert_eq(emit_n(100, &next), 100);
+    cr_assert_eq(drain(ly, 100, &e, 10000), 100);
+    atomic_store(tail_word(), UINT64_MAX - 2);
+    cr_assert_eq(emit_n(1, &next), 0, "a position past 2^62 is never written");
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p)), 100);
+    cr_assert_eq(emit_n(10, &next), 10);
+    cr_assert_eq(drain(ly, 110, &e, 10000), 10);
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(ly, &st);
+    cr_assert_eq(st.consumed, 110);
+    cr_assert_eq(st.lost + st.abandoned, 0, "no phantom positions counted");
+    struct cbus_producer_stats ps;
+    cbus_producer_stats(p, &ps);
+    cr_assert_eq(ps.dropped, 1);
+    cbus_consumer_detach(ly);
+}
+
+Test(bus_tail, near_2_64_seen_by_a_lossless_consumer_is_repaired_not_counted)
+{
+    make_bus(0);
+    cbus_consumer *ll = attach("lossless", CBUS_LOSSLESS);
+    uint32_t next = 0, e = 0;
+    cr_assert_eq(emit_n(100, &next), 100);
+    cr_assert_eq(drain(ll, 100, &e, 10000), 100);
+    atomic_store(tail_word(), UINT64_MAX - 2);
+    /* producers are held by the gate (the bound is far below), so the
+     * consumer is the one to notice */
+    uint64_t t0 = test_now_ms();
+    struct cbus_event ev[4];
+    while (cbus_bus_tail(cbus_producer_bus(p)) != 100 && test_now_ms() - t0 < 10000)
+        cr_assert_eq(cbus_consumer_poll(ll, ev, 4), 0);
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p)), 100);
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(ll, &st);
+    cr_assert_eq(st.lost + st.abandoned, 0, "no phantom positions counted");
+    cr_assert_eq(st.read_pos, 100);
+    cr_assert_eq(emit_n(10, &next), 10);
+    cr_assert_eq(drain(ll, 110, &e, 10000), 10);
+    assert_exact(ll, 0);
+    /* a consumer attaching to a bus in that state starts at the repaired head */
+    atomic_store(tail_word(), UINT64_MAX - 2);
+    cbus_consumer *late = attach("late", CBUS_LOSSY);
+    cr_assert_eq(cbus_consumer_read_pos(late), 110);
+    cbus_consumer_detach(late);
+    cbus_consumer_detach(ll);
+}
