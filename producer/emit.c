@@ -80,8 +80,11 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
      * put tail right (bus/tail.c).  The load is of the line written next. */
     if (CBUS__UNLIKELY(pos >= CBUS__POS_LIMIT ||
                        atomic_load_explicit(&slot->seq, memory_order_relaxed) >= CBUS_SEQ_BUSY(pos))) {
+        cbus__producer_drop(p);
+        if (atomic_load_explicit(p->broken, memory_order_relaxed))
+            return -ESTALE; /* zero pages after a truncation: nothing to repair */
         cbus__tail_repair(p->bus, 0);
-        return cbus__producer_drop(p);
+        return -EAGAIN;
     }
     atomic_store_explicit(&slot->writer_pid, p->pid, memory_order_relaxed);
     atomic_store_explicit(&slot->seq, CBUS_SEQ_BUSY(pos), memory_order_relaxed);
