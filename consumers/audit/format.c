@@ -138,6 +138,69 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
     return (int)(w.p - out);
 }
 
+int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap)
+{
+    if (cap < AUDIT_RECORD_MAX)
+        return -ENOSPC;
+    if (from >= to)
+        return -EINVAL;
+    struct cbus_mp_writer w = {out};
+    cbus_mp_put_map(&w, 3);
+    KEY(&w, "seq");
+    cbus_mp_put_uint(&w, c->next_seq);
+    KEY(&w, "gap");
+    cbus_mp_put_map(&w, 2);
+    KEY(&w, "from");
+    cbus_mp_put_uint(&w, from);
+    KEY(&w, "to");
+    cbus_mp_put_uint(&w, to);
+    size_t body = (size_t)(w.p - out);
+    uint8_t hash[AUDIT_HASH_LEN];
+    audit_sha256(c, c->hash, AUDIT_HASH_LEN, out, body, hash);
+    put_trailer(&w, hash);
+    memcpy(c->hash, hash, AUDIT_HASH_LEN);
+    c->next_seq++;
+    return (int)(w.p - out);
+}
+
+static int key_is(const char *k, uint32_t n, const char *lit)
+{
+    return strlen(lit) == n && memcmp(k, lit, n) == 0;
+}
+
+/* {"from": uint, "to": uint} with from < to. */
+static int parse_gap(struct cbus_mp_reader *r, struct audit_item *it, const char **why)
+{
+    uint32_t n;
+    const char *k;
+    uint32_t kl;
+    unsigned seen = 0;
+    int rc = cbus_mp_read_map(r, &n);
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        if ((rc = cbus_mp_read_str(r, &k, &kl)))
+            break;
+        if (key_is(k, kl, "from")) {
+            rc = cbus_mp_read_uint(r, &it->gap_from);
+            seen |= 1;
+        } else if (key_is(k, kl, "to")) {
+            rc = cbus_mp_read_uint(r, &it->gap_to);
+            seen |= 2;
+        } else {
+            rc = cbus_mp_skip(r);
+        }
+    }
+    if (rc) {
+        if (rc == -EBADMSG)
+            *why = "malformed gap map";
+        return rc;
+    }
+    if (seen != 3 || it->gap_from >= it->gap_to) {
+        *why = "gap lacks from/to or is empty";
+        return -EBADMSG;
+    }
+    return 0;
+}
+
 void audit_item_expected_hash(struct audit_chain *c, const uint8_t prev[AUDIT_HASH_LEN],
                               const uint8_t *buf, const struct audit_item *it,
                               uint8_t out[AUDIT_HASH_LEN])
@@ -147,10 +210,6 @@ void audit_item_expected_hash(struct audit_chain *c, const uint8_t prev[AUDIT_HA
 
 /* ---- parsing --------------------------------------------------------------- */
 
-static int key_is(const char *k, uint32_t n, const char *lit)
-{
-    return strlen(lit) == n && memcmp(k, lit, n) == 0;
-}
 
 /* Reads the trailer ("hash": bin32), which must end the value. */
 static int read_trailer(struct cbus_mp_reader *r, const uint8_t **hash, const char **why)
@@ -189,7 +248,7 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     /* "cbus_audit" was read by the caller; entries until the trailer. */
     if ((rc = cbus_mp_read_uint(r, &h->format)))
         goto bad;
-    if (h->format != AUDIT_FORMAT) {
+    if (h->format != AUDIT_FORMAT && h->format != 1) {
         *why = "unsupported format version";
         return -EBADMSG;
     }
@@ -315,8 +374,15 @@ int audit_parse(const uint8_t *buf, size_t len, struct audit_item *it, const cha
             return rc;
         }
         rc = cbus_mp_read_str(&r, &k, &kl);
+        if (rc == 0 && key_is(k, kl, "gap")) {
+            it->is_gap = 1;
+            if ((rc = parse_gap(&r, it, why)) || (rc = read_trailer(&r, &it->hash, why)))
+                return rc;
+            it->len = (size_t)(r.p - buf);
+            return 0;
+        }
         if (rc == 0 && !key_is(k, kl, "event")) {
-            *why = "second key is not \"event\"";
+            *why = "second key is neither \"event\" nor \"gap\"";
             return -EBADMSG;
         }
         if (rc) {

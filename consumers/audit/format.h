@@ -25,6 +25,20 @@
  *   event        map    the event, as consumers/common/event_msgpack.h encodes it
  *   hash         bin32  SHA-256(previous hash || record bytes before the "hash" key)
  *
+ * Gap record (format 2; same shape, "gap" in place of "event"):
+ *   seq          uint
+ *   gap          map    {"from": uint, "to": uint}: bus positions [from, to)
+ *                       the daemon never received (overwritten before it read
+ *                       them, or abandoned by a dead producer), recorded where
+ *                       they would have been
+ *   hash         bin32
+ *
+ * Event ids are bus positions, so within one bus id the records' event ids
+ * and the gap records' ranges tile the positions without holes: a file's
+ * first record follows its header's bus_cursor (when the previous file is
+ * of another bus id, or there is none), every later one follows the one
+ * before.  `verify` checks it; a hole with no gap record is a failure.
+ *
  * "previous hash" is the hash of the record before, or of the file header
  * for a file's first record; the header's own input is the previous file's
  * last hash, so one chain runs from the first file's header to the last
@@ -41,7 +55,7 @@
 
 #include "event_msgpack.h"
 
-#define AUDIT_FORMAT 1
+#define AUDIT_FORMAT 2                      /* written; 1 (no gap records) is still read */
 #define AUDIT_HASH_LEN 32
 #define AUDIT_TRAILER 39                    /* fixstr "hash" (5) + bin8 header (2) + 32 */
 #define AUDIT_RECORD_MAX (CBUS_EVMP_MAX + 64) /* map + seq + "event" + trailer */
@@ -95,9 +109,16 @@ struct audit_redact {
 int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
                         const struct audit_redact *red, uint8_t *out, size_t cap);
 
+/* Encodes a gap record for bus positions [from, to) as the chain's next
+ * record into out (cap >= AUDIT_RECORD_MAX) and advances the chain.
+ * Returns the byte count or -ENOSPC/-EINVAL (from >= to). */
+int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap);
+
 /* One parsed value of a log file.  Pointers point into the input. */
 struct audit_item {
     int is_header;
+    int is_gap;                 /* a gap record: gap_from..gap_to, event is NULL */
+    uint64_t gap_from, gap_to;
     size_t len;                 /* bytes of the whole value */
     struct audit_header hdr;    /* is_header */
     uint64_t seq;               /* record */

@@ -12,6 +12,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "scan.h"
+#include "state.h"
 
 int audit_name_make(char *out, size_t n, const char *prefix, uint64_t created_ns,
                     uint64_t file_seq)
@@ -107,16 +108,245 @@ int audit_fsync_dir(const char *dir)
     return r;
 }
 
-/* Keeps buf[from..len) in PATH.torn-FROM before the file is cut. */
-static int keep_cut_bytes(const char *path, const uint8_t *buf, size_t from, size_t len,
+/* Keeps the bytes from file offset from (tail[0..len)) in PATH.torn-FROM. */
+static int keep_cut_bytes(const char *path, const uint8_t *tail, size_t len, uint64_t from,
                           char *side, size_t side_len)
 {
-    snprintf(side, side_len, "%s.torn-%zu", path, from);
-    return cbus_write_file_atomic(side, buf + from, len - from);
+    snprintf(side, side_len, "%s.torn-%llu", path, (unsigned long long)from);
+    return cbus_write_file_atomic(side, tail, len);
+}
+
+static void hook(const struct audit_recover_hooks *h)
+{
+    if (h && h->progress)
+        h->progress(h->arg);
+}
+
+/* A bad tail found by a scan: buf holds the file from offset base to its end
+ * (end = base + len).  Cuts it at res->good_end, keeping the bytes aside,
+ * and says so.  Returns 0 or -errno with err filled. */
+static int cut_tail(const char *dir, const char *path, const uint8_t *buf, size_t len,
+                    uint64_t base, struct audit_scan_result *res, uint64_t next_seq,
+                    struct audit_resume *out, char *err, size_t errlen)
+{
+    char side[4200];
+    size_t rel = res->good_end - (size_t)base, cut = len - rel;
+    /* Blocks allocated but never written before a crash read back as
+     * zeros: a torn tail too, not tampering.  So does a hole left when a
+     * later batch's write reached the disk before an earlier one's
+     * (batches are written concurrently); nothing after the hole was
+     * acknowledged, because only the contiguous durable prefix is ever
+     * committed. */
+    size_t z = rel;
+    while (z < len && buf[z] == 0)
+        z++;
+    if (z == len) {
+        res->torn = 1;
+        snprintf(res->why, sizeof res->why, "zero-filled tail");
+    } else if (z - rel >= 16) {
+        res->torn = 1;
+        snprintf(res->why, sizeof res->why,
+                 "%zu zero bytes: a hole of unwritten blocks before later data", z - rel);
+    }
+    int rc = keep_cut_bytes(path, buf + rel, cut, res->good_end, side, sizeof side);
+    if (rc == 0 && truncate(path, (off_t)res->good_end) < 0)
+        rc = -errno;
+    if (rc == 0) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || fdatasync(fd) < 0)
+            rc = -errno;
+        if (fd >= 0)
+            close(fd);
+    }
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot cut the bad tail at offset %zu: %s", path,
+                 res->good_end, strerror(-rc));
+        return rc;
+    }
+    audit_fsync_dir(dir);
+    if (res->torn)
+        cbus_log_warn("recovery: %s: torn tail at offset %zu (index %lld: %s): "
+                      "truncated %zu bytes (kept in %s); the chain resumes at seq %llu",
+                      path, res->bad_offset, (long long)res->bad_index, res->why, cut, side,
+                      (unsigned long long)next_seq);
+    else
+        cbus_log_error("recovery: %s: bad record at offset %zu (index %lld): %s; "
+                       "cut %zu bytes from there (kept in %s); the chain resumes at "
+                       "seq %llu", path, res->bad_offset, (long long)res->bad_index,
+                       res->why, cut, side, (unsigned long long)next_seq);
+    out->trimmed_bytes = cut;
+    return 0;
+}
+
+/* Checks one whole file continuing st (st->started: its header must
+ * continue the chain).  Returns 0 (good, possibly after cutting its tail;
+ * out and c describe it), 1 (no good header: set aside, out unchanged), 2
+ * (a header that does not continue st: nothing changed), or -errno. */
+static int recover_file(struct audit_chain *c, const char *dir, const char *name,
+                        struct audit_verify_state *st, const struct audit_recover_hooks *hooks,
+                        struct audit_resume *out, char *err, size_t errlen)
+{
+    char path[4096], side[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    uint8_t *buf;
+    size_t len;
+    uint64_t total;
+    int rc = audit_read_range(path, 0, &buf, &len, &total, hooks ? hooks->progress : NULL,
+                              hooks ? hooks->arg : NULL);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    out->bytes_read += len;
+    int continuing = st->started;
+    struct audit_scan_result res;
+    audit_scan(c, st, name, buf, len, 1, NULL, NULL, &res);
+    if (!res.has_header && continuing && !res.torn) {
+        free(buf);
+        return 2;
+    }
+    if (!res.has_header) {
+        /* Created but its header never reached the disk (or it was
+         * damaged): set the whole file aside and continue the chain from
+         * its predecessor. */
+        rc = len ? keep_cut_bytes(path, buf, len, 0, side, sizeof side) : 0;
+        free(buf);
+        if (rc == 0 && unlink(path) < 0)
+            rc = -errno;
+        if (rc) {
+            snprintf(err, errlen, "%s: %s; cannot set it aside: %s", path, res.why,
+                     strerror(-rc));
+            return rc;
+        }
+        audit_fsync_dir(dir);
+        cbus_log_warn("recovery: %s: %s; %zu bytes moved to %s, continuing from the previous "
+                      "file", path, res.why, len, len ? side : "(nothing)");
+        return 1;
+    }
+    out->trimmed_bytes = 0;
+    if (res.bad && (rc = cut_tail(dir, path, buf, len, 0, &res, st->next_seq, out, err, errlen))) {
+        free(buf);
+        return rc;
+    }
+    free(buf);
+    memcpy(c->hash, st->hash, sizeof c->hash);
+    c->next_seq = st->next_seq;
+    out->have_file = 1;
+    snprintf(out->name, sizeof out->name, "%s", name);
+    out->file_seq = res.hdr.file_seq;
+    out->file_size = res.good_end;
+    out->created_ns = res.hdr.created_ns;
+    out->redaction = res.hdr.redaction;
+    out->bus_id = res.hdr.bus_id;
+    out->format = res.hdr.format;
+    out->records_in_file = res.records;
+    out->last_off = res.last_off;
+    out->have_cursor = 1;
+    out->cursor = res.has_cursor ? res.cursor : res.hdr.bus_cursor;
+    return 0;
+}
+
+/* The fast path: resume from the state file s.  Returns 0 (done), 1 (the
+ * state does not match the log: nothing changed, use the slow path), or
+ * -errno. */
+static int recover_from_state(struct audit_chain *c, const char *dir,
+                              const struct audit_file_ent *files, size_t n,
+                              const struct audit_state *s,
+                              const struct audit_recover_hooks *hooks, struct audit_resume *out,
+                              char *err, size_t errlen)
+{
+    size_t i = 0;
+    while (i < n && (strcmp(files[i].name, s->name) || files[i].file_seq != s->file_seq))
+        i++;
+    if (i == n)
+        return 1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
+    uint8_t *buf;
+    size_t len;
+    uint64_t total;
+    int rc = audit_read_range(path, s->last_off, &buf, &len, &total,
+                              hooks ? hooks->progress : NULL, hooks ? hooks->arg : NULL);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    out->bytes_read += len;
+    /* The value the state names must end exactly at its offset with its
+     * hash: then the chain up to there is what the state says (the whole
+     * chain is `verify`'s job, not a restart's). */
+    size_t vlen = (size_t)(s->offset - s->last_off);
+    struct audit_item it;
+    int ok = total >= s->offset && len >= vlen && audit_parse(buf, len, &it, NULL) == 0 &&
+             it.len == vlen && memcmp(it.hash, s->hash, AUDIT_HASH_LEN) == 0 &&
+             (it.is_header ? s->last_off == 0 && it.hdr.file_seq == s->file_seq &&
+                                 it.hdr.first_seq == s->next_seq && it.hdr.bus_id == s->bus_id
+                           : s->last_off > 0 && it.seq + 1 == s->next_seq);
+    if (!ok) {
+        free(buf);
+        cbus_log_warn("recovery: the state file does not match %s (offset %llu); checking the "
+                      "whole file", path, (unsigned long long)s->offset);
+        return 1;
+    }
+    struct audit_verify_state st = {.started = 1, .next_seq = s->next_seq,
+                                    .file_seq = s->file_seq,
+                                    .progress = hooks ? hooks->progress : NULL,
+                                    .progress_arg = hooks ? hooks->arg : NULL};
+    memcpy(st.hash, s->hash, AUDIT_HASH_LEN);
+    snprintf(st.file_name, sizeof st.file_name, "%s", files[i].name);
+    struct audit_scan_result res;
+    audit_scan_tail(c, &st, buf + vlen, len - vlen, s->offset, (int64_t)s->records_in_file, &res);
+    out->trimmed_bytes = 0;
+    if (res.bad && (rc = cut_tail(dir, path, buf + vlen, len - vlen, s->offset, &res,
+                                  st.next_seq, out, err, errlen))) {
+        free(buf);
+        return rc;
+    }
+    free(buf);
+    out->have_file = 1;
+    snprintf(out->name, sizeof out->name, "%s", files[i].name);
+    out->file_seq = s->file_seq;
+    out->file_size = res.good_end;
+    out->created_ns = s->created_ns;
+    out->redaction = (unsigned)s->redaction;
+    out->bus_id = s->bus_id;
+    out->format = s->format;
+    out->records_in_file = s->records_in_file + res.records;
+    out->last_off = res.records ? res.last_off : s->last_off;
+    out->have_cursor = 1;
+    out->cursor = res.has_cursor ? res.cursor : s->cursor;
+    memcpy(c->hash, st.hash, sizeof c->hash);
+    c->next_seq = st.next_seq;
+    /* Files created after the state was written (a rotation just before
+     * the crash): each must continue the chain; one whose header never
+     * became durable is set aside. */
+    for (size_t j = i + 1; j < n; j++) {
+        struct audit_resume next = *out;
+        rc = recover_file(c, dir, files[j].name, &st, hooks, &next, err, errlen);
+        out->bytes_read = next.bytes_read;
+        if (rc < 0)
+            return rc;
+        if (rc == 2) {
+            /* Not this chain: leave it to the slow path (it says why). */
+            memcpy(c->hash, s->hash, sizeof c->hash);
+            return 1;
+        }
+        if (rc == 0)
+            *out = next;
+    }
+    out->from_state = 1;
+    return 0;
 }
 
 int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
                   struct audit_resume *out, char *err, size_t errlen)
+{
+    return audit_recover_ex(c, dir, prefix, NULL, out, err, errlen);
+}
+
+int audit_recover_ex(struct audit_chain *c, const char *dir, const char *prefix,
+                     const struct audit_recover_hooks *hooks, struct audit_resume *out, char *err,
+                     size_t errlen)
 {
     memset(out, 0, sizeof *out);
     memset(c->hash, 0, sizeof c->hash);
@@ -128,102 +358,32 @@ int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
         snprintf(err, errlen, "%s: %s", dir, strerror(-rc));
         return rc;
     }
-    for (size_t i = n; i-- > 0;) {
-        char path[4096], side[4200];
-        snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
-        uint8_t *buf;
-        size_t len;
-        if ((rc = audit_read_file(path, &buf, &len))) {
-            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+    struct audit_state s;
+    if (n && audit_state_load(dir, prefix, &s) == 0) {
+        rc = recover_from_state(c, dir, files, n, &s, hooks, out, err, errlen);
+        if (rc <= 0) {
             free(files);
             return rc;
         }
-        struct audit_verify_state st = {0};
-        struct audit_scan_result res;
-        audit_scan(c, &st, files[i].name, buf, len, 1, NULL, NULL, &res);
-        if (!res.has_header) {
-            /* Created but its header never reached the disk (or it was
-             * damaged): set the whole file aside and continue the chain
-             * from its predecessor. */
-            rc = len ? keep_cut_bytes(path, buf, 0, len, side, sizeof side) : 0;
-            free(buf);
-            if (rc == 0 && unlink(path) < 0)
-                rc = -errno;
-            if (rc) {
-                snprintf(err, errlen, "%s: %s; cannot set it aside: %s", path, res.why,
-                         strerror(-rc));
-                free(files);
-                return rc;
-            }
-            audit_fsync_dir(dir);
-            cbus_log_warn("recovery: %s: %s; %zu bytes moved to %s, continuing from the previous "
-                          "file", path, res.why, len, len ? side : "(nothing)");
-            continue;
+        uint64_t read = out->bytes_read;
+        memset(out, 0, sizeof *out);
+        out->bytes_read = read;
+        memset(c->hash, 0, sizeof c->hash);
+        c->next_seq = 0;
+    }
+    /* No usable state: check the last file whole (a file without a good
+     * header is set aside and its predecessor checked). */
+    for (size_t i = n; i-- > 0;) {
+        hook(hooks);
+        struct audit_verify_state st = {.progress = hooks ? hooks->progress : NULL,
+                                        .progress_arg = hooks ? hooks->arg : NULL};
+        rc = recover_file(c, dir, files[i].name, &st, hooks, out, err, errlen);
+        if (rc < 0) {
+            free(files);
+            return rc;
         }
-        if (res.bad) {
-            size_t cut = len - res.good_end;
-            /* Blocks allocated but never written before a crash read back as
-             * zeros: a torn tail too, not tampering.  So does a hole left
-             * when a later batch's write reached the disk before an earlier
-             * one's (batches are written concurrently); nothing after the
-             * hole was acknowledged, because only the contiguous durable
-             * prefix is ever committed. */
-            size_t z = res.good_end;
-            while (z < len && buf[z] == 0)
-                z++;
-            if (z == len) {
-                res.torn = 1;
-                snprintf(res.why, sizeof res.why, "zero-filled tail");
-            } else if (z - res.good_end >= 16) {
-                res.torn = 1;
-                snprintf(res.why, sizeof res.why,
-                         "%zu zero bytes: a hole of unwritten blocks before later data",
-                         z - res.good_end);
-            }
-            rc = keep_cut_bytes(path, buf, res.good_end, len, side, sizeof side);
-            if (rc == 0 && truncate(path, (off_t)res.good_end) < 0)
-                rc = -errno;
-            if (rc == 0) {
-                int fd = open(path, O_WRONLY | O_CLOEXEC);
-                if (fd < 0 || fdatasync(fd) < 0)
-                    rc = -errno;
-                if (fd >= 0)
-                    close(fd);
-            }
-            if (rc) {
-                snprintf(err, errlen, "%s: cannot cut the bad tail at offset %zu: %s", path,
-                         res.good_end, strerror(-rc));
-                free(buf);
-                free(files);
-                return rc;
-            }
-            audit_fsync_dir(dir);
-            if (res.torn)
-                cbus_log_warn("recovery: %s: torn tail at offset %zu (index %lld: %s): "
-                              "truncated %zu bytes (kept in %s); the chain resumes at seq %llu",
-                              path, res.bad_offset, (long long)res.bad_index, res.why, cut, side,
-                              (unsigned long long)st.next_seq);
-            else
-                cbus_log_error("recovery: %s: bad record at offset %zu (index %lld): %s; "
-                               "cut %zu bytes from there (kept in %s); the chain resumes at "
-                               "seq %llu", path, res.bad_offset, (long long)res.bad_index,
-                               res.why, cut, side, (unsigned long long)st.next_seq);
-            out->trimmed_bytes = cut;
-        }
-        free(buf);
-        memcpy(c->hash, st.hash, sizeof c->hash);
-        c->next_seq = st.next_seq;
-        out->have_file = 1;
-        snprintf(out->name, sizeof out->name, "%s", files[i].name);
-        out->file_seq = res.hdr.file_seq;
-        out->file_size = res.good_end;
-        out->created_ns = res.hdr.created_ns;
-        out->redaction = res.hdr.redaction;
-        out->bus_id = res.hdr.bus_id;
-        out->records_in_file = res.records;
-        out->have_cursor = 1;
-        out->cursor = res.has_last_event ? res.last_event_id + 1 : res.hdr.bus_cursor;
-        break;
+        if (rc == 0)
+            break;
     }
     free(files);
     return 0;

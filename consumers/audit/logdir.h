@@ -42,9 +42,22 @@ struct audit_resume {
     uint64_t cursor;                        /* bus cursor to resume from */
     uint64_t records_in_file;
     uint64_t trimmed_bytes;                 /* cut off a torn/bad tail */
+    uint64_t format;                        /* of the last file's header */
+    uint64_t last_off;                      /* where the last good value starts */
+    int from_state;                         /* resumed from the state file */
+    uint64_t bytes_read;                    /* of log files, by recovery */
 };
 
-/* Recovers dir: checks the last file's chain; a tail that is torn (power cut
+/* Called during recovery about every few MiB read or hashed (and per file):
+ * the daemon heartbeats its bus consumer through it. */
+struct audit_recover_hooks {
+    void (*progress)(void *arg);
+    void *arg;
+};
+
+/* Recovers dir.  With a good state file (state.h) that matches the log,
+ * only the bytes after its offset are read and checked (plus any file
+ * created after it); otherwise the whole last file's chain is checked; a tail that is torn (power cut
  * mid-write) or otherwise bad is cut off, its bytes kept beside the log in
  * NAME.torn-OFFSET (never silently destroyed), and logged; a last file whose
  * header never became durable is moved aside the same way and its
@@ -52,6 +65,10 @@ struct audit_resume {
  * and next seq to continue with.  Returns 0 or -errno with err filled. */
 int audit_recover(struct audit_chain *c, const char *dir, const char *prefix,
                   struct audit_resume *out, char *err, size_t errlen);
+/* The same, calling hooks (may be NULL) while it works. */
+int audit_recover_ex(struct audit_chain *c, const char *dir, const char *prefix,
+                     const struct audit_recover_hooks *hooks, struct audit_resume *out, char *err,
+                     size_t errlen);
 
 /* Deletes the oldest files beyond keep (0 = keep all).  Returns the number
  * removed or -errno. */

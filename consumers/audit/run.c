@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -18,6 +19,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "state.h"
 
 #define POLL_MAX 256
 #define IO_WAIT_NS 500000u          /* wait for a completion while I/O is in flight */
@@ -55,6 +57,45 @@ static int attach(cbus_consumer **c, const struct audit_config *cfg, const struc
     }
     o.start = cfg->start_oldest ? CBUS_START_OLDEST : CBUS_START_NEWEST;
     return cbus_consumer_attach(c, cfg->bus, &o);
+}
+
+/* Attached before recovery, so the bus sees a live, heartbeating consumer
+ * of our name while a large log is checked: a SIGKILLed daemon's entry
+ * stops heartbeating, and producers untether it after the stall timeout,
+ * losing the events it held back.  Taking the name over re-tethers at once.
+ * Starts where the state file says the log ends (a cheap read, no scan),
+ * else at the dead entry's committed cursor; both are at or behind the
+ * log's real end, and the writer skips what it already has.  Returns NULL
+ * when it cannot (then the normal attach after recovery reports why). */
+static cbus_consumer *attach_early(const struct audit_config *cfg)
+{
+    struct audit_state s;
+    struct cbus_consumer_opts o = {.name = cfg->name, .mode = CBUS_LOSSLESS,
+                                   .start = CBUS_START_RESUME};
+    if (audit_state_load(cfg->dir, cfg->prefix, &s) == 0) {
+        o.start = CBUS_START_CURSOR;
+        o.cursor = s.cursor;
+        o.expect_bus_id = s.bus_id;
+    }
+    cbus_consumer *c;
+    return cbus_consumer_attach(&c, cfg->bus, &o) == 0 ? c : NULL;
+}
+
+/* Test hook: CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS makes each recovery step
+ * pause that long first, so a test can make recovery outlast the bus's
+ * stall timeout without a huge log (read once at start, not on any hot
+ * path). */
+static unsigned recovery_pause_ms;
+
+static void recovery_heartbeat(void *arg)
+{
+    if (recovery_pause_ms) {
+        struct timespec ts = {(time_t)(recovery_pause_ms / 1000),
+                              (long)(recovery_pause_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (arg)
+        cbus_consumer_heartbeat(arg);
 }
 
 struct loop {
@@ -109,7 +150,7 @@ static void report(struct loop *l, int always)
         return;
     if (cs.lost > l->lost_reported) {
         cbus_log_warn("%" PRIu64 " events were overwritten on the bus before cbus-audit read them "
-                      "(%" PRIu64 " in total; the log has a gap in event ids there)",
+                      "(%" PRIu64 " in total; recorded in the log as gap records)",
                       cs.lost - l->lost_reported, cs.lost);
         l->lost_reported = cs.lost;
     }
@@ -152,14 +193,35 @@ int audit_run(const struct audit_config *cfg)
 
     struct audit_resume resume;
     struct audit_writer *w;
+    const char *pause = getenv("CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS");
+    recovery_pause_ms = pause ? (unsigned)strtoul(pause, NULL, 10) : 0;
+    cbus_consumer *early = attach_early(cfg);
+    wo.progress = recovery_heartbeat;
+    wo.progress_arg = early;
     int rc = audit_writer_open(&w, &wo, &resume, err, sizeof err);
     if (rc) {
         cbus_log_error("%s", err);
+        cbus_consumer_detach(early);
         close(lock_fd);
         return 1;
     }
-    cbus_consumer *c;
-    rc = attach(&c, cfg, &resume);
+    cbus_log_info("recovery: %s%s, %llu bytes of log read",
+                  resume.have_file ? resume.name : "no log yet",
+                  resume.have_file ? (resume.from_state ? " (from the state file)"
+                                                        : " (whole file checked)")
+                                   : "",
+                  (unsigned long long)resume.bytes_read);
+    cbus_consumer *c = NULL;
+    rc = 0;
+    if (early && resume.have_cursor && cbus_consumer_bus_id(early) == resume.bus_id &&
+        cbus_consumer_read_pos(early) <= resume.cursor) {
+        c = early; /* behind or at the log's end: the writer skips what it has */
+    } else {
+        /* Past the log's end (its entry was gone: a clean stop), another
+         * bus, or no log: attach where the log says, as without it. */
+        cbus_consumer_detach(early);
+        rc = attach(&c, cfg, &resume);
+    }
     if (rc) {
         cbus_log_error("cannot attach to bus %s as %s: %s", cfg->bus, cfg->name,
                        cbus_strerror(rc));

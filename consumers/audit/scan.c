@@ -1,6 +1,7 @@
 #include "scan.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,6 +55,129 @@ static int header_continues(const struct audit_verify_state *st, const struct au
     return 1;
 }
 
+/* Event-id continuity for one good record (check_ids only). */
+static int ids_continue(struct audit_verify_state *st, const struct audit_item *it, size_t off,
+                        int64_t index, struct audit_scan_result *res)
+{
+    uint64_t from, to;
+    if (it->is_gap) {
+        from = it->gap_from;
+        to = it->gap_to;
+    } else {
+        struct cbus_event ev;
+        if (cbus_evmp_decode(it->event, it->event_len, &ev, NULL)) {
+            set_bad(res, off, index, st->next_seq, "event does not decode");
+            return 0;
+        }
+        from = ev.event_id;
+        to = ev.event_id + 1;
+    }
+    if (st->has_pos && from != st->next_pos) {
+        if (it->is_gap)
+            set_bad(res, off, index, st->next_seq,
+                    "gap record for event ids %llu..%llu where event id %llu was expected",
+                    (unsigned long long)from, (unsigned long long)to - 1,
+                    (unsigned long long)st->next_pos);
+        else if (from > st->next_pos)
+            set_bad(res, off, index, st->next_seq,
+                    "event ids %llu..%llu missing with no recorded loss (event id %llu follows "
+                    "%llu: records deleted, or events lost unrecorded)",
+                    (unsigned long long)st->next_pos, (unsigned long long)from - 1,
+                    (unsigned long long)from, (unsigned long long)st->next_pos - 1);
+        else
+            set_bad(res, off, index, st->next_seq,
+                    "event id %llu where %llu was expected (repeated or out of order)",
+                    (unsigned long long)from, (unsigned long long)st->next_pos);
+        return 0;
+    }
+    if (it->is_gap) {
+        st->gaps++;
+        st->gap_positions += to - from;
+    }
+    st->has_pos = 1;
+    st->next_pos = to;
+    return 1;
+}
+
+/* The records of buf[off..len), where buf[0] is file offset base. */
+static int scan_records(struct audit_chain *c, struct audit_verify_state *st, const uint8_t *buf,
+                        size_t len, size_t off, uint64_t base, int64_t index, int check_hashes,
+                        audit_record_cb cb, void *arg, struct audit_scan_result *res)
+{
+    const char *why;
+    struct audit_item it;
+    uint8_t expect[AUDIT_HASH_LEN];
+    size_t last_rec = SIZE_MAX, progress_at = off;
+    int rc;
+    while (off < len) {
+        if (st->progress && off - progress_at >= AUDIT_SCAN_PROGRESS) {
+            st->progress(st->progress_arg);
+            progress_at = off;
+        }
+        size_t at = (size_t)base + off;
+        rc = audit_parse(buf + off, len - off, &it, &why);
+        if (rc == -ENODATA) {
+            set_bad(res, at, index, st->next_seq,
+                    "file ends inside a record (torn write; %zu trailing bytes)", len - off);
+            res->torn = 1;
+            break;
+        }
+        if (rc) {
+            set_bad(res, at, index, st->next_seq, "malformed record: %s", why);
+            break;
+        }
+        if (it.is_header) {
+            set_bad(res, at, index, st->next_seq, "a file header in the middle of the file");
+            break;
+        }
+        if (it.seq != st->next_seq) {
+            set_bad(res, at, index, st->next_seq,
+                    "seq %llu where %llu was expected (record deleted, inserted or reordered)",
+                    (unsigned long long)it.seq, (unsigned long long)st->next_seq);
+            break;
+        }
+        if (check_hashes) {
+            audit_item_expected_hash(c, st->hash, buf + off, &it, expect);
+            if (memcmp(expect, it.hash, AUDIT_HASH_LEN) != 0) {
+                set_bad(res, at, index, st->next_seq,
+                        "hash mismatch (record modified, or the chain before it was altered)");
+                break;
+            }
+        }
+        if (st->check_ids && !ids_continue(st, &it, at, index, res))
+            break;
+        if (cb && !it.is_gap) {
+            int stop = cb(arg, &it);
+            if (stop)
+                return stop;
+        }
+        memcpy(st->hash, it.hash, AUDIT_HASH_LEN);
+        st->next_seq++;
+        st->records++;
+        res->records++;
+        last_rec = off;
+        res->last_off = at;
+        off += it.len;
+        res->good_end = (size_t)base + off;
+        index++;
+    }
+    if (last_rec != SIZE_MAX &&
+        audit_parse(buf + last_rec, len - last_rec, &it, NULL) == 0) {
+        /* Only the last record's position matters (the resume cursor). */
+        struct cbus_event ev;
+        if (it.is_gap) {
+            res->has_cursor = 1;
+            res->cursor = it.gap_to;
+        } else if (cbus_evmp_decode(it.event, it.event_len, &ev, NULL) == 0) {
+            res->has_last_event = 1;
+            res->last_event_id = ev.event_id;
+            res->has_cursor = 1;
+            res->cursor = ev.event_id + 1;
+        }
+    }
+    return 0;
+}
+
 int audit_scan(struct audit_chain *c, struct audit_verify_state *st, const char *name,
                const uint8_t *buf, size_t len, int check_hashes, audit_record_cb cb, void *arg,
                struct audit_scan_result *res)
@@ -93,63 +217,73 @@ int audit_scan(struct audit_chain *c, struct audit_verify_state *st, const char 
     st->next_seq = it.hdr.first_seq;
     st->file_seq = it.hdr.file_seq;
     snprintf(st->file_name, sizeof st->file_name, "%s", name);
+    /* Positions restart with a bus id: the header says where the consumer
+     * started on it.  Within one bus id they carry over from file to file. */
+    if (!st->has_pos || st->bus_id != it.hdr.bus_id) {
+        st->has_pos = 1;
+        st->next_pos = it.hdr.bus_cursor;
+    }
+    st->bus_id = it.hdr.bus_id;
+    res->good_end = it.len;
+    res->last_off = 0;
+    return scan_records(c, st, buf, len, it.len, 0, 0, check_hashes, cb, arg, res);
+}
 
-    size_t off = it.len, last_rec_off = 0;
-    int64_t index = 0;
-    res->good_end = off;
-    while (off < len) {
-        rc = audit_parse(buf + off, len - off, &it, &why);
-        if (rc == -ENODATA) {
-            set_bad(res, off, index, st->next_seq,
-                    "file ends inside a record (torn write; %zu trailing bytes)", len - off);
-            res->torn = 1;
-            break;
-        }
-        if (rc) {
-            set_bad(res, off, index, st->next_seq, "malformed record: %s", why);
-            break;
-        }
-        if (it.is_header) {
-            set_bad(res, off, index, st->next_seq, "a file header in the middle of the file");
-            break;
-        }
-        if (it.seq != st->next_seq) {
-            set_bad(res, off, index, st->next_seq,
-                    "seq %llu where %llu was expected (record deleted, inserted or reordered)",
-                    (unsigned long long)it.seq, (unsigned long long)st->next_seq);
-            break;
-        }
-        if (check_hashes) {
-            audit_item_expected_hash(c, st->hash, buf + off, &it, expect);
-            if (memcmp(expect, it.hash, AUDIT_HASH_LEN) != 0) {
-                set_bad(res, off, index, st->next_seq,
-                        "hash mismatch (record modified, or the chain before it was altered)");
-                break;
-            }
-        }
-        if (cb) {
-            int stop = cb(arg, &it);
-            if (stop)
-                return stop;
-        }
-        memcpy(st->hash, it.hash, AUDIT_HASH_LEN);
-        st->next_seq++;
-        st->records++;
-        res->records++;
-        last_rec_off = off;
-        off += it.len;
-        res->good_end = off;
-        index++;
+int audit_scan_tail(struct audit_chain *c, struct audit_verify_state *st, const uint8_t *buf,
+                    size_t len, uint64_t base, int64_t index, struct audit_scan_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->good_end = (size_t)base;
+    res->last_off = SIZE_MAX; /* unknown until a record is good */
+    return scan_records(c, st, buf, len, 0, base, index, 1, NULL, NULL, res);
+}
+
+int audit_read_range(const char *path, uint64_t from, uint8_t **buf, size_t *len,
+                     uint64_t *total, void (*progress)(void *), void *arg)
+{
+    *buf = NULL;
+    *len = 0;
+    *total = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
     }
-    if (res->records) {
-        /* Only the last record's event id matters (the resume cursor). */
-        struct cbus_event ev;
-        if (audit_parse(buf + last_rec_off, len - last_rec_off, &it, NULL) == 0 &&
-            cbus_evmp_decode(it.event, it.event_len, &ev, NULL) == 0) {
-            res->has_last_event = 1;
-            res->last_event_id = ev.event_id;
-        }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
     }
+    *total = (uint64_t)st.st_size;
+    size_t n = (uint64_t)st.st_size > from ? (size_t)((uint64_t)st.st_size - from) : 0, got = 0;
+    uint8_t *b = n ? malloc(n) : NULL;
+    if (n && !b) {
+        close(fd);
+        return -ENOMEM;
+    }
+    while (got < n) {
+        size_t want = n - got > (8u << 20) ? (8u << 20) : n - got;
+        ssize_t r = pread(fd, b + got, want, (off_t)(from + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = -errno;
+            free(b);
+            close(fd);
+            return e;
+        }
+        if (r == 0)
+            break; /* shrank under us: take what is there */
+        got += (size_t)r;
+        if (progress)
+            progress(arg);
+    }
+    close(fd);
+    *buf = b;
+    *len = got;
     return 0;
 }
 

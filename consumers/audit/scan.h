@@ -16,15 +16,33 @@ struct audit_verify_state {
     uint64_t file_seq;
     char file_name[AUDIT_FILE_NAME_MAX];
     uint64_t records;                 /* good records over all files */
+    /* Event-id continuity (format.h): checked only with check_ids (verify);
+     * recovery never cuts a log for a hole in ids. */
+    int check_ids;
+    int has_pos;                      /* next_pos is known */
+    uint64_t next_pos;                /* bus position the next record must start at */
+    uint64_t bus_id;                  /* of the last file accepted */
+    uint64_t gaps;                    /* gap records seen */
+    uint64_t gap_positions;           /* positions they cover */
+    /* Called about every AUDIT_SCAN_PROGRESS bytes scanned (and by
+     * audit_read_range per chunk): recovery heartbeats the bus through it. */
+    void (*progress)(void *arg);
+    void *progress_arg;
 };
+
+#define AUDIT_SCAN_PROGRESS (4u << 20)
 
 struct audit_scan_result {
     struct audit_header hdr;
     int has_header;
     uint64_t records;                 /* good records in this file */
     size_t good_end;                  /* offset just past the last good value */
+    size_t last_off;                  /* offset of the last good value (0: the header) */
     int has_last_event;
     uint64_t last_event_id;           /* event_id of the last good record */
+    int has_cursor;                   /* cursor is set: the file has a good record */
+    uint64_t cursor;                  /* bus position after the last good record:
+                                         event_id + 1, or a gap record's "to" */
     /* the first problem, if any */
     int bad;
     int torn;                         /* the problem: input ends inside a value */
@@ -45,6 +63,19 @@ typedef int (*audit_record_cb)(void *arg, const struct audit_item *it);
 int audit_scan(struct audit_chain *c, struct audit_verify_state *st, const char *name,
                const uint8_t *buf, size_t len, int check_hashes, audit_record_cb cb, void *arg,
                struct audit_scan_result *res);
+
+/* Continues the scan of a file whose bytes before base were checked
+ * already: buf holds the file from offset base on, st the chain there (hash,
+ * next_seq, file_name); index is the record index at base.  Offsets in res
+ * are file offsets.  No header is expected.  Returns as audit_scan. */
+int audit_scan_tail(struct audit_chain *c, struct audit_verify_state *st, const uint8_t *buf,
+                    size_t len, uint64_t base, int64_t index, struct audit_scan_result *res);
+
+/* Reads a file from offset from to its end into memory (malloc'd; NULL
+ * with *len = 0 when nothing is there), in chunks, calling progress(arg)
+ * (may be NULL) after each.  *total gets the file size.  Returns 0 or -errno. */
+int audit_read_range(const char *path, uint64_t from, uint8_t **buf, size_t *len,
+                     uint64_t *total, void (*progress)(void *), void *arg);
 
 /* Reads a whole file into memory (malloc'd; NULL with *len = 0 for an empty
  * file).  Returns 0 or -errno. */

@@ -156,7 +156,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: cbus-audit verify [-q] FILE|DIR...\n"
                "  Checks the hash chain over the files, in chain order (a directory\n"
-               "  gives its *" AUDIT_SUFFIX " files).  Exit 0: intact; 1: the first bad record\n"
+               "  gives its *" AUDIT_SUFFIX " files), and that event ids leave no hole\n"
+               "  without a gap record.  Exit 0: intact; 1: the first bad record\n"
                "  is printed as FILE: offset N, record index I (seq S): reason; 2: usage.\n");
 }
 
@@ -196,7 +197,9 @@ int audit_verify_main(int argc, char **argv)
         audit_paths_free(paths, n);
         return 2;
     }
-    struct audit_verify_state st = {0};
+    /* Event ids too: a hole in the bus positions with no gap record is a
+     * loss nobody recorded (or records deleted and the chain rebuilt). */
+    struct audit_verify_state st = {.check_ids = 1};
     int status = 0;
     uint64_t first_seq = 0;
     int origin = 0;
@@ -231,13 +234,18 @@ int audit_verify_main(int argc, char **argv)
     if (status == 0 && !quiet) {
         char hex[2 * AUDIT_HASH_LEN + 1];
         audit_hex(hex, st.hash, AUDIT_HASH_LEN);
+        char gaps[128] = "no gaps in event ids";
+        if (st.gaps)
+            snprintf(gaps, sizeof gaps, "%llu recorded gap%s in event ids (%llu positions lost)",
+                     (unsigned long long)st.gaps, st.gaps == 1 ? "" : "s",
+                     (unsigned long long)st.gap_positions);
         if (st.records)
-            printf("OK: %zu file%s, %llu records, seq %llu..%llu; chain %s; last hash %s\n", n,
-                   n == 1 ? "" : "s", (unsigned long long)st.records,
+            printf("OK: %zu file%s, %llu records, seq %llu..%llu; chain %s; %s; last hash %s\n",
+                   n, n == 1 ? "" : "s", (unsigned long long)st.records,
                    (unsigned long long)first_seq, (unsigned long long)st.next_seq - 1,
                    origin ? "starts at its origin"
                           : "continues from files not given (removed by retention?)",
-                   hex);
+                   gaps, hex);
         else
             printf("OK: %zu file%s, no records; last hash %s\n", n, n == 1 ? "" : "s", hex);
     }

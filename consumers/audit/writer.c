@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "state.h"
 
 enum batch_state {
     B_FREE = 0,
@@ -34,12 +35,22 @@ struct batch {
     int wres;               /* write result */
     int sres;               /* linked fdatasync result */
     uint64_t sync_gen;      /* interval mode: the fdatasync that covers it */
+    /* The chain at the end of this batch, for the state file once durable. */
+    int has_end;
+    uint64_t end_off;       /* file offset after its last value */
+    uint64_t last_off;      /* where that value starts */
+    uint64_t end_seq;
+    uint8_t end_hash[AUDIT_HASH_LEN];
+    uint64_t end_records;   /* records in the file up to here */
+    uint64_t end_cursor;    /* bus position after its last record */
 };
 
 /* user_data: batch index << 2 | op; for OP_ISYNC, the sync generation << 2 | op */
 #define OP_WRITE 1u
 #define OP_SYNC  2u
 #define OP_ISYNC 3u  /* interval fdatasync (no batch) */
+#define OP_STATE 0u  /* fdatasync of the state file */
+#define STATE_SYNC_NS 1000000000u /* the state file is made durable about this often */
 
 struct audit_writer {
     struct audit_writer_opts o;
@@ -65,7 +76,15 @@ struct audit_writer {
     uint64_t file_records;
     uint64_t file_bus_id;
     unsigned file_redaction;
+    uint64_t file_format;
     int have_file;
+
+    /* the state file (state.h) */
+    int state_fd;
+    struct audit_state state;
+    int state_dirty;        /* written since its last fdatasync */
+    int state_sync_inflight;
+    uint64_t state_sync_ns;
 
     uint64_t bus_id;
     int bus_set;
@@ -212,6 +231,14 @@ static int open_new_file(struct audit_writer *w, uint64_t cursor)
     b->len = (size_t)n;
     w->file_off = (uint64_t)n;
     b->state = B_READY;
+    b->has_end = 1;
+    b->end_off = (uint64_t)n;
+    b->last_off = 0;
+    b->end_seq = w->chain.next_seq;
+    memcpy(b->end_hash, w->chain.hash, AUDIT_HASH_LEN);
+    b->end_records = 0;
+    b->end_cursor = cursor;
+    w->file_format = AUDIT_FORMAT;
     audit_fsync_dir(w->dir);
     cbus_log_info("writing %s (file %llu, first seq %llu, bus cursor %llu)", path,
                   (unsigned long long)seq, (unsigned long long)h.first_seq,
@@ -238,8 +265,45 @@ static int open_last_file(struct audit_writer *w, const struct audit_resume *r)
     w->file_records = r->records_in_file;
     w->file_bus_id = r->bus_id;
     w->file_redaction = r->redaction;
+    w->file_format = r->format;
     w->have_file = 1;
+    /* Event ids go on from the log's last record: a consumer that resumes
+     * behind it re-reads records already written (skipped in append), one
+     * that resumes past it lost the positions between (a gap record). */
+    if (r->have_cursor) {
+        w->last_cursor = r->cursor;
+        w->has_last_cursor = 1;
+    }
     return 0;
+}
+
+/* Describes the durable end of the current file in the state file. */
+static void state_save(struct audit_writer *w, uint64_t off, uint64_t last_off, uint64_t seq,
+                       const uint8_t hash[AUDIT_HASH_LEN], uint64_t records, uint64_t cursor)
+{
+    if (w->state_fd < 0)
+        return;
+    struct audit_state *s = &w->state;
+    snprintf(s->name, sizeof s->name, "%s", w->name);
+    s->file_seq = w->file_seq;
+    s->format = w->file_format;
+    s->created_ns = w->file_created_ns;
+    s->bus_id = w->file_bus_id;
+    s->redaction = w->file_redaction;
+    s->offset = off;
+    s->last_off = last_off;
+    s->next_seq = seq;
+    memcpy(s->hash, hash, AUDIT_HASH_LEN);
+    s->records_in_file = records;
+    s->cursor = cursor;
+    int rc = audit_state_write(w->state_fd, s);
+    if (rc == 0) {
+        w->state_dirty = 1;
+    } else if (!w->st.state_errors++) {
+        /* Only the restart's speed depends on it: say so once. */
+        cbus_log_warn("cannot write the state file in %s: %s; a restart will check the whole "
+                      "last file", w->dir, strerror(-rc));
+    }
 }
 
 int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts *o,
@@ -258,6 +322,7 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
     }
     w->o = *o;
     w->fd = -1;
+    w->state_fd = -1;
     w->qd = o->queue_depth;
     snprintf(w->dir, sizeof w->dir, "%s", o->dir);
     snprintf(w->prefix, sizeof w->prefix, "%s", o->prefix);
@@ -292,12 +357,26 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
         goto err_bufs;
     }
     w->ring_ok = 1;
-    rc = audit_recover(&w->chain, w->dir, w->prefix, resume, err, errlen);
+    struct audit_recover_hooks hooks = {o->progress, o->progress_arg};
+    rc = audit_recover_ex(&w->chain, w->dir, w->prefix, &hooks, resume, err, errlen);
     if (rc)
         goto err_ring;
     if (resume->have_file && (rc = open_last_file(w, resume))) {
         snprintf(err, errlen, "%s/%s: %s", w->dir, resume->name, strerror(-rc));
         goto err_ring;
+    }
+    w->state_fd = audit_state_open(w->dir, w->prefix);
+    if (w->state_fd < 0) {
+        cbus_log_warn("cannot open the state file in %s: %s; a restart will check the whole "
+                      "last file", w->dir, strerror(-w->state_fd));
+    } else {
+        struct audit_state old;
+        if (audit_state_load(w->dir, w->prefix, &old) == 0)
+            w->state.gen = old.gen;
+        /* What recovery just checked, so the next restart starts there. */
+        if (resume->have_file)
+            state_save(w, resume->file_size, resume->last_off, w->chain.next_seq, w->chain.hash,
+                       resume->records_in_file, resume->cursor);
     }
     w->last_sync_ns = mono_ns();
     *out = w;
@@ -332,6 +411,11 @@ void audit_writer_close(struct audit_writer *w)
     }
     if (w->fd >= 0)
         close(w->fd);
+    if (w->state_fd >= 0) {
+        if (w->state_dirty)
+            fdatasync(w->state_fd);
+        close(w->state_fd);
+    }
     for (unsigned i = 0; i < w->qd; i++)
         free(w->b[i].buf);
     free(w->b);
@@ -344,20 +428,27 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t curso
     w->bus_id = bus_id;
     w->bus_set = 1;
     if (!w->has_last_cursor) {
+        /* A new log: positions start where the consumer does. */
         w->last_cursor = cursor;
+        w->has_last_cursor = 1;
     }
     if (!w->have_file)
         return open_new_file(w, cursor);
-    if (w->file_bus_id != bus_id || w->file_redaction != w->o.redact.mode) {
-        cbus_log_info("%s belongs to bus id %016llx (redaction %s); continuing the chain in a "
-                      "new file for bus id %016llx (redaction %s)",
+    if (w->file_bus_id != bus_id || w->file_redaction != w->o.redact.mode ||
+        w->file_format != AUDIT_FORMAT) {
+        cbus_log_info("%s belongs to bus id %016llx (redaction %s, format %llu); continuing the "
+                      "chain in a new file for bus id %016llx (redaction %s, format %u)",
                       w->name, (unsigned long long)w->file_bus_id,
-                      audit_redaction_name(w->file_redaction), (unsigned long long)bus_id,
-                      audit_redaction_name(w->o.redact.mode));
+                      audit_redaction_name(w->file_redaction),
+                      (unsigned long long)w->file_format, (unsigned long long)bus_id,
+                      audit_redaction_name(w->o.redact.mode), AUDIT_FORMAT);
         w->rotate_pending = 1;
-        /* The new header records the consumer's start, not the old bus's cursor. */
-        w->last_cursor = cursor;
-        w->has_last_cursor = 1;
+        if (w->file_bus_id != bus_id) {
+            /* The new header records the consumer's start on the new bus:
+             * its positions have nothing to do with the old bus's. */
+            w->last_cursor = cursor;
+            w->has_last_cursor = 1;
+        }
     }
     return 0;
 }
@@ -382,13 +473,38 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
         finish_filling(w);
         return -EAGAIN;
     }
+    /* Positions below the log's end were written before a restart (the
+     * consumer resumed behind the log): not twice. */
+    if (w->has_last_cursor && ev->event_id < w->last_cursor) {
+        w->st.replayed++;
+        return 0;
+    }
+    /* Positions the consumer never received (lost or abandoned on the bus)
+     * are recorded where they would have been, so `verify` can tell a
+     * recorded loss from records deleted later. */
+    int gap = w->has_last_cursor && ev->event_id > w->last_cursor;
+    size_t need = (gap ? 2u : 1u) * AUDIT_RECORD_MAX;
     struct batch *b = filling(w);
-    if (b && (b->nrec >= w->o.batch_events || w->o.batch_bytes - b->len < AUDIT_RECORD_MAX)) {
+    if (b && (b->nrec >= w->o.batch_events || w->o.batch_bytes - b->len < need)) {
         b->state = B_READY;
         b = NULL;
     }
     if (!b && !(b = take_batch(w)))
         return -EAGAIN;
+    if (gap) {
+        int g = audit_gap_encode(&w->chain, w->last_cursor, ev->event_id, b->buf + b->len,
+                                 w->o.batch_bytes - b->len);
+        if (g < 0)
+            return g; /* cannot happen: room was checked */
+        w->st.gaps++;
+        w->st.gap_positions += ev->event_id - w->last_cursor;
+        b->last_off = w->file_off;
+        b->len += (size_t)g;
+        w->file_off += (uint64_t)g;
+        w->file_records++;
+        w->st.records++;
+    }
+    uint64_t at = w->file_off;
     int n = audit_record_encode(&w->chain, ev, &w->o.redact, b->buf + b->len,
                                 w->o.batch_bytes - b->len);
     if (n < 0)
@@ -402,6 +518,13 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
     w->file_off += (uint64_t)n;
     w->file_records++;
     w->st.records++;
+    b->has_end = 1;
+    b->end_off = w->file_off;
+    b->last_off = at;
+    b->end_seq = w->chain.next_seq;
+    memcpy(b->end_hash, w->chain.hash, AUDIT_HASH_LEN);
+    b->end_records = w->file_records;
+    b->end_cursor = b->cursor;
     return 0;
 }
 
@@ -540,6 +663,12 @@ static void reap(struct audit_writer *w)
         uint64_t ud = io_uring_cqe_get_data64(cqe);
         unsigned op = (unsigned)(ud & 3u), idx = (unsigned)(ud >> 2);
         w->inflight_ops--;
+        if (op == OP_STATE) {
+            w->state_sync_inflight = 0;
+            if (cqe->res < 0)
+                w->state_dirty = 1; /* try again next time */
+            continue;
+        }
         if (op == OP_ISYNC) {
             isync_complete(w, ud >> 2, cqe->res);
             continue;
@@ -560,6 +689,7 @@ static void reap(struct audit_writer *w)
 /* Frees durable batches from the oldest on; their cursor becomes durable. */
 static void retire(struct audit_writer *w)
 {
+    struct batch last = {0};
     while (w->used) {
         struct batch *b = batch_at(w, 0);
         if (b->state != B_DURABLE)
@@ -568,11 +698,38 @@ static void retire(struct audit_writer *w)
             w->durable_cursor = b->cursor;
             w->has_durable_cursor = 1;
         }
+        if (b->has_end)
+            last = *b;
         w->st.durable_records += b->nrec;
         b->state = B_FREE;
         w->head = (w->head + 1) % w->qd;
         w->used--;
     }
+    /* After the data is durable and before the caller commits the cursor:
+     * the state never claims more than the log holds.  (Batches retire
+     * before a rotation opens the next file, so they belong to w->name.) */
+    if (last.has_end)
+        state_save(w, last.end_off, last.last_off, last.end_seq, last.end_hash,
+                   last.end_records, last.end_cursor);
+}
+
+/* The state file is rewritten per durable batch but synced only about once
+ * a second: after a power cut recovery checks at most that much more. */
+static void maybe_state_sync(struct audit_writer *w, uint64_t now)
+{
+    if (w->state_fd < 0 || !w->state_dirty || w->state_sync_inflight ||
+        now - w->state_sync_ns < STATE_SYNC_NS)
+        return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (!sqe)
+        return;
+    io_uring_prep_fsync(sqe, w->state_fd, IORING_FSYNC_DATASYNC);
+    io_uring_sqe_set_data64(sqe, OP_STATE);
+    sqe->flags |= IOSQE_ASYNC;
+    w->state_sync_inflight = 1;
+    w->state_dirty = 0;
+    w->state_sync_ns = now;
+    w->inflight_ops++;
 }
 
 static void submit_ready(struct audit_writer *w, uint64_t now)
@@ -654,6 +811,7 @@ int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
     submit_ready(w, now);
     /* A rotation drains: sync at once rather than at the next interval. */
     maybe_interval_sync(w, now, w->rotate_pending);
+    maybe_state_sync(w, now);
     if (io_uring_sq_ready(&w->ring)) {
         int rc = io_uring_submit(&w->ring);
         if (rc < 0 && rc != -EAGAIN && rc != -EINTR)

@@ -45,6 +45,11 @@ struct audit_writer_opts {
      * test's clock instead of by sleeps a busy machine can stretch. */
     uint64_t (*realtime_ns)(void *arg);
     void *clock_arg;
+    /* Called while audit_writer_open recovers the directory (may be NULL):
+     * the daemon heartbeats its bus consumer, which the recovery would
+     * otherwise leave silent past the stall timeout on a large log. */
+    void (*progress)(void *arg);
+    void *progress_arg;
 };
 
 struct audit_writer_stats {
@@ -56,6 +61,10 @@ struct audit_writer_stats {
     uint64_t io_errors;           /* failed writes or syncs */
     uint64_t rotations;
     uint64_t files_removed;       /* by retention */
+    uint64_t gaps;                /* gap records written (positions never received) */
+    uint64_t gap_positions;       /* positions they cover */
+    uint64_t replayed;            /* events skipped: already in the log (resumed behind it) */
+    uint64_t state_errors;        /* state file writes that failed */
     int failing;                  /* an I/O error is being retried now */
     char file[AUDIT_FILE_NAME_MAX];
 };
@@ -79,7 +88,10 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t curso
 /* Lowers (or raises) the records per batch from now on (n >= 1). */
 void audit_writer_set_batch_events(struct audit_writer *w, unsigned n);
 
-/* Appends one record.  Returns 0, or -EAGAIN when no batch buffer is free
+/* Appends one record, preceded by a gap record when ev's event id is past
+ * the position after the last record (the positions between never arrived);
+ * an event below that position is already in the log and is skipped.
+ * Returns 0, or -EAGAIN when no batch buffer is free
  * or a rotation is draining: call audit_writer_service() and retry. */
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev);
 

@@ -6,6 +6,8 @@
 #include <cbus/producer.h>
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -81,7 +83,18 @@ static void verify_ok(const char *d, const char *expect)
  * attempt = i: cbus_emit() overrides an llm_new_token's index with the
  * context's counter); ok[i] = 1 when the emit succeeded.  Runs in a child
  * process. */
+static pid_t producer_paced(unsigned first, unsigned n, volatile uint8_t *ok,
+                            unsigned pace_every, unsigned burst, unsigned pace_us);
+
 static pid_t producer(unsigned first, unsigned n, volatile uint8_t *ok, unsigned pace_every)
+{
+    return producer_paced(first, n, ok, pace_every, 0, 200);
+}
+
+/* The same, the first burst events unpaced, then a pause of pace_us every
+ * pace_every events. */
+static pid_t producer_paced(unsigned first, unsigned n, volatile uint8_t *ok,
+                            unsigned pace_every, unsigned burst, unsigned pace_us)
 {
     pid_t pid = fork();
     if (pid) {
@@ -104,8 +117,8 @@ static pid_t producer(unsigned first, unsigned n, volatile uint8_t *ok, unsigned
         ok[i] = rc == 0;
         if (rc && rc != -EAGAIN)
             _exit(4);
-        if (pace_every && i % pace_every == 0)
-            usleep(200);
+        if (pace_every && i - first >= burst && i % pace_every == 0)
+            usleep(pace_us);
     }
     cbus_producer_close(p);
     _exit(0);
@@ -234,6 +247,138 @@ Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_orde
     cr_assert_eq(starts, 4, "%s", log);
     free(log);
     munmap((void *)ok, N);
+}
+
+/* Occurrences of what in the daemon's log. */
+static unsigned log_count(const char *what)
+{
+    char *log = slurp_text(logfile);
+    unsigned n = 0;
+    for (char *s = log; (s = strstr(s, what)); s++)
+        n++;
+    free(log);
+    return n;
+}
+
+static uint64_t proc_rchar(pid_t pid)
+{
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/%d/io", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    uint64_t v = UINT64_MAX;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "rchar: %" SCNu64, &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+static uint64_t log_bytes(void)
+{
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct stat sb;
+        if (stat(paths[i], &sb) == 0)
+            total += (uint64_t)sb.st_size;
+    }
+    tu_free_paths(paths, n);
+    return total;
+}
+
+/* Issue 12 item 15: a restart on a large log re-read and re-hashed the whole
+ * file (4.25 s for 740 MB, past the stall timeout).  Now it reads what the
+ * state file does not cover: checked by the bytes the daemon read (its
+ * /proc/PID/io), not by timing. */
+Test(audit_daemon, sigkill_under_load_with_a_large_log_resumes_from_its_tail, .init = setup,
+     .fini = teardown)
+{
+    enum { FILL = 100000, N = 60000, KILLS = 6 };
+    test_bus_create(bus, 1u << 17);
+    volatile uint8_t *ok = mmap(NULL, FILL + N, PROT_READ | PROT_WRITE,
+                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_geq(idx, 0);
+    cr_assert_eq(tu_wait(producer(0, FILL, ok, 0), 60000), 0);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 30000), 0, "fill not durable");
+    uint64_t size = log_bytes();
+    cr_assert_gt(size, 20u << 20, "a large log: %" PRIu64 " bytes", size);
+
+    pid_t p = producer(FILL, N, ok, 64);
+    for (unsigned k = 0; k < KILLS; k++) {
+        test_sleep_ms(30 + 20 * k); /* where in the stream the kill lands; nothing is timed */
+        kill(d, SIGKILL);
+        cr_assert_geq(tu_wait(d, 5000), 0);
+        d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+        uint64_t end = test_now_ms() + 30000;
+        while (log_count("info: recovery: ") < k + 2 && test_now_ms() < end)
+            test_sleep_ms(5);
+        cr_assert_eq(log_count("info: recovery: "), k + 2, "restart %u did not recover", k);
+        uint64_t read = proc_rchar(d);
+        cr_assert_lt(read, size / 10, "restart %u read %" PRIu64 " bytes of a %" PRIu64
+                     "-byte log", k, read, size);
+    }
+    cr_assert_eq(tu_wait(p, 120000), 0, "producer");
+    idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 30000), 0, "not all durable");
+    stop_daemon(d);
+    assert_log_matches(ok, FILL + N);
+    verify_ok(dir, "no gaps in event ids");
+    cr_assert_eq(log_count("(from the state file)"), KILLS);
+    munmap((void *)ok, FILL + N);
+}
+
+/* Recovery that outlasts the stall timeout (a whole-file check: no state
+ * file; each step paused by the test hook) keeps the consumer alive on the
+ * bus: it heartbeats per step, so producers never untether it and nothing
+ * is lost.  The margin: steps ~0.4 s apart vs the 2 s stall timeout, and
+ * recovery takes 4 s or more (10+ steps). */
+Test(audit_daemon, slow_recovery_heartbeats_and_stays_tethered, .init = setup, .fini = teardown)
+{
+    enum { FILL = 100000, N = (1u << 14) + 6000 };
+    test_bus_create(bus, 1u << 14);
+    volatile uint8_t *ok = mmap(NULL, FILL + N, PROT_READ | PROT_WRITE,
+                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_geq(idx, 0);
+    cr_assert_eq(tu_wait(producer(0, FILL, ok, 8), 120000), 0); /* paced: the ring is small */
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 30000), 0, "fill not durable");
+    kill(d, SIGKILL);
+    cr_assert_geq(tu_wait(d, 5000), 0);
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    cr_assert_eq(unlink(state), 0, "%s", strerror(errno));
+    uint64_t size = log_bytes();
+    cr_assert_gt(size, 20u << 20, "%" PRIu64 " bytes: 10+ recovery steps", size);
+
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, bus, 0), 0);
+    uint64_t untethered = atomic_load(&cbus_bus_header(b)->untethered);
+    /* Fills the ring at once, then emits about one event per ms throughout
+     * the recovery: each one blocked by our consumer checks its heartbeat. */
+    pid_t p = producer_paced(FILL, N, ok, 1, 1u << 14, 1000);
+    setenv("CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS", "400", 1);
+    d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    unsetenv("CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS");
+    uint64_t end = test_now_ms() + 120000;
+    while (log_count("info: recovery: ") < 2 && test_now_ms() < end)
+        test_sleep_ms(10);
+    cr_assert_eq(log_count("info: recovery: "), 2, "recovery did not finish");
+    cr_assert_eq(log_count("(whole file checked)"), 1);
+    cr_assert_eq(tu_wait(p, 120000), 0, "producer");
+    idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 30000), 0, "not all durable");
+    cr_assert_eq(atomic_load(&cbus_bus_header(b)->untethered), untethered,
+                 "the recovering daemon was untethered");
+    cbus_bus_close(b);
+    stop_daemon(d);
+    assert_log_matches(ok, FILL + N);
+    verify_ok(dir, "no gaps in event ids");
+    munmap((void *)ok, FILL + N);
 }
 
 static const char disk_ini[] =

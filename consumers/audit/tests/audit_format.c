@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -461,7 +462,7 @@ Test(audit_format, interval_sync_mode_writes_everything, .init = setup, .fini = 
 static const char python_check[] =
     "import sys, os, glob, hashlib, msgpack\n"
     "files = sorted(glob.glob(os.path.join(sys.argv[1], '*.cbaudit')))\n"
-    "prev = None; n = 0; kinds = set()\n"
+    "prev = None; n = 0; kinds = set(); gaps = 0; bus = None; pos = None\n"
     "for f in files:\n"
     "    data = open(f, 'rb').read()\n"
     "    u = msgpack.Unpacker(raw=False, strict_map_key=True); u.feed(data); off = 0\n"
@@ -470,17 +471,25 @@ static const char python_check[] =
     "        if 'cbus_audit' in v:\n"
     "            assert prev is None or v['prev_hash'] == prev, 'file link'\n"
     "            p = v['prev_hash']\n"
+    "            if v['bus_id'] != bus: bus = v['bus_id']; pos = v['bus_cursor']\n"
     "        else:\n"
     "            assert v['seq'] == n, (v['seq'], n); p = prev; n += 1\n"
-    "            e = v['event']\n"
-    "            assert isinstance(e['kind'], str) and isinstance(e['event_id'], int)\n"
-    "            assert isinstance(e['ts_realtime_ns'], int) and len(e['run_id']) == 32\n"
-    "            int(e['run_id'], 16); kinds.add(e['kind'])\n"
-    "            if e['kind'] == 'llm_end': assert 'input_tokens' in e['usage']\n"
+    "            assert list(v)[1] in ('event', 'gap') and len(v) == 3, list(v)\n"
+    "            if 'gap' in v:\n"
+    "                g = v['gap']; assert g['from'] == pos < g['to'], (g, pos)\n"
+    "                pos = g['to']; gaps += 1\n"
+    "            else:\n"
+    "                e = v['event']\n"
+    "                assert isinstance(e['kind'], str) and isinstance(e['event_id'], int)\n"
+    "                assert e['event_id'] == pos, ('event id', e['event_id'], pos)\n"
+    "                pos += 1\n"
+    "                assert isinstance(e['ts_realtime_ns'], int) and len(e['run_id']) == 32\n"
+    "                int(e['run_id'], 16); kinds.add(e['kind'])\n"
+    "                if e['kind'] == 'llm_end': assert 'input_tokens' in e['usage']\n"
     "        assert hashlib.sha256(p + raw[:-39]).digest() == v['hash'], 'hash at %d' % off\n"
     "        prev = v['hash']; off = end\n"
     "    assert off == len(data)\n"
-    "print('OK', n, len(kinds))\n";
+    "print('OK', n, len(kinds), gaps)\n";
 
 Test(audit_format, python_msgpack_decodes_and_rechecks_the_chain, .init = setup, .fini = teardown)
 {
@@ -490,14 +499,15 @@ Test(audit_format, python_msgpack_decodes_and_rechecks_the_chain, .init = setup,
     struct audit_writer_opts o;
     tu_writer_opts(&o, dir);
     o.max_file_bytes = 16384;
-    cr_assert_eq(tu_write_log(&o, 0, 190), 0);
+    cr_assert_eq(tu_write_log(&o, 0, 100), 0);
+    cr_assert_eq(tu_write_log(&o, 150, 90), 0); /* a recorded gap: 100..149 */
     char script[300];
     snprintf(script, sizeof script, "%s/check.py", tmp);
     tu_spit(script, (const uint8_t *)python_check, sizeof python_check - 1);
     char *argv[] = {(char *)"/usr/bin/python3", script, dir, NULL};
     char out[4096];
     cr_assert_eq(tu_run(argv, out, sizeof out), 0, "%s", out);
-    cr_assert(strstr(out, "OK 190 19"), "%s", out);
+    cr_assert(strstr(out, "OK 191 19 1"), "%s", out);
 }
 
 /* ---- cat and redaction -------------------------------------------------------- */
@@ -680,7 +690,18 @@ Test(audit_format, hole_before_later_data_is_cut_as_torn, .init = setup, .fini =
     /* Crash with batch k+1 on disk but batch k not: zeros, then records. */
     struct audit_writer_opts o;
     tu_writer_opts(&o, dir);
-    cr_assert_eq(tu_write_log(&o, 0, 20), 0);
+    /* The state file is written only once a batch is durable, so it is at
+     * or before any hole: keep the one from after record 9 as a crash
+     * would have left it, and put it back over the later one. */
+    cr_assert_eq(tu_write_log(&o, 0, 10), 0);
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    size_t slen;
+    uint8_t *saved = tu_slurp(state, &slen);
+    cr_assert_not_null(saved);
+    cr_assert_eq(tu_write_log(&o, 10, 10), 0);
+    tu_spit(state, saved, slen);
+    free(saved);
     char path[512];
     snprintf(path, sizeof path, "%s", only_file());
     size_t len;
@@ -700,4 +721,236 @@ Test(audit_format, hole_before_later_data_is_cut_as_torn, .init = setup, .fini =
     cr_assert_eq(r.file_size, hole);
     audit_chain_free(&c);
     free(buf);
+}
+
+/* ---- resuming from the state file (issue 12 item 15) ---------------------- */
+
+/* Bytes this process has read through read()/pread() so far: a stat the
+ * code under test cannot fake. */
+static uint64_t rchar(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    cr_assert_not_null(f, "/proc/self/io");
+    char line[128];
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "rchar: %" SCNu64, &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+/* Opens the writer on dir (recovery runs) and reports what it read. */
+static void reopen(const struct audit_writer_opts *o, struct audit_resume *r, uint64_t *read)
+{
+    struct audit_writer *w;
+    char err[256];
+    uint64_t before = rchar();
+    cr_assert_eq(audit_writer_open(&w, o, r, err, sizeof err), 0, "%s", err);
+    *read = rchar() - before;
+    audit_writer_close(w);
+}
+
+static void big_log_opts(struct audit_writer_opts *o)
+{
+    tu_writer_opts(o, dir);
+    o->batch_bytes = 1 << 20;
+    o->batch_events = 4096;
+    o->sync = AUDIT_SYNC_INTERVAL;
+    o->sync_interval_ns = 20000000;
+}
+
+Test(audit_format, resume_reads_only_the_tail_past_the_state_file, .init = setup,
+     .fini = teardown)
+{
+    enum { N = 120000 };
+    struct audit_writer_opts o;
+    big_log_opts(&o);
+    cr_assert_eq(tu_write_log(&o, 0, N - 1000), 0);
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    size_t slen;
+    uint8_t *stale = tu_slurp(state, &slen); /* as a crash right after this point leaves it */
+    cr_assert_not_null(stale);
+    cr_assert_eq(tu_write_log(&o, N - 1000, 1000), 0);
+    struct stat sb;
+    cr_assert_eq(stat(only_file(), &sb), 0);
+    uint64_t size = (uint64_t)sb.st_size;
+    cr_assert_gt(size, 20u << 20, "a large log: %" PRIu64 " bytes", size);
+
+    /* Up to date: only the last record is read back (to check the state). */
+    struct audit_resume r;
+    uint64_t read;
+    reopen(&o, &r, &read);
+    cr_assert(r.from_state);
+    cr_assert_eq(r.cursor, N);
+    cr_assert_eq(r.file_size, size);
+    cr_assert_lt(read, 64u << 10, "read %" PRIu64 " of %" PRIu64 " bytes", read, size);
+
+    /* Stale by 1000 records: those are read and checked, not the rest. */
+    tu_spit(state, stale, slen);
+    reopen(&o, &r, &read);
+    cr_assert(r.from_state);
+    cr_assert_eq(r.cursor, N);
+    cr_assert_lt(read, 2u << 20, "read %" PRIu64 " of %" PRIu64 " bytes", read, size);
+    cr_assert_gt(r.bytes_read, 1000u * 100, "the 1000 records after the state were checked");
+
+    /* A torn tail past a stale state is cut as before. */
+    tu_spit(state, stale, slen);
+    cr_assert_eq(truncate(only_file(), (off_t)(size - 10)), 0);
+    reopen(&o, &r, &read);
+    cr_assert(r.from_state);
+    cr_assert_eq(r.cursor, N - 1, "resume after the last whole record");
+    cr_assert_gt(r.trimmed_bytes, 0);
+    cr_assert(exists_with(dir, ".torn-"));
+    cr_assert_lt(read, 2u << 20);
+
+    /* A damaged state file is not trusted: the whole file is checked. */
+    uint8_t junk[1024];
+    memset(junk, 0x5a, sizeof junk);
+    tu_spit(state, junk, sizeof junk);
+    reopen(&o, &r, &read);
+    cr_assert_not(r.from_state);
+    cr_assert_eq(r.cursor, N - 1);
+    cr_assert_geq(r.bytes_read, size - 10 - 1000);
+    free(stale);
+
+    /* And the chain goes on from there. */
+    cr_assert_eq(tu_write_log(&o, N - 1, 10), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "120009 records"), "%s", out);
+    cr_assert(strstr(out, "no gaps in event ids"), "%s", out);
+}
+
+Test(audit_format, state_file_behind_a_rotation_checks_the_new_file, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 8192;
+    cr_assert_eq(tu_write_log(&o, 0, 100), 0);
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    size_t slen;
+    uint8_t *stale = tu_slurp(state, &slen);
+    cr_assert_eq(tu_write_log(&o, 100, 100), 0); /* several rotations later */
+    tu_spit(state, stale, slen);
+    free(stale);
+    struct audit_resume r;
+    uint64_t read;
+    reopen(&o, &r, &read);
+    cr_assert(r.from_state);
+    cr_assert_eq(r.cursor, 200);
+    cr_assert_eq(tu_write_log(&o, 200, 10), 0);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "210 records"), "%s", out);
+}
+
+/* ---- event-id gaps ------------------------------------------------------------ */
+
+/* A log whose chain is intact but whose event ids skip [skip_from, skip_to):
+ * what records deleted and re-chained, or events lost without a record,
+ * look like.  Written with the format functions, not the writer (which
+ * would record the gap). */
+static void write_log_skipping(const char *path, uint64_t n, uint64_t skip_from,
+                               uint64_t skip_to)
+{
+    struct audit_chain c;
+    audit_chain_init(&c);
+    static uint8_t buf[4 << 20];
+    struct audit_header h = {.file_seq = 0, .created_ns = 1795489948000000000ull,
+                             .first_seq = 0, .bus_cursor = 0, .bus_id = 0x1234,
+                             .redaction = AUDIT_REDACT_KEEP};
+    snprintf(h.bus, sizeof h.bus, "testbus");
+    int len = audit_header_encode(&c, &h, buf, sizeof buf);
+    cr_assert_gt(len, 0);
+    size_t off = (size_t)len;
+    for (uint64_t i = 0; i < n; i++) {
+        if (i >= skip_from && i < skip_to)
+            continue;
+        struct cbus_event ev;
+        tu_event(&ev, i);
+        int k = audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+        cr_assert_gt(k, 0);
+        off += (size_t)k;
+    }
+    tu_spit(path, buf, off);
+    audit_chain_free(&c);
+}
+
+Test(audit_format, verify_reports_event_ids_missing_without_a_gap_record, .init = setup,
+     .fini = teardown)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/audit-20260101T000000.000Z-00000000.cbaudit", dir);
+    write_log_skipping(path, 200, 100, 150);
+    size_t len;
+    uint8_t *buf = tu_slurp(path, &len);
+    size_t offs[256];
+    cr_assert_eq(tu_value_offsets(buf, len, offs, 256), 151);
+    free(buf);
+    char out[4096], want[700];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want,
+             "%s: offset %zu, record index 100 (seq 100): event ids 100..149 missing with no "
+             "recorded loss", path, offs[101]);
+    cr_assert(strstr(out, want), "want '%s' in:\n%s", want, out);
+    /* A repeated id is named too. */
+    write_log_skipping(path, 0, 0, 0);
+    struct audit_chain c;
+    audit_chain_init(&c);
+    static uint8_t b2[1 << 16];
+    struct audit_header h = {.created_ns = 1795489948000000000ull, .bus_id = 0x1234};
+    int n = audit_header_encode(&c, &h, b2, sizeof b2);
+    for (uint64_t i = 0; i < 10; i++) {
+        struct cbus_event ev;
+        tu_event(&ev, i == 5 ? 4 : i);
+        n += audit_record_encode(&c, &ev, NULL, b2 + n, sizeof b2 - (size_t)n);
+    }
+    tu_spit(path, b2, (size_t)n);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "record index 5 (seq 5): event id 4 where 5 was expected"), "%s", out);
+    audit_chain_free(&c);
+}
+
+Test(audit_format, writer_records_gaps_and_skips_replays, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 16384;
+    cr_assert_eq(tu_write_log(&o, 0, 100), 0);
+    cr_assert_eq(tu_write_log(&o, 150, 50), 0);  /* 100..149 never arrived */
+    cr_assert_eq(tu_write_log(&o, 190, 20), 0);  /* resumed behind the log: 190..199 again */
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "1 recorded gap in event ids (50 positions lost)"), "%s", out);
+    struct cbus_event *evs;
+    cr_assert_eq(tu_read_events(dir, &evs), 160);
+    for (unsigned i = 0; i < 160; i++)
+        cr_assert_eq(evs[i].event_id, i < 100 ? i : i + 50);
+    free(evs);
+    /* The gap record itself, read back. */
+    char **paths;
+    size_t nf = tu_log_files(dir, &paths);
+    int found = 0;
+    for (size_t f = 0; f < nf; f++) {
+        size_t len;
+        uint8_t *buf = tu_slurp(paths[f], &len);
+        for (size_t off = 0; off < len;) {
+            struct audit_item it;
+            cr_assert_eq(audit_parse(buf + off, len - off, &it, NULL), 0);
+            if (it.is_gap) {
+                cr_assert_eq(it.gap_from, 100);
+                cr_assert_eq(it.gap_to, 150);
+                cr_assert_eq(it.seq, 100);
+                found++;
+            }
+            off += it.len;
+        }
+        free(buf);
+    }
+    tu_free_paths(paths, nf);
+    cr_assert_eq(found, 1);
 }

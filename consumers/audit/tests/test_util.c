@@ -171,7 +171,7 @@ long tu_read_events(const char *dir, struct cbus_event **evs)
                 result = -1;
                 break;
             }
-            if (!it.is_header) {
+            if (!it.is_header && !it.is_gap) {
                 if (cnt == cap) {
                     cap *= 2;
                     v = realloc(v, cap * sizeof *v);
