@@ -216,6 +216,17 @@ Test(audit_daemon, recreated_bus_continues_the_chain_in_a_new_file, .init = setu
     munmap((void *)ok, 200);
 }
 
+/* Occurrences of what in the daemon's log. */
+static unsigned log_count(const char *what)
+{
+    char *log = slurp_text(logfile);
+    unsigned n = 0;
+    for (char *s = log; (s = strstr(s, what)); s++)
+        n++;
+    free(log);
+    return n;
+}
+
 Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_order,
      .init = setup, .fini = teardown)
 {
@@ -232,7 +243,12 @@ Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_orde
         kill(d, SIGKILL);
         cr_assert_geq(tu_wait(d, 5000), 0);
         d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
-        cr_assert_geq(tu_wait_consumer(bus, "audit", 20000), 0);
+        /* It attaches before recovery: wait until it runs, so each kill
+         * hits a daemon that is logging. */
+        uint64_t end = test_now_ms() + 30000;
+        while (log_count("info: started: ") < (unsigned)kill_round + 2 && test_now_ms() < end)
+            test_sleep_ms(5);
+        cr_assert_eq(log_count("info: started: "), (unsigned)kill_round + 2);
     }
     cr_assert_eq(tu_wait(p, 60000), 0, "producer");
     int idx = tu_wait_consumer(bus, "audit", 20000);
@@ -247,17 +263,6 @@ Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_orde
     cr_assert_eq(starts, 4, "%s", log);
     free(log);
     munmap((void *)ok, N);
-}
-
-/* Occurrences of what in the daemon's log. */
-static unsigned log_count(const char *what)
-{
-    char *log = slurp_text(logfile);
-    unsigned n = 0;
-    for (char *s = log; (s = strstr(s, what)); s++)
-        n++;
-    free(log);
-    return n;
 }
 
 static uint64_t proc_rchar(pid_t pid)
