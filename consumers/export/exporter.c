@@ -419,6 +419,11 @@ static void note_error(struct exporter *x, const struct send_result *r)
 static void on_done(void *arg, struct batch *b, const struct send_result *r)
 {
     struct exporter *x = arg;
+    /* Now, not the loop's time: the answer may have taken part of this
+     * wait, and a Retry-After counts from the answer (RFC 9110 10.2.3). */
+    uint64_t answered = mono_now();
+    if (answered > x->now_ns)
+        x->now_ns = answered;
     x->st.last_status = r->status;
     if (r->outcome == SEND_OK)
         x->rejecting = 0;
