@@ -227,6 +227,20 @@ static unsigned log_count(const char *what)
     return n;
 }
 
+/* The daemon attaches before recovery, so being on the bus does not mean
+ * running: waits for its n-th "started" line, so a kill hits a daemon that
+ * is logging (kills during recovery are the next test's business). */
+static void wait_started(unsigned n)
+{
+    uint64_t end = test_now_ms() + 30000;
+    while (log_count("info: started: ") < n && test_now_ms() < end)
+        test_sleep_ms(5);
+    if (log_count("info: started: ") != n) {
+        char *log = slurp_text(logfile);
+        cr_assert_fail("start %u did not get going:\n%s", n, log);
+    }
+}
+
 Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_order,
      .init = setup, .fini = teardown)
 {
@@ -237,18 +251,14 @@ Test(audit_daemon, sigkill_under_load_and_restart_keeps_every_event_once_in_orde
     volatile uint8_t *ok = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
     cr_assert_geq(tu_wait_consumer(bus, "audit", 20000), 0);
+    wait_started(1);
     pid_t p = producer(0, N, ok, 64);
     for (int kill_round = 0; kill_round < 3; kill_round++) {
         test_sleep_ms(60 + 40 * (unsigned)kill_round);
         kill(d, SIGKILL);
         cr_assert_geq(tu_wait(d, 5000), 0);
         d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
-        /* It attaches before recovery: wait until it runs, so each kill
-         * hits a daemon that is logging. */
-        uint64_t end = test_now_ms() + 30000;
-        while (log_count("info: started: ") < (unsigned)kill_round + 2 && test_now_ms() < end)
-            test_sleep_ms(5);
-        cr_assert_eq(log_count("info: started: "), (unsigned)kill_round + 2);
+        wait_started((unsigned)kill_round + 2);
     }
     cr_assert_eq(tu_wait(p, 60000), 0, "producer");
     int idx = tu_wait_consumer(bus, "audit", 20000);
