@@ -10,6 +10,7 @@
  * CBUS_TEST_STRICT=1 (the test command), where it fails the test. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -892,4 +893,97 @@ Test(export_daemon, run_that_never_ends_is_exported_after_the_timeout)
     cr_assert(cJSON_IsTrue(attr(s, "cbus.run.unfinished")));
     cr_assert_eq(attr(s, "cbus.stream.chunks")->valueint, 1);
     cJSON_Delete(root);
+}
+
+/* Item 27: a test that fails, or crashes, after starting its daemons must not
+ * leave them running (they would hold ctest's output pipe until its timeout).
+ * The helper below starts a collector and an exporter and then fails or
+ * aborts, but only when the test after it runs it. */
+Test(export_daemon, helper_starts_daemons_then_fails_or_crashes)
+{
+    const char *pidfile = getenv("CBUS_EXPORT_TEST_PIDFILE");
+    const char *how = getenv("CBUS_EXPORT_TEST_HOW");
+    if (!pidfile || !how)
+        return; /* a no-op in a normal run */
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, NULL)), 0);
+    FILE *f = fopen(pidfile, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%d %d %s %s\n", (int)col.pid, (int)ex.pid, bus, dir);
+    fclose(f);
+    if (!strcmp(how, "crash"))
+        abort(); /* no .fini: only PR_SET_PDEATHSIG is left to stop them */
+    cr_assert_fail("failing on purpose with daemons %d and %d running", (int)col.pid, (int)ex.pid);
+}
+
+/* Gone, or a zombie (dead, its pipes closed, waiting for whoever adopted it). */
+static int process_gone(pid_t pid)
+{
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 1;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+static void check_no_daemon_left(const char *how)
+{
+    char pidfile[128];
+    snprintf(pidfile, sizeof pidfile, "%s/daemons-%s.pid", dir, how);
+    pid_t parent = getpid();
+    pid_t t = fork();
+    cr_assert_geq(t, 0);
+    if (t == 0) {
+        child_die_with_parent(parent);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        setenv("CBUS_EXPORT_TEST_PIDFILE", pidfile, 1);
+        setenv("CBUS_EXPORT_TEST_HOW", how, 1);
+        unsetenv("BXFI_MAP"); /* else the new process takes itself for a Criterion worker */
+        execl("/proc/self/exe", "export_daemon", "--jobs", "1",
+              "--filter=export_daemon/helper_starts_daemons_then_*", (char *)NULL);
+        _exit(127);
+    }
+    int st = test_wait_pid(t, 60000);
+    cr_assert(st >= 0 && WIFEXITED(st), "the %s run did not finish (%d)", how, st);
+    cr_assert_neq(WEXITSTATUS(st), 0, "the helper test was meant to %s", how);
+    FILE *f = fopen(pidfile, "r");
+    cr_assert_not_null(f, "the helper never started its daemons");
+    int cp = 0, ep = 0;
+    char hbus[64], hdir[64];
+    cr_assert_eq(fscanf(f, "%d %d %63s %63s", &cp, &ep, hbus, hdir), 4);
+    fclose(f);
+    cr_assert(cp > 0 && ep > 0);
+    /* a crashed test never ran its .fini: remove its bus and directory here */
+    if (!strcmp(how, "crash")) {
+        cbus_bus_destroy(hbus);
+        cr_assert(!strncmp(hdir, "/tmp/cbus-export-e2e-", 21), "%s", hdir);
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", hdir);
+        cr_assert_eq(system(cmd), 0);
+    }
+    /* the kernel kills them at once; allow a loaded machine time to run it */
+    uint64_t end = test_now_ms() + 10000;
+    while ((!process_gone(cp) || !process_gone(ep)) && test_now_ms() < end)
+        test_sleep_ms(10);
+    cr_assert(process_gone(cp), "collector %d still runs after the helper test %s", cp, how);
+    cr_assert(process_gone(ep), "exporter %d still runs after the helper test %s", ep, how);
+}
+
+Test(export_daemon, a_failed_test_leaves_no_daemon_running)
+{
+    check_no_daemon_left("fail");
+}
+
+Test(export_daemon, a_crashed_test_leaves_no_daemon_running)
+{
+    check_no_daemon_left("crash");
 }
