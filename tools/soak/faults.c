@@ -94,6 +94,7 @@ static void corrupt_counters(void)
     uint64_t d = rnd_range(1, 5000);
     atomic_fetch_add(&h->dropped, d);
     FS.dropped_injected += d;
+    FS.dropped_injected_epoch[atomic_load(&ST->epoch) % SOAK_MAX_EPOCH] += d;
     uint64_t u = rnd_range(1, 50);
     atomic_fetch_add(&h->untethered, u);
     FS.untethered_injected += u;
@@ -201,6 +202,7 @@ static void tail_jump(int large)
     atomic_fetch_add(&hdr_rw()->tail, j);
     FS.tail_jumps++;
     FS.tail_positions += j;
+    FS.tail_positions_epoch[atomic_load(&ST->epoch) % SOAK_MAX_EPOCH] += j;
 }
 
 static uint64_t newest_heartbeat(void)

@@ -11,6 +11,7 @@
  * usage they sum for the cost check.  Processes are the ones the scheduler
  * SIGKILLs, possibly between a commit and the publication of its count, so
  * they emit no llm_end: the cost check's expected sum stays exact. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -102,26 +103,62 @@ static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const stru
     return r;
 }
 
-int soak_produce(const struct soak_producer_args *a)
+/* Parks between events while the orchestrator re-creates the bus. */
+static void maybe_park(const struct soak_producer_args *a)
 {
-    struct soak_prod *sp = &a->st->prod[a->index];
+    _Atomic uint32_t *pause = a->process ? &a->st->pause_procs : &a->st->pause_threads;
+    if (!atomic_load_explicit(pause, memory_order_acquire))
+        return;
+    _Atomic uint32_t *parked = a->process ? &a->st->parked_procs : &a->st->parked_threads;
+    atomic_fetch_add(parked, 1);
+    while (atomic_load_explicit(pause, memory_order_acquire) &&
+           !atomic_load_explicit(&a->st->stop, memory_order_acquire))
+        soak_sleep_ns(1000000);
+    atomic_fetch_sub(parked, 1);
+}
+
+/* One producer instance on one bus incarnation.  Returns 0 when the bus was
+ * re-created (the caller starts a new instance), 1 on stop, -errno. */
+static int produce_epoch(const struct soak_producer_args *a, uint32_t index)
+{
+    struct soak_prod *sp = &a->st->prod[index];
     char name[24];
-    snprintf(name, sizeof name, "soak-%c%" PRIu32, a->process ? 'p' : 't', a->index);
+    snprintf(name, sizeof name, "soak-%c%" PRIu32, a->process ? 'p' : 't', index);
     struct cbus_producer_opts po = {.name = name};
-    struct emitter em = {.sp = sp, .index = a->index};
-    int r = cbus_producer_open(&em.p, a->bus, &po);
-    if (r)
-        return r;
-    uint64_t rng = soak_now_ns() ^ ((uint64_t)a->index << 32) ^ (uint64_t)getpid();
+    struct emitter em = {.sp = sp, .index = index};
+    uint32_t epoch;
+    int r;
+    for (int tries = 0;; tries++) {
+        epoch = atomic_load(&a->st->epoch);
+        r = cbus_producer_open(&em.p, a->bus, &po);
+        if (!r && atomic_load(&a->st->epoch) == epoch)
+            break;
+        if (!r)
+            cbus_producer_close(em.p); /* raced a re-creation: open the new one */
+        else if (tries > 1000)
+            return r;
+        else
+            soak_sleep_ns(10000000);
+        if (atomic_load(&a->st->stop))
+            return 1;
+    }
+    atomic_store(&sp->epoch, epoch);
+    uint64_t rng = soak_now_ns() ^ ((uint64_t)index << 32) ^ (uint64_t)getpid();
     const uint64_t interval = a->rate > 0 ? (uint64_t)(1e9 / a->rate) : 0;
     uint64_t next = soak_now_ns();
+    int rc = 1;
     while (!atomic_load_explicit(&a->st->stop, memory_order_acquire)) {
+        maybe_park(a);
+        if (atomic_load_explicit(&a->st->epoch, memory_order_acquire) != epoch) {
+            rc = 0;
+            break;
+        }
         cbus_ctx ctx;
         cbus_ctx_init(&ctx);
         uint64_t x = rng_next(&rng);
         char user[16], session[24];
         snprintf(user, sizeof user, "u%u", (unsigned)(x % 20));
-        snprintf(session, sizeof session, "s%u-%u", a->index, (unsigned)((x >> 8) % 50));
+        snprintf(session, sizeof session, "s%u-%u", index, (unsigned)((x >> 8) % 50));
         cbus_ctx_set_provider(&ctx, "openai");
         cbus_ctx_set_model(&ctx, "soak-model");
         cbus_ctx_set_user(&ctx, user);
@@ -143,7 +180,9 @@ int soak_produce(const struct soak_producer_args *a)
             kinds[n++] = CBUS_EV_TOOL_END;
         }
         for (unsigned i = 0; i < n; i++) {
-            emit_one(&em, &ctx, kinds[i], &usage);
+            int er = emit_one(&em, &ctx, kinds[i], &usage);
+            if (er && er != -EAGAIN)
+                soak_sleep_ns(1000000); /* a dead (truncated) bus: wait for the new one */
             if (!interval)
                 continue;
             /* Paced in bursts: sleep only once ahead by a few ms, so events
@@ -159,7 +198,23 @@ int soak_produce(const struct soak_producer_args *a)
     publish_stats(&em);
     cbus_producer_close(em.p);
     atomic_store_explicit(&sp->exited, 1, memory_order_release);
-    return 0;
+    return rc;
+}
+
+int soak_produce(const struct soak_producer_args *a)
+{
+    uint32_t index = a->index;
+    for (;;) {
+        int r = produce_epoch(a, index);
+        if (r)
+            return r < 0 ? r : 0;
+        /* The bus was re-created: a new instance numbers the new bus's events. */
+        index = atomic_fetch_add(&a->st->next_instance, 1);
+        if (index >= SOAK_MAX_PROD)
+            return 0; /* out of instance slots: stop emitting */
+        atomic_store(&a->st->prod[index].is_process, (uint32_t)a->process);
+        atomic_store(&a->st->prod[index].used, 1);
+    }
 }
 
 int soak_producer_main(int argc, char **argv)

@@ -21,6 +21,7 @@
 #define SOAK_MAX_VER   4    /* verifying consumers */
 #define SOAK_BATCH     64   /* events per verifier batch (and journal entries) */
 #define SOAK_MAX_BAD   4096 /* bad-proof positions a verifier records */
+#define SOAK_MAX_EPOCH 256  /* bus incarnations over a run (re-creations, truncations) */
 
 /* Token fields summed for the cost check, in this order. */
 enum { SOAK_TOK_INPUT, SOAK_TOK_OUTPUT, SOAK_TOK_CACHE_READ, SOAK_TOK_CACHE_CREATION,
@@ -39,7 +40,7 @@ struct soak_prod {
     _Atomic uint32_t used;
     _Atomic uint32_t is_process;
     _Atomic uint32_t exited;       /* finished cleanly */
-    uint32_t _pad;
+    _Atomic uint32_t epoch;        /* the bus incarnation it emitted into */
 };
 
 /* A verifier's view of one producer: next sequence it expects, how many
@@ -61,7 +62,9 @@ struct soak_vglobal {
     uint64_t untethered;   /* times the bus cut it loose (>= exact: may double count) */
     uint64_t redelivered;  /* events seen again after a restart and skipped */
     uint64_t lifetimes;
-    uint64_t bad;          /* consumed events whose proof did not check (bad_pos[0..bad)) */
+    uint64_t bad;          /* consumed events whose proof did not check (bad_pos[0..bad)),
+                              over all epochs */
+    uint64_t epoch;        /* the bus incarnation these totals are for */
 };
 
 struct soak_journal_entry {
@@ -81,6 +84,9 @@ struct soak_verifier {
     _Atomic uint64_t dup;                 /* sequence at or below one already seen */
     _Atomic uint64_t progress_ns;         /* monotonic time of the last batch */
     _Atomic uint32_t attached;            /* this lifetime is attached */
+    _Atomic uint32_t attached_epoch;      /* 1 + the epoch it is attached in, 0: none */
+    /* Totals of each finished epoch (copied from g before g moves on). */
+    struct soak_vglobal hist[SOAK_MAX_EPOCH];
     /* Until then the verifier reads slowly (but heartbeats): the ring fills
      * and producers meet the lossless wait bound on a live consumer. */
     _Atomic uint64_t slow_until_ns;
@@ -92,10 +98,20 @@ struct soak_verifier {
     struct soak_vrec rec[SOAK_MAX_PROD][2];
 };
 
+/* Bus incarnations: the orchestrator re-creates (or truncates and
+ * re-creates) the bus; epoch counts incarnations.  Before it bumps epoch it
+ * sets epoch_state[old] (1: re-created, epoch_tail[old] is the final tail;
+ * 2: truncated, the final tail died with the segment). */
 struct soak_shared {
     uint64_t magic;
     _Atomic uint32_t stop;                /* producers: finish and exit */
     uint32_t nver;
+    _Atomic uint32_t epoch;
+    _Atomic uint32_t next_instance;       /* next free prod[] index */
+    _Atomic uint32_t pause_threads, pause_procs; /* producers: park between events */
+    _Atomic uint32_t parked_threads, parked_procs;
+    _Atomic uint32_t epoch_state[SOAK_MAX_EPOCH];
+    _Atomic uint64_t epoch_tail[SOAK_MAX_EPOCH];
     struct soak_prod prod[SOAK_MAX_PROD];
     struct soak_verifier ver[SOAK_MAX_VER];
 };

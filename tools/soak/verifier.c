@@ -130,6 +130,7 @@ static void commit_batch(struct soak_verifier *v, struct batch *b, const struct 
         .redelivered = cur->redelivered + b->redelivered,
         .lifetimes = base->lifetimes + 1,
         .bad = cur->bad + b->bad,
+        .epoch = cur->epoch,
     };
     v->jbatch = g->batch_id;
     /* RELEASE: journal and spare records are complete before jstate says so. */
@@ -169,9 +170,25 @@ static uint64_t dead_entry_untethered(const char *bus_name, const char *name)
     return n;
 }
 
-static int run(struct soak_verifier *v, const char *bus, unsigned index)
+/* The bus incarnation this verifier read is over: its totals go to hist[]
+ * and the next epoch's start at zero.  Flipping g is the commit point (the
+ * per-producer records are not touched: instances belong to one epoch). */
+static void finish_epoch(struct soak_verifier *v)
 {
-    soak_verifier_recover(v);
+    uint32_t gw = atomic_load_explicit(&v->gw, memory_order_relaxed);
+    const struct soak_vglobal *cur = &v->g[gw];
+    if (cur->epoch < SOAK_MAX_EPOCH)
+        v->hist[cur->epoch] = *cur;
+    v->g[!gw] = (struct soak_vglobal){.batch_id = cur->batch_id + 1, .epoch = cur->epoch + 1,
+                                      .redelivered = cur->redelivered, .bad = cur->bad};
+    /* RELEASE: hist[] is written before the new totals are current. */
+    atomic_store_explicit(&v->gw, !gw, memory_order_release);
+}
+
+/* Reads one bus incarnation.  Returns 0 when it is over (re-created and
+ * drained, or truncated), 1 on error, 2 on stop. */
+static int run_epoch(struct soak_shared *st, struct soak_verifier *v, const char *bus, unsigned index)
+{
     struct soak_vglobal base = v->g[atomic_load(&v->gw)];
     char name[24];
     snprintf(name, sizeof name, "soak-v%u", index);
@@ -185,20 +202,36 @@ static int run(struct soak_verifier *v, const char *bus, unsigned index)
     for (int tries = 0; (r = cbus_consumer_attach(&c, bus, &o)) == -EBUSY && tries < 500; tries++)
         soak_sleep_ns(10000000); /* the predecessor's entry is not seen dead yet */
     if (r) {
-        fprintf(stderr, "cbus-soak verifier %u: attach: %s\n", index, cbus_strerror(r));
+        fprintf(stderr, "cbus-soak verifier %u: attach (epoch %" PRIu64 ", bus epoch %u): %s\n", index,
+                base.epoch, atomic_load(&st->epoch), cbus_strerror(r));
         return 1;
     }
     atomic_store(&v->attached, 1);
+    atomic_store(&v->attached_epoch, (uint32_t)base.epoch + 1);
     struct batch *b = calloc(1, sizeof *b);
     struct cbus_event *evs = malloc(SOAK_BATCH * sizeof *evs);
     if (!b || !evs)
         abort();
     b->bad_base = base.bad;
     b->attach_pos = base.applied_pos;
-    struct cbus_consumer_stats cs, last = {0};
+    struct cbus_consumer_stats cs = {0}, last = {0};
+    r = 2;
     while (!stop_flag) {
+        /* Re-created: drain to its final tail.  Truncated: nothing more can
+         * be read (the rest died with the segment). */
+        const uint64_t e = base.epoch;
+        const int over = e < SOAK_MAX_EPOCH && atomic_load(&st->epoch) > e;
+        const uint32_t how = over ? atomic_load(&st->epoch_state[e]) : 0;
+        if (how == 2 || (how == 1 && cs.read_pos >= atomic_load(&st->epoch_tail[e]))) {
+            r = 0;
+            break;
+        }
         int n = cbus_consumer_poll(c, evs, SOAK_BATCH);
         if (n < 0) {
+            if (e < SOAK_MAX_EPOCH && atomic_load(&st->epoch_state[e]) == 2) {
+                soak_sleep_ns(1000000); /* the truncated bus: wait for the epoch */
+                continue;
+            }
             fprintf(stderr, "cbus-soak verifier %u: poll: %s\n", index, cbus_strerror(n));
             r = 1;
             break;
@@ -212,15 +245,27 @@ static int run(struct soak_verifier *v, const char *bus, unsigned index)
             last = cs;
         }
         if (n == 0)
-            cbus_consumer_wait(c, 50000000);
+            cbus_consumer_wait(c, over ? 1000000 : 50000000);
         else if (soak_now_ns() < atomic_load_explicit(&v->slow_until_ns, memory_order_relaxed))
             soak_sleep_ns(40000000); /* ~1600 events/s; the next poll heartbeats */
     }
     atomic_store(&v->attached, 0);
+    atomic_store(&v->attached_epoch, 0);
+    if (r == 0)
+        finish_epoch(v);
     cbus_consumer_detach(c);
     free(evs);
     free(b);
     return r;
+}
+
+static int run(struct soak_shared *st, struct soak_verifier *v, const char *bus, unsigned index)
+{
+    soak_verifier_recover(v);
+    int r;
+    while ((r = run_epoch(st, v, bus, index)) == 0) {
+    }
+    return r == 2 ? 0 : r;
 }
 
 int soak_verifier_main(int argc, char **argv)
@@ -252,7 +297,7 @@ int soak_verifier_main(int argc, char **argv)
         fprintf(stderr, "cbus-soak verifier: %s: %s\n", state, strerror(-r));
         return 1;
     }
-    r = run(&st->ver[index], bus, (unsigned)index);
+    r = run(st, &st->ver[index], bus, (unsigned)index);
     soak_state_close(st);
     return r;
 }
