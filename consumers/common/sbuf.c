@@ -249,16 +249,34 @@ size_t cbus_human_str(char *out, size_t cap, const char *s, size_t n)
     return o;
 }
 
+/* The exposition format is UTF-8 with \\, \" and \n escaped; a scraper
+ * rejects the whole page for one invalid byte, so invalid UTF-8 becomes
+ * U+FFFD exactly as sbuf_json_str() does (the label then names the same
+ * string as snapshot.json). */
 void sbuf_prom_label(struct sbuf *b, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n && s[i]; i++) {
-        if (s[i] == '\\')
+    const unsigned char *u = (const unsigned char *)s;
+    n = strnlen(s, n);
+    for (size_t i = 0; i < n;) {
+        if (u[i] == '\\') {
             sbuf_add(b, "\\\\", 2);
-        else if (s[i] == '"')
+        } else if (u[i] == '"') {
             sbuf_add(b, "\\\"", 2);
-        else if (s[i] == '\n')
+        } else if (u[i] == '\n') {
             sbuf_add(b, "\\n", 2);
-        else
-            sbuf_add(b, &s[i], 1);
+        } else if (u[i] >= 0x80) {
+            size_t len = utf8_seq(u + i, n - i);
+            if (len) {
+                sbuf_add(b, s + i, len);
+                i += len;
+            } else {
+                sbuf_add(b, "\xef\xbf\xbd", 3);
+                i++;
+            }
+            continue;
+        } else {
+            sbuf_add(b, s + i, 1);
+        }
+        i++;
     }
 }

@@ -11,7 +11,9 @@
 #include "daemon.h"
 
 #define CKPT_MAGIC   "CBUSCOST"
-#define CKPT_VERSION 1u
+/* 2: u64 lost and u64 abandoned after events.  Version 1 files still load
+ * (lost and abandoned 0), so an upgrade does not cost the totals. */
+#define CKPT_VERSION 2u
 /* Changes whenever a struct written raw changes size or the histogram
  * units change meaning. */
 #define CKPT_STAMP                                                                     \
@@ -70,6 +72,8 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
     put_u64(b, l->cursor);
     put_u64(b, now_realtime_ns);
     put_u64(b, l->events);
+    put_u64(b, l->lost);
+    put_u64(b, l->abandoned);
     put_u64(b, l->models.n);
     put_u64(b, l->users.n);
     put_u64(b, l->sessions.n);
@@ -226,7 +230,7 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
     uint32_t ver, stamp;
     get(&r, &ver, 4);
     get(&r, &stamp, 4);
-    if (ver != CKPT_VERSION || stamp != CKPT_STAMP) {
+    if ((ver != CKPT_VERSION && ver != 1) || stamp != CKPT_STAMP) {
         snprintf(err, errlen,
                  "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
                  "this build %u, %08x)", path, ver, stamp, CKPT_VERSION, CKPT_STAMP);
@@ -237,6 +241,10 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
     l->cursor = get_u64(&r);
     (void)get_u64(&r); /* saved_realtime_ns: informational */
     l->events = get_u64(&r);
+    if (ver >= 2) {
+        l->lost = get_u64(&r);
+        l->abandoned = get_u64(&r);
+    }
     uint64_t nm = get_u64(&r), nu = get_u64(&r), ns = get_u64(&r);
     get(&r, &l->total, sizeof l->total);
     get_lat(&r, &l->total_lat);

@@ -7,7 +7,8 @@
  * Format (little-endian, this build's struct layouts; a different build
  * refuses the file rather than misreading it):
  *   "CBUSCOST" u32 version u32 layout-stamp u64 bus_id u64 cursor
- *   u64 saved_realtime_ns u64 events u64 n_models u64 n_users u64 n_sessions
+ *   u64 saved_realtime_ns u64 events [u64 lost u64 abandoned: version 2]
+ *   u64 n_models u64 n_users u64 n_sessions
  *   total counters, total latency, global budget state, anomalies,
  *   overflow aggregates, then per model: key + counters + latency,
  *   per user: key + counters + budget state, per session: the same;

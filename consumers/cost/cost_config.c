@@ -9,7 +9,12 @@
 
 #include <cbus/cbus.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "config.h"
+#include "redact.h"
 
 static void defaults(struct cost_config *c)
 {
@@ -269,9 +274,12 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
         } else if (!strcmp(s, "prometheus") && !strcmp(k, "listen")) {
             r = parse_listen(&cfg, e, c, err, errlen);
         } else if (!strcmp(s, "webhook") && !strcmp(k, "url")) {
-            if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))
+            if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8)) {
+                /* Even a mistyped URL may carry the credentials. */
+                char shown[CBUS_REDACT_SIZE(256)];
                 r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not an http:// or https:// URL",
-                                   e->value);
+                                   cbus_redact_url(shown, sizeof shown, e->value));
+            }
             else if (strlen(e->value) >= sizeof c->webhook_url)
                 r = cbus_cfg_error(&cfg, e, err, errlen, "URL too long");
             else
@@ -307,9 +315,29 @@ int cost_config_load(struct cost_config *c, const char *path, char *err, size_t 
         defaults(c);
         return 0;
     }
-    FILE *f = fopen(path, "r");
+    /* O_NONBLOCK: a FIFO planted at the path must not hang the start; a
+     * directory opens for reading and then reads as an empty file, i.e. a
+     * daemon on defaults with no budgets at all.  Only a regular file is a
+     * config. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    int fs = fstat(fd, &st);
+    if (fs < 0 || !S_ISREG(st.st_mode)) {
+        int isdir = fs == 0 && S_ISDIR(st.st_mode);
+        close(fd);
+        snprintf(err, errlen, "%s: %s", path,
+                 isdir ? "is a directory, not a config file" : "not a regular file");
+        return isdir ? -EISDIR : -EINVAL;
+    }
+    FILE *f = fdopen(fd, "r");
     if (!f) {
         int e = errno;
+        close(fd);
         snprintf(err, errlen, "%s: %s", path, strerror(e));
         return -e;
     }
@@ -335,7 +363,20 @@ int cost_config_load(struct cost_config *c, const char *path, char *err, size_t 
         memcpy(b.d + b.n, chunk, got);
         b.n += got;
     }
+    int rerr = ferror(f);
     fclose(f);
+    if (rerr) {
+        free(b.d);
+        snprintf(err, errlen, "%s: read error", path);
+        return -EIO;
+    }
+    /* The parser stops at a NUL: what follows it would be silently
+     * ignored (budgets included).  As cbus_cfg_load() does: refuse. */
+    if (b.d && memchr(b.d, '\0', b.n)) {
+        free(b.d);
+        snprintf(err, errlen, "%s: contains a NUL byte (not a text file)", path);
+        return -EINVAL;
+    }
     if (!b.d) {
         b.d = strdup("");
         if (!b.d)

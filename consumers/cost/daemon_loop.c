@@ -16,10 +16,12 @@
 #include "checkpoint.h"
 #include "cost_config.h"
 #include "daemon.h"
+#include "errlimit.h"
 #include "http.h"
 #include "ledger.h"
 #include "log.h"
 #include "prices.h"
+#include "redact.h"
 #include "render.h"
 #include "sbuf.h"
 #include "webhook.h"
@@ -40,6 +42,11 @@ struct daemon {
     struct cost_http *http;
     uint64_t alerts;
     uint64_t ckpt_cursor;     /* cursor of the last durable checkpoint */
+    /* lost / abandoned counted by earlier runs (from the checkpoint): the
+     * consumer's own counters start at 0 at every attach. */
+    uint64_t lost_base, abandoned_base;
+    /* One line per run of identical failures, not one per retry. */
+    struct cost_errlimit snap_err, prom_err, ckpt_err, commit_err;
     char ckpt_path[COST_PATH_MAX + 32];
     char snap_path[COST_PATH_MAX + 32];
     struct sbuf ckbuf, json, prom;
@@ -83,9 +90,12 @@ static void publish_verdict(struct daemon *d, unsigned scope, const char *key, u
     if (!d->have_writer)
         return;
     int r = cbus_admit_publish(d->bus, d->writer, admit_scope(scope), key, verdict, until);
-    if (r)
-        cbus_log_error("admission verdict for %s %s: %s", cost_scope_name(scope), key,
+    if (r) {
+        char k[CBUS_HUMAN_MAX(64)];
+        cbus_human_str(k, sizeof k, key, 64);
+        cbus_log_error("admission verdict for %s %s: %s", cost_scope_name(scope), k,
                        cbus_strerror(r));
+    }
 }
 
 static void on_alert(void *arg, const struct cost_alert *a)
@@ -100,6 +110,10 @@ static void on_alert(void *arg, const struct cost_alert *a)
     else
         cost_format_time(end, sizeof end, a->period_end_day * COST_DAY_NS);
     const char *scope = cost_scope_name(a->scope);
+    /* The key is a producer's string: escaped for the log (the webhook's
+     * JSON has its own escaping and gets the exact key). */
+    char key[CBUS_HUMAN_MAX(64)];
+    cbus_human_str(key, sizeof key, a->key, 64);
     static const char *const kinds[] = {"threshold", "soft_budget", "budget_exceeded",
                                         "budget_reset"};
     char period[16];
@@ -111,19 +125,19 @@ static void on_alert(void *arg, const struct cost_alert *a)
     case COST_ALERT_THRESHOLD:
     case COST_ALERT_SOFT:
         cbus_log_warn("budget %s %s: %s %u%% reached: spent %s of %s USD (period %s from %s)",
-                      scope, a->key, a->kind == COST_ALERT_SOFT ? "soft budget" : "threshold",
+                      scope, key, a->kind == COST_ALERT_SOFT ? "soft budget" : "threshold",
                       a->pct, spent, limit, period, start);
         break;
     case COST_ALERT_EXCEEDED:
         cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
-                      "admission verdict published until %s", scope, a->key, spent, limit, period,
+                      "admission verdict published until %s", scope, key, spent, limit, period,
                       start, end);
         publish_verdict(d, a->scope, a->key, CBUS_BUDGET_EXCEEDED,
                         verdict_until(a->budget, a->period_end_day));
         break;
     case COST_ALERT_RESET:
         cbus_log_info("budget %s %s: new period, verdict cleared (previous period spent %s USD)",
-                      scope, a->key, spent);
+                      scope, key, spent);
         publish_verdict(d, a->scope, a->key, CBUS_ALLOW, 0);
         break;
     }
@@ -148,8 +162,11 @@ static void on_alert(void *arg, const struct cost_alert *a)
 static void on_unpriced(void *arg, const char *provider, const char *model, const char *why)
 {
     (void)arg;
+    char pv[CBUS_HUMAN_MAX(CBUS_PROVIDER_LEN)], md[CBUS_HUMAN_MAX(CBUS_MODEL_LEN)];
+    cbus_human_str(pv, sizeof pv, provider, CBUS_PROVIDER_LEN);
+    cbus_human_str(md, sizeof md, model, CBUS_MODEL_LEN);
     cbus_log_warn("model %s%s%s: %s; counted as unpriced (tokens tracked, no cost)",
-                  provider, *provider ? "/" : "", model, why);
+                  pv, *pv ? "/" : "", md, why);
 }
 
 static void republish(void *arg, unsigned scope, const char *key,
@@ -195,9 +212,12 @@ static void render_info(struct daemon *d, struct cost_render_info *ri)
     ri->prices_loaded = cost_prices_count(d->prices);
     cost_webhook_counts(d->hook, &ri->webhook_sent, &ri->webhook_failed);
     struct cbus_consumer_stats cs;
+    ri->lost = d->lost_base;
+    ri->abandoned = d->abandoned_base;
     if (d->c && cbus_consumer_stats(d->c, &cs) == 0) {
         ri->consumed = cs.consumed;
-        ri->lost = cs.lost;
+        ri->lost = d->lost_base + cs.lost;
+        ri->abandoned = d->abandoned_base + cs.abandoned;
         ri->lag = cs.lag;
         ri->tethered = cs.tethered;
     }
@@ -216,13 +236,18 @@ static void write_outputs(struct daemon *d)
         return;
     }
     /* Regenerated every interval: atomic (rename) but not fsync'ed. */
+    uint64_t now = mono_ns();
     int r = cost_write_file(d->snap_path, d->json.data, d->json.len, 0);
     if (r)
-        cbus_log_error("%s: %s", d->snap_path, strerror(-r));
+        cost_errlimit_fail(&d->snap_err, now, "%s: %s", d->snap_path, strerror(-r));
+    else
+        cost_errlimit_ok(&d->snap_err, now);
     if (d->cfg.prom_textfile[0]) {
         r = cost_write_file(d->cfg.prom_textfile, d->prom.data, d->prom.len, 0);
         if (r)
-            cbus_log_error("%s: %s", d->cfg.prom_textfile, strerror(-r));
+            cost_errlimit_fail(&d->prom_err, now, "%s: %s", d->cfg.prom_textfile, strerror(-r));
+        else
+            cost_errlimit_ok(&d->prom_err, now);
     }
     if (d->http)
         cost_http_publish(d->http, d->prom.data, d->prom.len, d->json.data, d->json.len);
@@ -232,18 +257,29 @@ static void write_outputs(struct daemon *d)
  * bus never passes what the checkpoint on disk accounts for. */
 static int checkpoint(struct daemon *d)
 {
+    /* The loss counters as of the cursor being saved: they are read after
+     * the poll that set led.cursor, so they count the losses below it. */
+    struct cbus_consumer_stats cs;
+    if (d->c && cbus_consumer_stats(d->c, &cs) == 0) {
+        d->led.lost = d->lost_base + cs.lost;
+        d->led.abandoned = d->abandoned_base + cs.abandoned;
+    }
+    uint64_t now = mono_ns();
     int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf,
                                  d->cfg.fsync);
     if (r) {
-        cbus_log_error("checkpoint %s: %s (cursor not advanced)", d->ckpt_path, strerror(-r));
+        cost_errlimit_fail(&d->ckpt_err, now, "checkpoint %s: %s (cursor not advanced)",
+                           d->ckpt_path, strerror(-r));
         return r;
     }
+    cost_errlimit_ok(&d->ckpt_err, now);
     d->ckpt_cursor = d->led.cursor;
     if (d->c) {
         r = cbus_consumer_commit_to(d->c, d->led.cursor);
         if (r)
-            cbus_log_error("commit cursor %llu: %s", (unsigned long long)d->led.cursor,
-                           cbus_strerror(r));
+            cost_errlimit_fail(&d->commit_err, now, "commit cursor: %s", cbus_strerror(r));
+        else
+            cost_errlimit_ok(&d->commit_err, now);
     }
     return 0;
 }
@@ -265,6 +301,28 @@ static int mkdir_p(const char *path)
     if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
         return -errno;
     return 0;
+}
+
+/* --state-dir moves everything the config kept in its state dir: the
+ * checkpoint and snapshot, and the Prometheus textfile when the config put
+ * it inside the state dir (as the shipped cost.ini does).  A textfile the
+ * config put elsewhere (a node_exporter collector dir) stays where it is.
+ * Both paths are still unexpanded here ("%b"), so they compare as written. */
+static int follow_state_dir(struct cost_config *c, const char *state_dir)
+{
+    size_t old = strlen(c->state_dir);
+    while (old > 1 && c->state_dir[old - 1] == '/')
+        old--;
+    if (c->prom_textfile[0] && old && !strncmp(c->prom_textfile, c->state_dir, old) &&
+        c->prom_textfile[old] == '/') {
+        char moved[COST_PATH_MAX];
+        int n = snprintf(moved, sizeof moved, "%s%s", state_dir, c->prom_textfile + old);
+        if (n < 0 || (size_t)n >= sizeof moved)
+            return -ENAMETOOLONG;
+        memcpy(c->prom_textfile, moved, (size_t)n + 1);
+    }
+    int n = snprintf(c->state_dir, sizeof c->state_dir, "%s", state_dir);
+    return n < 0 || (size_t)n >= sizeof c->state_dir ? -ENAMETOOLONG : 0;
 }
 
 static void usage(FILE *f)
@@ -377,8 +435,11 @@ int cost_daemon_main(int argc, char **argv)
         cbus_log_error("no bus: give --bus NAME or [bus] name in the config");
         return 2;
     }
-    if (state_dir)
-        snprintf(d->cfg.state_dir, sizeof d->cfg.state_dir, "%s", state_dir);
+    if (state_dir && follow_state_dir(&d->cfg, state_dir)) {
+        cbus_log_error("--state-dir %s: path too long", state_dir);
+        cost_config_free(&d->cfg);
+        return 2;
+    }
     if (listen_at) {
         char text[128];
         snprintf(text, sizeof text, "[prometheus]\nlisten = %s\n", listen_at);
@@ -434,6 +495,8 @@ int cost_daemon_main(int argc, char **argv)
         return 1;
     }
     d->ckpt_cursor = d->led.cursor;
+    d->lost_base = d->led.lost;
+    d->abandoned_base = d->led.abandoned;
     sbuf_init(&d->ckbuf);
     sbuf_init(&d->json);
     sbuf_init(&d->prom);
@@ -473,19 +536,21 @@ int cost_daemon_main(int argc, char **argv)
         }
     }
     const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
-    char metrics[96] = "off";
+    char metrics[96] = "off", hook[CBUS_REDACT_SIZE(sizeof d->cfg.webhook_url)] = "off";
+    if (d->hook)
+        cbus_redact_url(hook, sizeof hook, d->cfg.webhook_url);
     if (d->http)
         if (snprintf(metrics, sizeof metrics, "http://%.40s:%u/metrics", d->cfg.http_host,
                      cost_http_port(d->http)) < 0)
             metrics[0] = '\0';
     cbus_log_info("started: bus %s (id %016llx, %llu slots) as lossless consumer %s from cursor %llu "
-                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s; metrics %s",
+                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s; metrics %s; webhook %s",
                   d->cfg.bus, (unsigned long long)d->bus_id, (unsigned long long)hdr->capacity,
                   d->cfg.consumer, (unsigned long long)d->led.cursor,
                   have_ckpt ? "checkpoint" : "fresh", cost_prices_count(d->prices),
                   d->cfg.prices_file, d->cfg.overrides_file[0] ? " + " : "",
                   d->cfg.overrides_file, d->cfg.n_budgets, d->cfg.state_dir,
-                  metrics);
+                  metrics, hook);
 
     /* The admission heartbeat must beat at least every admit_stale_ns / 3. */
     uint64_t hb_every = hdr->admit_stale_ns / 4;
@@ -570,6 +635,10 @@ int cost_daemon_main(int argc, char **argv)
         checkpoint(d);
     cost_ledger_tick(&d->led, real_ns());
     write_outputs(d);
+    cost_errlimit_flush(&d->snap_err);
+    cost_errlimit_flush(&d->prom_err);
+    cost_errlimit_flush(&d->ckpt_err);
+    cost_errlimit_flush(&d->commit_err);
     cbus_log_info("stopping: %llu events accounted, cursor %llu checkpointed",
                   (unsigned long long)d->led.events, (unsigned long long)d->ckpt_cursor);
 out:

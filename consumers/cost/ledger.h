@@ -137,6 +137,10 @@ struct cost_ledger {
     struct cost_anomalies an;
     uint64_t events;                   /* every event accounted (any kind) */
     uint64_t cursor;                   /* next ring position: all below are counted */
+    /* Events below cursor that were never accounted, over every run (the
+     * daemon sets them before each checkpoint; the checkpoint keeps them):
+     * overwritten before read, and claimed but never committed. */
+    uint64_t lost, abandoned;
     cost_alert_fn on_alert;
     void *alert_arg;
     cost_unpriced_fn on_unpriced;

@@ -148,12 +148,13 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
     sbuf_json_str(b, ri->bus ? ri->bus : "", (size_t)-1);
     sbuf_printf(b,
                 ",\"bus_id\":\"%016llx\",\"cursor\":%llu,\"checkpoint_cursor\":%llu,"
-                "\"events\":%llu,\"consumed\":%llu,\"lost\":%llu,\"lag\":%llu,\"tethered\":%s,"
+                "\"events\":%llu,\"consumed\":%llu,\"lost\":%llu,\"abandoned\":%llu,\"lag\":%llu,"
+                "\"tethered\":%s,"
                 "\"alerts\":%llu,\"webhook_sent\":%llu,\"webhook_failed\":%llu,\"prices\":%llu,",
                 (unsigned long long)ri->bus_id, (unsigned long long)l->cursor,
                 (unsigned long long)ri->checkpoint_cursor, (unsigned long long)l->events,
                 (unsigned long long)ri->consumed, (unsigned long long)ri->lost,
-                (unsigned long long)ri->lag, ri->tethered ? "true" : "false",
+                (unsigned long long)ri->abandoned, (unsigned long long)ri->lag, ri->tethered ? "true" : "false",
                 (unsigned long long)ri->alerts, (unsigned long long)ri->webhook_sent,
                 (unsigned long long)ri->webhook_failed, (unsigned long long)ri->prices_loaded);
     const struct cost_anomalies *a = &l->an;
@@ -421,8 +422,11 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
     prom_head(b, "cbus_cost_events_total", "counter", "Events read from the bus (any kind).");
     sbuf_printf(b, "cbus_cost_events_total %llu\n", (unsigned long long)l->events);
     prom_head(b, "cbus_cost_events_lost_total", "counter",
-              "Events overwritten before cbus-cost read them (this run).");
+              "Events overwritten before cbus-cost read them (all runs: kept in the checkpoint).");
     sbuf_printf(b, "cbus_cost_events_lost_total %llu\n", (unsigned long long)ri->lost);
+    prom_head(b, "cbus_cost_events_abandoned_total", "counter",
+              "Positions claimed by a producer that never committed them (all runs).");
+    sbuf_printf(b, "cbus_cost_events_abandoned_total %llu\n", (unsigned long long)ri->abandoned);
     prom_head(b, "cbus_cost_consumer_lag", "gauge", "Events claimed but not yet read.");
     sbuf_printf(b, "cbus_cost_consumer_lag %llu\n", (unsigned long long)ri->lag);
     prom_head(b, "cbus_cost_alerts_total", "counter", "Budget alerts raised.");

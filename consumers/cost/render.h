@@ -18,7 +18,8 @@ struct cost_render_info {
     size_t max_sessions;           /* sessions in the snapshot, highest cost first */
     int prom_users;                /* per-user Prometheus series */
     uint64_t checkpoint_cursor;    /* cursor of the last durable checkpoint */
-    uint64_t consumed, lost, lag;  /* from cbus_consumer_stats() */
+    uint64_t consumed, lag;        /* from cbus_consumer_stats(): this run */
+    uint64_t lost, abandoned;      /* since the first run (checkpointed) */
     int tethered;
     uint64_t alerts, webhook_sent, webhook_failed;
     uint64_t prices_loaded;

@@ -11,6 +11,7 @@
 
 #include "cost_config.h"
 #include "daemon_loop.h"
+#include "sbuf.h"
 
 static char *read_file(const char *path)
 {
@@ -66,6 +67,30 @@ static const char *str(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
+/* Every string in the snapshot came from a producer (or from whoever can
+ * write the state dir): shown through cbus_human_str(), never raw.  Four
+ * rotating buffers so one printf can show several. */
+static const char *esc(const char *s)
+{
+    static char bufs[4][CBUS_HUMAN_MAX(512)];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    cbus_human_str(b, sizeof bufs[0], s, 512);
+    return b;
+}
+
+/* s escaped, cut to width bytes at a character boundary and padded to it
+ * ("%-40.40s" on the raw string would cut an escape or a UTF-8 sequence). */
+static void cell(const char *s, size_t width)
+{
+    char b[CBUS_HUMAN_MAX(512)];
+    cbus_human_str(b, width + 1 < sizeof b ? width + 1 : sizeof b, s, 512);
+    size_t n = strlen(b);
+    fputs(b, stdout);
+    for (; n < width; n++)
+        putchar(' ');
+}
+
 /* A token count, or "-" when absent (null). */
 static void tok(char *out, size_t n, const cJSON *agg, const char *type)
 {
@@ -108,7 +133,7 @@ static void print_counts(const cJSON *a)
     tok(rs, sizeof rs, a, "reasoning");
     usd6(cost, sizeof cost, str(a, "cost_usd"));
     printf(" %8.0f %5.0f %11s %10s %10s %10s %9s %14s", num(a, "requests"), num(a, "errors"), in,
-           out, cr, cc, rs, cost);
+           out, cr, cc, rs, esc(cost));
 }
 
 static void print_budget(const cJSON *a)
@@ -121,7 +146,7 @@ static void print_budget(const cJSON *a)
     char spent[48], limit[48];
     usd6(spent, sizeof spent, str(b, "spent_usd"));
     usd6(limit, sizeof limit, str(b, "limit_usd"));
-    printf("  %s/%s per %s%s", spent, limit, str(b, "period"),
+    printf("  %s/%s per %s%s", esc(spent), esc(limit), esc(str(b, "period")),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "exceeded")) ? "  EXCEEDED" : "");
 }
 
@@ -137,7 +162,8 @@ static void print_table(const cJSON *root, long max_sessions, int live)
         printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n", num(root, "pid"));
     printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
            "  alerts %.0f\n",
-           str(root, "bus"), str(root, "generated_at"), num(root, "events"), num(root, "cursor"),
+           esc(str(root, "bus")), esc(str(root, "generated_at")), num(root, "events"),
+           num(root, "cursor"),
            num(root, "checkpoint_cursor"), num(root, "lag"), num(root, "lost"),
            num(root, "alerts"));
     const cJSON *total = cJSON_GetObjectItemCaseSensitive(root, "total");
@@ -150,7 +176,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
         const char *prov = str(m, "provider");
         snprintf(name, sizeof name, "%s%s%s%s", prov, *prov ? "/" : "", str(m, "model"),
                  cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(m, "price_key")) ? " (unpriced)" : "");
-        printf("%-40.40s", name);
+        cell(name, 40);
         print_counts(m);
         lat(p50, sizeof p50, m, "duration_ms", "p50");
         lat(p95, sizeof p95, m, "duration_ms", "p95");
@@ -180,7 +206,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
     const cJSON *u;
     cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(root, "users")) {
         const char *name = str(u, "user");
-        printf("%-40.40s", *name ? name : "(none)");
+        cell(*name ? name : "(none)", 40);
         print_counts(u);
         print_budget(u);
         printf("\n");
@@ -195,7 +221,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
         cJSON_ArrayForEach(s, ss) {
             if (shown++ == max_sessions)
                 break;
-            printf("%-40.40s", str(s, "session"));
+            cell(str(s, "session"), 40);
             print_counts(s);
             print_budget(s);
             printf("\n");
@@ -206,7 +232,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
     int any = 0;
     cJSON_ArrayForEach(a, an) {
         if (cJSON_IsNumber(a) && a->valuedouble > 0) {
-            printf("%s%s %.0f", any ? ", " : "\nanomalies: ", a->string, a->valuedouble);
+            printf("%s%s %.0f", any ? ", " : "\nanomalies: ", esc(a->string), a->valuedouble);
             any = 1;
         }
     }

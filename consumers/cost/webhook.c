@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "redact.h"
 
 #define QUEUE_MAX 1024
 #define ATTEMPTS  3
@@ -20,6 +21,7 @@ struct item {
 
 struct cost_webhook {
     char *url;
+    char *shown;                 /* url as logs may show it (cbus_redact_url) */
     long timeout_ms;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -59,10 +61,10 @@ static int deliver(struct cost_webhook *w, CURL *curl, const char *body)
         }
         int retry = rc != CURLE_OK || status == 429 || status >= 500;
         if (rc != CURLE_OK)
-            cbus_log_warn("webhook %s: %s (attempt %d of %d)", w->url, curl_easy_strerror(rc),
+            cbus_log_warn("webhook %s: %s (attempt %d of %d)", w->shown, curl_easy_strerror(rc),
                           attempt + 1, ATTEMPTS);
         else
-            cbus_log_warn("webhook %s: HTTP %ld (attempt %d of %d)", w->url, status, attempt + 1,
+            cbus_log_warn("webhook %s: HTTP %ld (attempt %d of %d)", w->shown, status, attempt + 1,
                           ATTEMPTS);
         if (!retry)
             break;
@@ -106,10 +108,15 @@ int cost_webhook_start(struct cost_webhook **out, const char *url, uint64_t time
     if (!w)
         return -ENOMEM;
     w->url = strdup(url);
-    if (!w->url) {
+    size_t sl = CBUS_REDACT_SIZE(strlen(url));
+    w->shown = malloc(sl);
+    if (!w->url || !w->shown) {
+        free(w->url);
+        free(w->shown);
         free(w);
         return -ENOMEM;
     }
+    cbus_redact_url(w->shown, sl, url);
     w->timeout_ms = (long)(timeout_ns / 1000000u);
     if (w->timeout_ms < 1)
         w->timeout_ms = 1;
@@ -119,6 +126,7 @@ int cost_webhook_start(struct cost_webhook **out, const char *url, uint64_t time
     int r = pthread_create(&w->thread, NULL, worker, w);
     if (r) {
         free(w->url);
+        free(w->shown);
         free(w);
         return -r;
     }
@@ -162,6 +170,7 @@ void cost_webhook_stop(struct cost_webhook *w)
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w->url);
+    free(w->shown);
     free(w);
 }
 

@@ -18,6 +18,7 @@
 #include "export_config.h"
 #include "exporter.h"
 #include "log.h"
+#include "redact.h"
 #include "sbuf.h"
 
 #define POLL_MAX 256
@@ -168,7 +169,9 @@ int main(int argc, char **argv)
     }
     if (endpoint) {
         if (strncmp(endpoint, "http://", 7) && strncmp(endpoint, "https://", 8)) {
-            cbus_log_error("--endpoint: '%s' is not an http:// or https:// URL", endpoint);
+            char shown[CBUS_REDACT_SIZE(256)];
+            cbus_log_error("--endpoint: '%s' is not an http:// or https:// URL",
+                           cbus_redact_url(shown, sizeof shown, endpoint));
             return 2;
         }
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
@@ -181,7 +184,9 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check) {
-        printf("%s: valid (endpoint %s, format %s)\n", config ? config : "defaults", cfg.url,
+        char shown[CBUS_REDACT_SIZE(sizeof cfg.url)];
+        printf("%s: valid (endpoint %s, format %s)\n", config ? config : "defaults",
+               cbus_redact_url(shown, sizeof shown, cfg.url),
                cfg.format == EXPORT_OTLP ? "otlp" : "msgpack");
         export_config_free(&cfg);
         return 0;
@@ -226,13 +231,15 @@ int main(int argc, char **argv)
         export_config_free(&cfg);
         return r == -EINVAL ? 2 : 1;
     }
+    char shown_url[CBUS_REDACT_SIZE(sizeof cfg.url)]; /* credentials stay out of logs */
+    cbus_redact_url(shown_url, sizeof shown_url, cfg.url);
     cbus_log_info("started: bus %s as %s (%s, from %s), %s to %s%s, batches of %" PRIu64 " / %" PRIu64
                   " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
                   cfg.bus, cfg.consumer_name, cfg.lossless ? "lossless" : "lossy",
                   co.start == CBUS_START_CURSOR ? "the saved cursor"
                   : co.start == CBUS_START_RESUME ? "its last cursor or the newest event"
                   : co.start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
-                  cfg.format == EXPORT_OTLP ? "OTLP/JSON" : "msgpack", cfg.url, cfg.gzip ? " gzip" : "",
+                  cfg.format == EXPORT_OTLP ? "OTLP/JSON" : "msgpack", shown_url, cfg.gzip ? " gzip" : "",
                   cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
                   cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
 

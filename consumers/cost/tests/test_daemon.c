@@ -14,6 +14,8 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +32,42 @@ static char dir[64];
 static char bus[64];
 static int have_bus;
 
+/* Every daemon a test forked, until reaped: .fini kills and reaps what a
+ * failing assertion left running (it would hold ctest's pipe open). */
+static pid_t kids[16];
+
+static void track(pid_t pid)
+{
+    for (unsigned i = 0; i < sizeof kids / sizeof kids[0]; i++)
+        if (!kids[i]) {
+            kids[i] = pid;
+            return;
+        }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    cr_assert_fail("more than 16 daemons in one test");
+}
+
+static void reaped(pid_t pid)
+{
+    for (unsigned i = 0; i < sizeof kids / sizeof kids[0]; i++)
+        if (kids[i] == pid)
+            kids[i] = 0;
+}
+
+/* SIGKILL (what a crash is) and reap. */
+static void kill_reap(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    reaped(pid);
+}
+
+static void hook_stop(void);
+
 static void setup(void)
 {
+    memset(kids, 0, sizeof kids);
     snprintf(dir, sizeof dir, "/tmp/cost_daemon_XXXXXX");
     cr_assert_not_null(mkdtemp(dir));
     test_bus_name(bus, sizeof bus);
@@ -40,6 +76,10 @@ static void setup(void)
 
 static void teardown(void)
 {
+    for (unsigned i = 0; i < sizeof kids / sizeof kids[0]; i++)
+        if (kids[i] > 0)
+            kill_reap(kids[i]);
+    hook_stop();
     if (have_bus)
         cbus_bus_destroy(bus);
     char cmd[128];
@@ -72,13 +112,14 @@ static char *read_path(const char *path)
     return buf;
 }
 
-/* Starts cbus-cost with stderr to DIR/log.N; returns its pid. */
-static pid_t spawn(const char *config, int n)
+/* Starts cbus-cost with stderr to DIR/log.N and DIR/state_dir as its
+ * --state-dir; returns its pid, tracked for teardown. */
+static pid_t spawn_at(const char *config, int n, const char *state_dir)
 {
     char cfg[128], log[128], state[128];
     snprintf(cfg, sizeof cfg, "%s/%s", dir, config);
     snprintf(log, sizeof log, "%s/log.%d", dir, n);
-    snprintf(state, sizeof state, "%s/state", dir);
+    snprintf(state, sizeof state, "%s/%s", dir, state_dir);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
@@ -87,12 +128,19 @@ static pid_t spawn(const char *config, int n)
         execl(BIN, BIN, "--bus", bus, "--config", cfg, "--state-dir", state, (char *)NULL);
         _exit(127);
     }
+    track(pid);
     return pid;
+}
+
+static pid_t spawn(const char *config, int n)
+{
+    return spawn_at(config, n, "state");
 }
 
 static int exit_code(pid_t pid)
 {
     int st = test_wait_pid(pid, 20000);
+    reaped(pid); /* test_wait_pid kills and reaps it after the deadline */
     cr_assert(st >= 0 && WIFEXITED(st), "status %d", st);
     return WEXITSTATUS(st);
 }
@@ -137,6 +185,30 @@ static double snapshot_num(const char *field)
     double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
     cJSON_Delete(root);
     return d;
+}
+
+/* Waits (generous deadline) until the snapshot's field is >= want. */
+static int wait_num(const char *field, double want, unsigned ms)
+{
+    uint64_t end = test_now_ms() + ms;
+    while (test_now_ms() < end) {
+        if (snapshot_num(field) >= want)
+            return 1;
+        test_sleep_ms(10);
+    }
+    return snapshot_num(field) >= want;
+}
+
+/* Waits until log n contains text. */
+static int wait_log(int n, const char *text, unsigned ms)
+{
+    uint64_t end = test_now_ms() + ms;
+    while (test_now_ms() < end) {
+        if (strstr(log_text(n), text))
+            return 1;
+        test_sleep_ms(10);
+    }
+    return strstr(log_text(n), text) != NULL;
 }
 
 static int wait_requests(long want, unsigned ms)
@@ -213,11 +285,8 @@ Test(cost_daemon, budget_exceeded_verdict_reaches_the_producer)
     /* The verdict survives a SIGKILL and restart (republished from the
      * checkpoint), and a clean stop releases it (fail open while down). */
     cr_assert(wait_requests(1, 5000));
-    uint64_t ck_end = test_now_ms() + 10000;
-    while (snapshot_num("checkpoint_cursor") < 1 && test_now_ms() < ck_end)
-        test_sleep_ms(10);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    cr_assert(wait_num("checkpoint_cursor", 1, 10000), "%s", log_text(0));
+    kill_reap(pid);
     pid = spawn("c.ini", 1);
     /* Until the new daemon holds the "cost" writer slot, the old verdict is
      * merely not stale yet; after it, only a republished one counts. */
@@ -234,9 +303,7 @@ Test(cost_daemon, budget_exceeded_verdict_reaches_the_producer)
             test_sleep_ms(10);
     }
     cr_assert(mine, "%s", log_text(1));
-    until = test_now_ms() + 5000;
-    while (!strstr(log_text(1), "started:") && test_now_ms() < until)
-        test_sleep_ms(10);
+    cr_assert(wait_log(1, "started:", 5000), "%s", log_text(1));
     cr_assert_eq(cbus_admit(p, &alice, NULL), CBUS_BUDGET_EXCEEDED, "%s", log_text(1));
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
@@ -271,6 +338,7 @@ Test(cost_daemon, global_budget_blocks_every_user_and_session_budget_its_session
     end = test_now_ms() + 10000;
     while (cbus_admit(p, &b, NULL) != CBUS_BUDGET_EXCEEDED && test_now_ms() < end)
         test_sleep_ms(10);
+    cr_assert_eq(cbus_admit(p, &b, NULL), CBUS_BUDGET_EXCEEDED, "global: %s", log_text(0));
     cbus_ctx c;
     make_ctx(&c, "carol"); /* never spent anything: blocked by the global budget */
     cr_assert_eq(cbus_admit(p, &c, NULL), CBUS_BUDGET_EXCEEDED, "%s", log_text(0));
@@ -316,13 +384,10 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
         cr_assert_eq(cbus_llm_end(p, &ctx[i % 8], &u, NULL), 0);
         if (i == N / 3) {
             /* let it read and checkpoint some, then kill it mid-stream */
-            uint64_t end = test_now_ms() + 15000;
-            while (snapshot_num("checkpoint_cursor") < N / 3 && test_now_ms() < end)
-                test_sleep_ms(10);
+            cr_assert(wait_num("checkpoint_cursor", N / 3, 15000), "%s", log_text(0));
         }
         if (i == N / 2) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
+            kill_reap(pid);
         }
         if (i % 500 == 0)
             test_sleep_ms(5);
@@ -330,15 +395,10 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     pid = spawn("c.ini", 1);
     cr_assert(wait_requests(N, 15000), "log: %s", log_text(1));
     /* Kill once more after everything is checkpointed, restart, stop cleanly. */
-    uint64_t ck_end = test_now_ms() + 10000;
-    while (snapshot_num("checkpoint_cursor") < N && test_now_ms() < ck_end)
-        test_sleep_ms(10);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    cr_assert(wait_num("checkpoint_cursor", N, 10000), "%s", log_text(1));
+    kill_reap(pid);
     pid = spawn("c.ini", 2);
-    uint64_t until = test_now_ms() + 10000;
-    while (!strstr(log_text(2), "started:") && test_now_ms() < until)
-        test_sleep_ms(10);
+    cr_assert(wait_log(2, "started:", 10000), "%s", log_text(2));
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(2));
     char cost[64], want[64];
@@ -410,6 +470,39 @@ static void *hook_loop(void *arg)
     }
 }
 
+static struct hook_server hook;
+static int hook_running;
+
+/* Starts the loopback hook server; teardown stops it on every path. */
+static struct hook_server *hook_start(void)
+{
+    struct hook_server *h = &hook;
+    memset(h, 0, sizeof *h);
+    pthread_mutex_init(&h->mu, NULL);
+    h->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(h->fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(h->fd, (struct sockaddr *)&a, &al);
+    h->port = ntohs(a.sin_port);
+    cr_assert_eq(listen(h->fd, 8), 0);
+    cr_assert_eq(pthread_create(&h->t, NULL, hook_loop, h), 0);
+    hook_running = 1;
+    return h;
+}
+
+static void hook_stop(void)
+{
+    if (!hook_running)
+        return;
+    hook_running = 0;
+    hook.stop = 1;
+    shutdown(hook.fd, SHUT_RDWR);
+    close(hook.fd);
+    pthread_join(hook.t, NULL);
+}
+
 static size_t collect(char *p, size_t size, size_t n, void *arg)
 {
     char *buf = arg;
@@ -425,23 +518,12 @@ Test(cost_daemon, webhook_alerts_and_metrics_endpoint)
 {
     test_bus_create(bus, 0);
     have_bus = 1;
-    static struct hook_server h;
-    memset(&h, 0, sizeof h);
-    pthread_mutex_init(&h.mu, NULL);
-    h.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(h.fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    getsockname(h.fd, (struct sockaddr *)&a, &al);
-    listen(h.fd, 8);
-    pthread_create(&h.t, NULL, hook_loop, &h);
-
+    struct hook_server *h = hook_start();
     char cfg[1024];
     snprintf(cfg, sizeof cfg,
              "%s[webhook]\nurl = http://127.0.0.1:%u/alerts\ntimeout = 2s\n"
              "[prometheus]\nlisten = 127.0.0.1:0\n",
-             BASE_CONFIG, ntohs(a.sin_port));
+             BASE_CONFIG, h->port);
     write_file("c.ini", cfg);
     pid_t pid = spawn("c.ini", 0);
     cbus_producer *p;
@@ -456,21 +538,21 @@ Test(cost_daemon, webhook_alerts_and_metrics_endpoint)
     uint64_t end = test_now_ms() + 15000;
     int n = 0;
     while (test_now_ms() < end) {
-        pthread_mutex_lock(&h.mu);
+        pthread_mutex_lock(&h->mu);
         n = 0;
-        for (const char *c = h.got; (c = strstr(c, "POST /alerts")); c++)
+        for (const char *c = h->got; (c = strstr(c, "POST /alerts")); c++)
             n++;
-        pthread_mutex_unlock(&h.mu);
+        pthread_mutex_unlock(&h->mu);
         if (n >= 3)
             break;
         test_sleep_ms(20);
     }
-    cr_assert_eq(n, 3, "alerts: %s\nlog: %s", h.got, log_text(0));
-    cr_assert(strstr(h.got, "\"event\":\"threshold\",\"scope\":\"user\",\"who\":\"alice\",\"threshold_pct\":50"),
-              "%s", h.got);
-    cr_assert(strstr(h.got, "\"event\":\"budget_exceeded\""), "%s", h.got);
-    cr_assert(strstr(h.got, "\"spent_usd\":0.012000000000,\"limit_usd\":0.010000000000,\"period\":\"1d\""),
-              "%s", h.got);
+    cr_assert_eq(n, 3, "alerts: %s\nlog: %s", h->got, log_text(0));
+    cr_assert(strstr(h->got, "\"event\":\"threshold\",\"scope\":\"user\",\"who\":\"alice\",\"threshold_pct\":50"),
+              "%s", h->got);
+    cr_assert(strstr(h->got, "\"event\":\"budget_exceeded\""), "%s", h->got);
+    cr_assert(strstr(h->got, "\"spent_usd\":0.012000000000,\"limit_usd\":0.010000000000,\"period\":\"1d\""),
+              "%s", h->got);
 
     /* /metrics on the port the daemon logged */
     const char *m = strstr(log_text(0), "metrics http://127.0.0.1:");
@@ -498,9 +580,355 @@ Test(cost_daemon, webhook_alerts_and_metrics_endpoint)
 
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
-    h.stop = 1;
-    shutdown(h.fd, SHUT_RDWR);
-    close(h.fd);
-    pthread_join(h.t, NULL);
+    hook_stop();
+    cbus_producer_close(p);
+}
+
+/* ---- issue 12: hostile strings, secrets, config, state, errors ---------- */
+
+/* Runs `cbus-cost report` on DIR/state; returns its stdout (static). */
+static const char *report_text(void)
+{
+    static char out[65536];
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "%s report --state-dir %s/state --no-refresh", BIN, dir);
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    cr_assert_eq(pclose(f), 0, "%s", out);
+    return out;
+}
+
+/* The first byte a terminal would act on: C0 controls but '\n', DEL. */
+static long control_byte_at(const char *s)
+{
+    for (const unsigned char *u = (const unsigned char *)s; *u; u++)
+        if ((*u < 0x20 && *u != '\n') || *u == 0x7f)
+            return (long)(u - (const unsigned char *)s);
+    return -1;
+}
+
+Test(cost_daemon, hostile_producer_strings_are_escaped_in_report_and_log)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    write_file("c.ini", BASE_CONFIG);
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    /* OSC 52 (clipboard write), CSI clear screen, BEL, DEL, a C1 CSI,
+     * invalid UTF-8: what one hostile producer can put in every string. */
+    cbus_ctx evil, evil_model;
+    make_ctx(&evil, "\x1b]52;c;aGk=\x07" "eve\x7f\xff");
+    cbus_ctx_set_session(&evil, "\x1b[2Jsess\xc2\x9b" "1m");
+    make_ctx(&evil_model, "mallory");
+    cbus_ctx_set_provider(&evil_model, "open\x1b[5m" "ai");
+    cbus_ctx_set_model(&evil_model, "gpt\x1b[31m-x\r\n");
+    struct cbus_usage u = {.input_tokens = 10000, .usage_present = CBUS_USAGE_INPUT};
+    cr_assert_eq(cbus_llm_end(p, &evil, &u, NULL), 0);       /* over budget: alert log */
+    cr_assert_eq(cbus_llm_end(p, &evil_model, &u, NULL), 0); /* unpriced: model log */
+    cr_assert(wait_requests(2, 10000), "%s", log_text(0));
+    cr_assert(wait_log(0, "EXCEEDED", 10000), "%s", log_text(0));
+    cr_assert(wait_log(0, "counted as unpriced", 10000), "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+
+    const char *out = report_text();
+    long at = control_byte_at(out);
+    cr_assert_eq(at, -1, "control byte 0x%02x at %ld in the report:\n%s",
+                 at >= 0 ? (unsigned char)out[at] : 0, at, out);
+    cr_assert(strstr(out, "\\x1b]52;c;aGk=\\x07eve\\x7f"), "%s", out);
+    cr_assert(strstr(out, "\\x1b[2Jsess\\u009b1m"), "%s", out);
+    cr_assert(strstr(out, "open\\x1b[5mai/gpt\\x1b[31m-x\\r\\n"), "%s", out);
+    const char *log = log_text(0);
+    at = control_byte_at(log);
+    cr_assert_eq(at, -1, "control byte at %ld in the log:\n%s", at, log);
+    cr_assert(strstr(log, "budget user \\x1b]52;c;aGk=\\x07eve\\x7f\\xff: EXCEEDED"), "%s", log);
+    cr_assert(strstr(log, "model open\\x1b[5mai/gpt\\x1b[31m-x\\r\\n: "), "%s", log);
+    cbus_producer_close(p);
+}
+
+Test(cost_daemon, webhook_credentials_and_token_never_reach_the_log)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    /* A port nobody listens on: every delivery fails and is logged. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &al);
+    close(s);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "%s[webhook]\nurl = http://alice:s3cretpw@127.0.0.1:%u/hooks/alert?token=t0kenvalue#frag\n"
+             "timeout = 1s\n", BASE_CONFIG, ntohs(a.sin_port));
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_ctx alice;
+    make_ctx(&alice, "alice");
+    struct cbus_usage u = {.input_tokens = 10000, .usage_present = CBUS_USAGE_INPUT};
+    cr_assert_eq(cbus_llm_end(p, &alice, &u, NULL), 0);
+    char shown[128];
+    snprintf(shown, sizeof shown, "webhook http://***@127.0.0.1:%u/hooks/alert?***#***: ",
+             ntohs(a.sin_port));
+    cr_assert(wait_log(0, shown, 20000), "%s", log_text(0));
+    cr_assert(strstr(log_text(0), "; webhook http://***@127.0.0.1:"), "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cr_assert_null(strstr(log_text(0), "s3cretpw"), "%s", log_text(0));
+    cr_assert_null(strstr(log_text(0), "//alice"), "%s", log_text(0));
+    cr_assert_null(strstr(log_text(0), "t0kenvalue"), "%s", log_text(0));
+    cbus_producer_close(p);
+
+    /* A URL the config refuses is not echoed whole either. */
+    write_file("bad.ini", "[webhook]\nurl = ftp://bob:hunter2@example.com/x?key=k3y\n");
+    pid = spawn("bad.ini", 1);
+    cr_assert_eq(exit_code(pid), 2, "%s", log_text(1));
+    cr_assert(strstr(log_text(1), "bad.ini:2:"), "%s", log_text(1));
+    cr_assert_null(strstr(log_text(1), "hunter2"), "%s", log_text(1));
+    cr_assert_null(strstr(log_text(1), "k3y"), "%s", log_text(1));
+}
+
+Test(cost_daemon, directory_or_nul_byte_config_is_refused)
+{
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/conf.d", dir);
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    pid_t pid = spawn("conf.d", 0);
+    cr_assert_eq(exit_code(pid), 2, "%s", log_text(0));
+    cr_assert(strstr(log_text(0), "conf.d: is a directory, not a config file"), "%s", log_text(0));
+
+    /* A NUL in the middle would hide the budget after it. */
+    char path[128];
+    snprintf(path, sizeof path, "%s/nul.ini", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    static const char text[] = "[state]\nfsync = false\n\0\n[budget.global]\nlimit_usd = 1\n";
+    cr_assert_eq(fwrite(text, 1, sizeof text - 1, f), sizeof text - 1);
+    fclose(f);
+    pid = spawn("nul.ini", 1);
+    cr_assert_eq(exit_code(pid), 2, "%s", log_text(1));
+    cr_assert(strstr(log_text(1), "nul.ini: contains a NUL byte"), "%s", log_text(1));
+}
+
+Test(cost_daemon, state_dir_option_moves_the_prometheus_textfile)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    /* The shipped layout: the textfile inside the config's state dir. */
+    write_file("c.ini", "[prices]\nfile = " PRICES "\n"
+                        "[state]\ndir = /nonexistent-cbus-cost/%b\nsnapshot_interval = 20ms\n"
+                        "[prometheus]\ntextfile = /nonexistent-cbus-cost/%b/cbus_cost.prom\n");
+    pid_t pid = spawn_at("c.ini", 0, "elsewhere");
+    char prom[128];
+    snprintf(prom, sizeof prom, "%s/elsewhere/cbus_cost.prom", dir);
+    uint64_t end = test_now_ms() + 10000;
+    while (access(prom, F_OK) != 0 && test_now_ms() < end)
+        test_sleep_ms(10);
+    cr_assert_eq(access(prom, F_OK), 0, "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cr_assert_null(strstr(log_text(0), "nonexistent-cbus-cost"), "%s", log_text(0));
+    cr_assert(strstr(read_path(prom), "cbus_cost_events_total 0\n"), "%s", read_path(prom));
+}
+
+/* Occurrences of needle in hay. */
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *c = hay; (c = strstr(c, needle)); c += strlen(needle))
+        n++;
+    return n;
+}
+
+Test(cost_daemon, repeated_write_error_is_logged_once_then_summarised)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    /* A textfile in a directory that does not exist fails at every
+     * snapshot (every 20 ms) with the same error. */
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[prometheus]\ntextfile = %s/missing/cbus_cost.prom\n", BASE_CONFIG,
+             dir);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    /* Five distinct snapshots: at least five failed textfile writes. */
+    double seen[5] = {0};
+    int distinct = 0;
+    uint64_t end = test_now_ms() + 15000;
+    while (distinct < 5 && test_now_ms() < end) {
+        double g = snapshot_num("generated_at_ns");
+        if (g > 0 && (distinct == 0 || g != seen[distinct - 1]))
+            seen[distinct++] = g;
+        test_sleep_ms(5);
+    }
+    cr_assert_eq(distinct, 5, "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    const char *log = log_text(0);
+    cr_assert_eq(count_of(log, "missing/cbus_cost.prom: No such file or directory"), 2,
+                 "the error once, its summary once:\n%s", log);
+    const char *sum = strstr(log, "No such file or directory: repeated ");
+    cr_assert_not_null(sum, "%s", log);
+    cr_assert_geq(atoi(sum + strlen("No such file or directory: repeated ")), 4, "%s", log);
+}
+
+/* The committed cursor of consumer name on bus (the registry in shm). */
+static uint64_t bus_cursor_of(cbus_bus *b, const char *name)
+{
+    const struct cbus_shm_header *hd = cbus_bus_header(b);
+    for (unsigned i = 0; i < hd->max_consumers; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, name))
+            return atomic_load(&e->cursor);
+    }
+    cr_assert_fail("no active consumer %s", name);
+    return 0;
+}
+
+/* The cursor saved in a checkpoint file (header: magic, version, stamp,
+ * bus id, cursor). */
+static uint64_t file_cursor(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    unsigned char h[32];
+    cr_assert_eq(fread(h, 1, sizeof h, f), sizeof h);
+    fclose(f);
+    uint64_t c;
+    memcpy(&c, h + 24, sizeof c);
+    return c;
+}
+
+Test(cost_daemon, failed_checkpoint_never_acknowledges_the_cursor)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    enum { N1 = 300, N2 = 500 };
+    cbus_ctx ctx;
+    make_ctx(&ctx, "carol");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    for (int i = 0; i < N1; i++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cr_assert(wait_num("checkpoint_cursor", N1, 10000), "%s", log_text(0));
+
+    /* From now on every save fails (even for root): the checkpoint's
+     * name is taken by a non-empty directory, so the rename cannot land.
+     * The last good file is kept aside; a save racing the swap just
+     * becomes that last good file. */
+    char ck[128], saved[128], blocker[160];
+    snprintf(ck, sizeof ck, "%s/state/checkpoint.bin", dir);
+    snprintf(saved, sizeof saved, "%s/checkpoint.good", dir);
+    snprintf(blocker, sizeof blocker, "%s/x", ck);
+    for (int tries = 0;; tries++) {
+        cr_assert_lt(tries, 1000);
+        if (rename(ck, saved) != 0)
+            continue;
+        if (mkdir(ck, 0700) == 0)
+            break;
+    }
+    write_file("state/checkpoint.bin/x", "x");
+    uint64_t durable = file_cursor(saved);
+    cr_assert_geq(durable, N1);
+    for (int i = 0; i < N2; i++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    /* Read and accounted, but not durable: the saves fail. */
+    cr_assert(wait_num("cursor", N1 + N2, 10000), "%s", log_text(0));
+    cr_assert(wait_log(0, "(cursor not advanced)", 10000), "%s", log_text(0));
+    cr_assert(wait_num("events", N1 + N2, 10000), "%s", log_text(0));
+    /* Give it failed saves to (wrongly) acknowledge: the log is rate-
+     * limited, so wait on the snapshot instead: it keeps reporting the
+     * durable checkpoint cursor. */
+    cr_assert_eq(snapshot_num("checkpoint_cursor"), (double)durable, "%s", log_text(0));
+    cr_assert_eq(bus_cursor_of(b, "cost"), durable,
+                 "the bus was told more than the disk holds\n%s", log_text(0));
+    cr_assert_eq(file_cursor(saved), durable);
+
+    /* Crash, disk fixed, restart: everything counted exactly once. */
+    kill_reap(pid);
+    cr_assert_eq(unlink(blocker), 0);
+    cr_assert_eq(rmdir(ck), 0);
+    cr_assert_eq(rename(saved, ck), 0);
+    pid = spawn("c.ini", 1);
+    cr_assert(wait_requests(N1 + N2, 15000), "%s", log_text(1));
+    cr_assert(wait_num("checkpoint_cursor", N1 + N2, 10000), "%s", log_text(1));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
+    cr_assert_eq(snapshot_total(NULL, 0), N1 + N2, "%s", log_text(1));
+    cbus_producer_close(p);
+}
+
+static unsigned consumer_flags(cbus_bus *b, const char *name)
+{
+    const struct cbus_shm_header *hd = cbus_bus_header(b);
+    for (unsigned i = 0; i < hd->max_consumers; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, name))
+            return atomic_load(&e->flags);
+    }
+    return 0;
+}
+
+Test(cost_daemon, lost_events_stay_counted_across_restarts)
+{
+    /* A small ring and a short stall timeout: a stopped daemon is cut
+     * loose quickly and producers lap it. */
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 300000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    cr_assert(consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    cbus_ctx ctx;
+    make_ctx(&ctx, "dave");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    uint64_t end = test_now_ms() + 20000;
+    while ((consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED) && test_now_ms() < end) {
+        cbus_llm_end(p, &ctx, &u, NULL); /* fills the ring, then waits and drops */
+        test_sleep_ms(1);
+    }
+    cr_assert_eq(consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED, 0, "never cut loose");
+    for (int i = 0; i < 3 * 1024; i++) /* laps the stopped reader */
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    uint64_t tail = cbus_bus_tail(b);
+    cr_assert(wait_num("checkpoint_cursor", (double)tail, 15000), "%s", log_text(0));
+    cr_assert(wait_num("lost", 1, 10000), "%s", log_text(0));
+    double lost = snapshot_num("lost");
+    cr_assert_geq(lost, 1024, "a whole ring was lapped");
+
+    /* Crash and restart: the new run has lost nothing itself, yet the
+     * snapshot still accounts for what the earlier run lost. */
+    kill_reap(pid);
+    pid = spawn("c.ini", 1);
+    cr_assert(wait_log(1, "started:", 10000), "%s", log_text(1));
+    end = test_now_ms() + 10000;
+    while (snapshot_num("pid") != (double)pid && test_now_ms() < end)
+        test_sleep_ms(10);
+    cr_assert_eq(snapshot_num("pid"), (double)pid, "%s", log_text(1));
+    cr_assert_eq(snapshot_num("lost"), lost, "%s", log_text(1));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
+    cr_assert_eq(snapshot_num("lost"), lost);
     cbus_producer_close(p);
 }

@@ -7,6 +7,8 @@
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -214,4 +216,94 @@ Test(cost_outputs, webhook_posts_alert_json)
     cr_assert(strstr(k.req, "POST /alerts HTTP/1.1"), "%s", k.req);
     cr_assert(strcasestr(k.req, "Content-Type: application/json"));
     cr_assert(strstr(k.req, "\"who\":\"alice\""));
+}
+
+/* An independent UTF-8 check (not the code under test's). */
+static int valid_utf8(const unsigned char *s, size_t n, size_t *bad_at)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
+                                              : (c >> 3) == 30 ? 4 : 0;
+        if (!len || i + len > n)
+            goto bad;
+        uint32_t cp = len == 1 ? c : c & (0xffu >> (len + 1));
+        for (unsigned k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                goto bad;
+            cp = cp << 6 | (s[i + k] & 0x3fu);
+        }
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000))
+            goto bad;
+        i += len;
+        continue;
+    bad:
+        *bad_at = i;
+        return 0;
+    }
+    return 1;
+}
+
+static void hostile_event(const char *provider, const char *model, const char *user)
+{
+    struct cbus_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = CBUS_EV_LLM_END;
+    ev.event_id = 100;
+    ev.ts_realtime_ns = T0;
+    memcpy(ev.provider, provider, strnlen(provider, sizeof ev.provider));
+    memcpy(ev.model, model, strnlen(model, sizeof ev.model));
+    memcpy(ev.user, user, strnlen(user, sizeof ev.user));
+    ev.u.usage.input_tokens = 10;
+    ev.u.usage.duration_ns = 1000000u;
+    ev.u.usage.usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_DURATION;
+    cost_ledger_apply(&led, &ev);
+}
+
+Test(cost_outputs, prometheus_labels_with_invalid_utf8_pass_promtool)
+{
+    hostile_event("open\xff" "ai", "gpt\\4o\"x\ny\xc3", "eve\xe2\x82\x1b[2J\xed\xa0\x80");
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cost_render_info ri = info();
+    cost_render_prom(&b, &led, &ri);
+    cr_assert(!b.failed);
+    size_t at = 0;
+    cr_assert(valid_utf8((const unsigned char *)b.data, b.len, &at), "invalid UTF-8 at %zu: %.60s",
+              at, b.data + (at > 20 ? at - 20 : 0));
+    /* Byte for byte what snapshot.json says (U+FFFD per bad byte), with
+     * backslash, quote and newline escaped as the exposition format wants. */
+    cr_assert(strstr(b.data, "cbus_cost_usd_total{provider=\"open\xef\xbf\xbd" "ai\","
+                             "model=\"gpt\\\\4o\\\"x\\ny\xef\xbf\xbd\"}"), "%s", b.data);
+    cr_assert(strstr(b.data, "{user=\"eve\xef\xbf\xbd\xef\xbf\xbd\x1b[2J\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\"}"),
+              "%s", b.data);
+
+    /* And a real parser agrees: Prometheus' own promtool. */
+    const char *promtool = "/usr/bin/promtool";
+    if (access(promtool, X_OK) != 0) {
+        const char *strict = getenv("CBUS_TEST_STRICT");
+        cr_assert(!(strict && !strcmp(strict, "1")),
+                  "promtool missing (Debian package prometheus; scripts/deps.sh installs it)");
+        sbuf_free(&b);
+        cr_skip_test("promtool not installed (Debian package prometheus)");
+    }
+    char path[] = "/tmp/cost_prom_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, b.data, b.len), (ssize_t)b.len);
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "%s check metrics < %s > %s.out 2>&1", promtool, path, path);
+    int st = system(cmd);
+    char out[4096] = "";
+    snprintf(cmd, sizeof cmd, "%s.out", path);
+    FILE *f = fopen(cmd, "r");
+    if (f) {
+        out[fread(out, 1, sizeof out - 1, f)] = '\0';
+        fclose(f);
+    }
+    unlink(cmd);
+    unlink(path);
+    sbuf_free(&b);
+    cr_assert_eq(st, 0, "promtool check metrics: %s", out);
 }
