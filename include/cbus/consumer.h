@@ -43,7 +43,8 @@ struct cbus_consumer_opts {
 
 /* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts), -EBUSY (a live
  * consumer has this name), -ENOSPC (all CBUS_MAX_CONSUMERS entries in use),
- * -ESTALE (expect_bus_id differs: the bus was recreated). */
+ * -ESTALE (expect_bus_id differs: the bus was recreated), -EBADMSG (the
+ * segment's tail is out of range and could not be put back). */
 CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
                                   const struct cbus_consumer_opts *opts);
 /* On an open bus (borrowed: must outlive the consumer). */

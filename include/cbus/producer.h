@@ -9,7 +9,9 @@
  * Every emit returns 0, or:
  *   -EINVAL  NULL producer/context, or a kind out of range
  *   -EAGAIN  dropped: a lossless consumer kept the ring full past the wait
- *            bound (counted in the producer's and the bus's dropped counters)
+ *            bound, or the claim landed on a slot already used because
+ *            someone wrote the segment's tail (the tail is then put back);
+ *            counted in the producer's and the bus's dropped counters
  *   -ESTALE  the producer was closed, or its segment was truncated under it
  *            (the SIGBUS guard replaced its pages with zeros: see bus.h);
  *            the event is counted in the producer's dropped counter.  The
