@@ -6,9 +6,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include "log.h"
 #include "logdir.h"
 #include "scan.h"
+#include "state.h"
 #include "writer.h"
 
 static char tmp[256];
@@ -953,4 +956,63 @@ Test(audit_format, writer_records_gaps_and_skips_replays, .init = setup, .fini =
     }
     tu_free_paths(paths, nf);
     cr_assert_eq(found, 1);
+}
+
+/* The state file describes only data that is durable: a batch whose write
+ * fails (EFBIG past RLIMIT_FSIZE, as a full disk would) is not in it. */
+Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    struct audit_writer *w;
+    struct audit_resume r;
+    char err[256];
+    cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
+    audit_writer_set_bus(w, 0x1234, 0);
+    struct cbus_event ev;
+    int rc;
+    for (uint64_t i = 0; i < 300; i++) {
+        if (i == 100) {
+            while (!audit_writer_idle(w)) {
+                audit_writer_flush(w);
+                audit_writer_service(w, 1000000);
+            }
+            struct stat sb;
+            cr_assert_eq(stat(only_file(), &sb), 0);
+            /* From here on writes fail (SIGXFSZ ignored: EFBIG instead). */
+            signal(SIGXFSZ, SIG_IGN);
+            struct rlimit rl = {(rlim_t)sb.st_size + 100, RLIM_INFINITY};
+            cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+        }
+        tu_event(&ev, i);
+        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+            audit_writer_service(w, 1000000);
+        cr_assert_eq(rc, 0);
+    }
+    audit_writer_flush(w);
+    uint64_t end = test_now_ms() + 20000;
+    while (!audit_writer_failing(w) && test_now_ms() < end)
+        audit_writer_service(w, 1000000);
+    cr_assert(audit_writer_failing(w), "the writes past the limit did not fail");
+    for (int k = 0; k < 20; k++)
+        audit_writer_service(w, 1000000); /* retire runs again after the failure */
+    struct audit_state s;
+    cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
+    struct stat sb;
+    cr_assert_eq(stat(only_file(), &sb), 0);
+    cr_assert_leq(s.offset, (uint64_t)sb.st_size, "state at %" PRIu64 ", file %lld bytes",
+                  s.offset, (long long)sb.st_size);
+    cr_assert_eq(s.cursor, 100, "the state names the last durable record");
+    struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
+        audit_writer_service(w, 1000000);
+    }
+    audit_writer_close(w);
+    cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
+    cr_assert_eq(s.cursor, 300);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "300 records"), "%s", out);
 }
