@@ -1016,3 +1016,55 @@ Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "300 records"), "%s", out);
 }
+
+/* A log written before gap records (format 1) is still read, and the writer
+ * continues its chain in a new file of format 2 rather than mixing them. */
+Test(audit_format, format_1_log_is_read_and_continued_in_a_new_file, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    cr_assert_eq(tu_write_log(&o, 0, 20), 0);
+    char path[512], state[400];
+    snprintf(path, sizeof path, "%s", only_file());
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    unlink(state); /* a format-1 daemon wrote none */
+    size_t len;
+    uint8_t *buf = tu_slurp(path, &len);
+    /* map(11), fixstr "cbus_audit", then the version as a positive fixint. */
+    cr_assert_eq(buf[12], AUDIT_FORMAT);
+    buf[12] = 1;
+    /* Re-chain every value after the change, as that writer would have. */
+    struct audit_chain c;
+    audit_chain_init(&c);
+    uint8_t prev[AUDIT_HASH_LEN] = {0};
+    for (size_t off = 0; off < len;) {
+        struct audit_item it;
+        cr_assert_eq(audit_parse(buf + off, len - off, &it, NULL), 0);
+        uint8_t h[AUDIT_HASH_LEN];
+        audit_item_expected_hash(&c, prev, buf + off, &it, h);
+        memcpy((uint8_t *)it.hash, h, AUDIT_HASH_LEN);
+        memcpy(prev, h, AUDIT_HASH_LEN);
+        off += it.len;
+    }
+    audit_chain_free(&c);
+    tu_spit(path, buf, len);
+    free(buf);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+
+    cr_assert_eq(tu_write_log(&o, 20, 10), 0);
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    cr_assert_eq(n, 2, "continued in a new file");
+    buf = tu_slurp(paths[1], &len);
+    struct audit_item it;
+    cr_assert_eq(audit_parse(buf, len, &it, NULL), 0);
+    cr_assert_eq(it.hdr.format, AUDIT_FORMAT);
+    cr_assert_eq(it.hdr.bus_cursor, 20);
+    free(buf);
+    tu_free_paths(paths, n);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 2 files, 30 records"), "%s", out);
+    cr_assert(strstr(out, "no gaps in event ids"), "%s", out);
+}
