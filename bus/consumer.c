@@ -150,7 +150,8 @@ static uint64_t load_tail(cbus_consumer *c)
 {
     uint64_t tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
     if (CBUS__UNLIKELY(tail >= CBUS__POS_LIMIT || tail < c->read_pos)) {
-        tail = cbus__tail_repair(c->bus, c->read_pos);
+        cbus__tail_repair(c->bus, c->read_pos);
+        tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
         if (tail >= CBUS__POS_LIMIT || tail < c->read_pos)
             tail = c->read_pos;
     }
@@ -249,8 +250,10 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
 
     struct cbus_consumer_entry *e = c->e;
     uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
-    if (tail >= CBUS__POS_LIMIT)
-        tail = cbus__tail_repair(bus, 0); /* corrupt: do not start beyond the ring */
+    if (tail >= CBUS__POS_LIMIT) {
+        cbus__tail_repair(bus, 0); /* corrupt: do not start beyond the ring */
+        tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    }
     if (tail >= CBUS__POS_LIMIT) {
         atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
         if (c->lock_fd >= 0)

@@ -78,9 +78,9 @@ struct cbus_bus {
 #define CBUS__POS_LIMIT (UINT64_C(1) << 62)
 
 /* ---- tail.c ---- */
-/* Puts a corrupt tail (moved back, or >= CBUS__POS_LIMIT) back one past the
- * highest position the ring shows was reached (slots, consumers' read
- * positions, floor).  Returns tail afterwards.  Slow: one pass over the
+/* Puts a corrupt tail (moved back, or >= CBUS__POS_LIMIT) back to one past
+ * the highest position the ring shows was reached (slots, consumers' read
+ * positions, floor) and returns that position.  Slow: one pass over the
  * slots; for the corruption path only. */
 uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor);
 

@@ -13,10 +13,13 @@
  *    consumer would count 2^64 positions as lost.
  *
  * Producers check each claimed slot's commit word (emit.c: a slot already
- * at this lap or a later one was claimed before) and drop the event, counted;
- * consumers check the tail they read (consumer.c).  Whoever notices calls
- * cbus__tail_repair(), which puts tail back one past the highest position
- * the ring shows was reached.  Moving tail forward by a sane amount is not
+ * at this lap or a later one was claimed before); consumers check the tail
+ * they read (consumer.c).  Whoever notices calls cbus__tail_repair(), which
+ * puts tail back one past the highest position the ring shows was reached;
+ * a producer whose position is below that drops its event, counted (a
+ * position past the limit is always dropped).  A slot word the ring does not
+ * corroborate (the slot before does not hold the position before) is a
+ * stray write: it moves nothing and the producer writes over it.  Moving tail forward by a sane amount is not
  * detectable this way: consumers skip such a gap as abandoned (consumer.c). */
 #include "internal.h"
 
@@ -42,7 +45,10 @@ uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor)
     uint64_t hi = floor < CBUS__POS_LIMIT ? floor : 0;
     for (uint64_t i = 0; i < bus->capacity; i++) {
         uint64_t p = slot_position(bus, i);
-        if (p != UINT64_MAX && p + 1 > hi)
+        /* Counted only if the slot before holds the position before: one
+         * stray word must not throw tail to wherever it says. */
+        if (p != UINT64_MAX && p + 1 > hi &&
+            (p == 0 || slot_position(bus, (i - 1) & bus->mask) == p - 1))
             hi = p + 1;
     }
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
@@ -60,7 +66,7 @@ uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor)
     while (cur >= CBUS__POS_LIMIT || cur < hi) {
         if (atomic_compare_exchange_weak_explicit(&bus->hdr->tail, &cur, hi, memory_order_seq_cst,
                                                   memory_order_seq_cst))
-            return hi;
+            break;
     }
-    return cur;
+    return hi;
 }

@@ -75,16 +75,19 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
     }
 
     struct cbus_slot *slot = &p->slots[pos & p->mask];
-    /* A slot already at this lap or a later one was claimed before: tail was
-     * moved back (or out of range).  Never write over it; drop, counted, and
-     * put tail right (bus/tail.c).  The load is of the line written next. */
+    /* A slot already at this lap or a later one: tail was moved back (or out
+     * of range), or the slot word is a stray write.  bus/tail.c puts tail
+     * right; a position below where the ring got to is never written over:
+     * dropped, counted.  The load is of the line written next. */
     if (CBUS__UNLIKELY(pos >= CBUS__POS_LIMIT ||
                        atomic_load_explicit(&slot->seq, memory_order_relaxed) >= CBUS_SEQ_BUSY(pos))) {
-        cbus__producer_drop(p);
-        if (atomic_load_explicit(p->broken, memory_order_relaxed))
+        if (atomic_load_explicit(p->broken, memory_order_relaxed)) {
+            cbus__producer_drop(p);
             return -ESTALE; /* zero pages after a truncation: nothing to repair */
-        cbus__tail_repair(p->bus, 0);
-        return -EAGAIN;
+        }
+        uint64_t reached = cbus__tail_repair(p->bus, 0);
+        if (pos >= CBUS__POS_LIMIT || pos < reached)
+            return cbus__producer_drop(p);
     }
     atomic_store_explicit(&slot->writer_pid, p->pid, memory_order_relaxed);
     atomic_store_explicit(&slot->seq, CBUS_SEQ_BUSY(pos), memory_order_relaxed);

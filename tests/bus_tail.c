@@ -241,3 +241,25 @@ Test(bus_tail, near_2_64_seen_by_a_lossless_consumer_is_repaired_not_counted)
     cbus_consumer_detach(late);
     cbus_consumer_detach(ll);
 }
+
+Test(bus_tail, stray_slot_word_is_written_over_not_a_tail_jump)
+{
+    make_bus(0);
+    cbus_consumer *ly = attach("lossy", CBUS_LOSSY);
+    uint32_t next = 0, e = 0;
+    cr_assert_eq(emit_n(100, &next), 100);
+    cr_assert_eq(drain(ly, 100, &e, 10000), 100);
+    /* One word in slot 200 claims position 200 + 5 laps: nothing else in
+     * the ring agrees, so it must neither move tail nor cost an event. */
+    const struct cbus_shm_header *h = cbus_bus_header(cbus_producer_bus(p));
+    struct cbus_slot *slots = (struct cbus_slot *)((char *)h + h->slots_off);
+    atomic_store(&slots[200].seq, CBUS_SEQ_COMMITTED(200 + 5 * 1024));
+    cr_assert_eq(emit_n(150, &next), 150, "no event dropped for a stray word");
+    cr_assert_eq(cbus_bus_tail(cbus_producer_bus(p)), 250);
+    cr_assert_eq(drain(ly, 250, &e, 10000), 150);
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(ly, &st);
+    cr_assert_eq(st.lost + st.abandoned, 0);
+    assert_exact(ly, 0);
+    cbus_consumer_detach(ly);
+}
