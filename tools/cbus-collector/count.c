@@ -33,6 +33,38 @@ int count_gunzip(const void *in, size_t len, struct sbuf *out)
     return r == Z_STREAM_END ? 0 : -EINVAL;
 }
 
+/* A collector's protobuf-JSON parser takes an AnyValue.intValue only as an
+ * int64 (a decimal string or a number) and refuses the whole request
+ * otherwise: the full parse does the same, so the loopback collector answers
+ * 400 where a real one would.  1 when every intValue under o is valid. */
+static int int_values_ok(const cJSON *o, int depth)
+{
+    if (depth > 64)
+        return 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, o) {
+        if (c->string && !strcmp(c->string, "intValue")) {
+            const char *t = cJSON_IsString(c) ? c->valuestring : NULL;
+            if (t) {
+                /* -9223372036854775808 .. 9223372036854775807, decimal */
+                const char *d = t + (*t == '-');
+                size_t n = strlen(d);
+                if (!n || n > 19 || strspn(d, "0123456789") != n)
+                    return 0;
+                if (n == 19 && strcmp(d, *t == '-' ? "9223372036854775808" : "9223372036854775807") > 0)
+                    return 0;
+            } else if (!cJSON_IsNumber(c) || !(c->valuedouble < 9223372036854775807.0) ||
+                       c->valuedouble < -9223372036854775808.0 ||
+                       (double)(int64_t)c->valuedouble != c->valuedouble) {
+                return 0; /* not a number, NaN, out of range or not whole */
+            }
+        } else if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && !int_values_ok(c, depth + 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int count_otlp_json(const char *json, size_t len, int full, struct count_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -51,7 +83,7 @@ int count_otlp_json(const char *json, size_t len, int full, struct count_result 
     if (!root)
         return -EINVAL;
     cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "resourceSpans");
-    if (!cJSON_IsArray(rs)) {
+    if (!cJSON_IsArray(rs) || !int_values_ok(root, 0)) {
         cJSON_Delete(root);
         return -EINVAL;
     }

@@ -19,7 +19,8 @@ struct count_result {
 /* OTLP/JSON ExportTraceServiceRequest.  With full, parses the document (cJSON)
  * and walks resourceSpans[].scopeSpans[].spans[]; else counts "spanId" keys,
  * which no other OTLP trace field is named (parentSpanId differs in case).
- * Returns 0 or -EINVAL (not JSON / not a trace request, full mode only). */
+ * Returns 0 or -EINVAL (not JSON / not a trace request / an intValue that is
+ * not an int64, as a collector's protobuf-JSON parser refuses: full mode only). */
 int count_otlp_json(const char *json, size_t len, int full, struct count_result *out);
 
 /* msgpack batch: a map with an "events" array, or a bare array of events.

@@ -276,7 +276,8 @@ Test(export_daemon, otlp_bodies_pass_the_strict_protobuf_parser_with_a_high_bus_
      * INT64_MAX: Google's parser (and a collector) rejected every body. */
     recreate_bus(0, 1);
     uint64_t bus_id = cbus_bus_header(cbus_producer_bus(prod))->bus_id;
-    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    /* --parse: the collector also refuses (400) an intValue that is no int64 */
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
     cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nbatch_max_items = 16\n")), 0);
     for (int i = 0; i < 20; i++)
         agent_turn(i, NULL); /* 3 spans each */
@@ -294,6 +295,7 @@ Test(export_daemon, otlp_bodies_pass_the_strict_protobuf_parser_with_a_high_bus_
     cr_assert_eq(wait_for(get_collector, &col, "spans", SPANS, 20000), SPANS);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "bad"), 0, "the collector refused a body");
     cJSON *root = decode(); /* asserts no violation: the strict parser took every body */
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(root, "spans")), SPANS);
     char hex[17];
