@@ -2,7 +2,8 @@
  *
  * Accounting: every ring position from the attach point up to the read
  * position is exactly one of consumed, lost (overwritten before we read it:
- * we were lapped) or abandoned (claimed by a producer that never committed).
+ * we were lapped) or abandoned (claimed by a producer that never committed,
+ * or never claimed at all: a gap left by a write to tail).
  * Nothing read from a slot is trusted beyond the commit word: the event's
  * own event_id is overwritten with the position we read it at. */
 #include "internal.h"
