@@ -201,6 +201,7 @@ static void tail_jump(int large)
     uint64_t j = large ? rnd_range(1000, 30000) : rnd_range(1, 4);
     atomic_fetch_add(&hdr_rw()->tail, j);
     FS.tail_jumps++;
+    FS.last_tail_jump_ns = soak_now_ns();
     FS.tail_positions += j;
     FS.tail_positions_epoch[atomic_load(&ST->epoch) % SOAK_MAX_EPOCH] += j;
 }

@@ -617,6 +617,11 @@ static int recreate_bus(int truncate)
     for (unsigned v = 0; v < ST->nver; v++)
         if (ST->ver[v].g[atomic_load(&ST->ver[v].gw)].epoch != e)
             return -1; /* still draining the previous one */
+    /* A gap just added to the tail is passed only with an event after it
+     * (consumers skip it after one stall timeout, and the cost daemon moves
+     * its cursor with events): not while the producers are parked. */
+    if (FS.last_tail_jump_ns && soak_now_ns() - FS.last_tail_jump_ns < 3 * G.stall_timeout_ns)
+        return -1;
     /* Every verifier must be there to drain the old bus: continue the
      * stopped ones, restart the dead ones, and wait for them to attach. */
     for (unsigned i = 0; i < nkids; i++) {

@@ -61,6 +61,7 @@ struct fault_stats {
     uint64_t forged, forged_untethered, forged_counted, forged_evicted, forged_evicted_at_end;
     uint64_t forged_max_ns;                  /* longest a forged entry blocked producers */
     uint64_t recreations, truncations;
+    uint64_t last_tail_jump_ns;
     uint64_t tail_positions_epoch[SOAK_MAX_EPOCH], dropped_injected_epoch[SOAK_MAX_EPOCH];
 };
 
