@@ -624,11 +624,14 @@ static int recreate_bus(int truncate)
         return -1;
     /* Every verifier must be there to drain the old bus: continue the
      * stopped ones, restart the dead ones, and wait for them to attach. */
+    /* Daemons too: each must notice the re-creation by itself within a
+     * bound, which a SIGSTOPped one cannot. */
     for (unsigned i = 0; i < nkids; i++) {
         struct child *c = &kids[i];
-        if (c->kind != K_VERIFIER)
+        if (c->kind == K_PRODUCER || c->kind == K_COLLECTOR)
             continue;
-        atomic_store(&ST->ver[c->idx].slow_until_ns, 0);
+        if (c->kind == K_VERIFIER)
+            atomic_store(&ST->ver[c->idx].slow_until_ns, 0);
         if (c->state == C_STOPPED) {
             kill(c->pid, SIGCONT);
             c->state = C_RUNNING;
