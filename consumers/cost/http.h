@@ -1,7 +1,9 @@
 /* A minimal loopback HTTP/1.0 server for Prometheus scrapes: GET /metrics
  * (text exposition 0.0.4) and GET /snapshot.json.  It serves the documents
  * the consumer loop last rendered (swapped in under a mutex), so a scrape
- * never touches the ledger and never blocks accounting. */
+ * never touches the ledger and never blocks accounting.  One thread
+ * multiplexes up to 32 connections (poll), each with a deadline for its
+ * whole request and response: slow or idle clients cannot silence it. */
 #ifndef CBUS_COST_HTTP_H
 #define CBUS_COST_HTTP_H
 

@@ -511,3 +511,115 @@ Test(cost_ledger, batch_path_matches_one_by_one)
     cost_ledger_free(&a);
     cost_ledger_free(&b);
 }
+
+/* ---- issue 12 item 25: bugs the suite used to let through --------------- */
+
+static struct cost_session *session_in(struct cost_ledger *l, const char *name)
+{
+    char k[COST_SESSION_KEY];
+    cost_key_set(k, sizeof k, name, strlen(name));
+    long i = cost_ktab_find(&l->sessions, k, cost_key_hash(k, sizeof k));
+    cr_assert_geq(i, 0, "session %s", name);
+    return cost_ktab_val_at(&l->sessions, (size_t)i);
+}
+
+static unsigned alerts_of(unsigned from, unsigned scope, unsigned kind, uint32_t pct)
+{
+    unsigned n = 0;
+    for (unsigned i = from; i < n_alerts && i < 64; i++)
+        n += alerts[i].a.scope == scope && alerts[i].a.kind == kind && alerts[i].a.pct == pct;
+    return n;
+}
+
+Test(cost_ledger, session_budget_marks_survive_a_checkpoint)
+{
+    /* Sessions budgeted 1 USD a day, alerts at 50 and 80 %. */
+    struct cost_budget sb;
+    memset(&sb, 0, sizeof sb);
+    snprintf(sb.key, sizeof sb.key, "*");
+    sb.scope = COST_SCOPE_SESSION;
+    sb.limit_pico = COST_PICO_PER_USD;
+    sb.period_days = 1;
+    cr_assert_eq(cost_budget_build(&sb, (const uint32_t[]){50, 80}, 2), 0);
+    struct cost_budget_set bs = {.session_default = &sb};
+    struct cost_ledger l1, l2;
+    cr_assert_eq(cost_ledger_init(&l1, tab, &bs, NULL), 0);
+    l1.on_alert = on_alert;
+    struct cbus_event ev = ev_end("m1", "u", "chat-9", 600000, 0, T0); /* 0.60 USD */
+    cost_ledger_apply(&l1, &ev);
+    cr_assert_eq(alerts_of(0, COST_SCOPE_SESSION, COST_ALERT_THRESHOLD, 50), 1);
+    const struct cost_budget_state *st1 = &session_in(&l1, "chat-9")->b;
+    cr_assert(st1->spent_pico == (cost_u128)COST_PICO_PER_USD * 6 / 10);
+
+    char dir[] = "/tmp/cost_ledger_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    struct sbuf b;
+    sbuf_init(&b);
+    cr_assert_eq(cost_checkpoint_save(&l1, 1, T0, path, &b, 0), 0);
+    sbuf_free(&b);
+    cr_assert_eq(cost_ledger_init(&l2, tab, &bs, NULL), 0);
+    l2.on_alert = on_alert;
+    uint64_t bus_id;
+    char err[256];
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, path, err, sizeof err), 0, "%s", err);
+    unlink(path);
+    rmdir(dir);
+
+    /* The restarted ledger holds the session's spend and fired marks... */
+    const struct cost_budget_state *st2 = &session_in(&l2, "chat-9")->b;
+    cr_assert(st2->spent_pico == st1->spent_pico, "session spend lost in the checkpoint");
+    cr_assert_eq(st2->fired, st1->fired, "session alert marks lost in the checkpoint");
+    cr_assert_eq(st2->period_end_day, st1->period_end_day);
+    /* ...so 50 % does not fire again, and 80 % fires at 0.85 USD. */
+    unsigned before = n_alerts;
+    ev = ev_end("m1", "u", "chat-9", 250000, 0, T0); /* +0.25 USD */
+    ev.event_id = l2.cursor;
+    cost_ledger_apply(&l2, &ev);
+    cr_assert_eq(alerts_of(before, COST_SCOPE_SESSION, COST_ALERT_THRESHOLD, 50), 0,
+                 "50%% alerted twice");
+    cr_assert_eq(alerts_of(before, COST_SCOPE_SESSION, COST_ALERT_THRESHOLD, 80), 1,
+                 "80%% not alerted at 0.85 of 1 USD");
+    cost_ledger_free(&l1);
+    cost_ledger_free(&l2);
+}
+
+Test(cost_ledger, threshold_above_100_percent_is_an_alert_not_the_limit)
+{
+    struct cost_budget ub;
+    memset(&ub, 0, sizeof ub);
+    snprintf(ub.key, sizeof ub.key, "*");
+    ub.scope = COST_SCOPE_USER;
+    ub.limit_pico = COST_PICO_PER_USD;
+    ub.period_days = 1;
+    cr_assert_eq(cost_budget_build(&ub, (const uint32_t[]){50, 120}, 2), 0);
+    /* marks: 50 % alert, the limit at 100 %, 120 % alert */
+    cr_assert_eq(ub.n_marks, 3);
+    cr_assert_eq(ub.marks[1].kind, COST_MARK_LIMIT);
+    cr_assert(ub.marks[1].pico == (cost_u128)COST_PICO_PER_USD);
+    cr_assert_eq(ub.marks[2].kind, COST_MARK_THRESHOLD);
+    cr_assert_eq(ub.marks[2].pct, 120);
+    struct cost_budget_set bs = {.user_default = &ub};
+    struct cost_ledger l;
+    cr_assert_eq(cost_ledger_init(&l, tab, &bs, NULL), 0);
+    l.on_alert = on_alert;
+    struct cbus_event ev = ev_end("m1", "zed", NULL, 1050000, 0, T0); /* 1.05 USD */
+    cost_ledger_apply(&l, &ev);
+    const struct cost_user *u = NULL;
+    {
+        char k[COST_USER_KEY];
+        cost_key_set(k, sizeof k, "zed", 3);
+        long i = cost_ktab_find(&l.users, k, cost_key_hash(k, sizeof k));
+        cr_assert_geq(i, 0);
+        u = cost_ktab_val_at(&l.users, (size_t)i);
+    }
+    cr_assert(u->b.exceeded, "over the 1 USD limit but no verdict (120%% taken as the limit?)");
+    cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_EXCEEDED, 100), 1);
+    cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_THRESHOLD, 120), 0);
+    ev = ev_end("m1", "zed", NULL, 200000, 0, T0); /* 1.25 USD */
+    cost_ledger_apply(&l, &ev);
+    cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_THRESHOLD, 120), 1);
+    cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_EXCEEDED, 100), 1, "one verdict");
+    cost_ledger_free(&l);
+}

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -306,4 +307,74 @@ Test(cost_outputs, prometheus_labels_with_invalid_utf8_pass_promtool)
     unlink(path);
     sbuf_free(&b);
     cr_assert_eq(st, 0, "promtool check metrics: %s", out);
+}
+
+static int connect_loopback(unsigned port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static int hold[50];
+static struct cost_http *held_http;
+
+/* .fini for the test below: its sockets and server go on every path. */
+static void close_held(void)
+{
+    for (unsigned i = 0; i < sizeof hold / sizeof hold[0]; i++)
+        if (hold[i] > 0)
+            close(hold[i]);
+    memset(hold, 0, sizeof hold);
+    cost_http_stop(held_http);
+    held_http = NULL;
+}
+
+Test(cost_outputs, http_scrape_answers_behind_50_idle_and_slowloris_connections,
+     .fini = close_held)
+{
+    cr_assert_eq(cost_http_start(&held_http, "127.0.0.1", 0), 0);
+    cost_http_publish(held_http, "m 1\n", 4, "{}", 2);
+    unsigned port = cost_http_port(held_http);
+    /* 25 connections that never send a byte, 25 that stop mid-header. */
+    for (unsigned i = 0; i < 50; i++) {
+        hold[i] = connect_loopback(port);
+        if (i % 2) {
+            const char *part = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            cr_assert_eq(send(hold[i], part, strlen(part), MSG_NOSIGNAL), (ssize_t)strlen(part));
+        }
+    }
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/metrics", port);
+    CURL *c = curl_easy_init();
+    struct sbuf body;
+    sbuf_init(&body);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    /* Generous: the server answers at once; one connection at a time with
+     * a 2 s read timeout each needed 100 s. */
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    cr_assert_eq(rc, CURLE_OK, "%s", curl_easy_strerror(rc));
+    cr_assert_eq(status, 200);
+    cr_assert_str_eq(body.data, "m 1\n");
+    sbuf_free(&body);
+    /* And the idle ones are dropped: the newest one sees the server close
+     * it once its request deadline passes (EOF or reset, within 30 s). */
+    struct timeval tv = {30, 0};
+    setsockopt(hold[48], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char x;
+    ssize_t r = recv(hold[48], &x, 1, 0);
+    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "idle connection still open: %zd %s", r,
+              strerror(errno));
+    setsockopt(hold[49], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    r = recv(hold[49], &x, 1, 0); /* the slowloris one too */
+    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "slowloris connection still open");
 }
