@@ -17,6 +17,7 @@
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 
+#include "attach.h"
 #include "daemon.h"
 #include "log.h"
 #include "state.h"
@@ -107,6 +108,7 @@ struct loop {
     uint64_t last_heartbeat;
     uint64_t lost_reported;
     uint64_t fail_since;
+    struct cbus_attach at;      /* follows the bus when it is re-created */
 };
 
 static void commit_durable(struct loop *l)
@@ -141,6 +143,37 @@ static void heartbeat(struct loop *l, uint64_t now)
     }
     cbus_consumer_heartbeat(l->c);
     l->last_heartbeat = now;
+}
+
+/* attach.c found another bus at our name: make everything read from the
+ * old one durable (and committed there) first, so that the writer's
+ * durable cursor never mixes the two buses' positions. */
+static void leaving_bus(void *arg, cbus_consumer *old)
+{
+    struct loop *l = arg;
+    (void)old;
+    uint64_t deadline = mono_ns() + SHUTDOWN_LIMIT_NS;
+    while (!audit_writer_idle(l->w) && mono_ns() < deadline) {
+        audit_writer_flush(l->w);
+        audit_writer_service(l->w, 10000000u);
+        commit_durable(l);
+        if (!l->at.dead)
+            cbus_consumer_heartbeat(l->c);
+    }
+    commit_durable(l);
+    /* What is durable now belongs to the old bus: never commit it on the new. */
+    int valid;
+    l->committed = audit_writer_durable_cursor(l->w, &valid);
+    l->has_committed = 1;
+}
+
+/* Now on a new bus: the log continues in a new file for its bus id. */
+static cbus_consumer *arrived_bus(struct loop *l)
+{
+    l->c = l->at.c;
+    l->lost_reported = 0;
+    audit_writer_set_bus(l->w, l->at.bus_id, cbus_consumer_read_pos(l->c));
+    return l->c;
 }
 
 static void report(struct loop *l, int always)
@@ -259,6 +292,10 @@ int audit_run(const struct audit_config *cfg)
                   batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
 
     struct loop l = {.cfg = cfg, .w = w, .c = c};
+    struct cbus_consumer_opts ao = {.name = cfg->name, .mode = CBUS_LOSSLESS};
+    l.at.leaving = leaving_bus;
+    l.at.arg = &l;
+    cbus_attach_init(&l.at, c, cfg->bus, &ao, 0);
     struct cbus_event evs[POLL_MAX];
     unsigned have = 0, next = 0;  /* polled events not yet appended: evs[next..have) */
     int status = 0;
@@ -272,7 +309,18 @@ int audit_run(const struct audit_config *cfg)
         }
         commit_durable(&l);
         if (next == have) {
-            int n = cbus_consumer_poll(c, evs, POLL_MAX);
+            /* Nothing polled is pending here: the place to follow the bus. */
+            int a = cbus_attach_check(&l.at, 0);
+            if (a == 1)
+                c = arrived_bus(&l);
+            int n = a < 0 ? a : cbus_consumer_poll(c, evs, POLL_MAX);
+            if (n == -ESTALE && a == 0) {
+                a = cbus_attach_check(&l.at, 1);
+                if (a == 1)
+                    c = arrived_bus(&l);
+                if (a == 1 || (a == 0 && l.at.dead))
+                    n = 0;
+            }
             if (n < 0) {
                 cbus_log_error("poll: %s%s", cbus_strerror(n),
                                n == -ESTALE ? " (evicted from the bus)" : "");
@@ -297,7 +345,9 @@ int audit_run(const struct audit_config *cfg)
             /* The bus is idle: do not let records wait for a full batch. */
             audit_writer_flush(w);
             if (audit_writer_idle(w)) {
-                rc = cbus_consumer_wait(c, IDLE_WAIT_NS);
+                rc = cbus_attach_wait(&l.at, IDLE_WAIT_NS);
+                if (l.at.c != c)
+                    c = arrived_bus(&l);
                 if (rc == -ESTALE) {
                     cbus_log_error("evicted from the bus");
                     status = 1;

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "attach.h"
 #include "checkpoint.h"
 #include "cost_config.h"
 #include "daemon.h"
@@ -33,8 +34,10 @@ struct daemon {
     struct cost_config cfg;
     struct cost_price_table *prices;
     struct cost_ledger led;
-    cbus_consumer *c;
+    cbus_consumer *c;         /* at.c: the consumer attach.c follows the bus with */
     cbus_bus *bus;            /* borrowed from the consumer */
+    struct cbus_attach at;
+    uint64_t capacity;        /* of the bus we are on */
     unsigned writer;
     int have_writer;
     uint64_t bus_id;
@@ -383,6 +386,38 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
     return 0;
 }
 
+/* attach.c found another bus at our name: make the old bus's totals
+ * durable (committed there) and take our verdicts off it. */
+static void leaving_bus(void *arg, cbus_consumer *old)
+{
+    struct daemon *d = arg;
+    (void)old;
+    if (!d->at.dead && d->led.cursor != d->ckpt_cursor)
+        checkpoint(d);
+    if (d->have_writer && !d->at.dead)
+        cbus_admit_writer_release(d->bus, d->writer);
+    d->have_writer = 0;
+}
+
+/* Now on a new bus (attach.c): its positions, admission writer and verdicts;
+ * the totals carry on, checkpointed at once with the new bus id. */
+static void arrived_bus(struct daemon *d)
+{
+    d->c = d->at.c;
+    d->bus = d->at.bus;
+    d->bus_id = d->at.bus_id;
+    d->capacity = cbus_bus_header(d->bus)->capacity;
+    d->led.cursor = cbus_consumer_read_pos(d->c);
+    checkpoint(d);
+    int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
+    if (r)
+        cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
+                       d->cfg.consumer, cbus_strerror(r));
+    d->have_writer = r == 0;
+    if (d->have_writer)
+        reconcile_verdicts(d);
+}
+
 int cost_daemon_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -511,6 +546,10 @@ int cost_daemon_main(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS};
+    d->at.leaving = leaving_bus;
+    d->at.arg = d;
+    cbus_attach_init(&d->at, d->c, d->cfg.bus, &ao, 0);
     r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
     if (r)
         cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
@@ -556,7 +595,7 @@ int cost_daemon_main(int argc, char **argv)
     uint64_t hb_every = hdr->admit_stale_ns / 4;
     if (hb_every == 0 || hb_every > SEC)
         hb_every = SEC;
-    uint64_t capacity = hdr->capacity;
+    d->capacity = hdr->capacity;
     uint64_t now = mono_ns();
     uint64_t next_hb = now, next_out = now, next_ckpt = now + d->cfg.checkpoint_interval_ns;
     uint64_t next_expire = now + 60 * SEC, last_ckpt = now;
@@ -568,6 +607,14 @@ int cost_daemon_main(int argc, char **argv)
     write_outputs(d);
     while (!cbus_daemon_stop) {
         int n = cbus_consumer_poll(d->c, buf, BATCH);
+        if (n == -ESTALE) {
+            /* Evicted, or the bus truncated under us: attach.c tells. */
+            int a = cbus_attach_check(&d->at, 1);
+            if (a == 1)
+                arrived_bus(d);
+            if (a == 1 || (a == 0 && d->at.dead))
+                n = 0;
+        }
         if (n < 0) {
             cbus_log_error("poll: %s", cbus_strerror(n));
             rc = 1;
@@ -588,6 +635,15 @@ int cost_daemon_main(int argc, char **argv)
                 cbus_admit_writer_heartbeat(d->bus, d->writer);
             cbus_consumer_heartbeat(d->c);
             next_hb = now + hb_every;
+            /* Removed or re-created under us: follow it (attach.c). */
+            int a = cbus_attach_check(&d->at, 0);
+            if (a == 1)
+                arrived_bus(d);
+            if (a < 0) {
+                cbus_log_error("evicted from the bus");
+                rc = 1;
+                break;
+            }
         }
         /* Checkpoint on the interval, or early when unacknowledged events
          * fill a quarter of the ring: a lossless consumer that sits on its
@@ -596,7 +652,7 @@ int cost_daemon_main(int argc, char **argv)
          * producers may be blocked on us and will not wake us. */
         uint64_t pending = d->led.cursor - d->ckpt_cursor;
         if (pending && (now >= next_ckpt ||
-                        (pending > capacity / 4 && (n == 0 || now - last_ckpt > 2000000u)))) {
+                        (pending > d->capacity / 4 && (n == 0 || now - last_ckpt > 2000000u)))) {
             checkpoint(d);
             last_ckpt = now;
             next_ckpt = now + d->cfg.checkpoint_interval_ns;
@@ -621,7 +677,9 @@ int cost_daemon_main(int argc, char **argv)
             uint64_t wait = hb_every < 100000000u ? hb_every : 100000000u;
             if (d->led.cursor != d->ckpt_cursor && next_ckpt > now && next_ckpt - now < wait)
                 wait = next_ckpt - now; /* wake for the interval checkpoint */
-            int w = cbus_consumer_wait(d->c, wait);
+            int w = cbus_attach_wait(&d->at, wait);
+            if (d->at.c != d->c)
+                arrived_bus(d);
             if (w < 0 && w != -EINTR) {
                 cbus_log_error("wait: %s", cbus_strerror(w));
                 rc = 1;

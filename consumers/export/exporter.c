@@ -530,6 +530,13 @@ void exporter_flush(struct exporter *x)
     pump(x);
 }
 
+void exporter_set_bus_id(struct exporter *x, uint64_t bus_id)
+{
+    exporter_flush(x); /* the batch being built says the old id */
+    x->bus_id = bus_id;
+    x->res.bus_id = bus_id;
+}
+
 int exporter_wait(struct exporter *x, int timeout_ms)
 {
     if (!transport_in_flight(x->tr))

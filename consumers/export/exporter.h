@@ -78,6 +78,10 @@ uint64_t exporter_next_deadline(const struct exporter *x);
  * exporter does this when unacknowledged events fill much of the ring:
  * waiting for the batch age would stall the producers). */
 void exporter_flush(struct exporter *x);
+/* The bus was re-created (consumers/common/attach.c): closes the batch
+ * being built and stamps later batches with the new bus id (event ids are
+ * unique per bus id only). */
+void exporter_set_bus_id(struct exporter *x, uint64_t bus_id);
 /* Lowest ring position not yet durable, given the next position to read. */
 uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos);
 /* 1 while the exporter should not read the ring: queue_batches finished

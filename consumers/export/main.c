@@ -14,6 +14,7 @@
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 
+#include "attach.h"
 #include "daemon.h"
 #include "export_config.h"
 #include "exporter.h"
@@ -124,6 +125,18 @@ static void log_counters(struct exporter *x, const char *what)
                   ", rejected %" PRIu64 " batches, spool dropped %" PRIu64 " batches",
                   what, s->events, s->items, s->sent_items, s->sent_batches, s->sent_bytes, s->retried,
                   s->spooled, s->replayed, s->rejected_batches, s->spool_dropped_batches);
+}
+
+/* attach.c moved us to a new bus: its capacity, its id on later batches,
+ * its positions (nothing committed there yet). */
+static void follow(const struct cbus_attach *at, struct exporter *x, cbus_consumer **c,
+                   uint64_t *capacity, struct exporter_identity *id, uint64_t *committed)
+{
+    *c = at->c;
+    *capacity = cbus_bus_header(cbus_consumer_bus(*c))->capacity;
+    id->bus_id = at->bus_id;
+    exporter_set_bus_id(x, id->bus_id);
+    *committed = 0;
 }
 
 int main(int argc, char **argv)
@@ -245,12 +258,27 @@ int main(int argc, char **argv)
 
     uint64_t committed = 0, next_status = 0;
     int exit_code = 0;
+    struct cbus_attach at = {0};
+    cbus_attach_init(&at, c, cfg.bus, &co, 0);
     while (!cbus_daemon_stop) {
         uint64_t now = mono_ns();
         int paused = exporter_paused(x);
         int n = 0;
+        /* Removed, re-created or truncated under us: follow it (attach.c).
+         * Open runs and batches of the old bus go on; later batches carry
+         * the new bus id. */
+        int a = cbus_attach_check(&at, 0);
+        if (at.c != c)
+            follow(&at, x, &c, &capacity, &id, &committed);
         if (!paused) {
-            n = cbus_consumer_poll(c, evbuf, POLL_MAX);
+            n = a < 0 ? a : cbus_consumer_poll(c, evbuf, POLL_MAX);
+            if (n == -ESTALE && a == 0) {
+                a = cbus_attach_check(&at, 1);
+                if (at.c != c)
+                    follow(&at, x, &c, &capacity, &id, &committed);
+                if (a == 1 || (a == 0 && at.dead))
+                    n = 0;
+            }
             if (n < 0) {
                 cbus_log_error("poll: %s (evicted or bus removed)", cbus_strerror(n));
                 exit_code = 1;
@@ -300,7 +328,7 @@ int main(int argc, char **argv)
             struct timespec nap = {0, 5000000};
             nanosleep(&nap, NULL);
         } else if (n == 0 && wait_ns) {
-            r = cbus_consumer_wait(c, wait_ns);
+            r = cbus_attach_wait(&at, wait_ns);
             if (r == -ESTALE) {
                 cbus_log_error("evicted from the bus");
                 exit_code = 1;

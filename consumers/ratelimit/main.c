@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "attach.h"
 #include "daemon.h"
 #include "limiter.h"
 #include "log.h"
@@ -27,7 +28,8 @@ struct daemon {
     const char *bus_name;
     struct rl_config cfg;
     cbus_bus *bus;
-    cbus_consumer *cons;
+    cbus_consumer *cons;      /* at.c */
+    struct cbus_attach at;    /* follows the bus when it is re-created */
     unsigned writer;
     rl_limiter *l;
     uint64_t last_lost;
@@ -90,6 +92,31 @@ static void write_status(struct daemon *d, uint64_t now)
     sbuf_free(&b);
 }
 
+/* attach.c found another bus at our name: our verdicts go with us. */
+static void leaving_bus(void *arg, cbus_consumer *old)
+{
+    struct daemon *d = arg;
+    (void)old;
+    if (!d->at.dead)
+        cbus_admit_writer_release(d->bus, d->writer);
+}
+
+/* On the new bus: same counts (the traffic is the same), a new admission
+ * writer; verdicts are published there as they change.  Returns 0 or 1
+ * (no writer: stop, as at start). */
+static int arrived_bus(struct daemon *d)
+{
+    d->cons = d->at.c;
+    d->bus = d->at.bus;
+    int r = cbus_admit_writer_register(d->bus, d->cfg.name, &d->writer);
+    if (r) {
+        cbus_log_error("admission writer %s on the new bus: %s", d->cfg.name, cbus_strerror(r));
+        d->writer = CBUS_ADMIT_MAX_WRITERS; /* releasing it at exit is then a no-op */
+        return 1;
+    }
+    return 0;
+}
+
 static int run(struct daemon *d)
 {
     const struct cbus_shm_header *h = cbus_bus_header(d->bus);
@@ -104,6 +131,14 @@ static int run(struct daemon *d)
     int caught_up = 1;
     while (!cbus_daemon_stop) {
         int n = cbus_consumer_poll(d->cons, evs, BATCH);
+        if (n == -ESTALE) {
+            /* Evicted, or the bus truncated under us: attach.c tells. */
+            int a = cbus_attach_check(&d->at, 1);
+            if (a == 1 && arrived_bus(d))
+                return 1;
+            if (a == 1 || (a == 0 && d->at.dead))
+                n = 0;
+        }
         if (n < 0) {
             cbus_log_error("poll: %s", cbus_strerror(n));
             return 1;
@@ -119,10 +154,18 @@ static int run(struct daemon *d)
             next_drain = now + 100 * MS;
         }
         if (now >= next_hb) {
-            int r = cbus_admit_writer_heartbeat(d->bus, d->writer);
+            int r = d->at.dead ? 0 : cbus_admit_writer_heartbeat(d->bus, d->writer);
             if (r)
                 cbus_log_warn("admission heartbeat: %s", cbus_strerror(r));
             next_hb = now + hb_every;
+            /* Removed or re-created under us: follow it (attach.c). */
+            int a = cbus_attach_check(&d->at, 0);
+            if (a == 1 && arrived_bus(d))
+                return 1;
+            if (a < 0) {
+                cbus_log_error("evicted from the bus");
+                return 1;
+            }
         }
         if (now >= next_expire) {
             /* Behind the ring, expire only what the events read so far allow:
@@ -136,7 +179,9 @@ static int run(struct daemon *d)
             next_status = now + d->cfg.status_interval_ns;
         }
         if (n == 0) {
-            int r = cbus_consumer_wait(d->cons, wait_ns);
+            int r = cbus_attach_wait(&d->at, wait_ns);
+            if (d->at.c != d->cons && arrived_bus(d))
+                return 1;
             if (r < 0 && r != -EINTR) {
                 cbus_log_error("wait: %s", cbus_strerror(r));
                 return 1;
@@ -224,20 +269,20 @@ int main(int argc, char **argv)
     }
     cbus_daemon_signals();
     int rc = 1;
-    r = cbus_bus_open(&d.bus, d.bus_name, 0);
-    if (r) {
-        cbus_log_error("bus %s: %s", d.bus_name, cbus_strerror(r));
-        goto err_bus;
-    }
     struct cbus_consumer_opts co = {.name = d.cfg.name, .mode = CBUS_LOSSY, .start = CBUS_START_OLDEST};
     /* From the oldest event still in the ring: a restarted limiter rebuilds
      * its counts exactly (decisions use event timestamps), and verdicts that
-     * have lapsed meanwhile are never published. */
-    r = cbus_consumer_attach_bus(&d.cons, d.bus, &co);
+     * have lapsed meanwhile are never published.  The consumer owns its bus
+     * so that attach.c can move it to a re-created one. */
+    r = cbus_consumer_attach(&d.cons, d.bus_name, &co);
     if (r) {
-        cbus_log_error("attach to %s as %s: %s", d.bus_name, d.cfg.name, cbus_strerror(r));
-        goto err_attach;
+        cbus_log_error("bus %s: attach as %s: %s", d.bus_name, d.cfg.name, cbus_strerror(r));
+        goto err_bus;
     }
+    d.bus = cbus_consumer_bus(d.cons);
+    d.at.leaving = leaving_bus;
+    d.at.arg = &d;
+    cbus_attach_init(&d.at, d.cons, d.bus_name, &co, 0);
     r = cbus_admit_writer_register(d.bus, d.cfg.name, &d.writer);
     if (r) {
         cbus_log_error("admission writer %s: %s", d.cfg.name, cbus_strerror(r));
@@ -255,9 +300,7 @@ int main(int argc, char **argv)
                   (unsigned long long)st.events, (unsigned long long)st.requests,
                   (unsigned long long)st.throttles, (unsigned long long)st.over_limit);
 err_writer:
-    cbus_consumer_detach(d.cons);
-err_attach:
-    cbus_bus_close(d.bus);
+    cbus_consumer_detach(d.cons); /* and its bus */
 err_bus:
     rl_free(d.l);
     rl_config_free(&d.cfg);
