@@ -187,17 +187,32 @@ CBUS_API const struct cbus_admit_writer *cbus_admit_writer_at(cbus_bus *bus, uns
 
 /* ---- reader side (producers) --------------------------------------------- */
 
-/* Verdict for one key hash: CBUS_ALLOW when none.  Lock-free, bounded. */
-static unsigned lookup(cbus_bus *bus, uint64_t h, uint64_t now, uint64_t *until, unsigned *writer)
+/* A writer updates an entry in a few stores, a few ns apart, so a live one
+ * is seen even within a couple of pauses.  An entry still odd (or changing)
+ * after that was left half-written by a writer that died or is descheduled
+ * mid-update, or was forged: it holds no verdict we can read now.  Spinning
+ * longer buys nothing (the old 1000 tries cost ~105 us per entry); the budget
+ * is per cbus_admit() call, so a table of odd entries costs a few dozen
+ * loads, not 32 probes x 5 scopes x retries. */
+#define TORN_RETRIES_PER_ENTRY 4
+#define TORN_RETRIES_PER_CALL  16
+
+/* Counts retries on a torn entry in this thread (tests read it: the bound
+ * is asserted by count, not by time).  Only the retry path touches it. */
+CBUS__TLS uint64_t cbus__admit_torn_retries;
+
+/* lookup()'s answer when our key's entry could not be read consistently. */
+#define LOOKUP_TORN 0x100u
+
+/* Verdict for one key hash: CBUS_ALLOW when none, LOOKUP_TORN when our
+ * key's entry stayed torn.  Lock-free, bounded by MAX_PROBE entries and the
+ * caller's retry budget. */
+static unsigned lookup(cbus_bus *bus, uint64_t h, uint64_t now, uint64_t *until, unsigned *writer,
+                       unsigned *budget)
 {
     for (uint32_t probe = 0; probe < MAX_PROBE; probe++) {
         struct cbus_admit_entry *e = &bus->aentries[(uint32_t)(h + probe) & bus->amask];
-        /* A writer updates an entry in a few stores; an entry still odd after
-         * this many looks was left half-written by a dead writer (or forged):
-         * it holds no verdict we can trust, so it allows. */
         for (int tries = 0;; tries++) {
-            if (tries == 1000)
-                return CBUS_ALLOW;
             /* ACQUIRE: pairs with entry_write()'s RELEASE. */
             uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
             uint64_t eh = atomic_load_explicit(&e->key_hash, memory_order_relaxed);
@@ -205,8 +220,24 @@ static unsigned lookup(cbus_bus *bus, uint64_t h, uint64_t now, uint64_t *until,
             uint64_t u = atomic_load_explicit(&e->until_ns, memory_order_relaxed);
             atomic_thread_fence(memory_order_acquire);
             if (s1 & 1 || atomic_load_explicit(&e->seq, memory_order_relaxed) != s1) {
-                cbus__cpu_relax();
-                continue;
+                if (tries < TORN_RETRIES_PER_ENTRY && *budget) {
+                    (*budget)--;
+                    cbus__admit_torn_retries++;
+                    cbus__cpu_relax();
+                    continue;
+                }
+                /* Unreadable.  key_hash alone is one atomic word and only
+                 * goes 0 -> hash (claim) or hash -> hash (recycle), so it
+                 * still says whose entry this is: empty ends the probe (a
+                 * claim fills the verdict before the key, so an unclaimed
+                 * entry holds none); another key's is stepped over, so it
+                 * cannot hide ours behind it; ours has no verdict we trust. */
+                eh = atomic_load_explicit(&e->key_hash, memory_order_relaxed);
+                if (eh == 0)
+                    return CBUS_ALLOW;
+                if (eh != h)
+                    break;
+                return LOOKUP_TORN;
             }
             if (eh == 0)
                 return CBUS_ALLOW;
@@ -251,15 +282,23 @@ CBUS_API int cbus_admit(cbus_producer *p, const cbus_ctx *ctx, uint64_t *retry_a
     }
     unsigned result = CBUS_ALLOW;
     uint64_t retry = 0;
+    unsigned budget = TORN_RETRIES_PER_CALL;
     for (unsigned scope = 0; scope < CBUS_SCOPE__COUNT; scope++) {
         uint64_t h = ctx->admit_hash[scope];
         if (!h)
             continue;
         uint64_t until = 0;
         unsigned writer = 0;
-        unsigned v = lookup(bus, h, now, &until, &writer);
+        unsigned v = lookup(bus, h, now, &until, &writer, &budget);
         if (v == CBUS_ALLOW)
             continue;
+        if (v == LOOKUP_TORN) {
+            /* No verdict we can read: like a dead writer's, it fails open
+             * by default and closed when the producer asked for that. */
+            if (p->flags & CBUS_PRODUCER_ADMIT_FAIL_CLOSED)
+                return CBUS_ADMIT_STALE;
+            continue;
+        }
         if (writer_stale(bus, writer, now)) {
             /* Its writer died: fail open by default. */
             if (p->flags & CBUS_PRODUCER_ADMIT_FAIL_CLOSED)

@@ -8,7 +8,13 @@
  * and re-anchors every second, so frequency error never accumulates past
  * ~1 s x a few ppm; per thread, time never goes backwards.
  * Without a constant, nonstop TSC the header says CBUS_CLOCK_GETTIME and
- * every timestamp is a clock_gettime. */
+ * every timestamp is a clock_gettime.
+ *
+ * The header is shared memory, so its rate is a claim: every process also
+ * measures the host's rate once (5 ms, at its first open, never on the emit
+ * path) and uses its own when the header's is off by more than 1 %.  A rate
+ * 5x too high would otherwise stretch every bound measured on this clock
+ * (the 1 ms lossless wait, the stall and abandon timeouts) 5x. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -84,26 +90,63 @@ static void sample_pair(uint64_t *tsc, uint64_t *mono)
 }
 #endif
 
-int cbus__clock_calibrate(struct cbus_shm_header *hdr)
-{
-    hdr->clock_source = CBUS_CLOCK_GETTIME;
+#define MIN_HZ UINT64_C(100000000)   /* below 100 MHz: not a TSC we trust */
+#define MAX_HZ UINT64_C(10000000000) /* above 10 GHz: not a TSC at all */
+
 #ifdef HAVE_TSC
+/* TSC ticks per second against CLOCK_MONOTONIC over interval_ns; 0 if the
+ * TSC is not one we trust or the measurement makes no sense.  Each end is the
+ * tightest of 16 brackets, so the error is ~100 ns over the interval
+ * (20 ppm over 5 ms), and a preemption inside the sleep does not matter. */
+static uint64_t measure_hz(long interval_ns)
+{
     if (!tsc_is_reliable())
         return 0;
     uint64_t t0 = 0, m0 = 0, t1 = 0, m1 = 0;
     sample_pair(&t0, &m0);
-    struct timespec d = {0, 50 * 1000 * 1000};
+    struct timespec d = {0, interval_ns};
     while (nanosleep(&d, &d) && errno == EINTR) {
     }
     sample_pair(&t1, &m1);
     if (t1 <= t0 || m1 <= m0)
         return 0;
     uint64_t hz = (uint64_t)((cbus_u128)(t1 - t0) * 1000000000u / (m1 - m0));
-    if (hz < 100000000u) /* below 100 MHz: not a TSC we trust */
+    return hz >= MIN_HZ && hz <= MAX_HZ ? hz : 0;
+}
+#endif
+
+/* This host's TSC rate, measured once per process (the first open pays
+ * 5 ms; racing threads may both measure, harmlessly).  0: no TSC we trust. */
+static uint64_t host_hz(void)
+{
+#ifdef HAVE_TSC
+    static _Atomic uint64_t cached; /* 0 = not yet, 1 = none */
+    uint64_t hz = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (!hz) {
+        hz = measure_hz(5 * 1000 * 1000);
+        atomic_store_explicit(&cached, hz ? hz : 1, memory_order_relaxed);
+    }
+    return hz > 1 ? hz : 0;
+#else
+    return 0;
+#endif
+}
+
+static uint64_t mult_for(uint64_t hz)
+{
+    return (uint64_t)(((cbus_u128)1000000000u << 32) / hz);
+}
+
+int cbus__clock_calibrate(struct cbus_shm_header *hdr)
+{
+    hdr->clock_source = CBUS_CLOCK_GETTIME;
+#ifdef HAVE_TSC
+    uint64_t hz = measure_hz(50 * 1000 * 1000);
+    if (!hz)
         return 0;
     hdr->tsc_hz = hz;
     hdr->tsc_shift = 32;
-    hdr->tsc_mult = (uint64_t)(((cbus_u128)1000000000u << 32) / hz);
+    hdr->tsc_mult = mult_for(hz);
     hdr->clock_source = CBUS_CLOCK_TSC;
 #endif
     return 0;
@@ -118,10 +161,26 @@ void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr
     /* A header could claim TSC with nonsense numbers (a frozen or racing
      * clock would break every timeout): accept only a rate between 100 MHz
      * and 10 GHz whose mult matches it to 0.1 %, else fall back. */
-    uint64_t want = clk->hz ? (uint64_t)(((cbus_u128)1000000000u << 32) / clk->hz) : 0;
-    if (clk->source != CBUS_CLOCK_TSC || clk->shift != 32 || clk->hz < 100000000u ||
-        clk->hz > 10000000000u || clk->mult < want - want / 1000 || clk->mult > want + want / 1000)
+    uint64_t want = clk->hz ? mult_for(clk->hz) : 0;
+    if (clk->source != CBUS_CLOCK_TSC || clk->shift != 32 || clk->hz < MIN_HZ ||
+        clk->hz > MAX_HZ || clk->mult < want - want / 1000 || clk->mult > want + want / 1000) {
         clk->source = CBUS_CLOCK_GETTIME;
+        return;
+    }
+    /* Plausible is not true: the range alone lets a header make this clock
+     * run 100x slow or fast.  Cross-check against our own measurement;
+     * beyond 1 % (measurement error is ~20 ppm) use ours.  Each process then
+     * runs on its own rate, within ~20 us per second of the others, and
+     * re-anchors every second, so they never drift apart. */
+    uint64_t host = host_hz();
+    if (!host) {
+        clk->source = CBUS_CLOCK_GETTIME; /* a TSC claim this host cannot back */
+        return;
+    }
+    if (clk->hz > host + host / 100 || clk->hz < host - host / 100) {
+        clk->hz = host;
+        clk->mult = mult_for(host);
+    }
 }
 
 /* Per-thread anchor: valid for one clock (mult) at a time. */

@@ -22,7 +22,18 @@
  * %fs-relative load instead of a __tls_get_addr call in libcbus.so.  They
  * total under 128 bytes, well inside glibc's surplus for dlopen'ed
  * libraries (Python ctypes, Node FFI). */
+#ifdef CBUS_TLS_DEFAULT_MODEL
+/* UBSan builds (set by CMakeLists.txt): GCC 12 tests -fsanitize=null's
+ * "&tls_var == NULL" on the flags of the initial-exec
+ * `addq x@gottpoff(%rip), %reg`, but when a program links the library
+ * statically the linker must rewrite that add as `leaq x@tpoff(%reg), %reg`
+ * (IE->LE relaxation), which sets no flags: the check reads stale flags and
+ * reports a null pointer on every emit.  The default model's sequence ends in
+ * a call, after which GCC tests the pointer itself. */
+#define CBUS__TLS _Thread_local
+#else
 #define CBUS__TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#endif
 
 #define CBUS__LIKELY(x)   __builtin_expect(!!(x), 1)
 #define CBUS__UNLIKELY(x) __builtin_expect(!!(x), 0)

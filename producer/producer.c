@@ -204,14 +204,49 @@ int cbus__producer_drop(cbus_producer *p)
     return -EAGAIN;
 }
 
-/* Untethers the blocking consumer if its heartbeat is stale.  Returns 1 if
- * it did (the caller recomputes the gate). */
-static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blocker, uint64_t now)
+/* A heartbeat at most this far ahead of the producer's clock is a live
+ * consumer's: each thread anchors the bus clock to CLOCK_MONOTONIC on its own
+ * (clock.c), within microseconds of the others, and the heartbeat is loaded
+ * before the clock is read.  One further ahead was forged (or written on
+ * another clock) and must not count as fresh: `now <= hb` would keep it fresh
+ * for as long as the forger likes. */
+#define HB_FUTURE_SLACK_NS UINT64_C(100000000)
+/* A thread held by the same live consumer re-checks its pid at most this
+ * often: kill(0) plus a /proc read is ~10 us, and drops must stay cheap. */
+#define PID_RECHECK_NS UINT64_C(100000000)
+
+/* Whether the blocking consumer's process is gone (pid dead or reused).  On
+ * this slow path only: the bound was reached.  pid and start time come from
+ * shared memory; cbus__pid_alive() never lets a forged pid reach kill() as 0
+ * or a negative.  The OFD lock is not consulted: a consumer attached through
+ * cbus_bus_open_mem() holds none and must not be cut loose for it. */
+static int blocker_dead(struct cbus__producer_tls *t, struct cbus_consumer_entry *e, uint64_t now)
+{
+    uint64_t gen = atomic_load_explicit(&e->generation, memory_order_acquire);
+    if (t->live_entry == e && t->live_gen == gen && now - t->live_checked_ns < PID_RECHECK_NS)
+        return 0;
+    if (!cbus__pid_alive(e->pid, e->pid_start_time))
+        return 1;
+    t->live_entry = e;
+    t->live_gen = gen;
+    t->live_checked_ns = now;
+    return 0;
+}
+
+/* Untethers the blocking consumer if its heartbeat is stale, lies in the
+ * future, or its process is dead.  Returns 1 if it did (the caller
+ * recomputes the gate). */
+static int untether_if_stalled(cbus_producer *p, struct cbus__producer_tls *t,
+                               struct cbus_consumer_entry *blocker)
 {
     if (!blocker)
         return 0;
     uint64_t hb = atomic_load_explicit(&blocker->heartbeat_ns, memory_order_acquire);
-    if (now <= hb || now - hb < p->bus->stall_timeout_ns)
+    /* Read after hb: a live consumer's heartbeat is then never ahead of us
+     * by more than the clocks' skew, however long this thread was preempted. */
+    uint64_t now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
+    int stale = hb > now ? hb - now > HB_FUTURE_SLACK_NS : now - hb >= p->bus->stall_timeout_ns;
+    if (!stale && !blocker_dead(t, blocker, now))
         return 0;
     uint32_t before = atomic_load_explicit(&blocker->flags, memory_order_acquire);
     cbus__consumer_untether(p->bus, blocker);
@@ -255,7 +290,7 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
             continue;
         if (wait_start)
             now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
-        if (untether_if_stalled(p, blocker, now))
+        if (untether_if_stalled(p, t, blocker))
             continue;
         if (!wait_start) {
             /* Timed out before at this very cursor: the consumer has not

@@ -36,8 +36,15 @@ struct cbus__producer_tls {
     uint64_t stuck_min;
     int gate_valid;
     int stuck_valid;
+    /* the tethered consumer whose pid this thread last found alive, and when */
+    const void *live_entry;
+    uint64_t live_gen;
+    uint64_t live_checked_ns;
 };
 extern CBUS__TLS struct cbus__producer_tls cbus__ptls;
+
+/* admit.c: retries spent on torn admission entries by this thread (tests). */
+extern CBUS__TLS uint64_t cbus__admit_torn_retries;
 
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);

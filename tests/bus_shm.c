@@ -235,3 +235,79 @@ Test(bus_shm, memory_bus_works_like_a_named_one)
     cbus_bus_close(b2);
     munmap(mem, len);
 }
+
+/* Emits one event and returns its bus-clock timestamp (ts_mono_ns);
+ * *before and *after bracket it on CLOCK_MONOTONIC. */
+static uint64_t stamp(cbus_bus *bus, cbus_producer *p, uint64_t *before, uint64_t *after)
+{
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    uint64_t pos = cbus_bus_tail(bus);
+    *before = cbus_now_ns();
+    cr_assert_eq(cbus_text(p, &ctx, "t"), 0);
+    *after = cbus_now_ns();
+    struct cbus_event ev;
+    cr_assert_eq(cbus_bus_peek(bus, pos, &ev), 0);
+    return ev.ts_mono_ns;
+}
+
+/* Opens a bus whose header claims a TSC at forged_hz (with a matching mult,
+ * so it passes the plausibility checks) and compares how far the bus clock
+ * moves with CLOCK_MONOTONIC over 100 ms.  The brackets make scheduling
+ * harmless: a preemption lengthens both the bus clock's and the outer
+ * interval, and the bus clock moved at least the inner interval. */
+static void forged_rate_is_not_trusted(uint64_t forged_hz)
+{
+    struct cbus_create_opts o = {.capacity = 1024};
+    size_t len = cbus_bus_size(&o);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(mem, MAP_FAILED);
+    cr_assert_eq(cbus_bus_format(mem, len, "clk", &o), 0);
+    struct cbus_shm_header *h = mem;
+    h->clock_source = CBUS_CLOCK_TSC;
+    h->tsc_shift = 32;
+    h->tsc_hz = forged_hz;
+    h->tsc_mult = (uint64_t)(4294967296.0 * 1e9 / (double)forged_hz);
+    cbus_bus *bus;
+    cr_assert_eq(cbus_bus_open_mem(&bus, mem, len), 0, "a plausible header opens");
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open_bus(&p, bus, NULL), 0);
+    uint64_t b1, a1, b2, a2;
+    uint64_t t1 = stamp(bus, p, &b1, &a1);
+    test_sleep_ms(100);
+    uint64_t t2 = stamp(bus, p, &b2, &a2);
+    cr_assert_gt(t2, t1);
+    uint64_t bus_dt = t2 - t1, inner = b2 - a1, outer = a2 - b1;
+    /* A clock at the forged rate moves 1/ratio as fast: 25 ms or 400 ms here. */
+    cr_expect_geq(bus_dt, inner / 2, "forged %llu Hz: bus clock moved %llu ns in >= %llu ns",
+                  (unsigned long long)forged_hz, (unsigned long long)bus_dt,
+                  (unsigned long long)inner);
+    cr_expect_leq(bus_dt, outer * 2, "forged %llu Hz: bus clock moved %llu ns in <= %llu ns",
+                  (unsigned long long)forged_hz, (unsigned long long)bus_dt,
+                  (unsigned long long)outer);
+    cr_expect_eq(h->tsc_hz, forged_hz, "the header is left as found (readers recalibrate)");
+    cbus_producer_close(p);
+    cbus_bus_close(bus);
+    munmap(mem, len);
+}
+
+Test(bus_shm, forged_tsc_rate_in_header_is_cross_checked_against_the_host)
+{
+    /* What the creator measured, or a typical rate when this host has no
+     * TSC we trust (then the forged TSC claim must fall back entirely). */
+    struct cbus_create_opts o = {.capacity = 1024};
+    size_t len = cbus_bus_size(&o);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(mem, MAP_FAILED);
+    cr_assert_eq(cbus_bus_format(mem, len, "clk", &o), 0);
+    const struct cbus_shm_header *h = mem;
+    uint64_t real = h->clock_source == CBUS_CLOCK_TSC ? h->tsc_hz : UINT64_C(2500000000);
+    munmap(mem, len);
+    uint64_t fast = real * 4 > UINT64_C(9900000000) ? UINT64_C(9900000000) : real * 4;
+    uint64_t slow = real / 4 < UINT64_C(110000000) ? UINT64_C(110000000) : real / 4;
+    /* Both stay inside the accepted 100 MHz..10 GHz, at least 2.5x off. */
+    cr_assert_geq(fast, real * 5 / 2, "this host's TSC (%llu Hz) is too fast to forge above",
+                  (unsigned long long)real);
+    forged_rate_is_not_trusted(fast);
+    forged_rate_is_not_trusted(slow);
+}

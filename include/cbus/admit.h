@@ -16,8 +16,10 @@
 #define CBUS_ADMIT_STALE 3
 
 /* Returns CBUS_ALLOW (0), CBUS_THROTTLED (retry_after_ns set),
- * CBUS_BUDGET_EXCEEDED, CBUS_ADMIT_STALE (fail-closed producer, a verdict
- * writer is dead), or -EINVAL.  retry_after_ns may be NULL. */
+ * CBUS_BUDGET_EXCEEDED, CBUS_ADMIT_STALE (fail-closed producer: a verdict
+ * writer is dead, or a verdict entry stays half-written after a few retries;
+ * a fail-open producer takes either as no verdict), or -EINVAL.
+ * retry_after_ns may be NULL. */
 CBUS_API int cbus_admit(cbus_producer *p, const cbus_ctx *ctx, uint64_t *retry_after_ns);
 
 /* Sleeps (nanosleep, never spins) until cbus_admit() allows or timeout_ns

@@ -302,6 +302,58 @@ Test(cbusctl_cli, corrupt_offsets_and_truncation_are_refused)
     cr_assert(strstr(rr.err, "not a regular file"), "%s", rr.err);
 }
 
+Test(cbusctl_cli, fifo_at_the_bus_name_is_refused_without_hanging)
+{
+    /* /dev/shm is world-writable: anyone can plant a FIFO at a bus's name.
+     * The library refuses it without blocking; cbusctl's own look at the
+     * refused file must not block either (a plain O_RDONLY open of a FIFO
+     * waits for a writer for ever).  run_cbusctl kills it after T_RUN:
+     * exit -1 is the hang. */
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    const char *cmds[] = {"stat", "tail"};
+    for (size_t i = 0; i < 2; i++) {
+        CTL(cmds[i], bus);
+        cr_assert_neq(rr.code, -1, "cbusctl %s hung on a FIFO at %s (killed after %d ms)",
+                      cmds[i], path, T_RUN);
+        ASSERT_EXIT(1);
+        cr_assert(strstr(rr.err, "is not a regular file"), "%s: %s", cmds[i], rr.err);
+    }
+    CTL("stat", bus, "--json");
+    cr_assert_neq(rr.code, -1, "cbusctl stat --json hung on a FIFO");
+    ASSERT_EXIT(1);
+    cr_assert_eq(rr.out[0], '\0', "nothing on stdout for a refused bus");
+}
+
+Test(cbusctl_cli, world_writable_segment_is_refused_with_the_true_reason)
+{
+    /* Our own bus, made o+rw (or o+r, o+w): the library refuses it with
+     * -EPERM, which cbusctl used to explain as "belongs to uid 0, not you
+     * (uid 0)".  The reason is the mode, and --trust-owner does not help. */
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    static const mode_t modes[] = {0666, 0604, 0602};
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        cr_assert_eq(chmod(path, modes[m]), 0);
+        char want[64];
+        snprintf(want, sizeof want, "is mode %04o", (unsigned)modes[m]);
+        const char *cmds[][4] = {{"stat", bus, NULL, NULL},
+                                 {"tail", bus, NULL, NULL},
+                                 {"emit", bus, "--kind", "text"},
+                                 {"stat", bus, "--trust-owner", NULL}};
+        for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+            CTL(cmds[i][0], cmds[i][1], cmds[i][2], cmds[i][3]);
+            ASSERT_EXIT(1);
+            cr_assert(strstr(rr.err, want), "%s %s: %s", cmds[i][0], cmds[i][2] ? cmds[i][2] : "",
+                      rr.err);
+            cr_assert(!strstr(rr.err, "belongs to uid"), "%s: %s", cmds[i][0], rr.err);
+            cr_assert(strstr(rr.err, "cbusctl create"), "says how to fix it: %s", rr.err);
+        }
+    }
+    cr_assert_eq(chmod(path, 0600), 0);
+    CTL("stat", bus);
+    ASSERT_EXIT(0);
+}
+
 Test(cbusctl_cli, permission_denied_and_foreign_owner)
 {
     if (geteuid() != 0)

@@ -100,7 +100,9 @@ static void explain_bad_header(const char *name, const char *path, int err)
     snprintf(fix, sizeof fix, "destroy and recreate it (cbusctl destroy %s; cbusctl create %s)",
              name, name);
 
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: the library refused what may be a FIFO planted at the
+     * name, and a plain read-only open of a FIFO waits for a writer. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         cli_error("bus '%s' (%s): %s", name, path, cbus_strerror(err));
         return;
@@ -108,8 +110,9 @@ static void explain_bad_header(const char *name, const char *path, int err)
     struct cbus_shm_header h;
     memset(&h, 0, sizeof h);
     struct stat st;
-    ssize_t n = pread(fd, &h, sizeof h, 0);
     int have_st = fstat(fd, &st) == 0;
+    /* Read only a regular file: what else sits at the name is not ours. */
+    ssize_t n = have_st && S_ISREG(st.st_mode) ? pread(fd, &h, sizeof h, 0) : -1;
     close(fd);
 
     if (have_st && !S_ISREG(st.st_mode)) {
@@ -162,7 +165,14 @@ void cli_explain_open_error(const char *name, int err)
             cli_error("permission denied on bus '%s' (%s)", name, path);
         break;
     case -EPERM:
-        if (stat(path, &st) == 0)
+        /* The library refuses two things with -EPERM: say which.  lstat: the
+         * library does not follow a symlink at the name either. */
+        if (lstat(path, &st) == 0 && (st.st_mode & 0007))
+            cli_error("bus '%s' (%s) is mode %04o: any user on this machine can read or write "
+                      "it (forge events, read prompts), so it is refused whoever owns it: "
+                      "recreate it (cbusctl destroy %s; cbusctl create %s)",
+                      name, path, (unsigned)(st.st_mode & 07777), name, name);
+        else if (lstat(path, &st) == 0 && st.st_uid != geteuid())
             cli_error("bus '%s' (%s) belongs to uid %u, not you (uid %u): pass --trust-owner to "
                       "use it anyway",
                       name, path, (unsigned)st.st_uid, (unsigned)geteuid());
