@@ -12,6 +12,7 @@
  * older than stall_timeout_ns is untethered by the producer that notices. */
 #include "producer_internal.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -208,45 +209,43 @@ int cbus__producer_drop(cbus_producer *p)
  * consumer's: each thread anchors the bus clock to CLOCK_MONOTONIC on its own
  * (clock.c), within microseconds of the others, and the heartbeat is loaded
  * before the clock is read.  One further ahead was forged (or written on
- * another clock) and must not count as fresh: `now <= hb` would keep it fresh
- * for as long as the forger likes. */
+ * another clock) and must not count as fresh: `now <= hb` kept it fresh for
+ * as long as the forger liked. */
 #define HB_FUTURE_SLACK_NS UINT64_C(100000000)
-/* A thread held by the same live consumer re-checks its pid at most this
- * often: kill(0) plus a /proc read is ~10 us, and drops must stay cheap. */
-#define PID_RECHECK_NS UINT64_C(100000000)
+/* More than the threads' clock skew (microseconds): a heartbeat this far
+ * ahead from a process that is gone was never written by it on our clock. */
+#define HB_SKEW_NS UINT64_C(1000000)
 
-/* Whether the blocking consumer's process is gone (pid dead or reused).  On
- * this slow path only: the bound was reached.  pid and start time come from
- * shared memory; cbus__pid_alive() never lets a forged pid reach kill() as 0
- * or a negative.  The OFD lock is not consulted: a consumer attached through
- * cbus_bus_open_mem() holds none and must not be cut loose for it. */
-static int blocker_dead(struct cbus__producer_tls *t, struct cbus_consumer_entry *e, uint64_t now)
-{
-    uint64_t gen = atomic_load_explicit(&e->generation, memory_order_acquire);
-    if (t->live_entry == e && t->live_gen == gen && now - t->live_checked_ns < PID_RECHECK_NS)
-        return 0;
-    if (!cbus__pid_alive(e->pid, e->pid_start_time))
-        return 1;
-    t->live_entry = e;
-    t->live_gen = gen;
-    t->live_checked_ns = now;
-    return 0;
-}
-
-/* Untethers the blocking consumer if its heartbeat is stale, lies in the
- * future, or its process is dead.  Returns 1 if it did (the caller
- * recomputes the gate). */
-static int untether_if_stalled(cbus_producer *p, struct cbus__producer_tls *t,
-                               struct cbus_consumer_entry *blocker)
+/* Untethers the blocking consumer when its entry cannot be a live or
+ * restarting consumer's, or its heartbeat is stale.  Returns 1 if it did (the
+ * caller recomputes the gate).
+ *
+ * A dead pid alone does not untether: for the stall timeout after its last
+ * heartbeat, a lossless consumer that crashed keeps producers gated, so its
+ * restart takes over the entry and cursor without losing an event (the
+ * audit daemon's restart depends on it).  What no consumer writes does:
+ * a heartbeat far ahead of the clock, a pid no process can have, or a
+ * heartbeat ahead of the clock beyond the skew from a process that is gone. */
+static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blocker)
 {
     if (!blocker)
         return 0;
     uint64_t hb = atomic_load_explicit(&blocker->heartbeat_ns, memory_order_acquire);
+    uint32_t pid = blocker->pid;
     /* Read after hb: a live consumer's heartbeat is then never ahead of us
      * by more than the clocks' skew, however long this thread was preempted. */
     uint64_t now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
-    int stale = hb > now ? hb - now > HB_FUTURE_SLACK_NS : now - hb >= p->bus->stall_timeout_ns;
-    if (!stale && !blocker_dead(t, blocker, now))
+    int stale;
+    if (pid == 0 || pid > (uint32_t)INT_MAX)
+        stale = 1; /* forged: attach writes getpid() */
+    else if (hb > now)
+        /* Only here (rare: within the skew, or forged) is the process looked
+         * up: kill(0) and a /proc read, on the slow path. */
+        stale = hb - now > HB_FUTURE_SLACK_NS ||
+                (hb - now > HB_SKEW_NS && !cbus__pid_alive(pid, blocker->pid_start_time));
+    else
+        stale = now - hb >= p->bus->stall_timeout_ns;
+    if (!stale)
         return 0;
     uint32_t before = atomic_load_explicit(&blocker->flags, memory_order_acquire);
     cbus__consumer_untether(p->bus, blocker);
@@ -290,7 +289,7 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
             continue;
         if (wait_start)
             now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
-        if (untether_if_stalled(p, t, blocker))
+        if (untether_if_stalled(p, blocker))
             continue;
         if (!wait_start) {
             /* Timed out before at this very cursor: the consumer has not

@@ -36,10 +36,6 @@ struct cbus__producer_tls {
     uint64_t stuck_min;
     int gate_valid;
     int stuck_valid;
-    /* the tethered consumer whose pid this thread last found alive, and when */
-    const void *live_entry;
-    uint64_t live_gen;
-    uint64_t live_checked_ns;
 };
 extern CBUS__TLS struct cbus__producer_tls cbus__ptls;
 
