@@ -48,6 +48,9 @@ struct daemon {
     /* lost / abandoned counted by earlier runs (from the checkpoint): the
      * consumer's own counters start at 0 at every attach. */
     uint64_t lost_base, abandoned_base;
+    /* This consumer's own counts when last read: folded into the bases when
+     * attach.c moves us to a new bus (a new consumer starts from 0). */
+    uint64_t run_lost, run_abandoned;
     /* One line per run of identical failures, not one per retry. */
     struct cost_errlimit snap_err, prom_err, ckpt_err, commit_err;
     char ckpt_path[COST_PATH_MAX + 32];
@@ -221,6 +224,8 @@ static void render_info(struct daemon *d, struct cost_render_info *ri)
         ri->consumed = cs.consumed;
         ri->lost = d->lost_base + cs.lost;
         ri->abandoned = d->abandoned_base + cs.abandoned;
+        d->run_lost = cs.lost;
+        d->run_abandoned = cs.abandoned;
         ri->lag = cs.lag;
         ri->tethered = cs.tethered;
     }
@@ -266,6 +271,8 @@ static int checkpoint(struct daemon *d)
     if (d->c && cbus_consumer_stats(d->c, &cs) == 0) {
         d->led.lost = d->lost_base + cs.lost;
         d->led.abandoned = d->abandoned_base + cs.abandoned;
+        d->run_lost = cs.lost;
+        d->run_abandoned = cs.abandoned;
     }
     uint64_t now = mono_ns();
     int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf,
@@ -391,9 +398,19 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
 static void leaving_bus(void *arg, cbus_consumer *old)
 {
     struct daemon *d = arg;
-    (void)old;
     if (!d->at.dead && d->led.cursor != d->ckpt_cursor)
         checkpoint(d);
+    /* The old consumer's losses stay counted on the new bus, and so do the
+     * events it leaves unread there: they will never be accounted.  (A
+     * truncated segment cannot be read: its last known counts stand.) */
+    struct cbus_consumer_stats cs;
+    if (!d->at.dead && cbus_consumer_stats(old, &cs) == 0) {
+        d->run_lost = cs.lost + cs.lag;
+        d->run_abandoned = cs.abandoned;
+    }
+    d->lost_base += d->run_lost;
+    d->abandoned_base += d->run_abandoned;
+    d->run_lost = d->run_abandoned = 0;
     if (d->have_writer && !d->at.dead)
         cbus_admit_writer_release(d->bus, d->writer);
     d->have_writer = 0;

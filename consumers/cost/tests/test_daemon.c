@@ -932,3 +932,69 @@ Test(cost_daemon, lost_events_stay_counted_across_restarts)
     cr_assert_eq(snapshot_num("lost"), lost);
     cbus_producer_close(p);
 }
+
+/* A top-level string of the snapshot into out ("" if absent). */
+static void snapshot_str(const char *field, char *out, size_t len)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s/state/snapshot.json", dir);
+    char *t = read_path(p);
+    cJSON *root = t ? cJSON_Parse(t) : NULL;
+    const cJSON *v = root ? cJSON_GetObjectItem(root, field) : NULL;
+    snprintf(out, len, "%s", cJSON_IsString(v) ? v->valuestring : "");
+    cJSON_Delete(root);
+}
+
+Test(cost_daemon, lost_events_stay_counted_when_the_bus_is_recreated)
+{
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 300000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    cbus_ctx ctx;
+    make_ctx(&ctx, "erin");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    uint64_t end = test_now_ms() + 20000;
+    while ((consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED) && test_now_ms() < end) {
+        cbus_llm_end(p, &ctx, &u, NULL);
+        test_sleep_ms(1);
+    }
+    cr_assert_eq(consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED, 0, "never cut loose");
+    for (int i = 0; i < 3 * 1024; i++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    uint64_t tail = cbus_bus_tail(b);
+    cr_assert(wait_num("checkpoint_cursor", (double)tail, 15000), "%s", log_text(0));
+    cr_assert(wait_num("lost", 1024, 10000), "%s", log_text(0));
+    double lost = snapshot_num("lost");
+    char old_id[32], id[32];
+    snapshot_str("bus_id", old_id, sizeof old_id);
+    cbus_producer_close(p);
+
+    /* The bus is re-created under the running daemon: it follows it to
+     * the new segment with a new consumer, whose own lost count is 0. */
+    cr_assert_eq(cbus_bus_destroy(bus), 0);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    cr_assert(wait_log(0, "re-attached as lossless", 20000), "%s", log_text(0));
+    end = test_now_ms() + 10000;
+    do {
+        snapshot_str("bus_id", id, sizeof id);
+        if (strcmp(id, old_id))
+            break;
+        test_sleep_ms(10);
+    } while (test_now_ms() < end);
+    cr_assert_str_neq(id, old_id, "%s", log_text(0));
+    cr_assert_eq(snapshot_num("lost"), lost, "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cr_assert_eq(snapshot_num("lost"), lost, "kept in the checkpoint of the new bus");
+}
