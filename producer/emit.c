@@ -56,8 +56,8 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
     struct cbus_shm_header *hdr = p->hdr;
     struct cbus__producer_tls *t = &cbus__ptls;
     if (CBUS__UNLIKELY(t->generation != p->generation)) {
-        /* first emit of this thread with this producer */
-        *t = (struct cbus__producer_tls){.generation = p->generation};
+        /* first emit of this thread with this producer (out of line) */
+        cbus__producer_thread_start(p, t);
     }
     uint64_t real;
     uint64_t now = cbus__clock_now(&p->bus->clock, &real);

@@ -13,6 +13,7 @@
 #include "producer_internal.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -20,6 +21,60 @@
 
 CBUS__TLS struct cbus__producer_tls cbus__ptls;
 static _Atomic uint64_t next_generation = 1;
+
+/* ---- flushing a thread's counts when it exits ------------------------------
+ * A thread holds up to 255 unflushed "emitted" counts; a pool thread or a
+ * Node worker that exits would take them along.  A pthread key destructor
+ * runs at thread exit (static TLS is still there) and flushes them into the
+ * producer the thread last used -- if it is still open: the producers open
+ * in this process are listed under a mutex (open, close and thread exit
+ * take it; the emit path never does), so the destructor never touches a
+ * closed producer.  The key costs the emit path nothing: it is set on a
+ * thread's first emit, once per thread.  libcbus.so is linked -z nodelete so
+ * a dlclose cannot unload the destructor while threads still hold the key. */
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static pthread_key_t exit_key;
+static int exit_key_ok;
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static cbus_producer *live_list;
+
+static void thread_exit_flush(void *arg)
+{
+    (void)arg;
+    struct cbus__producer_tls *t = &cbus__ptls;
+    if (!t->pending || !t->generation)
+        return;
+    pthread_mutex_lock(&live_mu);
+    for (cbus_producer *p = live_list; p; p = p->live_next) {
+        if (p->generation == t->generation) {
+            cbus__producer_flush(p, t);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&live_mu);
+}
+
+/* A child forked while another thread held live_mu inherits it locked. */
+static void atfork_child(void)
+{
+    pthread_mutex_init(&live_mu, NULL);
+}
+
+static void exit_init(void)
+{
+    exit_key_ok = pthread_key_create(&exit_key, thread_exit_flush) == 0;
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t)
+{
+    int armed = t->exit_armed;
+    *t = (struct cbus__producer_tls){.generation = p->generation, .exit_armed = armed};
+    /* Once per thread.  Any non-NULL value makes the destructor run; glibc
+     * stores the first 32 keys in the thread descriptor (no allocation). */
+    if (!armed && exit_key_ok && pthread_setspecific(exit_key, t) == 0)
+        t->exit_armed = 1;
+}
 
 static void entry_acquire(cbus_producer *p, const char *name)
 {
@@ -78,6 +133,11 @@ CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
     p->pid = (uint32_t)getpid();
     p->flags = opts ? opts->flags : 0;
     p->generation = atomic_fetch_add_explicit(&next_generation, 1, memory_order_relaxed);
+    pthread_once(&exit_once, exit_init);
+    pthread_mutex_lock(&live_mu);
+    p->live_next = live_list;
+    live_list = p;
+    pthread_mutex_unlock(&live_mu);
     char name[32];
     if (opts && opts->name)
         snprintf(name, sizeof name, "%s", opts->name);
@@ -129,6 +189,16 @@ CBUS_API void cbus_producer_close(cbus_producer *p)
         cbus__producer_flush(p, t);
         t->generation = 0;
     }
+    /* Off the list first: a thread exiting from now on finds nothing to
+     * flush into (its counts for a closed producer have nowhere to go). */
+    pthread_mutex_lock(&live_mu);
+    for (cbus_producer **q = &live_list; *q; q = &(*q)->live_next) {
+        if (*q == p) {
+            *q = p->live_next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&live_mu);
     if (p->entry)
         atomic_store_explicit(&p->entry->in_use, 0, memory_order_release);
     if (p->owns_bus)

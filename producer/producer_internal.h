@@ -6,6 +6,7 @@
 
 struct cbus_producer {
     cbus_bus *bus;
+    cbus_producer *live_next;        /* the open producers (producer.c), for thread exit */
     int owns_bus;
     unsigned flags;                  /* CBUS_PRODUCER_* */
     uint32_t pid;
@@ -27,7 +28,8 @@ struct cbus_producer {
  * here and flushed every 256 emits so the emit path does no shared RMW
  * besides the claim itself.  A thread that alternates between producers
  * loses at most 255 unflushed counts of "emitted" per switch (never of
- * "dropped", which is exact). */
+ * "dropped", which is exact).  A thread that exits flushes what it holds
+ * (a pthread key destructor), so pool threads and workers count exactly. */
 struct cbus__producer_tls {
     uint64_t generation;
     uint64_t pending;
@@ -36,12 +38,16 @@ struct cbus__producer_tls {
     uint64_t stuck_min;
     int gate_valid;
     int stuck_valid;
+    int exit_armed;   /* the thread-exit flush is registered (kept across producers) */
 };
 extern CBUS__TLS struct cbus__producer_tls cbus__ptls;
 
 /* admit.c: retries spent on torn admission entries by this thread (tests). */
 extern CBUS__TLS uint64_t cbus__admit_torn_retries;
 
+/* A thread's first emit with p: resets t for p and, once per thread, arms
+ * the thread-exit flush. */
+void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t);
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
