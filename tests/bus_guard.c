@@ -292,6 +292,9 @@ static void fault_outside_bus(void)
 static void unrelated_fault_child(int fd)
 {
     (void)fd;
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0)
+        dup2(null, 2); /* a sanitizer's fault report is expected noise here */
     cbus_producer *p;
     if (cbus_producer_open(&p, name, NULL))
         _exit(3);
@@ -306,6 +309,12 @@ Test(bus_guard, fault_outside_a_bus_takes_the_default_action)
     close(fd);
     int st = reap(pid);
     cr_assert(st != -1);
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan installs its own SIGBUS handler before main: chained to, it
+     * reports the fault and exits 1 (the "default action" there). */
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
+        return;
+#endif
     cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS, "status %#x: not killed by SIGBUS", st);
 }
 
