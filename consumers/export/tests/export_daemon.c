@@ -510,6 +510,26 @@ Test(export_daemon, loadgen_traces_have_every_parent_and_ttft_within_the_span)
     cJSON_Delete(root);
 }
 
+Test(export_daemon, an_accepted_batch_after_rejections_makes_the_endpoint_ok_again)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--fail-first", "1", "--status", "400", NULL}), 0);
+    /* one request at a time: the first answer is the 400, every later one a 2xx */
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nmax_in_flight = 1\n")), 0);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_exporter, &ex, "export.last_error.status", 400, 10000), 400);
+    for (int i = 0; i < 10; i++)
+        tool_span(i);
+    cr_assert_geq(wait_for(get_exporter, &ex, "export.sent_batches", 1, 10000), 1);
+    cJSON *st = status_snapshot();
+    cr_assert_not_null(st);
+    cr_assert_eq(num_at(st, "export", "endpoint_ok"), 1, "a 2xx after the 400s: OK again");
+    cr_assert_eq(num_at(st, "export", "last_status"), 200);
+    cJSON *le = cJSON_GetObjectItem(cJSON_GetObjectItem(st, "export"), "last_error");
+    cr_assert_eq(cJSON_GetObjectItem(le, "status")->valueint, 400, "the last error stays on record");
+    cJSON_Delete(st);
+}
+
 Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
 {
     cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
