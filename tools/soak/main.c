@@ -145,7 +145,7 @@ static const struct {
 } fault_names[] = {{"counters", F_COUNTERS}, {"slot", F_SLOT},        {"entry", F_ENTRY},
                    {"tail", F_TAIL},         {"tail-large", F_TAIL_LARGE}, {"forge", F_FORGE},
                    {"recreate", F_RECREATE}, {"truncate", F_TRUNCATE}};
-#define FAULTS_DEFAULT (F_COUNTERS | F_SLOT | F_ENTRY | F_TAIL)
+#define FAULTS_DEFAULT (F_COUNTERS | F_SLOT | F_ENTRY | F_TAIL | F_FORGE | F_RECREATE | F_TRUNCATE)
 #define FAULTS_ALL     (F_COUNTERS | F_SLOT | F_ENTRY | F_TAIL | F_TAIL_LARGE | F_FORGE | F_RECREATE | F_TRUNCATE)
 
 static int parse_faults(const char *v, unsigned *out)
