@@ -90,9 +90,9 @@ for _ in $(seq 100); do [ -s "$WORK/collector.port" ] && break; sleep 0.05; done
 PORT=$(cat "$WORK/collector.port")
 
 # The shipped configs, with their state paths moved into this run's temp dir.
-sed -e "s|/tmp/cbus-cost-%b|$WORK/cost|g" -e "s|^file = .*|file = $PRICES|" \
+sed -e "s|%S/cost/%b|$WORK/cost|g" -e "s|^file = .*|file = $PRICES|" \
   consumers/cost/cost.ini >"$WORK/cost.ini"
-sed -e "s|^dir = /tmp/cbus-export-spool.*|dir = $WORK/spool|" consumers/export/export.ini >"$WORK/export.ini"
+sed -e "s|^dir = %S/export/spool.*|dir = $WORK/spool|" consumers/export/export.ini >"$WORK/export.ini"
 
 "$COST" --bus "$BUS" --config "$WORK/cost.ini" >"$WORK/cost.log" 2>&1 &
 PIDS[cost]=$!

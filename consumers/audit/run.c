@@ -204,8 +204,10 @@ int audit_run(const struct audit_config *cfg)
     char err[512];
     struct audit_writer_opts wo;
     audit_config_writer_opts(cfg, &wo);
-    if (mkdir(cfg->dir, 0750) < 0 && errno != EEXIST) {
-        cbus_log_error("cannot create log directory %s: %s", cfg->dir, strerror(errno));
+    /* Private or refused: no other user may plant files in it (issue 12 item 16). */
+    char why[8192];
+    if (cbus_state_dir_prepare(cfg->dir, 0750, why, sizeof why)) {
+        cbus_log_error("log directory: %s", why);
         return 1;
     }
     /* One writer per directory: a second daemon appending to the same files

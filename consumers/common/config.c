@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "daemon.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -48,6 +50,51 @@ static int valid_key(const char *k)
             *k != '*' && *k != ':')
             return 0;
     return 1;
+}
+
+static int is_state_ref(const char *v)
+{
+    return v[0] == '%' && v[1] == 'S' && (v[2] == '\0' || v[2] == '/');
+}
+
+/* "%S" and "%S/..." values become the state directory: one allocation for
+ * all of them, so entries can point into it. */
+static int expand_state_dirs(struct cbus_cfg *cfg, char *err, size_t errlen)
+{
+    char root[4096];
+    size_t need = 0;
+    int have_root = 0;
+    for (size_t i = 0; i < cfg->count; i++) {
+        if (!is_state_ref(cfg->entries[i].value))
+            continue;
+        if (!have_root) {
+            int r = cbus_state_dir_default(root, sizeof root, NULL);
+            if (r)
+                return cbus_cfg_error(cfg, &cfg->entries[i], err, errlen,
+                                      "%%S: %s (set XDG_STATE_HOME or HOME, or give a path)",
+                                      r == -ENOENT ? "no home directory for the state dir"
+                                                   : "state dir path too long");
+            have_root = 1;
+        }
+        need += strlen(root) + strlen(cfg->entries[i].value + 2) + 1;
+    }
+    if (!need)
+        return 0;
+    cfg->expanded = malloc(need);
+    if (!cfg->expanded) {
+        snprintf(err, errlen, "%s: out of memory", cfg->path);
+        return -ENOMEM;
+    }
+    char *o = cfg->expanded;
+    for (size_t i = 0; i < cfg->count; i++) {
+        struct cbus_cfg_entry *e = &cfg->entries[i];
+        if (!is_state_ref(e->value))
+            continue;
+        int n = sprintf(o, "%s%s", root, e->value + 2);
+        e->value = o;
+        o += n + 1;
+    }
+    return 0;
 }
 
 int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, char *err,
@@ -129,7 +176,10 @@ int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, cha
             (struct cbus_cfg_entry){.section = section, .key = key, .value = value, .line = lineno};
         line = nl ? nl + 1 : NULL;
     }
-    return 0;
+    int r = expand_state_dirs(cfg, err, errlen);
+    if (r)
+        cbus_cfg_free(cfg);
+    return r;
 }
 
 int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen)
@@ -188,6 +238,7 @@ void cbus_cfg_free(struct cbus_cfg *cfg)
     free(cfg->path);
     free(cfg->entries);
     free(cfg->arena);
+    free(cfg->expanded);
     memset(cfg, 0, sizeof *cfg);
 }
 

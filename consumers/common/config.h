@@ -7,6 +7,11 @@
  * The parser keeps every entry with its line number so a daemon can say
  * exactly which line is wrong ("cost.ini:12: [budget] limit_usd: not a number").
  * Typed helpers parse values and write such messages into err.
+ *
+ * A value that is "%S" or starts with "%S/" names the daemons' private
+ * state directory (cbus_state_dir_default() in daemon.h: $XDG_STATE_HOME/cbus,
+ * /var/lib/cbus for root, ~/.local/state/cbus), so the shipped configs can
+ * keep state out of /tmp without naming a user's home:  dir = %S/cost/%b
  */
 #ifndef CBUS_COMMON_CONFIG_H
 #define CBUS_COMMON_CONFIG_H
@@ -26,6 +31,7 @@ struct cbus_cfg {
     struct cbus_cfg_entry *entries;
     size_t count;
     char *arena;           /* owns the strings */
+    char *expanded;        /* owns values with %S expanded */
 };
 
 /* Loads and parses path.  Returns 0, or -errno with a message in err

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "daemon.h"
 #include "redact.h"
 
 static void defaults(struct cost_config *c)
@@ -21,7 +22,9 @@ static void defaults(struct cost_config *c)
     memset(c, 0, sizeof *c);
     snprintf(c->consumer, sizeof c->consumer, "cost");
     snprintf(c->prices_file, sizeof c->prices_file, "model_prices_and_context_window.json");
-    snprintf(c->state_dir, sizeof c->state_dir, "/tmp/cbus-cost-%%b");
+    /* The private state dir (daemon.h), never /tmp; empty if there is no home. */
+    if (cbus_state_dir_default(c->state_dir, sizeof c->state_dir, "cost/%b"))
+        c->state_dir[0] = '\0';
     c->checkpoint_interval_ns = UINT64_C(2000000000);
     c->fsync = 1;
     c->snapshot_interval_ns = UINT64_C(1000000000);

@@ -294,25 +294,6 @@ static int checkpoint(struct daemon *d)
     return 0;
 }
 
-static int mkdir_p(const char *path)
-{
-    char tmp[COST_PATH_MAX];
-    int n = snprintf(tmp, sizeof tmp, "%s", path);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return -ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 /* --state-dir moves everything the config kept in its state dir: the
  * checkpoint and snapshot, and the Prometheus textfile when the config put
  * it inside the state dir (as the shipped cost.ini does).  A textfile the
@@ -511,9 +492,11 @@ int cost_daemon_main(int argc, char **argv)
         cost_config_free(&d->cfg);
         return 2;
     }
-    int r = mkdir_p(d->cfg.state_dir);
+    /* Private or refused: cbus-cost often runs as root (issue 12 item 16). */
+    char why[8192];
+    int r = cbus_state_dir_prepare(d->cfg.state_dir, 0700, why, sizeof why);
     if (r) {
-        cbus_log_error("state dir %s: %s", d->cfg.state_dir, strerror(-r));
+        cbus_log_error("%s", why);
         return 1;
     }
     int n1 = snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);

@@ -204,6 +204,15 @@ int main(int argc, char **argv)
         export_config_free(&cfg);
         return 0;
     }
+    /* The spool and the status file live in private directories or not at
+     * all: the exporter often runs as root (issue 12 item 16). */
+    char why[8192];
+    if ((cfg.spool_dir[0] && cbus_state_dir_prepare(cfg.spool_dir, 0700, why, sizeof why)) ||
+        (cfg.status_file[0] && cbus_state_file_dir_prepare(cfg.status_file, 0700, why, sizeof why))) {
+        cbus_log_error("%s", why);
+        export_config_free(&cfg);
+        return 1;
+    }
     cbus_daemon_signals();
 
     struct cbus_consumer_opts co = {.name = cfg.consumer_name,

@@ -258,8 +258,21 @@ int main(int argc, char **argv)
     }
     if (status_file)
         snprintf(d.cfg.status_file, sizeof d.cfg.status_file, "%s", status_file);
-    else if (!d.cfg.status_file[0])
-        rl_default_status_path(d.cfg.status_file, sizeof d.cfg.status_file, d.bus_name);
+    else if (!d.cfg.status_file[0] &&
+             rl_default_status_path(d.cfg.status_file, sizeof d.cfg.status_file, d.bus_name)) {
+        cbus_log_error("no state directory for the status file (set XDG_STATE_HOME or HOME, or "
+                       "give status_file or --status-file)");
+        rl_config_free(&d.cfg);
+        return 2;
+    }
+    /* The status file's directory must be private: the daemon (often root)
+     * replaces a file there every second (issue 12 item 16). */
+    char why[8192];
+    if (cbus_state_file_dir_prepare(d.cfg.status_file, 0700, why, sizeof why)) {
+        cbus_log_error("status file %s: %s", d.cfg.status_file, why);
+        rl_config_free(&d.cfg);
+        return 1;
+    }
     size_t nrules = d.cfg.rules.count;
     int r = rl_new(&d.l, &d.cfg.rules, &d.cfg.opts);
     if (r) {

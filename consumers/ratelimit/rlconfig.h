@@ -2,7 +2,7 @@
  *
  *   [ratelimit]
  *   name = ratelimit            # consumer and admission-writer name
- *   status_file = /tmp/cbus-ratelimit.json
+ *   status_file = %S/ratelimit/status.json
  *   status_interval = 1s
  *   status_top = 20
  *   max_keys = 1000000

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon.h"
 #include "rlconfig.h"
 #include "sbuf.h"
 
@@ -29,24 +30,17 @@ static const char *safe(const char *s, size_t n)
 }
 #define SAFE(s) safe((s), (size_t)-1)
 
-/* The systemd unit gives the daemon /var/lib/cbus/ratelimit and a private
- * /tmp; run by hand it has no state directory.  The daemon writes where it
- * can, the status command reads where the file is. */
-#define RL_STATE_DIR "/var/lib/cbus/ratelimit"
-
-void rl_default_status_path(char *out, size_t outlen, const char *bus_name)
+/* The private state dir (daemon.h): /var/lib/cbus/ratelimit under the
+ * systemd unit (root), ~/.local/state/cbus/ratelimit for a user; never
+ * /tmp.  The daemon and the status command compute the same path. */
+int rl_default_status_path(char *out, size_t outlen, const char *bus_name)
 {
-    if (access(RL_STATE_DIR, W_OK) == 0)
-        snprintf(out, outlen, RL_STATE_DIR "/status-%s.json", bus_name);
-    else
-        snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
-}
-
-static void find_status_path(char *out, size_t outlen, const char *bus_name)
-{
-    snprintf(out, outlen, RL_STATE_DIR "/status-%s.json", bus_name);
-    if (access(out, R_OK) != 0)
-        snprintf(out, outlen, "/tmp/cbus-ratelimit-%s.json", bus_name);
+    char dir[1024];
+    int r = cbus_state_dir_default(dir, sizeof dir, "ratelimit");
+    if (r)
+        return r;
+    int n = snprintf(out, outlen, "%s/status-%s.json", dir, bus_name);
+    return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
 }
 
 static char *slurp(const char *path)
@@ -266,8 +260,11 @@ int rl_status_main(int argc, char **argv)
         snprintf(path, sizeof path, "%s", c.status_file);
         rl_config_free(&c);
     }
-    if (!path[0] && bus)
-        find_status_path(path, sizeof path, bus);
+    if (!path[0] && bus && rl_default_status_path(path, sizeof path, bus)) {
+        fprintf(stderr, "cbus-ratelimit status: no state directory (set XDG_STATE_HOME or HOME, "
+                        "or give --status-file PATH)\n");
+        return 2;
+    }
     if (!path[0]) {
         fprintf(stderr, "cbus-ratelimit status: give --bus NAME, --config PATH or --status-file PATH\n");
         return 2;

@@ -5,8 +5,10 @@
 
 #include <stddef.h>
 
-/* Where the daemon writes its status when the config names no file. */
-void rl_default_status_path(char *out, size_t outlen, const char *bus_name);
+/* Where the daemon writes its status when the config names no file:
+ * <state dir>/ratelimit/status-<bus>.json.  Returns 0, -ENOENT (no home
+ * directory) or -ENAMETOOLONG. */
+int rl_default_status_path(char *out, size_t outlen, const char *bus_name);
 /* argv[0] is "status".  Returns the exit code. */
 int rl_status_main(int argc, char **argv);
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cost_config.h"
+#include "daemon.h"
 
 TestSuite(cost_config);
 
@@ -22,7 +23,11 @@ Test(cost_config, shipped_default_loads)
     cr_assert_str_eq(c.consumer, "cost");
     snprintf(c.bus, sizeof c.bus, "demo");
     cost_config_finish(&c);
-    cr_assert_str_eq(c.state_dir, "/tmp/cbus-cost-demo");
+    /* %S: the private state dir, never /tmp (issue 12 item 16). */
+    char want[4200];
+    cr_assert_eq(cbus_state_dir_default(want, sizeof want, "cost/demo"), 0);
+    cr_assert_str_eq(c.state_dir, want);
+    cr_assert(strncmp(c.state_dir, "/tmp", 4), "%s", c.state_dir);
     cost_config_free(&c);
 }
 

@@ -332,3 +332,34 @@ Test(ratelimit_daemon, status_escapes_hostile_producer_strings, .init = setup, .
     cbus_producer_close(p);
     cbus_bus_close(b);
 }
+
+/* Issue 12 item 16: the daemon replaces its status file every second,
+ * often as root; a directory another user owns or can write to is refused
+ * at start with one line naming it, and nothing is written there. */
+Test(ratelimit_daemon, status_dir_not_private_is_refused, .init = setup, .fini = teardown)
+{
+    write_file(cfg_path, rules);
+    char open_dir[300];
+    snprintf(open_dir, sizeof open_dir, "%s/open", dir);
+    cr_assert_eq(mkdir(open_dir, 0700), 0);
+    cr_assert_eq(chmod(open_dir, 0777), 0);
+    snprintf(status_path, sizeof status_path, "%s/status.json", open_dir);
+    spawn(NULL, NULL);
+    int status = wait_daemon(5000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d; log:\n%s", status,
+              read_text(log_path));
+    const char *log = read_text(log_path);
+    cr_assert(strstr(log, open_dir) && strstr(log, "0777"), "%s", log);
+    cr_assert_eq(access(status_path, F_OK), -1, "a status file was written");
+
+    if (geteuid() != 0)
+        return; /* chown needs root; common_daemon covers the check itself */
+    cr_assert_eq(chmod(open_dir, 0700), 0);
+    cr_assert_eq(chown(open_dir, 65534, 65534), 0);
+    spawn(NULL, NULL);
+    status = wait_daemon(5000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+    log = read_text(log_path);
+    cr_assert(strstr(log, open_dir) && strstr(log, "owned by uid 65534"), "%s", log);
+    cr_assert_eq(access(status_path, F_OK), -1, "a status file was written");
+}
