@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "log.h"
 #include "support.h"
 
 static char tmp[256];
@@ -239,4 +240,26 @@ Test(common_daemon, shipped_configs_keep_no_state_in_tmp)
                       c.entries[k].key, c.entries[k].value);
         cbus_cfg_free(&c);
     }
+}
+
+/* Item 3 for logs: a producer string in a log message stays on its line
+ * and cannot drive the terminal showing the log. */
+Test(common_daemon, log_lines_escape_control_bytes)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/log", tmp);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    int saved = dup(2);
+    cr_assert_geq(saved, 0);
+    cr_assert_eq(dup2(fd, 2), 2);
+    close(fd);
+    cbus_log_init("cbus-test", CBUS_LOG_INFO);
+    cbus_log_warn("key %s", "user=a\nfake line\x1b[2J\xc2\x9b \\x41");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    const char *text = slurp(path);
+    cr_assert(strstr(text, "cbus-test warn: key user=a\\nfake line\\x1b[2J\\u009b \\x41\n"), "%s", text);
+    cr_assert_eq(strchr(text, '\n'), text + strlen(text) - 1, "one line: %s", text);
 }

@@ -363,3 +363,52 @@ Test(ratelimit_daemon, status_dir_not_private_is_refused, .init = setup, .fini =
     cr_assert(strstr(log, open_dir) && strstr(log, "owned by uid 65534"), "%s", log);
     cr_assert_eq(access(status_path, F_OK), -1, "a status file was written");
 }
+
+/* Item 27: a test process that dies after starting its daemon (a crash
+ * skips .fini) takes the daemon with it, so nothing is left holding ctest's
+ * pipe.  The "test" here is a child that spawns the daemon and aborts. */
+Test(ratelimit_daemon, crashed_test_leaves_no_daemon_running, .init = setup, .fini = teardown)
+{
+    write_file(cfg_path, rules);
+    int pfd[2];
+    cr_assert_eq(pipe(pfd), 0);
+    pid_t t = fork();
+    cr_assert_geq(t, 0);
+    if (t == 0) {
+        close(pfd[0]);
+        parent_pid = getpid();
+        pid_t d = spawn(NULL, NULL);
+        if (write(pfd[1], &d, sizeof d) != (ssize_t)sizeof d)
+            _exit(3);
+        wait_writer(); /* the daemon is up and serving */
+        abort();
+    }
+    close(pfd[1]);
+    pid_t d = 0;
+    cr_assert_eq(read(pfd[0], &d, sizeof d), (ssize_t)sizeof d);
+    close(pfd[0]);
+    int status;
+    cr_assert_eq(waitpid(t, &status, 0), t);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "test child status %d", status);
+    /* Gone (or a zombie waiting for init) within a generous bound; only
+     * then is this pid's state asserted. */
+    uint64_t end = test_now_ms() + 10000;
+    for (;;) {
+        char p[64], st[256] = "";
+        snprintf(p, sizeof p, "/proc/%d/stat", (int)d);
+        FILE *f = fopen(p, "r");
+        if (!f)
+            break;
+        size_t n = fread(st, 1, sizeof st - 1, f);
+        fclose(f);
+        st[n] = '\0';
+        const char *rp = strrchr(st, ')');
+        if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'))
+            break;
+        if (test_now_ms() > end) {
+            kill(d, SIGKILL); /* do not leak it ourselves */
+            cr_assert_fail("daemon %d outlived its crashed test: %s", (int)d, st);
+        }
+        test_sleep_ms(10);
+    }
+}
