@@ -45,7 +45,7 @@ echo "=== cbus: end-to-end demo, short mode"
 CBUS_DEMO_BUILD=build/release scripts/demo.sh --short
 if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_suite build/asan -DCMAKE_BUILD_TYPE=Debug -DCBUS_SANITIZE=address,undefined
+    run_suite build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=address,undefined
   TSAN_OPTIONS=halt_on_error=1 \
     run_suite build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=thread -- -L stress
   echo "=== cbus: libFuzzer, ${CBUS_FUZZ_SECONDS:-10} s per target"
