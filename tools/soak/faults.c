@@ -98,6 +98,7 @@ static void corrupt_counters(void)
     uint64_t u = rnd_range(1, 50);
     atomic_fetch_add(&h->untethered, u);
     FS.untethered_injected += u;
+    FS.untethered_injected_epoch[atomic_load(&ST->epoch) % SOAK_MAX_EPOCH] += u;
     atomic_store(&h->producer_overflow_emitted, rnd());
     struct cbus_producer_entry *pe = cbus_bus_producer_entry(bus, (unsigned)(rnd() % CBUS_MAX_PRODUCERS));
     if (pe) {

@@ -1176,9 +1176,9 @@ int main(int argc, char **argv)
                "claims count the incarnations whose final tail is known\n", E + 1, FS.recreations, FS.truncations);
     printf("  chaos: %" PRIu64 " kills (%" PRIu64 " producer processes), %" PRIu64 " stalls (%" PRIu64
            " short < stall timeout, %" PRIu64 " long > it), %" PRIu64 " collector faults, %" PRIu64
-           " consumers untethered by the bus, %" PRIu64 " slow-reader phases\n",
+           " consumers untethered by the bus (the last incarnation), %" PRIu64 " slow-reader phases\n",
            kills_total, prod_kills_total, stalls_short + stalls_long, stalls_short, stalls_long,
-           collector_faults, atomic_load(&cbus_bus_header(BUS)->untethered) - FS.untethered_injected, throttles);
+           collector_faults, atomic_load(&cbus_bus_header(BUS)->untethered) - FS.untethered_injected_epoch[E], throttles);
     printf("  segment faults: %" PRIu64 " counter writes (+%" PRIu64 " drops, +%" PRIu64
            " untethers injected), %" PRIu64 " slot corruptions, %" PRIu64 " consumer-entry writes (%" PRIu64
            " heartbeats zeroed), %" PRIu64 " tail jumps (+%" PRIu64 " positions), %" PRIu64

@@ -63,6 +63,7 @@ struct fault_stats {
     uint64_t recreations, truncations;
     uint64_t last_tail_jump_ns;
     uint64_t tail_positions_epoch[SOAK_MAX_EPOCH], dropped_injected_epoch[SOAK_MAX_EPOCH];
+    uint64_t untethered_injected_epoch[SOAK_MAX_EPOCH];
 };
 
 extern struct soak_cfg G;
