@@ -37,6 +37,28 @@ uint64_t test_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void test_cpu_mark(struct test_cpu_mark *m)
+{
+    m->wall_ns = clock_ns(CLOCK_MONOTONIC);
+    m->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
+uint64_t test_offcpu_ns(const struct test_cpu_mark *m)
+{
+    /* CPU time first: wall time read after it only makes the result larger
+     * by the read itself, never smaller than the real off-CPU time. */
+    uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - m->cpu_ns;
+    uint64_t wall = clock_ns(CLOCK_MONOTONIC) - m->wall_ns;
+    return wall > cpu ? wall - cpu : 0;
+}
+
 void test_sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};

@@ -17,6 +17,22 @@ uint64_t test_now_ms(void);
 /* Sleeps ms milliseconds. */
 void test_sleep_ms(unsigned ms);
 
+/* Telling a wait from a preemption.  A producer's recorded wait is measured
+ * on the bus clock, which runs on while the thread is descheduled, so on a
+ * loaded machine it exceeds the wait bound by however long the scheduler
+ * kept the thread off a CPU: a wall-clock bound on it can always be crossed.
+ * The time the thread was ON a CPU cannot be stretched by scheduling, so a
+ * test subtracts from a call's recorded wait the time the thread spent off
+ * a CPU during that call (wall time less CLOCK_THREAD_CPUTIME_ID time),
+ * leaving what the producer spent waiting while it ran.  Steal time is not
+ * CPU time (CONFIG_PARAVIRT_TIME_ACCOUNTING) either. */
+struct test_cpu_mark {
+    uint64_t wall_ns, cpu_ns;
+};
+void test_cpu_mark(struct test_cpu_mark *m);
+/* Nanoseconds this thread spent off a CPU since test_cpu_mark(m). */
+uint64_t test_offcpu_ns(const struct test_cpu_mark *m);
+
 /* 1 when CBUS_TEST_STRICT=1 (the test command, scripts/test.sh, sets it):
  * a test that cannot run here (a missing package, binary or privilege) must
  * fail, so CI never passes a test that did not run. */
