@@ -88,6 +88,10 @@ struct cbus_bus {
  * it is corrupt (see tail.c). */
 #define CBUS__POS_LIMIT (UINT64_C(1) << 62)
 
+/* Linear probes of the admission table: the writer (bus/admit.c) never
+ * places a key further than this, so the reader (producer/admit.c) stops. */
+#define CBUS__ADMIT_MAX_PROBE 32
+
 /* ---- tail.c ---- */
 /* Puts a corrupt tail (moved back, or >= CBUS__POS_LIMIT) back to one past
  * the highest position the ring shows was reached (slots, consumers' read
