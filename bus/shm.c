@@ -118,7 +118,12 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     h->magic = CBUS_MAGIC;
     h->endian = CBUS_ENDIAN_MARK;
     h->layout_major = CBUS_LAYOUT_MAJOR;
-    h->layout_minor = CBUS_LAYOUT_MINOR;
+    h->layout_minor = CBUS_LAYOUT_MINOR; /* for old tools' display only */
+    /* What this segment relies on: its consumers sleep with the need_wake
+     * handshake (bus/consumer.c).  A reader that does not know it would
+     * sleep through every event, so it is required, not compat. */
+    h->required_features = CBUS_FEATURE_NEED_WAKE;
+    h->compat_features = 0;
     h->fingerprint = CBUS_LAYOUT_FINGERPRINT;
     h->header_size = CBUS_HEADER_SIZE;
     h->slot_size = CBUS_SLOT_SIZE;
@@ -255,6 +260,10 @@ int cbus__bus_validate(cbus_bus *bus, size_t file_len)
     /* ACQUIRE: pairs with the RELEASE store in cbus_bus_format(). */
     if (atomic_load_explicit(&h->ready, memory_order_acquire) != 1)
         return -EBADMSG;
+    /* A required bit we do not know is a protocol we would break; compat
+     * bits we do not know are additions we may ignore. */
+    if (h->required_features & ~(uint32_t)CBUS_FEATURES_REQUIRED_KNOWN)
+        return -CBUS_EFEATURE;
     struct layout l;
     if (h->header_size != CBUS_HEADER_SIZE || h->slot_size != CBUS_SLOT_SIZE ||
         compute_layout(&l, h->capacity, h->admission_entries))
@@ -319,7 +328,7 @@ CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags)
     /* Any local user could forge events in (or read prompts from) a segment
      * someone made world-accessible: refuse it until it is recreated. */
     if (st.st_mode & 0007) {
-        err = -EPERM;
+        err = -CBUS_EWORLD; /* not -EPERM: the fix differs (recreate, not trust) */
         goto err_close;
     }
     if (st.st_size < CBUS_HEADER_SIZE) {

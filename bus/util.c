@@ -95,6 +95,12 @@ CBUS_API const char *cbus_strerror(int err)
         return "no space (/dev/shm full, or table full)";
     case -EPERM:
         return "segment is owned by another user (pass CBUS_OPEN_TRUST_OWNER to accept)";
+    case -CBUS_EWORLD:
+        return "segment is world-accessible (other users could forge or read events): "
+               "recreate it with mode 0600 or 0660";
+    case -CBUS_EFEATURE:
+        return "segment needs a feature this cbus does not know (created by a newer cbus): "
+               "use that cbus, or recreate the bus";
     default:
         return err < 0 ? strerror(-err) : "unknown error";
     }

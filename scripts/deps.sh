@@ -6,6 +6,7 @@ PKGS=(build-essential cmake pkg-config liburing-dev libmsgpack-dev libcurl4-open
       libcriterion-dev libssl-dev libcjson-dev zlib1g-dev python3 python3-msgpack
       stress-ng openssl python3-venv)
 PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with it
+PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
 PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do

@@ -12,6 +12,10 @@
 
 #include <cbus/cbus.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Extra verdict for fail-closed producers: a writer stopped heartbeating. */
 #define CBUS_ADMIT_STALE 3
 
@@ -48,5 +52,9 @@ CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope,
 /* For tools: entry i (0..admission_entries-1) or NULL. */
 CBUS_API const struct cbus_admit_entry *cbus_admit_entry_at(cbus_bus *bus, unsigned i);
 CBUS_API const struct cbus_admit_writer *cbus_admit_writer_at(cbus_bus *bus, unsigned i);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 
 #include <cbus/cbus.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct cbus_create_opts {
     uint64_t capacity;          /* slots, power of two, 1024..2^24; 0 = 16384 (8 MiB) */
     uint32_t mode;              /* 0 = 0600; 0660 with group_name */
@@ -17,8 +21,10 @@ struct cbus_create_opts {
 
 /* Creates /dev/shm/cbus.NAME (O_EXCL) sized for opts, zero-filled so a full
  * /dev/shm fails here and not as a SIGBUS later.
- * Returns 0, -EEXIST (already exists), -EINVAL (name or option),
- * -ENOSPC (no room in /dev/shm), -EPERM/-EACCES, -ENOENT (no such group). */
+ * Returns 0, -EEXIST (already exists), -EINVAL (name or option, a mode with
+ * other-user or execute bits included), -ENOSPC (no room in /dev/shm),
+ * -EACCES (no write permission in /dev/shm), -EPERM (group_name is a group
+ * you cannot chown to: not a member), -ENOENT (no such group), -ENOMEM. */
 CBUS_API int cbus_bus_create(const char *name, const struct cbus_create_opts *opts);
 
 /* Removes the name; mapped users keep working until they unmap.
@@ -32,12 +38,25 @@ CBUS_API int cbus_bus_destroy(const char *name);
  * without blocking), no symlink, owned by us (unless CBUS_OPEN_TRUST_OWNER),
  * not world-accessible, size matches the header, magic, endianness, layout
  * major and fingerprint, every offset in bounds.
- * Returns 0, -ENOENT (no bus), -EACCES, -EPERM (other owner, or world
- * access bits set), -ELOOP (a symlink), -EPROTO (not a cbus segment of this
- * layout), -EBADMSG (header inconsistent / corrupt), -EINVAL (name). */
+ * Returns 0, or one code per problem (each has one fix):
+ *   -ENOENT         no bus of this name
+ *   -EACCES         the kernel refused the open (mode/group: ask its owner)
+ *   -EPERM          owned by another uid (pass CBUS_OPEN_TRUST_OWNER to accept)
+ *   -CBUS_EWORLD    world-accessible (any o+rwx bit): recreate it
+ *   -ELOOP          the name is a symlink
+ *   -EPROTO         not a cbus segment of this layout: not a regular file,
+ *                   too short, bad magic, other byte order, other layout
+ *                   major or fingerprint
+ *   -CBUS_EFEATURE  a cbus segment needing a feature this library does not
+ *                   know (an unknown required_features bit)
+ *   -EBADMSG        header inconsistent (corrupt, truncated, never finished)
+ *   -EINVAL         bad name or out
+ *   -ENOMEM, or another -errno of open/fstat/mmap. */
 CBUS_API int cbus_bus_open(cbus_bus **out, const char *name, unsigned flags);
 /* Same on any memory the caller provides (anonymous or memfd mapping), as
- * laid out by cbus_bus_format().  The memory must outlive the handle. */
+ * laid out by cbus_bus_format().  The memory must outlive the handle.
+ * Returns 0, -EPROTO, -CBUS_EFEATURE, -EBADMSG (as cbus_bus_open()),
+ * -EINVAL, -ENOMEM. */
 CBUS_API int cbus_bus_open_mem(cbus_bus **out, void *base, size_t len);
 CBUS_API int cbus_bus_format(void *base, size_t len, const char *name, const struct cbus_create_opts *opts);
 /* Bytes needed for a segment with these options (0 when invalid). */
@@ -88,5 +107,9 @@ CBUS_API int cbus_bus_evict(cbus_bus *bus, unsigned idx, int force);
 /* Reads event at ring position pos into *out if still present and committed.
  * Returns 0, -EAGAIN (not yet committed), -ESPIPE (overwritten). For tools. */
 CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -16,6 +16,10 @@
 
 #include <cbus/cbus.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum cbus_consumer_mode {
     CBUS_LOSSY = 0,     /* never slows producers; counts what it loses when lapped */
     CBUS_LOSSLESS = 1,  /* producers wait (bounded) for it, then drop and count */
@@ -109,5 +113,9 @@ CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c);
 CBUS_API uint64_t cbus_consumer_bus_id(const cbus_consumer *c);
 CBUS_API cbus_bus *cbus_consumer_bus(cbus_consumer *c);
 CBUS_API int cbus_consumer_index(const cbus_consumer *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -24,22 +24,54 @@
 #ifndef CBUS_LAYOUT_H
 #define CBUS_LAYOUT_H
 
-#include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdatomic.h>
 
+/* The same bytes from C11 and from C++ (any standard from C++11 on): shared
+ * words are CBUS_ATOMIC(T), which is C11's _Atomic T and C++'s std::atomic<T>.
+ * Both are the plain T's size and alignment for the lock-free types used here
+ * (static_assert'ed below), so a C++ tool maps a segment with these structs
+ * and touches shared words with std::atomic's explicit-order calls.  (C++23's
+ * <stdatomic.h> would spell _Atomic the same way; this works before it.) */
 #ifdef __cplusplus
-#error "layout.h is C11; C++ users include it through an extern \"C\" shim that maps _Atomic"
+#include <atomic>
+#define CBUS_ATOMIC(T)  std::atomic<T>
+#define CBUS_ALIGNAS(n) alignas(n)
+#define CBUS__ALIGNOF(T) alignof(T)
+#define CBUS__LOCK_FREE_LLONG ATOMIC_LLONG_LOCK_FREE
+#define CBUS__LOCK_FREE_INT   ATOMIC_INT_LOCK_FREE
+extern "C" {
+#else
+#include <assert.h> /* static_assert */
+#include <stdatomic.h>
+#define CBUS_ATOMIC(T)  _Atomic T
+#define CBUS_ALIGNAS(n) _Alignas(n)
+#define CBUS__ALIGNOF(T) _Alignof(T)
+#define CBUS__LOCK_FREE_LLONG ATOMIC_LLONG_LOCK_FREE
+#define CBUS__LOCK_FREE_INT   ATOMIC_INT_LOCK_FREE
 #endif
 
-static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "cbus needs lock-free 64-bit atomics");
-static_assert(ATOMIC_INT_LOCK_FREE == 2, "cbus needs lock-free 32-bit atomics");
+static_assert(CBUS__LOCK_FREE_LLONG == 2, "cbus needs lock-free 64-bit atomics");
+static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
 
 #define CBUS_MAGIC            UINT64_C(0x474E495253554243) /* "CBUSRING" little endian */
 #define CBUS_ENDIAN_MARK      UINT32_C(0x01020304)
 #define CBUS_LAYOUT_MAJOR     1  /* incompatible change: refuse to attach */
-#define CBUS_LAYOUT_MINOR     1  /* compatible addition (1: need_wake) */
+#define CBUS_LAYOUT_MINOR     1  /* written for old tools, never read: see the features */
+
+/* Feature bits (ext4-style), in cbus_shm_header.required_features and
+ * compat_features.  A creator sets the bits of everything the segment relies
+ * on.  An attacher refuses a segment with a REQUIRED bit it does not know
+ * (-EPROTONOSUPPORT: its writers or readers would break a protocol this
+ * library does not follow), and ignores COMPAT bits it does not know (an
+ * addition an old reader may safely not use).  A new feature is one bit here
+ * plus the code that honours it; layout_major changes only when the bytes
+ * already here move. */
+#define CBUS_FEATURE_NEED_WAKE   (1u << 0) /* required: a consumer about to sleep
+                                              sets need_wake, and a producer
+                                              wakes only if it swaps it back */
+#define CBUS_FEATURES_REQUIRED_KNOWN CBUS_FEATURE_NEED_WAKE
+#define CBUS_FEATURES_COMPAT_KNOWN   0u
 
 #define CBUS_CACHELINE        64
 #define CBUS_HOTLINE          128 /* two lines: adjacent-line prefetch (Aeron) */
@@ -203,8 +235,8 @@ struct cbus_slot {
      *   2p+2  position p is committed (payload stable)
      * Anything else: the slot holds another lap (older: not yet written;
      * newer: the reader was lapped).  0 = never written. */
-    _Atomic uint64_t seq;
-    _Atomic uint32_t writer_pid;     /* pid that claimed it (for abandon checks) */
+    CBUS_ATOMIC(uint64_t) seq;
+    CBUS_ATOMIC(uint32_t) writer_pid;     /* pid that claimed it (for abandon checks) */
     uint32_t _reserved;
     struct cbus_event ev;
 };
@@ -227,38 +259,38 @@ enum cbus_consumer_state {
 
 struct cbus_consumer_entry {
     /* line 0: identity, written at attach */
-    _Atomic uint32_t state;            /* enum cbus_consumer_state */
-    _Atomic uint32_t flags;            /* CBUS_CFLAG_* */
+    CBUS_ATOMIC(uint32_t) state;            /* enum cbus_consumer_state */
+    CBUS_ATOMIC(uint32_t) flags;            /* CBUS_CFLAG_* */
     uint32_t pid;
     uint32_t _reserved0;
     uint64_t pid_start_time;           /* /proc/pid/stat starttime, against pid reuse */
     uint64_t attach_realtime_ns;
-    _Atomic uint64_t generation;       /* bumped at every attach of this entry */
+    CBUS_ATOMIC(uint64_t) generation;       /* bumped at every attach of this entry */
     char name[CBUS_NAME_MAX - 8];
     /* line 1: counters and heartbeat, written by the consumer only */
-    _Atomic uint64_t heartbeat_ns;     /* monotonic; producers read it only when gated */
-    _Atomic uint64_t consumed;
-    _Atomic uint64_t lost;             /* overwritten before this consumer read them */
-    _Atomic uint64_t abandoned;        /* claimed by a producer that never committed */
-    _Atomic uint64_t read_pos;         /* next position the consumer will read */
-    _Atomic uint64_t untethered_count; /* times it was cut loose */
+    CBUS_ATOMIC(uint64_t) heartbeat_ns;     /* monotonic; producers read it only when gated */
+    CBUS_ATOMIC(uint64_t) consumed;
+    CBUS_ATOMIC(uint64_t) lost;             /* overwritten before this consumer read them */
+    CBUS_ATOMIC(uint64_t) abandoned;        /* claimed by a producer that never committed */
+    CBUS_ATOMIC(uint64_t) read_pos;         /* next position the consumer will read */
+    CBUS_ATOMIC(uint64_t) untethered_count; /* times it was cut loose */
     uint64_t _reserved1[2];
     /* lines 2-3: the committed cursor, the only word producers read on the
      * fast-ish path (recomputing the gate), alone on a 128-byte pair */
-    _Alignas(CBUS_HOTLINE) _Atomic uint64_t cursor;
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) cursor;
     uint8_t _pad2[CBUS_HOTLINE - 8];
 };
 
 
 /* ---- producer table (statistics only; never on the claim path) ----------- */
 struct cbus_producer_entry {
-    _Atomic uint32_t in_use;
+    CBUS_ATOMIC(uint32_t) in_use;
     uint32_t pid;
     uint64_t pid_start_time;
-    _Atomic uint64_t emitted;    /* flushed from per-thread counters every 256 emits */
-    _Atomic uint64_t dropped;    /* exact */
-    _Atomic uint64_t waited_ns;  /* time spent waiting on lossless consumers */
-    _Atomic uint64_t max_wait_ns;
+    CBUS_ATOMIC(uint64_t) emitted;    /* flushed from per-thread counters every 256 emits */
+    CBUS_ATOMIC(uint64_t) dropped;    /* exact */
+    CBUS_ATOMIC(uint64_t) waited_ns;  /* time spent waiting on lossless consumers */
+    CBUS_ATOMIC(uint64_t) max_wait_ns;
     char name[16];
 };
 
@@ -279,10 +311,10 @@ enum cbus_admit_scope {
 };
 
 struct cbus_admit_writer {
-    _Atomic uint32_t in_use;
+    CBUS_ATOMIC(uint32_t) in_use;
     uint32_t pid;
     uint64_t pid_start_time;
-    _Atomic uint64_t heartbeat_ns;     /* monotonic; stale => fail open/closed */
+    CBUS_ATOMIC(uint64_t) heartbeat_ns;     /* monotonic; stale => fail open/closed */
     char name[CBUS_NAME_MAX - 8];
     uint8_t _pad[CBUS_CACHELINE - 24 - (CBUS_NAME_MAX - 8)];
 };
@@ -291,10 +323,10 @@ struct cbus_admit_writer {
 
 struct cbus_admit_entry {
     /* Seqlock: odd while its writer updates the entry; readers retry. */
-    _Atomic uint32_t seq;
-    _Atomic uint32_t word;             /* verdict | scope << 8 | writer << 16 */
-    _Atomic uint64_t key_hash;         /* 0 = empty slot; cbus_admit_key_hash() */
-    _Atomic uint64_t until_ns;         /* monotonic; verdict holds until then, 0 = until cleared */
+    CBUS_ATOMIC(uint32_t) seq;
+    CBUS_ATOMIC(uint32_t) word;             /* verdict | scope << 8 | writer << 16 */
+    CBUS_ATOMIC(uint64_t) key_hash;         /* 0 = empty slot; cbus_admit_key_hash() */
+    CBUS_ATOMIC(uint64_t) until_ns;         /* monotonic; verdict holds until then, 0 = until cleared */
     char key[CBUS_ADMIT_KEY_LEN];      /* for display only; readers match on key_hash */
 };
 #define CBUS_ADMIT_WORD(verdict, scope, writer) \
@@ -349,32 +381,38 @@ struct cbus_shm_header {
     uint64_t tsc_hz;
     char     name[CBUS_NAME_MAX];
     struct cbus_field_desc fields[CBUS_FIELD_TABLE_MAX];
+    uint32_t required_features;        /* CBUS_FEATURE_*: unknown bit => refuse */
+    uint32_t compat_features;          /* unknown bit => ignore */
     /* `ready` is stored last with RELEASE by the creator; attachers ACQUIRE it
      * before trusting anything above. */
-    _Alignas(CBUS_CACHELINE) _Atomic uint32_t ready;
+    CBUS_ALIGNAS(CBUS_CACHELINE) CBUS_ATOMIC(uint32_t) ready;
 
     /* hot words: each on its own 128-byte line */
-    _Alignas(CBUS_HOTLINE) _Atomic uint64_t tail;      /* next position to claim */
-    _Alignas(CBUS_HOTLINE) _Atomic uint32_t wake_seq;  /* futex word */
-    _Atomic uint32_t waiters;                          /* consumers in (or entering) futex wait */
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) tail;      /* next position to claim */
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint32_t) wake_seq;  /* futex word */
+    CBUS_ATOMIC(uint32_t) waiters;                          /* consumers in (or entering) futex wait */
     /* 1 once a consumer is about to sleep; the producer that swaps it back
      * to 0 makes the one wake syscall, so a sleeper that is slow to get a
      * CPU costs one syscall, not one per event. */
-    _Atomic uint32_t need_wake;
+    CBUS_ATOMIC(uint32_t) need_wake;
     /* gate: n_tethered | epoch << 16.  Producers read it every emit; it
      * changes only when a lossless consumer attaches, detaches, is untethered
      * or re-tethers. */
-    _Alignas(CBUS_HOTLINE) _Atomic uint64_t gate;
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) gate;
     /* slow-path counters */
-    _Alignas(CBUS_HOTLINE) _Atomic uint64_t dropped;   /* all producers, exact */
-    _Atomic uint64_t untethered;                       /* consumers cut loose */
-    _Atomic uint64_t producer_overflow_emitted;        /* producers with no table entry */
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) dropped;   /* all producers, exact */
+    CBUS_ATOMIC(uint64_t) untethered;                       /* consumers cut loose */
+    CBUS_ATOMIC(uint64_t) producer_overflow_emitted;        /* producers with no table entry */
 };
 
 #define CBUS_GATE_COUNT(g)  ((uint32_t)((g) & 0xffffu))
 #define CBUS_GATE_EPOCH(g)  ((g) >> 16)
 
 /* ---- offsets other processes depend on ------------------------------------ */
+static_assert(sizeof(CBUS_ATOMIC(uint64_t)) == 8 && CBUS__ALIGNOF(CBUS_ATOMIC(uint64_t)) == 8,
+              "an atomic 64-bit word is a plain one in memory");
+static_assert(sizeof(CBUS_ATOMIC(uint32_t)) == 4 && CBUS__ALIGNOF(CBUS_ATOMIC(uint32_t)) == 4,
+              "an atomic 32-bit word is a plain one in memory");
 static_assert(sizeof(struct cbus_event) == 496, "event size");
 static_assert(sizeof(struct cbus_slot) == CBUS_SLOT_SIZE, "slot size");
 static_assert(offsetof(struct cbus_slot, ev) == 16, "slot.ev");
@@ -400,18 +438,28 @@ static_assert(sizeof(struct cbus_admit_writer) == 64, "admit writer");
 static_assert(sizeof(struct cbus_admit_entry) == 64, "admit entry");
 static_assert(sizeof(struct cbus_shm_header) <= CBUS_HEADER_SIZE, "header fits page 0");
 static_assert(offsetof(struct cbus_shm_header, tail) % CBUS_HOTLINE == 0, "tail line");
+static_assert(offsetof(struct cbus_shm_header, required_features) == 696, "required_features");
+static_assert(offsetof(struct cbus_shm_header, compat_features) == 700, "compat_features");
+static_assert(offsetof(struct cbus_shm_header, ready) == 704, "ready");
 
 /* A layout fingerprint: changes whenever a size or offset that another
- * process depends on changes (LMDB's MDB_LOCK_FORMAT idea). */
+ * process depends on changes (LMDB's MDB_LOCK_FORMAT idea).  The offset of
+ * required_features is folded in since the feature bits arrived, so a reader
+ * from before them (which would ignore them) refuses a segment that has them. */
 #define CBUS__FP(acc, v) ((acc) * UINT64_C(1099511628211) ^ (uint64_t)(v))
 #define CBUS_LAYOUT_FINGERPRINT                                                        \
     CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(  \
-    CBUS__FP(CBUS__FP(CBUS__FP(UINT64_C(14695981039346656037),                         \
+    CBUS__FP(CBUS__FP(CBUS__FP(CBUS__FP(UINT64_C(14695981039346656037),                \
         sizeof(struct cbus_slot)), sizeof(struct cbus_event)),                         \
         offsetof(struct cbus_event, u)), offsetof(struct cbus_event, preview)),         \
         sizeof(struct cbus_usage)), sizeof(struct cbus_consumer_entry)),                \
         offsetof(struct cbus_consumer_entry, cursor)), sizeof(struct cbus_producer_entry)), \
         sizeof(struct cbus_admit_entry)), offsetof(struct cbus_shm_header, tail)),      \
-        offsetof(struct cbus_shm_header, gate)), CBUS_LAYOUT_MAJOR)
+        offsetof(struct cbus_shm_header, gate)), CBUS_LAYOUT_MAJOR),                    \
+        offsetof(struct cbus_shm_header, required_features))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

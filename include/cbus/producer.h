@@ -23,6 +23,10 @@
 
 #include <cbus/cbus.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define CBUS_PRODUCER_ADMIT_FAIL_CLOSED (1u << 0) /* stale admission table refuses */
 
 struct cbus_producer_opts {
@@ -63,7 +67,15 @@ CBUS_API int cbus_producer_check(cbus_producer *p);
 /* ---- context: who and what an event is about ------------------------------
  * A context carries the run ids and the bounded strings, pre-laid-out as an
  * event template, so an emit copies it in one go.  Setters truncate to the
- * field size and set the matching CBUS_TRUNC_* flag; NULL clears a field. */
+ * field size and set the matching CBUS_TRUNC_* flag; NULL clears a field.
+ *
+ * Two ways to hold one.  C callers may declare a cbus_ctx (on the stack, per
+ * run) and cbus_ctx_init() it: the struct is visible so that costs nothing.
+ * Callers that must not depend on its size or layout (FFI, other languages,
+ * a library built against another cbus version) use cbus_ctx_new() and
+ * cbus_ctx_free(), or cbus_ctx_size() bytes of their own memory (8-byte
+ * aligned) passed to cbus_ctx_init().  Its fields are not part of the API:
+ * use the setters. */
 struct cbus_ctx {
     struct cbus_event tmpl;         /* kind/timestamps/event_id are set per emit */
     uint64_t admit_hash[CBUS_SCOPE__COUNT]; /* cached cbus_admit_key_hash() values */
@@ -76,6 +88,12 @@ struct cbus_ctx {
 
 /* Fresh context with a new run id and a new trace id. */
 CBUS_API void cbus_ctx_init(cbus_ctx *ctx);
+/* sizeof(struct cbus_ctx) of the library actually loaded. */
+CBUS_API size_t cbus_ctx_size(void);
+/* A cbus_ctx_init()'ed context from malloc, or NULL (out of memory); free it
+ * with cbus_ctx_free() (NULL is a no-op).  Never on the emit path. */
+CBUS_API cbus_ctx *cbus_ctx_new(void);
+CBUS_API void cbus_ctx_free(cbus_ctx *ctx);
 /* Child run: copies parent's strings and trace id, parent_run_id = parent's
  * run id, new run id.  Returns 0 or -EINVAL. */
 CBUS_API int cbus_ctx_child(cbus_ctx *child, const cbus_ctx *parent);
@@ -143,5 +161,9 @@ struct cbus_emit_args {
     size_t payload_len;        /* at most 64 */
 };
 CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *args);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -264,6 +264,32 @@ Test(cbusctl_cli, wrong_layout_version_is_named)
     cr_assert(strstr(rr.err, want), "%s", rr.err);
 }
 
+Test(cbusctl_cli, unknown_required_feature_is_named)
+{
+    /* A segment made by a newer cbus that needs a protocol this one does
+     * not know: refused, with the bits and the fix; an unknown compat bit
+     * is not a reason to refuse. */
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    uint32_t compat = UINT32_C(1) << 17;
+    overwrite(offsetof(struct cbus_shm_header, compat_features), &compat, sizeof compat);
+    CTL("emit", bus, "--kind", "text");
+    ASSERT_EXIT(0);
+    uint32_t req = CBUS_FEATURE_NEED_WAKE | UINT32_C(1) << 20;
+    overwrite(offsetof(struct cbus_shm_header, required_features), &req, sizeof req);
+    const char *cmds[] = {"stat", "tail", "emit"};
+    for (size_t i = 0; i < 3; i++) {
+        if (i == 2)
+            CTL(cmds[i], bus, "--kind", "text");
+        else
+            CTL(cmds[i], bus);
+        ASSERT_EXIT(1);
+        cr_assert(strstr(rr.err, "needs features this cbusctl does not know"), "%s", rr.err);
+        cr_assert(strstr(rr.err, "unknown 0x00100000"), "%s", rr.err);
+        cr_assert(strstr(rr.err, "cbusctl destroy"), "%s", rr.err);
+    }
+}
+
 Test(cbusctl_cli, corrupt_offsets_and_truncation_are_refused)
 {
     CTL("create", bus, "--capacity", "1024");
@@ -327,8 +353,9 @@ Test(cbusctl_cli, fifo_at_the_bus_name_is_refused_without_hanging)
 Test(cbusctl_cli, world_writable_segment_is_refused_with_the_true_reason)
 {
     /* Our own bus, made o+rw (or o+r, o+w): the library refuses it with
-     * -EPERM, which cbusctl used to explain as "belongs to uid 0, not you
-     * (uid 0)".  The reason is the mode, and --trust-owner does not help. */
+     * -CBUS_EWORLD (it was -EPERM, which cbusctl once explained as "belongs
+     * to uid 0, not you (uid 0)").  The reason is the mode, and
+     * --trust-owner does not help. */
     CTL("create", bus, "--capacity", "1024");
     ASSERT_EXIT(0);
     static const mode_t modes[] = {0666, 0604, 0602};

@@ -145,6 +145,26 @@ static void explain_bad_header(const char *name, const char *path, int err)
     }
 }
 
+/* The library says -CBUS_EFEATURE: name the bits this cbusctl does not know. */
+static void explain_features(const char *name, const char *path)
+{
+    struct cbus_shm_header h;
+    memset(&h, 0, sizeof h);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    ssize_t n = fd < 0 ? -1 : pread(fd, &h, sizeof h, 0);
+    if (fd >= 0)
+        close(fd);
+    uint32_t unknown = n == (ssize_t)sizeof h
+                           ? h.required_features & ~(uint32_t)CBUS_FEATURES_REQUIRED_KNOWN
+                           : 0;
+    cli_error("bus '%s' (%s) needs features this cbusctl does not know (required_features "
+              "0x%08" PRIx32 ", unknown 0x%08" PRIx32 "; cbus %s knows 0x%08" PRIx32 "): it was "
+              "created by a newer cbus; use the cbusctl of that version, or destroy and recreate "
+              "it (cbusctl destroy %s; cbusctl create %s)",
+              name, path, h.required_features, unknown, cbus_version(),
+              (uint32_t)CBUS_FEATURES_REQUIRED_KNOWN, name, name);
+}
+
 void cli_explain_open_error(const char *name, int err)
 {
     char path[64];
@@ -165,19 +185,26 @@ void cli_explain_open_error(const char *name, int err)
             cli_error("permission denied on bus '%s' (%s)", name, path);
         break;
     case -EPERM:
-        /* The library refuses two things with -EPERM: say which.  lstat: the
-         * library does not follow a symlink at the name either. */
-        if (lstat(path, &st) == 0 && (st.st_mode & 0007))
-            cli_error("bus '%s' (%s) is mode %04o: any user on this machine can read or write "
-                      "it (forge events, read prompts), so it is refused whoever owns it: "
-                      "recreate it (cbusctl destroy %s; cbusctl create %s)",
-                      name, path, (unsigned)(st.st_mode & 07777), name, name);
-        else if (lstat(path, &st) == 0 && st.st_uid != geteuid())
+        /* Only another owner now (a world-accessible mode is -CBUS_EWORLD).
+         * lstat: the library does not follow a symlink at the name either. */
+        if (lstat(path, &st) == 0 && st.st_uid != geteuid())
             cli_error("bus '%s' (%s) belongs to uid %u, not you (uid %u): pass --trust-owner to "
                       "use it anyway",
                       name, path, (unsigned)st.st_uid, (unsigned)geteuid());
         else
             cli_error("bus '%s' (%s): %s", name, path, cbus_strerror(err));
+        break;
+    case -CBUS_EWORLD:
+        if (lstat(path, &st) == 0)
+            cli_error("bus '%s' (%s) is mode %04o: any user on this machine can read or write "
+                      "it (forge events, read prompts), so it is refused whoever owns it: "
+                      "recreate it (cbusctl destroy %s; cbusctl create %s)",
+                      name, path, (unsigned)(st.st_mode & 07777), name, name);
+        else
+            cli_error("bus '%s' (%s): %s", name, path, cbus_strerror(err));
+        break;
+    case -CBUS_EFEATURE:
+        explain_features(name, path);
         break;
     case -EPROTO:
     case -EBADMSG:
