@@ -3,27 +3,12 @@
 
 #include <stdio.h>
 
+/* From the kind map (layout.h): one line there names a new kind here. */
 static const char *const kind_names[CBUS_EV__COUNT] = {
     [CBUS_EV_NONE] = "none",
-    [CBUS_EV_LLM_START] = "llm_start",
-    [CBUS_EV_CHAT_MODEL_START] = "chat_model_start",
-    [CBUS_EV_LLM_NEW_TOKEN] = "llm_new_token",
-    [CBUS_EV_LLM_END] = "llm_end",
-    [CBUS_EV_LLM_ERROR] = "llm_error",
-    [CBUS_EV_CHAIN_START] = "chain_start",
-    [CBUS_EV_CHAIN_END] = "chain_end",
-    [CBUS_EV_CHAIN_ERROR] = "chain_error",
-    [CBUS_EV_TOOL_START] = "tool_start",
-    [CBUS_EV_TOOL_END] = "tool_end",
-    [CBUS_EV_TOOL_ERROR] = "tool_error",
-    [CBUS_EV_AGENT_ACTION] = "agent_action",
-    [CBUS_EV_AGENT_FINISH] = "agent_finish",
-    [CBUS_EV_RETRIEVER_START] = "retriever_start",
-    [CBUS_EV_RETRIEVER_END] = "retriever_end",
-    [CBUS_EV_RETRIEVER_ERROR] = "retriever_error",
-    [CBUS_EV_TEXT] = "text",
-    [CBUS_EV_RETRY] = "retry",
-    [CBUS_EV_CUSTOM] = "custom",
+#define KIND_NAME(E, n, v, f, p, pl) [CBUS_EV_##E] = #n,
+    CBUS_KIND_MAP(KIND_NAME)
+#undef KIND_NAME
 };
 
 static const char *const finish_names[CBUS_FINISH__COUNT] = {

@@ -116,18 +116,14 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
     if (rq->payload_len)
         memcpy(&ev->u, rq->payload, rq->payload_len);
 
-    /* Run bookkeeping in the context: durations and time to first token. */
-    switch (rq->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
-    case CBUS_EV_CHAIN_START:
-    case CBUS_EV_TOOL_START:
-    case CBUS_EV_RETRIEVER_START:
+    /* Run bookkeeping in the context: durations and time to first token,
+     * by the kind map's phase and payload (both are table lookups). */
+    if (cbus_kind_phase(rq->kind) == CBUS_PHASE_START) {
         ctx->run_start_ns = now;
         ctx->first_token_ns = 0;
         ctx->token_index = 0;
-        break;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    } else switch (cbus_kind_payload(rq->kind)) {
+    case CBUS_PAYLOAD_TOKEN:
         /* The context numbers chunks; a generic emit with its own payload
          * keeps its index and moves the context's count past it. */
         if (!rq->payload_len)
@@ -136,7 +132,7 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
         if (!ctx->first_token_ns)
             ctx->first_token_ns = now;
         break;
-    case CBUS_EV_LLM_END:
+    case CBUS_PAYLOAD_USAGE:
         if (!(ev->u.usage.usage_present & CBUS_USAGE_DURATION) && ctx->run_start_ns) {
             ev->u.usage.duration_ns = now - ctx->run_start_ns;
             ev->u.usage.usage_present |= CBUS_USAGE_DURATION;
@@ -147,20 +143,15 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
             ev->u.usage.usage_present |= CBUS_USAGE_TTFT;
         }
         break;
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         if (!ev->u.error.duration_ns && ctx->run_start_ns)
             ev->u.error.duration_ns = now - ctx->run_start_ns;
         break;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         if (!ev->u.retriever.duration_ns && ctx->run_start_ns)
             ev->u.retriever.duration_ns = now - ctx->run_start_ns;
         break;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         if (!ev->u.span.duration_ns && ctx->run_start_ns)
             ev->u.span.duration_ns = now - ctx->run_start_ns;
         break;

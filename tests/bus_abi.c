@@ -165,3 +165,72 @@ Test(bus_abi, world_access_and_other_owner_have_distinct_codes)
     cr_assert_eq(cbus_bus_open(&b, name, 0), -EPERM);
     cr_assert(strstr(cbus_strerror(-EPERM), "another user"), "%s", cbus_strerror(-EPERM));
 }
+
+/* ---- the kind map ----------------------------------------------------------- */
+
+Test(bus_abi, kind_map_covers_every_kind_once)
+{
+    unsigned seen[CBUS_EV__COUNT] = {0};
+#define SEE(E, n, v, f, p, pl)                                                                 \
+    seen[v]++;                                                                                 \
+    cr_assert_eq(CBUS_EV_##E, v);                                                              \
+    cr_assert_str_eq(cbus_kind_name(v), #n);                                                   \
+    cr_assert_eq(cbus_kind_from_name(#n), v);                                                  \
+    cr_assert_eq(cbus_kind_family(v), CBUS_FAMILY_##f);                                        \
+    cr_assert_eq(cbus_kind_phase(v), CBUS_PHASE_##p);                                          \
+    cr_assert_eq(cbus_kind_payload(v), CBUS_PAYLOAD_##pl);
+    CBUS_KIND_MAP(SEE)
+#undef SEE
+    for (unsigned k = 1; k < CBUS_EV__COUNT; k++) {
+        cr_assert_eq(seen[k], 1, "kind %u in the map %u times", k, seen[k]);
+        cr_assert_neq(cbus_kind_family(k), CBUS_FAMILY_NONE);
+        cr_assert_neq(cbus_kind_phase(k), CBUS_PHASE_NONE);
+    }
+    /* A kind from a newer segment is none of these, never a crash. */
+    unsigned unknown[] = {0, CBUS_EV__COUNT, 999, 65535};
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+        cr_assert_eq(cbus_kind_family(unknown[i]), CBUS_FAMILY_NONE);
+        cr_assert_eq(cbus_kind_phase(unknown[i]), CBUS_PHASE_NONE);
+        cr_assert_eq(cbus_kind_payload(unknown[i]), CBUS_PAYLOAD_NONE);
+    }
+    cr_assert_null(cbus_kind_name(CBUS_EV__COUNT));
+}
+
+Test(bus_abi, every_family_with_runs_has_a_start_an_end_and_an_error)
+{
+    /* span.c pairs ends with starts by family: a run family missing one of
+     * them would leave spans open or unpaired. */
+    static const enum cbus_kind_family runs[] = {CBUS_FAMILY_LLM, CBUS_FAMILY_CHAIN,
+                                                 CBUS_FAMILY_TOOL, CBUS_FAMILY_RETRIEVER};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        unsigned have = 0;
+        for (unsigned k = 1; k < CBUS_EV__COUNT; k++)
+            if (cbus_kind_family(k) == runs[i])
+                have |= 1u << cbus_kind_phase(k);
+        unsigned want = 1u << CBUS_PHASE_START | 1u << CBUS_PHASE_END | 1u << CBUS_PHASE_ERROR;
+        cr_assert_eq(have & want, want, "family %d: phases %#x", (int)runs[i], have);
+    }
+}
+
+Test(bus_abi, payload_of_a_kind_is_what_its_typed_call_fills)
+{
+    test_bus_create(name, 1024);
+    cbus_consumer *c;
+    struct cbus_consumer_opts co = {.name = "pl", .mode = CBUS_LOSSY};
+    cr_assert_eq(cbus_consumer_attach(&c, name, &co), 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_retriever_start(p, &ctx, "r", "q"), 0);
+    cr_assert_eq(cbus_retriever_end(p, &ctx, 7), 0);
+    cr_assert_eq(cbus_retry(p, &ctx, 3, 1000, "x"), 0);
+    struct cbus_event ev[3];
+    cr_assert_eq(cbus_consumer_poll(c, ev, 3), 3);
+    cr_assert_eq(cbus_kind_payload(ev[1].kind), CBUS_PAYLOAD_RETRIEVER);
+    cr_assert_eq(ev[1].u.retriever.document_count, 7);
+    cr_assert_eq(cbus_kind_payload(ev[2].kind), CBUS_PAYLOAD_RETRY);
+    cr_assert_eq(ev[2].u.retry.attempt, 3);
+    cbus_producer_close(p);
+    cbus_consumer_detach(c);
+}

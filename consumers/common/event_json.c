@@ -103,38 +103,32 @@ static void usage(struct sbuf *b, const struct cbus_usage *u)
 
 static void per_kind(struct sbuf *b, const struct cbus_event *ev)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_LLM_START:
         key_u64(b, "prompt_count", ev->u.llm_start.prompt_count);
         key_u64_nonzero(b, "est_input_tokens", ev->u.llm_start.est_input_tokens);
         key_u64_nonzero(b, "max_tokens", ev->u.llm_start.max_tokens);
         break;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    case CBUS_PAYLOAD_TOKEN:
         key_u64(b, "index", ev->u.token.index);
         break;
-    case CBUS_EV_LLM_END:
+    case CBUS_PAYLOAD_USAGE:
         usage(b, &ev->u.usage);
         break;
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         if (ev->u.error.http_status)
             sbuf_printf(b, ",\"http_status\":%" PRId32, ev->u.error.http_status);
         key_u64_nonzero(b, "duration_ns", ev->u.error.duration_ns);
         break;
-    case CBUS_EV_RETRY:
+    case CBUS_PAYLOAD_RETRY:
         key_u64(b, "attempt", ev->u.retry.attempt);
         key_u64(b, "backoff_ns", ev->u.retry.backoff_ns);
         break;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         key_u64(b, "document_count", ev->u.retriever.document_count);
         key_u64_nonzero(b, "duration_ns", ev->u.retriever.duration_ns);
         break;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         key_u64_nonzero(b, "duration_ns", ev->u.span.duration_ns);
         break;
     default:

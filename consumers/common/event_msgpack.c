@@ -273,30 +273,24 @@ static unsigned usage_count(const struct cbus_usage *u)
 
 static unsigned kind_entries(const struct cbus_event *ev)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_LLM_START:
         return 3;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    case CBUS_PAYLOAD_TOKEN:
         return 1;
-    case CBUS_EV_LLM_END:
+    case CBUS_PAYLOAD_USAGE:
         return (usage_count(&ev->u.usage) ? 1u : 0u) +
                (ev->u.usage.usage_present & CBUS_USAGE_DURATION ? 1u : 0u) +
                (ev->u.usage.usage_present & CBUS_USAGE_TTFT ? 1u : 0u) +
                (ev->u.usage.finish_reason != CBUS_FINISH_UNSET ? 1u : 0u) +
                (ev->u.usage.generations ? 1u : 0u);
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         return 2;
-    case CBUS_EV_RETRY:
+    case CBUS_PAYLOAD_RETRY:
         return 2;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         return 2;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         return 1;
     default:
         return 0;
@@ -314,9 +308,8 @@ static void put_finish_reason(struct cbus_mp_writer *w, unsigned reason)
 
 static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *ev)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_LLM_START:
         KEY(w, "prompt_count");
         mp_uint(w, ev->u.llm_start.prompt_count);
         KEY(w, "est_input_tokens");
@@ -324,11 +317,11 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
         KEY(w, "max_tokens");
         mp_uint(w, ev->u.llm_start.max_tokens);
         break;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    case CBUS_PAYLOAD_TOKEN:
         KEY(w, "index");
         mp_uint(w, ev->u.token.index);
         break;
-    case CBUS_EV_LLM_END: {
+    case CBUS_PAYLOAD_USAGE: {
         const struct cbus_usage *u = &ev->u.usage;
         unsigned n = usage_count(u);
         if (n) {
@@ -373,30 +366,25 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
         }
         break;
     }
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         KEY(w, "http_status");
         mp_int(w, ev->u.error.http_status);
         KEY(w, "duration_ns");
         mp_uint(w, ev->u.error.duration_ns);
         break;
-    case CBUS_EV_RETRY:
+    case CBUS_PAYLOAD_RETRY:
         KEY(w, "attempt");
         mp_uint(w, ev->u.retry.attempt);
         KEY(w, "backoff_ns");
         mp_uint(w, ev->u.retry.backoff_ns);
         break;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         KEY(w, "document_count");
         mp_uint(w, ev->u.retriever.document_count);
         KEY(w, "duration_ns");
         mp_uint(w, ev->u.retriever.duration_ns);
         break;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         KEY(w, "duration_ns");
         mp_uint(w, ev->u.span.duration_ns);
         break;
@@ -970,9 +958,8 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
                          uint32_t kl, int *handled)
 {
     *handled = 1;
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_LLM_START:
         if (key_is(k, kl, "prompt_count"))
             return read_u32(r, &ev->u.llm_start.prompt_count);
         if (key_is(k, kl, "est_input_tokens"))
@@ -980,11 +967,11 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
         if (key_is(k, kl, "max_tokens"))
             return read_u32(r, &ev->u.llm_start.max_tokens);
         break;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    case CBUS_PAYLOAD_TOKEN:
         if (key_is(k, kl, "index"))
             return read_u32(r, &ev->u.token.index);
         break;
-    case CBUS_EV_LLM_END:
+    case CBUS_PAYLOAD_USAGE:
         if (key_is(k, kl, "usage"))
             return read_usage(r, &ev->u.usage);
         if (key_is(k, kl, "duration_ns")) {
@@ -1023,10 +1010,7 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
         if (key_is(k, kl, "generations"))
             return read_u16(r, &ev->u.usage.generations);
         break;
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         if (key_is(k, kl, "http_status")) {
             int64_t v = 0;
             int rc = cbus_mp_read_int(r, &v);
@@ -1038,21 +1022,19 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
         if (key_is(k, kl, "duration_ns"))
             return cbus_mp_read_uint(r, &ev->u.error.duration_ns);
         break;
-    case CBUS_EV_RETRY:
+    case CBUS_PAYLOAD_RETRY:
         if (key_is(k, kl, "attempt"))
             return read_u32(r, &ev->u.retry.attempt);
         if (key_is(k, kl, "backoff_ns"))
             return cbus_mp_read_uint(r, &ev->u.retry.backoff_ns);
         break;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         if (key_is(k, kl, "document_count"))
             return read_u32(r, &ev->u.retriever.document_count);
         if (key_is(k, kl, "duration_ns"))
             return cbus_mp_read_uint(r, &ev->u.retriever.duration_ns);
         break;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         if (key_is(k, kl, "duration_ns"))
             return cbus_mp_read_uint(r, &ev->u.span.duration_ns);
         break;

@@ -354,9 +354,12 @@ static struct cost_session *session_get(struct cost_ledger *l, const struct prep
 
 #define KEY_FLAGS (CBUS_TRUNC_PROVIDER | CBUS_TRUNC_MODEL | CBUS_TRUNC_USER | CBUS_TRUNC_SESSION)
 
+/* An LLM run's end (usage) or error: the kind map's family and phase. */
 static inline int accountable(const struct cbus_event *ev)
 {
-    return ev->kind == CBUS_EV_LLM_END || ev->kind == CBUS_EV_LLM_ERROR;
+    enum cbus_kind_phase ph = cbus_kind_phase(ev->kind);
+    return cbus_kind_family(ev->kind) == CBUS_FAMILY_LLM &&
+           (ph == CBUS_PHASE_END || ph == CBUS_PHASE_ERROR);
 }
 
 /* p holds ev's keys when ev is accountable. */
@@ -381,7 +384,7 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     struct cost_user *u = user_get(l, p, &ukey);
     struct cost_session *s = session_get(l, p, &skey);
 
-    if (ev->kind == CBUS_EV_LLM_ERROR) {
+    if (cbus_kind_phase(ev->kind) == CBUS_PHASE_ERROR) {
         counters_error(&l->total, ts, minute);
         counters_error(&m->c, ts, minute);
         counters_error(&u->c, ts, minute);

@@ -208,61 +208,54 @@ void otlp_end(struct sbuf *b)
     terminate(b);
 }
 
+/* A run's kind: its family for the start/end/error kinds of a family that
+ * has runs (chat_model for chat_model_start), else the kind's own name. */
 static const char *run_kind(unsigned kind)
 {
-    switch (kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_LLM_END:
-    case CBUS_EV_LLM_ERROR:
-        return "llm";
-    case CBUS_EV_CHAT_MODEL_START:
+    if (kind == CBUS_EV_CHAT_MODEL_START)
         return "chat_model";
-    case CBUS_EV_CHAIN_START:
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_CHAIN_ERROR:
-        return "chain";
-    case CBUS_EV_TOOL_START:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_TOOL_ERROR:
-        return "tool";
-    case CBUS_EV_RETRIEVER_START:
-    case CBUS_EV_RETRIEVER_END:
-    case CBUS_EV_RETRIEVER_ERROR:
-        return "retriever";
-    default: {
-        const char *n = cbus_kind_name(kind);
-        return n ? n : "unknown";
+    if (cbus_kind_phase(kind) != CBUS_PHASE_POINT) {
+        switch (cbus_kind_family(kind)) {
+        case CBUS_FAMILY_LLM:
+            return "llm";
+        case CBUS_FAMILY_CHAIN:
+            return "chain";
+        case CBUS_FAMILY_TOOL:
+            return "tool";
+        case CBUS_FAMILY_RETRIEVER:
+            return "retriever";
+        default:
+            break;
+        }
     }
-    }
+    const char *n = cbus_kind_name(kind);
+    return n ? n : "unknown";
 }
 
 static int is_error_kind(unsigned kind)
 {
-    return kind == CBUS_EV_LLM_ERROR || kind == CBUS_EV_CHAIN_ERROR || kind == CBUS_EV_TOOL_ERROR ||
-           kind == CBUS_EV_RETRIEVER_ERROR;
+    return cbus_kind_phase(kind) == CBUS_PHASE_ERROR;
 }
 
+/* The LLM run's own kinds (start, end, error), not its token points. */
 static int is_llm(unsigned kind)
 {
-    return kind == CBUS_EV_LLM_START || kind == CBUS_EV_CHAT_MODEL_START ||
-           kind == CBUS_EV_LLM_END || kind == CBUS_EV_LLM_ERROR;
+    return cbus_kind_family(kind) == CBUS_FAMILY_LLM && cbus_kind_phase(kind) != CBUS_PHASE_POINT;
 }
 
 /* Duration an end event reports by itself (for a span whose start is missing). */
 static uint64_t end_duration(const struct cbus_event *e)
 {
-    switch (e->kind) {
-    case CBUS_EV_LLM_END:
+    if (cbus_kind_family(e->kind) == CBUS_FAMILY_AGENT)
+        return 0; /* agent_finish is a point (span.c), never a span's end */
+    switch (cbus_kind_payload(e->kind)) {
+    case CBUS_PAYLOAD_USAGE:
         return (e->u.usage.usage_present & CBUS_USAGE_DURATION) ? e->u.usage.duration_ns : 0;
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         return e->u.error.duration_ns;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         return e->u.retriever.duration_ns;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
+    case CBUS_PAYLOAD_SPAN:
         return e->u.span.duration_ns;
     default:
         return 0;
@@ -360,7 +353,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
     } else if (k == CBUS_EV_LLM_START || (s->end_kind == SPAN_START_MISSING && is_llm(k))) {
         op = s->end_kind == SPAN_START_MISSING ? "chat" : "text_completion";
         kind = KIND_CLIENT;
-    } else if (k == CBUS_EV_TOOL_START || k == CBUS_EV_TOOL_END || k == CBUS_EV_TOOL_ERROR) {
+    } else if (cbus_kind_family(k) == CBUS_FAMILY_TOOL) {
         op = "execute_tool";
     } else if (s->is_agent) {
         op = "invoke_agent";
@@ -412,7 +405,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         A_FIELD(b, "gen_ai.request.model", st->model);
         if (s->end_kind == SPAN_ENDED && st->u.llm_start.max_tokens)
             A_INT(b, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
-        if (en && en->kind == CBUS_EV_LLM_END) {
+        if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_USAGE) {
             const struct cbus_usage *u = &en->u.usage;
             A_FIELD(b, "gen_ai.response.model", en->model);
             if (u->usage_present & CBUS_USAGE_INPUT)
@@ -444,7 +437,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
     } else {
         A_FIELD(b, "cbus.name", st->name);
     }
-    if (en && en->kind == CBUS_EV_RETRIEVER_END)
+    if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_RETRIEVER)
         A_INT(b, "cbus.retriever.document_count", en->u.retriever.document_count);
     if (en && is_error_kind(en->kind)) {
         size_t tl = FLEN(en->name);

@@ -316,24 +316,13 @@ static void open_run(struct span_table *t, const struct cbus_event *ev, uint64_t
     t->count++;
 }
 
+/* An end or error closes a start of its own family (the kind map). */
 static int start_matches(unsigned start_kind, unsigned end_kind)
 {
-    switch (end_kind) {
-    case CBUS_EV_LLM_END:
-    case CBUS_EV_LLM_ERROR:
-        return start_kind == CBUS_EV_LLM_START || start_kind == CBUS_EV_CHAT_MODEL_START;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_CHAIN_ERROR:
-        return start_kind == CBUS_EV_CHAIN_START;
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_TOOL_ERROR:
-        return start_kind == CBUS_EV_TOOL_START;
-    case CBUS_EV_RETRIEVER_END:
-    case CBUS_EV_RETRIEVER_ERROR:
-        return start_kind == CBUS_EV_RETRIEVER_START;
-    default:
-        return 0;
-    }
+    enum cbus_kind_phase ep = cbus_kind_phase(end_kind);
+    return (ep == CBUS_PHASE_END || ep == CBUS_PHASE_ERROR) &&
+           cbus_kind_phase(start_kind) == CBUS_PHASE_START &&
+           cbus_kind_family(start_kind) == cbus_kind_family(end_kind);
 }
 
 static void close_run(struct span_table *t, const struct cbus_event *ev)
@@ -364,7 +353,7 @@ static void close_run(struct span_table *t, const struct cbus_event *ev)
 
 static void add_point(struct span_table *t, struct span *s, const struct cbus_event *ev)
 {
-    if (ev->kind == CBUS_EV_AGENT_ACTION || ev->kind == CBUS_EV_AGENT_FINISH)
+    if (cbus_kind_family(ev->kind) == CBUS_FAMILY_AGENT)
         s->is_agent = 1;
     if (s->n_events >= SPAN_MAX_EVENTS) {
         s->events_dropped++;
@@ -404,25 +393,25 @@ static void point_event(struct span_table *t, const struct cbus_event *ev)
 
 void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
-    case CBUS_EV_CHAIN_START:
-    case CBUS_EV_TOOL_START:
-    case CBUS_EV_RETRIEVER_START:
+    /* By the kind map's phase.  Agent callbacks have no start (LangChain
+     * runs an agent as a chain): agent_finish, though an end, is a point
+     * inside that chain's span, like agent_action. */
+    enum cbus_kind_phase phase = cbus_kind_phase(ev->kind);
+    if (cbus_kind_family(ev->kind) == CBUS_FAMILY_AGENT)
+        phase = CBUS_PHASE_POINT;
+    switch (phase) {
+    case CBUS_PHASE_START:
         open_run(t, ev, now_ns);
-        break;
-    case CBUS_EV_LLM_END:
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_END:
-    case CBUS_EV_RETRIEVER_ERROR:
+        return;
+    case CBUS_PHASE_END:
+    case CBUS_PHASE_ERROR:
         close_run(t, ev);
+        return;
+    default:
         break;
-    case CBUS_EV_LLM_NEW_TOKEN: {
+    }
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_TOKEN: {
         struct span *s = lookup(t, ev->run_id);
         if (!s) {
             t->st.chunks_orphan++;
@@ -433,12 +422,7 @@ void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t
         t->st.chunks_folded++;
         break;
     }
-    case CBUS_EV_AGENT_ACTION:
-    case CBUS_EV_AGENT_FINISH:
-    case CBUS_EV_TEXT:
-    case CBUS_EV_RETRY:
-    case CBUS_EV_CUSTOM:
-    default: /* kinds from a newer minor layout: exported as point events */
+    default: /* every other point, and kinds from a newer layout */
         point_event(t, ev);
         break;
     }

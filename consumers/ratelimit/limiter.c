@@ -175,10 +175,11 @@ void rl__key_text(const struct rl_key *k, char *out, size_t outlen)
     }
 }
 
+/* An LLM run's start, end or error (the kind map's family and phase);
+ * its token points carry nothing a rate counts. */
 static int relevant(unsigned kind)
 {
-    return kind == CBUS_EV_LLM_START || kind == CBUS_EV_CHAT_MODEL_START ||
-           kind == CBUS_EV_LLM_END || kind == CBUS_EV_LLM_ERROR;
+    return cbus_kind_family(kind) == CBUS_FAMILY_LLM && cbus_kind_phase(kind) != CBUS_PHASE_POINT;
 }
 
 static void prepare(const rl_limiter *l, const struct cbus_event *ev, struct rl_evkeys *ek)
@@ -395,15 +396,16 @@ static void on_error(rl_limiter *l, const struct cbus_event *ev, const struct rl
 
 static void feed_prepared(rl_limiter *l, const struct cbus_event *ev, const struct rl_evkeys *ek)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    if (cbus_kind_family(ev->kind) != CBUS_FAMILY_LLM)
+        return;
+    switch (cbus_kind_phase(ev->kind)) {
+    case CBUS_PHASE_START:
         on_start(l, ev, ek);
         break;
-    case CBUS_EV_LLM_END:
+    case CBUS_PHASE_END:
         on_end(l, ev, ek);
         break;
-    case CBUS_EV_LLM_ERROR:
+    case CBUS_PHASE_ERROR:
         on_error(l, ev, ek);
         break;
     default:

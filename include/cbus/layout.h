@@ -82,30 +82,108 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
 #define CBUS_ADMIT_MAX_WRITERS 8
 #define CBUS_NAME_MAX         32  /* bus and consumer names, NUL included */
 
-/* ---- event kinds (LangChain callback names in comments) ---------------- */
+/* ---- event kinds: one map ------------------------------------------------
+ * Every table and switch over kinds in the project is generated from this
+ * map or goes through the helpers below, so adding a kind is one line here
+ * (plus its payload member, if it needs a new one).  Columns:
+ *   XX(ENUM, name, value, family, phase, payload)
+ *   ENUM     CBUS_EV_<ENUM>
+ *   name     cbus_kind_name(): the name in JSON, msgpack, cbusctl and logs
+ *   value    the wire value (never reused); values are dense from 1
+ *   family   CBUS_FAMILY_<family>: which kind of run it belongs to
+ *   phase    CBUS_PHASE_<phase>: START opens a run, END / ERROR close it,
+ *            POINT happens inside one
+ *   payload  CBUS_PAYLOAD_<payload>: which member of cbus_event.u it fills
+ * LangChain callback names in the comments. */
+#define CBUS_KIND_MAP(XX)                                                                  \
+    XX(LLM_START,        llm_start,        1,  LLM,       START, LLM_START) /* on_llm_start */ \
+    XX(CHAT_MODEL_START, chat_model_start, 2,  LLM,       START, LLM_START) /* on_chat_model_start */ \
+    XX(LLM_NEW_TOKEN,    llm_new_token,    3,  LLM,       POINT, TOKEN)     /* chunk in preview */ \
+    XX(LLM_END,          llm_end,          4,  LLM,       END,   USAGE)     /* on_llm_end */ \
+    XX(LLM_ERROR,        llm_error,        5,  LLM,       ERROR, ERROR)     /* on_llm_error */ \
+    XX(CHAIN_START,      chain_start,      6,  CHAIN,     START, NONE)                        \
+    XX(CHAIN_END,        chain_end,        7,  CHAIN,     END,   SPAN)                        \
+    XX(CHAIN_ERROR,      chain_error,      8,  CHAIN,     ERROR, ERROR)                       \
+    XX(TOOL_START,       tool_start,       9,  TOOL,      START, NONE)  /* name = tool, preview = input */ \
+    XX(TOOL_END,         tool_end,         10, TOOL,      END,   SPAN)  /* preview = output */ \
+    XX(TOOL_ERROR,       tool_error,       11, TOOL,      ERROR, ERROR)                       \
+    XX(AGENT_ACTION,     agent_action,     12, AGENT,     POINT, NONE)  /* name = tool chosen */ \
+    XX(AGENT_FINISH,     agent_finish,     13, AGENT,     END,   SPAN)  /* preview = final output */ \
+    XX(RETRIEVER_START,  retriever_start,  14, RETRIEVER, START, NONE)  /* preview = query */ \
+    XX(RETRIEVER_END,    retriever_end,    15, RETRIEVER, END,   RETRIEVER)                   \
+    XX(RETRIEVER_ERROR,  retriever_error,  16, RETRIEVER, ERROR, ERROR)                       \
+    XX(TEXT,             text,             17, OTHER,     POINT, NONE)  /* on_text */         \
+    XX(RETRY,            retry,            18, OTHER,     POINT, RETRY) /* on_retry */        \
+    XX(CUSTOM,           custom,           19, OTHER,     POINT, NONE)  /* on_custom_event */
+
 enum cbus_kind {
     CBUS_EV_NONE = 0,
-    CBUS_EV_LLM_START = 1,        /* on_llm_start / handleLLMStart */
-    CBUS_EV_CHAT_MODEL_START = 2, /* on_chat_model_start */
-    CBUS_EV_LLM_NEW_TOKEN = 3,    /* on_llm_new_token: chunk in preview */
-    CBUS_EV_LLM_END = 4,          /* on_llm_end: usage */
-    CBUS_EV_LLM_ERROR = 5,        /* on_llm_error */
-    CBUS_EV_CHAIN_START = 6,
-    CBUS_EV_CHAIN_END = 7,
-    CBUS_EV_CHAIN_ERROR = 8,
-    CBUS_EV_TOOL_START = 9,       /* name = tool, preview = input */
-    CBUS_EV_TOOL_END = 10,        /* preview = output */
-    CBUS_EV_TOOL_ERROR = 11,
-    CBUS_EV_AGENT_ACTION = 12,    /* name = tool chosen, preview = tool input */
-    CBUS_EV_AGENT_FINISH = 13,    /* preview = final output */
-    CBUS_EV_RETRIEVER_START = 14, /* preview = query */
-    CBUS_EV_RETRIEVER_END = 15,   /* u.retriever.document_count */
-    CBUS_EV_RETRIEVER_ERROR = 16,
-    CBUS_EV_TEXT = 17,            /* on_text */
-    CBUS_EV_RETRY = 18,           /* on_retry: u.retry */
-    CBUS_EV_CUSTOM = 19,          /* on_custom_event: name + preview */
+#define CBUS__KIND_ENUM(E, n, v, f, p, pl) CBUS_EV_##E = v,
+    CBUS_KIND_MAP(CBUS__KIND_ENUM)
+#undef CBUS__KIND_ENUM
     CBUS_EV__COUNT
 };
+
+/* Families: the kind of run an event belongs to (LangChain's run types). */
+enum cbus_kind_family {
+    CBUS_FAMILY_NONE = 0,  /* CBUS_EV_NONE, or a kind this header does not know */
+    CBUS_FAMILY_LLM = 1,
+    CBUS_FAMILY_CHAIN = 2,
+    CBUS_FAMILY_TOOL = 3,
+    CBUS_FAMILY_AGENT = 4, /* agent callbacks have no start: they fall inside a chain run */
+    CBUS_FAMILY_RETRIEVER = 5,
+    CBUS_FAMILY_OTHER = 6,
+};
+
+enum cbus_kind_phase {
+    CBUS_PHASE_NONE = 0,
+    CBUS_PHASE_START = 1,
+    CBUS_PHASE_END = 2,
+    CBUS_PHASE_ERROR = 3,
+    CBUS_PHASE_POINT = 4,
+};
+
+/* Which member of cbus_event.u a kind fills (NONE: u is zero). */
+enum cbus_kind_payload {
+    CBUS_PAYLOAD_NONE = 0,
+    CBUS_PAYLOAD_LLM_START = 1, /* u.llm_start */
+    CBUS_PAYLOAD_TOKEN = 2,     /* u.token */
+    CBUS_PAYLOAD_USAGE = 3,     /* u.usage */
+    CBUS_PAYLOAD_ERROR = 4,     /* u.error */
+    CBUS_PAYLOAD_RETRY = 5,     /* u.retry */
+    CBUS_PAYLOAD_RETRIEVER = 6, /* u.retriever */
+    CBUS_PAYLOAD_SPAN = 7,      /* u.span */
+};
+
+/* The map's columns for a kind read from a segment (any value: unknown
+ * kinds answer NONE).  Inline so a tool needs no library for them. */
+#define CBUS__KIND_FAMILY(E, n, v, f, p, pl) case v: return CBUS_FAMILY_##f;
+#define CBUS__KIND_PHASE(E, n, v, f, p, pl) case v: return CBUS_PHASE_##p;
+#define CBUS__KIND_PAYLOAD(E, n, v, f, p, pl) case v: return CBUS_PAYLOAD_##pl;
+static inline enum cbus_kind_family cbus_kind_family(unsigned kind)
+{
+    switch (kind) {
+    CBUS_KIND_MAP(CBUS__KIND_FAMILY)
+    default: return CBUS_FAMILY_NONE;
+    }
+}
+static inline enum cbus_kind_phase cbus_kind_phase(unsigned kind)
+{
+    switch (kind) {
+    CBUS_KIND_MAP(CBUS__KIND_PHASE)
+    default: return CBUS_PHASE_NONE;
+    }
+}
+static inline enum cbus_kind_payload cbus_kind_payload(unsigned kind)
+{
+    switch (kind) {
+    CBUS_KIND_MAP(CBUS__KIND_PAYLOAD)
+    default: return CBUS_PAYLOAD_NONE;
+    }
+}
+#undef CBUS__KIND_FAMILY
+#undef CBUS__KIND_PHASE
+#undef CBUS__KIND_PAYLOAD
 
 /* Finish reasons, as OpenTelemetry's gen_ai.response.finish_reasons values. */
 enum cbus_finish_reason {
@@ -413,6 +491,15 @@ static_assert(sizeof(CBUS_ATOMIC(uint64_t)) == 8 && CBUS__ALIGNOF(CBUS_ATOMIC(ui
               "an atomic 64-bit word is a plain one in memory");
 static_assert(sizeof(CBUS_ATOMIC(uint32_t)) == 4 && CBUS__ALIGNOF(CBUS_ATOMIC(uint32_t)) == 4,
               "an atomic 32-bit word is a plain one in memory");
+/* The map's values are dense from 1 (tables are indexed by kind): unique
+ * (a duplicate is a duplicate case in cbus_kind_family()), each in
+ * 1..count, and as many as the entries. */
+#define CBUS__KIND_ONE(E, n, v, f, p, pl) +1
+#define CBUS__KIND_IN_RANGE(E, n, v, f, p, pl) && (v) >= 1 && (v) < CBUS_EV__COUNT
+static_assert(CBUS_EV__COUNT == 1 CBUS_KIND_MAP(CBUS__KIND_ONE), "kind values are dense");
+static_assert(1 CBUS_KIND_MAP(CBUS__KIND_IN_RANGE), "kind values are 1..count-1");
+#undef CBUS__KIND_ONE
+#undef CBUS__KIND_IN_RANGE
 static_assert(sizeof(struct cbus_event) == 496, "event size");
 static_assert(sizeof(struct cbus_slot) == CBUS_SLOT_SIZE, "slot size");
 static_assert(offsetof(struct cbus_slot, ev) == 16, "slot.ev");

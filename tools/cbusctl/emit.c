@@ -9,12 +9,14 @@
 #include <inttypes.h>
 #include <string.h>
 
-#define K(kind) (UINT32_C(1) << (kind))
-#define KINDS_START (K(CBUS_EV_LLM_START) | K(CBUS_EV_CHAT_MODEL_START))
-#define KINDS_ERROR (K(CBUS_EV_LLM_ERROR) | K(CBUS_EV_CHAIN_ERROR) | K(CBUS_EV_TOOL_ERROR) | \
-                     K(CBUS_EV_RETRIEVER_ERROR))
-#define KINDS_SPAN  (K(CBUS_EV_CHAIN_END) | K(CBUS_EV_TOOL_END) | K(CBUS_EV_AGENT_FINISH))
-#define KINDS_DURATION (K(CBUS_EV_LLM_END) | KINDS_ERROR | KINDS_SPAN | K(CBUS_EV_RETRIEVER_END))
+/* Options go by the payload a kind fills (the kind map in layout.h), so a
+ * kind added there takes the options of its payload with no edit here. */
+#define P(payload) (UINT32_C(1) << (payload))
+#define K(kind) P(cbus_kind_payload(kind))
+#define KINDS_START P(CBUS_PAYLOAD_LLM_START)
+#define KINDS_ERROR P(CBUS_PAYLOAD_ERROR)
+#define KINDS_SPAN  P(CBUS_PAYLOAD_SPAN)
+#define KINDS_DURATION (P(CBUS_PAYLOAD_USAGE) | KINDS_ERROR | KINDS_SPAN | P(CBUS_PAYLOAD_RETRIEVER))
 #define KINDS_ALL UINT32_MAX
 
 enum opt_id {
@@ -39,19 +41,19 @@ static uint32_t applies_to(int id)
     switch (id) {
     case O_INPUT: case O_OUTPUT: case O_CACHE_READ: case O_CACHE_CREATION: case O_REASONING:
     case O_TTFT: case O_FINISH: case O_GENERATIONS:
-        return K(CBUS_EV_LLM_END);
+        return P(CBUS_PAYLOAD_USAGE);
     case O_DURATION:
         return KINDS_DURATION;
     case O_PROMPTS: case O_EST_INPUT: case O_MAX_TOKENS:
         return KINDS_START;
     case O_INDEX:
-        return K(CBUS_EV_LLM_NEW_TOKEN);
+        return P(CBUS_PAYLOAD_TOKEN);
     case O_HTTP:
         return KINDS_ERROR;
     case O_ATTEMPT: case O_BACKOFF:
-        return K(CBUS_EV_RETRY);
+        return P(CBUS_PAYLOAD_RETRY);
     case O_DOCS:
-        return K(CBUS_EV_RETRIEVER_END);
+        return P(CBUS_PAYLOAD_RETRIEVER);
     default:
         return KINDS_ALL;
     }
@@ -224,7 +226,7 @@ int cmd_emit(int argc, char **argv)
     if (given[O_DURATION] && (r = cli_duration("emit", "--duration", arg[O_DURATION], &duration)))
         return r;
 
-    if (kind == CBUS_EV_LLM_END) {
+    if (K(kind) & P(CBUS_PAYLOAD_USAGE)) {
         static const struct {
             int id;
             unsigned bit;
@@ -281,7 +283,7 @@ int cmd_emit(int argc, char **argv)
                                                  &pl.start.max_tokens))))
             return r;
         pl_len = sizeof pl.start;
-    } else if (kind == CBUS_EV_LLM_NEW_TOKEN) {
+    } else if (K(kind) & P(CBUS_PAYLOAD_TOKEN)) {
         if (given[O_INDEX] && (r = cli_u32("emit", "--index", arg[O_INDEX], &pl.token.index)))
             return r;
         pl_len = sizeof pl.token;
@@ -294,14 +296,14 @@ int cmd_emit(int argc, char **argv)
         }
         pl.error.duration_ns = duration;
         pl_len = sizeof pl.error;
-    } else if (kind == CBUS_EV_RETRY) {
+    } else if (K(kind) & P(CBUS_PAYLOAD_RETRY)) {
         if ((given[O_ATTEMPT] &&
              (r = cli_u32("emit", "--attempt", arg[O_ATTEMPT], &pl.retry.attempt))) ||
             (given[O_BACKOFF] &&
              (r = cli_duration("emit", "--backoff", arg[O_BACKOFF], &pl.retry.backoff_ns))))
             return r;
         pl_len = sizeof pl.retry;
-    } else if (kind == CBUS_EV_RETRIEVER_END) {
+    } else if (K(kind) & P(CBUS_PAYLOAD_RETRIEVER)) {
         if (given[O_DOCS] && (r = cli_u32("emit", "--document-count", arg[O_DOCS],
                                           &pl.retriever.document_count)))
             return r;

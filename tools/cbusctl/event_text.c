@@ -54,42 +54,36 @@ static void text_usage(struct sbuf *b, const struct cbus_usage *u)
 
 static void text_kind(struct sbuf *b, const struct cbus_event *ev)
 {
-    switch (ev->kind) {
-    case CBUS_EV_LLM_START:
-    case CBUS_EV_CHAT_MODEL_START:
+    switch (cbus_kind_payload(ev->kind)) {
+    case CBUS_PAYLOAD_LLM_START:
         sbuf_printf(b, " prompts=%" PRIu32, ev->u.llm_start.prompt_count);
         if (ev->u.llm_start.est_input_tokens)
             sbuf_printf(b, " est_in=%" PRIu32, ev->u.llm_start.est_input_tokens);
         if (ev->u.llm_start.max_tokens)
             sbuf_printf(b, " max_tokens=%" PRIu32, ev->u.llm_start.max_tokens);
         break;
-    case CBUS_EV_LLM_NEW_TOKEN:
+    case CBUS_PAYLOAD_TOKEN:
         sbuf_printf(b, " index=%" PRIu32, ev->u.token.index);
         break;
-    case CBUS_EV_LLM_END:
+    case CBUS_PAYLOAD_USAGE:
         text_usage(b, &ev->u.usage);
         break;
-    case CBUS_EV_LLM_ERROR:
-    case CBUS_EV_CHAIN_ERROR:
-    case CBUS_EV_TOOL_ERROR:
-    case CBUS_EV_RETRIEVER_ERROR:
+    case CBUS_PAYLOAD_ERROR:
         if (ev->u.error.http_status)
             sbuf_printf(b, " http=%" PRId32, ev->u.error.http_status);
         if (ev->u.error.duration_ns)
             text_ns(b, "dur", ev->u.error.duration_ns);
         break;
-    case CBUS_EV_RETRY:
+    case CBUS_PAYLOAD_RETRY:
         sbuf_printf(b, " attempt=%" PRIu32, ev->u.retry.attempt);
         text_ns(b, "backoff", ev->u.retry.backoff_ns);
         break;
-    case CBUS_EV_RETRIEVER_END:
+    case CBUS_PAYLOAD_RETRIEVER:
         sbuf_printf(b, " docs=%" PRIu32, ev->u.retriever.document_count);
         if (ev->u.retriever.duration_ns)
             text_ns(b, "dur", ev->u.retriever.duration_ns);
         break;
-    case CBUS_EV_CHAIN_END:
-    case CBUS_EV_TOOL_END:
-    case CBUS_EV_AGENT_FINISH:
+    case CBUS_PAYLOAD_SPAN:
         if (ev->u.span.duration_ns)
             text_ns(b, "dur", ev->u.span.duration_ns);
         break;
