@@ -432,8 +432,36 @@ static void skip_unclaimed_run(cbus_consumer *c)
     }
 }
 
+/* tail is more than a ring ahead of read_pos, whose slot holds no commit of
+ * read_pos: skips, as lost, the positions from read_pos (below tail -
+ * capacity) whose slots do not hold their own event, and stops at the first
+ * that does (committed, or marked by its writer: it is read or waited for as
+ * usual).  Not simply everything below tail - capacity: tail may have been
+ * written forward (a gap nobody claimed, consumer.c's header), and then the
+ * ring is not lapped at all.  A lossless consumer stuck at a gap while
+ * producers filled the ring up to its cursor saw a jump of 3 push tail past
+ * read_pos + capacity and threw away the real, committed events right after
+ * the gap as lost (the soak's lossless verifier missed them).  At most a ring
+ * per call; returns how many it skipped. */
+static uint64_t skip_overrun(cbus_consumer *c, uint64_t tail)
+{
+    uint64_t end = tail - c->bus->capacity, start = c->read_pos;
+    if (end - start > c->bus->capacity)
+        end = start + c->bus->capacity;
+    while (c->read_pos < end) {
+        struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (seq >= CBUS_SEQ_BUSY(c->read_pos) && seq <= CBUS_SEQ_COMMITTED(c->read_pos))
+            break;
+        c->lost++;
+        c->read_pos++;
+    }
+    return c->read_pos - start;
+}
+
 /* Skips positions the producers have lapped: everything older than one ring
- * behind the head is gone, counted as lost. */
+ * behind the head is gone, counted as lost.  Used on a slot that shows a
+ * later lap (a writer got that far); see skip_overrun() otherwise. */
 static void skip_lapped(cbus_consumer *c, uint64_t tail)
 {
     uint64_t cap = c->bus->capacity;
@@ -494,10 +522,8 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         c->tail_seen = tail;
         if (pos >= tail)
             break; /* empty */
-        if (tail - pos > bus->capacity) {
-            skip_lapped(c, tail);
+        if (tail - pos > bus->capacity && skip_overrun(c, tail))
             continue;
-        }
         /* Claimed (pos < tail) but not committed yet: spin briefly, the
          * producer is normally a few stores away. */
         uint64_t spin_end = now + COMMIT_SPIN_NS;

@@ -263,3 +263,35 @@ Test(bus_tail, stray_slot_word_is_written_over_not_a_tail_jump)
     assert_exact(ly, 0);
     cbus_consumer_detach(ly);
 }
+
+/* A lossless consumer waits at a gap (tail written forward by 1) while the
+ * producers fill the ring up to its cursor; then tail is written forward by
+ * 3 more, so it is more than a ring ahead of the consumer.  Nothing was
+ * lapped (the consumer holds the producers): only the gap position may be
+ * counted, and every event after it is delivered.  The old lap inference
+ * skipped everything below tail - capacity, throwing away the two committed
+ * events right after the gap as lost (the soak's lossless verifier's
+ * "events missing" under tail-jump faults). */
+Test(bus_tail, forward_write_past_a_full_ring_loses_no_committed_event)
+{
+    make_bus(600000000000ull); /* ten minutes: no stall skip can help */
+    cbus_consumer *ll = attach("lossless", CBUS_LOSSLESS);
+    uint32_t next = 0, expect = 0;
+    cr_assert_eq(emit_n(1, &next), 1);
+    cr_assert_eq(drain(ll, 1, &expect, 10000), 1);
+    atomic_fetch_add(tail_word(), 1); /* gap at position 1 */
+    struct cbus_event ev[4];
+    cr_assert_eq(cbus_consumer_poll(ll, ev, 4), 0, "stuck at the gap");
+    cbus_consumer_commit(ll);
+    /* positions 2 .. 1024: the ring is full up to the cursor (1) */
+    cr_assert_eq(emit_n(1023, &next), 1023);
+    cr_assert_eq(emit_n(1, &next), 0, "held by the lossless consumer");
+    atomic_fetch_add(tail_word(), 3); /* tail 1028: more than a ring ahead of 1 */
+    cr_assert_eq(drain(ll, 1025, &expect, 30000), 1023, "every committed event after the gap");
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(ll, &st);
+    cr_assert_eq(st.consumed, 1024);
+    cr_assert_eq(st.lost + st.abandoned, 1, "only the gap position is counted");
+    assert_exact(ll, 0);
+    cbus_consumer_detach(ll);
+}
