@@ -622,9 +622,12 @@ int cost_daemon_main(int argc, char **argv)
         }
         if (n > 0)
             cost_ledger_apply_batch(&d->led, buf, (size_t)n);
-        if (n > 0) {
+        {
             /* Everything below the read position was applied, lost or
-             * abandoned: the checkpoint may acknowledge all of it. */
+             * abandoned: the checkpoint may acknowledge all of it, also
+             * when this poll returned no event (positions skipped after a
+             * forward jump of tail): the producers gated behind our cursor
+             * would otherwise never send the event that moves it. */
             uint64_t rp = cbus_consumer_read_pos(d->c);
             if (rp > d->led.cursor)
                 d->led.cursor = rp;

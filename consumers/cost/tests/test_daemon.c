@@ -998,3 +998,50 @@ Test(cost_daemon, lost_events_stay_counted_when_the_bus_is_recreated)
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
     cr_assert_eq(snapshot_num("lost"), lost, "kept in the checkpoint of the new bus");
 }
+
+/* A forged forward jump of tail by more than the ring: the poll skips the
+ * positions (lost, then abandoned) and returns no event.  The daemon must
+ * still acknowledge them, or producers gated behind its cursor drop
+ * forever and no event ever arrives to move it. */
+Test(cost_daemon, tail_jump_past_the_ring_releases_producers)
+{
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 300000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    cr_assert(consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED);
+    cbus_ctx ctx;
+    make_ctx(&ctx, "frank");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    long ok = 0;
+    for (int i = 0; i < 5; i++, ok++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cr_assert(wait_requests(ok, 10000), "%s", log_text(0));
+
+    /* the hostile write */
+    atomic_fetch_add((_Atomic uint64_t *)&cbus_bus_header(b)->tail, 3 * o.capacity);
+
+    /* Emits succeed again once the daemon acknowledged the skipped
+     * positions (each drop waits the bus's bound first). */
+    uint64_t end = test_now_ms() + 30000;
+    int rc;
+    while ((rc = cbus_llm_end(p, &ctx, &u, NULL)) != 0 && test_now_ms() < end)
+        test_sleep_ms(1);
+    cr_assert_eq(rc, 0, "producers never released: %s", log_text(0));
+    ok++;
+    for (int i = 0; i < 50; i++, ok++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cr_assert(wait_requests(ok, 15000), "requests %ld, want %ld: %s", snapshot_total(NULL, 0), ok,
+              log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cbus_producer_close(p);
+}
