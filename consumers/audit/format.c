@@ -105,6 +105,19 @@ int audit_header_encode(struct audit_chain *c, struct audit_header *h, uint8_t *
     return (int)(w.p - out);
 }
 
+/* Ends a record whose body is out..w->p: hashes it onto the chain, writes
+ * the trailer, moves the chain on.  Returns the record's length. */
+static int chain_close(struct audit_chain *c, struct cbus_mp_writer *w, uint8_t *out)
+{
+    size_t body = (size_t)(w->p - out);
+    uint8_t hash[AUDIT_HASH_LEN];
+    audit_sha256(c, c->hash, AUDIT_HASH_LEN, out, body, hash);
+    put_trailer(w, hash);
+    memcpy(c->hash, hash, AUDIT_HASH_LEN);
+    c->next_seq++;
+    return (int)(w->p - out);
+}
+
 int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
                         const struct audit_redact *red, uint8_t *out, size_t cap)
 {
@@ -129,13 +142,7 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
     if (n < 0)
         return n;
     w.p += n;
-    size_t body = (size_t)(w.p - out);
-    uint8_t hash[AUDIT_HASH_LEN];
-    audit_sha256(c, c->hash, AUDIT_HASH_LEN, out, body, hash);
-    put_trailer(&w, hash);
-    memcpy(c->hash, hash, AUDIT_HASH_LEN);
-    c->next_seq++;
-    return (int)(w.p - out);
+    return chain_close(c, &w, out);
 }
 
 int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap)
@@ -154,13 +161,7 @@ int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t 
     cbus_mp_put_uint(&w, from);
     KEY(&w, "to");
     cbus_mp_put_uint(&w, to);
-    size_t body = (size_t)(w.p - out);
-    uint8_t hash[AUDIT_HASH_LEN];
-    audit_sha256(c, c->hash, AUDIT_HASH_LEN, out, body, hash);
-    put_trailer(&w, hash);
-    memcpy(c->hash, hash, AUDIT_HASH_LEN);
-    c->next_seq++;
-    return (int)(w.p - out);
+    return chain_close(c, &w, out);
 }
 
 static int key_is(const char *k, uint32_t n, const char *lit)
