@@ -50,6 +50,9 @@ struct cbus_consumer {
     unsigned mode;
     uint64_t read_pos;
     uint64_t cursor;
+    /* read_pos just after the last event poll handed out: positions from
+     * here to read_pos were skipped (lost or abandoned), nothing to process */
+    uint64_t delivered_end;
     uint64_t consumed, lost, abandoned;
     /* a claimed slot not yet committed at read_pos: since when */
     uint64_t stuck_pos;
@@ -279,7 +282,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     }
     if (start > tail)
         start = tail; /* a cursor from the future (other bus, corrupt file) */
-    c->read_pos = c->cursor = start;
+    c->read_pos = c->cursor = c->delivered_end = start;
     c->generation = atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel) + 1;
     e->pid = (uint32_t)getpid();
     e->pid_start_time = cbus__pid_start_time(getpid());
@@ -506,6 +509,7 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
             n++;
             c->consumed++;
             c->read_pos++;
+            c->delivered_end = c->read_pos;
             c->stuck = 0;
             continue;
         }
@@ -547,6 +551,13 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
     }
     if (now - c->pscan_ns >= PRODUCER_SCAN_NS)
         scan_producers(c, now);
+    /* Every event handed out is committed and positions were skipped after
+     * them (lost, abandoned, a gap written into tail): acknowledge those too.
+     * They carry nothing to process, and a lossless consumer that waited for
+     * its next event to commit them would wait for ever: the producers it
+     * gates cannot send it (a tail jump past the ring). */
+    if (c->cursor >= c->delivered_end && c->read_pos > c->cursor)
+        cbus_consumer_commit_to(c, c->read_pos);
     publish_counters(c, now);
     maybe_retether(c);
     return (int)n;

@@ -295,3 +295,47 @@ Test(bus_tail, forward_write_past_a_full_ring_loses_no_committed_event)
     assert_exact(ll, 0);
     cbus_consumer_detach(ll);
 }
+
+/* A lossless consumer commits what it processed, as a checkpointing daemon
+ * does (up to just past its last event), never past it.  A forward write of
+ * tail by more than the ring leaves it only skipped positions and no event:
+ * if it had to commit them itself, the producers it gates could never send
+ * the event that makes it commit.  The library acknowledges them. */
+Test(bus_tail, skipped_positions_after_the_last_commit_release_producers)
+{
+    make_bus(500000000u);
+    cbus_consumer *ll = attach("lossless", CBUS_LOSSLESS);
+    uint32_t next = 0;
+    cr_assert_eq(emit_n(5, &next), 5);
+    struct cbus_event ev[64];
+    uint64_t got = 0, end_pos = 0, t0 = test_now_ms();
+    while (got < 5 && test_now_ms() - t0 < 10000) {
+        int n = cbus_consumer_poll(ll, ev, 64);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++)
+            end_pos = ev[i].event_id + 1;
+        got += (uint64_t)n;
+    }
+    cr_assert_eq(got, 5);
+    cr_assert_eq(cbus_consumer_commit_to(ll, end_pos), 0);
+    atomic_fetch_add(tail_word(), 3 * 1024); /* the hostile write */
+    uint64_t tail = 5 + 3 * 1024;
+
+    /* Poll (never commit) until a producer gets a position again. */
+    unsigned accepted = 0;
+    t0 = test_now_ms();
+    while (!accepted && test_now_ms() - t0 < 30000) {
+        cbus_consumer_heartbeat(ll);
+        cr_assert_eq(cbus_consumer_poll(ll, ev, 64), 0, "nothing was emitted");
+        accepted = emit_n(1, &next);
+        if (!accepted)
+            test_sleep_ms(1);
+    }
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(ll, &st);
+    cr_assert_geq(st.cursor, tail, "cursor %llu: the skipped positions were acknowledged",
+                  (unsigned long long)st.cursor);
+    cr_assert_eq(accepted, 1, "producers released");
+    assert_exact(ll, 0);
+    cbus_consumer_detach(ll);
+}
