@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+extern char **environ;
+
 #define MAX_ARGS 64
 
 struct cap {
@@ -50,8 +52,17 @@ static pid_t spawn(const char *const *argv, int as_uid, int *out_fd, int *err_fd
     if (pid == 0) {
         dup2(o[1], STDOUT_FILENO);
         dup2(e[1], STDERR_FILENO);
-        if (as_uid >= 0 && (setgid((gid_t)as_uid) || setuid((uid_t)as_uid)))
-            _exit(126);
+        if (as_uid >= 0) {
+            /* Opened before dropping privileges and run by descriptor: the
+             * other uid needs execute permission on the binary only, not a
+             * way through the build tree's folders (a fresh clone in a 0700
+             * mktemp -d has none, and the test must still run). */
+            int exe = open(CBUSCTL_PATH, O_RDONLY);
+            if (exe < 0 || setgid((gid_t)as_uid) || setuid((uid_t)as_uid))
+                _exit(126);
+            fexecve(exe, (char *const *)argv, environ);
+            _exit(127);
+        }
         execv(CBUSCTL_PATH, (char *const *)argv);
         _exit(127);
     }
