@@ -74,6 +74,10 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
 CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns);
 
 /* Publishes the read position (or pos, <= read position) as the cursor.
+ * Once the cursor covers every event poll handed out, poll itself moves it
+ * over positions it skipped after them (lost, abandoned: nothing to
+ * process), so a lossless consumer that commits only what it processed is
+ * never left gating producers that can send it nothing (a jump of tail).
  * Returns 0, -EINVAL (pos beyond the read position or behind the cursor), -ESTALE. */
 CBUS_API int cbus_consumer_commit(cbus_consumer *c);
 CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos);
