@@ -52,12 +52,13 @@ CBUS_API int cbus_admit_writer_register(cbus_bus *bus, const char *name, unsigne
         }
         if (strncmp(w->name, name, sizeof w->name))
             continue;
-        if (cbus__pid_alive(w->pid, w->pid_start_time))
+        if (cbus__pid_alive(atomic_load_explicit(&w->pid, memory_order_relaxed),
+                            atomic_load_explicit(&w->pid_start_time, memory_order_relaxed)))
             return -EBUSY;
         /* A dead writer of the same name: take over its slot and verdicts
          * (a restarted rate limiter republishes what still holds). */
-        w->pid = (uint32_t)getpid();
-        w->pid_start_time = start;
+        atomic_store_explicit(&w->pid, (uint32_t)getpid(), memory_order_relaxed);
+        atomic_store_explicit(&w->pid_start_time, start, memory_order_relaxed);
         atomic_store_explicit(&w->heartbeat_ns, bus_now(bus), memory_order_release);
         *writer = i;
         return 0;
@@ -68,8 +69,8 @@ CBUS_API int cbus_admit_writer_register(cbus_bus *bus, const char *name, unsigne
         if (!atomic_compare_exchange_strong_explicit(&w->in_use, &expect, 1, memory_order_acq_rel,
                                                      memory_order_acquire))
             continue;
-        w->pid = (uint32_t)getpid();
-        w->pid_start_time = start;
+        atomic_store_explicit(&w->pid, (uint32_t)getpid(), memory_order_relaxed);
+        atomic_store_explicit(&w->pid_start_time, start, memory_order_relaxed);
         memset(w->name, 0, sizeof w->name);
         memcpy(w->name, name, strlen(name));
         atomic_store_explicit(&w->heartbeat_ns, bus_now(bus), memory_order_release);

@@ -114,8 +114,8 @@ static void scan_producers(cbus_consumer *c, uint64_t now)
             d->known = 0;
             continue;
         }
-        uint32_t pid = e->pid;
-        uint64_t st = e->pid_start_time;
+        uint32_t pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
+        uint64_t st = atomic_load_explicit(&e->pid_start_time, memory_order_relaxed);
         if (d->known && d->pid == pid && d->start_time == st)
             continue; /* the same dead producer: dead stays dead */
         if (cbus__pid_alive(pid, st)) {
@@ -284,8 +284,8 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         start = tail; /* a cursor from the future (other bus, corrupt file) */
     c->read_pos = c->cursor = c->delivered_end = start;
     c->generation = atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel) + 1;
-    e->pid = (uint32_t)getpid();
-    e->pid_start_time = cbus__pid_start_time(getpid());
+    atomic_store_explicit(&e->pid, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&e->pid_start_time, cbus__pid_start_time(getpid()), memory_order_relaxed);
     e->attach_realtime_ns = cbus__real_ns();
     memset(e->name, 0, sizeof e->name);
     memcpy(e->name, opts->name, strlen(opts->name));

@@ -513,11 +513,12 @@ CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx)
     struct cbus_consumer_entry *e = &bus->consumers[idx];
     if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE)
         return 0; /* free, parked, or still being attached */
-    if (!cbus__pid_alive(e->pid, e->pid_start_time))
+    if (!cbus__pid_alive(atomic_load_explicit(&e->pid, memory_order_relaxed),
+                        atomic_load_explicit(&e->pid_start_time, memory_order_relaxed)))
         return 0;
     /* The pid lives; its lock says whether it still holds this entry (a
      * process that closed its consumer without detaching, or that forked). */
-    if ((uint32_t)getpid() != e->pid && entry_lock_held(bus, idx) == 0)
+    if ((uint32_t)getpid() != atomic_load_explicit(&e->pid, memory_order_relaxed) && entry_lock_held(bus, idx) == 0)
         return 0;
     return 1;
 }

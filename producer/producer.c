@@ -85,7 +85,8 @@ static void entry_acquire(cbus_producer *p, const char *name)
             struct cbus_producer_entry *e = &bus->producers[i];
             uint32_t in_use = atomic_load_explicit(&e->in_use, memory_order_acquire);
             /* second pass: take over entries of dead producers */
-            if (in_use && (pass == 0 || cbus__pid_alive(e->pid, e->pid_start_time)))
+            if (in_use && (pass == 0 || cbus__pid_alive(atomic_load_explicit(&e->pid, memory_order_relaxed),
+                                                       atomic_load_explicit(&e->pid_start_time, memory_order_relaxed))))
                 continue;
             /* 2 while the identity below is written; 1 (RELEASE) once it is
              * whole, for consumers that read it (ACQUIRE in scan_producers()). */
@@ -93,8 +94,8 @@ static void entry_acquire(cbus_producer *p, const char *name)
                                                          memory_order_acq_rel,
                                                          memory_order_acquire))
                 continue;
-            e->pid = p->pid;
-            e->pid_start_time = start;
+            atomic_store_explicit(&e->pid, p->pid, memory_order_relaxed);
+            atomic_store_explicit(&e->pid_start_time, start, memory_order_relaxed);
             atomic_store_explicit(&e->emitted, 0, memory_order_relaxed);
             atomic_store_explicit(&e->dropped, 0, memory_order_relaxed);
             atomic_store_explicit(&e->waited_ns, 0, memory_order_relaxed);
@@ -301,7 +302,7 @@ static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blo
     if (!blocker)
         return 0;
     uint64_t hb = atomic_load_explicit(&blocker->heartbeat_ns, memory_order_acquire);
-    uint32_t pid = blocker->pid;
+    uint32_t pid = atomic_load_explicit(&blocker->pid, memory_order_relaxed);
     /* Read after hb: a live consumer's heartbeat is then never ahead of us
      * by more than the clocks' skew, however long this thread was preempted. */
     uint64_t now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
@@ -312,7 +313,7 @@ static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blo
         /* Only here (rare: within the skew, or forged) is the process looked
          * up: kill(0) and a /proc read, on the slow path. */
         stale = hb - now > HB_FUTURE_SLACK_NS ||
-                (hb - now > HB_SKEW_NS && !cbus__pid_alive(pid, blocker->pid_start_time));
+                (hb - now > HB_SKEW_NS && !cbus__pid_alive(pid, atomic_load_explicit(&blocker->pid_start_time, memory_order_relaxed)));
     else
         stale = now - hb >= p->bus->stall_timeout_ns;
     if (!stale)

@@ -190,7 +190,7 @@ static int print_table(const char *bus_name)
             continue;
         uint64_t hb = atomic_load_explicit(&aw->heartbeat_ns, memory_order_relaxed);
         printf("  writer %u %s pid %u heartbeat %.2f s ago%s\n", w, safe(aw->name, sizeof aw->name),
-               aw->pid, now > hb ? (double)(now - hb) / 1e9 : 0.0,
+               atomic_load_explicit(&aw->pid, memory_order_relaxed), now > hb ? (double)(now - hb) / 1e9 : 0.0,
                now > hb && now - hb > h->admit_stale_ns ? " STALE" : "");
     }
     printf("  %-9s %-40s %-16s %-9s %s\n", "SCOPE", "KEY", "VERDICT", "RETRY", "WRITER");

@@ -339,9 +339,9 @@ struct cbus_consumer_entry {
     /* line 0: identity, written at attach */
     CBUS_ATOMIC(uint32_t) state;            /* enum cbus_consumer_state */
     CBUS_ATOMIC(uint32_t) flags;            /* CBUS_CFLAG_* */
-    uint32_t pid;
+    CBUS_ATOMIC(uint32_t) pid;              /* atomic: producers read it while a re-attach writes */
     uint32_t _reserved0;
-    uint64_t pid_start_time;           /* /proc/pid/stat starttime, against pid reuse */
+    CBUS_ATOMIC(uint64_t) pid_start_time;   /* /proc/pid/stat starttime, against pid reuse */
     uint64_t attach_realtime_ns;
     CBUS_ATOMIC(uint64_t) generation;       /* bumped at every attach of this entry */
     char name[CBUS_NAME_MAX - 8];
@@ -363,8 +363,8 @@ struct cbus_consumer_entry {
 /* ---- producer table (statistics only; never on the claim path) ----------- */
 struct cbus_producer_entry {
     CBUS_ATOMIC(uint32_t) in_use;
-    uint32_t pid;
-    uint64_t pid_start_time;
+    CBUS_ATOMIC(uint32_t) pid;        /* atomic: consumers scan it while a producer opens */
+    CBUS_ATOMIC(uint64_t) pid_start_time;
     CBUS_ATOMIC(uint64_t) emitted;    /* flushed from per-thread counters every 256 emits */
     CBUS_ATOMIC(uint64_t) dropped;    /* exact */
     CBUS_ATOMIC(uint64_t) waited_ns;  /* time spent waiting on lossless consumers */
@@ -390,8 +390,8 @@ enum cbus_admit_scope {
 
 struct cbus_admit_writer {
     CBUS_ATOMIC(uint32_t) in_use;
-    uint32_t pid;
-    uint64_t pid_start_time;
+    CBUS_ATOMIC(uint32_t) pid;
+    CBUS_ATOMIC(uint64_t) pid_start_time;
     CBUS_ATOMIC(uint64_t) heartbeat_ns;     /* monotonic; stale => fail open/closed */
     char name[CBUS_NAME_MAX - 8];
     uint8_t _pad[CBUS_CACHELINE - 24 - (CBUS_NAME_MAX - 8)];

@@ -38,7 +38,7 @@ static void entry_desc(cbus_bus *bus, unsigned idx, char *out, size_t len)
         return;
     }
     fmt_safe(nm, sizeof nm, e->name, sizeof e->name);
-    snprintf(out, len, "consumer %u '%s' (pid %u)", idx, nm, e->pid);
+    snprintf(out, len, "consumer %u '%s' (pid %u)", idx, nm, atomic_load_explicit(&e->pid, memory_order_relaxed));
 }
 
 /* Evicts one entry and reports; returns an exit code. */

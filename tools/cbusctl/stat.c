@@ -70,7 +70,7 @@ static void take(cbus_bus *bus, struct snap *s)
         c->idx = i;
         c->state = state;
         c->flags = atomic_load_explicit(&e->flags, memory_order_relaxed);
-        c->pid = e->pid;
+        c->pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
         c->generation = atomic_load_explicit(&e->generation, memory_order_relaxed);
         c->heartbeat_ns = atomic_load_explicit(&e->heartbeat_ns, memory_order_relaxed);
         c->consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
