@@ -22,23 +22,6 @@
 #define WAIT_LOOK_NS 10000u
 /* An empty poll looks at the producers' tail at most this often. */
 #define TAIL_CHECK_NS 5000u
-/* Poll looks at the producer table at most this often (see dead_producer). */
-#define PRODUCER_SCAN_NS 200000000u
-
-/* A registered producer seen dead.  A claimed position nobody has marked
- * cannot name its writer; if a producer died that could have claimed it,
- * the position is skipped after abandon_timeout instead of stall_timeout.
- * "Could have": it was alive to claim, so only positions below the tail we
- * read once we knew it was dead.  Poll looks at the table every
- * PRODUCER_SCAN_NS so a producer that died long ago (not mid-claim) cannot
- * excuse a live producer's claim made later. */
-struct dead_producer {
-    uint32_t pid;
-    int known;                    /* this entry holds a producer seen dead */
-    int vouched;                  /* it already excused one unmarked claim */
-    uint64_t start_time;
-    uint64_t seen_tail;           /* tail read after it was seen dead */
-};
 
 struct cbus_consumer {
     cbus_bus *bus;
@@ -62,8 +45,6 @@ struct cbus_consumer {
     uint64_t tail_checked_ns;     /* when an empty poll last read tail */
     uint64_t tail_seen;           /* what it read */
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
-    uint64_t pscan_ns;            /* when the producer table was last looked at */
-    struct dead_producer dead[CBUS_MAX_PRODUCERS];
 };
 
 static uint64_t now_ns(cbus_bus *bus)
@@ -95,54 +76,6 @@ static int take_lock(cbus_consumer *c)
         return e == -EAGAIN || e == -EACCES ? -EBUSY : e;
     }
     c->lock_fd = fd;
-    return 0;
-}
-
-/* Looks at the producer table: records producers that are dead and the
- * tail once that is known; forgets entries freed, reused or alive. */
-static void scan_producers(cbus_consumer *c, uint64_t now)
-{
-    cbus_bus *bus = c->bus;
-    c->pscan_ns = now;
-    for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
-        struct cbus_producer_entry *e = &bus->producers[i];
-        struct dead_producer *d = &c->dead[i];
-        /* ACQUIRE: pairs with the RELEASE store of 1 in entry_acquire()
-         * (producer.c), after pid and start time are written.  Anything
-         * else (free, 2 = being set up, a forged value) is not known dead. */
-        if (atomic_load_explicit(&e->in_use, memory_order_acquire) != 1) {
-            d->known = 0;
-            continue;
-        }
-        uint32_t pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
-        uint64_t st = atomic_load_explicit(&e->pid_start_time, memory_order_relaxed);
-        if (d->known && d->pid == pid && d->start_time == st)
-            continue; /* the same dead producer: dead stays dead */
-        if (cbus__pid_alive(pid, st)) {
-            d->known = 0;
-            continue;
-        }
-        /* Read only now that it is known dead: it claimed nothing at or past. */
-        uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_seq_cst);
-        *d = (struct dead_producer){.pid = pid, .known = 1, .start_time = st, .seen_tail = tail};
-    }
-}
-
-/* 1 if a dead producer may hold the unmarked claim at pos (and has not
- * excused one already: each is taken to hold one, the claim it died in). */
-static int dead_producer_may_hold(cbus_consumer *c, uint64_t pos, uint64_t now)
-{
-    /* at most every ms: a wait while stuck returns every ms, and a scan is
-     * a kill() and a /proc read per live producer */
-    if (now - c->pscan_ns >= 1000000u)
-        scan_producers(c, now);
-    for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
-        struct dead_producer *d = &c->dead[i];
-        if (d->known && !d->vouched && pos < d->seen_tail) {
-            d->vouched = 1;
-            return 1;
-        }
-    }
     return 0;
 }
 
@@ -296,7 +229,6 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->read_pos, start, memory_order_relaxed);
     uint64_t now = now_ns(bus);
     atomic_store_explicit(&e->heartbeat_ns, now, memory_order_relaxed);
-    scan_producers(c, now); /* producers dead already cannot excuse later claims */
     atomic_store_explicit(&e->flags, opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0,
                           memory_order_relaxed);
     /* RELEASE: the cursor and identity above are visible to any producer that
@@ -398,16 +330,17 @@ static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct cbus_slot *s, 
     if (waited < c->bus->abandon_timeout_ns)
         return STUCK_WAIT;
     /* A writer we can name and that is dead will never commit.  One we
-     * cannot name (claimed, killed before marking the slot) is taken to be
-     * dead if a registered producer died that could have made the claim.
-     * A live one gets the longer stall timeout, then is skipped all the same
-     * so one stuck producer thread cannot wedge every consumer. */
+     * cannot name (claimed, not marked yet) gets the stall timeout, as a
+     * live slow writer does: nothing in the segment tells a producer killed
+     * between its fetch_add and its mark from a live one preempted there,
+     * and taking the live one for dead loses its event (it commits after we
+     * passed).  A registered producer dying meanwhile proves nothing: it may
+     * have held no claim at all.  After the stall timeout the position is
+     * skipped all the same, so one stuck thread cannot wedge every consumer. */
     if (seq == CBUS_SEQ_BUSY(c->read_pos)) {
         uint32_t pid = atomic_load_explicit(&s->writer_pid, memory_order_relaxed);
         if (!cbus__pid_alive(pid, 0))
             return STUCK_SKIP_ONE;
-    } else if (seq < CBUS_SEQ_BUSY(c->read_pos) && dead_producer_may_hold(c, c->read_pos, now)) {
-        return STUCK_SKIP_ONE;
     }
     return waited >= c->bus->stall_timeout_ns ? STUCK_SKIP_RUN : STUCK_WAIT;
 }
@@ -549,8 +482,6 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         if (v == STUCK_SKIP_RUN)
             skip_unclaimed_run(c);
     }
-    if (now - c->pscan_ns >= PRODUCER_SCAN_NS)
-        scan_producers(c, now);
     /* Every event handed out is committed and positions were skipped after
      * them (lost, abandoned, a gap written into tail): acknowledge those too.
      * They carry nothing to process, and a lossless consumer that waited for

@@ -7,17 +7,26 @@
 #include <cbus/producer.h>
 
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "support.h"
 
 static char name[64];
 static cbus_producer *p;
 static cbus_ctx ctx;
+static pid_t kid = -1; /* a forked producer; teardown kills and reaps it */
 
 static void teardown(void)
 {
+    if (kid > 0) {
+        kill(kid, SIGKILL);
+        waitpid(kid, NULL, 0);
+        kid = -1;
+    }
     cbus_producer_close(p);
     p = NULL;
     cbus_bus_destroy(name);
@@ -338,4 +347,78 @@ Test(bus_tail, skipped_positions_after_the_last_commit_release_producers)
     cr_assert_eq(accepted, 1, "producers released");
     assert_exact(ll, 0);
     cbus_consumer_detach(ll);
+}
+
+/* A live producer preempted between its claim (the fetch_add on tail) and
+ * its mark, while another registered producer dies holding no claim.  The
+ * consumer must not take the dead one as the holder of the live one's
+ * claim: the live writer commits later, and skipping its position as
+ * abandoned is a lost event that a lossless consumer never sees (what the
+ * soak's lossless verifier reported under load).  Stall timeout ten
+ * minutes: nothing may skip the claim here. */
+Test(bus_tail, live_unmarked_claim_is_not_excused_by_a_producer_dying_after_it)
+{
+    test_bus_name(name, sizeof name);
+    struct cbus_create_opts o = {.capacity = 1024, .abandon_timeout_ns = 1000000u,
+                                 .stall_timeout_ns = 600000000000ull};
+    cr_assert_eq(cbus_bus_create(name, &o), 0);
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_ctx_init(&ctx);
+    cbus_consumer *c = attach("lossless", CBUS_LOSSLESS);
+    uint32_t next = 0, expect = 0;
+    cr_assert_eq(emit_n(1, &next), 1);
+    cr_assert_eq(drain(c, 1, &expect, 10000), 1);
+    /* the live writer's claim, not marked yet (as if preempted) */
+    uint64_t pos = atomic_fetch_add(tail_word(), 1);
+    cr_assert_eq(pos, 1);
+    /* a producer registers and dies holding no claim, after that claim */
+    int go[2];
+    cr_assert_eq(pipe(go), 0);
+    kid = fork();
+    cr_assert_geq(kid, 0);
+    if (kid == 0) {
+        cbus_producer *kp;
+        if (cbus_producer_open(&kp, name, NULL))
+            _exit(3);
+        char b = 1;
+        if (write(go[1], &b, 1) != 1)
+            _exit(4);
+        for (;;)
+            pause(); /* killed by the parent */
+    }
+    close(go[1]);
+    char b;
+    cr_assert_eq(read(go[0], &b, 1), 1, "the child registered");
+    close(go[0]);
+    kill(kid, SIGKILL);
+    cr_assert_eq(test_wait_pid(kid, 5000) >= 0, 1);
+    kid = -1;
+    /* the consumer polls at the held claim for 100 abandon timeouts (and
+     * scans the producer table every ms meanwhile): every chance to give
+     * it up wrongly */
+    struct cbus_event ev[4];
+    uint64_t t0 = test_now_ms();
+    while (test_now_ms() - t0 < 100) {
+        cr_assert_eq(cbus_consumer_poll(c, ev, 4), 0);
+        cbus_consumer_wait(c, 1000000u);
+    }
+    struct cbus_consumer_stats st;
+    cbus_consumer_stats(c, &st);
+    cr_assert_eq(st.abandoned, 0, "a live writer's claim was excused by a producer that died after it");
+    cr_assert_eq(st.read_pos, pos);
+    /* the writer completes: its event arrives */
+    struct cbus_shm_header *h = (struct cbus_shm_header *)cbus_bus_header(cbus_producer_bus(p));
+    struct cbus_slot *s = (struct cbus_slot *)((char *)h + h->slots_off) + (pos & (h->capacity - 1));
+    atomic_store(&s->writer_pid, (uint32_t)getpid());
+    atomic_store(&s->seq, CBUS_SEQ_BUSY(pos));
+    memset(&s->ev, 0, sizeof s->ev);
+    s->ev.kind = CBUS_EV_CUSTOM;
+    memcpy(&s->ev.u, &next, sizeof next);
+    next++;
+    atomic_store_explicit(&s->seq, CBUS_SEQ_COMMITTED(pos), memory_order_release);
+    cr_assert_eq(drain(c, pos + 1, &expect, 10000), 1, "the late writer's event is delivered");
+    cbus_consumer_stats(c, &st);
+    cr_assert_eq(st.consumed, 2);
+    cr_assert_eq(st.abandoned + st.lost, 0);
+    cbus_consumer_detach(c);
 }
