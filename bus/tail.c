@@ -15,12 +15,14 @@
  * Producers check each claimed slot's commit word (emit.c: a slot already
  * at this lap or a later one was claimed before); consumers check the tail
  * they read (consumer.c).  Whoever notices calls cbus__tail_repair(), which
- * puts tail back one past the highest position the ring shows was reached;
- * a producer whose position is below that drops its event, counted (a
- * position past the limit is always dropped).  A slot word the ring does not
- * corroborate (the slot before does not hold the position before) is a
- * stray write: it moves nothing and the producer writes over it.  Moving tail forward by a sane amount is not
- * detectable this way: consumers skip such a gap as abandoned (consumer.c). */
+ * puts tail back a gap past the highest position the ring shows was reached
+ * (claims in flight show nowhere, see below); a producer whose position is
+ * below that highest one drops its event, counted (a position past the
+ * limit is always dropped).  A slot word more than a ring above what the
+ * ring corroborates (slots holding consecutive positions) is a stray write:
+ * it moves nothing and the producer writes over it.  Moving tail forward by
+ * a sane amount is not detectable this way: consumers skip such a gap as
+ * abandoned (consumer.c). */
 #include "internal.h"
 
 /* The position whose claim last wrote slot `i`, or UINT64_MAX when the slot
@@ -51,6 +53,19 @@ uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor)
             (p == 0 || slot_position(bus, (i - 1) & bus->mask) == p - 1))
             hi = p + 1;
     }
+    /* But an event committed just above a claim in flight, or just past a
+     * gap (one this function left, or a forward write), has no such
+     * neighbour either, and a producer handed its position again would
+     * write over it: lost, uncounted.  So a position within a ring of the
+     * corroborated ones counts too; a stray word can then move tail forward
+     * by at most a ring, a gap consumers skip in one stall timeout, as a
+     * forward write of tail is. */
+    const uint64_t sane = hi + bus->capacity;
+    for (uint64_t i = 0; i < bus->capacity; i++) {
+        uint64_t p = slot_position(bus, i);
+        if (p != UINT64_MAX && p + 1 > hi && p < sane)
+            hi = p + 1;
+    }
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
         if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE)
@@ -61,11 +76,24 @@ uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor)
     }
     /* Only ever from a bad value: a legitimate tail is already >= hi (every
      * position counted above was claimed from it), so a producer that moved
-     * it on meanwhile is never pulled back. */
+     * it on meanwhile is never pulled back.
+     *
+     * Not to hi itself but REPAIR_GAP past it: a position claimed (the
+     * fetch_add) but not marked yet shows in no slot, and those sit just at
+     * hi (the claims taken from the good tail before the bad write, by
+     * producers preempted before their mark).  Handing hi out again would
+     * put two writers in one slot, storing the same commit words, so
+     * readers would take a torn mix or lose one event uncounted.  Past the
+     * gap the late writers commit their own positions, and consumers skip
+     * the rest of it as abandoned (one stall timeout for the whole run of
+     * unmarked positions).  An eighth of the ring: more claims in flight at
+     * once than any host has threads, and it leaves a lossless consumer
+     * that had caught up 7/8 of the ring before producers wait on it. */
+    const uint64_t gap = bus->capacity / 8;
     uint64_t cur = atomic_load_explicit(&bus->hdr->tail, memory_order_seq_cst);
     while (cur >= CBUS__POS_LIMIT || cur < hi) {
-        if (atomic_compare_exchange_weak_explicit(&bus->hdr->tail, &cur, hi, memory_order_seq_cst,
-                                                  memory_order_seq_cst))
+        if (atomic_compare_exchange_weak_explicit(&bus->hdr->tail, &cur, hi + gap,
+                                                  memory_order_seq_cst, memory_order_seq_cst))
             break;
     }
     return hi;
