@@ -77,6 +77,48 @@ struct target {
     char detail[160];
 };
 
+/* Issue 13's producer-scaling targets: two producer threads, no consumer,
+ * against one, and cbus against LTTng-UST recording at each thread count. */
+static int two_thread_targets(const struct row *rows, int n, struct target *t)
+{
+    const struct row *c1 = find(rows, n, "cbus-1p-0c"), *c2 = find(rows, n, "cbus-2p-0c");
+    const struct row *l1 = find(rows, n, "lttng-session"), *l2 = find(rows, n, "lttng-session-2t");
+    int k = 0;
+    t[k] = (struct target){.what = "2 producer threads: each <= 1.25x the 1-thread ns per emit"};
+    if (c1 && c2) {
+        t[k].known = 1;
+        t[k].value = c2->agg.median / c1->agg.median;
+        t[k].ok = t[k].value <= 1.25;
+        snprintf(t[k].detail, sizeof t[k].detail, "%.1f ns vs %.1f ns: %.2fx", c2->agg.median,
+                 c1->agg.median, t[k].value);
+    }
+    k++;
+    t[k] = (struct target){.what = "2 producer threads: >= 1.6x the 1-thread events/s in all"};
+    if (c1 && c2) {
+        t[k].known = 1;
+        t[k].value = c2->agg.mevents_s / c1->agg.mevents_s;
+        t[k].ok = t[k].value >= 1.6;
+        snprintf(t[k].detail, sizeof t[k].detail, "%.2f vs %.2f Mevents/s: %.2fx",
+                 c2->agg.mevents_s, c1->agg.mevents_s, t[k].value);
+    }
+    k++;
+    const struct row *pair[2][2] = {{c1, l1}, {c2, l2}};
+    static const char *const what[2] = {
+        "cbus >= 10x cheaper per event than LTTng-UST recording, 1 thread",
+        "cbus >= 10x cheaper per event than LTTng-UST recording, 2 threads"};
+    for (int i = 0; i < 2; i++, k++) {
+        t[k] = (struct target){.what = what[i]};
+        if (pair[i][0] && pair[i][1]) {
+            t[k].known = 1;
+            t[k].value = pair[i][1]->agg.median / pair[i][0]->agg.median;
+            t[k].ok = t[k].value >= 10;
+            snprintf(t[k].detail, sizeof t[k].detail, "%.1f ns vs %.1f ns (%s): %.1fx",
+                     pair[i][1]->agg.median, pair[i][0]->agg.median, pair[i][0]->id, t[k].value);
+        }
+    }
+    return k;
+}
+
 static int targets(const struct row *rows, int n, struct target *t)
 {
     const struct row *ref = find(rows, n, REF_ID), *c0 = find(rows, n, CBUS0_ID);
@@ -144,12 +186,13 @@ static int targets(const struct row *rows, int n, struct target *t)
                  p4->agg.mevents_s, p1->agg.mevents_s, t[k].value);
     }
     k++;
+    k += two_thread_targets(rows, n, t + k);
     return k;
 }
 
 static void print_targets(FILE *f, const struct row *rows, int n, int md)
 {
-    struct target t[12];
+    struct target t[16];
     int k = targets(rows, n, t);
     if (md)
         fprintf(f, "| target | result | measured |\n|---|---|---|\n");

@@ -1,10 +1,12 @@
 /* Rows 4: LTTng-UST.  The tracepoint runs in a helper program,
  * cbus-compare-lttng (lttng_probe.c), so liblttng-ust stays out of the other
- * rows.  Two rows:
+ * rows:
  *   no session  the tracepoint compiled in, nothing tracing it;
  *   session     a userspace session recording to a temp directory
  *               (lttng create --output, enable-event -u, add-context
- *               vpid/vtid, start), with LTTng's default channel.
+ *               vpid/vtid, start), with 64 MiB per-CPU buffers, at 1 and
+ *               2 threads (one per CPU, as cbus's two producer rows), and
+ *               with LTTng's default channel.
  * A session daemon is used if one runs; otherwise one is started
  * (lttng-sessiond --daemonize --no-kernel) and stopped afterwards.  Where
  * LTTng cannot run (not built in, lttng-tools missing, no session daemon)
@@ -49,15 +51,16 @@ static void last_line(char *dst, size_t cap, const char *text)
 
 /* Runs the helper and fills the row from its "run" lines. */
 static int run_helper(const struct bench_opts *o, struct row *r, uint64_t events, const char *expect,
-                      int pause_ms)
+                      int pause_ms, int threads)
 {
-    char path[512], ev[32], runs[16], pause[16];
+    char path[512], ev[32], runs[16], pause[16], nth[8];
     snprintf(path, sizeof path, "%s/cbus-compare-lttng", o->self_dir);
     snprintf(ev, sizeof ev, "%llu", (unsigned long long)events);
     snprintf(runs, sizeof runs, "%d", o->runs);
     snprintf(pause, sizeof pause, "%d", pause_ms);
+    snprintf(nth, sizeof nth, "%d", threads);
     char *argv[] = {path, "--events", ev, "--runs", runs, "--expect", (char *)expect,
-                    "--pause-ms", pause, NULL};
+                    "--pause-ms", pause, "--threads", nth, NULL};
     static char out[1 << 16];
     int rc = bench_run_cmd(argv, out, sizeof out);
     if (rc) {
@@ -157,7 +160,7 @@ static uint64_t discarded(const char *out)
  * channel (16 x 4 MiB sub-buffers) that holds a whole run, and a pause
  * between runs for the consumer daemon to write it out, so that what is
  * timed is recording, not discarding; else LTTng's default channel. */
-static void session_row(const struct bench_opts *o, struct row *r, int big)
+static void session_row(const struct bench_opts *o, struct row *r, int big, int threads)
 {
     if (!bench_in_path("lttng")) {
         bench_row_skip(r, "lttng-tools is not installed (apt-get install lttng-tools)");
@@ -205,7 +208,8 @@ static void session_row(const struct bench_opts *o, struct row *r, int big)
             char line[128];
             last_line(line, sizeof line, out);
             bench_row_skip(r, "lttng %s failed (exit %d): %s", step, rc, line);
-        } else if (!run_helper(o, r, o->slow_events, "enabled", big ? 1000 : 0)) {
+        } else if (!run_helper(o, r, o->slow_events, "enabled", big ? 1000 * threads : 0,
+                               threads)) {
             lttng(out, sizeof out, "stop", name, (char *)NULL);
             uint64_t lost = discarded(out);
             tree_bytes = 0;
@@ -235,7 +239,7 @@ void bench_rows_lttng(const struct bench_opts *o, struct row *rows, int *n)
     struct row *idle = bench_row_new(rows, n, "lttng-idle", "LTTng-UST tracepoint",
                                      "1 thread; no session (tracepoint disabled)", ROW_LATENCY);
     idle->chart = 1;
-    if (!run_helper(o, idle, o->events, "disabled", 0)) {
+    if (!run_helper(o, idle, o->events, "disabled", 0, 1)) {
         snprintf(idle->note, sizeof idle->note, "records nothing: the price of the probe site");
         bench_progress(o, idle);
     }
@@ -243,12 +247,17 @@ void bench_rows_lttng(const struct bench_opts *o, struct row *rows, int *n)
                                     "1 thread; session recording to a temp dir, 64 MiB buffers",
                                     ROW_LATENCY);
     act->chart = 1;
-    session_row(o, act, 1);
+    session_row(o, act, 1, 1);
     bench_progress(o, act);
+    struct row *two = bench_row_new(rows, n, "lttng-session-2t", "LTTng-UST tracepoint",
+                                    "2 threads, one per CPU; session, 64 MiB buffers per CPU",
+                                    ROW_LATENCY);
+    session_row(o, two, 1, 2);
+    bench_progress(o, two);
     struct row *def = bench_row_new(rows, n, "lttng-default", "LTTng-UST tracepoint",
                                     "1 thread; session recording to a temp dir, default channel",
                                     ROW_LATENCY);
-    session_row(o, def, 0);
+    session_row(o, def, 0, 1);
     bench_progress(o, def);
 }
 
@@ -264,6 +273,10 @@ void bench_rows_lttng(const struct bench_opts *o, struct row *rows, int *n)
                    "%s", why);
     bench_row_skip(bench_row_new(rows, n, "lttng-session", "LTTng-UST tracepoint",
                                  "1 thread; session recording to a temp dir, 64 MiB buffers",
+                                 ROW_LATENCY),
+                   "%s", why);
+    bench_row_skip(bench_row_new(rows, n, "lttng-session-2t", "LTTng-UST tracepoint",
+                                 "2 threads, one per CPU; session, 64 MiB buffers per CPU",
                                  ROW_LATENCY),
                    "%s", why);
     bench_row_skip(bench_row_new(rows, n, "lttng-default", "LTTng-UST tracepoint",
