@@ -1,11 +1,13 @@
 /* Consumers: attach, poll (the seqlock read), commit, wait, detach.
  *
- * Accounting: every ring position from the attach point up to the read
- * position is exactly one of consumed, lost (overwritten before we read it:
- * we were lapped) or abandoned (claimed by a producer that never committed,
- * or never claimed at all: a gap left by a write to tail).
+ * A bus is lane_count rings (lanes) side by side; a consumer reads each lane
+ * in order and sweeps them in turn.  Accounting, per lane and summed: every
+ * position from the attach point up to the read position is exactly one of
+ * consumed, lost (overwritten before we read it: we were lapped) or
+ * abandoned (claimed by a producer that never committed, or never claimed at
+ * all: a gap left by a write to tail).
  * Nothing read from a slot is trusted beyond the commit word: the event's
- * own event_id is overwritten with the position we read it at. */
+ * own event_id is overwritten with the id of the position we read it at. */
 #include "internal.h"
 
 #include <fcntl.h>
@@ -23,6 +25,26 @@
 /* An empty poll looks at the producers' tail at most this often. */
 #define TAIL_CHECK_NS 5000u
 
+/* What a consumer knows about one lane. */
+struct lane_rd {
+    unsigned lane;
+    _Atomic uint64_t *tail;
+    struct cbus_slot *slots;
+    _Atomic uint64_t *cursor_word, *read_pos_word;
+    uint64_t read_pos;
+    uint64_t cursor;
+    /* read_pos just after the last event poll handed out: positions from
+     * here to read_pos were skipped (lost or abandoned), nothing to process */
+    uint64_t delivered_end;
+    /* a claimed slot not yet committed at read_pos: since when */
+    uint64_t stuck_pos;
+    uint64_t stuck_since;
+    uint64_t stuck_tail;          /* tail then: every position below it was claimed */
+    int stuck;
+    uint64_t tail_checked_ns;     /* when an empty poll last read tail */
+    uint64_t tail_seen;           /* what it read */
+};
+
 struct cbus_consumer {
     cbus_bus *bus;
     int owns_bus;
@@ -31,20 +53,11 @@ struct cbus_consumer {
     uint64_t generation;
     struct cbus_consumer_entry *e;
     unsigned mode;
-    uint64_t read_pos;
-    uint64_t cursor;
-    /* read_pos just after the last event poll handed out: positions from
-     * here to read_pos were skipped (lost or abandoned), nothing to process */
-    uint64_t delivered_end;
     uint64_t consumed, lost, abandoned;
-    /* a claimed slot not yet committed at read_pos: since when */
-    uint64_t stuck_pos;
-    uint64_t stuck_since;
-    uint64_t stuck_tail;          /* tail then: every position below it was claimed */
-    int stuck;
-    uint64_t tail_checked_ns;     /* when an empty poll last read tail */
-    uint64_t tail_seen;           /* what it read */
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
+    unsigned nlanes;
+    unsigned next_lane;           /* where the next poll starts its sweep */
+    struct lane_rd ln[];          /* nlanes */
 };
 
 static uint64_t now_ns(cbus_bus *bus)
@@ -79,18 +92,18 @@ static int take_lock(cbus_consumer *c)
     return 0;
 }
 
-/* Tail as a consumer may use it.  Legitimately read_pos <= tail <
+/* A lane's tail as a consumer may use it.  Legitimately read_pos <= tail <
  * CBUS__POS_LIMIT; anything else was written by someone else than a
- * producer's claim: repair it (tail.c), and if that fails treat the ring as
+ * producer's claim: repair it (tail.c), and if that fails treat the lane as
  * empty rather than jump to or count positions that never existed. */
-static uint64_t load_tail(cbus_consumer *c)
+static uint64_t load_tail(cbus_consumer *c, struct lane_rd *l)
 {
-    uint64_t tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
-    if (CBUS__UNLIKELY(tail >= CBUS__POS_LIMIT || tail < c->read_pos)) {
-        cbus__tail_repair(c->bus, c->read_pos);
-        tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
-        if (tail >= CBUS__POS_LIMIT || tail < c->read_pos)
-            tail = c->read_pos;
+    uint64_t tail = atomic_load_explicit(l->tail, memory_order_acquire);
+    if (CBUS__UNLIKELY(tail >= CBUS__POS_LIMIT || tail < l->read_pos)) {
+        cbus__tail_repair(c->bus, l->lane, l->read_pos);
+        tail = atomic_load_explicit(l->tail, memory_order_acquire);
+        if (tail >= CBUS__POS_LIMIT || tail < l->read_pos)
+            tail = l->read_pos;
     }
     return tail;
 }
@@ -98,6 +111,15 @@ static uint64_t load_tail(cbus_consumer *c)
 static int entry_is_dead(cbus_bus *bus, unsigned i)
 {
     return cbus_bus_consumer_alive(bus, i) == 0;
+}
+
+static void free_consumer(cbus_consumer *c, int release_entry)
+{
+    if (release_entry)
+        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    free(c);
 }
 
 CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
@@ -110,16 +132,22 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         strlen(opts->name) >= sizeof(bus->consumers[0].name) || opts->mode > CBUS_LOSSLESS ||
         opts->start > CBUS_START_RESUME || (opts->flags & ~CBUS_CONSUMER_KEEP))
         return -EINVAL;
-    if (opts->start == CBUS_START_CURSOR && opts->expect_bus_id &&
-        opts->expect_bus_id != bus->hdr->bus_id)
-        return -ESTALE;
+    const unsigned nl = bus->lane_count;
+    if (opts->start == CBUS_START_CURSOR) {
+        /* A saved position is one word per lane; a bare cursor is lane 0's
+         * and means nothing on a bus of several lanes. */
+        if (opts->position ? opts->position->lanes != nl : nl != 1)
+            return -EINVAL;
+        if (opts->expect_bus_id && opts->expect_bus_id != bus->hdr->bus_id)
+            return -ESTALE;
+    }
 
     /* Same name: a live owner keeps it; a dead one's entry is ours to take
      * over (and, with RESUME, its cursor).  The dead entry is evicted only
      * once the new one gates producers, so a lossless consumer's events are
      * never unguarded in between. */
     int resume_from = -1, dead_idx = -1;
-    uint64_t resume_cursor = 0;
+    uint64_t resume_cursor[CBUS_MAX_LANES] = {0};
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
         uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
@@ -128,29 +156,33 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
             continue;
         if (st == CBUS_CSTATE_PARKED) {
             /* A clean detach of this name: free it; its cursor is ours to resume. */
-            uint64_t cur = atomic_load_explicit(&e->cursor, memory_order_acquire);
+            uint64_t cur[CBUS_MAX_LANES];
+            for (unsigned L = 0; L < nl; L++)
+                cur[L] = atomic_load_explicit(cbus__cursor_word(bus, i, L), memory_order_acquire);
             if (atomic_compare_exchange_strong_explicit(&e->state, &st, CBUS_CSTATE_FREE,
                                                         memory_order_acq_rel,
                                                         memory_order_acquire)) {
-                resume_cursor = cur;
+                memcpy(resume_cursor, cur, nl * sizeof cur[0]);
                 resume_from = (int)i;
             }
             continue;
         }
         if (!entry_is_dead(bus, i))
             return -EBUSY;
-        resume_cursor = atomic_load_explicit(&e->cursor, memory_order_acquire);
+        for (unsigned L = 0; L < nl; L++)
+            resume_cursor[L] = atomic_load_explicit(cbus__cursor_word(bus, i, L), memory_order_acquire);
         resume_from = (int)i;
         dead_idx = (int)i;
     }
 
-    cbus_consumer *c = calloc(1, sizeof *c);
+    cbus_consumer *c = calloc(1, sizeof *c + nl * sizeof c->ln[0]);
     if (!c)
         return -ENOMEM;
     c->bus = bus;
     c->mode = opts->mode;
     c->keep = !!(opts->flags & CBUS_CONSUMER_KEEP);
     c->lock_fd = -1;
+    c->nlanes = nl;
     int claimed = -1;
     /* Free entries first, then dead consumers' entries, then parked ones. */
     for (int pass = 0; pass < 3 && claimed < 0; pass++) {
@@ -180,42 +212,49 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     c->e = &bus->consumers[claimed];
     int r = take_lock(c);
     if (r) {
-        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
-        free(c);
+        free_consumer(c, 1);
         return r;
     }
 
     struct cbus_consumer_entry *e = c->e;
-    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
-    if (tail >= CBUS__POS_LIMIT) {
-        cbus__tail_repair(bus, 0); /* corrupt: do not start beyond the ring */
-        tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    for (unsigned L = 0; L < nl; L++) {
+        struct lane_rd *l = &c->ln[L];
+        l->lane = L;
+        l->tail = bus->tails[L];
+        l->slots = cbus__lane_slots(bus, L);
+        l->cursor_word = cbus__cursor_word(bus, c->idx, L);
+        l->read_pos_word = cbus__read_pos_word(bus, c->idx, L);
+        uint64_t tail = atomic_load_explicit(l->tail, memory_order_acquire);
+        if (tail >= CBUS__POS_LIMIT) {
+            cbus__tail_repair(bus, L, 0); /* corrupt: do not start beyond the ring */
+            tail = atomic_load_explicit(l->tail, memory_order_acquire);
+        }
+        if (tail >= CBUS__POS_LIMIT) {
+            free_consumer(c, 1);
+            return -EBADMSG;
+        }
+        uint64_t start;
+        switch (opts->start) {
+        case CBUS_START_OLDEST:
+            start = tail > bus->lane_cap ? tail - bus->lane_cap : 0;
+            break;
+        case CBUS_START_CURSOR:
+            start = opts->position ? opts->position->pos[L] : opts->cursor;
+            break;
+        case CBUS_START_RESUME:
+            start = resume_from >= 0 ? resume_cursor[L] : tail;
+            break;
+        default:
+            start = tail;
+            break;
+        }
+        if (start > tail)
+            start = tail; /* a cursor from the future (other bus, corrupt file) */
+        l->read_pos = l->cursor = l->delivered_end = start;
+        atomic_store_explicit(l->read_pos_word, start, memory_order_relaxed);
+        /* RELEASE: visible to any producer that sees the entry ACTIVE below. */
+        atomic_store_explicit(l->cursor_word, start, memory_order_release);
     }
-    if (tail >= CBUS__POS_LIMIT) {
-        atomic_store_explicit(&c->e->state, CBUS_CSTATE_FREE, memory_order_release);
-        if (c->lock_fd >= 0)
-            close(c->lock_fd);
-        free(c);
-        return -EBADMSG;
-    }
-    uint64_t start;
-    switch (opts->start) {
-    case CBUS_START_OLDEST:
-        start = tail > bus->capacity ? tail - bus->capacity : 0;
-        break;
-    case CBUS_START_CURSOR:
-        start = opts->cursor;
-        break;
-    case CBUS_START_RESUME:
-        start = resume_from >= 0 ? resume_cursor : tail;
-        break;
-    default:
-        start = tail;
-        break;
-    }
-    if (start > tail)
-        start = tail; /* a cursor from the future (other bus, corrupt file) */
-    c->read_pos = c->cursor = c->delivered_end = start;
     c->generation = atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel) + 1;
     atomic_store_explicit(&e->pid, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&e->pid_start_time, cbus__pid_start_time(getpid()), memory_order_relaxed);
@@ -226,14 +265,12 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->lost, 0, memory_order_relaxed);
     atomic_store_explicit(&e->abandoned, 0, memory_order_relaxed);
     atomic_store_explicit(&e->untethered_count, 0, memory_order_relaxed);
-    atomic_store_explicit(&e->read_pos, start, memory_order_relaxed);
     uint64_t now = now_ns(bus);
     atomic_store_explicit(&e->heartbeat_ns, now, memory_order_relaxed);
     atomic_store_explicit(&e->flags, opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0,
                           memory_order_relaxed);
-    /* RELEASE: the cursor and identity above are visible to any producer that
-     * sees the entry ACTIVE (ACQUIRE in gate_min()). */
-    atomic_store_explicit(&e->cursor, start, memory_order_release);
+    /* RELEASE: the cursors and identity above are visible to any producer
+     * that sees the entry ACTIVE (ACQUIRE in gate_min()). */
     atomic_store_explicit(&e->state, CBUS_CSTATE_ACTIVE, memory_order_release);
     if (opts->mode == CBUS_LOSSLESS)
         cbus__consumer_tether(bus, e);
@@ -262,7 +299,7 @@ CBUS_API int cbus_consumer_attach(cbus_consumer **out, const char *bus_name,
     return 0;
 }
 
-static int still_owner(cbus_consumer *c)
+static int still_owner(const cbus_consumer *c)
 {
     /* A truncated segment (bus/guard.c) is zeros now: nothing to own. */
     return !atomic_load_explicit(c->bus->broken, memory_order_relaxed) &&
@@ -280,11 +317,11 @@ CBUS_API void cbus_consumer_detach(cbus_consumer *c)
         atomic_store_explicit(&c->e->state, c->keep ? CBUS_CSTATE_PARKED : CBUS_CSTATE_FREE,
                               memory_order_release);
     }
-    if (c->lock_fd >= 0)
-        close(c->lock_fd);
-    if (c->owns_bus)
-        cbus_bus_close(c->bus);
-    free(c);
+    cbus_bus *bus = c->bus;
+    int owns = c->owns_bus;
+    free_consumer(c, 0);
+    if (owns)
+        cbus_bus_close(bus);
 }
 
 static void publish_counters(cbus_consumer *c, uint64_t now)
@@ -293,20 +330,24 @@ static void publish_counters(cbus_consumer *c, uint64_t now)
     atomic_store_explicit(&e->consumed, c->consumed, memory_order_relaxed);
     atomic_store_explicit(&e->lost, c->lost, memory_order_relaxed);
     atomic_store_explicit(&e->abandoned, c->abandoned, memory_order_relaxed);
-    atomic_store_explicit(&e->read_pos, c->read_pos, memory_order_relaxed);
+    for (unsigned L = 0; L < c->nlanes; L++)
+        atomic_store_explicit(c->ln[L].read_pos_word, c->ln[L].read_pos, memory_order_relaxed);
     atomic_store_explicit(&e->heartbeat_ns, now, memory_order_release);
 }
 
 /* A lossless consumer that was cut loose re-tethers once it has caught up
- * to within a quarter ring of the head. */
+ * to within a quarter lane of the head in every lane. */
 static void maybe_retether(cbus_consumer *c)
 {
     if (c->mode != CBUS_LOSSLESS ||
         (atomic_load_explicit(&c->e->flags, memory_order_relaxed) & CBUS_CFLAG_TETHERED))
         return;
-    uint64_t tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
-    if (tail - c->cursor < c->bus->capacity / 4)
-        cbus__consumer_tether(c->bus, c->e);
+    for (unsigned L = 0; L < c->nlanes; L++) {
+        uint64_t tail = atomic_load_explicit(c->ln[L].tail, memory_order_acquire);
+        if (tail - c->ln[L].cursor >= c->bus->lane_cap / 4)
+            return;
+    }
+    cbus__consumer_tether(c->bus, c->e);
 }
 
 enum stuck_verdict {
@@ -316,17 +357,17 @@ enum stuck_verdict {
 };
 
 /* Decides about a claimed but uncommitted slot at read_pos. */
-static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct cbus_slot *s, uint64_t seq,
-                                         uint64_t now)
+static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct lane_rd *l, struct cbus_slot *s,
+                                         uint64_t seq, uint64_t now)
 {
-    if (!c->stuck || c->stuck_pos != c->read_pos) {
-        c->stuck = 1;
-        c->stuck_pos = c->read_pos;
-        c->stuck_since = now;
-        c->stuck_tail = c->tail_seen;
+    if (!l->stuck || l->stuck_pos != l->read_pos) {
+        l->stuck = 1;
+        l->stuck_pos = l->read_pos;
+        l->stuck_since = now;
+        l->stuck_tail = l->tail_seen;
         return STUCK_WAIT;
     }
-    uint64_t waited = now - c->stuck_since;
+    uint64_t waited = now - l->stuck_since;
     if (waited < c->bus->abandon_timeout_ns)
         return STUCK_WAIT;
     /* A writer we can name and that is dead will never commit.  One we
@@ -337,7 +378,7 @@ static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct cbus_slot *s, 
      * passed).  A registered producer dying meanwhile proves nothing: it may
      * have held no claim at all.  After the stall timeout the position is
      * skipped all the same, so one stuck thread cannot wedge every consumer. */
-    if (seq == CBUS_SEQ_BUSY(c->read_pos)) {
+    if (seq == CBUS_SEQ_BUSY(l->read_pos)) {
         uint32_t pid = atomic_load_explicit(&s->writer_pid, memory_order_relaxed);
         if (!cbus__pid_alive(pid, 0))
             return STUCK_SKIP_ONE;
@@ -352,23 +393,23 @@ static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct cbus_slot *s, 
  * Waiting a stall timeout for each would take hours for a ring-sized gap.
  * A marked slot stops the run: its writer can be named and gets its own
  * wait. */
-static void skip_unclaimed_run(cbus_consumer *c)
+static void skip_unclaimed_run(cbus_consumer *c, struct lane_rd *l)
 {
-    uint64_t end = c->stuck_tail;
-    if (end <= c->read_pos)
+    uint64_t end = l->stuck_tail, cap = c->bus->lane_cap;
+    if (end <= l->read_pos)
         return;
-    if (end - c->read_pos > c->bus->capacity)
-        end = c->read_pos + c->bus->capacity;
-    while (c->read_pos < end) {
-        struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
-        if (atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_BUSY(c->read_pos))
+    if (end - l->read_pos > cap)
+        end = l->read_pos + cap;
+    while (l->read_pos < end) {
+        struct cbus_slot *s = &l->slots[l->read_pos & c->bus->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_BUSY(l->read_pos))
             break;
         c->abandoned++;
-        c->read_pos++;
+        l->read_pos++;
     }
 }
 
-/* tail is more than a ring ahead of read_pos, whose slot holds no commit of
+/* tail is more than a lane ahead of read_pos, whose slot holds no commit of
  * read_pos: skips, as lost, the positions from read_pos (below tail -
  * capacity) whose slots do not hold their own event, and stops at the first
  * that does (committed, or marked by its writer: it is read or waited for as
@@ -379,53 +420,60 @@ static void skip_unclaimed_run(cbus_consumer *c)
  * read_pos + capacity and threw away the real, committed events right after
  * the gap as lost (the soak's lossless verifier missed them).  At most a ring
  * per call; returns how many it skipped. */
-static uint64_t skip_overrun(cbus_consumer *c, uint64_t tail)
+static uint64_t skip_overrun(cbus_consumer *c, struct lane_rd *l, uint64_t tail)
 {
-    uint64_t end = tail - c->bus->capacity, start = c->read_pos;
-    if (end - start > c->bus->capacity)
-        end = start + c->bus->capacity;
-    while (c->read_pos < end) {
-        struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
+    uint64_t cap = c->bus->lane_cap;
+    uint64_t end = tail - cap, start = l->read_pos;
+    if (end - start > cap)
+        end = start + cap;
+    while (l->read_pos < end) {
+        struct cbus_slot *s = &l->slots[l->read_pos & c->bus->mask];
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (seq >= CBUS_SEQ_BUSY(c->read_pos) && seq <= CBUS_SEQ_COMMITTED(c->read_pos))
+        if (seq >= CBUS_SEQ_BUSY(l->read_pos) && seq <= CBUS_SEQ_COMMITTED(l->read_pos))
             break;
         c->lost++;
-        c->read_pos++;
+        l->read_pos++;
     }
-    return c->read_pos - start;
+    return l->read_pos - start;
 }
 
-/* Skips positions the producers have lapped: everything older than one ring
+/* Skips positions the producers have lapped: everything older than one lane
  * behind the head is gone, counted as lost.  Used on a slot that shows a
  * later lap (a writer got that far); see skip_overrun() otherwise. */
-static void skip_lapped(cbus_consumer *c, uint64_t tail)
+static void skip_lapped(cbus_consumer *c, struct lane_rd *l, uint64_t tail)
 {
-    uint64_t cap = c->bus->capacity;
-    if (tail > c->read_pos + cap) {
-        c->lost += tail - cap - c->read_pos;
-        c->read_pos = tail - cap;
+    uint64_t cap = c->bus->lane_cap;
+    if (tail > l->read_pos + cap) {
+        c->lost += tail - cap - l->read_pos;
+        l->read_pos = tail - cap;
     } else {
         c->lost++; /* the slot is being rewritten for the next lap right now */
-        c->read_pos++;
+        l->read_pos++;
     }
 }
 
-CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
+static void commit_lane(struct lane_rd *l, uint64_t pos)
 {
-    if (!c || (!out && max))
-        return -EINVAL;
-    if (!still_owner(c))
-        return -ESTALE;
+    l->cursor = pos;
+    /* RELEASE: we are done with every slot below pos; producers ACQUIRE it in
+     * gate_min() before reusing those slots. */
+    atomic_store_explicit(l->cursor_word, pos, memory_order_release);
+}
+
+/* Reads one lane into out[0..max); returns the count. */
+static unsigned poll_lane(cbus_consumer *c, struct lane_rd *l, struct cbus_event *out,
+                          unsigned max, uint64_t *nowp)
+{
     cbus_bus *bus = c->bus;
-    uint64_t now = now_ns(bus);
+    uint64_t now = *nowp;
     unsigned n = 0;
     /* The slot's commit word alone says whether the next event is there:
      * reading tail (the producers' claim line) on every poll would pull that
      * line away from them on each emit.  Tail is read only to tell an empty
-     * ring from a claim in progress, and then at most every few us. */
+     * lane from a claim in progress, and then at most every few us. */
     while (n < max) {
-        uint64_t pos = c->read_pos;
-        struct cbus_slot *s = &bus->slots[pos & bus->mask];
+        uint64_t pos = l->read_pos;
+        struct cbus_slot *s = &l->slots[pos & bus->mask];
         /* ACQUIRE: pairs with the RELEASE commit store in emit(). */
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (seq == CBUS_SEQ_COMMITTED(pos)) {
@@ -435,31 +483,31 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&s->seq, memory_order_relaxed) != seq) {
                 c->lost++; /* overwritten while we copied: lapped */
-                c->read_pos++;
+                l->read_pos++;
                 continue;
             }
-            out[n].event_id = pos;
+            out[n].event_id = cbus__event_id(bus, l->lane, pos);
             n++;
             c->consumed++;
-            c->read_pos++;
-            c->delivered_end = c->read_pos;
-            c->stuck = 0;
+            l->read_pos++;
+            l->delivered_end = l->read_pos;
+            l->stuck = 0;
             continue;
         }
         if (seq > CBUS_SEQ_COMMITTED(pos)) {
             /* A later lap is in (or going into) this slot: we were lapped. */
-            skip_lapped(c, load_tail(c));
+            skip_lapped(c, l, load_tail(c, l));
             continue;
         }
         /* Not committed at pos.  With events in hand, return them. */
-        if (n || (now - c->tail_checked_ns < TAIL_CHECK_NS && !c->stuck))
+        if (n || (now - l->tail_checked_ns < TAIL_CHECK_NS && !l->stuck))
             break;
-        c->tail_checked_ns = now;
-        uint64_t tail = load_tail(c);
-        c->tail_seen = tail;
+        l->tail_checked_ns = now;
+        uint64_t tail = load_tail(c, l);
+        l->tail_seen = tail;
         if (pos >= tail)
             break; /* empty */
-        if (tail - pos > bus->capacity && skip_overrun(c, tail))
+        if (tail - pos > bus->lane_cap && skip_overrun(c, l, tail))
             continue;
         /* Claimed (pos < tail) but not committed yet: spin briefly, the
          * producer is normally a few stores away. */
@@ -473,22 +521,42 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
         seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (seq >= CBUS_SEQ_COMMITTED(pos))
             continue;
-        enum stuck_verdict v = slot_abandoned(c, s, seq, now);
+        enum stuck_verdict v = slot_abandoned(c, l, s, seq, now);
         if (v == STUCK_WAIT)
             break;
         c->abandoned++;
-        c->read_pos++;
-        c->stuck = 0;
+        l->read_pos++;
+        l->stuck = 0;
         if (v == STUCK_SKIP_RUN)
-            skip_unclaimed_run(c);
+            skip_unclaimed_run(c, l);
     }
     /* Every event handed out is committed and positions were skipped after
      * them (lost, abandoned, a gap written into tail): acknowledge those too.
      * They carry nothing to process, and a lossless consumer that waited for
      * its next event to commit them would wait for ever: the producers it
      * gates cannot send it (a tail jump past the ring). */
-    if (c->cursor >= c->delivered_end && c->read_pos > c->cursor)
-        cbus_consumer_commit_to(c, c->read_pos);
+    if (l->cursor >= l->delivered_end && l->read_pos > l->cursor)
+        commit_lane(l, l->read_pos);
+    *nowp = now;
+    return n;
+}
+
+CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
+{
+    if (!c || (!out && max))
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    uint64_t now = now_ns(c->bus);
+    unsigned n = 0;
+    /* Each lane in turn, starting one further on each poll, so a busy lane
+     * cannot keep the others waiting longer than one batch. */
+    unsigned first = c->next_lane;
+    for (unsigned k = 0; k < c->nlanes; k++) {
+        unsigned L = (first + k) & (c->nlanes - 1);
+        n += poll_lane(c, &c->ln[L], out + n, max - n, &now);
+    }
+    c->next_lane = (first + 1) & (c->nlanes - 1);
     publish_counters(c, now);
     maybe_retether(c);
     return (int)n;
@@ -500,12 +568,10 @@ CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos)
         return -EINVAL;
     if (!still_owner(c))
         return -ESTALE;
-    if (pos > c->read_pos || pos < c->cursor)
+    struct lane_rd *l = &c->ln[0];
+    if (c->nlanes != 1 || pos > l->read_pos || pos < l->cursor)
         return -EINVAL;
-    c->cursor = pos;
-    /* RELEASE: we are done with every slot below pos; producers ACQUIRE it in
-     * gate_min() before reusing those slots. */
-    atomic_store_explicit(&c->e->cursor, pos, memory_order_release);
+    commit_lane(l, pos);
     return 0;
 }
 
@@ -513,7 +579,40 @@ CBUS_API int cbus_consumer_commit(cbus_consumer *c)
 {
     if (!c)
         return -EINVAL;
-    return cbus_consumer_commit_to(c, c->read_pos);
+    if (!still_owner(c))
+        return -ESTALE;
+    for (unsigned L = 0; L < c->nlanes; L++)
+        if (c->ln[L].read_pos != c->ln[L].cursor)
+            commit_lane(&c->ln[L], c->ln[L].read_pos);
+    return 0;
+}
+
+CBUS_API int cbus_consumer_position(const cbus_consumer *c, struct cbus_position *out)
+{
+    if (!c || !out)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    out->lanes = c->nlanes;
+    for (unsigned L = 0; L < c->nlanes; L++)
+        out->pos[L] = c->ln[L].read_pos;
+    return 0;
+}
+
+CBUS_API int cbus_consumer_commit_position(cbus_consumer *c, const struct cbus_position *p)
+{
+    if (!c || !p)
+        return -EINVAL;
+    if (!still_owner(c))
+        return -ESTALE;
+    if (p->lanes != c->nlanes)
+        return -EINVAL;
+    for (unsigned L = 0; L < c->nlanes; L++)
+        if (p->pos[L] > c->ln[L].read_pos || p->pos[L] < c->ln[L].cursor)
+            return -EINVAL; /* checked for every lane before any moves */
+    for (unsigned L = 0; L < c->nlanes; L++)
+        if (p->pos[L] != c->ln[L].cursor)
+            commit_lane(&c->ln[L], p->pos[L]);
+    return 0;
 }
 
 CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c)
@@ -526,11 +625,20 @@ CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c)
     return 0;
 }
 
-/* The next event is committed (or the slot was lapped): poll has work. */
-static int slot_ready(cbus_consumer *c)
+/* The next event of a lane is committed (or its slot was lapped). */
+static int lane_ready(const cbus_consumer *c, const struct lane_rd *l)
 {
-    struct cbus_slot *s = &c->bus->slots[c->read_pos & c->bus->mask];
-    return atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_COMMITTED(c->read_pos);
+    const struct cbus_slot *s = &l->slots[l->read_pos & c->bus->mask];
+    return atomic_load_explicit(&s->seq, memory_order_acquire) >= CBUS_SEQ_COMMITTED(l->read_pos);
+}
+
+/* Poll has work in some lane. */
+static int slot_ready(const cbus_consumer *c)
+{
+    for (unsigned L = 0; L < c->nlanes; L++)
+        if (lane_ready(c, &c->ln[L]))
+            return 1;
+    return 0;
 }
 
 CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
@@ -563,18 +671,25 @@ CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
             continue;
         }
         /* Announce, then look again, then sleep.  The seq_cst stores and tail
-         * load pair with the producer's seq_cst claim and its load of waiters
+         * loads pair with the producer's seq_cst claim and its load of waiters
          * / swap of need_wake: either we see its claim here, or it sees us
          * and wakes the futex. */
         atomic_fetch_add_explicit(&hdr->waiters, 1, memory_order_seq_cst);
         atomic_store_explicit(&hdr->need_wake, 1, memory_order_seq_cst);
         uint32_t w = atomic_load_explicit(&hdr->wake_seq, memory_order_acquire);
-        uint64_t tail = atomic_load_explicit(&hdr->tail, memory_order_seq_cst);
-        int stuck_here = c->stuck && c->stuck_pos == c->read_pos;
-        int r = 0, ready = slot_ready(c) || (tail > c->read_pos && !stuck_here);
+        int stuck_any = 0, ready = slot_ready(c);
+        for (unsigned L = 0; L < c->nlanes; L++) {
+            const struct lane_rd *l = &c->ln[L];
+            uint64_t tail = atomic_load_explicit(l->tail, memory_order_seq_cst);
+            int stuck_here = l->stuck && l->stuck_pos == l->read_pos;
+            stuck_any |= stuck_here;
+            if (tail > l->read_pos && !stuck_here)
+                ready = 1;
+        }
+        int r = 0;
         if (!ready) {
             uint64_t sleep = deadline - now < slice ? deadline - now : slice;
-            if (stuck_here && sleep > 1000000u)
+            if (stuck_any && sleep > 1000000u)
                 sleep = 1000000u; /* re-check a stuck slot every ms */
             atomic_fetch_or_explicit(&c->e->flags, CBUS_CFLAG_SLEEPING, memory_order_relaxed);
             r = cbus__futex_wait(&hdr->wake_seq, w, sleep);
@@ -587,7 +702,7 @@ CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns)
             return -EINTR;
         if (!still_owner(c))
             return -ESTALE;
-        if (stuck_here)
+        if (stuck_any)
             return 0; /* let the caller poll: the stuck slot may now be abandoned */
     }
 }
@@ -600,10 +715,17 @@ CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *o
     out->consumed = c->consumed;
     out->lost = c->lost;
     out->abandoned = c->abandoned;
-    out->read_pos = c->read_pos;
-    out->cursor = c->cursor;
-    out->tail = atomic_load_explicit(&c->bus->hdr->tail, memory_order_acquire);
-    out->lag = out->tail > c->read_pos ? out->tail - c->read_pos : 0;
+    /* Sums over the lanes: positions passed, acknowledged and claimed, so
+     * consumed + lost + abandoned still adds up to read_pos minus the start. */
+    for (unsigned L = 0; L < c->nlanes; L++) {
+        const struct lane_rd *l = &c->ln[L];
+        uint64_t tail = atomic_load_explicit(l->tail, memory_order_acquire);
+        out->read_pos += l->read_pos;
+        out->cursor += l->cursor;
+        out->tail += tail;
+        out->lag += tail > l->read_pos ? tail - l->read_pos : 0;
+    }
+    out->lanes = c->nlanes;
     out->mode = c->mode;
     out->tethered = !!(atomic_load_explicit(&c->e->flags, memory_order_acquire) & CBUS_CFLAG_TETHERED);
     out->untethered_count = atomic_load_explicit(&c->e->untethered_count, memory_order_relaxed);
@@ -612,7 +734,12 @@ CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *o
 
 CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c)
 {
-    return c ? c->read_pos : 0;
+    if (!c)
+        return 0;
+    uint64_t sum = 0;
+    for (unsigned L = 0; L < c->nlanes; L++)
+        sum += c->ln[L].read_pos;
+    return sum;
 }
 
 CBUS_API uint64_t cbus_consumer_bus_id(const cbus_consumer *c)

@@ -60,8 +60,16 @@ struct cbus_bus {
     char name[CBUS_NAME_MAX];
     struct cbus_shm_header *hdr;
     struct cbus_slot *slots;
-    uint64_t capacity;
+    uint64_t capacity;          /* all lanes' slots */
+    /* lanes: lane L is lane_cap slots from slots + L * lane_cap, claimed on
+     * *tails[L]; mask is lane_cap - 1.  One lane: the whole ring, hdr->tail. */
     uint64_t mask;
+    uint64_t lane_cap;
+    uint32_t lane_count;
+    unsigned lane_shift;        /* log2(lane_count) */
+    struct cbus_lane *lanes;    /* NULL with one lane */
+    struct cbus_lane_cursors *lane_cursors;
+    _Atomic uint64_t *tails[CBUS_MAX_LANES];
     struct cbus_consumer_entry *consumers;
     struct cbus_producer_entry *producers;
     struct cbus_admit_writer *awriters;
@@ -83,21 +91,46 @@ struct cbus_bus {
     ino_t ino;
 };
 
-/* Ring positions stay below this: 2^62 claims is 146 years at 10^9 a second,
- * and 2p + 2 (the commit word of position p) cannot wrap.  A tail at or past
- * it is corrupt (see tail.c). */
-#define CBUS__POS_LIMIT (UINT64_C(1) << 62)
+/* Lane positions stay below this: 2^56 claims is 2.2 years at 10^9 a second
+ * in one lane (about 100 years at the 20 M/s a thread emits), 2p + 2 (the
+ * commit word of position p) cannot wrap, and neither can the event id
+ * p * lane_count + lane with 64 lanes.  A tail at or past it is corrupt (see
+ * tail.c). */
+#define CBUS__POS_LIMIT (UINT64_C(1) << 56)
 
 /* Linear probes of the admission table: the writer (bus/admit.c) never
  * places a key further than this, so the reader (producer/admit.c) stops. */
 #define CBUS__ADMIT_MAX_PROBE 32
 
+/* ---- lanes ---- */
+static inline struct cbus_slot *cbus__lane_slots(const cbus_bus *bus, unsigned lane)
+{
+    return bus->slots + (uint64_t)lane * bus->lane_cap;
+}
+
+/* Consumer i's committed cursor and read position words in a lane. */
+static inline _Atomic uint64_t *cbus__cursor_word(const cbus_bus *bus, unsigned i, unsigned lane)
+{
+    return lane == 0 ? &bus->consumers[i].cursor : &bus->lane_cursors[i].cursor[lane];
+}
+
+static inline _Atomic uint64_t *cbus__read_pos_word(const cbus_bus *bus, unsigned i, unsigned lane)
+{
+    return lane == 0 ? &bus->consumers[i].read_pos : &bus->lane_cursors[i].read_pos[lane];
+}
+
+/* Event ids are unique per bus: lane position * lane_count + lane. */
+static inline uint64_t cbus__event_id(const cbus_bus *bus, unsigned lane, uint64_t pos)
+{
+    return (pos << bus->lane_shift) | lane;
+}
+
 /* ---- tail.c ---- */
-/* Puts a corrupt tail (moved back, or >= CBUS__POS_LIMIT) back to one past
+/* Puts a lane's corrupt tail (moved back, or >= CBUS__POS_LIMIT) back to one past
  * the highest position the ring shows was reached (slots, consumers' read
  * positions, floor) and returns that position.  Slow: one pass over the
  * slots; for the corruption path only. */
-uint64_t cbus__tail_repair(cbus_bus *bus, uint64_t floor);
+uint64_t cbus__tail_repair(cbus_bus *bus, unsigned lane, uint64_t floor);
 
 /* ---- clock.c ---- */
 int cbus__clock_calibrate(struct cbus_shm_header *hdr);

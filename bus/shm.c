@@ -17,11 +17,15 @@
 #define MAX_CAPACITY          (1u << 24)
 #define DEFAULT_ADMIT_ENTRIES 4096u
 #define MAX_ADMIT_ENTRIES     (1u << 20)
+#define MIN_LANE_CAPACITY     256u
 
 struct layout {
     uint64_t capacity;
     uint32_t admission_entries;
-    uint64_t consumers_off, producers_off, admission_off, slots_off, total;
+    uint32_t lane_count;
+    uint64_t lane_capacity;
+    uint64_t consumers_off, producers_off, admission_off, slots_off, lanes_off, lane_cursors_off,
+        total;
 };
 
 static int is_pow2(uint64_t x)
@@ -34,9 +38,16 @@ static uint64_t align_up(uint64_t x, uint64_t a)
     return (x + a - 1) & ~(a - 1);
 }
 
-static int compute_layout(struct layout *l, uint64_t capacity, uint32_t admission_entries)
+/* lane_count 0 is a segment from before lanes: one lane, no lane tables. */
+static int compute_layout(struct layout *l, uint64_t capacity, uint32_t admission_entries,
+                          uint32_t lane_count)
 {
     if (!is_pow2(capacity) || capacity < MIN_CAPACITY || capacity > MAX_CAPACITY)
+        return -EINVAL;
+    if (lane_count == 0)
+        lane_count = 1;
+    if (!is_pow2(lane_count) || lane_count > CBUS_MAX_LANES ||
+        capacity / lane_count < MIN_LANE_CAPACITY)
         return -EINVAL;
     if (!is_pow2(admission_entries) || admission_entries < 64 ||
         admission_entries > MAX_ADMIT_ENTRIES)
@@ -51,6 +62,17 @@ static int compute_layout(struct layout *l, uint64_t capacity, uint32_t admissio
                          (uint64_t)admission_entries * sizeof(struct cbus_admit_entry);
     l->slots_off = align_up(admit_end, 4096);
     l->total = l->slots_off + capacity * CBUS_SLOT_SIZE;
+    l->lane_count = lane_count;
+    l->lane_capacity = capacity / lane_count;
+    l->lanes_off = l->lane_cursors_off = 0;
+    if (lane_count > 1) {
+        /* after the slots, so a one-lane segment is byte for byte the
+         * layout from before lanes */
+        l->lanes_off = l->total;
+        l->lane_cursors_off = l->lanes_off + lane_count * sizeof(struct cbus_lane);
+        l->total = align_up(l->lane_cursors_off +
+                                CBUS_MAX_CONSUMERS * sizeof(struct cbus_lane_cursors), 4096);
+    }
     return 0;
 }
 
@@ -78,7 +100,7 @@ CBUS_API size_t cbus_bus_size(const struct cbus_create_opts *opts)
     struct cbus_create_opts o;
     struct layout l;
     fill_defaults(&o, opts);
-    if (compute_layout(&l, o.capacity, o.admission_entries))
+    if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes))
         return 0;
     return (size_t)l.total;
 }
@@ -108,7 +130,7 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     if (!base || cbus_name_valid(name))
         return -EINVAL;
     fill_defaults(&o, opts);
-    if (compute_layout(&l, o.capacity, o.admission_entries) || l.total > len)
+    if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes) || l.total > len)
         return -EINVAL;
     if (o.lossless_wait_ns > 10000000000u || o.stall_timeout_ns < 1000000u ||
         o.abandon_timeout_ns < 1000000u || o.admit_stale_ns < 1000000u)
@@ -137,6 +159,12 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     h->admission_entries = l.admission_entries;
     h->admit_max_writers = CBUS_ADMIT_MAX_WRITERS;
     h->slots_off = l.slots_off;
+    h->lane_count = l.lane_count;
+    h->lane_capacity = l.lane_capacity;
+    h->lanes_off = l.lanes_off;
+    h->lane_cursors_off = l.lane_cursors_off;
+    if (l.lane_count > 1)
+        h->required_features |= CBUS_FEATURE_LANES;
     uint64_t id = 0;
     FILE *r = fopen("/dev/urandom", "re");
     if (!r || fread(&id, sizeof id, 1, r) != 1)
@@ -186,7 +214,7 @@ CBUS_API int cbus_bus_create(const char *name, const struct cbus_create_opts *op
     if (cbus__shm_path(path, sizeof path, name))
         return -EINVAL;
     fill_defaults(&o, opts);
-    if (compute_layout(&l, o.capacity, o.admission_entries))
+    if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes))
         return -EINVAL;
     if (o.mode & ~0660u)
         return -EINVAL; /* never world-accessible, never executable */
@@ -266,7 +294,15 @@ int cbus__bus_validate(cbus_bus *bus, size_t file_len)
         return -CBUS_EFEATURE;
     struct layout l;
     if (h->header_size != CBUS_HEADER_SIZE || h->slot_size != CBUS_SLOT_SIZE ||
-        compute_layout(&l, h->capacity, h->admission_entries))
+        compute_layout(&l, h->capacity, h->admission_entries, h->lane_count))
+        return -EBADMSG;
+    /* The feature bit and the count agree, and a pre-lanes segment (count 0)
+     * has nothing in the lane words. */
+    if (!!(h->required_features & CBUS_FEATURE_LANES) != (l.lane_count > 1) ||
+        (h->lane_count == 0 && (h->lane_capacity || h->lanes_off || h->lane_cursors_off)) ||
+        (h->lane_count != 0 && (h->lane_capacity != l.lane_capacity ||
+                                h->lanes_off != l.lanes_off ||
+                                h->lane_cursors_off != l.lane_cursors_off)))
         return -EBADMSG;
     if (h->total_size != l.total || l.total != file_len || h->consumers_off != l.consumers_off ||
         h->producers_off != l.producers_off || h->admission_off != l.admission_off ||
@@ -279,8 +315,16 @@ int cbus__bus_validate(cbus_bus *bus, size_t file_len)
     char *base = bus->base;
     bus->hdr = h;
     bus->capacity = l.capacity;
-    bus->mask = l.capacity - 1;
     bus->slots = (struct cbus_slot *)(base + l.slots_off);
+    bus->lane_count = l.lane_count;
+    bus->lane_shift = (unsigned)__builtin_ctz(l.lane_count);
+    bus->lane_cap = l.lane_capacity;
+    bus->mask = l.lane_capacity - 1;
+    bus->lanes = l.lanes_off ? (struct cbus_lane *)(base + l.lanes_off) : NULL;
+    bus->lane_cursors =
+        l.lane_cursors_off ? (struct cbus_lane_cursors *)(base + l.lane_cursors_off) : NULL;
+    for (unsigned i = 0; i < l.lane_count; i++)
+        bus->tails[i] = i == 0 ? &h->tail : &bus->lanes[i].tail;
     bus->consumers = (struct cbus_consumer_entry *)(base + l.consumers_off);
     bus->producers = (struct cbus_producer_entry *)(base + l.producers_off);
     bus->awriters = (struct cbus_admit_writer *)(base + l.admission_off);
@@ -484,7 +528,48 @@ CBUS_API struct cbus_producer_entry *cbus_bus_producer_entry(cbus_bus *bus, unsi
 
 CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus)
 {
-    return bus ? atomic_load_explicit(&bus->hdr->tail, memory_order_acquire) : 0;
+    if (!bus)
+        return 0;
+    uint64_t sum = 0;
+    for (unsigned L = 0; L < bus->lane_count; L++)
+        sum += atomic_load_explicit(bus->tails[L], memory_order_acquire);
+    return sum;
+}
+
+CBUS_API unsigned cbus_bus_lanes(const cbus_bus *bus)
+{
+    return bus ? bus->lane_count : 0;
+}
+
+CBUS_API uint64_t cbus_bus_lane_tail(const cbus_bus *bus, unsigned lane)
+{
+    return bus && lane < bus->lane_count ? atomic_load_explicit(bus->tails[lane], memory_order_acquire)
+                                         : 0;
+}
+
+CBUS_API uint64_t cbus_bus_lane_capacity(const cbus_bus *bus)
+{
+    return bus ? bus->lane_cap : 0;
+}
+
+CBUS_API int cbus_bus_lane_owner(const cbus_bus *bus, unsigned lane, uint32_t *pid, uint32_t *tid)
+{
+    if (!bus || lane >= bus->lane_count || !pid || !tid)
+        return -EINVAL;
+    uint64_t o = bus->lanes ? atomic_load_explicit(&bus->lanes[lane].owner, memory_order_acquire) : 0;
+    *pid = (uint32_t)(o >> 32);
+    *tid = (uint32_t)o;
+    return 0;
+}
+
+CBUS_API int cbus_bus_consumer_lane(const cbus_bus *bus, unsigned idx, unsigned lane,
+                                    uint64_t *cursor, uint64_t *read_pos)
+{
+    if (!bus || idx >= CBUS_MAX_CONSUMERS || lane >= bus->lane_count || !cursor || !read_pos)
+        return -EINVAL;
+    *cursor = atomic_load_explicit(cbus__cursor_word(bus, idx, lane), memory_order_acquire);
+    *read_pos = atomic_load_explicit(cbus__read_pos_word(bus, idx, lane), memory_order_relaxed);
+    return 0;
 }
 
 CBUS_API int cbus_bus_fd(const cbus_bus *bus)
@@ -542,16 +627,18 @@ CBUS_API int cbus_bus_evict(cbus_bus *bus, unsigned idx, int force)
     return 0;
 }
 
-CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out)
+CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t id, struct cbus_event *out)
 {
     if (!bus || !out)
         return -EINVAL;
-    uint64_t tail = atomic_load_explicit(&bus->hdr->tail, memory_order_acquire);
+    unsigned lane = (unsigned)(id & (bus->lane_count - 1));
+    uint64_t pos = id >> bus->lane_shift;
+    uint64_t tail = atomic_load_explicit(bus->tails[lane], memory_order_acquire);
     if (pos >= tail)
         return -EAGAIN;
-    if (tail - pos > bus->capacity)
+    if (tail - pos > bus->lane_cap)
         return -ESPIPE;
-    struct cbus_slot *s = &bus->slots[pos & bus->mask];
+    struct cbus_slot *s = &cbus__lane_slots(bus, lane)[pos & bus->mask];
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     if (seq < CBUS_SEQ_COMMITTED(pos))
         return -EAGAIN;
@@ -561,5 +648,6 @@ CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out)
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
         return -ESPIPE;
+    out->event_id = id;
     return 0;
 }

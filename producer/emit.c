@@ -67,14 +67,14 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
     if (CBUS__LIKELY(CBUS_GATE_COUNT(gate) == 0)) {
         /* seq_cst: also orders this claim before the load of waiters below
          * against the consumer's waiters increment (see cbus_consumer_wait). */
-        pos = atomic_fetch_add_explicit(&hdr->tail, 1, memory_order_seq_cst);
+        pos = atomic_fetch_add_explicit(t->tail, 1, memory_order_seq_cst);
     } else {
         int r = cbus__claim_gated(p, t, gate, now, &pos);
         if (r)
             return r;
     }
 
-    struct cbus_slot *slot = &p->slots[pos & p->mask];
+    struct cbus_slot *slot = &t->slots[pos & p->mask];
     /* A slot already at this lap or a later one: tail was moved back (or out
      * of range), or the slot word is a stray write.  bus/tail.c puts tail
      * right; a position below where the ring got to is never written over:
@@ -85,7 +85,7 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
             cbus__producer_drop(p);
             return -ESTALE; /* zero pages after a truncation: nothing to repair */
         }
-        uint64_t reached = cbus__tail_repair(p->bus, 0);
+        uint64_t reached = cbus__tail_repair(p->bus, t->lane, 0);
         if (pos >= CBUS__POS_LIMIT || pos < reached)
             return cbus__producer_drop(p);
     }
@@ -105,7 +105,7 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
     ev->kind = (uint16_t)rq->kind;
     ev->pid = p->pid;
     ev->tid = cbus__gettid();
-    ev->event_id = pos;
+    ev->event_id = cbus__event_id(p->bus, t->lane, pos);
     ev->ts_realtime_ns = real;
     ev->ts_mono_ns = now;
     if (rq->name)

@@ -38,20 +38,96 @@ static int exit_key_ok;
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
 static cbus_producer *live_list;
 
+static void lane_give_back(cbus_producer *p, struct cbus__producer_tls *t);
+
 static void thread_exit_flush(void *arg)
 {
     (void)arg;
     struct cbus__producer_tls *t = &cbus__ptls;
-    if (!t->pending || !t->generation)
+    if ((!t->pending && !t->lane_owned) || !t->generation)
         return;
     pthread_mutex_lock(&live_mu);
     for (cbus_producer *p = live_list; p; p = p->live_next) {
         if (p->generation == t->generation) {
             cbus__producer_flush(p, t);
+            lane_give_back(p, t);
             break;
         }
     }
     pthread_mutex_unlock(&live_mu);
+}
+
+/* ---- lanes -----------------------------------------------------------------
+ * On a bus of several lanes a thread takes a free lane at its first emit
+ * (out of line, once) and claims only there, so threads that own lanes share
+ * no written line on the fast path.  A lane is given back when the thread
+ * exits (the key destructor above) or its producer closes; a process that
+ * dies holding lanes leaves its pid in them, and the next thread that finds
+ * no free lane takes one whose owner is dead.  With more threads than lanes
+ * a thread shares one (tid-hashed): every lane is a multi-writer ring, so
+ * sharing costs contention, never correctness. */
+static uint64_t lane_owner_word(cbus_producer *p)
+{
+    return (uint64_t)p->pid << 32 | cbus__gettid();
+}
+
+static void lane_take(cbus_producer *p, struct cbus__producer_tls *t)
+{
+    cbus_bus *bus = p->bus;
+    const unsigned n = bus->lane_count;
+    t->lane = 0;
+    t->lane_owned = 0;
+    if (n > 1) {
+        uint32_t tid = cbus__gettid();
+        uint64_t me = lane_owner_word(p);
+        t->lane = tid & (n - 1); /* shared, unless one is free below */
+        for (int pass = 0; pass < 2 && !t->lane_owned; pass++) {
+            for (unsigned i = 0; i < n; i++) {
+                unsigned L = (tid + i) & (n - 1);
+                struct cbus_lane *ln = &bus->lanes[L];
+                uint64_t owner = atomic_load_explicit(&ln->owner, memory_order_acquire);
+                if (owner) {
+                    /* second pass: a lane whose owning process is gone
+                     * (start time 0 = being taken right now: pid only) */
+                    uint64_t st = atomic_load_explicit(&ln->owner_start_time, memory_order_relaxed);
+                    if (pass == 0 || cbus__pid_alive((uint32_t)(owner >> 32), st))
+                        continue;
+                }
+                if (!atomic_compare_exchange_strong_explicit(&ln->owner, &owner, me,
+                                                             memory_order_acq_rel,
+                                                             memory_order_relaxed))
+                    continue;
+                atomic_store_explicit(&ln->owner_start_time, p->start_time, memory_order_relaxed);
+                atomic_fetch_add_explicit(&ln->taken, 1, memory_order_relaxed);
+                atomic_fetch_or_explicit(&p->lanes_held, UINT64_C(1) << L, memory_order_relaxed);
+                t->lane = L;
+                t->lane_owned = 1;
+                break;
+            }
+        }
+    }
+    t->tail = bus->tails[t->lane];
+    t->slots = cbus__lane_slots(bus, t->lane);
+}
+
+/* Gives lane L back if this thread (owner word `me`) still holds it. */
+static void lane_release(cbus_producer *p, unsigned L, uint64_t me, int any_thread)
+{
+    struct cbus_lane *ln = &p->bus->lanes[L];
+    uint64_t owner = atomic_load_explicit(&ln->owner, memory_order_acquire);
+    if (owner == 0 || (any_thread ? owner >> 32 != me >> 32 : owner != me))
+        return;
+    atomic_store_explicit(&ln->owner_start_time, 0, memory_order_relaxed);
+    atomic_compare_exchange_strong_explicit(&ln->owner, &owner, 0, memory_order_acq_rel,
+                                            memory_order_relaxed);
+}
+
+static void lane_give_back(cbus_producer *p, struct cbus__producer_tls *t)
+{
+    if (!t->lane_owned)
+        return;
+    lane_release(p, t->lane, lane_owner_word(p), 0);
+    t->lane_owned = 0;
 }
 
 /* A child forked while another thread held live_mu inherits it locked. */
@@ -70,6 +146,7 @@ void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t)
 {
     int armed = t->exit_armed;
     *t = (struct cbus__producer_tls){.generation = p->generation, .exit_armed = armed};
+    lane_take(p, t);
     /* Once per thread.  Any non-NULL value makes the destructor run; glibc
      * stores the first 32 keys in the thread descriptor (no allocation). */
     if (!armed && exit_key_ok && pthread_setspecific(exit_key, t) == 0)
@@ -129,9 +206,10 @@ CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
     p->hdr = bus->hdr;
     p->slots = bus->slots;
     p->mask = bus->mask;
-    p->capacity = bus->capacity;
+    p->capacity = bus->lane_cap;
     p->broken = bus->broken;
     p->pid = (uint32_t)getpid();
+    p->start_time = cbus__pid_start_time(getpid());
     p->flags = opts ? opts->flags : 0;
     p->generation = atomic_fetch_add_explicit(&next_generation, 1, memory_order_relaxed);
     pthread_once(&exit_once, exit_init);
@@ -200,6 +278,13 @@ CBUS_API void cbus_producer_close(cbus_producer *p)
         }
     }
     pthread_mutex_unlock(&live_mu);
+    /* Lanes our threads still hold (threads that have not exited). */
+    uint64_t held = atomic_load_explicit(&p->lanes_held, memory_order_relaxed);
+    for (unsigned L = 0; held && L < p->bus->lane_count; L++)
+        if (held & (UINT64_C(1) << L))
+            lane_release(p, L, lane_owner_word(p), 1);
+    if (t->generation == 0)
+        t->lane_owned = 0;
     if (p->entry)
         atomic_store_explicit(&p->entry->in_use, 0, memory_order_release);
     if (p->owns_bus)
@@ -227,8 +312,9 @@ CBUS_API cbus_bus *cbus_producer_bus(cbus_producer *p)
 
 /* ---- the gated claim ------------------------------------------------------ */
 
-/* min(cursor) over tethered consumers; *blocker gets the entry holding it. */
-static uint64_t gate_min(cbus_bus *bus, struct cbus_consumer_entry **blocker)
+/* min(cursor in lane) over tethered consumers; *blocker gets the entry
+ * holding it. */
+static uint64_t gate_min(cbus_bus *bus, unsigned lane, struct cbus_consumer_entry **blocker)
 {
     uint64_t min = UINT64_MAX;
     *blocker = NULL;
@@ -240,7 +326,7 @@ static uint64_t gate_min(cbus_bus *bus, struct cbus_consumer_entry **blocker)
         /* ACQUIRE: pairs with the RELEASE store of cursor in
          * cbus_consumer_commit_to(): the consumer is done with every slot
          * below it. */
-        uint64_t c = atomic_load_explicit(&e->cursor, memory_order_acquire);
+        uint64_t c = atomic_load_explicit(cbus__cursor_word(bus, i, lane), memory_order_acquire);
         if (c < min) {
             min = c;
             *blocker = e;
@@ -331,18 +417,19 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
                       uint64_t now, uint64_t *pos)
 {
     struct cbus_shm_header *hdr = p->hdr;
-    const uint64_t cap = p->capacity;
+    const uint64_t cap = p->capacity; /* of a lane */
+    _Atomic uint64_t *tail = t->tail;
     struct cbus_consumer_entry *blocker = NULL;
     if (!t->gate_valid || t->gate_epoch != CBUS_GATE_EPOCH(gate)) {
-        t->gate_min = gate_min(p->bus, &blocker);
+        t->gate_min = gate_min(p->bus, t->lane, &blocker);
         t->gate_epoch = CBUS_GATE_EPOCH(gate);
         t->gate_valid = 1;
     }
     uint64_t wait_start = 0;
-    uint64_t cur = atomic_load_explicit(&hdr->tail, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(tail, memory_order_relaxed);
     for (;;) {
         if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap) {
-            if (atomic_compare_exchange_weak_explicit(&hdr->tail, &cur, cur + 1,
+            if (atomic_compare_exchange_weak_explicit(tail, &cur, cur + 1,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 if (wait_start)
@@ -355,7 +442,7 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
         /* The cached bound is reached: look at the cursors again. */
         gate = atomic_load_explicit(&hdr->gate, memory_order_seq_cst);
         t->gate_epoch = CBUS_GATE_EPOCH(gate);
-        t->gate_min = gate_min(p->bus, &blocker);
+        t->gate_min = gate_min(p->bus, t->lane, &blocker);
         if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap)
             continue;
         if (wait_start)
@@ -375,6 +462,6 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
             return cbus__producer_drop(p);
         }
         cbus__cpu_relax();
-        cur = atomic_load_explicit(&hdr->tail, memory_order_relaxed);
+        cur = atomic_load_explicit(tail, memory_order_relaxed);
     }
 }

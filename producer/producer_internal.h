@@ -10,6 +10,7 @@ struct cbus_producer {
     int owns_bus;
     unsigned flags;                  /* CBUS_PRODUCER_* */
     uint32_t pid;
+    uint64_t start_time;             /* our process's, for lane ownership */
     uint64_t generation;             /* process-unique: keys the thread-local state */
     /* copies of bus fields the emit path reads, to stay on one line */
     struct cbus_shm_header *hdr;
@@ -18,6 +19,7 @@ struct cbus_producer {
     uint64_t capacity;
     const _Atomic uint32_t *broken;  /* the bus's guard word (bus/guard.c) */
     struct cbus_producer_entry *entry; /* NULL when the table was full */
+    _Atomic uint64_t lanes_held;     /* bit L: a thread of ours took lane L (close gives them back) */
     _Alignas(64) _Atomic uint64_t emitted;  /* flushed from threads every 256 */
     _Atomic uint64_t dropped;
     _Atomic uint64_t waited_ns;
@@ -33,6 +35,12 @@ struct cbus_producer {
 struct cbus__producer_tls {
     uint64_t generation;
     uint64_t pending;
+    /* the lane this thread claims in: owned (nobody else's threads claim
+     * there) or, with more threads than lanes, shared */
+    _Atomic uint64_t *tail;
+    struct cbus_slot *slots;
+    uint32_t lane;
+    int lane_owned;
     uint64_t gate_epoch;
     uint64_t gate_min;
     uint64_t stuck_min;
@@ -45,8 +53,8 @@ extern CBUS__TLS struct cbus__producer_tls cbus__ptls;
 /* admit.c: retries spent on torn admission entries by this thread (tests). */
 extern CBUS__TLS uint64_t cbus__admit_torn_retries;
 
-/* A thread's first emit with p: resets t for p and, once per thread, arms
- * the thread-exit flush. */
+/* A thread's first emit with p: resets t for p, takes a lane and, once per
+ * thread, arms the thread-exit flush (which gives the lane back). */
 void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t);
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);

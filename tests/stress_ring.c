@@ -1,7 +1,9 @@
 /* In-process lock-free stress for ThreadSanitizer (a plain program: Criterion
  * aborts under TSan).  Producers, a lossless and a lossy consumer and an
  * attach/detach churner share one ring on an anonymous mapping; at the end
- * the accounting must be exact.  Exit 0 pass, 1 fail. */
+ * the accounting must be exact.  Run on a one-lane bus (both producer threads
+ * claim on one tail) and on a two-lane bus (each thread owns a lane).
+ * Exit 0 pass, 1 fail. */
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 #include <cbus/producer.h>
@@ -136,15 +138,18 @@ static void *churner(void *arg)
     return NULL;
 }
 
-int main(void)
+static void run(uint32_t lanes)
 {
-    struct cbus_create_opts o = {.capacity = 1024};
+    atomic_store(&producers_done, 0);
+    atomic_store(&attached, 0);
+    struct cbus_create_opts o = {.capacity = 1024, .lanes = lanes};
     size_t len = cbus_bus_size(&o);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || cbus_bus_format(mem, len, "stress", &o) ||
         cbus_bus_open_mem(&bus, mem, len)) {
         fprintf(stderr, "stress_ring: setup failed\n");
-        return 1;
+        atomic_fetch_add(&failures, 1);
+        return;
     }
     struct consumer_result lossless = {.mode = CBUS_LOSSLESS}, lossy = {.mode = CBUS_LOSSY};
     pthread_t tc[2], tp[PRODUCERS], tch;
@@ -168,12 +173,18 @@ int main(void)
           "lossless consumed %llu of %llu (lost %llu)", (unsigned long long)lossless.consumed,
           (unsigned long long)tail, (unsigned long long)lossless.lost);
     CHECK(lossy.consumed + lossy.lost + lossy.abandoned == tail, "lossy accounting");
-    printf("stress_ring: produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
-           (unsigned long long)tail, (unsigned long long)dropped,
+    printf("stress_ring: %u lane(s): produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
+           lanes, (unsigned long long)tail, (unsigned long long)dropped,
            (unsigned long long)lossless.consumed, (unsigned long long)lossy.consumed,
            (unsigned long long)lossy.lost);
     cbus_bus_close(bus);
     munmap(mem, len);
+}
+
+int main(void)
+{
+    run(1);
+    run(2);
     int f = atomic_load(&failures);
     printf("%d passed, %d failed\n", f ? 0 : 1, f ? 1 : 0);
     return f ? 1 : 0;

@@ -150,9 +150,9 @@ struct result {
 };
 
 static struct result run_emit(const char *bus_name, int threads, int consumers, unsigned mode,
-                              uint64_t events)
+                              uint64_t events, uint32_t lanes)
 {
-    struct cbus_create_opts co = {0};
+    struct cbus_create_opts co = {.lanes = lanes};
     cbus_bus_destroy(bus_name);
     if (cbus_bus_create(bus_name, &co)) {
         fprintf(stderr, "cbus-bench: cannot create bus %s\n", bus_name);
@@ -297,6 +297,7 @@ int main(int argc, char **argv)
         unsigned mode;
         const char *label;
         int spin;
+        uint32_t lanes;
     } cfg[] = {
         {1, 0, CBUS_LOSSY, "1 producer, no consumer"},
         {1, 1, CBUS_LOSSY, "1 producer, 1 lossy consumer"},
@@ -307,6 +308,10 @@ int main(int argc, char **argv)
         {2, 0, CBUS_LOSSY, "2 producers, no consumer"},
         {2, 1, CBUS_LOSSY, "2 producers, 1 lossy consumer"},
         {2, 4, CBUS_LOSSY, "2 producers, 4 lossy consumers"},
+        {1, 0, CBUS_LOSSY, "1 producer, no consumer, 2 lanes", 0, 2},
+        {2, 0, CBUS_LOSSY, "2 producers, no consumer, 2 lanes", 0, 2},
+        {2, 1, CBUS_LOSSY, "2 producers, 1 lossy consumer, 2 lanes", 0, 2},
+        {2, 1, CBUS_LOSSLESS, "2 producers, 1 lossless consumer, 2 lanes", 0, 2},
     };
     FILE *out = csv ? fopen(csv, "w") : NULL;
     if (out)
@@ -319,7 +324,8 @@ int main(int argc, char **argv)
         struct result r[100];
         consumer_spin = cfg[c].spin;
         for (int i = 0; i < runs; i++)
-            r[i] = run_emit(bus_name, cfg[c].threads, cfg[c].consumers, cfg[c].mode, events);
+            r[i] = run_emit(bus_name, cfg[c].threads, cfg[c].consumers, cfg[c].mode, events,
+                            cfg[c].lanes);
         qsort(r, (size_t)runs, sizeof r[0], cmp_res);
         struct result m = r[runs / 2];
         printf("%-36s %9.1f %9.1f %9.1f %12.1f %10llu\n", cfg[c].label, m.median, m.p99, m.p999,

@@ -264,6 +264,17 @@ int audit_run(const struct audit_config *cfg)
         close(lock_fd);
         return 1;
     }
+    /* The log's order check and gap records follow one sequence of event
+     * ids; a bus of several lanes interleaves one per lane (issue 13). */
+    if (cbus_bus_lanes(cbus_consumer_bus(c)) > 1) {
+        cbus_log_error("bus %s has %u lanes; cbus-audit keeps one ordered sequence of event ids "
+                       "and reads one-lane buses only: create the bus with --lanes 1",
+                       cfg->bus, cbus_bus_lanes(cbus_consumer_bus(c)));
+        cbus_consumer_detach(c);
+        audit_writer_close(w);
+        close(lock_fd);
+        return 1;
+    }
     /* Producers wait on the committed cursor, so every record in flight
      * (read, not yet durable) holds a ring slot.  If the batches in flight
      * could fill the ring, producers would stall (then drop) while the disk

@@ -13,7 +13,7 @@
 #define CKPT_MAGIC   "CBUSCOST"
 /* 2: u64 lost and u64 abandoned after events.  Version 1 files still load
  * (lost and abandoned 0), so an upgrade does not cost the totals. */
-#define CKPT_VERSION 2u
+#define CKPT_VERSION 3u
 /* Changes whenever a struct written raw changes size or the histogram
  * units change meaning. */
 #define CKPT_STAMP                                                                     \
@@ -70,6 +70,11 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
     put(b, &stamp, 4);
     put_u64(b, bus_id);
     put_u64(b, l->cursor);
+    /* version 3: the position in every lane */
+    uint32_t lanes = l->pos.lanes ? l->pos.lanes : 1;
+    put(b, &lanes, 4);
+    for (uint32_t i = 0; i < lanes; i++)
+        put_u64(b, l->pos.pos[i]);
     put_u64(b, now_realtime_ns);
     put_u64(b, l->events);
     put_u64(b, l->lost);
@@ -230,7 +235,7 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
     uint32_t ver, stamp;
     get(&r, &ver, 4);
     get(&r, &stamp, 4);
-    if ((ver != CKPT_VERSION && ver != 1) || stamp != CKPT_STAMP) {
+    if ((ver != CKPT_VERSION && ver != 2 && ver != 1) || stamp != CKPT_STAMP) {
         snprintf(err, errlen,
                  "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
                  "this build %u, %08x)", path, ver, stamp, CKPT_VERSION, CKPT_STAMP);
@@ -238,7 +243,25 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
         goto out;
     }
     *bus_id = get_u64(&r);
-    l->cursor = get_u64(&r);
+    uint64_t cursor = get_u64(&r);
+    struct cbus_position pos = {.lanes = 1, .pos = {cursor}}; /* before version 3: one lane */
+    if (ver >= 3) {
+        get(&r, &pos.lanes, 4);
+        if (pos.lanes == 0 || pos.lanes > CBUS_MAX_LANES || (pos.lanes & (pos.lanes - 1))) {
+            snprintf(err, errlen, "%s: %u lanes in the saved position (corrupt checkpoint)", path,
+                     pos.lanes);
+            goto out;
+        }
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < pos.lanes; i++)
+            sum += pos.pos[i] = get_u64(&r);
+        if (sum != cursor) {
+            snprintf(err, errlen, "%s: the saved position does not add up to its cursor "
+                     "(corrupt checkpoint)", path);
+            goto out;
+        }
+    }
+    cost_ledger_set_position(l, &pos);
     (void)get_u64(&r); /* saved_realtime_ns: informational */
     l->events = get_u64(&r);
     if (ver >= 2) {

@@ -7,6 +7,7 @@
  * Format (little-endian, this build's struct layouts; a different build
  * refuses the file rather than misreading it):
  *   "CBUSCOST" u32 version u32 layout-stamp u64 bus_id u64 cursor
+ *   [u32 lanes, u64 position per lane: version 3; their sum is the cursor]
  *   u64 saved_realtime_ns u64 events [u64 lost u64 abandoned: version 2]
  *   u64 n_models u64 n_users u64 n_sessions
  *   total counters, total latency, global budget state, anomalies,

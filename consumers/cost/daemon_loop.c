@@ -285,7 +285,7 @@ static int checkpoint(struct daemon *d)
     cost_errlimit_ok(&d->ckpt_err, now);
     d->ckpt_cursor = d->led.cursor;
     if (d->c) {
-        r = cbus_consumer_commit_to(d->c, d->led.cursor);
+        r = cbus_consumer_commit_position(d->c, &d->led.pos);
         if (r)
             cost_errlimit_fail(&d->commit_err, now, "commit cursor: %s", cbus_strerror(r));
         else
@@ -325,6 +325,15 @@ static void usage(FILE *f)
             "                 [--sessions N] [--no-refresh]\n");
 }
 
+/* The ledger's position becomes the consumer's read position: every event
+ * below it in each lane was applied, lost or abandoned. */
+static void take_read_position(struct daemon *d)
+{
+    struct cbus_position p;
+    if (cbus_consumer_position(d->c, &p) == 0)
+        cost_ledger_set_position(&d->led, &p);
+}
+
 /* Attaches, waiting for the bus to exist.  Returns 0, 1 (stopped) or -errno. */
 static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
 {
@@ -335,7 +344,7 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
     };
     if (have_ckpt) {
         o.start = CBUS_START_CURSOR;
-        o.cursor = d->led.cursor;
+        o.position = &d->led.pos;
         o.expect_bus_id = saved_bus_id;
     }
     int logged = 0;
@@ -348,9 +357,9 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
                           "new bus from its %s event", d->cfg.bus,
                           d->cfg.start_newest ? "newest" : "oldest");
             o.start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST;
-            o.cursor = 0;
+            o.position = NULL;
             o.expect_bus_id = 0;
-            d->led.cursor = 0;
+            cost_ledger_set_position(&d->led, &(struct cbus_position){.lanes = 1});
             continue;
         }
         if (r == -ENOENT) {
@@ -370,7 +379,7 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
     d->bus = cbus_consumer_bus(d->c);
     d->bus_id = cbus_consumer_bus_id(d->c);
     if (o.start != CBUS_START_CURSOR)
-        d->led.cursor = cbus_consumer_read_pos(d->c);
+        take_read_position(d);
     return 0;
 }
 
@@ -405,7 +414,7 @@ static void arrived_bus(struct daemon *d)
     d->bus = d->at.bus;
     d->bus_id = d->at.bus_id;
     d->capacity = cbus_bus_header(d->bus)->capacity;
-    d->led.cursor = cbus_consumer_read_pos(d->c);
+    take_read_position(d);
     checkpoint(d);
     int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
     if (r)
@@ -628,9 +637,8 @@ int cost_daemon_main(int argc, char **argv)
              * when this poll returned no event (positions skipped after a
              * forward jump of tail): the producers gated behind our cursor
              * would otherwise never send the event that moves it. */
-            uint64_t rp = cbus_consumer_read_pos(d->c);
-            if (rp > d->led.cursor)
-                d->led.cursor = rp;
+            if (cbus_consumer_read_pos(d->c) != d->led.cursor)
+                take_read_position(d);
         }
         now = mono_ns();
         if (now >= next_hb) {

@@ -362,14 +362,30 @@ static inline int accountable(const struct cbus_event *ev)
            (ph == CBUS_PHASE_END || ph == CBUS_PHASE_ERROR);
 }
 
+void cost_ledger_set_position(struct cost_ledger *l, const struct cbus_position *p)
+{
+    l->pos = *p;
+    if (l->pos.lanes == 0 || l->pos.lanes > CBUS_MAX_LANES ||
+        (l->pos.lanes & (l->pos.lanes - 1)))
+        l->pos = (struct cbus_position){.lanes = 1};
+    l->cursor = 0;
+    for (unsigned i = 0; i < l->pos.lanes; i++)
+        l->cursor += l->pos.pos[i];
+}
+
 /* p holds ev's keys when ev is accountable. */
 static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const struct prep *p)
 {
-    if (ev->event_id < l->cursor) {
+    /* The event id names its lane (id = lane position * lanes + lane). */
+    unsigned lanes = l->pos.lanes ? l->pos.lanes : 1;
+    unsigned lane = (unsigned)(ev->event_id & (lanes - 1));
+    uint64_t lp = ev->event_id / lanes;
+    if (lp < l->pos.pos[lane]) {
         l->an.duplicate_events++;
         return;
     }
-    l->cursor = ev->event_id + 1;
+    l->cursor += lp + 1 - l->pos.pos[lane];
+    l->pos.pos[lane] = lp + 1;
     l->events++;
     if (!accountable(ev))
         return;

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cbus/layout.h>
+#include <cbus/consumer.h>
 
 #include "budget.h"
 #include "hist.h"
@@ -136,7 +136,10 @@ struct cost_ledger {
     struct cost_user user_overflow;
     struct cost_anomalies an;
     uint64_t events;                   /* every event accounted (any kind) */
-    uint64_t cursor;                   /* next ring position: all below are counted */
+    /* Next position in each lane of the bus: every event below is counted.
+     * cursor is their sum (positions passed, for display and pacing). */
+    struct cbus_position pos;
+    uint64_t cursor;
     /* Events below cursor that were never accounted, over every run (the
      * daemon sets them before each checkpoint; the checkpoint keeps them):
      * overwritten before read, and claimed but never committed. */
@@ -146,6 +149,9 @@ struct cost_ledger {
     cost_unpriced_fn on_unpriced;
     void *unpriced_arg;
 };
+
+/* Sets the ledger's position (from the consumer: where it reads or resumed). */
+void cost_ledger_set_position(struct cost_ledger *l, const struct cbus_position *p);
 
 int cost_ledger_init(struct cost_ledger *l, const struct cost_price_table *prices,
                      const struct cost_budget_set *budgets, const struct cost_ledger_opts *opts);

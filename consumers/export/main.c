@@ -232,12 +232,30 @@ int main(int argc, char **argv)
         co.start = CBUS_START_NEWEST;
         r = cbus_consumer_attach(&c, cfg.bus, &co);
     }
+    if (r == -EINVAL && co.start == CBUS_START_CURSOR) {
+        /* a one-lane cursor on a bus of several lanes */
+        cbus_log_info("bus '%s' has several lanes: the saved cursor does not apply, starting at "
+                      "its newest event", cfg.bus);
+        co.start = CBUS_START_NEWEST;
+        r = cbus_consumer_attach(&c, cfg.bus, &co);
+    }
     if (r) {
         cbus_log_error("attach to bus '%s' as '%s': %s", cfg.bus, cfg.consumer_name, cbus_strerror(r));
         export_config_free(&cfg);
         return 1;
     }
     cursor_forget(&cfg);
+    /* The exporter's acknowledgement floor is one position: on a bus of
+     * several lanes (issue 13) it runs lossy, commits what it has read (that
+     * holds no producer) and keeps no saved cursor. */
+    int multi_lane = cbus_bus_lanes(cbus_consumer_bus(c)) > 1;
+    if (multi_lane && cfg.lossless) {
+        cbus_log_error("config [bus] lossless = true needs a one-lane bus; bus '%s' has %u lanes",
+                       cfg.bus, cbus_bus_lanes(cbus_consumer_bus(c)));
+        cbus_consumer_detach(c);
+        export_config_free(&cfg);
+        return 2;
+    }
     uint64_t capacity = cbus_bus_header(cbus_consumer_bus(c))->capacity;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
@@ -309,7 +327,9 @@ int main(int argc, char **argv)
             exporter_flush(x);
             floor = exporter_floor(x, read_pos);
         }
-        if (floor > committed && cbus_consumer_commit_to(c, floor) == 0)
+        if (multi_lane)
+            cbus_consumer_commit(c);
+        else if (floor > committed && cbus_consumer_commit_to(c, floor) == 0)
             committed = floor;
         if (cfg.status_file[0] && now >= next_status) {
             write_status(&cfg, x, c, 0);
@@ -351,9 +371,11 @@ int main(int argc, char **argv)
     if (lost)
         cbus_log_warn("%zu undelivered batches were in the memory spool and are lost (set [spool] dir)", lost);
     uint64_t floor = exporter_floor(x, cbus_consumer_read_pos(c));
-    if (floor > committed)
-        cbus_consumer_commit_to(c, floor);
-    cursor_save(&cfg, id.bus_id, floor > committed ? floor : committed);
+    if (!multi_lane) {
+        if (floor > committed)
+            cbus_consumer_commit_to(c, floor);
+        cursor_save(&cfg, id.bus_id, floor > committed ? floor : committed);
+    }
     write_status(&cfg, x, c, 1);
     log_counters(x, "stopped");
     exporter_free(x);

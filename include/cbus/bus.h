@@ -17,6 +17,10 @@ struct cbus_create_opts {
     uint64_t abandon_timeout_ns;/* 0 = 20 ms: a dead writer's slot is skipped after this */
     uint64_t admit_stale_ns;    /* 0 = 3 s */
     uint32_t admission_entries; /* power of two, 0 = 4096 */
+    uint32_t lanes;             /* producer lanes, power of two 1..64, 0 = 1: a thread
+                                   owns a lane, so threads do not contend on one tail;
+                                   capacity is split between them (in the struct's
+                                   former tail padding: its size is unchanged) */
 };
 
 /* Creates /dev/shm/cbus.NAME (O_EXCL) sized for opts, zero-filled so a full
@@ -67,7 +71,18 @@ CBUS_API void cbus_bus_close(cbus_bus *bus);
 CBUS_API const struct cbus_shm_header *cbus_bus_header(const cbus_bus *bus);
 CBUS_API struct cbus_consumer_entry *cbus_bus_consumer_entry(cbus_bus *bus, unsigned idx);
 CBUS_API struct cbus_producer_entry *cbus_bus_producer_entry(cbus_bus *bus, unsigned idx);
+/* Positions claimed so far, summed over the lanes. */
 CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus);
+/* Lanes (for tools): the count, slots per lane, a lane's tail, the thread
+ * that owns it (pid 0: free; a lane of a one-lane bus has no owner), and a
+ * consumer entry's committed cursor and read position in it.  The getters
+ * return -EINVAL on a bad index. */
+CBUS_API unsigned cbus_bus_lanes(const cbus_bus *bus);
+CBUS_API uint64_t cbus_bus_lane_capacity(const cbus_bus *bus);
+CBUS_API uint64_t cbus_bus_lane_tail(const cbus_bus *bus, unsigned lane);
+CBUS_API int cbus_bus_lane_owner(const cbus_bus *bus, unsigned lane, uint32_t *pid, uint32_t *tid);
+CBUS_API int cbus_bus_consumer_lane(const cbus_bus *bus, unsigned idx, unsigned lane,
+                                    uint64_t *cursor, uint64_t *read_pos);
 CBUS_API int cbus_bus_fd(const cbus_bus *bus);
 
 /* Is this handle still on the segment its name refers to?  Cheap (fstat and
@@ -104,9 +119,10 @@ CBUS_API int cbus_bus_consumer_alive(cbus_bus *bus, unsigned idx);
  * frees it even if alive (the owner sees -ESTALE on its next call).
  * Returns 0, -EBUSY (alive and not forced), -ENOENT (free), -EINVAL. */
 CBUS_API int cbus_bus_evict(cbus_bus *bus, unsigned idx, int force);
-/* Reads event at ring position pos into *out if still present and committed.
+/* Reads the event of id `id` (lane position * lanes + lane; on a one-lane bus
+ * the ring position) into *out if still present and committed.
  * Returns 0, -EAGAIN (not yet committed), -ESPIPE (overwritten). For tools. */
-CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t pos, struct cbus_event *out);
+CBUS_API int cbus_bus_peek(cbus_bus *bus, uint64_t id, struct cbus_event *out);
 
 #ifdef __cplusplus
 }

@@ -5,8 +5,15 @@
  *   cursor         published by cbus_consumer_commit(): what a lossless
  *                  consumer lets producers overwrite.  Commit only what you
  *                  have made durable; after a crash, resume from it.
- * Event ids are ring positions: ev.event_id + 1 is the cursor that
- * acknowledges ev.
+ * A bus has one or more lanes (cbus_create_opts.lanes): rings side by side,
+ * each written by the producer threads that own it.  Positions are per lane;
+ * a saved position is one word per lane (struct cbus_position).  Poll
+ * delivers each lane in order (so each producer thread's events in the order
+ * it emitted them) and sweeps the lanes in turn; events of different lanes
+ * come in no defined order: merge by ts_mono_ns where order across threads
+ * matters.  An event id is its lane position * lanes + lane: unique per bus,
+ * increasing within a lane.  On a one-lane bus it is the position itself, and
+ * ev.event_id + 1 is the cursor that acknowledges ev (cbus_consumer_commit_to).
  *
  * Accounting is exact: for positions from the attach point on,
  *   consumed + lost + abandoned == positions passed.
@@ -35,17 +42,31 @@ enum cbus_start {
 
 #define CBUS_CONSUMER_KEEP (1u << 0) /* park name + cursor at detach for CBUS_START_RESUME */
 
+/* A consumer's place in every lane: what a checkpointing consumer saves
+ * (cbus_consumer_position) and resumes from (CBUS_START_CURSOR).  Store the
+ * `lanes` words of pos that are used; a position of another lane count
+ * belongs to another bus layout and is refused. */
+struct cbus_position {
+    uint32_t lanes;
+    uint32_t _reserved;
+    uint64_t pos[CBUS_MAX_LANES];
+};
+
 struct cbus_consumer_opts {
     const char *name;       /* required, cbus_name_valid(); unique among live consumers */
     unsigned mode;          /* enum cbus_consumer_mode */
     unsigned start;         /* enum cbus_start */
-    uint64_t cursor;        /* with CBUS_START_CURSOR */
+    uint64_t cursor;        /* with CBUS_START_CURSOR on a one-lane bus, position NULL */
     uint64_t expect_bus_id; /* with CBUS_START_CURSOR: nonzero => -ESTALE if the bus differs */
     uint32_t open_flags;    /* CBUS_OPEN_* */
     unsigned flags;         /* CBUS_CONSUMER_* */
+    const struct cbus_position *position; /* with CBUS_START_CURSOR: one word per lane
+                                             (lanes must match the bus's) */
 };
 
-/* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts), -EBUSY (a live
+/* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts; with
+ * CBUS_START_CURSOR, a position whose lane count is not the bus's, or a bare
+ * cursor on a bus of several lanes), -EBUSY (a live
  * consumer has this name), -ENOSPC (all CBUS_MAX_CONSUMERS entries in use),
  * -ESTALE (expect_bus_id differs: the bus was recreated), -EBADMSG (the
  * segment's tail is out of range and could not be put back). */
@@ -61,7 +82,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
  * behind.  NULL is a no-op. */
 CBUS_API void cbus_consumer_detach(cbus_consumer *c);
 
-/* Copies up to max committed events into out, in ring order; never blocks
+/* Copies up to max committed events into out, each lane in order; never blocks
  * for long (a slot whose producer is mid-write is waited for at most the
  * abandon timeout, and only when its writer is dead or unknown).
  * Returns the count (0 = nothing new), -EINVAL, -ESTALE (evicted, or the
@@ -74,6 +95,8 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
 CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns);
 
 /* Publishes the read position (or pos, <= read position) as the cursor.
+ * commit_to takes a one-lane position (-EINVAL on a bus of several lanes:
+ * use cbus_consumer_commit_position).
  * Once the cursor covers every event poll handed out, poll itself moves it
  * over positions it skipped after them (lost, abandoned: nothing to
  * process), so a lossless consumer that commits only what it processed is
@@ -81,6 +104,16 @@ CBUS_API int cbus_consumer_wait(cbus_consumer *c, uint64_t timeout_ns);
  * Returns 0, -EINVAL (pos beyond the read position or behind the cursor), -ESTALE. */
 CBUS_API int cbus_consumer_commit(cbus_consumer *c);
 CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos);
+
+/* The read position in every lane now: just past every event poll has
+ * handed out.  Save it with what those events made durable, commit it
+ * (cbus_consumer_commit_position) once they are, and resume from it with
+ * CBUS_START_CURSOR.  Returns 0, -EINVAL. */
+CBUS_API int cbus_consumer_position(const cbus_consumer *c, struct cbus_position *out);
+/* Publishes p as the cursor: each lane's word between the cursor and the read
+ * position.  All or nothing.  Returns 0, -EINVAL (lanes differ, a word out of
+ * range), -ESTALE. */
+CBUS_API int cbus_consumer_commit_position(cbus_consumer *c, const struct cbus_position *p);
 
 /* Is this consumer still reading the bus its name refers to?  A bus
  * destroyed and re-created (cbusctl destroy + create, rm + create) is not
@@ -100,20 +133,23 @@ CBUS_API int cbus_consumer_check(cbus_consumer *c);
  * untethered (made lossy); it re-tethers by itself once it has caught up. */
 CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c);
 
+/* Positions are summed over the lanes: consumed + lost + abandoned equals
+ * read_pos minus the read position at attach. */
 struct cbus_consumer_stats {
     uint64_t consumed;
     uint64_t lost;
     uint64_t abandoned;
     uint64_t read_pos;
     uint64_t cursor;
-    uint64_t tail;        /* producers' claim position now */
+    uint64_t tail;        /* producers' claim positions now */
     uint64_t lag;         /* tail - read_pos */
     unsigned mode;        /* asked for */
     int tethered;         /* currently gating producers */
     uint64_t untethered_count;
+    unsigned lanes;       /* the bus's lane count */
 };
 CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *out);
-CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c);
+CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c); /* summed over lanes */
 CBUS_API uint64_t cbus_consumer_bus_id(const cbus_consumer *c);
 CBUS_API cbus_bus *cbus_consumer_bus(cbus_consumer *c);
 CBUS_API int cbus_consumer_index(const cbus_consumer *c);

@@ -15,6 +15,10 @@
  *   admission_off          struct cbus_admit_writer    [CBUS_ADMIT_MAX_WRITERS]
  *                          struct cbus_admit_entry     [admission_entries]
  *   slots_off              struct cbus_slot            [capacity]
+ *                          (lane L's ring: lane_capacity slots from
+ *                          slots_off + L * lane_capacity * CBUS_SLOT_SIZE)
+ *   lanes_off              struct cbus_lane            [lane_count]   (lane_count > 1)
+ *   lane_cursors_off       struct cbus_lane_cursors    [CBUS_MAX_CONSUMERS] (lane_count > 1)
  *
  * Token convention (stated once, used everywhere): OpenTelemetry's.  The
  * input token count INCLUDES cache_read and cache_creation tokens; the output
@@ -70,7 +74,10 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
 #define CBUS_FEATURE_NEED_WAKE   (1u << 0) /* required: a consumer about to sleep
                                               sets need_wake, and a producer
                                               wakes only if it swaps it back */
-#define CBUS_FEATURES_REQUIRED_KNOWN CBUS_FEATURE_NEED_WAKE
+#define CBUS_FEATURE_LANES       (1u << 1) /* required: the ring is lane_count
+                                              lanes (lane_count > 1); a reader
+                                              of lane 0 alone would miss events */
+#define CBUS_FEATURES_REQUIRED_KNOWN (CBUS_FEATURE_NEED_WAKE | CBUS_FEATURE_LANES)
 #define CBUS_FEATURES_COMPAT_KNOWN   0u
 
 #define CBUS_CACHELINE        64
@@ -79,6 +86,7 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
 #define CBUS_SLOT_SIZE        512
 #define CBUS_MAX_CONSUMERS    64
 #define CBUS_MAX_PRODUCERS    128
+#define CBUS_MAX_LANES        64
 #define CBUS_ADMIT_MAX_WRITERS 8
 #define CBUS_NAME_MAX         32  /* bus and consumer names, NUL included */
 
@@ -423,6 +431,30 @@ struct cbus_field_desc {
 };
 #define CBUS_FIELD_TABLE_MAX 24
 
+/* ---- lanes ---------------------------------------------------------------
+ * A bus of lane_count > 1 is that many rings side by side, each claimed by
+ * fetch_add on its own tail line, so producer threads that own different
+ * lanes share no written line on the fast path.  Lane 0's tail is
+ * hdr->tail and its consumer words are the consumer entry's (a one-lane bus
+ * is the layout from before lanes); lanes 1.. keep theirs here.  A lane's
+ * position p is the event id p * lane_count + L. */
+struct cbus_lane {
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) tail; /* lanes 1..; lane 0 uses hdr->tail */
+    uint8_t _pad0[CBUS_HOTLINE - 8];
+    /* owner: written when a thread takes or gives the lane back */
+    CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) owner; /* pid << 32 | tid; 0 = free */
+    CBUS_ATOMIC(uint64_t) owner_start_time;  /* the pid's start time, against pid reuse */
+    CBUS_ATOMIC(uint64_t) taken;             /* times a thread took it (statistics) */
+    uint8_t _pad1[CBUS_HOTLINE - 24];
+};
+
+/* One per consumer entry: its committed cursor and read position in lanes
+ * 1..lane_count-1 (index 0 unused: the entry's own words). */
+struct cbus_lane_cursors {
+    CBUS_ATOMIC(uint64_t) cursor[CBUS_MAX_LANES];
+    CBUS_ATOMIC(uint64_t) read_pos[CBUS_MAX_LANES];
+};
+
 struct cbus_shm_header {
     /* identity: written once by the creator, before `ready` */
     uint64_t magic;                    /* CBUS_MAGIC */
@@ -481,6 +513,13 @@ struct cbus_shm_header {
     CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) dropped;   /* all producers, exact */
     CBUS_ATOMIC(uint64_t) untethered;                       /* consumers cut loose */
     CBUS_ATOMIC(uint64_t) producer_overflow_emitted;        /* producers with no table entry */
+    /* lanes (identity, written by the creator before `ready`).  Zero in a
+     * segment from before lanes: one lane. */
+    CBUS_ALIGNAS(CBUS_HOTLINE) uint32_t lane_count;          /* power of two, 1..CBUS_MAX_LANES */
+    uint32_t _reserved_lanes;
+    uint64_t lane_capacity;                                  /* slots per lane */
+    uint64_t lanes_off;                                      /* struct cbus_lane [lane_count] */
+    uint64_t lane_cursors_off;                               /* struct cbus_lane_cursors [CBUS_MAX_CONSUMERS] */
 };
 
 #define CBUS_GATE_COUNT(g)  ((uint32_t)((g) & 0xffffu))
@@ -523,6 +562,8 @@ static_assert(offsetof(struct cbus_consumer_entry, cursor) == 128, "consumer cur
 static_assert(sizeof(struct cbus_producer_entry) == 64, "producer entry");
 static_assert(sizeof(struct cbus_admit_writer) == 64, "admit writer");
 static_assert(sizeof(struct cbus_admit_entry) == 64, "admit entry");
+static_assert(sizeof(struct cbus_lane) == 256, "lane");
+static_assert(sizeof(struct cbus_lane_cursors) == 16 * CBUS_MAX_LANES, "lane cursors");
 static_assert(sizeof(struct cbus_shm_header) <= CBUS_HEADER_SIZE, "header fits page 0");
 static_assert(offsetof(struct cbus_shm_header, tail) % CBUS_HOTLINE == 0, "tail line");
 static_assert(offsetof(struct cbus_shm_header, required_features) == 696, "required_features");

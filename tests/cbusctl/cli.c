@@ -461,6 +461,46 @@ Test(cbusctl_cli, emit_then_tail_count_json)
     cJSON_Delete(j);
 }
 
+/* A bus of lanes: create says so, stat shows the count, emits from several
+ * processes all reach tail --oldest, and bad lane counts are usage errors. */
+Test(cbusctl_cli, create_with_lanes_then_stat_emit_and_tail)
+{
+    CTL("create", bus, "--capacity", "1024", "--lanes", "3");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "power of two"), "%s", rr.err);
+    CTL("create", bus, "--capacity", "1024", "--lanes", "8");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "fewer than 256"), "%s", rr.err);
+    CTL("create", bus, "--capacity", "1024", "--lanes", "4");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "in 4 lanes"), "%s", rr.out);
+    cJSON *j = stat_json();
+    cr_assert_eq(jnum(j, "lanes"), 4);
+    cJSON_Delete(j);
+    for (int i = 0; i < 5; i++) {
+        char tokens[8];
+        snprintf(tokens, sizeof tokens, "%d", i + 1);
+        CTL("emit", bus, "--kind", "llm_end", "--model", "gpt-4o", "--input-tokens", tokens);
+        ASSERT_EXIT(0);
+    }
+    CTL("tail", bus, "--oldest", "--json", "--count", "5");
+    ASSERT_EXIT(0);
+    int seen = 0;
+    for (char *line = rr.out; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        cJSON *e = cJSON_Parse(line);
+        cr_assert(e, "%s", line);
+        int tok = (int)jnum(cJSON_GetObjectItemCaseSensitive(e, "usage"), "input_tokens");
+        cr_assert(tok >= 1 && tok <= 5 && !(seen & (1 << tok)), "event %d once", tok);
+        seen |= 1 << tok;
+        cJSON_Delete(e);
+        line = nl ? nl + 1 : NULL;
+    }
+    cr_assert_eq(seen, 0x3e, "all five events, each once");
+}
+
 Test(cbusctl_cli, tail_oldest_filters_and_prints_text)
 {
     CTL("create", bus, "--capacity", "1024");

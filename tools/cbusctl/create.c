@@ -28,6 +28,9 @@ static void create_help(FILE *f)
             "  --abandon-timeout D   wait before skipping a dead writer's slot (default 20ms)\n"
             "  --admit-stale D       admission writer heartbeat age that makes it stale (default 3s)\n"
             "  --admission-entries N admission table entries, a power of two (default 4096)\n"
+            "  --lanes N             producer lanes, a power of two 1..64 (default 1): each\n"
+            "                        producer thread owns one, so threads do not contend;\n"
+            "                        the capacity is split between them (at least 256 each)\n"
             "Durations: 500us, 1ms, 2s.\n",
             CAPACITY_MIN, CAPACITY_MAX);
 }
@@ -49,6 +52,7 @@ int cmd_create(int argc, char **argv)
         {"abandon-timeout", required_argument, NULL, 'a'},
         {"admit-stale", required_argument, NULL, 'A'},
         {"admission-entries", required_argument, NULL, 'e'},
+        {"lanes", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -120,6 +124,13 @@ int cmd_create(int argc, char **argv)
                                        optarg);
             o.admission_entries = (uint32_t)v;
             break;
+        case 'l':
+            if ((r = cli_u64("create", "--lanes", optarg, 1, CBUS_MAX_LANES, &v)))
+                return r;
+            if (!is_pow2(v))
+                return cli_usage_error("create", "--lanes %s: must be a power of two", optarg);
+            o.lanes = (uint32_t)v;
+            break;
         case 'h':
             create_help(stdout);
             return EXIT_OK;
@@ -153,6 +164,11 @@ int cmd_create(int argc, char **argv)
         }
         o.capacity = best;
     }
+    uint64_t lanes_cap = o.capacity ? o.capacity : 16384;
+    if (o.lanes && lanes_cap / o.lanes < 256)
+        return cli_usage_error("create", "--lanes %u: %" PRIu64 " slots give each lane %" PRIu64
+                                         ", fewer than 256; raise --capacity or lower --lanes",
+                               o.lanes, lanes_cap, lanes_cap / o.lanes);
 
     char path[64];
     cli_shm_path(path, sizeof path, name);
@@ -191,10 +207,10 @@ int cmd_create(int argc, char **argv)
 
     struct stat st;
     char sz[32];
-    uint64_t cap = o.capacity ? o.capacity : 16384;
     if (stat(path, &st) == 0)
-        printf("created bus '%s' (%s): %" PRIu64 " slots x %d B, %s, mode %04o\n", name, path, cap,
-               CBUS_SLOT_SIZE, fmt_bytes(sz, sizeof sz, (uint64_t)st.st_size),
+        printf("created bus '%s' (%s): %" PRIu64 " slots x %d B%s%.0u%s, %s, mode %04o\n", name, path,
+               lanes_cap, CBUS_SLOT_SIZE, o.lanes > 1 ? " in " : "", o.lanes > 1 ? o.lanes : 0u,
+               o.lanes > 1 ? " lanes" : "", fmt_bytes(sz, sizeof sz, (uint64_t)st.st_size),
                (unsigned)(st.st_mode & 07777));
     else
         printf("created bus '%s' (%s)\n", name, path);

@@ -76,8 +76,15 @@ static void take(cbus_bus *bus, struct snap *s)
         c->consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
         c->lost = atomic_load_explicit(&e->lost, memory_order_relaxed);
         c->abandoned = atomic_load_explicit(&e->abandoned, memory_order_relaxed);
-        c->read_pos = atomic_load_explicit(&e->read_pos, memory_order_relaxed);
-        c->cursor = atomic_load_explicit(&e->cursor, memory_order_relaxed);
+        /* summed over the lanes, like cbus_consumer_stats() */
+        c->read_pos = c->cursor = 0;
+        for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
+            uint64_t cur, rp;
+            if (cbus_bus_consumer_lane(bus, i, L, &cur, &rp) == 0) {
+                c->cursor += cur;
+                c->read_pos += rp;
+            }
+        }
         c->untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
         /* The name may change under us if the entry is re-attached; a torn
          * name is harmless for display, and strnlen bounds it. */
@@ -93,7 +100,7 @@ static void take(cbus_bus *bus, struct snap *s)
             continue;
         struct psnap *p = &s->p[s->np++];
         p->idx = i;
-        p->pid = e->pid;
+        p->pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
         p->emitted = atomic_load_explicit(&e->emitted, memory_order_relaxed);
         p->dropped = atomic_load_explicit(&e->dropped, memory_order_relaxed);
         p->waited_ns = atomic_load_explicit(&e->waited_ns, memory_order_relaxed);
@@ -169,10 +176,10 @@ static void print_json(const char *name, const struct cbus_shm_header *h, const 
     sbuf_printf(&b, ",\"path\":\"%s\"", path);
     sbuf_printf(&b,
                 ",\"layout\":{\"major\":%u,\"minor\":%u,\"fingerprint\":\"%016" PRIx64 "\"}"
-                ",\"capacity\":%" PRIu64 ",\"slot_size\":%u,\"total_size\":%" PRIu64
+                ",\"capacity\":%" PRIu64 ",\"lanes\":%u,\"slot_size\":%u,\"total_size\":%" PRIu64
                 ",\"bus_id\":\"%016" PRIx64 "\",\"creator_pid\":%u,\"created_realtime_ns\":%" PRIu64,
-                h->layout_major, h->layout_minor, h->fingerprint, h->capacity, h->slot_size,
-                h->total_size, h->bus_id, h->creator_pid, h->created_realtime_ns);
+                h->layout_major, h->layout_minor, h->fingerprint, h->capacity,
+                h->lane_count ? h->lane_count : 1u, h->slot_size, h->total_size, h->bus_id, h->creator_pid, h->created_realtime_ns);
     if (bf->have)
         sbuf_printf(&b, ",\"mode\":\"%04o\",\"uid\":%u,\"gid\":%u", bf->mode, bf->uid, bf->gid);
     sbuf_printf(&b,
@@ -254,6 +261,8 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
            h->layout_minor, h->bus_id);
     printf("capacity %" PRIu64 " slots x %u B (%s)", h->capacity, h->slot_size,
            fmt_bytes(b1, sizeof b1, h->total_size));
+    if (h->lane_count > 1)
+        printf("  %u lanes of %" PRIu64, h->lane_count, h->lane_capacity);
     if (bf->have)
         printf("  mode %04o uid %u gid %u", bf->mode, bf->uid, bf->gid);
     printf("  created %s by pid %u\n", created, h->creator_pid);

@@ -421,6 +421,80 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     cbus_producer_close(p);
 }
 
+/* Four producer threads on a bus of four lanes (each owns one): the
+ * checkpoint holds a position per lane, and a SIGKILL mid-stream and a
+ * restart count every request once, to the pico-dollar. */
+struct lane_sender {
+    cbus_producer *p;
+    int thread, n;
+    int failed;
+};
+
+static void *lane_send(void *arg)
+{
+    struct lane_sender *s = arg;
+    cbus_ctx ctx;
+    char user[16];
+    snprintf(user, sizeof user, "lane%d", s->thread);
+    make_ctx(&ctx, user);
+    for (int i = 0; i < s->n; i++) {
+        struct cbus_usage u = {.input_tokens = 1000u + (uint32_t)i, .output_tokens = (uint32_t)(i % 300),
+                               .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+        if (cbus_llm_end(s->p, &ctx, &u, NULL))
+            s->failed++;
+        if (i % 250 == 0)
+            test_sleep_ms(2);
+    }
+    return NULL;
+}
+
+Test(cost_daemon, sigkill_and_restart_on_a_bus_of_four_lanes_counts_every_event_once)
+{
+    struct cbus_create_opts bo = {.capacity = 4096, .lanes = 4, .lossless_wait_ns = 5000000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &bo), 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    enum { T = 4, N = 1500 };
+    cost_u128 expect = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < N; i++)
+            expect += (cost_u128)(1000u + (uint32_t)i) * IN_RATE + (cost_u128)(i % 300) * OUT_RATE;
+    pthread_t th[T];
+    struct lane_sender s[T];
+    for (int t = 0; t < T; t++) {
+        s[t] = (struct lane_sender){.p = p, .thread = t, .n = N};
+        cr_assert_eq(pthread_create(&th[t], NULL, lane_send, &s[t]), 0);
+    }
+    /* kill it once it has checkpointed part of the stream */
+    cr_assert(wait_num("checkpoint_cursor", T * N / 4, 30000), "%s", log_text(0));
+    kill_reap(pid);
+    pid = spawn("c.ini", 1);
+    /* the snapshot may already show the killed one's counts: wait for the
+     * restart itself (and its signal handlers) */
+    cr_assert(wait_log(1, "started:", 10000), "%s", log_text(1));
+    for (int t = 0; t < T; t++) {
+        pthread_join(th[t], NULL);
+        cr_assert_eq(s[t].failed, 0, "thread %d: no emit was dropped", t);
+    }
+    cr_assert(wait_requests(T * N, 30000), "log: %s", log_text(1));
+    cr_assert(wait_num("checkpoint_cursor", T * N, 10000), "%s", log_text(1));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
+    char cost[64], want[64];
+    cr_assert_eq(snapshot_total(cost, sizeof cost), T * N);
+    cost_pico_format_usd(want, sizeof want, expect);
+    cr_assert_str_eq(cost, want);
+    cr_assert(strstr(log_text(1), "(checkpoint)"), "%s", log_text(1));
+    cbus_producer_close(p);
+}
+
 /* A loopback HTTP server that answers 204 to every request and keeps the
  * request texts. */
 struct hook_server {
