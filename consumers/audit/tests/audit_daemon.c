@@ -40,8 +40,12 @@ static void setup(void)
     mounted = 0;
 }
 
+static cbus_producer *tp; /* a producer in the test process itself */
+
 static void teardown(void)
 {
+    cbus_producer_close(tp);
+    tp = NULL;
     tu_kill_all(); /* daemons and producers left by a failed assertion */
     if (mounted)
         umount2(mnt, MNT_DETACH);
@@ -423,6 +427,95 @@ Test(audit_daemon, slow_recovery_heartbeats_and_stays_tethered, .init = setup, .
     assert_log_matches(ok, FILL + N);
     verify_ok(dir, "no gaps in event ids");
     munmap((void *)ok, FILL + N);
+}
+
+/* The CPU time a call spent waiting: the wait the producer recorded less
+ * the time this thread was off a CPU during the call (support.h): on a
+ * loaded machine a thread is descheduled for hundreds of ms, and the wait
+ * is a spin, so a producer held past the bound spins past it on a CPU.
+ * ONCPU_SLACK_NS is CPU time: ten times the 1 ms default bound. */
+#define ONCPU_SLACK_NS UINT64_C(10000000)
+
+static int emit_retry_oncpu(unsigned i, uint64_t *max_oncpu)
+{
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cbus_ctx_set_model(&ctx, "gpt-4o");
+    struct cbus_retry_info ti = {.attempt = i};
+    struct cbus_emit_args a = {.kind = CBUS_EV_RETRY, .preview = "tok", .preview_len = 3,
+                               .payload = &ti, .payload_len = sizeof ti};
+    struct cbus_producer_stats s0, s1;
+    cbus_producer_stats(tp, &s0);
+    struct test_cpu_mark m;
+    test_cpu_mark(&m);
+    int rc = cbus_emit(tp, &ctx, &a);
+    uint64_t off = test_offcpu_ns(&m);
+    cbus_producer_stats(tp, &s1);
+    uint64_t waited = s1.waited_ns - s0.waited_ns; /* one call waits at most once */
+    uint64_t on = waited > off ? waited - off : 0;
+    if (on > *max_oncpu)
+        *max_oncpu = on;
+    cr_assert(rc == 0 || rc == -EAGAIN, "emit %u: %s", i, cbus_strerror(rc));
+    return rc;
+}
+
+/* A write of tail past the ring (tail += 3 x capacity) leaves the daemon
+ * only skipped positions and no event to process, and it commits only what
+ * it has made durable.  Until the library acknowledged such positions
+ * itself (bus/consumer.c, 2c4aa77) the cursor stayed behind them, and the
+ * producers it gates dropped every event for ever.  Now they are released,
+ * every event accepted after the jump is logged once, and the log records
+ * the skipped positions as a gap that verify accepts. */
+Test(audit_daemon, tail_jump_past_the_ring_releases_producers_and_records_the_gap,
+     .init = setup, .fini = teardown)
+{
+    enum { CAP = 1024, BEFORE = 50, AFTER = 200, N = BEFORE + 1 + AFTER };
+    struct cbus_create_opts o = {.capacity = CAP, .stall_timeout_ns = 300000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    volatile uint8_t *ok = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_geq(idx, 0, "daemon did not attach");
+    wait_started(1);
+    cr_assert_eq(cbus_producer_open(&tp, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(tp);
+    cr_assert(atomic_load(&cbus_bus_consumer_entry(b, (unsigned)idx)->flags) & CBUS_CFLAG_TETHERED);
+    uint64_t max_oncpu = 0;
+    for (unsigned i = 0; i < BEFORE; i++)
+        ok[i] = emit_retry_oncpu(i, &max_oncpu) == 0;
+    for (unsigned i = 0; i < BEFORE; i++)
+        cr_assert(ok[i], "event %u before the jump was dropped", i);
+    cr_assert_eq(tu_wait_cursor(bus, idx, BEFORE, 20000), 0, "not durable before the jump");
+
+    /* the hostile write */
+    atomic_fetch_add((_Atomic uint64_t *)&cbus_bus_header(b)->tail, 3 * CAP);
+
+    /* Emits succeed again once the skipped positions are acknowledged (each
+     * drop meanwhile waits the bus's bound at most).  The first event that
+     * gets through is number BEFORE; the drops before it are retried. */
+    uint64_t end = test_now_ms() + 30000;
+    int rc;
+    while ((rc = emit_retry_oncpu(BEFORE, &max_oncpu)) != 0 && test_now_ms() < end)
+        test_sleep_ms(1);
+    cr_assert_eq(rc, 0, "producers never released after the jump");
+    ok[BEFORE] = 1;
+    for (unsigned i = BEFORE + 1; i < N; i++)
+        ok[i] = emit_retry_oncpu(i, &max_oncpu) == 0;
+    for (unsigned i = BEFORE + 1; i < N; i++)
+        cr_assert(ok[i], "event %u after the release was dropped", i);
+    cr_assert_leq(max_oncpu, cbus_bus_header(b)->lossless_wait_ns + ONCPU_SLACK_NS,
+                  "a producer was held %llu ns on a CPU",
+                  (unsigned long long)max_oncpu);
+    uint64_t tail = cbus_bus_tail(b);
+    cr_assert_eq(tail, (uint64_t)N + 3 * CAP);
+    cr_assert_eq(tu_wait_cursor(bus, idx, tail, 20000), 0, "not all durable");
+    stop_daemon(d);
+    assert_log_matches(ok, N);
+    char want[128];
+    snprintf(want, sizeof want, "1 recorded gap in event ids (%u positions lost)", 3 * CAP);
+    verify_ok(dir, want);
+    munmap((void *)ok, N);
 }
 
 static const char disk_ini[] =

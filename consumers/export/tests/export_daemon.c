@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -782,6 +783,88 @@ Test(export_daemon, sigkill_and_restart_lose_nothing_acknowledged_lossless)
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     for (int i = 0; i < N; i++)
         cr_assert_geq(count_run(spans, uuids[i]), 1, "run %d (%s) was lost", i, uuids[i]);
+    cJSON_Delete(root);
+}
+
+/* The consumer entry called name on the test's bus, once it is active and
+ * tethered (a lossless consumer), waiting up to ms; NULL if it never is. */
+static struct cbus_consumer_entry *tethered_entry(const char *name, unsigned ms)
+{
+    cbus_bus *b = cbus_producer_bus(prod);
+    uint64_t end = test_now_ms() + ms;
+    do {
+        for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+            struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+            if (atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strncmp(e->name, name, sizeof e->name) &&
+                (atomic_load(&e->flags) & CBUS_CFLAG_TETHERED))
+                return e;
+        }
+        test_sleep_ms(5);
+    } while (test_now_ms() < end);
+    return NULL;
+}
+
+/* A write of tail past the ring (tail += 3 x capacity) leaves a lossless
+ * exporter only skipped positions and no event.  Its producers must be
+ * released (it acknowledges positions it holds nothing for: its floor is
+ * the read position when idle) and every span emitted after that exported.
+ * (The audit daemon's twin of this test failed before the library fix
+ * 2c4aa77; the exporter commits its read position itself, so this one
+ * guards that it keeps doing so.) */
+Test(export_daemon, tail_jump_past_the_ring_releases_producers_lossless)
+{
+    enum { CAP = 1024, BEFORE = 20, AFTER = 50 };
+    cbus_producer_close(prod);
+    prod = NULL;
+    cbus_bus_destroy(bus);
+    struct cbus_create_opts o = {.capacity = CAP, .stall_timeout_ns = 300000000u};
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[bus]\nmode = lossless\n[export]\nbatch_max_items = 10\n")), 0);
+    cr_assert_not_null(tethered_entry("exp", 20000), "the exporter never tethered");
+    static char uuids[BEFORE + 1 + AFTER][37];
+    int n = 0;
+    for (; n < BEFORE; n++) {
+        cbus_ctx c;
+        cbus_ctx_init(&c);
+        cr_assert_eq(cbus_tool_start(prod, &c, "t", NULL), 0);
+        cr_assert_eq(cbus_tool_end(prod, &c, NULL), 0);
+        cbus_id_uuid(uuids[n], c.tmpl.run_id);
+    }
+    cr_assert_eq(wait_for(get_collector, &col, "spans", BEFORE, 20000), BEFORE);
+
+    /* the hostile write */
+    atomic_fetch_add((_Atomic uint64_t *)&cbus_bus_header(cbus_producer_bus(prod))->tail, 3 * CAP);
+
+    /* Emits succeed again once the skipped positions are acknowledged. */
+    cbus_ctx c;
+    int rc;
+    uint64_t end = test_now_ms() + 30000;
+    do {
+        cbus_ctx_init(&c);
+        rc = cbus_tool_start(prod, &c, "t", NULL);
+        cr_assert(rc == 0 || rc == -EAGAIN, "%s", cbus_strerror(rc));
+        if (rc)
+            test_sleep_ms(1);
+    } while (rc && test_now_ms() < end);
+    cr_assert_eq(rc, 0, "producers never released after the jump");
+    cr_assert_eq(cbus_tool_end(prod, &c, NULL), 0);
+    cbus_id_uuid(uuids[n++], c.tmpl.run_id);
+    for (int i = 0; i < AFTER; i++, n++) {
+        cbus_ctx_init(&c);
+        cr_assert_eq(cbus_tool_start(prod, &c, "t", NULL), 0, "dropped after the release");
+        cr_assert_eq(cbus_tool_end(prod, &c, NULL), 0, "dropped after the release");
+        cbus_id_uuid(uuids[n], c.tmpl.run_id);
+    }
+    cr_assert_eq(wait_for(get_collector, &col, "spans", n, 20000), n);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "spans"), n, "every span once");
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(count_run(spans, uuids[i]), 1, "run %d (%s)", i, uuids[i]);
     cJSON_Delete(root);
 }
 
