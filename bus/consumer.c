@@ -55,6 +55,7 @@ struct cbus_consumer {
     unsigned mode;
     uint64_t consumed, lost, abandoned;
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
+    uint64_t kinds;               /* opts.kinds: what it told producers it needs */
     unsigned nlanes;
     unsigned next_lane;           /* where the next poll starts its sweep */
     struct lane_rd ln[];          /* nlanes */
@@ -132,6 +133,11 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         strlen(opts->name) >= sizeof(bus->consumers[0].name) || opts->mode > CBUS_LOSSLESS ||
         opts->start > CBUS_START_RESUME || (opts->flags & ~CBUS_CONSUMER_KEEP))
         return -EINVAL;
+    /* kinds: lossless only (a lossy consumer gates nobody), and only kinds
+     * this library knows (bit 0 is CBUS_EV_NONE, never emitted). */
+    const uint64_t known_kinds = (CBUS_KIND_BIT(CBUS_EV__COUNT) - 1) & ~CBUS_KIND_BIT(CBUS_EV_NONE);
+    if (opts->kinds && (opts->mode != CBUS_LOSSLESS || (opts->kinds & ~known_kinds)))
+        return -EINVAL;
     const unsigned nl = bus->lane_count;
     if (opts->start == CBUS_START_CURSOR) {
         /* A saved position is one word per lane; a bare cursor is lane 0's
@@ -181,6 +187,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     c->bus = bus;
     c->mode = opts->mode;
     c->keep = !!(opts->flags & CBUS_CONSUMER_KEEP);
+    c->kinds = opts->kinds;
     c->lock_fd = -1;
     c->nlanes = nl;
     int claimed = -1;
@@ -267,7 +274,10 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->untethered_count, 0, memory_order_relaxed);
     uint64_t now = now_ns(bus);
     atomic_store_explicit(&e->heartbeat_ns, now, memory_order_relaxed);
-    atomic_store_explicit(&e->flags, opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0,
+    atomic_store_explicit(&e->kinds, opts->kinds, memory_order_relaxed);
+    atomic_store_explicit(&e->flags,
+                          (opts->mode == CBUS_LOSSLESS ? CBUS_CFLAG_LOSSLESS : 0) |
+                              (opts->kinds ? CBUS_CFLAG_KINDS : 0),
                           memory_order_relaxed);
     /* RELEASE: the cursors and identity above are visible to any producer
      * that sees the entry ACTIVE (ACQUIRE in gate_min()). */
@@ -726,6 +736,7 @@ CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *o
         out->lag += tail > l->read_pos ? tail - l->read_pos : 0;
     }
     out->lanes = c->nlanes;
+    out->kinds = c->kinds;
     out->mode = c->mode;
     out->tethered = !!(atomic_load_explicit(&c->e->flags, memory_order_acquire) & CBUS_CFLAG_TETHERED);
     out->untethered_count = atomic_load_explicit(&c->e->untethered_count, memory_order_relaxed);

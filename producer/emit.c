@@ -69,7 +69,7 @@ static int emit(cbus_producer *p, cbus_ctx *ctx, const struct emit_req *rq)
          * against the consumer's waiters increment (see cbus_consumer_wait). */
         pos = atomic_fetch_add_explicit(t->tail, 1, memory_order_seq_cst);
     } else {
-        int r = cbus__claim_gated(p, t, gate, now, &pos);
+        int r = cbus__claim_gated(p, t, gate, now, rq->kind, &pos);
         if (r)
             return r;
     }

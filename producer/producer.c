@@ -9,7 +9,24 @@
  * lossless_wait_ns, then drops and counts; after one such timeout it drops
  * at once until the blocking consumer moves, so a stuck consumer costs each
  * thread one bounded wait, not one per event.  A consumer whose heartbeat is
- * older than stall_timeout_ns is untethered by the producer that notices. */
+ * older than stall_timeout_ns is untethered by the producer that notices.
+ *
+ * Kinds under a burst (issue 13 item 2).  A token flood fills the ring up to
+ * a slow lossless consumer long before the llm_end that carries the run's
+ * usage arrives, and that llm_end is what the money depends on.  So, at the
+ * bound:
+ *   - a kind that no tethered consumer needs (cbus_consumer_opts.kinds: the
+ *     cost daemon needs only LLM ends and errors) is dropped at once, never
+ *     waited for;
+ *   - bulk kinds (the kind map's TOKEN payload) may fill the ring only to
+ *     7/8 of a lane: the last eighth is kept for every other kind, so an end
+ *     finds room while tokens are being dropped;
+ *   - ends and errors always get their bounded wait: the "drop at once
+ *     after a timeout" memory is for the other kinds, so one stuck moment
+ *     does not cost every later llm_end.
+ * Slots are shared by every kind, so the bound itself is the same for all
+ * (min over every tethered cursor); only whether and how long to wait at it
+ * depends on the kind. */
 #include "producer_internal.h"
 
 #include <limits.h>
@@ -313,16 +330,22 @@ CBUS_API cbus_bus *cbus_producer_bus(cbus_producer *p)
 /* ---- the gated claim ------------------------------------------------------ */
 
 /* min(cursor in lane) over tethered consumers; *blocker gets the entry
- * holding it. */
-static uint64_t gate_min(cbus_bus *bus, unsigned lane, struct cbus_consumer_entry **blocker)
+ * holding it, *kinds the union of the kinds they need (all bits when one of
+ * them did not say). */
+static uint64_t gate_min(cbus_bus *bus, unsigned lane, struct cbus_consumer_entry **blocker,
+                         uint64_t *kinds)
 {
-    uint64_t min = UINT64_MAX;
+    uint64_t min = UINT64_MAX, need = 0;
     *blocker = NULL;
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
-        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE ||
-            !(atomic_load_explicit(&e->flags, memory_order_acquire) & CBUS_CFLAG_TETHERED))
+        if (atomic_load_explicit(&e->state, memory_order_acquire) != CBUS_CSTATE_ACTIVE)
             continue;
+        uint32_t f = atomic_load_explicit(&e->flags, memory_order_acquire);
+        if (!(f & CBUS_CFLAG_TETHERED))
+            continue;
+        need |= f & CBUS_CFLAG_KINDS ? atomic_load_explicit(&e->kinds, memory_order_relaxed)
+                                     : UINT64_MAX;
         /* ACQUIRE: pairs with the RELEASE store of cursor in
          * cbus_consumer_commit_to(): the consumer is done with every slot
          * below it. */
@@ -332,7 +355,21 @@ static uint64_t gate_min(cbus_bus *bus, unsigned lane, struct cbus_consumer_entr
             *blocker = e;
         }
     }
+    *kinds = need;
     return min;
+}
+
+/* Bulk kinds stop an eighth of a lane short of the bound (see the top). */
+static inline int kind_is_bulk(unsigned kind)
+{
+    return cbus_kind_payload(kind) == CBUS_PAYLOAD_TOKEN;
+}
+
+/* Ends and errors: what accounting counts.  Never dropped without a wait. */
+static inline int kind_is_accountable(unsigned kind)
+{
+    enum cbus_kind_phase ph = cbus_kind_phase(kind);
+    return ph == CBUS_PHASE_END || ph == CBUS_PHASE_ERROR;
 }
 
 static void record_wait(cbus_producer *p, uint64_t waited)
@@ -414,21 +451,23 @@ static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blo
 }
 
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
-                      uint64_t now, uint64_t *pos)
+                      uint64_t now, unsigned kind, uint64_t *pos)
 {
     struct cbus_shm_header *hdr = p->hdr;
     const uint64_t cap = p->capacity; /* of a lane */
+    const uint64_t room = kind_is_bulk(kind) ? cap - cap / 8 : cap;
+    const int accountable = kind_is_accountable(kind);
     _Atomic uint64_t *tail = t->tail;
     struct cbus_consumer_entry *blocker = NULL;
     if (!t->gate_valid || t->gate_epoch != CBUS_GATE_EPOCH(gate)) {
-        t->gate_min = gate_min(p->bus, t->lane, &blocker);
+        t->gate_min = gate_min(p->bus, t->lane, &blocker, &t->gate_kinds);
         t->gate_epoch = CBUS_GATE_EPOCH(gate);
         t->gate_valid = 1;
     }
     uint64_t wait_start = 0;
     uint64_t cur = atomic_load_explicit(tail, memory_order_relaxed);
     for (;;) {
-        if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap) {
+        if (t->gate_min == UINT64_MAX || cur < t->gate_min + room) {
             if (atomic_compare_exchange_weak_explicit(tail, &cur, cur + 1,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
@@ -442,17 +481,22 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
         /* The cached bound is reached: look at the cursors again. */
         gate = atomic_load_explicit(&hdr->gate, memory_order_seq_cst);
         t->gate_epoch = CBUS_GATE_EPOCH(gate);
-        t->gate_min = gate_min(p->bus, t->lane, &blocker);
-        if (t->gate_min == UINT64_MAX || cur < t->gate_min + cap)
+        t->gate_min = gate_min(p->bus, t->lane, &blocker, &t->gate_kinds);
+        if (t->gate_min == UINT64_MAX || cur < t->gate_min + room)
             continue;
         if (wait_start)
             now = cbus__clock_now(&p->bus->clock, &(uint64_t){0});
         if (untether_if_stalled(p, blocker))
             continue;
+        /* No tethered consumer needs this kind: waiting would only stall the
+         * host for an event nobody lossless asked for. */
+        if (!(t->gate_kinds & CBUS_KIND_BIT(kind)))
+            return cbus__producer_drop(p);
         if (!wait_start) {
             /* Timed out before at this very cursor: the consumer has not
-             * moved, so waiting again would only stall the host again. */
-            if (t->stuck_valid && t->stuck_min == t->gate_min)
+             * moved, so waiting again would only stall the host again --
+             * except for an end or error, which always gets its wait. */
+            if (!accountable && t->stuck_valid && t->stuck_min == t->gate_min)
                 return cbus__producer_drop(p);
             wait_start = now;
         } else if (now - wait_start >= p->bus->lossless_wait_ns) {

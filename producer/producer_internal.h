@@ -43,6 +43,7 @@ struct cbus__producer_tls {
     int lane_owned;
     uint64_t gate_epoch;
     uint64_t gate_min;
+    uint64_t gate_kinds;  /* union of the tethered consumers' kinds, with gate_min */
     uint64_t stuck_min;
     int gate_valid;
     int stuck_valid;
@@ -59,6 +60,6 @@ void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t)
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
-                      uint64_t now, uint64_t *pos);
+                      uint64_t now, unsigned kind, uint64_t *pos);
 
 #endif

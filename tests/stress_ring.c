@@ -2,8 +2,11 @@
  * aborts under TSan).  Producers, a lossless and a lossy consumer and an
  * attach/detach churner share one ring on an anonymous mapping; at the end
  * the accounting must be exact.  Run on a one-lane bus (both producer threads
- * claim on one tail) and on a two-lane bus (each thread owns a lane).
- * Exit 0 pass, 1 fail. */
+ * claim on one tail) and on a two-lane bus (each thread owns a lane), and a
+ * burst run (issue 13 item 2): producers stream tokens with an llm_end every
+ * 50th event to a lossless consumer that needs only ends, under a 10 s bound
+ * no preemption reaches: every end arrives, in order, tokens may be dropped
+ * at the bound but never reordered.  Exit 0 pass, 1 fail. */
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 #include <cbus/producer.h>
@@ -23,6 +26,9 @@ static cbus_bus *bus;
 static atomic_int producers_done;
 static atomic_int failures;
 static atomic_int attached;
+static int burst;        /* the burst run: tokens and ends, see the top */
+#define END_EVERY 50
+#define ENDS_ONLY (CBUS_KIND_BIT(CBUS_EV_LLM_END) | CBUS_KIND_BIT(CBUS_EV_LLM_ERROR))
 
 #define CHECK(cond, ...)                                      \
     do {                                                      \
@@ -48,14 +54,19 @@ static void *producer(void *arg)
     cbus_ctx ctx;
     cbus_ctx_init(&ctx);
     cbus_ctx_set_model(&ctx, "gpt-4o");
-    uint32_t seq = 0;
+    uint32_t seq = 0, end_seq = 0;
     for (uint32_t i = 0; i < PER_PRODUCER; i++) {
-        struct tag t = {id, seq};
-        struct cbus_emit_args a = {.kind = CBUS_EV_CUSTOM, .payload = &t, .payload_len = sizeof t};
+        unsigned kind = CBUS_EV_CUSTOM;
+        if (burst)
+            kind = i % END_EVERY == END_EVERY - 1 ? CBUS_EV_LLM_END : CBUS_EV_LLM_NEW_TOKEN;
+        int is_end = kind == CBUS_EV_LLM_END;
+        struct tag t = {id, is_end ? end_seq : seq};
+        struct cbus_emit_args a = {.kind = kind, .payload = &t, .payload_len = sizeof t};
         int r = cbus_emit(p, &ctx, &a);
         CHECK(r == 0 || r == -EAGAIN, "emit returned %d", r);
+        CHECK(!(burst && is_end && r != 0), "an llm_end was refused in a burst: %d", r);
         if (r == 0)
-            seq++;
+            *(is_end ? &end_seq : &seq) += 1;
     }
     cbus_producer_close(p);
     atomic_fetch_add(&producers_done, 1);
@@ -64,7 +75,7 @@ static void *producer(void *arg)
 
 struct consumer_result {
     unsigned mode;
-    uint64_t consumed, lost, abandoned, read_pos;
+    uint64_t consumed, lost, abandoned, read_pos, ends;
 };
 
 static void *consumer(void *arg)
@@ -72,14 +83,16 @@ static void *consumer(void *arg)
     struct consumer_result *res = arg;
     cbus_consumer *c;
     struct cbus_consumer_opts o = {.name = res->mode ? "lossless" : "lossy", .mode = res->mode,
-                                   .start = CBUS_START_OLDEST};
+                                   .start = CBUS_START_OLDEST,
+                                   .kinds = burst && res->mode == CBUS_LOSSLESS ? ENDS_ONLY : 0};
     if (cbus_consumer_attach_bus(&c, bus, &o)) {
         atomic_fetch_add(&failures, 1);
         atomic_fetch_add(&attached, 1);
         return NULL;
     }
     atomic_fetch_add(&attached, 1);
-    uint32_t next[PRODUCERS] = {0};
+    uint32_t next[PRODUCERS] = {0}, next_end[PRODUCERS] = {0};
+    uint64_t ends = 0;
     struct cbus_event ev[64];
     for (;;) {
         int n = cbus_consumer_poll(c, ev, 64);
@@ -88,7 +101,18 @@ static void *consumer(void *arg)
             struct tag t;
             memcpy(&t, &ev[i].u, sizeof t);
             CHECK(t.producer < PRODUCERS, "bad producer %u", t.producer);
-            if (t.producer < PRODUCERS) {
+            if (t.producer < PRODUCERS && ev[i].kind == CBUS_EV_LLM_END) {
+                if (res->mode == CBUS_LOSSLESS)
+                    CHECK(t.seq == next_end[t.producer], "burst: llm_end gap: got %u want %u",
+                          t.seq, next_end[t.producer]);
+                else
+                    CHECK(t.seq >= next_end[t.producer], "lossy end disorder");
+                next_end[t.producer] = t.seq + 1;
+                ends++;
+            } else if (t.producer < PRODUCERS && burst) {
+                CHECK(t.seq >= next[t.producer], "burst: token disorder");
+                next[t.producer] = t.seq + 1;
+            } else if (t.producer < PRODUCERS) {
                 if (res->mode == CBUS_LOSSLESS)
                     CHECK(t.seq == next[t.producer], "lossless gap: got %u want %u", t.seq,
                           next[t.producer]);
@@ -112,6 +136,7 @@ static void *consumer(void *arg)
     res->lost = st.lost;
     res->abandoned = st.abandoned;
     res->read_pos = st.read_pos;
+    res->ends = ends;
     cbus_consumer_detach(c);
     return NULL;
 }
@@ -138,11 +163,13 @@ static void *churner(void *arg)
     return NULL;
 }
 
-static void run(uint32_t lanes)
+static void run(uint32_t lanes, int burst_run)
 {
+    burst = burst_run;
     atomic_store(&producers_done, 0);
     atomic_store(&attached, 0);
-    struct cbus_create_opts o = {.capacity = 1024, .lanes = lanes};
+    struct cbus_create_opts o = {.capacity = 1024, .lanes = lanes,
+                                 .lossless_wait_ns = burst ? UINT64_C(10000000000) : 0};
     size_t len = cbus_bus_size(&o);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || cbus_bus_format(mem, len, "stress", &o) ||
@@ -173,8 +200,12 @@ static void run(uint32_t lanes)
           "lossless consumed %llu of %llu (lost %llu)", (unsigned long long)lossless.consumed,
           (unsigned long long)tail, (unsigned long long)lossless.lost);
     CHECK(lossy.consumed + lossy.lost + lossy.abandoned == tail, "lossy accounting");
-    printf("stress_ring: %u lane(s): produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
-           lanes, (unsigned long long)tail, (unsigned long long)dropped,
+    if (burst)
+        CHECK(lossless.ends == (uint64_t)PRODUCERS * (PER_PRODUCER / END_EVERY),
+              "burst: %llu llm_ends reached the lossless consumer",
+              (unsigned long long)lossless.ends);
+    printf("stress_ring: %u lane(s)%s: produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
+           lanes, burst ? ", burst" : "", (unsigned long long)tail, (unsigned long long)dropped,
            (unsigned long long)lossless.consumed, (unsigned long long)lossy.consumed,
            (unsigned long long)lossy.lost);
     cbus_bus_close(bus);
@@ -183,8 +214,9 @@ static void run(uint32_t lanes)
 
 int main(void)
 {
-    run(1);
-    run(2);
+    run(1, 0);
+    run(2, 0);
+    run(2, 1);
     int f = atomic_load(&failures);
     printf("%d passed, %d failed\n", f ? 0 : 1, f ? 1 : 0);
     return f ? 1 : 0;

@@ -34,6 +34,7 @@ void cbus_attach_init(struct cbus_attach *a, cbus_consumer *c, const char *bus_n
     snprintf(a->name, sizeof a->name, "%s", opts->name);
     a->mode = opts->mode;
     a->flags = opts->flags;
+    a->kinds = opts->kinds;
     a->open_flags = opts->open_flags;
     a->check_every_ns = check_every_ns ? check_every_ns : DEFAULT_CHECK_NS;
     a->next_check_ns = mono_ns() + a->check_every_ns;
@@ -44,7 +45,8 @@ void cbus_attach_init(struct cbus_attach *a, cbus_consumer *c, const char *bus_n
 static int move(struct cbus_attach *a, int why)
 {
     struct cbus_consumer_opts o = {.name = a->name, .mode = a->mode, .start = CBUS_START_OLDEST,
-                                   .open_flags = a->open_flags, .flags = a->flags};
+                                   .open_flags = a->open_flags, .flags = a->flags,
+                                   .kinds = a->kinds};
     cbus_consumer *nc;
     int r = cbus_consumer_attach(&nc, a->bus_name, &o);
     if (r) {

@@ -49,6 +49,7 @@ struct cbus_attach {
     char bus_name[CBUS_NAME_MAX];
     char name[CBUS_NAME_MAX];
     unsigned mode, flags;
+    uint64_t kinds;
     uint32_t open_flags;
     uint64_t check_every_ns;
     uint64_t next_check_ns;

@@ -341,6 +341,7 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
         .name = d->cfg.consumer,
         .mode = CBUS_LOSSLESS,
         .start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST,
+        .kinds = cost_ledger_needed_kinds(),
     };
     if (have_ckpt) {
         o.start = CBUS_START_CURSOR;
@@ -555,7 +556,8 @@ int cost_daemon_main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS};
+    struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS,
+                                   .kinds = cost_ledger_needed_kinds()};
     d->at.leaving = leaving_bus;
     d->at.arg = d;
     cbus_attach_init(&d->at, d->c, d->cfg.bus, &ao, 0);

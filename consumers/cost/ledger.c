@@ -355,11 +355,25 @@ static struct cost_session *session_get(struct cost_ledger *l, const struct prep
 #define KEY_FLAGS (CBUS_TRUNC_PROVIDER | CBUS_TRUNC_MODEL | CBUS_TRUNC_USER | CBUS_TRUNC_SESSION)
 
 /* An LLM run's end (usage) or error: the kind map's family and phase. */
+static inline int accountable_kind(unsigned kind)
+{
+    enum cbus_kind_phase ph = cbus_kind_phase(kind);
+    return cbus_kind_family(kind) == CBUS_FAMILY_LLM &&
+           (ph == CBUS_PHASE_END || ph == CBUS_PHASE_ERROR);
+}
+
 static inline int accountable(const struct cbus_event *ev)
 {
-    enum cbus_kind_phase ph = cbus_kind_phase(ev->kind);
-    return cbus_kind_family(ev->kind) == CBUS_FAMILY_LLM &&
-           (ph == CBUS_PHASE_END || ph == CBUS_PHASE_ERROR);
+    return accountable_kind(ev->kind);
+}
+
+uint64_t cost_ledger_needed_kinds(void)
+{
+    uint64_t m = 0;
+    for (unsigned k = 1; k < CBUS_EV__COUNT; k++)
+        if (accountable_kind(k))
+            m |= CBUS_KIND_BIT(k);
+    return m;
 }
 
 void cost_ledger_set_position(struct cost_ledger *l, const struct cbus_position *p)

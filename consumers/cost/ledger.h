@@ -160,6 +160,10 @@ void cost_ledger_free(struct cost_ledger *l);
 /* Accounts one event (any kind; only llm_end and llm_error change totals).
  * Events below the cursor were counted already and are skipped. */
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev);
+/* The kinds the ledger counts (CBUS_KIND_BIT mask: LLM ends and errors):
+ * what the daemon tells producers it cannot do without
+ * (cbus_consumer_opts.kinds), so a token flood is dropped, not waited for. */
+uint64_t cost_ledger_needed_kinds(void);
 
 /* Same for n consecutive events (what one poll returned). */
 void cost_ledger_apply_batch(struct cost_ledger *l, const struct cbus_event *evs, size_t n);

@@ -62,6 +62,13 @@ struct cbus_consumer_opts {
     unsigned flags;         /* CBUS_CONSUMER_* */
     const struct cbus_position *position; /* with CBUS_START_CURSOR: one word per lane
                                              (lanes must match the bus's) */
+    /* Lossless only: the kinds this consumer cannot do without, as
+     * CBUS_KIND_BIT(kind) bits; 0 = every kind.  When the ring is full up to
+     * this consumer, a producer drops an event of a kind no lossless consumer
+     * needs at once (counted) instead of waiting the bound for it, so a flood
+     * of tokens costs the host nothing while llm_end still waits its turn.
+     * Poll still returns every event that arrives, of every kind. */
+    uint64_t kinds;
 };
 
 /* Returns 0, the codes of cbus_bus_open(), -EINVAL (opts; with
@@ -147,6 +154,7 @@ struct cbus_consumer_stats {
     int tethered;         /* currently gating producers */
     uint64_t untethered_count;
     unsigned lanes;       /* the bus's lane count */
+    uint64_t kinds;       /* as attached (0 = every kind) */
 };
 CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *out);
 CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c); /* summed over lanes */

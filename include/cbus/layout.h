@@ -342,6 +342,10 @@ enum cbus_consumer_state {
 #define CBUS_CFLAG_LOSSLESS   (1u << 0) /* asked for lossless delivery */
 #define CBUS_CFLAG_TETHERED   (1u << 1) /* currently gates producers */
 #define CBUS_CFLAG_SLEEPING   (1u << 2) /* in futex wait */
+#define CBUS_CFLAG_KINDS      (1u << 3) /* entry.kinds holds the kinds it needs (else: all) */
+
+/* Bit of kind k in a kinds mask (cbus_consumer_opts.kinds, entry.kinds). */
+#define CBUS_KIND_BIT(k)      (UINT64_C(1) << (k))
 
 struct cbus_consumer_entry {
     /* line 0: identity, written at attach */
@@ -360,7 +364,12 @@ struct cbus_consumer_entry {
     CBUS_ATOMIC(uint64_t) abandoned;        /* claimed by a producer that never committed */
     CBUS_ATOMIC(uint64_t) read_pos;         /* next position the consumer will read */
     CBUS_ATOMIC(uint64_t) untethered_count; /* times it was cut loose */
-    uint64_t _reserved1[2];
+    /* With CBUS_CFLAG_KINDS: the kinds (CBUS_KIND_BIT) a lossless consumer
+     * cannot do without.  Producers at its bound drop other kinds at once
+     * instead of waiting for it.  Written at attach, before the entry is
+     * ACTIVE; producers read it when they recompute the gate. */
+    CBUS_ATOMIC(uint64_t) kinds;
+    uint64_t _reserved1;
     /* lines 2-3: the committed cursor, the only word producers read on the
      * fast-ish path (recomputing the gate), alone on a 128-byte pair */
     CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) cursor;

@@ -727,6 +727,38 @@ Test(cbusctl_cli, stat_shows_producers_and_lossless_consumer)
     cbus_consumer_detach(keeper);
 }
 
+/* An operator sees which kinds each lossless consumer holds producers for
+ * (issue 13 item 2): "all", the kinds by name, or "-" for a lossy one. */
+Test(cbusctl_cli, stat_shows_the_kinds_each_lossless_consumer_needs)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    cbus_consumer *cost, *audit, *tailer;
+    struct cbus_consumer_opts co = {.name = "cost", .mode = CBUS_LOSSLESS,
+                                    .kinds = CBUS_KIND_BIT(CBUS_EV_LLM_END) |
+                                             CBUS_KIND_BIT(CBUS_EV_LLM_ERROR)};
+    cr_assert_eq(cbus_consumer_attach(&cost, bus, &co), 0);
+    struct cbus_consumer_opts ao = {.name = "audit", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&audit, bus, &ao), 0);
+    struct cbus_consumer_opts to = {.name = "tailer", .mode = CBUS_LOSSY};
+    cr_assert_eq(cbus_consumer_attach(&tailer, bus, &to), 0);
+    cJSON *j = stat_json();
+    cr_assert_str_eq(jstr(find_consumer(j, "cost"), "kinds"), "llm_end,llm_error", "%s", rr.out);
+    cr_assert_str_eq(jstr(find_consumer(j, "audit"), "kinds"), "all", "%s", rr.out);
+    cr_assert_str_eq(jstr(find_consumer(j, "tailer"), "kinds"), "-", "%s", rr.out);
+    cJSON_Delete(j);
+    CTL("stat", bus);
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "KINDS"), "%s", rr.out);
+    const char *line = strstr(rr.out, " cost ");
+    cr_assert(line, "%s", rr.out);
+    const char *eol = strchr(line, '\n');
+    cr_assert(eol && memmem(line, (size_t)(eol - line), "llm_end,llm_error", 17), "%s", rr.out);
+    cbus_consumer_detach(tailer);
+    cbus_consumer_detach(audit);
+    cbus_consumer_detach(cost);
+}
+
 Test(cbusctl_cli, stat_watch_json_until_sigint)
 {
     CTL("create", bus, "--capacity", "1024");

@@ -21,6 +21,7 @@ struct csnap {
     uint32_t state, flags, pid;
     int alive;              /* 1, 0, or -errno */
     uint64_t generation, heartbeat_ns, consumed, lost, abandoned, read_pos, cursor, untethered;
+    uint64_t kinds;         /* with CBUS_CFLAG_KINDS: the kinds it needs */
     char name[CBUS_NAME_MAX];
 };
 
@@ -86,6 +87,7 @@ static void take(cbus_bus *bus, struct snap *s)
             }
         }
         c->untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
+        c->kinds = atomic_load_explicit(&e->kinds, memory_order_relaxed);
         /* The name may change under us if the entry is re-attached; a torn
          * name is harmless for display, and strnlen bounds it. */
         memcpy(c->name, e->name, sizeof e->name);
@@ -163,6 +165,28 @@ static void json_rate(struct sbuf *b, const char *key, double rate)
         sbuf_printf(b, ",\"%s\":%.1f", key, rate);
 }
 
+/* What a lossless consumer told producers it needs: "all", or the kinds by
+ * name (unknown bits, from a newer library or a stray write, as numbers).
+ * A lossy consumer needs nothing: "-". */
+static const char *fmt_kinds(char *buf, size_t len, const struct csnap *c)
+{
+    if (!(c->flags & CBUS_CFLAG_LOSSLESS))
+        return "-";
+    if (!(c->flags & CBUS_CFLAG_KINDS))
+        return "all";
+    size_t off = 0;
+    buf[0] = '\0';
+    for (unsigned k = 0; k < 64 && off < len; k++) {
+        if (!(c->kinds & CBUS_KIND_BIT(k)))
+            continue;
+        const char *n = cbus_kind_name(k);
+        int w = n && k ? snprintf(buf + off, len - off, "%s%s", off ? "," : "", n)
+                       : snprintf(buf + off, len - off, "%s%u", off ? "," : "", k);
+        off += w > 0 ? (size_t)w : 0;
+    }
+    return buf;
+}
+
 static void print_json(const char *name, const struct cbus_shm_header *h, const struct busfile *bf,
                        const struct snap *prev, const struct snap *s)
 {
@@ -217,12 +241,15 @@ static void print_json(const char *name, const struct cbus_shm_header *h, const 
                     ",\"mode\":\"%s\",\"tethered\":%s,\"sleeping\":%s,\"cursor\":%" PRIu64
                     ",\"read_pos\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"consumed\":%" PRIu64
                     ",\"lost\":%" PRIu64 ",\"abandoned\":%" PRIu64 ",\"untethered_count\":%" PRIu64
-                    ",\"heartbeat_age_ns\":%" PRIu64,
+                    ",\"heartbeat_age_ns\":%" PRIu64 ",\"kinds\":",
                     c->flags & CBUS_CFLAG_LOSSLESS ? "lossless" : "lossy",
                     c->flags & CBUS_CFLAG_TETHERED ? "true" : "false",
                     c->flags & CBUS_CFLAG_SLEEPING ? "true" : "false", c->cursor, c->read_pos,
                     lag_of(s, c), c->consumed, c->lost, c->abandoned, c->untethered,
                     hb_age(s, c));
+        char kb[512];
+        const char *kinds = fmt_kinds(kb, sizeof kb, c);
+        sbuf_json_str(&b, kinds, strlen(kinds)); /* "all", "-" or "llm_end,llm_error" */
         json_rate(&b, "rate", consumer_rate(prev, s, c));
         sbuf_puts(&b, "}");
     }
@@ -248,7 +275,7 @@ static const char *fmt_rate(char *buf, size_t len, double rate)
 static void print_human(const char *name, const struct cbus_shm_header *h, const struct busfile *bf,
                         const struct snap *prev, const struct snap *s)
 {
-    char path[64], b1[32], b2[32], b3[32], b4[32];
+    char path[64], b1[32], b2[32], b3[32], b4[32], kb[512];
     cli_shm_path(path, sizeof path, name);
 
     char created[32] = "?";
@@ -293,9 +320,9 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
 
     printf("\nconsumers: %u\n", s->nc);
     if (s->nc) {
-        printf("  %-4s %-20s %-8s %-5s %-8s %-4s %12s %12s %8s %12s %10s %6s %9s %8s\n", "IDX",
+        printf("  %-4s %-20s %-8s %-5s %-8s %-4s %12s %12s %8s %12s %10s %6s %9s %8s  %s\n", "IDX",
                "NAME", "PID", "ALIVE", "MODE", "TETH", "CURSOR", "READ", "LAG", "CONSUMED", "LOST",
-               "ABAND", "RATE/s", "HB AGE");
+               "ABAND", "RATE/s", "HB AGE", "KINDS");
         for (unsigned i = 0; i < s->nc; i++) {
             const struct csnap *c = &s->c[i];
             char nm[96];
@@ -306,12 +333,12 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
             else if (c->state != CBUS_CSTATE_ACTIVE)
                 alive = c->alive == 0 ? "DEAD" : "attch";
             printf("  %-4u %-20s %-8u %-5s %-8s %-4s %12" PRIu64 " %12" PRIu64 " %8" PRIu64
-                   " %12" PRIu64 " %10" PRIu64 " %6" PRIu64 " %9s %8s\n",
+                   " %12" PRIu64 " %10" PRIu64 " %6" PRIu64 " %9s %8s  %s\n",
                    c->idx, nm, c->pid, alive, c->flags & CBUS_CFLAG_LOSSLESS ? "lossless" : "lossy",
                    c->flags & CBUS_CFLAG_TETHERED ? "yes" : "no", c->cursor, c->read_pos,
                    lag_of(s, c), c->consumed, c->lost, c->abandoned,
                    fmt_rate(b3, sizeof b3, consumer_rate(prev, s, c)),
-                   fmt_ns(b4, sizeof b4, hb_age(s, c)));
+                   fmt_ns(b4, sizeof b4, hb_age(s, c)), fmt_kinds(kb, sizeof kb, c));
         }
         for (unsigned i = 0; i < s->nc; i++) {
             if (s->c[i].alive == 0 && s->c[i].state == CBUS_CSTATE_ACTIVE) {

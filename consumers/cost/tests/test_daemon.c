@@ -1119,3 +1119,114 @@ Test(cost_daemon, tail_jump_past_the_ring_releases_producers)
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
     cbus_producer_close(p);
 }
+
+/* ---- bursts (issue 13 item 2) ----------------------------------------------
+ * A LangChain.js app streamed 5 runs of 40k tokens each with cbus-cost
+ * attached, on a ring the tokens fill many times over while cost commits
+ * only at its checkpoints: cost counted 4 of 5 requests, because the llm_end
+ * came while producers were dropping at once after one timed-out wait.  Cost
+ * tells producers it needs only LLM ends and errors, so the tokens are what
+ * is dropped, and bulk kinds never take the last eighth of the ring. */
+struct stream_runner {
+    cbus_producer *p;
+    int runs, tokens;
+    int ends_refused;
+};
+
+static void *stream_runs(void *arg)
+{
+    struct stream_runner *s = arg;
+    for (int r = 0; r < s->runs; r++) {
+        cbus_ctx ctx;
+        make_ctx(&ctx, "streamer");
+        cbus_llm_start(s->p, &ctx, "tell me a long story", NULL);
+        for (int i = 0; i < s->tokens; i++)
+            cbus_llm_new_token(s->p, &ctx, "word ", 5);
+        struct cbus_usage u = {.input_tokens = 100, .output_tokens = (uint32_t)s->tokens,
+                               .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+        s->ends_refused += cbus_llm_end(s->p, &ctx, &u, NULL) != 0;
+    }
+    return NULL;
+}
+
+/* threads of stream_runs on one producer; returns the llm_ends refused,
+ * plus 1000 if any call was held waiting for the consumer. */
+static int stream_threads(int threads, int runs, int tokens)
+{
+    cbus_producer *p;
+    if (cbus_producer_open(&p, bus, NULL))
+        return -1;
+    pthread_t th[4];
+    struct stream_runner s[4];
+    for (int t = 0; t < threads; t++) {
+        s[t] = (struct stream_runner){.p = p, .runs = runs, .tokens = tokens};
+        if (pthread_create(&th[t], NULL, stream_runs, &s[t]))
+            return -1;
+    }
+    int refused = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        refused += s[t].ends_refused;
+    }
+    /* Cost needs no token and no start, and ends find the last eighth of
+     * the ring free: nothing ever waits for it. */
+    struct cbus_producer_stats st;
+    if (cbus_producer_stats(p, &st) || st.waited_ns)
+        refused += 1000;
+    cbus_producer_close(p);
+    return refused;
+}
+
+static const char *STREAM_CONFIG =
+    "[prices]\nfile = " PRICES "\n"
+    "[state]\ncheckpoint_interval = 50ms\nsnapshot_interval = 20ms\nfsync = false\n";
+
+/* procs processes (the test's own and procs-1 children) of threads threads
+ * each stream runs runs; cost must count every request and every token. */
+static void burst_case(uint32_t lanes, int procs, int threads)
+{
+    /* The real default bound (1 ms): the wait that lost the llm_end. */
+    struct cbus_create_opts bo = {.capacity = 1024, .lanes = lanes};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &bo), 0);
+    have_bus = 1;
+    write_file("s.ini", STREAM_CONFIG);
+    pid_t pid = spawn("s.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    enum { RUNS = 5, TOKENS = 40000 };
+    for (int k = 1; k < procs; k++) {
+        pid_t c = fork();
+        cr_assert_geq(c, 0);
+        if (c == 0)
+            _exit(stream_threads(threads, RUNS, TOKENS) == 0 ? 0 : 1);
+        track(c);
+    }
+    cr_assert_eq(stream_threads(threads, RUNS, TOKENS), 0,
+                 "every llm_end was taken, and no call waited (>= 1000: one did)");
+    for (unsigned i = 0; i < sizeof kids / sizeof kids[0]; i++) {
+        if (kids[i] <= 0 || kids[i] == pid)
+            continue;
+        pid_t c = kids[i];
+        cr_assert_eq(exit_code(c), 0, "the other process's llm_ends were taken too");
+    }
+    const long want = (long)procs * threads * RUNS;
+    cr_assert(wait_requests(want, 30000), "requests %ld of %ld; log: %s", snapshot_total(NULL, 0),
+              want, log_text(0));
+    char cost[64], expect[64];
+    cr_assert_eq(snapshot_total(cost, sizeof cost), want);
+    cost_pico_format_usd(expect, sizeof expect,
+                         (cost_u128)want * (100u * (cost_u128)IN_RATE + TOKENS * (cost_u128)OUT_RATE));
+    cr_assert_str_eq(cost, expect, "every llm_end's tokens priced");
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+}
+
+Test(cost_daemon, streamed_runs_on_a_small_ring_count_every_llm_end)
+{
+    burst_case(1, 1, 1);
+}
+
+Test(cost_daemon, streamed_runs_from_threads_and_a_process_on_two_lanes_count_every_llm_end)
+{
+    burst_case(2, 2, 3);
+}
