@@ -14,7 +14,16 @@
  * producer, consult and publish admission verdicts, and poll until empty.
  *
  * The mapping has PROT_NONE guard pages on both sides, so a read or write
- * just outside the segment faults even though ASan does not track mmap. */
+ * just outside the segment faults even though ASan does not track mmap.
+ *
+ * Built with FUZZ_LANES > 1 (fuzz_segment_lanes.c) the bus has that many
+ * lanes, and the program can also aim its tail and slot ops at any lane and
+ * scribble the lane table, lane owner words and per-lane consumer cursors;
+ * CBUS_START_CURSOR attaches with a position vector read from the input.
+ * Beyond the one-lane checks: ids delivered in a lane increase and name that
+ * lane, and a producer's close leaves no lane it took still owned.  With one
+ * lane an input means what it always did (the lane ops and bytes do not
+ * exist), so corpus/segment keeps its coverage. */
 #include "fuzz.h"
 
 #include <cbus/admit.h>
@@ -26,8 +35,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef FUZZ_LANES
+#define FUZZ_LANES 1
+#endif
+static_assert((FUZZ_LANES & (FUZZ_LANES - 1)) == 0 && FUZZ_LANES <= CBUS_MAX_LANES,
+              "a bus's lane count is a power of two up to CBUS_MAX_LANES");
 
 #define PAGE 4096u
 #define MAX_POLLS 24          /* poll calls per input: enough to drain 1024 slots */
@@ -60,7 +76,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    struct cbus_create_opts o = {.capacity = 1024, .admission_entries = 64,
+    struct cbus_create_opts o = {.capacity = 1024, .admission_entries = 64, .lanes = FUZZ_LANES,
                                  .lossless_wait_ns = 200000, .abandon_timeout_ns = 1000000,
                                  .stall_timeout_ns = 5000000, .admit_stale_ns = 1000000};
     g_skip_known = getenv("FUZZ_SEGMENT_SKIP_KNOWN") != NULL;
@@ -91,10 +107,32 @@ static struct cbus_shm_header *hdr(void)
     return (struct cbus_shm_header *)g_seg;
 }
 
-static struct cbus_slot *slot_at(uint64_t pos)
+static const struct cbus_shm_header *tmpl(void)
 {
-    const struct cbus_shm_header *h = (const struct cbus_shm_header *)g_template;
-    return (struct cbus_slot *)(g_seg + h->slots_off) + (pos & (h->capacity - 1));
+    return (const struct cbus_shm_header *)g_template;
+}
+
+/* Which lane an op aims at: an input byte on a bus of several lanes, none
+ * consumed on one (so one-lane inputs keep their meaning). */
+static unsigned fz_lane(struct fz *f)
+{
+    return FUZZ_LANES > 1 ? fz_u8(f) % FUZZ_LANES : 0;
+}
+
+/* Where the template put things: patched header words must not steer the
+ * harness itself out of the mapping. */
+static struct cbus_slot *slot_at(unsigned lane, uint64_t pos)
+{
+    const struct cbus_shm_header *h = tmpl();
+    uint64_t lane_cap = h->capacity / FUZZ_LANES;
+    return (struct cbus_slot *)(g_seg + h->slots_off) + lane * lane_cap + (pos & (lane_cap - 1));
+}
+
+static _Atomic uint64_t *tail_word(unsigned lane)
+{
+    if (lane == 0)
+        return &hdr()->tail;
+    return &((struct cbus_lane *)(g_seg + tmpl()->lanes_off))[lane].tail;
 }
 
 static void patch(uint8_t *base, size_t region, struct fz *f)
@@ -117,12 +155,19 @@ enum op {
     OP_CONSUMER,      /* bytes into one consumer entry */
     OP_ADMIT,         /* bytes into the admission table */
     OP_GATE,          /* gate word = any u64 */
-    OP__COUNT
+    OP__COUNT_ONE_LANE,
+    /* lanes only */
+    OP_LANE_TABLE = OP__COUNT_ONE_LANE, /* bytes into the lane table */
+    OP_LANE_OWNER,    /* a lane's owner: free, this thread, a dead pid, or any; any start time */
+    OP_LANE_CURSORS,  /* bytes into one consumer's per-lane cursors */
+    OP_LANE_CURSOR,   /* one consumer's cursor or read_pos word in a lane = small or any u64 */
+    OP__COUNT_LANES
 };
+#define OP__COUNT (FUZZ_LANES > 1 ? OP__COUNT_LANES : OP__COUNT_ONE_LANE)
 
 static void apply(struct fz *f)
 {
-    const struct cbus_shm_header *t = (const struct cbus_shm_header *)g_template;
+    const struct cbus_shm_header *t = tmpl();
     while (f->n) {
         switch (fz_u8(f) % OP__COUNT) {
         case OP_HEADER:
@@ -131,28 +176,35 @@ static void apply(struct fz *f)
         case OP_ANYWHERE:
             patch(g_seg, g_len, f);
             break;
-        case OP_TAIL:
-            atomic_store(&hdr()->tail, fz_u64(f));
+        case OP_TAIL: {
+            unsigned lane = fz_lane(f);
+            atomic_store(tail_word(lane), fz_u64(f));
             break;
-        case OP_TAIL_NEAR:
-            atomic_store(&hdr()->tail, fz_u16(f));
+        }
+        case OP_TAIL_NEAR: {
+            unsigned lane = fz_lane(f);
+            atomic_store(tail_word(lane), fz_u16(f));
             break;
+        }
         case OP_COMMIT: {
+            unsigned lane = fz_lane(f);
             uint64_t pos = fz_u16(f);
-            struct cbus_slot *s = slot_at(pos);
+            struct cbus_slot *s = slot_at(lane, pos);
             size_t n = fz_u16(f) % (sizeof s->ev + 1);
             fz_bytes(f, &s->ev, n);
             atomic_store(&s->seq, CBUS_SEQ_COMMITTED(pos));
             break;
         }
         case OP_SEQ: {
-            struct cbus_slot *s = slot_at(fz_u16(f));
+            unsigned lane = fz_lane(f);
+            struct cbus_slot *s = slot_at(lane, fz_u16(f));
             atomic_store(&s->seq, fz_u64(f));
             break;
         }
         case OP_BUSY: {
+            unsigned lane = fz_lane(f);
             uint64_t pos = fz_u16(f);
-            struct cbus_slot *s = slot_at(pos);
+            struct cbus_slot *s = slot_at(lane, pos);
             uint8_t who = fz_u8(f);
             /* dead (0), this process (alive: the stall timeout applies), or any */
             uint32_t pid = who < 85 ? 0 : who < 170 ? (uint32_t)getpid() : fz_u32(f);
@@ -172,6 +224,44 @@ static void apply(struct fz *f)
         case OP_GATE:
             atomic_store(&hdr()->gate, fz_u64(f));
             break;
+        case OP_LANE_TABLE:
+            patch(g_seg + t->lanes_off, FUZZ_LANES * sizeof(struct cbus_lane), f);
+            break;
+        case OP_LANE_OWNER: {
+            struct cbus_lane *ln = (struct cbus_lane *)(g_seg + t->lanes_off) + fz_lane(f);
+            uint8_t who = fz_u8(f);
+            /* free; held by this thread (alive: our producer must not take
+             * it, and must not give it back either); a pid that cannot be
+             * alive (taken over on the second pass); or any word */
+            uint64_t owner = 0;
+            if (who >= 64 && who < 128) {
+                owner = (uint64_t)getpid() << 32 | (uint32_t)syscall(SYS_gettid);
+            } else if (who >= 128 && who < 192) {
+                uint64_t pid = UINT64_C(0x80000000) | fz_u16(f); /* > INT_MAX: never alive */
+                owner = pid << 32 | fz_u16(f);
+            } else if (who >= 192) {
+                owner = fz_u64(f);
+            }
+            atomic_store(&ln->owner, owner);
+            atomic_store(&ln->owner_start_time, fz_u8(f) & 1 ? fz_u64(f) : 0);
+            break;
+        }
+        case OP_LANE_CURSORS: {
+            unsigned idx = fz_u8(f) % CBUS_MAX_CONSUMERS;
+            patch(g_seg + t->lane_cursors_off + idx * sizeof(struct cbus_lane_cursors),
+                  sizeof(struct cbus_lane_cursors), f);
+            break;
+        }
+        case OP_LANE_CURSOR: {
+            unsigned idx = fz_u8(f) % CBUS_MAX_CONSUMERS;
+            unsigned lane = fz_lane(f);
+            uint8_t how = fz_u8(f);
+            uint64_t v = how & 2 ? fz_u64(f) : fz_u16(f);
+            struct cbus_lane_cursors *lc =
+                (struct cbus_lane_cursors *)(g_seg + t->lane_cursors_off) + idx;
+            atomic_store(how & 1 ? &lc->read_pos[lane] : &lc->cursor[lane], v);
+            break;
+        }
         }
     }
 }
@@ -179,12 +269,21 @@ static void apply(struct fz *f)
 static void drain(cbus_consumer *c, uint64_t start)
 {
     static struct cbus_event out[POLL_BATCH];
+    /* consumer.h: an id is lane position * lanes + lane, each lane delivered
+     * in order, so the ids of one lane increase (whatever the slots held:
+     * poll writes the id of the position it read at). */
+    uint64_t next_id[FUZZ_LANES] = {0};
     for (int i = 0; i < MAX_POLLS; i++) {
         int n = cbus_consumer_poll(c, out, POLL_BATCH);
         FZ_CHECK(n >= -ESTALE && n <= POLL_BATCH, "poll returned %d", n);
         if (n < 0)
             return;
         for (int k = 0; k < n; k++) {
+            unsigned lane = (unsigned)(out[k].event_id % FUZZ_LANES);
+            FZ_CHECK(out[k].event_id >= next_id[lane], "lane %u: id %llu after %llu", lane,
+                     (unsigned long long)out[k].event_id,
+                     (unsigned long long)(next_id[lane] - FUZZ_LANES));
+            next_id[lane] = out[k].event_id + FUZZ_LANES;
             /* What a consumer does with an event: reads its bounded fields. */
             volatile size_t l = strnlen(out[k].model, sizeof out[k].model) +
                                 strnlen(out[k].preview, sizeof out[k].preview);
@@ -219,9 +318,21 @@ static void drain(cbus_consumer *c, uint64_t start)
                  (unsigned long long)st.abandoned, (unsigned long long)(st.read_pos - start));
 }
 
+/* Lane owner words now (pid << 32 | tid; 0 free). */
+static void lane_owners(cbus_bus *bus, uint64_t owner[FUZZ_LANES])
+{
+    for (unsigned L = 0; L < FUZZ_LANES; L++) {
+        uint32_t pid = 0, tid = 0;
+        cbus_bus_lane_owner(bus, L, &pid, &tid);
+        owner[L] = (uint64_t)pid << 32 | tid;
+    }
+}
+
 static void produce(cbus_bus *bus, unsigned nemit, int admit)
 {
     cbus_producer *p;
+    uint64_t before[FUZZ_LANES];
+    lane_owners(bus, before);
     if (cbus_producer_open_bus(&p, bus, &(struct cbus_producer_opts){.name = "fz"}))
         return;
     cbus_ctx ctx;
@@ -244,6 +355,14 @@ static void produce(cbus_bus *bus, unsigned nemit, int admit)
         FZ_CHECK(v >= 0 && v <= CBUS_ADMIT_STALE, "admit returned %d", v);
     }
     cbus_producer_close(p);
+    /* producer.c: close gives back every lane this process's threads took,
+     * so a lane names us now only if it did before (the input put us there). */
+    uint64_t after[FUZZ_LANES];
+    lane_owners(bus, after);
+    for (unsigned L = 0; L < FUZZ_LANES; L++)
+        FZ_CHECK(after[L] >> 32 != (uint32_t)getpid() || after[L] == before[L],
+                 "lane %u still owned (%#llx, was %#llx) after close", L,
+                 (unsigned long long)after[L], (unsigned long long)before[L]);
 }
 
 static void decide(cbus_bus *bus, const uint8_t dk[8])
@@ -270,6 +389,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t cursor = fz_u64(&f);
     uint8_t dk[8];
     fz_bytes(&f, dk, sizeof dk);
+    /* CBUS_START_CURSOR's place in every lane: lane 0 is `cursor`; lanes
+     * 1.. near it or anywhere; one input bit in eight names a wrong lane
+     * count (refused with -EINVAL).  None of this on a one-lane bus. */
+    struct cbus_position position = {.lanes = FUZZ_LANES, .pos = {cursor}};
+    if (FUZZ_LANES > 1) {
+        uint8_t pm = fz_u8(&f);
+        if ((pm & 7) == 7)
+            position.lanes = pm >> 3;
+        for (unsigned L = 1; L < FUZZ_LANES; L++)
+            position.pos[L] = pm & 8 ? fz_u64(&f) : fz_u16(&f);
+    }
     memcpy(g_seg, g_template, g_len);
     apply(&f);
 
@@ -307,12 +437,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t tail = cbus_bus_tail(bus);
     for (uint64_t k = 0; k < 4; k++)
         cbus_bus_peek(bus, tail - k - 1, &ev);
+    FZ_CHECK(cbus_bus_lanes(bus) == FUZZ_LANES, "validated bus has %u lanes", cbus_bus_lanes(bus));
+    for (unsigned L = 0; FUZZ_LANES > 1 && L < FUZZ_LANES; L++) {
+        /* cbusctl stat's view of a lane: its owner, tail, last events and
+         * every consumer's words in it */
+        uint32_t pid, tid;
+        uint64_t cur, rp, lt = cbus_bus_lane_tail(bus, L);
+        cbus_bus_lane_owner(bus, L, &pid, &tid);
+        for (uint64_t k = 0; k < 2; k++)
+            cbus_bus_peek(bus, (lt - k - 1) * FUZZ_LANES + L, &ev);
+        for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++)
+            cbus_bus_consumer_lane(bus, i, L, &cur, &rp);
+    }
 
     struct cbus_consumer_opts co = {.name = "fzc", .mode = mode & 1, .start = (mode >> 1) % 4,
-                                    .cursor = cursor};
+                                    .cursor = cursor,
+                                    .position = FUZZ_LANES > 1 ? &position : NULL};
     cbus_consumer *c = NULL;
     r = cbus_consumer_attach_bus(&c, bus, &co);
-    FZ_CHECK(r == 0 || r == -EBUSY || r == -ENOSPC, "attach returned %d", r);
+    FZ_CHECK(r == 0 || r == -EBUSY || r == -ENOSPC ||
+             (r == -EINVAL && co.start == CBUS_START_CURSOR && position.lanes != FUZZ_LANES),
+             "attach returned %d", r);
     uint64_t start = c ? cbus_consumer_read_pos(c) : 0;
     produce(bus, (mode >> 3) & 7, (mode & 0x40) && !g_skip_known);
     if (mode & 0x80)
