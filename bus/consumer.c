@@ -140,12 +140,15 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         return -EINVAL;
     const unsigned nl = bus->lane_count;
     if (opts->start == CBUS_START_CURSOR) {
+        /* Another bus first: a position saved on a bus since re-created
+         * with another lane count is stale, not malformed, and the caller
+         * starts afresh on -ESTALE. */
+        if (opts->expect_bus_id && opts->expect_bus_id != bus->hdr->bus_id)
+            return -ESTALE;
         /* A saved position is one word per lane; a bare cursor is lane 0's
          * and means nothing on a bus of several lanes. */
         if (opts->position ? opts->position->lanes != nl : nl != 1)
             return -EINVAL;
-        if (opts->expect_bus_id && opts->expect_bus_id != bus->hdr->bus_id)
-            return -ESTALE;
     }
 
     /* Same name: a live owner keeps it; a dead one's entry is ours to take
@@ -617,10 +620,15 @@ CBUS_API int cbus_consumer_commit_position(cbus_consumer *c, const struct cbus_p
     if (p->lanes != c->nlanes)
         return -EINVAL;
     for (unsigned L = 0; L < c->nlanes; L++)
-        if (p->pos[L] > c->ln[L].read_pos || p->pos[L] < c->ln[L].cursor)
+        if (p->pos[L] > c->ln[L].read_pos)
             return -EINVAL; /* checked for every lane before any moves */
+    /* A word behind the cursor leaves its lane alone: poll moves a lane's
+     * cursor over positions it skipped after the last event it handed out
+     * (see poll_lane), so a consumer that saves one word per event it made
+     * durable is behind there until that lane's next event.  Refusing the
+     * whole vector for it would hold every other lane's producers. */
     for (unsigned L = 0; L < c->nlanes; L++)
-        if (p->pos[L] != c->ln[L].cursor)
+        if (p->pos[L] > c->ln[L].cursor)
             commit_lane(&c->ln[L], p->pos[L]);
     return 0;
 }

@@ -475,6 +475,97 @@ Test(bus_lanes, resume_from_a_saved_position_after_sigkill)
     cbus_producer_close(p);
 }
 
+/* A consumer that saves, per lane, just past the last event it made durable
+ * (cbus-audit, cbus-cost) trails the cursor in a lane where poll acknowledged
+ * positions it skipped after that event (a tail jump past the ring here).
+ * Committing its saved position must still move the other lanes: refusing
+ * the whole vector would hold their producers for good. */
+Test(bus_lanes, commit_position_behind_a_cursor_poll_moved_still_commits_the_other_lanes)
+{
+    struct cbus_create_opts co = {.capacity = 1024, .lanes = 2, .abandon_timeout_ns = 1000000u,
+                                  .stall_timeout_ns = 300000000u};
+    cr_assert_eq(cbus_bus_create(name, &co), 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, name, NULL), 0);
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "trail", .mode = CBUS_LOSSLESS};
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    for (uint32_t i = 0; i < 5; i++)
+        cr_assert_eq(emit_tag(p, &ctx, (struct tag){0, 0, i}), 0);
+    struct cbus_event ev[64];
+    uint64_t got = 0, t0 = test_now_ms();
+    unsigned a = 0; /* this thread's lane (tid-hashed); the other thread takes the other */
+    while (got < 5 && test_now_ms() - t0 < 10000) {
+        int n = cbus_consumer_poll(c, ev, 64);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++)
+            a = (unsigned)(ev[i].event_id % 2);
+        got += (uint64_t)n;
+    }
+    cr_assert_eq(got, 5);
+    cr_assert_eq(cbus_consumer_commit(c), 0); /* lane a's cursor: 5 */
+    struct cbus_position mine;
+    cr_assert_eq(cbus_consumer_position(c, &mine), 0);
+    cr_assert_eq(mine.pos[a], 5);
+    /* The hostile write: lane a's tail three lanes ahead; poll skips it all
+     * and acknowledges the skipped positions itself. */
+    const struct cbus_shm_header *h = cbus_bus_header(cbus_producer_bus(p));
+    _Atomic uint64_t *tail = a == 0 ? (_Atomic uint64_t *)&h->tail
+        : (_Atomic uint64_t *)&((struct cbus_lane *)((char *)h + h->lanes_off))[a].tail;
+    atomic_fetch_add(tail, 3 * 512);
+    struct cbus_consumer_stats cs = {0};
+    t0 = test_now_ms();
+    while (cs.cursor < 5 + 3 * 512 && test_now_ms() - t0 < 30000) {
+        cbus_consumer_heartbeat(c);
+        cr_assert_eq(cbus_consumer_poll(c, ev, 64), 0, "nothing was emitted");
+        cbus_consumer_stats(c, &cs);
+        if (cs.cursor < 5 + 3 * 512)
+            test_sleep_ms(5);
+    }
+    cr_assert_geq(cs.cursor, 5 + 3 * 512, "poll acknowledged the skipped positions");
+    /* Another thread: the other lane.  Its events are "made durable": mine
+     * moves there only, and stays just past the last event in lane a. */
+    cr_assert_eq(send_threads(p, 1, 1, 10), 0);
+    got = 0;
+    t0 = test_now_ms();
+    while (got < 10 && test_now_ms() - t0 < 10000) {
+        int n = cbus_consumer_poll(c, ev, 64);
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < n; i++) {
+            cr_assert_eq(ev[i].event_id % 2, 1 - a, "the other lane");
+            mine.pos[1 - a] = ev[i].event_id / 2 + 1;
+        }
+        got += (uint64_t)n;
+    }
+    cr_assert_eq(got, 10);
+    uint64_t before = cs.cursor;
+    cr_assert_eq(cbus_consumer_commit_position(c, &mine), 0, "lane a behind its cursor");
+    cbus_consumer_stats(c, &cs);
+    cr_assert_eq(cs.cursor, before + 10, "the other lane committed, lane a left where poll put it");
+    cbus_consumer_detach(c);
+    cbus_producer_close(p);
+}
+
+/* A position saved on a bus since re-created with another lane count is
+ * stale (-ESTALE: start afresh), not malformed (-EINVAL). */
+Test(bus_lanes, saved_position_of_a_recreated_bus_is_stale_whatever_its_lanes)
+{
+    make_bus(4, 1024, 0);
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, name, 0), 0);
+    uint64_t id = cbus_bus_header(b)->bus_id;
+    cbus_bus_close(b);
+    struct cbus_position one = {.lanes = 1};
+    struct cbus_consumer_opts o = {.name = "stale", .start = CBUS_START_CURSOR,
+                                   .position = &one, .expect_bus_id = id ^ 1};
+    cbus_consumer *c;
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), -ESTALE);
+    o.expect_bus_id = id;
+    cr_assert_eq(cbus_consumer_attach(&c, name, &o), -EINVAL, "same bus, wrong lane count");
+}
+
 /* One-lane calls on a bus of several lanes are refused, not misread. */
 Test(bus_lanes, positions_are_validated)
 {

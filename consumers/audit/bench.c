@@ -112,7 +112,7 @@ static int bench_writer(const struct opts *o)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    audit_writer_set_bus(w, 1, 0);
+    audit_writer_set_bus(w, 1, &(struct cbus_position){.lanes = 1});
     /* Events made up front: the producer's work is not what is measured. */
     static struct cbus_event tmpl[1024];
     for (unsigned i = 0; i < 1024; i++)
@@ -145,8 +145,9 @@ static int bench_writer(const struct opts *o)
     getrusage(RUSAGE_SELF, &ru);
     struct audit_writer_stats st;
     audit_writer_stats(w, &st);
-    int valid;
-    uint64_t cur = audit_writer_durable_cursor(w, &valid);
+    struct cbus_position durable = {0};
+    int valid = audit_writer_durable_position(w, &durable);
+    uint64_t cur = durable.pos[0];
     audit_writer_close(w);
     printf("writer: %" PRIu64 " events in %.3f s = %.2f M events/s, %.1f MB/s, %.0f B/record, "
            "%" PRIu64 " batches (%.0f events/batch), %" PRIu64 " fdatasync, sync %s%s, "

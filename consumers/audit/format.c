@@ -69,11 +69,18 @@ int audit_header_encode(struct audit_chain *c, struct audit_header *h, uint8_t *
     size_t prev_len = strnlen(h->prev_file, sizeof h->prev_file);
     if (bus_len == sizeof h->bus || prev_len == sizeof h->prev_file)
         return -EINVAL;
+    if (h->pos.lanes == 0)
+        h->pos = (struct cbus_position){.lanes = 1, .pos = {h->bus_cursor}};
+    if (!audit_lanes_valid(h->pos.lanes))
+        return -EINVAL;
+    h->bus_cursor = 0;
+    for (unsigned L = 0; L < h->pos.lanes; L++)
+        h->bus_cursor += h->pos.pos[L];
     memcpy(h->prev_hash, c->hash, AUDIT_HASH_LEN);
     h->format = AUDIT_FORMAT;
 
     struct cbus_mp_writer w = {out};
-    cbus_mp_put_map(&w, 11);
+    cbus_mp_put_map(&w, 13);
     KEY(&w, "cbus_audit");
     cbus_mp_put_uint(&w, AUDIT_FORMAT);
     KEY(&w, "file_seq");
@@ -84,6 +91,12 @@ int audit_header_encode(struct audit_chain *c, struct audit_header *h, uint8_t *
     cbus_mp_put_uint(&w, h->first_seq);
     KEY(&w, "bus_cursor");
     cbus_mp_put_uint(&w, h->bus_cursor);
+    KEY(&w, "lanes");
+    cbus_mp_put_uint(&w, h->pos.lanes);
+    KEY(&w, "bus_position");
+    cbus_mp_put_array(&w, h->pos.lanes);
+    for (unsigned L = 0; L < h->pos.lanes; L++)
+        cbus_mp_put_uint(&w, h->pos.pos[L]);
     KEY(&w, "bus");
     cbus_mp_put_str(&w, h->bus, (uint32_t)bus_len);
     KEY(&w, "bus_id");
@@ -145,23 +158,65 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
     return chain_close(c, &w, out);
 }
 
-int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap)
+/* lane < 0: a one-lane gap record (no "lane" key, as in format 2). */
+static int gap_encode(struct audit_chain *c, int lane, uint64_t from, uint64_t to, uint8_t *out,
+                      size_t cap)
 {
     if (cap < AUDIT_RECORD_MAX)
         return -ENOSPC;
-    if (from >= to)
+    if (from >= to || lane >= CBUS_MAX_LANES)
         return -EINVAL;
     struct cbus_mp_writer w = {out};
     cbus_mp_put_map(&w, 3);
     KEY(&w, "seq");
     cbus_mp_put_uint(&w, c->next_seq);
     KEY(&w, "gap");
-    cbus_mp_put_map(&w, 2);
+    cbus_mp_put_map(&w, lane < 0 ? 2 : 3);
+    if (lane >= 0) {
+        KEY(&w, "lane");
+        cbus_mp_put_uint(&w, (uint64_t)lane);
+    }
     KEY(&w, "from");
     cbus_mp_put_uint(&w, from);
     KEY(&w, "to");
     cbus_mp_put_uint(&w, to);
     return chain_close(c, &w, out);
+}
+
+int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap)
+{
+    return gap_encode(c, -1, from, to, out, cap);
+}
+
+int audit_gap_encode_lane(struct audit_chain *c, unsigned lane, uint64_t from, uint64_t to,
+                          uint8_t *out, size_t cap)
+{
+    return gap_encode(c, lane < CBUS_MAX_LANES ? (int)lane : CBUS_MAX_LANES, from, to, out, cap);
+}
+
+int audit_lanes_valid(uint64_t lanes)
+{
+    return lanes >= 1 && lanes <= CBUS_MAX_LANES && (lanes & (lanes - 1)) == 0;
+}
+
+int audit_event_id(const uint8_t *event, size_t len, uint64_t *id)
+{
+    /* event_msgpack.h writes event_id second (after kind); look for it by
+     * name all the same, as its readers must. */
+    struct cbus_mp_reader r = {event, event + len};
+    uint32_t n, kl;
+    const char *k;
+    if (cbus_mp_read_map(&r, &n))
+        return -EBADMSG;
+    for (uint32_t i = 0; i < n; i++) {
+        if (cbus_mp_read_str(&r, &k, &kl))
+            return -EBADMSG;
+        if (kl == 8 && memcmp(k, "event_id", 8) == 0)
+            return cbus_mp_read_uint(&r, id) ? -EBADMSG : 0;
+        if (cbus_mp_skip(&r))
+            return -EBADMSG;
+    }
+    return -EBADMSG;
 }
 
 static int key_is(const char *k, uint32_t n, const char *lit)
@@ -180,7 +235,14 @@ static int parse_gap(struct cbus_mp_reader *r, struct audit_item *it, const char
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
         if ((rc = cbus_mp_read_str(r, &k, &kl)))
             break;
-        if (key_is(k, kl, "from")) {
+        if (key_is(k, kl, "lane")) {
+            uint64_t lane;
+            if ((rc = cbus_mp_read_uint(r, &lane)) == 0 && lane >= CBUS_MAX_LANES) {
+                *why = "gap lane out of range";
+                return -EBADMSG;
+            }
+            it->gap_lane = (unsigned)lane;
+        } else if (key_is(k, kl, "from")) {
             rc = cbus_mp_read_uint(r, &it->gap_from);
             seen |= 1;
         } else if (key_is(k, kl, "to")) {
@@ -245,11 +307,12 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     memset(h, 0, sizeof *h);
     h->redaction = AUDIT_REDACT_KEEP;
     unsigned seen = 0;
+    uint32_t positions = 0; /* bus_position entries read */
     int rc;
     /* "cbus_audit" was read by the caller; entries until the trailer. */
     if ((rc = cbus_mp_read_uint(r, &h->format)))
         goto bad;
-    if (h->format != AUDIT_FORMAT && h->format != 1) {
+    if (h->format != AUDIT_FORMAT && h->format != 2 && h->format != 1) {
         *why = "unsupported format version";
         return -EBADMSG;
     }
@@ -268,6 +331,22 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
             seen |= 2;
         } else if (key_is(k, kl, "bus_cursor")) {
             rc = cbus_mp_read_uint(r, &h->bus_cursor);
+        } else if (key_is(k, kl, "lanes")) {
+            uint64_t lanes;
+            if ((rc = cbus_mp_read_uint(r, &lanes)) == 0) {
+                if (!audit_lanes_valid(lanes))
+                    goto bad_value;
+                h->pos.lanes = (uint32_t)lanes;
+            }
+        } else if (key_is(k, kl, "bus_position")) {
+            uint32_t an;
+            if ((rc = cbus_mp_read_array(r, &an)) == 0) {
+                if (an == 0 || an > CBUS_MAX_LANES)
+                    goto bad_value;
+                for (uint32_t j = 0; rc == 0 && j < an; j++)
+                    rc = cbus_mp_read_uint(r, &h->pos.pos[j]);
+                positions = an;
+            }
         } else if (key_is(k, kl, "bus")) {
             if ((rc = cbus_mp_read_str(r, &s, &sl)) == 0) {
                 if (sl >= sizeof h->bus)
@@ -318,6 +397,13 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     }
     if (seen != 7) {
         *why = "header lacks file_seq, first_seq or prev_hash";
+        return -EBADMSG;
+    }
+    /* Before format 3 (or without "lanes"): one lane at bus_cursor. */
+    if (h->pos.lanes == 0 && positions == 0) {
+        h->pos = (struct cbus_position){.lanes = 1, .pos = {h->bus_cursor}};
+    } else if (h->pos.lanes == 0 || positions != h->pos.lanes) {
+        *why = "header lanes and bus_position disagree";
         return -EBADMSG;
     }
     const uint8_t *hash;

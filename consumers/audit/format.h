@@ -11,6 +11,13 @@
  *   first_seq    uint   seq of the first record in this file
  *   bus_cursor   uint   bus cursor at creation (event_id + 1 of the last
  *                       record before this file; where the consumer resumes)
+ *                       on a one-lane bus; on a bus of several lanes the sum
+ *                       of bus_position (positions passed), for display only
+ *   lanes        uint   format 3: the bus's lane count (a power of two);
+ *                       absent in formats 1 and 2: one lane
+ *   bus_position array  format 3: `lanes` uints, the consumer's position in
+ *                       each lane at creation (lane L's next lane position;
+ *                       on one lane, [bus_cursor])
  *   bus          str    bus name
  *   bus_id       str    16 lowercase hex chars: the bus instance; event ids
  *                       are unique per bus_id
@@ -30,14 +37,20 @@
  *   gap          map    {"from": uint, "to": uint}: bus positions [from, to)
  *                       the daemon never received (overwritten before it read
  *                       them, or abandoned by a dead producer), recorded where
- *                       they would have been
+ *                       they would have been.  Format 3 on a bus of several
+ *                       lanes: {"lane": uint, "from": uint, "to": uint}, lane
+ *                       positions [from, to) of that lane (event ids
+ *                       from * lanes + lane ...); without "lane", lane 0
  *   hash         bin32
  *
- * Event ids are bus positions, so within one bus id the records' event ids
- * and the gap records' ranges tile the positions without holes: a file's
- * first record follows its header's bus_cursor (when the previous file is
- * of another bus id, or there is none), every later one follows the one
- * before.  `verify` checks it; a hole with no gap record is a failure.
+ * A bus of N lanes is N rings: event id = lane position * N + lane, so lane
+ * = id % N and lane position = id / N (on one lane, the id is the bus
+ * position).  Within one bus id, in every lane, the records' lane positions
+ * and that lane's gap records tile the lane positions without holes: a
+ * file's first record in a lane follows its header's bus_position there
+ * (when the previous file is of another bus id, or there is none), every
+ * later one follows the one before in its lane.  Lanes interleave in any
+ * order.  `verify` checks it; a hole with no gap record is a failure.
  *
  * "previous hash" is the hash of the record before, or of the file header
  * for a file's first record; the header's own input is the previous file's
@@ -51,15 +64,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cbus/consumer.h>
 #include <cbus/layout.h>
 
 #include "event_msgpack.h"
 
-#define AUDIT_FORMAT 2                      /* written; 1 (no gap records) is still read */
+#define AUDIT_FORMAT 3                      /* written; 2 (one lane) and 1 (no gap records
+                                               either) are still read */
 #define AUDIT_HASH_LEN 32
 #define AUDIT_TRAILER 39                    /* fixstr "hash" (5) + bin8 header (2) + 32 */
 #define AUDIT_RECORD_MAX (CBUS_EVMP_MAX + 64) /* map + seq + "event" + trailer */
-#define AUDIT_HEADER_MAX 1024
+#define AUDIT_HEADER_MAX 2048                /* bus_position: up to 64 lanes */
 #define AUDIT_FILE_NAME_MAX 128
 
 enum audit_redaction { AUDIT_REDACT_KEEP = 0, AUDIT_REDACT_HASH = 1, AUDIT_REDACT_DROP = 2 };
@@ -83,7 +98,10 @@ struct audit_header {
     uint64_t file_seq;
     uint64_t created_ns;
     uint64_t first_seq;
-    uint64_t bus_cursor;
+    uint64_t bus_cursor;        /* encode: ignored when pos.lanes is set (derived) */
+    struct cbus_position pos;   /* lanes + bus_position; parse: {1, {bus_cursor}}
+                                   for formats 1 and 2.  encode: lanes 0 = one lane at
+                                   bus_cursor */
     char bus[CBUS_NAME_MAX];
     uint64_t bus_id;
     char prev_file[AUDIT_FILE_NAME_MAX];
@@ -113,12 +131,17 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
  * record into out (cap >= AUDIT_RECORD_MAX) and advances the chain.
  * Returns the byte count or -ENOSPC/-EINVAL (from >= to). */
 int audit_gap_encode(struct audit_chain *c, uint64_t from, uint64_t to, uint8_t *out, size_t cap);
+/* The same for lane positions [from, to) of lane on a bus of several lanes
+ * (the record carries "lane").  Returns as audit_gap_encode. */
+int audit_gap_encode_lane(struct audit_chain *c, unsigned lane, uint64_t from, uint64_t to,
+                          uint8_t *out, size_t cap);
 
 /* One parsed value of a log file.  Pointers point into the input. */
 struct audit_item {
     int is_header;
     int is_gap;                 /* a gap record: gap_from..gap_to, event is NULL */
-    uint64_t gap_from, gap_to;
+    uint64_t gap_from, gap_to;  /* lane positions of gap_lane (one lane: bus positions) */
+    unsigned gap_lane;          /* 0 when the record names no lane */
     size_t len;                 /* bytes of the whole value */
     struct audit_header hdr;    /* is_header */
     uint64_t seq;               /* record */
@@ -135,6 +158,13 @@ int audit_parse(const uint8_t *buf, size_t len, struct audit_item *it, const cha
 void audit_item_expected_hash(struct audit_chain *c, const uint8_t prev[AUDIT_HASH_LEN],
                               const uint8_t *buf, const struct audit_item *it,
                               uint8_t out[AUDIT_HASH_LEN]);
+
+/* The event_id of an encoded event map (a record's `event`), without
+ * decoding the rest.  Returns 0 or -EBADMSG. */
+int audit_event_id(const uint8_t *event, size_t len, uint64_t *id);
+
+/* A position vector's lane count is valid: a power of two, 1..CBUS_MAX_LANES. */
+int audit_lanes_valid(uint64_t lanes);
 
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void audit_hex(char *out, const uint8_t *p, size_t n);

@@ -242,7 +242,7 @@ static int recover_file(struct audit_chain *c, const char *dir, const char *name
     out->records_in_file = res.records;
     out->last_off = res.last_off;
     out->have_cursor = 1;
-    out->cursor = res.has_cursor ? res.cursor : res.hdr.bus_cursor;
+    out->pos = res.pos;
     return 0;
 }
 
@@ -289,7 +289,8 @@ static int recover_from_state(struct audit_chain *c, const char *dir,
         return 1;
     }
     struct audit_verify_state st = {.started = 1, .next_seq = s->next_seq,
-                                    .file_seq = s->file_seq,
+                                    .file_seq = s->file_seq, .bus_id = s->bus_id,
+                                    .pos = s->pos,
                                     .progress = hooks ? hooks->progress : NULL,
                                     .progress_arg = hooks ? hooks->arg : NULL};
     memcpy(st.hash, s->hash, AUDIT_HASH_LEN);
@@ -314,7 +315,7 @@ static int recover_from_state(struct audit_chain *c, const char *dir,
     out->records_in_file = s->records_in_file + res.records;
     out->last_off = res.records ? res.last_off : s->last_off;
     out->have_cursor = 1;
-    out->cursor = res.has_cursor ? res.cursor : s->cursor;
+    out->pos = res.pos;
     memcpy(c->hash, st.hash, sizeof c->hash);
     c->next_seq = st.next_seq;
     /* Files created after the state was written (a rotation just before

@@ -39,7 +39,7 @@ struct audit_resume {
     unsigned redaction;
     uint64_t bus_id;
     int have_cursor;
-    uint64_t cursor;                        /* bus cursor to resume from */
+    struct cbus_position pos;               /* bus position to resume from (every lane) */
     uint64_t records_in_file;
     uint64_t trimmed_bytes;                 /* cut off a torn/bad tail */
     uint64_t format;                        /* of the last file's header */

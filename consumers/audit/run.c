@@ -44,7 +44,7 @@ static int attach(cbus_consumer **c, const struct audit_config *cfg, const struc
          * last record, so nothing is written twice and nothing acknowledged
          * is missing, even if the crash came between fdatasync and commit. */
         o.start = CBUS_START_CURSOR;
-        o.cursor = r->cursor;
+        o.position = &r->pos;
         o.expect_bus_id = r->bus_id;
         int rc = cbus_consumer_attach(c, cfg->bus, &o);
         if (rc != -ESTALE)
@@ -52,7 +52,7 @@ static int attach(cbus_consumer **c, const struct audit_config *cfg, const struc
         cbus_log_warn("bus %s was recreated since the log's last record (log bus id %016" PRIx64
                       "): starting at the oldest event of the new bus", cfg->bus, r->bus_id);
         o.start = CBUS_START_OLDEST;
-        o.cursor = 0;
+        o.position = NULL;
         o.expect_bus_id = 0;
         return cbus_consumer_attach(c, cfg->bus, &o);
     }
@@ -75,11 +75,30 @@ static cbus_consumer *attach_early(const struct audit_config *cfg)
                                    .start = CBUS_START_RESUME};
     if (audit_state_load(cfg->dir, cfg->prefix, &s) == 0) {
         o.start = CBUS_START_CURSOR;
-        o.cursor = s.cursor;
+        o.position = &s.pos;
         o.expect_bus_id = s.bus_id;
     }
     cbus_consumer *c;
+    if (cbus_consumer_attach(&c, cfg->bus, &o) == 0)
+        return c;
+    /* A state of another lane count (a damaged file: the bus id matched):
+     * the dead entry's cursor will do, recovery says where the log ends. */
+    o.start = CBUS_START_RESUME;
+    o.position = NULL;
     return cbus_consumer_attach(&c, cfg->bus, &o) == 0 ? c : NULL;
+}
+
+/* The consumer reads at or behind p in every lane (then the writer skips
+ * what the log already has, and nothing is missed). */
+static int position_at_or_behind(const cbus_consumer *c, const struct cbus_position *p)
+{
+    struct cbus_position now;
+    if (cbus_consumer_position(c, &now) || now.lanes != p->lanes)
+        return 0;
+    for (unsigned L = 0; L < now.lanes; L++)
+        if (now.pos[L] > p->pos[L])
+            return 0;
+    return 1;
 }
 
 /* Test hook: CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS makes each recovery step
@@ -103,7 +122,7 @@ struct loop {
     const struct audit_config *cfg;
     struct audit_writer *w;
     cbus_consumer *c;
-    uint64_t committed;
+    struct cbus_position committed;
     int has_committed;
     uint64_t last_heartbeat;
     uint64_t lost_reported;
@@ -111,18 +130,29 @@ struct loop {
     struct cbus_attach at;      /* follows the bus when it is re-created */
 };
 
+static int same_position(const struct cbus_position *a, const struct cbus_position *b)
+{
+    return a->lanes == b->lanes && !memcmp(a->pos, b->pos, a->lanes * sizeof a->pos[0]);
+}
+
+/* Every lane's cursor goes to just past its last durable record (a lane
+ * whose cursor poll already moved over skipped positions stays there). */
 static void commit_durable(struct loop *l)
 {
-    int valid;
-    uint64_t cur = audit_writer_durable_cursor(l->w, &valid);
-    if (!valid || (l->has_committed && cur == l->committed))
+    struct cbus_position cur;
+    if (!audit_writer_durable_position(l->w, &cur) ||
+        (l->has_committed && same_position(&cur, &l->committed)))
         return;
-    int rc = cbus_consumer_commit_to(l->c, cur);
+    int rc = cbus_consumer_commit_position(l->c, &cur);
     if (rc == 0) {
         l->committed = cur;
         l->has_committed = 1;
     } else if (rc != -ESTALE) {
-        cbus_log_warn("commit of cursor %" PRIu64 ": %s", cur, cbus_strerror(rc));
+        uint64_t sum = 0;
+        for (unsigned L = 0; L < cur.lanes; L++)
+            sum += cur.pos[L];
+        cbus_log_warn("commit of position %" PRIu64 " (%u lane%s): %s", sum, cur.lanes,
+                      cur.lanes == 1 ? "" : "s, summed", cbus_strerror(rc));
     }
 }
 
@@ -162,9 +192,7 @@ static void leaving_bus(void *arg, cbus_consumer *old)
     }
     commit_durable(l);
     /* What is durable now belongs to the old bus: never commit it on the new. */
-    int valid;
-    l->committed = audit_writer_durable_cursor(l->w, &valid);
-    l->has_committed = 1;
+    l->has_committed = audit_writer_durable_position(l->w, &l->committed);
 }
 
 /* Now on a new bus: the log continues in a new file for its bus id. */
@@ -172,7 +200,9 @@ static cbus_consumer *arrived_bus(struct loop *l)
 {
     l->c = l->at.c;
     l->lost_reported = 0;
-    audit_writer_set_bus(l->w, l->at.bus_id, cbus_consumer_read_pos(l->c));
+    struct cbus_position start;
+    cbus_consumer_position(l->c, &start);
+    audit_writer_set_bus(l->w, l->at.bus_id, &start);
     return l->c;
 }
 
@@ -249,7 +279,7 @@ int audit_run(const struct audit_config *cfg)
     cbus_consumer *c = NULL;
     rc = 0;
     if (early && resume.have_cursor && cbus_consumer_bus_id(early) == resume.bus_id &&
-        cbus_consumer_read_pos(early) <= resume.cursor) {
+        position_at_or_behind(early, &resume.pos)) {
         c = early; /* behind or at the log's end: the writer skips what it has */
     } else {
         /* Past the log's end (its entry was gone: a clean stop), another
@@ -264,44 +294,39 @@ int audit_run(const struct audit_config *cfg)
         close(lock_fd);
         return 1;
     }
-    /* The log's order check and gap records follow one sequence of event
-     * ids; a bus of several lanes interleaves one per lane (issue 13). */
-    if (cbus_bus_lanes(cbus_consumer_bus(c)) > 1) {
-        cbus_log_error("bus %s has %u lanes; cbus-audit keeps one ordered sequence of event ids "
-                       "and reads one-lane buses only: create the bus with --lanes 1",
-                       cfg->bus, cbus_bus_lanes(cbus_consumer_bus(c)));
-        cbus_consumer_detach(c);
-        audit_writer_close(w);
-        close(lock_fd);
-        return 1;
-    }
     /* Producers wait on the committed cursor, so every record in flight
      * (read, not yet durable) holds a ring slot.  If the batches in flight
      * could fill the ring, producers would stall (then drop) while the disk
      * syncs: keep at most half the ring in flight. */
     unsigned batch_events = cfg->batch_events;
     const struct cbus_shm_header *hdr = cbus_bus_header(cbus_consumer_bus(c));
-    uint64_t half_ring = hdr ? hdr->capacity / 2 : 0;
+    /* Per lane: the events in flight may all be one thread's, in one lane. */
+    uint64_t lane_cap = hdr ? (hdr->lane_capacity ? hdr->lane_capacity : hdr->capacity) : 0;
+    uint64_t half_ring = lane_cap / 2;
     if (half_ring && (uint64_t)batch_events * cfg->queue_depth > half_ring) {
         uint64_t fit = half_ring / cfg->queue_depth;
         batch_events = (unsigned)(fit ? fit : 1);
         audit_writer_set_batch_events(w, batch_events);
         cbus_log_info("batch_events lowered from %u to %u: %u batches in flight must fit in "
-                      "half of the ring (%" PRIu64 " slots)", cfg->batch_events, batch_events,
-                      cfg->queue_depth, hdr->capacity);
+                      "half of a lane's ring (%" PRIu64 " slots)", cfg->batch_events, batch_events,
+                      cfg->queue_depth, lane_cap);
     }
     uint64_t bus_id = cbus_consumer_bus_id(c);
+    struct cbus_position start_pos;
+    cbus_consumer_position(c, &start_pos);
     uint64_t start = cbus_consumer_read_pos(c);
-    audit_writer_set_bus(w, bus_id, start);
+    audit_writer_set_bus(w, bus_id, &start_pos);
     char sync[64];
     if (cfg->sync == AUDIT_SYNC_BATCH)
         snprintf(sync, sizeof sync, "fdatasync per batch");
     else
         snprintf(sync, sizeof sync, "fdatasync every %.1f ms", (double)cfg->sync_interval_ns / 1e6);
-    cbus_log_info("started: bus %s (id %016" PRIx64 ") as lossless consumer '%s' from cursor %" PRIu64
-                  ", log %s, %s, queue depth %u, batch %u events / %" PRIu64
+    cbus_log_info("started: bus %s (id %016" PRIx64 ", %u lane%s) as lossless consumer '%s' from "
+                  "cursor %" PRIu64 "%s, log %s, %s, queue depth %u, batch %u events / %" PRIu64
                   " bytes, previews %s",
-                  cfg->bus, bus_id, cfg->name, start, cfg->dir, sync, cfg->queue_depth,
+                  cfg->bus, bus_id, start_pos.lanes, start_pos.lanes == 1 ? "" : "s", cfg->name,
+                  start, start_pos.lanes == 1 ? "" : " (summed over the lanes)", cfg->dir, sync,
+                  cfg->queue_depth,
                   batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
 
     struct loop l = {.cfg = cfg, .w = w, .c = c};

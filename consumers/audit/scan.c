@@ -55,47 +55,78 @@ static int header_continues(const struct audit_verify_state *st, const struct au
     return 1;
 }
 
-/* Event-id continuity for one good record (check_ids only). */
+/* Follows one good record's lane position; with check_ids, it must be the
+ * next one in its lane (format.h). */
 static int ids_continue(struct audit_verify_state *st, const struct audit_item *it, size_t off,
                         int64_t index, struct audit_scan_result *res)
 {
-    uint64_t from, to;
+    const unsigned lanes = st->pos.lanes ? st->pos.lanes : 1;
+    uint64_t from, to, id = 0;
+    unsigned lane;
     if (it->is_gap) {
+        lane = it->gap_lane;
         from = it->gap_from;
         to = it->gap_to;
+        if (lane >= lanes) {
+            if (!st->check_ids)
+                return 1;
+            set_bad(res, off, index, st->next_seq, "gap record for lane %u of a %u-lane bus",
+                    lane, lanes);
+            return 0;
+        }
     } else {
-        struct cbus_event ev;
-        if (cbus_evmp_decode(it->event, it->event_len, &ev, NULL)) {
+        if (audit_event_id(it->event, it->event_len, &id)) {
+            if (!st->check_ids)
+                return 1; /* hashed as written: recovery keeps it, verify says why */
             set_bad(res, off, index, st->next_seq, "event does not decode");
             return 0;
         }
-        from = ev.event_id;
-        to = ev.event_id + 1;
+        lane = (unsigned)(id & (lanes - 1));
+        from = id / lanes;
+        to = from + 1;
     }
-    if (st->has_pos && from != st->next_pos) {
+    uint64_t next = st->pos.pos[lane];
+    if (st->check_ids && from != next) {
+        /* On one lane, lane positions are event ids: say it in those. */
+        char where[48] = "";
+        if (lanes > 1)
+            snprintf(where, sizeof where, "lane %u of %u: ", lane, lanes);
         if (it->is_gap)
             set_bad(res, off, index, st->next_seq,
-                    "gap record for event ids %llu..%llu where event id %llu was expected",
-                    (unsigned long long)from, (unsigned long long)to - 1,
-                    (unsigned long long)st->next_pos);
-        else if (from > st->next_pos)
+                    "%sgap record for %s %llu..%llu where %llu was expected", where,
+                    lanes > 1 ? "lane positions" : "event ids", (unsigned long long)from,
+                    (unsigned long long)to - 1, (unsigned long long)next);
+        else if (lanes > 1 && from > next)
+            set_bad(res, off, index, st->next_seq,
+                    "%slane positions %llu..%llu missing with no recorded loss (event id %llu, "
+                    "lane position %llu, follows lane position %llu: records deleted, or "
+                    "events lost unrecorded)", where, (unsigned long long)next,
+                    (unsigned long long)from - 1, (unsigned long long)id,
+                    (unsigned long long)from, (unsigned long long)next - 1);
+        else if (from > next)
             set_bad(res, off, index, st->next_seq,
                     "event ids %llu..%llu missing with no recorded loss (event id %llu follows "
                     "%llu: records deleted, or events lost unrecorded)",
-                    (unsigned long long)st->next_pos, (unsigned long long)from - 1,
-                    (unsigned long long)from, (unsigned long long)st->next_pos - 1);
+                    (unsigned long long)next, (unsigned long long)from - 1,
+                    (unsigned long long)from, (unsigned long long)next - 1);
+        else if (lanes > 1)
+            set_bad(res, off, index, st->next_seq,
+                    "%sevent id %llu (lane position %llu) where lane position %llu was expected "
+                    "(repeated or out of order)", where, (unsigned long long)id,
+                    (unsigned long long)from, (unsigned long long)next);
         else
             set_bad(res, off, index, st->next_seq,
                     "event id %llu where %llu was expected (repeated or out of order)",
-                    (unsigned long long)from, (unsigned long long)st->next_pos);
+                    (unsigned long long)from, (unsigned long long)next);
         return 0;
     }
-    if (it->is_gap) {
+    if (it->is_gap && st->check_ids) {
         st->gaps++;
         st->gap_positions += to - from;
     }
-    st->has_pos = 1;
-    st->next_pos = to;
+    /* Without check_ids (recovery) a lane never moves back. */
+    if (to > st->pos.pos[lane] || st->check_ids)
+        st->pos.pos[lane] = to;
     return 1;
 }
 
@@ -144,7 +175,7 @@ static int scan_records(struct audit_chain *c, struct audit_verify_state *st, co
                 break;
             }
         }
-        if (st->check_ids && !ids_continue(st, &it, at, index, res))
+        if (!ids_continue(st, &it, at, index, res))
             break;
         if (cb && !it.is_gap) {
             int stop = cb(arg, &it);
@@ -163,18 +194,13 @@ static int scan_records(struct audit_chain *c, struct audit_verify_state *st, co
     }
     if (last_rec != SIZE_MAX &&
         audit_parse(buf + last_rec, len - last_rec, &it, NULL) == 0) {
-        /* Only the last record's position matters (the resume cursor). */
-        struct cbus_event ev;
-        if (it.is_gap) {
-            res->has_cursor = 1;
-            res->cursor = it.gap_to;
-        } else if (cbus_evmp_decode(it.event, it.event_len, &ev, NULL) == 0) {
+        uint64_t id;
+        if (!it.is_gap && audit_event_id(it.event, it.event_len, &id) == 0) {
             res->has_last_event = 1;
-            res->last_event_id = ev.event_id;
-            res->has_cursor = 1;
-            res->cursor = ev.event_id + 1;
+            res->last_event_id = id;
         }
     }
+    res->pos = st->pos;
     return 0;
 }
 
@@ -218,11 +244,10 @@ int audit_scan(struct audit_chain *c, struct audit_verify_state *st, const char 
     st->file_seq = it.hdr.file_seq;
     snprintf(st->file_name, sizeof st->file_name, "%s", name);
     /* Positions restart with a bus id: the header says where the consumer
-     * started on it.  Within one bus id they carry over from file to file. */
-    if (!st->has_pos || st->bus_id != it.hdr.bus_id) {
-        st->has_pos = 1;
-        st->next_pos = it.hdr.bus_cursor;
-    }
+     * started on it.  Within one bus id they carry over from file to file
+     * (a bus keeps its lane count for life; another count is another bus). */
+    if (!st->pos.lanes || st->bus_id != it.hdr.bus_id || st->pos.lanes != it.hdr.pos.lanes)
+        st->pos = it.hdr.pos;
     st->bus_id = it.hdr.bus_id;
     res->good_end = it.len;
     res->last_off = 0;

@@ -16,11 +16,12 @@ struct audit_verify_state {
     uint64_t file_seq;
     char file_name[AUDIT_FILE_NAME_MAX];
     uint64_t records;                 /* good records over all files */
-    /* Event-id continuity (format.h): checked only with check_ids (verify);
-     * recovery never cuts a log for a hole in ids. */
+    /* Event-id continuity per lane (format.h): checked only with check_ids
+     * (verify); recovery never cuts a log for a hole in ids, but follows
+     * pos all the same: it is where the consumer resumes. */
     int check_ids;
-    int has_pos;                      /* next_pos is known */
-    uint64_t next_pos;                /* bus position the next record must start at */
+    struct cbus_position pos;         /* next lane position in each lane; lanes 0 =
+                                         not known yet (taken from the next header) */
     uint64_t bus_id;                  /* of the last file accepted */
     uint64_t gaps;                    /* gap records seen */
     uint64_t gap_positions;           /* positions they cover */
@@ -40,9 +41,11 @@ struct audit_scan_result {
     size_t last_off;                  /* offset of the last good value (0: the header) */
     int has_last_event;
     uint64_t last_event_id;           /* event_id of the last good record */
-    int has_cursor;                   /* cursor is set: the file has a good record */
-    uint64_t cursor;                  /* bus position after the last good record:
-                                         event_id + 1, or a gap record's "to" */
+    struct cbus_position pos;         /* the bus position after the good part: in
+                                         each lane, just past its last record there
+                                         (event_id / lanes + 1, or a gap record's
+                                         "to"), else where the header or the state
+                                         it continues put it */
     /* the first problem, if any */
     int bad;
     int torn;                         /* the problem: input ends inside a value */

@@ -6,7 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char magic[8] = {'C', 'B', 'A', 'U', 'D', 'S', 'T', '1'};
+static const char magic[8] = {'C', 'B', 'A', 'U', 'D', 'S', 'T', '2'};
+static const char magic_v1[8] = {'C', 'B', 'A', 'U', 'D', 'S', 'T', '1'};
 
 int audit_state_path(char *out, size_t n, const char *dir, const char *prefix)
 {
@@ -31,6 +32,10 @@ static const uint8_t *get64(const uint8_t *p, uint64_t *v)
 }
 
 #define SUM_AT (AUDIT_STATE_SLOT - AUDIT_HASH_LEN)
+#define SUM_AT_V1 (AUDIT_STATE_SLOT_V1 - AUDIT_HASH_LEN)
+/* The fields before the position, then lanes (8) and a word per lane. */
+#define FIXED_LEN (8 + 8 + AUDIT_FILE_NAME_MAX + 8 * 8 + AUDIT_HASH_LEN + 8)
+_Static_assert(FIXED_LEN + 8 + 8 * CBUS_MAX_LANES <= SUM_AT, "state slot too small");
 
 static void encode(const struct audit_state *s, uint8_t slot[AUDIT_STATE_SLOT])
 {
@@ -53,22 +58,27 @@ static void encode(const struct audit_state *s, uint8_t slot[AUDIT_STATE_SLOT])
     memcpy(p, s->hash, AUDIT_HASH_LEN);
     p += AUDIT_HASH_LEN;
     p = put64(p, s->records_in_file);
-    p = put64(p, s->cursor);
+    p = put64(p, s->pos.lanes);
+    for (unsigned L = 0; L < s->pos.lanes && L < CBUS_MAX_LANES; L++)
+        p = put64(p, s->pos.pos[L]);
     struct audit_chain c;
     audit_chain_init(&c);
     audit_sha256(&c, slot, SUM_AT, "", 0, slot + SUM_AT);
     audit_chain_free(&c);
 }
 
-static int decode(const uint8_t slot[AUDIT_STATE_SLOT], struct audit_state *s)
+/* A slot of version 2 (v1 = 0) or 1 (v1 = 1: 512 bytes, one cursor). */
+static int decode(const uint8_t *slot, int v1, struct audit_state *s)
 {
     uint8_t sum[AUDIT_HASH_LEN];
     struct audit_chain c;
+    size_t sum_at = v1 ? SUM_AT_V1 : SUM_AT;
     audit_chain_init(&c);
-    audit_sha256(&c, slot, SUM_AT, "", 0, sum);
+    audit_sha256(&c, slot, sum_at, "", 0, sum);
     audit_chain_free(&c);
-    if (memcmp(slot, magic, 8) || memcmp(sum, slot + SUM_AT, AUDIT_HASH_LEN))
+    if (memcmp(slot, v1 ? magic_v1 : magic, 8) || memcmp(sum, slot + sum_at, AUDIT_HASH_LEN))
         return -EBADMSG;
+    memset(s, 0, sizeof *s);
     const uint8_t *p = slot + 8;
     p = get64(p, &s->gen);
     memcpy(s->name, p, AUDIT_FILE_NAME_MAX);
@@ -86,7 +96,14 @@ static int decode(const uint8_t slot[AUDIT_STATE_SLOT], struct audit_state *s)
     memcpy(s->hash, p, AUDIT_HASH_LEN);
     p += AUDIT_HASH_LEN;
     p = get64(p, &s->records_in_file);
-    get64(p, &s->cursor);
+    uint64_t lanes = 1;
+    if (!v1)
+        p = get64(p, &lanes);
+    if (!audit_lanes_valid(lanes))
+        return -EBADMSG;
+    s->pos.lanes = (uint32_t)lanes;
+    for (unsigned L = 0; L < lanes; L++)
+        p = get64(p, &s->pos.pos[L]);
     if (s->last_off >= s->offset || s->redaction > AUDIT_REDACT_DROP)
         return -EBADMSG;
     return 0;
@@ -110,7 +127,19 @@ int audit_state_load(const char *dir, const char *prefix, struct audit_state *ou
     for (int i = 0; i < 2; i++) {
         struct audit_state s;
         if ((size_t)n < (size_t)(i + 1) * AUDIT_STATE_SLOT ||
-            decode(buf + i * AUDIT_STATE_SLOT, &s))
+            decode(buf + i * AUDIT_STATE_SLOT, 0, &s))
+            continue;
+        if (!found || s.gen > out->gen)
+            *out = s;
+        found = 1;
+    }
+    /* A file of version 1 (before lanes): its slots, unless one of ours
+     * was written over it (the newer format wins, whatever the gen). */
+    const int have_v2 = found;
+    for (int i = 0; i < 2 && !have_v2; i++) {
+        struct audit_state s;
+        if ((size_t)n < (size_t)(i + 1) * AUDIT_STATE_SLOT_V1 ||
+            decode(buf + i * AUDIT_STATE_SLOT_V1, 1, &s))
             continue;
         if (!found || s.gen > out->gen)
             *out = s;

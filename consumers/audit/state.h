@@ -3,7 +3,7 @@
  * re-reading and re-hashing the whole current file (740 MB took 4.25 s,
  * past the bus's stall timeout, and the consumer was cut loose).
  *
- * DIR/.PREFIX.state holds two 512-byte slots, written alternately after
+ * DIR/.PREFIX.state holds two 1024-byte slots, written alternately after
  * each batch becomes durable; each carries a generation and a SHA-256 of
  * its bytes, so a torn write leaves the other slot good.  It is written
  * only after the data it describes was fdatasync'd, so it never claims
@@ -20,7 +20,11 @@
 
 #include "format.h"
 
-#define AUDIT_STATE_SLOT 512
+/* Version 2 (magic CBAUDST2) holds a position per lane.  A version 1 file
+ * (two 512-byte slots, one cursor) still loads, as one lane; the first write
+ * after it goes into a version 2 slot, which the loader prefers. */
+#define AUDIT_STATE_SLOT 1024
+#define AUDIT_STATE_SLOT_V1 512
 
 struct audit_state {
     uint64_t gen;                       /* bumped per write; the higher good slot wins */
@@ -35,7 +39,7 @@ struct audit_state {
     uint64_t next_seq;                  /* chain seq after it */
     uint8_t hash[AUDIT_HASH_LEN];       /* its hash */
     uint64_t records_in_file;           /* records before offset */
-    uint64_t cursor;                    /* bus position after the last record */
+    struct cbus_position pos;           /* bus position after the last record, per lane */
 };
 
 /* DIR/.PREFIX.state.  Returns 0 or -ENAMETOOLONG. */

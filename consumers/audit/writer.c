@@ -28,8 +28,7 @@ struct batch {
     size_t done;            /* bytes written by completed writes */
     uint64_t off;           /* file offset of buf[0] */
     unsigned nrec;
-    int has_cursor;
-    uint64_t cursor;        /* event_id + 1 of the last record */
+    int has_cursor;         /* it holds a record: pos is then a durable cursor */
     enum batch_state state;
     unsigned pending;       /* CQEs still to come for the current submission */
     int wres;               /* write result */
@@ -42,7 +41,8 @@ struct batch {
     uint64_t end_seq;
     uint8_t end_hash[AUDIT_HASH_LEN];
     uint64_t end_records;   /* records in the file up to here */
-    uint64_t end_cursor;    /* bus position after its last record */
+    struct cbus_position pos; /* bus position after its last record in every lane
+                                 (a header batch: the file's start) */
 };
 
 /* user_data: batch index << 2 | op; for OP_ISYNC, the sync generation << 2 | op */
@@ -88,9 +88,9 @@ struct audit_writer {
 
     uint64_t bus_id;
     int bus_set;
-    uint64_t last_cursor;   /* cursor after the last appended record */
+    struct cbus_position last; /* after the last appended record, per lane */
     int has_last_cursor;
-    uint64_t durable_cursor;
+    struct cbus_position durable;
     int has_durable_cursor;
     int rotate_pending;
 
@@ -182,7 +182,7 @@ void audit_writer_flush(struct audit_writer *w)
 
 /* ---- files ------------------------------------------------------------------- */
 
-static int open_new_file(struct audit_writer *w, uint64_t cursor)
+static int open_new_file(struct audit_writer *w, const struct cbus_position *cursor)
 {
     if (w->used == w->qd)
         return -EBUSY; /* callers open files only with every batch retired */
@@ -203,7 +203,7 @@ static int open_new_file(struct audit_writer *w, uint64_t cursor)
     h.file_seq = seq;
     h.created_ns = now;
     h.first_seq = w->chain.next_seq;
-    h.bus_cursor = cursor;
+    h.pos = *cursor;
     snprintf(h.bus, sizeof h.bus, "%s", w->bus);
     h.bus_id = w->bus_id;
     snprintf(h.prev_file, sizeof h.prev_file, "%s", w->have_file ? w->name : "");
@@ -237,12 +237,13 @@ static int open_new_file(struct audit_writer *w, uint64_t cursor)
     b->end_seq = w->chain.next_seq;
     memcpy(b->end_hash, w->chain.hash, AUDIT_HASH_LEN);
     b->end_records = 0;
-    b->end_cursor = cursor;
+    b->pos = *cursor;
     w->file_format = AUDIT_FORMAT;
     audit_fsync_dir(w->dir);
-    cbus_log_info("writing %s (file %llu, first seq %llu, bus cursor %llu)", path,
+    cbus_log_info("writing %s (file %llu, first seq %llu, bus cursor %llu%s)", path,
                   (unsigned long long)seq, (unsigned long long)h.first_seq,
-                  (unsigned long long)cursor);
+                  (unsigned long long)h.bus_cursor,
+                  h.pos.lanes > 1 ? " summed over the lanes" : "");
     int removed = audit_retention(w->dir, w->prefix, w->o.retain_files);
     if (removed > 0)
         w->st.files_removed += (uint64_t)removed;
@@ -271,7 +272,7 @@ static int open_last_file(struct audit_writer *w, const struct audit_resume *r)
      * behind it re-reads records already written (skipped in append), one
      * that resumes past it lost the positions between (a gap record). */
     if (r->have_cursor) {
-        w->last_cursor = r->cursor;
+        w->last = r->pos;
         w->has_last_cursor = 1;
     }
     return 0;
@@ -279,7 +280,8 @@ static int open_last_file(struct audit_writer *w, const struct audit_resume *r)
 
 /* Describes the durable end of the current file in the state file. */
 static void state_save(struct audit_writer *w, uint64_t off, uint64_t last_off, uint64_t seq,
-                       const uint8_t hash[AUDIT_HASH_LEN], uint64_t records, uint64_t cursor)
+                       const uint8_t hash[AUDIT_HASH_LEN], uint64_t records,
+                       const struct cbus_position *pos)
 {
     if (w->state_fd < 0)
         return;
@@ -295,7 +297,7 @@ static void state_save(struct audit_writer *w, uint64_t off, uint64_t last_off, 
     s->next_seq = seq;
     memcpy(s->hash, hash, AUDIT_HASH_LEN);
     s->records_in_file = records;
-    s->cursor = cursor;
+    s->pos = *pos;
     int rc = audit_state_write(w->state_fd, s);
     if (rc == 0) {
         w->state_dirty = 1;
@@ -376,7 +378,7 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
         /* What recovery just checked, so the next restart starts there. */
         if (resume->have_file)
             state_save(w, resume->file_size, resume->last_off, w->chain.next_seq, w->chain.hash,
-                       resume->records_in_file, resume->cursor);
+                       resume->records_in_file, &resume->pos);
     }
     w->last_sync_ns = mono_ns();
     *out = w;
@@ -423,19 +425,24 @@ void audit_writer_close(struct audit_writer *w)
     free(w);
 }
 
-int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t cursor)
+int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id,
+                         const struct cbus_position *cursor)
 {
+    if (!audit_lanes_valid(cursor->lanes))
+        return -EINVAL;
     w->bus_id = bus_id;
     w->bus_set = 1;
     if (!w->has_last_cursor) {
         /* A new log: positions start where the consumer does. */
-        w->last_cursor = cursor;
+        w->last = *cursor;
         w->has_last_cursor = 1;
     }
     if (!w->have_file)
         return open_new_file(w, cursor);
-    if (w->file_bus_id != bus_id || w->file_redaction != w->o.redact.mode ||
-        w->file_format != AUDIT_FORMAT) {
+    /* A bus keeps its lane count for life: another count under the same
+     * id would be a damaged log, and its positions mean nothing here. */
+    int other_bus = w->file_bus_id != bus_id || w->last.lanes != cursor->lanes;
+    if (other_bus || w->file_redaction != w->o.redact.mode || w->file_format != AUDIT_FORMAT) {
         cbus_log_info("%s belongs to bus id %016llx (redaction %s, format %llu); continuing the "
                       "chain in a new file for bus id %016llx (redaction %s, format %u)",
                       w->name, (unsigned long long)w->file_bus_id,
@@ -443,10 +450,10 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t curso
                       (unsigned long long)w->file_format, (unsigned long long)bus_id,
                       audit_redaction_name(w->o.redact.mode), AUDIT_FORMAT);
         w->rotate_pending = 1;
-        if (w->file_bus_id != bus_id) {
+        if (other_bus) {
             /* The new header records the consumer's start on the new bus:
              * its positions have nothing to do with the old bus's. */
-            w->last_cursor = cursor;
+            w->last = *cursor;
             w->has_last_cursor = 1;
         }
     }
@@ -473,16 +480,21 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
         finish_filling(w);
         return -EAGAIN;
     }
+    /* Each lane is its own sequence (event id = lane position * lanes +
+     * lane); lanes is a power of two. */
+    const unsigned lanes = w->last.lanes ? w->last.lanes : 1;
+    const unsigned lane = (unsigned)(ev->event_id & (lanes - 1));
+    const uint64_t lp = ev->event_id / lanes;
     /* Positions below the log's end were written before a restart (the
      * consumer resumed behind the log): not twice. */
-    if (w->has_last_cursor && ev->event_id < w->last_cursor) {
+    if (w->has_last_cursor && lp < w->last.pos[lane]) {
         w->st.replayed++;
         return 0;
     }
     /* Positions the consumer never received (lost or abandoned on the bus)
      * are recorded where they would have been, so `verify` can tell a
      * recorded loss from records deleted later. */
-    int gap = w->has_last_cursor && ev->event_id > w->last_cursor;
+    int gap = w->has_last_cursor && lp > w->last.pos[lane];
     size_t need = (gap ? 2u : 1u) * AUDIT_RECORD_MAX;
     struct batch *b = filling(w);
     if (b && (b->nrec >= w->o.batch_events || w->o.batch_bytes - b->len < need)) {
@@ -492,12 +504,15 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
     if (!b && !(b = take_batch(w)))
         return -EAGAIN;
     if (gap) {
-        int g = audit_gap_encode(&w->chain, w->last_cursor, ev->event_id, b->buf + b->len,
-                                 w->o.batch_bytes - b->len);
+        uint64_t from = w->last.pos[lane];
+        int g = lanes > 1 ? audit_gap_encode_lane(&w->chain, lane, from, lp, b->buf + b->len,
+                                                  w->o.batch_bytes - b->len)
+                          : audit_gap_encode(&w->chain, from, lp, b->buf + b->len,
+                                             w->o.batch_bytes - b->len);
         if (g < 0)
             return g; /* cannot happen: room was checked */
         w->st.gaps++;
-        w->st.gap_positions += ev->event_id - w->last_cursor;
+        w->st.gap_positions += lp - from;
         b->last_off = w->file_off;
         b->len += (size_t)g;
         w->file_off += (uint64_t)g;
@@ -512,8 +527,7 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
     b->len += (size_t)n;
     b->nrec++;
     b->has_cursor = 1;
-    b->cursor = ev->event_id + 1;
-    w->last_cursor = b->cursor;
+    w->last.pos[lane] = lp + 1;
     w->has_last_cursor = 1;
     w->file_off += (uint64_t)n;
     w->file_records++;
@@ -524,7 +538,7 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
     b->end_seq = w->chain.next_seq;
     memcpy(b->end_hash, w->chain.hash, AUDIT_HASH_LEN);
     b->end_records = w->file_records;
-    b->end_cursor = b->cursor;
+    b->pos = w->last;
     return 0;
 }
 
@@ -695,7 +709,7 @@ static void retire(struct audit_writer *w)
         if (b->state != B_DURABLE)
             break;
         if (b->has_cursor) {
-            w->durable_cursor = b->cursor;
+            w->durable = b->pos;
             w->has_durable_cursor = 1;
         }
         if (b->has_end)
@@ -710,7 +724,7 @@ static void retire(struct audit_writer *w)
      * before a rotation opens the next file, so they belong to w->name.) */
     if (last.has_end)
         state_save(w, last.end_off, last.last_off, last.end_seq, last.end_hash,
-                   last.end_records, last.end_cursor);
+                   last.end_records, &last.pos);
 }
 
 /* The state file is rewritten per durable batch but synced only about once
@@ -786,7 +800,7 @@ int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
     if (!w->have_file && w->bus_set) {
         if (w->failing && now < w->next_retry_ns)
             goto wait;
-        int rc = open_new_file(w, w->last_cursor);
+        int rc = open_new_file(w, &w->last);
         if (rc) {
             io_failed(w, NULL, rc, "creating a log file in");
             goto wait;
@@ -799,7 +813,7 @@ int audit_writer_service(struct audit_writer *w, uint64_t wait_ns)
         if (w->used == 0 && !w->isync_inflight && (!w->failing || now >= w->next_retry_ns)) {
             /* A file that cannot be created (disk full, EMFILE) is retried
              * with the same backoff as a failed write; appends wait. */
-            int rc = open_new_file(w, w->last_cursor);
+            int rc = open_new_file(w, &w->last);
             if (rc) {
                 io_failed(w, NULL, rc, "creating a new log file in");
             } else {
@@ -842,10 +856,11 @@ wait:
     return 0;
 }
 
-uint64_t audit_writer_durable_cursor(const struct audit_writer *w, int *valid)
+int audit_writer_durable_position(const struct audit_writer *w, struct cbus_position *out)
 {
-    *valid = w->has_durable_cursor;
-    return w->durable_cursor;
+    if (w->has_durable_cursor)
+        *out = w->durable;
+    return w->has_durable_cursor;
 }
 
 int audit_writer_idle(const struct audit_writer *w)

@@ -2,9 +2,9 @@
  * io_uring, several batches in flight, each made durable with fdatasync
  * (linked to its write, or one fdatasync every sync interval).
  *
- * The writer tells its caller the bus cursor that is durable: the event id
- * + 1 of the last record in the longest run of batches, from the oldest on,
- * whose data has reached the disk.  Batches complete out of order (a later
+ * The writer tells its caller the bus position that is durable: in each
+ * lane, just past the last record there in the longest run of batches, from
+ * the oldest on, whose data has reached the disk.  Batches complete out of order (a later
  * one's fdatasync may finish first); only that contiguous prefix counts, so
  * a cursor committed from it never covers a record that a crash could lose.
  *
@@ -80,17 +80,19 @@ void audit_writer_close(struct audit_writer *w);
 
 /* Binds the writer to a bus instance: the first file is created now (its
  * header durable soon after), and a log whose last file belongs to another
- * bus id (or another redaction mode) continues in a new file.  cursor is the
- * consumer's start position, recorded in the new file's header.
- * Returns 0 or -errno (file creation failed; logged). */
-int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id, uint64_t cursor);
+ * bus id (or another redaction mode, format or lane count) continues in a
+ * new file.  cursor is the consumer's start position in every lane
+ * (cbus_consumer_position), recorded in the new file's header.
+ * Returns 0 or -errno (-EINVAL: a bad lane count; file creation failed: logged). */
+int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id,
+                         const struct cbus_position *cursor);
 
 /* Lowers (or raises) the records per batch from now on (n >= 1). */
 void audit_writer_set_batch_events(struct audit_writer *w, unsigned n);
 
-/* Appends one record, preceded by a gap record when ev's event id is past
- * the position after the last record (the positions between never arrived);
- * an event below that position is already in the log and is skipped.
+/* Appends one record, preceded by a gap record when ev's lane position is
+ * past the one after the last record of its lane (the positions between
+ * never arrived); an event below that is already in the log and is skipped.
  * Returns 0, or -EAGAIN when no batch buffer is free
  * or a rotation is draining: call audit_writer_service() and retry. */
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev);
@@ -106,9 +108,9 @@ void audit_writer_flush(struct audit_writer *w);
  * Returns 0 or a fatal -errno (io_uring itself failing). */
 int audit_writer_service(struct audit_writer *w, uint64_t wait_ns);
 
-/* The durable bus cursor: *valid is 0 until a record has been made durable
- * since the writer opened. */
-uint64_t audit_writer_durable_cursor(const struct audit_writer *w, int *valid);
+/* The durable bus position (every lane) into *out: returns 0 (out untouched)
+ * until a record has been made durable since the writer opened, else 1. */
+int audit_writer_durable_position(const struct audit_writer *w, struct cbus_position *out);
 /* 1 when nothing is buffered, in flight or waiting for a retry. */
 int audit_writer_idle(const struct audit_writer *w);
 /* 1 while an I/O error is being retried. */

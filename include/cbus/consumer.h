@@ -57,7 +57,8 @@ struct cbus_consumer_opts {
     unsigned mode;          /* enum cbus_consumer_mode */
     unsigned start;         /* enum cbus_start */
     uint64_t cursor;        /* with CBUS_START_CURSOR on a one-lane bus, position NULL */
-    uint64_t expect_bus_id; /* with CBUS_START_CURSOR: nonzero => -ESTALE if the bus differs */
+    uint64_t expect_bus_id; /* with CBUS_START_CURSOR: nonzero => -ESTALE if the bus differs
+                               (checked before the position's lane count) */
     uint32_t open_flags;    /* CBUS_OPEN_* */
     unsigned flags;         /* CBUS_CONSUMER_* */
     const struct cbus_position *position; /* with CBUS_START_CURSOR: one word per lane
@@ -117,9 +118,12 @@ CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos);
  * (cbus_consumer_commit_position) once they are, and resume from it with
  * CBUS_START_CURSOR.  Returns 0, -EINVAL. */
 CBUS_API int cbus_consumer_position(const cbus_consumer *c, struct cbus_position *out);
-/* Publishes p as the cursor: each lane's word between the cursor and the read
- * position.  All or nothing.  Returns 0, -EINVAL (lanes differ, a word out of
- * range), -ESTALE. */
+/* Publishes p as the cursor: each lane's word at most its read position; a
+ * word behind the lane's cursor leaves that lane as it is (poll moves a
+ * cursor over positions it skipped after the last event it handed out, so a
+ * consumer's own record of what it made durable can trail it in a lane that
+ * had no event since).  All or nothing.  Returns 0, -EINVAL (lanes differ, a
+ * word beyond the read position), -ESTALE. */
 CBUS_API int cbus_consumer_commit_position(cbus_consumer *c, const struct cbus_position *p);
 
 /* Is this consumer still reading the bus its name refers to?  A bus

@@ -397,7 +397,7 @@ Test(audit_format, rotation_by_age_follows_the_clock_within_one_run, .init = set
     struct audit_resume r;
     char err[256];
     cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
-    audit_writer_set_bus(w, 0x1234, 0);
+    audit_writer_set_bus(w, 0x1234, &(struct cbus_position){.lanes = 1});
     struct cbus_event ev;
     /* 30 events; the clock moves 19 ms every 3 events: a file is at least
      * 20 ms old after 6 events, so files hold 6, 6, 6, 6, 6 records. */
@@ -640,7 +640,7 @@ Test(audit_format, torn_tail_is_cut_kept_aside_and_the_chain_resumes, .init = se
     char err[256];
     cr_assert_eq(audit_recover(&c, dir, "audit", &r, err, sizeof err), 0, "%s", err);
     cr_assert(r.have_file);
-    cr_assert_eq(r.cursor, 29, "resume after the last whole record (event 28)");
+    cr_assert_eq(r.pos.pos[0], 29, "resume after the last whole record (event 28)");
     cr_assert_eq(c.next_seq, 29);
     cr_assert_gt(r.trimmed_bytes, 0);
     cr_assert(exists_with(dir, ".torn-"));
@@ -719,7 +719,7 @@ Test(audit_format, hole_before_later_data_is_cut_as_torn, .init = setup, .fini =
     struct audit_resume r;
     char err[256];
     cr_assert_eq(audit_recover(&c, dir, "audit", &r, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(r.cursor, 10, "resume after record 9: later records were never committed");
+    cr_assert_eq(r.pos.pos[0], 10, "resume after record 9: later records were never committed");
     cr_assert_eq(c.next_seq, 10);
     cr_assert_eq(r.file_size, hole);
     audit_chain_free(&c);
@@ -786,7 +786,7 @@ Test(audit_format, resume_reads_only_the_tail_past_the_state_file, .init = setup
     uint64_t read;
     reopen(&o, &r, &read);
     cr_assert(r.from_state);
-    cr_assert_eq(r.cursor, N);
+    cr_assert_eq(r.pos.pos[0], N);
     cr_assert_eq(r.file_size, size);
     cr_assert_lt(read, 64u << 10, "read %" PRIu64 " of %" PRIu64 " bytes", read, size);
 
@@ -794,7 +794,7 @@ Test(audit_format, resume_reads_only_the_tail_past_the_state_file, .init = setup
     tu_spit(state, stale, slen);
     reopen(&o, &r, &read);
     cr_assert(r.from_state);
-    cr_assert_eq(r.cursor, N);
+    cr_assert_eq(r.pos.pos[0], N);
     cr_assert_lt(read, 2u << 20, "read %" PRIu64 " of %" PRIu64 " bytes", read, size);
     cr_assert_gt(r.bytes_read, 1000u * 100, "the 1000 records after the state were checked");
 
@@ -803,7 +803,7 @@ Test(audit_format, resume_reads_only_the_tail_past_the_state_file, .init = setup
     cr_assert_eq(truncate(only_file(), (off_t)(size - 10)), 0);
     reopen(&o, &r, &read);
     cr_assert(r.from_state);
-    cr_assert_eq(r.cursor, N - 1, "resume after the last whole record");
+    cr_assert_eq(r.pos.pos[0], N - 1, "resume after the last whole record");
     cr_assert_gt(r.trimmed_bytes, 0);
     cr_assert(exists_with(dir, ".torn-"));
     cr_assert_lt(read, 2u << 20);
@@ -814,7 +814,7 @@ Test(audit_format, resume_reads_only_the_tail_past_the_state_file, .init = setup
     tu_spit(state, junk, sizeof junk);
     reopen(&o, &r, &read);
     cr_assert_not(r.from_state);
-    cr_assert_eq(r.cursor, N - 1);
+    cr_assert_eq(r.pos.pos[0], N - 1);
     cr_assert_geq(r.bytes_read, size - 10 - 1000);
     free(stale);
 
@@ -844,7 +844,7 @@ Test(audit_format, state_file_behind_a_rotation_checks_the_new_file, .init = set
     uint64_t read;
     reopen(&o, &r, &read);
     cr_assert(r.from_state);
-    cr_assert_eq(r.cursor, 200);
+    cr_assert_eq(r.pos.pos[0], 200);
     cr_assert_eq(tu_write_log(&o, 200, 10), 0);
     char out[4096];
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
@@ -968,7 +968,7 @@ Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .
     struct audit_resume r;
     char err[256];
     cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
-    audit_writer_set_bus(w, 0x1234, 0);
+    audit_writer_set_bus(w, 0x1234, &(struct cbus_position){.lanes = 1});
     struct cbus_event ev;
     int rc;
     for (uint64_t i = 0; i < 300; i++) {
@@ -1002,7 +1002,7 @@ Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .
     cr_assert_eq(stat(only_file(), &sb), 0);
     cr_assert_leq(s.offset, (uint64_t)sb.st_size, "state at %" PRIu64 ", file %lld bytes",
                   s.offset, (long long)sb.st_size);
-    cr_assert_eq(s.cursor, 100, "the state names the last durable record");
+    cr_assert_eq(s.pos.pos[0], 100, "the state names the last durable record");
     struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
     while (!audit_writer_idle(w)) {
@@ -1011,7 +1011,7 @@ Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .
     }
     audit_writer_close(w);
     cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
-    cr_assert_eq(s.cursor, 300);
+    cr_assert_eq(s.pos.pos[0], 300);
     char out[4096];
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "300 records"), "%s", out);
@@ -1067,4 +1067,319 @@ Test(audit_format, format_1_log_is_read_and_continued_in_a_new_file, .init = set
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "OK: 2 files, 30 records"), "%s", out);
     cr_assert(strstr(out, "no gaps in event ids"), "%s", out);
+}
+
+/* ---- lanes (issue 13) ------------------------------------------------------ */
+
+/* Event id of lane position lp in lane L of a four-lane bus. */
+#define ID4(lp, L) ((uint64_t)(lp) * 4 + (L))
+
+/* One writer session on a four-lane bus (bus id 0x1234) starting at start:
+ * appends the events of ids[0..n) in that order, drains, closes; *r gets
+ * what recovery found at open. */
+static void write_lanes(const struct audit_writer_opts *o, const struct cbus_position *start,
+                        const uint64_t *ids, size_t n, struct audit_resume *r)
+{
+    struct audit_writer *w;
+    char err[256];
+    cr_assert_eq(audit_writer_open(&w, o, r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(audit_writer_set_bus(w, 0x1234, start), 0);
+    struct cbus_event ev;
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        tu_event(&ev, ids[i]);
+        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+            audit_writer_service(w, 1000000);
+        cr_assert_eq(rc, 0);
+    }
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
+        audit_writer_service(w, 1000000);
+    }
+    audit_writer_close(w);
+}
+
+/* Lanes interleave in the log in any order; each lane is tiled on its own:
+ * a hole in one lane is a gap record for that lane only, a restart resumes
+ * every lane where its last record is (from the state file and from a
+ * whole-file scan alike), replays are skipped per lane, and verify agrees. */
+Test(audit_format, writer_on_four_lanes_tiles_each_lane_and_resumes_every_lane, .init = setup,
+     .fini = teardown)
+{
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    o.max_file_bytes = 16384; /* several files: positions carry over per lane */
+    static const unsigned order[4] = {3, 1, 0, 2};
+    uint64_t ids[400];
+    size_t n = 0;
+    for (unsigned lp = 0; lp < 30; lp++)
+        for (unsigned k = 0; k < 4; k++)
+            if (!(order[k] == 1 && lp >= 10 && lp < 15)) /* lane 1 never got 10..14 */
+                ids[n++] = ID4(lp, order[k]);
+    struct cbus_position start = {.lanes = 4};
+    struct audit_resume r;
+    write_lanes(&o, &start, ids, n, &r);
+    cr_assert_eq(r.have_file, 0);
+
+    /* Second session: resumed behind the log in lane 3 (28, 29 again), then
+     * new events in every lane. */
+    n = 0;
+    ids[n++] = ID4(28, 3);
+    ids[n++] = ID4(29, 3);
+    for (unsigned lp = 30; lp < 40; lp++)
+        for (unsigned k = 0; k < 4; k++)
+            ids[n++] = ID4(lp, order[(k + lp) % 4]);
+    write_lanes(&o, &start, ids, n, &r);
+    cr_assert(r.have_file && r.from_state, "resumed from the state file");
+    cr_assert_eq(r.pos.lanes, 4);
+    for (unsigned L = 0; L < 4; L++)
+        cr_assert_eq(r.pos.pos[L], 30, "lane %u resumes after its last record", L);
+
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "156 records"), "%s", out); /* 115 + 40 events, 1 gap record */
+    cr_assert(strstr(out, "1 recorded gap in event ids (5 positions lost)"), "%s", out);
+
+    struct cbus_event *evs;
+    cr_assert_eq(tu_read_events(dir, &evs), 155, "the two replays were skipped");
+    uint64_t next[4] = {0};
+    for (unsigned i = 0; i < 155; i++) {
+        unsigned L = (unsigned)(evs[i].event_id % 4);
+        uint64_t lp = evs[i].event_id / 4;
+        if (L == 1 && next[1] == 10)
+            next[1] = 15;
+        cr_assert_eq(lp, next[L], "record %u: lane %u position %llu, expected %llu", i, L,
+                     (unsigned long long)lp, (unsigned long long)next[L]);
+        next[L]++;
+    }
+    free(evs);
+
+    /* The gap record names its lane and lane positions. */
+    char **paths;
+    size_t nf = tu_log_files(dir, &paths);
+    cr_assert_gt(nf, 1);
+    int found = 0;
+    for (size_t f = 0; f < nf; f++) {
+        size_t len;
+        uint8_t *buf = tu_slurp(paths[f], &len);
+        for (size_t off = 0; off < len;) {
+            struct audit_item it;
+            cr_assert_eq(audit_parse(buf + off, len - off, &it, NULL), 0);
+            if (it.is_header) {
+                cr_assert_eq(it.hdr.format, AUDIT_FORMAT);
+                cr_assert_eq(it.hdr.pos.lanes, 4);
+            }
+            if (it.is_gap) {
+                cr_assert_eq(it.gap_lane, 1);
+                cr_assert_eq(it.gap_from, 10);
+                cr_assert_eq(it.gap_to, 15);
+                found++;
+            }
+            off += it.len;
+        }
+        free(buf);
+    }
+    tu_free_paths(paths, nf);
+    cr_assert_eq(found, 1);
+
+    struct audit_state s;
+    cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
+    cr_assert_eq(s.pos.lanes, 4);
+    for (unsigned L = 0; L < 4; L++)
+        cr_assert_eq(s.pos.pos[L], 40);
+    /* Without the state file, the whole last file is scanned: same place. */
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    unlink(state);
+    struct audit_writer *w;
+    char err[256];
+    cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
+    audit_writer_close(w);
+    cr_assert(r.have_file && !r.from_state);
+    cr_assert_eq(r.pos.lanes, 4);
+    for (unsigned L = 0; L < 4; L++)
+        cr_assert_eq(r.pos.pos[L], 40, "lane %u", L);
+}
+
+/* A four-lane chain written with the format functions (not the writer,
+ * which would record the gap): lanes interleaved, lane 2 optionally
+ * missing lane position 7, or lane 0's position 5 repeated. */
+static void write_lanes_by_hand(const char *path, int omit, int repeat, int gap_record)
+{
+    struct audit_chain c;
+    audit_chain_init(&c);
+    static uint8_t buf[1 << 20];
+    struct audit_header h = {.created_ns = 1795489948000000000ull, .bus_id = 0x1234,
+                             .pos = {.lanes = 4}};
+    snprintf(h.bus, sizeof h.bus, "testbus");
+    int len = audit_header_encode(&c, &h, buf, sizeof buf);
+    cr_assert_gt(len, 0);
+    size_t off = (size_t)len;
+    static const unsigned order[4] = {2, 0, 3, 1};
+    for (unsigned lp = 0; lp < 12; lp++) {
+        for (unsigned k = 0; k < 4; k++) {
+            unsigned L = order[(k + lp) % 4];
+            int n;
+            if (L == 2 && lp == 7 && gap_record) {
+                n = audit_gap_encode_lane(&c, 2, 7, 8, buf + off, sizeof buf - off);
+            } else if (L == 2 && lp == 7 && omit) {
+                continue;
+            } else {
+                struct cbus_event ev;
+                tu_event(&ev, L == 0 && lp == 6 && repeat ? ID4(5, 0) : ID4(lp, L));
+                n = audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+            }
+            cr_assert_gt(n, 0);
+            off += (size_t)n;
+        }
+    }
+    tu_spit(path, buf, off);
+    audit_chain_free(&c);
+}
+
+Test(audit_format, verify_checks_order_and_holes_per_lane, .init = setup, .fini = teardown)
+{
+    char path[400], out[4096], want[800];
+    snprintf(path, sizeof path, "%s/audit-20260101T000000.000Z-00000000.cbaudit", dir);
+    write_lanes_by_hand(path, 0, 0, 0);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "lanes interleaved, each whole:\n%s", out);
+    cr_assert(strstr(out, "48 records") && strstr(out, "no gaps in event ids"), "%s", out);
+
+    write_lanes_by_hand(path, 0, 0, 1);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "1 recorded gap in event ids (1 positions lost)"), "%s", out);
+
+    /* Lane 2's position 7 missing: the next lane-2 record (position 8,
+     * event id 34) is named. */
+    write_lanes_by_hand(path, 1, 0, 0);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    snprintf(want, sizeof want,
+             "lane 2 of 4: lane positions 7..7 missing with no recorded loss (event id %llu, "
+             "lane position 8, follows lane position 6",
+             (unsigned long long)ID4(8, 2));
+    cr_assert(strstr(out, want), "want '%s' in:\n%s", want, out);
+
+    write_lanes_by_hand(path, 0, 1, 0);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "lane 0 of 4: event id 20 (lane position 5) where lane position 6 was "
+                          "expected (repeated or out of order)"), "%s", out);
+}
+
+/* A log and state file from before lanes (log format 2, state version 1)
+ * load as one lane: the restart resumes from the old state file, and the
+ * chain continues in a new file of the current format. */
+Test(audit_format, format_2_log_and_version_1_state_load_as_one_lane, .init = setup,
+     .fini = teardown)
+{
+    /* The format-2 file, as that writer wrote it: map(11), no lanes. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/audit-20260101T000000.000Z-00000000.cbaudit", dir);
+    struct audit_chain c;
+    audit_chain_init(&c);
+    static uint8_t buf[1 << 18];
+    struct cbus_mp_writer mw = {buf};
+    cbus_mp_put_map(&mw, 11);
+#define K(lit) cbus_mp_put_str(&mw, lit, (uint32_t)strlen(lit))
+    K("cbus_audit");
+    cbus_mp_put_uint(&mw, 2);
+    K("file_seq");
+    cbus_mp_put_uint(&mw, 0);
+    K("created_ns");
+    cbus_mp_put_uint(&mw, 1795489948000000000ull);
+    K("first_seq");
+    cbus_mp_put_uint(&mw, 0);
+    K("bus_cursor");
+    cbus_mp_put_uint(&mw, 0);
+    K("bus");
+    K("testbus");
+    K("bus_id");
+    K("0000000000001234");
+    K("prev_file");
+    K("");
+    uint8_t zero[AUDIT_HASH_LEN] = {0}, hash[AUDIT_HASH_LEN];
+    K("prev_hash");
+    cbus_mp_put_bin(&mw, zero, AUDIT_HASH_LEN);
+    K("redaction");
+    K("keep");
+    audit_sha256(&c, zero, AUDIT_HASH_LEN, buf, (size_t)(mw.p - buf), hash);
+    K("hash");
+    cbus_mp_put_bin(&mw, hash, AUDIT_HASH_LEN);
+#undef K
+    memcpy(c.hash, hash, AUDIT_HASH_LEN);
+    size_t off = (size_t)(mw.p - buf), last_off = 0;
+    for (uint64_t i = 0; i < 20; i++) {
+        struct cbus_event ev;
+        tu_event(&ev, i < 10 ? i : i + 5); /* 10..14 lost: a one-lane gap record */
+        if (i == 10) {
+            off += (size_t)audit_gap_encode(&c, 10, 15, buf + off, sizeof buf - off);
+        }
+        last_off = off;
+        off += (size_t)audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+    }
+    tu_spit(path, buf, off);
+    struct audit_item it;
+    cr_assert_eq(audit_parse(buf, off, &it, NULL), 0);
+    cr_assert_eq(it.hdr.format, 2);
+    cr_assert_eq(it.hdr.pos.lanes, 1, "format 2: one lane");
+
+    /* The version-1 state slot, as that writer wrote it (512 bytes). */
+    uint8_t slot[AUDIT_STATE_SLOT_V1] = {0};
+    uint8_t *p = slot;
+    memcpy(p, "CBAUDST1", 8);
+    p += 8;
+#define PUT(v) do { uint64_t v_ = (v); for (int b_ = 0; b_ < 8; b_++) *p++ = (uint8_t)(v_ >> (8 * b_)); } while (0)
+    PUT(7); /* gen */
+    snprintf((char *)p, AUDIT_FILE_NAME_MAX, "%s", strrchr(path, '/') + 1);
+    p += AUDIT_FILE_NAME_MAX;
+    PUT(0);                        /* file_seq */
+    PUT(2);                        /* format */
+    PUT(1795489948000000000ull);   /* created_ns */
+    PUT(0x1234);                   /* bus_id */
+    PUT(AUDIT_REDACT_KEEP);
+    PUT(off);                      /* offset */
+    PUT(last_off);
+    PUT(c.next_seq);
+    memcpy(p, c.hash, AUDIT_HASH_LEN);
+    p += AUDIT_HASH_LEN;
+    PUT(21);                       /* records_in_file: 20 events + the gap */
+    PUT(25);                       /* cursor */
+#undef PUT
+    audit_sha256(&c, slot, AUDIT_STATE_SLOT_V1 - AUDIT_HASH_LEN, "", 0,
+                 slot + AUDIT_STATE_SLOT_V1 - AUDIT_HASH_LEN);
+    audit_chain_free(&c);
+    char state[400];
+    snprintf(state, sizeof state, "%s/.audit.state", dir);
+    tu_spit(state, slot, sizeof slot);
+    struct audit_state s;
+    cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
+    cr_assert_eq(s.gen, 7);
+    cr_assert_eq(s.pos.lanes, 1);
+    cr_assert_eq(s.pos.pos[0], 25);
+
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    uint64_t ids[5] = {25, 26, 27, 28, 29};
+    struct audit_resume r;
+    write_lanes(&o, &(struct cbus_position){.lanes = 1, .pos = {25}}, ids, 5, &r);
+    cr_assert(r.have_file && r.from_state, "resumed from the version-1 state");
+    cr_assert_eq(r.pos.lanes, 1);
+    cr_assert_eq(r.pos.pos[0], 25);
+    cr_assert_eq(audit_state_load(dir, "audit", &s), 0);
+    cr_assert_gt(s.gen, 7, "a version-2 slot now");
+    cr_assert_eq(s.pos.pos[0], 30);
+    char **paths;
+    size_t nf = tu_log_files(dir, &paths);
+    cr_assert_eq(nf, 2, "continued in a new file of the current format");
+    size_t len;
+    uint8_t *b2 = tu_slurp(paths[1], &len);
+    cr_assert_eq(audit_parse(b2, len, &it, NULL), 0);
+    cr_assert_eq(it.hdr.format, AUDIT_FORMAT);
+    cr_assert_eq(it.hdr.pos.lanes, 1);
+    cr_assert_eq(it.hdr.bus_cursor, 25);
+    free(b2);
+    tu_free_paths(paths, nf);
+    char out[4096];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 2 files, 26 records"), "%s", out);
+    cr_assert(strstr(out, "1 recorded gap in event ids (5 positions lost)"), "%s", out);
 }

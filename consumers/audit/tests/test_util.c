@@ -113,7 +113,7 @@ int tu_write_log(const struct audit_writer_opts *opts, uint64_t first, uint64_t 
         fprintf(stderr, "writer: %s\n", err);
         return rc;
     }
-    audit_writer_set_bus(w, 0x1234, first);
+    audit_writer_set_bus(w, 0x1234, &(struct cbus_position){.lanes = 1, .pos = {first}});
     struct cbus_event ev;
     for (uint64_t i = first; i < first + n; i++) {
         tu_event(&ev, i);
@@ -331,6 +331,28 @@ int tu_wait_cursor(const char *bus_name, int idx, uint64_t target, unsigned ms)
             break;
         }
         test_sleep_ms(5);
+    }
+    cbus_bus_close(bus);
+    return rc;
+}
+
+int tu_wait_caught_up(const char *bus_name, int idx, unsigned ms)
+{
+    uint64_t end = test_now_ms() + ms;
+    cbus_bus *bus;
+    if (cbus_bus_open(&bus, bus_name, 0))
+        return -1;
+    int rc = -1;
+    while (rc && test_now_ms() < end) {
+        rc = 0;
+        for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
+            uint64_t cur, rd;
+            if (cbus_bus_consumer_lane(bus, (unsigned)idx, L, &cur, &rd) ||
+                cur < cbus_bus_lane_tail(bus, L))
+                rc = -1;
+        }
+        if (rc)
+            test_sleep_ms(5);
     }
     cbus_bus_close(bus);
     return rc;

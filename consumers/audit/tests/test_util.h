@@ -58,6 +58,10 @@ int tu_wait_consumer(const char *bus, const char *name, unsigned ms);
 /* Waits until consumer idx's committed cursor reaches target. 0 or -1 (timeout). */
 int tu_wait_cursor(const char *bus, int idx, uint64_t target, unsigned ms);
 
+/* Waits until consumer idx's committed cursor reaches the tail in every
+ * lane (a bus of several lanes).  0 or -1 (timeout). */
+int tu_wait_caught_up(const char *bus, int idx, unsigned ms);
+
 /* Offsets of each value (header first) of one log file; returns the count. */
 size_t tu_value_offsets(const uint8_t *buf, size_t len, size_t *offs, size_t max);
 
