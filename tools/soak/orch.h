@@ -35,9 +35,14 @@ struct soak_cfg {
     unsigned threads, procs, verifiers_lossless, verifiers_lossy;
     uint64_t capacity;
     uint64_t stall_timeout_ns, lossless_wait_ns, wait_margin_ns;
+    /* Test-only (--plant-gate-wait): the bus is created with this wait bound
+     * while invariant 6 checks lossless_wait_ns, as if the library spun this
+     * long in the gate.  0: off. */
+    uint64_t plant_wait_ns;
     uint64_t chaos_mean_ns;    /* mean time between chaos actions */
     uint64_t seed;
     int keep, verbose, no_daemons;
+    int slow_start;            /* --slow-start: verifier 0 slow for 2/3 of the run */
     const char *bin[K__COUNT]; /* daemon binaries (NULL or missing = skipped) */
     char self[PATH_MAX];
     char tmp[200];             /* the run's temp dir (short: paths are built under it) */

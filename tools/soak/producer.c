@@ -21,6 +21,7 @@
 
 #include <cbus/producer.h>
 
+#include "held.h"
 #include "soak.h"
 
 struct emitter {
@@ -29,6 +30,7 @@ struct emitter {
     uint32_t index;
     uint64_t seq;
     uint64_t events;
+    struct held_meter held;
 };
 
 static uint64_t rng_next(uint64_t *s)
@@ -47,6 +49,22 @@ static void publish_stats(struct emitter *em)
         atomic_store_explicit(&em->sp->max_wait_ns, ps.max_wait_ns, memory_order_relaxed);
 }
 
+/* Invariant 6's measure: an emit slower than the bound is published with the
+ * time it held the thread (held.c), run-queue waits excluded. */
+static void note_held(struct emitter *em, uint64_t start, uint64_t end)
+{
+    const uint64_t slow = em->held.slow;
+    held_after_emit(&em->held, start, end);
+    if (em->held.slow == slow)
+        return; /* the fast case */
+    struct soak_prod *sp = em->sp;
+    atomic_store_explicit(&sp->slow_emits, em->held.slow, memory_order_relaxed);
+    atomic_store_explicit(&sp->max_emit_wall_ns, em->held.max_wall_ns, memory_order_relaxed);
+    atomic_store_explicit(&sp->max_held_ns, em->held.max_held_ns, memory_order_relaxed);
+    atomic_store_explicit(&sp->held_overrun_ns, em->held.overrun_ns, memory_order_relaxed);
+    atomic_store_explicit(&sp->held_unmeasured, em->held.unmeasured, memory_order_relaxed);
+}
+
 /* Emits one event of kind with the next sequence proof.  Returns the emit's code. */
 static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const struct cbus_usage *usage)
 {
@@ -54,6 +72,7 @@ static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const stru
     soak_proof_format(rid, sizeof rid, em->index, em->seq, kind, usage);
     cbus_ctx_set_request_id(ctx, rid);
     int r;
+    const uint64_t start = soak_now_ns();
     switch (kind) {
     case CBUS_EV_LLM_START: {
         struct cbus_llm_start_info info = {.prompt_count = 1, .est_input_tokens = 100};
@@ -82,6 +101,7 @@ static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const stru
         r = cbus_custom(em->p, ctx, "soak", "custom event");
         break;
     }
+    note_held(em, start, soak_now_ns());
     if (r == 0) {
         if (kind == CBUS_EV_LLM_END) {
             const uint32_t v[SOAK_TOK__COUNT] = {usage->input_tokens, usage->output_tokens,
@@ -103,18 +123,20 @@ static int emit_one(struct emitter *em, cbus_ctx *ctx, unsigned kind, const stru
     return r;
 }
 
-/* Parks between events while the orchestrator re-creates the bus. */
-static void maybe_park(const struct soak_producer_args *a)
+/* Parks between events while the orchestrator re-creates the bus.  Returns 1
+ * if it did (the thread slept). */
+static int maybe_park(const struct soak_producer_args *a)
 {
     _Atomic uint32_t *pause = a->process ? &a->st->pause_procs : &a->st->pause_threads;
     if (!atomic_load_explicit(pause, memory_order_acquire))
-        return;
+        return 0;
     _Atomic uint32_t *parked = a->process ? &a->st->parked_procs : &a->st->parked_threads;
     atomic_fetch_add(parked, 1);
     while (atomic_load_explicit(pause, memory_order_acquire) &&
            !atomic_load_explicit(&a->st->stop, memory_order_acquire))
         soak_sleep_ns(1000000);
     atomic_fetch_sub(parked, 1);
+    return 1;
 }
 
 /* One producer instance on one bus incarnation.  Returns 0 when the bus was
@@ -143,12 +165,17 @@ static int produce_epoch(const struct soak_producer_args *a, uint32_t index)
             return 1;
     }
     atomic_store(&sp->epoch, epoch);
+    /* No schedstat (a kernel without CONFIG_SCHED_INFO): the orchestrator
+     * checked it before starting anyone, so this is not expected; the
+     * meter then counts every slow emit as unmeasured. */
+    (void)held_open(&em.held, a->st->wait_bound_ns, a->st->held_slack_ns);
     uint64_t rng = soak_now_ns() ^ ((uint64_t)index << 32) ^ (uint64_t)getpid();
     const uint64_t interval = a->rate > 0 ? (uint64_t)(1e9 / a->rate) : 0;
     uint64_t next = soak_now_ns();
     int rc = 1;
     while (!atomic_load_explicit(&a->st->stop, memory_order_acquire)) {
-        maybe_park(a);
+        if (maybe_park(a))
+            held_rebase(&em.held);
         if (atomic_load_explicit(&a->st->epoch, memory_order_acquire) != epoch) {
             rc = 0;
             break;
@@ -181,21 +208,25 @@ static int produce_epoch(const struct soak_producer_args *a, uint32_t index)
         }
         for (unsigned i = 0; i < n; i++) {
             int er = emit_one(&em, &ctx, kinds[i], &usage);
-            if (er && er != -EAGAIN)
+            if (er && er != -EAGAIN) {
                 soak_sleep_ns(1000000); /* a dead (truncated) bus: wait for the new one */
+                held_rebase(&em.held);
+            }
             if (!interval)
                 continue;
             /* Paced in bursts: sleep only once ahead by a few ms, so events
              * leave back to back (contending on the claim) between sleeps. */
             next += interval;
             uint64_t now = soak_now_ns();
-            if (next > now + 4000000)
+            if (next > now + 4000000) {
                 soak_sleep_ns(next - now);
-            else if (now > next + 1000000000u)
+                held_rebase(&em.held);
+            } else if (now > next + 1000000000u)
                 next = now; /* descheduled for long: do not burst to catch up */
         }
     }
     publish_stats(&em);
+    held_close(&em.held);
     cbus_producer_close(em.p);
     atomic_store_explicit(&sp->exited, 1, memory_order_release);
     return rc;

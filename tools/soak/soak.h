@@ -35,6 +35,11 @@ struct soak_prod {
     _Atomic uint64_t committed;
     _Atomic uint64_t dropped;      /* emits refused with -EAGAIN */
     _Atomic uint64_t max_wait_ns;  /* cbus_producer_stats().max_wait_ns, published */
+    /* Emits slower than the bound on the wall clock, as the held meter saw
+     * them (held.c): the longest wall time, the longest time held (run-queue
+     * waits excluded), the summed overrun past bound + slack, and how many
+     * had no schedstat reading.  Published after each such emit. */
+    _Atomic uint64_t slow_emits, max_emit_wall_ns, max_held_ns, held_overrun_ns, held_unmeasured;
     _Atomic uint64_t llm_ends;     /* committed llm_end events (threads only) */
     _Atomic uint64_t tok[SOAK_TOK__COUNT];
     _Atomic uint32_t used;
@@ -112,6 +117,8 @@ struct soak_shared {
     _Atomic uint32_t parked_threads, parked_procs;
     _Atomic uint32_t epoch_state[SOAK_MAX_EPOCH];
     _Atomic uint64_t epoch_tail[SOAK_MAX_EPOCH];
+    uint64_t wait_bound_ns;               /* the lossless wait bound invariant 6 checks */
+    uint64_t held_slack_ns;               /* held past bound + this is an overrun */
     struct soak_prod prod[SOAK_MAX_PROD];
     struct soak_verifier ver[SOAK_MAX_VER];
 };
