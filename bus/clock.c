@@ -183,17 +183,9 @@ void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr
     }
 }
 
-/* Per-thread anchor: valid for one clock (mult) at a time. */
-struct anchor {
-    uint64_t mult;
-    uint64_t tsc;
-    uint64_t mono;
-    uint64_t real_minus_mono;
-    uint64_t last;   /* last value returned: keeps per-thread time monotonic */
-};
-static CBUS__TLS struct anchor tl_anchor;
+CBUS__TLS struct cbus__anchor cbus__tl_anchor;
 
-static void reanchor(struct anchor *a, const struct cbus__clock *clk)
+static void reanchor(struct cbus__anchor *a, const struct cbus__clock *clk)
 {
 #ifdef HAVE_TSC
     sample_pair(&a->tsc, &a->mono);
@@ -202,17 +194,19 @@ static void reanchor(struct anchor *a, const struct cbus__clock *clk)
     a->mult = clk->mult;
 }
 
-uint64_t cbus__clock_now(const struct cbus__clock *clk, uint64_t *real)
+/* Everything but the common case (cbus__clock_now in internal.h): no TSC,
+ * a thread's first call, a new clock, or a second since the anchor. */
+uint64_t cbus__clock_slow(const struct cbus__clock *clk, uint64_t *real)
 {
-    if (CBUS__UNLIKELY(clk->source != CBUS_CLOCK_TSC)) {
+    if (clk->source != CBUS_CLOCK_TSC) {
         uint64_t m = cbus__mono_ns();
         *real = cbus__real_ns();
         return m;
     }
-    struct anchor *a = &tl_anchor;
+    struct cbus__anchor *a = &cbus__tl_anchor;
     uint64_t t = read_tsc();
     uint64_t dt = t - a->tsc;
-    if (CBUS__UNLIKELY(a->mult != clk->mult || dt > clk->hz)) {
+    if (a->mult != clk->mult || dt > clk->hz) {
         reanchor(a, clk);
         t = read_tsc();
         dt = t - a->tsc;
@@ -220,7 +214,7 @@ uint64_t cbus__clock_now(const struct cbus__clock *clk, uint64_t *real)
             dt = 0;
     }
     uint64_t ns = a->mono + (uint64_t)(((cbus_u128)dt * clk->mult) >> 32);
-    if (CBUS__UNLIKELY(ns < a->last))
+    if (ns < a->last)
         ns = a->last;
     a->last = ns;
     *real = ns + a->real_minus_mono;

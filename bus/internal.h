@@ -135,15 +135,50 @@ uint64_t cbus__tail_repair(cbus_bus *bus, unsigned lane, uint64_t floor);
 /* ---- clock.c ---- */
 int cbus__clock_calibrate(struct cbus_shm_header *hdr);
 void cbus__clock_load(struct cbus__clock *clk, const struct cbus_shm_header *hdr);
-/* Monotonic ns on the bus clock (TSC when calibrated); *real gets realtime. */
-uint64_t cbus__clock_now(const struct cbus__clock *clk, uint64_t *real);
+/* Per-thread clock anchor: (tsc, mono) sampled together, valid for one
+ * clock (mult) for up to a second of ticks; last keeps a thread's time from
+ * going backwards. */
+struct cbus__anchor {
+    uint64_t mult;
+    uint64_t tsc;
+    uint64_t mono;
+    uint64_t real_minus_mono;
+    uint64_t last;
+};
+extern CBUS__TLS struct cbus__anchor cbus__tl_anchor;
+uint64_t cbus__clock_slow(const struct cbus__clock *clk, uint64_t *real);
+
+/* Monotonic ns on the bus clock (TSC when calibrated); *real gets realtime.
+ * Inline: on the emit path this is an rdtsc, a multiply and a few loads of
+ * the thread's anchor; anything else (clock_gettime clocks, the first call,
+ * re-anchoring every second) is cbus__clock_slow in clock.c. */
+static inline uint64_t cbus__clock_now(const struct cbus__clock *clk, uint64_t *real)
+{
+#if defined(__x86_64__)
+    struct cbus__anchor *a = &cbus__tl_anchor;
+    if (CBUS__LIKELY(clk->source == CBUS_CLOCK_TSC && a->mult == clk->mult)) {
+        uint64_t dt = __builtin_ia32_rdtsc() - a->tsc;
+        if (CBUS__LIKELY(dt <= clk->hz)) {
+            __extension__ typedef unsigned __int128 u128;
+            uint64_t ns = a->mono + (uint64_t)(((u128)dt * clk->mult) >> 32);
+            if (CBUS__UNLIKELY(ns < a->last))
+                ns = a->last;
+            a->last = ns;
+            *real = ns + a->real_minus_mono;
+            return ns;
+        }
+    }
+#endif
+    return cbus__clock_slow(clk, real);
+}
 uint64_t cbus__mono_ns(void);
 uint64_t cbus__real_ns(void);
 
 /* ---- proc.c ---- */
 uint64_t cbus__pid_start_time(int pid);  /* 0 if unknown/dead */
 int cbus__pid_alive(uint32_t pid, uint64_t start_time); /* 1 alive, 0 dead */
-uint32_t cbus__gettid(void);
+uint32_t cbus__gettid(void);   /* cached per thread */
+void cbus__proc_after_fork(void); /* in a fork child: forget the parent thread's tid */
 int cbus__futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t timeout_ns);
 int cbus__futex_wake(_Atomic uint32_t *addr);
 

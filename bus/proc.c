@@ -53,12 +53,18 @@ int cbus__pid_alive(uint32_t pid, uint64_t start_time)
     return 1;
 }
 
+static CBUS__TLS uint32_t cached_tid;
+
 uint32_t cbus__gettid(void)
 {
-    static CBUS__TLS uint32_t tid;
-    if (CBUS__UNLIKELY(!tid))
-        tid = (uint32_t)syscall(SYS_gettid);
-    return tid;
+    if (CBUS__UNLIKELY(!cached_tid))
+        cached_tid = (uint32_t)syscall(SYS_gettid);
+    return cached_tid;
+}
+
+void cbus__proc_after_fork(void)
+{
+    cached_tid = 0; /* the child's thread has another tid */
 }
 
 int cbus__futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t timeout_ns)

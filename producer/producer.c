@@ -83,9 +83,9 @@ static void thread_exit_flush(void *arg)
  * no free lane takes one whose owner is dead.  With more threads than lanes
  * a thread shares one (tid-hashed): every lane is a multi-writer ring, so
  * sharing costs contention, never correctness. */
-static uint64_t lane_owner_word(cbus_producer *p)
+static uint64_t lane_owner_word(const struct cbus__producer_tls *t)
 {
-    return (uint64_t)p->pid << 32 | cbus__gettid();
+    return (uint64_t)t->pid << 32 | t->tid;
 }
 
 static void lane_take(cbus_producer *p, struct cbus__producer_tls *t)
@@ -95,8 +95,10 @@ static void lane_take(cbus_producer *p, struct cbus__producer_tls *t)
     t->lane = 0;
     t->lane_owned = 0;
     if (n > 1) {
-        uint32_t tid = cbus__gettid();
-        uint64_t me = lane_owner_word(p);
+        uint32_t tid = t->tid;
+        uint64_t me = lane_owner_word(t);
+        /* A process forked from the one that opened p has its own start time. */
+        uint64_t start = t->pid == p->pid ? p->start_time : cbus__pid_start_time((int)t->pid);
         t->lane = tid & (n - 1); /* shared, unless one is free below */
         for (int pass = 0; pass < 2 && !t->lane_owned; pass++) {
             for (unsigned i = 0; i < n; i++) {
@@ -114,7 +116,7 @@ static void lane_take(cbus_producer *p, struct cbus__producer_tls *t)
                                                              memory_order_acq_rel,
                                                              memory_order_relaxed))
                     continue;
-                atomic_store_explicit(&ln->owner_start_time, p->start_time, memory_order_relaxed);
+                atomic_store_explicit(&ln->owner_start_time, start, memory_order_relaxed);
                 atomic_fetch_add_explicit(&ln->taken, 1, memory_order_relaxed);
                 atomic_fetch_or_explicit(&p->lanes_held, UINT64_C(1) << L, memory_order_relaxed);
                 t->lane = L;
@@ -143,14 +145,20 @@ static void lane_give_back(cbus_producer *p, struct cbus__producer_tls *t)
 {
     if (!t->lane_owned)
         return;
-    lane_release(p, t->lane, lane_owner_word(p), 0);
+    lane_release(p, t->lane, lane_owner_word(t), 0);
     t->lane_owned = 0;
 }
 
-/* A child forked while another thread held live_mu inherits it locked. */
+/* A child forked while another thread held live_mu inherits it locked.
+ * The forking thread's state is the child's only thread's: its next emit
+ * must start over (its own pid and tid in events, slots and lane owner
+ * words, no lane of the parent's thread, no count the parent will flush). */
 static void atfork_child(void)
 {
     pthread_mutex_init(&live_mu, NULL);
+    cbus__ptls.generation = 0;
+    cbus__ptls.lane_owned = 0;
+    cbus__proc_after_fork();
 }
 
 static void exit_init(void)
@@ -162,7 +170,8 @@ static void exit_init(void)
 void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t)
 {
     int armed = t->exit_armed;
-    *t = (struct cbus__producer_tls){.generation = p->generation, .exit_armed = armed};
+    *t = (struct cbus__producer_tls){.generation = p->generation, .exit_armed = armed,
+                                     .pid = (uint32_t)getpid(), .tid = cbus__gettid()};
     lane_take(p, t);
     /* Once per thread.  Any non-NULL value makes the destructor run; glibc
      * stores the first 32 keys in the thread descriptor (no allocation). */
@@ -299,7 +308,7 @@ CBUS_API void cbus_producer_close(cbus_producer *p)
     uint64_t held = atomic_load_explicit(&p->lanes_held, memory_order_relaxed);
     for (unsigned L = 0; held && L < p->bus->lane_count; L++)
         if (held & (UINT64_C(1) << L))
-            lane_release(p, L, lane_owner_word(p), 1);
+            lane_release(p, L, (uint64_t)getpid() << 32, 1);
     if (t->generation == 0)
         t->lane_owned = 0;
     if (p->entry)

@@ -35,6 +35,9 @@ struct cbus_producer {
 struct cbus__producer_tls {
     uint64_t generation;
     uint64_t pending;
+    /* this thread's ids, read once at its first emit (and again after a
+     * fork: the child's thread starts over), so the emit path makes no call */
+    uint32_t pid, tid;
     /* the lane this thread claims in: owned (nobody else's threads claim
      * there) or, with more threads than lanes, shared */
     _Atomic uint64_t *tail;

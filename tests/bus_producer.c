@@ -147,3 +147,212 @@ Test(bus_producer, thread_exiting_after_close_touches_nothing)
     cr_expect_eq(so.emitted, 0, "a closed producer's counts went to another one");
     cbus_producer_close(other);
 }
+
+/* ---- who emitted: pid and tid (issue 13 item 5) ----------------------------
+ * The emit path reads the thread's pid and tid from the producer's
+ * thread-local state, filled at a thread's first emit.  A pre-fork server
+ * opens its producer in the parent and emits from forked workers: after a
+ * fork the child's thread must start over, or its events (and the slots it
+ * claims, which consumers check for a dead writer) carry the parent's ids. */
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cbus/consumer.h>
+
+static uint32_t my_tid(void)
+{
+    return (uint32_t)syscall(SYS_gettid);
+}
+
+struct who {
+    cbus_producer *p;
+    uint32_t tid;
+};
+
+static void *emit_as_thread(void *arg)
+{
+    struct who *w = arg;
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    w->tid = my_tid();
+    cr_assert_eq(cbus_custom(w->p, &ctx, "thread", NULL), 0);
+    return NULL;
+}
+
+/* Emits "parent", then "thread" from a thread, then "child" from a forked
+ * child (which exits without closing); returns the child's pid. */
+static pid_t emit_parent_thread_child(cbus_bus *b, cbus_producer **pp, struct who *w)
+{
+    cr_assert_eq(cbus_producer_open_bus(pp, b, NULL), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_custom(*pp, &ctx, "parent", NULL), 0);
+    *w = (struct who){.p = *pp};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, emit_as_thread, w), 0);
+    pthread_join(th, NULL);
+    pid_t kid = fork();
+    cr_assert_geq(kid, 0);
+    if (kid == 0)
+        _exit(cbus_custom(*pp, &ctx, "child", NULL) == 0 ? 0 : 1);
+    int ws;
+    cr_assert_eq(waitpid(kid, &ws, 0), kid);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    return kid;
+}
+
+static void check_ids(cbus_bus *b, pid_t kid, const struct who *w, uint64_t *child_event_id)
+{
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "who", .start = CBUS_START_OLDEST};
+    cr_assert_eq(cbus_consumer_attach_bus(&c, b, &o), 0);
+    struct cbus_event ev[8];
+    int n = cbus_consumer_poll(c, ev, 8);
+    cr_assert_eq(n, 3);
+    unsigned seen = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(ev[i].name, "parent")) {
+            cr_assert_eq(ev[i].pid, (uint32_t)getpid());
+            cr_assert_eq(ev[i].tid, my_tid());
+        } else if (!strcmp(ev[i].name, "thread")) {
+            cr_assert_eq(ev[i].pid, (uint32_t)getpid());
+            cr_assert_eq(ev[i].tid, w->tid, "the emitting thread's tid");
+        } else {
+            cr_assert_str_eq(ev[i].name, "child");
+            cr_assert_eq(ev[i].pid, (uint32_t)kid, "a forked child's events carry its pid");
+            cr_assert_eq(ev[i].tid, (uint32_t)kid, "and its thread's tid");
+            *child_event_id = ev[i].event_id;
+        }
+        seen++;
+    }
+    cr_assert_eq(seen, 3);
+    cbus_consumer_detach(c);
+}
+
+Test(bus_producer, events_carry_the_emitting_thread_and_process_also_after_fork)
+{
+    cbus_producer *p;
+    struct who w;
+    pid_t kid = emit_parent_thread_child(bus, &p, &w);
+    uint64_t id;
+    check_ids(bus, kid, &w, &id);
+    cbus_producer_close(p);
+}
+
+/* On a bus of lanes the child takes a lane of its own (owned by its pid),
+ * not the lane of the parent's thread it was forked from. */
+Test(bus_producer, a_forked_child_takes_its_own_lane)
+{
+    struct cbus_create_opts o = {.capacity = 1024, .lanes = 4};
+    size_t l2 = cbus_bus_size(&o);
+    void *m2 = mmap(NULL, l2, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(m2, MAP_FAILED);
+    cbus_bus *b2;
+    cr_assert_eq(cbus_bus_format(m2, l2, "lanes", &o), 0);
+    cr_assert_eq(cbus_bus_open_mem(&b2, m2, l2), 0);
+    cbus_producer *p;
+    struct who w;
+    pid_t kid = emit_parent_thread_child(b2, &p, &w);
+    uint64_t id = 0;
+    check_ids(b2, kid, &w, &id);
+    unsigned lane = (unsigned)(id % 4);
+    uint32_t pid = 0, tid = 0;
+    cr_assert_eq(cbus_bus_lane_owner(b2, lane, &pid, &tid), 0);
+    cr_assert_eq(pid, (uint32_t)kid, "the child's lane is owned by the child (lane %u)", lane);
+    cr_assert_eq(tid, (uint32_t)kid);
+    cbus_producer_close(p);
+    cbus_bus_close(b2);
+    munmap(m2, l2);
+}
+
+/* ---- the clock on the emit path (issue 13 item 5) ---------------------------
+ * The common case is inline (rdtsc against the thread's anchor); a thread's
+ * first emit, a re-anchor after a second of ticks and a bus without a TSC
+ * clock take the out-of-line path.  Each must give CLOCK_MONOTONIC and
+ * CLOCK_REALTIME: within a millisecond of a bracket of clock_gettime calls
+ * (the TSC rate is calibrated to ppm; preemption only widens the bracket). */
+#include <time.h>
+
+static uint64_t ts_ns(clockid_t id)
+{
+    struct timespec t;
+    clock_gettime(id, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void emit_in_bracket(cbus_producer *pr, cbus_consumer *c, const char *what)
+{
+    cbus_ctx cx;
+    cbus_ctx_init(&cx);
+    uint64_t m0 = ts_ns(CLOCK_MONOTONIC), r0 = ts_ns(CLOCK_REALTIME);
+    cr_assert_eq(cbus_text(pr, &cx, what), 0);
+    uint64_t m1 = ts_ns(CLOCK_MONOTONIC), r1 = ts_ns(CLOCK_REALTIME);
+    struct cbus_event ev;
+    cr_assert_eq(cbus_consumer_poll(c, &ev, 1), 1);
+    const uint64_t ms = 1000000u;
+    cr_assert(ev.ts_mono_ns + ms >= m0 && ev.ts_mono_ns <= m1 + ms, "%s: mono %llu not in [%llu, %llu]",
+              what, (unsigned long long)ev.ts_mono_ns, (unsigned long long)m0, (unsigned long long)m1);
+    cr_assert(ev.ts_realtime_ns + ms >= r0 && ev.ts_realtime_ns <= r1 + ms, "%s: realtime off", what);
+}
+
+struct bracket_job {
+    cbus_producer *p;
+    cbus_consumer *c;
+};
+
+static void *bracket_thread(void *arg)
+{
+    struct bracket_job *j = arg;
+    emit_in_bracket(j->p, j->c, "a new thread's first emit");
+    emit_in_bracket(j->p, j->c, "its second");
+    return NULL;
+}
+
+static void clock_case(cbus_bus *b)
+{
+    cbus_producer *pr;
+    cr_assert_eq(cbus_producer_open_bus(&pr, b, NULL), 0);
+    cbus_consumer *c;
+    struct cbus_consumer_opts o = {.name = "clock", .start = CBUS_START_NEWEST};
+    cr_assert_eq(cbus_consumer_attach_bus(&c, b, &o), 0);
+    emit_in_bracket(pr, c, "first emit");
+    for (int i = 0; i < 1000; i++)
+        emit_in_bracket(pr, c, "inline path");
+    /* Half a second of ticks from the anchor, still the inline path: a rate
+     * off by any factor shows here. */
+    struct timespec half = {0, 500 * 1000 * 1000};
+    while (nanosleep(&half, &half))
+        ;
+    emit_in_bracket(pr, c, "inline path, half a second on");
+    struct timespec d = {1, 100 * 1000 * 1000}; /* past the one-second re-anchor */
+    while (nanosleep(&d, &d))
+        ;
+    emit_in_bracket(pr, c, "after a re-anchor");
+    struct bracket_job j = {pr, c};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, bracket_thread, &j), 0);
+    pthread_join(th, NULL);
+    cbus_consumer_detach(c);
+    cbus_producer_close(pr);
+}
+
+Test(bus_producer, emit_timestamps_follow_the_system_clocks_on_every_clock_path)
+{
+    clock_case(bus);
+}
+
+Test(bus_producer, a_bus_without_a_tsc_clock_stamps_with_clock_gettime)
+{
+    struct cbus_create_opts o = {.capacity = 1024};
+    size_t l2 = cbus_bus_size(&o);
+    void *m2 = mmap(NULL, l2, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(m2, MAP_FAILED);
+    cr_assert_eq(cbus_bus_format(m2, l2, "gettime", &o), 0);
+    ((struct cbus_shm_header *)m2)->clock_source = CBUS_CLOCK_GETTIME;
+    cbus_bus *b2;
+    cr_assert_eq(cbus_bus_open_mem(&b2, m2, l2), 0);
+    clock_case(b2);
+    cbus_bus_close(b2);
+    munmap(m2, l2);
+}
