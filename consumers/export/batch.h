@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#include <cbus/layout.h>
+
 #include "sbuf.h"
 
 struct batch {
@@ -14,6 +16,11 @@ struct batch {
     uint64_t seq;             /* spool sequence (file name) once spooled */
     uint64_t min_pos;         /* lowest ring position whose data it carries; UINT64_MAX = none */
     uint64_t max_pos;
+    /* The same per lane of the bus (lane positions; event id = lane position
+     * * lanes + lane): what a lossless exporter may not acknowledge while the
+     * batch is only in memory.  UINT64_MAX = none in that lane.  Valid for
+     * the lanes of the exporter's bus; batch_holds_none() sets them all. */
+    uint64_t lane_min[CBUS_MAX_LANES];
     uint32_t items;           /* spans (OTLP) or events (msgpack) */
     uint8_t format;           /* enum export_format */
     uint8_t gzip;             /* body is gzip-compressed */
@@ -25,5 +32,12 @@ struct batch {
     uint64_t sent_ns;         /* monotonic: last request started (latency in the debug log) */
     struct sbuf body;         /* empty while a spooled batch sits on disk */
 };
+
+static inline void batch_holds_none(struct batch *b)
+{
+    b->min_pos = UINT64_MAX;
+    for (unsigned L = 0; L < CBUS_MAX_LANES; L++)
+        b->lane_min[L] = UINT64_MAX;
+}
 
 #endif

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <cbus/cbus.h>
+#include <cbus/consumer.h>
 
 #include "event_msgpack.h"
 #include "log.h"
@@ -35,6 +36,7 @@ struct exporter {
     char bus[40];
     uint64_t bus_id;
     uint32_t pid;
+    unsigned lanes;             /* of the bus: how event ids split into lanes */
     struct span_table *spans;
     struct batch *cur;
     size_t mp_count_off;        /* msgpack: offset of the array 32 length */
@@ -115,7 +117,7 @@ static struct batch *batch_new(struct exporter *x)
         return NULL;
     sbuf_init(&b->body);
     b->format = (uint8_t)x->cfg.format;
-    b->min_pos = UINT64_MAX;
+    batch_holds_none(b);
     b->created_ns = x->now_ns;
     if (x->npool) {
         /* a recycled buffer: no fresh pages to fault in for every batch */
@@ -229,6 +231,14 @@ static void need_batch(struct exporter *x)
         x->cur = batch_new(x);
 }
 
+/* The batch being built carries data of lane position lp in lane. */
+static void batch_holds(struct exporter *x, unsigned lane, uint64_t lp)
+{
+    struct batch *b = x->cur;
+    if (lane < CBUS_MAX_LANES && lp < b->lane_min[lane])
+        b->lane_min[lane] = lp;
+}
+
 static void batch_added(struct exporter *x, uint64_t pos)
 {
     struct batch *b = x->cur;
@@ -249,6 +259,10 @@ static void on_span(const struct span *s, void *arg)
     if (!x->cur)
         return;
     otlp_span(&x->cur->body, s, x->cur->items == 0, &x->oopts);
+    /* every lane the span has data from (its events may come from several
+     * threads), before batch_added may send the batch on its way */
+    for (const struct span_hold *h = &s->hold; h; h = h->more)
+        batch_holds(x, h->lane, h->lp);
     batch_added(x, s->start_pos);
 }
 
@@ -264,6 +278,7 @@ static void add_event(struct exporter *x, const struct cbus_event *ev)
     if (n <= 0)
         return;
     x->cur->body.len += (size_t)n;
+    batch_holds(x, (unsigned)(ev->event_id & (x->lanes - 1)), ev->event_id / x->lanes);
     batch_added(x, ev->event_id);
 }
 
@@ -510,12 +525,12 @@ static void on_done(void *arg, struct batch *b, const struct send_result *r)
     }
 }
 
-void exporter_tick(struct exporter *x, uint64_t now_ns, uint64_t hold_min_pos)
+void exporter_tick(struct exporter *x, uint64_t now_ns, const struct cbus_position *hold)
 {
     x->now_ns = now_ns;
     if (x->spans) {
         uint64_t older = now_ns > x->cfg.run_timeout_ns ? now_ns - x->cfg.run_timeout_ns : 0;
-        span_table_expire(x->spans, older, hold_min_pos);
+        span_table_expire(x->spans, older, hold && hold->lanes == x->lanes ? hold->pos : NULL);
     }
     if (x->cur && now_ns - x->cur->created_ns >= x->cfg.batch_max_age_ns)
         finalize(x);
@@ -537,6 +552,13 @@ void exporter_set_bus_id(struct exporter *x, uint64_t bus_id)
     x->res.bus_id = bus_id;
 }
 
+void exporter_set_lanes(struct exporter *x, unsigned lanes)
+{
+    x->lanes = lanes >= 1 && lanes <= CBUS_MAX_LANES && !(lanes & (lanes - 1)) ? lanes : 1;
+    if (x->spans)
+        span_table_set_lanes(x->spans, x->lanes);
+}
+
 int exporter_wait(struct exporter *x, int timeout_ms)
 {
     if (!transport_in_flight(x->tr))
@@ -554,6 +576,37 @@ uint64_t exporter_next_deadline(const struct exporter *x)
     if (h && !h->sending && x->next_try_ns < d)
         d = x->next_try_ns;
     return d;
+}
+
+void exporter_floor_position(const struct exporter *x, const struct cbus_position *read,
+                             struct cbus_position *out)
+{
+    *out = *read;
+    const unsigned n = read->lanes == x->lanes ? read->lanes : 0; /* else: hold nothing back */
+    uint64_t m[CBUS_MAX_LANES];
+    for (unsigned L = 0; L < n; L++)
+        m[L] = read->pos[L];
+    if (x->spans && n) {
+        uint64_t s[CBUS_MAX_LANES];
+        span_table_min_lanes(x->spans, s);
+        for (unsigned L = 0; L < n; L++)
+            if (s[L] < m[L])
+                m[L] = s[L];
+    }
+    for (unsigned L = 0; L < n; L++) {
+        if (x->cur && x->cur->lane_min[L] < m[L])
+            m[L] = x->cur->lane_min[L];
+        for (const struct batch *b = x->queue.head; b; b = b->next)
+            if (b->lane_min[L] < m[L])
+                m[L] = b->lane_min[L];
+        for (const struct batch *b = x->direct.head; b; b = b->next)
+            if (b->lane_min[L] < m[L])
+                m[L] = b->lane_min[L];
+    }
+    if (n)
+        spool_min_volatile_lanes(x->spool, n, m);
+    for (unsigned L = 0; L < n; L++)
+        out->pos[L] = m[L];
 }
 
 uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos)
@@ -642,6 +695,7 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
     snprintf(x->bus, sizeof x->bus, "%s", id->bus_name ? id->bus_name : "");
     x->bus_id = id->bus_id;
     x->pid = id->pid;
+    x->lanes = 1;
     x->res = (struct otlp_resource){
         .service_name = x->cfg.service_name,
         .host_name = x->host[0] ? x->host : NULL,

@@ -23,6 +23,7 @@
 
 #include <stdint.h>
 
+#include <cbus/consumer.h>
 #include <cbus/layout.h>
 
 #include "export_config.h"
@@ -65,10 +66,10 @@ void exporter_free(struct exporter *x);
 
 /* One event, at monotonic time now_ns. */
 void exporter_feed(struct exporter *x, const struct cbus_event *ev, uint64_t now_ns);
-/* Timers and transfers: batch age, run timeout, retries.  hold_min_pos: open
- * runs starting below it are exported unfinished (a lossless exporter must
- * not hold the ring); 0 = no such limit. */
-void exporter_tick(struct exporter *x, uint64_t now_ns, uint64_t hold_min_pos);
+/* Timers and transfers: batch age, run timeout, retries.  hold: open runs
+ * holding a lane position below hold->pos[lane] are exported unfinished (a
+ * lossless exporter must not hold the ring); NULL = no such limit. */
+void exporter_tick(struct exporter *x, uint64_t now_ns, const struct cbus_position *hold);
 /* Waits up to timeout_ms on the network when requests are in flight, then
  * handles what finished.  Returns 1 if it waited, 0 if nothing is in flight. */
 int exporter_wait(struct exporter *x, int timeout_ms);
@@ -82,8 +83,17 @@ void exporter_flush(struct exporter *x);
  * being built and stamps later batches with the new bus id (event ids are
  * unique per bus id only). */
 void exporter_set_bus_id(struct exporter *x, uint64_t bus_id);
-/* Lowest ring position not yet durable, given the next position to read. */
+/* The bus's lane count (default 1): how event ids split into lane and lane
+ * position (id = lane position * lanes + lane).  Set before feeding. */
+void exporter_set_lanes(struct exporter *x, unsigned lanes);
+/* Lowest ring position not yet durable, given the next position to read
+ * (one-lane bus). */
 uint64_t exporter_floor(const struct exporter *x, uint64_t read_pos);
+/* The same in every lane: out->pos[L] is the lowest lane position of lane L
+ * not yet durable, given the read position read (cbus_consumer_position).
+ * A position of another lane count than the exporter's is copied as it is. */
+void exporter_floor_position(const struct exporter *x, const struct cbus_position *read,
+                             struct cbus_position *out);
 /* 1 while the exporter should not read the ring: queue_batches finished
  * batches wait for a request slot, or (lossless) the spool is over its limit. */
 int exporter_paused(const struct exporter *x);

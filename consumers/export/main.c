@@ -69,9 +69,11 @@ static void write_status(const struct export_config *cfg, struct exporter *x, cb
     sbuf_free(&b);
 }
 
-/* The cursor saved at a clean stop (DIR/cursor: "BUS_ID CURSOR"), so that a
- * restart continues where the last run stopped.  After a crash there is no
- * file and CBUS_START_RESUME takes the dead consumer's cursor instead. */
+/* The position saved at a clean stop (DIR/cursor), so that a restart
+ * continues where the last run stopped.  After a crash there is no file and
+ * CBUS_START_RESUME takes the dead consumer's cursor instead.  One line:
+ * "BUS_ID CURSOR" on a one-lane bus (as before lanes); on N lanes
+ * "BUS_ID SUM N P0 ... P(N-1)", the lane positions and their sum. */
 static int cursor_path(const struct export_config *cfg, char *out, size_t cap)
 {
     if (!cfg->spool_dir[0])
@@ -80,7 +82,7 @@ static int cursor_path(const struct export_config *cfg, char *out, size_t cap)
     return n > 0 && (size_t)n < cap ? 0 : -ENAMETOOLONG;
 }
 
-static int cursor_load(const struct export_config *cfg, uint64_t *bus_id, uint64_t *cursor)
+static int cursor_load(const struct export_config *cfg, uint64_t *bus_id, struct cbus_position *pos)
 {
     char path[600];
     if (cursor_path(cfg, path, sizeof path))
@@ -88,13 +90,27 @@ static int cursor_load(const struct export_config *cfg, uint64_t *bus_id, uint64
     FILE *f = fopen(path, "r");
     if (!f)
         return -errno;
-    unsigned long long b, c;
+    unsigned long long b, c, n, w;
     int ok = fscanf(f, "%llu %llu", &b, &c) == 2;
+    memset(pos, 0, sizeof *pos);
+    pos->lanes = 1;
+    pos->pos[0] = c;
+    if (ok && fscanf(f, "%llu", &n) == 1) {
+        /* several lanes: the words must be a lane count's worth and add up */
+        ok = n >= 1 && n <= CBUS_MAX_LANES && !(n & (n - 1));
+        unsigned long long sum = 0;
+        for (unsigned L = 0; ok && L < n; L++) {
+            ok = fscanf(f, "%llu", &w) == 1;
+            pos->pos[L] = w;
+            sum += w;
+        }
+        ok = ok && sum == c;
+        pos->lanes = (uint32_t)n;
+    }
     fclose(f);
     if (!ok)
         return -EBADMSG;
     *bus_id = b;
-    *cursor = c;
     return 0;
 }
 
@@ -106,12 +122,23 @@ static void cursor_forget(const struct export_config *cfg)
         unlink(path);
 }
 
-static void cursor_save(const struct export_config *cfg, uint64_t bus_id, uint64_t cursor)
+static void cursor_save(const struct export_config *cfg, uint64_t bus_id,
+                        const struct cbus_position *pos)
 {
-    char path[600], text[64];
+    char path[600], text[64 + 21 * CBUS_MAX_LANES];
     if (cursor_path(cfg, path, sizeof path))
         return;
-    int n = snprintf(text, sizeof text, "%llu %llu\n", (unsigned long long)bus_id, (unsigned long long)cursor);
+    unsigned long long sum = 0;
+    for (unsigned L = 0; L < pos->lanes; L++)
+        sum += pos->pos[L];
+    int n = snprintf(text, sizeof text, "%llu %llu", (unsigned long long)bus_id, sum);
+    if (pos->lanes > 1) {
+        n += snprintf(text + n, sizeof text - (size_t)n, " %u", pos->lanes);
+        for (unsigned L = 0; L < pos->lanes; L++)
+            n += snprintf(text + n, sizeof text - (size_t)n, " %llu",
+                          (unsigned long long)pos->pos[L]);
+    }
+    n += snprintf(text + n, sizeof text - (size_t)n, "\n");
     int r = cbus_write_file_atomic(path, text, (size_t)n);
     if (r)
         cbus_log_warn("saving the cursor in %s: %s", path, strerror(-r));
@@ -127,16 +154,29 @@ static void log_counters(struct exporter *x, const char *what)
                   s->spooled, s->replayed, s->rejected_batches, s->spool_dropped_batches);
 }
 
-/* attach.c moved us to a new bus: its capacity, its id on later batches,
- * its positions (nothing committed there yet). */
+/* attach.c moved us to a new bus: its lane capacity and lane count, its id
+ * on later batches, its positions (nothing committed there yet). */
 static void follow(const struct cbus_attach *at, struct exporter *x, cbus_consumer **c,
-                   uint64_t *capacity, struct exporter_identity *id, uint64_t *committed)
+                   uint64_t *capacity, struct exporter_identity *id,
+                   struct cbus_position *committed)
 {
     *c = at->c;
-    *capacity = cbus_bus_header(cbus_consumer_bus(*c))->capacity;
+    *capacity = cbus_bus_lane_capacity(cbus_consumer_bus(*c));
     id->bus_id = at->bus_id;
     exporter_set_bus_id(x, id->bus_id);
-    *committed = 0;
+    exporter_set_lanes(x, cbus_bus_lanes(cbus_consumer_bus(*c)));
+    cbus_consumer_position(*c, committed); /* where it starts: nothing to commit below */
+}
+
+/* Every lane of a behind b or equal. */
+static int position_covers(const struct cbus_position *a, const struct cbus_position *b)
+{
+    if (a->lanes != b->lanes)
+        return 0;
+    for (unsigned L = 0; L < a->lanes; L++)
+        if (a->pos[L] < b->pos[L])
+            return 0;
+    return 1;
 }
 
 int main(int argc, char **argv)
@@ -218,11 +258,12 @@ int main(int argc, char **argv)
     struct cbus_consumer_opts co = {.name = cfg.consumer_name,
                                     .mode = cfg.lossless ? CBUS_LOSSLESS : CBUS_LOSSY,
                                     .start = cfg.start};
-    uint64_t saved_bus = 0, saved_cursor = 0;
-    if (cfg.start == CBUS_START_RESUME && cursor_load(&cfg, &saved_bus, &saved_cursor) == 0) {
-        /* a clean stop left its cursor: continue there if the bus is the same */
+    uint64_t saved_bus = 0;
+    struct cbus_position saved;
+    if (cfg.start == CBUS_START_RESUME && cursor_load(&cfg, &saved_bus, &saved) == 0) {
+        /* a clean stop left its position: continue there if the bus is the same */
         co.start = CBUS_START_CURSOR;
-        co.cursor = saved_cursor;
+        co.position = &saved;
         co.expect_bus_id = saved_bus;
     }
     cbus_consumer *c = NULL;
@@ -233,9 +274,9 @@ int main(int argc, char **argv)
         r = cbus_consumer_attach(&c, cfg.bus, &co);
     }
     if (r == -EINVAL && co.start == CBUS_START_CURSOR) {
-        /* a one-lane cursor on a bus of several lanes */
-        cbus_log_info("bus '%s' has several lanes: the saved cursor does not apply, starting at "
-                      "its newest event", cfg.bus);
+        /* the same bus id with another lane count: a damaged file */
+        cbus_log_warn("the saved cursor has %u lanes, bus '%s' another count: starting at its "
+                      "newest event", saved.lanes, cfg.bus);
         co.start = CBUS_START_NEWEST;
         r = cbus_consumer_attach(&c, cfg.bus, &co);
     }
@@ -245,18 +286,10 @@ int main(int argc, char **argv)
         return 1;
     }
     cursor_forget(&cfg);
-    /* The exporter's acknowledgement floor is one position: on a bus of
-     * several lanes (issue 13) it runs lossy, commits what it has read (that
-     * holds no producer) and keeps no saved cursor. */
-    int multi_lane = cbus_bus_lanes(cbus_consumer_bus(c)) > 1;
-    if (multi_lane && cfg.lossless) {
-        cbus_log_error("config [bus] lossless = true needs a one-lane bus; bus '%s' has %u lanes",
-                       cfg.bus, cbus_bus_lanes(cbus_consumer_bus(c)));
-        cbus_consumer_detach(c);
-        export_config_free(&cfg);
-        return 2;
-    }
-    uint64_t capacity = cbus_bus_header(cbus_consumer_bus(c))->capacity;
+    /* Positions are per lane (issue 13): the acknowledgement floor, the hold
+     * limit and the saved cursor are one word per lane, each against one
+     * lane's ring. */
+    uint64_t capacity = cbus_bus_lane_capacity(cbus_consumer_bus(c));
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     struct exporter_identity id = {.bus_name = cfg.bus,
@@ -271,11 +304,14 @@ int main(int argc, char **argv)
         export_config_free(&cfg);
         return r == -EINVAL ? 2 : 1;
     }
+    exporter_set_lanes(x, cbus_bus_lanes(cbus_consumer_bus(c)));
     char shown_url[CBUS_REDACT_SIZE(sizeof cfg.url)]; /* credentials stay out of logs */
     cbus_redact_url(shown_url, sizeof shown_url, cfg.url);
-    cbus_log_info("started: bus %s as %s (%s, from %s), %s to %s%s, batches of %" PRIu64 " / %" PRIu64
-                  " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
-                  cfg.bus, cfg.consumer_name, cfg.lossless ? "lossless" : "lossy",
+    cbus_log_info("started: bus %s (%u lane%s) as %s (%s, from %s), %s to %s%s, batches of %" PRIu64
+                  " / %" PRIu64 " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
+                  cfg.bus, cbus_bus_lanes(cbus_consumer_bus(c)),
+                  cbus_bus_lanes(cbus_consumer_bus(c)) == 1 ? "" : "s", cfg.consumer_name,
+                  cfg.lossless ? "lossless" : "lossy",
                   co.start == CBUS_START_CURSOR ? "the saved cursor"
                   : co.start == CBUS_START_RESUME ? "its last cursor or the newest event"
                   : co.start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
@@ -283,7 +319,9 @@ int main(int argc, char **argv)
                   cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
                   cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
 
-    uint64_t committed = 0, next_status = 0;
+    uint64_t next_status = 0;
+    struct cbus_position committed;
+    cbus_consumer_position(c, &committed); /* nothing below the start to commit */
     int exit_code = 0;
     struct cbus_attach at = {0};
     cbus_attach_init(&at, c, cfg.bus, &co, 0);
@@ -316,21 +354,32 @@ int main(int argc, char **argv)
         } else {
             cbus_consumer_heartbeat(c);
         }
-        uint64_t read_pos = cbus_consumer_read_pos(c);
-        /* a lossless consumer must not hold more than half the ring in open runs */
-        uint64_t hold = cfg.lossless && read_pos > capacity / 2 ? read_pos - capacity / 2 : 0;
-        exporter_tick(x, now, hold);
-        uint64_t floor = exporter_floor(x, read_pos);
-        if (cfg.lossless && n < POLL_MAX && read_pos - floor >= capacity / 4) {
-            /* caught up with a quarter of the ring unacknowledged: producers
+        struct cbus_position read, hold, floor;
+        cbus_consumer_position(c, &read);
+        /* a lossless consumer must not hold more than half a lane's ring in
+         * open runs (each lane is gated on its own) */
+        hold = read;
+        for (unsigned L = 0; L < read.lanes; L++)
+            hold.pos[L] = cfg.lossless && read.pos[L] > capacity / 2 ? read.pos[L] - capacity / 2 : 0;
+        exporter_tick(x, now, &hold);
+        exporter_floor_position(x, &read, &floor);
+        int pressed = 0;
+        for (unsigned L = 0; L < read.lanes; L++)
+            pressed |= read.pos[L] - floor.pos[L] >= capacity / 4;
+        if (cfg.lossless && n < POLL_MAX && pressed) {
+            /* caught up with a quarter of a lane unacknowledged: producers
              * are about to wait on us, so ship the partial batch now */
             exporter_flush(x);
-            floor = exporter_floor(x, read_pos);
+            exporter_floor_position(x, &read, &floor);
         }
-        if (multi_lane)
-            cbus_consumer_commit(c);
-        else if (floor > committed && cbus_consumer_commit_to(c, floor) == 0)
-            committed = floor;
+        /* Lossy: the floor is the read position (nothing waits on it).
+         * Words behind the cursor (positions poll skipped) stay as they are. */
+        if (!position_covers(&committed, &floor) &&
+            cbus_consumer_commit_position(c, &floor) == 0)
+            for (unsigned L = 0; L < floor.lanes; L++)
+                if (floor.pos[L] > committed.pos[L] || committed.lanes != floor.lanes)
+                    committed.pos[L] = floor.pos[L];
+        committed.lanes = floor.lanes;
         if (cfg.status_file[0] && now >= next_status) {
             write_status(&cfg, x, c, 0);
             next_status = now + cfg.status_interval_ns;
@@ -370,12 +419,16 @@ int main(int argc, char **argv)
     size_t lost = exporter_shutdown(x, mono_ns() + cfg.shutdown_timeout_ns);
     if (lost)
         cbus_log_warn("%zu undelivered batches were in the memory spool and are lost (set [spool] dir)", lost);
-    uint64_t floor = exporter_floor(x, cbus_consumer_read_pos(c));
-    if (!multi_lane) {
-        if (floor > committed)
-            cbus_consumer_commit_to(c, floor);
-        cursor_save(&cfg, id.bus_id, floor > committed ? floor : committed);
-    }
+    struct cbus_position read, floor;
+    cbus_consumer_position(c, &read);
+    exporter_floor_position(x, &read, &floor);
+    cbus_consumer_commit_position(c, &floor);
+    /* The saved position: the floor, but never below what was committed
+     * (a lane's cursor never moves back). */
+    for (unsigned L = 0; L < floor.lanes && committed.lanes == floor.lanes; L++)
+        if (committed.pos[L] > floor.pos[L])
+            floor.pos[L] = committed.pos[L];
+    cursor_save(&cfg, id.bus_id, &floor);
     write_status(&cfg, x, c, 1);
     log_counters(x, "stopped");
     exporter_free(x);

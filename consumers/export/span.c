@@ -12,7 +12,9 @@ struct span_table {
     size_t nbuckets;           /* power of two */
     size_t count;
     size_t max_open;
-    struct span *head, *tail;  /* arrival (ring) order */
+    struct span *head, *tail;  /* arrival order */
+    unsigned lanes;            /* of the bus: a power of two */
+    struct span_hold *lane_head[CBUS_MAX_LANES], *lane_tail[CBUS_MAX_LANES];
     struct span *free_list;    /* recycled spans: no malloc per run in steady state */
     size_t free_count;
     span_emit_fn emit;
@@ -104,14 +106,92 @@ int span_table_new(struct span_table **out, size_t max_open, span_emit_fn emit, 
         return -ENOMEM;
     }
     t->max_open = max_open ? max_open : 1;
+    t->lanes = 1;
     t->emit = emit;
     t->arg = arg;
     *out = t;
     return 0;
 }
 
+void span_table_set_lanes(struct span_table *t, unsigned lanes)
+{
+    t->lanes = lanes >= 1 && lanes <= CBUS_MAX_LANES && !(lanes & (lanes - 1)) ? lanes : 1;
+}
+
+/* The hold of event ev, not linked anywhere yet. */
+static void hold_of(const struct span_table *t, struct span_hold *h, struct span *owner,
+                    const struct cbus_event *ev)
+{
+    h->prev = h->next = h->more = NULL;
+    h->owner = owner;
+    h->lane = (unsigned)(ev->event_id & (t->lanes - 1));
+    h->lp = ev->event_id / t->lanes;
+    h->linked = 0;
+}
+
+static void hold_link(struct span_table *t, struct span_hold *h)
+{
+    /* Events of a lane arrive in lane order: appending keeps the list sorted. */
+    h->prev = t->lane_tail[h->lane];
+    h->next = NULL;
+    if (h->prev)
+        h->prev->next = h;
+    else
+        t->lane_head[h->lane] = h;
+    t->lane_tail[h->lane] = h;
+    h->linked = 1;
+}
+
+static void hold_unlink(struct span_table *t, struct span_hold *h)
+{
+    if (!h->linked)
+        return;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        t->lane_head[h->lane] = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    else
+        t->lane_tail[h->lane] = h->prev;
+    h->prev = h->next = NULL;
+    h->linked = 0;
+}
+
+/* Run s took in ev: it holds ev's lane from there unless it holds that lane
+ * already (from an earlier, lower, position).  link: s stays open (its
+ * holds are on the lanes' lists); else it is on its way out, and the hold
+ * only tells the batch it goes into. */
+static void hold_add(struct span_table *t, struct span *s, const struct cbus_event *ev, int link)
+{
+    unsigned lane = (unsigned)(ev->event_id & (t->lanes - 1));
+    for (struct span_hold *h = &s->hold; h; h = h->more)
+        if (h->lane == lane)
+            return;
+    struct span_hold *h = malloc(sizeof *h);
+    if (!h)
+        return; /* the event's data may be acknowledged early: the span still goes out */
+    hold_of(t, h, s, ev);
+    if (link)
+        hold_link(t, h);
+    h->more = s->hold.more;
+    s->hold.more = h;
+}
+
+static void holds_free(struct span_table *t, struct span *s)
+{
+    for (struct span_hold *h = s->hold.more, *n; h; h = n) {
+        n = h->more;
+        if (t)
+            hold_unlink(t, h);
+        free(h);
+    }
+    s->hold.more = NULL;
+}
+
 static void span_release(struct span_table *t, struct span *s)
 {
+    holds_free(t, s);
     /* keep a bounded pool; the events array stays with the span */
     if (t->free_count < 4096) {
         s->hnext = t->free_list;
@@ -129,6 +209,7 @@ void span_table_free(struct span_table *t)
         return;
     for (struct span *s = t->head, *n; s; s = n) {
         n = s->next;
+        holds_free(NULL, s);
         free(s->events);
         free(s);
     }
@@ -206,6 +287,8 @@ static void unlink_span(struct span_table *t, struct span *s)
         s->next->prev = s->prev;
     else
         t->tail = s->prev;
+    for (struct span_hold *h = &s->hold; h; h = h->more)
+        hold_unlink(t, h);
     t->count--;
 }
 
@@ -300,6 +383,8 @@ static void open_run(struct span_table *t, const struct cbus_event *ev, uint64_t
     s->start = *ev;
     s->start_pos = ev->event_id;
     s->arrival_ns = now_ns;
+    hold_of(t, &s->hold, s, ev);
+    hold_link(t, &s->hold);
     set_ids(t, s, ev, 0);
     if (t->count >= t->nbuckets)
         grow(t);
@@ -330,6 +415,7 @@ static void close_run(struct span_table *t, const struct cbus_event *ev)
     struct span *s = lookup(t, ev->run_id);
     if (s && start_matches(s->start.kind, ev->kind)) {
         unlink_span(t, s);
+        hold_add(t, s, ev, 0); /* its lane too: the batch holds it from now on */
         s->end = *ev;
         s->end_kind = SPAN_ENDED;
         emit(t, s);
@@ -345,6 +431,7 @@ static void close_run(struct span_table *t, const struct cbus_event *ev)
     s->start = *ev;
     s->end = *ev;
     s->start_pos = ev->event_id;
+    hold_of(t, &s->hold, s, ev);
     s->end_kind = SPAN_START_MISSING;
     set_ids(t, s, ev, 0);
     emit(t, s);
@@ -378,6 +465,7 @@ static void point_event(struct span_table *t, const struct cbus_event *ev)
         s = lookup(t, ev->parent_run_id);
     if (s) {
         add_point(t, s, ev);
+        hold_add(t, s, ev, 1);
         return;
     }
     s = span_alloc(t);
@@ -385,6 +473,7 @@ static void point_event(struct span_table *t, const struct cbus_event *ev)
         return;
     s->start = *ev;
     s->start_pos = ev->event_id;
+    hold_of(t, &s->hold, s, ev);
     s->end_kind = SPAN_POINT;
     set_ids(t, s, ev, 1);
     emit(t, s);
@@ -419,6 +508,7 @@ void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t
         }
         if (!s->chunks++)
             s->first_chunk_mono_ns = ev->ts_mono_ns;
+        hold_add(t, s, ev, 1);
         t->st.chunks_folded++;
         break;
     }
@@ -428,16 +518,25 @@ void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t
     }
 }
 
-size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, uint64_t min_pos)
+size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, const uint64_t *hold)
 {
     size_t n = 0;
     uint64_t now_rt = 0;
-    /* arrival order = ring order: both conditions can only hold at the head */
-    while (t->head && (t->head->arrival_ns < older_than_ns || t->head->start_pos < min_pos)) {
+    /* arrival order: the timeout can only hold at the head */
+    while (t->head && t->head->arrival_ns < older_than_ns) {
         if (!now_rt)
             now_rt = realtime_ns();
         finish_unfinished(t, t->head, now_rt);
         n++;
+    }
+    /* position order within a lane: the limit can only hold at a lane's head */
+    for (unsigned L = 0; hold && L < t->lanes; L++) {
+        while (t->lane_head[L] && t->lane_head[L]->lp < hold[L]) {
+            if (!now_rt)
+                now_rt = realtime_ns();
+            finish_unfinished(t, t->lane_head[L]->owner, now_rt);
+            n++;
+        }
     }
     return n;
 }
@@ -455,7 +554,19 @@ size_t span_table_flush(struct span_table *t)
 
 uint64_t span_table_min_pos(const struct span_table *t)
 {
-    return t->head ? t->head->start_pos : UINT64_MAX;
+    uint64_t m = UINT64_MAX;
+    for (unsigned L = 0; L < t->lanes; L++) {
+        const struct span_hold *h = t->lane_head[L];
+        if (h && h->lp * t->lanes + L < m)
+            m = h->lp * t->lanes + L;
+    }
+    return m;
+}
+
+void span_table_min_lanes(const struct span_table *t, uint64_t *out)
+{
+    for (unsigned L = 0; L < t->lanes; L++)
+        out[L] = t->lane_head[L] ? t->lane_head[L]->lp : UINT64_MAX;
 }
 
 const struct span_stats *span_table_stats(struct span_table *t)

@@ -3,9 +3,15 @@
  * of their run, and hands finished spans to a callback.
  *
  * Open runs sit in a hash table by run_id and, in arrival order, on a list:
- * arrival order is ring order, so the list head is both the oldest run (for
- * the timeout sweep) and the lowest ring position still held in memory (what
- * a lossless exporter may not acknowledge yet).
+ * the list head is the oldest run (for the timeout sweep).  What a lossless
+ * exporter may not acknowledge yet is kept per lane of the bus (event id =
+ * lane position * lanes + lane): a run holds the lane position of its first
+ * event in every lane it has events in (a run's events normally come from
+ * one thread, so one lane; tokens or points folded in from another thread
+ * add a hold in theirs).  Holds sit on one list per lane in arrival order,
+ * which within a lane is position order, so each lane's head is the lowest
+ * lane position held there.  On a one-lane bus that is the old rule: the
+ * oldest run's start.
  */
 #ifndef CBUS_EXPORT_SPAN_H
 #define CBUS_EXPORT_SPAN_H
@@ -22,6 +28,18 @@ enum span_end_kind {
     SPAN_UNFINISHED = 1,   /* no end before the timeout, the hold limit or shutdown */
     SPAN_START_MISSING = 2,/* end seen, start not (attached mid-run, or expired) */
     SPAN_POINT = 3,        /* a point event with no open run to attach to */
+};
+
+struct span;
+
+/* A span's hold on one lane: the lane position of its first event there. */
+struct span_hold {
+    struct span_hold *prev, *next;  /* private: the lane's list, arrival order */
+    struct span_hold *more;         /* the span's next hold (another lane) */
+    struct span *owner;
+    uint64_t lp;                    /* lane position */
+    unsigned lane;
+    int linked;                     /* private: on a lane's list */
 };
 
 struct span {
@@ -41,6 +59,9 @@ struct span {
     uint32_t n_events;
     uint32_t events_dropped;   /* point events beyond SPAN_MAX_EVENTS */
     struct cbus_event *events; /* n_events point events, in order */
+    /* Lanes whose positions it holds: hold (its first event's), then
+     * hold.more ...  Every finished span handed to the callback has them. */
+    struct span_hold hold;
     /* private to the assembler */
     struct span *hnext, *prev, *next;
 };
@@ -66,17 +87,26 @@ struct span_table;
 int span_table_new(struct span_table **out, size_t max_open, span_emit_fn emit, void *arg);
 void span_table_free(struct span_table *t);
 
+/* The bus's lane count (a power of two, default 1): how event ids split
+ * into lane and lane position.  Set it before feeding events of that bus. */
+void span_table_set_lanes(struct span_table *t, unsigned lanes);
+
 /* Feeds one event read at ring position ev->event_id, at monotonic time now_ns. */
 void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns);
 
 /* Exports (SPAN_UNFINISHED) every open run that arrived before older_than_ns
- * (monotonic) or whose start position is below min_pos.  Returns how many. */
-size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, uint64_t min_pos);
+ * (monotonic) or holds a lane position below hold[lane] (hold: one word per
+ * lane of the table; NULL = no such limit).  Returns how many. */
+size_t span_table_expire(struct span_table *t, uint64_t older_than_ns, const uint64_t *hold);
 /* Exports every open run as SPAN_UNFINISHED (shutdown). */
 size_t span_table_flush(struct span_table *t);
 
-/* Lowest ring position an open run holds, or UINT64_MAX when none is open. */
+/* Lowest ring position (event id) an open run holds, or UINT64_MAX when none
+ * is open. */
 uint64_t span_table_min_pos(const struct span_table *t);
+/* Lowest lane position open runs hold in each lane into out[0..lanes)
+ * (UINT64_MAX: none). */
+void span_table_min_lanes(const struct span_table *t, uint64_t *out);
 const struct span_stats *span_table_stats(struct span_table *t);
 
 /* Ids: the 8-byte span id is a 64-bit mix of the 16-byte run id (never all

@@ -278,7 +278,7 @@ static int recover(struct spool *s, char *err, size_t errlen)
             break;
         b->seq = seqs[i];
         /* positions of an earlier run (maybe another bus): durable, never held */
-        b->min_pos = UINT64_MAX;
+        batch_holds_none(b);
         b->max_pos = 0;
         b->items = h.items;
         b->format = h.format;
@@ -458,6 +458,15 @@ uint64_t spool_min_volatile_pos(const struct spool *s)
         if (!b->on_disk && b->min_pos < m)
             m = b->min_pos;
     return m;
+}
+
+void spool_min_volatile_lanes(const struct spool *s, unsigned lanes, uint64_t *out)
+{
+    for (const struct batch *b = s->head; b; b = b->next)
+        if (!b->on_disk)
+            for (unsigned L = 0; L < lanes; L++)
+                if (b->lane_min[L] < out[L])
+                    out[L] = b->lane_min[L];
 }
 
 const struct spool_stats *spool_stats(const struct spool *s)

@@ -62,6 +62,9 @@ uint64_t spool_limit(const struct spool *s);
 int spool_on_disk(const struct spool *s);
 /* Lowest ring position held by a batch that is not durable (memory), or UINT64_MAX. */
 uint64_t spool_min_volatile_pos(const struct spool *s);
+/* The same per lane: lowers out[L] (L < lanes) to the lowest lane position a
+ * batch in memory holds there. */
+void spool_min_volatile_lanes(const struct spool *s, unsigned lanes, uint64_t *out);
 const struct spool_stats *spool_stats(const struct spool *s);
 
 void batch_free(struct batch *b);

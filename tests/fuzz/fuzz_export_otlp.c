@@ -93,7 +93,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         now += 1000000;
         span_table_feed(t, &ev, now);
         if ((flags & 4) && (pos & 3) == 0)
-            span_table_expire(t, now - 2000000, span_table_min_pos(t));
+            span_table_expire(t, now - 2000000, &(uint64_t){span_table_min_pos(t)});
         prev = ev;
     }
     span_table_stats(t);

@@ -311,7 +311,7 @@ Test(export_otlp, unfinished_and_start_missing)
     struct cbus_event s2 = ev(CBUS_EV_RETRIEVER_START, 2, 0, 0);
     span_table_feed(table, &s2, 500);
     cr_assert_eq(span_table_min_pos(table), s.event_id);
-    cr_assert_eq(span_table_expire(table, 200, 0), 1, "only the run older than the timeout");
+    cr_assert_eq(span_table_expire(table, 200, NULL), 1, "only the run older than the timeout");
     cr_assert_eq(span_table_min_pos(table), s2.event_id);
     struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 3000000000ull);
     e.u.usage.duration_ns = 3000000000ull;
@@ -331,6 +331,80 @@ Test(export_otlp, unfinished_and_start_missing)
     cr_assert_str_eq(str(m, "spanId"), str(u, "spanId"), "same run, same span id: receivers can replace");
     cr_assert_str_eq(str(m, "startTimeUnixNano"), "1700000000000000000", "start = end - duration");
     cJSON_Delete(root);
+}
+
+/* What the last span handed to collect() held, per lane. */
+static uint64_t held[CBUS_MAX_LANES];
+
+static void collect_holds(const struct span *s, void *arg)
+{
+    (void)arg;
+    for (unsigned L = 0; L < CBUS_MAX_LANES; L++)
+        held[L] = UINT64_MAX;
+    for (const struct span_hold *h = &s->hold; h; h = h->more)
+        held[h->lane] = h->lp;
+    nspans++;
+}
+
+/* An event of a four-lane bus: lane position lp in lane L. */
+static struct cbus_event ev4(unsigned kind, uint8_t run, uint64_t lp, unsigned L)
+{
+    struct cbus_event e = ev(kind, run, 0, lp);
+    e.event_id = lp * 4 + L;
+    return e;
+}
+
+/* On a bus of lanes, what a lossless exporter may not acknowledge is per
+ * lane: an open run holds the lane of its start and of every event folded
+ * in from another thread's lane (tokens here), each lane's lowest held
+ * position is its list head, a finished span hands all its lanes to the
+ * batch, and the hold limit expires runs per lane. */
+Test(export_otlp, open_runs_hold_every_lane_they_have_events_in)
+{
+    span_table_free(table);
+    cr_assert_eq(span_table_new(&table, 1000, collect_holds, NULL), 0);
+    span_table_set_lanes(table, 4);
+    uint64_t m[4];
+    struct cbus_event a = ev4(CBUS_EV_CHAT_MODEL_START, 1, 10, 0);
+    span_table_feed(table, &a, 1);
+    struct cbus_event tok = ev4(CBUS_EV_LLM_NEW_TOKEN, 1, 3, 2); /* another thread's lane */
+    span_table_feed(table, &tok, 1);
+    struct cbus_event tok2 = ev4(CBUS_EV_LLM_NEW_TOKEN, 1, 4, 2);
+    span_table_feed(table, &tok2, 1);
+    struct cbus_event b = ev4(CBUS_EV_TOOL_START, 2, 5, 2);
+    span_table_feed(table, &b, 1);
+    struct cbus_event c = ev4(CBUS_EV_TOOL_START, 3, 7, 1);
+    span_table_feed(table, &c, 1);
+    span_table_min_lanes(table, m);
+    cr_assert_eq(m[0], 10);
+    cr_assert_eq(m[1], 7);
+    cr_assert_eq(m[2], 3, "run 1's token holds lane 2 below run 2's start");
+    cr_assert_eq(m[3], UINT64_MAX);
+    cr_assert_eq(span_table_min_pos(table), 3 * 4 + 2);
+
+    /* run 1 ends in lane 3: the span carries lanes 0, 2 and 3 to its batch */
+    struct cbus_event e = ev4(CBUS_EV_LLM_END, 1, 8, 3);
+    span_table_feed(table, &e, 1);
+    cr_assert_eq(nspans, 1);
+    cr_assert_eq(held[0], 10);
+    cr_assert_eq(held[1], UINT64_MAX);
+    cr_assert_eq(held[2], 3, "the first token's position, not the second's");
+    cr_assert_eq(held[3], 8, "its end, from a lane it held nothing in before");
+    span_table_min_lanes(table, m);
+    cr_assert_eq(m[0], UINT64_MAX);
+    cr_assert_eq(m[2], 5, "lane 2 is held by run 2 now");
+    cr_assert_eq(m[3], UINT64_MAX, "a leaving span's hold is not left behind");
+
+    /* the hold limit, per lane: lane 1 below 8 expires run 3 only */
+    uint64_t hold[4] = {0, 8, 0, 0};
+    cr_assert_eq(span_table_expire(table, 0, hold), 1);
+    span_table_min_lanes(table, m);
+    cr_assert_eq(m[1], UINT64_MAX);
+    cr_assert_eq(m[2], 5);
+    cr_assert_eq(span_table_flush(table), 1);
+    span_table_min_lanes(table, m);
+    for (unsigned L = 0; L < 4; L++)
+        cr_assert_eq(m[L], UINT64_MAX);
 }
 
 Test(export_otlp, bad_utf8_and_quotes_stay_valid_json)
