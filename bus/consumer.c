@@ -43,6 +43,15 @@ struct lane_rd {
     int stuck;
     uint64_t tail_checked_ns;     /* when an empty poll last read tail */
     uint64_t tail_seen;           /* what it read */
+    uint32_t dead_writer;         /* pid of the last writer found dead: the other slots it
+                                     claimed (its event's body) are skipped at once */
+};
+
+/* Where poll_bodies puts bodies: the caller's buffer. */
+struct body_sink {
+    struct cbus_body *bodies;
+    unsigned char *buf;
+    size_t cap, used;
 };
 
 struct cbus_consumer {
@@ -54,6 +63,7 @@ struct cbus_consumer {
     struct cbus_consumer_entry *e;
     unsigned mode;
     uint64_t consumed, lost, abandoned;
+    uint64_t body_slots;          /* positions of bodies of events handed out */
     int keep;                     /* CBUS_CONSUMER_KEEP: park the entry at detach */
     uint64_t kinds;               /* opts.kinds: what it told producers it needs */
     unsigned nlanes;
@@ -343,6 +353,7 @@ static void publish_counters(cbus_consumer *c, uint64_t now)
     atomic_store_explicit(&e->consumed, c->consumed, memory_order_relaxed);
     atomic_store_explicit(&e->lost, c->lost, memory_order_relaxed);
     atomic_store_explicit(&e->abandoned, c->abandoned, memory_order_relaxed);
+    atomic_store_explicit(&e->body_slots, c->body_slots, memory_order_relaxed);
     for (unsigned L = 0; L < c->nlanes; L++)
         atomic_store_explicit(c->ln[L].read_pos_word, c->ln[L].read_pos, memory_order_relaxed);
     atomic_store_explicit(&e->heartbeat_ns, now, memory_order_release);
@@ -373,6 +384,11 @@ enum stuck_verdict {
 static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct lane_rd *l, struct cbus_slot *s,
                                          uint64_t seq, uint64_t now)
 {
+    /* The rest of what a writer we found dead had claimed (the body slots
+     * of the event it was writing) goes at once, not a timeout each. */
+    if (l->dead_writer && seq == CBUS_SEQ_BUSY(l->read_pos) &&
+        atomic_load_explicit(&s->writer_pid, memory_order_relaxed) == l->dead_writer)
+        return STUCK_SKIP_ONE;
     if (!l->stuck || l->stuck_pos != l->read_pos) {
         l->stuck = 1;
         l->stuck_pos = l->read_pos;
@@ -393,8 +409,10 @@ static enum stuck_verdict slot_abandoned(cbus_consumer *c, struct lane_rd *l, st
      * skipped all the same, so one stuck thread cannot wedge every consumer. */
     if (seq == CBUS_SEQ_BUSY(l->read_pos)) {
         uint32_t pid = atomic_load_explicit(&s->writer_pid, memory_order_relaxed);
-        if (!cbus__pid_alive(pid, 0))
+        if (!cbus__pid_alive(pid, 0)) {
+            l->dead_writer = pid;
             return STUCK_SKIP_ONE;
+        }
     }
     return waited >= c->bus->stall_timeout_ns ? STUCK_SKIP_RUN : STUCK_WAIT;
 }
@@ -473,9 +491,58 @@ static void commit_lane(struct lane_rd *l, uint64_t pos)
     atomic_store_explicit(l->cursor_word, pos, memory_order_release);
 }
 
+/* The event at pos (committed, copied into *ev, re-checked) says it has a
+ * body: checks that the k slots after it really are its body, committed at
+ * their own positions (a head is shared memory: its body_len is a claim), and
+ * copies the bytes into the sink if there is one.  Returns k, 0 when the
+ * body is not there (lapped while we looked, or a false claim: the event is
+ * lost, and its positions are looked at one by one), or -1 when the sink has
+ * no room left (the caller stops this poll there). */
+static int64_t take_body(cbus_consumer *c, struct lane_rd *l, uint64_t pos,
+                         const struct cbus_event *ev, struct body_sink *sink)
+{
+    cbus_bus *bus = c->bus;
+    uint32_t len = ev->body_len;
+    if (len == 0 || len > bus->body_limit)
+        return 0;
+    uint64_t k = CBUS_BODY_SLOTS(len);
+    unsigned char *dst = NULL;
+    if (sink) {
+        if (sink->cap - sink->used < len)
+            return -1;
+        dst = sink->buf + sink->used;
+    }
+    for (uint64_t i = 1; i <= k; i++) {
+        struct cbus_slot *s = &l->slots[(pos + i) & bus->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) != CBUS_SEQ_COMMITTED(pos + i) ||
+            atomic_load_explicit(&s->part, memory_order_relaxed) != CBUS_PART_BODY)
+            return 0;
+        if (dst) {
+            uint32_t off = (uint32_t)(i - 1) * CBUS_BODY_PER_SLOT;
+            uint32_t n = len - off < CBUS_BODY_PER_SLOT ? len - off : CBUS_BODY_PER_SLOT;
+#ifdef CBUS__TSAN
+            struct cbus_event tmp;
+            cbus__slot_read(&tmp, &s->ev);
+            memcpy(dst + off, &tmp, n);
+#else
+            memcpy(dst + off, &s->ev, n);
+#endif
+        }
+    }
+    /* ACQUIRE fence, then every word again: a body slot rewritten while we
+     * copied (a lap) is not delivered torn. */
+    atomic_thread_fence(memory_order_acquire);
+    for (uint64_t i = 1; i <= k; i++) {
+        struct cbus_slot *s = &l->slots[(pos + i) & bus->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_relaxed) != CBUS_SEQ_COMMITTED(pos + i))
+            return 0;
+    }
+    return (int64_t)k;
+}
+
 /* Reads one lane into out[0..max); returns the count. */
 static unsigned poll_lane(cbus_consumer *c, struct lane_rd *l, struct cbus_event *out,
-                          unsigned max, uint64_t *nowp)
+                          unsigned max, uint64_t *nowp, struct body_sink *sink, unsigned base)
 {
     cbus_bus *bus = c->bus;
     uint64_t now = *nowp;
@@ -490,6 +557,13 @@ static unsigned poll_lane(cbus_consumer *c, struct lane_rd *l, struct cbus_event
         /* ACQUIRE: pairs with the RELEASE commit store in emit(). */
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (seq == CBUS_SEQ_COMMITTED(pos)) {
+            if (atomic_load_explicit(&s->part, memory_order_relaxed) != CBUS_PART_EVENT) {
+                /* Body bytes of an event we did not get (lapped onto the
+                 * middle of a body, or its event was abandoned). */
+                c->lost++;
+                l->read_pos++;
+                continue;
+            }
             cbus__slot_read(&out[n], &s->ev);
             /* ACQUIRE fence: the re-check below sees any writer that changed
              * the payload during the copy (pairs with emit's release fence). */
@@ -499,10 +573,31 @@ static unsigned poll_lane(cbus_consumer *c, struct lane_rd *l, struct cbus_event
                 l->read_pos++;
                 continue;
             }
+            int64_t k = 0;
+            if (out[n].flags & CBUS_FLAG_BODY) {
+                k = take_body(c, l, pos, &out[n], sink);
+                if (k < 0)
+                    break; /* no room for this body: the next poll starts here */
+                if (k == 0) {
+                    c->lost++; /* its body is not (or no longer) there */
+                    l->read_pos++;
+                    continue;
+                }
+                if (sink) {
+                    sink->bodies[base + n] = (struct cbus_body){sink->buf + sink->used,
+                                                                out[n].body_len};
+                    sink->used += out[n].body_len;
+                }
+            } else {
+                out[n].body_len = 0;
+                if (sink)
+                    sink->bodies[base + n] = (struct cbus_body){NULL, 0};
+            }
             out[n].event_id = cbus__event_id(bus, l->lane, pos);
             n++;
             c->consumed++;
-            l->read_pos++;
+            c->body_slots += (uint64_t)k;
+            l->read_pos += 1 + (uint64_t)k;
             l->delivered_end = l->read_pos;
             l->stuck = 0;
             continue;
@@ -554,10 +649,9 @@ static unsigned poll_lane(cbus_consumer *c, struct lane_rd *l, struct cbus_event
     return n;
 }
 
-CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
+static int poll_any(cbus_consumer *c, struct cbus_event *out, unsigned max,
+                    struct body_sink *sink)
 {
-    if (!c || (!out && max))
-        return -EINVAL;
     if (!still_owner(c))
         return -ESTALE;
     uint64_t now = now_ns(c->bus);
@@ -567,12 +661,31 @@ CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsign
     unsigned first = c->next_lane;
     for (unsigned k = 0; k < c->nlanes; k++) {
         unsigned L = (first + k) & (c->nlanes - 1);
-        n += poll_lane(c, &c->ln[L], out + n, max - n, &now);
+        n += poll_lane(c, &c->ln[L], out + n, max - n, &now, sink, n);
     }
     c->next_lane = (first + 1) & (c->nlanes - 1);
     publish_counters(c, now);
     maybe_retether(c);
     return (int)n;
+}
+
+CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max)
+{
+    if (!c || (!out && max))
+        return -EINVAL;
+    return poll_any(c, out, max, NULL);
+}
+
+CBUS_API int cbus_consumer_poll_bodies(cbus_consumer *c, struct cbus_event *out,
+                                       struct cbus_body *bodies, unsigned max, void *buf,
+                                       size_t buflen)
+{
+    if (!c || (max && (!out || !bodies || !buf)))
+        return -EINVAL;
+    if (buflen < c->bus->body_limit)
+        return -ENOBUFS;
+    struct body_sink sink = {bodies, buf, buflen, 0};
+    return poll_any(c, out, max, &sink);
 }
 
 CBUS_API int cbus_consumer_commit_to(cbus_consumer *c, uint64_t pos)
@@ -731,6 +844,7 @@ CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *o
         return -EINVAL;
     memset(out, 0, sizeof *out);
     out->consumed = c->consumed;
+    out->body_slots = c->body_slots;
     out->lost = c->lost;
     out->abandoned = c->abandoned;
     /* Sums over the lanes: positions passed, acknowledged and claimed, so

@@ -65,6 +65,7 @@ struct cbus_bus {
      * *tails[L]; mask is lane_cap - 1.  One lane: the whole ring, hdr->tail. */
     uint64_t mask;
     uint64_t lane_cap;
+    uint32_t body_limit;          /* hdr->body_limit, validated */
     uint32_t lane_count;
     unsigned lane_shift;        /* log2(lane_count) */
     struct cbus_lane *lanes;    /* NULL with one lane */
@@ -124,6 +125,9 @@ static inline uint64_t cbus__event_id(const cbus_bus *bus, unsigned lane, uint64
 {
     return (pos << bus->lane_shift) | lane;
 }
+
+/* ---- shm.c ---- */
+uint32_t cbus__body_limit_for(uint32_t asked, uint64_t lane_cap);
 
 /* ---- tail.c ---- */
 /* Puts a lane's corrupt tail (moved back, or >= CBUS__POS_LIMIT) back to one past

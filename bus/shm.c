@@ -95,6 +95,20 @@ static void fill_defaults(struct cbus_create_opts *o, const struct cbus_create_o
         o->admission_entries = DEFAULT_ADMIT_ENTRIES;
 }
 
+/* The body limit for a lane of lane_cap slots: asked (0 = the default,
+ * cut to what fits), or 0 if what was asked does not fit.  A body may take
+ * at most a sixteenth of a lane (the bulk kinds leave an eighth free, and a
+ * lapping reader must be able to tell a body from the next lap). */
+uint32_t cbus__body_limit_for(uint32_t asked, uint64_t lane_cap)
+{
+    uint64_t fit = lane_cap / 16 * CBUS_BODY_PER_SLOT;
+    if (fit > CBUS_BODY_LIMIT_MAX)
+        fit = CBUS_BODY_LIMIT_MAX;
+    if (!asked)
+        return (uint32_t)(fit < CBUS_BODY_LIMIT_DEFAULT ? fit : CBUS_BODY_LIMIT_DEFAULT);
+    return asked >= CBUS_BODY_PER_SLOT && asked <= fit ? asked : 0;
+}
+
 CBUS_API size_t cbus_bus_size(const struct cbus_create_opts *opts)
 {
     struct cbus_create_opts o;
@@ -132,6 +146,9 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     fill_defaults(&o, opts);
     if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes) || l.total > len)
         return -EINVAL;
+    uint32_t body_limit = cbus__body_limit_for(o.body_limit, l.lane_capacity);
+    if (!body_limit)
+        return -EINVAL;
     if (o.lossless_wait_ns > 10000000000u || o.stall_timeout_ns < 1000000u ||
         o.abandon_timeout_ns < 1000000u || o.admit_stale_ns < 1000000u)
         return -EINVAL;
@@ -163,6 +180,7 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     h->lane_capacity = l.lane_capacity;
     h->lanes_off = l.lanes_off;
     h->lane_cursors_off = l.lane_cursors_off;
+    h->body_limit = body_limit;
     if (l.lane_count > 1)
         h->required_features |= CBUS_FEATURE_LANES;
     uint64_t id = 0;
@@ -200,6 +218,10 @@ CBUS_API int cbus_bus_format(void *base, size_t len, const char *name,
     FIELD(15, request_id);
     FIELD(16, name);
     FIELD(17, preview);
+    FIELD(18, body_len);
+    FIELD(19, key_hash);
+    FIELD(20, agent);
+    FIELD(21, tenant);
     /* RELEASE: publishes everything above.  Pairs with the ACQUIRE load of
      * ready in cbus__bus_validate(). */
     atomic_store_explicit(&h->ready, 1, memory_order_release);
@@ -214,7 +236,8 @@ CBUS_API int cbus_bus_create(const char *name, const struct cbus_create_opts *op
     if (cbus__shm_path(path, sizeof path, name))
         return -EINVAL;
     fill_defaults(&o, opts);
-    if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes))
+    if (compute_layout(&l, o.capacity, o.admission_entries, o.lanes) ||
+        !cbus__body_limit_for(o.body_limit, l.lane_capacity))
         return -EINVAL;
     if (o.mode & ~0660u)
         return -EINVAL; /* never world-accessible, never executable */
@@ -312,6 +335,11 @@ int cbus__bus_validate(cbus_bus *bus, size_t file_len)
     if (h->lossless_wait_ns > 10000000000u || h->stall_timeout_ns < 1000000u ||
         h->abandon_timeout_ns < 1000000u || h->admit_stale_ns < 1000000u)
         return -EBADMSG;
+    /* The body limit the creator chose must be one it could have chosen:
+     * readers size buffers by it, and a body never takes more than a
+     * sixteenth of a lane. */
+    if (cbus__body_limit_for(h->body_limit, l.lane_capacity) != h->body_limit)
+        return -EBADMSG;
     char *base = bus->base;
     bus->hdr = h;
     bus->capacity = l.capacity;
@@ -331,6 +359,7 @@ int cbus__bus_validate(cbus_bus *bus, size_t file_len)
     bus->aentries = (struct cbus_admit_entry *)(base + l.admission_off +
                                                 CBUS_ADMIT_MAX_WRITERS * sizeof(struct cbus_admit_writer));
     bus->amask = l.admission_entries - 1;
+    bus->body_limit = h->body_limit;
     bus->lossless_wait_ns = h->lossless_wait_ns;
     bus->stall_timeout_ns = h->stall_timeout_ns;
     bus->abandon_timeout_ns = h->abandon_timeout_ns;
@@ -545,6 +574,11 @@ CBUS_API uint64_t cbus_bus_lane_tail(const cbus_bus *bus, unsigned lane)
 {
     return bus && lane < bus->lane_count ? atomic_load_explicit(bus->tails[lane], memory_order_acquire)
                                          : 0;
+}
+
+CBUS_API uint32_t cbus_bus_body_limit(const cbus_bus *bus)
+{
+    return bus ? bus->body_limit : 0;
 }
 
 CBUS_API uint64_t cbus_bus_lane_capacity(const cbus_bus *bus)

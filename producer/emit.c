@@ -26,10 +26,11 @@ static inline void put_str(char *dst, size_t cap, const char *src, size_t len, u
     dst[len] = '\0';
 }
 
-/* emit() copies the template around the payload: the strings follow it. */
-_Static_assert(offsetof(struct cbus_event, provider) ==
+/* emit() copies the template around the payload: the key hashes and
+ * strings follow it. */
+_Static_assert(offsetof(struct cbus_event, key_hash) ==
                    offsetof(struct cbus_event, u) + sizeof(((struct cbus_event *)0)->u),
-               "the strings follow the payload union");
+               "the key hashes follow the payload union");
 
 static inline size_t bounded_strlen(const char *s, size_t cap)
 {
@@ -47,11 +48,166 @@ struct emit_req {
     unsigned kind;
     const char *name;       /* per-event name override, or NULL for the ctx's */
     size_t name_len;
-    const char *preview;
+    const char *preview;    /* the event's text: its start in preview, all of it in the body */
     size_t preview_len;
     const void *payload;    /* copied into ev->u */
     size_t payload_len;
+    const char *messages;   /* chat messages as JSON, body only */
+    size_t messages_len;
+    const char *text;       /* body text other than the preview's (a score's comment) */
+    size_t text_len;
 };
+
+/* ---- bodies (docs/bodies.md) -----------------------------------------------
+ * An event's body is sections (struct cbus_body_section + bytes) in the
+ * CBUS_BODY_SLOTS(body_len) slots after its own position, claimed with it.
+ * The plan is made before the claim: which sections, how long, where the
+ * bus's body limit cuts them. */
+enum { SEC_TAGS, SEC_META, SEC_MESSAGES, SEC_TEXT, SEC__COUNT };
+
+struct body_plan {
+    uint32_t total;            /* bytes of body: headers and carried bytes */
+    int cut;
+    struct {
+        const char *src;
+        uint32_t len, orig_len, dropped;
+        uint16_t type;
+    } sec[SEC__COUNT];
+    unsigned n;
+};
+
+/* Tags and metadata ride on the events that open a run (and on scores):
+ * consumers that need them on later events keep them by run id. */
+static inline int carries_context(unsigned kind)
+{
+    return cbus_kind_phase(kind) == CBUS_PHASE_START || kind == CBUS_EV_SCORE;
+}
+
+static void plan_add(struct body_plan *b, uint32_t limit, uint16_t type, const char *src,
+                     size_t len, uint32_t dropped)
+{
+    if (!len && !dropped)
+        return;
+    uint32_t room = limit > b->total + sizeof(struct cbus_body_section)
+                        ? limit - b->total - (uint32_t)sizeof(struct cbus_body_section)
+                        : 0;
+    if (limit < b->total + sizeof(struct cbus_body_section)) {
+        b->cut = 1; /* not even its header fits: left out, the event says cut */
+        return;
+    }
+    uint32_t orig = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+    uint32_t take = orig < room ? orig : room;
+    if (take < orig) {
+        b->cut = 1;
+        /* not half a UTF-8 sequence at the cut (text and JSON alike) */
+        while (take > 0 && ((unsigned char)src[take] & 0xc0) == 0x80)
+            take--;
+    }
+    b->sec[b->n].src = src;
+    b->sec[b->n].len = take;
+    b->sec[b->n].orig_len = orig;
+    b->sec[b->n].dropped = dropped;
+    b->sec[b->n].type = type;
+    b->n++;
+    b->total += (uint32_t)sizeof(struct cbus_body_section) + take;
+}
+
+/* Out of line: a body is the slow, big case; the bodiless emit stays small. */
+static __attribute__((noinline)) uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
+                                                    const struct emit_req *rq,
+                                                    struct body_plan *b)
+{
+    uint32_t limit = p->bus->body_limit;
+    b->total = 0;
+    b->cut = 0;
+    b->n = 0;
+    if (carries_context(rq->kind)) {
+        plan_add(b, limit, CBUS_BODY_TAGS, ctx->tags, ctx->tags_len, ctx->tags_dropped);
+        plan_add(b, limit, CBUS_BODY_METADATA, ctx->meta, ctx->meta_len, ctx->meta_dropped);
+    }
+    if (rq->messages)
+        plan_add(b, limit, CBUS_BODY_MESSAGES, rq->messages, rq->messages_len, 0);
+    if (rq->text)
+        plan_add(b, limit, CBUS_BODY_TEXT, rq->text, rq->text_len, 0);
+    else if (rq->preview_len >= CBUS_PREVIEW_LEN)
+        plan_add(b, limit, CBUS_BODY_TEXT, rq->preview, rq->preview_len, 0);
+    return b->total;
+}
+
+/* Does this event need a body?  Cheap, inline: a text that fits the preview
+ * and no messages or context extras is the common case. */
+static inline int wants_body(const cbus_ctx *ctx, const struct emit_req *rq)
+{
+    return rq->preview_len >= CBUS_PREVIEW_LEN || rq->messages || rq->text ||
+           (carries_context(rq->kind) && (ctx->tags_len | ctx->meta_len | ctx->tags_dropped |
+                                          ctx->meta_dropped));
+}
+
+/* Writes the body into the slots at pos + 1 .. (claimed with the event,
+ * whose own slot is already marked busy), each slot marked, written and
+ * committed on its own: a reader that finds the event committed finds its
+ * body committed (the event is committed after), and a reader lapped in the
+ * middle sees a slot that is not its position's. */
+static __attribute__((noinline)) void write_body(cbus_producer *p, struct cbus__producer_tls *t,
+                                                 uint64_t pos, const struct body_plan *b)
+{
+    uint64_t nslots = CBUS_BODY_SLOTS(b->total);
+    unsigned si = 0;             /* section being written */
+    uint32_t soff = 0;           /* bytes of it written; header first */
+    int hdr_done = 0;
+    for (uint64_t k = 1; k <= nslots; k++) {
+        uint64_t bp = pos + k;
+        struct cbus_slot *slot = &t->slots[bp & p->mask];
+        atomic_store_explicit(&slot->writer_pid, t->pid, memory_order_relaxed);
+        atomic_store_explicit(&slot->part, CBUS_PART_BODY, memory_order_relaxed);
+        atomic_store_explicit(&slot->seq, CBUS_SEQ_BUSY(bp), memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+#ifdef CBUS__TSAN
+        struct cbus_event local;
+        unsigned char *dst = (unsigned char *)&local;
+#else
+        unsigned char *dst = (unsigned char *)&slot->ev;
+#endif
+        uint32_t room = CBUS_BODY_PER_SLOT, at = 0;
+        while (room && si < b->n) {
+            if (!hdr_done) {
+                struct cbus_body_section h = {.type = b->sec[si].type,
+                                              .flags = b->sec[si].len < b->sec[si].orig_len
+                                                           ? CBUS_BODY_SECTION_CUT : 0,
+                                              .len = b->sec[si].len,
+                                              .orig_len = b->sec[si].orig_len,
+                                              .dropped = b->sec[si].dropped};
+                /* a section header may straddle two slots */
+                uint32_t hl = (uint32_t)sizeof h - soff, c = hl < room ? hl : room;
+                memcpy(dst + at, (const unsigned char *)&h + soff, c);
+                at += c;
+                room -= c;
+                soff += c;
+                if (soff == sizeof h) {
+                    hdr_done = 1;
+                    soff = 0;
+                }
+                continue;
+            }
+            uint32_t left = b->sec[si].len - soff, c = left < room ? left : room;
+            memcpy(dst + at, b->sec[si].src + soff, c);
+            at += c;
+            room -= c;
+            soff += c;
+            if (soff == b->sec[si].len) {
+                si++;
+                soff = 0;
+                hdr_done = 0;
+            }
+        }
+        if (room)
+            memset(dst + at, 0, room); /* no stale bytes of an older lap */
+#ifdef CBUS__TSAN
+        cbus__slot_write(&slot->ev, &local);
+#endif
+        atomic_store_explicit(&slot->seq, CBUS_SEQ_COMMITTED(bp), memory_order_release);
+    }
+}
 
 /* Inlined into every typed call: the kind, and so the phase and payload
  * switches below, are then constants and fold away (-15 instructions and a
@@ -123,14 +279,20 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
         break;
     }
 
+    /* A body takes the slots after the event's own, claimed with it. */
+    struct body_plan plan;
+    uint64_t nslots = 1;
+    if (CBUS__UNLIKELY(wants_body(ctx, rq)))
+        nslots += CBUS_BODY_SLOTS(plan_body(p, ctx, rq, &plan));
+
     uint64_t pos;
     uint64_t gate = atomic_load_explicit(&hdr->gate, memory_order_relaxed);
     if (CBUS__LIKELY(CBUS_GATE_COUNT(gate) == 0)) {
         /* seq_cst: also orders this claim before the load of waiters below
          * against the consumer's waiters increment (see cbus_consumer_wait). */
-        pos = atomic_fetch_add_explicit(t->tail, 1, memory_order_seq_cst);
+        pos = atomic_fetch_add_explicit(t->tail, nslots, memory_order_seq_cst);
     } else {
-        int r = cbus__claim_gated(p, t, gate, now, rq->kind, &pos);
+        int r = cbus__claim_gated(p, t, gate, now, rq->kind, nslots, &pos);
         if (r)
             return r;
     }
@@ -139,23 +301,30 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
     /* A slot already at this lap or a later one: tail was moved back (or out
      * of range), or the slot word is a stray write.  bus/tail.c puts tail
      * right; a position below where the ring got to is never written over:
-     * dropped, counted.  The load is of the line written next. */
-    if (CBUS__UNLIKELY(pos >= CBUS__POS_LIMIT ||
-                       atomic_load_explicit(&slot->seq, memory_order_relaxed) >= CBUS_SEQ_BUSY(pos))) {
+     * dropped, counted.  The load is of the line written next (and, for a
+     * body, of its last slot's line). */
+    uint64_t last = pos + nslots - 1;
+    if (CBUS__UNLIKELY(last >= CBUS__POS_LIMIT ||
+                       atomic_load_explicit(&slot->seq, memory_order_relaxed) >= CBUS_SEQ_BUSY(pos) ||
+                       (nslots > 1 && atomic_load_explicit(&t->slots[last & p->mask].seq,
+                                                           memory_order_relaxed) >= CBUS_SEQ_BUSY(last)))) {
         if (atomic_load_explicit(p->broken, memory_order_relaxed)) {
             cbus__producer_drop(p);
             return -ESTALE; /* zero pages after a truncation: nothing to repair */
         }
         uint64_t reached = cbus__tail_repair(p->bus, t->lane, 0);
-        if (pos >= CBUS__POS_LIMIT || pos < reached)
+        if (last >= CBUS__POS_LIMIT || pos < reached)
             return cbus__producer_drop(p);
     }
     atomic_store_explicit(&slot->writer_pid, t->pid, memory_order_relaxed);
+    atomic_store_explicit(&slot->part, CBUS_PART_EVENT, memory_order_relaxed);
     atomic_store_explicit(&slot->seq, CBUS_SEQ_BUSY(pos), memory_order_relaxed);
     /* RELEASE fence: the busy mark is ordered before the payload stores, so
      * a reader that sees any new payload byte sees the busy mark on its
      * re-check (seqlock writer; pairs with the acquire fence in poll). */
     atomic_thread_fence(memory_order_release);
+    if (CBUS__UNLIKELY(nslots > 1))
+        write_body(p, t, pos, &plan);
 
 #ifdef CBUS__TSAN
     struct cbus_event local, *ev = &local;
@@ -165,7 +334,11 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
     /* The context's pre-built event around the payload built above. */
     memcpy(ev, &ctx->tmpl, offsetof(struct cbus_event, u));
     memcpy(&ev->u, &u, sizeof u);
-    memcpy(ev->provider, ctx->tmpl.provider, sizeof *ev - offsetof(struct cbus_event, provider));
+    memcpy(ev->key_hash, ctx->tmpl.key_hash, sizeof *ev - offsetof(struct cbus_event, key_hash));
+    if (CBUS__UNLIKELY(nslots > 1)) {
+        ev->body_len = plan.total;
+        ev->flags |= (uint16_t)(CBUS_FLAG_BODY | (plan.cut ? CBUS_FLAG_BODY_CUT : 0));
+    }
     ev->kind = (uint16_t)rq->kind;
     ev->pid = t->pid;
     ev->tid = t->tid;
@@ -206,9 +379,10 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
     return 0;
 }
 
+/* The whole text: its start goes into the preview, all of it into the body. */
 static inline size_t text_len(const char *s)
 {
-    return s ? bounded_strlen(s, CBUS_PREVIEW_LEN + 1) : 0;
+    return s ? strlen(s) : 0;
 }
 
 #define REQ(k, nm, pv) \
@@ -256,6 +430,89 @@ CBUS_API int cbus_llm_new_token(cbus_producer *p, cbus_ctx *ctx, const char *chu
 {
     struct emit_req rq = {.kind = CBUS_EV_LLM_NEW_TOKEN, .preview = chunk,
                           .preview_len = chunk ? len : 0};
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_chat_model_start_messages(cbus_producer *p, cbus_ctx *ctx,
+                                            const char *messages_json, size_t messages_len,
+                                            const char *last_message,
+                                            const struct cbus_llm_start_info *info)
+{
+    if (!messages_json && messages_len)
+        return -EINVAL;
+    struct emit_req rq = REQ(CBUS_EV_CHAT_MODEL_START, NULL, last_message);
+    rq.messages = messages_json;
+    rq.messages_len = messages_json ? messages_len : 0;
+    if (info) {
+        rq.payload = info;
+        rq.payload_len = sizeof *info;
+    }
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_end_messages(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                                   const char *messages_json, size_t messages_len)
+{
+    if (!messages_json && messages_len)
+        return -EINVAL;
+    struct cbus_usage u = {0};
+    if (usage)
+        u = *usage;
+    struct emit_req rq = REQ(CBUS_EV_LLM_END, NULL, NULL);
+    rq.messages = messages_json;
+    rq.messages_len = messages_json ? messages_len : 0;
+    rq.payload = &u;
+    rq.payload_len = sizeof u;
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_chat_model_stream(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len)
+{
+    struct emit_req rq = {.kind = CBUS_EV_CHAT_MODEL_STREAM, .preview = chunk,
+                          .preview_len = chunk ? len : 0};
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_tool_event(cbus_producer *p, cbus_ctx *ctx, const char *event_name,
+                             const char *data)
+{
+    struct emit_req rq = REQ(CBUS_EV_TOOL_EVENT, event_name, data);
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_score(cbus_producer *p, cbus_ctx *ctx, const char *name, unsigned type,
+                        double value, const char *category, const char *comment)
+{
+    if (!name || !*name)
+        return -EINVAL;
+    struct cbus_score_info sc = {.type = (uint8_t)type};
+    switch (type) {
+    case CBUS_SCORE_NUMERIC:
+        if (!__builtin_isfinite(value))
+            return -EINVAL;
+        sc.value = value;
+        break;
+    case CBUS_SCORE_BOOLEAN:
+        if (value != 0.0 && value != 1.0)
+            return -EINVAL;
+        sc.value = value;
+        break;
+    case CBUS_SCORE_CATEGORICAL:
+        if (!category || !*category)
+            return -EINVAL;
+        break;
+    default:
+        return -EINVAL;
+    }
+    /* The category is the preview (shown and counted); the comment is the
+     * body's text. */
+    struct emit_req rq = REQ(CBUS_EV_SCORE, name, type == CBUS_SCORE_CATEGORICAL ? category : NULL);
+    rq.payload = &sc;
+    rq.payload_len = sizeof sc;
+    if (comment && *comment) {
+        rq.text = comment;
+        rq.text_len = strlen(comment);
+    }
     return emit(p, ctx, &rq);
 }
 
@@ -383,7 +640,10 @@ CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_a
     if (!a)
         return -EINVAL;
     struct emit_req rq = {.kind = a->kind, .name = a->name, .preview = a->preview,
-                          .payload = a->payload, .payload_len = a->payload_len};
+                          .payload = a->payload, .payload_len = a->payload_len,
+                          .messages = a->messages, .messages_len = a->messages ? a->messages_len : 0};
+    if (a->messages_len && !a->messages)
+        return -EINVAL;
     if (a->name)
         rq.name_len = bounded_strlen(a->name, CBUS_NAME_LEN + 1);
     if (a->preview)
@@ -443,15 +703,20 @@ CBUS_API void cbus_ctx_init(cbus_ctx *ctx)
     ctx->magic = CBUS_CTX_MAGIC;
 }
 
-static int set_field(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int scope,
-                     const char *value)
+/* Sets a key field: cut to the field (flagged), hashed whole (key_hash[key],
+ * key < 0: not a key), and its admission-table hash cached (scope >= 0). */
+static int set_key(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int scope, int key,
+                   const char *value)
 {
     if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
         return -EINVAL;
     memset(field, 0, cap);
     ctx->tmpl.flags &= (uint16_t)~trunc;
+    size_t len = value ? strlen(value) : 0;
     if (value)
-        put_str(field, cap, value, strnlen(value, cap + 1), &ctx->tmpl.flags, trunc);
+        put_str(field, cap, value, len, &ctx->tmpl.flags, trunc);
+    if (key >= 0)
+        ctx->tmpl.key_hash[key] = cbus_key_hash(value, len);
     if (scope >= 0)
         ctx->admit_hash[scope] = field[0] ? cbus_admit_key_hash((unsigned)scope, field) : 0;
     return 0;
@@ -459,32 +724,90 @@ static int set_field(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int
 
 CBUS_API int cbus_ctx_set_provider(cbus_ctx *ctx, const char *v)
 {
-    return set_field(ctx, ctx ? ctx->tmpl.provider : NULL, CBUS_PROVIDER_LEN, CBUS_TRUNC_PROVIDER,
-                     CBUS_SCOPE_PROVIDER, v);
+    return set_key(ctx, ctx ? ctx->tmpl.provider : NULL, CBUS_PROVIDER_LEN, CBUS_TRUNC_PROVIDER,
+                   CBUS_SCOPE_PROVIDER, CBUS_KEY_PROVIDER, v);
 }
 
 CBUS_API int cbus_ctx_set_model(cbus_ctx *ctx, const char *v)
 {
-    return set_field(ctx, ctx ? ctx->tmpl.model : NULL, CBUS_MODEL_LEN, CBUS_TRUNC_MODEL,
-                     CBUS_SCOPE_MODEL, v);
+    return set_key(ctx, ctx ? ctx->tmpl.model : NULL, CBUS_MODEL_LEN, CBUS_TRUNC_MODEL,
+                   CBUS_SCOPE_MODEL, CBUS_KEY_MODEL, v);
 }
 
 CBUS_API int cbus_ctx_set_user(cbus_ctx *ctx, const char *v)
 {
-    return set_field(ctx, ctx ? ctx->tmpl.user : NULL, CBUS_USER_LEN, CBUS_TRUNC_USER,
-                     CBUS_SCOPE_USER, v);
+    return set_key(ctx, ctx ? ctx->tmpl.user : NULL, CBUS_USER_LEN, CBUS_TRUNC_USER,
+                   CBUS_SCOPE_USER, CBUS_KEY_USER, v);
 }
 
 CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *v)
 {
-    return set_field(ctx, ctx ? ctx->tmpl.session : NULL, CBUS_SESSION_LEN, CBUS_TRUNC_SESSION,
-                     CBUS_SCOPE_SESSION, v);
+    return set_key(ctx, ctx ? ctx->tmpl.session : NULL, CBUS_SESSION_LEN, CBUS_TRUNC_SESSION,
+                   CBUS_SCOPE_SESSION, CBUS_KEY_SESSION, v);
+}
+
+CBUS_API int cbus_ctx_set_agent(cbus_ctx *ctx, const char *v)
+{
+    return set_key(ctx, ctx ? ctx->tmpl.agent : NULL, CBUS_AGENT_LEN, CBUS_TRUNC_AGENT, -1,
+                   CBUS_KEY_AGENT, v);
+}
+
+CBUS_API int cbus_ctx_set_tenant(cbus_ctx *ctx, const char *v)
+{
+    return set_key(ctx, ctx ? ctx->tmpl.tenant : NULL, CBUS_TENANT_LEN, CBUS_TRUNC_TENANT, -1,
+                   CBUS_KEY_TENANT, v);
+}
+
+/* Appends n strings (each with its NUL) to area, or -E2BIG and counts. */
+static int area_add(char *area, uint32_t cap, uint32_t *used, uint32_t *dropped,
+                    const char *const *strs, unsigned n)
+{
+    size_t need = 0;
+    for (unsigned i = 0; i < n; i++)
+        need += strlen(strs[i]) + 1;
+    if (need > cap - *used) {
+        (*dropped)++;
+        return -E2BIG;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        size_t l = strlen(strs[i]) + 1;
+        memcpy(area + *used, strs[i], l);
+        *used += (uint32_t)l;
+    }
+    return 0;
+}
+
+CBUS_API int cbus_ctx_add_tag(cbus_ctx *ctx, const char *tag)
+{
+    if (!ctx || ctx->magic != CBUS_CTX_MAGIC || !tag || !*tag)
+        return -EINVAL;
+    return area_add(ctx->tags, sizeof ctx->tags, &ctx->tags_len, &ctx->tags_dropped, &tag, 1);
+}
+
+CBUS_API int cbus_ctx_set_metadata(cbus_ctx *ctx, const char *key, const char *value)
+{
+    if (!ctx || ctx->magic != CBUS_CTX_MAGIC || !key || !*key || !value)
+        return -EINVAL;
+    const char *kv[2] = {key, value};
+    return area_add(ctx->meta, sizeof ctx->meta, &ctx->meta_len, &ctx->meta_dropped, kv, 2);
+}
+
+CBUS_API void cbus_ctx_clear_tags(cbus_ctx *ctx)
+{
+    if (ctx && ctx->magic == CBUS_CTX_MAGIC)
+        ctx->tags_len = ctx->tags_dropped = 0;
+}
+
+CBUS_API void cbus_ctx_clear_metadata(cbus_ctx *ctx)
+{
+    if (ctx && ctx->magic == CBUS_CTX_MAGIC)
+        ctx->meta_len = ctx->meta_dropped = 0;
 }
 
 CBUS_API int cbus_ctx_set_request_id(cbus_ctx *ctx, const char *v)
 {
-    return set_field(ctx, ctx ? ctx->tmpl.request_id : NULL, CBUS_REQUEST_LEN, CBUS_TRUNC_REQUEST,
-                     -1, v);
+    return set_key(ctx, ctx ? ctx->tmpl.request_id : NULL, CBUS_REQUEST_LEN, CBUS_TRUNC_REQUEST,
+                   -1, -1, v);
 }
 
 static int set_id(cbus_ctx *ctx, uint8_t *field, const uint8_t id[16], uint16_t flag)

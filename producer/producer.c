@@ -460,11 +460,12 @@ static int untether_if_stalled(cbus_producer *p, struct cbus_consumer_entry *blo
 }
 
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
-                      uint64_t now, unsigned kind, uint64_t *pos)
+                      uint64_t now, unsigned kind, uint64_t n, uint64_t *pos)
 {
     struct cbus_shm_header *hdr = p->hdr;
     const uint64_t cap = p->capacity; /* of a lane */
-    const uint64_t room = kind_is_bulk(kind) ? cap - cap / 8 : cap;
+    /* n positions (an event and its body) must all fit below the bound */
+    const uint64_t room = (kind_is_bulk(kind) ? cap - cap / 8 : cap) - (n - 1);
     const int accountable = kind_is_accountable(kind);
     _Atomic uint64_t *tail = t->tail;
     struct cbus_consumer_entry *blocker = NULL;
@@ -477,7 +478,7 @@ int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t g
     uint64_t cur = atomic_load_explicit(tail, memory_order_relaxed);
     for (;;) {
         if (t->gate_min == UINT64_MAX || cur < t->gate_min + room) {
-            if (atomic_compare_exchange_weak_explicit(tail, &cur, cur + 1,
+            if (atomic_compare_exchange_weak_explicit(tail, &cur, cur + n,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 if (wait_start)

@@ -63,6 +63,6 @@ void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t)
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
-                      uint64_t now, unsigned kind, uint64_t *pos);
+                      uint64_t now, unsigned kind, uint64_t n, uint64_t *pos);
 
 #endif

@@ -28,7 +28,8 @@ int cost_ktab_init(struct cost_ktab *t, size_t key_size, size_t val_size, size_t
         return -EINVAL;
     t->key_size = key_size;
     t->val_size = val_size;
-    t->stride = (key_size + val_size + 7) & ~(size_t)7;
+    t->val_off = (key_size + 15) & ~(size_t)15;
+    t->stride = (t->val_off + val_size + 15) & ~(size_t)15;
     t->max_entries = max_entries;
     return build_index(t, 64);
 }

@@ -18,7 +18,8 @@
 struct cost_ktab {
     size_t key_size;      /* multiple of 8 */
     size_t val_size;
-    size_t stride;        /* key_size + val_size, rounded up to 8 */
+    size_t val_off;       /* key_size rounded up to 16: values hold 128-bit sums */
+    size_t stride;        /* val_off + val_size, rounded up to 16 */
     unsigned char *ents;
     size_t n, cap;
     size_t max_entries;   /* inserts beyond it fail */
@@ -59,7 +60,7 @@ static inline void *cost_ktab_key_at(const struct cost_ktab *t, size_t i)
 }
 static inline void *cost_ktab_val_at(const struct cost_ktab *t, size_t i)
 {
-    return t->ents + i * t->stride + t->key_size;
+    return t->ents + i * t->stride + t->val_off;
 }
 
 /* Key equality over 8-byte words: keys are short and fixed-size, and an

@@ -21,6 +21,9 @@ struct cbus_create_opts {
                                    owns a lane, so threads do not contend on one tail;
                                    capacity is split between them (in the struct's
                                    former tail padding: its size is unchanged) */
+    uint32_t body_limit;        /* bytes of body one event may carry (docs/bodies.md),
+                                   496..CBUS_BODY_LIMIT_MAX and at most a sixteenth of
+                                   a lane; 0 = CBUS_BODY_LIMIT_DEFAULT, cut to fit */
 };
 
 /* Creates /dev/shm/cbus.NAME (O_EXCL) sized for opts, zero-filled so a full
@@ -79,6 +82,8 @@ CBUS_API uint64_t cbus_bus_tail(const cbus_bus *bus);
  * return -EINVAL on a bad index. */
 CBUS_API unsigned cbus_bus_lanes(const cbus_bus *bus);
 CBUS_API uint64_t cbus_bus_lane_capacity(const cbus_bus *bus);
+/* Bytes of body one event may carry on this bus (cbus_create_opts.body_limit). */
+CBUS_API uint32_t cbus_bus_body_limit(const cbus_bus *bus);
 CBUS_API uint64_t cbus_bus_lane_tail(const cbus_bus *bus, unsigned lane);
 CBUS_API int cbus_bus_lane_owner(const cbus_bus *bus, unsigned lane, uint32_t *pid, uint32_t *tid);
 CBUS_API int cbus_bus_consumer_lane(const cbus_bus *bus, unsigned idx, unsigned lane,

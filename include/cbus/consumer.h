@@ -16,7 +16,8 @@
  * ev.event_id + 1 is the cursor that acknowledges ev (cbus_consumer_commit_to).
  *
  * Accounting is exact: for positions from the attach point on,
- *   consumed + lost + abandoned == positions passed.
+ *   consumed + body_slots + lost + abandoned == positions passed
+ * (an event with a body takes the positions after its own for the body).
  */
 #ifndef CBUS_CONSUMER_H
 #define CBUS_CONSUMER_H
@@ -97,6 +98,32 @@ CBUS_API void cbus_consumer_detach(cbus_consumer *c);
  * segment was truncated under us: cbus_consumer_check() says which). */
 CBUS_API int cbus_consumer_poll(cbus_consumer *c, struct cbus_event *out, unsigned max);
 
+/* An event's body, as poll_bodies put it in the caller's buffer (valid
+ * until the buffer is reused).  data NULL, len 0: the event has none. */
+struct cbus_body {
+    const void *data;
+    uint32_t len;             /* == the event's body_len */
+};
+/* Like cbus_consumer_poll, and each event's body (its sections: see
+ * cbus_body_next) into buf, bodies[i] for out[i].  buflen must be at least
+ * the bus's body limit (cbus_bus_body_limit), so a body always fits into an
+ * empty buffer; poll stops early when the next body does not fit in what is
+ * left.  A body is delivered whole or not at all: one lapped while it was
+ * read counts its event as lost.  Returns the count, -EINVAL, -ENOBUFS
+ * (buflen below the body limit), -ESTALE. */
+CBUS_API int cbus_consumer_poll_bodies(cbus_consumer *c, struct cbus_event *out,
+                                       struct cbus_body *bodies, unsigned max, void *buf,
+                                       size_t buflen);
+
+/* Walks a body's sections (it came from shared memory: every length is
+ * checked).  Start with *off = 0.  Returns 1 with *sec and *data (sec->len
+ * bytes) set, 0 at the end, -EBADMSG for a section that does not fit. */
+CBUS_API int cbus_body_next(const void *body, size_t len, size_t *off,
+                            struct cbus_body_section *sec, const char **data);
+/* The first section of a type: 1 (found), 0 (none), -EBADMSG. */
+CBUS_API int cbus_body_find(const void *body, size_t len, unsigned type,
+                            struct cbus_body_section *sec, const char **data);
+
 /* Sleeps until an event may be available, timeout_ns passes, or a signal.
  * Uses no CPU while idle (futex); heartbeats while it waits.
  * Returns 1 (data), 0 (timeout), -EINTR, -ESTALE. */
@@ -144,8 +171,9 @@ CBUS_API int cbus_consumer_check(cbus_consumer *c);
  * untethered (made lossy); it re-tethers by itself once it has caught up. */
 CBUS_API int cbus_consumer_heartbeat(cbus_consumer *c);
 
-/* Positions are summed over the lanes: consumed + lost + abandoned equals
- * read_pos minus the read position at attach. */
+/* Positions are summed over the lanes: consumed + body_slots + lost +
+ * abandoned equals read_pos minus the read position at attach (lost and
+ * abandoned count positions: an event lost with its body counts each). */
 struct cbus_consumer_stats {
     uint64_t consumed;
     uint64_t lost;
@@ -159,6 +187,7 @@ struct cbus_consumer_stats {
     uint64_t untethered_count;
     unsigned lanes;       /* the bus's lane count */
     uint64_t kinds;       /* as attached (0 = every kind) */
+    uint64_t body_slots;  /* positions taken by the bodies of consumed events */
 };
 CBUS_API int cbus_consumer_stats(cbus_consumer *c, struct cbus_consumer_stats *out);
 CBUS_API uint64_t cbus_consumer_read_pos(const cbus_consumer *c); /* summed over lanes */

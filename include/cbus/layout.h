@@ -60,7 +60,7 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
 
 #define CBUS_MAGIC            UINT64_C(0x474E495253554243) /* "CBUSRING" little endian */
 #define CBUS_ENDIAN_MARK      UINT32_C(0x01020304)
-#define CBUS_LAYOUT_MAJOR     1  /* incompatible change: refuse to attach */
+#define CBUS_LAYOUT_MAJOR     2  /* incompatible change: refuse to attach (2: events v2) */
 #define CBUS_LAYOUT_MINOR     1  /* written for old tools, never read: see the features */
 
 /* Feature bits (ext4-style), in cbus_shm_header.required_features and
@@ -122,7 +122,10 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
     XX(RETRIEVER_ERROR,  retriever_error,  16, RETRIEVER, ERROR, ERROR)                       \
     XX(TEXT,             text,             17, OTHER,     POINT, NONE)  /* on_text */         \
     XX(RETRY,            retry,            18, OTHER,     POINT, RETRY) /* on_retry */        \
-    XX(CUSTOM,           custom,           19, OTHER,     POINT, NONE)  /* on_custom_event */
+    XX(CUSTOM,           custom,           19, OTHER,     POINT, NONE)  /* on_custom_event */ \
+    XX(CHAT_MODEL_STREAM, chat_model_stream, 20, LLM,     POINT, TOKEN) /* handleChatModelStreamEvent (LangChain 1.x) */ \
+    XX(TOOL_EVENT,       tool_event,       21, TOOL,      POINT, NONE)  /* handleToolEvent (LangChain 1.x) */ \
+    XX(SCORE,            score,            22, OTHER,     POINT, SCORE) /* a grade of a run: name, value, comment */
 
 enum cbus_kind {
     CBUS_EV_NONE = 0,
@@ -161,6 +164,7 @@ enum cbus_kind_payload {
     CBUS_PAYLOAD_RETRY = 5,     /* u.retry */
     CBUS_PAYLOAD_RETRIEVER = 6, /* u.retriever */
     CBUS_PAYLOAD_SPAN = 7,      /* u.span */
+    CBUS_PAYLOAD_SCORE = 8,     /* u.score */
 };
 
 /* The map's columns for a kind read from a segment (any value: unknown
@@ -214,7 +218,9 @@ enum cbus_finish_reason {
 #define CBUS_USAGE_DURATION       (1u << 5)
 #define CBUS_USAGE_TTFT           (1u << 6)
 
-/* cbus_event.flags: which bounded strings were cut to fit. */
+/* cbus_event.flags: which bounded strings were cut to fit (the key hashes
+ * are of the whole value, so a cut key is still told apart), and what else
+ * the event carries. */
 #define CBUS_TRUNC_PROVIDER   (1u << 0)
 #define CBUS_TRUNC_MODEL      (1u << 1)
 #define CBUS_TRUNC_USER       (1u << 2)
@@ -222,18 +228,52 @@ enum cbus_finish_reason {
 #define CBUS_TRUNC_REQUEST    (1u << 4)
 #define CBUS_TRUNC_NAME       (1u << 5)
 #define CBUS_TRUNC_PREVIEW    (1u << 6)
+#define CBUS_TRUNC_AGENT      (1u << 7)
 #define CBUS_FLAG_HAS_PARENT  (1u << 8)  /* parent_run_id is meaningful */
 #define CBUS_FLAG_HAS_TRACE   (1u << 9)  /* trace_id is meaningful */
+#define CBUS_TRUNC_TENANT     (1u << 10)
+#define CBUS_FLAG_BODY        (1u << 11) /* body_len bytes of body follow the event */
+#define CBUS_FLAG_BODY_CUT    (1u << 12) /* the body was cut to the bus's body limit */
 
 /* Bounded string fields: NUL-padded; a reader must never rely on the NUL
- * (use strnlen(field, sizeof field)). */
-#define CBUS_PROVIDER_LEN  16
-#define CBUS_MODEL_LEN     64
-#define CBUS_USER_LEN      48
-#define CBUS_SESSION_LEN   48
-#define CBUS_REQUEST_LEN   40
-#define CBUS_NAME_LEN      48
-#define CBUS_PREVIEW_LEN   80
+ * (use strnlen(field, sizeof field)).  Keys longer than their field are cut
+ * (CBUS_TRUNC_*) but keep their identity in key_hash[]. */
+#define CBUS_PROVIDER_LEN  24
+#define CBUS_MODEL_LEN     48
+#define CBUS_USER_LEN      40
+#define CBUS_SESSION_LEN   40
+#define CBUS_AGENT_LEN     24
+#define CBUS_TENANT_LEN    24
+#define CBUS_REQUEST_LEN   32
+#define CBUS_NAME_LEN      32
+#define CBUS_PREVIEW_LEN   32
+
+/* The keys consumers count, throttle and budget by.  key_hash[k] is
+ * cbus_key_hash() of the key's whole value (0 = empty), so two values that
+ * share their first CBUS_*_LEN - 1 bytes are still two keys. */
+enum cbus_key {
+    CBUS_KEY_PROVIDER = 0,
+    CBUS_KEY_MODEL = 1,
+    CBUS_KEY_USER = 2,
+    CBUS_KEY_SESSION = 3,
+    CBUS_KEY_AGENT = 4,
+    CBUS_KEY_TENANT = 5,
+    CBUS_KEY__COUNT
+};
+
+/* 64-bit FNV-1a of len bytes, 0 for an empty value (and never 0 otherwise).
+ * Inline so a reader of the segment needs no library for it. */
+static inline uint64_t cbus_key_hash(const char *s, size_t len)
+{
+    if (!len)
+        return 0;
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h ? h : 1;
+}
 
 struct cbus_usage {                 /* llm_end */
     uint32_t input_tokens;          /* includes cache_read + cache_creation */
@@ -282,13 +322,25 @@ struct cbus_span_info {             /* chain_end, tool_end, agent_finish */
     uint64_t duration_ns;           /* 0 = unknown */
 };
 
+enum cbus_score_type {
+    CBUS_SCORE_NUMERIC = 1,         /* value */
+    CBUS_SCORE_BOOLEAN = 2,         /* value 0 or 1 */
+    CBUS_SCORE_CATEGORICAL = 3,     /* the category in preview (value unused) */
+};
+
+struct cbus_score_info {            /* score: name = the score's name */
+    double   value;
+    uint8_t  type;                  /* enum cbus_score_type */
+    uint8_t  _reserved[7];
+};
+
 /* One event: every kind has the same 496-byte layout. */
 struct cbus_event {
     uint16_t kind;                  /* enum cbus_kind */
     uint16_t flags;                 /* CBUS_TRUNC_*, CBUS_FLAG_* */
     uint32_t pid;
     uint32_t tid;
-    uint32_t _reserved0;
+    uint32_t body_len;              /* with CBUS_FLAG_BODY: bytes of body (docs/bodies.md) */
     uint64_t event_id;              /* ring position: unique per bus_id, dedupe key */
     uint64_t ts_realtime_ns;        /* CLOCK_REALTIME, ns since the epoch */
     uint64_t ts_mono_ns;            /* CLOCK_MONOTONIC, ns */
@@ -303,12 +355,16 @@ struct cbus_event {
         struct cbus_retry_info retry;
         struct cbus_retriever_info retriever;
         struct cbus_span_info span;
+        struct cbus_score_info score;
         uint8_t raw[64];
     } u;
+    uint64_t key_hash[CBUS_KEY__COUNT]; /* cbus_key_hash() of each whole key */
     char provider[CBUS_PROVIDER_LEN];   /* "openai", "anthropic", "aws.bedrock" */
     char model[CBUS_MODEL_LEN];
     char user[CBUS_USER_LEN];
     char session[CBUS_SESSION_LEN];     /* session / conversation id */
+    char agent[CBUS_AGENT_LEN];         /* agent name or slug */
+    char tenant[CBUS_TENANT_LEN];       /* team or organisation */
     char request_id[CBUS_REQUEST_LEN];  /* request / correlation id */
     char name[CBUS_NAME_LEN];           /* tool, chain, agent, custom event or error type */
     char preview[CBUS_PREVIEW_LEN];     /* text preview; chunk text for new_token */
@@ -323,9 +379,41 @@ struct cbus_slot {
      * newer: the reader was lapped).  0 = never written. */
     CBUS_ATOMIC(uint64_t) seq;
     CBUS_ATOMIC(uint32_t) writer_pid;     /* pid that claimed it (for abandon checks) */
-    uint32_t _reserved;
-    struct cbus_event ev;
+    CBUS_ATOMIC(uint32_t) part;           /* CBUS_PART_*: an event, or bytes of the body
+                                             of the event at an earlier position */
+    struct cbus_event ev;                 /* CBUS_PART_BODY: CBUS_BODY_PER_SLOT body bytes */
 };
+
+/* ---- bodies (docs/bodies.md) ----------------------------------------------
+ * An event with CBUS_FLAG_BODY carries body_len bytes of body in the
+ * CBUS_BODY_SLOTS(body_len) slots after its own position in its lane
+ * (slot.part = CBUS_PART_BODY, CBUS_BODY_PER_SLOT bytes each).  The body is
+ * sections, each a struct cbus_body_section and then len bytes, no padding;
+ * a reader skips sections of a type it does not know. */
+enum cbus_body_type {
+    CBUS_BODY_TEXT = 1,      /* the event's text whole: prompt, output, tool input or
+                                result, query, error message with stack, custom data */
+    CBUS_BODY_MESSAGES = 2,  /* chat messages as JSON, OpenTelemetry's gen_ai.input.messages /
+                                gen_ai.output.messages shape */
+    CBUS_BODY_TAGS = 3,      /* the run's tags: tag NUL tag NUL ... */
+    CBUS_BODY_METADATA = 4,  /* the run's metadata: key NUL value NUL ... */
+};
+#define CBUS_BODY_SECTION_CUT (1u << 0) /* len < orig_len: cut at the bus's body limit */
+struct cbus_body_section {
+    uint16_t type;           /* enum cbus_body_type */
+    uint16_t flags;          /* CBUS_BODY_SECTION_* */
+    uint32_t len;            /* bytes that follow */
+    uint32_t orig_len;       /* bytes the producer had */
+    uint32_t dropped;        /* TAGS, METADATA: entries the context had no room for */
+};
+
+#define CBUS_BODY_LIMIT_DEFAULT (64u * 1024u)
+#define CBUS_BODY_LIMIT_MAX     (16u * 1024u * 1024u)
+#define CBUS_PART_EVENT   0u
+#define CBUS_PART_BODY    1u
+#define CBUS_BODY_PER_SLOT ((uint32_t)sizeof(struct cbus_event)) /* 496 */
+/* Body slots after an event with body_len bytes of body. */
+#define CBUS_BODY_SLOTS(len) (((uint64_t)(len) + CBUS_BODY_PER_SLOT - 1) / CBUS_BODY_PER_SLOT)
 
 #define CBUS_SEQ_BUSY(p)      (2 * (uint64_t)(p) + 1)
 #define CBUS_SEQ_COMMITTED(p) (2 * (uint64_t)(p) + 2)
@@ -369,7 +457,7 @@ struct cbus_consumer_entry {
      * instead of waiting for it.  Written at attach, before the entry is
      * ACTIVE; producers read it when they recompute the gate. */
     CBUS_ATOMIC(uint64_t) kinds;
-    uint64_t _reserved1;
+    CBUS_ATOMIC(uint64_t) body_slots;       /* positions of bodies of events consumed */
     /* lines 2-3: the committed cursor, the only word producers read on the
      * fast-ish path (recomputing the gate), alone on a 128-byte pair */
     CBUS_ALIGNAS(CBUS_HOTLINE) CBUS_ATOMIC(uint64_t) cursor;
@@ -525,7 +613,7 @@ struct cbus_shm_header {
     /* lanes (identity, written by the creator before `ready`).  Zero in a
      * segment from before lanes: one lane. */
     CBUS_ALIGNAS(CBUS_HOTLINE) uint32_t lane_count;          /* power of two, 1..CBUS_MAX_LANES */
-    uint32_t _reserved_lanes;
+    uint32_t body_limit;                                     /* bytes of body an event may carry */
     uint64_t lane_capacity;                                  /* slots per lane */
     uint64_t lanes_off;                                      /* struct cbus_lane [lane_count] */
     uint64_t lane_cursors_off;                               /* struct cbus_lane_cursors [CBUS_MAX_CONSUMERS] */
@@ -558,13 +646,20 @@ static_assert(offsetof(struct cbus_event, run_id) == 40, "run_id");
 static_assert(offsetof(struct cbus_event, parent_run_id) == 56, "parent_run_id");
 static_assert(offsetof(struct cbus_event, trace_id) == 72, "trace_id");
 static_assert(offsetof(struct cbus_event, u) == 88, "u");
-static_assert(offsetof(struct cbus_event, provider) == 152, "provider");
-static_assert(offsetof(struct cbus_event, model) == 168, "model");
-static_assert(offsetof(struct cbus_event, user) == 232, "user");
-static_assert(offsetof(struct cbus_event, session) == 280, "session");
-static_assert(offsetof(struct cbus_event, request_id) == 328, "request_id");
-static_assert(offsetof(struct cbus_event, name) == 368, "name");
-static_assert(offsetof(struct cbus_event, preview) == 416, "preview");
+static_assert(offsetof(struct cbus_event, key_hash) == 152, "key_hash");
+static_assert(offsetof(struct cbus_event, provider) == 200, "provider");
+static_assert(offsetof(struct cbus_event, model) == 224, "model");
+static_assert(offsetof(struct cbus_event, user) == 272, "user");
+static_assert(offsetof(struct cbus_event, session) == 312, "session");
+static_assert(offsetof(struct cbus_event, agent) == 352, "agent");
+static_assert(offsetof(struct cbus_event, tenant) == 376, "tenant");
+static_assert(offsetof(struct cbus_event, request_id) == 400, "request_id");
+static_assert(offsetof(struct cbus_event, name) == 432, "name");
+static_assert(offsetof(struct cbus_event, preview) == 464, "preview");
+static_assert(sizeof(struct cbus_score_info) == 16, "score");
+static_assert(sizeof(struct cbus_body_section) == 16, "body section");
+static_assert(offsetof(struct cbus_slot, part) == 12, "slot.part");
+static_assert(offsetof(struct cbus_event, body_len) == 12, "body_len");
 static_assert(sizeof(struct cbus_usage) == 40, "usage");
 static_assert(sizeof(struct cbus_consumer_entry) == 256, "consumer entry");
 static_assert(offsetof(struct cbus_consumer_entry, cursor) == 128, "consumer cursor");

@@ -76,6 +76,9 @@ CBUS_API int cbus_producer_check(cbus_producer *p);
  * cbus_ctx_free(), or cbus_ctx_size() bytes of their own memory (8-byte
  * aligned) passed to cbus_ctx_init().  Its fields are not part of the API:
  * use the setters. */
+#define CBUS_CTX_TAGS_MAX 512
+#define CBUS_CTX_META_MAX 2048
+
 struct cbus_ctx {
     struct cbus_event tmpl;         /* kind/timestamps/event_id are set per emit */
     uint64_t admit_hash[CBUS_SCOPE__COUNT]; /* cached cbus_admit_key_hash() values */
@@ -83,6 +86,12 @@ struct cbus_ctx {
     uint64_t first_token_ns;        /* set by the first llm_new_token */
     uint32_t token_index;           /* next llm_new_token index */
     uint32_t magic;                 /* CBUS_CTX_MAGIC once initialised */
+    /* the run's tags and metadata, carried in the body of the events that
+     * open a run and of scores (cbus_ctx_add_tag, cbus_ctx_set_metadata) */
+    uint32_t tags_len, meta_len;    /* bytes used */
+    uint32_t tags_dropped, meta_dropped; /* entries that did not fit */
+    char tags[CBUS_CTX_TAGS_MAX];   /* tag NUL tag NUL ... */
+    char meta[CBUS_CTX_META_MAX];   /* key NUL value NUL ... */
 };
 #define CBUS_CTX_MAGIC 0x43545843u
 
@@ -102,6 +111,20 @@ CBUS_API int cbus_ctx_set_model(cbus_ctx *ctx, const char *model);
 CBUS_API int cbus_ctx_set_user(cbus_ctx *ctx, const char *user);
 CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *session);
 CBUS_API int cbus_ctx_set_request_id(cbus_ctx *ctx, const char *request_id);
+/* The agent (name or slug) and tenant (team or organisation) the run
+ * belongs to: keys that cbus-cost and cbus-ratelimit count by.  Each key is
+ * shown cut to its field and told apart by the hash of its whole value. */
+CBUS_API int cbus_ctx_set_agent(cbus_ctx *ctx, const char *agent);
+CBUS_API int cbus_ctx_set_tenant(cbus_ctx *ctx, const char *tenant);
+/* Tags and metadata (as LangChain passes them), inherited by child
+ * contexts and carried in the body of every start event and score.
+ * Returns 0, -EINVAL, -E2BIG (no room left in the context: not added, and
+ * counted in the body section's `dropped`).  Setting a metadata key again
+ * adds the new value after the old: readers take the last. */
+CBUS_API int cbus_ctx_add_tag(cbus_ctx *ctx, const char *tag);
+CBUS_API int cbus_ctx_set_metadata(cbus_ctx *ctx, const char *key, const char *value);
+CBUS_API void cbus_ctx_clear_tags(cbus_ctx *ctx);
+CBUS_API void cbus_ctx_clear_metadata(cbus_ctx *ctx);
 CBUS_API int cbus_ctx_set_run_id(cbus_ctx *ctx, const uint8_t run_id[16]);
 CBUS_API int cbus_ctx_set_parent_run_id(cbus_ctx *ctx, const uint8_t parent_run_id[16]);
 CBUS_API int cbus_ctx_set_trace_id(cbus_ctx *ctx, const uint8_t trace_id[16]);
@@ -112,8 +135,11 @@ CBUS_API void cbus_run_id_new(uint8_t out[16]);
 CBUS_API void cbus_trace_id_new(uint8_t out[16]);
 
 /* ---- typed calls, one per event kind ---------------------------------------
- * Text arguments may be NULL; previews are cut to CBUS_PREVIEW_LEN with
- * CBUS_TRUNC_PREVIEW set. */
+ * Text arguments may be NULL.  A text's start is the event's preview (cut to
+ * CBUS_PREVIEW_LEN with CBUS_TRUNC_PREVIEW set); a text longer than that is
+ * carried whole in the event's body, up to the bus's body limit (cut there,
+ * and flagged, never an error).  Messages are JSON in the shape of
+ * OpenTelemetry's gen_ai.input.messages / gen_ai.output.messages. */
 CBUS_API int cbus_llm_start(cbus_producer *p, cbus_ctx *ctx, const char *prompt,
                             const struct cbus_llm_start_info *info);
 CBUS_API int cbus_chat_model_start(cbus_producer *p, cbus_ctx *ctx, const char *last_message,
@@ -123,6 +149,27 @@ CBUS_API int cbus_chat_model_start(cbus_producer *p, cbus_ctx *ctx, const char *
 CBUS_API int cbus_llm_new_token(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len);
 /* usage may be NULL (no usage reported).  When usage has no DURATION/TTFT bit,
  * they are filled from the ctx's start and first-token times. */
+/* A chat model's start with the whole conversation (messages_len bytes of
+ * JSON); last_message (may be NULL) is the new turn, shown in the preview. */
+CBUS_API int cbus_chat_model_start_messages(cbus_producer *p, cbus_ctx *ctx,
+                                            const char *messages_json, size_t messages_len,
+                                            const char *last_message,
+                                            const struct cbus_llm_start_info *info);
+/* An llm_end whose output is chat messages (gen_ai.output.messages). */
+CBUS_API int cbus_llm_end_messages(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                                   const char *messages_json, size_t messages_len);
+/* LangChain 1.x handleChatModelStreamEvent: a streamed chunk (like a token). */
+CBUS_API int cbus_chat_model_stream(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len);
+/* LangChain 1.x handleToolEvent: something a running tool reports. */
+CBUS_API int cbus_tool_event(cbus_producer *p, cbus_ctx *ctx, const char *event_name,
+                             const char *data);
+/* A grade of the run (Langfuse's scores): name, a numeric or boolean
+ * (0 or 1) value, or a category (CBUS_SCORE_CATEGORICAL; value unused);
+ * comment may be NULL.  Returns the emit codes, and -EINVAL for no name, an
+ * unknown type, a boolean other than 0 or 1, a value that is not finite, or
+ * a category missing. */
+CBUS_API int cbus_score(cbus_producer *p, cbus_ctx *ctx, const char *name, unsigned type,
+                        double value, const char *category, const char *comment);
 CBUS_API int cbus_llm_end(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
                           const char *output);
 CBUS_API int cbus_llm_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
@@ -159,6 +206,8 @@ struct cbus_emit_args {
     size_t preview_len;        /* bytes of preview; SIZE_MAX = strlen */
     const void *payload;       /* per-kind union bytes (e.g. struct cbus_usage); NULL = zero */
     size_t payload_len;        /* at most 64 */
+    const char *messages;      /* chat messages JSON for the body; NULL = none */
+    size_t messages_len;
 };
 CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *args);
 

@@ -268,7 +268,7 @@ static inline __attribute__((always_inline)) void emit(struct thr *t, enum desig
     ev->kind = CBUS_EV_LLM_END;
     ev->pid = lane;
     ev->tid = t->idx;
-    ev->_reserved0 = seq;       /* the thread's own sequence: what the checks follow */
+    ev->body_len = seq;       /* the thread's own sequence: what the checks follow */
     ev->event_id = pos;
     ev->ts_realtime_ns = now + 1700000000000000000ull;
     ev->ts_mono_ns = now;
@@ -407,12 +407,12 @@ static int check_range(const struct seg *s, unsigned lane, uint64_t from, uint64
             }
             return fail("slot not committed at its own position", lane, p, cfg);
         }
-        if (ev.tid >= k->threads || ev._reserved0 >= k->events || ev.event_id != p ||
+        if (ev.tid >= k->threads || ev.body_len >= k->events || ev.event_id != p ||
             ev.pid != lane)
             return fail("event fields wrong", lane, p, cfg);
-        if (owned && (ev.tid != lane || ev._reserved0 != p))
+        if (owned && (ev.tid != lane || ev.body_len != p))
             return fail("lane holds another thread's event, or seq != position", lane, p, cfg);
-        uint32_t th = ev.tid, q = ev._reserved0;
+        uint32_t th = ev.tid, q = ev.body_len;
         if ((int64_t)q <= k->last[lane][th])
             return fail("a thread's events out of order within the lane", lane, p, cfg);
         k->last[lane][th] = q;
@@ -613,7 +613,7 @@ static int drain_once(struct drain *dr, uint64_t total, uint64_t lane_slots_n,
                 for (unsigned l = 0; l < dr->lanes; l++) {
                     int n = 0;
                     while (n < 256 && cur[l] < per_lane && !read_slot(&s, l, cur[l], &buf[n])) {
-                        if (buf[n]._reserved0 != cur[l] || buf[n].tid != l) {
+                        if (buf[n].body_len != cur[l] || buf[n].tid != l) {
                             rc = fail("drained event out of order", l, cur[l], cfg);
                             break;
                         }
@@ -637,7 +637,7 @@ static int drain_once(struct drain *dr, uint64_t total, uint64_t lane_slots_n,
                         best = l;
                 if (next_ts[best] == UINT64_MAX)
                     break;
-                if (read_slot(&s, best, cur[best], &buf[n]) || buf[n]._reserved0 != cur[best]) {
+                if (read_slot(&s, best, cur[best], &buf[n]) || buf[n].body_len != cur[best]) {
                     rc = fail("merged event missing or out of order", best, cur[best], cfg);
                     break;
                 }
@@ -668,7 +668,7 @@ static void fill_template(struct cbus_event *ev)
     snprintf(ev->provider, sizeof ev->provider, "openai");
     snprintf(ev->model, sizeof ev->model, "gpt-4o-2024-08-06");
     snprintf(ev->user, sizeof ev->user, "user-1234");
-    snprintf(ev->session, sizeof ev->session, "sess-0123456789abcdef0123456789abcdef0123");
+    snprintf(ev->session, sizeof ev->session, "sess-0123456789abcdef0123456789");
     snprintf(ev->request_id, sizeof ev->request_id, "req-42");
     snprintf(ev->preview, sizeof ev->preview, "The capital of France is Paris.");
     for (int i = 0; i < 16; i++)
