@@ -113,10 +113,38 @@ static void plan_add(struct body_plan *b, uint32_t limit, uint16_t type, const c
 }
 
 /* Out of line: a body is the slow, big case; the bodiless emit stays small. */
-static __attribute__((noinline)) uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
-                                                    const struct emit_req *rq,
-                                                    struct body_plan *b)
+/* The request's fields one by one, not its address: handing &rq out of line
+ * makes every emit, bodiless or not, build rq in memory (a rep stos and a
+ * dozen stores, measured with callgrind). */
+struct body_src {
+    const char *preview, *messages, *text;
+    size_t preview_len, messages_len, text_len;
+};
+
+static __attribute__((noinline)) uint32_t plan_body_src(const cbus_producer *p,
+                                                        const cbus_ctx *ctx, unsigned kind,
+                                                        struct body_src src,
+                                                        struct body_plan *b);
+
+static inline uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
+                                 const struct emit_req *rq, struct body_plan *b)
 {
+    struct body_src src = {rq->preview, rq->messages, rq->text,
+                           rq->preview_len, rq->messages_len, rq->text_len};
+    return plan_body_src(p, ctx, rq->kind, src, b);
+}
+
+static __attribute__((noinline)) uint32_t plan_body_src(const cbus_producer *p,
+                                                        const cbus_ctx *ctx, unsigned kind,
+                                                        struct body_src src,
+                                                        struct body_plan *b)
+{
+    struct {
+        unsigned kind;
+        const char *preview, *messages, *text;
+        size_t preview_len, messages_len, text_len;
+    } r = {kind, src.preview, src.messages, src.text, src.preview_len, src.messages_len,
+           src.text_len}, *rq = &r;
     uint32_t limit = p->bus->body_limit;
     b->total = 0;
     b->cut = 0;
@@ -282,8 +310,9 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
     /* A body takes the slots after the event's own, claimed with it. */
     struct body_plan plan;
     uint64_t nslots = 1;
-    if (CBUS__UNLIKELY(wants_body(ctx, rq)))
+    if (CBUS__UNLIKELY(wants_body(ctx, rq))) {
         nslots += CBUS_BODY_SLOTS(plan_body(p, ctx, rq, &plan));
+    }
 
     uint64_t pos;
     uint64_t gate = atomic_load_explicit(&hdr->gate, memory_order_relaxed);

@@ -27,6 +27,8 @@ static atomic_int producers_done;
 static atomic_int failures;
 static atomic_int attached;
 static int burst;        /* the burst run: tokens and ends, see the top */
+static int bodies;       /* the body run: every third event has a 600-byte body */
+static char long_text[601];
 #define END_EVERY 50
 #define ENDS_ONLY (CBUS_KIND_BIT(CBUS_EV_LLM_END) | CBUS_KIND_BIT(CBUS_EV_LLM_ERROR))
 
@@ -62,6 +64,10 @@ static void *producer(void *arg)
         int is_end = kind == CBUS_EV_LLM_END;
         struct tag t = {id, is_end ? end_seq : seq};
         struct cbus_emit_args a = {.kind = kind, .payload = &t, .payload_len = sizeof t};
+        if (bodies && i % 3 == 0) {
+            a.preview = long_text;
+            a.preview_len = sizeof long_text - 1;
+        }
         int r = cbus_emit(p, &ctx, &a);
         CHECK(r == 0 || r == -EAGAIN, "emit returned %d", r);
         CHECK(!(burst && is_end && r != 0), "an llm_end was refused in a burst: %d", r);
@@ -75,7 +81,7 @@ static void *producer(void *arg)
 
 struct consumer_result {
     unsigned mode;
-    uint64_t consumed, lost, abandoned, read_pos, ends;
+    uint64_t consumed, lost, abandoned, read_pos, ends, body_slots;
 };
 
 static void *consumer(void *arg)
@@ -94,9 +100,21 @@ static void *consumer(void *arg)
     uint32_t next[PRODUCERS] = {0}, next_end[PRODUCERS] = {0};
     uint64_t ends = 0;
     struct cbus_event ev[64];
+    static _Thread_local unsigned char bbuf[1 << 16];
+    struct cbus_body bb[64];
     for (;;) {
-        int n = cbus_consumer_poll(c, ev, 64);
+        int n = bodies ? cbus_consumer_poll_bodies(c, ev, bb, 64, bbuf, sizeof bbuf)
+                       : cbus_consumer_poll(c, ev, 64);
         CHECK(n >= 0, "poll %d", n);
+        for (int i = 0; bodies && i < n; i++) {
+            if (!(ev[i].flags & CBUS_FLAG_BODY))
+                continue;
+            struct cbus_body_section sec;
+            const char *d;
+            CHECK(cbus_body_find(bb[i].data, bb[i].len, CBUS_BODY_TEXT, &sec, &d) == 1 &&
+                      sec.len == sizeof long_text - 1 && !memcmp(d, long_text, sec.len),
+                  "torn or wrong body");
+        }
         for (int i = 0; i < n; i++) {
             struct tag t;
             memcpy(&t, &ev[i].u, sizeof t);
@@ -135,6 +153,7 @@ static void *consumer(void *arg)
     res->consumed = st.consumed;
     res->lost = st.lost;
     res->abandoned = st.abandoned;
+    res->body_slots = st.body_slots;
     res->read_pos = st.read_pos;
     res->ends = ends;
     cbus_consumer_detach(c);
@@ -157,15 +176,17 @@ static void *churner(void *arg)
         }
         struct cbus_consumer_stats st;
         cbus_consumer_stats(c, &st);
-        CHECK(st.consumed + st.lost + st.abandoned == st.read_pos - start, "churn accounting");
+        CHECK(st.consumed + st.body_slots + st.lost + st.abandoned == st.read_pos - start,
+              "churn accounting");
         cbus_consumer_detach(c);
     }
     return NULL;
 }
 
-static void run(uint32_t lanes, int burst_run)
+static void run(uint32_t lanes, int burst_run, int body_run)
 {
     burst = burst_run;
+    bodies = body_run;
     atomic_store(&producers_done, 0);
     atomic_store(&attached, 0);
     struct cbus_create_opts o = {.capacity = 1024, .lanes = lanes,
@@ -194,18 +215,21 @@ static void run(uint32_t lanes, int burst_run)
     pthread_join(tc[1], NULL);
     uint64_t tail = cbus_bus_tail(bus);
     uint64_t dropped = cbus_bus_header(bus)->dropped;
-    CHECK(tail + dropped == (uint64_t)PRODUCERS * PER_PRODUCER, "tail %llu + dropped %llu",
+    CHECK(tail - lossless.body_slots + dropped == (uint64_t)PRODUCERS * PER_PRODUCER,
+          "tail %llu + dropped %llu",
           (unsigned long long)tail, (unsigned long long)dropped);
-    CHECK(lossless.consumed == tail && lossless.lost == 0 && lossless.abandoned == 0,
+    CHECK(lossless.consumed + lossless.body_slots == tail && lossless.lost == 0 &&
+              lossless.abandoned == 0,
           "lossless consumed %llu of %llu (lost %llu)", (unsigned long long)lossless.consumed,
           (unsigned long long)tail, (unsigned long long)lossless.lost);
-    CHECK(lossy.consumed + lossy.lost + lossy.abandoned == tail, "lossy accounting");
+    CHECK(lossy.consumed + lossy.body_slots + lossy.lost + lossy.abandoned == tail,
+          "lossy accounting");
     if (burst)
         CHECK(lossless.ends == (uint64_t)PRODUCERS * (PER_PRODUCER / END_EVERY),
               "burst: %llu llm_ends reached the lossless consumer",
               (unsigned long long)lossless.ends);
-    printf("stress_ring: %u lane(s)%s: produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
-           lanes, burst ? ", burst" : "", (unsigned long long)tail, (unsigned long long)dropped,
+    printf("stress_ring: %u lane(s)%s%s: produced %llu, dropped %llu, lossless consumed %llu, lossy consumed %llu lost %llu\n",
+           lanes, burst ? ", burst" : "", bodies ? ", bodies" : "", (unsigned long long)tail, (unsigned long long)dropped,
            (unsigned long long)lossless.consumed, (unsigned long long)lossy.consumed,
            (unsigned long long)lossy.lost);
     cbus_bus_close(bus);
@@ -214,9 +238,11 @@ static void run(uint32_t lanes, int burst_run)
 
 int main(void)
 {
-    run(1, 0);
-    run(2, 0);
-    run(2, 1);
+    memset(long_text, 'b', sizeof long_text - 1);
+    run(1, 0, 0);
+    run(2, 0, 0);
+    run(2, 1, 0);
+    run(2, 0, 1);
     int f = atomic_load(&failures);
     printf("%d passed, %d failed\n", f ? 0 : 1, f ? 1 : 0);
     return f ? 1 : 0;

@@ -68,6 +68,10 @@ struct prod {
 };
 
 static pthread_barrier_t start_barrier;
+/* With a body: each llm_end carries an output of this many bytes (its first
+ * bytes are the preview, all of it the body). */
+static size_t body_bytes;
+static char body_text[8192];
 
 static void *producer_main(void *arg)
 {
@@ -88,11 +92,12 @@ static void *producer_main(void *arg)
                            .ttft_ns = 200000000u};
     pr->nbatches = pr->events / BATCH;
     pr->batch_ns = malloc(pr->nbatches * sizeof *pr->batch_ns);
+    const char *output = body_bytes ? body_text : "The answer is 42.";
     pthread_barrier_wait(&start_barrier);
     for (size_t b = 0; b < pr->nbatches; b++) {
         uint64_t t0 = now_ns();
         for (int i = 0; i < BATCH; i++)
-            if (cbus_llm_end(pr->p, &ctx, &u, "The answer is 42.") == -EAGAIN)
+            if (cbus_llm_end(pr->p, &ctx, &u, output) == -EAGAIN)
                 pr->dropped++;
         pr->batch_ns[b] = (double)(now_ns() - t0) / BATCH;
     }
@@ -243,7 +248,7 @@ static double run_floor(size_t size, uint64_t events)
     size_t ring = 16384 * 512;
     char *buf = aligned_alloc(64, ring);
     memset(buf, 0, ring);
-    char src[512];
+    static char src[4096];
     memset(src, 'x', sizeof src);
     size_t slots = ring / size;
     double *v = malloc((events / BATCH) * sizeof *v);
@@ -298,6 +303,7 @@ int main(int argc, char **argv)
         const char *label;
         int spin;
         uint32_t lanes;
+        size_t body;
     } cfg[] = {
         {1, 0, CBUS_LOSSY, "1 producer, no consumer"},
         {1, 1, CBUS_LOSSY, "1 producer, 1 lossy consumer"},
@@ -312,6 +318,7 @@ int main(int argc, char **argv)
         {2, 0, CBUS_LOSSY, "2 producers, no consumer, 2 lanes", 0, 2},
         {2, 1, CBUS_LOSSY, "2 producers, 1 lossy consumer, 2 lanes", 0, 2},
         {2, 1, CBUS_LOSSLESS, "2 producers, 1 lossless consumer, 2 lanes", 0, 2},
+        {1, 0, CBUS_LOSSY, "1 producer, no consumer, 4 KiB body", 0, 1, 4096},
     };
     FILE *out = csv ? fopen(csv, "w") : NULL;
     if (out)
@@ -323,6 +330,9 @@ int main(int argc, char **argv)
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         struct result r[100];
         consumer_spin = cfg[c].spin;
+        body_bytes = cfg[c].body;
+        memset(body_text, 'w', body_bytes);
+        body_text[body_bytes] = '\0';
         for (int i = 0; i < runs; i++)
             r[i] = run_emit(bus_name, cfg[c].threads, cfg[c].consumers, cfg[c].mode, events,
                             cfg[c].lanes);
@@ -340,13 +350,15 @@ int main(int argc, char **argv)
         d[i] = run_drain(bus_name, 8);
     double drain = percentile(d, (size_t)runs, 0.5);
     printf("\n%-36s %9.1f Mevents/s\n", "consumer drain (1 consumer, full ring)", drain);
-    double f256[100], f512[100];
+    double f256[100], f512[100], f4k[100];
     for (int i = 0; i < runs; i++) {
         f256[i] = run_floor(256, events);
         f512[i] = run_floor(512, events);
+        f4k[i] = run_floor(4096, events / 4);
     }
     printf("%-36s %9.1f ns\n", "floor: copy 256 B into a ring", percentile(f256, (size_t)runs, 0.5));
     printf("%-36s %9.1f ns\n", "floor: copy 512 B into a ring", percentile(f512, (size_t)runs, 0.5));
+    printf("%-36s %9.1f ns\n", "floor: copy 4 KiB into a ring", percentile(f4k, (size_t)runs, 0.5));
     if (out) {
         fprintf(out, "consumer drain,,,,%.2f,\n", drain);
         fclose(out);

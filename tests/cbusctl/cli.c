@@ -759,6 +759,20 @@ Test(cbusctl_cli, stat_shows_the_kinds_each_lossless_consumer_needs)
     cbus_consumer_detach(cost);
 }
 
+Test(cbusctl_cli, create_with_a_body_limit_and_stat_shows_it)
+{
+    CTL("create", bus, "--capacity", "65536", "--body-limit", "1052672");
+    ASSERT_EXIT(0);
+    cJSON *j = stat_json();
+    cr_assert_eq(jnum(j, "body_limit"), 1052672, "%s", rr.out);
+    cJSON_Delete(j);
+    CTL("destroy", bus);
+    ASSERT_EXIT(0);
+    CTL("create", bus, "--capacity", "1024", "--body-limit", "1048576");
+    ASSERT_EXIT(2);
+    cr_assert(strstr(rr.err, "a sixteenth of a lane"), "%s", rr.err);
+}
+
 Test(cbusctl_cli, stat_watch_json_until_sigint)
 {
     CTL("create", bus, "--capacity", "1024");

@@ -31,6 +31,9 @@ static void create_help(FILE *f)
             "  --lanes N             producer lanes, a power of two 1..64 (default 1): each\n"
             "                        producer thread owns one, so threads do not contend;\n"
             "                        the capacity is split between them (at least 256 each)\n"
+            "  --body-limit BYTES    bytes of body (whole prompt, answer, messages) one event may\n"
+            "                        carry, 496 up to a sixteenth of a lane's slots x 496\n"
+            "                        (default 65536, cut to fit)\n"
             "Durations: 500us, 1ms, 2s.\n",
             CAPACITY_MIN, CAPACITY_MAX);
 }
@@ -53,6 +56,7 @@ int cmd_create(int argc, char **argv)
         {"admit-stale", required_argument, NULL, 'A'},
         {"admission-entries", required_argument, NULL, 'e'},
         {"lanes", required_argument, NULL, 'l'},
+        {"body-limit", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -131,6 +135,12 @@ int cmd_create(int argc, char **argv)
                 return cli_usage_error("create", "--lanes %s: must be a power of two", optarg);
             o.lanes = (uint32_t)v;
             break;
+        case 'b':
+            if ((r = cli_u64("create", "--body-limit", optarg, CBUS_BODY_PER_SLOT,
+                             CBUS_BODY_LIMIT_MAX, &v)))
+                return r;
+            o.body_limit = (uint32_t)v;
+            break;
         case 'h':
             create_help(stdout);
             return EXIT_OK;
@@ -169,6 +179,12 @@ int cmd_create(int argc, char **argv)
         return cli_usage_error("create", "--lanes %u: %" PRIu64 " slots give each lane %" PRIu64
                                          ", fewer than 256; raise --capacity or lower --lanes",
                                o.lanes, lanes_cap, lanes_cap / o.lanes);
+    uint64_t lane_slots = lanes_cap / (o.lanes ? o.lanes : 1);
+    if (o.body_limit && o.body_limit > lane_slots / 16 * CBUS_BODY_PER_SLOT)
+        return cli_usage_error("create", "--body-limit %u: a body may take a sixteenth of a lane, "
+                                         "%" PRIu64 " bytes with %" PRIu64 " slots per lane; "
+                                         "raise --capacity (a 1 MiB body needs 65536 per lane)",
+                               o.body_limit, lane_slots / 16 * CBUS_BODY_PER_SLOT, lane_slots);
 
     char path[64];
     cli_shm_path(path, sizeof path, name);

@@ -208,8 +208,8 @@ static void print_json(const char *name, const struct cbus_shm_header *h, const 
         sbuf_printf(&b, ",\"mode\":\"%04o\",\"uid\":%u,\"gid\":%u", bf->mode, bf->uid, bf->gid);
     sbuf_printf(&b,
                 ",\"lossless_wait_ns\":%" PRIu64 ",\"stall_timeout_ns\":%" PRIu64
-                ",\"abandon_timeout_ns\":%" PRIu64,
-                h->lossless_wait_ns, h->stall_timeout_ns, h->abandon_timeout_ns);
+                ",\"abandon_timeout_ns\":%" PRIu64 ",\"body_limit\":%u",
+                h->lossless_wait_ns, h->stall_timeout_ns, h->abandon_timeout_ns, h->body_limit);
     sbuf_printf(&b,
                 ",\"tail\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"untethered\":%" PRIu64
                 ",\"tethered_consumers\":%u,\"sleeping_consumers\":%u",
@@ -293,9 +293,9 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
     if (bf->have)
         printf("  mode %04o uid %u gid %u", bf->mode, bf->uid, bf->gid);
     printf("  created %s by pid %u\n", created, h->creator_pid);
-    printf("lossless wait %s  stall timeout %s  abandon timeout %s\n",
+    printf("lossless wait %s  stall timeout %s  abandon timeout %s  body limit %u B\n",
            fmt_ns(b1, sizeof b1, h->lossless_wait_ns), fmt_ns(b2, sizeof b2, h->stall_timeout_ns),
-           fmt_ns(b3, sizeof b3, h->abandon_timeout_ns));
+           fmt_ns(b3, sizeof b3, h->abandon_timeout_ns), h->body_limit);
     printf("tail %" PRIu64 " (%s/s)  dropped %" PRIu64 "  untethered %" PRIu64
            "  tethered consumers %u  sleeping %u\n",
            s->tail, fmt_rate(b1, sizeof b1, tail_rate(prev, s)), s->dropped, s->untethered,
