@@ -49,10 +49,24 @@ static struct cbus_shm_header *hdr_rw(void)
     return (struct cbus_shm_header *)cbus_bus_header(bus);
 }
 
+/* Faults aim at lane 0 (hdr->tail, the entries' own words, the first
+ * lane_capacity slots); an event there has id = lane position * lanes. */
+static uint64_t lane_cap(void)
+{
+    const struct cbus_shm_header *h = cbus_bus_header(bus);
+    return h->lane_capacity ? h->lane_capacity : h->capacity;
+}
+
+static uint64_t lanes_of(void)
+{
+    const struct cbus_shm_header *h = cbus_bus_header(bus);
+    return h->lane_count ? h->lane_count : 1;
+}
+
 static struct cbus_slot *slot_at(uint64_t pos)
 {
     struct cbus_shm_header *h = hdr_rw();
-    return (struct cbus_slot *)((char *)h + h->slots_off) + (pos & (h->capacity - 1));
+    return (struct cbus_slot *)((char *)h + h->slots_off) + (pos & (lane_cap() - 1));
 }
 
 static void note_corrupted(uint64_t pos)
@@ -120,7 +134,7 @@ static void corrupt_slot(void)
     uint64_t tail = atomic_load(&h->tail);
     if (tail < 2)
         return;
-    uint64_t span = h->capacity / 2 < tail ? h->capacity / 2 : tail;
+    uint64_t span = lane_cap() / 2 < tail ? lane_cap() / 2 : tail;
     for (int tries = 0; tries < 8; tries++) {
         uint64_t pos = tail - 1 - rnd() % span;
         struct cbus_slot *s = slot_at(pos);
@@ -135,9 +149,9 @@ static void corrupt_slot(void)
             ((volatile char *)s->ev.request_id)[off + i] = (char)(r >> (8 * (i % 8)));
         }
         uint64_t s2 = atomic_load(&s->seq);
-        note_corrupted(pos);
+        note_corrupted(pos * lanes_of()); /* lane 0's event id */
         if (s2 != s1)
-            note_corrupted(pos + h->capacity);
+            note_corrupted((pos + lane_cap()) * lanes_of());
         FS.slots++;
         return;
     }
@@ -251,6 +265,15 @@ static void forge_entry(uint64_t now)
         f->cursor = atomic_load(&hdr_rw()->tail);
         atomic_store(&e->cursor, f->cursor);
         atomic_store(&e->read_pos, f->cursor);
+        /* Lanes 1..: a tethered entry gates them too, from their tails now. */
+        struct cbus_shm_header *h = hdr_rw();
+        for (unsigned L = 1; L < lanes_of(); L++) {
+            struct cbus_lane_cursors *lc =
+                (struct cbus_lane_cursors *)((char *)h + h->lane_cursors_off) + i;
+            uint64_t t = cbus_bus_lane_tail(bus, L);
+            atomic_store(&lc->cursor[L], t);
+            atomic_store(&lc->read_pos[L], t);
+        }
         atomic_store(&e->heartbeat_ns, f->future_hb ? hb + 3600000000000u : hb);
         atomic_store(&e->untethered_count, 0);
         atomic_store(&e->flags, CBUS_CFLAG_LOSSLESS | CBUS_CFLAG_TETHERED);
@@ -309,7 +332,7 @@ void faults_tick(uint64_t now, uint64_t sched_delay)
         /* Is it what blocks the producers: the lowest tethered cursor, with
          * the tail a capacity ahead of it?  (Behind a slower live consumer
          * it is never looked at, rightly.) */
-        int blocker = atomic_load(&h->tail) >= f->cursor + h->capacity;
+        int blocker = atomic_load(&h->tail) >= f->cursor + lane_cap();
         for (unsigned j = 0; j < CBUS_MAX_CONSUMERS && blocker; j++) {
             struct cbus_consumer_entry *o = cbus_bus_consumer_entry(bus, j);
             if (j != f->idx && o && atomic_load(&o->state) == CBUS_CSTATE_ACTIVE &&

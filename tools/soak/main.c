@@ -162,7 +162,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: cbus-soak [--duration 30s] [--rate 6000] [--threads 3] [--procs 2]\n"
-            "                 [--lossless 2] [--lossy 1] [--capacity 16384] [--stall-timeout 2s]\n"
+            "                 [--lossless 2] [--lossy 1] [--capacity 16384] [--lanes 4] [--stall-timeout 2s]\n"
             "                 [--lossless-wait 1ms] [--wait-margin 50ms] [--chaos-every 400ms]\n"
             "                 [--seed N] [--no-daemons] [--keep] [--verbose]\n"
             "                 [--faults LIST|default|all|none] [--fault-every 1s]\n"
@@ -252,6 +252,7 @@ static int parse_args(int argc, char **argv)
     G.verifiers_lossless = 2;
     G.verifiers_lossy = 1;
     G.capacity = 16384;
+    G.lanes = 4;
     G.stall_timeout_ns = 2000000000u;
     G.lossless_wait_ns = 1000000u;
     G.wait_margin_ns = 50000000u;
@@ -283,7 +284,7 @@ static int parse_args(int argc, char **argv)
         {"cost", 1, 0, 1},        {"audit", 1, 0, 2},           {"export", 1, 0, 3},
         {"ratelimit", 1, 0, 4},   {"collector", 1, 0, 5},       {"help", 0, 0, 'h'},
         {"faults", 1, 0, 'F'},    {"fault-every", 1, 0, 'E'},   {"plant-gate-wait", 1, 0, 6},
-        {"slow-start", 0, 0, 7},
+        {"slow-start", 0, 0, 7},  {"lanes", 1, 0, 8},
         {0, 0, 0, 0}};
     int ch;
     unsigned u;
@@ -327,6 +328,13 @@ static int parse_args(int argc, char **argv)
         case 4: G.bin[K_RATELIMIT] = optarg; break;
         case 5: G.bin[K_COLLECTOR] = optarg; break;
         case 7: G.slow_start = 1; break;
+        case 8:
+            if (parse_uint("--lanes", optarg, 1, CBUS_MAX_LANES, &G.lanes)) return -1;
+            if (G.lanes & (G.lanes - 1)) {
+                fprintf(stderr, "cbus-soak: --lanes: %u is not a power of two\n", G.lanes);
+                return -1;
+            }
+            break;
         case 6: if (parse_dur("--plant-gate-wait", optarg, &G.plant_wait_ns)) return -1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -641,11 +649,25 @@ static int verifiers_on_bus(void)
     return 1;
 }
 
+/* A consumer entry's committed cursor (want_cursor) or read position,
+ * summed over the lanes: it equals cbus_bus_tail() only when the entry is at
+ * the tail in every lane (no lane's word passes its tail). */
+static uint64_t entry_sum(int idx, int want_cursor)
+{
+    uint64_t sum = 0;
+    for (unsigned L = 0; idx >= 0 && L < cbus_bus_lanes(BUS); L++) {
+        uint64_t cur = 0, rd = 0;
+        cbus_bus_consumer_lane(BUS, (unsigned)idx, L, &cur, &rd);
+        sum += want_cursor ? cur : rd;
+    }
+    return sum;
+}
+
 static uint64_t cost_cursor_target;
 static int cost_caught_up(void)
 {
     int ci = entry_by_name("cost");
-    return ci >= 0 && atomic_load(&cbus_bus_consumer_entry(BUS, (unsigned)ci)->cursor) >= cost_cursor_target;
+    return ci >= 0 && entry_sum(ci, 1) >= cost_cursor_target;
 }
 
 static const char *daemon_entry_name(enum child_kind k)
@@ -767,6 +789,7 @@ static int recreate_bus(int truncate)
     BUS = NULL;
     int r = cbus_bus_destroy(G.bus);
     struct cbus_create_opts co = {.capacity = G.capacity,
+                                  .lanes = G.lanes,
                                   .lossless_wait_ns = bus_wait_bound(),
                                   .stall_timeout_ns = G.stall_timeout_ns};
     if (!r || r == -ENOENT)
@@ -1001,6 +1024,7 @@ int main(int argc, char **argv)
         return 3;
     }
     ST->wait_bound_ns = G.lossless_wait_ns;
+    ST->lanes = G.lanes;
     ST->held_slack_ns = HELD_SLACK_NS;
     /* Invariant 6 needs the kernel's run-queue accounting and the host's
      * steal and interrupt times: without them it could not tell the
@@ -1014,6 +1038,7 @@ int main(int argc, char **argv)
     }
     held_close(&probe);
     struct cbus_create_opts co = {.capacity = G.capacity,
+                                  .lanes = G.lanes,
                                   .lossless_wait_ns = bus_wait_bound(),
                                   .stall_timeout_ns = G.stall_timeout_ns};
     r = cbus_bus_create(G.bus, &co);
@@ -1024,9 +1049,9 @@ int main(int argc, char **argv)
         return 3;
     }
     const struct cbus_shm_header *hdr = cbus_bus_header(BUS);
-    printf("cbus-soak: bus %s (capacity %" PRIu64 ", stall timeout %" PRIu64 " ms, lossless wait %" PRIu64
+    printf("cbus-soak: bus %s (capacity %" PRIu64 " in %u lanes, stall timeout %" PRIu64 " ms, lossless wait %" PRIu64
            " us), %u producer threads + %u processes at %.0f events/s, seed %" PRIu64 ", temp %s\n",
-           G.bus, hdr->capacity, hdr->stall_timeout_ns / 1000000, hdr->lossless_wait_ns / 1000,
+           G.bus, hdr->capacity, cbus_bus_lanes(BUS), hdr->stall_timeout_ns / 1000000, hdr->lossless_wait_ns / 1000,
            G.threads, G.procs, G.rate, G.seed, G.tmp);
     char fdesc[160];
     faults_describe(fdesc, sizeof fdesc, G.faults);
@@ -1188,7 +1213,7 @@ int main(int argc, char **argv)
             if (!en)
                 continue;
             int ei = entry_by_name(en);
-            if (ei < 0 || atomic_load(&cbus_bus_consumer_entry(BUS, (unsigned)ei)->read_pos) < tail)
+            if (ei < 0 || entry_sum(ei, 0) < tail)
                 pending = 1;
         }
         if (!pending || soak_now_ns() > drain_end)
@@ -1202,7 +1227,7 @@ int main(int argc, char **argv)
         if (!en)
             continue;
         int ei = entry_by_name(en);
-        uint64_t rp = ei < 0 ? 0 : atomic_load(&cbus_bus_consumer_entry(BUS, (unsigned)ei)->read_pos);
+        uint64_t rp = ei < 0 ? 0 : entry_sum(ei, 0);
         if (rp < tail)
             violation("%s wedged: read position %" PRIu64 " never reached the tail %" PRIu64
                       " (60 s after the producers stopped)", kids[i].name, rp, tail);

@@ -33,6 +33,7 @@ struct soak_cfg {
     uint64_t duration_ns;
     double rate;               /* events/s over all producers */
     unsigned threads, procs, verifiers_lossless, verifiers_lossy;
+    unsigned lanes;            /* of the bus: each producer thread takes one */
     uint64_t capacity;
     uint64_t stall_timeout_ns, lossless_wait_ns, wait_margin_ns;
     /* Test-only (--plant-gate-wait): the bus is created with this wait bound

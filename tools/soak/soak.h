@@ -60,7 +60,7 @@ struct soak_vrec {
 /* A verifier's totals, valid as a whole (double-buffered). */
 struct soak_vglobal {
     uint64_t batch_id;
-    uint64_t applied_pos;  /* every position below was accounted for */
+    uint64_t applied_pos;  /* every position below was accounted for (summed over lanes) */
     uint64_t consumed;     /* library counters, summed over lifetimes */
     uint64_t lost;
     uint64_t abandoned;
@@ -70,6 +70,7 @@ struct soak_vglobal {
     uint64_t bad;          /* consumed events whose proof did not check (bad_pos[0..bad)),
                               over all epochs */
     uint64_t epoch;        /* the bus incarnation these totals are for */
+    uint64_t lane_pos[CBUS_MAX_LANES]; /* applied_pos per lane (what it resumes from) */
 };
 
 struct soak_journal_entry {
@@ -119,6 +120,7 @@ struct soak_shared {
     _Atomic uint64_t epoch_tail[SOAK_MAX_EPOCH];
     uint64_t wait_bound_ns;               /* the lossless wait bound invariant 6 checks */
     uint64_t held_slack_ns;               /* held past bound + this is an overrun */
+    uint32_t lanes;                       /* every incarnation of the bus has this many */
     struct soak_prod prod[SOAK_MAX_PROD];
     struct soak_verifier ver[SOAK_MAX_VER];
 };

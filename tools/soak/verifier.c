@@ -68,7 +68,8 @@ struct batch {
     uint64_t redelivered;
     uint64_t bad;                   /* bad proofs in this batch (after g.bad in bad_pos) */
     uint64_t bad_base;              /* g.bad when the batch started */
-    uint64_t attach_pos;            /* events below it were accounted before this life */
+    unsigned lanes;
+    uint64_t attach_pos[CBUS_MAX_LANES]; /* per lane: events below were accounted before this life */
 };
 
 static void apply_event(struct soak_verifier *v, struct batch *b, const struct cbus_event *ev)
@@ -79,7 +80,7 @@ static void apply_event(struct soak_verifier *v, struct batch *b, const struct c
         /* Not a violation by itself: the soak writes garbage into slots on
          * purpose.  The position is recorded (committed with the batch) and
          * the orchestrator checks it is one it wrote. */
-        if (ev->event_id < b->attach_pos) {
+        if (ev->event_id / b->lanes < b->attach_pos[ev->event_id & (b->lanes - 1)]) {
             b->redelivered++;
             return;
         }
@@ -91,6 +92,8 @@ static void apply_event(struct soak_verifier *v, struct batch *b, const struct c
     }
     uint32_t w = atomic_load_explicit(&v->which[p], memory_order_relaxed);
     struct soak_vrec *cur = b->touched[p] ? &v->rec[p][!w] : &v->rec[p][w];
+    /* An instance is one thread: all its events are in one lane, where
+     * event ids grow with lane positions. */
     if (ev->event_id < cur->last_pos1) {
         b->redelivered++; /* applied before a restart, beyond the saved position */
         return;
@@ -115,7 +118,8 @@ static void apply_event(struct soak_verifier *v, struct batch *b, const struct c
 }
 
 static void commit_batch(struct soak_verifier *v, struct batch *b, const struct soak_vglobal *base,
-                         uint64_t dead_untethered, const struct cbus_consumer_stats *cs)
+                         uint64_t dead_untethered, const struct cbus_consumer_stats *cs,
+                         const struct cbus_position *pos)
 {
     uint32_t gw = atomic_load_explicit(&v->gw, memory_order_relaxed);
     struct soak_vglobal *g = &v->g[!gw];
@@ -132,6 +136,8 @@ static void commit_batch(struct soak_verifier *v, struct batch *b, const struct 
         .bad = cur->bad + b->bad,
         .epoch = cur->epoch,
     };
+    for (unsigned L = 0; L < pos->lanes; L++)
+        g->lane_pos[L] = pos->pos[L];
     v->jbatch = g->batch_id;
     /* RELEASE: journal and spare records are complete before jstate says so. */
     atomic_store_explicit(&v->jstate, 1, memory_order_release);
@@ -193,10 +199,13 @@ static int run_epoch(struct soak_shared *st, struct soak_verifier *v, const char
     char name[24];
     snprintf(name, sizeof name, "soak-v%u", index);
     uint64_t dead_untethered = v->lossless ? dead_entry_untethered(bus, name) : 0;
+    struct cbus_position at = {.lanes = st->lanes ? st->lanes : 1};
+    for (unsigned L = 0; L < at.lanes; L++)
+        at.pos[L] = base.lane_pos[L];
     struct cbus_consumer_opts o = {.name = name,
                                    .mode = v->lossless ? CBUS_LOSSLESS : CBUS_LOSSY,
                                    .start = CBUS_START_CURSOR,
-                                   .cursor = base.applied_pos};
+                                   .position = &at};
     cbus_consumer *c = NULL;
     int r;
     for (int tries = 0; (r = cbus_consumer_attach(&c, bus, &o)) == -EBUSY && tries < 500; tries++)
@@ -213,7 +222,9 @@ static int run_epoch(struct soak_shared *st, struct soak_verifier *v, const char
     if (!b || !evs)
         abort();
     b->bad_base = base.bad;
-    b->attach_pos = base.applied_pos;
+    b->lanes = at.lanes;
+    for (unsigned L = 0; L < at.lanes; L++)
+        b->attach_pos[L] = at.pos[L];
     struct cbus_consumer_stats cs = {0}, last = {0};
     r = 2;
     while (!stop_flag) {
@@ -240,7 +251,9 @@ static int run_epoch(struct soak_shared *st, struct soak_verifier *v, const char
             apply_event(v, b, &evs[i]);
         cbus_consumer_stats(c, &cs);
         if (n > 0 || cs.read_pos != last.read_pos || cs.untethered_count != last.untethered_count) {
-            commit_batch(v, b, &base, dead_untethered, &cs);
+            struct cbus_position pos;
+            cbus_consumer_position(c, &pos);
+            commit_batch(v, b, &base, dead_untethered, &cs, &pos);
             cbus_consumer_commit(c);
             last = cs;
         }
