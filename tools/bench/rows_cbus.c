@@ -1,6 +1,7 @@
 /* Rows 1: cbus emit with 1 and 2 producer threads and 0, 1 or 4 consumer
- * processes (lossy and lossless), and the rate at which one consumer drains a
- * full ring.  Consumers are forked processes pinned to the other core,
+ * processes (lossy and lossless), 2 threads on a bus of 2 lanes (issue 13:
+ * each thread claims on its own tail line), and the rate at which one
+ * consumer drains a full ring.  Consumers are forked processes pinned to the other core,
  * running the loop every cbus daemon runs: poll a batch, commit when
  * lossless, sleep in cbus_consumer_wait() when the ring is empty.  The -spin
  * rows busy-poll instead, as tools/cbus-bench does: the difference is what
@@ -82,11 +83,14 @@ static int count_active(cbus_bus *bus)
     return active;
 }
 
+/* *own_lanes (with lanes > 1): set when every thread's events landed in a
+ * lane of its own, i.e. each lane's tail is one thread's events. */
 static int run_emit(const char *bus_name, const struct bench_payload *pl, int threads,
-                    int consumers, unsigned mode, int spin, uint64_t events, struct run_stats *rs)
+                    int consumers, unsigned mode, int spin, uint32_t lanes, uint64_t events,
+                    struct run_stats *rs, int *own_lanes)
 {
     cbus_bus_destroy(bus_name);
-    struct cbus_create_opts co = {0};
+    struct cbus_create_opts co = {.lanes = lanes};
     int rc = cbus_bus_create(bus_name, &co);
     if (rc)
         return rc;
@@ -141,6 +145,18 @@ static int run_emit(const char *bus_name, const struct bench_payload *pl, int th
             struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
             if (atomic_load(&e->state) == CBUS_CSTATE_ACTIVE)
                 rs->lost += atomic_load(&e->lost);
+        }
+        if (own_lanes) {
+            /* The producer's threads each took a free lane at their first
+             * emit (threads == lanes here), so every lane holds one thread's
+             * run: the same positions (events and their body slots), none
+             * empty.  Had two shared a lane, another would be empty. */
+            uint64_t first = cbus_bus_lane_tail(bus, 0);
+            int own = cbus_bus_lanes(bus) == lanes && (unsigned)threads == lanes && first > 0;
+            for (unsigned L = 1; L < cbus_bus_lanes(bus); L++)
+                if (cbus_bus_lane_tail(bus, L) != first)
+                    own = 0;
+            *own_lanes = own;
         }
         cbus_producer_close(p);
     }
@@ -200,23 +216,27 @@ void bench_rows_cbus(const struct bench_opts *o, struct row *rows, int *n)
         int threads, consumers;
         unsigned mode;
         int spin;
+        uint32_t lanes;   /* 0: the default, one lane */
         const char *config;
         int chart;
     } cfg[] = {
-        {"cbus-1p-0c", 1, 0, CBUS_LOSSY, 0, "1 producer thread, no consumer", 1},
-        {"cbus-1p-1l", 1, 1, CBUS_LOSSY, 0, "1 producer thread, 1 lossy consumer", 1},
-        {"cbus-1p-1l-spin", 1, 1, CBUS_LOSSY, 1,
+        {"cbus-1p-0c", 1, 0, CBUS_LOSSY, 0, 0, "1 producer thread, no consumer", 1},
+        {"cbus-1p-1l", 1, 1, CBUS_LOSSY, 0, 0, "1 producer thread, 1 lossy consumer", 1},
+        {"cbus-1p-1l-spin", 1, 1, CBUS_LOSSY, 1, 0,
          "1 producer thread, 1 lossy consumer busy-polling (never sleeps)", 0},
-        {"cbus-1p-1ll", 1, 1, CBUS_LOSSLESS, 0, "1 producer thread, 1 lossless consumer", 0},
-        {"cbus-1p-4l", 1, 4, CBUS_LOSSY, 0, "1 producer thread, 4 lossy consumers", 0},
-        {"cbus-1p-4l-spin", 1, 4, CBUS_LOSSY, 1,
+        {"cbus-1p-1ll", 1, 1, CBUS_LOSSLESS, 0, 0, "1 producer thread, 1 lossless consumer", 0},
+        {"cbus-1p-4l", 1, 4, CBUS_LOSSY, 0, 0, "1 producer thread, 4 lossy consumers", 0},
+        {"cbus-1p-4l-spin", 1, 4, CBUS_LOSSY, 1, 0,
          "1 producer thread, 4 lossy consumers busy-polling (never sleep)", 0},
-        {"cbus-1p-4ll", 1, 4, CBUS_LOSSLESS, 0, "1 producer thread, 4 lossless consumers", 1},
-        {"cbus-2p-0c", 2, 0, CBUS_LOSSY, 0, "2 producer threads, no consumer", 0},
-        {"cbus-2p-1l", 2, 1, CBUS_LOSSY, 0, "2 producer threads, 1 lossy consumer", 1},
-        {"cbus-2p-1ll", 2, 1, CBUS_LOSSLESS, 0, "2 producer threads, 1 lossless consumer", 0},
-        {"cbus-2p-4l", 2, 4, CBUS_LOSSY, 0, "2 producer threads, 4 lossy consumers", 0},
-        {"cbus-2p-4ll", 2, 4, CBUS_LOSSLESS, 0, "2 producer threads, 4 lossless consumers", 0},
+        {"cbus-1p-4ll", 1, 4, CBUS_LOSSLESS, 0, 0, "1 producer thread, 4 lossless consumers", 1},
+        {"cbus-2p-0c", 2, 0, CBUS_LOSSY, 0, 0, "2 producer threads, no consumer, 1 lane", 0},
+        /* issue 13's row: the same two threads, each on a lane of its own */
+        {"cbus-2p-0c-2lanes", 2, 0, CBUS_LOSSY, 0, 2,
+         "2 producer threads, no consumer, 2-lane bus", 0},
+        {"cbus-2p-1l", 2, 1, CBUS_LOSSY, 0, 0, "2 producer threads, 1 lossy consumer", 1},
+        {"cbus-2p-1ll", 2, 1, CBUS_LOSSLESS, 0, 0, "2 producer threads, 1 lossless consumer", 0},
+        {"cbus-2p-4l", 2, 4, CBUS_LOSSY, 0, 0, "2 producer threads, 4 lossy consumers", 0},
+        {"cbus-2p-4ll", 2, 4, CBUS_LOSSLESS, 0, 0, "2 producer threads, 4 lossless consumers", 0},
     };
     char bus_name[32];
     snprintf(bus_name, sizeof bus_name, "compare%d", (int)getpid());
@@ -225,15 +245,18 @@ void bench_rows_cbus(const struct bench_opts *o, struct row *rows, int *n)
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         struct row *r = bench_row_new(rows, n, cfg[c].id, "cbus emit", cfg[c].config, ROW_LATENCY);
         r->chart = cfg[c].chart;
-        int rc = 0;
+        int rc = 0, own_lanes = 1;
         for (int i = 0; i < o->runs && !rc; i++) {
             /* Four sleeping consumers make every emit pay for wake-ups
              * (microseconds): those rows get the slow rows' event count. */
             uint64_t events = cfg[c].consumers == 4 && !cfg[c].spin ? o->slow_events : o->events;
+            int own = 1;
             rc = run_emit(bus_name, &pl, cfg[c].threads, cfg[c].consumers, cfg[c].mode,
-                          cfg[c].spin, events, &r->run[i]);
+                          cfg[c].spin, cfg[c].lanes, events, &r->run[i],
+                          cfg[c].lanes > 1 ? &own : NULL);
             if (!rc)
                 r->nruns++;
+            own_lanes &= own;
         }
         if (rc) {
             bench_row_skip(r, "bus setup failed: %s", cbus_strerror(rc));
@@ -247,6 +270,12 @@ void bench_rows_cbus(const struct bench_opts *o, struct row *rows, int *n)
                          ((double)r->agg.events * (cfg[c].consumers ? cfg[c].consumers : 1)));
         else
             snprintf(r->note, sizeof r->note, "nothing dropped or lost");
+        if (cfg[c].lanes > 1) {
+            size_t l = strlen(r->note);
+            snprintf(r->note + l, sizeof r->note - l, "; %s",
+                     own_lanes ? "each thread had a lane of its own in every run"
+                               : "THREADS SHARED A LANE in some run (not the design measured)");
+        }
         bench_progress(o, r);
     }
     struct row *r = bench_row_new(rows, n, "cbus-drain", "cbus drain",
