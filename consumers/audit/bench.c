@@ -181,7 +181,7 @@ static int bench_encode(const struct opts *o)
     uint64_t sum = 0, bytes = 0;
     uint64_t t0 = thread_cpu_ns();
     for (uint64_t i = 0; i < o->events; i++)
-        sum += (uint64_t)cbus_evmp_encode(&tmpl[i & 1023], NULL, buf, sizeof buf);
+        sum += (uint64_t)cbus_evmp_encode(&tmpl[i & 1023], NULL, NULL, buf, sizeof buf);
     uint64_t t1 = thread_cpu_ns();
     struct audit_chain c;
     audit_chain_init(&c);

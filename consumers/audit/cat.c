@@ -136,7 +136,7 @@ static int on_record(void *arg, const struct audit_item *it)
                     memcmp(ev.user, c->user, strlen(c->user))))
         return 0;
     size_t start = c->out.len;
-    cbus_event_json(&c->out, &ev);
+    cbus_event_json(&c->out, &ev, NULL);
     /* Additions to the event_json object, spliced before its closing brace. */
     const char *h;
     uint32_t hl;

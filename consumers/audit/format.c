@@ -151,7 +151,7 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
     KEY(&w, "seq");
     cbus_mp_put_uint(&w, c->next_seq);
     KEY(&w, "event");
-    int n = cbus_evmp_encode(ev, &opts, w.p, cap - (size_t)(w.p - out) - AUDIT_TRAILER);
+    int n = cbus_evmp_encode(ev, NULL, &opts, w.p, cap - (size_t)(w.p - out) - AUDIT_TRAILER);
     if (n < 0)
         return n;
     w.p += n;

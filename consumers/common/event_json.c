@@ -1,8 +1,11 @@
 #include "event_json.h"
 
+#include "event_body.h"
+
 #include <cbus/cbus.h>
 
 #include <inttypes.h>
+#include <math.h>
 #include <string.h>
 
 static void key(struct sbuf *b, const char *k)
@@ -40,7 +43,8 @@ static void truncated(struct sbuf *b, unsigned flags)
         {CBUS_TRUNC_PROVIDER, "provider"}, {CBUS_TRUNC_MODEL, "model"},
         {CBUS_TRUNC_USER, "user"},         {CBUS_TRUNC_SESSION, "session"},
         {CBUS_TRUNC_REQUEST, "request_id"}, {CBUS_TRUNC_NAME, "name"},
-        {CBUS_TRUNC_PREVIEW, "preview"},
+        {CBUS_TRUNC_PREVIEW, "preview"},  {CBUS_TRUNC_AGENT, "agent"},
+        {CBUS_TRUNC_TENANT, "tenant"},
     };
     const char *sep = "";
     int any = 0;
@@ -101,6 +105,119 @@ static void usage(struct sbuf *b, const struct cbus_usage *u)
     key_u64_nonzero(b, "generations", u->generations);
 }
 
+/* A cut key is shown as its prefix; its whole-value hash tells two cut
+ * keys apart (two 200-byte user names that differ in the last byte). */
+static void key_hashes(struct sbuf *b, const struct cbus_event *ev)
+{
+    static const struct {
+        unsigned bit;
+        unsigned key;
+        const char *name;
+    } keys[] = {
+        {CBUS_TRUNC_PROVIDER, CBUS_KEY_PROVIDER, "provider_hash"},
+        {CBUS_TRUNC_MODEL, CBUS_KEY_MODEL, "model_hash"},
+        {CBUS_TRUNC_USER, CBUS_KEY_USER, "user_hash"},
+        {CBUS_TRUNC_SESSION, CBUS_KEY_SESSION, "session_hash"},
+        {CBUS_TRUNC_AGENT, CBUS_KEY_AGENT, "agent_hash"},
+        {CBUS_TRUNC_TENANT, CBUS_KEY_TENANT, "tenant_hash"},
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (ev->flags & keys[i].bit)
+            sbuf_printf(b, ",\"%s\":\"%016" PRIx64 "\"", keys[i].name, ev->key_hash[keys[i].key]);
+}
+
+static void score(struct sbuf *b, const struct cbus_event *ev)
+{
+    const struct cbus_score_info *sc = &ev->u.score;
+    const char *type = cbus_score_type_name(sc->type);
+    sbuf_puts(b, ",\"score\":{\"type\":");
+    if (type)
+        sbuf_json_str(b, type, strlen(type));
+    else
+        sbuf_printf(b, "%u", (unsigned)sc->type);
+    if (sc->type == CBUS_SCORE_CATEGORICAL) {
+        sbuf_puts(b, ",\"category\":");
+        sbuf_json_field(b, ev->preview);
+    } else if (isfinite(sc->value)) {
+        sbuf_printf(b, ",\"value\":%.17g", sc->value);
+    } else {
+        sbuf_puts(b, ",\"value\":null"); /* JSON has no NaN or infinity */
+    }
+    sbuf_puts(b, "}");
+}
+
+static void body_list(struct sbuf *b, const struct cbus_body_part *p, int pairs)
+{
+    uint32_t off = 0, n, vn;
+    const char *item, *val;
+    const char *sep = "";
+    sbuf_puts(b, pairs ? "{" : "[");
+    while (cbus_body_list_next(p, &off, &item, &n)) {
+        sbuf_puts(b, sep);
+        sep = ",";
+        sbuf_json_bytes(b, item, n);
+        if (!pairs)
+            continue;
+        if (!cbus_body_list_next(p, &off, &val, &vn)) { /* a key cut from its value */
+            val = "";
+            vn = 0;
+        }
+        sbuf_puts(b, ":");
+        sbuf_json_bytes(b, val, vn);
+    }
+    sbuf_puts(b, pairs ? "}" : "]");
+}
+
+static void body_json(struct sbuf *b, const struct cbus_event *ev, const struct cbus_body *body)
+{
+    if (!body)
+        return; /* not asked for (the tail without --body, cat without --body) */
+    struct cbus_body_parts bp;
+    cbus_body_parts_of(body, &bp);
+    if (!bp.count && !bp.malformed && !(ev->flags & CBUS_FLAG_BODY_CUT))
+        return;
+    sbuf_puts(b, ",\"body\":{");
+    const char *sep = "";
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        const struct cbus_body_part *p = &bp.part[t];
+        if (!p->data)
+            continue;
+        sbuf_printf(b, "%s\"%s\":", sep, cbus_body_type_name(t));
+        sep = ",";
+        if (t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA)
+            body_list(b, p, t == CBUS_BODY_METADATA);
+        else
+            sbuf_json_bytes(b, p->data, p->len);
+    }
+    if (bp.cut || (ev->flags & CBUS_FLAG_BODY_CUT)) {
+        sbuf_printf(b, "%s\"cut\":true,\"orig_len\":{", sep);
+        const char *s2 = "";
+        for (unsigned t = 1; t < CBUS_BODY_TYPES; t++)
+            if (bp.part[t].data && (bp.part[t].flags & CBUS_BODY_SECTION_CUT)) {
+                sbuf_printf(b, "%s\"%s\":%" PRIu32, s2, cbus_body_type_name(t),
+                            bp.part[t].orig_len);
+                s2 = ",";
+            }
+        sbuf_puts(b, "}");
+        sep = ",";
+    }
+    int any_dropped = 0;
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++)
+        if (bp.part[t].data && bp.part[t].dropped) {
+            sbuf_printf(b, "%s%s\"%s\":%" PRIu32, any_dropped ? "" : sep,
+                        any_dropped ? "," : "\"dropped\":{", cbus_body_type_name(t),
+                        bp.part[t].dropped);
+            any_dropped = 1;
+        }
+    if (any_dropped) {
+        sbuf_puts(b, "}");
+        sep = ",";
+    }
+    if (bp.malformed)
+        sbuf_printf(b, "%s\"malformed\":true", sep);
+    sbuf_puts(b, "}");
+}
+
 static void per_kind(struct sbuf *b, const struct cbus_event *ev)
 {
     switch (cbus_kind_payload(ev->kind)) {
@@ -131,12 +248,15 @@ static void per_kind(struct sbuf *b, const struct cbus_event *ev)
     case CBUS_PAYLOAD_SPAN:
         key_u64_nonzero(b, "duration_ns", ev->u.span.duration_ns);
         break;
+    case CBUS_PAYLOAD_SCORE:
+        score(b, ev);
+        break;
     default:
         break;
     }
 }
 
-void cbus_event_json(struct sbuf *b, const struct cbus_event *ev)
+void cbus_event_json(struct sbuf *b, const struct cbus_event *ev, const struct cbus_body *body)
 {
     const char *kind = cbus_kind_name(ev->kind);
     if (kind) {
@@ -167,10 +287,16 @@ void cbus_event_json(struct sbuf *b, const struct cbus_event *ev)
     key_field(b, "model", ev->model, sizeof ev->model);
     key_field(b, "user", ev->user, sizeof ev->user);
     key_field(b, "session", ev->session, sizeof ev->session);
+    key_field(b, "agent", ev->agent, sizeof ev->agent);
+    key_field(b, "tenant", ev->tenant, sizeof ev->tenant);
     key_field(b, "request_id", ev->request_id, sizeof ev->request_id);
     key_field(b, "name", ev->name, sizeof ev->name);
     key_field(b, "preview", ev->preview, sizeof ev->preview);
     truncated(b, ev->flags);
+    key_hashes(b, ev);
+    if (ev->flags & CBUS_FLAG_BODY)
+        key_u64(b, "body_len", ev->body_len);
     per_kind(b, ev);
+    body_json(b, ev, body);
     sbuf_puts(b, "}");
 }

@@ -1,8 +1,11 @@
 #include "event_msgpack.h"
 
+#include "event_body.h"
+
 #include <cbus/cbus.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ---- writer ------------------------------------------------------------------ */
@@ -98,6 +101,14 @@ static inline void mp_int(struct cbus_mp_writer *w, int64_t v)
         put8(w, 0xd3);
         put64(w, (uint64_t)v);
     }
+}
+
+static inline void mp_f64(struct cbus_mp_writer *w, double v)
+{
+    uint64_t bits;
+    memcpy(&bits, &v, 8);
+    put8(w, 0xcb);
+    put64(w, bits);
 }
 
 static inline void mp_bool(struct cbus_mp_writer *w, int v)
@@ -292,6 +303,8 @@ static unsigned kind_entries(const struct cbus_event *ev)
         return 2;
     case CBUS_PAYLOAD_SPAN:
         return 1;
+    case CBUS_PAYLOAD_SCORE:
+        return 1;
     default:
         return 0;
     }
@@ -388,21 +401,123 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
         KEY(w, "duration_ns");
         mp_uint(w, ev->u.span.duration_ns);
         break;
+    case CBUS_PAYLOAD_SCORE: {
+        const char *type = cbus_score_type_name(ev->u.score.type);
+        KEY(w, "score");
+        mp_map(w, 2);
+        KEY(w, "type");
+        if (type)
+            mp_str(w, type, (uint32_t)strlen(type));
+        else
+            mp_uint(w, ev->u.score.type);
+        KEY(w, "value");
+        mp_f64(w, ev->u.score.value);
+        break;
+    }
     default:
         break;
     }
 }
 
+/* The cut keys' whole-value hashes ("user_hash": uint), in key order. */
+static const struct {
+    unsigned bit;
+    unsigned key;
+    const char *name;
+} cut_keys[] = {
+    {CBUS_TRUNC_PROVIDER, CBUS_KEY_PROVIDER, "provider_hash"},
+    {CBUS_TRUNC_MODEL, CBUS_KEY_MODEL, "model_hash"},
+    {CBUS_TRUNC_USER, CBUS_KEY_USER, "user_hash"},
+    {CBUS_TRUNC_SESSION, CBUS_KEY_SESSION, "session_hash"},
+    {CBUS_TRUNC_AGENT, CBUS_KEY_AGENT, "agent_hash"},
+    {CBUS_TRUNC_TENANT, CBUS_KEY_TENANT, "tenant_hash"},
+};
+#define N_CUT_KEYS (sizeof cut_keys / sizeof cut_keys[0])
+
+/* ---- body ----------------------------------------------------------------------
+ * "body": a map of the sections the body has, in type order: text and
+ * messages as text, tags as an array of text, metadata as a map of text to
+ * text; then "<section>_orig_len" (uint) for each cut section and
+ * "<section>_dropped" (uint) for each with entries dropped. */
+static uint32_t list_count(const struct cbus_body_part *p)
+{
+    uint32_t off = 0, n, count = 0;
+    const char *item;
+    while (cbus_body_list_next(p, &off, &item, &n))
+        count++;
+    return count;
+}
+
+static void put_body_key(struct cbus_mp_writer *w, unsigned t, const char *suffix)
+{
+    char k[32];
+    int n = snprintf(k, sizeof k, "%s%s", cbus_body_type_name(t), suffix);
+    mp_str(w, k, (uint32_t)n);
+}
+
+static unsigned body_entries(const struct cbus_body_parts *bp)
+{
+    unsigned n = 0;
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        const struct cbus_body_part *p = &bp->part[t];
+        if (!p->data)
+            continue;
+        n += 1u + ((p->flags & CBUS_BODY_SECTION_CUT) ? 1u : 0u) + (p->dropped ? 1u : 0u);
+    }
+    return n;
+}
+
+static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp)
+{
+    mp_map(w, body_entries(bp));
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        const struct cbus_body_part *p = &bp->part[t];
+        if (!p->data)
+            continue;
+        put_body_key(w, t, "");
+        if (t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA) {
+            uint32_t count = list_count(p);
+            uint32_t off = 0, n;
+            const char *item;
+            if (t == CBUS_BODY_TAGS) {
+                mp_array(w, count);
+            } else {
+                mp_map(w, (count + 1) / 2);
+                if (count % 2) /* a key cut from its value: given an empty one */
+                    count++;
+            }
+            for (uint32_t i = 0; i < count; i++) {
+                if (cbus_body_list_next(p, &off, &item, &n))
+                    mp_text(w, item, n);
+                else
+                    mp_str(w, "", 0);
+            }
+        } else {
+            mp_text(w, p->data, p->len);
+        }
+        if (p->flags & CBUS_BODY_SECTION_CUT) {
+            put_body_key(w, t, "_orig_len");
+            mp_uint(w, p->orig_len);
+        }
+        if (p->dropped) {
+            put_body_key(w, t, "_dropped");
+            mp_uint(w, p->dropped);
+        }
+    }
+}
+
 /* The bounded strings in schema order, with their key. */
 #define EV_TEXT_FIELDS(X) \
-    X(provider) X(model) X(user) X(session) X(request_id) X(name)
+    X(provider) X(model) X(user) X(session) X(agent) X(tenant) X(request_id) X(name)
 
-int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *opts,
-                     uint8_t *out, size_t cap)
+int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
+                     const struct cbus_evmp_opts *opts, uint8_t *out, size_t cap)
 {
     if (!ev || !out)
         return -EINVAL;
-    if (cap < CBUS_EVMP_MAX)
+    struct cbus_body_parts bp;
+    cbus_body_parts_of(body, &bp);
+    if (cap < CBUS_EVMP_MAX + (bp.count ? CBUS_EVMP_BODY_MAX(body->len) : 0))
         return -ENOSPC;
     unsigned pmode = opts ? opts->preview : CBUS_EVMP_PREVIEW_KEEP;
     if (pmode > CBUS_EVMP_PREVIEW_DROP ||
@@ -421,6 +536,10 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *o
     if (len_preview && pmode != CBUS_EVMP_PREVIEW_DROP)
         n++;
     n += kind_entries(ev);
+    for (size_t i = 0; i < N_CUT_KEYS; i++)
+        n += (ev->flags & cut_keys[i].bit) != 0;
+    n += ev->body_len != 0;
+    n += bp.count != 0;
 
     struct cbus_mp_writer w = {out};
     mp_map(&w, n);
@@ -472,7 +591,20 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *o
             mp_hex(&w, opts->preview_sha256, 32);
         }
     }
+    for (size_t i = 0; i < N_CUT_KEYS; i++)
+        if (ev->flags & cut_keys[i].bit) {
+            mp_str(&w, cut_keys[i].name, (uint32_t)strlen(cut_keys[i].name));
+            mp_uint(&w, ev->key_hash[cut_keys[i].key]);
+        }
+    if (ev->body_len) {
+        KEY(&w, "body_len");
+        mp_uint(&w, ev->body_len);
+    }
     put_kind_entries(&w, ev);
+    if (bp.count) {
+        KEY(&w, "body");
+        put_body(&w, &bp);
+    }
     return (int)(w.p - out);
 }
 
@@ -950,6 +1082,41 @@ static int read_usage(struct cbus_mp_reader *r, struct cbus_usage *u)
     return 0;
 }
 
+static int read_score(struct cbus_mp_reader *r, struct cbus_score_info *sc)
+{
+    uint32_t n = 0;
+    int rc = cbus_mp_read_map(r, &n);
+    for (uint32_t i = 0; !rc && i < n; i++) {
+        const char *k = "";
+        uint32_t kl = 0;
+        if ((rc = cbus_mp_read_str(r, &k, &kl)))
+            break;
+        if (key_is(k, kl, "type")) {
+            if (cbus_mp_peek(r) == CBUS_MP_UINT) {
+                uint16_t v = 0;
+                rc = read_u16(r, &v);
+                if (!rc && v > UINT8_MAX)
+                    rc = -EBADMSG;
+                sc->type = (uint8_t)v;
+            } else {
+                const char *t = "";
+                uint32_t tl = 0;
+                if (!(rc = cbus_mp_read_str(r, &t, &tl))) {
+                    int type = cbus_score_type_from_name(t, tl);
+                    if (type < 0)
+                        rc = -EBADMSG;
+                    sc->type = (uint8_t)type;
+                }
+            }
+        } else if (key_is(k, kl, "value")) {
+            rc = cbus_mp_read_float(r, &sc->value);
+        } else {
+            rc = cbus_mp_skip(r);
+        }
+    }
+    return rc;
+}
+
 /* A key that names a per-kind number lands in the union member of the
  * event's kind; "kind" comes first in the schema, so it is known by then.
  * A decoder still accepts any order: per-kind keys seen before "kind" are
@@ -1038,6 +1205,10 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
         if (key_is(k, kl, "duration_ns"))
             return cbus_mp_read_uint(r, &ev->u.span.duration_ns);
         break;
+    case CBUS_PAYLOAD_SCORE:
+        if (key_is(k, kl, "score"))
+            return read_score(r, &ev->u.score);
+        break;
     default:
         break;
     }
@@ -1045,9 +1216,42 @@ static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const 
     return 0;
 }
 
+/* What a pass finds besides the event's own fields: the cut keys' hashes
+ * (applied once the flags are known) and where the body map is. */
+struct decode_state {
+    uint64_t hash[CBUS_KEY__COUNT];
+    unsigned have_hash;            /* bit per enum cbus_key */
+    const uint8_t *body;           /* the body map's first byte, NULL = none */
+    const uint8_t *body_end;
+};
+
+/* enum cbus_key of "<key>_hash", or -1. */
+static int hash_key(const char *k, uint32_t kl)
+{
+    for (size_t i = 0; i < N_CUT_KEYS; i++)
+        if (key_is(k, kl, cut_keys[i].name))
+            return (int)cut_keys[i].key;
+    return -1;
+}
+
+static uint64_t key_field_hash(const struct cbus_event *ev, unsigned key)
+{
+    const char *f;
+    size_t size;
+    switch (key) {
+    case CBUS_KEY_PROVIDER: f = ev->provider; size = sizeof ev->provider; break;
+    case CBUS_KEY_MODEL: f = ev->model; size = sizeof ev->model; break;
+    case CBUS_KEY_USER: f = ev->user; size = sizeof ev->user; break;
+    case CBUS_KEY_SESSION: f = ev->session; size = sizeof ev->session; break;
+    case CBUS_KEY_AGENT: f = ev->agent; size = sizeof ev->agent; break;
+    default: f = ev->tenant; size = sizeof ev->tenant; break;
+    }
+    return cbus_key_hash(f, strnlen(f, size));
+}
+
 /* pass 0: everything but per-kind keys; pass 1: per-kind keys only. */
 static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass,
-                       int *deferred)
+                       int *deferred, struct decode_state *st)
 {
     uint32_t n = 0;
     int rc = cbus_mp_read_map(r, &n);
@@ -1114,6 +1318,18 @@ static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass
 #undef GET
         else if (key_is(k, kl, "preview")) {
             rc = read_field(r, ev->preview, sizeof ev->preview);
+        } else if (key_is(k, kl, "body_len")) {
+            rc = read_u32(r, &ev->body_len);
+        } else if (key_is(k, kl, "body")) {
+            if (cbus_mp_peek(r) != CBUS_MP_MAP)
+                return -EBADMSG;
+            st->body = r->p;
+            rc = cbus_mp_skip(r);
+            st->body_end = r->p;
+        } else if (kl > 5 && memcmp(k + kl - 5, "_hash", 5) == 0 && hash_key(k, kl) >= 0) {
+            int key = hash_key(k, kl);
+            rc = cbus_mp_read_uint(r, &st->hash[key]);
+            st->have_hash |= 1u << key;
         } else {
             int handled = 0;
             if (seen_kind) {
@@ -1131,22 +1347,177 @@ static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass
     return 0;
 }
 
-int cbus_evmp_decode(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used)
+/* One body section into the rebuild buffer. */
+struct rebuild {
+    uint8_t *p, *end;
+};
+
+static int put_section(struct rebuild *o, unsigned type, uint16_t flags, uint32_t len,
+                       uint32_t orig_len, uint32_t dropped, uint8_t **data)
 {
-    if (!buf || !ev)
+    if ((size_t)(o->end - o->p) < sizeof(struct cbus_body_section) ||
+        (size_t)(o->end - o->p) - sizeof(struct cbus_body_section) < len)
+        return -ENOSPC;
+    struct cbus_body_section s = {(uint16_t)type, flags, len, orig_len, dropped};
+    memcpy(o->p, &s, sizeof s);
+    *data = o->p + sizeof s;
+    o->p += sizeof s + len;
+    return 0;
+}
+
+/* A list section's entries: each text, no NUL inside (the section form
+ * could not say where it ends), NUL after each.  pairs: a map's keys and
+ * values alternate.  Measures (out NULL) or writes. */
+static int read_list(const uint8_t *at, const uint8_t *end, int pairs, uint8_t *out,
+                     uint32_t *len)
+{
+    struct cbus_mp_reader r = {at, end};
+    uint32_t n = 0, total = 0;
+    int rc = pairs ? cbus_mp_read_map(&r, &n) : cbus_mp_read_array(&r, &n);
+    if (rc)
+        return rc;
+    uint64_t items = pairs ? 2 * (uint64_t)n : n;
+    for (uint64_t i = 0; i < items; i++) {
+        const char *s = "";
+        uint32_t sl = 0;
+        if ((rc = cbus_mp_read_text(&r, &s, &sl)))
+            return rc;
+        if (memchr(s, '\0', sl) || sl > UINT32_MAX - 1 - total)
+            return -EBADMSG;
+        if (out) {
+            memcpy(out + total, s, sl);
+            out[total + sl] = '\0';
+        }
+        total += sl + 1;
+    }
+    *len = total;
+    return 0;
+}
+
+static int body_suffix(const char *k, uint32_t kl, const char *suffix, unsigned *type)
+{
+    size_t sl = strlen(suffix);
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        const char *name = cbus_body_type_name(t);
+        size_t nl = strlen(name);
+        if (kl == nl + sl && memcmp(k, name, nl) == 0 && memcmp(k + nl, suffix, sl) == 0) {
+            *type = t;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The body map back into sections, in type order (the encoder's order, so
+ * decode(encode(decode(x))) gives the same bytes). */
+static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, size_t cap,
+                        struct cbus_body *body)
+{
+    struct {
+        const uint8_t *at;       /* the value's first byte */
+        const uint8_t *end;
+        uint32_t orig_len, dropped;
+        int cut;
+    } sec[CBUS_BODY_TYPES] = {{0}};
+    struct cbus_mp_reader r = {at, end};
+    uint32_t n = 0;
+    int rc = cbus_mp_read_map(&r, &n);
+    for (uint32_t i = 0; !rc && i < n; i++) {
+        const char *k = "";
+        uint32_t kl = 0;
+        unsigned t;
+        if ((rc = cbus_mp_read_str(&r, &k, &kl)))
+            break;
+        if (body_suffix(k, kl, "", &t)) {
+            sec[t].at = r.p;
+            rc = cbus_mp_skip(&r);
+            sec[t].end = r.p;
+        } else if (body_suffix(k, kl, "_orig_len", &t)) {
+            rc = read_u32(&r, &sec[t].orig_len);
+            sec[t].cut = 1;
+        } else if (body_suffix(k, kl, "_dropped", &t)) {
+            rc = read_u32(&r, &sec[t].dropped);
+        } else {
+            rc = cbus_mp_skip(&r);
+        }
+    }
+    if (rc)
+        return rc;
+    struct rebuild o = {bodybuf, (uint8_t *)bodybuf + cap};
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        if (!sec[t].at)
+            continue;
+        uint32_t len = 0;
+        const char *text = NULL;
+        int list = t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA;
+        if (list) {
+            rc = read_list(sec[t].at, sec[t].end, t == CBUS_BODY_METADATA, NULL, &len);
+        } else {
+            struct cbus_mp_reader tr = {sec[t].at, sec[t].end};
+            rc = cbus_mp_read_text(&tr, &text, &len);
+        }
+        if (rc)
+            return rc;
+        uint32_t orig = sec[t].cut ? sec[t].orig_len : len;
+        if (orig < len)
+            return -EBADMSG; /* a cut section is shorter than it was */
+        uint8_t *data;
+        if ((rc = put_section(&o, t, sec[t].cut ? CBUS_BODY_SECTION_CUT : 0, len, orig,
+                              sec[t].dropped, &data)))
+            return rc;
+        if (list)
+            rc = read_list(sec[t].at, sec[t].end, t == CBUS_BODY_METADATA, data, &len);
+        else if (len)
+            memcpy(data, text, len);
+        if (rc)
+            return rc;
+    }
+    body->data = o.p > (uint8_t *)bodybuf ? bodybuf : NULL;
+    body->len = (uint32_t)(o.p - (uint8_t *)bodybuf);
+    return 0;
+}
+
+int cbus_evmp_decode_body(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used,
+                          void *bodybuf, size_t bodycap, struct cbus_body *body)
+{
+    if (!buf || !ev || (body && !bodybuf && bodycap))
         return -EINVAL;
     memset(ev, 0, sizeof *ev);
+    if (body)
+        *body = (struct cbus_body){NULL, 0};
     struct cbus_mp_reader r = {buf, buf + len};
+    struct decode_state st = {{0}, 0, NULL, NULL};
     int deferred = 0;
-    int rc = decode_pass(&r, ev, 0, &deferred);
+    int rc = decode_pass(&r, ev, 0, &deferred, &st);
     if (rc)
         return rc;
     if (deferred) {
         struct cbus_mp_reader r2 = {buf, buf + len};
-        if ((rc = decode_pass(&r2, ev, 1, &deferred)))
+        struct decode_state st2 = {{0}, 0, NULL, NULL};
+        if ((rc = decode_pass(&r2, ev, 1, &deferred, &st2)))
+            return rc;
+    }
+    /* key_hash[]: a cut key's from its "<key>_hash" entry, every other one
+     * from the field (which holds the whole value). */
+    for (size_t i = 0; i < N_CUT_KEYS; i++) {
+        unsigned k = cut_keys[i].key;
+        if ((ev->flags & cut_keys[i].bit) && (st.have_hash & (1u << k)))
+            ev->key_hash[k] = st.hash[k];
+        else
+            ev->key_hash[k] = key_field_hash(ev, k);
+    }
+    if (body && st.body) {
+        if (!bodybuf)
+            return -ENOSPC;
+        if ((rc = rebuild_body(st.body, st.body_end, bodybuf, bodycap, body)))
             return rc;
     }
     if (used)
         *used = (size_t)(r.p - buf);
     return 0;
+}
+
+int cbus_evmp_decode(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used)
+{
+    return cbus_evmp_decode_body(buf, len, ev, used, NULL, 0, NULL);
 }

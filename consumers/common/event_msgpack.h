@@ -7,7 +7,8 @@
  * consumer links cbus_common, and an encoder on the audit hot path has to be
  * a few hundred nanoseconds.
  *
- * ---- Schema (format 1) ------------------------------------------------------
+ * ---- Schema (format 2: format 1 plus agent, tenant, the *_hash keys,
+ * body_len, score and body; a format-1 reader skips them) -------------------
  * An event is one msgpack map.  Keys are str; they appear in this order,
  * and a key whose condition is false is absent (absent is not zero):
  *
@@ -23,7 +24,7 @@
  *   run_id            str    32 lowercase hex chars; absent when all zero
  *   parent_run_id     str    same; absent when all zero
  *   trace_id          str    same; absent when all zero
- *   provider, model, user, session, request_id, name
+ *   provider, model, user, session, agent, tenant, request_id, name
  *                     str    the field's bytes up to strnlen(field, size);
  *                            absent when empty
  *   preview           str    redaction "keep": the preview bytes; absent
@@ -31,6 +32,12 @@
  *   preview_sha256    str    redaction "hash": 64 lowercase hex chars of
  *                            SHA-256 over the preview bytes (the caller
  *                            computes it); absent when the preview is empty
+ *   provider_hash, model_hash, user_hash, session_hash, agent_hash,
+ *   tenant_hash       uint   key_hash[] of a key whose CBUS_TRUNC_* bit is
+ *                            set (its whole value's hash); absent for keys
+ *                            not cut, whose hash decode recomputes from the
+ *                            field
+ *   body_len          uint   absent when 0
  *   -- per kind --
  *   llm_start, chat_model_start:
  *     prompt_count, est_input_tokens, max_tokens      uint (0 = none)
@@ -53,6 +60,16 @@
  *   retry:            attempt uint, backoff_ns uint
  *   retriever_end:    document_count uint, duration_ns uint
  *   chain_end, tool_end, agent_finish:  duration_ns uint (0 = unknown)
+ *   score:            score map {type: str "numeric"|"boolean"|"categorical"
+ *                     (uint when unknown), value: float64}; the category is
+ *                     the preview
+ *   -- last --
+ *   body              map   only when a body is given: "text", "messages"
+ *                           (text), "tags" (array of text), "metadata" (map
+ *                           of text to text), each when the body has that
+ *                           section; "<section>_orig_len" uint for a cut
+ *                           section, "<section>_dropped" uint when entries
+ *                           were dropped
  *
  * Text fields are msgpack str when their bytes are valid UTF-8 and bin
  * (the raw bytes) when not, e.g. a preview cut in the middle of a
@@ -71,9 +88,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cbus/consumer.h>
 #include <cbus/layout.h>
 
-#define CBUS_EVMP_FORMAT 1
+#define CBUS_EVMP_FORMAT 2 /* 2: agent, tenant, cut keys' hashes, score, body_len, body */
 
 /* An encoded event never exceeds this many bytes (checked by the tests with
  * every field full). */
@@ -90,11 +108,20 @@ struct cbus_evmp_opts {
     const uint8_t *preview_sha256;     /* 32 bytes, with CBUS_EVMP_PREVIEW_HASH */
 };
 
-/* Encodes ev into out (cap >= CBUS_EVMP_MAX).  opts may be NULL (keep).
- * Returns the byte count, -ENOSPC (cap too small), -EINVAL (NULL ev/out, or
- * HASH without a digest). */
-int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *opts,
-                     uint8_t *out, size_t cap);
+/* Bytes the "body" entry of a body of len bytes can take (tags of one
+ * byte double; everything else is its bytes and a few of header). */
+#define CBUS_EVMP_BODY_MAX(len) (2 * (size_t)(len) + 256)
+/* Bytes decode may need to rebuild the sections of a record of len bytes
+ * (a section's header is 16 bytes, its msgpack key and header at least 6). */
+#define CBUS_EVMP_REBUILD_MAX(len) ((size_t)(len) + 16 * CBUS_BODY_TYPES_MAX)
+#define CBUS_BODY_TYPES_MAX 4
+
+/* Encodes ev and its body (NULL or empty: none) into out (cap >=
+ * CBUS_EVMP_MAX, plus CBUS_EVMP_BODY_MAX(body->len) with a body).  opts may
+ * be NULL (keep).  Returns the byte count, -ENOSPC (cap too small), -EINVAL
+ * (NULL ev/out, or HASH without a digest). */
+int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
+                     const struct cbus_evmp_opts *opts, uint8_t *out, size_t cap);
 
 /* Decodes one event map from buf into *ev (zeroed first; unknown keys are
  * skipped, preview_sha256 cannot restore a preview and is skipped too).
@@ -103,6 +130,14 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_evmp_opts *o
  * (not an event map: wrong type, unknown kind name, string longer than its
  * field, bad hex). */
 int cbus_evmp_decode(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used);
+/* The same, and the "body" entry rebuilt as sections (the form
+ * cbus_consumer_poll_bodies gives, in type order) into bodybuf; *body gets
+ * them (data NULL, len 0: no body).  body NULL: the body is skipped.
+ * bodycap >= CBUS_EVMP_REBUILD_MAX(len) always suffices.  Returns as
+ * cbus_evmp_decode, and -ENOSPC (bodybuf too small).  A tag or metadata
+ * entry that holds a NUL is -EBADMSG (the section form could not carry it). */
+int cbus_evmp_decode_body(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used,
+                          void *bodybuf, size_t bodycap, struct cbus_body *body);
 
 /* ---- msgpack primitives ------------------------------------------------------
  * Writer: the caller guarantees room (the event encoder sizes its output

@@ -110,7 +110,11 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
  * every span. */
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n)
 {
-    n = strnlen(s, n); /* n may be (size_t)-1: "up to the NUL" */
+    sbuf_json_bytes(b, s, strnlen(s, n)); /* n may be (size_t)-1: "up to the NUL" */
+}
+
+void sbuf_json_bytes(struct sbuf *b, const char *s, size_t n)
+{
     if (n > (SIZE_MAX - 2) / 6) {
         b->failed = 1;
         return;
@@ -215,7 +219,11 @@ static size_t human_unit(const unsigned char *u, size_t n, size_t *i, char e[8])
 
 void sbuf_human_str(struct sbuf *b, const char *s, size_t n)
 {
-    n = strnlen(s, n);
+    sbuf_human_bytes(b, s, strnlen(s, n));
+}
+
+void sbuf_human_bytes(struct sbuf *b, const char *s, size_t n)
+{
     if (n > (SIZE_MAX - 1) / 4) {
         b->failed = 1;
         return;

@@ -23,6 +23,8 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(pri
 /* Appends s (n bytes, or up to a NUL) as a quoted JSON string: escapes
  * quotes, backslashes and control bytes; invalid UTF-8 becomes U+FFFD. */
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
+/* Exactly n bytes (a body section: a NUL is data, escaped as \u0000). */
+void sbuf_json_bytes(struct sbuf *b, const char *s, size_t n);
 /* A bounded event field (may lack its NUL) as a JSON string. */
 #define sbuf_json_field(b, field) sbuf_json_str((b), (field), strnlen((field), sizeof(field)))
 /* Appends s (n bytes, or up to a NUL) made safe for a terminal: a human
@@ -35,6 +37,8 @@ void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
  * and isolates, BOM) become \uNNNN.  Everything else valid UTF-8 is kept.
  * The output is at most 4 bytes per input byte (CBUS_HUMAN_MAX). */
 void sbuf_human_str(struct sbuf *b, const char *s, size_t n);
+/* Exactly n bytes (a NUL is data, shown as \x00). */
+void sbuf_human_bytes(struct sbuf *b, const char *s, size_t n);
 #define sbuf_human_field(b, field) sbuf_human_str((b), (field), strnlen((field), sizeof(field)))
 #define CBUS_HUMAN_MAX(n) (4 * (size_t)(n) + 1) /* out size that never truncates */
 /* The same into a fixed buffer (always NUL-terminated when cap > 0); an

@@ -273,7 +273,7 @@ static void add_event(struct exporter *x, const struct cbus_event *ev)
         return;
     struct cbus_evmp_opts o = {
         .preview = x->cfg.include_previews ? CBUS_EVMP_PREVIEW_KEEP : CBUS_EVMP_PREVIEW_DROP};
-    int n = cbus_evmp_encode(ev, &o, (uint8_t *)x->cur->body.data + x->cur->body.len,
+    int n = cbus_evmp_encode(ev, NULL, &o, (uint8_t *)x->cur->body.data + x->cur->body.len,
                              x->cur->body.cap - x->cur->body.len - 1);
     if (n <= 0)
         return;

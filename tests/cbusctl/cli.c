@@ -461,6 +461,70 @@ Test(cbusctl_cli, emit_then_tail_count_json)
     cJSON_Delete(j);
 }
 
+/* A 10 KB prompt emitted from a file reaches tail --json --body whole, with
+ * the messages JSON, tags, metadata, agent and tenant; without --body the
+ * event shows no body object. */
+Test(cbusctl_cli, tail_json_body_shows_a_10k_prompt_whole)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    static char prompt[10241];
+    for (size_t i = 0; i < sizeof prompt - 1; i++)
+        prompt[i] = (char)('a' + i % 26);
+    memcpy(prompt + 5000, "\"quoted\"\n\xc3\xa9", 12);
+    char file[128], mfile[128];
+    snprintf(file, sizeof file, "/tmp/%s.prompt", bus);
+    snprintf(mfile, sizeof mfile, "/tmp/%s.messages", bus);
+    FILE *f = fopen(file, "w");
+    cr_assert(f);
+    fwrite(prompt, 1, sizeof prompt - 1, f);
+    fclose(f);
+    static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+    f = fopen(mfile, "w");
+    cr_assert(f);
+    fputs(msgs, f);
+    fclose(f);
+
+    CTL("emit", bus, "--kind", "chat_model_start", "--text-file", file, "--messages-file", mfile,
+        "--agent", "planner", "--tenant", "team-a", "--tag", "prod", "--tag", "eval",
+        "--metadata", "ls_provider=openai");
+    ASSERT_EXIT(0);
+    unlink(file);
+    unlink(mfile);
+    CTL("tail", bus, "--oldest", "--json", "--body", "--count", "1");
+    ASSERT_EXIT(0);
+    cJSON *j = cJSON_Parse(rr.out);
+    cr_assert(j, "%s", rr.err);
+    cr_assert_str_eq(jstr(j, "kind"), "chat_model_start");
+    cr_assert_str_eq(jstr(j, "agent"), "planner");
+    cr_assert_str_eq(jstr(j, "tenant"), "team-a");
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsObject(b), "no body: %.300s", rr.out);
+    cr_assert_str_eq(jstr(b, "text"), prompt, "the prompt is not whole");
+    cr_assert_str_eq(jstr(b, "messages"), msgs);
+    cJSON *tags = cJSON_GetObjectItemCaseSensitive(b, "tags");
+    cr_assert_eq(cJSON_GetArraySize(tags), 2);
+    cr_assert_str_eq(cJSON_GetArrayItem(tags, 0)->valuestring, "prod");
+    cr_assert_str_eq(jstr(cJSON_GetObjectItemCaseSensitive(b, "metadata"), "ls_provider"),
+                     "openai");
+    cr_assert_null(cJSON_GetObjectItemCaseSensitive(b, "cut"));
+    cJSON_Delete(j);
+
+    CTL("tail", bus, "--oldest", "--json", "--count", "1");
+    ASSERT_EXIT(0);
+    j = cJSON_Parse(rr.out);
+    cr_assert(j);
+    cr_assert_null(cJSON_GetObjectItemCaseSensitive(j, "body"));
+    cJSON_Delete(j);
+
+    /* The text view shows the body under the event, escaped. */
+    CTL("tail", bus, "--oldest", "--body", "--count", "1");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "\n    text: abcdefghij"), "%.300s", rr.out);
+    cr_assert(strstr(rr.out, "\"quoted\"\\n\xc3\xa9"), "newline shown escaped");
+    cr_assert(strstr(rr.out, "\n    tags: prod, eval\n"), "%.300s", strstr(rr.out, "tags"));
+}
+
 /* A bus of lanes: create says so, stat shows the count, emits from several
  * processes all reach tail --oldest, and bad lane counts are usage errors. */
 Test(cbusctl_cli, create_with_lanes_then_stat_emit_and_tail)

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 static struct cbus_event ev;
@@ -34,7 +35,7 @@ static void teardown(void)
 static cJSON *render(void)
 {
     sbuf_reset(&out);
-    cbus_event_json(&out, &ev);
+    cbus_event_json(&out, &ev, NULL);
     cr_assert(!out.failed);
     cr_assert(!strchr(out.data, '\n'), "one line: %s", out.data);
     cJSON *j = cJSON_Parse(out.data);
@@ -224,5 +225,153 @@ Test(cbusctl_event_json, per_kind_numbers)
     cr_assert_eq(num(j, "prompt_count"), 4);
     cr_assert_eq(num(j, "max_tokens"), 256);
     cr_assert(!has(j, "est_input_tokens"));
+    cJSON_Delete(j);
+}
+
+/* ---- events v2 --------------------------------------------------------- */
+
+static cJSON *render_body(const void *body, uint32_t len)
+{
+    struct cbus_body b = {body, len};
+    sbuf_reset(&out);
+    cbus_event_json(&out, &ev, &b);
+    cr_assert(!out.failed);
+    cJSON *j = cJSON_Parse(out.data);
+    cr_assert(j, "not JSON: %s", out.data);
+    return j;
+}
+
+static size_t add_section(uint8_t *buf, size_t at, unsigned type, const void *data, uint32_t len,
+                          uint32_t orig_len, uint32_t dropped)
+{
+    struct cbus_body_section s = {(uint16_t)type, orig_len > len ? CBUS_BODY_SECTION_CUT : 0,
+                                  len, orig_len, dropped};
+    memcpy(buf + at, &s, sizeof s);
+    memcpy(buf + at + sizeof s, data, len);
+    return at + sizeof s + len;
+}
+
+/* Two 200-byte users that differ in the last byte show the same 39-byte
+ * prefix; their whole-value hashes tell them apart.  An uncut key has no
+ * hash entry; agent and tenant render like the other keys. */
+Test(cbusctl_event_json, cut_keys_render_their_whole_value_hash)
+{
+    char a[200], b[200];
+    memset(a, 'u', sizeof a);
+    memcpy(b, a, sizeof b);
+    b[199] = 'v';
+    char ha[2][17];
+    for (int i = 0; i < 2; i++) {
+        memcpy(ev.user, a, sizeof ev.user - 1);
+        ev.flags = CBUS_TRUNC_USER | CBUS_TRUNC_AGENT;
+        ev.key_hash[CBUS_KEY_USER] = cbus_key_hash(i ? b : a, 200);
+        strcpy(ev.agent, "planner-agent-with-a-lo");
+        strcpy(ev.tenant, "team-a");
+        cJSON *j = render();
+        cr_assert_str_eq(str(j, "agent"), "planner-agent-with-a-lo");
+        cr_assert_str_eq(str(j, "tenant"), "team-a");
+        cr_assert_eq(strlen(str(j, "user")), 39);
+        cr_assert(str(j, "user_hash"), "%s", out.data);
+        snprintf(ha[i], sizeof ha[i], "%s", str(j, "user_hash"));
+        cr_assert_eq(strlen(ha[i]), 16);
+        cr_assert(str(j, "agent_hash"));
+        cr_assert(!has(j, "tenant_hash"), "tenant was not cut: %s", out.data);
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "truncated");
+        cr_assert(strstr(cJSON_PrintUnformatted(t), "\"agent\""), "%s", out.data);
+        cJSON_Delete(j);
+    }
+    cr_assert_str_neq(ha[0], ha[1]);
+    char want[17];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)cbus_key_hash(b, 200));
+    cr_assert_str_eq(ha[1], want);
+}
+
+Test(cbusctl_event_json, score_payload_by_type)
+{
+    ev.kind = CBUS_EV_SCORE;
+    strcpy(ev.name, "fix_quality");
+    ev.u.score.type = CBUS_SCORE_NUMERIC;
+    ev.u.score.value = 0.875;
+    cJSON *j = render();
+    cr_assert_str_eq(str(j, "kind"), "score");
+    cJSON *sc = cJSON_GetObjectItemCaseSensitive(j, "score");
+    cr_assert_str_eq(str(sc, "type"), "numeric");
+    cr_assert_eq(num(sc, "value"), 0.875);
+    cJSON_Delete(j);
+
+    ev.u.score.type = CBUS_SCORE_CATEGORICAL;
+    strcpy(ev.preview, "partial");
+    j = render();
+    sc = cJSON_GetObjectItemCaseSensitive(j, "score");
+    cr_assert_str_eq(str(sc, "type"), "categorical");
+    cr_assert_str_eq(str(sc, "category"), "partial");
+    cJSON_Delete(j);
+
+    ev.u.score.type = CBUS_SCORE_BOOLEAN;
+    ev.u.score.value = __builtin_nan(""); /* from shared memory: anything */
+    j = render();
+    sc = cJSON_GetObjectItemCaseSensitive(j, "score");
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(sc, "value")), "%s", out.data);
+    cJSON_Delete(j);
+
+    ev.kind = CBUS_EV_CHAT_MODEL_STREAM;
+    j = render();
+    cr_assert_str_eq(str(j, "kind"), "chat_model_stream");
+    cr_assert(has(j, "index"));
+    cJSON_Delete(j);
+}
+
+/* The body object: text whole (invalid UTF-8 as U+FFFD, a NUL as \u0000),
+ * messages JSON as a string, tags, metadata, the cut and its original
+ * length, dropped entries; a malformed section is said, not read past. */
+Test(cbusctl_event_json, body_renders_every_section)
+{
+    static uint8_t body[16384];
+    static char text[10000];
+    memset(text, 'p', sizeof text);
+    memcpy(text + 10, "\xff\x00\"q\"", 5);
+    static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+    static const char tags[] = "prod\0team-a\0";
+    static const char meta[] = "ls_provider\0openai\0cut-key";
+    ev.kind = CBUS_EV_CHAT_MODEL_START;
+    ev.flags = CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
+    size_t len = add_section(body, 0, CBUS_BODY_TEXT, text, sizeof text, 70000, 0);
+    len = add_section(body, len, CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0);
+    len = add_section(body, len, CBUS_BODY_TAGS, tags, sizeof tags - 1, sizeof tags - 1, 2);
+    len = add_section(body, len, 99, "unknown", 7, 7, 0);
+    len = add_section(body, len, CBUS_BODY_METADATA, meta, sizeof meta - 1, sizeof meta - 1, 0);
+    ev.body_len = (uint32_t)len;
+    cJSON *j = render_body(body, (uint32_t)len);
+    cr_assert_eq(num(j, "body_len"), (double)len);
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsObject(b), "%s", out.data);
+    const char *t = str(b, "text");
+    cr_assert(t);
+    cr_assert_eq(strlen(t), 10 + 3 /* U+FFFD */); /* cJSON's string stops at the \u0000 */
+    cr_assert(strstr(out.data, "\\u0000\\\"q\\\""), "NUL and quotes escaped");
+    cr_assert_str_eq(str(b, "messages"), msgs);
+    cJSON *tg = cJSON_GetObjectItemCaseSensitive(b, "tags");
+    cr_assert_eq(cJSON_GetArraySize(tg), 2);
+    cr_assert_str_eq(cJSON_GetArrayItem(tg, 1)->valuestring, "team-a");
+    cJSON *md = cJSON_GetObjectItemCaseSensitive(b, "metadata");
+    cr_assert_str_eq(str(md, "ls_provider"), "openai");
+    cr_assert_str_eq(str(md, "cut-key"), "");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "cut")));
+    cr_assert_eq(num(cJSON_GetObjectItemCaseSensitive(b, "orig_len"), "text"), 70000);
+    cr_assert_eq(num(cJSON_GetObjectItemCaseSensitive(b, "dropped"), "tags"), 2);
+    cr_assert(!has(b, "malformed"));
+    cJSON_Delete(j);
+
+    /* The same body with its last section's length running past the end. */
+    j = render_body(body, (uint32_t)len - 4);
+    b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "malformed")), "%s", out.data);
+    cr_assert(!has(b, "metadata"));
+    cr_assert(has(b, "tags"));
+    cJSON_Delete(j);
+
+    /* No body given: no body object, whatever the flags say. */
+    j = render();
+    cr_assert(!has(j, "body"));
     cJSON_Delete(j);
 }

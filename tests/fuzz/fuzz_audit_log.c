@@ -31,7 +31,7 @@ static int on_record(void *arg, const struct audit_item *it)
     if (cbus_evmp_decode(it->event, it->event_len, &ev, NULL) == 0) {
         struct sbuf b;
         sbuf_init(&b);
-        cbus_event_json(&b, &ev);
+        cbus_event_json(&b, &ev, NULL);
         sbuf_free(&b);
     }
     return 0;

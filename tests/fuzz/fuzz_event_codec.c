@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct sbuf b;
     sbuf_init(&b);
-    cbus_event_json(&b, &ev);
+    cbus_event_json(&b, &ev, NULL);
     if (!b.failed) {
         FZ_CHECK(strlen(b.data) == b.len, "JSON has a NUL inside (%zu vs %zu)", strlen(b.data),
                  b.len);
@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const uint8_t digest[32] = {1, 2, 3};
     struct cbus_evmp_opts o = {.preview = mode, .preview_sha256 = digest};
     uint8_t buf[CBUS_EVMP_MAX];
-    int n = cbus_evmp_encode(&ev, &o, buf, sizeof buf);
+    int n = cbus_evmp_encode(&ev, NULL, &o, buf, sizeof buf);
     FZ_CHECK(n > 0 && n <= CBUS_EVMP_MAX, "encode returned %d", n);
     struct cbus_event back;
     size_t used;

@@ -141,9 +141,42 @@ int main(int argc, char **argv)
     /* msgpack: each event encoded, and one with a preview hash. */
     for (size_t i = 0; i < n; i++) {
         uint8_t b[CBUS_EVMP_MAX];
-        int len = cbus_evmp_encode(&ev[i], NULL, b, sizeof b);
+        int len = cbus_evmp_encode(&ev[i], NULL, NULL, b, sizeof b);
         snprintf(name, sizeof name, "event-%02zu", i);
         put("msgpack", name, b, (size_t)len);
+    }
+
+    /* msgpack: a chat start with a body of every section (one cut). */
+    {
+        static uint8_t body[512], b[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(512)];
+        static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\","
+                                   "\"content\":\"hi\"}]}]";
+        const struct {
+            unsigned type;
+            const char *data;
+            uint32_t len, orig_len, dropped;
+        } sec[] = {
+            {CBUS_BODY_TEXT, "the whole prompt, cut \xc3", 25, 900, 0},
+            {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0},
+            {CBUS_BODY_TAGS, "prod\0eval\0", 10, 10, 1},
+            {CBUS_BODY_METADATA, "k\0v\0env\0dev\0", 12, 12, 0},
+        };
+        size_t off = 0;
+        for (size_t i = 0; i < sizeof sec / sizeof sec[0]; i++) {
+            struct cbus_body_section h = {(uint16_t)sec[i].type,
+                                          sec[i].orig_len > sec[i].len ? CBUS_BODY_SECTION_CUT : 0,
+                                          sec[i].len, sec[i].orig_len, sec[i].dropped};
+            memcpy(body + off, &h, sizeof h);
+            memcpy(body + off + sizeof h, sec[i].data, sec[i].len);
+            off += sizeof h + sec[i].len;
+        }
+        struct cbus_event e = ev[0];
+        e.kind = CBUS_EV_CHAT_MODEL_START;
+        e.flags |= CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
+        e.body_len = (uint32_t)off;
+        struct cbus_body bd = {body, (uint32_t)off};
+        int len = cbus_evmp_encode(&e, &bd, NULL, b, sizeof b);
+        put("msgpack", "event-body", b, (size_t)len);
     }
 
     /* export_otlp: the whole run as one input, link bytes 0 (raw events). */

@@ -3,6 +3,7 @@
 #define CBUSCTL_H
 
 #include <cbus/bus.h>
+#include <cbus/consumer.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -65,6 +66,8 @@ int cli_sleep_ns(uint64_t ns);
 
 /* ---- tail's human line --------------------------------------------------- */
 struct sbuf;
-void event_text(struct sbuf *b, const struct cbus_event *ev);
+/* body NULL: the event line only; else the body's sections follow it,
+ * one indented line each, terminal-safe. */
+void event_text(struct sbuf *b, const struct cbus_event *ev, const struct cbus_body *body);
 
 #endif

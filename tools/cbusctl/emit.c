@@ -4,9 +4,12 @@
 
 #include <cbus/producer.h>
 
+#include "event_body.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Options go by the payload a kind fills (the kind map in layout.h), so a
@@ -30,6 +33,8 @@ enum opt_id {
     O_HTTP,
     O_ATTEMPT, O_BACKOFF,
     O_DOCS,
+    O_SCORE_VALUE, O_SCORE_TYPE,
+    O_AGENT, O_TENANT, O_TAG, O_METADATA, O_TEXT_FILE, O_MESSAGES_FILE,
     O_REPEAT, O_PRODUCER, O_TRUST, O_HELP,
     O__COUNT
 };
@@ -54,6 +59,8 @@ static uint32_t applies_to(int id)
         return P(CBUS_PAYLOAD_RETRY);
     case O_DOCS:
         return P(CBUS_PAYLOAD_RETRIEVER);
+    case O_SCORE_VALUE: case O_SCORE_TYPE:
+        return P(CBUS_PAYLOAD_SCORE);
     default:
         return KINDS_ALL;
     }
@@ -89,6 +96,14 @@ static const struct option longopts[] = {
     {"attempt", required_argument, NULL, O_ATTEMPT},
     {"backoff", required_argument, NULL, O_BACKOFF},
     {"document-count", required_argument, NULL, O_DOCS},
+    {"score-value", required_argument, NULL, O_SCORE_VALUE},
+    {"score-type", required_argument, NULL, O_SCORE_TYPE},
+    {"agent", required_argument, NULL, O_AGENT},
+    {"tenant", required_argument, NULL, O_TENANT},
+    {"tag", required_argument, NULL, O_TAG},
+    {"metadata", required_argument, NULL, O_METADATA},
+    {"text-file", required_argument, NULL, O_TEXT_FILE},
+    {"messages-file", required_argument, NULL, O_MESSAGES_FILE},
     {"repeat", required_argument, NULL, O_REPEAT},
     {"producer-name", required_argument, NULL, O_PRODUCER},
     {"trust-owner", no_argument, NULL, O_TRUST},
@@ -106,7 +121,14 @@ static void emit_help(FILE *f)
             "  --provider P --model M --user U --session S --request-id R\n"
             "  --run-id ID --parent-run-id ID --trace-id ID   (UUID or 32 hex; default: new ids)\n"
             "  --name N                tool / chain / custom event name or error type\n"
-            "  --preview TEXT          text preview (alias --text); cut to %d bytes\n"
+            "  --agent A --tenant T    agent name or slug; team or organisation\n"
+            "  --preview TEXT          the event's text (alias --text): its first %d bytes are\n"
+            "                          the preview, the whole text goes in the body\n"
+            "  --text-file FILE        the text from a file, whole (instead of --preview)\n"
+            "  --messages-file FILE    chat messages JSON for the body (chat_model_start,\n"
+            "                          llm_end)\n"
+            "  --tag T                 a tag of the run (repeatable; on start events, scores)\n"
+            "  --metadata K=V          a metadata entry (repeatable; on start events, scores)\n"
             "Per kind:\n"
             "  llm_end: --input-tokens --output-tokens --cache-read-tokens\n"
             "           --cache-creation-tokens --reasoning-tokens (OpenTelemetry convention:\n"
@@ -117,13 +139,51 @@ static void emit_help(FILE *f)
             "  *_error: --http-status\n"
             "  retry: --attempt --backoff D\n"
             "  retriever_end: --document-count\n"
+            "  score: --score-value V --score-type numeric|boolean|categorical (the\n"
+            "         category is the --text; the name is the score's name)\n"
             "  --duration D            llm_end, *_error, retriever_end, chain_end, tool_end,\n"
             "                          agent_finish\n"
             "Other:\n"
             "  --repeat N              emit N identical events (default 1)\n"
             "  --producer-name NAME    producer table name (default cbusctl)\n"
             "  --trust-owner           emit into a bus owned by another uid\n",
-            CBUS_PREVIEW_LEN);
+            CBUS_PREVIEW_LEN - 1);
+}
+
+/* A whole file, for --text-file and --messages-file (at most 64 MiB: the
+ * body limit is at most 16 MiB, the rest is cut by the library). */
+static int read_file(const char *flag, const char *path, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("emit: %s '%s': %s", flag, path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap || cap >= (64u << 20))
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!buf || err) {
+        free(buf);
+        cli_error("emit: %s '%s': %s", flag, path, buf ? "read error" : "out of memory");
+        return EXIT_RUNTIME;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
 }
 
 static const char *opt_name(int id)
@@ -145,6 +205,8 @@ int cmd_emit(int argc, char **argv)
 {
     const char *arg[O__COUNT] = {0};
     int given[O__COUNT] = {0};
+    const char *tags[64], *meta[64];
+    unsigned ntags = 0, nmeta = 0;
     int r;
 
     optind = 0;
@@ -159,7 +221,15 @@ int cmd_emit(int argc, char **argv)
         }
         given[c] = 1;
         arg[c] = optarg;
+        if (c == O_TAG || c == O_METADATA) {
+            unsigned *n = c == O_TAG ? &ntags : &nmeta;
+            if (*n == 64)
+                return cli_usage_error("emit", "--%s: at most 64", opt_name(c));
+            (c == O_TAG ? tags : meta)[(*n)++] = optarg;
+        }
     }
+    if (given[O_PREVIEW] && given[O_TEXT_FILE])
+        return cli_usage_error("emit", "--text and --text-file: give one");
     if (optind != argc - 1)
         return cli_usage_error("emit", "expected exactly one bus NAME");
     const char *name = argv[optind];
@@ -186,11 +256,28 @@ int cmd_emit(int argc, char **argv)
     } strings[] = {
         {O_PROVIDER, cbus_ctx_set_provider}, {O_MODEL, cbus_ctx_set_model},
         {O_USER, cbus_ctx_set_user},         {O_SESSION, cbus_ctx_set_session},
-        {O_REQUEST, cbus_ctx_set_request_id},
+        {O_REQUEST, cbus_ctx_set_request_id}, {O_AGENT, cbus_ctx_set_agent},
+        {O_TENANT, cbus_ctx_set_tenant},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         if (given[strings[i].id] && (r = strings[i].set(&ctx, arg[strings[i].id])) < 0) {
             cli_error("emit: setting a context string: %s", cbus_strerror(r));
+            return EXIT_USAGE;
+        }
+    }
+    for (unsigned i = 0; i < ntags; i++)
+        if ((r = cbus_ctx_add_tag(&ctx, tags[i])) < 0) {
+            cli_error("emit: --tag '%s': %s", tags[i], cbus_strerror(r));
+            return EXIT_USAGE;
+        }
+    for (unsigned i = 0; i < nmeta; i++) {
+        char kv[1024];
+        char *eq;
+        if (strlen(meta[i]) >= sizeof kv || !(eq = strchr(strcpy(kv, meta[i]), '=')))
+            return cli_usage_error("emit", "--metadata '%s': expected KEY=VALUE", meta[i]);
+        *eq = '\0';
+        if ((r = cbus_ctx_set_metadata(&ctx, kv, eq + 1)) < 0) {
+            cli_error("emit: --metadata '%s': %s", meta[i], cbus_strerror(r));
             return EXIT_USAGE;
         }
     }
@@ -219,6 +306,7 @@ int cmd_emit(int argc, char **argv)
         struct cbus_retry_info retry;
         struct cbus_retriever_info retriever;
         struct cbus_span_info span;
+        struct cbus_score_info score;
     } pl;
     size_t pl_len = 0;
     uint64_t duration = 0;
@@ -312,6 +400,24 @@ int cmd_emit(int argc, char **argv)
     } else if (K(kind) & KINDS_SPAN) {
         pl.span.duration_ns = duration;
         pl_len = sizeof pl.span;
+    } else if (K(kind) & P(CBUS_PAYLOAD_SCORE)) {
+        pl.score.type = CBUS_SCORE_NUMERIC;
+        if (given[O_SCORE_TYPE]) {
+            int t = cbus_score_type_from_name(arg[O_SCORE_TYPE], strlen(arg[O_SCORE_TYPE]));
+            if (t < 0)
+                return cli_usage_error("emit", "--score-type '%s': expected numeric, boolean "
+                                               "or categorical", arg[O_SCORE_TYPE]);
+            pl.score.type = (uint8_t)t;
+        }
+        if (given[O_SCORE_VALUE]) {
+            char *end;
+            errno = 0;
+            pl.score.value = strtod(arg[O_SCORE_VALUE], &end);
+            if (errno || end == arg[O_SCORE_VALUE] || *end)
+                return cli_usage_error("emit", "--score-value '%s': expected a number",
+                                       arg[O_SCORE_VALUE]);
+        }
+        pl_len = sizeof pl.score;
     }
 
     uint64_t repeat = 1;
@@ -324,18 +430,32 @@ int cmd_emit(int argc, char **argv)
     if (given[O_TRUST])
         po.open_flags |= CBUS_OPEN_TRUST_OWNER;
 
+    char *text = NULL, *messages = NULL;
+    size_t text_len = SIZE_MAX, messages_len = 0;
+    if (given[O_TEXT_FILE] && (r = read_file("--text-file", arg[O_TEXT_FILE], &text, &text_len)))
+        return r;
+    if (given[O_MESSAGES_FILE] &&
+        (r = read_file("--messages-file", arg[O_MESSAGES_FILE], &messages, &messages_len))) {
+        free(text);
+        return r;
+    }
+
     cbus_producer *p;
     if ((r = cbus_producer_open(&p, name, &po))) {
         cli_explain_open_error(name, r);
+        free(text);
+        free(messages);
         return EXIT_RUNTIME;
     }
     struct cbus_emit_args ea = {
         .kind = (unsigned)kind,
         .name = arg[O_NAME],
-        .preview = arg[O_PREVIEW],
-        .preview_len = SIZE_MAX,
+        .preview = text ? text : arg[O_PREVIEW],
+        .preview_len = text_len,
         .payload = pl_len ? &pl : NULL,
         .payload_len = pl_len,
+        .messages = messages,
+        .messages_len = messages_len,
     };
     uint64_t dropped = 0;
     int rc = EXIT_OK;
@@ -356,5 +476,7 @@ int cmd_emit(int argc, char **argv)
         rc = EXIT_RUNTIME;
     }
     cbus_producer_close(p);
+    free(text);
+    free(messages);
     return rc;
 }

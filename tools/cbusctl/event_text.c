@@ -4,6 +4,7 @@
  * invalid UTF-8 and bidi overrides are shown as escapes). */
 #include "cbusctl.h"
 
+#include "event_body.h"
 #include "sbuf.h"
 
 #include <inttypes.h>
@@ -16,6 +17,16 @@ static void text_field(struct sbuf *b, const char *key, const char *field, size_
         return;
     sbuf_printf(b, " %s=", key);
     sbuf_human_str(b, field, size);
+}
+
+/* A key cut to its field: the prefix, "...", and the whole value's hash,
+ * so two long keys sharing the prefix read differently. */
+static void text_key(struct sbuf *b, const char *key, const char *field, size_t size,
+                     const struct cbus_event *ev, unsigned trunc, unsigned k)
+{
+    text_field(b, key, field, size);
+    if (ev->flags & trunc)
+        sbuf_printf(b, "...#%016" PRIx64, ev->key_hash[k]);
 }
 
 static void text_ns(struct sbuf *b, const char *key, uint64_t ns)
@@ -87,12 +98,59 @@ static void text_kind(struct sbuf *b, const struct cbus_event *ev)
         if (ev->u.span.duration_ns)
             text_ns(b, "dur", ev->u.span.duration_ns);
         break;
+    case CBUS_PAYLOAD_SCORE: {
+        const char *type = cbus_score_type_name(ev->u.score.type);
+        if (type)
+            sbuf_printf(b, " score_type=%s", type);
+        else
+            sbuf_printf(b, " score_type=%u", (unsigned)ev->u.score.type);
+        if (ev->u.score.type != CBUS_SCORE_CATEGORICAL)
+            sbuf_printf(b, " value=%g", ev->u.score.value); /* the category is the preview */
+        break;
+    }
     default:
         break;
     }
 }
 
-void event_text(struct sbuf *b, const struct cbus_event *ev)
+static void text_list(struct sbuf *b, const struct cbus_body_part *p, int pairs)
+{
+    uint32_t off = 0, n;
+    const char *item;
+    int i = 0;
+    while (cbus_body_list_next(p, &off, &item, &n)) {
+        sbuf_puts(b, i == 0 ? "" : pairs ? (i % 2 ? "=" : " ") : ", ");
+        sbuf_human_bytes(b, item, n);
+        i++;
+    }
+}
+
+/* The body under its event line, one section per line, indented. */
+static void text_body(struct sbuf *b, const struct cbus_event *ev, const struct cbus_body *body)
+{
+    struct cbus_body_parts bp;
+    cbus_body_parts_of(body, &bp);
+    for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
+        const struct cbus_body_part *p = &bp.part[t];
+        if (!p->data)
+            continue;
+        sbuf_printf(b, "\n    %s: ", cbus_body_type_name(t));
+        if (t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA)
+            text_list(b, p, t == CBUS_BODY_METADATA);
+        else
+            sbuf_human_bytes(b, p->data, p->len);
+        if (p->flags & CBUS_BODY_SECTION_CUT)
+            sbuf_printf(b, " [cut: %" PRIu32 " of %" PRIu32 " bytes]", p->len, p->orig_len);
+        if (p->dropped)
+            sbuf_printf(b, " [%" PRIu32 " dropped]", p->dropped);
+    }
+    if (bp.malformed)
+        sbuf_puts(b, "\n    [malformed body]");
+    else if ((ev->flags & CBUS_FLAG_BODY_CUT) && !bp.cut)
+        sbuf_puts(b, "\n    [body cut]");
+}
+
+void event_text(struct sbuf *b, const struct cbus_event *ev, const struct cbus_body *body)
 {
     char when[32] = "--:--:--";
     time_t secs = (time_t)(ev->ts_realtime_ns / 1000000000u);
@@ -118,10 +176,15 @@ void event_text(struct sbuf *b, const struct cbus_event *ev)
         id[8] = '\0';
         sbuf_printf(b, " parent=%s", id);
     }
-    text_field(b, "provider", ev->provider, sizeof ev->provider);
-    text_field(b, "model", ev->model, sizeof ev->model);
-    text_field(b, "user", ev->user, sizeof ev->user);
-    text_field(b, "session", ev->session, sizeof ev->session);
+    text_key(b, "provider", ev->provider, sizeof ev->provider, ev, CBUS_TRUNC_PROVIDER,
+             CBUS_KEY_PROVIDER);
+    text_key(b, "model", ev->model, sizeof ev->model, ev, CBUS_TRUNC_MODEL, CBUS_KEY_MODEL);
+    text_key(b, "user", ev->user, sizeof ev->user, ev, CBUS_TRUNC_USER, CBUS_KEY_USER);
+    text_key(b, "session", ev->session, sizeof ev->session, ev, CBUS_TRUNC_SESSION,
+             CBUS_KEY_SESSION);
+    text_key(b, "agent", ev->agent, sizeof ev->agent, ev, CBUS_TRUNC_AGENT, CBUS_KEY_AGENT);
+    text_key(b, "tenant", ev->tenant, sizeof ev->tenant, ev, CBUS_TRUNC_TENANT,
+             CBUS_KEY_TENANT);
     text_field(b, "req", ev->request_id, sizeof ev->request_id);
     text_field(b, "name", ev->name, sizeof ev->name);
     text_kind(b, ev);
@@ -130,4 +193,6 @@ void event_text(struct sbuf *b, const struct cbus_event *ev)
         sbuf_human_field(b, ev->preview);
         sbuf_puts(b, ev->flags & CBUS_TRUNC_PREVIEW ? "...\"" : "\"");
     }
+    if (body)
+        text_body(b, ev, body);
 }

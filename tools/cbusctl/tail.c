@@ -77,6 +77,9 @@ static void tail_help(FILE *f)
             "  --user U          only events whose user is exactly U\n"
             "  --model M         only events whose model is exactly M\n"
             "  --json            one JSON object per line (the project's event JSON)\n"
+            "  --body            show each event's body (whole prompt, answer, messages,\n"
+            "                    tags, metadata): indented lines under the event, or\n"
+            "                    the \"body\" object with --json\n"
             "  --count N         exit after printing N events\n"
             "  --oldest          start at the oldest event still in the ring, not the newest\n"
             "  --name NAME       consumer name shown by stat (default tail-PID)\n"
@@ -91,6 +94,7 @@ int cmd_tail(int argc, char **argv)
         {"user", required_argument, NULL, 'u'},
         {"model", required_argument, NULL, 'm'},
         {"json", no_argument, NULL, 'j'},
+        {"body", no_argument, NULL, 'b'},
         {"count", required_argument, NULL, 'n'},
         {"oldest", no_argument, NULL, 'o'},
         {"name", required_argument, NULL, 'N'},
@@ -99,7 +103,7 @@ int cmd_tail(int argc, char **argv)
         {0},
     };
     struct filter f = {0};
-    int json = 0, r;
+    int json = 0, want_body = 0, r;
     uint64_t count = 0;
     char cname[CBUS_NAME_MAX];
     struct cbus_consumer_opts co = {.mode = CBUS_LOSSY, .start = CBUS_START_NEWEST};
@@ -121,6 +125,9 @@ int cmd_tail(int argc, char **argv)
             break;
         case 'j':
             json = 1;
+            break;
+        case 'b':
+            want_body = 1;
             break;
         case 'n':
             if ((r = cli_u64("tail", "--count", optarg, 1, UINT64_MAX, &count)))
@@ -176,17 +183,23 @@ int cmd_tail(int argc, char **argv)
      * error, and we detach cleanly instead of dying with the entry held. */
     cbus_daemon_signals();
     struct cbus_event *evs = calloc(BATCH, sizeof *evs);
+    /* --body: bodies are copied into one buffer of the bus's body limit
+     * (poll_bodies stops a batch early when the next body does not fit). */
+    struct cbus_body bodies[BATCH];
+    size_t body_cap = want_body ? cbus_bus_body_limit(cbus_consumer_bus(c)) : 0;
+    void *body_buf = body_cap ? malloc(body_cap) : NULL;
     struct sbuf out;
     sbuf_init(&out);
     uint64_t printed = 0, lost_seen = 0;
     int rc = EXIT_OK;
-    if (!evs) {
+    if (!evs || (body_cap && !body_buf)) {
         cli_error("out of memory");
         rc = EXIT_RUNTIME;
     }
 
     while (evs && !cbus_daemon_stop && (!count || printed < count)) {
-        int n = cbus_consumer_poll(c, evs, BATCH);
+        int n = want_body ? cbus_consumer_poll_bodies(c, evs, bodies, BATCH, body_buf, body_cap)
+                          : cbus_consumer_poll(c, evs, BATCH);
         if (n == -ESTALE) {
             cli_error("tail consumer '%s' was evicted from bus '%s'", co.name, name);
             rc = EXIT_RUNTIME;
@@ -216,10 +229,11 @@ int cmd_tail(int argc, char **argv)
         for (int i = 0; i < n && (!count || printed < count); i++) {
             if (!matches(&f, &evs[i]))
                 continue;
+            const struct cbus_body *body = want_body ? &bodies[i] : NULL;
             if (json)
-                cbus_event_json(&out, &evs[i]);
+                cbus_event_json(&out, &evs[i], body);
             else
-                event_text(&out, &evs[i]);
+                event_text(&out, &evs[i], body);
             sbuf_add(&out, "\n", 1);
             printed++;
         }
@@ -242,6 +256,7 @@ int cmd_tail(int argc, char **argv)
     }
 
     sbuf_free(&out);
+    free(body_buf);
     free(evs);
     cbus_consumer_detach(c);
     return rc;

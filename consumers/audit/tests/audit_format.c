@@ -59,9 +59,28 @@ static void assert_same_event(const struct cbus_event *a, const struct cbus_even
     cr_assert(!strncmp(a->model, b->model, sizeof a->model));
     cr_assert(!strncmp(a->user, b->user, sizeof a->user));
     cr_assert(!strncmp(a->session, b->session, sizeof a->session));
+    cr_assert(!strncmp(a->agent, b->agent, sizeof a->agent));
+    cr_assert(!strncmp(a->tenant, b->tenant, sizeof a->tenant));
     cr_assert(!strncmp(a->request_id, b->request_id, sizeof a->request_id));
     cr_assert(!strncmp(a->name, b->name, sizeof a->name));
     cr_assert(!strncmp(a->preview, b->preview, sizeof a->preview));
+    cr_assert_eq(a->body_len, b->body_len);
+    /* Cut keys carry their hash; the others are the hash of their field
+     * (which holds the whole value). */
+    static const unsigned cut[CBUS_KEY__COUNT] = {CBUS_TRUNC_PROVIDER, CBUS_TRUNC_MODEL,
+                                                  CBUS_TRUNC_USER,     CBUS_TRUNC_SESSION,
+                                                  CBUS_TRUNC_AGENT,    CBUS_TRUNC_TENANT};
+    const char *field[CBUS_KEY__COUNT] = {b->provider, b->model, b->user,
+                                          b->session,  b->agent, b->tenant};
+    const size_t size[CBUS_KEY__COUNT] = {sizeof b->provider, sizeof b->model, sizeof b->user,
+                                          sizeof b->session,  sizeof b->agent, sizeof b->tenant};
+    for (unsigned k = 0; k < CBUS_KEY__COUNT; k++) {
+        if (a->flags & cut[k])
+            cr_assert_eq(a->key_hash[k], b->key_hash[k], "key %u", k);
+        else
+            cr_assert_eq(b->key_hash[k], cbus_key_hash(field[k], strnlen(field[k], size[k])),
+                         "key %u", k);
+    }
 }
 
 /* Every field full, every byte non-NUL: the largest encoding there is. */
@@ -80,6 +99,12 @@ static void full_event(struct cbus_event *ev, unsigned kind)
     ev->u.usage.finish_reason = CBUS_FINISH_CONTENT_FILTER;
     if (kind == CBUS_EV_LLM_ERROR)
         ev->u.error.http_status = INT32_MIN;
+    if (kind == CBUS_EV_SCORE) {
+        ev->u.score.value = -0.125;
+        ev->u.score.type = CBUS_SCORE_BOOLEAN;
+    }
+    for (unsigned k = 0; k < CBUS_KEY__COUNT; k++)
+        ev->key_hash[k] = UINT64_MAX - k; /* every key is cut (flags 0xffff): kept as given */
 }
 
 Test(audit_format, event_roundtrip_every_kind_at_max_size)
@@ -88,7 +113,7 @@ Test(audit_format, event_roundtrip_every_kind_at_max_size)
     for (unsigned kind = 0; kind < CBUS_EV__COUNT + 2; kind++) {
         struct cbus_event ev, back;
         full_event(&ev, kind);
-        int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+        int n = cbus_evmp_encode(&ev, NULL, NULL, buf, sizeof buf);
         cr_assert_gt(n, 0, "kind %u", kind);
         cr_assert_leq(n, CBUS_EVMP_MAX);
         size_t used;
@@ -106,8 +131,67 @@ Test(audit_format, event_roundtrip_every_kind_at_max_size)
         } else if (kind == CBUS_EV_RETRY) {
             cr_assert_eq(back.u.retry.attempt, UINT32_MAX);
             cr_assert_eq(back.u.retry.backoff_ns, UINT64_MAX);
+        } else if (kind == CBUS_EV_SCORE) {
+            cr_assert_eq(back.u.score.value, -0.125);
+            cr_assert_eq(back.u.score.type, CBUS_SCORE_BOOLEAN);
         }
     }
+}
+
+/* A body section appended to a buffer the way the producer lays it out. */
+static size_t add_section(uint8_t *buf, size_t at, unsigned type, const void *data, uint32_t len,
+                          uint32_t orig_len, uint32_t dropped)
+{
+    struct cbus_body_section s = {(uint16_t)type, orig_len > len ? CBUS_BODY_SECTION_CUT : 0,
+                                  len, orig_len, dropped};
+    memcpy(buf + at, &s, sizeof s);
+    memcpy(buf + at + sizeof s, data, len);
+    return at + sizeof s + len;
+}
+
+/* Every section type, a cut one, dropped entries and invalid UTF-8 come
+ * back from msgpack as the same sections; an uncut key's hash is its
+ * field's; decode without a body buffer skips the body. */
+Test(audit_format, body_and_v2_fields_roundtrip)
+{
+    static uint8_t body[20000], rebuilt[20100], out[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(20000)];
+    static char text[12000];
+    memset(text, 'p', sizeof text);
+    static const char bad[] = "\xff\xc3 bad utf-8 \0 and a NUL";
+    memcpy(text + 100, bad, sizeof bad - 1);
+    static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+    static const char tags[] = "prod\0team-a\0";
+    static const char meta[] = "ls_provider\0openai\0env\0\xe2\x82\0";
+    size_t len = add_section(body, 0, CBUS_BODY_TEXT, text, sizeof text, 50000, 0);
+    len = add_section(body, len, CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0);
+    len = add_section(body, len, CBUS_BODY_TAGS, tags, sizeof tags - 1, sizeof tags - 1, 3);
+    len = add_section(body, len, CBUS_BODY_METADATA, meta, sizeof meta - 1, sizeof meta - 1, 0);
+
+    struct cbus_event ev = {.kind = CBUS_EV_CHAT_MODEL_START, .event_id = 9}, back;
+    ev.flags = CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT | CBUS_TRUNC_USER;
+    ev.body_len = (uint32_t)len;
+    memcpy(ev.user, "user:default/a-very-long-entity-reference", sizeof ev.user);
+    ev.key_hash[CBUS_KEY_USER] = 0x1234567890abcdefULL;
+    strcpy(ev.agent, "planner");
+    strcpy(ev.tenant, "team-a");
+    ev.key_hash[CBUS_KEY_AGENT] = cbus_key_hash("planner", 7);
+    ev.key_hash[CBUS_KEY_TENANT] = cbus_key_hash("team-a", 6);
+    struct cbus_body b = {body, (uint32_t)len};
+    int n = cbus_evmp_encode(&ev, &b, NULL, out, sizeof out);
+    cr_assert_gt(n, 0, "%d", n);
+    cr_assert_eq(cbus_evmp_encode(&ev, &b, NULL, out, CBUS_EVMP_MAX), -ENOSPC);
+
+    struct cbus_body rb;
+    size_t used;
+    cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, &used, rebuilt, sizeof rebuilt,
+                                       &rb), 0);
+    cr_assert_eq(used, (size_t)n);
+    assert_same_event(&ev, &back);
+    cr_assert_eq(rb.len, len, "%u vs %zu", rb.len, len);
+    cr_assert(!memcmp(rb.data, body, len), "sections differ");
+    cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, 100, &rb), -ENOSPC);
+    cr_assert_eq(cbus_evmp_decode(out, (size_t)n, &back, NULL), 0);
+    assert_same_event(&ev, &back);
 }
 
 Test(audit_format, event_absent_usage_stays_absent)
@@ -116,7 +200,7 @@ Test(audit_format, event_absent_usage_stays_absent)
     ev.u.usage.usage_present = CBUS_USAGE_OUTPUT;
     ev.u.usage.output_tokens = 0; /* present zero, not absent */
     uint8_t buf[CBUS_EVMP_MAX];
-    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    int n = cbus_evmp_encode(&ev, NULL, NULL, buf, sizeof buf);
     cr_assert_gt(n, 0);
     cr_assert_eq(cbus_evmp_decode(buf, (size_t)n, &back, NULL), 0);
     cr_assert_eq(back.u.usage.usage_present, CBUS_USAGE_OUTPUT);
@@ -129,7 +213,7 @@ Test(audit_format, invalid_utf8_preview_is_bin_and_roundtrips)
     struct cbus_event ev = {.kind = CBUS_EV_LLM_NEW_TOKEN}, back;
     memcpy(ev.preview, "caf\xc3", 4); /* cut inside "é" */
     uint8_t buf[CBUS_EVMP_MAX];
-    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    int n = cbus_evmp_encode(&ev, NULL, NULL, buf, sizeof buf);
     cr_assert_gt(n, 0);
     cr_assert_not_null(memmem(buf, (size_t)n, "\xc4\x04" "caf\xc3", 6), "bin8 of 4 bytes");
     cr_assert_eq(cbus_evmp_decode(buf, (size_t)n, &back, NULL), 0);
@@ -141,7 +225,7 @@ Test(audit_format, every_truncation_is_enodata_and_garbage_never_crashes)
     struct cbus_event ev, back;
     tu_event(&ev, 3); /* llm_end with usage */
     uint8_t buf[CBUS_EVMP_MAX] = {0};
-    int n = cbus_evmp_encode(&ev, NULL, buf, sizeof buf);
+    int n = cbus_evmp_encode(&ev, NULL, NULL, buf, sizeof buf);
     for (int cut = 0; cut < n; cut++)
         cr_assert_eq(cbus_evmp_decode(buf, (size_t)cut, &back, NULL), -ENODATA, "cut %d", cut);
     srand(7);

@@ -57,6 +57,11 @@ void tu_event(struct cbus_event *ev, uint64_t i)
     snprintf(ev->user, sizeof ev->user, "user-%u", (unsigned)(i % 3));
     snprintf(ev->session, sizeof ev->session, "s-%u", (unsigned)(i % 11));
     snprintf(ev->preview, sizeof ev->preview, "preview text %llu", (unsigned long long)i);
+    /* As a producer sets them: each key's hash of its whole value. */
+    ev->key_hash[CBUS_KEY_PROVIDER] = cbus_key_hash(ev->provider, strlen(ev->provider));
+    ev->key_hash[CBUS_KEY_MODEL] = cbus_key_hash(ev->model, strlen(ev->model));
+    ev->key_hash[CBUS_KEY_USER] = cbus_key_hash(ev->user, strlen(ev->user));
+    ev->key_hash[CBUS_KEY_SESSION] = cbus_key_hash(ev->session, strlen(ev->session));
     switch (ev->kind) {
     case CBUS_EV_LLM_START:
     case CBUS_EV_CHAT_MODEL_START:

@@ -1,0 +1,74 @@
+#include "event_body.h"
+
+#include <string.h>
+
+int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!body || !body->data || !body->len)
+        return 0;
+    size_t off = 0;
+    struct cbus_body_section s;
+    const char *data;
+    int r;
+    while ((r = cbus_body_next(body->data, body->len, &off, &s, &data)) == 1) {
+        if (s.type == 0 || s.type >= CBUS_BODY_TYPES || out->part[s.type].data)
+            continue; /* unknown type, or a second section of one: the first counts */
+        struct cbus_body_part *p = &out->part[s.type];
+        p->data = data;
+        p->len = s.len;
+        p->orig_len = s.orig_len;
+        p->dropped = s.dropped;
+        p->flags = s.flags;
+        out->count++;
+        if (s.flags & CBUS_BODY_SECTION_CUT)
+            out->cut = 1;
+    }
+    if (r < 0)
+        out->malformed = 1;
+    return out->count;
+}
+
+const char *cbus_body_type_name(unsigned type)
+{
+    switch (type) {
+    case CBUS_BODY_TEXT: return "text";
+    case CBUS_BODY_MESSAGES: return "messages";
+    case CBUS_BODY_TAGS: return "tags";
+    case CBUS_BODY_METADATA: return "metadata";
+    default: return NULL;
+    }
+}
+
+int cbus_body_list_next(const struct cbus_body_part *p, uint32_t *off, const char **item,
+                        uint32_t *n)
+{
+    if (!p->data || *off >= p->len)
+        return 0;
+    const char *s = p->data + *off;
+    const char *nul = memchr(s, '\0', p->len - *off);
+    uint32_t len = nul ? (uint32_t)(nul - s) : p->len - *off;
+    *item = s;
+    *n = len;
+    *off += len + (nul ? 1 : 0);
+    return 1;
+}
+
+static const char *const score_types[] = {
+    [CBUS_SCORE_NUMERIC] = "numeric",
+    [CBUS_SCORE_BOOLEAN] = "boolean",
+    [CBUS_SCORE_CATEGORICAL] = "categorical",
+};
+
+const char *cbus_score_type_name(unsigned type)
+{
+    return type < sizeof score_types / sizeof score_types[0] ? score_types[type] : NULL;
+}
+
+int cbus_score_type_from_name(const char *s, size_t n)
+{
+    for (unsigned t = 1; t < sizeof score_types / sizeof score_types[0]; t++)
+        if (strlen(score_types[t]) == n && memcmp(score_types[t], s, n) == 0)
+            return (int)t;
+    return -1;
+}
