@@ -127,6 +127,22 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         static const char *const choices[] = {"keep", "hash", "drop", NULL};
         return cbus_cfg_choice(cfg, e, choices, &c->preview, err, errlen);
     }
+    if (IS("redact", "body")) {
+        static const char *const choices[] = {"keep", "hash", "drop", NULL};
+        return cbus_cfg_choice(cfg, e, choices, &c->body, err, errlen);
+    }
+    if (!strcmp(s, "redact") && !strncmp(k, "body.", 5)) {
+        /* Per kind, whatever order the lines come in: body = X is the
+         * default for the kinds not named. */
+        static const char *const choices[] = {"keep", "hash", "drop", NULL};
+        int kind = cbus_kind_from_name(k + 5);
+        if (kind <= 0 || kind >= CBUS_EV__COUNT)
+            return cbus_cfg_error(cfg, e, err, errlen,
+                                  "unknown kind '%s' (llm_start, chat_model_start, llm_end, "
+                                  "tool_start, tool_end, ...)", k + 5);
+        c->body_kind_set |= CBUS_KIND_BIT(kind);
+        return cbus_cfg_choice(cfg, e, choices, &c->body_kind[kind], err, errlen);
+    }
     if (IS("redact", "hash_salt")) {
         size_t n = strlen(e->value);
         if (n >= sizeof c->hash_salt)
@@ -193,6 +209,9 @@ void audit_config_writer_opts(const struct audit_config *c, struct audit_writer_
     o->max_file_age_ns = c->max_file_age_ns;
     o->retain_files = c->retain_files;
     o->redact.mode = c->preview;
+    o->redact.body_default = c->body;
+    for (unsigned k = 0; k < CBUS_EV__COUNT; k++)
+        o->redact.body[k] = (c->body_kind_set & CBUS_KIND_BIT(k)) ? c->body_kind[k] : c->body;
     o->redact.salt = (const uint8_t *)c->hash_salt;
     o->redact.salt_len = strlen(c->hash_salt);
     o->retry_initial_ns = c->retry_initial_ns;

@@ -28,6 +28,9 @@ struct audit_config {
     unsigned retain_files;
     /* [redact] */
     unsigned preview;               /* enum audit_redaction */
+    unsigned body;                  /* enum audit_redaction: bodies of kinds not named */
+    unsigned body_kind[CBUS_EV__COUNT]; /* body.<kind> = ..., where body_kind_set has the kind */
+    uint64_t body_kind_set;         /* CBUS_KIND_BIT */
     char hash_salt[256];
     /* [disk] */
     uint64_t retry_initial_ns;

@@ -126,7 +126,7 @@ static int bench_writer(const struct opts *o)
         ev.event_id = i;
         ev.ts_realtime_ns += i;
         ev.ts_mono_ns += i;
-        while (audit_writer_append(w, &ev) == -EAGAIN)
+        while (audit_writer_append(w, &ev, NULL) == -EAGAIN)
             audit_writer_service(w, 200000);
         if ((i & 255) == 255)
             audit_writer_service(w, 0);
@@ -187,7 +187,7 @@ static int bench_encode(const struct opts *o)
     audit_chain_init(&c);
     struct audit_redact red = {.mode = o->preview};
     for (uint64_t i = 0; i < o->events; i++)
-        bytes += (uint64_t)audit_record_encode(&c, &tmpl[i & 1023], &red, buf, sizeof buf);
+        bytes += (uint64_t)audit_record_encode(&c, &tmpl[i & 1023], NULL, &red, buf, sizeof buf);
     uint64_t t2 = thread_cpu_ns();
     audit_chain_free(&c);
     /* Thread CPU time, not wall time: on a shared machine preemption would

@@ -22,6 +22,9 @@ struct cat {
     const char *user;
     uint32_t kinds;                /* bit per kind; 0 = all */
     int with_seq;
+    int with_body;                 /* --body: each event's body as stored */
+    uint8_t *body_buf;             /* its sections rebuilt (kept bodies) */
+    size_t body_cap;
     struct sbuf out;
     uint64_t printed;
     int decode_errors;
@@ -116,11 +119,75 @@ static int event_str(const uint8_t *p, size_t len, const char *key, const char *
     return -1;
 }
 
+/* The event's "body" map when it was stored redacted (hash or drop), as a
+ * JSON object: "redacted", and each section's "_sha256", "_len" and the
+ * like, scalar values only.  Returns 1 when written, 0 when the body is
+ * kept or absent. */
+static int redacted_body_json(struct sbuf *b, const uint8_t *p, size_t len)
+{
+    struct cbus_mp_reader r = {p, p + len};
+    uint32_t cnt;
+    if (cbus_mp_read_map(&r, &cnt))
+        return 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        const char *k;
+        uint32_t l;
+        if (cbus_mp_read_str(&r, &k, &l))
+            return 0;
+        if (l == 4 && !memcmp(k, "body", 4))
+            break;
+        if (cbus_mp_skip(&r))
+            return 0;
+        if (i + 1 == cnt)
+            return 0;
+    }
+    const char *red;
+    uint32_t rl;
+    if (event_str(r.p, (size_t)(r.end - r.p), "redacted", &red, &rl))
+        return 0; /* kept: the sections, rendered by event_json */
+    if (cbus_mp_read_map(&r, &cnt))
+        return 0;
+    sbuf_puts(b, ",\"body\":{");
+    for (uint32_t i = 0; i < cnt; i++) {
+        const char *k, *v;
+        uint32_t l, vl;
+        uint64_t u;
+        if (cbus_mp_read_str(&r, &k, &l))
+            break;
+        sbuf_printf(b, "%s", i ? "," : "");
+        sbuf_json_str(b, k, l);
+        sbuf_puts(b, ":");
+        if (cbus_mp_peek(&r) == CBUS_MP_UINT && cbus_mp_read_uint(&r, &u) == 0) {
+            sbuf_printf(b, "%llu", (unsigned long long)u);
+        } else if (cbus_mp_read_text(&r, &v, &vl) == 0) {
+            sbuf_json_str(b, v, vl);
+        } else {
+            sbuf_puts(b, "null");
+            if (cbus_mp_skip(&r))
+                break;
+        }
+    }
+    sbuf_puts(b, "}");
+    return 1;
+}
+
 static int on_record(void *arg, const struct audit_item *it)
 {
     struct cat *c = arg;
     struct cbus_event ev;
-    if (cbus_evmp_decode(it->event, it->event_len, &ev, NULL)) {
+    struct cbus_body body = {NULL, 0};
+    if (c->with_body && c->body_cap < CBUS_EVMP_REBUILD_MAX(it->event_len)) {
+        size_t cap = CBUS_EVMP_REBUILD_MAX(it->event_len);
+        uint8_t *nb = realloc(c->body_buf, cap);
+        if (!nb) {
+            fprintf(stderr, "cbus-audit cat: out of memory\n");
+            return -ENOMEM;
+        }
+        c->body_buf = nb;
+        c->body_cap = cap;
+    }
+    if (cbus_evmp_decode_body(it->event, it->event_len, &ev, NULL, c->body_buf, c->body_cap,
+                              c->with_body ? &body : NULL)) {
         if (!c->decode_errors++)
             fprintf(stderr, "cbus-audit cat: %s: seq %llu: event does not decode\n", c->path,
                     (unsigned long long)it->seq);
@@ -136,18 +203,21 @@ static int on_record(void *arg, const struct audit_item *it)
                     memcmp(ev.user, c->user, strlen(c->user))))
         return 0;
     size_t start = c->out.len;
-    cbus_event_json(&c->out, &ev, NULL);
+    cbus_event_json(&c->out, &ev, c->with_body && body.len ? &body : NULL);
     /* Additions to the event_json object, spliced before its closing brace. */
     const char *h;
     uint32_t hl;
     if (c->out.len > start && c->out.data[c->out.len - 1] == '}') {
         int hashed = event_str(it->event, it->event_len, "preview_sha256", &h, &hl) == 0;
-        if (hashed || c->with_seq) {
+        int redacted = c->with_body && !body.len && (ev.flags & CBUS_FLAG_BODY);
+        if (hashed || c->with_seq || redacted) {
             c->out.len--;
             if (hashed) {
                 sbuf_puts(&c->out, ",\"preview_sha256\":");
                 sbuf_json_str(&c->out, h, hl);
             }
+            if (redacted)
+                redacted_body_json(&c->out, it->event, it->event_len);
             if (c->with_seq)
                 sbuf_printf(&c->out, ",\"audit_seq\":%llu", (unsigned long long)it->seq);
             sbuf_puts(&c->out, "}");
@@ -166,10 +236,13 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: cbus-audit cat [--since T] [--until T] [--user U] [--kind K[,K...]] [--seq]\n"
-            "                      FILE|DIR...\n"
+            "                      [--body] FILE|DIR...\n"
             "  Prints the events as JSON lines.  T: 2026-11-24T03:00:00Z, @NS (ns since the\n"
             "  epoch) or a duration meaning that long ago (15m, 2h, 7d).  --seq adds the\n"
-            "  record's chain position as \"audit_seq\".  Does not check hashes: use verify.\n");
+            "  record's chain position as \"audit_seq\".  --body adds each event's body as\n"
+            "  stored: the sections whole, or for a hashed or dropped one what was kept of it\n"
+            "  (\"redacted\", each section's _sha256 and _len).  Does not check hashes: use\n"
+            "  verify.\n");
 }
 
 int audit_cat_main(int argc, char **argv)
@@ -179,6 +252,7 @@ int audit_cat_main(int argc, char **argv)
         {"since", required_argument, NULL, 's'}, {"until", required_argument, NULL, 'u'},
         {"user", required_argument, NULL, 'U'},  {"kind", required_argument, NULL, 'k'},
         {"seq", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
+        {"body", no_argument, NULL, 'b'},
         {NULL, 0, NULL, 0}};
     int opt;
     optind = 1;
@@ -209,6 +283,9 @@ int audit_cat_main(int argc, char **argv)
             break;
         case 'q':
             c.with_seq = 1;
+            break;
+        case 'b':
+            c.with_body = 1;
             break;
         case 'h':
             usage(stdout);
@@ -254,6 +331,7 @@ int audit_cat_main(int argc, char **argv)
     if (c.decode_errors)
         status = 1;
     sbuf_free(&c.out);
+    free(c.body_buf);
     audit_paths_free(paths, n);
     return status;
 }

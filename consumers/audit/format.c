@@ -7,6 +7,8 @@
 
 #include "format.h"
 
+#include "event_body.h"
+
 #include <errno.h>
 #include <string.h>
 
@@ -132,9 +134,10 @@ static int chain_close(struct audit_chain *c, struct cbus_mp_writer *w, uint8_t 
 }
 
 int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
-                        const struct audit_redact *red, uint8_t *out, size_t cap)
+                        const struct cbus_body *body, const struct audit_redact *red,
+                        uint8_t *out, size_t cap)
 {
-    if (cap < AUDIT_RECORD_MAX)
+    if (cap < AUDIT_RECORD_BODY_MAX(body))
         return -ENOSPC;
     struct cbus_evmp_opts opts = {.preview = CBUS_EVMP_PREVIEW_KEEP};
     uint8_t digest[AUDIT_HASH_LEN];
@@ -146,12 +149,27 @@ int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
         opts.preview = CBUS_EVMP_PREVIEW_HASH;
         opts.preview_sha256 = digest;
     }
+    /* The body's policy is its kind's: a prompt may be kept where a tool
+     * result is only hashed.  Hashed sections are salted like previews. */
+    uint8_t sec_digest[CBUS_EVMP_BODY_TYPES][AUDIT_HASH_LEN];
+    if (red && body && body->len) {
+        opts.body = ev->kind < CBUS_EV__COUNT ? red->body[ev->kind] : red->body_default;
+        if (opts.body == AUDIT_REDACT_HASH) {
+            struct cbus_body_parts bp;
+            cbus_body_parts_of(body, &bp);
+            for (unsigned t = 1; t < CBUS_BODY_TYPES; t++)
+                if (bp.part[t].data)
+                    audit_sha256(c, red->salt, red->salt_len, bp.part[t].data, bp.part[t].len,
+                                 sec_digest[t]);
+            opts.body_sha256 = (const uint8_t(*)[32])sec_digest;
+        }
+    }
     struct cbus_mp_writer w = {out};
     cbus_mp_put_map(&w, 3);
     KEY(&w, "seq");
     cbus_mp_put_uint(&w, c->next_seq);
     KEY(&w, "event");
-    int n = cbus_evmp_encode(ev, NULL, &opts, w.p, cap - (size_t)(w.p - out) - AUDIT_TRAILER);
+    int n = cbus_evmp_encode(ev, body, &opts, w.p, cap - (size_t)(w.p - out) - AUDIT_TRAILER);
     if (n < 0)
         return n;
     w.p += n;
@@ -217,6 +235,38 @@ int audit_event_id(const uint8_t *event, size_t len, uint64_t *id)
             return -EBADMSG;
     }
     return -EBADMSG;
+}
+
+int audit_event_span(const uint8_t *event, size_t len, uint64_t *id, uint64_t *positions)
+{
+    struct cbus_mp_reader r = {event, event + len};
+    uint32_t n, kl;
+    const char *k;
+    uint64_t flags = 0, body_len = 0;
+    int have_id = 0;
+    if (cbus_mp_read_map(&r, &n))
+        return -EBADMSG;
+    for (uint32_t i = 0; i < n; i++) {
+        if (cbus_mp_read_str(&r, &k, &kl))
+            return -EBADMSG;
+        int rc;
+        if (kl == 8 && memcmp(k, "event_id", 8) == 0) {
+            rc = cbus_mp_read_uint(&r, id);
+            have_id = 1;
+        } else if (kl == 5 && memcmp(k, "flags", 5) == 0) {
+            rc = cbus_mp_read_uint(&r, &flags);
+        } else if (kl == 8 && memcmp(k, "body_len", 8) == 0) {
+            rc = cbus_mp_read_uint(&r, &body_len);
+        } else {
+            rc = cbus_mp_skip(&r);
+        }
+        if (rc)
+            return -EBADMSG;
+    }
+    if (!have_id || body_len > UINT32_MAX)
+        return -EBADMSG;
+    *positions = 1 + ((flags & CBUS_FLAG_BODY) ? CBUS_BODY_SLOTS(body_len) : 0);
+    return 0;
 }
 
 static int key_is(const char *k, uint32_t n, const char *lit)
@@ -312,7 +362,7 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     /* "cbus_audit" was read by the caller; entries until the trailer. */
     if ((rc = cbus_mp_read_uint(r, &h->format)))
         goto bad;
-    if (h->format != AUDIT_FORMAT && h->format != 2 && h->format != 1) {
+    if (h->format != AUDIT_FORMAT && h->format != 3 && h->format != 2 && h->format != 1) {
         *why = "unsupported format version";
         return -EBADMSG;
     }

@@ -25,11 +25,16 @@
  *   prev_hash    bin32  hash of the last record (or header) of the previous
  *                       file; 32 zero bytes for the first file of a chain
  *   redaction    str    "keep" | "hash" | "drop": what happened to previews
+ *                       (bodies: per kind, as each record's body says)
  *   hash         bin32  SHA-256(prev_hash || header bytes before the "hash" key)
  *
  * Record (exactly these three keys, in this order):
  *   seq          uint   position in the chain: 0, 1, 2, ... across files
- *   event        map    the event, as consumers/common/event_msgpack.h encodes it
+ *   event        map    the event, as consumers/common/event_msgpack.h encodes it;
+ *                       format 4: with its body under "body" by the policy
+ *                       for its kind: keep = the sections; hash = {"redacted":
+ *                       "hash", "<section>_sha256": 64 hex, "<section>_len":
+ *                       uint, ...}; drop = {"redacted": "drop"}
  *   hash         bin32  SHA-256(previous hash || record bytes before the "hash" key)
  *
  * Gap record (format 2; same shape, "gap" in place of "event"):
@@ -69,8 +74,8 @@
 
 #include "event_msgpack.h"
 
-#define AUDIT_FORMAT 3                      /* written; 2 (one lane) and 1 (no gap records
-                                               either) are still read */
+#define AUDIT_FORMAT 4                      /* written; 3 (no bodies), 2 (one lane) and 1
+                                               (no gap records either) are still read */
 #define AUDIT_HASH_LEN 32
 #define AUDIT_TRAILER 39                    /* fixstr "hash" (5) + bin8 header (2) + 32 */
 #define AUDIT_RECORD_MAX (CBUS_EVMP_MAX + 64) /* map + seq + "event" + trailer */
@@ -115,17 +120,28 @@ struct audit_header {
  * Returns the byte count or -ENOSPC/-EINVAL. */
 int audit_header_encode(struct audit_chain *c, struct audit_header *h, uint8_t *out, size_t cap);
 
-/* Redaction of previews for record encoding. */
+/* Redaction of previews and bodies for record encoding. */
 struct audit_redact {
-    unsigned mode;          /* enum audit_redaction */
-    const uint8_t *salt;    /* hashed before the preview with AUDIT_REDACT_HASH */
+    unsigned mode;          /* enum audit_redaction: previews */
+    const uint8_t *salt;    /* hashed before the preview (and each body section) with HASH */
     size_t salt_len;
+    /* Bodies, per kind (index: enum cbus_kind; kinds beyond: body_default).
+     * keep: the sections; hash: each section's SHA-256 (salted) and length;
+     * drop: only that there was one ("redacted":"drop"; body_len stays). */
+    unsigned body[CBUS_EV__COUNT];
+    unsigned body_default;
 };
 
-/* Encodes ev as the chain's next record into out (cap >= AUDIT_RECORD_MAX)
- * and advances the chain.  Returns the byte count or -ENOSPC/-EINVAL. */
+/* Bytes a record of ev with body may take. */
+#define AUDIT_RECORD_BODY_MAX(body) \
+    (AUDIT_RECORD_MAX + ((body) && (body)->len ? CBUS_EVMP_BODY_MAX((body)->len) : 0))
+
+/* Encodes ev and its body (NULL = none) as the chain's next record into out
+ * (cap >= AUDIT_RECORD_BODY_MAX(body)) and advances the chain.  Returns the
+ * byte count or -ENOSPC/-EINVAL. */
 int audit_record_encode(struct audit_chain *c, const struct cbus_event *ev,
-                        const struct audit_redact *red, uint8_t *out, size_t cap);
+                        const struct cbus_body *body, const struct audit_redact *red,
+                        uint8_t *out, size_t cap);
 
 /* Encodes a gap record for bus positions [from, to) as the chain's next
  * record into out (cap >= AUDIT_RECORD_MAX) and advances the chain.
@@ -162,6 +178,11 @@ void audit_item_expected_hash(struct audit_chain *c, const uint8_t prev[AUDIT_HA
 /* The event_id of an encoded event map (a record's `event`), without
  * decoding the rest.  Returns 0 or -EBADMSG. */
 int audit_event_id(const uint8_t *event, size_t len, uint64_t *id);
+
+/* The same, and the lane positions the event took on the bus: 1, plus its
+ * body's slots (CBUS_BODY_SLOTS(body_len)) with CBUS_FLAG_BODY, whatever
+ * the record kept of the body.  Returns 0 or -EBADMSG. */
+int audit_event_span(const uint8_t *event, size_t len, uint64_t *id, uint64_t *positions);
 
 /* A position vector's lane count is valid: a power of two, 1..CBUS_MAX_LANES. */
 int audit_lanes_valid(uint64_t lanes);

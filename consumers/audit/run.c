@@ -335,6 +335,11 @@ int audit_run(const struct audit_config *cfg)
     l.at.arg = &l;
     cbus_attach_init(&l.at, c, cfg->bus, &ao, 0);
     struct cbus_event evs[POLL_MAX];
+    /* Bodies come with their events into body_buf (at least the bus's body
+     * limit: a bus re-created with a larger one grows it before the poll). */
+    struct cbus_body bodies[POLL_MAX];
+    void *body_buf = NULL;
+    size_t body_cap = 0;
     unsigned have = 0, next = 0;  /* polled events not yet appended: evs[next..have) */
     int status = 0;
     uint64_t last_report = mono_ns();
@@ -351,7 +356,20 @@ int audit_run(const struct audit_config *cfg)
             int a = cbus_attach_check(&l.at, 0);
             if (a == 1)
                 c = arrived_bus(&l);
-            int n = a < 0 ? a : cbus_consumer_poll(c, evs, POLL_MAX);
+            size_t limit = cbus_bus_body_limit(cbus_consumer_bus(c));
+            if (a >= 0 && limit > body_cap) {
+                void *nb = realloc(body_buf, limit);
+                if (!nb) {
+                    cbus_log_error("out of memory for a body buffer of %zu bytes", limit);
+                    status = 1;
+                    break;
+                }
+                body_buf = nb;
+                body_cap = limit;
+            }
+            int n = a < 0 ? a
+                          : cbus_consumer_poll_bodies(c, evs, bodies, POLL_MAX, body_buf,
+                                                      body_cap);
             if (n == -ESTALE && a == 0) {
                 a = cbus_attach_check(&l.at, 1);
                 if (a == 1)
@@ -368,7 +386,7 @@ int audit_run(const struct audit_config *cfg)
             have = (unsigned)n;
             next = 0;
         }
-        while (next < have && (rc = audit_writer_append(w, &evs[next])) == 0)
+        while (next < have && (rc = audit_writer_append(w, &evs[next], &bodies[next])) == 0)
             next++;
         if (next < have && rc != -EAGAIN) {
             /* Cannot happen (room is checked before encoding); stop rather
@@ -412,7 +430,7 @@ int audit_run(const struct audit_config *cfg)
      * so a clean stop replays nothing and loses nothing. */
     uint64_t deadline = mono_ns() + SHUTDOWN_LIMIT_NS;
     for (;;) {
-        while (next < have && audit_writer_append(w, &evs[next]) == 0)
+        while (next < have && audit_writer_append(w, &evs[next], &bodies[next]) == 0)
             next++;
         audit_writer_flush(w);
         audit_writer_service(w, 10000000u);
@@ -429,6 +447,7 @@ int audit_run(const struct audit_config *cfg)
     }
     report(&l, 1);
     cbus_consumer_detach(c);
+    free(body_buf);
     audit_writer_close(w);
     close(lock_fd);
     cbus_log_info("stopped");

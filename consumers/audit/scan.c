@@ -75,7 +75,8 @@ static int ids_continue(struct audit_verify_state *st, const struct audit_item *
             return 0;
         }
     } else {
-        if (audit_event_id(it->event, it->event_len, &id)) {
+        uint64_t span;
+        if (audit_event_span(it->event, it->event_len, &id, &span)) {
             if (!st->check_ids)
                 return 1; /* hashed as written: recovery keeps it, verify says why */
             set_bad(res, off, index, st->next_seq, "event does not decode");
@@ -83,7 +84,7 @@ static int ids_continue(struct audit_verify_state *st, const struct audit_item *
         }
         lane = (unsigned)(id & (lanes - 1));
         from = id / lanes;
-        to = from + 1;
+        to = from + span; /* an event's body slots follow it in its lane */
     }
     uint64_t next = st->pos.pos[lane];
     if (st->check_ids && from != next) {

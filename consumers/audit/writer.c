@@ -24,6 +24,7 @@ enum batch_state {
 
 struct batch {
     uint8_t *buf;
+    size_t cap;             /* bytes of buf: batch_bytes, more once a body needed it */
     size_t len;             /* bytes filled */
     size_t done;            /* bytes written by completed writes */
     uint64_t off;           /* file offset of buf[0] */
@@ -147,8 +148,10 @@ static struct batch *take_batch(struct audit_writer *w)
     struct batch *b = batch_at(w, w->used);
     w->used++;
     uint8_t *buf = b->buf;
+    size_t cap = b->cap;
     memset(b, 0, sizeof *b);
     b->buf = buf;
+    b->cap = cap;
     b->off = w->file_off;
     b->state = B_FILLING;
     return b;
@@ -345,6 +348,7 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
     }
     for (unsigned i = 0; i < w->qd; i++) {
         /* Page-aligned: the kernel copies whole pages into the page cache. */
+        w->b[i].cap = o->batch_bytes;
         if (posix_memalign((void **)&w->b[i].buf, 4096, o->batch_bytes)) {
             rc = -ENOMEM;
             snprintf(err, errlen, "out of memory for %u batches of %zu bytes", w->qd,
@@ -467,7 +471,23 @@ void audit_writer_set_batch_events(struct audit_writer *w, unsigned n)
 
 /* ---- appending ------------------------------------------------------------- */
 
-int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
+/* An empty batch (taken, not in flight) made big enough for need bytes:
+ * a record with a body of up to the bus's body limit always fits one. */
+static int grow_batch(struct batch *b, size_t need)
+{
+    if (b->cap >= need)
+        return 0;
+    uint8_t *buf;
+    if (posix_memalign((void **)&buf, 4096, need))
+        return -ENOMEM;
+    free(b->buf);
+    b->buf = buf;
+    b->cap = need;
+    return 0;
+}
+
+int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev,
+                        const struct cbus_body *body)
 {
     if (!w->have_file)
         return -EAGAIN; /* the first file could not be created: service retries */
@@ -495,20 +515,29 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
      * are recorded where they would have been, so `verify` can tell a
      * recorded loss from records deleted later. */
     int gap = w->has_last_cursor && lp > w->last.pos[lane];
-    size_t need = (gap ? 2u : 1u) * AUDIT_RECORD_MAX;
+    size_t body_need = body && body->len ? CBUS_EVMP_BODY_MAX(body->len) : 0;
+    size_t need = (gap ? 2u : 1u) * AUDIT_RECORD_MAX + body_need;
     struct batch *b = filling(w);
-    if (b && (b->nrec >= w->o.batch_events || w->o.batch_bytes - b->len < need)) {
+    /* Batches stay about batch_bytes: one is closed when the record would
+     * take it past that (a body beyond it goes into a batch grown for it). */
+    if (b && (b->nrec >= w->o.batch_events || b->len + need > b->cap ||
+              b->len + need - body_need > w->o.batch_bytes)) {
         b->state = B_READY;
         b = NULL;
     }
     if (!b && !(b = take_batch(w)))
         return -EAGAIN;
+    if (b->len + need > b->cap) {
+        int g = grow_batch(b, b->len + need);
+        if (g)
+            return g;
+    }
     if (gap) {
         uint64_t from = w->last.pos[lane];
         int g = lanes > 1 ? audit_gap_encode_lane(&w->chain, lane, from, lp, b->buf + b->len,
-                                                  w->o.batch_bytes - b->len)
+                                                  b->cap - b->len)
                           : audit_gap_encode(&w->chain, from, lp, b->buf + b->len,
-                                             w->o.batch_bytes - b->len);
+                                             b->cap - b->len);
         if (g < 0)
             return g; /* cannot happen: room was checked */
         w->st.gaps++;
@@ -520,14 +549,16 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev)
         w->st.records++;
     }
     uint64_t at = w->file_off;
-    int n = audit_record_encode(&w->chain, ev, &w->o.redact, b->buf + b->len,
-                                w->o.batch_bytes - b->len);
+    int n = audit_record_encode(&w->chain, ev, body, &w->o.redact, b->buf + b->len,
+                                b->cap - b->len);
     if (n < 0)
         return n; /* cannot happen: room was checked */
     b->len += (size_t)n;
     b->nrec++;
     b->has_cursor = 1;
-    w->last.pos[lane] = lp + 1;
+    /* The body's slots follow the event in its lane: the next position to
+     * expect (and the cursor to commit) is past them. */
+    w->last.pos[lane] = lp + 1 + ((ev->flags & CBUS_FLAG_BODY) ? CBUS_BODY_SLOTS(ev->body_len) : 0);
     w->has_last_cursor = 1;
     w->file_off += (uint64_t)n;
     w->file_records++;

@@ -93,9 +93,12 @@ void audit_writer_set_batch_events(struct audit_writer *w, unsigned n);
 /* Appends one record, preceded by a gap record when ev's lane position is
  * past the one after the last record of its lane (the positions between
  * never arrived); an event below that is already in the log and is skipped.
- * Returns 0, or -EAGAIN when no batch buffer is free
- * or a rotation is draining: call audit_writer_service() and retry. */
-int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev);
+ * body (NULL = none) is stored in the record as the redaction policy for
+ * ev's kind says; a batch is grown for a body that does not fit one.
+ * Returns 0, -EAGAIN when no batch buffer is free or a rotation is
+ * draining (call audit_writer_service() and retry), -ENOMEM (growing). */
+int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev,
+                        const struct cbus_body *body);
 
 /* Call when the bus has nothing new, so records do not wait for a full
  * batch: submits the batch being filled once no older batch is in flight

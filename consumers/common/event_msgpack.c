@@ -455,27 +455,45 @@ static void put_body_key(struct cbus_mp_writer *w, unsigned t, const char *suffi
     mp_str(w, k, (uint32_t)n);
 }
 
-static unsigned body_entries(const struct cbus_body_parts *bp)
+static unsigned body_entries(const struct cbus_body_parts *bp, unsigned mode)
 {
-    unsigned n = 0;
+    if (mode == CBUS_EVMP_PREVIEW_DROP)
+        return 1;
+    unsigned n = mode == CBUS_EVMP_PREVIEW_HASH ? 1u : 0u; /* "redacted" */
     for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
         const struct cbus_body_part *p = &bp->part[t];
         if (!p->data)
             continue;
-        n += 1u + ((p->flags & CBUS_BODY_SECTION_CUT) ? 1u : 0u) + (p->dropped ? 1u : 0u);
+        n += (mode == CBUS_EVMP_PREVIEW_HASH ? 2u : 1u) +
+             ((p->flags & CBUS_BODY_SECTION_CUT) ? 1u : 0u) + (p->dropped ? 1u : 0u);
     }
     return n;
 }
 
-static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp)
+static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp,
+                     const struct cbus_evmp_opts *opts)
 {
-    mp_map(w, body_entries(bp));
+    unsigned mode = opts ? opts->body : CBUS_EVMP_PREVIEW_KEEP;
+    mp_map(w, body_entries(bp, mode));
+    if (mode != CBUS_EVMP_PREVIEW_KEEP) {
+        KEY(w, "redacted");
+        if (mode == CBUS_EVMP_PREVIEW_DROP) {
+            mp_str(w, "drop", 4);
+            return;
+        }
+        mp_str(w, "hash", 4);
+    }
     for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
         const struct cbus_body_part *p = &bp->part[t];
         if (!p->data)
             continue;
-        put_body_key(w, t, "");
-        if (t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA) {
+        if (mode == CBUS_EVMP_PREVIEW_HASH) {
+            put_body_key(w, t, "_sha256");
+            mp_hex(w, opts->body_sha256[t], 32);
+            put_body_key(w, t, "_len");
+            mp_uint(w, p->len);
+        } else if (t == CBUS_BODY_TAGS || t == CBUS_BODY_METADATA) {
+            put_body_key(w, t, "");
             uint32_t count = list_count(p);
             uint32_t off = 0, n;
             const char *item;
@@ -493,6 +511,7 @@ static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp)
                     mp_str(w, "", 0);
             }
         } else {
+            put_body_key(w, t, "");
             mp_text(w, p->data, p->len);
         }
         if (p->flags & CBUS_BODY_SECTION_CUT) {
@@ -519,6 +538,9 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
     cbus_body_parts_of(body, &bp);
     if (cap < CBUS_EVMP_MAX + (bp.count ? CBUS_EVMP_BODY_MAX(body->len) : 0))
         return -ENOSPC;
+    if (opts && (opts->body > CBUS_EVMP_PREVIEW_DROP ||
+                 (opts->body == CBUS_EVMP_PREVIEW_HASH && !opts->body_sha256)))
+        return -EINVAL;
     unsigned pmode = opts ? opts->preview : CBUS_EVMP_PREVIEW_KEEP;
     if (pmode > CBUS_EVMP_PREVIEW_DROP ||
         (pmode == CBUS_EVMP_PREVIEW_HASH && !opts->preview_sha256))
@@ -603,7 +625,7 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
     put_kind_entries(&w, ev);
     if (bp.count) {
         KEY(&w, "body");
-        put_body(&w, &bp);
+        put_body(&w, &bp, opts);
     }
     return (int)(w.p - out);
 }

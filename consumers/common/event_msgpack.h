@@ -103,9 +103,17 @@ enum cbus_evmp_preview {
     CBUS_EVMP_PREVIEW_DROP = 2,  /* nothing */
 };
 
+#define CBUS_EVMP_BODY_TYPES 5 /* body_sha256 rows: index = enum cbus_body_type */
+
 struct cbus_evmp_opts {
     unsigned preview;                  /* enum cbus_evmp_preview */
     const uint8_t *preview_sha256;     /* 32 bytes, with CBUS_EVMP_PREVIEW_HASH */
+    /* The body, with the same three modes: KEEP the sections; HASH:
+     * {"redacted":"hash", "<section>_sha256": 64 hex of body_sha256[type],
+     * "<section>_len": uint} for each section (and its orig_len, dropped);
+     * DROP: {"redacted":"drop"}. */
+    unsigned body;
+    const uint8_t (*body_sha256)[32];  /* [CBUS_EVMP_BODY_TYPES], with HASH */
 };
 
 /* Bytes the "body" entry of a body of len bytes can take (tags of one

@@ -211,7 +211,7 @@ int main(int argc, char **argv)
         off += (size_t)len;
         struct audit_redact red = {.mode = AUDIT_REDACT_KEEP};
         for (size_t i = 0; i < n; i++) {
-            len = audit_record_encode(&c, &ev[i], &red, file + off, AUDIT_RECORD_MAX);
+            len = audit_record_encode(&c, &ev[i], NULL, &red, file + off, AUDIT_RECORD_MAX);
             off += (size_t)len;
         }
         audit_chain_free(&c);

@@ -719,6 +719,84 @@ Test(audit_daemon, disk_full_backs_off_and_resumes_without_loss, .init = setup,
     munmap((void *)ok, N);
 }
 
+/* A 1 MiB prompt through a bus (body limit 1 MiB + 4 KiB, 65536 slots) into
+ * the daemon: cat --body shows it whole, verify passes.  A kind whose policy
+ * is hash stores each section's SHA-256 and length, not its text. */
+Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = setup,
+     .fini = teardown)
+{
+    struct cbus_create_opts co = {.capacity = 65536, .body_limit = (1u << 20) + 4096};
+    cr_assert_eq(cbus_bus_create(bus, &co), 0);
+    char ini[400];
+    snprintf(ini, sizeof ini, "%s/bodies.ini", tmp);
+    static const char conf[] = "[audit]\nname = audit\nstart = oldest\n"
+                               "[redact]\nbody.tool_end = hash\nbody = keep\n";
+    tu_spit(ini, (const uint8_t *)conf, sizeof conf - 1);
+
+    static char prompt[1u << 20];
+    for (size_t i = 0; i < sizeof prompt; i++)
+        prompt[i] = (char)('a' + (i * 7 + i / 26) % 26);
+    static const char secret[] = "the tool's result, which this log must not keep in clear";
+    cr_assert_eq(cbus_producer_open(&tp, bus, NULL), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    struct cbus_emit_args a = {.kind = CBUS_EV_LLM_START, .preview = prompt,
+                               .preview_len = sizeof prompt};
+    cr_assert_eq(cbus_emit(tp, &ctx, &a), 0);
+    struct cbus_emit_args t = {.kind = CBUS_EV_TOOL_END, .name = "search", .preview = secret,
+                               .preview_len = sizeof secret - 1};
+    cr_assert_eq(cbus_emit(tp, &ctx, &t), 0);
+
+    pid_t d = tu_start_daemon(bus, ini, dir, logfile);
+    int idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_geq(idx, 0, "daemon did not attach");
+    cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 20000), 0, "not all durable");
+    stop_daemon(d);
+    verify_ok(dir, "2 records");
+
+    size_t cap = 4u << 20;
+    char *out = malloc(cap);
+    char *argv[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--body", dir, NULL};
+    cr_assert_eq(tu_run(argv, out, cap), 0, "%.500s", out);
+    char *needle = malloc(sizeof prompt + 16);
+    int k = snprintf(needle, 16, "\"text\":\"");
+    memcpy(needle + k, prompt, sizeof prompt);
+    memcpy(needle + k + sizeof prompt, "\"", 2);
+    cr_assert(strstr(out, needle), "the 1 MiB prompt is not whole in cat --body");
+    free(needle);
+
+    struct audit_chain ch;
+    audit_chain_init(&ch);
+    uint8_t dg[AUDIT_HASH_LEN];
+    audit_sha256(&ch, "", 0, secret, sizeof secret - 1, dg);
+    audit_chain_free(&ch);
+    char hex[2 * AUDIT_HASH_LEN + 1], want[200];
+    audit_hex(hex, dg, sizeof dg);
+    snprintf(want, sizeof want, "\"body\":{\"redacted\":\"hash\",\"text_sha256\":\"%s\","
+                                "\"text_len\":%zu}", hex, sizeof secret - 1);
+    cr_assert(strstr(out, want), "no %s in\n%.300s", want, strstr(out, "tool_end"));
+    /* Without --body the events carry no body object. */
+    cr_assert_eq(tu_run((char *[]){(char *)CBUS_AUDIT_BIN, (char *)"cat", dir, NULL}, out, cap),
+                 0);
+    cr_assert_null(strstr(out, "\"body\":"));
+    free(out);
+
+    /* The hashed text is nowhere in the log; the kept prompt is. */
+    char **paths;
+    size_t n = tu_log_files(dir, &paths);
+    int found_prompt = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        uint8_t *b = tu_slurp(paths[i], &len);
+        cr_assert_null(memmem(b, len, secret, sizeof secret - 1), "%s keeps the tool text",
+                       paths[i]);
+        found_prompt |= memmem(b, len, prompt, sizeof prompt) != NULL;
+        free(b);
+    }
+    tu_free_paths(paths, n);
+    cr_assert(found_prompt);
+}
+
 Test(audit_daemon, bad_config_exits_2_naming_file_line_and_key, .init = setup, .fini = teardown)
 {
     char ini[400], out[2048];
@@ -733,6 +811,16 @@ Test(audit_daemon, bad_config_exits_2_naming_file_line_and_key, .init = setup, .
     tu_spit(ini, (const uint8_t *)unknown, sizeof unknown - 1);
     cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
     cr_assert(strstr(out, "bad.ini:2: [redact] preview:"), "%s", out);
+
+    static const char badkind[] = "[redact]\nbody = keep\nbody.llm_begin = hash\n";
+    tu_spit(ini, (const uint8_t *)badkind, sizeof badkind - 1);
+    cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "bad.ini:3: [redact] body.llm_begin: unknown kind 'llm_begin'"), "%s",
+              out);
+    static const char badpolicy[] = "[redact]\nbody.llm_start = scramble\n";
+    tu_spit(ini, (const uint8_t *)badpolicy, sizeof badpolicy - 1);
+    cr_assert_eq(tu_run(argv, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "bad.ini:2: [redact] body.llm_start:"), "%s", out);
 
     /* A second daemon on the same directory (another consumer name) refuses. */
     test_bus_create(bus, 0);

@@ -371,7 +371,7 @@ Test(audit_format, deleted_swapped_inserted_records_are_named, .init = setup, .f
     tu_event(&ev, 20);
     snprintf(ev.user, sizeof ev.user, "mallory");
     uint8_t rec[AUDIT_RECORD_MAX];
-    int rn = audit_record_encode(&fake, &ev, NULL, rec, sizeof rec);
+    int rn = audit_record_encode(&fake, &ev, NULL, NULL, rec, sizeof rec);
     memcpy(t, buf, a);
     memcpy(t + a, rec, (size_t)rn);
     memcpy(t + a + (size_t)rn, buf + b, len - b);
@@ -490,7 +490,7 @@ Test(audit_format, rotation_by_age_follows_the_clock_within_one_run, .init = set
             fake_now_ns += 19000000;
         tu_event(&ev, i);
         int rc;
-        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+        while ((rc = audit_writer_append(w, &ev, NULL)) == -EAGAIN)
             audit_writer_service(w, 1000000);
         cr_assert_eq(rc, 0);
     }
@@ -965,7 +965,7 @@ static void write_log_skipping(const char *path, uint64_t n, uint64_t skip_from,
             continue;
         struct cbus_event ev;
         tu_event(&ev, i);
-        int k = audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+        int k = audit_record_encode(&c, &ev, NULL, NULL, buf + off, sizeof buf - off);
         cr_assert_gt(k, 0);
         off += (size_t)k;
     }
@@ -1000,7 +1000,7 @@ Test(audit_format, verify_reports_event_ids_missing_without_a_gap_record, .init 
     for (uint64_t i = 0; i < 10; i++) {
         struct cbus_event ev;
         tu_event(&ev, i == 5 ? 4 : i);
-        n += audit_record_encode(&c, &ev, NULL, b2 + n, sizeof b2 - (size_t)n);
+        n += audit_record_encode(&c, &ev, NULL, NULL, b2 + n, sizeof b2 - (size_t)n);
     }
     tu_spit(path, b2, (size_t)n);
     cr_assert_eq(verify_cli(dir, out, sizeof out), 1, "%s", out);
@@ -1075,7 +1075,7 @@ Test(audit_format, state_file_never_runs_ahead_of_durable_data, .init = setup, .
             cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
         }
         tu_event(&ev, i);
-        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+        while ((rc = audit_writer_append(w, &ev, NULL)) == -EAGAIN)
             audit_writer_service(w, 1000000);
         cr_assert_eq(rc, 0);
     }
@@ -1178,7 +1178,7 @@ static void write_lanes(const struct audit_writer_opts *o, const struct cbus_pos
     int rc;
     for (size_t i = 0; i < n; i++) {
         tu_event(&ev, ids[i]);
-        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+        while ((rc = audit_writer_append(w, &ev, NULL)) == -EAGAIN)
             audit_writer_service(w, 1000000);
         cr_assert_eq(rc, 0);
     }
@@ -1317,7 +1317,7 @@ static void write_lanes_by_hand(const char *path, int omit, int repeat, int gap_
             } else {
                 struct cbus_event ev;
                 tu_event(&ev, L == 0 && lp == 6 && repeat ? ID4(5, 0) : ID4(lp, L));
-                n = audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+                n = audit_record_encode(&c, &ev, NULL, NULL, buf + off, sizeof buf - off);
             }
             cr_assert_gt(n, 0);
             off += (size_t)n;
@@ -1404,7 +1404,7 @@ Test(audit_format, format_2_log_and_version_1_state_load_as_one_lane, .init = se
             off += (size_t)audit_gap_encode(&c, 10, 15, buf + off, sizeof buf - off);
         }
         last_off = off;
-        off += (size_t)audit_record_encode(&c, &ev, NULL, buf + off, sizeof buf - off);
+        off += (size_t)audit_record_encode(&c, &ev, NULL, NULL, buf + off, sizeof buf - off);
     }
     tu_spit(path, buf, off);
     struct audit_item it;

@@ -122,7 +122,7 @@ int tu_write_log(const struct audit_writer_opts *opts, uint64_t first, uint64_t 
     struct cbus_event ev;
     for (uint64_t i = first; i < first + n; i++) {
         tu_event(&ev, i);
-        while ((rc = audit_writer_append(w, &ev)) == -EAGAIN)
+        while ((rc = audit_writer_append(w, &ev, NULL)) == -EAGAIN)
             audit_writer_service(w, 1000000);
         if (rc)
             break;
