@@ -239,6 +239,48 @@ Test(audit_format, every_truncation_is_enodata_and_garbage_never_crashes)
     }
 }
 
+/* The record's body by the kind's policy: keep the text, hash it (salted
+ * SHA-256 and length, no text), drop it (only the fact). */
+Test(audit_format, record_body_policy_per_kind)
+{
+    static uint8_t body[256], out[AUDIT_RECORD_MAX + CBUS_EVMP_BODY_MAX(256)];
+    static const char text[] = "a prompt longer than the thirty-one byte preview";
+    size_t len = add_section(body, 0, CBUS_BODY_TEXT, text, sizeof text - 1, sizeof text - 1, 0);
+    struct cbus_body b = {body, (uint32_t)len};
+    struct cbus_event ev = {.kind = CBUS_EV_LLM_START, .flags = CBUS_FLAG_BODY,
+                            .body_len = (uint32_t)len};
+    struct audit_redact red = {.mode = AUDIT_REDACT_KEEP, .salt = (const uint8_t *)"s",
+                               .salt_len = 1, .body_default = AUDIT_REDACT_KEEP};
+    for (unsigned policy = AUDIT_REDACT_KEEP; policy <= AUDIT_REDACT_DROP; policy++) {
+        red.body[CBUS_EV_LLM_START] = policy;
+        struct audit_chain c;
+        audit_chain_init(&c);
+        int n = audit_record_encode(&c, &ev, &b, &red, out, sizeof out);
+        cr_assert_gt(n, 0);
+        cr_assert_eq(audit_record_encode(&c, &ev, &b, &red, out, AUDIT_RECORD_MAX), -ENOSPC);
+        int has_text = memmem(out, (size_t)n, text, sizeof text - 1) != NULL;
+        int has_hash = memmem(out, (size_t)n, "text_sha256", 11) != NULL;
+        int has_drop = memmem(out, (size_t)n, "drop", 4) != NULL;
+        cr_assert_eq(has_text, policy == AUDIT_REDACT_KEEP, "policy %u", policy);
+        cr_assert_eq(has_hash, policy == AUDIT_REDACT_HASH, "policy %u", policy);
+        cr_assert_eq(has_drop, policy == AUDIT_REDACT_DROP, "policy %u", policy);
+        if (policy == AUDIT_REDACT_HASH) {
+            uint8_t dg[AUDIT_HASH_LEN];
+            char hex[2 * AUDIT_HASH_LEN + 1];
+            audit_sha256(&c, "s", 1, text, sizeof text - 1, dg);
+            audit_hex(hex, dg, sizeof dg);
+            cr_assert(memmem(out, (size_t)n, hex, 64), "the salted digest");
+        }
+        /* Every policy keeps the event's span: body_len and the flag. */
+        uint64_t id, span;
+        struct audit_item it;
+        cr_assert_eq(audit_parse(out, (size_t)n, &it, NULL), 0);
+        cr_assert_eq(audit_event_span(it.event, it.event_len, &id, &span), 0);
+        cr_assert_eq(span, 1 + CBUS_BODY_SLOTS(len));
+        audit_chain_free(&c);
+    }
+}
+
 /* ---- the chain and verify ---------------------------------------------------- */
 
 static int verify_cli(const char *path, char *out, size_t len)
