@@ -6,7 +6,8 @@
 # Installs what is missing, builds, creates a bus, starts the four consumer
 # daemons with the configs shipped in the repo (the exporter sending OTLP to
 # a loopback collector this script also starts), drives realistic load with
-# cbus-loadgen while showing live `cbusctl stat`, then prints the cost report,
+# cbus-loadgen while showing live `cbusctl stat`, shows one prompt and answer
+# whole with `cbusctl tail --body`, then prints the cost report,
 # the rate limiter's hottest keys, the exporter's counters, the collector's
 # span count and the audit log's verification, and checks that the cost
 # tracker's token totals equal the load generator's own count.  Everything it
@@ -139,6 +140,12 @@ done
 for d in cost audit export ratelimit; do
   kill -0 "${PIDS[$d]}" 2>/dev/null || fail "cbus-$d is no longer running (log: $WORK/$d.log)"
 done
+
+bold "A prompt and an answer as they are on the bus (cbusctl tail --body)"
+# The oldest chat start and LLM end still in the ring: the whole messages
+# JSON, tags and metadata of the start, the whole streamed answer of the end.
+"$CBUSCTL" tail "$BUS" --oldest --body --kind chat_model_start,llm_end --count 2 \
+  || fail "cbusctl tail --body"
 
 bold "Rate limiter: hottest keys"
 "$RATELIMIT" status --status-file "$WORK/ratelimit.status.json" --top 10 || fail "cbus-ratelimit status"

@@ -270,6 +270,33 @@ static const char *const phrases[] = {
     " is Paris.", " Let me", " check the", " documentation", " first.", " In summary,",
     " the function", " returns", " a list", " of tokens."};
 
+/* Whole prompts and answers, as an application sends them (issue 14): a
+ * system prompt and a question of a few hundred bytes, the chat messages in
+ * OpenTelemetry's gen_ai.input.messages shape, and an answer made of the
+ * streamed chunks. */
+static const char system_prompt[] =
+    "You are a concise assistant for a travel company. Answer in one or two sentences, cite "
+    "the source document when you use one, and never invent prices or opening hours. If the "
+    "question is ambiguous, ask one clarifying question instead of guessing.";
+static const char *const questions[] = {
+    "What is the capital of France, and which of our partner hotels there has a late check-out "
+    "policy for guests arriving on the overnight train from Berlin?",
+    "Summarise the weather outlook for Paris this weekend and say whether the Seine river "
+    "cruise we booked for Saturday afternoon is likely to run.",
+    "A customer asks whether the Louvre is open on Tuesdays and whether the museum pass they "
+    "bought last month still covers the temporary exhibition.",
+};
+
+/* The messages JSON of a chat start (plain ASCII: no escaping needed). */
+static size_t chat_messages(char *out, size_t cap, const char *question)
+{
+    int n = snprintf(out, cap,
+                     "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"%s\"}]},"
+                     "{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"%s\"}]}]",
+                     system_prompt, question);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int allow_error)
 {
     struct rng *r = &w->rng;
@@ -278,9 +305,12 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
     uint32_t input = rng_lognormal(r, 800, 1.0, 150000);
     struct cbus_llm_start_info info = {.prompt_count = 1 + (uint32_t)(rng_u64(r) % 6),
                                        .est_input_tokens = input, .max_tokens = 4096};
+    const char *question = questions[rng_u64(r) % (sizeof questions / sizeof questions[0])];
+    char msgs[1024];
+    size_t msgs_len = chat_messages(msgs, sizeof msgs, question);
     if (allow_error && rng_unit(r) < 0.01) {
         /* a failed attempt, then a retry that succeeds */
-        count(w, cbus_chat_model_start(w->p, ctx, "What is the capital of France?", &info));
+        count(w, cbus_chat_model_start_messages(w->p, ctx, msgs, msgs_len, question, &info));
         int status = rng_unit(r) < 0.7 ? 429 : 500;
         count(w, cbus_llm_error(w->p, ctx, status == 429 ? "RateLimitError" : "InternalServerError",
                                 status == 429 ? "Rate limit reached for requests" : "upstream error",
@@ -291,8 +321,10 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
         cbus_run_id_new(id);
         cbus_ctx_set_run_id(ctx, id);
     }
-    count(w, cbus_chat_model_start(w->p, ctx, "What is the capital of France?", &info));
+    count(w, cbus_chat_model_start_messages(w->p, ctx, msgs, msgs_len, question, &info));
     uint32_t output = rng_lognormal(r, 150, 0.8, 4096);
+    char answer[512];
+    size_t answer_len = 0;
     /* tokens stream in chunks of a few tokens each */
     uint32_t chunks = output / 3 + 1;
     if (chunks > 400)
@@ -300,7 +332,13 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
     for (uint32_t i = 0; i < chunks; i++) {
         const char *ph = phrases[rng_u64(r) % (sizeof phrases / sizeof phrases[0])];
         count(w, cbus_llm_new_token(w->p, ctx, ph, strlen(ph)));
+        size_t pl = strlen(ph);
+        if (answer_len + pl < sizeof answer) { /* the answer is what was streamed */
+            memcpy(answer + answer_len, ph, pl);
+            answer_len += pl;
+        }
     }
+    answer[answer_len] = '\0';
     struct cbus_usage u = {.input_tokens = input, .output_tokens = output,
                            .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT,
                            .finish_reason = CBUS_FINISH_STOP, .generations = 1};
@@ -319,7 +357,7 @@ static void llm_call(struct worker *w, cbus_ctx *ctx, const struct model *m, int
      * on the clock that stamps the events (see the top of the file). */
     double fr = rng_unit(r);
     u.finish_reason = fr < 0.9 ? CBUS_FINISH_STOP : fr < 0.95 ? CBUS_FINISH_LENGTH : CBUS_FINISH_TOOL_CALLS;
-    int rc = cbus_llm_end(w->p, ctx, &u, "The capital of France is Paris.");
+    int rc = cbus_llm_end(w->p, ctx, &u, answer);
     count(w, rc);
     if (opt.no_bus)
         rc = 0;
@@ -351,6 +389,14 @@ static void one_request(struct worker *w)
     cbus_ctx_set_request_id(&root, req_s);
     cbus_ctx_set_model(&root, m->name);
     cbus_ctx_set_provider(&root, m->provider);
+    /* Agent and tenant on every context, tags and metadata on the runs'
+     * start events (a child context inherits them). */
+    char tenant_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "team-%u", user % 7);
+    cbus_ctx_set_tenant(&root, tenant_s);
+    cbus_ctx_add_tag(&root, "loadgen");
+    cbus_ctx_set_metadata(&root, "env", "demo");
+    cbus_ctx_set_metadata(&root, "ls_provider", m->provider);
 
     if (opt.admit && !opt.no_bus) {
         uint64_t retry = 0;
@@ -369,8 +415,10 @@ static void one_request(struct worker *w)
     w->t.requests++;
     double kind = rng_unit(r);
     if (kind < 0.70) {
+        cbus_ctx_set_agent(&root, "chat-assistant");
         llm_call(w, &root, m, 1);
     } else if (kind < 0.90) {
+        cbus_ctx_set_agent(&root, "travel-agent");
         count(w, cbus_chain_start(w->p, &root, "AgentExecutor", "{\"input\":\"weather in Paris?\"}"));
         cbus_ctx llm;
         cbus_ctx_child(&llm, &root);
@@ -396,6 +444,7 @@ static void one_request(struct worker *w)
         count(w, cbus_agent_finish(w->p, &root, "It is 18C in Paris."));
         count(w, cbus_chain_end(w->p, &root, "{\"output\":\"It is 18C in Paris.\"}"));
     } else {
+        cbus_ctx_set_agent(&root, "retrieval-qa");
         /* the root run starts before its children: their parent arrives */
         count(w, cbus_chain_start(w->p, &root, "RetrievalQA", "{\"query\":\"capital of France\"}"));
         cbus_ctx rc;
@@ -407,6 +456,10 @@ static void one_request(struct worker *w)
         llm_call(w, &llm, m, 1);
         count(w, cbus_chain_end(w->p, &root, "{\"result\":\"Paris\"}"));
     }
+    /* A grade of the run, as an evaluation pipeline posts one (Langfuse scores). */
+    double grade = rng_unit(r);
+    count(w, cbus_score(w->p, &root, "helpfulness", CBUS_SCORE_NUMERIC, grade, NULL,
+                        grade < 0.2 ? "the answer missed the question" : "answered the question"));
 }
 
 /* ---- workers ----------------------------------------------------------------- */
