@@ -130,13 +130,26 @@ const struct rl_rules *rl_rules(const rl_limiter *l)
 static void event_dims(const struct cbus_event *ev, unsigned used, struct rl_dims *d)
 {
     static const size_t off[RL_DIM__COUNT] = {
-        offsetof(struct cbus_event, user), offsetof(struct cbus_event, session),
-        offsetof(struct cbus_event, model), offsetof(struct cbus_event, provider)};
-    static const size_t cap[RL_DIM__COUNT] = {CBUS_USER_LEN, CBUS_SESSION_LEN, CBUS_MODEL_LEN,
-                                              CBUS_PROVIDER_LEN};
+        offsetof(struct cbus_event, user),     offsetof(struct cbus_event, session),
+        offsetof(struct cbus_event, model),    offsetof(struct cbus_event, provider),
+        offsetof(struct cbus_event, agent),    offsetof(struct cbus_event, tenant)};
+    static const size_t cap[RL_DIM__COUNT] = {CBUS_USER_LEN,     CBUS_SESSION_LEN,
+                                              CBUS_MODEL_LEN,    CBUS_PROVIDER_LEN,
+                                              CBUS_AGENT_LEN,    CBUS_TENANT_LEN};
+    static const unsigned key[RL_DIM__COUNT] = {CBUS_KEY_USER,     CBUS_KEY_SESSION,
+                                                CBUS_KEY_MODEL,    CBUS_KEY_PROVIDER,
+                                                CBUS_KEY_AGENT,    CBUS_KEY_TENANT};
     for (unsigned k = 0; k < RL_DIM__COUNT; k++) {
         d->s[k] = (const char *)ev + off[k];
         d->len[k] = used & (1u << k) ? strnlen(d->s[k], cap[k]) : 0;
+        d->hash[k] = 0;
+        if (d->len[k]) {
+            /* The whole value's hash; a record with none (written by hand,
+             * not by the producer library) is taken to hold its value whole. */
+            d->hash[k] = ev->key_hash[key[k]];
+            if (!d->hash[k])
+                d->hash[k] = cbus_key_hash(d->s[k], d->len[k]);
+        }
     }
 }
 
@@ -149,8 +162,19 @@ static size_t build_key(unsigned group, const struct rl_dims *d, char *out)
             out[n++] = (char)d->len[k];
             memcpy(out + n, d->s[k], d->len[k]);
             n += d->len[k];
+            memcpy(out + n, &d->hash[k], 8);
+            n += 8;
         }
     return n;
+}
+
+int rl_value_text(const char *s, size_t len, uint64_t hash, char *out, size_t outlen)
+{
+    /* A value cut by its producer shows its prefix and a short hash, so two
+     * rows of the same prefix are visibly two keys. */
+    if (hash && hash != cbus_key_hash(s, len))
+        return snprintf(out, outlen, "%.*s\u2026#%08x", (int)len, s, (unsigned)(hash >> 32));
+    return snprintf(out, outlen, "%.*s", (int)len, s);
 }
 
 void rl__key_text(const struct rl_key *k, char *out, size_t outlen)
@@ -166,9 +190,12 @@ void rl__key_text(const struct rl_key *k, char *out, size_t outlen)
         if (!(group & (1u << d)))
             continue;
         unsigned len = (unsigned char)k->key[pos++];
-        int w = snprintf(out + n, outlen - n, "%s%s=%.*s", n ? " " : "", rl_dim_name(d), (int)len,
-                         k->key + pos);
-        pos += len;
+        uint64_t h;
+        memcpy(&h, k->key + pos + len, 8);
+        char v[CBUS_MODEL_LEN + 32];
+        rl_value_text(k->key + pos, len, h, v, sizeof v);
+        int w = snprintf(out + n, outlen - n, "%s%s=%s", n ? " " : "", rl_dim_name(d), v);
+        pos += len + 8;
         if (w < 0 || (size_t)w >= outlen - n)
             return;
         n += (size_t)w;
@@ -263,6 +290,9 @@ static void settle(rl_limiter *l, struct rl_key *k, const struct rl_dims *d, uin
         rl__want(l, CBUS_SCOPE_GLOBAL, "*", 1, u);
         return;
     }
+    /* The admission table is keyed by the shown value (producer/admit.c
+     * hashes the cut field), so a verdict for one of two values that share
+     * a cut prefix binds both: see docs/ratelimit.md. */
     static const unsigned dim_of_scope[CBUS_SCOPE__COUNT] = {
         [CBUS_SCOPE_USER] = RL_DIM_USER, [CBUS_SCOPE_SESSION] = RL_DIM_SESSION,
         [CBUS_SCOPE_MODEL] = RL_DIM_MODEL, [CBUS_SCOPE_PROVIDER] = RL_DIM_PROVIDER};
@@ -526,7 +556,7 @@ void rl_expire(rl_limiter *l, uint64_t now)
 int rl_check(const rl_limiter *l, const struct cbus_event *ev, uint64_t now,
              uint64_t *retry_after_ns)
 {
-    struct rl_evkeys eks, *ek = &eks; /* 3 KB of stack */
+    struct rl_evkeys eks, *ek = &eks; /* 4 KB of stack */
     prepare(l, ev, ek);
     uint64_t worst = 0;
     for (unsigned gi = 0; gi < l->rules.n_groups; gi++) {

@@ -8,9 +8,11 @@
 
 __extension__ typedef unsigned __int128 rl_u128;
 
-/* Key bytes: the group, then per dim of the group its length and bytes. */
-#define RL_KEY_MAX (1 + RL_DIM__COUNT + CBUS_USER_LEN + CBUS_SESSION_LEN + CBUS_MODEL_LEN + \
-                    CBUS_PROVIDER_LEN)
+/* Key bytes: the group, then per dim of the group its length, the shown
+ * bytes and the whole value's 8-byte hash (two values that share the shown
+ * prefix are two keys). */
+#define RL_KEY_MAX (1 + RL_DIM__COUNT * (1 + 8) + CBUS_USER_LEN + CBUS_SESSION_LEN + \
+                    CBUS_MODEL_LEN + CBUS_PROVIDER_LEN + CBUS_AGENT_LEN + CBUS_TENANT_LEN)
 
 /* One counter set: a (group, values) tuple under its winning rule.  What an
  * event touches comes first: the decision state fills the first cache line,
@@ -35,9 +37,9 @@ struct rl_key {
 struct rl_evkeys {
     int relevant;          /* a kind the limiter counts */
     struct rl_dims d;
-    uint64_t hash[RL_GROUPS];
-    uint32_t klen[RL_GROUPS];
-    char kb[RL_GROUPS][RL_KEY_MAX];
+    uint64_t hash[RL_GROUPS_USED_MAX];
+    uint32_t klen[RL_GROUPS_USED_MAX];
+    char kb[RL_GROUPS_USED_MAX][RL_KEY_MAX];
 };
 #define RL_BATCH 16
 
@@ -83,5 +85,9 @@ uint64_t rl__used(rl_u128 tat, const struct rl_limit *lim, uint64_t now);
 uint64_t rl__key_until(const rl_limiter *l, const struct rl_key *k);
 /* Human form of a key ("user=alice model=gpt-4o", "global"). */
 void rl__key_text(const struct rl_key *k, char *out, size_t outlen);
+/* One value as shown: its bytes, or for a value its producer cut (hash is
+ * not the shown bytes' cbus_key_hash) the bytes, an ellipsis and the top
+ * 32 bits of the whole value's hash in hex.  Returns what snprintf does. */
+int rl_value_text(const char *s, size_t len, uint64_t hash, char *out, size_t outlen);
 
 #endif

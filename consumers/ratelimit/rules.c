@@ -8,11 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const dim_names[RL_DIM__COUNT] = {"user", "session", "model", "provider"};
-static const size_t dim_max[RL_DIM__COUNT] = {CBUS_USER_LEN, CBUS_SESSION_LEN, CBUS_MODEL_LEN,
-                                              CBUS_PROVIDER_LEN};
-static const int dim_scope[RL_DIM__COUNT] = {CBUS_SCOPE_USER, CBUS_SCOPE_SESSION, CBUS_SCOPE_MODEL,
-                                             CBUS_SCOPE_PROVIDER};
+static const char *const dim_names[RL_DIM__COUNT] = {"user",     "session", "model",
+                                                     "provider", "agent",   "tenant"};
+/* The admission scope a dim's verdicts go to; agent and tenant have none in
+ * the admission table (layout.h), so rules on them count and report, and
+ * throttle producers only through enforce= on another dim. */
+#define NO_SCOPE (-1)
+static const int dim_scope[RL_DIM__COUNT] = {CBUS_SCOPE_USER,     CBUS_SCOPE_SESSION,
+                                             CBUS_SCOPE_MODEL,    CBUS_SCOPE_PROVIDER,
+                                             NO_SCOPE,            NO_SCOPE};
 
 const char *rl_dim_name(unsigned dim)
 {
@@ -133,11 +137,10 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
                 snprintf(err, errlen, "%s=: empty pattern (use * for any value)", k);
                 goto out;
             }
-            if (vl >= dim_max[dim] + 1 && !strchr(v, '*')) {
-                snprintf(err, errlen, "%s=%s: longer than the event field (%zu bytes) it must match",
-                         k, v, dim_max[dim]);
-                goto out;
-            }
+            /* A literal matches the whole value by hash: a value longer
+             * than the event field still has exactly one rule. */
+            if (!strchr(v, '*'))
+                r->literal_hash[dim] = cbus_key_hash(v, vl);
             r->pattern[dim] = strdup(v);
             if (!r->pattern[dim]) {
                 snprintf(err, errlen, "out of memory");
@@ -189,10 +192,17 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
                     snprintf(err, errlen, "enforce=%s: want none, user, session, model or provider", v);
                     goto out;
                 }
+                if (dim_scope[enforce] == NO_SCOPE) {
+                    snprintf(err, errlen,
+                             "enforce=%s: the admission table has no %s scope (enforce on user, "
+                             "session, model or provider, or none)", v, v);
+                    goto out;
+                }
             }
         } else {
             snprintf(err, errlen,
-                     "unknown option '%s' (want user=, session=, model=, provider=, global, rpm=, "
+                     "unknown option '%s' (want user=, session=, model=, provider=, agent=, tenant=, "
+                     "global, rpm=, "
                      "tpm=, burst=, token_burst=, tokens=, enforce=)", k);
             goto out;
         }
@@ -203,12 +213,13 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
         goto out;
     }
     if (global && r->group) {
-        snprintf(err, errlen, "'global' cannot be combined with user=, session=, model= or provider=");
+        snprintf(err, errlen, "'global' cannot be combined with user=, session=, model=, provider=, "
+                              "agent= or tenant=");
         goto out;
     }
     if (!global && !r->group) {
         snprintf(err, errlen, "no selector: name 'global' or at least one of user=, session=, "
-                              "model=, provider=");
+                              "model=, provider=, agent=, tenant=");
         goto out;
     }
     if (!r->req.limit && !r->tok.limit) {
@@ -243,7 +254,9 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
     if (!r->group)
         r->publish_scope = have_enforce && enforce == RL_NO_PUBLISH ? RL_NO_PUBLISH : CBUS_SCOPE_GLOBAL;
     else if (ndims == 1 && !have_enforce)
-        r->publish_scope = dim_scope[__builtin_ctz(r->group)];
+        r->publish_scope = dim_scope[__builtin_ctz(r->group)] == NO_SCOPE
+                               ? RL_NO_PUBLISH
+                               : dim_scope[__builtin_ctz(r->group)];
     else if (have_enforce && enforce >= 0)
         r->publish_scope = dim_scope[enforce];
     else
@@ -360,6 +373,16 @@ int rl_rules_finish(struct rl_rules *rs, unsigned *bad_line, char *err, size_t e
             rs->order_count[g] += rs->rule[i].group == g;
         if (!rs->order_count[g])
             continue;
+        if (rs->n_groups == RL_GROUPS_USED_MAX) {
+            for (size_t i = 0; i < rs->count; i++)
+                if (rs->rule[i].group == g) {
+                    *bad_line = rs->rule[i].line;
+                    break;
+                }
+            snprintf(err, errlen, "more than %u different selector combinations",
+                     RL_GROUPS_USED_MAX);
+            return -EINVAL;
+        }
         rs->order[g] = malloc(rs->order_count[g] * sizeof(unsigned));
         if (!rs->order[g]) {
             snprintf(err, errlen, "out of memory");
@@ -387,7 +410,9 @@ int rl_rules_match(const struct rl_rules *rs, unsigned group, const struct rl_di
         const struct rl_rule *r = &rs->rule[idx];
         int ok = 1;
         for (unsigned k = 0; k < RL_DIM__COUNT && ok; k++)
-            if (r->pattern[k])
+            if (r->literal_hash[k])
+                ok = r->literal_hash[k] == d->hash[k];
+            else if (r->pattern[k])
                 ok = rl_glob(r->pattern[k], d->s[k], d->len[k]);
         if (ok)
             return (int)idx;

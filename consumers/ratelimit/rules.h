@@ -8,9 +8,13 @@
  *   rule = user=* model=gpt-4o rpm=10 enforce=user
  *   rule = global rpm=5000
  *
- * Selector: `global`, or one or more of user=, session=, model=, provider=
- * with a glob pattern (`*` matches any run of characters, everything else is
- * literal).  The set of dimensions a rule names is its group; each distinct
+ * Selector: `global`, or one or more of user=, session=, model=, provider=,
+ * agent=, tenant= with a glob pattern (`*` matches any run of characters,
+ * everything else is literal).  A pattern without `*` matches the whole
+ * value (by its cbus_key_hash, so it may be longer than the event field a
+ * producer cuts it to); a glob matches the shown prefix of a cut value.
+ * Keys are told apart by the whole value's hash (the event's key_hash), so
+ * two values that share the shown prefix are never counted as one.  The set of dimensions a rule names is its group; each distinct
  * value tuple in a group gets its own counters (user=* is "each user", not
  * "all users together").
  *
@@ -26,8 +30,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum rl_dim { RL_DIM_USER, RL_DIM_SESSION, RL_DIM_MODEL, RL_DIM_PROVIDER, RL_DIM__COUNT };
+enum rl_dim {
+    RL_DIM_USER, RL_DIM_SESSION, RL_DIM_MODEL, RL_DIM_PROVIDER, RL_DIM_AGENT, RL_DIM_TENANT,
+    RL_DIM__COUNT
+};
 #define RL_GROUPS (1u << RL_DIM__COUNT) /* a group is a bitmask of dims; 0 = global */
+/* Distinct groups a configuration may use at once: bounds the per-event key
+ * scratch (each event builds one key per group in use). */
+#define RL_GROUPS_USED_MAX 16
 
 enum rl_tokens { RL_TOKENS_TOTAL = 0, RL_TOKENS_INPUT = 1, RL_TOKENS_OUTPUT = 2 };
 
@@ -43,6 +53,7 @@ struct rl_rule {
     unsigned line;                    /* config line, for messages and status */
     unsigned group;                   /* bitmask of (1 << enum rl_dim); 0 = global */
     char *pattern[RL_DIM__COUNT];     /* NULL where the group lacks the dim */
+    uint64_t literal_hash[RL_DIM__COUNT]; /* cbus_key_hash of a pattern with no `*`, else 0 */
     unsigned specificity;             /* literal characters in the patterns */
     struct rl_limit req;              /* requests (rpm, burst) */
     struct rl_limit tok;              /* tokens (tpm, token_burst) */
@@ -60,14 +71,16 @@ struct rl_rules {
     /* Per group: rule indexes, most specific first (line order on ties). */
     unsigned *order[RL_GROUPS];
     unsigned order_count[RL_GROUPS];
-    unsigned groups[RL_GROUPS];       /* groups that have rules, ascending */
+    unsigned groups[RL_GROUPS_USED_MAX]; /* groups that have rules, ascending */
     unsigned n_groups;
 };
 
-/* The event's values for each dim (not NUL-terminated). */
+/* The event's values for each dim (not NUL-terminated): the shown prefix,
+ * and the whole value's hash (the event's key_hash; 0 = empty). */
 struct rl_dims {
     const char *s[RL_DIM__COUNT];
     size_t len[RL_DIM__COUNT];
+    uint64_t hash[RL_DIM__COUNT];
 };
 
 const char *rl_dim_name(unsigned dim);
@@ -77,8 +90,9 @@ void rl_rules_free(struct rl_rules *rs);
 /* Parses one rule.  On error returns -EINVAL with the problem (no location)
  * in err; the caller adds file and line. */
 int rl_rules_add(struct rl_rules *rs, const char *text, unsigned line, char *err, size_t errlen);
-/* Orders each group and refuses duplicates ("same selector as line N"). On
- * error *bad_line is the offending line. */
+/* Orders each group and refuses duplicates ("same selector as line N") and
+ * more than RL_GROUPS_USED_MAX groups.  On error *bad_line is the offending
+ * line. */
 int rl_rules_finish(struct rl_rules *rs, unsigned *bad_line, char *err, size_t errlen);
 
 /* Index of the winning rule of group for these values, or -1 (none matches,

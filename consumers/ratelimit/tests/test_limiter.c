@@ -437,3 +437,127 @@ Test(ratelimit_limiter, batch_feed_decides_exactly_as_single_feed)
     rl_free(a);
     rl_free(b);
 }
+
+/* ---- keys that never merge; agent and tenant (issue 14) ------------------ */
+
+/* An llm_start as the producer library writes it for a context whose user
+ * (and agent, tenant) may be longer than their fields: the shown prefix cut
+ * to the field, the whole value's hash in key_hash[]. */
+static struct cbus_event ev_whole(uint64_t ts, const char *user, const char *agent,
+                                  const char *tenant)
+{
+    struct cbus_event e = ev(CBUS_EV_LLM_START, ts, NULL, "gpt-4o");
+    struct {
+        const char *v;
+        char *field;
+        size_t cap;
+        unsigned key;
+    } f[] = {{user, e.user, sizeof e.user, CBUS_KEY_USER},
+             {agent, e.agent, sizeof e.agent, CBUS_KEY_AGENT},
+             {tenant, e.tenant, sizeof e.tenant, CBUS_KEY_TENANT}};
+    for (unsigned i = 0; i < 3; i++) {
+        if (!f[i].v)
+            continue;
+        size_t n = strlen(f[i].v);
+        memcpy(f[i].field, f[i].v, n < f[i].cap - 1 ? n : f[i].cap - 1);
+        e.key_hash[f[i].key] = cbus_key_hash(f[i].v, n);
+    }
+    return e;
+}
+
+static void long_name(char *out, size_t len, char last)
+{
+    memset(out, 'u', len - 1);
+    memcpy(out, "user:default/", 13);
+    out[len - 2] = last;
+    out[len - 1] = '\0';
+}
+
+Test(ratelimit_limiter, two_long_users_sharing_the_shown_prefix_are_two_keys)
+{
+    char a[201], b[201];
+    long_name(a, sizeof a, 'a');
+    long_name(b, sizeof b, 'b');
+    rl_limiter *l = make("rule = user=* rpm=2\n", 0);
+    struct cbus_event ea = ev_whole(T0, a, NULL, NULL), eb = ev_whole(T0, b, NULL, NULL);
+    cr_assert_eq(memcmp(ea.user, eb.user, sizeof ea.user), 0, "the shown prefixes are equal");
+    rl_feed(l, &ea);
+    rl_feed(l, &ea);
+    rl_feed(l, &eb);
+    uint64_t retry;
+    cr_assert_eq(rl_check(l, &ea, T0, &retry), CBUS_THROTTLED);
+    cr_assert_eq(rl_check(l, &eb, T0, &retry), CBUS_ALLOW, "b made one request of two");
+    struct rl_stats st;
+    rl_get_stats(l, &st);
+    cr_assert_eq(st.keys, 2);
+    /* The status shows them as two rows: prefix, ellipsis, hash. */
+    struct sbuf s;
+    sbuf_init(&s);
+    rl_status_json(l, &s, T0, 10);
+    char want[64];
+    snprintf(want, sizeof want, "\u2026#%08x", (unsigned)(cbus_key_hash(a, 200) >> 32));
+    const char *pa = strstr(s.data, want);
+    snprintf(want, sizeof want, "\u2026#%08x", (unsigned)(cbus_key_hash(b, 200) >> 32));
+    cr_assert(pa && strstr(s.data, want), "%s", s.data);
+    sbuf_free(&s);
+    rl_free(l);
+}
+
+Test(ratelimit_limiter, literal_pattern_matches_the_whole_value_not_its_prefix)
+{
+    char a[201], b[201], rules[512];
+    long_name(a, sizeof a, 'a');
+    long_name(b, sizeof b, 'b');
+    /* a has its own, larger allowance; b falls under the wildcard. */
+    snprintf(rules, sizeof rules, "rule = user=* rpm=1\nrule = user=%s rpm=100\n", a);
+    rl_limiter *l = make(rules, 0);
+    struct cbus_event ea = ev_whole(T0, a, NULL, NULL), eb = ev_whole(T0, b, NULL, NULL);
+    for (unsigned i = 0; i < 5; i++)
+        rl_feed(l, &ea);
+    rl_feed(l, &eb);
+    uint64_t retry;
+    cr_assert_eq(rl_check(l, &ea, T0, &retry), CBUS_ALLOW);
+    cr_assert_eq(rl_check(l, &eb, T0, &retry), CBUS_THROTTLED);
+    rl_free(l);
+}
+
+Test(ratelimit_limiter, agent_and_tenant_rules_count_and_status_shows_them)
+{
+    rl_limiter *l = make("rule = agent=planner rpm=2\n"
+                         "rule = tenant=* rpm=3\n"
+                         "rule = tenant=team-a agent=* rpm=100 enforce=none\n", 0);
+    struct cbus_event plan_a = ev_whole(T0, "alice", "planner", "team-a");
+    struct cbus_event coder_a = ev_whole(T0, "alice", "coder", "team-a");
+    struct cbus_event coder_b = ev_whole(T0, "bob", "coder", "team-b");
+    rl_feed(l, &plan_a);
+    rl_feed(l, &plan_a);
+    uint64_t retry;
+    /* the planner agent is at its 2 per minute; the coder is not limited
+     * per agent but team-a (2 of 3) still has room */
+    cr_assert_eq(rl_check(l, &plan_a, T0, &retry), CBUS_THROTTLED);
+    cr_assert_eq(rl_check(l, &coder_a, T0, &retry), CBUS_ALLOW);
+    rl_feed(l, &coder_a);
+    cr_assert_eq(rl_check(l, &coder_a, T0, &retry), CBUS_THROTTLED, "team-a used its 3");
+    cr_assert_eq(rl_check(l, &coder_b, T0, &retry), CBUS_ALLOW, "team-b is another tenant");
+    /* no admission scope for agents or tenants: nothing is published */
+    struct sink s = {0};
+    cr_assert_eq(rl_drain(l, T0, record, &s), 0);
+    struct sbuf b;
+    sbuf_init(&b);
+    rl_status_json(l, &b, T0, 10);
+    cr_assert(strstr(b.data, "\"rule\":\"agent=planner rpm=2 enforce=none\""), "%s", b.data);
+    cr_assert(strstr(b.data, "\"key\":\"agent=planner\""), "%s", b.data);
+    cr_assert(strstr(b.data, "\"key\":\"tenant=team-a\""), "%s", b.data);
+    cr_assert(strstr(b.data, "\"key\":\"agent=planner tenant=team-a\""), "%s", b.data);
+    sbuf_free(&b);
+    rl_free(l);
+}
+
+Test(ratelimit_limiter, agent_or_tenant_cannot_be_enforced_in_the_table)
+{
+    char text[256], err[512];
+    snprintf(text, sizeof text, "[rules]\nrule = user=* agent=* rpm=2 enforce=agent\n");
+    struct rl_config c;
+    cr_assert_neq(rl_config_parse(&c, "test.ini", text, err, sizeof err), 0);
+    cr_assert(strstr(err, "no agent scope"), "%s", err);
+}

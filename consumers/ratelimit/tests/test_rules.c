@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <cbus/layout.h>
+
 #include "rlconfig.h"
 #include "rules.h"
 
@@ -16,6 +18,7 @@ static struct rl_dims dims(const char *user, const char *session, const char *mo
     for (unsigned i = 0; i < RL_DIM__COUNT; i++) {
         d.s[i] = v[i] ? v[i] : "";
         d.len[i] = strlen(d.s[i]);
+        d.hash[i] = cbus_key_hash(d.s[i], d.len[i]); /* values held whole */
     }
     return d;
 }
@@ -135,7 +138,31 @@ Test(ratelimit_rules, bad_rules_say_what_is_wrong)
     bad_rule("user=* rpm=5 tokens=input", "tokens= without tpm=");
     bad_rule("user=* model=* rpm=5 enforce=session", "has no session= selector");
     bad_rule("user=* rpm", "not NAME=VALUE");
-    bad_rule("provider=a-provider-name-longer-than-16 rpm=5", "longer than the event field");
+    bad_rule("user=* agent=* rpm=5 enforce=tenant", "no tenant scope");
+    bad_rule("user=* agent=* rpm=5 enforce=agent", "no agent scope");
+    bad_rule("tenant=* agent=* user=* session=* model=* provider=* rpm=5 global",
+             "'global' cannot be combined");
+}
+
+Test(ratelimit_rules, literal_longer_than_the_field_matches_the_whole_value)
+{
+    /* Producers cut a provider to CBUS_PROVIDER_LEN - 1 bytes but hash it
+     * whole: a literal matches that hash, so only the full name matches. */
+    const char *name = "a-provider-name-longer-than-the-event-field";
+    struct rl_rules rs;
+    rl_rules_init(&rs);
+    char err[256];
+    cr_assert_eq(rl_rules_add(&rs, "provider=a-provider-name-longer-than-the-event-field rpm=5", 1,
+                              err, sizeof err), 0, "%s", err);
+    unsigned bad;
+    cr_assert_eq(rl_rules_finish(&rs, &bad, err, sizeof err), 0, "%s", err);
+    struct rl_dims d = dims(NULL, NULL, NULL, "a-provider-name-longer-"); /* the shown prefix */
+    unsigned g = 1u << RL_DIM_PROVIDER;
+    d.hash[RL_DIM_PROVIDER] = cbus_key_hash(name, strlen(name));
+    cr_assert_eq(rl_rules_match(&rs, g, &d), 0);
+    d.hash[RL_DIM_PROVIDER] = cbus_key_hash("a-provider-name-longer-than-the-event-fielD", strlen(name));
+    cr_assert_eq(rl_rules_match(&rs, g, &d), -1, "same prefix, another provider");
+    rl_rules_free(&rs);
 }
 
 static void bad_config(const char *text, const char *where, const char *why)
