@@ -1,6 +1,9 @@
 #include "budget.h"
 
 #include <errno.h>
+#include <string.h>
+
+#include <cbus/layout.h>
 
 int cost_budget_build(struct cost_budget *b, const uint32_t *pcts, unsigned n_pcts)
 {
@@ -11,6 +14,8 @@ int cost_budget_build(struct cost_budget *b, const uint32_t *pcts, unsigned n_pc
     }
     if (n_pcts + 2 > COST_MARKS_MAX)
         return -EINVAL;
+    /* Ids match an event's whole value by hash (ledger.c budget_for). */
+    b->key_hash = cbus_key_hash(b->key, strnlen(b->key, sizeof b->key));
     b->n_marks = 0;
     int have_limit = 0;
     for (unsigned i = 0; i < n_pcts; i++) {

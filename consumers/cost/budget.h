@@ -16,7 +16,14 @@
 
 #include "money.h"
 
-enum cost_scope { COST_SCOPE_GLOBAL, COST_SCOPE_USER, COST_SCOPE_SESSION, COST_SCOPE__COUNT };
+enum cost_scope {
+    COST_SCOPE_GLOBAL,
+    COST_SCOPE_USER,
+    COST_SCOPE_SESSION,
+    COST_SCOPE_AGENT,   /* no admission scope: alerts only (docs/cost.md) */
+    COST_SCOPE_TENANT,  /* no admission scope: alerts only */
+    COST_SCOPE__COUNT
+};
 
 enum cost_mark_kind {
     COST_MARK_THRESHOLD, /* pct of the limit: alert only */
@@ -28,7 +35,8 @@ enum cost_mark_kind {
 #define COST_DAY_NS    UINT64_C(86400000000000)
 
 struct cost_budget {
-    char key[64];                /* user or session id; "*" = default / global */
+    char key[256];               /* user, session, agent or tenant id; "*" = default / global */
+    uint64_t key_hash;           /* cbus_key_hash(key): matched against an event's whole value */
     unsigned scope;              /* enum cost_scope */
     cost_u128 limit_pico;        /* hard limit (> 0) */
     cost_u128 soft_pico;         /* 0 = none */
@@ -52,14 +60,17 @@ struct cost_budget_state {
     uint32_t exceeded;           /* a "budget exceeded" verdict is published */
 };
 
-/* Builds marks from the limit, soft limit and threshold percentages
+/* Builds marks from the limit, soft limit and threshold percentages, and
+ * key_hash from key
  * (thresholds may be NULL for the default 50/80/100).  Returns 0 or -EINVAL
  * (too many thresholds). */
 int cost_budget_build(struct cost_budget *b, const uint32_t *pcts, unsigned n_pcts);
 
 static inline const char *cost_scope_name(unsigned scope)
 {
-    return scope == COST_SCOPE_GLOBAL ? "global" : scope == COST_SCOPE_USER ? "user" : "session";
+    static const char *const names[COST_SCOPE__COUNT] = {"global", "user", "session", "agent",
+                                                         "tenant"};
+    return scope < COST_SCOPE__COUNT ? names[scope] : "?";
 }
 
 #endif

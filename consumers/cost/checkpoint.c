@@ -13,7 +13,12 @@
 #define CKPT_MAGIC   "CBUSCOST"
 /* 2: u64 lost and u64 abandoned after events.  Version 1 files still load
  * (lost and abandoned 0), so an upgrade does not cost the totals. */
-#define CKPT_VERSION 3u
+#define CKPT_VERSION 4u
+/* 3: the position in every lane.  4 (events v2, issue 14): table keys carry
+ * each value's whole hash after its shown bytes (keys never merge), and the
+ * agent and tenant tables follow the sessions.  Versions 1-3 load: their
+ * keys are taken as whole values (what they counted them as) and they have
+ * no agents or tenants. */
 /* Changes whenever a struct written raw changes size or the histogram
  * units change meaning. */
 #define CKPT_STAMP                                                                     \
@@ -82,6 +87,8 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
     put_u64(b, l->models.n);
     put_u64(b, l->users.n);
     put_u64(b, l->sessions.n);
+    put_u64(b, l->agents.n); /* version 4 */
+    put_u64(b, l->tenants.n);
     put(b, &l->total, sizeof l->total);
     put_lat(b, &l->total_lat);
     put(b, &l->global_b, sizeof l->global_b);
@@ -89,6 +96,9 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
     put(b, &l->model_overflow.c, sizeof l->model_overflow.c);
     put_lat(b, &l->model_overflow.lat);
     put(b, &l->user_overflow.c, sizeof l->user_overflow.c);
+    put(b, &l->an2, sizeof l->an2); /* version 4 */
+    put(b, &l->agent_overflow.c, sizeof l->agent_overflow.c);
+    put(b, &l->tenant_overflow.c, sizeof l->tenant_overflow.c);
     for (size_t i = 0; i < l->models.n; i++) {
         const struct cost_model *m = cost_ktab_val_at(&l->models, i);
         put(b, cost_ktab_key_at(&l->models, i), COST_MODEL_KEY);
@@ -107,6 +117,14 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
         put(b, &s->c, sizeof s->c);
         put(b, &s->b, sizeof s->b);
     }
+    const struct cost_ktab *groups[2] = {&l->agents, &l->tenants};
+    for (unsigned g = 0; g < 2; g++)
+        for (size_t i = 0; i < groups[g]->n; i++) {
+            const struct cost_user *e = cost_ktab_val_at(groups[g], i);
+            put(b, cost_ktab_key_at(groups[g], i), groups[g]->key_size);
+            put(b, &e->c, sizeof e->c);
+            put(b, &e->b, sizeof e->b);
+        }
     if (b->failed)
         return -ENOMEM;
     uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)b->data, (uInt)b->len);
@@ -173,6 +191,43 @@ static void get_lat(struct rd *r, struct cost_latency *l)
     get_hist(r, &l->ttft);
 }
 
+/* Version 1-3 checkpoints were written by builds of layout 1.x, whose
+ * fields were provider 16, model 64, user 48 and session 48 bytes, and keyed
+ * by those bytes alone. */
+#define OLD_PROVIDER_LEN 16
+#define OLD_MODEL_LEN    64
+#define OLD_USER_LEN     48
+
+/* One old field as a version 4 key part: the bytes were all those versions
+ * knew of the value, so they are hashed as its whole value, and cut to the
+ * new field (a value longer than it is then shown with its hash). */
+static void old_part(unsigned char *dst, size_t field_len, unsigned char *hash_at,
+                     const unsigned char *old, size_t old_len)
+{
+    size_t n = strnlen((const char *)old, old_len);
+    uint64_t h = cbus_key_hash((const char *)old, n);
+    memcpy(dst, old, n < field_len - 1 ? n : field_len - 1);
+    memcpy(hash_at, &h, 8);
+}
+
+/* A key of a version 1-3 checkpoint as a version 4 key. */
+static void get_old_key(struct rd *r, unsigned char *key, unsigned table)
+{
+    unsigned char old[OLD_PROVIDER_LEN + OLD_MODEL_LEN];
+    memset(key, 0, COST_KEY_MAX);
+    if (table == 0) {
+        get(r, old, OLD_PROVIDER_LEN + OLD_MODEL_LEN);
+        old_part(key, CBUS_PROVIDER_LEN, key + COST_MODEL_PH, old, OLD_PROVIDER_LEN);
+        old_part(key + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, key + COST_MODEL_MH,
+                 old + OLD_PROVIDER_LEN, OLD_MODEL_LEN);
+        return;
+    }
+    /* users and sessions: 48 bytes each in those versions */
+    size_t field = table == 1 ? CBUS_USER_LEN : CBUS_SESSION_LEN;
+    get(r, old, OLD_USER_LEN);
+    old_part(key, field, key + field, old, OLD_USER_LEN);
+}
+
 static char *read_all(const char *path, size_t *len, int *rc)
 {
     FILE *f = fopen(path, "rb");
@@ -235,7 +290,7 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
     uint32_t ver, stamp;
     get(&r, &ver, 4);
     get(&r, &stamp, 4);
-    if ((ver != CKPT_VERSION && ver != 2 && ver != 1) || stamp != CKPT_STAMP) {
+    if (ver < 1 || ver > CKPT_VERSION || stamp != CKPT_STAMP) {
         snprintf(err, errlen,
                  "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
                  "this build %u, %08x)", path, ver, stamp, CKPT_VERSION, CKPT_STAMP);
@@ -268,7 +323,11 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
         l->lost = get_u64(&r);
         l->abandoned = get_u64(&r);
     }
-    uint64_t nm = get_u64(&r), nu = get_u64(&r), ns = get_u64(&r);
+    uint64_t nm = get_u64(&r), nu = get_u64(&r), ns = get_u64(&r), na = 0, nt = 0;
+    if (ver >= 4) {
+        na = get_u64(&r);
+        nt = get_u64(&r);
+    }
     get(&r, &l->total, sizeof l->total);
     get_lat(&r, &l->total_lat);
     get(&r, &l->global_b, sizeof l->global_b);
@@ -276,22 +335,31 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
     get(&r, &l->model_overflow.c, sizeof l->model_overflow.c);
     get_lat(&r, &l->model_overflow.lat);
     get(&r, &l->user_overflow.c, sizeof l->user_overflow.c);
+    if (ver >= 4) {
+        get(&r, &l->an2, sizeof l->an2);
+        get(&r, &l->agent_overflow.c, sizeof l->agent_overflow.c);
+        get(&r, &l->tenant_overflow.c, sizeof l->tenant_overflow.c);
+    }
     struct {
         struct cost_ktab *t;
         uint64_t n;
-    } tabs[3] = {{&l->models, nm}, {&l->users, nu}, {&l->sessions, ns}};
-    for (unsigned t = 0; t < 3 && !r.bad; t++) {
+    } tabs[5] = {{&l->models, nm}, {&l->users, nu}, {&l->sessions, ns}, {&l->agents, na},
+                 {&l->tenants, nt}};
+    for (unsigned t = 0; t < 5 && !r.bad; t++) {
         struct cost_ktab *kt = tabs[t].t;
         if (tabs[t].n > kt->max_entries) {
             snprintf(err, errlen, "%s: holds %llu entries, more than the configured maximum %zu "
-                     "(raise max_models/max_users/max_sessions)", path,
+                     "(raise max_models/max_users/max_sessions/max_agents/max_tenants)", path,
                      (unsigned long long)tabs[t].n, kt->max_entries);
             rc = -EOVERFLOW;
             goto out;
         }
         for (uint64_t i = 0; i < tabs[t].n && !r.bad; i++) {
-            unsigned char key[COST_MODEL_KEY];
-            get(&r, key, kt->key_size);
+            unsigned char key[COST_KEY_MAX];
+            if (ver >= 4)
+                get(&r, key, kt->key_size);
+            else
+                get_old_key(&r, key, t);
             if (r.bad)
                 break;
             uint64_t h = cost_key_hash(key, kt->key_size);
@@ -310,7 +378,7 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
                 struct cost_model *m = v;
                 get(&r, &m->c, sizeof m->c);
                 get_lat(&r, &m->lat);
-            } else if (t == 1) {
+            } else if (t == 1 || t >= 3) {
                 struct cost_user *u = v;
                 get(&r, &u->c, sizeof u->c);
                 get(&r, &u->b, sizeof u->b);

@@ -32,10 +32,13 @@ static void defaults(struct cost_config *c)
     c->max_users = 100000;
     c->max_sessions = 100000;
     c->max_models = 10000;
+    c->max_agents = 10000;
+    c->max_tenants = 10000;
     c->snapshot_max_sessions = 1000;
     c->prom_users = 1;
     c->webhook_timeout_ns = UINT64_C(5000000000);
     c->global_idx = c->user_default_idx = c->session_default_idx = -1;
+    c->agent_default_idx = c->tenant_default_idx = -1;
 }
 
 int cost_parse_period(const char *s, uint32_t *days)
@@ -91,7 +94,8 @@ static int parse_thresholds(const struct cbus_cfg *cfg, const struct cbus_cfg_en
     return 0;
 }
 
-/* One [budget.global] / [budget.user.NAME] / [budget.session.NAME] section:
+/* One [budget.global] / [budget.user.NAME] / [budget.session.NAME] /
+ * [budget.agent.NAME] / [budget.tenant.NAME] section:
  * the entries from index first on that share its section name. */
 static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_t first,
                         char *err, size_t errlen)
@@ -112,16 +116,25 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
     } else if (!strncmp(sec, "budget.session.", 15)) {
         b.scope = COST_SCOPE_SESSION;
         who = sec + 15;
+    } else if (!strncmp(sec, "budget.agent.", 13)) {
+        b.scope = COST_SCOPE_AGENT;
+        who = sec + 13;
+    } else if (!strncmp(sec, "budget.tenant.", 14)) {
+        b.scope = COST_SCOPE_TENANT;
+        who = sec + 14;
     } else {
         return cbus_cfg_error(cfg, e0, err, errlen,
-                              "unknown section [%s] (want budget.global, budget.user.NAME or "
-                              "budget.session.NAME; NAME * is the default)", sec);
+                              "unknown section [%s] (want budget.global, budget.user.NAME, "
+                              "budget.session.NAME, budget.agent.NAME or budget.tenant.NAME; "
+                              "NAME * is the default)", sec);
     }
-    size_t maxkey = b.scope == COST_SCOPE_USER ? CBUS_USER_LEN : CBUS_SESSION_LEN;
+    /* An id is matched by the hash of its whole value, so it may be longer
+     * than the event field producers cut it to. */
+    size_t maxkey = sizeof b.key - 1;
     if (!*who || strlen(who) > maxkey)
         return cbus_cfg_error(cfg, e0, err, errlen, "[%s]: id must be 1..%zu characters", sec,
                               maxkey);
-    snprintf(b.key, sizeof b.key, "%s", who);
+    snprintf(b.key, sizeof b.key, "%s", who); /* hashed by cost_budget_build() */
     uint32_t pcts[COST_MARKS_MAX];
     unsigned n_pcts = 0;
     int have_pcts = 0, have_limit = 0;
@@ -175,8 +188,11 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
     c->budgets[c->n_budgets++] = b;
     if (b.scope == COST_SCOPE_GLOBAL)
         c->global_idx = idx;
-    else if (!strcmp(b.key, "*"))
-        *(b.scope == COST_SCOPE_USER ? &c->user_default_idx : &c->session_default_idx) = idx;
+    else if (!strcmp(b.key, "*")) {
+        long *def[COST_SCOPE__COUNT] = {NULL, &c->user_default_idx, &c->session_default_idx,
+                                        &c->agent_default_idx, &c->tenant_default_idx};
+        *def[b.scope] = idx;
+    }
     return 0;
 }
 
@@ -265,6 +281,10 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
             r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_users, err, errlen);
         } else if (!strcmp(s, "state") && !strcmp(k, "max_sessions")) {
             r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_sessions, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "max_agents")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_agents, err, errlen);
+        } else if (!strcmp(s, "state") && !strcmp(k, "max_tenants")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_tenants, err, errlen);
         } else if (!strcmp(s, "state") && !strcmp(k, "max_models")) {
             r = cbus_cfg_u64(&cfg, e, 1, 1000000, &c->max_models, err, errlen);
         } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_max_sessions")) {

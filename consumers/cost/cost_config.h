@@ -23,7 +23,7 @@ struct cost_config {
     int fsync;                            /* checkpoints durable across power loss */
     uint64_t snapshot_interval_ns;
     uint64_t session_ttl_ns;              /* 0 = keep sessions forever */
-    uint64_t max_users, max_sessions, max_models;
+    uint64_t max_users, max_sessions, max_models, max_agents, max_tenants;
     uint64_t snapshot_max_sessions;
     char prom_textfile[COST_PATH_MAX];    /* "" = none */
     int prom_users;                       /* per-user series in Prometheus output */
@@ -34,6 +34,7 @@ struct cost_config {
     struct cost_budget *budgets;          /* all budgets */
     size_t n_budgets;
     long global_idx, user_default_idx, session_default_idx; /* -1 = none */
+    long agent_default_idx, tenant_default_idx;              /* -1 = none */
 };
 
 /* Defaults, then the file at path (NULL = defaults only).  Relative paths

@@ -72,11 +72,17 @@ static uint64_t real_ns(void)
     return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
 }
 
-static unsigned admit_scope(unsigned scope)
+/* The admission scope of a budget's verdicts, or -1: the admission table
+ * has no agent or tenant scope (layout.h), so those budgets alert (log,
+ * webhook, outputs) but publish no verdict. */
+static int admit_scope(unsigned scope)
 {
-    return scope == COST_SCOPE_GLOBAL ? CBUS_SCOPE_GLOBAL
-           : scope == COST_SCOPE_USER ? CBUS_SCOPE_USER
-                                      : CBUS_SCOPE_SESSION;
+    switch (scope) {
+    case COST_SCOPE_GLOBAL: return CBUS_SCOPE_GLOBAL;
+    case COST_SCOPE_USER: return CBUS_SCOPE_USER;
+    case COST_SCOPE_SESSION: return CBUS_SCOPE_SESSION;
+    default: return -1;
+    }
 }
 
 /* Verdict lapses at the end of the period on the bus's clock, so even a
@@ -93,9 +99,12 @@ static uint64_t verdict_until(const struct cost_budget *b, uint64_t period_end_d
 static void publish_verdict(struct daemon *d, unsigned scope, const char *key, unsigned verdict,
                             uint64_t until)
 {
-    if (!d->have_writer)
+    int as = admit_scope(scope);
+    if (!d->have_writer || as < 0)
         return;
-    int r = cbus_admit_publish(d->bus, d->writer, admit_scope(scope), key, verdict, until);
+    /* key is the shown field, as producers hash it (producer/admit.c): two
+     * values that share a cut prefix share this verdict (docs/cost.md). */
+    int r = cbus_admit_publish(d->bus, d->writer, (unsigned)as, key, verdict, until);
     if (r) {
         char k[CBUS_HUMAN_MAX(64)];
         cbus_human_str(k, sizeof k, key, 64);
@@ -135,16 +144,21 @@ static void on_alert(void *arg, const struct cost_alert *a)
                       a->pct, spent, limit, period, start);
         break;
     case COST_ALERT_EXCEEDED:
-        cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
-                      "admission verdict published until %s", scope, key, spent, limit, period,
-                      start, end);
-        publish_verdict(d, a->scope, a->key, CBUS_BUDGET_EXCEEDED,
+        if (admit_scope(a->scope) < 0)
+            cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
+                          "no admission scope for %ss: alert only", scope, key, spent, limit,
+                          period, start, scope);
+        else
+            cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
+                          "admission verdict published until %s", scope, key, spent, limit,
+                          period, start, end);
+        publish_verdict(d, a->scope, a->admit_key, CBUS_BUDGET_EXCEEDED,
                         verdict_until(a->budget, a->period_end_day));
         break;
     case COST_ALERT_RESET:
         cbus_log_info("budget %s %s: new period, verdict cleared (previous period spent %s USD)",
                       scope, key, spent);
-        publish_verdict(d, a->scope, a->key, CBUS_ALLOW, 0);
+        publish_verdict(d, a->scope, a->admit_key, CBUS_ALLOW, 0);
         break;
     }
     d->alerts++;
@@ -521,10 +535,15 @@ int cost_daemon_main(int argc, char **argv)
         .user_default = d->cfg.user_default_idx >= 0 ? &d->cfg.budgets[d->cfg.user_default_idx] : NULL,
         .session_default =
             d->cfg.session_default_idx >= 0 ? &d->cfg.budgets[d->cfg.session_default_idx] : NULL,
+        .agent_default =
+            d->cfg.agent_default_idx >= 0 ? &d->cfg.budgets[d->cfg.agent_default_idx] : NULL,
+        .tenant_default =
+            d->cfg.tenant_default_idx >= 0 ? &d->cfg.budgets[d->cfg.tenant_default_idx] : NULL,
         .list = d->cfg.budgets,
         .n = d->cfg.n_budgets,
     };
-    struct cost_ledger_opts lo = {d->cfg.max_models, d->cfg.max_users, d->cfg.max_sessions};
+    struct cost_ledger_opts lo = {d->cfg.max_models, d->cfg.max_users, d->cfg.max_sessions,
+                                  d->cfg.max_agents, d->cfg.max_tenants};
     if (cost_ledger_init(&d->led, d->prices, &bs, &lo)) {
         cbus_log_error("out of memory");
         return 1;

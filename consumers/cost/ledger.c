@@ -17,13 +17,31 @@ static_assert(CBUS_USAGE_CACHE_CREATION == 1u << COST_TOK_CACHE_CREATION, "usage
 static_assert(CBUS_USAGE_REASONING == 1u << COST_TOK_REASONING, "usage bits");
 #define TOKEN_BITS 0x1fu
 
-void cost_key_str(char *out, size_t outlen, const char *key, size_t key_size)
+void cost_key_str(char *out, size_t outlen, const char *key, size_t field_len)
 {
-    size_t n = strnlen(key, key_size);
+    size_t n = strnlen(key, field_len);
     if (n >= outlen)
         n = outlen - 1;
     memcpy(out, key, n);
     out[n] = '\0';
+}
+
+void cost_key_make(char *key, size_t field_len, const char *value)
+{
+    size_t n = strlen(value);
+    memset(key, 0, field_len);
+    memcpy(key, value, n < field_len - 1 ? n : field_len - 1);
+    uint64_t h = cbus_key_hash(value, n);
+    memcpy(key + field_len, &h, 8);
+}
+
+void cost_key_show(char *out, size_t outlen, const char *field, size_t field_len, uint64_t hash)
+{
+    size_t n = strnlen(field, field_len);
+    if (hash && hash != cbus_key_hash(field, n))
+        snprintf(out, outlen, "%.*s\u2026#%08x", (int)n, field, (unsigned)(hash >> 32));
+    else
+        snprintf(out, outlen, "%.*s", (int)n, field);
 }
 
 int cost_ledger_init(struct cost_ledger *l, const struct cost_price_table *prices,
@@ -36,11 +54,17 @@ int cost_ledger_init(struct cost_ledger *l, const struct cost_price_table *price
     size_t mm = opts && opts->max_models ? opts->max_models : 10000;
     size_t mu = opts && opts->max_users ? opts->max_users : 100000;
     size_t ms = opts && opts->max_sessions ? opts->max_sessions : 100000;
+    size_t ma = opts && opts->max_agents ? opts->max_agents : 10000;
+    size_t mt = opts && opts->max_tenants ? opts->max_tenants : 10000;
     int r = cost_ktab_init(&l->models, COST_MODEL_KEY, sizeof(struct cost_model), mm);
     if (!r)
         r = cost_ktab_init(&l->users, COST_USER_KEY, sizeof(struct cost_user), mu);
     if (!r)
         r = cost_ktab_init(&l->sessions, COST_SESSION_KEY, sizeof(struct cost_session), ms);
+    if (!r)
+        r = cost_ktab_init(&l->agents, COST_AGENT_KEY, sizeof(struct cost_user), ma);
+    if (!r)
+        r = cost_ktab_init(&l->tenants, COST_TENANT_KEY, sizeof(struct cost_user), mt);
     if (r) {
         cost_ledger_free(l);
         return r;
@@ -54,19 +78,31 @@ void cost_ledger_free(struct cost_ledger *l)
     cost_ktab_free(&l->models);
     cost_ktab_free(&l->users);
     cost_ktab_free(&l->sessions);
+    cost_ktab_free(&l->agents);
+    cost_ktab_free(&l->tenants);
 }
 
 /* ---- budgets --------------------------------------------------------------- */
 
+/* The budget of the entity whose whole value hashes to whole (0: no id,
+ * nobody to hold to a budget).  Configured ids match by cbus_key_hash of the
+ * whole id, so an id longer than the event field has its own budget. */
 static const struct cost_budget *budget_for(const struct cost_budget_set *s, unsigned scope,
-                                            const char *key)
+                                            uint64_t whole)
 {
-    if (!key[0])
-        return NULL; /* no user / session id: nobody to hold to a budget */
+    if (!whole)
+        return NULL;
     for (size_t i = 0; i < s->n; i++)
-        if (s->list[i].scope == scope && strcmp(s->list[i].key, key) == 0)
+        if (s->list[i].scope == scope && strcmp(s->list[i].key, "*") &&
+            s->list[i].key_hash == whole)
             return &s->list[i];
-    return scope == COST_SCOPE_USER ? s->user_default : s->session_default;
+    switch (scope) {
+    case COST_SCOPE_USER: return s->user_default;
+    case COST_SCOPE_SESSION: return s->session_default;
+    case COST_SCOPE_AGENT: return s->agent_default;
+    case COST_SCOPE_TENANT: return s->tenant_default;
+    default: return NULL;
+    }
 }
 
 static void budget_next(const struct cost_budget *b, struct cost_budget_state *st)
@@ -81,15 +117,34 @@ static void budget_next(const struct cost_budget *b, struct cost_budget_state *s
         }
 }
 
-static void emit(struct cost_ledger *l, enum cost_alert_kind kind, unsigned scope, const char *key,
-                 const struct cost_budget *b, const struct cost_budget_state *st, unsigned mark)
+/* An entity's names for alerts: as shown, and its admission-table key. */
+struct who {
+    char shown[COST_SHOW_MAX];
+    char admit[CBUS_MODEL_LEN + 1];
+};
+
+static void who_of(struct who *w, const char *key, size_t field_len)
+{
+    if (field_len == 0) { /* global */
+        snprintf(w->shown, sizeof w->shown, "*");
+        snprintf(w->admit, sizeof w->admit, "*");
+        return;
+    }
+    cost_key_show(w->shown, sizeof w->shown, key, field_len, cost_key_whole_hash(key, field_len));
+    cost_key_str(w->admit, sizeof w->admit, key, field_len);
+}
+
+static void emit(struct cost_ledger *l, enum cost_alert_kind kind, unsigned scope,
+                 const struct who *w, const struct cost_budget *b,
+                 const struct cost_budget_state *st, unsigned mark)
 {
     if (!l->on_alert)
         return;
     struct cost_alert a = {
         .kind = kind,
         .scope = scope,
-        .key = key,
+        .key = w->shown,
+        .admit_key = w->admit,
         .pct = kind == COST_ALERT_RESET ? 0 : b->marks[mark].pct,
         .spent_pico = st->spent_pico,
         .limit_pico = b->limit_pico,
@@ -104,10 +159,11 @@ static void emit(struct cost_ledger *l, enum cost_alert_kind kind, unsigned scop
 /* Starts the period containing day.  An exceeded budget is reported as
  * reset (with the spend of the period that ended) so its verdict is cleared. */
 static void budget_roll(struct cost_ledger *l, const struct cost_budget *b,
-                        struct cost_budget_state *st, uint64_t day, unsigned scope, const char *key)
+                        struct cost_budget_state *st, uint64_t day, unsigned scope,
+                        const struct who *w)
 {
     if (st->period_end_day != 0 && st->exceeded)
-        emit(l, COST_ALERT_RESET, scope, key, b, st, 0);
+        emit(l, COST_ALERT_RESET, scope, w, b, st, 0);
     st->spent_pico = 0;
     st->fired = 0;
     st->exceeded = 0;
@@ -122,7 +178,7 @@ static void budget_roll(struct cost_ledger *l, const struct cost_budget *b,
 }
 
 static void budget_cross(struct cost_ledger *l, const struct cost_budget *b,
-                         struct cost_budget_state *st, unsigned scope, const char *key)
+                         struct cost_budget_state *st, unsigned scope, const struct who *w)
 {
     for (unsigned i = 0; i < b->n_marks; i++) {
         if (st->fired & (1u << i))
@@ -137,26 +193,28 @@ static void budget_cross(struct cost_ledger *l, const struct cost_budget *b,
             k = COST_ALERT_EXCEEDED;
             st->exceeded = 1;
         }
-        emit(l, k, scope, key, b, st, i);
+        emit(l, k, scope, w, b, st, i);
     }
     budget_next(b, st);
 }
 
+/* key: a table key of field_len shown bytes and the hash (field_len 0:
+ * the global budget). */
 static inline void budget_add(struct cost_ledger *l, const struct cost_budget *b,
                               struct cost_budget_state *st, cost_u128 cost, uint64_t day,
-                              unsigned scope, const char *key, size_t key_size)
+                              unsigned scope, const char *key, size_t field_len)
 {
-    char k[COST_SESSION_KEY > COST_USER_KEY ? COST_SESSION_KEY + 1 : COST_USER_KEY + 1];
+    struct who w;
     if (day >= st->period_end_day) {
-        cost_key_str(k, sizeof k, key, key_size);
-        budget_roll(l, b, st, day, scope, k);
+        who_of(&w, key, field_len);
+        budget_roll(l, b, st, day, scope, &w);
     } else if (day < st->period_start_day) {
         l->an.late_events++; /* counted in the current period: periods only move forward */
     }
     st->spent_pico += cost;
     if (st->spent_pico >= st->next_pico) {
-        cost_key_str(k, sizeof k, key, key_size);
-        budget_cross(l, b, st, scope, k);
+        who_of(&w, key, field_len);
+        budget_cross(l, b, st, scope, &w);
     }
 }
 
@@ -270,21 +328,58 @@ struct prep {
     char mkey[COST_MODEL_KEY];
     char ukey[COST_USER_KEY];
     char skey[COST_SESSION_KEY];
-    uint64_t mh, uh, sh;
-    int has_session;
+    char akey[COST_AGENT_KEY];
+    char tkey[COST_TENANT_KEY];
+    uint64_t mh, uh, sh, ah, th;
+    int has_session, has_agent, has_tenant;
 };
+
+/* The whole value's hash of key k: the producer's, or for a record with
+ * none (written by hand, not by the producer library) the shown bytes',
+ * taking them to be the whole value. */
+static inline uint64_t whole_hash(const struct cbus_event *ev, unsigned k, const char *shown,
+                                  size_t field_len)
+{
+    uint64_t h = ev->key_hash[k];
+    if (!h && shown[0])
+        h = cbus_key_hash(shown, strnlen(shown, field_len));
+    return h;
+}
+
+/* field (field_len bytes) and its whole hash into key; returns the hash. */
+static inline void key_with_hash(char *key, const char *field, size_t field_len,
+                                 const struct cbus_event *ev, unsigned k)
+{
+    cost_key_set(key, field_len, field, field_len);
+    uint64_t h = whole_hash(ev, k, key, field_len);
+    memcpy(key + field_len, &h, 8);
+}
 
 static inline void prep_keys(struct prep *p, const struct cbus_event *ev)
 {
     cost_key_set(p->mkey, CBUS_PROVIDER_LEN, ev->provider, sizeof ev->provider);
     cost_key_set(p->mkey + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, ev->model, sizeof ev->model);
-    cost_key_set(p->ukey, sizeof p->ukey, ev->user, sizeof ev->user);
+    uint64_t ph = whole_hash(ev, CBUS_KEY_PROVIDER, p->mkey, CBUS_PROVIDER_LEN);
+    uint64_t mh = whole_hash(ev, CBUS_KEY_MODEL, p->mkey + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN);
+    memcpy(p->mkey + COST_MODEL_PH, &ph, 8);
+    memcpy(p->mkey + COST_MODEL_MH, &mh, 8);
+    key_with_hash(p->ukey, ev->user, CBUS_USER_LEN, ev, CBUS_KEY_USER);
     p->mh = cost_key_hash(p->mkey, sizeof p->mkey);
     p->uh = cost_key_hash(p->ukey, sizeof p->ukey);
     p->has_session = ev->session[0] != 0;
     if (p->has_session) {
-        cost_key_set(p->skey, sizeof p->skey, ev->session, sizeof ev->session);
+        key_with_hash(p->skey, ev->session, CBUS_SESSION_LEN, ev, CBUS_KEY_SESSION);
         p->sh = cost_key_hash(p->skey, sizeof p->skey);
+    }
+    p->has_agent = ev->agent[0] != 0;
+    if (p->has_agent) {
+        key_with_hash(p->akey, ev->agent, CBUS_AGENT_LEN, ev, CBUS_KEY_AGENT);
+        p->ah = cost_key_hash(p->akey, sizeof p->akey);
+    }
+    p->has_tenant = ev->tenant[0] != 0;
+    if (p->has_tenant) {
+        key_with_hash(p->tkey, ev->tenant, CBUS_TENANT_LEN, ev, CBUS_KEY_TENANT);
+        p->th = cost_key_hash(p->tkey, sizeof p->tkey);
     }
 }
 
@@ -318,12 +413,34 @@ static struct cost_user *user_get(struct cost_ledger *l, const struct prep *p, c
     }
     struct cost_user *u = cost_ktab_val_at(&l->users, (size_t)i);
     *key = cost_ktab_key_at(&l->users, (size_t)i);
-    if (created) {
-        char s[COST_USER_KEY + 1];
-        cost_key_str(s, sizeof s, p->ukey, sizeof p->ukey);
-        u->budget = budget_for(&l->budgets, COST_SCOPE_USER, s);
-    }
+    if (created)
+        u->budget = budget_for(&l->budgets, COST_SCOPE_USER,
+                               p->ukey[0] ? cost_key_whole_hash(p->ukey, CBUS_USER_LEN) : 0);
     return u;
+}
+
+/* An agent's or tenant's row (NULL: the event has none). */
+static struct cost_user *group_get(struct cost_ledger *l, struct cost_ktab *t, const char *k,
+                                   uint64_t h, size_t field_len, unsigned scope,
+                                   uint64_t *overflow, struct cost_user *overflow_row,
+                                   const char **key)
+{
+    *key = NULL;
+    long i = cost_ktab_find(t, k, h);
+    int created = 0;
+    if (i < 0) {
+        i = cost_ktab_insert(t, k, h);
+        created = 1;
+    }
+    if (i < 0) {
+        (*overflow)++;
+        return overflow_row;
+    }
+    struct cost_user *g = cost_ktab_val_at(t, (size_t)i);
+    *key = cost_ktab_key_at(t, (size_t)i);
+    if (created)
+        g->budget = budget_for(&l->budgets, scope, cost_key_whole_hash(k, field_len));
+    return g;
 }
 
 static struct cost_session *session_get(struct cost_ledger *l, const struct prep *p,
@@ -344,15 +461,14 @@ static struct cost_session *session_get(struct cost_ledger *l, const struct prep
     }
     struct cost_session *s = cost_ktab_val_at(&l->sessions, (size_t)i);
     *key = cost_ktab_key_at(&l->sessions, (size_t)i);
-    if (created) {
-        char str[COST_SESSION_KEY + 1];
-        cost_key_str(str, sizeof str, p->skey, sizeof p->skey);
-        s->budget = budget_for(&l->budgets, COST_SCOPE_SESSION, str);
-    }
+    if (created)
+        s->budget = budget_for(&l->budgets, COST_SCOPE_SESSION,
+                               cost_key_whole_hash(p->skey, CBUS_SESSION_LEN));
     return s;
 }
 
-#define KEY_FLAGS (CBUS_TRUNC_PROVIDER | CBUS_TRUNC_MODEL | CBUS_TRUNC_USER | CBUS_TRUNC_SESSION)
+#define KEY_FLAGS (CBUS_TRUNC_PROVIDER | CBUS_TRUNC_MODEL | CBUS_TRUNC_USER | CBUS_TRUNC_SESSION | \
+                   CBUS_TRUNC_AGENT | CBUS_TRUNC_TENANT)
 
 /* An LLM run's end (usage) or error: the kind map's family and phase. */
 static inline int accountable_kind(unsigned kind)
@@ -413,6 +529,17 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     const char *ukey, *skey;
     struct cost_user *u = user_get(l, p, &ukey);
     struct cost_session *s = session_get(l, p, &skey);
+    const char *akey = NULL, *tkey = NULL;
+    struct cost_user *ag = p->has_agent
+                               ? group_get(l, &l->agents, p->akey, p->ah, CBUS_AGENT_LEN,
+                                           COST_SCOPE_AGENT, &l->an2.agents_overflow,
+                                           &l->agent_overflow, &akey)
+                               : NULL;
+    struct cost_user *tn = p->has_tenant
+                               ? group_get(l, &l->tenants, p->tkey, p->th, CBUS_TENANT_LEN,
+                                           COST_SCOPE_TENANT, &l->an2.tenants_overflow,
+                                           &l->tenant_overflow, &tkey)
+                               : NULL;
 
     if (cbus_kind_phase(ev->kind) == CBUS_PHASE_ERROR) {
         counters_error(&l->total, ts, minute);
@@ -420,6 +547,10 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
         counters_error(&u->c, ts, minute);
         if (s)
             counters_error(&s->c, ts, minute);
+        if (ag)
+            counters_error(&ag->c, ts, minute);
+        if (tn)
+            counters_error(&tn->c, ts, minute);
         return;
     }
 
@@ -445,15 +576,23 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     latency_add(&m->lat, us);
     if (s)
         counters_end(&s->c, &e);
+    if (ag)
+        counters_end(&ag->c, &e);
+    if (tn)
+        counters_end(&tn->c, &e);
     if (e.cost == 0)
         return; /* budgets only move on money; periods also move in tick() */
     uint64_t day = ts / COST_DAY_NS;
     if (l->budgets.global)
-        budget_add(l, l->budgets.global, &l->global_b, e.cost, day, COST_SCOPE_GLOBAL, "*", 2);
-    if (u->budget)
-        budget_add(l, u->budget, &u->b, e.cost, day, COST_SCOPE_USER, ukey, COST_USER_KEY);
+        budget_add(l, l->budgets.global, &l->global_b, e.cost, day, COST_SCOPE_GLOBAL, "*", 0);
+    if (u->budget && ukey)
+        budget_add(l, u->budget, &u->b, e.cost, day, COST_SCOPE_USER, ukey, CBUS_USER_LEN);
     if (s && s->budget)
-        budget_add(l, s->budget, &s->b, e.cost, day, COST_SCOPE_SESSION, skey, COST_SESSION_KEY);
+        budget_add(l, s->budget, &s->b, e.cost, day, COST_SCOPE_SESSION, skey, CBUS_SESSION_LEN);
+    if (ag && ag->budget && akey)
+        budget_add(l, ag->budget, &ag->b, e.cost, day, COST_SCOPE_AGENT, akey, CBUS_AGENT_LEN);
+    if (tn && tn->budget && tkey)
+        budget_add(l, tn->budget, &tn->b, e.cost, day, COST_SCOPE_TENANT, tkey, CBUS_TENANT_LEN);
 }
 
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
@@ -475,28 +614,38 @@ void cost_ledger_apply_batch(struct cost_ledger *l, const struct cbus_event *evs
 
 static void tick_state(struct cost_ledger *l, const struct cost_budget *b,
                        struct cost_budget_state *st, uint64_t day, unsigned scope, const char *key,
-                       size_t key_size)
+                       size_t field_len)
 {
     if (!b || st->period_end_day == 0 || day < st->period_end_day)
         return;
-    char k[COST_SESSION_KEY + 1];
-    cost_key_str(k, sizeof k, key, key_size);
-    budget_roll(l, b, st, day, scope, k);
+    struct who w;
+    who_of(&w, key, field_len);
+    budget_roll(l, b, st, day, scope, &w);
 }
 
 void cost_ledger_tick(struct cost_ledger *l, uint64_t now_realtime_ns)
 {
     uint64_t day = now_realtime_ns / COST_DAY_NS;
-    tick_state(l, l->budgets.global, &l->global_b, day, COST_SCOPE_GLOBAL, "*", 2);
+    tick_state(l, l->budgets.global, &l->global_b, day, COST_SCOPE_GLOBAL, "*", 0);
     for (size_t i = 0; i < l->users.n; i++) {
         struct cost_user *u = cost_ktab_val_at(&l->users, i);
         tick_state(l, u->budget, &u->b, day, COST_SCOPE_USER, cost_ktab_key_at(&l->users, i),
-                   COST_USER_KEY);
+                   CBUS_USER_LEN);
     }
     for (size_t i = 0; i < l->sessions.n; i++) {
         struct cost_session *s = cost_ktab_val_at(&l->sessions, i);
         tick_state(l, s->budget, &s->b, day, COST_SCOPE_SESSION,
-                   cost_ktab_key_at(&l->sessions, i), COST_SESSION_KEY);
+                   cost_ktab_key_at(&l->sessions, i), CBUS_SESSION_LEN);
+    }
+    for (size_t i = 0; i < l->agents.n; i++) {
+        struct cost_user *a = cost_ktab_val_at(&l->agents, i);
+        tick_state(l, a->budget, &a->b, day, COST_SCOPE_AGENT, cost_ktab_key_at(&l->agents, i),
+                   CBUS_AGENT_LEN);
+    }
+    for (size_t i = 0; i < l->tenants.n; i++) {
+        struct cost_user *t = cost_ktab_val_at(&l->tenants, i);
+        tick_state(l, t->budget, &t->b, day, COST_SCOPE_TENANT, cost_ktab_key_at(&l->tenants, i),
+                   CBUS_TENANT_LEN);
     }
 }
 
@@ -536,17 +685,31 @@ void cost_ledger_rebind(struct cost_ledger *l)
     }
     for (size_t i = 0; i < l->users.n; i++) {
         struct cost_user *u = cost_ktab_val_at(&l->users, i);
-        char s[COST_USER_KEY + 1];
-        cost_key_str(s, sizeof s, cost_ktab_key_at(&l->users, i), COST_USER_KEY);
-        u->budget = budget_for(&l->budgets, COST_SCOPE_USER, s);
+        const char *k = cost_ktab_key_at(&l->users, i);
+        u->budget = budget_for(&l->budgets, COST_SCOPE_USER,
+                               k[0] ? cost_key_whole_hash(k, CBUS_USER_LEN) : 0);
         rebind_state(u->budget, &u->b);
     }
     for (size_t i = 0; i < l->sessions.n; i++) {
         struct cost_session *se = cost_ktab_val_at(&l->sessions, i);
-        char s[COST_SESSION_KEY + 1];
-        cost_key_str(s, sizeof s, cost_ktab_key_at(&l->sessions, i), COST_SESSION_KEY);
-        se->budget = budget_for(&l->budgets, COST_SCOPE_SESSION, s);
+        se->budget = budget_for(&l->budgets, COST_SCOPE_SESSION,
+                                cost_key_whole_hash(cost_ktab_key_at(&l->sessions, i),
+                                                    CBUS_SESSION_LEN));
         rebind_state(se->budget, &se->b);
+    }
+    for (size_t i = 0; i < l->agents.n; i++) {
+        struct cost_user *a = cost_ktab_val_at(&l->agents, i);
+        a->budget = budget_for(&l->budgets, COST_SCOPE_AGENT,
+                               cost_key_whole_hash(cost_ktab_key_at(&l->agents, i),
+                                                   CBUS_AGENT_LEN));
+        rebind_state(a->budget, &a->b);
+    }
+    for (size_t i = 0; i < l->tenants.n; i++) {
+        struct cost_user *t = cost_ktab_val_at(&l->tenants, i);
+        t->budget = budget_for(&l->budgets, COST_SCOPE_TENANT,
+                               cost_key_whole_hash(cost_ktab_key_at(&l->tenants, i),
+                                                   CBUS_TENANT_LEN));
+        rebind_state(t->budget, &t->b);
     }
 }
 
@@ -558,19 +721,33 @@ void cost_ledger_each_exceeded(struct cost_ledger *l,
 {
     if (l->budgets.global && l->global_b.exceeded)
         fn(arg, COST_SCOPE_GLOBAL, "*", &l->global_b, l->budgets.global);
-    char k[COST_SESSION_KEY + 1];
+    char k[CBUS_MODEL_LEN + 1];
     for (size_t i = 0; i < l->users.n; i++) {
         struct cost_user *u = cost_ktab_val_at(&l->users, i);
         if (!u->b.exceeded || !u->budget)
             continue;
-        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->users, i), COST_USER_KEY);
+        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->users, i), CBUS_USER_LEN);
         fn(arg, COST_SCOPE_USER, k, &u->b, u->budget);
     }
     for (size_t i = 0; i < l->sessions.n; i++) {
         struct cost_session *s = cost_ktab_val_at(&l->sessions, i);
         if (!s->b.exceeded || !s->budget)
             continue;
-        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->sessions, i), COST_SESSION_KEY);
+        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->sessions, i), CBUS_SESSION_LEN);
         fn(arg, COST_SCOPE_SESSION, k, &s->b, s->budget);
     }
+    struct {
+        const struct cost_ktab *t;
+        unsigned scope;
+        size_t field_len;
+    } groups[] = {{&l->agents, COST_SCOPE_AGENT, CBUS_AGENT_LEN},
+                  {&l->tenants, COST_SCOPE_TENANT, CBUS_TENANT_LEN}};
+    for (unsigned g = 0; g < 2; g++)
+        for (size_t i = 0; i < groups[g].t->n; i++) {
+            struct cost_user *e = cost_ktab_val_at(groups[g].t, i);
+            if (!e->b.exceeded || !e->budget)
+                continue;
+            cost_key_str(k, sizeof k, cost_ktab_key_at(groups[g].t, i), groups[g].field_len);
+            fn(arg, groups[g].scope, k, &e->b, e->budget);
+        }
 }

@@ -1,6 +1,12 @@
 /* The ledger: exact usage and cost accounting from llm_end / llm_error
- * events, per provider/model, per user, per session and in total, with the
- * budgets.  Single-threaded: the daemon's consumer loop owns it.
+ * events, per provider/model, per user, per session, per agent, per tenant
+ * and in total, with the budgets.
+ *
+ * Keys never merge (issue 14): a table key is the event field's shown bytes
+ * followed by the whole value's 8-byte hash (the event's key_hash[]), so two
+ * values that share the first CBUS_*_LEN - 1 bytes are two rows.  A row
+ * whose shown bytes do not hash to its stored hash was cut by its producer:
+ * outputs show it as the prefix, an ellipsis and the hash (cost_key_show).  Single-threaded: the daemon's consumer loop owns it.
  *
  * Token convention (layout.h, OpenTelemetry): input includes cache_read and
  * cache_creation; output includes reasoning.  So
@@ -16,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <cbus/consumer.h>
 
@@ -35,9 +42,18 @@ enum cost_tok {
 };
 extern const char *const cost_tok_names[COST_TOK__COUNT];
 
-#define COST_MODEL_KEY   (CBUS_PROVIDER_LEN + CBUS_MODEL_LEN) /* provider then model */
-#define COST_USER_KEY    CBUS_USER_LEN
-#define COST_SESSION_KEY CBUS_SESSION_LEN
+/* provider, model, then the provider's and the model's whole-value hashes */
+#define COST_MODEL_KEY   (CBUS_PROVIDER_LEN + CBUS_MODEL_LEN + 16)
+#define COST_MODEL_PH    (CBUS_PROVIDER_LEN + CBUS_MODEL_LEN)  /* offset of the provider hash */
+#define COST_MODEL_MH    (COST_MODEL_PH + 8)                   /* offset of the model hash */
+/* the field, then its whole-value hash at offset CBUS_*_LEN */
+#define COST_USER_KEY    (CBUS_USER_LEN + 8)
+#define COST_SESSION_KEY (CBUS_SESSION_LEN + 8)
+#define COST_AGENT_KEY   (CBUS_AGENT_LEN + 8)
+#define COST_TENANT_KEY  (CBUS_TENANT_LEN + 8)
+#define COST_KEY_MAX     COST_MODEL_KEY
+/* Room for cost_key_show() of any one field: bytes, ellipsis, '#', 8 hex. */
+#define COST_SHOW_MAX    (CBUS_MODEL_LEN + 16)
 #define COST_MINUTE_NS   UINT64_C(60000000000)
 
 struct cost_counters {
@@ -67,9 +83,10 @@ struct cost_model {
     uint32_t resolved;                 /* price looked up (not checkpointed) */
 };
 
-/* Users and sessions keep counters but no latency histograms: at 5.6 KB a
- * pair, 1,000 users' histograms miss the cache on every event and halve the
- * throughput; latency is a property of the model and the service (total). */
+/* Users, agents, tenants and sessions keep counters but no latency
+ * histograms: at 5.6 KB a pair, 1,000 users' histograms miss the cache on
+ * every event and halve the throughput; latency is a property of the model
+ * and the service (total).  Agents and tenants are rows of this type too. */
 struct cost_user {
     struct cost_counters c;
     struct cost_budget_state b;
@@ -90,6 +107,10 @@ struct cost_anomalies {
     uint64_t models_overflow, users_overflow, sessions_overflow; /* table full */
     uint64_t late_events;              /* event older than its entity's budget period */
 };
+/* Kept apart from cost_anomalies, whose raw layout older checkpoints hold. */
+struct cost_anomalies2 {
+    uint64_t agents_overflow, tenants_overflow;
+};
 
 enum cost_alert_kind {
     COST_ALERT_THRESHOLD,  /* a percentage of the limit was reached */
@@ -101,7 +122,8 @@ enum cost_alert_kind {
 struct cost_alert {
     enum cost_alert_kind kind;
     unsigned scope;                    /* enum cost_scope */
-    const char *key;                   /* "*" for global */
+    const char *key;                   /* as shown (cost_key_show); "*" for global */
+    const char *admit_key;             /* the shown field bytes: the admission-table key */
     uint32_t pct;
     cost_u128 spent_pico, limit_pico, mark_pico;
     const struct cost_budget *budget;
@@ -116,25 +138,30 @@ struct cost_budget_set {
     const struct cost_budget *global;          /* NULL = none */
     const struct cost_budget *user_default;    /* NULL = none */
     const struct cost_budget *session_default;
-    const struct cost_budget *list;            /* specific users and sessions */
+    const struct cost_budget *agent_default;
+    const struct cost_budget *tenant_default;
+    const struct cost_budget *list;            /* specific users, sessions, agents, tenants */
     size_t n;
 };
 
 struct cost_ledger_opts {
     size_t max_models, max_users, max_sessions;   /* 0 = 10000, 100000, 100000 */
+    size_t max_agents, max_tenants;               /* 0 = 10000, 10000 */
 };
 
 struct cost_ledger {
     const struct cost_price_table *prices;
     struct cost_budget_set budgets;
-    struct cost_ktab models, users, sessions;
+    struct cost_ktab models, users, sessions, agents, tenants;
     struct cost_counters total;
     struct cost_latency total_lat;
     struct cost_budget_state global_b;
     /* Aggregates for events that found their table full. */
     struct cost_model model_overflow;
     struct cost_user user_overflow;
+    struct cost_user agent_overflow, tenant_overflow;
     struct cost_anomalies an;
+    struct cost_anomalies2 an2;
     uint64_t events;                   /* every event accounted (any kind) */
     /* Next position in each lane of the bus: every event below is counted.
      * cursor is their sum (positions passed, for display and pacing). */
@@ -185,14 +212,32 @@ cost_u128 cost_usage_cost(const struct cost_price *p, const struct cbus_usage *u
  * and recomputes each entity's next mark. */
 void cost_ledger_rebind(struct cost_ledger *l);
 
-/* Calls fn for every published verdict in the state (after a restart). */
+/* Calls fn for every published verdict in the state (after a restart);
+ * key is the admission-table key (the shown field bytes). */
 void cost_ledger_each_exceeded(struct cost_ledger *l,
                                void (*fn)(void *arg, unsigned scope, const char *key,
                                           const struct cost_budget_state *st,
                                           const struct cost_budget *b),
                                void *arg);
 
-/* A key buffer as a C string (keys are NUL-padded and may fill their size). */
-void cost_key_str(char *out, size_t outlen, const char *key, size_t key_size);
+/* A key buffer's shown bytes as a C string (NUL-padded, may fill field_len). */
+void cost_key_str(char *out, size_t outlen, const char *key, size_t field_len);
+
+/* A key as outputs show it: the shown bytes, and for a value its producer
+ * cut (hash is not the shown bytes' cbus_key_hash) an ellipsis and the top
+ * 32 bits of the whole value's hash, "…#1a2b3c4d", so two rows that share
+ * a prefix are visibly two.  hash 0: shown as is. */
+void cost_key_show(char *out, size_t outlen, const char *field, size_t field_len, uint64_t hash);
+/* The table key of a whole value as a producer's event makes it: the value
+ * cut to field_len - 1 bytes and NUL-padded, then cbus_key_hash of all of
+ * it.  key has field_len + 8 bytes.  For tests and tools. */
+void cost_key_make(char *key, size_t field_len, const char *value);
+/* The hash stored after a field of field_len bytes in a key buffer. */
+static inline uint64_t cost_key_whole_hash(const char *key, size_t field_len)
+{
+    uint64_t h;
+    memcpy(&h, key + field_len, 8);
+    return h;
+}
 
 #endif

@@ -1,5 +1,6 @@
 #include "render.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,22 @@ void cost_format_time(char *out, size_t len, uint64_t realtime_ns)
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* A key's field as JSON: shown bytes, with "…#hash" when its producer cut
+ * it (cost_key_show), so two rows of one prefix are told apart. */
+static void json_key(struct sbuf *b, const char *key, size_t field_len, uint64_t hash)
+{
+    char s[COST_SHOW_MAX];
+    cost_key_show(s, sizeof s, key, field_len, hash);
+    sbuf_json_str(b, s, (size_t)-1);
+}
+
+static void prom_key(struct sbuf *b, const char *key, size_t field_len, uint64_t hash)
+{
+    char s[COST_SHOW_MAX];
+    cost_key_show(s, sizeof s, key, field_len, hash);
+    sbuf_prom_label(b, s, strlen(s));
 }
 
 static void usd_exact(struct sbuf *b, cost_u128 pico)
@@ -137,6 +154,23 @@ static int by_cost_desc(const void *a, const void *b)
     return *cx < *cy ? 1 : *cx > *cy ? -1 : 0;
 }
 
+/* The agents' or tenants' rows: ],"agents":[{"agent":...}, ... */
+static void json_groups(struct sbuf *b, const char *list, const char *field,
+                        const struct cost_ktab *t, size_t field_len, uint64_t now)
+{
+    sbuf_printf(b, "],\"%s\":[", list);
+    for (size_t i = 0; i < t->n; i++) {
+        const char *k = cost_ktab_key_at(t, i);
+        const struct cost_user *g = cost_ktab_val_at(t, i);
+        sbuf_printf(b, "%s{\"%s\":", i ? "," : "", field);
+        json_key(b, k, field_len, cost_key_whole_hash(k, field_len));
+        sbuf_puts(b, ",");
+        json_counters(b, &g->c, now);
+        json_budget(b, g->budget, &g->b);
+        sbuf_puts(b, "}");
+    }
+}
+
 void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
 {
     char t[32];
@@ -161,12 +195,15 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
     sbuf_printf(b,
                 "\"anomalies\":{\"cache_exceeds_input\":%llu,\"reasoning_exceeds_output\":%llu,"
                 "\"truncated_keys\":%llu,\"duplicate_events\":%llu,\"models_overflow\":%llu,"
-                "\"users_overflow\":%llu,\"sessions_overflow\":%llu,\"late_events\":%llu},",
+                "\"users_overflow\":%llu,\"sessions_overflow\":%llu,\"agents_overflow\":%llu,"
+                "\"tenants_overflow\":%llu,\"late_events\":%llu},",
                 (unsigned long long)a->cache_exceeds_input,
                 (unsigned long long)a->reasoning_exceeds_output,
                 (unsigned long long)a->truncated_keys, (unsigned long long)a->duplicate_events,
                 (unsigned long long)a->models_overflow, (unsigned long long)a->users_overflow,
-                (unsigned long long)a->sessions_overflow, (unsigned long long)a->late_events);
+                (unsigned long long)a->sessions_overflow,
+                (unsigned long long)l->an2.agents_overflow,
+                (unsigned long long)l->an2.tenants_overflow, (unsigned long long)a->late_events);
     sbuf_puts(b, "\"total\":{");
     json_counters(b, &l->total, now);
     json_latency(b, &l->total_lat);
@@ -176,9 +213,9 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
         const char *k = cost_ktab_key_at(&l->models, i);
         const struct cost_model *m = cost_ktab_val_at(&l->models, i);
         sbuf_puts(b, i ? ",{\"provider\":" : "{\"provider\":");
-        sbuf_json_str(b, k, strnlen(k, CBUS_PROVIDER_LEN));
+        json_key(b, k, CBUS_PROVIDER_LEN, cost_key_whole_hash(k, COST_MODEL_PH));
         sbuf_puts(b, ",\"model\":");
-        sbuf_json_str(b, k + CBUS_PROVIDER_LEN, strnlen(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN));
+        json_key(b, k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, cost_key_whole_hash(k, COST_MODEL_MH));
         sbuf_puts(b, ",\"price_key\":");
         if (m->price)
             sbuf_json_str(b, m->price->key, (size_t)-1);
@@ -194,12 +231,14 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
         const char *k = cost_ktab_key_at(&l->users, i);
         const struct cost_user *u = cost_ktab_val_at(&l->users, i);
         sbuf_puts(b, i ? ",{\"user\":" : "{\"user\":");
-        sbuf_json_str(b, k, strnlen(k, COST_USER_KEY));
+        json_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
         sbuf_puts(b, ",");
         json_counters(b, &u->c, now);
         json_budget(b, u->budget, &u->b);
         sbuf_puts(b, "}");
     }
+    json_groups(b, "agents", "agent", &l->agents, CBUS_AGENT_LEN, now);
+    json_groups(b, "tenants", "tenant", &l->tenants, CBUS_TENANT_LEN, now);
     sbuf_printf(b, "],\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
     size_t ns = l->sessions.n;
     size_t *idx = ns ? malloc(ns * sizeof *idx) : NULL;
@@ -215,7 +254,7 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
             const char *k = cost_ktab_key_at(&l->sessions, idx[j]);
             const struct cost_session *s = cost_ktab_val_at(&l->sessions, idx[j]);
             sbuf_puts(b, j ? ",{\"session\":" : "{\"session\":");
-            sbuf_json_str(b, k, strnlen(k, COST_SESSION_KEY));
+            json_key(b, k, CBUS_SESSION_LEN, cost_key_whole_hash(k, CBUS_SESSION_LEN));
             sbuf_puts(b, ",");
             json_counters(b, &s->c, now);
             json_budget(b, s->budget, &s->b);
@@ -245,9 +284,9 @@ static void prom_usd(struct sbuf *b, cost_u128 pico)
 static void model_labels(struct sbuf *b, const char *k)
 {
     sbuf_puts(b, "provider=\"");
-    sbuf_prom_label(b, k, strnlen(k, CBUS_PROVIDER_LEN));
+    prom_key(b, k, CBUS_PROVIDER_LEN, cost_key_whole_hash(k, COST_MODEL_PH));
     sbuf_puts(b, "\",model=\"");
-    sbuf_prom_label(b, k + CBUS_PROVIDER_LEN, strnlen(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN));
+    prom_key(b, k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, cost_key_whole_hash(k, COST_MODEL_MH));
     sbuf_puts(b, "\"");
 }
 
@@ -264,12 +303,16 @@ static void prom_hist(struct sbuf *b, const char *name, const char *labels,
     sbuf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
 }
 
-static void prom_budget(struct sbuf *b, const char *scope, const char *key, size_t keylen,
+/* key: a table key of field_len shown bytes and the hash; field_len 0: "*". */
+static void prom_budget(struct sbuf *b, const char *scope, const char *key, size_t field_len,
                         const struct cost_budget *bu, const struct cost_budget_state *st,
                         const char *metric)
 {
     sbuf_printf(b, "%s{scope=\"%s\",key=\"", metric, scope);
-    sbuf_prom_label(b, key, keylen);
+    if (field_len)
+        prom_key(b, key, field_len, cost_key_whole_hash(key, field_len));
+    else
+        sbuf_puts(b, key);
     sbuf_puts(b, "\"} ");
     if (!strcmp(metric, "cbus_cost_budget_spent_usd"))
         prom_usd(b, st->period_end_day ? st->spent_pico : 0);
@@ -278,6 +321,34 @@ static void prom_budget(struct sbuf *b, const char *scope, const char *key, size
     else
         sbuf_puts(b, st->exceeded ? "1" : "0");
     sbuf_puts(b, "\n");
+}
+
+/* cbus_cost_agent_usd_total{agent=...} and the like for agents or tenants:
+ * few rows (agents and teams, not end users), so always exported. */
+static void prom_groups(struct sbuf *b, const char *what, const struct cost_ktab *t,
+                        size_t field_len)
+{
+    char name[64], help[96];
+    static const char *const metric[] = {"usd_total", "requests_total", "errors_total"};
+    static const char *const helps[] = {"Cost per %s in USD.", "Completed calls per %s.",
+                                        "Failed calls per %s."};
+    for (unsigned m = 0; m < 3; m++) {
+        snprintf(name, sizeof name, "cbus_cost_%s_%s", what, metric[m]);
+        snprintf(help, sizeof help, helps[m], what);
+        prom_head(b, name, "counter", help);
+        for (size_t i = 0; i < t->n; i++) {
+            const char *k = cost_ktab_key_at(t, i);
+            const struct cost_user *g = cost_ktab_val_at(t, i);
+            sbuf_printf(b, "%s{%s=\"", name, what);
+            prom_key(b, k, field_len, cost_key_whole_hash(k, field_len));
+            sbuf_puts(b, "\"} ");
+            if (m == 0)
+                prom_usd(b, g->c.cost_pico);
+            else
+                sbuf_printf(b, "%llu", (unsigned long long)(m == 1 ? g->c.requests : g->c.errors));
+            sbuf_puts(b, "\n");
+        }
+    }
 }
 
 void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
@@ -354,13 +425,15 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
         prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, COST_HIST_TTFT);
         sbuf_free(&lb);
     }
+    prom_groups(b, "agent", &l->agents, CBUS_AGENT_LEN);
+    prom_groups(b, "tenant", &l->tenants, CBUS_TENANT_LEN);
     if (ri->prom_users) {
         prom_head(b, "cbus_cost_user_usd_total", "counter", "Cost per user in USD.");
         for (size_t i = 0; i < ut->n; i++) {
             const char *k = cost_ktab_key_at(ut, i);
             const struct cost_user *u = cost_ktab_val_at(ut, i);
             sbuf_puts(b, "cbus_cost_user_usd_total{user=\"");
-            sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+            prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
             sbuf_puts(b, "\"} ");
             prom_usd(b, u->c.cost_pico);
             sbuf_puts(b, "\n");
@@ -370,7 +443,7 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
             const char *k = cost_ktab_key_at(ut, i);
             const struct cost_user *u = cost_ktab_val_at(ut, i);
             sbuf_puts(b, "cbus_cost_user_requests_total{user=\"");
-            sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+            prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
             sbuf_printf(b, "\"} %llu\n", (unsigned long long)u->c.requests);
         }
         prom_head(b, "cbus_cost_user_tokens_total", "counter", "Tokens per user by type.");
@@ -381,7 +454,7 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
                 if (!u->c.reported[f])
                     continue;
                 sbuf_puts(b, "cbus_cost_user_tokens_total{user=\"");
-                sbuf_prom_label(b, k, strnlen(k, COST_USER_KEY));
+                prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
                 sbuf_printf(b, "\",type=\"%s\"} %llu\n", cost_tok_names[f],
                             (unsigned long long)u->c.tokens[f]);
             }
@@ -395,14 +468,22 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
     for (unsigned m = 0; m < 3; m++) {
         prom_head(b, bm[m], "gauge", bh[m]);
         if (l->budgets.global)
-            prom_budget(b, "global", "*", 1, l->budgets.global, &l->global_b, bm[m]);
-        for (size_t i = 0; i < ut->n; i++) {
-            const struct cost_user *u = cost_ktab_val_at(ut, i);
-            if (!u->budget)
-                continue;
-            const char *k = cost_ktab_key_at(ut, i);
-            prom_budget(b, "user", k, strnlen(k, COST_USER_KEY), u->budget, &u->b, bm[m]);
-        }
+            prom_budget(b, "global", "*", 0, l->budgets.global, &l->global_b, bm[m]);
+        const struct {
+            const char *scope;
+            const struct cost_ktab *t;
+            size_t field_len;
+        } bt[] = {{"user", ut, CBUS_USER_LEN},
+                  {"agent", &l->agents, CBUS_AGENT_LEN},
+                  {"tenant", &l->tenants, CBUS_TENANT_LEN}};
+        for (unsigned t = 0; t < 3; t++)
+            for (size_t i = 0; i < bt[t].t->n; i++) {
+                const struct cost_user *u = cost_ktab_val_at(bt[t].t, i);
+                if (!u->budget)
+                    continue;
+                prom_budget(b, bt[t].scope, cost_ktab_key_at(bt[t].t, i), bt[t].field_len,
+                            u->budget, &u->b, bm[m]);
+            }
     }
     const struct cost_anomalies *a = &l->an;
     prom_head(b, "cbus_cost_anomalies_total", "counter",
@@ -417,7 +498,8 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
                 (unsigned long long)a->cache_exceeds_input,
                 (unsigned long long)a->reasoning_exceeds_output,
                 (unsigned long long)a->truncated_keys, (unsigned long long)a->duplicate_events,
-                (unsigned long long)(a->models_overflow + a->users_overflow + a->sessions_overflow),
+                (unsigned long long)(a->models_overflow + a->users_overflow + a->sessions_overflow +
+                                     l->an2.agents_overflow + l->an2.tenants_overflow),
                 (unsigned long long)a->late_events);
     prom_head(b, "cbus_cost_events_total", "counter", "Events read from the bus (any kind).");
     sbuf_printf(b, "cbus_cost_events_total %llu\n", (unsigned long long)l->events);

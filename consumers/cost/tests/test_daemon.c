@@ -1230,3 +1230,75 @@ Test(cost_daemon, streamed_runs_from_threads_and_a_process_on_two_lanes_count_ev
 {
     burst_case(2, 2, 3);
 }
+
+/* Issue 14: two 200-byte user names that differ in the last byte (equal
+ * shown prefixes) through a real bus: two users in the snapshot, each with
+ * its own cost; a tenant budget alerts for its tenant. */
+Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    write_file("c.ini", "[prices]\nfile = " PRICES "\n"
+                        "[state]\ncheckpoint_interval = 50ms\nsnapshot_interval = 20ms\n"
+                        "[budget.tenant.team-a]\nlimit_usd = 0.03\nperiod = 1d\n");
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    char na[201], nb[201];
+    memset(na, 'u', 200);
+    na[200] = '\0';
+    memcpy(na, "user:default/", 13);
+    memcpy(nb, na, sizeof na);
+    na[199] = 'a';
+    nb[199] = 'b';
+    cbus_ctx a, b;
+    make_ctx(&a, na);
+    make_ctx(&b, nb);
+    cbus_ctx_set_tenant(&a, "team-a");
+    cbus_ctx_set_tenant(&b, "team-a");
+    cbus_ctx_set_agent(&b, "planner");
+    /* 0.025 USD a call: a one, b two (0.075 for team-a: over 0.03) */
+    struct cbus_usage u = {.input_tokens = 10000, .cache_read_tokens = 4000, .output_tokens = 500,
+                           .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT |
+                                            CBUS_USAGE_CACHE_READ};
+    cr_assert_eq(cbus_llm_end(p, &a, &u, NULL), 0);
+    cr_assert_eq(cbus_llm_end(p, &b, &u, NULL), 0);
+    cr_assert_eq(cbus_llm_end(p, &b, &u, NULL), 0);
+    cr_assert(wait_requests(3, 10000), "%s", log_text(0));
+    char sa[80], sb[80];
+    snprintf(sa, sizeof sa, "%.39s\u2026#%08x", na, (unsigned)(cbus_key_hash(na, 200) >> 32));
+    snprintf(sb, sizeof sb, "%.39s\u2026#%08x", nb, (unsigned)(cbus_key_hash(nb, 200) >> 32));
+    char path[128];
+    snprintf(path, sizeof path, "%s/state/snapshot.json", dir);
+    cJSON *root = cJSON_Parse(read_path(path));
+    cr_assert_not_null(root);
+    const cJSON *users = cJSON_GetObjectItem(root, "users");
+    cr_assert_eq(cJSON_GetArraySize(users), 2);
+    int seen = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, users) {
+        const char *name = cJSON_GetObjectItem(r, "user")->valuestring;
+        const char *cost = cJSON_GetObjectItem(r, "cost_usd")->valuestring;
+        if (!strcmp(name, sa)) {
+            cr_assert_str_eq(cost, "0.025000000000");
+            seen |= 1;
+        } else if (!strcmp(name, sb)) {
+            cr_assert_str_eq(cost, "0.050000000000");
+            seen |= 2;
+        }
+    }
+    cr_assert_eq(seen, 3, "users: %s", cJSON_Print(users));
+    const cJSON *t0 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "tenants"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(t0, "tenant")->valuestring, "team-a");
+    cr_assert_str_eq(cJSON_GetObjectItem(t0, "cost_usd")->valuestring, "0.075000000000");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(t0, "budget"), "exceeded")));
+    const cJSON *a0 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "agents"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(a0, "agent")->valuestring, "planner");
+    cr_assert_eq(cJSON_GetObjectItem(a0, "requests")->valuedouble, 2);
+    cJSON_Delete(root);
+    cr_assert(wait_log(0, "budget tenant team-a: EXCEEDED", 5000), "%s", log_text(0));
+    cr_assert(strstr(log_text(0), "no admission scope for tenants"), "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cbus_producer_close(p);
+}

@@ -127,7 +127,7 @@ static void feed(struct cbus_event ev)
 static struct cost_user *user(const char *name)
 {
     char k[COST_USER_KEY];
-    cost_key_set(k, sizeof k, name, strlen(name));
+    cost_key_make(k, CBUS_USER_LEN, name);
     long i = cost_ktab_find(&led.users, k, cost_key_hash(k, sizeof k));
     cr_assert_geq(i, 0, "user %s", name);
     return cost_ktab_val_at(&led.users, (size_t)i);
@@ -135,9 +135,13 @@ static struct cost_user *user(const char *name)
 
 static struct cost_model *model(const char *name)
 {
-    char k[COST_MODEL_KEY];
-    cost_key_set(k, CBUS_PROVIDER_LEN, "acme", 4);
-    cost_key_set(k + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN, name, strlen(name));
+    char k[COST_MODEL_KEY], pk[CBUS_PROVIDER_LEN + 8], mk[CBUS_MODEL_LEN + 8];
+    cost_key_make(pk, CBUS_PROVIDER_LEN, "acme");
+    cost_key_make(mk, CBUS_MODEL_LEN, name);
+    memcpy(k, pk, CBUS_PROVIDER_LEN);
+    memcpy(k + CBUS_PROVIDER_LEN, mk, CBUS_MODEL_LEN);
+    memcpy(k + COST_MODEL_PH, pk + CBUS_PROVIDER_LEN, 8);
+    memcpy(k + COST_MODEL_MH, mk + CBUS_MODEL_LEN, 8);
     long i = cost_ktab_find(&led.models, k, cost_key_hash(k, sizeof k));
     cr_assert_geq(i, 0, "model %s", name);
     return cost_ktab_val_at(&led.models, (size_t)i);
@@ -517,7 +521,7 @@ Test(cost_ledger, batch_path_matches_one_by_one)
 static struct cost_session *session_in(struct cost_ledger *l, const char *name)
 {
     char k[COST_SESSION_KEY];
-    cost_key_set(k, sizeof k, name, strlen(name));
+    cost_key_make(k, CBUS_SESSION_LEN, name);
     long i = cost_ktab_find(&l->sessions, k, cost_key_hash(k, sizeof k));
     cr_assert_geq(i, 0, "session %s", name);
     return cost_ktab_val_at(&l->sessions, (size_t)i);
@@ -609,7 +613,7 @@ Test(cost_ledger, threshold_above_100_percent_is_an_alert_not_the_limit)
     const struct cost_user *u = NULL;
     {
         char k[COST_USER_KEY];
-        cost_key_set(k, sizeof k, "zed", 3);
+        cost_key_make(k, CBUS_USER_LEN, "zed");
         long i = cost_ktab_find(&l.users, k, cost_key_hash(k, sizeof k));
         cr_assert_geq(i, 0);
         u = cost_ktab_val_at(&l.users, (size_t)i);
@@ -622,4 +626,287 @@ Test(cost_ledger, threshold_above_100_percent_is_an_alert_not_the_limit)
     cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_THRESHOLD, 120), 1);
     cr_assert_eq(alerts_of(0, COST_SCOPE_USER, COST_ALERT_EXCEEDED, 100), 1, "one verdict");
     cost_ledger_free(&l);
+}
+
+/* ---- events v2: keys that never merge, agents and tenants (issue 14) ---- */
+
+#include <zlib.h>
+
+/* Sets a key field as the producer library does: the value cut to the
+ * field (NUL kept), the whole value's hash in key_hash[]. */
+static void set_whole(struct cbus_event *ev, char *field, size_t cap, unsigned key,
+                      const char *value)
+{
+    size_t n = strlen(value);
+    memset(field, 0, cap);
+    memcpy(field, value, n < cap - 1 ? n : cap - 1);
+    ev->key_hash[key] = cbus_key_hash(value, n);
+}
+
+static void long_name(char *out, size_t size, char last)
+{
+    memset(out, 'x', size - 1);
+    memcpy(out, "user:default/team-platform/", 27);
+    out[size - 2] = last;
+    out[size - 1] = '\0';
+}
+
+static struct cost_user *row(struct cost_ledger *l, struct cost_ktab *t, size_t field_len,
+                             const char *name)
+{
+    char k[COST_KEY_MAX];
+    cost_key_make(k, field_len, name);
+    long i = cost_ktab_find(t, k, cost_key_hash(k, t->key_size));
+    (void)l;
+    cr_assert_geq(i, 0, "row %s", name);
+    return cost_ktab_val_at(t, (size_t)i);
+}
+
+Test(cost_ledger, two_long_users_sharing_the_shown_prefix_are_two_rows)
+{
+    char a[201], b[201];
+    long_name(a, sizeof a, 'a');
+    long_name(b, sizeof b, 'b');
+    /* a budget for a's whole id (longer than the field); b has the default */
+    struct cost_budget ab = user_b;
+    snprintf(ab.key, sizeof ab.key, "%s", a);
+    ab.limit_pico = COST_PICO_PER_USD / 1000; /* 0.001 USD */
+    cost_budget_build(&ab, (const uint32_t[]){100}, 1);
+    struct cost_budget_set bs = {.user_default = &user_b, .list = &ab, .n = 1};
+    struct cost_ledger l;
+    cr_assert_eq(cost_ledger_init(&l, tab, &bs, NULL), 0);
+    l.on_alert = on_alert;
+    struct cbus_event ea = ev_end("m1", "", NULL, 1000, 0, T0); /* 0.001 USD */
+    set_whole(&ea, ea.user, sizeof ea.user, CBUS_KEY_USER, a);
+    struct cbus_event eb = ev_end("m1", "", NULL, 2000, 0, T0); /* 0.002 USD */
+    eb.event_id = ea.event_id + 1;
+    set_whole(&eb, eb.user, sizeof eb.user, CBUS_KEY_USER, b);
+    cr_assert_eq(memcmp(ea.user, eb.user, sizeof ea.user), 0, "same shown prefix");
+    cost_ledger_apply(&l, &ea);
+    cost_ledger_apply(&l, &eb);
+    cr_assert_eq(l.users.n, 2);
+    cr_assert(row(&l, &l.users, CBUS_USER_LEN, a)->c.cost_pico == COST_PICO_PER_USD / 1000);
+    cr_assert(row(&l, &l.users, CBUS_USER_LEN, b)->c.cost_pico == 2 * COST_PICO_PER_USD / 1000);
+    /* only a's budget was reached: one alert, shown with a's hash, and
+     * its admission key is the shown field */
+    cr_assert_eq(n_alerts, 1);
+    cr_assert_eq(alerts[0].a.kind, COST_ALERT_EXCEEDED);
+    char want[80];
+    snprintf(want, sizeof want, "%.39s\u2026#%08x", a, (unsigned)(cbus_key_hash(a, 200) >> 32));
+    cr_assert_str_eq(alerts[0].key, want);
+    cr_assert(row(&l, &l.users, CBUS_USER_LEN, a)->b.exceeded);
+    cr_assert(!row(&l, &l.users, CBUS_USER_LEN, b)->b.exceeded);
+    cost_ledger_free(&l);
+}
+
+static struct cbus_event ev_group(const char *agent, const char *tenant, uint32_t in, uint64_t ts)
+{
+    struct cbus_event ev = ev_end("m1", "bob", NULL, in, 0, ts);
+    if (agent)
+        set_whole(&ev, ev.agent, sizeof ev.agent, CBUS_KEY_AGENT, agent);
+    if (tenant)
+        set_whole(&ev, ev.tenant, sizeof ev.tenant, CBUS_KEY_TENANT, tenant);
+    return ev;
+}
+
+Test(cost_ledger, totals_and_budgets_per_agent_and_tenant)
+{
+    /* every tenant: 0.005 USD a day; the agent "planner": 0.002 USD */
+    struct cost_budget tb = user_b, pb = user_b;
+    tb.scope = COST_SCOPE_TENANT;
+    tb.limit_pico = 5 * COST_PICO_PER_USD / 1000;
+    cost_budget_build(&tb, NULL, 0);
+    pb.scope = COST_SCOPE_AGENT;
+    snprintf(pb.key, sizeof pb.key, "planner");
+    pb.limit_pico = 2 * COST_PICO_PER_USD / 1000;
+    cost_budget_build(&pb, (const uint32_t[]){100}, 1);
+    struct cost_budget_set bs = {.tenant_default = &tb, .list = &pb, .n = 1};
+    struct cost_ledger l;
+    cr_assert_eq(cost_ledger_init(&l, tab, &bs, NULL), 0);
+    l.on_alert = on_alert;
+    const struct cbus_event evs[] = {
+        ev_group("planner", "team-a", 1000, T0), /* 0.001 each */
+        ev_group("planner", "team-a", 1000, T0), /* planner reaches 0.002 */
+        ev_group("coder", "team-a", 3000, T0),   /* team-a reaches 0.005 */
+        ev_group("coder", "team-b", 1000, T0),
+        ev_group(NULL, NULL, 7000, T0),          /* no agent, no tenant: no row */
+    };
+    for (unsigned i = 0; i < 5; i++) {
+        struct cbus_event e = evs[i];
+        e.event_id = i;
+        cost_ledger_apply(&l, &e);
+    }
+    cr_assert_eq(l.agents.n, 2);
+    cr_assert_eq(l.tenants.n, 2);
+    cr_assert(row(&l, &l.agents, CBUS_AGENT_LEN, "planner")->c.cost_pico ==
+              2 * COST_PICO_PER_USD / 1000);
+    cr_assert(row(&l, &l.agents, CBUS_AGENT_LEN, "coder")->c.cost_pico ==
+              4 * COST_PICO_PER_USD / 1000);
+    cr_assert_eq(row(&l, &l.tenants, CBUS_TENANT_LEN, "team-a")->c.requests, 3);
+    cr_assert(row(&l, &l.tenants, CBUS_TENANT_LEN, "team-b")->c.cost_pico ==
+              COST_PICO_PER_USD / 1000);
+    cr_assert_null(row(&l, &l.agents, CBUS_AGENT_LEN, "coder")->budget);
+    unsigned agent_x = 0, tenant_x = 0;
+    for (unsigned i = 0; i < n_alerts; i++) {
+        if (alerts[i].a.kind != COST_ALERT_EXCEEDED)
+            continue;
+        if (alerts[i].a.scope == COST_SCOPE_AGENT) {
+            cr_assert_str_eq(alerts[i].key, "planner");
+            agent_x++;
+        }
+        if (alerts[i].a.scope == COST_SCOPE_TENANT) {
+            cr_assert_str_eq(alerts[i].key, "team-a");
+            tenant_x++;
+        }
+    }
+    cr_assert_eq(agent_x, 1);
+    cr_assert_eq(tenant_x, 1);
+
+    /* checkpointed: rows, spend and verdict state survive a restart */
+    char dir[] = "/tmp/cost_ledger_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    struct sbuf sb;
+    sbuf_init(&sb);
+    cr_assert_eq(cost_checkpoint_save(&l, 7, T0, path, &sb, 0), 0);
+    struct cost_ledger l2;
+    cr_assert_eq(cost_ledger_init(&l2, tab, &bs, NULL), 0);
+    uint64_t bus_id;
+    char err[256];
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(l2.agents.n, 2);
+    cr_assert_eq(l2.tenants.n, 2);
+    cr_assert(row(&l2, &l2.agents, CBUS_AGENT_LEN, "coder")->c.cost_pico ==
+              4 * COST_PICO_PER_USD / 1000);
+    cr_assert(row(&l2, &l2.tenants, CBUS_TENANT_LEN, "team-a")->b.exceeded);
+    cr_assert_eq(row(&l2, &l2.tenants, CBUS_TENANT_LEN, "team-a")->budget, &tb);
+    cr_assert(row(&l2, &l2.agents, CBUS_AGENT_LEN, "planner")->b.exceeded);
+    unsigned verdicts = 0;
+    cost_ledger_free(&l2);
+    (void)verdicts;
+    sbuf_free(&sb);
+    unlink(path);
+    rmdir(dir);
+    cost_ledger_free(&l);
+}
+
+/* A version 3 checkpoint as the layout 1.x builds wrote it: model keys of
+ * 16 + 64 bytes, user keys of 48, and no agents or tenants. */
+Test(cost_ledger, version_3_checkpoint_of_layout_1_keys_still_loads)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    uint32_t ver = 3, stamp;
+    {
+        /* the stamp of this build's raw structs (unchanged since version 3) */
+        char dir0[] = "/tmp/cost_ledger_XXXXXX";
+        cr_assert_not_null(mkdtemp(dir0));
+        char p0[128];
+        snprintf(p0, sizeof p0, "%s/c.bin", dir0);
+        cr_assert_eq(cost_checkpoint_save(&led, 1, T0, p0, &b, 0), 0);
+        memcpy(&stamp, b.data + 12, 4);
+        unlink(p0);
+        rmdir(dir0);
+        sbuf_reset(&b);
+    }
+    struct cost_counters tot = {0}, uc = {0};
+    tot.requests = uc.requests = 3;
+    tot.cost_pico = uc.cost_pico = 42;
+    struct cost_budget_state gb = {0};
+    struct cost_anomalies an = {0};
+    struct cost_counters zero = {0};
+    uint64_t u64;
+    uint32_t lanes = 1;
+#define PUT(p, n) sbuf_add(&b, (p), (n))
+#define PUT64(v) (u64 = (v), PUT(&u64, 8))
+    PUT("CBUSCOST", 8);
+    PUT(&ver, 4);
+    PUT(&stamp, 4);
+    PUT64(0x77);                  /* bus id */
+    PUT64(3);                     /* cursor */
+    PUT(&lanes, 4);
+    PUT64(3);
+    PUT64(T0);                    /* saved at */
+    PUT64(3);                     /* events */
+    PUT64(0);
+    PUT64(0);                     /* lost, abandoned */
+    PUT64(1);
+    PUT64(1);
+    PUT64(0);                     /* models, users, sessions */
+    PUT(&tot, sizeof tot);
+    const uint32_t nz = 0;
+    for (unsigned h = 0; h < 4; h++) { /* total's and the model overflow's histograms */
+        if (h == 2) {
+            PUT(&gb, sizeof gb);
+            PUT(&an, sizeof an);
+            PUT(&zero, sizeof zero);
+        }
+        cost_u128 sum = 0;
+        PUT64(0);
+        PUT64(0);
+        PUT64(0);
+        PUT(&sum, sizeof sum);
+        PUT(&nz, 4);
+    }
+    PUT(&zero, sizeof zero);      /* user overflow */
+    char mkey[80] = {0}, ukey[48];
+    memcpy(mkey, "acme", 4);
+    memcpy(mkey + 16, "m1", 2);
+    PUT(mkey, 80);
+    PUT(&uc, sizeof uc);
+    for (unsigned h = 0; h < 2; h++) {
+        cost_u128 sum = 0;
+        PUT64(0);
+        PUT64(0);
+        PUT64(0);
+        PUT(&sum, sizeof sum);
+        PUT(&nz, 4);
+    }
+    /* a 47-byte user id: longer than today's 40-byte field */
+    memset(ukey, 'q', 47);
+    ukey[47] = '\0';
+    PUT(ukey, 48);
+    PUT(&uc, sizeof uc);
+    PUT(&gb, sizeof gb);
+    uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)b.data, (uInt)b.len);
+    PUT(&crc, 4);
+#undef PUT
+#undef PUT64
+    char dir[] = "/tmp/cost_ledger_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    FILE *f = fopen(path, "wb");
+    cr_assert_eq(fwrite(b.data, 1, b.len, f), b.len);
+    fclose(f);
+    struct cost_ledger l;
+    init_ledger(&l);
+    uint64_t bus_id;
+    char err[256];
+    cr_assert_eq(cost_checkpoint_load(&l, &bus_id, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(bus_id, 0x77);
+    cr_assert_eq(l.total.requests, 3);
+    cr_assert_eq(l.agents.n, 0);
+    struct cost_model *m = NULL;
+    {
+        struct cost_ledger *keep = &l;
+        char k[COST_MODEL_KEY], pk[CBUS_PROVIDER_LEN + 8], mk[CBUS_MODEL_LEN + 8];
+        cost_key_make(pk, CBUS_PROVIDER_LEN, "acme");
+        cost_key_make(mk, CBUS_MODEL_LEN, "m1");
+        memcpy(k, pk, CBUS_PROVIDER_LEN);
+        memcpy(k + CBUS_PROVIDER_LEN, mk, CBUS_MODEL_LEN);
+        memcpy(k + COST_MODEL_PH, pk + CBUS_PROVIDER_LEN, 8);
+        memcpy(k + COST_MODEL_MH, mk + CBUS_MODEL_LEN, 8);
+        long i = cost_ktab_find(&keep->models, k, cost_key_hash(k, sizeof k));
+        cr_assert_geq(i, 0, "the old model row keeps its identity");
+        m = cost_ktab_val_at(&keep->models, (size_t)i);
+    }
+    cr_assert_eq(m->c.requests, 3);
+    /* the old user is the 47-byte value it was counted as */
+    cr_assert(row(&l, &l.users, CBUS_USER_LEN, ukey)->c.cost_pico == 42);
+    cost_ledger_free(&l);
+    sbuf_free(&b);
+    unlink(path);
+    rmdir(dir);
 }

@@ -261,6 +261,37 @@ static void hostile_event(const char *provider, const char *model, const char *u
     cost_ledger_apply(&led, &ev);
 }
 
+/* Prometheus' own parser must accept b (skipped, or failed under
+ * CBUS_TEST_STRICT=1, when promtool is not installed). */
+static void promtool_ok(const struct sbuf *b)
+{
+    const char *promtool = "/usr/bin/promtool";
+    if (access(promtool, X_OK) != 0) {
+        const char *strict = getenv("CBUS_TEST_STRICT");
+        cr_assert(!(strict && !strcmp(strict, "1")),
+                  "promtool missing (Debian package prometheus; scripts/deps.sh installs it)");
+        cr_skip_test("promtool not installed (Debian package prometheus)");
+    }
+    char path[] = "/tmp/cost_prom_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, b->data, b->len), (ssize_t)b->len);
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "%s check metrics < %s > %s.out 2>&1", promtool, path, path);
+    int st = system(cmd);
+    char out[4096] = "";
+    snprintf(cmd, sizeof cmd, "%s.out", path);
+    FILE *f = fopen(cmd, "r");
+    if (f) {
+        out[fread(out, 1, sizeof out - 1, f)] = '\0';
+        fclose(f);
+    }
+    unlink(cmd);
+    unlink(path);
+    cr_assert_eq(st, 0, "promtool check metrics: %s", out);
+}
+
 Test(cost_outputs, prometheus_labels_with_invalid_utf8_pass_promtool)
 {
     hostile_event("open\xff" "ai", "gpt\\4o\"x\ny\xc3", "eve\xe2\x82\x1b[2J\xed\xa0\x80");
@@ -280,33 +311,8 @@ Test(cost_outputs, prometheus_labels_with_invalid_utf8_pass_promtool)
               "%s", b.data);
 
     /* And a real parser agrees: Prometheus' own promtool. */
-    const char *promtool = "/usr/bin/promtool";
-    if (access(promtool, X_OK) != 0) {
-        const char *strict = getenv("CBUS_TEST_STRICT");
-        cr_assert(!(strict && !strcmp(strict, "1")),
-                  "promtool missing (Debian package prometheus; scripts/deps.sh installs it)");
-        sbuf_free(&b);
-        cr_skip_test("promtool not installed (Debian package prometheus)");
-    }
-    char path[] = "/tmp/cost_prom_XXXXXX";
-    int fd = mkstemp(path);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(write(fd, b.data, b.len), (ssize_t)b.len);
-    close(fd);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "%s check metrics < %s > %s.out 2>&1", promtool, path, path);
-    int st = system(cmd);
-    char out[4096] = "";
-    snprintf(cmd, sizeof cmd, "%s.out", path);
-    FILE *f = fopen(cmd, "r");
-    if (f) {
-        out[fread(out, 1, sizeof out - 1, f)] = '\0';
-        fclose(f);
-    }
-    unlink(cmd);
-    unlink(path);
+    promtool_ok(&b);
     sbuf_free(&b);
-    cr_assert_eq(st, 0, "promtool check metrics: %s", out);
 }
 
 static int connect_loopback(unsigned port)
@@ -377,4 +383,97 @@ Test(cost_outputs, http_scrape_answers_behind_50_idle_and_slowloris_connections,
     setsockopt(hold[49], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     r = recv(hold[49], &x, 1, 0); /* the slowloris one too */
     cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "slowloris connection still open");
+}
+
+/* ---- events v2 (issue 14): cut keys shown apart, agents and tenants ------ */
+
+static void whole_event(uint64_t id, const char *user, const char *agent, const char *tenant)
+{
+    struct cbus_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = CBUS_EV_LLM_END;
+    ev.event_id = id;
+    ev.ts_realtime_ns = T0;
+    snprintf(ev.provider, sizeof ev.provider, "openai");
+    snprintf(ev.model, sizeof ev.model, "gpt-4o");
+    const struct {
+        const char *v;
+        char *f;
+        size_t cap;
+        unsigned k;
+    } f[] = {{user, ev.user, sizeof ev.user, CBUS_KEY_USER},
+             {agent, ev.agent, sizeof ev.agent, CBUS_KEY_AGENT},
+             {tenant, ev.tenant, sizeof ev.tenant, CBUS_KEY_TENANT}};
+    for (unsigned i = 0; i < 3; i++) {
+        size_t n = strlen(f[i].v);
+        memcpy(f[i].f, f[i].v, n < f[i].cap - 1 ? n : f[i].cap - 1);
+        ev.key_hash[f[i].k] = cbus_key_hash(f[i].v, n);
+    }
+    ev.u.usage.input_tokens = 1000; /* 0.0025 USD */
+    ev.u.usage.usage_present = CBUS_USAGE_INPUT;
+    cost_ledger_apply(&led, &ev);
+}
+
+Test(cost_outputs, cut_keys_show_their_hash_and_agents_tenants_are_exported)
+{
+    char a[201], bname[201];
+    memset(a, 'z', 200);
+    a[200] = '\0';
+    memcpy(bname, a, sizeof a);
+    bname[199] = 'y';
+    whole_event(10, a, "planner-agent-with-a-long-slug", "team-a");
+    whole_event(11, bname, "planner-agent-with-a-long-slug", "team-a");
+    whole_event(12, bname, "coder", "team-b");
+    char sa[80], sb[80];
+    snprintf(sa, sizeof sa, "%.39s\u2026#%08x", a, (unsigned)(cbus_key_hash(a, 200) >> 32));
+    snprintf(sb, sizeof sb, "%.39s\u2026#%08x", bname, (unsigned)(cbus_key_hash(bname, 200) >> 32));
+
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cost_render_info ri = info();
+    cost_render_json(&b, &led, &ri);
+    cJSON *root = cJSON_Parse(b.data);
+    cr_assert_not_null(root, "%s", b.data);
+    int seen_a = 0, seen_b = 0;
+    const cJSON *u;
+    cJSON_ArrayForEach(u, cJSON_GetObjectItem(root, "users")) {
+        const char *name = cJSON_GetObjectItem(u, "user")->valuestring;
+        if (!strcmp(name, sa)) {
+            seen_a++;
+            cr_assert_str_eq(cJSON_GetObjectItem(u, "cost_usd")->valuestring, "0.002500000000");
+        }
+        if (!strcmp(name, sb)) {
+            seen_b++;
+            cr_assert_str_eq(cJSON_GetObjectItem(u, "cost_usd")->valuestring, "0.005000000000");
+        }
+    }
+    cr_assert(seen_a == 1 && seen_b == 1, "%s", b.data);
+    const cJSON *agents = cJSON_GetObjectItem(root, "agents");
+    cr_assert_eq(cJSON_GetArraySize(agents), 2, "%s", b.data);
+    char sl[80];
+    const char *slug = "planner-agent-with-a-long-slug";
+    snprintf(sl, sizeof sl, "%.23s\u2026#%08x", slug,
+             (unsigned)(cbus_key_hash(slug, strlen(slug)) >> 32));
+    const cJSON *a0 = cJSON_GetArrayItem(agents, 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(a0, "agent")->valuestring, sl);
+    cr_assert_eq(cJSON_GetObjectItem(a0, "requests")->valuedouble, 2);
+    const cJSON *tenants = cJSON_GetObjectItem(root, "tenants");
+    cr_assert_eq(cJSON_GetArraySize(tenants), 2);
+    const cJSON *t1 = cJSON_GetArrayItem(tenants, 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(t1, "tenant")->valuestring, "team-b");
+    cr_assert_str_eq(cJSON_GetObjectItem(t1, "cost_usd")->valuestring, "0.002500000000");
+    cJSON_Delete(root);
+
+    sbuf_reset(&b);
+    cost_render_prom(&b, &led, &ri);
+    char want[160];
+    snprintf(want, sizeof want, "cbus_cost_user_usd_total{user=\"%s\"} 0.002500000000\n", sa);
+    cr_assert(strstr(b.data, want), "%s", b.data);
+    snprintf(want, sizeof want, "cbus_cost_user_usd_total{user=\"%s\"} 0.005000000000\n", sb);
+    cr_assert(strstr(b.data, want), "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_tenant_usd_total{tenant=\"team-a\"} 0.005000000000\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_agent_requests_total{agent=\"coder\"} 1\n"), "%s", b.data);
+    promtool_ok(&b);
+    sbuf_free(&b);
 }
