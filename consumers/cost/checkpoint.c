@@ -125,6 +125,22 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
             put(b, &e->c, sizeof e->c);
             put(b, &e->b, sizeof e->b);
         }
+    /* version 4: scores, raw rows (their size is checked at load) */
+    const struct cost_scores *sc = &l->scores;
+    uint32_t row_size = (uint32_t)sizeof(struct cost_score);
+    put(b, &row_size, sizeof row_size);
+    put_u64(b, sc->overflow);
+    put_u64(b, sc->bad_type);
+    put_u64(b, sc->rows.n);
+    put_u64(b, sc->cats.n);
+    for (size_t i = 0; i < sc->rows.n; i++) {
+        put(b, cost_ktab_key_at(&sc->rows, i), COST_SCORE_KEY);
+        put(b, cost_ktab_val_at(&sc->rows, i), sizeof(struct cost_score));
+    }
+    for (size_t i = 0; i < sc->cats.n; i++) {
+        put(b, cost_ktab_key_at(&sc->cats, i), COST_SCORE_CAT_KEY);
+        put(b, cost_ktab_val_at(&sc->cats, i), sizeof(uint64_t));
+    }
     if (b->failed)
         return -ENOMEM;
     uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)b->data, (uInt)b->len);
@@ -226,6 +242,50 @@ static void get_old_key(struct rd *r, unsigned char *key, unsigned table)
     size_t field = table == 1 ? CBUS_USER_LEN : CBUS_SESSION_LEN;
     get(r, old, OLD_USER_LEN);
     old_part(key, field, key + field, old, OLD_USER_LEN);
+}
+
+/* The score tables of a version 4 file: 0, or -EPROTO / -EOVERFLOW / -errno
+ * with err set; a short or inconsistent file sets r->bad. */
+static int load_scores(struct rd *r, struct cost_scores *sc, const char *path, char *err,
+                       size_t errlen)
+{
+    uint32_t row_size;
+    get(r, &row_size, sizeof row_size);
+    if (r->bad)
+        return 0;
+    if (row_size != sizeof(struct cost_score)) {
+        snprintf(err, errlen, "%s: score rows of %u bytes (this build: %zu)", path, row_size,
+                 sizeof(struct cost_score));
+        return -EPROTO;
+    }
+    sc->overflow = get_u64(r);
+    sc->bad_type = get_u64(r);
+    uint64_t n[2] = {get_u64(r), get_u64(r)};
+    struct cost_ktab *t[2] = {&sc->rows, &sc->cats};
+    size_t vsz[2] = {sizeof(struct cost_score), sizeof(uint64_t)};
+    for (unsigned k = 0; k < 2 && !r->bad; k++) {
+        if (n[k] > t[k]->max_entries) {
+            snprintf(err, errlen, "%s: holds %llu score rows, more than the maximum %zu", path,
+                     (unsigned long long)n[k], t[k]->max_entries);
+            return -EOVERFLOW;
+        }
+        for (uint64_t i = 0; i < n[k] && !r->bad; i++) {
+            unsigned char key[COST_SCORE_CAT_KEY];
+            get(r, key, t[k]->key_size);
+            uint64_t h = cost_key_hash(key, t[k]->key_size);
+            if (r->bad || cost_ktab_find(t[k], key, h) >= 0) {
+                r->bad = 1;
+                break;
+            }
+            long idx = cost_ktab_insert(t[k], key, h);
+            if (idx < 0) {
+                snprintf(err, errlen, "%s: %s", path, strerror((int)-idx));
+                return (int)idx;
+            }
+            get(r, cost_ktab_val_at(t[k], (size_t)idx), vsz[k]);
+        }
+    }
+    return 0;
 }
 
 static char *read_all(const char *path, size_t *len, int *rc)
@@ -388,6 +448,12 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
                 get(&r, &s->b, sizeof s->b);
             }
         }
+    }
+    if (ver >= 4 && !r.bad) {
+        rc = load_scores(&r, &l->scores, path, err, errlen);
+        if (rc)
+            goto out;
+        rc = -EBADMSG;
     }
     if (r.bad || r.left) {
         snprintf(err, errlen, "%s: truncated or inconsistent checkpoint", path);

@@ -65,6 +65,8 @@ int cost_ledger_init(struct cost_ledger *l, const struct cost_price_table *price
         r = cost_ktab_init(&l->agents, COST_AGENT_KEY, sizeof(struct cost_user), ma);
     if (!r)
         r = cost_ktab_init(&l->tenants, COST_TENANT_KEY, sizeof(struct cost_user), mt);
+    if (!r)
+        r = cost_scores_init(&l->scores, opts && opts->max_scores ? opts->max_scores : 100000);
     if (r) {
         cost_ledger_free(l);
         return r;
@@ -80,6 +82,7 @@ void cost_ledger_free(struct cost_ledger *l)
     cost_ktab_free(&l->sessions);
     cost_ktab_free(&l->agents);
     cost_ktab_free(&l->tenants);
+    cost_scores_free(&l->scores);
 }
 
 /* ---- budgets --------------------------------------------------------------- */
@@ -485,7 +488,7 @@ static inline int accountable(const struct cbus_event *ev)
 
 uint64_t cost_ledger_needed_kinds(void)
 {
-    uint64_t m = 0;
+    uint64_t m = CBUS_KIND_BIT(CBUS_EV_SCORE);
     for (unsigned k = 1; k < CBUS_EV__COUNT; k++)
         if (accountable_kind(k))
             m |= CBUS_KIND_BIT(k);
@@ -517,6 +520,15 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     l->cursor += lp + 1 - l->pos.pos[lane];
     l->pos.pos[lane] = lp + 1;
     l->events++;
+    if (ev->kind == CBUS_EV_SCORE) {
+        /* The name is not a key the producer hashes: its shown bytes are it. */
+        char nk[COST_SCORE_NAME_KEY];
+        cost_key_set(nk, CBUS_NAME_LEN, ev->name, sizeof ev->name);
+        uint64_t nh = cbus_key_hash(nk, strnlen(nk, CBUS_NAME_LEN));
+        memcpy(nk + CBUS_NAME_LEN, &nh, 8);
+        cost_scores_apply(&l->scores, ev, nk, p->mkey, p->has_agent ? p->akey : NULL);
+        return;
+    }
     if (!accountable(ev))
         return;
 
@@ -598,7 +610,7 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
 {
     struct prep p;
-    if (accountable(ev))
+    if (accountable(ev) || ev->kind == CBUS_EV_SCORE)
         prep_keys(&p, ev);
     apply_one(l, ev, &p);
 }

@@ -31,6 +31,7 @@
 #include "ktab.h"
 #include "money.h"
 #include "prices.h"
+#include "scores.h"
 
 enum cost_tok {
     COST_TOK_INPUT,
@@ -147,12 +148,14 @@ struct cost_budget_set {
 struct cost_ledger_opts {
     size_t max_models, max_users, max_sessions;   /* 0 = 10000, 100000, 100000 */
     size_t max_agents, max_tenants;               /* 0 = 10000, 10000 */
+    size_t max_scores;                            /* score rows; 0 = 100000 */
 };
 
 struct cost_ledger {
     const struct cost_price_table *prices;
     struct cost_budget_set budgets;
     struct cost_ktab models, users, sessions, agents, tenants;
+    struct cost_scores scores;         /* score events (scores.h) */
     struct cost_counters total;
     struct cost_latency total_lat;
     struct cost_budget_state global_b;
@@ -187,7 +190,8 @@ void cost_ledger_free(struct cost_ledger *l);
 /* Accounts one event (any kind; only llm_end and llm_error change totals).
  * Events below the cursor were counted already and are skipped. */
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev);
-/* The kinds the ledger counts (CBUS_KIND_BIT mask: LLM ends and errors):
+/* The kinds the ledger counts (CBUS_KIND_BIT mask: LLM ends and errors,
+ * and scores):
  * what the daemon tells producers it cannot do without
  * (cbus_consumer_opts.kinds), so a token flood is dropped, not waited for. */
 uint64_t cost_ledger_needed_kinds(void);

@@ -154,6 +154,182 @@ static int by_cost_desc(const void *a, const void *b)
     return *cx < *cy ? 1 : *cx > *cy ? -1 : 0;
 }
 
+static void model_labels(struct sbuf *b, const char *k);
+static void prom_head(struct sbuf *b, const char *name, const char *type, const char *help);
+
+/* ---- scores ------------------------------------------------------------------ */
+
+static const char *const score_by_name[] = {"name", "model", "agent"};
+
+/* The row's labels or JSON fields after the name: provider/model or agent. */
+static void score_who_json(struct sbuf *b, const char *k)
+{
+    const char *who = cost_score_key_who(k);
+    if (cost_score_key_by(k) == COST_SCORE_BY_MODEL) {
+        sbuf_puts(b, ",\"provider\":");
+        json_key(b, who, CBUS_PROVIDER_LEN, cost_key_whole_hash(who, COST_MODEL_PH));
+        sbuf_puts(b, ",\"model\":");
+        json_key(b, who + CBUS_PROVIDER_LEN, CBUS_MODEL_LEN,
+                 cost_key_whole_hash(who, COST_MODEL_MH));
+    } else if (cost_score_key_by(k) == COST_SCORE_BY_AGENT) {
+        sbuf_puts(b, ",\"agent\":");
+        json_key(b, who, CBUS_AGENT_LEN, cost_key_whole_hash(who, CBUS_AGENT_LEN));
+    }
+}
+
+static void score_labels(struct sbuf *b, const char *k)
+{
+    sbuf_puts(b, "name=\"");
+    prom_key(b, cost_score_key_name(k), CBUS_NAME_LEN,
+             cost_key_whole_hash(cost_score_key_name(k), CBUS_NAME_LEN));
+    sbuf_puts(b, "\"");
+    const char *who = cost_score_key_who(k);
+    if (cost_score_key_by(k) == COST_SCORE_BY_MODEL) {
+        sbuf_puts(b, ",");
+        model_labels(b, who);
+    } else if (cost_score_key_by(k) == COST_SCORE_BY_AGENT) {
+        sbuf_puts(b, ",agent=\"");
+        prom_key(b, who, CBUS_AGENT_LEN, cost_key_whole_hash(who, CBUS_AGENT_LEN));
+        sbuf_puts(b, "\"");
+    }
+}
+
+static void json_scores(struct sbuf *b, const struct cost_scores *sc)
+{
+    sbuf_printf(b, "\"scores_overflow\":%llu,\"scores_bad_type\":%llu,\"scores\":[",
+                (unsigned long long)sc->overflow, (unsigned long long)sc->bad_type);
+    for (size_t i = 0; i < sc->rows.n; i++) {
+        const char *k = cost_ktab_key_at(&sc->rows, i);
+        const struct cost_score *r = cost_ktab_val_at(&sc->rows, i);
+        sbuf_printf(b, "%s{\"name\":", i ? "," : "");
+        json_key(b, cost_score_key_name(k), CBUS_NAME_LEN,
+                 cost_key_whole_hash(cost_score_key_name(k), CBUS_NAME_LEN));
+        sbuf_printf(b, ",\"by\":\"%s\"", score_by_name[cost_score_key_by(k) % 3]);
+        score_who_json(b, k);
+        sbuf_printf(b, ",\"count\":%llu", (unsigned long long)r->count);
+        if (r->numeric) {
+            char mean[64];
+            cost_score_mean(mean, sizeof mean, r);
+            /* The mean as an exact decimal string, like the money. */
+            sbuf_printf(b, ",\"numeric\":{\"count\":%llu,\"out_of_range\":%llu,\"mean\":",
+                        (unsigned long long)r->numeric, (unsigned long long)r->out_of_range);
+            if (strcmp(mean, "null"))
+                sbuf_printf(b, "\"%s\",\"min\":%.17g,\"max\":%.17g", mean, r->min, r->max);
+            else
+                sbuf_puts(b, "null");
+            sbuf_puts(b, ",\"histogram\":[");
+            uint64_t cum = 0;
+            for (unsigned j = 0; j < COST_SCORE_BOUNDS; j++) {
+                cum += r->bucket[j];
+                sbuf_printf(b, "%s{\"le\":%g,\"count\":%llu}", j ? "," : "",
+                            cost_score_bounds[j], (unsigned long long)cum);
+            }
+            sbuf_printf(b, ",{\"le\":\"+Inf\",\"count\":%llu}]}",
+                        (unsigned long long)(cum + r->bucket[COST_SCORE_BOUNDS]));
+        }
+        if (r->boolean)
+            sbuf_printf(b, ",\"boolean\":{\"count\":%llu,\"true\":%llu,\"success_rate\":%.17g}",
+                        (unsigned long long)r->boolean, (unsigned long long)r->trues,
+                        (double)r->trues / (double)r->boolean);
+        if (r->categorical) {
+            sbuf_printf(b, ",\"categorical\":{\"count\":%llu,\"categories\":{",
+                        (unsigned long long)r->categorical);
+            unsigned n = 0;
+            for (size_t c = 0; c < sc->cats.n; c++) {
+                const char *ck = cost_ktab_key_at(&sc->cats, c);
+                if (memcmp(ck, k, COST_SCORE_KEY))
+                    continue;
+                const char *cat = ck + COST_SCORE_KEY;
+                sbuf_puts(b, n++ ? "," : "");
+                sbuf_json_str(b, cat, strnlen(cat, CBUS_PREVIEW_LEN));
+                sbuf_printf(b, ":%llu",
+                            (unsigned long long)*(const uint64_t *)cost_ktab_val_at(&sc->cats, c));
+            }
+            sbuf_puts(b, "}}");
+        }
+        sbuf_puts(b, "}");
+    }
+    sbuf_puts(b, "],");
+}
+
+/* Three families per kind of row (by name, by name and model, by name and
+ * agent), so a sum over one family never counts a score twice. */
+static void prom_scores(struct sbuf *b, const struct cost_scores *sc)
+{
+    static const char *const pre[] = {"cbus_cost_score", "cbus_cost_model_score",
+                                      "cbus_cost_agent_score"};
+    static const char *const per[] = {"", " per model", " per agent"};
+    char name[96], help[160];
+    for (unsigned by = 0; by < 3; by++) {
+        snprintf(name, sizeof name, "%s_value", pre[by]);
+        snprintf(help, sizeof help, "Numeric scores by name%s (exact sum of 1e-9 units).", per[by]);
+        prom_head(b, name, "histogram", help);
+        for (size_t i = 0; i < sc->rows.n; i++) {
+            const char *k = cost_ktab_key_at(&sc->rows, i);
+            const struct cost_score *r = cost_ktab_val_at(&sc->rows, i);
+            if (cost_score_key_by(k) != by || r->numeric == r->out_of_range)
+                continue;
+            struct sbuf lb;
+            sbuf_init(&lb);
+            score_labels(&lb, k);
+            uint64_t cum = 0;
+            for (unsigned j = 0; j < COST_SCORE_BOUNDS; j++) {
+                cum += r->bucket[j];
+                sbuf_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, lb.data,
+                            cost_score_bounds[j], (unsigned long long)cum);
+            }
+            cum += r->bucket[COST_SCORE_BOUNDS];
+            sbuf_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, lb.data,
+                        (unsigned long long)cum);
+            sbuf_printf(b, "%s_sum{%s} %.9f\n", name, lb.data, (double)r->sum_nano / 1e9);
+            sbuf_printf(b, "%s_count{%s} %llu\n", name, lb.data, (unsigned long long)cum);
+            sbuf_free(&lb);
+        }
+        snprintf(name, sizeof name, "%s_boolean_total", pre[by]);
+        snprintf(help, sizeof help, "Boolean scores by name%s and value.", per[by]);
+        prom_head(b, name, "counter", help);
+        for (size_t i = 0; i < sc->rows.n; i++) {
+            const char *k = cost_ktab_key_at(&sc->rows, i);
+            const struct cost_score *r = cost_ktab_val_at(&sc->rows, i);
+            if (cost_score_key_by(k) != by || !r->boolean)
+                continue;
+            for (unsigned v = 0; v < 2; v++) {
+                sbuf_printf(b, "%s{", name);
+                score_labels(b, k);
+                sbuf_printf(b, ",value=\"%s\"} %llu\n", v ? "true" : "false",
+                            (unsigned long long)(v ? r->trues : r->boolean - r->trues));
+            }
+        }
+        snprintf(name, sizeof name, "%s_success_ratio", pre[by]);
+        snprintf(help, sizeof help, "Boolean scores by name%s: the share that are true.", per[by]);
+        prom_head(b, name, "gauge", help);
+        for (size_t i = 0; i < sc->rows.n; i++) {
+            const char *k = cost_ktab_key_at(&sc->rows, i);
+            const struct cost_score *r = cost_ktab_val_at(&sc->rows, i);
+            if (cost_score_key_by(k) != by || !r->boolean)
+                continue;
+            sbuf_printf(b, "%s{", name);
+            score_labels(b, k);
+            sbuf_printf(b, "} %.17g\n", (double)r->trues / (double)r->boolean);
+        }
+        snprintf(name, sizeof name, "%s_category_total", pre[by]);
+        snprintf(help, sizeof help, "Categorical scores by name%s and category.", per[by]);
+        prom_head(b, name, "counter", help);
+        for (size_t c = 0; c < sc->cats.n; c++) {
+            const char *ck = cost_ktab_key_at(&sc->cats, c);
+            if (cost_score_key_by(ck) != by)
+                continue;
+            const char *cat = ck + COST_SCORE_KEY;
+            sbuf_printf(b, "%s{", name);
+            score_labels(b, ck);
+            sbuf_puts(b, ",category=\"");
+            sbuf_prom_label(b, cat, strnlen(cat, CBUS_PREVIEW_LEN));
+            sbuf_printf(b, "\"} %llu\n",
+                        (unsigned long long)*(const uint64_t *)cost_ktab_val_at(&sc->cats, c));
+        }
+    }
+}
+
 /* The agents' or tenants' rows: ],"agents":[{"agent":...}, ... */
 static void json_groups(struct sbuf *b, const char *list, const char *field,
                         const struct cost_ktab *t, size_t field_len, uint64_t now)
@@ -239,7 +415,9 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
     }
     json_groups(b, "agents", "agent", &l->agents, CBUS_AGENT_LEN, now);
     json_groups(b, "tenants", "tenant", &l->tenants, CBUS_TENANT_LEN, now);
-    sbuf_printf(b, "],\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
+    sbuf_puts(b, "],");
+    json_scores(b, &l->scores);
+    sbuf_printf(b, "\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
     size_t ns = l->sessions.n;
     size_t *idx = ns ? malloc(ns * sizeof *idx) : NULL;
     if (idx) {
@@ -425,6 +603,7 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
         prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, COST_HIST_TTFT);
         sbuf_free(&lb);
     }
+    prom_scores(b, &l->scores);
     prom_groups(b, "agent", &l->agents, CBUS_AGENT_LEN);
     prom_groups(b, "tenant", &l->tenants, CBUS_TENANT_LEN);
     if (ri->prom_users) {

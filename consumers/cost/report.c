@@ -91,6 +91,28 @@ static void cell(const char *s, size_t width)
         putchar(' ');
 }
 
+/* A key in a column of width: a key its producer cut ends in "…#" and
+ * eight hex digits (cost_key_show), which stay whole, with as much of the
+ * prefix as fits before them, so two rows of one prefix never look alike. */
+static void key_cell(const char *s, size_t width)
+{
+    static const char mark[] = "\xe2\x80\xa6#"; /* U+2026 then '#' */
+    size_t n = strlen(s);
+    if (n <= width || n < 12 || memcmp(s + n - 12, mark, 4)) {
+        cell(s, width);
+        return;
+    }
+    char pre[512];
+    size_t keep = width - 10; /* the ellipsis is one column, '#' and 8 digits nine */
+    snprintf(pre, sizeof pre, "%.*s", (int)(n - 12 < keep ? n - 12 : keep), s);
+    char b[CBUS_HUMAN_MAX(512)];
+    cbus_human_str(b, keep + 1, pre, sizeof pre);
+    fputs(b, stdout);
+    fputs(s + n - 12, stdout);
+    for (size_t w = strlen(b) + 10; w < width; w++)
+        putchar(' ');
+}
+
 /* A token count, or "-" when absent (null). */
 static void tok(char *out, size_t n, const cJSON *agg, const char *type)
 {
@@ -156,6 +178,46 @@ static void header(const char *first)
            "CACHE_RD", "CACHE_WR", "REASON", "COST_USD");
 }
 
+/* Scores: one line per row (by name, by name and model, by name and agent). */
+static void print_scores(const cJSON *root)
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "scores"), *r;
+    if (!cJSON_GetArraySize(list))
+        return;
+    printf("\n%-32s %-40s %7s  %s\n", "SCORE", "BY", "COUNT", "MEAN / SUCCESS RATE / CATEGORIES");
+    cJSON_ArrayForEach(r, list) {
+        char who[160];
+        const char *by = str(r, "by");
+        if (!strcmp(by, "model"))
+            snprintf(who, sizeof who, "%s/%s", str(r, "provider"), str(r, "model"));
+        else if (!strcmp(by, "agent"))
+            snprintf(who, sizeof who, "agent %s", str(r, "agent"));
+        else
+            snprintf(who, sizeof who, "(all)");
+        key_cell(str(r, "name"), 32);
+        printf(" ");
+        key_cell(who, 40);
+        printf(" %7.0f ", num(r, "count"));
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(r, "numeric");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(r, "boolean");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "categorical");
+        if (cJSON_IsObject(n))
+            printf(" mean %s (n=%.0f)", esc(str(n, "mean")), num(n, "count"));
+        if (cJSON_IsObject(b))
+            printf(" success %.4f (%.0f of %.0f)", num(b, "success_rate"), num(b, "true"),
+                   num(b, "count"));
+        if (cJSON_IsObject(c)) {
+            const cJSON *cat;
+            cJSON_ArrayForEach(cat, cJSON_GetObjectItemCaseSensitive(c, "categories")) {
+                char h[CBUS_HUMAN_MAX(64)];
+                cbus_human_str(h, sizeof h, cat->string, 64);
+                printf(" %s=%.0f", h, cat->valuedouble);
+            }
+        }
+        printf("\n");
+    }
+}
+
 static void print_table(const cJSON *root, long max_sessions, int live)
 {
     if (!live)
@@ -206,11 +268,28 @@ static void print_table(const cJSON *root, long max_sessions, int live)
     const cJSON *u;
     cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(root, "users")) {
         const char *name = str(u, "user");
-        cell(*name ? name : "(none)", 40);
+        key_cell(*name ? name : "(none)", 40);
         print_counts(u);
         print_budget(u);
         printf("\n");
     }
+    static const char *const groups[][3] = {{"agents", "agent", "AGENT"},
+                                            {"tenants", "tenant", "TENANT"}};
+    for (unsigned g = 0; g < 2; g++) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, groups[g][0]);
+        if (!cJSON_GetArraySize(list))
+            continue;
+        printf("\n");
+        header(groups[g][2]);
+        printf("  BUDGET (SPENT/LIMIT)\n");
+        cJSON_ArrayForEach(u, list) {
+            key_cell(str(u, groups[g][1]), 40);
+            print_counts(u);
+            print_budget(u);
+            printf("\n");
+        }
+    }
+    print_scores(root);
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(root, "sessions");
     if (cJSON_GetArraySize(ss) && max_sessions) {
         printf("\n");
@@ -221,7 +300,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
         cJSON_ArrayForEach(s, ss) {
             if (shown++ == max_sessions)
                 break;
-            cell(str(s, "session"), 40);
+            key_cell(str(s, "session"), 40);
             print_counts(s);
             print_budget(s);
             printf("\n");

@@ -1264,7 +1264,11 @@ Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
     cr_assert_eq(cbus_llm_end(p, &a, &u, NULL), 0);
     cr_assert_eq(cbus_llm_end(p, &b, &u, NULL), 0);
     cr_assert_eq(cbus_llm_end(p, &b, &u, NULL), 0);
+    /* scores reach the daemon too (it declares the kind lossless) */
+    cr_assert_eq(cbus_score(p, &b, "fix-quality", CBUS_SCORE_NUMERIC, 0.75, NULL, NULL), 0);
+    cr_assert_eq(cbus_score(p, &b, "fix-quality", CBUS_SCORE_NUMERIC, 0.5, NULL, NULL), 0);
     cr_assert(wait_requests(3, 10000), "%s", log_text(0));
+    cr_assert(wait_num("events", 5, 10000), "%s", log_text(0));
     char sa[80], sb[80];
     snprintf(sa, sizeof sa, "%.39s\u2026#%08x", na, (unsigned)(cbus_key_hash(na, 200) >> 32));
     snprintf(sb, sizeof sb, "%.39s\u2026#%08x", nb, (unsigned)(cbus_key_hash(nb, 200) >> 32));
@@ -1295,7 +1299,17 @@ Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
     const cJSON *a0 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "agents"), 0);
     cr_assert_str_eq(cJSON_GetObjectItem(a0, "agent")->valuestring, "planner");
     cr_assert_eq(cJSON_GetObjectItem(a0, "requests")->valuedouble, 2);
+    const cJSON *sc = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "scores"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(sc, "name")->valuestring, "fix-quality");
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(sc, "numeric"), "mean")->valuestring,
+                     "0.625000000");
     cJSON_Delete(root);
+    /* The report keeps the two users apart too: their hash suffixes stay
+     * whole in the 40-column cell. */
+    const char *rep = report_text();
+    cr_assert(strstr(rep, sa + strlen(sa) - 12) && strstr(rep, sb + strlen(sb) - 12), "%s", rep);
+    cr_assert(strstr(rep, "TENANT") && strstr(rep, "team-a") && strstr(rep, "EXCEEDED"), "%s", rep);
+    cr_assert(strstr(rep, "fix-quality") && strstr(rep, "mean 0.625000000"), "%s", rep);
     cr_assert(wait_log(0, "budget tenant team-a: EXCEEDED", 5000), "%s", log_text(0));
     cr_assert(strstr(log_text(0), "no admission scope for tenants"), "%s", log_text(0));
     kill(pid, SIGTERM);

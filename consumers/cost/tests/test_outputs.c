@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "checkpoint.h"
 #include "ledger.h"
 #include "render.h"
 #include "webhook.h"
@@ -476,4 +477,140 @@ Test(cost_outputs, cut_keys_show_their_hash_and_agents_tenants_are_exported)
     cr_assert(strstr(b.data, "cbus_cost_agent_requests_total{agent=\"coder\"} 1\n"), "%s", b.data);
     promtool_ok(&b);
     sbuf_free(&b);
+}
+
+/* ---- scores (issue 14 item 4): a known set, exact means and rates -------- */
+
+static void score_event(uint64_t id, const char *model, const char *agent, const char *name,
+                        unsigned type, double value, const char *category)
+{
+    struct cbus_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = CBUS_EV_SCORE;
+    ev.event_id = id;
+    ev.ts_realtime_ns = T0;
+    snprintf(ev.provider, sizeof ev.provider, "openai");
+    snprintf(ev.model, sizeof ev.model, "%s", model);
+    if (agent)
+        snprintf(ev.agent, sizeof ev.agent, "%s", agent);
+    snprintf(ev.name, sizeof ev.name, "%s", name);
+    if (category)
+        snprintf(ev.preview, sizeof ev.preview, "%s", category);
+    ev.u.score.type = (uint8_t)type;
+    ev.u.score.value = value;
+    cost_ledger_apply(&led, &ev);
+}
+
+static const cJSON *score_row(const cJSON *root, const char *name, const char *by,
+                              const char *who)
+{
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(root, "scores")) {
+        if (strcmp(cJSON_GetObjectItem(r, "name")->valuestring, name) ||
+            strcmp(cJSON_GetObjectItem(r, "by")->valuestring, by))
+            continue;
+        const cJSON *w = cJSON_GetObjectItem(r, !strcmp(by, "agent") ? "agent" : "model");
+        if (!who || (w && !strcmp(w->valuestring, who)))
+            return r;
+    }
+    cr_assert_fail("no score row %s by %s %s", name, by, who ? who : "");
+    return NULL;
+}
+
+static void check_scores(const struct cost_ledger *l)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    struct cost_render_info ri = info();
+    cost_render_json(&b, l, &ri);
+    cJSON *root = cJSON_Parse(b.data);
+    cr_assert_not_null(root, "%s", b.data);
+    /* quality: 0.5, 0.75, 1 on gpt-4o (by planner) and 0.1, 0.2 on gpt-4o-mini */
+    const cJSON *q = cJSON_GetObjectItem(score_row(root, "quality", "name", NULL), "numeric");
+    cr_assert_eq(cJSON_GetObjectItem(q, "count")->valuedouble, 5);
+    cr_assert_str_eq(cJSON_GetObjectItem(q, "mean")->valuestring, "0.510000000");
+    cr_assert_eq(cJSON_GetObjectItem(q, "min")->valuedouble, 0.1);
+    cr_assert_eq(cJSON_GetObjectItem(q, "max")->valuedouble, 1);
+    const cJSON *h = cJSON_GetObjectItem(q, "histogram");
+    /* le 0.1: one (0.1); le 0.5: three; le 1: five */
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(h, 1), "count")->valuedouble, 1);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(h, 5), "count")->valuedouble, 3);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(h, 10), "count")->valuedouble, 5);
+    q = cJSON_GetObjectItem(score_row(root, "quality", "model", "gpt-4o"), "numeric");
+    cr_assert_str_eq(cJSON_GetObjectItem(q, "mean")->valuestring, "0.750000000");
+    q = cJSON_GetObjectItem(score_row(root, "quality", "model", "gpt-4o-mini"), "numeric");
+    cr_assert_str_eq(cJSON_GetObjectItem(q, "mean")->valuestring, "0.150000000");
+    q = cJSON_GetObjectItem(score_row(root, "quality", "agent", "planner"), "numeric");
+    cr_assert_eq(cJSON_GetObjectItem(q, "count")->valuedouble, 3);
+    cr_assert_str_eq(cJSON_GetObjectItem(q, "mean")->valuestring, "0.750000000");
+    /* fixed: 3 of 4 true */
+    const cJSON *f = cJSON_GetObjectItem(score_row(root, "fixed", "name", NULL), "boolean");
+    cr_assert_eq(cJSON_GetObjectItem(f, "true")->valuedouble, 3);
+    cr_assert_eq(cJSON_GetObjectItem(f, "success_rate")->valuedouble, 0.75);
+    f = cJSON_GetObjectItem(score_row(root, "fixed", "agent", "planner"), "boolean");
+    cr_assert_eq(cJSON_GetObjectItem(f, "success_rate")->valuedouble, 0.5);
+    /* verdict: good twice, bad once */
+    const cJSON *c = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(score_row(root, "verdict", "name", NULL), "categorical"), "categories");
+    cr_assert_eq(cJSON_GetObjectItem(c, "good")->valuedouble, 2);
+    cr_assert_eq(cJSON_GetObjectItem(c, "bad")->valuedouble, 1);
+    cJSON_Delete(root);
+
+    sbuf_reset(&b);
+    cost_render_prom(&b, l, &ri);
+    cr_assert(strstr(b.data, "cbus_cost_score_value_count{name=\"quality\"} 5\n"), "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_score_value_sum{name=\"quality\"} 2.550000000\n"), "%s",
+              b.data);
+    cr_assert(strstr(b.data, "cbus_cost_model_score_value_bucket{name=\"quality\",provider=\"openai\","
+                             "model=\"gpt-4o\",le=\"0.5\"} 1\n"), "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_score_success_ratio{name=\"fixed\"} 0.75\n"), "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_agent_score_boolean_total{name=\"fixed\",agent=\"planner\","
+                             "value=\"false\"} 1\n"), "%s", b.data);
+    cr_assert(strstr(b.data, "cbus_cost_score_category_total{name=\"verdict\",category=\"good\"} 2\n"),
+              "%s", b.data);
+    promtool_ok(&b);
+    sbuf_free(&b);
+}
+
+Test(cost_outputs, scores_aggregate_exactly_per_name_model_and_agent)
+{
+    uint64_t id = 100;
+    score_event(id++, "gpt-4o", "planner", "quality", CBUS_SCORE_NUMERIC, 0.5, NULL);
+    score_event(id++, "gpt-4o", "planner", "quality", CBUS_SCORE_NUMERIC, 0.75, NULL);
+    score_event(id++, "gpt-4o", "planner", "quality", CBUS_SCORE_NUMERIC, 1.0, NULL);
+    score_event(id++, "gpt-4o-mini", NULL, "quality", CBUS_SCORE_NUMERIC, 0.1, NULL);
+    score_event(id++, "gpt-4o-mini", NULL, "quality", CBUS_SCORE_NUMERIC, 0.2, NULL);
+    score_event(id++, "gpt-4o", "planner", "fixed", CBUS_SCORE_BOOLEAN, 1, NULL);
+    score_event(id++, "gpt-4o", "planner", "fixed", CBUS_SCORE_BOOLEAN, 0, NULL);
+    score_event(id++, "gpt-4o", "coder", "fixed", CBUS_SCORE_BOOLEAN, 1, NULL);
+    score_event(id++, "gpt-4o", NULL, "fixed", CBUS_SCORE_BOOLEAN, 1, NULL);
+    score_event(id++, "gpt-4o", NULL, "verdict", CBUS_SCORE_CATEGORICAL, 0, "good");
+    score_event(id++, "gpt-4o", NULL, "verdict", CBUS_SCORE_CATEGORICAL, 0, "bad");
+    score_event(id++, "gpt-4o-mini", NULL, "verdict", CBUS_SCORE_CATEGORICAL, 0, "good");
+    score_event(id++, "gpt-4o", NULL, "quality", 9, 0.5, NULL); /* unknown type: not counted */
+    cr_assert_eq(led.scores.bad_type, 1);
+    cr_assert_eq(led.total.requests, 4, "scores are not calls");
+    cr_assert(cost_ledger_needed_kinds() & CBUS_KIND_BIT(CBUS_EV_SCORE));
+    check_scores(&led);
+
+    /* checkpointed: the same outputs after a save and a load */
+    char dir[] = "/tmp/cost_scores_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    struct sbuf sb;
+    sbuf_init(&sb);
+    cr_assert_eq(cost_checkpoint_save(&led, 1, T0, path, &sb, 0), 0);
+    sbuf_free(&sb);
+    struct cost_budget_set bs = {.user_default = &ub};
+    struct cost_ledger l2;
+    cr_assert_eq(cost_ledger_init(&l2, tab, &bs, NULL), 0);
+    uint64_t bus_id;
+    char err[256];
+    cr_assert_eq(cost_checkpoint_load(&l2, &bus_id, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(l2.scores.rows.n, led.scores.rows.n);
+    check_scores(&l2);
+    cost_ledger_free(&l2);
+    unlink(path);
+    rmdir(dir);
 }
