@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <cbus/layout.h>
+
 #include "cost_config.h"
 #include "daemon.h"
 
@@ -126,4 +128,31 @@ Test(cost_config, periods)
     cr_assert_eq(d, 0);
     cr_assert_eq(cost_parse_period("1h", &d), -EINVAL);
     cr_assert_eq(cost_parse_period("d", &d), -EINVAL);
+}
+
+Test(cost_config, agent_and_tenant_budgets_and_ids_longer_than_the_field)
+{
+    struct cost_config c;
+    char err[512], text[1024], id[201];
+    memset(id, 'u', 200);
+    id[200] = '\0';
+    snprintf(text, sizeof text,
+             "[budget.tenant.*]\nlimit_usd = 100\n[budget.agent.planner]\nlimit_usd = 5\n"
+             "[budget.user.%s]\nlimit_usd = 1\n[state]\nmax_agents = 50\nmax_tenants = 60\n", id);
+    int r = parse(text, err, sizeof err, &c);
+    cr_assert_eq(r, 0, "%s", err);
+    cr_assert_eq(c.n_budgets, 3);
+    cr_assert_eq(c.tenant_default_idx, 0);
+    cr_assert_eq(c.budgets[1].scope, COST_SCOPE_AGENT);
+    cr_assert_eq(c.budgets[1].key_hash, cbus_key_hash("planner", 7));
+    /* a 200-byte id is kept whole and matched by its whole hash */
+    cr_assert_str_eq(c.budgets[2].key, id);
+    cr_assert_eq(c.budgets[2].key_hash, cbus_key_hash(id, 200));
+    cr_assert_eq(c.max_agents, 50);
+    cr_assert_eq(c.max_tenants, 60);
+    cost_config_free(&c);
+    r = parse("[budget.team.a]\nlimit_usd = 1\n", err, sizeof err, &c);
+    cr_assert_neq(r, 0);
+    cr_assert(strstr(err, "budget.tenant.NAME"), "%s", err);
+    cost_config_free(&c);
 }

@@ -412,3 +412,47 @@ Test(ratelimit_daemon, crashed_test_leaves_no_daemon_running, .init = setup, .fi
         test_sleep_ms(10);
     }
 }
+
+/* Issue 14: two 200-byte user names that differ in the last byte (their
+ * shown 39-byte prefixes are equal) through a real bus: the daemon counts
+ * them as two keys, one throttled and the other not. */
+Test(ratelimit_daemon, two_long_users_sharing_a_prefix_are_limited_apart, .init = setup,
+     .fini = teardown)
+{
+    write_file(cfg_path, rules);
+    spawn(NULL, NULL);
+    cbus_bus *b = wait_writer();
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open_bus(&p, b, NULL), 0);
+    char na[201], nb[201];
+    memset(na, 'u', 200);
+    na[200] = '\0';
+    memcpy(na, "user:default/", 13);
+    memcpy(nb, na, sizeof na);
+    na[199] = 'a';
+    nb[199] = 'b';
+    cbus_ctx a, c;
+    cbus_ctx_init(&a);
+    cbus_ctx_set_user(&a, na);
+    cbus_ctx_init(&c);
+    cbus_ctx_set_user(&c, nb);
+    /* a sends 6 (over rpm=5), b one */
+    for (unsigned i = 0; i < 6; i++)
+        cr_assert_eq(cbus_llm_start(p, &a, "hello", NULL), 0);
+    cr_assert_eq(cbus_llm_start(p, &c, "hello", NULL), 0);
+    char ka[160], kb[160];
+    snprintf(ka, sizeof ka, "\"key\":\"user=%.39s\u2026#%08x\",\"rule_line\":4,\"state\":\"throttled\"",
+             na, (unsigned)(cbus_key_hash(na, 200) >> 32));
+    snprintf(kb, sizeof kb, "\"key\":\"user=%.39s\u2026#%08x\",\"rule_line\":4,\"state\":\"ok\"", nb,
+             (unsigned)(cbus_key_hash(nb, 200) >> 32));
+    uint64_t end = test_now_ms() + 5000;
+    const char *st;
+    while (!(st = read_text(status_path)) || !strstr(st, ka) || !strstr(st, kb)) {
+        cr_assert_lt(test_now_ms(), end, "status never showed both keys apart:\n%s\nwant %s\nand %s",
+                     st ? st : "(none)", ka, kb);
+        test_sleep_ms(10);
+    }
+    cr_assert(strstr(st, "\"keys\":2,"), "%s", st);
+    cbus_producer_close(p);
+    cbus_bus_close(b);
+}
