@@ -15,9 +15,10 @@ __extension__ typedef unsigned __int128 rl_u128;
                     CBUS_MODEL_LEN + CBUS_PROVIDER_LEN + CBUS_AGENT_LEN + CBUS_TENANT_LEN)
 
 /* One counter set: a (group, values) tuple under its winning rule.  What an
- * event touches comes first: the decision state fills the first cache line,
- * the counters and a key of up to 40 bytes (a user id) the second, so an
- * event costs two lines per key, both prefetched by rl_feed_batch(). */
+ * event touches comes first: the decision state (64 bytes), the counters,
+ * then the key (a user id with its hash is 32 bytes at offset 96), so an
+ * event touches the entry's first 128 bytes, which span up to three lines
+ * of an entry that is not line-aligned; rl_feed_batch() prefetches them. */
 struct rl_key {
     struct rl_ent hdr;
     uint32_t rule;        /* index of the winning rule */

@@ -86,6 +86,10 @@ int main(int argc, char **argv)
         snprintf(e->user, sizeof e->user, "user-%06u@example.com", u);
         snprintf(e->model, sizeof e->model, "model-%02u", u % 50);
         memcpy(e->provider, "openai", 6);
+        /* The whole values' hashes, as the producer library writes them. */
+        e->key_hash[CBUS_KEY_USER] = cbus_key_hash(e->user, strnlen(e->user, sizeof e->user));
+        e->key_hash[CBUS_KEY_MODEL] = cbus_key_hash(e->model, strnlen(e->model, sizeof e->model));
+        e->key_hash[CBUS_KEY_PROVIDER] = cbus_key_hash("openai", 6);
         e->run_id[0] = (uint8_t)u;
         e->run_id[1] = (uint8_t)(u >> 8);
         e->run_id[2] = (uint8_t)(u >> 16);
