@@ -1481,6 +1481,10 @@ static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, si
         if (rc)
             return rc;
         uint32_t orig = sec[t].cut ? sec[t].orig_len : len;
+        /* A list cut mid-entry gets that entry's NUL back here, one byte
+         * more than the producer kept: still not more than it had. */
+        if (list && orig < len)
+            orig = len;
         if (orig < len)
             return -EBADMSG; /* a cut section is shorter than it was */
         uint8_t *data;

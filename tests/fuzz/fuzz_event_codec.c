@@ -4,14 +4,20 @@
  *
  *   event_json.c   (cbusctl tail --json, cbus-audit cat): the output must
  *                  be one valid JSON object (cJSON parses it, fully);
- *   event_msgpack.c (audit records, msgpack export): within CBUS_EVMP_MAX,
- *                  decodable, and with every redaction mode.
- * Input: 496 bytes of event (short inputs are zero-padded), then a byte
- * choosing the redaction mode. */
+ *   event_msgpack.c (audit records, msgpack export): within CBUS_EVMP_MAX
+ *                  (plus CBUS_EVMP_BODY_MAX of the body), decodable, and
+ *                  with every redaction mode; a kept body's text section
+ *                  comes back byte for byte.
+ * Input: 496 bytes of event (short inputs are zero-padded), a byte choosing
+ * the redaction mode (previews and bodies alike), then the body: arbitrary
+ * bytes, as poll_bodies could hand a consumer from a hostile producer. */
 #include "fuzz.h"
 
+#include "event_body.h"
 #include "event_json.h"
 #include "event_msgpack.h"
+
+#include <stdlib.h>
 
 #include <cjson/cJSON.h>
 
@@ -21,10 +27,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct cbus_event ev;
     fz_bytes(&f, &ev, sizeof ev);
     unsigned mode = fz_u8(&f) % 3;
+    struct cbus_body body = {f.p, (uint32_t)(f.n < 65536 ? f.n : 65536)};
+    const struct cbus_body *bp = body.len ? &body : NULL;
 
     struct sbuf b;
     sbuf_init(&b);
-    cbus_event_json(&b, &ev, NULL);
+    cbus_event_json(&b, &ev, bp);
     if (!b.failed) {
         FZ_CHECK(strlen(b.data) == b.len, "JSON has a NUL inside (%zu vs %zu)", strlen(b.data),
                  b.len);
@@ -37,19 +45,42 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sbuf_free(&b);
 
     static const uint8_t digest[32] = {1, 2, 3};
-    struct cbus_evmp_opts o = {.preview = mode, .preview_sha256 = digest};
-    uint8_t buf[CBUS_EVMP_MAX];
-    int n = cbus_evmp_encode(&ev, NULL, &o, buf, sizeof buf);
-    FZ_CHECK(n > 0 && n <= CBUS_EVMP_MAX, "encode returned %d", n);
+    static const uint8_t body_digests[CBUS_EVMP_BODY_TYPES][32] = {{4}, {5}, {6}, {7}, {8}};
+    struct cbus_evmp_opts o = {.preview = mode, .preview_sha256 = digest, .body = mode,
+                               .body_sha256 = body_digests};
+    size_t cap = CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(body.len);
+    uint8_t *buf = malloc(cap);
+    FZ_CHECK(buf, "out of memory");
+    int n = cbus_evmp_encode(&ev, bp, &o, buf, cap);
+    FZ_CHECK(n > 0 && (size_t)n <= cap, "encode returned %d", n);
     struct cbus_event back;
     size_t used;
-    int r = cbus_evmp_decode(buf, (size_t)n, &back, &used);
+    size_t rcap = CBUS_EVMP_REBUILD_MAX((size_t)n);
+    uint8_t *rebuilt = malloc(rcap);
+    FZ_CHECK(rebuilt, "out of memory");
+    struct cbus_body rb;
+    int r = cbus_evmp_decode_body(buf, (size_t)n, &back, &used, rebuilt, rcap, &rb);
     FZ_CHECK(r == 0 && used == (size_t)n, "own encoding does not decode: %d", r);
     /* The fields the schema carries as written come back as written. */
     FZ_CHECK(back.kind == ev.kind && back.pid == ev.pid && back.event_id == ev.event_id &&
-             back.flags == ev.flags, "header fields changed in the round trip");
+             back.flags == ev.flags && back.body_len == ev.body_len,
+             "header fields changed in the round trip");
     FZ_CHECK(!strncmp(back.model, ev.model, sizeof ev.model), "model changed");
+    FZ_CHECK(!strncmp(back.agent, ev.agent, sizeof ev.agent), "agent changed");
     if (mode == CBUS_EVMP_PREVIEW_KEEP)
         FZ_CHECK(!strncmp(back.preview, ev.preview, sizeof ev.preview), "preview changed");
+    struct cbus_body_parts in, out;
+    cbus_body_parts_of(bp, &in);
+    cbus_body_parts_of(&rb, &out);
+    FZ_CHECK(!out.malformed, "a rebuilt body is malformed");
+    if (mode == CBUS_EVMP_PREVIEW_KEEP) {
+        const struct cbus_body_part *t0 = &in.part[CBUS_BODY_TEXT], *t1 = &out.part[CBUS_BODY_TEXT];
+        FZ_CHECK(!t0->data == !t1->data && t0->len == t1->len &&
+                 (!t0->len || !memcmp(t0->data, t1->data, t0->len)), "text section changed");
+    } else {
+        FZ_CHECK(!out.count, "a redacted body was rebuilt");
+    }
+    free(rebuilt);
+    free(buf);
     return 0;
 }
