@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static struct cbus_event ev;
@@ -277,7 +278,9 @@ Test(cbusctl_event_json, cut_keys_render_their_whole_value_hash)
         cr_assert(str(j, "agent_hash"));
         cr_assert(!has(j, "tenant_hash"), "tenant was not cut: %s", out.data);
         cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "truncated");
-        cr_assert(strstr(cJSON_PrintUnformatted(t), "\"agent\""), "%s", out.data);
+        char *list = cJSON_PrintUnformatted(t);
+        cr_assert(list && strstr(list, "\"agent\""), "%s", out.data);
+        free(list);
         cJSON_Delete(j);
     }
     cr_assert_str_neq(ha[0], ha[1]);
