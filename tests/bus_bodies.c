@@ -20,9 +20,9 @@ static cbus_consumer *c;
 static unsigned char *buf;
 static size_t buflen;
 
-static void open_bus(uint64_t capacity, uint32_t body_limit, unsigned mode)
+static void open_bus_lanes(uint64_t capacity, uint32_t body_limit, unsigned mode, uint32_t lanes)
 {
-    struct cbus_create_opts o = {.capacity = capacity, .body_limit = body_limit};
+    struct cbus_create_opts o = {.capacity = capacity, .body_limit = body_limit, .lanes = lanes};
     len = cbus_bus_size(&o);
     cr_assert_gt(len, 0);
     mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -53,6 +53,11 @@ static void teardown(void)
     bus = NULL;
     mem = NULL;
     buf = NULL;
+}
+
+static void open_bus(uint64_t capacity, uint32_t body_limit, unsigned mode)
+{
+    open_bus_lanes(capacity, body_limit, mode, 1);
 }
 
 TestSuite(bus_bodies, .fini = teardown, .timeout = 120);
@@ -289,7 +294,11 @@ Test(bus_bodies, a_false_body_claim_loses_only_its_event)
 /* Two threads stream events with bodies (a checksum of each body in its
  * payload) while a lossy reader on a small ring is lapped over and over:
  * every body it is handed matches its checksum, and every position is
- * accounted for. */
+ * accounted for.  Two lanes, so each thread is its lane's only writer:
+ * what is tested is a reader being lapped.  (A writer lapped by another
+ * writer of its lane while it writes -- possible only with more threads than
+ * lanes, on a lossy bus, when one is preempted for a whole lap -- is the
+ * known hole in docs/bodies.md and SECURITY.md.) */
 struct writer {
     unsigned id, n;
 };
@@ -320,7 +329,7 @@ static void *body_writer(void *arg)
 
 Test(bus_bodies, a_lapped_reader_never_gets_a_torn_body)
 {
-    open_bus(1024, 0, CBUS_LOSSY);
+    open_bus_lanes(2048, 0, CBUS_LOSSY, 2);
     struct writer w[2] = {{0, 40000}, {1, 40000}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
