@@ -1022,20 +1022,25 @@ Test(export_daemon, lossless_on_four_lanes_sigkill_and_clean_restart_lose_nothin
                      (unsigned long long)cbus_bus_lane_tail(b, L));
 
     cr_assert_eq(emit_on_lanes(LT, LN, LM / LT, 0, uuids, NULL, NULL), 0); /* no exporter runs */
-    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    /* Counted before the exporter starts: it sends at once what is waiting,
+     * and a count taken after its start could already include some of it
+     * (then the wait below never ends, seen under load).  The collector's
+     * total is not compared afterwards either; each new run is counted by
+     * its id below, and the clean stop delivers every one of them. */
     int64_t before = collector_stat(&col, "spans");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
     cr_assert_geq(wait_for(get_collector, &col, "spans", before + LM, 20000), before + LM);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
     cr_assert_eq(exporter_stat(&ex, "export.sent_items"), LM, "the last run sent only the new spans");
-    cr_assert_eq(collector_stat(&col, "spans"), before + LM, "nothing twice after a clean stop");
     cJSON *root = decode();
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     for (int i = 0; i < LN; i++)
         cr_assert_geq(run_complete(spans, uuids[i]), 1, "run %d (%s) lost, or exported without "
                       "its start or end", i, uuids[i]);
     for (int i = LN; i < LN + LM; i++)
-        cr_assert_eq(count_run(spans, uuids[i]), 1, "run %d (%s)", i, uuids[i]);
+        cr_assert_eq(count_run(spans, uuids[i]), 1, "run %d (%s): nothing twice after a clean stop",
+                     i, uuids[i]);
     cJSON_Delete(root);
 }
 
