@@ -64,8 +64,13 @@ static int emit_tag(cbus_producer *p, cbus_ctx *ctx, struct tag t)
 
 static void make_bus(uint32_t lanes, uint64_t capacity, uint64_t lossless_wait_ns)
 {
+    /* A 60 s stall timeout: a writer preempted between its claim and its
+     * mark for the default 2 s (seen under stress-ng and parallel builds)
+     * would have its position skipped as abandoned, and these tests are
+     * about lanes, not about stalls (bus_procs and bus_tail test those). */
     struct cbus_create_opts o = {.capacity = capacity, .lanes = lanes,
-                                 .lossless_wait_ns = lossless_wait_ns};
+                                 .lossless_wait_ns = lossless_wait_ns,
+                                 .stall_timeout_ns = 60000000000u};
     cr_assert_eq(cbus_bus_create(name, &o), 0);
 }
 
