@@ -670,8 +670,15 @@ Test(audit_daemon, disk_full_backs_off_and_resumes_without_loss, .init = setup,
     } else {
         use_rlimit = 1;
     }
-    /* A small ring, so the stuck daemon fills it and producers hit the bound. */
-    test_bus_create(bus, 1024);
+    /* A small ring, so the stuck daemon fills it and producers hit the bound.
+     * The bound is a second, not 1 ms: a daemon that is merely slow (a loaded
+     * machine) must not make the producer drop before the disk is full, or
+     * fewer records than fill the disk are ever written (seen under
+     * stress-ng with two test runs beside it).  Once the daemon is stuck on
+     * the full disk, one wait times out and the rest drop at once. */
+    struct cbus_create_opts bo = {.capacity = 1024, .lossless_wait_ns = 1000000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &bo), 0);
     volatile uint8_t *ok = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     pid_t d = tu_start_daemon(bus, ini, dir, logfile);
     int idx = tu_wait_consumer(bus, "audit", 20000);
