@@ -71,8 +71,16 @@ static int attach(cbus_consumer **c, const struct audit_config *cfg, const struc
 static cbus_consumer *attach_early(const struct audit_config *cfg)
 {
     struct audit_state s;
+    /* Without a state file: the dead entry's cursor (RESUME), but RESUME
+     * with no entry of our name starts at the tail, and a fresh daemon told
+     * to start at the oldest event would then gate producers only from the
+     * tail on while it recovers (and show a cursor at the tail it has not
+     * logged: a test that waited for the cursor saw no records).  Oldest is
+     * at or behind any dead entry's cursor, and the writer skips what the
+     * log already has. */
     struct cbus_consumer_opts o = {.name = cfg->name, .mode = CBUS_LOSSLESS,
-                                   .start = CBUS_START_RESUME};
+                                   .start = cfg->start_oldest ? CBUS_START_OLDEST
+                                                              : CBUS_START_RESUME};
     if (audit_state_load(cfg->dir, cfg->prefix, &s) == 0) {
         o.start = CBUS_START_CURSOR;
         o.position = &s.pos;
