@@ -88,13 +88,11 @@ static void plan_add(struct body_plan *b, uint32_t limit, uint16_t type, const c
 {
     if (!len && !dropped)
         return;
-    uint32_t room = limit > b->total + sizeof(struct cbus_body_section)
-                        ? limit - b->total - (uint32_t)sizeof(struct cbus_body_section)
-                        : 0;
     if (limit < b->total + sizeof(struct cbus_body_section)) {
         b->cut = 1; /* not even its header fits: left out, the event says cut */
         return;
     }
+    uint32_t room = limit - b->total - (uint32_t)sizeof(struct cbus_body_section);
     uint32_t orig = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     uint32_t take = orig < room ? orig : room;
     if (take < orig) {
@@ -112,7 +110,6 @@ static void plan_add(struct body_plan *b, uint32_t limit, uint16_t type, const c
     b->total += (uint32_t)sizeof(struct cbus_body_section) + take;
 }
 
-/* Out of line: a body is the slow, big case; the bodiless emit stays small. */
 /* The request's fields one by one, not its address: handing &rq out of line
  * makes every emit, bodiless or not, build rq in memory (a rep stos and a
  * dozen stores, measured with callgrind). */
@@ -121,10 +118,28 @@ struct body_src {
     size_t preview_len, messages_len, text_len;
 };
 
+/* Out of line: a body is the slow, big case; the bodiless emit stays small. */
 static __attribute__((noinline)) uint32_t plan_body_src(const cbus_producer *p,
                                                         const cbus_ctx *ctx, unsigned kind,
                                                         struct body_src src,
-                                                        struct body_plan *b);
+                                                        struct body_plan *b)
+{
+    uint32_t limit = p->bus->body_limit;
+    b->total = 0;
+    b->cut = 0;
+    b->n = 0;
+    if (carries_context(kind)) {
+        plan_add(b, limit, CBUS_BODY_TAGS, ctx->tags, ctx->tags_len, ctx->tags_dropped);
+        plan_add(b, limit, CBUS_BODY_METADATA, ctx->meta, ctx->meta_len, ctx->meta_dropped);
+    }
+    if (src.messages)
+        plan_add(b, limit, CBUS_BODY_MESSAGES, src.messages, src.messages_len, 0);
+    if (src.text)
+        plan_add(b, limit, CBUS_BODY_TEXT, src.text, src.text_len, 0);
+    else if (src.preview_len >= CBUS_PREVIEW_LEN)
+        plan_add(b, limit, CBUS_BODY_TEXT, src.preview, src.preview_len, 0);
+    return b->total;
+}
 
 static inline uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
                                  const struct emit_req *rq, struct body_plan *b)
@@ -132,34 +147,6 @@ static inline uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
     struct body_src src = {rq->preview, rq->messages, rq->text,
                            rq->preview_len, rq->messages_len, rq->text_len};
     return plan_body_src(p, ctx, rq->kind, src, b);
-}
-
-static __attribute__((noinline)) uint32_t plan_body_src(const cbus_producer *p,
-                                                        const cbus_ctx *ctx, unsigned kind,
-                                                        struct body_src src,
-                                                        struct body_plan *b)
-{
-    struct {
-        unsigned kind;
-        const char *preview, *messages, *text;
-        size_t preview_len, messages_len, text_len;
-    } r = {kind, src.preview, src.messages, src.text, src.preview_len, src.messages_len,
-           src.text_len}, *rq = &r;
-    uint32_t limit = p->bus->body_limit;
-    b->total = 0;
-    b->cut = 0;
-    b->n = 0;
-    if (carries_context(rq->kind)) {
-        plan_add(b, limit, CBUS_BODY_TAGS, ctx->tags, ctx->tags_len, ctx->tags_dropped);
-        plan_add(b, limit, CBUS_BODY_METADATA, ctx->meta, ctx->meta_len, ctx->meta_dropped);
-    }
-    if (rq->messages)
-        plan_add(b, limit, CBUS_BODY_MESSAGES, rq->messages, rq->messages_len, 0);
-    if (rq->text)
-        plan_add(b, limit, CBUS_BODY_TEXT, rq->text, rq->text_len, 0);
-    else if (rq->preview_len >= CBUS_PREVIEW_LEN)
-        plan_add(b, limit, CBUS_BODY_TEXT, rq->preview, rq->preview_len, 0);
-    return b->total;
 }
 
 /* Does this event need a body?  Cheap, inline: a text that fits the preview

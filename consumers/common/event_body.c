@@ -72,3 +72,12 @@ int cbus_score_type_from_name(const char *s, size_t n)
             return (int)t;
     return -1;
 }
+
+const struct cbus_cut_key cbus_cut_keys[CBUS_KEY__COUNT] = {
+    {CBUS_TRUNC_PROVIDER, CBUS_KEY_PROVIDER, "provider_hash"},
+    {CBUS_TRUNC_MODEL, CBUS_KEY_MODEL, "model_hash"},
+    {CBUS_TRUNC_USER, CBUS_KEY_USER, "user_hash"},
+    {CBUS_TRUNC_SESSION, CBUS_KEY_SESSION, "session_hash"},
+    {CBUS_TRUNC_AGENT, CBUS_KEY_AGENT, "agent_hash"},
+    {CBUS_TRUNC_TENANT, CBUS_KEY_TENANT, "tenant_hash"},
+};

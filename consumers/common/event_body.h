@@ -29,6 +29,16 @@ struct cbus_body_parts {
     int malformed;      /* a section did not fit: the parts before it are kept */
 };
 
+/* The keys a renderer shows the whole-value hash of when they were cut
+ * ("user_hash": key_hash[CBUS_KEY_USER] with CBUS_TRUNC_USER), in key order:
+ * one table for the JSON and msgpack renderings. */
+struct cbus_cut_key {
+    unsigned bit;       /* CBUS_TRUNC_* */
+    unsigned key;       /* enum cbus_key */
+    const char *name;   /* "user_hash" */
+};
+extern const struct cbus_cut_key cbus_cut_keys[CBUS_KEY__COUNT];
+
 /* Fills *out from body (NULL or empty: no parts).  Returns the count. */
 int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out);
 

@@ -109,21 +109,10 @@ static void usage(struct sbuf *b, const struct cbus_usage *u)
  * keys apart (two 200-byte user names that differ in the last byte). */
 static void key_hashes(struct sbuf *b, const struct cbus_event *ev)
 {
-    static const struct {
-        unsigned bit;
-        unsigned key;
-        const char *name;
-    } keys[] = {
-        {CBUS_TRUNC_PROVIDER, CBUS_KEY_PROVIDER, "provider_hash"},
-        {CBUS_TRUNC_MODEL, CBUS_KEY_MODEL, "model_hash"},
-        {CBUS_TRUNC_USER, CBUS_KEY_USER, "user_hash"},
-        {CBUS_TRUNC_SESSION, CBUS_KEY_SESSION, "session_hash"},
-        {CBUS_TRUNC_AGENT, CBUS_KEY_AGENT, "agent_hash"},
-        {CBUS_TRUNC_TENANT, CBUS_KEY_TENANT, "tenant_hash"},
-    };
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (ev->flags & keys[i].bit)
-            sbuf_printf(b, ",\"%s\":\"%016" PRIx64 "\"", keys[i].name, ev->key_hash[keys[i].key]);
+    for (size_t i = 0; i < CBUS_KEY__COUNT; i++)
+        if (ev->flags & cbus_cut_keys[i].bit)
+            sbuf_printf(b, ",\"%s\":\"%016" PRIx64 "\"", cbus_cut_keys[i].name,
+                        ev->key_hash[cbus_cut_keys[i].key]);
 }
 
 static void score(struct sbuf *b, const struct cbus_event *ev)

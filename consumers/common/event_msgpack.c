@@ -419,20 +419,6 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
     }
 }
 
-/* The cut keys' whole-value hashes ("user_hash": uint), in key order. */
-static const struct {
-    unsigned bit;
-    unsigned key;
-    const char *name;
-} cut_keys[] = {
-    {CBUS_TRUNC_PROVIDER, CBUS_KEY_PROVIDER, "provider_hash"},
-    {CBUS_TRUNC_MODEL, CBUS_KEY_MODEL, "model_hash"},
-    {CBUS_TRUNC_USER, CBUS_KEY_USER, "user_hash"},
-    {CBUS_TRUNC_SESSION, CBUS_KEY_SESSION, "session_hash"},
-    {CBUS_TRUNC_AGENT, CBUS_KEY_AGENT, "agent_hash"},
-    {CBUS_TRUNC_TENANT, CBUS_KEY_TENANT, "tenant_hash"},
-};
-#define N_CUT_KEYS (sizeof cut_keys / sizeof cut_keys[0])
 
 /* ---- body ----------------------------------------------------------------------
  * "body": a map of the sections the body has, in type order: text and
@@ -558,8 +544,8 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
     if (len_preview && pmode != CBUS_EVMP_PREVIEW_DROP)
         n++;
     n += kind_entries(ev);
-    for (size_t i = 0; i < N_CUT_KEYS; i++)
-        n += (ev->flags & cut_keys[i].bit) != 0;
+    for (size_t i = 0; i < CBUS_KEY__COUNT; i++)
+        n += (ev->flags & cbus_cut_keys[i].bit) != 0;
     n += ev->body_len != 0;
     n += bp.count != 0;
 
@@ -613,10 +599,10 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
             mp_hex(&w, opts->preview_sha256, 32);
         }
     }
-    for (size_t i = 0; i < N_CUT_KEYS; i++)
-        if (ev->flags & cut_keys[i].bit) {
-            mp_str(&w, cut_keys[i].name, (uint32_t)strlen(cut_keys[i].name));
-            mp_uint(&w, ev->key_hash[cut_keys[i].key]);
+    for (size_t i = 0; i < CBUS_KEY__COUNT; i++)
+        if (ev->flags & cbus_cut_keys[i].bit) {
+            mp_str(&w, cbus_cut_keys[i].name, (uint32_t)strlen(cbus_cut_keys[i].name));
+            mp_uint(&w, ev->key_hash[cbus_cut_keys[i].key]);
         }
     if (ev->body_len) {
         KEY(&w, "body_len");
@@ -1250,9 +1236,9 @@ struct decode_state {
 /* enum cbus_key of "<key>_hash", or -1. */
 static int hash_key(const char *k, uint32_t kl)
 {
-    for (size_t i = 0; i < N_CUT_KEYS; i++)
-        if (key_is(k, kl, cut_keys[i].name))
-            return (int)cut_keys[i].key;
+    for (size_t i = 0; i < CBUS_KEY__COUNT; i++)
+        if (key_is(k, kl, cbus_cut_keys[i].name))
+            return (int)cbus_cut_keys[i].key;
     return -1;
 }
 
@@ -1525,9 +1511,9 @@ int cbus_evmp_decode_body(const uint8_t *buf, size_t len, struct cbus_event *ev,
     }
     /* key_hash[]: a cut key's from its "<key>_hash" entry, every other one
      * from the field (which holds the whole value). */
-    for (size_t i = 0; i < N_CUT_KEYS; i++) {
-        unsigned k = cut_keys[i].key;
-        if ((ev->flags & cut_keys[i].bit) && (st.have_hash & (1u << k)))
+    for (size_t i = 0; i < CBUS_KEY__COUNT; i++) {
+        unsigned k = cbus_cut_keys[i].key;
+        if ((ev->flags & cbus_cut_keys[i].bit) && (st.have_hash & (1u << k)))
             ev->key_hash[k] = st.hash[k];
         else
             ev->key_hash[k] = key_field_hash(ev, k);
