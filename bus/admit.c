@@ -17,14 +17,40 @@
 #include <unistd.h>
 
 
+/* The table hash of a key: the whole value's cbus_key_hash() mixed with the
+ * scope (a splitmix64 finalizer, so the low bits the table indexes by depend
+ * on every bit).  Hashing the whole value, not the field it is shown in, keeps
+ * two users that share a cut prefix apart (issue 14). */
+CBUS_API uint64_t cbus_admit_hash(unsigned scope, uint64_t key_hash)
+{
+    uint64_t z = key_hash ^ ((uint64_t)(scope + 1) * UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
 CBUS_API uint64_t cbus_admit_key_hash(unsigned scope, const char *key)
 {
-    uint64_t h = UINT64_C(14695981039346656037);
-    h = (h ^ (uint8_t)scope) * UINT64_C(1099511628211);
-    if (key)
-        for (const unsigned char *k = (const unsigned char *)key; *k; k++)
-            h = (h ^ *k) * UINT64_C(1099511628211);
-    return h ? h : 1;
+    return cbus_admit_hash(scope, key ? cbus_key_hash(key, strlen(key)) : 0);
+}
+
+/* What cbusctl shows for an entry: the value if it fits whole, else its
+ * shown prefix (cut at a UTF-8 boundary) and the whole value's hash, as the
+ * daemons show cut keys ("prefix\u2026#1a2b3c4d"). */
+static void entry_display(char out[CBUS_ADMIT_KEY_LEN], const char *display, uint64_t key_hash)
+{
+    memset(out, 0, CBUS_ADMIT_KEY_LEN);
+    size_t n = display ? strnlen(display, 4096) : 0;
+    if (n && n < CBUS_ADMIT_KEY_LEN && cbus_key_hash(display, n) == key_hash) {
+        memcpy(out, display, n);
+        return;
+    }
+    size_t keep = n < CBUS_ADMIT_KEY_LEN - 13 ? n : CBUS_ADMIT_KEY_LEN - 13;
+    while (keep && ((unsigned char)display[keep] & 0xc0) == 0x80)
+        keep--;
+    snprintf(out, CBUS_ADMIT_KEY_LEN, "%.*s\u2026#%08x", (int)keep, keep ? display : "",
+             (unsigned)(key_hash >> 32));
 }
 
 static uint64_t bus_now(cbus_bus *bus)
@@ -119,11 +145,21 @@ CBUS_API void cbus_admit_writer_release(cbus_bus *bus, unsigned writer)
 CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope, const char *key,
                                 unsigned verdict, uint64_t until_ns)
 {
+    if (!key || !*key)
+        return -EINVAL;
+    return cbus_admit_publish_hash(bus, writer, scope, cbus_key_hash(key, strlen(key)), key,
+                                   verdict, until_ns);
+}
+
+CBUS_API int cbus_admit_publish_hash(cbus_bus *bus, unsigned writer, unsigned scope,
+                                     uint64_t key_hash, const char *display, unsigned verdict,
+                                     uint64_t until_ns)
+{
     if (!bus || bus->readonly || writer >= CBUS_ADMIT_MAX_WRITERS || scope >= CBUS_SCOPE__COUNT ||
-        !key || !*key || verdict > CBUS_BUDGET_EXCEEDED ||
+        !key_hash || verdict > CBUS_BUDGET_EXCEEDED ||
         !atomic_load_explicit(&bus->awriters[writer].in_use, memory_order_acquire))
         return -EINVAL;
-    uint64_t h = cbus_admit_key_hash(scope, key);
+    uint64_t h = cbus_admit_hash(scope, key_hash);
     uint32_t word = CBUS_ADMIT_WORD(verdict, scope, writer);
     int64_t reusable = -1;
     for (uint32_t probe = 0; probe < CBUS__ADMIT_MAX_PROBE; probe++) {
@@ -148,8 +184,7 @@ CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope, 
             /* Claim: fill in the verdict before the key becomes visible, so
              * a reader that matches the hash never sees a stale verdict. */
             entry_write(e, word, until_ns);
-            memset(e->key, 0, sizeof e->key);
-            snprintf(e->key, sizeof e->key, "%s", key);
+            entry_display(e->key, display, key_hash);
             if (atomic_compare_exchange_strong_explicit(&e->key_hash, &expect, h,
                                                         memory_order_acq_rel,
                                                         memory_order_acquire))
@@ -173,9 +208,22 @@ CBUS_API int cbus_admit_publish(cbus_bus *bus, unsigned writer, unsigned scope, 
     atomic_store_explicit(&e->key_hash, h, memory_order_relaxed);
     atomic_store_explicit(&e->word, word, memory_order_relaxed);
     atomic_store_explicit(&e->until_ns, until_ns, memory_order_relaxed);
-    memset(e->key, 0, sizeof e->key);
-    snprintf(e->key, sizeof e->key, "%s", key);
+    entry_display(e->key, display, key_hash);
     atomic_store_explicit(&e->seq, s + 2, memory_order_release);
+    return 0;
+}
+
+CBUS_API int cbus_admit_clear_at(cbus_bus *bus, unsigned writer, unsigned i)
+{
+    if (!bus || bus->readonly || writer >= CBUS_ADMIT_MAX_WRITERS || i > bus->amask ||
+        !atomic_load_explicit(&bus->awriters[writer].in_use, memory_order_acquire))
+        return -EINVAL;
+    struct cbus_admit_entry *e = &bus->aentries[i];
+    uint32_t w = atomic_load_explicit(&e->word, memory_order_relaxed);
+    if (!atomic_load_explicit(&e->key_hash, memory_order_relaxed) || (w >> 16) != writer)
+        return -ENOENT;
+    if ((w & 0xff) != CBUS_ALLOW)
+        entry_write(e, CBUS_ADMIT_WORD(CBUS_ALLOW, (w >> 8) & 0xff, writer), 0);
     return 0;
 }
 

@@ -731,10 +731,13 @@ static int set_key(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int s
     size_t len = value ? strlen(value) : 0;
     if (value)
         put_str(field, cap, value, len, &ctx->tmpl.flags, trunc);
+    uint64_t whole = cbus_key_hash(value, len);
     if (key >= 0)
-        ctx->tmpl.key_hash[key] = cbus_key_hash(value, len);
+        ctx->tmpl.key_hash[key] = whole;
+    /* By the whole value, as the deciding consumers publish (the event's
+     * key_hash[]): two users that share the field's prefix stay apart. */
     if (scope >= 0)
-        ctx->admit_hash[scope] = field[0] ? cbus_admit_key_hash((unsigned)scope, field) : 0;
+        ctx->admit_hash[scope] = whole ? cbus_admit_hash((unsigned)scope, whole) : 0;
     return 0;
 }
 
@@ -764,14 +767,14 @@ CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *v)
 
 CBUS_API int cbus_ctx_set_agent(cbus_ctx *ctx, const char *v)
 {
-    return set_key(ctx, ctx ? ctx->tmpl.agent : NULL, CBUS_AGENT_LEN, CBUS_TRUNC_AGENT, -1,
-                   CBUS_KEY_AGENT, v);
+    return set_key(ctx, ctx ? ctx->tmpl.agent : NULL, CBUS_AGENT_LEN, CBUS_TRUNC_AGENT,
+                   CBUS_SCOPE_AGENT, CBUS_KEY_AGENT, v);
 }
 
 CBUS_API int cbus_ctx_set_tenant(cbus_ctx *ctx, const char *v)
 {
-    return set_key(ctx, ctx ? ctx->tmpl.tenant : NULL, CBUS_TENANT_LEN, CBUS_TRUNC_TENANT, -1,
-                   CBUS_KEY_TENANT, v);
+    return set_key(ctx, ctx ? ctx->tmpl.tenant : NULL, CBUS_TENANT_LEN, CBUS_TRUNC_TENANT,
+                   CBUS_SCOPE_TENANT, CBUS_KEY_TENANT, v);
 }
 
 /* Appends n strings (each with its NUL) to area, or -E2BIG and counts. */

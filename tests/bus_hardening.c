@@ -642,6 +642,98 @@ static void rm_rf(const char *dir)
     (void)r;
 }
 
+/* ---- admission keys are whole values (issue 14) --------------------------- */
+
+Test(bus_hardening, admission_verdicts_are_keyed_by_the_whole_value)
+{
+    /* Two 200-byte users that share everything the event's user field
+     * holds: a verdict for one must not stop the other, whether published
+     * by the whole value or by the field and the event's key_hash. */
+    struct cbus_create_opts o = {.capacity = 1024, .admission_entries = 64};
+    size_t len = cbus_bus_size(&o);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(mem, MAP_FAILED);
+    cr_assert_eq(cbus_bus_format(mem, len, "admitkeys", &o), 0);
+    cbus_bus *bus;
+    cr_assert_eq(cbus_bus_open_mem(&bus, mem, len), 0);
+    unsigned w;
+    cr_assert_eq(cbus_admit_writer_register(bus, "rl", &w), 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open_bus(&p, bus, NULL), 0);
+    char a[201], b[201], shown[CBUS_USER_LEN + 1];
+    memset(a, 'u', 200);
+    a[200] = '\0';
+    memcpy(a, "user:default/", 13);
+    memcpy(b, a, sizeof a);
+    a[199] = 'a';
+    b[199] = 'b';
+    cbus_ctx ca, cb;
+    ctx_for_user(&ca, a);
+    ctx_for_user(&cb, b);
+    cr_assert_eq(cbus_admit(p, &ca, NULL), CBUS_ALLOW);
+
+    /* by the whole value */
+    cr_assert_eq(cbus_admit_publish(bus, w, CBUS_SCOPE_USER, a, CBUS_THROTTLED, 0), 0);
+    cr_assert_eq(cbus_admit(p, &ca, NULL), CBUS_THROTTLED);
+    cr_assert_eq(cbus_admit(p, &cb, NULL), CBUS_ALLOW);
+    cr_assert_eq(cbus_admit_publish(bus, w, CBUS_SCOPE_USER, a, CBUS_ALLOW, 0), 0);
+    cr_assert_eq(cbus_admit(p, &ca, NULL), CBUS_ALLOW);
+
+    /* by the field a consumer sees and the event's whole-value hash */
+    struct cbus_event ev;
+    memset(&ev, 0, sizeof ev);
+    memcpy(&ev, &ca.tmpl, sizeof ev);
+    cr_assert(ev.flags & CBUS_TRUNC_USER);
+    snprintf(shown, sizeof shown, "%.*s", (int)strnlen(ev.user, sizeof ev.user), ev.user);
+    cr_assert_eq(cbus_admit_publish_hash(bus, w, CBUS_SCOPE_USER, ev.key_hash[CBUS_KEY_USER],
+                                         shown, CBUS_BUDGET_EXCEEDED, 0), 0);
+    cr_assert_eq(cbus_admit(p, &cb, NULL), CBUS_ALLOW, "b shares a's field, not its value");
+    cr_assert_eq(cbus_admit(p, &ca, NULL), CBUS_BUDGET_EXCEEDED);
+    /* what cbusctl shows: the cut field's prefix and the whole hash */
+    struct cbus_admit_entry *e = entry_of(bus, CBUS_SCOPE_USER, a);
+    char want[64];
+    snprintf(want, sizeof want, "\u2026#%08x", (unsigned)(cbus_key_hash(a, 200) >> 32));
+    cr_assert(strncmp(e->key, "user:default/", 13) == 0 && strstr(e->key, want), "%.40s", e->key);
+    cr_assert_lt(strnlen(e->key, sizeof e->key), sizeof e->key, "shown key is NUL-terminated");
+
+    /* agent and tenant are scopes too */
+    cbus_ctx ct;
+    cbus_ctx_init(&ct);
+    cbus_ctx_set_tenant(&ct, "team-a");
+    cbus_ctx_set_agent(&ct, "planner");
+    cr_assert_eq(cbus_admit_publish(bus, w, CBUS_SCOPE_TENANT, "team-a", CBUS_BUDGET_EXCEEDED, 0), 0);
+    cr_assert_eq(cbus_admit(p, &ct, NULL), CBUS_BUDGET_EXCEEDED);
+    cbus_ctx_set_tenant(&ct, "team-b");
+    cr_assert_eq(cbus_admit(p, &ct, NULL), CBUS_ALLOW);
+    cr_assert_eq(cbus_admit_publish(bus, w, CBUS_SCOPE_AGENT, "planner", CBUS_THROTTLED, 0), 0);
+    cr_assert_eq(cbus_admit(p, &ct, NULL), CBUS_THROTTLED);
+
+    /* a restarted writer clears its entries by index, without their keys */
+    unsigned cleared = 0, n = cbus_bus_header(bus)->admission_entries;
+    for (unsigned i = 0; i < n; i++)
+        if (cbus_admit_clear_at(bus, w, i) == 0)
+            cleared++;
+    cr_assert_geq(cleared, 3);
+    cr_assert_eq(cbus_admit(p, &ca, NULL), CBUS_ALLOW);
+    cr_assert_eq(cbus_admit(p, &ct, NULL), CBUS_ALLOW);
+
+    /* bad arguments */
+    cr_assert_eq(cbus_admit_publish_hash(bus, w, CBUS_SCOPE_USER, 0, "x", CBUS_THROTTLED, 0), -EINVAL);
+    cr_assert_eq(cbus_admit_publish_hash(bus, w, CBUS_SCOPE__COUNT, 1, "x", CBUS_THROTTLED, 0),
+                 -EINVAL);
+    cr_assert_eq(cbus_admit_publish_hash(bus, w + 1, CBUS_SCOPE_USER, 1, "x", CBUS_THROTTLED, 0),
+                 -EINVAL);
+    cr_assert_eq(cbus_admit_clear_at(bus, w, n), -EINVAL);
+    cr_assert_eq(cbus_admit_clear_at(NULL, w, 0), -EINVAL);
+    /* a display of NULL is shown as the hash alone */
+    cr_assert_eq(cbus_admit_publish_hash(bus, w, CBUS_SCOPE_SESSION, 42, NULL, CBUS_THROTTLED, 0), 0);
+
+    cbus_producer_close(p);
+    cbus_admit_writer_release(bus, w);
+    cbus_bus_close(bus);
+    munmap(mem, len);
+}
+
 Test(bus_hardening, exporter_secret_stays_out_of_logs_argv_status_spool_and_cbusctl, .timeout = 90)
 {
     char exporter[512], cbusctl[512];

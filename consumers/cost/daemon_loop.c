@@ -81,6 +81,8 @@ static int admit_scope(unsigned scope)
     case COST_SCOPE_GLOBAL: return CBUS_SCOPE_GLOBAL;
     case COST_SCOPE_USER: return CBUS_SCOPE_USER;
     case COST_SCOPE_SESSION: return CBUS_SCOPE_SESSION;
+    case COST_SCOPE_AGENT: return CBUS_SCOPE_AGENT;
+    case COST_SCOPE_TENANT: return CBUS_SCOPE_TENANT;
     default: return -1;
     }
 }
@@ -96,15 +98,16 @@ static uint64_t verdict_until(const struct cost_budget *b, uint64_t period_end_d
     return cbus_now_ns() + left;
 }
 
-static void publish_verdict(struct daemon *d, unsigned scope, const char *key, unsigned verdict,
-                            uint64_t until)
+static void publish_verdict(struct daemon *d, unsigned scope, const char *key, uint64_t key_hash,
+                            unsigned verdict, uint64_t until)
 {
     int as = admit_scope(scope);
     if (!d->have_writer || as < 0)
         return;
-    /* key is the shown field, as producers hash it (producer/admit.c): two
-     * values that share a cut prefix share this verdict (docs/cost.md). */
-    int r = cbus_admit_publish(d->bus, d->writer, (unsigned)as, key, verdict, until);
+    /* Keyed by the whole value's hash, as producers look it up
+     * (producer/emit.c set_key); key, the shown field, is for display. */
+    int r = cbus_admit_publish_hash(d->bus, d->writer, (unsigned)as, key_hash, key, verdict,
+                                    until);
     if (r) {
         char k[CBUS_HUMAN_MAX(64)];
         cbus_human_str(k, sizeof k, key, 64);
@@ -152,13 +155,13 @@ static void on_alert(void *arg, const struct cost_alert *a)
             cbus_log_warn("budget %s %s: EXCEEDED: spent %s of %s USD (period %s from %s); "
                           "admission verdict published until %s", scope, key, spent, limit,
                           period, start, end);
-        publish_verdict(d, a->scope, a->admit_key, CBUS_BUDGET_EXCEEDED,
+        publish_verdict(d, a->scope, a->admit_key, a->admit_hash, CBUS_BUDGET_EXCEEDED,
                         verdict_until(a->budget, a->period_end_day));
         break;
     case COST_ALERT_RESET:
         cbus_log_info("budget %s %s: new period, verdict cleared (previous period spent %s USD)",
                       scope, key, spent);
-        publish_verdict(d, a->scope, a->admit_key, CBUS_ALLOW, 0);
+        publish_verdict(d, a->scope, a->admit_key, a->admit_hash, CBUS_ALLOW, 0);
         break;
     }
     d->alerts++;
@@ -189,11 +192,12 @@ static void on_unpriced(void *arg, const char *provider, const char *model, cons
                   pv, *pv ? "/" : "", md, why);
 }
 
-static void republish(void *arg, unsigned scope, const char *key,
+static void republish(void *arg, unsigned scope, const char *key, uint64_t key_hash,
                       const struct cost_budget_state *st, const struct cost_budget *b)
 {
     struct daemon *d = arg;
-    publish_verdict(d, scope, key, CBUS_BUDGET_EXCEEDED, verdict_until(b, st->period_end_day));
+    publish_verdict(d, scope, key, key_hash, CBUS_BUDGET_EXCEEDED,
+                    verdict_until(b, st->period_end_day));
 }
 
 /* After a restart the admission table may still hold verdicts this writer
@@ -208,12 +212,7 @@ static void reconcile_verdicts(struct daemon *d)
         uint32_t w = atomic_load_explicit(&e->word, memory_order_acquire);
         if ((w >> 16) != d->writer || (w & 0xff) != CBUS_BUDGET_EXCEEDED)
             continue;
-        unsigned scope = (w >> 8) & 0xff;
-        char key[CBUS_ADMIT_KEY_LEN + 1];
-        memcpy(key, e->key, CBUS_ADMIT_KEY_LEN);
-        key[CBUS_ADMIT_KEY_LEN] = '\0';
-        if (key[0])
-            cbus_admit_publish(d->bus, d->writer, scope, key, CBUS_ALLOW, 0);
+        cbus_admit_clear_at(d->bus, d->writer, i);
     }
     cost_ledger_each_exceeded(&d->led, republish, d);
 }

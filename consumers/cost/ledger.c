@@ -120,10 +120,12 @@ static void budget_next(const struct cost_budget *b, struct cost_budget_state *s
         }
 }
 
-/* An entity's names for alerts: as shown, and its admission-table key. */
+/* An entity's names for alerts: as shown, and its admission-table key (the
+ * field's bytes for display, the whole value's hash to match on). */
 struct who {
     char shown[COST_SHOW_MAX];
     char admit[CBUS_MODEL_LEN + 1];
+    uint64_t admit_hash;
 };
 
 static void who_of(struct who *w, const char *key, size_t field_len)
@@ -131,9 +133,11 @@ static void who_of(struct who *w, const char *key, size_t field_len)
     if (field_len == 0) { /* global */
         snprintf(w->shown, sizeof w->shown, "*");
         snprintf(w->admit, sizeof w->admit, "*");
+        w->admit_hash = cbus_key_hash("*", 1);
         return;
     }
-    cost_key_show(w->shown, sizeof w->shown, key, field_len, cost_key_whole_hash(key, field_len));
+    w->admit_hash = cost_key_whole_hash(key, field_len);
+    cost_key_show(w->shown, sizeof w->shown, key, field_len, w->admit_hash);
     cost_key_str(w->admit, sizeof w->admit, key, field_len);
 }
 
@@ -148,6 +152,7 @@ static void emit(struct cost_ledger *l, enum cost_alert_kind kind, unsigned scop
         .scope = scope,
         .key = w->shown,
         .admit_key = w->admit,
+        .admit_hash = w->admit_hash,
         .pct = kind == COST_ALERT_RESET ? 0 : b->marks[mark].pct,
         .spent_pico = st->spent_pico,
         .limit_pico = b->limit_pico,
@@ -727,26 +732,30 @@ void cost_ledger_rebind(struct cost_ledger *l)
 
 void cost_ledger_each_exceeded(struct cost_ledger *l,
                                void (*fn)(void *arg, unsigned scope, const char *key,
+                                          uint64_t key_hash,
                                           const struct cost_budget_state *st,
                                           const struct cost_budget *b),
                                void *arg)
 {
     if (l->budgets.global && l->global_b.exceeded)
-        fn(arg, COST_SCOPE_GLOBAL, "*", &l->global_b, l->budgets.global);
+        fn(arg, COST_SCOPE_GLOBAL, "*", cbus_key_hash("*", 1), &l->global_b, l->budgets.global);
     char k[CBUS_MODEL_LEN + 1];
     for (size_t i = 0; i < l->users.n; i++) {
         struct cost_user *u = cost_ktab_val_at(&l->users, i);
         if (!u->b.exceeded || !u->budget)
             continue;
-        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->users, i), CBUS_USER_LEN);
-        fn(arg, COST_SCOPE_USER, k, &u->b, u->budget);
+        const char *key = cost_ktab_key_at(&l->users, i);
+        cost_key_str(k, sizeof k, key, CBUS_USER_LEN);
+        fn(arg, COST_SCOPE_USER, k, cost_key_whole_hash(key, CBUS_USER_LEN), &u->b, u->budget);
     }
     for (size_t i = 0; i < l->sessions.n; i++) {
         struct cost_session *s = cost_ktab_val_at(&l->sessions, i);
         if (!s->b.exceeded || !s->budget)
             continue;
-        cost_key_str(k, sizeof k, cost_ktab_key_at(&l->sessions, i), CBUS_SESSION_LEN);
-        fn(arg, COST_SCOPE_SESSION, k, &s->b, s->budget);
+        const char *key = cost_ktab_key_at(&l->sessions, i);
+        cost_key_str(k, sizeof k, key, CBUS_SESSION_LEN);
+        fn(arg, COST_SCOPE_SESSION, k, cost_key_whole_hash(key, CBUS_SESSION_LEN), &s->b,
+           s->budget);
     }
     struct {
         const struct cost_ktab *t;
@@ -759,7 +768,9 @@ void cost_ledger_each_exceeded(struct cost_ledger *l,
             struct cost_user *e = cost_ktab_val_at(groups[g].t, i);
             if (!e->b.exceeded || !e->budget)
                 continue;
-            cost_key_str(k, sizeof k, cost_ktab_key_at(groups[g].t, i), groups[g].field_len);
-            fn(arg, groups[g].scope, k, &e->b, e->budget);
+            const char *key = cost_ktab_key_at(groups[g].t, i);
+            cost_key_str(k, sizeof k, key, groups[g].field_len);
+            fn(arg, groups[g].scope, k, cost_key_whole_hash(key, groups[g].field_len), &e->b,
+               e->budget);
         }
 }

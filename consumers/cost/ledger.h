@@ -124,7 +124,8 @@ struct cost_alert {
     enum cost_alert_kind kind;
     unsigned scope;                    /* enum cost_scope */
     const char *key;                   /* as shown (cost_key_show); "*" for global */
-    const char *admit_key;             /* the shown field bytes: the admission-table key */
+    const char *admit_key;             /* the shown field bytes ("*" for global) */
+    uint64_t admit_hash;               /* the whole value's cbus_key_hash: the table key */
     uint32_t pct;
     cost_u128 spent_pico, limit_pico, mark_pico;
     const struct cost_budget *budget;
@@ -217,9 +218,11 @@ cost_u128 cost_usage_cost(const struct cost_price *p, const struct cbus_usage *u
 void cost_ledger_rebind(struct cost_ledger *l);
 
 /* Calls fn for every published verdict in the state (after a restart);
- * key is the admission-table key (the shown field bytes). */
+ * key is the shown field bytes, key_hash the whole value's hash (the
+ * admission-table key, cbus_admit_publish_hash). */
 void cost_ledger_each_exceeded(struct cost_ledger *l,
                                void (*fn)(void *arg, unsigned scope, const char *key,
+                                          uint64_t key_hash,
                                           const struct cost_budget_state *st,
                                           const struct cost_budget *b),
                                void *arg);

@@ -85,7 +85,7 @@ int rl_new(rl_limiter **out, struct rl_rules *rules, const struct rl_opts *opts)
                     l->opts.max_pending);
     if (r)
         goto err_pending;
-    r = rl_map_init(&l->pubs, sizeof(struct rl_pub), offsetof(struct rl_pub, key), RL_PUB_KEY_MAX,
+    r = rl_map_init(&l->pubs, sizeof(struct rl_pub), offsetof(struct rl_pub, key), RL_PUB_KEY_LEN,
                     l->opts.max_published);
     if (r)
         goto err_pubs;
@@ -287,17 +287,17 @@ static void settle(rl_limiter *l, struct rl_key *k, const struct rl_dims *d, uin
     if (r->publish_scope == RL_NO_PUBLISH || l->opts.count_only)
         return;
     if (r->publish_scope == CBUS_SCOPE_GLOBAL) {
-        rl__want(l, CBUS_SCOPE_GLOBAL, "*", 1, u);
+        rl__want(l, CBUS_SCOPE_GLOBAL, "*", 1, cbus_key_hash("*", 1), u);
         return;
     }
-    /* The admission table is keyed by the shown value (producer/admit.c
-     * hashes the cut field), so a verdict for one of two values that share
-     * a cut prefix binds both: see docs/ratelimit.md. */
+    /* The admission table is keyed by the whole value's hash (as producers
+     * look it up), so two values that share a cut prefix stay apart. */
     static const unsigned dim_of_scope[CBUS_SCOPE__COUNT] = {
         [CBUS_SCOPE_USER] = RL_DIM_USER, [CBUS_SCOPE_SESSION] = RL_DIM_SESSION,
-        [CBUS_SCOPE_MODEL] = RL_DIM_MODEL, [CBUS_SCOPE_PROVIDER] = RL_DIM_PROVIDER};
+        [CBUS_SCOPE_MODEL] = RL_DIM_MODEL, [CBUS_SCOPE_PROVIDER] = RL_DIM_PROVIDER,
+        [CBUS_SCOPE_AGENT] = RL_DIM_AGENT, [CBUS_SCOPE_TENANT] = RL_DIM_TENANT};
     unsigned dim = dim_of_scope[r->publish_scope];
-    rl__want(l, (unsigned)r->publish_scope, d->s[dim], d->len[dim], u);
+    rl__want(l, (unsigned)r->publish_scope, d->s[dim], d->len[dim], d->hash[dim], u);
 }
 
 /* ---- events ----------------------------------------------------------------- */

@@ -59,9 +59,11 @@ struct rl_stats {
 typedef struct rl_limiter rl_limiter;
 
 /* Publishes one verdict: CBUS_THROTTLED until until_ns, or CBUS_ALLOW (clear).
- * key is NUL-terminated ("*" for the global scope).  Returns 0 or -errno. */
-typedef int (*rl_publish_fn)(void *ctx, unsigned scope, const char *key, unsigned verdict,
-                             uint64_t until_ns);
+ * key_hash is the whole value's cbus_key_hash (what the admission table is
+ * keyed by: cbus_admit_publish_hash), key the event's field as shown,
+ * NUL-terminated ("*" for the global scope).  Returns 0 or -errno. */
+typedef int (*rl_publish_fn)(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                             unsigned verdict, uint64_t until_ns);
 
 /* Takes ownership of rules (finished with rl_rules_finish).  Returns 0,
  * -ENOMEM, -EINVAL (more than 65535 rules). */
@@ -90,8 +92,8 @@ void rl_expire(rl_limiter *l, uint64_t now);
 int rl_check(const rl_limiter *l, const struct cbus_event *ev, uint64_t now,
              uint64_t *retry_after_ns);
 
-/* The throttle the limiter wants published for (scope, key): its until_ns,
- * or 0 when none. */
+/* The throttle the limiter wants published for (scope, key), key being the
+ * whole value: its until_ns, or 0 when none. */
 uint64_t rl_published_until(const rl_limiter *l, unsigned scope, const char *key);
 
 void rl_get_stats(const rl_limiter *l, struct rl_stats *out);

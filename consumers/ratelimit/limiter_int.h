@@ -53,15 +53,19 @@ struct rl_pending {
     uint8_t run_id[16];
 };
 
-/* A verdict for one admission-table key: scope byte, then the value. */
-#define RL_PUB_KEY_MAX (1 + CBUS_MODEL_LEN)
+/* A verdict for one admission-table key.  Map key: the scope byte, then the
+ * whole value's cbus_key_hash (the table's key, so values that share a cut
+ * prefix are two verdicts); shown is the event's field, for display. */
+#define RL_PUB_KEY_LEN (1 + 8)
+#define RL_PUB_SHOWN_MAX (CBUS_MODEL_LEN + 1)
 struct rl_pub {
     struct rl_ent hdr;
     uint64_t want_until;  /* the longest throttle any key asked for */
     uint64_t pub_until;   /* what the table holds now, 0 = nothing */
     uint32_t dirty;
     uint32_t _reserved;
-    char key[RL_PUB_KEY_MAX];
+    char key[RL_PUB_KEY_LEN];
+    char shown[RL_PUB_SHOWN_MAX];
 };
 
 struct rl_limiter {
@@ -78,7 +82,8 @@ struct rl_limiter {
 };
 
 /* verdicts.c: ask for (scope, value) to be throttled until until_ns. */
-void rl__want(rl_limiter *l, unsigned scope, const char *value, size_t len, uint64_t until_ns);
+void rl__want(rl_limiter *l, unsigned scope, const char *value, size_t len, uint64_t hash,
+              uint64_t until_ns);
 
 /* limiter.c: GCRA helpers for status.c. */
 uint64_t rl__until(rl_u128 tat, const struct rl_limit *lim);

@@ -36,10 +36,11 @@ struct daemon {
     uint64_t last_fail;
 };
 
-static int publish(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                   unsigned verdict, uint64_t until)
 {
     struct daemon *d = ctx;
-    int r = cbus_admit_publish(d->bus, d->writer, scope, key, verdict, until);
+    int r = cbus_admit_publish_hash(d->bus, d->writer, scope, key_hash, key, verdict, until);
     if (r)
         cbus_log_debug("publish %u/%s: %s", scope, key, cbus_strerror(r));
     return r;

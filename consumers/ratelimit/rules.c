@@ -10,13 +10,10 @@
 
 static const char *const dim_names[RL_DIM__COUNT] = {"user",     "session", "model",
                                                      "provider", "agent",   "tenant"};
-/* The admission scope a dim's verdicts go to; agent and tenant have none in
- * the admission table (layout.h), so rules on them count and report, and
- * throttle producers only through enforce= on another dim. */
-#define NO_SCOPE (-1)
+/* The admission scope a dim's verdicts go to (every dim has one). */
 static const int dim_scope[RL_DIM__COUNT] = {CBUS_SCOPE_USER,     CBUS_SCOPE_SESSION,
                                              CBUS_SCOPE_MODEL,    CBUS_SCOPE_PROVIDER,
-                                             NO_SCOPE,            NO_SCOPE};
+                                             CBUS_SCOPE_AGENT,    CBUS_SCOPE_TENANT};
 
 const char *rl_dim_name(unsigned dim)
 {
@@ -189,13 +186,8 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
                     if (!strcmp(v, dim_names[d]))
                         enforce = (int)d;
                 if (enforce == -2) {
-                    snprintf(err, errlen, "enforce=%s: want none, user, session, model or provider", v);
-                    goto out;
-                }
-                if (dim_scope[enforce] == NO_SCOPE) {
-                    snprintf(err, errlen,
-                             "enforce=%s: the admission table has no %s scope (enforce on user, "
-                             "session, model or provider, or none)", v, v);
+                    snprintf(err, errlen, "enforce=%s: want none, user, session, model, provider, "
+                             "agent or tenant", v);
                     goto out;
                 }
             }
@@ -254,9 +246,7 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
     if (!r->group)
         r->publish_scope = have_enforce && enforce == RL_NO_PUBLISH ? RL_NO_PUBLISH : CBUS_SCOPE_GLOBAL;
     else if (ndims == 1 && !have_enforce)
-        r->publish_scope = dim_scope[__builtin_ctz(r->group)] == NO_SCOPE
-                               ? RL_NO_PUBLISH
-                               : dim_scope[__builtin_ctz(r->group)];
+        r->publish_scope = dim_scope[__builtin_ctz(r->group)];
     else if (have_enforce && enforce >= 0)
         r->publish_scope = dim_scope[enforce];
     else

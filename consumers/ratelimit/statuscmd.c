@@ -178,7 +178,8 @@ static int print_table(const char *bus_name)
         fprintf(stderr, "cbus-ratelimit status: bus %s: %s\n", bus_name, cbus_strerror(r));
         return 1;
     }
-    static const char *const scopes[] = {"global", "user", "session", "model", "provider"};
+    static const char *const scopes[] = {"global", "user",     "session", "model",
+                                         "provider", "agent", "tenant"};
     static const char *const verdicts[] = {"allow", "throttled", "budget_exceeded"};
     const struct cbus_shm_header *h = cbus_bus_header(bus);
     uint64_t now = cbus_now_ns();
@@ -209,7 +210,7 @@ static int print_table(const char *bus_name)
         char retry[32] = "-";
         if (until)
             snprintf(retry, sizeof retry, "%.3fs", (double)(until - now) / 1e9);
-        printf("  %-9s %-40s %-16s %-9s %s\n", scope < 5 ? scopes[scope] : "?",
+        printf("  %-9s %-40s %-16s %-9s %s\n", scope < CBUS_SCOPE__COUNT ? scopes[scope] : "?",
                safe(key, sizeof key), verdict < 3 ? verdicts[verdict] : "?", retry,
                aw ? safe(aw->name, sizeof aw->name) : "?");
         shown++;

@@ -490,6 +490,8 @@ enum cbus_admit_scope {
     CBUS_SCOPE_SESSION = 2,
     CBUS_SCOPE_MODEL = 3,
     CBUS_SCOPE_PROVIDER = 4,
+    CBUS_SCOPE_AGENT = 5,   /* layout 2.0: agent and tenant budgets and limits */
+    CBUS_SCOPE_TENANT = 6,
     CBUS_SCOPE__COUNT
 };
 

@@ -18,11 +18,12 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 
-static int publish(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                   unsigned verdict, uint64_t until)
 {
     (void)ctx;
     (void)until;
-    FZ_CHECK(scope < CBUS_SCOPE__COUNT && verdict <= CBUS_BUDGET_EXCEEDED && key,
+    FZ_CHECK(scope < CBUS_SCOPE__COUNT && verdict <= CBUS_BUDGET_EXCEEDED && key && key_hash,
              "publish scope %u verdict %u", scope, verdict);
     return 0;
 }

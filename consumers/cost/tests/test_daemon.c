@@ -1234,16 +1234,21 @@ Test(cost_daemon, streamed_runs_from_threads_and_a_process_on_two_lanes_count_ev
 /* Issue 14: two 200-byte user names that differ in the last byte (equal
  * shown prefixes) through a real bus: two users in the snapshot, each with
  * its own cost; a tenant budget alerts for its tenant. */
+/* Admission waits for the verdict the daemon publishes after its alert. */
+static int wait_admit(cbus_producer *p, const cbus_ctx *ctx, int want, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        if (cbus_admit(p, ctx, NULL) == want)
+            return 1;
+        usleep(10000);
+    }
+    return cbus_admit(p, ctx, NULL) == want;
+}
+
 Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
 {
     test_bus_create(bus, 0);
     have_bus = 1;
-    write_file("c.ini", "[prices]\nfile = " PRICES "\n"
-                        "[state]\ncheckpoint_interval = 50ms\nsnapshot_interval = 20ms\n"
-                        "[budget.tenant.team-a]\nlimit_usd = 0.03\nperiod = 1d\n");
-    pid_t pid = spawn("c.ini", 0);
-    cbus_producer *p;
-    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
     char na[201], nb[201];
     memset(na, 'u', 200);
     na[200] = '\0';
@@ -1251,6 +1256,18 @@ Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
     memcpy(nb, na, sizeof na);
     na[199] = 'a';
     nb[199] = 'b';
+    /* b (0.05 USD) goes over its own 0.04; a (0.025) shares b's first 199
+     * bytes and its verdict must not stop a. */
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "[prices]\nfile = " PRICES "\n"
+             "[state]\ncheckpoint_interval = 50ms\nsnapshot_interval = 20ms\n"
+             "[budget.tenant.team-a]\nlimit_usd = 0.03\nperiod = 1d\n"
+             "[budget.user.%s]\nlimit_usd = 0.04\nperiod = 1d\n", nb);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
     cbus_ctx a, b;
     make_ctx(&a, na);
     make_ctx(&b, nb);
@@ -1311,7 +1328,17 @@ Test(cost_daemon, two_long_users_are_two_rows_and_tenants_are_budgeted)
     cr_assert(strstr(rep, "TENANT") && strstr(rep, "team-a") && strstr(rep, "EXCEEDED"), "%s", rep);
     cr_assert(strstr(rep, "fix-quality") && strstr(rep, "mean 0.625000000"), "%s", rep);
     cr_assert(wait_log(0, "budget tenant team-a: EXCEEDED", 5000), "%s", log_text(0));
-    cr_assert(strstr(log_text(0), "no admission scope for tenants"), "%s", log_text(0));
+    /* Verdicts by the whole value: b's user budget stops b alone, team-a's
+     * budget stops team-a (tenants have an admission scope), team-b runs. */
+    cbus_ctx ua, ub, tb;
+    make_ctx(&ua, na);
+    make_ctx(&ub, nb);
+    make_ctx(&tb, "carol");
+    cbus_ctx_set_tenant(&tb, "team-b");
+    cr_assert(wait_admit(p, &ub, CBUS_BUDGET_EXCEEDED, 60000), "%s", log_text(0));
+    cr_assert(wait_admit(p, &a, CBUS_BUDGET_EXCEEDED, 60000), "team-a: %s", log_text(0));
+    cr_assert_eq(cbus_admit(p, &ua, NULL), CBUS_ALLOW, "a shares b's cut prefix only");
+    cr_assert_eq(cbus_admit(p, &tb, NULL), CBUS_ALLOW);
     kill(pid, SIGTERM);
     cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
     cbus_producer_close(p);

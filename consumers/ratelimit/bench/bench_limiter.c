@@ -37,10 +37,11 @@ static uint64_t cpu(void)
 static cbus_bus *bus;
 static unsigned writer;
 
-static int publish(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                   unsigned verdict, uint64_t until)
 {
     (void)ctx;
-    return cbus_admit_publish(bus, writer, scope, key, verdict, until);
+    return cbus_admit_publish_hash(bus, writer, scope, key_hash, key, verdict, until);
 }
 
 static int cmp(const void *a, const void *b)

@@ -28,10 +28,11 @@ static unsigned writer;
 static atomic_int phase;          /* 0 churn, 1 final verdicts published */
 static atomic_int failures;
 
-static int publish(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                   unsigned verdict, uint64_t until)
 {
     (void)ctx;
-    return cbus_admit_publish(bus, writer, scope, key, verdict, until);
+    return cbus_admit_publish_hash(bus, writer, scope, key_hash, key, verdict, until);
 }
 
 static void *reader(void *arg)

@@ -62,11 +62,13 @@ static void end_usage(rl_limiter *l, uint64_t ts, const char *user, uint8_t run,
 struct sink {
     unsigned calls, scope, verdict;
     char key[64];
-    uint64_t until;
+    uint64_t until, key_hash;
 };
-static int record(void *ctx, unsigned scope, const char *key, unsigned verdict, uint64_t until)
+static int record(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                  unsigned verdict, uint64_t until)
 {
     struct sink *s = ctx;
+    s->key_hash = key_hash;
     s->calls++;
     s->scope = scope;
     s->verdict = verdict;
@@ -521,7 +523,31 @@ Test(ratelimit_limiter, literal_pattern_matches_the_whole_value_not_its_prefix)
     rl_free(l);
 }
 
-Test(ratelimit_limiter, agent_and_tenant_rules_count_and_status_shows_them)
+/* Collects every verdict a drain writes. */
+struct sinks {
+    unsigned n;
+    struct {
+        unsigned scope, verdict;
+        uint64_t key_hash;
+        char key[64];
+    } v[8];
+};
+static int record_all(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
+                      unsigned verdict, uint64_t until)
+{
+    (void)until;
+    struct sinks *s = ctx;
+    if (s->n < 8) {
+        s->v[s->n].scope = scope;
+        s->v[s->n].verdict = verdict;
+        s->v[s->n].key_hash = key_hash;
+        snprintf(s->v[s->n].key, sizeof s->v[s->n].key, "%s", key);
+    }
+    s->n++;
+    return 0;
+}
+
+Test(ratelimit_limiter, agent_and_tenant_rules_publish_and_status_shows_them)
 {
     rl_limiter *l = make("rule = agent=planner rpm=2\n"
                          "rule = tenant=* rpm=3\n"
@@ -539,13 +565,28 @@ Test(ratelimit_limiter, agent_and_tenant_rules_count_and_status_shows_them)
     rl_feed(l, &coder_a);
     cr_assert_eq(rl_check(l, &coder_a, T0, &retry), CBUS_THROTTLED, "team-a used its 3");
     cr_assert_eq(rl_check(l, &coder_b, T0, &retry), CBUS_ALLOW, "team-b is another tenant");
-    /* no admission scope for agents or tenants: nothing is published */
-    struct sink s = {0};
-    cr_assert_eq(rl_drain(l, T0, record, &s), 0);
+    /* agents and tenants have admission scopes: the planner and team-a are
+     * published, keyed by their whole values */
+    struct sinks s = {0};
+    cr_assert_eq(rl_drain(l, T0, record_all, &s), 2);
+    unsigned seen = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        cr_assert_eq(s.v[i].verdict, CBUS_THROTTLED);
+        if (s.v[i].scope == CBUS_SCOPE_AGENT) {
+            cr_assert_str_eq(s.v[i].key, "planner");
+            cr_assert_eq(s.v[i].key_hash, cbus_key_hash("planner", 7));
+            seen |= 1;
+        } else if (s.v[i].scope == CBUS_SCOPE_TENANT) {
+            cr_assert_str_eq(s.v[i].key, "team-a");
+            cr_assert_eq(s.v[i].key_hash, cbus_key_hash("team-a", 6));
+            seen |= 2;
+        }
+    }
+    cr_assert_eq(seen, 3);
     struct sbuf b;
     sbuf_init(&b);
     rl_status_json(l, &b, T0, 10);
-    cr_assert(strstr(b.data, "\"rule\":\"agent=planner rpm=2 enforce=none\""), "%s", b.data);
+    cr_assert(strstr(b.data, "\"rule\":\"agent=planner rpm=2\""), "%s", b.data);
     cr_assert(strstr(b.data, "\"key\":\"agent=planner\""), "%s", b.data);
     cr_assert(strstr(b.data, "\"key\":\"tenant=team-a\""), "%s", b.data);
     cr_assert(strstr(b.data, "\"key\":\"agent=planner tenant=team-a\""), "%s", b.data);
@@ -553,11 +594,29 @@ Test(ratelimit_limiter, agent_and_tenant_rules_count_and_status_shows_them)
     rl_free(l);
 }
 
-Test(ratelimit_limiter, agent_or_tenant_cannot_be_enforced_in_the_table)
+Test(ratelimit_limiter, a_combination_can_be_enforced_on_agent_or_tenant)
 {
     char text[256], err[512];
     snprintf(text, sizeof text, "[rules]\nrule = user=* agent=* rpm=2 enforce=agent\n");
     struct rl_config c;
-    cr_assert_neq(rl_config_parse(&c, "test.ini", text, err, sizeof err), 0);
-    cr_assert(strstr(err, "no agent scope"), "%s", err);
+    cr_assert_eq(rl_config_parse(&c, "test.ini", text, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.rules.rule[0].publish_scope, CBUS_SCOPE_AGENT);
+    rl_config_free(&c);
+}
+
+Test(ratelimit_limiter, two_long_users_get_their_own_verdicts)
+{
+    char a[201], b[201];
+    long_name(a, sizeof a, 'a');
+    long_name(b, sizeof b, 'b');
+    rl_limiter *l = make("rule = user=* rpm=1\n", 0);
+    struct cbus_event ea = ev_whole(T0, a, NULL, NULL);
+    rl_feed(l, &ea);
+    rl_feed(l, &ea);
+    struct sinks s = {0};
+    cr_assert_eq(rl_drain(l, T0, record_all, &s), 1);
+    cr_assert_eq(s.v[0].key_hash, cbus_key_hash(a, 200), "the whole value's hash, not the field's");
+    cr_assert_gt(rl_published_until(l, CBUS_SCOPE_USER, a), T0);
+    cr_assert_eq(rl_published_until(l, CBUS_SCOPE_USER, b), 0);
+    rl_free(l);
 }

@@ -138,8 +138,8 @@ Test(ratelimit_rules, bad_rules_say_what_is_wrong)
     bad_rule("user=* rpm=5 tokens=input", "tokens= without tpm=");
     bad_rule("user=* model=* rpm=5 enforce=session", "has no session= selector");
     bad_rule("user=* rpm", "not NAME=VALUE");
-    bad_rule("user=* agent=* rpm=5 enforce=tenant", "no tenant scope");
-    bad_rule("user=* agent=* rpm=5 enforce=agent", "no agent scope");
+    bad_rule("user=* agent=* rpm=5 enforce=tenant", "has no tenant= selector");
+    bad_rule("user=* rpm=5 enforce=team", "want none, user, session, model, provider, agent or tenant");
     bad_rule("tenant=* agent=* user=* session=* model=* provider=* rpm=5 global",
              "'global' cannot be combined");
 }
