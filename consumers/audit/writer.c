@@ -408,7 +408,10 @@ void audit_writer_close(struct audit_writer *w)
         /* Whatever is still in flight must complete before the buffers go. */
         while (w->inflight_ops) {
             struct io_uring_cqe *cqe;
-            if (io_uring_wait_cqe(&w->ring, &cqe) < 0)
+            int r = io_uring_wait_cqe(&w->ring, &cqe);
+            if (r == -EINTR || r == -EAGAIN)
+                continue; /* a signal: the operations are still in flight */
+            if (r < 0)
                 break;
             io_uring_cqe_seen(&w->ring, cqe);
             w->inflight_ops--;

@@ -23,6 +23,7 @@ struct spool {
     int dirfd;                 /* -1: memory spool */
     struct io_uring ring;
     int ring_ok;
+    int ring_broken;           /* the kernel refused a submit or a wait: spool in memory */
     struct batch *head, *tail;
     size_t count;
     uint64_t bytes;
@@ -58,23 +59,56 @@ void batch_free(struct batch *b)
 
 /* Submits what is queued and reaps n completions.  Returns the first
  * negative result (as -errno), else the result of the LAST completion in
- * submission order (its user_data is its index).  res[] gets every result. */
+ * submission order (its user_data is its index).  res[] gets every result.
+ *
+ * It never returns with an operation of this call still in the ring: a
+ * signal (the soak's SIGSTOP/SIGCONT, a SIGHUP) makes io_uring_enter return
+ * -EINTR, and a completion left behind would be taken by the next call as
+ * its own -- a stale close's 0 read as a new file's descriptor, writes to
+ * the wrong file, and a crash (seen under `stress-ng`: "spool write failed:
+ * Bad file descriptor", then SIGSEGV).  So interrupted submits and waits
+ * are retried; only a submit the kernel refuses outright is an error, and
+ * then nothing of this call was submitted and the queue is dropped. */
 static int uring_run(struct spool *s, unsigned n, int *res)
 {
-    int r = io_uring_submit_and_wait(&s->ring, n);
-    if (r < 0)
-        return r;
-    int first_err = 0;
-    for (unsigned i = 0; i < n; i++) {
+    for (unsigned i = 0; i < n; i++)
+        res[i] = -ECANCELED;
+    if (s->ring_broken)
+        return -EIO;
+    unsigned submitted = 0;
+    while (submitted < n) {
+        int r = io_uring_submit(&s->ring);
+        if (r == -EINTR || r == -EAGAIN || r == -EBUSY)
+            continue;
+        if (r < 0) {
+            /* SQEs the kernel did not take cannot be taken back out of
+             * the ring, and a later submit would run them: the ring is
+             * done for (the spool goes on in memory).  Reap what went. */
+            s->ring_broken = 1;
+            if (submitted == 0)
+                return r;
+            break;
+        }
+        submitted += (unsigned)r;
+        if (r == 0)
+            break;
+    }
+    for (unsigned got = 0; got < submitted;) {
         struct io_uring_cqe *cqe;
-        r = io_uring_wait_cqe(&s->ring, &cqe);
-        if (r < 0)
+        int r = io_uring_wait_cqe(&s->ring, &cqe);
+        if (r == -EINTR || r == -EAGAIN)
+            continue;
+        if (r < 0) {
+            s->ring_broken = 1;
             return r;
+        }
         unsigned idx = (unsigned)io_uring_cqe_get_data64(cqe);
         if (idx < n)
             res[idx] = cqe->res;
         io_uring_cqe_seen(&s->ring, cqe);
+        got++;
     }
+    int first_err = 0;
     for (unsigned i = 0; i < n; i++)
         if (res[i] < 0 && !first_err)
             first_err = res[i];
@@ -86,7 +120,11 @@ static int uring_run(struct spool *s, unsigned n, int *res)
  * and every chain here is at most 4 long. */
 #define QUEUE(s, idx, link, prep_call)                                                             \
     do {                                                                                           \
-        struct io_uring_sqe *q_ = io_uring_get_sqe(&(s)->ring);                                    \
+        struct io_uring_sqe dummy_, *q_ = io_uring_get_sqe(&(s)->ring);                            \
+        if (!q_) { /* only once the ring is broken: uring_run fails the call */                    \
+            q_ = &dummy_;                                                                          \
+            (s)->ring_broken = 1;                                                                  \
+        }                                                                                          \
         struct io_uring_sqe *sqe = q_;                                                             \
         prep_call;                                                                                 \
         io_uring_sqe_set_data64(q_, (idx));                                                        \
@@ -160,8 +198,8 @@ static int read_file(struct spool *s, uint64_t seq, struct spool_hdr *h, struct 
         QUEUE(s, 0, 1, io_uring_prep_read(sqe, fd, h, sizeof *h, 0));
         QUEUE(s, 1, 0, io_uring_prep_close(sqe, fd));
         int r = uring_run(s, 2, res);
-        if (res[0] < 0 || res[1] == -ECANCELED)
-            close(fd);
+        if (res[1] == -ECANCELED)
+            close(fd); /* the linked close never ran */
         if (r < 0 && res[0] < 0)
             return res[0];
         if (res[0] != (int)sizeof *h || memcmp(h->magic, SPOOL_MAGIC, 8) || h->version != SPOOL_VERSION ||
@@ -179,8 +217,8 @@ static int read_file(struct spool *s, uint64_t seq, struct spool_hdr *h, struct 
     QUEUE(s, 0, 1, io_uring_prep_readv(sqe, fd, iov, 2, 0));
     QUEUE(s, 1, 0, io_uring_prep_close(sqe, fd));
     uring_run(s, 2, res);
-    if (res[0] < 0 || res[1] == -ECANCELED)
-        close(fd);
+    if (res[1] == -ECANCELED)
+        close(fd); /* the linked close never ran */
     if (res[0] < 0)
         return res[0];
     if ((size_t)res[0] != sizeof h2 + h->body_len || memcmp(&h2, h, sizeof h2))

@@ -425,6 +425,84 @@ static int entry_by_name(const char *name)
     return -1;
 }
 
+/* The cost daemon's run-queue delay, sampled each turn of the scheduler
+ * (/proc/PID/schedstat, second field: ns its main thread waited runnable for
+ * a CPU).  The soak keeps the daemon's planned stalls far below the stall
+ * timeout, so an untether is a violation unless the machine itself kept the
+ * daemon off the CPU for a good part of the window before it: that is
+ * measured here, not guessed from wall time (a stress-ng run of the suite
+ * untethered it twice in ten runs, with the daemon runnable but not run). */
+#define COST_RQ_RING 1024
+static struct {
+    uint64_t t_ns, run_delay_ns;
+    pid_t pid;
+    int in_io;             /* state D (uninterruptible: waiting on the disk) */
+} cost_rq[COST_RQ_RING];
+static unsigned cost_rq_n;
+static uint64_t cost_untethered_excused, cost_rq_excuse_ns;
+
+static void cost_rq_sample(pid_t pid, uint64_t now)
+{
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/schedstat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    unsigned long long run, wait;
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    if (sscanf(buf, "%llu %llu", &run, &wait) != 2)
+        return;
+    /* and whether it is waiting on the disk (a checkpoint's fsync behind the
+     * audit log's writes): /proc/PID/stat's state, after the ")" */
+    int in_io = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char st[512];
+        ssize_t m = read(fd, st, sizeof st - 1);
+        close(fd);
+        if (m > 0) {
+            st[m] = '\0';
+            const char *rp = strrchr(st, ')');
+            in_io = rp && rp[1] == ' ' && rp[2] == 'D';
+        }
+    }
+    unsigned i = cost_rq_n++ % COST_RQ_RING;
+    cost_rq[i].t_ns = now;
+    cost_rq[i].pid = pid;
+    cost_rq[i].run_delay_ns = wait;
+    cost_rq[i].in_io = in_io;
+}
+
+/* Run-queue delay of the cost daemon (all its incarnations) since since_ns:
+ * the growth between consecutive readings of one process, and the whole of
+ * a new process's (it started after the reading before it).  *io_ns: the
+ * time between readings that both found it waiting on the disk. */
+static uint64_t cost_rq_delay_since(uint64_t since_ns, uint64_t *io_ns)
+{
+    unsigned n = cost_rq_n < COST_RQ_RING ? cost_rq_n : COST_RQ_RING;
+    uint64_t sum = 0;
+    *io_ns = 0;
+    for (unsigned k = 1; k < n; k++) {
+        unsigned i = (cost_rq_n - n + k) % COST_RQ_RING, j = (i + COST_RQ_RING - 1) % COST_RQ_RING;
+        if (cost_rq[i].t_ns < since_ns)
+            continue;
+        if (cost_rq[i].pid != cost_rq[j].pid) {
+            sum += cost_rq[i].run_delay_ns;
+            continue;
+        }
+        if (cost_rq[i].run_delay_ns > cost_rq[j].run_delay_ns)
+            sum += cost_rq[i].run_delay_ns - cost_rq[j].run_delay_ns;
+        if (cost_rq[i].in_io && cost_rq[j].in_io)
+            *io_ns += cost_rq[i].t_ns - cost_rq[j].t_ns;
+    }
+    return sum;
+}
+
 static void sample(void)
 {
     for (unsigned i = 0; i < CBUS_MAX_PRODUCERS; i++) {
@@ -440,6 +518,13 @@ static void sample(void)
         if (w > max_wait_seen)
             max_wait_seen = w;
     }
+    const struct child *cc = NULL;
+    for (unsigned i = 0; i < nkids; i++)
+        if (kids[i].kind == K_COST)
+            cc = &kids[i];
+    uint64_t now = soak_now_ns();
+    if (cc && cc->pid > 0 && cc->state != C_OFF)
+        cost_rq_sample(cc->pid, now);
     int ci = entry_by_name("cost");
     if (ci >= 0) {
         struct cbus_consumer_entry *e = cbus_bus_consumer_entry(BUS, (unsigned)ci);
@@ -447,19 +532,32 @@ static void sample(void)
         if (u > cost_untethered_epoch) {
             /* Say what the daemon was doing: the soak never holds it near
              * the stall timeout, so this is the machine or the daemon. */
-            const struct child *cc = NULL;
-            for (unsigned i = 0; i < nkids; i++)
-                if (kids[i].kind == K_COST)
-                    cc = &kids[i];
-            uint64_t now = soak_now_ns();
+            uint64_t window = G.stall_timeout_ns + G.stall_timeout_ns / 2;
+            uint64_t io = 0, rq = cost_rq_delay_since(now > window ? now - window : 0, &io);
+            uint64_t hb = atomic_load(&e->heartbeat_ns), bnow = cbus_now_ns();
+            printf("  cbus-cost entry: heartbeat %.3f s old, cursor %" PRIu64 " read_pos %" PRIu64
+                   ", tail %" PRIu64 ", pid %u\n", bnow > hb ? (bnow - hb) / 1e9 : 0.0,
+                   (uint64_t)atomic_load(&e->cursor), (uint64_t)atomic_load(&e->read_pos),
+                   cbus_bus_tail(BUS), (unsigned)atomic_load(&e->pid));
             if (cc)
                 printf("  cbus-cost untethered by the bus: it is %s, last killed %.3f s ago, last "
-                       "restarted %.3f s ago, last stopped %.3f s ago; max scheduling delay so far %.0f ms\n",
+                       "restarted %.3f s ago, last stopped %.3f s ago; in the last %.1f s it waited %.0f ms "
+                       "on the run queue and was seen waiting on the disk for %.0f ms; max "
+                       "scheduling delay so far %.0f ms\n",
                        cc->state == C_RUNNING ? "running" : cc->state == C_STOPPED ? "stopped" : "dead",
                        cc->killed_at_ns ? (now - cc->killed_at_ns) / 1e9 : -1.0,
                        (now - cc->started_ns) / 1e9,
-                       cc->stopped_at_ns ? (now - cc->stopped_at_ns) / 1e9 : -1.0,
-                       atomic_load(&sched_delay_max) / 1e6);
+                       cc->stopped_at_ns ? (now - cc->stopped_at_ns) / 1e9 : -1.0, window / 1e9,
+                       rq / 1e6, io / 1e6, atomic_load(&sched_delay_max) / 1e6);
+            /* Planned stalls keep it still for at most a quarter of the
+             * stall timeout; a quarter more, runnable but not run, is the
+             * machine's doing (a margin no healthy run comes near: a few ms
+             * of run-queue delay is usual here). */
+            if (rq + io >= G.stall_timeout_ns / 4) {
+                cost_untethered_excused += u - cost_untethered_epoch;
+                if (rq + io > cost_rq_excuse_ns)
+                    cost_rq_excuse_ns = rq + io;
+            }
             cost_untethered_seen += u - cost_untethered_epoch;
             cost_untethered_epoch = u;
         }
@@ -1346,8 +1444,12 @@ int main(int argc, char **argv)
             violation("cost totals differ from the soak's independent sum");
         else if (c > 0)
             printf("  cost: differs, but the daemon was untethered (lost events): not checked\n");
-        if (cost_untethered_seen)
+        if (cost_untethered_seen > cost_untethered_excused)
             violation("cbus-cost was untethered (the soak keeps its stalls short: should not happen)");
+        else if (cost_untethered_seen)
+            printf("  cost: untethered %" PRIu64 " time(s) while the machine kept it %.0f ms on the "
+                   "run queue or the disk (>= a quarter of the stall timeout): the host's doing, "
+                   "not counted as a violation\n", cost_untethered_seen, cost_rq_excuse_ns / 1e6);
     }
     /* stop the daemons: each must exit 0 on SIGTERM */
     for (unsigned i = 0; i < nkids; i++) {

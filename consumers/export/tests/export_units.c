@@ -7,8 +7,10 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cbus/cbus.h>
@@ -626,6 +628,57 @@ Test(export_spool, survives_reopen_in_order)
     /* appends continue after the recovered sequence */
     cr_assert_eq(spool_append(s, mk_batch("fourth", 40)), 0);
     cr_assert(spool_head(s)->next->next->seq > spool_head(s)->next->seq);
+    spool_close(s);
+}
+
+static volatile sig_atomic_t alarms;
+static void on_alarm(int sig)
+{
+    (void)sig;
+    alarms++;
+}
+
+Test(export_spool, signals_during_io_never_mix_up_completions, .timeout = 120)
+{
+    /* A signal makes io_uring_enter return -EINTR.  The spool once returned
+     * then with completions still in the ring, and the next operation took
+     * one of them as its own (a close's 0 as a new file's descriptor): under
+     * the soak's SIGSTOP/SIGCONT the exporter wrote batches to the wrong
+     * file ("Bad file descriptor", batches "damaged") and crashed.  Here a
+     * timer interrupts the spool's waits thousands of times (no SA_RESTART)
+     * while every batch must come back whole and in order. */
+    struct sigaction sa = {.sa_handler = on_alarm}, old;
+    sigemptyset(&sa.sa_mask);
+    cr_assert_eq(sigaction(SIGALRM, &sa, &old), 0);
+    struct spool *s;
+    char err[256];
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 24, err, sizeof err), 0, "%s", err);
+    struct itimerval it = {{0, 50}, {0, 50}};
+    cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+    char body[64];
+    unsigned i, next_read = 0;
+    for (i = 0; i < 4000 && (i < 300 || alarms < 2000); i++) {
+        snprintf(body, sizeof body, "batch %u", i);
+        cr_assert_eq(spool_append(s, mk_batch(body, i + 1)), 0, "append %u", i);
+        if (i % 3 == 2) { /* keep a few on disk, read back the oldest */
+            struct batch *h = spool_head(s);
+            cr_assert_eq(spool_load(s, h), 0, "load at %u", i);
+            snprintf(body, sizeof body, "batch %u", next_read++);
+            cr_assert_str_eq(h->body.data, body);
+            spool_remove(s, h);
+        }
+    }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    sigaction(SIGALRM, &old, NULL);
+    cr_assert_eq(spool_stats(s)->write_errors, 0);
+    cr_assert_eq(spool_stats(s)->corrupt, 0);
+    cr_assert_gt(alarms, 100, "the timer interrupted the spool %d times in %u batches", (int)alarms, i);
+    spool_close(s);
+    /* and what is left on disk reads back in order after a reopen */
+    cr_assert_eq(spool_open(&s, tmpdir, 1 << 24, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(spool_stats(s)->corrupt, 0);
+    cr_assert_eq(spool_count(s), i - i / 3, "every third append was read back and removed");
     spool_close(s);
 }
 
