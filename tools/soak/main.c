@@ -553,7 +553,16 @@ static void sample(void)
              * stall timeout; a quarter more, runnable but not run, is the
              * machine's doing (a margin no healthy run comes near: a few ms
              * of run-queue delay is usual here). */
-            if (rq + io >= G.stall_timeout_ns / 4) {
+            /* A death the soak itself did not end in time (its restart is
+             * planned within 200 ms, but a re-creation or a drain can hold
+             * the scheduler): measured from the soak's own kill and start. */
+            uint64_t dead = 0;
+            if (cc && cc->killed_at_ns && now - cc->killed_at_ns < window)
+                dead = (cc->started_ns > cc->killed_at_ns ? cc->started_ns : now) - cc->killed_at_ns;
+            if (dead >= G.stall_timeout_ns / 4)
+                printf("  cbus-cost was dead %.3f s before the soak restarted it (planned: under "
+                       "0.2 s): the soak's doing\n", dead / 1e9);
+            if (rq + io + (dead >= G.stall_timeout_ns / 4 ? dead : 0) >= G.stall_timeout_ns / 4) {
                 cost_untethered_excused += u - cost_untethered_epoch;
                 if (rq + io > cost_rq_excuse_ns)
                     cost_rq_excuse_ns = rq + io;
