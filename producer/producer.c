@@ -311,7 +311,12 @@ CBUS_API void cbus_producer_close(cbus_producer *p)
             lane_release(p, L, (uint64_t)getpid() << 32, 1);
     if (t->generation == 0)
         t->lane_owned = 0;
-    if (p->entry)
+    /* The table entry belongs to the process that opened p: a forked child
+     * (a pre-fork server's worker) that closes its inherited copy gives back
+     * its own lanes and mapping, never the entry its parent still emits under
+     * (the parent's counts would vanish from cbusctl stat and the next open
+     * would take the entry from under it). */
+    if (p->entry && p->pid == (uint32_t)getpid())
         atomic_store_explicit(&p->entry->in_use, 0, memory_order_release);
     if (p->owns_bus)
         cbus_bus_close(p->bus);

@@ -266,6 +266,37 @@ Test(bus_producer, a_forked_child_takes_its_own_lane)
     munmap(m2, l2);
 }
 
+/* A pre-fork server's worker that closes the producer it inherited (Python's
+ * multiprocessing, gunicorn) must leave the parent's table entry alone: the
+ * parent still emits under it. */
+Test(bus_producer, a_forked_child_closing_its_copy_keeps_the_parents_entry)
+{
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open_bus(&p, bus, &(struct cbus_producer_opts){.name = "forker"}), 0);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_text(p, &ctx, "before"), 0);
+    pid_t kid = fork();
+    cr_assert_geq(kid, 0);
+    if (kid == 0) {
+        int rc = cbus_text(p, &ctx, "child");
+        cbus_producer_close(p);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    int ws;
+    cr_assert_eq(waitpid(kid, &ws, 0), kid);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    struct cbus_producer_entry *e = entry_named("forker");
+    cr_assert_eq(atomic_load(&e->pid), (uint32_t)getpid(), "still the parent's entry");
+    /* a second producer opened now must not be handed the parent's entry */
+    cbus_producer *q;
+    cr_assert_eq(cbus_producer_open_bus(&q, bus, &(struct cbus_producer_opts){.name = "other"}), 0);
+    cr_assert_neq(entry_named("other"), e);
+    cr_assert_eq(cbus_text(p, &ctx, "after"), 0);
+    cbus_producer_close(q);
+    cbus_producer_close(p);
+}
+
 /* ---- the clock on the emit path (issue 13 item 5) ---------------------------
  * The common case is inline (rdtsc against the thread's anchor); a thread's
  * first emit, a re-anchor after a second of ticks and a bus without a TSC

@@ -42,7 +42,9 @@ CBUS_API int cbus_producer_open(cbus_producer **out, const char *bus_name,
 /* Same on an already open bus (borrowed: must outlive the producer). */
 CBUS_API int cbus_producer_open_bus(cbus_producer **out, cbus_bus *bus,
                                     const struct cbus_producer_opts *opts);
-/* Flushes counters and frees.  NULL is a no-op. */
+/* Flushes counters and frees.  NULL is a no-op.  In a process forked after
+ * the open, it frees that process's copy only: the producer-table entry stays
+ * with the process that opened it. */
 CBUS_API void cbus_producer_close(cbus_producer *p);
 
 struct cbus_producer_stats {
