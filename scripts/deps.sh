@@ -5,6 +5,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config liburing-dev libmsgpack-dev libcurl4-openssl-dev
       libcriterion-dev libssl-dev libcjson-dev zlib1g-dev python3 python3-msgpack
       stress-ng openssl python3-venv)
+PKGS+=(libmicrohttpd-dev) # the daemons' HTTP server (consumers/common/httpd.c)
 PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with it
 PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
 PKGS+=("$@")

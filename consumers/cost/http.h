@@ -1,9 +1,7 @@
-/* A minimal loopback HTTP/1.0 server for Prometheus scrapes: GET /metrics
- * (text exposition 0.0.4) and GET /snapshot.json.  It serves the documents
- * the consumer loop last rendered (swapped in under a mutex), so a scrape
- * never touches the ledger and never blocks accounting.  One thread
- * multiplexes up to 32 connections (poll), each with a deadline for its
- * whole request and response: slow or idle clients cannot silence it. */
+/* The cost daemon's HTTP endpoints for Prometheus scrapes: GET /metrics
+ * (text exposition 0.0.4) and GET /snapshot.json, on the shared server
+ * (consumers/common/httpd.h: libmicrohttpd, its connection limits and
+ * timeouts).  It serves the documents the consumer loop last rendered. */
 #ifndef CBUS_COST_HTTP_H
 #define CBUS_COST_HTTP_H
 
