@@ -75,24 +75,30 @@ static int uring_run(struct spool *s, unsigned n, int *res)
         res[i] = -ECANCELED;
     if (s->ring_broken)
         return -EIO;
-    unsigned submitted = 0;
-    while (submitted < n) {
+    /* What the kernel took is what left the submission ring, not what
+     * io_uring_submit() says: an interrupted io_uring_enter may have taken
+     * the entries and still returned -EINTR, and the retry then submits 0
+     * (seen under ASan with a 50 us timer: the call returned -ECANCELED and
+     * left four completions for the next one). */
+    int refused = 0;
+    for (unsigned tries = 0; io_uring_sq_ready(&s->ring) > 0; tries++) {
         int r = io_uring_submit(&s->ring);
-        if (r == -EINTR || r == -EAGAIN || r == -EBUSY)
-            continue;
-        if (r < 0) {
-            /* SQEs the kernel did not take cannot be taken back out of
-             * the ring, and a later submit would run them: the ring is
-             * done for (the spool goes on in memory).  Reap what went. */
-            s->ring_broken = 1;
-            if (submitted == 0)
-                return r;
-            break;
+        if (r >= 0 || r == -EINTR || r == -EAGAIN || r == -EBUSY) {
+            if (tries < 100000)
+                continue;
+            r = -EIO; /* the kernel takes nothing, again and again */
         }
-        submitted += (unsigned)r;
-        if (r == 0)
-            break;
+        /* SQEs the kernel did not take cannot be taken back out of the
+         * ring, and a later submit would run them: the ring is done for
+         * (the spool goes on in memory).  Reap what went. */
+        s->ring_broken = 1;
+        refused = r;
+        break;
     }
+    const unsigned left = io_uring_sq_ready(&s->ring);
+    const unsigned submitted = left < n ? n - left : 0;
+    if (refused && submitted == 0)
+        return refused;
     for (unsigned got = 0; got < submitted;) {
         struct io_uring_cqe *cqe;
         int r = io_uring_wait_cqe(&s->ring, &cqe);
@@ -137,15 +143,32 @@ static void file_name(char *out, size_t cap, uint64_t seq)
     snprintf(out, cap, "%020llu" SPOOL_EXT, (unsigned long long)seq);
 }
 
+/* A signal that arrives while io_uring runs an operation in its worker
+ * (openat, fsync) ends the operation with -ECANCELED (or -EINTR), and a
+ * linked chain with it: nothing was done wrong, the operation is run again
+ * (seen under a 50 us timer: about one open in a thousand).  Bounded, so a
+ * storm of signals ends as an error the caller counts, never a spin. */
+#define SPOOL_INTR_RETRIES 64
+static int interrupted(int r)
+{
+    return r == -ECANCELED || r == -EINTR;
+}
+
 /* Opens name relative to the spool directory through io_uring. */
 static int uring_open(struct spool *s, const char *name, int flags, mode_t mode)
 {
-    int res[1] = {0};
-    QUEUE(s, 0, 0, io_uring_prep_openat(sqe, s->dirfd, name, flags | O_CLOEXEC, mode));
-    return uring_run(s, 1, res);
+    int r;
+    for (int tries = 0; tries < SPOOL_INTR_RETRIES; tries++) {
+        int res[1] = {0};
+        QUEUE(s, 0, 0, io_uring_prep_openat(sqe, s->dirfd, name, flags | O_CLOEXEC, mode));
+        r = uring_run(s, 1, res);
+        if (!interrupted(r) || s->ring_broken)
+            break;
+    }
+    return r;
 }
 
-static int write_file(struct spool *s, struct batch *b)
+static int write_file_once(struct spool *s, struct batch *b)
 {
     char name[40];
     file_name(name, sizeof name, b->seq);
@@ -186,7 +209,7 @@ static int write_file(struct spool *s, struct batch *b)
     return 0;
 }
 
-static int read_file(struct spool *s, uint64_t seq, struct spool_hdr *h, struct sbuf *body)
+static int read_file_once(struct spool *s, uint64_t seq, struct spool_hdr *h, struct sbuf *body)
 {
     char name[40];
     file_name(name, sizeof name, seq);
@@ -228,6 +251,26 @@ static int read_file(struct spool *s, uint64_t seq, struct spool_hdr *h, struct 
     if ((uint32_t)crc32(0, (const Bytef *)body->data, (uInt)body->len) != h->crc)
         return -EBADMSG;
     return 0;
+}
+
+/* The file operations, run again when a signal cancelled them (a failed
+ * write is unlinked and its descriptor closed first: a retry starts clean). */
+static int write_file(struct spool *s, struct batch *b)
+{
+    int r;
+    for (int tries = 0; tries < SPOOL_INTR_RETRIES; tries++)
+        if (!interrupted(r = write_file_once(s, b)) || s->ring_broken)
+            break;
+    return r;
+}
+
+static int read_file(struct spool *s, uint64_t seq, struct spool_hdr *h, struct sbuf *body)
+{
+    int r;
+    for (int tries = 0; tries < SPOOL_INTR_RETRIES; tries++)
+        if (!interrupted(r = read_file_once(s, seq, h, body)) || s->ring_broken)
+            break;
+    return r;
 }
 
 static void unlink_seq(struct spool *s, uint64_t seq)

@@ -659,7 +659,8 @@ Test(export_spool, signals_during_io_never_mix_up_completions, .timeout = 120)
     unsigned i, next_read = 0;
     for (i = 0; i < 4000 && (i < 300 || alarms < 2000); i++) {
         snprintf(body, sizeof body, "batch %u", i);
-        cr_assert_eq(spool_append(s, mk_batch(body, i + 1)), 0, "append %u", i);
+        int ar = spool_append(s, mk_batch(body, i + 1));
+        cr_assert_eq(ar, 0, "append %u: %s", i, strerror(-ar));
         if (i % 3 == 2) { /* keep a few on disk, read back the oldest */
             struct batch *h = spool_head(s);
             cr_assert_eq(spool_load(s, h), 0, "load at %u", i);
