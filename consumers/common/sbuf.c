@@ -105,6 +105,58 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+size_t cbus_utf8_clean_len(const char *s, size_t n, int *valid)
+{
+    n = strnlen(s, n);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, out = 0;
+    *valid = 1;
+    while (i < n) {
+        if (u[i] < 0x80) {
+            i++;
+            out++;
+            continue;
+        }
+        size_t len = utf8_seq(u + i, n - i);
+        if (!len) {
+            *valid = 0;
+            out += 3;
+            i++;
+        } else {
+            out += len;
+            i += len;
+        }
+    }
+    return out;
+}
+
+void sbuf_utf8_clean(struct sbuf *b, const char *s, size_t n)
+{
+    n = strnlen(s, n);
+    if (n > (SIZE_MAX - 1) / 3) {
+        b->failed = 1;
+        return;
+    }
+    if (sbuf_reserve(b, n * 3))
+        return;
+    char *o = b->data + b->len;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t len = u[i] < 0x80 ? 1 : utf8_seq(u + i, n - i);
+        if (!len) {
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(o, u + i, len);
+            o += len;
+            i += len;
+        }
+    }
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+}
+
 /* Written straight into the buffer (one reserve for the worst case, six
  * bytes per input byte): the exporter calls this for every attribute of
  * every span. */

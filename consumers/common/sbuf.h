@@ -23,6 +23,15 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(pri
 /* Appends s (n bytes, or up to a NUL) as a quoted JSON string: escapes
  * quotes, backslashes and control bytes; invalid UTF-8 becomes U+FFFD. */
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
+/* Length of s (n bytes, or up to a NUL) once every byte that is not part of
+ * a valid UTF-8 sequence is replaced by U+FFFD, as sbuf_json_str() does;
+ * *valid is set when nothing needs replacing (the length is then the input's).
+ * Protobuf strings must be UTF-8: the OTLP protobuf encoder sizes a string
+ * with this before writing its length prefix. */
+size_t cbus_utf8_clean_len(const char *s, size_t n, int *valid);
+/* Appends s (n bytes, or up to a NUL) with invalid UTF-8 replaced by U+FFFD,
+ * unquoted: exactly cbus_utf8_clean_len() bytes. */
+void sbuf_utf8_clean(struct sbuf *b, const char *s, size_t n);
 /* Exactly n bytes (a body section: a NUL is data, escaped as \u0000). */
 void sbuf_json_bytes(struct sbuf *b, const char *s, size_t n);
 /* A bounded event field (may lack its NUL) as a JSON string. */

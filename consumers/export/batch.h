@@ -10,6 +10,11 @@
 
 #include "sbuf.h"
 
+/* What a batch's body is (struct batch .format, the spool header's format
+ * byte, the Content-Type): OTLP JSON and msgpack keep the values the spool
+ * has always written, so a spool of an older exporter replays as it was. */
+enum export_wire { WIRE_OTLP_JSON = 0, WIRE_MSGPACK = 1, WIRE_OTLP_PROTOBUF = 2, WIRE_COUNT = 3 };
+
 struct batch {
     struct batch *next;       /* in whichever list holds it */
     struct batch *prev;
@@ -22,7 +27,7 @@ struct batch {
      * the lanes of the exporter's bus; batch_holds_none() sets them all. */
     uint64_t lane_min[CBUS_MAX_LANES];
     uint32_t items;           /* spans (OTLP) or events (msgpack) */
-    uint8_t format;           /* enum export_format */
+    uint8_t format;           /* enum export_wire */
     uint8_t gzip;             /* body is gzip-compressed */
     uint8_t in_spool;         /* owned by the spool (removed only when delivered or dropped) */
     uint8_t on_disk;          /* the spool holds it durably in a file */

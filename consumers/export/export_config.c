@@ -19,6 +19,7 @@ void export_config_defaults(struct export_config *c)
     c->lossless = 0;
     c->start = CBUS_START_RESUME;
     c->format = EXPORT_OTLP;
+    c->otlp_encoding = 1; /* OTLP_PROTOBUF: what every OpenTelemetry SDK sends by default */
     snprintf(c->endpoint, sizeof c->endpoint, "http://127.0.0.1:4318");
     c->gzip = 0;
     c->gzip_level = 1;
@@ -120,6 +121,11 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
     if (IS("export", "format")) {
         static const char *const formats[] = {"otlp", "msgpack", NULL};
         return cbus_cfg_choice(cfg, e, formats, &c->format, err, errlen);
+    }
+    if (IS("otlp", "encoding")) {
+        /* index = enum otlp_encoding */
+        static const char *const encodings[] = {"json", "protobuf", NULL};
+        return cbus_cfg_choice(cfg, e, encodings, &c->otlp_encoding, err, errlen);
     }
     if (IS("export", "endpoint")) {
         if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))

@@ -36,6 +36,8 @@ struct export_config {
     char service_name[128];
     char resource_attributes[512];
     int include_previews;
+    /* [otlp] */
+    unsigned otlp_encoding;     /* enum otlp_encoding (otlp.h): protobuf (default) or json */
     /* [spans] */
     uint64_t run_timeout_ns;
     uint64_t max_open_runs;

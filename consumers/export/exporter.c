@@ -32,6 +32,7 @@ struct exporter {
     struct export_config cfg;
     struct otlp_resource res;
     struct otlp_opts oopts;
+    struct otlp_mark omark;     /* of the OTLP batch being built (x->cur) */
     char host[256];
     char bus[40];
     uint64_t bus_id;
@@ -116,7 +117,9 @@ static struct batch *batch_new(struct exporter *x)
     if (!b)
         return NULL;
     sbuf_init(&b->body);
-    b->format = (uint8_t)x->cfg.format;
+    b->format = x->cfg.format == EXPORT_MSGPACK                ? WIRE_MSGPACK
+                : x->oopts.encoding == OTLP_PROTOBUF ? WIRE_OTLP_PROTOBUF
+                                                     : WIRE_OTLP_JSON;
     batch_holds_none(b);
     b->created_ns = x->now_ns;
     if (x->npool) {
@@ -129,7 +132,7 @@ static struct batch *batch_new(struct exporter *x)
         return NULL;
     }
     if (x->cfg.format == EXPORT_OTLP) {
-        otlp_begin(&b->body, &x->res);
+        otlp_begin(&b->body, &x->res, &x->oopts, &x->omark);
     } else {
         uint8_t hdr[512];
         struct cbus_mp_writer w = {hdr};
@@ -200,8 +203,8 @@ static void finalize(struct exporter *x)
         batch_free(b);
         return;
     }
-    if (b->format == EXPORT_OTLP) {
-        otlp_end(&b->body);
+    if (b->format != WIRE_MSGPACK) {
+        otlp_end(&b->body, &x->oopts, &x->omark);
     } else {
         uint8_t *p = (uint8_t *)b->body.data + x->mp_count_off;
         p[0] = (uint8_t)(b->items >> 24);
@@ -705,6 +708,7 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
         .extra = x->cfg.resource_attributes[0] ? x->cfg.resource_attributes : NULL,
     };
     x->oopts.include_previews = cfg->include_previews;
+    x->oopts.encoding = cfg->otlp_encoding;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     x->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)id->pid ^ UINT64_C(0x9e3779b97f4a7c15);

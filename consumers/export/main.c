@@ -240,7 +240,7 @@ int main(int argc, char **argv)
         char shown[CBUS_REDACT_SIZE(sizeof cfg.url)];
         printf("%s: valid (endpoint %s, format %s)\n", config ? config : "defaults",
                cbus_redact_url(shown, sizeof shown, cfg.url),
-               cfg.format == EXPORT_OTLP ? "otlp" : "msgpack");
+               cfg.format == EXPORT_MSGPACK ? "msgpack" : cfg.otlp_encoding ? "otlp protobuf" : "otlp json");
         export_config_free(&cfg);
         return 0;
     }
@@ -315,7 +315,7 @@ int main(int argc, char **argv)
                   co.start == CBUS_START_CURSOR ? "the saved cursor"
                   : co.start == CBUS_START_RESUME ? "its last cursor or the newest event"
                   : co.start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
-                  cfg.format == EXPORT_OTLP ? "OTLP/JSON" : "msgpack", shown_url, cfg.gzip ? " gzip" : "",
+                  cfg.format == EXPORT_MSGPACK ? "msgpack" : cfg.otlp_encoding ? "OTLP/protobuf" : "OTLP/JSON", shown_url, cfg.gzip ? " gzip" : "",
                   cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
                   cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
 

@@ -71,21 +71,184 @@ static void uuid_text(char out[36], const uint8_t id[16])
 }
 
 
-static void put_key(struct sbuf *b, const char *key, size_t klen)
+/* ---- one writer for both encodings ---------------------------------------
+ *
+ * The span walk below calls these for every attribute; each writes JSON or
+ * protobuf.  Protobuf tags are one byte here (field < 16): (field << 3) |
+ * wire type, wire type 0 varint, 1 fixed64, 2 length-delimited. */
+
+struct enc {
+    struct sbuf *b;
+    int pb;           /* protobuf, else JSON */
+    uint8_t attr_tag; /* pb: tag of the attributes field of the message being written */
+    int first;        /* JSON: no comma before the next attribute */
+};
+
+/* field numbers (opentelemetry-proto) as tags */
+#define PB_LEN(f) ((uint8_t)((f) << 3 | 2))
+#define PB_VARINT(f) ((uint8_t)((f) << 3))
+#define PB_FIXED64(f) ((uint8_t)((f) << 3 | 1))
+
+static inline size_t vlen(uint64_t v)
 {
-    LIT(b, ",{\"key\":\"");
-    put(b, key, klen);
-    LIT(b, "\",\"value\":{");
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
 }
 
-static void a_str(struct sbuf *b, const char *key, size_t klen, const char *s, size_t n)
+static inline void pb_varint(struct sbuf *b, uint64_t v)
 {
-    if (!n)
+    uint8_t t[10];
+    size_t n = 0;
+    while (v >= 0x80) {
+        t[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    t[n++] = (uint8_t)v;
+    put(b, t, n);
+}
+
+static inline void pb_byte(struct sbuf *b, uint8_t c)
+{
+    put(b, &c, 1);
+}
+
+static void pb_fixed64(struct sbuf *b, uint8_t tag, uint64_t v)
+{
+    uint8_t t[9];
+    t[0] = tag;
+    for (int i = 0; i < 8; i++)
+        t[1 + i] = (uint8_t)(v >> (8 * i)); /* little endian on the wire */
+    put(b, t, 9);
+}
+
+static void pb_bytes(struct sbuf *b, uint8_t tag, const void *p, size_t n)
+{
+    pb_byte(b, tag);
+    pb_varint(b, n);
+    put(b, p, n);
+}
+
+/* A string as its UTF-8-clean bytes (no prefix): n = cbus_utf8_clean_len(). */
+static void put_clean(struct sbuf *b, const char *s, size_t n, size_t clean, int valid)
+{
+    if (valid)
+        put(b, s, clean);
+    else
+        sbuf_utf8_clean(b, s, n);
+}
+
+/* A length-delimited string field: invalid UTF-8 becomes U+FFFD (a
+ * protobuf parser refuses a string field that is not UTF-8, and with it
+ * the whole request), a NUL ends it, as in JSON. */
+static void pb_str(struct sbuf *b, uint8_t tag, const char *s, size_t n)
+{
+    int valid;
+    size_t c = cbus_utf8_clean_len(s, n, &valid);
+    pb_byte(b, tag);
+    pb_varint(b, c);
+    put_clean(b, s, n, c, valid);
+}
+
+/* A nested message of unknown length: its tag and two bytes for the length
+ * (most spans are 128..16383 bytes).  Returns where the content starts. */
+static size_t pb_open(struct sbuf *b, uint8_t tag)
+{
+    uint8_t t[3] = {tag, 0, 0};
+    put(b, t, 3);
+    return b->len;
+}
+
+/* Writes the minimal length before the content that started at off,
+ * moving the content when the length needs other than two bytes. */
+static void pb_close(struct sbuf *b, size_t off)
+{
+    if (b->failed || !b->data)
         return;
-    put_key(b, key, klen);
-    LIT(b, "\"stringValue\":");
-    sbuf_json_str(b, s, n);
-    LIT(b, "}}");
+    size_t len = b->len - off, k = vlen(len);
+    if (k != 2) {
+        if (k > 2 && sbuf_reserve(b, k - 2))
+            return;
+        memmove(b->data + off - 2 + k, b->data + off, len);
+        b->len = off - 2 + k + len;
+    }
+    uint8_t *o = (uint8_t *)b->data + off - 2;
+    while (len >= 0x80) {
+        *o++ = (uint8_t)(len | 0x80);
+        len >>= 7;
+    }
+    *o = (uint8_t)len;
+}
+
+/* The outer messages, whose length is the whole batch: four bytes, padded
+ * with continuation bits (lengths below 2^28; batches are at most 64 MiB
+ * plus one span). */
+static size_t pb_open4(struct sbuf *b, uint8_t tag)
+{
+    uint8_t t[5] = {tag, 0x80, 0x80, 0x80, 0};
+    put(b, t, 5);
+    return b->len - 4;
+}
+
+static void pb_close4(struct sbuf *b, size_t at)
+{
+    if (b->failed || !b->data)
+        return;
+    size_t len = b->len - (at + 4);
+    uint8_t *o = (uint8_t *)b->data + at;
+    o[0] = (uint8_t)(len | 0x80);
+    o[1] = (uint8_t)(len >> 7 | 0x80);
+    o[2] = (uint8_t)(len >> 14 | 0x80);
+    o[3] = (uint8_t)(len >> 21 & 0x7f);
+}
+
+/* KeyValue{key = 1, value = 2 (AnyValue of any_len bytes)} under the
+ * current message's attributes field; the caller writes the AnyValue. */
+static void pb_kv_head(struct enc *e, const char *key, size_t klen, size_t any_len)
+{
+    size_t kv = 1 + vlen(klen) + klen + 1 + vlen(any_len) + any_len;
+    pb_byte(e->b, e->attr_tag);
+    pb_varint(e->b, kv);
+    pb_byte(e->b, PB_LEN(1));
+    pb_varint(e->b, klen);
+    put(e->b, key, klen);
+    pb_byte(e->b, PB_LEN(2));
+    pb_varint(e->b, any_len);
+}
+
+static void put_key(struct enc *e, const char *key, size_t klen)
+{
+    if (e->first) {
+        LIT(e->b, "{\"key\":\"");
+        e->first = 0;
+    } else {
+        LIT(e->b, ",{\"key\":\"");
+    }
+    put(e->b, key, klen);
+    LIT(e->b, "\",\"value\":{");
+}
+
+/* AnyValue.string_value = 1.  Empty strings are not sent. */
+static void a_str(struct enc *e, const char *key, size_t klen, const char *s, size_t n)
+{
+    if (!n || !*s)
+        return;
+    if (e->pb) {
+        int valid;
+        size_t c = cbus_utf8_clean_len(s, n, &valid);
+        pb_kv_head(e, key, klen, 1 + vlen(c) + c);
+        pb_byte(e->b, PB_LEN(1));
+        pb_varint(e->b, c);
+        put_clean(e->b, s, n, c, valid);
+        return;
+    }
+    put_key(e, key, klen);
+    LIT(e->b, "\"stringValue\":");
+    sbuf_json_str(e->b, s, n);
+    LIT(e->b, "}}");
 }
 
 /* The value of an integer attribute.  AnyValue.intValue is a SIGNED int64:
@@ -94,28 +257,54 @@ static void a_str(struct sbuf *b, const char *key, size_t klen, const char *s, s
  * retried, so the batch would be lost.  Every integer cbus sends is a u64 from
  * shared memory or a counter; one above INT64_MAX (a corrupt ring position, a
  * hostile producer's backoff) goes as its decimal stringValue instead: the
- * value survives and the request stays valid. */
-static void put_int_value(struct sbuf *b, uint64_t v)
+ * value survives and the request stays valid.  Protobuf does the same, so
+ * both encodings say the same thing (it could carry the bits as a negative
+ * int64, which would be a lie). */
+static void a_int(struct enc *e, const char *key, size_t klen, uint64_t v)
 {
+    if (e->pb) {
+        if (v > (uint64_t)INT64_MAX) {
+            char tmp[20];
+            size_t i = sizeof tmp;
+            do {
+                tmp[--i] = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            size_t n = sizeof tmp - i;
+            pb_kv_head(e, key, klen, 1 + vlen(n) + n);
+            pb_bytes(e->b, PB_LEN(1), tmp + i, n);
+            return;
+        }
+        pb_kv_head(e, key, klen, 1 + vlen(v));
+        pb_byte(e->b, PB_VARINT(3));
+        pb_varint(e->b, v);
+        return;
+    }
+    put_key(e, key, klen);
     if (v > (uint64_t)INT64_MAX)
-        LIT(b, "\"stringValue\":\"");
+        LIT(e->b, "\"stringValue\":\"");
     else
-        LIT(b, "\"intValue\":\"");
-    put_u64(b, v);
-    LIT(b, "\"}}");
+        LIT(e->b, "\"intValue\":\"");
+    put_u64(e->b, v);
+    LIT(e->b, "\"}}");
 }
 
-static void a_int(struct sbuf *b, const char *key, size_t klen, uint64_t v)
+/* A duration in seconds as a doubleValue.  JSON: written from integer
+ * nanoseconds ("0.25", "1.000000123"): exact, and no printf on the per-span
+ * path.  Protobuf: ns / 1e9, the correctly rounded double of that same
+ * decimal (both operands are exact below 2^53 ns), so both agree. */
+static void a_seconds(struct enc *e, const char *key, size_t klen, uint64_t ns)
 {
-    put_key(b, key, klen);
-    put_int_value(b, v);
-}
-
-/* A duration in seconds as a doubleValue, written from integer nanoseconds
- * ("0.25", "1.000000123"): exact, and no printf on the per-span path. */
-static void a_seconds(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
-{
-    put_key(b, key, klen);
+    if (e->pb) {
+        double d = (double)ns / 1e9;
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        pb_kv_head(e, key, klen, 9);
+        pb_fixed64(e->b, PB_FIXED64(4), bits);
+        return;
+    }
+    struct sbuf *b = e->b;
+    put_key(e, key, klen);
     LIT(b, "\"doubleValue\":");
     put_u64(b, ns / 1000000000u);
     uint32_t frac = (uint32_t)(ns % 1000000000u);
@@ -134,28 +323,51 @@ static void a_seconds(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
     LIT(b, "}}");
 }
 
-static void a_bool(struct sbuf *b, const char *key, size_t klen, int v)
+static void a_bool(struct enc *e, const char *key, size_t klen, int v)
 {
-    put_key(b, key, klen);
+    if (e->pb) {
+        pb_kv_head(e, key, klen, 2);
+        uint8_t t[2] = {PB_VARINT(2), (uint8_t)(v ? 1 : 0)};
+        put(e->b, t, 2);
+        return;
+    }
+    put_key(e, key, klen);
     if (v)
-        LIT(b, "\"boolValue\":true}}");
+        LIT(e->b, "\"boolValue\":true}}");
     else
-        LIT(b, "\"boolValue\":false}}");
+        LIT(e->b, "\"boolValue\":false}}");
 }
 
-static void a_str_array1(struct sbuf *b, const char *key, size_t klen, const char *s)
+/* An array of one string: AnyValue.array_value = 5 {values = 1}. */
+static void a_str_array1(struct enc *e, const char *key, size_t klen, const char *s)
 {
-    put_key(b, key, klen);
-    LIT(b, "\"arrayValue\":{\"values\":[{\"stringValue\":");
-    sbuf_json_str(b, s, strlen(s));
-    LIT(b, "}]}}}");
+    size_t n = strlen(s);
+    if (e->pb) {
+        int valid;
+        size_t c = cbus_utf8_clean_len(s, n, &valid);
+        size_t inner = 1 + vlen(c) + c;          /* AnyValue{string_value} */
+        size_t arr = 1 + vlen(inner) + inner;    /* ArrayValue{values} */
+        pb_kv_head(e, key, klen, 1 + vlen(arr) + arr);
+        pb_byte(e->b, PB_LEN(5));
+        pb_varint(e->b, arr);
+        pb_byte(e->b, PB_LEN(1));
+        pb_varint(e->b, inner);
+        pb_byte(e->b, PB_LEN(1));
+        pb_varint(e->b, c);
+        put_clean(e->b, s, n, c, valid);
+        return;
+    }
+    put_key(e, key, klen);
+    LIT(e->b, "\"arrayValue\":{\"values\":[{\"stringValue\":");
+    sbuf_json_str(e->b, s, n);
+    LIT(e->b, "}]}}}");
 }
 
-#define A_STR(b, k, s, n) a_str((b), k, sizeof(k) - 1, (s), (n))
-#define A_FIELD(b, k, f) a_str((b), k, sizeof(k) - 1, (f), FLEN(f))
-#define A_INT(b, k, v) a_int((b), k, sizeof(k) - 1, (v))
-#define A_SECONDS(b, k, ns) a_seconds((b), k, sizeof(k) - 1, (ns))
-#define A_BOOL(b, k, v) a_bool((b), k, sizeof(k) - 1, (v))
+#define A_STR(e, k, s, n) a_str((e), k, sizeof(k) - 1, (s), (n))
+#define A_FIELD(e, k, f) a_str((e), k, sizeof(k) - 1, (f), FLEN(f))
+#define A_INT(e, k, v) a_int((e), k, sizeof(k) - 1, (v))
+#define A_SECONDS(e, k, ns) a_seconds((e), k, sizeof(k) - 1, (ns))
+#define A_BOOL(e, k, v) a_bool((e), k, sizeof(k) - 1, (v))
 
 static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
 {
@@ -164,47 +376,106 @@ static void put_time(struct sbuf *b, const char *key, size_t klen, uint64_t ns)
     LIT(b, "\"");
 }
 
-void otlp_begin(struct sbuf *b, const struct otlp_resource *r)
+/* Extra resource attributes "k=v,k=v" (validated by the config parser). */
+static void resource_extra(struct enc *e, const char *p)
 {
-    LIT(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
-    LIT(b, "{\"key\":\"service.name\",\"value\":{\"stringValue\":");
-    sbuf_json_str(b, r->service_name, strlen(r->service_name));
-    LIT(b, "}}");
-    if (r->host_name)
-        A_STR(b, "host.name", r->host_name, strlen(r->host_name));
-    A_INT(b, "process.pid", r->pid);
-    if (r->bus_name)
-        A_STR(b, "cbus.bus.name", r->bus_name, strlen(r->bus_name));
-    /* A random u64: half of all buses have one above INT64_MAX, which an
-     * intValue cannot carry (see put_int_value), and an id is not a number
-     * anyway.  16 hex digits, the form cbusctl and the logs show. */
-    uint8_t idb[8];
-    for (int i = 0; i < 8; i++)
-        idb[i] = (uint8_t)(r->bus_id >> (56 - 8 * i));
-    LIT(b, ",{\"key\":\"cbus.bus.id\",\"value\":{\"stringValue\":\"");
-    otlp_put_hex(b, idb, 8);
-    LIT(b, "\"}}");
-    /* extra "k=v,k=v" pairs, already validated by the config parser */
-    for (const char *p = r->extra; p && *p;) {
+    while (p && *p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         const char *eq = memchr(p, '=', len);
         if (eq && eq > p) {
-            LIT(b, ",{\"key\":");
-            sbuf_json_str(b, p, (size_t)(eq - p));
-            LIT(b, ",\"value\":{\"stringValue\":");
-            sbuf_json_str(b, eq + 1, len - (size_t)(eq - p) - 1);
-            LIT(b, "}}");
+            size_t kl = (size_t)(eq - p), vl = len - kl - 1;
+            if (e->pb) {
+                /* config text: cleaned like any string */
+                int kvalid, vvalid;
+                size_t kc = cbus_utf8_clean_len(p, kl, &kvalid), vc = cbus_utf8_clean_len(eq + 1, vl, &vvalid);
+                size_t any = 1 + vlen(vc) + vc;
+                pb_byte(e->b, e->attr_tag);
+                pb_varint(e->b, 1 + vlen(kc) + kc + 1 + vlen(any) + any);
+                pb_byte(e->b, PB_LEN(1));
+                pb_varint(e->b, kc);
+                put_clean(e->b, p, kl, kc, kvalid);
+                pb_byte(e->b, PB_LEN(2));
+                pb_varint(e->b, any);
+                pb_byte(e->b, PB_LEN(1));
+                pb_varint(e->b, vc);
+                put_clean(e->b, eq + 1, vl, vc, vvalid);
+            } else {
+                LIT(e->b, ",{\"key\":");
+                sbuf_json_str(e->b, p, kl);
+                LIT(e->b, ",\"value\":{\"stringValue\":");
+                sbuf_json_str(e->b, eq + 1, vl);
+                LIT(e->b, "}}");
+            }
         }
         p = comma ? comma + 1 : p + len;
     }
-    LIT(b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"cbus-export\",\"version\":\"" CBUS_VERSION_STRING
-           "\"},\"spans\":[");    terminate(b);
 }
 
-void otlp_end(struct sbuf *b)
+void otlp_begin(struct sbuf *b, const struct otlp_resource *r, const struct otlp_opts *o,
+                struct otlp_mark *m)
 {
-    LIT(b, "]}]}]}");
+    /* A random u64: half of all buses have one above INT64_MAX, which an
+     * intValue cannot carry (see a_int), and an id is not a number anyway.
+     * 16 hex digits, the form cbusctl and the logs show. */
+    char idhex[16];
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 8; i++) {
+        uint8_t c = (uint8_t)(r->bus_id >> (56 - 8 * i));
+        idhex[2 * i] = hex[c >> 4];
+        idhex[2 * i + 1] = hex[c & 15];
+    }
+    struct enc e = {.b = b, .pb = o->encoding == OTLP_PROTOBUF, .attr_tag = PB_LEN(1), .first = 0};
+    size_t res = 0;
+    if (e.pb) {
+        /* ExportTraceServiceRequest.resource_spans = 1 {resource = 1
+         * {attributes = 1}, scope_spans = 2 {scope = 1 {name = 1,
+         * version = 2}, spans = 2}} */
+        m->rs_len = pb_open4(b, PB_LEN(1));
+        res = pb_open(b, PB_LEN(1));
+        /* service.name always leads, even empty */
+        int valid;
+        size_t n = strlen(r->service_name), c = cbus_utf8_clean_len(r->service_name, n, &valid);
+        pb_kv_head(&e, "service.name", 12, 1 + vlen(c) + c);
+        pb_byte(b, PB_LEN(1));
+        pb_varint(b, c);
+        put_clean(b, r->service_name, n, c, valid);
+    } else {
+        m->rs_len = m->ss_len = 0;
+        LIT(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+        LIT(b, "{\"key\":\"service.name\",\"value\":{\"stringValue\":");
+        sbuf_json_str(b, r->service_name, strlen(r->service_name));
+        LIT(b, "}}");
+    }
+    if (r->host_name)
+        A_STR(&e, "host.name", r->host_name, strlen(r->host_name));
+    A_INT(&e, "process.pid", r->pid);
+    if (r->bus_name)
+        A_STR(&e, "cbus.bus.name", r->bus_name, strlen(r->bus_name));
+    A_STR(&e, "cbus.bus.id", idhex, 16);
+    resource_extra(&e, r->extra);
+    if (e.pb) {
+        pb_close(b, res);
+        m->ss_len = pb_open4(b, PB_LEN(2));
+        size_t sc = pb_open(b, PB_LEN(1));
+        pb_str(b, PB_LEN(1), "cbus-export", 11);
+        pb_str(b, PB_LEN(2), CBUS_VERSION_STRING, sizeof CBUS_VERSION_STRING - 1);
+        pb_close(b, sc);
+    } else {
+        LIT(b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"cbus-export\",\"version\":\"" CBUS_VERSION_STRING
+               "\"},\"spans\":[");
+    }
+    terminate(b);
+}
+
+void otlp_end(struct sbuf *b, const struct otlp_opts *o, const struct otlp_mark *m)
+{
+    if (o->encoding == OTLP_PROTOBUF) {
+        pb_close4(b, m->ss_len);
+        pb_close4(b, m->rs_len);
+    } else {
+        LIT(b, "]}]}]}");
+    }
     terminate(b);
 }
 
@@ -264,7 +535,7 @@ static uint64_t end_duration(const struct cbus_event *e)
 
 /* "{prefix} {name}" (or just the prefix when name is empty), no printf:
  * this runs once per span. */
-static void put_name(struct sbuf *b, const struct span *s, const char *op)
+static void put_name(struct enc *e, const struct span *s, const char *op)
 {
     const struct cbus_event *st = &s->start;
     char name[CBUS_MODEL_LEN + CBUS_NAME_LEN + 32];
@@ -289,39 +560,59 @@ static void put_name(struct sbuf *b, const struct span *s, const char *op)
         memcpy(name + n, field, fl); /* fl <= CBUS_MODEL_LEN: fits */
         n += fl;
     }
-    LIT(b, ",\"name\":");
-    sbuf_json_str(b, name, n);
+    if (e->pb) {
+        pb_str(e->b, PB_LEN(5), name, n); /* Span.name = 5 */
+        return;
+    }
+    LIT(e->b, ",\"name\":");
+    sbuf_json_str(e->b, name, n);
 }
 
-static void put_point_event(struct sbuf *b, const struct cbus_event *ev, int first,
+/* Span.Event {time_unix_nano = 1, name = 2, attributes = 3}. */
+static void put_point_event(struct enc *e, const struct cbus_event *ev, int first,
                             const struct otlp_opts *o)
 {
-    if (!first)
-        LIT(b, ",");
-    put_time(b, "{\"timeUnixNano\":\"", 17, ev->ts_realtime_ns);
-    LIT(b, ",\"name\":");
+    struct sbuf *b = e->b;
     const char *kn = run_kind(ev->kind);
-    sbuf_json_str(b, kn, strlen(kn));
-    LIT(b, ",\"attributes\":[{\"key\":\"cbus.event.id\",\"value\":{");
-    put_int_value(b, ev->event_id);
+    size_t at = 0;
+    if (e->pb) {
+        at = pb_open(b, PB_LEN(11)); /* Span.events = 11 */
+        pb_fixed64(b, PB_FIXED64(1), ev->ts_realtime_ns);
+        pb_str(b, PB_LEN(2), kn, strlen(kn));
+        e->attr_tag = PB_LEN(3);
+    } else {
+        if (!first)
+            LIT(b, ",");
+        put_time(b, "{\"timeUnixNano\":\"", 17, ev->ts_realtime_ns);
+        LIT(b, ",\"name\":");
+        sbuf_json_str(b, kn, strlen(kn));
+        LIT(b, ",\"attributes\":[");
+        e->first = 1;
+    }
+    A_INT(e, "cbus.event.id", ev->event_id);
     switch (ev->kind) {
     case CBUS_EV_AGENT_ACTION:
-        A_FIELD(b, "gen_ai.tool.name", ev->name);
+        A_FIELD(e, "gen_ai.tool.name", ev->name);
         break;
     case CBUS_EV_RETRY:
-        A_INT(b, "cbus.retry.attempt", ev->u.retry.attempt);
-        A_INT(b, "cbus.retry.backoff_ns", ev->u.retry.backoff_ns);
+        A_INT(e, "cbus.retry.attempt", ev->u.retry.attempt);
+        A_INT(e, "cbus.retry.backoff_ns", ev->u.retry.backoff_ns);
         break;
     case CBUS_EV_CUSTOM:
-        A_FIELD(b, "cbus.custom.name", ev->name);
+        A_FIELD(e, "cbus.custom.name", ev->name);
         break;
     default:
-        A_FIELD(b, "cbus.name", ev->name);
+        A_FIELD(e, "cbus.name", ev->name);
         break;
     }
     if (o->include_previews)
-        A_FIELD(b, "cbus.preview", ev->preview);
-    LIT(b, "]}");
+        A_FIELD(e, "cbus.preview", ev->preview);
+    if (e->pb) {
+        pb_close(b, at);
+        e->attr_tag = PB_LEN(9);
+    } else {
+        LIT(b, "]}");
+    }
 }
 
 void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o)
@@ -359,133 +650,173 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         op = "invoke_agent";
     }
 
-    if (!first)
-        LIT(b, ",");
-    LIT(b, "{\"traceId\":\"");
-    otlp_put_hex(b, s->trace_id, 16);
-    LIT(b, "\",\"spanId\":\"");
-    otlp_put_hex(b, s->span_id, 8);
-    if (s->has_parent) {
-        LIT(b, "\",\"parentSpanId\":\"");
-        otlp_put_hex(b, s->parent_span_id, 8);
+    struct enc e = {.b = b, .pb = o->encoding == OTLP_PROTOBUF, .attr_tag = PB_LEN(9), .first = 1};
+    size_t span_at = 0;
+    if (e.pb) {
+        /* ScopeSpans.spans = 2: Span {trace_id = 1, span_id = 2,
+         * parent_span_id = 4, name = 5, kind = 6, start_time_unix_nano = 7,
+         * end_time_unix_nano = 8, attributes = 9, events = 11,
+         * dropped_events_count = 12, status = 15} */
+        span_at = pb_open(b, PB_LEN(2));
+        pb_bytes(b, PB_LEN(1), s->trace_id, 16);
+        pb_bytes(b, PB_LEN(2), s->span_id, 8);
+        if (s->has_parent)
+            pb_bytes(b, PB_LEN(4), s->parent_span_id, 8);
+        put_name(&e, s, op);
+        uint8_t kt[2] = {PB_VARINT(6), (uint8_t)kind};
+        put(b, kt, 2);
+        pb_fixed64(b, PB_FIXED64(7), t0);
+        pb_fixed64(b, PB_FIXED64(8), t1);
+    } else {
+        if (!first)
+            LIT(b, ",");
+        LIT(b, "{\"traceId\":\"");
+        otlp_put_hex(b, s->trace_id, 16);
+        LIT(b, "\",\"spanId\":\"");
+        otlp_put_hex(b, s->span_id, 8);
+        if (s->has_parent) {
+            LIT(b, "\",\"parentSpanId\":\"");
+            otlp_put_hex(b, s->parent_span_id, 8);
+        }
+        LIT(b, "\"");
+        put_name(&e, s, op);
+        if (kind == KIND_CLIENT)
+            LIT(b, ",\"kind\":3");
+        else
+            LIT(b, ",\"kind\":1");
+        put_time(b, ",\"startTimeUnixNano\":\"", 22, t0);
+        put_time(b, ",\"endTimeUnixNano\":\"", 20, t1);
+        LIT(b, ",\"attributes\":[");
     }
-    LIT(b, "\"");
-    put_name(b, s, op);
-    if (kind == KIND_CLIENT)
-        LIT(b, ",\"kind\":3");
-    else
-        LIT(b, ",\"kind\":1");
-    put_time(b, ",\"startTimeUnixNano\":\"", 22, t0);
-    put_time(b, ",\"endTimeUnixNano\":\"", 20, t1);
 
     /* ---- attributes ---- */
-    LIT(b, ",\"attributes\":[{\"key\":\"cbus.run.kind\",\"value\":{\"stringValue\":\"");
     const char *rk = run_kind(k);
-    put(b, rk, strlen(rk));
-    LIT(b, "\"}}");
+    A_STR(&e, "cbus.run.kind", rk, strlen(rk));
     if (op)
-        A_STR(b, "gen_ai.operation.name", op, strlen(op));
+        A_STR(&e, "gen_ai.operation.name", op, strlen(op));
     char uuid[36];
     uuid_text(uuid, st->run_id);
-    A_STR(b, "cbus.run.id", uuid, 36);
-    A_INT(b, "cbus.event.id", st->event_id);
+    A_STR(&e, "cbus.run.id", uuid, 36);
+    A_INT(&e, "cbus.event.id", st->event_id);
     if (en && s->end_kind == SPAN_ENDED)
-        A_INT(b, "cbus.end_event.id", en->event_id);
-    A_FIELD(b, "gen_ai.provider.name", st->provider);
-    A_FIELD(b, "user.id", st->user);
+        A_INT(&e, "cbus.end_event.id", en->event_id);
+    A_FIELD(&e, "gen_ai.provider.name", st->provider);
+    A_FIELD(&e, "user.id", st->user);
     if (FLEN(st->session)) {
-        A_FIELD(b, "session.id", st->session);
-        A_FIELD(b, "gen_ai.conversation.id", st->session);
+        A_FIELD(&e, "session.id", st->session);
+        A_FIELD(&e, "gen_ai.conversation.id", st->session);
     }
-    A_FIELD(b, "cbus.request.id", st->request_id);
-    A_INT(b, "cbus.producer.pid", st->pid);
-    A_INT(b, "thread.id", st->tid);
+    A_FIELD(&e, "cbus.request.id", st->request_id);
+    A_INT(&e, "cbus.producer.pid", st->pid);
+    A_INT(&e, "thread.id", st->tid);
 
     if (is_llm(k)) {
-        A_FIELD(b, "gen_ai.request.model", st->model);
+        A_FIELD(&e, "gen_ai.request.model", st->model);
         if (s->end_kind == SPAN_ENDED && st->u.llm_start.max_tokens)
-            A_INT(b, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
+            A_INT(&e, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
         if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_USAGE) {
             const struct cbus_usage *u = &en->u.usage;
-            A_FIELD(b, "gen_ai.response.model", en->model);
+            A_FIELD(&e, "gen_ai.response.model", en->model);
             if (u->usage_present & CBUS_USAGE_INPUT)
-                A_INT(b, "gen_ai.usage.input_tokens", u->input_tokens);
+                A_INT(&e, "gen_ai.usage.input_tokens", u->input_tokens);
             if (u->usage_present & CBUS_USAGE_OUTPUT)
-                A_INT(b, "gen_ai.usage.output_tokens", u->output_tokens);
+                A_INT(&e, "gen_ai.usage.output_tokens", u->output_tokens);
             if (u->usage_present & CBUS_USAGE_CACHE_READ)
-                A_INT(b, "gen_ai.usage.cache_read.input_tokens", u->cache_read_tokens);
+                A_INT(&e, "gen_ai.usage.cache_read.input_tokens", u->cache_read_tokens);
             if (u->usage_present & CBUS_USAGE_CACHE_CREATION)
-                A_INT(b, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
+                A_INT(&e, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
             if (u->usage_present & CBUS_USAGE_REASONING)
-                A_INT(b, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
+                A_INT(&e, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
             const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
             if (fr)
-                a_str_array1(b, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
+                a_str_array1(&e, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
             if (u->usage_present & CBUS_USAGE_TTFT)
-                A_SECONDS(b, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
+                A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
             else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)
-                A_SECONDS(b, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
+                A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
         } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
-            A_SECONDS(b, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
+            A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
         }
         if (s->chunks)
-            A_INT(b, "cbus.stream.chunks", s->chunks);
+            A_INT(&e, "cbus.stream.chunks", s->chunks);
     } else if (op && !strcmp(op, "execute_tool")) {
-        A_FIELD(b, "gen_ai.tool.name", st->name);
+        A_FIELD(&e, "gen_ai.tool.name", st->name);
     } else if (s->is_agent) {
-        A_FIELD(b, "gen_ai.agent.name", st->name);
+        A_FIELD(&e, "gen_ai.agent.name", st->name);
     } else {
-        A_FIELD(b, "cbus.name", st->name);
+        A_FIELD(&e, "cbus.name", st->name);
     }
     if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_RETRIEVER)
-        A_INT(b, "cbus.retriever.document_count", en->u.retriever.document_count);
+        A_INT(&e, "cbus.retriever.document_count", en->u.retriever.document_count);
     if (en && is_error_kind(en->kind)) {
         size_t tl = FLEN(en->name);
-        A_STR(b, "error.type", tl ? en->name : "_OTHER", tl ? tl : 6);
+        A_STR(&e, "error.type", tl ? en->name : "_OTHER", tl ? tl : 6);
         if (en->u.error.http_status > 0)
-            A_INT(b, "http.response.status_code", (uint64_t)en->u.error.http_status);
+            A_INT(&e, "http.response.status_code", (uint64_t)en->u.error.http_status);
     }
     if (s->end_kind == SPAN_UNFINISHED)
-        A_BOOL(b, "cbus.run.unfinished", 1);
+        A_BOOL(&e, "cbus.run.unfinished", 1);
     else if (s->end_kind == SPAN_START_MISSING)
-        A_BOOL(b, "cbus.run.start_missing", 1);
+        A_BOOL(&e, "cbus.run.start_missing", 1);
     if (o->include_previews) {
         if (s->end_kind == SPAN_POINT)
-            A_FIELD(b, "cbus.preview", st->preview);
+            A_FIELD(&e, "cbus.preview", st->preview);
         else if (s->end_kind != SPAN_START_MISSING)
-            A_FIELD(b, "cbus.input.preview", st->preview);
+            A_FIELD(&e, "cbus.input.preview", st->preview);
         if (en && !is_error_kind(en->kind))
-            A_FIELD(b, "cbus.output.preview", en->preview);
+            A_FIELD(&e, "cbus.output.preview", en->preview);
     }
     if ((st->flags | (en ? en->flags : 0)) & 0x7f)
-        A_BOOL(b, "cbus.truncated", 1);
-    LIT(b, "]");
+        A_BOOL(&e, "cbus.truncated", 1);
+    if (!e.pb)
+        LIT(b, "]");
 
     /* ---- point events folded into the span ---- */
     if (s->n_events) {
-        LIT(b, ",\"events\":[");
+        if (!e.pb)
+            LIT(b, ",\"events\":[");
         for (uint32_t i = 0; i < s->n_events; i++)
-            put_point_event(b, &s->events[i], i == 0, o);
-        LIT(b, "]");
+            put_point_event(&e, &s->events[i], i == 0, o);
+        if (!e.pb)
+            LIT(b, "]");
     }
     if (s->events_dropped) {
-        LIT(b, ",\"droppedEventsCount\":");
-        put_u64(b, s->events_dropped);
+        if (e.pb) {
+            pb_byte(b, PB_VARINT(12));
+            pb_varint(b, s->events_dropped);
+        } else {
+            LIT(b, ",\"droppedEventsCount\":");
+            put_u64(b, s->events_dropped);
+        }
     }
 
-    /* ---- status ---- */
-    if (en && is_error_kind(en->kind)) {
-        LIT(b, ",\"status\":{\"code\":2");
-        size_t ml = FLEN(en->preview);
-        if (ml) {
-            LIT(b, ",\"message\":");
-            sbuf_json_str(b, en->preview, ml);
+    /* ---- status: Status {message = 2, code = 3} ---- */
+    int code = en && is_error_kind(en->kind) ? 2 : en ? 1 : 0;
+    size_t ml = code == 2 ? FLEN(en->preview) : 0;
+    if (e.pb) {
+        /* always there, as in JSON (an empty Status for UNSET) */
+        size_t at = pb_open(b, PB_LEN(15));
+        if (ml)
+            pb_str(b, PB_LEN(2), en->preview, ml);
+        if (code) {
+            uint8_t ct[2] = {PB_VARINT(3), (uint8_t)code};
+            put(b, ct, 2);
         }
-        LIT(b, "}}");
-    } else if (en) {
-        LIT(b, ",\"status\":{\"code\":1}}");
+        pb_close(b, at);
+        pb_close(b, span_at);
     } else {
-        LIT(b, ",\"status\":{\"code\":0}}");
+        if (code == 2) {
+            LIT(b, ",\"status\":{\"code\":2");
+            if (ml) {
+                LIT(b, ",\"message\":");
+                sbuf_json_str(b, en->preview, ml);
+            }
+            LIT(b, "}}");
+        } else if (code == 1) {
+            LIT(b, ",\"status\":{\"code\":1}}");
+        } else {
+            LIT(b, ",\"status\":{\"code\":0}}");
+        }
     }
     terminate(b);
 }

@@ -1,6 +1,21 @@
-/* OTLP/JSON encoding of assembled spans (ExportTraceServiceRequest).
+/* OTLP encoding of assembled spans (ExportTraceServiceRequest), as
+ * protobuf (application/x-protobuf, the OTLP/HTTP default) or JSON.
  *
- * Rules (OTLP/HTTP JSON mapping): traceId/spanId are lowercase hex strings;
+ * Both come from one walk over the span (otlp.c): every attribute, event
+ * and status is written by a helper that writes either encoding, so the two
+ * never differ in what they say (export_units decodes both with Google's
+ * parsers and compares them message for message).
+ *
+ * Protobuf: written by hand against the wire format of opentelemetry-proto
+ * (trace.proto, common.proto, resource.proto, trace_service.proto).  Nested
+ * messages get minimal length prefixes (two bytes reserved, moved when the
+ * length needs one or three); the two outer lengths (ResourceSpans and
+ * ScopeSpans, which hold the whole batch) are 4-byte varints padded with
+ * continuation bits, as Perfetto's protozero writes them: valid protobuf
+ * that every decoder reads, and no move of the whole batch when it closes.
+ * Strings are UTF-8: invalid bytes become U+FFFD, as in JSON.
+ *
+ * JSON rules (OTLP/HTTP JSON mapping): traceId/spanId are lowercase hex strings;
  * enums are integers (kind INTERNAL=1, CLIENT=3; status UNSET=0, OK=1,
  * ERROR=2); 64-bit integers (times, intValue) are decimal strings; keys are
  * lowerCamelCase.  Spans follow OpenTelemetry's GenAI conventions: an LLM
@@ -29,14 +44,25 @@ struct otlp_resource {
     const char *extra;
 };
 
+enum otlp_encoding { OTLP_JSON = 0, OTLP_PROTOBUF = 1 };
+
 struct otlp_opts {
     int include_previews;  /* input/output previews as cbus.input.preview / cbus.output.preview */
+    unsigned encoding;     /* enum otlp_encoding */
 };
 
-void otlp_begin(struct sbuf *b, const struct otlp_resource *r);
-/* first: no comma before it */
+/* Where otlp_end() patches a protobuf batch's two outer lengths. */
+struct otlp_mark {
+    size_t rs_len;  /* offset of ResourceSpans' 4-byte length */
+    size_t ss_len;  /* offset of ScopeSpans' 4-byte length */
+};
+
+/* b must be empty (the request starts at offset 0). */
+void otlp_begin(struct sbuf *b, const struct otlp_resource *r, const struct otlp_opts *o,
+                struct otlp_mark *m);
+/* first: the batch's first span (JSON: no comma before it) */
 void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o);
-void otlp_end(struct sbuf *b);
+void otlp_end(struct sbuf *b, const struct otlp_opts *o, const struct otlp_mark *m);
 
 /* Decimal / hex writers used by the encoder (exposed for the tests). */
 void otlp_put_u64(struct sbuf *b, uint64_t v);

@@ -99,3 +99,105 @@ int retry_partial_success(const char *body, size_t len, uint64_t *rejected, char
     cJSON_Delete(root);
     return found;
 }
+
+/* Protobuf reading, bounds-checked: each returns 0 or -1 (past the end). */
+static int pb_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return -1;
+        uint8_t c = *(*p)++;
+        r |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *v = r;
+            return 0;
+        }
+    }
+    return -1; /* more than 10 bytes */
+}
+
+/* Skips a field of wire type wt; groups (3, 4) and unknown types fail. */
+static int pb_skip(const uint8_t **p, const uint8_t *end, unsigned wt)
+{
+    uint64_t v;
+    switch (wt) {
+    case 0:
+        return pb_get_varint(p, end, &v);
+    case 1:
+        if (end - *p < 8)
+            return -1;
+        *p += 8;
+        return 0;
+    case 2:
+        if (pb_get_varint(p, end, &v) || v > (uint64_t)(end - *p))
+            return -1;
+        *p += v;
+        return 0;
+    case 5:
+        if (end - *p < 4)
+            return -1;
+        *p += 4;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+int retry_partial_success_pb(const void *body, size_t len, uint64_t *rejected, char *msg, size_t msglen)
+{
+    *rejected = 0;
+    if (msglen)
+        msg[0] = '\0';
+    if (!body || !len)
+        return 0;
+    const uint8_t *p = body, *end = p + len;
+    const uint8_t *ps = NULL, *ps_end = NULL;
+    while (p < end) {
+        uint64_t key;
+        if (pb_get_varint(&p, end, &key))
+            return 0;
+        if (key == (1 << 3 | 2)) { /* partial_success; the last one wins, as in protobuf */
+            uint64_t n;
+            if (pb_get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+                return 0;
+            ps = p;
+            ps_end = p + n;
+            p += n;
+        } else if ((key >> 3) == 0 || pb_skip(&p, end, (unsigned)(key & 7))) {
+            return 0;
+        }
+    }
+    if (!ps)
+        return 0;
+    int64_t count = 0;
+    const uint8_t *m = NULL;
+    size_t ml = 0;
+    for (p = ps; p < ps_end;) {
+        uint64_t key, v;
+        if (pb_get_varint(&p, ps_end, &key))
+            return 0;
+        if (key == (1 << 3 | 0)) {
+            if (pb_get_varint(&p, ps_end, &v))
+                return 0;
+            count = (int64_t)v;
+        } else if (key == (2 << 3 | 2)) {
+            if (pb_get_varint(&p, ps_end, &v) || v > (uint64_t)(ps_end - p))
+                return 0;
+            m = p;
+            ml = (size_t)v;
+            p += v;
+        } else if ((key >> 3) == 0 || pb_skip(&p, ps_end, (unsigned)(key & 7))) {
+            return 0;
+        }
+    }
+    if (count > 0)
+        *rejected = (uint64_t)count;
+    if (m && ml && msglen) {
+        size_t n = ml < msglen - 1 ? ml : msglen - 1;
+        for (size_t i = 0; i < n; i++)
+            msg[i] = m[i] < 0x20 || m[i] == 0x7f ? ' ' : (char)m[i];
+        msg[n] = '\0';
+    }
+    return *rejected > 0 || (msglen && msg[0]);
+}

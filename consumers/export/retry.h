@@ -35,4 +35,12 @@ uint64_t retry_backoff_ns(unsigned attempt, uint64_t initial_ns, uint64_t max_ns
  * filled), 0 when it does not (or is not JSON: the 2xx stands). */
 int retry_partial_success(const char *body, size_t len, uint64_t *rejected, char *msg, size_t msglen);
 
+/* The same for a protobuf ExportTraceServiceResponse {partial_success = 1
+ * {rejected_spans = 1 (int64), error_message = 2}}, the answer to an
+ * application/x-protobuf request.  Every length is checked against len (the
+ * answer comes from the network, and may be cut at the transport's 8 KiB);
+ * a body that is not such a message is 0, as is a negative count with no
+ * message.  Control bytes in the message become spaces (it is logged). */
+int retry_partial_success_pb(const void *body, size_t len, uint64_t *rejected, char *msg, size_t msglen);
+
 #endif

@@ -226,7 +226,7 @@ static int read_file_once(struct spool *s, uint64_t seq, struct spool_hdr *h, st
         if (r < 0 && res[0] < 0)
             return res[0];
         if (res[0] != (int)sizeof *h || memcmp(h->magic, SPOOL_MAGIC, 8) || h->version != SPOOL_VERSION ||
-            h->body_len > (1ull << 31))
+            h->body_len > (1ull << 31) || h->format >= WIRE_COUNT)
             return -EBADMSG;
         return 0;
     }

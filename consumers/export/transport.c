@@ -16,6 +16,8 @@ struct xfer {
     CURL *easy;
     struct batch *b;
     char retry_after[64];
+    int resp_json;          /* the answer says Content-Type: application/json */
+    int resp_pb;            /* ... application/x-protobuf */
     char resp[RESP_MAX];
     size_t resp_len;
     char errbuf[CURL_ERROR_SIZE];
@@ -26,7 +28,7 @@ struct transport {
     struct xfer *slots;
     unsigned nslots;
     unsigned in_flight;
-    struct curl_slist *headers[2][2]; /* [format][gzip] */
+    struct curl_slist *headers[WIRE_COUNT][2]; /* [batch format][gzip] */
     uint64_t connects;
 };
 
@@ -44,6 +46,14 @@ static size_t on_header(char *buf, size_t size, size_t n, void *arg)
         for (char *p = x->retry_after; *p; p++)
             if (*p == '\r' || *p == '\n')
                 *p = '\0';
+    } else if (len > 13 && !strncasecmp(buf, "Content-Type:", 13)) {
+        const char *v = buf + 13, *e = buf + len;
+        while (v < e && (*v == ' ' || *v == '\t'))
+            v++;
+        size_t vl = (size_t)(e - v);
+        x->resp_json = vl >= 16 && !strncasecmp(v, "application/json", 16);
+        x->resp_pb = (vl >= 22 && !strncasecmp(v, "application/x-protobuf", 22)) ||
+                     (vl >= 20 && !strncasecmp(v, "application/protobuf", 20));
     }
     return len;
 }
@@ -72,7 +82,9 @@ static struct curl_slist *build_headers(const struct export_config *cfg, unsigne
         }                                                                                          \
         l = n;                                                                                     \
     } while (0)
-    ADD(format == EXPORT_MSGPACK ? "Content-Type: application/msgpack" : "Content-Type: application/json");
+    ADD(format == WIRE_MSGPACK         ? "Content-Type: application/msgpack"
+        : format == WIRE_OTLP_PROTOBUF ? "Content-Type: application/x-protobuf"
+                                       : "Content-Type: application/json");
     if (gzip)
         ADD("Content-Encoding: gzip");
     ADD("Expect:"); /* no 100-continue round trip for large bodies */
@@ -127,7 +139,7 @@ int transport_new(struct transport **out, const struct export_config *cfg, char 
         return -ENOMEM;
     }
     int bad = 0;
-    for (unsigned f = 0; f < 2; f++)
+    for (unsigned f = 0; f < WIRE_COUNT; f++)
         for (int g = 0; g < 2; g++)
             t->headers[f][g] = build_headers(cfg, f, g, auth_header, &bad);
     if (auth_header) {
@@ -203,7 +215,7 @@ void transport_free(struct transport *t)
     }
     if (t->multi)
         curl_multi_cleanup(t->multi);
-    for (int f = 0; f < 2; f++)
+    for (int f = 0; f < WIRE_COUNT; f++)
         for (int g = 0; g < 2; g++)
             curl_slist_free_all(t->headers[f][g]);
     free(t->slots);
@@ -223,10 +235,13 @@ int transport_send(struct transport *t, struct batch *b)
         return -EBUSY;
     x->b = b;
     x->retry_after[0] = '\0';
+    x->resp_json = x->resp_pb = 0;
     x->resp_len = 0;
     x->resp[0] = '\0';
     x->errbuf[0] = '\0';
-    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, t->headers[b->format ? 1 : 0][b->gzip ? 1 : 0]);
+    if (b->format >= WIRE_COUNT)
+        return -EINVAL; /* the spool refuses such a file; never index past the table */
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, t->headers[b->format][b->gzip ? 1 : 0]);
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, b->body.data);
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)b->body.len);
     if (curl_multi_add_handle(t->multi, x->easy) != CURLM_OK) {
@@ -270,7 +285,13 @@ static void finish(struct transport *t, CURLMsg *m, transport_done_fn done, void
     if (r.curl_code) {
         snprintf(r.message, sizeof r.message, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(m->data.result));
     } else if (r.outcome == SEND_OK) {
-        r.partial = retry_partial_success(x->resp, x->resp_len, &r.rejected, r.message, sizeof r.message);
+        /* OTLP/HTTP answers in the request's encoding; the answer's own
+         * Content-Type decides when it names one */
+        int pb = x->resp_pb || (!x->resp_json && b->format == WIRE_OTLP_PROTOBUF);
+        if (pb)
+            r.partial = retry_partial_success_pb(x->resp, x->resp_len, &r.rejected, r.message, sizeof r.message);
+        else
+            r.partial = retry_partial_success(x->resp, x->resp_len, &r.rejected, r.message, sizeof r.message);
     } else {
         /* first line of the answer, for the log */
         size_t n = strcspn(x->resp, "\r\n");

@@ -71,7 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct otlp_resource res = {.service_name = "fuzz", .host_name = "h\"ost", .pid = 7,
                                 .bus_name = "bus", .bus_id = 0xabcdef,
                                 .extra = (flags & 2) ? "deployment.environment=fuzz,k=v" : NULL};
-    otlp_begin(&o.b, &res);
+    struct otlp_mark mark;
+    otlp_begin(&o.b, &res, &o.o, &mark);
     struct span_table *t;
     if (span_table_new(&t, 1 + (flags >> 4), on_span, &o)) {
         sbuf_free(&o.b);
@@ -100,7 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     span_table_flush(t);
     FZ_CHECK(span_table_min_pos(t) == UINT64_MAX, "runs open after a flush");
     span_table_free(t);
-    otlp_end(&o.b);
+    otlp_end(&o.b, &o.o, &mark);
     if (!o.b.failed)
         check_body(&o);
     sbuf_free(&o.b);

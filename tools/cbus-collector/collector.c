@@ -1,7 +1,7 @@
 /* cbus-collector: a small loopback HTTP/1.1 collector for tests, benchmarks
  * and the demo.  It accepts what cbus-export sends:
  *
- *   POST /v1/traces (or any path ending in it)   OTLP/JSON, optionally gzip
+ *   POST /v1/traces (or any path ending in it)   OTLP/protobuf or OTLP/JSON, optionally gzip
  *   POST <any path> with Content-Type application/msgpack   msgpack batches
  *   GET  /stats                                  the counters as JSON
  *
@@ -67,6 +67,7 @@ struct stats {
     uint64_t bytes;         /* accepted bodies as received (maybe gzip) */
     uint64_t bytes_inflated;
     uint64_t gzip;
+    uint64_t protobuf;      /* accepted OTLP bodies that were protobuf */
     uint64_t chunked;
     uint64_t partial;       /* answers carrying partialSuccess */
     uint64_t stored;
@@ -111,10 +112,11 @@ static void stats_json(struct sbuf *b)
                 ",\"failed\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"bad\":%" PRIu64
                 ",\"spans\":%" PRIu64 ",\"span_events\":%" PRIu64 ",\"events\":%" PRIu64
                 ",\"bytes\":%" PRIu64 ",\"bytes_inflated\":%" PRIu64 ",\"gzip\":%" PRIu64
-                ",\"chunked\":%" PRIu64 ",\"partial\":%" PRIu64 ",\"stored\":%" PRIu64 "}\n",
+                ",\"protobuf\":%" PRIu64 ",\"chunked\":%" PRIu64 ",\"partial\":%" PRIu64
+                ",\"stored\":%" PRIu64 "}\n",
                 S.connections, S.requests, S.accepted, S.failed, S.dropped, S.bad, S.spans,
-                S.span_events, S.events, S.bytes, S.bytes_inflated, S.gzip, S.chunked, S.partial,
-                S.stored);
+                S.span_events, S.events, S.bytes, S.bytes_inflated, S.gzip, S.protobuf, S.chunked,
+                S.partial, S.stored);
     /* the line above ends in "}\n": reopen it for the arrival times */
     if (!b->failed && b->len >= 2) {
         b->len -= 2;
@@ -186,6 +188,25 @@ static void respond(struct conn *c, int status, const char *ctype, const char *b
         sbuf_add(&c->out, body, blen);
 }
 
+/* google.rpc.Status {code = 1: 14 (UNAVAILABLE), message = 2} */
+#define PB_UNAVAILABLE "\x08\x0e\x12\x10injected failure"
+
+/* respond() for a body that may hold NUL bytes (protobuf). */
+static void respond_bytes(struct conn *c, int status, const char *ctype, const void *body, size_t blen,
+                          const char *extra_header)
+{
+    sbuf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n", status, http_reason(status), blen);
+    if (ctype)
+        sbuf_printf(&c->out, "Content-Type: %s\r\n", ctype);
+    if (extra_header)
+        sbuf_puts(&c->out, extra_header);
+    if (c->close_after)
+        sbuf_puts(&c->out, "Connection: close\r\n");
+    sbuf_puts(&c->out, "\r\n");
+    if (blen)
+        sbuf_add(&c->out, body, blen);
+}
+
 static int ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -212,13 +233,15 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
     int is_msgpack = !strncasecmp(req->content_type, "application/msgpack", 19) ||
                      !strncasecmp(req->content_type, "application/x-msgpack", 21);
     int is_json = !strncasecmp(req->content_type, "application/json", 16);
+    int is_pb = !strncasecmp(req->content_type, "application/x-protobuf", 22) ||
+                !strncasecmp(req->content_type, "application/protobuf", 20);
     char *q = strchr(req->target, '?');
     if (q)
         *q = '\0';
-    if (!is_msgpack && !(is_json && ends_with(req->target, "/v1/traces"))) {
+    if (!is_msgpack && !((is_json || is_pb) && ends_with(req->target, "/v1/traces"))) {
         S.bad++;
-        respond(c, is_json ? 404 : 415, "text/plain", "want OTLP/JSON at /v1/traces or application/msgpack\n",
-                NULL);
+        respond(c, is_json || is_pb ? 404 : 415, "text/plain",
+                "want OTLP (protobuf or JSON) at /v1/traces or application/msgpack\n", NULL);
         return 0;
     }
     if (S.requests < POSTS_KEPT)
@@ -237,8 +260,14 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
         char hdr[128] = "";
         if (O.retry_after)
             snprintf(hdr, sizeof hdr, "Retry-After: %s\r\n", O.retry_after);
-        respond(c, O.fail_status, "application/json", "{\"code\":14,\"message\":\"injected failure\"}",
-                hdr[0] ? hdr : NULL);
+        /* OTLP/HTTP: a failure carries a google.rpc.Status in the request's
+         * encoding; protobuf Status {code = 1: 14, message = 2} */
+        if (is_pb)
+            respond_bytes(c, O.fail_status, "application/x-protobuf", PB_UNAVAILABLE, sizeof PB_UNAVAILABLE - 1,
+                          hdr[0] ? hdr : NULL);
+        else
+            respond(c, O.fail_status, "application/json", "{\"code\":14,\"message\":\"injected failure\"}",
+                    hdr[0] ? hdr : NULL);
         return 0;
     }
     struct sbuf inflated;
@@ -257,7 +286,9 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
         S.gzip++;
     }
     struct count_result cr;
-    int r = is_msgpack ? count_msgpack(data, len, O.full_parse, &cr) : count_otlp_json(data, len, O.full_parse, &cr);
+    int r = is_msgpack ? count_msgpack(data, len, O.full_parse, &cr)
+            : is_pb    ? count_otlp_protobuf(data, len, O.full_parse, &cr)
+                       : count_otlp_json(data, len, O.full_parse, &cr);
     if (r) {
         sbuf_free(&inflated);
         S.bad++;
@@ -265,6 +296,8 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
                 NULL);
         return 0;
     }
+    if (is_pb)
+        S.protobuf++;
     S.accepted++;
     S.spans += cr.spans;
     S.span_events += cr.span_events;
@@ -274,9 +307,35 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
     if (req->chunked)
         S.chunked++;
     if (O.store_dir)
-        store_body(is_msgpack ? "msgpack" : "json", data, len);
+        store_body(is_msgpack ? "msgpack" : is_pb ? "pb" : "json", data, len);
     sbuf_free(&inflated);
-    if (!is_msgpack && O.partial) {
+    if (is_pb) {
+        /* ExportTraceServiceResponse: empty for full success, else
+         * partial_success = 1 {rejected_spans = 1, error_message = 2} */
+        uint8_t pb[64];
+        size_t n = 0;
+        if (O.partial) {
+            static const char m[] = "injected partial success";
+            uint8_t v[10];
+            size_t vl = 0;
+            for (uint64_t x = O.partial; ; x >>= 7) {
+                v[vl++] = (uint8_t)(x >= 0x80 ? (x & 0x7f) | 0x80 : x);
+                if (x < 0x80)
+                    break;
+            }
+            pb[n++] = 0x0a;
+            pb[n++] = (uint8_t)(1 + vl + 2 + sizeof m - 1);
+            pb[n++] = 0x08;
+            memcpy(pb + n, v, vl);
+            n += vl;
+            pb[n++] = 0x12;
+            pb[n++] = (uint8_t)(sizeof m - 1);
+            memcpy(pb + n, m, sizeof m - 1);
+            n += sizeof m - 1;
+            S.partial++;
+        }
+        respond_bytes(c, 200, "application/x-protobuf", pb, n, NULL);
+    } else if (!is_msgpack && O.partial) {
         char pb[160];
         snprintf(pb, sizeof pb,
                  "{\"partialSuccess\":{\"rejectedSpans\":\"%u\",\"errorMessage\":\"injected partial success\"}}",
@@ -423,7 +482,7 @@ static void usage(FILE *f)
             "usage: cbus-collector [options]\n"
             "  --listen HOST:PORT   address (default 127.0.0.1:4318; port 0 = any free port)\n"
             "  --port-file FILE     write the bound port here once listening\n"
-            "  --store DIR          store every accepted body (inflated) as DIR/NNNNNNNN.json|msgpack\n"
+            "  --store DIR          store every accepted body (inflated) as DIR/NNNNNNNN.pb|json|msgpack\n"
             "  --stats FILE         write the counters as JSON (every 100 ms while they change, and at exit)\n"
             "  --parse              parse bodies fully (validates; counts span events) instead of scanning\n"
             "  --fail-first N       answer the first N requests with --status\n"

@@ -220,3 +220,226 @@ out:
     msgpack_unpacked_destroy(&u);
     return ret;
 }
+
+/* ---- OTLP/protobuf ----------------------------------------------------------- */
+
+struct pbr {
+    const uint8_t *p, *end;
+};
+
+static int pb_varint(struct pbr *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end)
+            return -1;
+        uint8_t c = *r->p++;
+        x |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Next field: its number, wire type and, for length-delimited fields, the
+ * sub-reader over its bytes.  0, 1 at the end, -1 when malformed. */
+static int pb_next(struct pbr *r, unsigned *field, unsigned *wt, struct pbr *sub)
+{
+    if (r->p >= r->end)
+        return 1;
+    uint64_t key, v;
+    if (pb_varint(r, &key) || (key >> 3) == 0 || (key >> 3) > 536870911u)
+        return -1;
+    *field = (unsigned)(key >> 3);
+    *wt = (unsigned)(key & 7);
+    switch (*wt) {
+    case 0:
+        return pb_varint(r, &v);
+    case 1:
+        if (r->end - r->p < 8)
+            return -1;
+        r->p += 8;
+        return 0;
+    case 2:
+        if (pb_varint(r, &v) || v > (uint64_t)(r->end - r->p))
+            return -1;
+        sub->p = r->p;
+        sub->end = r->p + v;
+        r->p += v;
+        return 0;
+    case 5:
+        if (r->end - r->p < 4)
+            return -1;
+        r->p += 4;
+        return 0;
+    default:
+        return -1; /* groups: not in OTLP */
+    }
+}
+
+static int utf8_ok(const struct pbr *s)
+{
+    const uint8_t *p = s->p, *e = s->end;
+    while (p < e) {
+        uint8_t c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t n = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (!n || (size_t)(e - p) < n)
+            return 0;
+        uint32_t cp = c & (0x7f >> n);
+        for (size_t i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        p += n;
+    }
+    return 1;
+}
+
+static int any_value_ok(struct pbr r, int depth);
+
+/* KeyValue {key = 1, value = 2} */
+static int key_value_ok(struct pbr r, int depth)
+{
+    unsigned f, wt;
+    struct pbr sub;
+    int k;
+    while ((k = pb_next(&r, &f, &wt, &sub)) == 0) {
+        if (f == 1 && (wt != 2 || !utf8_ok(&sub)))
+            return 0;
+        if (f == 2 && (wt != 2 || !any_value_ok(sub, depth + 1)))
+            return 0;
+    }
+    return k == 1;
+}
+
+/* AnyValue {string_value = 1, ..., array_value = 5 {values = 1},
+ * kvlist_value = 6 {values = 1 (KeyValue)}} */
+static int any_value_ok(struct pbr r, int depth)
+{
+    if (depth > 32)
+        return 0;
+    unsigned f, wt, f2, wt2;
+    struct pbr sub, item;
+    int k, k2;
+    while ((k = pb_next(&r, &f, &wt, &sub)) == 0) {
+        if (f == 1 && (wt != 2 || !utf8_ok(&sub)))
+            return 0;
+        if ((f == 5 || f == 6) && wt == 2) {
+            while ((k2 = pb_next(&sub, &f2, &wt2, &item)) == 0)
+                if (f2 == 1 && (wt2 != 2 || !(f == 5 ? any_value_ok(item, depth + 1) : key_value_ok(item, depth + 1))))
+                    return 0;
+            if (k2 != 1)
+                return 0;
+        }
+    }
+    return k == 1;
+}
+
+/* Span {trace_id = 1, span_id = 2, parent_span_id = 4, name = 5,
+ * attributes = 9, events = 11 {name = 2, attributes = 3}, status = 15
+ * {message = 2}} */
+static int span_ok(struct pbr r, uint64_t *events)
+{
+    unsigned f, wt, f2, wt2;
+    struct pbr sub, item;
+    int k, k2, have_trace = 0, have_span = 0;
+    while ((k = pb_next(&r, &f, &wt, &sub)) == 0) {
+        size_t n = (size_t)(sub.end - sub.p);
+        switch (f) {
+        case 1:
+            if (wt != 2 || n != 16)
+                return 0;
+            have_trace = 1;
+            break;
+        case 2:
+            if (wt != 2 || n != 8)
+                return 0;
+            have_span = 1;
+            break;
+        case 4:
+            if (wt != 2 || (n != 0 && n != 8))
+                return 0;
+            break;
+        case 5:
+            if (wt != 2 || !utf8_ok(&sub))
+                return 0;
+            break;
+        case 9:
+            if (wt != 2 || !key_value_ok(sub, 0))
+                return 0;
+            break;
+        case 11:
+        case 15:
+            if (wt != 2)
+                return 0;
+            if (f == 11)
+                (*events)++;
+            while ((k2 = pb_next(&sub, &f2, &wt2, &item)) == 0) {
+                if (f2 == 2 && (wt2 != 2 || !utf8_ok(&item)))
+                    return 0;
+                if (f == 11 && f2 == 3 && (wt2 != 2 || !key_value_ok(item, 0)))
+                    return 0;
+            }
+            if (k2 != 1)
+                return 0;
+            break;
+        default:
+            break;
+        }
+    }
+    return k == 1 && have_trace && have_span;
+}
+
+int count_otlp_protobuf(const void *data, size_t len, int full, struct count_result *out)
+{
+    memset(out, 0, sizeof *out);
+    struct pbr req = {data, (const uint8_t *)data + len}, rs, ss, sp;
+    unsigned f, wt;
+    int k;
+    while ((k = pb_next(&req, &f, &wt, &rs)) == 0) {
+        if (f != 1)
+            continue;
+        if (wt != 2)
+            return -EINVAL;
+        int k2;
+        while ((k2 = pb_next(&rs, &f, &wt, &ss)) == 0) {
+            if (f == 1 && wt == 2 && full) { /* Resource {attributes = 1} */
+                struct pbr a;
+                int k4;
+                while ((k4 = pb_next(&ss, &f, &wt, &a)) == 0)
+                    if (f == 1 && (wt != 2 || !key_value_ok(a, 0)))
+                        return -EINVAL;
+                if (k4 != 1)
+                    return -EINVAL;
+                continue;
+            }
+            if (f != 2)
+                continue;
+            if (wt != 2)
+                return -EINVAL;
+            int k3;
+            while ((k3 = pb_next(&ss, &f, &wt, &sp)) == 0) {
+                if (f != 2)
+                    continue;
+                if (wt != 2 || (full && !span_ok(sp, &out->span_events)))
+                    return -EINVAL;
+                out->spans++;
+            }
+            if (k3 != 1)
+                return -EINVAL;
+        }
+        if (k2 != 1)
+            return -EINVAL;
+    }
+    return k == 1 ? 0 : -EINVAL;
+}

@@ -23,6 +23,15 @@ struct count_result {
  * not an int64, as a collector's protobuf-JSON parser refuses: full mode only). */
 int count_otlp_json(const char *json, size_t len, int full, struct count_result *out);
 
+/* OTLP/protobuf ExportTraceServiceRequest (application/x-protobuf).  Walks
+ * resource_spans = 1 / scope_spans = 2 / spans = 2 with every length
+ * checked against its container; with full, also checks each span (trace_id
+ * 16 bytes, span_id 8, parent_span_id 0 or 8), counts its events = 11, and
+ * checks that its name, every attribute key and string value (spans, events,
+ * resource, arrays) is UTF-8, as a protobuf runtime refuses a request whose
+ * strings are not.  Returns 0 or -EINVAL. */
+int count_otlp_protobuf(const void *data, size_t len, int full, struct count_result *out);
+
 /* msgpack batch: a map with an "events" array, or a bare array of events.
  * With full, unpacks the whole document (libmsgpack, validates every event);
  * else reads the top level only and takes the array's length.

@@ -14,7 +14,8 @@
  *
  *   cbus-export-bench --encode-only [--spans N] [--tokens K]
  *
- * measures span assembly + OTLP/JSON encoding alone, in this thread (thread
+ *   [--encoding protobuf|json] (protobuf, the exporter's default)
+ * measures span assembly + OTLP encoding alone, in this thread (thread
  * CPU time): what the exporter's CPU would be without the bus copy, libcurl
  * and the kernel.
  */
@@ -44,6 +45,7 @@ struct enc_state {
     struct sbuf buf;
     struct otlp_opts o;
     struct otlp_resource r;
+    struct otlp_mark m;
     unsigned in_batch;
     uint64_t bytes;
 };
@@ -52,10 +54,10 @@ static void enc_span(const struct span *sp, void *arg)
 {
     struct enc_state *e = arg;
     if (e->in_batch == 0)
-        otlp_begin(&e->buf, &e->r);
+        otlp_begin(&e->buf, &e->r, &e->o, &e->m);
     otlp_span(&e->buf, sp, e->in_batch == 0, &e->o);
     if (++e->in_batch == 2048) {
-        otlp_end(&e->buf);
+        otlp_end(&e->buf, &e->o, &e->m);
         e->bytes += e->buf.len;
         sbuf_reset(&e->buf);
         e->in_batch = 0;
@@ -70,9 +72,10 @@ static double thread_cpu_s(void)
 }
 
 /* Assembly + encoding only: synthetic chat calls like the end-to-end run. */
-static int encode_only(long spans, long tokens)
+static int encode_only(long spans, long tokens, unsigned encoding)
 {
-    struct enc_state e = {.r = {.service_name = "cbus", .host_name = "vm", .pid = 1, .bus_name = "bench"}};
+    struct enc_state e = {.r = {.service_name = "cbus", .host_name = "vm", .pid = 1, .bus_name = "bench"},
+                          .o = {.encoding = encoding}};
     sbuf_init(&e.buf);
     struct span_table *t;
     if (span_table_new(&t, 100000, enc_span, &e))
@@ -116,9 +119,9 @@ static int encode_only(long spans, long tokens)
         ts += 1000000;
     }
     double cpu = thread_cpu_s() - c0;
-    printf("encode-only: %ld spans (%ld events each) in %.3f s CPU = %.0f ns per span, %.0f ns per event, "
+    printf("encode-only (%s): %ld spans (%ld events each) in %.3f s CPU = %.0f ns per span, %.0f ns per event, "
            "%.0f bytes per span; one core: %.0f spans/s\n",
-           spans, 2 + tokens, cpu, cpu / (double)spans * 1e9, cpu / (double)pos * 1e9,
+           encoding == OTLP_PROTOBUF ? "protobuf" : "json", spans, 2 + tokens, cpu, cpu / (double)spans * 1e9, cpu / (double)pos * 1e9,
            (double)(e.bytes + e.buf.len) / (double)spans, (double)spans / cpu);
     span_table_free(t);
     sbuf_free(&e.buf);
@@ -141,10 +144,11 @@ int main(int argc, char **argv)
 {
     long spans = 500000, runs = 3, tokens = 0, batch = 512, inflight = 4, capacity = 65536;
     int gzip = 0, msgpack = 0, encode = 0, ch;
+    unsigned encoding = OTLP_PROTOBUF;
     static const struct option lo[] = {{"spans", 1, 0, 'n'}, {"runs", 1, 0, 'r'}, {"tokens", 1, 0, 't'},
                                        {"gzip", 0, 0, 'g'},  {"msgpack", 0, 0, 'm'}, {"batch", 1, 0, 'b'},
                                        {"in-flight", 1, 0, 'i'}, {"capacity", 1, 0, 'c'}, {"encode-only", 0, 0, 'e'},
-                                       {0, 0, 0, 0}};
+                                       {"encoding", 1, 0, 'E'}, {0, 0, 0, 0}};
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'n': spans = atol(optarg); break;
@@ -156,16 +160,25 @@ int main(int argc, char **argv)
         case 'i': inflight = atol(optarg); break;
         case 'c': capacity = atol(optarg); break;
         case 'e': encode = 1; break;
+        case 'E':
+            if (!strcmp(optarg, "json"))
+                encoding = OTLP_JSON;
+            else if (!strcmp(optarg, "protobuf"))
+                encoding = OTLP_PROTOBUF;
+            else
+                return 2;
+            break;
         default:
             fprintf(stderr, "usage: cbus-export-bench [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
-                    "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n");
+                    "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n"
+                    "                         [--encoding protobuf|json]\n");
             return 2;
         }
     }
     if (spans < 1 || runs < 1 || runs > 31 || tokens < 0)
         return 2;
     if (encode)
-        return encode_only(spans, tokens);
+        return encode_only(spans, tokens, encoding);
     double rate[32], cpu_k[32], coll_cpu[32];
     long events_per_call = 2 + tokens;
     for (long run = 0; run < runs; run++) {
@@ -194,9 +207,9 @@ int main(int argc, char **argv)
         snprintf(cfg, sizeof cfg,
                  "[bus]\nmode = lossless\nstart = newest\n[export]\nformat = %s\nendpoint = http://127.0.0.1:%u%s\n"
                  "gzip = %s\nbatch_max_items = %ld\nbatch_max_age = 100ms\nmax_in_flight = %ld\n"
-                 "[spool]\ndir = %s/spool\n[status]\ninterval = 100ms\n",
+                 "[otlp]\nencoding = %s\n[spool]\ndir = %s/spool\n[status]\ninterval = 100ms\n",
                  msgpack ? "msgpack" : "otlp", col.port, msgpack ? "/ingest" : "", gzip ? "true" : "false", batch,
-                 inflight, dir);
+                 inflight, encoding == OTLP_PROTOBUF ? "protobuf" : "json", dir);
         struct exporter_proc ex;
         if (exporter_start(&ex, dir, bus, cfg)) {
             fprintf(stderr, "exporter did not start\n");

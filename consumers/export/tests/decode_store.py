@@ -1,6 +1,8 @@
 #!/usr/bin/python3
-"""Independent decoder for what cbus-collector stored: OTLP/JSON bodies
-(python's json) and msgpack batches (msgpack).  Prints one JSON document the
+"""Independent decoder for what cbus-collector stored: OTLP/protobuf bodies
+(.pb: Google's protobuf runtime into the official ExportTraceServiceRequest
+of opentelemetry-proto, always strict), OTLP/JSON bodies (python's json) and
+msgpack batches (msgpack).  Prints one JSON document the
 C test asserts on:
 
   {"files": [...], "violations": [...],
@@ -11,7 +13,11 @@ C test asserts on:
    "events": [{"file", "event_id", "kind", "run_id", "bus_id"}]}
 
 "violations" lists every breach of the OTLP/JSON rules cbus-export must
-follow (hex ids, integer enums, 64-bit integers as decimal strings).
+follow (hex ids, integer enums, 64-bit integers as decimal strings).  A
+protobuf body is turned into the same OTLP/JSON form (MessageToDict, ids as
+hex) and checked by the same rules; one the runtime refuses (a bad length,
+a string that is not UTF-8) is a violation.  "encodings" counts the bodies
+of each kind.
 
 With --strict, every OTLP/JSON body is also parsed the way a collector does:
 Google's protobuf-JSON parser (google.protobuf.json_format.Parse, unknown
@@ -71,12 +77,31 @@ def strict_parse(raw, name, bad):
         bad.append(f"{name}: protobuf-JSON parser rejects it: {exc}")
 
 
+def pb_doc(raw):
+    """A protobuf body as the OTLP/JSON document it stands for."""
+    import base64
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    msg = ExportTraceServiceRequest.FromString(raw)
+    doc = json_format.MessageToDict(msg, use_integers_for_enums=True)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for s in ss.get("spans", []):
+                for k in ("traceId", "spanId", "parentSpanId"):
+                    if k in s:
+                        s[k] = base64.b64decode(s[k]).hex()
+    return doc
+
+
 def otlp(path, name, spans, resources, bad):
     with open(path, "rb") as f:
         raw = f.read()
-    if STRICT:
-        strict_parse(raw, name, bad)
-    doc = json.loads(raw)
+    if name.endswith(".pb"):
+        doc = pb_doc(raw)
+    else:
+        if STRICT:
+            strict_parse(raw, name, bad)
+        doc = json.loads(raw)
     for rs in doc["resourceSpans"]:
         res = attrs(rs["resource"]["attributes"], name + ":resource", bad)
         resources.append(res)
@@ -144,18 +169,19 @@ def main():
         STRICT = (json_format, ExportTraceServiceRequest)
     store = args[0]
     files = sorted(os.listdir(store)) if os.path.isdir(store) else []
-    files = [f for f in files if f.endswith(".json") or f.endswith(".msgpack")]
+    files = [f for f in files if f.endswith(".json") or f.endswith(".msgpack") or f.endswith(".pb")]
     spans, events, resources, bad = [], [], [], []
     for name in files:
         path = os.path.join(store, name)
         try:
-            if name.endswith(".json"):
+            if name.endswith(".json") or name.endswith(".pb"):
                 otlp(path, name, spans, resources, bad)
             else:
                 mpack(path, name, events, bad)
         except Exception as exc:  # a body the decoder cannot read is a finding
             bad.append(f"{name}: {type(exc).__name__}: {exc}")
-    json.dump({"files": files, "strict": bool(STRICT), "violations": bad, "spans": spans,
+    encodings = {k: sum(1 for f in files if f.endswith("." + k)) for k in ("pb", "json", "msgpack")}
+    json.dump({"files": files, "strict": bool(STRICT), "violations": bad, "spans": spans, "encodings": encodings,
                "resources": resources, "events": events}, sys.stdout)
 
 

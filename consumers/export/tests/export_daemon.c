@@ -280,7 +280,9 @@ Test(export_daemon, otlp_bodies_pass_the_strict_protobuf_parser_with_a_high_bus_
     uint64_t bus_id = cbus_bus_header(cbus_producer_bus(prod))->bus_id;
     /* --parse: the collector also refuses (400) an intValue that is no int64 */
     cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
-    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nbatch_max_items = 16\n")), 0);
+    /* OTLP/JSON: the intValue rule is a JSON one (the other tests send the
+     * default, protobuf) */
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\nbatch_max_items = 16\n[otlp]\nencoding = json\n")), 0);
     for (int i = 0; i < 20; i++)
         agent_turn(i, NULL); /* 3 spans each */
     char uuid[37];
@@ -298,6 +300,7 @@ Test(export_daemon, otlp_bodies_pass_the_strict_protobuf_parser_with_a_high_bus_
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
     cr_assert_eq(collector_stat(&col, "bad"), 0, "the collector refused a body");
+    cr_assert_eq(collector_stat(&col, "protobuf"), 0, "encoding = json");
     cJSON *root = decode(); /* asserts no violation: the strict parser took every body */
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(root, "spans")), SPANS);
     char hex[17];
@@ -547,6 +550,7 @@ Test(export_daemon, otlp_every_run_once_with_attributes_and_links)
     cr_assert_leq(collector_stat(&col, "connections"), 3, "keep-alive: at most one connection per request slot");
     cr_assert_gt(collector_stat(&col, "requests"), 3);
     cr_assert_eq(collector_stat(&col, "gzip"), collector_stat(&col, "accepted"), "every body gzip-compressed");
+    cr_assert_eq(collector_stat(&col, "protobuf"), collector_stat(&col, "accepted"), "protobuf is the default");
     cJSON *root = decode();
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     cr_assert_eq(cJSON_GetArraySize(spans), 3 * N);

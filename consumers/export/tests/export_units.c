@@ -1,6 +1,12 @@
 /* Unit suites for cbus-export: span assembly and OTLP/JSON (decoded with
  * cJSON, not by the encoder), retry rules, config errors, the io_uring spool.
- * No bus, no network. */
+ * No bus, no network.
+ *
+ * Every export_otlp batch is encoded twice, as JSON and as protobuf, and
+ * parse_batch() has tests/pb_equal.py (Google's protobuf runtime and its
+ * JSON parser, the official OTLP messages) check that the two decode to the
+ * same ExportTraceServiceRequest: each assertion below on the JSON holds for
+ * the protobuf body too. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -11,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cbus/cbus.h>
@@ -23,15 +30,72 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static struct sbuf out;
+static struct sbuf out, out_pb;
 static int nspans;
 static struct otlp_opts oopts;
+static struct otlp_mark omark, omark_pb;
+
+static struct otlp_opts pb_opts(void)
+{
+    struct otlp_opts o = oopts;
+    o.encoding = OTLP_PROTOBUF;
+    return o;
+}
 
 static void collect(const struct span *s, void *arg)
 {
     (void)arg;
     otlp_span(&out, s, nspans == 0, &oopts);
+    struct otlp_opts po = pb_opts();
+    otlp_span(&out_pb, s, nspans == 0, &po);
     nspans++;
+}
+
+#define SYS_PY "/usr/bin/python3"
+#ifndef CBUS_TEST_PYTHON_DEFAULT
+#define CBUS_TEST_PYTHON_DEFAULT CBUS_SOURCE_DIR "/build/venv/bin/python"
+#endif
+
+/* The venv python that has protobuf and opentelemetry-proto, or NULL
+ * (then the comparison is skipped, or fails under CBUS_TEST_STRICT=1). */
+static const char *pb_python(void)
+{
+    const char *env = getenv("CBUS_TEST_PYTHON");
+    const char *py = env && *env ? env : CBUS_TEST_PYTHON_DEFAULT;
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import google.protobuf, opentelemetry.proto' 2>/dev/null", py);
+    if (access(py, X_OK) == 0 && system(cmd) == 0)
+        return py;
+    const char *strict = getenv("CBUS_TEST_STRICT");
+    cr_assert(!(strict && *strict == '1'),
+              "CBUS_TEST_STRICT=1 but %s lacks protobuf/opentelemetry-proto: run scripts/venv.sh", py);
+    cr_log_warn("no test venv at %s: the protobuf encoding is not checked", py);
+    return NULL;
+}
+
+/* Has pb_equal.py decode both bodies and compare them; returns its exit code. */
+static int pb_compare(const struct sbuf *json, const struct sbuf *pb, char *report, size_t rlen)
+{
+    const char *py = pb_python();
+    if (!py)
+        return 0;
+    char jp[] = "/tmp/cbus-otlp-XXXXXX.json", pp[] = "/tmp/cbus-otlp-XXXXXX.pb";
+    int jf = mkstemps(jp, 5), pf = mkstemps(pp, 3);
+    cr_assert(jf >= 0 && pf >= 0);
+    cr_assert_eq(write(jf, json->data, json->len), (ssize_t)json->len);
+    cr_assert_eq(write(pf, pb->data, pb->len), (ssize_t)pb->len);
+    close(jf);
+    close(pf);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "'%s' " CBUS_SOURCE_DIR "/consumers/export/tests/pb_equal.py %s %s 2>&1", py, jp, pp);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(report, 1, rlen - 1, p);
+    report[n] = '\0';
+    int st = pclose(p);
+    unlink(jp);
+    unlink(pp);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 99;
 }
 
 static struct span_table *table;
@@ -39,11 +103,15 @@ static struct span_table *table;
 static void setup(void)
 {
     sbuf_init(&out);
+    sbuf_init(&out_pb);
     nspans = 0;
     oopts.include_previews = 0;
+    oopts.encoding = OTLP_JSON;
     struct otlp_resource r = {.service_name = "svc", .host_name = "h", .pid = 42, .bus_name = "b",
                               .bus_id = 7, .extra = "deployment.environment=test"};
-    otlp_begin(&out, &r);
+    otlp_begin(&out, &r, &oopts, &omark);
+    struct otlp_opts po = pb_opts();
+    otlp_begin(&out_pb, &r, &po, &omark_pb);
     cr_assert_eq(span_table_new(&table, 1000, collect, NULL), 0);
 }
 
@@ -51,6 +119,7 @@ static void teardown(void)
 {
     span_table_free(table);
     sbuf_free(&out);
+    sbuf_free(&out_pb);
 }
 
 static uint64_t pos;
@@ -79,7 +148,13 @@ static struct cbus_event ev(unsigned kind, uint8_t run, uint8_t parent, uint64_t
 
 static cJSON *parse_batch(void)
 {
-    otlp_end(&out);
+    otlp_end(&out, &oopts, &omark);
+    struct otlp_opts po = pb_opts();
+    otlp_end(&out_pb, &po, &omark_pb);
+    cr_assert(!out.failed && !out_pb.failed);
+    static char report[1 << 16];
+    int r = pb_compare(&out, &out_pb, report, sizeof report);
+    cr_assert_eq(r, 0, "protobuf and JSON encodings differ (pb_equal.py exit %d):\n%s", r, report);
     cJSON *root = cJSON_Parse(out.data);
     cr_assert_not_null(root, "not JSON: %.300s", out.data);
     return root;
@@ -510,6 +585,47 @@ Test(export_retry, partial_success)
     cr_assert_eq(retry_partial_success(b, strlen(b), &n, msg, sizeof msg), 0, "empty = full success");
     cr_assert_eq(retry_partial_success("{}", 2, &n, msg, sizeof msg), 0);
     cr_assert_eq(retry_partial_success("garbage", 7, &n, msg, sizeof msg), 0);
+}
+
+/* ExportTraceServiceResponse {partial_success = 1 {rejected_spans = 1,
+ * error_message = 2}} on the wire; the expected bytes were checked against
+ * python protobuf (ExportTraceServiceResponse(partial_success={...})
+ * .SerializeToString()). */
+Test(export_retry, partial_success_protobuf)
+{
+    uint64_t n;
+    char msg[64];
+    static const uint8_t a[] = {0x0a, 0x0c, 0x08, 0x03, 0x12, 0x08, 'b', 'a', 'd', ' ', 's', 'p', 'a', 'n'};
+    cr_assert_eq(retry_partial_success_pb(a, sizeof a, &n, msg, sizeof msg), 1);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(msg, "bad span");
+    /* a count of 300 (two-byte varint), an unknown field before it (field 7
+     * fixed32), the message with a newline that must not reach the log raw */
+    static const uint8_t b[] = {0x3d, 1, 2, 3, 4, 0x0a, 0x08, 0x08, 0xac, 0x02, 0x12, 0x03, 'a', '\n', 'b'};
+    cr_assert_eq(retry_partial_success_pb(b, sizeof b, &n, msg, sizeof msg), 1);
+    cr_assert_eq(n, 300);
+    cr_assert_str_eq(msg, "a b");
+    static const uint8_t empty_ps[] = {0x0a, 0x00};
+    cr_assert_eq(retry_partial_success_pb(empty_ps, sizeof empty_ps, &n, msg, sizeof msg), 0, "empty = full success");
+    cr_assert_eq(retry_partial_success_pb("", 0, &n, msg, sizeof msg), 0, "an empty answer is full success");
+    /* negative rejected_spans (int64 -1: ten bytes) and no message: nothing rejected */
+    static const uint8_t neg[] = {0x0a, 0x0b, 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+    cr_assert_eq(retry_partial_success_pb(neg, sizeof neg, &n, msg, sizeof msg), 0);
+    cr_assert_eq(n, 0);
+    /* lengths past the end (a cut answer), a varint that never ends, a group */
+    static const uint8_t cut[] = {0x0a, 0x0c, 0x08, 0x03, 0x12, 0x08, 'b', 'a'};
+    cr_assert_eq(retry_partial_success_pb(cut, sizeof cut, &n, msg, sizeof msg), 0);
+    static const uint8_t inner_cut[] = {0x0a, 0x04, 0x08, 0x03, 0x12, 0x08};
+    cr_assert_eq(retry_partial_success_pb(inner_cut, sizeof inner_cut, &n, msg, sizeof msg), 0);
+    static const uint8_t endless[] = {0x0a, 0x03, 0x08, 0x80, 0x80};
+    cr_assert_eq(retry_partial_success_pb(endless, sizeof endless, &n, msg, sizeof msg), 0);
+    static const uint8_t huge[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f};
+    cr_assert_eq(retry_partial_success_pb(huge, sizeof huge, &n, msg, sizeof msg), 0);
+    static const uint8_t group[] = {0x0b, 0x0c};
+    cr_assert_eq(retry_partial_success_pb(group, sizeof group, &n, msg, sizeof msg), 0);
+    /* a JSON answer is not protobuf */
+    const char *j = "{\"partialSuccess\":{\"rejectedSpans\":\"3\"}}";
+    cr_assert_eq(retry_partial_success_pb(j, strlen(j), &n, msg, sizeof msg), 0);
 }
 
 /* ---- config ------------------------------------------------------------------- */
