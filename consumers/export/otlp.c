@@ -1,5 +1,7 @@
 #include "otlp.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cbus/cbus.h>
@@ -323,6 +325,28 @@ static void a_seconds(struct enc *e, const char *key, size_t klen, uint64_t ns)
     LIT(b, "}}");
 }
 
+/* A double (a score) as doubleValue: JSON "%.17g" reads back as the same
+ * double, so both encodings agree.  NaN and infinities are not sent (JSON
+ * has no number for them). */
+static void a_double(struct enc *e, const char *key, size_t klen, double v)
+{
+    if (!isfinite(v))
+        return;
+    if (e->pb) {
+        uint64_t bits;
+        memcpy(&bits, &v, 8);
+        pb_kv_head(e, key, klen, 9);
+        pb_fixed64(e->b, PB_FIXED64(4), bits);
+        return;
+    }
+    char t[32];
+    int n = snprintf(t, sizeof t, "%.17g", v);
+    put_key(e, key, klen);
+    LIT(e->b, "\"doubleValue\":");
+    put(e->b, t, (size_t)n);
+    LIT(e->b, "}}");
+}
+
 static void a_bool(struct enc *e, const char *key, size_t klen, int v)
 {
     if (e->pb) {
@@ -568,12 +592,36 @@ static void put_name(struct enc *e, const struct span *s, const char *op)
     sbuf_json_str(e->b, name, n);
 }
 
+/* A score as OpenTelemetry's gen_ai.evaluation.result says it: the name,
+ * the value (numeric and boolean scores), the label (boolean: "true" /
+ * "false"; categorical: the category, which the producer puts in preview). */
+static void score_attrs(struct enc *e, const struct cbus_event *ev)
+{
+    A_FIELD(e, "gen_ai.evaluation.name", ev->name);
+    const struct cbus_score_info *sc = &ev->u.score;
+    switch (sc->type) {
+    case CBUS_SCORE_NUMERIC:
+        a_double(e, "gen_ai.evaluation.score.value", sizeof "gen_ai.evaluation.score.value" - 1, sc->value);
+        break;
+    case CBUS_SCORE_BOOLEAN:
+        a_double(e, "gen_ai.evaluation.score.value", sizeof "gen_ai.evaluation.score.value" - 1,
+                 sc->value != 0 ? 1.0 : 0.0);
+        A_STR(e, "gen_ai.evaluation.score.label", sc->value != 0 ? "true" : "false", sc->value != 0 ? 4 : 5);
+        break;
+    case CBUS_SCORE_CATEGORICAL:
+        A_FIELD(e, "gen_ai.evaluation.score.label", ev->preview);
+        break;
+    default:
+        break;
+    }
+}
+
 /* Span.Event {time_unix_nano = 1, name = 2, attributes = 3}. */
 static void put_point_event(struct enc *e, const struct cbus_event *ev, int first,
                             const struct otlp_opts *o)
 {
     struct sbuf *b = e->b;
-    const char *kn = run_kind(ev->kind);
+    const char *kn = ev->kind == CBUS_EV_SCORE ? "gen_ai.evaluation.result" : run_kind(ev->kind);
     size_t at = 0;
     if (e->pb) {
         at = pb_open(b, PB_LEN(11)); /* Span.events = 11 */
@@ -601,11 +649,14 @@ static void put_point_event(struct enc *e, const struct cbus_event *ev, int firs
     case CBUS_EV_CUSTOM:
         A_FIELD(e, "cbus.custom.name", ev->name);
         break;
+    case CBUS_EV_SCORE:
+        score_attrs(e, ev);
+        break;
     default:
         A_FIELD(e, "cbus.name", ev->name);
         break;
     }
-    if (o->include_previews)
+    if (o->include_previews && ev->kind != CBUS_EV_SCORE)
         A_FIELD(e, "cbus.preview", ev->preview);
     if (e->pb) {
         pb_close(b, at);
@@ -646,8 +697,15 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         kind = KIND_CLIENT;
     } else if (cbus_kind_family(k) == CBUS_FAMILY_TOOL) {
         op = "execute_tool";
+    } else if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_RETRIEVER) {
+        /* GenAI conventions: "retrieval {gen_ai.data_source.id}", CLIENT */
+        op = "retrieval";
+        kind = KIND_CLIENT;
     } else if (s->is_agent) {
         op = "invoke_agent";
+    } else if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_CHAIN) {
+        /* a chain that showed no agent events: "invoke_workflow {gen_ai.workflow.name}" */
+        op = "invoke_workflow";
     }
 
     struct enc e = {.b = b, .pb = o->encoding == OTLP_PROTOBUF, .attr_tag = PB_LEN(9), .first = 1};
@@ -737,12 +795,22 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
             A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
         }
-        if (s->chunks)
+        if (s->chunks) {
             A_INT(&e, "cbus.stream.chunks", s->chunks);
+            /* streamed tokens arrived: it was a streaming call (without
+             * them the exporter does not know, and says nothing) */
+            A_BOOL(&e, "gen_ai.request.stream", 1);
+        }
     } else if (op && !strcmp(op, "execute_tool")) {
         A_FIELD(&e, "gen_ai.tool.name", st->name);
+    } else if (op && !strcmp(op, "retrieval")) {
+        A_FIELD(&e, "gen_ai.data_source.id", st->name);
     } else if (s->is_agent) {
         A_FIELD(&e, "gen_ai.agent.name", st->name);
+    } else if (op) {
+        A_FIELD(&e, "gen_ai.workflow.name", st->name);
+    } else if (k == CBUS_EV_SCORE) {
+        score_attrs(&e, st);
     } else {
         A_FIELD(&e, "cbus.name", st->name);
     }

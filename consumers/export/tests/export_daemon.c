@@ -327,7 +327,9 @@ Test(export_daemon, chain_error_is_exported_with_status_error_and_error_type)
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     cr_assert_eq(cJSON_GetArraySize(spans), 2);
     cJSON *chain = span_of_run(spans, uuid);
-    cr_assert_str_eq(s_of(chain, "name"), "chain pipeline");
+    cr_assert_str_eq(s_of(chain, "name"), "invoke_workflow pipeline");
+    cr_assert_str_eq(attr(chain, "gen_ai.operation.name")->valuestring, "invoke_workflow");
+    cr_assert_str_eq(attr(chain, "gen_ai.workflow.name")->valuestring, "pipeline");
     cr_assert_eq(cJSON_GetObjectItem(chain, "status")->valueint, 2, "a failed chain is STATUS_CODE_ERROR");
     cr_assert_str_eq(s_of(chain, "status_message"), "bad input");
     cr_assert_str_eq(attr(chain, "error.type")->valuestring, "ValueError");
@@ -373,7 +375,10 @@ Test(export_daemon, retriever_end_pairs_with_its_start_not_a_tool_start)
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
     cJSON *r = span_of_run(spans, rv_uuid);
     cr_assert_str_eq(attr(r, "cbus.run.kind")->valuestring, "retriever");
-    cr_assert_str_eq(s_of(r, "name"), "retriever VectorStoreRetriever");
+    cr_assert_str_eq(s_of(r, "name"), "retrieval VectorStoreRetriever");
+    cr_assert_eq(cJSON_GetObjectItem(r, "kind")->valueint, 3, "a retrieval span is CLIENT");
+    cr_assert_str_eq(attr(r, "gen_ai.operation.name")->valuestring, "retrieval");
+    cr_assert_str_eq(attr(r, "gen_ai.data_source.id")->valuestring, "VectorStoreRetriever");
     cr_assert_eq(attr(r, "cbus.retriever.document_count")->valueint, 5);
     cr_assert_eq(cJSON_GetObjectItem(r, "status")->valueint, 1);
     cr_assert_null(attr(r, "cbus.run.start_missing"), "start and end are one span");
@@ -496,7 +501,7 @@ Test(export_daemon, loadgen_traces_have_every_parent_and_ttft_within_the_span)
         cr_assert_null(attr(s, "cbus.run.start_missing"), "%s span without its start", kind);
         if (!strcmp(kind, "retriever")) {
             retrievers++;
-            cr_assert_str_eq(s_of(span_by_id(spans, s_of(s, "parent")), "name"), "chain RetrievalQA");
+            cr_assert_str_eq(s_of(span_by_id(spans, s_of(s, "parent")), "name"), "invoke_workflow RetrievalQA");
         }
         if (strcmp(kind, "chat_model") && strcmp(kind, "llm"))
             continue;

@@ -327,6 +327,95 @@ Test(export_otlp, error_tool_agent_and_points)
     cJSON_Delete(root);
 }
 
+/* GenAI conventions: "retrieval {data source}" CLIENT, "invoke_workflow
+ * {name}" for a chain without agent events, gen_ai.request.stream when tokens
+ * streamed, scores as gen_ai.evaluation.result events (or a score span when
+ * their run is gone). */
+Test(export_otlp, retrieval_workflow_stream_and_scores)
+{
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 1, 0, 0);
+    strcpy(c.name, "RetrievalQA");
+    span_table_feed(table, &c, 1);
+    struct cbus_event r = ev(CBUS_EV_RETRIEVER_START, 2, 1, 10);
+    strcpy(r.name, "docs-index");
+    span_table_feed(table, &r, 1);
+    struct cbus_event re = ev(CBUS_EV_RETRIEVER_END, 2, 1, 20);
+    re.u.retriever.document_count = 4;
+    span_table_feed(table, &re, 1);
+    struct cbus_event l = ev(CBUS_EV_CHAT_MODEL_START, 3, 1, 30);
+    strcpy(l.model, "m");
+    span_table_feed(table, &l, 1);
+    struct cbus_event tok = ev(CBUS_EV_LLM_NEW_TOKEN, 3, 1, 35);
+    span_table_feed(table, &tok, 1);
+    struct cbus_event le = ev(CBUS_EV_LLM_END, 3, 1, 40);
+    span_table_feed(table, &le, 1);
+    /* a non-streamed call says nothing about streaming */
+    struct cbus_event l2 = ev(CBUS_EV_CHAT_MODEL_START, 4, 1, 42);
+    strcpy(l2.model, "quiet");
+    span_table_feed(table, &l2, 1);
+    struct cbus_event l2e = ev(CBUS_EV_LLM_END, 4, 1, 43);
+    span_table_feed(table, &l2e, 1);
+    /* three scores on the open chain: numeric, boolean, categorical */
+    struct cbus_event sn = ev(CBUS_EV_SCORE, 1, 0, 45);
+    strcpy(sn.name, "helpfulness");
+    sn.u.score.type = CBUS_SCORE_NUMERIC;
+    sn.u.score.value = 0.8125;
+    span_table_feed(table, &sn, 1);
+    struct cbus_event sb = ev(CBUS_EV_SCORE, 1, 0, 46);
+    strcpy(sb.name, "correct");
+    sb.u.score.type = CBUS_SCORE_BOOLEAN;
+    sb.u.score.value = 1;
+    span_table_feed(table, &sb, 1);
+    struct cbus_event sc = ev(CBUS_EV_SCORE, 1, 0, 47);
+    strcpy(sc.name, "tone");
+    sc.u.score.type = CBUS_SCORE_CATEGORICAL;
+    strcpy(sc.preview, "polite");
+    span_table_feed(table, &sc, 1);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_END, 1, 0, 50);
+    span_table_feed(table, &ce, 1);
+    /* a score of a run never seen: its own span */
+    struct cbus_event so = ev(CBUS_EV_SCORE, 9, 0, 60);
+    strcpy(so.name, "latency_ok");
+    so.u.score.type = CBUS_SCORE_NUMERIC;
+    so.u.score.value = 3;
+    span_table_feed(table, &so, 1);
+    cr_assert_eq(nspans, 5);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *ret = find_span(spans, "retrieval docs-index");
+    cr_assert_eq(cJSON_GetObjectItem(ret, "kind")->valueint, 3, "retrieval is CLIENT");
+    cr_assert_str_eq(attr_s(ret, "gen_ai.operation.name"), "retrieval");
+    cr_assert_str_eq(attr_s(ret, "gen_ai.data_source.id"), "docs-index");
+    cr_assert_str_eq(attr_i(ret, "cbus.retriever.document_count"), "4");
+    cJSON *wf = find_span(spans, "invoke_workflow RetrievalQA");
+    cr_assert_eq(cJSON_GetObjectItem(wf, "kind")->valueint, 1);
+    cr_assert_str_eq(attr_s(wf, "gen_ai.operation.name"), "invoke_workflow");
+    cr_assert_str_eq(attr_s(wf, "gen_ai.workflow.name"), "RetrievalQA");
+    cr_assert_null(attr(wf, "cbus.name"));
+    cJSON *chat = find_span(spans, "chat m");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(attr(chat, "gen_ai.request.stream"), "boolValue")));
+    cr_assert_null(attr(find_span(spans, "chat quiet"), "gen_ai.request.stream"), "unknown, not false");
+    cJSON *evs = cJSON_GetObjectItem(wf, "events");
+    cr_assert_eq(cJSON_GetArraySize(evs), 3);
+    cJSON *e0 = cJSON_GetArrayItem(evs, 0), *e1 = cJSON_GetArrayItem(evs, 1), *e2 = cJSON_GetArrayItem(evs, 2);
+    cr_assert_str_eq(str(e0, "name"), "gen_ai.evaluation.result");
+    cr_assert_str_eq(attr_s(e0, "gen_ai.evaluation.name"), "helpfulness");
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(e0, "gen_ai.evaluation.score.value"), "doubleValue")->valuedouble,
+                       0.8125, 0);
+    cr_assert_null(attr(e0, "gen_ai.evaluation.score.label"));
+    cr_assert_str_eq(attr_s(e1, "gen_ai.evaluation.name"), "correct");
+    cr_assert_str_eq(attr_s(e1, "gen_ai.evaluation.score.label"), "true");
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(e1, "gen_ai.evaluation.score.value"), "doubleValue")->valuedouble,
+                       1.0, 0);
+    cr_assert_str_eq(attr_s(e2, "gen_ai.evaluation.score.label"), "polite");
+    cr_assert_null(attr(e2, "gen_ai.evaluation.score.value"), "a category has no value");
+    cJSON *own = find_span(spans, "score latency_ok");
+    cr_assert_str_eq(attr_s(own, "gen_ai.evaluation.name"), "latency_ok");
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(own, "gen_ai.evaluation.score.value"), "doubleValue")->valuedouble,
+                       3.0, 0);
+    cJSON_Delete(root);
+}
+
 Test(export_otlp, point_event_after_its_run_hangs_under_the_exported_span)
 {
     /* a retry after llm_error: the run is closed and was exported */
