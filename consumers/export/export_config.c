@@ -39,6 +39,8 @@ void export_config_defaults(struct export_config *c)
     c->max_open_runs = 200000;
     c->spool_limit = 256u << 20;
     snprintf(c->auth_header_env, sizeof c->auth_header_env, "CBUS_EXPORT_AUTH_HEADER");
+    snprintf(c->langfuse_public_key_env, sizeof c->langfuse_public_key_env, "LANGFUSE_PUBLIC_KEY");
+    snprintf(c->langfuse_secret_key_env, sizeof c->langfuse_secret_key_env, "LANGFUSE_SECRET_KEY");
     c->tls_verify = 1;
     c->status_interval_ns = 1000000000ull;
 }
@@ -217,6 +219,15 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
         c->headers[c->n_headers++] = h;
         return 0;
     }
+    if (IS("langfuse", "host")) {
+        if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not an http:// or https:// URL", e->value);
+        return copy_str(cfg, e, c->langfuse_host, sizeof c->langfuse_host, err, errlen);
+    }
+    if (IS("langfuse", "public_key_env"))
+        return env_name(cfg, e, c->langfuse_public_key_env, sizeof c->langfuse_public_key_env, err, errlen);
+    if (IS("langfuse", "secret_key_env"))
+        return env_name(cfg, e, c->langfuse_secret_key_env, sizeof c->langfuse_secret_key_env, err, errlen);
     if (IS("auth", "header_env"))
         return env_name(cfg, e, c->auth_header_env, sizeof c->auth_header_env, err, errlen);
     if (IS("auth", "basic_user_env"))
@@ -252,8 +263,48 @@ int export_config_load(struct export_config *c, const char *path, char *err, siz
     return r;
 }
 
+/* The [langfuse] profile: Langfuse's OTLP endpoint on that host, Basic auth
+ * with the project keys from the environment, and the ingestion version
+ * header its docs ask direct exporters to send. */
+static int langfuse_profile(struct export_config *c, char *err, size_t errlen)
+{
+    if (c->format != EXPORT_OTLP) {
+        snprintf(err, errlen, "[langfuse] needs [export] format = otlp");
+        return -EINVAL;
+    }
+    if (c->basic_user_env[0]) {
+        snprintf(err, errlen, "[langfuse] sets the Basic auth itself: drop [auth] basic_user_env/basic_password_env "
+                              "(name the variables with [langfuse] public_key_env/secret_key_env)");
+        return -EINVAL;
+    }
+    size_t n = strlen(c->langfuse_host);
+    while (n && c->langfuse_host[n - 1] == '/')
+        c->langfuse_host[--n] = '\0';
+    snprintf(c->endpoint, sizeof c->endpoint, "%s/api/public/otel", c->langfuse_host);
+    snprintf(c->basic_user_env, sizeof c->basic_user_env, "%s", c->langfuse_public_key_env);
+    snprintf(c->basic_password_env, sizeof c->basic_password_env, "%s", c->langfuse_secret_key_env);
+    for (unsigned i = 0; i < c->n_headers; i++)
+        if (!strncasecmp(c->headers[i], "x-langfuse-ingestion-version:", 29))
+            goto have_header;
+    if (c->n_headers >= EXPORT_MAX_HEADERS) {
+        snprintf(err, errlen, "[langfuse] needs one header slot: at most %d [headers]", EXPORT_MAX_HEADERS - 1);
+        return -EINVAL;
+    }
+    if (!(c->headers[c->n_headers] = strdup("x-langfuse-ingestion-version: 4"))) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    c->n_headers++;
+have_header:
+    c->langfuse = 1;
+    return 0;
+}
+
 int export_config_finish(struct export_config *c, char *err, size_t errlen)
 {
+    int lr;
+    if (c->langfuse_host[0] && !c->langfuse && (lr = langfuse_profile(c, err, errlen)))
+        return lr;
     if (c->format == EXPORT_OTLP) {
         size_t n = strlen(c->endpoint);
         while (n && c->endpoint[n - 1] == '/')

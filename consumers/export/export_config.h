@@ -38,6 +38,11 @@ struct export_config {
     int include_previews;
     /* [otlp] */
     unsigned otlp_encoding;     /* enum otlp_encoding (otlp.h): protobuf (default) or json */
+    /* [langfuse]: a host turns the profile on (export_config_finish) */
+    char langfuse_host[512];
+    char langfuse_public_key_env[64]; /* default LANGFUSE_PUBLIC_KEY */
+    char langfuse_secret_key_env[64]; /* default LANGFUSE_SECRET_KEY */
+    int langfuse;               /* derived: the profile is on */
     /* [spans] */
     uint64_t run_timeout_ns;
     uint64_t max_open_runs;

@@ -709,6 +709,7 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
     };
     x->oopts.include_previews = cfg->include_previews;
     x->oopts.encoding = cfg->otlp_encoding;
+    x->oopts.langfuse = cfg->langfuse;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     x->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)id->pid ^ UINT64_C(0x9e3779b97f4a7c15);

@@ -764,6 +764,22 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         A_FIELD(&e, "session.id", st->session);
         A_FIELD(&e, "gen_ai.conversation.id", st->session);
     }
+    if (o->langfuse) {
+        /* Set on every span rather than left to Langfuse's inference from
+         * gen_ai.operation.name, which does not map retrieval or
+         * invoke_workflow (they would show as plain spans). */
+        const char *lt = s->end_kind == SPAN_POINT                                    ? "event"
+                         : !op                                                        ? "span"
+                         : !strcmp(op, "chat") || !strcmp(op, "text_completion")      ? "generation"
+                         : !strcmp(op, "execute_tool")                                ? "tool"
+                         : !strcmp(op, "invoke_agent")                                ? "agent"
+                         : !strcmp(op, "retrieval")                                   ? "retriever"
+                         : !strcmp(op, "invoke_workflow")                             ? "chain"
+                                                                                      : "span";
+        A_STR(&e, "langfuse.observation.type", lt, strlen(lt));
+        A_FIELD(&e, "langfuse.user.id", st->user);
+        A_FIELD(&e, "langfuse.session.id", st->session);
+    }
     A_FIELD(&e, "cbus.request.id", st->request_id);
     A_INT(&e, "cbus.producer.pid", st->pid);
     A_INT(&e, "thread.id", st->tid);

@@ -49,6 +49,7 @@ enum otlp_encoding { OTLP_JSON = 0, OTLP_PROTOBUF = 1 };
 struct otlp_opts {
     int include_previews;  /* input/output previews as cbus.input.preview / cbus.output.preview */
     unsigned encoding;     /* enum otlp_encoding */
+    int langfuse;          /* [langfuse] profile: langfuse.observation.type, langfuse.user.id/.session.id */
 };
 
 /* Where otlp_end() patches a protobuf batch's two outer lengths. */

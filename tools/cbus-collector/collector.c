@@ -51,6 +51,7 @@ struct opts {
     const char *retry_after;
     unsigned delay_ms;
     unsigned partial;
+    const char *langfuse;   /* --langfuse PUBLIC:SECRET: act as Langfuse's OTLP endpoint */
     int full_parse;
 };
 
@@ -71,6 +72,7 @@ struct stats {
     uint64_t chunked;
     uint64_t partial;       /* answers carrying partialSuccess */
     uint64_t stored;
+    uint64_t unauthorized;  /* --langfuse: refused for auth, path or ingestion version */
     /* CLOCK_MONOTONIC ms at which the first POSTS_KEPT POSTs arrived (complete):
      * a test proves a retry waited by the gap between two of them, instead
      * of sleeping and looking that nothing came. */
@@ -113,10 +115,10 @@ static void stats_json(struct sbuf *b)
                 ",\"spans\":%" PRIu64 ",\"span_events\":%" PRIu64 ",\"events\":%" PRIu64
                 ",\"bytes\":%" PRIu64 ",\"bytes_inflated\":%" PRIu64 ",\"gzip\":%" PRIu64
                 ",\"protobuf\":%" PRIu64 ",\"chunked\":%" PRIu64 ",\"partial\":%" PRIu64
-                ",\"stored\":%" PRIu64 "}\n",
+                ",\"stored\":%" PRIu64 ",\"unauthorized\":%" PRIu64 "}\n",
                 S.connections, S.requests, S.accepted, S.failed, S.dropped, S.bad, S.spans,
                 S.span_events, S.events, S.bytes, S.bytes_inflated, S.gzip, S.protobuf, S.chunked,
-                S.partial, S.stored);
+                S.partial, S.stored, S.unauthorized);
     /* the line above ends in "}\n": reopen it for the arrival times */
     if (!b->failed && b->len >= 2) {
         b->len -= 2;
@@ -213,6 +215,28 @@ static int ends_with(const char *s, const char *suffix)
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
+/* "Basic " + base64(cred) (RFC 7617). */
+static void basic_auth(char *out, size_t cap, const char *cred)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = strlen(cred), o = 0;
+    const unsigned char *u = (const unsigned char *)cred;
+    if (cap < 7 + 4 * ((n + 2) / 3)) {
+        out[0] = '\0';
+        return;
+    }
+    memcpy(out, "Basic ", 6);
+    o = 6;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)u[i] << 16 | (i + 1 < n ? (unsigned)u[i + 1] << 8 : 0) | (i + 2 < n ? u[i + 2] : 0);
+        out[o++] = b64[v >> 18 & 63];
+        out[o++] = b64[v >> 12 & 63];
+        out[o++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? b64[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
 /* Decides the answer to a complete request.  Returns 0, or -1 to close the
  * connection at once without answering (--drop-first). */
 static int handle(struct conn *c, const struct http_request *req, const char *body, size_t body_len)
@@ -243,6 +267,28 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
         respond(c, is_json || is_pb ? 404 : 415, "text/plain",
                 "want OTLP (protobuf or JSON) at /v1/traces or application/msgpack\n", NULL);
         return 0;
+    }
+    if (O.langfuse && !is_msgpack) {
+        /* What Langfuse's OTLP endpoint asks of a direct exporter: its path,
+         * Basic auth with the project's public and secret key, and the
+         * ingestion version header. */
+        char want[512];
+        basic_auth(want, sizeof want, O.langfuse);
+        if (!ends_with(req->target, "/api/public/otel/v1/traces")) {
+            S.unauthorized++;
+            respond(c, 404, "text/plain", "Langfuse takes OTLP at /api/public/otel/v1/traces\n", NULL);
+            return 0;
+        }
+        if (strcmp(req->authorization, want)) {
+            S.unauthorized++;
+            respond(c, 401, "text/plain", "bad Basic auth\n", NULL);
+            return 0;
+        }
+        if (strcmp(req->langfuse_version, "4")) {
+            S.unauthorized++;
+            respond(c, 400, "text/plain", "x-langfuse-ingestion-version: 4 expected\n", NULL);
+            return 0;
+        }
     }
     if (S.requests < POSTS_KEPT)
         S.post_ms[S.requests] = now_ms();
@@ -491,7 +537,9 @@ static void usage(FILE *f)
             "  --retry-after VALUE  add 'Retry-After: VALUE' to failure answers\n"
             "  --drop-first N       close the connection on the first N requests without answering\n"
             "  --delay-ms N         answer every POST N ms late (a slow endpoint)\n"
-            "  --partial N          answer OTLP requests 200 with partialSuccess.rejectedSpans = N\n");
+            "  --partial N          answer OTLP requests 200 with partialSuccess.rejectedSpans = N\n"
+            "  --langfuse PK:SK     act as Langfuse: OTLP only at /api/public/otel/v1/traces, Basic auth PK:SK,\n"
+            "                       x-langfuse-ingestion-version: 4 (else 404/401/400, counted as unauthorized)\n");
 }
 
 static int parse_args(int argc, char **argv)
@@ -500,7 +548,7 @@ static int parse_args(int argc, char **argv)
         {"listen", 1, 0, 'l'},     {"port-file", 1, 0, 'P'}, {"store", 1, 0, 's'},
         {"stats", 1, 0, 'S'},      {"parse", 0, 0, 'p'},     {"fail-first", 1, 0, 'f'},
         {"fail-rate", 1, 0, 'r'},  {"status", 1, 0, 'c'},    {"retry-after", 1, 0, 'a'},
-        {"drop-first", 1, 0, 'd'}, {"delay-ms", 1, 0, 'D'},  {"partial", 1, 0, 'x'},
+        {"drop-first", 1, 0, 'd'}, {"delay-ms", 1, 0, 'D'},  {"partial", 1, 0, 'x'}, {"langfuse", 1, 0, 'L'},
         {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
     static char host[256];
     int ch;
@@ -538,6 +586,7 @@ static int parse_args(int argc, char **argv)
         case 'd': O.drop_first = (unsigned)strtoul(optarg, &end, 10); break;
         case 'D': O.delay_ms = (unsigned)strtoul(optarg, &end, 10); break;
         case 'x': O.partial = (unsigned)strtoul(optarg, &end, 10); break;
+        case 'L': O.langfuse = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }

@@ -102,6 +102,10 @@ static int parse_headers(const char *buf, const char *hend, struct http_request 
                 return -1;
         } else if (nlen == 12 && !strncasecmp(p, "Content-Type", 12)) {
             copy_trimmed(req->content_type, sizeof req->content_type, value, strlen(value));
+        } else if (nlen == 13 && !strncasecmp(p, "Authorization", 13)) {
+            copy_trimmed(req->authorization, sizeof req->authorization, value, strlen(value));
+        } else if (nlen == 28 && !strncasecmp(p, "x-langfuse-ingestion-version", 28)) {
+            copy_trimmed(req->langfuse_version, sizeof req->langfuse_version, value, strlen(value));
         } else if (nlen == 10 && !strncasecmp(p, "Connection", 10)) {
             if (has_token(value, "close"))
                 req->keep_alive = 0;

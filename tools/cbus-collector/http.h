@@ -16,6 +16,8 @@ struct http_request {
     char method[16];
     char target[256];
     char content_type[96];
+    char authorization[256];      /* "Authorization" (checked by --langfuse) */
+    char langfuse_version[16];    /* "x-langfuse-ingestion-version" */
     int keep_alive;        /* 1.1 default, or "Connection: keep-alive" on 1.0 */
     int expect_continue;   /* "Expect: 100-continue" */
     int gzip;              /* "Content-Encoding: gzip" */

@@ -345,6 +345,92 @@ Test(export_daemon, chain_error_is_exported_with_status_error_and_error_type)
     cJSON_Delete(root);
 }
 
+/* The [langfuse] profile against a loopback collector that asks what
+ * Langfuse's OTLP endpoint asks (cbus-collector --langfuse): the path
+ * /api/public/otel/v1/traces, Basic auth with the project's public and
+ * secret key, x-langfuse-ingestion-version: 4.  Then what Langfuse reads
+ * from the spans (its OTLP ingestion docs): langfuse.observation.type on
+ * every span (retrieval and invoke_workflow do not map by
+ * gen_ai.operation.name), langfuse.user.id / langfuse.session.id, the model
+ * and token counts of generations. */
+Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", "--langfuse", "pk-lf-test:sk-lf-secret", NULL}), 0);
+    setenv("CBUS_TEST_LF_PK", "pk-lf-test", 1);
+    setenv("CBUS_TEST_LF_SK", "sk-lf-secret", 1);
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "[langfuse]\nhost = http://127.0.0.1:%u/\npublic_key_env = CBUS_TEST_LF_PK\nsecret_key_env = CBUS_TEST_LF_SK\n",
+             col.port);
+    /* the profile sets the endpoint: the common part's is replaced */
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
+    char uuids[1][3][37];
+    agent_turn(0, uuids); /* agent, generation, tool */
+    cbus_ctx wf, rv;
+    cbus_ctx_init(&wf);
+    cbus_ctx_set_user(&wf, "bob");
+    cbus_ctx_set_session(&wf, "s-2");
+    cr_assert_eq(cbus_chain_start(prod, &wf, "RetrievalQA", NULL), 0);
+    cbus_ctx_child(&rv, &wf);
+    cr_assert_eq(cbus_retriever_start(prod, &rv, "docs", "q"), 0);
+    cr_assert_eq(cbus_retriever_end(prod, &rv, 2), 0);
+    cr_assert_eq(cbus_chain_end(prod, &wf, NULL), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 5, 10000), 5);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "unauthorized"), 0);
+    cr_assert_eq(collector_stat(&col, "bad"), 0);
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    cr_assert_eq(cJSON_GetArraySize(spans), 5);
+    static const struct { const char *name, *type, *user; } want[] = {
+        {"invoke_agent planner", "agent", "alice"},
+        {"chat claude-sonnet-4", "generation", "alice"},
+        {"execute_tool search", "tool", "alice"},
+        {"invoke_workflow RetrievalQA", "chain", "bob"},
+        {"retrieval docs", "retriever", NULL}, /* the child context carries no user */
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        cJSON *sp = NULL, *it;
+        cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), want[i].name)) sp = it;
+        cr_assert_not_null(sp, "no span %s", want[i].name);
+        cr_assert_str_eq(attr(sp, "langfuse.observation.type")->valuestring, want[i].type, "%s", want[i].name);
+        if (want[i].user) {
+            cr_assert_str_eq(attr(sp, "langfuse.user.id")->valuestring, want[i].user);
+            cr_assert_str_eq(attr(sp, "user.id")->valuestring, want[i].user);
+        }
+        if (!strcmp(want[i].type, "generation")) {
+            cr_assert_str_eq(attr(sp, "langfuse.session.id")->valuestring, "s-1");
+            cr_assert_str_eq(attr(sp, "gen_ai.request.model")->valuestring, "claude-sonnet-4");
+            cr_assert_eq(attr(sp, "gen_ai.usage.input_tokens")->valueint, 1000);
+            cr_assert_eq(attr(sp, "gen_ai.usage.output_tokens")->valueint, 20);
+        }
+    }
+    cJSON_Delete(root);
+}
+
+/* A wrong key: Langfuse answers 401, which is final (dropped and counted,
+ * never retried or spooled). */
+Test(export_daemon, langfuse_wrong_key_is_rejected_not_retried)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--langfuse", "pk-lf-test:sk-lf-secret", NULL}), 0);
+    setenv("CBUS_TEST_LF_PK", "pk-lf-test", 1);
+    setenv("CBUS_TEST_LF_SK", "wrong", 1);
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "[langfuse]\nhost = http://127.0.0.1:%u\npublic_key_env = CBUS_TEST_LF_PK\nsecret_key_env = CBUS_TEST_LF_SK\n",
+             col.port);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
+    tool_span(0);
+    cr_assert_eq(wait_for(get_exporter, &ex, "export.rejected_batches", 1, 10000), 1);
+    cr_assert_eq(exporter_stat(&ex, "export.last_status"), 401);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "unauthorized"), 1);
+    cr_assert_eq(collector_stat(&col, "accepted"), 0);
+    cr_assert_eq(collector_stat(&col, "requests"), 0, "refused before it counts as a request");
+}
+
 Test(export_daemon, retriever_end_pairs_with_its_start_not_a_tool_start)
 {
     cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);

@@ -794,6 +794,29 @@ Test(export_config, endpoint_paths)
     export_config_free(&c);
 }
 
+Test(export_config, langfuse_profile)
+{
+    struct export_config c;
+    char err[256];
+    cr_assert_eq(load_text(&c, "[langfuse]\nhost = https://cloud.langfuse.com/\n", err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.url, "https://cloud.langfuse.com/api/public/otel/v1/traces");
+    cr_assert_str_eq(c.basic_user_env, "LANGFUSE_PUBLIC_KEY");
+    cr_assert_str_eq(c.basic_password_env, "LANGFUSE_SECRET_KEY");
+    cr_assert_eq(c.n_headers, 1);
+    cr_assert_str_eq(c.headers[0], "x-langfuse-ingestion-version: 4");
+    cr_assert(c.langfuse);
+    cr_assert_eq(c.otlp_encoding, OTLP_PROTOBUF);
+    export_config_free(&c);
+    cr_assert_eq(load_text(&c, "[export]\nformat = msgpack\n[langfuse]\nhost = http://h\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "format = otlp"), "%s", err);
+    export_config_free(&c);
+    cr_assert_eq(load_text(&c, "[langfuse]\nhost = h\n", err, sizeof err), -EINVAL);
+    export_config_free(&c);
+    cr_assert_eq(load_text(&c, "[langfuse]\nhost = http://h\npublic_key_env = pk-lf-1234\n", err, sizeof err), -EINVAL,
+                 "a key where its variable's name goes");
+    export_config_free(&c);
+}
+
 /* ---- spool ------------------------------------------------------------------- */
 
 TestSuite(export_spool, .init = mk_tmp, .fini = rm_tmp);
