@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "attach.h"
+#include "loop.h"
 #include "checkpoint.h"
 #include "cost_config.h"
 #include "daemon.h"
@@ -34,9 +34,10 @@ struct daemon {
     struct cost_config cfg;
     struct cost_price_table *prices;
     struct cost_ledger led;
-    cbus_consumer *c;         /* at.c: the consumer attach.c follows the bus with */
+    cbus_consumer *c;         /* loop.at.c: the consumer attach.c follows the bus with */
     cbus_bus *bus;            /* borrowed from the consumer */
-    struct cbus_attach at;
+    struct cbus_loop loop;    /* polls, waits, heartbeats, follows the bus (loop.h) */
+    uint64_t next_ckpt, last_ckpt; /* the interval checkpoint, the last one */
     uint64_t capacity;        /* of the bus we are on */
     unsigned writer;
     int have_writer;
@@ -57,13 +58,6 @@ struct daemon {
     char snap_path[COST_PATH_MAX + 32];
     struct sbuf ckbuf, json, prom;
 };
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t real_ns(void)
 {
@@ -257,7 +251,7 @@ static void write_outputs(struct daemon *d)
         return;
     }
     /* Regenerated every interval: atomic (rename) but not fsync'ed. */
-    uint64_t now = mono_ns();
+    uint64_t now = cbus_now_ns();
     int r = cost_write_file(d->snap_path, d->json.data, d->json.len, 0);
     if (r)
         cost_errlimit_fail(&d->snap_err, now, "%s: %s", d->snap_path, strerror(-r));
@@ -287,7 +281,7 @@ static int checkpoint(struct daemon *d)
         d->run_lost = cs.lost;
         d->run_abandoned = cs.abandoned;
     }
-    uint64_t now = mono_ns();
+    uint64_t now = cbus_now_ns();
     int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf,
                                  d->cfg.fsync);
     if (r) {
@@ -402,31 +396,32 @@ static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
 static void leaving_bus(void *arg, cbus_consumer *old)
 {
     struct daemon *d = arg;
-    if (!d->at.dead && d->led.cursor != d->ckpt_cursor)
+    if (!d->loop.at.dead && d->led.cursor != d->ckpt_cursor)
         checkpoint(d);
     /* The old consumer's losses stay counted on the new bus, and so do the
      * events it leaves unread there: they will never be accounted.  (A
      * truncated segment cannot be read: its last known counts stand.) */
     struct cbus_consumer_stats cs;
-    if (!d->at.dead && cbus_consumer_stats(old, &cs) == 0) {
+    if (!d->loop.at.dead && cbus_consumer_stats(old, &cs) == 0) {
         d->run_lost = cs.lost + cs.lag;
         d->run_abandoned = cs.abandoned;
     }
     d->lost_base += d->run_lost;
     d->abandoned_base += d->run_abandoned;
     d->run_lost = d->run_abandoned = 0;
-    if (d->have_writer && !d->at.dead)
+    if (d->have_writer && !d->loop.at.dead)
         cbus_admit_writer_release(d->bus, d->writer);
     d->have_writer = 0;
 }
 
 /* Now on a new bus (attach.c): its positions, admission writer and verdicts;
  * the totals carry on, checkpointed at once with the new bus id. */
-static void arrived_bus(struct daemon *d)
+static int arrived_bus(void *arg)
 {
-    d->c = d->at.c;
-    d->bus = d->at.bus;
-    d->bus_id = d->at.bus_id;
+    struct daemon *d = arg;
+    d->c = d->loop.at.c;
+    d->bus = d->loop.at.bus;
+    d->bus_id = d->loop.at.bus_id;
     d->capacity = cbus_bus_header(d->bus)->capacity;
     take_read_position(d);
     checkpoint(d);
@@ -437,6 +432,72 @@ static void arrived_bus(struct daemon *d)
     d->have_writer = r == 0;
     if (d->have_writer)
         reconcile_verdicts(d);
+    return 0;
+}
+
+/* ---- the loop's hooks (consumers/common/loop.h) --------------------------- */
+
+static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
+                    uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)bodies;
+    if (n > 0)
+        cost_ledger_apply_batch(&d->led, ev, (size_t)n);
+    /* Everything below the read position was applied, lost or abandoned:
+     * the checkpoint may acknowledge all of it, also when this poll returned
+     * no event (positions skipped after a forward jump of tail): the
+     * producers gated behind our cursor would otherwise never send the
+     * event that moves it. */
+    if (cbus_consumer_read_pos(d->c) != d->led.cursor)
+        take_read_position(d);
+    /* Checkpoint on the interval, or early when unacknowledged events fill
+     * a quarter of the ring: a lossless consumer that sits on its cursor
+     * makes producers wait.  While events keep coming, not more than every
+     * 2 ms; once the ring is drained (n == 0), at once: the producers may be
+     * blocked on us and will not wake us. */
+    uint64_t pending = d->led.cursor - d->ckpt_cursor;
+    if (pending && (now >= d->next_ckpt ||
+                    (pending > d->capacity / 4 && (n == 0 || now - d->last_ckpt > 2000000u)))) {
+        checkpoint(d);
+        d->last_ckpt = now;
+        d->next_ckpt = now + d->cfg.checkpoint_interval_ns;
+    }
+    if (d->led.cursor != d->ckpt_cursor)
+        cbus_loop_wake_at(&d->loop, d->next_ckpt); /* wake for the interval checkpoint */
+    return 0;
+}
+
+static int on_heartbeat(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)now;
+    if (d->have_writer)
+        cbus_admit_writer_heartbeat(d->bus, d->writer);
+    return 0;
+}
+
+static int outputs_timer(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)now;
+    cost_ledger_tick(&d->led, real_ns());
+    write_outputs(d);
+    return 0;
+}
+
+static int expire_timer(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)now;
+    if (d->cfg.session_ttl_ns) {
+        uint64_t rn = real_ns();
+        size_t gone = cost_ledger_expire_sessions(
+            &d->led, rn > d->cfg.session_ttl_ns ? rn - d->cfg.session_ttl_ns : 0);
+        if (gone)
+            cbus_log_info("expired %zu idle sessions", gone);
+    }
+    return 0;
 }
 
 int cost_daemon_main(int argc, char **argv)
@@ -576,9 +637,14 @@ int cost_daemon_main(int argc, char **argv)
     }
     struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS,
                                    .kinds = cost_ledger_needed_kinds()};
-    d->at.leaving = leaving_bus;
-    d->at.arg = d;
-    cbus_attach_init(&d->at, d->c, d->cfg.bus, &ao, 0);
+    if (cbus_loop_init(&d->loop, d->c, d->cfg.bus, &ao, BATCH, 0, d)) {
+        cbus_log_error("out of memory");
+        d->c = NULL;
+        rc = 1;
+        goto out;
+    }
+    d->loop.at.leaving = leaving_bus;
+    d->loop.at.arg = d;
     r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
     if (r)
         cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
@@ -625,100 +691,19 @@ int cost_daemon_main(int argc, char **argv)
     if (hb_every == 0 || hb_every > SEC)
         hb_every = SEC;
     d->capacity = hdr->capacity;
-    uint64_t now = mono_ns();
-    uint64_t next_hb = now, next_out = now, next_ckpt = now + d->cfg.checkpoint_interval_ns;
-    uint64_t next_expire = now + 60 * SEC, last_ckpt = now;
-    struct cbus_event *buf = malloc(BATCH * sizeof *buf);
-    if (!buf) {
-        rc = 1;
-        goto out;
-    }
+    uint64_t now = cbus_now_ns();
+    d->next_ckpt = now + d->cfg.checkpoint_interval_ns;
+    d->last_ckpt = now;
     write_outputs(d);
-    while (!cbus_daemon_stop) {
-        int n = cbus_consumer_poll(d->c, buf, BATCH);
-        if (n == -ESTALE) {
-            /* Evicted, or the bus truncated under us: attach.c tells. */
-            int a = cbus_attach_check(&d->at, 1);
-            if (a == 1)
-                arrived_bus(d);
-            if (a == 1 || (a == 0 && d->at.dead))
-                n = 0;
-        }
-        if (n < 0) {
-            cbus_log_error("poll: %s", cbus_strerror(n));
-            rc = 1;
-            break;
-        }
-        if (n > 0)
-            cost_ledger_apply_batch(&d->led, buf, (size_t)n);
-        {
-            /* Everything below the read position was applied, lost or
-             * abandoned: the checkpoint may acknowledge all of it, also
-             * when this poll returned no event (positions skipped after a
-             * forward jump of tail): the producers gated behind our cursor
-             * would otherwise never send the event that moves it. */
-            if (cbus_consumer_read_pos(d->c) != d->led.cursor)
-                take_read_position(d);
-        }
-        now = mono_ns();
-        if (now >= next_hb) {
-            if (d->have_writer)
-                cbus_admit_writer_heartbeat(d->bus, d->writer);
-            cbus_consumer_heartbeat(d->c);
-            next_hb = now + hb_every;
-            /* Removed or re-created under us: follow it (attach.c). */
-            int a = cbus_attach_check(&d->at, 0);
-            if (a == 1)
-                arrived_bus(d);
-            if (a < 0) {
-                cbus_log_error("evicted from the bus");
-                rc = 1;
-                break;
-            }
-        }
-        /* Checkpoint on the interval, or early when unacknowledged events
-         * fill a quarter of the ring: a lossless consumer that sits on its
-         * cursor makes producers wait.  While events keep coming, not more
-         * than every 2 ms; once the ring is drained (n == 0), at once: the
-         * producers may be blocked on us and will not wake us. */
-        uint64_t pending = d->led.cursor - d->ckpt_cursor;
-        if (pending && (now >= next_ckpt ||
-                        (pending > d->capacity / 4 && (n == 0 || now - last_ckpt > 2000000u)))) {
-            checkpoint(d);
-            last_ckpt = now;
-            next_ckpt = now + d->cfg.checkpoint_interval_ns;
-        }
-        if (now >= next_out || cbus_daemon_usr1) {
-            cbus_daemon_usr1 = 0;
-            cost_ledger_tick(&d->led, real_ns());
-            write_outputs(d);
-            next_out = now + d->cfg.snapshot_interval_ns;
-        }
-        if (now >= next_expire) {
-            if (d->cfg.session_ttl_ns) {
-                uint64_t rn = real_ns();
-                size_t gone = cost_ledger_expire_sessions(
-                    &d->led, rn > d->cfg.session_ttl_ns ? rn - d->cfg.session_ttl_ns : 0);
-                if (gone)
-                    cbus_log_info("expired %zu idle sessions", gone);
-            }
-            next_expire = now + 60 * SEC;
-        }
-        if (n == 0) {
-            uint64_t wait = hb_every < 100000000u ? hb_every : 100000000u;
-            if (d->led.cursor != d->ckpt_cursor && next_ckpt > now && next_ckpt - now < wait)
-                wait = next_ckpt - now; /* wake for the interval checkpoint */
-            int w = cbus_attach_wait(&d->at, wait);
-            if (d->at.c != d->c)
-                arrived_bus(d);
-            if (w < 0 && w != -EINTR) {
-                cbus_log_error("wait: %s", cbus_strerror(w));
-                rc = 1;
-                break;
-            }
-        }
-    }
-    free(buf);
+    struct cbus_loop *l = &d->loop;
+    l->on_batch = on_batch;
+    l->on_heartbeat = on_heartbeat;
+    l->on_arrived = arrived_bus;
+    l->hb_every_ns = hb_every;
+    l->max_wait_ns = hb_every < 100000000u ? hb_every : 100000000u;
+    cbus_loop_every(l, d->cfg.snapshot_interval_ns, 0, outputs_timer, 1);
+    cbus_loop_every(l, 60 * SEC, 60 * SEC, expire_timer, 0);
+    rc = cbus_loop_run(l);
     /* Final state: durable, then published. */
     if (d->led.cursor != d->ckpt_cursor || !have_ckpt)
         checkpoint(d);
@@ -735,7 +720,10 @@ out:
     cost_webhook_stop(d->hook);
     if (d->have_writer)
         cbus_admit_writer_release(d->bus, d->writer); /* fail open while we are down */
-    cbus_consumer_detach(d->c);
+    if (d->loop.ev)
+        cbus_loop_close(&d->loop); /* the consumer and its bus */
+    else
+        cbus_consumer_detach(d->c);
     cost_ledger_free(&d->led);
     cost_prices_free(d->prices);
     cost_config_free(&d->cfg);

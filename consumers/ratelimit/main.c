@@ -13,10 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "attach.h"
 #include "daemon.h"
 #include "limiter.h"
 #include "log.h"
+#include "loop.h"
 #include "rlconfig.h"
 #include "sbuf.h"
 #include "statuscmd.h"
@@ -28,12 +28,14 @@ struct daemon {
     const char *bus_name;
     struct rl_config cfg;
     cbus_bus *bus;
-    cbus_consumer *cons;      /* at.c */
-    struct cbus_attach at;    /* follows the bus when it is re-created */
+    cbus_consumer *cons;      /* loop.at.c */
+    struct cbus_loop loop;    /* polls, waits, follows the bus when it is re-created */
     unsigned writer;
     rl_limiter *l;
     uint64_t last_lost;
     uint64_t last_fail;
+    uint64_t last_ts;         /* the newest event's timestamp */
+    int caught_up;            /* the last poll drained the ring */
 };
 
 static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key,
@@ -98,17 +100,18 @@ static void leaving_bus(void *arg, cbus_consumer *old)
 {
     struct daemon *d = arg;
     (void)old;
-    if (!d->at.dead)
+    if (!d->loop.at.dead)
         cbus_admit_writer_release(d->bus, d->writer);
 }
 
 /* On the new bus: same counts (the traffic is the same), a new admission
  * writer; verdicts are published there as they change.  Returns 0 or 1
  * (no writer: stop, as at start). */
-static int arrived_bus(struct daemon *d)
+static int arrived_bus(void *arg)
 {
-    d->cons = d->at.c;
-    d->bus = d->at.bus;
+    struct daemon *d = arg;
+    d->cons = d->loop.at.c;
+    d->bus = d->loop.at.bus;
     int r = cbus_admit_writer_register(d->bus, d->cfg.name, &d->writer);
     if (r) {
         cbus_log_error("admission writer %s on the new bus: %s", d->cfg.name, cbus_strerror(r));
@@ -118,78 +121,71 @@ static int arrived_bus(struct daemon *d)
     return 0;
 }
 
+/* ---- the loop's hooks (consumers/common/loop.h) --------------------------- */
+
+static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
+                    uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)bodies;
+    rl_feed_batch(d->l, ev, (size_t)n);
+    if (n > 0) {
+        d->last_ts = ev[n - 1].ts_mono_ns;
+        rl_drain(d->l, now, publish, d); /* publish at once what changed */
+    }
+    d->caught_up = n < BATCH;
+    return 0;
+}
+
+static int drain_timer(void *arg, uint64_t now) /* lapsed verdicts cleared */
+{
+    struct daemon *d = arg;
+    rl_drain(d->l, now, publish, d);
+    return 0;
+}
+
+static int on_heartbeat(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    (void)now;
+    int r = d->loop.at.dead ? 0 : cbus_admit_writer_heartbeat(d->bus, d->writer);
+    if (r)
+        cbus_log_warn("admission heartbeat: %s", cbus_strerror(r));
+    return 0;
+}
+
+static int expire_timer(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    /* Behind the ring, expire only what the events read so far allow:
+     * a key dropped ahead of its backlog would lose its debt. */
+    rl_expire(d->l, d->caught_up || d->last_ts == 0 ? now : d->last_ts);
+    return 0;
+}
+
+static int status_timer(void *arg, uint64_t now)
+{
+    write_status(arg, now);
+    return 0;
+}
+
 static int run(struct daemon *d)
 {
     const struct cbus_shm_header *h = cbus_bus_header(d->bus);
     uint64_t hb_every = h->admit_stale_ns / 4;
     if (hb_every < MS)
         hb_every = MS;
-    uint64_t wait_ns = hb_every < 100 * MS ? hb_every : 100 * MS;
-    static struct cbus_event evs[BATCH];
-    uint64_t now = cbus_now_ns();
-    uint64_t next_hb = now, next_status = now, next_expire = now + 1000 * MS, next_drain = now;
-    uint64_t last_ts = 0;
-    int caught_up = 1;
-    while (!cbus_daemon_stop) {
-        int n = cbus_consumer_poll(d->cons, evs, BATCH);
-        if (n == -ESTALE) {
-            /* Evicted, or the bus truncated under us: attach.c tells. */
-            int a = cbus_attach_check(&d->at, 1);
-            if (a == 1 && arrived_bus(d))
-                return 1;
-            if (a == 1 || (a == 0 && d->at.dead))
-                n = 0;
-        }
-        if (n < 0) {
-            cbus_log_error("poll: %s", cbus_strerror(n));
-            return 1;
-        }
-        rl_feed_batch(d->l, evs, (size_t)n);
-        if (n > 0)
-            last_ts = evs[n - 1].ts_mono_ns;
-        caught_up = n < BATCH;
-        now = cbus_now_ns();
-        /* Publish at once what changed; clear lapsed verdicts now and then. */
-        if (n > 0 || now >= next_drain) {
-            rl_drain(d->l, now, publish, d);
-            next_drain = now + 100 * MS;
-        }
-        if (now >= next_hb) {
-            int r = d->at.dead ? 0 : cbus_admit_writer_heartbeat(d->bus, d->writer);
-            if (r)
-                cbus_log_warn("admission heartbeat: %s", cbus_strerror(r));
-            next_hb = now + hb_every;
-            /* Removed or re-created under us: follow it (attach.c). */
-            int a = cbus_attach_check(&d->at, 0);
-            if (a == 1 && arrived_bus(d))
-                return 1;
-            if (a < 0) {
-                cbus_log_error("evicted from the bus");
-                return 1;
-            }
-        }
-        if (now >= next_expire) {
-            /* Behind the ring, expire only what the events read so far allow:
-             * a key dropped ahead of its backlog would lose its debt. */
-            rl_expire(d->l, caught_up || last_ts == 0 ? now : last_ts);
-            next_expire = now + 1000 * MS;
-        }
-        if (now >= next_status || cbus_daemon_usr1) {
-            cbus_daemon_usr1 = 0;
-            write_status(d, now);
-            next_status = now + d->cfg.status_interval_ns;
-        }
-        if (n == 0) {
-            int r = cbus_attach_wait(&d->at, wait_ns);
-            if (d->at.c != d->cons && arrived_bus(d))
-                return 1;
-            if (r < 0 && r != -EINTR) {
-                cbus_log_error("wait: %s", cbus_strerror(r));
-                return 1;
-            }
-        }
-    }
-    return 0;
+    d->caught_up = 1;
+    struct cbus_loop *l = &d->loop;
+    l->on_batch = on_batch;
+    l->on_heartbeat = on_heartbeat;
+    l->on_arrived = arrived_bus;
+    l->hb_every_ns = hb_every;
+    l->max_wait_ns = hb_every < 100 * MS ? hb_every : 100 * MS;
+    cbus_loop_every(l, 100 * MS, 0, drain_timer, 0);
+    cbus_loop_every(l, 1000 * MS, 1000 * MS, expire_timer, 0);
+    cbus_loop_every(l, d->cfg.status_interval_ns, 0, status_timer, 1);
+    return cbus_loop_run(l);
 }
 
 static void usage(FILE *f)
@@ -294,9 +290,12 @@ int main(int argc, char **argv)
         goto err_bus;
     }
     d.bus = cbus_consumer_bus(d.cons);
-    d.at.leaving = leaving_bus;
-    d.at.arg = &d;
-    cbus_attach_init(&d.at, d.cons, d.bus_name, &co, 0);
+    if (cbus_loop_init(&d.loop, d.cons, d.bus_name, &co, BATCH, 0, &d)) {
+        cbus_log_error("out of memory");
+        goto err_bus;
+    }
+    d.loop.at.leaving = leaving_bus;
+    d.loop.at.arg = &d;
     r = cbus_admit_writer_register(d.bus, d.cfg.name, &d.writer);
     if (r) {
         cbus_log_error("admission writer %s: %s", d.cfg.name, cbus_strerror(r));
@@ -314,7 +313,7 @@ int main(int argc, char **argv)
                   (unsigned long long)st.events, (unsigned long long)st.requests,
                   (unsigned long long)st.throttles, (unsigned long long)st.over_limit);
 err_writer:
-    cbus_consumer_detach(d.cons); /* and its bus */
+    cbus_loop_close(&d.loop); /* the consumer and its bus */
 err_bus:
     rl_free(d.l);
     rl_config_free(&d.cfg);
