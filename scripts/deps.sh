@@ -7,6 +7,7 @@ PKGS=(build-essential cmake pkg-config liburing-dev libmsgpack-dev libcurl4-open
       stress-ng openssl python3-venv)
 PKGS+=(libmicrohttpd-dev) # the daemons' HTTP server (consumers/common/httpd.c)
 PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with it
+PKGS+=(nodejs)      # node >= 20, npm and /usr/include/node: bindings/node builds and tests with them
 PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
 PKGS+=("$@")
 missing=()

@@ -1,0 +1,214 @@
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { freshBus, mappings, drain, uuid, cbus } = require('./helpers.cjs');
+const { Producer, Consumer } = cbus;
+
+test('a run tree: children inherit keys, trace and tags; ids are the caller\'s', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'tree' });
+  const p = new Producer(bus);
+  const chain = uuid(), llm = uuid(), tool = uuid();
+  assert.equal(p.chainStart(chain, null, 'agent', '{"q":"weather"}',
+    { user: 'alice', session: 's-1', agent: 'planner', tenant: 'team-a', tags: ['prod'], metadata: { ls_run: 'x' } }), 0);
+  assert.equal(p.chatModelStart(llm, chain, 'what is the weather?',
+    { provider: 'openai', model: 'gpt-4o', promptCount: 2, messages: '[{"role":"user","parts":[]}]' }), 0);
+  assert.equal(p.llmNewToken(llm, 'It'), 0);
+  assert.equal(p.llmNewToken(llm, ' rains'), 0);
+  assert.equal(p.llmEnd(llm, 'It rains', { inputTokens: 1200, cacheReadTokens: 1024, outputTokens: 350, reasoningTokens: 100, finishReason: 'stop' }), 0);
+  assert.equal(p.toolStart(tool, chain, 'web_search', '{"q":"Paris"}'), 0);
+  assert.equal(p.toolEnd(tool, '{"temp_c":18}'), 0);
+  assert.equal(p.agentAction(chain, 'web_search', '{"q":"Paris"}'), 0);
+  assert.equal(p.agentFinish(chain, 'It rains in Paris'), 0);
+  assert.equal(p.chainEnd(chain, '{"answer":"rain"}'), 0);
+  assert.equal(p.runs(), 0, 'ends close their runs');
+  const evs = drain(c);
+  assert.deepEqual(evs.map((e) => e.kind), ['chain_start', 'chat_model_start', 'llm_new_token', 'llm_new_token',
+    'llm_end', 'tool_start', 'tool_end', 'agent_action', 'agent_finish', 'chain_end']);
+  const [cs, ms, t0, t1, end, ts] = evs;
+  assert.equal(cs.runId, chain);
+  assert.equal(cs.parentRunId, undefined);
+  assert.equal(cs.name, 'agent');
+  assert.deepEqual(cs.body.tags, ['prod']);
+  assert.deepEqual(cs.body.metadata, { ls_run: 'x' });
+  assert.equal(ms.runId, llm);
+  assert.equal(ms.parentRunId, chain);
+  assert.equal(ms.traceId, cs.traceId, 'one trace');
+  assert.equal(ms.user, 'alice');
+  assert.equal(ms.session, 's-1');
+  assert.equal(ms.agent, 'planner');
+  assert.equal(ms.tenant, 'team-a');
+  assert.equal(ms.model, 'gpt-4o');
+  assert.equal(ms.llmStart.promptCount, 2);
+  assert.equal(ms.body.messages, '[{"role":"user","parts":[]}]');
+  assert.deepEqual(ms.body.tags, ['prod'], 'tags inherited');
+  assert.deepEqual([t0.tokenIndex, t1.tokenIndex], [0, 1]);
+  assert.equal(t1.preview, ' rains');
+  assert.deepEqual(end.usage.inputTokens, 1200);
+  assert.equal(end.usage.cacheReadTokens, 1024);
+  assert.equal(end.usage.outputTokens, 350);
+  assert.equal(end.usage.reasoningTokens, 100);
+  assert.equal(end.usage.cacheCreationTokens, undefined, 'absent stays absent');
+  assert.equal(end.usage.finishReason, 'stop');
+  assert.ok(end.usage.durationNs > 0 && end.usage.ttftNs > 0 && end.usage.ttftNs <= end.usage.durationNs);
+  assert.equal(ts.parentRunId, chain);
+  assert.equal(ts.name, 'web_search');
+  assert.equal(evs[6].name, 'web_search', 'the end carries the run\'s name');
+  assert.equal(evs[9].name, 'agent');
+  p.close();
+  c.close();
+});
+
+test('UTF-8: "東京" arrives whole; long texts are cut between characters, bodies whole', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'utf8' });
+  const p = new Producer(bus);
+  const run = uuid();
+  p.llmStart(run, null, 'say 東京', {});
+  const long = '東京😀'.repeat(12); // 3-byte and 4-byte (surrogate pair) characters
+  for (const tok of ['東京', '😀', long, 'é']) assert.equal(p.llmNewToken(run, tok), 0);
+  p.llmEnd(run, long, null);
+  const evs = drain(c).filter((e) => e.kind === 'llm_new_token');
+  assert.equal(evs[0].preview, '東京');
+  assert.equal(evs[1].preview, '😀');
+  assert.ok(!evs[2].preview.includes('\uFFFD'), 'no replacement characters');
+  assert.ok(long.startsWith(evs[2].preview) && evs[2].preview.length < long.length);
+  assert.ok(Buffer.byteLength(evs[2].preview) <= 31);
+  assert.equal(evs[2].body.text, long);
+  assert.equal(evs[3].preview, 'é');
+  p.close();
+  c.close();
+});
+
+test('every kind goes out: errors with status, retriever, text, custom, retry, scores, 1.x stream and tool events', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'kinds' });
+  const p = new Producer(bus);
+  const [a, b, r, t, x] = [uuid(), uuid(), uuid(), uuid(), uuid()];
+  p.llmStart(a, null, 'p');
+  assert.equal(p.chatModelStream(a, 'chunk'), 0);
+  assert.equal(p.retry(a, 2, 500e6, 'rate limited'), 0);
+  assert.equal(p.llmError(a, 'RateLimitError', '429 Too Many Requests', 429), 0);
+  p.chainStart(b, null, 'seq');
+  assert.equal(p.chainError(b, 'Error', 'boom'), 0);
+  p.retrieverStart(r, null, 'docs', 'weather?');
+  assert.equal(p.retrieverEnd(r, 3), 0);
+  p.toolStart(t, null, 'calc', '1+1');
+  assert.equal(p.toolEvent(t, 'progress', '50%'), 0);
+  assert.equal(p.toolError(t, 'ToolError', 'nope'), 0);
+  assert.equal(p.text(x, 'hello'), 0);
+  assert.equal(p.custom(x, 'my_event', '{"a":1}'), 0);
+  assert.equal(p.score(x, 'helpful', cbus.SCORE.numeric, 0.75, null, 'good'), 0);
+  assert.equal(p.score(x, 'correct', cbus.SCORE.boolean, true), 0);
+  assert.equal(p.score(x, 'tone', cbus.SCORE.categorical, null, 'polite'), 0);
+  assert.equal(p.score(x, 'bad', cbus.SCORE.boolean, 0.5), -22, 'a boolean other than 0/1 is -EINVAL');
+  assert.equal(p.runs(), 0);
+  const evs = drain(c);
+  const by = (k) => evs.filter((e) => e.kind === k);
+  assert.equal(by('chat_model_stream')[0].preview, 'chunk');
+  assert.deepEqual(by('retry')[0].retry, { attempt: 2, backoffNs: 500e6 });
+  assert.equal(by('llm_error')[0].error.httpStatus, 429);
+  assert.equal(by('llm_error')[0].name, 'RateLimitError');
+  assert.ok(by('llm_error')[0].error.durationNs > 0);
+  assert.equal(by('chain_error')[0].preview, 'boom');
+  assert.equal(by('retriever_end')[0].retriever.documentCount, 3);
+  assert.equal(by('tool_event')[0].name, 'progress');
+  assert.equal(by('tool_error')[0].name, 'ToolError');
+  assert.equal(by('text')[0].runId, x, 'a point event on a run never started carries its id');
+  assert.equal(by('custom')[0].name, 'my_event');
+  const scores = by('score');
+  assert.deepEqual(scores.map((e) => e.score), [{ type: 'numeric', value: 0.75 }, { type: 'boolean', value: 1 }, { type: 'categorical' }]);
+  assert.equal(scores[2].preview, 'polite');
+  p.close();
+  c.close();
+});
+
+test('wrong argument types throw a TypeError naming the argument', () => {
+  const bus = freshBus();
+  const p = new Producer(bus);
+  const run = uuid();
+  const cases = [
+    [() => new Producer(42), /bus must be a string/],
+    [() => new Producer(bus, 'x'), /options must be an object/],
+    [() => new Producer(bus, { name: 5 }), /options\.name must be a string/],
+    [() => new Producer(bus, { failClosed: 'yes' }), /options\.failClosed must be a boolean/],
+    [() => p.llmNewToken(7, 'x'), /runId must be a string/],
+    [() => p.llmNewToken(run, { text: 'x' }), /chunk must be a string/],
+    [() => p.llmStart(run, 12, 'p'), /parentRunId must be a string/],
+    [() => p.llmStart(run, null, 3), /text must be a string/],
+    [() => p.chainStart(run, null, ['n']), /name must be a string/],
+    [() => p.llmStart(run, null, 'p', 'info'), /info must be an object/],
+    [() => p.llmStart(run, null, 'p', { model: 4 }), /info\.model must be a string/],
+    [() => p.llmStart(run, null, 'p', { tags: 'a' }), /info\.tags must be an array/],
+    [() => p.llmStart(run, null, 'p', { tags: [1] }), /info\.tags\[i\] must be a string/],
+    [() => p.llmStart(run, null, 'p', { metadata: { k: 1 } }), /info\.metadata value must be a string/],
+    [() => p.llmStart(run, null, 'p', { maxTokens: '9' }), /info\.maxTokens must be a number/],
+    [() => p.llmEnd(run, 'o', { inputTokens: '3' }), /usage\.inputTokens must be a number/],
+    [() => p.llmEnd(run, 'o', 5), /usage must be an object/],
+    [() => p.llmEnd(run, 'o', null, 7), /messages must be a string/],
+    [() => p.llmError(run, 'E', 'm', '500'), /httpStatus must be a number/],
+    [() => p.retrieverEnd(run, 'three'), /documentCount must be a number/],
+    [() => p.score(run, 'n', 1, 'high'), /value must be a number or a boolean/],
+    [() => p.start('llm', run), /kind must be a number/],
+    [() => new Consumer(bus), /options must be an object/],
+    [() => new Consumer(bus, { name: 1 }), /options\.name must be a string/],
+    [() => new Consumer(bus, { name: 'k', kinds: 'llm_end' }), /options\.kinds must be an array/],
+    [() => cbus.createBus(null), /name must be a string/],
+  ];
+  for (const [fn, re] of cases) assert.throws(fn, (e) => e instanceof TypeError && re.test(e.message), String(re));
+  assert.throws(() => p.llmStart(run, null, 'p', { maxTokens: -1 }), RangeError);
+  assert.throws(() => p.llmError(run, 'E', 'm', 1.5), RangeError);
+  assert.throws(() => new Producer('../etc'), RangeError);
+  assert.throws(() => p.llmNewToken('x'.repeat(200), 't'), RangeError);
+  assert.throws(() => new Consumer(bus, { name: 'k', mode: 'sometimes' }), RangeError);
+  assert.throws(() => new Consumer(bus, { name: 'k', kinds: ['nope'] }), RangeError);
+  assert.equal(p.runs(), 0, 'a start that threw opened no run');
+  p.close();
+});
+
+test('a missing bus is an Error with code ENOENT; emits on a closed handle return -ESTALE', () => {
+  assert.throws(() => new Producer(`nodet${process.pid}none`), (e) => e.code === 'ENOENT' && e.errno === -2);
+  const bus = freshBus();
+  const p = new Producer(bus);
+  p.close();
+  p.close(); // twice is fine
+  assert.equal(p.closed(), true);
+  assert.equal(p.llmNewToken(uuid(), 'x'), -116);
+});
+
+test('handles share one producer per process: one table entry, one mapping, closed by the last', () => {
+  const bus = freshBus();
+  const maps0 = mappings(bus);
+  const a = new Producer(bus), b = new Producer(bus);
+  assert.equal(cbus.busInfo(bus).producers.length, 1);
+  assert.equal(mappings(bus), maps0 + 1);
+  assert.deepEqual(cbus.sharedProducers().filter((s) => s.bus === bus).map((s) => s.refs), [2]);
+  const named = new Producer(bus, { name: 'api' });
+  assert.deepEqual(cbus.busInfo(bus).producers.map((x) => x.name).sort(), ['api', `pid${process.pid}`]);
+  a.llmNewToken(uuid(), 'x');
+  b.llmNewToken(uuid(), 'y');
+  assert.equal(a.stats().emitted, 2, 'one producer counts both handles');
+  a.close();
+  assert.equal(cbus.busInfo(bus).producers.length, 2);
+  b.close();
+  named.close();
+  assert.equal(cbus.busInfo(bus).producers.length, 0);
+  assert.equal(mappings(bus), maps0);
+  assert.equal(cbus.sharedProducers().filter((s) => s.bus === bus).length, 0);
+});
+
+test('runs are per handle: two handlers seeing the same run ids do not mix', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'two' });
+  const a = new Producer(bus), b = new Producer(bus);
+  const run = uuid();
+  a.llmStart(run, null, 'p', { user: 'ua' });
+  b.llmStart(run, null, 'p', { user: 'ub' });
+  a.llmEnd(run, 'o', { outputTokens: 1 });
+  assert.equal(a.runs(), 0);
+  assert.equal(b.runs(), 1);
+  b.llmEnd(run, 'o', { outputTokens: 2 });
+  const ends = drain(c).filter((e) => e.kind === 'llm_end');
+  assert.deepEqual(ends.map((e) => [e.user, e.usage.outputTokens]), [['ua', 1], ['ub', 2]]);
+  a.close(); b.close(); c.close();
+});
