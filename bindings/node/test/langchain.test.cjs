@@ -1,0 +1,137 @@
+'use strict';
+// CbusCallbackHandler against the real @langchain/core (devDependency, pinned).
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { freshBus, drain, cbus } = require('./helpers.cjs');
+const { CbusCallbackHandler } = require('cbus/langchain');
+const { BaseChatModel } = require('@langchain/core/language_models/chat_models');
+const { AIMessageChunk, HumanMessage } = require('@langchain/core/messages');
+const { ChatGenerationChunk } = require('@langchain/core/outputs');
+const { RunnableSequence, RunnableLambda } = require('@langchain/core/runnables');
+const { tool } = require('@langchain/core/tools');
+const { FakeRetriever } = require('@langchain/core/utils/testing');
+const { Document } = require('@langchain/core/documents');
+const { z } = require('zod');
+
+// A streaming chat model: the answer's words as chunks, usage on the last
+// one (as OpenAI's stream_options.include_usage gives it).
+class FakeStreamingUsageModel extends BaseChatModel {
+  constructor(answer) { super({}); this.answer = answer; }
+  _llmType() { return 'fake-usage'; }
+  invocationParams() { return { model: 'gpt-4o' }; }
+  async *_streamResponseChunks(messages, options, runManager) {
+    const words = this.answer.split(/(?= )/);
+    for (let i = 0; i < words.length; i++) {
+      const last = i === words.length - 1;
+      const chunk = new ChatGenerationChunk({
+        text: words[i],
+        message: new AIMessageChunk({
+          content: words[i],
+          ...(last ? { usage_metadata: { input_tokens: 1200, output_tokens: 350, total_tokens: 1550,
+            input_token_details: { cache_read: 1024 }, output_token_details: { reasoning: 100 } },
+          response_metadata: { finish_reason: 'stop' } } : {}),
+        }),
+      });
+      yield chunk;
+      await runManager?.handleLLMNewToken(words[i], undefined, undefined, undefined, undefined, { chunk });
+    }
+  }
+  async _generate(messages, options, runManager) {
+    let final;
+    for await (const c of this._streamResponseChunks(messages, options, runManager)) final = final ? final.concat(c) : c;
+    return { generations: [final] };
+  }
+}
+
+test('a streamed chat: tokens with their index, usage_metadata with cache reads and reasoning, run tree', async () => {
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lc1' });
+  const h = new CbusCallbackHandler({ bus, userId: 'user:default/alice', sessionId: 'conv-1', modelId: 'gpt-4o', provider: 'openai' });
+  const model = new FakeStreamingUsageModel('Tokyo is 東京 in Japanese');
+  const chain = RunnableSequence.from([RunnableLambda.from((q) => [new HumanMessage(q)]), model]);
+  const chunks = [];
+  for await (const ch of await chain.stream('Say Tokyo', { callbacks: [h], tags: ['t1'], metadata: { app: 'demo' } })) chunks.push(ch.content);
+  const evs = drain(c);
+  const kinds = evs.map((e) => e.kind);
+  assert.ok(kinds.includes('chain_start') && kinds.includes('chat_model_start') && kinds.includes('llm_end') && kinds.includes('chain_end'), kinds.join());
+  const start = evs.find((e) => e.kind === 'chat_model_start');
+  const seq = evs.find((e) => e.kind === 'chain_start' && !e.parentRunId);
+  assert.equal(start.traceId, seq.traceId, 'one trace from the sequence down');
+  assert.ok(start.parentRunId, 'the model run has a parent');
+  assert.equal(start.user, 'user:default/alice');
+  assert.equal(start.session, 'conv-1');
+  assert.equal(start.model, 'gpt-4o');
+  assert.equal(start.provider, 'openai');
+  assert.equal(start.preview, 'Say Tokyo');
+  assert.deepEqual(JSON.parse(start.body.messages), [{ role: 'user', parts: [{ type: 'text', content: 'Say Tokyo' }] }]);
+  assert.deepEqual(seq.body.tags, ['t1']);
+  assert.equal(seq.body.metadata.app, 'demo');
+  const toks = evs.filter((e) => e.kind === 'llm_new_token');
+  assert.deepEqual(toks.map((e) => e.preview), ['Tokyo', ' is', ' 東京', ' in', ' Japanese']);
+  assert.deepEqual(toks.map((e) => e.tokenIndex), [0, 1, 2, 3, 4]);
+  const end = evs.find((e) => e.kind === 'llm_end');
+  assert.equal(end.runId, start.runId);
+  assert.deepEqual({ i: end.usage.inputTokens, o: end.usage.outputTokens, cr: end.usage.cacheReadTokens, r: end.usage.reasoningTokens },
+    { i: 1200, o: 350, cr: 1024, r: 100 });
+  assert.equal(end.usage.finishReason, 'stop');
+  assert.equal(h.producer.runs(), 0, 'every run LangChain opened was closed');
+  // awaited inline: each event is stamped before the next callback ran
+  for (let i = 1; i < evs.length; i++) assert.ok(evs[i].tsMonoNs >= evs[i - 1].tsMonoNs);
+  h.close(); c.close();
+});
+
+test('handleChainStart: the parent run id LangChain passes in 4th place is the parent (declared order differs)', async () => {
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lc2' });
+  const h = new CbusCallbackHandler({ bus });
+  const inner = RunnableLambda.from((x) => x + 1).withConfig({ runName: 'inner' });
+  const outer = RunnableSequence.from([RunnableLambda.from((x) => x * 2).withConfig({ runName: 'double' }), inner]).withConfig({ runName: 'outer' });
+  assert.equal(await outer.invoke(3, { callbacks: [h] }), 7);
+  const starts = drain(c).filter((e) => e.kind === 'chain_start');
+  const byName = Object.fromEntries(starts.map((e) => [e.name, e]));
+  assert.deepEqual(Object.keys(byName).sort(), ['double', 'inner', 'outer']);
+  assert.equal(byName.outer.parentRunId, undefined);
+  assert.equal(byName.double.parentRunId, byName.outer.runId);
+  assert.equal(byName.inner.parentRunId, byName.outer.runId);
+  h.close(); c.close();
+});
+
+test('tool(), a retriever, errors with status; the handler never throws into the chain', async () => {
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lc3' });
+  const h = new CbusCallbackHandler({ bus });
+  const weather = tool(async ({ city }) => `18C in ${city}`, { name: 'weather', description: 'weather', schema: z.object({ city: z.string() }) });
+  assert.equal(await weather.invoke({ city: 'Paris' }, { callbacks: [h] }), '18C in Paris');
+  const retriever = new FakeRetriever({ output: [new Document({ pageContent: 'a' }), new Document({ pageContent: 'b' })] });
+  assert.equal((await retriever.invoke('weather?', { callbacks: [h] })).length, 2);
+  const failing = RunnableLambda.from(() => { const e = new Error('429 Too Many Requests'); e.status = 429; throw e; }).withConfig({ runName: 'fails' });
+  await assert.rejects(failing.invoke(1, { callbacks: [h] }), /429/);
+  const evs = drain(c);
+  const by = (k) => evs.filter((e) => e.kind === k);
+  assert.equal(by('tool_start')[0].name, 'weather');
+  assert.equal(by('tool_start')[0].body?.text ?? by('tool_start')[0].preview, '{"city":"Paris"}');
+  assert.equal(by('tool_end')[0].preview, '18C in Paris');
+  assert.equal(by('retriever_start')[0].preview, 'weather?');
+  assert.equal(by('retriever_end')[0].retriever.documentCount, 2);
+  assert.equal(by('chain_error')[0].preview, '429 Too Many Requests');
+  assert.equal(h.producer.runs(), 0);
+  // bad input from a chain never throws out of the handler
+  h.handleLLMNewToken({ not: 'a string' }, {}, 42);
+  h.handleLLMEnd(null, null);
+  h.close(); c.close();
+});
+
+test('a missing bus: one warning, then a no-op handler', async () => {
+  const warnings = [];
+  const onWarn = (w) => { if (w.code === 'CBUS_NO_BUS') warnings.push(w); };
+  process.on('warning', onWarn);
+  const bus = `nodet${process.pid}missing`;
+  const h1 = new CbusCallbackHandler({ bus });
+  const h2 = new CbusCallbackHandler({ bus });
+  const r = await RunnableLambda.from((x) => x + 1).invoke(1, { callbacks: [h1, h2] });
+  await new Promise((res) => setImmediate(res));
+  process.off('warning', onWarn);
+  assert.equal(r, 2);
+  assert.equal(h1.producer, null);
+  assert.equal(warnings.length, 1);
+});
