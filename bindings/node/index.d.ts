@@ -59,6 +59,8 @@ declare class NativeProducer {
         text: string | null | undefined, info?: RunInfo | null): EmitCode;
   token(runId: string, chunk: string | null | undefined): EmitCode;
   stream(runId: string, chunk: string | null | undefined): EmitCode;
+  /** token() bound to this handle (no lookup of the handle per call): the hot path of handlers */
+  tokenFunction(): (runId: string, chunk: string | null | undefined) => EmitCode;
   llmEnd(runId: string, output?: string | null, usage?: Usage | null, messages?: string | null): EmitCode;
   /** kind: END.*; the third argument is the output text, or the document count for a retriever */
   end(kind: number, runId: string, outputOrCount?: string | number | null): EmitCode;

@@ -94,8 +94,10 @@ function makeHandler(BaseCallbackHandler) {
       this.options = options;
       this.bus = options.bus ?? process.env.CBUS_BUS ?? 'default';
       this.producer = null;
+      this._token = null;
       try {
         this.producer = options.producer ?? new cbus.Producer(this.bus, options.producerOptions);
+        this._token = this.producer.tokenFunction(); // bound: no unwrap per token
       } catch (e) {
         warnOnce(this.bus, e);
       }
@@ -137,7 +139,7 @@ function makeHandler(BaseCallbackHandler) {
     }
 
     handleLLMNewToken(token, idx, runId) {
-      if (this.producer) try { this.producer.token(runId, token); } catch { /* never throws */ }
+      if (this._token) try { this._token(runId, token); } catch { /* never throws */ }
     }
 
     handleChatModelStreamEvent(event, runId) {
@@ -219,6 +221,7 @@ function makeHandler(BaseCallbackHandler) {
     close() {
       if (this.producer && !this.options.producer) this.producer.close();
       this.producer = null;
+      this._token = null;
     }
   }
   return CbusCallbackHandler;

@@ -863,6 +863,46 @@ static napi_value prod_token(napi_env env, napi_callback_info info)
     return token_common(env, info, 0);
 }
 
+/* The token call bound to this handle: a function whose data is the handle
+ * (no unwrap per call, about 40 ns less), holding the Producer object alive
+ * through its `producer` property. */
+static napi_value bound_token(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2] = {0};
+    struct prod *pr = NULL;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&pr) != napi_ok || !pr) {
+        throw_last(env);
+        return NULL;
+    }
+    struct run *r;
+    cbus_ctx *ctx = run_ctx(env, pr, argv[0], &r);
+    if (!ctx)
+        return NULL;
+    const char *s;
+    size_t n;
+    if (get_str(env, argv[1], "chunk", 1, &pr->sb[1], &s, &n) < 0)
+        return NULL;
+    if (!pr->p)
+        return int_value(env, -ESTALE);
+    return int_value(env, cbus_llm_new_token(pr->p, ctx, s, n));
+}
+
+static napi_value prod_token_fn(napi_env env, napi_callback_info info)
+{
+    size_t argc = 0;
+    napi_value self, fn;
+    CHECK(env, napi_get_cb_info(env, info, &argc, NULL, &self, NULL));
+    struct prod *pr = NULL;
+    if (napi_unwrap(env, self, (void **)&pr) != napi_ok || !pr) {
+        napi_throw_type_error(env, NULL, "cbus: not a Producer");
+        return NULL;
+    }
+    CHECK(env, napi_create_function(env, "token", NAPI_AUTO_LENGTH, bound_token, pr, &fn));
+    CHECK(env, napi_set_named_property(env, fn, "producer", self));
+    return fn;
+}
+
 static napi_value prod_stream(napi_env env, napi_callback_info info)
 {
     return token_common(env, info, 1);
@@ -1964,6 +2004,7 @@ static napi_value init(napi_env env, napi_value exports)
     }
     static const napi_property_descriptor pm[] = {
         METHOD("start", prod_start),     METHOD("token", prod_token),   METHOD("stream", prod_stream),
+        METHOD("tokenFunction", prod_token_fn),
         METHOD("llmEnd", prod_llm_end),  METHOD("end", prod_end),       METHOD("error", prod_error),
         METHOD("point", prod_point),     METHOD("retry", prod_retry),   METHOD("score", prod_score),
         METHOD("forget", prod_forget),   METHOD("runs", prod_runs),     METHOD("stats", prod_stats),

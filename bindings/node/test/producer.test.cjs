@@ -170,10 +170,15 @@ test('a missing bus is an Error with code ENOENT; emits on a closed handle retur
   assert.throws(() => new Producer(`nodet${process.pid}none`), (e) => e.code === 'ENOENT' && e.errno === -2);
   const bus = freshBus();
   const p = new Producer(bus);
+  const tf = p.tokenFunction();
+  assert.equal(tf(uuid(), 'x'), 0);
+  assert.throws(() => tf(uuid(), 5), (e) => e instanceof TypeError && /chunk must be a string/.test(e.message));
+  assert.throws(() => tf(5, 'x'), (e) => e instanceof TypeError && /runId must be a string/.test(e.message));
   p.close();
   p.close(); // twice is fine
   assert.equal(p.closed(), true);
   assert.equal(p.llmNewToken(uuid(), 'x'), -116);
+  assert.equal(tf(uuid(), 'x'), -116, 'the bound token call of a closed handle');
 });
 
 test('handles share one producer per process: one table entry, one mapping, closed by the last', () => {
