@@ -45,7 +45,7 @@ echo "=== cbus: Node package (bindings/node): npm ci builds the addon, node --te
 (cd bindings/node && CBUS_WERROR=1 npm ci --no-audit --no-fund >/dev/null && npm test)
 echo "=== cbus: end-to-end demo, short mode"
 CBUS_DEMO_BUILD=build/release scripts/demo.sh --short
-bindings/python/test.sh  # the Python package: built into the venv, pytest
+CBUS_COST_BIN=build/release/consumers/cost/cbus-cost bindings/python/test.sh # Python package, pytest
 if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_suite build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=address,undefined
