@@ -135,3 +135,46 @@ test('a missing bus: one warning, then a no-op handler', async () => {
   assert.equal(h1.producer, null);
   assert.equal(warnings.length, 1);
 });
+
+// cbusctl from the project's build (scripts/test.sh passes CBUS_BUILD_DIR).
+function cbusctlPath() {
+  const fs = require('node:fs');
+  const path = require('node:path');
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const dirs = [process.env.CBUS_BUILD_DIR, path.join(root, 'build', 'release'), path.join(root, 'build', 'dev')];
+  return dirs.filter(Boolean).map((d) => path.join(d, 'tools', 'cbusctl', 'cbusctl')).find((f) => fs.existsSync(f));
+}
+
+test('two conversations streamed at once stay apart; cbusctl tail --json sees the same events', async (t) => {
+  const ctl = cbusctlPath();
+  if (!ctl) {
+    if (process.env.CBUS_TEST_STRICT === '1') assert.fail('cbusctl not built (set CBUS_BUILD_DIR)');
+    t.skip('cbusctl not built');
+    return;
+  }
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lc4' });
+  const conv = (session) => new CbusCallbackHandler({ bus, userId: `u-${session}`, sessionId: session, modelId: 'gpt-4o' });
+  const ha = conv('conv-a'), hb = conv('conv-b');
+  const model = new FakeStreamingUsageModel('one two three four five six');
+  const run = async (h) => { for await (const ch of await model.stream('go', { callbacks: [h] })) void ch; };
+  await Promise.all([run(ha), run(hb), run(ha)]);
+  const evs = drain(c);
+  const { execFileSync } = require('node:child_process');
+  const lines = execFileSync(ctl, ['tail', bus, '--json', '--oldest', '--count', String(evs.length)], { encoding: 'utf8', timeout: 20000 })
+    .trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, evs.length);
+  assert.deepEqual(lines.map((l) => [l.kind, l.run_id, l.session]), evs.map((e) => [e.kind, e.runId, e.session]));
+  const ends = evs.filter((e) => e.kind === 'llm_end');
+  assert.deepEqual(ends.map((e) => e.session).sort(), ['conv-a', 'conv-a', 'conv-b']);
+  for (const e of ends) assert.equal(e.usage.inputTokens, 1200);
+  const runsBySession = {};
+  for (const e of evs) (runsBySession[e.session] ??= new Set()).add(e.runId);
+  assert.equal(runsBySession['conv-a'].size, 2);
+  assert.equal(runsBySession['conv-b'].size, 1);
+  for (const e of evs.filter((x) => x.kind === 'llm_new_token')) {
+    const start = evs.find((x) => x.kind === 'chat_model_start' && x.runId === e.runId);
+    assert.equal(start.session, e.session, 'each token carries its own conversation');
+  }
+  ha.close(); hb.close(); c.close();
+});
