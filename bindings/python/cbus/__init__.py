@@ -14,6 +14,8 @@
 from ._cbus import (Consumer, Error, Event, Producer, Run, create_bus, destroy_bus,
                     library_version, now_ns)
 
-__all__ = ["Consumer", "Error", "Event", "Producer", "Run", "create_bus", "destroy_bus",
+from .handler import Handler, run_handler  # noqa: E402
+
+__all__ = ["Handler", "run_handler", "Consumer", "Error", "Event", "Producer", "Run", "create_bus", "destroy_bus",
            "library_version", "now_ns"]
 __version__ = "0.1.0"

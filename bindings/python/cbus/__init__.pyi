@@ -3,3 +3,4 @@ from ._cbus import (Consumer as Consumer, Error as Error, Event as Event, Produc
                     library_version as library_version, now_ns as now_ns)
 
 __version__: str
+from .handler import Handler as Handler, run_handler as run_handler
