@@ -16,7 +16,12 @@ const { z } = require('zod');
 // A streaming chat model: the answer's words as chunks, usage on the last
 // one (as OpenAI's stream_options.include_usage gives it).
 class FakeStreamingUsageModel extends BaseChatModel {
-  constructor(answer) { super({}); this.answer = answer; }
+  constructor(answer, usage) {
+    super({});
+    this.answer = answer;
+    this.usage = usage ?? { input_tokens: 1200, output_tokens: 350, total_tokens: 1550,
+      input_token_details: { cache_read: 1024 }, output_token_details: { reasoning: 100 } };
+  }
   _llmType() { return 'fake-usage'; }
   invocationParams() { return { model: 'gpt-4o' }; }
   async *_streamResponseChunks(messages, options, runManager) {
@@ -27,8 +32,7 @@ class FakeStreamingUsageModel extends BaseChatModel {
         text: words[i],
         message: new AIMessageChunk({
           content: words[i],
-          ...(last ? { usage_metadata: { input_tokens: 1200, output_tokens: 350, total_tokens: 1550,
-            input_token_details: { cache_read: 1024 }, output_token_details: { reasoning: 100 } },
+          ...(last ? { usage_metadata: this.usage,
           response_metadata: { finish_reason: 'stop' } } : {}),
         }),
       });
@@ -177,4 +181,65 @@ test('two conversations streamed at once stay apart; cbusctl tail --json sees th
     assert.equal(start.session, e.session, 'each token carries its own conversation');
   }
   ha.close(); hb.close(); c.close();
+});
+
+test('cbus-cost totals equal the tokens LangChain reported, to the pico-dollar', async (t) => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const { spawn } = require('node:child_process');
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const bin = [process.env.CBUS_COST_BIN, process.env.CBUS_BUILD_DIR && path.join(process.env.CBUS_BUILD_DIR, 'consumers', 'cost', 'cbus-cost'),
+    path.join(root, 'build', 'release', 'consumers', 'cost', 'cbus-cost'), path.join(root, 'build', 'dev', 'consumers', 'cost', 'cbus-cost')]
+    .find((f) => f && fs.existsSync(f));
+  if (!bin) {
+    if (process.env.CBUS_TEST_STRICT === '1') assert.fail('cbus-cost not built (set CBUS_COST_BIN or CBUS_BUILD_DIR)');
+    t.skip('cbus-cost not built');
+    return;
+  }
+  const bus = freshBus();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cbus-node-cost-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const prices = path.join(root, 'consumers', 'cost', 'model_prices_and_context_window.json');
+  fs.writeFileSync(path.join(dir, 'c.ini'), `[prices]\nfile = ${prices}\n[state]\nsnapshot_interval = 20ms\nfsync = false\n`);
+  const state = path.join(dir, 'state');
+  const log = fs.openSync(path.join(dir, 'log'), 'w');
+  const daemon = spawn(bin, ['--bus', bus, '--config', path.join(dir, 'c.ini'), '--state-dir', state], { stdio: ['ignore', log, log] });
+  let exited = false;
+  daemon.on('exit', () => { exited = true; });
+  try {
+    // the daemon attaches losslessly at its start: wait for its consumer entry
+    for (let i = 0; i < 400 && !cbus.busInfo(bus).consumers.length; i++) await new Promise((r) => setTimeout(r, 25));
+    const h = new CbusCallbackHandler({ bus, provider: 'openai', userId: 'u-cost' });
+    const n = 40;
+    let inp = 0, out = 0, cache = 0;
+    for (let i = 0; i < n; i++) {
+      const u = { input_tokens: 100 + 7 * i, output_tokens: 20 + i, total_tokens: 120 + 8 * i, input_token_details: { cache_read: i % 5 } };
+      inp += u.input_tokens; out += u.output_tokens; cache += u.input_token_details.cache_read;
+      await new FakeStreamingUsageModel(`answer ${i}`, u).invoke('q', { callbacks: [h] });
+    }
+    h.close();
+    let total = null;
+    for (let i = 0; i < 600; i++) {
+      try {
+        total = JSON.parse(fs.readFileSync(path.join(state, 'snapshot.json'), 'utf8')).total;
+        if (total.requests >= n) break;
+      } catch { /* not written yet */ }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(exited, false, fs.readFileSync(path.join(dir, 'log'), 'utf8'));
+    assert.equal(total?.requests, n);
+    assert.equal(total.tokens.input, inp);
+    assert.equal(total.tokens.output, out);
+    assert.equal(total.tokens.cache_read, cache);
+    assert.equal(total.tokens.reasoning, null, 'never reported: absent, not 0');
+    // gpt-4o in the LiteLLM table: 2,500,000 / 1,250,000 / 10,000,000 pico-dollars per
+    // input / cache-read / output token (input counts include the cache reads)
+    const pico = (inp - cache) * 2500000 + cache * 1250000 + out * 10000000;
+    assert.equal(Math.round(Number(total.cost_usd) * 1e12), pico);
+  } finally {
+    daemon.kill('SIGTERM');
+    if (!exited) await new Promise((r) => daemon.once('exit', r));
+    fs.closeSync(log);
+  }
 });
