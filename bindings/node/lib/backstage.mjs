@@ -1,0 +1,16 @@
+// import aiAssistantModuleCallbackProviderCbus from 'cbus/backstage' in a
+// Backstage backend (packages/backend/src/index.ts):
+//   backend.add(import('cbus/backstage'));
+// Needs @backstage/backend-plugin-api and
+// @sweetoburrito/backstage-plugin-ai-assistant-node, which the Backstage app has.
+import { createRequire } from 'node:module';
+import { coreServices, createBackendModule } from '@backstage/backend-plugin-api';
+import { callbackFactoryExtensionPoint } from '@sweetoburrito/backstage-plugin-ai-assistant-node';
+
+const require = createRequire(import.meta.url);
+const impl = require('./backstage.cjs');
+
+export const { createCbusCallbackFactory, registerCbusCallbacks, createCbusCallbackModule } = impl;
+export const aiAssistantModuleCallbackProviderCbus =
+  createCbusCallbackModule({ createBackendModule, coreServices, callbackFactoryExtensionPoint });
+export default aiAssistantModuleCallbackProviderCbus;
