@@ -243,3 +243,41 @@ test('cbus-cost totals equal the tokens LangChain reported, to the pico-dollar',
     fs.closeSync(log);
   }
 });
+
+test('an agent loop through the real callback manager: actions, tool runs and model runs under one agent run', async () => {
+  const { CallbackManager } = require('@langchain/core/callbacks/manager');
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lc6' });
+  const h = new CbusCallbackHandler({ bus, userId: 'u-agent', agent: 'weather-agent' });
+  const weather = tool(async ({ city }) => `18C in ${city}`, { name: 'weather', description: 'weather', schema: z.object({ city: z.string() }) });
+  const model = new FakeStreamingUsageModel('thinking');
+  // What AgentExecutor does: one chain run for the agent, each step a model
+  // call and a tool call as its children, agent action and finish on the run.
+  const mgr = CallbackManager.configure([h]);
+  const agentRun = await mgr.handleChainStart({ lc: 1, type: 'not_implemented', id: ['AgentExecutor'] }, { input: 'weather?' },
+    undefined, undefined, undefined, undefined, 'AgentExecutor');
+  for (const city of ['Paris', 'Tokyo']) {
+    await model.invoke(`plan ${city}`, { callbacks: agentRun.getChild() });
+    await agentRun.handleAgentAction({ tool: 'weather', toolInput: { city }, log: '' });
+    await weather.invoke({ city }, { callbacks: agentRun.getChild() });
+  }
+  await agentRun.handleAgentEnd({ returnValues: { output: 'Paris 18C, Tokyo 18C' }, log: '' });
+  await agentRun.handleChainEnd({ output: 'Paris 18C, Tokyo 18C' });
+  const evs = drain(c);
+  const agent = evs.find((e) => e.kind === 'chain_start');
+  assert.equal(agent.name, 'AgentExecutor');
+  const inAgent = evs.filter((e) => e.kind !== 'chain_start' && e.kind !== 'chain_end' && e.kind !== 'agent_action' && e.kind !== 'agent_finish' && e.parentRunId === agent.runId);
+  assert.deepEqual(inAgent.filter((e) => e.kind.endsWith('_start')).map((e) => e.kind),
+    ['chat_model_start', 'tool_start', 'chat_model_start', 'tool_start']);
+  const actions = evs.filter((e) => e.kind === 'agent_action');
+  assert.deepEqual(actions.map((e) => [e.runId, e.name, e.preview]), [[agent.runId, 'weather', '{"city":"Paris"}'], [agent.runId, 'weather', '{"city":"Tokyo"}']]);
+  const fin = evs.find((e) => e.kind === 'agent_finish');
+  assert.equal(fin.runId, agent.runId);
+  assert.equal(fin.preview, 'Paris 18C, Tokyo 18C');
+  for (const e of evs) {
+    assert.equal(e.traceId, agent.traceId, `${e.kind} in the agent's trace`);
+    assert.equal(e.agent, 'weather-agent');
+  }
+  assert.equal(h.producer.runs(), 0);
+  h.close(); c.close();
+});
