@@ -8,5 +8,6 @@ py=${CBUS_TEST_PYTHON:-$(scripts/venv.sh)}
 echo "=== cbus: python package: pip install ./bindings/python"
 "$py" -m pip install --disable-pip-version-check -q --force-reinstall \
   --no-deps ./bindings/python
+"$py" -m pip install --disable-pip-version-check -q --no-deps -r bindings/python/requirements-nodeps.txt
 # Run from outside the source tree so the installed package is the one tested.
 cd /tmp && "$py" -m pytest -q -p no:cacheprovider "$OLDPWD/bindings/python/tests"
