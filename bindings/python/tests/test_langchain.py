@@ -224,3 +224,25 @@ def test_custom_events_retries_and_chain_errors(bus):
     assert len(retry) == 1 and retry[0].attempt == 1 and "ConnectionError" in retry[0].text
     assert retry[0].backoff_ns == 500_000_000
     assert kinds[-2:] == ["chain_start", "chain_error"] and evs[-1].name == "KeyError"
+
+
+def test_a_forked_worker_reopens_its_own_producer(bus):
+    import os
+    h = CbusCallbackHandler(bus)
+    model = FakeListChatModel(responses=["p", "c", "p2"])
+    with cbus.Consumer(bus, "t", start="oldest") as c:
+        model.invoke("x", config={"callbacks": [h], "metadata": {"user_id": "parent"}})
+        pid = os.fork()
+        if pid == 0:  # a gunicorn/multiprocessing worker inheriting the handler
+            try:
+                model.invoke("x", config={"callbacks": [h], "metadata": {"user_id": "child"}})
+                os._exit(0 if h._producer is not None and h._pid == os.getpid() else 1)
+            except BaseException:
+                os._exit(2)
+        _, st = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(st) == 0
+        model.invoke("x", config={"callbacks": [h], "metadata": {"user_id": "parent"}})
+        evs = drain(c)
+    ends = [(e.user, e.pid) for e in evs if e.kind == "llm_end"]
+    assert ends[0] == ("parent", os.getpid()) and ends[2] == ("parent", os.getpid())
+    assert ends[1][0] == "child" and ends[1][1] == pid
