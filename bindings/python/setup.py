@@ -23,12 +23,24 @@ if not lib or not os.path.isfile(os.path.join(root, "include", "cbus", "cbus.h")
         "cbus: the library sources (bus/, producer/, include/) are not at %s; build the "
         "package from a cbus checkout (pip install ./bindings/python)" % root)
 
+# Headers as depends: setuptools rebuilds a module older than any of them
+# (it compares only the listed files' times, so a changed struct in a header
+# would otherwise leave a stale module from an earlier in-place build).
+headers = sorted(glob.glob(os.path.join(root, "include", "cbus", "*.h")) +
+                 glob.glob(os.path.join(root, "bus", "*.h")) +
+                 glob.glob(os.path.join(root, "producer", "*.h")))
+
 setup(ext_modules=[Extension(
     "cbus._cbus",
     sources=["cbus/_cbus.c"] + [rel(p) for p in lib],
+    depends=[rel(p) for p in headers + [__file__]],
     include_dirs=[rel(os.path.join(root, "include")), rel(os.path.join(root, "bus")),
                   rel(os.path.join(root, "producer"))],
-    define_macros=[("_GNU_SOURCE", None), ("CBUS_BUILDING_LIBRARY", None)],
+    # No CBUS_BUILDING_LIBRARY: CBUS_API stays empty, so -fvisibility=hidden
+    # keeps every cbus_* symbol inside the module (only PyInit__cbus is
+    # exported).  An exported cbus_* could be interposed by another libcbus.so
+    # already in the process, of another version, with other struct layouts.
+    define_macros=[("_GNU_SOURCE", None)],
     extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-missing-field-initializers", "-Wno-unused-parameter"],
     extra_link_args=["-pthread"],

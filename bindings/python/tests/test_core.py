@@ -180,6 +180,18 @@ def test_closing_twice_and_using_closed_objects(bus):
             call()
 
 
+def test_the_module_exports_no_cbus_symbol():
+    # The library is compiled into the module with hidden visibility: dlsym()
+    # finds PyInit__cbus and no cbus_* function (an exported one could be
+    # interposed by another libcbus.so loaded in the same process).
+    import ctypes
+    lib = ctypes.CDLL(cbus._cbus.__file__)
+    assert hasattr(lib, "PyInit__cbus")
+    for sym in ("cbus_producer_open", "cbus_llm_new_token", "cbus_consumer_open",
+                "cbus_bus_create", "cbus_ctx_init"):
+        assert not hasattr(lib, sym), sym
+
+
 def test_stats_and_admit(bus):
     with cbus.Consumer(bus, "c", start="oldest") as c, cbus.Producer(bus) as p:
         run = p.run(user="u")
