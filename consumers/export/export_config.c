@@ -35,6 +35,9 @@ void export_config_defaults(struct export_config *c)
     c->shutdown_timeout_ns = 5000000000ull;
     snprintf(c->service_name, sizeof c->service_name, "cbus");
     c->include_previews = 0;
+    c->capture_content = 0;
+    c->content_max_bytes = 16384;
+    c->content_memory = 64u << 20;
     c->run_timeout_ns = 600000000000ull;
     c->max_open_runs = 200000;
     c->spool_limit = 256u << 20;
@@ -186,6 +189,15 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
     }
     if (IS("export", "include_previews"))
         return cbus_cfg_bool(cfg, e, &c->include_previews, err, errlen);
+    if (IS("export", "capture_content"))
+        return cbus_cfg_bool(cfg, e, &c->capture_content, err, errlen);
+    if (IS("export", "content_max_bytes")) {
+        if ((r = cbus_cfg_size(cfg, e, &c->content_max_bytes, err, errlen)))
+            return r;
+        if (c->content_max_bytes < 256 || c->content_max_bytes > (16u << 20))
+            return cbus_cfg_error(cfg, e, err, errlen, "must be between 256 and 16M");
+        return 0;
+    }
     if (IS("spans", "run_timeout")) {
         if ((r = cbus_cfg_duration_ns(cfg, e, &c->run_timeout_ns, err, errlen)))
             return r;
@@ -195,6 +207,13 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
     }
     if (IS("spans", "max_open_runs"))
         return cbus_cfg_u64(cfg, e, 16, 100000000, &c->max_open_runs, err, errlen);
+    if (IS("spans", "content_memory")) {
+        if ((r = cbus_cfg_size(cfg, e, &c->content_memory, err, errlen)))
+            return r;
+        if (c->content_memory < (1u << 20))
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 1M");
+        return 0;
+    }
     if (IS("spool", "dir"))
         return copy_str(cfg, e, c->spool_dir, sizeof c->spool_dir, err, errlen);
     if (IS("spool", "limit")) {

@@ -36,6 +36,8 @@ struct export_config {
     char service_name[128];
     char resource_attributes[512];
     int include_previews;
+    int capture_content;        /* prompts, messages, outputs, tool and retrieval texts (off: OTel's default) */
+    uint64_t content_max_bytes; /* per content attribute; longer values are cut and listed in cbus.content.cut */
     /* [otlp] */
     unsigned otlp_encoding;     /* enum otlp_encoding (otlp.h): protobuf (default) or json */
     /* [langfuse]: a host turns the profile on (export_config_finish) */
@@ -46,6 +48,7 @@ struct export_config {
     /* [spans] */
     uint64_t run_timeout_ns;
     uint64_t max_open_runs;
+    uint64_t content_memory;    /* bytes of start bodies (content, tags, metadata) open runs may hold */
     /* [spool] */
     char spool_dir[512];        /* "" = memory only (nothing survives a restart) */
     uint64_t spool_limit;       /* bytes */

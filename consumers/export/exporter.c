@@ -287,12 +287,23 @@ static void add_event(struct exporter *x, const struct cbus_event *ev)
 
 void exporter_feed(struct exporter *x, const struct cbus_event *ev, uint64_t now_ns)
 {
+    exporter_feed_body(x, ev, NULL, now_ns);
+}
+
+void exporter_feed_body(struct exporter *x, const struct cbus_event *ev, const struct cbus_body *body,
+                        uint64_t now_ns)
+{
     x->now_ns = now_ns;
     x->st.events++;
     if (x->cfg.format == EXPORT_OTLP)
-        span_table_feed(x->spans, ev, now_ns);
+        span_table_feed_body(x->spans, ev, body, now_ns);
     else
         add_event(x, ev);
+}
+
+int exporter_wants_bodies(const struct exporter *x)
+{
+    return x->cfg.format == EXPORT_OTLP && (x->cfg.capture_content || x->cfg.langfuse);
 }
 
 /* ---- delivery -------------------------------------------------------------- */
@@ -710,6 +721,8 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
     x->oopts.include_previews = cfg->include_previews;
     x->oopts.encoding = cfg->otlp_encoding;
     x->oopts.langfuse = cfg->langfuse;
+    x->oopts.capture_content = cfg->capture_content;
+    x->oopts.content_max = (size_t)cfg->content_max_bytes;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     x->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)id->pid ^ UINT64_C(0x9e3779b97f4a7c15);
@@ -719,6 +732,9 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (x->spans)
+        span_table_bodies(x->spans, exporter_wants_bodies(x), cfg->capture_content,
+                          (size_t)cfg->content_max_bytes, cfg->content_memory);
     if ((r = spool_open(&x->spool, cfg->spool_dir, cfg->spool_limit, err, errlen)))
         goto fail;
     if ((r = transport_new(&x->tr, cfg, err, errlen)))
@@ -787,9 +803,10 @@ void exporter_status_json(const struct exporter *x, struct sbuf *b)
         sbuf_printf(b,
                     ",\"spans\":{\"exported\":%" PRIu64 ",\"open\":%" PRIu64 ",\"unfinished\":%" PRIu64
                     ",\"start_missing\":%" PRIu64 ",\"points\":%" PRIu64 ",\"chunks_folded\":%" PRIu64
-                    ",\"chunks_orphan\":%" PRIu64 ",\"events_folded\":%" PRIu64 "}",
+                    ",\"chunks_orphan\":%" PRIu64 ",\"events_folded\":%" PRIu64
+                    ",\"body_bytes\":%" PRIu64 ",\"bodies_dropped\":%" PRIu64 "}",
                     p->spans, p->open, p->unfinished, p->start_missing, p->points, p->chunks_folded,
-                    p->chunks_orphan, p->events_folded);
+                    p->chunks_orphan, p->events_folded, p->body_bytes, p->bodies_dropped);
     }
     sbuf_puts(b, "}");
 }

@@ -66,6 +66,13 @@ void exporter_free(struct exporter *x);
 
 /* One event, at monotonic time now_ns. */
 void exporter_feed(struct exporter *x, const struct cbus_event *ev, uint64_t now_ns);
+/* The same with its body (cbus_consumer_poll_bodies; NULL: none), which
+ * need only live for the call. */
+void exporter_feed_body(struct exporter *x, const struct cbus_event *ev, const struct cbus_body *body,
+                        uint64_t now_ns);
+/* 1 when the exporter uses bodies (content capture, or a profile that sends
+ * tags and metadata): poll with cbus_consumer_poll_bodies and feed them. */
+int exporter_wants_bodies(const struct exporter *x);
 /* Timers and transfers: batch age, run timeout, retries.  hold: open runs
  * holding a lane position below hold->pos[lane] are exported unfinished (a
  * lossless exporter must not hold the ring); NULL = no such limit. */

@@ -25,6 +25,7 @@
 #define POLL_MAX 256
 
 static struct cbus_event evbuf[POLL_MAX];
+static struct cbus_body bodies[POLL_MAX];
 
 static uint64_t mono_ns(void)
 {
@@ -323,6 +324,8 @@ int main(int argc, char **argv)
     struct cbus_position committed;
     cbus_consumer_position(c, &committed); /* nothing below the start to commit */
     int exit_code = 0;
+    void *body_buf = NULL;
+    size_t body_cap = 0;
     struct cbus_attach at = {0};
     cbus_attach_init(&at, c, cfg.bus, &co, 0);
     while (!cbus_daemon_stop) {
@@ -336,7 +339,23 @@ int main(int argc, char **argv)
         if (at.c != c)
             follow(&at, x, &c, &capacity, &id, &committed);
         if (!paused) {
-            n = a < 0 ? a : cbus_consumer_poll(c, evbuf, POLL_MAX);
+            if (a < 0) {
+                n = a;
+            } else if (exporter_wants_bodies(x)) {
+                /* content capture, tags, metadata: bodies too, into a
+                 * buffer of a few body limits (never less than one) */
+                size_t need = 4 * (size_t)cbus_bus_body_limit(cbus_consumer_bus(c)) + 4096;
+                if (need > body_cap) {
+                    void *nb = realloc(body_buf, need);
+                    if (nb) {
+                        body_buf = nb;
+                        body_cap = need;
+                    }
+                }
+                n = cbus_consumer_poll_bodies(c, evbuf, bodies, POLL_MAX, body_buf, body_cap);
+            } else {
+                n = cbus_consumer_poll(c, evbuf, POLL_MAX);
+            }
             if (n == -ESTALE && a == 0) {
                 a = cbus_attach_check(&at, 1);
                 if (at.c != c)
@@ -350,7 +369,7 @@ int main(int argc, char **argv)
                 break;
             }
             for (int i = 0; i < n; i++)
-                exporter_feed(x, &evbuf[i], now);
+                exporter_feed_body(x, &evbuf[i], exporter_wants_bodies(x) ? &bodies[i] : NULL, now);
         } else {
             cbus_consumer_heartbeat(c);
         }
@@ -434,5 +453,6 @@ int main(int argc, char **argv)
     exporter_free(x);
     cbus_consumer_detach(c);
     export_config_free(&cfg);
+    free(body_buf);
     return exit_code;
 }

@@ -6,6 +6,9 @@
 
 #include <cbus/cbus.h>
 
+#include "content.h"
+#include "event_body.h"
+
 /* Appends without sbuf_add's per-call NUL store: this runs ~40 times per
  * span.  otlp_span() restores the NUL terminator sbuf promises at its end. */
 static inline void put(struct sbuf *b, const void *p, size_t n)
@@ -616,6 +619,279 @@ static void score_attrs(struct enc *e, const struct cbus_event *ev)
     }
 }
 
+/* ---- content, tags and metadata (content.h) -------------------------------- */
+
+/* Wrapped values are built here: the exporter runs on one thread. */
+static struct sbuf scratch;
+
+/* An array of the strings of a NUL-separated list (tags). */
+static void a_str_list(struct enc *e, const char *key, size_t klen, const struct cbus_body_part *p)
+{
+    uint32_t off = 0, n;
+    const char *item;
+    if (e->pb) {
+        size_t arr = 0;
+        while (cbus_body_list_next(p, &off, &item, &n)) {
+            int valid;
+            size_t c = cbus_utf8_clean_len(item, n, &valid);
+            size_t inner = 1 + vlen(c) + c;
+            arr += 1 + vlen(inner) + inner;
+        }
+        pb_kv_head(e, key, klen, 1 + vlen(arr) + arr);
+        pb_byte(e->b, PB_LEN(5));
+        pb_varint(e->b, arr);
+        for (off = 0; cbus_body_list_next(p, &off, &item, &n);) {
+            int valid;
+            size_t c = cbus_utf8_clean_len(item, n, &valid);
+            pb_byte(e->b, PB_LEN(1));
+            pb_varint(e->b, 1 + vlen(c) + c);
+            pb_byte(e->b, PB_LEN(1));
+            pb_varint(e->b, c);
+            put_clean(e->b, item, n, c, valid);
+        }
+        return;
+    }
+    put_key(e, key, klen);
+    LIT(e->b, "\"arrayValue\":{\"values\":[");
+    for (int first = 1; cbus_body_list_next(p, &off, &item, &n); first = 0) {
+        if (!first)
+            LIT(e->b, ",");
+        LIT(e->b, "{\"stringValue\":");
+        /* sbuf_json_str stops at a NUL as cbus_utf8_clean_len does */
+        sbuf_json_str(e->b, item, n);
+        LIT(e->b, "}");
+    }
+    LIT(e->b, "]}}}");
+}
+
+/* A producer's metadata key inside an attribute key: printable ASCII but
+ * quote and backslash (both encodings then take it as it is), the rest
+ * becomes '_'.  Returns the length written (at most cap). */
+static size_t safe_key(char *out, size_t cap, const char *prefix, const char *k, size_t n)
+{
+    size_t pl = strlen(prefix), o = 0;
+    if (pl >= cap)
+        return 0;
+    memcpy(out, prefix, pl);
+    o = pl;
+    for (size_t i = 0; i < n && o < cap; i++) {
+        unsigned char c = (unsigned char)k[i];
+        out[o++] = c > 0x20 && c < 0x7f && c != '"' && c != '\\' ? (char)c : '_';
+    }
+    return o;
+}
+
+/* The last value of key k in a metadata list ("a key set twice: the last
+ * wins", docs/bodies.md): 1 when the entry at off is that last one. */
+static int meta_last(const struct cbus_body_part *p, uint32_t after, const char *k, uint32_t kn)
+{
+    uint32_t off = after, n, vn;
+    const char *item, *v;
+    while (cbus_body_list_next(p, &off, &item, &n)) {
+        if (!cbus_body_list_next(p, &off, &v, &vn))
+            break;
+        if (n == kn && !memcmp(item, k, n))
+            return 0;
+    }
+    return 1;
+}
+
+/* Attributes the conventions define that a producer can only give as
+ * metadata (the event has no field for them), lifted to their own names. */
+static void meta_known(struct enc *e, const char *k, uint32_t kn, const char *v, uint32_t vn)
+{
+    static const char *const known[] = {"gen_ai.response.id", "gen_ai.tool.call.id", "server.address"};
+    for (unsigned i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strlen(known[i]) == kn && !memcmp(known[i], k, kn)) {
+            a_str(e, k, kn, v, vn);
+            return;
+        }
+    if (kn == 11 && !memcmp(k, "server.port", 11)) {
+        uint64_t port = 0;
+        uint32_t i = 0;
+        while (i < vn && i < 6 && v[i] >= '0' && v[i] <= '9')
+            port = port * 10 + (uint64_t)(v[i++] - '0');
+        if (i == vn && vn && port <= 65535)
+            a_int(e, "server.port", 11, port);
+    }
+}
+
+/* Tags and metadata of the run (its start's body). */
+static void label_attrs(struct enc *e, const struct span *s, const struct cbus_body_parts *sp,
+                        const struct otlp_opts *o)
+{
+    const struct cbus_body_part *tags = &sp->part[CBUS_BODY_TAGS];
+    const struct cbus_body_part *meta = &sp->part[CBUS_BODY_METADATA];
+    if (o->langfuse && tags->data && tags->len)
+        a_str_list(e, "langfuse.trace.tags", sizeof "langfuse.trace.tags" - 1, tags);
+    if (!meta->data)
+        return;
+    uint32_t off = 0, kn, vn;
+    const char *k, *v;
+    while (cbus_body_list_next(meta, &off, &k, &kn)) {
+        if (!cbus_body_list_next(meta, &off, &v, &vn))
+            break; /* a key without its value: a cut section */
+        if (!kn || !meta_last(meta, off, k, kn))
+            continue;
+        meta_known(e, k, kn, v, vn);
+        if (!o->langfuse)
+            continue;
+        char key[256];
+        size_t n = safe_key(key, sizeof key, "langfuse.observation.metadata.", k, kn);
+        a_str(e, key, n, v, vn);
+        if (!s->has_parent) {
+            /* Langfuse takes trace metadata from the trace's root span */
+            n = safe_key(key, sizeof key, "langfuse.trace.metadata.", k, kn);
+            a_str(e, key, n, v, vn);
+        }
+    }
+}
+
+struct ctext {
+    const char *p;
+    size_t n;
+    int cut;       /* incomplete: the bus's body limit, the preview, our cap */
+    int messages;  /* from a messages section */
+};
+
+/* The text of one event: its messages, else its text section, else its
+ * preview (which is the whole text when it was not cut). */
+static int event_text(const void *body, uint32_t blen, const struct cbus_event *ev, size_t cap,
+                      struct ctext *t)
+{
+    struct cbus_body b = {body, blen};
+    struct cbus_body_parts parts;
+    cbus_body_parts_of(&b, &parts);
+    const struct cbus_body_part *p = parts.part[CBUS_BODY_MESSAGES].data ? &parts.part[CBUS_BODY_MESSAGES]
+                                     : parts.part[CBUS_BODY_TEXT].data  ? &parts.part[CBUS_BODY_TEXT]
+                                                                        : NULL;
+    memset(t, 0, sizeof *t);
+    if (p) {
+        t->p = p->data;
+        t->n = p->len;
+        t->cut = (p->flags & CBUS_BODY_SECTION_CUT) || p->orig_len > p->len;
+        t->messages = p == &parts.part[CBUS_BODY_MESSAGES];
+    } else {
+        t->p = ev->preview;
+        t->n = FLEN(ev->preview);
+        t->cut = !!(ev->flags & CBUS_TRUNC_PREVIEW);
+    }
+    /* a NUL would end the string in either encoding: say it ends there */
+    const char *nul = t->n ? memchr(t->p, '\0', t->n) : NULL;
+    if (nul) {
+        t->n = (size_t)(nul - t->p);
+        t->cut = 1;
+    }
+    if (t->n > cap) {
+        t->n = content_cut_len(t->p, t->n, cap);
+        t->cut = 1;
+    }
+    return t->n > 0;
+}
+
+/* Keys of attributes whose value is not whole: cbus.content.cut. */
+struct cutlist {
+    const char *key[4];
+    unsigned n;
+};
+
+static void content_one(struct enc *e, const char *key, const struct ctext *t, int as_messages,
+                        const char *role, const char *fr, struct cutlist *cl)
+{
+    int arr = 0;
+    if (as_messages && !(t->messages && content_json_valid(t->p, t->n, &arr) && arr)) {
+        /* not a JSON message list (a prompt, an output, a cut or broken
+         * messages body): sent as the text of one message, never dropped */
+        sbuf_reset(&scratch);
+        content_wrap_text(&scratch, role, t->p, t->n, fr);
+        if (!scratch.failed)
+            a_str(e, key, strlen(key), scratch.data, scratch.len);
+    } else {
+        a_str(e, key, strlen(key), t->p, t->n);
+    }
+    if (t->cut && cl->n < 4)
+        cl->key[cl->n++] = key;
+}
+
+/* An output message's finish_reason in the conventions' words. */
+static const char *otel_finish(const struct cbus_event *en)
+{
+    if (cbus_kind_payload(en->kind) != CBUS_PAYLOAD_USAGE)
+        return NULL;
+    unsigned r = en->u.usage.finish_reason;
+    if (r == CBUS_FINISH_TOOL_CALLS)
+        return "tool_call";
+    return r == CBUS_FINISH_UNSET ? NULL : cbus_finish_reason_name(r);
+}
+
+/* The run's input and output (capture_content): under the conventions'
+ * names by default, as langfuse.observation.input/output under the
+ * Langfuse profile (which reads those first: no need to send both). */
+static void content_attrs(struct enc *e, const struct span *s, const char *op, const struct otlp_opts *o)
+{
+    if (s->end_kind == SPAN_POINT)
+        return; /* a point's text is its cbus.preview; points have no input and output */
+    size_t cap = o->content_max ? o->content_max : 16384;
+    const struct cbus_event *st = &s->start;
+    const struct cbus_event *en = s->end_kind == SPAN_ENDED || s->end_kind == SPAN_START_MISSING ? &s->end : NULL;
+    struct ctext in, out;
+    int hin = s->end_kind != SPAN_START_MISSING && event_text(s->start_body, s->start_body_len, st, cap, &in);
+    int hout = en && !is_error_kind(en->kind) && event_text(s->end_body, s->end_body_len, en, cap, &out);
+    struct cutlist cl = {{0}, 0};
+    const char *ki, *ko;
+    int msgs = 0;
+    if (o->langfuse) {
+        ki = "langfuse.observation.input";
+        ko = "langfuse.observation.output";
+    } else if (op && !strcmp(op, "execute_tool")) {
+        ki = "gen_ai.tool.call.arguments";
+        ko = "gen_ai.tool.call.result";
+    } else if (op && !strcmp(op, "retrieval")) {
+        ki = "gen_ai.retrieval.query.text";
+        ko = "gen_ai.retrieval.documents";
+    } else {
+        /* LLM calls, agents and workflows: message lists */
+        ki = "gen_ai.input.messages";
+        ko = "gen_ai.output.messages";
+        msgs = 1;
+    }
+    if (hin)
+        content_one(e, ki, &in, msgs, "user", NULL, &cl);
+    if (hout)
+        content_one(e, ko, &out, msgs, "assistant", en ? otel_finish(en) : NULL, &cl);
+    if (cl.n) {
+        if (e->pb) {
+            size_t arr = 0;
+            for (unsigned i = 0; i < cl.n; i++) {
+                size_t c = strlen(cl.key[i]), inner = 1 + vlen(c) + c;
+                arr += 1 + vlen(inner) + inner;
+            }
+            pb_kv_head(e, "cbus.content.cut", 16, 1 + vlen(arr) + arr);
+            pb_byte(e->b, PB_LEN(5));
+            pb_varint(e->b, arr);
+            for (unsigned i = 0; i < cl.n; i++) {
+                size_t c = strlen(cl.key[i]);
+                pb_byte(e->b, PB_LEN(1));
+                pb_varint(e->b, 1 + vlen(c) + c);
+                pb_bytes(e->b, PB_LEN(1), cl.key[i], c);
+            }
+        } else {
+            put_key(e, "cbus.content.cut", 16);
+            LIT(e->b, "\"arrayValue\":{\"values\":[");
+            for (unsigned i = 0; i < cl.n; i++) {
+                if (i)
+                    LIT(e->b, ",");
+                LIT(e->b, "{\"stringValue\":\"");
+                put(e->b, cl.key[i], strlen(cl.key[i]));
+                LIT(e->b, "\"}");
+            }
+            LIT(e->b, "]}}}");
+        }
+    }
+    if (s->body_dropped)
+        A_BOOL(e, "cbus.content.dropped", 1);
+}
+
 /* Span.Event {time_unix_nano = 1, name = 2, attributes = 3}. */
 static void put_point_event(struct enc *e, const struct cbus_event *ev, int first,
                             const struct otlp_opts *o)
@@ -850,6 +1126,14 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         if (en && !is_error_kind(en->kind))
             A_FIELD(&e, "cbus.output.preview", en->preview);
     }
+    if (s->start_body && s->end_kind != SPAN_START_MISSING) {
+        struct cbus_body sb = {s->start_body, s->start_body_len};
+        struct cbus_body_parts sp;
+        if (cbus_body_parts_of(&sb, &sp))
+            label_attrs(&e, s, &sp, o);
+    }
+    if (o->capture_content)
+        content_attrs(&e, s, op, o);
     if ((st->flags | (en ? en->flags : 0)) & 0x7f)
         A_BOOL(&e, "cbus.truncated", 1);
     if (!e.pb)
@@ -876,12 +1160,20 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
 
     /* ---- status: Status {message = 2, code = 3} ---- */
     int code = en && is_error_kind(en->kind) ? 2 : en ? 1 : 0;
+    const char *msg = code == 2 ? en->preview : NULL;
     size_t ml = code == 2 ? FLEN(en->preview) : 0;
+    struct ctext et;
+    if (code == 2 && o->capture_content &&
+        event_text(s->end_body, s->end_body_len, en, o->content_max ? o->content_max : 16384, &et)) {
+        /* the whole message (and stack) the error event carried */
+        msg = et.p;
+        ml = et.n;
+    }
     if (e.pb) {
         /* always there, as in JSON (an empty Status for UNSET) */
         size_t at = pb_open(b, PB_LEN(15));
         if (ml)
-            pb_str(b, PB_LEN(2), en->preview, ml);
+            pb_str(b, PB_LEN(2), msg, ml);
         if (code) {
             uint8_t ct[2] = {PB_VARINT(3), (uint8_t)code};
             put(b, ct, 2);
@@ -893,7 +1185,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
             LIT(b, ",\"status\":{\"code\":2");
             if (ml) {
                 LIT(b, ",\"message\":");
-                sbuf_json_str(b, en->preview, ml);
+                sbuf_json_str(b, msg, ml);
             }
             LIT(b, "}}");
         } else if (code == 1) {

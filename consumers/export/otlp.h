@@ -49,7 +49,10 @@ enum otlp_encoding { OTLP_JSON = 0, OTLP_PROTOBUF = 1 };
 struct otlp_opts {
     int include_previews;  /* input/output previews as cbus.input.preview / cbus.output.preview */
     unsigned encoding;     /* enum otlp_encoding */
-    int langfuse;          /* [langfuse] profile: langfuse.observation.type, langfuse.user.id/.session.id */
+    int langfuse;          /* [langfuse] profile: langfuse.observation.type, langfuse.user.id/.session.id,
+                            * tags and metadata, content as langfuse.observation.input/output */
+    int capture_content;   /* [export] capture_content: prompts, messages, outputs (content.h) */
+    size_t content_max;    /* bytes per content attribute (0: 16 KiB) */
 };
 
 /* Where otlp_end() patches a protobuf batch's two outer lengths. */

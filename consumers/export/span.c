@@ -1,5 +1,7 @@
 #include "span.h"
 
+#include "content.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,9 @@ struct span_table {
     span_emit_fn emit;
     void *arg;
     struct span_stats st;
+    int keep_bodies, keep_content; /* span_table_bodies() */
+    size_t content_cap;
+    uint64_t body_memory;
     /* Run hashes of recently exported runs, direct-mapped: a point event that
      * comes after its run closed (a retry after llm_error) still hangs under
      * that run's span, which was exported.  A run pushed out of here, or never
@@ -118,6 +123,30 @@ void span_table_set_lanes(struct span_table *t, unsigned lanes)
     t->lanes = lanes >= 1 && lanes <= CBUS_MAX_LANES && !(lanes & (lanes - 1)) ? lanes : 1;
 }
 
+void span_table_bodies(struct span_table *t, int keep, int content, size_t cap, uint64_t memory)
+{
+    t->keep_bodies = keep || content;
+    t->keep_content = content;
+    t->content_cap = cap;
+    t->body_memory = memory;
+}
+
+/* A span made of one event and emitted at once: it shows that event's body
+ * as it is (nothing to copy, the caller's buffer outlives the emit): as its
+ * start's (a point) or its end's (an end whose start was not seen). */
+static void body_borrow(struct span *s, const struct cbus_body *body, int as_end)
+{
+    if (!body || !body->data || !body->len)
+        return;
+    if (as_end) {
+        s->end_body = body->data;
+        s->end_body_len = body->len;
+    } else {
+        s->start_body = body->data;
+        s->start_body_len = body->len;
+    }
+}
+
 /* The hold of event ev, not linked anywhere yet. */
 static void hold_of(const struct span_table *t, struct span_hold *h, struct span *owner,
                     const struct cbus_event *ev)
@@ -189,9 +218,24 @@ static void holds_free(struct span_table *t, struct span *s)
     s->hold.more = NULL;
 }
 
+static void body_release(struct span_table *t, struct span *s)
+{
+    if (s->body_owned) {
+        if (t)
+            t->st.body_bytes -= s->start_body_len;
+        free((void *)s->start_body);
+    }
+    s->start_body = NULL;
+    s->start_body_len = 0;
+    s->body_owned = 0;
+    s->end_body = NULL;
+    s->end_body_len = 0;
+}
+
 static void span_release(struct span_table *t, struct span *s)
 {
     holds_free(t, s);
+    body_release(t, s);
     /* keep a bounded pool; the events array stays with the span */
     if (t->free_count < 4096) {
         s->hnext = t->free_list;
@@ -210,6 +254,7 @@ void span_table_free(struct span_table *t)
     for (struct span *s = t->head, *n; s; s = n) {
         n = s->next;
         holds_free(NULL, s);
+        body_release(NULL, s);
         free(s->events);
         free(s);
     }
@@ -370,7 +415,8 @@ static void set_ids(struct span_table *t, struct span *s, const struct cbus_even
         trace_id_derive(s->trace_id, s->has_parent && !point ? ev->parent_run_id : ev->run_id);
 }
 
-static void open_run(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)
+static void open_run(struct span_table *t, const struct cbus_event *ev, const struct cbus_body *body,
+                     uint64_t now_ns)
 {
     struct span *old = lookup(t, ev->run_id);
     if (old) /* a second start for a live run: the first one will never end */
@@ -383,6 +429,21 @@ static void open_run(struct span_table *t, const struct cbus_event *ev, uint64_t
     s->start = *ev;
     s->start_pos = ev->event_id;
     s->arrival_ns = now_ns;
+    if (t->keep_bodies && body && body->data && body->len) {
+        /* a trimmed copy: the poll buffer is reused before the run ends */
+        uint32_t len = 0;
+        void *copy = content_keep(body, t->keep_content, t->content_cap, &len);
+        if (copy && t->st.body_bytes + len <= t->body_memory) {
+            s->start_body = copy;
+            s->start_body_len = len;
+            s->body_owned = 1;
+            t->st.body_bytes += len;
+        } else if (copy) {
+            free(copy); /* over the bound: the span goes without, and says so */
+            s->body_dropped = 1;
+            t->st.bodies_dropped++;
+        }
+    }
     hold_of(t, &s->hold, s, ev);
     hold_link(t, &s->hold);
     set_ids(t, s, ev, 0);
@@ -410,7 +471,7 @@ static int start_matches(unsigned start_kind, unsigned end_kind)
            cbus_kind_family(start_kind) == cbus_kind_family(end_kind);
 }
 
-static void close_run(struct span_table *t, const struct cbus_event *ev)
+static void close_run(struct span_table *t, const struct cbus_event *ev, const struct cbus_body *body)
 {
     struct span *s = lookup(t, ev->run_id);
     if (s && start_matches(s->start.kind, ev->kind)) {
@@ -418,6 +479,10 @@ static void close_run(struct span_table *t, const struct cbus_event *ev)
         hold_add(t, s, ev, 0); /* its lane too: the batch holds it from now on */
         s->end = *ev;
         s->end_kind = SPAN_ENDED;
+        if (t->keep_bodies && body && body->data && body->len) {
+            s->end_body = body->data;
+            s->end_body_len = body->len;
+        }
         emit(t, s);
         span_release(t, s);
         return;
@@ -433,6 +498,8 @@ static void close_run(struct span_table *t, const struct cbus_event *ev)
     s->start_pos = ev->event_id;
     hold_of(t, &s->hold, s, ev);
     s->end_kind = SPAN_START_MISSING;
+    if (t->keep_bodies)
+        body_borrow(s, body, 1);
     set_ids(t, s, ev, 0);
     emit(t, s);
     span_release(t, s);
@@ -458,7 +525,7 @@ static void add_point(struct span_table *t, struct span *s, const struct cbus_ev
     t->st.events_folded++;
 }
 
-static void point_event(struct span_table *t, const struct cbus_event *ev)
+static void point_event(struct span_table *t, const struct cbus_event *ev, const struct cbus_body *body)
 {
     struct span *s = lookup(t, ev->run_id);
     if (!s && event_has_parent(ev))
@@ -475,12 +542,20 @@ static void point_event(struct span_table *t, const struct cbus_event *ev)
     s->start_pos = ev->event_id;
     hold_of(t, &s->hold, s, ev);
     s->end_kind = SPAN_POINT;
+    if (t->keep_bodies)
+        body_borrow(s, body, 0);
     set_ids(t, s, ev, 1);
     emit(t, s);
     span_release(t, s);
 }
 
 void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)
+{
+    span_table_feed_body(t, ev, NULL, now_ns);
+}
+
+void span_table_feed_body(struct span_table *t, const struct cbus_event *ev,
+                          const struct cbus_body *body, uint64_t now_ns)
 {
     /* By the kind map's phase.  Agent callbacks have no start (LangChain
      * runs an agent as a chain): agent_finish, though an end, is a point
@@ -490,11 +565,11 @@ void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t
         phase = CBUS_PHASE_POINT;
     switch (phase) {
     case CBUS_PHASE_START:
-        open_run(t, ev, now_ns);
+        open_run(t, ev, body, now_ns);
         return;
     case CBUS_PHASE_END:
     case CBUS_PHASE_ERROR:
-        close_run(t, ev);
+        close_run(t, ev, body);
         return;
     default:
         break;
@@ -513,7 +588,7 @@ void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t
         break;
     }
     default: /* every other point, and kinds from a newer layout */
-        point_event(t, ev);
+        point_event(t, ev, body);
         break;
     }
 }

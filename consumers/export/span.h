@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cbus/consumer.h>
 #include <cbus/layout.h>
 
 #define SPAN_MAX_EVENTS 16  /* point events kept per span; more are counted */
@@ -59,6 +60,18 @@ struct span {
     uint32_t n_events;
     uint32_t events_dropped;   /* point events beyond SPAN_MAX_EVENTS */
     struct cbus_event *events; /* n_events point events, in order */
+    /* Bodies (content.h).  start_body: what the run kept of its start
+     * event's body (content_keep(): tags, metadata, and with content capture
+     * text and messages cut to the cap), owned when body_owned, else the
+     * event's own body for as long as the span is being emitted.  end_body:
+     * the end event's body, only while the span is being emitted (the poll
+     * buffer still holds it then).  NULL: none. */
+    const void *start_body;
+    uint32_t start_body_len;
+    uint32_t end_body_len;
+    const void *end_body;
+    int body_owned;
+    int body_dropped;          /* the start had a body the memory bound did not let it keep */
     /* Lanes whose positions it holds: hold (its first event's), then
      * hold.more ...  Every finished span handed to the callback has them. */
     struct span_hold hold;
@@ -76,6 +89,8 @@ struct span_stats {
     uint64_t events_folded;     /* point events attached to an open span */
     uint64_t events_overflow;   /* point events beyond SPAN_MAX_EVENTS */
     uint64_t open;              /* runs open now */
+    uint64_t body_bytes;        /* bytes of start bodies open runs hold */
+    uint64_t bodies_dropped;    /* start bodies not kept: the body_memory bound */
 };
 
 /* Called once per finished span; the span is freed after it returns. */
@@ -93,6 +108,15 @@ void span_table_set_lanes(struct span_table *t, unsigned lanes);
 
 /* Feeds one event read at ring position ev->event_id, at monotonic time now_ns. */
 void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns);
+/* The same with the event's body (NULL or empty: none).  The body need only
+ * live for the call: an open run keeps a trimmed copy (span_table_bodies). */
+void span_table_feed_body(struct span_table *t, const struct cbus_event *ev,
+                          const struct cbus_body *body, uint64_t now_ns);
+/* What open runs keep of their start's body: nothing (the default), tags
+ * and metadata, and with content also text and messages cut to cap bytes;
+ * at most memory bytes over all open runs (beyond it a start's body is not
+ * kept, and its span says so). */
+void span_table_bodies(struct span_table *t, int keep, int content, size_t cap, uint64_t memory);
 
 /* Exports (SPAN_UNFINISHED) every open run that arrived before older_than_ns
  * (monotonic) or holds a lane position below hold[lane] (hold: one word per

@@ -360,29 +360,45 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
     setenv("CBUS_TEST_LF_SK", "sk-lf-secret", 1);
     char extra[512];
     snprintf(extra, sizeof extra,
-             "[langfuse]\nhost = http://127.0.0.1:%u/\npublic_key_env = CBUS_TEST_LF_PK\nsecret_key_env = CBUS_TEST_LF_SK\n",
+             "[langfuse]\nhost = http://127.0.0.1:%u/\npublic_key_env = CBUS_TEST_LF_PK\nsecret_key_env = CBUS_TEST_LF_SK\n"
+             "[export]\ncapture_content = true\n",
              col.port);
     /* the profile sets the endpoint: the common part's is replaced */
     cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
     char uuids[1][3][37];
     agent_turn(0, uuids); /* agent, generation, tool */
-    cbus_ctx wf, rv;
+    cbus_ctx wf, rv, ch;
     cbus_ctx_init(&wf);
     cbus_ctx_set_user(&wf, "bob");
     cbus_ctx_set_session(&wf, "s-2");
-    cr_assert_eq(cbus_chain_start(prod, &wf, "RetrievalQA", NULL), 0);
+    cr_assert_eq(cbus_ctx_add_tag(&wf, "prod"), 0);
+    cr_assert_eq(cbus_ctx_add_tag(&wf, "eval"), 0);
+    cr_assert_eq(cbus_ctx_set_metadata(&wf, "team", "search"), 0);
+    const char *question = "What does the cbus bus carry, and how are bodies stored?";
+    cr_assert_eq(cbus_chain_start(prod, &wf, "RetrievalQA", question), 0);
     cbus_ctx_child(&rv, &wf);
     cr_assert_eq(cbus_retriever_start(prod, &rv, "docs", "q"), 0);
     cr_assert_eq(cbus_retriever_end(prod, &rv, 2), 0);
+    cbus_ctx_child(&ch, &wf);
+    cbus_ctx_set_model(&ch, "gpt-4o");
+    static const char msgs[] =
+        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"Answer from the documents.\"}]},"
+        "{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"What does the cbus bus carry?\"}]}]";
+    static const char answer[] =
+        "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":\"LLM callback events.\"}],"
+        "\"finish_reason\":\"stop\"}]";
+    cr_assert_eq(cbus_chat_model_start_messages(prod, &ch, msgs, sizeof msgs - 1, "What does the cbus bus carry?", NULL), 0);
+    struct cbus_usage u = {.input_tokens = 50, .output_tokens = 5, .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+    cr_assert_eq(cbus_llm_end_messages(prod, &ch, &u, answer, sizeof answer - 1), 0);
     cr_assert_eq(cbus_chain_end(prod, &wf, NULL), 0);
-    cr_assert_eq(wait_for(get_collector, &col, "spans", 5, 10000), 5);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 6, 10000), 6);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
     cr_assert_eq(collector_stat(&col, "unauthorized"), 0);
     cr_assert_eq(collector_stat(&col, "bad"), 0);
     cJSON *root = decode();
     cJSON *spans = cJSON_GetObjectItem(root, "spans");
-    cr_assert_eq(cJSON_GetArraySize(spans), 5);
+    cr_assert_eq(cJSON_GetArraySize(spans), 6);
     static const struct { const char *name, *type, *user; } want[] = {
         {"invoke_agent planner", "agent", "alice"},
         {"chat claude-sonnet-4", "generation", "alice"},
@@ -404,8 +420,29 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
             cr_assert_str_eq(attr(sp, "gen_ai.request.model")->valuestring, "claude-sonnet-4");
             cr_assert_eq(attr(sp, "gen_ai.usage.input_tokens")->valueint, 1000);
             cr_assert_eq(attr(sp, "gen_ai.usage.output_tokens")->valueint, 20);
+            /* content (capture_content): what Langfuse shows as input and output */
+            cr_assert_str_eq(attr(sp, "langfuse.observation.input")->valuestring, "q");
+            cr_assert_str_eq(attr(sp, "langfuse.observation.output")->valuestring, "Hello");
         }
     }
+    /* tags and metadata: the trace's from its root span, every span's own */
+    cJSON *sp = NULL, *it;
+    cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), "invoke_workflow RetrievalQA")) sp = it;
+    cJSON *tags = attr(sp, "langfuse.trace.tags");
+    cr_assert(cJSON_IsArray(tags) && cJSON_GetArraySize(tags) == 2);
+    cr_assert_str_eq(cJSON_GetArrayItem(tags, 0)->valuestring, "prod");
+    cr_assert_str_eq(cJSON_GetArrayItem(tags, 1)->valuestring, "eval");
+    cr_assert_str_eq(attr(sp, "langfuse.trace.metadata.team")->valuestring, "search");
+    cr_assert_str_eq(attr(sp, "langfuse.observation.metadata.team")->valuestring, "search");
+    cr_assert_str_eq(attr(sp, "langfuse.observation.input")->valuestring, question, "the whole text, from the body");
+    cr_assert_null(attr(sp, "langfuse.observation.output"), "chain_end had no output");
+    cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), "chat gpt-4o")) sp = it;
+    cr_assert_str_eq(attr(sp, "langfuse.observation.type")->valuestring, "generation");
+    cr_assert_str_eq(attr(sp, "langfuse.observation.input")->valuestring, msgs);
+    cr_assert_str_eq(attr(sp, "langfuse.observation.output")->valuestring, answer);
+    cr_assert_str_eq(attr(sp, "langfuse.observation.metadata.team")->valuestring, "search", "inherited by the child");
+    cr_assert_null(attr(sp, "langfuse.trace.metadata.team"), "only the root sets trace metadata");
+    cr_assert_eq(cJSON_GetArraySize(attr(sp, "langfuse.trace.tags")), 2);
     cJSON_Delete(root);
 }
 

@@ -22,6 +22,7 @@
 
 #include <cbus/cbus.h>
 
+#include "content.h"
 #include "export_config.h"
 #include "otlp.h"
 #include "retry.h"
@@ -105,6 +106,7 @@ static void setup(void)
     sbuf_init(&out);
     sbuf_init(&out_pb);
     nspans = 0;
+    memset(&oopts, 0, sizeof oopts);
     oopts.include_previews = 0;
     oopts.encoding = OTLP_JSON;
     struct otlp_resource r = {.service_name = "svc", .host_name = "h", .pid = 42, .bus_name = "b",
@@ -962,4 +964,326 @@ Test(export_otlp, ttft_seconds_are_exact_decimals)
     cr_assert(strstr(out.data, "\"doubleValue\":2}"), "%s", out.data);
     cJSON *root = parse_batch();
     cJSON_Delete(root);
+}
+
+/* ---- content capture, tags, metadata (issue 15 item 1) ------------------------ */
+
+/* Appends one body section to buf (at *len). */
+static void section(unsigned char *buf, uint32_t *len, unsigned type, const void *data, uint32_t n,
+                    uint16_t flags, uint32_t orig_len)
+{
+    struct cbus_body_section sec;
+    memset(&sec, 0, sizeof sec);
+    sec.type = (uint16_t)type;
+    sec.flags = flags;
+    sec.len = n;
+    sec.orig_len = orig_len ? orig_len : n;
+    memcpy(buf + *len, &sec, sizeof sec);
+    memcpy(buf + *len + sizeof sec, data, n);
+    *len += (uint32_t)sizeof sec + n;
+}
+
+static void feed_b(const struct cbus_event *e, const unsigned char *buf, uint32_t len)
+{
+    struct cbus_body b = {buf, len};
+    span_table_feed_body(table, e, len ? &b : NULL, 1);
+}
+
+static void capture_on(size_t cap)
+{
+    oopts.capture_content = 1;
+    oopts.content_max = cap;
+    span_table_bodies(table, 1, 1, cap, 64u << 20);
+}
+
+/* The JSON an attribute's string holds, parsed by cJSON (not by us). */
+static cJSON *attr_json(cJSON *span, const char *key)
+{
+    const char *v = attr_s(span, key);
+    cr_assert_not_null(v, "no attribute %s", key);
+    cJSON *j = cJSON_Parse(v);
+    cr_assert_not_null(j, "%s is not JSON: %.200s", key, v);
+    return j;
+}
+
+/* [{"role":R,"parts":[{"type":"text","content":C}]...}]: the one text part */
+static const char *one_text(cJSON *msgs, const char *role)
+{
+    cr_assert(cJSON_IsArray(msgs) && cJSON_GetArraySize(msgs) == 1);
+    cJSON *m = cJSON_GetArrayItem(msgs, 0);
+    cr_assert_str_eq(str(m, "role"), role);
+    cJSON *part = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "parts"), 0);
+    cr_assert_str_eq(str(part, "type"), "text");
+    return str(part, "content");
+}
+
+static const char *const chat_json =
+    "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"Be brief.\"}]},"
+    "{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"What is the capital of France?\"}]}]";
+
+Test(export_otlp, content_is_not_captured_by_default)
+{
+    span_table_bodies(table, 1, 0, 16384, 64u << 20); /* bodies read (a profile), content off */
+    unsigned char b[1024];
+    uint32_t n = 0;
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, (uint32_t)strlen(chat_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.preview, "What is the capital of France");
+    s.flags |= CBUS_TRUNC_PREVIEW | CBUS_FLAG_BODY;
+    feed_b(&s, b, n);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    strcpy(e.preview, "Paris.");
+    feed_b(&e, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *sp = cJSON_GetArrayItem(spans_of(root), 0);
+    cr_assert_null(attr(sp, "gen_ai.input.messages"));
+    cr_assert_null(attr(sp, "gen_ai.output.messages"));
+    cr_assert_null(strstr(out.data, "Paris"), "no content leaves without capture_content");
+    cr_assert_null(strstr(out.data, "capital"));
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, content_messages_tool_retrieval_and_errors)
+{
+    capture_on(16384);
+    unsigned char b[8192];
+    uint32_t n = 0;
+    /* a chat: messages in, a long text out */
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, (uint32_t)strlen(chat_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "gpt-4o");
+    feed_b(&s, b, n);
+    const char *answer = "The capital of France is Paris, which is also its largest city.";
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, answer, (uint32_t)strlen(answer), 0, 0);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    e.u.usage.finish_reason = CBUS_FINISH_STOP;
+    feed_b(&e, b, n);
+    /* a tool whose arguments fit in the preview (no body) and whose result does not */
+    struct cbus_event t = ev(CBUS_EV_TOOL_START, 2, 0, 20);
+    strcpy(t.name, "search");
+    strcpy(t.preview, "{\"q\":\"paris\"}");
+    feed_b(&t, NULL, 0);
+    const char *result = "{\"hits\":[\"Paris is the capital\",\"Paris has 2.1M people\"]}";
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, result, (uint32_t)strlen(result), 0, 0);
+    struct cbus_event te = ev(CBUS_EV_TOOL_END, 2, 0, 30);
+    feed_b(&te, b, n);
+    /* a retrieval: query in, documents out */
+    const char *query = "capital city of France, population and history";
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, query, (uint32_t)strlen(query), 0, 0);
+    struct cbus_event r = ev(CBUS_EV_RETRIEVER_START, 3, 0, 40);
+    strcpy(r.name, "wiki");
+    feed_b(&r, b, n);
+    const char *docs = "[{\"id\":\"doc_1\",\"score\":0.9,\"content\":\"Paris\"}]";
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, docs, (uint32_t)strlen(docs), 0, 0);
+    struct cbus_event re = ev(CBUS_EV_RETRIEVER_END, 3, 0, 50);
+    feed_b(&re, b, n);
+    /* a chain that fails with a long message */
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 4, 0, 60);
+    strcpy(c.name, "qa");
+    strcpy(c.preview, "{\"question\":\"why\"}");
+    feed_b(&c, NULL, 0);
+    char msg[600];
+    memset(msg, 'x', sizeof msg);
+    memcpy(msg, "Traceback (most recent call last):", 34);
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, msg, sizeof msg, 0, 0);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_ERROR, 4, 0, 70);
+    strcpy(ce.name, "ValueError");
+    memcpy(ce.preview, msg, 31);
+    feed_b(&ce, b, n);
+    cr_assert_eq(nspans, 4);
+
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = find_span(spans, "chat gpt-4o");
+    cr_assert_str_eq(attr_s(chat, "gen_ai.input.messages"), chat_json, "a message list goes as it came");
+    cJSON *om = attr_json(chat, "gen_ai.output.messages");
+    cr_assert_str_eq(one_text(om, "assistant"), answer);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(om, 0), "finish_reason"), "stop");
+    cJSON_Delete(om);
+    cr_assert_null(attr(chat, "cbus.content.cut"));
+    cJSON *tool = find_span(spans, "execute_tool search");
+    cr_assert_str_eq(attr_s(tool, "gen_ai.tool.call.arguments"), "{\"q\":\"paris\"}");
+    cr_assert_str_eq(attr_s(tool, "gen_ai.tool.call.result"), result);
+    cr_assert_null(attr(tool, "gen_ai.input.messages"));
+    cJSON *ret = find_span(spans, "retrieval wiki");
+    cr_assert_str_eq(attr_s(ret, "gen_ai.retrieval.query.text"), query);
+    cr_assert_str_eq(attr_s(ret, "gen_ai.retrieval.documents"), docs);
+    cJSON *wf = find_span(spans, "invoke_workflow qa");
+    cJSON *im = attr_json(wf, "gen_ai.input.messages");
+    cr_assert_str_eq(one_text(im, "user"), "{\"question\":\"why\"}");
+    cJSON_Delete(im);
+    cr_assert_null(attr(wf, "gen_ai.output.messages"), "an error's message is its status, not output");
+    cJSON *stt = cJSON_GetObjectItem(wf, "status");
+    cr_assert_eq(cJSON_GetObjectItem(stt, "code")->valueint, 2);
+    cr_assert_eq(strlen(str(stt, "message")), sizeof msg, "the whole message, not its preview");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, content_bad_input_is_sent_as_text_cut_and_marked)
+{
+    capture_on(256);
+    unsigned char b[8192];
+    uint32_t n = 0;
+    /* messages that are not JSON, with invalid UTF-8 and a quote */
+    const char *broken = "[{\"role\":\"user\", oops \xff\xfe \"quoted\"";
+    section(b, &n, CBUS_BODY_MESSAGES, broken, (uint32_t)strlen(broken), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "m1");
+    feed_b(&s, b, n);
+    /* an output longer than the cap: cut at a character boundary, marked */
+    char big[1000];
+    for (size_t i = 0; i + 2 <= sizeof big; i += 2)
+        memcpy(big + i, "\xc3\xa9", 2); /* é: a cut must not split it */
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, big, sizeof big, 0, 0);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    feed_b(&e, b, n);
+    /* a message list cut by the bus's body limit: flagged, and no longer JSON */
+    n = 0;
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, 60, CBUS_BODY_SECTION_CUT, (uint32_t)strlen(chat_json));
+    struct cbus_event s2 = ev(CBUS_EV_CHAT_MODEL_START, 2, 0, 20);
+    strcpy(s2.model, "m2");
+    s2.flags |= CBUS_FLAG_BODY_CUT;
+    feed_b(&s2, b, n);
+    struct cbus_event e2 = ev(CBUS_EV_LLM_END, 2, 0, 30);
+    feed_b(&e2, NULL, 0);
+    cJSON *root = parse_batch(); /* pb_equal.py: the protobuf strings are UTF-8 */
+    cJSON *spans = spans_of(root);
+    cJSON *c1 = find_span(spans, "chat m1");
+    cJSON *im = attr_json(c1, "gen_ai.input.messages");
+    const char *txt = one_text(im, "user");
+    cr_assert(strstr(txt, "oops \xef\xbf\xbd\xef\xbf\xbd \"quoted\""), "sent as text, bad bytes as U+FFFD: %s", txt);
+    cJSON_Delete(im);
+    cJSON *om = attr_json(c1, "gen_ai.output.messages");
+    const char *cut = one_text(om, "assistant");
+    cr_assert_eq(strlen(cut), 256, "cut to the cap, whole characters (%zu)", strlen(cut));
+    cJSON_Delete(om);
+    cJSON *cl = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(c1, "cbus.content.cut"), "arrayValue"), "values");
+    cr_assert_eq(cJSON_GetArraySize(cl), 1);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(cl, 0), "stringValue"), "gen_ai.output.messages");
+    cJSON *c2 = find_span(spans, "chat m2");
+    cJSON *im2 = attr_json(c2, "gen_ai.input.messages");
+    cr_assert_eq(strncmp(one_text(im2, "user"), chat_json, 60), 0, "the cut list as text");
+    cJSON_Delete(im2);
+    cl = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(c2, "cbus.content.cut"), "arrayValue"), "values");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(cl, 0), "stringValue"), "gen_ai.input.messages");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, langfuse_tags_metadata_and_content)
+{
+    oopts.langfuse = 1;
+    capture_on(16384);
+    unsigned char b[4096];
+    uint32_t n = 0;
+    const char tags[] = "prod\0beta";
+    const char meta[] = "team\0search\0server.address\0api.openai.com\0server.port\0" "443\0"
+                        "gen_ai.tool.call.id\0call_1\0team\0ranking\0we\"ird\0v";
+    section(b, &n, CBUS_BODY_TAGS, tags, sizeof tags - 1, 0, 0);
+    section(b, &n, CBUS_BODY_METADATA, meta, sizeof meta - 1, 0, 0);
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, (uint32_t)strlen(chat_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "gpt-4o");
+    feed_b(&s, b, n);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    strcpy(e.preview, "Paris.");
+    feed_b(&e, NULL, 0);
+    /* a child: observation metadata, not trace metadata */
+    n = 0;
+    section(b, &n, CBUS_BODY_METADATA, "k\0v", 3, 0, 0);
+    struct cbus_event t = ev(CBUS_EV_TOOL_START, 2, 1, 20);
+    strcpy(t.name, "calc");
+    feed_b(&t, b, n);
+    struct cbus_event te = ev(CBUS_EV_TOOL_END, 2, 1, 30);
+    strcpy(te.preview, "4");
+    feed_b(&te, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = find_span(spans, "chat gpt-4o");
+    cJSON *tl = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(chat, "langfuse.trace.tags"), "arrayValue"), "values");
+    cr_assert_eq(cJSON_GetArraySize(tl), 2);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(tl, 0), "stringValue"), "prod");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(tl, 1), "stringValue"), "beta");
+    cr_assert_str_eq(attr_s(chat, "langfuse.observation.metadata.team"), "ranking", "a key set twice: the last wins");
+    cr_assert_str_eq(attr_s(chat, "langfuse.trace.metadata.team"), "ranking", "root span: trace metadata too");
+    cr_assert_str_eq(attr_s(chat, "langfuse.observation.metadata.we_ird"), "v", "keys made safe");
+    cr_assert_str_eq(attr_s(chat, "server.address"), "api.openai.com");
+    cr_assert_str_eq(attr_i(chat, "server.port"), "443");
+    cr_assert_str_eq(attr_s(chat, "gen_ai.tool.call.id"), "call_1");
+    cr_assert_str_eq(attr_s(chat, "langfuse.observation.input"), chat_json);
+    cr_assert_str_eq(attr_s(chat, "langfuse.observation.output"), "Paris.");
+    cr_assert_null(attr(chat, "gen_ai.input.messages"), "not sent twice under the profile");
+    int teams = 0;
+    cJSON *a;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItem(chat, "attributes"))
+        teams += !strcmp(str(a, "key"), "langfuse.observation.metadata.team");
+    cr_assert_eq(teams, 1, "one attribute per key");
+    cJSON *tool = find_span(spans, "execute_tool calc");
+    cr_assert_str_eq(attr_s(tool, "langfuse.observation.metadata.k"), "v");
+    cr_assert_null(attr(tool, "langfuse.trace.metadata.k"), "a child span sets no trace metadata");
+    cr_assert_str_eq(attr_s(tool, "langfuse.observation.output"), "4");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, open_runs_keep_bodies_within_the_memory_bound)
+{
+    oopts.capture_content = 1;
+    span_table_bodies(table, 1, 1, 16384, 1u << 20);
+    static unsigned char b[700000];
+    uint32_t n = 0;
+    static char big[600000];
+    memset(big, 'a', sizeof big);
+    section(b, &n, CBUS_BODY_TEXT, big, sizeof big, 0, 0);
+    for (uint8_t r = 1; r <= 3; r++) {
+        struct cbus_event s = ev(CBUS_EV_LLM_START, r, 0, r);
+        feed_b(&s, b, n);
+    }
+    const struct span_stats *st = span_table_stats(table);
+    cr_assert_lt(st->body_bytes, 3 * 16384 + 200, "each open run holds its text cut to the cap (%llu)",
+                 (unsigned long long)st->body_bytes);
+    cr_assert_eq(st->bodies_dropped, 0);
+    span_table_bodies(table, 1, 1, 16384, st->body_bytes + 100);
+    struct cbus_event s4 = ev(CBUS_EV_LLM_START, 4, 0, 4);
+    feed_b(&s4, b, n);
+    cr_assert_eq(span_table_stats(table)->bodies_dropped, 1, "beyond the bound a body is not kept");
+    span_table_flush(table);
+    cr_assert_eq(span_table_stats(table)->body_bytes, 0, "every copy freed");
+    cJSON *root = parse_batch();
+    cJSON *sp4 = find_span(spans_of(root), "text_completion");
+    (void)sp4;
+    int dropped = 0, cut = 0;
+    cJSON *s;
+    cJSON_ArrayForEach(s, spans_of(root)) {
+        dropped += attr(s, "cbus.content.dropped") != NULL;
+        cut += attr(s, "cbus.content.cut") != NULL;
+    }
+    cr_assert_eq(dropped, 1);
+    cr_assert_eq(cut, 3, "the three kept texts are cut and say so");
+    cJSON_Delete(root);
+}
+
+Test(export_content, json_validator)
+{
+    int arr = 0;
+    cr_assert(content_json_valid(chat_json, strlen(chat_json), &arr) && arr);
+    const char *obj = " {\"a\":[1,-2.5e3,true,false,null,\"\\u00e9\\n\"]} ";
+    cr_assert(content_json_valid(obj, strlen(obj), &arr) && !arr);
+    cr_assert(!content_json_valid("[1,]", 4, NULL));
+    cr_assert(!content_json_valid("[1] x", 5, NULL));
+    cr_assert(!content_json_valid("{\"a\" 1}", 7, NULL));
+    cr_assert(!content_json_valid("\"a\x01\"", 4, NULL), "a control byte in a string");
+    cr_assert(!content_json_valid("[01]", 4, NULL));
+    cr_assert(!content_json_valid("", 0, NULL));
+    cr_assert(!content_json_valid("[\"\\x\"]", 6, NULL));
+    static char deep[20001];
+    memset(deep, '[', 10000);
+    memset(deep + 10000, ']', 10000);
+    cr_assert(!content_json_valid(deep, 20000, NULL), "nesting beyond the bound is refused, not recursed");
+    cr_assert_eq(content_cut_len("ab\xc3\xa9", 4, 3), 2, "never half a character");
+    cr_assert_eq(content_cut_len("abcd", 4, 9), 4);
 }

@@ -1,0 +1,258 @@
+#include "content.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <cbus/layout.h>
+
+#include "event_body.h"
+
+/* ---- a JSON validator: RFC 8259 grammar, no values built -------------------
+ *
+ * It only answers "is this a JSON array?", so that a messages body can be
+ * passed through as the attribute's JSON string, and anything else be sent
+ * as text.  cJSON would build the whole tree (an allocation per value) for
+ * the same answer. */
+
+#define JSON_MAX_DEPTH 256
+
+struct jp {
+    const char *p, *end;
+    int depth;
+};
+
+static void ws(struct jp *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hexd(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static int jstring(struct jp *j)
+{
+    j->p++; /* the opening quote */
+    while (j->p < j->end) {
+        unsigned char c = (unsigned char)*j->p++;
+        if (c == '"')
+            return 1;
+        if (c < 0x20)
+            return 0;
+        if (c == '\\') {
+            if (j->p >= j->end)
+                return 0;
+            char e = *j->p++;
+            if (e == 'u') {
+                if (j->end - j->p < 4 || !hexd(j->p[0]) || !hexd(j->p[1]) || !hexd(j->p[2]) || !hexd(j->p[3]))
+                    return 0;
+                j->p += 4;
+            } else if (!strchr("\"\\/bfnrt", e) || !e) {
+                return 0;
+            }
+        }
+        /* bytes >= 0x80: UTF-8 is the encoder's business (it cleans every
+         * string it writes), not a reason to call the text not JSON */
+    }
+    return 0;
+}
+
+static int digits(struct jp *j)
+{
+    const char *s = j->p;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+        j->p++;
+    return j->p > s;
+}
+
+static int jnumber(struct jp *j)
+{
+    if (*j->p == '-')
+        j->p++;
+    if (j->p >= j->end)
+        return 0;
+    if (*j->p == '0')
+        j->p++;
+    else if (!digits(j))
+        return 0;
+    if (j->p < j->end && *j->p == '.') {
+        j->p++;
+        if (!digits(j))
+            return 0;
+    }
+    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+        j->p++;
+        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+            j->p++;
+        if (!digits(j))
+            return 0;
+    }
+    return 1;
+}
+
+static int word(struct jp *j, const char *w, size_t n)
+{
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, w, n))
+        return 0;
+    j->p += n;
+    return 1;
+}
+
+static int jvalue(struct jp *j)
+{
+    ws(j);
+    if (j->p >= j->end)
+        return 0;
+    switch (*j->p) {
+    case '"':
+        return jstring(j);
+    case 't':
+        return word(j, "true", 4);
+    case 'f':
+        return word(j, "false", 5);
+    case 'n':
+        return word(j, "null", 4);
+    case '[':
+    case '{': {
+        char close = *j->p == '[' ? ']' : '}';
+        int obj = close == '}';
+        if (++j->depth > JSON_MAX_DEPTH)
+            return 0;
+        j->p++;
+        ws(j);
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            j->depth--;
+            return 1;
+        }
+        for (;;) {
+            if (obj) {
+                ws(j);
+                if (j->p >= j->end || *j->p != '"' || !jstring(j))
+                    return 0;
+                ws(j);
+                if (j->p >= j->end || *j->p++ != ':')
+                    return 0;
+            }
+            if (!jvalue(j))
+                return 0;
+            ws(j);
+            if (j->p >= j->end)
+                return 0;
+            char c = *j->p++;
+            if (c == close)
+                break;
+            if (c != ',')
+                return 0;
+        }
+        j->depth--;
+        return 1;
+    }
+    default:
+        return (*j->p == '-' || (*j->p >= '0' && *j->p <= '9')) && jnumber(j);
+    }
+}
+
+int content_json_valid(const char *s, size_t n, int *is_array)
+{
+    struct jp j = {s, s + n, 0};
+    ws(&j);
+    int arr = j.p < j.end && *j.p == '[';
+    if (!jvalue(&j))
+        return 0;
+    ws(&j);
+    if (j.p != j.end)
+        return 0;
+    if (is_array)
+        *is_array = arr;
+    return 1;
+}
+
+size_t content_cut_len(const char *s, size_t n, size_t cap)
+{
+    if (n <= cap)
+        return n;
+    size_t k = cap;
+    /* back off continuation bytes, then the lead byte of the cut sequence */
+    size_t back = 0;
+    while (k > 0 && back < 4 && ((unsigned char)s[k] & 0xc0) == 0x80) {
+        k--;
+        back++;
+    }
+    return back < 4 ? k : cap; /* not UTF-8 there anyway: cut at the cap */
+}
+
+/* ---- what an open run keeps of its start's body ---------------------------- */
+
+static unsigned char *put_section(unsigned char *o, unsigned type, uint16_t flags, const char *data,
+                                  uint32_t len, uint32_t orig_len, uint32_t dropped)
+{
+    struct cbus_body_section s;
+    memset(&s, 0, sizeof s);
+    s.type = (uint16_t)type;
+    s.flags = flags;
+    s.len = len;
+    s.orig_len = orig_len;
+    s.dropped = dropped;
+    memcpy(o, &s, sizeof s);
+    memcpy(o + sizeof s, data, len);
+    return o + sizeof s + len;
+}
+
+void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32_t *len)
+{
+    struct cbus_body_parts parts;
+    if (!cbus_body_parts_of(body, &parts))
+        return NULL;
+    static const unsigned types[] = {CBUS_BODY_TAGS, CBUS_BODY_METADATA, CBUS_BODY_MESSAGES, CBUS_BODY_TEXT};
+    uint32_t keep[4];
+    size_t total = 0;
+    for (unsigned i = 0; i < 4; i++) {
+        const struct cbus_body_part *p = &parts.part[types[i]];
+        int text = types[i] == CBUS_BODY_MESSAGES || types[i] == CBUS_BODY_TEXT;
+        keep[i] = 0;
+        if (!p->data || (text && !content))
+            continue;
+        keep[i] = text ? (uint32_t)content_cut_len(p->data, p->len, cap) : p->len;
+        total += sizeof(struct cbus_body_section) + keep[i];
+    }
+    if (!total || total > UINT32_MAX)
+        return NULL;
+    unsigned char *buf = malloc(total), *o = buf;
+    if (!buf)
+        return NULL;
+    for (unsigned i = 0; i < 4; i++) {
+        const struct cbus_body_part *p = &parts.part[types[i]];
+        if (!p->data || (!keep[i] && p->len))
+            continue;
+        uint16_t flags = p->flags;
+        if (keep[i] < p->len)
+            flags |= CBUS_BODY_SECTION_CUT;
+        uint32_t orig = p->orig_len > p->len ? p->orig_len : p->len;
+        o = put_section(o, types[i], flags, p->data, keep[i], orig, p->dropped);
+    }
+    *len = (uint32_t)(o - buf);
+    if (!*len) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+void content_wrap_text(struct sbuf *b, const char *role, const char *text, size_t n, const char *fr)
+{
+    sbuf_puts(b, "[{\"role\":\"");
+    sbuf_puts(b, role);
+    sbuf_puts(b, "\",\"parts\":[{\"type\":\"text\",\"content\":");
+    /* sbuf_json_str stops at a NUL: a body section is bytes, a NUL is data */
+    sbuf_json_bytes(b, text, n);
+    sbuf_puts(b, "}]");
+    if (fr) {
+        sbuf_puts(b, ",\"finish_reason\":\"");
+        sbuf_puts(b, fr);
+        sbuf_puts(b, "\"");
+    }
+    sbuf_puts(b, "}]");
+}
