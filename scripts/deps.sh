@@ -9,6 +9,7 @@ PKGS+=(libmicrohttpd-dev) # the daemons' HTTP server (consumers/common/httpd.c)
 PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with it
 PKGS+=(nodejs)      # node >= 20, npm and /usr/include/node: bindings/node builds and tests with them
 PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
+PKGS+=(libhiredis-dev redis-server) # fleet state in Redis (consumers/common/cluster.c); tests start redis-server
 PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do
