@@ -15,6 +15,12 @@ static void gcra_charge(rl_u128 *tat, uint64_t n, const struct rl_limit *lim, ui
     *tat = base + (rl_u128)n * RL_PERIOD_NS;
 }
 
+/* n units at the lease scale (fleet mode): scale/1000 of a unit each. */
+static inline uint64_t scaled(const rl_limiter *l, uint64_t n)
+{
+    return l->scale_milli == 1000 ? n : (uint64_t)(((rl_u128)n * l->scale_milli + 999) / 1000);
+}
+
 /* Gives n units back (an estimate that was too high); a bucket never holds
  * more room than it would had the units never been charged, nor is it
  * credited beyond full. */
@@ -73,6 +79,7 @@ int rl_new(rl_limiter **out, struct rl_rules *rules, const struct rl_opts *opts)
         l->opts.max_published = 4096;
     if (!l->opts.pending_ttl_ns)
         l->opts.pending_ttl_ns = UINT64_C(600000000000);
+    l->scale_milli = 1000;
     int r = -ENOMEM;
     l->scratch = malloc(3 * RL_BATCH * sizeof *l->scratch);
     if (!l->scratch)
@@ -344,11 +351,15 @@ static void on_start(rl_limiter *l, const struct cbus_event *ev, const struct rl
             k->over_limit++;
             over = 1;
         }
-        if (r->req.limit)
-            gcra_charge(&k->req_tat, 1, &r->req, now);
+        if (r->req.limit) {
+            gcra_charge(&k->req_tat, scaled(l, 1), &r->req, now);
+            k->fleet_req += l->fleet;
+        }
         if (r->tok.limit && est && r->tokens != RL_TOKENS_OUTPUT) {
-            gcra_charge(&k->tok_tat, est, &r->tok, now);
+            gcra_charge(&k->tok_tat, scaled(l, est), &r->tok, now);
             k->tokens += est;
+            if (l->fleet)
+                k->fleet_tok += est;
         }
         k->requests++;
         settle(l, k, d, now);
@@ -394,9 +405,11 @@ static void on_end(rl_limiter *l, const struct cbus_event *ev, const struct rl_e
         uint64_t want = count_tokens(r->tokens, in, out);
         uint64_t had = r->tokens == RL_TOKENS_OUTPUT ? 0 : est;
         if (want >= had)
-            gcra_charge(&k->tok_tat, want - had, &r->tok, now);
+            gcra_charge(&k->tok_tat, scaled(l, want - had), &r->tok, now);
         else
-            gcra_refund(&k->tok_tat, had - want, &r->tok, now);
+            gcra_refund(&k->tok_tat, scaled(l, had - want), &r->tok, now);
+        if (l->fleet)
+            k->fleet_tok += (int64_t)want - (int64_t)had;
         if (want >= had)
             k->tokens += want - had;
         else
@@ -418,7 +431,9 @@ static void on_error(rl_limiter *l, const struct cbus_event *ev, const struct rl
         const struct rl_rule *r = &l->rules.rule[k->rule];
         if (!r->tok.limit || r->tokens == RL_TOKENS_OUTPUT)
             continue;
-        gcra_refund(&k->tok_tat, est, &r->tok, ev->ts_mono_ns);
+        gcra_refund(&k->tok_tat, scaled(l, est), &r->tok, ev->ts_mono_ns);
+        if (l->fleet)
+            k->fleet_tok -= est;
         k->tokens -= est < k->tokens ? est : k->tokens;
         k->until_ns = rl__key_until(l, k);
     }
@@ -539,6 +554,8 @@ void rl_expire(rl_limiter *l, uint64_t now)
         const struct rl_rule *r = &l->rules.rule[k->rule];
         if (k->until_ns > now)
             continue;
+        if (k->fleet_req || k->fleet_tok)
+            continue; /* counts not yet in a batch for Redis */
         if (r->req.limit && k->req_tat > (rl_u128)now * r->req.limit)
             continue;
         if (r->tok.limit && k->tok_tat > (rl_u128)now * r->tok.limit)
@@ -578,4 +595,81 @@ int rl_check(const rl_limiter *l, const struct cbus_event *ev, uint64_t now,
 void rl_get_stats(const rl_limiter *l, struct rl_stats *out)
 {
     *out = l->st;
+}
+
+/* ---- fleet mode ----------------------------------------------------------------- */
+
+void rl_set_fleet(rl_limiter *l, double local_share)
+{
+    if (!(local_share > 0.0) || local_share > 1.0)
+        local_share = 1.0;
+    l->fleet = 1;
+    l->share_milli = (uint64_t)(local_share * 1000.0 + 0.5);
+    if (l->share_milli < 1)
+        l->share_milli = 1;
+    rl_set_fleet_away(l, 1);
+}
+
+void rl_set_fleet_away(rl_limiter *l, int away)
+{
+    if (!l->fleet)
+        return;
+    l->scale_milli = away ? (1000000 + l->share_milli / 2) / l->share_milli : 1000;
+    if (l->scale_milli < 1000)
+        l->scale_milli = 1000;
+}
+
+/* The key's values back from its bytes (build_key's layout). */
+static void key_dims(const struct rl_key *k, struct rl_dims *d)
+{
+    unsigned group = (unsigned char)k->key[0];
+    size_t pos = 1;
+    memset(d, 0, sizeof *d);
+    for (unsigned i = 0; i < RL_DIM__COUNT; i++) {
+        if (!(group & (1u << i)))
+            continue;
+        size_t len = (unsigned char)k->key[pos++];
+        d->s[i] = k->key + pos;
+        d->len[i] = len;
+        memcpy(&d->hash[i], k->key + pos + len, 8);
+        pos += len + 8;
+    }
+}
+
+static rl_u128 fleet_tat(uint64_t debt_ns, int64_t unsent, const rl_limiter *l,
+                         const struct rl_limit *lim, uint64_t now)
+{
+    rl_u128 now_s = (rl_u128)now * lim->limit;
+    rl_u128 debt = (rl_u128)debt_ns * lim->limit;
+    rl_u128 slack = (rl_u128)(lim->burst - 1) * RL_PERIOD_NS;
+    /* The room the fleet has left; this node may use share of it until
+     * the next sync, the rest is the others' (a lease).  Room for one
+     * unit is always left while the fleet is within its burst, so a lease
+     * rounds up to a whole unit: N nodes can go N - 1 units over. */
+    rl_u128 room = slack > debt ? slack - debt : 0;
+    rl_u128 reserve = room / 1000 * (1000 - l->share_milli) + room % 1000 * (1000 - l->share_milli) / 1000;
+    rl_u128 t = now_s + debt + reserve;
+    if (unsent > 0) /* counted here after the batch the reply answers */
+        t += (rl_u128)unsent * RL_PERIOD_NS;
+    return t;
+}
+
+void rl__fleet_set(rl_limiter *l, struct rl_key *k, uint64_t req_debt_ns, uint64_t tok_debt_ns,
+                   uint64_t now)
+{
+    const struct rl_rule *r = &l->rules.rule[k->rule];
+    /* A debt longer than a day is nonsense from the wire (or a key so far
+     * over that a day is as good): cap it, so the arithmetic stays small. */
+    if (req_debt_ns > RL_PERIOD_NS * 1440)
+        req_debt_ns = RL_PERIOD_NS * 1440;
+    if (tok_debt_ns > RL_PERIOD_NS * 1440)
+        tok_debt_ns = RL_PERIOD_NS * 1440;
+    if (r->req.limit)
+        k->req_tat = fleet_tat(req_debt_ns, k->fleet_req, l, &r->req, now);
+    if (r->tok.limit)
+        k->tok_tat = fleet_tat(tok_debt_ns, k->fleet_tok, l, &r->tok, now);
+    k->fleet_synced = 1;
+    struct rl_dims d;
+    key_dims(k, &d);
+    settle(l, k, &d, now);
 }

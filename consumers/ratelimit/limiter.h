@@ -98,6 +98,14 @@ uint64_t rl_published_until(const rl_limiter *l, unsigned scope, const char *key
 
 void rl_get_stats(const rl_limiter *l, struct rl_stats *out);
 
+/* Fleet mode (consumers/ratelimit/fleet.h): this node's charges are kept
+ * for Redis; local_share in (0, 1] is its lease of the fleet's room after
+ * each sync.  Call before feeding events.  The limiter starts away. */
+void rl_set_fleet(rl_limiter *l, double local_share);
+/* Redis away (1): each unit charged here costs 1/local_share units, so the
+ * node holds itself to local_share of every limit; back (0): 1 unit. */
+void rl_set_fleet_away(rl_limiter *l, int away);
+
 /* Appends the status JSON object: counters, rules, the `top` hottest keys. */
 void rl_status_json(const rl_limiter *l, struct sbuf *b, uint64_t now, unsigned top);
 

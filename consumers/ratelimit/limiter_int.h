@@ -31,6 +31,12 @@ struct rl_key {
     uint64_t tokens;
     uint64_t over_limit;
     char key[RL_KEY_MAX];
+    /* Fleet mode (fleet.c), after the key so the lines an event touches
+     * stay where they were: units charged here since they were last taken
+     * into a batch for Redis (signed: a refund can outweigh the charges). */
+    int64_t fleet_req, fleet_tok;
+    uint32_t fleet_synced;  /* Redis's view has replaced ours at least once */
+    uint32_t _reserved2;
 };
 
 /* An event's values and, per active group, its key bytes and hash:
@@ -79,7 +85,22 @@ struct rl_limiter {
     unsigned dims_used;     /* dims some rule names */
     struct rl_evkeys *scratch; /* [3 * RL_BATCH]: rl_feed_batch's pipeline */
     struct rl_stats st;
+    /* Fleet mode (fleet.h).  share_milli: local_share; after a sync this
+     * node may spend that share of the room the fleet has left (its lease:
+     * the rest is reserved for the other nodes until the next sync).
+     * scale_milli: what one unit charged here costs the local bucket; 1000,
+     * or 1000/local_share while Redis is away, which holds the node to
+     * local_share of each limit. */
+    uint64_t share_milli, scale_milli;
+    int fleet;
 };
+
+/* limiter.c, for fleet.c: Redis's view of a key replaces ours: tat = now +
+ * debt (ns ahead of now, per limit), plus the other nodes' reserve (the
+ * room left less this node's lease), plus this node's charges not yet in
+ * a batch; then the verdict follows as after a charge. */
+void rl__fleet_set(rl_limiter *l, struct rl_key *k, uint64_t req_debt_ns, uint64_t tok_debt_ns,
+                   uint64_t now);
 
 /* verdicts.c: ask for (scope, value) to be throttled until until_ns. */
 void rl__want(rl_limiter *l, unsigned scope, const char *value, size_t len, uint64_t hash,

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "fleet.h"
 #include "limiter.h"
 #include "log.h"
 #include "loop.h"
@@ -32,6 +33,7 @@ struct daemon {
     struct cbus_loop loop;    /* polls, waits, follows the bus when it is re-created */
     unsigned writer;
     rl_limiter *l;
+    rl_fleet *fleet;          /* [cluster]: fleet-wide buckets in Redis, or NULL */
     uint64_t last_lost;
     uint64_t last_fail;
     uint64_t last_ts;         /* the newest event's timestamp */
@@ -72,6 +74,10 @@ static void write_status(struct daemon *d, uint64_t now)
                 (unsigned long long)cs.consumed, (unsigned long long)cs.lost,
                 (unsigned long long)cs.lag);
     rl_status_json(d->l, &b, now, d->cfg.status_top);
+    if (d->fleet) {
+        sbuf_puts(&b, ",");
+        rl_fleet_status_json(d->fleet, &b, now);
+    }
     sbuf_puts(&b, "}\n");
     if (b.failed) {
         cbus_log_warn("status: out of memory");
@@ -163,6 +169,14 @@ static int expire_timer(void *arg, uint64_t now)
     return 0;
 }
 
+static int fleet_timer(void *arg, uint64_t now) /* fleet.h: one round trip to Redis */
+{
+    struct daemon *d = arg;
+    rl_fleet_sync(d->fleet, now);
+    rl_drain(d->l, now, publish, d); /* the fleet's verdicts, at once */
+    return 0;
+}
+
 static int status_timer(void *arg, uint64_t now)
 {
     write_status(arg, now);
@@ -185,6 +199,8 @@ static int run(struct daemon *d)
     cbus_loop_every(l, 100 * MS, 0, drain_timer, 0);
     cbus_loop_every(l, 1000 * MS, 1000 * MS, expire_timer, 0);
     cbus_loop_every(l, d->cfg.status_interval_ns, 0, status_timer, 1);
+    if (d->fleet)
+        cbus_loop_every(l, d->cfg.cluster.interval_ns, 0, fleet_timer, 0);
     return cbus_loop_run(l);
 }
 
@@ -277,6 +293,17 @@ int main(int argc, char **argv)
         rl_config_free(&d.cfg);
         return 1;
     }
+    if (d.cfg.cluster.enabled) {
+        /* Redis is reached at the first sync: an unreachable one is a log
+         * line and local limits, never a daemon that does not start. */
+        r = rl_fleet_open(&d.fleet, d.l, &d.cfg.cluster);
+        if (r) {
+            cbus_log_error("cluster: %s", strerror(-r));
+            rl_free(d.l);
+            rl_config_free(&d.cfg);
+            return 1;
+        }
+    }
     cbus_daemon_signals();
     int rc = 1;
     struct cbus_consumer_opts co = {.name = d.cfg.name, .mode = CBUS_LOSSY, .start = CBUS_START_OLDEST};
@@ -303,6 +330,17 @@ int main(int argc, char **argv)
     }
     cbus_log_info("started: bus %s, %zu rules from %s, writer %u, status %s%s", d.bus_name, nrules,
                   config, d.writer, d.cfg.status_file, d.cfg.opts.count_only ? ", count only" : "");
+    if (d.fleet) {
+        const struct cbus_cluster_conf *cc = &d.cfg.cluster;
+        char addr[400];
+        if (cc->unix_path[0])
+            snprintf(addr, sizeof addr, "unix:%s", cc->unix_path);
+        else
+            snprintf(addr, sizeof addr, "%s:%u", cc->host, cc->port);
+        cbus_log_info("fleet: node %s, redis %s, prefix %s, sync every %llu ms, local_share %g",
+                      cc->node, addr, cc->prefix, (unsigned long long)(cc->interval_ns / MS),
+                      cc->local_share);
+    }
     rc = run(&d);
     write_status(&d, cbus_now_ns());
     /* Our verdicts go with us: a limiter that stops cleanly leaves no throttle. */
@@ -315,6 +353,7 @@ int main(int argc, char **argv)
 err_writer:
     cbus_loop_close(&d.loop); /* the consumer and its bus */
 err_bus:
+    rl_fleet_close(d.fleet);
     rl_free(d.l);
     rl_config_free(&d.cfg);
     return rc;

@@ -15,13 +15,19 @@ static void defaults(struct rl_config *c)
     c->status_interval_ns = UINT64_C(1000000000);
     c->status_top = 20;
     rl_rules_init(&c->rules);
+    cbus_cluster_conf_init(&c->cluster);
 }
 
 static int apply(struct rl_config *c, struct cbus_cfg *cfg, char *err, size_t errlen)
 {
-    int r = 0;
+    int r = 0, cluster_seen = 0;
     for (size_t i = 0; i < cfg->count && !r; i++) {
         const struct cbus_cfg_entry *e = &cfg->entries[i];
+        if (!strcmp(e->section, "cluster")) {
+            cluster_seen = 1;
+            r = cbus_cluster_conf_entry(&c->cluster, cfg, e, err, errlen);
+            continue;
+        }
         if (!strcmp(e->section, "rules")) {
             if (strcmp(e->key, "rule"))
                 return cbus_cfg_error(cfg, e, err, errlen, "unknown key (each line is 'rule = ...')");
@@ -32,7 +38,7 @@ static int apply(struct rl_config *c, struct cbus_cfg *cfg, char *err, size_t er
             continue;
         }
         if (strcmp(e->section, "ratelimit"))
-            return cbus_cfg_error(cfg, e, err, errlen, "unknown section (want [ratelimit] or [rules])");
+            return cbus_cfg_error(cfg, e, err, errlen, "unknown section (want [ratelimit], [rules] or [cluster])");
         uint64_t v;
         if (!strcmp(e->key, "name")) {
             if (cbus_name_valid(e->value) || strlen(e->value) >= CBUS_NAME_MAX - 8)
@@ -68,6 +74,8 @@ static int apply(struct rl_config *c, struct cbus_cfg *cfg, char *err, size_t er
                                   "max_keys, max_pending, pending_ttl, count_only)");
         }
     }
+    if (!r)
+        r = cbus_cluster_conf_finish(&c->cluster, cfg, cluster_seen, err, errlen);
     if (r)
         return r;
     unsigned bad = 0;

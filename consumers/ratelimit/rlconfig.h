@@ -20,6 +20,7 @@
 
 #include <cbus/layout.h>
 
+#include "cluster.h"
 #include "limiter.h"
 #include "rules.h"
 
@@ -30,6 +31,7 @@ struct rl_config {
     unsigned status_top;
     struct rl_opts opts;
     struct rl_rules rules;    /* finished */
+    struct cbus_cluster_conf cluster; /* [cluster]: fleet limits through Redis (fleet.h) */
 };
 
 /* Returns 0, or -errno with "FILE:LINE: [section] key: problem" in err. */

@@ -1,0 +1,393 @@
+/* Fleet limits through Redis (issue 21), on one machine: three "nodes",
+ * each a bus with its own cbus-ratelimit and a load generator, against one
+ * real redis-server started here on a loopback port.
+ *
+ * The load generators behave as clients should: a request goes out only
+ * when cbus_admit() on their own node says CBUS_ALLOW.  What the fleet then
+ * lets through is compared with the limit and the bound docs/fleet.md
+ * gives; the margins are wide (a loaded 2-core box delays the daemons), but
+ * far below what three nodes limiting on their own would let through. */
+#include <criterion/criterion.h>
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/producer.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "redis_test.h"
+#include "support.h"
+
+#define NODES 3
+#define MS UINT64_C(1000000)
+
+struct shared {
+    _Atomic uint64_t sent[NODES];
+    _Atomic int stop;
+};
+
+static struct redis_test rs;
+static char dir[256];
+static char bus[NODES][64];
+static pid_t daemons[NODES], loads[NODES];
+static struct shared *sh;
+static pid_t parent_pid;
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_text(const char *path)
+{
+    static char buf[1 << 16];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static void setup(void)
+{
+    parent_pid = getpid();
+    memset(&rs, 0, sizeof rs);
+    int r = redis_test_start(&rs, 0);
+    if (r == -ENOENT)
+        cbus_test_skip_or_fail("no redis-server (apt-get install redis-server)");
+    cr_assert_eq(r, 0, "redis-server did not start: %s", strerror(-r));
+    snprintf(dir, sizeof dir, "/tmp/cbus-fleet-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    for (int i = 0; i < NODES; i++) {
+        test_bus_name(bus[i], sizeof bus[i]);
+        cbus_bus_destroy(bus[i]);
+        struct cbus_create_opts o = {.capacity = 4096};
+        cr_assert_eq(cbus_bus_create(bus[i], &o), 0);
+    }
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+}
+
+static void stop_all(pid_t *p)
+{
+    for (int i = 0; i < NODES; i++)
+        if (p[i] > 0) {
+            kill(p[i], SIGKILL);
+            waitpid(p[i], NULL, 0);
+            p[i] = 0;
+        }
+}
+
+static void teardown(void)
+{
+    stop_all(loads);
+    stop_all(daemons);
+    redis_test_kill(&rs);
+    for (int i = 0; i < NODES; i++)
+        cbus_bus_destroy(bus[i]);
+    if (sh)
+        munmap(sh, sizeof *sh);
+    sh = NULL;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, rs.dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static const char *path_of(int node, const char *what)
+{
+    static char p[4][512];
+    static int k;
+    char *o = p[k++ % 4];
+    snprintf(o, 512, "%s/n%d.%s", dir, node, what);
+    return o;
+}
+
+static void start_daemon(int node, const char *rules, const char *cluster_extra)
+{
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "[ratelimit]\nstatus_interval = 50ms\n[rules]\n%s\n[cluster]\n"
+             "address = 127.0.0.1:%u\nprefix = t21rl:\nnode = n%d\nlocal_share = 0.333\n%s",
+             rules, rs.port, node, cluster_extra ? cluster_extra : "");
+    write_file(path_of(node, "ini"), cfg);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent_pid)
+            _exit(127);
+        int fd = open(path_of(node, "log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execl(RL_DAEMON_PATH, "cbus-ratelimit", "--bus", bus[node], "--config",
+              path_of(node, "ini"), "--status-file", path_of(node, "json"), (char *)NULL);
+        _exit(127);
+    }
+    daemons[node] = pid;
+}
+
+/* Waits until every node's status says the cluster is `state`. */
+static void wait_state(const char *state, unsigned timeout_ms)
+{
+    char want[64];
+    snprintf(want, sizeof want, "\"state\":\"%s\"", state);
+    uint64_t end = test_now_ms() + timeout_ms;
+    for (int i = 0; i < NODES; i++) {
+        const char *st;
+        while (!(st = read_text(path_of(i, "json"))) || !strstr(st, want)) {
+            cr_assert_lt(test_now_ms(), end, "node %d never %s; status %s\nlog:\n%s", i, state,
+                         st ? st : "(none)", read_text(path_of(i, "log")));
+            test_sleep_ms(10);
+        }
+    }
+}
+
+/* The load generator of one node: alice asks every gap_us, and sends a
+ * request (llm_start, llm_end) whenever her node admits it. */
+static void start_load(int node, unsigned gap_us)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        cbus_producer *p;
+        if (cbus_producer_open(&p, bus[node], NULL))
+            _exit(3);
+        cbus_ctx ctx;
+        cbus_ctx_init(&ctx);
+        cbus_ctx_set_user(&ctx, "alice");
+        while (!atomic_load(&sh->stop)) {
+            if (cbus_admit(p, &ctx, NULL) == CBUS_ALLOW) {
+                if (cbus_llm_start(p, &ctx, "hello", NULL) || cbus_llm_end(p, &ctx, NULL, "hi"))
+                    _exit(4);
+                atomic_fetch_add(&sh->sent[node], 1);
+            }
+            usleep(gap_us);
+        }
+        cbus_producer_close(p);
+        _exit(0);
+    }
+    loads[node] = pid;
+}
+
+static uint64_t total_sent(uint64_t *per)
+{
+    uint64_t t = 0;
+    for (int i = 0; i < NODES; i++) {
+        uint64_t v = atomic_load(&sh->sent[i]);
+        if (per)
+            per[i] = v;
+        t += v;
+    }
+    return t;
+}
+
+static void stop_loads(void)
+{
+    atomic_store(&sh->stop, 1);
+    for (int i = 0; i < NODES; i++)
+        if (loads[i] > 0) {
+            int st = test_wait_pid(loads[i], 5000);
+            cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: status %d", i, st);
+            loads[i] = 0;
+        }
+}
+
+/* The units Redis counted for the fleet's only bucket (alice under the one
+ * rule): the 'n' field of the single t21rl:rl:* key. */
+static long long fleet_count(void)
+{
+    struct timeval tv = {.tv_sec = 1};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)rs.port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    long long n = -1;
+    redisReply *keys = redisCommand(c, "KEYS t21rl:rl:*");
+    if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 1) {
+        redisReply *v = redisCommand(c, "HGET %s n", keys->element[0]->str);
+        if (v && v->type == REDIS_REPLY_STRING)
+            n = strtoll(v->str, NULL, 10);
+        if (v)
+            freeReplyObject(v);
+    } else if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 0) {
+        n = 0;
+    }
+    if (keys)
+        freeReplyObject(keys);
+    redisFree(c);
+    return n;
+}
+
+/* Waits until Redis's count equals want (the daemons send what they counted
+ * within an interval or two); returns the last count seen. */
+static long long wait_fleet_count(long long want, unsigned timeout_ms)
+{
+    uint64_t end = test_now_ms() + timeout_ms;
+    long long n;
+    while ((n = fleet_count()) != want && test_now_ms() < end)
+        test_sleep_ms(20);
+    return n;
+}
+
+static const char *rules_rpm = "rule = user=* rpm=60 burst=30";
+
+Test(ratelimit_fleet, rpm_limit_holds_fleet_wide, .init = setup, .fini = teardown, .timeout = 60)
+{
+    for (int i = 0; i < NODES; i++)
+        start_daemon(i, rules_rpm, NULL);
+    wait_state("up", 10000);
+    uint64_t t0 = test_now_ms();
+    for (int i = 0; i < NODES; i++)
+        start_load(i, 5000); /* 200 asks a second per node */
+    test_sleep_ms(3000);
+    stop_loads();
+    uint64_t secs = (test_now_ms() - t0 + 999) / 1000;
+    uint64_t per[NODES];
+    uint64_t total = total_sent(per);
+    /* GCRA: at most burst + rate * T conform in T.  The documented bound
+     * over that: N - 1 (a lease rounds up to one unit) plus what each node
+     * admits while its limiter reacts; the margin gives each node 10 of
+     * those.  Three nodes limiting alone would let through 3 * (30 + T). */
+    uint64_t limit = 30 + secs, bound = limit + (NODES - 1) + NODES * 10;
+    cr_log_info("fleet: sent %llu (%llu %llu %llu) in %llu s, limit %llu, bound %llu",
+                (unsigned long long)total, (unsigned long long)per[0], (unsigned long long)per[1],
+                (unsigned long long)per[2], (unsigned long long)secs, (unsigned long long)limit,
+                (unsigned long long)bound);
+    cr_assert_leq(total, bound, "fleet let %llu through (%llu %llu %llu), bound %llu",
+                  (unsigned long long)total, (unsigned long long)per[0],
+                  (unsigned long long)per[1], (unsigned long long)per[2],
+                  (unsigned long long)bound);
+    cr_assert_lt(bound, 3 * limit, "the test tells a fleet from three nodes alone");
+    cr_assert_geq(total, 20, "the fleet got its burst: %llu", (unsigned long long)total);
+    /* Every request counted once in Redis. */
+    long long n = wait_fleet_count((long long)total, 5000);
+    cr_assert_eq(n, (long long)total, "redis counted %lld of %llu", n, (unsigned long long)total);
+    for (int i = 0; i < NODES; i++) {
+        const char *st = read_text(path_of(i, "json"));
+        cr_assert(st && strstr(st, "\"cutoffs\":0"), "node %d: %s", i, st);
+    }
+}
+
+Test(ratelimit_fleet, redis_paused_degrades_to_local_share_and_counts_once, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    for (int i = 0; i < NODES; i++)
+        start_daemon(i, "rule = user=* rpm=600 burst=60", NULL);
+    wait_state("up", 10000);
+    for (int i = 0; i < NODES; i++)
+        start_load(i, 5000);
+    test_sleep_ms(500);
+    /* Redis stops answering (a hung server, a partition): batches in flight
+     * time out, the nodes go on alone at local_share of each limit. */
+    redis_test_pause(&rs, 1);
+    wait_state("away", 10000);
+    uint64_t away0 = total_sent(NULL);
+    test_sleep_ms(1500);
+    uint64_t away_sent = total_sent(NULL) - away0;
+    redis_test_pause(&rs, 0);
+    wait_state("up", 10000);
+    test_sleep_ms(300);
+    stop_loads();
+    uint64_t total = total_sent(NULL);
+    /* Away for ~1.5 s (plus detection): each node held to a third of
+     * burst 60 and of 10/s.  Generous margin: 3 * (20 + 3.4 * 10 * 4 s). */
+    cr_assert_leq(away_sent, 3 * (20 + 14) + 30, "away: %llu", (unsigned long long)away_sent);
+    /* The batch that was in flight when Redis stopped ran when it resumed,
+     * and was sent again by its node: counted once. */
+    long long n = wait_fleet_count((long long)total, 5000);
+    cr_assert_eq(n, (long long)total, "redis counted %lld of %llu sent", n,
+                 (unsigned long long)total);
+    for (int i = 0; i < NODES; i++) {
+        const char *st = read_text(path_of(i, "json"));
+        cr_assert(st && strstr(st, "\"cutoffs\":1"), "node %d: %s", i, st);
+        cr_assert(!strstr(st, "\"cut_off_ms\":0,"), "node %d counted no time away: %s", i, st);
+        const char *log = read_text(path_of(i, "log"));
+        cr_assert(strstr(log, "deciding on local limits") && strstr(log, "answers again"), "%s", log);
+    }
+}
+
+Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    for (int i = 0; i < NODES; i++)
+        start_daemon(i, "rule = user=* rpm=600 burst=60", NULL);
+    wait_state("up", 10000);
+    for (int i = 0; i < NODES; i++)
+        start_load(i, 5000);
+    test_sleep_ms(300);
+    /* Sent 300 ms before the kill: synced (every 100 ms) and answered by
+     * the Redis that is about to die. */
+    uint64_t early = total_sent(NULL);
+    test_sleep_ms(300);
+    redis_test_kill(&rs);
+    wait_state("away", 10000);
+    test_sleep_ms(1000);
+    /* The same port, no persistence: the fleet's state is gone. */
+    cr_assert_eq(redis_test_start(&rs, rs.port), 0);
+    wait_state("up", 10000);
+    test_sleep_ms(300);
+    stop_loads();
+    uint64_t total = total_sent(NULL);
+    test_sleep_ms(500); /* the last counts reach Redis */
+    long long n = fleet_count();
+    /* The new Redis holds what was not answered before the kill (the
+     * sealed batches, sent again) and everything after: never what the old
+     * one had answered already. */
+    cr_assert_leq(n, (long long)(total - early), "counted twice: %lld, sent %llu, %llu of them "
+                  "answered before the kill", n, (unsigned long long)total,
+                  (unsigned long long)early);
+    cr_assert_gt(n, 0, "nothing reached the new Redis");
+    for (int i = 0; i < NODES; i++) {
+        const char *st = read_text(path_of(i, "json"));
+        cr_assert(st && strstr(st, "\"cutoffs\":1"), "node %d: %s", i, st);
+        cr_assert(strstr(st, "\"connects\":2"), "node %d: %s", i, st);
+    }
+}
+
+Test(ratelimit_fleet, unreachable_redis_at_start_is_a_line_and_local_limits, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    redis_test_kill(&rs); /* nothing on that port now */
+    start_daemon(0, "rule = user=* rpm=60 burst=30", NULL);
+    uint64_t end = test_now_ms() + 5000;
+    const char *log;
+    while (!(log = read_text(path_of(0, "log"))) || !strstr(log, "deciding on local limits")) {
+        cr_assert_lt(test_now_ms(), end, "no clear line; log:\n%s", log ? log : "");
+        test_sleep_ms(10);
+    }
+    cr_assert(strstr(log, "connect: Connection refused"), "%s", log);
+    /* Running, and limiting alone at local_share: a third of burst 30. */
+    start_load(0, 2000);
+    test_sleep_ms(1000);
+    stop_loads();
+    uint64_t sent = atomic_load(&sh->sent[0]);
+    cr_assert_geq(sent, 5, "local limits let nothing through: %llu", (unsigned long long)sent);
+    cr_assert_leq(sent, 10 + 1 + 10, "local share not applied: %llu", (unsigned long long)sent);
+    int st;
+    cr_assert_eq(waitpid(daemons[0], &st, WNOHANG), 0, "the daemon exited");
+    const char *s = read_text(path_of(0, "json"));
+    cr_assert(s && strstr(s, "\"state\":\"away\""), "%s", s);
+}
