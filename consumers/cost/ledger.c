@@ -231,39 +231,14 @@ static inline void budget_add(struct cost_ledger *l, const struct cost_budget *b
 cost_u128 cost_usage_cost(const struct cost_price *p, const struct cbus_usage *u,
                           struct cost_anomalies *an)
 {
-    unsigned pres = u->usage_present;
-    uint64_t in = pres & CBUS_USAGE_INPUT ? u->input_tokens : 0;
-    uint64_t out = pres & CBUS_USAGE_OUTPUT ? u->output_tokens : 0;
-    uint64_t cr = pres & CBUS_USAGE_CACHE_READ ? u->cache_read_tokens : 0;
-    uint64_t cc = pres & CBUS_USAGE_CACHE_CREATION ? u->cache_creation_tokens : 0;
-    uint64_t rs = pres & CBUS_USAGE_REASONING ? u->reasoning_tokens : 0;
-    uint64_t uncached = 0;
-    if (pres & CBUS_USAGE_INPUT) {
-        if (cr + cc > in) {
-            if (an)
-                an->cache_exceeds_input++;
-        } else {
-            uncached = in - cr - cc;
-        }
+    /* the arithmetic is shared with cbus-export (consumers/common/prices.c) */
+    unsigned anom = 0;
+    cost_u128 v = cost_usage_price(p, u, NULL, &anom);
+    if (an) {
+        an->cache_exceeds_input += !!(anom & COST_ANOM_CACHE_EXCEEDS_INPUT);
+        an->reasoning_exceeds_output += !!(anom & COST_ANOM_REASONING_EXCEEDS_OUTPUT);
     }
-    uint64_t plain_out = 0;
-    if (pres & CBUS_USAGE_OUTPUT) {
-        if (rs > out) {
-            if (an)
-                an->reasoning_exceeds_output++;
-            rs = out;
-        }
-        plain_out = out - rs;
-    }
-    if (!p)
-        return 0;
-    /* The tier is chosen by the whole prompt, cache included (LiteLLM). */
-    const struct cost_rates *r = cost_price_rates(p, pres & CBUS_USAGE_INPUT ? in : cr + cc);
-    return (cost_u128)uncached * r->pico[COST_RATE_INPUT] +
-           (cost_u128)cr * r->pico[COST_RATE_CACHE_READ] +
-           (cost_u128)cc * r->pico[COST_RATE_CACHE_CREATION] +
-           (cost_u128)plain_out * r->pico[COST_RATE_OUTPUT] +
-           (cost_u128)rs * r->pico[COST_RATE_REASONING];
+    return v;
 }
 
 static inline void minute_add(struct cost_counters *c, uint64_t minute, uint64_t tokens)

@@ -44,6 +44,9 @@ void export_config_defaults(struct export_config *c)
     snprintf(c->auth_header_env, sizeof c->auth_header_env, "CBUS_EXPORT_AUTH_HEADER");
     snprintf(c->langfuse_public_key_env, sizeof c->langfuse_public_key_env, "LANGFUSE_PUBLIC_KEY");
     snprintf(c->langfuse_secret_key_env, sizeof c->langfuse_secret_key_env, "LANGFUSE_SECRET_KEY");
+#ifdef CBUS_EXPORT_PRICES_DEFAULT
+    snprintf(c->prices_file, sizeof c->prices_file, "%s", CBUS_EXPORT_PRICES_DEFAULT);
+#endif
     c->tls_verify = 1;
     c->status_interval_ns = 1000000000ull;
 }
@@ -212,6 +215,22 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
             return r;
         if (c->content_memory < (1u << 20))
             return cbus_cfg_error(cfg, e, err, errlen, "must be at least 1M");
+        return 0;
+    }
+    if (IS("cost", "prices") || IS("cost", "overrides")) {
+        /* relative to the config file's directory, as cbus-cost reads [prices] file */
+        char *dst = IS("cost", "prices") ? c->prices_file : c->prices_overrides;
+        size_t cap = sizeof c->prices_file;
+        const char *slash = strrchr(cfg->path, '/');
+        int n;
+        if (e->value[0] == '/' || !e->value[0] || !slash)
+            n = snprintf(dst, cap, "%s", e->value);
+        else
+            n = snprintf(dst, cap, "%.*s/%s", (int)(slash - cfg->path), cfg->path, e->value);
+        if (n < 0 || (size_t)n >= cap)
+            return cbus_cfg_error(cfg, e, err, errlen, "path longer than %zu characters", cap - 1);
+        if (IS("cost", "prices"))
+            c->prices_explicit = 1;
         return 0;
     }
     if (IS("spool", "dir"))

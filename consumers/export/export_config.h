@@ -45,6 +45,10 @@ struct export_config {
     char langfuse_public_key_env[64]; /* default LANGFUSE_PUBLIC_KEY */
     char langfuse_secret_key_env[64]; /* default LANGFUSE_SECRET_KEY */
     int langfuse;               /* derived: the profile is on */
+    /* [cost]: the price table cbus-cost uses, for gen_ai.usage.cost */
+    char prices_file[512];      /* "" = no pricing; default: the installed table (if present) */
+    char prices_overrides[512];
+    int prices_explicit;        /* set in the file: a table that does not load is an error */
     /* [spans] */
     uint64_t run_timeout_ns;
     uint64_t max_open_runs;

@@ -14,6 +14,7 @@
 #include "event_msgpack.h"
 #include "log.h"
 #include "otlp.h"
+#include "prices.h"
 #include "span.h"
 #include "spool.h"
 #include "transport.h"
@@ -39,6 +40,7 @@ struct exporter {
     uint32_t pid;
     unsigned lanes;             /* of the bus: how event ids split into lanes */
     struct span_table *spans;
+    struct cost_price_table *prices; /* gen_ai.usage.cost; NULL = not priced */
     struct batch *cur;
     size_t mp_count_off;        /* msgpack: offset of the array 32 length */
     struct blist queue;         /* finished, waiting for a request slot */
@@ -732,6 +734,21 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (cfg->format == EXPORT_OTLP && cfg->prices_file[0]) {
+        /* the table and code cbus-cost prices with (consumers/common/prices.c) */
+        char perr[512];
+        int pr = cost_prices_load(&x->prices, cfg->prices_file,
+                                  cfg->prices_overrides[0] ? cfg->prices_overrides : NULL, perr, sizeof perr);
+        if (pr && (cfg->prices_explicit || cfg->prices_overrides[0])) {
+            snprintf(err, errlen, "[cost] prices: %s", perr);
+            r = -EINVAL;
+            goto fail;
+        }
+        if (pr)
+            cbus_log_info("no price table at %s: spans carry no gen_ai.usage.cost (set [cost] prices)",
+                          cfg->prices_file);
+        x->oopts.prices = x->prices;
+    }
     if (x->spans)
         span_table_bodies(x->spans, exporter_wants_bodies(x), cfg->capture_content,
                           (size_t)cfg->content_max_bytes, cfg->content_memory);
@@ -759,6 +776,7 @@ void exporter_free(struct exporter *x)
     batch_free(x->cur);
     spool_close(x->spool);
     span_table_free(x->spans);
+    cost_prices_free(x->prices);
     while (x->npool)
         sbuf_free(&x->pool[--x->npool]);
     free(x);

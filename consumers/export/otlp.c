@@ -892,6 +892,59 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
         A_BOOL(e, "cbus.content.dropped", 1);
 }
 
+/* gen_ai.usage.cost in USD, priced as cbus-cost prices the same end event
+ * (its provider and model, the same table, cost_usage_price()), so the two
+ * always agree; with the Langfuse profile also langfuse.observation.cost_details,
+ * the same total by token kind.  An unpriced model gets neither. */
+static void cost_attrs(struct enc *e, const struct cbus_event *en, const struct otlp_opts *o)
+{
+    char provider[CBUS_PROVIDER_LEN + 1], model[CBUS_MODEL_LEN + 1];
+    size_t pl = FLEN(en->provider), ml = FLEN(en->model);
+    memcpy(provider, en->provider, pl);
+    provider[pl] = '\0';
+    memcpy(model, en->model, ml);
+    model[ml] = '\0';
+    const char *why;
+    const struct cost_price *p = cost_prices_lookup(o->prices, provider, model, &why);
+    if (!p || !(en->u.usage.usage_present & (CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT | CBUS_USAGE_CACHE_READ |
+                                              CBUS_USAGE_CACHE_CREATION | CBUS_USAGE_REASONING)))
+        return;
+    cost_u128 parts[COST_PART__COUNT];
+    cost_u128 total = cost_usage_price(p, &en->u.usage, parts, NULL);
+    a_double(e, "gen_ai.usage.cost", sizeof "gen_ai.usage.cost" - 1, cost_pico_to_usd(total));
+    if (!o->langfuse)
+        return;
+    /* {"input":..,"input_cache_read":..,...,"total":..}: Langfuse's cost
+     * details are USD by cost kind, "total" their sum; exact decimals */
+    static const char *const names[COST_PART__COUNT] = {
+        [COST_PART_INPUT] = "input",
+        [COST_PART_CACHE_READ] = "input_cache_read",
+        [COST_PART_CACHE_CREATION] = "input_cache_creation",
+        [COST_PART_OUTPUT] = "output",
+        [COST_PART_REASONING] = "output_reasoning",
+    };
+    static const unsigned bits[COST_PART__COUNT] = {
+        [COST_PART_INPUT] = CBUS_USAGE_INPUT,
+        [COST_PART_CACHE_READ] = CBUS_USAGE_CACHE_READ,
+        [COST_PART_CACHE_CREATION] = CBUS_USAGE_CACHE_CREATION,
+        [COST_PART_OUTPUT] = CBUS_USAGE_OUTPUT,
+        [COST_PART_REASONING] = CBUS_USAGE_REASONING,
+    };
+    char json[512], usd[64];
+    size_t n = 0;
+    json[n++] = '{';
+    for (unsigned i = 0; i < COST_PART__COUNT; i++) {
+        if (!(en->u.usage.usage_present & bits[i]))
+            continue;
+        size_t k = cost_pico_format_usd(usd, sizeof usd, parts[i]);
+        n += (size_t)snprintf(json + n, sizeof json - n, "\"%s\":%.*s,", names[i], (int)k, usd);
+    }
+    size_t k = cost_pico_format_usd(usd, sizeof usd, total);
+    n += (size_t)snprintf(json + n, sizeof json - n, "\"total\":%.*s}", (int)k, usd);
+    if (n < sizeof json)
+        a_str(e, "langfuse.observation.cost_details", sizeof "langfuse.observation.cost_details" - 1, json, n);
+}
+
 /* Span.Event {time_unix_nano = 1, name = 2, attributes = 3}. */
 static void put_point_event(struct enc *e, const struct cbus_event *ev, int first,
                             const struct otlp_opts *o)
@@ -1080,6 +1133,8 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
             const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
             if (fr)
                 a_str_array1(&e, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
+            if (o->prices)
+                cost_attrs(&e, en, o);
             if (u->usage_present & CBUS_USAGE_TTFT)
                 A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
             else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)

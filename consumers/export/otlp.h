@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "prices.h"
 #include "sbuf.h"
 #include "span.h"
 
@@ -53,6 +54,9 @@ struct otlp_opts {
                             * tags and metadata, content as langfuse.observation.input/output */
     int capture_content;   /* [export] capture_content: prompts, messages, outputs (content.h) */
     size_t content_max;    /* bytes per content attribute (0: 16 KiB) */
+    /* cbus-cost's price table (consumers/common/prices.h): gen_ai.usage.cost
+     * (and langfuse.observation.cost_details) on priced LLM spans; NULL = none */
+    const struct cost_price_table *prices;
 };
 
 /* Where otlp_end() patches a protobuf batch's two outer lengths. */

@@ -361,7 +361,8 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
     char extra[512];
     snprintf(extra, sizeof extra,
              "[langfuse]\nhost = http://127.0.0.1:%u/\npublic_key_env = CBUS_TEST_LF_PK\nsecret_key_env = CBUS_TEST_LF_SK\n"
-             "[export]\ncapture_content = true\n",
+             "[export]\ncapture_content = true\n"
+             "[cost]\nprices = " CBUS_SOURCE_DIR "/consumers/cost/model_prices_and_context_window.json\n",
              col.port);
     /* the profile sets the endpoint: the common part's is replaced */
     cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
@@ -443,6 +444,18 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
     cr_assert_str_eq(attr(sp, "langfuse.observation.metadata.team")->valuestring, "search", "inherited by the child");
     cr_assert_null(attr(sp, "langfuse.trace.metadata.team"), "only the root sets trace metadata");
     cr_assert_eq(cJSON_GetArraySize(attr(sp, "langfuse.trace.tags")), 2);
+    /* cost from cbus-cost's table and code: LiteLLM's gpt-4o, 50 in at
+     * 2.5e-6 and 5 out at 1e-5 USD per token */
+    cr_assert_float_eq(attr(sp, "gen_ai.usage.cost")->valuedouble, 0.000175, 1e-15);
+    cJSON *cd = cJSON_Parse(attr(sp, "langfuse.observation.cost_details")->valuestring);
+    cr_assert_not_null(cd);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "input")->valuedouble, 0.000125, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "output")->valuedouble, 0.00005, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "total")->valuedouble, 0.000175, 1e-15);
+    cr_assert_null(cJSON_GetObjectItem(cd, "input_cache_read"), "not reported: not charged, not shown");
+    cJSON_Delete(cd);
+    cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), "chat claude-sonnet-4")) sp = it;
+    cr_assert_null(attr(sp, "gen_ai.usage.cost"), "a model the table does not know has no cost");
     cJSON_Delete(root);
 }
 

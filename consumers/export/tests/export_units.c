@@ -1287,3 +1287,57 @@ Test(export_content, json_validator)
     cr_assert_eq(content_cut_len("ab\xc3\xa9", 4, 3), 2, "never half a character");
     cr_assert_eq(content_cut_len("abcd", 4, 9), 4);
 }
+
+/* ---- gen_ai.usage.cost (issue 15 item 2) ---------------------------------------- */
+
+Test(export_otlp, cost_from_the_cost_daemons_table_and_code)
+{
+    struct cost_price_table *pt;
+    char err[256];
+    /* a tier above 1k input tokens, as LiteLLM writes them */
+    const char *tab = "{\"m\":{\"input_cost_per_token\":2.5e-06,\"output_cost_per_token\":1e-05,"
+                      "\"cache_read_input_token_cost\":1.25e-06,\"output_cost_per_reasoning_token\":2e-05,"
+                      "\"input_cost_per_token_above_1k_tokens\":5e-06}}";
+    cr_assert_eq(cost_prices_parse(&pt, "t", tab, err, sizeof err), 0, "%s", err);
+    oopts.prices = pt;
+    oopts.langfuse = 1;
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "m");
+    span_table_feed(table, &s, 1);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    strcpy(e.model, "m");
+    e.u.usage = (struct cbus_usage){.input_tokens = 1200, .output_tokens = 300, .cache_read_tokens = 1000,
+                                    .reasoning_tokens = 100,
+                                    .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT |
+                                                     CBUS_USAGE_CACHE_READ | CBUS_USAGE_REASONING};
+    span_table_feed(table, &e, 2);
+    /* the same end, unknown to the table */
+    struct cbus_event s2 = ev(CBUS_EV_CHAT_MODEL_START, 2, 0, 20);
+    strcpy(s2.model, "other");
+    span_table_feed(table, &s2, 1);
+    struct cbus_event e2 = e;
+    e2.event_id = pos++;
+    e2.run_id[15] = 2;
+    strcpy(e2.model, "other");
+    span_table_feed(table, &e2, 2);
+    cJSON *root = parse_batch();
+    cJSON *sp = find_span(spans_of(root), "chat m");
+    /* above 1k tokens: input 5e-6; 200 uncached, 1000 cache reads at their
+     * own rate (no tier), 200 plain output, 100 reasoning */
+    cost_u128 want = cost_usage_price(cost_prices_lookup(pt, "", "m", &(const char *){NULL}), &e.u.usage, NULL, NULL);
+    cr_assert(want == (cost_u128)(200 * 5000000ull + 1000 * 1250000ull + 200 * 10000000ull + 100 * 20000000ull));
+    double got = cJSON_GetObjectItem(attr(sp, "gen_ai.usage.cost"), "doubleValue")->valuedouble;
+    cr_assert_float_eq(got, 0.006250, 1e-15, "%.17g", got);
+    cJSON *cd = cJSON_Parse(attr_s(sp, "langfuse.observation.cost_details"));
+    cr_assert_not_null(cd);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "input")->valuedouble, 0.001, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "input_cache_read")->valuedouble, 0.00125, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "output")->valuedouble, 0.002, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "output_reasoning")->valuedouble, 0.002, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(cd, "total")->valuedouble, 0.00625, 1e-15);
+    cr_assert_null(cJSON_GetObjectItem(cd, "input_cache_creation"), "not reported, not shown");
+    cJSON_Delete(cd);
+    cr_assert_null(attr(find_span(spans_of(root), "chat other"), "gen_ai.usage.cost"));
+    cJSON_Delete(root);
+    cost_prices_free(pt);
+}

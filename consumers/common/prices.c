@@ -418,3 +418,46 @@ const struct cost_price *cost_prices_lookup(const struct cost_price_table *t, co
     }
     return &t->e[at].price;
 }
+
+cost_u128 cost_usage_price(const struct cost_price *p, const struct cbus_usage *u,
+                           cost_u128 parts[COST_PART__COUNT], unsigned *anomalies)
+{
+    unsigned pres = u->usage_present, anom = 0;
+    uint64_t in = pres & CBUS_USAGE_INPUT ? u->input_tokens : 0;
+    uint64_t out = pres & CBUS_USAGE_OUTPUT ? u->output_tokens : 0;
+    uint64_t cr = pres & CBUS_USAGE_CACHE_READ ? u->cache_read_tokens : 0;
+    uint64_t cc = pres & CBUS_USAGE_CACHE_CREATION ? u->cache_creation_tokens : 0;
+    uint64_t rs = pres & CBUS_USAGE_REASONING ? u->reasoning_tokens : 0;
+    uint64_t uncached = 0;
+    if (pres & CBUS_USAGE_INPUT) {
+        if (cr + cc > in)
+            anom |= COST_ANOM_CACHE_EXCEEDS_INPUT;
+        else
+            uncached = in - cr - cc;
+    }
+    uint64_t plain_out = 0;
+    if (pres & CBUS_USAGE_OUTPUT) {
+        if (rs > out) {
+            anom |= COST_ANOM_REASONING_EXCEEDS_OUTPUT;
+            rs = out;
+        }
+        plain_out = out - rs;
+    }
+    if (anomalies)
+        *anomalies = anom;
+    if (parts)
+        memset(parts, 0, COST_PART__COUNT * sizeof parts[0]);
+    if (!p)
+        return 0;
+    const struct cost_rates *r = cost_price_rates(p, pres & CBUS_USAGE_INPUT ? in : cr + cc);
+    cost_u128 v[COST_PART__COUNT] = {
+        [COST_PART_INPUT] = (cost_u128)uncached * r->pico[COST_RATE_INPUT],
+        [COST_PART_CACHE_READ] = (cost_u128)cr * r->pico[COST_RATE_CACHE_READ],
+        [COST_PART_CACHE_CREATION] = (cost_u128)cc * r->pico[COST_RATE_CACHE_CREATION],
+        [COST_PART_OUTPUT] = (cost_u128)plain_out * r->pico[COST_RATE_OUTPUT],
+        [COST_PART_REASONING] = (cost_u128)rs * r->pico[COST_RATE_REASONING],
+    };
+    if (parts)
+        memcpy(parts, v, sizeof v);
+    return v[0] + v[1] + v[2] + v[3] + v[4];
+}

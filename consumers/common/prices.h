@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cbus/layout.h>
+
 #include "money.h"
 
 enum cost_rate_field {
@@ -80,5 +82,22 @@ static inline const struct cost_rates *cost_price_rates(const struct cost_price 
             r = &p->tier[i].r;
     return r;
 }
+
+/* What one call cost, by the token kind it was charged for (pico-dollars):
+ * uncached input, cache reads, cache writes, output other than reasoning,
+ * reasoning.  One function for cbus-cost's ledger and cbus-export's
+ * gen_ai.usage.cost, so the two always agree. */
+enum cost_part { COST_PART_INPUT, COST_PART_CACHE_READ, COST_PART_CACHE_CREATION, COST_PART_OUTPUT,
+                 COST_PART_REASONING, COST_PART__COUNT };
+#define COST_ANOM_CACHE_EXCEEDS_INPUT     1u /* cache_read + cache_creation > input: uncached taken as 0 */
+#define COST_ANOM_REASONING_EXCEEDS_OUTPUT 2u /* reasoning > output: output taken as all reasoning */
+
+/* The cost of usage u at price p (NULL: 0, the anomalies still found).
+ * parts (may be NULL) gets the breakdown, *anomalies (may be NULL) the
+ * COST_ANOM_* bits.  Absent counts (usage_present) are not zero: they are
+ * not charged.  The tier is chosen by the whole prompt, cache included
+ * (LiteLLM's rule). */
+cost_u128 cost_usage_price(const struct cost_price *p, const struct cbus_usage *u,
+                           cost_u128 parts[COST_PART__COUNT], unsigned *anomalies);
 
 #endif
