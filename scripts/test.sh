@@ -2,7 +2,8 @@
 # The test command (README, .ci/run): installs what is missing, then builds
 # and runs every suite three ways:
 #   1. release build with -Werror: all Criterion suites and stress programs;
-#   2. ASan+UBSan build: the same suites (cross-process tests included);
+#   2. ASan+UBSan build: the same suites (cross-process tests included), and
+#      the Node package's tests with a sanitized addon;
 #   3. TSan build: the in-process lock-free stress programs (label "stress";
 #      Criterion aborts under TSan, and TSan cannot see cross-process sync);
 #   4. libFuzzer on every parser of untrusted bytes, bounded time per target.
@@ -49,6 +50,12 @@ CBUS_COST_BIN=build/release/consumers/cost/cbus-cost bindings/python/test.sh # P
 if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_suite build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=address,undefined
+  echo "=== cbus: Node package under ASan+UBSan (the addon sanitized, the runtimes preloaded into node)"
+  (cd bindings/node && CBUS_WERROR=1 CBUS_SANITIZE=address,undefined node scripts/build.cjs >/dev/null &&
+    CBUS_NODE_ADDON=build/address-undefined/cbus_node.node \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    CBUS_BUILD_DIR="$PWD/../../build/release" npm test) # node itself leaks by design: no leak check
   TSAN_OPTIONS=halt_on_error=1 \
     run_suite build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=thread -- -L stress
   echo "=== cbus: libFuzzer, ${CBUS_FUZZ_SECONDS:-10} s per target"

@@ -59,8 +59,13 @@ declare class NativeProducer {
         text: string | null | undefined, info?: RunInfo | null): EmitCode;
   token(runId: string, chunk: string | null | undefined): EmitCode;
   stream(runId: string, chunk: string | null | undefined): EmitCode;
-  /** token() bound to this handle (no lookup of the handle per call): the hot path of handlers */
-  tokenFunction(): (runId: string, chunk: string | null | undefined) => EmitCode;
+  /** token() bound to this handle (no lookup of the handle per call): the hot path of handlers.
+   *  Its first argument is a run id, or a handle from runHandle() (no run id string copied or
+   *  hashed per token); a handle whose run ended returns -3 (-ESRCH): ask runHandle() again. */
+  tokenFunction(): (runIdOrHandle: string | number, chunk: string | null | undefined) => EmitCode;
+  /** The open run's numeric handle for tokenFunction(), or -1 when no run of that id is open.
+   *  A handle is never another run's: its entry's generation moves on when the run ends. */
+  runHandle(runId: string): number;
   llmEnd(runId: string, output?: string | null, usage?: Usage | null, messages?: string | null): EmitCode;
   /** kind: END.*; the third argument is the output text, or the document count for a retriever */
   end(kind: number, runId: string, outputOrCount?: string | number | null): EmitCode;

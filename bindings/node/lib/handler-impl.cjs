@@ -5,6 +5,7 @@
 const cbus = require('./index.cjs');
 
 const warned = new Set();
+const STALE_HANDLE = -3; // -ESRCH from the bound token function: the run of that handle ended
 function warnOnce(bus, err) {
   if (warned.has(bus)) return;
   warned.add(bus);
@@ -95,6 +96,9 @@ function makeHandler(BaseCallbackHandler) {
       this.bus = options.bus ?? process.env.CBUS_BUS ?? 'default';
       this.producer = null;
       this._token = null;
+      this._handles = new Map(); // run id -> numeric handle (see handleLLMNewToken)
+      this._tokRun = undefined;
+      this._tokHandle = -1;
       try {
         this.producer = options.producer ?? new cbus.Producer(this.bus, options.producerOptions);
         this._token = this.producer.tokenFunction(); // bound: no unwrap per token
@@ -125,12 +129,14 @@ function makeHandler(BaseCallbackHandler) {
     }
 
     handleLLMStart(llm, prompts, runId, parentRunId, extraParams, tags, metadata) {
+      this._forgetHandle(runId); // a run id seen before its start gets its handle now
       this._safe((p) => p.llmStart(runId, parentRunId, prompts?.[prompts.length - 1] ?? null,
         this._info(extraParams, metadata, tags, { promptCount: prompts?.length ?? 0,
           maxTokens: Number.isInteger(extraParams?.invocation_params?.max_tokens) ? extraParams.invocation_params.max_tokens : 0 })));
     }
 
     handleChatModelStart(llm, messages, runId, parentRunId, extraParams, tags, metadata) {
+      this._forgetHandle(runId);
       this._safe((p) => {
         const msgs = messages?.[0] ?? [];
         p.chatModelStart(runId, parentRunId, msgs.length ? msgText(msgs[msgs.length - 1]) : null,
@@ -138,8 +144,42 @@ function makeHandler(BaseCallbackHandler) {
       });
     }
 
+    // The hot path: a run's numeric handle is looked up once per run and kept
+    // (the last run by string identity, others in a Map: LangChain passes the
+    // same run id string every time), so a token copies no run id into native
+    // code.  A handle gone stale (the run ended or started again) is looked up
+    // again; a run never started (-1) goes by its run id.
+    _handleOf(runId) {
+      let h = this._handles.get(runId);
+      if (h === undefined) {
+        h = typeof runId === 'string' ? this.producer.runHandle(runId) : -1;
+        if (this._handles.size >= 4096) this._handles.clear(); // runs whose end never came
+        this._handles.set(runId, h);
+      }
+      return h;
+    }
+
+    _forgetHandle(runId) {
+      this._handles.delete(runId);
+      if (runId === this._tokRun) this._tokRun = undefined;
+    }
+
     handleLLMNewToken(token, idx, runId) {
-      if (this._token) try { this._token(runId, token); } catch { /* never throws */ }
+      if (!this._token) return;
+      try {
+        if (runId !== this._tokRun) {
+          this._tokHandle = this._handleOf(runId);
+          this._tokRun = runId;
+        }
+        if (this._tokHandle >= 0) {
+          if (this._token(this._tokHandle, token) !== STALE_HANDLE) return;
+          this._forgetHandle(runId);
+          this._tokHandle = this._handleOf(runId);
+          this._tokRun = runId;
+          if (this._tokHandle >= 0) { this._token(this._tokHandle, token); return; }
+        }
+        this._token(runId, token);
+      } catch { /* never throws */ }
     }
 
     handleChatModelStreamEvent(event, runId) {
@@ -147,10 +187,12 @@ function makeHandler(BaseCallbackHandler) {
     }
 
     handleLLMEnd(output, runId) {
+      this._forgetHandle(runId);
       this._safe((p) => p.llmEnd(runId, output?.generations?.[0]?.[0]?.text ?? null, usageOf(output)));
     }
 
     handleLLMError(err, runId) {
+      this._forgetHandle(runId);
       this._safe((p) => p.llmError(runId, errType(err), err?.message ?? text(err), errStatus(err)));
     }
 

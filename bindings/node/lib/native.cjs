@@ -2,7 +2,9 @@
 // Loads the addon that `npm install` built (scripts/build.cjs).
 const path = require('node:path');
 
-const file = path.join(__dirname, '..', 'build', 'cbus_node.node');
+// CBUS_NODE_ADDON: another build of it (the test command's sanitized one).
+const file = process.env.CBUS_NODE_ADDON ? path.resolve(process.env.CBUS_NODE_ADDON)
+  : path.join(__dirname, '..', 'build', 'cbus_node.node');
 try {
   module.exports = require(file);
 } catch (e) {

@@ -13,7 +13,15 @@ const path = require('node:path');
 
 const pkg = path.resolve(__dirname, '..');
 const root = path.resolve(pkg, '..', '..');
-const out = path.join(pkg, 'build', 'cbus_node.node');
+// CBUS_SANITIZE=address,undefined: a sanitized addon in build/address-undefined/
+// (the test command's ASan stage loads it with CBUS_NODE_ADDON), never over the normal one.
+const sanitize = process.env.CBUS_SANITIZE || '';
+if (!/^[a-z,]*$/.test(sanitize)) {
+  console.error(`cbus: CBUS_SANITIZE=${sanitize}: a comma-separated list of sanitizer names`);
+  process.exit(1);
+}
+const variant = sanitize ? sanitize.replace(/,/g, '-') : '';
+const out = path.join(pkg, 'build', variant, 'cbus_node.node');
 const args = process.argv.slice(2);
 
 function fail(msg) {
@@ -54,10 +62,10 @@ if (!args.includes('--force') && fs.existsSync(out) && fs.statSync(out).mtimeMs 
 }
 const inc = headerDir();
 if (!inc) fail('node_api.h not found: install Debian\'s nodejs (it has /usr/include/node) or the node-api-headers package');
-const bdir = path.join(pkg, 'build', 'cmake');
+const bdir = path.join(pkg, 'build', variant ? `cmake-${variant}` : 'cmake');
 const gen = spawnSync('ninja', ['--version']).status === 0 ? ['-G', 'Ninja'] : [];
 run('cmake', ['-S', pkg, '-B', bdir, ...gen, `-DCMAKE_BUILD_TYPE=${args.includes('--debug') ? 'RelWithDebInfo' : 'Release'}`,
   `-DNODE_API_INCLUDE_DIR=${inc}`, `-DCBUS_ROOT=${root}`,
-  ...(process.env.CBUS_WERROR === '1' ? ['-DCBUS_WERROR=ON'] : [])]);
+  ...(process.env.CBUS_WERROR === '1' ? ['-DCBUS_WERROR=ON'] : []), `-DCBUS_NODE_SANITIZE=${sanitize}`]);
 run('cmake', ['--build', bdir, '-j', process.env.CBUS_BUILD_JOBS || '2']);
 if (!fs.existsSync(out)) fail(`the build made no ${out}`);

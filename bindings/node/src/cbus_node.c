@@ -351,6 +351,7 @@ static void shared_put(struct shared *s)
 struct run {
     uint64_t hash;
     uint32_t klen;
+    uint32_t hidx;                 /* its entry in prod.hslab: the numeric handle */
     char key[RUN_KEY_MAX];
     cbus_ctx ctx;
 };
@@ -362,6 +363,12 @@ struct prod {
     cbus_producer *p;
     struct run **tab;
     uint32_t cap, used, tombs;     /* slots, live runs, tombstones */
+    /* Numeric run handles (runHandle()): entry index + generation * 2^20, so a
+     * token needs no run id string copied and hashed.  An entry's generation
+     * moves on when its run ends: a handle kept past that is stale, never
+     * another run's. */
+    struct hent { struct run *r; uint32_t gen, next_free; } *hslab;
+    uint32_t hcap, hfree;          /* hfree: head of the free list, or UINT32_MAX */
     struct sbuf sb[3];             /* name, text, messages */
     struct cbus_ctx scratch;       /* for point events on runs we never saw start */
 };
@@ -425,6 +432,59 @@ static int run_grow(struct prod *pr)
     return 0;
 }
 
+#define HANDLE_IDX_BITS 20 /* RUNS_MAX entries */
+
+static int handle_take(struct prod *pr, struct run *r)
+{
+    if (pr->hfree == UINT32_MAX || !pr->hslab) {
+        uint32_t ncap = pr->hcap ? pr->hcap * 2 : 64;
+        if (ncap > RUNS_MAX)
+            return -ENOSPC;
+        struct hent *n = realloc(pr->hslab, ncap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        for (uint32_t i = pr->hcap; i < ncap; i++)
+            n[i] = (struct hent){NULL, 0, i + 1 < ncap ? i + 1 : UINT32_MAX};
+        pr->hfree = pr->hcap;
+        pr->hslab = n;
+        pr->hcap = ncap;
+    }
+    uint32_t i = pr->hfree;
+    pr->hfree = pr->hslab[i].next_free;
+    pr->hslab[i].r = r;
+    r->hidx = i;
+    return 0;
+}
+
+static void handle_give_back(struct prod *pr, struct run *r)
+{
+    struct hent *h = &pr->hslab[r->hidx];
+    h->r = NULL;
+    h->gen = (h->gen + 1) & 0xffffffffu;
+    h->next_free = pr->hfree;
+    pr->hfree = r->hidx;
+}
+
+static double handle_of(const struct prod *pr, const struct run *r)
+{
+    return (double)pr->hslab[r->hidx].gen * (double)(1u << HANDLE_IDX_BITS) + (double)r->hidx;
+}
+
+/* The run of a numeric handle, or NULL when it is stale or not a handle. */
+static struct run *handle_run(const struct prod *pr, double h)
+{
+    if (!(h >= 0 && h < 4503599627370496.0)) /* 2^52; NaN fails too */
+        return NULL;
+    uint64_t v = (uint64_t)h;
+    if ((double)v != h)
+        return NULL;
+    uint32_t i = (uint32_t)(v & ((1u << HANDLE_IDX_BITS) - 1));
+    uint32_t gen = (uint32_t)(v >> HANDLE_IDX_BITS);
+    if (i >= pr->hcap || !pr->hslab[i].r || pr->hslab[i].gen != gen)
+        return NULL;
+    return pr->hslab[i].r;
+}
+
 /* A new run under key k (an existing one of that key is replaced). */
 static struct run *run_add(struct prod *pr, const char *k, size_t n, int *err)
 {
@@ -447,6 +507,10 @@ static struct run *run_add(struct prod *pr, const char *k, size_t n, int *err)
         *err = -ENOMEM;
         return NULL;
     }
+    if ((*err = handle_take(pr, r))) {
+        free(r);
+        return NULL;
+    }
     r->hash = h;
     r->klen = (uint32_t)n;
     memcpy(r->key, k, n);
@@ -466,6 +530,7 @@ static void run_del(struct prod *pr, struct run *r)
         pr->used--;
         pr->tombs++;
     }
+    handle_give_back(pr, r);
     free(r);
 }
 
@@ -477,6 +542,10 @@ static void runs_free(struct prod *pr)
     free(pr->tab);
     pr->tab = NULL;
     pr->cap = pr->used = pr->tombs = 0;
+    free(pr->hslab);
+    pr->hslab = NULL;
+    pr->hcap = 0;
+    pr->hfree = UINT32_MAX;
 }
 
 /* ---- the Producer class -------------------------------------------------------- */
@@ -876,9 +945,19 @@ static napi_value bound_token(napi_env env, napi_callback_info info)
         return NULL;
     }
     struct run *r;
-    cbus_ctx *ctx = run_ctx(env, pr, argv[0], &r);
-    if (!ctx)
+    cbus_ctx *ctx;
+    double h;
+    if (napi_get_value_double(env, argv[0], &h) == napi_ok) {
+        /* a numeric handle from runHandle(); a stale one says so and the
+         * caller asks again by run id (the run may have ended) */
+        if (!pr->p)
+            return int_value(env, -ESTALE);
+        if (!(r = handle_run(pr, h)))
+            return int_value(env, -ESRCH);
+        ctx = &r->ctx;
+    } else if (!(ctx = run_ctx(env, pr, argv[0], &r))) {
         return NULL;
+    }
     const char *s;
     size_t n;
     if (get_str(env, argv[1], "chunk", 1, &pr->sb[1], &s, &n) < 0)
@@ -901,6 +980,25 @@ static napi_value prod_token_fn(napi_env env, napi_callback_info info)
     CHECK(env, napi_create_function(env, "token", NAPI_AUTO_LENGTH, bound_token, pr, &fn));
     CHECK(env, napi_set_named_property(env, fn, "producer", self));
     return fn;
+}
+
+/* runHandle(runId): the run's numeric handle for the bound token function,
+ * or -1 when no run of that id is open. */
+static napi_value prod_run_handle(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1] = {0};
+    struct prod *pr = prod_this(env, info, &argc, argv);
+    if (!pr)
+        return NULL;
+    char key[RUN_KEY_MAX];
+    size_t kn;
+    if (get_key(env, argv[0], "runId", 0, key, &kn) < 0)
+        return NULL;
+    struct run *r = run_find(pr, key, kn);
+    napi_value out;
+    CHECK(env, napi_create_double(env, r ? handle_of(pr, r) : -1.0, &out));
+    return out;
 }
 
 static napi_value prod_stream(napi_env env, napi_callback_info info)
@@ -2004,7 +2102,7 @@ static napi_value init(napi_env env, napi_value exports)
     }
     static const napi_property_descriptor pm[] = {
         METHOD("start", prod_start),     METHOD("token", prod_token),   METHOD("stream", prod_stream),
-        METHOD("tokenFunction", prod_token_fn),
+        METHOD("tokenFunction", prod_token_fn), METHOD("runHandle", prod_run_handle),
         METHOD("llmEnd", prod_llm_end),  METHOD("end", prod_end),       METHOD("error", prod_error),
         METHOD("point", prod_point),     METHOD("retry", prod_retry),   METHOD("score", prod_score),
         METHOD("forget", prod_forget),   METHOD("runs", prod_runs),     METHOD("stats", prod_stats),

@@ -281,3 +281,24 @@ test('an agent loop through the real callback manager: actions, tool runs and mo
   assert.equal(h.producer.runs(), 0);
   h.close(); c.close();
 });
+
+test('the token fast path: a run id started again, a token before its start, runs interleaved', () => {
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'fast' });
+  const h = new CbusCallbackHandler({ bus });
+  const a = 'aaaaaaaa-0000-4000-8000-000000000001', b = 'bbbbbbbb-0000-4000-8000-000000000002';
+  h.handleLLMNewToken('early', undefined, a); // no run yet: goes by run id
+  h.handleLLMStart({}, ['p'], a, undefined, undefined, undefined, { userId: 'first' });
+  h.handleLLMNewToken('t1', undefined, a);
+  h.handleLLMStart({}, ['p'], b, undefined, undefined, undefined, { userId: 'other' });
+  h.handleLLMNewToken('u1', undefined, b);
+  h.handleLLMNewToken('t2', undefined, a);
+  h.handleLLMEnd({ generations: [] }, a);
+  h.handleLLMStart({}, ['p'], a, undefined, undefined, undefined, { userId: 'second' }); // same id again
+  h.handleLLMNewToken('t3', undefined, a);
+  h.handleLLMNewToken('u2', undefined, b);
+  const evs = drain(c).filter((e) => e.kind === 'llm_new_token');
+  assert.deepEqual(evs.map((e) => [e.preview, e.runId, e.user ?? null]),
+    [['early', a, null], ['t1', a, 'first'], ['u1', b, 'other'], ['t2', a, 'first'], ['t3', a, 'second'], ['u2', b, 'other']]);
+  h.producer.close(); c.close();
+});

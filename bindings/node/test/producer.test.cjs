@@ -173,12 +173,14 @@ test('a missing bus is an Error with code ENOENT; emits on a closed handle retur
   const tf = p.tokenFunction();
   assert.equal(tf(uuid(), 'x'), 0);
   assert.throws(() => tf(uuid(), 5), (e) => e instanceof TypeError && /chunk must be a string/.test(e.message));
-  assert.throws(() => tf(5, 'x'), (e) => e instanceof TypeError && /runId must be a string/.test(e.message));
+  assert.throws(() => tf({}, 'x'), (e) => e instanceof TypeError && /runId must be a string/.test(e.message));
+  assert.equal(tf(5, 'x'), -3, 'a number that is no run handle is -ESRCH, never another run');
   p.close();
   p.close(); // twice is fine
   assert.equal(p.closed(), true);
   assert.equal(p.llmNewToken(uuid(), 'x'), -116);
   assert.equal(tf(uuid(), 'x'), -116, 'the bound token call of a closed handle');
+  assert.equal(tf(0, 'x'), -116, 'and by run handle');
 });
 
 test('handles share one producer per process: one table entry, one mapping, closed by the last', () => {
@@ -216,4 +218,30 @@ test('runs are per handle: two handlers seeing the same run ids do not mix', () 
   const ends = drain(c).filter((e) => e.kind === 'llm_end');
   assert.deepEqual(ends.map((e) => [e.user, e.usage.outputTokens]), [['ua', 1], ['ub', 2]]);
   a.close(); b.close(); c.close();
+});
+
+test('run handles: tokens by handle land on their run; a handle of an ended run is stale, never the next run\'s', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'handles' });
+  const p = new Producer(bus);
+  const tf = p.tokenFunction();
+  const r1 = uuid(), r2 = uuid();
+  assert.equal(p.runHandle(r1), -1, 'no run of that id is open');
+  assert.throws(() => p.runHandle(7), (e) => e instanceof TypeError && /runId must be a string/.test(e.message));
+  p.llmStart(r1, null, 'p', { user: 'u1' });
+  const h1 = p.runHandle(r1);
+  assert.ok(Number.isInteger(h1) && h1 >= 0);
+  assert.equal(tf(h1, 'a'), 0);
+  p.llmEnd(r1, 'o', {});
+  assert.equal(tf(h1, 'b'), -3, 'stale once its run ended');
+  p.llmStart(r2, null, 'p', { user: 'u2' }); // takes the freed entry
+  const h2 = p.runHandle(r2);
+  assert.notEqual(h2, h1, 'the entry comes back under a new generation');
+  assert.equal(tf(h1, 'c'), -3, 'the old handle does not reach the new run');
+  assert.equal(tf(h2, 'd'), 0);
+  for (const bad of [-1, 1.5, NaN, Infinity, 2 ** 60]) assert.equal(tf(bad, 'x'), -3, `handle ${bad}`);
+  p.llmEnd(r2, 'o', {});
+  const toks = drain(c).filter((e) => e.kind === 'llm_new_token');
+  assert.deepEqual(toks.map((e) => [e.runId, e.user, e.preview]), [[r1, 'u1', 'a'], [r2, 'u2', 'd']]);
+  p.close(); c.close();
 });
