@@ -49,16 +49,106 @@ const char *cbus_http_query(const struct cbus_http_request *req, const char *key
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+const char *cbus_http_header(const struct cbus_http_request *req, const char *name)
+{
+    if (!req || !req->conn || !name)
+        return NULL;
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+struct each_ctx {
+    int (*fn)(void *ctx, const char *key, const char *value);
+    void *ctx;
+    int rc;
+};
+
+static enum MHD_Result each_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    (void)kind;
+    struct each_ctx *e = cls;
+    e->rc = e->fn(e->ctx, key, value);
+    return e->rc ? MHD_NO : MHD_YES;
+}
+
+int cbus_http_query_each(const struct cbus_http_request *req,
+                         int (*fn)(void *ctx, const char *key, const char *value), void *ctx)
+{
+    if (!req || !req->conn || !fn)
+        return 0;
+    struct each_ctx e = {fn, ctx, 0};
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, each_arg, &e);
+    return e.rc;
+}
+
+void cbus_http_suspend(void *conn)
+{
+    if (conn)
+        MHD_suspend_connection(conn);
+}
+
+void cbus_http_resume(void *conn)
+{
+    if (conn)
+        MHD_resume_connection(conn);
+}
+
+/* A streamed body: MHD's content reader over the handler's callback. */
+struct stream {
+    long (*fn)(void *cls, char *buf, size_t max);
+    void (*free_fn)(void *cls);
+    void *cls;
+};
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    struct stream *s = cls;
+    long n = s->fn(s->cls, buf, max);
+    if (n < 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    return (ssize_t)(n > (long)max ? (long)max : n);
+}
+
+static void stream_free(void *cls)
+{
+    struct stream *s = cls;
+    if (s->free_fn)
+        s->free_fn(s->cls);
+    free(s);
+}
+
 static enum MHD_Result queue(struct MHD_Connection *conn, struct cbus_http_response *res)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(res->len, res->body ? res->body : (void *)"",
-                                        res->body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-    if (!r) {
+    struct MHD_Response *r;
+    if (res->stream) {
         free(res->body);
-        return MHD_NO;
+        res->body = NULL;
+        struct stream *s = malloc(sizeof *s);
+        if (!s) {
+            if (res->stream_free)
+                res->stream_free(res->stream_cls);
+            return MHD_NO;
+        }
+        *s = (struct stream){res->stream, res->stream_free, res->stream_cls};
+        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s,
+                                              stream_free);
+        if (!r) {
+            stream_free(s);
+            return MHD_NO;
+        }
+    } else {
+        r = MHD_create_response_from_buffer(res->len, res->body ? res->body : (void *)"",
+                                            res->body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+        if (!r) {
+            free(res->body);
+            return MHD_NO;
+        }
     }
     res->body = NULL; /* the response owns it now */
+    for (unsigned i = 0; i + 1 < sizeof res->headers / sizeof res->headers[0]; i += 2)
+        if (res->headers[i] && res->headers[i + 1])
+            MHD_add_response_header(r, res->headers[i], res->headers[i + 1]);
     if (res->content_type)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, res->content_type);
     if (res->allow)
@@ -162,7 +252,9 @@ int cbus_httpd_start(struct cbus_httpd **out, const struct cbus_httpd_opts *o)
     *out = NULL;
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    /* Suspend/resume (streamed bodies) brings an inter-thread channel that
+     * wakes the thread on a resume. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, o->host, &a4->sin_addr) == 1) {

@@ -30,6 +30,21 @@ struct cbus_http_response {
     char *body;           /* malloc'd: the server frees it; NULL = empty */
     size_t len;
     const char *allow;    /* with 405: the Allow header */
+    /* More headers: up to 4 name, value pairs; a pair with a NULL name or
+     * value is skipped.  Copied when the response is queued, so request
+     * strings may be used. */
+    const char *headers[8];
+    /* A streamed body instead of body (Server-Sent Events): the server calls
+     * stream(stream_cls, buf, max) on its thread whenever the socket can
+     * take more.  It returns the bytes it wrote (> 0), -1 to end the body,
+     * or 0 after cbus_http_suspend(conn): nothing to send now, and the
+     * connection sleeps until another thread calls cbus_http_resume(conn).
+     * stream_free(stream_cls) is called once when the connection is gone
+     * (also when queueing failed).  A suspended connection neither times
+     * out nor sees its client leave: resume it every few seconds. */
+    long (*stream)(void *cls, char *buf, size_t max);
+    void (*stream_free)(void *cls);
+    void *stream_cls;
 };
 
 /* Fills res (status, type, body) for req.  Called on the server's thread. */
@@ -56,6 +71,18 @@ void cbus_httpd_stop(struct cbus_httpd *h);
 
 /* The value of query argument key ("?user=ann"), or NULL. */
 const char *cbus_http_query(const struct cbus_http_request *req, const char *key);
+
+/* The value of request header name (case-insensitive), or NULL. */
+const char *cbus_http_header(const struct cbus_http_request *req, const char *name);
+/* Calls fn for every query argument in order (value NULL for "?a"), until
+ * fn returns nonzero; returns that value or 0. */
+int cbus_http_query_each(const struct cbus_http_request *req,
+                         int (*fn)(void *ctx, const char *key, const char *value), void *ctx);
+/* Streamed bodies: suspend only inside res->stream (then return 0); resume
+ * from any thread, only a connection that is suspended (the caller keeps
+ * that state under its own lock: resuming one that is not is undefined). */
+void cbus_http_suspend(void *conn);
+void cbus_http_resume(void *conn);
 
 /* res gets a copy of text with this status and type (no copy on failure:
  * then 500 with an empty body). */
