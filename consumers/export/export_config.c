@@ -262,6 +262,13 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
             return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not an http:// or https:// URL", e->value);
         return copy_str(cfg, e, c->langfuse_host, sizeof c->langfuse_host, err, errlen);
     }
+    if (IS("phoenix", "host")) {
+        if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8))
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not an http:// or https:// URL", e->value);
+        return copy_str(cfg, e, c->phoenix_host, sizeof c->phoenix_host, err, errlen);
+    }
+    if (IS("phoenix", "project"))
+        return copy_str(cfg, e, c->phoenix_project, sizeof c->phoenix_project, err, errlen);
     if (IS("langfuse", "public_key_env"))
         return env_name(cfg, e, c->langfuse_public_key_env, sizeof c->langfuse_public_key_env, err, errlen);
     if (IS("langfuse", "secret_key_env"))
@@ -338,9 +345,32 @@ have_header:
     return 0;
 }
 
+/* The [phoenix] profile: Arize Phoenix's OTLP/HTTP receiver on that host
+ * (it answers 415 to anything but protobuf) and OpenInference attributes. */
+static int phoenix_profile(struct export_config *c, char *err, size_t errlen)
+{
+    if (c->format != EXPORT_OTLP || c->otlp_encoding != 1 /* OTLP_PROTOBUF */) {
+        snprintf(err, errlen, "[phoenix] needs [export] format = otlp with [otlp] encoding = protobuf "
+                              "(Phoenix answers 415 to JSON)");
+        return -EINVAL;
+    }
+    if (c->langfuse_host[0]) {
+        snprintf(err, errlen, "[phoenix] and [langfuse] are two receivers: one exporter sends to one");
+        return -EINVAL;
+    }
+    size_t n = strlen(c->phoenix_host);
+    while (n && c->phoenix_host[n - 1] == '/')
+        c->phoenix_host[--n] = '\0';
+    snprintf(c->endpoint, sizeof c->endpoint, "%s", c->phoenix_host);
+    c->phoenix = 1;
+    return 0;
+}
+
 int export_config_finish(struct export_config *c, char *err, size_t errlen)
 {
     int lr;
+    if (c->phoenix_host[0] && !c->phoenix && (lr = phoenix_profile(c, err, errlen)))
+        return lr;
     if (c->langfuse_host[0] && !c->langfuse && (lr = langfuse_profile(c, err, errlen)))
         return lr;
     if (c->format == EXPORT_OTLP) {

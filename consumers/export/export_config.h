@@ -45,6 +45,10 @@ struct export_config {
     char langfuse_public_key_env[64]; /* default LANGFUSE_PUBLIC_KEY */
     char langfuse_secret_key_env[64]; /* default LANGFUSE_SECRET_KEY */
     int langfuse;               /* derived: the profile is on */
+    /* [phoenix]: a host turns the OpenInference profile on (export_config_finish) */
+    char phoenix_host[512];
+    char phoenix_project[128];  /* resource openinference.project.name; "" = Phoenix's default */
+    int phoenix;                /* derived: the profile is on */
     /* [cost]: the price table cbus-cost uses, for gen_ai.usage.cost */
     char prices_file[512];      /* "" = no pricing; default: the installed table (if present) */
     char prices_overrides[512];

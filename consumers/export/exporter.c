@@ -305,7 +305,7 @@ void exporter_feed_body(struct exporter *x, const struct cbus_event *ev, const s
 
 int exporter_wants_bodies(const struct exporter *x)
 {
-    return x->cfg.format == EXPORT_OTLP && (x->cfg.capture_content || x->cfg.langfuse);
+    return x->cfg.format == EXPORT_OTLP && (x->cfg.capture_content || x->cfg.langfuse || x->cfg.phoenix);
 }
 
 /* ---- delivery -------------------------------------------------------------- */
@@ -719,10 +719,12 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
         .bus_name = x->bus[0] ? x->bus : NULL,
         .bus_id = id->bus_id,
         .extra = x->cfg.resource_attributes[0] ? x->cfg.resource_attributes : NULL,
+        .project = x->cfg.phoenix && x->cfg.phoenix_project[0] ? x->cfg.phoenix_project : NULL,
     };
     x->oopts.include_previews = cfg->include_previews;
     x->oopts.encoding = cfg->otlp_encoding;
     x->oopts.langfuse = cfg->langfuse;
+    x->oopts.phoenix = cfg->phoenix;
     x->oopts.capture_content = cfg->capture_content;
     x->oopts.content_max = (size_t)cfg->content_max_bytes;
     struct timespec ts;

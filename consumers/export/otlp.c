@@ -480,6 +480,8 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r, const struct otlp
     if (r->bus_name)
         A_STR(&e, "cbus.bus.name", r->bus_name, strlen(r->bus_name));
     A_STR(&e, "cbus.bus.id", idhex, 16);
+    if (r->project)
+        A_STR(&e, "openinference.project.name", r->project, strlen(r->project));
     resource_extra(&e, r->extra);
     if (e.pb) {
         pb_close(b, res);
@@ -724,8 +726,12 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
     const struct cbus_body_part *meta = &sp->part[CBUS_BODY_METADATA];
     if (o->langfuse && tags->data && tags->len)
         a_str_list(e, "langfuse.trace.tags", sizeof "langfuse.trace.tags" - 1, tags);
+    if (o->phoenix && tags->data && tags->len)
+        a_str_list(e, "tag.tags", sizeof "tag.tags" - 1, tags);
     if (!meta->data)
         return;
+    if (o->phoenix)
+        sbuf_reset(&scratch);
     uint32_t off = 0, kn, vn;
     const char *k, *v;
     while (cbus_body_list_next(meta, &off, &k, &kn)) {
@@ -734,6 +740,13 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
         if (!kn || !meta_last(meta, off, k, kn))
             continue;
         meta_known(e, k, kn, v, vn);
+        if (o->phoenix) {
+            /* OpenInference's metadata: one JSON object as a string */
+            sbuf_add(&scratch, scratch.len ? "," : "{", 1);
+            sbuf_json_bytes(&scratch, k, kn);
+            sbuf_add(&scratch, ":", 1);
+            sbuf_json_bytes(&scratch, v, vn);
+        }
         if (!o->langfuse)
             continue;
         char key[256];
@@ -744,6 +757,10 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
             n = safe_key(key, sizeof key, "langfuse.trace.metadata.", k, kn);
             a_str(e, key, n, v, vn);
         }
+    }
+    if (o->phoenix && scratch.len && !scratch.failed) {
+        sbuf_add(&scratch, "}", 1);
+        a_str(e, "metadata", 8, scratch.data, scratch.len);
     }
 }
 
@@ -843,6 +860,9 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
     if (o->langfuse) {
         ki = "langfuse.observation.input";
         ko = "langfuse.observation.output";
+    } else if (o->phoenix) {
+        ki = "input.value";
+        ko = "output.value";
     } else if (op && !strcmp(op, "execute_tool")) {
         ki = "gen_ai.tool.call.arguments";
         ko = "gen_ai.tool.call.result";
@@ -859,6 +879,17 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
         content_one(e, ki, &in, msgs, "user", NULL, &cl);
     if (hout)
         content_one(e, ko, &out, msgs, "assistant", en ? otel_finish(en) : NULL, &cl);
+    if (o->phoenix) {
+        /* how Phoenix should show each: JSON as JSON, else as text */
+        if (hin) {
+            int j = content_json_valid(in.p, in.n, NULL);
+            A_STR(e, "input.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
+        }
+        if (hout) {
+            int j = content_json_valid(out.p, out.n, NULL);
+            A_STR(e, "output.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
+        }
+    }
     if (cl.n) {
         if (e->pb) {
             size_t arr = 0;
@@ -892,6 +923,33 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
         A_BOOL(e, "cbus.content.dropped", 1);
 }
 
+/* OpenInference's LLM attributes (the phoenix profile): the model, the
+ * provider and the token counts Phoenix shows and sums.  prompt is the
+ * whole input (cache included) and completion the whole output (reasoning
+ * included), as OpenInference counts them, the same as gen_ai.usage.*. */
+static void phoenix_llm(struct enc *e, const struct cbus_event *st, const struct cbus_event *en)
+{
+    const struct cbus_usage *u = &en->u.usage;
+    if (FLEN(en->model))
+        A_FIELD(e, "llm.model_name", en->model);
+    else
+        A_FIELD(e, "llm.model_name", st->model);
+    A_FIELD(e, "llm.provider", st->provider);
+    unsigned pr = u->usage_present;
+    if (pr & CBUS_USAGE_INPUT)
+        A_INT(e, "llm.token_count.prompt", u->input_tokens);
+    if (pr & CBUS_USAGE_OUTPUT)
+        A_INT(e, "llm.token_count.completion", u->output_tokens);
+    if ((pr & CBUS_USAGE_INPUT) && (pr & CBUS_USAGE_OUTPUT))
+        A_INT(e, "llm.token_count.total", (uint64_t)u->input_tokens + u->output_tokens);
+    if (pr & CBUS_USAGE_CACHE_READ)
+        A_INT(e, "llm.token_count.prompt_details.cache_read", u->cache_read_tokens);
+    if (pr & CBUS_USAGE_CACHE_CREATION)
+        A_INT(e, "llm.token_count.prompt_details.cache_write", u->cache_creation_tokens);
+    if (pr & CBUS_USAGE_REASONING)
+        A_INT(e, "llm.token_count.completion_details.reasoning", u->reasoning_tokens);
+}
+
 /* gen_ai.usage.cost in USD, priced as cbus-cost prices the same end event
  * (its provider and model, the same table, cost_usage_price()), so the two
  * always agree; with the Langfuse profile also langfuse.observation.cost_details,
@@ -912,6 +970,12 @@ static void cost_attrs(struct enc *e, const struct cbus_event *en, const struct 
     cost_u128 parts[COST_PART__COUNT];
     cost_u128 total = cost_usage_price(p, &en->u.usage, parts, NULL);
     a_double(e, "gen_ai.usage.cost", sizeof "gen_ai.usage.cost" - 1, cost_pico_to_usd(total));
+    if (o->phoenix) {
+        cost_u128 prompt = parts[COST_PART_INPUT] + parts[COST_PART_CACHE_READ] + parts[COST_PART_CACHE_CREATION];
+        a_double(e, "llm.cost.prompt", sizeof "llm.cost.prompt" - 1, cost_pico_to_usd(prompt));
+        a_double(e, "llm.cost.completion", sizeof "llm.cost.completion" - 1, cost_pico_to_usd(total - prompt));
+        a_double(e, "llm.cost.total", sizeof "llm.cost.total" - 1, cost_pico_to_usd(total));
+    }
     if (!o->langfuse)
         return;
     /* {"input":..,"input_cache_read":..,...,"total":..}: Langfuse's cost
@@ -1109,6 +1173,17 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         A_FIELD(&e, "langfuse.user.id", st->user);
         A_FIELD(&e, "langfuse.session.id", st->session);
     }
+    if (o->phoenix) {
+        /* OpenInference's span kinds: what Phoenix's views are built on */
+        const char *pk = s->end_kind == SPAN_POINT                                     ? "CHAIN"
+                         : !op                                                         ? "CHAIN"
+                         : !strcmp(op, "chat") || !strcmp(op, "text_completion")       ? "LLM"
+                         : !strcmp(op, "execute_tool")                                 ? "TOOL"
+                         : !strcmp(op, "retrieval")                                    ? "RETRIEVER"
+                         : !strcmp(op, "invoke_agent")                                 ? "AGENT"
+                                                                                       : "CHAIN";
+        A_STR(&e, "openinference.span.kind", pk, strlen(pk));
+    }
     A_FIELD(&e, "cbus.request.id", st->request_id);
     A_INT(&e, "cbus.producer.pid", st->pid);
     A_INT(&e, "thread.id", st->tid);
@@ -1130,6 +1205,8 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
                 A_INT(&e, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
             if (u->usage_present & CBUS_USAGE_REASONING)
                 A_INT(&e, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
+            if (o->phoenix)
+                phoenix_llm(&e, st, en);
             const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
             if (fr)
                 a_str_array1(&e, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
@@ -1150,6 +1227,8 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         }
     } else if (op && !strcmp(op, "execute_tool")) {
         A_FIELD(&e, "gen_ai.tool.name", st->name);
+        if (o->phoenix)
+            A_FIELD(&e, "tool.name", st->name);
     } else if (op && !strcmp(op, "retrieval")) {
         A_FIELD(&e, "gen_ai.data_source.id", st->name);
     } else if (s->is_agent) {

@@ -43,6 +43,8 @@ struct otlp_resource {
     uint64_t bus_id;
     /* extra resource attributes "k=v,k=v" (config resource_attributes), may be NULL */
     const char *extra;
+    /* [phoenix] project: openinference.project.name, may be NULL */
+    const char *project;
 };
 
 enum otlp_encoding { OTLP_JSON = 0, OTLP_PROTOBUF = 1 };
@@ -52,6 +54,8 @@ struct otlp_opts {
     unsigned encoding;     /* enum otlp_encoding */
     int langfuse;          /* [langfuse] profile: langfuse.observation.type, langfuse.user.id/.session.id,
                             * tags and metadata, content as langfuse.observation.input/output */
+    int phoenix;           /* [phoenix] profile: OpenInference attributes (openinference.span.kind,
+                            * llm.*, tag.tags, metadata, content as input.value/output.value) */
     int capture_content;   /* [export] capture_content: prompts, messages, outputs (content.h) */
     size_t content_max;    /* bytes per content attribute (0: 16 KiB) */
     /* cbus-cost's price table (consumers/common/prices.h): gen_ai.usage.cost

@@ -52,6 +52,7 @@ struct opts {
     unsigned delay_ms;
     unsigned partial;
     const char *langfuse;   /* --langfuse PUBLIC:SECRET: act as Langfuse's OTLP endpoint */
+    int phoenix;            /* --phoenix: act as Arize Phoenix (415 to anything but protobuf) */
     int full_parse;
 };
 
@@ -266,6 +267,12 @@ static int handle(struct conn *c, const struct http_request *req, const char *bo
         S.bad++;
         respond(c, is_json || is_pb ? 404 : 415, "text/plain",
                 "want OTLP (protobuf or JSON) at /v1/traces or application/msgpack\n", NULL);
+        return 0;
+    }
+    if (O.phoenix && !is_pb) {
+        /* Phoenix's OTLP/HTTP receiver takes protobuf only */
+        S.unauthorized++;
+        respond(c, 415, "text/plain", "Phoenix takes application/x-protobuf only\n", NULL);
         return 0;
     }
     if (O.langfuse && !is_msgpack) {
@@ -539,7 +546,8 @@ static void usage(FILE *f)
             "  --delay-ms N         answer every POST N ms late (a slow endpoint)\n"
             "  --partial N          answer OTLP requests 200 with partialSuccess.rejectedSpans = N\n"
             "  --langfuse PK:SK     act as Langfuse: OTLP only at /api/public/otel/v1/traces, Basic auth PK:SK,\n"
-            "                       x-langfuse-ingestion-version: 4 (else 404/401/400, counted as unauthorized)\n");
+            "                       x-langfuse-ingestion-version: 4 (else 404/401/400, counted as unauthorized)\n"
+            "  --phoenix            act as Arize Phoenix: OTLP/protobuf only (else 415, counted as unauthorized)\n");
 }
 
 static int parse_args(int argc, char **argv)
@@ -548,7 +556,7 @@ static int parse_args(int argc, char **argv)
         {"listen", 1, 0, 'l'},     {"port-file", 1, 0, 'P'}, {"store", 1, 0, 's'},
         {"stats", 1, 0, 'S'},      {"parse", 0, 0, 'p'},     {"fail-first", 1, 0, 'f'},
         {"fail-rate", 1, 0, 'r'},  {"status", 1, 0, 'c'},    {"retry-after", 1, 0, 'a'},
-        {"drop-first", 1, 0, 'd'}, {"delay-ms", 1, 0, 'D'},  {"partial", 1, 0, 'x'}, {"langfuse", 1, 0, 'L'},
+        {"drop-first", 1, 0, 'd'}, {"delay-ms", 1, 0, 'D'},  {"partial", 1, 0, 'x'}, {"langfuse", 1, 0, 'L'}, {"phoenix", 0, 0, 'X'},
         {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
     static char host[256];
     int ch;
@@ -587,6 +595,7 @@ static int parse_args(int argc, char **argv)
         case 'D': O.delay_ms = (unsigned)strtoul(optarg, &end, 10); break;
         case 'x': O.partial = (unsigned)strtoul(optarg, &end, 10); break;
         case 'L': O.langfuse = optarg; break;
+        case 'X': O.phoenix = 1; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }

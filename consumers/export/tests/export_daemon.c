@@ -459,6 +459,59 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
     cJSON_Delete(root);
 }
 
+/* The [phoenix] profile against a collector that answers 415 to anything
+ * but protobuf, as Phoenix does (cbus-collector --phoenix), then what
+ * Phoenix reads (OpenInference): the span kinds, the model and token counts
+ * of LLM spans, input and output values with their MIME types, the project. */
+Test(export_daemon, phoenix_profile_sends_openinference)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", "--phoenix", NULL}), 0);
+    char extra[512];
+    snprintf(extra, sizeof extra, "[phoenix]\nhost = http://127.0.0.1:%u/\nproject = cbus-test\n"
+                                  "[export]\ncapture_content = true\n", col.port);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
+    char uuids[1][3][37];
+    agent_turn(0, uuids); /* agent, generation, tool */
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 3, 10000), 3);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "unauthorized"), 0, "every body was protobuf");
+    cr_assert_eq(collector_stat(&col, "bad"), 0);
+    cr_assert_eq(collector_stat(&col, "protobuf"), collector_stat(&col, "requests"));
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans");
+    static const struct { const char *name, *kind, *in, *out; } want[] = {
+        {"invoke_agent planner", "AGENT", "question", "done"},
+        {"chat claude-sonnet-4", "LLM", "q", "Hello"},
+        {"execute_tool search", "TOOL", "weather", "sunny"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        cJSON *sp = NULL, *it;
+        cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), want[i].name)) sp = it;
+        cr_assert_not_null(sp, "no span %s", want[i].name);
+        cr_assert_str_eq(attr(sp, "openinference.span.kind")->valuestring, want[i].kind);
+        cr_assert_str_eq(attr(sp, "input.value")->valuestring, want[i].in);
+        cr_assert_str_eq(attr(sp, "input.mime_type")->valuestring, "text/plain");
+        cr_assert_str_eq(attr(sp, "output.value")->valuestring, want[i].out);
+        cr_assert_str_eq(attr(sp, "user.id")->valuestring, "alice");
+        if (!strcmp(want[i].kind, "LLM")) {
+            cr_assert_str_eq(attr(sp, "llm.model_name")->valuestring, "claude-sonnet-4");
+            cr_assert_str_eq(attr(sp, "llm.provider")->valuestring, "anthropic");
+            cr_assert_eq(attr(sp, "llm.token_count.prompt")->valueint, 1000);
+            cr_assert_eq(attr(sp, "llm.token_count.completion")->valueint, 20);
+            cr_assert_eq(attr(sp, "llm.token_count.total")->valueint, 1020);
+            cr_assert_eq(attr(sp, "llm.token_count.prompt_details.cache_read")->valueint, 800);
+            cr_assert_eq(attr(sp, "llm.token_count.prompt_details.cache_write")->valueint, 100);
+            cr_assert_eq(attr(sp, "llm.token_count.completion_details.reasoning")->valueint, 5);
+        }
+        if (!strcmp(want[i].kind, "TOOL"))
+            cr_assert_str_eq(attr(sp, "tool.name")->valuestring, "search");
+    }
+    cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "resources"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(res, "openinference.project.name")->valuestring, "cbus-test");
+    cJSON_Delete(root);
+}
+
 /* A wrong key: Langfuse answers 401, which is final (dropped and counted,
  * never retried or spooled). */
 Test(export_daemon, langfuse_wrong_key_is_rejected_not_retried)

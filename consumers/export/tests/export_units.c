@@ -1341,3 +1341,104 @@ Test(export_otlp, cost_from_the_cost_daemons_table_and_code)
     cJSON_Delete(root);
     cost_prices_free(pt);
 }
+
+/* ---- the phoenix profile (issue 15 item 4) -------------------------------------- */
+
+Test(export_config, phoenix_profile)
+{
+    struct export_config c;
+    char err[256];
+    cr_assert_eq(load_text(&c, "[phoenix]\nhost = http://phoenix:6006/\nproject = rag\n", err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.url, "http://phoenix:6006/v1/traces");
+    cr_assert(c.phoenix);
+    cr_assert_str_eq(c.phoenix_project, "rag");
+    export_config_free(&c);
+    cr_assert_eq(load_text(&c, "[otlp]\nencoding = json\n[phoenix]\nhost = http://p\n", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "415"), "%s", err);
+    export_config_free(&c);
+    cr_assert_eq(load_text(&c, "[phoenix]\nhost = http://p\n[langfuse]\nhost = http://l\n", err, sizeof err), -EINVAL);
+    export_config_free(&c);
+}
+
+Test(export_otlp, phoenix_openinference_attributes)
+{
+    oopts.phoenix = 1;
+    capture_on(16384);
+    struct cost_price_table *pt;
+    char err[256];
+    cr_assert_eq(cost_prices_parse(&pt, "t", "{\"gpt-4o\":{\"input_cost_per_token\":2.5e-06,\"output_cost_per_token\":1e-05}}",
+                                   err, sizeof err), 0, "%s", err);
+    oopts.prices = pt;
+    unsigned char b[4096];
+    uint32_t n = 0;
+    section(b, &n, CBUS_BODY_TAGS, "prod\0rag", 8, 0, 0);
+    section(b, &n, CBUS_BODY_METADATA, "team\0search\0q\"uote\0x\\y", 23, 0, 0);
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 1, 0, 0);
+    strcpy(c.name, "qa");
+    strcpy(c.preview, "why?");
+    feed_b(&c, b, n);
+    n = 0;
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, (uint32_t)strlen(chat_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 2, 1, 10);
+    strcpy(s.model, "gpt-4o");
+    strcpy(s.provider, "openai");
+    feed_b(&s, b, n);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 2, 1, 20);
+    strcpy(e.model, "gpt-4o");
+    strcpy(e.preview, "Paris.");
+    e.u.usage = (struct cbus_usage){.input_tokens = 1000, .output_tokens = 100, .cache_read_tokens = 200,
+                                    .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT | CBUS_USAGE_CACHE_READ};
+    feed_b(&e, NULL, 0);
+    struct cbus_event t = ev(CBUS_EV_TOOL_START, 3, 1, 30);
+    strcpy(t.name, "calc");
+    strcpy(t.preview, "{\"x\":1}");
+    feed_b(&t, NULL, 0);
+    struct cbus_event te = ev(CBUS_EV_TOOL_END, 3, 1, 40);
+    feed_b(&te, NULL, 0);
+    struct cbus_event r = ev(CBUS_EV_RETRIEVER_START, 4, 1, 50);
+    strcpy(r.name, "kb");
+    feed_b(&r, NULL, 0);
+    struct cbus_event re = ev(CBUS_EV_RETRIEVER_END, 4, 1, 60);
+    feed_b(&re, NULL, 0);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_END, 1, 0, 70);
+    feed_b(&ce, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = find_span(spans, "chat gpt-4o");
+    cr_assert_str_eq(attr_s(chat, "openinference.span.kind"), "LLM");
+    cr_assert_str_eq(attr_s(chat, "llm.model_name"), "gpt-4o");
+    cr_assert_str_eq(attr_s(chat, "llm.provider"), "openai");
+    cr_assert_str_eq(attr_i(chat, "llm.token_count.prompt"), "1000");
+    cr_assert_str_eq(attr_i(chat, "llm.token_count.completion"), "100");
+    cr_assert_str_eq(attr_i(chat, "llm.token_count.total"), "1100");
+    cr_assert_str_eq(attr_i(chat, "llm.token_count.prompt_details.cache_read"), "200");
+    cr_assert_str_eq(attr_s(chat, "input.value"), chat_json);
+    cr_assert_str_eq(attr_s(chat, "input.mime_type"), "application/json");
+    cr_assert_str_eq(attr_s(chat, "output.value"), "Paris.");
+    cr_assert_str_eq(attr_s(chat, "output.mime_type"), "text/plain");
+    cr_assert_null(attr(chat, "gen_ai.input.messages"), "content under one name only");
+    /* 800 uncached at 2.5e-6 and 200 cache reads at the input rate (the
+     * table has no cache rate), 100 out at 1e-5 */
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(chat, "llm.cost.total"), "doubleValue")->valuedouble, 0.0035, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(chat, "llm.cost.prompt"), "doubleValue")->valuedouble, 0.0025, 1e-15);
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(chat, "llm.cost.completion"), "doubleValue")->valuedouble, 0.001, 1e-15);
+    cJSON *tool = find_span(spans, "execute_tool calc");
+    cr_assert_str_eq(attr_s(tool, "openinference.span.kind"), "TOOL");
+    cr_assert_str_eq(attr_s(tool, "tool.name"), "calc");
+    cr_assert_str_eq(attr_s(tool, "input.value"), "{\"x\":1}");
+    cr_assert_str_eq(attr_s(tool, "input.mime_type"), "application/json");
+    cr_assert_str_eq(attr_s(find_span(spans, "retrieval kb"), "openinference.span.kind"), "RETRIEVER");
+    cJSON *wf = find_span(spans, "invoke_workflow qa");
+    cr_assert_str_eq(attr_s(wf, "openinference.span.kind"), "CHAIN");
+    cr_assert_str_eq(attr_s(wf, "input.value"), "why?");
+    cJSON *tags = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(wf, "tag.tags"), "arrayValue"), "values");
+    cr_assert_eq(cJSON_GetArraySize(tags), 2);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(tags, 1), "stringValue"), "rag");
+    cJSON *md = cJSON_Parse(attr_s(wf, "metadata"));
+    cr_assert_not_null(md, "metadata is one JSON object: %s", attr_s(wf, "metadata"));
+    cr_assert_str_eq(str(md, "team"), "search");
+    cr_assert_str_eq(str(md, "q\"uote"), "x\\y", "keys and values escaped, not mangled");
+    cJSON_Delete(md);
+    cJSON_Delete(root);
+    cost_prices_free(pt);
+}
