@@ -1,6 +1,8 @@
 /* The daemons' re-attach policy: see attach.h. */
 #include "attach.h"
 
+#include <cbus/cbus.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,13 +13,6 @@
 
 #define DEFAULT_CHECK_NS 1000000000ull
 #define DEAD_NAP_NS      100000000ull  /* while dead, wait calls sleep this long at most */
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 void cbus_attach_init(struct cbus_attach *a, cbus_consumer *c, const char *bus_name,
                       const struct cbus_consumer_opts *opts, uint64_t check_every_ns)
@@ -37,7 +32,7 @@ void cbus_attach_init(struct cbus_attach *a, cbus_consumer *c, const char *bus_n
     a->kinds = opts->kinds;
     a->open_flags = opts->open_flags;
     a->check_every_ns = check_every_ns ? check_every_ns : DEFAULT_CHECK_NS;
-    a->next_check_ns = mono_ns() + a->check_every_ns;
+    a->next_check_ns = cbus_now_ns() + a->check_every_ns;
 }
 
 /* Attaches to whatever bus is at the name now.  Returns 1 (moved), 0 (not
@@ -91,7 +86,7 @@ int cbus_attach_check(struct cbus_attach *a, int now)
 {
     if (!a->c)
         return 0;
-    uint64_t t = mono_ns();
+    uint64_t t = cbus_now_ns();
     /* "now" skips the cadence only for the first sign of trouble: once the
      * bus is known dead, attempts stay at the cadence. */
     if (t < a->next_check_ns && (!now || a->dead))

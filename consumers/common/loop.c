@@ -6,11 +6,18 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon.h"
 #include "log.h"
 
 #define MS UINT64_C(1000000)
+#define HELD_NAP_NS MS /* a wait while events are held and no I/O is in flight */
+
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+    return b > UINT64_MAX - a ? UINT64_MAX : a + b;
+}
 
 static void free_buffers(struct cbus_loop *l)
 {
@@ -60,21 +67,29 @@ int cbus_loop_init(struct cbus_loop *l, cbus_consumer *c, const char *bus_name,
     return 0;
 }
 
+uint64_t cbus_loop_now(const struct cbus_loop *l)
+{
+    return l->clock ? l->clock(l->arg) : cbus_now_ns();
+}
+
 int cbus_loop_every(struct cbus_loop *l, uint64_t every_ns, uint64_t first_ns, cbus_loop_fn fn,
                     int on_usr1)
 {
+    if (!fn || (!every_ns && !on_usr1))
+        return -EINVAL;
     if (l->ntimers >= CBUS_LOOP_MAX_TIMERS)
         return -ENOSPC;
-    l->timers[l->ntimers] = (struct cbus_loop_timer){.fn = fn, .every_ns = every_ns,
-                                                     .next_ns = cbus_now_ns() + first_ns,
-                                                     .on_usr1 = on_usr1};
+    uint64_t now = cbus_loop_now(l);
+    l->timers[l->ntimers] = (struct cbus_loop_timer){
+        .fn = fn, .every_ns = every_ns,
+        .next_ns = every_ns ? add_sat(now, first_ns) : UINT64_MAX, .on_usr1 = on_usr1};
     return (int)l->ntimers++;
 }
 
 void cbus_loop_timer_reset(struct cbus_loop *l, int i, uint64_t now_ns)
 {
-    if (i >= 0 && (unsigned)i < l->ntimers)
-        l->timers[i].next_ns = now_ns + l->timers[i].every_ns;
+    if (i >= 0 && (unsigned)i < l->ntimers && l->timers[i].every_ns)
+        l->timers[i].next_ns = add_sat(now_ns, l->timers[i].every_ns);
 }
 
 void cbus_loop_wake_at(struct cbus_loop *l, uint64_t t_ns)
@@ -83,9 +98,39 @@ void cbus_loop_wake_at(struct cbus_loop *l, uint64_t t_ns)
         l->wake_at_ns = t_ns;
 }
 
+void cbus_loop_hold(struct cbus_loop *l, unsigned from)
+{
+    if (from >= l->cur_n) {
+        l->held_n = 0;
+        return;
+    }
+    l->held_off = l->cur_off + from;
+    l->held_n = l->cur_n - from;
+}
+
+unsigned cbus_loop_held(const struct cbus_loop *l, const struct cbus_event **ev,
+                        const struct cbus_body **bodies)
+{
+    if (ev)
+        *ev = l->ev ? l->ev + l->held_off : NULL;
+    if (bodies)
+        *bodies = l->bodies ? l->bodies + l->held_off : NULL;
+    return l->held_n;
+}
+
+void cbus_loop_take(struct cbus_loop *l, unsigned taken)
+{
+    if (taken >= l->held_n) {
+        l->held_n = 0;
+        return;
+    }
+    l->held_off += taken;
+    l->held_n -= taken;
+}
+
 void cbus_loop_busy(struct cbus_loop *l)
 {
-    if (l->at.c && !l->at.dead)
+    if (l->at.c && !l->at.dead && !l->no_heartbeat)
         cbus_consumer_heartbeat(l->at.c);
 }
 
@@ -127,10 +172,13 @@ static int poll_batch(struct cbus_loop *l, int *stop)
 
 static int heartbeat(struct cbus_loop *l, uint64_t now)
 {
-    if (!l->at.dead)
+    if (!l->at.dead && !l->no_heartbeat)
         cbus_consumer_heartbeat(l->at.c);
     if (l->on_heartbeat && l->on_heartbeat(l->arg, now))
         return 1;
+    /* Held events belong to this bus: follow it once they are taken. */
+    if (l->held_n)
+        return 0;
     /* Removed or re-created under us: follow it (attach.c). */
     int a = cbus_attach_check(&l->at, 0);
     if (a == 1)
@@ -142,26 +190,38 @@ static int heartbeat(struct cbus_loop *l, uint64_t now)
     return 0;
 }
 
+/* The due timers, earliest deadline first (a turn that comes late runs
+ * them in the order they fell due, not in the order they were added); a
+ * SIGUSR1 makes the on_usr1 ones due now. */
 static int run_timers(struct cbus_loop *l, uint64_t now)
 {
     int usr1 = cbus_daemon_usr1;
     if (usr1)
         cbus_daemon_usr1 = 0;
-    for (unsigned i = 0; i < l->ntimers; i++) {
-        struct cbus_loop_timer *t = &l->timers[i];
-        if (now < t->next_ns && !(usr1 && t->on_usr1))
-            continue;
-        t->next_ns = now + t->every_ns;
+    unsigned ran = 0; /* bit i: timer i ran this turn */
+    for (;;) {
+        struct cbus_loop_timer *t = NULL;
+        unsigned ti = 0;
+        for (unsigned i = 0; i < l->ntimers; i++) {
+            struct cbus_loop_timer *c = &l->timers[i];
+            int due = now >= c->next_ns || (usr1 && c->on_usr1);
+            if (!due || (ran & (1u << i)) || (t && c->next_ns >= t->next_ns))
+                continue;
+            t = c;
+            ti = i;
+        }
+        if (!t)
+            return 0;
+        ran |= 1u << ti;
+        t->next_ns = t->every_ns ? add_sat(now, t->every_ns) : UINT64_MAX;
         if (t->fn(l->arg, now))
             return 1;
     }
-    return 0;
 }
 
-/* How long the idle wait may sleep: until the first deadline. */
-static uint64_t wait_for(const struct cbus_loop *l, uint64_t now)
+uint64_t cbus_loop_wait_ns(const struct cbus_loop *l, uint64_t now)
 {
-    uint64_t until = now + (l->max_wait_ns ? l->max_wait_ns : 100 * MS);
+    uint64_t until = add_sat(now, l->max_wait_ns ? l->max_wait_ns : 100 * MS);
     if (l->next_hb_ns < until)
         until = l->next_hb_ns;
     for (unsigned i = 0; i < l->ntimers; i++)
@@ -172,43 +232,87 @@ static uint64_t wait_for(const struct cbus_loop *l, uint64_t now)
     return until > now ? until - now : 0;
 }
 
+/* The batch of this turn: the held events, else a poll. */
+static int next_batch(struct cbus_loop *l, int *stop)
+{
+    if (l->held_n) {
+        l->cur_off = l->held_off;
+        l->cur_n = l->held_n;
+        l->held_n = 0;
+        return (int)l->cur_n;
+    }
+    int n = poll_batch(l, stop);
+    l->cur_off = 0;
+    l->cur_n = n > 0 ? (unsigned)n : 0;
+    return n;
+}
+
+/* The idle wait (or the wait for the daemon's I/O).  Returns 0 or 1 (stop). */
+static int idle_wait(struct cbus_loop *l, uint64_t wait)
+{
+    if (l->io_wait) {
+        int r = l->io_wait(l->arg, wait);
+        if (r < 0)
+            return 1;
+        if (r > 0)
+            return 0;
+    }
+    if (l->held_n) {
+        uint64_t nap = wait < HELD_NAP_NS ? wait : HELD_NAP_NS;
+        struct timespec ts = {0, (long)nap};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
+    cbus_consumer *before = l->at.c;
+    int w = cbus_attach_wait(&l->at, wait);
+    if (l->at.c != before && arrived(l))
+        return 1;
+    if (w < 0 && w != -EINTR) {
+        cbus_log_error("wait: %s", cbus_strerror(w));
+        return 1;
+    }
+    return 0;
+}
+
+/* One turn (loop.h).  Returns 0 or 1 (stop). */
+static int turn(struct cbus_loop *l, uint64_t hb_every)
+{
+    int stop = 0;
+    int n = next_batch(l, &stop);
+    if (stop)
+        return 1;
+    uint64_t now = cbus_loop_now(l);
+    l->wake_at_ns = 0;
+    if (l->on_batch(l->arg, l->ev + l->cur_off, l->bodies ? l->bodies + l->cur_off : NULL, n,
+                    now))
+        return 1;
+    now = cbus_loop_now(l);
+    if (now >= l->next_hb_ns) {
+        l->next_hb_ns = add_sat(now, hb_every);
+        if (heartbeat(l, now))
+            return 1;
+    }
+    if (run_timers(l, now))
+        return 1;
+    if (l->before_sleep && l->before_sleep(l->arg, now))
+        return 1;
+    if (n > 0 && !l->held_n)
+        return 0;
+    uint64_t wait = cbus_loop_wait_ns(l, now);
+    /* A stop or SIGUSR1 that came during this turn: act on it before
+     * sleeping (see loop.h on the gap that is left). */
+    if (!wait || cbus_daemon_stop || cbus_daemon_usr1)
+        return 0;
+    return idle_wait(l, wait);
+}
+
 int cbus_loop_run(struct cbus_loop *l)
 {
     const uint64_t hb_every = l->hb_every_ns ? l->hb_every_ns : 1000 * MS;
-    l->next_hb_ns = cbus_now_ns();
-    while (!cbus_daemon_stop) {
-        int stop = 0;
-        int n = poll_batch(l, &stop);
-        if (stop)
+    l->next_hb_ns = cbus_loop_now(l);
+    while (!cbus_daemon_stop)
+        if (turn(l, hb_every))
             return 1;
-        uint64_t now = cbus_now_ns();
-        l->wake_at_ns = 0;
-        if (l->on_batch(l->arg, l->ev, l->bodies, n, now))
-            return 1;
-        now = cbus_now_ns();
-        if (now >= l->next_hb_ns) {
-            l->next_hb_ns = now + hb_every;
-            if (heartbeat(l, now))
-                return 1;
-        }
-        if (run_timers(l, now))
-            return 1;
-        if (l->before_sleep && l->before_sleep(l->arg, now))
-            return 1;
-        if (n > 0)
-            continue;
-        uint64_t wait = wait_for(l, now);
-        if (!wait)
-            continue;
-        cbus_consumer *before = l->at.c;
-        int w = cbus_attach_wait(&l->at, wait);
-        if (l->at.c != before && arrived(l))
-            return 1;
-        if (w < 0 && w != -EINTR) {
-            cbus_log_error("wait: %s", cbus_strerror(w));
-            return 1;
-        }
-    }
     return 0;
 }
 
