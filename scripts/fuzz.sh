@@ -6,9 +6,9 @@
 #   FUZZ_TARGETS="segment msgpack" scripts/fuzz.sh 60   only these targets
 #   CBUS_FUZZ_SEED=N scripts/fuzz.sh                   libFuzzer seed (0, the default: random)
 #
-# Installs clang and libFuzzer's runtime if missing (as root), builds
-# tests/fuzz standalone in build/fuzz with clang -fsanitize=fuzzer,address,
-# undefined, replays the committed corpus and regressions, then runs each
+# Installs clang and libFuzzer's runtime if missing (as root), builds the
+# project in build/fuzz with clang (coverage, ASan and UBSan in every library;
+# tests/fuzz/CMakeLists.txt links each target with libFuzzer), replays the committed corpus and regressions, then runs each
 # target for the given time from a scratch copy of its corpus (the committed
 # corpus is not rewritten; copy interesting new inputs by hand).  A crash,
 # leak, timeout or failed invariant stops with exit 1 and names the input
@@ -45,32 +45,36 @@ scripts/deps.sh
 
 # ---- build --------------------------------------------------------------------
 build=${CBUS_FUZZ_BUILD:-build/fuzz}
-cmake -S tests/fuzz -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$(nproc)" >/dev/null
+# The project itself, with coverage and sanitizers in every library; only the
+# fuzz programs (and what they link) are built.
+cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_BUILD_TESTS=OFF \
+  -DCBUS_FUZZ=ON -DCBUS_SANITIZE=fuzzer-no-link,address,undefined >/dev/null
+cmake --build "$build" -j"$(nproc)" --target fuzz_programs >/dev/null
+bin=$build/tests/fuzz # the fuzz programs
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 if [ $seeds = 1 ]; then
-  "$build/fuzz_make_seeds" tests/fuzz/corpus
+  "$bin/fuzz_make_seeds" tests/fuzz/corpus
   echo "fuzz: structured seeds written to tests/fuzz/corpus"
   exit 0
 fi
 
-targets=${FUZZ_TARGETS:-$(cd "$build" && ls fuzz_* | sed -n 's/^fuzz_\([a-z_]*\)$/\1/p' |
+targets=${FUZZ_TARGETS:-$(cd "$bin" && ls fuzz_* | sed -n 's/^fuzz_\([a-z_]*\)$/\1/p' |
                           grep -v -e '^replay_' -e '^make_seeds$')}
 # ---- replay what is committed, then fuzz ---------------------------------------
 work=$(mktemp -d /tmp/cbus-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=()
 for t in $targets; do
-  [ -x "$build/fuzz_$t" ] || { echo "fuzz: no target $t" >&2; failed+=("$t"); continue; }
-  if ! "$build/fuzz_replay_$t" "tests/fuzz/corpus/$t/" "tests/fuzz/regressions/$t/" >"$work/$t.replay" 2>&1; then
+  [ -x "$bin/fuzz_$t" ] || { echo "fuzz: no target $t" >&2; failed+=("$t"); continue; }
+  if ! "$bin/fuzz_replay_$t" "tests/fuzz/corpus/$t/" "tests/fuzz/regressions/$t/" >"$work/$t.replay" 2>&1; then
     echo "fuzz: $t: a committed input fails:"; tail -30 "$work/$t.replay"; failed+=("$t"); continue
   fi
   mkdir -p "$work/$t" "$root/$build/crashes/$t"
   cp -r "tests/fuzz/corpus/$t/." "$work/$t/" 2>/dev/null || true
   echo "=== fuzz: $t for ${secs}s"
-  if ! (cd "$work" && "$root/$build/fuzz_$t" -max_total_time="$secs" -seed="${CBUS_FUZZ_SEED:-0}" -timeout=10 -rss_limit_mb=2048 \
+  if ! (cd "$work" && "$root/$bin/fuzz_$t" -max_total_time="$secs" -seed="${CBUS_FUZZ_SEED:-0}" -timeout=10 -rss_limit_mb=2048 \
           -max_len=65536 -print_final_stats=1 -artifact_prefix="$root/$build/crashes/$t/" \
           "$work/$t" "$root/tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1); then
     echo "fuzz: $t FAILED; the input is in $build/crashes/$t/:"
