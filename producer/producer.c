@@ -3,8 +3,8 @@
  * The claim is the one contended step.  With no tethered (lossless)
  * consumer it is a wait-free fetch_add on hdr->tail.  With one, a producer
  * must never take a position that would overwrite an event that consumer
- * has not committed, and a fetch_add claim cannot be given back (DESIGN.md's
- * pitfall), so it claims with CAS strictly below min(tethered cursors) +
+ * has not committed, and a fetch_add claim cannot be given back (the
+ * position is taken for good: docs/architecture.md, "Emitting", Claim), so it claims with CAS strictly below min(tethered cursors) +
  * capacity.  When that bound is reached it waits at most the bus's
  * lossless_wait_ns, then drops and counts; after one such timeout it drops
  * at once until the blocking consumer moves, so a stuck consumer costs each
