@@ -233,10 +233,15 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     if (r)
         return r;
     static const char *const starts[] = {"oldest", "newest", NULL};
+    int cluster_seen = 0;
+    cbus_cluster_conf_init(&c->cluster);
     for (size_t i = 0; i < cfg.count && !r; i++) {
         const struct cbus_cfg_entry *e = &cfg.entries[i];
         const char *s = e->section, *k = e->key;
-        if (!strncmp(s, "budget.", 7)) {
+        if (!strcmp(s, "cluster")) {
+            cluster_seen = 1;
+            r = cbus_cluster_conf_entry(&c->cluster, &cfg, e, err, errlen);
+        } else if (!strncmp(s, "budget.", 7)) {
             /* Parse each budget section once, at its first entry. */
             int seen = 0;
             for (size_t j = 0; j < i && !seen; j++)
@@ -320,6 +325,8 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                           : cbus_cfg_error(&cfg, e, err, errlen, "unknown section [%s]", s);
         }
     }
+    if (!r)
+        r = cbus_cluster_conf_finish(&c->cluster, &cfg, cluster_seen, err, errlen);
     /* The default price table sits beside the config file. */
     int prices_given = 0;
     for (size_t i = 0; i < cfg.count; i++)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "budget.h"
+#include "cluster.h"
 
 #define COST_PATH_MAX 1024
 
@@ -35,6 +36,7 @@ struct cost_config {
     size_t n_budgets;
     long global_idx, user_default_idx, session_default_idx; /* -1 = none */
     long agent_default_idx, tenant_default_idx;              /* -1 = none */
+    struct cbus_cluster_conf cluster;     /* [cluster]: budgets fleet-wide (fleet_cost.h) */
 };
 
 /* Defaults, then the file at path (NULL = defaults only).  Relative paths

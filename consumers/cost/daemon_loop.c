@@ -18,6 +18,7 @@
 #include "cost_config.h"
 #include "daemon.h"
 #include "errlimit.h"
+#include "fleet_cost.h"
 #include "http.h"
 #include "ledger.h"
 #include "log.h"
@@ -57,6 +58,8 @@ struct daemon {
     char ckpt_path[COST_PATH_MAX + 32];
     char snap_path[COST_PATH_MAX + 32];
     struct sbuf ckbuf, json, prom;
+    cost_fleet *fleet;        /* [cluster]: budgets fleet-wide through Redis, or NULL */
+    int fleet_alerting;       /* on_alert is called by fleet_cost.c for a mark it claimed */
 };
 
 static uint64_t real_ns(void)
@@ -113,6 +116,11 @@ static void publish_verdict(struct daemon *d, unsigned scope, const char *key, u
 static void on_alert(void *arg, const struct cost_alert *a)
 {
     struct daemon *d = arg;
+    /* In a fleet the ledger's crossings are this node's spend alone: the
+     * fleet's crossings (fleet_cost.c) alert instead, once for the fleet.
+     * A new period still clears what this node published. */
+    if (d->fleet && !d->fleet_alerting && a->kind != COST_ALERT_RESET)
+        return;
     char spent[64], limit[64], start[32], end[32];
     cost_pico_format_usd(spent, sizeof spent, a->spent_pico);
     cost_pico_format_usd(limit, sizeof limit, a->limit_pico);
@@ -174,6 +182,22 @@ static void on_alert(void *arg, const struct cost_alert *a)
             cost_webhook_post(d->hook, b.data);
         sbuf_free(&b);
     }
+}
+
+/* fleet_cost.c's hooks: a mark this node claimed for the fleet, and a
+ * verdict every node publishes once the fleet's spend reaches a limit. */
+static void fleet_alert(void *arg, const struct cost_alert *a)
+{
+    struct daemon *d = arg;
+    d->fleet_alerting = 1;
+    on_alert(d, a);
+    d->fleet_alerting = 0;
+}
+
+static void fleet_verdict(void *arg, unsigned scope, const char *key, uint64_t key_hash,
+                          unsigned verdict, uint64_t until_ns)
+{
+    publish_verdict(arg, scope, key, key_hash, verdict, until_ns);
 }
 
 static void on_unpriced(void *arg, const char *provider, const char *model, const char *why)
@@ -246,6 +270,10 @@ static void write_outputs(struct daemon *d)
     cost_render_json(&d->json, &d->led, &ri);
     sbuf_reset(&d->prom);
     cost_render_prom(&d->prom, &d->led, &ri);
+    if (d->fleet) {
+        cost_fleet_json(d->fleet, &d->json, cbus_now_ns());
+        cost_fleet_prom(d->fleet, &d->prom, cbus_now_ns());
+    }
     if (d->json.failed || d->prom.failed) {
         cbus_log_error("rendering outputs: out of memory");
         return;
@@ -486,6 +514,13 @@ static int outputs_timer(void *arg, uint64_t now)
     return 0;
 }
 
+static int fleet_timer(void *arg, uint64_t now) /* fleet_cost.h: one round trip to Redis */
+{
+    struct daemon *d = arg;
+    cost_fleet_sync(d->fleet, now, real_ns());
+    return 0;
+}
+
 static int expire_timer(void *arg, uint64_t now)
 {
     struct daemon *d = arg;
@@ -610,6 +645,20 @@ int cost_daemon_main(int argc, char **argv)
     }
     d->led.on_alert = on_alert;
     d->led.alert_arg = d;
+    if (d->cfg.cluster.enabled) {
+        /* Redis is reached at the first sync: unreachable is a log line and
+         * local estimates, never a daemon that does not start. */
+        struct cost_fleet_hooks fh = {fleet_alert, fleet_verdict, d};
+        r = cost_fleet_open(&d->fleet, &d->led, &d->cfg.cluster, &fh);
+        if (r) {
+            cbus_log_error("cluster: %s", strerror(-r));
+            cost_ledger_free(&d->led);
+            return 1;
+        }
+        cbus_log_info("fleet: node %s, prefix %s, budgets summed in redis every %llu ms",
+                      d->cfg.cluster.node, d->cfg.cluster.prefix,
+                      (unsigned long long)(d->cfg.cluster.interval_ns / 1000000u));
+    }
     d->led.on_unpriced = on_unpriced;
     uint64_t saved_bus_id = 0;
     r = cost_checkpoint_load(&d->led, &saved_bus_id, d->ckpt_path, err, sizeof err);
@@ -703,6 +752,8 @@ int cost_daemon_main(int argc, char **argv)
     l->max_wait_ns = hb_every < 100000000u ? hb_every : 100000000u;
     cbus_loop_every(l, d->cfg.snapshot_interval_ns, 0, outputs_timer, 1);
     cbus_loop_every(l, 60 * SEC, 60 * SEC, expire_timer, 0);
+    if (d->fleet)
+        cbus_loop_every(l, d->cfg.cluster.interval_ns, 0, fleet_timer, 0);
     rc = cbus_loop_run(l);
     /* Final state: durable, then published. */
     if (d->led.cursor != d->ckpt_cursor || !have_ckpt)
@@ -716,6 +767,9 @@ int cost_daemon_main(int argc, char **argv)
     cbus_log_info("stopping: %llu events accounted, cursor %llu checkpointed",
                   (unsigned long long)d->led.events, (unsigned long long)d->ckpt_cursor);
 out:
+    if (d->fleet && d->loop.ev)
+        cost_fleet_sync(d->fleet, cbus_now_ns(), real_ns()); /* the last counts, if it answers */
+    cost_fleet_close(d->fleet);
     cost_http_stop(d->http);
     cost_webhook_stop(d->hook);
     if (d->have_writer)

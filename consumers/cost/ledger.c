@@ -220,6 +220,8 @@ static inline void budget_add(struct cost_ledger *l, const struct cost_budget *b
         l->an.late_events++; /* counted in the current period: periods only move forward */
     }
     st->spent_pico += cost;
+    if (l->on_spend && cost)
+        l->on_spend(l->spend_arg, scope, key, field_len, b, st, cost);
     if (st->spent_pico >= st->next_pico) {
         who_of(&w, key, field_len);
         budget_cross(l, b, st, scope, &w);

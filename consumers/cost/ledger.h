@@ -179,6 +179,12 @@ struct cost_ledger {
     void *alert_arg;
     cost_unpriced_fn on_unpriced;
     void *unpriced_arg;
+    /* Fleet mode (fleet_cost.h): told of every amount added to a budget,
+     * after it is added (key, field_len: as budget_add has them). */
+    void (*on_spend)(void *arg, unsigned scope, const char *key, size_t field_len,
+                     const struct cost_budget *b, const struct cost_budget_state *st,
+                     cost_u128 cost);
+    void *spend_arg;
 };
 
 /* Sets the ledger's position (from the consumer: where it reads or resumed). */

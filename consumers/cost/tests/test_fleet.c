@@ -1,0 +1,296 @@
+/* Budgets across a fleet (issue 21): three buses, each with its own
+ * cbus-cost and a load generator spending for one tenant, against one real
+ * redis-server started here.  Each node alone spends about a third of the
+ * budget, so no node's own ledger reaches even the 50% mark: only the
+ * fleet's sum in Redis does, and each mark alerts once for the fleet. */
+#include <criterion/criterion.h>
+
+#include <cbus/admit.h>
+#include <cbus/bus.h>
+#include <cbus/producer.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "redis_test.h"
+#include "support.h"
+
+#define BIN CBUS_BINARY_DIR "/consumers/cost/cbus-cost"
+#define PRICES CBUS_SOURCE_DIR "/consumers/cost/model_prices_and_context_window.json"
+#define NODES 3
+#define PICO_PER_CALL INT64_C(5000000000) /* 2,000 gpt-4o input tokens: 0.005 USD */
+
+struct shared {
+    _Atomic uint64_t sent[NODES];
+    _Atomic int stop;
+};
+
+static struct redis_test rs;
+static char dir[256];
+static char bus[NODES][64];
+static pid_t daemons[NODES], loads[NODES];
+static struct shared *sh;
+static pid_t parent_pid;
+
+static char *read_text(const char *path)
+{
+    static char buf[1 << 18];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static const char *path_of(int node, const char *what)
+{
+    static char p[4][512];
+    static int k;
+    char *o = p[k++ % 4];
+    snprintf(o, 512, "%s/n%d.%s", dir, node, what);
+    return o;
+}
+
+static void setup(void)
+{
+    parent_pid = getpid();
+    memset(&rs, 0, sizeof rs);
+    int r = redis_test_start(&rs, 0);
+    if (r == -ENOENT)
+        cbus_test_skip_or_fail("no redis-server (apt-get install redis-server)");
+    cr_assert_eq(r, 0, "redis-server did not start: %s", strerror(-r));
+    snprintf(dir, sizeof dir, "/tmp/cbus-cfleet-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    for (int i = 0; i < NODES; i++) {
+        test_bus_name(bus[i], sizeof bus[i]);
+        cbus_bus_destroy(bus[i]);
+        struct cbus_create_opts o = {.capacity = 4096};
+        cr_assert_eq(cbus_bus_create(bus[i], &o), 0);
+    }
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+}
+
+static void stop_all(pid_t *p)
+{
+    for (int i = 0; i < NODES; i++)
+        if (p[i] > 0) {
+            kill(p[i], SIGKILL);
+            waitpid(p[i], NULL, 0);
+            p[i] = 0;
+        }
+}
+
+static void teardown(void)
+{
+    stop_all(loads);
+    stop_all(daemons);
+    redis_test_kill(&rs);
+    for (int i = 0; i < NODES; i++)
+        cbus_bus_destroy(bus[i]);
+    if (sh)
+        munmap(sh, sizeof *sh);
+    sh = NULL;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, rs.dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static void start_daemon(int node)
+{
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "[prices]\nfile = %s\n[state]\ncheckpoint_interval = 50ms\nsnapshot_interval = 20ms\n"
+             "[budget.tenant.*]\nlimit_usd = 0.10\nperiod = 1d\nthresholds = 50, 80, 100\n"
+             "[cluster]\naddress = 127.0.0.1:%u\nprefix = t21c:\nnode = n%d\nlocal_share = 0.333\n",
+             PRICES, rs.port, node);
+    FILE *f = fopen(path_of(node, "ini"), "w");
+    cr_assert_not_null(f);
+    fputs(cfg, f);
+    fclose(f);
+    char state[512];
+    snprintf(state, sizeof state, "%s/state%d", dir, node);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent_pid)
+            _exit(127);
+        int fd = open(path_of(node, "log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execl(BIN, BIN, "--bus", bus[node], "--config", path_of(node, "ini"), "--state-dir", state,
+              (char *)NULL);
+        _exit(127);
+    }
+    daemons[node] = pid;
+}
+
+static void make_ctx(cbus_ctx *ctx, int node)
+{
+    char user[32];
+    snprintf(user, sizeof user, "user-of-n%d", node);
+    cbus_ctx_init(ctx);
+    cbus_ctx_set_provider(ctx, "openai");
+    cbus_ctx_set_model(ctx, "gpt-4o");
+    cbus_ctx_set_user(ctx, user);
+    cbus_ctx_set_tenant(ctx, "acme");
+}
+
+/* Spends 0.005 USD for tenant acme every 20 ms while the node admits it. */
+static void start_load(int node)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        cbus_producer *p;
+        if (cbus_producer_open(&p, bus[node], NULL))
+            _exit(3);
+        cbus_ctx ctx;
+        make_ctx(&ctx, node);
+        struct cbus_usage u = {.input_tokens = 2000, .usage_present = CBUS_USAGE_INPUT};
+        while (!atomic_load(&sh->stop)) {
+            if (cbus_admit(p, &ctx, NULL) == CBUS_ALLOW) {
+                if (cbus_llm_start(p, &ctx, "hello", NULL) || cbus_llm_end(p, &ctx, &u, NULL))
+                    _exit(4);
+                atomic_fetch_add(&sh->sent[node], 1);
+            }
+            usleep(20000);
+        }
+        cbus_producer_close(p);
+        _exit(0);
+    }
+    loads[node] = pid;
+}
+
+static int count_in(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *s = text; s && (s = strstr(s, needle)); s += strlen(needle))
+        n++;
+    return n;
+}
+
+static long long fleet_spend(void)
+{
+    struct timeval tv = {.tv_sec = 1};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)rs.port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    long long s = -1;
+    redisReply *keys = redisCommand(c, "KEYS t21c:cost:tenant:*");
+    if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 1) {
+        redisReply *v = redisCommand(c, "HGET %s s", keys->element[0]->str);
+        if (v && v->type == REDIS_REPLY_STRING)
+            s = strtoll(v->str, NULL, 10);
+        if (v)
+            freeReplyObject(v);
+    }
+    if (keys)
+        freeReplyObject(keys);
+    redisFree(c);
+    return s;
+}
+
+TestSuite(cost_fleet, .init = setup, .fini = teardown, .timeout = 90);
+
+Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
+{
+    for (int i = 0; i < NODES; i++)
+        start_daemon(i);
+    /* Every node synced once before the spending starts. */
+    uint64_t end = test_now_ms() + 10000;
+    for (int i = 0; i < NODES; i++) {
+        const char *log;
+        while (!(log = read_text(path_of(i, "log"))) || !strstr(log, "synced with redis")) {
+            cr_assert_lt(test_now_ms(), end, "node %d never synced: %s", i, log ? log : "");
+            test_sleep_ms(10);
+        }
+    }
+    for (int i = 0; i < NODES; i++)
+        start_load(i);
+    /* Every node's producers see the tenant stopped: the fleet's verdict
+     * is in each node's own admission table. */
+    cbus_producer *p[NODES];
+    cbus_ctx ctx[NODES];
+    for (int i = 0; i < NODES; i++) {
+        cr_assert_eq(cbus_producer_open(&p[i], bus[i], NULL), 0);
+        make_ctx(&ctx[i], i);
+    }
+    end = test_now_ms() + 20000;
+    for (int i = 0; i < NODES; i++)
+        while (cbus_admit(p[i], &ctx[i], NULL) != CBUS_BUDGET_EXCEEDED) {
+            cr_assert_lt(test_now_ms(), end, "node %d never stopped acme; sent %llu; log:\n%s", i,
+                         (unsigned long long)atomic_load(&sh->sent[i]), read_text(path_of(i, "log")));
+            test_sleep_ms(10);
+        }
+    test_sleep_ms(300); /* anything in flight reaches its daemon */
+    atomic_store(&sh->stop, 1);
+    for (int i = 0; i < NODES; i++) {
+        int st = test_wait_pid(loads[i], 5000);
+        loads[i] = 0;
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: %d", i, st);
+    }
+    uint64_t total = 0, per[NODES];
+    for (int i = 0; i < NODES; i++)
+        total += per[i] = atomic_load(&sh->sent[i]);
+    cr_log_info("fleet: %llu calls (%llu %llu %llu) on a 20-call budget", (unsigned long long)total,
+                (unsigned long long)per[0], (unsigned long long)per[1], (unsigned long long)per[2]);
+    /* Each node spent its share, none near the limit on its own. */
+    for (int i = 0; i < NODES; i++)
+        cr_assert_lt(per[i] * 5, 80, "node %d spent %llu calls alone", i, (unsigned long long)per[i]);
+    /* The fleet's spend, exact to the pico-dollar, once. */
+    long long want = (long long)total * PICO_PER_CALL, got = -1;
+    end = test_now_ms() + 5000;
+    while ((got = fleet_spend()) != want && test_now_ms() < end)
+        test_sleep_ms(20);
+    cr_assert_eq(got, want, "redis holds %lld pico, %llu calls sent (%lld)", got,
+                 (unsigned long long)total, want);
+    cr_assert_geq(total, 20, "the budget (20 calls) was reached: %llu", (unsigned long long)total);
+    /* The lease bound (docs/fleet.md): over by one call per node (its cost
+     * is known at its llm_end) plus what each node's producer starts while
+     * the verdict is on its way; the margin allows 3 of those per node.
+     * Without leases (each node spending what the fleet had left until the
+     * next sync) this ran 30-36 calls. */
+    cr_assert_leq(total, 20 + NODES * (1 + 3), "sent %llu calls on a 20-call budget",
+                  (unsigned long long)total);
+    /* Each mark alerted once, on one node or another. */
+    int thr50 = 0, thr80 = 0, exceeded = 0;
+    static char logs[NODES][1 << 18];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(logs[i], sizeof logs[i], "%s", read_text(path_of(i, "log")));
+        thr50 += count_in(logs[i], "budget tenant acme: threshold 50% reached");
+        thr80 += count_in(logs[i], "budget tenant acme: threshold 80% reached");
+        exceeded += count_in(logs[i], "budget tenant acme: EXCEEDED");
+    }
+    cr_assert_eq(thr50, 1, "50%%: %d\n%s\n%s\n%s", thr50, logs[0], logs[1], logs[2]);
+    cr_assert_eq(thr80, 1, "80%%: %d\n%s\n%s\n%s", thr80, logs[0], logs[1], logs[2]);
+    cr_assert_eq(exceeded, 1, "exceeded: %d\n%s\n%s\n%s", exceeded, logs[0], logs[1], logs[2]);
+    /* The snapshot says the cluster is up and nothing was cut off. */
+    char snap[512];
+    snprintf(snap, sizeof snap, "%s/state0/snapshot.json", dir);
+    const char *s = read_text(snap);
+    cr_assert(s && strstr(s, "\"cluster\":{\"state\":\"up\"") && strstr(s, "\"cut_off_ms\":0"),
+              "%s", s ? s : "(none)");
+    for (int i = 0; i < NODES; i++)
+        cbus_producer_close(p[i]);
+}
