@@ -1,0 +1,196 @@
+#include "hconfig.h"
+
+#include <cbus/cbus.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "daemon.h"
+
+#define SEC UINT64_C(1000000000)
+
+static void defaults(struct hist_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->consumer, sizeof c->consumer, "history");
+    /* The private state dir (daemon.h), never /tmp; empty if there is no home. */
+    char dir[HIST_PATH_MAX - 16];
+    if (cbus_state_dir_default(dir, sizeof dir, "history") == 0)
+        snprintf(c->db, sizeof c->db, "%s/%%b.db", dir);
+    c->fsync = 1;
+    c->batch = 1024;
+    c->retention_every_ns = 3600 * SEC;
+}
+
+static int set_path(char *dst, size_t dstlen, const char *base_dir, const char *v)
+{
+    int n;
+    if (v[0] == '/' || !base_dir || !base_dir[0])
+        n = snprintf(dst, dstlen, "%s", v);
+    else
+        n = snprintf(dst, dstlen, "%s/%s", base_dir, v);
+    return n < 0 || (size_t)n >= dstlen ? -ENAMETOOLONG : 0;
+}
+
+int hist_parse_listen(const char *v, char *host, size_t hostlen, unsigned *port, const char **why)
+{
+    const char *colon = strrchr(v, ':');
+    *why = "want HOST:PORT (127.0.0.1:9470 or [::1]:9470)";
+    if (!colon || colon == v)
+        return -EINVAL;
+    char h[64];
+    size_t hl = (size_t)(colon - v);
+    if (v[0] == '[' && hl > 2 && v[hl - 1] == ']') { /* [::1]:port */
+        v++;
+        hl -= 2;
+    }
+    if (hl >= sizeof h || hl >= hostlen)
+        return -EINVAL;
+    memcpy(h, v, hl);
+    h[hl] = '\0';
+    char *end;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || p > 65535) {
+        *why = "port must be 0..65535";
+        return -EINVAL;
+    }
+    if (!strcmp(h, "localhost"))
+        snprintf(h, sizeof h, "127.0.0.1");
+    struct in_addr a4;
+    struct in6_addr a6;
+    int loop4 = inet_pton(AF_INET, h, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+    int loop6 = inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    if (!loop4 && !loop6) {
+        /* conversations are private: never on a routable address */
+        *why = "the history API is served on loopback only (127.0.0.0/8, ::1)";
+        return -EINVAL;
+    }
+    snprintf(host, hostlen, "%s", h);
+    *port = (unsigned)p;
+    return 0;
+}
+
+int hist_config_parse(struct hist_config *c, const char *name, const char *text,
+                      const char *base_dir, char *err, size_t errlen)
+{
+    defaults(c);
+    struct cbus_cfg cfg;
+    int r = cbus_cfg_parse(&cfg, name, text, err, errlen);
+    if (r)
+        return r;
+    static const char *const starts[] = {"oldest", "newest", NULL};
+    for (size_t i = 0; i < cfg.count && !r; i++) {
+        const struct cbus_cfg_entry *e = &cfg.entries[i];
+        const char *s = e->section, *k = e->key;
+        if (!strcmp(s, "bus") && !strcmp(k, "name")) {
+            if (cbus_name_valid(e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid bus name", e->value);
+            else
+                snprintf(c->bus, sizeof c->bus, "%s", e->value);
+        } else if (!strcmp(s, "bus") && !strcmp(k, "consumer")) {
+            if (cbus_name_valid(e->value) || strlen(e->value) >= sizeof c->consumer)
+                r = cbus_cfg_error(&cfg, e, err, errlen,
+                                   "'%s' is not a valid consumer name (1..%zu of [A-Za-z0-9_.-])",
+                                   e->value, sizeof c->consumer - 1);
+            else
+                snprintf(c->consumer, sizeof c->consumer, "%s", e->value);
+        } else if (!strcmp(s, "bus") && !strcmp(k, "start")) {
+            r = cbus_cfg_choice(&cfg, e, starts, &c->start_newest, err, errlen);
+        } else if (!strcmp(s, "store") && !strcmp(k, "path")) {
+            if (!e->value[0])
+                r = cbus_cfg_error(&cfg, e, err, errlen, "empty path");
+            else if (set_path(c->db, sizeof c->db, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+        } else if (!strcmp(s, "store") && !strcmp(k, "fsync")) {
+            r = cbus_cfg_bool(&cfg, e, &c->fsync, err, errlen);
+        } else if (!strcmp(s, "store") && !strcmp(k, "batch")) {
+            r = cbus_cfg_u64(&cfg, e, 1, 65536, &c->batch, err, errlen);
+        } else if (!strcmp(s, "retention") && !strcmp(k, "max_age")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->max_age_ns, err, errlen);
+        } else if (!strcmp(s, "retention") && !strcmp(k, "check_every")) {
+            r = cbus_cfg_duration_ns(&cfg, e, &c->retention_every_ns, err, errlen);
+            if (!r && (c->retention_every_ns < SEC / 10 || c->retention_every_ns > 86400 * SEC))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 100ms and 1d");
+        } else if (!strcmp(s, "http") && !strcmp(k, "listen")) {
+            const char *why;
+            if (!e->value[0])
+                c->http_host[0] = '\0';
+            else if (hist_parse_listen(e->value, c->http_host, sizeof c->http_host, &c->http_port,
+                                       &why))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s': %s", e->value, why);
+        } else {
+            static const char *const known[] = {"bus", "store", "retention", "http", NULL};
+            int sec_known = 0;
+            for (unsigned j = 0; known[j]; j++)
+                sec_known |= !strcmp(s, known[j]);
+            r = sec_known ? cbus_cfg_error(&cfg, e, err, errlen, "unknown key")
+                          : cbus_cfg_error(&cfg, e, err, errlen, "unknown section [%s]", s);
+        }
+    }
+    cbus_cfg_free(&cfg);
+    if (!r && !c->db[0]) {
+        snprintf(err, errlen, "%s: no [store] path and no home directory for the default", name);
+        r = -EINVAL;
+    }
+    return r;
+}
+
+int hist_config_load(struct hist_config *c, const char *path, char *err, size_t errlen)
+{
+    if (!path) {
+        defaults(c);
+        if (!c->db[0]) {
+            snprintf(err, errlen, "no home directory for the default store: give --db PATH");
+            return -EINVAL;
+        }
+        return 0;
+    }
+    struct cbus_cfg raw;
+    /* cbus_cfg_load reads and checks the file (regular, no NUL); its text is
+     * parsed again here with our keys. */
+    int r = cbus_cfg_load(&raw, path, err, errlen);
+    if (r)
+        return r;
+    cbus_cfg_free(&raw);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+    char chunk[4096];
+    size_t got;
+    while (m && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, got, m);
+    fclose(f);
+    if (!m || fclose(m)) {
+        free(text);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    char dir[HIST_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    r = hist_config_parse(c, path, text, dirname(dir), err, errlen);
+    free(text);
+    return r;
+}
+
+int hist_config_finish(struct hist_config *c)
+{
+    char *p = strstr(c->db, "%b");
+    if (!p)
+        return 0;
+    char out[HIST_PATH_MAX];
+    int n = snprintf(out, sizeof out, "%.*s%s%s", (int)(p - c->db), c->db, c->bus, p + 2);
+    if (n < 0 || (size_t)n >= sizeof out)
+        return -ENAMETOOLONG;
+    memcpy(c->db, out, (size_t)n + 1);
+    return 0;
+}

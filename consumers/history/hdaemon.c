@@ -1,0 +1,374 @@
+/* cbus-history, the daemon: a lossless consumer on the common loop
+ * (consumers/common/loop.h) that stores each poll batch in one SQLite
+ * transaction together with the position past it (store.h). */
+#include "hdaemon.h"
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "api.h"
+#include "daemon.h"
+#include "hconfig.h"
+#include "ingest.h"
+#include "log.h"
+#include "loop.h"
+#include "store.h"
+
+#define SEC UINT64_C(1000000000)
+#define MS  UINT64_C(1000000)
+
+struct hd {
+    struct hist_config cfg;
+    struct hist_store *st;
+    struct cbus_loop loop;
+    struct hist_api *api;
+    uint64_t bus_id;
+    uint64_t batches;
+    /* a paused store: since when, and the error we said it for */
+    uint64_t paused_since;
+    int paused_err;
+    int stopping;
+};
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
+}
+
+static const char *why_of(int r)
+{
+    switch (r) {
+    case -ENOSPC: return "disk full";
+    case -EBUSY: return "store locked by another writer";
+    case -EROFS: return "store read-only";
+    case -ENOMEM: return "out of memory";
+    case -EACCES: return "cannot open the store's files";
+    default: return "I/O error";
+    }
+}
+
+/* Applies a batch and commits it with the position past it.  0 or -errno
+ * (rolled back: nothing of the batch is stored). */
+static int store_batch(struct hd *d, const struct cbus_event *ev, const struct cbus_body *bodies,
+                       int n, const struct cbus_position *pos)
+{
+    int r = hist_store_begin(d->st);
+    for (int i = 0; i < n && !r; i++)
+        r = hist_store_event(d->st, d->bus_id, &ev[i], bodies ? &bodies[i] : NULL);
+    if (!r)
+        r = hist_store_commit(d->st, d->bus_id, pos);
+    if (r)
+        hist_store_rollback(d->st);
+    return r;
+}
+
+/* The store refused the batch: pause.  We keep the batch (the loop polls
+ * nothing more until this returns), keep heartbeating so the bus keeps us
+ * tethered (producers wait their bound, then drop and count, as the bus's
+ * rules say), and try again every second.  Nothing is lost: the batch is
+ * stored whole once the disk has room, and a stop while paused leaves the
+ * file's position before it, so the next start reads it again. */
+static int pause_and_retry(struct hd *d, const struct cbus_event *ev,
+                           const struct cbus_body *bodies, int n,
+                           const struct cbus_position *pos, int r)
+{
+    uint64_t t0 = cbus_now_ns();
+    for (;;) {
+        if (r == -EBADMSG) {
+            cbus_log_error("store %s is corrupt (%s): stopping", d->cfg.db,
+                           hist_store_errmsg(d->st));
+            return 1;
+        }
+        if (r != d->paused_err) {
+            cbus_log_error("store %s: %s (%s): paused; a batch of %d events and all after it "
+                           "wait on the bus (lossless, tethered); retrying every second", d->cfg.db, why_of(r),
+                           hist_store_errmsg(d->st), n);
+            d->paused_err = r;
+        }
+        if (!d->paused_since)
+            d->paused_since = t0;
+        for (int i = 0; i < 10; i++) {
+            cbus_loop_busy(&d->loop);
+            if (cbus_daemon_stop) {
+                cbus_log_warn("stopping while paused: %d events not stored, read again at the "
+                              "next start", n);
+                d->stopping = 1;
+                return 1;
+            }
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        r = store_batch(d, ev, bodies, n, pos);
+        if (!r)
+            break;
+    }
+    cbus_log_info("store %s: resumed after %.1f s paused; %d events stored", d->cfg.db,
+                  (double)(cbus_now_ns() - d->paused_since) / 1e9, n);
+    d->paused_since = 0;
+    d->paused_err = 0;
+    return 0;
+}
+
+static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
+                    uint64_t now)
+{
+    struct hd *d = arg;
+    (void)now;
+    if (n <= 0)
+        return 0;
+    struct cbus_position pos;
+    int r = cbus_consumer_position(d->loop.at.c, &pos);
+    if (r) {
+        cbus_log_error("consumer position: %s", cbus_strerror(r));
+        return 1;
+    }
+    r = store_batch(d, ev, bodies, n, &pos);
+    if (r && pause_and_retry(d, ev, bodies, n, &pos, r))
+        return 1;
+    d->batches++;
+    /* Durable first, then let producers overwrite. */
+    r = cbus_consumer_commit_position(d->loop.at.c, &pos);
+    if (r)
+        cbus_log_warn("commit cursor: %s", cbus_strerror(r));
+    return 0;
+}
+
+static int on_arrived(void *arg)
+{
+    struct hd *d = arg;
+    d->bus_id = d->loop.at.bus_id;
+    return 0;
+}
+
+static int retention_timer(void *arg, uint64_t now)
+{
+    struct hd *d = arg;
+    (void)now;
+    if (!d->cfg.max_age_ns)
+        return 0;
+    uint64_t rn = real_ns(), c = 0, m = 0;
+    int r = hist_store_expire(d->st, rn > d->cfg.max_age_ns ? rn - d->cfg.max_age_ns : 0, &c, &m);
+    if (r)
+        cbus_log_warn("retention: %s (%s); trying again later", why_of(r),
+                      hist_store_errmsg(d->st));
+    else if (c)
+        cbus_log_info("retention: %llu conversations (%llu messages) idle longer than the "
+                      "max_age removed", (unsigned long long)c, (unsigned long long)m);
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cbus-history [--bus NAME] [--config PATH] [--db PATH] [--listen HOST:PORT]\n"
+            "                    [--verbose]                      the daemon\n"
+            "       cbus-history COMMAND [--db PATH | --config PATH [--bus NAME]] ...\n"
+            "  list [--user U] [--since T] [--limit N] [--json]\n"
+            "  show CONV [--json]          the thread, with parent links\n"
+            "  rename CONV TITLE\n"
+            "  export CONV --json\n"
+            "  search TEXT [--limit N] [--json]\n"
+            "  expire --older-than DURATION\n"
+            "  forget USER                 deletes every conversation of USER\n");
+}
+
+/* Attaches, waiting for the bus.  Returns 0, 1 (stopped) or -errno. */
+static int attach(struct hd *d, cbus_consumer **c)
+{
+    struct cbus_position saved;
+    uint64_t saved_bus = 0;
+    int have = hist_store_cursor(d->st, &saved_bus, &saved);
+    if (have < 0 && have != -ENOENT) {
+        cbus_log_error("store %s: cursor: %s", d->cfg.db, hist_store_errmsg(d->st));
+        return have;
+    }
+    struct cbus_consumer_opts o = {
+        .name = d->cfg.consumer,
+        .mode = CBUS_LOSSLESS,
+        .start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST,
+        .kinds = hist_needed_kinds(),
+    };
+    if (have == 0) {
+        o.start = CBUS_START_CURSOR;
+        o.position = &saved;
+        o.expect_bus_id = saved_bus;
+    }
+    int logged = 0;
+    for (;;) {
+        int r = cbus_consumer_attach(c, d->cfg.bus, &o);
+        if ((r == -ESTALE || r == -EINVAL) && o.start == CBUS_START_CURSOR) {
+            /* Another bus (re-created, other lanes): the stored position
+             * means nothing on it.  The store keeps what it has. */
+            cbus_log_warn("bus %s is not the one the store's position is for (%s): reading it "
+                          "from its %s event", d->cfg.bus, cbus_strerror(r),
+                          d->cfg.start_newest ? "newest" : "oldest");
+            o.start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST;
+            o.position = NULL;
+            o.expect_bus_id = 0;
+            continue;
+        }
+        if (r == -ENOENT) {
+            if (!logged)
+                cbus_log_info("bus %s does not exist yet; waiting for it", d->cfg.bus);
+            logged = 1;
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            if (cbus_daemon_stop)
+                return 1;
+            continue;
+        }
+        if (r)
+            return r;
+        return 0;
+    }
+}
+
+int hist_daemon_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"bus", required_argument, NULL, 'b'},
+        {"config", required_argument, NULL, 'c'},
+        {"db", required_argument, NULL, 'd'},
+        {"listen", required_argument, NULL, 'l'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *bus = NULL, *config = NULL, *db = NULL, *listen_at = NULL;
+    int verbose = 0, opt;
+    while ((opt = getopt_long(argc, argv, "b:c:d:l:vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'b': bus = optarg; break;
+        case 'c': config = optarg; break;
+        case 'd': db = optarg; break;
+        case 'l': listen_at = optarg; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cbus-history: unknown command '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    cbus_log_init("cbus-history", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+    cbus_daemon_signals();
+    static struct hd dd;
+    struct hd *d = &dd;
+    memset(d, 0, sizeof *d);
+    char err[1024];
+    if (hist_config_load(&d->cfg, config, err, sizeof err)) {
+        cbus_log_error("%s", err);
+        return 2;
+    }
+    if (bus) {
+        if (cbus_name_valid(bus)) {
+            cbus_log_error("--bus %s: not a valid bus name", bus);
+            return 2;
+        }
+        snprintf(d->cfg.bus, sizeof d->cfg.bus, "%s", bus);
+    }
+    if (!d->cfg.bus[0]) {
+        cbus_log_error("no bus: give --bus NAME or [bus] name in the config");
+        return 2;
+    }
+    if (db && snprintf(d->cfg.db, sizeof d->cfg.db, "%s", db) >= (int)sizeof d->cfg.db) {
+        cbus_log_error("--db: path too long");
+        return 2;
+    }
+    if (listen_at) {
+        const char *why;
+        if (hist_parse_listen(listen_at, d->cfg.http_host, sizeof d->cfg.http_host,
+                              &d->cfg.http_port, &why)) {
+            cbus_log_error("--listen %s: %s", listen_at, why);
+            return 2;
+        }
+    }
+    if (hist_config_finish(&d->cfg)) {
+        cbus_log_error("[store] path: too long once the bus name is in");
+        return 2;
+    }
+    /* Private or refused: the store holds people's conversations.  Its
+     * files (and SQLite's -wal and -shm beside it) are ours alone. */
+    umask(077);
+    char why[8192];
+    int r = cbus_state_file_dir_prepare(d->cfg.db, 0700, why, sizeof why);
+    if (r) {
+        cbus_log_error("%s", why);
+        return 1;
+    }
+    r = hist_store_open(&d->st, d->cfg.db, d->cfg.fsync ? HIST_STORE_FSYNC : 0, err, sizeof err);
+    if (r) {
+        cbus_log_error("store %s", err);
+        return 1;
+    }
+    int rc = 0;
+    cbus_consumer *c = NULL;
+    r = attach(d, &c);
+    if (r == 1)
+        goto out;
+    if (r) {
+        cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
+                       cbus_strerror(r));
+        rc = 1;
+        goto out;
+    }
+    struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS,
+                                   .kinds = hist_needed_kinds()};
+    if (cbus_loop_init(&d->loop, c, d->cfg.bus, &ao, (unsigned)d->cfg.batch, 1, d)) {
+        cbus_log_error("out of memory");
+        rc = 1;
+        goto out;
+    }
+    d->bus_id = d->loop.at.bus_id;
+    if (d->cfg.http_host[0]) {
+        r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, err,
+                           sizeof err);
+        if (r) {
+            cbus_log_error("HTTP API %s:%u: %s", d->cfg.http_host, d->cfg.http_port, err);
+            rc = 1;
+            goto out;
+        }
+    }
+    struct hist_counts hc;
+    hist_store_counts(d->st, &hc);
+    char api[160] = "off";
+    if (d->api)
+        snprintf(api, sizeof api, "http://%.63s:%u/v1/conversations", d->cfg.http_host,
+                 hist_api_port(d->api));
+    cbus_log_info("started: bus %s (id %016llx) as lossless consumer %s; store %s (%llu messages, "
+                  "%llu events so far); API %s", d->cfg.bus, (unsigned long long)d->bus_id,
+                  d->cfg.consumer, d->cfg.db, (unsigned long long)hc.messages,
+                  (unsigned long long)hc.events, api);
+    struct cbus_loop *l = &d->loop;
+    l->on_batch = on_batch;
+    l->on_arrived = on_arrived;
+    if (d->cfg.max_age_ns)
+        cbus_loop_every(l, d->cfg.retention_every_ns, 0, retention_timer, 1);
+    rc = cbus_loop_run(l);
+    if (d->stopping)
+        rc = 0;
+    hist_store_counts(d->st, &hc);
+    cbus_log_info("stopping: %llu messages stored (%llu duplicates refused, %llu events without "
+                  "a conversation)", (unsigned long long)hc.messages,
+                  (unsigned long long)hc.duplicates, (unsigned long long)hc.skipped);
+out:
+    hist_api_stop(d->api);
+    if (d->loop.ev)
+        cbus_loop_close(&d->loop);
+    else
+        cbus_consumer_detach(c);
+    hist_store_close(d->st);
+    return rc;
+}

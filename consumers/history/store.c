@@ -1,0 +1,1016 @@
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SCHEMA_VERSION 1
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v);"
+    /* one row: the bus position past the last committed batch, and counters */
+    "CREATE TABLE IF NOT EXISTS cursor(id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " bus_id INTEGER NOT NULL, lanes INTEGER NOT NULL, pos BLOB NOT NULL,"
+    " events INTEGER NOT NULL, messages INTEGER NOT NULL, duplicates INTEGER NOT NULL,"
+    " skipped INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS conversations(id TEXT PRIMARY KEY, title TEXT, user TEXT,"
+    " tenant TEXT, agent TEXT, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'active', messages INTEGER NOT NULL DEFAULT 0,"
+    " input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,"
+    " cost_usd REAL, last_msg TEXT);"
+    "CREATE INDEX IF NOT EXISTS conv_user ON conversations(user, updated_ns);"
+    "CREATE INDEX IF NOT EXISTS conv_updated ON conversations(updated_ns);"
+    /* seq: the order messages arrived in (the thread's order) */
+    "CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " conv TEXT NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL, name TEXT,"
+    " text TEXT NOT NULL, raw BLOB, parent TEXT, model TEXT, input_tokens INTEGER,"
+    " output_tokens INTEGER, ts_ns INTEGER NOT NULL, run_id TEXT, trace_id TEXT,"
+    " metadata TEXT, hash INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS msg_conv ON messages(conv, seq);"
+    "CREATE INDEX IF NOT EXISTS msg_hash ON messages(conv, hash);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(text, content='messages',"
+    " content_rowid='seq');"
+    "CREATE TRIGGER IF NOT EXISTS msg_ai AFTER INSERT ON messages BEGIN"
+    " INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text); END;"
+    "CREATE TRIGGER IF NOT EXISTS msg_ad AFTER DELETE ON messages BEGIN"
+    " INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);"
+    " END;"
+    "CREATE TRIGGER IF NOT EXISTS msg_au AFTER UPDATE OF text ON messages BEGIN"
+    " INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);"
+    " INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text); END;";
+
+enum {
+    ST_CONV_TOUCH,
+    ST_MSG_INSERT,
+    ST_CONV_LAST,
+    ST_CONV_AFTER_MSG,
+    ST_COUNT_HASH,
+    ST_ADD_USAGE,
+    ST_CURSOR_PUT,
+    ST__COUNT
+};
+
+static const char *const stmt_sql[ST__COUNT] = {
+    [ST_CONV_TOUCH] =
+        "INSERT INTO conversations(id, user, tenant, agent, created_ns, updated_ns)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(id) DO UPDATE SET"
+        " updated_ns = max(updated_ns, excluded.updated_ns),"
+        " user = coalesce(user, excluded.user), tenant = coalesce(tenant, excluded.tenant),"
+        " agent = coalesce(agent, excluded.agent)",
+    [ST_MSG_INSERT] =
+        "INSERT INTO messages(id, conv, role, kind, name, text, raw, parent, model,"
+        " input_tokens, output_tokens, ts_ns, run_id, trace_id, metadata, hash)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        " ON CONFLICT(id) DO NOTHING",
+    [ST_CONV_LAST] = "SELECT last_msg FROM conversations WHERE id = ?1",
+    [ST_CONV_AFTER_MSG] =
+        "UPDATE conversations SET messages = messages + 1, last_msg = ?2,"
+        " updated_ns = max(updated_ns, ?3) WHERE id = ?1",
+    [ST_COUNT_HASH] = "SELECT count(*) FROM messages WHERE conv = ?1 AND hash = ?2",
+    [ST_ADD_USAGE] =
+        "UPDATE conversations SET input_tokens = input_tokens + ?2,"
+        " output_tokens = output_tokens + ?3 WHERE id = ?1",
+    [ST_CURSOR_PUT] =
+        "INSERT OR REPLACE INTO cursor(id, bus_id, lanes, pos, events, messages, duplicates,"
+        " skipped) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+};
+
+struct hist_store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST__COUNT];
+    unsigned flags;
+    int in_tx;
+    struct hist_counts counts, counts_at_begin;
+    struct sbuf clean;     /* a text made valid UTF-8 */
+    char errmsg[256];
+};
+
+static int code_of(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW: return 0;
+    case SQLITE_FULL: return -ENOSPC;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return -EBUSY;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return -EBADMSG;
+    case SQLITE_NOMEM: return -ENOMEM;
+    case SQLITE_READONLY: return -EROFS;
+    case SQLITE_CANTOPEN: return -EACCES;
+    default: return -EIO;
+    }
+}
+
+static int fail(struct hist_store *s, int rc)
+{
+    snprintf(s->errmsg, sizeof s->errmsg, "%s", sqlite3_errmsg(s->db));
+    return code_of(rc);
+}
+
+const char *hist_store_errmsg(const struct hist_store *s)
+{
+    return s ? s->errmsg : "no store";
+}
+
+uint64_t hist_msg_hash(const char *role, const char *text, size_t len)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (const char *p = role; p && *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= UINT64_C(0x100000001b3);
+    }
+    h ^= 0;
+    h *= UINT64_C(0x100000001b3);
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)text[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+static int exec(struct hist_store *s, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(s->errmsg, sizeof s->errmsg, "%s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return code_of(rc);
+    }
+    return 0;
+}
+
+static void load_counts(struct hist_store *s)
+{
+    sqlite3_stmt *q;
+    memset(&s->counts, 0, sizeof s->counts);
+    if (sqlite3_prepare_v2(s->db, "SELECT events, messages, duplicates, skipped FROM cursor",
+                           -1, &q, NULL) != SQLITE_OK)
+        return;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        s->counts.events = (uint64_t)sqlite3_column_int64(q, 0);
+        s->counts.messages = (uint64_t)sqlite3_column_int64(q, 1);
+        s->counts.duplicates = (uint64_t)sqlite3_column_int64(q, 2);
+        s->counts.skipped = (uint64_t)sqlite3_column_int64(q, 3);
+    }
+    sqlite3_finalize(q);
+}
+
+int hist_store_open(struct hist_store **out, const char *path, unsigned flags, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    struct hist_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    s->flags = flags;
+    sbuf_init(&s->clean);
+    int oflags = (flags & HIST_STORE_RDONLY) ? SQLITE_OPEN_READONLY
+                                             : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    int rc = sqlite3_open_v2(path, &s->db, oflags | SQLITE_OPEN_NOMUTEX, NULL);
+    int r;
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        r = code_of(rc);
+        goto err_close;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, 5000);
+    if (!(flags & HIST_STORE_RDONLY)) {
+        /* WAL: readers (the CLI, the HTTP thread) never block the writer.
+         * NORMAL: a commit survives a crash of the process, FULL also power
+         * loss (an fsync per commit). */
+        r = exec(s, "PRAGMA journal_mode=WAL");
+        if (!r)
+            r = exec(s, (flags & HIST_STORE_FSYNC) ? "PRAGMA synchronous=FULL"
+                                                   : "PRAGMA synchronous=NORMAL");
+        if (!r)
+            r = exec(s, "BEGIN IMMEDIATE");
+        if (!r)
+            r = exec(s, schema);
+        if (!r) {
+            char v[96];
+            snprintf(v, sizeof v, "INSERT OR IGNORE INTO meta(k, v) VALUES ('schema', %d)",
+                     SCHEMA_VERSION);
+            r = exec(s, v);
+        }
+        if (!r)
+            r = exec(s, "COMMIT");
+        if (r) {
+            snprintf(err, errlen, "%s: %s", path, s->errmsg);
+            exec(s, "ROLLBACK");
+            goto err_close;
+        }
+        for (int i = 0; i < ST__COUNT; i++) {
+            rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                                    NULL);
+            if (rc != SQLITE_OK) {
+                snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
+                r = code_of(rc);
+                goto err_close;
+            }
+        }
+    }
+    /* A reader of a file that is not a store says so at once. */
+    sqlite3_stmt *q;
+    rc = sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: not a cbus-history store (%s)", path, sqlite3_errmsg(s->db));
+        r = -EPROTO;
+        goto err_close;
+    }
+    rc = sqlite3_step(q);
+    int ver = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) : 0;
+    sqlite3_finalize(q);
+    if (ver != SCHEMA_VERSION) {
+        snprintf(err, errlen, "%s: store schema %d, this cbus-history reads %d", path, ver,
+                 SCHEMA_VERSION);
+        r = -EPROTO;
+        goto err_close;
+    }
+    load_counts(s);
+    *out = s;
+    return 0;
+err_close:
+    hist_store_close(s);
+    return r;
+}
+
+void hist_store_close(struct hist_store *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    sqlite3_close(s->db);
+    sbuf_free(&s->clean);
+    free(s);
+}
+
+int hist_store_cursor(struct hist_store *s, uint64_t *bus_id, struct cbus_position *pos)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT bus_id, lanes, pos FROM cursor WHERE id = 1", -1,
+                                &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    rc = sqlite3_step(q);
+    int r = -ENOENT;
+    if (rc == SQLITE_ROW) {
+        memset(pos, 0, sizeof *pos);
+        *bus_id = (uint64_t)sqlite3_column_int64(q, 0);
+        int64_t lanes = sqlite3_column_int64(q, 1);
+        const void *blob = sqlite3_column_blob(q, 2);
+        int n = sqlite3_column_bytes(q, 2);
+        /* The file is ours, but check it as any input: a lane count the bus
+         * cannot have, or a blob of another length, is refused. */
+        if (lanes < 1 || lanes > CBUS_MAX_LANES || n != (int)(lanes * 8) || !blob) {
+            snprintf(s->errmsg, sizeof s->errmsg, "cursor row is malformed (lanes %" PRId64
+                     ", %d bytes)", lanes, n);
+            r = -EBADMSG;
+        } else {
+            pos->lanes = (uint32_t)lanes;
+            memcpy(pos->pos, blob, (size_t)n);
+            r = 0;
+        }
+    } else if (rc != SQLITE_DONE) {
+        r = fail(s, rc);
+    }
+    sqlite3_finalize(q);
+    return r;
+}
+
+int hist_store_counts(struct hist_store *s, struct hist_counts *out)
+{
+    *out = s->counts;
+    return 0;
+}
+
+int hist_store_begin(struct hist_store *s)
+{
+    if (s->in_tx)
+        return 0;
+    int r = exec(s, "BEGIN IMMEDIATE");
+    if (r)
+        return r;
+    s->in_tx = 1;
+    s->counts_at_begin = s->counts;
+    return 0;
+}
+
+static int step_done(struct hist_store *s, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    int r = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : fail(s, rc);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return r;
+}
+
+int hist_store_commit(struct hist_store *s, uint64_t bus_id, const struct cbus_position *pos)
+{
+    if (!s->in_tx)
+        return -EINVAL;
+    sqlite3_stmt *st = s->st[ST_CURSOR_PUT];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)bus_id);
+    sqlite3_bind_int64(st, 2, pos->lanes);
+    sqlite3_bind_blob(st, 3, pos->pos, (int)(pos->lanes * sizeof pos->pos[0]), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)s->counts.events);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)s->counts.messages);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)s->counts.duplicates);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)s->counts.skipped);
+    int r = step_done(s, st);
+    if (!r)
+        r = exec(s, "COMMIT");
+    if (!r)
+        s->in_tx = 0;
+    return r;
+}
+
+void hist_store_rollback(struct hist_store *s)
+{
+    if (!s->in_tx)
+        return;
+    if (sqlite3_get_autocommit(s->db) == 0)
+        exec(s, "ROLLBACK");
+    s->in_tx = 0;
+    s->counts = s->counts_at_begin;
+}
+
+void hist_store_skip(struct hist_store *s)
+{
+    s->counts.skipped++;
+}
+
+static void bind_opt(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v && *v)
+        sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+int hist_store_conv_touch(struct hist_store *s, const char *conv, uint64_t ts_ns, const char *user,
+                          const char *tenant, const char *agent)
+{
+    sqlite3_stmt *st = s->st[ST_CONV_TOUCH];
+    sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+    bind_opt(st, 2, user);
+    bind_opt(st, 3, tenant);
+    bind_opt(st, 4, agent);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)ts_ns);
+    return step_done(s, st);
+}
+
+int hist_store_message(struct hist_store *s, const struct hist_msg *m)
+{
+    if (!m->conv || !*m->conv || !m->id || !*m->id || !m->role)
+        return -EINVAL;
+    int r = hist_store_conv_touch(s, m->conv, m->ts_ns, m->user, m->tenant, m->agent);
+    if (r)
+        return r;
+    /* The parent: the caller's, else the conversation's last message. */
+    char last[HIST_ID_MAX + 1] = "";
+    const char *parent = m->parent;
+    if (!parent) {
+        sqlite3_stmt *q = s->st[ST_CONV_LAST];
+        sqlite3_bind_text(q, 1, m->conv, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW && sqlite3_column_text(q, 0))
+            snprintf(last, sizeof last, "%s", (const char *)sqlite3_column_text(q, 0));
+        else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            r = fail(s, rc);
+        sqlite3_reset(q);
+        sqlite3_clear_bindings(q);
+        if (r)
+            return r;
+        parent = last[0] ? last : NULL;
+    }
+    int valid = 1;
+    size_t clen = cbus_utf8_clean_len(m->text ? m->text : "", m->text_len, &valid);
+    (void)clen;
+    sqlite3_stmt *st = s->st[ST_MSG_INSERT];
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->conv, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->role, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, m->kind ? m->kind : "message", -1, SQLITE_STATIC);
+    bind_opt(st, 5, m->name);
+    if (valid) {
+        sqlite3_bind_text(st, 6, m->text ? m->text : "", (int)m->text_len, SQLITE_STATIC);
+        sqlite3_bind_null(st, 7);
+    } else {
+        /* Bytes that are not UTF-8: the text gets U+FFFD for them (search,
+         * JSON), raw keeps them exactly. */
+        sbuf_reset(&s->clean);
+        sbuf_utf8_clean(&s->clean, m->text, m->text_len);
+        if (s->clean.failed)
+            return -ENOMEM;
+        sqlite3_bind_text(st, 6, s->clean.data, (int)s->clean.len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 7, m->text, (int)m->text_len, SQLITE_STATIC);
+    }
+    bind_opt(st, 8, parent);
+    bind_opt(st, 9, m->model);
+    if (m->input_tokens >= 0)
+        sqlite3_bind_int64(st, 10, m->input_tokens);
+    if (m->output_tokens >= 0)
+        sqlite3_bind_int64(st, 11, m->output_tokens);
+    sqlite3_bind_int64(st, 12, (sqlite3_int64)m->ts_ns);
+    bind_opt(st, 13, m->run_id);
+    bind_opt(st, 14, m->trace_id);
+    bind_opt(st, 15, m->metadata);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)m->hash);
+    r = step_done(s, st);
+    if (r)
+        return r;
+    if (sqlite3_changes(s->db) == 0) {
+        s->counts.duplicates++;
+        return 0;
+    }
+    s->counts.messages++;
+    st = s->st[ST_CONV_AFTER_MSG];
+    sqlite3_bind_text(st, 1, m->conv, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)m->ts_ns);
+    return step_done(s, st);
+}
+
+int hist_store_count_hash(struct hist_store *s, const char *conv, uint64_t hash, uint64_t *n)
+{
+    sqlite3_stmt *q = s->st[ST_COUNT_HASH];
+    sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)hash);
+    int rc = sqlite3_step(q);
+    int r = 0;
+    if (rc == SQLITE_ROW)
+        *n = (uint64_t)sqlite3_column_int64(q, 0);
+    else
+        r = fail(s, rc);
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+    return r;
+}
+
+int hist_store_last_hash(struct hist_store *s, const char *conv, uint64_t *hash)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT hash FROM messages WHERE conv = ?1"
+                                       " ORDER BY seq DESC LIMIT 1", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    int r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : fail(s, rc);
+    if (rc == SQLITE_ROW)
+        *hash = (uint64_t)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return r;
+}
+
+int hist_store_has_message(struct hist_store *s, const char *id)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT 1 FROM messages WHERE id = ?1", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    int r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    return r;
+}
+
+void hist_store_count_event(struct hist_store *s)
+{
+    s->counts.events++;
+}
+
+int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out)
+{
+    sqlite3_stmt *st = s->st[ST_ADD_USAGE];
+    sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, in > 0 ? in : 0);
+    sqlite3_bind_int64(st, 3, out > 0 ? out : 0);
+    return step_done(s, st);
+}
+
+/* One statement with text arguments, in the batch or on its own.  Returns
+ * 0 or the codes; *changes gets sqlite3_changes(). */
+static int run(struct hist_store *s, const char *sql, int *changes, int nargs, ...)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    va_list ap;
+    va_start(ap, nargs);
+    for (int i = 1; i <= nargs; i++) {
+        const char *v = va_arg(ap, const char *);
+        if (v)
+            sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+    }
+    va_end(ap);
+    rc = sqlite3_step(st);
+    int r = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : fail(s, rc);
+    if (changes)
+        *changes = sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    return r;
+}
+
+static void ns_text(char *out, size_t len, uint64_t ns)
+{
+    snprintf(out, len, "%" PRIu64, ns);
+}
+
+int hist_store_rename(struct hist_store *s, const char *conv, const char *title, uint64_t ts_ns)
+{
+    if (!conv || !*conv || !title)
+        return -EINVAL;
+    char ts[24];
+    ns_text(ts, sizeof ts, ts_ns);
+    int changes = 0;
+    int r = run(s, "UPDATE conversations SET title = ?2, updated_ns = max(updated_ns, ?3)"
+                   " WHERE id = ?1", &changes, 3, conv, title, ts);
+    return r ? r : changes ? 0 : -ENOENT;
+}
+
+int hist_store_set_state(struct hist_store *s, const char *conv, const char *state, uint64_t ts_ns)
+{
+    if (!conv || !*conv || !state || !*state)
+        return -EINVAL;
+    char ts[24];
+    ns_text(ts, sizeof ts, ts_ns);
+    int changes = 0;
+    int r = run(s, "UPDATE conversations SET state = ?2, updated_ns = max(updated_ns, ?3)"
+                   " WHERE id = ?1", &changes, 3, conv, state, ts);
+    return r ? r : changes ? 0 : -ENOENT;
+}
+
+/* Deletes the conversations `where` selects (one text argument) and their
+ * messages, in one transaction; then makes the deleted text unreadable in
+ * the file: secure_delete zeroes freed pages, and the WAL (which still holds
+ * the old pages) is checkpointed and truncated. */
+static int delete_where(struct hist_store *s, const char *where, const char *arg, uint64_t *convs,
+                        uint64_t *msgs)
+{
+    char sql[256];
+    int nm = 0, nc = 0;
+    int r = exec(s, "PRAGMA secure_delete=ON");
+    if (!r)
+        r = exec(s, "BEGIN IMMEDIATE");
+    if (r)
+        return r;
+    snprintf(sql, sizeof sql, "DELETE FROM messages WHERE conv IN (SELECT id FROM conversations"
+                              " WHERE %s)", where);
+    r = run(s, sql, &nm, 1, arg);
+    if (!r) {
+        snprintf(sql, sizeof sql, "DELETE FROM conversations WHERE %s", where);
+        r = run(s, sql, &nc, 1, arg);
+    }
+    if (!r)
+        r = exec(s, "COMMIT");
+    if (r) {
+        exec(s, "ROLLBACK");
+        return r;
+    }
+    if (!(s->flags & HIST_STORE_RDONLY))
+        exec(s, "PRAGMA wal_checkpoint(TRUNCATE)");
+    if (convs)
+        *convs = (uint64_t)nc;
+    if (msgs)
+        *msgs = (uint64_t)nm;
+    return 0;
+}
+
+int hist_store_expire(struct hist_store *s, uint64_t before_ns, uint64_t *convs, uint64_t *msgs)
+{
+    char ts[24];
+    ns_text(ts, sizeof ts, before_ns);
+    return delete_where(s, "updated_ns < CAST(?1 AS INTEGER)", ts, convs, msgs);
+}
+
+int hist_store_forget(struct hist_store *s, const char *user, uint64_t *convs, uint64_t *msgs)
+{
+    if (!user || !*user)
+        return -EINVAL;
+    return delete_where(s, "user = ?1", user, convs, msgs);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void iso_time(char *out, size_t len, uint64_t ns)
+{
+    time_t t = (time_t)(ns / 1000000000u);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ns / 1000000u % 1000u));
+}
+
+static const char *col(sqlite3_stmt *q, int i)
+{
+    return (const char *)sqlite3_column_text(q, i);
+}
+
+static void json_col(struct sbuf *b, sqlite3_stmt *q, int i)
+{
+    const char *v = col(q, i);
+    if (v)
+        sbuf_json_str(b, v, (size_t)sqlite3_column_bytes(q, i));
+    else
+        sbuf_puts(b, "null");
+}
+
+static void json_int_col(struct sbuf *b, sqlite3_stmt *q, int i)
+{
+    if (sqlite3_column_type(q, i) == SQLITE_NULL)
+        sbuf_puts(b, "null");
+    else
+        sbuf_printf(b, "%lld", (long long)sqlite3_column_int64(q, i));
+}
+
+static void human_col(struct sbuf *b, sqlite3_stmt *q, int i, const char *none)
+{
+    const char *v = col(q, i);
+    if (v)
+        sbuf_human_str(b, v, (size_t)sqlite3_column_bytes(q, i));
+    else
+        sbuf_puts(b, none);
+}
+
+#define CONV_COLS "id, title, user, tenant, agent, created_ns, updated_ns, state, messages," \
+                  " input_tokens, output_tokens, cost_usd, last_msg"
+
+static void conv_json(struct sbuf *b, sqlite3_stmt *q)
+{
+    char t1[96], t2[96];
+    iso_time(t1, sizeof t1, (uint64_t)sqlite3_column_int64(q, 5));
+    iso_time(t2, sizeof t2, (uint64_t)sqlite3_column_int64(q, 6));
+    sbuf_puts(b, "{\"id\":");
+    json_col(b, q, 0);
+    sbuf_puts(b, ",\"title\":");
+    json_col(b, q, 1);
+    sbuf_puts(b, ",\"user\":");
+    json_col(b, q, 2);
+    sbuf_puts(b, ",\"tenant\":");
+    json_col(b, q, 3);
+    sbuf_puts(b, ",\"agent\":");
+    json_col(b, q, 4);
+    sbuf_printf(b, ",\"created\":\"%s\",\"updated\":\"%s\",\"created_ns\":%lld,\"updated_ns\":%lld,"
+                   "\"state\":", t1, t2, (long long)sqlite3_column_int64(q, 5),
+                (long long)sqlite3_column_int64(q, 6));
+    json_col(b, q, 7);
+    sbuf_printf(b, ",\"messages\":%lld,\"input_tokens\":%lld,\"output_tokens\":%lld,\"cost_usd\":",
+                (long long)sqlite3_column_int64(q, 8), (long long)sqlite3_column_int64(q, 9),
+                (long long)sqlite3_column_int64(q, 10));
+    if (sqlite3_column_type(q, 11) == SQLITE_NULL)
+        sbuf_puts(b, "null");
+    else
+        sbuf_printf(b, "%.9g", sqlite3_column_double(q, 11));
+    sbuf_puts(b, ",\"last_message\":");
+    json_col(b, q, 12);
+    sbuf_puts(b, "}");
+}
+
+static void conv_human(struct sbuf *b, sqlite3_stmt *q, int long_form)
+{
+    char t2[96];
+    iso_time(t2, sizeof t2, (uint64_t)sqlite3_column_int64(q, 6));
+    human_col(b, q, 0, "-");
+    sbuf_puts(b, "  ");
+    if (col(q, 1)) {
+        sbuf_puts(b, "\"");
+        human_col(b, q, 1, "");
+        sbuf_puts(b, "\"  ");
+    }
+    sbuf_puts(b, "user ");
+    human_col(b, q, 2, "-");
+    if (long_form) {
+        sbuf_puts(b, "  tenant ");
+        human_col(b, q, 3, "-");
+        sbuf_puts(b, "  agent ");
+        human_col(b, q, 4, "-");
+    }
+    sbuf_puts(b, "  ");
+    human_col(b, q, 7, "-");
+    sbuf_printf(b, "  %lld messages  %lld in / %lld out tokens  updated %s\n",
+                (long long)sqlite3_column_int64(q, 8), (long long)sqlite3_column_int64(q, 9),
+                (long long)sqlite3_column_int64(q, 10), t2);
+}
+
+int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int json, struct sbuf *b)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT " CONV_COLS " FROM conversations WHERE (?1 IS NULL OR"
+                                " user = ?1) AND updated_ns >= ?2 ORDER BY updated_ns DESC, id"
+                                " LIMIT ?3", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    if (qy->user)
+        sqlite3_bind_text(q, 1, qy->user, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)qy->since_ns);
+    sqlite3_bind_int64(q, 3, qy->limit ? qy->limit : 100);
+    if (json)
+        sbuf_puts(b, "{\"conversations\":[");
+    int n = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (json) {
+            if (n)
+                sbuf_puts(b, ",");
+            conv_json(b, q);
+        } else {
+            conv_human(b, q, 0);
+        }
+        n++;
+    }
+    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    if (json)
+        sbuf_puts(b, "]}\n");
+    return r ? r : b->failed ? -ENOMEM : 0;
+}
+
+#define MSG_COLS "seq, id, role, kind, name, text, raw, parent, model, input_tokens," \
+                 " output_tokens, ts_ns, run_id, trace_id, metadata"
+
+static void msg_json(struct sbuf *b, sqlite3_stmt *q)
+{
+    char t[96];
+    iso_time(t, sizeof t, (uint64_t)sqlite3_column_int64(q, 11));
+    sbuf_printf(b, "{\"seq\":%lld,\"id\":", (long long)sqlite3_column_int64(q, 0));
+    json_col(b, q, 1);
+    sbuf_puts(b, ",\"role\":");
+    json_col(b, q, 2);
+    sbuf_puts(b, ",\"kind\":");
+    json_col(b, q, 3);
+    sbuf_puts(b, ",\"name\":");
+    json_col(b, q, 4);
+    sbuf_puts(b, ",\"text\":");
+    json_col(b, q, 5);
+    /* The text had bytes that are not UTF-8: they read U+FFFD above; the
+     * exact bytes are in the store's raw column. */
+    sbuf_printf(b, ",\"text_replaced\":%s,\"parent\":",
+                sqlite3_column_type(q, 6) == SQLITE_NULL ? "false" : "true");
+    json_col(b, q, 7);
+    sbuf_puts(b, ",\"model\":");
+    json_col(b, q, 8);
+    sbuf_puts(b, ",\"input_tokens\":");
+    json_int_col(b, q, 9);
+    sbuf_puts(b, ",\"output_tokens\":");
+    json_int_col(b, q, 10);
+    sbuf_printf(b, ",\"time\":\"%s\",\"ts_ns\":%lld,\"run_id\":", t,
+                (long long)sqlite3_column_int64(q, 11));
+    json_col(b, q, 12);
+    sbuf_puts(b, ",\"trace_id\":");
+    json_col(b, q, 13);
+    sbuf_puts(b, ",\"metadata\":");
+    /* Written by ingest.c as a JSON object of escaped strings. */
+    const char *meta = col(q, 14);
+    sbuf_puts(b, meta ? meta : "null");
+    sbuf_puts(b, "}");
+}
+
+static void msg_human(struct sbuf *b, sqlite3_stmt *q)
+{
+    char t[96];
+    iso_time(t, sizeof t, (uint64_t)sqlite3_column_int64(q, 11));
+    sbuf_printf(b, "  [%lld] %s  ", (long long)sqlite3_column_int64(q, 0), t);
+    human_col(b, q, 2, "?");
+    const char *kind = col(q, 3);
+    if (kind && strcmp(kind, "message")) {
+        sbuf_puts(b, " ");
+        human_col(b, q, 3, "");
+    }
+    if (col(q, 4)) {
+        sbuf_puts(b, " ");
+        human_col(b, q, 4, "");
+    }
+    sbuf_puts(b, "  id ");
+    human_col(b, q, 1, "-");
+    if (col(q, 7)) {
+        sbuf_puts(b, "  parent ");
+        human_col(b, q, 7, "-");
+    }
+    if (col(q, 8)) {
+        sbuf_puts(b, "  model ");
+        human_col(b, q, 8, "");
+    }
+    if (sqlite3_column_type(q, 9) != SQLITE_NULL || sqlite3_column_type(q, 10) != SQLITE_NULL)
+        sbuf_printf(b, "  tokens %lld/%lld", (long long)sqlite3_column_int64(q, 9),
+                    (long long)sqlite3_column_int64(q, 10));
+    sbuf_puts(b, "\n    ");
+    /* The exact bytes, escaped, when the text was not UTF-8. */
+    const void *raw = sqlite3_column_blob(q, 6);
+    size_t len;
+    const char *text;
+    if (raw) {
+        text = raw;
+        len = (size_t)sqlite3_column_bytes(q, 6);
+    } else {
+        text = col(q, 5);
+        len = (size_t)sqlite3_column_bytes(q, 5);
+    }
+    /* one line per line of text, indented */
+    size_t start = 0;
+    for (size_t i = 0; text && i <= len; i++) {
+        if (i == len || text[i] == '\n') {
+            sbuf_human_bytes(b, text + start, i - start);
+            sbuf_puts(b, i == len ? "\n" : "\n    ");
+            start = i + 1;
+        }
+    }
+    if (!text)
+        sbuf_puts(b, "\n");
+}
+
+static int conv_row(struct hist_store *s, const char *conv, sqlite3_stmt **out)
+{
+    int rc = sqlite3_prepare_v2(s->db, "SELECT " CONV_COLS " FROM conversations WHERE id = ?1", -1,
+                                out, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    sqlite3_bind_text(*out, 1, conv, -1, SQLITE_STATIC);
+    rc = sqlite3_step(*out);
+    if (rc == SQLITE_ROW)
+        return 0;
+    int r = rc == SQLITE_DONE ? -ENOENT : fail(s, rc);
+    sqlite3_finalize(*out);
+    *out = NULL;
+    return r;
+}
+
+static int messages_into(struct hist_store *s, const char *conv, int json, struct sbuf *b)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT " MSG_COLS " FROM messages WHERE conv = ?1"
+                                       " ORDER BY seq", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
+    if (json)
+        sbuf_puts(b, "[");
+    int n = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (json) {
+            if (n)
+                sbuf_puts(b, ",");
+            msg_json(b, q);
+        } else {
+            msg_human(b, q);
+        }
+        n++;
+    }
+    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    if (json)
+        sbuf_puts(b, "]");
+    return r;
+}
+
+int hist_render_conv(struct hist_store *s, const char *conv, int json, int with_messages,
+                     struct sbuf *b)
+{
+    sqlite3_stmt *q;
+    int r = conv_row(s, conv, &q);
+    if (r)
+        return r;
+    if (json) {
+        conv_json(b, q);
+        if (with_messages) {
+            b->len--; /* reopen the object */
+            sbuf_puts(b, ",\"thread\":");
+        }
+    } else {
+        sbuf_puts(b, "conversation ");
+        conv_human(b, q, 1);
+    }
+    sqlite3_finalize(q);
+    if (with_messages)
+        r = messages_into(s, conv, json, b);
+    if (json)
+        sbuf_puts(b, with_messages ? "}\n" : "\n");
+    return r ? r : b->failed ? -ENOMEM : 0;
+}
+
+int hist_render_messages(struct hist_store *s, const char *conv, struct sbuf *b)
+{
+    sqlite3_stmt *q;
+    int r = conv_row(s, conv, &q);
+    if (r)
+        return r;
+    sqlite3_finalize(q);
+    sbuf_puts(b, "{\"conversation\":");
+    sbuf_json_str(b, conv, (size_t)-1);
+    sbuf_puts(b, ",\"messages\":");
+    r = messages_into(s, conv, 1, b);
+    sbuf_puts(b, "}\n");
+    return r ? r : b->failed ? -ENOMEM : 0;
+}
+
+int hist_render_stats(struct hist_store *s, struct sbuf *b)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT events, messages, duplicates, skipped, bus_id,"
+                                " (SELECT count(*) FROM conversations) FROM cursor WHERE id = 1",
+                                -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        sbuf_printf(b, "{\"events\":%lld,\"messages_written\":%lld,\"duplicates\":%lld,"
+                       "\"skipped\":%lld,\"bus_id\":\"%016llx\",\"conversations\":%lld}\n",
+                    (long long)sqlite3_column_int64(q, 0), (long long)sqlite3_column_int64(q, 1),
+                    (long long)sqlite3_column_int64(q, 2), (long long)sqlite3_column_int64(q, 3),
+                    (unsigned long long)sqlite3_column_int64(q, 4),
+                    (long long)sqlite3_column_int64(q, 5));
+    else if (rc == SQLITE_DONE)
+        sbuf_puts(b, "{\"events\":0,\"messages_written\":0,\"duplicates\":0,\"skipped\":0,"
+                     "\"bus_id\":null,\"conversations\":0}\n");
+    int r = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    return r ? r : b->failed ? -ENOMEM : 0;
+}
+
+int hist_render_search(struct hist_store *s, const char *text, unsigned limit, int json,
+                       struct sbuf *b)
+{
+    /* Every word of the text must occur (FTS5's implicit AND); each word is
+     * quoted with its quotes doubled, so the text is never query syntax. */
+    struct sbuf phrase;
+    sbuf_init(&phrase);
+    int words = 0;
+    for (const char *p = text; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n')
+            p++;
+        if (!*p)
+            break;
+        sbuf_puts(&phrase, words++ ? " \"" : "\"");
+        for (; *p && *p != ' ' && *p != '\t' && *p != '\n'; p++) {
+            if (*p == '"')
+                sbuf_puts(&phrase, "\"");
+            sbuf_add(&phrase, p, 1);
+        }
+        sbuf_puts(&phrase, "\"");
+    }
+    if (!words)
+        sbuf_puts(&phrase, "\"\"");
+    if (phrase.failed) {
+        sbuf_free(&phrase);
+        return -ENOMEM;
+    }
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(
+        s->db,
+        "SELECT m.conv, m.id, m.role, m.ts_ns, snippet(messages_fts, 0, '[', ']', '...', 12)"
+        " FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
+        " WHERE messages_fts MATCH ?1 ORDER BY rank LIMIT ?2", -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        sbuf_free(&phrase);
+        return fail(s, rc);
+    }
+    sqlite3_bind_text(q, 1, phrase.data, (int)phrase.len, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, limit ? limit : 50);
+    if (json)
+        sbuf_puts(b, "{\"results\":[");
+    int n = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (json) {
+            sbuf_puts(b, n ? ",{\"conversation\":" : "{\"conversation\":");
+            json_col(b, q, 0);
+            sbuf_puts(b, ",\"message\":");
+            json_col(b, q, 1);
+            sbuf_puts(b, ",\"role\":");
+            json_col(b, q, 2);
+            sbuf_printf(b, ",\"ts_ns\":%lld,\"snippet\":", (long long)sqlite3_column_int64(q, 3));
+            json_col(b, q, 4);
+            sbuf_puts(b, "}");
+        } else {
+            human_col(b, q, 0, "-");
+            sbuf_puts(b, "  ");
+            human_col(b, q, 1, "-");
+            sbuf_puts(b, "  ");
+            human_col(b, q, 2, "-");
+            sbuf_puts(b, "  ");
+            human_col(b, q, 4, "");
+            sbuf_puts(b, "\n");
+        }
+        n++;
+    }
+    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    sbuf_free(&phrase);
+    if (json)
+        sbuf_puts(b, "]}\n");
+    return r ? r : b->failed ? -ENOMEM : 0;
+}

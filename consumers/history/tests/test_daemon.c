@@ -1,0 +1,540 @@
+/* cbus-history as a process: the real binary, real producer processes,
+ * SIGKILL under load, the HTTP API over loopback, a full disk. */
+#include <criterion/criterion.h>
+
+#include <cbus/bus.h>
+#include <cbus/consumer.h>
+#include <cbus/producer.h>
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sbuf.h"
+#include "support.h"
+
+#ifndef CBUS_HISTORY_BIN
+#error "CBUS_HISTORY_BIN: the cbus-history binary"
+#endif
+
+static char bus[64], dir[256], cfg[300], dbpath[300], logpath[300];
+
+static void setup(void)
+{
+    test_bus_name(bus, sizeof bus);
+    /* room for every event of a test: the ring never laps, so a daemon
+     * killed for a while loses nothing the producers sent */
+    test_bus_create(bus, 1u << 17);
+    snprintf(dir, sizeof dir, "/tmp/cbus-histd-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(cfg, sizeof cfg, "%s/history.ini", dir);
+    snprintf(dbpath, sizeof dbpath, "%s/h.db", dir);
+    snprintf(logpath, sizeof logpath, "%s/daemon.log", dir);
+}
+
+static void teardown(void)
+{
+    cbus_bus_destroy(bus);
+    if (getenv("CBUS_TEST_KEEP")) { /* to read the daemon's log afterwards */
+        fprintf(stderr, "kept %s\n", dir);
+        return;
+    }
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) {
+    }
+}
+
+static void write_cfg(const char *db, const char *extra)
+{
+    FILE *f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "[bus]\nname = %s\n[store]\npath = %s\nfsync = false\n%s", bus, db,
+            extra ? extra : "");
+    fclose(f);
+}
+
+/* Starts the daemon (argv after the binary, NULL-terminated), its output
+ * appended to the log. */
+static pid_t start_daemon_argv(const char *const *argv)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static pid_t start_daemon(void)
+{
+    const char *argv[] = {CBUS_HISTORY_BIN, "--config", cfg, NULL};
+    return start_daemon_argv(argv);
+}
+
+static void stop_daemon(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int st = test_wait_pid(pid, 20000);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon exit status %d", st);
+}
+
+static int64_t db_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    int64_t v = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 2000);
+        sqlite3_stmt *q;
+        if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK) {
+            if (sqlite3_step(q) == SQLITE_ROW)
+                v = sqlite3_column_int64(q, 0);
+            sqlite3_finalize(q);
+        }
+    }
+    sqlite3_close(db);
+    return v;
+}
+
+static int64_t stored(const char *path)
+{
+    return db_int(path, "SELECT count(*) FROM messages");
+}
+
+/* Waits until the store holds at least n messages; returns what it holds. */
+static int64_t wait_stored(const char *path, int64_t n, unsigned timeout_ms)
+{
+    uint64_t end = test_now_ms() + timeout_ms;
+    int64_t have;
+    while ((have = stored(path)) < n && test_now_ms() < end)
+        test_sleep_ms(20);
+    return have;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return strdup("");
+    struct sbuf b;
+    sbuf_init(&b);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        sbuf_add(&b, chunk, n);
+    fclose(f);
+    return b.data ? b.data : strdup("");
+}
+
+static int log_has(const char *needle, unsigned timeout_ms)
+{
+    uint64_t end = test_now_ms() + timeout_ms;
+    for (;;) {
+        char *t = slurp(logpath);
+        int found = strstr(t, needle) != NULL;
+        free(t);
+        if (found || test_now_ms() > end)
+            return found;
+        test_sleep_ms(20);
+    }
+}
+
+/* A conversation of 10 messages from 12 events (tests/test_store.c has
+ * the same run checked message by message). */
+static int emit_conversation(cbus_producer *p, const char *session, const char *user)
+{
+    static const char *const pr[] = {
+        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"You are a weather assistant.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in Paris?\"}]}]",
+        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"You are a weather assistant.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in Paris?\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Let me look.\"}]},"
+        "{\"role\":\"tool\",\"parts\":[{\"type\":\"text\",\"content\":\"sunny 21C\"}]}]",
+        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"You are a weather assistant.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in Paris?\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Let me look.\"}]},"
+        "{\"role\":\"tool\",\"parts\":[{\"type\":\"text\",\"content\":\"sunny 21C\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Sunny, 21C.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"And tomorrow?\"}]}]",
+        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"You are a weather assistant.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in Paris?\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Let me look.\"}]},"
+        "{\"role\":\"tool\",\"parts\":[{\"type\":\"text\",\"content\":\"sunny 21C\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Sunny, 21C.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"And tomorrow?\"}]},"
+        "{\"role\":\"ai\",\"parts\":[{\"type\":\"text\",\"content\":\"Rain.\"}]},"
+        "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"And tomorrow?\"}]}]",
+    };
+    static const char *const out[] = {"Let me look.", "Sunny, 21C.", "Rain.", "Still rain."};
+    cbus_ctx root, c;
+    cbus_ctx_init(&root);
+    cbus_ctx_set_session(&root, session);
+    cbus_ctx_set_user(&root, user);
+    int r = 0;
+    struct cbus_usage u = {.input_tokens = 10, .output_tokens = 2,
+                           .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+    for (int i = 0; i < 4 && !r; i++) {
+        cbus_ctx_child(&c, &root);
+        r = cbus_chat_model_start_messages(p, &c, pr[i], strlen(pr[i]), NULL, NULL);
+        if (!r)
+            r = cbus_llm_end(p, &c, &u, out[i]);
+        if (!r && i == 0) {
+            cbus_ctx_child(&c, &root);
+            r = cbus_tool_start(p, &c, "weather", "Paris");
+            if (!r)
+                r = cbus_tool_end(p, &c, "sunny 21C");
+        }
+    }
+    return r;
+}
+
+/* A producer process: n conversations named prefix-i; exits 0 when every
+ * emit was taken. */
+static pid_t producer(const char *prefix, int from, int n, unsigned pause_every)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid)
+        return pid;
+    cbus_producer *p;
+    if (cbus_producer_open(&p, bus, NULL))
+        _exit(3);
+    char sess[64];
+    for (int i = from; i < from + n; i++) {
+        snprintf(sess, sizeof sess, "%s-%d", prefix, i);
+        if (emit_conversation(p, sess, i % 2 ? "ann" : "bob"))
+            _exit(4);
+        if (pause_every && i % pause_every == 0)
+            test_sleep_ms(1);
+    }
+    cbus_producer_close(p);
+    _exit(0);
+}
+
+static void wait_ok(pid_t pid)
+{
+    int st = test_wait_pid(pid, 60000);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "producer exit status %d", st);
+}
+
+Test(history_daemon, sigkill_under_load_stores_every_message_once, .init = setup,
+     .fini = teardown, .timeout = 180)
+{
+    write_cfg(dbpath, NULL);
+    pid_t d = start_daemon();
+    const int convs = 1500;
+    pid_t p = producer("kill", 0, convs, 10);
+    /* killed three times while it works through the backlog, each time
+     * started again at once */
+    const int64_t marks[] = {convs * 10 / 5, convs * 10 * 2 / 5, convs * 10 * 3 / 5};
+    for (int k = 0; k < 3; k++) {
+        int64_t have = wait_stored(dbpath, marks[k], 60000);
+        cr_assert_geq(have, marks[k], "stored %lld of %lld", (long long)have, (long long)marks[k]);
+        kill(d, SIGKILL);
+        cr_log_info("SIGKILL %d with %lld of %d messages stored", k + 1, (long long)stored(dbpath),
+                    convs * 10);
+        test_wait_pid(d, 10000);
+        d = start_daemon();
+    }
+    wait_ok(p);
+    int64_t have = wait_stored(dbpath, convs * 10, 60000);
+    stop_daemon(d);
+    cr_expect_eq(have, convs * 10, "%lld messages of %d", (long long)have, convs * 10);
+    cr_expect_eq(stored(dbpath), convs * 10);
+    /* nothing applied twice: every replayed message would be refused and
+     * counted here */
+    cr_expect_eq(db_int(dbpath, "SELECT duplicates FROM cursor"), 0);
+    cr_expect_eq(db_int(dbpath, "SELECT count(*) FROM conversations"), convs);
+    cr_expect_eq(db_int(dbpath, "SELECT count(*) FROM conversations WHERE messages != 10"), 0);
+    cr_expect_eq(db_int(dbpath, "SELECT count(DISTINCT conv || '/' || role || '/' || text)"
+                                " FROM messages"), convs * 9,
+                 "the two 'And tomorrow?' turns are the only equal messages of a conversation");
+    char *log = slurp(logpath);
+    cr_expect_not_null(strstr(log, "started:"), "%s", log);
+    free(log);
+}
+
+/* A tiny HTTP/1.0 client: status, and the body into b. */
+static int http(unsigned port, const char *method, const char *path, const char *body,
+                struct sbuf *b)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", method, path, body ? strlen(body) : 0,
+                     body ? body : "");
+    cr_assert_eq(write(fd, req, (size_t)n), n);
+    struct sbuf r;
+    sbuf_init(&r);
+    char chunk[4096];
+    ssize_t got;
+    while ((got = read(fd, chunk, sizeof chunk)) > 0)
+        sbuf_add(&r, chunk, (size_t)got);
+    close(fd);
+    int status = 0;
+    cr_assert(r.data && sscanf(r.data, "HTTP/1.%*d %d", &status) == 1, "no status line");
+    const char *sep = strstr(r.data, "\r\n\r\n");
+    sbuf_reset(b);
+    if (sep)
+        sbuf_puts(b, sep + 4);
+    sbuf_free(&r);
+    return status;
+}
+
+static unsigned api_port(void)
+{
+    cr_assert(log_has("/v1/conversations", 10000), "no API line in the log");
+    char *t = slurp(logpath);
+    const char *p = strstr(t, "API http://127.0.0.1:");
+    cr_assert_not_null(p, "%s", t);
+    unsigned port = (unsigned)strtoul(p + strlen("API http://127.0.0.1:"), NULL, 10);
+    free(t);
+    return port;
+}
+
+Test(history_daemon, http_api_over_loopback, .init = setup, .fini = teardown, .timeout = 60)
+{
+    write_cfg(dbpath, NULL);
+    const char *argv[] = {CBUS_HISTORY_BIN, "--config", cfg, "--listen", "127.0.0.1:0", NULL};
+    pid_t d = start_daemon_argv(argv);
+    pid_t p = producer("api", 0, 3, 0);
+    wait_ok(p);
+    cr_assert_eq(wait_stored(dbpath, 30, 20000), 30);
+    unsigned port = api_port();
+    struct sbuf b;
+    sbuf_init(&b);
+    cr_expect_eq(http(port, "GET", "/v1/conversations?user=ann", NULL, &b), 200);
+    cJSON *j = cJSON_Parse(b.data);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "conversations");
+    cr_expect_eq(cJSON_GetArraySize(list), 1, "%s", b.data); /* api-1 is ann's */
+    cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(list, 0), "id")->valuestring,
+                     "api-1");
+    cJSON_Delete(j);
+    cr_expect_eq(http(port, "GET", "/v1/conversations?since=1h&limit=2", NULL, &b), 200);
+    j = cJSON_Parse(b.data);
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "conversations")), 2);
+    cJSON_Delete(j);
+    cr_expect_eq(http(port, "GET", "/v1/conversations?since=never", NULL, &b), 400);
+    cr_expect_eq(http(port, "GET", "/v1/conversations/api-0", NULL, &b), 200);
+    j = cJSON_Parse(b.data);
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "thread")), 10);
+    cJSON_Delete(j);
+    cr_expect_eq(http(port, "GET", "/v1/conversations/api-0/messages", NULL, &b), 200);
+    j = cJSON_Parse(b.data);
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
+    cr_expect_eq(cJSON_GetArraySize(msgs), 10);
+    cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, 9), "text")->valuestring,
+                     "Still rain.");
+    cJSON_Delete(j);
+    cr_expect_eq(http(port, "PATCH", "/v1/conversations/api-0", "{\"title\":\"Paris\"}", &b), 200);
+    cr_expect_eq(http(port, "PATCH", "/v1/conversations/nope", "{\"title\":\"x\"}", &b), 404);
+    cr_expect_eq(http(port, "GET", "/v1/search?q=rain", NULL, &b), 200);
+    j = cJSON_Parse(b.data);
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "results")), 6, "%s", b.data);
+    cJSON_Delete(j);
+    /* the rename shows in the CLI too (its own connection, while the daemon runs) */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s list --db %s --json", CBUS_HISTORY_BIN, dbpath);
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f);
+    char out[8192];
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    cr_expect_eq(pclose(f), 0);
+    cr_expect_not_null(strstr(out, "\"title\":\"Paris\""), "%s", out);
+    stop_daemon(d);
+    sbuf_free(&b);
+}
+
+static int run(const char *cmd, char *out, size_t cap)
+{
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(history_daemon, cli_commands, .init = setup, .fini = teardown, .timeout = 60)
+{
+    write_cfg(dbpath, NULL);
+    pid_t d = start_daemon();
+    wait_ok(producer("cli", 0, 4, 0));
+    cr_assert_eq(wait_stored(dbpath, 40, 20000), 40);
+    stop_daemon(d);
+    char cmd[1024], out[65536];
+    snprintf(cmd, sizeof cmd, "%s show cli-2 --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    cr_expect_not_null(strstr(out, "tool tool_call weather"), "%s", out);
+    cr_expect_not_null(strstr(out, "parent "), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s rename nope 'A title' --db %s 2>&1", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 1);
+    cr_expect_not_null(strstr(out, "no conversation 'nope'"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s rename cli-2 'Weather, Paris' --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "%s export cli-2 --json --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    cJSON *j = cJSON_Parse(out);
+    cr_assert_not_null(j, "%s", out);
+    cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(j, "title")->valuestring, "Weather, Paris");
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "thread")), 10);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s search 'still rain' --db %s --json", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    j = cJSON_Parse(out);
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "results")), 4, "%s", out);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s list --user ann --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    cr_expect_not_null(strstr(out, "cli-1"), "%s", out);
+    cr_expect_null(strstr(out, "cli-2"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s forget ann --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    cr_expect_not_null(strstr(out, "2 conversations, 20 messages"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s expire --older-than 1h --db %s", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 0);
+    cr_expect_not_null(strstr(out, "0 conversations"), "%s", out);
+    cr_expect_eq(db_int(dbpath, "SELECT count(*) FROM conversations"), 2);
+    snprintf(cmd, sizeof cmd, "%s show cli-1 --db %s 2>&1", CBUS_HISTORY_BIN, dbpath);
+    cr_expect_eq(run(cmd, out, sizeof out), 1);
+    snprintf(cmd, sizeof cmd, "%s list --db %s/missing.db 2>&1", CBUS_HISTORY_BIN, dir);
+    cr_expect_eq(run(cmd, out, sizeof out), 1);
+    cr_expect_not_null(strstr(out, "no store at"), "%s", out);
+}
+
+Test(history_daemon, config_errors_name_file_and_line, .init = setup, .fini = teardown)
+{
+    write_cfg(dbpath, "[retention]\nmax_age = soon\n");
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "%s --config %s 2>&1", CBUS_HISTORY_BIN, cfg);
+    cr_expect_eq(run(cmd, out, sizeof out), 2);
+    cr_expect_not_null(strstr(out, "history.ini:7: [retention] max_age"), "%s", out);
+    write_cfg(dbpath, "[http]\nlisten = 0.0.0.0:9470\n");
+    cr_expect_eq(run(cmd, out, sizeof out), 2);
+    cr_expect_not_null(strstr(out, "history.ini:7: [http] listen"), "%s", out);
+    cr_expect_not_null(strstr(out, "loopback only"), "%s", out);
+    write_cfg(dbpath, "[stor]\npath = x\n");
+    cr_expect_eq(run(cmd, out, sizeof out), 2);
+    cr_expect_not_null(strstr(out, "unknown section [stor]"), "%s", out);
+}
+
+/* The consumer entry of our daemon on the bus: tethered, never cut loose. */
+static void expect_tethered(void)
+{
+    cbus_bus *b;
+    cr_assert_eq(cbus_bus_open(&b, bus, 0), 0);
+    int found = 0;
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (!e || atomic_load(&e->state) != CBUS_CSTATE_ACTIVE || strcmp(e->name, "history"))
+            continue;
+        found = 1;
+        cr_expect(atomic_load(&e->flags) & CBUS_CFLAG_TETHERED, "not tethered while paused");
+        cr_expect_eq(atomic_load(&e->untethered_count), 0);
+    }
+    cr_expect(found, "no active consumer 'history' on the bus");
+    cbus_bus_close(b);
+}
+
+/* A counter of GET /v1/stats (the store as of its last commit, read by
+ * the daemon's own API thread: inside its mount namespace). */
+static int64_t api_stat(unsigned port, const char *key)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    int64_t v = -1;
+    if (http(port, "GET", "/v1/stats", NULL, &b) == 200) {
+        cJSON *j = cJSON_Parse(b.data);
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, key);
+        if (cJSON_IsNumber(n))
+            v = (int64_t)n->valuedouble;
+        cJSON_Delete(j);
+    }
+    sbuf_free(&b);
+    return v;
+}
+
+static int64_t api_wait(unsigned port, int64_t n, unsigned timeout_ms)
+{
+    uint64_t end = test_now_ms() + timeout_ms;
+    int64_t have;
+    while ((have = api_stat(port, "messages_written")) < n && test_now_ms() < end)
+        test_sleep_ms(20);
+    return have;
+}
+
+Test(history_daemon, full_disk_pauses_tethered_and_resumes, .init = setup, .fini = teardown,
+     .timeout = 120)
+{
+    /* A real full disk: a 4 MiB tmpfs in the daemon's own mount namespace
+     * (unprivileged: a user namespace), filled from outside through
+     * /proc/PID/root; the store is read through the daemon's API (SQLite
+     * resolves /proc/PID/root to our own namespace's path). */
+    if (system("unshare -Urm true >/dev/null 2>&1") != 0)
+        cbus_test_skip_or_fail("unshare -Urm: no user and mount namespaces here");
+    char disk[300], inner_db[340], script[2048];
+    snprintf(disk, sizeof disk, "%s/disk", dir);
+    cr_assert_eq(mkdir(disk, 0700), 0);
+    snprintf(inner_db, sizeof inner_db, "%s/h.db", disk);
+    write_cfg(inner_db, "[http]\nlisten = 127.0.0.1:0\n");
+    snprintf(script, sizeof script,
+             "mount -t tmpfs -o size=4m,mode=0700 tmpfs '%s' && exec '%s' --config '%s'", disk,
+             CBUS_HISTORY_BIN, cfg);
+    const char *argv[] = {"/usr/bin/unshare", "-Urm", "/bin/sh", "-c", script, NULL};
+    pid_t d = start_daemon_argv(argv);
+    char ballast[400];
+    snprintf(ballast, sizeof ballast, "/proc/%d/root%s/ballast", (int)d, disk);
+    unsigned port = api_port();
+    wait_ok(producer("disk", 0, 50, 0));
+    cr_assert_eq(api_wait(port, 500, 20000), 500);
+    /* fill the disk */
+    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0, "%s: %s", ballast, strerror(errno));
+    static char chunk[65536];
+    memset(chunk, 'x', sizeof chunk);
+    while (write(fd, chunk, sizeof chunk) > 0) {
+    }
+    cr_assert_eq(errno, ENOSPC, "filling the disk: %s", strerror(errno));
+    while (write(fd, chunk, 512) > 0) {
+    }
+    close(fd);
+    wait_ok(producer("disk", 50, 100, 0));
+    cr_assert(log_has("disk full", 20000), "no 'disk full' in the log: %s", slurp(logpath));
+    cr_assert(log_has("paused", 1000));
+    int64_t during = api_stat(port, "messages_written");
+    cr_expect_lt(during, 1500, "stored %lld while the disk is full", (long long)during);
+    /* past the bus's stall timeout (2 s): still tethered (heartbeats) */
+    test_sleep_ms(2500);
+    expect_tethered();
+    cr_expect_eq(api_stat(port, "messages_written"), during, "nothing is stored while the disk is full");
+    cr_assert_eq(unlink(ballast), 0);
+    int64_t have = api_wait(port, 1500, 30000);
+    cr_expect_eq(have, 1500, "stored %lld of 1500 after room came back", (long long)have);
+    cr_expect(log_has("resumed after", 5000), "no 'resumed' in the log");
+    cr_expect_eq(api_stat(port, "duplicates"), 0);
+    stop_daemon(d);
+}
