@@ -17,7 +17,9 @@
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 
-#include "attach.h"
+#include <cbus/cbus.h>
+
+#include "loop.h"
 #include "daemon.h"
 #include "log.h"
 #include "state.h"
@@ -28,13 +30,7 @@
 #define FAIL_WAIT_NS 20000000u      /* while retrying a failed write */
 #define HEARTBEAT_NS 100000000u
 #define SHUTDOWN_LIMIT_NS 10000000000ull
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#define REPORT_EVERY_NS 60000000000ull  /* the lost-events line, when there are new ones */
 
 static int attach(cbus_consumer **c, const struct audit_config *cfg, const struct audit_resume *r)
 {
@@ -126,17 +122,23 @@ static void recovery_heartbeat(void *arg)
         cbus_consumer_heartbeat(arg);
 }
 
-struct loop {
+/* The daemon's state beside the loop (consumers/common/loop.h): the loop
+ * polls, waits, heartbeats and follows the bus; audit appends, syncs and
+ * commits. */
+struct audit_daemon {
     const struct audit_config *cfg;
     struct audit_writer *w;
-    cbus_consumer *c;
+    struct cbus_loop loop;      /* owns the consumer (loop.at.c) */
     struct cbus_position committed;
     int has_committed;
-    uint64_t last_heartbeat;
     uint64_t lost_reported;
     uint64_t fail_since;
-    struct cbus_attach at;      /* follows the bus when it is re-created */
 };
+
+static cbus_consumer *consumer(const struct audit_daemon *d)
+{
+    return d->loop.at.c;
+}
 
 static int same_position(const struct cbus_position *a, const struct cbus_position *b)
 {
@@ -145,16 +147,16 @@ static int same_position(const struct cbus_position *a, const struct cbus_positi
 
 /* Every lane's cursor goes to just past its last durable record (a lane
  * whose cursor poll already moved over skipped positions stays there). */
-static void commit_durable(struct loop *l)
+static void commit_durable(struct audit_daemon *d)
 {
     struct cbus_position cur;
-    if (!audit_writer_durable_position(l->w, &cur) ||
-        (l->has_committed && same_position(&cur, &l->committed)))
+    if (!audit_writer_durable_position(d->w, &cur) ||
+        (d->has_committed && same_position(&cur, &d->committed)))
         return;
-    int rc = cbus_consumer_commit_position(l->c, &cur);
+    int rc = cbus_consumer_commit_position(consumer(d), &cur);
     if (rc == 0) {
-        l->committed = cur;
-        l->has_committed = 1;
+        d->committed = cur;
+        d->has_committed = 1;
     } else if (rc != -ESTALE) {
         uint64_t sum = 0;
         for (unsigned L = 0; L < cur.lanes; L++)
@@ -164,23 +166,21 @@ static void commit_durable(struct loop *l)
     }
 }
 
-/* Keeps the consumer tethered while the writer is stuck (the bus would
+/* The consumer stays tethered while the writer is stuck (the bus would
  * otherwise cut it loose after its stall timeout), unless the operator
- * prefers producers to run free after untether_after. */
-static void heartbeat(struct loop *l, uint64_t now)
+ * prefers producers to run free after untether_after: then the loop stops
+ * heartbeating until the writer recovers. */
+static void untether_policy(struct audit_daemon *d, uint64_t now)
 {
-    if (now - l->last_heartbeat < HEARTBEAT_NS)
+    if (!audit_writer_failing(d->w)) {
+        d->fail_since = 0;
+        d->loop.no_heartbeat = 0;
         return;
-    if (audit_writer_failing(l->w)) {
-        if (!l->fail_since)
-            l->fail_since = now;
-        if (l->cfg->untether_after_ns && now - l->fail_since >= l->cfg->untether_after_ns)
-            return;
-    } else {
-        l->fail_since = 0;
     }
-    cbus_consumer_heartbeat(l->c);
-    l->last_heartbeat = now;
+    if (!d->fail_since)
+        d->fail_since = now;
+    d->loop.no_heartbeat =
+        d->cfg->untether_after_ns && now - d->fail_since >= d->cfg->untether_after_ns;
 }
 
 /* attach.c found another bus at our name: make everything read from the
@@ -188,47 +188,47 @@ static void heartbeat(struct loop *l, uint64_t now)
  * durable cursor never mixes the two buses' positions. */
 static void leaving_bus(void *arg, cbus_consumer *old)
 {
-    struct loop *l = arg;
+    struct audit_daemon *d = arg;
     (void)old;
-    uint64_t deadline = mono_ns() + SHUTDOWN_LIMIT_NS;
-    while (!audit_writer_idle(l->w) && mono_ns() < deadline) {
-        audit_writer_flush(l->w);
-        audit_writer_service(l->w, 10000000u);
-        commit_durable(l);
-        if (!l->at.dead)
-            cbus_consumer_heartbeat(l->c);
+    uint64_t deadline = cbus_now_ns() + SHUTDOWN_LIMIT_NS;
+    while (!audit_writer_idle(d->w) && cbus_now_ns() < deadline) {
+        audit_writer_flush(d->w);
+        audit_writer_service(d->w, 10000000u);
+        commit_durable(d);
+        if (!d->loop.at.dead)
+            cbus_consumer_heartbeat(consumer(d));
     }
-    commit_durable(l);
+    commit_durable(d);
     /* What is durable now belongs to the old bus: never commit it on the new. */
-    l->has_committed = audit_writer_durable_position(l->w, &l->committed);
+    d->has_committed = audit_writer_durable_position(d->w, &d->committed);
 }
 
 /* Now on a new bus: the log continues in a new file for its bus id. */
-static cbus_consumer *arrived_bus(struct loop *l)
+static int arrived_bus(void *arg)
 {
-    l->c = l->at.c;
-    l->lost_reported = 0;
+    struct audit_daemon *d = arg;
+    d->lost_reported = 0;
     struct cbus_position start;
-    cbus_consumer_position(l->c, &start);
-    audit_writer_set_bus(l->w, l->at.bus_id, &start);
-    return l->c;
+    cbus_consumer_position(consumer(d), &start);
+    audit_writer_set_bus(d->w, d->loop.at.bus_id, &start);
+    return 0;
 }
 
-static void report(struct loop *l, int always)
+static void report(struct audit_daemon *d, int always)
 {
     struct cbus_consumer_stats cs;
-    if (cbus_consumer_stats(l->c, &cs))
+    if (!consumer(d) || cbus_consumer_stats(consumer(d), &cs))
         return;
-    if (cs.lost > l->lost_reported) {
+    if (cs.lost > d->lost_reported) {
         cbus_log_warn("%" PRIu64 " events were overwritten on the bus before cbus-audit read them "
                       "(%" PRIu64 " in total; recorded in the log as gap records)",
-                      cs.lost - l->lost_reported, cs.lost);
-        l->lost_reported = cs.lost;
+                      cs.lost - d->lost_reported, cs.lost);
+        d->lost_reported = cs.lost;
     }
     if (!always)
         return;
     struct audit_writer_stats ws;
-    audit_writer_stats(l->w, &ws);
+    audit_writer_stats(d->w, &ws);
     cbus_log_info("status: file %s, %" PRIu64 " records (%" PRIu64 " durable), %" PRIu64
                   " bytes, %" PRIu64 " batches, %" PRIu64 " syncs, %" PRIu64 " rotations, %" PRIu64
                   " I/O errors%s; bus lag %" PRIu64 ", lost %" PRIu64 ", cursor %" PRIu64,
@@ -237,19 +237,103 @@ static void report(struct loop *l, int always)
                   cs.cursor);
 }
 
-int audit_run(const struct audit_config *cfg)
+/* ---- the loop's hooks ------------------------------------------------------ */
+
+/* Reaps completions, commits what is durable, appends the batch.  What the
+ * writer has no room for (disk slow or failing, a rotation draining) is
+ * held: the loop offers it again after io_wait, without polling. */
+static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
+                    uint64_t now)
 {
-    char err[512];
-    struct audit_writer_opts wo;
-    audit_config_writer_opts(cfg, &wo);
+    struct audit_daemon *d = arg;
+    int rc = audit_writer_service(d->w, 0);
+    if (rc) {
+        cbus_log_error("io_uring: %s", strerror(-rc));
+        return 1;
+    }
+    commit_durable(d);
+    if (n == 0)
+        audit_writer_flush(d->w); /* the bus is idle: do not wait for a full batch */
+    int i = 0;
+    while (i < n && (rc = audit_writer_append(d->w, &ev[i], &bodies[i])) == 0)
+        i++;
+    if (i < n && rc != -EAGAIN) {
+        /* Cannot happen (room is checked before encoding); stop rather
+         * than skip an event: its cursor is never committed. */
+        cbus_log_error("cannot encode event %" PRIu64 ": %s", ev[i].event_id, strerror(-rc));
+        return 1;
+    }
+    if (i < n)
+        cbus_loop_hold(&d->loop, (unsigned)i);
+    untether_policy(d, now);
+    return 0;
+}
+
+/* With records in flight, the wait is for their completions (the loop's
+ * heartbeat keeps us tethered meanwhile); with none, the bus wait. */
+static int io_wait(void *arg, uint64_t max_ns)
+{
+    struct audit_daemon *d = arg;
+    if (audit_writer_idle(d->w) && !cbus_loop_held(&d->loop, NULL, NULL))
+        return 0;
+    uint64_t wait = audit_writer_failing(d->w) ? FAIL_WAIT_NS : IO_WAIT_NS;
+    audit_writer_service(d->w, (unsigned)(wait < max_ns ? wait : max_ns));
+    return 1;
+}
+
+static int lost_timer(void *arg, uint64_t now)
+{
+    (void)now;
+    report(arg, 0);
+    return 0;
+}
+
+static int status_timer(void *arg, uint64_t now)
+{
+    (void)now;
+    report(arg, 1);
+    return 0;
+}
+
+/* Drain: everything polled is appended and made durable, then committed,
+ * so a clean stop replays nothing and loses nothing. */
+static void drain(struct audit_daemon *d)
+{
+    uint64_t deadline = cbus_now_ns() + SHUTDOWN_LIMIT_NS;
+    for (;;) {
+        const struct cbus_event *ev;
+        const struct cbus_body *bodies;
+        unsigned n = cbus_loop_held(&d->loop, &ev, &bodies), i = 0;
+        while (i < n && audit_writer_append(d->w, &ev[i], &bodies[i]) == 0)
+            i++;
+        cbus_loop_take(&d->loop, i);
+        audit_writer_flush(d->w);
+        audit_writer_service(d->w, 10000000u);
+        commit_durable(d);
+        if (!cbus_loop_held(&d->loop, NULL, NULL) && audit_writer_idle(d->w))
+            break;
+        uint64_t now = cbus_now_ns();
+        untether_policy(d, now);
+        cbus_loop_busy(&d->loop);
+        if (now > deadline) {
+            cbus_log_warn("stopping with unwritten records (disk failing?); they were not "
+                          "acknowledged on the bus and will be read again at the next start");
+            break;
+        }
+    }
+}
+
+/* One writer per directory: a second daemon appending to the same files
+ * would interleave two chains.  The kernel drops the lock when we die.
+ * Returns the lock's fd or -1 (logged). */
+static int lock_dir(const struct audit_config *cfg)
+{
     /* Private or refused: no other user may plant files in it (issue 12 item 16). */
     char why[8192];
     if (cbus_state_dir_prepare(cfg->dir, 0750, why, sizeof why)) {
         cbus_log_error("log directory: %s", why);
-        return 1;
+        return -1;
     }
-    /* One writer per directory: a second daemon appending to the same files
-     * would interleave two chains.  The kernel drops the lock when we die. */
     char lock_path[4200];
     snprintf(lock_path, sizeof lock_path, "%s/.cbus-audit.lock", cfg->dir);
     int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
@@ -259,23 +343,29 @@ int audit_run(const struct audit_config *cfg)
                                             : strerror(errno));
         if (lock_fd >= 0)
             close(lock_fd);
-        return 1;
+        return -1;
     }
-    /* io_uring writes past RLIMIT_FSIZE must fail with EFBIG, not kill us. */
-    signal(SIGXFSZ, SIG_IGN);
+    return lock_fd;
+}
 
+/* Recovery (with a consumer attached early, heartbeating through it), then
+ * the consumer the daemon runs with.  Returns 0 or 1 (logged). */
+static int recover_and_attach(const struct audit_config *cfg, struct audit_writer **w,
+                              cbus_consumer **c)
+{
+    char err[512];
+    struct audit_writer_opts wo;
+    audit_config_writer_opts(cfg, &wo);
     struct audit_resume resume;
-    struct audit_writer *w;
     const char *pause = getenv("CBUS_AUDIT_TEST_RECOVERY_PAUSE_MS");
     recovery_pause_ms = pause ? (unsigned)strtoul(pause, NULL, 10) : 0;
     cbus_consumer *early = attach_early(cfg);
     wo.progress = recovery_heartbeat;
     wo.progress_arg = early;
-    int rc = audit_writer_open(&w, &wo, &resume, err, sizeof err);
+    int rc = audit_writer_open(w, &wo, &resume, err, sizeof err);
     if (rc) {
         cbus_log_error("%s", err);
         cbus_consumer_detach(early);
-        close(lock_fd);
         return 1;
     }
     cbus_log_info("recovery: %s%s, %llu bytes of log read",
@@ -284,28 +374,33 @@ int audit_run(const struct audit_config *cfg)
                                                         : " (whole file checked)")
                                    : "",
                   (unsigned long long)resume.bytes_read);
-    cbus_consumer *c = NULL;
+    *c = NULL;
     rc = 0;
     if (early && resume.have_cursor && cbus_consumer_bus_id(early) == resume.bus_id &&
         position_at_or_behind(early, &resume.pos)) {
-        c = early; /* behind or at the log's end: the writer skips what it has */
+        *c = early; /* behind or at the log's end: the writer skips what it has */
     } else {
         /* Past the log's end (its entry was gone: a clean stop), another
          * bus, or no log: attach where the log says, as without it. */
         cbus_consumer_detach(early);
-        rc = attach(&c, cfg, &resume);
+        rc = attach(c, cfg, &resume);
     }
     if (rc) {
         cbus_log_error("cannot attach to bus %s as %s: %s", cfg->bus, cfg->name,
                        cbus_strerror(rc));
-        audit_writer_close(w);
-        close(lock_fd);
+        audit_writer_close(*w);
         return 1;
     }
-    /* Producers wait on the committed cursor, so every record in flight
-     * (read, not yet durable) holds a ring slot.  If the batches in flight
-     * could fill the ring, producers would stall (then drop) while the disk
-     * syncs: keep at most half the ring in flight. */
+    return 0;
+}
+
+/* Producers wait on the committed cursor, so every record in flight (read,
+ * not yet durable) holds a ring slot.  If the batches in flight could fill
+ * the ring, producers would stall (then drop) while the disk syncs: keep
+ * at most half the ring in flight.  Returns the batch size used. */
+static unsigned fit_batches(const struct audit_config *cfg, struct audit_writer *w,
+                            cbus_consumer *c)
+{
     unsigned batch_events = cfg->batch_events;
     const struct cbus_shm_header *hdr = cbus_bus_header(cbus_consumer_bus(c));
     /* Per lane: the events in flight may all be one thread's, in one lane. */
@@ -319,11 +414,12 @@ int audit_run(const struct audit_config *cfg)
                       "half of a lane's ring (%" PRIu64 " slots)", cfg->batch_events, batch_events,
                       cfg->queue_depth, lane_cap);
     }
-    uint64_t bus_id = cbus_consumer_bus_id(c);
-    struct cbus_position start_pos;
-    cbus_consumer_position(c, &start_pos);
-    uint64_t start = cbus_consumer_read_pos(c);
-    audit_writer_set_bus(w, bus_id, &start_pos);
+    return batch_events;
+}
+
+static void log_started(const struct audit_config *cfg, cbus_consumer *c, unsigned batch_events,
+                        const struct cbus_position *start_pos)
+{
     char sync[64];
     if (cfg->sync == AUDIT_SYNC_BATCH)
         snprintf(sync, sizeof sync, "fdatasync per batch");
@@ -332,130 +428,59 @@ int audit_run(const struct audit_config *cfg)
     cbus_log_info("started: bus %s (id %016" PRIx64 ", %u lane%s) as lossless consumer '%s' from "
                   "cursor %" PRIu64 "%s, log %s, %s, queue depth %u, batch %u events / %" PRIu64
                   " bytes, previews %s",
-                  cfg->bus, bus_id, start_pos.lanes, start_pos.lanes == 1 ? "" : "s", cfg->name,
-                  start, start_pos.lanes == 1 ? "" : " (summed over the lanes)", cfg->dir, sync,
-                  cfg->queue_depth,
-                  batch_events, cfg->batch_bytes, audit_redaction_name(cfg->preview));
+                  cfg->bus, cbus_consumer_bus_id(c), start_pos->lanes,
+                  start_pos->lanes == 1 ? "" : "s", cfg->name, cbus_consumer_read_pos(c),
+                  start_pos->lanes == 1 ? "" : " (summed over the lanes)", cfg->dir, sync,
+                  cfg->queue_depth, batch_events, cfg->batch_bytes,
+                  audit_redaction_name(cfg->preview));
+}
 
-    struct loop l = {.cfg = cfg, .w = w, .c = c};
+/* The loop until a signal (or an error), then the drain.  Takes c.
+ * Returns the exit status. */
+static int run_loop(const struct audit_config *cfg, struct audit_writer *w, cbus_consumer *c)
+{
+    struct audit_daemon d = {.cfg = cfg, .w = w};
     struct cbus_consumer_opts ao = {.name = cfg->name, .mode = CBUS_LOSSLESS};
-    l.at.leaving = leaving_bus;
-    l.at.arg = &l;
-    cbus_attach_init(&l.at, c, cfg->bus, &ao, 0);
-    struct cbus_event evs[POLL_MAX];
-    /* Bodies come with their events into body_buf (at least the bus's body
-     * limit: a bus re-created with a larger one grows it before the poll). */
-    struct cbus_body bodies[POLL_MAX];
-    void *body_buf = NULL;
-    size_t body_cap = 0;
-    unsigned have = 0, next = 0;  /* polled events not yet appended: evs[next..have) */
-    int status = 0;
-    uint64_t last_report = mono_ns();
-
-    while (!cbus_daemon_stop) {
-        if ((rc = audit_writer_service(w, 0))) {
-            cbus_log_error("io_uring: %s", strerror(-rc));
-            status = 1;
-            break;
-        }
-        commit_durable(&l);
-        if (next == have) {
-            /* Nothing polled is pending here: the place to follow the bus. */
-            int a = cbus_attach_check(&l.at, 0);
-            if (a == 1)
-                c = arrived_bus(&l);
-            size_t limit = cbus_bus_body_limit(cbus_consumer_bus(c));
-            if (a >= 0 && limit > body_cap) {
-                void *nb = realloc(body_buf, limit);
-                if (!nb) {
-                    cbus_log_error("out of memory for a body buffer of %zu bytes", limit);
-                    status = 1;
-                    break;
-                }
-                body_buf = nb;
-                body_cap = limit;
-            }
-            int n = a < 0 ? a
-                          : cbus_consumer_poll_bodies(c, evs, bodies, POLL_MAX, body_buf,
-                                                      body_cap);
-            if (n == -ESTALE && a == 0) {
-                a = cbus_attach_check(&l.at, 1);
-                if (a == 1)
-                    c = arrived_bus(&l);
-                if (a == 1 || (a == 0 && l.at.dead))
-                    n = 0;
-            }
-            if (n < 0) {
-                cbus_log_error("poll: %s%s", cbus_strerror(n),
-                               n == -ESTALE ? " (evicted from the bus)" : "");
-                status = 1;
-                break;
-            }
-            have = (unsigned)n;
-            next = 0;
-        }
-        while (next < have && (rc = audit_writer_append(w, &evs[next], &bodies[next])) == 0)
-            next++;
-        if (next < have && rc != -EAGAIN) {
-            /* Cannot happen (room is checked before encoding); stop rather
-             * than skip an event: its cursor is never committed. */
-            cbus_log_error("cannot encode event %" PRIu64 ": %s", evs[next].event_id,
-                           strerror(-rc));
-            status = 1;
-            break;
-        }
-        uint64_t now = mono_ns();
-        if (have == 0) {
-            /* The bus is idle: do not let records wait for a full batch. */
-            audit_writer_flush(w);
-            if (audit_writer_idle(w)) {
-                rc = cbus_attach_wait(&l.at, IDLE_WAIT_NS);
-                if (l.at.c != c)
-                    c = arrived_bus(&l);
-                if (rc == -ESTALE) {
-                    cbus_log_error("evicted from the bus");
-                    status = 1;
-                    break;
-                }
-            } else {
-                audit_writer_service(w, IO_WAIT_NS);
-                heartbeat(&l, now);
-            }
-        } else if (next < have) {
-            /* The writer is full (disk slow or failing, or a rotation is
-             * draining): wait for it, staying alive on the bus. */
-            audit_writer_service(w, audit_writer_failing(w) ? FAIL_WAIT_NS : IO_WAIT_NS);
-            heartbeat(&l, now);
-        }
-        if (cbus_daemon_usr1 || now - last_report > 60000000000ull) {
-            report(&l, cbus_daemon_usr1);
-            cbus_daemon_usr1 = 0;
-            last_report = now;
-        }
+    d.loop.at.leaving = leaving_bus;
+    d.loop.at.arg = &d;
+    if (cbus_loop_init(&d.loop, c, cfg->bus, &ao, POLL_MAX, 1, &d)) {
+        cbus_log_error("out of memory");
+        return 1;
     }
+    struct cbus_loop *l = &d.loop;
+    l->on_batch = on_batch;
+    l->on_arrived = arrived_bus;
+    l->io_wait = io_wait;
+    l->hb_every_ns = HEARTBEAT_NS;
+    l->max_wait_ns = IDLE_WAIT_NS;
+    cbus_loop_every(l, REPORT_EVERY_NS, REPORT_EVERY_NS, lost_timer, 0);
+    cbus_loop_every(l, 0, 0, status_timer, 1);
+    int status = cbus_loop_run(l);
+    drain(&d);
+    report(&d, 1);
+    cbus_loop_close(l);
+    return status;
+}
 
-    /* Drain: everything polled is appended and made durable, then committed,
-     * so a clean stop replays nothing and loses nothing. */
-    uint64_t deadline = mono_ns() + SHUTDOWN_LIMIT_NS;
-    for (;;) {
-        while (next < have && audit_writer_append(w, &evs[next], &bodies[next]) == 0)
-            next++;
-        audit_writer_flush(w);
-        audit_writer_service(w, 10000000u);
-        commit_durable(&l);
-        if (next == have && audit_writer_idle(w))
-            break;
-        uint64_t now = mono_ns();
-        heartbeat(&l, now);
-        if (now > deadline) {
-            cbus_log_warn("stopping with unwritten records (disk failing?); they were not "
-                          "acknowledged on the bus and will be read again at the next start");
-            break;
-        }
+int audit_run(const struct audit_config *cfg)
+{
+    int lock_fd = lock_dir(cfg);
+    if (lock_fd < 0)
+        return 1;
+    /* io_uring writes past RLIMIT_FSIZE must fail with EFBIG, not kill us. */
+    signal(SIGXFSZ, SIG_IGN);
+    struct audit_writer *w;
+    cbus_consumer *c;
+    if (recover_and_attach(cfg, &w, &c)) {
+        close(lock_fd);
+        return 1;
     }
-    report(&l, 1);
-    cbus_consumer_detach(c);
-    free(body_buf);
+    unsigned batch_events = fit_batches(cfg, w, c);
+    struct cbus_position start_pos;
+    cbus_consumer_position(c, &start_pos);
+    audit_writer_set_bus(w, cbus_consumer_bus_id(c), &start_pos);
+    log_started(cfg, c, batch_events, &start_pos);
+    int status = run_loop(cfg, w, c);
     audit_writer_close(w);
     close(lock_fd);
     cbus_log_info("stopped");

@@ -29,15 +29,15 @@ static void free_buffers(struct cbus_loop *l)
     l->body_buf = NULL;
 }
 
-/* Bodies need a buffer of the bus's body limit, which a re-created bus may
- * change: sized per bus. */
+/* Bodies need a buffer of at least the bus's body limit, which a
+ * re-created bus may change: sized per bus.  Four limits (and a page): a
+ * poll stops at the first body that does not fit, so one limit would make
+ * a batch of large bodies one event long (export's sizing, kept for all). */
 static int size_body_buf(struct cbus_loop *l)
 {
     if (!l->bodies)
         return 0;
-    size_t want = cbus_bus_body_limit(l->at.bus);
-    if (want < 4096)
-        want = 4096;
+    size_t want = 4 * (size_t)cbus_bus_body_limit(l->at.bus) + 4096;
     if (want <= l->body_buf_len)
         return 0;
     void *nb = realloc(l->body_buf, want);
@@ -163,7 +163,8 @@ static int poll_batch(struct cbus_loop *l, int *stop)
             n = 0;
     }
     if (n < 0) {
-        cbus_log_error("poll: %s", cbus_strerror(n));
+        cbus_log_error("poll: %s%s", cbus_strerror(n),
+                       n == -ESTALE ? " (evicted from the bus)" : "");
         *stop = 1;
         return 0;
     }
@@ -241,7 +242,7 @@ static int next_batch(struct cbus_loop *l, int *stop)
         l->held_n = 0;
         return (int)l->cur_n;
     }
-    int n = poll_batch(l, stop);
+    int n = l->no_poll ? 0 : poll_batch(l, stop);
     l->cur_off = 0;
     l->cur_n = n > 0 ? (unsigned)n : 0;
     return n;
@@ -257,7 +258,7 @@ static int idle_wait(struct cbus_loop *l, uint64_t wait)
         if (r > 0)
             return 0;
     }
-    if (l->held_n) {
+    if (l->held_n || l->no_poll) {
         uint64_t nap = wait < HELD_NAP_NS ? wait : HELD_NAP_NS;
         struct timespec ts = {0, (long)nap};
         nanosleep(&ts, NULL);

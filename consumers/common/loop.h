@@ -7,7 +7,8 @@
  *   1. poll a batch (with bodies when asked), following the bus: a poll
  *      that says -ESTALE asks attach.c at once (truncated, evicted).  While
  *      the daemon holds back part of the last batch (cbus_loop_hold), there
- *      is no poll: the held events are offered again;
+ *      is no poll: the held events are offered again; with no_poll set,
+ *      there is none either (n == 0);
  *   2. on_batch(events, n) -- also with n == 0, so a daemon can acknowledge
  *      positions that were skipped without an event (a tail jump);
  *   3. every hb_every_ns: the consumer's heartbeat (unless no_heartbeat),
@@ -76,6 +77,11 @@ struct cbus_loop {
      * daemon that cannot make progress (audit's untether_after).  The bus
      * check and on_heartbeat still run. */
     int no_heartbeat;
+    /* Set by the daemon: do not poll (its queue is full: export's spool
+     * over its limit).  on_batch still runs every turn, with n == 0; the
+     * wait is io_wait, else a nap of at most 1 ms (the bus wait would return
+     * at once for the events left unread). */
+    int no_poll;
     /* private */
     unsigned batch_max;
     unsigned cur_off, cur_n;     /* the batch on_batch is looking at, in ev[] */

@@ -14,7 +14,9 @@
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 
-#include "attach.h"
+#include <cbus/cbus.h>
+
+#include "loop.h"
 #include "daemon.h"
 #include "export_config.h"
 #include "exporter.h"
@@ -23,16 +25,20 @@
 #include "sbuf.h"
 
 #define POLL_MAX 256
+#define NET_WAIT_MAX_MS 5   /* longest network wait before looking at the bus again */
+#define PAUSED_NAP_NS 5000000u
 
-static struct cbus_event evbuf[POLL_MAX];
-static struct cbus_body bodies[POLL_MAX];
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+/* The daemon's state beside the loop (consumers/common/loop.h): the loop
+ * polls, waits and follows the bus; the exporter builds, sends and spools. */
+struct export_daemon {
+    const struct export_config *cfg;
+    struct exporter *x;
+    struct cbus_loop loop;          /* owns the consumer (loop.at.c) */
+    uint64_t capacity;              /* one lane's ring, of the bus we are on */
+    struct exporter_identity id;
+    struct cbus_position committed; /* what the bus has as our cursor */
+    int last_n;                     /* events in the last batch */
+};
 
 static void usage(FILE *f)
 {
@@ -156,17 +162,18 @@ static void log_counters(struct exporter *x, const char *what)
 }
 
 /* attach.c moved us to a new bus: its lane capacity and lane count, its id
- * on later batches, its positions (nothing committed there yet). */
-static void follow(const struct cbus_attach *at, struct exporter *x, cbus_consumer **c,
-                   uint64_t *capacity, struct exporter_identity *id,
-                   struct cbus_position *committed)
+ * on later batches, its positions (nothing committed there yet).  Open runs
+ * and batches of the old bus go on. */
+static int arrived_bus(void *arg)
 {
-    *c = at->c;
-    *capacity = cbus_bus_lane_capacity(cbus_consumer_bus(*c));
-    id->bus_id = at->bus_id;
-    exporter_set_bus_id(x, id->bus_id);
-    exporter_set_lanes(x, cbus_bus_lanes(cbus_consumer_bus(*c)));
-    cbus_consumer_position(*c, committed); /* where it starts: nothing to commit below */
+    struct export_daemon *d = arg;
+    cbus_consumer *c = d->loop.at.c;
+    d->capacity = cbus_bus_lane_capacity(cbus_consumer_bus(c));
+    d->id.bus_id = d->loop.at.bus_id;
+    exporter_set_bus_id(d->x, d->id.bus_id);
+    exporter_set_lanes(d->x, cbus_bus_lanes(cbus_consumer_bus(c)));
+    cbus_consumer_position(c, &d->committed); /* where it starts: nothing to commit below */
+    return 0;
 }
 
 /* Every lane of a behind b or equal. */
@@ -180,7 +187,107 @@ static int position_covers(const struct cbus_position *a, const struct cbus_posi
     return 1;
 }
 
-int main(int argc, char **argv)
+/* Moves the bus cursor up to what the exporter has made durable: every
+ * lane to its floor (lossy: the read position; nothing waits on it).  A
+ * lossless exporter caught up with a quarter of a lane unacknowledged ships
+ * its partial batch now: producers are about to wait on us. */
+static void acknowledge(struct export_daemon *d, int n, uint64_t now)
+{
+    cbus_consumer *c = d->loop.at.c;
+    struct cbus_position read, hold, floor;
+    cbus_consumer_position(c, &read);
+    /* a lossless consumer must not hold more than half a lane's ring in
+     * open runs (each lane is gated on its own) */
+    hold = read;
+    for (unsigned L = 0; L < read.lanes; L++)
+        hold.pos[L] = d->cfg->lossless && read.pos[L] > d->capacity / 2
+                          ? read.pos[L] - d->capacity / 2 : 0;
+    exporter_tick(d->x, now, &hold);
+    exporter_floor_position(d->x, &read, &floor);
+    int pressed = 0;
+    for (unsigned L = 0; L < read.lanes; L++)
+        pressed |= read.pos[L] - floor.pos[L] >= d->capacity / 4;
+    if (d->cfg->lossless && n < POLL_MAX && pressed) {
+        exporter_flush(d->x);
+        exporter_floor_position(d->x, &read, &floor);
+    }
+    /* Words behind the cursor (positions poll skipped) stay as they are. */
+    struct cbus_position *cm = &d->committed;
+    if (!position_covers(cm, &floor) && cbus_consumer_commit_position(c, &floor) == 0)
+        for (unsigned L = 0; L < floor.lanes; L++)
+            if (floor.pos[L] > cm->pos[L] || cm->lanes != floor.lanes)
+                cm->pos[L] = floor.pos[L];
+    cm->lanes = floor.lanes;
+}
+
+/* ---- the loop's hooks ------------------------------------------------------ */
+
+static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
+                    uint64_t now)
+{
+    struct export_daemon *d = arg;
+    for (int i = 0; i < n; i++)
+        exporter_feed_body(d->x, &ev[i], bodies ? &bodies[i] : NULL, now);
+    acknowledge(d, n, now);
+    uint64_t deadline = exporter_next_deadline(d->x);
+    if (deadline != UINT64_MAX)
+        cbus_loop_wake_at(&d->loop, deadline); /* batch age, retry */
+    d->last_n = n;
+    /* Queue or spool full: stop reading, stay alive on the bus. */
+    d->loop.no_poll = exporter_paused(d->x);
+    if (d->loop.no_poll)
+        cbus_loop_busy(&d->loop);
+    return 0;
+}
+
+/* A trickle of events (a batch, not a full one): give the network a
+ * moment before polling again, as batches close by age. */
+static int before_sleep(void *arg, uint64_t now)
+{
+    struct export_daemon *d = arg;
+    (void)now;
+    if (d->last_n > 0 && d->last_n < POLL_MAX)
+        exporter_wait(d->x, 1);
+    return 0;
+}
+
+/* Idle: the network while requests are in flight (a few ms at a time, so
+ * the bus is looked at again soon), a nap while paused, else the bus wait. */
+static int io_wait(void *arg, uint64_t max_ns)
+{
+    struct export_daemon *d = arg;
+    int ms = (int)(max_ns / 1000000);
+    if (exporter_wait(d->x, ms < NET_WAIT_MAX_MS ? (ms ? ms : 1) : NET_WAIT_MAX_MS))
+        return 1;
+    if (d->loop.no_poll) {
+        struct timespec nap = {0, PAUSED_NAP_NS};
+        nanosleep(&nap, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+static int status_timer(void *arg, uint64_t now)
+{
+    struct export_daemon *d = arg;
+    (void)now;
+    write_status(d->cfg, d->x, d->loop.at.c, 0);
+    return 0;
+}
+
+static int counters_timer(void *arg, uint64_t now)
+{
+    struct export_daemon *d = arg;
+    (void)now;
+    log_counters(d->x, "counters");
+    return 0;
+}
+
+/* ---- start and stop --------------------------------------------------------- */
+
+/* Parses the command line into cfg.  Returns -1 to go on, else the exit
+ * status (--help, --check, an error: logged). */
+static int configure(int argc, char **argv, struct export_config *cfg)
 {
     static const struct option lo[] = {{"bus", 1, 0, 'b'},         {"config", 1, 0, 'c'},
                                        {"endpoint", 1, 0, 'e'},    {"status-file", 1, 0, 's'},
@@ -205,21 +312,18 @@ int main(int argc, char **argv)
         return 2;
     }
     cbus_log_init("cbus-export", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
-
-    struct export_config cfg;
     char err[512] = "";
-    export_config_defaults(&cfg);
-    if (config && export_config_load(&cfg, config, err, sizeof err)) {
+    export_config_defaults(cfg);
+    if (config && export_config_load(cfg, config, err, sizeof err)) {
         cbus_log_error("%s", err);
-        export_config_free(&cfg);
         return 2;
     }
     if (bus) {
-        if (cbus_name_valid(bus) || strlen(bus) >= sizeof cfg.bus) {
+        if (cbus_name_valid(bus) || strlen(bus) >= sizeof cfg->bus) {
             cbus_log_error("--bus: '%s' is not a bus name", bus);
             return 2;
         }
-        snprintf(cfg.bus, sizeof cfg.bus, "%s", bus);
+        snprintf(cfg->bus, sizeof cfg->bus, "%s", bus);
     }
     if (endpoint) {
         if (strncmp(endpoint, "http://", 7) && strncmp(endpoint, "https://", 8)) {
@@ -228,22 +332,158 @@ int main(int argc, char **argv)
                            cbus_redact_url(shown, sizeof shown, endpoint));
             return 2;
         }
-        snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+        snprintf(cfg->endpoint, sizeof cfg->endpoint, "%s", endpoint);
     }
     if (status)
-        snprintf(cfg.status_file, sizeof cfg.status_file, "%s", status);
-    if (export_config_finish(&cfg, err, sizeof err)) {
+        snprintf(cfg->status_file, sizeof cfg->status_file, "%s", status);
+    if (export_config_finish(cfg, err, sizeof err)) {
         cbus_log_error("%s%s%s", config ? config : "", config ? ": " : "", err);
-        export_config_free(&cfg);
         return 2;
     }
     if (check) {
-        char shown[CBUS_REDACT_SIZE(sizeof cfg.url)];
+        char shown[CBUS_REDACT_SIZE(sizeof cfg->url)];
         printf("%s: valid (endpoint %s, format %s)\n", config ? config : "defaults",
-               cbus_redact_url(shown, sizeof shown, cfg.url),
-               cfg.format == EXPORT_MSGPACK ? "msgpack" : cfg.otlp_encoding ? "otlp protobuf" : "otlp json");
-        export_config_free(&cfg);
+               cbus_redact_url(shown, sizeof shown, cfg->url),
+               cfg->format == EXPORT_MSGPACK ? "msgpack"
+               : cfg->otlp_encoding          ? "otlp protobuf"
+                                             : "otlp json");
         return 0;
+    }
+    return -1;
+}
+
+/* Attaches where the last clean stop left off (DIR/cursor), else as
+ * configured.  A saved cursor of another bus (re-created since) or of
+ * another lane count starts at the newest event.  co->start says where it
+ * started.  Returns 0 or -errno (logged). */
+static int attach_start(const struct export_config *cfg, struct cbus_consumer_opts *co,
+                        cbus_consumer **c)
+{
+    uint64_t saved_bus = 0;
+    static struct cbus_position saved; /* co->position points here */
+    if (cfg->start == CBUS_START_RESUME && cursor_load(cfg, &saved_bus, &saved) == 0) {
+        /* a clean stop left its position: continue there if the bus is the same */
+        co->start = CBUS_START_CURSOR;
+        co->position = &saved;
+        co->expect_bus_id = saved_bus;
+    }
+    int r = cbus_consumer_attach(c, cfg->bus, co);
+    if (r == -ESTALE) {
+        cbus_log_info("bus '%s' was recreated since the saved cursor: starting at its newest "
+                      "event", cfg->bus);
+        co->start = CBUS_START_NEWEST;
+        r = cbus_consumer_attach(c, cfg->bus, co);
+    }
+    if (r == -EINVAL && co->start == CBUS_START_CURSOR) {
+        /* the same bus id with another lane count: a damaged file */
+        cbus_log_warn("the saved cursor has %u lanes, bus '%s' another count: starting at its "
+                      "newest event", saved.lanes, cfg->bus);
+        co->start = CBUS_START_NEWEST;
+        r = cbus_consumer_attach(c, cfg->bus, co);
+    }
+    if (r) {
+        cbus_log_error("attach to bus '%s' as '%s': %s", cfg->bus, cfg->consumer_name,
+                       cbus_strerror(r));
+        return r;
+    }
+    cursor_forget(cfg);
+    return 0;
+}
+
+static void log_started(const struct export_config *cfg, cbus_consumer *c, unsigned start)
+{
+    char shown_url[CBUS_REDACT_SIZE(sizeof cfg->url)]; /* credentials stay out of logs */
+    cbus_redact_url(shown_url, sizeof shown_url, cfg->url);
+    unsigned lanes = cbus_bus_lanes(cbus_consumer_bus(c));
+    cbus_log_info("started: bus %s (%u lane%s) as %s (%s, from %s), %s to %s%s, batches of %" PRIu64
+                  " / %" PRIu64 " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
+                  cfg->bus, lanes, lanes == 1 ? "" : "s", cfg->consumer_name,
+                  cfg->lossless ? "lossless" : "lossy",
+                  start == CBUS_START_CURSOR ? "the saved cursor"
+                  : start == CBUS_START_RESUME ? "its last cursor or the newest event"
+                  : start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
+                  cfg->format == EXPORT_MSGPACK ? "msgpack"
+                  : cfg->otlp_encoding          ? "OTLP/protobuf"
+                                                : "OTLP/JSON",
+                  shown_url, cfg->gzip ? " gzip" : "", cfg->batch_max_items,
+                  cfg->batch_max_age_ns / 1000000, cfg->max_in_flight,
+                  cfg->spool_dir[0] ? cfg->spool_dir : "in memory", cfg->spool_limit);
+}
+
+/* Flushes what it can in the shutdown time, commits the floor and saves it
+ * as the cursor the next start continues from. */
+static void shut_down(struct export_daemon *d)
+{
+    const struct export_config *cfg = d->cfg;
+    cbus_consumer *c = d->loop.at.c;
+    cbus_log_info("stopping: flushing (up to %" PRIu64 " ms)", cfg->shutdown_timeout_ns / 1000000);
+    size_t lost = exporter_shutdown(d->x, cbus_now_ns() + cfg->shutdown_timeout_ns);
+    if (lost)
+        cbus_log_warn("%zu undelivered batches were in the memory spool and are lost (set [spool] "
+                      "dir)", lost);
+    struct cbus_position read, floor;
+    cbus_consumer_position(c, &read);
+    exporter_floor_position(d->x, &read, &floor);
+    cbus_consumer_commit_position(c, &floor);
+    /* The saved position: the floor, but never below what was committed
+     * (a lane's cursor never moves back). */
+    for (unsigned L = 0; L < floor.lanes && d->committed.lanes == floor.lanes; L++)
+        if (d->committed.pos[L] > floor.pos[L])
+            floor.pos[L] = d->committed.pos[L];
+    cursor_save(cfg, d->id.bus_id, &floor);
+    write_status(cfg, d->x, c, 1);
+    log_counters(d->x, "stopped");
+}
+
+/* The exporter and the loop on consumer c (taken), until a signal.
+ * Returns the exit status. */
+static int run(const struct export_config *cfg, cbus_consumer *c,
+               const struct cbus_consumer_opts *co)
+{
+    static struct export_daemon d;
+    char host[256] = "", err[512] = "";
+    gethostname(host, sizeof host - 1);
+    d = (struct export_daemon){.cfg = cfg,
+                               .capacity = cbus_bus_lane_capacity(cbus_consumer_bus(c)),
+                               .id = {.bus_name = cfg->bus, .bus_id = cbus_consumer_bus_id(c),
+                                      .host_name = host, .pid = (uint32_t)getpid()}};
+    int r = exporter_new(&d.x, cfg, &d.id, err, sizeof err);
+    if (r) {
+        cbus_log_error("%s", err);
+        cbus_consumer_detach(c);
+        return r == -EINVAL ? 2 : 1;
+    }
+    exporter_set_lanes(d.x, cbus_bus_lanes(cbus_consumer_bus(c)));
+    log_started(cfg, c, co->start);
+    cbus_consumer_position(c, &d.committed); /* nothing below the start to commit */
+    if (cbus_loop_init(&d.loop, c, cfg->bus, co, POLL_MAX, exporter_wants_bodies(d.x), &d)) {
+        cbus_log_error("out of memory");
+        exporter_free(d.x);
+        return 1;
+    }
+    struct cbus_loop *l = &d.loop;
+    l->on_batch = on_batch;
+    l->on_arrived = arrived_bus;
+    l->before_sleep = before_sleep;
+    l->io_wait = io_wait;
+    l->no_poll = exporter_paused(d.x);
+    if (cfg->status_file[0])
+        cbus_loop_every(l, cfg->status_interval_ns, 0, status_timer, 0);
+    cbus_loop_every(l, 0, 0, counters_timer, 1);
+    int exit_code = cbus_loop_run(l);
+    shut_down(&d);
+    exporter_free(d.x);
+    cbus_loop_close(l);
+    return exit_code;
+}
+
+int main(int argc, char **argv)
+{
+    static struct export_config cfg;
+    int rc = configure(argc, argv, &cfg);
+    if (rc >= 0) {
+        export_config_free(&cfg);
+        return rc;
     }
     /* The spool and the status file live in private directories or not at
      * all: the exporter often runs as root (issue 12 item 16). */
@@ -255,204 +495,15 @@ int main(int argc, char **argv)
         return 1;
     }
     cbus_daemon_signals();
-
     struct cbus_consumer_opts co = {.name = cfg.consumer_name,
                                     .mode = cfg.lossless ? CBUS_LOSSLESS : CBUS_LOSSY,
                                     .start = cfg.start};
-    uint64_t saved_bus = 0;
-    struct cbus_position saved;
-    if (cfg.start == CBUS_START_RESUME && cursor_load(&cfg, &saved_bus, &saved) == 0) {
-        /* a clean stop left its position: continue there if the bus is the same */
-        co.start = CBUS_START_CURSOR;
-        co.position = &saved;
-        co.expect_bus_id = saved_bus;
-    }
     cbus_consumer *c = NULL;
-    int r = cbus_consumer_attach(&c, cfg.bus, &co);
-    if (r == -ESTALE) {
-        cbus_log_info("bus '%s' was recreated since the saved cursor: starting at its newest event", cfg.bus);
-        co.start = CBUS_START_NEWEST;
-        r = cbus_consumer_attach(&c, cfg.bus, &co);
-    }
-    if (r == -EINVAL && co.start == CBUS_START_CURSOR) {
-        /* the same bus id with another lane count: a damaged file */
-        cbus_log_warn("the saved cursor has %u lanes, bus '%s' another count: starting at its "
-                      "newest event", saved.lanes, cfg.bus);
-        co.start = CBUS_START_NEWEST;
-        r = cbus_consumer_attach(&c, cfg.bus, &co);
-    }
-    if (r) {
-        cbus_log_error("attach to bus '%s' as '%s': %s", cfg.bus, cfg.consumer_name, cbus_strerror(r));
+    if (attach_start(&cfg, &co, &c)) {
         export_config_free(&cfg);
         return 1;
     }
-    cursor_forget(&cfg);
-    /* Positions are per lane (issue 13): the acknowledgement floor, the hold
-     * limit and the saved cursor are one word per lane, each against one
-     * lane's ring. */
-    uint64_t capacity = cbus_bus_lane_capacity(cbus_consumer_bus(c));
-    char host[256] = "";
-    gethostname(host, sizeof host - 1);
-    struct exporter_identity id = {.bus_name = cfg.bus,
-                                   .bus_id = cbus_consumer_bus_id(c),
-                                   .host_name = host,
-                                   .pid = (uint32_t)getpid()};
-    struct exporter *x = NULL;
-    r = exporter_new(&x, &cfg, &id, err, sizeof err);
-    if (r) {
-        cbus_log_error("%s", err);
-        cbus_consumer_detach(c);
-        export_config_free(&cfg);
-        return r == -EINVAL ? 2 : 1;
-    }
-    exporter_set_lanes(x, cbus_bus_lanes(cbus_consumer_bus(c)));
-    char shown_url[CBUS_REDACT_SIZE(sizeof cfg.url)]; /* credentials stay out of logs */
-    cbus_redact_url(shown_url, sizeof shown_url, cfg.url);
-    cbus_log_info("started: bus %s (%u lane%s) as %s (%s, from %s), %s to %s%s, batches of %" PRIu64
-                  " / %" PRIu64 " ms, %" PRIu64 " in flight, spool %s (%" PRIu64 " bytes)",
-                  cfg.bus, cbus_bus_lanes(cbus_consumer_bus(c)),
-                  cbus_bus_lanes(cbus_consumer_bus(c)) == 1 ? "" : "s", cfg.consumer_name,
-                  cfg.lossless ? "lossless" : "lossy",
-                  co.start == CBUS_START_CURSOR ? "the saved cursor"
-                  : co.start == CBUS_START_RESUME ? "its last cursor or the newest event"
-                  : co.start == CBUS_START_OLDEST ? "the oldest event" : "the newest event",
-                  cfg.format == EXPORT_MSGPACK ? "msgpack" : cfg.otlp_encoding ? "OTLP/protobuf" : "OTLP/JSON", shown_url, cfg.gzip ? " gzip" : "",
-                  cfg.batch_max_items, cfg.batch_max_age_ns / 1000000, cfg.max_in_flight,
-                  cfg.spool_dir[0] ? cfg.spool_dir : "in memory", cfg.spool_limit);
-
-    uint64_t next_status = 0;
-    struct cbus_position committed;
-    cbus_consumer_position(c, &committed); /* nothing below the start to commit */
-    int exit_code = 0;
-    void *body_buf = NULL;
-    size_t body_cap = 0;
-    struct cbus_attach at = {0};
-    cbus_attach_init(&at, c, cfg.bus, &co, 0);
-    while (!cbus_daemon_stop) {
-        uint64_t now = mono_ns();
-        int paused = exporter_paused(x);
-        int n = 0;
-        /* Removed, re-created or truncated under us: follow it (attach.c).
-         * Open runs and batches of the old bus go on; later batches carry
-         * the new bus id. */
-        int a = cbus_attach_check(&at, 0);
-        if (at.c != c)
-            follow(&at, x, &c, &capacity, &id, &committed);
-        if (!paused) {
-            if (a < 0) {
-                n = a;
-            } else if (exporter_wants_bodies(x)) {
-                /* content capture, tags, metadata: bodies too, into a
-                 * buffer of a few body limits (never less than one) */
-                size_t need = 4 * (size_t)cbus_bus_body_limit(cbus_consumer_bus(c)) + 4096;
-                if (need > body_cap) {
-                    void *nb = realloc(body_buf, need);
-                    if (nb) {
-                        body_buf = nb;
-                        body_cap = need;
-                    }
-                }
-                n = cbus_consumer_poll_bodies(c, evbuf, bodies, POLL_MAX, body_buf, body_cap);
-            } else {
-                n = cbus_consumer_poll(c, evbuf, POLL_MAX);
-            }
-            if (n == -ESTALE && a == 0) {
-                a = cbus_attach_check(&at, 1);
-                if (at.c != c)
-                    follow(&at, x, &c, &capacity, &id, &committed);
-                if (a == 1 || (a == 0 && at.dead))
-                    n = 0;
-            }
-            if (n < 0) {
-                cbus_log_error("poll: %s (evicted or bus removed)", cbus_strerror(n));
-                exit_code = 1;
-                break;
-            }
-            for (int i = 0; i < n; i++)
-                exporter_feed_body(x, &evbuf[i], exporter_wants_bodies(x) ? &bodies[i] : NULL, now);
-        } else {
-            cbus_consumer_heartbeat(c);
-        }
-        struct cbus_position read, hold, floor;
-        cbus_consumer_position(c, &read);
-        /* a lossless consumer must not hold more than half a lane's ring in
-         * open runs (each lane is gated on its own) */
-        hold = read;
-        for (unsigned L = 0; L < read.lanes; L++)
-            hold.pos[L] = cfg.lossless && read.pos[L] > capacity / 2 ? read.pos[L] - capacity / 2 : 0;
-        exporter_tick(x, now, &hold);
-        exporter_floor_position(x, &read, &floor);
-        int pressed = 0;
-        for (unsigned L = 0; L < read.lanes; L++)
-            pressed |= read.pos[L] - floor.pos[L] >= capacity / 4;
-        if (cfg.lossless && n < POLL_MAX && pressed) {
-            /* caught up with a quarter of a lane unacknowledged: producers
-             * are about to wait on us, so ship the partial batch now */
-            exporter_flush(x);
-            exporter_floor_position(x, &read, &floor);
-        }
-        /* Lossy: the floor is the read position (nothing waits on it).
-         * Words behind the cursor (positions poll skipped) stay as they are. */
-        if (!position_covers(&committed, &floor) &&
-            cbus_consumer_commit_position(c, &floor) == 0)
-            for (unsigned L = 0; L < floor.lanes; L++)
-                if (floor.pos[L] > committed.pos[L] || committed.lanes != floor.lanes)
-                    committed.pos[L] = floor.pos[L];
-        committed.lanes = floor.lanes;
-        if (cfg.status_file[0] && now >= next_status) {
-            write_status(&cfg, x, c, 0);
-            next_status = now + cfg.status_interval_ns;
-        }
-        if (cbus_daemon_usr1) {
-            cbus_daemon_usr1 = 0;
-            log_counters(x, "counters");
-        }
-        if (n == POLL_MAX)
-            continue;
-        /* idle: sleep until data, a timer, or network activity */
-        uint64_t deadline = exporter_next_deadline(x);
-        uint64_t wait_ns = 100000000ull;
-        if (deadline != UINT64_MAX)
-            wait_ns = deadline > now ? deadline - now : 0;
-        if (wait_ns > 100000000ull)
-            wait_ns = 100000000ull;
-        if (n > 0 && wait_ns > 1000000ull)
-            wait_ns = 1000000ull; /* a trickle: look again soon, batch by age */
-        int ms = (int)(wait_ns / 1000000);
-        if (exporter_wait(x, ms < 5 ? (ms ? ms : 1) : 5))
-            continue;
-        if (paused) {
-            struct timespec nap = {0, 5000000};
-            nanosleep(&nap, NULL);
-        } else if (n == 0 && wait_ns) {
-            r = cbus_attach_wait(&at, wait_ns);
-            if (r == -ESTALE) {
-                cbus_log_error("evicted from the bus");
-                exit_code = 1;
-                break;
-            }
-        }
-    }
-
-    cbus_log_info("stopping: flushing (up to %" PRIu64 " ms)", cfg.shutdown_timeout_ns / 1000000);
-    size_t lost = exporter_shutdown(x, mono_ns() + cfg.shutdown_timeout_ns);
-    if (lost)
-        cbus_log_warn("%zu undelivered batches were in the memory spool and are lost (set [spool] dir)", lost);
-    struct cbus_position read, floor;
-    cbus_consumer_position(c, &read);
-    exporter_floor_position(x, &read, &floor);
-    cbus_consumer_commit_position(c, &floor);
-    /* The saved position: the floor, but never below what was committed
-     * (a lane's cursor never moves back). */
-    for (unsigned L = 0; L < floor.lanes && committed.lanes == floor.lanes; L++)
-        if (committed.pos[L] > floor.pos[L])
-            floor.pos[L] = committed.pos[L];
-    cursor_save(&cfg, id.bus_id, &floor);
-    write_status(&cfg, x, c, 1);
-    log_counters(x, "stopped");
-    exporter_free(x);
-    cbus_consumer_detach(c);
+    rc = run(&cfg, c, &co);
     export_config_free(&cfg);
-    free(body_buf);
-    return exit_code;
+    return rc;
 }
