@@ -34,29 +34,33 @@ static int hexd(char c)
 
 static int jstring(struct jp *j)
 {
-    j->p++; /* the opening quote */
-    while (j->p < j->end) {
-        unsigned char c = (unsigned char)*j->p++;
-        if (c == '"')
-            return 1;
-        if (c < 0x20)
+    /* local pointers: j->p is a char pointer, which may alias anything,
+     * so working through it would reload it for every byte */
+    const unsigned char *p = (const unsigned char *)j->p + 1, *end = (const unsigned char *)j->end;
+    for (;;) {
+        /* the common case: a run of plain bytes */
+        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+            p++;
+        if (p >= end || *p < 0x20)
             return 0;
-        if (c == '\\') {
-            if (j->p >= j->end)
+        if (*p++ == '"') {
+            j->p = (const char *)p;
+            return 1;
+        }
+        /* an escape */
+        if (p >= end)
+            return 0;
+        unsigned char e = *p++;
+        if (e == 'u') {
+            if (end - p < 4 || !hexd((char)p[0]) || !hexd((char)p[1]) || !hexd((char)p[2]) || !hexd((char)p[3]))
                 return 0;
-            char e = *j->p++;
-            if (e == 'u') {
-                if (j->end - j->p < 4 || !hexd(j->p[0]) || !hexd(j->p[1]) || !hexd(j->p[2]) || !hexd(j->p[3]))
-                    return 0;
-                j->p += 4;
-            } else if (!strchr("\"\\/bfnrt", e) || !e) {
-                return 0;
-            }
+            p += 4;
+        } else if (!e || !strchr("\"\\/bfnrt", e)) {
+            return 0;
         }
         /* bytes >= 0x80: UTF-8 is the encoder's business (it cleans every
          * string it writes), not a reason to call the text not JSON */
     }
-    return 0;
 }
 
 static int digits(struct jp *j)

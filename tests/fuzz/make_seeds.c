@@ -193,6 +193,48 @@ int main(int argc, char **argv)
         b[0] = 0x30; /* max_open 4, no previews */
         put("export_otlp", "run-small-table", b, off);
     }
+    /* export_otlp with bodies (flags bit 3, then a profile byte): every start
+     * carries text, messages, tags and metadata, every end a text. */
+    {
+        static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+        static const struct {
+            unsigned type;
+            const char *data;
+            uint32_t len;
+        } sec[] = {
+            {CBUS_BODY_TEXT, "the whole prompt \xc3\xa9, with a \"quote\"", 38},
+            {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1},
+            {CBUS_BODY_TAGS, "prod\0eval", 9},
+            {CBUS_BODY_METADATA, "team\0search\0server.port\0" "443", 26},
+        };
+        uint8_t body[512];
+        size_t blen = 0;
+        for (size_t i = 0; i < sizeof sec / sizeof sec[0]; i++) {
+            struct cbus_body_section h = {(uint16_t)sec[i].type, 0, sec[i].len, sec[i].len, 0};
+            memcpy(body + blen, &h, sizeof h);
+            memcpy(body + blen + sizeof h, sec[i].data, sec[i].len);
+            blen += sizeof h + sec[i].len;
+        }
+        static uint8_t b[2 + 16 * (3 + 512 + sizeof ev[0])];
+        static const uint8_t profiles[] = {0x0d, 0x0e}; /* Langfuse / Phoenix, protobuf, prices */
+        for (int k = 0; k < 2; k++) {
+            size_t off = 0;
+            b[off++] = 0x08 | 0x01;
+            b[off++] = profiles[k];
+            for (size_t i = 0; i < n; i++) {
+                b[off++] = 0;
+                size_t bl = cbus_kind_phase(ev[i].kind) == CBUS_PHASE_START || cbus_kind_phase(ev[i].kind) == CBUS_PHASE_END
+                                ? blen : 0;
+                b[off++] = (uint8_t)bl;
+                b[off++] = (uint8_t)(bl >> 8);
+                memcpy(b + off, body, bl);
+                off += bl;
+                memcpy(b + off, &ev[i], sizeof ev[0]);
+                off += sizeof ev[0];
+            }
+            put("export_otlp", k ? "content-phoenix" : "content-langfuse", b, off);
+        }
+    }
 
     /* audit_log: a header and every event as records; verify and cat modes. */
     {

@@ -15,6 +15,9 @@
  *   cbus-export-bench --encode-only [--spans N] [--tokens K]
  *
  *   [--encoding protobuf|json] (protobuf, the exporter's default)
+ *   [--content BYTES]  capture_content on: each start carries a messages body
+ *                      of about BYTES (one user message), each end a text of
+ *                      BYTES / 4 (content.c: kept, validated, encoded)
  * measures span assembly + OTLP encoding alone, in this thread (thread
  * CPU time): what the exporter's CPU would be without the bus copy, libcurl
  * and the kernel.
@@ -72,14 +75,50 @@ static double thread_cpu_s(void)
 }
 
 /* Assembly + encoding only: synthetic chat calls like the end-to-end run. */
-static int encode_only(long spans, long tokens, unsigned encoding)
+/* One body section into buf at *len. */
+static void bench_section(unsigned char *buf, uint32_t *len, unsigned type, const char *data, uint32_t n)
+{
+    struct cbus_body_section h = {(uint16_t)type, 0, n, n, 0};
+    memcpy(buf + *len, &h, sizeof h);
+    memcpy(buf + *len + sizeof h, data, n);
+    *len += (uint32_t)sizeof h + n;
+}
+
+static int encode_only(long spans, long tokens, unsigned encoding, long content)
 {
     struct enc_state e = {.r = {.service_name = "cbus", .host_name = "vm", .pid = 1, .bus_name = "bench"},
-                          .o = {.encoding = encoding}};
+                          .o = {.encoding = encoding, .capture_content = content > 0,
+                                .content_max = content > 16384 ? (size_t)content + 1024 : 16384}};
     sbuf_init(&e.buf);
     struct span_table *t;
     if (span_table_new(&t, 100000, enc_span, &e))
         return 1;
+    /* the bodies a consumer would copy out of the ring for each call */
+    unsigned char *sb = NULL, *eb = NULL;
+    uint32_t sbl = 0, ebl = 0;
+    if (content > 0) {
+        span_table_bodies(t, 1, 1, e.o.content_max, (uint64_t)1 << 30);
+        char *text = malloc((size_t)content + 1);
+        sb = malloc((size_t)content + 256);
+        eb = malloc((size_t)content / 4 + 64);
+        if (!text || !sb || !eb)
+            return 1;
+        for (long i = 0; i < content; i++)
+            text[i] = "abcdefghij klmnopqrstuvwxyz, ABCDEFGHIJ. "[i % 41];
+        static const char pre[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"";
+        static const char post[] = "\"}]}]";
+        char *msgs = malloc((size_t)content + sizeof pre + sizeof post);
+        if (!msgs)
+            return 1;
+        memcpy(msgs, pre, sizeof pre - 1);
+        memcpy(msgs + sizeof pre - 1, text, (size_t)content);
+        memcpy(msgs + sizeof pre - 1 + content, post, sizeof post - 1);
+        bench_section(sb, &sbl, CBUS_BODY_MESSAGES, msgs, (uint32_t)(content + sizeof pre + sizeof post - 2));
+        bench_section(eb, &ebl, CBUS_BODY_TEXT, text, (uint32_t)(content / 4));
+        free(msgs);
+        free(text);
+    }
+    struct cbus_body sbody = {sb, sbl}, ebody = {eb, ebl};
     struct cbus_event st, tok, en;
     memset(&st, 0, sizeof st);
     st.kind = CBUS_EV_CHAT_MODEL_START;
@@ -105,7 +144,7 @@ static int encode_only(long spans, long tokens, unsigned encoding)
         st.event_id = pos++;
         st.ts_realtime_ns = ts;
         st.ts_mono_ns = ts;
-        span_table_feed(t, &st, ts);
+        span_table_feed_body(t, &st, content > 0 ? &sbody : NULL, ts);
         for (long k = 0; k < tokens; k++) {
             memcpy(tok.run_id, &i, sizeof i);
             tok.event_id = pos++;
@@ -115,16 +154,19 @@ static int encode_only(long spans, long tokens, unsigned encoding)
         memcpy(en.run_id, &i, sizeof i);
         en.event_id = pos++;
         en.ts_realtime_ns = en.ts_mono_ns = ts + 500000;
-        span_table_feed(t, &en, ts);
+        span_table_feed_body(t, &en, content > 0 ? &ebody : NULL, ts);
         ts += 1000000;
     }
     double cpu = thread_cpu_s() - c0;
-    printf("encode-only (%s): %ld spans (%ld events each) in %.3f s CPU = %.0f ns per span, %.0f ns per event, "
+    printf("encode-only (%s%s%ld): %ld spans (%ld events each) in %.3f s CPU = %.0f ns per span, %.0f ns per event, "
            "%.0f bytes per span; one core: %.0f spans/s\n",
-           encoding == OTLP_PROTOBUF ? "protobuf" : "json", spans, 2 + tokens, cpu, cpu / (double)spans * 1e9, cpu / (double)pos * 1e9,
+           encoding == OTLP_PROTOBUF ? "protobuf" : "json", content > 0 ? ", content " : "", content > 0 ? content : 0,
+           spans, 2 + tokens, cpu, cpu / (double)spans * 1e9, cpu / (double)pos * 1e9,
            (double)(e.bytes + e.buf.len) / (double)spans, (double)spans / cpu);
     span_table_free(t);
     sbuf_free(&e.buf);
+    free(sb);
+    free(eb);
     return 0;
 }
 
@@ -142,13 +184,13 @@ static double median(double *v, int n)
 
 int main(int argc, char **argv)
 {
-    long spans = 500000, runs = 3, tokens = 0, batch = 512, inflight = 4, capacity = 65536;
+    long spans = 500000, runs = 3, tokens = 0, batch = 512, inflight = 4, capacity = 65536, content = 0;
     int gzip = 0, msgpack = 0, encode = 0, ch;
     unsigned encoding = OTLP_PROTOBUF;
     static const struct option lo[] = {{"spans", 1, 0, 'n'}, {"runs", 1, 0, 'r'}, {"tokens", 1, 0, 't'},
                                        {"gzip", 0, 0, 'g'},  {"msgpack", 0, 0, 'm'}, {"batch", 1, 0, 'b'},
                                        {"in-flight", 1, 0, 'i'}, {"capacity", 1, 0, 'c'}, {"encode-only", 0, 0, 'e'},
-                                       {"encoding", 1, 0, 'E'}, {0, 0, 0, 0}};
+                                       {"encoding", 1, 0, 'E'}, {"content", 1, 0, 'C'}, {0, 0, 0, 0}};
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'n': spans = atol(optarg); break;
@@ -160,6 +202,7 @@ int main(int argc, char **argv)
         case 'i': inflight = atol(optarg); break;
         case 'c': capacity = atol(optarg); break;
         case 'e': encode = 1; break;
+        case 'C': content = atol(optarg); break;
         case 'E':
             if (!strcmp(optarg, "json"))
                 encoding = OTLP_JSON;
@@ -171,14 +214,14 @@ int main(int argc, char **argv)
         default:
             fprintf(stderr, "usage: cbus-export-bench [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
                     "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n"
-                    "                         [--encoding protobuf|json]\n");
+                    "                         [--encoding protobuf|json] [--content BYTES] (with --encode-only)\n");
             return 2;
         }
     }
     if (spans < 1 || runs < 1 || runs > 31 || tokens < 0)
         return 2;
     if (encode)
-        return encode_only(spans, tokens, encoding);
+        return encode_only(spans, tokens, encoding, content);
     double rate[32], cpu_k[32], coll_cpu[32];
     long events_per_call = 2 + tokens;
     for (long run = 0; run < runs; run++) {
