@@ -23,6 +23,7 @@
 #include "log.h"
 #include "redact.h"
 #include "sbuf.h"
+#include "status.h"
 
 #define POLL_MAX 256
 #define NET_WAIT_MAX_MS 5   /* longest network wait before looking at the bus again */
@@ -40,6 +41,23 @@ struct export_daemon {
     int last_n;                     /* events in the last batch */
 };
 
+/* The status file: the common envelope (status.h), then "export". */
+static void write_status(struct export_daemon *d, int final)
+{
+    if (!d->cfg->status_file[0])
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    cbus_status_begin(&b, "cbus-export", &d->loop.at, !final);
+    sbuf_puts(&b, "\"export\":");
+    exporter_status_json(d->x, &b);
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->cfg->status_file, &b);
+    if (r)
+        cbus_log_warn("status file %s: %s", d->cfg->status_file, strerror(-r));
+    sbuf_free(&b);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -51,29 +69,6 @@ static void usage(FILE *f)
             "  --check             validate the config and exit (0 = valid, 2 = not)\n"
             "  --verbose           debug logging\n"
             "Signals: SIGTERM/SIGINT stop (flushing what it can), SIGUSR1 logs the counters.\n");
-}
-
-static void write_status(const struct export_config *cfg, struct exporter *x, cbus_consumer *c,
-                         int final)
-{
-    struct sbuf b;
-    sbuf_init(&b);
-    struct cbus_consumer_stats cs;
-    memset(&cs, 0, sizeof cs);
-    if (c)
-        cbus_consumer_stats(c, &cs);
-    sbuf_printf(&b,
-                "{\"daemon\":\"cbus-export\",\"pid\":%d,\"running\":%s,\"bus\":{\"consumed\":%" PRIu64
-                ",\"lost\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"cursor\":%" PRIu64 ",\"tethered\":%d},\"export\":",
-                (int)getpid(), final ? "false" : "true", cs.consumed, cs.lost, cs.lag, cs.cursor, cs.tethered);
-    exporter_status_json(x, &b);
-    sbuf_puts(&b, "}\n");
-    if (cfg->status_file[0] && !b.failed) {
-        int r = cbus_replace_file(cfg->status_file, b.data, b.len, 0);
-        if (r)
-            cbus_log_warn("status file %s: %s", cfg->status_file, strerror(-r));
-    }
-    sbuf_free(&b);
 }
 
 /* The position saved at a clean stop (DIR/cursor), so that a restart
@@ -271,7 +266,7 @@ static int status_timer(void *arg, uint64_t now)
 {
     struct export_daemon *d = arg;
     (void)now;
-    write_status(d->cfg, d->x, d->loop.at.c, 0);
+    write_status(d, 0);
     return 0;
 }
 
@@ -431,7 +426,7 @@ static void shut_down(struct export_daemon *d)
         if (d->committed.pos[L] > floor.pos[L])
             floor.pos[L] = d->committed.pos[L];
     cursor_save(cfg, d->id.bus_id, &floor);
-    write_status(cfg, d->x, c, 1);
+    write_status(d, 1);
     log_counters(d->x, "stopped");
 }
 

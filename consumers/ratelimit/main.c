@@ -20,6 +20,7 @@
 #include "loop.h"
 #include "rlconfig.h"
 #include "sbuf.h"
+#include "status.h"
 #include "statuscmd.h"
 
 #define BATCH 256
@@ -50,42 +51,25 @@ static int publish(void *ctx, unsigned scope, uint64_t key_hash, const char *key
     return r;
 }
 
-static uint64_t realtime_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void write_status(struct daemon *d, uint64_t now)
 {
     struct cbus_consumer_stats cs;
     memset(&cs, 0, sizeof cs);
     cbus_consumer_stats(d->cons, &cs);
+    /* The common envelope (status.h), then the limiter and the fleet. */
     struct sbuf b;
     sbuf_init(&b);
-    sbuf_puts(&b, "{\"name\":");
-    sbuf_json_str(&b, d->cfg.name, strlen(d->cfg.name));
-    sbuf_puts(&b, ",\"bus\":");
-    sbuf_json_str(&b, d->bus_name, strlen(d->bus_name));
-    sbuf_printf(&b, ",\"pid\":%d,\"updated_realtime_ns\":%llu,\"now_mono_ns\":%llu,"
-                    "\"consumer\":{\"consumed\":%llu,\"lost\":%llu,\"lag\":%llu},\"limiter\":",
-                (int)getpid(), (unsigned long long)realtime_ns(), (unsigned long long)now,
-                (unsigned long long)cs.consumed, (unsigned long long)cs.lost,
-                (unsigned long long)cs.lag);
+    cbus_status_begin(&b, "cbus-ratelimit", &d->loop.at, 1);
+    sbuf_puts(&b, "\"limiter\":");
     rl_status_json(d->l, &b, now, d->cfg.status_top);
     if (d->fleet) {
         sbuf_puts(&b, ",");
         rl_fleet_status_json(d->fleet, &b, now);
     }
-    sbuf_puts(&b, "}\n");
-    if (b.failed) {
-        cbus_log_warn("status: out of memory");
-    } else {
-        int r = cbus_write_file_atomic(d->cfg.status_file, b.data, b.len);
-        if (r)
-            cbus_log_warn("status file %s: %s", d->cfg.status_file, strerror(-r));
-    }
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->cfg.status_file, &b);
+    if (r)
+        cbus_log_warn("status file %s: %s", d->cfg.status_file, strerror(-r));
     if (cs.lost > d->last_lost) {
         cbus_log_warn("lost %llu events (lapped by producers): counts are low by as much",
                       (unsigned long long)(cs.lost - d->last_lost));

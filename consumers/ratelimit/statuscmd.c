@@ -107,7 +107,7 @@ static int print_status(const char *path, unsigned top)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double age = ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - num(root, "updated_realtime_ns")) / 1e9;
-    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", SAFE(str(root, "name")),
+    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", SAFE(str(cons, "name")),
            SAFE(str(root, "bus")), num(root, "pid"), age);
     printf("events %.0f  requests %.0f  tokens in/out %.0f/%.0f  lost %.0f  lag %.0f\n",
            num(lim, "events"), num(lim, "requests"), num(lim, "input_tokens"),

@@ -668,10 +668,10 @@ Test(export_daemon, loadgen_traces_have_every_parent_and_ttft_within_the_span)
     cJSON_Delete(sum);
     cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
     cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[bus]\nstart = oldest\n")), 0);
-    cr_assert_eq(wait_for(get_exporter, &ex, "bus.consumed", events, 30000), events);
+    cr_assert_eq(wait_for(get_exporter, &ex, "consumer.consumed", events, 30000), events);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
-    cr_assert_eq(exporter_stat(&ex, "bus.lost"), 0);
+    cr_assert_eq(exporter_stat(&ex, "consumer.lost"), 0);
     cr_assert_eq(exporter_stat(&ex, "export.sent_items"), exporter_stat(&ex, "export.items"), "all delivered");
     cr_assert_eq(exporter_stat(&ex, "export.spans.unfinished"), 0, "every run ended");
     cJSON *root = decode();

@@ -42,7 +42,7 @@ struct exporter_proc {
 int exporter_start(struct exporter_proc *e, const char *dir, const char *bus, const char *config_text);
 /* SIGTERM and wait for exit; returns the exit status (-1 on timeout). */
 int exporter_stop(struct exporter_proc *e, unsigned timeout_ms);
-/* A counter from the status file: "export.sent_items", "bus.lost", ... (or -1). */
+/* A counter from the status file: "export.sent_items", "consumer.lost", ... (or -1). */
 int64_t exporter_stat(const struct exporter_proc *e, const char *path);
 
 /* Polls until get(arg) >= want or timeout_ms passes; returns the last value. */
