@@ -11,6 +11,7 @@ PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with i
 PKGS+=(nodejs)      # node >= 20, npm and /usr/include/node: bindings/node builds and tests with them
 PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
 PKGS+=(libhiredis-dev redis-server) # fleet state in Redis (consumers/common/cluster.c); tests start redis-server
+PKGS+=(chromium)    # headless: consumers/web/tests/browser drives Debian's browser (never a downloaded one)
 PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do
