@@ -651,6 +651,18 @@ CBUS_API int cbus_custom(cbus_producer *p, cbus_ctx *ctx, const char *event_name
     return emit(p, ctx, &rq);
 }
 
+int cbus__emit_body(cbus_producer *p, cbus_ctx *ctx, unsigned kind, const char *name,
+                    const char *preview, size_t preview_len, const char *messages,
+                    size_t messages_len, const char *text, size_t text_len)
+{
+    struct emit_req rq = {.kind = kind, .name = name,
+                          .name_len = name ? bounded_strlen(name, CBUS_NAME_LEN + 1) : 0,
+                          .preview = preview, .preview_len = preview ? preview_len : 0,
+                          .messages = messages, .messages_len = messages ? messages_len : 0,
+                          .text = text, .text_len = text ? text_len : 0};
+    return emit(p, ctx, &rq);
+}
+
 CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *a)
 {
     if (!a)

@@ -59,6 +59,11 @@ extern CBUS__TLS uint64_t cbus__admit_torn_retries;
 
 /* A thread's first emit with p: resets t for p, takes a lane and, once per
  * thread, arms the thread-exit flush (which gives the lane back). */
+/* An emit with a body of messages (JSON) and text, for calls outside emit.c
+ * (conversation.c).  The codes of every emit. */
+int cbus__emit_body(cbus_producer *p, cbus_ctx *ctx, unsigned kind, const char *name,
+                    const char *preview, size_t preview_len, const char *messages,
+                    size_t messages_len, const char *text, size_t text_len);
 void cbus__producer_thread_start(cbus_producer *p, struct cbus__producer_tls *t);
 void cbus__producer_flush(cbus_producer *p, struct cbus__producer_tls *t);
 int cbus__producer_drop(cbus_producer *p);

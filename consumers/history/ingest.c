@@ -317,7 +317,7 @@ static int on_tool(struct hist_store *s, const struct ev_ctx *c, const struct cb
         m.kind = "tool_result";
         /* the key a prompt's tool message with this result has */
         m.hash = hist_msg_hash("tool", m.text, m.text_len);
-        r = hist_store_has_message(s, call);
+        r = hist_store_has_message(s, c->conv, call);
         if (r == 1)
             m.parent = call;
         if (ev->kind == CBUS_EV_TOOL_ERROR) {
@@ -335,18 +335,97 @@ static int on_tool(struct hist_store *s, const struct ev_ctx *c, const struct cb
     return r;
 }
 
+/* A string member of o, or NULL. */
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* An explicit conversation event (cbus_conversation_*): the operation is
+ * the event's name, its fields the body's JSON object, a message's text
+ * (or the title) the body's text, bytes as the producer gave them. */
+static int on_conversation(struct hist_store *s, struct ev_ctx *c, const struct cbus_event *ev,
+                           uint64_t bus_id)
+{
+    const struct cbus_body_part *mp = &c->parts.part[CBUS_BODY_MESSAGES];
+    cJSON *j = NULL;
+    if (mp->data && !(mp->flags & CBUS_BODY_SECTION_CUT))
+        j = cJSON_ParseWithLength(mp->data, mp->len);
+    const char *conv = jstr(j, "conversation");
+    if (conv && *conv && strlen(conv) < sizeof c->conv)
+        snprintf(c->conv, sizeof c->conv, "%s", conv);
+    if (!cJSON_IsObject(j) || !c->conv[0]) {
+        /* not ours to guess: counted with the events of no conversation */
+        cJSON_Delete(j);
+        hist_store_skip(s);
+        return 0;
+    }
+    int r = hist_store_conv_touch(s, c->conv, ev->ts_realtime_ns, c->user, c->tenant, c->agent);
+    const char *title = jstr(j, "title");
+    if (r) {
+    } else if (!strcmp(c->name, "create")) {
+        if (title && *title)
+            r = hist_store_set_title_if_none(s, c->conv, title);
+    } else if (!strcmp(c->name, "rename")) {
+        /* a rename of a conversation we never saw creates it, titled: an
+         * event cannot be answered with an error, and nothing is lost */
+        if (title && *title)
+            r = hist_store_rename(s, c->conv, title, ev->ts_realtime_ns);
+    } else if (!strcmp(c->name, "state")) {
+        const char *state = jstr(j, "state");
+        if (state && *state && strlen(state) <= 32)
+            r = hist_store_set_state(s, c->conv, state, ev->ts_realtime_ns);
+    } else if (!strcmp(c->name, "message")) {
+        struct hist_msg m;
+        base_msg(c, ev, &m);
+        char id[HIST_ID_MAX];
+        const char *mid = jstr(j, "id");
+        if (mid && *mid && strlen(mid) < sizeof id) {
+            snprintf(id, sizeof id, "%s", mid);
+        } else {
+            /* unique per bus and position */
+            snprintf(id, sizeof id, "%016llx-%llu", (unsigned long long)bus_id,
+                     (unsigned long long)ev->event_id);
+        }
+        m.id = id;
+        m.role = hist_role_norm(jstr(j, "role"));
+        const char *parent = jstr(j, "parent");
+        m.parent = parent && *parent && strlen(parent) < HIST_ID_MAX ? parent : NULL;
+        m.text = c->text ? c->text : "";
+        m.text_len = c->text_len;
+        m.hash = hist_msg_hash(m.role, m.text, m.text_len);
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(j, "metadata");
+        char *printed = cJSON_IsObject(meta) ? cJSON_PrintUnformatted(meta) : NULL;
+        struct sbuf clean;
+        sbuf_init(&clean);
+        if (printed) {
+            /* shown raw inside JSON later: valid UTF-8 only */
+            sbuf_utf8_clean(&clean, printed, strlen(printed));
+            m.metadata = clean.data;
+        }
+        r = clean.failed ? -ENOMEM : hist_store_message(s, &m);
+        sbuf_free(&clean);
+        cJSON_free(printed);
+    } else {
+        hist_store_skip(s); /* an operation this version does not know */
+    }
+    cJSON_Delete(j);
+    return r;
+}
+
 int hist_store_event(struct hist_store *s, uint64_t bus_id, const struct cbus_event *ev,
                      const struct cbus_body *body)
 {
-    (void)bus_id;
     unsigned k = ev->kind;
     hist_store_count_event(s);
     if (k != CBUS_EV_CHAT_MODEL_START && k != CBUS_EV_LLM_START && k != CBUS_EV_LLM_END &&
-        k != CBUS_EV_TOOL_START && k != CBUS_EV_TOOL_END && k != CBUS_EV_TOOL_ERROR)
+        k != CBUS_EV_TOOL_START && k != CBUS_EV_TOOL_END && k != CBUS_EV_TOOL_ERROR &&
+        k != CBUS_EV_CONVERSATION)
         return 0;
     struct ev_ctx c;
     memset(&c, 0, sizeof c);
-    if (!hist_conv_id(ev, c.conv, sizeof c.conv)) {
+    if (!hist_conv_id(ev, c.conv, sizeof c.conv) && k != CBUS_EV_CONVERSATION) {
         hist_store_skip(s);
         return 0;
     }
@@ -369,6 +448,7 @@ int hist_store_event(struct hist_store *s, uint64_t bus_id, const struct cbus_ev
         c.text_len = strlen(c.preview);
     }
     switch (k) {
+    case CBUS_EV_CONVERSATION: return on_conversation(s, &c, ev, bus_id);
     case CBUS_EV_CHAT_MODEL_START:
     case CBUS_EV_LLM_START: return on_start(s, &c, ev);
     case CBUS_EV_LLM_END: return on_llm_end(s, &c, ev);
@@ -380,5 +460,6 @@ uint64_t hist_needed_kinds(void)
 {
     return CBUS_KIND_BIT(CBUS_EV_CHAT_MODEL_START) | CBUS_KIND_BIT(CBUS_EV_LLM_START) |
            CBUS_KIND_BIT(CBUS_EV_LLM_END) | CBUS_KIND_BIT(CBUS_EV_TOOL_START) |
-           CBUS_KIND_BIT(CBUS_EV_TOOL_END) | CBUS_KIND_BIT(CBUS_EV_TOOL_ERROR);
+           CBUS_KIND_BIT(CBUS_EV_TOOL_END) | CBUS_KIND_BIT(CBUS_EV_TOOL_ERROR) |
+           CBUS_KIND_BIT(CBUS_EV_CONVERSATION);
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v);"
@@ -26,11 +26,13 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS conv_user ON conversations(user, updated_ns);"
     "CREATE INDEX IF NOT EXISTS conv_updated ON conversations(updated_ns);"
     /* seq: the order messages arrived in (the thread's order) */
-    "CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    /* ids are unique within their conversation (frameworks number messages
+     * per conversation) */
+    "CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, id TEXT NOT NULL,"
     " conv TEXT NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL, name TEXT,"
     " text TEXT NOT NULL, raw BLOB, parent TEXT, model TEXT, input_tokens INTEGER,"
     " output_tokens INTEGER, ts_ns INTEGER NOT NULL, run_id TEXT, trace_id TEXT,"
-    " metadata TEXT, hash INTEGER NOT NULL);"
+    " metadata TEXT, hash INTEGER NOT NULL, UNIQUE (conv, id));"
     "CREATE INDEX IF NOT EXISTS msg_conv ON messages(conv, seq);"
     "CREATE INDEX IF NOT EXISTS msg_hash ON messages(conv, hash);"
     "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(text, content='messages',"
@@ -66,7 +68,7 @@ static const char *const stmt_sql[ST__COUNT] = {
         "INSERT INTO messages(id, conv, role, kind, name, text, raw, parent, model,"
         " input_tokens, output_tokens, ts_ns, run_id, trace_id, metadata, hash)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-        " ON CONFLICT(id) DO NOTHING",
+        " ON CONFLICT(conv, id) DO NOTHING",
     [ST_CONV_LAST] = "SELECT last_msg FROM conversations WHERE id = ?1",
     [ST_CONV_AFTER_MSG] =
         "UPDATE conversations SET messages = messages + 1, last_msg = ?2,"
@@ -475,13 +477,15 @@ int hist_store_last_hash(struct hist_store *s, const char *conv, uint64_t *hash)
     return r;
 }
 
-int hist_store_has_message(struct hist_store *s, const char *id)
+int hist_store_has_message(struct hist_store *s, const char *conv, const char *id)
 {
     sqlite3_stmt *q;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT 1 FROM messages WHERE id = ?1", -1, &q, NULL);
+    int rc = sqlite3_prepare_v2(s->db, "SELECT 1 FROM messages WHERE conv = ?1 AND id = ?2", -1,
+                                &q, NULL);
     if (rc != SQLITE_OK)
         return fail(s, rc);
-    sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(q);
     int r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : fail(s, rc);
     sqlite3_finalize(q);
@@ -541,6 +545,12 @@ int hist_store_rename(struct hist_store *s, const char *conv, const char *title,
     int r = run(s, "UPDATE conversations SET title = ?2, updated_ns = max(updated_ns, ?3)"
                    " WHERE id = ?1", &changes, 3, conv, title, ts);
     return r ? r : changes ? 0 : -ENOENT;
+}
+
+int hist_store_set_title_if_none(struct hist_store *s, const char *conv, const char *title)
+{
+    return run(s, "UPDATE conversations SET title = ?2 WHERE id = ?1 AND title IS NULL", NULL, 2,
+               conv, title);
 }
 
 int hist_store_set_state(struct hist_store *s, const char *conv, const char *state, uint64_t ts_ns)

@@ -130,8 +130,10 @@ int hist_store_count_hash(struct hist_store *s, const char *conv, uint64_t hash,
 int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out);
 /* The hash of conv's last message: 0, -ENOENT (none), or the codes. */
 int hist_store_last_hash(struct hist_store *s, const char *conv, uint64_t *hash);
-/* 1 (stored), 0 (not), or the codes. */
-int hist_store_has_message(struct hist_store *s, const char *id);
+/* 1 (conv has message id), 0 (not), or the codes. */
+int hist_store_has_message(struct hist_store *s, const char *conv, const char *id);
+/* Sets conv's title when it has none (a create of one that exists). */
+int hist_store_set_title_if_none(struct hist_store *s, const char *conv, const char *title);
 void hist_store_count_event(struct hist_store *s);
 /* Counts an event of no conversation (no session) in the cursor row. */
 void hist_store_skip(struct hist_store *s);

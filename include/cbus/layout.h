@@ -125,7 +125,8 @@ static_assert(CBUS__LOCK_FREE_INT == 2, "cbus needs lock-free 32-bit atomics");
     XX(CUSTOM,           custom,           19, OTHER,     POINT, NONE)  /* on_custom_event */ \
     XX(CHAT_MODEL_STREAM, chat_model_stream, 20, LLM,     POINT, TOKEN) /* handleChatModelStreamEvent (LangChain 1.x) */ \
     XX(TOOL_EVENT,       tool_event,       21, TOOL,      POINT, NONE)  /* handleToolEvent (LangChain 1.x) */ \
-    XX(SCORE,            score,            22, OTHER,     POINT, SCORE) /* a grade of a run: name, value, comment */
+    XX(SCORE,            score,            22, OTHER,     POINT, SCORE) /* a grade of a run: name, value, comment */ \
+    XX(CONVERSATION,     conversation,     23, OTHER,     POINT, NONE)  /* explicit chat history: name = create | rename | state | message */
 
 enum cbus_kind {
     CBUS_EV_NONE = 0,

@@ -200,6 +200,48 @@ CBUS_API int cbus_retry(cbus_producer *p, cbus_ctx *ctx, uint32_t attempt, uint6
 CBUS_API int cbus_custom(cbus_producer *p, cbus_ctx *ctx, const char *event_name,
                          const char *data);
 
+/* ---- explicit conversations ------------------------------------------------
+ * For frameworks that keep the chat history themselves (Arshai's chat-history
+ * callbacks, a server's own store): one CBUS_EV_CONVERSATION event per
+ * operation, name = "create" | "rename" | "state" | "message", the
+ * conversation id in the session field (and whole in the body), the
+ * operation's fields as a JSON object in the body's CBUS_BODY_MESSAGES
+ * section, and the message's text (or the title) as its CBUS_BODY_TEXT,
+ * bytes as given.  cbus-history stores them (docs/history.md).
+ * conversation_id NULL = the context's session.  Ids (conversation, message,
+ * parent) are 1..CBUS_CONV_ID_MAX bytes without control characters; a title
+ * 1..CBUS_CONV_TITLE_MAX bytes; a state 1..32 of [a-z0-9_-] ("active",
+ * "archived", ...).  Not the emit hot path: each call builds its JSON in a
+ * stack buffer (no allocation) and copies the context when the conversation
+ * is not the context's session.
+ * Returns the emit codes; -EINVAL for a missing or malformed argument (no
+ * conversation id and no session, an unknown role, a bad id, title or
+ * state), -E2BIG (the fields do not fit CBUS_CONV_FIELDS_MAX bytes of JSON). */
+#define CBUS_CONV_ID_MAX     128
+#define CBUS_CONV_TITLE_MAX  512
+#define CBUS_CONV_FIELDS_MAX 8192
+
+struct cbus_conv_message {
+    const char *id;            /* message id; NULL = one derived from the event */
+    const char *role;          /* "user", "assistant", "tool" or "system" (required) */
+    const char *text;          /* may be NULL; any bytes */
+    size_t text_len;           /* SIZE_MAX = strlen(text) */
+    const char *parent_id;     /* NULL = the conversation's last message */
+    const char *const *metadata; /* key, value, key, value, ..., NULL; may be NULL */
+};
+/* Creates the conversation (title may be NULL); for one that exists it
+ * sets the title if it has none. */
+CBUS_API int cbus_conversation_create(cbus_producer *p, cbus_ctx *ctx, const char *conversation_id,
+                                      const char *title);
+CBUS_API int cbus_conversation_rename(cbus_producer *p, cbus_ctx *ctx, const char *conversation_id,
+                                      const char *title);
+CBUS_API int cbus_conversation_set_state(cbus_producer *p, cbus_ctx *ctx,
+                                         const char *conversation_id, const char *state);
+/* A message of the conversation (which it creates when unknown). */
+CBUS_API int cbus_conversation_message(cbus_producer *p, cbus_ctx *ctx,
+                                       const char *conversation_id,
+                                       const struct cbus_conv_message *m);
+
 /* Generic emit: any kind, explicit per-kind numbers. */
 struct cbus_emit_args {
     unsigned kind;             /* enum cbus_kind */
