@@ -724,6 +724,9 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
 {
     const struct cbus_body_part *tags = &sp->part[CBUS_BODY_TAGS];
     const struct cbus_body_part *meta = &sp->part[CBUS_BODY_METADATA];
+    int plain = !o->langfuse && !o->phoenix; /* no receiver profile: cbus's own names */
+    if (plain && tags->data && tags->len)
+        a_str_list(e, "cbus.tags", sizeof "cbus.tags" - 1, tags);
     if (o->langfuse && tags->data && tags->len)
         a_str_list(e, "langfuse.trace.tags", sizeof "langfuse.trace.tags" - 1, tags);
     if (o->phoenix && tags->data && tags->len)
@@ -747,9 +750,13 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
             sbuf_add(&scratch, ":", 1);
             sbuf_json_bytes(&scratch, v, vn);
         }
+        char key[256];
+        if (plain) {
+            size_t n = safe_key(key, sizeof key, "cbus.metadata.", k, kn);
+            a_str(e, key, n, v, vn);
+        }
         if (!o->langfuse)
             continue;
-        char key[256];
         size_t n = safe_key(key, sizeof key, "langfuse.observation.metadata.", k, kn);
         a_str(e, key, n, v, vn);
         if (!s->has_parent) {
@@ -1157,6 +1164,11 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         A_FIELD(&e, "session.id", st->session);
         A_FIELD(&e, "gen_ai.conversation.id", st->session);
     }
+    /* events v2: the agent a call ran under (an agent's own span names it
+     * from its name below) and the tenant, which no convention names */
+    if (FLEN(st->agent) && !s->is_agent)
+        A_FIELD(&e, "gen_ai.agent.name", st->agent);
+    A_FIELD(&e, "cbus.tenant", st->tenant);
     if (o->langfuse) {
         /* Set on every span rather than left to Langfuse's inference from
          * gen_ai.operation.name, which does not map retrieval or
@@ -1268,7 +1280,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
     }
     if (o->capture_content)
         content_attrs(&e, s, op, o);
-    if ((st->flags | (en ? en->flags : 0)) & 0x7f)
+    if ((st->flags | (en ? en->flags : 0)) & (0x7f | CBUS_TRUNC_AGENT | CBUS_TRUNC_TENANT))
         A_BOOL(&e, "cbus.truncated", 1);
     if (!e.pb)
         LIT(b, "]");

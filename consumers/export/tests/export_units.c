@@ -1442,3 +1442,31 @@ Test(export_otlp, phoenix_openinference_attributes)
     cJSON_Delete(root);
     cost_prices_free(pt);
 }
+
+Test(export_otlp, agent_tenant_and_plain_tags_metadata)
+{
+    capture_on(16384); /* bodies read, no receiver profile */
+    unsigned char b[512];
+    uint32_t n = 0;
+    section(b, &n, CBUS_BODY_TAGS, "prod", 4, 0, 0);
+    section(b, &n, CBUS_BODY_METADATA, "server.address\0api.anthropic.com\0team\0x", 40, 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "m");
+    strcpy(s.agent, "planner");
+    strcpy(s.tenant, "acme");
+    s.flags |= CBUS_TRUNC_TENANT;
+    feed_b(&s, b, n);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    feed_b(&e, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *sp = find_span(spans_of(root), "chat m");
+    cr_assert_str_eq(attr_s(sp, "gen_ai.agent.name"), "planner");
+    cr_assert_str_eq(attr_s(sp, "cbus.tenant"), "acme");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(attr(sp, "cbus.truncated"), "boolValue")), "a cut tenant is a cut");
+    cJSON *tl = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(sp, "cbus.tags"), "arrayValue"), "values");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(tl, 0), "stringValue"), "prod");
+    cr_assert_str_eq(attr_s(sp, "cbus.metadata.team"), "x");
+    cr_assert_str_eq(attr_s(sp, "server.address"), "api.anthropic.com");
+    cr_assert_null(attr(sp, "langfuse.trace.tags"));
+    cJSON_Delete(root);
+}
