@@ -459,6 +459,70 @@ Test(export_daemon, langfuse_profile_sends_what_langfuse_reads)
     cJSON_Delete(root);
 }
 
+/* Content capture through the real daemon, default profile and encoding
+ * (protobuf): bodies are read from the bus, a prompt longer than the cap is
+ * cut and listed, text is wrapped as one message, invalid UTF-8 arrives as
+ * U+FFFD, an error's whole message is the status; decoded by Google's
+ * protobuf runtime. */
+Test(export_daemon, content_capture_sends_messages_tool_texts_and_cuts)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--parse", NULL}), 0);
+    cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, "[export]\ncapture_content = true\n"
+                                                                 "content_max_bytes = 4k\n")), 0);
+    static char prompt[20000];
+    memset(prompt, 'p', sizeof prompt - 1);
+    memcpy(prompt, "bad \xff byte ", 11);
+    cbus_ctx c, t;
+    cbus_ctx_init(&c);
+    cbus_ctx_set_model(&c, "m-content");
+    cr_assert_eq(cbus_chat_model_start(prod, &c, prompt, NULL), 0);
+    struct cbus_usage u = {.input_tokens = 5, .output_tokens = 1, .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT,
+                           .finish_reason = CBUS_FINISH_STOP};
+    cr_assert_eq(cbus_llm_end(prod, &c, &u, "Paris is the capital of France, and its largest city."), 0);
+    cbus_ctx_init(&t);
+    cr_assert_eq(cbus_tool_start(prod, &t, "geo", "{\"city\":\"Paris\",\"fields\":[\"population\",\"area\"]}"), 0);
+    static char msg[1000];
+    memset(msg, 'e', sizeof msg - 1);
+    cr_assert_eq(cbus_tool_error(prod, &t, "LookupError", msg), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 2, 10000), 2);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(collector_stat(&col, "bad"), 0);
+    cr_assert_gt(collector_stat(&col, "protobuf"), 0, "the default encoding");
+    cJSON *root = decode();
+    cJSON *spans = cJSON_GetObjectItem(root, "spans"), *chat = NULL, *tool = NULL, *it;
+    cJSON_ArrayForEach(it, spans) {
+        if (!strcmp(s_of(it, "name"), "chat m-content"))
+            chat = it;
+        if (!strcmp(s_of(it, "name"), "execute_tool geo"))
+            tool = it;
+    }
+    cr_assert(chat && tool);
+    cJSON *im = cJSON_Parse(attr(chat, "gen_ai.input.messages")->valuestring);
+    cr_assert_not_null(im, "the wrapped prompt is JSON");
+    cJSON *m0 = cJSON_GetArrayItem(im, 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(m0, "role")->valuestring, "user");
+    const char *txt = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(m0, "parts"), 0), "content")->valuestring;
+    cr_assert_eq(strncmp(txt, "bad \xef\xbf\xbd byte ", 13), 0, "invalid UTF-8 as U+FFFD: %.20s", txt);
+    cr_assert_eq(strlen(txt), 4096 + 2, "cut to the 4k cap (the bad byte became 3): %zu", strlen(txt));
+    cJSON_Delete(im);
+    cJSON *cut = attr(chat, "cbus.content.cut");
+    cr_assert(cJSON_IsArray(cut) && cJSON_GetArraySize(cut) == 1);
+    cr_assert_str_eq(cJSON_GetArrayItem(cut, 0)->valuestring, "gen_ai.input.messages");
+    cJSON *om = cJSON_Parse(attr(chat, "gen_ai.output.messages")->valuestring);
+    cJSON *o0 = cJSON_GetArrayItem(om, 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(o0, "role")->valuestring, "assistant");
+    cr_assert_str_eq(cJSON_GetObjectItem(o0, "finish_reason")->valuestring, "stop");
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o0, "parts"), 0), "content")->valuestring,
+                     "Paris is the capital of France, and its largest city.");
+    cJSON_Delete(om);
+    cr_assert_str_eq(attr(tool, "gen_ai.tool.call.arguments")->valuestring,
+                     "{\"city\":\"Paris\",\"fields\":[\"population\",\"area\"]}");
+    cr_assert_eq(strlen(s_of(tool, "status_message")), sizeof msg - 1, "the whole error message");
+    cr_assert_null(attr(tool, "gen_ai.tool.call.result"));
+    cJSON_Delete(root);
+}
+
 /* The [phoenix] profile against a collector that answers 415 to anything
  * but protobuf, as Phoenix does (cbus-collector --phoenix), then what
  * Phoenix reads (OpenInference): the span kinds, the model and token counts
