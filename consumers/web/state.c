@@ -3,7 +3,8 @@
  *   GET /v1/state  JSON: the daemon, the bus (as `cbusctl stat --json` names
  *                  its fields), cbus-cost's snapshot, cbus-ratelimit's
  *                  status and throttled keys, the newest error events;
- *   GET /metrics   Prometheus text: the daemon's and the bus's counters.
+ *   GET /metrics   Prometheus text: the daemon's and the bus's counters, and
+ *                  cbus-ratelimit's counters relayed from its status file.
  * The snapshot and the status are files other daemons write: read with a
  * size cap and parsed (cJSON) before anything of them is passed on, so a
  * torn or hostile file is reported, never forwarded. */
@@ -112,18 +113,29 @@ static void put_json(struct sbuf *b, const char *key, cJSON *j, const char *why)
         sbuf_puts(b, "null");
 }
 
-/* The rate limiter's keys that are throttled now (its hot list). */
-static void put_throttled(struct sbuf *b, cJSON *rl)
+/* A non-negative integer member of o, or -1. */
+static double count_of(cJSON *o, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 1e18 ? v->valuedouble : -1;
+}
+
+/* The rate limiter's keys that are throttled now (its hot list); its
+ * counters relayed to /metrics (cbus-ratelimit serves no metrics itself). */
+static void put_throttled(struct web *w, struct sbuf *b, struct sbuf *m, cJSON *rl)
 {
     sbuf_puts(b, ",\"throttled\":[");
-    cJSON *hot = rl ? cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rl, "limiter"), "hot") : NULL;
+    cJSON *lim = rl ? cJSON_GetObjectItemCaseSensitive(rl, "limiter") : NULL;
+    cJSON *hot = lim ? cJSON_GetObjectItemCaseSensitive(lim, "hot") : NULL;
     int first = 1;
+    unsigned nthrottled = 0;
     cJSON *k;
     cJSON_ArrayForEach(k, hot)
     {
         cJSON *state = cJSON_GetObjectItemCaseSensitive(k, "state");
         if (!cJSON_IsString(state) || strcmp(state->valuestring, "throttled"))
             continue;
+        nthrottled++;
         char *text = cJSON_PrintUnformatted(k);
         if (!text)
             continue;
@@ -134,6 +146,26 @@ static void put_throttled(struct sbuf *b, cJSON *rl)
         first = 0;
     }
     sbuf_puts(b, "]");
+    if (!lim)
+        return;
+    static const struct { const char *member, *metric, *type; } relay[] = {
+        {"requests", "cbus_ratelimit_requests_total", "counter"},
+        {"throttles", "cbus_ratelimit_throttles_total", "counter"},
+        {"over_limit", "cbus_ratelimit_over_limit_total", "counter"},
+        {"keys", "cbus_ratelimit_keys", "gauge"},
+    };
+    for (size_t i = 0; i < sizeof relay / sizeof relay[0]; i++) {
+        double v = count_of(lim, relay[i].member);
+        if (v < 0)
+            continue;
+        sbuf_printf(m, "# TYPE %s %s\n%s{bus=\"", relay[i].metric, relay[i].type, relay[i].metric);
+        sbuf_prom_label(m, w->o.bus, strlen(w->o.bus));
+        sbuf_printf(m, "\"} %.0f\n", v);
+    }
+    sbuf_puts(m, "# HELP cbus_ratelimit_throttled_keys Keys throttled now among the limiter's hottest.\n"
+                 "# TYPE cbus_ratelimit_throttled_keys gauge\ncbus_ratelimit_throttled_keys{bus=\"");
+    sbuf_prom_label(m, w->o.bus, strlen(w->o.bus));
+    sbuf_printf(m, "\"} %u\n", nthrottled);
 }
 
 struct csnap {
@@ -338,7 +370,7 @@ void web_render_docs(struct web *w, uint64_t now)
     cJSON_Delete(cost);
     cJSON *rl = load_json(w->o.ratelimit_status, &why);
     put_json(&b, "ratelimit", rl, why);
-    put_throttled(&b, rl);
+    put_throttled(w, &b, &m, rl);
     cJSON_Delete(rl);
 
     sbuf_puts(&b, ",\"errors\":[");

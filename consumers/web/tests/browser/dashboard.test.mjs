@@ -130,7 +130,14 @@ test('the dashboard in headless Chromium', { timeout: 120000 }, async (t) => {
     // A filter: only llm_end rows.
     await page.fill('#tail-form input[name=kind]', 'llm_end');
     await page.click('#tail-form button[type=submit]');
-    await until('llm_end rows', async () => (await page.locator('#tail tbody tr').count()) >= 3);
+    // The load may be over by now, and the new stream starts at the newest
+    // event: llm_end and llm_start of our own until three llm_end show.
+    await until('llm_end rows', async () => {
+      if ((await page.locator('#tail tbody tr[data-kind="llm_end"]').count()) >= 3) return true;
+      emit(bus, ['--kind', 'llm_start', '--user', 'tail-check', '--model', 'gpt-4o']);
+      emit(bus, ['--kind', 'llm_end', '--user', 'tail-check', '--model', 'gpt-4o', '--input-tokens', '1', '--output-tokens', '1']);
+      return false;
+    });
     const kinds = await page.$$eval('#tail tbody tr', (trs) => trs.map((tr) => tr.dataset.kind));
     assert.deepEqual([...new Set(kinds)], ['llm_end']);
     // An unknown kind is the daemon's 400, shown to the user.
