@@ -33,9 +33,11 @@ static const char schema[] =
     " text TEXT NOT NULL, raw BLOB, parent TEXT, model TEXT, input_tokens INTEGER,"
     " output_tokens INTEGER, ts_ns INTEGER NOT NULL, run_id TEXT, trace_id TEXT,"
     " metadata TEXT, hash INTEGER NOT NULL, UNIQUE (conv, id));"
-    "CREATE INDEX IF NOT EXISTS msg_conv ON messages(conv, seq);"
+    /* one index for both a conversation's thread (its seq order: a sort of
+     * the conversation's rows) and the content keys: one fewer to keep up
+     * per message */
     "CREATE INDEX IF NOT EXISTS msg_hash ON messages(conv, hash);"
-    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(text, content='messages',"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(text, content='messages', detail=none, columnsize=0,"
     " content_rowid='seq');"
     "CREATE TRIGGER IF NOT EXISTS msg_ai AFTER INSERT ON messages BEGIN"
     " INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text); END;"
@@ -71,8 +73,9 @@ static const char *const stmt_sql[ST__COUNT] = {
         " ON CONFLICT(conv, id) DO NOTHING",
     [ST_CONV_LAST] = "SELECT last_msg FROM conversations WHERE id = ?1",
     [ST_CONV_AFTER_MSG] =
-        "UPDATE conversations SET messages = messages + 1, last_msg = ?2,"
-        " updated_ns = max(updated_ns, ?3) WHERE id = ?1",
+        "UPDATE conversations SET messages = messages + ?2, last_msg = coalesce(?3, last_msg),"
+        " updated_ns = max(updated_ns, ?4), input_tokens = input_tokens + ?5,"
+        " output_tokens = output_tokens + ?6 WHERE id = ?1",
     [ST_COUNT_HASH] = "SELECT count(*) FROM messages WHERE conv = ?1 AND hash = ?2",
     [ST_ADD_USAGE] =
         "UPDATE conversations SET input_tokens = input_tokens + ?2,"
@@ -82,8 +85,25 @@ static const char *const stmt_sql[ST__COUNT] = {
         " skipped) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 };
 
+/* What a batch changes of a conversation, kept in memory and written once
+ * at commit (one UPDATE per conversation per batch instead of three
+ * statements per message): its last message (the default parent), the
+ * messages and tokens added, the latest time, and which keys the row has
+ * been given. */
+#define CONV_CACHE 512
+struct conv_ent {
+    char id[HIST_ID_MAX + 24];
+    char last[HIST_ID_MAX + 24];
+    uint64_t updated_ns;
+    int64_t dmsgs, din, dout;
+    unsigned keys;            /* bit 0 user, 1 tenant, 2 agent: given to the row */
+    int used, dirty;
+};
+
 struct hist_store {
     sqlite3 *db;
+    struct conv_ent *cache;   /* CONV_CACHE entries, open addressing */
+    unsigned cached;
     sqlite3_stmt *st[ST__COUNT];
     unsigned flags;
     int in_tx;
@@ -91,6 +111,9 @@ struct hist_store {
     struct sbuf clean;     /* a text made valid UTF-8 */
     char errmsg[256];
 };
+
+static int flush_convs(struct hist_store *s);
+static void drop_convs(struct hist_store *s);
 
 static int code_of(int rc)
 {
@@ -174,8 +197,18 @@ int hist_store_open(struct hist_store **out, const char *path, unsigned flags, c
         snprintf(err, errlen, "%s: out of memory", path);
         return -ENOMEM;
     }
+    /* No memory statistics: otherwise every SQLite allocation takes a global
+     * mutex (measured: a few % of the store's CPU).  Only possible before
+     * the library is initialised; later calls fail harmlessly. */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     s->flags = flags;
     sbuf_init(&s->clean);
+    s->cache = calloc(CONV_CACHE, sizeof *s->cache);
+    if (!s->cache) {
+        free(s);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
     int oflags = (flags & HIST_STORE_RDONLY) ? SQLITE_OPEN_READONLY
                                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     int rc = sqlite3_open_v2(path, &s->db, oflags | SQLITE_OPEN_NOMUTEX, NULL);
@@ -195,6 +228,9 @@ int hist_store_open(struct hist_store **out, const char *path, unsigned flags, c
         if (!r)
             r = exec(s, (flags & HIST_STORE_FSYNC) ? "PRAGMA synchronous=FULL"
                                                    : "PRAGMA synchronous=NORMAL");
+        /* 32 MiB of page cache: a batch's index pages stay in memory */
+        if (!r)
+            r = exec(s, "PRAGMA cache_size=-32768");
         if (!r)
             r = exec(s, "BEGIN IMMEDIATE");
         if (!r)
@@ -255,6 +291,7 @@ void hist_store_close(struct hist_store *s)
         sqlite3_finalize(s->st[i]);
     sqlite3_close(s->db);
     sbuf_free(&s->clean);
+    free(s->cache);
     free(s);
 }
 
@@ -306,6 +343,9 @@ int hist_store_begin(struct hist_store *s)
         return r;
     s->in_tx = 1;
     s->counts_at_begin = s->counts;
+    /* Another connection (the CLI, the API) may have changed rows since the
+     * last batch (forget, rename): read them again. */
+    drop_convs(s);
     return 0;
 }
 
@@ -322,6 +362,9 @@ int hist_store_commit(struct hist_store *s, uint64_t bus_id, const struct cbus_p
 {
     if (!s->in_tx)
         return -EINVAL;
+    int r = flush_convs(s);
+    if (r)
+        return r;
     sqlite3_stmt *st = s->st[ST_CURSOR_PUT];
     sqlite3_bind_int64(st, 1, (sqlite3_int64)bus_id);
     sqlite3_bind_int64(st, 2, pos->lanes);
@@ -330,7 +373,7 @@ int hist_store_commit(struct hist_store *s, uint64_t bus_id, const struct cbus_p
     sqlite3_bind_int64(st, 5, (sqlite3_int64)s->counts.messages);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)s->counts.duplicates);
     sqlite3_bind_int64(st, 7, (sqlite3_int64)s->counts.skipped);
-    int r = step_done(s, st);
+    r = step_done(s, st);
     if (!r)
         r = exec(s, "COMMIT");
     if (!r)
@@ -345,6 +388,7 @@ void hist_store_rollback(struct hist_store *s)
     if (sqlite3_get_autocommit(s->db) == 0)
         exec(s, "ROLLBACK");
     s->in_tx = 0;
+    drop_convs(s);
     s->counts = s->counts_at_begin;
 }
 
@@ -361,42 +405,158 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_null(st, i);
 }
 
-int hist_store_conv_touch(struct hist_store *s, const char *conv, uint64_t ts_ns, const char *user,
-                          const char *tenant, const char *agent)
+static uint64_t str_hash(const char *p)
 {
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+/* Writes the cached changes of every conversation.  Entries stay (their
+ * last message is still right); deltas go to zero. */
+static int flush_convs(struct hist_store *s)
+{
+    for (unsigned i = 0; s->cache && i < CONV_CACHE && s->cached; i++) {
+        struct conv_ent *e = &s->cache[i];
+        if (!e->used || !e->dirty)
+            continue;
+        sqlite3_stmt *st = s->st[ST_CONV_AFTER_MSG];
+        sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, e->dmsgs);
+        bind_opt(st, 3, e->last);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)e->updated_ns);
+        sqlite3_bind_int64(st, 5, e->din);
+        sqlite3_bind_int64(st, 6, e->dout);
+        int r = step_done(s, st);
+        if (r)
+            return r;
+        e->dmsgs = e->din = e->dout = 0;
+        e->dirty = 0;
+    }
+    return 0;
+}
+
+/* Forgets the cache (rollback: the rows it described are gone). */
+static void drop_convs(struct hist_store *s)
+{
+    if (s->cache)
+        memset(s->cache, 0, CONV_CACHE * sizeof *s->cache);
+    s->cached = 0;
+}
+
+/* The cache entry of conv, or NULL (not cached: *slot is where it goes). */
+static struct conv_ent *conv_find(struct hist_store *s, const char *conv, unsigned *slot)
+{
+    unsigned i = (unsigned)(str_hash(conv) % CONV_CACHE);
+    for (unsigned n = 0; n < CONV_CACHE; n++, i = (i + 1) % CONV_CACHE) {
+        struct conv_ent *e = &s->cache[i];
+        if (!e->used) {
+            *slot = i;
+            return NULL;
+        }
+        if (!strcmp(e->id, conv))
+            return e;
+    }
+    *slot = CONV_CACHE;
+    return NULL;
+}
+
+static unsigned keys_of(const char *user, const char *tenant, const char *agent)
+{
+    return (user && *user ? 1u : 0) | (tenant && *tenant ? 2u : 0) | (agent && *agent ? 4u : 0);
+}
+
+/* The conversation's entry, creating the row (and reading its last
+ * message) the first time a batch touches it. */
+static int conv_get(struct hist_store *s, const char *conv, uint64_t ts_ns, const char *user,
+                    const char *tenant, const char *agent, struct conv_ent **out)
+{
+    if (strlen(conv) >= sizeof s->cache[0].id)
+        return -EINVAL;
+    unsigned slot;
+    struct conv_ent *e = conv_find(s, conv, &slot);
+    unsigned keys = keys_of(user, tenant, agent);
+    if (e && (keys & ~e->keys) == 0) {
+        if (ts_ns > e->updated_ns) {
+            e->updated_ns = ts_ns;
+            e->dirty = 1;
+        }
+        *out = e;
+        return 0;
+    }
+    int r;
+    if (!e && (slot == CONV_CACHE || s->cached >= CONV_CACHE * 3 / 4)) {
+        /* full: write it all out and start over */
+        if ((r = flush_convs(s)))
+            return r;
+        drop_convs(s);
+        conv_find(s, conv, &slot);
+    }
     sqlite3_stmt *st = s->st[ST_CONV_TOUCH];
     sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
     bind_opt(st, 2, user);
     bind_opt(st, 3, tenant);
     bind_opt(st, 4, agent);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)ts_ns);
-    return step_done(s, st);
+    if ((r = step_done(s, st)))
+        return r;
+    if (e) { /* a key the row may not have had: given now */
+        e->keys |= keys;
+        *out = e;
+        return 0;
+    }
+    e = &s->cache[slot];
+    memset(e, 0, sizeof *e);
+    snprintf(e->id, sizeof e->id, "%s", conv);
+    e->keys = keys;
+    e->updated_ns = ts_ns;
+    sqlite3_stmt *q = s->st[ST_CONV_LAST];
+    sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW && sqlite3_column_text(q, 0))
+        snprintf(e->last, sizeof e->last, "%s", (const char *)sqlite3_column_text(q, 0));
+    else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        r = fail(s, rc);
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+    if (r)
+        return r;
+    e->used = 1;
+    s->cached++;
+    *out = e;
+    return 0;
+}
+
+/* Outside a batch each call is its own statement: write at once. */
+static int settle(struct hist_store *s, int r)
+{
+    if (!r && !s->in_tx)
+        r = flush_convs(s);
+    return r;
+}
+
+int hist_store_conv_touch(struct hist_store *s, const char *conv, uint64_t ts_ns, const char *user,
+                          const char *tenant, const char *agent)
+{
+    struct conv_ent *e;
+    return settle(s, conv_get(s, conv, ts_ns, user, tenant, agent, &e));
 }
 
 int hist_store_message(struct hist_store *s, const struct hist_msg *m)
 {
     if (!m->conv || !*m->conv || !m->id || !*m->id || !m->role)
         return -EINVAL;
-    int r = hist_store_conv_touch(s, m->conv, m->ts_ns, m->user, m->tenant, m->agent);
+    if (strlen(m->id) >= sizeof s->cache[0].last)
+        return -EINVAL;
+    struct conv_ent *e;
+    int r = conv_get(s, m->conv, m->ts_ns, m->user, m->tenant, m->agent, &e);
     if (r)
         return r;
     /* The parent: the caller's, else the conversation's last message. */
-    char last[HIST_ID_MAX + 1] = "";
-    const char *parent = m->parent;
-    if (!parent) {
-        sqlite3_stmt *q = s->st[ST_CONV_LAST];
-        sqlite3_bind_text(q, 1, m->conv, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(q);
-        if (rc == SQLITE_ROW && sqlite3_column_text(q, 0))
-            snprintf(last, sizeof last, "%s", (const char *)sqlite3_column_text(q, 0));
-        else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-            r = fail(s, rc);
-        sqlite3_reset(q);
-        sqlite3_clear_bindings(q);
-        if (r)
-            return r;
-        parent = last[0] ? last : NULL;
-    }
+    const char *parent = m->parent ? m->parent : e->last[0] ? e->last : NULL;
     int valid = 1;
     size_t clen = cbus_utf8_clean_len(m->text ? m->text : "", m->text_len, &valid);
     (void)clen;
@@ -438,11 +598,10 @@ int hist_store_message(struct hist_store *s, const struct hist_msg *m)
         return 0;
     }
     s->counts.messages++;
-    st = s->st[ST_CONV_AFTER_MSG];
-    sqlite3_bind_text(st, 1, m->conv, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)m->ts_ns);
-    return step_done(s, st);
+    snprintf(e->last, sizeof e->last, "%s", m->id);
+    e->dmsgs++;
+    e->dirty = 1;
+    return settle(s, 0);
 }
 
 int hist_store_count_hash(struct hist_store *s, const char *conv, uint64_t hash, uint64_t *n)
@@ -499,17 +658,29 @@ void hist_store_count_event(struct hist_store *s)
 
 int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out)
 {
-    sqlite3_stmt *st = s->st[ST_ADD_USAGE];
-    sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, in > 0 ? in : 0);
-    sqlite3_bind_int64(st, 3, out > 0 ? out : 0);
-    return step_done(s, st);
+    unsigned slot;
+    struct conv_ent *e = conv_find(s, conv, &slot);
+    if (!e) { /* not touched in this batch: straight to the row */
+        sqlite3_stmt *st = s->st[ST_ADD_USAGE];
+        sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, in > 0 ? in : 0);
+        sqlite3_bind_int64(st, 3, out > 0 ? out : 0);
+        return step_done(s, st);
+    }
+    e->din += in > 0 ? in : 0;
+    e->dout += out > 0 ? out : 0;
+    e->dirty = 1;
+    return settle(s, 0);
 }
 
 /* One statement with text arguments, in the batch or on its own.  Returns
  * 0 or the codes; *changes gets sqlite3_changes(). */
 static int run(struct hist_store *s, const char *sql, int *changes, int nargs, ...)
 {
+    /* the rows must hold what the batch did so far */
+    int r0 = flush_convs(s);
+    if (r0)
+        return r0;
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
