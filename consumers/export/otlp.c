@@ -1016,9 +1016,40 @@ static void cost_attrs(struct enc *e, const struct cbus_event *en, const struct 
         a_str(e, "langfuse.observation.cost_details", sizeof "langfuse.observation.cost_details" - 1, json, n);
 }
 
+/* The text a point event carried (capture_content): a score's comment as
+ * gen_ai.evaluation.explanation, an agent action's tool input as
+ * gen_ai.tool.call.arguments, a custom event's data as cbus.custom.data,
+ * any other point's text as cbus.text.  A score's comment is only ever in
+ * its body (its preview is the category); the others fall back to the
+ * preview, the whole text when it fit.  A cut text sets cbus.content.cut
+ * on the event. */
+static void point_content(struct enc *e, const struct cbus_event *ev, const void *body, uint32_t blen,
+                          const struct otlp_opts *o)
+{
+    size_t cap = o->content_max ? o->content_max : 16384;
+    struct ctext t;
+    if (ev->kind == CBUS_EV_SCORE) {
+        struct cbus_body b = {body, blen};
+        struct cbus_body_parts parts;
+        if (!body || !cbus_body_parts_of(&b, &parts) || !parts.part[CBUS_BODY_TEXT].data)
+            return;
+    }
+    if (!event_text(body, blen, ev, cap, &t))
+        return;
+    const char *key = ev->kind == CBUS_EV_SCORE          ? "gen_ai.evaluation.explanation"
+                      : ev->kind == CBUS_EV_AGENT_ACTION ? "gen_ai.tool.call.arguments"
+                      : ev->kind == CBUS_EV_CUSTOM       ? "cbus.custom.data"
+                                                         : "cbus.text";
+    a_str(e, key, strlen(key), t.p, t.n);
+    if (t.cut) {
+        struct cbus_body_part one = {key, (uint32_t)strlen(key), 0, 0, 0};
+        a_str_list(e, "cbus.content.cut", 16, &one);
+    }
+}
+
 /* Span.Event {time_unix_nano = 1, name = 2, attributes = 3}. */
-static void put_point_event(struct enc *e, const struct cbus_event *ev, int first,
-                            const struct otlp_opts *o)
+static void put_point_event(struct enc *e, const struct cbus_event *ev, const struct span_body *eb,
+                            int first, const struct otlp_opts *o)
 {
     struct sbuf *b = e->b;
     const char *kn = ev->kind == CBUS_EV_SCORE ? "gen_ai.evaluation.result" : run_kind(ev->kind);
@@ -1058,6 +1089,8 @@ static void put_point_event(struct enc *e, const struct cbus_event *ev, int firs
     }
     if (o->include_previews && ev->kind != CBUS_EV_SCORE)
         A_FIELD(e, "cbus.preview", ev->preview);
+    if (o->capture_content)
+        point_content(e, ev, eb ? eb->p : NULL, eb ? eb->len : 0, o);
     if (e->pb) {
         pb_close(b, at);
         e->attr_tag = PB_LEN(9);
@@ -1278,7 +1311,9 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         if (cbus_body_parts_of(&sb, &sp))
             label_attrs(&e, s, &sp, o);
     }
-    if (o->capture_content)
+    if (o->capture_content && s->end_kind == SPAN_POINT)
+        point_content(&e, st, s->start_body, s->start_body_len, o);
+    else if (o->capture_content)
         content_attrs(&e, s, op, o);
     if ((st->flags | (en ? en->flags : 0)) & (0x7f | CBUS_TRUNC_AGENT | CBUS_TRUNC_TENANT))
         A_BOOL(&e, "cbus.truncated", 1);
@@ -1290,7 +1325,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         if (!e.pb)
             LIT(b, ",\"events\":[");
         for (uint32_t i = 0; i < s->n_events; i++)
-            put_point_event(&e, &s->events[i], i == 0, o);
+            put_point_event(&e, &s->events[i], s->event_body ? &s->event_body[i] : NULL, i == 0, o);
         if (!e.pb)
             LIT(b, "]");
     }

@@ -228,6 +228,15 @@ static void body_release(struct span_table *t, struct span *s)
     s->start_body = NULL;
     s->start_body_len = 0;
     s->body_owned = 0;
+    if (s->event_body) {
+        for (uint32_t i = 0; i < SPAN_MAX_EVENTS; i++) {
+            if (t)
+                t->st.body_bytes -= s->event_body[i].len;
+            free(s->event_body[i].p);
+        }
+        free(s->event_body);
+        s->event_body = NULL;
+    }
     s->end_body = NULL;
     s->end_body_len = 0;
 }
@@ -505,7 +514,25 @@ static void close_run(struct span_table *t, const struct cbus_event *ev, const s
     span_release(t, s);
 }
 
-static void add_point(struct span_table *t, struct span *s, const struct cbus_event *ev)
+/* A copy of what a body holds for the span, within the memory bound:
+ * NULL when there is nothing to keep or no room (then counted). */
+static void *keep_body(struct span_table *t, const struct cbus_body *body, uint32_t *len)
+{
+    if (!t->keep_bodies || !body || !body->data || !body->len)
+        return NULL;
+    void *copy = content_keep(body, t->keep_content, t->content_cap, len);
+    if (copy && t->st.body_bytes + *len > t->body_memory) {
+        free(copy);
+        t->st.bodies_dropped++;
+        return NULL;
+    }
+    if (copy)
+        t->st.body_bytes += *len;
+    return copy;
+}
+
+static void add_point(struct span_table *t, struct span *s, const struct cbus_event *ev,
+                      const struct cbus_body *body)
 {
     if (cbus_kind_family(ev->kind) == CBUS_FAMILY_AGENT)
         s->is_agent = 1;
@@ -521,6 +548,16 @@ static void add_point(struct span_table *t, struct span *s, const struct cbus_ev
             return;
         }
     }
+    if (t->keep_content && body && body->data && body->len) {
+        if (!s->event_body)
+            s->event_body = calloc(SPAN_MAX_EVENTS, sizeof *s->event_body);
+        if (s->event_body) {
+            struct span_body *sb = &s->event_body[s->n_events];
+            sb->p = keep_body(t, body, &sb->len);
+            if (!sb->p)
+                sb->len = 0;
+        }
+    }
     s->events[s->n_events++] = *ev;
     t->st.events_folded++;
 }
@@ -531,7 +568,7 @@ static void point_event(struct span_table *t, const struct cbus_event *ev, const
     if (!s && event_has_parent(ev))
         s = lookup(t, ev->parent_run_id);
     if (s) {
-        add_point(t, s, ev);
+        add_point(t, s, ev, body);
         hold_add(t, s, ev, 1);
         return;
     }

@@ -72,6 +72,10 @@ struct span {
     const void *end_body;
     int body_owned;
     int body_dropped;          /* the start had a body the memory bound did not let it keep */
+    /* With content: what point event i folded in kept of its body (a
+     * score's comment, an agent action's tool input, a custom event's
+     * data): content_keep() copies, owned; NULL array or entry: none. */
+    struct span_body { void *p; uint32_t len; } *event_body;
     /* Lanes whose positions it holds: hold (its first event's), then
      * hold.more ...  Every finished span handed to the callback has them. */
     struct span_hold hold;

@@ -1470,3 +1470,56 @@ Test(export_otlp, agent_tenant_and_plain_tags_metadata)
     cr_assert_null(attr(sp, "langfuse.trace.tags"));
     cJSON_Delete(root);
 }
+
+Test(export_otlp, point_event_texts_with_capture)
+{
+    capture_on(300);
+    struct cbus_event c = ev(CBUS_EV_CHAIN_START, 1, 0, 0);
+    strcpy(c.name, "agent");
+    feed_b(&c, NULL, 0);
+    unsigned char b[2048];
+    uint32_t n = 0;
+    const char *comment = "The answer names the right city and cites the source document.";
+    section(b, &n, CBUS_BODY_TEXT, comment, (uint32_t)strlen(comment), 0, 0);
+    struct cbus_event sc = ev(CBUS_EV_SCORE, 1, 0, 10);
+    strcpy(sc.name, "faithful");
+    sc.u.score.type = CBUS_SCORE_CATEGORICAL;
+    strcpy(sc.preview, "yes");
+    feed_b(&sc, b, n);
+    char input[400];
+    memset(input, 'i', sizeof input);
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, input, sizeof input, 0, 0);
+    struct cbus_event aa = ev(CBUS_EV_AGENT_ACTION, 1, 0, 20);
+    strcpy(aa.name, "search");
+    memcpy(aa.preview, input, 31);
+    aa.flags |= CBUS_TRUNC_PREVIEW;
+    feed_b(&aa, b, n);
+    struct cbus_event cu = ev(CBUS_EV_CUSTOM, 1, 0, 30);
+    strcpy(cu.name, "checkpoint");
+    strcpy(cu.preview, "{\"step\":3}");
+    feed_b(&cu, NULL, 0);
+    struct cbus_event ce = ev(CBUS_EV_CHAIN_END, 1, 0, 40);
+    feed_b(&ce, NULL, 0);
+    /* a score of a run never seen: its own span, with its comment */
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, comment, (uint32_t)strlen(comment), 0, 0);
+    struct cbus_event so = ev(CBUS_EV_SCORE, 9, 0, 50);
+    strcpy(so.name, "late");
+    so.u.score.type = CBUS_SCORE_NUMERIC;
+    so.u.score.value = 1;
+    feed_b(&so, b, n);
+    cr_assert_eq(span_table_stats(table)->body_bytes, 0, "the events' copies freed with their span");
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *evs = cJSON_GetObjectItem(find_span(spans, "invoke_agent agent"), "events");
+    cr_assert_eq(cJSON_GetArraySize(evs), 3);
+    cJSON *e0 = cJSON_GetArrayItem(evs, 0), *e1 = cJSON_GetArrayItem(evs, 1), *e2 = cJSON_GetArrayItem(evs, 2);
+    cr_assert_str_eq(attr_s(e0, "gen_ai.evaluation.explanation"), comment);
+    cr_assert_str_eq(attr_s(e0, "gen_ai.evaluation.score.label"), "yes");
+    cr_assert_eq(strlen(attr_s(e1, "gen_ai.tool.call.arguments")), 300, "cut to the cap");
+    cr_assert_not_null(attr(e1, "cbus.content.cut"));
+    cr_assert_str_eq(attr_s(e2, "cbus.custom.data"), "{\"step\":3}", "a text that fit its preview");
+    cr_assert_str_eq(attr_s(find_span(spans, "score late"), "gen_ai.evaluation.explanation"), comment);
+    cJSON_Delete(root);
+}
