@@ -783,6 +783,40 @@ static const char *daemon_entry_name(enum child_kind k)
          : k == K_RATELIMIT ? "ratelimit" : NULL;
 }
 
+/* What a daemon that missed a bound was doing: its process state and kernel
+ * wait channel (/proc), its consumer entry on the current bus, its log's
+ * tail.  A missed bound under load is then told from a stuck daemon. */
+static void diagnose_child(const struct child *c, const char *entry)
+{
+    char p[64], st[512] = "", wchan[64] = "";
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)c->pid);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        if (!fgets(st, sizeof st, f))
+            st[0] = 0;
+        fclose(f);
+    }
+    snprintf(p, sizeof p, "/proc/%d/wchan", (int)c->pid);
+    if ((f = fopen(p, "r"))) {
+        if (!fgets(wchan, sizeof wchan, f))
+            wchan[0] = 0;
+        fclose(f);
+    }
+    const char *rp = strrchr(st, ')');
+    char state = rp && rp[1] == ' ' ? rp[2] : '?';
+    int ei = entry ? entry_by_name(entry) : -1;
+    fprintf(stderr, "  %s (pid %d): process state %c, wchan %s, entry %s", c->name, (int)c->pid,
+            st[0] ? state : '-', wchan[0] ? wchan : "-", ei >= 0 ? "" : "none on this bus");
+    if (ei >= 0) {
+        const struct cbus_consumer_entry *e = cbus_bus_consumer_entry(BUS, (unsigned)ei);
+        fprintf(stderr, "pid %u, committed %" PRIu64 " of tail %" PRIu64 ", heartbeat %.1f s ago",
+                (unsigned)atomic_load(&e->pid), entry_sum(ei, 1), cbus_bus_tail(BUS),
+                (double)(soak_now_ns() - atomic_load(&e->heartbeat_ns)) / 1e9);
+    }
+    fputc('\n', stderr);
+    child_log_tail(c, 12);
+}
+
 static const char *reattach_name;
 static pid_t reattach_pid;
 static int daemon_attached(void)
@@ -868,6 +902,7 @@ static int recreate_bus(int truncate)
             snprintf(cost_unprovable_why, sizeof cost_unprovable_why,
                      "the cost daemon had not committed up to the tail %" PRIu64 " 20 s after epoch %u's "
                      "producers parked", cost_cursor_target, e);
+            diagnose_child(c, "cost");
         }
     }
     const struct cbus_shm_header *hdr = cbus_bus_header(BUS);
@@ -925,9 +960,11 @@ static int recreate_bus(int truncate)
             continue;
         reattach_name = en;
         reattach_pid = kids[i].pid;
-        if (wait_until(daemon_attached, reattach_bound))
+        if (wait_until(daemon_attached, reattach_bound)) {
             violation("%s did not re-attach to the re-created bus (epoch %u) within %.1f s", kids[i].name,
                       e + 1, reattach_bound / 1e9);
+            diagnose_child(&kids[i], en);
+        }
     }
     atomic_store(&ST->pause_procs, 0);
     atomic_store(&ST->pause_threads, 0);
