@@ -26,6 +26,7 @@ void audit_config_defaults(struct audit_config *c)
     c->preview = AUDIT_REDACT_KEEP;
     c->retry_initial_ns = 100000000u;
     c->retry_max_ns = 5000000000u;
+    c->status_interval_ns = 1000000000u;
 }
 
 static int copy_str(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *dst,
@@ -157,11 +158,23 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         return cbus_cfg_duration_ns(cfg, e, &c->retry_max_ns, err, errlen);
     if (IS("disk", "untether_after"))
         return cbus_cfg_duration_ns(cfg, e, &c->untether_after_ns, err, errlen);
+    if (IS("status", "file")) {
+        c->status_off = !strcmp(e->value, "off");
+        return c->status_off ? 0 : copy_str(cfg, e, c->status_file, sizeof c->status_file, err,
+                                            errlen);
+    }
+    if (IS("status", "interval")) {
+        if ((rc = cbus_cfg_duration_ns(cfg, e, &c->status_interval_ns, err, errlen)))
+            return rc;
+        if (c->status_interval_ns < 10000000u)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
+        return 0;
+    }
 #undef IS
     if (strcmp(s, "audit") && strcmp(s, "io") && strcmp(s, "rotate") && strcmp(s, "redact") &&
-        strcmp(s, "disk"))
+        strcmp(s, "disk") && strcmp(s, "status"))
         return cbus_cfg_error(cfg, e, err, errlen,
-                              "unknown section [%s] (audit, io, rotate, redact, disk)", s);
+                              "unknown section [%s] (audit, io, rotate, redact, disk, status)", s);
     return cbus_cfg_error(cfg, e, err, errlen, "unknown key");
 }
 

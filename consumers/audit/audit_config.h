@@ -36,6 +36,10 @@ struct audit_config {
     uint64_t retry_initial_ns;
     uint64_t retry_max_ns;
     uint64_t untether_after_ns;     /* stop heartbeating after failing this long (0 = never) */
+    /* [status] */
+    char status_file[4096];         /* the status envelope (status.h); "" = DIR/status.json */
+    uint64_t status_interval_ns;    /* rewritten this often (and on SIGUSR1) */
+    unsigned status_off;            /* file = off */
 };
 
 void audit_config_defaults(struct audit_config *c);

@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "state.h"
+#include "status.h"
 
 #define POLL_MAX 256
 #define IO_WAIT_NS 500000u          /* wait for a completion while I/O is in flight */
@@ -133,6 +134,8 @@ struct audit_daemon {
     int has_committed;
     uint64_t lost_reported;
     uint64_t fail_since;
+    char status_path[4200];     /* "" = no status file */
+    int status_err;             /* the last status write error logged */
 };
 
 static cbus_consumer *consumer(const struct audit_daemon *d)
@@ -295,6 +298,44 @@ static int status_timer(void *arg, uint64_t now)
     return 0;
 }
 
+/* The status file: the common envelope (status.h), then "audit". */
+static void write_status(struct audit_daemon *d, int running)
+{
+    if (!d->status_path[0])
+        return;
+    struct audit_writer_stats ws;
+    audit_writer_stats(d->w, &ws);
+    struct sbuf b;
+    sbuf_init(&b);
+    cbus_status_begin(&b, "cbus-audit", &d->loop.at, running);
+    sbuf_puts(&b, "\"audit\":{\"dir\":");
+    sbuf_json_str(&b, d->cfg->dir, (size_t)-1);
+    sbuf_puts(&b, ",\"file\":");
+    sbuf_json_str(&b, ws.file, strnlen(ws.file, sizeof ws.file));
+    sbuf_printf(&b, ",\"records\":%" PRIu64 ",\"durable_records\":%" PRIu64 ",\"bytes\":%" PRIu64
+                    ",\"batches\":%" PRIu64 ",\"syncs\":%" PRIu64 ",\"io_errors\":%" PRIu64
+                    ",\"rotations\":%" PRIu64 ",\"files_removed\":%" PRIu64 ",\"gaps\":%" PRIu64
+                    ",\"gap_positions\":%" PRIu64 ",\"replayed\":%" PRIu64
+                    ",\"state_errors\":%" PRIu64 ",\"failing\":%s,\"untethered_by_policy\":%s}",
+                ws.records, ws.durable_records, ws.bytes, ws.batches, ws.syncs, ws.io_errors,
+                ws.rotations, ws.files_removed, ws.gaps, ws.gap_positions, ws.replayed,
+                ws.state_errors, ws.failing ? "true" : "false",
+                d->loop.no_heartbeat ? "true" : "false");
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->status_path, &b);
+    if (r && r != d->status_err)
+        cbus_log_warn("status file %s: %s", d->status_path, strerror(-r));
+    d->status_err = r;
+    sbuf_free(&b);
+}
+
+static int status_file_timer(void *arg, uint64_t now)
+{
+    (void)now;
+    write_status(arg, 1);
+    return 0;
+}
+
 /* Drain: everything polled is appended and made durable, then committed,
  * so a clean stop replays nothing and loses nothing. */
 static void drain(struct audit_daemon *d)
@@ -440,6 +481,17 @@ static void log_started(const struct audit_config *cfg, cbus_consumer *c, unsign
 static int run_loop(const struct audit_config *cfg, struct audit_writer *w, cbus_consumer *c)
 {
     struct audit_daemon d = {.cfg = cfg, .w = w};
+    if (!cfg->status_off)
+        snprintf(d.status_path, sizeof d.status_path, "%s", cfg->status_file);
+    if (!cfg->status_off && !cfg->status_file[0])
+        snprintf(d.status_path, sizeof d.status_path, "%s/status.json", cfg->dir);
+    char why[8192];
+    if (cfg->status_file[0] && !cfg->status_off &&
+        cbus_state_file_dir_prepare(cfg->status_file, 0700, why, sizeof why)) {
+        cbus_log_error("[status] file: %s", why);
+        cbus_consumer_detach(c);
+        return 1;
+    }
     struct cbus_consumer_opts ao = {.name = cfg->name, .mode = CBUS_LOSSLESS};
     d.loop.at.leaving = leaving_bus;
     d.loop.at.arg = &d;
@@ -455,9 +507,11 @@ static int run_loop(const struct audit_config *cfg, struct audit_writer *w, cbus
     l->max_wait_ns = IDLE_WAIT_NS;
     cbus_loop_every(l, REPORT_EVERY_NS, REPORT_EVERY_NS, lost_timer, 0);
     cbus_loop_every(l, 0, 0, status_timer, 1);
+    cbus_loop_every(l, cfg->status_interval_ns, 0, status_file_timer, 1);
     int status = cbus_loop_run(l);
     drain(&d);
     report(&d, 1);
+    write_status(&d, 0);
     cbus_loop_close(l);
     return status;
 }

@@ -42,10 +42,11 @@ void cbus_status_begin(struct sbuf *b, const char *daemon, const struct cbus_att
     sbuf_puts(b, "\"consumer\":{\"name\":");
     sbuf_json_str(b, at->name, (size_t)-1);
     sbuf_printf(b, ",\"mode\":\"%s\",\"consumed\":%" PRIu64 ",\"lost\":%" PRIu64
-                   ",\"lag\":%" PRIu64 ",\"cursor\":%" PRIu64 ",\"tethered\":%s"
+                   ",\"lag\":%" PRIu64 ",\"read_pos\":%" PRIu64 ",\"cursor\":%" PRIu64
+                   ",\"tethered\":%s"
                    ",\"reattached\":%" PRIu64 "},",
                 at->mode == CBUS_LOSSLESS ? "lossless" : "lossy", cs.consumed, cs.lost, cs.lag,
-                cs.cursor, cs.tethered ? "true" : "false", at->reattached);
+                cs.read_pos, cs.cursor, cs.tethered ? "true" : "false", at->reattached);
 }
 
 void cbus_status_end(struct sbuf *b)

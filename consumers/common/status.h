@@ -8,7 +8,10 @@
  *    "updated":"2026-12-03T12:00:00.123Z","updated_realtime_ns":N,
  *    "running":true,                    false in the last write at a clean stop
  *    "consumer":{"name":..,"mode":"lossless"|"lossy","consumed":N,"lost":N,
- *                "lag":N,"cursor":N,"tethered":bool,"reattached":N},
+ *                "lag":N,"read_pos":N,"cursor":N,"tethered":bool,"reattached":N},
+ *                                       read_pos: the next position to read;
+ *                                       cursor: the committed (acknowledged)
+ *                                       one, which lossless producers wait on
  *    "<own>":{...}}                     the daemon's own object ("export",
  *                                       "limiter", "audit", "cost"), and any
  *                                       further objects of its own

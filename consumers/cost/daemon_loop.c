@@ -26,6 +26,7 @@
 #include "redact.h"
 #include "render.h"
 #include "sbuf.h"
+#include "status.h"
 #include "webhook.h"
 
 #define BATCH 512
@@ -57,6 +58,8 @@ struct daemon {
     struct cost_errlimit snap_err, prom_err, ckpt_err, commit_err;
     char ckpt_path[COST_PATH_MAX + 32];
     char snap_path[COST_PATH_MAX + 32];
+    char status_path[COST_PATH_MAX + 32]; /* the status envelope (status.h) */
+    int stopped;              /* the loop has returned: status says running false */
     struct sbuf ckbuf, json, prom;
     cost_fleet *fleet;        /* [cluster]: budgets fleet-wide through Redis, or NULL */
     int fleet_alerting;       /* on_alert is called by fleet_cost.c for a mark it claimed */
@@ -262,6 +265,30 @@ static void render_info(struct daemon *d, struct cost_render_info *ri)
     }
 }
 
+/* The status file: the common envelope (status.h), then "cost" (the
+ * totals across runs; the snapshot beside it has the ledger). */
+static void write_status(struct daemon *d, const struct cost_render_info *ri, uint64_t now)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    cbus_status_begin(&b, "cbus-cost", &d->loop.at, !d->stopped);
+    sbuf_printf(&b, "\"cost\":{\"events\":%llu,\"cursor\":%llu,\"checkpoint_cursor\":%llu,"
+                    "\"lost\":%llu,\"abandoned\":%llu,\"alerts\":%llu,\"webhook_sent\":%llu,"
+                    "\"webhook_failed\":%llu,\"prices\":%llu,\"snapshot\":",
+                (unsigned long long)d->led.events, (unsigned long long)d->led.cursor,
+                (unsigned long long)ri->checkpoint_cursor, (unsigned long long)ri->lost,
+                (unsigned long long)ri->abandoned, (unsigned long long)ri->alerts,
+                (unsigned long long)ri->webhook_sent, (unsigned long long)ri->webhook_failed,
+                (unsigned long long)ri->prices_loaded);
+    sbuf_json_str(&b, d->snap_path, (size_t)-1);
+    sbuf_puts(&b, "}");
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->status_path, &b);
+    if (r)
+        cost_errlimit_fail(&d->snap_err, now, "%s: %s", d->status_path, strerror(-r));
+    sbuf_free(&b);
+}
+
 static void write_outputs(struct daemon *d)
 {
     struct cost_render_info ri;
@@ -294,6 +321,7 @@ static void write_outputs(struct daemon *d)
     }
     if (d->http)
         cost_http_publish(d->http, d->prom.data, d->prom.len, d->json.data, d->json.len);
+    write_status(d, &ri, now);
 }
 
 /* Durable first, then let producers overwrite: the cursor committed to the
@@ -620,7 +648,9 @@ int cost_daemon_main(int argc, char **argv)
     }
     int n1 = snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);
     int n2 = snprintf(d->snap_path, sizeof d->snap_path, "%s/snapshot.json", d->cfg.state_dir);
-    if (n1 < 0 || (size_t)n1 >= sizeof d->ckpt_path || n2 < 0 || (size_t)n2 >= sizeof d->snap_path) {
+    int n3 = snprintf(d->status_path, sizeof d->status_path, "%s/status.json", d->cfg.state_dir);
+    if (n1 < 0 || (size_t)n1 >= sizeof d->ckpt_path || n2 < 0 || (size_t)n2 >= sizeof d->snap_path ||
+        n3 < 0 || (size_t)n3 >= sizeof d->status_path) {
         cbus_log_error("state dir %s: path too long", d->cfg.state_dir);
         return 1;
     }
@@ -755,6 +785,7 @@ int cost_daemon_main(int argc, char **argv)
     if (d->fleet)
         cbus_loop_every(l, d->cfg.cluster.interval_ns, 0, fleet_timer, 0);
     rc = cbus_loop_run(l);
+    d->stopped = 1;
     /* Final state: durable, then published. */
     if (d->led.cursor != d->ckpt_cursor || !have_ckpt)
         checkpoint(d);

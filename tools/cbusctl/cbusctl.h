@@ -25,6 +25,7 @@ int cmd_stat(int argc, char **argv);
 int cmd_tail(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
 int cmd_evict(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 
 /* ---- messages ------------------------------------------------------------
  * Every error is one line on stderr, "cbusctl: ...". */

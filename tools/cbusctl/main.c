@@ -15,6 +15,7 @@ static const struct {
     {"tail", cmd_tail, "tail NAME [--kind K] [--user U] [--model M] [--json] [--count N]: live events"},
     {"emit", cmd_emit, "emit NAME --kind K [--model M] [--user U] ...: inject one event"},
     {"evict", cmd_evict, "evict NAME INDEX|CONSUMER [--force]: free a dead consumer's entry"},
+    {"status", cmd_status, "status [FILE|DIR]... [--json]: the daemons' status files, one view"},
 };
 
 static void usage(FILE *f)

@@ -176,6 +176,16 @@ Test(audit_daemon, default_config_logs_every_event_once_across_restarts, .init =
     char *log = slurp_text(logfile);
     cr_assert(strstr(log, "cbus-audit info: started: bus"), "%s", log);
     free(log);
+    /* The status envelope (consumers/common/status.h), last written at the
+     * clean stop: DIR/status.json by default. */
+    char sp[400];
+    snprintf(sp, sizeof sp, "%s/status.json", dir);
+    char *st = slurp_text(sp);
+    cr_assert(strstr(st, "{\"daemon\":\"cbus-audit\",\"bus\":") && strstr(st, "\"running\":false") &&
+              strstr(st, "\"consumer\":{\"name\":\"audit\",\"mode\":\"lossless\",\"consumed\":5000,") &&
+              strstr(st, "\"audit\":{") && strstr(st, "\"durable_records\":5000,"),
+              "status file: %s", st);
+    free(st);
 
     /* A clean restart resumes after the last record: nothing twice. */
     d = tu_start_daemon(bus, CBUS_AUDIT_INI, dir, logfile);
