@@ -204,6 +204,8 @@ static const char script_tail[] =
 
 /* ---- the connection and batches --------------------------------------------- */
 
+enum { PHASE_DOWN, PHASE_HANDSHAKE, PHASE_READY, PHASE_INFLIGHT };
+
 struct item {
     size_t key_off, args_off, cookie_off; /* into arena */
     uint32_t cookie_len;
@@ -215,7 +217,10 @@ struct cbus_cluster {
     char *lua;
     char sha[41];
     redisContext *rc;
-    int script_loaded;
+    int phase;                 /* PHASE_* */
+    unsigned hs_replies;       /* handshake replies still awaited */
+    uint64_t deadline_ns;      /* the awaited replies are late after this */
+    uint64_t last_send_ns, sent_at_ns;
     char batch_key[CBUS_CLUSTER_PREFIX_MAX + 8];
     char field[CBUS_CLUSTER_NODE_MAX + 32];
     char run[24];
@@ -379,7 +384,7 @@ static void went_down(cbus_cluster *cl, uint64_t now)
         redisFree(cl->rc);
         cl->rc = NULL;
     }
-    cl->script_loaded = 0;
+    cl->phase = PHASE_DOWN;
     cl->st.failures++;
     if (!cl->down_since_ns) { /* up (or never tried) -> away */
         cl->st.cutoffs++;
@@ -421,90 +426,6 @@ static void guard_reader(redisContext *c, long max_elements)
     c->reader->fn = &guarded_fns;
 }
 
-static struct timeval tv_of(uint64_t ns)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ns / 1000000000u),
-                         .tv_usec = (suseconds_t)(ns % 1000000000u / 1000)};
-    return tv;
-}
-
-/* A command's reply, or NULL (error set, connection dropped). */
-static redisReply *command(cbus_cluster *cl, int argc, const char **argv, const size_t *lens,
-                           const char *what)
-{
-    redisReply *rep = redisCommandArgv(cl->rc, argc, argv, lens);
-    if (!rep) {
-        set_error(cl, "%s: %s", what, cl->rc->errstr[0] ? cl->rc->errstr : "no reply");
-        return NULL;
-    }
-    if (rep->type == REDIS_REPLY_ERROR) {
-        set_error(cl, "%s: %.100s", what, rep->str ? rep->str : "error");
-        freeReplyObject(rep);
-        return NULL;
-    }
-    return rep;
-}
-
-static int connect_redis(cbus_cluster *cl)
-{
-    struct timeval tv = tv_of(cl->conf.timeout_ns);
-    cl->rc = cl->conf.unix_path[0] ? redisConnectUnixWithTimeout(cl->conf.unix_path, tv)
-                                   : redisConnectWithTimeout(cl->conf.host, (int)cl->conf.port, tv);
-    if (!cl->rc) {
-        set_error(cl, "connect: out of memory");
-        return -ENOMEM;
-    }
-    if (cl->rc->err) {
-        set_error(cl, "connect: %s", cl->rc->errstr);
-        return -ECONNREFUSED;
-    }
-    guard_reader(cl->rc, 2 + (long)cl->conf.max_items * (long)cl->script.nres);
-    if (redisSetTimeout(cl->rc, tv) != REDIS_OK) {
-        set_error(cl, "set timeout: %s", cl->rc->errstr);
-        return -EIO;
-    }
-    redisReply *rep;
-    if (cl->conf.password[0]) {
-        const char *av[3] = {"AUTH", cl->conf.user, cl->conf.password};
-        size_t al[3] = {4, strlen(cl->conf.user), strlen(cl->conf.password)};
-        int ac = cl->conf.user[0] ? 3 : 2;
-        if (ac == 2) {
-            av[1] = cl->conf.password;
-            al[1] = al[2];
-        }
-        if (!(rep = command(cl, ac, av, al, "AUTH")))
-            return -EACCES;
-        freeReplyObject(rep);
-    }
-    if (cl->conf.db) {
-        char db[16];
-        snprintf(db, sizeof db, "%u", cl->conf.db);
-        const char *av[2] = {"SELECT", db};
-        size_t al[2] = {6, strlen(db)};
-        if (!(rep = command(cl, 2, av, al, "SELECT")))
-            return -EIO;
-        freeReplyObject(rep);
-    }
-    const char *av[3] = {"SCRIPT", "LOAD", cl->lua};
-    size_t al[3] = {6, 4, strlen(cl->lua)};
-    if (!(rep = command(cl, 3, av, al, "SCRIPT LOAD")))
-        return -EIO;
-    int ok = rep->type == REDIS_REPLY_STRING && rep->len == 40;
-    for (size_t i = 0; ok && i < 40; i++)
-        ok = (rep->str[i] >= '0' && rep->str[i] <= '9') || (rep->str[i] >= 'a' && rep->str[i] <= 'f');
-    if (!ok) {
-        set_error(cl, "SCRIPT LOAD: not a SHA-1 in the reply (is this Redis?)");
-        freeReplyObject(rep);
-        return -EPROTO;
-    }
-    memcpy(cl->sha, rep->str, 40);
-    cl->sha[40] = '\0';
-    freeReplyObject(rep);
-    cl->script_loaded = 1;
-    cl->st.connects++;
-    return 0;
-}
-
 /* An integer from an integer reply or a decimal string; 0 or -EPROTO. */
 static int reply_int(const redisReply *r, int64_t *out)
 {
@@ -525,7 +446,75 @@ static int reply_int(const redisReply *r, int64_t *out)
     return 0;
 }
 
-static int send_batch(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn apply, void *arg)
+/* Non-blocking connect; the handshake (AUTH, SELECT, SCRIPT LOAD) is
+ * queued at once and answered on later turns. */
+static int start_connect(cbus_cluster *cl, uint64_t now)
+{
+    cl->rc = cl->conf.unix_path[0] ? redisConnectUnixNonBlock(cl->conf.unix_path)
+                                   : redisConnectNonBlock(cl->conf.host, (int)cl->conf.port);
+    if (!cl->rc) {
+        set_error(cl, "connect: out of memory");
+        return -ENOMEM;
+    }
+    if (cl->rc->err) {
+        set_error(cl, "connect: %s", cl->rc->errstr);
+        return -ECONNREFUSED;
+    }
+    guard_reader(cl->rc, 2 + (long)cl->conf.max_items * (long)cl->script.nres);
+    cl->hs_replies = 0;
+    if (cl->conf.password[0]) {
+        const char *av[3] = {"AUTH", cl->conf.user, cl->conf.password};
+        size_t al[3] = {4, strlen(cl->conf.user), strlen(cl->conf.password)};
+        int ac = 3;
+        if (!cl->conf.user[0]) {
+            av[1] = cl->conf.password;
+            al[1] = al[2];
+            ac = 2;
+        }
+        redisAppendCommandArgv(cl->rc, ac, av, al);
+        cl->hs_replies++;
+    }
+    if (cl->conf.db) {
+        char db[16];
+        snprintf(db, sizeof db, "%u", cl->conf.db);
+        const char *av[2] = {"SELECT", db};
+        size_t al[2] = {6, strlen(db)};
+        redisAppendCommandArgv(cl->rc, 2, av, al);
+        cl->hs_replies++;
+    }
+    const char *av[3] = {"SCRIPT", "LOAD", cl->lua};
+    size_t al[3] = {6, 4, strlen(cl->lua)};
+    redisAppendCommandArgv(cl->rc, 3, av, al);
+    cl->hs_replies++;
+    cl->phase = PHASE_HANDSHAKE;
+    cl->deadline_ns = now + cl->conf.timeout_ns;
+    return 0;
+}
+
+/* One handshake reply (in order: AUTH, SELECT, SCRIPT LOAD).  0 or -errno. */
+static int handshake_reply(cbus_cluster *cl, redisReply *rep)
+{
+    const char *what = cl->hs_replies == 1 ? "SCRIPT LOAD" : "AUTH/SELECT";
+    if (rep->type == REDIS_REPLY_ERROR) {
+        set_error(cl, "%s: %.100s", what, rep->str ? rep->str : "error");
+        return -EACCES;
+    }
+    if (cl->hs_replies > 1)
+        return 0;
+    int ok = rep->type == REDIS_REPLY_STRING && rep->len == 40;
+    for (size_t i = 0; ok && i < 40; i++)
+        ok = (rep->str[i] >= '0' && rep->str[i] <= '9') || (rep->str[i] >= 'a' && rep->str[i] <= 'f');
+    if (!ok) {
+        set_error(cl, "SCRIPT LOAD: not a SHA-1 in the reply (is this Redis?)");
+        return -EPROTO;
+    }
+    memcpy(cl->sha, rep->str, 40);
+    cl->sha[40] = '\0';
+    return 0;
+}
+
+/* Queues the sealed batch as one EVALSHA (written on this and later turns). */
+static int queue_batch(cbus_cluster *cl, uint64_t now)
 {
     size_t n = cl->n_items, na = cl->script.nargs;
     size_t argc = 3 + 1 + n + 5 + n * na;
@@ -568,24 +557,42 @@ static int send_batch(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn appl
     }
     for (size_t i = 0; i < k; i++)
         al[i] = strlen(av[i]);
+    int r = redisAppendCommandArgv(cl->rc, (int)k, av, al);
+    free(av);
+    free(al);
+    if (r != REDIS_OK) {
+        set_error(cl, "EVALSHA: %s", cl->rc->errstr[0] ? cl->rc->errstr : "out of memory");
+        return -ENOMEM;
+    }
     if (cl->sent)
         cl->st.resent++;
     cl->sent = 1;
-    uint64_t t0 = cbus_now_ns();
-    redisReply *rep = command(cl, (int)k, av, al, "EVALSHA");
-    free(av);
-    free(al);
-    if (!rep)
+    cl->sent_at_ns = cbus_now_ns();
+    cl->last_send_ns = now;
+    cl->phase = PHASE_INFLIGHT;
+    cl->deadline_ns = now + cl->conf.timeout_ns;
+    return 0;
+}
+
+/* The batch's reply: checked whole before anything is applied. */
+static int batch_reply(cbus_cluster *cl, redisReply *rep, uint64_t now, cbus_cluster_apply_fn apply,
+                       void *arg)
+{
+    if (rep->type == REDIS_REPLY_ERROR) {
+        /* NOSCRIPT (a Redis restarted under the same connection, SCRIPT
+         * FLUSH) and the rest: reconnect, which loads the script again. */
+        set_error(cl, "EVALSHA: %.100s", rep->str ? rep->str : "error");
         return -EIO;
-    /* Shape: {now_us, applied, n * nres values}. */
+    }
+    size_t n = cl->n_items;
     size_t want = 2 + n * cl->script.nres;
     int64_t redis_now = 0, applied = 0;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != want ||
         reply_int(rep->element[0], &redis_now) || reply_int(rep->element[1], &applied) ||
         redis_now <= 0 || (applied != 0 && applied != 1)) {
-        set_error(cl, "EVALSHA: unexpected reply (type %d, %zu elements, want %zu, a time and a 0/1 flag first)", rep->type,
-                  rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0, want);
-        freeReplyObject(rep);
+        set_error(cl, "EVALSHA: unexpected reply (type %d, %zu elements, want %zu, a time and a "
+                  "0/1 flag first)", rep->type, rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0,
+                  want);
         return -EPROTO;
     }
     int64_t res[8];
@@ -593,13 +600,13 @@ static int send_batch(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn appl
         for (unsigned j = 0; j < cl->script.nres; j++)
             if (reply_int(rep->element[2 + i * cl->script.nres + j], &res[0])) {
                 set_error(cl, "EVALSHA: item %zu value %u is not an integer", i, j);
-                freeReplyObject(rep);
                 return -EPROTO;
             }
     uint64_t t1 = cbus_now_ns();
-    uint64_t rtt = t1 > t0 ? t1 - t0 : 0;
-    /* The script read TIME about half way through the round trip. */
-    cl->offset_ns = redis_now * 1000 - (int64_t)(t0 + rtt / 2);
+    uint64_t rtt = t1 > cl->sent_at_ns ? t1 - cl->sent_at_ns : 0;
+    /* The script read TIME about half way through the round trip (an upper
+     * bound: the reply may have waited for this turn). */
+    cl->offset_ns = redis_now * 1000 - (int64_t)(cl->sent_at_ns + rtt / 2);
     cl->have_offset = 1;
     if (!applied)
         cl->st.replays_skipped++;
@@ -610,7 +617,6 @@ static int send_batch(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn appl
             apply(arg, cl->arena + cl->items[i].cookie_off, cl->items[i].cookie_len, res,
                   cl->script.nres, now);
     }
-    freeReplyObject(rep);
     cl->st.items += n;
     cl->st.syncs++;
     cl->st.rtt_last_ns = rtt;
@@ -619,35 +625,52 @@ static int send_batch(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn appl
     return 0;
 }
 
-int cbus_cluster_sync(cbus_cluster *cl, uint64_t now, cbus_cluster_fill_fn fill,
-                      cbus_cluster_apply_fn apply, void *arg)
+/* Writes what the socket takes, reads what it has, handles whole replies.
+ * Never waits.  Returns 1 when the batch's reply was applied, 0 when more
+ * is awaited, or -errno (error set). */
+static int pump(cbus_cluster *cl, uint64_t now, cbus_cluster_apply_fn apply, void *arg)
 {
-    if (!cl)
-        return -EINVAL;
-    if (!cl->rc) {
-        if (now < cl->next_connect_ns)
-            return -EAGAIN;
-        int r = connect_redis(cl);
-        if (r) {
-            went_down(cl, now);
-            return r;
+    int done = 0;
+    const char *what = cl->phase == PHASE_HANDSHAKE ? "connect" : "EVALSHA";
+    if (redisBufferWrite(cl->rc, &done) != REDIS_OK || redisBufferRead(cl->rc) != REDIS_OK) {
+        set_error(cl, "%s: %s", what, cl->rc->errstr[0] ? cl->rc->errstr : "connection lost");
+        return -EIO;
+    }
+    for (;;) {
+        void *v = NULL;
+        if (redisGetReplyFromReader(cl->rc, &v) != REDIS_OK) {
+            set_error(cl, "%s: %s", what, cl->rc->errstr[0] ? cl->rc->errstr : "bad reply");
+            return -EPROTO;
         }
+        if (!v)
+            return 0;
+        redisReply *rep = v;
+        int r;
+        if (cl->phase == PHASE_HANDSHAKE) {
+            r = handshake_reply(cl, rep);
+            if (!r && --cl->hs_replies == 0) {
+                cl->phase = PHASE_READY;
+                cl->st.connects++;
+            }
+        } else if (cl->phase == PHASE_INFLIGHT) {
+            r = batch_reply(cl, rep, now, apply, arg);
+            if (!r) {
+                freeReplyObject(rep);
+                cl->phase = PHASE_READY;
+                return 1;
+            }
+        } else {
+            set_error(cl, "a reply nobody asked for");
+            r = -EPROTO;
+        }
+        freeReplyObject(rep);
+        if (r)
+            return r;
     }
-    if (!cl->sealed) {
-        cl->n_items = 0;
-        cl->arena_len = 0;
-        if (fill)
-            fill(arg, cl, now);
-        cl->seq++;
-        cl->sealed = 1;
-        cl->sent = 0;
-        cl->sealed_at_ns = now;
-    }
-    int r = send_batch(cl, now, apply, arg);
-    if (r) {
-        went_down(cl, now);
-        return r;
-    }
+}
+
+static void came_up(cbus_cluster *cl, uint64_t now)
+{
     cl->sealed = 0;
     if (!cl->st.up) {
         if (cl->down_since_ns)
@@ -665,7 +688,63 @@ int cbus_cluster_sync(cbus_cluster *cl, uint64_t now, cbus_cluster_fill_fn fill,
     cl->backoff_ns = 0;
     cl->st.up = 1;
     cl->st.last_error[0] = '\0';
-    return 0;
+}
+
+uint64_t cbus_cluster_tick_ns(const struct cbus_cluster_conf *c)
+{
+    uint64_t t = c->interval_ns / 20;
+    return t < MS ? MS : t > 10 * MS ? 10 * MS : t;
+}
+
+int cbus_cluster_sync(cbus_cluster *cl, uint64_t now, cbus_cluster_fill_fn fill,
+                      cbus_cluster_apply_fn apply, void *arg)
+{
+    if (!cl)
+        return -EINVAL;
+    int r;
+    if (cl->phase == PHASE_DOWN) {
+        if (now < cl->next_connect_ns)
+            return -EAGAIN;
+        r = start_connect(cl, now);
+        if (r)
+            goto fail;
+    }
+    if (cl->phase == PHASE_READY) {
+        /* One batch per interval; a sealed one (its reply lost) at once. */
+        if (!cl->sealed && cl->last_send_ns && now - cl->last_send_ns < cl->conf.interval_ns)
+            return -EINPROGRESS;
+        if (!cl->sealed) {
+            cl->n_items = 0;
+            cl->arena_len = 0;
+            if (fill)
+                fill(arg, cl, now);
+            cl->seq++;
+            cl->sealed = 1;
+            cl->sent = 0;
+            cl->sealed_at_ns = now;
+        }
+        r = queue_batch(cl, now);
+        if (r)
+            goto fail;
+    }
+    r = pump(cl, now, apply, arg);
+    if (r < 0)
+        goto fail;
+    if (r == 1) {
+        came_up(cl, now);
+        return 0;
+    }
+    if (now > cl->deadline_ns) {
+        set_error(cl, "%s: no answer within %llu ms",
+                  cl->phase == PHASE_HANDSHAKE ? "connect" : "EVALSHA",
+                  (unsigned long long)(cl->conf.timeout_ns / MS));
+        r = -ETIMEDOUT;
+        goto fail;
+    }
+    return -EINPROGRESS;
+fail:
+    went_down(cl, now);
+    return r;
 }
 
 void cbus_cluster_get_stats(const cbus_cluster *cl, uint64_t now, struct cbus_cluster_stats *out)

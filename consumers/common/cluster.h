@@ -17,10 +17,13 @@
  * server had applied before the connection broke is then skipped, one it
  * never saw is applied.  New counts wait in the daemon until then.
  *
- * Bounded time: connect and every command have a timeout (default 50 ms);
- * after a failure the next connect waits for a backoff (interval doubling
- * to 2 s), so a Redis that is away costs the loop at most one timeout per
- * backoff.  Every key the script touches is PREFIX + something; keys of
+ * The loop never waits for Redis: the socket is non-blocking; a sync call
+ * writes what the socket takes, reads what has come and returns, so the
+ * daemon calls it every tick (cbus_cluster_tick_ns: interval / 20) and
+ * keeps reading its ring in between.  A reply later than `timeout`
+ * (default 50 ms) is a failure; the next connect waits for a backoff (the
+ * interval, doubling to 2 s).  Name resolution of a host name is the one
+ * blocking step (getaddrinfo, at connect): give an IP address.  Every key the script touches is PREFIX + something; keys of
  * other prefixes are never named.  Replies are checked for shape and
  * range before use: a Redis (or something else on the port) that answers
  * errors or garbage is a failed sync, logged once per change, never a crash.
@@ -106,12 +109,16 @@ typedef void (*cbus_cluster_fill_fn)(void *arg, cbus_cluster *cl, uint64_t now_n
 typedef void (*cbus_cluster_apply_fn)(void *arg, const void *cookie, size_t cookie_len,
                                       const int64_t *res, unsigned nres, uint64_t now_ns);
 
-/* One sync, at most one round trip (plus a connect and SCRIPT LOAD after a
- * failure, when the backoff allows).  Returns 0 (synced: apply ran for
- * every item), -EAGAIN (away: not connected, backoff running; the batch
- * is kept), or another -errno (this round failed; the batch is kept). */
+/* One turn, never waiting: connects when the backoff allows (AUTH, SELECT,
+ * SCRIPT LOAD queued behind), seals and queues a batch once per interval
+ * (fill), writes, reads, applies a complete reply (apply).  Returns 0 (a
+ * reply applied: apply ran for every item), -EINPROGRESS (waiting for a
+ * reply or the next interval), -EAGAIN (away, backoff running; the batch
+ * is kept), or another -errno (this turn failed; the batch is kept). */
 int cbus_cluster_sync(cbus_cluster *cl, uint64_t now_ns, cbus_cluster_fill_fn fill,
                       cbus_cluster_apply_fn apply, void *arg);
+/* How often a daemon should call cbus_cluster_sync: interval / 20, 1..10 ms. */
+uint64_t cbus_cluster_tick_ns(const struct cbus_cluster_conf *c);
 
 struct cbus_cluster_stats {
     int up;                   /* the last round trip worked */

@@ -783,7 +783,7 @@ int cost_daemon_main(int argc, char **argv)
     cbus_loop_every(l, d->cfg.snapshot_interval_ns, 0, outputs_timer, 1);
     cbus_loop_every(l, 60 * SEC, 60 * SEC, expire_timer, 0);
     if (d->fleet)
-        cbus_loop_every(l, d->cfg.cluster.interval_ns, 0, fleet_timer, 0);
+        cbus_loop_every(l, cbus_cluster_tick_ns(&d->cfg.cluster), 0, fleet_timer, 0);
     rc = cbus_loop_run(l);
     d->stopped = 1;
     /* Final state: durable, then published. */
@@ -798,8 +798,14 @@ int cost_daemon_main(int argc, char **argv)
     cbus_log_info("stopping: %llu events accounted, cursor %llu checkpointed",
                   (unsigned long long)d->led.events, (unsigned long long)d->ckpt_cursor);
 out:
-    if (d->fleet && d->loop.ev)
-        cost_fleet_sync(d->fleet, cbus_now_ns(), real_ns()); /* the last counts, if it answers */
+    if (d->fleet && d->loop.ev) { /* the last counts, if Redis answers within its timeout */
+        uint64_t t = cbus_now_ns(), end = t + d->cfg.cluster.timeout_ns + d->cfg.cluster.interval_ns;
+        while (cost_fleet_sync(d->fleet, t, real_ns()) == -EINPROGRESS && t < end) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            t = cbus_now_ns();
+        }
+    }
     cost_fleet_close(d->fleet);
     cost_http_stop(d->http);
     cost_webhook_stop(d->hook);

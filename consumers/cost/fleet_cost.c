@@ -401,7 +401,11 @@ int cost_fleet_sync(cost_fleet *f, uint64_t now, uint64_t real_now)
     f->now = now;
     f->real_now = real_now;
     int r = cbus_cluster_sync(f->cl, now, fill, apply, f);
-    f->up = r == 0;
+    struct cbus_cluster_stats st;
+    cbus_cluster_get_stats(f->cl, now, &st);
+    f->up = st.up;
+    if (r == -EINPROGRESS)
+        return r; /* nothing new: holds stand as they are */
     /* Holds follow the new state: lifted where the fleet has room again,
      * renewed where this node is still past its lease (Redis away). */
     for (size_t i = 0; i < f->cap; i++) {

@@ -167,7 +167,9 @@ int rl_fleet_sync(rl_fleet *f, uint64_t now)
 {
     int r = cbus_cluster_sync(f->cl, now, fill, apply, f);
     /* Away (or not yet reached): local_share of each limit, on our own. */
-    rl_set_fleet_away(f->l, r != 0);
+    struct cbus_cluster_stats st;
+    cbus_cluster_get_stats(f->cl, now, &st);
+    rl_set_fleet_away(f->l, !st.up);
     return r;
 }
 

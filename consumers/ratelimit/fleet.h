@@ -23,9 +23,10 @@ typedef struct rl_fleet rl_fleet;
  * connection (made at the first sync).  Returns 0, -EINVAL, -ENOMEM. */
 int rl_fleet_open(rl_fleet **out, rl_limiter *l, const struct cbus_cluster_conf *conf);
 void rl_fleet_close(rl_fleet *f);
-/* One sync (the daemon's timer, every conf.interval_ns): sends the counts
- * since the last batch, applies the fleet's buckets.  Verdicts that change
- * are left for rl_drain().  Returns what cbus_cluster_sync() does. */
+/* One turn (the daemon's timer, every cbus_cluster_tick_ns()): once an
+ * interval sends the counts since the last batch, and applies the fleet's
+ * buckets when the reply has come, never waiting.  Verdicts that change are
+ * left for rl_drain().  Returns what cbus_cluster_sync() does (0: applied). */
 int rl_fleet_sync(rl_fleet *f, uint64_t now);
 /* "\"cluster\":{...}" for the status file. */
 void rl_fleet_status_json(const rl_fleet *f, struct sbuf *b, uint64_t now);

@@ -156,8 +156,8 @@ static int expire_timer(void *arg, uint64_t now)
 static int fleet_timer(void *arg, uint64_t now) /* fleet.h: one round trip to Redis */
 {
     struct daemon *d = arg;
-    rl_fleet_sync(d->fleet, now);
-    rl_drain(d->l, now, publish, d); /* the fleet's verdicts, at once */
+    if (rl_fleet_sync(d->fleet, now) == 0)
+        rl_drain(d->l, now, publish, d); /* the fleet's verdicts, at once */
     return 0;
 }
 
@@ -184,7 +184,7 @@ static int run(struct daemon *d)
     cbus_loop_every(l, 1000 * MS, 1000 * MS, expire_timer, 0);
     cbus_loop_every(l, d->cfg.status_interval_ns, 0, status_timer, 1);
     if (d->fleet)
-        cbus_loop_every(l, d->cfg.cluster.interval_ns, 0, fleet_timer, 0);
+        cbus_loop_every(l, cbus_cluster_tick_ns(&d->cfg.cluster), 0, fleet_timer, 0);
     return cbus_loop_run(l);
 }
 

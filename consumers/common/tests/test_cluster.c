@@ -115,6 +115,20 @@ static void apply_fa(void *arg, const void *cookie, size_t cl, const int64_t *re
     apply_tot(&((struct fill_apply *)arg)->t, cookie, cl, res, n, now);
 }
 
+/* cbus_cluster_sync() never waits: turn it until it has an answer, on a
+ * clock that starts at t and runs with real time. */
+static int sync_at(cbus_cluster *cl, uint64_t t, struct fill_apply *fa)
+{
+    uint64_t start = cbus_now_ns();
+    for (;;) {
+        int r = cbus_cluster_sync(cl, t + (cbus_now_ns() - start), fill_fa, apply_fa, fa);
+        if (r != -EINPROGRESS)
+            return r;
+        cr_assert_lt(cbus_now_ns() - start, 5000 * MS, "no answer in 5 s");
+        usleep(200);
+    }
+}
+
 TestSuite(common_cluster, .fini = teardown);
 
 Test(common_cluster, config_errors_name_the_line)
@@ -175,7 +189,7 @@ Test(common_cluster, unreachable_address_is_away_not_fatal)
     const char *args[] = {"1"};
     struct fill_apply fa = {.args = args};
     uint64_t now = cbus_now_ns();
-    int r = cbus_cluster_sync(cl, now, fill_fa, apply_fa, &fa);
+    int r = sync_at(cl, now, &fa);
     cr_assert_lt(r, 0);
     /* Backoff: the next tries within the interval do not reconnect. */
     cr_assert_eq(cbus_cluster_sync(cl, now + 1, fill_fa, apply_fa, &fa), -EAGAIN);
@@ -184,14 +198,14 @@ Test(common_cluster, unreachable_address_is_away_not_fatal)
     cr_assert_eq(st.up, 0);
     cr_assert_eq(st.failures, 1);
     cr_assert_eq(st.cutoffs, 1);
-    cr_assert_eq(st.cut_off_ns, 500 * MS, "cut off counted from the failed start: %llu",
-                 (unsigned long long)st.cut_off_ns);
+    cr_assert(st.cut_off_ns > 400 * MS && st.cut_off_ns <= 500 * MS,
+              "cut off counted from the failed start: %llu", (unsigned long long)st.cut_off_ns);
     cr_assert(strstr(st.last_error, "connect"), "%s", st.last_error);
     struct sbuf b;
     sbuf_init(&b);
     cbus_cluster_status_json(cl, &b, now + 500 * MS);
     cr_assert(strstr(b.data, "\"state\":\"away\""), "%s", b.data);
-    cr_assert(strstr(b.data, "\"cut_off_ms\":500"), "%s", b.data);
+    cr_assert(strstr(b.data, "\"cut_off_ms\":4"), "%s", b.data);
     sbuf_free(&b);
     cr_assert_eq(fa.t.n, 0);
     cbus_cluster_close(cl);
@@ -211,9 +225,9 @@ Test(common_cluster, counts_add_up_and_only_our_prefix_is_touched)
     const char *three[] = {"3"}, *five[] = {"5"};
     struct fill_apply fa = {.args = three}, fb = {.args = five};
     uint64_t now = cbus_now_ns();
-    for (int i = 0; i < 10; i++) {
-        cr_assert_eq(cbus_cluster_sync(a, now, fill_fa, apply_fa, &fa), 0);
-        cr_assert_eq(cbus_cluster_sync(b, now, fill_fa, apply_fa, &fb), 0);
+    for (int i = 0; i < 10; i++, now += 100 * MS) {
+        cr_assert_eq(sync_at(a, now, &fa), 0);
+        cr_assert_eq(sync_at(b, now, &fb), 0);
     }
     cr_assert_eq(fb.t.v[(fb.t.n - 1) % 16], 80, "fleet total read back");
     cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 80);
@@ -243,10 +257,10 @@ Test(common_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
     const char *seven[] = {"7"};
     struct fill_apply fa = {.args = seven};
     uint64_t now = cbus_now_ns();
-    cr_assert_eq(cbus_cluster_sync(cl, now, fill_fa, apply_fa, &fa), 0);
+    cr_assert_eq(sync_at(cl, now, &fa), 0);
     /* Stopped Redis: the batch is sent, the reply does not come in time. */
     redis_test_pause(&rs, 1);
-    cr_assert_lt(cbus_cluster_sync(cl, now + 100 * MS, fill_fa, apply_fa, &fa), 0);
+    cr_assert_lt(sync_at(cl, now + 100 * MS, &fa), 0);
     redis_test_pause(&rs, 0);
     /* It ran the script once resumed (the command was in its socket). */
     long long v = 0;
@@ -256,7 +270,7 @@ Test(common_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
     /* The same batch again, after the backoff: recognised, not applied. */
     int r = -EAGAIN;
     for (uint64_t t = now + 200 * MS; r == -EAGAIN; t += 100 * MS)
-        r = cbus_cluster_sync(cl, t, fill_fa, apply_fa, &fa);
+        r = sync_at(cl, t, &fa);
     cr_assert_eq(r, 0);
     cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 14);
     cr_assert_eq(fa.t.v[(fa.t.n - 1) % 16], 14, "read back, not added");
@@ -267,12 +281,12 @@ Test(common_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
     cr_assert_eq(st.cutoffs, 1);
     cr_assert_eq(st.connects, 2);
     /* The next batch is a new one. */
-    cr_assert_eq(cbus_cluster_sync(cl, now + 10000 * MS, fill_fa, apply_fa, &fa), 0);
+    cr_assert_eq(sync_at(cl, now + 10000 * MS, &fa), 0);
     cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 21);
     cbus_cluster_close(cl);
     /* A restarted daemon (new run, seq from 1 again) is not a replay. */
     cr_assert_eq(cbus_cluster_open(&cl, &c, &count_script), 0);
-    cr_assert_eq(cbus_cluster_sync(cl, now, fill_fa, apply_fa, &fa), 0);
+    cr_assert_eq(sync_at(cl, now, &fa), 0);
     cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 28);
     cbus_cluster_close(cl);
 }
@@ -287,15 +301,15 @@ Test(common_cluster, redis_restarted_is_reconnected)
     const char *one[] = {"1"};
     struct fill_apply fa = {.args = one};
     uint64_t now = cbus_now_ns();
-    cr_assert_eq(cbus_cluster_sync(cl, now, fill_fa, apply_fa, &fa), 0);
+    cr_assert_eq(sync_at(cl, now, &fa), 0);
     redis_test_kill(&rs);
-    cr_assert_lt(cbus_cluster_sync(cl, now + 100 * MS, fill_fa, apply_fa, &fa), 0);
+    cr_assert_lt(sync_at(cl, now + 100 * MS, &fa), 0);
     cr_assert_eq(redis_test_start(&rs, rs.port), 0);
     /* New server, no scripts loaded, no state: reconnects, loads, applies. */
     int r = -EAGAIN;
     uint64_t t = now + 200 * MS;
     for (; r == -EAGAIN; t += 100 * MS)
-        r = cbus_cluster_sync(cl, t, fill_fa, apply_fa, &fa);
+        r = sync_at(cl, t, &fa);
     cr_assert_eq(r, 0);
     cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 1, "the batch cut off by the kill, once");
     struct cbus_cluster_stats st;
@@ -361,7 +375,7 @@ Test(common_cluster, garbage_answers_are_survived)
     uint64_t t = cbus_now_ns();
     int tries = 0;
     for (int i = 0; i < 200 && tries < 14; i++, t += 3000 * MS) {
-        int r = cbus_cluster_sync(cl, t, fill_fa, apply_fa, &fa);
+        int r = sync_at(cl, t, &fa);
         cr_assert_neq(r, 0, "nonsense taken for a reply");
         tries += r != -EAGAIN;
     }

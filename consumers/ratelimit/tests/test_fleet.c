@@ -125,7 +125,10 @@ static void start_daemon(int node, const char *rules, const char *cluster_extra)
     char cfg[2048];
     snprintf(cfg, sizeof cfg,
              "[ratelimit]\nstatus_interval = 50ms\n[rules]\n%s\n[cluster]\n"
-             "address = 127.0.0.1:%u\nprefix = t21rl:\nnode = n%d\nlocal_share = 0.333\n%s",
+             "address = 127.0.0.1:%u\nprefix = t21rl:\nnode = n%d\nlocal_share = 0.333\n"
+             /* Not the 50 ms default: on a loaded CI box a Redis descheduled
+              * that long would be a cut-off the test did not make. */
+             "timeout = 400ms\n%s",
              rules, rs.port, node, cluster_extra ? cluster_extra : "");
     write_file(path_of(node, "ini"), cfg);
     pid_t pid = fork();
@@ -190,6 +193,15 @@ static void start_load(int node, unsigned gap_us)
     loads[node] = pid;
 }
 
+/* A number after "field": in a status file, or -1. */
+static long long json_num(const char *st, const char *field)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", field);
+    const char *p = st ? strstr(st, pat) : NULL;
+    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
 static uint64_t total_sent(uint64_t *per)
 {
     uint64_t t = 0;
@@ -230,6 +242,8 @@ static long long fleet_count(void)
         redisReply *v = redisCommand(c, "HGET %s n", keys->element[0]->str);
         if (v && v->type == REDIS_REPLY_STRING)
             n = strtoll(v->str, NULL, 10);
+        else if (v && v->type == REDIS_REPLY_NIL)
+            n = 0; /* the bucket was read, never charged */
         if (v)
             freeReplyObject(v);
     } else if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 0) {
@@ -287,7 +301,10 @@ Test(ratelimit_fleet, rpm_limit_holds_fleet_wide, .init = setup, .fini = teardow
     cr_assert_eq(n, (long long)total, "redis counted %lld of %llu", n, (unsigned long long)total);
     for (int i = 0; i < NODES; i++) {
         const char *st = read_text(path_of(i, "json"));
-        cr_assert(st && strstr(st, "\"cutoffs\":0"), "node %d: %s", i, st);
+        cr_assert(st && strstr(st, "\"state\":\"up\""), "node %d: %s", i, st);
+        cr_assert_gt(json_num(st, "syncs"), 10, "node %d: %s", i, st);
+        if (getenv("CBUS_TEST_SHOW"))
+            cr_log_info("node %d: %s", i, strstr(st, "\"cluster\""));
     }
 }
 
@@ -307,6 +324,7 @@ Test(ratelimit_fleet, redis_paused_degrades_to_local_share_and_counts_once, .ini
     uint64_t away0 = total_sent(NULL);
     test_sleep_ms(1500);
     uint64_t away_sent = total_sent(NULL) - away0;
+    cr_log_info("away: %llu sent in 1.5 s", (unsigned long long)away_sent);
     redis_test_pause(&rs, 0);
     wait_state("up", 10000);
     test_sleep_ms(300);
@@ -322,8 +340,9 @@ Test(ratelimit_fleet, redis_paused_degrades_to_local_share_and_counts_once, .ini
                  (unsigned long long)total);
     for (int i = 0; i < NODES; i++) {
         const char *st = read_text(path_of(i, "json"));
-        cr_assert(st && strstr(st, "\"cutoffs\":1"), "node %d: %s", i, st);
-        cr_assert(!strstr(st, "\"cut_off_ms\":0,"), "node %d counted no time away: %s", i, st);
+        cr_assert_geq(json_num(st, "cutoffs"), 1, "node %d: %s", i, st);
+        cr_assert_geq(json_num(st, "cut_off_ms"), 1000, "node %d: time away not counted: %s", i, st);
+        cr_assert_geq(json_num(st, "resent"), 1, "node %d: %s", i, st);
         const char *log = read_text(path_of(i, "log"));
         cr_assert(strstr(log, "deciding on local limits") && strstr(log, "answers again"), "%s", log);
     }
@@ -348,7 +367,8 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
     /* The same port, no persistence: the fleet's state is gone. */
     cr_assert_eq(redis_test_start(&rs, rs.port), 0);
     wait_state("up", 10000);
-    test_sleep_ms(300);
+    uint64_t after_up = total_sent(NULL);
+    test_sleep_ms(1000);
     stop_loads();
     uint64_t total = total_sent(NULL);
     test_sleep_ms(500); /* the last counts reach Redis */
@@ -359,11 +379,14 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
     cr_assert_leq(n, (long long)(total - early), "counted twice: %lld, sent %llu, %llu of them "
                   "answered before the kill", n, (unsigned long long)total,
                   (unsigned long long)early);
-    cr_assert_gt(n, 0, "nothing reached the new Redis");
+    /* Everything sent once the new Redis answered is there. */
+    cr_assert_geq(n, (long long)(total - after_up), "lost: %lld of the %llu sent since it was up",
+                  n, (unsigned long long)(total - after_up));
+    cr_assert_gt(total - after_up, 0, "nothing sent after the restart");
     for (int i = 0; i < NODES; i++) {
         const char *st = read_text(path_of(i, "json"));
-        cr_assert(st && strstr(st, "\"cutoffs\":1"), "node %d: %s", i, st);
-        cr_assert(strstr(st, "\"connects\":2"), "node %d: %s", i, st);
+        cr_assert_geq(json_num(st, "cutoffs"), 1, "node %d: %s", i, st);
+        cr_assert_geq(json_num(st, "connects"), 2, "node %d: %s", i, st);
     }
 }
 
