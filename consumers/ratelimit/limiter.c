@@ -7,31 +7,40 @@
 
 /* ---- GCRA on 128-bit scaled time ---------------------------------------- */
 
-/* Charges n units at now: tat = max(tat, now) + n * I. */
-static void gcra_charge(rl_u128 *tat, uint64_t n, const struct rl_limit *lim, uint64_t now)
+
+/* n units charged to k here, in bucket units: in fleet mode each costs
+ * 1/local_share while Redis is away, and also on a key Redis has not
+ * answered for yet (its first appearance on this node: without a fleet
+ * view the node takes only its lease of a full bucket). */
+static inline rl_u128 scaled(const rl_limiter *l, const struct rl_key *k, uint64_t n)
+{
+    uint64_t m = l->scale_milli;
+    if (l->fleet && !k->fleet_synced && l->lease_scale_milli > m)
+        m = l->lease_scale_milli;
+    if (m == 1000)
+        return (rl_u128)n * RL_PERIOD_NS;
+    return ((rl_u128)n * RL_PERIOD_NS * m + 999) / 1000;
+}
+
+/* Charges an amount (n * I in bucket units) at now: tat = max(tat, now) + n * I. */
+static void gcra_charge_u(rl_u128 *tat, rl_u128 amount, const struct rl_limit *lim, uint64_t now)
 {
     rl_u128 now_s = (rl_u128)now * lim->limit;
     rl_u128 base = *tat > now_s ? *tat : now_s;
-    *tat = base + (rl_u128)n * RL_PERIOD_NS;
+    *tat = base + amount;
 }
 
-/* n units at the lease scale (fleet mode): scale/1000 of a unit each. */
-static inline uint64_t scaled(const rl_limiter *l, uint64_t n)
-{
-    return l->scale_milli == 1000 ? n : (uint64_t)(((rl_u128)n * l->scale_milli + 999) / 1000);
-}
-
-/* Gives n units back (an estimate that was too high); a bucket never holds
- * more room than it would had the units never been charged, nor is it
+/* Gives an amount back (an estimate that was too high); a bucket never
+ * holds more room than it would had it never been charged, nor is it
  * credited beyond full. */
-static void gcra_refund(rl_u128 *tat, uint64_t n, const struct rl_limit *lim, uint64_t now)
+static void gcra_refund_u(rl_u128 *tat, rl_u128 d, const struct rl_limit *lim, uint64_t now)
 {
     rl_u128 now_s = (rl_u128)now * lim->limit;
     if (*tat <= now_s)
         return;
-    rl_u128 d = (rl_u128)n * RL_PERIOD_NS;
     *tat = *tat - now_s > d ? *tat - d : now_s;
 }
+
 
 uint64_t rl__until(rl_u128 tat, const struct rl_limit *lim)
 {
@@ -352,11 +361,11 @@ static void on_start(rl_limiter *l, const struct cbus_event *ev, const struct rl
             over = 1;
         }
         if (r->req.limit) {
-            gcra_charge(&k->req_tat, scaled(l, 1), &r->req, now);
+            gcra_charge_u(&k->req_tat, scaled(l, k, 1), &r->req, now);
             k->fleet_req += l->fleet;
         }
         if (r->tok.limit && est && r->tokens != RL_TOKENS_OUTPUT) {
-            gcra_charge(&k->tok_tat, scaled(l, est), &r->tok, now);
+            gcra_charge_u(&k->tok_tat, scaled(l, k, est), &r->tok, now);
             k->tokens += est;
             if (l->fleet)
                 k->fleet_tok += est;
@@ -405,9 +414,9 @@ static void on_end(rl_limiter *l, const struct cbus_event *ev, const struct rl_e
         uint64_t want = count_tokens(r->tokens, in, out);
         uint64_t had = r->tokens == RL_TOKENS_OUTPUT ? 0 : est;
         if (want >= had)
-            gcra_charge(&k->tok_tat, scaled(l, want - had), &r->tok, now);
+            gcra_charge_u(&k->tok_tat, scaled(l, k, want - had), &r->tok, now);
         else
-            gcra_refund(&k->tok_tat, scaled(l, had - want), &r->tok, now);
+            gcra_refund_u(&k->tok_tat, scaled(l, k, had - want), &r->tok, now);
         if (l->fleet)
             k->fleet_tok += (int64_t)want - (int64_t)had;
         if (want >= had)
@@ -431,7 +440,7 @@ static void on_error(rl_limiter *l, const struct cbus_event *ev, const struct rl
         const struct rl_rule *r = &l->rules.rule[k->rule];
         if (!r->tok.limit || r->tokens == RL_TOKENS_OUTPUT)
             continue;
-        gcra_refund(&k->tok_tat, scaled(l, est), &r->tok, ev->ts_mono_ns);
+        gcra_refund_u(&k->tok_tat, scaled(l, k, est), &r->tok, ev->ts_mono_ns);
         if (l->fleet)
             k->fleet_tok -= est;
         k->tokens -= est < k->tokens ? est : k->tokens;
@@ -607,6 +616,9 @@ void rl_set_fleet(rl_limiter *l, double local_share)
     l->share_milli = (uint64_t)(local_share * 1000.0 + 0.5);
     if (l->share_milli < 1)
         l->share_milli = 1;
+    l->lease_scale_milli = (1000000 + l->share_milli / 2) / l->share_milli;
+    if (l->lease_scale_milli < 1000)
+        l->lease_scale_milli = 1000;
     rl_set_fleet_away(l, 1);
 }
 
@@ -614,9 +626,7 @@ void rl_set_fleet_away(rl_limiter *l, int away)
 {
     if (!l->fleet)
         return;
-    l->scale_milli = away ? (1000000 + l->share_milli / 2) / l->share_milli : 1000;
-    if (l->scale_milli < 1000)
-        l->scale_milli = 1000;
+    l->scale_milli = away ? l->lease_scale_milli : 1000;
 }
 
 /* The key's values back from its bytes (build_key's layout). */

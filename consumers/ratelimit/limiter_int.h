@@ -91,7 +91,7 @@ struct rl_limiter {
      * scale_milli: what one unit charged here costs the local bucket; 1000,
      * or 1000/local_share while Redis is away, which holds the node to
      * local_share of each limit. */
-    uint64_t share_milli, scale_milli;
+    uint64_t share_milli, scale_milli, lease_scale_milli; /* lease: 1000000 / share_milli */
     int fleet;
 };
 
