@@ -539,6 +539,111 @@ RUN_TEXT2(retriever_error, cbus_retriever_error, "error_type", "message")
 RUN_TEXT2(custom, cbus_custom, "name", "data")
 RUN_TEXT2(tool_event, cbus_tool_event, "name", "data")
 
+/* Explicit conversations (cbus_conversation_*): -EINVAL and -E2BIG are the
+ * caller's mistakes and raise ValueError; a drop is False, as for every emit. */
+static PyObject *conv_result(int rc, const char *what)
+{
+    if (rc == -EINVAL) {
+        PyErr_Format(PyExc_ValueError, "%s: an argument is missing or malformed (ids 1..%d "
+                     "bytes without control characters, role user/assistant/tool/system, "
+                     "title 1..%d bytes, state 1..32 of [a-z0-9_-]; no conversation_id needs "
+                     "the run's session)", what, CBUS_CONV_ID_MAX, CBUS_CONV_TITLE_MAX);
+        return NULL;
+    }
+    if (rc == -E2BIG) {
+        PyErr_Format(PyExc_ValueError, "%s: the fields do not fit %d bytes of JSON", what,
+                     CBUS_CONV_FIELDS_MAX);
+        return NULL;
+    }
+    return emitted(rc);
+}
+
+/* (conversation_id=None, <text>=None) for create, rename, set_state. */
+#define RUN_CONV2(meth, cfn, a2)                                                       \
+    static PyObject *Run_##meth(Run *self, PyObject *args, PyObject *kw)               \
+    {                                                                                  \
+        static char *kwl[] = {"conversation_id", a2, NULL};                            \
+        PyObject *o1 = Py_None, *o2 = Py_None;                                         \
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:" #meth, kwl, &o1, &o2))       \
+            return NULL;                                                               \
+        struct text t1, t2;                                                            \
+        if (text_arg(o1, "conversation_id", &t1))                                      \
+            return NULL;                                                               \
+        if (text_arg(o2, a2, &t2)) {                                                   \
+            text_done(&t1);                                                            \
+            return NULL;                                                               \
+        }                                                                              \
+        cbus_producer *p = live(self->producer);                                       \
+        int rc = p ? cfn(p, self->ctx, t1.s, t2.s) : -ESTALE;                          \
+        text_done(&t1);                                                                \
+        text_done(&t2);                                                                \
+        return conv_result(rc, #meth);                                                 \
+    }
+
+RUN_CONV2(conversation_create, cbus_conversation_create, "title")
+RUN_CONV2(conversation_rename, cbus_conversation_rename, "title")
+RUN_CONV2(conversation_set_state, cbus_conversation_set_state, "state")
+
+#define CONV_META_MAX 64
+
+static PyObject *Run_conversation_message(Run *self, PyObject *args, PyObject *kw)
+{
+    static char *kwl[] = {"role", "text", "id", "parent_id", "metadata", "conversation_id", NULL};
+    PyObject *o[6] = {Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOO:conversation_message", kwl, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5]))
+        return NULL;
+    static const char *const names[] = {"role", "text", "id", "parent_id", "metadata",
+                                        "conversation_id"};
+    struct text t[6] = {{0}};
+    struct text mt[2 * CONV_META_MAX] = {{0}};
+    const char *meta[2 * CONV_META_MAX + 1];
+    int nm = 0, bad = 0;
+    PyObject *res = NULL;
+    for (int i = 0; i < 6 && !bad; i++)
+        if (i != 4 && text_arg(o[i], names[i], &t[i]))
+            bad = 1;
+    if (!bad && o[4] != Py_None) {
+        if (!PyDict_Check(o[4])) {
+            PyErr_SetString(PyExc_TypeError, "metadata must be a dict of str to str, or None");
+            bad = 1;
+        } else if (PyDict_Size(o[4]) > CONV_META_MAX) {
+            PyErr_Format(PyExc_ValueError, "metadata: at most %d keys", CONV_META_MAX);
+            bad = 1;
+        } else {
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            while (!bad && PyDict_Next(o[4], &pos, &k, &v)) {
+                if (text_arg(k, "metadata key", &mt[nm]) || k == Py_None ||
+                    text_arg(v, "metadata value", &mt[nm + 1]) || v == Py_None) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_TypeError, "metadata keys and values must be str");
+                    bad = 1;
+                    nm += 2;
+                    break;
+                }
+                meta[nm] = mt[nm].s;
+                meta[nm + 1] = mt[nm + 1].s;
+                nm += 2;
+            }
+            meta[nm] = NULL;
+        }
+    }
+    if (!bad) {
+        struct cbus_conv_message m = {.id = t[2].s, .role = t[0].s, .text = t[1].s,
+                                      .text_len = (size_t)t[1].len, .parent_id = t[3].s,
+                                      .metadata = o[4] != Py_None ? meta : NULL};
+        cbus_producer *p = live(self->producer);
+        int rc = p ? cbus_conversation_message(p, self->ctx, t[5].s, &m) : -ESTALE;
+        res = conv_result(rc, "conversation_message");
+    }
+    for (int i = 0; i < 6; i++)
+        text_done(&t[i]);
+    for (int i = 0; i < nm; i++)
+        text_done(&mt[i]);
+    return res;
+}
+
 static int start_info(PyObject *pc, PyObject *est, PyObject *mt, struct cbus_llm_start_info *info)
 {
     uint64_t v;
@@ -1459,6 +1564,13 @@ static PyMethodDef Run_methods[] = {
     KWM(text, "text(text=None) -> bool"),
     KWM(retry, "retry(attempt=None, backoff_ns=None, reason=None) -> bool"),
     KWM(custom, "custom(name=None, data=None) -> bool"),
+    KWM(conversation_create, "conversation_create(conversation_id=None, title=None) -> bool\n\n"
+                             "Explicit chat history (cbus-history): conversation_id None = the "
+                             "run's session.  ValueError for a malformed argument."),
+    KWM(conversation_rename, "conversation_rename(conversation_id=None, title=None) -> bool"),
+    KWM(conversation_set_state, "conversation_set_state(conversation_id=None, state=None) -> bool"),
+    KWM(conversation_message, "conversation_message(role, text=None, *, id=None, parent_id=None, "
+                              "metadata=None (dict of str), conversation_id=None) -> bool"),
     {"admit", (PyCFunction)Run_admit, METH_NOARGS,
      "admit() -> (verdict, retry_after_s): verdict is 'allow', 'throttle', "
      "'budget_exceeded' or 'stale'; retry_after_s is set for 'throttle'."},
