@@ -44,6 +44,8 @@ static unsigned free_port(void)
     return port;
 }
 
+static const char *auth_password;
+
 static redisContext *conn(unsigned port)
 {
     struct timeval tv = {.tv_sec = 1};
@@ -54,6 +56,11 @@ static redisContext *conn(unsigned port)
     }
     if (c)
         redisSetTimeout(c, tv);
+    if (c && auth_password) {
+        redisReply *rep = redisCommand(c, "AUTH %s", auth_password);
+        if (rep)
+            freeReplyObject(rep);
+    }
     return c;
 }
 
@@ -67,6 +74,7 @@ int redis_test_start(struct redis_test *r, unsigned port)
         if (!mkdtemp(r->dir))
             return -errno;
     }
+    auth_password = r->password;
     r->port = port ? port : free_port();
     if (!r->port)
         return -EADDRNOTAVAIL;
@@ -81,8 +89,13 @@ int redis_test_start(struct redis_test *r, unsigned port)
             dup2(null, 1);
             dup2(null, 2);
         }
-        execl(bin, bin, "--port", ps, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-              "--dir", r->dir, "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
+        if (r->password)
+            execl(bin, bin, "--port", ps, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", r->dir, "--daemonize", "no", "--loglevel", "warning", "--requirepass",
+                  r->password, (char *)NULL);
+        else
+            execl(bin, bin, "--port", ps, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", r->dir, "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
         _exit(127);
     }
     r->pid = pid;

@@ -9,6 +9,7 @@ struct redis_test {
     pid_t pid;
     unsigned port;
     char dir[128];
+    const char *password;   /* set before start: --requirepass, and AUTH for our own checks */
 };
 
 /* Starts redis-server (on port, or a free one when port is 0) and waits

@@ -319,6 +319,43 @@ Test(common_cluster, redis_restarted_is_reconnected)
     cbus_cluster_close(cl);
 }
 
+Test(common_cluster, auth_with_password_env_and_a_wrong_password_is_a_clear_error)
+{
+    memset(&rs, 0, sizeof rs);
+    rs.password = "s3cret-t21";
+    int r = redis_test_start(&rs, 0);
+    if (r == -ENOENT)
+        cbus_test_skip_or_fail("no redis-server (apt-get install redis-server)");
+    cr_assert_eq(r, 0);
+    char text[512], err[512];
+    struct cbus_cluster_conf c;
+    setenv("CBUS_T21_PW", "s3cret-t21", 1);
+    snprintf(text, sizeof text, "[cluster]\naddress = 127.0.0.1:%u\nprefix = t21:\nnode = n1\n"
+             "timeout = 400ms\npassword_env = CBUS_T21_PW\n", rs.port);
+    cr_assert_eq(conf_parse(&c, text, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.password, "s3cret-t21");
+    cbus_cluster *cl;
+    cr_assert_eq(cbus_cluster_open(&cl, &c, &count_script), 0);
+    const char *two[] = {"2"};
+    struct fill_apply fa = {.args = two};
+    uint64_t now = cbus_now_ns();
+    cr_assert_eq(sync_at(cl, now, &fa), 0);
+    cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 2);
+    cbus_cluster_close(cl);
+    /* The wrong password: refused, said so, nothing applied. */
+    setenv("CBUS_T21_PW", "wrong", 1);
+    cr_assert_eq(conf_parse(&c, text, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cbus_cluster_open(&cl, &c, &count_script), 0);
+    cr_assert_lt(sync_at(cl, now, &fa), 0);
+    struct cbus_cluster_stats st;
+    cbus_cluster_get_stats(cl, now, &st);
+    cr_assert(strstr(st.last_error, "AUTH") && strstr(st.last_error, "WRONGPASS"), "%s",
+              st.last_error);
+    cr_assert_eq(redis_test_int(&rs, "GET t21:c:x"), 2);
+    cbus_cluster_close(cl);
+    unsetenv("CBUS_T21_PW");
+}
+
 /* A server that is not Redis: per connection, one kind of nonsense. */
 static pid_t fake_pid;
 static unsigned fake_server(void)

@@ -295,3 +295,102 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     for (int i = 0; i < NODES; i++)
         cbus_producer_close(p[i]);
 }
+
+static const char *snap_of(int node)
+{
+    static char p[512];
+    snprintf(p, sizeof p, "%s/state%d/snapshot.json", dir, node);
+    return p;
+}
+
+Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_return)
+{
+    for (int i = 0; i < NODES; i++)
+        start_daemon(i);
+    uint64_t end = test_now_ms() + 10000;
+    for (int i = 0; i < NODES; i++) {
+        const char *log;
+        while (!(log = read_text(path_of(i, "log"))) || !strstr(log, "synced with redis")) {
+            cr_assert_lt(test_now_ms(), end, "node %d never synced", i);
+            test_sleep_ms(10);
+        }
+    }
+    redis_test_pause(&rs, 1);
+    end = test_now_ms() + 10000;
+    for (int i = 0; i < NODES; i++) {
+        const char *s;
+        while (!(s = read_text(snap_of(i))) || !strstr(s, "\"state\":\"away\"")) {
+            cr_assert_lt(test_now_ms(), end, "node %d never away", i);
+            test_sleep_ms(10);
+        }
+    }
+    for (int i = 0; i < NODES; i++)
+        start_load(i);
+    /* Alone, each node spends its share of the 20 calls, then holds acme. */
+    cbus_producer *p[NODES];
+    cbus_ctx ctx[NODES];
+    end = test_now_ms() + 20000;
+    for (int i = 0; i < NODES; i++) {
+        cr_assert_eq(cbus_producer_open(&p[i], bus[i], NULL), 0);
+        make_ctx(&ctx[i], i);
+        while (cbus_admit(p[i], &ctx[i], NULL) != CBUS_BUDGET_EXCEEDED) {
+            cr_assert_lt(test_now_ms(), end, "node %d never held acme; log:\n%s", i,
+                         read_text(path_of(i, "log")));
+            test_sleep_ms(10);
+        }
+    }
+    test_sleep_ms(500);
+    uint64_t away_sent = 0;
+    for (int i = 0; i < NODES; i++) {
+        away_sent += atomic_load(&sh->sent[i]);
+        const char *log = read_text(path_of(i, "log"));
+        cr_assert(strstr(log, "held here until redis answers"), "%s", log);
+        cr_assert(!strstr(log, "threshold 50% reached"), "an alert without the fleet: %s", log);
+    }
+    cr_log_info("away: %llu calls held at the nodes' shares", (unsigned long long)away_sent);
+    /* A third of the budget each (7 calls), one more each for the call
+     * whose cost tips it, and what starts while the hold is on its way. */
+    cr_assert_leq(away_sent, 20 + NODES * 3, "away: %llu calls on a 20-call budget",
+                  (unsigned long long)away_sent);
+    redis_test_pause(&rs, 0);
+    /* Back: the counts reach Redis once; the marks alert once each. */
+    end = test_now_ms() + 15000;
+    int exceeded = 0;
+    while (exceeded < 1 && test_now_ms() < end) {
+        exceeded = 0;
+        for (int i = 0; i < NODES; i++)
+            exceeded += count_in(read_text(path_of(i, "log")), "budget tenant acme: EXCEEDED");
+        test_sleep_ms(20);
+    }
+    test_sleep_ms(500);
+    atomic_store(&sh->stop, 1);
+    for (int i = 0; i < NODES; i++) {
+        int st = test_wait_pid(loads[i], 5000);
+        loads[i] = 0;
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: %d", i, st);
+    }
+    uint64_t total = 0;
+    for (int i = 0; i < NODES; i++)
+        total += atomic_load(&sh->sent[i]);
+    long long want = (long long)total * PICO_PER_CALL, got = -1;
+    end = test_now_ms() + 5000;
+    while ((got = fleet_spend()) != want && test_now_ms() < end)
+        test_sleep_ms(20);
+    cr_assert_eq(got, want, "redis holds %lld pico, %llu calls sent", got,
+                 (unsigned long long)total);
+    int thr50 = 0;
+    exceeded = 0;
+    for (int i = 0; i < NODES; i++) {
+        const char *log = read_text(path_of(i, "log"));
+        thr50 += count_in(log, "budget tenant acme: threshold 50% reached");
+        exceeded += count_in(log, "budget tenant acme: EXCEEDED");
+    }
+    cr_assert_eq(thr50, 1, "50%%: %d", thr50);
+    cr_assert_eq(exceeded, 1, "exceeded: %d", exceeded);
+    for (int i = 0; i < NODES; i++) {
+        cr_assert_eq(cbus_admit(p[i], &ctx[i], NULL), CBUS_BUDGET_EXCEEDED, "node %d", i);
+        const char *s = read_text(snap_of(i));
+        cr_assert(s && strstr(s, "\"state\":\"up\""), "%s", s ? s : "");
+        cbus_producer_close(p[i]);
+    }
+}
