@@ -3,12 +3,13 @@
 #
 #   scripts/demo.sh [--short] [--duration SECONDS] [--rate REQ_PER_S] [--keep]
 #
-# Installs what is missing, builds, creates a bus, starts the four consumer
+# Installs what is missing, builds, creates a bus, starts the five consumer
 # daemons with the configs shipped in the repo (the exporter sending OTLP to
 # a loopback collector this script also starts), drives realistic load with
 # cbus-loadgen while showing live `cbusctl stat`, shows one prompt and answer
 # whole with `cbusctl tail --body`, then prints the cost report,
-# the rate limiter's hottest keys, the exporter's counters, the collector's
+# the rate limiter's hottest keys, a conversation as cbus-history keeps it
+# (CLI and HTTP API), the exporter's counters, the collector's
 # span count and the audit log's verification, and checks that the cost
 # tracker's token totals equal the load generator's own count.  Everything it
 # started (processes, the shm segment, temp files) is cleaned up on exit,
@@ -43,10 +44,11 @@ BUILD=${CBUS_DEMO_BUILD:-build/demo}
 bold "Building ($BUILD)"
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_BUILD_TESTS=OFF >/dev/null
 cmake --build "$BUILD" -j"$(nproc)" --target cbusctl cbus-cost cbus-audit cbus-export \
-  cbus-ratelimit cbus-collector cbus-loadgen >/dev/null
+  cbus-ratelimit cbus-collector cbus-loadgen cbus-history >/dev/null
 bin() { find "$BUILD" -type f -name "$1" -perm -u+x | head -n 1; }
 CBUSCTL=$(bin cbusctl); COST=$(bin cbus-cost); AUDIT=$(bin cbus-audit); EXPORT=$(bin cbus-export)
 RATELIMIT=$(bin cbus-ratelimit); COLLECTOR=$(bin cbus-collector); LOADGEN=$(bin cbus-loadgen)
+HISTORY=$(bin cbus-history)
 PRICES=$ROOT/consumers/cost/model_prices_and_context_window.json
 
 WORK=$(mktemp -d /tmp/cbus-demo.XXXXXX)
@@ -105,18 +107,22 @@ PIDS[export]=$!
 "$RATELIMIT" --bus "$BUS" --config consumers/ratelimit/ratelimit.ini \
   --status-file "$WORK/ratelimit.status.json" >"$WORK/ratelimit.log" 2>&1 &
 PIDS[ratelimit]=$!
+mkdir -m 700 "$WORK/history"
+"$HISTORY" --bus "$BUS" --config consumers/history/history.ini --db "$WORK/history/demo.db" \
+  --listen 127.0.0.1:0 >"$WORK/history.log" 2>&1 &
+PIDS[history]=$!
 
-# Wait until all four are attached.
+# Wait until all five are attached.
 for _ in $(seq 100); do
   n=$("$CBUSCTL" stat "$BUS" --json 2>/dev/null | python3 -c \
       'import json,sys; print(len([c for c in json.load(sys.stdin)["consumers"] if c["alive"]]))' 2>/dev/null || echo 0)
-  [ "$n" -ge 4 ] && break
+  [ "$n" -ge 5 ] && break
   sleep 0.1
 done
-for d in cost audit export ratelimit; do
+for d in cost audit export ratelimit history; do
   kill -0 "${PIDS[$d]}" 2>/dev/null || { fail "cbus-$d exited at start:"; cat "$WORK/$d.log" >&2; exit 1; }
 done
-echo "consumers attached: cost, audit, export, ratelimit (logs in $WORK)"
+echo "consumers attached: cost, audit, export, ratelimit, history (logs in $WORK)"
 
 bold "Driving load: cbus-loadgen, ${RATE} requests/s for ${DURATION}s, with cbus_admit()"
 "$LOADGEN" --bus "$BUS" --threads 2 --rate "$RATE" --duration "${DURATION}s" --users 500 --admit \
@@ -137,7 +143,7 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 "$CBUSCTL" stat "$BUS"
-for d in cost audit export ratelimit; do
+for d in cost audit export ratelimit history; do
   kill -0 "${PIDS[$d]}" 2>/dev/null || fail "cbus-$d is no longer running (log: $WORK/$d.log)"
 done
 
@@ -150,8 +156,59 @@ bold "A prompt and an answer as they are on the bus (cbusctl tail --body)"
 bold "Rate limiter: hottest keys"
 "$RATELIMIT" status --status-file "$WORK/ratelimit.status.json" --top 10 || fail "cbus-ratelimit status"
 
-bold "Stopping the consumers (SIGTERM: each flushes, checkpoints and exits 0)"
+bold "Stopping the consumers (SIGTERM: each flushes, checkpoints and exits 0; cbus-history after its conversation below)"
 for d in ratelimit export audit cost; do stop_daemon "$d"; done
+
+bold "A conversation as cbus-history keeps it (two turns with a tool, emitted with cbusctl)"
+# After the other consumers stopped: its three model calls are not the load
+# generator's, and the cost cross-check below compares against that.
+# A LangChain-style agent: every model call gets the whole history again;
+# cbus-history stores each message once (the new turn of each prompt, the
+# answers, the tool's call and result), with parent links.
+CONV=demo-trip-$$
+msg() { printf '{"role":"%s","parts":[{"type":"text","content":"%s"}]}' "$1" "$2"; }
+SYS=$(msg system "You are a travel assistant."); U1=$(msg human "What is the weather in Paris?")
+A1=$(msg ai "Let me check."); T1=$(msg tool "sunny, 21C"); A2=$(msg ai "It is sunny in Paris, 21C.")
+U2=$(msg human "And tomorrow?")
+printf '[%s,%s]' "$SYS" "$U1" >"$WORK/p1.json"
+printf '[%s,%s,%s,%s]' "$SYS" "$U1" "$A1" "$T1" >"$WORK/p2.json"
+printf '[%s,%s,%s,%s,%s,%s]' "$SYS" "$U1" "$A1" "$T1" "$A2" "$U2" >"$WORK/p3.json"
+turn() { # run-id prompt-file answer
+  "$CBUSCTL" emit "$BUS" --kind chat_model_start --session "$CONV" --user alice --model gpt-4o \
+    --run-id "$1" --messages-file "$2" &&
+  "$CBUSCTL" emit "$BUS" --kind llm_end --session "$CONV" --user alice --model gpt-4o \
+    --run-id "$1" --text "$3" --input-tokens 60 --output-tokens 12
+}
+rid() { python3 -c 'import uuid; print(uuid.uuid4())'; }
+R_TOOL=$(rid)
+{ turn "$(rid)" "$WORK/p1.json" "Let me check." &&
+  "$CBUSCTL" emit "$BUS" --kind tool_start --session "$CONV" --run-id "$R_TOOL" --name weather --text Paris &&
+  "$CBUSCTL" emit "$BUS" --kind tool_end --session "$CONV" --run-id "$R_TOOL" --name weather --text "sunny, 21C" &&
+  turn "$(rid)" "$WORK/p2.json" "It is sunny in Paris, 21C." &&
+  turn "$(rid)" "$WORK/p3.json" "Rain is likely tomorrow: take an umbrella."; } || fail "cbusctl emit"
+for _ in $(seq 100); do
+  "$HISTORY" show "$CONV" --db "$WORK/history/demo.db" 2>/dev/null | grep -q " 8 messages" && break
+  sleep 0.1
+done
+"$HISTORY" rename "$CONV" "Paris weather" --db "$WORK/history/demo.db" >/dev/null || fail "cbus-history rename"
+"$HISTORY" show "$CONV" --db "$WORK/history/demo.db" | tee "$WORK/conv.txt" || fail "cbus-history show"
+grep -q " 8 messages" "$WORK/conv.txt" || fail "the conversation does not have its 8 messages"
+echo "search 'umbrella':"; "$HISTORY" search umbrella --db "$WORK/history/demo.db" || fail "cbus-history search"
+HPORT=$(sed -n 's|.*API http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$WORK/history.log" | head -n 1)
+python3 - "$HPORT" "$CONV" <<'EOF' || fail "cbus-history HTTP API"
+import json, sys, urllib.request
+port, conv = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:%s/v1/conversations" % port
+doc = json.load(urllib.request.urlopen("%s/%s/messages" % (base, conv), timeout=5))
+print("GET /v1/conversations/%s/messages: %d messages, roles %s" % (
+    conv, len(doc["messages"]), " ".join(m["role"] for m in doc["messages"])))
+n = len(json.load(urllib.request.urlopen(base + "?limit=1000", timeout=5))["conversations"])
+print("GET /v1/conversations: %d conversations (the load generator's sessions too)" % n)
+sys.exit(0 if len(doc["messages"]) == 8 else 1)
+EOF
+
+stop_daemon history
+
 
 bold "Cost report (cbus-cost report; first 45 lines)"
 "$COST" report --state-dir "$WORK/cost" --sessions 5 >"$WORK/cost-report.txt" || fail "cbus-cost report"
@@ -214,7 +271,7 @@ if [ $FAILED = 0 ]; then
   bold "Demo passed: every stage succeeded; cleaning up"
 else
   bold "Demo FAILED (see the messages above; logs kept in the output)"
-  for d in cost audit export ratelimit collector; do
+  for d in cost audit export ratelimit history collector; do
     [ -f "$WORK/$d.log" ] && { echo "--- $d.log (last lines)"; tail -n 5 "$WORK/$d.log"; }
   done
   exit 1
