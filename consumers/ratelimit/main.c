@@ -326,6 +326,15 @@ int main(int argc, char **argv)
                       cc->local_share);
     }
     rc = run(&d);
+    if (d.fleet) { /* this node's last counts, if Redis answers within its timeout */
+        const struct cbus_cluster_conf *cc = &d.cfg.cluster;
+        uint64_t t = cbus_now_ns(), end = t + cc->timeout_ns + cc->interval_ns;
+        while (rl_fleet_sync(d.fleet, t) == -EINPROGRESS && t < end) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            t = cbus_now_ns();
+        }
+    }
     write_status(&d, cbus_now_ns());
     /* Our verdicts go with us: a limiter that stops cleanly leaves no throttle. */
     cbus_admit_writer_release(d.bus, d.writer);
