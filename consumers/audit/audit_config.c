@@ -45,24 +45,15 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
     const char *s = e->section, *k = e->key;
     uint64_t u;
     int rc;
+    /* [bus] and [status]: the sections every daemon shares (config.h). */
+    const struct cbus_cfg_common cc = {
+        .daemon_section = "audit", .bus = c->bus, .consumer = c->name,
+        .consumer_size = sizeof c->name, .status_file = c->status_file,
+        .status_file_size = sizeof c->status_file, .status_off = &c->status_off,
+        .status_interval_ns = &c->status_interval_ns};
+    if ((rc = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
+        return rc < 0 ? rc : 0;
 #define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
-    if (IS("audit", "bus")) {
-        if ((rc = copy_str(cfg, e, c->bus, sizeof c->bus, err, errlen)))
-            return rc;
-        if (cbus_name_valid(c->bus))
-            return cbus_cfg_error(cfg, e, err, errlen,
-                                  "'%s' is not a bus name (1..31 of [A-Za-z0-9_.-])", e->value);
-        return 0;
-    }
-    if (IS("audit", "name")) {
-        if ((rc = copy_str(cfg, e, c->name, sizeof c->name, err, errlen)))
-            return rc;
-        if (cbus_name_valid(c->name))
-            return cbus_cfg_error(cfg, e, err, errlen,
-                                  "'%s' is not a consumer name (1..31 of [A-Za-z0-9_.-])",
-                                  e->value);
-        return 0;
-    }
     if (IS("audit", "dir"))
         return copy_str(cfg, e, c->dir, sizeof c->dir, err, errlen);
     if (IS("audit", "prefix")) {
@@ -158,23 +149,12 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         return cbus_cfg_duration_ns(cfg, e, &c->retry_max_ns, err, errlen);
     if (IS("disk", "untether_after"))
         return cbus_cfg_duration_ns(cfg, e, &c->untether_after_ns, err, errlen);
-    if (IS("status", "file")) {
-        c->status_off = !strcmp(e->value, "off");
-        return c->status_off ? 0 : copy_str(cfg, e, c->status_file, sizeof c->status_file, err,
-                                            errlen);
-    }
-    if (IS("status", "interval")) {
-        if ((rc = cbus_cfg_duration_ns(cfg, e, &c->status_interval_ns, err, errlen)))
-            return rc;
-        if (c->status_interval_ns < 10000000u)
-            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
-        return 0;
-    }
 #undef IS
     if (strcmp(s, "audit") && strcmp(s, "io") && strcmp(s, "rotate") && strcmp(s, "redact") &&
-        strcmp(s, "disk") && strcmp(s, "status"))
+        strcmp(s, "disk") && strcmp(s, "status") && strcmp(s, "bus"))
         return cbus_cfg_error(cfg, e, err, errlen,
-                              "unknown section [%s] (audit, io, rotate, redact, disk, status)", s);
+                              "unknown section [%s] (bus, audit, io, rotate, redact, disk, status)",
+                              s);
     return cbus_cfg_error(cfg, e, err, errlen, "unknown key");
 }
 
@@ -193,7 +173,7 @@ int audit_config_load(struct audit_config *c, const char *path, char *err, size_
 int audit_config_check(const struct audit_config *c, char *err, size_t errlen)
 {
     if (!c->bus[0]) {
-        snprintf(err, errlen, "no bus: give --bus NAME or [audit] bus = NAME");
+        snprintf(err, errlen, "no bus: give --bus NAME or [bus] name = NAME");
         return -EINVAL;
     }
     if (c->retry_initial_ns == 0 || c->retry_max_ns < c->retry_initial_ns) {

@@ -10,9 +10,10 @@
 #include "writer.h"
 
 struct audit_config {
+    /* [bus] (config.h's shared section; [audit] bus and name still taken) */
+    char bus[CBUS_NAME_MAX];        /* [bus] name; --bus overrides */
+    char name[CBUS_NAME_MAX];       /* [bus] consumer: the consumer name on the bus */
     /* [audit] */
-    char bus[CBUS_NAME_MAX];        /* --bus overrides */
-    char name[CBUS_NAME_MAX];       /* consumer name on the bus */
     char dir[4096];                 /* log directory (--dir overrides) */
     char prefix[64];                /* file name prefix */
     unsigned start_oldest;          /* with no log yet: 1 = oldest event in the ring, 0 = newest */
@@ -39,7 +40,7 @@ struct audit_config {
     /* [status] */
     char status_file[4096];         /* the status envelope (status.h); "" = DIR/status.json */
     uint64_t status_interval_ns;    /* rewritten this often (and on SIGUSR1) */
-    unsigned status_off;            /* file = off */
+    int status_off;                 /* file = off */
 };
 
 void audit_config_defaults(struct audit_config *c);

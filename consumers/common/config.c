@@ -1,6 +1,10 @@
 #include "config.h"
 
 #include "daemon.h"
+#include "log.h"
+
+#include <cbus/cbus.h>
+#include <cbus/layout.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -407,4 +411,101 @@ int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
             used += (size_t)n;
     }
     return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not one of: %s", e->value, list);
+}
+
+/* ---- the shared [bus] and [status] sections ---------------------------------- */
+
+enum common_key { CK_BUS, CK_CONSUMER, CK_STATUS_FILE, CK_STATUS_INTERVAL, CK_NONE };
+
+static const char *const common_spelling[] = {"[bus] name", "[bus] consumer", "[status] file",
+                                              "[status] interval"};
+
+/* Which shared key e is, and whether under an old spelling. */
+static enum common_key common_key_of(const struct cbus_cfg_common *cc,
+                                     const struct cbus_cfg_entry *e, int *old)
+{
+    const char *s = e->section, *k = e->key;
+    *old = 0;
+    if (!strcmp(s, "bus") && !strcmp(k, "name"))
+        return CK_BUS;
+    if (!strcmp(s, "bus") && !strcmp(k, "consumer"))
+        return CK_CONSUMER;
+    if (!strcmp(s, "status") && !strcmp(k, "file"))
+        return CK_STATUS_FILE;
+    if (!strcmp(s, "status") && !strcmp(k, "interval"))
+        return CK_STATUS_INTERVAL;
+    *old = 1;
+    if (!strcmp(s, "bus") && !strcmp(k, "consumer_name"))
+        return CK_CONSUMER;
+    if (!cc->daemon_section || strcmp(s, cc->daemon_section))
+        return CK_NONE;
+    if (!strcmp(k, "bus"))
+        return CK_BUS;
+    if (!strcmp(k, "name"))
+        return CK_CONSUMER;
+    if (!strcmp(k, "status_file"))
+        return CK_STATUS_FILE;
+    if (!strcmp(k, "status_interval"))
+        return CK_STATUS_INTERVAL;
+    return CK_NONE;
+}
+
+static int common_name(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, char *dst,
+                       size_t size, const char *what, char *err, size_t errlen)
+{
+    size_t n = strlen(e->value);
+    if (cbus_name_valid(e->value) || n >= size)
+        return cbus_cfg_error(cfg, e, err, errlen,
+                              "'%s' is not a valid %s name (1..%zu of [A-Za-z0-9_.-])", e->value,
+                              what, size - 1);
+    memcpy(dst, e->value, n + 1);
+    return 1;
+}
+
+int cbus_cfg_common_entry(const struct cbus_cfg_common *cc, const struct cbus_cfg *cfg,
+                          const struct cbus_cfg_entry *e, char *err, size_t errlen)
+{
+    int old;
+    enum common_key k = common_key_of(cc, e, &old);
+    if (k == CK_NONE || (k == CK_BUS && !cc->bus) || (k == CK_CONSUMER && !cc->consumer) ||
+        (k == CK_STATUS_FILE && !cc->status_file) ||
+        (k == CK_STATUS_INTERVAL && !cc->status_interval_ns))
+        return 0;
+    if (old)
+        cbus_log_warn("%s:%u: [%s] %s is deprecated: write %s (still accepted)",
+                      cfg->path ? cfg->path : "config", e->line, e->section, e->key,
+                      common_spelling[k]);
+    switch (k) {
+    case CK_BUS:
+        return common_name(cfg, e, cc->bus, CBUS_NAME_MAX, "bus", err, errlen);
+    case CK_CONSUMER:
+        return common_name(cfg, e, cc->consumer, cc->consumer_size, "consumer", err, errlen);
+    case CK_STATUS_FILE: {
+        size_t n = strlen(e->value);
+        int off = !strcmp(e->value, "off");
+        if (off && cc->status_required)
+            return cbus_cfg_error(cfg, e, err, errlen, "this daemon always writes its status");
+        if (cc->status_off)
+            *cc->status_off = off;
+        if (off) {
+            cc->status_file[0] = '\0';
+            return 1;
+        }
+        if (n == 0 || n >= cc->status_file_size)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be 1..%zu characters",
+                                  cc->status_file_size - 1);
+        memcpy(cc->status_file, e->value, n + 1);
+        return 1;
+    }
+    case CK_STATUS_INTERVAL: {
+        int r = cbus_cfg_duration_ns(cfg, e, cc->status_interval_ns, err, errlen);
+        if (r)
+            return r;
+        if (*cc->status_interval_ns < 10000000u)
+            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
+        return 1;
+    }
+    default:
+        return 0;
+    }
 }

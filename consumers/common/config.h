@@ -62,6 +62,35 @@ int cbus_cfg_size(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, ui
 int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
                     const char *const *choices, unsigned *out, char *err, size_t errlen);
 
+/* The sections every daemon shares (issue 18), parsed once here:
+ *
+ *   [bus]     name = BUS            the bus to read (--bus overrides)
+ *             consumer = NAME       the consumer name on it
+ *   [status]  file = PATH | off     the status envelope (status.h)
+ *             interval = DURATION   how often it is rewritten (>= 10ms)
+ *
+ * Old spellings are still taken, each with a warning naming file:line and
+ * the new spelling: [<daemon>] bus, [<daemon>] name (audit, ratelimit),
+ * [bus] consumer_name (export), [<daemon>] status_file and status_interval
+ * (ratelimit).  The daemon points at its own fields (NULL: it has no such
+ * setting, and the key stays its own business). */
+struct cbus_cfg_common {
+    const char *daemon_section;   /* "audit", "ratelimit": where its old spellings live */
+    char *bus;                    /* CBUS_NAME_MAX bytes */
+    char *consumer;
+    size_t consumer_size;         /* a daemon may need a shorter name (ratelimit) */
+    char *status_file;
+    size_t status_file_size;
+    int *status_off;              /* set by file = off; NULL: off empties status_file */
+    int status_required;          /* the daemon always writes one: off is refused */
+    uint64_t *status_interval_ns;
+};
+
+/* Takes e if it is one of the shared keys or an old spelling of one.
+ * Returns 1 (taken), 0 (not one of them) or -EINVAL (err filled). */
+int cbus_cfg_common_entry(const struct cbus_cfg_common *cc, const struct cbus_cfg *cfg,
+                          const struct cbus_cfg_entry *e, char *err, size_t errlen);
+
 /* Shared parsers for values that also come from flags (no file context). */
 int cbus_parse_duration_ns(const char *text, uint64_t *out);
 int cbus_parse_size(const char *text, uint64_t *out);

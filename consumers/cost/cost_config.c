@@ -238,7 +238,13 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     for (size_t i = 0; i < cfg.count && !r; i++) {
         const struct cbus_cfg_entry *e = &cfg.entries[i];
         const char *s = e->section, *k = e->key;
-        if (!strcmp(s, "cluster")) {
+        /* [bus] name and consumer: the section every daemon shares (config.h). */
+        const struct cbus_cfg_common cc = {.bus = c->bus, .consumer = c->consumer,
+                                           .consumer_size = sizeof c->consumer};
+        int taken = cbus_cfg_common_entry(&cc, &cfg, e, err, errlen);
+        if (taken) {
+            r = taken < 0 ? taken : 0;
+        } else if (!strcmp(s, "cluster")) {
             cluster_seen = 1;
             r = cbus_cluster_conf_entry(&c->cluster, &cfg, e, err, errlen);
         } else if (!strncmp(s, "budget.", 7)) {
@@ -248,17 +254,6 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                 seen = !strcmp(cfg.entries[j].section, s);
             if (!seen)
                 r = parse_budget(c, &cfg, i, err, errlen);
-        } else if (!strcmp(s, "bus") && !strcmp(k, "name")) {
-            if (cbus_name_valid(e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid bus name", e->value);
-            else
-                snprintf(c->bus, sizeof c->bus, "%s", e->value);
-        } else if (!strcmp(s, "bus") && !strcmp(k, "consumer")) {
-            if (cbus_name_valid(e->value) || strlen(e->value) >= sizeof c->consumer)
-                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid consumer name (1..%zu of [A-Za-z0-9_.-])",
-                                   e->value, sizeof c->consumer - 1);
-            else
-                snprintf(c->consumer, sizeof c->consumer, "%s", e->value);
         } else if (!strcmp(s, "bus") && !strcmp(k, "start")) {
             r = cbus_cfg_choice(&cfg, e, starts, &c->start_newest, err, errlen);
         } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {

@@ -98,17 +98,15 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
     const char *s = e->section, *k = e->key;
     uint64_t u;
     int r;
+    /* [bus] name, consumer and [status]: shared by every daemon (config.h);
+     * [bus] consumer_name is still taken. */
+    const struct cbus_cfg_common cc = {
+        .bus = c->bus, .consumer = c->consumer_name, .consumer_size = sizeof c->consumer_name,
+        .status_file = c->status_file, .status_file_size = sizeof c->status_file,
+        .status_interval_ns = &c->status_interval_ns};
+    if ((r = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
+        return r < 0 ? r : 0;
 #define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
-    if (IS("bus", "name")) {
-        if (cbus_name_valid(e->value))
-            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a bus name", e->value);
-        return copy_str(cfg, e, c->bus, sizeof c->bus, err, errlen);
-    }
-    if (IS("bus", "consumer_name")) {
-        if (cbus_name_valid(e->value))
-            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not a consumer name", e->value);
-        return copy_str(cfg, e, c->consumer_name, sizeof c->consumer_name, err, errlen);
-    }
     if (IS("bus", "mode")) {
         static const char *const modes[] = {"lossy", "lossless", NULL};
         unsigned m;
@@ -283,15 +281,6 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
         return copy_str(cfg, e, c->ca_file, sizeof c->ca_file, err, errlen);
     if (IS("tls", "verify"))
         return cbus_cfg_bool(cfg, e, &c->tls_verify, err, errlen);
-    if (IS("status", "file"))
-        return copy_str(cfg, e, c->status_file, sizeof c->status_file, err, errlen);
-    if (IS("status", "interval")) {
-        if ((r = cbus_cfg_duration_ns(cfg, e, &c->status_interval_ns, err, errlen)))
-            return r;
-        if (c->status_interval_ns < 10000000ull)
-            return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
-        return 0;
-    }
 #undef IS
     return cbus_cfg_error(cfg, e, err, errlen, "unknown setting");
 }

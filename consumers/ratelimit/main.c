@@ -247,6 +247,8 @@ int main(int argc, char **argv)
         rl_config_free(&d.cfg);
         return 0;
     }
+    if (!d.bus_name && d.cfg.bus[0])
+        d.bus_name = d.cfg.bus; /* [bus] name */
     if (!d.bus_name || cbus_name_valid(d.bus_name)) {
         cbus_log_error(d.bus_name ? "bad bus name '%s'" : "--bus NAME is required%s",
                        d.bus_name ? d.bus_name : "");

@@ -37,23 +37,23 @@ static int apply(struct rl_config *c, struct cbus_cfg *cfg, char *err, size_t er
                 return cbus_cfg_error(cfg, e, err, errlen, "%s", why);
             continue;
         }
+        /* [bus] and [status]: the sections every daemon shares (config.h);
+         * [ratelimit] name, status_file and status_interval still taken. */
+        const struct cbus_cfg_common cc = {
+            .daemon_section = "ratelimit", .bus = c->bus, .consumer = c->name,
+            .consumer_size = CBUS_NAME_MAX - 8, .status_file = c->status_file,
+            .status_file_size = sizeof c->status_file, .status_required = 1,
+            .status_interval_ns = &c->status_interval_ns};
+        if ((r = cbus_cfg_common_entry(&cc, cfg, e, err, errlen))) {
+            r = r < 0 ? r : 0;
+            continue;
+        }
         if (strcmp(e->section, "ratelimit"))
-            return cbus_cfg_error(cfg, e, err, errlen, "unknown section (want [ratelimit], [rules] or [cluster])");
+            return cbus_cfg_error(cfg, e, err, errlen,
+                                  "unknown section (want [bus], [status], [ratelimit], [rules] or "
+                                  "[cluster])");
         uint64_t v;
-        if (!strcmp(e->key, "name")) {
-            if (cbus_name_valid(e->value) || strlen(e->value) >= CBUS_NAME_MAX - 8)
-                return cbus_cfg_error(cfg, e, err, errlen,
-                                      "'%s' is not a valid name (1..23 of [A-Za-z0-9_.-])", e->value);
-            snprintf(c->name, sizeof c->name, "%s", e->value);
-        } else if (!strcmp(e->key, "status_file")) {
-            if (strlen(e->value) >= sizeof c->status_file)
-                return cbus_cfg_error(cfg, e, err, errlen, "path too long");
-            snprintf(c->status_file, sizeof c->status_file, "%s", e->value);
-        } else if (!strcmp(e->key, "status_interval")) {
-            r = cbus_cfg_duration_ns(cfg, e, &c->status_interval_ns, err, errlen);
-            if (!r && c->status_interval_ns < UINT64_C(10000000))
-                return cbus_cfg_error(cfg, e, err, errlen, "at least 10ms");
-        } else if (!strcmp(e->key, "status_top")) {
+        if (!strcmp(e->key, "status_top")) {
             r = cbus_cfg_u64(cfg, e, 0, 10000, &v, err, errlen);
             c->status_top = (unsigned)v;
         } else if (!strcmp(e->key, "max_keys")) {
@@ -70,7 +70,7 @@ static int apply(struct rl_config *c, struct cbus_cfg *cfg, char *err, size_t er
             r = cbus_cfg_bool(cfg, e, &c->opts.count_only, err, errlen);
         } else {
             return cbus_cfg_error(cfg, e, err, errlen,
-                                  "unknown key (want name, status_file, status_interval, status_top, "
+                                  "unknown key (want status_top, "
                                   "max_keys, max_pending, pending_ttl, count_only)");
         }
     }

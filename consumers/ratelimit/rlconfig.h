@@ -25,7 +25,8 @@
 #include "rules.h"
 
 struct rl_config {
-    char name[CBUS_NAME_MAX];
+    char bus[CBUS_NAME_MAX];  /* [bus] name ("" = --bus only) */
+    char name[CBUS_NAME_MAX]; /* [bus] consumer ([ratelimit] name still taken) */
     char status_file[1024];   /* "" = the default path (statuscmd.h) */
     uint64_t status_interval_ns;
     unsigned status_top;

@@ -259,6 +259,9 @@ int rl_status_main(int argc, char **argv)
             return 2;
         }
         snprintf(path, sizeof path, "%s", c.status_file);
+        static char cbus[CBUS_NAME_MAX];
+        if (!bus && c.bus[0])
+            bus = strcpy(cbus, c.bus); /* [bus] name */
         rl_config_free(&c);
     }
     if (!path[0] && bus && rl_default_status_path(path, sizeof path, bus)) {

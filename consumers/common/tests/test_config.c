@@ -1,0 +1,171 @@
+/* The [bus] and [status] sections every daemon shares (config.c,
+ * cbus_cfg_common_entry): new spellings, old spellings with a deprecation
+ * line naming file:line, bad values, keys a daemon does not have. */
+#include <criterion/criterion.h>
+
+#include <cbus/layout.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+
+struct fields {
+    char bus[CBUS_NAME_MAX], consumer[CBUS_NAME_MAX], status_file[256];
+    int status_off;
+    uint64_t interval;
+};
+
+static struct fields f;
+static char err[512];
+static char logbuf[8192];
+
+static struct cbus_cfg_common cc_for(const char *daemon)
+{
+    return (struct cbus_cfg_common){.daemon_section = daemon, .bus = f.bus, .consumer = f.consumer,
+                                    .consumer_size = sizeof f.consumer,
+                                    .status_file = f.status_file,
+                                    .status_file_size = sizeof f.status_file,
+                                    .status_off = &f.status_off, .status_interval_ns = &f.interval};
+}
+
+/* Applies every entry of text; returns the first error (0 if none) and
+ * counts the entries taken.  What the log printed is in logbuf. */
+static int apply(const struct cbus_cfg_common *cc, const char *text, int *taken)
+{
+    memset(logbuf, 0, sizeof logbuf);
+    char path[] = "/tmp/cbus-config-log-XXXXXX";
+    int lfd = mkstemp(path);
+    cr_assert_geq(lfd, 0);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(lfd, 2);
+    struct cbus_cfg cfg;
+    int r = cbus_cfg_parse(&cfg, "daemon.ini", text, err, sizeof err);
+    cr_assert_eq(r, 0, "%s", err);
+    *taken = 0;
+    for (size_t i = 0; i < cfg.count && !r; i++) {
+        int t = cbus_cfg_common_entry(cc, &cfg, &cfg.entries[i], err, sizeof err);
+        if (t < 0)
+            r = t;
+        else
+            *taken += t;
+    }
+    cbus_cfg_free(&cfg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    lseek(lfd, 0, SEEK_SET);
+    ssize_t n = read(lfd, logbuf, sizeof logbuf - 1);
+    logbuf[n > 0 ? n : 0] = '\0';
+    close(lfd);
+    unlink(path);
+    return r;
+}
+
+static void setup(void)
+{
+    memset(&f, 0, sizeof f);
+    cbus_log_init("test_config", CBUS_LOG_INFO);
+}
+
+TestSuite(common_config, .init = setup);
+
+Test(common_config, shared_keys_are_taken_without_a_word)
+{
+    struct cbus_cfg_common cc = cc_for("audit");
+    int taken;
+    cr_assert_eq(apply(&cc, "[bus]\nname = demo\nconsumer = aud\n[status]\nfile = /x/s.json\n"
+                            "interval = 250ms\n[audit]\ndir = x\n", &taken), 0, "%s", err);
+    cr_assert_eq(taken, 4, "[audit] dir is the daemon's own");
+    cr_assert_str_eq(f.bus, "demo");
+    cr_assert_str_eq(f.consumer, "aud");
+    cr_assert_str_eq(f.status_file, "/x/s.json");
+    cr_assert_eq(f.interval, 250000000u);
+    cr_assert_eq(f.status_off, 0);
+    cr_assert_null(strstr(logbuf, "deprecated"), "%s", logbuf);
+}
+
+Test(common_config, old_spellings_are_taken_with_a_warning_naming_file_and_line)
+{
+    struct cbus_cfg_common cc = cc_for("ratelimit");
+    int taken;
+    cr_assert_eq(apply(&cc, "[ratelimit]\nname = rl\nstatus_file = /s.json\nstatus_interval = 2s\n"
+                            "bus = demo\n[bus]\nconsumer_name = rl2\n", &taken), 0, "%s", err);
+    cr_assert_eq(taken, 5);
+    cr_assert_str_eq(f.consumer, "rl2", "the later line wins, as in any INI");
+    cr_assert_str_eq(f.bus, "demo");
+    cr_assert_str_eq(f.status_file, "/s.json");
+    cr_assert_eq(f.interval, 2000000000u);
+    cr_assert(strstr(logbuf, "daemon.ini:2: [ratelimit] name is deprecated: write [bus] consumer"),
+              "%s", logbuf);
+    cr_assert(strstr(logbuf, "daemon.ini:3: [ratelimit] status_file is deprecated: write [status] file"),
+              "%s", logbuf);
+    cr_assert(strstr(logbuf, "daemon.ini:4: [ratelimit] status_interval is deprecated: write "
+                             "[status] interval"), "%s", logbuf);
+    cr_assert(strstr(logbuf, "daemon.ini:5: [ratelimit] bus is deprecated: write [bus] name"), "%s",
+              logbuf);
+    cr_assert(strstr(logbuf, "daemon.ini:7: [bus] consumer_name is deprecated: write [bus] consumer"),
+              "%s", logbuf);
+}
+
+Test(common_config, another_daemons_section_is_not_taken)
+{
+    /* [audit] name is audit's old spelling, not export's. */
+    struct cbus_cfg_common cc = cc_for(NULL);
+    int taken;
+    cr_assert_eq(apply(&cc, "[audit]\nname = x\n[ratelimit]\nname = y\n", &taken), 0);
+    cr_assert_eq(taken, 0);
+    cr_assert_str_eq(f.consumer, "");
+}
+
+Test(common_config, a_setting_the_daemon_lacks_is_left_to_it)
+{
+    struct cbus_cfg_common cc = {.bus = f.bus, .consumer = f.consumer,
+                                 .consumer_size = sizeof f.consumer};
+    int taken;
+    cr_assert_eq(apply(&cc, "[bus]\nname = b\n[status]\nfile = /s\ninterval = 1s\n", &taken), 0);
+    cr_assert_eq(taken, 1, "no status fields: [status] stays the daemon's (unknown) section");
+}
+
+Test(common_config, bad_values_name_file_line_and_key)
+{
+    struct cbus_cfg_common cc = cc_for("audit");
+    int taken;
+    cr_assert_eq(apply(&cc, "[bus]\nname = bad/name\n", &taken), -EINVAL);
+    cr_assert(strstr(err, "daemon.ini:2: [bus] name: 'bad/name' is not a valid bus name"), "%s",
+              err);
+    cr_assert_eq(apply(&cc, "[bus]\n\nconsumer = a-very-long-consumer-name-past-31\n", &taken),
+                 -EINVAL);
+    cr_assert(strstr(err, "daemon.ini:3: [bus] consumer:"), "%s", err);
+    cr_assert_eq(apply(&cc, "[status]\ninterval = 5ms\n", &taken), -EINVAL);
+    cr_assert(strstr(err, "daemon.ini:2: [status] interval: must be at least 10ms"), "%s", err);
+    cr_assert_eq(apply(&cc, "[status]\ninterval = soon\n", &taken), -EINVAL);
+    cc.consumer_size = 8; /* a daemon that derives longer names from it */
+    cr_assert_eq(apply(&cc, "[audit]\nname = eightch\n", &taken), 0);
+    cr_assert_eq(apply(&cc, "[audit]\nname = ninechar\n", &taken), -EINVAL);
+    cr_assert(strstr(err, "(1..7 of"), "%s", err);
+}
+
+Test(common_config, status_off)
+{
+    struct cbus_cfg_common cc = cc_for("audit");
+    int taken;
+    cr_assert_eq(apply(&cc, "[status]\nfile = off\n", &taken), 0);
+    cr_assert_eq(f.status_off, 1);
+    cr_assert_str_eq(f.status_file, "");
+    /* Without a flag, off means no file. */
+    snprintf(f.status_file, sizeof f.status_file, "/old");
+    cc.status_off = NULL;
+    cr_assert_eq(apply(&cc, "[status]\nfile = off\n", &taken), 0);
+    cr_assert_str_eq(f.status_file, "");
+    /* A daemon that always writes one refuses it. */
+    cc.status_required = 1;
+    cr_assert_eq(apply(&cc, "[status]\nfile = off\n", &taken), -EINVAL);
+    cr_assert(strstr(err, "always writes its status"), "%s", err);
+}
