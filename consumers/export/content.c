@@ -38,7 +38,19 @@ static int jstring(struct jp *j)
      * so working through it would reload it for every byte */
     const unsigned char *p = (const unsigned char *)j->p + 1, *end = (const unsigned char *)j->end;
     for (;;) {
-        /* the common case: a run of plain bytes */
+        /* the common case: a run of plain bytes, eight at a time while no
+         * byte of the word is a control byte, a quote or a backslash (the
+         * classic SWAR tests: nonzero exactly when some byte matches) */
+        while (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
+            uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+            uint64_t hit = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs);
+            if (hit & high)
+                break;
+            p += 8;
+        }
         while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
             p++;
         if (p >= end || *p < 0x20)
@@ -245,14 +257,47 @@ void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32
     return buf;
 }
 
+/* text as the inside of a JSON string, as sbuf_json_bytes() writes it (a
+ * NUL is data, \u0000; invalid UTF-8 becomes U+FFFD) but by runs: plain
+ * ASCII is copied in one piece, a run of bytes >= 0x80 (which is where
+ * every multibyte sequence lies whole) is cleaned in one piece, and only
+ * quotes, backslashes and control bytes are escaped one by one.  Prompts
+ * are mostly plain text: this is the per-byte cost of wrapping them. */
+static void json_escape(struct sbuf *b, const char *text, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)text, *end = p + n;
+    while (p < end) {
+        const unsigned char *r = p;
+        if (*p >= 0x80) {
+            while (r < end && *r >= 0x80)
+                r++;
+            sbuf_utf8_clean(b, (const char *)p, (size_t)(r - p));
+        } else if (*p < 0x20 || *p == '"' || *p == '\\') {
+            char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+            if (*p == '"' || *p == '\\') {
+                esc[1] = (char)*p;
+                sbuf_add(b, esc, 2);
+            } else {
+                sbuf_add(b, esc, 6);
+            }
+            r++;
+        } else {
+            while (r < end && *r >= 0x20 && *r < 0x80 && *r != '"' && *r != '\\')
+                r++;
+            sbuf_add(b, p, (size_t)(r - p));
+        }
+        p = r;
+    }
+}
+
 void content_wrap_text(struct sbuf *b, const char *role, const char *text, size_t n, const char *fr)
 {
     sbuf_puts(b, "[{\"role\":\"");
     sbuf_puts(b, role);
-    sbuf_puts(b, "\",\"parts\":[{\"type\":\"text\",\"content\":");
-    /* sbuf_json_str stops at a NUL: a body section is bytes, a NUL is data */
-    sbuf_json_bytes(b, text, n);
-    sbuf_puts(b, "}]");
+    sbuf_puts(b, "\",\"parts\":[{\"type\":\"text\",\"content\":\"");
+    json_escape(b, text, n);
+    sbuf_puts(b, "\"}]");
     if (fr) {
         sbuf_puts(b, ",\"finish_reason\":\"");
         sbuf_puts(b, fr);

@@ -1284,6 +1284,12 @@ Test(export_content, json_validator)
     memset(deep, '[', 10000);
     memset(deep + 10000, ']', 10000);
     cr_assert(!content_json_valid(deep, 20000, NULL), "nesting beyond the bound is refused, not recursed");
+    /* long strings: the eight-byte scan must stop at each kind of byte it skips past */
+    cr_assert(!content_json_valid("[\"abcdefghijklmnopq\x1frstuvwxyz\"]", 31, NULL), "a control byte after 17");
+    cr_assert(content_json_valid("[\"abcdefghijklmnopq\\\"rstuvwxyz\"]", 32, NULL), "an escaped quote after 17");
+    cr_assert(!content_json_valid("[\"abcdefghijklmnopq\\xrstuvwxyz\"]", 32, NULL), "a bad escape after 17");
+    cr_assert(content_json_valid("[\"abcdefghijklmnopq\xc3\xa9rstuvwxyz\" , 1]", 36, NULL), "UTF-8 is not a stop");
+    cr_assert(!content_json_valid("[\"abcdefghijklmnopqrstuvwxyz", 28, NULL), "an unterminated long string");
     cr_assert_eq(content_cut_len("ab\xc3\xa9", 4, 3), 2, "never half a character");
     cr_assert_eq(content_cut_len("abcd", 4, 9), 4);
 }
