@@ -44,11 +44,12 @@ BUILD=${CBUS_DEMO_BUILD:-build/demo}
 bold "Building ($BUILD)"
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_BUILD_TESTS=OFF >/dev/null
 cmake --build "$BUILD" -j"$(nproc)" --target cbusctl cbus-cost cbus-audit cbus-export \
-  cbus-ratelimit cbus-collector cbus-loadgen cbus-history >/dev/null
+  cbus-ratelimit cbus-collector cbus-loadgen cbus-history cbus-web >/dev/null
 bin() { find "$BUILD" -type f -name "$1" -perm -u+x | head -n 1; }
 CBUSCTL=$(bin cbusctl); COST=$(bin cbus-cost); AUDIT=$(bin cbus-audit); EXPORT=$(bin cbus-export)
 RATELIMIT=$(bin cbus-ratelimit); COLLECTOR=$(bin cbus-collector); LOADGEN=$(bin cbus-loadgen)
 HISTORY=$(bin cbus-history)
+WEB=$(bin cbus-web)
 PRICES=$ROOT/consumers/cost/model_prices_and_context_window.json
 
 WORK=$(mktemp -d /tmp/cbus-demo.XXXXXX)
@@ -123,6 +124,14 @@ for d in cost audit export ratelimit history; do
   kill -0 "${PIDS[$d]}" 2>/dev/null || { fail "cbus-$d exited at start:"; cat "$WORK/$d.log" >&2; exit 1; }
 done
 echo "consumers attached: cost, audit, export, ratelimit, history (logs in $WORK)"
+# cbus-web: the dashboard, on a free loopback port (it prints the port).
+"$WEB" --bus "$BUS" --listen 127.0.0.1:0 --prices "$PRICES" --cost-snapshot "$WORK/cost/snapshot.json" \
+  --ratelimit-status "$WORK/ratelimit.status.json" >"$WORK/web.out" 2>"$WORK/web.log" &
+PIDS[web]=$!
+for _ in $(seq 100); do grep -q '^listening' "$WORK/web.out" 2>/dev/null && break; sleep 0.05; done
+WEB_PORT=$(awk '/^listening/ {print $3}' "$WORK/web.out")
+[ -n "$WEB_PORT" ] || { fail "cbus-web did not start"; cat "$WORK/web.log" >&2; exit 1; }
+bold "Dashboard: http://127.0.0.1:$WEB_PORT/  (cbus-web; events as SSE at /v1/events, state at /v1/state)"
 
 bold "Driving load: cbus-loadgen, ${RATE} requests/s for ${DURATION}s, with cbus_admit()"
 "$LOADGEN" --bus "$BUS" --threads 2 --rate "$RATE" --duration "${DURATION}s" --users 500 --admit \
@@ -156,8 +165,16 @@ bold "A prompt and an answer as they are on the bus (cbusctl tail --body)"
 bold "Rate limiter: hottest keys"
 "$RATELIMIT" status --status-file "$WORK/ratelimit.status.json" --top 10 || fail "cbus-ratelimit status"
 
+python3 - "$WEB_PORT" <<'PY' || fail "cbus-web /v1/state"
+import json, sys, urllib.request
+s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/state", timeout=5))
+d = s["daemon"]
+print(f"cbus-web: {d['events']} events shown, {d['lost']} lost, {s['bus']['tail']} bus positions (bodies included), "
+      f"spend {s['cost']['total']['cost_usd'] if s['cost'] else '-'} USD, {len(s['throttled'])} keys throttled")
+PY
+
 bold "Stopping the consumers (SIGTERM: each flushes, checkpoints and exits 0; cbus-history after its conversation below)"
-for d in ratelimit export audit cost; do stop_daemon "$d"; done
+for d in web ratelimit export audit cost; do stop_daemon "$d"; done
 
 bold "A conversation as cbus-history keeps it (two turns with a tool, emitted with cbusctl)"
 # After the other consumers stopped: its three model calls are not the load
