@@ -119,6 +119,14 @@ static int print_status(const char *path, unsigned top)
     printf("keys %.0f (peak %.0f, expired %.0f, untracked events %.0f)  pending estimates %.0f\n\n",
            num(lim, "keys"), num(lim, "keys_peak"), num(lim, "keys_expired"), num(lim, "untracked"),
            num(lim, "pending"));
+    const cJSON *cl = cJSON_GetObjectItemCaseSensitive(root, "cluster");
+    if (cl) /* fleet mode (docs/fleet.md) */
+        printf("fleet: %s, node %s, redis %s%s, syncs %.0f, failures %.0f, cut off %.1f s in %.0f "
+               "cut-offs, rtt %.0f us%s%s\n\n",
+               SAFE(str(cl, "state")), SAFE(str(cl, "node")), SAFE(str(cl, "address")),
+               SAFE(str(cl, "prefix")), num(cl, "syncs"), num(cl, "failures"),
+               num(cl, "cut_off_ms") / 1000, num(cl, "cutoffs"), num(cl, "rtt_last_us"),
+               *str(cl, "last_error") ? ", last error: " : "", SAFE(str(cl, "last_error")));
     printf("%-5s %-9s %-9s %s\n", "LINE", "THROTTLES", "OVER", "RULE");
     const cJSON *r;
     cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(lim, "rules"))

@@ -409,6 +409,14 @@ Test(ratelimit_fleet, unreachable_redis_at_start_is_a_line_and_local_limits, .in
     uint64_t sent = atomic_load(&sh->sent[0]);
     cr_assert_geq(sent, 5, "local limits let nothing through: %llu", (unsigned long long)sent);
     cr_assert_leq(sent, 10 + 1 + 10, "local share not applied: %llu", (unsigned long long)sent);
+    char cmd[2048], out[600];
+    snprintf(out, sizeof out, "%s/status.txt", dir);
+    snprintf(cmd, sizeof cmd, "%s status --status-file %s > %s", RL_DAEMON_PATH, path_of(0, "json"),
+             out);
+    cr_assert_eq(system(cmd), 0);
+    const char *txt = read_text(out);
+    cr_assert(txt && strstr(txt, "fleet: away, node n0") && strstr(txt, "Connection refused"),
+              "%s", txt ? txt : "");
     int st;
     cr_assert_eq(waitpid(daemons[0], &st, WNOHANG), 0, "the daemon exited");
     const char *s = read_text(path_of(0, "json"));
