@@ -34,6 +34,9 @@ struct hd {
     uint64_t batches;
     /* a paused store: since when, and the error we said it for */
     uint64_t paused_since;
+    uint64_t last_index_ns;   /* the search index's last catch-up step */
+    int index_err;
+    int to_index;             /* messages stored since the index last caught up */
     int paused_err;
     int stopping;
 };
@@ -119,13 +122,35 @@ static int pause_and_retry(struct hd *d, const struct cbus_event *ev,
     return 0;
 }
 
+/* The search index catches up in steps of its own (store.h): when the bus
+ * is drained, and at least every second while it is not. */
+static void index_step(struct hd *d, uint64_t now, unsigned rows)
+{
+    uint64_t n = 0, left = 0;
+    d->last_index_ns = now;
+    if (!d->to_index)
+        return;
+    int r = hist_store_index(d->st, rows, &n, &left);
+    if (r && r != d->index_err)
+        cbus_log_warn("search index: %s (%s); trying again later", why_of(r),
+                      hist_store_errmsg(d->st));
+    d->index_err = r;
+    if (!r && left)
+        cbus_loop_wake_at(&d->loop, now); /* more to do: come back at once if idle */
+    else if (!r)
+        d->to_index = 0;
+}
+
 static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
                     uint64_t now)
 {
     struct hd *d = arg;
-    (void)now;
-    if (n <= 0)
+    if (n <= 0) {
+        index_step(d, now, 4096);
         return 0;
+    }
+    if (now - d->last_index_ns > SEC)
+        index_step(d, now, 2048);
     struct cbus_position pos;
     int r = cbus_consumer_position(d->loop.at.c, &pos);
     if (r) {
@@ -136,6 +161,7 @@ static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_bo
     if (r && pause_and_retry(d, ev, bodies, n, &pos, r))
         return 1;
     d->batches++;
+    d->to_index = 1;
     /* Durable first, then let producers overwrite. */
     r = cbus_consumer_commit_position(d->loop.at.c, &pos);
     if (r)
@@ -332,6 +358,7 @@ int hist_daemon_main(int argc, char **argv)
         goto out;
     }
     d->bus_id = d->loop.at.bus_id;
+    d->to_index = 1; /* what an earlier run left unindexed */
     if (d->cfg.http_host[0]) {
         r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, err,
                            sizeof err);

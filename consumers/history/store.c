@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v);"
@@ -25,10 +25,11 @@ static const char schema[] =
     " cost_usd REAL, last_msg TEXT);"
     "CREATE INDEX IF NOT EXISTS conv_user ON conversations(user, updated_ns);"
     "CREATE INDEX IF NOT EXISTS conv_updated ON conversations(updated_ns);"
-    /* seq: the order messages arrived in (the thread's order) */
+    /* seq: the order messages arrived in (the thread's order); AUTOINCREMENT:
+     * never reused after a delete, so a new row is always above fts_seq */
     /* ids are unique within their conversation (frameworks number messages
      * per conversation) */
-    "CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, id TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
     " conv TEXT NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL, name TEXT,"
     " text TEXT NOT NULL, raw BLOB, parent TEXT, model TEXT, input_tokens INTEGER,"
     " output_tokens INTEGER, ts_ns INTEGER NOT NULL, run_id TEXT, trace_id TEXT,"
@@ -39,14 +40,16 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS msg_hash ON messages(conv, hash);"
     "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(text, content='messages', detail=none, columnsize=0,"
     " content_rowid='seq');"
-    "CREATE TRIGGER IF NOT EXISTS msg_ai AFTER INSERT ON messages BEGIN"
-    " INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text); END;"
-    "CREATE TRIGGER IF NOT EXISTS msg_ad AFTER DELETE ON messages BEGIN"
+    /* The search index is written after the rows, by hist_store_index() in
+     * transactions of its own (the daemon when idle, and every search before
+     * it reads): tokenising is about half of what a message costs to store,
+     * and a burst should not wait for it.  meta 'fts_seq' is the highest seq
+     * indexed; a deleted row leaves the index only if it was in it. */
+    "INSERT OR IGNORE INTO meta(k, v) VALUES ('fts_seq', 0);"
+    "CREATE TRIGGER IF NOT EXISTS msg_ad AFTER DELETE ON messages"
+    " WHEN old.seq <= (SELECT v FROM meta WHERE k = 'fts_seq') BEGIN"
     " INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);"
-    " END;"
-    "CREATE TRIGGER IF NOT EXISTS msg_au AFTER UPDATE OF text ON messages BEGIN"
-    " INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);"
-    " INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text); END;";
+    " END;";
 
 enum {
     ST_CONV_TOUCH,
@@ -1098,26 +1101,90 @@ int hist_render_messages(struct hist_store *s, const char *conv, struct sbuf *b)
     return r ? r : b->failed ? -ENOMEM : 0;
 }
 
+int hist_store_index(struct hist_store *s, unsigned max_rows, uint64_t *indexed, uint64_t *left)
+{
+    if (s->in_tx)
+        return -EBUSY;
+    int r = exec(s, "BEGIN IMMEDIATE");
+    if (r)
+        return r;
+    sqlite3_stmt *q = NULL;
+    int64_t from = 0, upto = 0, n = 0, rest = 0;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT (SELECT v FROM meta WHERE k = 'fts_seq'),"
+                                       " (SELECT max(seq) FROM messages)", -1, &q, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        from = sqlite3_column_int64(q, 0);
+        upto = sqlite3_column_int64(q, 1);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_OK) {
+        r = fail(s, rc);
+        goto out;
+    }
+    if (upto > from) {
+        /* the next max_rows rows after the last one indexed */
+        int64_t last = from;
+        rc = sqlite3_prepare_v2(s->db, "SELECT seq FROM messages WHERE seq > ?1 ORDER BY seq"
+                                       " LIMIT 1 OFFSET ?2", -1, &q, NULL);
+        if (rc == SQLITE_OK) {
+            sqlite3_bind_int64(q, 1, from);
+            sqlite3_bind_int64(q, 2, (sqlite3_int64)max_rows - 1);
+            rc = sqlite3_step(q);
+            last = rc == SQLITE_ROW ? sqlite3_column_int64(q, 0) : upto;
+            rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+        }
+        sqlite3_finalize(q);
+        if (rc != SQLITE_OK) {
+            r = fail(s, rc);
+            goto out;
+        }
+        char sql[256];
+        snprintf(sql, sizeof sql, "INSERT INTO messages_fts(rowid, text) SELECT seq, text FROM"
+                                  " messages WHERE seq > %lld AND seq <= %lld", (long long)from,
+                 (long long)last);
+        if ((r = exec(s, sql)))
+            goto out;
+        n = sqlite3_changes(s->db);
+        snprintf(sql, sizeof sql, "UPDATE meta SET v = %lld WHERE k = 'fts_seq'", (long long)last);
+        if ((r = exec(s, sql)))
+            goto out;
+        rest = upto - last; /* seq has gaps after deletes: at most this many */
+    }
+    r = exec(s, "COMMIT");
+out:
+    if (r)
+        exec(s, "ROLLBACK");
+    if (indexed)
+        *indexed = r ? 0 : (uint64_t)n;
+    if (left)
+        *left = r ? 0 : (uint64_t)rest;
+    return r;
+}
+
 int hist_render_stats(struct hist_store *s, struct sbuf *b)
 {
     sqlite3_stmt *q;
     int rc = sqlite3_prepare_v2(s->db,
                                 "SELECT events, messages, duplicates, skipped, bus_id,"
-                                " (SELECT count(*) FROM conversations) FROM cursor WHERE id = 1",
+                                " (SELECT count(*) FROM conversations), (SELECT count(*) FROM"
+                                " messages WHERE seq > (SELECT v FROM meta WHERE k = 'fts_seq'))"
+                                " FROM cursor WHERE id = 1",
                                 -1, &q, NULL);
     if (rc != SQLITE_OK)
         return fail(s, rc);
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW)
         sbuf_printf(b, "{\"events\":%lld,\"messages_written\":%lld,\"duplicates\":%lld,"
-                       "\"skipped\":%lld,\"bus_id\":\"%016llx\",\"conversations\":%lld}\n",
+                       "\"skipped\":%lld,\"bus_id\":\"%016llx\",\"conversations\":%lld,"
+                       "\"not_yet_indexed\":%lld}\n",
                     (long long)sqlite3_column_int64(q, 0), (long long)sqlite3_column_int64(q, 1),
                     (long long)sqlite3_column_int64(q, 2), (long long)sqlite3_column_int64(q, 3),
                     (unsigned long long)sqlite3_column_int64(q, 4),
-                    (long long)sqlite3_column_int64(q, 5));
+                    (long long)sqlite3_column_int64(q, 5), (long long)sqlite3_column_int64(q, 6));
     else if (rc == SQLITE_DONE)
         sbuf_puts(b, "{\"events\":0,\"messages_written\":0,\"duplicates\":0,\"skipped\":0,"
-                     "\"bus_id\":null,\"conversations\":0}\n");
+                     "\"bus_id\":null,\"conversations\":0,\"not_yet_indexed\":0}\n");
     int r = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : fail(s, rc);
     sqlite3_finalize(q);
     return r ? r : b->failed ? -ENOMEM : 0;
@@ -1126,6 +1193,14 @@ int hist_render_stats(struct hist_store *s, struct sbuf *b)
 int hist_render_search(struct hist_store *s, const char *text, unsigned limit, int json,
                        struct sbuf *b)
 {
+    /* Everything stored is searchable: index what the daemon has not yet
+     * (a reader that cannot write searches what is indexed). */
+    if (!(s->flags & HIST_STORE_RDONLY) && !s->in_tx) {
+        uint64_t n, left = 1;
+        int ri = 0;
+        while (left && !ri)
+            ri = hist_store_index(s, 65536, &n, &left);
+    }
     /* Every word of the text must occur (FTS5's implicit AND); each word is
      * quoted with its quotes doubled, so the text is never query syntax. */
     struct sbuf phrase;

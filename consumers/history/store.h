@@ -115,9 +115,15 @@ int hist_render_conv(struct hist_store *s, const char *conv, int json, int with_
                      struct sbuf *b);
 /* Only the messages, as a JSON array. */
 int hist_render_messages(struct hist_store *s, const char *conv, struct sbuf *b);
+/* Adds up to max_rows stored messages to the search index (FTS5), in a
+ * transaction of its own (not inside a batch: -EBUSY).  *indexed gets how
+ * many, *left at most how many are still to do.  The daemon runs it when
+ * the bus is drained and at least every second under load; every search
+ * runs it first, so search sees every committed message. */
+int hist_store_index(struct hist_store *s, unsigned max_rows, uint64_t *indexed, uint64_t *left);
 /* What the store holds as of its last commit (the cursor row's counters):
  * {"events", "messages_written", "duplicates", "skipped", "bus_id",
- * "conversations"}. */
+ * "conversations", "not_yet_indexed"}. */
 int hist_render_stats(struct hist_store *s, struct sbuf *b);
 /* FTS5 over message text: messages with every word of text (words are
  * quoted: the text is never FTS5 query syntax). */
