@@ -20,6 +20,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "loop.h"
+#include "status.h"
 #include "store.h"
 
 #define SEC UINT64_C(1000000000)
@@ -37,6 +38,10 @@ struct hd {
     uint64_t last_index_ns;   /* the search index's last catch-up step */
     int index_err;
     int to_index;             /* messages stored since the index last caught up */
+    char status_path[HIST_PATH_MAX + 16];
+    char api_url[160];
+    const char *paused_why;   /* while paused: the reason, for the status file */
+    char paused_msg[256];
     int paused_err;
     int stopping;
 };
@@ -58,6 +63,47 @@ static const char *why_of(int r)
     case -EACCES: return "cannot open the store's files";
     default: return "I/O error";
     }
+}
+
+/* The status file (consumers/common/status.h): the common envelope, then
+ * what the store holds and whether it is paused, and why. */
+static void write_status(struct hd *d, int running)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    cbus_status_begin(&b, "cbus-history", d->loop.ev ? &d->loop.at : NULL, running);
+    struct hist_counts hc;
+    hist_store_counts(d->st, &hc);
+    sbuf_puts(&b, "\"history\":{\"store\":");
+    sbuf_json_str(&b, d->cfg.db, (size_t)-1);
+    sbuf_printf(&b, ",\"events\":%llu,\"messages\":%llu,\"duplicates\":%llu,\"skipped\":%llu,"
+                    "\"batches\":%llu,\"paused\":%s", (unsigned long long)hc.events,
+                (unsigned long long)hc.messages, (unsigned long long)hc.duplicates,
+                (unsigned long long)hc.skipped, (unsigned long long)d->batches,
+                d->paused_since ? "true" : "false");
+    if (d->paused_since) {
+        sbuf_printf(&b, ",\"paused_s\":%.1f,\"paused_reason\":",
+                    (double)(cbus_now_ns() - d->paused_since) / 1e9);
+        sbuf_json_str(&b, d->paused_msg, (size_t)-1);
+    }
+    sbuf_puts(&b, ",\"api\":");
+    if (d->api_url[0])
+        sbuf_json_str(&b, d->api_url, (size_t)-1);
+    else
+        sbuf_puts(&b, "null");
+    sbuf_puts(&b, "}");
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->status_path, &b);
+    if (r)
+        cbus_log_warn("status file %s: %s", d->status_path, strerror(-r));
+    sbuf_free(&b);
+}
+
+static int status_timer(void *arg, uint64_t now)
+{
+    (void)now;
+    write_status(arg, 1);
+    return 0;
 }
 
 /* Applies a batch and commits it with the position past it.  0 or -errno
@@ -93,6 +139,8 @@ static int pause_and_retry(struct hd *d, const struct cbus_event *ev,
             return 1;
         }
         if (r != d->paused_err) {
+            snprintf(d->paused_msg, sizeof d->paused_msg, "%s (%s)", why_of(r),
+                     hist_store_errmsg(d->st));
             cbus_log_error("store %s: %s (%s): paused; a batch of %d events and all after it "
                            "wait on the bus (lossless, tethered); retrying every second", d->cfg.db, why_of(r),
                            hist_store_errmsg(d->st), n);
@@ -100,6 +148,7 @@ static int pause_and_retry(struct hd *d, const struct cbus_event *ev,
         }
         if (!d->paused_since)
             d->paused_since = t0;
+        write_status(d, 1); /* the loop's timers do not run while we hold the batch */
         for (int i = 0; i < 10; i++) {
             cbus_loop_busy(&d->loop);
             if (cbus_daemon_stop) {
@@ -119,6 +168,7 @@ static int pause_and_retry(struct hd *d, const struct cbus_event *ev,
                   (double)(cbus_now_ns() - d->paused_since) / 1e9, n);
     d->paused_since = 0;
     d->paused_err = 0;
+    write_status(d, 1);
     return 0;
 }
 
@@ -197,7 +247,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: cbus-history [--bus NAME] [--config PATH] [--db PATH] [--listen HOST:PORT]\n"
-            "                    [--verbose]                      the daemon\n"
+            "                    [--status-file PATH] [--verbose] the daemon (status: DB.status.json)\n"
             "       cbus-history COMMAND [--db PATH | --config PATH [--bus NAME]] ...\n"
             "  list [--user U] [--since T] [--limit N] [--json]\n"
             "  show CONV [--json]          the thread, with parent links\n"
@@ -266,18 +316,20 @@ int hist_daemon_main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'},
         {"db", required_argument, NULL, 'd'},
         {"listen", required_argument, NULL, 'l'},
+        {"status-file", required_argument, NULL, 's'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *bus = NULL, *config = NULL, *db = NULL, *listen_at = NULL;
+    const char *bus = NULL, *config = NULL, *db = NULL, *listen_at = NULL, *status = NULL;
     int verbose = 0, opt;
-    while ((opt = getopt_long(argc, argv, "b:c:d:l:vh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "b:c:d:l:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'b': bus = optarg; break;
         case 'c': config = optarg; break;
         case 'd': db = optarg; break;
         case 'l': listen_at = optarg; break;
+        case 's': status = optarg; break;
         case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -334,6 +386,19 @@ int hist_daemon_main(int argc, char **argv)
         cbus_log_error("%s", why);
         return 1;
     }
+    /* The status file beside the store unless told otherwise. */
+    if (snprintf(d->status_path, sizeof d->status_path, "%s", status ? status : d->cfg.db) >=
+            (int)sizeof d->status_path ||
+        (!status && strlen(d->status_path) + 12 >= sizeof d->status_path)) {
+        cbus_log_error("status file: path too long");
+        return 2;
+    }
+    if (!status)
+        strcat(d->status_path, ".status.json");
+    if (status && (r = cbus_state_file_dir_prepare(d->status_path, 0700, why, sizeof why))) {
+        cbus_log_error("status file %s: %s", d->status_path, why);
+        return 1;
+    }
     r = hist_store_open(&d->st, d->cfg.db, d->cfg.fsync ? HIST_STORE_FSYNC : 0, err, sizeof err);
     if (r) {
         cbus_log_error("store %s", err);
@@ -371,18 +436,21 @@ int hist_daemon_main(int argc, char **argv)
     struct hist_counts hc;
     hist_store_counts(d->st, &hc);
     char api[160] = "off";
-    if (d->api)
+    if (d->api) {
         snprintf(api, sizeof api, "http://%.63s:%u/v1/conversations", d->cfg.http_host,
                  hist_api_port(d->api));
+        snprintf(d->api_url, sizeof d->api_url, "%s", api);
+    }
     cbus_log_info("started: bus %s (id %016llx) as lossless consumer %s; store %s (%llu messages, "
-                  "%llu events so far); API %s", d->cfg.bus, (unsigned long long)d->bus_id,
+                  "%llu events so far); API %s; status %s", d->cfg.bus, (unsigned long long)d->bus_id,
                   d->cfg.consumer, d->cfg.db, (unsigned long long)hc.messages,
-                  (unsigned long long)hc.events, api);
+                  (unsigned long long)hc.events, api, d->status_path);
     struct cbus_loop *l = &d->loop;
     l->on_batch = on_batch;
     l->on_arrived = on_arrived;
     if (d->cfg.max_age_ns)
-        cbus_loop_every(l, d->cfg.retention_every_ns, 0, retention_timer, 1);
+        cbus_loop_every(l, d->cfg.retention_every_ns, 0, retention_timer, 0);
+    cbus_loop_every(l, SEC, 0, status_timer, 1); /* SIGUSR1 writes it at once */
     rc = cbus_loop_run(l);
     if (d->stopping)
         rc = 0;
@@ -390,6 +458,7 @@ int hist_daemon_main(int argc, char **argv)
     cbus_log_info("stopping: %llu messages stored (%llu duplicates refused, %llu events without "
                   "a conversation)", (unsigned long long)hc.messages,
                   (unsigned long long)hc.duplicates, (unsigned long long)hc.skipped);
+    write_status(d, 0);
 out:
     hist_api_stop(d->api);
     if (d->loop.ev)

@@ -504,6 +504,12 @@ Test(history_daemon, full_disk_pauses_tethered_and_resumes, .init = setup, .fini
     snprintf(script, sizeof script,
              "mount -t tmpfs -o size=4m,mode=0700 tmpfs '%s' && exec '%s' --config '%s'", disk,
              CBUS_HISTORY_BIN, cfg);
+    /* the status file on the real disk: the store's is full */
+    char status[320];
+    snprintf(status, sizeof status, "%s/history.status.json", dir);
+    snprintf(script, sizeof script,
+             "mount -t tmpfs -o size=4m,mode=0700 tmpfs '%s' && exec '%s' --config '%s' "
+             "--status-file '%s'", disk, CBUS_HISTORY_BIN, cfg, status);
     const char *argv[] = {"/usr/bin/unshare", "-Urm", "/bin/sh", "-c", script, NULL};
     pid_t d = start_daemon_argv(argv);
     char ballast[400];
@@ -530,6 +536,16 @@ Test(history_daemon, full_disk_pauses_tethered_and_resumes, .init = setup, .fini
     /* past the bus's stall timeout (2 s): still tethered (heartbeats) */
     test_sleep_ms(2500);
     expect_tethered();
+    /* and the status file says so, and why */
+    char *st = slurp(status);
+    cJSON *sj = cJSON_Parse(st);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(sj, "history");
+    cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "paused")), "%s", st);
+    const cJSON *why = cJSON_GetObjectItemCaseSensitive(h, "paused_reason");
+    cr_expect(cJSON_IsString(why) && strstr(why->valuestring, "disk full"), "%s", st);
+    cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(sj, "daemon")->valuestring, "cbus-history");
+    cJSON_Delete(sj);
+    free(st);
     cr_expect_eq(api_stat(port, "messages_written"), during, "nothing is stored while the disk is full");
     cr_assert_eq(unlink(ballast), 0);
     int64_t have = api_wait(port, 1500, 30000);
@@ -537,4 +553,12 @@ Test(history_daemon, full_disk_pauses_tethered_and_resumes, .init = setup, .fini
     cr_expect(log_has("resumed after", 5000), "no 'resumed' in the log");
     cr_expect_eq(api_stat(port, "duplicates"), 0);
     stop_daemon(d);
+    st = slurp(status);
+    sj = cJSON_Parse(st);
+    h = cJSON_GetObjectItemCaseSensitive(sj, "history");
+    cr_expect(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(h, "paused")), "%s", st);
+    cr_expect(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(sj, "running")), "%s", st);
+    cr_expect_eq(cJSON_GetObjectItemCaseSensitive(h, "messages")->valueint, 1500, "%s", st);
+    cJSON_Delete(sj);
+    free(st);
 }
