@@ -111,11 +111,10 @@ struct audit_writer {
     struct audit_writer_stats st;
 };
 
+/* The library's clock (one time base with the loop's). */
 static uint64_t mono_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return cbus_now_ns();
 }
 
 static uint64_t real_ns(const struct audit_writer *w)

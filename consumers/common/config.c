@@ -189,44 +189,14 @@ int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, cha
 int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
+    char *buf;
+    size_t len;
+    int rr = cbus_read_file(path, (size_t)64 << 20, &buf, &len);
+    if (rr) {
+        snprintf(err, errlen, "%s: %s", path,
+                 rr == -EFBIG ? "larger than 64 MiB" : rr == -EIO ? "read error" : strerror(-rr));
+        return rr;
     }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            snprintf(err, errlen, "%s: out of memory", path);
-            return -ENOMEM;
-        }
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (len < cap - 1)
-            break;
-        if (cap > (64u << 20)) {
-            free(buf);
-            fclose(f);
-            snprintf(err, errlen, "%s: larger than 64 MiB", path);
-            return -EFBIG;
-        }
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    int rerr = ferror(f);
-    fclose(f);
-    if (rerr) {
-        free(buf);
-        snprintf(err, errlen, "%s: read error", path);
-        return -EIO;
-    }
-    buf[len] = '\0';
     if (memchr(buf, '\0', len)) {
         free(buf);
         snprintf(err, errlen, "%s: contains a NUL byte (not a text file)", path);

@@ -249,3 +249,47 @@ int cbus_write_file_atomic(const char *path, const void *data, size_t len)
 {
     return cbus_replace_file(path, data, len, 1);
 }
+
+int cbus_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    if (!max)
+        max = (size_t)64 << 20;
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -errno;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    int rc = 0;
+    for (;;) {
+        if (!buf) {
+            rc = -ENOMEM;
+            break;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (n > max) {
+            rc = -EFBIG;
+            break;
+        }
+        if (n < cap - 1)
+            break; /* end of file, or an error (ferror below) */
+        char *nb = realloc(buf, cap * 2);
+        if (!nb)
+            free(buf);
+        buf = nb;
+        cap *= 2;
+    }
+    if (!rc && ferror(f))
+        rc = -EIO;
+    fclose(f);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    if (len)
+        *len = n;
+    return 0;
+}

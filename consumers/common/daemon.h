@@ -47,6 +47,13 @@ int cbus_state_file_dir_prepare(const char *file, unsigned mode, char *why, size
  * Returns 0 or -errno. */
 int cbus_replace_file(const char *path, const void *data, size_t len, int durable);
 
+/* Reads the whole of path into *out (malloc'd, NUL-terminated; *len
+ * without the NUL, may be NULL): the one whole-file reader of the daemons
+ * and tools (configs, price tables, checkpoints, status files).  A file
+ * past max bytes (0: 64 MiB) is refused.  Returns 0, -errno (open),
+ * -EFBIG, -ENOMEM or -EIO (a read error). */
+int cbus_read_file(const char *path, size_t max, char **out, size_t *len);
+
 /* cbus_replace_file(path, data, len, 1). */
 int cbus_write_file_atomic(const char *path, const void *data, size_t len);
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon.h"
+
 /* Field names as LiteLLM spells them, in enum cost_rate_field order. */
 static const char *const rate_names[COST_RATE__COUNT] = {
     "input_cost_per_token",
@@ -310,39 +312,13 @@ int cost_prices_parse(struct cost_price_table **out, const char *name, const cha
 
 static char *slurp(const char *path, char *err, size_t errlen, int *rc)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *rc = -errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    char *buf;
+    size_t len;
+    *rc = cbus_read_file(path, 0, &buf, &len);
+    if (*rc) {
+        snprintf(err, errlen, "%s: %s", path, *rc == -EIO ? "read error" : strerror(-*rc));
         return NULL;
     }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len + 1 >= cap) {
-            char *n = realloc(buf, cap * 2);
-            if (!n) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = n;
-            cap *= 2;
-        }
-        size_t r = fread(buf + len, 1, cap - 1 - len, f);
-        len += r;
-        if (r == 0)
-            break;
-    }
-    int ioerr = ferror(f);
-    fclose(f);
-    if (!buf || ioerr) {
-        free(buf);
-        *rc = buf ? -EIO : -ENOMEM;
-        snprintf(err, errlen, "%s: %s", path, buf ? "read error" : "out of memory");
-        return NULL;
-    }
-    buf[len] = '\0';
     if (strlen(buf) != len) {
         free(buf);
         *rc = -EINVAL;

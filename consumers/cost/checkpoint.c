@@ -290,38 +290,9 @@ static int load_scores(struct rd *r, struct cost_scores *sc, const char *path, c
 
 static char *read_all(const char *path, size_t *len, int *rc)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *rc = -errno;
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            *rc = -ENOMEM;
-            return NULL;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (n < cap)
-            break;
-        char *nb = realloc(buf, cap * 2);
-        if (!nb)
-            free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    int e = ferror(f);
-    fclose(f);
-    if (e) {
-        free(buf);
-        *rc = -EIO;
-        return NULL;
-    }
-    *len = n;
-    return buf;
+    char *buf;
+    *rc = cbus_read_file(path, 0, &buf, len);
+    return *rc ? NULL : buf;
 }
 
 int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *path, char *err,

@@ -10,33 +10,14 @@
 #include <time.h>
 
 #include "cost_config.h"
+#include "daemon.h"
 #include "daemon_loop.h"
 #include "sbuf.h"
 
 static char *read_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        size_t r = fread(b + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-        if (n + 1 >= cap) {
-            char *nb = realloc(b, cap * 2);
-            if (!nb)
-                free(b);
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b)
-        b[n] = '\0';
-    return b;
+    char *b;
+    return cbus_read_file(path, 0, &b, NULL) ? NULL : b;
 }
 
 /* The snapshot's pid may have been reused since the daemon died: SIGUSR1

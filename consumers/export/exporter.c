@@ -351,11 +351,11 @@ static void to_spool(struct exporter *x, struct batch *b)
     enforce_spool_limit(x);
 }
 
+/* The library's clock, the one the loop hands to exporter_tick: deadlines
+ * and send times on one time base. */
 static uint64_t mono_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return cbus_now_ns();
 }
 
 static void send_direct(struct exporter *x, struct batch *b)
@@ -664,9 +664,7 @@ size_t exporter_shutdown(struct exporter *x, uint64_t deadline_ns)
         span_table_flush(x->spans);
     finalize(x);
     for (;;) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        x->now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        x->now_ns = mono_now();
         if (exporter_idle(x) || x->now_ns >= deadline_ns)
             break;
         /* while the endpoint is failing, do not wait out a long backoff */
@@ -730,7 +728,7 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     x->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)id->pid ^ UINT64_C(0x9e3779b97f4a7c15);
-    x->now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    x->now_ns = mono_now();
     int r;
     if (cfg->format == EXPORT_OTLP && (r = span_table_new(&x->spans, cfg->max_open_runs, on_span, x))) {
         snprintf(err, errlen, "out of memory");

@@ -45,25 +45,11 @@ int rl_default_status_path(char *out, size_t outlen, const char *bus_name)
 
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        len += fread(buf + len, 1, cap - len - 1, f);
-        if (len < cap - 1)
-            break;
-        cap *= 2;
-        char *n = realloc(buf, cap);
-        if (!n)
-            free(buf);
-        buf = n;
-    }
-    fclose(f);
-    if (buf)
-        buf[len] = '\0';
-    return buf;
+    char *b;
+    int r = cbus_read_file(path, 0, &b, NULL);
+    if (r)
+        errno = -r; /* the callers say strerror(errno) */
+    return r ? NULL : b;
 }
 
 static double num(const cJSON *o, const char *name)

@@ -31,25 +31,16 @@ static const char *safe(char *out, size_t cap, const char *s)
 /* The whole file, NUL-terminated, or NULL with errno set. */
 static char *read_small(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
     struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > STATUS_MAX_BYTES) {
-        int e = errno ? errno : EFBIG;
-        fclose(f);
-        errno = S_ISREG(st.st_mode) ? e : EISDIR;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        errno = EISDIR;
         return NULL;
     }
-    char *buf = malloc((size_t)st.st_size + 1);
-    size_t n = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
-    fclose(f);
-    if (!buf) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    buf[n] = '\0';
-    return buf;
+    char *b;
+    int r = cbus_read_file(path, STATUS_MAX_BYTES, &b, NULL);
+    if (r)
+        errno = -r;
+    return r ? NULL : b;
 }
 
 /* A status document: an object with a string "daemon" and a number "pid". */
