@@ -116,6 +116,15 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
             r = cbus_cfg_duration_ns(&cfg, e, &c->retention_every_ns, err, errlen);
             if (!r && (c->retention_every_ns < SEC / 10 || c->retention_every_ns > 86400 * SEC))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 100ms and 1d");
+        } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
+            if (e->value[0] && set_path(c->prices, sizeof c->prices, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
+            else if (!e->value[0])
+                c->prices[0] = '\0';
+        } else if (!strcmp(s, "prices") && !strcmp(k, "overrides")) {
+            if (e->value[0] &&
+                set_path(c->prices_overrides, sizeof c->prices_overrides, base_dir, e->value))
+                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "http") && !strcmp(k, "listen")) {
             const char *why;
             if (!e->value[0])
@@ -124,7 +133,8 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
                                        &why))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "'%s': %s", e->value, why);
         } else {
-            static const char *const known[] = {"bus", "store", "retention", "http", NULL};
+            static const char *const known[] = {"bus", "store", "retention", "prices", "http",
+                                                NULL};
             int sec_known = 0;
             for (unsigned j = 0; known[j]; j++)
                 sec_known |= !strcmp(s, known[j]);

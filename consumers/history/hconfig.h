@@ -19,6 +19,8 @@ struct hist_config {
     uint64_t batch;               /* events a transaction holds at most */
     uint64_t max_age_ns;          /* retention: conversations idle longer go; 0 = keep */
     uint64_t retention_every_ns;  /* how often retention runs */
+    char prices[HIST_PATH_MAX];   /* LiteLLM price table for cost totals; "" = no cost */
+    char prices_overrides[HIST_PATH_MAX];
     char http_host[64];           /* "" = no HTTP API */
     unsigned http_port;
 };

@@ -20,6 +20,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "loop.h"
+#include "prices.h"
 #include "status.h"
 #include "store.h"
 
@@ -29,6 +30,7 @@
 struct hd {
     struct hist_config cfg;
     struct hist_store *st;
+    struct cost_price_table *prices;
     struct cbus_loop loop;
     struct hist_api *api;
     uint64_t bus_id;
@@ -399,11 +401,20 @@ int hist_daemon_main(int argc, char **argv)
         cbus_log_error("status file %s: %s", d->status_path, why);
         return 1;
     }
+    if (d->cfg.prices[0] &&
+        cost_prices_load(&d->prices, d->cfg.prices,
+                         d->cfg.prices_overrides[0] ? d->cfg.prices_overrides : NULL, err,
+                         sizeof err)) {
+        cbus_log_error("%s", err);
+        return 2;
+    }
     r = hist_store_open(&d->st, d->cfg.db, d->cfg.fsync ? HIST_STORE_FSYNC : 0, err, sizeof err);
     if (r) {
         cbus_log_error("store %s", err);
+        cost_prices_free(d->prices);
         return 1;
     }
+    hist_store_set_prices(d->st, d->prices);
     int rc = 0;
     cbus_consumer *c = NULL;
     r = attach(d, &c);
@@ -442,9 +453,10 @@ int hist_daemon_main(int argc, char **argv)
         snprintf(d->api_url, sizeof d->api_url, "%s", api);
     }
     cbus_log_info("started: bus %s (id %016llx) as lossless consumer %s; store %s (%llu messages, "
-                  "%llu events so far); API %s; status %s", d->cfg.bus, (unsigned long long)d->bus_id,
+                  "%llu events so far); %zu prices; API %s; status %s", d->cfg.bus, (unsigned long long)d->bus_id,
                   d->cfg.consumer, d->cfg.db, (unsigned long long)hc.messages,
-                  (unsigned long long)hc.events, api, d->status_path);
+                  (unsigned long long)hc.events, d->prices ? cost_prices_count(d->prices) : 0,
+                  api, d->status_path);
     struct cbus_loop *l = &d->loop;
     l->on_batch = on_batch;
     l->on_arrived = on_arrived;
@@ -466,5 +478,6 @@ out:
     else
         cbus_consumer_detach(c);
     hist_store_close(d->st);
+    cost_prices_free(d->prices);
     return rc;
 }

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "event_body.h"
+#include "prices.h"
 
 #define PROMPT_MAX 4096 /* messages of one prompt considered */
 
@@ -132,7 +133,7 @@ static void metadata_json(const struct cbus_body_part *p, struct sbuf *out)
 struct ev_ctx {
     char conv[HIST_ID_MAX];
     char user[CBUS_USER_LEN + 1], tenant[CBUS_TENANT_LEN + 1], agent[CBUS_AGENT_LEN + 1];
-    char model[CBUS_MODEL_LEN + 1], name[CBUS_NAME_LEN + 1];
+    char model[CBUS_MODEL_LEN + 1], name[CBUS_NAME_LEN + 1], provider[CBUS_PROVIDER_LEN + 1];
     char run[33], trace[33];
     const char *text;       /* the event's text: TEXT section, else the preview */
     size_t text_len;
@@ -284,9 +285,22 @@ static int on_llm_end(struct hist_store *s, const struct ev_ctx *c, const struct
         m.input_tokens = u->input_tokens;
     if (u->usage_present & CBUS_USAGE_OUTPUT)
         m.output_tokens = u->output_tokens;
+    /* Priced as cbus-cost prices it (the same table and function); a model
+     * the table does not know is not priced (null), never free. */
+    const struct cost_price_table *t = hist_store_prices(s);
+    if (t && c->model[0] && (u->usage_present & (CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT))) {
+        const char *why;
+        const struct cost_price *pr = cost_prices_lookup(t, c->provider, c->model, &why);
+        if (pr) {
+            cost_u128 v = cost_usage_price(pr, u, NULL, NULL);
+            m.cost_pico = v > (cost_u128)INT64_MAX ? INT64_MAX : (int64_t)v;
+            m.priced = 1;
+        }
+    }
     int r = hist_store_message(s, &m);
-    if (!r && (m.input_tokens > 0 || m.output_tokens > 0))
-        r = hist_store_add_usage(s, c->conv, m.input_tokens, m.output_tokens);
+    if (!r && (m.input_tokens > 0 || m.output_tokens > 0 || m.priced))
+        r = hist_store_add_usage(s, c->conv, m.input_tokens, m.output_tokens,
+                                 m.priced ? m.cost_pico : -1);
     sbuf_free(&text);
     return r;
 }
@@ -433,6 +447,7 @@ int hist_store_event(struct hist_store *s, uint64_t bus_id, const struct cbus_ev
     field(c.tenant, sizeof c.tenant, ev->tenant, sizeof ev->tenant);
     field(c.agent, sizeof c.agent, ev->agent, sizeof ev->agent);
     field(c.model, sizeof c.model, ev->model, sizeof ev->model);
+    field(c.provider, sizeof c.provider, ev->provider, sizeof ev->provider);
     field(c.name, sizeof c.name, ev->name, sizeof ev->name);
     field(c.preview, sizeof c.preview, ev->preview, sizeof ev->preview);
     hex(c.run, ev->run_id, 16);

@@ -1,5 +1,7 @@
 #include "store.h"
 
+#include "money.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -9,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v);"
@@ -22,7 +24,8 @@ static const char schema[] =
     " tenant TEXT, agent TEXT, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,"
     " state TEXT NOT NULL DEFAULT 'active', messages INTEGER NOT NULL DEFAULT 0,"
     " input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,"
-    " cost_usd REAL, last_msg TEXT);"
+    /* pico-dollars, exact (consumers/common/prices.c); NULL: nothing priced */
+    " cost_pico INTEGER, last_msg TEXT);"
     "CREATE INDEX IF NOT EXISTS conv_user ON conversations(user, updated_ns);"
     "CREATE INDEX IF NOT EXISTS conv_updated ON conversations(updated_ns);"
     /* seq: the order messages arrived in (the thread's order); AUTOINCREMENT:
@@ -33,7 +36,7 @@ static const char schema[] =
     " conv TEXT NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL, name TEXT,"
     " text TEXT NOT NULL, raw BLOB, parent TEXT, model TEXT, input_tokens INTEGER,"
     " output_tokens INTEGER, ts_ns INTEGER NOT NULL, run_id TEXT, trace_id TEXT,"
-    " metadata TEXT, hash INTEGER NOT NULL, UNIQUE (conv, id));"
+    " metadata TEXT, hash INTEGER NOT NULL, cost_pico INTEGER, UNIQUE (conv, id));"
     /* one index for both a conversation's thread (its seq order: a sort of
      * the conversation's rows) and the content keys: one fewer to keep up
      * per message */
@@ -71,18 +74,22 @@ static const char *const stmt_sql[ST__COUNT] = {
         " agent = coalesce(agent, excluded.agent)",
     [ST_MSG_INSERT] =
         "INSERT INTO messages(id, conv, role, kind, name, text, raw, parent, model,"
-        " input_tokens, output_tokens, ts_ns, run_id, trace_id, metadata, hash)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        " input_tokens, output_tokens, ts_ns, run_id, trace_id, metadata, hash, cost_pico)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         " ON CONFLICT(conv, id) DO NOTHING",
     [ST_CONV_LAST] = "SELECT last_msg FROM conversations WHERE id = ?1",
     [ST_CONV_AFTER_MSG] =
         "UPDATE conversations SET messages = messages + ?2, last_msg = coalesce(?3, last_msg),"
         " updated_ns = max(updated_ns, ?4), input_tokens = input_tokens + ?5,"
-        " output_tokens = output_tokens + ?6 WHERE id = ?1",
+        " output_tokens = output_tokens + ?6,"
+        " cost_pico = CASE WHEN ?7 THEN coalesce(cost_pico, 0) + ?8 ELSE cost_pico END"
+        " WHERE id = ?1",
     [ST_COUNT_HASH] = "SELECT count(*) FROM messages WHERE conv = ?1 AND hash = ?2",
     [ST_ADD_USAGE] =
         "UPDATE conversations SET input_tokens = input_tokens + ?2,"
-        " output_tokens = output_tokens + ?3 WHERE id = ?1",
+        " output_tokens = output_tokens + ?3,"
+        " cost_pico = CASE WHEN ?4 THEN coalesce(cost_pico, 0) + ?5 ELSE cost_pico END"
+        " WHERE id = ?1",
     [ST_CURSOR_PUT] =
         "INSERT OR REPLACE INTO cursor(id, bus_id, lanes, pos, events, messages, duplicates,"
         " skipped) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -98,13 +105,15 @@ struct conv_ent {
     char id[HIST_ID_MAX + 24];
     char last[HIST_ID_MAX + 24];
     uint64_t updated_ns;
-    int64_t dmsgs, din, dout;
+    int64_t dmsgs, din, dout, dcost;
+    int priced;               /* dcost counts: a priced call was added */
     unsigned keys;            /* bit 0 user, 1 tenant, 2 agent: given to the row */
     int used, dirty;
 };
 
 struct hist_store {
     sqlite3 *db;
+    const struct cost_price_table *prices; /* NULL: no cost */
     struct conv_ent *cache;   /* CONV_CACHE entries, open addressing */
     unsigned cached;
     sqlite3_stmt *st[ST__COUNT];
@@ -395,6 +404,16 @@ void hist_store_rollback(struct hist_store *s)
     s->counts = s->counts_at_begin;
 }
 
+void hist_store_set_prices(struct hist_store *s, const struct cost_price_table *t)
+{
+    s->prices = t;
+}
+
+const struct cost_price_table *hist_store_prices(const struct hist_store *s)
+{
+    return s->prices;
+}
+
 void hist_store_skip(struct hist_store *s)
 {
     s->counts.skipped++;
@@ -433,10 +452,13 @@ static int flush_convs(struct hist_store *s)
         sqlite3_bind_int64(st, 4, (sqlite3_int64)e->updated_ns);
         sqlite3_bind_int64(st, 5, e->din);
         sqlite3_bind_int64(st, 6, e->dout);
+        sqlite3_bind_int(st, 7, e->priced);
+        sqlite3_bind_int64(st, 8, e->dcost);
         int r = step_done(s, st);
         if (r)
             return r;
-        e->dmsgs = e->din = e->dout = 0;
+        e->dmsgs = e->din = e->dout = e->dcost = 0;
+        e->priced = 0;
         e->dirty = 0;
     }
     return 0;
@@ -593,6 +615,8 @@ int hist_store_message(struct hist_store *s, const struct hist_msg *m)
     bind_opt(st, 14, m->trace_id);
     bind_opt(st, 15, m->metadata);
     sqlite3_bind_int64(st, 16, (sqlite3_int64)m->hash);
+    if (m->priced)
+        sqlite3_bind_int64(st, 17, m->cost_pico);
     r = step_done(s, st);
     if (r)
         return r;
@@ -659,7 +683,8 @@ void hist_store_count_event(struct hist_store *s)
     s->counts.events++;
 }
 
-int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out)
+int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out,
+                         int64_t cost_pico)
 {
     unsigned slot;
     struct conv_ent *e = conv_find(s, conv, &slot);
@@ -668,10 +693,16 @@ int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int
         sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, in > 0 ? in : 0);
         sqlite3_bind_int64(st, 3, out > 0 ? out : 0);
+        sqlite3_bind_int(st, 4, cost_pico >= 0);
+        sqlite3_bind_int64(st, 5, cost_pico >= 0 ? cost_pico : 0);
         return step_done(s, st);
     }
     e->din += in > 0 ? in : 0;
     e->dout += out > 0 ? out : 0;
+    if (cost_pico >= 0) {
+        e->dcost += cost_pico;
+        e->priced = 1;
+    }
     e->dirty = 1;
     return settle(s, 0);
 }
@@ -832,7 +863,20 @@ static void human_col(struct sbuf *b, sqlite3_stmt *q, int i, const char *none)
 }
 
 #define CONV_COLS "id, title, user, tenant, agent, created_ns, updated_ns, state, messages," \
-                  " input_tokens, output_tokens, cost_usd, last_msg"
+                  " input_tokens, output_tokens, cost_pico, last_msg"
+
+/* A pico-dollar column as an exact decimal USD number, or null. */
+static void json_usd_col(struct sbuf *b, sqlite3_stmt *q, int i)
+{
+    if (sqlite3_column_type(q, i) == SQLITE_NULL) {
+        sbuf_puts(b, "null");
+        return;
+    }
+    char usd[64];
+    int64_t v = sqlite3_column_int64(q, i);
+    cost_pico_format_usd(usd, sizeof usd, (cost_u128)(v > 0 ? v : 0));
+    sbuf_puts(b, usd);
+}
 
 static void conv_json(struct sbuf *b, sqlite3_stmt *q)
 {
@@ -856,10 +900,7 @@ static void conv_json(struct sbuf *b, sqlite3_stmt *q)
     sbuf_printf(b, ",\"messages\":%lld,\"input_tokens\":%lld,\"output_tokens\":%lld,\"cost_usd\":",
                 (long long)sqlite3_column_int64(q, 8), (long long)sqlite3_column_int64(q, 9),
                 (long long)sqlite3_column_int64(q, 10));
-    if (sqlite3_column_type(q, 11) == SQLITE_NULL)
-        sbuf_puts(b, "null");
-    else
-        sbuf_printf(b, "%.9g", sqlite3_column_double(q, 11));
+    json_usd_col(b, q, 11);
     sbuf_puts(b, ",\"last_message\":");
     json_col(b, q, 12);
     sbuf_puts(b, "}");
@@ -886,9 +927,13 @@ static void conv_human(struct sbuf *b, sqlite3_stmt *q, int long_form)
     }
     sbuf_puts(b, "  ");
     human_col(b, q, 7, "-");
-    sbuf_printf(b, "  %lld messages  %lld in / %lld out tokens  updated %s\n",
-                (long long)sqlite3_column_int64(q, 8), (long long)sqlite3_column_int64(q, 9),
-                (long long)sqlite3_column_int64(q, 10), t2);
+    sbuf_printf(b, "  %lld messages  %lld in / %lld out tokens", (long long)sqlite3_column_int64(q, 8),
+                (long long)sqlite3_column_int64(q, 9), (long long)sqlite3_column_int64(q, 10));
+    if (sqlite3_column_type(q, 11) != SQLITE_NULL) {
+        sbuf_puts(b, "  $");
+        json_usd_col(b, q, 11);
+    }
+    sbuf_printf(b, "  updated %s\n", t2);
 }
 
 int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int json, struct sbuf *b)
@@ -925,7 +970,7 @@ int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int jso
 }
 
 #define MSG_COLS "seq, id, role, kind, name, text, raw, parent, model, input_tokens," \
-                 " output_tokens, ts_ns, run_id, trace_id, metadata"
+                 " output_tokens, ts_ns, run_id, trace_id, metadata, cost_pico"
 
 static void msg_json(struct sbuf *b, sqlite3_stmt *q)
 {
@@ -961,6 +1006,8 @@ static void msg_json(struct sbuf *b, sqlite3_stmt *q)
     /* Written by ingest.c as a JSON object of escaped strings. */
     const char *meta = col(q, 14);
     sbuf_puts(b, meta ? meta : "null");
+    sbuf_puts(b, ",\"cost_usd\":");
+    json_usd_col(b, q, 15);
     sbuf_puts(b, "}");
 }
 
@@ -992,6 +1039,10 @@ static void msg_human(struct sbuf *b, sqlite3_stmt *q)
     if (sqlite3_column_type(q, 9) != SQLITE_NULL || sqlite3_column_type(q, 10) != SQLITE_NULL)
         sbuf_printf(b, "  tokens %lld/%lld", (long long)sqlite3_column_int64(q, 9),
                     (long long)sqlite3_column_int64(q, 10));
+    if (sqlite3_column_type(q, 15) != SQLITE_NULL) {
+        sbuf_puts(b, "  $");
+        json_usd_col(b, q, 15);
+    }
     sbuf_puts(b, "\n    ");
     /* The exact bytes, escaped, when the text was not UTF-8. */
     const void *raw = sqlite3_column_blob(q, 6);

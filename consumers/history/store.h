@@ -80,6 +80,8 @@ struct hist_msg {
     const char *run_id, *trace_id;       /* hex; may be NULL */
     const char *metadata;   /* a JSON object; may be NULL */
     uint64_t hash;          /* of role and text: how a prompt's history is recognised */
+    int priced;             /* cost_pico is what the call cost (llm_end); 0 = not priced */
+    int64_t cost_pico;      /* pico-dollars */
     /* the conversation's keys, taken when it has none yet */
     const char *user, *tenant, *agent;
 };
@@ -133,7 +135,14 @@ int hist_render_search(struct hist_store *s, const char *text, unsigned limit, i
 /* For ingest.c: how many messages of conv have this hash (0 if conv is
  * unknown); adds an llm_end's usage to the conversation's totals. */
 int hist_store_count_hash(struct hist_store *s, const char *conv, uint64_t hash, uint64_t *n);
-int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out);
+/* cost_pico < 0: not priced. */
+int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out,
+                         int64_t cost_pico);
+/* The price table llm_end messages are priced with (consumers/common/prices.h,
+ * cbus-cost's, so the two agree); NULL = no cost.  Borrowed. */
+struct cost_price_table;
+void hist_store_set_prices(struct hist_store *s, const struct cost_price_table *t);
+const struct cost_price_table *hist_store_prices(const struct hist_store *s);
 /* The hash of conv's last message: 0, -ENOENT (none), or the codes. */
 int hist_store_last_hash(struct hist_store *s, const char *conv, uint64_t *hash);
 /* 1 (conv has message id), 0 (not), or the codes. */

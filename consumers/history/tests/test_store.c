@@ -16,6 +16,7 @@
 
 #include "api.h"
 #include "ingest.h"
+#include "prices.h"
 #include "sbuf.h"
 #include "store.h"
 #include "support.h"
@@ -492,4 +493,48 @@ Test(history_store, search_index_catches_up_in_steps, .init = setup, .fini = tea
     /* the index agrees with the rows (FTS5's own check) */
     cr_expect_eq(hist_store_index(st, 1, &n, &left), 0);
     sbuf_free(&b);
+}
+
+Test(history_store, cost_totals_use_the_price_table, .init = setup, .fini = teardown)
+{
+    /* cbus-cost's price code (consumers/common/prices.c), with a table of one model */
+    static const char table[] = "{\"gpt-4o\": {\"input_cost_per_token\": 2.5e-06,"
+                                " \"output_cost_per_token\": 1e-05, \"litellm_provider\": \"openai\","
+                                " \"mode\": \"chat\"}}";
+    struct cost_price_table *t;
+    char err[256];
+    cr_assert_eq(cost_prices_parse(&t, "t.json", table, err, sizeof err), 0, "%s", err);
+    hist_store_set_prices(st, t);
+    emit_conversation("conv-1", "ann");
+    drain();
+    cJSON *j = export_json("conv-1");
+    /* 300 input tokens at 2.5 USD/M and 31 output at 10 USD/M: 0.00106 exactly */
+    const cJSON *cost = cJSON_GetObjectItemCaseSensitive(j, "cost_usd");
+    cr_assert(cJSON_IsNumber(cost), "%s", cJSON_Print(j));
+    cr_expect_float_eq(cost->valuedouble, 0.00106, 1e-12);
+    const cJSON *a1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "thread"), 2);
+    cr_expect_float_eq(cJSON_GetObjectItemCaseSensitive(a1, "cost_usd")->valuedouble,
+                       40 * 2.5e-6 + 8 * 1e-5, 1e-12);
+    const cJSON *u1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "thread"), 1);
+    cr_expect(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(u1, "cost_usd")));
+    cJSON_Delete(j);
+    hist_store_set_prices(st, NULL);
+    cost_prices_free(t);
+}
+
+Test(history_store, unknown_model_is_not_priced, .init = setup, .fini = teardown)
+{
+    static const char table[] = "{\"other-model\": {\"input_cost_per_token\": 1e-06,"
+                                " \"output_cost_per_token\": 1e-06, \"mode\": \"chat\"}}";
+    struct cost_price_table *t;
+    char err[256];
+    cr_assert_eq(cost_prices_parse(&t, "t.json", table, err, sizeof err), 0, "%s", err);
+    hist_store_set_prices(st, t);
+    emit_conversation("conv-1", "ann");
+    drain();
+    cJSON *j = export_json("conv-1");
+    cr_expect(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "cost_usd")), "null, not 0");
+    cJSON_Delete(j);
+    hist_store_set_prices(st, NULL);
+    cost_prices_free(t);
 }
