@@ -126,7 +126,8 @@ done
 echo "consumers attached: cost, audit, export, ratelimit, history (logs in $WORK)"
 # cbus-web: the dashboard, on a free loopback port (it prints the port).
 "$WEB" --bus "$BUS" --listen 127.0.0.1:0 --prices "$PRICES" --cost-snapshot "$WORK/cost/snapshot.json" \
-  --ratelimit-status "$WORK/ratelimit.status.json" >"$WORK/web.out" 2>"$WORK/web.log" &
+  --ratelimit-status "$WORK/ratelimit.status.json" --status-file "$WORK/web.status.json" \
+  >"$WORK/web.out" 2>"$WORK/web.log" &
 PIDS[web]=$!
 for _ in $(seq 100); do grep -q '^listening' "$WORK/web.out" 2>/dev/null && break; sleep 0.05; done
 WEB_PORT=$(awk '/^listening/ {print $3}' "$WORK/web.out")

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "loop.h"
 #include "prices.h"
+#include "status.h"
 #include "web.h"
 
 #define BATCH 256
@@ -36,7 +37,38 @@ struct daemon {
     char listen[80];
     char token[256];
     char cost_path[1024], rl_path[1024];
+    char status_path[1024];
+    const char *status_file;   /* the common status envelope (status.h) */
+    unsigned port;
 };
+
+/* The daemons' common status document: the envelope, then "web". */
+static void write_status(struct daemon *d, int running)
+{
+    if (!d->status_file)
+        return;
+    struct web *w = &d->w;
+    struct sbuf b;
+    sbuf_init(&b);
+    cbus_status_begin(&b, "cbus-web", &d->loop.at, running);
+    pthread_mutex_lock(&w->cmu);
+    unsigned n = w->nclients;
+    uint64_t total = w->clients_total, cut = w->clients_cut, refused = w->clients_refused;
+    pthread_mutex_unlock(&w->cmu);
+    sbuf_puts(&b, "\"web\":{\"listen\":");
+    sbuf_json_str(&b, w->o.listen_host, strlen(w->o.listen_host));
+    sbuf_printf(&b, ",\"port\":%u,\"token\":%s,\"events\":%" PRIu64 ",\"clients\":%u,"
+                    "\"clients_total\":%" PRIu64 ",\"clients_cut\":%" PRIu64 ",\"clients_refused\":%" PRIu64
+                    ",\"frames_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64 "}",
+                d->port, w->o.token ? "true" : "false", w->events, n, total, cut, refused,
+                atomic_load_explicit(&w->frames_sent, memory_order_relaxed),
+                atomic_load_explicit(&w->bytes_sent, memory_order_relaxed));
+    cbus_status_end(&b);
+    int r = cbus_status_write(d->status_file, &b);
+    if (r)
+        cbus_log_warn("status file %s: %s", d->status_file, strerror(-r));
+    sbuf_free(&b);
+}
 
 /* ---- the loop's hooks ---------------------------------------------------- */
 
@@ -91,6 +123,7 @@ static int docs_timer(void *arg, uint64_t now)
 {
     struct daemon *d = arg;
     web_render_docs(&d->w, now);
+    write_status(d, 1);
     return 0;
 }
 
@@ -197,6 +230,8 @@ static int load_config(struct daemon *d, const char *path, char *err, size_t err
             o->ratelimit_status = e->value;
         } else if (!strcmp(k, "prices")) {
             o->prices = e->value;
+        } else if (!strcmp(k, "status_file")) {
+            d->status_file = e->value;
         } else if (!strcmp(k, "state_interval")) {
             if (cbus_cfg_duration_ns(&d->cfg, e, &o->state_interval_ns, err, errlen))
                 return -EINVAL;
@@ -214,7 +249,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: cbus-web --bus NAME [--config PATH] [--listen HOST:PORT] [--token-file PATH]\n"
             "                [--cost-snapshot PATH] [--ratelimit-status PATH] [--prices PATH]\n"
-            "                [--history N] [--client-queue N] [--name NAME] [--verbose]\n"
+            "                [--history N] [--client-queue N] [--name NAME] [--status-file PATH]\n"
+            "                [--verbose]\n"
             "  Serves the dashboard at http://HOST:PORT/ (default 127.0.0.1:9471), events as\n"
             "  Server-Sent Events at /v1/events, run progress at /v1/runs/TRACE/progress,\n"
             "  state at /v1/state and Prometheus metrics at /metrics.  A listener that is\n"
@@ -239,6 +275,7 @@ int main(int argc, char **argv)
         {"history", required_argument, NULL, 'H'},
         {"client-queue", required_argument, NULL, 'q'},
         {"name", required_argument, NULL, 'n'},
+        {"status-file", required_argument, NULL, 'S'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -260,7 +297,8 @@ int main(int argc, char **argv)
     const char *config = NULL, *listen = NULL, *token_file = NULL, *cost = NULL, *rl = NULL,
                *prices = NULL, *name = NULL, *history = NULL, *queue = NULL;
     int verbose = 0, opt;
-    while ((opt = getopt_long(argc, argv, "b:c:l:t:C:R:p:H:q:n:vh", longopts, NULL)) != -1) {
+    const char *status_file = NULL;
+    while ((opt = getopt_long(argc, argv, "b:c:l:t:C:R:p:H:q:n:S:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'b': o->bus = optarg; break;
         case 'c': config = optarg; break;
@@ -272,6 +310,7 @@ int main(int argc, char **argv)
         case 'H': history = optarg; break;
         case 'q': queue = optarg; break;
         case 'n': name = optarg; break;
+        case 'S': status_file = optarg; break;
         case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -356,6 +395,23 @@ int main(int argc, char **argv)
             o->ratelimit_status = d.rl_path;
         }
     }
+    if (status_file)
+        d.status_file = *status_file ? status_file : NULL; /* "": none */
+    else if (!d.status_file) {
+        char dir[900];
+        if (!cbus_state_dir_default(dir, sizeof dir, "web")) {
+            snprintf(d.status_path, sizeof d.status_path, "%s/status-%s.json", dir, o->bus);
+            d.status_file = d.status_path;
+        }
+    }
+    if (d.status_file) {
+        /* Private, like every daemon's state: the file is replaced every second. */
+        char why[8192];
+        if (cbus_state_file_dir_prepare(d.status_file, 0700, why, sizeof why)) {
+            cbus_log_error("status file %s: %s", d.status_file, why);
+            return 1;
+        }
+    }
     if (!is_loopback(o->listen_host) && !o->token) {
         cbus_log_error("listen %s is not loopback: give a token (--token-file or CBUS_WEB_TOKEN)",
                        o->listen_host);
@@ -412,6 +468,8 @@ int main(int argc, char **argv)
         goto err_loop;
     }
     unsigned port = cbus_httpd_port(w->httpd);
+    d.port = port;
+    write_status(&d, 1);
     int v6 = strchr(o->listen_host, ':') != NULL;
     cbus_log_info("started: bus %s as %s, dashboard http://%s%s%s:%u/%s, history %" PRIu64
                   " events, client queue %" PRIu64 ", prices %s",
@@ -442,6 +500,7 @@ int main(int argc, char **argv)
     }
     web_wake(w, cbus_now_ns(), 1);
     cbus_httpd_stop(w->httpd);
+    write_status(&d, 0);
     cbus_log_info("stopped: %" PRIu64 " events, %" PRIu64 " streams, %" PRIu64 " cut loose",
                   w->events, w->clients_total, w->clients_cut);
 err_loop:

@@ -203,7 +203,7 @@ int main(int argc, char **argv)
         dup2(devnull, 2);
         execl(daemon, daemon, "--bus", bus, "--listen", "127.0.0.1:0", "--prices", "",
               "--cost-snapshot", "/nonexistent", "--ratelimit-status", "/nonexistent",
-              "--history", "65536", "--client-queue", "32768", (char *)NULL);
+              "--history", "65536", "--client-queue", "32768", "--status-file", "", (char *)NULL);
         _exit(127);
     }
     close(out[1]);

@@ -22,6 +22,7 @@
 #include "support.h"
 
 static char bus[64];
+static char dir[64], status_path[128];
 static pid_t daemon_pid;
 static unsigned port;
 static cbus_producer *prod;
@@ -41,6 +42,9 @@ static void setup(void)
 {
     test_bus_name(bus, sizeof bus);
     test_bus_create(bus, 65536);
+    snprintf(dir, sizeof dir, "/tmp/cbus-web-test.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(status_path, sizeof status_path, "%s/status.json", dir);
     cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
 }
 
@@ -50,6 +54,8 @@ static void teardown(void)
     cbus_producer_close(prod);
     prod = NULL;
     cbus_bus_destroy(bus);
+    unlink(status_path);
+    rmdir(dir);
 }
 
 TestSuite(web_daemon, .init = setup, .fini = teardown, .timeout = 120);
@@ -73,8 +79,8 @@ static int start_daemon(const char *env_token, const char *const *extra)
             unsetenv("CBUS_WEB_TOKEN");
         const char *argv[32] = {WEB_DAEMON_PATH, "--bus", bus, "--listen", "127.0.0.1:0",
                                 "--prices", WEB_PRICES, "--cost-snapshot", "/nonexistent/snap.json",
-                                "--ratelimit-status", "/nonexistent/rl.json"};
-        int n = 11;
+                                "--ratelimit-status", "/nonexistent/rl.json", "--status-file", status_path};
+        int n = 13;
         for (int i = 0; extra && extra[i] && n < 31; i++)
             argv[n++] = extra[i];
         argv[n] = NULL;
@@ -519,7 +525,11 @@ Test(web_daemon, progress_stream_shows_each_step)
 
 Test(web_daemon, a_client_that_never_reads_is_cut_and_others_get_everything)
 {
-    const char *const extra[] = {"--history", "4096", "--client-queue", "1024", NULL};
+    /* A queue of 8,192 events: the reading client survives a stall of the
+     * server's thread of that many events on a loaded machine, while the
+     * stuck one (its socket buffers hold ~10k of these frames at most) falls
+     * 30,000 behind. */
+    const char *const extra[] = {"--history", "16384", "--client-queue", "8192", NULL};
     start_ok(NULL, extra);
     /* The stuck client: a tiny receive window, and it never reads. */
     int stuck = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -678,4 +688,15 @@ Test(web_daemon, state_has_the_bus_numbers)
     cr_assert(strstr(r, "\"http_status\":429"), "%s", r);
     cr_assert(strstr(r, "\"cost\":null,\"cost_error\":\"no such file"), "%s", r);
     free(r);
+    /* The common status envelope (status.h), and running:false after a stop. */
+    stop_daemon();
+    FILE *sf = fopen(status_path, "r");
+    cr_assert_not_null(sf, "%s", status_path);
+    char doc[4096] = {0};
+    cr_assert_gt(fread(doc, 1, sizeof doc - 1, sf), 0);
+    fclose(sf);
+    cr_assert(strstr(doc, "\"daemon\":\"cbus-web\""), "%s", doc);
+    cr_assert(strstr(doc, "\"running\":false"), "%s", doc);
+    cr_assert(strstr(doc, "\"web\":{\"listen\":\"127.0.0.1\""), "%s", doc);
+    cr_assert(strstr(doc, "\"events\":124,"), "%s", doc);
 }

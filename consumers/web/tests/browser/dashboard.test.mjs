@@ -84,7 +84,8 @@ test('the dashboard in headless Chromium', { timeout: 120000 }, async (t) => {
   start('ratelimit', bin.ratelimit, ['--bus', bus, '--config', path.join(root, 'consumers/ratelimit/ratelimit.ini'),
     '--status-file', path.join(work, 'rl.json')]);
   const web = start('web', bin.web, ['--bus', bus, '--listen', '127.0.0.1:0', '--prices', prices,
-    '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json')]);
+    '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json'),
+    '--status-file', path.join(work, 'web.status.json')]);
   const port = await new Promise((resolve, reject) => {
     let out = '';
     web.stdout.on('data', (d) => {

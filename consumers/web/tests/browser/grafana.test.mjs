@@ -89,7 +89,8 @@ test('the Grafana dashboard uses only metrics the daemons export', { timeout: 60
   spawnLog('ratelimit', bin('consumers/ratelimit/cbus-ratelimit'), ['--bus', bus, '--config',
     path.join(root, 'consumers/ratelimit/ratelimit.ini'), '--status-file', path.join(work, 'rl.json')]);
   const web = spawnLog('web', bin('consumers/web/cbus-web'), ['--bus', bus, '--listen', '127.0.0.1:0',
-    '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json')], 'pipe');
+    '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json'),
+    '--status-file', path.join(work, 'web.status.json')], 'pipe');
   const port = await new Promise((resolve, reject) => {
     let out = '';
     web.stdout.on('data', (d) => { out += d; const m = /listening \S+ (\d+)/.exec(out); if (m) resolve(Number(m[1])); });
