@@ -225,7 +225,7 @@ static void handler(void *ctx, const struct cbus_http_request *req, struct cbus_
 }
 
 int hist_api_start(struct hist_api **out, const char *db, const char *host, unsigned port,
-                   char *err, size_t errlen)
+                   const char *token, char *err, size_t errlen)
 {
     struct hist_api *a = calloc(1, sizeof *a);
     if (!a) {
@@ -238,7 +238,7 @@ int hist_api_start(struct hist_api **out, const char *db, const char *host, unsi
         return r;
     }
     struct cbus_httpd_opts o = {.host = host, .port = port, .handler = handler, .ctx = a,
-                                .max_body = 16 * 1024};
+                                .max_body = 16 * 1024, .bearer_token = token};
     r = cbus_httpd_start(&a->h, &o);
     if (r) {
         snprintf(err, errlen, "%s", strerror(-r));

@@ -19,8 +19,9 @@
 struct hist_api;
 
 /* Opens db and serves on host:port (port 0: any).  0 or -errno (err set). */
+/* token: non-NULL, every request needs "Authorization: Bearer <token>" (401). */
 int hist_api_start(struct hist_api **out, const char *db, const char *host, unsigned port,
-                   char *err, size_t errlen);
+                   const char *token, char *err, size_t errlen);
 unsigned hist_api_port(const struct hist_api *a);
 void hist_api_stop(struct hist_api *a);
 

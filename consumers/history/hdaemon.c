@@ -436,7 +436,20 @@ int hist_daemon_main(int argc, char **argv)
     d->bus_id = d->loop.at.bus_id;
     d->to_index = 1; /* what an earlier run left unindexed */
     if (d->cfg.http_host[0]) {
-        r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, err,
+        /* Loopback only, but conversations are private: another local user
+         * can reach loopback, so a token is the way to keep them out. */
+        const char *token = getenv("CBUS_HISTORY_TOKEN");
+        if (token && !*token)
+            token = NULL;
+        if (token && (strlen(token) < 16 || strlen(token) > 255)) {
+            cbus_log_error("CBUS_HISTORY_TOKEN: want 16 to 255 characters");
+            rc = 2;
+            goto out;
+        }
+        if (!token)
+            cbus_log_warn("HTTP API without a token: every local user can read the "
+                          "conversations (set CBUS_HISTORY_TOKEN)");
+        r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, token, err,
                            sizeof err);
         if (r) {
             cbus_log_error("HTTP API %s:%u: %s", d->cfg.http_host, d->cfg.http_port, err);

@@ -166,7 +166,7 @@ class CbusChatHistoryCallbackHandler(ChatHistoryCallbackHandler):
                  request_id=None, parent_message=None, user_data=None, realm=None,
                  agent_title=None, is_anonymous=True, *, bus: str = "prod",
                  history_url: Optional[str] = None, producer_name: Optional[str] = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, history_token: Optional[str] = None) -> None:
         super().__init__(message_time=message_time, conversation_id=conversation_id,
                          correlation_id=correlation_id, request_id=request_id,
                          parent_message=parent_message, user_data=user_data or {}, realm=realm,
@@ -174,6 +174,8 @@ class CbusChatHistoryCallbackHandler(ChatHistoryCallbackHandler):
         self._cbus = _Bus(bus, producer_name)
         self._history_url = history_url.rstrip("/") if history_url else None
         self._timeout = timeout
+        # the API's bearer token (the daemon's CBUS_HISTORY_TOKEN), if it has one
+        self._token = history_token or os.environ.get("CBUS_HISTORY_TOKEN") or None
         self._states: Dict[str, str] = {}
 
     # -- writes: events on the bus ------------------------------------------
@@ -242,6 +244,8 @@ class CbusChatHistoryCallbackHandler(ChatHistoryCallbackHandler):
     def _get(self, path: str):
         """(status, JSON) of GET history_url + path."""
         req = urllib.request.Request(self._history_url + path, method="GET")
+        if self._token:
+            req.add_header("Authorization", "Bearer " + self._token)
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as r:
                 return r.status, json.loads(r.read().decode("utf-8"))

@@ -304,6 +304,26 @@ static int http(unsigned port, const char *method, const char *path, const char 
     return status;
 }
 
+/* Status of a GET with an Authorization header (auth NULL: none). */
+static int http_auth(unsigned port, const char *path, const char *auth)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char req[1024];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s%s%s\r\n", path,
+                     auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+    cr_assert_eq(write(fd, req, (size_t)n), n);
+    char resp[256] = "";
+    ssize_t got = read(fd, resp, sizeof resp - 1);
+    close(fd);
+    int status = 0;
+    cr_assert(got > 0 && sscanf(resp, "HTTP/1.%*d %d", &status) == 1);
+    return status;
+}
+
 static unsigned api_port(void)
 {
     cr_assert(log_has("/v1/conversations", 10000), "no API line in the log");
@@ -561,4 +581,25 @@ Test(history_daemon, full_disk_pauses_tethered_and_resumes, .init = setup, .fini
     cr_expect_eq(cJSON_GetObjectItemCaseSensitive(h, "messages")->valueint, 1500, "%s", st);
     cJSON_Delete(sj);
     free(st);
+}
+
+Test(history_daemon, http_api_token, .init = setup, .fini = teardown, .timeout = 60)
+{
+    write_cfg(dbpath, NULL);
+    setenv("CBUS_HISTORY_TOKEN", "s3cret-token-0123456789", 1);
+    const char *argv[] = {CBUS_HISTORY_BIN, "--config", cfg, "--listen", "127.0.0.1:0", NULL};
+    pid_t d = start_daemon_argv(argv);
+    unsetenv("CBUS_HISTORY_TOKEN");
+    unsigned port = api_port();
+    cr_expect_eq(http_auth(port, "/v1/conversations", NULL), 401);
+    cr_expect_eq(http_auth(port, "/v1/conversations", "Bearer wrong-token-0123456789"), 401);
+    cr_expect_eq(http_auth(port, "/v1/conversations", "Bearer s3cret-token-0123456789"), 200);
+    stop_daemon(d);
+    /* a token too short to be one is refused at start */
+    setenv("CBUS_HISTORY_TOKEN", "short", 1);
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "%s --config %s --listen 127.0.0.1:0 2>&1", CBUS_HISTORY_BIN, cfg);
+    cr_expect_eq(run(cmd, out, sizeof out), 2);
+    cr_expect_not_null(strstr(out, "CBUS_HISTORY_TOKEN: want 16 to 255"), "%s", out);
+    unsetenv("CBUS_HISTORY_TOKEN");
 }
