@@ -33,6 +33,12 @@ _FINISH = {"stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "length"
            "function_call": "tool_calls", "content_filter": "content_filter"}
 
 
+# LangChain's message types as the OpenTelemetry GenAI roles of
+# gen_ai.input.messages (system, user, assistant, tool); others pass through.
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
+          "function": "tool", "chat": "user"}
+
+
 def _text(v: Any) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -220,7 +226,7 @@ class CbusCallbackHandler(BaseCallbackHandler):
         if run is None:
             return
         flat = [m for batch in messages for m in batch]
-        conv = [{"role": getattr(m, "type", "user"), "parts": [
+        conv = [{"role": _ROLES.get(getattr(m, "type", None), getattr(m, "type", None) or "user"), "parts": [
             {"type": "text", "content": _text(getattr(m, "content", ""))}]} for m in flat]
         last = _text(getattr(flat[-1], "content", None)) if flat else None
         run.chat_model_start(last, messages=json.dumps(conv, ensure_ascii=False, default=str),

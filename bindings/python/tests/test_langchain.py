@@ -1,3 +1,4 @@
+import json
 import asyncio
 import threading
 import time
@@ -62,6 +63,8 @@ def test_sequence_carries_the_run_tree_usage_tags_and_metadata(bus):
     llm = evs[3]
     assert llm.parent_run_id == root.run_id and llm.model == "fake-1" and llm.provider == "genericfakechatmodel"  # ls_provider wins over the default
     assert '"hi"' in llm.messages
+    # OpenTelemetry's roles, not LangChain's message types (human, ai)
+    assert [m["role"] for m in json.loads(llm.messages)] == ["user"]
     u = evs[4].usage
     assert (u["input_tokens"], u["output_tokens"], u["cache_read_tokens"],
             u["reasoning_tokens"]) == (11, 2, 4, 1)
