@@ -603,3 +603,27 @@ Test(history_daemon, http_api_token, .init = setup, .fini = teardown, .timeout =
     cr_expect_not_null(strstr(out, "CBUS_HISTORY_TOKEN: want 16 to 255"), "%s", out);
     unsetenv("CBUS_HISTORY_TOKEN");
 }
+
+Test(history_daemon, retention_timer_deletes_idle_conversations, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    write_cfg(dbpath, "[retention]\nmax_age = 3s\ncheck_every = 200ms\n");
+    pid_t d = start_daemon();
+    wait_ok(producer("ret", 0, 2, 0));
+    /* every message written (the cursor row counts them, deleted or not),
+     * then, idle longer than max_age, deleted by the daemon's own timer
+     * (on a slow machine maybe before all were seen at once: no count of
+     * live rows is asserted before) */
+    uint64_t end = test_now_ms() + 30000;
+    while (db_int(dbpath, "SELECT messages FROM cursor") < 20 && test_now_ms() < end)
+        test_sleep_ms(50);
+    cr_assert_eq(db_int(dbpath, "SELECT messages FROM cursor"), 20);
+    int64_t convs;
+    while ((convs = db_int(dbpath, "SELECT count(*) FROM conversations")) != 0 &&
+           test_now_ms() < end)
+        test_sleep_ms(50);
+    cr_expect_eq(convs, 0);
+    cr_expect_eq(stored(dbpath), 0);
+    cr_expect(log_has("retention: ", 2000), "%s", slurp(logpath));
+    stop_daemon(d);
+}
