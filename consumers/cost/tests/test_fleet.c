@@ -269,10 +269,11 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     cr_assert_geq(total, 20, "the budget (20 calls) was reached: %llu", (unsigned long long)total);
     /* The lease bound (docs/fleet.md): over by one call per node (its cost
      * is known at its llm_end) plus what each node's producer starts while
-     * the verdict is on its way; the margin allows 3 of those per node.
+     * the verdict is on its way; the margin allows 5 of those per node
+     * (100 ms at one call per 20 ms).
      * Without leases (each node spending what the fleet had left until the
      * next sync) this ran 30-36 calls. */
-    cr_assert_leq(total, 20 + NODES * (1 + 3), "sent %llu calls on a 20-call budget",
+    cr_assert_leq(total, 20 + NODES * (1 + 5), "sent %llu calls on a 20-call budget",
                   (unsigned long long)total);
     /* Each mark alerted once, on one node or another. */
     int thr50 = 0, thr80 = 0, exceeded = 0;
@@ -350,7 +351,7 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
     cr_log_info("away: %llu calls held at the nodes' shares", (unsigned long long)away_sent);
     /* A third of the budget each (7 calls), one more each for the call
      * whose cost tips it, and what starts while the hold is on its way. */
-    cr_assert_leq(away_sent, 20 + NODES * 3, "away: %llu calls on a 20-call budget",
+    cr_assert_leq(away_sent, 20 + NODES * 5, "away: %llu calls on a 20-call budget",
                   (unsigned long long)away_sent);
     redis_test_pause(&rs, 0);
     /* Back: the counts reach Redis once; the marks alert once each. */
