@@ -239,8 +239,10 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
         const struct cbus_cfg_entry *e = &cfg.entries[i];
         const char *s = e->section, *k = e->key;
         /* [bus] name and consumer: the section every daemon shares (config.h). */
-        const struct cbus_cfg_common cc = {.bus = c->bus, .consumer = c->consumer,
-                                           .consumer_size = sizeof c->consumer};
+        const struct cbus_cfg_common cc = {
+            .bus = c->bus, .consumer = c->consumer, .consumer_size = sizeof c->consumer,
+            .status_file = c->status_file, .status_file_size = sizeof c->status_file,
+            .status_off = &c->status_off, .status_interval_ns = &c->status_interval_ns};
         int taken = cbus_cfg_common_entry(&cc, &cfg, e, err, errlen);
         if (taken) {
             r = taken < 0 ? taken : 0;

@@ -27,6 +27,9 @@ struct cost_config {
     uint64_t max_users, max_sessions, max_models, max_agents, max_tenants;
     uint64_t snapshot_max_sessions;
     char prom_textfile[COST_PATH_MAX];    /* "" = none */
+    char status_file[COST_PATH_MAX];      /* [status] file; "" = STATE/status.json */
+    int status_off;                       /* [status] file = off */
+    uint64_t status_interval_ns;          /* [status] interval; 0 = with the outputs */
     int prom_users;                       /* per-user series in Prometheus output */
     char http_host[64];                   /* "" = no HTTP endpoint */
     unsigned http_port;

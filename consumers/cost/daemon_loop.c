@@ -283,7 +283,7 @@ static void write_status(struct daemon *d, const struct cost_render_info *ri, ui
     sbuf_json_str(&b, d->snap_path, (size_t)-1);
     sbuf_puts(&b, "}");
     cbus_status_end(&b);
-    int r = cbus_status_write(d->status_path, &b);
+    int r = d->status_path[0] ? cbus_status_write(d->status_path, &b) : 0;
     if (r)
         cost_errlimit_fail(&d->snap_err, now, "%s: %s", d->status_path, strerror(-r));
     sbuf_free(&b);
@@ -321,7 +321,18 @@ static void write_outputs(struct daemon *d)
     }
     if (d->http)
         cost_http_publish(d->http, d->prom.data, d->prom.len, d->json.data, d->json.len);
+    if (!d->cfg.status_interval_ns || d->stopped)
+        write_status(d, &ri, now);
+}
+
+/* [status] interval set: the status file on its own cadence. */
+static int status_timer(void *arg, uint64_t now)
+{
+    struct daemon *d = arg;
+    struct cost_render_info ri;
+    render_info(d, &ri);
     write_status(d, &ri, now);
+    return 0;
 }
 
 /* Durable first, then let producers overwrite: the cursor committed to the
@@ -648,10 +659,20 @@ int cost_daemon_main(int argc, char **argv)
     }
     int n1 = snprintf(d->ckpt_path, sizeof d->ckpt_path, "%s/checkpoint.bin", d->cfg.state_dir);
     int n2 = snprintf(d->snap_path, sizeof d->snap_path, "%s/snapshot.json", d->cfg.state_dir);
-    int n3 = snprintf(d->status_path, sizeof d->status_path, "%s/status.json", d->cfg.state_dir);
+    int n3 = d->cfg.status_off ? 0
+             : d->cfg.status_file[0]
+                 ? snprintf(d->status_path, sizeof d->status_path, "%s", d->cfg.status_file)
+                 : snprintf(d->status_path, sizeof d->status_path, "%s/status.json",
+                            d->cfg.state_dir);
     if (n1 < 0 || (size_t)n1 >= sizeof d->ckpt_path || n2 < 0 || (size_t)n2 >= sizeof d->snap_path ||
         n3 < 0 || (size_t)n3 >= sizeof d->status_path) {
         cbus_log_error("state dir %s: path too long", d->cfg.state_dir);
+        return 1;
+    }
+    /* A [status] file outside the state dir: its directory private too. */
+    if (d->cfg.status_file[0] && !d->cfg.status_off &&
+        cbus_state_file_dir_prepare(d->cfg.status_file, 0700, why, sizeof why)) {
+        cbus_log_error("[status] file: %s", why);
         return 1;
     }
 
@@ -781,6 +802,8 @@ int cost_daemon_main(int argc, char **argv)
     l->hb_every_ns = hb_every;
     l->max_wait_ns = hb_every < 100000000u ? hb_every : 100000000u;
     cbus_loop_every(l, d->cfg.snapshot_interval_ns, 0, outputs_timer, 1);
+    if (d->cfg.status_interval_ns)
+        cbus_loop_every(l, d->cfg.status_interval_ns, 0, status_timer, 1);
     cbus_loop_every(l, 60 * SEC, 60 * SEC, expire_timer, 0);
     if (d->fleet)
         cbus_loop_every(l, cbus_cluster_tick_ns(&d->cfg.cluster), 0, fleet_timer, 0);
