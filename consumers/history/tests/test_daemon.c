@@ -30,6 +30,10 @@
 #endif
 
 static char bus[64], dir[256], cfg[300], dbpath[300], logpath[300];
+/* Daemons this test started: a failed assertion ends the test before it
+ * stops them, so teardown kills what is left (no orphan outlives a test). */
+static pid_t started[16];
+static unsigned nstarted;
 
 static void setup(void)
 {
@@ -46,6 +50,13 @@ static void setup(void)
 
 static void teardown(void)
 {
+    for (unsigned i = 0; i < nstarted; i++)
+        /* only a child of ours not yet reaped: never a reused pid */
+        if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
+            kill(started[i], SIGKILL);
+            test_wait_pid(started[i], 5000);
+        }
+    nstarted = 0;
     cbus_bus_destroy(bus);
     if (getenv("CBUS_TEST_KEEP")) { /* to read the daemon's log afterwards */
         fprintf(stderr, "kept %s\n", dir);
@@ -81,6 +92,8 @@ static pid_t start_daemon_argv(const char *const *argv)
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
+    if (nstarted < sizeof started / sizeof started[0])
+        started[nstarted++] = pid;
     return pid;
 }
 
