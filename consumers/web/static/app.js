@@ -402,11 +402,14 @@ $('tail').addEventListener('click', (e) => {
 
 /* ---- run view --------------------------------------------------------------------- */
 
+/* A trace's tree: each step indented under its parent run (the frames
+ * carry parent_run_id), its tokens appended as they stream. */
 const run = {
-  sub: null, steps: new Map(),
+  sub: null, steps: new Map(), depth: new Map(),
   start(trace) {
     if (this.sub) this.sub.stop();
     this.steps.clear();
+    this.depth.clear();
     $('run-steps').querySelector('tbody').textContent = '';
     $('run-summary').textContent = 'following ' + trace;
     this.sub = follow('/v1/runs/' + encodeURIComponent(trace) + '/progress', (f) => this.add(f),
@@ -420,6 +423,10 @@ const run = {
       const tr = row([{ t: p.step, c: 'r', k: 'step' }, { t: '', k: 'action' }, { t: '', k: 'status' },
         { t: '0', c: 'r', k: 'streamed' }, { t: '', c: 'chunks', k: 'chunks' }]);
       tr.dataset.step = p.step;
+      const d = p.parent_run_id && this.depth.has(p.parent_run_id) ? this.depth.get(p.parent_run_id) + 1 : 0;
+      this.depth.set(p.run_id, d);
+      tr.dataset.depth = d;
+      tr.querySelector('[data-k="action"]').style.paddingLeft = (6 + 18 * Math.min(d, 12)) + 'px';
       const tb = $('run-steps').querySelector('tbody');
       const after = [...tb.rows].find((r) => Number(r.dataset.step) > p.step);
       tb.insertBefore(tr, after || null);
@@ -427,7 +434,7 @@ const run = {
       this.steps.set(p.step, s);
     }
     const cell = (k) => s.tr.querySelector('[data-k="' + k + '"]');
-    cell('action').textContent = p.action;
+    cell('action').textContent = (Number(s.tr.dataset.depth) > 0 ? '\u2514 ' : '') + p.action;
     cell('status').textContent = p.status + (p.error ? ' (' + p.error + ')' : '');
     cell('status').className = 's-' + p.status;
     s.tr.dataset.status = p.status;

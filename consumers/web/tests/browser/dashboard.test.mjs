@@ -214,9 +214,10 @@ test('the dashboard in headless Chromium', { timeout: 120000 }, async (t) => {
     emit(bus, ['--kind', 'chain_end', ...ctx(r0)]);
     await page.waitForSelector('#run-summary[data-done="1"]');
     const steps = await page.$$eval('#run-steps tbody tr', (trs) => trs.map((tr) => [
-      tr.dataset.step, tr.querySelector('[data-k="action"]').textContent, tr.dataset.status]));
-    assert.deepEqual(steps, [['1', 'chain AgentExecutor', 'complete'], ['2', 'llm gpt-4o', 'complete'],
-      ['3', 'tool search', 'error']]);
+      tr.dataset.step, tr.dataset.depth, tr.querySelector('[data-k="action"]').textContent, tr.dataset.status]));
+    // The tree: the LLM call and the tool under the agent's chain.
+    assert.deepEqual(steps, [['1', '0', 'chain AgentExecutor', 'complete'], ['2', '1', '\u2514 llm gpt-4o', 'complete'],
+      ['3', '1', '\u2514 tool search', 'error']]);
     // gpt-4o: 1000 * 2.5e-6 + 100 * 1e-5 USD
     assert.match(await page.textContent('#run-summary'), /1,000 in \/ 100 out tokens, 3 streamed, cost \$0\.0035, done/);
   });
