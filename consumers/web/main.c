@@ -27,7 +27,7 @@
 /* A batch lands in the history at once: a queue of a few batches, or
  * every client would be cut by the first full poll. */
 #define QUEUE_MIN (4 * BATCH)
-#define WAKE_EVERY_NS (2 * MS) /* streams are woken at most this often while events pour in */
+#define WAKE_EVERY_NS (10 * MS) /* streams are woken at most this often while events pour in */
 
 struct daemon {
     struct web w;
@@ -104,9 +104,15 @@ static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_bo
 static int before_sleep(void *arg, uint64_t now)
 {
     struct daemon *d = arg;
-    if (d->w.wake_pending)
+    /* Events wait for their streams at most WAKE_EVERY_NS: a wake-up (a
+     * resume, a send per stream) costs more than a batch's events, so the
+     * loop never wakes the streams more often than that, and before it
+     * sleeps it asks to be up again when the pending ones are due. */
+    if (!d->w.wake_pending)
+        return 0;
+    if (now - d->w.last_wake_ns >= WAKE_EVERY_NS)
         web_wake(&d->w, now, 0);
-    else if (d->w.last_wake_ns + WAKE_EVERY_NS > now)
+    else
         cbus_loop_wake_at(&d->loop, d->w.last_wake_ns + WAKE_EVERY_NS);
     return 0;
 }
