@@ -622,6 +622,15 @@ CBUS_API int cbus_retriever_end(cbus_producer *p, cbus_ctx *ctx, uint32_t docume
     return emit(p, ctx, &rq);
 }
 
+CBUS_API int cbus_retriever_end_documents(cbus_producer *p, cbus_ctx *ctx, uint32_t document_count,
+                                          const char *documents)
+{
+    struct cbus_retriever_info r = {.document_count = document_count};
+    struct emit_req rq = {.kind = CBUS_EV_RETRIEVER_END, .payload = &r, .payload_len = sizeof r,
+                          .preview = documents, .preview_len = text_len(documents)};
+    return emit(p, ctx, &rq);
+}
+
 CBUS_API int cbus_retriever_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
                                   const char *message)
 {

@@ -5,6 +5,7 @@
 #include <cbus/producer.h>
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -432,4 +433,37 @@ Test(bus_bodies, scores_are_validated_and_carry_value_category_and_comment)
     cr_assert_str_eq(cbus_kind_name(CBUS_EV_SCORE), "score");
     cr_assert_str_eq(cbus_kind_name(CBUS_EV_CHAT_MODEL_STREAM), "chat_model_stream");
     cr_assert_str_eq(cbus_kind_name(CBUS_EV_TOOL_EVENT), "tool_event");
+}
+
+/* A retriever's documents (issue 15: exported as gen_ai.retrieval.documents)
+ * travel with its end beside the count, like every other text; NULL is the
+ * plain end. */
+Test(bus_bodies, a_retrievers_documents_ride_on_its_end_with_the_count)
+{
+    open_bus(16384, 0, CBUS_LOSSY);
+    char docs[400];
+    int dn = snprintf(docs, sizeof docs, "[{\"id\":\"doc-1\",\"content\":\"%s\"},{\"id\":\"doc-2\",\"content\":\"x\"}]",
+                      "Paris is the capital and largest city of France, on the Seine; about 2.1 million people "
+                      "live in the city proper.");
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_retriever_start(p, &ctx, "wiki", "capital of France"), 0);
+    cr_assert_eq(cbus_retriever_end_documents(p, &ctx, 2, docs), 0);
+    cr_assert_eq(cbus_retriever_end_documents(p, &ctx, 0, NULL), 0);
+    cr_assert_eq(cbus_retriever_end_documents(p, NULL, 1, docs), -EINVAL);
+    struct cbus_event ev[3];
+    struct cbus_body b[3];
+    cr_assert_eq(cbus_consumer_poll_bodies(c, ev, b, 3, buf, buflen), 3);
+    cr_assert_eq(ev[1].kind, CBUS_EV_RETRIEVER_END);
+    cr_assert_eq(ev[1].u.retriever.document_count, 2);
+    cr_assert_eq(strncmp(ev[1].preview, docs, CBUS_PREVIEW_LEN - 1), 0);
+    struct cbus_body_section sec;
+    const char *data;
+    cr_assert_eq(section(b[1], CBUS_BODY_TEXT, &sec, &data), 1);
+    cr_assert_eq(sec.len, (uint32_t)dn);
+    cr_assert_eq(memcmp(data, docs, (size_t)dn), 0, "every document, byte for byte");
+    cr_assert_eq(ev[2].kind, CBUS_EV_RETRIEVER_END);
+    cr_assert_eq(ev[2].u.retriever.document_count, 0);
+    cr_assert(!(ev[2].flags & CBUS_FLAG_BODY));
+    cr_assert_eq(ev[2].preview[0], '\0');
 }

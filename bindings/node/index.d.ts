@@ -68,7 +68,7 @@ declare class NativeProducer {
   runHandle(runId: string): number;
   llmEnd(runId: string, output?: string | null, usage?: Usage | null, messages?: string | null): EmitCode;
   /** kind: END.*; the third argument is the output text, or the document count for a retriever */
-  end(kind: number, runId: string, outputOrCount?: string | number | null): EmitCode;
+  end(kind: number, runId: string, outputOrCount?: string | number | null, documents?: string | null): EmitCode;
   /** kind: ERROR.* */
   error(kind: number, runId: string, errorType?: string | null, message?: string | null, httpStatus?: number): EmitCode;
   /** kind: POINT.* */
@@ -98,7 +98,8 @@ export class Producer extends NativeProducer {
   chatModelStream(runId: string, chunk: string): EmitCode;
   chainEnd(runId: string, outputs?: string | null): EmitCode;
   toolEnd(runId: string, output?: string | null): EmitCode;
-  retrieverEnd(runId: string, documentCount?: number): EmitCode;
+  /** documents: the retrieved documents as text (a JSON array of {id, content, metadata}), whole in the body */
+  retrieverEnd(runId: string, documentCount?: number, documents?: string | null): EmitCode;
   llmError(runId: string, errorType?: string | null, message?: string | null, httpStatus?: number): EmitCode;
   chainError(runId: string, errorType?: string | null, message?: string | null): EmitCode;
   toolError(runId: string, errorType?: string | null, message?: string | null): EmitCode;

@@ -192,6 +192,12 @@ CBUS_API int cbus_agent_finish(cbus_producer *p, cbus_ctx *ctx, const char *outp
 CBUS_API int cbus_retriever_start(cbus_producer *p, cbus_ctx *ctx, const char *retriever_name,
                                   const char *query);
 CBUS_API int cbus_retriever_end(cbus_producer *p, cbus_ctx *ctx, uint32_t document_count);
+/* The same, with the retrieved documents as text (a JSON array such as
+ * [{"id":"doc-1","content":"...","metadata":{...}}], or plain text): its start
+ * in the preview, all of it in the body, as for every other text.  NULL is
+ * cbus_retriever_end(). */
+CBUS_API int cbus_retriever_end_documents(cbus_producer *p, cbus_ctx *ctx, uint32_t document_count,
+                                          const char *documents);
 CBUS_API int cbus_retriever_error(cbus_producer *p, cbus_ctx *ctx, const char *error_type,
                                   const char *message);
 CBUS_API int cbus_text(cbus_producer *p, cbus_ctx *ctx, const char *text);

@@ -39,6 +39,18 @@ function msgText(m) {
 }
 
 // LangChain messages -> OpenTelemetry gen_ai.input.messages JSON.
+// LangChain Documents as the GenAI retrieval documents shape
+// [{id, content, metadata}] (cbus-export sends it as gen_ai.retrieval.documents).
+function documentsJson(docs) {
+  if (!Array.isArray(docs) || !docs.length) return null;
+  return JSON.stringify(docs.map((d) => {
+    const o = { content: typeof d?.pageContent === 'string' ? d.pageContent : text(d) };
+    if (d?.id != null) o.id = String(d.id);
+    if (d?.metadata && Object.keys(d.metadata).length) o.metadata = d.metadata;
+    return o;
+  }));
+}
+
 function messagesJson(msgs) {
   return JSON.stringify(msgs.map((m) => ({ role: msgRole(m), parts: [{ type: 'text', content: msgText(m) }] })));
 }
@@ -244,7 +256,7 @@ function makeHandler(BaseCallbackHandler) {
     }
 
     handleRetrieverEnd(documents, runId) {
-      this._safe((p) => p.retrieverEnd(runId, Array.isArray(documents) ? documents.length : 0));
+      this._safe((p) => p.retrieverEnd(runId, Array.isArray(documents) ? documents.length : 0, documentsJson(documents)));
     }
 
     handleRetrieverError(err, runId) {

@@ -29,7 +29,7 @@ class Producer extends native.NativeProducer {
   chatModelStream(runId, chunk) { return this.stream(runId, chunk); }
   chainEnd(runId, outputs) { return this.end(END.chain, runId, outputs); }
   toolEnd(runId, output) { return this.end(END.tool, runId, output); }
-  retrieverEnd(runId, documentCount) { return this.end(END.retriever, runId, documentCount); }
+  retrieverEnd(runId, documentCount, documents) { return this.end(END.retriever, runId, documentCount, documents); }
   llmError(runId, errorType, message, httpStatus) { return this.error(ERROR.llm, runId, errorType, message, httpStatus); }
   chainError(runId, errorType, message) { return this.error(ERROR.chain, runId, errorType, message); }
   toolError(runId, errorType, message) { return this.error(ERROR.tool, runId, errorType, message); }

@@ -1078,8 +1078,8 @@ enum end_kind { E_CHAIN = 0, E_TOOL = 1, E_RETRIEVER = 2 };
 /* end(kind, runId, text | documentCount): chain 0, tool 1, retriever 2.  Ends the run. */
 static napi_value prod_end(napi_env env, napi_callback_info info)
 {
-    size_t argc = 3;
-    napi_value argv[3] = {0};
+    size_t argc = 4;
+    napi_value argv[4] = {0};
     struct prod *pr = prod_this(env, info, &argc, argv);
     if (!pr)
         return NULL;
@@ -1096,7 +1096,8 @@ static napi_value prod_end(napi_env env, napi_callback_info info)
     size_t n;
     double docs = 0;
     if (kd == E_RETRIEVER) {
-        if (get_int(env, argv[2], "documentCount", 0, UINT32_MAX, 0, &docs))
+        if (get_int(env, argv[2], "documentCount", 0, UINT32_MAX, 0, &docs) ||
+            get_str(env, argv[3], "documents", 1, &pr->sb[1], &s, &n) < 0)
             return NULL;
     } else if (get_str(env, argv[2], "output", 1, &pr->sb[1], &s, &n) < 0) {
         return NULL;
@@ -1104,7 +1105,7 @@ static napi_value prod_end(napi_env env, napi_callback_info info)
     int rc = !pr->p            ? -ESTALE
              : kd == E_CHAIN   ? cbus_chain_end(pr->p, ctx, s)
              : kd == E_TOOL    ? cbus_tool_end(pr->p, ctx, s)
-                               : cbus_retriever_end(pr->p, ctx, (uint32_t)docs);
+                               : cbus_retriever_end_documents(pr->p, ctx, (uint32_t)docs, s);
     if (r)
         run_del(pr, r);
     return int_value(env, rc);

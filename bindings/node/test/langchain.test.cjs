@@ -106,7 +106,8 @@ test('tool(), a retriever, errors with status; the handler never throws into the
   const h = new CbusCallbackHandler({ bus });
   const weather = tool(async ({ city }) => `18C in ${city}`, { name: 'weather', description: 'weather', schema: z.object({ city: z.string() }) });
   assert.equal(await weather.invoke({ city: 'Paris' }, { callbacks: [h] }), '18C in Paris');
-  const retriever = new FakeRetriever({ output: [new Document({ pageContent: 'a' }), new Document({ pageContent: 'b' })] });
+  const retriever = new FakeRetriever({ output: [new Document({ pageContent: 'a', id: 'd1', metadata: { src: 'kb' } }),
+    new Document({ pageContent: 'b' })] });
   assert.equal((await retriever.invoke('weather?', { callbacks: [h] })).length, 2);
   const failing = RunnableLambda.from(() => { const e = new Error('429 Too Many Requests'); e.status = 429; throw e; }).withConfig({ runName: 'fails' });
   await assert.rejects(failing.invoke(1, { callbacks: [h] }), /429/);
@@ -117,6 +118,9 @@ test('tool(), a retriever, errors with status; the handler never throws into the
   assert.equal(by('tool_end')[0].preview, '18C in Paris');
   assert.equal(by('retriever_start')[0].preview, 'weather?');
   assert.equal(by('retriever_end')[0].retriever.documentCount, 2);
+  const re = by('retriever_end')[0];
+  assert.deepEqual(JSON.parse(re.body?.text ?? re.preview),
+    [{ id: 'd1', content: 'a', metadata: { src: 'kb' } }, { content: 'b' }], 'the documents, in the GenAI retrieval shape');
   assert.equal(by('chain_error')[0].preview, '429 Too Many Requests');
   assert.equal(h.producer.runs(), 0);
   // bad input from a chain never throws out of the handler

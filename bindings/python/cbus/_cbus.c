@@ -839,16 +839,21 @@ static PyObject *Run_llm_error(Run *self, PyObject *args, PyObject *kw)
 
 static PyObject *Run_retriever_end(Run *self, PyObject *args, PyObject *kw)
 {
-    static char *kwl[] = {"document_count", NULL};
-    PyObject *o = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:retriever_end", kwl, &o))
+    static char *kwl[] = {"document_count", "documents", NULL};
+    PyObject *o = Py_None, *d = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:retriever_end", kwl, &o, &d))
         return NULL;
     uint64_t n;
     int present;
     if (uint_arg(o, "document_count", UINT32_MAX, &n, &present))
         return NULL;
+    struct text t;
+    if (text_arg(d, "documents", &t))
+        return NULL;
     cbus_producer *p = live(self->producer);
-    return emitted(p ? cbus_retriever_end(p, self->ctx, (uint32_t)n) : -ESTALE);
+    int rc = p ? cbus_retriever_end_documents(p, self->ctx, (uint32_t)n, t.s) : -ESTALE;
+    text_done(&t);
+    return emitted(rc);
 }
 
 static PyObject *Run_retry(Run *self, PyObject *args, PyObject *kw)
@@ -1559,7 +1564,7 @@ static PyMethodDef Run_methods[] = {
     KWM(agent_action, "agent_action(tool=None, tool_input=None) -> bool"),
     KWM(agent_finish, "agent_finish(output=None) -> bool"),
     KWM(retriever_start, "retriever_start(name=None, query=None) -> bool"),
-    KWM(retriever_end, "retriever_end(document_count=None) -> bool"),
+    KWM(retriever_end, "retriever_end(document_count=None, documents=None) -> bool\n\ndocuments: the retrieved documents as text (a JSON array of {id, content, metadata}), whole in the body"),
     KWM(retriever_error, "retriever_error(error_type=None, message=None) -> bool"),
     KWM(text, "text(text=None) -> bool"),
     KWM(retry, "retry(attempt=None, backoff_ns=None, reason=None) -> bool"),

@@ -39,6 +39,21 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
           "function": "tool", "chat": "user"}
 
 
+def _documents_json(documents: Any) -> str | None:
+    """LangChain Documents as the GenAI retrieval documents shape:
+    [{"id", "content", "metadata"}] (exported as gen_ai.retrieval.documents)."""
+    out = []
+    for d in documents or ():
+        item = {"content": _text(getattr(d, "page_content", d))}
+        if getattr(d, "id", None) is not None:
+            item["id"] = str(d.id)
+        md = getattr(d, "metadata", None)
+        if md:
+            item["metadata"] = md
+        out.append(item)
+    return json.dumps(out, ensure_ascii=False, default=str) if out else None
+
+
 def _text(v: Any) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -319,7 +334,7 @@ class CbusCallbackHandler(BaseCallbackHandler):
     def on_retriever_end(self, documents, *, run_id, parent_run_id=None, **kwargs):
         run = self._end(run_id)
         if run is not None:
-            run.retriever_end(document_count=len(documents))
+            run.retriever_end(document_count=len(documents), documents=_documents_json(documents))
 
     @_guard
     def on_retriever_error(self, error, *, run_id, parent_run_id=None, **kwargs):

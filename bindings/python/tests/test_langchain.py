@@ -98,7 +98,7 @@ def broken(x: str) -> str:
 
 class Docs(BaseRetriever):
     def _get_relevant_documents(self, query, *, run_manager):
-        return [Document(page_content=query + str(i)) for i in range(3)]
+        return [Document(page_content=query + str(i), id=f"d{i}", metadata={"src": "kb"}) for i in range(3)]
 
 
 def test_tool_retriever_errors_and_agent_loop(bus):
@@ -123,6 +123,9 @@ def test_tool_retriever_errors_and_agent_loop(bus):
     assert evs[0].name == "lookup" and evs[1].text == "sunny in Oslo"
     assert evs[3].name == "ValueError" and "no y" in evs[3].text
     assert kinds[4:6] == ["retriever_start", "retriever_end"] and evs[5].document_count == 3
+    # the documents themselves, whole, in the GenAI retrieval shape
+    assert json.loads(evs[5].text) == [{"id": f"d{i}", "content": f"q{i}", "metadata": {"src": "kb"}}
+                                       for i in range(3)]
     loop = evs[6:]
     assert [e.kind for e in loop] == ["chain_start", "chat_model_start", "llm_end",
                                       "tool_start", "tool_end", "chat_model_start", "llm_end",
