@@ -1,4 +1,7 @@
 #include "daemon.h"
+#include "log.h"
+
+#include <cbus/cbus.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +28,22 @@ static void on_usr1(int sig)
 {
     (void)sig;
     cbus_daemon_usr1 = 1;
+}
+
+int cbus_daemon_pick_bus(char *cfg_bus, size_t cap, const char *arg)
+{
+    if (arg) {
+        if (cbus_name_valid(arg) || strlen(arg) >= cap) {
+            cbus_log_error("--bus %s: not a valid bus name (1..31 of [A-Za-z0-9_.-])", arg);
+            return 2;
+        }
+        snprintf(cfg_bus, cap, "%s", arg);
+    }
+    if (!cfg_bus[0]) {
+        cbus_log_error("no bus: give --bus NAME or [bus] name in the config");
+        return 2;
+    }
+    return 0;
 }
 
 void cbus_daemon_signals(void)

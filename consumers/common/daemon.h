@@ -15,6 +15,12 @@ extern volatile sig_atomic_t cbus_daemon_usr1;
  * and the loop sees the flag.  Ignores SIGPIPE (a closed HTTP peer). */
 void cbus_daemon_signals(void);
 
+/* The bus a daemon reads, in cfg_bus (cap bytes, the config's [bus] name or
+ * empty): a --bus argument (arg, may be NULL) replaces it once validated.
+ * Returns 0, or logs why (cbus_log_error: call cbus_log_init first) and
+ * returns 2, the daemons' exit code for a bad command line or config. */
+int cbus_daemon_pick_bus(char *cfg_bus, size_t cap, const char *arg);
+
 /* The root of the daemons' private state ("%S" in a config value):
  * $XDG_STATE_HOME/cbus when XDG_STATE_HOME is an absolute path, else
  * /var/lib/cbus for root (the systemd units' StateDirectory), else

@@ -615,17 +615,8 @@ int cost_daemon_main(int argc, char **argv)
         cbus_log_error("%s", err);
         return 2;
     }
-    if (bus) {
-        if (cbus_name_valid(bus)) {
-            cbus_log_error("--bus %s: not a valid bus name", bus);
-            return 2;
-        }
-        snprintf(d->cfg.bus, sizeof d->cfg.bus, "%s", bus);
-    }
-    if (!d->cfg.bus[0]) {
-        cbus_log_error("no bus: give --bus NAME or [bus] name in the config");
+    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, bus))
         return 2;
-    }
     if (state_dir && follow_state_dir(&d->cfg, state_dir)) {
         cbus_log_error("--state-dir %s: path too long", state_dir);
         cost_config_free(&d->cfg);

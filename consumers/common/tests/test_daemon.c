@@ -263,3 +263,19 @@ Test(common_daemon, log_lines_escape_control_bytes)
     cr_assert(strstr(text, "cbus-test warn: key user=a\\nfake line\\x1b[2J\\u009b \\x41\n"), "%s", text);
     cr_assert_eq(strchr(text, '\n'), text + strlen(text) - 1, "one line: %s", text);
 }
+
+/* --bus replaces the config's bus once validated; without either, a clear
+ * error and exit code 2; a bad name leaves the config's bus as it was. */
+Test(common_daemon, the_bus_comes_from_the_command_line_or_the_config)
+{
+    char bus[32] = "";
+    cr_assert_eq(cbus_daemon_pick_bus(bus, sizeof bus, NULL), 2, "no bus anywhere");
+    strcpy(bus, "fromcfg");
+    cr_assert_eq(cbus_daemon_pick_bus(bus, sizeof bus, NULL), 0);
+    cr_assert_str_eq(bus, "fromcfg");
+    cr_assert_eq(cbus_daemon_pick_bus(bus, sizeof bus, "bad/name"), 2);
+    cr_assert_str_eq(bus, "fromcfg", "a refused --bus changes nothing");
+    cr_assert_eq(cbus_daemon_pick_bus(bus, 4, "long"), 2, "a name past the field is refused, not cut");
+    cr_assert_eq(cbus_daemon_pick_bus(bus, sizeof bus, "prod-1"), 0);
+    cr_assert_str_eq(bus, "prod-1");
+}
