@@ -270,8 +270,20 @@ def test_keep_and_resume_continue_after_the_last_commit(bus):
     assert [e.text for e in rest] == ["3", "4", "5"]
 
 
+def _sleeping_in_futex(pid):
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().startswith("futex")
+    except OSError:
+        return False
+
+
 def test_ctrl_c_wakes_a_blocked_wait(bus):
-    code = ("import cbus,sys\n"
+    # The child installs Python's own SIGINT handler: a shell that starts a
+    # test run in the background hands its children SIGINT ignored, and then
+    # Python installs none (a CI run launched that way failed here).
+    code = ("import cbus,signal,sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "c = cbus.Consumer(%r, 'sig')\n"
             "print('ready', flush=True)\n"
             "try:\n"
@@ -280,9 +292,14 @@ def test_ctrl_c_wakes_a_blocked_wait(bus):
             "    print('interrupted', flush=True)\n" % bus)
     pr = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert pr.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
+    # The signal must find it blocked in the wait (asleep on the bus's futex),
+    # not on its way there: look, rather than sleep a guessed time.
+    deadline = time.monotonic() + 30
+    while not _sleeping_in_futex(pr.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _sleeping_in_futex(pr.pid), "the child never blocked in wait()"
     pr.send_signal(signal.SIGINT)
-    out, _ = pr.communicate(timeout=20)
+    out, _ = pr.communicate(timeout=30)
     assert out.strip() == "interrupted" and pr.returncode == 0
 
 
