@@ -26,15 +26,23 @@ const { CbusCallbackHandler } = require('./langchain.cjs');
 
 const DEFAULT_AGENT = 'backstage-ai-assistant';
 
-function handlerFor(cfg, options = {}) {
-  const sessionId = options.conversationId ?? options.sessionId;
-  const userId = options.userId ?? options.userEntityRef;
-  const modelId = options.modelId;
-  const callback = new CbusCallbackHandler({ bus: cfg.bus, sessionId, userId, modelId, agent: cfg.agent,
+// Who and what an invocation is about, from either spelling of the options.
+function conversation(options = {}) {
+  return { sessionId: options.conversationId ?? options.sessionId, userId: options.userId ?? options.userEntityRef,
+    modelId: options.modelId };
+}
+
+// The chain's metadata: no handler (and so no producer) is opened for it.
+function metadataFor(cfg, options) {
+  const { sessionId, userId, modelId } = conversation(options);
+  return { cbusBus: cfg.bus ?? process.env.CBUS_BUS ?? 'default', cbusSessionId: sessionId, cbusUserId: userId,
+    cbusModelId: modelId, cbusAgent: cfg.agent };
+}
+
+function handlerFor(cfg, options) {
+  const { sessionId, userId, modelId } = conversation(options);
+  return new CbusCallbackHandler({ bus: cfg.bus, sessionId, userId, modelId, agent: cfg.agent,
     tenant: cfg.tenant, provider: cfg.provider });
-  const metadata = { cbusBus: callback.bus, cbusSessionId: sessionId, cbusUserId: userId, cbusModelId: modelId,
-    cbusAgent: cfg.agent };
-  return { callback, metadata };
 }
 
 function settings({ bus, agent = DEFAULT_AGENT, tenant, provider } = {}) {
@@ -47,8 +55,8 @@ function createCbusCallbackProvider(opts = {}) {
   let scorer = null; // one producer for ratings, opened on the first
   return {
     id: 'cbus',
-    chainCallback: (options) => handlerFor(cfg, options).callback,
-    chainMetadataCallback: async (options) => handlerFor(cfg, options).metadata,
+    chainCallback: (options) => handlerFor(cfg, options),
+    chainMetadataCallback: async (options) => metadataFor(cfg, options),
     // A rating of an answer: a numeric score on the trace's root run (the
     // assistant invokes its agent with runId = traceId).  Never throws into
     // the assistant: a message without a trace or a number is skipped.
@@ -69,7 +77,7 @@ function createCbusCallbackProvider(opts = {}) {
 function createCbusCallbackFactory(opts = {}) {
   const cfg = settings(opts);
   return async function cbusCallbackFactory(options = {}) {
-    return handlerFor(cfg, options);
+    return { callback: handlerFor(cfg, options), metadata: metadataFor(cfg, options) };
   };
 }
 

@@ -57,6 +57,11 @@ test('the backend module registers a provider on the published extension point; 
   const a = await invoke({ userId: 'user:default/bob', conversationId: 'conv-9', modelId: 'gpt-4o' }, 'hi');
   const b = await invoke({ userId: 'user:default/eve', conversationId: 'conv-10', modelId: 'gpt-4o-mini' }, 'yo');
   assert.ok(a.handler instanceof CbusCallbackHandler);
+  // the metadata call opens no handler: no producer reference is taken for it
+  const refs = () => cbus.sharedProducers().filter((x) => x.bus === bus).reduce((n, x) => n + x.refs, 0);
+  const before = refs();
+  await provider.chainMetadataCallback({ userId: 'u', conversationId: 'c', modelId: 'm' });
+  assert.equal(refs(), before);
   assert.notEqual(a.handler, b.handler, 'a handler per invocation');
   assert.deepEqual(a.metadata, { cbusBus: bus, cbusSessionId: 'conv-9', cbusUserId: 'user:default/bob',
     cbusModelId: 'gpt-4o', cbusAgent: 'backstage-ai-assistant' });
