@@ -56,6 +56,10 @@ struct emit_req {
     size_t messages_len;
     const char *text;       /* body text other than the preview's (a score's comment) */
     size_t text_len;
+    const char *system;     /* LLM starts: system instructions, body only */
+    size_t system_len;
+    const char *response_id;/* llm_end: the provider's response id, body only */
+    size_t response_id_len;
 };
 
 /* ---- bodies (docs/bodies.md) -----------------------------------------------
@@ -63,7 +67,7 @@ struct emit_req {
  * CBUS_BODY_SLOTS(body_len) slots after its own position, claimed with it.
  * The plan is made before the claim: which sections, how long, where the
  * bus's body limit cuts them. */
-enum { SEC_TAGS, SEC_META, SEC_MESSAGES, SEC_TEXT, SEC__COUNT };
+enum { SEC_TAGS, SEC_META, SEC_SYSTEM, SEC_MESSAGES, SEC_TEXT, SEC_RESPONSE_ID, SEC__COUNT };
 
 struct body_plan {
     uint32_t total;            /* bytes of body: headers and carried bytes */
@@ -114,8 +118,8 @@ static void plan_add(struct body_plan *b, uint32_t limit, uint16_t type, const c
  * makes every emit, bodiless or not, build rq in memory (a rep stos and a
  * dozen stores, measured with callgrind). */
 struct body_src {
-    const char *preview, *messages, *text;
-    size_t preview_len, messages_len, text_len;
+    const char *preview, *messages, *text, *system, *response_id;
+    size_t preview_len, messages_len, text_len, system_len, response_id_len;
 };
 
 /* Out of line: a body is the slow, big case; the bodiless emit stays small. */
@@ -132,20 +136,25 @@ static __attribute__((noinline)) uint32_t plan_body_src(const cbus_producer *p,
         plan_add(b, limit, CBUS_BODY_TAGS, ctx->tags, ctx->tags_len, ctx->tags_dropped);
         plan_add(b, limit, CBUS_BODY_METADATA, ctx->meta, ctx->meta_len, ctx->meta_dropped);
     }
+    if (src.system)
+        plan_add(b, limit, CBUS_BODY_SYSTEM, src.system, src.system_len, 0);
     if (src.messages)
         plan_add(b, limit, CBUS_BODY_MESSAGES, src.messages, src.messages_len, 0);
     if (src.text)
         plan_add(b, limit, CBUS_BODY_TEXT, src.text, src.text_len, 0);
     else if (src.preview_len >= CBUS_PREVIEW_LEN)
         plan_add(b, limit, CBUS_BODY_TEXT, src.preview, src.preview_len, 0);
+    if (src.response_id)
+        plan_add(b, limit, CBUS_BODY_RESPONSE_ID, src.response_id, src.response_id_len, 0);
     return b->total;
 }
 
 static inline uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
                                  const struct emit_req *rq, struct body_plan *b)
 {
-    struct body_src src = {rq->preview, rq->messages, rq->text,
-                           rq->preview_len, rq->messages_len, rq->text_len};
+    struct body_src src = {rq->preview, rq->messages, rq->text, rq->system, rq->response_id,
+                           rq->preview_len, rq->messages_len, rq->text_len, rq->system_len,
+                           rq->response_id_len};
     return plan_body_src(p, ctx, rq->kind, src, b);
 }
 
@@ -153,7 +162,8 @@ static inline uint32_t plan_body(const cbus_producer *p, const cbus_ctx *ctx,
  * and no messages or context extras is the common case. */
 static inline int wants_body(const cbus_ctx *ctx, const struct emit_req *rq)
 {
-    return rq->preview_len >= CBUS_PREVIEW_LEN || rq->messages || rq->text ||
+    return rq->preview_len >= CBUS_PREVIEW_LEN || rq->messages || rq->text || rq->system ||
+           rq->response_id ||
            (carries_context(rq->kind) && (ctx->tags_len | ctx->meta_len | ctx->tags_dropped |
                                           ctx->meta_dropped));
 }
@@ -477,6 +487,78 @@ CBUS_API int cbus_llm_end_messages(cbus_producer *p, cbus_ctx *ctx, const struct
     struct emit_req rq = REQ(CBUS_EV_LLM_END, NULL, NULL);
     rq.messages = messages_json;
     rq.messages_len = messages_json ? messages_len : 0;
+    rq.payload = &u;
+    rq.payload_len = sizeof u;
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_chat_model_start_system(cbus_producer *p, cbus_ctx *ctx,
+                                          const char *messages_json, size_t messages_len,
+                                          const char *system, size_t system_len,
+                                          const char *last_message,
+                                          const struct cbus_llm_start_info *info)
+{
+    if ((!messages_json && messages_len) || (!system && system_len))
+        return -EINVAL;
+    struct emit_req rq = REQ(CBUS_EV_CHAT_MODEL_START, NULL, last_message);
+    rq.messages = messages_json;
+    rq.messages_len = messages_json ? messages_len : 0;
+    rq.system = system;
+    rq.system_len = system ? system_len : 0;
+    if (info) {
+        rq.payload = info;
+        rq.payload_len = sizeof *info;
+    }
+    return emit(p, ctx, &rq);
+}
+
+CBUS_API int cbus_llm_start_system(cbus_producer *p, cbus_ctx *ctx, const char *prompt,
+                                   const char *system, size_t system_len,
+                                   const struct cbus_llm_start_info *info)
+{
+    if (!system && system_len)
+        return -EINVAL;
+    struct emit_req rq = REQ(CBUS_EV_LLM_START, NULL, prompt);
+    rq.system = system;
+    rq.system_len = system ? system_len : 0;
+    if (info) {
+        rq.payload = info;
+        rq.payload_len = sizeof *info;
+    }
+    return emit(p, ctx, &rq);
+}
+
+/* An id, not a text: 1..CBUS_RESPONSE_ID_MAX printable ASCII bytes, so a
+ * reader can put it into any attribute or header as it is. */
+static size_t response_id_len(const char *id)
+{
+    size_t n = 0;
+    while (n <= CBUS_RESPONSE_ID_MAX && id[n]) {
+        unsigned char c = (unsigned char)id[n];
+        if (c <= 0x20 || c >= 0x7f)
+            return 0;
+        n++;
+    }
+    return n <= CBUS_RESPONSE_ID_MAX ? n : 0;
+}
+
+CBUS_API int cbus_llm_end_response(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                                   const char *output, const char *messages_json,
+                                   size_t messages_len, const char *response_id)
+{
+    if (!messages_json && messages_len)
+        return -EINVAL;
+    size_t idl = 0;
+    if (response_id && !(idl = response_id_len(response_id)))
+        return -EINVAL;
+    struct cbus_usage u = {0};
+    if (usage)
+        u = *usage;
+    struct emit_req rq = REQ(CBUS_EV_LLM_END, NULL, output);
+    rq.messages = messages_json;
+    rq.messages_len = messages_json ? messages_len : 0;
+    rq.response_id = response_id;
+    rq.response_id_len = idl;
     rq.payload = &u;
     rq.payload_len = sizeof u;
     return emit(p, ctx, &rq);

@@ -467,3 +467,89 @@ Test(bus_bodies, a_retrievers_documents_ride_on_its_end_with_the_count)
     cr_assert(!(ev[2].flags & CBUS_FLAG_BODY));
     cr_assert_eq(ev[2].preview[0], '\0');
 }
+
+/* System instructions given apart from the history (issue 15:
+ * gen_ai.system_instructions) ride on the start in their own section, beside
+ * the messages and the tags; a NULL text with a length is refused. */
+Test(bus_bodies, system_instructions_ride_on_llm_starts_beside_the_history)
+{
+    open_bus(1024, 0, CBUS_LOSSY);
+    const char *sys = "[{\"type\":\"text\",\"content\":\"You are a terse assistant. Answer in French.\"}]";
+    const char *in = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Hi\"}]}]";
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_ctx_add_tag(&ctx, "prod"), 0);
+    cr_assert_eq(cbus_chat_model_start_system(p, &ctx, in, strlen(in), sys, strlen(sys), "Hi", NULL), 0);
+    cr_assert_eq(cbus_llm_start_system(p, &ctx, "Say hi", "Be brief", 8, NULL), 0);
+    cr_assert_eq(cbus_chat_model_start_system(p, &ctx, NULL, 0, NULL, 0, "plain", NULL), 0);
+    cr_assert_eq(cbus_chat_model_start_system(p, &ctx, in, strlen(in), NULL, 4, NULL, NULL), -EINVAL);
+    cr_assert_eq(cbus_chat_model_start_system(p, &ctx, NULL, 4, sys, strlen(sys), NULL, NULL), -EINVAL);
+    cr_assert_eq(cbus_llm_start_system(p, &ctx, "x", NULL, 1, NULL), -EINVAL);
+    cr_assert_eq(cbus_llm_start_system(p, NULL, "x", "y", 1, NULL), -EINVAL);
+    struct cbus_event ev[4];
+    struct cbus_body b[4];
+    cr_assert_eq(cbus_consumer_poll_bodies(c, ev, b, 4, buf, buflen), 3, "nothing refused was emitted");
+    struct cbus_body_section sec;
+    const char *d;
+    cr_assert_eq(ev[0].kind, CBUS_EV_CHAT_MODEL_START);
+    cr_assert_eq(section(b[0], CBUS_BODY_SYSTEM, &sec, &d), 1);
+    cr_assert_eq(sec.len, strlen(sys));
+    cr_assert_eq(memcmp(d, sys, sec.len), 0);
+    cr_assert_eq(section(b[0], CBUS_BODY_MESSAGES, &sec, &d), 1);
+    cr_assert_eq(memcmp(d, in, sec.len), 0);
+    cr_assert_eq(section(b[0], CBUS_BODY_TAGS, &sec, &d), 1);
+    cr_assert_str_eq(ev[0].preview, "Hi");
+    cr_assert_eq(ev[1].kind, CBUS_EV_LLM_START);
+    cr_assert_eq(section(b[1], CBUS_BODY_SYSTEM, &sec, &d), 1);
+    cr_assert_eq(sec.len, 8u);
+    cr_assert_eq(memcmp(d, "Be brief", 8), 0);
+    cr_assert_str_eq(ev[1].preview, "Say hi");
+    cr_assert_eq(section(b[2], CBUS_BODY_SYSTEM, &sec, &d), 0, "no instructions: no section");
+}
+
+/* The provider's response id (gen_ai.response.id) is known at the end: it
+ * rides on llm_end beside the output text or messages, and anything that is
+ * not an id (empty, too long, a space or control byte) is refused whole. */
+Test(bus_bodies, a_response_id_rides_on_the_end_and_is_validated)
+{
+    open_bus(1024, 0, CBUS_LOSSY);
+    const char *out = "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":\"Bonjour\"}]}]";
+    struct cbus_usage u = {.input_tokens = 12, .output_tokens = 3,
+                           .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, &u, "Bonjour", out, strlen(out), "chatcmpl-AbC123xyz"), 0);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, "short", NULL, 0, "msg_01XFDUDYJgAACzvnptvVoYEL"), 0);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, NULL), 0);
+    char longid[CBUS_RESPONSE_ID_MAX + 2];
+    memset(longid, 'a', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, longid), -EINVAL);
+    longid[CBUS_RESPONSE_ID_MAX] = '\0';
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, longid), 0, "exactly the limit");
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, ""), -EINVAL);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, "id with space"), -EINVAL);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, "id\n"), -EINVAL);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 0, "caf\xc3\xa9"), -EINVAL);
+    cr_assert_eq(cbus_llm_end_response(p, &ctx, NULL, NULL, NULL, 5, "id"), -EINVAL);
+    cr_assert_eq(cbus_llm_end_response(p, NULL, NULL, NULL, NULL, 0, "id"), -EINVAL);
+    struct cbus_event ev[5];
+    struct cbus_body b[5];
+    cr_assert_eq(cbus_consumer_poll_bodies(c, ev, b, 5, buf, buflen), 4, "nothing refused was emitted");
+    struct cbus_body_section sec;
+    const char *d;
+    cr_assert_eq(ev[0].kind, CBUS_EV_LLM_END);
+    cr_assert_eq(ev[0].u.usage.input_tokens, 12u);
+    cr_assert_eq(section(b[0], CBUS_BODY_RESPONSE_ID, &sec, &d), 1);
+    cr_assert_eq(sec.len, strlen("chatcmpl-AbC123xyz"));
+    cr_assert_eq(memcmp(d, "chatcmpl-AbC123xyz", sec.len), 0);
+    cr_assert_eq(section(b[0], CBUS_BODY_MESSAGES, &sec, &d), 1);
+    cr_assert_eq(memcmp(d, out, sec.len), 0);
+    cr_assert_str_eq(ev[0].preview, "Bonjour");
+    cr_assert_eq(section(b[1], CBUS_BODY_RESPONSE_ID, &sec, &d), 1);
+    cr_assert_eq(memcmp(d, "msg_01XFDUDYJgAACzvnptvVoYEL", sec.len), 0);
+    cr_assert_str_eq(ev[1].preview, "short");
+    cr_assert(!(ev[2].flags & CBUS_FLAG_BODY), "no id, no text: no body");
+    cr_assert_eq(section(b[3], CBUS_BODY_RESPONSE_ID, &sec, &d), 1);
+    cr_assert_eq(sec.len, (uint32_t)CBUS_RESPONSE_ID_MAX);
+}

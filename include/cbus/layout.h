@@ -398,7 +398,13 @@ enum cbus_body_type {
                                 gen_ai.output.messages shape */
     CBUS_BODY_TAGS = 3,      /* the run's tags: tag NUL tag NUL ... */
     CBUS_BODY_METADATA = 4,  /* the run's metadata: key NUL value NUL ... */
+    CBUS_BODY_SYSTEM = 5,    /* on LLM starts: system instructions given apart from the chat
+                                history, OpenTelemetry's gen_ai.system_instructions shape (a JSON
+                                array of parts) or plain text */
+    CBUS_BODY_RESPONSE_ID = 6, /* on llm_end: the provider's id of the response
+                                  (gen_ai.response.id), CBUS_RESPONSE_ID_MAX bytes at most */
 };
+#define CBUS_RESPONSE_ID_MAX 256
 #define CBUS_BODY_SECTION_CUT (1u << 0) /* len < orig_len: cut at the bus's body limit */
 struct cbus_body_section {
     uint16_t type;           /* enum cbus_body_type */

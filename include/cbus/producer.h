@@ -160,6 +160,36 @@ CBUS_API int cbus_chat_model_start_messages(cbus_producer *p, cbus_ctx *ctx,
 /* An llm_end whose output is chat messages (gen_ai.output.messages). */
 CBUS_API int cbus_llm_end_messages(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
                                    const char *messages_json, size_t messages_len);
+/* An LLM call's start with system instructions given to the model apart
+ * from the chat history (Anthropic's `system`, OpenAI Responses'
+ * `instructions`, Gemini's `system_instruction`): system_len bytes, JSON in
+ * the shape of OpenTelemetry's gen_ai.system_instructions
+ * ([{"type":"text","content":"..."}]) or plain text, carried whole in the
+ * start's body (CBUS_BODY_SYSTEM).  A system message that is part of the
+ * history stays in messages_json.  messages_json may be NULL (a chat start
+ * without the history); system NULL is the call without instructions.
+ * Returns the emit codes; -EINVAL for a NULL text with a length. */
+CBUS_API int cbus_chat_model_start_system(cbus_producer *p, cbus_ctx *ctx,
+                                          const char *messages_json, size_t messages_len,
+                                          const char *system, size_t system_len,
+                                          const char *last_message,
+                                          const struct cbus_llm_start_info *info);
+CBUS_API int cbus_llm_start_system(cbus_producer *p, cbus_ctx *ctx, const char *prompt,
+                                   const char *system, size_t system_len,
+                                   const struct cbus_llm_start_info *info);
+/* An llm_end with the provider's id of the response (gen_ai.response.id:
+ * OpenAI's "chatcmpl-...", Anthropic's "msg_..."), known only once the call
+ * returned, in the end's body (CBUS_BODY_RESPONSE_ID).  The output is a text
+ * (output: preview and body text, as cbus_llm_end), messages
+ * (messages_json, as cbus_llm_end_messages), both, or neither.
+ * response_id: NULL (none) or 1..CBUS_RESPONSE_ID_MAX bytes of printable
+ * ASCII (no space or control byte: an id, not a text).
+ * Returns the emit codes; -EINVAL for a response id that is empty, longer
+ * or holds other bytes (nothing is emitted), a NULL messages_json with a
+ * length. */
+CBUS_API int cbus_llm_end_response(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
+                                   const char *output, const char *messages_json,
+                                   size_t messages_len, const char *response_id);
 /* LangChain 1.x handleChatModelStreamEvent: a streamed chunk (like a token). */
 CBUS_API int cbus_chat_model_stream(cbus_producer *p, cbus_ctx *ctx, const char *chunk, size_t len);
 /* LangChain 1.x handleToolEvent: something a running tool reports. */
