@@ -151,7 +151,7 @@ static const char *const tok_json[SOAK_TOK__COUNT] = {"input", "output", "cache_
  * producer threads committed.  Waits (up to 30 s) for the snapshot to cover
  * final_tail.  Returns 0 (equal), 1 (differs: msg says how), -1 (no usable
  * snapshot). */
-int daemons_cost_check(uint64_t final_tail, char *msg, size_t len, int *excused)
+int daemons_cost_check(uint64_t final_bus_id, uint64_t final_tail, char *msg, size_t len, int *excused)
 {
     uint64_t want[SOAK_TOK__COUNT] = {0}, ends = 0;
     for (unsigned p = 0; p < SOAK_MAX_PROD; p++) {
@@ -173,16 +173,26 @@ int daemons_cost_check(uint64_t final_tail, char *msg, size_t len, int *excused)
     snprintf(path, sizeof path, "%s/cost/snapshot.json", G.tmp);
     cJSON *root = NULL;
     uint64_t end = soak_now_ns() + 30000000000u, cursor = 0;
+    /* Only a snapshot of the final bus counts: one left on disk from an
+     * earlier incarnation (the daemon killed or stopped before its first
+     * snapshot on the re-created bus) can have a larger cursor than the
+     * final tail and totals short of the end. */
+    char want_id[24], got_id[24] = "none";
+    snprintf(want_id, sizeof want_id, "%016" PRIx64, final_bus_id);
     for (;;) {
         char *text = slurp(path);
         cJSON_Delete(root);
         root = text ? cJSON_Parse(text) : NULL;
         free(text);
-        if (root && !json_u64(root, "cursor", &cursor) && cursor >= final_tail)
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "bus_id");
+        if (cJSON_IsString(id))
+            snprintf(got_id, sizeof got_id, "%s", id->valuestring);
+        if (root && cJSON_IsString(id) && !strcmp(id->valuestring, want_id) &&
+            !json_u64(root, "cursor", &cursor) && cursor >= final_tail)
             break;
         if (soak_now_ns() > end) {
-            snprintf(msg, len, "snapshot %s does not reach position %" PRIu64 " (at %" PRIu64 ")",
-                     path, final_tail, cursor);
+            snprintf(msg, len, "snapshot %s does not reach position %" PRIu64 " of bus %s (at %" PRIu64
+                     " of bus %s)", path, final_tail, want_id, cursor, got_id);
             cJSON_Delete(root);
             return -1;
         }

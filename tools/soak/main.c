@@ -1478,7 +1478,7 @@ int main(int argc, char **argv)
     if (have[K_COST]) {
         char msg[768];
         int excused = 0;
-        int c = daemons_cost_check(tail, msg, sizeof msg, &excused);
+        int c = daemons_cost_check(cbus_bus_header(BUS)->bus_id, tail, msg, sizeof msg, &excused);
         printf("  cost: %s\n", msg);
         if (cost_unprovable)
             printf("  cost: not exactly checkable in this run: %s\n", cost_unprovable_why);

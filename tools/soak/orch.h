@@ -84,7 +84,7 @@ const char *kind_name(enum child_kind k);
 
 /* daemons.c */
 int daemons_write_configs(void);
-int daemons_cost_check(uint64_t final_tail, char *msg, size_t len, int *excused);
+int daemons_cost_check(uint64_t final_bus_id, uint64_t final_tail, char *msg, size_t len, int *excused);
 int daemons_audit_verify(char *msg, size_t len);
 int free_loopback_port(unsigned *port);
 
