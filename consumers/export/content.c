@@ -220,14 +220,27 @@ static unsigned char *put_section(unsigned char *o, unsigned type, uint16_t flag
 void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32_t *len)
 {
     struct cbus_body_parts parts;
-    if (!cbus_body_parts_of(body, &parts))
+    cbus_body_parts_of(body, &parts);
+    /* the system instructions (CBUS_BODY_SYSTEM) are not among the parts
+     * every renderer knows: found here, checked the same way */
+    struct cbus_body_part sys = {0};
+    struct cbus_body_section ss;
+    const char *sd;
+    if (body && body->data && cbus_body_find(body->data, body->len, CBUS_BODY_SYSTEM, &ss, &sd) == 1)
+        sys = (struct cbus_body_part){sd, ss.len, ss.orig_len, ss.dropped, ss.flags};
+    if (!parts.count && !sys.data)
         return NULL;
-    static const unsigned types[] = {CBUS_BODY_TAGS, CBUS_BODY_METADATA, CBUS_BODY_MESSAGES, CBUS_BODY_TEXT};
-    uint32_t keep[4];
+    enum { NKEEP = 5 };
+    static const unsigned types[NKEEP] = {CBUS_BODY_TAGS, CBUS_BODY_METADATA, CBUS_BODY_MESSAGES,
+                                          CBUS_BODY_TEXT, CBUS_BODY_SYSTEM};
+    const struct cbus_body_part *src[NKEEP] = {&parts.part[CBUS_BODY_TAGS], &parts.part[CBUS_BODY_METADATA],
+                                               &parts.part[CBUS_BODY_MESSAGES], &parts.part[CBUS_BODY_TEXT],
+                                               &sys};
+    uint32_t keep[NKEEP];
     size_t total = 0;
-    for (unsigned i = 0; i < 4; i++) {
-        const struct cbus_body_part *p = &parts.part[types[i]];
-        int text = types[i] == CBUS_BODY_MESSAGES || types[i] == CBUS_BODY_TEXT;
+    for (unsigned i = 0; i < NKEEP; i++) {
+        const struct cbus_body_part *p = src[i];
+        int text = types[i] != CBUS_BODY_TAGS && types[i] != CBUS_BODY_METADATA;
         keep[i] = 0;
         if (!p->data || (text && !content))
             continue;
@@ -239,8 +252,8 @@ void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32
     unsigned char *buf = malloc(total), *o = buf;
     if (!buf)
         return NULL;
-    for (unsigned i = 0; i < 4; i++) {
-        const struct cbus_body_part *p = &parts.part[types[i]];
+    for (unsigned i = 0; i < NKEEP; i++) {
+        const struct cbus_body_part *p = src[i];
         if (!p->data || (!keep[i] && p->len))
             continue;
         uint16_t flags = p->flags;
@@ -304,4 +317,11 @@ void content_wrap_text(struct sbuf *b, const char *role, const char *text, size_
         sbuf_puts(b, "\"");
     }
     sbuf_puts(b, "}]");
+}
+
+void content_wrap_part(struct sbuf *b, const char *text, size_t n)
+{
+    sbuf_puts(b, "[{\"type\":\"text\",\"content\":\"");
+    json_escape(b, text, n);
+    sbuf_puts(b, "\"}]");
 }

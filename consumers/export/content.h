@@ -30,9 +30,9 @@ int content_json_valid(const char *s, size_t n, int *is_array);
 size_t content_cut_len(const char *s, size_t n, size_t cap);
 
 /* A copy of body keeping only the sections a span needs later: tags and
- * metadata always, text and messages when content is on, each text or
- * messages section cut to cap bytes (flag CBUS_BODY_SECTION_CUT, orig_len
- * kept), so an open run holds at most about 2 * cap + 2.5 KiB.  Returns a
+ * metadata always, text, messages and system instructions when content is
+ * on, each of those cut to cap bytes (flag CBUS_BODY_SECTION_CUT, orig_len
+ * kept), so an open run holds at most about 3 * cap + 2.5 KiB.  Returns a
  * malloc'd buffer (*len its size) or NULL when nothing is worth keeping or
  * memory is short. */
 void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32_t *len);
@@ -43,5 +43,9 @@ void *content_keep(const struct cbus_body *body, int content, size_t cap, uint32
  * with ,"finish_reason":FR after parts when fr is not NULL.  TEXT is
  * JSON-escaped (invalid UTF-8 becomes U+FFFD). */
 void content_wrap_text(struct sbuf *b, const char *role, const char *text, size_t n, const char *fr);
+
+/* One text part, in the shape of OpenTelemetry's gen_ai.system_instructions:
+ *   [{"type":"text","content":TEXT}]   (TEXT escaped as above) */
+void content_wrap_part(struct sbuf *b, const char *text, size_t n);
 
 #endif

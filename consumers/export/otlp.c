@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <cbus/cbus.h>
+#include <cjson/cJSON.h>
 
 #include "content.h"
 #include "event_body.h"
@@ -623,8 +624,9 @@ static void score_attrs(struct enc *e, const struct cbus_event *ev)
 
 /* ---- content, tags and metadata (content.h) -------------------------------- */
 
-/* Wrapped values are built here: the exporter runs on one thread. */
-static struct sbuf scratch;
+/* Wrapped values are built here: the exporter runs on one thread.
+ * scratch2: a message list with the system instructions put first. */
+static struct sbuf scratch, scratch2;
 
 /* An array of the strings of a NUL-separated list (tags). */
 static void a_str_list(struct enc *e, const char *key, size_t klen, const struct cbus_body_part *p)
@@ -700,10 +702,12 @@ static int meta_last(const struct cbus_body_part *p, uint32_t after, const char 
 
 /* Attributes the conventions define that a producer can only give as
  * metadata (the event has no field for them), lifted to their own names. */
-static void meta_known(struct enc *e, const char *k, uint32_t kn, const char *v, uint32_t vn)
+static void meta_known(struct enc *e, const char *k, uint32_t kn, const char *v, uint32_t vn,
+                       int have_response_id)
 {
     static const char *const known[] = {"gen_ai.response.id", "gen_ai.tool.call.id", "server.address"};
-    for (unsigned i = 0; i < sizeof known / sizeof known[0]; i++)
+    /* the end's own response id (cbus_llm_end_response) wins: one key once */
+    for (unsigned i = have_response_id ? 1 : 0; i < sizeof known / sizeof known[0]; i++)
         if (strlen(known[i]) == kn && !memcmp(known[i], k, kn)) {
             a_str(e, k, kn, v, vn);
             return;
@@ -720,7 +724,7 @@ static void meta_known(struct enc *e, const char *k, uint32_t kn, const char *v,
 
 /* Tags and metadata of the run (its start's body). */
 static void label_attrs(struct enc *e, const struct span *s, const struct cbus_body_parts *sp,
-                        const struct otlp_opts *o)
+                        const struct otlp_opts *o, int have_response_id)
 {
     const struct cbus_body_part *tags = &sp->part[CBUS_BODY_TAGS];
     const struct cbus_body_part *meta = &sp->part[CBUS_BODY_METADATA];
@@ -742,7 +746,7 @@ static void label_attrs(struct enc *e, const struct span *s, const struct cbus_b
             break; /* a key without its value: a cut section */
         if (!kn || !meta_last(meta, off, k, kn))
             continue;
-        meta_known(e, k, kn, v, vn);
+        meta_known(e, k, kn, v, vn, have_response_id);
         if (o->phoenix) {
             /* OpenInference's metadata: one JSON object as a string */
             sbuf_add(&scratch, scratch.len ? "," : "{", 1);
@@ -778,6 +782,8 @@ struct ctext {
     int messages;  /* from a messages section */
 };
 
+static int ctext_bound(struct ctext *t, size_t cap);
+
 /* The text of one event: its messages, else its text section, else its
  * preview (which is the whole text when it was not cut). */
 static int event_text(const void *body, uint32_t blen, const struct cbus_event *ev, size_t cap,
@@ -800,6 +806,55 @@ static int event_text(const void *body, uint32_t blen, const struct cbus_event *
         t->n = FLEN(ev->preview);
         t->cut = !!(ev->flags & CBUS_TRUNC_PREVIEW);
     }
+    return ctext_bound(t, cap);
+}
+
+/* A section the common renderers do not know (event_body.h stops at
+ * metadata): the system instructions of a start, the response id of an
+ * end.  Checked like every section (cbus_body_find). */
+static int body_section(const void *body, uint32_t blen, unsigned type, const char **data, uint32_t *len,
+                        int *cut)
+{
+    struct cbus_body_section sec;
+    if (!body || !blen || cbus_body_find(body, blen, type, &sec, data) != 1)
+        return 0;
+    *len = sec.len;
+    *cut = (sec.flags & CBUS_BODY_SECTION_CUT) || sec.orig_len > sec.len;
+    return 1;
+}
+
+/* The run's system instructions (cbus_chat_model_start_system), as kept
+ * by the open run: cut to the cap like every text. */
+static int system_text(const struct span *s, size_t cap, struct ctext *t)
+{
+    uint32_t n;
+    memset(t, 0, sizeof *t);
+    if (s->end_kind == SPAN_START_MISSING ||
+        !body_section(s->start_body, s->start_body_len, CBUS_BODY_SYSTEM, &t->p, &n, &t->cut))
+        return 0;
+    t->n = n;
+    t->messages = 1; /* JSON when it is a valid array, else text */
+    return ctext_bound(t, cap);
+}
+
+/* The provider's response id from the end's body (cbus_llm_end_response):
+ * 1..CBUS_RESPONSE_ID_MAX printable ASCII bytes, as the producer checks
+ * them; anything else (it came from shared memory) is not sent. */
+static size_t response_id(const struct span *s, const char **id)
+{
+    uint32_t n;
+    int cut;
+    if (!body_section(s->end_body, s->end_body_len, CBUS_BODY_RESPONSE_ID, id, &n, &cut) || cut || !n ||
+        n > CBUS_RESPONSE_ID_MAX)
+        return 0;
+    for (uint32_t i = 0; i < n; i++)
+        if ((unsigned char)(*id)[i] <= 0x20 || (unsigned char)(*id)[i] >= 0x7f)
+            return 0;
+    return n;
+}
+
+static int ctext_bound(struct ctext *t, size_t cap)
+{
     /* a NUL would end the string in either encoding: say it ends there */
     const char *nul = t->n ? memchr(t->p, '\0', t->n) : NULL;
     if (nul) {
@@ -815,7 +870,7 @@ static int event_text(const void *body, uint32_t blen, const struct cbus_event *
 
 /* Keys of attributes whose value is not whole: cbus.content.cut. */
 struct cutlist {
-    const char *key[4];
+    const char *key[8];
     unsigned n;
 };
 
@@ -833,7 +888,7 @@ static void content_one(struct enc *e, const char *key, const struct ctext *t, i
     } else {
         a_str(e, key, strlen(key), t->p, t->n);
     }
-    if (t->cut && cl->n < 4)
+    if (t->cut && cl->n < 8)
         cl->key[cl->n++] = key;
 }
 
@@ -846,6 +901,239 @@ static const char *otel_finish(const struct cbus_event *en)
     if (r == CBUS_FINISH_TOOL_CALLS)
         return "tool_call";
     return r == CBUS_FINISH_UNSET ? NULL : cbus_finish_reason_name(r);
+}
+
+/* The system instructions' parts: the producer's JSON array as it came,
+ * else its text as one text part (gen_ai.system_instructions' shape). */
+static void system_parts(struct sbuf *b, const struct ctext *sys)
+{
+    int arr = 0;
+    if (!sys->cut && content_json_valid(sys->p, sys->n, &arr) && arr)
+        sbuf_add(b, sys->p, sys->n);
+    else
+        content_wrap_part(b, sys->p, sys->n);
+}
+
+/* The elements of a JSON array (valid, checked by the caller) without its
+ * brackets: [p, p + *n).  Returns 0 for an empty array. */
+static int array_inner(const char *j, size_t n, const char **p, size_t *in)
+{
+    size_t a = 0, z = n;
+    while (a < z && j[a] != '[')
+        a++;
+    while (z > a && j[z - 1] != ']')
+        z--;
+    if (z <= a + 1)
+        return 0;
+    a++;
+    z--;
+    while (a < z && (j[a] == ' ' || j[a] == '\t' || j[a] == '\n' || j[a] == '\r'))
+        a++;
+    *p = j + a;
+    *in = z - a;
+    return z > a;
+}
+
+/* For receivers that read one input (Langfuse's observation input,
+ * Phoenix's message list): the input as a message list with the system
+ * instructions first, {"role":"system","parts":...}, then the history
+ * (a message list as it came) or the prompt as one user message. */
+static void input_with_system(struct sbuf *b, const struct ctext *sys, const struct ctext *in, int hin)
+{
+    sbuf_reset(b);
+    sbuf_puts(b, "[{\"role\":\"system\",\"parts\":");
+    system_parts(b, sys);
+    sbuf_puts(b, "}");
+    int arr = 0;
+    const char *ip;
+    size_t il;
+    if (hin && !in->cut && in->messages && content_json_valid(in->p, in->n, &arr) && arr) {
+        if (array_inner(in->p, in->n, &ip, &il)) {
+            sbuf_puts(b, ",");
+            sbuf_add(b, ip, il);
+        }
+    } else if (hin) {
+        /* content_wrap_text's one message, without its brackets */
+        size_t at = b->len;
+        content_wrap_text(b, "user", in->p, in->n, NULL);
+        if (!b->failed && b->len > at + 2) {
+            b->data[at] = ',';  /* its '[' becomes the separator */
+            b->len--;           /* and its ']' goes */
+        }
+    }
+    sbuf_puts(b, "]");
+}
+
+/* ---- OpenInference's flattened lists (the phoenix profile) -----------------
+ * Phoenix's LLM pane reads llm.input_messages.N.message.*, its retriever
+ * pane retrieval.documents.N.document.*: lists of objects flattened into
+ * one attribute per leaf.  They are built from the message lists and
+ * documents the producer sent when those are whole JSON (a text cut at the
+ * cap is not parsed: its input.value / output.value still carry it), so
+ * every attribute is within the cap.  cJSON parses them, after
+ * content_json_valid() bounded their nesting. */
+#define OI_MAX 128 /* entries of one list; more are left out and listed in cbus.content.cut */
+
+static cJSON *oi_parse(const char *j, size_t n)
+{
+    int arr = 0;
+    if (!content_json_valid(j, n, &arr) || !arr)
+        return NULL;
+    return cJSON_ParseWithLength(j, n);
+}
+
+static void oi_str(struct enc *e, const char *key, int kn, const char *v)
+{
+    if (kn > 0 && v)
+        a_str(e, key, (size_t)kn, v, strlen(v));
+}
+
+/* A JSON value as an attribute: strings as they are, anything else as its JSON. */
+static void oi_json(struct enc *e, const char *key, int kn, const cJSON *v)
+{
+    if (!v || kn <= 0)
+        return;
+    if (cJSON_IsString(v)) {
+        oi_str(e, key, kn, v->valuestring);
+        return;
+    }
+    char *j = cJSON_PrintUnformatted(v);
+    if (j) {
+        a_str(e, key, (size_t)kn, j, strlen(j));
+        cJSON_free(j);
+    }
+}
+
+static const char *oi_field(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* One gen_ai message ({"role","parts":[...],"name"}) as message.*: a lone
+ * text (or tool result) as message.content, several as message.contents,
+ * tool calls as message.tool_calls, a tool result's id as
+ * message.tool_call_id. */
+static void oi_message(struct enc *e, const char *pre, unsigned i, const cJSON *m)
+{
+    char k[160];
+    int kn;
+    kn = snprintf(k, sizeof k, "%s.%u.message.role", pre, i);
+    oi_str(e, k, kn, oi_field(m, "role"));
+    kn = snprintf(k, sizeof k, "%s.%u.message.name", pre, i);
+    oi_str(e, k, kn, oi_field(m, "name"));
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(m, "parts"), *pt;
+    unsigned texts = 0;
+    cJSON_ArrayForEach(pt, parts) {
+        const char *t = oi_field(pt, "type");
+        if (t && (!strcmp(t, "text") || !strcmp(t, "reasoning") || !strcmp(t, "tool_call_response")))
+            texts++;
+    }
+    unsigned c = 0, tc = 0;
+    cJSON_ArrayForEach(pt, parts) {
+        const char *t = oi_field(pt, "type");
+        if (!t)
+            continue;
+        if (!strcmp(t, "tool_call")) {
+            kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.id", pre, i, tc);
+            oi_str(e, k, kn, oi_field(pt, "id"));
+            kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.function.name", pre, i, tc);
+            oi_str(e, k, kn, oi_field(pt, "name"));
+            kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.function.arguments", pre, i, tc);
+            oi_json(e, k, kn, cJSON_GetObjectItemCaseSensitive(pt, "arguments"));
+            tc++;
+            continue;
+        }
+        int resp = !strcmp(t, "tool_call_response");
+        if (!resp && strcmp(t, "text") && strcmp(t, "reasoning"))
+            continue; /* blobs, files, URIs: not text Phoenix can show */
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(pt, resp ? "response" : "content");
+        if (resp) {
+            kn = snprintf(k, sizeof k, "%s.%u.message.tool_call_id", pre, i);
+            oi_str(e, k, kn, oi_field(pt, "id"));
+        }
+        if (texts == 1 && strcmp(t, "reasoning")) {
+            kn = snprintf(k, sizeof k, "%s.%u.message.content", pre, i);
+            oi_json(e, k, kn, v);
+            continue;
+        }
+        kn = snprintf(k, sizeof k, "%s.%u.message.contents.%u.message_content.type", pre, i, c);
+        oi_str(e, k, kn, !strcmp(t, "reasoning") ? "reasoning" : "text");
+        kn = snprintf(k, sizeof k, "%s.%u.message.contents.%u.message_content.text", pre, i, c);
+        oi_json(e, k, kn, v);
+        c++;
+    }
+}
+
+/* llm.input_messages / llm.output_messages from a message list (JSON
+ * text).  Returns 1 when built, 0 when j is not a whole list; *more: some
+ * entries were left out (OI_MAX). */
+static int oi_messages(struct enc *e, const char *pre, const char *j, size_t n, int *more)
+{
+    cJSON *arr = oi_parse(j, n), *m;
+    if (!arr)
+        return 0;
+    unsigned i = 0;
+    cJSON_ArrayForEach(m, arr) {
+        if (!cJSON_IsObject(m))
+            continue;
+        if (i == OI_MAX) {
+            *more = 1;
+            break;
+        }
+        oi_message(e, pre, i++, m);
+    }
+    cJSON_Delete(arr);
+    return 1;
+}
+
+/* One message of one text part: a prompt, an output text. */
+static void oi_text_message(struct enc *e, const char *pre, const char *role, const struct ctext *t)
+{
+    char k[160];
+    int kn = snprintf(k, sizeof k, "%s.0.message.role", pre);
+    a_str(e, k, (size_t)kn, role, strlen(role));
+    kn = snprintf(k, sizeof k, "%s.0.message.content", pre);
+    a_str(e, k, (size_t)kn, t->p, t->n);
+}
+
+/* retrieval.documents.N.document.{id,content,metadata,score} from the
+ * documents the producer sent ([{"id","content","metadata","score"}], as
+ * the LangChain handlers send Documents). */
+static int oi_documents(struct enc *e, const char *j, size_t n, int *more)
+{
+    cJSON *arr = oi_parse(j, n), *d;
+    if (!arr)
+        return 0;
+    unsigned i = 0;
+    char k[128];
+    int kn;
+    cJSON_ArrayForEach(d, arr) {
+        if (!cJSON_IsObject(d))
+            continue;
+        if (i == OI_MAX) {
+            *more = 1;
+            break;
+        }
+        kn = snprintf(k, sizeof k, "retrieval.documents.%u.document.id", i);
+        oi_json(e, k, kn, cJSON_GetObjectItemCaseSensitive(d, "id"));
+        kn = snprintf(k, sizeof k, "retrieval.documents.%u.document.content", i);
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(d, "content");
+        oi_json(e, k, kn, c ? c : cJSON_GetObjectItemCaseSensitive(d, "page_content"));
+        const cJSON *md = cJSON_GetObjectItemCaseSensitive(d, "metadata");
+        if (md && !cJSON_IsNull(md)) {
+            kn = snprintf(k, sizeof k, "retrieval.documents.%u.document.metadata", i);
+            oi_json(e, k, kn, md);
+        }
+        const cJSON *sc = cJSON_GetObjectItemCaseSensitive(d, "score");
+        if (cJSON_IsNumber(sc) && isfinite(sc->valuedouble)) {
+            kn = snprintf(k, sizeof k, "retrieval.documents.%u.document.score", i);
+            a_double(e, k, (size_t)kn, sc->valuedouble);
+        }
+        i++;
+    }
+    cJSON_Delete(arr);
+    return 1;
 }
 
 /* The run's input and output (capture_content): under the conventions'
@@ -861,6 +1149,8 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
     struct ctext in, out;
     int hin = s->end_kind != SPAN_START_MISSING && event_text(s->start_body, s->start_body_len, st, cap, &in);
     int hout = en && !is_error_kind(en->kind) && event_text(s->end_body, s->end_body_len, en, cap, &out);
+    struct ctext sys;
+    int hsys = system_text(s, cap, &sys);
     struct cutlist cl = {{0}, 0};
     const char *ki, *ko;
     int msgs = 0;
@@ -882,10 +1172,52 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
         ko = "gen_ai.output.messages";
         msgs = 1;
     }
-    if (hin)
+    if (hsys && o->langfuse) {
+        /* Langfuse shows one input: the instructions go first in it */
+        input_with_system(&scratch2, &sys, &in, hin);
+        if (!scratch2.failed)
+            a_str(e, ki, strlen(ki), scratch2.data, scratch2.len);
+        if ((sys.cut || (hin && in.cut)) && cl.n < 8)
+            cl.key[cl.n++] = ki;
+    } else if (hin) {
         content_one(e, ki, &in, msgs, "user", NULL, &cl);
+    }
+    if (hsys && !o->langfuse && !o->phoenix) {
+        /* the conventions' own attribute, apart from the history */
+        sbuf_reset(&scratch);
+        system_parts(&scratch, &sys);
+        if (!scratch.failed)
+            a_str(e, "gen_ai.system_instructions", 26, scratch.data, scratch.len);
+        if (sys.cut && cl.n < 8)
+            cl.key[cl.n++] = "gen_ai.system_instructions";
+    }
     if (hout)
         content_one(e, ko, &out, msgs, "assistant", en ? otel_finish(en) : NULL, &cl);
+    if (o->phoenix && op && (!strcmp(op, "chat") || !strcmp(op, "text_completion"))) {
+        /* Phoenix's LLM pane: the messages flattened, instructions first */
+        int more = 0;
+        if (hsys) {
+            input_with_system(&scratch2, &sys, &in, hin);
+            if (!scratch2.failed && !oi_messages(e, "llm.input_messages", scratch2.data, scratch2.len, &more))
+                hsys = 0;
+        }
+        if (!hsys && hin && !(in.messages && oi_messages(e, "llm.input_messages", in.p, in.n, &more)) &&
+            !in.messages)
+            oi_text_message(e, "llm.input_messages", "user", &in);
+        if (more && cl.n < 8)
+            cl.key[cl.n++] = "llm.input_messages";
+        more = 0;
+        if (hout && !(out.messages && oi_messages(e, "llm.output_messages", out.p, out.n, &more)) &&
+            !out.messages)
+            oi_text_message(e, "llm.output_messages", "assistant", &out);
+        if (more && cl.n < 8)
+            cl.key[cl.n++] = "llm.output_messages";
+    } else if (o->phoenix && hout && op && !strcmp(op, "retrieval")) {
+        int more = 0;
+        oi_documents(e, out.p, out.n, &more);
+        if (more && cl.n < 8)
+            cl.key[cl.n++] = "retrieval.documents";
+    }
     if (o->phoenix) {
         /* how Phoenix should show each: JSON as JSON, else as text */
         if (hin) {
@@ -1305,11 +1637,16 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         if (en && !is_error_kind(en->kind))
             A_FIELD(&e, "cbus.output.preview", en->preview);
     }
+    /* the end's response id (not content: an id), whenever bodies are read */
+    const char *rid = NULL;
+    size_t ridn = en && en->kind == CBUS_EV_LLM_END ? response_id(s, &rid) : 0;
+    if (ridn)
+        A_STR(&e, "gen_ai.response.id", rid, ridn);
     if (s->start_body && s->end_kind != SPAN_START_MISSING) {
         struct cbus_body sb = {s->start_body, s->start_body_len};
         struct cbus_body_parts sp;
         if (cbus_body_parts_of(&sb, &sp))
-            label_attrs(&e, s, &sp, o);
+            label_attrs(&e, s, &sp, o, ridn > 0);
     }
     if (o->capture_content && s->end_kind == SPAN_POINT)
         point_content(&e, st, s->start_body, s->start_body_len, o);

@@ -484,7 +484,15 @@ Test(export_daemon, content_capture_sends_messages_tool_texts_and_cuts)
     static char msg[1000];
     memset(msg, 'e', sizeof msg - 1);
     cr_assert_eq(cbus_tool_error(prod, &t, "LookupError", msg), 0);
-    cr_assert_eq(wait_for(get_collector, &col, "spans", 2, 10000), 2);
+    /* instructions apart from the history, and the response id at the end */
+    cbus_ctx s;
+    cbus_ctx_init(&s);
+    cbus_ctx_set_model(&s, "m-system");
+    const char *sys = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+    const char *hist = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Capital of Italy?\"}]}]";
+    cr_assert_eq(cbus_chat_model_start_system(prod, &s, hist, strlen(hist), sys, strlen(sys), "Capital of Italy?", NULL), 0);
+    cr_assert_eq(cbus_llm_end_response(prod, &s, &u, "Rome.", NULL, 0, "chatcmpl-B9xYz"), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 3, 10000), 3);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
     cr_assert_eq(collector_stat(&col, "bad"), 0);
@@ -520,6 +528,14 @@ Test(export_daemon, content_capture_sends_messages_tool_texts_and_cuts)
                      "{\"city\":\"Paris\",\"fields\":[\"population\",\"area\"]}");
     cr_assert_eq(strlen(s_of(tool, "status_message")), sizeof msg - 1, "the whole error message");
     cr_assert_null(attr(tool, "gen_ai.tool.call.result"));
+    cJSON *sc = NULL;
+    cJSON_ArrayForEach(it, spans) if (!strcmp(s_of(it, "name"), "chat m-system")) sc = it;
+    cr_assert_not_null(sc);
+    cr_assert_str_eq(attr(sc, "gen_ai.system_instructions")->valuestring, sys);
+    cr_assert_str_eq(attr(sc, "gen_ai.input.messages")->valuestring, hist);
+    cr_assert_str_eq(attr(sc, "gen_ai.response.id")->valuestring, "chatcmpl-B9xYz");
+    cr_assert_null(attr(chat, "gen_ai.response.id"));
+    cr_assert_null(attr(chat, "gen_ai.system_instructions"));
     cJSON_Delete(root);
 }
 
@@ -536,7 +552,22 @@ Test(export_daemon, phoenix_profile_sends_openinference)
     cr_assert_eq(exporter_start(&ex, dir, bus, config(col.port, extra)), 0);
     char uuids[1][3][37];
     agent_turn(0, uuids); /* agent, generation, tool */
-    cr_assert_eq(wait_for(get_collector, &col, "spans", 3, 10000), 3);
+    /* a chat with instructions and a retriever with documents: what
+     * Phoenix's LLM and retriever panes read, flattened */
+    cbus_ctx s, r;
+    cbus_ctx_init(&s);
+    cbus_ctx_set_model(&s, "m-oi");
+    const char *sys = "Answer in French.";
+    const char *hist = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Capital of Italy?\"}]}]";
+    cr_assert_eq(cbus_chat_model_start_system(prod, &s, hist, strlen(hist), sys, strlen(sys), NULL, NULL), 0);
+    cr_assert_eq(cbus_llm_end_response(prod, &s, NULL, "Rome.", NULL, 0, "msg_01abc"), 0);
+    cbus_ctx_init(&r);
+    cr_assert_eq(cbus_retriever_start(prod, &r, "kb", "capital of Italy"), 0);
+    cr_assert_eq(cbus_retriever_end_documents(prod, &r, 2,
+                                              "[{\"id\":\"it-1\",\"content\":\"Rome is the capital of Italy.\","
+                                              "\"metadata\":{\"src\":\"wiki\"}},{\"id\":\"it-2\",\"content\":\"Milan.\"}]"),
+                 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 5, 10000), 5);
     cr_assert_eq(exporter_stop(&ex, 10000), 0);
     collector_stop(&col);
     cr_assert_eq(collector_stat(&col, "unauthorized"), 0, "every body was protobuf");
@@ -571,6 +602,26 @@ Test(export_daemon, phoenix_profile_sends_openinference)
         if (!strcmp(want[i].kind, "TOOL"))
             cr_assert_str_eq(attr(sp, "tool.name")->valuestring, "search");
     }
+    cJSON *oi = NULL, *rs = NULL, *it;
+    cJSON_ArrayForEach(it, spans) {
+        if (!strcmp(s_of(it, "name"), "chat m-oi"))
+            oi = it;
+        if (!strcmp(s_of(it, "name"), "retrieval kb"))
+            rs = it;
+    }
+    cr_assert(oi && rs);
+    cr_assert_str_eq(attr(oi, "llm.input_messages.0.message.role")->valuestring, "system");
+    cr_assert_str_eq(attr(oi, "llm.input_messages.0.message.content")->valuestring, "Answer in French.");
+    cr_assert_str_eq(attr(oi, "llm.input_messages.1.message.role")->valuestring, "user");
+    cr_assert_str_eq(attr(oi, "llm.input_messages.1.message.content")->valuestring, "Capital of Italy?");
+    cr_assert_str_eq(attr(oi, "llm.output_messages.0.message.role")->valuestring, "assistant");
+    cr_assert_str_eq(attr(oi, "llm.output_messages.0.message.content")->valuestring, "Rome.");
+    cr_assert_str_eq(attr(oi, "gen_ai.response.id")->valuestring, "msg_01abc");
+    cr_assert_str_eq(attr(rs, "openinference.span.kind")->valuestring, "RETRIEVER");
+    cr_assert_str_eq(attr(rs, "retrieval.documents.0.document.id")->valuestring, "it-1");
+    cr_assert_str_eq(attr(rs, "retrieval.documents.0.document.content")->valuestring, "Rome is the capital of Italy.");
+    cr_assert_str_eq(attr(rs, "retrieval.documents.0.document.metadata")->valuestring, "{\"src\":\"wiki\"}");
+    cr_assert_str_eq(attr(rs, "retrieval.documents.1.document.content")->valuestring, "Milan.");
     cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "resources"), 0);
     cr_assert_str_eq(cJSON_GetObjectItem(res, "openinference.project.name")->valuestring, "cbus-test");
     cJSON_Delete(root);

@@ -1529,3 +1529,279 @@ Test(export_otlp, point_event_texts_with_capture)
     cr_assert_str_eq(attr_s(find_span(spans, "score late"), "gen_ai.evaluation.explanation"), comment);
     cJSON_Delete(root);
 }
+
+/* ---- system instructions, response id, OpenInference lists (issue 15) -------- */
+
+/* No attribute key twice on a span (a receiver keeps one of them). */
+static void assert_unique_keys(cJSON *span)
+{
+    cJSON *a, *b;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItem(span, "attributes")) {
+        int n = 0;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItem(span, "attributes"))
+            n += !strcmp(str(a, "key"), str(b, "key"));
+        cr_assert_eq(n, 1, "attribute %s sent %d times", str(a, "key"), n);
+    }
+}
+
+static int cut_listed(cJSON *span, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(attr(span, "cbus.content.cut"), "arrayValue"), "values"), *x;
+    cJSON_ArrayForEach(x, v) {
+        if (!strcmp(str(x, "stringValue"), key))
+            return 1;
+    }
+    return 0;
+}
+
+static const char *const sys_json = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+
+Test(export_otlp, system_instructions_and_response_id)
+{
+    capture_on(64);
+    unsigned char b[4096];
+    uint32_t n = 0;
+    /* a chat whose instructions came apart from the history, and whose
+     * metadata also names a response id: the end's own id wins */
+    section(b, &n, CBUS_BODY_METADATA, "gen_ai.response.id\0from-metadata", 33, 0, 0);
+    section(b, &n, CBUS_BODY_SYSTEM, sys_json, (uint32_t)strlen(sys_json), 0, 0);
+    const char *msgs = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Capital?\"}]}]";
+    section(b, &n, CBUS_BODY_MESSAGES, msgs, (uint32_t)strlen(msgs), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "claude");
+    feed_b(&s, b, n);
+    n = 0;
+    section(b, &n, CBUS_BODY_RESPONSE_ID, "msg_01XFDUDYJgAACzvnptvVoYEL", 28, 0, 0);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    strcpy(e.preview, "Paris.");
+    feed_b(&e, b, n);
+    /* a completion with plain-text instructions, and an end whose "id"
+     * holds a space (it came from shared memory): not sent */
+    n = 0;
+    section(b, &n, CBUS_BODY_SYSTEM, "Be \"brief\".", 11, 0, 0);
+    struct cbus_event s2 = ev(CBUS_EV_LLM_START, 2, 0, 20);
+    strcpy(s2.model, "davinci");
+    strcpy(s2.preview, "Say hi");
+    feed_b(&s2, b, n);
+    n = 0;
+    section(b, &n, CBUS_BODY_RESPONSE_ID, "not an id", 9, 0, 0);
+    struct cbus_event e2 = ev(CBUS_EV_LLM_END, 2, 0, 30);
+    feed_b(&e2, b, n);
+    /* instructions over the cap (64 bytes): cut, sent as text, listed */
+    char longsys[200];
+    memset(longsys, 'r', sizeof longsys);
+    n = 0;
+    section(b, &n, CBUS_BODY_SYSTEM, longsys, sizeof longsys, 0, 0);
+    struct cbus_event s3 = ev(CBUS_EV_CHAT_MODEL_START, 3, 0, 40);
+    strcpy(s3.model, "long");
+    feed_b(&s3, b, n);
+    struct cbus_event e3 = ev(CBUS_EV_LLM_END, 3, 0, 50);
+    feed_b(&e3, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = find_span(spans, "chat claude");
+    cr_assert_str_eq(attr_s(chat, "gen_ai.system_instructions"), sys_json, "a parts array goes as it came");
+    cr_assert_str_eq(attr_s(chat, "gen_ai.input.messages"), msgs, "the history apart from the instructions");
+    cr_assert_str_eq(attr_s(chat, "gen_ai.response.id"), "msg_01XFDUDYJgAACzvnptvVoYEL");
+    assert_unique_keys(chat);
+    cJSON *tc = find_span(spans, "text_completion davinci");
+    cJSON *si = attr_json(tc, "gen_ai.system_instructions");
+    cr_assert_eq(cJSON_GetArraySize(si), 1);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(si, 0), "type"), "text");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(si, 0), "content"), "Be \"brief\".");
+    cJSON_Delete(si);
+    cr_assert_null(attr(tc, "gen_ai.response.id"), "an id with a space is not an id");
+    cJSON *lc = find_span(spans, "chat long");
+    si = attr_json(lc, "gen_ai.system_instructions");
+    cr_assert_eq(strlen(str(cJSON_GetArrayItem(si, 0), "content")), 64u, "cut at the cap");
+    cJSON_Delete(si);
+    cr_assert(cut_listed(lc, "gen_ai.system_instructions"));
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, response_id_without_content_and_instructions_only_with_it)
+{
+    span_table_bodies(table, 1, 0, 16384, 64u << 20); /* bodies read (a profile), content off */
+    unsigned char b[1024];
+    uint32_t n = 0;
+    section(b, &n, CBUS_BODY_SYSTEM, sys_json, (uint32_t)strlen(sys_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "m");
+    feed_b(&s, b, n);
+    n = 0;
+    section(b, &n, CBUS_BODY_RESPONSE_ID, "chatcmpl-9", 10, 0, 0);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    feed_b(&e, b, n);
+    cJSON *root = parse_batch();
+    cJSON *chat = cJSON_GetArrayItem(spans_of(root), 0);
+    cr_assert_str_eq(attr_s(chat, "gen_ai.response.id"), "chatcmpl-9", "an id, not content");
+    cr_assert_null(attr(chat, "gen_ai.system_instructions"), "instructions are content");
+    cr_assert_null(strstr(out.data, "geography"));
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, langfuse_input_starts_with_the_instructions)
+{
+    oopts.langfuse = 1;
+    capture_on(16384);
+    unsigned char b[4096];
+    uint32_t n = 0;
+    section(b, &n, CBUS_BODY_SYSTEM, sys_json, (uint32_t)strlen(sys_json), 0, 0);
+    section(b, &n, CBUS_BODY_MESSAGES, chat_json, (uint32_t)strlen(chat_json), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "gpt-4o");
+    feed_b(&s, b, n);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    feed_b(&e, NULL, 0);
+    n = 0;
+    section(b, &n, CBUS_BODY_SYSTEM, "Be brief.", 9, 0, 0);
+    struct cbus_event s2 = ev(CBUS_EV_LLM_START, 2, 0, 20);
+    strcpy(s2.model, "davinci");
+    strcpy(s2.preview, "Say \"hi\"");
+    feed_b(&s2, b, n);
+    struct cbus_event e2 = ev(CBUS_EV_LLM_END, 2, 0, 30);
+    feed_b(&e2, NULL, 0);
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *in = attr_json(find_span(spans, "chat gpt-4o"), "langfuse.observation.input");
+    cr_assert_eq(cJSON_GetArraySize(in), 3, "instructions, then the two messages of the history");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(in, 0), "role"), "system");
+    cJSON *p0 = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(in, 0), "parts"), 0);
+    cr_assert_str_eq(str(p0, "content"), "You are a geography tutor.");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(in, 1), "role"), "system", "the history's own system message stays");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(in, 2), "role"), "user");
+    cJSON_Delete(in);
+    in = attr_json(find_span(spans, "text_completion davinci"), "langfuse.observation.input");
+    cr_assert_eq(cJSON_GetArraySize(in), 2, "instructions, then the prompt as one user message");
+    cJSON *u = cJSON_GetArrayItem(in, 1);
+    cr_assert_str_eq(str(u, "role"), "user");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(cJSON_GetObjectItem(u, "parts"), 0), "content"), "Say \"hi\"");
+    cr_assert_str_eq(str(cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(in, 0), "parts"), 0), "content"),
+                     "Be brief.");
+    cJSON_Delete(in);
+    cr_assert_null(attr(find_span(spans, "chat gpt-4o"), "gen_ai.system_instructions"), "once, in the input");
+    cJSON_Delete(root);
+}
+
+Test(export_otlp, phoenix_flattened_messages_and_documents)
+{
+    oopts.phoenix = 1;
+    capture_on(16384);
+    unsigned char b[16384];
+    uint32_t n = 0;
+    const char *hist =
+        "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in Paris?\"}]},"
+        "{\"role\":\"assistant\",\"parts\":[{\"type\":\"tool_call\",\"id\":\"call_1\",\"name\":\"weather\","
+        "\"arguments\":{\"city\":\"Paris\"}}]},"
+        "{\"role\":\"tool\",\"parts\":[{\"type\":\"tool_call_response\",\"id\":\"call_1\",\"response\":\"18C\"}]},"
+        "{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"And\"},{\"type\":\"text\",\"content\":\"Rome?\"}]}]";
+    section(b, &n, CBUS_BODY_SYSTEM, sys_json, (uint32_t)strlen(sys_json), 0, 0);
+    section(b, &n, CBUS_BODY_MESSAGES, hist, (uint32_t)strlen(hist), 0, 0);
+    struct cbus_event s = ev(CBUS_EV_CHAT_MODEL_START, 1, 0, 0);
+    strcpy(s.model, "gpt-4o");
+    feed_b(&s, b, n);
+    const char *outm = "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"reasoning\",\"content\":\"look it up\"},"
+                       "{\"type\":\"text\",\"content\":\"21C in Rome.\"}],\"finish_reason\":\"stop\"}]";
+    n = 0;
+    section(b, &n, CBUS_BODY_MESSAGES, outm, (uint32_t)strlen(outm), 0, 0);
+    struct cbus_event e = ev(CBUS_EV_LLM_END, 1, 0, 10);
+    feed_b(&e, b, n);
+    /* a completion: the prompt and the output text as one message each */
+    struct cbus_event s2 = ev(CBUS_EV_LLM_START, 2, 0, 20);
+    strcpy(s2.model, "davinci");
+    strcpy(s2.preview, "Say hi");
+    feed_b(&s2, NULL, 0);
+    struct cbus_event e2 = ev(CBUS_EV_LLM_END, 2, 0, 30);
+    strcpy(e2.preview, "Hi!");
+    feed_b(&e2, NULL, 0);
+    /* a retriever's documents */
+    const char *docs = "[{\"id\":\"doc-1\",\"content\":\"Paris is the capital.\",\"metadata\":{\"src\":\"wiki\",\"page\":3},"
+                       "\"score\":0.875},{\"id\":7,\"content\":\"Rome too.\"}]";
+    struct cbus_event r = ev(CBUS_EV_RETRIEVER_START, 3, 0, 40);
+    strcpy(r.name, "kb");
+    strcpy(r.preview, "capitals");
+    feed_b(&r, NULL, 0);
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, docs, (uint32_t)strlen(docs), 0, 0);
+    struct cbus_event re = ev(CBUS_EV_RETRIEVER_END, 3, 0, 50);
+    feed_b(&re, b, n);
+    /* a message list cut by the bus: no list (it is not whole), input.value still */
+    n = 0;
+    section(b, &n, CBUS_BODY_MESSAGES, hist, 40, CBUS_BODY_SECTION_CUT, (uint32_t)strlen(hist));
+    struct cbus_event s3 = ev(CBUS_EV_CHAT_MODEL_START, 4, 0, 60);
+    strcpy(s3.model, "cut");
+    feed_b(&s3, b, n);
+    struct cbus_event e3 = ev(CBUS_EV_LLM_END, 4, 0, 70);
+    feed_b(&e3, NULL, 0);
+    /* more documents than a list holds: the first 128, and the list says cut */
+    char *many = malloc(16384);
+    cr_assert_not_null(many);
+    size_t m = 0;
+    many[m++] = '[';
+    for (int i = 0; i < 200; i++)
+        m += (size_t)sprintf(many + m, "%s{\"content\":\"d%d\"}", i ? "," : "", i);
+    many[m++] = ']';
+    struct cbus_event r2 = ev(CBUS_EV_RETRIEVER_START, 5, 0, 80);
+    strcpy(r2.name, "big");
+    feed_b(&r2, NULL, 0);
+    n = 0;
+    section(b, &n, CBUS_BODY_TEXT, many, (uint32_t)m, 0, 0);
+    struct cbus_event re2 = ev(CBUS_EV_RETRIEVER_END, 5, 0, 90);
+    feed_b(&re2, b, n);
+    free(many);
+
+    cJSON *root = parse_batch();
+    cJSON *spans = spans_of(root);
+    cJSON *chat = find_span(spans, "chat gpt-4o");
+    assert_unique_keys(chat);
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.0.message.role"), "system", "the instructions first");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.0.message.content"), "You are a geography tutor.");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.1.message.role"), "user");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.1.message.content"), "Weather in Paris?");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.2.message.tool_calls.0.tool_call.id"), "call_1");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.2.message.tool_calls.0.tool_call.function.name"), "weather");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments"),
+                     "{\"city\":\"Paris\"}");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.3.message.role"), "tool");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.3.message.tool_call_id"), "call_1");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.3.message.content"), "18C");
+    cr_assert_null(attr(chat, "llm.input_messages.4.message.content"), "two texts: contents, not content");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.4.message.contents.0.message_content.type"), "text");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.4.message.contents.0.message_content.text"), "And");
+    cr_assert_str_eq(attr_s(chat, "llm.input_messages.4.message.contents.1.message_content.text"), "Rome?");
+    cr_assert_null(attr(chat, "llm.input_messages.5.message.role"));
+    cr_assert_str_eq(attr_s(chat, "llm.output_messages.0.message.role"), "assistant");
+    cr_assert_str_eq(attr_s(chat, "llm.output_messages.0.message.contents.0.message_content.type"), "reasoning");
+    cr_assert_str_eq(attr_s(chat, "llm.output_messages.0.message.contents.0.message_content.text"), "look it up");
+    cr_assert_str_eq(attr_s(chat, "llm.output_messages.0.message.contents.1.message_content.text"), "21C in Rome.");
+    cr_assert_str_eq(attr_s(chat, "input.value"), hist, "input.value: the history as it came");
+    cr_assert_null(attr(chat, "gen_ai.system_instructions"), "under the profile: in the message list");
+    cJSON *tc = find_span(spans, "text_completion davinci");
+    cr_assert_str_eq(attr_s(tc, "llm.input_messages.0.message.role"), "user");
+    cr_assert_str_eq(attr_s(tc, "llm.input_messages.0.message.content"), "Say hi");
+    cr_assert_str_eq(attr_s(tc, "llm.output_messages.0.message.role"), "assistant");
+    cr_assert_str_eq(attr_s(tc, "llm.output_messages.0.message.content"), "Hi!");
+    cJSON *ret = find_span(spans, "retrieval kb");
+    assert_unique_keys(ret);
+    cr_assert_str_eq(attr_s(ret, "retrieval.documents.0.document.id"), "doc-1");
+    cr_assert_str_eq(attr_s(ret, "retrieval.documents.0.document.content"), "Paris is the capital.");
+    cJSON *md = attr_json(ret, "retrieval.documents.0.document.metadata");
+    cr_assert_str_eq(str(md, "src"), "wiki");
+    cr_assert_eq(cJSON_GetObjectItem(md, "page")->valueint, 3);
+    cJSON_Delete(md);
+    cr_assert_float_eq(cJSON_GetObjectItem(attr(ret, "retrieval.documents.0.document.score"), "doubleValue")->valuedouble,
+                       0.875, 1e-12);
+    cr_assert_str_eq(attr_s(ret, "retrieval.documents.1.document.id"), "7", "a numeric id as its JSON");
+    cr_assert_null(attr(ret, "retrieval.documents.1.document.score"));
+    cr_assert_null(attr(ret, "retrieval.documents.1.document.metadata"));
+    cr_assert_str_eq(attr_s(ret, "output.value"), docs);
+    cJSON *cut = find_span(spans, "chat cut");
+    cr_assert_null(attr(cut, "llm.input_messages.0.message.role"), "a cut list is not parsed");
+    cr_assert_not_null(attr_s(cut, "input.value"));
+    cr_assert(cut_listed(cut, "input.value"));
+    cJSON *big = find_span(spans, "retrieval big");
+    cr_assert_str_eq(attr_s(big, "retrieval.documents.127.document.content"), "d127");
+    cr_assert_null(attr(big, "retrieval.documents.128.document.content"));
+    cr_assert(cut_listed(big, "retrieval.documents"));
+    cJSON_Delete(root);
+}
