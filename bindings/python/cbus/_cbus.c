@@ -663,50 +663,67 @@ static int start_info(PyObject *pc, PyObject *est, PyObject *mt, struct cbus_llm
 
 static PyObject *Run_llm_start(Run *self, PyObject *args, PyObject *kw)
 {
-    static char *kwl[] = {"prompt", "prompt_count", "est_input_tokens", "max_tokens", NULL};
-    PyObject *o = Py_None, *pc = Py_None, *est = Py_None, *mt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOO:llm_start", kwl, &o, &pc, &est, &mt))
+    static char *kwl[] = {"prompt", "prompt_count", "est_input_tokens", "max_tokens", "system", NULL};
+    PyObject *o = Py_None, *pc = Py_None, *est = Py_None, *mt = Py_None, *sy = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOO:llm_start", kwl, &o, &pc, &est, &mt, &sy))
         return NULL;
     struct cbus_llm_start_info info;
     if (start_info(pc, est, mt, &info))
         return NULL;
-    struct text t;
+    struct text t, ts;
     if (text_arg(o, "prompt", &t))
         return NULL;
+    if (text_arg(sy, "system", &ts)) {
+        text_done(&t);
+        return NULL;
+    }
     cbus_producer *p = live(self->producer);
-    int rc = p ? cbus_llm_start(p, self->ctx, t.s, &info) : -ESTALE;
+    int rc = !p    ? -ESTALE
+             : ts.s ? cbus_llm_start_system(p, self->ctx, t.s, ts.s, (size_t)ts.len, &info)
+                    : cbus_llm_start(p, self->ctx, t.s, &info);
     text_done(&t);
+    text_done(&ts);
     return emitted(rc);
 }
 
 static PyObject *Run_chat_model_start(Run *self, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"last_message", "messages", "prompt_count", "est_input_tokens",
-                          "max_tokens", NULL};
-    PyObject *o = Py_None, *m = Py_None, *pc = Py_None, *est = Py_None, *mt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOO:chat_model_start", kwl, &o, &m, &pc,
-                                     &est, &mt))
+                          "max_tokens", "system", NULL};
+    PyObject *o = Py_None, *m = Py_None, *pc = Py_None, *est = Py_None, *mt = Py_None,
+             *sy = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOO:chat_model_start", kwl, &o, &m, &pc,
+                                     &est, &mt, &sy))
         return NULL;
     struct cbus_llm_start_info info;
     if (start_info(pc, est, mt, &info))
         return NULL;
-    struct text t, tm;
+    struct text t, tm, ts;
     if (text_arg(o, "last_message", &t))
         return NULL;
     if (text_arg(m, "messages", &tm)) {
         text_done(&t);
         return NULL;
     }
+    if (text_arg(sy, "system", &ts)) {
+        text_done(&t);
+        text_done(&tm);
+        return NULL;
+    }
     cbus_producer *p = live(self->producer);
     int rc;
     if (!p)
         rc = -ESTALE;
+    else if (ts.s)
+        rc = cbus_chat_model_start_system(p, self->ctx, tm.s, tm.s ? (size_t)tm.len : 0, ts.s,
+                                          (size_t)ts.len, t.s, &info);
     else if (tm.s)
         rc = cbus_chat_model_start_messages(p, self->ctx, tm.s, (size_t)tm.len, t.s, &info);
     else
         rc = cbus_chat_model_start(p, self->ctx, t.s, &info);
     text_done(&t);
     text_done(&tm);
+    text_done(&ts);
     return emitted(rc);
 }
 
@@ -745,13 +762,30 @@ static PyObject *Run_llm_end(Run *self, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"output", "input_tokens", "output_tokens", "cache_read_tokens",
                           "cache_creation_tokens", "reasoning_tokens", "generations",
-                          "finish_reason", "duration_ns", "ttft_ns", "messages", NULL};
+                          "finish_reason", "duration_ns", "ttft_ns", "messages", "response_id", NULL};
     PyObject *o = Py_None, *a[9] = {Py_None, Py_None, Py_None, Py_None, Py_None,
                                     Py_None, Py_None, Py_None, Py_None};
-    PyObject *m = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOOOOO:llm_end", kwl, &o, &a[0], &a[1],
-                                     &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8], &m))
+    PyObject *m = Py_None, *rid = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOOOOOO:llm_end", kwl, &o, &a[0], &a[1],
+                                     &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8], &m, &rid))
         return NULL;
+    /* checked here, before anything is emitted: the library refuses a bad
+     * id with -EINVAL and then emits no end at all */
+    const char *rs = NULL;
+    if (rid != Py_None) {
+        Py_ssize_t rl = 0;
+        rs = PyUnicode_Check(rid) ? PyUnicode_AsUTF8AndSize(rid, &rl) : NULL;
+        int ok = rs && rl > 0 && rl <= CBUS_RESPONSE_ID_MAX;
+        for (Py_ssize_t i = 0; ok && i < rl; i++)
+            ok = (unsigned char)rs[i] > 0x20 && (unsigned char)rs[i] < 0x7f;
+        if (!ok) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "response_id must be a str of 1..%d printable ASCII characters without spaces",
+                         CBUS_RESPONSE_ID_MAX);
+            return NULL;
+        }
+    }
     struct cbus_usage u;
     memset(&u, 0, sizeof u);
     static const unsigned bits[5] = {CBUS_USAGE_INPUT, CBUS_USAGE_OUTPUT, CBUS_USAGE_CACHE_READ,
@@ -804,6 +838,8 @@ static PyObject *Run_llm_end(Run *self, PyObject *args, PyObject *kw)
     int rc;
     if (!p)
         rc = -ESTALE;
+    else if (rs)
+        rc = cbus_llm_end_response(p, self->ctx, &u, tm.s ? NULL : t.s, tm.s, tm.s ? (size_t)tm.len : 0, rs);
     else if (tm.s)
         rc = cbus_llm_end_messages(p, self->ctx, &u, tm.s, (size_t)tm.len);
     else
@@ -999,6 +1035,28 @@ static PyObject *Event_get_messages(Event *self, void *c)
     const char *d;
     uint32_t len;
     if (body_section(self, CBUS_BODY_MESSAGES, &d, &len))
+        return PyUnicode_DecodeUTF8(d, len, "replace");
+    Py_RETURN_NONE;
+}
+
+/* An LLM start's system instructions (gen_ai.system_instructions JSON or
+ * text), an llm_end's response id: None when the body has none. */
+static PyObject *Event_get_system(Event *self, void *c)
+{
+    (void)c;
+    const char *d;
+    uint32_t len;
+    if (body_section(self, CBUS_BODY_SYSTEM, &d, &len))
+        return PyUnicode_DecodeUTF8(d, len, "replace");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Event_get_response_id(Event *self, void *c)
+{
+    (void)c;
+    const char *d;
+    uint32_t len;
+    if (body_section(self, CBUS_BODY_RESPONSE_ID, &d, &len))
         return PyUnicode_DecodeUTF8(d, len, "replace");
     Py_RETURN_NONE;
 }
@@ -1620,6 +1678,8 @@ static PyGetSetDef Event_getset[] = {
     EVG(body, "the body bytes (sections, docs/bodies.md) or None"),
     EVG(text, "the whole text (body text section, else the preview)"),
     EVG(messages, "chat messages JSON or None"),
+    EVG(system, "an LLM start's system instructions (JSON parts or text) or None"),
+    EVG(response_id, "an llm_end's provider response id or None"),
     EVG(tags, "list of the run's tags (start events)"),
     EVG(metadata, "dict of the run's metadata (start events)"),
     EVG(usage, "llm_end: dict of the reported counts (absent keys were not reported)"),

@@ -118,6 +118,50 @@ def _usage(response: Any) -> dict:
     return kw
 
 
+def _system(ip: dict) -> str | None:
+    """System instructions a model took apart from the history, when its
+    invocation parameters show them (a `system` field such as Ollama's, or
+    `system_instruction` / `instructions`), as OpenTelemetry's
+    gen_ai.system_instructions parts.  A SystemMessage in the messages is
+    history and stays there."""
+    for key in ("system", "system_instruction", "instructions"):
+        v = ip.get(key)
+        if isinstance(v, str) and v:
+            return json.dumps([{"type": "text", "content": v}], ensure_ascii=False)
+        if isinstance(v, (list, tuple)) and v:
+            parts = []
+            for p in v:
+                t = p if isinstance(p, str) else (p.get("text") or p.get("content")) if isinstance(p, dict) else None
+                if isinstance(t, str):
+                    parts.append({"type": "text", "content": t})
+            if parts:
+                return json.dumps(parts, ensure_ascii=False)
+    return None
+
+
+def _is_id(v: Any) -> bool:
+    return (isinstance(v, str) and 0 < len(v) <= 256
+            and all(0x20 < ord(c) < 0x7f for c in v))
+
+
+def _response_id(response: Any) -> str | None:
+    """The provider's id of the response: the message's response_metadata
+    id, llm_output's id, generation_info's, else the message id when it is
+    the provider's (LangChain makes up run-... / lc_run-... ids)."""
+    gens = getattr(response, "generations", None) or []
+    first = gens[0][0] if gens and gens[0] else None
+    msg = getattr(first, "message", None)
+    for src in (getattr(msg, "response_metadata", None), getattr(response, "llm_output", None),
+                getattr(first, "generation_info", None)):
+        v = src.get("id") if isinstance(src, dict) else None
+        if _is_id(v):
+            return v
+    mid = getattr(msg, "id", None)
+    if _is_id(mid) and not mid.startswith(("run-", "lc_run-", "lc_")):
+        return mid
+    return None
+
+
 class CbusCallbackHandler(BaseCallbackHandler):
     """Emits every LangChain callback as a cbus event (synchronous, inline)."""
 
@@ -230,7 +274,8 @@ class CbusCallbackHandler(BaseCallbackHandler):
                           model=ip.get("model_name") or ip.get("model"))
         if run is not None:
             run.llm_start(prompts[-1] if prompts else None, prompt_count=len(prompts),
-                          max_tokens=ip.get("max_tokens") if isinstance(ip.get("max_tokens"), int) else None)
+                          max_tokens=ip.get("max_tokens") if isinstance(ip.get("max_tokens"), int) else None,
+                          system=_system(ip))
 
     @_guard
     def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None,
@@ -245,7 +290,7 @@ class CbusCallbackHandler(BaseCallbackHandler):
             {"type": "text", "content": _text(getattr(m, "content", ""))}]} for m in flat]
         last = _text(getattr(flat[-1], "content", None)) if flat else None
         run.chat_model_start(last, messages=json.dumps(conv, ensure_ascii=False, default=str),
-                             prompt_count=len(flat))
+                             prompt_count=len(flat), system=_system(ip))
 
     @_guard
     def on_llm_new_token(self, token, *, chunk=None, run_id, parent_run_id=None, **kwargs):
@@ -260,7 +305,7 @@ class CbusCallbackHandler(BaseCallbackHandler):
             return
         gens = getattr(response, "generations", None) or []
         out = gens[0][0].text if gens and gens[0] else None
-        run.llm_end(out, **_usage(response))
+        run.llm_end(out, response_id=_response_id(response), **_usage(response))
 
     @_guard
     def on_llm_error(self, error, *, run_id, parent_run_id=None, **kwargs):

@@ -252,3 +252,48 @@ def test_a_forked_worker_reopens_its_own_producer(bus):
     ends = [(e.user, e.pid) for e in evs if e.kind == "llm_end"]
     assert ends[0] == ("parent", os.getpid()) and ends[2] == ("parent", os.getpid())
     assert ends[1][0] == "child" and ends[1][1] == pid
+
+
+def test_system_instructions_and_the_response_id_reach_the_bus(bus):
+    """Issue 15: instructions a model takes apart from the history (here an
+    invocation parameter `system`) ride on the start as
+    gen_ai.system_instructions parts; the provider's response id (the
+    message's response_metadata id, else a provider message id) on the end.
+    A SystemMessage in the history stays in the messages."""
+    h = CbusCallbackHandler(bus)
+    model = GenericFakeChatModel(messages=iter([
+        AIMessage(content="Rome.", response_metadata={"id": "chatcmpl-AbC123"}),
+        AIMessage(content="Oslo.", id="msg_01XFDUDYJgAACzvnptvVoYEL"),
+        AIMessage(content="Bern.", response_metadata={"id": "not an id"}),
+    ]))
+    with cbus.Consumer(bus, "t", start="oldest") as c:
+        model.invoke([("system", "history's own"), ("human", "Capital of Italy?")],
+                     config={"callbacks": [h]}, system="You are a geography tutor.")
+        model.invoke("Capital of Norway?", config={"callbacks": [h]},
+                     system=[{"type": "text", "text": "Be brief."}, "Answer in English."])
+        model.invoke("Capital of Switzerland?", config={"callbacks": [h]})
+        evs = drain(c)
+    starts = [e for e in evs if e.kind == "chat_model_start"]
+    ends = [e for e in evs if e.kind == "llm_end"]
+    assert len(starts) == 3 and len(ends) == 3
+    assert json.loads(starts[0].system) == [{"type": "text", "content": "You are a geography tutor."}]
+    assert [m["role"] for m in json.loads(starts[0].messages)] == ["system", "user"]
+    assert json.loads(starts[1].system) == [{"type": "text", "content": "Be brief."},
+                                            {"type": "text", "content": "Answer in English."}]
+    assert starts[2].system is None
+    assert ends[0].response_id == "chatcmpl-AbC123" and ends[0].text == "Rome."
+    assert ends[1].response_id == "msg_01XFDUDYJgAACzvnptvVoYEL"
+    assert ends[2].response_id is None and ends[2].text == "Bern."  # not an id: the end still arrives
+
+
+def test_run_checks_the_response_id_before_emitting(bus):
+    with cbus.Producer(bus) as p, cbus.Consumer(bus, "t", start="oldest") as c:
+        r = p.run()
+        for bad in ("", "has space", "x" * 257, "caf\u00e9", 7):
+            with pytest.raises((ValueError, TypeError)):
+                r.llm_end("out", response_id=bad)
+        assert r.llm_end("out", response_id="x" * 256)
+        assert r.llm_start("p", system="Be brief.")
+        evs = drain(c)
+    assert [e.kind for e in evs] == ["llm_end", "llm_start"]
+    assert evs[0].response_id == "x" * 256 and evs[1].system == "Be brief."
