@@ -194,18 +194,26 @@ int main(int argc, char **argv)
         put("export_otlp", "run-small-table", b, off);
     }
     /* export_otlp with bodies (flags bit 3, then a profile byte): every start
-     * carries text, messages, tags and metadata, every end a text. */
+     * and end carries text (a documents list, which a retriever end's
+     * Phoenix attributes parse), messages, tags, metadata, system
+     * instructions (read on starts) and a response id (read on ends). */
     {
-        static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+        static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"},"
+                                   "{\"type\":\"tool_call\",\"id\":\"c1\",\"name\":\"f\",\"arguments\":{\"x\":1}}]}]";
+        static const char docs[] = "[{\"id\":\"d1\",\"content\":\"the whole text \xc3\xa9, a \\\"quote\\\"\","
+                                   "\"metadata\":{\"k\":1},\"score\":0.5}]";
+        static const char sys[] = "[{\"type\":\"text\",\"content\":\"Be brief.\"}]";
         static const struct {
             unsigned type;
             const char *data;
             uint32_t len;
         } sec[] = {
-            {CBUS_BODY_TEXT, "the whole prompt \xc3\xa9, with a \"quote\"", 38},
+            {CBUS_BODY_TEXT, docs, sizeof docs - 1},
             {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1},
             {CBUS_BODY_TAGS, "prod\0eval", 9},
             {CBUS_BODY_METADATA, "team\0search\0server.port\0" "443", 26},
+            {CBUS_BODY_SYSTEM, sys, sizeof sys - 1},
+            {CBUS_BODY_RESPONSE_ID, "chatcmpl-seed1", 14},
         };
         uint8_t body[512];
         size_t blen = 0;
