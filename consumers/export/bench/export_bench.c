@@ -10,7 +10,10 @@
  * ring is full of events the exporter has not made durable yet) is retried,
  * so every call arrives and the rate is the sustained end-to-end rate.  Time is from the first emit to the
  * collector holding all N spans; CPU is the exporter's user+system time
- * from /proc.  Prints each run and the medians.
+ * from /proc.  Prints each run and the medians.  With --content BYTES each
+ * chat start carries a messages body of about BYTES and each end an output
+ * text of BYTES / 4, which the exporter captures (capture_content = true)
+ * unless --no-capture: the same traffic on the bus, its bodies skipped.
  *
  *   cbus-export-bench --encode-only [--spans N] [--tokens K]
  *
@@ -185,12 +188,13 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     long spans = 500000, runs = 3, tokens = 0, batch = 512, inflight = 4, capacity = 65536, content = 0;
-    int gzip = 0, msgpack = 0, encode = 0, ch;
+    int gzip = 0, msgpack = 0, encode = 0, capture = 1, ch;
     unsigned encoding = OTLP_PROTOBUF;
     static const struct option lo[] = {{"spans", 1, 0, 'n'}, {"runs", 1, 0, 'r'}, {"tokens", 1, 0, 't'},
                                        {"gzip", 0, 0, 'g'},  {"msgpack", 0, 0, 'm'}, {"batch", 1, 0, 'b'},
                                        {"in-flight", 1, 0, 'i'}, {"capacity", 1, 0, 'c'}, {"encode-only", 0, 0, 'e'},
-                                       {"encoding", 1, 0, 'E'}, {"content", 1, 0, 'C'}, {0, 0, 0, 0}};
+                                       {"encoding", 1, 0, 'E'}, {"content", 1, 0, 'C'},
+                                       {"no-capture", 0, 0, 'N'}, {0, 0, 0, 0}};
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'n': spans = atol(optarg); break;
@@ -203,6 +207,7 @@ int main(int argc, char **argv)
         case 'c': capacity = atol(optarg); break;
         case 'e': encode = 1; break;
         case 'C': content = atol(optarg); break;
+        case 'N': capture = 0; break;
         case 'E':
             if (!strcmp(optarg, "json"))
                 encoding = OTLP_JSON;
@@ -214,16 +219,38 @@ int main(int argc, char **argv)
         default:
             fprintf(stderr, "usage: cbus-export-bench [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
                     "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n"
-                    "                         [--encoding protobuf|json] [--content BYTES] (with --encode-only)\n");
+                    "                         [--encoding protobuf|json] [--content BYTES] [--no-capture]\n");
             return 2;
         }
     }
-    if (spans < 1 || runs < 1 || runs > 31 || tokens < 0)
+    if (spans < 1 || runs < 1 || runs > 31 || tokens < 0 || content < 0 || content > 60000)
         return 2;
     if (encode)
         return encode_only(spans, tokens, encoding, content);
-    double rate[32], cpu_k[32], coll_cpu[32];
+    double rate[32], cpu_k[32], coll_cpu[32], wire[32];
     long events_per_call = 2 + tokens;
+    /* --content BYTES end to end: each chat start carries a messages body
+     * of about BYTES and each end an output text of BYTES / 4, as in
+     * --encode-only; the exporter captures them unless --no-capture (then
+     * the same traffic, its bodies skipped by the poll) */
+    char *msgs = NULL, *outtext = NULL;
+    size_t msgs_len = 0;
+    if (content > 0) {
+        static const char pre[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"";
+        static const char post[] = "\"}]}]";
+        msgs = malloc((size_t)content + sizeof pre + sizeof post);
+        outtext = malloc((size_t)content / 4 + 1);
+        if (!msgs || !outtext)
+            return 1;
+        memcpy(msgs, pre, sizeof pre - 1);
+        for (long i = 0; i < content; i++)
+            msgs[sizeof pre - 1 + (size_t)i] = (char)(i % 61 == 60 ? ' ' : 'a' + i % 26);
+        memcpy(msgs + sizeof pre - 1 + content, post, sizeof post);
+        msgs_len = strlen(msgs);
+        for (long i = 0; i < content / 4; i++)
+            outtext[i] = (char)(i % 53 == 52 ? ' ' : 'A' + i % 26);
+        outtext[content / 4] = '\0';
+    }
     for (long run = 0; run < runs; run++) {
         char dir[] = "/tmp/cbus-export-bench-XXXXXX";
         if (!mkdtemp(dir)) {
@@ -250,9 +277,11 @@ int main(int argc, char **argv)
         snprintf(cfg, sizeof cfg,
                  "[bus]\nmode = lossless\nstart = newest\n[export]\nformat = %s\nendpoint = http://127.0.0.1:%u%s\n"
                  "gzip = %s\nbatch_max_items = %ld\nbatch_max_age = 100ms\nmax_in_flight = %ld\n"
+                 "capture_content = %s\ncontent_max_bytes = 64k\n"
                  "[otlp]\nencoding = %s\n[spool]\ndir = %s/spool\n[status]\ninterval = 100ms\n",
                  msgpack ? "msgpack" : "otlp", col.port, msgpack ? "/ingest" : "", gzip ? "true" : "false", batch,
-                 inflight, encoding == OTLP_PROTOBUF ? "protobuf" : "json", dir);
+                 inflight, content > 0 && capture ? "true" : "false",
+                 encoding == OTLP_PROTOBUF ? "protobuf" : "json", dir);
         struct exporter_proc ex;
         if (exporter_start(&ex, dir, bus, cfg)) {
             fprintf(stderr, "exporter did not start\n");
@@ -285,10 +314,13 @@ int main(int argc, char **argv)
         struct timespec backoff = {0, 200000};
         for (long i = 0; i < spans; i++) {
             cbus_ctx_child(&ctx, &root);
-            EMIT(cbus_chat_model_start(p, &ctx, "What is the capital of France?", NULL));
+            if (msgs)
+                EMIT(cbus_chat_model_start_messages(p, &ctx, msgs, msgs_len, "What is the capital?", NULL))
+            else
+                EMIT(cbus_chat_model_start(p, &ctx, "What is the capital of France?", NULL))
             for (long k = 0; k < tokens; k++)
                 EMIT(cbus_llm_new_token(p, &ctx, "tok", 3));
-            EMIT(cbus_llm_end(p, &ctx, &u, "Paris."));
+            EMIT(cbus_llm_end(p, &ctx, &u, outtext ? outtext : "Paris."));
         }
         double t_emit = now_s() - t0;
         long want = msgpack ? spans * events_per_call : spans;
@@ -308,15 +340,21 @@ int main(int argc, char **argv)
         rate[run] = (double)got / (t1 - t0);
         cpu_k[run] = cpu / ((double)spans * (double)events_per_call / 1000.0) * 1e6;
         coll_cpu[run] = ccpu;
+        wire[run] = got > 0 ? (double)sent_bytes / (double)got : 0.0;
         printf("run %ld: %lld %s in %.3f s (emit %.3f s, %ld emits refused and retried) = %.0f %s/s; exporter CPU %.3f s "
                "= %.1f us per 1k events; collector CPU %.3f s; %.1f bytes/span on the wire\n",
                run + 1, (long long)got, key, t1 - t0, t_emit, dropped, rate[run], key, cpu, cpu_k[run], ccpu,
                got > 0 ? (double)sent_bytes / (double)got : 0.0);
         fflush(stdout);
     }
-    printf("median over %ld runs (%ld calls x %ld events, %s%s): %.0f %s/s, exporter %.1f us CPU per 1k events, "
-           "collector %.3f s CPU\n",
-           runs, spans, events_per_call, msgpack ? "msgpack" : "otlp", gzip ? "+gzip" : "", median(rate, (int)runs),
-           msgpack ? "events" : "spans", median(cpu_k, (int)runs), median(coll_cpu, (int)runs));
+    printf("median over %ld runs (%ld calls x %ld events, %s%s%s, content %ld B%s): %.0f %s/s, exporter %.1f us CPU "
+           "per 1k events, collector %.3f s CPU, %.0f bytes/span\n",
+           runs, spans, events_per_call, msgpack ? "msgpack" : "otlp",
+           msgpack ? "" : encoding == OTLP_PROTOBUF ? " protobuf" : " json", gzip ? "+gzip" : "", content,
+           content > 0 ? (capture ? " captured" : " not captured") : "", median(rate, (int)runs),
+           msgpack ? "events" : "spans", median(cpu_k, (int)runs), median(coll_cpu, (int)runs),
+           median(wire, (int)runs));
+    free(msgs);
+    free(outtext);
     return 0;
 }
