@@ -219,6 +219,25 @@ static int open_temp(const char *path, char *tmp, size_t tmplen)
     return -EEXIST;
 }
 
+/* A test's slow disk: CBUS_TEST_SLOW_FSYNC_MS (read once a process) makes
+ * each durable replace that much slower, at its fsync, so a test can make
+ * a checkpoint outlast the bus's stall timeout (loop.h, slow calls).
+ * Never set in production; a bad value is 0. */
+static void test_slow_fsync(void)
+{
+    static int ms = -1;
+    if (ms < 0) {
+        const char *v = getenv("CBUS_TEST_SLOW_FSYNC_MS");
+        long n = v ? strtol(v, NULL, 10) : 0;
+        ms = n > 0 && n < 600000 ? (int)n : 0;
+    }
+    if (ms) {
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
+}
+
 int cbus_replace_file(const char *path, const void *data, size_t len, int durable)
 {
     char tmp[4096];
@@ -240,6 +259,8 @@ int cbus_replace_file(const char *path, const void *data, size_t len, int durabl
         p += w;
         left -= (size_t)w;
     }
+    if (durable)
+        test_slow_fsync();
     if ((durable && fsync(fd) < 0) || close(fd) < 0) {
         int e = -errno;
         unlink(tmp);

@@ -4,6 +4,8 @@
 #include <cbus/cbus.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -317,8 +319,164 @@ int cbus_loop_run(struct cbus_loop *l)
     return 0;
 }
 
+/* ---- slow calls: the beat thread (loop.h) -------------------------------- */
+
+struct cbus_loop_beat {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* CLOCK_MONOTONIC: a wall-clock step does not stretch a beat */
+    int busy, quit;         /* under mu */
+    uint64_t every_ns;      /* set at each begin */
+    cbus_consumer *c;       /* beat this one (NULL: no_heartbeat, or dead) */
+    void (*fn)(void *);
+    void *arg;
+    uint64_t beats;
+};
+
+static void *beat_main(void *p)
+{
+    struct cbus_loop_beat *b = p;
+    pthread_mutex_lock(&b->mu);
+    while (!b->quit) {
+        if (!b->busy) {
+            pthread_cond_wait(&b->cv, &b->mu);
+            continue;
+        }
+        /* One beat period, cut short by the end of the section. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t t = (uint64_t)ts.tv_nsec + b->every_ns;
+        ts.tv_sec += (time_t)(t / 1000000000u);
+        ts.tv_nsec = (long)(t % 1000000000u);
+        int r = 0;
+        while (b->busy && !b->quit && r != ETIMEDOUT)
+            r = pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+        /* Still inside the section, and under mu: the loop's thread is
+         * blocked in its slow call or in cbus_loop_slow_end, so the
+         * consumer cannot be detached under us. */
+        if (r == ETIMEDOUT && b->busy && !b->quit) {
+            if (b->c)
+                cbus_consumer_heartbeat(b->c);
+            if (b->fn)
+                b->fn(b->arg);
+            b->beats++;
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+static int beat_start(struct cbus_loop *l)
+{
+    struct cbus_loop_beat *b = calloc(1, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    /* Signals stay the loop thread's: its waits end on them (daemon.h). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int r = pthread_create(&b->th, NULL, beat_main, b);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r) {
+        pthread_cond_destroy(&b->cv);
+        pthread_mutex_destroy(&b->mu);
+        free(b);
+        return -r;
+    }
+    l->beat = b;
+    return 0;
+}
+
+static void beat_stop(struct cbus_loop *l)
+{
+    struct cbus_loop_beat *b = l->beat;
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->quit = 1;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->th, NULL);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+    l->beat = NULL;
+}
+
+int cbus_loop_slow_begin(struct cbus_loop *l)
+{
+    if (l->slow_depth++)
+        return 0;
+    cbus_loop_busy(l);
+    if (l->on_slow_beat)
+        l->on_slow_beat(l->arg);
+    static int start_err; /* logged once a process */
+    if (!l->beat) {
+        int r = beat_start(l);
+        if (r) {
+            if (!start_err)
+                cbus_log_error("no heartbeat thread for slow calls (%s): a long fsync may get "
+                               "this consumer untethered", cbus_strerror(r));
+            start_err = r;
+            return r;
+        }
+    }
+    /* The bus's stall timeout was checked when the bus was opened (shm.c);
+     * a beat every quarter of it leaves room for a preempted thread. */
+    uint64_t every = l->hb_every_ns ? l->hb_every_ns : 1000 * MS;
+    const struct cbus_shm_header *h = l->at.bus && !l->at.dead ? cbus_bus_header(l->at.bus) : NULL;
+    if (h && h->stall_timeout_ns / 4 < every)
+        every = h->stall_timeout_ns / 4;
+    if (every < MS)
+        every = MS;
+    struct cbus_loop_beat *b = l->beat;
+    pthread_mutex_lock(&b->mu);
+    b->every_ns = every;
+    b->c = l->at.c && !l->at.dead && !l->no_heartbeat ? l->at.c : NULL;
+    b->fn = l->on_slow_beat;
+    b->arg = l->arg;
+    b->busy = 1;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+void cbus_loop_slow_end(struct cbus_loop *l)
+{
+    if (!l->slow_depth || --l->slow_depth)
+        return;
+    struct cbus_loop_beat *b = l->beat;
+    if (!b)
+        return;
+    /* Taking mu waits for a beat in progress: none starts after this. */
+    pthread_mutex_lock(&b->mu);
+    b->busy = 0;
+    b->c = NULL;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+uint64_t cbus_loop_slow_beats(const struct cbus_loop *l)
+{
+    struct cbus_loop_beat *b = l->beat;
+    if (!b)
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    uint64_t n = b->beats;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
 void cbus_loop_close(struct cbus_loop *l)
 {
+    beat_stop(l);
+    l->slow_depth = 0;
     cbus_attach_close(&l->at);
     free_buffers(l);
     l->body_buf_len = 0;

@@ -30,7 +30,13 @@
  * that lands between that look and the futex call does not cut the wait
  * short (a futex wait cannot unblock signals atomically, as ppoll can): it
  * is seen when the wait ends, at most max_wait_ns later (100 ms by default).
- * That bound is why max_wait_ns exists; a daemon must not set it to hours. */
+ * That bound is why max_wait_ns exists; a daemon must not set it to hours.
+ *
+ * Slow calls: a turn that blocks (a checkpoint's fsync on a loaded disk, a
+ * database commit) does not heartbeat, and producers untether a lossless
+ * consumer that is silent for the bus's stall timeout while they wait on
+ * it.  A daemon brackets such a call with cbus_loop_slow_begin/_end: a
+ * thread of the loop's heartbeats for it meanwhile (cbus_loop_slow_begin). */
 #ifndef CBUS_COMMON_LOOP_H
 #define CBUS_COMMON_LOOP_H
 
@@ -59,6 +65,11 @@ struct cbus_loop {
     int (*on_batch)(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
                     uint64_t now_ns);
     cbus_loop_fn on_heartbeat;   /* admission writer heartbeat, ...; may be NULL */
+    /* Called from the loop's beat thread, at heartbeat cadence, while the
+     * loop's thread is inside a slow call (cbus_loop_slow_begin): it may
+     * touch only what that call does not (cost: its admission writer's
+     * heartbeat, one atomic store in the bus).  May be NULL. */
+    void (*on_slow_beat)(void *arg);
     int (*on_arrived)(void *arg); /* at.c / at.bus are a new bus's; may be NULL */
     cbus_loop_fn before_sleep;   /* may be NULL */
     /* The daemon's own wait, for I/O it has in flight (io_uring
@@ -93,6 +104,8 @@ struct cbus_loop {
     struct cbus_loop_timer timers[CBUS_LOOP_MAX_TIMERS];
     unsigned ntimers;
     uint64_t next_hb_ns, wake_at_ns;
+    struct cbus_loop_beat *beat; /* the beat thread, made by the first slow call */
+    unsigned slow_depth;
 };
 
 /* Takes ownership of c (attached to bus_name with opts, which re-attaches
@@ -142,7 +155,23 @@ int cbus_loop_run(struct cbus_loop *l);
  * Does nothing with no_heartbeat set. */
 void cbus_loop_busy(struct cbus_loop *l);
 
-/* Detaches the consumer, frees the buffers.  Idempotent. */
+/* A slow call on the loop's thread follows (a durable write, an fsync, a
+ * commit): heartbeat now, then let a thread of the loop heartbeat the
+ * consumer (unless no_heartbeat) and call on_slow_beat every
+ * min(hb_every_ns, the bus's stall timeout / 4) until cbus_loop_slow_end.
+ * The thread starts at the first call and lives until cbus_loop_close;
+ * it blocks every signal (they stay the loop thread's).  Nests.  The loop
+ * must not be re-attached, polled or closed inside the section (the beat
+ * thread holds the consumer).  Returns 0, or -errno when no thread could
+ * be started (logged once: the call goes on without heartbeats). */
+int cbus_loop_slow_begin(struct cbus_loop *l);
+/* Ends the section: once it returns, the beat thread does not touch the
+ * consumer or call on_slow_beat. */
+void cbus_loop_slow_end(struct cbus_loop *l);
+/* Heartbeats the beat thread gave (tests, status). */
+uint64_t cbus_loop_slow_beats(const struct cbus_loop *l);
+
+/* Detaches the consumer, frees the buffers, ends the beat thread.  Idempotent. */
 void cbus_loop_close(struct cbus_loop *l);
 
 #endif

@@ -305,8 +305,10 @@ static void write_outputs(struct daemon *d)
         cbus_log_error("rendering outputs: out of memory");
         return;
     }
-    /* Regenerated every interval: atomic (rename) but not fsync'ed. */
+    /* Regenerated every interval: atomic (rename) but not fsync'ed; a write
+     * can still block on a disk that is flushing, hence the slow section. */
     uint64_t now = cbus_now_ns();
+    cbus_loop_slow_begin(&d->loop);
     int r = cost_write_file(d->snap_path, d->json.data, d->json.len, 0);
     if (r)
         cost_errlimit_fail(&d->snap_err, now, "%s: %s", d->snap_path, strerror(-r));
@@ -323,6 +325,7 @@ static void write_outputs(struct daemon *d)
         cost_http_publish(d->http, d->prom.data, d->prom.len, d->json.data, d->json.len);
     if (!d->cfg.status_interval_ns || d->stopped)
         write_status(d, &ri, now);
+    cbus_loop_slow_end(&d->loop);
 }
 
 /* [status] interval set: the status file on its own cadence. */
@@ -349,8 +352,12 @@ static int checkpoint(struct daemon *d)
         d->run_abandoned = cs.abandoned;
     }
     uint64_t now = cbus_now_ns();
+    /* The fsync may take seconds on a loaded disk: heartbeat meanwhile, or
+     * producers waiting on our cursor untether us (the soak saw it). */
+    cbus_loop_slow_begin(&d->loop);
     int r = cost_checkpoint_save(&d->led, d->bus_id, real_ns(), d->ckpt_path, &d->ckbuf,
                                  d->cfg.fsync);
+    cbus_loop_slow_end(&d->loop);
     if (r) {
         cost_errlimit_fail(&d->ckpt_err, now, "checkpoint %s: %s (cursor not advanced)",
                            d->ckpt_path, strerror(-r));
@@ -535,12 +542,17 @@ static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_bo
     return 0;
 }
 
-static int on_heartbeat(void *arg, uint64_t now)
+static void admission_beat(void *arg)
 {
     struct daemon *d = arg;
-    (void)now;
     if (d->have_writer)
         cbus_admit_writer_heartbeat(d->bus, d->writer);
+}
+
+static int on_heartbeat(void *arg, uint64_t now)
+{
+    (void)now;
+    admission_beat(arg);
     return 0;
 }
 
@@ -789,6 +801,7 @@ int cost_daemon_main(int argc, char **argv)
     struct cbus_loop *l = &d->loop;
     l->on_batch = on_batch;
     l->on_heartbeat = on_heartbeat;
+    l->on_slow_beat = admission_beat; /* verdicts stay in force through a slow checkpoint */
     l->on_arrived = arrived_bus;
     l->hb_every_ns = hb_every;
     l->max_wait_ns = hb_every < 100000000u ? hb_every : 100000000u;

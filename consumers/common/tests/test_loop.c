@@ -24,6 +24,7 @@
 #include <cbus/producer.h>
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -566,4 +567,69 @@ Test(common_loop, recreated_bus_followed_from_oldest_lossless)
 Test(common_loop, recreated_bus_followed_from_oldest_lossy)
 {
     recreated_bus_is_followed(CBUS_LOSSY);
+}
+
+/* ---- slow calls: the beat thread ----------------------------------------- */
+
+static uint64_t entry_heartbeat(cbus_bus *b, const char *name)
+{
+    const struct cbus_shm_header *hd = cbus_bus_header(b);
+    for (unsigned i = 0; i < hd->max_consumers; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, name))
+            return atomic_load(&e->heartbeat_ns);
+    }
+    return 0;
+}
+
+static _Atomic unsigned slow_beats_seen;
+
+static void count_slow_beat(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&slow_beats_seen, 1);
+}
+
+/* Inside cbus_loop_slow_begin/_end the loop's thread is blocked (here: a
+ * sleep of 5 stall timeouts, as a long fsync would be) and the beat thread
+ * heartbeats the consumer and calls on_slow_beat; after _end it does
+ * neither.  The margins are 40 beat periods, not a measurement. */
+Test(common_loop, slow_section_heartbeats_from_the_beat_thread_until_it_ends)
+{
+    cbus_bus_destroy(bus);
+    struct cbus_create_opts co = {.capacity = 1024, .stall_timeout_ns = 100000000u};
+    cr_assert_eq(cbus_bus_create(bus, &co), 0);
+    struct t t;
+    memset(&t, 0, sizeof t);
+    loop_on(&t, CBUS_LOSSLESS, 0);
+    t.l.on_slow_beat = count_slow_beat;
+    atomic_store(&slow_beats_seen, 0);
+    cbus_bus *b = t.l.at.bus;
+    cr_assert_eq(cbus_loop_slow_begin(&t.l), 0);
+    uint64_t hb0 = entry_heartbeat(b, "looptest");
+    cr_assert_neq(hb0, 0);
+    cr_assert_eq(cbus_loop_slow_begin(&t.l), 0, "sections nest");
+    test_sleep_ms(500);
+    cbus_loop_slow_end(&t.l); /* the inner one: still inside */
+    test_sleep_ms(500);
+    uint64_t hb1 = entry_heartbeat(b, "looptest");
+    cbus_loop_slow_end(&t.l);
+    uint64_t hb_end = entry_heartbeat(b, "looptest"); /* a beat may land after hb1 */
+    uint64_t beats = cbus_loop_slow_beats(&t.l);
+    unsigned seen = atomic_load(&slow_beats_seen);
+    cr_assert_gt(hb1, hb0, "no heartbeat during the slow call");
+    cr_assert_geq(beats, 2, "%llu beats in 40 periods", (unsigned long long)beats);
+    cr_assert_geq(seen, beats, "on_slow_beat: at begin and at every beat");
+    test_sleep_ms(300);
+    cr_assert_eq(cbus_loop_slow_beats(&t.l), beats, "beats after the section ended");
+    cr_assert_eq(entry_heartbeat(b, "looptest"), hb_end, "heartbeat after the section ended");
+    /* no_heartbeat (audit's untether_after): on_slow_beat only. */
+    t.l.no_heartbeat = 1;
+    cr_assert_eq(cbus_loop_slow_begin(&t.l), 0);
+    test_sleep_ms(300);
+    cbus_loop_slow_end(&t.l);
+    cr_assert_eq(entry_heartbeat(b, "looptest"), hb_end, "heartbeat with no_heartbeat set");
+    cr_assert_gt(cbus_loop_slow_beats(&t.l), beats);
+    cbus_loop_close(&t.l);
+    cbus_loop_close(&t.l); /* idempotent, beat thread included */
 }

@@ -1007,6 +1007,62 @@ Test(cost_daemon, lost_events_stay_counted_across_restarts)
     cbus_producer_close(p);
 }
 
+/* The consumer entry of name: its times cut loose, or UINT64_MAX if absent. */
+static uint64_t consumer_untethered(cbus_bus *b, const char *name)
+{
+    const struct cbus_shm_header *hd = cbus_bus_header(b);
+    for (unsigned i = 0; i < hd->max_consumers; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, name))
+            return atomic_load(&e->untethered_count);
+    }
+    return UINT64_MAX;
+}
+
+/* A checkpoint whose fsync outlasts the bus's stall timeout several times
+ * (a loaded disk, made by CBUS_TEST_SLOW_FSYNC_MS) while producers wait on
+ * the full ring behind it: the loop's beat thread heartbeats through the
+ * fsync (loop.h, slow calls), so no producer untethers cbus-cost and every
+ * event a producer got in is accounted, none lost.  Without the slow
+ * section the first such checkpoint gets it cut loose (the soak saw it). */
+Test(cost_daemon, slow_checkpoint_fsync_keeps_the_consumer_tethered)
+{
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 200000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    have_bus = 1;
+    write_file("c.ini", BASE_CONFIG); /* fsync on, checkpoint every 50 ms */
+    cr_assert_eq(setenv("CBUS_TEST_SLOW_FSYNC_MS", "800", 1), 0); /* 4 stall timeouts */
+    pid_t pid = spawn("c.ini", 0);
+    unsetenv("CBUS_TEST_SLOW_FSYNC_MS");
+    cr_assert(wait_log(0, "started:", 20000), "%s", log_text(0));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    cbus_ctx ctx;
+    make_ctx(&ctx, "erin");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    /* Six rings' worth: the ring fills behind each slow checkpoint, the
+     * producer waits (then drops: counted as not sent), several times over. */
+    long sent = 0, refused = 0;
+    for (int i = 0; i < 6 * 1024; i++) {
+        if (cbus_llm_end(p, &ctx, &u, NULL) == 0)
+            sent++;
+        else
+            refused++;
+        cr_assert(consumer_flags(b, "cost") & CBUS_CFLAG_TETHERED,
+                  "untethered after %ld events sent\n%s", sent, log_text(0));
+    }
+    cr_assert_gt(refused, 0, "the ring never filled behind a checkpoint: nothing was tested");
+    cr_assert(wait_requests(sent, 30000), "%ld sent, %ld accounted\n%s", sent,
+              snapshot_total(NULL, 0), log_text(0));
+    cr_assert_eq(consumer_untethered(b, "cost"), 0, "%s", log_text(0));
+    cr_assert_eq(snapshot_num("lost"), 0, "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+    cbus_producer_close(p);
+}
+
 /* A top-level string of the snapshot into out ("" if absent). */
 static void snapshot_str(const char *field, char *out, size_t len)
 {
