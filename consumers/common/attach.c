@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon.h"
 #include "log.h"
 
 #define DEFAULT_CHECK_NS 1000000000ull
@@ -148,4 +149,58 @@ void cbus_attach_close(struct cbus_attach *a)
     cbus_consumer_detach(a->c);
     a->c = NULL;
     a->bus = NULL;
+}
+
+int cbus_attach_start(cbus_consumer **c, struct cbus_attach_start *s)
+{
+    struct cbus_consumer_opts o = s->opts;
+    s->from = CBUS_FROM_CONFIG;
+    if (s->saved) {
+        o.start = CBUS_START_CURSOR;
+        o.position = s->saved;
+        o.expect_bus_id = s->saved_bus_id;
+        s->from = CBUS_FROM_SAVED;
+    }
+    int logged = 0;
+    for (;;) {
+        int r = cbus_consumer_attach(c, s->bus, &o);
+        /* -ESTALE: another bus id; -EINVAL: the same id with another lane
+         * count (a damaged save).  Either way the position means nothing
+         * on this bus: case 2. */
+        if ((r == -ESTALE || r == -EINVAL) && s->from == CBUS_FROM_SAVED) {
+            cbus_log_warn("bus %s is not the bus the saved position is for (%s; saved on bus id "
+                          "%016" PRIx64 "): re-created since; reading it from its oldest event",
+                          s->bus, r == -ESTALE ? "another bus id" : "another lane count",
+                          s->saved_bus_id);
+            o.start = CBUS_START_OLDEST;
+            o.position = NULL;
+            o.expect_bus_id = 0;
+            s->from = CBUS_FROM_RECREATED;
+            continue;
+        }
+        if (r == -ENOENT && s->wait_for_bus) {
+            if (!logged)
+                cbus_log_info("bus %s does not exist yet; waiting for it", s->bus);
+            logged = 1;
+            struct timespec ts = {0, 200000000L};
+            nanosleep(&ts, NULL);
+            if (cbus_daemon_stop)
+                return 1;
+            continue;
+        }
+        s->started = o.start;
+        return r;
+    }
+}
+
+const char *cbus_attach_start_name(const struct cbus_attach_start *s)
+{
+    switch (s->started) {
+    case CBUS_START_CURSOR: return "the saved position";
+    case CBUS_START_OLDEST:
+        return s->from == CBUS_FROM_RECREATED ? "the oldest event (bus re-created since the save)"
+                                              : "the oldest event";
+    case CBUS_START_RESUME: return "its last committed cursor, else the newest event";
+    default: return "the newest event";
+    }
 }

@@ -57,6 +57,59 @@ struct cbus_attach {
     int last_attach_err;
 };
 
+/* Where a daemon starts reading (issue 18): the one resume policy, used by
+ * every daemon's first attach, lossless (cost, audit, history) and lossy
+ * (export, web, ratelimit) alike.  `saved` is the daemon's own durable
+ * position with the bus id it was taken on (cost's checkpoint, history's
+ * store, audit's log, export's clean-stop cursor file); a daemon that keeps
+ * none passes NULL.
+ *
+ *   1. saved, and the bus at the name is that bus (same id, same lane
+ *      count): right after it (CBUS_START_CURSOR).  Events lapped meanwhile
+ *      count as lost.
+ *   2. saved, but another bus is at the name (re-created since: another id,
+ *      or another lane count): the new bus's OLDEST event, in every mode.
+ *      The reason is the one of the running re-attach above: no daemon of
+ *      ours has read any of the new bus, and what was emitted between its
+ *      creation and our start counts as much as what comes after.  (Export
+ *      used to start at the newest event here, audit and cost at the
+ *      oldest: now all at the oldest.)  The daemon keeps what it holds
+ *      (totals, store, log); one warning line names both bus ids.
+ *   3. nothing saved (a first start; or a lossy daemon that saves nothing
+ *      after a crash): the daemon's `[bus] start` (opts.start: OLDEST,
+ *      NEWEST or RESUME, the dead entry's committed cursor else NEWEST).
+ *      Each daemon's default and its reason are in its docs page: oldest
+ *      for the lossless ones (nothing in the ring is missed) and ratelimit
+ *      (its counts are rebuilt from the ring's timestamps); newest for web
+ *      (a live view); resume for export.
+ *
+ * With wait_for_bus, a bus that does not exist yet is waited for (logged
+ * once, a look every 200 ms) until it exists or cbus_daemon_stop is set. */
+enum cbus_start_from {
+    CBUS_FROM_SAVED = 1,      /* case 1 */
+    CBUS_FROM_RECREATED,      /* case 2 */
+    CBUS_FROM_CONFIG,         /* case 3 */
+};
+
+struct cbus_attach_start {
+    const char *bus;
+    struct cbus_consumer_opts opts;      /* name, mode, kinds, flags, and the case-3 start */
+    const struct cbus_position *saved;   /* NULL: nothing saved */
+    uint64_t saved_bus_id;
+    int wait_for_bus;
+    unsigned from;                       /* out: enum cbus_start_from */
+    unsigned started;                    /* out: the enum cbus_start that attached */
+};
+
+/* Attaches *c by the policy above.  Returns 0, 1 (stopped while waiting
+ * for the bus) or the -errno of cbus_consumer_attach (not logged: the
+ * daemon says it in its own words). */
+int cbus_attach_start(cbus_consumer **c, struct cbus_attach_start *s);
+
+/* "the saved position", "the oldest event", ...: where s->started, for a
+ * daemon's started line. */
+const char *cbus_attach_start_name(const struct cbus_attach_start *s);
+
 /* Takes ownership of c, attached to bus_name with opts (name, mode, flags
  * and open_flags are reused for every re-attach).  check_every_ns 0 = 1 s. */
 void cbus_attach_init(struct cbus_attach *a, cbus_consumer *c, const char *bus_name,

@@ -3,6 +3,8 @@
 #include "daemon.h"
 #include "log.h"
 
+#include <cbus/consumer.h>
+
 #include <cbus/cbus.h>
 #include <cbus/layout.h>
 
@@ -385,10 +387,10 @@ int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
 
 /* ---- the shared [bus] and [status] sections ---------------------------------- */
 
-enum common_key { CK_BUS, CK_CONSUMER, CK_STATUS_FILE, CK_STATUS_INTERVAL, CK_NONE };
+enum common_key { CK_BUS, CK_CONSUMER, CK_STATUS_FILE, CK_STATUS_INTERVAL, CK_START, CK_NONE };
 
 static const char *const common_spelling[] = {"[bus] name", "[bus] consumer", "[status] file",
-                                              "[status] interval"};
+                                              "[status] interval", "[bus] start"};
 
 /* Which shared key e is, and whether under an old spelling. */
 static enum common_key common_key_of(const struct cbus_cfg_common *cc,
@@ -404,6 +406,8 @@ static enum common_key common_key_of(const struct cbus_cfg_common *cc,
         return CK_STATUS_FILE;
     if (!strcmp(s, "status") && !strcmp(k, "interval"))
         return CK_STATUS_INTERVAL;
+    if (!strcmp(s, "bus") && !strcmp(k, "start"))
+        return CK_START;
     *old = 1;
     if (!strcmp(s, "bus") && !strcmp(k, "consumer_name"))
         return CK_CONSUMER;
@@ -439,7 +443,7 @@ int cbus_cfg_common_entry(const struct cbus_cfg_common *cc, const struct cbus_cf
     enum common_key k = common_key_of(cc, e, &old);
     if (k == CK_NONE || (k == CK_BUS && !cc->bus) || (k == CK_CONSUMER && !cc->consumer) ||
         (k == CK_STATUS_FILE && !cc->status_file) ||
-        (k == CK_STATUS_INTERVAL && !cc->status_interval_ns))
+        (k == CK_STATUS_INTERVAL && !cc->status_interval_ns) || (k == CK_START && !cc->start))
         return 0;
     if (old)
         cbus_log_warn("%s:%u: [%s] %s is deprecated: write %s (still accepted)",
@@ -473,6 +477,18 @@ int cbus_cfg_common_entry(const struct cbus_cfg_common *cc, const struct cbus_cf
             return r;
         if (*cc->status_interval_ns < 10000000u)
             return cbus_cfg_error(cfg, e, err, errlen, "must be at least 10ms");
+        return 1;
+    }
+    case CK_START: {
+        /* enum cbus_start values, in the order of the choices */
+        static const char *const with_resume[] = {"newest", "oldest", "resume", NULL};
+        static const char *const without[] = {"newest", "oldest", NULL};
+        static const unsigned map[] = {CBUS_START_NEWEST, CBUS_START_OLDEST, CBUS_START_RESUME};
+        unsigned i;
+        int r = cbus_cfg_choice(cfg, e, cc->start_resume ? with_resume : without, &i, err, errlen);
+        if (r)
+            return r;
+        *cc->start = map[i];
         return 1;
     }
     default:

@@ -66,6 +66,8 @@ int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
  *
  *   [bus]     name = BUS            the bus to read (--bus overrides)
  *             consumer = NAME       the consumer name on it
+ *             start = newest|oldest where a start with nothing saved reads
+ *                                   from (attach.h: the resume policy)
  *   [status]  file = PATH | off     the status envelope (status.h)
  *             interval = DURATION   how often it is rewritten (>= 10ms)
  *
@@ -84,6 +86,11 @@ struct cbus_cfg_common {
     int *status_off;              /* set by file = off; NULL: off empties status_file */
     int status_required;          /* the daemon always writes one: off is refused */
     uint64_t *status_interval_ns;
+    /* [bus] start = newest | oldest (| resume with start_resume): where a
+     * start without a saved position reads from (attach.h, case 3), as an
+     * enum cbus_start. */
+    unsigned *start;
+    int start_resume;
 };
 
 /* Takes e if it is one of the shared keys or an old spelling of one.

@@ -1,6 +1,7 @@
 #include "hconfig.h"
 
 #include <cbus/cbus.h>
+#include <cbus/consumer.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,6 +23,8 @@ static void defaults(struct hist_config *c)
     char dir[HIST_PATH_MAX - 16];
     if (cbus_state_dir_default(dir, sizeof dir, "history") == 0)
         snprintf(c->db, sizeof c->db, "%s/%%b.db", dir);
+    c->start = CBUS_START_OLDEST;
+    c->status_interval_ns = SEC;
     c->fsync = 1;
     c->batch = 1024;
     c->retention_every_ns = 3600 * SEC;
@@ -83,24 +86,18 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
     int r = cbus_cfg_parse(&cfg, name, text, err, errlen);
     if (r)
         return r;
-    static const char *const starts[] = {"oldest", "newest", NULL};
+    /* [bus] and [status]: the sections every daemon shares (config.h). */
+    const struct cbus_cfg_common cc = {
+        .bus = c->bus, .consumer = c->consumer, .consumer_size = sizeof c->consumer,
+        .status_file = c->status_file, .status_file_size = sizeof c->status_file,
+        .status_off = &c->status_off, .status_interval_ns = &c->status_interval_ns,
+        .start = &c->start};
     for (size_t i = 0; i < cfg.count && !r; i++) {
         const struct cbus_cfg_entry *e = &cfg.entries[i];
         const char *s = e->section, *k = e->key;
-        if (!strcmp(s, "bus") && !strcmp(k, "name")) {
-            if (cbus_name_valid(e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not a valid bus name", e->value);
-            else
-                snprintf(c->bus, sizeof c->bus, "%s", e->value);
-        } else if (!strcmp(s, "bus") && !strcmp(k, "consumer")) {
-            if (cbus_name_valid(e->value) || strlen(e->value) >= sizeof c->consumer)
-                r = cbus_cfg_error(&cfg, e, err, errlen,
-                                   "'%s' is not a valid consumer name (1..%zu of [A-Za-z0-9_.-])",
-                                   e->value, sizeof c->consumer - 1);
-            else
-                snprintf(c->consumer, sizeof c->consumer, "%s", e->value);
-        } else if (!strcmp(s, "bus") && !strcmp(k, "start")) {
-            r = cbus_cfg_choice(&cfg, e, starts, &c->start_newest, err, errlen);
+        int taken = cbus_cfg_common_entry(&cc, &cfg, e, err, errlen);
+        if (taken) {
+            r = taken < 0 ? taken : 0;
         } else if (!strcmp(s, "store") && !strcmp(k, "path")) {
             if (!e->value[0])
                 r = cbus_cfg_error(&cfg, e, err, errlen, "empty path");
@@ -133,8 +130,8 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
                                        &why))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "'%s': %s", e->value, why);
         } else {
-            static const char *const known[] = {"bus", "store", "retention", "prices", "http",
-                                                NULL};
+            static const char *const known[] = {"bus", "status", "store", "retention", "prices",
+                                                "http", NULL};
             int sec_known = 0;
             for (unsigned j = 0; known[j]; j++)
                 sec_known |= !strcmp(s, known[j]);
@@ -167,23 +164,11 @@ int hist_config_load(struct hist_config *c, const char *path, char *err, size_t 
     if (r)
         return r;
     cbus_cfg_free(&raw);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return -errno;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&text, &len);
-    char chunk[4096];
-    size_t got;
-    while (m && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, got, m);
-    fclose(f);
-    if (!m || fclose(m)) {
-        free(text);
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -ENOMEM;
+    char *text;
+    r = cbus_read_file(path, 0, &text, NULL);
+    if (r) {
+        snprintf(err, errlen, "%s: %s", path, strerror(-r));
+        return r;
     }
     char dir[HIST_PATH_MAX];
     snprintf(dir, sizeof dir, "%s", path);

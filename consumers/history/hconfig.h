@@ -13,7 +13,10 @@
 struct hist_config {
     char bus[CBUS_NAME_MAX];
     char consumer[CBUS_NAME_MAX - 8];
-    unsigned start_newest;        /* first start (empty store): newest instead of oldest */
+    unsigned start;               /* [bus] start: enum cbus_start with an empty store (oldest) */
+    char status_file[HIST_PATH_MAX]; /* [status] file; "" = DB.status.json */
+    int status_off;               /* [status] file = off */
+    uint64_t status_interval_ns;  /* [status] interval (1 s) */
     char db[HIST_PATH_MAX];       /* the store file; %b = the bus name */
     int fsync;                    /* synchronous=FULL: commits survive power loss */
     uint64_t batch;               /* events a transaction holds at most */

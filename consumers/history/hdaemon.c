@@ -7,7 +7,6 @@
 #include <cbus/consumer.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "attach.h"
 #include "daemon.h"
 #include "hconfig.h"
 #include "ingest.h"
@@ -46,6 +46,7 @@ struct hd {
     char paused_msg[256];
     int paused_err;
     int stopping;
+    const char *started_from;  /* where the first attach started (attach.h) */
 };
 
 static uint64_t real_ns(void)
@@ -71,6 +72,8 @@ static const char *why_of(int r)
  * what the store holds and whether it is paused, and why. */
 static void write_status(struct hd *d, int running)
 {
+    if (!d->status_path[0])
+        return; /* [status] file = off */
     struct sbuf b;
     sbuf_init(&b);
     cbus_status_begin(&b, "cbus-history", d->loop.ev ? &d->loop.at : NULL, running);
@@ -116,10 +119,14 @@ static int store_batch(struct hd *d, const struct cbus_event *ev, const struct c
     int r = hist_store_begin(d->st);
     for (int i = 0; i < n && !r; i++)
         r = hist_store_event(d->st, d->bus_id, &ev[i], bodies ? &bodies[i] : NULL);
+    /* The commit syncs the store (synchronous=FULL): seconds on a loaded
+     * disk, during which the beat thread keeps us tethered (loop.h). */
+    cbus_loop_slow_begin(&d->loop);
     if (!r)
         r = hist_store_commit(d->st, d->bus_id, pos);
     if (r)
         hist_store_rollback(d->st);
+    cbus_loop_slow_end(&d->loop);
     return r;
 }
 
@@ -260,7 +267,10 @@ static void usage(FILE *f)
             "  forget USER                 deletes every conversation of USER\n");
 }
 
-/* Attaches, waiting for the bus.  Returns 0, 1 (stopped) or -errno. */
+/* Attaches by the daemons' resume policy (attach.h): after the store's
+ * position if it is this bus's, else from the new bus's oldest event
+ * (the store keeps what it has), else [bus] start; waits for the bus.
+ * Returns 0, 1 (stopped) or -errno. */
 static int attach(struct hd *d, cbus_consumer **c)
 {
     struct cbus_position saved;
@@ -270,89 +280,40 @@ static int attach(struct hd *d, cbus_consumer **c)
         cbus_log_error("store %s: cursor: %s", d->cfg.db, hist_store_errmsg(d->st));
         return have;
     }
-    struct cbus_consumer_opts o = {
-        .name = d->cfg.consumer,
-        .mode = CBUS_LOSSLESS,
-        .start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST,
-        .kinds = hist_needed_kinds(),
+    struct cbus_attach_start as = {
+        .bus = d->cfg.bus,
+        .opts = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS, .start = d->cfg.start,
+                 .kinds = hist_needed_kinds()},
+        .saved = have == 0 ? &saved : NULL,
+        .saved_bus_id = saved_bus,
+        .wait_for_bus = 1,
     };
-    if (have == 0) {
-        o.start = CBUS_START_CURSOR;
-        o.position = &saved;
-        o.expect_bus_id = saved_bus;
-    }
-    int logged = 0;
-    for (;;) {
-        int r = cbus_consumer_attach(c, d->cfg.bus, &o);
-        if ((r == -ESTALE || r == -EINVAL) && o.start == CBUS_START_CURSOR) {
-            /* Another bus (re-created, other lanes): the stored position
-             * means nothing on it.  The store keeps what it has. */
-            cbus_log_warn("bus %s is not the one the store's position is for (%s): reading it "
-                          "from its %s event", d->cfg.bus, cbus_strerror(r),
-                          d->cfg.start_newest ? "newest" : "oldest");
-            o.start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST;
-            o.position = NULL;
-            o.expect_bus_id = 0;
-            continue;
-        }
-        if (r == -ENOENT) {
-            if (!logged)
-                cbus_log_info("bus %s does not exist yet; waiting for it", d->cfg.bus);
-            logged = 1;
-            struct timespec ts = {0, 200 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-            if (cbus_daemon_stop)
-                return 1;
-            continue;
-        }
-        if (r)
-            return r;
-        return 0;
-    }
+    int r = cbus_attach_start(c, &as);
+    if (r == 0)
+        d->started_from = cbus_attach_start_name(&as);
+    return r;
 }
 
-int hist_daemon_main(int argc, char **argv)
+/* The command line and the config: 0, or the exit status (logged). */
+static int configure(struct hd *d, int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"bus", required_argument, NULL, 'b'},
-        {"config", required_argument, NULL, 'c'},
-        {"db", required_argument, NULL, 'd'},
-        {"listen", required_argument, NULL, 'l'},
-        {"status-file", required_argument, NULL, 's'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const char *db = NULL, *listen_at = NULL, *status = NULL;
+    const struct cbus_daemon_opt own[] = {
+        {"db", 'd', &db, NULL},
+        {"listen", 'l', &listen_at, NULL},
+        {"status-file", 's', &status, NULL},
+        {NULL, 0, NULL, NULL},
     };
-    const char *bus = NULL, *config = NULL, *db = NULL, *listen_at = NULL, *status = NULL;
-    int verbose = 0, opt;
-    while ((opt = getopt_long(argc, argv, "b:c:d:l:s:vh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'b': bus = optarg; break;
-        case 'c': config = optarg; break;
-        case 'd': db = optarg; break;
-        case 'l': listen_at = optarg; break;
-        case 's': status = optarg; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cbus-history: unknown command '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    cbus_log_init("cbus-history", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
-    cbus_daemon_signals();
-    static struct hd dd;
-    struct hd *d = &dd;
-    memset(d, 0, sizeof *d);
+    struct cbus_daemon_args args = {.prog = "cbus-history", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r == 0 ? -1 : r;
     char err[1024];
-    if (hist_config_load(&d->cfg, config, err, sizeof err)) {
+    if (hist_config_load(&d->cfg, args.config, err, sizeof err)) {
         cbus_log_error("%s", err);
         return 2;
     }
-    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, bus))
+    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, args.bus))
         return 2;
     if (db && snprintf(d->cfg.db, sizeof d->cfg.db, "%s", db) >= (int)sizeof d->cfg.db) {
         cbus_log_error("--db: path too long");
@@ -370,25 +331,36 @@ int hist_daemon_main(int argc, char **argv)
         cbus_log_error("[store] path: too long once the bus name is in");
         return 2;
     }
-    /* Private or refused: the store holds people's conversations.  Its
-     * files (and SQLite's -wal and -shm beside it) are ours alone. */
-    umask(077);
-    char why[8192];
-    int r = cbus_state_file_dir_prepare(d->cfg.db, 0700, why, sizeof why);
-    if (r) {
-        cbus_log_error("%s", why);
-        return 1;
-    }
-    /* The status file beside the store unless told otherwise. */
-    if (snprintf(d->status_path, sizeof d->status_path, "%s", status ? status : d->cfg.db) >=
-            (int)sizeof d->status_path ||
-        (!status && strlen(d->status_path) + 12 >= sizeof d->status_path)) {
+    /* The status file: --status-file, else [status] file, else beside the
+     * store; "off" in either place: none. */
+    if (status)
+        d->cfg.status_off = !strcmp(status, "off");
+    const char *sf = status ? status : d->cfg.status_file;
+    int n = d->cfg.status_off ? 0
+            : sf[0]           ? snprintf(d->status_path, sizeof d->status_path, "%s", sf)
+                              : snprintf(d->status_path, sizeof d->status_path, "%s.status.json",
+                                         d->cfg.db);
+    if (n < 0 || (size_t)n >= sizeof d->status_path) {
         cbus_log_error("status file: path too long");
         return 2;
     }
-    if (!status)
-        strcat(d->status_path, ".status.json");
-    if (status && (r = cbus_state_file_dir_prepare(d->status_path, 0700, why, sizeof why))) {
+    return 0;
+}
+
+/* The store's directory (and the status file's), the prices, the store.
+ * Returns 0 or the exit status (logged). */
+static int open_files(struct hd *d)
+{
+    /* Private or refused: the store holds people's conversations.  Its
+     * files (and SQLite's -wal and -shm beside it) are ours alone. */
+    umask(077);
+    char why[8192], err[1024];
+    if (cbus_state_file_dir_prepare(d->cfg.db, 0700, why, sizeof why)) {
+        cbus_log_error("%s", why);
+        return 1;
+    }
+    if (d->status_path[0] &&
+        cbus_state_file_dir_prepare(d->status_path, 0700, why, sizeof why)) {
         cbus_log_error("status file %s: %s", d->status_path, why);
         return 1;
     }
@@ -399,22 +371,90 @@ int hist_daemon_main(int argc, char **argv)
         cbus_log_error("%s", err);
         return 2;
     }
-    r = hist_store_open(&d->st, d->cfg.db, d->cfg.fsync ? HIST_STORE_FSYNC : 0, err, sizeof err);
+    int r = hist_store_open(&d->st, d->cfg.db, d->cfg.fsync ? HIST_STORE_FSYNC : 0, err, sizeof err);
     if (r) {
         cbus_log_error("store %s", err);
-        cost_prices_free(d->prices);
         return 1;
     }
     hist_store_set_prices(d->st, d->prices);
-    int rc = 0;
-    cbus_consumer *c = NULL;
-    r = attach(d, &c);
-    if (r == 1)
-        goto out;
+    return 0;
+}
+
+/* The HTTP API, when [http] listen says so.  Returns 0 or the exit status. */
+static int start_api(struct hd *d)
+{
+    if (!d->cfg.http_host[0])
+        return 0;
+    /* Loopback only, but conversations are private: another local user
+     * can reach loopback, so a token is the way to keep them out. */
+    const char *token = getenv("CBUS_HISTORY_TOKEN");
+    if (token && !*token)
+        token = NULL;
+    if (token && (strlen(token) < 16 || strlen(token) > 255)) {
+        cbus_log_error("CBUS_HISTORY_TOKEN: want 16 to 255 characters");
+        return 2;
+    }
+    if (!token)
+        cbus_log_warn("HTTP API without a token: every local user can read the "
+                      "conversations (set CBUS_HISTORY_TOKEN)");
+    char err[1024];
+    int r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, token, err,
+                           sizeof err);
     if (r) {
-        cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
-                       cbus_strerror(r));
-        rc = 1;
+        cbus_log_error("HTTP API %s:%u: %s", d->cfg.http_host, d->cfg.http_port, err);
+        return 1;
+    }
+    snprintf(d->api_url, sizeof d->api_url, "http://%.63s:%u/v1/conversations",
+             d->cfg.http_host, hist_api_port(d->api));
+    return 0;
+}
+
+/* The loop until a signal, then the last status.  Returns the exit status. */
+static int run(struct hd *d)
+{
+    struct hist_counts hc;
+    hist_store_counts(d->st, &hc);
+    cbus_log_info("started: bus %s (id %016llx) as lossless consumer %s from %s; store %s (%llu "
+                  "messages, %llu events so far); %zu prices; API %s; status %s", d->cfg.bus,
+                  (unsigned long long)d->bus_id, d->cfg.consumer, d->started_from, d->cfg.db,
+                  (unsigned long long)hc.messages, (unsigned long long)hc.events,
+                  d->prices ? cost_prices_count(d->prices) : 0,
+                  d->api_url[0] ? d->api_url : "off", d->status_path[0] ? d->status_path : "off");
+    struct cbus_loop *l = &d->loop;
+    l->on_batch = on_batch;
+    l->on_arrived = on_arrived;
+    if (d->cfg.max_age_ns)
+        cbus_loop_every(l, d->cfg.retention_every_ns, 0, retention_timer, 0);
+    if (d->status_path[0]) /* SIGUSR1 writes it at once */
+        cbus_loop_every(l, d->cfg.status_interval_ns, 0, status_timer, 1);
+    int rc = cbus_loop_run(l);
+    if (d->stopping)
+        rc = 0;
+    hist_store_counts(d->st, &hc);
+    cbus_log_info("stopping: %llu messages stored (%llu duplicates refused, %llu events without "
+                  "a conversation)", (unsigned long long)hc.messages,
+                  (unsigned long long)hc.duplicates, (unsigned long long)hc.skipped);
+    write_status(d, 0);
+    return rc;
+}
+
+int hist_daemon_main(int argc, char **argv)
+{
+    static struct hd dd;
+    struct hd *d = &dd;
+    memset(d, 0, sizeof *d);
+    int rc = configure(d, argc, argv);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if ((rc = open_files(d)))
+        goto out;
+    cbus_consumer *c = NULL;
+    int r = attach(d, &c);
+    if (r) {
+        if (r != 1)
+            cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
+                           cbus_strerror(r));
+        rc = r == 1 ? 0 : 1;
         goto out;
     }
     struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS,
@@ -426,61 +466,11 @@ int hist_daemon_main(int argc, char **argv)
     }
     d->bus_id = d->loop.at.bus_id;
     d->to_index = 1; /* what an earlier run left unindexed */
-    if (d->cfg.http_host[0]) {
-        /* Loopback only, but conversations are private: another local user
-         * can reach loopback, so a token is the way to keep them out. */
-        const char *token = getenv("CBUS_HISTORY_TOKEN");
-        if (token && !*token)
-            token = NULL;
-        if (token && (strlen(token) < 16 || strlen(token) > 255)) {
-            cbus_log_error("CBUS_HISTORY_TOKEN: want 16 to 255 characters");
-            rc = 2;
-            goto out;
-        }
-        if (!token)
-            cbus_log_warn("HTTP API without a token: every local user can read the "
-                          "conversations (set CBUS_HISTORY_TOKEN)");
-        r = hist_api_start(&d->api, d->cfg.db, d->cfg.http_host, d->cfg.http_port, token, err,
-                           sizeof err);
-        if (r) {
-            cbus_log_error("HTTP API %s:%u: %s", d->cfg.http_host, d->cfg.http_port, err);
-            rc = 1;
-            goto out;
-        }
-    }
-    struct hist_counts hc;
-    hist_store_counts(d->st, &hc);
-    char api[160] = "off";
-    if (d->api) {
-        snprintf(api, sizeof api, "http://%.63s:%u/v1/conversations", d->cfg.http_host,
-                 hist_api_port(d->api));
-        snprintf(d->api_url, sizeof d->api_url, "%s", api);
-    }
-    cbus_log_info("started: bus %s (id %016llx) as lossless consumer %s; store %s (%llu messages, "
-                  "%llu events so far); %zu prices; API %s; status %s", d->cfg.bus, (unsigned long long)d->bus_id,
-                  d->cfg.consumer, d->cfg.db, (unsigned long long)hc.messages,
-                  (unsigned long long)hc.events, d->prices ? cost_prices_count(d->prices) : 0,
-                  api, d->status_path);
-    struct cbus_loop *l = &d->loop;
-    l->on_batch = on_batch;
-    l->on_arrived = on_arrived;
-    if (d->cfg.max_age_ns)
-        cbus_loop_every(l, d->cfg.retention_every_ns, 0, retention_timer, 0);
-    cbus_loop_every(l, SEC, 0, status_timer, 1); /* SIGUSR1 writes it at once */
-    rc = cbus_loop_run(l);
-    if (d->stopping)
-        rc = 0;
-    hist_store_counts(d->st, &hc);
-    cbus_log_info("stopping: %llu messages stored (%llu duplicates refused, %llu events without "
-                  "a conversation)", (unsigned long long)hc.messages,
-                  (unsigned long long)hc.duplicates, (unsigned long long)hc.skipped);
-    write_status(d, 0);
+    if ((rc = start_api(d)) == 0)
+        rc = run(d);
 out:
     hist_api_stop(d->api);
-    if (d->loop.ev)
-        cbus_loop_close(&d->loop);
-    else
-        cbus_consumer_detach(c);
+    cbus_loop_close(&d->loop); /* the consumer and its bus (loop_init owns it even on failure) */
     hist_store_close(d->st);
     cost_prices_free(d->prices);
     return rc;

@@ -3,6 +3,7 @@
  * line naming file:line, bad values, keys a daemon does not have. */
 #include <criterion/criterion.h>
 
+#include <cbus/consumer.h>
 #include <cbus/layout.h>
 
 #include <errno.h>
@@ -168,4 +169,29 @@ Test(common_config, status_off)
     cc.status_required = 1;
     cr_assert_eq(apply(&cc, "[status]\nfile = off\n", &taken), -EINVAL);
     cr_assert(strstr(err, "always writes its status"), "%s", err);
+}
+
+/* [bus] start: the resume policy's case 3 (attach.h) as an enum cbus_start;
+ * resume only for a daemon that offers it; a daemon without the setting
+ * leaves the key alone. */
+Test(common_config, bus_start_is_shared_and_resume_only_where_offered)
+{
+    unsigned start = 99;
+    struct cbus_cfg_common cc = cc_for("cost");
+    cc.start = &start;
+    int taken;
+    cr_assert_eq(apply(&cc, "[bus]\nstart = newest\n", &taken), 0, "%s", err);
+    cr_assert_eq(taken, 1);
+    cr_assert_eq(start, CBUS_START_NEWEST);
+    cr_assert_eq(apply(&cc, "[bus]\nstart = oldest\n", &taken), 0, "%s", err);
+    cr_assert_eq(start, CBUS_START_OLDEST);
+    cr_assert_eq(apply(&cc, "[bus]\nstart = resume\n", &taken), -EINVAL);
+    cr_assert_not_null(strstr(err, "daemon.ini:2: [bus] start: 'resume' is not one of: newest, oldest"),
+                       "%s", err);
+    cc.start_resume = 1;
+    cr_assert_eq(apply(&cc, "[bus]\nstart = resume\n", &taken), 0, "%s", err);
+    cr_assert_eq(start, CBUS_START_RESUME);
+    struct cbus_cfg_common none = cc_for("cost");
+    cr_assert_eq(apply(&none, "[bus]\nstart = oldest\n", &taken), 0, "%s", err);
+    cr_assert_eq(taken, 0, "a daemon without the setting keeps the key to itself");
 }

@@ -475,6 +475,73 @@ Test(history_daemon, config_errors_name_file_and_line, .init = setup, .fini = te
     cr_expect_not_null(strstr(out, "unknown section [stor]"), "%s", out);
 }
 
+/* [status] file and interval, the section every daemon shares: the
+ * envelope lands where the config says, at its interval, and the one
+ * `cbusctl status` view reads it like the other daemons'; "off" writes none
+ * (not even the default beside the store). */
+Test(history_daemon, status_section_and_cbusctl_status, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    char status[320], extra[400], cmd[1024], out[65536], dflt[320];
+    snprintf(status, sizeof status, "%s/st/history-status.json", dir);
+    snprintf(dflt, sizeof dflt, "%s.status.json", dbpath);
+    snprintf(extra, sizeof extra, "[status]\nfile = %s\ninterval = 50ms\n", status);
+    write_cfg(dbpath, extra);
+    pid_t d = start_daemon();
+    wait_ok(producer("st", 0, 2, 0));
+    cr_assert_eq(wait_stored(dbpath, 20, 20000), 20);
+    /* The envelope with the daemon's own object, rewritten at the interval
+     * until it counts what was stored. */
+    int64_t messages = -1;
+    uint64_t end = test_now_ms() + 20000;
+    while (messages != 20 && test_now_ms() < end) {
+        char *t = slurp(status);
+        cJSON *j = t ? cJSON_Parse(t) : NULL;
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "history");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(h, "messages");
+        messages = cJSON_IsNumber(m) ? (int64_t)m->valuedouble : -1;
+        if (messages == 20) {
+            cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(j, "daemon")->valuestring,
+                             "cbus-history");
+            cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(j, "bus")->valuestring, bus);
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "consumer");
+            cr_expect_str_eq(cJSON_GetObjectItemCaseSensitive(c, "mode")->valuestring,
+                             "lossless");
+        }
+        cJSON_Delete(j);
+        free(t);
+        test_sleep_ms(20);
+    }
+    cr_assert_eq(messages, 20, "status file %s", status);
+    cr_expect_eq(access(dflt, F_OK), -1, "the default status file was written too");
+    snprintf(cmd, sizeof cmd, "%s status %s --json", CBUSCTL_BIN, status);
+    cr_assert_eq(run(cmd, out, sizeof out), 0, "%s", out);
+    cJSON *j = cJSON_Parse(out);
+    cr_assert_not_null(j, "%s", out);
+    const cJSON *first = cJSON_GetArrayItem(j, 0); /* [{file, state, age_s, status}] */
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(first, "status");
+    const cJSON *dn = cJSON_GetObjectItemCaseSensitive(st, "daemon");
+    cr_expect(cJSON_IsString(dn) && !strcmp(dn->valuestring, "cbus-history"), "%s", out);
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(first, "state");
+    cr_expect(cJSON_IsString(state) && !strcmp(state->valuestring, "running"), "%s", out);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s status %s", CBUSCTL_BIN, status);
+    cr_assert_eq(run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect_not_null(strstr(out, "cbus-history"), "%s", out);
+    cr_expect_not_null(strstr(out, "running"), "%s", out);
+    stop_daemon(d);
+
+    /* off: no status file anywhere. */
+    unlink(status);
+    write_cfg(dbpath, "[status]\nfile = off\n");
+    d = start_daemon();
+    wait_ok(producer("st2", 0, 1, 0));
+    cr_assert_eq(wait_stored(dbpath, 30, 20000), 30);
+    stop_daemon(d); /* a clean stop writes the last status: none here */
+    cr_expect_eq(access(status, F_OK), -1);
+    cr_expect_eq(access(dflt, F_OK), -1, "[status] file = off still wrote %s", dflt);
+}
+
 /* The consumer entry of our daemon on the bus: tethered, never cut loose. */
 static void expect_tethered(void)
 {
