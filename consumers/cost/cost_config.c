@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <cbus/cbus.h>
+#include <cbus/consumer.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -21,6 +22,7 @@ static void defaults(struct cost_config *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->consumer, sizeof c->consumer, "cost");
+    c->start = CBUS_START_OLDEST;
     snprintf(c->prices_file, sizeof c->prices_file, "model_prices_and_context_window.json");
     /* The private state dir (daemon.h), never /tmp; empty if there is no home. */
     if (cbus_state_dir_default(c->state_dir, sizeof c->state_dir, "cost/%b"))
@@ -232,7 +234,6 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     int r = cbus_cfg_parse(&cfg, name, text, err, errlen);
     if (r)
         return r;
-    static const char *const starts[] = {"oldest", "newest", NULL};
     int cluster_seen = 0;
     cbus_cluster_conf_init(&c->cluster);
     for (size_t i = 0; i < cfg.count && !r; i++) {
@@ -242,7 +243,8 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
         const struct cbus_cfg_common cc = {
             .bus = c->bus, .consumer = c->consumer, .consumer_size = sizeof c->consumer,
             .status_file = c->status_file, .status_file_size = sizeof c->status_file,
-            .status_off = &c->status_off, .status_interval_ns = &c->status_interval_ns};
+            .status_off = &c->status_off, .status_interval_ns = &c->status_interval_ns,
+            .start = &c->start};
         int taken = cbus_cfg_common_entry(&cc, &cfg, e, err, errlen);
         if (taken) {
             r = taken < 0 ? taken : 0;
@@ -256,8 +258,6 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                 seen = !strcmp(cfg.entries[j].section, s);
             if (!seen)
                 r = parse_budget(c, &cfg, i, err, errlen);
-        } else if (!strcmp(s, "bus") && !strcmp(k, "start")) {
-            r = cbus_cfg_choice(&cfg, e, starts, &c->start_newest, err, errlen);
         } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
             if (set_path(c->prices_file, sizeof c->prices_file, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");

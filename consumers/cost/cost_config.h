@@ -16,7 +16,7 @@
 struct cost_config {
     char bus[32];                  /* [bus] name, or --bus */
     char consumer[24];             /* [bus] consumer: our name on the bus */
-    unsigned start_newest;         /* [bus] start = newest|oldest (no checkpoint yet) */
+    unsigned start;                /* [bus] start: enum cbus_start with no checkpoint (oldest) */
     char prices_file[COST_PATH_MAX];
     char overrides_file[COST_PATH_MAX];   /* "" = none */
     char state_dir[COST_PATH_MAX];

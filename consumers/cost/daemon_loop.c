@@ -5,7 +5,6 @@
 #include <cbus/consumer.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +62,7 @@ struct daemon {
     struct sbuf ckbuf, json, prom;
     cost_fleet *fleet;        /* [cluster]: budgets fleet-wide through Redis, or NULL */
     int fleet_alerting;       /* on_alert is called by fleet_cost.c for a mark it claimed */
+    const char *started_from; /* where the first attach started (attach.h) */
 };
 
 static uint64_t real_ns(void)
@@ -415,52 +415,30 @@ static void take_read_position(struct daemon *d)
         cost_ledger_set_position(&d->led, &p);
 }
 
-/* Attaches, waiting for the bus to exist.  Returns 0, 1 (stopped) or -errno. */
+/* Attaches by the daemons' resume policy (attach.h): after the
+ * checkpoint's position if it is this bus's; from the new bus's oldest
+ * event if the bus was re-created since (the totals carry on); else
+ * [bus] start.  Waits for the bus.  Returns 0, 1 (stopped) or -errno. */
 static int attach(struct daemon *d, int have_ckpt, uint64_t saved_bus_id)
 {
-    struct cbus_consumer_opts o = {
-        .name = d->cfg.consumer,
-        .mode = CBUS_LOSSLESS,
-        .start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST,
-        .kinds = cost_ledger_needed_kinds(),
+    struct cbus_attach_start as = {
+        .bus = d->cfg.bus,
+        .opts = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS, .start = d->cfg.start,
+                 .kinds = cost_ledger_needed_kinds()},
+        .saved = have_ckpt ? &d->led.pos : NULL,
+        .saved_bus_id = saved_bus_id,
+        .wait_for_bus = 1,
     };
-    if (have_ckpt) {
-        o.start = CBUS_START_CURSOR;
-        o.position = &d->led.pos;
-        o.expect_bus_id = saved_bus_id;
-    }
-    int logged = 0;
-    for (;;) {
-        int r = cbus_consumer_attach(&d->c, d->cfg.bus, &o);
-        if (r == -ESTALE && o.start == CBUS_START_CURSOR) {
-            /* The bus was recreated: old positions mean nothing on it.  Keep
-             * the totals, start the new bus from its oldest event. */
-            cbus_log_warn("bus %s was recreated since the checkpoint: keeping totals, reading the "
-                          "new bus from its %s event", d->cfg.bus,
-                          d->cfg.start_newest ? "newest" : "oldest");
-            o.start = d->cfg.start_newest ? CBUS_START_NEWEST : CBUS_START_OLDEST;
-            o.position = NULL;
-            o.expect_bus_id = 0;
-            cost_ledger_set_position(&d->led, &(struct cbus_position){.lanes = 1});
-            continue;
-        }
-        if (r == -ENOENT) {
-            if (!logged)
-                cbus_log_info("bus %s does not exist yet; waiting for it", d->cfg.bus);
-            logged = 1;
-            struct timespec ts = {0, 200000000L};
-            nanosleep(&ts, NULL);
-            if (cbus_daemon_stop)
-                return 1;
-            continue;
-        }
-        if (r)
-            return r;
-        break;
-    }
+    int r = cbus_attach_start(&d->c, &as);
+    if (r)
+        return r;
+    if (as.from == CBUS_FROM_RECREATED)
+        cbus_log_warn("bus %s: keeping the checkpoint's totals on the new bus", d->cfg.bus);
+    d->started_from = cbus_attach_start_name(&as);
     d->bus = cbus_consumer_bus(d->c);
     d->bus_id = cbus_consumer_bus_id(d->c);
-    if (o.start != CBUS_START_CURSOR)
+    /* Positions of the old bus mean nothing here: the ledger's is ours now. */
+    if (as.started != CBUS_START_CURSOR)
         take_read_position(d);
     return 0;
 }
@@ -586,52 +564,31 @@ static int expire_timer(void *arg, uint64_t now)
     return 0;
 }
 
-int cost_daemon_main(int argc, char **argv)
-{
-    static const struct option longopts[] = {
-        {"bus", required_argument, NULL, 'b'},
-        {"config", required_argument, NULL, 'c'},
-        {"state-dir", required_argument, NULL, 's'},
-        {"listen", required_argument, NULL, 'l'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *bus = NULL, *config = NULL, *state_dir = NULL, *listen_at = NULL;
-    int verbose = 0, opt;
-    while ((opt = getopt_long(argc, argv, "b:c:s:l:vh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'b': bus = optarg; break;
-        case 'c': config = optarg; break;
-        case 's': state_dir = optarg; break;
-        case 'l': listen_at = optarg; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cbus-cost: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    cbus_log_init("cbus-cost", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
-    /* First: a SIGTERM during startup (price loading) is a clean stop. */
-    cbus_daemon_signals();
+/* ---- start-up, run, shut-down ------------------------------------------------ */
 
-    static struct daemon dd;
-    struct daemon *d = &dd;
-    memset(d, 0, sizeof *d);
+/* The command line and the config, then the prices.  Returns 0, or the
+ * exit status (-1: --help, exit 0; logged). */
+static int configure(struct daemon *d, int argc, char **argv)
+{
+    const char *state_dir = NULL, *listen_at = NULL;
+    const struct cbus_daemon_opt own[] = {
+        {"state-dir", 's', &state_dir, NULL},
+        {"listen", 'l', &listen_at, NULL},
+        {NULL, 0, NULL, NULL},
+    };
+    struct cbus_daemon_args args = {.prog = "cbus-cost", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r == 0 ? -1 : r;
     char err[1024];
-    if (cost_config_load(&d->cfg, config, err, sizeof err)) {
+    if (cost_config_load(&d->cfg, args.config, err, sizeof err)) {
         cbus_log_error("%s", err);
         return 2;
     }
-    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, bus))
+    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, args.bus))
         return 2;
     if (state_dir && follow_state_dir(&d->cfg, state_dir)) {
         cbus_log_error("--state-dir %s: path too long", state_dir);
-        cost_config_free(&d->cfg);
         return 2;
     }
     if (listen_at) {
@@ -650,13 +607,17 @@ int cost_daemon_main(int argc, char **argv)
     if (cost_prices_load(&d->prices, d->cfg.prices_file,
                          d->cfg.overrides_file[0] ? d->cfg.overrides_file : NULL, err, sizeof err)) {
         cbus_log_error("%s", err);
-        cost_config_free(&d->cfg);
         return 2;
     }
-    /* Private or refused: cbus-cost often runs as root (issue 12 item 16). */
+    return 0;
+}
+
+/* The state dir (private or refused: cbus-cost often runs as root, issue
+ * 12 item 16) and the files in it.  Returns 0 or 1 (logged). */
+static int prepare_state(struct daemon *d)
+{
     char why[8192];
-    int r = cbus_state_dir_prepare(d->cfg.state_dir, 0700, why, sizeof why);
-    if (r) {
+    if (cbus_state_dir_prepare(d->cfg.state_dir, 0700, why, sizeof why)) {
         cbus_log_error("%s", why);
         return 1;
     }
@@ -678,45 +639,48 @@ int cost_daemon_main(int argc, char **argv)
         cbus_log_error("[status] file: %s", why);
         return 1;
     }
+    return 0;
+}
 
+/* The ledger with its budgets, the fleet, and the checkpoint it resumes
+ * from (*have_ckpt, *saved_bus_id).  Returns 0 or 1 (logged). */
+static int open_ledger(struct daemon *d, int *have_ckpt, uint64_t *saved_bus_id)
+{
+    const struct cost_config *c = &d->cfg;
     struct cost_budget_set bs = {
-        .global = d->cfg.global_idx >= 0 ? &d->cfg.budgets[d->cfg.global_idx] : NULL,
-        .user_default = d->cfg.user_default_idx >= 0 ? &d->cfg.budgets[d->cfg.user_default_idx] : NULL,
-        .session_default =
-            d->cfg.session_default_idx >= 0 ? &d->cfg.budgets[d->cfg.session_default_idx] : NULL,
-        .agent_default =
-            d->cfg.agent_default_idx >= 0 ? &d->cfg.budgets[d->cfg.agent_default_idx] : NULL,
-        .tenant_default =
-            d->cfg.tenant_default_idx >= 0 ? &d->cfg.budgets[d->cfg.tenant_default_idx] : NULL,
-        .list = d->cfg.budgets,
-        .n = d->cfg.n_budgets,
+        .global = c->global_idx >= 0 ? &c->budgets[c->global_idx] : NULL,
+        .user_default = c->user_default_idx >= 0 ? &c->budgets[c->user_default_idx] : NULL,
+        .session_default = c->session_default_idx >= 0 ? &c->budgets[c->session_default_idx] : NULL,
+        .agent_default = c->agent_default_idx >= 0 ? &c->budgets[c->agent_default_idx] : NULL,
+        .tenant_default = c->tenant_default_idx >= 0 ? &c->budgets[c->tenant_default_idx] : NULL,
+        .list = c->budgets,
+        .n = c->n_budgets,
     };
-    struct cost_ledger_opts lo = {d->cfg.max_models, d->cfg.max_users, d->cfg.max_sessions,
-                                  d->cfg.max_agents, d->cfg.max_tenants};
+    struct cost_ledger_opts lo = {c->max_models, c->max_users, c->max_sessions, c->max_agents,
+                                  c->max_tenants};
     if (cost_ledger_init(&d->led, d->prices, &bs, &lo)) {
         cbus_log_error("out of memory");
         return 1;
     }
     d->led.on_alert = on_alert;
     d->led.alert_arg = d;
-    if (d->cfg.cluster.enabled) {
+    d->led.on_unpriced = on_unpriced;
+    if (c->cluster.enabled) {
         /* Redis is reached at the first sync: unreachable is a log line and
          * local estimates, never a daemon that does not start. */
         struct cost_fleet_hooks fh = {fleet_alert, fleet_verdict, d};
-        r = cost_fleet_open(&d->fleet, &d->led, &d->cfg.cluster, &fh);
+        int r = cost_fleet_open(&d->fleet, &d->led, &c->cluster, &fh);
         if (r) {
             cbus_log_error("cluster: %s", strerror(-r));
-            cost_ledger_free(&d->led);
             return 1;
         }
         cbus_log_info("fleet: node %s, prefix %s, budgets summed in redis every %llu ms",
-                      d->cfg.cluster.node, d->cfg.cluster.prefix,
-                      (unsigned long long)(d->cfg.cluster.interval_ns / 1000000u));
+                      c->cluster.node, c->cluster.prefix,
+                      (unsigned long long)(c->cluster.interval_ns / 1000000u));
     }
-    d->led.on_unpriced = on_unpriced;
-    uint64_t saved_bus_id = 0;
-    r = cost_checkpoint_load(&d->led, &saved_bus_id, d->ckpt_path, err, sizeof err);
-    int have_ckpt = r == 0;
+    char err[1024];
+    int r = cost_checkpoint_load(&d->led, saved_bus_id, d->ckpt_path, err, sizeof err);
+    *have_ckpt = r == 0;
     if (r && r != -ENOENT) {
         cbus_log_error("%s; move it away to start from zero", err);
         return 1;
@@ -724,54 +688,43 @@ int cost_daemon_main(int argc, char **argv)
     d->ckpt_cursor = d->led.cursor;
     d->lost_base = d->led.lost;
     d->abandoned_base = d->led.abandoned;
-    sbuf_init(&d->ckbuf);
-    sbuf_init(&d->json);
-    sbuf_init(&d->prom);
+    return 0;
+}
 
-    int rc = 0;
-    r = attach(d, have_ckpt, saved_bus_id);
-    if (r == 1)
-        goto out;
-    if (r) {
-        cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
-                       cbus_strerror(r));
-        rc = 1;
-        goto out;
-    }
+/* On the bus: the loop around the consumer, the admission writer and its
+ * verdicts, the webhook and the metrics listener.  Returns 0 or 1 (logged). */
+static int start_services(struct daemon *d)
+{
     struct cbus_consumer_opts ao = {.name = d->cfg.consumer, .mode = CBUS_LOSSLESS,
                                    .kinds = cost_ledger_needed_kinds()};
     if (cbus_loop_init(&d->loop, d->c, d->cfg.bus, &ao, BATCH, 0, d)) {
         cbus_log_error("out of memory");
-        d->c = NULL;
-        rc = 1;
-        goto out;
+        d->c = NULL; /* detached by cbus_loop_init */
+        return 1;
     }
     d->loop.at.leaving = leaving_bus;
     d->loop.at.arg = d;
-    r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
+    int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
     if (r)
         cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
                        d->cfg.consumer, cbus_strerror(r));
-    else
-        d->have_writer = 1;
+    d->have_writer = r == 0;
     if (d->have_writer)
         reconcile_verdicts(d);
-    if (d->cfg.webhook_url[0]) {
-        r = cost_webhook_start(&d->hook, d->cfg.webhook_url, d->cfg.webhook_timeout_ns);
-        if (r) {
-            cbus_log_error("webhook: %s", strerror(-r));
-            rc = 1;
-            goto out;
-        }
+    if (d->cfg.webhook_url[0] &&
+        (r = cost_webhook_start(&d->hook, d->cfg.webhook_url, d->cfg.webhook_timeout_ns))) {
+        cbus_log_error("webhook: %s", strerror(-r));
+        return 1;
     }
-    if (d->cfg.http_host[0]) {
-        r = cost_http_start(&d->http, d->cfg.http_host, d->cfg.http_port);
-        if (r) {
-            cbus_log_error("listen %s:%u: %s", d->cfg.http_host, d->cfg.http_port, strerror(-r));
-            rc = 1;
-            goto out;
-        }
+    if (d->cfg.http_host[0] && (r = cost_http_start(&d->http, d->cfg.http_host, d->cfg.http_port))) {
+        cbus_log_error("listen %s:%u: %s", d->cfg.http_host, d->cfg.http_port, strerror(-r));
+        return 1;
     }
+    return 0;
+}
+
+static void log_started(struct daemon *d, int have_ckpt)
+{
     const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
     char metrics[96] = "off", hook[CBUS_REDACT_SIZE(sizeof d->cfg.webhook_url)] = "off";
     if (d->hook)
@@ -781,14 +734,20 @@ int cost_daemon_main(int argc, char **argv)
                      cost_http_port(d->http)) < 0)
             metrics[0] = '\0';
     cbus_log_info("started: bus %s (id %016llx, %llu slots) as lossless consumer %s from cursor %llu "
-                  "(%s); %zu prices from %s%s%s; %zu budgets; state %s; metrics %s; webhook %s",
+                  "(%s), %s; %zu prices from %s%s%s; %zu budgets; state %s; metrics %s; webhook %s",
                   d->cfg.bus, (unsigned long long)d->bus_id, (unsigned long long)hdr->capacity,
                   d->cfg.consumer, (unsigned long long)d->led.cursor,
-                  have_ckpt ? "checkpoint" : "fresh", cost_prices_count(d->prices),
+                  have_ckpt ? "checkpoint" : "fresh", d->started_from, cost_prices_count(d->prices),
                   d->cfg.prices_file, d->cfg.overrides_file[0] ? " + " : "",
                   d->cfg.overrides_file, d->cfg.n_budgets, d->cfg.state_dir,
                   metrics, hook);
+}
 
+/* The loop until a signal, then the final state: durable, then published.
+ * Returns the loop's status. */
+static int run(struct daemon *d, int have_ckpt)
+{
+    const struct cbus_shm_header *hdr = cbus_bus_header(d->bus);
     /* The admission heartbeat must beat at least every admit_stale_ns / 3. */
     uint64_t hb_every = hdr->admit_stale_ns / 4;
     if (hb_every == 0 || hb_every > SEC)
@@ -811,9 +770,8 @@ int cost_daemon_main(int argc, char **argv)
     cbus_loop_every(l, 60 * SEC, 60 * SEC, expire_timer, 0);
     if (d->fleet)
         cbus_loop_every(l, cbus_cluster_tick_ns(&d->cfg.cluster), 0, fleet_timer, 0);
-    rc = cbus_loop_run(l);
+    int rc = cbus_loop_run(l);
     d->stopped = 1;
-    /* Final state: durable, then published. */
     if (d->led.cursor != d->ckpt_cursor || !have_ckpt)
         checkpoint(d);
     cost_ledger_tick(&d->led, real_ns());
@@ -824,7 +782,13 @@ int cost_daemon_main(int argc, char **argv)
     cost_errlimit_flush(&d->commit_err);
     cbus_log_info("stopping: %llu events accounted, cursor %llu checkpointed",
                   (unsigned long long)d->led.events, (unsigned long long)d->ckpt_cursor);
-out:
+    return rc;
+}
+
+/* Everything open_ledger and after made, in reverse; safe on a daemon that
+ * got only part of the way. */
+static void shut_down(struct daemon *d)
+{
     if (d->fleet && d->loop.ev) { /* the last counts, if Redis answers within its timeout */
         uint64_t t = cbus_now_ns(), end = t + d->cfg.cluster.timeout_ns + d->cfg.cluster.interval_ns;
         while (cost_fleet_sync(d->fleet, t, real_ns()) == -EINPROGRESS && t < end) {
@@ -843,10 +807,35 @@ out:
     else
         cbus_consumer_detach(d->c);
     cost_ledger_free(&d->led);
-    cost_prices_free(d->prices);
-    cost_config_free(&d->cfg);
     sbuf_free(&d->ckbuf);
     sbuf_free(&d->json);
     sbuf_free(&d->prom);
-    return rc;
+}
+
+int cost_daemon_main(int argc, char **argv)
+{
+    static struct daemon dd;
+    struct daemon *d = &dd;
+    memset(d, 0, sizeof *d);
+    sbuf_init(&d->ckbuf);
+    sbuf_init(&d->json);
+    sbuf_init(&d->prom);
+    int have_ckpt = 0, rc = configure(d, argc, argv);
+    uint64_t saved_bus_id = 0;
+    if (rc == 0 && (rc = prepare_state(d)) == 0 &&
+        (rc = open_ledger(d, &have_ckpt, &saved_bus_id)) == 0) {
+        int r = attach(d, have_ckpt, saved_bus_id);
+        if (r && r != 1) {
+            cbus_log_error("attach to bus %s as %s: %s", d->cfg.bus, d->cfg.consumer,
+                           cbus_strerror(r));
+            rc = 1;
+        } else if (r == 0 && (rc = start_services(d)) == 0) {
+            log_started(d, have_ckpt);
+            rc = run(d, have_ckpt);
+        }
+    }
+    shut_down(d);
+    cost_prices_free(d->prices);
+    cost_config_free(&d->cfg);
+    return rc < 0 ? 0 : rc;
 }

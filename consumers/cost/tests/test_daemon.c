@@ -1129,6 +1129,54 @@ Test(cost_daemon, lost_events_stay_counted_when_the_bus_is_recreated)
     cr_assert_eq(snapshot_num("lost"), lost, "kept in the checkpoint of the new bus");
 }
 
+/* The resume policy (attach.h, case 2): a checkpoint of a bus that was
+ * re-created while the daemon was down starts the new bus at its OLDEST
+ * event, whatever [bus] start says (that is for a start with nothing
+ * saved), so what producers emitted before the restart is accounted.  The
+ * totals carry on.  Before the one policy, start = newest skipped them. */
+Test(cost_daemon, checkpoint_of_a_recreated_bus_reads_the_new_bus_from_its_oldest_event)
+{
+    test_bus_create(bus, 0);
+    have_bus = 1;
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s[state]\nfsync = false\n[bus]\nstart = newest\n", BASE_CONFIG);
+    write_file("c.ini", cfg);
+    pid_t pid = spawn("c.ini", 0);
+    cr_assert(wait_log(0, "started:", 10000), "%s", log_text(0));
+    cr_assert(strstr(log_text(0), "(fresh), the newest event"), "%s", log_text(0));
+    enum { N1 = 30, N2 = 40 };
+    cbus_ctx ctx;
+    make_ctx(&ctx, "frank");
+    struct cbus_usage u = {.input_tokens = 1, .usage_present = CBUS_USAGE_INPUT};
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    for (int i = 0; i < N1; i++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cbus_producer_close(p);
+    cr_assert(wait_requests(N1, 15000), "%s", log_text(0));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(0));
+
+    /* Re-created while the daemon is down, and written to before it is back. */
+    cr_assert_eq(cbus_bus_destroy(bus), 0);
+    test_bus_create(bus, 0);
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    for (int i = 0; i < N2; i++)
+        cr_assert_eq(cbus_llm_end(p, &ctx, &u, NULL), 0);
+    cbus_producer_close(p);
+    pid = spawn("c.ini", 1);
+    cr_assert(wait_log(1, "started:", 10000), "%s", log_text(1));
+    cr_assert(strstr(log_text(1), "is not the bus the saved position is for (another bus id"),
+              "%s", log_text(1));
+    cr_assert(strstr(log_text(1), "(checkpoint), the oldest event (bus re-created since the save)"),
+              "%s", log_text(1));
+    cr_assert(wait_requests(N1 + N2, 15000), "%ld of %d\n%s", snapshot_total(NULL, 0), N1 + N2,
+              log_text(1));
+    kill(pid, SIGTERM);
+    cr_assert_eq(exit_code(pid), 0, "%s", log_text(1));
+    cr_assert_eq(snapshot_total(NULL, 0), N1 + N2, "%s", log_text(1));
+}
+
 /* A forged forward jump of tail by more than the ring: the poll skips the
  * positions (lost, then abandoned) and returns no event.  The daemon must
  * still acknowledge them, or producers gated behind its cursor drop
