@@ -33,28 +33,22 @@
 #define SHUTDOWN_LIMIT_NS 10000000000ull
 #define REPORT_EVERY_NS 60000000000ull  /* the lost-events line, when there are new ones */
 
+/* The daemons' resume policy (consumers/common/attach.h).  The log, not
+ * the bus, says what is durable: resume right after its last record, so
+ * nothing is written twice and nothing acknowledged is missing, even if the
+ * crash came between fdatasync and commit; a log of a bus re-created since
+ * starts the new bus at its oldest event (in a new file: the writer sees
+ * the other bus id); no log yet: [audit] start. */
 static int attach(cbus_consumer **c, const struct audit_config *cfg, const struct audit_resume *r)
 {
-    struct cbus_consumer_opts o = {.name = cfg->name, .mode = CBUS_LOSSLESS};
-    if (r->have_cursor) {
-        /* The log, not the bus, says what is durable: resume right after its
-         * last record, so nothing is written twice and nothing acknowledged
-         * is missing, even if the crash came between fdatasync and commit. */
-        o.start = CBUS_START_CURSOR;
-        o.position = &r->pos;
-        o.expect_bus_id = r->bus_id;
-        int rc = cbus_consumer_attach(c, cfg->bus, &o);
-        if (rc != -ESTALE)
-            return rc;
-        cbus_log_warn("bus %s was recreated since the log's last record (log bus id %016" PRIx64
-                      "): starting at the oldest event of the new bus", cfg->bus, r->bus_id);
-        o.start = CBUS_START_OLDEST;
-        o.position = NULL;
-        o.expect_bus_id = 0;
-        return cbus_consumer_attach(c, cfg->bus, &o);
-    }
-    o.start = cfg->start_oldest ? CBUS_START_OLDEST : CBUS_START_NEWEST;
-    return cbus_consumer_attach(c, cfg->bus, &o);
+    struct cbus_attach_start as = {
+        .bus = cfg->bus,
+        .opts = {.name = cfg->name, .mode = CBUS_LOSSLESS,
+                 .start = cfg->start_oldest ? CBUS_START_OLDEST : CBUS_START_NEWEST},
+        .saved = r->have_cursor ? &r->pos : NULL,
+        .saved_bus_id = r->bus_id,
+    };
+    return cbus_attach_start(c, &as);
 }
 
 /* Attached before recovery, so the bus sees a live, heartbeating consumer

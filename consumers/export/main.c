@@ -16,6 +16,7 @@
 
 #include <cbus/cbus.h>
 
+#include "attach.h"
 #include "loop.h"
 #include "daemon.h"
 #include "export_config.h"
@@ -347,40 +348,26 @@ static int configure(int argc, char **argv, struct export_config *cfg)
     return -1;
 }
 
-/* Attaches where the last clean stop left off (DIR/cursor), else as
- * configured.  A saved cursor of another bus (re-created since) or of
- * another lane count starts at the newest event.  co->start says where it
- * started.  Returns 0 or -errno (logged). */
+/* Attaches by the daemons' resume policy (consumers/common/attach.h):
+ * where the last clean stop left off (DIR/cursor) if it is this bus's; from
+ * the oldest event of a bus re-created since (or of another lane count); else
+ * [bus] start.  co->start says where it started.  Returns 0 or -errno
+ * (logged). */
 static int attach_start(const struct export_config *cfg, struct cbus_consumer_opts *co,
                         cbus_consumer **c)
 {
-    uint64_t saved_bus = 0;
-    static struct cbus_position saved; /* co->position points here */
-    if (cfg->start == CBUS_START_RESUME && cursor_load(cfg, &saved_bus, &saved) == 0) {
-        /* a clean stop left its position: continue there if the bus is the same */
-        co->start = CBUS_START_CURSOR;
-        co->position = &saved;
-        co->expect_bus_id = saved_bus;
-    }
-    int r = cbus_consumer_attach(c, cfg->bus, co);
-    if (r == -ESTALE) {
-        cbus_log_info("bus '%s' was recreated since the saved cursor: starting at its newest "
-                      "event", cfg->bus);
-        co->start = CBUS_START_NEWEST;
-        r = cbus_consumer_attach(c, cfg->bus, co);
-    }
-    if (r == -EINVAL && co->start == CBUS_START_CURSOR) {
-        /* the same bus id with another lane count: a damaged file */
-        cbus_log_warn("the saved cursor has %u lanes, bus '%s' another count: starting at its "
-                      "newest event", saved.lanes, cfg->bus);
-        co->start = CBUS_START_NEWEST;
-        r = cbus_consumer_attach(c, cfg->bus, co);
-    }
+    static struct cbus_position saved;
+    struct cbus_attach_start as = {.bus = cfg->bus, .opts = *co};
+    /* a clean stop left its position (only read when [bus] start = resume) */
+    if (cfg->start == CBUS_START_RESUME && cursor_load(cfg, &as.saved_bus_id, &saved) == 0)
+        as.saved = &saved;
+    int r = cbus_attach_start(c, &as);
     if (r) {
         cbus_log_error("attach to bus '%s' as '%s': %s", cfg->bus, cfg->consumer_name,
                        cbus_strerror(r));
         return r;
     }
+    co->start = as.started;
     cursor_forget(cfg);
     return 0;
 }

@@ -297,7 +297,8 @@ int main(int argc, char **argv)
      * its counts exactly (decisions use event timestamps), and verdicts that
      * have lapsed meanwhile are never published.  The consumer owns its bus
      * so that attach.c can move it to a re-created one. */
-    r = cbus_consumer_attach(&d.cons, d.bus_name, &co);
+    /* The daemons' resume policy (attach.h): nothing saved, so case 3. */
+    r = cbus_attach_start(&d.cons, &(struct cbus_attach_start){.bus = d.bus_name, .opts = co});
     if (r) {
         cbus_log_error("bus %s: attach as %s: %s", d.bus_name, d.cfg.name, cbus_strerror(r));
         goto err_bus;

@@ -40,6 +40,10 @@ struct daemon {
     char status_path[1024];
     const char *status_file;   /* the common status envelope (status.h) */
     unsigned port;
+    /* the shared [bus] and [status] sections (config.h) */
+    char cfg_bus[CBUS_NAME_MAX], cfg_consumer[CBUS_NAME_MAX], cfg_status[1024];
+    int status_off;
+    uint64_t status_interval_ns;   /* 0: with the documents, every state_interval */
 };
 
 /* The daemons' common status document: the envelope, then "web". */
@@ -129,7 +133,16 @@ static int docs_timer(void *arg, uint64_t now)
 {
     struct daemon *d = arg;
     web_render_docs(&d->w, now);
-    write_status(d, 1);
+    if (!d->status_interval_ns)
+        write_status(d, 1);
+    return 0;
+}
+
+/* [status] interval set: the status file on its own cadence. */
+static int status_timer(void *arg, uint64_t now)
+{
+    (void)now;
+    write_status(arg, 1);
     return 0;
 }
 
@@ -198,19 +211,28 @@ static int load_config(struct daemon *d, const char *path, char *err, size_t err
     if (r)
         return r;
     struct web_opts *o = &d->w.o;
+    /* [bus] name/consumer and [status] file/interval, shared by every daemon;
+     * the old [web] name and status_file still taken, with a warning. */
+    const struct cbus_cfg_common cc = {
+        .daemon_section = "web", .bus = d->cfg_bus, .consumer = d->cfg_consumer,
+        .consumer_size = sizeof d->cfg_consumer, .status_file = d->cfg_status,
+        .status_file_size = sizeof d->cfg_status, .status_off = &d->status_off,
+        .status_interval_ns = &d->status_interval_ns};
     for (size_t i = 0; i < d->cfg.count; i++) {
         const struct cbus_cfg_entry *e = &d->cfg.entries[i];
+        int taken = cbus_cfg_common_entry(&cc, &d->cfg, e, err, errlen);
+        if (taken < 0)
+            return taken;
+        if (taken)
+            continue;
         if (strcmp(e->section, "web"))
-            return cbus_cfg_error(&d->cfg, e, err, errlen, "unknown section (want [web])");
+            return cbus_cfg_error(&d->cfg, e, err, errlen,
+                                  "unknown section or key (want [web], [bus] or [status])");
         const char *k = e->key;
         uint64_t v;
         if (!strcmp(k, "listen")) {
             if (parse_listen(d, e->value))
                 return cbus_cfg_error(&d->cfg, e, err, errlen, "want HOST:PORT or [V6]:PORT");
-        } else if (!strcmp(k, "name")) {
-            if (cbus_name_valid(e->value))
-                return cbus_cfg_error(&d->cfg, e, err, errlen, "not a valid consumer name");
-            o->name = e->value;
         } else if (!strcmp(k, "token_file")) {
             if (read_token(d, e->value, err, errlen))
                 return -EINVAL;
@@ -236,8 +258,6 @@ static int load_config(struct daemon *d, const char *path, char *err, size_t err
             o->ratelimit_status = e->value;
         } else if (!strcmp(k, "prices")) {
             o->prices = e->value;
-        } else if (!strcmp(k, "status_file")) {
-            d->status_file = e->value;
         } else if (!strcmp(k, "state_interval")) {
             if (cbus_cfg_duration_ns(&d->cfg, e, &o->state_interval_ns, err, errlen))
                 return -EINVAL;
@@ -253,7 +273,7 @@ static int load_config(struct daemon *d, const char *path, char *err, size_t err
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: cbus-web --bus NAME [--config PATH] [--listen HOST:PORT] [--token-file PATH]\n"
+            "usage: cbus-web [--bus NAME] [--config PATH] [--listen HOST:PORT] [--token-file PATH]\n"
             "                [--cost-snapshot PATH] [--ratelimit-status PATH] [--prices PATH]\n"
             "                [--history N] [--client-queue N] [--name NAME] [--status-file PATH]\n"
             "                [--verbose]\n"
@@ -328,16 +348,19 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (!o->bus || cbus_name_valid(o->bus)) {
-        cbus_log_error(o->bus ? "bad bus name '%s'" : "--bus NAME is required%s", o->bus ? o->bus : "");
-        return 2;
-    }
     char err[1024];
     if (config && load_config(&d, config, err, sizeof err)) {
         cbus_log_error("%s", err);
         cbus_cfg_free(&d.cfg);
         return 2;
     }
+    if (cbus_daemon_pick_bus(d.cfg_bus, sizeof d.cfg_bus, o->bus))
+        return 2;
+    o->bus = d.cfg_bus;
+    if (d.cfg_consumer[0])
+        o->name = d.cfg_consumer;
+    if (d.cfg_status[0])
+        d.status_file = d.cfg_status;
     /* Flags override the file. */
     if (listen && parse_listen(&d, listen)) {
         cbus_log_error("--listen %s: want HOST:PORT or [V6]:PORT", listen);
@@ -402,8 +425,8 @@ int main(int argc, char **argv)
         }
     }
     if (status_file)
-        d.status_file = *status_file ? status_file : NULL; /* "": none */
-    else if (!d.status_file) {
+        d.status_file = *status_file && strcmp(status_file, "off") ? status_file : NULL; /* "", off: none */
+    else if (!d.status_file && !d.status_off) {
         char dir[900];
         if (!cbus_state_dir_default(dir, sizeof dir, "web")) {
             snprintf(d.status_path, sizeof d.status_path, "%s/status-%s.json", dir, o->bus);
@@ -456,7 +479,8 @@ int main(int argc, char **argv)
     /* Lossy, from the newest event: a view never slows producers, and the
      * history fills from now (a restart starts a new epoch of ids). */
     struct cbus_consumer_opts co = {.name = o->name, .mode = CBUS_LOSSY, .start = CBUS_START_NEWEST};
-    int r = cbus_consumer_attach(&w->cons, o->bus, &co);
+    /* The daemons' resume policy (attach.h): a live view saves nothing: case 3. */
+    int r = cbus_attach_start(&w->cons, &(struct cbus_attach_start){.bus = o->bus, .opts = co});
     if (r) {
         cbus_log_error("bus %s: attach as %s: %s", o->bus, o->name, cbus_strerror(r));
         goto err_hist;
@@ -494,6 +518,8 @@ int main(int argc, char **argv)
     l->max_wait_ns = 100 * MS;
     cbus_loop_every(l, 500 * MS, 500 * MS, tick, 0);
     cbus_loop_every(l, o->state_interval_ns, o->state_interval_ns, docs_timer, 1);
+    if (d.status_interval_ns && d.status_file)
+        cbus_loop_every(l, d.status_interval_ns, 0, status_timer, 1);
     rc = cbus_loop_run(l);
 
     /* Streams end with a "bye" frame; then the server stops (no connection

@@ -1398,6 +1398,31 @@ Test(export_daemon, clean_restart_continues_at_the_saved_cursor)
     cr_assert_eq(collector_stat(&col, "spans"), 120, "nothing twice after a clean stop");
 }
 
+/* The daemons' resume policy (consumers/common/attach.h, case 2): the
+ * cursor a clean stop saved belongs to a bus that was re-created while no
+ * exporter ran; the new bus is read from its OLDEST event, so the spans
+ * emitted on it before the restart are exported.  (Export used to start at
+ * the newest event here and sent none of them.) */
+Test(export_daemon, saved_cursor_of_a_recreated_bus_reads_the_new_bus_from_its_oldest_event)
+{
+    cr_assert_eq(collector_start(&col, dir, 0, NULL), 0);
+    const char *cfg = config(col.port, "[bus]\nstart = resume\n");
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    for (int i = 0; i < 50; i++)
+        tool_span(i);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 50, 10000), 50);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    recreate_bus(0, 0); /* emitted on the new bus while no exporter runs */
+    for (int i = 0; i < 70; i++)
+        tool_span(i);
+    cr_assert_eq(exporter_start(&ex, dir, bus, cfg), 0);
+    cr_assert_eq(wait_for(get_collector, &col, "spans", 120, 10000), 120);
+    cr_assert_eq(exporter_stop(&ex, 10000), 0);
+    collector_stop(&col);
+    cr_assert_eq(exporter_stat(&ex, "export.sent_items"), 70);
+    cr_assert_eq(collector_stat(&col, "spans"), 120);
+}
+
 Test(export_daemon, dropped_connection_is_retried)
 {
     cr_assert_eq(collector_start(&col, dir, 0, (const char *[]){"--drop-first", "1", NULL}), 0);

@@ -19,12 +19,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "daemon.h"
 #include "support.h"
 
 static char bus[64];
 static char dir[64], status_path[128];
 static pid_t daemon_pid;
 static unsigned port;
+static const char *config_only; /* start_daemon: --config this, no --bus or --status-file */
 static cbus_producer *prod;
 
 static void stop_daemon(void)
@@ -45,6 +47,7 @@ static void setup(void)
     snprintf(dir, sizeof dir, "/tmp/cbus-web-test.XXXXXX");
     cr_assert_not_null(mkdtemp(dir));
     snprintf(status_path, sizeof status_path, "%s/status.json", dir);
+    config_only = NULL;
     cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
 }
 
@@ -77,10 +80,19 @@ static int start_daemon(const char *env_token, const char *const *extra)
             setenv("CBUS_WEB_TOKEN", env_token, 1);
         else
             unsetenv("CBUS_WEB_TOKEN");
-        const char *argv[32] = {WEB_DAEMON_PATH, "--bus", bus, "--listen", "127.0.0.1:0",
+        const char *argv[32] = {WEB_DAEMON_PATH, "--listen", "127.0.0.1:0",
                                 "--prices", WEB_PRICES, "--cost-snapshot", "/nonexistent/snap.json",
-                                "--ratelimit-status", "/nonexistent/rl.json", "--status-file", status_path};
-        int n = 13;
+                                "--ratelimit-status", "/nonexistent/rl.json"};
+        int n = 9;
+        if (config_only) { /* bus and status file from the config */
+            argv[n++] = "--config";
+            argv[n++] = config_only;
+        } else {
+            argv[n++] = "--bus";
+            argv[n++] = bus;
+            argv[n++] = "--status-file";
+            argv[n++] = status_path;
+        }
         for (int i = 0; extra && extra[i] && n < 31; i++)
             argv[n++] = extra[i];
         argv[n] = NULL;
@@ -699,4 +711,49 @@ Test(web_daemon, state_has_the_bus_numbers)
     cr_assert(strstr(doc, "\"running\":false"), "%s", doc);
     cr_assert(strstr(doc, "\"web\":{\"listen\":\"127.0.0.1\""), "%s", doc);
     cr_assert(strstr(doc, "\"events\":124,"), "%s", doc);
+}
+
+/* The sections every daemon shares: [bus] name (no --bus), [bus] consumer,
+ * [status] file and interval; the envelope is read by the real `cbusctl
+ * status` like the other daemons'.  (Before, any section but [web] was
+ * refused.) */
+Test(web_daemon, bus_and_status_sections_and_cbusctl_status)
+{
+    char cfg[128], sf[128], text[512];
+    snprintf(cfg, sizeof cfg, "%s/web.ini", dir);
+    snprintf(sf, sizeof sf, "%s/from-config.json", dir);
+    snprintf(text, sizeof text, "[bus]\nname = %s\nconsumer = webcfg\n[status]\nfile = %s\n"
+                                "interval = 20ms\n[web]\nstate_interval = 1h\n", bus, sf);
+    FILE *f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+    config_only = cfg;
+    start_ok(NULL, NULL);
+    /* Written on the [status] interval, not with the hourly documents. */
+    char *doc = NULL;
+    uint64_t until = test_now_ms() + 10000;
+    while (test_now_ms() < until) {
+        size_t len;
+        free(doc);
+        doc = NULL;
+        if (cbus_read_file(sf, 0, &doc, &len) == 0 && strstr(doc, "\"webcfg\""))
+            break;
+        test_sleep_ms(10);
+    }
+    cr_assert(doc && strstr(doc, "\"daemon\":\"cbus-web\""), "%s", doc ? doc : "(none)");
+    cr_assert(strstr(doc, "\"consumer\":{\"name\":\"webcfg\""), "%s", doc);
+    free(doc);
+    char cmd[256], out[8192];
+    snprintf(cmd, sizeof cmd, "%s status %s", CBUSCTL_BIN, sf);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+    cr_assert(strstr(out, "cbus-web") && strstr(out, "running"), "%s", out);
+    stop_daemon();
+    unlink(sf);
+    unlink(cfg);
 }
