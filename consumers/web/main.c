@@ -4,7 +4,6 @@
 #include <cbus/consumer.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,27 +287,69 @@ static int is_loopback(const char *host)
     return !strncmp(host, "127.", 4) || !strcmp(host, "::1");
 }
 
-int main(int argc, char **argv)
+/* The files the config left to their defaults (the other daemons' state
+ * dirs for --bus), the status file's directory, and the checks that need
+ * them all.  Returns 0 or the exit status (logged). */
+static int default_paths(struct daemon *d)
 {
-    static const struct option longopts[] = {
-        {"bus", required_argument, NULL, 'b'},
-        {"config", required_argument, NULL, 'c'},
-        {"listen", required_argument, NULL, 'l'},
-        {"token-file", required_argument, NULL, 't'},
-        {"cost-snapshot", required_argument, NULL, 'C'},
-        {"ratelimit-status", required_argument, NULL, 'R'},
-        {"prices", required_argument, NULL, 'p'},
-        {"history", required_argument, NULL, 'H'},
-        {"client-queue", required_argument, NULL, 'q'},
-        {"name", required_argument, NULL, 'n'},
-        {"status-file", required_argument, NULL, 'S'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    static struct daemon d; /* large (the tables): not on the stack */
-    struct web *w = &d.w;
-    struct web_opts *o = &w->o;
+    struct web_opts *o = &d->w.o;
+    if (!o->cost_snapshot) {
+        char dir[900];
+        if (!cbus_state_dir_default(dir, sizeof dir, "cost")) {
+            snprintf(d->cost_path, sizeof d->cost_path, "%s/%s/snapshot.json", dir, o->bus);
+            o->cost_snapshot = d->cost_path;
+        }
+    }
+    if (!o->ratelimit_status) {
+        char dir[900];
+        if (!cbus_state_dir_default(dir, sizeof dir, "ratelimit")) {
+            snprintf(d->rl_path, sizeof d->rl_path, "%s/status-%s.json", dir, o->bus);
+            o->ratelimit_status = d->rl_path;
+        }
+    }
+    if (!d->status_file && !d->status_off) {
+        char dir[900];
+        if (!cbus_state_dir_default(dir, sizeof dir, "web")) {
+            snprintf(d->status_path, sizeof d->status_path, "%s/status-%s.json", dir, o->bus);
+            d->status_file = d->status_path;
+        }
+    }
+    if (d->status_file) {
+        /* Private, like every daemon's state: the file is replaced every second. */
+        char why[8192];
+        if (cbus_state_file_dir_prepare(d->status_file, 0700, why, sizeof why)) {
+            cbus_log_error("status file %s: %s", d->status_file, why);
+            return 1;
+        }
+    }
+    if (!is_loopback(o->listen_host) && !o->token) {
+        cbus_log_error("listen %s is not loopback: give a token (--token-file or CBUS_WEB_TOKEN)",
+                       o->listen_host);
+        return 2;
+    }
+    if (o->client_queue > o->history)
+        o->client_queue = o->history; /* a client cannot be further behind than the history */
+    return 0;
+}
+
+/* A whole number of events from a flag: 0, or -1 (logged). */
+static int flag_events(const char *flag, const char *text, uint64_t min, uint64_t *out)
+{
+    char *end;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (*end || !*text || v < min || v > (1u << 24)) {
+        cbus_log_error("%s %s: want %llu .. 16777216 events", flag, text, (unsigned long long)min);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Defaults, the command line, the config file, then the flags over it.
+ * Returns 0, or the exit status (-1: --help, exit 0; logged). */
+static int configure(struct daemon *d, int argc, char **argv)
+{
+    struct web_opts *o = &d->w.o;
     o->name = "web";
     o->listen_host = "127.0.0.1";
     o->listen_port = 9471;
@@ -320,64 +361,48 @@ int main(int argc, char **argv)
 #ifdef CBUS_WEB_PRICES
     o->prices = CBUS_WEB_PRICES;
 #endif
-    const char *config = NULL, *listen = NULL, *token_file = NULL, *cost = NULL, *rl = NULL,
-               *prices = NULL, *name = NULL, *history = NULL, *queue = NULL;
-    int verbose = 0, opt;
-    const char *status_file = NULL;
-    while ((opt = getopt_long(argc, argv, "b:c:l:t:C:R:p:H:q:n:S:vh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'b': o->bus = optarg; break;
-        case 'c': config = optarg; break;
-        case 'l': listen = optarg; break;
-        case 't': token_file = optarg; break;
-        case 'C': cost = optarg; break;
-        case 'R': rl = optarg; break;
-        case 'p': prices = optarg; break;
-        case 'H': history = optarg; break;
-        case 'q': queue = optarg; break;
-        case 'n': name = optarg; break;
-        case 'S': status_file = optarg; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    cbus_log_init("cbus-web", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
-    if (optind < argc) {
-        fprintf(stderr, "cbus-web: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
+    const char *listen = NULL, *token_file = NULL, *cost = NULL, *rl = NULL, *prices = NULL,
+               *name = NULL, *history = NULL, *queue = NULL, *status_file = NULL;
+    const struct cbus_daemon_opt own[] = {
+        {"listen", 'l', &listen, NULL},          {"token-file", 't', &token_file, NULL},
+        {"cost-snapshot", 'C', &cost, NULL},     {"ratelimit-status", 'R', &rl, NULL},
+        {"prices", 'p', &prices, NULL},          {"history", 'H', &history, NULL},
+        {"client-queue", 'q', &queue, NULL},     {"name", 'n', &name, NULL},
+        {"status-file", 'S', &status_file, NULL}, {NULL, 0, NULL, NULL},
+    };
+    struct cbus_daemon_args args = {.prog = "cbus-web", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r == 0 ? -1 : r;
     char err[1024];
-    if (config && load_config(&d, config, err, sizeof err)) {
+    if (args.config && load_config(d, args.config, err, sizeof err)) {
         cbus_log_error("%s", err);
-        cbus_cfg_free(&d.cfg);
         return 2;
     }
-    if (cbus_daemon_pick_bus(d.cfg_bus, sizeof d.cfg_bus, o->bus))
+    if (cbus_daemon_pick_bus(d->cfg_bus, sizeof d->cfg_bus, args.bus))
         return 2;
-    o->bus = d.cfg_bus;
-    if (d.cfg_consumer[0])
-        o->name = d.cfg_consumer;
-    if (d.cfg_status[0])
-        d.status_file = d.cfg_status;
+    o->bus = d->cfg_bus;
+    if (d->cfg_consumer[0])
+        o->name = d->cfg_consumer;
+    if (d->cfg_status[0])
+        d->status_file = d->cfg_status;
     /* Flags override the file. */
-    if (listen && parse_listen(&d, listen)) {
+    if (listen && parse_listen(d, listen)) {
         cbus_log_error("--listen %s: want HOST:PORT or [V6]:PORT", listen);
         return 2;
     }
-    if (token_file && read_token(&d, token_file, err, sizeof err)) {
+    if (token_file && read_token(d, token_file, err, sizeof err)) {
         cbus_log_error("%s", err);
         return 2;
     }
     const char *env_token = getenv("CBUS_WEB_TOKEN");
     if (!o->token && env_token && *env_token) {
-        if (strlen(env_token) < 16 || strlen(env_token) >= sizeof d.token) {
+        if (strlen(env_token) < 16 || strlen(env_token) >= sizeof d->token) {
             cbus_log_error("CBUS_WEB_TOKEN: want 16 to 255 characters");
             return 2;
         }
-        snprintf(d.token, sizeof d.token, "%s", env_token);
-        o->token = d.token;
+        snprintf(d->token, sizeof d->token, "%s", env_token);
+        o->token = d->token;
     }
     if (name) {
         if (cbus_name_valid(name)) {
@@ -386,96 +411,75 @@ int main(int argc, char **argv)
         }
         o->name = name;
     }
-    if (history) {
-        char *end;
-        unsigned long long v = strtoull(history, &end, 10);
-        if (*end || v < QUEUE_MIN || v > (1u << 24)) {
-            cbus_log_error("--history %s: want 1024 .. 16777216 events", history);
-            return 2;
-        }
-        o->history = v;
-    }
-    if (queue) {
-        char *end;
-        unsigned long long v = strtoull(queue, &end, 10);
-        if (*end || v < QUEUE_MIN || v > (1u << 24)) {
-            cbus_log_error("--client-queue %s: want %u .. 16777216 events", queue, QUEUE_MIN);
-            return 2;
-        }
-        o->client_queue = v;
-    }
+    if ((history && flag_events("--history", history, QUEUE_MIN, &o->history)) ||
+        (queue && flag_events("--client-queue", queue, QUEUE_MIN, &o->client_queue)))
+        return 2;
     if (cost)
         o->cost_snapshot = cost;
     if (rl)
         o->ratelimit_status = rl;
     if (prices)
         o->prices = *prices ? prices : NULL;
-    if (!o->cost_snapshot) {
-        char dir[900];
-        if (!cbus_state_dir_default(dir, sizeof dir, "cost")) {
-            snprintf(d.cost_path, sizeof d.cost_path, "%s/%s/snapshot.json", dir, o->bus);
-            o->cost_snapshot = d.cost_path;
-        }
-    }
-    if (!o->ratelimit_status) {
-        char dir[900];
-        if (!cbus_state_dir_default(dir, sizeof dir, "ratelimit")) {
-            snprintf(d.rl_path, sizeof d.rl_path, "%s/status-%s.json", dir, o->bus);
-            o->ratelimit_status = d.rl_path;
-        }
-    }
     if (status_file)
-        d.status_file = *status_file && strcmp(status_file, "off") ? status_file : NULL; /* "", off: none */
-    else if (!d.status_file && !d.status_off) {
-        char dir[900];
-        if (!cbus_state_dir_default(dir, sizeof dir, "web")) {
-            snprintf(d.status_path, sizeof d.status_path, "%s/status-%s.json", dir, o->bus);
-            d.status_file = d.status_path;
-        }
-    }
-    if (d.status_file) {
-        /* Private, like every daemon's state: the file is replaced every second. */
-        char why[8192];
-        if (cbus_state_file_dir_prepare(d.status_file, 0700, why, sizeof why)) {
-            cbus_log_error("status file %s: %s", d.status_file, why);
-            return 1;
-        }
-    }
-    if (!is_loopback(o->listen_host) && !o->token) {
-        cbus_log_error("listen %s is not loopback: give a token (--token-file or CBUS_WEB_TOKEN)",
-                       o->listen_host);
-        return 2;
-    }
-    if (o->client_queue > o->history)
-        o->client_queue = o->history; /* a client cannot be further behind than the history */
+        d->status_file = *status_file && strcmp(status_file, "off") ? status_file : NULL; /* "", off: none */
+    return default_paths(d);
+}
 
-    int rc = 1;
+/* What the streams share: prices, the history, the locks and buffers.
+ * Returns 0 or 1 (logged; free_state undoes what was done). */
+static int set_up(struct daemon *d)
+{
+    struct web *w = &d->w;
+    struct web_opts *o = &w->o;
+    char err[1024];
     if (o->prices) {
-        int r = cost_prices_load(&d.prices, o->prices, NULL, err, sizeof err);
+        int r = cost_prices_load(&d->prices, o->prices, NULL, err, sizeof err);
         if (r) {
             cbus_log_warn("prices %s: %s; progress shows cost_usd null", o->prices, err);
-            d.prices = NULL;
+            d->prices = NULL;
         }
     }
-    w->prices = d.prices;
-    if (web_hist_init(&w->hist, o->history, o->history_bytes)) {
-        cbus_log_error("history of %" PRIu64 " events: out of memory", o->history);
-        goto err_prices;
-    }
+    w->prices = d->prices;
     pthread_mutex_init(&w->cmu, NULL);
     pthread_mutex_init(&w->docmu, NULL);
     sbuf_init(&w->render);
     for (unsigned i = 0; i < WEB_ERRORS_KEPT; i++)
         sbuf_init(&w->errors[i]);
+    if (web_hist_init(&w->hist, o->history, o->history_bytes)) {
+        cbus_log_error("history of %" PRIu64 " events: out of memory", o->history);
+        return 1;
+    }
     w->lens = calloc(BATCH, sizeof *w->lens);
     if (!w->lens)
-        goto err_hist;
+        return 1;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     w->start_realtime_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     snprintf(w->epoch, sizeof w->epoch, "%" PRIx64, w->start_realtime_ns / 1000);
+    return 0;
+}
 
-    cbus_daemon_signals();
+static void free_state(struct daemon *d)
+{
+    struct web *w = &d->w;
+    free(w->lens);
+    sbuf_free(&w->render);
+    for (unsigned i = 0; i < WEB_ERRORS_KEPT; i++)
+        sbuf_free(&w->errors[i]);
+    free(w->state_doc);
+    free(w->metrics_doc);
+    web_hist_free(&w->hist);
+    cost_prices_free(d->prices);
+    cbus_cfg_free(&d->cfg);
+}
+
+/* On the bus and listening: the loop until a signal, then every stream
+ * ends with a bye.  Returns the exit status. */
+static int serve(struct daemon *d)
+{
+    struct web *w = &d->w;
+    struct web_opts *o = &w->o;
+    int rc = 1;
     /* Lossy, from the newest event: a view never slows producers, and the
      * history fills from now (a restart starts a new epoch of ids). */
     struct cbus_consumer_opts co = {.name = o->name, .mode = CBUS_LOSSY, .start = CBUS_START_NEWEST};
@@ -483,11 +487,11 @@ int main(int argc, char **argv)
     int r = cbus_attach_start(&w->cons, &(struct cbus_attach_start){.bus = o->bus, .opts = co});
     if (r) {
         cbus_log_error("bus %s: attach as %s: %s", o->bus, o->name, cbus_strerror(r));
-        goto err_hist;
+        return 1;
     }
-    if (cbus_loop_init(&d.loop, w->cons, o->bus, &co, BATCH, 0, &d)) {
+    if (cbus_loop_init(&d->loop, w->cons, o->bus, &co, BATCH, 0, d)) {
         cbus_log_error("out of memory");
-        goto err_hist;
+        return 1;
     }
     web_render_docs(w, cbus_now_ns());
     struct cbus_httpd_opts ho = {.host = o->listen_host, .port = o->listen_port,
@@ -498,28 +502,28 @@ int main(int argc, char **argv)
         goto err_loop;
     }
     unsigned port = cbus_httpd_port(w->httpd);
-    d.port = port;
-    write_status(&d, 1);
+    d->port = port;
+    write_status(d, 1);
     int v6 = strchr(o->listen_host, ':') != NULL;
     cbus_log_info("started: bus %s as %s, dashboard http://%s%s%s:%u/%s, history %" PRIu64
                   " events, client queue %" PRIu64 ", prices %s",
                   o->bus, o->name, v6 ? "[" : "", o->listen_host, v6 ? "]" : "", port,
                   o->token ? " (token required)" : "", w->hist.cap, o->client_queue,
-                  d.prices ? o->prices : "none");
+                  d->prices ? o->prices : "none");
     /* The port on stdout too, alone on a line: a script that asked for
      * port 0 reads it from there. */
     printf("listening %s %u\n", o->listen_host, port);
     fflush(stdout);
 
-    struct cbus_loop *l = &d.loop;
+    struct cbus_loop *l = &d->loop;
     l->on_batch = on_batch;
     l->on_arrived = arrived;
     l->before_sleep = before_sleep;
     l->max_wait_ns = 100 * MS;
     cbus_loop_every(l, 500 * MS, 500 * MS, tick, 0);
     cbus_loop_every(l, o->state_interval_ns, o->state_interval_ns, docs_timer, 1);
-    if (d.status_interval_ns && d.status_file)
-        cbus_loop_every(l, d.status_interval_ns, 0, status_timer, 1);
+    if (d->status_interval_ns && d->status_file)
+        cbus_loop_every(l, d->status_interval_ns, 0, status_timer, 1);
     rc = cbus_loop_run(l);
 
     /* Streams end with a "bye" frame; then the server stops (no connection
@@ -532,21 +536,20 @@ int main(int argc, char **argv)
     }
     web_wake(w, cbus_now_ns(), 1);
     cbus_httpd_stop(w->httpd);
-    write_status(&d, 0);
+    write_status(d, 0);
     cbus_log_info("stopped: %" PRIu64 " events, %" PRIu64 " streams, %" PRIu64 " cut loose",
                   w->events, w->clients_total, w->clients_cut);
 err_loop:
-    cbus_loop_close(&d.loop);
-err_hist:
-    free(w->lens);
-    sbuf_free(&w->render);
-    for (unsigned i = 0; i < WEB_ERRORS_KEPT; i++)
-        sbuf_free(&w->errors[i]);
-    free(w->state_doc);
-    free(w->metrics_doc);
-    web_hist_free(&w->hist);
-err_prices:
-    cost_prices_free(d.prices);
-    cbus_cfg_free(&d.cfg);
+    cbus_loop_close(&d->loop);
     return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static struct daemon d; /* large (the tables): not on the stack */
+    int rc = configure(&d, argc, argv);
+    if (rc == 0 && (rc = set_up(&d)) == 0)
+        rc = serve(&d);
+    free_state(&d);
+    return rc < 0 ? 0 : rc;
 }
