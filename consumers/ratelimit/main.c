@@ -6,7 +6,6 @@
 #include <cbus/consumer.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,160 +196,159 @@ static void usage(FILE *f)
             "                             [--top N] [--json]  hottest keys and the admission table\n");
 }
 
-int main(int argc, char **argv)
+/* The command line, the config (--check stops there), the bus and the
+ * status file.  Returns 0, or the exit status (-1: exit 0; logged). */
+static int configure(struct daemon *d, int argc, char **argv, const char **config)
 {
-    if (argc > 1 && !strcmp(argv[1], "status"))
-        return rl_status_main(argc - 1, argv + 1);
-    static const struct option longopts[] = {
-        {"bus", required_argument, NULL, 'b'},
-        {"config", required_argument, NULL, 'c'},
-        {"status-file", required_argument, NULL, 's'},
-        {"check", no_argument, NULL, 'k'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const char *status_file = NULL;
+    int check = 0;
+    const struct cbus_daemon_opt own[] = {
+        {"status-file", 's', &status_file, NULL},
+        {"check", 'k', NULL, &check},
+        {NULL, 0, NULL, NULL},
     };
-    struct daemon d;
-    memset(&d, 0, sizeof d);
-    const char *config = NULL, *status_file = NULL;
-    int check = 0, verbose = 0, opt;
-    while ((opt = getopt_long(argc, argv, "b:c:s:kvh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'b': d.bus_name = optarg; break;
-        case 'c': config = optarg; break;
-        case 's': status_file = optarg; break;
-        case 'k': check = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    cbus_log_init("cbus-ratelimit", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
-    if (optind < argc) {
-        fprintf(stderr, "cbus-ratelimit: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    if (!config && check) {
+    struct cbus_daemon_args args = {.prog = "cbus-ratelimit", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r == 0 ? -1 : r;
+    if (!args.config && check) {
         fprintf(stderr, "cbus-ratelimit: --check needs --config PATH\n");
         return 2;
     }
+    *config = args.config ? args.config : RL_DEFAULT_CONFIG_PATH;
     char err[1024];
-    if (!config)
-        config = RL_DEFAULT_CONFIG_PATH;
-    if (rl_config_load(&d.cfg, config, err, sizeof err)) {
+    if (rl_config_load(&d->cfg, *config, err, sizeof err)) {
         cbus_log_error("%s", err);
         return 2;
     }
     if (check) {
-        printf("%s: %zu rules ok\n", config, d.cfg.rules.count);
-        rl_config_free(&d.cfg);
-        return 0;
+        printf("%s: %zu rules ok\n", *config, d->cfg.rules.count);
+        return -1;
     }
-    if (!d.bus_name && d.cfg.bus[0])
-        d.bus_name = d.cfg.bus; /* [bus] name */
-    if (!d.bus_name || cbus_name_valid(d.bus_name)) {
-        cbus_log_error(d.bus_name ? "bad bus name '%s'" : "--bus NAME is required%s",
-                       d.bus_name ? d.bus_name : "");
-        rl_config_free(&d.cfg);
+    if (cbus_daemon_pick_bus(d->cfg.bus, sizeof d->cfg.bus, args.bus))
         return 2;
-    }
+    d->bus_name = d->cfg.bus;
     if (status_file)
-        snprintf(d.cfg.status_file, sizeof d.cfg.status_file, "%s", status_file);
-    else if (!d.cfg.status_file[0] &&
-             rl_default_status_path(d.cfg.status_file, sizeof d.cfg.status_file, d.bus_name)) {
+        snprintf(d->cfg.status_file, sizeof d->cfg.status_file, "%s", status_file);
+    else if (!d->cfg.status_file[0] &&
+             rl_default_status_path(d->cfg.status_file, sizeof d->cfg.status_file, d->bus_name)) {
         cbus_log_error("no state directory for the status file (set XDG_STATE_HOME or HOME, or "
                        "give status_file or --status-file)");
-        rl_config_free(&d.cfg);
         return 2;
     }
     /* The status file's directory must be private: the daemon (often root)
      * replaces a file there every second (issue 12 item 16). */
     char why[8192];
-    if (cbus_state_file_dir_prepare(d.cfg.status_file, 0700, why, sizeof why)) {
-        cbus_log_error("status file %s: %s", d.cfg.status_file, why);
-        rl_config_free(&d.cfg);
+    if (cbus_state_file_dir_prepare(d->cfg.status_file, 0700, why, sizeof why)) {
+        cbus_log_error("status file %s: %s", d->cfg.status_file, why);
         return 1;
     }
-    size_t nrules = d.cfg.rules.count;
-    int r = rl_new(&d.l, &d.cfg.rules, &d.cfg.opts);
+    return 0;
+}
+
+/* The limiter and, with [cluster], the fleet.  Returns 0 or 1 (logged). */
+static int open_limiter(struct daemon *d)
+{
+    int r = rl_new(&d->l, &d->cfg.rules, &d->cfg.opts);
     if (r) {
         cbus_log_error("limiter: %s", strerror(-r));
-        rl_config_free(&d.cfg);
         return 1;
     }
-    if (d.cfg.cluster.enabled) {
-        /* Redis is reached at the first sync: an unreachable one is a log
-         * line and local limits, never a daemon that does not start. */
-        r = rl_fleet_open(&d.fleet, d.l, &d.cfg.cluster);
-        if (r) {
-            cbus_log_error("cluster: %s", strerror(-r));
-            rl_free(d.l);
-            rl_config_free(&d.cfg);
-            return 1;
-        }
+    /* Redis is reached at the first sync: an unreachable one is a log
+     * line and local limits, never a daemon that does not start. */
+    if (d->cfg.cluster.enabled && (r = rl_fleet_open(&d->fleet, d->l, &d->cfg.cluster))) {
+        cbus_log_error("cluster: %s", strerror(-r));
+        return 1;
     }
-    cbus_daemon_signals();
-    int rc = 1;
-    struct cbus_consumer_opts co = {.name = d.cfg.name, .mode = CBUS_LOSSY, .start = CBUS_START_OLDEST};
+    return 0;
+}
+
+/* On the bus: the consumer in the loop and the admission writer.
+ * Returns 0 or 1 (logged). */
+static int join_bus(struct daemon *d)
+{
+    struct cbus_consumer_opts co = {.name = d->cfg.name, .mode = CBUS_LOSSY, .start = CBUS_START_OLDEST};
     /* From the oldest event still in the ring: a restarted limiter rebuilds
      * its counts exactly (decisions use event timestamps), and verdicts that
-     * have lapsed meanwhile are never published.  The consumer owns its bus
-     * so that attach.c can move it to a re-created one. */
-    /* The daemons' resume policy (attach.h): nothing saved, so case 3. */
-    r = cbus_attach_start(&d.cons, &(struct cbus_attach_start){.bus = d.bus_name, .opts = co});
+     * have lapsed meanwhile are never published.  The daemons' resume
+     * policy (attach.h): nothing saved, so case 3.  The consumer owns its
+     * bus so that attach.c can move it to a re-created one. */
+    int r = cbus_attach_start(&d->cons, &(struct cbus_attach_start){.bus = d->bus_name, .opts = co});
     if (r) {
-        cbus_log_error("bus %s: attach as %s: %s", d.bus_name, d.cfg.name, cbus_strerror(r));
-        goto err_bus;
+        cbus_log_error("bus %s: attach as %s: %s", d->bus_name, d->cfg.name, cbus_strerror(r));
+        return 1;
     }
-    d.bus = cbus_consumer_bus(d.cons);
-    if (cbus_loop_init(&d.loop, d.cons, d.bus_name, &co, BATCH, 0, &d)) {
+    d->bus = cbus_consumer_bus(d->cons);
+    if (cbus_loop_init(&d->loop, d->cons, d->bus_name, &co, BATCH, 0, d)) {
         cbus_log_error("out of memory");
-        goto err_bus;
+        return 1;
     }
-    d.loop.at.leaving = leaving_bus;
-    d.loop.at.arg = &d;
-    r = cbus_admit_writer_register(d.bus, d.cfg.name, &d.writer);
+    d->loop.at.leaving = leaving_bus;
+    d->loop.at.arg = d;
+    r = cbus_admit_writer_register(d->bus, d->cfg.name, &d->writer);
     if (r) {
-        cbus_log_error("admission writer %s: %s", d.cfg.name, cbus_strerror(r));
-        goto err_writer;
+        cbus_log_error("admission writer %s: %s", d->cfg.name, cbus_strerror(r));
+        return 1;
     }
-    cbus_log_info("started: bus %s, %zu rules from %s, writer %u, status %s%s", d.bus_name, nrules,
-                  config, d.writer, d.cfg.status_file, d.cfg.opts.count_only ? ", count only" : "");
-    if (d.fleet) {
-        const struct cbus_cluster_conf *cc = &d.cfg.cluster;
-        char addr[400];
-        if (cc->unix_path[0])
-            snprintf(addr, sizeof addr, "unix:%s", cc->unix_path);
-        else
-            snprintf(addr, sizeof addr, "%s:%u", cc->host, cc->port);
-        cbus_log_info("fleet: node %s, redis %s, prefix %s, sync every %llu ms, local_share %g",
-                      cc->node, addr, cc->prefix, (unsigned long long)(cc->interval_ns / MS),
-                      cc->local_share);
-    }
-    rc = run(&d);
-    if (d.fleet) { /* this node's last counts, if Redis answers within its timeout */
-        const struct cbus_cluster_conf *cc = &d.cfg.cluster;
+    return 0;
+}
+
+static void log_started(const struct daemon *d, const char *config)
+{
+    cbus_log_info("started: bus %s, %zu rules from %s, writer %u, status %s%s", d->bus_name,
+                  d->cfg.rules.count, config, d->writer, d->cfg.status_file,
+                  d->cfg.opts.count_only ? ", count only" : "");
+    if (!d->fleet)
+        return;
+    const struct cbus_cluster_conf *cc = &d->cfg.cluster;
+    char addr[400];
+    if (cc->unix_path[0])
+        snprintf(addr, sizeof addr, "unix:%s", cc->unix_path);
+    else
+        snprintf(addr, sizeof addr, "%s:%u", cc->host, cc->port);
+    cbus_log_info("fleet: node %s, redis %s, prefix %s, sync every %llu ms, local_share %g",
+                  cc->node, addr, cc->prefix, (unsigned long long)(cc->interval_ns / MS),
+                  cc->local_share);
+}
+
+/* After the loop: the fleet's last counts, the last status, our verdicts
+ * taken off the bus. */
+static void finish(struct daemon *d)
+{
+    if (d->fleet) { /* this node's last counts, if Redis answers within its timeout */
+        const struct cbus_cluster_conf *cc = &d->cfg.cluster;
         uint64_t t = cbus_now_ns(), end = t + cc->timeout_ns + cc->interval_ns;
-        while (rl_fleet_sync(d.fleet, t) == -EINPROGRESS && t < end) {
+        while (rl_fleet_sync(d->fleet, t) == -EINPROGRESS && t < end) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
             t = cbus_now_ns();
         }
     }
-    write_status(&d, cbus_now_ns());
+    write_status(d, cbus_now_ns());
     /* Our verdicts go with us: a limiter that stops cleanly leaves no throttle. */
-    cbus_admit_writer_release(d.bus, d.writer);
+    cbus_admit_writer_release(d->bus, d->writer);
     struct rl_stats st;
-    rl_get_stats(d.l, &st);
+    rl_get_stats(d->l, &st);
     cbus_log_info("stopped: %llu events, %llu requests, %llu throttles, %llu over limit",
                   (unsigned long long)st.events, (unsigned long long)st.requests,
                   (unsigned long long)st.throttles, (unsigned long long)st.over_limit);
-err_writer:
-    cbus_loop_close(&d.loop); /* the consumer and its bus */
-err_bus:
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "status"))
+        return rl_status_main(argc - 1, argv + 1);
+    static struct daemon d;
+    const char *config = NULL;
+    int rc = configure(&d, argc, argv, &config);
+    if (rc == 0 && (rc = open_limiter(&d)) == 0 && (rc = join_bus(&d)) == 0) {
+        log_started(&d, config);
+        rc = run(&d);
+        finish(&d);
+    }
+    cbus_loop_close(&d.loop); /* the consumer and its bus; nothing if never made */
     rl_fleet_close(d.fleet);
     rl_free(d.l);
     rl_config_free(&d.cfg);
-    return rc;
+    return rc < 0 ? 0 : rc;
 }
