@@ -4,7 +4,6 @@
  *   cbus-audit verify FILE|DIR...                                 check the chain
  *   cbus-audit cat [filters] FILE|DIR...                          JSON lines
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,31 +25,22 @@ static void usage(FILE *f)
 
 static int run_main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"bus", required_argument, NULL, 'b'}, {"config", required_argument, NULL, 'c'},
-        {"dir", required_argument, NULL, 'd'}, {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},      {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
-    const char *bus = NULL, *config = NULL, *dir = NULL;
-    int verbose = 0, opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "b:c:d:vh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'b': bus = optarg; break;
-        case 'c': config = optarg; break;
-        case 'd': dir = optarg; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("cbus-audit %s\n", CBUS_VERSION_STRING); return 0;
-        default: usage(stderr); return 2;
-        }
+    const char *dir = NULL;
+    int version = 0;
+    const struct cbus_daemon_opt own[] = {
+        {"dir", 'd', &dir, NULL},
+        {"version", 0, NULL, &version},
+        {NULL, 0, NULL, NULL},
+    };
+    struct cbus_daemon_args args = {.prog = "cbus-audit", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r;
+    if (version) {
+        printf("cbus-audit %s\n", CBUS_VERSION_STRING);
+        return 0;
     }
-    if (optind < argc) {
-        fprintf(stderr, "cbus-audit: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    cbus_log_init("cbus-audit", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+    const char *bus = args.bus, *config = args.config;
     struct audit_config cfg;
     char err[512];
     audit_config_defaults(&cfg);
@@ -77,7 +67,6 @@ static int run_main(int argc, char **argv)
         fprintf(stderr, "cbus-audit: %s\n", err);
         return 2;
     }
-    cbus_daemon_signals();
     return audit_run(&cfg);
 }
 

@@ -201,6 +201,16 @@ static void leaving_bus(void *arg, cbus_consumer *old)
 }
 
 /* Now on a new bus: the log continues in a new file for its bus id. */
+/* The writer's blocking calls, as the loop's slow sections. */
+static void writer_slow(void *arg, int begin)
+{
+    struct audit_daemon *d = arg;
+    if (begin)
+        cbus_loop_slow_begin(&d->loop);
+    else
+        cbus_loop_slow_end(&d->loop);
+}
+
 static int arrived_bus(void *arg)
 {
     struct audit_daemon *d = arg;
@@ -493,6 +503,7 @@ static int run_loop(const struct audit_config *cfg, struct audit_writer *w, cbus
         cbus_log_error("out of memory");
         return 1;
     }
+    audit_writer_set_slow(w, writer_slow, &d);
     struct cbus_loop *l = &d.loop;
     l->on_batch = on_batch;
     l->on_arrived = arrived_bus;
@@ -506,6 +517,7 @@ static int run_loop(const struct audit_config *cfg, struct audit_writer *w, cbus
     drain(&d);
     report(&d, 1);
     write_status(&d, 0);
+    audit_writer_set_slow(w, NULL, NULL); /* d and its loop end here */
     cbus_loop_close(l);
     return status;
 }

@@ -55,6 +55,8 @@ struct batch {
 
 struct audit_writer {
     struct audit_writer_opts o;
+    void (*slow)(void *arg, int begin); /* audit_writer_set_slow */
+    void *slow_arg;
     char dir[4096];
     char prefix[64];
     char bus[CBUS_NAME_MAX];
@@ -241,12 +243,20 @@ static int open_new_file(struct audit_writer *w, const struct cbus_position *cur
     b->end_records = 0;
     b->pos = *cursor;
     w->file_format = AUDIT_FORMAT;
+    if (w->slow)
+        w->slow(w->slow_arg, 1);
     audit_fsync_dir(w->dir);
+    if (w->slow)
+        w->slow(w->slow_arg, 0);
     cbus_log_info("writing %s (file %llu, first seq %llu, bus cursor %llu%s)", path,
                   (unsigned long long)seq, (unsigned long long)h.first_seq,
                   (unsigned long long)h.bus_cursor,
                   h.pos.lanes > 1 ? " summed over the lanes" : "");
+    if (w->slow)
+        w->slow(w->slow_arg, 1);
     int removed = audit_retention(w->dir, w->prefix, w->o.retain_files);
+    if (w->slow)
+        w->slow(w->slow_arg, 0);
     if (removed > 0)
         w->st.files_removed += (uint64_t)removed;
     return 0;
@@ -469,6 +479,12 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id,
 void audit_writer_set_batch_events(struct audit_writer *w, unsigned n)
 {
     w->o.batch_events = n ? n : 1;
+}
+
+void audit_writer_set_slow(struct audit_writer *w, void (*slow)(void *arg, int begin), void *arg)
+{
+    w->slow = slow;
+    w->slow_arg = arg;
 }
 
 /* ---- appending ------------------------------------------------------------- */

@@ -90,6 +90,12 @@ int audit_writer_set_bus(struct audit_writer *w, uint64_t bus_id,
 /* Lowers (or raises) the records per batch from now on (n >= 1). */
 void audit_writer_set_batch_events(struct audit_writer *w, unsigned n);
 
+/* The writer's few blocking calls (the directory's fsync and retention's
+ * unlinks at a rotation; its data goes through io_uring) are bracketed by
+ * slow(arg, 1) and slow(arg, 0): the daemon's loop heartbeats meanwhile
+ * (consumers/daemon loop.h, slow sections).  NULL: none. */
+void audit_writer_set_slow(struct audit_writer *w, void (*slow)(void *arg, int begin), void *arg);
+
 /* Appends one record, preceded by a gap record when ev's lane position is
  * past the one after the last record of its lane (the positions between
  * never arrived); an event below that is already in the log and is skipped.
