@@ -8,13 +8,17 @@
 #include <cbus/cbus.h>
 #include <cbus/layout.h>
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static char *trim(char *s)
 {
@@ -188,25 +192,129 @@ int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, cha
     return r;
 }
 
+#define CFG_MAX_BYTES ((size_t)64 << 20)
+
+int cbus_cfg_read_text(const char *path, char **text, char *err, size_t errlen)
+{
+    *text = NULL;
+    /* O_NONBLOCK: a FIFO planted at the path must not hang the start; a
+     * directory would read as an empty file, i.e. a daemon on defaults.
+     * Only a regular file is a config. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    int fs = fstat(fd, &st);
+    if (fs < 0 || !S_ISREG(st.st_mode)) {
+        int isdir = fs == 0 && S_ISDIR(st.st_mode);
+        close(fd);
+        snprintf(err, errlen, "%s: %s", path,
+                 isdir ? "is a directory, not a config file" : "not a regular file");
+        return isdir ? -EISDIR : -EINVAL;
+    }
+    size_t cap = (size_t)st.st_size + 4096, n = 0;
+    char *buf = cap <= CFG_MAX_BYTES + 4096 ? malloc(cap) : NULL;
+    int rc = buf ? 0 : (cap > CFG_MAX_BYTES + 4096 ? -EFBIG : -ENOMEM);
+    while (!rc) {
+        if (n + 1 >= cap) { /* it grew since the fstat */
+            char *nb = cap <= CFG_MAX_BYTES ? realloc(buf, cap * 2) : NULL;
+            if (!nb) {
+                rc = cap > CFG_MAX_BYTES ? -EFBIG : -ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            rc = -EIO;
+        else if (r == 0)
+            break;
+        else
+            n += (size_t)r;
+    }
+    close(fd);
+    if (!rc && n > CFG_MAX_BYTES)
+        rc = -EFBIG;
+    if (!rc && memchr(buf, '\0', n))
+        rc = -EBADMSG;
+    if (rc) {
+        free(buf);
+        snprintf(err, errlen, "%s: %s", path,
+                 rc == -EFBIG    ? "larger than 64 MiB"
+                 : rc == -EIO    ? "read error"
+                 : rc == -EBADMSG ? "contains a NUL byte (not a text file)"
+                                 : strerror(-rc));
+        return rc == -EBADMSG ? -EINVAL : rc;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    return 0;
+}
+
 int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
     char *buf;
-    size_t len;
-    int rr = cbus_read_file(path, (size_t)64 << 20, &buf, &len);
-    if (rr) {
-        snprintf(err, errlen, "%s: %s", path,
-                 rr == -EFBIG ? "larger than 64 MiB" : rr == -EIO ? "read error" : strerror(-rr));
-        return rr;
-    }
-    if (memchr(buf, '\0', len)) {
-        free(buf);
-        snprintf(err, errlen, "%s: contains a NUL byte (not a text file)", path);
-        return -EINVAL;
-    }
-    int r = cbus_cfg_parse(cfg, path, buf, err, errlen);
+    int r = cbus_cfg_read_text(path, &buf, err, errlen);
+    if (r)
+        return r;
+    r = cbus_cfg_parse(cfg, path, buf, err, errlen);
     free(buf);
     return r;
+}
+
+int cbus_cfg_path(char *dst, size_t dstlen, const char *base_dir, const char *v)
+{
+    int n;
+    if (v[0] == '/' || !base_dir || !base_dir[0])
+        n = snprintf(dst, dstlen, "%s", v);
+    else
+        n = snprintf(dst, dstlen, "%s/%s", base_dir, v);
+    return n < 0 || (size_t)n >= dstlen ? -ENAMETOOLONG : 0;
+}
+
+int cbus_parse_loopback_listen(const char *v, char *host, size_t hostlen, unsigned *port,
+                               const char **why)
+{
+    const char *colon = strrchr(v, ':');
+    *why = "want HOST:PORT (127.0.0.1:9470 or [::1]:9470)";
+    if (!colon || colon == v)
+        return -EINVAL;
+    char h[64];
+    size_t hl = (size_t)(colon - v);
+    if (v[0] == '[' && hl > 2 && v[hl - 1] == ']') { /* [::1]:port */
+        v++;
+        hl -= 2;
+    }
+    if (hl >= sizeof h || hl >= hostlen)
+        return -EINVAL;
+    memcpy(h, v, hl);
+    h[hl] = '\0';
+    char *end;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || p > 65535) {
+        *why = "port must be 0..65535";
+        return -EINVAL;
+    }
+    if (!strcmp(h, "localhost"))
+        snprintf(h, sizeof h, "127.0.0.1");
+    struct in_addr a4;
+    struct in6_addr a6;
+    int loop4 = inet_pton(AF_INET, h, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+    int loop6 = inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    if (!loop4 && !loop6) {
+        *why = "served on loopback only (127.0.0.0/8, ::1)";
+        return -EINVAL;
+    }
+    snprintf(host, hostlen, "%s", h);
+    *port = (unsigned)p;
+    return 0;
 }
 
 void cbus_cfg_free(struct cbus_cfg *cfg)

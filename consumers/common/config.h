@@ -34,9 +34,22 @@ struct cbus_cfg {
     char *expanded;        /* owns values with %S expanded */
 };
 
-/* Loads and parses path.  Returns 0, or -errno with a message in err
- * ("FILE:LINE: what is wrong"). */
+/* Loads and parses path (cbus_cfg_read_text).  Returns 0, or -errno with a
+ * message in err ("FILE:LINE: what is wrong"). */
 int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errlen);
+/* The text of the config file at path into *text (malloc'd, NUL-ended):
+ * only a regular file (a directory or FIFO is refused, opened without
+ * blocking), at most 64 MiB, no NUL byte (the parser would stop there and
+ * ignore the rest).  Returns 0 or -errno with "PATH: why" in err. */
+int cbus_cfg_read_text(const char *path, char **text, char *err, size_t errlen);
+/* A path from a config value: v itself if absolute or base_dir is empty,
+ * else base_dir/v (the config's own directory).  0 or -ENAMETOOLONG. */
+int cbus_cfg_path(char *dst, size_t dstlen, const char *base_dir, const char *v);
+/* "HOST:PORT" (or "[V6]:PORT") on loopback only: 127.0.0.0/8, ::1 or
+ * localhost (-> 127.0.0.1); port 0..65535 (0: any free one).  Returns 0 or
+ * -EINVAL with *why set to a phrase for the message. */
+int cbus_parse_loopback_listen(const char *v, char *host, size_t hostlen, unsigned *port,
+                               const char **why);
 /* Parses text already in memory; name is used in messages. */
 int cbus_cfg_parse(struct cbus_cfg *cfg, const char *name, const char *text, char *err, size_t errlen);
 void cbus_cfg_free(struct cbus_cfg *cfg);

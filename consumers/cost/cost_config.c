@@ -58,16 +58,6 @@ int cost_parse_period(const char *s, uint32_t *days)
 }
 
 /* Joins a relative path onto base_dir. */
-static int set_path(char *dst, size_t dstlen, const char *base_dir, const char *v)
-{
-    int n;
-    if (v[0] == '/' || !base_dir || !base_dir[0])
-        n = snprintf(dst, dstlen, "%s", v);
-    else
-        n = snprintf(dst, dstlen, "%s/%s", base_dir, v);
-    return n < 0 || (size_t)n >= dstlen ? -ENAMETOOLONG : 0;
-}
-
 static int parse_thresholds(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
                             uint32_t *pcts, unsigned *n, char *err, size_t errlen)
 {
@@ -201,28 +191,11 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
 static int parse_listen(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
                         struct cost_config *c, char *err, size_t errlen)
 {
-    const char *colon = strrchr(e->value, ':');
-    if (!colon || colon == e->value)
-        return cbus_cfg_error(cfg, e, err, errlen, "'%s': want HOST:PORT (127.0.0.1:9464)",
-                              e->value);
-    char host[64];
-    size_t hl = (size_t)(colon - e->value);
-    if (hl >= sizeof host)
-        return cbus_cfg_error(cfg, e, err, errlen, "host too long");
-    memcpy(host, e->value, hl);
-    host[hl] = '\0';
-    char *end;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || port > 65535)
-        return cbus_cfg_error(cfg, e, err, errlen, "'%s': port must be 0..65535", colon + 1);
-    if (!strcmp(host, "localhost"))
-        snprintf(host, sizeof host, "127.0.0.1");
-    struct in_addr a;
-    if (inet_pton(AF_INET, host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127)
-        return cbus_cfg_error(cfg, e, err, errlen,
-                              "'%s': metrics are served on loopback only (127.0.0.0/8)", host);
-    snprintf(c->http_host, sizeof c->http_host, "%s", host);
-    c->http_port = (unsigned)port;
+    const char *why;
+    if (cbus_parse_loopback_listen(e->value, c->http_host, sizeof c->http_host, &c->http_port,
+                                   &why))
+        return cbus_cfg_error(cfg, e, err, errlen, "'%s': %s%s", e->value,
+                              strncmp(why, "served", 6) ? "" : "metrics are ", why);
     return 0;
 }
 
@@ -259,13 +232,13 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
             if (!seen)
                 r = parse_budget(c, &cfg, i, err, errlen);
         } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
-            if (set_path(c->prices_file, sizeof c->prices_file, base_dir, e->value))
+            if (cbus_cfg_path(c->prices_file, sizeof c->prices_file, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "prices") && !strcmp(k, "overrides")) {
-            if (set_path(c->overrides_file, sizeof c->overrides_file, base_dir, e->value))
+            if (cbus_cfg_path(c->overrides_file, sizeof c->overrides_file, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "state") && !strcmp(k, "dir")) {
-            if (set_path(c->state_dir, sizeof c->state_dir, base_dir, e->value))
+            if (cbus_cfg_path(c->state_dir, sizeof c->state_dir, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "state") && !strcmp(k, "checkpoint_interval")) {
             r = cbus_cfg_duration_ns(&cfg, e, &c->checkpoint_interval_ns, err, errlen);
@@ -292,7 +265,7 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
         } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_max_sessions")) {
             r = cbus_cfg_u64(&cfg, e, 0, 10000000, &c->snapshot_max_sessions, err, errlen);
         } else if (!strcmp(s, "prometheus") && !strcmp(k, "textfile")) {
-            if (set_path(c->prom_textfile, sizeof c->prom_textfile, base_dir, e->value))
+            if (cbus_cfg_path(c->prom_textfile, sizeof c->prom_textfile, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "prometheus") && !strcmp(k, "users")) {
             r = cbus_cfg_bool(&cfg, e, &c->prom_users, err, errlen);
@@ -329,7 +302,7 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     for (size_t i = 0; i < cfg.count; i++)
         prices_given |= !strcmp(cfg.entries[i].section, "prices") && !strcmp(cfg.entries[i].key, "file");
     if (!r && !prices_given)
-        set_path(c->prices_file, sizeof c->prices_file, base_dir, "model_prices_and_context_window.json");
+        cbus_cfg_path(c->prices_file, sizeof c->prices_file, base_dir, "model_prices_and_context_window.json");
     cbus_cfg_free(&cfg);
     if (r)
         cost_config_free(c);
@@ -342,78 +315,14 @@ int cost_config_load(struct cost_config *c, const char *path, char *err, size_t 
         defaults(c);
         return 0;
     }
-    /* O_NONBLOCK: a FIFO planted at the path must not hang the start; a
-     * directory opens for reading and then reads as an empty file, i.e. a
-     * daemon on defaults with no budgets at all.  Only a regular file is a
-     * config. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    int fs = fstat(fd, &st);
-    if (fs < 0 || !S_ISREG(st.st_mode)) {
-        int isdir = fs == 0 && S_ISDIR(st.st_mode);
-        close(fd);
-        snprintf(err, errlen, "%s: %s", path,
-                 isdir ? "is a directory, not a config file" : "not a regular file");
-        return isdir ? -EISDIR : -EINVAL;
-    }
-    FILE *f = fdopen(fd, "r");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
-    }
-    struct sbuf_like {
-        char *d;
-        size_t n, cap;
-    } b = {NULL, 0, 0};
-    char chunk[4096];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (b.n + got + 1 > b.cap) {
-            size_t cap = (b.cap ? b.cap : 8192) * 2 + got;
-            char *d = realloc(b.d, cap);
-            if (!d) {
-                free(b.d);
-                fclose(f);
-                snprintf(err, errlen, "%s: out of memory", path);
-                return -ENOMEM;
-            }
-            b.d = d;
-            b.cap = cap;
-        }
-        memcpy(b.d + b.n, chunk, got);
-        b.n += got;
-    }
-    int rerr = ferror(f);
-    fclose(f);
-    if (rerr) {
-        free(b.d);
-        snprintf(err, errlen, "%s: read error", path);
-        return -EIO;
-    }
-    /* The parser stops at a NUL: what follows it would be silently
-     * ignored (budgets included).  As cbus_cfg_load() does: refuse. */
-    if (b.d && memchr(b.d, '\0', b.n)) {
-        free(b.d);
-        snprintf(err, errlen, "%s: contains a NUL byte (not a text file)", path);
-        return -EINVAL;
-    }
-    if (!b.d) {
-        b.d = strdup("");
-        if (!b.d)
-            return -ENOMEM;
-    }
-    b.d[b.n] = '\0';
+    char *text;
+    int rr = cbus_cfg_read_text(path, &text, err, errlen);
+    if (rr)
+        return rr;
     char dir[COST_PATH_MAX];
     snprintf(dir, sizeof dir, "%s", path);
-    int r = cost_config_parse(c, path, b.d, dirname(dir), err, errlen);
-    free(b.d);
+    int r = cost_config_parse(c, path, text, dirname(dir), err, errlen);
+    free(text);
     return r;
 }
 

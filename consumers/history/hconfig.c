@@ -30,52 +30,13 @@ static void defaults(struct hist_config *c)
     c->retention_every_ns = 3600 * SEC;
 }
 
-static int set_path(char *dst, size_t dstlen, const char *base_dir, const char *v)
-{
-    int n;
-    if (v[0] == '/' || !base_dir || !base_dir[0])
-        n = snprintf(dst, dstlen, "%s", v);
-    else
-        n = snprintf(dst, dstlen, "%s/%s", base_dir, v);
-    return n < 0 || (size_t)n >= dstlen ? -ENAMETOOLONG : 0;
-}
-
 int hist_parse_listen(const char *v, char *host, size_t hostlen, unsigned *port, const char **why)
 {
-    const char *colon = strrchr(v, ':');
-    *why = "want HOST:PORT (127.0.0.1:9470 or [::1]:9470)";
-    if (!colon || colon == v)
-        return -EINVAL;
-    char h[64];
-    size_t hl = (size_t)(colon - v);
-    if (v[0] == '[' && hl > 2 && v[hl - 1] == ']') { /* [::1]:port */
-        v++;
-        hl -= 2;
-    }
-    if (hl >= sizeof h || hl >= hostlen)
-        return -EINVAL;
-    memcpy(h, v, hl);
-    h[hl] = '\0';
-    char *end;
-    unsigned long p = strtoul(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || p > 65535) {
-        *why = "port must be 0..65535";
-        return -EINVAL;
-    }
-    if (!strcmp(h, "localhost"))
-        snprintf(h, sizeof h, "127.0.0.1");
-    struct in_addr a4;
-    struct in6_addr a6;
-    int loop4 = inet_pton(AF_INET, h, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
-    int loop6 = inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-    if (!loop4 && !loop6) {
-        /* conversations are private: never on a routable address */
+    /* conversations are private: never on a routable address */
+    int r = cbus_parse_loopback_listen(v, host, hostlen, port, why);
+    if (r && !strncmp(*why, "served", 6))
         *why = "the history API is served on loopback only (127.0.0.0/8, ::1)";
-        return -EINVAL;
-    }
-    snprintf(host, hostlen, "%s", h);
-    *port = (unsigned)p;
-    return 0;
+    return r;
 }
 
 int hist_config_parse(struct hist_config *c, const char *name, const char *text,
@@ -101,7 +62,7 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
         } else if (!strcmp(s, "store") && !strcmp(k, "path")) {
             if (!e->value[0])
                 r = cbus_cfg_error(&cfg, e, err, errlen, "empty path");
-            else if (set_path(c->db, sizeof c->db, base_dir, e->value))
+            else if (cbus_cfg_path(c->db, sizeof c->db, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "store") && !strcmp(k, "fsync")) {
             r = cbus_cfg_bool(&cfg, e, &c->fsync, err, errlen);
@@ -114,13 +75,13 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
             if (!r && (c->retention_every_ns < SEC / 10 || c->retention_every_ns > 86400 * SEC))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 100ms and 1d");
         } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
-            if (e->value[0] && set_path(c->prices, sizeof c->prices, base_dir, e->value))
+            if (e->value[0] && cbus_cfg_path(c->prices, sizeof c->prices, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
             else if (!e->value[0])
                 c->prices[0] = '\0';
         } else if (!strcmp(s, "prices") && !strcmp(k, "overrides")) {
             if (e->value[0] &&
-                set_path(c->prices_overrides, sizeof c->prices_overrides, base_dir, e->value))
+                cbus_cfg_path(c->prices_overrides, sizeof c->prices_overrides, base_dir, e->value))
                 r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
         } else if (!strcmp(s, "http") && !strcmp(k, "listen")) {
             const char *why;
@@ -157,19 +118,10 @@ int hist_config_load(struct hist_config *c, const char *path, char *err, size_t 
         }
         return 0;
     }
-    struct cbus_cfg raw;
-    /* cbus_cfg_load reads and checks the file (regular, no NUL); its text is
-     * parsed again here with our keys. */
-    int r = cbus_cfg_load(&raw, path, err, errlen);
+    char *text;
+    int r = cbus_cfg_read_text(path, &text, err, errlen);
     if (r)
         return r;
-    cbus_cfg_free(&raw);
-    char *text;
-    r = cbus_read_file(path, 0, &text, NULL);
-    if (r) {
-        snprintf(err, errlen, "%s: %s", path, strerror(-r));
-        return r;
-    }
     char dir[HIST_PATH_MAX];
     snprintf(dir, sizeof dir, "%s", path);
     r = hist_config_parse(c, path, text, dirname(dir), err, errlen);

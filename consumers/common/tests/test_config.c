@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -194,4 +195,62 @@ Test(common_config, bus_start_is_shared_and_resume_only_where_offered)
     struct cbus_cfg_common none = cc_for("cost");
     cr_assert_eq(apply(&none, "[bus]\nstart = oldest\n", &taken), 0, "%s", err);
     cr_assert_eq(taken, 0, "a daemon without the setting keeps the key to itself");
+}
+
+/* The one config reader (cbus_cfg_read_text, under cbus_cfg_load and the
+ * cost and history loaders): a directory, a FIFO (without blocking: no
+ * writer ever opens it) and a NUL byte are refused with the path named. */
+Test(common_config, config_reader_refuses_a_directory_a_fifo_and_a_nul)
+{
+    char d[] = "/tmp/cbus-cfgread-XXXXXX";
+    cr_assert_not_null(mkdtemp(d));
+    char fifo[64], nul[64], ok[64];
+    snprintf(fifo, sizeof fifo, "%s/fifo.ini", d);
+    snprintf(nul, sizeof nul, "%s/nul.ini", d);
+    snprintf(ok, sizeof ok, "%s/ok.ini", d);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    int fd = open(nul, O_WRONLY | O_CREAT, 0600);
+    cr_assert_eq(write(fd, "[bus]\nname = a\0\n[x]\n", 20), 20);
+    close(fd);
+    fd = open(ok, O_WRONLY | O_CREAT, 0600);
+    cr_assert_eq(write(fd, "[bus]\nname = a\n", 15), 15);
+    close(fd);
+    char *text;
+    cr_assert_eq(cbus_cfg_read_text(d, &text, err, sizeof err), -EISDIR);
+    cr_assert_not_null(strstr(err, "is a directory, not a config file"), "%s", err);
+    cr_assert_eq(cbus_cfg_read_text(fifo, &text, err, sizeof err), -EINVAL);
+    cr_assert_not_null(strstr(err, "fifo.ini: not a regular file"), "%s", err);
+    cr_assert_eq(cbus_cfg_read_text(nul, &text, err, sizeof err), -EINVAL);
+    cr_assert_not_null(strstr(err, "nul.ini: contains a NUL byte"), "%s", err);
+    cr_assert_eq(cbus_cfg_read_text(ok, &text, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(text, "[bus]\nname = a\n");
+    free(text);
+    struct cbus_cfg cfg;
+    cr_assert_eq(cbus_cfg_load(&cfg, fifo, err, sizeof err), -EINVAL, "cbus_cfg_load reads the same way");
+    unlink(fifo);
+    unlink(nul);
+    unlink(ok);
+    rmdir(d);
+}
+
+/* HOST:PORT on loopback only, the parser cost and history share. */
+Test(common_config, loopback_listen_takes_v4_v6_and_localhost_only)
+{
+    char host[64];
+    unsigned port;
+    const char *why;
+    cr_assert_eq(cbus_parse_loopback_listen("127.0.0.1:9464", host, sizeof host, &port, &why), 0);
+    cr_assert_str_eq(host, "127.0.0.1");
+    cr_assert_eq(port, 9464);
+    cr_assert_eq(cbus_parse_loopback_listen("[::1]:0", host, sizeof host, &port, &why), 0);
+    cr_assert_str_eq(host, "::1");
+    cr_assert_eq(port, 0);
+    cr_assert_eq(cbus_parse_loopback_listen("localhost:80", host, sizeof host, &port, &why), 0);
+    cr_assert_str_eq(host, "127.0.0.1");
+    cr_assert_eq(cbus_parse_loopback_listen("0.0.0.0:80", host, sizeof host, &port, &why), -EINVAL);
+    cr_assert_not_null(strstr(why, "loopback only"), "%s", why);
+    cr_assert_eq(cbus_parse_loopback_listen("127.0.0.1:70000", host, sizeof host, &port, &why),
+                 -EINVAL);
+    cr_assert_eq(cbus_parse_loopback_listen("9464", host, sizeof host, &port, &why), -EINVAL);
+    cr_assert_eq(cbus_parse_loopback_listen("127.0.0.1:", host, sizeof host, &port, &why), -EINVAL);
 }
