@@ -30,7 +30,7 @@
  *
  * Record (exactly these three keys, in this order):
  *   seq          uint   position in the chain: 0, 1, 2, ... across files
- *   event        map    the event, as consumers/common/event_msgpack.h encodes it;
+ *   event        map    the event, as consumers/events/event_msgpack.h encodes it;
  *                       format 4: with its body under "body" by the policy
  *                       for its kind: keep = the sections; hash = {"redacted":
  *                       "hash", "<section>_sha256": 64 hex, "<section>_len":

@@ -117,7 +117,7 @@ static void recovery_heartbeat(void *arg)
         cbus_consumer_heartbeat(arg);
 }
 
-/* The daemon's state beside the loop (consumers/common/loop.h): the loop
+/* The daemon's state beside the loop (consumers/daemon/loop.h): the loop
  * polls, waits, heartbeats and follows the bus; audit appends, syncs and
  * commits. */
 struct audit_daemon {

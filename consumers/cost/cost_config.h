@@ -1,4 +1,4 @@
-/* cbus-cost configuration: the INI file (consumers/common/config.h syntax)
+/* cbus-cost configuration: the INI file (consumers/daemon/config.h syntax)
  * plus command-line overrides.  Every error names FILE:LINE: [section] key.
  * See docs/cost.md for the reference and consumers/cost/cost.ini. */
 #ifndef CBUS_COST_CONFIG_H

@@ -487,7 +487,7 @@ static int arrived_bus(void *arg)
     return 0;
 }
 
-/* ---- the loop's hooks (consumers/common/loop.h) --------------------------- */
+/* ---- the loop's hooks (consumers/daemon/loop.h) --------------------------- */
 
 static int on_batch(void *arg, const struct cbus_event *ev, const struct cbus_body *bodies, int n,
                     uint64_t now)

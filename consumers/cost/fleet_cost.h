@@ -1,5 +1,5 @@
 /* cbus-cost budgets across a fleet (issue 21): every amount a node adds to
- * a budget also goes to Redis (consumers/common/cluster.h), one counter per
+ * a budget also goes to Redis (consumers/daemon/cluster.h), one counter per
  * (scope, whole-value hash, period start) for the whole fleet, and the
  * script that adds it also marks which of the budget's thresholds the
  * fleet's spend has reached.  A mark is claimed by exactly one node (the

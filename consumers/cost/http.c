@@ -7,7 +7,7 @@
 
 #include "httpd.h"
 
-/* The cost daemon's routes on the shared HTTP server (consumers/common/httpd.c):
+/* The cost daemon's routes on the shared HTTP server (consumers/daemon/httpd.c):
  * the documents the consumer loop last rendered, swapped in under a mutex, so
  * a scrape never touches the ledger and never blocks accounting. */
 struct cost_http {

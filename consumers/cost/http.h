@@ -1,6 +1,6 @@
 /* The cost daemon's HTTP endpoints for Prometheus scrapes: GET /metrics
  * (text exposition 0.0.4) and GET /snapshot.json, on the shared server
- * (consumers/common/httpd.h: libmicrohttpd, its connection limits and
+ * (consumers/daemon/httpd.h: libmicrohttpd, its connection limits and
  * timeouts).  It serves the documents the consumer loop last rendered. */
 #ifndef CBUS_COST_HTTP_H
 #define CBUS_COST_HTTP_H

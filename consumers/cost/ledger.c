@@ -233,7 +233,7 @@ static inline void budget_add(struct cost_ledger *l, const struct cost_budget *b
 cost_u128 cost_usage_cost(const struct cost_price *p, const struct cbus_usage *u,
                           struct cost_anomalies *an)
 {
-    /* the arithmetic is shared with cbus-export (consumers/common/prices.c) */
+    /* the arithmetic is shared with cbus-export (consumers/events/prices.c) */
     unsigned anom = 0;
     cost_u128 v = cost_usage_price(p, u, NULL, &anom);
     if (an) {

@@ -735,7 +735,7 @@ int exporter_new(struct exporter **out, const struct export_config *cfg,
         goto fail;
     }
     if (cfg->format == EXPORT_OTLP && cfg->prices_file[0]) {
-        /* the table and code cbus-cost prices with (consumers/common/prices.c) */
+        /* the table and code cbus-cost prices with (consumers/events/prices.c) */
         char perr[512];
         int pr = cost_prices_load(&x->prices, cfg->prices_file,
                                   cfg->prices_overrides[0] ? cfg->prices_overrides : NULL, perr, sizeof perr);

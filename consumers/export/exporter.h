@@ -86,7 +86,7 @@ uint64_t exporter_next_deadline(const struct exporter *x);
  * exporter does this when unacknowledged events fill much of the ring:
  * waiting for the batch age would stall the producers). */
 void exporter_flush(struct exporter *x);
-/* The bus was re-created (consumers/common/attach.c): closes the batch
+/* The bus was re-created (consumers/daemon/attach.c): closes the batch
  * being built and stamps later batches with the new bus id (event ids are
  * unique per bus id only). */
 void exporter_set_bus_id(struct exporter *x, uint64_t bus_id);

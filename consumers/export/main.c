@@ -30,7 +30,7 @@
 #define NET_WAIT_MAX_MS 5   /* longest network wait before looking at the bus again */
 #define PAUSED_NAP_NS 5000000u
 
-/* The daemon's state beside the loop (consumers/common/loop.h): the loop
+/* The daemon's state beside the loop (consumers/daemon/loop.h): the loop
  * polls, waits and follows the bus; the exporter builds, sends and spools. */
 struct export_daemon {
     const struct export_config *cfg;

@@ -58,7 +58,7 @@ struct otlp_opts {
                             * llm.*, tag.tags, metadata, content as input.value/output.value) */
     int capture_content;   /* [export] capture_content: prompts, messages, outputs (content.h) */
     size_t content_max;    /* bytes per content attribute (0: 16 KiB) */
-    /* cbus-cost's price table (consumers/common/prices.h): gen_ai.usage.cost
+    /* cbus-cost's price table (consumers/events/prices.h): gen_ai.usage.cost
      * (and langfuse.observation.cost_details) on priced LLM spans; NULL = none */
     const struct cost_price_table *prices;
 };

@@ -1,4 +1,4 @@
-/* cbus-history's HTTP JSON API on the daemons' server (consumers/common/httpd.h),
+/* cbus-history's HTTP JSON API on the daemons' server (consumers/daemon/httpd.h),
  * loopback only:
  *   GET   /v1/conversations[?user=U&since=T&limit=N]
  *   GET   /v1/conversations/{id}             the conversation, with its thread

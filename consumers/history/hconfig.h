@@ -1,5 +1,5 @@
 /* cbus-history's configuration (history.ini): the INI format of
- * consumers/common/config.h, with errors naming file, line and key. */
+ * consumers/daemon/config.h, with errors naming file, line and key. */
 #ifndef CBUS_HISTORY_HCONFIG_H
 #define CBUS_HISTORY_HCONFIG_H
 

@@ -1,5 +1,5 @@
 /* cbus-history, the daemon: a lossless consumer on the common loop
- * (consumers/common/loop.h) that stores each poll batch in one SQLite
+ * (consumers/daemon/loop.h) that stores each poll batch in one SQLite
  * transaction together with the position past it (store.h). */
 #include "hdaemon.h"
 
@@ -68,7 +68,7 @@ static const char *why_of(int r)
     }
 }
 
-/* The status file (consumers/common/status.h): the common envelope, then
+/* The status file (consumers/daemon/status.h): the common envelope, then
  * what the store holds and whether it is paused, and why. */
 static void write_status(struct hd *d, int running)
 {

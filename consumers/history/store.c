@@ -24,7 +24,7 @@ static const char schema[] =
     " tenant TEXT, agent TEXT, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,"
     " state TEXT NOT NULL DEFAULT 'active', messages INTEGER NOT NULL DEFAULT 0,"
     " input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,"
-    /* pico-dollars, exact (consumers/common/prices.c); NULL: nothing priced */
+    /* pico-dollars, exact (consumers/events/prices.c); NULL: nothing priced */
     " cost_pico INTEGER, last_msg TEXT);"
     "CREATE INDEX IF NOT EXISTS conv_user ON conversations(user, updated_ns);"
     "CREATE INDEX IF NOT EXISTS conv_updated ON conversations(updated_ns);"

@@ -138,7 +138,7 @@ int hist_store_count_hash(struct hist_store *s, const char *conv, uint64_t hash,
 /* cost_pico < 0: not priced. */
 int hist_store_add_usage(struct hist_store *s, const char *conv, int64_t in, int64_t out,
                          int64_t cost_pico);
-/* The price table llm_end messages are priced with (consumers/common/prices.h,
+/* The price table llm_end messages are priced with (consumers/events/prices.h,
  * cbus-cost's, so the two agree); NULL = no cost.  Borrowed. */
 struct cost_price_table;
 void hist_store_set_prices(struct hist_store *s, const struct cost_price_table *t);

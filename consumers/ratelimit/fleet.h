@@ -1,5 +1,5 @@
 /* cbus-ratelimit across a fleet (issue 21): the limiter's per-key counts go
- * to Redis every [cluster] interval (consumers/common/cluster.h), where a
+ * to Redis every [cluster] interval (consumers/daemon/cluster.h), where a
  * Lua script keeps one GCRA bucket per (rule, key) for the whole fleet on
  * Redis's clock; the fleet's bucket comes back and replaces the node's own
  * view of the key, so the verdicts this node publishes into its admission

@@ -1,10 +1,10 @@
 /* cbus-web: the bus in a browser (issue 20).
  *
- * Two threads.  The consumer loop (consumers/common/loop.c) reads the bus
+ * Two threads.  The consumer loop (consumers/daemon/loop.c) reads the bus
  * as a lossy consumer, renders each event's JSON once (event_json.c) and
  * appends event and JSON to the history, an in-process ring of the newest
  * events; every second it also renders the state document and the metrics.
- * The HTTP thread (consumers/common/httpd.c) serves the page, the documents
+ * The HTTP thread (consumers/daemon/httpd.c) serves the page, the documents
  * and the streams.  A stream client is nothing but a cursor into the
  * history and a filter: the loop never waits for a client and never copies
  * an event for one, so a slow client cannot slow the consumer.  A client

@@ -157,7 +157,7 @@ CBUS_API int cbus_consumer_commit_position(cbus_consumer *c, const struct cbus_p
  * destroyed and re-created (cbusctl destroy + create, rm + create) is not
  * noticed by poll or wait: they keep reading the old segment, which only
  * producers that opened it before keep writing to.  Call this at heartbeat
- * cadence (it costs an fstat and an lstat); consumers/common/attach.c is
+ * cadence (it costs an fstat and an lstat); consumers/daemon/attach.c is
  * the daemons' re-attach policy built on it.
  * Returns 0, -ESTALE (our entry was evicted), -EIO (segment truncated: the
  * handle is dead), -ENOENT (name removed, nothing re-created yet: the old

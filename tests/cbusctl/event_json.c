@@ -1,4 +1,4 @@
-/* The shared event JSON rendering (consumers/common/event_json.c), parsed
+/* The shared event JSON rendering (consumers/events/event_json.c), parsed
  * back with cJSON: what `cbusctl tail --json` and `cbus-audit cat` print. */
 #include "event_json.h"
 

@@ -1,4 +1,4 @@
-/* Target: the daemons' INI parser (consumers/common/config.c) and its typed
+/* Target: the daemons' INI parser (consumers/daemon/config.c) and its typed
  * value parsers, on arbitrary text.  A config file is the operator's, but a
  * daemon must still answer a broken one with FILE:LINE and exit 2, never a
  * crash; the value parsers also read command-line flags.

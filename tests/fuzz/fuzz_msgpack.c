@@ -1,4 +1,4 @@
-/* Target: the msgpack event decoder (consumers/common/event_msgpack.c) on
+/* Target: the msgpack event decoder (consumers/events/event_msgpack.c) on
  * arbitrary bytes: what cbus-audit reads back from a log file and what a
  * msgpack collector would get.
  *

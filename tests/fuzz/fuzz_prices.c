@@ -1,4 +1,4 @@
-/* Target: the price table parser (consumers/common/prices.c), LiteLLM's
+/* Target: the price table parser (consumers/events/prices.c), LiteLLM's
  * model_prices_and_context_window.json format, on arbitrary text.  The table
  * is a file the operator downloads from the internet; a bad one must be
  * refused with a message, never crash the cost daemon or price a request

@@ -1,5 +1,5 @@
 /* Row 3: a sidecar over a Unix domain socket.  The producer thread builds the
- * event, encodes it with msgpack-c (the keys of consumers/common/
+ * event, encodes it with msgpack-c (the keys of consumers/events/
  * event_msgpack.h's schema, written through libmsgpack's packer, as a user
  * of the library would) and write(2)s it to a stream socket; a forked
  * sidecar process on the other core reads the stream with msgpack-c's

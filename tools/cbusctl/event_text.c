@@ -1,5 +1,5 @@
 /* tail's human rendering: one line per event, like tail -f.  Scripts use
- * --json (consumers/common/event_json.c); this is for eyes, so it is short
+ * --json (consumers/events/event_json.c); this is for eyes, so it is short
  * and every string is made terminal-safe (sbuf_human_str: controls, C1,
  * invalid UTF-8 and bidi overrides are shown as escapes). */
 #include "cbusctl.h"

@@ -1,6 +1,6 @@
 /* cbusctl status [FILE|DIR]... [--json]: the daemons' status files, one
  * view for all of them.  Every daemon writes the same envelope
- * (consumers/common/status.h); this reads it and shows each daemon's own
+ * (consumers/daemon/status.h); this reads it and shows each daemon's own
  * object as its scalar members.  Nothing in a status file is trusted: it
  * is parsed as JSON, every member is looked up by type, and every string
  * is made terminal-safe (keys come from producers). */

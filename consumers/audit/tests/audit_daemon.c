@@ -176,7 +176,7 @@ Test(audit_daemon, default_config_logs_every_event_once_across_restarts, .init =
     char *log = slurp_text(logfile);
     cr_assert(strstr(log, "cbus-audit info: started: bus"), "%s", log);
     free(log);
-    /* The status envelope (consumers/common/status.h), last written at the
+    /* The status envelope (consumers/daemon/status.h), last written at the
      * clean stop: DIR/status.json by default. */
     char sp[400];
     snprintf(sp, sizeof sp, "%s/status.json", dir);

@@ -1,4 +1,4 @@
-/* consumers/common/cluster.c against a real redis-server (started here on a
+/* consumers/daemon/cluster.c against a real redis-server (started here on a
  * loopback port), a port where nothing listens, and a fake server that
  * answers garbage. */
 #include <criterion/criterion.h>

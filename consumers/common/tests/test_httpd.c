@@ -1,4 +1,4 @@
-/* The daemons' HTTP server (consumers/common/httpd.c, on libmicrohttpd):
+/* The daemons' HTTP server (consumers/daemon/httpd.c, on libmicrohttpd):
  * real sockets on loopback, raw requests, so what a client sees is checked
  * byte for byte (status line, headers, body). */
 #include <criterion/criterion.h>

@@ -1,4 +1,4 @@
-/* The daemons' event loop (consumers/common/loop.c, issue 18): timer order
+/* The daemons' event loop (consumers/daemon/loop.c, issue 18): timer order
  * and reset, the wait's deadline, hooks, held batches, SIGUSR1 from another
  * process, and a bus re-created under the loop.  Time-dependent checks run
  * on the loop's injectable clock (l->clock), so they hold however the

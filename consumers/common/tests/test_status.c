@@ -1,4 +1,4 @@
-/* The daemons' status envelope (consumers/common/status.c) and the one
+/* The daemons' status envelope (consumers/daemon/status.c) and the one
  * view of it, `cbusctl status` (tools/cbusctl/status.c, the real binary):
  * a consumer on a real bus, events read, the document parsed back. */
 #include <criterion/criterion.h>

@@ -1,4 +1,4 @@
-/* The shared URL redactor (consumers/common/redact.c): what of a URL a
+/* The shared URL redactor (consumers/events/redact.c): what of a URL a
  * log line may show. */
 #include <criterion/criterion.h>
 

@@ -497,7 +497,7 @@ Test(history_store, search_index_catches_up_in_steps, .init = setup, .fini = tea
 
 Test(history_store, cost_totals_use_the_price_table, .init = setup, .fini = teardown)
 {
-    /* cbus-cost's price code (consumers/common/prices.c), with a table of one model */
+    /* cbus-cost's price code (consumers/events/prices.c), with a table of one model */
     static const char table[] = "{\"gpt-4o\": {\"input_cost_per_token\": 2.5e-06,"
                                 " \"output_cost_per_token\": 1e-05, \"litellm_provider\": \"openai\","
                                 " \"mode\": \"chat\"}}";
