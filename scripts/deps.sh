@@ -7,11 +7,11 @@ PKGS=(build-essential cmake pkg-config liburing-dev libmsgpack-dev libcurl4-open
       stress-ng openssl python3-venv)
 PKGS+=(libmicrohttpd-dev) # the daemons' HTTP server (consumers/daemon/httpd.c)
 PKGS+=(libsqlite3-dev) # cbus-history: conversations and messages in SQLite (WAL, FTS5)
-PKGS+=(prometheus)  # promtool: consumers/cost/tests check the exposition with it
+PKGS+=(prometheus)  # promtool: tests/cost check the exposition with it
 PKGS+=(nodejs)      # node >= 20, npm and /usr/include/node: bindings/node builds and tests with them
 PKGS+=(clang)       # clang++: tests/cxx_headers.sh compiles the public headers and examples/ as C++
 PKGS+=(libhiredis-dev redis-server) # fleet state in Redis (consumers/daemon/cluster.c); tests start redis-server
-PKGS+=(chromium)    # headless: consumers/web/tests/browser drives Debian's browser (never a downloaded one)
+PKGS+=(chromium)    # headless: tests/web/browser drives Debian's browser (never a downloaded one)
 PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do

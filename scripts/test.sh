@@ -45,7 +45,7 @@ run_suite build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
 echo "=== cbus: Node package (bindings/node): npm ci builds the addon, node --test"
 (cd bindings/node && CBUS_WERROR=1 npm ci --no-audit --no-fund >/dev/null && CBUS_BUILD_DIR="$PWD/../../build/release" npm test)
 echo "=== cbus: cbus-web's dashboard in headless Chromium (playwright-core, /usr/bin/chromium)"
-(cd consumers/web/tests/browser && npm ci --no-audit --no-fund >/dev/null && CBUS_BUILD_DIR="$PWD/../../../../build/release" npm test)
+(cd tests/web/browser && npm ci --no-audit --no-fund >/dev/null && CBUS_BUILD_DIR="$PWD/../../../build/release" npm test)
 echo "=== cbus: end-to-end demo, short mode"
 CBUS_DEMO_BUILD=build/release scripts/demo.sh --short
 CBUS_COST_BIN=build/release/consumers/cost/cbus-cost bindings/python/test.sh # Python package, pytest

@@ -28,7 +28,7 @@ extern "C" {
 /* The version of these headers; cbus_version() is the library's at run time.
  * A caller that loaded libcbus.so compares them (or just the major: the API
  * and the segment layout keep their promises within one major version).
- * CMakeLists.txt's project(VERSION) must match (tests/bus_abi.c checks). */
+ * CMakeLists.txt's project(VERSION) must match (tests/bus/abi.c checks). */
 #define CBUS_VERSION_MAJOR  0
 #define CBUS_VERSION_MINOR  1
 #define CBUS_VERSION_PATCH  0

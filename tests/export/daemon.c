@@ -29,7 +29,7 @@
 #include "support.h"
 
 #define SYS_PY "/usr/bin/python3"
-#define DECODER CBUS_SOURCE_DIR "/consumers/export/tests/decode_store.py"
+#define DECODER CBUS_SOURCE_DIR "/tests/export/decode_store.py"
 #ifndef CBUS_TEST_PYTHON_DEFAULT
 #define CBUS_TEST_PYTHON_DEFAULT CBUS_SOURCE_DIR "/build/venv/bin/python"
 #endif

@@ -1,6 +1,6 @@
 /* The hardened segment and the secrets rule (issue 9, item 4): what
  * SECURITY.md promises, shown by tests that fail when it stops holding.
- * tests/bus_shm.c already covers O_EXCL + 0600, symlinks, other owners,
+ * tests/bus/shm.c already covers O_EXCL + 0600, symlinks, other owners,
  * magic/layout/fingerprint/size validation and random headers; this suite
  * adds the group mode, the mode refused at create and at open, non-regular
  * files, what a forged gate or a stuck lossless consumer can cost a

@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../../../..');
+const root = path.resolve(here, '../../..');
 const build = path.resolve(root, process.env.CBUS_BUILD_DIR || 'build/release');
 const bin = {
   cbusctl: path.join(build, 'tools/cbusctl/cbusctl'),

@@ -88,7 +88,7 @@ static int pb_compare(const struct sbuf *json, const struct sbuf *pb, char *repo
     close(jf);
     close(pf);
     char cmd[1200];
-    snprintf(cmd, sizeof cmd, "'%s' " CBUS_SOURCE_DIR "/consumers/export/tests/pb_equal.py %s %s 2>&1", py, jp, pp);
+    snprintf(cmd, sizeof cmd, "'%s' " CBUS_SOURCE_DIR "/tests/export/pb_equal.py %s %s 2>&1", py, jp, pp);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     size_t n = fread(report, 1, rlen - 1, p);

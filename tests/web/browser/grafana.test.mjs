@@ -12,7 +12,7 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../../../..');
+const root = path.resolve(here, '../../..');
 const build = path.resolve(root, process.env.CBUS_BUILD_DIR || 'build/release');
 const bin = (p) => path.join(build, p);
 const prices = path.join(root, 'consumers/cost/model_prices_and_context_window.json');
