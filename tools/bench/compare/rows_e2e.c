@@ -378,7 +378,7 @@ void bench_rows_e2e(const struct bench_opts *o, struct row *rows, int *n)
                                     ROW_RATE);
     struct row *four = bench_row_new(rows, n, "e2e-4c", "end to end: bus + 4 daemons", cfg,
                                      ROW_RATE);
-    snprintf(e.root, sizeof e.root, "%s/../..", o->self_dir);
+    snprintf(e.root, sizeof e.root, "%s/../../..", o->self_dir);
     snprintf(e.loadgen, sizeof e.loadgen, "%s/tools/loadgen/cbus-loadgen", e.root);
     snprintf(e.collector, sizeof e.collector, "%s/tools/cbus-collector/cbus-collector", e.root);
     snprintf(e.prices, sizeof e.prices, "%s/consumers/cost/model_prices_and_context_window.json",

@@ -4,7 +4,7 @@
  * consumer drains a full ring.  Consumers are forked processes pinned to the other core,
  * running the loop every cbus daemon runs: poll a batch, commit when
  * lossless, sleep in cbus_consumer_wait() when the ring is empty.  The -spin
- * rows busy-poll instead, as tools/cbus-bench does: the difference is what
+ * rows busy-poll instead, as tools/bench/bus/emit.c does: the difference is what
  * the producer pays for waking sleeping consumers. */
 #include "bench.h"
 
