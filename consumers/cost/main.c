@@ -2,7 +2,7 @@
  * `cbus-cost report ...` prints the live daemon's table. */
 #include <string.h>
 
-#include "daemon_loop.h"
+#include "cost_daemon.h"
 
 int main(int argc, char **argv)
 {

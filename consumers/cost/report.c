@@ -11,7 +11,7 @@
 
 #include "cost_config.h"
 #include "daemon.h"
-#include "daemon_loop.h"
+#include "cost_daemon.h"
 #include "sbuf.h"
 
 static char *read_file(const char *path)

@@ -13,8 +13,8 @@
 
 #include "api.h"
 #include "config.h"
-#include "hconfig.h"
-#include "hdaemon.h"
+#include "history_config.h"
+#include "history_daemon.h"
 #include "sbuf.h"
 #include "store.h"
 

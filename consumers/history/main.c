@@ -1,7 +1,7 @@
 /* cbus-history: conversations and messages from the bus, stored exactly
  * once in SQLite (docs/history.md).  With a command (list, show, ...) it
  * reads or edits the store instead of running the daemon. */
-#include "hdaemon.h"
+#include "history_daemon.h"
 
 int main(int argc, char **argv)
 {

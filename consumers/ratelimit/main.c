@@ -17,7 +17,7 @@
 #include "limiter.h"
 #include "log.h"
 #include "loop.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "sbuf.h"
 #include "status.h"
 #include "statuscmd.h"

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "sbuf.h"
 
 /* Every string shown here comes from a producer (keys are user, session

@@ -1,5 +1,5 @@
 /* Target: the rate limiter's rule parser (consumers/ratelimit/rules.c) and
- * its config file (rlconfig.c), then the limiter fed arbitrary events.
+ * its config file (ratelimit_config.c), then the limiter fed arbitrary events.
  *
  * Input: config text up to the first NUL byte (a "[rules]" section is
  * prepended when the text has no section header, so most inputs reach the
@@ -11,7 +11,7 @@
 #include "fuzz.h"
 
 #include "limiter.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "rules.h"
 #include "sbuf.h"
 

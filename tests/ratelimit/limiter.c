@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "limiter.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "sbuf.h"
 
 #define SEC UINT64_C(1000000000)

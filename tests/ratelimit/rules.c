@@ -7,7 +7,7 @@
 
 #include <cbus/layout.h>
 
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "rules.h"
 
 static struct rl_dims dims(const char *user, const char *session, const char *model,

@@ -15,7 +15,7 @@
 #include <time.h>
 
 #include "limiter.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 #include "support.h"
 
 #define READERS 4

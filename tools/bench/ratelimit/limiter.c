@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "limiter.h"
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 
 static uint64_t mono(void)
 {

@@ -1,4 +1,4 @@
-#include "daemon_loop.h"
+#include "cost_daemon.h"
 
 #include <cbus/admit.h>
 #include <cbus/bus.h>

@@ -1,7 +1,7 @@
 /* cbus-history, the daemon: a lossless consumer on the common loop
  * (consumers/daemon/loop.h) that stores each poll batch in one SQLite
  * transaction together with the position past it (store.h). */
-#include "hdaemon.h"
+#include "history_daemon.h"
 
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
@@ -16,7 +16,7 @@
 #include "api.h"
 #include "attach.h"
 #include "daemon.h"
-#include "hconfig.h"
+#include "history_config.h"
 #include "ingest.h"
 #include "log.h"
 #include "loop.h"

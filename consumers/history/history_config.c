@@ -1,4 +1,4 @@
-#include "hconfig.h"
+#include "history_config.h"
 
 #include <cbus/cbus.h>
 #include <cbus/consumer.h>

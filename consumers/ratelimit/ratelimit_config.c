@@ -1,4 +1,4 @@
-#include "rlconfig.h"
+#include "ratelimit_config.h"
 
 #include <cbus/cbus.h>
 
