@@ -33,7 +33,7 @@
 #define SHUTDOWN_LIMIT_NS 10000000000ull
 #define REPORT_EVERY_NS 60000000000ull  /* the lost-events line, when there are new ones */
 
-/* The daemons' resume policy (consumers/common/attach.h).  The log, not
+/* The daemons' resume policy (consumers/daemon/attach.h).  The log, not
  * the bus, says what is durable: resume right after its last record, so
  * nothing is written twice and nothing acknowledged is missing, even if the
  * crash came between fdatasync and commit; a log of a bus re-created since

@@ -348,7 +348,7 @@ static int configure(int argc, char **argv, struct export_config *cfg)
     return -1;
 }
 
-/* Attaches by the daemons' resume policy (consumers/common/attach.h):
+/* Attaches by the daemons' resume policy (consumers/daemon/attach.h):
  * where the last clean stop left off (DIR/cursor) if it is this bus's; from
  * the oldest event of a bus re-created since (or of another lane count); else
  * [bus] start.  co->start says where it started.  Returns 0 or -errno

@@ -1398,7 +1398,7 @@ Test(export_daemon, clean_restart_continues_at_the_saved_cursor)
     cr_assert_eq(collector_stat(&col, "spans"), 120, "nothing twice after a clean stop");
 }
 
-/* The daemons' resume policy (consumers/common/attach.h, case 2): the
+/* The daemons' resume policy (consumers/daemon/attach.h, case 2): the
  * cursor a clean stop saved belongs to a bus that was re-created while no
  * exporter ran; the new bus is read from its OLDEST event, so the spans
  * emitted on it before the restart are exported.  (Export used to start at
