@@ -129,9 +129,9 @@ static int sync_at(cbus_cluster *cl, uint64_t t, struct fill_apply *fa)
     }
 }
 
-TestSuite(common_cluster, .fini = teardown);
+TestSuite(daemon_cluster, .fini = teardown);
 
-Test(common_cluster, config_errors_name_the_line)
+Test(daemon_cluster, config_errors_name_the_line)
 {
     struct cbus_cluster_conf c;
     char err[512];
@@ -170,7 +170,7 @@ Test(common_cluster, config_errors_name_the_line)
     }
 }
 
-Test(common_cluster, unreachable_address_is_away_not_fatal)
+Test(daemon_cluster, unreachable_address_is_away_not_fatal)
 {
     /* A loopback port where nothing listens: refused at once. */
     struct redis_test none = {0};
@@ -211,7 +211,7 @@ Test(common_cluster, unreachable_address_is_away_not_fatal)
     cbus_cluster_close(cl);
 }
 
-Test(common_cluster, counts_add_up_and_only_our_prefix_is_touched)
+Test(daemon_cluster, counts_add_up_and_only_our_prefix_is_touched)
 {
     need_redis();
     cr_assert_eq(redis_test_int(&rs, "SET other:key 42"), 0);
@@ -247,7 +247,7 @@ Test(common_cluster, counts_add_up_and_only_our_prefix_is_touched)
     cbus_cluster_close(b);
 }
 
-Test(common_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
+Test(daemon_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
 {
     need_redis();
     struct cbus_cluster_conf c;
@@ -291,7 +291,7 @@ Test(common_cluster, a_batch_whose_reply_was_lost_is_not_counted_twice)
     cbus_cluster_close(cl);
 }
 
-Test(common_cluster, redis_restarted_is_reconnected)
+Test(daemon_cluster, redis_restarted_is_reconnected)
 {
     need_redis();
     struct cbus_cluster_conf c;
@@ -319,7 +319,7 @@ Test(common_cluster, redis_restarted_is_reconnected)
     cbus_cluster_close(cl);
 }
 
-Test(common_cluster, auth_with_password_env_and_a_wrong_password_is_a_clear_error)
+Test(daemon_cluster, auth_with_password_env_and_a_wrong_password_is_a_clear_error)
 {
     memset(&rs, 0, sizeof rs);
     rs.password = "s3cret-t21";
@@ -400,7 +400,7 @@ static unsigned fake_server(void)
     return ntohs(a.sin_port);
 }
 
-Test(common_cluster, garbage_answers_are_survived)
+Test(daemon_cluster, garbage_answers_are_survived)
 {
     unsigned port = fake_server();
     struct cbus_cluster_conf c;

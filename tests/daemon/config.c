@@ -76,9 +76,9 @@ static void setup(void)
     cbus_log_init("test_config", CBUS_LOG_INFO);
 }
 
-TestSuite(common_config, .init = setup);
+TestSuite(daemon_config, .init = setup);
 
-Test(common_config, shared_keys_are_taken_without_a_word)
+Test(daemon_config, shared_keys_are_taken_without_a_word)
 {
     struct cbus_cfg_common cc = cc_for("audit");
     int taken;
@@ -93,7 +93,7 @@ Test(common_config, shared_keys_are_taken_without_a_word)
     cr_assert_null(strstr(logbuf, "deprecated"), "%s", logbuf);
 }
 
-Test(common_config, old_spellings_are_taken_with_a_warning_naming_file_and_line)
+Test(daemon_config, old_spellings_are_taken_with_a_warning_naming_file_and_line)
 {
     struct cbus_cfg_common cc = cc_for("ratelimit");
     int taken;
@@ -116,7 +116,7 @@ Test(common_config, old_spellings_are_taken_with_a_warning_naming_file_and_line)
               "%s", logbuf);
 }
 
-Test(common_config, another_daemons_section_is_not_taken)
+Test(daemon_config, another_daemons_section_is_not_taken)
 {
     /* [audit] name is audit's old spelling, not export's. */
     struct cbus_cfg_common cc = cc_for(NULL);
@@ -126,7 +126,7 @@ Test(common_config, another_daemons_section_is_not_taken)
     cr_assert_str_eq(f.consumer, "");
 }
 
-Test(common_config, a_setting_the_daemon_lacks_is_left_to_it)
+Test(daemon_config, a_setting_the_daemon_lacks_is_left_to_it)
 {
     struct cbus_cfg_common cc = {.bus = f.bus, .consumer = f.consumer,
                                  .consumer_size = sizeof f.consumer};
@@ -135,7 +135,7 @@ Test(common_config, a_setting_the_daemon_lacks_is_left_to_it)
     cr_assert_eq(taken, 1, "no status fields: [status] stays the daemon's (unknown) section");
 }
 
-Test(common_config, bad_values_name_file_line_and_key)
+Test(daemon_config, bad_values_name_file_line_and_key)
 {
     struct cbus_cfg_common cc = cc_for("audit");
     int taken;
@@ -154,7 +154,7 @@ Test(common_config, bad_values_name_file_line_and_key)
     cr_assert(strstr(err, "(1..7 of"), "%s", err);
 }
 
-Test(common_config, status_off)
+Test(daemon_config, status_off)
 {
     struct cbus_cfg_common cc = cc_for("audit");
     int taken;
@@ -175,7 +175,7 @@ Test(common_config, status_off)
 /* [bus] start: the resume policy's case 3 (attach.h) as an enum cbus_start;
  * resume only for a daemon that offers it; a daemon without the setting
  * leaves the key alone. */
-Test(common_config, bus_start_is_shared_and_resume_only_where_offered)
+Test(daemon_config, bus_start_is_shared_and_resume_only_where_offered)
 {
     unsigned start = 99;
     struct cbus_cfg_common cc = cc_for("cost");
@@ -200,7 +200,7 @@ Test(common_config, bus_start_is_shared_and_resume_only_where_offered)
 /* The one config reader (cbus_cfg_read_text, under cbus_cfg_load and the
  * cost and history loaders): a directory, a FIFO (without blocking: no
  * writer ever opens it) and a NUL byte are refused with the path named. */
-Test(common_config, config_reader_refuses_a_directory_a_fifo_and_a_nul)
+Test(daemon_config, config_reader_refuses_a_directory_a_fifo_and_a_nul)
 {
     char d[] = "/tmp/cbus-cfgread-XXXXXX";
     cr_assert_not_null(mkdtemp(d));
@@ -234,7 +234,7 @@ Test(common_config, config_reader_refuses_a_directory_a_fifo_and_a_nul)
 }
 
 /* HOST:PORT on loopback only, the parser cost and history share. */
-Test(common_config, loopback_listen_takes_v4_v6_and_localhost_only)
+Test(daemon_config, loopback_listen_takes_v4_v6_and_localhost_only)
 {
     char host[64];
     unsigned port;

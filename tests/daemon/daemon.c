@@ -32,7 +32,7 @@ static void teardown(void)
     cr_assert_eq(system(cmd), 0);
 }
 
-TestSuite(common_daemon, .init = setup, .fini = teardown);
+TestSuite(daemon_daemon, .init = setup, .fini = teardown);
 
 static void spit(const char *path, const char *text)
 {
@@ -53,7 +53,7 @@ static const char *slurp(const char *path)
     return buf;
 }
 
-Test(common_daemon, state_dir_is_created_private_with_parents)
+Test(daemon_daemon, state_dir_is_created_private_with_parents)
 {
     char d[400];
     snprintf(d, sizeof d, "%s/a/b/state", tmp);
@@ -68,7 +68,7 @@ Test(common_daemon, state_dir_is_created_private_with_parents)
     cr_assert_eq(cbus_state_dir_prepare(d, 0700, why, sizeof why), 0, "%s", why);
 }
 
-Test(common_daemon, state_dir_writable_by_others_is_refused)
+Test(daemon_daemon, state_dir_writable_by_others_is_refused)
 {
     char d[400];
     snprintf(d, sizeof d, "%s/open", tmp);
@@ -91,7 +91,7 @@ Test(common_daemon, state_dir_writable_by_others_is_refused)
     cr_assert_eq(cbus_state_dir_prepare(sub, 0700, why, sizeof why), 0, "%s", why);
 }
 
-Test(common_daemon, state_dir_owned_by_another_uid_is_refused)
+Test(daemon_daemon, state_dir_owned_by_another_uid_is_refused)
 {
     if (geteuid() != 0)
         cbus_test_skip_or_fail("chown to another uid needs root");
@@ -114,7 +114,7 @@ Test(common_daemon, state_dir_owned_by_another_uid_is_refused)
     cr_assert(strstr(why, "owned by uid 65534"), "%s", why);
 }
 
-Test(common_daemon, state_dir_symlink_is_refused)
+Test(daemon_daemon, state_dir_symlink_is_refused)
 {
     char real[400], link[400];
     snprintf(real, sizeof real, "%s/real", tmp);
@@ -132,7 +132,7 @@ Test(common_daemon, state_dir_symlink_is_refused)
 /* The attack of item 16: a symlink planted at the old fixed temporary name
  * (path.tmp) and at the file itself made a root daemon overwrite its
  * target.  Neither is followed now; the target keeps its bytes. */
-Test(common_daemon, replace_file_never_follows_a_planted_symlink)
+Test(daemon_daemon, replace_file_never_follows_a_planted_symlink)
 {
     char victim[400], path[400], tmpname[450];
     snprintf(victim, sizeof victim, "%s/victim", tmp);
@@ -159,7 +159,7 @@ Test(common_daemon, replace_file_never_follows_a_planted_symlink)
     cr_assert_neq(system(cmd), 0, "a stray file is left in %s", tmp);
 }
 
-Test(common_daemon, replace_file_writes_0600_whatever_the_umask)
+Test(daemon_daemon, replace_file_writes_0600_whatever_the_umask)
 {
     char path[400];
     snprintf(path, sizeof path, "%s/checkpoint.bin", tmp);
@@ -175,7 +175,7 @@ Test(common_daemon, replace_file_writes_0600_whatever_the_umask)
     cr_assert_eq(st.st_mode & 07777, 0600, "mode %04o", (unsigned)(st.st_mode & 07777));
 }
 
-Test(common_daemon, state_dir_default_is_private_never_tmp)
+Test(daemon_daemon, state_dir_default_is_private_never_tmp)
 {
     char d[4200];
     cr_assert_eq(setenv("XDG_STATE_HOME", "/srv/state", 1), 0);
@@ -207,7 +207,7 @@ Test(common_daemon, state_dir_default_is_private_never_tmp)
     }
 }
 
-Test(common_daemon, config_percent_s_names_the_state_dir)
+Test(daemon_daemon, config_percent_s_names_the_state_dir)
 {
     cr_assert_eq(setenv("XDG_STATE_HOME", "/srv/state", 1), 0);
     struct cbus_cfg c;
@@ -225,7 +225,7 @@ Test(common_daemon, config_percent_s_names_the_state_dir)
 }
 
 /* The shipped configs keep no state in /tmp (the item-16 report). */
-Test(common_daemon, shipped_configs_keep_no_state_in_tmp)
+Test(daemon_daemon, shipped_configs_keep_no_state_in_tmp)
 {
     static const char *const inis[] = {"cost/cost.ini", "export/export.ini",
                                        "ratelimit/ratelimit.ini", "audit/audit.ini"};
@@ -244,7 +244,7 @@ Test(common_daemon, shipped_configs_keep_no_state_in_tmp)
 
 /* Item 3 for logs: a producer string in a log message stays on its line
  * and cannot drive the terminal showing the log. */
-Test(common_daemon, log_lines_escape_control_bytes)
+Test(daemon_daemon, log_lines_escape_control_bytes)
 {
     char path[400];
     snprintf(path, sizeof path, "%s/log", tmp);
@@ -266,7 +266,7 @@ Test(common_daemon, log_lines_escape_control_bytes)
 
 /* --bus replaces the config's bus once validated; without either, a clear
  * error and exit code 2; a bad name leaves the config's bus as it was. */
-Test(common_daemon, the_bus_comes_from_the_command_line_or_the_config)
+Test(daemon_daemon, the_bus_comes_from_the_command_line_or_the_config)
 {
     char bus[32] = "";
     cr_assert_eq(cbus_daemon_pick_bus(bus, sizeof bus, NULL), 2, "no bus anywhere");

@@ -22,7 +22,7 @@ static void stop(void)
     srv = NULL;
 }
 
-TestSuite(common_httpd, .fini = stop);
+TestSuite(daemon_httpd, .fini = stop);
 
 /* Routes for the tests: GET /hello[?who=X], PATCH /echo (echoes the body). */
 static void routes(void *ctx, const struct cbus_http_request *req, struct cbus_http_response *res)
@@ -97,7 +97,7 @@ static void expect(const char *answer, const char *status_line, const char *body
         cr_assert_str_eq(b + 4, body);
 }
 
-Test(common_httpd, routes_methods_and_query_arguments)
+Test(daemon_httpd, routes_methods_and_query_arguments)
 {
     unsigned port = start("127.0.0.1", NULL, 0);
     char *a = ask(AF_INET, port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -122,7 +122,7 @@ Test(common_httpd, routes_methods_and_query_arguments)
     free(a);
 }
 
-Test(common_httpd, request_bodies_arrive_whole_and_oversized_ones_get_413)
+Test(daemon_httpd, request_bodies_arrive_whole_and_oversized_ones_get_413)
 {
     unsigned port = start("127.0.0.1", NULL, 64);
     char *a;
@@ -148,7 +148,7 @@ Test(common_httpd, request_bodies_arrive_whole_and_oversized_ones_get_413)
     free(a);
 }
 
-Test(common_httpd, a_bearer_token_is_required_when_set)
+Test(daemon_httpd, a_bearer_token_is_required_when_set)
 {
     unsigned port = start("127.0.0.1", "s3cret", 0);
     char *a = ask(AF_INET, port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -165,7 +165,7 @@ Test(common_httpd, a_bearer_token_is_required_when_set)
     free(a);
 }
 
-Test(common_httpd, ipv6_loopback_and_bad_addresses)
+Test(daemon_httpd, ipv6_loopback_and_bad_addresses)
 {
     unsigned port = start("::1", NULL, 0);
     char *a = ask(AF_INET6, port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

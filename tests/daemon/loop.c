@@ -53,7 +53,7 @@ static void teardown(void)
     cbus_bus_destroy(bus);
 }
 
-TestSuite(common_loop, .init = setup, .fini = teardown);
+TestSuite(daemon_loop, .init = setup, .fini = teardown);
 
 /* ---- a loop on the test bus, with a clock the test moves ---------------- */
 
@@ -167,7 +167,7 @@ static int timer_c(void *arg, uint64_t now) { return record(arg, 2, now); }
 
 /* ---- timers -------------------------------------------------------------- */
 
-Test(common_loop, timers_fire_in_deadline_order_not_add_order)
+Test(daemon_loop, timers_fire_in_deadline_order_not_add_order)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -220,7 +220,7 @@ static int before_sleep_reset(void *arg, uint64_t now)
     return 0;
 }
 
-Test(common_loop, timer_reset_moves_the_next_run_from_now)
+Test(daemon_loop, timer_reset_moves_the_next_run_from_now)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -238,7 +238,7 @@ Test(common_loop, timer_reset_moves_the_next_run_from_now)
     cbus_loop_close(&t.l);
 }
 
-Test(common_loop, usr1_only_timer_never_runs_by_time)
+Test(daemon_loop, usr1_only_timer_never_runs_by_time)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -255,7 +255,7 @@ Test(common_loop, usr1_only_timer_never_runs_by_time)
 
 /* ---- the wait's deadline --------------------------------------------------- */
 
-Test(common_loop, wait_ends_at_the_earliest_deadline)
+Test(daemon_loop, wait_ends_at_the_earliest_deadline)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -305,7 +305,7 @@ static int on_batch_wake(void *arg, const struct cbus_event *ev, const struct cb
 /* Real clock: without the wake-up the loop would sleep 60 s (max_wait,
  * heartbeat); with it, one millisecond.  30 s is a margin no scheduler
  * crosses. */
-Test(common_loop, wake_at_cuts_a_long_wait_short)
+Test(daemon_loop, wake_at_cuts_a_long_wait_short)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -331,7 +331,7 @@ static int before_sleep_stop_when_done(void *arg, uint64_t now)
     return 0;
 }
 
-Test(common_loop, on_batch_and_before_sleep_run_every_turn)
+Test(daemon_loop, on_batch_and_before_sleep_run_every_turn)
 {
     static struct t t;
     emit_n(bus, 10, "ev");
@@ -354,7 +354,7 @@ Test(common_loop, on_batch_and_before_sleep_run_every_turn)
     cbus_loop_close(&t.l);
 }
 
-Test(common_loop, held_events_come_back_without_a_poll)
+Test(daemon_loop, held_events_come_back_without_a_poll)
 {
     static struct t t;
     emit_n(bus, 10, "ev");
@@ -390,7 +390,7 @@ static int on_batch_hold_all(void *arg, const struct cbus_event *ev, const struc
     return 0;
 }
 
-Test(common_loop, held_events_are_left_for_the_final_drain)
+Test(daemon_loop, held_events_are_left_for_the_final_drain)
 {
     static struct t t;
     emit_n(bus, 3, "ev");
@@ -421,7 +421,7 @@ static int on_batch_stop_hook(void *arg, const struct cbus_event *ev, const stru
     return 1;
 }
 
-Test(common_loop, a_hook_that_fails_stops_the_loop_with_1)
+Test(daemon_loop, a_hook_that_fails_stops_the_loop_with_1)
 {
     static struct t t;
     loop_on(&t, CBUS_LOSSY, 0);
@@ -465,7 +465,7 @@ static int on_batch_idle(void *arg, const struct cbus_event *ev, const struct cb
 /* A child sends SIGUSR1 a few times (one landing in the gap loop.h
  * describes is seen at the next), then SIGTERM.  The loop sleeps 5 s at a
  * time otherwise: the signals cut the waits short. */
-Test(common_loop, sigusr1_from_another_process_runs_on_usr1_timers)
+Test(daemon_loop, sigusr1_from_another_process_runs_on_usr1_timers)
 {
     static struct t t;
     cbus_daemon_signals();
@@ -559,12 +559,12 @@ static void recreated_bus_is_followed(unsigned mode)
     cbus_loop_close(&t.l);
 }
 
-Test(common_loop, recreated_bus_followed_from_oldest_lossless)
+Test(daemon_loop, recreated_bus_followed_from_oldest_lossless)
 {
     recreated_bus_is_followed(CBUS_LOSSLESS);
 }
 
-Test(common_loop, recreated_bus_followed_from_oldest_lossy)
+Test(daemon_loop, recreated_bus_followed_from_oldest_lossy)
 {
     recreated_bus_is_followed(CBUS_LOSSY);
 }
@@ -594,7 +594,7 @@ static void count_slow_beat(void *arg)
  * sleep of 5 stall timeouts, as a long fsync would be) and the beat thread
  * heartbeats the consumer and calls on_slow_beat; after _end it does
  * neither.  The margins are 40 beat periods, not a measurement. */
-Test(common_loop, slow_section_heartbeats_from_the_beat_thread_until_it_ends)
+Test(daemon_loop, slow_section_heartbeats_from_the_beat_thread_until_it_ends)
 {
     cbus_bus_destroy(bus);
     struct cbus_create_opts co = {.capacity = 1024, .stall_timeout_ns = 100000000u};

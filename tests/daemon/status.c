@@ -44,7 +44,7 @@ static void teardown(void)
     cr_assert_eq(system(cmd), 0);
 }
 
-TestSuite(common_status, .init = setup, .fini = teardown);
+TestSuite(daemon_status, .init = setup, .fini = teardown);
 
 static void emit_n(unsigned n)
 {
@@ -108,7 +108,7 @@ static const cJSON *get(const cJSON *o, const char *k)
     return v;
 }
 
-Test(common_status, envelope_has_every_member_in_order)
+Test(daemon_status, envelope_has_every_member_in_order)
 {
     struct cbus_attach at;
     consumer_with_events(&at, "auditx", CBUS_LOSSLESS, 5);
@@ -155,7 +155,7 @@ Test(common_status, envelope_has_every_member_in_order)
     cbus_attach_close(&at);
 }
 
-Test(common_status, no_consumer_yet_leaves_bus_and_consumer_out)
+Test(daemon_status, no_consumer_yet_leaves_bus_and_consumer_out)
 {
     char path[400];
     snprintf(path, sizeof path, "%s/s.json", dir);
@@ -167,7 +167,7 @@ Test(common_status, no_consumer_yet_leaves_bus_and_consumer_out)
     cJSON_Delete(j);
 }
 
-Test(common_status, a_failed_buffer_is_not_written)
+Test(daemon_status, a_failed_buffer_is_not_written)
 {
     struct sbuf b;
     sbuf_init(&b);
@@ -181,7 +181,7 @@ Test(common_status, a_failed_buffer_is_not_written)
 
 /* ---- cbusctl status ---------------------------------------------------------- */
 
-Test(common_status, cbusctl_status_shows_a_file_in_text_and_json)
+Test(daemon_status, cbusctl_status_shows_a_file_in_text_and_json)
 {
     struct cbus_attach at;
     consumer_with_events(&at, "exportx", CBUS_LOSSY, 3);
@@ -224,7 +224,7 @@ static void spit(const char *path, const char *text)
     cr_assert_eq(fclose(f), 0);
 }
 
-Test(common_status, cbusctl_status_finds_every_daemon_in_a_state_dir)
+Test(daemon_status, cbusctl_status_finds_every_daemon_in_a_state_dir)
 {
     struct cbus_attach at;
     consumer_with_events(&at, "costx", CBUS_LOSSLESS, 1);
@@ -263,7 +263,7 @@ Test(common_status, cbusctl_status_finds_every_daemon_in_a_state_dir)
     cbus_attach_close(&at);
 }
 
-Test(common_status, cbusctl_status_tells_stopped_and_gone_daemons)
+Test(daemon_status, cbusctl_status_tells_stopped_and_gone_daemons)
 {
     /* A clean stop wrote running false; a SIGKILLed daemon left running
      * true behind with a pid that is gone. */
@@ -292,7 +292,7 @@ Test(common_status, cbusctl_status_tells_stopped_and_gone_daemons)
     run_free(&r);
 }
 
-Test(common_status, cbusctl_status_errors)
+Test(daemon_status, cbusctl_status_errors)
 {
     struct run_result r;
     char p[400];
@@ -318,7 +318,7 @@ Test(common_status, cbusctl_status_errors)
 
 /* Strings come from producers (keys) and the file is not trusted: control
  * bytes reach the terminal escaped. */
-Test(common_status, cbusctl_status_escapes_strings)
+Test(daemon_status, cbusctl_status_escapes_strings)
 {
     char p[400];
     snprintf(p, sizeof p, "%s/evil.json", dir);

@@ -63,9 +63,9 @@ static int has(cJSON *j, const char *k)
     return cJSON_GetObjectItemCaseSensitive(j, k) != NULL;
 }
 
-TestSuite(cbusctl_event_json, .init = setup, .fini = teardown);
+TestSuite(events_event_json, .init = setup, .fini = teardown);
 
-Test(cbusctl_event_json, common_fields_by_name)
+Test(events_event_json, common_fields_by_name)
 {
     strcpy(ev.model, "gpt-4o");
     strcpy(ev.provider, "openai");
@@ -85,7 +85,7 @@ Test(cbusctl_event_json, common_fields_by_name)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, timestamps_are_exact_integers)
+Test(events_event_json, timestamps_are_exact_integers)
 {
     cJSON *j = render();
     /* A double cannot hold this value; the text must carry every digit. */
@@ -94,7 +94,7 @@ Test(cbusctl_event_json, timestamps_are_exact_integers)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, usage_lists_only_present_counts)
+Test(events_event_json, usage_lists_only_present_counts)
 {
     ev.u.usage.usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_CACHE_READ | CBUS_USAGE_TTFT;
     ev.u.usage.input_tokens = 100;
@@ -116,7 +116,7 @@ Test(cbusctl_event_json, usage_lists_only_present_counts)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, llm_end_without_usage_has_no_usage_object)
+Test(events_event_json, llm_end_without_usage_has_no_usage_object)
 {
     cJSON *j = render();
     cr_assert(!has(j, "usage"), "absent is not zero: %s", out.data);
@@ -124,7 +124,7 @@ Test(cbusctl_event_json, llm_end_without_usage_has_no_usage_object)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, full_width_fields_stop_at_their_array)
+Test(events_event_json, full_width_fields_stop_at_their_array)
 {
     /* No NUL anywhere in model: the reader must stop at 64 bytes and not
      * run into user. */
@@ -145,7 +145,7 @@ Test(cbusctl_event_json, full_width_fields_stop_at_their_array)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, hostile_bytes_stay_valid_json)
+Test(events_event_json, hostile_bytes_stay_valid_json)
 {
     ev.kind = CBUS_EV_LLM_NEW_TOKEN;
     ev.u.token.index = 7;
@@ -161,7 +161,7 @@ Test(cbusctl_event_json, hostile_bytes_stay_valid_json)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, parent_and_trace_only_with_their_flags)
+Test(events_event_json, parent_and_trace_only_with_their_flags)
 {
     memset(ev.parent_run_id, 0xab, 16);
     memset(ev.trace_id, 0xcd, 16);
@@ -175,7 +175,7 @@ Test(cbusctl_event_json, parent_and_trace_only_with_their_flags)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, unknown_kind_and_reason_render_as_numbers)
+Test(events_event_json, unknown_kind_and_reason_render_as_numbers)
 {
     ev.kind = 999;
     cJSON *j = render();
@@ -189,7 +189,7 @@ Test(cbusctl_event_json, unknown_kind_and_reason_render_as_numbers)
     cJSON_Delete(j);
 }
 
-Test(cbusctl_event_json, per_kind_numbers)
+Test(events_event_json, per_kind_numbers)
 {
     ev.kind = CBUS_EV_RETRY;
     ev.u.retry.attempt = 3;
@@ -255,7 +255,7 @@ static size_t add_section(uint8_t *buf, size_t at, unsigned type, const void *da
 /* Two 200-byte users that differ in the last byte show the same 39-byte
  * prefix; their whole-value hashes tell them apart.  An uncut key has no
  * hash entry; agent and tenant render like the other keys. */
-Test(cbusctl_event_json, cut_keys_render_their_whole_value_hash)
+Test(events_event_json, cut_keys_render_their_whole_value_hash)
 {
     char a[200], b[200];
     memset(a, 'u', sizeof a);
@@ -289,7 +289,7 @@ Test(cbusctl_event_json, cut_keys_render_their_whole_value_hash)
     cr_assert_str_eq(ha[1], want);
 }
 
-Test(cbusctl_event_json, score_payload_by_type)
+Test(events_event_json, score_payload_by_type)
 {
     ev.kind = CBUS_EV_SCORE;
     strcpy(ev.name, "fix_quality");
@@ -327,7 +327,7 @@ Test(cbusctl_event_json, score_payload_by_type)
 /* The body object: text whole (invalid UTF-8 as U+FFFD, a NUL as \u0000),
  * messages JSON as a string, tags, metadata, the cut and its original
  * length, dropped entries; a malformed section is said, not read past. */
-Test(cbusctl_event_json, body_renders_every_section)
+Test(events_event_json, body_renders_every_section)
 {
     static uint8_t body[16384];
     static char text[10000];

@@ -6,7 +6,7 @@
 
 #include "redact.h"
 
-TestSuite(common_redact);
+TestSuite(events_redact);
 
 static const char *red(const char *url)
 {
@@ -14,7 +14,7 @@ static const char *red(const char *url)
     return cbus_redact_url(out, sizeof out, url);
 }
 
-Test(common_redact, url_userinfo_query_and_fragment_are_starred)
+Test(events_redact, url_userinfo_query_and_fragment_are_starred)
 {
     cr_assert_str_eq(red("https://alice:s3cret@hooks.example.com:8443/services/x?token=t0k#frag"),
                      "https://***@hooks.example.com:8443/services/x?***#***");
@@ -24,7 +24,7 @@ Test(common_redact, url_userinfo_query_and_fragment_are_starred)
     cr_assert_str_eq(red("http://host?q"), "http://host?***");
 }
 
-Test(common_redact, url_without_secrets_is_unchanged)
+Test(events_redact, url_without_secrets_is_unchanged)
 {
     cr_assert_str_eq(red("http://127.0.0.1:4318/v1/traces"), "http://127.0.0.1:4318/v1/traces");
     cr_assert_str_eq(red("https://[::1]:8080/"), "https://[::1]:8080/");
@@ -32,7 +32,7 @@ Test(common_redact, url_without_secrets_is_unchanged)
     cr_assert_str_eq(red(NULL), "");
 }
 
-Test(common_redact, password_holding_at_sign_and_at_in_path)
+Test(events_redact, password_holding_at_sign_and_at_in_path)
 {
     /* the last '@' before the path ends the userinfo */
     cr_assert_str_eq(red("https://u:p@ss@host/a@b"), "https://***@host/a@b");
@@ -40,14 +40,14 @@ Test(common_redact, password_holding_at_sign_and_at_in_path)
     cr_assert_str_eq(red("https://host/a@b?c@d"), "https://host/a@b?***");
 }
 
-Test(common_redact, text_that_is_not_a_url_is_redacted_too)
+Test(events_redact, text_that_is_not_a_url_is_redacted_too)
 {
     cr_assert_str_eq(red("ftp//u:pw@host/x?k"), "***@host/x?***");
     cr_assert_str_eq(red("u:pw@host/x?k=v"), "***@host/x?***");
     cr_assert_str_eq(red("hxxp://u:pw@host"), "hxxp://***@host");
 }
 
-Test(common_redact, control_bytes_and_short_buffers)
+Test(events_redact, control_bytes_and_short_buffers)
 {
     cr_assert_str_eq(red("http://host/a\nb\x1b[31m"), "http://host/a?b?[31m");
     char small[12];

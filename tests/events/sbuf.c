@@ -25,7 +25,7 @@ static void assert_terminal_safe(const char *out)
     }
 }
 
-Test(common_sbuf, human_escapes_controls_and_keeps_text)
+Test(events_sbuf, human_escapes_controls_and_keeps_text)
 {
     cr_assert_str_eq(human("plain gpt-4o", (size_t)-1), "plain gpt-4o");
     cr_assert_str_eq(human("a\x1b[2Jb", (size_t)-1), "a\\x1b[2Jb");
@@ -35,7 +35,7 @@ Test(common_sbuf, human_escapes_controls_and_keeps_text)
     cr_assert_str_eq(human("caf\xc3\xa9 \xe2\x82\xac", (size_t)-1), "caf\xc3\xa9 \xe2\x82\xac");
 }
 
-Test(common_sbuf, human_escapes_invalid_utf8_and_c1)
+Test(events_sbuf, human_escapes_invalid_utf8_and_c1)
 {
     cr_assert_str_eq(human("open\xff" "ai", (size_t)-1), "open\\xffai");
     cr_assert_str_eq(human("\x9b" "31m", (size_t)-1), "\\x9b31m");           /* raw 8-bit CSI */
@@ -47,7 +47,7 @@ Test(common_sbuf, human_escapes_invalid_utf8_and_c1)
     cr_assert_str_eq(human("\xef\xbb\xbf", (size_t)-1), "\\ufeff");
 }
 
-Test(common_sbuf, human_stops_at_length_or_nul)
+Test(events_sbuf, human_stops_at_length_or_nul)
 {
     char field[4] = {'a', '\x1b', 'b', 'c'}; /* a full fixed field has no NUL */
     struct sbuf b;
@@ -60,7 +60,7 @@ Test(common_sbuf, human_stops_at_length_or_nul)
 
 /* Every byte value, in every position: the output is terminal-safe and
  * within the documented bound. */
-Test(common_sbuf, human_output_safe_and_bounded_for_all_bytes)
+Test(events_sbuf, human_output_safe_and_bounded_for_all_bytes)
 {
     unsigned char in[512];
     for (unsigned i = 0; i < 255; i++) {
@@ -74,7 +74,7 @@ Test(common_sbuf, human_output_safe_and_bounded_for_all_bytes)
     }
 }
 
-Test(common_sbuf, human_buf_never_cuts_an_escape)
+Test(events_sbuf, human_buf_never_cuts_an_escape)
 {
     char out[6];
     size_t n = cbus_human_str(out, sizeof out, "ab\x1b" "cd", (size_t)-1);
