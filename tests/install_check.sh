@@ -34,10 +34,16 @@ cmake --install "$build" --prefix "$prefix" >/dev/null
 for f in include/cbus/producer.h include/cbus/layout.h lib/pkgconfig/cbus.pc bin/cbusctl \
          bin/cbus-cost bin/cbus-audit bin/cbus-export bin/cbus-ratelimit \
          lib/systemd/system/cbus-bus@.service lib/systemd/system/cbus-cost@.service \
-         etc/cbus/cost.ini share/cbus/model_prices_and_context_window.json; do
+         bin/cbus-history bin/cbus-web \
+         etc/cbus/cost.ini etc/cbus/audit.ini etc/cbus/export.ini etc/cbus/ratelimit.ini \
+         etc/cbus/history.ini etc/cbus/web.ini share/cbus/model_prices_and_context_window.json; do
   [ -e "$prefix/$f" ] || { echo "install_check: $f was not installed" >&2; exit 1; }
 done
 ls "$prefix"/lib/libcbus.so* >/dev/null
+# Installed once: no second copy of a config or of the price table.
+extra=$(cd "$prefix" && find share etc -name '*.ini' -o -name 'model_prices*.json' | sort |
+        grep -v -x -e 'etc/cbus/[a-z]*\.ini' -e 'share/cbus/model_prices_and_context_window\.json' || true)
+[ -z "$extra" ] || { echo "install_check: installed twice or astray: $extra" >&2; exit 1; }
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 cc -std=c11 -Wall -Werror "$src/examples/instrument.c" $(pkg-config --cflags cbus) \
    -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" $(pkg-config --libs cbus) -o "$prefix/instrument"
