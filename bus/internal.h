@@ -198,7 +198,7 @@ uint64_t cbus__guard_fired(void);
 int cbus__bus_validate(cbus_bus *bus, size_t file_len);
 int cbus__shm_path(char *out, size_t len, const char *name);
 
-/* ---- ring.c: the gate (tethered lossless consumers) ---- */
+/* ---- gate.c: the gate (tethered lossless consumers) ---- */
 void cbus__consumer_untether(cbus_bus *bus, struct cbus_consumer_entry *e);
 int cbus__consumer_tether(cbus_bus *bus, struct cbus_consumer_entry *e);
 
