@@ -1,4 +1,4 @@
-/* The emit path and the context API.
+/* The emit path (the context API: ctx.c; trace and run ids: ids.c).
  *
  * An emit: one timestamp (rdtsc), one claim (fetch_add; CAS only while a
  * lossless consumer is tethered), one copy of the context's pre-built event,
@@ -7,36 +7,13 @@
 #include "producer_internal.h"
 
 #include <stdio.h>
-#include <sys/random.h>
 #include <unistd.h>
-
-/* Bounded copy into a zero-filled field (the template's): never reads past
- * len, always leaves a NUL, flags the cut. */
-static inline void put_str(char *dst, size_t cap, const char *src, size_t len, uint16_t *flags,
-                           uint16_t trunc_flag)
-{
-    if (len >= cap) {
-        len = cap - 1;
-        *flags |= trunc_flag;
-        /* do not leave half a UTF-8 sequence at the cut */
-        while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
-            len--;
-    }
-    memcpy(dst, src, len);
-    dst[len] = '\0';
-}
 
 /* emit() copies the template around the payload: the key hashes and
  * strings follow it. */
 _Static_assert(offsetof(struct cbus_event, key_hash) ==
                    offsetof(struct cbus_event, u) + sizeof(((struct cbus_event *)0)->u),
                "the key hashes follow the payload union");
-
-static inline size_t bounded_strlen(const char *s, size_t cap)
-{
-    /* One past the field is enough to know it must be cut. */
-    return strnlen(s, cap);
-}
 
 static void wake_consumers(struct cbus_shm_header *hdr)
 {
@@ -372,9 +349,9 @@ static inline __attribute__((always_inline)) int emit(cbus_producer *p, cbus_ctx
     ev->ts_realtime_ns = real;
     ev->ts_mono_ns = now;
     if (rq->name)
-        put_str(ev->name, sizeof ev->name, rq->name, rq->name_len, &ev->flags, CBUS_TRUNC_NAME);
+        cbus__put_str(ev->name, sizeof ev->name, rq->name, rq->name_len, &ev->flags, CBUS_TRUNC_NAME);
     if (rq->preview)
-        put_str(ev->preview, sizeof ev->preview, rq->preview, rq->preview_len, &ev->flags,
+        cbus__put_str(ev->preview, sizeof ev->preview, rq->preview, rq->preview_len, &ev->flags,
                 CBUS_TRUNC_PREVIEW);
 
 #ifdef CBUS__TSAN
@@ -412,7 +389,7 @@ static inline size_t text_len(const char *s)
 }
 
 #define REQ(k, nm, pv) \
-    (struct emit_req){.kind = (k), .name = (nm), .name_len = (nm) ? bounded_strlen((nm), CBUS_NAME_LEN + 1) : 0, \
+    (struct emit_req){.kind = (k), .name = (nm), .name_len = (nm) ? cbus__bounded_strlen((nm), CBUS_NAME_LEN + 1) : 0, \
                       .preview = (pv), .preview_len = text_len(pv)}
 
 /* Sets the run's name in the context (so ends and errors carry it) and emits. */
@@ -424,8 +401,8 @@ static int emit_named_start(cbus_producer *p, cbus_ctx *ctx, unsigned kind, cons
     memset(ctx->tmpl.name, 0, sizeof ctx->tmpl.name);
     ctx->tmpl.flags &= (uint16_t)~CBUS_TRUNC_NAME;
     if (name)
-        put_str(ctx->tmpl.name, sizeof ctx->tmpl.name, name,
-                bounded_strlen(name, CBUS_NAME_LEN + 1), &ctx->tmpl.flags, CBUS_TRUNC_NAME);
+        cbus__put_str(ctx->tmpl.name, sizeof ctx->tmpl.name, name,
+                cbus__bounded_strlen(name, CBUS_NAME_LEN + 1), &ctx->tmpl.flags, CBUS_TRUNC_NAME);
     struct emit_req rq = REQ(kind, NULL, preview);
     return emit(p, ctx, &rq);
 }
@@ -747,7 +724,7 @@ int cbus__emit_body(cbus_producer *p, cbus_ctx *ctx, unsigned kind, const char *
                     size_t messages_len, const char *text, size_t text_len)
 {
     struct emit_req rq = {.kind = kind, .name = name,
-                          .name_len = name ? bounded_strlen(name, CBUS_NAME_LEN + 1) : 0,
+                          .name_len = name ? cbus__bounded_strlen(name, CBUS_NAME_LEN + 1) : 0,
                           .preview = preview, .preview_len = preview ? preview_len : 0,
                           .messages = messages, .messages_len = messages ? messages_len : 0,
                           .text = text, .text_len = text ? text_len : 0};
@@ -764,218 +741,10 @@ CBUS_API int cbus_emit(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_a
     if (a->messages_len && !a->messages)
         return -EINVAL;
     if (a->name)
-        rq.name_len = bounded_strlen(a->name, CBUS_NAME_LEN + 1);
+        rq.name_len = cbus__bounded_strlen(a->name, CBUS_NAME_LEN + 1);
     if (a->preview)
         rq.preview_len = a->preview_len == SIZE_MAX ? text_len(a->preview) : a->preview_len;
     if (a->payload_len && !a->payload)
         return -EINVAL;
     return emit(p, ctx, &rq);
-}
-
-/* ---- context ---------------------------------------------------------------- */
-
-/* splitmix64 per thread, seeded once from getrandom. */
-static uint64_t rng_next(void)
-{
-    static _Thread_local uint64_t state;
-    static _Thread_local int seeded;
-    if (CBUS__UNLIKELY(!seeded)) {
-        if (getrandom(&state, sizeof state, GRND_NONBLOCK) != sizeof state)
-            state = cbus__mono_ns() ^ ((uint64_t)getpid() << 32) ^ cbus__gettid();
-        seeded = 1;
-    }
-    uint64_t z = (state += UINT64_C(0x9E3779B97F4A7C15));
-    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-    return z ^ (z >> 31);
-}
-
-CBUS_API void cbus_trace_id_new(uint8_t out[16])
-{
-    if (!out)
-        return;
-    uint64_t a = rng_next(), b = rng_next();
-    memcpy(out, &a, 8);
-    memcpy(out + 8, &b, 8);
-    if (cbus_id_is_zero(out))
-        out[15] = 1; /* all-zero is "no id" */
-}
-
-CBUS_API void cbus_run_id_new(uint8_t out[16])
-{
-    if (!out)
-        return;
-    cbus_trace_id_new(out);
-    out[6] = (uint8_t)((out[6] & 0x0f) | 0x40); /* version 4 */
-    out[8] = (uint8_t)((out[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-}
-
-CBUS_API void cbus_ctx_init(cbus_ctx *ctx)
-{
-    if (!ctx)
-        return;
-    memset(ctx, 0, sizeof *ctx);
-    cbus_run_id_new(ctx->tmpl.run_id);
-    cbus_trace_id_new(ctx->tmpl.trace_id);
-    ctx->tmpl.flags = CBUS_FLAG_HAS_TRACE;
-    ctx->admit_hash[CBUS_SCOPE_GLOBAL] = cbus_admit_key_hash(CBUS_SCOPE_GLOBAL, "*");
-    ctx->magic = CBUS_CTX_MAGIC;
-}
-
-/* Sets a key field: cut to the field (flagged), hashed whole (key_hash[key],
- * key < 0: not a key), and its admission-table hash cached (scope >= 0). */
-static int set_key(cbus_ctx *ctx, char *field, size_t cap, uint16_t trunc, int scope, int key,
-                   const char *value)
-{
-    if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
-        return -EINVAL;
-    memset(field, 0, cap);
-    ctx->tmpl.flags &= (uint16_t)~trunc;
-    size_t len = value ? strlen(value) : 0;
-    if (value)
-        put_str(field, cap, value, len, &ctx->tmpl.flags, trunc);
-    uint64_t whole = cbus_key_hash(value, len);
-    if (key >= 0)
-        ctx->tmpl.key_hash[key] = whole;
-    /* By the whole value, as the deciding consumers publish (the event's
-     * key_hash[]): two users that share the field's prefix stay apart. */
-    if (scope >= 0)
-        ctx->admit_hash[scope] = whole ? cbus_admit_hash((unsigned)scope, whole) : 0;
-    return 0;
-}
-
-CBUS_API int cbus_ctx_set_provider(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.provider : NULL, CBUS_PROVIDER_LEN, CBUS_TRUNC_PROVIDER,
-                   CBUS_SCOPE_PROVIDER, CBUS_KEY_PROVIDER, v);
-}
-
-CBUS_API int cbus_ctx_set_model(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.model : NULL, CBUS_MODEL_LEN, CBUS_TRUNC_MODEL,
-                   CBUS_SCOPE_MODEL, CBUS_KEY_MODEL, v);
-}
-
-CBUS_API int cbus_ctx_set_user(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.user : NULL, CBUS_USER_LEN, CBUS_TRUNC_USER,
-                   CBUS_SCOPE_USER, CBUS_KEY_USER, v);
-}
-
-CBUS_API int cbus_ctx_set_session(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.session : NULL, CBUS_SESSION_LEN, CBUS_TRUNC_SESSION,
-                   CBUS_SCOPE_SESSION, CBUS_KEY_SESSION, v);
-}
-
-CBUS_API int cbus_ctx_set_agent(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.agent : NULL, CBUS_AGENT_LEN, CBUS_TRUNC_AGENT,
-                   CBUS_SCOPE_AGENT, CBUS_KEY_AGENT, v);
-}
-
-CBUS_API int cbus_ctx_set_tenant(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.tenant : NULL, CBUS_TENANT_LEN, CBUS_TRUNC_TENANT,
-                   CBUS_SCOPE_TENANT, CBUS_KEY_TENANT, v);
-}
-
-/* Appends n strings (each with its NUL) to area, or -E2BIG and counts. */
-static int area_add(char *area, uint32_t cap, uint32_t *used, uint32_t *dropped,
-                    const char *const *strs, unsigned n)
-{
-    size_t need = 0;
-    for (unsigned i = 0; i < n; i++)
-        need += strlen(strs[i]) + 1;
-    if (need > cap - *used) {
-        (*dropped)++;
-        return -E2BIG;
-    }
-    for (unsigned i = 0; i < n; i++) {
-        size_t l = strlen(strs[i]) + 1;
-        memcpy(area + *used, strs[i], l);
-        *used += (uint32_t)l;
-    }
-    return 0;
-}
-
-CBUS_API int cbus_ctx_add_tag(cbus_ctx *ctx, const char *tag)
-{
-    if (!ctx || ctx->magic != CBUS_CTX_MAGIC || !tag || !*tag)
-        return -EINVAL;
-    return area_add(ctx->tags, sizeof ctx->tags, &ctx->tags_len, &ctx->tags_dropped, &tag, 1);
-}
-
-CBUS_API int cbus_ctx_set_metadata(cbus_ctx *ctx, const char *key, const char *value)
-{
-    if (!ctx || ctx->magic != CBUS_CTX_MAGIC || !key || !*key || !value)
-        return -EINVAL;
-    const char *kv[2] = {key, value};
-    return area_add(ctx->meta, sizeof ctx->meta, &ctx->meta_len, &ctx->meta_dropped, kv, 2);
-}
-
-CBUS_API void cbus_ctx_clear_tags(cbus_ctx *ctx)
-{
-    if (ctx && ctx->magic == CBUS_CTX_MAGIC)
-        ctx->tags_len = ctx->tags_dropped = 0;
-}
-
-CBUS_API void cbus_ctx_clear_metadata(cbus_ctx *ctx)
-{
-    if (ctx && ctx->magic == CBUS_CTX_MAGIC)
-        ctx->meta_len = ctx->meta_dropped = 0;
-}
-
-CBUS_API int cbus_ctx_set_request_id(cbus_ctx *ctx, const char *v)
-{
-    return set_key(ctx, ctx ? ctx->tmpl.request_id : NULL, CBUS_REQUEST_LEN, CBUS_TRUNC_REQUEST,
-                   -1, -1, v);
-}
-
-static int set_id(cbus_ctx *ctx, uint8_t *field, const uint8_t id[16], uint16_t flag)
-{
-    if (!ctx || ctx->magic != CBUS_CTX_MAGIC)
-        return -EINVAL;
-    if (id) {
-        memcpy(field, id, 16);
-        ctx->tmpl.flags |= flag;
-    } else {
-        memset(field, 0, 16);
-        ctx->tmpl.flags &= (uint16_t)~flag;
-    }
-    return 0;
-}
-
-CBUS_API int cbus_ctx_set_run_id(cbus_ctx *ctx, const uint8_t run_id[16])
-{
-    if (!run_id)
-        return -EINVAL;
-    return set_id(ctx, ctx ? ctx->tmpl.run_id : NULL, run_id, 0);
-}
-
-CBUS_API int cbus_ctx_set_parent_run_id(cbus_ctx *ctx, const uint8_t parent[16])
-{
-    return set_id(ctx, ctx ? ctx->tmpl.parent_run_id : NULL, parent, CBUS_FLAG_HAS_PARENT);
-}
-
-CBUS_API int cbus_ctx_set_trace_id(cbus_ctx *ctx, const uint8_t trace_id[16])
-{
-    return set_id(ctx, ctx ? ctx->tmpl.trace_id : NULL, trace_id, CBUS_FLAG_HAS_TRACE);
-}
-
-CBUS_API int cbus_ctx_child(cbus_ctx *child, const cbus_ctx *parent)
-{
-    if (!child || !parent || parent->magic != CBUS_CTX_MAGIC || child == parent)
-        return -EINVAL;
-    *child = *parent;
-    memcpy(child->tmpl.parent_run_id, parent->tmpl.run_id, 16);
-    child->tmpl.flags |= CBUS_FLAG_HAS_PARENT;
-    cbus_run_id_new(child->tmpl.run_id);
-    memset(child->tmpl.name, 0, sizeof child->tmpl.name);
-    memset(child->tmpl.preview, 0, sizeof child->tmpl.preview);
-    child->tmpl.flags &= (uint16_t)~(CBUS_TRUNC_NAME | CBUS_TRUNC_PREVIEW);
-    child->run_start_ns = 0;
-    child->first_token_ns = 0;
-    child->token_index = 0;
-    return 0;
 }

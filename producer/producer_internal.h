@@ -70,4 +70,26 @@ int cbus__producer_drop(cbus_producer *p);
 int cbus__claim_gated(cbus_producer *p, struct cbus__producer_tls *t, uint64_t gate,
                       uint64_t now, unsigned kind, uint64_t n, uint64_t *pos);
 
+/* emit.c and ctx.c: bounded copy into a zero-filled field (the template's): never reads past
+ * len, always leaves a NUL, flags the cut. */
+static inline void cbus__put_str(char *dst, size_t cap, const char *src, size_t len,
+                                 uint16_t *flags, uint16_t trunc_flag)
+{
+    if (len >= cap) {
+        len = cap - 1;
+        *flags |= trunc_flag;
+        /* do not leave half a UTF-8 sequence at the cut */
+        while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+            len--;
+    }
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+static inline size_t cbus__bounded_strlen(const char *s, size_t cap)
+{
+    /* One past the field is enough to know it must be cut. */
+    return strnlen(s, cap);
+}
+
 #endif
