@@ -22,91 +22,22 @@
 
 #include <hiredis/hiredis.h>
 
-#include "redis_test.h"
+#include "fleet_test.h"
 #include "support.h"
 
 #define BIN CBUS_BINARY_DIR "/consumers/cost/cbus-cost"
 #define PRICES CBUS_SOURCE_DIR "/consumers/cost/model_prices_and_context_window.json"
-#define NODES 3
+#define NODES FLEET_NODES
 #define PICO_PER_CALL INT64_C(5000000000) /* 2,000 gpt-4o input tokens: 0.005 USD */
-
-struct shared {
-    _Atomic uint64_t sent[NODES];
-    _Atomic int stop;
-};
-
-static struct redis_test rs;
-static char dir[256];
-static char bus[NODES][64];
-static pid_t daemons[NODES], loads[NODES];
-static struct shared *sh;
-static pid_t parent_pid;
-
-static char *read_text(const char *path)
-{
-    static char buf[1 << 18];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-static const char *path_of(int node, const char *what)
-{
-    static char p[4][512];
-    static int k;
-    char *o = p[k++ % 4];
-    snprintf(o, 512, "%s/n%d.%s", dir, node, what);
-    return o;
-}
 
 static void setup(void)
 {
-    parent_pid = getpid();
-    memset(&rs, 0, sizeof rs);
-    int r = redis_test_start(&rs, 0);
-    if (r == -ENOENT)
-        cbus_test_skip_or_fail("no redis-server (apt-get install redis-server)");
-    cr_assert_eq(r, 0, "redis-server did not start: %s", strerror(-r));
-    snprintf(dir, sizeof dir, "/tmp/cbus-cfleet-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    for (int i = 0; i < NODES; i++) {
-        test_bus_name(bus[i], sizeof bus[i]);
-        cbus_bus_destroy(bus[i]);
-        struct cbus_create_opts o = {.capacity = 4096};
-        cr_assert_eq(cbus_bus_create(bus[i], &o), 0);
-    }
-    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    cr_assert_neq(sh, MAP_FAILED);
-    memset(sh, 0, sizeof *sh);
-}
-
-static void stop_all(pid_t *p)
-{
-    for (int i = 0; i < NODES; i++)
-        if (p[i] > 0) {
-            kill(p[i], SIGKILL);
-            waitpid(p[i], NULL, 0);
-            p[i] = 0;
-        }
+    fleet_setup("cfleet");
 }
 
 static void teardown(void)
 {
-    stop_all(loads);
-    stop_all(daemons);
-    redis_test_kill(&rs);
-    for (int i = 0; i < NODES; i++)
-        cbus_bus_destroy(bus[i]);
-    if (sh)
-        munmap(sh, sizeof *sh);
-    sh = NULL;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, rs.dir);
-    cr_assert_eq(system(cmd), 0);
+    fleet_teardown();
 }
 
 static void start_daemon(int node)
@@ -117,29 +48,13 @@ static void start_daemon(int node)
              "[budget.tenant.*]\nlimit_usd = 0.10\nperiod = 1d\nthresholds = 50, 80, 100\n"
              "[cluster]\naddress = 127.0.0.1:%u\nprefix = t21c:\nnode = n%d\nlocal_share = 0.333\n"
              "timeout = 400ms\n",
-             PRICES, rs.port, node);
-    FILE *f = fopen(path_of(node, "ini"), "w");
-    cr_assert_not_null(f);
-    fputs(cfg, f);
-    fclose(f);
+             PRICES, fleet.rs.port, node);
+    fleet_write(fleet_path(node, "ini"), cfg);
     char state[512];
-    snprintf(state, sizeof state, "%s/state%d", dir, node);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent_pid)
-            _exit(127);
-        int fd = open(path_of(node, "log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-        }
-        execl(BIN, BIN, "--bus", bus[node], "--config", path_of(node, "ini"), "--state-dir", state,
-              (char *)NULL);
-        _exit(127);
-    }
-    daemons[node] = pid;
+    snprintf(state, sizeof state, "%s/state%d", fleet.dir, node);
+    const char *argv[] = {BIN, "--bus", fleet.bus[node], "--config", fleet_path(node, "ini"),
+                          "--state-dir", state, NULL};
+    fleet_start_daemon(node, argv);
 }
 
 static void make_ctx(cbus_ctx *ctx, int node)
@@ -156,28 +71,8 @@ static void make_ctx(cbus_ctx *ctx, int node)
 /* Spends 0.005 USD for tenant acme every 20 ms while the node admits it. */
 static void start_load(int node)
 {
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        cbus_producer *p;
-        if (cbus_producer_open(&p, bus[node], NULL))
-            _exit(3);
-        cbus_ctx ctx;
-        make_ctx(&ctx, node);
-        struct cbus_usage u = {.input_tokens = 2000, .usage_present = CBUS_USAGE_INPUT};
-        while (!atomic_load(&sh->stop)) {
-            if (cbus_admit(p, &ctx, NULL) == CBUS_ALLOW) {
-                if (cbus_llm_start(p, &ctx, "hello", NULL) || cbus_llm_end(p, &ctx, &u, NULL))
-                    _exit(4);
-                atomic_fetch_add(&sh->sent[node], 1);
-            }
-            usleep(20000);
-        }
-        cbus_producer_close(p);
-        _exit(0);
-    }
-    loads[node] = pid;
+    static const struct cbus_usage u = {.input_tokens = 2000, .usage_present = CBUS_USAGE_INPUT};
+    fleet_start_load(node, make_ctx, &u, NULL, 20000);
 }
 
 static int count_in(const char *text, const char *needle)
@@ -191,7 +86,7 @@ static int count_in(const char *text, const char *needle)
 static long long fleet_spend(void)
 {
     struct timeval tv = {.tv_sec = 1};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)rs.port, tv);
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)fleet.rs.port, tv);
     if (!c || c->err) {
         if (c)
             redisFree(c);
@@ -222,7 +117,7 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     uint64_t end = test_now_ms() + 10000;
     for (int i = 0; i < NODES; i++) {
         const char *log;
-        while (!(log = read_text(path_of(i, "log"))) || !strstr(log, "synced with redis")) {
+        while (!(log = fleet_read(fleet_path(i, "log"))) || !strstr(log, "synced with redis")) {
             cr_assert_lt(test_now_ms(), end, "node %d never synced: %s", i, log ? log : "");
             test_sleep_ms(10);
         }
@@ -234,26 +129,26 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     cbus_producer *p[NODES];
     cbus_ctx ctx[NODES];
     for (int i = 0; i < NODES; i++) {
-        cr_assert_eq(cbus_producer_open(&p[i], bus[i], NULL), 0);
+        cr_assert_eq(cbus_producer_open(&p[i], fleet.bus[i], NULL), 0);
         make_ctx(&ctx[i], i);
     }
     end = test_now_ms() + 20000;
     for (int i = 0; i < NODES; i++)
         while (cbus_admit(p[i], &ctx[i], NULL) != CBUS_BUDGET_EXCEEDED) {
             cr_assert_lt(test_now_ms(), end, "node %d never stopped acme; sent %llu; log:\n%s", i,
-                         (unsigned long long)atomic_load(&sh->sent[i]), read_text(path_of(i, "log")));
+                         (unsigned long long)atomic_load(&fleet.sh->sent[i]), fleet_read(fleet_path(i, "log")));
             test_sleep_ms(10);
         }
     test_sleep_ms(300); /* anything in flight reaches its daemon */
-    atomic_store(&sh->stop, 1);
+    atomic_store(&fleet.sh->stop, 1);
     for (int i = 0; i < NODES; i++) {
-        int st = test_wait_pid(loads[i], 5000);
-        loads[i] = 0;
+        int st = test_wait_pid(fleet.loads[i], 5000);
+        fleet.loads[i] = 0;
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: %d", i, st);
     }
     uint64_t total = 0, per[NODES];
     for (int i = 0; i < NODES; i++)
-        total += per[i] = atomic_load(&sh->sent[i]);
+        total += per[i] = atomic_load(&fleet.sh->sent[i]);
     cr_log_info("fleet: %llu calls (%llu %llu %llu) on a 20-call budget", (unsigned long long)total,
                 (unsigned long long)per[0], (unsigned long long)per[1], (unsigned long long)per[2]);
     /* Each node spent its share, none near the limit on its own. */
@@ -279,7 +174,7 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     int thr50 = 0, thr80 = 0, exceeded = 0;
     static char logs[NODES][1 << 18];
     for (int i = 0; i < NODES; i++) {
-        snprintf(logs[i], sizeof logs[i], "%s", read_text(path_of(i, "log")));
+        snprintf(logs[i], sizeof logs[i], "%s", fleet_read(fleet_path(i, "log")));
         thr50 += count_in(logs[i], "budget tenant acme: threshold 50% reached");
         thr80 += count_in(logs[i], "budget tenant acme: threshold 80% reached");
         exceeded += count_in(logs[i], "budget tenant acme: EXCEEDED");
@@ -289,8 +184,8 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
     cr_assert_eq(exceeded, 1, "exceeded: %d\n%s\n%s\n%s", exceeded, logs[0], logs[1], logs[2]);
     /* The snapshot says the cluster is up and nothing was cut off. */
     char snap[512];
-    snprintf(snap, sizeof snap, "%s/state0/snapshot.json", dir);
-    const char *s = read_text(snap);
+    snprintf(snap, sizeof snap, "%s/state0/snapshot.json", fleet.dir);
+    const char *s = fleet_read(snap);
     cr_assert(s && strstr(s, "\"cluster\":{\"state\":\"up\"") && strstr(s, "\"alerts\":"),
               "%s", s ? s : "(none)");
     for (int i = 0; i < NODES; i++)
@@ -300,7 +195,7 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
 static const char *snap_of(int node)
 {
     static char p[512];
-    snprintf(p, sizeof p, "%s/state%d/snapshot.json", dir, node);
+    snprintf(p, sizeof p, "%s/state%d/snapshot.json", fleet.dir, node);
     return p;
 }
 
@@ -311,16 +206,16 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
     uint64_t end = test_now_ms() + 10000;
     for (int i = 0; i < NODES; i++) {
         const char *log;
-        while (!(log = read_text(path_of(i, "log"))) || !strstr(log, "synced with redis")) {
+        while (!(log = fleet_read(fleet_path(i, "log"))) || !strstr(log, "synced with redis")) {
             cr_assert_lt(test_now_ms(), end, "node %d never synced", i);
             test_sleep_ms(10);
         }
     }
-    redis_test_pause(&rs, 1);
+    redis_test_pause(&fleet.rs, 1);
     end = test_now_ms() + 10000;
     for (int i = 0; i < NODES; i++) {
         const char *s;
-        while (!(s = read_text(snap_of(i))) || !strstr(s, "\"state\":\"away\"")) {
+        while (!(s = fleet_read(snap_of(i))) || !strstr(s, "\"state\":\"away\"")) {
             cr_assert_lt(test_now_ms(), end, "node %d never away", i);
             test_sleep_ms(10);
         }
@@ -332,19 +227,19 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
     cbus_ctx ctx[NODES];
     end = test_now_ms() + 20000;
     for (int i = 0; i < NODES; i++) {
-        cr_assert_eq(cbus_producer_open(&p[i], bus[i], NULL), 0);
+        cr_assert_eq(cbus_producer_open(&p[i], fleet.bus[i], NULL), 0);
         make_ctx(&ctx[i], i);
         while (cbus_admit(p[i], &ctx[i], NULL) != CBUS_BUDGET_EXCEEDED) {
             cr_assert_lt(test_now_ms(), end, "node %d never held acme; log:\n%s", i,
-                         read_text(path_of(i, "log")));
+                         fleet_read(fleet_path(i, "log")));
             test_sleep_ms(10);
         }
     }
     test_sleep_ms(500);
     uint64_t away_sent = 0;
     for (int i = 0; i < NODES; i++) {
-        away_sent += atomic_load(&sh->sent[i]);
-        const char *log = read_text(path_of(i, "log"));
+        away_sent += atomic_load(&fleet.sh->sent[i]);
+        const char *log = fleet_read(fleet_path(i, "log"));
         cr_assert(strstr(log, "held here until redis answers"), "%s", log);
         cr_assert(!strstr(log, "threshold 50% reached"), "an alert without the fleet: %s", log);
     }
@@ -353,26 +248,26 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
      * whose cost tips it, and what starts while the hold is on its way. */
     cr_assert_leq(away_sent, 20 + NODES * 5, "away: %llu calls on a 20-call budget",
                   (unsigned long long)away_sent);
-    redis_test_pause(&rs, 0);
+    redis_test_pause(&fleet.rs, 0);
     /* Back: the counts reach Redis once; the marks alert once each. */
     end = test_now_ms() + 15000;
     int exceeded = 0;
     while (exceeded < 1 && test_now_ms() < end) {
         exceeded = 0;
         for (int i = 0; i < NODES; i++)
-            exceeded += count_in(read_text(path_of(i, "log")), "budget tenant acme: EXCEEDED");
+            exceeded += count_in(fleet_read(fleet_path(i, "log")), "budget tenant acme: EXCEEDED");
         test_sleep_ms(20);
     }
     test_sleep_ms(500);
-    atomic_store(&sh->stop, 1);
+    atomic_store(&fleet.sh->stop, 1);
     for (int i = 0; i < NODES; i++) {
-        int st = test_wait_pid(loads[i], 5000);
-        loads[i] = 0;
+        int st = test_wait_pid(fleet.loads[i], 5000);
+        fleet.loads[i] = 0;
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: %d", i, st);
     }
     uint64_t total = 0;
     for (int i = 0; i < NODES; i++)
-        total += atomic_load(&sh->sent[i]);
+        total += atomic_load(&fleet.sh->sent[i]);
     long long want = (long long)total * PICO_PER_CALL, got = -1;
     end = test_now_ms() + 5000;
     while ((got = fleet_spend()) != want && test_now_ms() < end)
@@ -382,7 +277,7 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
     int thr50 = 0;
     exceeded = 0;
     for (int i = 0; i < NODES; i++) {
-        const char *log = read_text(path_of(i, "log"));
+        const char *log = fleet_read(fleet_path(i, "log"));
         thr50 += count_in(log, "budget tenant acme: threshold 50% reached");
         exceeded += count_in(log, "budget tenant acme: EXCEEDED");
     }
@@ -390,7 +285,7 @@ Test(cost_fleet, redis_away_holds_each_node_at_its_share_and_alerts_once_on_retu
     cr_assert_eq(exceeded, 1, "exceeded: %d", exceeded);
     for (int i = 0; i < NODES; i++) {
         cr_assert_eq(cbus_admit(p[i], &ctx[i], NULL), CBUS_BUDGET_EXCEEDED, "node %d", i);
-        const char *s = read_text(snap_of(i));
+        const char *s = fleet_read(snap_of(i));
         cr_assert(s && strstr(s, "\"state\":\"up\""), "%s", s ? s : "");
         cbus_producer_close(p[i]);
     }

@@ -5,7 +5,7 @@
  * The load generators behave as clients should: a request goes out only
  * when cbus_admit() on their own node says CBUS_ALLOW.  What the fleet then
  * lets through is compared with the limit and the bound docs/fleet.md
- * gives; the margins are wide (a loaded 2-core box delays the daemons), but
+ * gives; the margins are wide (a loaded 2-core box delays the fleet.daemons), but
  * far below what three nodes limiting on their own would let through. */
 #include <criterion/criterion.h>
 
@@ -27,97 +27,20 @@
 
 #include <hiredis/hiredis.h>
 
-#include "redis_test.h"
+#include "fleet_test.h"
 #include "support.h"
 
-#define NODES 3
+#define NODES FLEET_NODES
 #define MS UINT64_C(1000000)
-
-struct shared {
-    _Atomic uint64_t sent[NODES];
-    _Atomic int stop;
-};
-
-static struct redis_test rs;
-static char dir[256];
-static char bus[NODES][64];
-static pid_t daemons[NODES], loads[NODES];
-static struct shared *sh;
-static pid_t parent_pid;
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static char *read_text(const char *path)
-{
-    static char buf[1 << 16];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
 
 static void setup(void)
 {
-    parent_pid = getpid();
-    memset(&rs, 0, sizeof rs);
-    int r = redis_test_start(&rs, 0);
-    if (r == -ENOENT)
-        cbus_test_skip_or_fail("no redis-server (apt-get install redis-server)");
-    cr_assert_eq(r, 0, "redis-server did not start: %s", strerror(-r));
-    snprintf(dir, sizeof dir, "/tmp/cbus-fleet-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    for (int i = 0; i < NODES; i++) {
-        test_bus_name(bus[i], sizeof bus[i]);
-        cbus_bus_destroy(bus[i]);
-        struct cbus_create_opts o = {.capacity = 4096};
-        cr_assert_eq(cbus_bus_create(bus[i], &o), 0);
-    }
-    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    cr_assert_neq(sh, MAP_FAILED);
-    memset(sh, 0, sizeof *sh);
-}
-
-static void stop_all(pid_t *p)
-{
-    for (int i = 0; i < NODES; i++)
-        if (p[i] > 0) {
-            kill(p[i], SIGKILL);
-            waitpid(p[i], NULL, 0);
-            p[i] = 0;
-        }
+    fleet_setup("fleet");
 }
 
 static void teardown(void)
 {
-    stop_all(loads);
-    stop_all(daemons);
-    redis_test_kill(&rs);
-    for (int i = 0; i < NODES; i++)
-        cbus_bus_destroy(bus[i]);
-    if (sh)
-        munmap(sh, sizeof *sh);
-    sh = NULL;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, rs.dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-static const char *path_of(int node, const char *what)
-{
-    static char p[4][512];
-    static int k;
-    char *o = p[k++ % 4];
-    snprintf(o, 512, "%s/n%d.%s", dir, node, what);
-    return o;
+    fleet_teardown();
 }
 
 static void start_daemon(int node, const char *rules, const char *cluster_extra)
@@ -129,24 +52,11 @@ static void start_daemon(int node, const char *rules, const char *cluster_extra)
              /* Not the 50 ms default: on a loaded CI box a Redis descheduled
               * that long would be a cut-off the test did not make. */
              "timeout = 400ms\n%s",
-             rules, rs.port, node, cluster_extra ? cluster_extra : "");
-    write_file(path_of(node, "ini"), cfg);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent_pid)
-            _exit(127);
-        int fd = open(path_of(node, "log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-        }
-        execl(RL_DAEMON_PATH, "cbus-ratelimit", "--bus", bus[node], "--config",
-              path_of(node, "ini"), "--status-file", path_of(node, "json"), (char *)NULL);
-        _exit(127);
-    }
-    daemons[node] = pid;
+             rules, fleet.rs.port, node, cluster_extra ? cluster_extra : "");
+    fleet_write(fleet_path(node, "ini"), cfg);
+    const char *argv[] = {RL_DAEMON_PATH, "--bus", fleet.bus[node], "--config",
+                          fleet_path(node, "ini"), "--status-file", fleet_path(node, "json"), NULL};
+    fleet_start_daemon(node, argv);
 }
 
 /* Waits until every node's status says the cluster is `state`. */
@@ -157,9 +67,9 @@ static void wait_state(const char *state, unsigned timeout_ms)
     uint64_t end = test_now_ms() + timeout_ms;
     for (int i = 0; i < NODES; i++) {
         const char *st;
-        while (!(st = read_text(path_of(i, "json"))) || !strstr(st, want)) {
+        while (!(st = fleet_read(fleet_path(i, "json"))) || !strstr(st, want)) {
             cr_assert_lt(test_now_ms(), end, "node %d never %s; status %s\nlog:\n%s", i, state,
-                         st ? st : "(none)", read_text(path_of(i, "log")));
+                         st ? st : "(none)", fleet_read(fleet_path(i, "log")));
             test_sleep_ms(10);
         }
     }
@@ -167,30 +77,16 @@ static void wait_state(const char *state, unsigned timeout_ms)
 
 /* The load generator of one node: alice asks every gap_us, and sends a
  * request (llm_start, llm_end) whenever her node admits it. */
+static void alice(cbus_ctx *ctx, int node)
+{
+    (void)node;
+    cbus_ctx_init(ctx);
+    cbus_ctx_set_user(ctx, "alice");
+}
+
 static void start_load(int node, unsigned gap_us)
 {
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        cbus_producer *p;
-        if (cbus_producer_open(&p, bus[node], NULL))
-            _exit(3);
-        cbus_ctx ctx;
-        cbus_ctx_init(&ctx);
-        cbus_ctx_set_user(&ctx, "alice");
-        while (!atomic_load(&sh->stop)) {
-            if (cbus_admit(p, &ctx, NULL) == CBUS_ALLOW) {
-                if (cbus_llm_start(p, &ctx, "hello", NULL) || cbus_llm_end(p, &ctx, NULL, "hi"))
-                    _exit(4);
-                atomic_fetch_add(&sh->sent[node], 1);
-            }
-            usleep(gap_us);
-        }
-        cbus_producer_close(p);
-        _exit(0);
-    }
-    loads[node] = pid;
+    fleet_start_load(node, alice, NULL, "hi", gap_us);
 }
 
 /* A number after "field": in a status file, or -1. */
@@ -206,7 +102,7 @@ static uint64_t total_sent(uint64_t *per)
 {
     uint64_t t = 0;
     for (int i = 0; i < NODES; i++) {
-        uint64_t v = atomic_load(&sh->sent[i]);
+        uint64_t v = atomic_load(&fleet.sh->sent[i]);
         if (per)
             per[i] = v;
         t += v;
@@ -216,12 +112,12 @@ static uint64_t total_sent(uint64_t *per)
 
 static void stop_loads(void)
 {
-    atomic_store(&sh->stop, 1);
+    atomic_store(&fleet.sh->stop, 1);
     for (int i = 0; i < NODES; i++)
-        if (loads[i] > 0) {
-            int st = test_wait_pid(loads[i], 5000);
+        if (fleet.loads[i] > 0) {
+            int st = test_wait_pid(fleet.loads[i], 5000);
             cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "load %d: status %d", i, st);
-            loads[i] = 0;
+            fleet.loads[i] = 0;
         }
 }
 
@@ -230,7 +126,7 @@ static void stop_loads(void)
 static long long fleet_count(void)
 {
     struct timeval tv = {.tv_sec = 1};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)rs.port, tv);
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)fleet.rs.port, tv);
     if (!c || c->err) {
         if (c)
             redisFree(c);
@@ -255,7 +151,7 @@ static long long fleet_count(void)
     return n;
 }
 
-/* Waits until Redis's count equals want (the daemons send what they counted
+/* Waits until Redis's count equals want (the fleet.daemons send what they counted
  * within an interval or two); returns the last count seen. */
 static long long wait_fleet_count(long long want, unsigned timeout_ms)
 {
@@ -300,7 +196,7 @@ Test(ratelimit_fleet, rpm_limit_holds_fleet_wide, .init = setup, .fini = teardow
     long long n = wait_fleet_count((long long)total, 5000);
     cr_assert_eq(n, (long long)total, "redis counted %lld of %llu", n, (unsigned long long)total);
     for (int i = 0; i < NODES; i++) {
-        const char *st = read_text(path_of(i, "json"));
+        const char *st = fleet_read(fleet_path(i, "json"));
         cr_assert(st && strstr(st, "\"state\":\"up\""), "node %d: %s", i, st);
         cr_assert_gt(json_num(st, "syncs"), 10, "node %d: %s", i, st);
         if (getenv("CBUS_TEST_SHOW"))
@@ -319,13 +215,13 @@ Test(ratelimit_fleet, redis_paused_degrades_to_local_share_and_counts_once, .ini
     test_sleep_ms(500);
     /* Redis stops answering (a hung server, a partition): batches in flight
      * time out, the nodes go on alone at local_share of each limit. */
-    redis_test_pause(&rs, 1);
+    redis_test_pause(&fleet.rs, 1);
     wait_state("away", 10000);
     uint64_t away0 = total_sent(NULL);
     test_sleep_ms(1500);
     uint64_t away_sent = total_sent(NULL) - away0;
     cr_log_info("away: %llu sent in 1.5 s", (unsigned long long)away_sent);
-    redis_test_pause(&rs, 0);
+    redis_test_pause(&fleet.rs, 0);
     wait_state("up", 10000);
     test_sleep_ms(300);
     stop_loads();
@@ -339,11 +235,11 @@ Test(ratelimit_fleet, redis_paused_degrades_to_local_share_and_counts_once, .ini
     cr_assert_eq(n, (long long)total, "redis counted %lld of %llu sent", n,
                  (unsigned long long)total);
     for (int i = 0; i < NODES; i++) {
-        const char *st = read_text(path_of(i, "json"));
+        const char *st = fleet_read(fleet_path(i, "json"));
         cr_assert_geq(json_num(st, "cutoffs"), 1, "node %d: %s", i, st);
         cr_assert_geq(json_num(st, "cut_off_ms"), 1000, "node %d: time away not counted: %s", i, st);
         cr_assert_geq(json_num(st, "resent"), 1, "node %d: %s", i, st);
-        const char *log = read_text(path_of(i, "log"));
+        const char *log = fleet_read(fleet_path(i, "log"));
         cr_assert(strstr(log, "deciding on local limits") && strstr(log, "answers again"), "%s", log);
     }
 }
@@ -368,11 +264,11 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
     cr_assert_geq(fleet_count(), (long long)early, "the old Redis never counted the first %llu",
                   (unsigned long long)early);
     test_sleep_ms(300);
-    redis_test_kill(&rs);
+    redis_test_kill(&fleet.rs);
     wait_state("away", 10000);
     test_sleep_ms(1000);
     /* The same port, no persistence: the fleet's state is gone. */
-    cr_assert_eq(redis_test_start(&rs, rs.port), 0);
+    cr_assert_eq(redis_test_start(&fleet.rs, fleet.rs.port), 0);
     wait_state("up", 10000);
     uint64_t after_up = total_sent(NULL);
     test_sleep_ms(1000);
@@ -391,7 +287,7 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
                   n, (unsigned long long)(total - after_up));
     cr_assert_gt(total - after_up, 0, "nothing sent after the restart");
     for (int i = 0; i < NODES; i++) {
-        const char *st = read_text(path_of(i, "json"));
+        const char *st = fleet_read(fleet_path(i, "json"));
         cr_assert_geq(json_num(st, "cutoffs"), 1, "node %d: %s", i, st);
         cr_assert_geq(json_num(st, "connects"), 2, "node %d: %s", i, st);
     }
@@ -400,11 +296,11 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
 Test(ratelimit_fleet, unreachable_redis_at_start_is_a_line_and_local_limits, .init = setup,
      .fini = teardown, .timeout = 60)
 {
-    redis_test_kill(&rs); /* nothing on that port now */
+    redis_test_kill(&fleet.rs); /* nothing on that port now */
     start_daemon(0, "rule = user=* rpm=60 burst=30", NULL);
     uint64_t end = test_now_ms() + 5000;
     const char *log;
-    while (!(log = read_text(path_of(0, "log"))) || !strstr(log, "deciding on local limits")) {
+    while (!(log = fleet_read(fleet_path(0, "log"))) || !strstr(log, "deciding on local limits")) {
         cr_assert_lt(test_now_ms(), end, "no clear line; log:\n%s", log ? log : "");
         test_sleep_ms(10);
     }
@@ -413,22 +309,22 @@ Test(ratelimit_fleet, unreachable_redis_at_start_is_a_line_and_local_limits, .in
     start_load(0, 5000);
     test_sleep_ms(1000);
     stop_loads();
-    uint64_t sent = atomic_load(&sh->sent[0]);
+    uint64_t sent = atomic_load(&fleet.sh->sent[0]);
     /* A third of burst 30 and of 1/s, and what the producer starts while
      * the verdict is on its way (20 allowed: 100 ms at one ask per 5 ms);
      * alone at the full limit it would be 31. */
     cr_assert_geq(sent, 5, "local limits let nothing through: %llu", (unsigned long long)sent);
     cr_assert_leq(sent, 10 + 1 + 20, "local share not applied: %llu", (unsigned long long)sent);
     char cmd[2048], out[600];
-    snprintf(out, sizeof out, "%s/status.txt", dir);
-    snprintf(cmd, sizeof cmd, "%s status --status-file %s > %s", RL_DAEMON_PATH, path_of(0, "json"),
+    snprintf(out, sizeof out, "%s/status.txt", fleet.dir);
+    snprintf(cmd, sizeof cmd, "%s status --status-file %s > %s", RL_DAEMON_PATH, fleet_path(0, "json"),
              out);
     cr_assert_eq(system(cmd), 0);
-    const char *txt = read_text(out);
+    const char *txt = fleet_read(out);
     cr_assert(txt && strstr(txt, "fleet: away, node n0") && strstr(txt, "Connection refused"),
               "%s", txt ? txt : "");
     int st;
-    cr_assert_eq(waitpid(daemons[0], &st, WNOHANG), 0, "the daemon exited");
-    const char *s = read_text(path_of(0, "json"));
+    cr_assert_eq(waitpid(fleet.daemons[0], &st, WNOHANG), 0, "the daemon exited");
+    const char *s = fleet_read(fleet_path(0, "json"));
     cr_assert(s && strstr(s, "\"state\":\"away\""), "%s", s);
 }
