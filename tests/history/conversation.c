@@ -14,24 +14,16 @@
 #include <string.h>
 
 #include "sbuf.h"
+#include "hist_test.h"
 #include "store.h"
 #include "support.h"
 
-static char bus[64], dir[256], db[300];
-static cbus_producer *prod;
-static struct hist_store *st;
+static struct hist_test T; /* the bus, its producer, the store (hist_test.h) */
 static cbus_ctx ctx;
 
 static void setup(void)
 {
-    test_bus_name(bus, sizeof bus);
-    test_bus_create(bus, 16384);
-    cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
-    snprintf(dir, sizeof dir, "/tmp/cbus-histc-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(db, sizeof db, "%s/h.db", dir);
-    char err[512];
-    cr_assert_eq(hist_store_open(&st, db, 0, err, sizeof err), 0, "%s", err);
+    hist_test_open(&T, "histc");
     cbus_ctx_init(&ctx);
     cbus_ctx_set_user(&ctx, "ann");
     cbus_ctx_set_agent(&ctx, "planner");
@@ -39,42 +31,20 @@ static void setup(void)
 
 static void teardown(void)
 {
-    hist_store_close(st);
-    cbus_producer_close(prod);
-    cbus_bus_destroy(bus);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd)) {
-    }
+    hist_test_close(&T);
 }
 
+/* Everything on the bus so far, applied in one batch. */
 static void drain(void)
 {
-    cbus_consumer *c;
-    struct cbus_consumer_opts o = {.name = "hist-conv", .start = CBUS_START_OLDEST};
-    cr_assert_eq(cbus_consumer_attach(&c, bus, &o), 0);
-    size_t blen = cbus_bus_body_limit(cbus_consumer_bus(c));
-    void *buf = malloc(blen);
-    struct cbus_event ev[64];
-    struct cbus_body bodies[64];
-    cr_assert_eq(hist_store_begin(st), 0);
-    int n;
-    while ((n = cbus_consumer_poll_bodies(c, ev, bodies, 64, buf, blen)) > 0)
-        for (int i = 0; i < n; i++)
-            cr_assert_eq(hist_store_event(st, 0xab, &ev[i], &bodies[i]), 0, "%s",
-                         hist_store_errmsg(st));
-    struct cbus_position pos;
-    cr_assert_eq(cbus_consumer_position(c, &pos), 0);
-    cr_assert_eq(hist_store_commit(st, 0xab, &pos), 0);
-    free(buf);
-    cbus_consumer_detach(c);
+    hist_test_drain(&T, "hist-conv", 0xab);
 }
 
 static cJSON *conv_json(const char *conv)
 {
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(hist_render_conv(st, conv, 1, 1, &b), 0, "no conversation %s", conv);
+    cr_assert_eq(hist_render_conv(T.st, conv, 1, 1, &b), 0, "no conversation %s", conv);
     cJSON *j = cJSON_Parse(b.data);
     cr_assert_not_null(j);
     sbuf_free(&b);
@@ -96,93 +66,93 @@ Test(history_conversation, bad_arguments_are_refused, .init = setup, .fini = tea
 {
     struct cbus_conv_message m = {.role = "user", .text = "hi", .text_len = SIZE_MAX};
     cr_expect_eq(cbus_conversation_message(NULL, &ctx, "c", &m), -EINVAL);
-    cr_expect_eq(cbus_conversation_message(prod, NULL, "c", &m), -EINVAL);
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, NULL, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", NULL), -EINVAL);
     /* no id and no session in the context */
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, NULL, &m), -EINVAL);
-    cr_expect_eq(cbus_conversation_create(prod, &ctx, "", NULL), -EINVAL);
-    cr_expect_eq(cbus_conversation_create(prod, &ctx, "a\nb", NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, NULL, &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_create(T.prod, &ctx, "", NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_create(T.prod, &ctx, "a\nb", NULL), -EINVAL);
     char longid[CBUS_CONV_ID_MAX + 2];
     memset(longid, 'i', sizeof longid - 1);
     longid[sizeof longid - 1] = '\0';
-    cr_expect_eq(cbus_conversation_create(prod, &ctx, longid, NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_create(T.prod, &ctx, longid, NULL), -EINVAL);
     longid[CBUS_CONV_ID_MAX] = '\0'; /* exactly the maximum */
-    cr_expect_eq(cbus_conversation_create(prod, &ctx, longid, NULL), 0);
+    cr_expect_eq(cbus_conversation_create(T.prod, &ctx, longid, NULL), 0);
     m.role = "robot";
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     m.role = NULL;
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     m.role = "user";
     m.id = "x\ty";
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     m.id = NULL;
     m.parent_id = "";
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     m.parent_id = NULL;
     static const char *const odd[] = {"key", NULL};
     m.metadata = odd;
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     static const char *const empty_key[] = {"", "v", NULL};
     m.metadata = empty_key;
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
     static char big[CBUS_CONV_FIELDS_MAX];
     memset(big, 'v', sizeof big - 1);
     const char *huge[] = {"k", big, NULL};
     m.metadata = huge;
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -E2BIG);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -E2BIG);
     m.metadata = NULL;
     m.text = NULL;
     m.text_len = 3; /* a length without its text */
-    cr_expect_eq(cbus_conversation_message(prod, &ctx, "c", &m), -EINVAL);
-    cr_expect_eq(cbus_conversation_rename(prod, &ctx, "c", NULL), -EINVAL);
-    cr_expect_eq(cbus_conversation_rename(prod, &ctx, "c", ""), -EINVAL);
+    cr_expect_eq(cbus_conversation_message(T.prod, &ctx, "c", &m), -EINVAL);
+    cr_expect_eq(cbus_conversation_rename(T.prod, &ctx, "c", NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_rename(T.prod, &ctx, "c", ""), -EINVAL);
     char longtitle[CBUS_CONV_TITLE_MAX + 2];
     memset(longtitle, 't', sizeof longtitle - 1);
     longtitle[sizeof longtitle - 1] = '\0';
-    cr_expect_eq(cbus_conversation_rename(prod, &ctx, "c", longtitle), -EINVAL);
-    cr_expect_eq(cbus_conversation_set_state(prod, &ctx, "c", "Archived"), -EINVAL);
-    cr_expect_eq(cbus_conversation_set_state(prod, &ctx, "c", ""), -EINVAL);
-    cr_expect_eq(cbus_conversation_set_state(prod, &ctx, "c", NULL), -EINVAL);
+    cr_expect_eq(cbus_conversation_rename(T.prod, &ctx, "c", longtitle), -EINVAL);
+    cr_expect_eq(cbus_conversation_set_state(T.prod, &ctx, "c", "Archived"), -EINVAL);
+    cr_expect_eq(cbus_conversation_set_state(T.prod, &ctx, "c", ""), -EINVAL);
+    cr_expect_eq(cbus_conversation_set_state(T.prod, &ctx, "c", NULL), -EINVAL);
     /* only the one good call reached the bus */
     drain();
     struct hist_counts hc;
-    hist_store_counts(st, &hc);
+    hist_store_counts(T.st, &hc);
     cr_expect_eq(hc.events, 1);
 }
 
 Test(history_conversation, operations_are_stored_as_given, .init = setup, .fini = teardown)
 {
-    cr_assert_eq(cbus_conversation_create(prod, &ctx, "trip-1", "Trip planning"), 0);
+    cr_assert_eq(cbus_conversation_create(T.prod, &ctx, "trip-1", "Trip planning"), 0);
     struct cbus_conv_message m1 = {.id = "m1", .role = "user",
                                    .text = "Plan three days in Paris, please, on a budget.",
                                    .text_len = SIZE_MAX};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, "trip-1", &m1), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, "trip-1", &m1), 0);
     static const char *const meta[] = {"source", "arshai", "quote\"d", "a\nb", NULL};
     struct cbus_conv_message m2 = {.id = "m2", .role = "assistant", .text = "Day 1: the Louvre.",
                                    .text_len = SIZE_MAX, .parent_id = "m1", .metadata = meta};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, "trip-1", &m2), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, "trip-1", &m2), 0);
     /* a branch: another answer to m1 */
     struct cbus_conv_message m3 = {.id = "m3", .role = "assistant", .text = "Or Versailles.",
                                    .text_len = SIZE_MAX, .parent_id = "m1"};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, "trip-1", &m3), 0);
-    cr_assert_eq(cbus_conversation_rename(prod, &ctx, "trip-1", "Paris on a budget"), 0);
-    cr_assert_eq(cbus_conversation_set_state(prod, &ctx, "trip-1", "archived"), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, "trip-1", &m3), 0);
+    cr_assert_eq(cbus_conversation_rename(T.prod, &ctx, "trip-1", "Paris on a budget"), 0);
+    cr_assert_eq(cbus_conversation_set_state(T.prod, &ctx, "trip-1", "archived"), 0);
     /* create again: the title stays */
-    cr_assert_eq(cbus_conversation_create(prod, &ctx, "trip-1", "Other"), 0);
+    cr_assert_eq(cbus_conversation_create(T.prod, &ctx, "trip-1", "Other"), 0);
     /* a message for a conversation never created creates it; no id: one
      * is made; bytes that are not UTF-8 pass through */
     static const char bad[] = "ol\xe9 \xff";
     struct cbus_conv_message m4 = {.role = "user", .text = bad, .text_len = sizeof bad - 1};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, "trip-2", &m4), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, "trip-2", &m4), 0);
     /* the context's session is the conversation when none is given */
     cbus_ctx_set_session(&ctx, "trip-3");
     struct cbus_conv_message m5 = {.id = "1", .role = "system", .text = "Be brief.",
                                    .text_len = SIZE_MAX};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, NULL, &m5), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, NULL, &m5), 0);
     /* ids are per conversation: "m1" again, in another one */
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, "trip-4", &m1), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, "trip-4", &m1), 0);
     /* a rename of one never seen creates it, titled */
-    cr_assert_eq(cbus_conversation_rename(prod, &ctx, "trip-5", "Late title"), 0);
+    cr_assert_eq(cbus_conversation_rename(T.prod, &ctx, "trip-5", "Late title"), 0);
     drain();
 
     cJSON *j = conv_json("trip-1");
@@ -218,7 +188,7 @@ Test(history_conversation, operations_are_stored_as_given, .init = setup, .fini 
     cr_expect_str_eq(str(j, "title"), "Late title");
     cJSON_Delete(j);
     struct hist_counts hc;
-    hist_store_counts(st, &hc);
+    hist_store_counts(T.st, &hc);
     cr_expect_eq(hc.duplicates, 0);
 }
 
@@ -230,13 +200,13 @@ Test(history_conversation, explicit_history_is_not_stored_again_from_prompts, .i
     cbus_ctx_set_session(&ctx, "both");
     struct cbus_conv_message u = {.id = "u1", .role = "user", .text = "Hello there",
                                   .text_len = SIZE_MAX};
-    cr_assert_eq(cbus_conversation_message(prod, &ctx, NULL, &u), 0);
+    cr_assert_eq(cbus_conversation_message(T.prod, &ctx, NULL, &u), 0);
     static const char prompt[] =
         "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"Be kind.\"}]},"
         "{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Hello there\"}]}]";
     cbus_ctx llm;
     cbus_ctx_child(&llm, &ctx);
-    cr_assert_eq(cbus_chat_model_start_messages(prod, &llm, prompt, sizeof prompt - 1, NULL, NULL), 0);
+    cr_assert_eq(cbus_chat_model_start_messages(T.prod, &llm, prompt, sizeof prompt - 1, NULL, NULL), 0);
     drain();
     cJSON *j = conv_json("both");
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "thread")), 2);

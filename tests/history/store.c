@@ -18,58 +18,26 @@
 #include "ingest.h"
 #include "prices.h"
 #include "sbuf.h"
+#include "hist_test.h"
 #include "store.h"
 #include "support.h"
 
-static char bus[64], dir[256], db[300];
-static cbus_producer *prod;
-static struct hist_store *st;
+static struct hist_test T; /* the bus, its producer, the store (hist_test.h) */
 
 static void setup(void)
 {
-    test_bus_name(bus, sizeof bus);
-    test_bus_create(bus, 16384);
-    cr_assert_eq(cbus_producer_open(&prod, bus, NULL), 0);
-    snprintf(dir, sizeof dir, "/tmp/cbus-hist-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(db, sizeof db, "%s/h.db", dir);
-    char err[512];
-    cr_assert_eq(hist_store_open(&st, db, 0, err, sizeof err), 0, "%s", err);
+    hist_test_open(&T, "hist-test");
 }
 
 static void teardown(void)
 {
-    hist_store_close(st);
-    cbus_producer_close(prod);
-    cbus_bus_destroy(bus);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd)) {
-    }
+    hist_test_close(&T);
 }
 
 /* Everything on the bus so far, applied in one batch. */
 static void drain(void)
 {
-    cbus_consumer *c;
-    struct cbus_consumer_opts o = {.name = "hist-test", .start = CBUS_START_OLDEST};
-    cr_assert_eq(cbus_consumer_attach(&c, bus, &o), 0);
-    size_t blen = cbus_bus_body_limit(cbus_consumer_bus(c));
-    void *buf = malloc(blen);
-    struct cbus_event ev[64];
-    struct cbus_body bodies[64];
-    cr_assert_eq(hist_store_begin(st), 0);
-    int n;
-    while ((n = cbus_consumer_poll_bodies(c, ev, bodies, 64, buf, blen)) > 0)
-        for (int i = 0; i < n; i++)
-            cr_assert_eq(hist_store_event(st, 1, &ev[i], &bodies[i]), 0, "%s",
-                         hist_store_errmsg(st));
-    cr_assert_geq(n, 0);
-    struct cbus_position pos;
-    cr_assert_eq(cbus_consumer_position(c, &pos), 0);
-    cr_assert_eq(hist_store_commit(st, 1, &pos), 0, "%s", hist_store_errmsg(st));
-    free(buf);
-    cbus_consumer_detach(c);
+    hist_test_drain(&T, "hist-test", 1);
 }
 
 /* OpenTelemetry-shaped messages, LangChain's types as roles (what the
@@ -99,19 +67,19 @@ static void llm_call(cbus_ctx *root, const char *const *prompt, const char *answ
     int last = 0;
     while (prompt[last])
         last += 2;
-    cr_assert_eq(cbus_chat_model_start_messages(prod, &llm, m, strlen(m), prompt[last - 1], NULL), 0);
+    cr_assert_eq(cbus_chat_model_start_messages(T.prod, &llm, m, strlen(m), prompt[last - 1], NULL), 0);
     free(m);
     struct cbus_usage u = {.input_tokens = in, .output_tokens = out,
                            .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
-    cr_assert_eq(cbus_llm_end(prod, &llm, &u, answer), 0);
+    cr_assert_eq(cbus_llm_end(T.prod, &llm, &u, answer), 0);
 }
 
 static void tool_call(cbus_ctx *root, const char *name, const char *input, const char *output)
 {
     cbus_ctx t;
     cr_assert_eq(cbus_ctx_child(&t, root), 0);
-    cr_assert_eq(cbus_tool_start(prod, &t, name, input), 0);
-    cr_assert_eq(cbus_tool_end(prod, &t, output), 0);
+    cr_assert_eq(cbus_tool_start(T.prod, &t, name, input), 0);
+    cr_assert_eq(cbus_tool_end(T.prod, &t, output), 0);
 }
 
 #define S  "You are a weather assistant. Answer in one sentence, and use the tools you have."
@@ -135,13 +103,13 @@ static void emit_conversation(const char *session, const char *user)
     cbus_ctx_set_agent(&root, "weather-bot");
     cbus_ctx_set_tenant(&root, "acme");
     cbus_ctx_set_metadata(&root, "channel", "web");
-    cr_assert_eq(cbus_chain_start(prod, &root, "AgentExecutor", U1), 0);
+    cr_assert_eq(cbus_chain_start(T.prod, &root, "AgentExecutor", U1), 0);
     const char *p1[] = {"system", S, "human", U1, NULL};
     llm_call(&root, p1, A1, 40, 8);
     tool_call(&root, "weather", "Paris", T1);
     const char *p2[] = {"system", S, "human", U1, "ai", A1, "tool", T1, NULL};
     llm_call(&root, p2, A2, 70, 10);
-    cr_assert_eq(cbus_chain_end(prod, &root, A2), 0);
+    cr_assert_eq(cbus_chain_end(T.prod, &root, A2), 0);
     const char *p3[] = {"system", S, "human", U1, "ai", A1, "tool", T1, "ai", A2, "human", U2, NULL};
     llm_call(&root, p3, A3, 90, 6);
     const char *p4[] = {"system", S, "human", U1, "ai", A1, "tool", T1, "ai", A2, "human", U2,
@@ -153,7 +121,7 @@ static cJSON *export_json(const char *conv)
 {
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(hist_render_conv(st, conv, 1, 1, &b), 0);
+    cr_assert_eq(hist_render_conv(T.st, conv, 1, 1, &b), 0);
     cJSON *j = cJSON_Parse(b.data);
     cr_assert_not_null(j, "export is not JSON: %s", b.data);
     sbuf_free(&b);
@@ -212,7 +180,7 @@ Test(history_store, langchain_run_reproduces_the_thread, .init = setup, .fini = 
     cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "output_tokens")->valueint, 31);
     cJSON_Delete(j);
     struct hist_counts hc;
-    hist_store_counts(st, &hc);
+    hist_store_counts(T.st, &hc);
     cr_expect_eq(hc.duplicates, 0);
     cr_expect_eq(hc.messages, 10);
 }
@@ -224,7 +192,7 @@ Test(history_store, events_applied_twice_are_refused_as_duplicates, .init = setu
     drain();
     drain(); /* the same events again: a replay */
     struct hist_counts hc;
-    hist_store_counts(st, &hc);
+    hist_store_counts(T.st, &hc);
     cr_expect_eq(hc.messages, 10);
     /* the answers and the tool's call and result come again with their
      * ids: refused; the prompts' messages are recognised as history */
@@ -238,18 +206,18 @@ Test(history_store, rollback_leaves_nothing_and_cursor_unmoved, .init = setup, .
 {
     uint64_t bid;
     struct cbus_position pos;
-    cr_assert_eq(hist_store_cursor(st, &bid, &pos), -ENOENT);
+    cr_assert_eq(hist_store_cursor(T.st, &bid, &pos), -ENOENT);
     struct hist_msg m = {.conv = "c", .id = "m1", .role = "user", .text = "hi", .text_len = 2,
                          .input_tokens = -1, .output_tokens = -1, .ts_ns = 1};
-    cr_assert_eq(hist_store_begin(st), 0);
-    cr_assert_eq(hist_store_message(st, &m), 0);
-    hist_store_rollback(st);
+    cr_assert_eq(hist_store_begin(T.st), 0);
+    cr_assert_eq(hist_store_message(T.st, &m), 0);
+    hist_store_rollback(T.st);
     struct sbuf b;
     sbuf_init(&b);
-    cr_expect_eq(hist_render_conv(st, "c", 1, 1, &b), -ENOENT);
-    cr_assert_eq(hist_store_cursor(st, &bid, &pos), -ENOENT);
+    cr_expect_eq(hist_render_conv(T.st, "c", 1, 1, &b), -ENOENT);
+    cr_assert_eq(hist_store_cursor(T.st, &bid, &pos), -ENOENT);
     struct hist_counts hc;
-    hist_store_counts(st, &hc);
+    hist_store_counts(T.st, &hc);
     cr_expect_eq(hc.messages, 0);
     sbuf_free(&b);
 }
@@ -259,27 +227,27 @@ Test(history_store, message_for_unknown_conversation_creates_it, .init = setup, 
     struct hist_msg m = {.conv = "new-conv", .id = "m1", .role = "user", .text = "hello",
                          .text_len = 5, .input_tokens = -1, .output_tokens = -1, .ts_ns = 5,
                          .user = "bob"};
-    cr_assert_eq(hist_store_begin(st), 0);
-    cr_assert_eq(hist_store_message(st, &m), 0);
+    cr_assert_eq(hist_store_begin(T.st), 0);
+    cr_assert_eq(hist_store_message(T.st, &m), 0);
     struct cbus_position pos = {.lanes = 1};
-    cr_assert_eq(hist_store_commit(st, 7, &pos), 0);
+    cr_assert_eq(hist_store_commit(T.st, 7, &pos), 0);
     cJSON *j = export_json("new-conv");
     cr_expect_str_eq(str(j, "user"), "bob");
     cr_expect_str_eq(str(j, "state"), "active");
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "thread")), 1);
     cJSON_Delete(j);
     uint64_t bid;
-    cr_assert_eq(hist_store_cursor(st, &bid, &pos), 0);
+    cr_assert_eq(hist_store_cursor(T.st, &bid, &pos), 0);
     cr_expect_eq(bid, 7);
     cr_expect_eq(pos.lanes, 1);
 }
 
 Test(history_store, rename_of_missing_conversation_is_enoent, .init = setup, .fini = teardown)
 {
-    cr_expect_eq(hist_store_rename(st, "nope", "A title", 1), -ENOENT);
+    cr_expect_eq(hist_store_rename(T.st, "nope", "A title", 1), -ENOENT);
     emit_conversation("conv-1", "ann");
     drain();
-    cr_expect_eq(hist_store_rename(st, "conv-1", "Weather in Paris", 1), 0);
+    cr_expect_eq(hist_store_rename(T.st, "conv-1", "Weather in Paris", 1), 0);
     cJSON *j = export_json("conv-1");
     cr_expect_str_eq(str(j, "title"), "Weather in Paris");
     cJSON_Delete(j);
@@ -292,10 +260,10 @@ Test(history_store, non_utf8_text_is_kept_and_shown_safely, .init = setup, .fini
     struct hist_msg m = {.conv = "c", .id = "m1", .role = "user", .text = bad,
                          .text_len = sizeof bad - 1, .input_tokens = -1, .output_tokens = -1,
                          .ts_ns = 5};
-    cr_assert_eq(hist_store_begin(st), 0);
-    cr_assert_eq(hist_store_message(st, &m), 0);
+    cr_assert_eq(hist_store_begin(T.st), 0);
+    cr_assert_eq(hist_store_message(T.st, &m), 0);
     struct cbus_position pos = {.lanes = 1};
-    cr_assert_eq(hist_store_commit(st, 7, &pos), 0);
+    cr_assert_eq(hist_store_commit(T.st, 7, &pos), 0);
     cJSON *j = export_json("c");
     const cJSON *m0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "thread"), 0);
     cr_expect_str_eq(str(m0, "text"), "caf\xef\xbf\xbd ok \xef\xbf\xbd\xef\xbf\xbd \x1b[2J end");
@@ -303,7 +271,7 @@ Test(history_store, non_utf8_text_is_kept_and_shown_safely, .init = setup, .fini
     cJSON_Delete(j);
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(hist_render_conv(st, "c", 0, 1, &b), 0);
+    cr_assert_eq(hist_render_conv(T.st, "c", 0, 1, &b), 0);
     /* the human view shows the exact bytes, escaped: no raw ESC reaches a terminal */
     cr_expect_not_null(strstr(b.data, "caf\\xc3 ok \\xc0\\x80 \\x1b[2J end"), "%s", b.data);
     cr_expect_null(strchr(b.data, '\x1b'));
@@ -316,7 +284,7 @@ Test(history_store, search_finds_messages_by_words, .init = setup, .fini = teard
     drain();
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(hist_render_search(st, "sunny Paris", 10, 1, &b), 0);
+    cr_assert_eq(hist_render_search(T.st, "sunny Paris", 10, 1, &b), 0);
     cJSON *j = cJSON_Parse(b.data);
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "results");
     cr_expect_eq(cJSON_GetArraySize(res), 1, "%s", b.data);
@@ -324,7 +292,7 @@ Test(history_store, search_finds_messages_by_words, .init = setup, .fini = teard
     cJSON_Delete(j);
     /* query syntax in the text is text, not FTS5 operators */
     sbuf_reset(&b);
-    cr_assert_eq(hist_render_search(st, "\"rain\" OR NEAR(", 10, 1, &b), 0);
+    cr_assert_eq(hist_render_search(T.st, "\"rain\" OR NEAR(", 10, 1, &b), 0);
     j = cJSON_Parse(b.data);
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "results")), 0);
     cJSON_Delete(j);
@@ -343,20 +311,20 @@ Test(history_store, retention_and_forget_delete_whole_conversations, .init = set
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     uint64_t ns = (uint64_t)now.tv_sec * 1000000000u;
-    cr_assert_eq(hist_store_expire(st, ns - 3600 * UINT64_C(1000000000), &c, &m), 0);
+    cr_assert_eq(hist_store_expire(T.st, ns - 3600 * UINT64_C(1000000000), &c, &m), 0);
     cr_expect_eq(c, 0);
     /* indexed first: forget must take the words out of the index too */
     uint64_t n, left;
-    cr_assert_eq(hist_store_index(st, 1000, &n, &left), 0);
+    cr_assert_eq(hist_store_index(T.st, 1000, &n, &left), 0);
     cr_expect_eq(n, 30);
-    cr_assert_eq(hist_store_forget(st, "ann", &c, &m), 0);
+    cr_assert_eq(hist_store_forget(T.st, "ann", &c, &m), 0);
     cr_expect_eq(c, 2);
     cr_expect_eq(m, 20);
     struct sbuf b;
     sbuf_init(&b);
-    cr_expect_eq(hist_render_conv(st, "conv-ann", 1, 1, &b), -ENOENT);
+    cr_expect_eq(hist_render_conv(T.st, "conv-ann", 1, 1, &b), -ENOENT);
     /* and no search finds their words any more; bob's remain */
-    cr_assert_eq(hist_render_search(st, "tomorrow", 50, 1, &b), 0);
+    cr_assert_eq(hist_render_search(T.st, "tomorrow", 50, 1, &b), 0);
     cJSON *j = cJSON_Parse(b.data);
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "results");
     cr_expect_eq(cJSON_GetArraySize(res), 2, "%s", b.data);
@@ -365,12 +333,12 @@ Test(history_store, retention_and_forget_delete_whole_conversations, .init = set
         cr_expect_str_eq(str(r, "conversation"), "conv-bob");
     cJSON_Delete(j);
     /* everything updated before a minute from now goes */
-    cr_assert_eq(hist_store_expire(st, ns + 60 * UINT64_C(1000000000), &c, &m), 0);
+    cr_assert_eq(hist_store_expire(T.st, ns + 60 * UINT64_C(1000000000), &c, &m), 0);
     cr_expect_eq(c, 1);
     cr_expect_eq(m, 10);
     sbuf_reset(&b);
     struct hist_list_q q = {0};
-    cr_assert_eq(hist_render_list(st, &q, 1, &b), 0);
+    cr_assert_eq(hist_render_list(T.st, &q, 1, &b), 0);
     cr_expect_str_eq(b.data, "{\"conversations\":[]}\n");
     sbuf_free(&b);
 }
@@ -390,7 +358,7 @@ Test(history_store, cut_session_keeps_its_identity, .init = setup, .fini = teard
     struct sbuf b;
     sbuf_init(&b);
     struct hist_list_q q = {0};
-    cr_assert_eq(hist_render_list(st, &q, 1, &b), 0);
+    cr_assert_eq(hist_render_list(T.st, &q, 1, &b), 0);
     cJSON *j = cJSON_Parse(b.data);
     const cJSON *convs = cJSON_GetObjectItemCaseSensitive(j, "conversations");
     cr_expect_eq(cJSON_GetArraySize(convs), 2, "%s", b.data);
@@ -407,7 +375,7 @@ static void api(const char *method, const char *path, const char *body, int *sta
     struct cbus_http_request req = {.method = method, .path = path, .body = body ? body : "",
                                     .body_len = body ? strlen(body) : 0};
     struct cbus_http_response res = {.status = 200};
-    hist_api_handle(st, &req, &res);
+    hist_api_handle(T.st, &req, &res);
     *status = res.status;
     sbuf_reset(out);
     if (res.body)
@@ -452,24 +420,24 @@ Test(history_store, search_index_catches_up_in_steps, .init = setup, .fini = tea
     drain();
     struct sbuf b;
     sbuf_init(&b);
-    cr_assert_eq(hist_render_stats(st, &b), 0);
+    cr_assert_eq(hist_render_stats(T.st, &b), 0);
     cr_expect_not_null(strstr(b.data, "\"not_yet_indexed\":20"), "%s", b.data);
     uint64_t n, left;
-    cr_assert_eq(hist_store_index(st, 7, &n, &left), 0);
+    cr_assert_eq(hist_store_index(T.st, 7, &n, &left), 0);
     cr_expect_eq(n, 7);
     cr_expect_eq(left, 13);
     /* not inside a batch */
-    cr_assert_eq(hist_store_begin(st), 0);
-    cr_expect_eq(hist_store_index(st, 7, &n, &left), -EBUSY);
-    hist_store_rollback(st);
+    cr_assert_eq(hist_store_begin(T.st), 0);
+    cr_expect_eq(hist_store_index(T.st, 7, &n, &left), -EBUSY);
+    hist_store_rollback(T.st);
     /* a forget of rows on both sides of the indexed mark */
     uint64_t c, m;
-    cr_assert_eq(hist_store_forget(st, "ann", &c, &m), 0);
-    cr_assert_eq(hist_store_index(st, 1000, &n, &left), 0);
+    cr_assert_eq(hist_store_forget(T.st, "ann", &c, &m), 0);
+    cr_assert_eq(hist_store_index(T.st, 1000, &n, &left), 0);
     cr_expect_eq(n, 10);
     cr_expect_eq(left, 0);
     sbuf_reset(&b);
-    cr_assert_eq(hist_render_search(st, "tomorrow", 50, 1, &b), 0);
+    cr_assert_eq(hist_render_search(T.st, "tomorrow", 50, 1, &b), 0);
     cJSON *j = cJSON_Parse(b.data);
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "results");
     cr_expect_eq(cJSON_GetArraySize(res), 2, "%s", b.data); /* bob's two turns only */
@@ -482,16 +450,16 @@ Test(history_store, search_index_catches_up_in_steps, .init = setup, .fini = tea
     emit_conversation("conv-3", "cid");
     drain();
     sbuf_reset(&b);
-    cr_assert_eq(hist_render_search(st, "tomorrow", 50, 1, &b), 0); /* indexes the rest first */
+    cr_assert_eq(hist_render_search(T.st, "tomorrow", 50, 1, &b), 0); /* indexes the rest first */
     j = cJSON_Parse(b.data);
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "results")), 6, "%s",
                  b.data);
     cJSON_Delete(j);
     sbuf_reset(&b);
-    cr_assert_eq(hist_render_stats(st, &b), 0);
+    cr_assert_eq(hist_render_stats(T.st, &b), 0);
     cr_expect_not_null(strstr(b.data, "\"not_yet_indexed\":0"), "%s", b.data);
     /* the index agrees with the rows (FTS5's own check) */
-    cr_expect_eq(hist_store_index(st, 1, &n, &left), 0);
+    cr_expect_eq(hist_store_index(T.st, 1, &n, &left), 0);
     sbuf_free(&b);
 }
 
@@ -504,7 +472,7 @@ Test(history_store, cost_totals_use_the_price_table, .init = setup, .fini = tear
     struct cost_price_table *t;
     char err[256];
     cr_assert_eq(cost_prices_parse(&t, "t.json", table, err, sizeof err), 0, "%s", err);
-    hist_store_set_prices(st, t);
+    hist_store_set_prices(T.st, t);
     emit_conversation("conv-1", "ann");
     drain();
     cJSON *j = export_json("conv-1");
@@ -518,7 +486,7 @@ Test(history_store, cost_totals_use_the_price_table, .init = setup, .fini = tear
     const cJSON *u1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "thread"), 1);
     cr_expect(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(u1, "cost_usd")));
     cJSON_Delete(j);
-    hist_store_set_prices(st, NULL);
+    hist_store_set_prices(T.st, NULL);
     cost_prices_free(t);
 }
 
@@ -529,12 +497,12 @@ Test(history_store, unknown_model_is_not_priced, .init = setup, .fini = teardown
     struct cost_price_table *t;
     char err[256];
     cr_assert_eq(cost_prices_parse(&t, "t.json", table, err, sizeof err), 0, "%s", err);
-    hist_store_set_prices(st, t);
+    hist_store_set_prices(T.st, t);
     emit_conversation("conv-1", "ann");
     drain();
     cJSON *j = export_json("conv-1");
     cr_expect(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "cost_usd")), "null, not 0");
     cJSON_Delete(j);
-    hist_store_set_prices(st, NULL);
+    hist_store_set_prices(T.st, NULL);
     cost_prices_free(t);
 }
