@@ -44,6 +44,16 @@ ls "$prefix"/lib/libcbus.so* >/dev/null
 extra=$(cd "$prefix" && find share etc -name '*.ini' -o -name 'model_prices*.json' | sort |
         grep -v -x -e 'etc/cbus/[a-z]*\.ini' -e 'share/cbus/model_prices_and_context_window\.json' || true)
 [ -z "$extra" ] || { echo "install_check: installed twice or astray: $extra" >&2; exit 1; }
+# The installed daemons start from the prefix; their configs keep no %S of a
+# checkout (state under /var/lib/cbus) and cost.ini names the installed table.
+for d in cost audit export ratelimit history web; do
+  "$prefix/bin/cbus-$d" --help >/dev/null 2>&1 || { echo "install_check: cbus-$d --help failed" >&2; exit 1; }
+done
+if grep -n '^[^#]*%S' "$prefix"/etc/cbus/*.ini >&2; then
+  echo "install_check: an installed config keeps %S" >&2; exit 1
+fi
+grep -q '^file = /.*/share/cbus/model_prices_and_context_window\.json' "$prefix/etc/cbus/cost.ini" ||
+  { echo "install_check: the installed cost.ini does not name the installed price table" >&2; exit 1; }
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 cc -std=c11 -Wall -Werror "$src/examples/instrument.c" $(pkg-config --cflags cbus) \
    -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" $(pkg-config --libs cbus) -o "$prefix/instrument"
