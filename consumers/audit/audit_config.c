@@ -1,5 +1,7 @@
 #include "audit_config.h"
 
+#include <cbus/consumer.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,7 +16,7 @@ void audit_config_defaults(struct audit_config *c)
     snprintf(c->name, sizeof c->name, "audit");
     snprintf(c->dir, sizeof c->dir, "audit-log");
     snprintf(c->prefix, sizeof c->prefix, "audit");
-    c->start_oldest = 1;
+    c->start = CBUS_START_OLDEST;
     c->queue_depth = 16;
     c->batch_bytes = 4u << 20;
     c->batch_events = 8192;
@@ -50,7 +52,7 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         .daemon_section = "audit", .bus = c->bus, .consumer = c->name,
         .consumer_size = sizeof c->name, .status_file = c->status_file,
         .status_file_size = sizeof c->status_file, .status_off = &c->status_off,
-        .status_interval_ns = &c->status_interval_ns};
+        .status_interval_ns = &c->status_interval_ns, .start = &c->start};
     if ((rc = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
         return rc < 0 ? rc : 0;
 #define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
@@ -65,10 +67,6 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
                 return cbus_cfg_error(cfg, e, err, errlen,
                                       "'%s': use only letters, digits, '_', '.', '-'", e->value);
         return 0;
-    }
-    if (IS("audit", "start")) {
-        static const char *const choices[] = {"newest", "oldest", NULL};
-        return cbus_cfg_choice(cfg, e, choices, &c->start_oldest, err, errlen);
     }
     if (IS("io", "queue_depth")) {
         if ((rc = cbus_cfg_u64(cfg, e, 8, 1024, &u, err, errlen)))

@@ -16,7 +16,7 @@ struct audit_config {
     /* [audit] */
     char dir[4096];                 /* log directory (--dir overrides) */
     char prefix[64];                /* file name prefix */
-    unsigned start_oldest;          /* with no log yet: 1 = oldest event in the ring, 0 = newest */
+    unsigned start;                 /* [bus] start, with no log yet: enum cbus_start (oldest) */
     /* [io] */
     unsigned queue_depth;
     uint64_t batch_bytes;

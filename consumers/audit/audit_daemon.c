@@ -44,7 +44,7 @@ static int attach(cbus_consumer **c, const struct audit_config *cfg, const struc
     struct cbus_attach_start as = {
         .bus = cfg->bus,
         .opts = {.name = cfg->name, .mode = CBUS_LOSSLESS,
-                 .start = cfg->start_oldest ? CBUS_START_OLDEST : CBUS_START_NEWEST},
+                 .start = cfg->start},
         .saved = r->have_cursor ? &r->pos : NULL,
         .saved_bus_id = r->bus_id,
     };
@@ -70,7 +70,7 @@ static cbus_consumer *attach_early(const struct audit_config *cfg)
      * at or behind any dead entry's cursor, and the writer skips what the
      * log already has. */
     struct cbus_consumer_opts o = {.name = cfg->name, .mode = CBUS_LOSSLESS,
-                                   .start = cfg->start_oldest ? CBUS_START_OLDEST
+                                   .start = cfg->start == CBUS_START_OLDEST ? CBUS_START_OLDEST
                                                               : CBUS_START_RESUME};
     if (audit_state_load(cfg->dir, cfg->prefix, &s) == 0) {
         o.start = CBUS_START_CURSOR;

@@ -529,6 +529,8 @@ static enum common_key common_key_of(const struct cbus_cfg_common *cc,
         return CK_STATUS_FILE;
     if (!strcmp(k, "status_interval"))
         return CK_STATUS_INTERVAL;
+    if (!strcmp(k, "start"))
+        return CK_START;
     return CK_NONE;
 }
 

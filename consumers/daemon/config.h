@@ -86,6 +86,7 @@ int cbus_cfg_choice(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
  *
  * Old spellings are still taken, each with a warning naming file:line and
  * the new spelling: [<daemon>] bus, [<daemon>] name (audit, ratelimit),
+ * [<daemon>] start (audit),
  * [bus] consumer_name (export), [<daemon>] status_file and status_interval
  * (ratelimit).  The daemon points at its own fields (NULL: it has no such
  * setting, and the key stays its own business). */

@@ -192,6 +192,14 @@ Test(daemon_config, bus_start_is_shared_and_resume_only_where_offered)
     cc.start_resume = 1;
     cr_assert_eq(apply(&cc, "[bus]\nstart = resume\n", &taken), 0, "%s", err);
     cr_assert_eq(start, CBUS_START_RESUME);
+    /* audit's old spelling: taken, with the deprecation line */
+    struct cbus_cfg_common au = cc_for("audit");
+    au.start = &start;
+    cr_assert_eq(apply(&au, "[audit]\nstart = newest\n", &taken), 0, "%s", err);
+    cr_assert_eq(taken, 1);
+    cr_assert_eq(start, CBUS_START_NEWEST);
+    cr_assert_not_null(strstr(logbuf, "daemon.ini:2: [audit] start is deprecated: write [bus] start"),
+                       "%s", logbuf);
     struct cbus_cfg_common none = cc_for("cost");
     cr_assert_eq(apply(&none, "[bus]\nstart = oldest\n", &taken), 0, "%s", err);
     cr_assert_eq(taken, 0, "a daemon without the setting keeps the key to itself");
