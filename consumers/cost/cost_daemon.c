@@ -466,6 +466,20 @@ static void leaving_bus(void *arg, cbus_consumer *old)
     d->have_writer = 0;
 }
 
+/* The admission writer on the bus we are on, and our verdicts on it as
+ * the checkpoint has them.  A failure is logged: budgets are then tracked,
+ * not enforced. */
+static void register_writer(struct daemon *d)
+{
+    int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
+    if (r)
+        cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
+                       d->cfg.consumer, cbus_strerror(r));
+    d->have_writer = r == 0;
+    if (d->have_writer)
+        reconcile_verdicts(d);
+}
+
 /* Now on a new bus (attach.c): its positions, admission writer and verdicts;
  * the totals carry on, checkpointed at once with the new bus id. */
 static int arrived_bus(void *arg)
@@ -477,13 +491,7 @@ static int arrived_bus(void *arg)
     d->capacity = cbus_bus_header(d->bus)->capacity;
     take_read_position(d);
     checkpoint(d);
-    int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
-    if (r)
-        cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
-                       d->cfg.consumer, cbus_strerror(r));
-    d->have_writer = r == 0;
-    if (d->have_writer)
-        reconcile_verdicts(d);
+    register_writer(d);
     return 0;
 }
 
@@ -704,13 +712,8 @@ static int start_services(struct daemon *d)
     }
     d->loop.at.leaving = leaving_bus;
     d->loop.at.arg = d;
-    int r = cbus_admit_writer_register(d->bus, d->cfg.consumer, &d->writer);
-    if (r)
-        cbus_log_error("admission writer %s: %s (budgets are tracked but not enforced)",
-                       d->cfg.consumer, cbus_strerror(r));
-    d->have_writer = r == 0;
-    if (d->have_writer)
-        reconcile_verdicts(d);
+    register_writer(d);
+    int r;
     if (d->cfg.webhook_url[0] &&
         (r = cost_webhook_start(&d->hook, d->cfg.webhook_url, d->cfg.webhook_timeout_ns))) {
         cbus_log_error("webhook: %s", strerror(-r));
