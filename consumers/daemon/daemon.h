@@ -48,6 +48,8 @@ int cbus_daemon_args(struct cbus_daemon_args *a, int argc, char **argv);
  * returns 2, the daemons' exit code for a bad command line or config. */
 int cbus_daemon_pick_bus(char *cfg_bus, size_t cap, const char *arg);
 
+/* ---- files.c: the private state dir, whole files replaced or read ---- */
+
 /* The root of the daemons' private state ("%S" in a config value):
  * $XDG_STATE_HOME/cbus when XDG_STATE_HOME is an absolute path, else
  * /var/lib/cbus for root (the systemd units' StateDirectory), else
