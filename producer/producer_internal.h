@@ -1,4 +1,4 @@
-/* Producer internals shared by producer.c, emit.c and admit.c. */
+/* Producer internals shared by producer.c, emit.c, ctx.c, ids.c and admit.c. */
 #ifndef CBUS_PRODUCER_INTERNAL_H
 #define CBUS_PRODUCER_INTERNAL_H
 
