@@ -8,15 +8,17 @@
 
 struct held_meter {
     int fd;                   /* /proc/thread-self/schedstat of the owning thread */
-    int base_ok;
+    int stat_fd;              /* /proc/stat: the host's steal and irq, all CPUs */
+    int base_ok, base_host_ok;
     uint64_t bound_ns;        /* the bus's lossless wait bound as the soak checks it */
     uint64_t slack_ns;        /* held beyond bound + slack counts as overrun */
-    uint64_t base_ns, base_delay_ns;
+    uint64_t base_ns, base_delay_ns, base_host_ns;
     unsigned since_base;
     /* results */
     uint64_t slow;            /* emits slower than the bound on the wall clock */
     uint64_t unmeasured;      /* of those, with no schedstat reading (wall time used) */
-    uint64_t max_held_ns, max_wall_ns;
+    uint64_t max_held_ns;     /* longest held, less the host's steal + irq in its window */
+    uint64_t max_wall_ns;
     uint64_t overrun_ns;      /* sum over slow emits of held - bound - slack, if positive */
 };
 
