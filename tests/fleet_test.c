@@ -7,6 +7,7 @@
 #include <cbus/bus.h>
 
 #include <errno.h>
+#include <hiredis/hiredis.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -140,4 +141,32 @@ void fleet_start_load(int node, void (*make_ctx)(cbus_ctx *ctx, int node),
         _exit(0);
     }
     fleet.loads[node] = pid;
+}
+
+long long fleet_redis_field(const char *pattern, const char *field, int zero_if_unset)
+{
+    struct timeval tv = {.tv_sec = 1};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)fleet.rs.port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    long long n = -1;
+    redisReply *keys = redisCommand(c, "KEYS %s", pattern);
+    if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 1) {
+        redisReply *v = redisCommand(c, "HGET %s %s", keys->element[0]->str, field);
+        if (v && v->type == REDIS_REPLY_STRING)
+            n = strtoll(v->str, NULL, 10);
+        else if (v && v->type == REDIS_REPLY_NIL && zero_if_unset)
+            n = 0;
+        if (v)
+            freeReplyObject(v);
+    } else if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 0 && zero_if_unset) {
+        n = 0;
+    }
+    if (keys)
+        freeReplyObject(keys);
+    redisFree(c);
+    return n;
 }

@@ -52,4 +52,10 @@ void fleet_start_daemon(int node, const char *const *argv);
 void fleet_start_load(int node, void (*make_ctx)(cbus_ctx *ctx, int node),
                       const struct cbus_usage *u, const char *reply, unsigned gap_us);
 
+/* The integer field of the only key matching pattern in the test's Redis;
+ * -1 when it does not answer, when not exactly one key matches or the field
+ * is not set; with zero_if_unset, 0 for no key or an unset field (a bucket
+ * read but never charged). */
+long long fleet_redis_field(const char *pattern, const char *field, int zero_if_unset);
+
 #endif

@@ -125,30 +125,7 @@ static void stop_loads(void)
  * rule): the 'n' field of the single t21rl:rl:* key. */
 static long long fleet_count(void)
 {
-    struct timeval tv = {.tv_sec = 1};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)fleet.rs.port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return -1;
-    }
-    long long n = -1;
-    redisReply *keys = redisCommand(c, "KEYS t21rl:rl:*");
-    if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 1) {
-        redisReply *v = redisCommand(c, "HGET %s n", keys->element[0]->str);
-        if (v && v->type == REDIS_REPLY_STRING)
-            n = strtoll(v->str, NULL, 10);
-        else if (v && v->type == REDIS_REPLY_NIL)
-            n = 0; /* the bucket was read, never charged */
-        if (v)
-            freeReplyObject(v);
-    } else if (keys && keys->type == REDIS_REPLY_ARRAY && keys->elements == 0) {
-        n = 0;
-    }
-    if (keys)
-        freeReplyObject(keys);
-    redisFree(c);
-    return n;
+    return fleet_redis_field("t21rl:rl:*", "n", 1);
 }
 
 /* Waits until Redis's count equals want (the fleet.daemons send what they counted
