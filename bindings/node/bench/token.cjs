@@ -4,7 +4,7 @@
 // alternatives: JSON lines to an fs.WriteStream, and cbus through koffi
 // against libcbus.so (six FFI calls per child run, as the earlier attempt did;
 // one per token here).  Medians of --rounds rounds of --n calls.
-//   node bench/token.cjs [--n 200000] [--rounds 7] [--lib path/to/libcbus.so]
+//   node bench/token.cjs [--n 200000] [--rounds 7] [--capacity 65536] [--lib path/to/libcbus.so]
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -18,11 +18,12 @@ const { CallbackManager } = require('@langchain/core/callbacks/manager');
 const arg = (k, d) => { const i = process.argv.indexOf(k); return i > 0 ? process.argv[i + 1] : d; };
 const N = Number(arg('--n', 200000));
 const ROUNDS = Number(arg('--rounds', 7));
+const CAPACITY = Number(arg('--capacity', 65536)); // slots of 512 bytes: 65536 is a 32 MiB ring, the size of this VM's L3
 const lib = arg('--lib', path.resolve(__dirname, '..', '..', '..', 'build', 'dev', 'libcbus.so'));
 
 const bus = `nodebench${process.pid}`;
 cbus.destroyBus(bus);
-cbus.createBus(bus, { capacity: 65536 });
+cbus.createBus(bus, { capacity: CAPACITY });
 process.on('exit', () => cbus.destroyBus(bus));
 
 class Noop extends BaseCallbackHandler {
