@@ -1027,14 +1027,15 @@ static uint64_t consumer_untethered(cbus_bus *b, const char *name)
  * section the first such checkpoint gets it cut loose (the soak saw it). */
 Test(cost_daemon, slow_checkpoint_fsync_keeps_the_consumer_tethered)
 {
-    /* A stall timeout of 500 ms: the beat thread beats every 125 ms, so only
-     * a thread kept off a CPU for 500 ms (a very loaded machine) could miss. */
-    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 500000000u};
+    /* A stall timeout of 1 s: the beat thread beats every 250 ms, so only a
+     * daemon kept off the CPUs for a whole second could miss (500 ms was
+     * missed once in a -j2 run beside four other daemon suites). */
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 1000000000u};
     cbus_bus_destroy(bus);
     cr_assert_eq(cbus_bus_create(bus, &o), 0);
     have_bus = 1;
     write_file("c.ini", BASE_CONFIG); /* fsync on, checkpoint every 50 ms */
-    cr_assert_eq(setenv("CBUS_TEST_SLOW_FSYNC_MS", "1500", 1), 0); /* 3 stall timeouts */
+    cr_assert_eq(setenv("CBUS_TEST_SLOW_FSYNC_MS", "3000", 1), 0); /* 3 stall timeouts */
     pid_t pid = spawn("c.ini", 0);
     unsetenv("CBUS_TEST_SLOW_FSYNC_MS");
     cr_assert(wait_log(0, "started:", 20000), "%s", log_text(0));
