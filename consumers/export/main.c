@@ -3,7 +3,6 @@
  * takes msgpack.  See docs/export.md. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,29 +284,19 @@ static int counters_timer(void *arg, uint64_t now)
  * status (--help, --check, an error: logged). */
 static int configure(int argc, char **argv, struct export_config *cfg)
 {
-    static const struct option lo[] = {{"bus", 1, 0, 'b'},         {"config", 1, 0, 'c'},
-                                       {"endpoint", 1, 0, 'e'},    {"status-file", 1, 0, 's'},
-                                       {"check", 0, 0, 'k'},       {"verbose", 0, 0, 'v'},
-                                       {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
-    const char *bus = NULL, *config = NULL, *endpoint = NULL, *status = NULL;
-    int check = 0, verbose = 0, ch;
-    while ((ch = getopt_long(argc, argv, "b:c:h", lo, NULL)) != -1) {
-        switch (ch) {
-        case 'b': bus = optarg; break;
-        case 'c': config = optarg; break;
-        case 'e': endpoint = optarg; break;
-        case 's': status = optarg; break;
-        case 'k': check = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind != argc) {
-        usage(stderr);
-        return 2;
-    }
-    cbus_log_init("cbus-export", verbose ? CBUS_LOG_DEBUG : CBUS_LOG_INFO);
+    const char *endpoint = NULL, *status = NULL;
+    int check = 0;
+    const struct cbus_daemon_opt own[] = {
+        {"endpoint", 0, &endpoint, NULL},
+        {"status-file", 0, &status, NULL},
+        {"check", 0, NULL, &check},
+        {NULL, 0, NULL, NULL},
+    };
+    struct cbus_daemon_args args = {.prog = "cbus-export", .usage = usage, .opts = own};
+    int r = cbus_daemon_args(&args, argc, argv);
+    if (r >= 0)
+        return r;
+    const char *bus = args.bus, *config = args.config;
     char err[512] = "";
     export_config_defaults(cfg);
     if (config && export_config_load(cfg, config, err, sizeof err)) {
