@@ -248,7 +248,13 @@ Test(ratelimit_fleet, redis_killed_and_restarted_never_counts_twice, .init = set
     cr_assert_eq(redis_test_start(&fleet.rs, fleet.rs.port), 0);
     wait_state("up", 10000);
     uint64_t after_up = total_sent(NULL);
-    test_sleep_ms(1000);
+    /* Until the nodes admit again through the new Redis (a loaded box can
+     * take longer than a fixed second to grant the first lease), then a
+     * little more traffic. */
+    until = test_now_ms() + 15000;
+    while (total_sent(NULL) == after_up && test_now_ms() < until)
+        test_sleep_ms(10);
+    test_sleep_ms(500);
     stop_loads();
     uint64_t total = total_sent(NULL);
     test_sleep_ms(500); /* the last counts reach Redis */
