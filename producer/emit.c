@@ -441,16 +441,9 @@ CBUS_API int cbus_chat_model_start_messages(cbus_producer *p, cbus_ctx *ctx,
                                             const char *last_message,
                                             const struct cbus_llm_start_info *info)
 {
-    if (!messages_json && messages_len)
-        return -EINVAL;
-    struct emit_req rq = REQ(CBUS_EV_CHAT_MODEL_START, NULL, last_message);
-    rq.messages = messages_json;
-    rq.messages_len = messages_json ? messages_len : 0;
-    if (info) {
-        rq.payload = info;
-        rq.payload_len = sizeof *info;
-    }
-    return emit(p, ctx, &rq);
+    /* the same event without a system section */
+    return cbus_chat_model_start_system(p, ctx, messages_json, messages_len, NULL, 0, last_message,
+                                        info);
 }
 
 CBUS_API int cbus_llm_end_messages(cbus_producer *p, cbus_ctx *ctx, const struct cbus_usage *usage,
