@@ -6,6 +6,14 @@
 
 #include "soak.h"
 
+/* An emit held past the report threshold, kept with its window so that the
+ * orchestrator can take out the machine's stalls inside it (main.c). */
+struct held_long {
+    uint64_t start_ns, end_ns; /* the emit, soak_now_ns() */
+    uint64_t held_ns;          /* run-queue waits excluded */
+    uint64_t host_ns;          /* the host's steal + irq in its window */
+};
+
 struct held_meter {
     int fd;                   /* /proc/thread-self/schedstat of the owning thread */
     int stat_fd;              /* /proc/stat: the host's steal and irq, all CPUs */
@@ -17,9 +25,13 @@ struct held_meter {
     /* results */
     uint64_t slow;            /* emits slower than the bound on the wall clock */
     uint64_t unmeasured;      /* of those, with no schedstat reading (wall time used) */
-    uint64_t max_held_ns;     /* longest held, less the host's steal + irq in its window */
+    uint64_t max_held_ns;     /* longest held, less the host's steal + irq in its window,
+                                 of the emits not kept in longs[] */
     uint64_t max_wall_ns;
     uint64_t overrun_ns;      /* sum over slow emits of held - bound - slack, if positive */
+    uint64_t long_ns;         /* emits held (less host time) past this are kept in longs[] */
+    struct held_long longs[SOAK_HELD_LONG_MAX]; /* the first such; the rest count in max_held_ns */
+    unsigned n_long;
 };
 
 /* Opens the calling thread's schedstat.  Returns 0 or -errno (the meter then

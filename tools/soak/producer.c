@@ -58,9 +58,17 @@ static void note_held(struct emitter *em, uint64_t start, uint64_t end)
     if (em->held.slow == slow)
         return; /* the fast case */
     struct soak_prod *sp = em->sp;
+    for (unsigned i = atomic_load_explicit(&sp->n_long, memory_order_relaxed); i < em->held.n_long; i++) {
+        const struct held_long *l = &em->held.longs[i];
+        atomic_store_explicit(&sp->longs[i].start_ns, l->start_ns, memory_order_relaxed);
+        atomic_store_explicit(&sp->longs[i].end_ns, l->end_ns, memory_order_relaxed);
+        atomic_store_explicit(&sp->longs[i].held_ns, l->held_ns, memory_order_relaxed);
+        atomic_store_explicit(&sp->longs[i].host_ns, l->host_ns, memory_order_relaxed);
+        atomic_store_explicit(&sp->n_long, i + 1, memory_order_release);
+    }
     atomic_store_explicit(&sp->slow_emits, em->held.slow, memory_order_relaxed);
     atomic_store_explicit(&sp->max_emit_wall_ns, em->held.max_wall_ns, memory_order_relaxed);
-    atomic_store_explicit(&sp->max_held_ns, em->held.max_held_ns, memory_order_relaxed);
+    atomic_store_explicit(&sp->max_held_ns, em->held.max_held_ns, memory_order_release);
     atomic_store_explicit(&sp->held_overrun_ns, em->held.overrun_ns, memory_order_relaxed);
     atomic_store_explicit(&sp->held_unmeasured, em->held.unmeasured, memory_order_relaxed);
 }
@@ -169,6 +177,7 @@ static int produce_epoch(const struct soak_producer_args *a, uint32_t index)
      * checked it before starting anyone, so this is not expected; the
      * meter then counts every slow emit as unmeasured. */
     (void)held_open(&em.held, a->st->wait_bound_ns, a->st->held_slack_ns);
+    em.held.long_ns = a->st->held_long_ns;
     uint64_t rng = soak_now_ns() ^ ((uint64_t)index << 32) ^ (uint64_t)getpid();
     const uint64_t interval = a->rate > 0 ? (uint64_t)(1e9 / a->rate) : 0;
     uint64_t next = soak_now_ns();

@@ -27,6 +27,10 @@
 enum { SOAK_TOK_INPUT, SOAK_TOK_OUTPUT, SOAK_TOK_CACHE_READ, SOAK_TOK_CACHE_CREATION,
        SOAK_TOK_REASONING, SOAK_TOK__COUNT };
 
+/* How many emits held past bound + margin a producer keeps with their
+ * windows (held.h). */
+#define SOAK_HELD_LONG_MAX 8
+
 /* One producer instance (a thread, or one life of a producer process). */
 struct soak_prod {
     /* Sequence numbers 0..committed-1 were committed (emit returned 0).  A
@@ -40,6 +44,13 @@ struct soak_prod {
      * waits excluded), the summed overrun past bound + slack, and how many
      * had no schedstat reading.  Published after each such emit. */
     _Atomic uint64_t slow_emits, max_emit_wall_ns, max_held_ns, held_overrun_ns, held_unmeasured;
+    /* The first emits held past bound + margin, with their windows (held.h;
+     * max_held_ns is the longest of the others).  An entry is written before
+     * n_long counts it, and before max_held_ns. */
+    struct {
+        _Atomic uint64_t start_ns, end_ns, held_ns, host_ns;
+    } longs[SOAK_HELD_LONG_MAX];
+    _Atomic uint32_t n_long;
     _Atomic uint64_t llm_ends;     /* committed llm_end events (threads only) */
     _Atomic uint64_t tok[SOAK_TOK__COUNT];
     _Atomic uint32_t used;
@@ -120,6 +131,7 @@ struct soak_shared {
     _Atomic uint64_t epoch_tail[SOAK_MAX_EPOCH];
     uint64_t wait_bound_ns;               /* the lossless wait bound invariant 6 checks */
     uint64_t held_slack_ns;               /* held past bound + this is an overrun */
+    uint64_t held_long_ns;                /* held past this (bound + margin): kept with its window */
     uint32_t lanes;                       /* every incarnation of the bus has this many */
     struct soak_prod prod[SOAK_MAX_PROD];
     struct soak_verifier ver[SOAK_MAX_VER];
