@@ -4,7 +4,7 @@
  * Used by cbus-audit (one record per event in the audit log) and by
  * cbus-export (its msgpack batch format), so an event looks the same in
  * every msgpack the project writes.  No libmsgpack dependency: every
- * consumer links cbus_common, and an encoder on the audit hot path has to be
+ * consumer links cbus_events, and an encoder on the audit hot path has to be
  * a few hundred nanoseconds.
  *
  * ---- Schema (format 2: format 1 plus agent, tenant, the *_hash keys,

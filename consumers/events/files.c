@@ -1,8 +1,7 @@
-/* The daemons' files (declared in daemon.h): the private state dir (%S),
+/* The daemons' files (declared in files.h): the private state dir (%S),
  * made and checked before use, and whole files replaced atomically or read
  * whole, for the daemons and the tools alike (cbusctl, the collector). */
-#include "daemon.h"
-#include "log.h"
+#include "files.h"
 
 #include <errno.h>
 #include <fcntl.h>

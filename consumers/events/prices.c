@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "files.h"
 
 /* Field names as LiteLLM spells them, in enum cost_rate_field order. */
 static const char *const rate_names[COST_RATE__COUNT] = {

@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "daemon.h"
+#include "files.h"
 #include "sbuf.h"
 
 #define STATUS_MAX_BYTES (16u << 20) /* a status file is small; refuse a huge one */
