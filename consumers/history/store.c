@@ -501,7 +501,7 @@ static int conv_get(struct hist_store *s, const char *conv, uint64_t ts_ns, cons
 {
     if (strlen(conv) >= sizeof s->cache[0].id)
         return -EINVAL;
-    unsigned slot;
+    unsigned slot = CONV_CACHE; /* conv_find sets it; -O3 cannot tell */
     struct conv_ent *e = conv_find(s, conv, &slot);
     unsigned keys = keys_of(user, tenant, agent);
     if (e && (keys & ~e->keys) == 0) {
