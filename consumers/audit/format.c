@@ -362,7 +362,7 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     /* "cbus_audit" was read by the caller; entries until the trailer. */
     if ((rc = cbus_mp_read_uint(r, &h->format)))
         goto bad;
-    if (h->format != AUDIT_FORMAT && h->format != 3 && h->format != 2 && h->format != 1) {
+    if (h->format < 1 || h->format > AUDIT_FORMAT) { /* every older format is still read */
         *why = "unsupported format version";
         return -EBADMSG;
     }

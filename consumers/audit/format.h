@@ -34,7 +34,11 @@
  *                       format 4: with its body under "body" by the policy
  *                       for its kind: keep = the sections; hash = {"redacted":
  *                       "hash", "<section>_sha256": 64 hex, "<section>_len":
- *                       uint, ...}; drop = {"redacted": "drop"}
+ *                       uint, ...}; drop = {"redacted": "drop"}.  Format 5:
+ *                       the body's "system" and "response_id" sections too
+ *                       (format 4 left them out, unsaid), and
+ *                       "skipped_sections" for sections of a type the
+ *                       writer did not know
  *   hash         bin32  SHA-256(previous hash || record bytes before the "hash" key)
  *
  * Gap record (format 2; same shape, "gap" in place of "event"):
@@ -74,8 +78,10 @@
 
 #include "event_msgpack.h"
 
-#define AUDIT_FORMAT 4                      /* written; 3 (no bodies), 2 (one lane) and 1
-                                               (no gap records either) are still read */
+#define AUDIT_FORMAT 5                      /* written; 4 (bodies without the system and
+                                               response_id sections), 3 (no bodies), 2 (one
+                                               lane) and 1 (no gap records either) are
+                                               still read */
 #define AUDIT_HASH_LEN 32
 #define AUDIT_TRAILER 39                    /* fixstr "hash" (5) + bin8 header (2) + 32 */
 #define AUDIT_RECORD_MAX (CBUS_EVMP_MAX + 64) /* map + seq + "event" + trailer */

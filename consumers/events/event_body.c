@@ -1,6 +1,11 @@
 #include "event_body.h"
 
+#include <assert.h>
 #include <string.h>
+
+/* A section type added to layout.h is a row here, a name below and a look
+ * at every renderer (JSON, msgpack, cbusctl's text, the audit record). */
+static_assert(CBUS_BODY_TYPES == CBUS_BODY_RESPONSE_ID + 1, "a body section type is not rendered");
 
 int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out)
 {
@@ -12,8 +17,10 @@ int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out
     const char *data;
     int r;
     while ((r = cbus_body_next(body->data, body->len, &off, &s, &data)) == 1) {
-        if (s.type == 0 || s.type >= CBUS_BODY_TYPES || out->part[s.type].data)
-            continue; /* unknown type, or a second section of one: the first counts */
+        if (s.type == 0 || s.type >= CBUS_BODY_TYPES || out->part[s.type].data) {
+            out->unknown++; /* unknown type, or a second section of one: the first counts */
+            continue;
+        }
         struct cbus_body_part *p = &out->part[s.type];
         p->data = data;
         p->len = s.len;
@@ -36,6 +43,8 @@ const char *cbus_body_type_name(unsigned type)
     case CBUS_BODY_MESSAGES: return "messages";
     case CBUS_BODY_TAGS: return "tags";
     case CBUS_BODY_METADATA: return "metadata";
+    case CBUS_BODY_SYSTEM: return "system";
+    case CBUS_BODY_RESPONSE_ID: return "response_id";
     default: return NULL;
     }
 }

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CBUS_BODY_TYPES 5 /* index = enum cbus_body_type (1..4); 0 unused */
+#define CBUS_BODY_TYPES 7 /* index = enum cbus_body_type (1..6); 0 unused */
 
 struct cbus_body_part {
     const char *data;   /* len bytes; NULL when the body has no section of this type */
@@ -25,6 +25,8 @@ struct cbus_body_part {
 struct cbus_body_parts {
     struct cbus_body_part part[CBUS_BODY_TYPES];
     int count;          /* known sections found */
+    int unknown;        /* sections skipped: of a type this reader does not know (a newer
+                           producer's), or a second one of a type (the first counts) */
     int cut;            /* a section was cut at the body limit */
     int malformed;      /* a section did not fit: the parts before it are kept */
 };
@@ -42,7 +44,9 @@ extern const struct cbus_cut_key cbus_cut_keys[CBUS_KEY__COUNT];
 /* Fills *out from body (NULL or empty: no parts).  Returns the count. */
 int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out);
 
-/* "text", "messages", "tags", "metadata"; NULL for other types. */
+/* "text", "messages", "tags", "metadata", "system", "response_id" (the
+ * names cbus-export's docs and the Python binding use); NULL for other
+ * types. */
 const char *cbus_body_type_name(unsigned type);
 
 /* Walks a NUL-separated list (tags, or metadata keys and values in turn).

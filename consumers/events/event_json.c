@@ -163,7 +163,7 @@ static void body_json(struct sbuf *b, const struct cbus_event *ev, const struct 
         return; /* not asked for (the tail without --body, cat without --body) */
     struct cbus_body_parts bp;
     cbus_body_parts_of(body, &bp);
-    if (!bp.count && !bp.malformed && !(ev->flags & CBUS_FLAG_BODY_CUT))
+    if (!bp.count && !bp.unknown && !bp.malformed && !(ev->flags & CBUS_FLAG_BODY_CUT))
         return;
     sbuf_puts(b, ",\"body\":{");
     const char *sep = "";
@@ -200,6 +200,10 @@ static void body_json(struct sbuf *b, const struct cbus_event *ev, const struct 
         }
     if (any_dropped) {
         sbuf_puts(b, "}");
+        sep = ",";
+    }
+    if (bp.unknown) { /* a newer producer's types: said, not shown */
+        sbuf_printf(b, "%s\"skipped_sections\":%d", sep, bp.unknown);
         sep = ",";
     }
     if (bp.malformed)

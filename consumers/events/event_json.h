@@ -37,12 +37,16 @@
  *                                  a number), value (numeric, boolean; null when not
  *                                  finite) or category (categorical: the preview)}
  *   body            with a body given: {"text": str, "messages": str (the JSON as a
- *                   string), "tags": [str...], "metadata": {key: value...}, each only
- *                   when the body has that section; "cut": true and "orig_len":
- *                   {section: bytes the producer had} when a section was cut;
- *                   "dropped": {section: entries} when tags or metadata did not fit;
- *                   "malformed": true when a section's length did not fit}.  Section
- *                   bytes are rendered whole (a NUL is \u0000).
+ *                   string), "tags": [str...], "metadata": {key: value...}, "system":
+ *                   str (system instructions, gen_ai.system_instructions JSON or
+ *                   text), "response_id": str (the provider's gen_ai.response.id),
+ *                   each only when the body has that section; "cut": true and
+ *                   "orig_len": {section: bytes the producer had} when a section was
+ *                   cut; "dropped": {section: entries} when tags or metadata did not
+ *                   fit; "skipped_sections": N for sections not shown (a type this
+ *                   reader does not know, from a newer producer, or a type's second
+ *                   section); "malformed": true when a section's length did not fit}.
+ *                   Section bytes are rendered whole (a NUL is \u0000).
  *
  * Token convention is the layout's (OpenTelemetry): input_tokens includes the
  * cache tokens, output_tokens includes reasoning.

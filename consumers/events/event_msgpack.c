@@ -425,6 +425,9 @@ static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *
  * messages as text, tags as an array of text, metadata as a map of text to
  * text; then "<section>_orig_len" (uint) for each cut section and
  * "<section>_dropped" (uint) for each with entries dropped. */
+static_assert(CBUS_EVMP_BODY_TYPES == CBUS_BODY_TYPES, "body_sha256 has a row per section type");
+static_assert(CBUS_BODY_TYPES_MAX == CBUS_BODY_TYPES - 1, "a rebuilt body holds one section per type");
+
 static uint32_t list_count(const struct cbus_body_part *p)
 {
     uint32_t off = 0, n, count = 0;
@@ -446,6 +449,7 @@ static unsigned body_entries(const struct cbus_body_parts *bp, unsigned mode)
     if (mode == CBUS_EVMP_PREVIEW_DROP)
         return 1;
     unsigned n = mode == CBUS_EVMP_PREVIEW_HASH ? 1u : 0u; /* "redacted" */
+    n += bp->unknown ? 1u : 0u;                             /* "skipped_sections" */
     for (unsigned t = 1; t < CBUS_BODY_TYPES; t++) {
         const struct cbus_body_part *p = &bp->part[t];
         if (!p->data)
@@ -509,6 +513,10 @@ static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp,
             mp_uint(w, p->dropped);
         }
     }
+    if (bp->unknown) { /* a newer producer's sections: said, not kept */
+        KEY(w, "skipped_sections");
+        mp_uint(w, (uint64_t)bp->unknown);
+    }
 }
 
 /* The bounded strings in schema order, with their key. */
@@ -522,7 +530,8 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
         return -EINVAL;
     struct cbus_body_parts bp;
     cbus_body_parts_of(body, &bp);
-    if (cap < CBUS_EVMP_MAX + (bp.count ? CBUS_EVMP_BODY_MAX(body->len) : 0))
+    int has_body = bp.count || bp.unknown;
+    if (cap < CBUS_EVMP_MAX + (has_body ? CBUS_EVMP_BODY_MAX(body->len) : 0))
         return -ENOSPC;
     if (opts && (opts->body > CBUS_EVMP_PREVIEW_DROP ||
                  (opts->body == CBUS_EVMP_PREVIEW_HASH && !opts->body_sha256)))
@@ -547,7 +556,7 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
     for (size_t i = 0; i < CBUS_KEY__COUNT; i++)
         n += (ev->flags & cbus_cut_keys[i].bit) != 0;
     n += ev->body_len != 0;
-    n += bp.count != 0;
+    n += has_body;
 
     struct cbus_mp_writer w = {out};
     mp_map(&w, n);
@@ -609,7 +618,7 @@ int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
         mp_uint(&w, ev->body_len);
     }
     put_kind_entries(&w, ev);
-    if (bp.count) {
+    if (has_body) {
         KEY(&w, "body");
         put_body(&w, &bp, opts);
     }

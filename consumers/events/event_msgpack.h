@@ -66,10 +66,14 @@
  *   -- last --
  *   body              map   only when a body is given: "text", "messages"
  *                           (text), "tags" (array of text), "metadata" (map
- *                           of text to text), each when the body has that
+ *                           of text to text), format 3: "system" (text: system
+ *                           instructions), "response_id" (text: the provider's
+ *                           id of the response), each when the body has that
  *                           section; "<section>_orig_len" uint for a cut
  *                           section, "<section>_dropped" uint when entries
- *                           were dropped
+ *                           were dropped; format 3: "skipped_sections" uint,
+ *                           sections not kept (a type this encoder does not
+ *                           know, or a type's second section)
  *
  * Text fields are msgpack str when their bytes are valid UTF-8 and bin
  * (the raw bytes) when not, e.g. a preview cut in the middle of a
@@ -91,7 +95,8 @@
 #include <cbus/consumer.h>
 #include <cbus/layout.h>
 
-#define CBUS_EVMP_FORMAT 2 /* 2: agent, tenant, cut keys' hashes, score, body_len, body */
+#define CBUS_EVMP_FORMAT 3 /* 2: agent, tenant, cut keys' hashes, score, body_len, body;
+                              3: body sections system, response_id; skipped_sections */
 
 /* An encoded event never exceeds this many bytes (checked by the tests with
  * every field full). */
@@ -103,7 +108,7 @@ enum cbus_evmp_preview {
     CBUS_EVMP_PREVIEW_DROP = 2,  /* nothing */
 };
 
-#define CBUS_EVMP_BODY_TYPES 5 /* body_sha256 rows: index = enum cbus_body_type */
+#define CBUS_EVMP_BODY_TYPES 7 /* body_sha256 rows: index = enum cbus_body_type (1..6) */
 
 struct cbus_evmp_opts {
     unsigned preview;                  /* enum cbus_evmp_preview */
@@ -122,7 +127,7 @@ struct cbus_evmp_opts {
 /* Bytes decode may need to rebuild the sections of a record of len bytes
  * (a section's header is 16 bytes, its msgpack key and header at least 6). */
 #define CBUS_EVMP_REBUILD_MAX(len) ((size_t)(len) + 16 * CBUS_BODY_TYPES_MAX)
-#define CBUS_BODY_TYPES_MAX 4
+#define CBUS_BODY_TYPES_MAX 6 /* section types a rebuilt body can hold (one each) */
 
 /* Encodes ev and its body (NULL or empty: none) into out (cap >=
  * CBUS_EVMP_MAX, plus CBUS_EVMP_BODY_MAX(body->len) with a body).  opts may

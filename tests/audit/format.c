@@ -149,9 +149,10 @@ static size_t add_section(uint8_t *buf, size_t at, unsigned type, const void *da
     return at + sizeof s + len;
 }
 
-/* Every section type, a cut one, dropped entries and invalid UTF-8 come
- * back from msgpack as the same sections; an uncut key's hash is its
- * field's; decode without a body buffer skips the body. */
+/* Every section type (system instructions and the response id too, format
+ * 5), a cut one, dropped entries and invalid UTF-8 come back from msgpack
+ * as the same sections; an uncut key's hash is its field's; decode without
+ * a body buffer skips the body. */
 Test(audit_format, body_and_v2_fields_roundtrip)
 {
     static uint8_t body[20000], rebuilt[20100], out[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(20000)];
@@ -166,6 +167,9 @@ Test(audit_format, body_and_v2_fields_roundtrip)
     len = add_section(body, len, CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0);
     len = add_section(body, len, CBUS_BODY_TAGS, tags, sizeof tags - 1, sizeof tags - 1, 3);
     len = add_section(body, len, CBUS_BODY_METADATA, meta, sizeof meta - 1, sizeof meta - 1, 0);
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"Be brief. \xe6\x9d\xb1\"}]";
+    len = add_section(body, len, CBUS_BODY_SYSTEM, sys, 20, sizeof sys - 1, 0); /* cut */
+    len = add_section(body, len, CBUS_BODY_RESPONSE_ID, "msg_01XFDUDYJgAACzvnptvVoYEL", 28, 28, 0);
 
     struct cbus_event ev = {.kind = CBUS_EV_CHAT_MODEL_START, .event_id = 9}, back;
     ev.flags = CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT | CBUS_TRUNC_USER;
@@ -192,6 +196,39 @@ Test(audit_format, body_and_v2_fields_roundtrip)
     cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, 100, &rb), -ENOSPC);
     cr_assert_eq(cbus_evmp_decode(out, (size_t)n, &back, NULL), 0);
     assert_same_event(&ev, &back);
+}
+
+/* Sections of a type the encoder does not know (a newer producer's) and a
+ * type's second section are not kept but said: "skipped_sections" in the
+ * record, and the known ones around them come back whole. */
+Test(audit_format, unknown_sections_are_skipped_and_counted)
+{
+    static uint8_t body[512], rebuilt[1024], out[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(512)];
+    size_t len = add_section(body, 0, 9, "future", 6, 6, 0);
+    len = add_section(body, len, CBUS_BODY_RESPONSE_ID, "chatcmpl-1", 10, 10, 0);
+    len = add_section(body, len, CBUS_BODY_RESPONSE_ID, "chatcmpl-2", 10, 10, 0);
+    struct cbus_event ev = {.kind = CBUS_EV_LLM_END, .event_id = 4, .flags = CBUS_FLAG_BODY,
+                            .body_len = (uint32_t)len}, back;
+    struct cbus_body b = {body, (uint32_t)len};
+    int n = cbus_evmp_encode(&ev, &b, NULL, out, sizeof out);
+    cr_assert_gt(n, 0, "%d", n);
+    cr_assert(memmem(out, (size_t)n, "\xb0skipped_sections\x02", 18), "two skipped, said");
+    cr_assert_null(memmem(out, (size_t)n, "future", 6));
+    cr_assert_null(memmem(out, (size_t)n, "chatcmpl-2", 10), "the first of a type counts");
+    struct cbus_body rb;
+    cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, sizeof rebuilt, &rb), 0);
+    uint8_t want[64];
+    size_t wl = add_section(want, 0, CBUS_BODY_RESPONSE_ID, "chatcmpl-1", 10, 10, 0);
+    cr_assert_eq(rb.len, wl);
+    cr_assert(!memcmp(rb.data, want, wl));
+
+    /* Only unknown sections: still a body entry, so the record says so. */
+    len = add_section(body, 0, 200, "x", 1, 1, 0);
+    b.len = (uint32_t)len;
+    n = cbus_evmp_encode(&ev, &b, NULL, out, sizeof out);
+    cr_assert(memmem(out, (size_t)n, "\xa4" "body\x81\xb0skipped_sections\x01", 24));
+    cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, sizeof rebuilt, &rb), 0);
+    cr_assert_eq(rb.len, 0);
 }
 
 Test(audit_format, event_absent_usage_stays_absent)
@@ -245,7 +282,9 @@ Test(audit_format, record_body_policy_per_kind)
 {
     static uint8_t body[256], out[AUDIT_RECORD_MAX + CBUS_EVMP_BODY_MAX(256)];
     static const char text[] = "a prompt longer than the thirty-one byte preview";
+    static const char sys[] = "You are a geography tutor.";
     size_t len = add_section(body, 0, CBUS_BODY_TEXT, text, sizeof text - 1, sizeof text - 1, 0);
+    len = add_section(body, len, CBUS_BODY_SYSTEM, sys, sizeof sys - 1, sizeof sys - 1, 0);
     struct cbus_body b = {body, (uint32_t)len};
     struct cbus_event ev = {.kind = CBUS_EV_LLM_START, .flags = CBUS_FLAG_BODY,
                             .body_len = (uint32_t)len};
@@ -259,6 +298,8 @@ Test(audit_format, record_body_policy_per_kind)
         cr_assert_gt(n, 0);
         cr_assert_eq(audit_record_encode(&c, &ev, &b, &red, out, AUDIT_RECORD_MAX), -ENOSPC);
         int has_text = memmem(out, (size_t)n, text, sizeof text - 1) != NULL;
+        cr_assert_eq(memmem(out, (size_t)n, sys, sizeof sys - 1) != NULL, policy == AUDIT_REDACT_KEEP);
+        cr_assert_eq(memmem(out, (size_t)n, "system_sha256", 13) != NULL, policy == AUDIT_REDACT_HASH);
         int has_hash = memmem(out, (size_t)n, "text_sha256", 11) != NULL;
         int has_drop = memmem(out, (size_t)n, "drop", 4) != NULL;
         cr_assert_eq(has_text, policy == AUDIT_REDACT_KEEP, "policy %u", policy);
@@ -270,6 +311,9 @@ Test(audit_format, record_body_policy_per_kind)
             audit_sha256(&c, "s", 1, text, sizeof text - 1, dg);
             audit_hex(hex, dg, sizeof dg);
             cr_assert(memmem(out, (size_t)n, hex, 64), "the salted digest");
+            audit_sha256(&c, "s", 1, sys, sizeof sys - 1, dg);
+            audit_hex(hex, dg, sizeof dg);
+            cr_assert(memmem(out, (size_t)n, hex, 64), "the system section's salted digest");
         }
         /* Every policy keeps the event's span: body_len and the flag. */
         uint64_t id, span;
@@ -1514,4 +1558,97 @@ Test(audit_format, format_2_log_and_version_1_state_load_as_one_lane, .init = se
     cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "OK: 2 files, 26 records"), "%s", out);
     cr_assert(strstr(out, "1 recorded gap in event ids (5 positions lost)"), "%s", out);
+}
+
+/* A format-4 log, written by the format-4 cbus-audit itself (the daemon
+ * on a real bus, fed by `cbusctl emit` at commit 067d15a; bus id
+ * cd86cc6409942bc0: a chat start with messages, text, tags and metadata,
+ * its llm_end, a tool start with a long UTF-8 text and tags, a score with
+ * metadata; events 0, 2, 3, 5, the cursor at 7), still verifies and
+ * cats; the writer continues it in a new file of format 5 whose records
+ * carry system instructions and a response id; verify covers both files
+ * in one chain. */
+Test(audit_format, format_4_log_verifies_and_continues_in_format_5, .init = setup,
+     .fini = teardown)
+{
+    static const char name[] = "audit-20261203T172853.115Z-00000000.cbaudit";
+    char src[600], path[600];
+    snprintf(src, sizeof src, "%s/format4/%s", CBUS_AUDIT_FIXTURES, name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t len;
+    uint8_t *old = tu_slurp(src, &len);
+    cr_assert(old && len > 0, "fixture %s", src);
+    struct audit_item it;
+    cr_assert_eq(audit_parse(old, len, &it, NULL), 0);
+    cr_assert_eq(it.hdr.format, 4, "the fixture is of format 4");
+    tu_spit(path, old, len);
+    free(old);
+    char out[16384];
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 1 file, 4 records"), "%s", out);
+    char *cat[] = {(char *)CBUS_AUDIT_BIN, (char *)"cat", (char *)"--body", dir, NULL};
+    cr_assert_eq(tu_run(cat, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "\"messages\":\"[{\\\"role\\\":\\\"user\\\""), "%s", out);
+    cr_assert(strstr(out, "\"tags\":[\"demo\",\"fixture\"],\"metadata\":{\"team\":\"geo\""), "%s", out);
+    cr_assert(strstr(out, "caf\xc3\xa9 \xe6\x9d\xb1\xe4\xba\xac\""), "%s", out);
+    cr_assert_null(strstr(out, "\"system\""), "%s", out);
+
+    /* The writer resumes after the fixture's last event (5, one body slot). */
+    struct audit_writer_opts o;
+    tu_writer_opts(&o, dir);
+    struct audit_writer *w;
+    struct audit_resume r;
+    char err[256];
+    cr_assert_eq(audit_writer_open(&w, &o, &r, err, sizeof err), 0, "%s", err);
+    cr_assert(r.have_file);
+    cr_assert_eq(r.pos.lanes, 1);
+    cr_assert_eq(r.pos.pos[0], 7);
+    cr_assert_eq(audit_writer_set_bus(w, 0xcd86cc6409942bc0ull, &r.pos), 0);
+    static uint8_t body[512];
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+    size_t bl = add_section(body, 0, CBUS_BODY_SYSTEM, sys, sizeof sys - 1, sizeof sys - 1, 0);
+    struct cbus_body bd = {body, (uint32_t)bl};
+    struct cbus_event ev;
+    tu_event(&ev, 7);
+    ev.kind = CBUS_EV_CHAT_MODEL_START;
+    ev.flags = CBUS_FLAG_BODY;
+    ev.body_len = (uint32_t)bl;
+    int rc;
+    while ((rc = audit_writer_append(w, &ev, &bd)) == -EAGAIN)
+        audit_writer_service(w, 1000000);
+    cr_assert_eq(rc, 0);
+    static uint8_t body2[128];
+    size_t bl2 = add_section(body2, 0, CBUS_BODY_RESPONSE_ID, "chatcmpl-AbC123", 15, 15, 0);
+    struct cbus_body bd2 = {body2, (uint32_t)bl2};
+    tu_event(&ev, 9); /* 7 and its body slot before it */
+    ev.kind = CBUS_EV_LLM_END;
+    ev.flags = CBUS_FLAG_BODY;
+    ev.body_len = (uint32_t)bl2;
+    while ((rc = audit_writer_append(w, &ev, &bd2)) == -EAGAIN)
+        audit_writer_service(w, 1000000);
+    cr_assert_eq(rc, 0);
+    while (!audit_writer_idle(w)) {
+        audit_writer_flush(w);
+        audit_writer_service(w, 1000000);
+    }
+    audit_writer_close(w);
+
+    char **paths;
+    size_t nf = tu_log_files(dir, &paths);
+    cr_assert_eq(nf, 2, "continued in a new file of the current format");
+    uint8_t *b2 = tu_slurp(paths[1], &len);
+    cr_assert_eq(audit_parse(b2, len, &it, NULL), 0);
+    cr_assert_eq(it.hdr.format, AUDIT_FORMAT);
+    cr_assert_eq(AUDIT_FORMAT, 5);
+    cr_assert_eq(it.hdr.bus_cursor, 7);
+    free(b2);
+    tu_free_paths(paths, nf);
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "OK: 2 files, 6 records"), "%s", out);
+    cr_assert(strstr(out, "no gaps in event ids"), "%s", out);
+    cr_assert_eq(tu_run(cat, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "\"system\":\"[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"You are a geography tutor.\\\"}]\""),
+              "%s", out);
+    cr_assert(strstr(out, "\"body\":{\"response_id\":\"chatcmpl-AbC123\"}"), "%s", out);
+    cr_assert(strstr(out, "\"tags\":[\"demo\",\"fixture\"]"), "the old file still shows: %s", out);
 }

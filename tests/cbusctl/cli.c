@@ -525,6 +525,75 @@ Test(cbusctl_cli, tail_json_body_shows_a_10k_prompt_whole)
     cr_assert(strstr(rr.out, "\n    tags: prod, eval\n"), "%.300s", strstr(rr.out, "tags"));
 }
 
+/* System instructions (emit --system-file: cbus_chat_model_start_system)
+ * and the provider's response id (emit --response-id:
+ * cbus_llm_end_response) reach tail --body, as "system" and "response_id"
+ * in the JSON and as their own lines in the text view; a response id that
+ * is not one is a usage error and emits nothing. */
+Test(cbusctl_cli, tail_body_shows_system_instructions_and_the_response_id)
+{
+    CTL("create", bus, "--capacity", "1024");
+    ASSERT_EXIT(0);
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+    char sfile[128];
+    snprintf(sfile, sizeof sfile, "/tmp/%s.system", bus);
+    FILE *f = fopen(sfile, "w");
+    cr_assert(f);
+    fputs(sys, f);
+    fclose(f);
+    CTL("emit", bus, "--kind", "chat_model_start", "--system-file", sfile, "--preview",
+        "Capital of Italy?", "--tag", "geo");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_start", "--system-file", sfile, "--preview", "p");
+    ASSERT_EXIT(0);
+    unlink(sfile);
+    CTL("emit", bus, "--kind", "llm_end", "--response-id", "chatcmpl-AbC123", "--preview", "Rome.",
+        "--output-tokens", "2");
+    ASSERT_EXIT(0);
+    CTL("emit", bus, "--kind", "llm_end", "--response-id", "not an id");
+    ASSERT_EXIT(2);
+    CTL("emit", bus, "--kind", "tool_end", "--response-id", "x");
+    ASSERT_EXIT(2);
+    CTL("emit", bus, "--kind", "llm_end", "--system-file", "/nonexistent");
+    ASSERT_EXIT(2);
+
+    CTL("tail", bus, "--oldest", "--json", "--body", "--count", "3");
+    ASSERT_EXIT(0);
+    char *line2 = strchr(rr.out, '\n');
+    cr_assert(line2);
+    char *line3 = strchr(line2 + 1, '\n');
+    cr_assert(line3);
+    *line2 = *line3 = '\0';
+    cJSON *j = cJSON_Parse(rr.out);
+    cr_assert(j, "%s", rr.out);
+    cr_assert_str_eq(jstr(j, "kind"), "chat_model_start");
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsObject(b), "no body: %.300s", rr.out);
+    cr_assert_str_eq(jstr(b, "system"), sys);
+    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(b, "tags"), 0)->valuestring,
+                     "geo");
+    cJSON_Delete(j);
+    j = cJSON_Parse(line2 + 1);
+    cr_assert(j, "%s", line2 + 1);
+    cr_assert_str_eq(jstr(j, "kind"), "llm_start");
+    cr_assert_str_eq(jstr(cJSON_GetObjectItemCaseSensitive(j, "body"), "system"), sys);
+    cJSON_Delete(j);
+    j = cJSON_Parse(line3 + 1);
+    cr_assert(j, "%s", line3 + 1);
+    cr_assert_str_eq(jstr(j, "kind"), "llm_end");
+    cr_assert_str_eq(jstr(j, "preview"), "Rome.");
+    b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert_str_eq(jstr(b, "response_id"), "chatcmpl-AbC123");
+    cr_assert_eq(cJSON_GetArraySize(b), 1, "only the id: %s", line3 + 1);
+    cJSON_Delete(j);
+
+    CTL("tail", bus, "--oldest", "--body", "--count", "3");
+    ASSERT_EXIT(0);
+    cr_assert(strstr(rr.out, "\n    system: [{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]"),
+              "%.600s", rr.out);
+    cr_assert(strstr(rr.out, "\n    response_id: chatcmpl-AbC123"), "%.600s", rr.out);
+}
+
 /* A bus of lanes: create says so, stat shows the count, emits from several
  * processes all reach tail --oldest, and bad lane counts are usage errors. */
 Test(cbusctl_cli, create_with_lanes_then_stat_emit_and_tail)

@@ -363,6 +363,7 @@ Test(events_event_json, body_renders_every_section)
     cr_assert_eq(num(cJSON_GetObjectItemCaseSensitive(b, "orig_len"), "text"), 70000);
     cr_assert_eq(num(cJSON_GetObjectItemCaseSensitive(b, "dropped"), "tags"), 2);
     cr_assert(!has(b, "malformed"));
+    cr_assert_eq(num(b, "skipped_sections"), 1, "the section of type 99 is said, not shown");
     cJSON_Delete(j);
 
     /* The same body with its last section's length running past the end. */
@@ -376,5 +377,63 @@ Test(events_event_json, body_renders_every_section)
     /* No body given: no body object, whatever the flags say. */
     j = render();
     cr_assert(!has(j, "body"));
+    cJSON_Delete(j);
+}
+
+/* Sections 5 and 6 (cbus_chat_model_start_system, cbus_llm_end_response)
+ * render under the names cbus-export and the Python binding use, after the
+ * four older ones; a cut system section gives its original length; sections
+ * of types no reader knows yet (a newer producer's) and a type's second
+ * section are counted in skipped_sections, and what follows them still
+ * renders. */
+Test(events_event_json, body_renders_system_and_response_id_and_counts_what_it_skips)
+{
+    static uint8_t body[4096];
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a \\\"tutor\\\".\"}]";
+    static const char rid[] = "chatcmpl-AbC123";
+    ev.kind = CBUS_EV_CHAT_MODEL_START;
+    ev.flags = CBUS_FLAG_BODY;
+    size_t len = add_section(body, 0, 7, "from a newer producer", 21, 21, 0);
+    len = add_section(body, len, CBUS_BODY_SYSTEM, sys, sizeof sys - 1, sizeof sys - 1, 0);
+    len = add_section(body, len, 0xffff, "", 0, 0, 0);
+    len = add_section(body, len, CBUS_BODY_RESPONSE_ID, rid, sizeof rid - 1, sizeof rid - 1, 0);
+    len = add_section(body, len, CBUS_BODY_SYSTEM, "second", 6, 6, 0);
+    len = add_section(body, len, CBUS_BODY_TEXT, "the text", 8, 8, 0);
+    ev.body_len = (uint32_t)len;
+    cJSON *j = render_body(body, (uint32_t)len);
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsObject(b), "%s", out.data);
+    cr_assert_str_eq(str(b, "system"), sys, "the first system section, whole");
+    cr_assert_str_eq(str(b, "response_id"), rid);
+    cr_assert_str_eq(str(b, "text"), "the text", "read on past the skipped ones");
+    cr_assert_eq(num(b, "skipped_sections"), 3, "types 7 and 0xffff, the second system");
+    cr_assert(!has(b, "cut") && !has(b, "malformed"), "%s", out.data);
+    /* type order: text first, then system, then response_id */
+    const char *t = strstr(out.data, "\"text\":"), *sy = strstr(out.data, "\"system\":"),
+               *ri = strstr(out.data, "\"response_id\":");
+    cr_assert(t && sy && ri && t < sy && sy < ri, "%s", out.data);
+    cJSON_Delete(j);
+
+    /* A system section cut at the body limit says so with its length. */
+    len = add_section(body, 0, CBUS_BODY_SYSTEM, sys, 10, 5000, 0);
+    ev.flags = CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
+    ev.body_len = (uint32_t)len;
+    j = render_body(body, (uint32_t)len);
+    b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert_eq(strlen(str(b, "system")), 10);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "cut")));
+    cr_assert_eq(num(cJSON_GetObjectItemCaseSensitive(b, "orig_len"), "system"), 5000);
+    cr_assert(!has(b, "skipped_sections"));
+    cJSON_Delete(j);
+
+    /* A body of only unknown sections still has a body object saying so. */
+    len = add_section(body, 0, 42, "x", 1, 1, 0);
+    ev.flags = CBUS_FLAG_BODY;
+    ev.body_len = (uint32_t)len;
+    j = render_body(body, (uint32_t)len);
+    b = cJSON_GetObjectItemCaseSensitive(j, "body");
+    cr_assert(cJSON_IsObject(b), "%s", out.data);
+    cr_assert_eq(num(b, "skipped_sections"), 1);
+    cr_assert_eq(cJSON_GetArraySize(b), 1, "%s", out.data);
     cJSON_Delete(j);
 }

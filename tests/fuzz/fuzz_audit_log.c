@@ -5,8 +5,9 @@
  * verifier must report, never crash.
  *
  * Input: a mode byte, then the file.  Modes:
- *   bit 0  verify hashes (verify) or only parse (cat, with its callback
- *          decoding each event and rendering it as JSON);
+ *   bit 0  verify hashes (verify) or only parse (cat --body, with its
+ *          callback decoding each event with its body and rendering both
+ *          as JSON);
  *   bit 1  first rewrite every parsable value's stored hash to the one the
  *          chain expects, so the fuzzer reaches the checks behind the hash
  *          (sequence numbers, file continuity, torn tails);
@@ -28,12 +29,22 @@ static int on_record(void *arg, const struct audit_item *it)
     FZ_CHECK(it->len <= len && it->event_len <= it->len, "item %zu/%zu of %zu", it->event_len,
              it->len, len);
     struct cbus_event ev;
-    if (cbus_evmp_decode(it->event, it->event_len, &ev, NULL) == 0) {
+    /* as cat --body: the sections rebuilt into a buffer of the bound the
+     * header promises, then rendered */
+    size_t cap = CBUS_EVMP_REBUILD_MAX(it->event_len);
+    uint8_t *rebuilt = malloc(cap);
+    FZ_CHECK(rebuilt, "out of memory");
+    struct cbus_body body;
+    int r = cbus_evmp_decode_body(it->event, it->event_len, &ev, NULL, rebuilt, cap, &body);
+    FZ_CHECK(r != -ENOSPC, "CBUS_EVMP_REBUILD_MAX(%zu) is too small", it->event_len);
+    if (r == 0) {
+        FZ_CHECK(body.len <= cap, "body %u of %zu", body.len, cap);
         struct sbuf b;
         sbuf_init(&b);
-        cbus_event_json(&b, &ev, NULL);
+        cbus_event_json(&b, &ev, body.len ? &body : NULL);
         sbuf_free(&b);
     }
+    free(rebuilt);
     return 0;
 }
 

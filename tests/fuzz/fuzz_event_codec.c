@@ -6,8 +6,10 @@
  *                  be one valid JSON object (cJSON parses it, fully);
  *   event_msgpack.c (audit records, msgpack export): within CBUS_EVMP_MAX
  *                  (plus CBUS_EVMP_BODY_MAX of the body), decodable, and
- *                  with every redaction mode; a kept body's text section
- *                  comes back byte for byte.
+ *                  with every redaction mode; a kept body's text-like
+ *                  sections (text, messages, system, response_id) come
+ *                  back byte for byte, and what the encoder skipped
+ *                  (unknown types, repeats) is not rebuilt.
  * Input: 496 bytes of event (short inputs are zero-padded), a byte choosing
  * the redaction mode (previews and bodies alike), then the body: arbitrary
  * bytes, as poll_bodies could hand a consumer from a hostile producer. */
@@ -45,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sbuf_free(&b);
 
     static const uint8_t digest[32] = {1, 2, 3};
-    static const uint8_t body_digests[CBUS_EVMP_BODY_TYPES][32] = {{4}, {5}, {6}, {7}, {8}};
+    static const uint8_t body_digests[CBUS_EVMP_BODY_TYPES][32] = {{4}, {5}, {6}, {7}, {8}, {9}, {10}};
     struct cbus_evmp_opts o = {.preview = mode, .preview_sha256 = digest, .body = mode,
                                .body_sha256 = body_digests};
     size_t cap = CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(body.len);
@@ -73,10 +75,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cbus_body_parts_of(bp, &in);
     cbus_body_parts_of(&rb, &out);
     FZ_CHECK(!out.malformed, "a rebuilt body is malformed");
+    FZ_CHECK(!out.unknown, "a rebuilt body has sections the encoder skipped");
     if (mode == CBUS_EVMP_PREVIEW_KEEP) {
-        const struct cbus_body_part *t0 = &in.part[CBUS_BODY_TEXT], *t1 = &out.part[CBUS_BODY_TEXT];
-        FZ_CHECK(!t0->data == !t1->data && t0->len == t1->len &&
-                 (!t0->len || !memcmp(t0->data, t1->data, t0->len)), "text section changed");
+        static const unsigned texts[] = {CBUS_BODY_TEXT, CBUS_BODY_MESSAGES, CBUS_BODY_SYSTEM,
+                                         CBUS_BODY_RESPONSE_ID};
+        for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+            const struct cbus_body_part *t0 = &in.part[texts[i]], *t1 = &out.part[texts[i]];
+            FZ_CHECK(!t0->data == !t1->data && t0->len == t1->len &&
+                         (!t0->len || !memcmp(t0->data, t1->data, t0->len)),
+                     "section %u changed", texts[i]);
+        }
+        FZ_CHECK(out.count == in.count, "%d sections kept of %d", out.count, in.count);
     } else {
         FZ_CHECK(!out.count, "a redacted body was rebuilt");
     }

@@ -118,6 +118,42 @@ static size_t make_events(struct cbus_event *ev)
     return n;
 }
 
+/* A body of every section type in type order (the text cut, tags with an
+ * entry dropped), then what a reader must skip and say: a section of a
+ * type from a newer producer, and a second text section. */
+static size_t make_body(uint8_t *body, size_t cap)
+{
+    static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\","
+                               "\"content\":\"hi\"}]}]";
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+    const struct {
+        unsigned type;
+        const char *data;
+        uint32_t len, orig_len, dropped;
+    } sec[] = {
+        {CBUS_BODY_TEXT, "the whole prompt, cut \xc3", 25, 900, 0},
+        {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0},
+        {CBUS_BODY_TAGS, "prod\0eval\0", 10, 10, 1},
+        {CBUS_BODY_METADATA, "k\0v\0env\0dev\0", 12, 12, 0},
+        {CBUS_BODY_SYSTEM, sys, sizeof sys - 1, sizeof sys - 1, 0},
+        {CBUS_BODY_RESPONSE_ID, "chatcmpl-AbC123", 15, 15, 0},
+        {CBUS_BODY_RESPONSE_ID + 1, "a newer producer's section", 26, 26, 0},
+        {CBUS_BODY_TEXT, "a second text", 13, 13, 0},
+    };
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof sec / sizeof sec[0]; i++) {
+        struct cbus_body_section h = {(uint16_t)sec[i].type,
+                                      sec[i].orig_len > sec[i].len ? CBUS_BODY_SECTION_CUT : 0,
+                                      sec[i].len, sec[i].orig_len, sec[i].dropped};
+        if (off + sizeof h + sec[i].len > cap)
+            break;
+        memcpy(body + off, &h, sizeof h);
+        memcpy(body + off + sizeof h, sec[i].data, sec[i].len);
+        off += sizeof h + sec[i].len;
+    }
+    return off;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -137,6 +173,22 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "event-%02zu", i);
         put("event_codec", name, b, sizeof b);
     }
+    /* event_codec: a chat start and its body of every section, in each
+     * redaction mode. */
+    {
+        static uint8_t b[sizeof ev[0] + 1 + 1024];
+        struct cbus_event e = ev[0];
+        e.kind = CBUS_EV_CHAT_MODEL_START;
+        size_t bl = make_body(b + sizeof e + 1, 1024);
+        e.flags |= CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
+        e.body_len = (uint32_t)bl;
+        memcpy(b, &e, sizeof e);
+        for (uint8_t m = 0; m < 3; m++) {
+            b[sizeof e] = m;
+            snprintf(name, sizeof name, "event-body-%u", (unsigned)m);
+            put("event_codec", name, b, sizeof e + 1 + bl);
+        }
+    }
 
     /* msgpack: each event encoded, and one with a preview hash. */
     for (size_t i = 0; i < n; i++) {
@@ -146,30 +198,11 @@ int main(int argc, char **argv)
         put("msgpack", name, b, (size_t)len);
     }
 
-    /* msgpack: a chat start with a body of every section (one cut). */
+    /* msgpack: a chat start with a body of every section (one cut, and two
+     * the encoder skips and counts), and an llm_end with a response id. */
     {
-        static uint8_t body[512], b[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(512)];
-        static const char msgs[] = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\","
-                                   "\"content\":\"hi\"}]}]";
-        const struct {
-            unsigned type;
-            const char *data;
-            uint32_t len, orig_len, dropped;
-        } sec[] = {
-            {CBUS_BODY_TEXT, "the whole prompt, cut \xc3", 25, 900, 0},
-            {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0},
-            {CBUS_BODY_TAGS, "prod\0eval\0", 10, 10, 1},
-            {CBUS_BODY_METADATA, "k\0v\0env\0dev\0", 12, 12, 0},
-        };
-        size_t off = 0;
-        for (size_t i = 0; i < sizeof sec / sizeof sec[0]; i++) {
-            struct cbus_body_section h = {(uint16_t)sec[i].type,
-                                          sec[i].orig_len > sec[i].len ? CBUS_BODY_SECTION_CUT : 0,
-                                          sec[i].len, sec[i].orig_len, sec[i].dropped};
-            memcpy(body + off, &h, sizeof h);
-            memcpy(body + off + sizeof h, sec[i].data, sec[i].len);
-            off += sizeof h + sec[i].len;
-        }
+        static uint8_t body[1024], b[CBUS_EVMP_MAX + CBUS_EVMP_BODY_MAX(1024)];
+        size_t off = make_body(body, sizeof body);
         struct cbus_event e = ev[0];
         e.kind = CBUS_EV_CHAT_MODEL_START;
         e.flags |= CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
@@ -177,6 +210,15 @@ int main(int argc, char **argv)
         struct cbus_body bd = {body, (uint32_t)off};
         int len = cbus_evmp_encode(&e, &bd, NULL, b, sizeof b);
         put("msgpack", "event-body", b, (size_t)len);
+        struct cbus_body_section h = {CBUS_BODY_RESPONSE_ID, 0, 15, 15, 0};
+        memcpy(body, &h, sizeof h);
+        memcpy(body + sizeof h, "msg_01XFDUDYJgA", 15);
+        e.kind = CBUS_EV_LLM_END;
+        e.flags = CBUS_FLAG_BODY;
+        e.body_len = sizeof h + 15;
+        bd.len = e.body_len;
+        len = cbus_evmp_encode(&e, &bd, NULL, b, sizeof b);
+        put("msgpack", "event-response-id", b, (size_t)len);
     }
 
     /* export_otlp: the whole run as one input, link bytes 0 (raw events). */
@@ -273,6 +315,41 @@ int main(int argc, char **argv)
         put("audit_log", "verify-twice", file, off);
         file[0] = 1;
         put("audit_log", "torn-tail", file, off - 20);
+    }
+    /* audit_log (format 5): records with bodies of every section, kept,
+     * and hashed for chat starts by the per-kind policy. */
+    {
+        static uint8_t file[1 + AUDIT_HEADER_MAX + 16 * (AUDIT_RECORD_MAX + CBUS_EVMP_BODY_MAX(1024))];
+        static uint8_t body[1024];
+        size_t bl = make_body(body, sizeof body);
+        struct cbus_body bd = {body, (uint32_t)bl};
+        struct audit_chain c;
+        audit_chain_init(&c);
+        struct audit_header h;
+        memset(&h, 0, sizeof h);
+        h.created_ns = ev[0].ts_realtime_ns;
+        snprintf(h.bus, sizeof h.bus, "demo");
+        h.bus_id = 0x1234abcd;
+        h.redaction = AUDIT_REDACT_KEEP;
+        size_t off = 1;
+        off += (size_t)audit_header_encode(&c, &h, file + off, AUDIT_HEADER_MAX);
+        struct audit_redact red = {.mode = AUDIT_REDACT_KEEP, .salt = (const uint8_t *)"salt",
+                                   .salt_len = 4};
+        red.body[CBUS_EV_CHAT_MODEL_START] = AUDIT_REDACT_HASH;
+        uint64_t id = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct cbus_event e = ev[i];
+            e.event_id = id;
+            e.flags |= CBUS_FLAG_BODY | CBUS_FLAG_BODY_CUT;
+            e.body_len = (uint32_t)bl;
+            id += 1 + CBUS_BODY_SLOTS(bl);
+            off += (size_t)audit_record_encode(&c, &e, &bd, &red, file + off, sizeof file - off);
+        }
+        audit_chain_free(&c);
+        file[0] = 0;
+        put("audit_log", "cat-bodies", file, off);
+        file[0] = 1;
+        put("audit_log", "verify-bodies", file, off);
     }
 
     /* ratelimit_rules: rules, NUL, then the events. */

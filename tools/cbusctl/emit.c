@@ -35,6 +35,7 @@ enum opt_id {
     O_DOCS,
     O_SCORE_VALUE, O_SCORE_TYPE,
     O_AGENT, O_TENANT, O_TAG, O_METADATA, O_TEXT_FILE, O_MESSAGES_FILE,
+    O_SYSTEM_FILE, O_RESPONSE_ID,
     O_REPEAT, O_PRODUCER, O_TRUST, O_HELP,
     O__COUNT
 };
@@ -49,8 +50,10 @@ static uint32_t applies_to(int id)
         return P(CBUS_PAYLOAD_USAGE);
     case O_DURATION:
         return KINDS_DURATION;
-    case O_PROMPTS: case O_EST_INPUT: case O_MAX_TOKENS:
+    case O_PROMPTS: case O_EST_INPUT: case O_MAX_TOKENS: case O_SYSTEM_FILE:
         return KINDS_START;
+    case O_RESPONSE_ID:
+        return P(CBUS_PAYLOAD_USAGE);
     case O_INDEX:
         return P(CBUS_PAYLOAD_TOKEN);
     case O_HTTP:
@@ -104,6 +107,8 @@ static const struct option longopts[] = {
     {"metadata", required_argument, NULL, O_METADATA},
     {"text-file", required_argument, NULL, O_TEXT_FILE},
     {"messages-file", required_argument, NULL, O_MESSAGES_FILE},
+    {"system-file", required_argument, NULL, O_SYSTEM_FILE},
+    {"response-id", required_argument, NULL, O_RESPONSE_ID},
     {"repeat", required_argument, NULL, O_REPEAT},
     {"producer-name", required_argument, NULL, O_PRODUCER},
     {"trust-owner", no_argument, NULL, O_TRUST},
@@ -134,7 +139,10 @@ static void emit_help(FILE *f)
             "           --cache-creation-tokens --reasoning-tokens (OpenTelemetry convention:\n"
             "           input includes cache tokens, output includes reasoning; a count not\n"
             "           given is absent, not zero) --ttft D --finish-reason R --generations N\n"
+            "           --response-id ID (the provider's id of the response, in the body)\n"
             "  llm_start, chat_model_start: --prompt-count --est-input-tokens --max-tokens\n"
+            "           --system-file FILE (system instructions given apart from the\n"
+            "           messages: gen_ai.system_instructions JSON or text, in the body)\n"
             "  llm_new_token: --index\n"
             "  *_error: --http-status\n"
             "  retry: --attempt --backoff D\n"
@@ -176,6 +184,14 @@ static int read_file(const char *flag, const char *path, char **out, size_t *len
     }
     int err = ferror(f);
     fclose(f);
+    if (buf) { /* NUL-ended too: the producer calls that take a string */
+        char *nb = realloc(buf, n + 1);
+        if (!nb)
+            free(buf);
+        buf = nb;
+        if (buf)
+            buf[n] = '\0';
+    }
     if (!buf || err) {
         free(buf);
         cli_error("emit: %s '%s': %s", flag, path, buf ? "read error" : "out of memory");
@@ -199,6 +215,28 @@ static int parse_id(const char *flag, const char *text, uint8_t id[16])
     if (cbus_id_parse(id, text))
         return cli_usage_error("emit", "%s '%s': expected a UUID or 32 hex characters", flag, text);
     return 0;
+}
+
+/* cbus_emit, or the call that carries system instructions or a response
+ * id (cbus_emit has no room for them).  Those calls take the text as a
+ * string: a text file with a NUL in it goes up to the NUL. */
+static int emit_one(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args *ea,
+                    const char *system, size_t system_len, const char *response_id)
+{
+    const void *pl = ea->payload_len ? ea->payload : NULL;
+    if (system && ea->kind == CBUS_EV_CHAT_MODEL_START)
+        return cbus_chat_model_start_system(p, ctx, ea->messages, ea->messages_len, system,
+                                            system_len, ea->preview, pl);
+    if (system && ea->kind == CBUS_EV_LLM_START)
+        return cbus_llm_start_system(p, ctx, ea->preview, system, system_len, pl);
+    if (system)
+        return -EINVAL; /* applies_to() lets it only on the two starts */
+    if (response_id && ea->kind == CBUS_EV_LLM_END)
+        return cbus_llm_end_response(p, ctx, pl, ea->preview, ea->messages, ea->messages_len,
+                                     response_id);
+    if (response_id)
+        return -EINVAL;
+    return cbus_emit(p, ctx, ea);
 }
 
 int cmd_emit(int argc, char **argv)
@@ -230,6 +268,18 @@ int cmd_emit(int argc, char **argv)
     }
     if (given[O_PREVIEW] && given[O_TEXT_FILE])
         return cli_usage_error("emit", "--text and --text-file: give one");
+    if (given[O_RESPONSE_ID]) { /* as cbus_llm_end_response checks it: a usage error here */
+        size_t n = strlen(arg[O_RESPONSE_ID]), i = 0;
+        while (i < n && (unsigned char)arg[O_RESPONSE_ID][i] > 0x20 &&
+               (unsigned char)arg[O_RESPONSE_ID][i] < 0x7f)
+            i++;
+        if (!n || n > CBUS_RESPONSE_ID_MAX || i < n)
+            return cli_usage_error("emit", "--response-id '%s': 1 to %d bytes of printable ASCII, "
+                                           "no space", arg[O_RESPONSE_ID], CBUS_RESPONSE_ID_MAX);
+    }
+    if (given[O_NAME] && (given[O_SYSTEM_FILE] || given[O_RESPONSE_ID]))
+        return cli_usage_error("emit", "--name: not carried with --%s",
+                               given[O_SYSTEM_FILE] ? "system-file" : "response-id");
     if (optind != argc - 1)
         return cli_usage_error("emit", "expected exactly one bus NAME");
     const char *name = argv[optind];
@@ -430,13 +480,16 @@ int cmd_emit(int argc, char **argv)
     if (given[O_TRUST])
         po.open_flags |= CBUS_OPEN_TRUST_OWNER;
 
-    char *text = NULL, *messages = NULL;
-    size_t text_len = SIZE_MAX, messages_len = 0;
+    char *text = NULL, *messages = NULL, *system = NULL;
+    size_t text_len = SIZE_MAX, messages_len = 0, system_len = 0;
     if (given[O_TEXT_FILE] && (r = read_file("--text-file", arg[O_TEXT_FILE], &text, &text_len)))
         return r;
-    if (given[O_MESSAGES_FILE] &&
-        (r = read_file("--messages-file", arg[O_MESSAGES_FILE], &messages, &messages_len))) {
+    if ((given[O_MESSAGES_FILE] &&
+         (r = read_file("--messages-file", arg[O_MESSAGES_FILE], &messages, &messages_len))) ||
+        (given[O_SYSTEM_FILE] &&
+         (r = read_file("--system-file", arg[O_SYSTEM_FILE], &system, &system_len)))) {
         free(text);
+        free(messages);
         return r;
     }
 
@@ -445,6 +498,7 @@ int cmd_emit(int argc, char **argv)
         cli_explain_open_error(name, r);
         free(text);
         free(messages);
+        free(system);
         return EXIT_RUNTIME;
     }
     struct cbus_emit_args ea = {
@@ -460,7 +514,7 @@ int cmd_emit(int argc, char **argv)
     uint64_t dropped = 0;
     int rc = EXIT_OK;
     for (uint64_t i = 0; i < repeat; i++) {
-        r = cbus_emit(p, &ctx, &ea);
+        r = emit_one(p, &ctx, &ea, system, system_len, arg[O_RESPONSE_ID]);
         if (r == -EAGAIN) {
             dropped++;
         } else if (r < 0) {
@@ -478,5 +532,6 @@ int cmd_emit(int argc, char **argv)
     cbus_producer_close(p);
     free(text);
     free(messages);
+    free(system);
     return rc;
 }

@@ -144,6 +144,9 @@ static void text_body(struct sbuf *b, const struct cbus_event *ev, const struct 
         if (p->dropped)
             sbuf_printf(b, " [%" PRIu32 " dropped]", p->dropped);
     }
+    if (bp.unknown) /* a newer producer's sections */
+        sbuf_printf(b, "\n    [%d section%s not shown: of an unknown type, or repeated]", bp.unknown,
+                    bp.unknown == 1 ? "" : "s");
     if (bp.malformed)
         sbuf_puts(b, "\n    [malformed body]");
     else if ((ev->flags & CBUS_FLAG_BODY_CUT) && !bp.cut)
