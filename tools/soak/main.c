@@ -69,9 +69,9 @@ static _Atomic int sched_stop;
 
 /* The machine's stalls, as the sampler saw them: the intervals in which it
  * was due after its 1 ms but not running.  An ordinary thread, on purpose:
- * what delays it (a hypervisor pause, the container's CPU quota throttling
+ * what delays it (a hypervisor pause, a container's CPU quota throttling
  * every thread of its cgroup, interrupts) holds a producer in an emit just
- * as long, and /proc/stat's steal sees only the first.  A producer spinning
+ * as long, and /proc/stat's steal does not see all of it.  A producer spinning
  * in the library cannot keep it waiting that long: the scheduler runs a
  * woken sleeper on the other CPU, or preempts for it, within a tick or two.
  * Read only after the sampler is joined. */
