@@ -93,23 +93,24 @@ for _ in $(seq 100); do [ -s "$WORK/collector.port" ] && break; sleep 0.05; done
 [ -s "$WORK/collector.port" ] || { fail "collector did not start"; cat "$WORK/collector.log"; exit 1; }
 PORT=$(cat "$WORK/collector.port")
 
-# The shipped configs, with their state paths moved into this run's temp dir.
+# The shipped configs (the build tree's, from consumers/<d>/<d>.ini.in), with
+# their state paths moved into this run's temp dir.
 sed -e "s|%S/cost/%b|$WORK/cost|g" -e "s|^file = .*|file = $PRICES|" \
-  consumers/cost/cost.ini >"$WORK/cost.ini"
-sed -e "s|^dir = %S/export/spool.*|dir = $WORK/spool|" consumers/export/export.ini >"$WORK/export.ini"
+  "$BUILD/consumers/cost/cost.ini" >"$WORK/cost.ini"
+sed -e "s|^dir = %S/export/spool.*|dir = $WORK/spool|" "$BUILD/consumers/export/export.ini" >"$WORK/export.ini"
 
 "$COST" --bus "$BUS" --config "$WORK/cost.ini" >"$WORK/cost.log" 2>&1 &
 PIDS[cost]=$!
-"$AUDIT" --bus "$BUS" --config consumers/audit/audit.ini --dir "$WORK/audit" >"$WORK/audit.log" 2>&1 &
+"$AUDIT" --bus "$BUS" --config "$BUILD/consumers/audit/audit.ini" --dir "$WORK/audit" >"$WORK/audit.log" 2>&1 &
 PIDS[audit]=$!
 "$EXPORT" --bus "$BUS" --config "$WORK/export.ini" --endpoint "http://127.0.0.1:$PORT" \
   --status-file "$WORK/export.status.json" >"$WORK/export.log" 2>&1 &
 PIDS[export]=$!
-"$RATELIMIT" --bus "$BUS" --config consumers/ratelimit/ratelimit.ini \
+"$RATELIMIT" --bus "$BUS" --config "$BUILD/consumers/ratelimit/ratelimit.ini" \
   --status-file "$WORK/ratelimit.status.json" >"$WORK/ratelimit.log" 2>&1 &
 PIDS[ratelimit]=$!
 mkdir -m 700 "$WORK/history"
-"$HISTORY" --bus "$BUS" --config consumers/history/history.ini --db "$WORK/history/demo.db" \
+"$HISTORY" --bus "$BUS" --config "$BUILD/consumers/history/history.ini" --db "$WORK/history/demo.db" \
   --listen 127.0.0.1:0 >"$WORK/history.log" 2>&1 &
 PIDS[history]=$!
 

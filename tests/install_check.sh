@@ -45,15 +45,39 @@ extra=$(cd "$prefix" && find share etc -name '*.ini' -o -name 'model_prices*.jso
         grep -v -x -e 'etc/cbus/[a-z]*\.ini' -e 'share/cbus/model_prices_and_context_window\.json' || true)
 [ -z "$extra" ] || { echo "install_check: installed twice or astray: $extra" >&2; exit 1; }
 # The installed daemons start from the prefix; their configs keep no %S of a
-# checkout (state under /var/lib/cbus) and cost.ini names the installed table.
+# checkout (state under /var/lib/cbus).
 for d in cost audit export ratelimit history web; do
   "$prefix/bin/cbus-$d" --help >/dev/null 2>&1 || { echo "install_check: cbus-$d --help failed" >&2; exit 1; }
 done
 if grep -n '^[^#]*%S' "$prefix"/etc/cbus/*.ini >&2; then
   echo "install_check: an installed config keeps %S" >&2; exit 1
 fi
-grep -q '^file = /.*/share/cbus/model_prices_and_context_window\.json' "$prefix/etc/cbus/cost.ini" ||
-  { echo "install_check: the installed cost.ini does not name the installed price table" >&2; exit 1; }
+# Made from consumers/<d>/<d>.ini.in: every @VAR@ filled in, nothing of the
+# checkout or the build tree named, each path the installed one.
+if grep -n '^[^#]*@' "$prefix"/etc/cbus/*.ini >&2; then
+  echo "install_check: an installed config keeps a template @VAR@" >&2; exit 1
+fi
+if grep -n -F -e "$(cd "$src" && pwd -P)" -e "$(cd "$build" && pwd -P)" "$prefix"/etc/cbus/*.ini >&2; then
+  echo "install_check: an installed config names the checkout or the build tree" >&2; exit 1
+fi
+want() { # FILE REGEX WHAT
+  grep -q -E "$2" "$prefix/etc/cbus/$1" ||
+    { echo "install_check: the installed $1 does not name $3 ($2)" >&2; exit 1; }
+}
+table='/.*/share/cbus/model_prices_and_context_window\.json'
+want cost.ini "^file = $table( |$)" "the installed price table"
+want history.ini "^file = $table( |$)" "the installed price table"
+want cost.ini '^dir = /var/lib/cbus/cost/%b( |$)' "the unit's StateDirectory"
+want cost.ini '^textfile = /var/lib/cbus/cost/%b/' "the unit's StateDirectory"
+want export.ini '^dir = /var/lib/cbus/export/spool( |$)' "the unit's StateDirectory"
+want export.ini '^file = /var/lib/cbus/export/status\.json( |$)' "the unit's StateDirectory"
+want history.ini '^path = /var/lib/cbus/history/%b\.db( |$)' "the unit's StateDirectory"
+want audit.ini '^dir = /var/log/cbus/audit( |$)' "the unit's LogsDirectory"
+# The installed daemons accept their installed configs (those that can check one).
+"$prefix/bin/cbus-ratelimit" --check --config "$prefix/etc/cbus/ratelimit.ini" >/dev/null ||
+  { echo "install_check: cbus-ratelimit --check refuses the installed ratelimit.ini" >&2; exit 1; }
+"$prefix/bin/cbus-export" --check --config "$prefix/etc/cbus/export.ini" >/dev/null ||
+  { echo "install_check: cbus-export --check refuses the installed export.ini" >&2; exit 1; }
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 cc -std=c11 -Wall -Werror "$src/examples/instrument.c" $(pkg-config --cflags cbus) \
    -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" $(pkg-config --libs cbus) -o "$prefix/instrument"

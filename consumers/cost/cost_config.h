@@ -1,6 +1,6 @@
 /* cbus-cost configuration: the INI file (consumers/daemon/config.h syntax)
  * plus command-line overrides.  Every error names FILE:LINE: [section] key.
- * See docs/cost.md for the reference and consumers/cost/cost.ini. */
+ * See docs/cost.md for the reference and consumers/cost/cost.ini.in. */
 #ifndef CBUS_COST_CONFIG_H
 #define CBUS_COST_CONFIG_H
 

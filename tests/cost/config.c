@@ -16,7 +16,7 @@ Test(cost_config, shipped_default_loads)
 {
     struct cost_config c;
     char err[512];
-    int r = cost_config_load(&c, CBUS_SOURCE_DIR "/consumers/cost/cost.ini", err, sizeof err);
+    int r = cost_config_load(&c, CBUS_BINARY_DIR "/consumers/cost/cost.ini", err, sizeof err);
     cr_assert_eq(r, 0, "%s", err);
     cr_assert(strstr(c.prices_file, "consumers/cost/model_prices_and_context_window.json"),
               "%s", c.prices_file);

@@ -757,7 +757,7 @@ Test(export_config, shipped_default_config_is_valid)
     struct export_config c;
     char err[256] = "";
     export_config_defaults(&c);
-    int r = export_config_load(&c, CBUS_SOURCE_DIR "/consumers/export/export.ini", err, sizeof err);
+    int r = export_config_load(&c, CBUS_BINARY_DIR "/consumers/export/export.ini", err, sizeof err);
     cr_assert_eq(r, 0, "%s", err);
     cr_assert_eq(export_config_finish(&c, err, sizeof err), 0, "%s", err);
     cr_assert_str_eq(c.url, "http://127.0.0.1:4318/v1/traces");

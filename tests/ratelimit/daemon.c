@@ -292,6 +292,21 @@ Test(ratelimit_daemon, bad_config_exits_2_naming_the_line, .init = setup, .fini 
     cr_assert_eq(system(cmd), 0);
 }
 
+/* Without --config the daemon reads the installed config
+ * (${sysconfdir}/cbus/ratelimit.ini, a compile definition); when it is
+ * missing, the error names that path and the exit code is 2. */
+Test(ratelimit_daemon, no_config_reads_the_installed_one, .init = setup, .fini = teardown)
+{
+    if (access(RL_INSTALLED_CONFIG, F_OK) == 0)
+        cbus_test_skip_or_fail("%s exists on this machine: not the missing case", RL_INSTALLED_CONFIG);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s --bus %s > %s 2>&1", RL_DAEMON_PATH, bus, log_path);
+    int status = system(cmd);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status %d", status);
+    const char *log = read_text(log_path);
+    cr_assert(log && strstr(log, RL_INSTALLED_CONFIG ": No such file"), "%s", log ? log : "");
+}
+
 /* Issue 12 item 3: a hostile producer's user name reaches `status` twice,
  * through the status file's JSON (which decodes \u001b back to ESC) and
  * through the admission table in shared memory; neither may put a control

@@ -194,7 +194,7 @@ Test(ratelimit_rules, shipped_config_is_valid)
 {
     struct rl_config c;
     char err[512];
-    cr_assert_eq(rl_config_load(&c, CBUS_SOURCE_DIR "/consumers/ratelimit/ratelimit.ini", err,
+    cr_assert_eq(rl_config_load(&c, CBUS_BINARY_DIR "/consumers/ratelimit/ratelimit.ini", err,
                                 sizeof err), 0, "%s", err);
     cr_assert_gt(c.rules.count, 0);
     rl_config_free(&c);

@@ -77,11 +77,11 @@ test('the dashboard in headless Chromium', { timeout: 120000 }, async (t) => {
   });
 
   execFileSync(bin.cbusctl, ['create', bus, '--capacity', '65536'], { stdio: 'ignore' });
-  const costIni = fs.readFileSync(path.join(root, 'consumers/cost/cost.ini'), 'utf8')
+  const costIni = fs.readFileSync(path.join(build, 'consumers/cost/cost.ini'), 'utf8')
     .replaceAll('%S/cost/%b', path.join(work, 'cost')).replace(/^file = .*$/m, `file = ${prices}`);
   fs.writeFileSync(path.join(work, 'cost.ini'), costIni);
   start('cost', bin.cost, ['--bus', bus, '--config', path.join(work, 'cost.ini')]);
-  start('ratelimit', bin.ratelimit, ['--bus', bus, '--config', path.join(root, 'consumers/ratelimit/ratelimit.ini'),
+  start('ratelimit', bin.ratelimit, ['--bus', bus, '--config', path.join(build, 'consumers/ratelimit/ratelimit.ini'),
     '--status-file', path.join(work, 'rl.json')]);
   const web = start('web', bin.web, ['--bus', bus, '--listen', '127.0.0.1:0', '--prices', prices,
     '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json'),

@@ -77,7 +77,7 @@ test('the Grafana dashboard uses only metrics the daemons export', { timeout: 60
     fs.rmSync(work, { recursive: true, force: true });
   });
   execFileSync(bin('tools/cbusctl/cbusctl'), ['create', bus, '--capacity', '65536'], { stdio: 'ignore' });
-  const ini = fs.readFileSync(path.join(root, 'consumers/cost/cost.ini'), 'utf8')
+  const ini = fs.readFileSync(path.join(build, 'consumers/cost/cost.ini'), 'utf8')
     .replaceAll('%S/cost/%b', path.join(work, 'cost')).replace(/^file = .*$/m, `file = ${prices}`);
   fs.writeFileSync(path.join(work, 'cost.ini'), ini);
   const spawnLog = (name, file, args, stdout = 'ignore') => {
@@ -87,7 +87,7 @@ test('the Grafana dashboard uses only metrics the daemons export', { timeout: 60
   };
   spawnLog('cost', bin('consumers/cost/cbus-cost'), ['--bus', bus, '--config', path.join(work, 'cost.ini')]);
   spawnLog('ratelimit', bin('consumers/ratelimit/cbus-ratelimit'), ['--bus', bus, '--config',
-    path.join(root, 'consumers/ratelimit/ratelimit.ini'), '--status-file', path.join(work, 'rl.json')]);
+    path.join(build, 'consumers/ratelimit/ratelimit.ini'), '--status-file', path.join(work, 'rl.json')]);
   const web = spawnLog('web', bin('consumers/web/cbus-web'), ['--bus', bus, '--listen', '127.0.0.1:0',
     '--cost-snapshot', path.join(work, 'cost/snapshot.json'), '--ratelimit-status', path.join(work, 'rl.json'),
     '--status-file', path.join(work, 'web.status.json')], 'pipe');
