@@ -295,31 +295,23 @@ int audit_cat_main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind >= argc) {
-        usage(stderr);
-        return 2;
-    }
     char **paths;
     size_t n;
-    if (audit_collect_paths(argc - optind, argv + optind, &paths, &n))
+    if (audit_operand_paths(argc, argv, usage, &paths, &n))
         return 2;
     struct audit_chain chain = {0};
     sbuf_init(&c.out);
     int status = 0;
     for (size_t i = 0; i < n; i++) {
-        uint8_t *buf;
-        size_t len;
-        int rc = audit_read_file(paths[i], &buf, &len);
-        if (rc) {
+        struct audit_verify_state st = {0};
+        struct audit_scan_result res;
+        c.path = paths[i];
+        int rc = audit_scan_file(&chain, &st, paths[i], paths[i], 0, on_record, &c, &res);
+        if (rc < 0) {
             fprintf(stderr, "cbus-audit cat: %s: %s\n", paths[i], strerror(-rc));
             status = 1;
             continue;
         }
-        struct audit_verify_state st = {0};
-        struct audit_scan_result res;
-        c.path = paths[i];
-        audit_scan(&chain, &st, paths[i], buf, len, 0, on_record, &c, &res);
-        free(buf);
         if (res.bad) {
             fprintf(stderr, "cbus-audit cat: %s: stopped at offset %zu: %s\n", paths[i],
                     res.bad_offset, res.why);

@@ -328,3 +328,17 @@ int audit_read_file(const char *path, uint8_t **buf, size_t *len)
     uint64_t total;
     return read_from(path, O_RDONLY | O_CLOEXEC, 0, buf, len, &total, NULL, NULL);
 }
+
+int audit_scan_file(struct audit_chain *c, struct audit_verify_state *st, const char *path,
+                    const char *name, int check_hashes, audit_record_cb cb, void *arg,
+                    struct audit_scan_result *res)
+{
+    uint8_t *buf;
+    size_t len;
+    int rc = audit_read_file(path, &buf, &len);
+    if (rc)
+        return rc;
+    audit_scan(c, st, name, buf, len, check_hashes, cb, arg, res);
+    free(buf);
+    return 0;
+}

@@ -84,4 +84,13 @@ int audit_read_range(const char *path, uint64_t from, uint8_t **buf, size_t *len
  * file).  Returns 0 or -errno. */
 int audit_read_file(const char *path, uint8_t **buf, size_t *len);
 
+/* Reads the file at path (audit_read_file: links followed, it is a file an
+ * operator named) and scans it as audit_scan does, under name: what
+ * `verify` and `cat` do with each file they are given.  Returns 0 (read and
+ * scanned; res->bad tells whether all was good; a callback that stopped the
+ * scan has said why itself), or -errno: not read (res untouched). */
+int audit_scan_file(struct audit_chain *c, struct audit_verify_state *st, const char *path,
+                    const char *name, int check_hashes, audit_record_cb cb, void *arg,
+                    struct audit_scan_result *res);
+
 #endif

@@ -139,6 +139,15 @@ int audit_collect_paths(int argc, char **argv, char ***paths, size_t *n)
     return 0;
 }
 
+int audit_operand_paths(int argc, char **argv, void (*usage)(FILE *), char ***paths, size_t *n)
+{
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    return audit_collect_paths(argc - optind, argv + optind, paths, n) ? 2 : 0;
+}
+
 void audit_paths_free(char **paths, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -178,13 +187,9 @@ int audit_verify_main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind >= argc) {
-        usage(stderr);
-        return 2;
-    }
     char **paths;
     size_t n;
-    if (audit_collect_paths(argc - optind, argv + optind, &paths, &n))
+    if (audit_operand_paths(argc, argv, usage, &paths, &n))
         return 2;
     if (n == 0) {
         fprintf(stderr, "cbus-audit verify: no log files (*" AUDIT_SUFFIX ") given\n");
@@ -204,17 +209,13 @@ int audit_verify_main(int argc, char **argv)
     uint64_t first_seq = 0;
     int origin = 0;
     for (size_t i = 0; i < n && !status; i++) {
-        uint8_t *buf;
-        size_t len;
-        int rc = audit_read_file(paths[i], &buf, &len);
-        if (rc) {
+        struct audit_scan_result res;
+        int rc = audit_scan_file(&chain, &st, paths[i], base_name(paths[i]), 1, NULL, NULL, &res);
+        if (rc < 0) {
             fprintf(stderr, "cbus-audit verify: %s: %s\n", paths[i], strerror(-rc));
             status = 2;
             break;
         }
-        struct audit_scan_result res;
-        audit_scan(&chain, &st, base_name(paths[i]), buf, len, 1, NULL, NULL, &res);
-        free(buf);
         if (i == 0 && res.has_header) {
             static const uint8_t zero[AUDIT_HASH_LEN];
             first_seq = res.hdr.first_seq;

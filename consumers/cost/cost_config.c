@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,11 +287,7 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                 r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 1ms and 10m");
         } else {
             static const char *const known[] = {"bus", "prices", "state", "prometheus", "webhook", NULL};
-            int sec_known = 0;
-            for (unsigned j = 0; known[j]; j++)
-                sec_known |= !strcmp(s, known[j]);
-            r = sec_known ? cbus_cfg_error(&cfg, e, err, errlen, "unknown key")
-                          : cbus_cfg_error(&cfg, e, err, errlen, "unknown section [%s]", s);
+            r = cbus_cfg_unknown(&cfg, e, known, err, errlen);
         }
     }
     if (!r)
@@ -309,37 +304,27 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     return r;
 }
 
+static int parse_conf(void *c, const char *name, const char *text, const char *base_dir,
+                      char *err, size_t errlen)
+{
+    return cost_config_parse(c, name, text, base_dir, err, errlen);
+}
+
 int cost_config_load(struct cost_config *c, const char *path, char *err, size_t errlen)
 {
     if (!path) {
         defaults(c);
         return 0;
     }
-    char *text;
-    int rr = cbus_cfg_read_text(path, &text, err, errlen);
-    if (rr)
-        return rr;
-    char dir[COST_PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    int r = cost_config_parse(c, path, text, dirname(dir), err, errlen);
-    free(text);
-    return r;
-}
-
-static void expand_bus(char *s, size_t len, const char *bus)
-{
-    char *p = strstr(s, "%b");
-    if (!p)
-        return;
-    char out[COST_PATH_MAX];
-    snprintf(out, sizeof out, "%.*s%s%s", (int)(p - s), s, bus, p + 2);
-    snprintf(s, len, "%s", out);
+    return cbus_cfg_load_with(path, parse_conf, c, err, errlen);
 }
 
 void cost_config_finish(struct cost_config *c)
 {
-    expand_bus(c->state_dir, sizeof c->state_dir, c->bus);
-    expand_bus(c->prom_textfile, sizeof c->prom_textfile, c->bus);
+    /* A path too long once the bus name is in stays as written (it named
+     * a cut path before): the state dir then fails to open, by its name. */
+    cbus_cfg_expand_bus(c->state_dir, sizeof c->state_dir, c->bus);
+    cbus_cfg_expand_bus(c->prom_textfile, sizeof c->prom_textfile, c->bus);
 }
 
 void cost_config_free(struct cost_config *c)

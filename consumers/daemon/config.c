@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -267,6 +268,47 @@ int cbus_cfg_load(struct cbus_cfg *cfg, const char *path, char *err, size_t errl
     r = cbus_cfg_parse(cfg, path, buf, err, errlen);
     free(buf);
     return r;
+}
+
+int cbus_cfg_load_with(const char *path, cbus_cfg_parse_fn parse, void *conf, char *err,
+                       size_t errlen)
+{
+    char *text;
+    int r = cbus_cfg_read_text(path, &text, err, errlen);
+    if (r)
+        return r;
+    char *dir = strdup(path);
+    if (!dir) {
+        free(text);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    r = parse(conf, path, text, dirname(dir), err, errlen);
+    free(dir);
+    free(text);
+    return r;
+}
+
+int cbus_cfg_unknown(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                     const char *const *sections, char *err, size_t errlen)
+{
+    for (size_t i = 0; sections[i]; i++)
+        if (!strcmp(e->section, sections[i]))
+            return cbus_cfg_error(cfg, e, err, errlen, "unknown key");
+    return cbus_cfg_error(cfg, e, err, errlen, "unknown section [%s]", e->section);
+}
+
+int cbus_cfg_expand_bus(char *s, size_t len, const char *bus)
+{
+    char *p = strstr(s, "%b");
+    if (!p)
+        return 0;
+    size_t head = (size_t)(p - s), blen = strlen(bus), tail = strlen(p + 2);
+    if (head + blen + tail >= len)
+        return -ENAMETOOLONG;
+    memmove(p + blen, p + 2, tail + 1);
+    memcpy(p, bus, blen);
+    return 0;
 }
 
 int cbus_cfg_path(char *dst, size_t dstlen, const char *base_dir, const char *v)

@@ -45,6 +45,21 @@ int cbus_cfg_read_text(const char *path, char **text, char *err, size_t errlen);
 /* A path from a config value: v itself if absolute or base_dir is empty,
  * else base_dir/v (the config's own directory).  0 or -ENAMETOOLONG. */
 int cbus_cfg_path(char *dst, size_t dstlen, const char *base_dir, const char *v);
+/* A daemon's parser of its config text (name for messages; base_dir: the
+ * config's own directory, for cbus_cfg_path).  Returns 0 or -errno. */
+typedef int (*cbus_cfg_parse_fn)(void *conf, const char *name, const char *text,
+                                 const char *base_dir, char *err, size_t errlen);
+/* Reads the config file at path (cbus_cfg_read_text) and hands its text and
+ * directory to parse.  Returns 0, or -errno with a message in err. */
+int cbus_cfg_load_with(const char *path, cbus_cfg_parse_fn parse, void *conf, char *err,
+                       size_t errlen);
+/* A key no parser took: "unknown key" when e's section is one of sections
+ * (NULL-ended), else "unknown section [S]".  Returns -EINVAL (err filled). */
+int cbus_cfg_unknown(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                     const char *const *sections, char *err, size_t errlen);
+/* Replaces the first "%b" in the path s (len bytes) by the bus name.
+ * Returns 0, or -ENAMETOOLONG (s unchanged). */
+int cbus_cfg_expand_bus(char *s, size_t len, const char *bus);
 /* "HOST:PORT" (or "[V6]:PORT") on loopback only: 127.0.0.0/8, ::1 or
  * localhost (-> 127.0.0.1); port 0..65535 (0: any free one).  Returns 0 or
  * -EINVAL with *why set to a phrase for the message. */

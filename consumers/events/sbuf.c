@@ -105,6 +105,23 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+/* Copies the valid UTF-8 sequence at u[*i] (n bytes in all) to o, or
+ * U+FFFD for a byte that starts none (a cut multibyte char or a bad byte),
+ * and moves *i past what it read.  Returns the end of what it wrote (at
+ * most 4 bytes): the step sbuf_utf8_clean() and sbuf_json_bytes() share. */
+static inline char *utf8_put(char *o, const unsigned char *u, size_t n, size_t *i)
+{
+    size_t len = utf8_seq(u + *i, n - *i);
+    if (!len) {
+        memcpy(o, "\xef\xbf\xbd", 3);
+        (*i)++;
+        return o + 3;
+    }
+    memcpy(o, u + *i, len);
+    *i += len;
+    return o + len;
+}
+
 size_t cbus_utf8_clean_len(const char *s, size_t n, int *valid)
 {
     n = strnlen(s, n);
@@ -141,18 +158,8 @@ void sbuf_utf8_clean(struct sbuf *b, const char *s, size_t n)
         return;
     char *o = b->data + b->len;
     const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        size_t len = u[i] < 0x80 ? 1 : utf8_seq(u + i, n - i);
-        if (!len) {
-            memcpy(o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        } else {
-            memcpy(o, u + i, len);
-            o += len;
-            i += len;
-        }
-    }
+    for (size_t i = 0; i < n;)
+        o = utf8_put(o, u, n, &i);
     b->len = (size_t)(o - b->data);
     b->data[b->len] = '\0';
 }
@@ -193,16 +200,7 @@ void sbuf_json_bytes(struct sbuf *b, const char *s, size_t n)
             o += 6;
             i++;
         } else {
-            size_t len = utf8_seq(u + i, n - i);
-            if (!len) {
-                memcpy(o, "\xef\xbf\xbd", 3); /* U+FFFD: a cut multibyte char or bad byte */
-                o += 3;
-                i++;
-            } else {
-                memcpy(o, u + i, len);
-                o += len;
-                i += len;
-            }
+            o = utf8_put(o, u, n, &i);
         }
     }
     *o++ = '"';

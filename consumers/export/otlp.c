@@ -147,6 +147,15 @@ static void put_clean(struct sbuf *b, const char *s, size_t n, size_t clean, int
         sbuf_utf8_clean(b, s, n);
 }
 
+/* A length-delimited string field whose clean length c and validity the
+ * caller has (cbus_utf8_clean_len: it sized the messages around it). */
+static void pb_clean(struct sbuf *b, uint8_t tag, const char *s, size_t n, size_t c, int valid)
+{
+    pb_byte(b, tag);
+    pb_varint(b, c);
+    put_clean(b, s, n, c, valid);
+}
+
 /* A length-delimited string field: invalid UTF-8 becomes U+FFFD (a
  * protobuf parser refuses a string field that is not UTF-8, and with it
  * the whole request), a NUL ends it, as in JSON. */
@@ -154,9 +163,7 @@ static void pb_str(struct sbuf *b, uint8_t tag, const char *s, size_t n)
 {
     int valid;
     size_t c = cbus_utf8_clean_len(s, n, &valid);
-    pb_byte(b, tag);
-    pb_varint(b, c);
-    put_clean(b, s, n, c, valid);
+    pb_clean(b, tag, s, n, c, valid);
 }
 
 /* A nested message of unknown length: its tag and two bytes for the length
@@ -246,9 +253,7 @@ static void a_str(struct enc *e, const char *key, size_t klen, const char *s, si
         int valid;
         size_t c = cbus_utf8_clean_len(s, n, &valid);
         pb_kv_head(e, key, klen, 1 + vlen(c) + c);
-        pb_byte(e->b, PB_LEN(1));
-        pb_varint(e->b, c);
-        put_clean(e->b, s, n, c, valid);
+        pb_clean(e->b, PB_LEN(1), s, n, c, valid);
         return;
     }
     put_key(e, key, klen);
@@ -380,9 +385,7 @@ static void a_str_array1(struct enc *e, const char *key, size_t klen, const char
         pb_varint(e->b, arr);
         pb_byte(e->b, PB_LEN(1));
         pb_varint(e->b, inner);
-        pb_byte(e->b, PB_LEN(1));
-        pb_varint(e->b, c);
-        put_clean(e->b, s, n, c, valid);
+        pb_clean(e->b, PB_LEN(1), s, n, c, valid);
         return;
     }
     put_key(e, key, klen);
@@ -420,14 +423,10 @@ static void resource_extra(struct enc *e, const char *p)
                 size_t any = 1 + vlen(vc) + vc;
                 pb_byte(e->b, e->attr_tag);
                 pb_varint(e->b, 1 + vlen(kc) + kc + 1 + vlen(any) + any);
-                pb_byte(e->b, PB_LEN(1));
-                pb_varint(e->b, kc);
-                put_clean(e->b, p, kl, kc, kvalid);
+                pb_clean(e->b, PB_LEN(1), p, kl, kc, kvalid);
                 pb_byte(e->b, PB_LEN(2));
                 pb_varint(e->b, any);
-                pb_byte(e->b, PB_LEN(1));
-                pb_varint(e->b, vc);
-                put_clean(e->b, eq + 1, vl, vc, vvalid);
+                pb_clean(e->b, PB_LEN(1), eq + 1, vl, vc, vvalid);
             } else {
                 LIT(e->b, ",{\"key\":");
                 sbuf_json_str(e->b, p, kl);
@@ -465,9 +464,7 @@ void otlp_begin(struct sbuf *b, const struct otlp_resource *r, const struct otlp
         int valid;
         size_t n = strlen(r->service_name), c = cbus_utf8_clean_len(r->service_name, n, &valid);
         pb_kv_head(&e, "service.name", 12, 1 + vlen(c) + c);
-        pb_byte(b, PB_LEN(1));
-        pb_varint(b, c);
-        put_clean(b, r->service_name, n, c, valid);
+        pb_clean(b, PB_LEN(1), r->service_name, n, c, valid);
     } else {
         m->rs_len = m->ss_len = 0;
         LIT(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
@@ -649,9 +646,7 @@ static void a_str_list(struct enc *e, const char *key, size_t klen, const struct
             size_t c = cbus_utf8_clean_len(item, n, &valid);
             pb_byte(e->b, PB_LEN(1));
             pb_varint(e->b, 1 + vlen(c) + c);
-            pb_byte(e->b, PB_LEN(1));
-            pb_varint(e->b, c);
-            put_clean(e->b, item, n, c, valid);
+            pb_clean(e->b, PB_LEN(1), item, n, c, valid);
         }
         return;
     }
@@ -1431,6 +1426,26 @@ static void put_point_event(struct enc *e, const struct cbus_event *ev, const st
     }
 }
 
+/* Every gen_ai.operation.name a span gets (otlp_span), and what the
+ * profiles call it: Langfuse's observation type, OpenInference's span kind
+ * (what Phoenix's views are built on). */
+static const struct span_op {
+    const char *op, *langfuse, *phoenix;
+} span_ops[] = {
+    {"chat", "generation", "LLM"},          {"text_completion", "generation", "LLM"},
+    {"execute_tool", "tool", "TOOL"},       {"retrieval", "retriever", "RETRIEVER"},
+    {"invoke_agent", "agent", "AGENT"},     {"invoke_workflow", "chain", "CHAIN"},
+};
+
+/* op's row, or NULL (no operation, or one without a row) */
+static const struct span_op *span_op_of(const char *op)
+{
+    for (size_t i = 0; op && i < sizeof span_ops / sizeof span_ops[0]; i++)
+        if (!strcmp(op, span_ops[i].op))
+            return &span_ops[i];
+    return NULL;
+}
+
 void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o)
 {
     const struct cbus_event *st = &s->start;
@@ -1538,27 +1553,16 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         /* Set on every span rather than left to Langfuse's inference from
          * gen_ai.operation.name, which does not map retrieval or
          * invoke_workflow (they would show as plain spans). */
-        const char *lt = s->end_kind == SPAN_POINT                                    ? "event"
-                         : !op                                                        ? "span"
-                         : !strcmp(op, "chat") || !strcmp(op, "text_completion")      ? "generation"
-                         : !strcmp(op, "execute_tool")                                ? "tool"
-                         : !strcmp(op, "invoke_agent")                                ? "agent"
-                         : !strcmp(op, "retrieval")                                   ? "retriever"
-                         : !strcmp(op, "invoke_workflow")                             ? "chain"
-                                                                                      : "span";
+        const struct span_op *so = span_op_of(op);
+        const char *lt = s->end_kind == SPAN_POINT ? "event" : so ? so->langfuse : "span";
         A_STR(&e, "langfuse.observation.type", lt, strlen(lt));
         A_FIELD(&e, "langfuse.user.id", st->user);
         A_FIELD(&e, "langfuse.session.id", st->session);
     }
     if (o->phoenix) {
         /* OpenInference's span kinds: what Phoenix's views are built on */
-        const char *pk = s->end_kind == SPAN_POINT                                     ? "CHAIN"
-                         : !op                                                         ? "CHAIN"
-                         : !strcmp(op, "chat") || !strcmp(op, "text_completion")       ? "LLM"
-                         : !strcmp(op, "execute_tool")                                 ? "TOOL"
-                         : !strcmp(op, "retrieval")                                    ? "RETRIEVER"
-                         : !strcmp(op, "invoke_agent")                                 ? "AGENT"
-                                                                                       : "CHAIN";
+        const struct span_op *so = span_op_of(op);
+        const char *pk = s->end_kind != SPAN_POINT && so ? so->phoenix : "CHAIN";
         A_STR(&e, "openinference.span.kind", pk, strlen(pk));
     }
     A_FIELD(&e, "cbus.request.id", st->request_id);

@@ -424,6 +424,29 @@ static void set_ids(struct span_table *t, struct span *s, const struct cbus_even
         trace_id_derive(s->trace_id, s->has_parent && !point ? ev->parent_run_id : ev->run_id);
 }
 
+/* A span of one event that no open run takes: an end whose start was never
+ * seen (SPAN_START_MISSING: what the end knows, under the run's span id, so
+ * a receiver that saw the unfinished export can replace it) or a lone point
+ * (SPAN_POINT: a span id of its own).  Exported at once. */
+static void emit_alone(struct span_table *t, const struct cbus_event *ev,
+                       const struct cbus_body *body, enum span_end_kind kind)
+{
+    struct span *s = span_alloc(t);
+    if (!s)
+        return;
+    s->start = *ev;
+    if (kind == SPAN_START_MISSING)
+        s->end = *ev;
+    s->start_pos = ev->event_id;
+    hold_of(t, &s->hold, s, ev);
+    s->end_kind = kind;
+    if (t->keep_bodies)
+        body_borrow(s, body, kind == SPAN_START_MISSING);
+    set_ids(t, s, ev, kind == SPAN_POINT);
+    emit(t, s);
+    span_release(t, s);
+}
+
 static void open_run(struct span_table *t, const struct cbus_event *ev, const struct cbus_body *body,
                      uint64_t now_ns)
 {
@@ -488,10 +511,8 @@ static void close_run(struct span_table *t, const struct cbus_event *ev, const s
         hold_add(t, s, ev, 0); /* its lane too: the batch holds it from now on */
         s->end = *ev;
         s->end_kind = SPAN_ENDED;
-        if (t->keep_bodies && body && body->data && body->len) {
-            s->end_body = body->data;
-            s->end_body_len = body->len;
-        }
+        if (t->keep_bodies)
+            body_borrow(s, body, 1);
         emit(t, s);
         span_release(t, s);
         return;
@@ -499,19 +520,7 @@ static void close_run(struct span_table *t, const struct cbus_event *ev, const s
     /* No start: we attached mid-run, or it was exported unfinished already.
      * Export what the end event knows; its span id is the run's, so a
      * receiver that saw the unfinished export can replace it. */
-    s = span_alloc(t);
-    if (!s)
-        return;
-    s->start = *ev;
-    s->end = *ev;
-    s->start_pos = ev->event_id;
-    hold_of(t, &s->hold, s, ev);
-    s->end_kind = SPAN_START_MISSING;
-    if (t->keep_bodies)
-        body_borrow(s, body, 1);
-    set_ids(t, s, ev, 0);
-    emit(t, s);
-    span_release(t, s);
+    emit_alone(t, ev, body, SPAN_START_MISSING);
 }
 
 /* A copy of what a body holds for the span, within the memory bound:
@@ -572,18 +581,7 @@ static void point_event(struct span_table *t, const struct cbus_event *ev, const
         hold_add(t, s, ev, 1);
         return;
     }
-    s = span_alloc(t);
-    if (!s)
-        return;
-    s->start = *ev;
-    s->start_pos = ev->event_id;
-    hold_of(t, &s->hold, s, ev);
-    s->end_kind = SPAN_POINT;
-    if (t->keep_bodies)
-        body_borrow(s, body, 0);
-    set_ids(t, s, ev, 1);
-    emit(t, s);
-    span_release(t, s);
+    emit_alone(t, ev, body, SPAN_POINT);
 }
 
 void span_table_feed(struct span_table *t, const struct cbus_event *ev, uint64_t now_ns)

@@ -5,7 +5,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,11 +92,7 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
         } else {
             static const char *const known[] = {"bus", "status", "store", "retention", "prices",
                                                 "http", NULL};
-            int sec_known = 0;
-            for (unsigned j = 0; known[j]; j++)
-                sec_known |= !strcmp(s, known[j]);
-            r = sec_known ? cbus_cfg_error(&cfg, e, err, errlen, "unknown key")
-                          : cbus_cfg_error(&cfg, e, err, errlen, "unknown section [%s]", s);
+            r = cbus_cfg_unknown(&cfg, e, known, err, errlen);
         }
     }
     cbus_cfg_free(&cfg);
@@ -106,6 +101,12 @@ int hist_config_parse(struct hist_config *c, const char *name, const char *text,
         r = -EINVAL;
     }
     return r;
+}
+
+static int parse_conf(void *c, const char *name, const char *text, const char *base_dir,
+                      char *err, size_t errlen)
+{
+    return hist_config_parse(c, name, text, base_dir, err, errlen);
 }
 
 int hist_config_load(struct hist_config *c, const char *path, char *err, size_t errlen)
@@ -118,26 +119,10 @@ int hist_config_load(struct hist_config *c, const char *path, char *err, size_t 
         }
         return 0;
     }
-    char *text;
-    int r = cbus_cfg_read_text(path, &text, err, errlen);
-    if (r)
-        return r;
-    char dir[HIST_PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    r = hist_config_parse(c, path, text, dirname(dir), err, errlen);
-    free(text);
-    return r;
+    return cbus_cfg_load_with(path, parse_conf, c, err, errlen);
 }
 
 int hist_config_finish(struct hist_config *c)
 {
-    char *p = strstr(c->db, "%b");
-    if (!p)
-        return 0;
-    char out[HIST_PATH_MAX];
-    int n = snprintf(out, sizeof out, "%.*s%s%s", (int)(p - c->db), c->db, c->bus, p + 2);
-    if (n < 0 || (size_t)n >= sizeof out)
-        return -ENAMETOOLONG;
-    memcpy(c->db, out, (size_t)n + 1);
-    return 0;
+    return cbus_cfg_expand_bus(c->db, sizeof c->db, c->bus);
 }

@@ -156,20 +156,22 @@ const char *hist_store_errmsg(const struct hist_store *s)
     return s ? s->errmsg : "no store";
 }
 
-uint64_t hist_msg_hash(const char *role, const char *text, size_t len)
+/* FNV-1a over n bytes of p, on from h (FNV_BASIS to start). */
+#define FNV_BASIS UINT64_C(0xcbf29ce484222325)
+static uint64_t fnv1a(uint64_t h, const char *p, size_t n)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (const char *p = role; p && *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= UINT64_C(0x100000001b3);
-    }
-    h ^= 0;
-    h *= UINT64_C(0x100000001b3);
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)text[i];
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
         h *= UINT64_C(0x100000001b3);
     }
     return h;
+}
+
+uint64_t hist_msg_hash(const char *role, const char *text, size_t len)
+{
+    /* the role, its NUL (so "user"+"x" is not "use"+"rx"), the text */
+    uint64_t h = fnv1a(FNV_BASIS, role ? role : "", role ? strlen(role) + 1 : 1);
+    return fnv1a(h, text, len);
 }
 
 static int exec(struct hist_store *s, const char *sql)
@@ -429,12 +431,7 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *v)
 
 static uint64_t str_hash(const char *p)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (; *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= UINT64_C(0x100000001b3);
-    }
-    return h;
+    return fnv1a(FNV_BASIS, p, strlen(p));
 }
 
 /* Writes the cached changes of every conversation.  Entries stay (their
@@ -740,16 +737,25 @@ static void ns_text(char *out, size_t len, uint64_t ns)
     snprintf(out, len, "%" PRIu64, ns);
 }
 
+/* Sets a conversation's column (sql: "UPDATE ... SET col = ?2, updated_ns
+ * = max(updated_ns, ?3) WHERE id = ?1") to v at ts_ns: 0, -ENOENT (no
+ * such conversation) or the codes. */
+static int conv_set(struct hist_store *s, const char *sql, const char *conv, const char *v,
+                    uint64_t ts_ns)
+{
+    char ts[24];
+    ns_text(ts, sizeof ts, ts_ns);
+    int changes = 0;
+    int r = run(s, sql, &changes, 3, conv, v, ts);
+    return r ? r : changes ? 0 : -ENOENT;
+}
+
 int hist_store_rename(struct hist_store *s, const char *conv, const char *title, uint64_t ts_ns)
 {
     if (!conv || !*conv || !title)
         return -EINVAL;
-    char ts[24];
-    ns_text(ts, sizeof ts, ts_ns);
-    int changes = 0;
-    int r = run(s, "UPDATE conversations SET title = ?2, updated_ns = max(updated_ns, ?3)"
-                   " WHERE id = ?1", &changes, 3, conv, title, ts);
-    return r ? r : changes ? 0 : -ENOENT;
+    return conv_set(s, "UPDATE conversations SET title = ?2, updated_ns = max(updated_ns, ?3)"
+                       " WHERE id = ?1", conv, title, ts_ns);
 }
 
 int hist_store_set_title_if_none(struct hist_store *s, const char *conv, const char *title)
@@ -762,12 +768,8 @@ int hist_store_set_state(struct hist_store *s, const char *conv, const char *sta
 {
     if (!conv || !*conv || !state || !*state)
         return -EINVAL;
-    char ts[24];
-    ns_text(ts, sizeof ts, ts_ns);
-    int changes = 0;
-    int r = run(s, "UPDATE conversations SET state = ?2, updated_ns = max(updated_ns, ?3)"
-                   " WHERE id = ?1", &changes, 3, conv, state, ts);
-    return r ? r : changes ? 0 : -ENOENT;
+    return conv_set(s, "UPDATE conversations SET state = ?2, updated_ns = max(updated_ns, ?3)"
+                       " WHERE id = ?1", conv, state, ts_ns);
 }
 
 /* Deletes the conversations `where` selects (one text argument) and their
@@ -878,32 +880,64 @@ static void json_usd_col(struct sbuf *b, sqlite3_stmt *q, int i)
     sbuf_puts(b, usd);
 }
 
+/* How a column is shown in JSON. */
+enum col_as {
+    AS_STR,   /* a JSON string, or null */
+    AS_INT,   /* a number, or null */
+    AS_TIME,  /* an ns timestamp as an ISO 8601 string */
+    AS_USD,   /* pico-dollars as an exact decimal number, or null */
+    AS_SET,   /* true unless the column is NULL */
+    AS_RAW,   /* JSON the store wrote itself (ingest.c's metadata object), or null */
+};
+
+struct json_field {
+    const char *key;
+    int col;
+    enum col_as as;
+};
+
+/* One row as a JSON object of fields, in their order. */
+static void json_row(struct sbuf *b, sqlite3_stmt *q, const struct json_field *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        sbuf_puts(b, i ? ",\"" : "{\"");
+        sbuf_puts(b, f[i].key);
+        sbuf_puts(b, "\":");
+        int c = f[i].col;
+        switch (f[i].as) {
+        case AS_STR: json_col(b, q, c); break;
+        case AS_INT: json_int_col(b, q, c); break;
+        case AS_USD: json_usd_col(b, q, c); break;
+        case AS_SET: sbuf_puts(b, sqlite3_column_type(q, c) == SQLITE_NULL ? "false" : "true"); break;
+        case AS_TIME: {
+            char t[96];
+            iso_time(t, sizeof t, (uint64_t)sqlite3_column_int64(q, c));
+            sbuf_printf(b, "\"%s\"", t);
+            break;
+        }
+        case AS_RAW: {
+            const char *v = col(q, c);
+            sbuf_puts(b, v ? v : "null");
+            break;
+        }
+        }
+    }
+    sbuf_puts(b, "}");
+}
+
+#define JSON_ROW(b, q, fields) json_row((b), (q), (fields), sizeof(fields) / sizeof((fields)[0]))
+
+/* A CONV_COLS row. */
 static void conv_json(struct sbuf *b, sqlite3_stmt *q)
 {
-    char t1[96], t2[96];
-    iso_time(t1, sizeof t1, (uint64_t)sqlite3_column_int64(q, 5));
-    iso_time(t2, sizeof t2, (uint64_t)sqlite3_column_int64(q, 6));
-    sbuf_puts(b, "{\"id\":");
-    json_col(b, q, 0);
-    sbuf_puts(b, ",\"title\":");
-    json_col(b, q, 1);
-    sbuf_puts(b, ",\"user\":");
-    json_col(b, q, 2);
-    sbuf_puts(b, ",\"tenant\":");
-    json_col(b, q, 3);
-    sbuf_puts(b, ",\"agent\":");
-    json_col(b, q, 4);
-    sbuf_printf(b, ",\"created\":\"%s\",\"updated\":\"%s\",\"created_ns\":%lld,\"updated_ns\":%lld,"
-                   "\"state\":", t1, t2, (long long)sqlite3_column_int64(q, 5),
-                (long long)sqlite3_column_int64(q, 6));
-    json_col(b, q, 7);
-    sbuf_printf(b, ",\"messages\":%lld,\"input_tokens\":%lld,\"output_tokens\":%lld,\"cost_usd\":",
-                (long long)sqlite3_column_int64(q, 8), (long long)sqlite3_column_int64(q, 9),
-                (long long)sqlite3_column_int64(q, 10));
-    json_usd_col(b, q, 11);
-    sbuf_puts(b, ",\"last_message\":");
-    json_col(b, q, 12);
-    sbuf_puts(b, "}");
+    static const struct json_field f[] = {
+        {"id", 0, AS_STR},           {"title", 1, AS_STR},         {"user", 2, AS_STR},
+        {"tenant", 3, AS_STR},       {"agent", 4, AS_STR},         {"created", 5, AS_TIME},
+        {"updated", 6, AS_TIME},     {"created_ns", 5, AS_INT},    {"updated_ns", 6, AS_INT},
+        {"state", 7, AS_STR},        {"messages", 8, AS_INT},      {"input_tokens", 9, AS_INT},
+        {"output_tokens", 10, AS_INT}, {"cost_usd", 11, AS_USD},   {"last_message", 12, AS_STR},
+    };
+    JSON_ROW(b, q, f);
 }
 
 static void conv_human(struct sbuf *b, sqlite3_stmt *q, int long_form)
@@ -936,6 +970,29 @@ static void conv_human(struct sbuf *b, sqlite3_stmt *q, int long_form)
     sbuf_printf(b, "  updated %s\n", t2);
 }
 
+typedef void (*row_fn)(struct sbuf *b, sqlite3_stmt *q);
+
+/* Renders every row q steps to, each by row_json (comma-separated) or
+ * row_human, then finalizes q.  Returns 0 or the codes. */
+static int render_rows(struct hist_store *s, sqlite3_stmt *q, int json, struct sbuf *b,
+                       row_fn row_json, row_fn row_human)
+{
+    int rc, n = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (json && n++)
+            sbuf_puts(b, ",");
+        (json ? row_json : row_human)(b, q);
+    }
+    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
+    sqlite3_finalize(q);
+    return r;
+}
+
+static void conv_human_short(struct sbuf *b, sqlite3_stmt *q)
+{
+    conv_human(b, q, 0);
+}
+
 int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int json, struct sbuf *b)
 {
     sqlite3_stmt *q;
@@ -951,19 +1008,7 @@ int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int jso
     sqlite3_bind_int64(q, 3, qy->limit ? qy->limit : 100);
     if (json)
         sbuf_puts(b, "{\"conversations\":[");
-    int n = 0;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (json) {
-            if (n)
-                sbuf_puts(b, ",");
-            conv_json(b, q);
-        } else {
-            conv_human(b, q, 0);
-        }
-        n++;
-    }
-    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
-    sqlite3_finalize(q);
+    int r = render_rows(s, q, json, b, conv_json, conv_human_short);
     if (json)
         sbuf_puts(b, "]}\n");
     return r ? r : b->failed ? -ENOMEM : 0;
@@ -972,43 +1017,20 @@ int hist_render_list(struct hist_store *s, const struct hist_list_q *qy, int jso
 #define MSG_COLS "seq, id, role, kind, name, text, raw, parent, model, input_tokens," \
                  " output_tokens, ts_ns, run_id, trace_id, metadata, cost_pico"
 
+/* A MSG_COLS row. */
 static void msg_json(struct sbuf *b, sqlite3_stmt *q)
 {
-    char t[96];
-    iso_time(t, sizeof t, (uint64_t)sqlite3_column_int64(q, 11));
-    sbuf_printf(b, "{\"seq\":%lld,\"id\":", (long long)sqlite3_column_int64(q, 0));
-    json_col(b, q, 1);
-    sbuf_puts(b, ",\"role\":");
-    json_col(b, q, 2);
-    sbuf_puts(b, ",\"kind\":");
-    json_col(b, q, 3);
-    sbuf_puts(b, ",\"name\":");
-    json_col(b, q, 4);
-    sbuf_puts(b, ",\"text\":");
-    json_col(b, q, 5);
-    /* The text had bytes that are not UTF-8: they read U+FFFD above; the
-     * exact bytes are in the store's raw column. */
-    sbuf_printf(b, ",\"text_replaced\":%s,\"parent\":",
-                sqlite3_column_type(q, 6) == SQLITE_NULL ? "false" : "true");
-    json_col(b, q, 7);
-    sbuf_puts(b, ",\"model\":");
-    json_col(b, q, 8);
-    sbuf_puts(b, ",\"input_tokens\":");
-    json_int_col(b, q, 9);
-    sbuf_puts(b, ",\"output_tokens\":");
-    json_int_col(b, q, 10);
-    sbuf_printf(b, ",\"time\":\"%s\",\"ts_ns\":%lld,\"run_id\":", t,
-                (long long)sqlite3_column_int64(q, 11));
-    json_col(b, q, 12);
-    sbuf_puts(b, ",\"trace_id\":");
-    json_col(b, q, 13);
-    sbuf_puts(b, ",\"metadata\":");
-    /* Written by ingest.c as a JSON object of escaped strings. */
-    const char *meta = col(q, 14);
-    sbuf_puts(b, meta ? meta : "null");
-    sbuf_puts(b, ",\"cost_usd\":");
-    json_usd_col(b, q, 15);
-    sbuf_puts(b, "}");
+    static const struct json_field f[] = {
+        {"seq", 0, AS_INT},          {"id", 1, AS_STR},            {"role", 2, AS_STR},
+        {"kind", 3, AS_STR},         {"name", 4, AS_STR},          {"text", 5, AS_STR},
+        /* The text had bytes that are not UTF-8: they read U+FFFD in
+         * text; the exact bytes are in the store's raw column. */
+        {"text_replaced", 6, AS_SET}, {"parent", 7, AS_STR},       {"model", 8, AS_STR},
+        {"input_tokens", 9, AS_INT}, {"output_tokens", 10, AS_INT}, {"time", 11, AS_TIME},
+        {"ts_ns", 11, AS_INT},       {"run_id", 12, AS_STR},       {"trace_id", 13, AS_STR},
+        {"metadata", 14, AS_RAW},    {"cost_usd", 15, AS_USD},
+    };
+    JSON_ROW(b, q, f);
 }
 
 static void msg_human(struct sbuf *b, sqlite3_stmt *q)
@@ -1094,19 +1116,7 @@ static int messages_into(struct hist_store *s, const char *conv, int json, struc
     sqlite3_bind_text(q, 1, conv, -1, SQLITE_STATIC);
     if (json)
         sbuf_puts(b, "[");
-    int n = 0;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (json) {
-            if (n)
-                sbuf_puts(b, ",");
-            msg_json(b, q);
-        } else {
-            msg_human(b, q);
-        }
-        n++;
-    }
-    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
-    sqlite3_finalize(q);
+    int r = render_rows(s, q, json, b, msg_json, msg_human);
     if (json)
         sbuf_puts(b, "]");
     return r;
@@ -1241,6 +1251,30 @@ int hist_render_stats(struct hist_store *s, struct sbuf *b)
     return r ? r : b->failed ? -ENOMEM : 0;
 }
 
+#define HIT_COLS "m.conv, m.id, m.role, m.ts_ns, snippet(messages_fts, 0, '[', ']', '...', 12)"
+
+/* A HIT_COLS row. */
+static void hit_json(struct sbuf *b, sqlite3_stmt *q)
+{
+    static const struct json_field f[] = {
+        {"conversation", 0, AS_STR}, {"message", 1, AS_STR}, {"role", 2, AS_STR},
+        {"ts_ns", 3, AS_INT},        {"snippet", 4, AS_STR},
+    };
+    JSON_ROW(b, q, f);
+}
+
+static void hit_human(struct sbuf *b, sqlite3_stmt *q)
+{
+    human_col(b, q, 0, "-");
+    sbuf_puts(b, "  ");
+    human_col(b, q, 1, "-");
+    sbuf_puts(b, "  ");
+    human_col(b, q, 2, "-");
+    sbuf_puts(b, "  ");
+    human_col(b, q, 4, "");
+    sbuf_puts(b, "\n");
+}
+
 int hist_render_search(struct hist_store *s, const char *text, unsigned limit, int json,
                        struct sbuf *b)
 {
@@ -1279,8 +1313,7 @@ int hist_render_search(struct hist_store *s, const char *text, unsigned limit, i
     sqlite3_stmt *q;
     int rc = sqlite3_prepare_v2(
         s->db,
-        "SELECT m.conv, m.id, m.role, m.ts_ns, snippet(messages_fts, 0, '[', ']', '...', 12)"
-        " FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
+        "SELECT " HIT_COLS " FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
         " WHERE messages_fts MATCH ?1 ORDER BY rank LIMIT ?2", -1, &q, NULL);
     if (rc != SQLITE_OK) {
         sbuf_free(&phrase);
@@ -1290,32 +1323,7 @@ int hist_render_search(struct hist_store *s, const char *text, unsigned limit, i
     sqlite3_bind_int64(q, 2, limit ? limit : 50);
     if (json)
         sbuf_puts(b, "{\"results\":[");
-    int n = 0;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (json) {
-            sbuf_puts(b, n ? ",{\"conversation\":" : "{\"conversation\":");
-            json_col(b, q, 0);
-            sbuf_puts(b, ",\"message\":");
-            json_col(b, q, 1);
-            sbuf_puts(b, ",\"role\":");
-            json_col(b, q, 2);
-            sbuf_printf(b, ",\"ts_ns\":%lld,\"snippet\":", (long long)sqlite3_column_int64(q, 3));
-            json_col(b, q, 4);
-            sbuf_puts(b, "}");
-        } else {
-            human_col(b, q, 0, "-");
-            sbuf_puts(b, "  ");
-            human_col(b, q, 1, "-");
-            sbuf_puts(b, "  ");
-            human_col(b, q, 2, "-");
-            sbuf_puts(b, "  ");
-            human_col(b, q, 4, "");
-            sbuf_puts(b, "\n");
-        }
-        n++;
-    }
-    int r = rc == SQLITE_DONE ? 0 : fail(s, rc);
-    sqlite3_finalize(q);
+    int r = render_rows(s, q, json, b, hit_json, hit_human);
     sbuf_free(&phrase);
     if (json)
         sbuf_puts(b, "]}\n");

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
@@ -109,15 +110,13 @@ int rl_config_parse(struct rl_config *c, const char *name, const char *text, cha
 
 int rl_config_load(struct rl_config *c, const char *path, char *err, size_t errlen)
 {
-    defaults(c);
-    struct cbus_cfg cfg;
-    int r = cbus_cfg_load(&cfg, path, err, errlen);
+    defaults(c); /* a file that cannot be read leaves the defaults, as before */
+    char *text;
+    int r = cbus_cfg_read_text(path, &text, err, errlen);
     if (r)
         return r;
-    r = apply(c, &cfg, err, errlen);
-    cbus_cfg_free(&cfg);
-    if (r)
-        rl_config_free(c);
+    r = rl_config_parse(c, path, text, err, errlen);
+    free(text);
     return r;
 }
 

@@ -262,3 +262,79 @@ Test(daemon_config, loopback_listen_takes_v4_v6_and_localhost_only)
     cr_assert_eq(cbus_parse_loopback_listen("9464", host, sizeof host, &port, &why), -EINVAL);
     cr_assert_eq(cbus_parse_loopback_listen("127.0.0.1:", host, sizeof host, &port, &why), -EINVAL);
 }
+
+/* What cbus_cfg_load_with hands a daemon's parser: the text, the file as
+ * the name in messages, and the file's directory for relative paths. */
+struct seen_parse {
+    char name[128], text[64], base[128];
+};
+
+static int record_parse(void *conf, const char *name, const char *text, const char *base_dir,
+                        char *e, size_t elen)
+{
+    struct seen_parse *s = conf;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(s->text, sizeof s->text, "%s", text);
+    snprintf(s->base, sizeof s->base, "%s", base_dir);
+    if (strstr(text, "bad"))
+        return snprintf(e, elen, "%s:1: bad", name), -EINVAL;
+    return 0;
+}
+
+Test(daemon_config, load_with_gives_the_parser_text_name_and_directory)
+{
+    char d[] = "/tmp/cbus-cfgload-XXXXXX";
+    cr_assert_not_null(mkdtemp(d));
+    char ok[64], bad[64], missing[64];
+    snprintf(ok, sizeof ok, "%s/ok.ini", d);
+    snprintf(bad, sizeof bad, "%s/bad.ini", d);
+    snprintf(missing, sizeof missing, "%s/none.ini", d);
+    int fd = open(ok, O_WRONLY | O_CREAT, 0600);
+    cr_assert_eq(write(fd, "[a]\nk = v\n", 10), 10);
+    close(fd);
+    fd = open(bad, O_WRONLY | O_CREAT, 0600);
+    cr_assert_eq(write(fd, "bad\n", 4), 4);
+    close(fd);
+    struct seen_parse s = {0};
+    cr_assert_eq(cbus_cfg_load_with(ok, record_parse, &s, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(s.name, ok);
+    cr_assert_str_eq(s.text, "[a]\nk = v\n");
+    cr_assert_str_eq(s.base, d);
+    cr_assert_eq(cbus_cfg_load_with(bad, record_parse, &s, err, sizeof err), -EINVAL);
+    cr_assert_not_null(strstr(err, "bad.ini:1: bad"), "the parser's message: %s", err);
+    memset(&s, 0, sizeof s);
+    cr_assert_eq(cbus_cfg_load_with(missing, record_parse, &s, err, sizeof err), -ENOENT);
+    cr_assert_not_null(strstr(err, "none.ini: "), "%s", err);
+    cr_assert_str_eq(s.name, "", "an unreadable file never reaches the parser");
+    unlink(ok);
+    unlink(bad);
+    rmdir(d);
+}
+
+Test(daemon_config, unknown_names_the_key_in_a_known_section_else_the_section)
+{
+    static const char *const known[] = {"bus", "store", NULL};
+    struct cbus_cfg cfg;
+    cr_assert_eq(cbus_cfg_parse(&cfg, "d.ini", "[store]\nsize = 1\n[stor]\npath = x\n", err,
+                                sizeof err), 0, "%s", err);
+    cr_assert_eq(cbus_cfg_unknown(&cfg, &cfg.entries[0], known, err, sizeof err), -EINVAL);
+    cr_assert_not_null(strstr(err, "d.ini:2: [store] size: unknown key"), "%s", err);
+    cr_assert_eq(cbus_cfg_unknown(&cfg, &cfg.entries[1], known, err, sizeof err), -EINVAL);
+    cr_assert_not_null(strstr(err, "d.ini:4: [stor] path: unknown section [stor]"), "%s", err);
+    cbus_cfg_free(&cfg);
+}
+
+Test(daemon_config, expand_bus_puts_the_bus_name_in_or_leaves_a_path_that_would_not_fit)
+{
+    char p[32] = "/var/lib/%b/x.db";
+    cr_assert_eq(cbus_cfg_expand_bus(p, sizeof p, "prod"), 0);
+    cr_assert_str_eq(p, "/var/lib/prod/x.db");
+    cr_assert_eq(cbus_cfg_expand_bus(p, sizeof p, "other"), 0, "no %%b: nothing to do");
+    cr_assert_str_eq(p, "/var/lib/prod/x.db");
+    char q[20] = "/s/%b/checkpoint";
+    cr_assert_eq(cbus_cfg_expand_bus(q, sizeof q, "abcde"), 0);
+    cr_assert_str_eq(q, "/s/abcde/checkpoint", "exactly fills: 19 bytes and the NUL in 20");
+    char r[20] = "/s/%b/checkpoint";
+    cr_assert_eq(cbus_cfg_expand_bus(r, sizeof r, "abcdef"), -ENAMETOOLONG);
+    cr_assert_str_eq(r, "/s/%b/checkpoint", "unchanged");
+}
