@@ -1,4 +1,4 @@
-/* cbus-audit-bench: throughput of the audit log.
+/* cbus-bench-audit: throughput of the audit log.
  *
  *   encode mode (--encode-only): msgpack encoding, then encoding + SHA-256
  *     chain, no I/O: the serial stage's cost per event.
@@ -361,7 +361,7 @@ int main(int argc, char **argv)
             break;
         default:
             fprintf(stderr,
-                    "usage: cbus-audit-bench [--events N] [--batch-events N] [--batch-bytes B]\n"
+                    "usage: cbus-bench-audit [--events N] [--batch-events N] [--batch-bytes B]\n"
                     "       [--queue-depth N] [--interval D (sync every D instead of per batch)]\n"
                     "       [--preview keep|hash|drop] [--dir DIR] [--bus NAME (end to end)\n"
                     "       [--rate EVENTS_PER_S [--capacity SLOTS]] (bus mode: pace the producer\n"
@@ -374,7 +374,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
-    cbus_log_init("cbus-audit-bench", CBUS_LOG_WARN);
+    cbus_log_init("cbus-bench-audit", CBUS_LOG_WARN);
     if (o.encode_only)
         return bench_encode(&o);
     return o.bus ? bench_bus(&o) : bench_writer(&o);

@@ -1,6 +1,6 @@
-/* cbus-bench: what an emit costs, and how fast a consumer drains.
+/* cbus-bench-bus: what an emit costs, and how fast a consumer drains.
  *
- *   cbus-bench [--runs N] [--events N] [--csv FILE]
+ *   cbus-bench-bus [--runs N] [--events N] [--csv FILE]
  *
  * Emit latency is measured per batch of 32 emits (clock_gettime costs about
  * as much as an emit) and reported per event: the median and p99 over all
@@ -160,7 +160,7 @@ static struct result run_emit(const char *bus_name, int threads, int consumers, 
     struct cbus_create_opts co = {.lanes = lanes};
     cbus_bus_destroy(bus_name);
     if (cbus_bus_create(bus_name, &co)) {
-        fprintf(stderr, "cbus-bench: cannot create bus %s\n", bus_name);
+        fprintf(stderr, "cbus-bench-bus: cannot create bus %s\n", bus_name);
         exit(1);
     }
     pid_t kids[8];
@@ -287,12 +287,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
             csv = argv[++i];
         else {
-            fprintf(stderr, "usage: cbus-bench [--runs N] [--events N] [--csv FILE]\n");
+            fprintf(stderr, "usage: cbus-bench-bus [--runs N] [--events N] [--csv FILE]\n");
             return 2;
         }
     }
     if (runs < 1 || runs > 100 || events < 1000) {
-        fprintf(stderr, "cbus-bench: --runs 1..100, --events >= 1000\n");
+        fprintf(stderr, "cbus-bench-bus: --runs 1..100, --events >= 1000\n");
         return 2;
     }
     char bus_name[32];
@@ -323,7 +323,7 @@ int main(int argc, char **argv)
     FILE *out = csv ? fopen(csv, "w") : NULL;
     if (out)
         fprintf(out, "config,median_ns,p99_ns,p999_ns,mevents_per_s,dropped\n");
-    printf("cbus-bench: %d runs of %llu llm_end emits per producer thread; ns per emit "
+    printf("cbus-bench-bus: %d runs of %llu llm_end emits per producer thread; ns per emit "
            "(median of per-run values)\n\n", runs, (unsigned long long)events);
     printf("%-36s %9s %9s %9s %12s %10s\n", "configuration", "median", "p99", "p99.9", "Mevents/s",
            "dropped");

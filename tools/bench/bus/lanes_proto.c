@@ -1,4 +1,4 @@
-/* lanes_proto: the producer-claim designs of issue 13 item 1, modelled side by
+/* cbus-bench-bus-lanes: the producer-claim designs of issue 13 item 1, modelled side by
  * side over 512-byte slots in one shared-memory segment (a memfd mapped
  * MAP_SHARED), with the emit cbus does today around each claim: an rdtsc
  * timestamp, the check load of the slot's commit word, the writer and busy
@@ -27,7 +27,7 @@
  *
  * Runs are interleaved (run r of every configuration before run r+1 of any),
  * so drift on a shared machine hits every row alike; a row reports medians
- * over its runs.  Timing is cbus-compare's: BENCH_BATCH events between two
+ * over its runs.  Timing is cbus-bench-compare's: BENCH_BATCH events between two
  * clock_gettime calls, the batch time / BENCH_BATCH is one sample.
  *
  * It checks itself and exits 1 on any mismatch:
@@ -40,7 +40,7 @@
  *     duplicate-free and in per-thread order (lanes: the owner's seq = pos);
  *   - every drain run reads each lane's events exactly once, in order.
  *
- *   lanes_proto [--events N] [--runs R] [--lane-slots S] [--drain-events N]
+ *   cbus-bench-bus-lanes [--events N] [--runs R] [--lane-slots S] [--drain-events N]
  *               [--csv FILE] [--smoke]
  * Exit 0, 1 (a check failed, or setup), 2 (usage). */
 #include <cbus/layout.h>
@@ -128,9 +128,9 @@ static int seg_open(struct seg *s, unsigned nlanes, uint64_t lane_slots_n)
     s->lane_slots = lane_slots_n;
     s->mask = lane_slots_n - 1;
     s->len = HDR_BYTES + (size_t)nlanes * lane_slots_n * sizeof(struct pslot);
-    int fd = memfd_create("lanes_proto", MFD_CLOEXEC);
+    int fd = memfd_create("cbus-bench-bus-lanes", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)s->len)) {
-        fprintf(stderr, "lanes_proto: memfd of %zu bytes: %s\n", s->len, strerror(errno));
+        fprintf(stderr, "cbus-bench-bus-lanes: memfd of %zu bytes: %s\n", s->len, strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
@@ -138,7 +138,7 @@ static int seg_open(struct seg *s, unsigned nlanes, uint64_t lane_slots_n)
     s->base = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (s->base == MAP_FAILED) {
-        fprintf(stderr, "lanes_proto: mmap: %s\n", strerror(errno));
+        fprintf(stderr, "cbus-bench-bus-lanes: mmap: %s\n", strerror(errno));
         return -1;
     }
     /* Touch every page now (as bus creation zero-fills): no page faults in
@@ -383,7 +383,7 @@ static void tracker_free(struct tracker *k)
 
 static int fail(const char *what, unsigned lane, uint64_t p, const char *cfg)
 {
-    fprintf(stderr, "lanes_proto: CHECK FAILED (%s): %s at lane %u position %llu\n", cfg, what,
+    fprintf(stderr, "cbus-bench-bus-lanes: CHECK FAILED (%s): %s at lane %u position %llu\n", cfg, what,
             lane, (unsigned long long)p);
     return -1;
 }
@@ -688,7 +688,7 @@ static int parse_u64(const char *s, uint64_t *out)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: lanes_proto [--events N] [--runs R] [--lane-slots S] "
+    fprintf(stderr, "usage: cbus-bench-bus-lanes [--events N] [--runs R] [--lane-slots S] "
                     "[--drain-events N] [--csv FILE] [--smoke]\n");
 }
 
@@ -721,7 +721,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--drain-events") && !parse_u64(v, &x) && x >= 1024 && x <= 1u << 20)
             drain_events = x;
         else {
-            fprintf(stderr, "lanes_proto: bad option %s %s (--events 1024..1e8, --runs 1..%d, "
+            fprintf(stderr, "cbus-bench-bus-lanes: bad option %s %s (--events 1024..1e8, --runs 1..%d, "
                             "--lane-slots a power of two 256..2^20, --drain-events 1024..2^20)\n",
                     a, v, MAX_RUNS);
             usage();
@@ -753,7 +753,7 @@ int main(int argc, char **argv)
         if (run_once(&cfgs[i], fit, lane_slots_n, &tmpl, 1))
             return 1;
     }
-    fprintf(stderr, "lanes_proto: verify passes ok (%d configurations, every event read once, "
+    fprintf(stderr, "cbus-bench-bus-lanes: verify passes ok (%d configurations, every event read once, "
                     "in per-thread order)\n", nc);
 
     struct drain drains[8];
@@ -781,19 +781,19 @@ int main(int argc, char **argv)
         for (unsigned c = 0; c < ncpus(); c++)
             CPU_SET(c, &all);
         sched_setaffinity(0, sizeof all, &all);
-        fprintf(stderr, "lanes_proto: run %llu of %llu done\n", (unsigned long long)r + 1,
+        fprintf(stderr, "cbus-bench-bus-lanes: run %llu of %llu done\n", (unsigned long long)r + 1,
                 (unsigned long long)runs);
     }
 
     FILE *cf = csv ? fopen(csv, "w") : NULL;
     if (csv && !cf) {
-        fprintf(stderr, "lanes_proto: %s: %s\n", csv, strerror(errno));
+        fprintf(stderr, "cbus-bench-bus-lanes: %s: %s\n", csv, strerror(errno));
         return 1;
     }
     if (cf)
         fprintf(cf, "design,threads,placement,runs,median_ns,p99_ns,mevents_per_s,"
                     "x_1thread_ns,x_1thread_rate,x_shared_ns\n");
-    printf("lanes_proto: %llu runs, %llu events per thread per run, %llu slots (%llu KiB) per "
+    printf("cbus-bench-bus-lanes: %llu runs, %llu events per thread per run, %llu slots (%llu KiB) per "
            "lane, %u CPUs\n",
            (unsigned long long)runs, (unsigned long long)events, (unsigned long long)lane_slots_n,
            (unsigned long long)(lane_slots_n * CBUS_SLOT_SIZE / 1024), ncpus());

@@ -1,4 +1,4 @@
-/* cbus-compare: shared pieces of the side-by-side benchmark.
+/* cbus-bench-compare: shared pieces of the side-by-side benchmark.
  *
  * Every method is timed the same way: BENCH_BATCH events between two
  * clock_gettime calls (one call costs about as much as a cbus emit, so single

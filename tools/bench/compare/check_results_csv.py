@@ -1,4 +1,4 @@
-"""Checks a cbus-compare results.csv: a header and one record per row, each of
+"""Checks a cbus-bench-compare results.csv: a header and one record per row, each of
 the header's 14 fields (the configurations and notes hold commas, so they must
 be quoted).  Used by ctest bench_compare_csv_fields.
 

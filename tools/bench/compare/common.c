@@ -1,4 +1,4 @@
-/* cbus-compare: statistics, placement, payload and child-process helpers
+/* cbus-bench-compare: statistics, placement, payload and child-process helpers
  * shared by every row. */
 #include "bench.h"
 
@@ -152,7 +152,7 @@ struct row *bench_row_new(struct row *rows, int *n, const char *id, const char *
                           const char *config, enum row_kind kind)
 {
     if (*n >= BENCH_MAX_ROWS) {
-        fprintf(stderr, "cbus-compare: too many rows\n");
+        fprintf(stderr, "cbus-bench-compare: too many rows\n");
         exit(1);
     }
     struct row *r = &rows[(*n)++];

@@ -1,7 +1,7 @@
-/* cbus-compare: cbus against what users would use instead, side by side, in
+/* cbus-bench-compare: cbus against what users would use instead, side by side, in
  * one run, on the same llm_end-sized payload.
  *
- *   cbus-compare [--out DIR] [--runs N] [--events N] [--slow-events N]
+ *   cbus-bench-compare [--out DIR] [--runs N] [--events N] [--slow-events N]
  *                [--only LIST] [--e2e-seconds S] [--e2e-runs N] [--e2e-threads N]
  *                [--e2e-rate REQ_PER_S] [--quiet]
  *
@@ -31,7 +31,7 @@
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: cbus-compare [--out DIR] [--runs N] [--events N] [--slow-events N]\n"
+            "usage: cbus-bench-compare [--out DIR] [--runs N] [--events N] [--slow-events N]\n"
             "                    [--only cbus,callbacks,sidecar,lttng,floor,e2e]\n"
             "                    [--e2e-seconds S] [--e2e-runs N] [--e2e-threads N]\n"
             "                    [--e2e-rate REQ_PER_S] [--quiet]\n");
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--e2e-rate") && !parse_u64(v, &x) && x >= 1 && x <= 1000000)
             o.e2e_rate = (unsigned)x;
         else {
-            fprintf(stderr, "cbus-compare: bad option %s %s (--runs 1..%d, --events and "
+            fprintf(stderr, "cbus-bench-compare: bad option %s %s (--runs 1..%d, --events and "
                             "--slow-events 1000..1e8, --e2e-seconds 1..600, --e2e-runs 1..%d, "
                             "--e2e-threads 1..64, --e2e-rate 1..1e6)\n",
                     a, v, BENCH_MAX_RUNS, BENCH_MAX_RUNS);
@@ -177,7 +177,7 @@ int main(int argc, char **argv)
     static char self[PATH_MAX];
     ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
     if (k <= 0) {
-        fprintf(stderr, "cbus-compare: readlink /proc/self/exe: %s\n", strerror(errno));
+        fprintf(stderr, "cbus-bench-compare: readlink /proc/self/exe: %s\n", strerror(errno));
         return 1;
     }
     self[k] = '\0';
@@ -197,7 +197,7 @@ int main(int argc, char **argv)
 
     static struct row rows[BENCH_MAX_ROWS];
     int n = 0;
-    fprintf(stderr, "cbus-compare: %d runs per row, %llu events per run (%llu slow rows)\n",
+    fprintf(stderr, "cbus-bench-compare: %d runs per row, %llu events per run (%llu slow rows)\n",
             o.runs, (unsigned long long)o.events, (unsigned long long)o.slow_events);
     if (wanted(&o, "cbus"))
         bench_rows_cbus(&o, rows, &n);

@@ -1,17 +1,17 @@
-/* cbus-compare-lttng: the LTTng-UST side of cbus-compare, a separate program
+/* cbus-bench-compare-lttng: the LTTng-UST side of cbus-bench-compare, a separate program
  * so that liblttng-ust (its constructor, its listener threads, its
  * registration with the session daemon) stays out of every other row.
  *
- *   cbus-compare-lttng --events N --runs R --expect enabled|disabled [--pause-ms MS]
+ *   cbus-bench-compare-lttng --events N --runs R --expect enabled|disabled [--pause-ms MS]
  *                      [--threads T]
  *
  * Waits (up to 10 s) for the tracepoint to reach the expected state (the
  * session daemon enables it once this process has registered), then times
- * BENCH_BATCH tracepoint calls per sample exactly as cbus-compare times
+ * BENCH_BATCH tracepoint calls per sample exactly as cbus-bench-compare times
  * cbus emits, and prints one "run ..." line per run (bench_run_print).
  * --pause-ms leaves the consumer daemon time to empty the buffers between
  * runs, so that each run starts with room.  --threads 2: two tracing threads,
- * thread i pinned to CPU i as cbus-compare's two producer threads are, each
+ * thread i pinned to CPU i as cbus-bench-compare's two producer threads are, each
  * making --events calls; the samples are per thread (ns per call in each
  * thread), Mevents/s all threads' events over the wall time.
  * Exit 0, 2 (usage), 3 (the tracepoint never reached the expected state). */
@@ -74,7 +74,7 @@ int main(int argc, char **argv)
     }
     if (events < BENCH_BATCH || runs < 1 || runs > BENCH_MAX_RUNS || want < 0 || pause_ms < 0 ||
         threads < 1 || threads > MAX_THREADS || bad) {
-        fprintf(stderr, "usage: cbus-compare-lttng --events N --runs R --expect enabled|disabled "
+        fprintf(stderr, "usage: cbus-bench-compare-lttng --events N --runs R --expect enabled|disabled "
                         "[--pause-ms MS] [--threads 1|2]\n");
         return 2;
     }
@@ -86,7 +86,7 @@ int main(int argc, char **argv)
         usleep(10000);
     }
     if (state != want) {
-        fprintf(stderr, "cbus-compare-lttng: tracepoint cbus_bench:llm_end is %s, expected %s\n",
+        fprintf(stderr, "cbus-bench-compare-lttng: tracepoint cbus_bench:llm_end is %s, expected %s\n",
                 state ? "enabled" : "disabled", want ? "enabled" : "disabled");
         return 3;
     }

@@ -1,4 +1,4 @@
-/* The LTTng-UST tracepoint provider of cbus-compare: one llm_end event with
+/* The LTTng-UST tracepoint provider of cbus-bench-compare: one llm_end event with
  * the fields a cbus llm_end carries (LTTng adds its own timestamp; pid and
  * tid come from the vpid/vtid contexts the session adds). */
 #undef LTTNG_UST_TRACEPOINT_PROVIDER

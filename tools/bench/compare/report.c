@@ -1,4 +1,4 @@
-/* cbus-compare output: the terminal table, results.md, results.csv, the
+/* cbus-bench-compare output: the terminal table, results.md, results.csv, the
  * latency-by-percentile chart as SVG (written here, no dependency) and, when
  * gnuplot is installed, as PNG through a gnuplot script left beside it. */
 #include "bench.h"
@@ -218,7 +218,7 @@ static FILE *open_out(const char *dir, const char *name, char *path, size_t cap)
     snprintf(path, cap, "%s/%s", dir, name);
     FILE *f = fopen(path, "w");
     if (!f)
-        fprintf(stderr, "cbus-compare: %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "cbus-bench-compare: %s: %s\n", path, strerror(errno));
     return f;
 }
 
@@ -278,7 +278,7 @@ static void write_md(const char *dir, const struct bench_opts *o, const struct b
     if (!f)
         return;
     const struct row *ref = find(rows, n, REF_ID);
-    fprintf(f, "<!-- written by cbus-compare; do not edit -->\n");
+    fprintf(f, "<!-- written by cbus-bench-compare; do not edit -->\n");
     fprintf(f, "Measured %s to %s UTC on %s, %d CPUs.  Load average %s at the start, %s at the "
                "end; other processes used %.0f%% of the machine's CPU time during the run.\n\n",
             env->started, env->ended, env->cpu_model, env->ncpus, env->load_start, env->load_end,
@@ -460,7 +460,7 @@ static int write_gnuplot(const char *dir, const struct row *rows, int n)
     for (int i = 0; i < n; i++)
         if (rows[i].chart && rows[i].kind == ROW_LATENCY)
             cols++;
-    fprintf(f, "# written by cbus-compare: gnuplot latency.gp (in this directory) -> latency.png\n"
+    fprintf(f, "# written by cbus-bench-compare: gnuplot latency.gp (in this directory) -> latency.png\n"
                "set terminal pngcairo size 1100,640 font 'sans,10' noenhanced\n"
                "set output 'latency.png'\n"
                "set title 'ns per event by percentile (batches of %d, llm_end payload, median run)'\n"
@@ -476,7 +476,7 @@ static int write_gnuplot(const char *dir, const struct row *rows, int n)
             cols + 2);
     fclose(f);
     if (!bench_in_path("gnuplot")) {
-        fprintf(stderr, "cbus-compare: gnuplot not installed: no latency.png (latency.svg is "
+        fprintf(stderr, "cbus-bench-compare: gnuplot not installed: no latency.png (latency.svg is "
                         "written regardless; apt-get install gnuplot-nox for the PNG)\n");
         return 0;
     }
@@ -489,7 +489,7 @@ static int write_gnuplot(const char *dir, const struct row *rows, int n)
     if (chdir(cwd))
         return 0;
     if (rc) {
-        fprintf(stderr, "cbus-compare: gnuplot failed (exit %d): %s\n", rc, out);
+        fprintf(stderr, "cbus-bench-compare: gnuplot failed (exit %d): %s\n", rc, out);
         return 0;
     }
     fprintf(stderr, "wrote %s/latency.png\n", dir);
@@ -498,7 +498,7 @@ static int write_gnuplot(const char *dir, const struct row *rows, int n)
 
 void bench_report(const struct bench_opts *o, const struct bench_env *env, struct row *rows, int n)
 {
-    printf("cbus-compare: %d runs per row, %llu events per run (%llu for the slow rows); "
+    printf("cbus-bench-compare: %d runs per row, %llu events per run (%llu for the slow rows); "
            "ns per event over batches of %d\n", o->runs, (unsigned long long)o->events,
            (unsigned long long)o->slow_events, BENCH_BATCH);
     printf("load average %s at start, %s at end; other processes used %.0f%% of the CPU time\n",
@@ -509,7 +509,7 @@ void bench_report(const struct bench_opts *o, const struct bench_env *env, struc
     if (!o->out_dir)
         return;
     if (mkdir(o->out_dir, 0755) && errno != EEXIST) {
-        fprintf(stderr, "cbus-compare: %s: %s\n", o->out_dir, strerror(errno));
+        fprintf(stderr, "cbus-bench-compare: %s: %s\n", o->out_dir, strerror(errno));
         return;
     }
     write_csv(o->out_dir, rows, n);

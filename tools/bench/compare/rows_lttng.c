@@ -1,5 +1,5 @@
 /* Rows 4: LTTng-UST.  The tracepoint runs in a helper program,
- * cbus-compare-lttng (lttng_probe.c), so liblttng-ust stays out of the other
+ * cbus-bench-compare-lttng (lttng_probe.c), so liblttng-ust stays out of the other
  * rows:
  *   no session  the tracepoint compiled in, nothing tracing it;
  *   session     a userspace session recording to a temp directory
@@ -54,7 +54,7 @@ static int run_helper(const struct bench_opts *o, struct row *r, uint64_t events
                       int pause_ms, int threads)
 {
     char path[512], ev[32], runs[16], pause[16], nth[8];
-    snprintf(path, sizeof path, "%s/cbus-compare-lttng", o->self_dir);
+    snprintf(path, sizeof path, "%s/cbus-bench-compare-lttng", o->self_dir);
     snprintf(ev, sizeof ev, "%llu", (unsigned long long)events);
     snprintf(runs, sizeof runs, "%d", o->runs);
     snprintf(pause, sizeof pause, "%d", pause_ms);

@@ -1,6 +1,6 @@
-/* cbus-cost-bench: throughput of the accounting path.
+/* cbus-bench-cost: throughput of the accounting path.
  *
- *   cbus-cost-bench [--events N] [--users U] [--models M] [--sessions S]
+ *   cbus-bench-cost [--events N] [--users U] [--models M] [--sessions S]
  *                   [--prices FILE] [--bus] [--single]
  *
  * Direct mode (default) feeds pre-built struct cbus_event records into

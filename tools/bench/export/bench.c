@@ -1,7 +1,7 @@
 /* cbus-export benchmark: spans per second from a bus to a loopback
  * collector through the real daemon, and the exporter's CPU per 1k events.
  *
- *   cbus-export-bench [--spans N] [--runs R] [--gzip] [--msgpack] [--tokens K]
+ *   cbus-bench-export [--spans N] [--runs R] [--gzip] [--msgpack] [--tokens K]
  *
  * Each run: a fresh bus; cbus-collector on loopback; cbus-export attached
  * lossless (so nothing is lost and the count is exact); this process emits
@@ -15,7 +15,7 @@
  * text of BYTES / 4, which the exporter captures (capture_content = true)
  * unless --no-capture: the same traffic on the bus, its bodies skipped.
  *
- *   cbus-export-bench --encode-only [--spans N] [--tokens K]
+ *   cbus-bench-export --encode-only [--spans N] [--tokens K]
  *
  *   [--encoding protobuf|json] (protobuf, the exporter's default)
  *   [--content BYTES]  capture_content on: each start carries a messages body
@@ -217,7 +217,7 @@ int main(int argc, char **argv)
                 return 2;
             break;
         default:
-            fprintf(stderr, "usage: cbus-export-bench [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
+            fprintf(stderr, "usage: cbus-bench-export [--spans N] [--runs R] [--tokens K] [--gzip] [--msgpack]\n"
                     "                         [--batch ITEMS] [--in-flight N] [--capacity SLOTS] [--encode-only]\n"
                     "                         [--encoding protobuf|json] [--content BYTES] [--no-capture]\n");
             return 2;

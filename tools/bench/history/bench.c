@@ -1,7 +1,7 @@
-/* cbus-history-bench: how fast the store takes messages, and how fast a
+/* cbus-bench-history: how fast the store takes messages, and how fast a
  * long conversation is shown (the README's figures come from it).
  *
- *   cbus-history-bench [--messages N] [--text BYTES] [--batch B] [--fsync]
+ *   cbus-bench-history [--messages N] [--text BYTES] [--batch B] [--fsync]
  *                      [--show N] [--dir DIR]
  *
  * Store: real events with bodies on a real bus (explicit conversation
@@ -48,7 +48,7 @@ static uint64_t cpu_total;
 
 static void die(const char *what, int r)
 {
-    fprintf(stderr, "cbus-history-bench: %s: %s\n", what, r < 0 ? strerror(-r) : "failed");
+    fprintf(stderr, "cbus-bench-history: %s: %s\n", what, r < 0 ? strerror(-r) : "failed");
     exit(1);
 }
 
@@ -108,13 +108,13 @@ int main(int argc, char **argv)
         case 's': show = strtoul(optarg, NULL, 10); break;
         case 'd': dir = optarg; break;
         default:
-            fprintf(stderr, "usage: cbus-history-bench [--messages N] [--text BYTES] "
+            fprintf(stderr, "usage: cbus-bench-history [--messages N] [--text BYTES] "
                             "[--batch B] [--fsync] [--show N] [--dir DIR]\n");
             return 2;
         }
     }
     if (!msgs || !batch || batch > 65536 || text_len > 16384) {
-        fprintf(stderr, "cbus-history-bench: bad arguments\n");
+        fprintf(stderr, "cbus-bench-history: bad arguments\n");
         return 2;
     }
     char tmp[256], db[320];
@@ -131,7 +131,7 @@ int main(int argc, char **argv)
     struct hist_store *st;
     int r = hist_store_open(&st, db, fsync_on ? HIST_STORE_FSYNC : 0, err, sizeof err);
     if (r) {
-        fprintf(stderr, "cbus-history-bench: %s\n", err);
+        fprintf(stderr, "cbus-bench-history: %s\n", err);
         return 1;
     }
     char bus[32];
@@ -183,7 +183,7 @@ int main(int argc, char **argv)
         done += n;
     }
     if (stored != msgs)
-        fprintf(stderr, "cbus-history-bench: stored %llu of %lu\n", (unsigned long long)stored,
+        fprintf(stderr, "cbus-bench-history: stored %llu of %lu\n", (unsigned long long)stored,
                 msgs);
     printf("explicit messages: %llu stored (%lu B text each, batches of %lu, fsync %s) in "
            "%.3f s: %.0f messages/s; %.3f s CPU: %.0f messages per CPU second\n",

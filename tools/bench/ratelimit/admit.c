@@ -2,7 +2,7 @@
  * user, session, model and provider set (five table lookups), with the
  * table empty, holding other keys' verdicts, and throttling this user.
  *
- *   ratelimit_bench_admit [calls_per_batch] [batches]
+ *   cbus-bench-ratelimit-admit [calls_per_batch] [batches]
  */
 #include <cbus/admit.h>
 #include <cbus/bus.h>

@@ -6,7 +6,7 @@
  * is the algorithm's overshoot (blind windows, leases, rounding), not the
  * reaction time of a daemon's loop (the multi-process test has that).
  *
- *   ratelimit_bench_fleet [-u USERS] [seconds] [nodes...]
+ *   cbus-bench-ratelimit-fleet [-u USERS] [seconds] [nodes...]
  *
  * With -u, each node's offers go round-robin over USERS users, so a batch
  * carries that many keys: the CPU figure for a node with many active keys

@@ -5,7 +5,7 @@
  * global, verdicts drained every 256 events into a real admission table
  * (an anonymous mapping laid out by cbus_bus_format).
  *
- *   ratelimit_bench_limiter [keys] [events] [runs] [batch|single]
+ *   cbus-bench-ratelimit-limiter [keys] [events] [runs] [batch|single]
  */
 #include <cbus/admit.h>
 #include <cbus/bus.h>

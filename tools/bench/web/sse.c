@@ -6,7 +6,7 @@
  * (exact: the events of its user), streams cut loose and events the
  * daemon's consumer lost.  A program, not a test: figures go in the README.
  *
- *   web_bench_sse --daemon build/release/consumers/web/cbus-web \
+ *   cbus-bench-web-sse --daemon build/release/consumers/web/cbus-web \
  *                 [--clients 100] [--rate 50000] [--seconds 10] [--all]
  */
 #include <cbus/bus.h>
@@ -181,7 +181,7 @@ int main(int argc, char **argv)
         }
     }
     if (!daemon || !nclients || nclients > MAXC || !rate || !seconds) {
-        fprintf(stderr, "usage: web_bench_sse --daemon PATH [--clients N<=%d] [--rate R] [--seconds S] [--all]\n", MAXC);
+        fprintf(stderr, "usage: cbus-bench-web-sse --daemon PATH [--clients N<=%d] [--rate R] [--seconds S] [--all]\n", MAXC);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
