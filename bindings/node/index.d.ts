@@ -19,6 +19,9 @@ export interface RunInfo {
   maxTokens?: number;
   /** chat messages as JSON (OpenTelemetry gen_ai.input.messages shape), chat model starts only */
   messages?: string | null;
+  /** system instructions given apart from the messages (OpenTelemetry gen_ai.system_instructions
+   * JSON, `[{"type":"text","content":"..."}]`, or plain text), LLM and chat model starts only */
+  system?: string | null;
 }
 
 /** Token usage of an llm_end; an absent count stays absent (not zero). */
@@ -66,7 +69,10 @@ declare class NativeProducer {
   /** The open run's numeric handle for tokenFunction(), or -1 when no run of that id is open.
    *  A handle is never another run's: its entry's generation moves on when the run ends. */
   runHandle(runId: string): number;
-  llmEnd(runId: string, output?: string | null, usage?: Usage | null, messages?: string | null): EmitCode;
+  /** responseId: the provider's id of the response (gen_ai.response.id), 1..256 bytes of printable
+   * ASCII without spaces (a RangeError otherwise, and nothing is emitted) */
+  llmEnd(runId: string, output?: string | null, usage?: Usage | null, messages?: string | null,
+    responseId?: string | null): EmitCode;
   /** kind: END.*; the third argument is the output text, or the document count for a retriever */
   end(kind: number, runId: string, outputOrCount?: string | number | null, documents?: string | null): EmitCode;
   /** kind: ERROR.* */
@@ -152,7 +158,14 @@ export interface CbusEvent {
   retriever?: { documentCount: number; durationNs: number };
   durationNs?: number;
   score?: { type: 'numeric' | 'boolean' | 'categorical'; value?: number };
-  body?: { text?: string; messages?: string; tags?: string[]; metadata?: Record<string, string>; cut?: boolean };
+  body?: {
+    text?: string; messages?: string; tags?: string[]; metadata?: Record<string, string>;
+    /** system instructions of an LLM start; the provider's response id of an llm_end */
+    system?: string; responseId?: string;
+    /** sections of a type this addon does not know (a newer producer's) */
+    skippedSections?: number;
+    cut?: boolean;
+  };
 }
 
 export interface ConsumerStats {

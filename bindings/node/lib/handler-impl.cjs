@@ -55,6 +55,51 @@ function messagesJson(msgs) {
   return JSON.stringify(msgs.map((m) => ({ role: msgRole(m), parts: [{ type: 'text', content: msgText(m) }] })));
 }
 
+// System instructions a model takes apart from the history, when its
+// invocation parameters show them (a `system` field such as Anthropic's or
+// Ollama's, `system_instruction` / `systemInstruction` as Gemini's,
+// `instructions` as OpenAI Responses'), as OpenTelemetry's
+// gen_ai.system_instructions parts: what the Python handler reads.  A
+// SystemMessage in the messages is history and stays there.
+function systemOf(ip) {
+  if (!ip || typeof ip !== 'object') return null;
+  for (const key of ['system', 'system_instruction', 'systemInstruction', 'instructions']) {
+    const v = ip[key];
+    if (typeof v === 'string' && v) return JSON.stringify([{ type: 'text', content: v }]);
+    const list = Array.isArray(v) ? v : v && typeof v === 'object' && Array.isArray(v.parts) ? v.parts : null;
+    if (list && list.length) {
+      const parts = [];
+      for (const p of list) {
+        const t = typeof p === 'string' ? p : typeof p?.text === 'string' ? p.text : typeof p?.content === 'string' ? p.content : null;
+        if (t != null) parts.push({ type: 'text', content: t });
+      }
+      if (parts.length) return JSON.stringify(parts);
+    }
+  }
+  return null;
+}
+
+// What the producer takes as a response id: 1..256 printable ASCII bytes, no space.
+function isId(v) {
+  return typeof v === 'string' && v.length > 0 && v.length <= 256 && /^[\x21-\x7e]+$/.test(v);
+}
+
+// The provider's id of the response: the message's response_metadata id,
+// llmOutput's, generationInfo's, else the message id when it is the
+// provider's (LangChain makes up run-... / lc_run-... ids).  Not an id: none
+// (the end still goes out).
+function responseIdOf(output) {
+  const gen = output?.generations?.[0]?.[0];
+  const msg = gen?.message;
+  for (const src of [msg?.response_metadata, output?.llmOutput, gen?.generationInfo]) {
+    const v = src && typeof src === 'object' ? src.id : undefined;
+    if (isId(v)) return v;
+  }
+  const mid = msg?.id;
+  if (isId(mid) && !/^(run-|lc_run-|lc_)/.test(mid)) return mid;
+  return null;
+}
+
 function errStatus(err) {
   const s = err?.status ?? err?.response?.status ?? err?.statusCode;
   return Number.isInteger(s) && s >= 0 && s <= 999 ? s : 0;
@@ -144,7 +189,8 @@ function makeHandler(BaseCallbackHandler) {
       this._forgetHandle(runId); // a run id seen before its start gets its handle now
       this._safe((p) => p.llmStart(runId, parentRunId, prompts?.[prompts.length - 1] ?? null,
         this._info(extraParams, metadata, tags, { promptCount: prompts?.length ?? 0,
-          maxTokens: Number.isInteger(extraParams?.invocation_params?.max_tokens) ? extraParams.invocation_params.max_tokens : 0 })));
+          maxTokens: Number.isInteger(extraParams?.invocation_params?.max_tokens) ? extraParams.invocation_params.max_tokens : 0,
+          system: systemOf(extraParams?.invocation_params) })));
     }
 
     handleChatModelStart(llm, messages, runId, parentRunId, extraParams, tags, metadata) {
@@ -152,7 +198,8 @@ function makeHandler(BaseCallbackHandler) {
       this._safe((p) => {
         const msgs = messages?.[0] ?? [];
         p.chatModelStart(runId, parentRunId, msgs.length ? msgText(msgs[msgs.length - 1]) : null,
-          this._info(extraParams, metadata, tags, { promptCount: msgs.length, messages: messagesJson(msgs) }));
+          this._info(extraParams, metadata, tags, { promptCount: msgs.length, messages: messagesJson(msgs),
+            system: systemOf(extraParams?.invocation_params) }));
       });
     }
 
@@ -200,7 +247,8 @@ function makeHandler(BaseCallbackHandler) {
 
     handleLLMEnd(output, runId) {
       this._forgetHandle(runId);
-      this._safe((p) => p.llmEnd(runId, output?.generations?.[0]?.[0]?.text ?? null, usageOf(output)));
+      this._safe((p) => p.llmEnd(runId, output?.generations?.[0]?.[0]?.text ?? null, usageOf(output), null,
+        responseIdOf(output)));
     }
 
     handleLLMError(err, runId) {
@@ -281,4 +329,4 @@ function makeHandler(BaseCallbackHandler) {
   return CbusCallbackHandler;
 }
 
-module.exports = { makeHandler, usageOf, messagesJson };
+module.exports = { makeHandler, usageOf, messagesJson, systemOf, responseIdOf };

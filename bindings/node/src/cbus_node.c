@@ -372,7 +372,7 @@ struct prod {
      * another run's. */
     struct hent { struct run *r; uint32_t gen, next_free; } *hslab;
     uint32_t hcap, hfree;          /* hfree: head of the free list, or UINT32_MAX */
-    struct sbuf sb[3];             /* name, text, messages */
+    struct sbuf sb[4];             /* name, text, messages, system instructions or response id */
     struct cbus_ctx scratch;       /* for point events on runs we never saw start */
 };
 
@@ -574,7 +574,7 @@ static void prod_finalize(napi_env env, void *data, void *hint)
         prod_release(&pr->res);
     }
     runs_free(pr);
-    for (int i = 0; i < 3; i++)
+    for (size_t i = 0; i < sizeof pr->sb / sizeof pr->sb[0]; i++)
         free(pr->sb[i].p);
     free(pr);
 }
@@ -713,7 +713,8 @@ static int set_field(napi_env env, napi_value obj, const char *key, const char *
 /* Applies a start's info object to the run's context: keys, tags, metadata.
  * Returns 0 or -1 (thrown). */
 static int apply_info(napi_env env, struct prod *pr, napi_value infoobj, cbus_ctx *ctx,
-                      struct cbus_llm_start_info *li, const char **messages, size_t *messages_len)
+                      struct cbus_llm_start_info *li, const char **messages, size_t *messages_len,
+                      const char **system, size_t *system_len)
 {
     struct sbuf *b = &pr->sb[0];
     static const struct {
@@ -795,7 +796,9 @@ static int apply_info(napi_env env, struct prod *pr, napi_value infoobj, cbus_ct
         return -1;
     li->max_tokens = (uint32_t)d;
     if (get_str(env, prop(env, infoobj, "messages"), "info.messages", 1, &pr->sb[2], messages,
-                messages_len) < 0)
+                messages_len) < 0 ||
+        get_str(env, prop(env, infoobj, "system"), "info.system", 1, &pr->sb[3], system,
+                system_len) < 0)
         return -1;
     return 0;
 }
@@ -807,7 +810,9 @@ enum start_kind { S_LLM = 0, S_CHAT = 1, S_CHAIN = 2, S_TOOL = 3, S_RETRIEVER = 
  * kind: 0 llm, 1 chat model, 2 chain, 3 tool, 4 retriever.  info (optional):
  * {provider, model, user, session, agent, tenant, requestId, tags: string[],
  * metadata: {k: string}, promptCount, estInputTokens, maxTokens, messages:
- * JSON string (chat)}.  Returns the emit's code. */
+ * JSON string (chat), system: system instructions given apart from the
+ * messages, gen_ai.system_instructions JSON or text (llm and chat model
+ * starts)}.  Returns the emit's code. */
 static napi_value prod_start(napi_env env, napi_callback_info info)
 {
     size_t argc = 6;
@@ -853,13 +858,14 @@ static napi_value prod_start(napi_env env, napi_callback_info info)
     if (cbus_id_parse(id, key) == 0)
         cbus_ctx_set_run_id(&r->ctx, id);
     struct cbus_llm_start_info li = {0};
-    const char *messages = NULL;
-    size_t mlen = 0;
-    if (!is_nullish(env, argv[5]) && apply_info(env, pr, argv[5], &r->ctx, &li, &messages, &mlen)) {
+    const char *messages = NULL, *system = NULL;
+    size_t mlen = 0, slen = 0;
+    if (!is_nullish(env, argv[5]) &&
+        apply_info(env, pr, argv[5], &r->ctx, &li, &messages, &mlen, &system, &slen)) {
         run_del(pr, r);
         return NULL;
     }
-    /* messages stays in sb[2]; name and text go to sb[0] and sb[1] */
+    /* messages and system stay in sb[2] and sb[3]; name and text go to sb[0] and sb[1] */
     const char *name, *text;
     size_t nl, tl;
     if (get_str(env, argv[3], "name", 1, &pr->sb[0], &name, &nl) < 0 ||
@@ -870,11 +876,14 @@ static napi_value prod_start(napi_env env, napi_callback_info info)
     int rc;
     switch ((int)kd) {
     case S_LLM:
-        rc = cbus_llm_start(pr->p, &r->ctx, text, &li);
+        rc = system ? cbus_llm_start_system(pr->p, &r->ctx, text, system, slen, &li)
+                    : cbus_llm_start(pr->p, &r->ctx, text, &li);
         break;
     case S_CHAT:
-        rc = messages ? cbus_chat_model_start_messages(pr->p, &r->ctx, messages, mlen, text, &li)
-                      : cbus_chat_model_start(pr->p, &r->ctx, text, &li);
+        rc = system     ? cbus_chat_model_start_system(pr->p, &r->ctx, messages, mlen, system, slen,
+                                                       text, &li)
+             : messages ? cbus_chat_model_start_messages(pr->p, &r->ctx, messages, mlen, text, &li)
+                        : cbus_chat_model_start(pr->p, &r->ctx, text, &li);
         break;
     case S_CHAIN:
         rc = cbus_chain_start(pr->p, &r->ctx, name, text);
@@ -1023,13 +1032,16 @@ static int usage_count(napi_env env, napi_value obj, const char *key, const char
     return 0;
 }
 
-/* llmEnd(runId, output, usage, messages): usage {inputTokens, outputTokens,
- * cacheReadTokens, cacheCreationTokens, reasoningTokens, finishReason
- * (name), generations}; absent counts stay absent. Ends the run. */
+/* llmEnd(runId, output, usage, messages, responseId): usage {inputTokens,
+ * outputTokens, cacheReadTokens, cacheCreationTokens, reasoningTokens,
+ * finishReason (name), generations}; absent counts stay absent.  responseId:
+ * the provider's id of the response (gen_ai.response.id), 1..256 bytes of
+ * printable ASCII without spaces, else a RangeError (nothing is emitted).
+ * Ends the run. */
 static napi_value prod_llm_end(napi_env env, napi_callback_info info)
 {
-    size_t argc = 4;
-    napi_value argv[4] = {0};
+    size_t argc = 5;
+    napi_value argv[5] = {0};
     struct prod *pr = prod_this(env, info, &argc, argv);
     if (!pr)
         return NULL;
@@ -1063,12 +1075,21 @@ static napi_value prod_llm_end(napi_env env, napi_callback_info info)
             u.finish_reason = (uint8_t)(f > 0 ? f : CBUS_FINISH_OTHER);
         }
     }
-    const char *out, *msg;
-    size_t ol, ml;
+    const char *out, *msg, *rid;
+    size_t ol, ml, rl;
     if (get_str(env, argv[1], "output", 1, &pr->sb[1], &out, &ol) < 0 ||
-        get_str(env, argv[3], "messages", 1, &pr->sb[2], &msg, &ml) < 0)
+        get_str(env, argv[3], "messages", 1, &pr->sb[2], &msg, &ml) < 0 ||
+        get_str(env, argv[4], "responseId", 1, &pr->sb[3], &rid, &rl) < 0)
         return NULL;
+    if (rid) { /* what cbus_llm_end_response refuses, said as the argument's fault */
+        size_t i = 0;
+        while (i < rl && (unsigned char)rid[i] > 0x20 && (unsigned char)rid[i] < 0x7f)
+            i++;
+        if (!rl || rl > CBUS_RESPONSE_ID_MAX || i < rl)
+            return throw_range(env, "responseId", "must be 1..256 bytes of printable ASCII, no space");
+    }
     int rc = !pr->p ? -ESTALE
+             : rid  ? cbus_llm_end_response(pr->p, ctx, &u, out, msg, ml, rid)
              : msg  ? cbus_llm_end_messages(pr->p, ctx, &u, msg, ml)
                     : cbus_llm_end(pr->p, ctx, &u, out);
     if (r)
@@ -1612,6 +1633,7 @@ static void set_body(napi_env env, napi_value o, const struct cbus_body *b)
     struct cbus_body_section sec;
     const char *d;
     int cut = 0, r;
+    uint32_t skipped = 0;
     while ((r = cbus_body_next(b->data, b->len, &off, &sec, &d)) == 1) {
         if (sec.flags & CBUS_BODY_SECTION_CUT)
             cut = 1;
@@ -1619,8 +1641,15 @@ static void set_body(napi_env env, napi_value o, const struct cbus_body *b)
         switch (sec.type) {
         case CBUS_BODY_TEXT:
         case CBUS_BODY_MESSAGES:
+        case CBUS_BODY_SYSTEM:
+        case CBUS_BODY_RESPONSE_ID:
             if (napi_create_string_utf8(env, d, sec.len, &v) == napi_ok)
-                napi_set_named_property(env, body, sec.type == CBUS_BODY_TEXT ? "text" : "messages", v);
+                napi_set_named_property(env, body,
+                                        sec.type == CBUS_BODY_TEXT       ? "text"
+                                        : sec.type == CBUS_BODY_MESSAGES ? "messages"
+                                        : sec.type == CBUS_BODY_SYSTEM   ? "system"
+                                                                         : "responseId",
+                                        v);
             break;
         case CBUS_BODY_TAGS: {
             if (!tags && napi_create_array(env, &tags) != napi_ok)
@@ -1652,8 +1681,14 @@ static void set_body(napi_env env, napi_value o, const struct cbus_body *b)
             break;
         }
         default:
-            break; /* a section this addon does not know: skipped */
+            skipped++; /* a section this addon does not know (a newer producer's): counted */
+            break;
         }
+    }
+    if (skipped) {
+        napi_value n;
+        if (napi_create_uint32(env, skipped, &n) == napi_ok)
+            napi_set_named_property(env, body, "skippedSections", n);
     }
     if (tags)
         napi_set_named_property(env, body, "tags", tags);

@@ -5,7 +5,7 @@ const assert = require('node:assert/strict');
 const { freshBus, drain, cbus } = require('./helpers.cjs');
 const { CbusCallbackHandler } = require('cbus/langchain');
 const { BaseChatModel } = require('@langchain/core/language_models/chat_models');
-const { AIMessageChunk, HumanMessage } = require('@langchain/core/messages');
+const { AIMessage, AIMessageChunk, HumanMessage, SystemMessage } = require('@langchain/core/messages');
 const { ChatGenerationChunk } = require('@langchain/core/outputs');
 const { RunnableSequence, RunnableLambda } = require('@langchain/core/runnables');
 const { tool } = require('@langchain/core/tools');
@@ -81,6 +81,83 @@ test('a streamed chat: tokens with their index, usage_metadata with cache reads 
   assert.equal(h.producer.runs(), 0, 'every run LangChain opened was closed');
   // awaited inline: each event is stamped before the next callback ran
   for (let i = 1; i < evs.length; i++) assert.ok(evs[i].tsMonoNs >= evs[i - 1].tsMonoNs);
+  h.close(); c.close();
+});
+
+// A chat model that takes system instructions apart from the history (an
+// invocation parameter, as Anthropic's `system` or Gemini's
+// `systemInstruction`), and answers with a provider's response id where
+// LangChain's providers put it.
+class FakeInstructedModel extends BaseChatModel {
+  constructor(answers) {
+    super({});
+    this.answers = answers;
+    this.i = 0;
+  }
+  _llmType() { return 'fake-instructed'; }
+  invocationParams(options) {
+    const o = { model: 'claude-x' };
+    for (const k of ['system', 'systemInstruction']) if (options?.[k] !== undefined) o[k] = options[k];
+    return o;
+  }
+  async _generate() {
+    const a = this.answers[this.i++];
+    return { generations: [{ text: a.text, message: new AIMessage({ content: a.text, ...a.message }), generationInfo: a.generationInfo }],
+      llmOutput: a.llmOutput };
+  }
+}
+
+test('system instructions and the provider\'s response id reach the bus, as the Python handler sends them', async (t) => {
+  const bus = freshBus();
+  const c = new cbus.Consumer(bus, { name: 'lcsys' });
+  const h = new CbusCallbackHandler({ bus });
+  const model = new FakeInstructedModel([
+    { text: 'Rome.', message: { response_metadata: { id: 'chatcmpl-AbC123' } } },
+    { text: 'Oslo.', message: { id: 'msg_01XFDUDYJgAACzvnptvVoYEL' } },
+    { text: 'Bern.', message: { response_metadata: { id: 'not an id' } } },
+    { text: 'Wien.', llmOutput: { id: 'resp_llm_output_1' } },
+  ]);
+  await model.invoke([new SystemMessage("history's own"), new HumanMessage('Capital of Italy?')],
+    { callbacks: [h], system: 'You are a geography tutor.' });
+  await model.invoke('Capital of Norway?', { callbacks: [h], systemInstruction: { parts: [{ text: 'Be brief.' }, { text: 'Answer in English.' }] } });
+  await model.invoke('Capital of Switzerland?', { callbacks: [h] });
+  await model.invoke('Capital of Austria?', { callbacks: [h], system: [{ type: 'text', text: 'One word.' }] });
+  const evs = drain(c);
+  const starts = evs.filter((e) => e.kind === 'chat_model_start');
+  const ends = evs.filter((e) => e.kind === 'llm_end');
+  assert.equal(starts.length, 4);
+  assert.equal(ends.length, 4);
+  assert.deepEqual(JSON.parse(starts[0].body.system), [{ type: 'text', content: 'You are a geography tutor.' }]);
+  assert.deepEqual(JSON.parse(starts[0].body.messages).map((m) => m.role), ['system', 'user'], 'the history keeps its system message');
+  assert.deepEqual(JSON.parse(starts[1].body.system), [{ type: 'text', content: 'Be brief.' }, { type: 'text', content: 'Answer in English.' }]);
+  assert.equal(starts[2].body?.system, undefined);
+  assert.deepEqual(JSON.parse(starts[3].body.system), [{ type: 'text', content: 'One word.' }]);
+  assert.equal(ends[0].body.responseId, 'chatcmpl-AbC123');
+  assert.equal(ends[0].preview, 'Rome.');
+  assert.equal(ends[1].body.responseId, 'msg_01XFDUDYJgAACzvnptvVoYEL');
+  assert.equal(ends[2].body?.responseId, undefined, 'not an id: the end still arrives, without one');
+  assert.equal(ends[2].preview, 'Bern.');
+  assert.equal(ends[3].body.responseId, 'resp_llm_output_1');
+  // LangChain's own message ids (run-<uuid>) are not the provider's
+  const lcIds = new FakeInstructedModel([{ text: 'x' }]);
+  await lcIds.invoke('q', { callbacks: [h] });
+  const last = drain(c).find((e) => e.kind === 'llm_end');
+  assert.equal(last.body?.responseId, undefined);
+  assert.equal(h.producer.runs(), 0);
+
+  const ctl = cbusctlPath();
+  if (ctl) { // what cbusctl tail --json --body (the C renderer) shows of them
+    const { execFileSync } = require('node:child_process');
+    const lines = execFileSync(ctl, ['tail', bus, '--json', '--body', '--oldest', '--count', String(evs.length)], { encoding: 'utf8', timeout: 20000 })
+      .trim().split('\n').map((l) => JSON.parse(l));
+    const cs = lines.filter((l) => l.kind === 'chat_model_start');
+    assert.equal(cs[0].body.system, starts[0].body.system);
+    assert.equal(lines.filter((l) => l.kind === 'llm_end')[0].body.response_id, 'chatcmpl-AbC123');
+  } else if (process.env.CBUS_TEST_STRICT === '1') {
+    assert.fail('cbusctl not built (set CBUS_BUILD_DIR)');
+  } else {
+    t.diagnostic('cbusctl not built: the C renderer not checked');
+  }
   h.close(); c.close();
 });
 

@@ -245,3 +245,42 @@ test('run handles: tokens by handle land on their run; a handle of an ended run 
   assert.deepEqual(toks.map((e) => [e.runId, e.user, e.preview]), [[r1, 'u1', 'a'], [r2, 'u2', 'd']]);
   p.close(); c.close();
 });
+
+test('system instructions (info.system) ride on llm and chat starts; the response id (llmEnd\'s 5th argument) on the end', () => {
+  const bus = freshBus();
+  const c = new Consumer(bus, { name: 'sysrid' });
+  const p = new Producer(bus);
+  const sys = JSON.stringify([{ type: 'text', content: 'You are a geography tutor. 東京' }]);
+  const chat = uuid(), llm = uuid(), plain = uuid();
+  const msgs = '[{"role":"system","parts":[{"type":"text","content":"history\'s own"}]}]';
+  assert.equal(p.chatModelStart(chat, null, 'Capital of Italy?', { messages: msgs, system: sys, tags: ['geo'] }), 0);
+  assert.equal(p.llmEnd(chat, 'Rome.', { outputTokens: 2 }, null, 'chatcmpl-AbC123'), 0);
+  assert.equal(p.llmStart(llm, null, 'prompt', { system: 'Be brief.' }), 0);
+  assert.equal(p.llmEnd(llm, null, null, '[{"role":"assistant","parts":[]}]', 'msg_01XFDUDYJgAACzvnptvVoYEL'), 0);
+  assert.equal(p.chatModelStart(plain, null, 'no instructions', { system: null }), 0);
+  assert.equal(p.llmEnd(plain, 'out', null, null, undefined), 0);
+  // a response id that is not one: a RangeError naming it, and nothing emitted
+  const bad = uuid();
+  assert.equal(p.llmStart(bad, null, 'p'), 0);
+  for (const id of ['', 'has space', 'x'.repeat(257), 'café', 'tab\tid']) {
+    assert.throws(() => p.llmEnd(bad, 'o', null, null, id), (e) => e instanceof RangeError && /responseId/.test(e.message), JSON.stringify(id));
+  }
+  assert.throws(() => p.llmEnd(bad, 'o', null, null, 7), (e) => e instanceof TypeError && /responseId/.test(e.message));
+  assert.throws(() => p.chatModelStart(uuid(), null, 'x', { system: 5 }), (e) => e instanceof TypeError && /info\.system/.test(e.message));
+  assert.equal(p.llmEnd(bad, 'o', null, null, 'x'.repeat(256)), 0);
+  const evs = drain(c);
+  assert.deepEqual(evs.map((e) => e.kind), ['chat_model_start', 'llm_end', 'llm_start', 'llm_end', 'chat_model_start', 'llm_end', 'llm_start', 'llm_end']);
+  assert.equal(evs[0].body.system, sys, 'whole, UTF-8 intact');
+  assert.equal(evs[0].body.messages, msgs, 'a system message of the history stays in the messages');
+  assert.deepEqual(evs[0].body.tags, ['geo']);
+  assert.equal(evs[1].body.responseId, 'chatcmpl-AbC123');
+  assert.equal(evs[1].preview, 'Rome.');
+  assert.equal(evs[2].body.system, 'Be brief.');
+  assert.equal(evs[3].body.responseId, 'msg_01XFDUDYJgAACzvnptvVoYEL');
+  assert.equal(evs[3].body.messages, '[{"role":"assistant","parts":[]}]');
+  assert.equal(evs[4].body, undefined, 'no system: no body (the text fits the preview)');
+  assert.equal(evs[5].body, undefined);
+  assert.equal(evs[7].body.responseId, 'x'.repeat(256));
+  assert.equal(p.runs(), 0);
+  p.close(); c.close();
+});
