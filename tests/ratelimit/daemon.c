@@ -368,7 +368,7 @@ Test(ratelimit_daemon, status_dir_not_private_is_refused, .init = setup, .fini =
     cr_assert_eq(access(status_path, F_OK), -1, "a status file was written");
 
     if (geteuid() != 0)
-        return; /* chown needs root; daemon_daemon covers the check itself */
+        return; /* chown needs root; events_files covers the check itself */
     cr_assert_eq(chmod(open_dir, 0700), 0);
     cr_assert_eq(chown(open_dir, 65534, 65534), 0);
     spawn(NULL, NULL);
