@@ -1651,4 +1651,24 @@ Test(audit_format, format_4_log_verifies_and_continues_in_format_5, .init = setu
               "%s", out);
     cr_assert(strstr(out, "\"body\":{\"response_id\":\"chatcmpl-AbC123\"}"), "%s", out);
     cr_assert(strstr(out, "\"tags\":[\"demo\",\"fixture\"]"), "the old file still shows: %s", out);
+
+    /* The chain covers the new sections: one byte of the system text or
+     * of the response id changed is named at its record. */
+    nf = tu_log_files(dir, &paths);
+    static const struct { const char *needle; const char *record; } flips[] = {
+        {"geography tutor", "(seq 4): hash mismatch"}, {"chatcmpl-AbC123", "(seq 5): hash mismatch"}};
+    for (size_t k = 0; k < 2; k++) {
+        b2 = tu_slurp(paths[1], &len);
+        uint8_t *at = memmem(b2, len, flips[k].needle, strlen(flips[k].needle));
+        cr_assert(at, "%s in the new file", flips[k].needle);
+        at[3] ^= 0x01;
+        tu_spit(paths[1], b2, len);
+        cr_assert_neq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+        cr_assert(strstr(out, flips[k].record), "%s: %s", flips[k].needle, out);
+        at[3] ^= 0x01;
+        tu_spit(paths[1], b2, len);
+        free(b2);
+    }
+    cr_assert_eq(verify_cli(dir, out, sizeof out), 0, "%s", out);
+    tu_free_paths(paths, nf);
 }

@@ -131,7 +131,7 @@ static size_t make_body(uint8_t *body, size_t cap)
         const char *data;
         uint32_t len, orig_len, dropped;
     } sec[] = {
-        {CBUS_BODY_TEXT, "the whole prompt, cut \xc3", 25, 900, 0},
+        {CBUS_BODY_TEXT, "the whole prompt, cut \xc3", 23, 900, 0}, /* ends in a cut character */
         {CBUS_BODY_MESSAGES, msgs, sizeof msgs - 1, sizeof msgs - 1, 0},
         {CBUS_BODY_TAGS, "prod\0eval\0", 10, 10, 1},
         {CBUS_BODY_METADATA, "k\0v\0env\0dev\0", 12, 12, 0},
