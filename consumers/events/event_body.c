@@ -1,6 +1,7 @@
 #include "event_body.h"
 
 #include <assert.h>
+#include <limits.h>
 #include <string.h>
 
 /* A section type added to layout.h is a row here, a name below and a look
@@ -17,8 +18,17 @@ int cbus_body_parts_of(const struct cbus_body *body, struct cbus_body_parts *out
     const char *data;
     int r;
     while ((r = cbus_body_next(body->data, body->len, &off, &s, &data)) == 1) {
+        if (s.type == 0 && s.len == 0 && s.orig_len) {
+            /* the marker a msgpack decoder leaves for orig_len sections its
+             * encoder skipped (cbus_evmp_decode_body); no producer writes
+             * type 0 */
+            out->unknown = s.orig_len > (uint32_t)(INT_MAX - out->unknown) ? INT_MAX
+                                                                           : out->unknown + (int)s.orig_len;
+            continue;
+        }
         if (s.type == 0 || s.type >= CBUS_BODY_TYPES || out->part[s.type].data) {
-            out->unknown++; /* unknown type, or a second section of one: the first counts */
+            if (out->unknown < INT_MAX)
+                out->unknown++; /* unknown type, or a second section of one: the first counts */
             continue;
         }
         struct cbus_body_part *p = &out->part[s.type];

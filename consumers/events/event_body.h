@@ -26,7 +26,10 @@ struct cbus_body_parts {
     struct cbus_body_part part[CBUS_BODY_TYPES];
     int count;          /* known sections found */
     int unknown;        /* sections skipped: of a type this reader does not know (a newer
-                           producer's), or a second one of a type (the first counts) */
+                           producer's), or a second one of a type (the first counts); a
+                           section of type 0 with no bytes counts as orig_len of them (the
+                           marker cbus_evmp_decode_body leaves where its encoder skipped
+                           some) */
     int cut;            /* a section was cut at the body limit */
     int malformed;      /* a section did not fit: the parts before it are kept */
 };

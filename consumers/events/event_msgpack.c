@@ -1437,7 +1437,8 @@ static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, si
         int cut;
     } sec[CBUS_BODY_TYPES] = {{0}};
     struct cbus_mp_reader r = {at, end};
-    uint32_t n = 0;
+    uint32_t n = 0, skipped = 0;
+    int redacted = 0;
     int rc = cbus_mp_read_map(&r, &n);
     for (uint32_t i = 0; !rc && i < n; i++) {
         const char *k = "";
@@ -1445,7 +1446,12 @@ static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, si
         unsigned t;
         if ((rc = cbus_mp_read_str(&r, &k, &kl)))
             break;
-        if (body_suffix(k, kl, "", &t)) {
+        if (kl == 16 && memcmp(k, "skipped_sections", 16) == 0) {
+            rc = read_u32(&r, &skipped);
+        } else if (kl == 8 && memcmp(k, "redacted", 8) == 0) {
+            redacted = 1;
+            rc = cbus_mp_skip(&r);
+        } else if (body_suffix(k, kl, "", &t)) {
             sec[t].at = r.p;
             rc = cbus_mp_skip(&r);
             sec[t].end = r.p;
@@ -1493,6 +1499,14 @@ static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, si
         if (rc)
             return rc;
     }
+    /* What the encoder skipped, said again: the marker section (type 0,
+     * no bytes, orig_len = the count) cbus_body_parts_of() counts as that
+     * many skipped, so a rebuilt body renders "skipped_sections" and
+     * encodes back to the same map.  Not on a redacted body: that one is
+     * shown from the record as stored. */
+    uint8_t *none;
+    if (skipped && !redacted && (rc = put_section(&o, 0, 0, 0, skipped, 0, &none)))
+        return rc;
     body->data = o.p > (uint8_t *)bodybuf ? bodybuf : NULL;
     body->len = (uint32_t)(o.p - (uint8_t *)bodybuf);
     return 0;

@@ -125,8 +125,9 @@ struct cbus_evmp_opts {
  * byte double; everything else is its bytes and a few of header). */
 #define CBUS_EVMP_BODY_MAX(len) (2 * (size_t)(len) + 256)
 /* Bytes decode may need to rebuild the sections of a record of len bytes
- * (a section's header is 16 bytes, its msgpack key and header at least 6). */
-#define CBUS_EVMP_REBUILD_MAX(len) ((size_t)(len) + 16 * CBUS_BODY_TYPES_MAX)
+ * (a section's header is 16 bytes, its msgpack key and header at least 6;
+ * plus the skipped-sections marker, see cbus_body_parts_of). */
+#define CBUS_EVMP_REBUILD_MAX(len) ((size_t)(len) + 16 * (CBUS_BODY_TYPES_MAX + 1))
 #define CBUS_BODY_TYPES_MAX 6 /* section types a rebuilt body can hold (one each) */
 
 /* Encodes ev and its body (NULL or empty: none) into out (cap >=
@@ -148,7 +149,10 @@ int cbus_evmp_decode(const uint8_t *buf, size_t len, struct cbus_event *ev, size
  * them (data NULL, len 0: no body).  body NULL: the body is skipped.
  * bodycap >= CBUS_EVMP_REBUILD_MAX(len) always suffices.  Returns as
  * cbus_evmp_decode, and -ENOSPC (bodybuf too small).  A tag or metadata
- * entry that holds a NUL is -EBADMSG (the section form could not carry it). */
+ * entry that holds a NUL is -EBADMSG (the section form could not carry it).
+ * A kept body's "skipped_sections" N comes back as a last section of type
+ * 0 with no bytes and orig_len N, which cbus_body_parts_of() counts as N
+ * skipped (so renderers say it, and it encodes back the same). */
 int cbus_evmp_decode_body(const uint8_t *buf, size_t len, struct cbus_event *ev, size_t *used,
                           void *bodybuf, size_t bodycap, struct cbus_body *body);
 

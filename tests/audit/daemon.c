@@ -740,7 +740,9 @@ Test(audit_daemon, disk_full_backs_off_and_resumes_without_loss, .init = setup,
 
 /* A 1 MiB prompt through a bus (body limit 1 MiB + 4 KiB, 65536 slots) into
  * the daemon: cat --body shows it whole, verify passes.  A kind whose policy
- * is hash stores each section's SHA-256 and length, not its text. */
+ * is hash stores each section's SHA-256 and length, not its text.  System
+ * instructions (cbus_chat_model_start_system) are kept and shown; a
+ * response id (cbus_llm_end_response) under a hash policy is its digest. */
 Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = setup,
      .fini = teardown)
 {
@@ -749,7 +751,7 @@ Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = set
     char ini[400];
     snprintf(ini, sizeof ini, "%s/bodies.ini", tmp);
     static const char conf[] = "[audit]\nname = audit\nstart = oldest\n"
-                               "[redact]\nbody.tool_end = hash\nbody = keep\n";
+                               "[redact]\nbody.tool_end = hash\nbody.llm_end = hash\nbody = keep\n";
     tu_spit(ini, (const uint8_t *)conf, sizeof conf - 1);
 
     static char prompt[1u << 20];
@@ -765,13 +767,16 @@ Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = set
     struct cbus_emit_args t = {.kind = CBUS_EV_TOOL_END, .name = "search", .preview = secret,
                                .preview_len = sizeof secret - 1};
     cr_assert_eq(cbus_emit(tp, &ctx, &t), 0);
+    static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
+    cr_assert_eq(cbus_chat_model_start_system(tp, &ctx, NULL, 0, sys, sizeof sys - 1, "Capital?", NULL), 0);
+    cr_assert_eq(cbus_llm_end_response(tp, &ctx, NULL, "Rome.", NULL, 0, "chatcmpl-AbC123"), 0);
 
     pid_t d = tu_start_daemon(bus, ini, dir, logfile);
     int idx = tu_wait_consumer(bus, "audit", 20000);
     cr_assert_geq(idx, 0, "daemon did not attach");
     cr_assert_eq(tu_wait_cursor(bus, idx, bus_tail(), 20000), 0, "not all durable");
     stop_daemon(d);
-    verify_ok(dir, "2 records");
+    verify_ok(dir, "4 records");
 
     size_t cap = 4u << 20;
     char *out = malloc(cap);
@@ -794,6 +799,16 @@ Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = set
     snprintf(want, sizeof want, "\"body\":{\"redacted\":\"hash\",\"text_sha256\":\"%s\","
                                 "\"text_len\":%zu}", hex, sizeof secret - 1);
     cr_assert(strstr(out, want), "no %s in\n%.300s", want, strstr(out, "tool_end"));
+    cr_assert(strstr(out, "\"body\":{\"system\":\"[{\\\"type\\\":\\\"text\\\",\\\"content\\\":"
+                          "\\\"You are a geography tutor.\\\"}]\"}"),
+              "%.300s", strstr(out, "chat_model_start"));
+    audit_chain_init(&ch);
+    audit_sha256(&ch, "", 0, "chatcmpl-AbC123", 15, dg);
+    audit_chain_free(&ch);
+    audit_hex(hex, dg, sizeof dg);
+    snprintf(want, sizeof want, "\"body\":{\"redacted\":\"hash\",\"response_id_sha256\":\"%s\","
+                                "\"response_id_len\":15}", hex);
+    cr_assert(strstr(out, want), "no %s in\n%.300s", want, strstr(out, "llm_end"));
     /* Without --body the events carry no body object. */
     cr_assert_eq(tu_run((char *[]){(char *)CBUS_AUDIT_BIN, (char *)"cat", dir, NULL}, out, cap),
                  0);
@@ -809,6 +824,7 @@ Test(audit_daemon, bodies_kept_whole_or_hashed_by_kind_and_verified, .init = set
         uint8_t *b = tu_slurp(paths[i], &len);
         cr_assert_null(memmem(b, len, secret, sizeof secret - 1), "%s keeps the tool text",
                        paths[i]);
+        cr_assert_null(memmem(b, len, "chatcmpl-AbC123", 15), "%s keeps the hashed id", paths[i]);
         found_prompt |= memmem(b, len, prompt, sizeof prompt) != NULL;
         free(b);
     }

@@ -16,6 +16,7 @@
 
 #include "support.h"
 #include "test_util.h"
+#include "event_body.h"
 #include "event_msgpack.h"
 #include "format.h"
 #include "log.h"
@@ -217,16 +218,40 @@ Test(audit_format, unknown_sections_are_skipped_and_counted)
     cr_assert_null(memmem(out, (size_t)n, "chatcmpl-2", 10), "the first of a type counts");
     struct cbus_body rb;
     cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, sizeof rebuilt, &rb), 0);
+    /* rebuilt: the kept section, then the marker saying two were skipped
+     * (type 0, no bytes, orig_len 2), which encodes back to the same map */
     uint8_t want[64];
     size_t wl = add_section(want, 0, CBUS_BODY_RESPONSE_ID, "chatcmpl-1", 10, 10, 0);
+    struct cbus_body_section marker = {0, 0, 0, 2, 0}; /* not "cut": nothing was */
+    memcpy(want + wl, &marker, sizeof marker);
+    wl += sizeof marker;
     cr_assert_eq(rb.len, wl);
     cr_assert(!memcmp(rb.data, want, wl));
+    struct cbus_body_parts parts;
+    cbus_body_parts_of(&rb, &parts);
+    cr_assert_eq(parts.count, 1);
+    cr_assert_eq(parts.unknown, 2);
+    static uint8_t again[sizeof out];
+    cr_assert_eq(cbus_evmp_encode(&back, &rb, NULL, again, sizeof again), n);
+    cr_assert(!memcmp(again, out, (size_t)n), "decode then encode gives the same record");
 
     /* Only unknown sections: still a body entry, so the record says so. */
     len = add_section(body, 0, 200, "x", 1, 1, 0);
     b.len = (uint32_t)len;
     n = cbus_evmp_encode(&ev, &b, NULL, out, sizeof out);
     cr_assert(memmem(out, (size_t)n, "\xa4" "body\x81\xb0skipped_sections\x01", 24));
+    cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, sizeof rebuilt, &rb), 0);
+    cr_assert_eq(rb.len, 16, "the marker alone");
+    cbus_body_parts_of(&rb, &parts);
+    cr_assert_eq(parts.count, 0);
+    cr_assert_eq(parts.unknown, 1);
+
+    /* Hashed: the record says it inside the redacted map; nothing rebuilt. */
+    static const uint8_t dg[CBUS_EVMP_BODY_TYPES][32] = {{1}};
+    struct cbus_evmp_opts ho = {.body = CBUS_EVMP_PREVIEW_HASH, .body_sha256 = dg};
+    n = cbus_evmp_encode(&ev, &b, &ho, out, sizeof out);
+    cr_assert(memmem(out, (size_t)n, "\xb0skipped_sections\x01", 18));
+    cr_assert(memmem(out, (size_t)n, "redacted", 8));
     cr_assert_eq(cbus_evmp_decode_body(out, (size_t)n, &back, NULL, rebuilt, sizeof rebuilt, &rb), 0);
     cr_assert_eq(rb.len, 0);
 }
@@ -1607,6 +1632,7 @@ Test(audit_format, format_4_log_verifies_and_continues_in_format_5, .init = setu
     static uint8_t body[512];
     static const char sys[] = "[{\"type\":\"text\",\"content\":\"You are a geography tutor.\"}]";
     size_t bl = add_section(body, 0, CBUS_BODY_SYSTEM, sys, sizeof sys - 1, sizeof sys - 1, 0);
+    bl = add_section(body, bl, 9, "a newer producer's", 18, 18, 0); /* said, not kept */
     struct cbus_body bd = {body, (uint32_t)bl};
     struct cbus_event ev;
     tu_event(&ev, 7);
@@ -1647,8 +1673,10 @@ Test(audit_format, format_4_log_verifies_and_continues_in_format_5, .init = setu
     cr_assert(strstr(out, "OK: 2 files, 6 records"), "%s", out);
     cr_assert(strstr(out, "no gaps in event ids"), "%s", out);
     cr_assert_eq(tu_run(cat, out, sizeof out), 0, "%s", out);
-    cr_assert(strstr(out, "\"system\":\"[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"You are a geography tutor.\\\"}]\""),
+    cr_assert(strstr(out, "\"system\":\"[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"You are a geography tutor.\\\"}]\","
+                          "\"skipped_sections\":1}"),
               "%s", out);
+    cr_assert_null(strstr(out, "a newer producer"), "%s", out);
     cr_assert(strstr(out, "\"body\":{\"response_id\":\"chatcmpl-AbC123\"}"), "%s", out);
     cr_assert(strstr(out, "\"tags\":[\"demo\",\"fixture\"]"), "the old file still shows: %s", out);
 
