@@ -132,9 +132,16 @@ Test(cost_fleet, a_tenant_budget_crossing_alerts_once_for_the_fleet)
         total += per[i] = atomic_load(&fleet.sh->sent[i]);
     cr_log_info("fleet: %llu calls (%llu %llu %llu) on a 20-call budget", (unsigned long long)total,
                 (unsigned long long)per[0], (unsigned long long)per[1], (unsigned long long)per[2]);
-    /* Each node spent its share, none near the limit on its own. */
-    for (int i = 0; i < NODES; i++)
-        cr_assert_lt(per[i] * 5, 80, "node %d spent %llu calls alone", i, (unsigned long long)per[i]);
+    /* The verdict came from the fleet: some node was stopped (above) while
+     * it had spent under the budget itself.  How the calls split between
+     * the nodes is the scheduler's: under stress-ng one load process spent
+     * 24 of them before the others ran (it used to be asserted < 16). */
+    int below = -1;
+    for (int i = 0; i < NODES && below < 0; i++)
+        if (per[i] < 20)
+            below = i;
+    cr_assert_geq(below, 0, "every node spent the whole budget alone (%llu %llu %llu)",
+                  (unsigned long long)per[0], (unsigned long long)per[1], (unsigned long long)per[2]);
     /* The fleet's spend, exact to the pico-dollar, once. */
     long long want = (long long)total * PICO_PER_CALL, got = -1;
     end = test_now_ms() + 5000;
