@@ -127,8 +127,8 @@ struct cbus_cfg_common {
 int cbus_cfg_common_entry(const struct cbus_cfg_common *cc, const struct cbus_cfg *cfg,
                           const struct cbus_cfg_entry *e, char *err, size_t errlen);
 
-/* Shared parsers for values that also come from flags (no file context). */
-int cbus_parse_duration_ns(const char *text, uint64_t *out);
-int cbus_parse_size(const char *text, uint64_t *out);
+/* Shared parsers for values that also come from flags (no file context):
+ * cbus_parse_duration_ns, cbus_parse_size (consumers/events/units.h). */
+#include "units.h"
 
 #endif

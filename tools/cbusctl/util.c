@@ -1,6 +1,6 @@
 #include "cbusctl.h"
 
-#include "config.h"
+#include "units.h"
 #include "daemon.h"
 #include "sbuf.h"
 

@@ -43,7 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "units.h"
 #include "sbuf.h"
 
 #ifndef CBUS_DEFAULT_PRICES

@@ -25,7 +25,7 @@
 #include <cbus/bus.h>
 #include <cbus/consumer.h>
 
-#include "config.h"
+#include "units.h"
 #include "held.h"
 #include "orch.h"
 
