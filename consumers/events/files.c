@@ -174,11 +174,7 @@ static int open_temp(const char *path, char *tmp, size_t tmplen)
     return -EEXIST;
 }
 
-/* A test's slow disk: CBUS_TEST_SLOW_FSYNC_MS (read once a process) makes
- * each durable replace that much slower, at its fsync, so a test can make
- * a checkpoint outlast the bus's stall timeout (loop.h, slow calls).
- * Never set in production; a bad value is 0. */
-static void test_slow_fsync(void)
+void cbus_test_slow_disk(void)
 {
     static int ms = -1;
     if (ms < 0) {
@@ -215,7 +211,7 @@ int cbus_replace_file(const char *path, const void *data, size_t len, int durabl
         left -= (size_t)w;
     }
     if (durable)
-        test_slow_fsync();
+        cbus_test_slow_disk();
     if ((durable && fsync(fd) < 0) || close(fd) < 0) {
         int e = -errno;
         unlink(tmp);

@@ -50,4 +50,14 @@ int cbus_read_file(const char *path, size_t max, char **out, size_t *len);
 /* cbus_replace_file(path, data, len, 1). */
 int cbus_write_file_atomic(const char *path, const void *data, size_t len);
 
+/* TEST ONLY: a slow disk.  CBUS_TEST_SLOW_FSYNC_MS (read once a process;
+ * unset, or a bad value: 0) makes this sleep that long; it is called where
+ * a daemon waits for the disk to make something durable: the fsync of a
+ * durable cbus_replace_file (cost's checkpoint), the store's commit when
+ * it syncs (cbus-history), the log directory's fsync (cbus-audit: a new
+ * file, retention).  So a test can make one outlast the bus's stall
+ * timeout and check that the daemon's loop heartbeats through it
+ * (loop.h, slow calls).  Never set in production. */
+void cbus_test_slow_disk(void);
+
 #endif

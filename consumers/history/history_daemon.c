@@ -189,7 +189,11 @@ static void index_step(struct hd *d, uint64_t now, unsigned rows)
     d->last_index_ns = now;
     if (!d->to_index)
         return;
+    /* Its own transaction: a commit that syncs, kept tethered as a
+     * batch's is (store_batch). */
+    cbus_loop_slow_begin(&d->loop);
     int r = hist_store_index(d->st, rows, &n, &left);
+    cbus_loop_slow_end(&d->loop);
     if (r && r != d->index_err)
         cbus_log_warn("search index: %s (%s); trying again later", why_of(r),
                       hist_store_errmsg(d->st));
@@ -242,7 +246,10 @@ static int retention_timer(void *arg, uint64_t now)
     if (!d->cfg.max_age_ns)
         return 0;
     uint64_t rn = real_ns(), c = 0, m = 0;
+    /* A delete that syncs, then a WAL checkpoint: slow on a loaded disk. */
+    cbus_loop_slow_begin(&d->loop);
     int r = hist_store_expire(d->st, rn > d->cfg.max_age_ns ? rn - d->cfg.max_age_ns : 0, &c, &m);
+    cbus_loop_slow_end(&d->loop);
     if (r)
         cbus_log_warn("retention: %s (%s); trying again later", why_of(r),
                       hist_store_errmsg(d->st));

@@ -1,5 +1,6 @@
 #include "store.h"
 
+#include "files.h"
 #include "money.h"
 
 #include <errno.h>
@@ -184,6 +185,15 @@ static int exec(struct hist_store *s, const char *sql)
         return code_of(rc);
     }
     return 0;
+}
+
+/* Ends the transaction; wrote: it changed rows, so with fsync on the
+ * commit waits for the disk (cbus_test_slow_disk: a test's slow one). */
+static int commit_tx(struct hist_store *s, int wrote)
+{
+    if (wrote && (s->flags & HIST_STORE_FSYNC))
+        cbus_test_slow_disk();
+    return exec(s, "COMMIT");
 }
 
 static void load_counts(struct hist_store *s)
@@ -389,7 +399,7 @@ int hist_store_commit(struct hist_store *s, uint64_t bus_id, const struct cbus_p
     sqlite3_bind_int64(st, 7, (sqlite3_int64)s->counts.skipped);
     r = step_done(s, st);
     if (!r)
-        r = exec(s, "COMMIT");
+        r = commit_tx(s, 1);
     if (!r)
         s->in_tx = 0;
     return r;
@@ -794,7 +804,7 @@ static int delete_where(struct hist_store *s, const char *where, const char *arg
         r = run(s, sql, &nc, 1, arg);
     }
     if (!r)
-        r = exec(s, "COMMIT");
+        r = commit_tx(s, nm || nc);
     if (r) {
         exec(s, "ROLLBACK");
         return r;
@@ -1212,7 +1222,7 @@ int hist_store_index(struct hist_store *s, unsigned max_rows, uint64_t *indexed,
             goto out;
         rest = upto - last; /* seq has gaps after deletes: at most this many */
     }
-    r = exec(s, "COMMIT");
+    r = commit_tx(s, upto > from);
 out:
     if (r)
         exec(s, "ROLLBACK");

@@ -707,3 +707,98 @@ Test(history_daemon, retention_timer_deletes_idle_conversations, .init = setup, 
     cr_expect(log_has("retention: ", 2000), "%s", slurp(logpath));
     stop_daemon(d);
 }
+
+/* The flags of the active consumer "history" on b (0: none), its
+ * untethered count in *untethered. */
+static unsigned history_consumer(cbus_bus *b, uint64_t *untethered)
+{
+    for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
+        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(b, i);
+        if (e && atomic_load(&e->state) == CBUS_CSTATE_ACTIVE && !strcmp(e->name, "history")) {
+            *untethered = atomic_load(&e->untethered_count);
+            return (unsigned)atomic_load(&e->flags);
+        }
+    }
+    *untethered = UINT64_MAX;
+    return 0;
+}
+
+/* Every transaction that syncs outlasts the bus's stall timeout three
+ * times (a loaded disk, made by CBUS_TEST_SLOW_FSYNC_MS: files.h) while a
+ * producer waits on the full ring behind it: a batch's commit, the search
+ * index's step, retention's delete.  The loop's beat thread heartbeats
+ * through each (loop.h, slow calls), so no producer untethers cbus-history
+ * and every event a producer got in is stored.  Without the slow section
+ * around any one of the three, that one gets it cut loose. */
+Test(history_daemon, slow_commits_keep_the_consumer_tethered, .init = setup, .fini = teardown,
+     .timeout = 240)
+{
+    /* 1 s: the beat thread beats every 250 ms (the cost suite's reason) */
+    struct cbus_create_opts o = {.capacity = 1024, .stall_timeout_ns = 1000000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &o), 0);
+    FILE *f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    /* sessions idle for 4 s are deleted, every 100 ms: while the
+     * producer goes on with new ones, retention deletes (and syncs) too */
+    fprintf(f, "[bus]\nname = %s\n[store]\npath = %s\nfsync = true\n"
+               "[retention]\nmax_age = 4s\ncheck_every = 100ms\n", bus, dbpath);
+    fclose(f);
+    cr_assert_eq(setenv("CBUS_TEST_SLOW_FSYNC_MS", "3000", 1), 0);
+    pid_t d = start_daemon();
+    unsetenv("CBUS_TEST_SLOW_FSYNC_MS");
+    cr_assert(log_has("started:", 20000), "%s", slurp(logpath));
+    cbus_producer *p;
+    cr_assert_eq(cbus_producer_open(&p, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(p);
+    struct cbus_usage u = {.input_tokens = 3, .output_tokens = 1,
+                           .usage_present = CBUS_USAGE_INPUT | CBUS_USAGE_OUTPUT};
+    long sent = 0, refused = 0;
+    int retention_ran = 0;
+    uint64_t untethered;
+    /* On until retention has deleted at least once with the ring full
+     * behind the daemon (a bound, not a measurement: 120 s). */
+    uint64_t end = test_now_ms() + 120000;
+    cbus_ctx c;
+    for (long i = 0; !(retention_ran && refused) && test_now_ms() < end; i++) {
+        char sess[32];
+        snprintf(sess, sizeof sess, "slow-%ld", i / 64);
+        /* a call: its prompt and its answer are messages (the index has
+         * rows to take, retention rows to delete) */
+        static const char prompt[] =
+            "[{\"role\":\"human\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather?\"}]}]";
+        if (i % 2 == 0) { /* a new call: its start, then its end */
+            cbus_ctx root;
+            cbus_ctx_init(&root);
+            cbus_ctx_set_session(&root, sess);
+            cbus_ctx_set_user(&root, "ann");
+            cbus_ctx_child(&c, &root);
+        }
+        int r = i % 2 ? cbus_llm_end(p, &c, &u, "Sunny.")
+                      : cbus_chat_model_start_messages(p, &c, prompt, sizeof prompt - 1, NULL, NULL);
+        if (r == 0)
+            sent++;
+        else
+            refused++;
+        cr_assert(history_consumer(b, &untethered) & CBUS_CFLAG_TETHERED,
+                  "untethered after %ld events sent, %ld refused\n%s", sent, refused,
+                  slurp(logpath));
+        if (i % 512 == 511 && !retention_ran) {
+            char *t = slurp(logpath);
+            retention_ran = strstr(t, "retention: ") != NULL;
+            free(t);
+        }
+    }
+    cr_assert(retention_ran, "retention never deleted: nothing of it was tested\n%s",
+              slurp(logpath));
+    cr_assert_gt(refused, 0, "the ring never filled behind a commit: nothing was tested");
+    uint64_t until = test_now_ms() + 60000;
+    while (db_int(dbpath, "SELECT events FROM cursor") < sent && test_now_ms() < until)
+        test_sleep_ms(50);
+    cr_assert_eq(db_int(dbpath, "SELECT events FROM cursor"), sent, "%ld sent\n%s", sent,
+                 slurp(logpath));
+    history_consumer(b, &untethered);
+    cr_assert_eq(untethered, 0, "%s", slurp(logpath));
+    cbus_producer_close(p);
+    stop_daemon(d);
+}
