@@ -22,7 +22,9 @@ static void defaults(struct cost_config *c)
     memset(c, 0, sizeof *c);
     snprintf(c->consumer, sizeof c->consumer, "cost");
     c->start = CBUS_START_OLDEST;
-    snprintf(c->prices_file, sizeof c->prices_file, "model_prices_and_context_window.json");
+    /* Without a config: the installed table, as cbus-export, cbus-web and
+     * cbus-loadgen default to (CMakeLists.txt); with one, beside it (below). */
+    snprintf(c->prices_file, sizeof c->prices_file, "%s", CBUS_COST_PRICES_DEFAULT);
     /* The private state dir (daemon.h), never /tmp; empty if there is no home. */
     if (cbus_state_dir_default(c->state_dir, sizeof c->state_dir, "cost/%b"))
         c->state_dir[0] = '\0';
