@@ -928,3 +928,74 @@ Test(audit_daemon, a_failed_test_leaves_no_daemon_running, .init = setup, .fini 
     cr_assert(kill(d, 0) < 0 && errno == ESRCH, "daemon %d still exists after the failed test",
               (int)d);
 }
+
+/* Rotations and retention whose directory fsyncs outlast the bus's stall
+ * timeout twice (a loaded disk, made by CBUS_TEST_SLOW_FSYNC_MS:
+ * files.h) while the producer waits on the full ring behind the daemon:
+ * the writer brackets them as the loop's slow sections (writer_slow), the
+ * beat thread heartbeats through them, so cbus-audit is never untethered
+ * and every event the producer got in is a durable record.  Without the
+ * slow section the first new file gets it cut loose. */
+static const char slow_ini[] =
+    "[audit]\nname = audit\n"
+    "[io]\nbatch_events = 256\nbatch_bytes = 64k\n"
+    "[rotate]\nmax_bytes = 64k\nretain_files = 2\n";
+
+Test(audit_daemon, slow_rotation_fsync_keeps_the_consumer_tethered, .init = setup,
+     .fini = teardown, .timeout = 240)
+{
+    char ini[400];
+    snprintf(ini, sizeof ini, "%s/slow.ini", tmp);
+    tu_spit(ini, (const uint8_t *)slow_ini, sizeof slow_ini - 1);
+    /* 1 s: the beat thread beats every 250 ms (the cost suite's reason) */
+    struct cbus_create_opts bo = {.capacity = 1024, .stall_timeout_ns = 1000000000u};
+    cbus_bus_destroy(bus);
+    cr_assert_eq(cbus_bus_create(bus, &bo), 0);
+    cr_assert_eq(setenv("CBUS_TEST_SLOW_FSYNC_MS", "2000", 1), 0);
+    pid_t d = tu_start_daemon(bus, ini, dir, logfile);
+    unsetenv("CBUS_TEST_SLOW_FSYNC_MS");
+    int idx = tu_wait_consumer(bus, "audit", 20000);
+    cr_assert_geq(idx, 0);
+    wait_started(1);
+    cr_assert_eq(cbus_producer_open(&tp, bus, NULL), 0);
+    cbus_bus *b = cbus_producer_bus(tp);
+    struct cbus_consumer_entry *ce = cbus_bus_consumer_entry(b, (unsigned)idx);
+    cbus_ctx ctx;
+    cbus_ctx_init(&ctx);
+    long sent = 0, refused = 0;
+    /* On until two files were opened after the first and retention has
+     * removed one, each with the ring full behind it (a bound, not a
+     * measurement: 150 s). */
+    uint64_t end = test_now_ms() + 150000;
+    for (unsigned i = 0; test_now_ms() < end; i++) {
+        struct cbus_retry_info ti = {.attempt = i};
+        struct cbus_emit_args a = {.kind = CBUS_EV_RETRY, .preview = "slow disk",
+                                   .preview_len = 9, .payload = &ti, .payload_len = sizeof ti};
+        if (cbus_emit(tp, &ctx, &a) == 0)
+            sent++;
+        else
+            refused++;
+        cr_assert(atomic_load(&ce->flags) & CBUS_CFLAG_TETHERED,
+                  "untethered after %ld events sent, %ld refused\n%s", sent, refused,
+                  slurp_text(logfile));
+        if (i % 512 == 511 && refused && log_count("info: writing ") >= 3 &&
+            log_count("retention: removed") >= 1)
+            break;
+    }
+    cr_assert_geq(log_count("info: writing "), 3, "no rotations: nothing was tested\n%s",
+                  slurp_text(logfile));
+    cr_assert_geq(log_count("retention: removed"), 1, "%s", slurp_text(logfile));
+    cr_assert_gt(refused, 0, "the ring never filled behind a rotation: nothing was tested");
+    cr_assert_eq(tu_wait_cursor(bus, idx, cbus_bus_tail(b), 60000), 0, "not all durable");
+    cr_assert_eq(atomic_load(&ce->untethered_count), 0, "%s", slurp_text(logfile));
+    cbus_producer_close(tp);
+    tp = NULL;
+    stop_daemon(d);
+    char sp[400], want[64];
+    snprintf(sp, sizeof sp, "%s/status.json", dir);
+    snprintf(want, sizeof want, "\"durable_records\":%ld,", sent);
+    char *st = slurp_text(sp);
+    cr_assert(strstr(st, want), "%ld events sent; status: %s", sent, st);
+    free(st);
+    verify_ok(dir, NULL); /* what retention left still chains */
+}
