@@ -294,6 +294,13 @@ static int turn(struct cbus_loop *l, uint64_t hb_every)
         l->next_hb_ns = add_sat(now, hb_every);
         if (heartbeat(l, now))
             return 1;
+    } else if (n > 0) {
+        /* A busy daemon does not idle in the bus wait, which heartbeats
+         * every third of the stall timeout: without this its consumer
+         * would beat once a heartbeat period (1 s), as long as a short
+         * stall timeout, and a loaded machine would get it untethered
+         * between two batches.  One store per batch. */
+        cbus_loop_busy(l);
     }
     if (run_timers(l, now))
         return 1;
@@ -460,6 +467,9 @@ void cbus_loop_slow_end(struct cbus_loop *l)
     b->c = NULL;
     pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
+    /* The section's last beat may be a quarter of the stall timeout old:
+     * what follows starts from a fresh one. */
+    cbus_loop_busy(l);
 }
 
 uint64_t cbus_loop_slow_beats(const struct cbus_loop *l)

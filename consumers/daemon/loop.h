@@ -16,7 +16,9 @@
  *      truncated: the policy is attach.h's, the same for every daemon; not
  *      while events are held, which belong to the bus they came from); a
  *      move to a new bus calls on_arrived, eviction ends the loop with an
- *      error;
+ *      error; a turn that had events and is not due for that heartbeats
+ *      the consumer alone (a busy daemon never idles in the bus wait,
+ *      which beats every third of the stall timeout);
  *   4. the timers that are due, earliest deadline first (SIGUSR1 runs the
  *      ones marked on_usr1 now);
  *   5. before_sleep, then, when the poll found nothing or events are held,
@@ -36,7 +38,8 @@
  * database commit) does not heartbeat, and producers untether a lossless
  * consumer that is silent for the bus's stall timeout while they wait on
  * it.  A daemon brackets such a call with cbus_loop_slow_begin/_end: a
- * thread of the loop's heartbeats for it meanwhile (cbus_loop_slow_begin). */
+ * thread of the loop's heartbeats for it meanwhile (cbus_loop_slow_begin),
+ * and _end heartbeats once more, so what follows starts from a fresh beat. */
 #ifndef CBUS_COMMON_LOOP_H
 #define CBUS_COMMON_LOOP_H
 

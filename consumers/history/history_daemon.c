@@ -117,8 +117,13 @@ static int store_batch(struct hd *d, const struct cbus_event *ev, const struct c
                        int n, const struct cbus_position *pos)
 {
     int r = hist_store_begin(d->st);
-    for (int i = 0; i < n && !r; i++)
+    for (int i = 0; i < n && !r; i++) {
         r = hist_store_event(d->st, d->bus_id, &ev[i], bodies ? &bodies[i] : NULL);
+        /* A batch of new conversations is CPU work (JSON, lookups) that a
+         * loaded machine can stretch past a short stall timeout. */
+        if ((i & 63) == 63)
+            cbus_loop_busy(&d->loop);
+    }
     /* The commit syncs the store (synchronous=FULL): seconds on a loaded
      * disk, during which the beat thread keeps us tethered (loop.h). */
     cbus_loop_slow_begin(&d->loop);
