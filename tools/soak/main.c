@@ -516,6 +516,24 @@ static int entry_by_name(const char *name)
  * daemon off the CPU for a good part of the window before it: that is
  * measured here, not guessed from wall time (a stress-ng run of the suite
  * untethered it twice in ten runs, with the daemon runnable but not run). */
+/* Whether process pid is in state D (uninterruptible: waiting on the disk),
+ * from /proc/PID/stat's state, after the ")". */
+static int proc_in_disk_wait(pid_t pid)
+{
+    char path[64], st[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t m = read(fd, st, sizeof st - 1);
+    close(fd);
+    if (m <= 0)
+        return 0;
+    st[m] = '\0';
+    const char *rp = strrchr(st, ')');
+    return rp && rp[1] == ' ' && rp[2] == 'D';
+}
+
 #define COST_RQ_RING 1024
 static struct {
     uint64_t t_ns, run_delay_ns;
@@ -541,20 +559,8 @@ static void cost_rq_sample(pid_t pid, uint64_t now)
     if (sscanf(buf, "%llu %llu", &run, &wait) != 2)
         return;
     /* and whether it is waiting on the disk (a checkpoint's fsync behind the
-     * audit log's writes): /proc/PID/stat's state, after the ")" */
-    int in_io = 0;
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        char st[512];
-        ssize_t m = read(fd, st, sizeof st - 1);
-        close(fd);
-        if (m > 0) {
-            st[m] = '\0';
-            const char *rp = strrchr(st, ')');
-            in_io = rp && rp[1] == ' ' && rp[2] == 'D';
-        }
-    }
+     * audit log's writes) */
+    const int in_io = proc_in_disk_wait(pid);
     unsigned i = cost_rq_n++ % COST_RQ_RING;
     cost_rq[i].t_ns = now;
     cost_rq[i].pid = pid;
@@ -811,6 +817,31 @@ static unsigned running_producer_procs(void)
     return n;
 }
 
+static int daemon_attached(void);
+
+/* Waits for the daemon kid (reattach_name, reattach_pid) to attach to the
+ * current bus within bound_ns of its own time: the bound grows by the time
+ * the daemon is seen waiting on the disk (state D, sampled every 2 ms; at
+ * most 60 s more), which it cannot re-attach through and which is the
+ * machine's (suite run 9 of 10 under stress-ng: cbus-cost sat in D on
+ * folio_wait_bit for over 10 s, then caught up).  *io_ns: that time. */
+static int wait_reattached(pid_t pid, uint64_t bound_ns, uint64_t *io_ns)
+{
+    const uint64_t start = soak_now_ns(), cap = 60000000000u;
+    uint64_t last = start;
+    *io_ns = 0;
+    while (!daemon_attached()) {
+        uint64_t now = soak_now_ns();
+        if (proc_in_disk_wait(pid))
+            *io_ns += now - last;
+        last = now;
+        if (now - start > bound_ns + (*io_ns < cap ? *io_ns : cap))
+            return -1;
+        soak_sleep_ns(2000000);
+    }
+    return 0;
+}
+
 static int wait_until(int (*cond)(void), uint64_t timeout_ns)
 {
     uint64_t end = soak_now_ns() + timeout_ns;
@@ -1044,10 +1075,15 @@ static int recreate_bus(int truncate)
             continue;
         reattach_name = en;
         reattach_pid = kids[i].pid;
-        if (wait_until(daemon_attached, reattach_bound)) {
-            violation("%s did not re-attach to the re-created bus (epoch %u) within %.1f s", kids[i].name,
-                      e + 1, reattach_bound / 1e9);
+        uint64_t io = 0, t0 = soak_now_ns();
+        if (wait_reattached(kids[i].pid, reattach_bound, &io)) {
+            violation("%s did not re-attach to the re-created bus (epoch %u) within %.1f s (+%.1f s "
+                      "seen waiting on the disk)", kids[i].name, e + 1, reattach_bound / 1e9, io / 1e9);
             diagnose_child(&kids[i], en);
+        } else if (soak_now_ns() - t0 > reattach_bound) {
+            printf("  %s re-attached to the re-created bus (epoch %u) after %.1f s, %.1f s of it "
+                   "waiting on the disk (state D): the machine's, not counted against its %.1f s\n",
+                   kids[i].name, e + 1, (soak_now_ns() - t0) / 1e9, io / 1e9, reattach_bound / 1e9);
         }
     }
     atomic_store(&ST->pause_procs, 0);
