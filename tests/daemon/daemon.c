@@ -77,7 +77,12 @@ Test(daemon_daemon, shipped_configs_keep_no_state_in_tmp)
         char err[512];
         cr_assert_eq(cbus_cfg_load(&c, p, err, sizeof err), 0, "%s", err);
         for (size_t k = 0; k < c.count; k++) {
-            cr_assert(!strstr(c.entries[k].value, "/tmp"), "%s:%u: %s = %s", p, c.entries[k].line,
+            /* The checkout's own files (the price table) may be anywhere,
+             * a clone in /tmp too: only what is left after them counts. */
+            const char *v = c.entries[k].value;
+            if (strncmp(v, CBUS_SOURCE_DIR "/", strlen(CBUS_SOURCE_DIR "/")) == 0)
+                v += strlen(CBUS_SOURCE_DIR "/");
+            cr_assert(!strstr(v, "/tmp"), "%s:%u: %s = %s", p, c.entries[k].line,
                       c.entries[k].key, c.entries[k].value);
             cr_assert(!strchr(c.entries[k].value, '@'), "%s:%u: %s = %s: not configured", p,
                       c.entries[k].line, c.entries[k].key, c.entries[k].value);
