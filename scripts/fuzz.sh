@@ -65,25 +65,44 @@ targets=${FUZZ_TARGETS:-$(cd "$bin" && ls fuzz_* | sed -n 's/^fuzz_\([a-z_]*\)$/
 # ---- replay what is committed, then fuzz ---------------------------------------
 work=$(mktemp -d /tmp/cbus-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# One target: replay its committed inputs, then fuzz for secs.  What it
+# prints goes to $work/$t.out, and $work/$t.failed marks a failure.
+fuzz_one() {
+  local t=$1
+  {
+    if [ ! -x "$bin/fuzz_$t" ]; then echo "fuzz: no target $t"; touch "$work/$t.failed"; return; fi
+    if ! "$bin/fuzz_replay_$t" "tests/fuzz/corpus/$t/" "tests/fuzz/regressions/$t/" >"$work/$t.replay" 2>&1; then
+      echo "fuzz: $t: a committed input fails:"; tail -30 "$work/$t.replay"; touch "$work/$t.failed"; return
+    fi
+    mkdir -p "$work/$t" "$root/$build/crashes/$t"
+    cp -r "tests/fuzz/corpus/$t/." "$work/$t/" 2>/dev/null || true
+    echo "=== fuzz: $t for ${secs}s"
+    if ! (cd "$work" && "$root/$bin/fuzz_$t" -max_total_time="$secs" -seed="${CBUS_FUZZ_SEED:-0}" -timeout=10 -rss_limit_mb=2048 \
+            -max_len=65536 -print_final_stats=1 -artifact_prefix="$root/$build/crashes/$t/" \
+            "$work/$t" "$root/tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1); then
+      echo "fuzz: $t FAILED; the input is in $build/crashes/$t/:"
+      grep -E 'ERROR|SUMMARY|invariant|Test unit written|runtime error' "$work/$t.log" | head -20
+      touch "$work/$t.failed"
+    else
+      grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$work/$t.log" | tr '\n' ' '; echo
+      grep -E '^#[0-9]+ *DONE' "$work/$t.log" | tail -1 || true
+    fi
+  } >"$work/$t.out" 2>&1
+}
+# libFuzzer runs on one thread: one target per CPU at a time (CBUS_FUZZ_JOBS),
+# each still for its whole secs; the reports in target order.
+jobs=${CBUS_FUZZ_JOBS:-$(nproc)}
+running=0
+for t in $targets; do
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
 failed=()
 for t in $targets; do
-  [ -x "$bin/fuzz_$t" ] || { echo "fuzz: no target $t" >&2; failed+=("$t"); continue; }
-  if ! "$bin/fuzz_replay_$t" "tests/fuzz/corpus/$t/" "tests/fuzz/regressions/$t/" >"$work/$t.replay" 2>&1; then
-    echo "fuzz: $t: a committed input fails:"; tail -30 "$work/$t.replay"; failed+=("$t"); continue
-  fi
-  mkdir -p "$work/$t" "$root/$build/crashes/$t"
-  cp -r "tests/fuzz/corpus/$t/." "$work/$t/" 2>/dev/null || true
-  echo "=== fuzz: $t for ${secs}s"
-  if ! (cd "$work" && "$root/$bin/fuzz_$t" -max_total_time="$secs" -seed="${CBUS_FUZZ_SEED:-0}" -timeout=10 -rss_limit_mb=2048 \
-          -max_len=65536 -print_final_stats=1 -artifact_prefix="$root/$build/crashes/$t/" \
-          "$work/$t" "$root/tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1); then
-    echo "fuzz: $t FAILED; the input is in $build/crashes/$t/:"
-    grep -E 'ERROR|SUMMARY|invariant|Test unit written|runtime error' "$work/$t.log" | head -20
-    failed+=("$t")
-  else
-    grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$work/$t.log" | tr '\n' ' '; echo
-    grep -E '^#[0-9]+ *DONE' "$work/$t.log" | tail -1 || true
-  fi
+  cat "$work/$t.out"
+  [ -e "$work/$t.failed" ] && failed+=("$t")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: FAILED: ${failed[*]}"
