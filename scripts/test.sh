@@ -2,8 +2,11 @@
 # The test command (README, .ci/run): installs what is missing, then builds
 # and runs every suite three ways:
 #   1. release build with -Werror: all Criterion suites and stress programs;
-#   2. ASan+UBSan build: the same suites (cross-process tests included), and
-#      the Node package's tests with a sanitized addon;
+#   2. ASan+UBSan build: the same suites (cross-process tests included) but
+#      the four slow-disk tests (label slow_disk: a daemon held for seconds in
+#      a sleeping fsync hook, about 70 s that add no code to what ASan sees:
+#      the release stage runs them), and the Node package's tests with a
+#      sanitized addon;
 #   3. TSan build: the in-process lock-free stress programs (label "stress";
 #      Criterion aborts under TSan, and TSan cannot see cross-process sync);
 #   4. libFuzzer on every parser of untrusted bytes, bounded time per target.
@@ -51,7 +54,7 @@ CBUS_DEMO_BUILD=build/release scripts/demo.sh --short
 CBUS_COST_BIN=build/release/consumers/cost/cbus-cost bindings/python/test.sh # Python package, pytest
 if [ "${CBUS_TEST_QUICK:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_suite build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=address,undefined
+    run_suite build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCBUS_SANITIZE=address,undefined -- -LE slow_disk
   echo "=== cbus: Node package under ASan+UBSan (the addon sanitized, the runtimes preloaded into node)"
   (cd bindings/node && CBUS_WERROR=1 CBUS_SANITIZE=address,undefined node scripts/build.cjs >/dev/null &&
     CBUS_NODE_ADDON=build/address-undefined/cbus_node.node \
