@@ -1061,6 +1061,24 @@ static PyObject *Event_get_response_id(Event *self, void *c)
     Py_RETURN_NONE;
 }
 
+/* Sections of a type this build does not know (a newer producer's): counted,
+ * as the renderers' skipped_sections and the Node addon's skippedSections. */
+static PyObject *Event_get_skipped_sections(Event *self, void *c)
+{
+    (void)c;
+    long n = 0;
+    if (self->body != Py_None) {
+        size_t off = 0;
+        struct cbus_body_section sec;
+        const char *d;
+        while (cbus_body_next(PyBytes_AS_STRING(self->body), (size_t)PyBytes_GET_SIZE(self->body),
+                              &off, &sec, &d) == 1)
+            if (sec.type == 0 || sec.type > CBUS_BODY_RESPONSE_ID) /* the newest type layout.h has */
+                n++;
+    }
+    return PyLong_FromLong(n);
+}
+
 /* NUL-separated strings of a body section, as a list. */
 static PyObject *nul_list(const char *d, uint32_t len)
 {
@@ -1680,6 +1698,7 @@ static PyGetSetDef Event_getset[] = {
     EVG(messages, "chat messages JSON or None"),
     EVG(system, "an LLM start's system instructions (JSON parts or text) or None"),
     EVG(response_id, "an llm_end's provider response id or None"),
+    EVG(skipped_sections, "body sections of a type this build does not know (a newer producer's): their count"),
     EVG(tags, "list of the run's tags (start events)"),
     EVG(metadata, "dict of the run's metadata (start events)"),
     EVG(usage, "llm_end: dict of the reported counts (absent keys were not reported)"),

@@ -113,6 +113,7 @@ class Event:
     messages: str | None
     system: str | None
     response_id: str | None
+    skipped_sections: int
     tags: list[str]
     metadata: dict[str, str]
     usage: dict[str, int | str] | None

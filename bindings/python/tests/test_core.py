@@ -1,5 +1,7 @@
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -321,3 +323,26 @@ def test_fork_after_open_child_reopens_and_parent_is_intact(bus):
         evs = drain(c, 3)
     assert [(e.user, e.text) for e in evs] == [("parent", "before"), ("child", "from child"),
                                                ("parent", "after")]
+
+
+def test_a_newer_producers_section_is_counted_not_shown(bus):
+    """A body section of a type this build does not know (a newer producer's)
+    is skipped and counted in skipped_sections, as cbusctl's JSON says
+    skipped_sections; the known sections beside it still read.  The newer
+    producer is made by retyping the response id section in the segment."""
+    marker = "resp-NEWER-0123456789"
+    with cbus.Producer(bus) as p:
+        assert p.run().llm_end("out " + "y" * 300, response_id=marker)
+        assert p.run().llm_end("plain", response_id="resp-known")
+    path = "/dev/shm/cbus." + bus
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        at = m.find(marker.encode())
+        assert at >= 16, "the response id is in the segment"
+        typ, flags, ln = struct.unpack_from("<HHI", m, at - 16)
+        assert (typ, ln) == (6, len(marker)), "a CBUS_BODY_RESPONSE_ID section header"
+        struct.pack_into("<H", m, at - 16, 77)
+    with cbus.Consumer(bus, "r", start="oldest") as c:
+        newer, known = drain(c, 2)
+    assert newer.response_id is None and newer.skipped_sections == 1
+    assert newer.text == "out " + "y" * 300
+    assert known.response_id == "resp-known" and known.skipped_sections == 0
