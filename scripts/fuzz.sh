@@ -66,13 +66,15 @@ targets=${FUZZ_TARGETS:-$(cd "$bin" && ls fuzz_* | sed -n 's/^fuzz_\([a-z_]*\)$/
 work=$(mktemp -d /tmp/cbus-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # One target: replay its committed inputs, then fuzz for secs.  What it
-# prints goes to $work/$t.out, and $work/$t.failed marks a failure.
+# prints goes to $work/$t.out; $work/$t.failed marks a failure until the
+# target has passed (so a step that stops the function early fails it too).
 fuzz_one() {
   local t=$1
+  touch "$work/$t.failed"
   {
-    if [ ! -x "$bin/fuzz_$t" ]; then echo "fuzz: no target $t"; touch "$work/$t.failed"; return; fi
+    if [ ! -x "$bin/fuzz_$t" ]; then echo "fuzz: no target $t"; return; fi
     if ! "$bin/fuzz_replay_$t" "tests/fuzz/corpus/$t/" "tests/fuzz/regressions/$t/" >"$work/$t.replay" 2>&1; then
-      echo "fuzz: $t: a committed input fails:"; tail -30 "$work/$t.replay"; touch "$work/$t.failed"; return
+      echo "fuzz: $t: a committed input fails:"; tail -30 "$work/$t.replay"; return
     fi
     mkdir -p "$work/$t" "$root/$build/crashes/$t"
     cp -r "tests/fuzz/corpus/$t/." "$work/$t/" 2>/dev/null || true
@@ -82,10 +84,10 @@ fuzz_one() {
             "$work/$t" "$root/tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1); then
       echo "fuzz: $t FAILED; the input is in $build/crashes/$t/:"
       grep -E 'ERROR|SUMMARY|invariant|Test unit written|runtime error' "$work/$t.log" | head -20
-      touch "$work/$t.failed"
     else
       grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$work/$t.log" | tr '\n' ' '; echo
       grep -E '^#[0-9]+ *DONE' "$work/$t.log" | tail -1 || true
+      rm -f "$work/$t.failed"
     fi
   } >"$work/$t.out" 2>&1
 }
