@@ -869,6 +869,13 @@ struct cutlist {
     unsigned n;
 };
 
+/* the first 8 cut attributes are named; a span has fewer content keys */
+static void note_cut(struct cutlist *cl, const char *key)
+{
+    if (cl->n < 8)
+        cl->key[cl->n++] = key;
+}
+
 static void content_one(struct enc *e, const char *key, const struct ctext *t, int as_messages,
                         const char *role, const char *fr, struct cutlist *cl)
 {
@@ -883,8 +890,8 @@ static void content_one(struct enc *e, const char *key, const struct ctext *t, i
     } else {
         a_str(e, key, strlen(key), t->p, t->n);
     }
-    if (t->cut && cl->n < 8)
-        cl->key[cl->n++] = key;
+    if (t->cut)
+        note_cut(cl, key);
 }
 
 /* An output message's finish_reason in the conventions' words. */
@@ -1131,6 +1138,109 @@ static int oi_documents(struct enc *e, const char *j, size_t n, int *more)
     return 1;
 }
 
+/* A run's texts, read once from its bodies for content_attrs. */
+struct run_texts {
+    struct ctext in, out, sys;
+    int hin, hout, hsys; /* which of them the bodies held */
+};
+
+/* The attributes a run's input and output go under: the profile's, else
+ * the conventions' for the operation.  Returns 1 for message lists. */
+static int content_keys(const char *op, const struct otlp_opts *o, const char **ki, const char **ko)
+{
+    if (o->langfuse) {
+        *ki = "langfuse.observation.input";
+        *ko = "langfuse.observation.output";
+    } else if (o->phoenix) {
+        *ki = "input.value";
+        *ko = "output.value";
+    } else if (op && !strcmp(op, "execute_tool")) {
+        *ki = "gen_ai.tool.call.arguments";
+        *ko = "gen_ai.tool.call.result";
+    } else if (op && !strcmp(op, "retrieval")) {
+        *ki = "gen_ai.retrieval.query.text";
+        *ko = "gen_ai.retrieval.documents";
+    } else {
+        /* LLM calls, agents and workflows: message lists */
+        *ki = "gen_ai.input.messages";
+        *ko = "gen_ai.output.messages";
+        return 1;
+    }
+    return 0;
+}
+
+/* The phoenix profile's OpenInference content: an LLM call's messages
+ * flattened (instructions first), a retriever's documents, and how to show
+ * input and output (JSON as JSON, else as text). */
+static void phoenix_content(struct enc *e, const char *op, struct run_texts *t, struct cutlist *cl)
+{
+    if (op && (!strcmp(op, "chat") || !strcmp(op, "text_completion"))) {
+        int more = 0, hsys = t->hsys;
+        if (hsys) {
+            input_with_system(&scratch2, &t->sys, &t->in, t->hin);
+            if (!scratch2.failed && !oi_messages(e, "llm.input_messages", scratch2.data, scratch2.len, &more))
+                hsys = 0;
+        }
+        if (!hsys && t->hin && !(t->in.messages && oi_messages(e, "llm.input_messages", t->in.p, t->in.n, &more)) &&
+            !t->in.messages)
+            oi_text_message(e, "llm.input_messages", "user", &t->in);
+        if (more)
+            note_cut(cl, "llm.input_messages");
+        more = 0;
+        if (t->hout &&
+            !(t->out.messages && oi_messages(e, "llm.output_messages", t->out.p, t->out.n, &more)) &&
+            !t->out.messages)
+            oi_text_message(e, "llm.output_messages", "assistant", &t->out);
+        if (more)
+            note_cut(cl, "llm.output_messages");
+    } else if (t->hout && op && !strcmp(op, "retrieval")) {
+        int more = 0;
+        oi_documents(e, t->out.p, t->out.n, &more);
+        if (more)
+            note_cut(cl, "retrieval.documents");
+    }
+    if (t->hin) {
+        int j = content_json_valid(t->in.p, t->in.n, NULL);
+        A_STR(e, "input.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
+    }
+    if (t->hout) {
+        int j = content_json_valid(t->out.p, t->out.n, NULL);
+        A_STR(e, "output.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
+    }
+}
+
+/* cbus.content.cut: the attributes cut to the cap, as a string array. */
+static void put_cut_list(struct enc *e, const struct cutlist *cl)
+{
+    if (e->pb) {
+        size_t arr = 0;
+        for (unsigned i = 0; i < cl->n; i++) {
+            size_t c = strlen(cl->key[i]), inner = 1 + vlen(c) + c;
+            arr += 1 + vlen(inner) + inner;
+        }
+        pb_kv_head(e, "cbus.content.cut", 16, 1 + vlen(arr) + arr);
+        pb_byte(e->b, PB_LEN(5));
+        pb_varint(e->b, arr);
+        for (unsigned i = 0; i < cl->n; i++) {
+            size_t c = strlen(cl->key[i]);
+            pb_byte(e->b, PB_LEN(1));
+            pb_varint(e->b, 1 + vlen(c) + c);
+            pb_bytes(e->b, PB_LEN(1), cl->key[i], c);
+        }
+        return;
+    }
+    put_key(e, "cbus.content.cut", 16);
+    LIT(e->b, "\"arrayValue\":{\"values\":[");
+    for (unsigned i = 0; i < cl->n; i++) {
+        if (i)
+            LIT(e->b, ",");
+        LIT(e->b, "{\"stringValue\":\"");
+        put(e->b, cl->key[i], strlen(cl->key[i]));
+        LIT(e->b, "\"}");
+    }
+    LIT(e->b, "]}}}");
+}
+
 /* The run's input and output (capture_content): under the conventions'
  * names by default, as langfuse.observation.input/output under the
  * Langfuse profile (which reads those first: no need to send both). */
@@ -1141,118 +1251,38 @@ static void content_attrs(struct enc *e, const struct span *s, const char *op, c
     size_t cap = o->content_max ? o->content_max : 16384;
     const struct cbus_event *st = &s->start;
     const struct cbus_event *en = s->end_kind == SPAN_ENDED || s->end_kind == SPAN_START_MISSING ? &s->end : NULL;
-    struct ctext in, out;
-    int hin = s->end_kind != SPAN_START_MISSING && event_text(s->start_body, s->start_body_len, st, cap, &in);
-    int hout = en && !is_error_kind(en->kind) && event_text(s->end_body, s->end_body_len, en, cap, &out);
-    struct ctext sys;
-    int hsys = system_text(s, cap, &sys);
+    struct run_texts t;
+    t.hin = s->end_kind != SPAN_START_MISSING && event_text(s->start_body, s->start_body_len, st, cap, &t.in);
+    t.hout = en && !is_error_kind(en->kind) && event_text(s->end_body, s->end_body_len, en, cap, &t.out);
+    t.hsys = system_text(s, cap, &t.sys);
     struct cutlist cl = {{0}, 0};
     const char *ki, *ko;
-    int msgs = 0;
-    if (o->langfuse) {
-        ki = "langfuse.observation.input";
-        ko = "langfuse.observation.output";
-    } else if (o->phoenix) {
-        ki = "input.value";
-        ko = "output.value";
-    } else if (op && !strcmp(op, "execute_tool")) {
-        ki = "gen_ai.tool.call.arguments";
-        ko = "gen_ai.tool.call.result";
-    } else if (op && !strcmp(op, "retrieval")) {
-        ki = "gen_ai.retrieval.query.text";
-        ko = "gen_ai.retrieval.documents";
-    } else {
-        /* LLM calls, agents and workflows: message lists */
-        ki = "gen_ai.input.messages";
-        ko = "gen_ai.output.messages";
-        msgs = 1;
-    }
-    if (hsys && o->langfuse) {
+    int msgs = content_keys(op, o, &ki, &ko);
+    if (t.hsys && o->langfuse) {
         /* Langfuse shows one input: the instructions go first in it */
-        input_with_system(&scratch2, &sys, &in, hin);
+        input_with_system(&scratch2, &t.sys, &t.in, t.hin);
         if (!scratch2.failed)
             a_str(e, ki, strlen(ki), scratch2.data, scratch2.len);
-        if ((sys.cut || (hin && in.cut)) && cl.n < 8)
-            cl.key[cl.n++] = ki;
-    } else if (hin) {
-        content_one(e, ki, &in, msgs, "user", NULL, &cl);
+        if (t.sys.cut || (t.hin && t.in.cut))
+            note_cut(&cl, ki);
+    } else if (t.hin) {
+        content_one(e, ki, &t.in, msgs, "user", NULL, &cl);
     }
-    if (hsys && !o->langfuse && !o->phoenix) {
+    if (t.hsys && !o->langfuse && !o->phoenix) {
         /* the conventions' own attribute, apart from the history */
         sbuf_reset(&scratch);
-        system_parts(&scratch, &sys);
+        system_parts(&scratch, &t.sys);
         if (!scratch.failed)
             a_str(e, "gen_ai.system_instructions", 26, scratch.data, scratch.len);
-        if (sys.cut && cl.n < 8)
-            cl.key[cl.n++] = "gen_ai.system_instructions";
+        if (t.sys.cut)
+            note_cut(&cl, "gen_ai.system_instructions");
     }
-    if (hout)
-        content_one(e, ko, &out, msgs, "assistant", en ? otel_finish(en) : NULL, &cl);
-    if (o->phoenix && op && (!strcmp(op, "chat") || !strcmp(op, "text_completion"))) {
-        /* Phoenix's LLM pane: the messages flattened, instructions first */
-        int more = 0;
-        if (hsys) {
-            input_with_system(&scratch2, &sys, &in, hin);
-            if (!scratch2.failed && !oi_messages(e, "llm.input_messages", scratch2.data, scratch2.len, &more))
-                hsys = 0;
-        }
-        if (!hsys && hin && !(in.messages && oi_messages(e, "llm.input_messages", in.p, in.n, &more)) &&
-            !in.messages)
-            oi_text_message(e, "llm.input_messages", "user", &in);
-        if (more && cl.n < 8)
-            cl.key[cl.n++] = "llm.input_messages";
-        more = 0;
-        if (hout && !(out.messages && oi_messages(e, "llm.output_messages", out.p, out.n, &more)) &&
-            !out.messages)
-            oi_text_message(e, "llm.output_messages", "assistant", &out);
-        if (more && cl.n < 8)
-            cl.key[cl.n++] = "llm.output_messages";
-    } else if (o->phoenix && hout && op && !strcmp(op, "retrieval")) {
-        int more = 0;
-        oi_documents(e, out.p, out.n, &more);
-        if (more && cl.n < 8)
-            cl.key[cl.n++] = "retrieval.documents";
-    }
-    if (o->phoenix) {
-        /* how Phoenix should show each: JSON as JSON, else as text */
-        if (hin) {
-            int j = content_json_valid(in.p, in.n, NULL);
-            A_STR(e, "input.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
-        }
-        if (hout) {
-            int j = content_json_valid(out.p, out.n, NULL);
-            A_STR(e, "output.mime_type", j ? "application/json" : "text/plain", j ? 16 : 10);
-        }
-    }
-    if (cl.n) {
-        if (e->pb) {
-            size_t arr = 0;
-            for (unsigned i = 0; i < cl.n; i++) {
-                size_t c = strlen(cl.key[i]), inner = 1 + vlen(c) + c;
-                arr += 1 + vlen(inner) + inner;
-            }
-            pb_kv_head(e, "cbus.content.cut", 16, 1 + vlen(arr) + arr);
-            pb_byte(e->b, PB_LEN(5));
-            pb_varint(e->b, arr);
-            for (unsigned i = 0; i < cl.n; i++) {
-                size_t c = strlen(cl.key[i]);
-                pb_byte(e->b, PB_LEN(1));
-                pb_varint(e->b, 1 + vlen(c) + c);
-                pb_bytes(e->b, PB_LEN(1), cl.key[i], c);
-            }
-        } else {
-            put_key(e, "cbus.content.cut", 16);
-            LIT(e->b, "\"arrayValue\":{\"values\":[");
-            for (unsigned i = 0; i < cl.n; i++) {
-                if (i)
-                    LIT(e->b, ",");
-                LIT(e->b, "{\"stringValue\":\"");
-                put(e->b, cl.key[i], strlen(cl.key[i]));
-                LIT(e->b, "\"}");
-            }
-            LIT(e->b, "]}}}");
-        }
-    }
+    if (t.hout)
+        content_one(e, ko, &t.out, msgs, "assistant", en ? otel_finish(en) : NULL, &cl);
+    if (o->phoenix)
+        phoenix_content(e, op, &t, &cl);
+    if (cl.n)
+        put_cut_list(e, &cl);
     if (s->body_dropped)
         A_BOOL(e, "cbus.content.dropped", 1);
 }
@@ -1446,232 +1476,271 @@ static const struct span_op *span_op_of(const char *op)
     return NULL;
 }
 
-void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o)
+/* The span's start and end times.  An ended span's length is the monotonic
+ * difference, immune to a realtime step between its events. */
+static void span_times(const struct span *s, const struct cbus_event *en, uint64_t *t0, uint64_t *t1)
 {
     const struct cbus_event *st = &s->start;
-    const struct cbus_event *en = (s->end_kind == SPAN_ENDED || s->end_kind == SPAN_START_MISSING)
-                                      ? &s->end
-                                      : NULL;
-    /* ---- times ---- */
-    uint64_t t0 = st->ts_realtime_ns, t1 = t0;
+    *t0 = *t1 = st->ts_realtime_ns;
     if (s->end_kind == SPAN_ENDED) {
-        /* monotonic difference: immune to a realtime step between the events */
-        t1 = en->ts_mono_ns >= st->ts_mono_ns ? t0 + (en->ts_mono_ns - st->ts_mono_ns)
-                                              : en->ts_realtime_ns;
+        *t1 = en->ts_mono_ns >= st->ts_mono_ns ? *t0 + (en->ts_mono_ns - st->ts_mono_ns)
+                                               : en->ts_realtime_ns;
     } else if (s->end_kind == SPAN_START_MISSING) {
-        t1 = en->ts_realtime_ns;
+        *t1 = en->ts_realtime_ns;
         uint64_t d = end_duration(en);
-        t0 = d && d < t1 ? t1 - d : t1;
+        *t0 = d && d < *t1 ? *t1 - d : *t1;
     } else if (s->end_kind == SPAN_UNFINISHED) {
-        t1 = s->unfinished_end_ns;
+        *t1 = s->unfinished_end_ns;
     }
-    /* ---- what it is ---- */
-    unsigned k = st->kind;
-    const char *op = NULL;
-    int kind = KIND_INTERNAL;
-    if (k == CBUS_EV_CHAT_MODEL_START) {
-        op = "chat";
-        kind = KIND_CLIENT;
-    } else if (k == CBUS_EV_LLM_START || (s->end_kind == SPAN_START_MISSING && is_llm(k))) {
-        op = s->end_kind == SPAN_START_MISSING ? "chat" : "text_completion";
-        kind = KIND_CLIENT;
-    } else if (cbus_kind_family(k) == CBUS_FAMILY_TOOL) {
-        op = "execute_tool";
-    } else if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_RETRIEVER) {
-        /* GenAI conventions: "retrieval {gen_ai.data_source.id}", CLIENT */
-        op = "retrieval";
-        kind = KIND_CLIENT;
-    } else if (s->is_agent) {
-        op = "invoke_agent";
-    } else if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_CHAIN) {
-        /* a chain that showed no agent events: "invoke_workflow {gen_ai.workflow.name}" */
-        op = "invoke_workflow";
-    }
+}
 
-    struct enc e = {.b = b, .pb = o->encoding == OTLP_PROTOBUF, .attr_tag = PB_LEN(9), .first = 1};
-    size_t span_at = 0;
-    if (e.pb) {
+/* The span's gen_ai.operation.name (NULL: none) and its SpanKind. */
+static const char *span_operation(const struct span *s, int *kind)
+{
+    unsigned k = s->start.kind;
+    *kind = KIND_INTERNAL;
+    if (k == CBUS_EV_CHAT_MODEL_START) {
+        *kind = KIND_CLIENT;
+        return "chat";
+    }
+    if (k == CBUS_EV_LLM_START || (s->end_kind == SPAN_START_MISSING && is_llm(k))) {
+        *kind = KIND_CLIENT;
+        return s->end_kind == SPAN_START_MISSING ? "chat" : "text_completion";
+    }
+    if (cbus_kind_family(k) == CBUS_FAMILY_TOOL)
+        return "execute_tool";
+    if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_RETRIEVER) {
+        /* GenAI conventions: "retrieval {gen_ai.data_source.id}", CLIENT */
+        *kind = KIND_CLIENT;
+        return "retrieval";
+    }
+    if (s->is_agent)
+        return "invoke_agent";
+    if (cbus_kind_phase(k) != CBUS_PHASE_POINT && cbus_kind_family(k) == CBUS_FAMILY_CHAIN)
+        /* a chain that showed no agent events: "invoke_workflow {gen_ai.workflow.name}" */
+        return "invoke_workflow";
+    return NULL;
+}
+
+/* Opens the span and writes everything before its attributes; returns the
+ * protobuf length slot to close (0 in JSON). */
+static size_t span_open(struct enc *e, const struct span *s, const char *op, int kind, uint64_t t0,
+                        uint64_t t1, int first)
+{
+    struct sbuf *b = e->b;
+    if (e->pb) {
         /* ScopeSpans.spans = 2: Span {trace_id = 1, span_id = 2,
          * parent_span_id = 4, name = 5, kind = 6, start_time_unix_nano = 7,
          * end_time_unix_nano = 8, attributes = 9, events = 11,
          * dropped_events_count = 12, status = 15} */
-        span_at = pb_open(b, PB_LEN(2));
+        size_t span_at = pb_open(b, PB_LEN(2));
         pb_bytes(b, PB_LEN(1), s->trace_id, 16);
         pb_bytes(b, PB_LEN(2), s->span_id, 8);
         if (s->has_parent)
             pb_bytes(b, PB_LEN(4), s->parent_span_id, 8);
-        put_name(&e, s, op);
+        put_name(e, s, op);
         uint8_t kt[2] = {PB_VARINT(6), (uint8_t)kind};
         put(b, kt, 2);
         pb_fixed64(b, PB_FIXED64(7), t0);
         pb_fixed64(b, PB_FIXED64(8), t1);
-    } else {
-        if (!first)
-            LIT(b, ",");
-        LIT(b, "{\"traceId\":\"");
-        otlp_put_hex(b, s->trace_id, 16);
-        LIT(b, "\",\"spanId\":\"");
-        otlp_put_hex(b, s->span_id, 8);
-        if (s->has_parent) {
-            LIT(b, "\",\"parentSpanId\":\"");
-            otlp_put_hex(b, s->parent_span_id, 8);
-        }
-        LIT(b, "\"");
-        put_name(&e, s, op);
-        if (kind == KIND_CLIENT)
-            LIT(b, ",\"kind\":3");
-        else
-            LIT(b, ",\"kind\":1");
-        put_time(b, ",\"startTimeUnixNano\":\"", 22, t0);
-        put_time(b, ",\"endTimeUnixNano\":\"", 20, t1);
-        LIT(b, ",\"attributes\":[");
+        return span_at;
     }
+    if (!first)
+        LIT(b, ",");
+    LIT(b, "{\"traceId\":\"");
+    otlp_put_hex(b, s->trace_id, 16);
+    LIT(b, "\",\"spanId\":\"");
+    otlp_put_hex(b, s->span_id, 8);
+    if (s->has_parent) {
+        LIT(b, "\",\"parentSpanId\":\"");
+        otlp_put_hex(b, s->parent_span_id, 8);
+    }
+    LIT(b, "\"");
+    put_name(e, s, op);
+    if (kind == KIND_CLIENT)
+        LIT(b, ",\"kind\":3");
+    else
+        LIT(b, ",\"kind\":1");
+    put_time(b, ",\"startTimeUnixNano\":\"", 22, t0);
+    put_time(b, ",\"endTimeUnixNano\":\"", 20, t1);
+    LIT(b, ",\"attributes\":[");
+    return 0;
+}
 
-    /* ---- attributes ---- */
-    const char *rk = run_kind(k);
-    A_STR(&e, "cbus.run.kind", rk, strlen(rk));
+/* What every span says about the run: its ids, who and where it ran for,
+ * and the profiles' names for its operation. */
+static void identity_attrs(struct enc *e, const struct span *s, const struct cbus_event *en,
+                           const char *op, const struct otlp_opts *o)
+{
+    const struct cbus_event *st = &s->start;
+    const char *rk = run_kind(st->kind);
+    A_STR(e, "cbus.run.kind", rk, strlen(rk));
     if (op)
-        A_STR(&e, "gen_ai.operation.name", op, strlen(op));
+        A_STR(e, "gen_ai.operation.name", op, strlen(op));
     char uuid[36];
     uuid_text(uuid, st->run_id);
-    A_STR(&e, "cbus.run.id", uuid, 36);
-    A_INT(&e, "cbus.event.id", st->event_id);
+    A_STR(e, "cbus.run.id", uuid, 36);
+    A_INT(e, "cbus.event.id", st->event_id);
     if (en && s->end_kind == SPAN_ENDED)
-        A_INT(&e, "cbus.end_event.id", en->event_id);
-    A_FIELD(&e, "gen_ai.provider.name", st->provider);
-    A_FIELD(&e, "user.id", st->user);
+        A_INT(e, "cbus.end_event.id", en->event_id);
+    A_FIELD(e, "gen_ai.provider.name", st->provider);
+    A_FIELD(e, "user.id", st->user);
     if (FLEN(st->session)) {
-        A_FIELD(&e, "session.id", st->session);
-        A_FIELD(&e, "gen_ai.conversation.id", st->session);
+        A_FIELD(e, "session.id", st->session);
+        A_FIELD(e, "gen_ai.conversation.id", st->session);
     }
     /* events v2: the agent a call ran under (an agent's own span names it
      * from its name below) and the tenant, which no convention names */
     if (FLEN(st->agent) && !s->is_agent)
-        A_FIELD(&e, "gen_ai.agent.name", st->agent);
-    A_FIELD(&e, "cbus.tenant", st->tenant);
+        A_FIELD(e, "gen_ai.agent.name", st->agent);
+    A_FIELD(e, "cbus.tenant", st->tenant);
     if (o->langfuse) {
         /* Set on every span rather than left to Langfuse's inference from
          * gen_ai.operation.name, which does not map retrieval or
          * invoke_workflow (they would show as plain spans). */
         const struct span_op *so = span_op_of(op);
         const char *lt = s->end_kind == SPAN_POINT ? "event" : so ? so->langfuse : "span";
-        A_STR(&e, "langfuse.observation.type", lt, strlen(lt));
-        A_FIELD(&e, "langfuse.user.id", st->user);
-        A_FIELD(&e, "langfuse.session.id", st->session);
+        A_STR(e, "langfuse.observation.type", lt, strlen(lt));
+        A_FIELD(e, "langfuse.user.id", st->user);
+        A_FIELD(e, "langfuse.session.id", st->session);
     }
     if (o->phoenix) {
         /* OpenInference's span kinds: what Phoenix's views are built on */
         const struct span_op *so = span_op_of(op);
         const char *pk = s->end_kind != SPAN_POINT && so ? so->phoenix : "CHAIN";
-        A_STR(&e, "openinference.span.kind", pk, strlen(pk));
+        A_STR(e, "openinference.span.kind", pk, strlen(pk));
     }
-    A_FIELD(&e, "cbus.request.id", st->request_id);
-    A_INT(&e, "cbus.producer.pid", st->pid);
-    A_INT(&e, "thread.id", st->tid);
+    A_FIELD(e, "cbus.request.id", st->request_id);
+    A_INT(e, "cbus.producer.pid", st->pid);
+    A_INT(e, "thread.id", st->tid);
+}
 
-    if (is_llm(k)) {
-        A_FIELD(&e, "gen_ai.request.model", st->model);
-        if (s->end_kind == SPAN_ENDED && st->u.llm_start.max_tokens)
-            A_INT(&e, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
-        if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_USAGE) {
-            const struct cbus_usage *u = &en->u.usage;
-            A_FIELD(&e, "gen_ai.response.model", en->model);
-            if (u->usage_present & CBUS_USAGE_INPUT)
-                A_INT(&e, "gen_ai.usage.input_tokens", u->input_tokens);
-            if (u->usage_present & CBUS_USAGE_OUTPUT)
-                A_INT(&e, "gen_ai.usage.output_tokens", u->output_tokens);
-            if (u->usage_present & CBUS_USAGE_CACHE_READ)
-                A_INT(&e, "gen_ai.usage.cache_read.input_tokens", u->cache_read_tokens);
-            if (u->usage_present & CBUS_USAGE_CACHE_CREATION)
-                A_INT(&e, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
-            if (u->usage_present & CBUS_USAGE_REASONING)
-                A_INT(&e, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
-            if (o->phoenix)
-                phoenix_llm(&e, st, en);
-            const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
-            if (fr)
-                a_str_array1(&e, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
-            if (o->prices)
-                cost_attrs(&e, en, o);
-            if (u->usage_present & CBUS_USAGE_TTFT)
-                A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
-            else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)
-                A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
-        } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
-            A_SECONDS(&e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
-        }
-        if (s->chunks) {
-            A_INT(&e, "cbus.stream.chunks", s->chunks);
-            /* streamed tokens arrived: it was a streaming call (without
-             * them the exporter does not know, and says nothing) */
-            A_BOOL(&e, "gen_ai.request.stream", 1);
-        }
-    } else if (op && !strcmp(op, "execute_tool")) {
-        A_FIELD(&e, "gen_ai.tool.name", st->name);
+/* An LLM call's request, usage, cost and streaming. */
+static void llm_attrs(struct enc *e, const struct span *s, const struct cbus_event *en,
+                      const struct otlp_opts *o)
+{
+    const struct cbus_event *st = &s->start;
+    A_FIELD(e, "gen_ai.request.model", st->model);
+    if (s->end_kind == SPAN_ENDED && st->u.llm_start.max_tokens)
+        A_INT(e, "gen_ai.request.max_tokens", st->u.llm_start.max_tokens);
+    if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_USAGE) {
+        const struct cbus_usage *u = &en->u.usage;
+        A_FIELD(e, "gen_ai.response.model", en->model);
+        if (u->usage_present & CBUS_USAGE_INPUT)
+            A_INT(e, "gen_ai.usage.input_tokens", u->input_tokens);
+        if (u->usage_present & CBUS_USAGE_OUTPUT)
+            A_INT(e, "gen_ai.usage.output_tokens", u->output_tokens);
+        if (u->usage_present & CBUS_USAGE_CACHE_READ)
+            A_INT(e, "gen_ai.usage.cache_read.input_tokens", u->cache_read_tokens);
+        if (u->usage_present & CBUS_USAGE_CACHE_CREATION)
+            A_INT(e, "gen_ai.usage.cache_creation.input_tokens", u->cache_creation_tokens);
+        if (u->usage_present & CBUS_USAGE_REASONING)
+            A_INT(e, "gen_ai.usage.reasoning.output_tokens", u->reasoning_tokens);
         if (o->phoenix)
-            A_FIELD(&e, "tool.name", st->name);
-    } else if (op && !strcmp(op, "retrieval")) {
-        A_FIELD(&e, "gen_ai.data_source.id", st->name);
-    } else if (s->is_agent) {
-        A_FIELD(&e, "gen_ai.agent.name", st->name);
-    } else if (op) {
-        A_FIELD(&e, "gen_ai.workflow.name", st->name);
-    } else if (k == CBUS_EV_SCORE) {
-        score_attrs(&e, st);
-    } else {
-        A_FIELD(&e, "cbus.name", st->name);
+            phoenix_llm(e, st, en);
+        const char *fr = u->finish_reason ? cbus_finish_reason_name(u->finish_reason) : NULL;
+        if (fr)
+            a_str_array1(e, "gen_ai.response.finish_reasons", sizeof "gen_ai.response.finish_reasons" - 1, fr);
+        if (o->prices)
+            cost_attrs(e, en, o);
+        if (u->usage_present & CBUS_USAGE_TTFT)
+            A_SECONDS(e, "gen_ai.response.time_to_first_chunk", u->ttft_ns);
+        else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns && s->end_kind == SPAN_ENDED)
+            A_SECONDS(e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
+    } else if (s->chunks && s->first_chunk_mono_ns >= st->ts_mono_ns) {
+        A_SECONDS(e, "gen_ai.response.time_to_first_chunk", s->first_chunk_mono_ns - st->ts_mono_ns);
     }
+    if (s->chunks) {
+        A_INT(e, "cbus.stream.chunks", s->chunks);
+        /* streamed tokens arrived: it was a streaming call (without
+         * them the exporter does not know, and says nothing) */
+        A_BOOL(e, "gen_ai.request.stream", 1);
+    }
+}
+
+/* What the run was: the model call, or the tool, data source, agent or
+ * workflow it names. */
+static void what_attrs(struct enc *e, const struct span *s, const struct cbus_event *en, const char *op,
+                       const struct otlp_opts *o)
+{
+    const struct cbus_event *st = &s->start;
+    if (is_llm(st->kind)) {
+        llm_attrs(e, s, en, o);
+    } else if (op && !strcmp(op, "execute_tool")) {
+        A_FIELD(e, "gen_ai.tool.name", st->name);
+        if (o->phoenix)
+            A_FIELD(e, "tool.name", st->name);
+    } else if (op && !strcmp(op, "retrieval")) {
+        A_FIELD(e, "gen_ai.data_source.id", st->name);
+    } else if (s->is_agent) {
+        A_FIELD(e, "gen_ai.agent.name", st->name);
+    } else if (op) {
+        A_FIELD(e, "gen_ai.workflow.name", st->name);
+    } else if (st->kind == CBUS_EV_SCORE) {
+        score_attrs(e, st);
+    } else {
+        A_FIELD(e, "cbus.name", st->name);
+    }
+}
+
+/* How the run ended, its previews, labels and (capture_content) content. */
+static void outcome_attrs(struct enc *e, const struct span *s, const struct cbus_event *en, const char *op,
+                          const struct otlp_opts *o)
+{
+    const struct cbus_event *st = &s->start;
     if (en && cbus_kind_payload(en->kind) == CBUS_PAYLOAD_RETRIEVER)
-        A_INT(&e, "cbus.retriever.document_count", en->u.retriever.document_count);
+        A_INT(e, "cbus.retriever.document_count", en->u.retriever.document_count);
     if (en && is_error_kind(en->kind)) {
         size_t tl = FLEN(en->name);
-        A_STR(&e, "error.type", tl ? en->name : "_OTHER", tl ? tl : 6);
+        A_STR(e, "error.type", tl ? en->name : "_OTHER", tl ? tl : 6);
         if (en->u.error.http_status > 0)
-            A_INT(&e, "http.response.status_code", (uint64_t)en->u.error.http_status);
+            A_INT(e, "http.response.status_code", (uint64_t)en->u.error.http_status);
     }
     if (s->end_kind == SPAN_UNFINISHED)
-        A_BOOL(&e, "cbus.run.unfinished", 1);
+        A_BOOL(e, "cbus.run.unfinished", 1);
     else if (s->end_kind == SPAN_START_MISSING)
-        A_BOOL(&e, "cbus.run.start_missing", 1);
+        A_BOOL(e, "cbus.run.start_missing", 1);
     if (o->include_previews) {
         if (s->end_kind == SPAN_POINT)
-            A_FIELD(&e, "cbus.preview", st->preview);
+            A_FIELD(e, "cbus.preview", st->preview);
         else if (s->end_kind != SPAN_START_MISSING)
-            A_FIELD(&e, "cbus.input.preview", st->preview);
+            A_FIELD(e, "cbus.input.preview", st->preview);
         if (en && !is_error_kind(en->kind))
-            A_FIELD(&e, "cbus.output.preview", en->preview);
+            A_FIELD(e, "cbus.output.preview", en->preview);
     }
     /* the end's response id (not content: an id), whenever bodies are read */
     const char *rid = NULL;
     size_t ridn = en && en->kind == CBUS_EV_LLM_END ? response_id(s, &rid) : 0;
     if (ridn)
-        A_STR(&e, "gen_ai.response.id", rid, ridn);
+        A_STR(e, "gen_ai.response.id", rid, ridn);
     if (s->start_body && s->end_kind != SPAN_START_MISSING) {
         struct cbus_body sb = {s->start_body, s->start_body_len};
         struct cbus_body_parts sp;
         if (cbus_body_parts_of(&sb, &sp))
-            label_attrs(&e, s, &sp, o, ridn > 0);
+            label_attrs(e, s, &sp, o, ridn > 0);
     }
     if (o->capture_content && s->end_kind == SPAN_POINT)
-        point_content(&e, st, s->start_body, s->start_body_len, o);
+        point_content(e, st, s->start_body, s->start_body_len, o);
     else if (o->capture_content)
-        content_attrs(&e, s, op, o);
+        content_attrs(e, s, op, o);
     if ((st->flags | (en ? en->flags : 0)) & (0x7f | CBUS_TRUNC_AGENT | CBUS_TRUNC_TENANT))
-        A_BOOL(&e, "cbus.truncated", 1);
-    if (!e.pb)
-        LIT(b, "]");
+        A_BOOL(e, "cbus.truncated", 1);
+}
 
-    /* ---- point events folded into the span ---- */
+/* The point events folded into the span, and how many did not fit. */
+static void span_events(struct enc *e, const struct span *s, const struct otlp_opts *o)
+{
+    struct sbuf *b = e->b;
     if (s->n_events) {
-        if (!e.pb)
+        if (!e->pb)
             LIT(b, ",\"events\":[");
         for (uint32_t i = 0; i < s->n_events; i++)
-            put_point_event(&e, &s->events[i], s->event_body ? &s->event_body[i] : NULL, i == 0, o);
-        if (!e.pb)
+            put_point_event(e, &s->events[i], s->event_body ? &s->event_body[i] : NULL, i == 0, o);
+        if (!e->pb)
             LIT(b, "]");
     }
     if (s->events_dropped) {
-        if (e.pb) {
+        if (e->pb) {
             pb_byte(b, PB_VARINT(12));
             pb_varint(b, s->events_dropped);
         } else {
@@ -1679,8 +1748,13 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
             put_u64(b, s->events_dropped);
         }
     }
+}
 
-    /* ---- status: Status {message = 2, code = 3} ---- */
+/* Status {message = 2, code = 3}, then the span's close. */
+static void span_status_close(struct enc *e, const struct span *s, const struct cbus_event *en,
+                              const struct otlp_opts *o, size_t span_at)
+{
+    struct sbuf *b = e->b;
     int code = en && is_error_kind(en->kind) ? 2 : en ? 1 : 0;
     const char *msg = code == 2 ? en->preview : NULL;
     size_t ml = code == 2 ? FLEN(en->preview) : 0;
@@ -1691,7 +1765,7 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         msg = et.p;
         ml = et.n;
     }
-    if (e.pb) {
+    if (e->pb) {
         /* always there, as in JSON (an empty Status for UNSET) */
         size_t at = pb_open(b, PB_LEN(15));
         if (ml)
@@ -1702,19 +1776,38 @@ void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otl
         }
         pb_close(b, at);
         pb_close(b, span_at);
-    } else {
-        if (code == 2) {
-            LIT(b, ",\"status\":{\"code\":2");
-            if (ml) {
-                LIT(b, ",\"message\":");
-                sbuf_json_str(b, msg, ml);
-            }
-            LIT(b, "}}");
-        } else if (code == 1) {
-            LIT(b, ",\"status\":{\"code\":1}}");
-        } else {
-            LIT(b, ",\"status\":{\"code\":0}}");
+    } else if (code == 2) {
+        LIT(b, ",\"status\":{\"code\":2");
+        if (ml) {
+            LIT(b, ",\"message\":");
+            sbuf_json_str(b, msg, ml);
         }
+        LIT(b, "}}");
+    } else if (code == 1) {
+        LIT(b, ",\"status\":{\"code\":1}}");
+    } else {
+        LIT(b, ",\"status\":{\"code\":0}}");
     }
+}
+
+void otlp_span(struct sbuf *b, const struct span *s, int first, const struct otlp_opts *o)
+{
+    const struct cbus_event *en = (s->end_kind == SPAN_ENDED || s->end_kind == SPAN_START_MISSING)
+                                      ? &s->end
+                                      : NULL;
+    uint64_t t0, t1;
+    span_times(s, en, &t0, &t1);
+    int kind;
+    const char *op = span_operation(s, &kind);
+
+    struct enc e = {.b = b, .pb = o->encoding == OTLP_PROTOBUF, .attr_tag = PB_LEN(9), .first = 1};
+    size_t span_at = span_open(&e, s, op, kind, t0, t1, first);
+    identity_attrs(&e, s, en, op, o);
+    what_attrs(&e, s, en, op, o);
+    outcome_attrs(&e, s, en, op, o);
+    if (!e.pb)
+        LIT(b, "]");
+    span_events(&e, s, o);
+    span_status_close(&e, s, en, o, span_at);
     terminate(b);
 }

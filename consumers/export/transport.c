@@ -96,6 +96,82 @@ static struct curl_slist *build_headers(const struct export_config *cfg, unsigne
     return l;
 }
 
+/* The credentials the config names, read from the environment: Basic auth's
+ * user and password (*user NULL when not configured) and the optional
+ * header (*auth_header malloc'd "Name: value", NULL when unset). */
+static int auth_from_env(const struct export_config *cfg, const char **user, const char **pass,
+                         char **auth_header, char *err, size_t errlen)
+{
+    *user = *pass = NULL;
+    *auth_header = NULL;
+    if (cfg->basic_user_env[0]) {
+        *user = getenv(cfg->basic_user_env);
+        *pass = getenv(cfg->basic_password_env);
+        if (!*user || !*pass || !**user) {
+            snprintf(err, errlen, "[auth] Basic auth: environment variables %s and %s must be set",
+                     cfg->basic_user_env, cfg->basic_password_env);
+            return -EINVAL;
+        }
+    }
+    /* The header variable is optional: unset means no extra header. */
+    const char *ah = cfg->auth_header_env[0] ? getenv(cfg->auth_header_env) : NULL;
+    if (!ah || !*ah)
+        return 0;
+    if (strchr(ah, '\r') || strchr(ah, '\n')) {
+        snprintf(err, errlen, "environment variable %s holds a line break", cfg->auth_header_env);
+        return -EINVAL;
+    }
+    /* "Name: value", or a bare value meaning the Authorization header */
+    const char *colon = strchr(ah, ':'), *space = strchr(ah, ' ');
+    int named = colon && (!space || colon < space);
+    size_t len = strlen(ah) + 32;
+    *auth_header = malloc(len);
+    if (!*auth_header) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    snprintf(*auth_header, len, "%s%s", named ? "" : "Authorization: ", ah);
+    return 0;
+}
+
+/* One in-flight slot's easy handle, set up once for every request it sends. */
+static int slot_init(struct xfer *x, const struct export_config *cfg, const char *user, const char *pass)
+{
+    CURL *e = x->easy = curl_easy_init();
+    if (!e)
+        return -ENOMEM;
+    curl_easy_setopt(e, CURLOPT_URL, cfg->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "cbus-export/" CBUS_VERSION_STRING);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(cfg->request_timeout_ns / 1000000));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(cfg->connect_timeout_ns / 1000000));
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (!strncmp(cfg->url, "http://", 7))
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (cfg->ca_file[0])
+        curl_easy_setopt(e, CURLOPT_CAINFO, cfg->ca_file);
+    if (!cfg->tls_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (user) {
+        curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        curl_easy_setopt(e, CURLOPT_USERNAME, user);
+        curl_easy_setopt(e, CURLOPT_PASSWORD, pass);
+    }
+    return 0;
+}
+
 int transport_new(struct transport **out, const struct export_config *cfg, char *err, size_t errlen)
 {
     static int global_done;
@@ -106,33 +182,11 @@ int transport_new(struct transport **out, const struct export_config *cfg, char 
         }
         global_done = 1;
     }
-    const char *user = NULL, *pass = NULL;
-    if (cfg->basic_user_env[0]) {
-        user = getenv(cfg->basic_user_env);
-        pass = getenv(cfg->basic_password_env);
-        if (!user || !pass || !*user) {
-            snprintf(err, errlen, "[auth] Basic auth: environment variables %s and %s must be set",
-                     cfg->basic_user_env, cfg->basic_password_env);
-            return -EINVAL;
-        }
-    }
-    /* The header variable is optional: unset means no extra header. */
-    char *auth_header = NULL;
-    const char *ah = cfg->auth_header_env[0] ? getenv(cfg->auth_header_env) : NULL;
-    if (ah && *ah) {
-        if (strchr(ah, '\r') || strchr(ah, '\n')) {
-            snprintf(err, errlen, "environment variable %s holds a line break", cfg->auth_header_env);
-            return -EINVAL;
-        }
-        /* "Name: value", or a bare value meaning the Authorization header */
-        const char *colon = strchr(ah, ':'), *space = strchr(ah, ' ');
-        int named = colon && (!space || colon < space);
-        size_t len = strlen(ah) + 32;
-        auth_header = malloc(len);
-        if (!auth_header)
-            return -ENOMEM;
-        snprintf(auth_header, len, "%s%s", named ? "" : "Authorization: ", ah);
-    }
+    const char *user, *pass;
+    char *auth_header;
+    int rc = auth_from_env(cfg, &user, &pass, &auth_header, err, errlen);
+    if (rc)
+        return rc;
     struct transport *t = calloc(1, sizeof *t);
     if (!t) {
         free(auth_header);
@@ -159,43 +213,11 @@ int transport_new(struct transport **out, const struct export_config *cfg, char 
     curl_multi_setopt(t->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)t->nslots);
     curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)t->nslots);
     curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    int plain_http = !strncmp(cfg->url, "http://", 7);
     for (unsigned i = 0; i < t->nslots; i++) {
-        struct xfer *x = &t->slots[i];
-        CURL *e = x->easy = curl_easy_init();
-        if (!e) {
+        if (slot_init(&t->slots[i], cfg, user, pass)) {
             transport_free(t);
             snprintf(err, errlen, "curl_easy_init failed");
             return -ENOMEM;
-        }
-        curl_easy_setopt(e, CURLOPT_URL, cfg->url);
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_USERAGENT, "cbus-export/" CBUS_VERSION_STRING);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(cfg->request_timeout_ns / 1000000));
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(cfg->connect_timeout_ns / 1000000));
-        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-        if (plain_http)
-            curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        if (cfg->ca_file[0])
-            curl_easy_setopt(e, CURLOPT_CAINFO, cfg->ca_file);
-        if (!cfg->tls_verify) {
-            curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-            curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-        }
-        if (user) {
-            curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-            curl_easy_setopt(e, CURLOPT_USERNAME, user);
-            curl_easy_setopt(e, CURLOPT_PASSWORD, pass);
         }
     }
     *out = t;
