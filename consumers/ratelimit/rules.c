@@ -91,144 +91,128 @@ static int parse_count(const char *opt, const char *v, uint64_t max, uint64_t *o
     return 0;
 }
 
-static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t errlen)
+/* Limits up to 1e12 per minute keep every GCRA product inside 128 bits
+ * with room to spare. */
+#define RL_MAX_LIMIT UINT64_C(1000000000000)
+
+/* What a rule's text said beyond its selectors and limits. */
+struct rule_opts {
+    int global, have_tokens, have_enforce;
+    int enforce; /* a dim, RL_NO_PUBLISH, or -2: not named */
+};
+
+/* NAME=PATTERN for one of the dims. */
+static int parse_selector(struct rl_rule *r, unsigned dim, const char *k, const char *v, char *err,
+                          size_t errlen)
 {
-    /* Limits up to 1e12 per minute keep every GCRA product inside 128 bits
-     * with room to spare. */
-    const uint64_t max_limit = UINT64_C(1000000000000);
-    char *copy = strdup(text);
-    if (!copy) {
+    if (r->pattern[dim]) {
+        snprintf(err, errlen, "%s= given twice", k);
+        return -EINVAL;
+    }
+    size_t vl = strlen(v);
+    if (vl == 0) {
+        snprintf(err, errlen, "%s=: empty pattern (use * for any value)", k);
+        return -EINVAL;
+    }
+    /* A literal matches the whole value by hash: a value longer
+     * than the event field still has exactly one rule. */
+    if (!strchr(v, '*'))
+        r->literal_hash[dim] = cbus_key_hash(v, vl);
+    r->pattern[dim] = strdup(v);
+    if (!r->pattern[dim]) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int global = 0, have_tokens = 0, have_enforce = 0, enforce = -2;
-    int rc = -EINVAL;
-    char *save = NULL;
-    for (char *tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
-        if (!strcmp(tok, "global")) {
-            if (global) {
-                snprintf(err, errlen, "'global' given twice");
-                goto out;
-            }
-            global = 1;
-            continue;
+    r->group |= 1u << dim;
+    for (const char *c = v; *c; c++)
+        r->specificity += *c != '*';
+    return 0;
+}
+
+/* A limit (rpm=, tpm=, burst=, token_burst=), given at most once. */
+static int parse_limit(const char *k, const char *v, uint64_t *slot, char *err, size_t errlen)
+{
+    if (*slot) {
+        snprintf(err, errlen, "%s= given twice", k);
+        return -EINVAL;
+    }
+    return parse_count(k, v, RL_MAX_LIMIT, slot, err, errlen);
+}
+
+/* Every NAME=VALUE that is not a selector. */
+static int parse_option(struct rl_rule *r, struct rule_opts *ro, const char *k, const char *v, char *err,
+                        size_t errlen)
+{
+    if (!strcmp(k, "rpm"))
+        return parse_limit(k, v, &r->req.limit, err, errlen);
+    if (!strcmp(k, "tpm"))
+        return parse_limit(k, v, &r->tok.limit, err, errlen);
+    if (!strcmp(k, "burst"))
+        return parse_limit(k, v, &r->req.burst, err, errlen);
+    if (!strcmp(k, "token_burst"))
+        return parse_limit(k, v, &r->tok.burst, err, errlen);
+    if (!strcmp(k, "tokens")) {
+        if (ro->have_tokens++) {
+            snprintf(err, errlen, "tokens= given twice");
+            return -EINVAL;
         }
-        char *eq = strchr(tok, '=');
-        if (!eq || eq == tok) {
-            snprintf(err, errlen, "'%s' is not NAME=VALUE or 'global'", tok);
-            goto out;
+        if (!strcmp(v, "total"))
+            r->tokens = RL_TOKENS_TOTAL;
+        else if (!strcmp(v, "input"))
+            r->tokens = RL_TOKENS_INPUT;
+        else if (!strcmp(v, "output"))
+            r->tokens = RL_TOKENS_OUTPUT;
+        else {
+            snprintf(err, errlen, "tokens=%s: want input, output or total", v);
+            return -EINVAL;
         }
-        *eq = '\0';
-        const char *k = tok, *v = eq + 1;
-        int dim = -1;
-        for (unsigned d = 0; d < RL_DIM__COUNT; d++)
-            if (!strcmp(k, dim_names[d]))
-                dim = (int)d;
-        if (dim >= 0) {
-            if (r->pattern[dim]) {
-                snprintf(err, errlen, "%s= given twice", k);
-                goto out;
-            }
-            size_t vl = strlen(v);
-            if (vl == 0) {
-                snprintf(err, errlen, "%s=: empty pattern (use * for any value)", k);
-                goto out;
-            }
-            /* A literal matches the whole value by hash: a value longer
-             * than the event field still has exactly one rule. */
-            if (!strchr(v, '*'))
-                r->literal_hash[dim] = cbus_key_hash(v, vl);
-            r->pattern[dim] = strdup(v);
-            if (!r->pattern[dim]) {
-                snprintf(err, errlen, "out of memory");
-                rc = -ENOMEM;
-                goto out;
-            }
-            r->group |= 1u << dim;
-            for (const char *c = v; *c; c++)
-                r->specificity += *c != '*';
-        } else if (!strcmp(k, "rpm")) {
-            if (r->req.limit || parse_count(k, v, max_limit, &r->req.limit, err, errlen))
-                goto dup_or_bad;
-        } else if (!strcmp(k, "tpm")) {
-            if (r->tok.limit || parse_count(k, v, max_limit, &r->tok.limit, err, errlen))
-                goto dup_or_bad;
-        } else if (!strcmp(k, "burst")) {
-            if (r->req.burst || parse_count(k, v, max_limit, &r->req.burst, err, errlen))
-                goto dup_or_bad;
-        } else if (!strcmp(k, "token_burst")) {
-            if (r->tok.burst || parse_count(k, v, max_limit, &r->tok.burst, err, errlen))
-                goto dup_or_bad;
-        } else if (!strcmp(k, "tokens")) {
-            if (have_tokens++) {
-                snprintf(err, errlen, "tokens= given twice");
-                goto out;
-            }
-            if (!strcmp(v, "total"))
-                r->tokens = RL_TOKENS_TOTAL;
-            else if (!strcmp(v, "input"))
-                r->tokens = RL_TOKENS_INPUT;
-            else if (!strcmp(v, "output"))
-                r->tokens = RL_TOKENS_OUTPUT;
-            else {
-                snprintf(err, errlen, "tokens=%s: want input, output or total", v);
-                goto out;
-            }
-        } else if (!strcmp(k, "enforce")) {
-            if (have_enforce++) {
-                snprintf(err, errlen, "enforce= given twice");
-                goto out;
-            }
-            if (!strcmp(v, "none"))
-                enforce = RL_NO_PUBLISH;
-            else {
-                for (unsigned d = 0; d < RL_DIM__COUNT; d++)
-                    if (!strcmp(v, dim_names[d]))
-                        enforce = (int)d;
-                if (enforce == -2) {
-                    snprintf(err, errlen, "enforce=%s: want none, user, session, model, provider, "
-                             "agent or tenant", v);
-                    goto out;
-                }
-            }
-        } else {
-            snprintf(err, errlen,
-                     "unknown option '%s' (want user=, session=, model=, provider=, agent=, tenant=, "
-                     "global, rpm=, "
-                     "tpm=, burst=, token_burst=, tokens=, enforce=)", k);
-            goto out;
+        return 0;
+    }
+    if (!strcmp(k, "enforce")) {
+        if (ro->have_enforce++) {
+            snprintf(err, errlen, "enforce= given twice");
+            return -EINVAL;
         }
-        continue;
-    dup_or_bad:
-        if (!*err)
-            snprintf(err, errlen, "%s= given twice", k);
-        goto out;
+        if (!strcmp(v, "none"))
+            ro->enforce = RL_NO_PUBLISH;
+        for (unsigned d = 0; d < RL_DIM__COUNT && ro->enforce == -2; d++)
+            if (!strcmp(v, dim_names[d]))
+                ro->enforce = (int)d;
+        if (ro->enforce == -2) {
+            snprintf(err, errlen, "enforce=%s: want none, user, session, model, provider, "
+                     "agent or tenant", v);
+            return -EINVAL;
+        }
+        return 0;
     }
-    if (global && r->group) {
-        snprintf(err, errlen, "'global' cannot be combined with user=, session=, model=, provider=, "
-                              "agent= or tenant=");
-        goto out;
-    }
-    if (!global && !r->group) {
-        snprintf(err, errlen, "no selector: name 'global' or at least one of user=, session=, "
-                              "model=, provider=, agent=, tenant=");
-        goto out;
-    }
-    if (!r->req.limit && !r->tok.limit) {
-        snprintf(err, errlen, "no limit: give rpm= and/or tpm=");
-        goto out;
-    }
-    if (r->req.burst && !r->req.limit) {
-        snprintf(err, errlen, "burst= without rpm=");
-        goto out;
-    }
-    if (r->tok.burst && !r->tok.limit) {
-        snprintf(err, errlen, "token_burst= without tpm=");
-        goto out;
-    }
-    if (have_tokens && !r->tok.limit) {
-        snprintf(err, errlen, "tokens= without tpm=");
-        goto out;
+    snprintf(err, errlen,
+             "unknown option '%s' (want user=, session=, model=, provider=, agent=, tenant=, "
+             "global, rpm=, "
+             "tpm=, burst=, token_burst=, tokens=, enforce=)", k);
+    return -EINVAL;
+}
+
+/* The checks over the whole rule, its default bursts and where its
+ * verdicts go. */
+static int finish_rule(struct rl_rule *r, const struct rule_opts *ro, char *err, size_t errlen)
+{
+    const char *bad = NULL;
+    if (ro->global && r->group)
+        bad = "'global' cannot be combined with user=, session=, model=, provider=, agent= or tenant=";
+    else if (!ro->global && !r->group)
+        bad = "no selector: name 'global' or at least one of user=, session=, model=, provider=, "
+              "agent=, tenant=";
+    else if (!r->req.limit && !r->tok.limit)
+        bad = "no limit: give rpm= and/or tpm=";
+    else if (r->req.burst && !r->req.limit)
+        bad = "burst= without rpm=";
+    else if (r->tok.burst && !r->tok.limit)
+        bad = "token_burst= without tpm=";
+    else if (ro->have_tokens && !r->tok.limit)
+        bad = "tokens= without tpm=";
+    if (bad) {
+        snprintf(err, errlen, "%s", bad);
+        return -EINVAL;
     }
     if (!r->req.burst)
         r->req.burst = r->req.limit;
@@ -237,11 +221,12 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
     /* Where verdicts go.  A one-dim rule's key is exactly a scope key of the
      * admission table; a combination's is not, so it is counted only unless
      * the operator opts into enforcing it on one of its dims. */
+    int enforce = ro->enforce, have_enforce = ro->have_enforce;
     unsigned ndims = (unsigned)__builtin_popcount(r->group);
     if (have_enforce && enforce >= 0 && !(r->group & (1u << enforce))) {
         snprintf(err, errlen, "enforce=%s: the rule has no %s= selector", dim_names[enforce],
                  dim_names[enforce]);
-        goto out;
+        return -EINVAL;
     }
     if (!r->group)
         r->publish_scope = have_enforce && enforce == RL_NO_PUBLISH ? RL_NO_PUBLISH : CBUS_SCOPE_GLOBAL;
@@ -251,8 +236,44 @@ static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t err
         r->publish_scope = dim_scope[enforce];
     else
         r->publish_scope = RL_NO_PUBLISH;
-    rc = 0;
-out:
+    return 0;
+}
+
+static int parse_rule(struct rl_rule *r, const char *text, char *err, size_t errlen)
+{
+    char *copy = strdup(text);
+    if (!copy) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    struct rule_opts ro = {.enforce = -2};
+    int rc = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, " \t", &save); tok && !rc; tok = strtok_r(NULL, " \t", &save)) {
+        if (!strcmp(tok, "global")) {
+            if (ro.global) {
+                snprintf(err, errlen, "'global' given twice");
+                rc = -EINVAL;
+            }
+            ro.global = 1;
+            continue;
+        }
+        char *eq = strchr(tok, '=');
+        if (!eq || eq == tok) {
+            snprintf(err, errlen, "'%s' is not NAME=VALUE or 'global'", tok);
+            rc = -EINVAL;
+            continue;
+        }
+        *eq = '\0';
+        int dim = -1;
+        for (unsigned d = 0; d < RL_DIM__COUNT; d++)
+            if (!strcmp(tok, dim_names[d]))
+                dim = (int)d;
+        rc = dim >= 0 ? parse_selector(r, (unsigned)dim, tok, eq + 1, err, errlen)
+                      : parse_option(r, &ro, tok, eq + 1, err, errlen);
+    }
+    if (!rc)
+        rc = finish_rule(r, &ro, err, errlen);
     free(copy);
     return rc;
 }
