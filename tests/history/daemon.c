@@ -454,6 +454,22 @@ Test(history_daemon, cli_commands, .init = setup, .fini = teardown, .timeout = 6
     cr_expect_eq(db_int(dbpath, "SELECT count(*) FROM conversations"), 2);
     snprintf(cmd, sizeof cmd, "%s show cli-1 --db %s 2>&1", CBUS_HISTORY_BIN, dbpath);
     cr_expect_eq(run(cmd, out, sizeof out), 1);
+    /* wrong operands: exit 2, saying which, and the store untouched */
+    static const char *const bad[][2] = {
+        {"list --since soonish", "--since soonish: want"},
+        {"rename cli-2 ''", "the title must be 1.."},
+        {"show", "missing argument"},
+        {"show cli-1 cli-2", "too many arguments"},
+        {"expire", "give --older-than"},
+        {"export cli-2", "give --json"},
+        {"search x --limit 0", "--limit 0: want 1..1000000"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s --db %s 2>&1", CBUS_HISTORY_BIN, bad[i][0], dbpath);
+        cr_expect_eq(run(cmd, out, sizeof out), 2, "%s", bad[i][0]);
+        cr_expect_not_null(strstr(out, bad[i][1]), "%s: %s", bad[i][0], out);
+    }
+    cr_expect_eq(db_int(dbpath, "SELECT count(*) FROM conversations"), 2);
     snprintf(cmd, sizeof cmd, "%s list --db %s/missing.db 2>&1", CBUS_HISTORY_BIN, dir);
     cr_expect_eq(run(cmd, out, sizeof out), 1);
     cr_expect_not_null(strstr(out, "no store at"), "%s", out);
