@@ -176,15 +176,12 @@ struct csnap {
     int alive;
 };
 
-static void bus_json(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *m, uint64_t now)
+/* The bus's own counters: JSON into b, Prometheus samples into m. */
+static void bus_counters(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *m, uint64_t tail, double dt)
 {
     const struct cbus_shm_header *h = cbus_bus_header(bus);
-    unsigned maxc = h->max_consumers < CBUS_MAX_CONSUMERS ? h->max_consumers : CBUS_MAX_CONSUMERS;
-    unsigned maxp = h->max_producers < CBUS_MAX_PRODUCERS ? h->max_producers : CBUS_MAX_PRODUCERS;
-    uint64_t tail = cbus_bus_tail(bus);
     uint64_t dropped = atomic_load_explicit(&h->dropped, memory_order_relaxed);
     uint64_t untethered = atomic_load_explicit(&h->untethered, memory_order_relaxed);
-    double dt = w->prev_ns && now > w->prev_ns ? (double)(now - w->prev_ns) / 1e9 : 0;
     char idhex[17];
     snprintf(idhex, sizeof idhex, "%016" PRIx64, h->bus_id);
     sbuf_puts(b, ",\"bus\":{\"bus\":");
@@ -204,83 +201,91 @@ static void bus_json(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *
     sbuf_prom_label(m, w->o.bus, strlen(w->o.bus));
     sbuf_printf(m, "\"} %" PRIu64 "\n", untethered);
     w->prev_tail = tail;
+}
 
-    sbuf_puts(b, ",\"consumers\":[");
-    int first = 1;
-    struct sbuf lag, con, lost, ab;
-    sbuf_init(&lag);
-    sbuf_init(&con);
-    sbuf_init(&lost);
-    sbuf_init(&ab);
-    sbuf_puts(&lag, "# TYPE cbus_consumer_lag gauge\n");
-    sbuf_puts(&con, "# TYPE cbus_consumer_consumed_total counter\n");
-    sbuf_puts(&lost, "# TYPE cbus_consumer_lost_total counter\n");
-    sbuf_puts(&ab, "# TYPE cbus_consumer_abandoned_total counter\n");
-    for (unsigned i = 0; i < maxc; i++) {
-        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
-        if (!e)
-            continue;
-        struct csnap c = {.idx = i};
-        c.state = atomic_load_explicit(&e->state, memory_order_acquire);
-        if (c.state == CBUS_CSTATE_FREE)
-            continue;
-        c.flags = atomic_load_explicit(&e->flags, memory_order_relaxed);
-        c.pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
-        c.generation = atomic_load_explicit(&e->generation, memory_order_relaxed);
-        c.heartbeat_ns = atomic_load_explicit(&e->heartbeat_ns, memory_order_relaxed);
-        c.consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
-        c.lost = atomic_load_explicit(&e->lost, memory_order_relaxed);
-        c.abandoned = atomic_load_explicit(&e->abandoned, memory_order_relaxed);
-        c.untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
-        for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
-            uint64_t cur, rp;
-            if (cbus_bus_consumer_lane(bus, i, L, &cur, &rp) == 0) {
-                c.cursor += cur;
-                c.read_pos += rp;
-            }
-        }
-        /* Another process writes the name: a torn one is shown as it is,
-         * bounded and made valid UTF-8 by the JSON writer. */
-        memcpy(c.name, e->name, sizeof e->name);
-        c.name[sizeof e->name] = '\0';
-        c.alive = cbus_bus_consumer_alive(bus, i);
-        uint64_t lagv = tail > c.read_pos ? tail - c.read_pos : 0;
-        const char *state = c.state == CBUS_CSTATE_ACTIVE   ? "active"
-                            : c.state == CBUS_CSTATE_PARKED ? "parked"
-                                                            : "attaching";
-        sbuf_printf(b, "%s{\"index\":%u,\"name\":", first ? "" : ",", i);
-        sbuf_json_str(b, c.name, strlen(c.name));
-        sbuf_printf(b, ",\"pid\":%u,\"state\":\"%s\",\"alive\":%s,\"mode\":\"%s\",\"cursor\":%" PRIu64
-                       ",\"read_pos\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"consumed\":%" PRIu64
-                       ",\"lost\":%" PRIu64 ",\"abandoned\":%" PRIu64 ",\"untethered_count\":%" PRIu64
-                       ",\"heartbeat_age_ns\":%" PRIu64 ",\"rate\":",
-                    c.pid, state, c.alive < 0 ? "null" : c.alive ? "true" : "false",
-                    c.flags & CBUS_CFLAG_LOSSLESS ? "lossless" : "lossy", c.cursor, c.read_pos, lagv,
-                    c.consumed, c.lost, c.abandoned, c.untethered,
-                    now > c.heartbeat_ns ? now - c.heartbeat_ns : 0);
-        if (dt > 0 && w->prev_gen[i] == c.generation + 1 && c.consumed >= w->prev_consumed[i])
-            sbuf_printf(b, "%.1f}", (double)(c.consumed - w->prev_consumed[i]) / dt);
-        else
-            sbuf_puts(b, "null}");
-        w->prev_gen[i] = c.generation + 1; /* 0: never seen */
-        w->prev_consumed[i] = c.consumed;
-        first = 0;
-        if (c.state != CBUS_CSTATE_ACTIVE)
-            continue;
-        struct sbuf *ms[4] = {&lag, &con, &lost, &ab};
-        const char *names[4] = {"cbus_consumer_lag", "cbus_consumer_consumed_total",
-                                "cbus_consumer_lost_total", "cbus_consumer_abandoned_total"};
-        uint64_t vals[4] = {lagv, c.consumed, c.lost, c.abandoned};
-        for (int k = 0; k < 4; k++) {
-            sbuf_printf(ms[k], "%s{bus=\"", names[k]);
-            sbuf_prom_label(ms[k], w->o.bus, strlen(w->o.bus));
-            sbuf_puts(ms[k], "\",consumer=\"");
-            sbuf_prom_label(ms[k], c.name, strlen(c.name));
-            sbuf_printf(ms[k], "\",index=\"%u\"} %" PRIu64 "\n", i, vals[k]);
+/* Consumer entry i as read now; 0 for a free entry. */
+static int consumer_snap(cbus_bus *bus, unsigned i, struct csnap *c)
+{
+    struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
+    if (!e)
+        return 0;
+    *c = (struct csnap){.idx = i};
+    c->state = atomic_load_explicit(&e->state, memory_order_acquire);
+    if (c->state == CBUS_CSTATE_FREE)
+        return 0;
+    c->flags = atomic_load_explicit(&e->flags, memory_order_relaxed);
+    c->pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
+    c->generation = atomic_load_explicit(&e->generation, memory_order_relaxed);
+    c->heartbeat_ns = atomic_load_explicit(&e->heartbeat_ns, memory_order_relaxed);
+    c->consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
+    c->lost = atomic_load_explicit(&e->lost, memory_order_relaxed);
+    c->abandoned = atomic_load_explicit(&e->abandoned, memory_order_relaxed);
+    c->untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
+    for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
+        uint64_t cur, rp;
+        if (cbus_bus_consumer_lane(bus, i, L, &cur, &rp) == 0) {
+            c->cursor += cur;
+            c->read_pos += rp;
         }
     }
-    sbuf_puts(b, "],\"producers\":[");
-    first = 1;
+    /* Another process writes the name: a torn one is shown as it is,
+     * bounded and made valid UTF-8 by the JSON writer. */
+    memcpy(c->name, e->name, sizeof e->name);
+    c->name[sizeof e->name] = '\0';
+    c->alive = cbus_bus_consumer_alive(bus, i);
+    return 1;
+}
+
+/* The four per-consumer metric families, gathered apart so each family's
+ * samples stay together in the exposition. */
+struct consumer_metrics {
+    struct sbuf fam[4];
+};
+
+static const char *const consumer_metric_names[4] = {"cbus_consumer_lag", "cbus_consumer_consumed_total",
+                                                     "cbus_consumer_lost_total",
+                                                     "cbus_consumer_abandoned_total"};
+
+static void consumer_json(struct web *w, const struct csnap *c, uint64_t tail, double dt, uint64_t now,
+                          int first, struct sbuf *b, struct consumer_metrics *cm)
+{
+    unsigned i = c->idx;
+    uint64_t lagv = tail > c->read_pos ? tail - c->read_pos : 0;
+    const char *state = c->state == CBUS_CSTATE_ACTIVE   ? "active"
+                        : c->state == CBUS_CSTATE_PARKED ? "parked"
+                                                         : "attaching";
+    sbuf_printf(b, "%s{\"index\":%u,\"name\":", first ? "" : ",", i);
+    sbuf_json_str(b, c->name, strlen(c->name));
+    sbuf_printf(b, ",\"pid\":%u,\"state\":\"%s\",\"alive\":%s,\"mode\":\"%s\",\"cursor\":%" PRIu64
+                   ",\"read_pos\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"consumed\":%" PRIu64
+                   ",\"lost\":%" PRIu64 ",\"abandoned\":%" PRIu64 ",\"untethered_count\":%" PRIu64
+                   ",\"heartbeat_age_ns\":%" PRIu64 ",\"rate\":",
+                c->pid, state, c->alive < 0 ? "null" : c->alive ? "true" : "false",
+                c->flags & CBUS_CFLAG_LOSSLESS ? "lossless" : "lossy", c->cursor, c->read_pos, lagv,
+                c->consumed, c->lost, c->abandoned, c->untethered,
+                now > c->heartbeat_ns ? now - c->heartbeat_ns : 0);
+    if (dt > 0 && w->prev_gen[i] == c->generation + 1 && c->consumed >= w->prev_consumed[i])
+        sbuf_printf(b, "%.1f}", (double)(c->consumed - w->prev_consumed[i]) / dt);
+    else
+        sbuf_puts(b, "null}");
+    w->prev_gen[i] = c->generation + 1; /* 0: never seen */
+    w->prev_consumed[i] = c->consumed;
+    if (c->state != CBUS_CSTATE_ACTIVE)
+        return;
+    uint64_t vals[4] = {lagv, c->consumed, c->lost, c->abandoned};
+    for (int k = 0; k < 4; k++) {
+        struct sbuf *f = &cm->fam[k];
+        sbuf_printf(f, "%s{bus=\"", consumer_metric_names[k]);
+        sbuf_prom_label(f, w->o.bus, strlen(w->o.bus));
+        sbuf_puts(f, "\",consumer=\"");
+        sbuf_prom_label(f, c->name, strlen(c->name));
+        sbuf_printf(f, "\",index=\"%u\"} %" PRIu64 "\n", i, vals[k]);
+    }
+}
+
+static void producers_json(cbus_bus *bus, unsigned maxp, struct sbuf *b)
+{
+    int first = 1;
     for (unsigned i = 0; i < maxp; i++) {
         struct cbus_producer_entry *e = cbus_bus_producer_entry(bus, i);
         if (!e || !atomic_load_explicit(&e->in_use, memory_order_acquire))
@@ -297,17 +302,41 @@ static void bus_json(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *
                     atomic_load_explicit(&e->waited_ns, memory_order_relaxed));
         first = 0;
     }
+}
+
+static void bus_json(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *m, uint64_t now)
+{
+    const struct cbus_shm_header *h = cbus_bus_header(bus);
+    unsigned maxc = h->max_consumers < CBUS_MAX_CONSUMERS ? h->max_consumers : CBUS_MAX_CONSUMERS;
+    unsigned maxp = h->max_producers < CBUS_MAX_PRODUCERS ? h->max_producers : CBUS_MAX_PRODUCERS;
+    uint64_t tail = cbus_bus_tail(bus);
+    double dt = w->prev_ns && now > w->prev_ns ? (double)(now - w->prev_ns) / 1e9 : 0;
+    bus_counters(w, bus, b, m, tail, dt);
+
+    sbuf_puts(b, ",\"consumers\":[");
+    struct consumer_metrics cm;
+    static const char *const types[4] = {"gauge", "counter", "counter", "counter"};
+    for (int k = 0; k < 4; k++) {
+        sbuf_init(&cm.fam[k]);
+        sbuf_printf(&cm.fam[k], "# TYPE %s %s\n", consumer_metric_names[k], types[k]);
+    }
+    int first = 1;
+    for (unsigned i = 0; i < maxc; i++) {
+        struct csnap c;
+        if (!consumer_snap(bus, i, &c))
+            continue;
+        consumer_json(w, &c, tail, dt, now, first, b, &cm);
+        first = 0;
+    }
+    sbuf_puts(b, "],\"producers\":[");
+    producers_json(bus, maxp, b);
     sbuf_puts(b, "]}");
-    sbuf_add(m, lag.data, lag.len);
-    sbuf_add(m, con.data, con.len);
-    sbuf_add(m, lost.data, lost.len);
-    sbuf_add(m, ab.data, ab.len);
-    if (lag.failed || con.failed || lost.failed || ab.failed)
-        m->failed = 1;
-    sbuf_free(&lag);
-    sbuf_free(&con);
-    sbuf_free(&lost);
-    sbuf_free(&ab);
+    for (int k = 0; k < 4; k++) {
+        sbuf_add(m, cm.fam[k].data, cm.fam[k].len);
+        if (cm.fam[k].failed)
+            m->failed = 1;
+        sbuf_free(&cm.fam[k]);
+    }
 }
 
 static uint64_t realtime_ns(void)
