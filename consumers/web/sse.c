@@ -415,26 +415,28 @@ static int is_loopback_listener(const struct web *w)
     return !strncmp(w->o.listen_host, "127.", 4) || !strcmp(w->o.listen_host, "::1");
 }
 
-void web_handle(void *ctx, const struct cbus_http_request *req, struct cbus_http_response *res)
+/* Who may ask: the Host check against DNS rebinding, CORS preflights and
+ * the cross-origin token rule.  Returns 1 when the request was answered
+ * here (refused, or a preflight), 0 to go on. */
+static int access_gate(struct web *w, const struct cbus_http_request *req, struct cbus_http_response *res,
+                       int authed)
 {
-    struct web *w = ctx;
     const char *origin = cbus_http_header(req, "Origin");
     const char *host = cbus_http_header(req, "Host");
-    int authed = w->o.token && token_ok(w->o.token, cbus_http_header(req, "Authorization"));
     if (origin && !strcmp(origin, "null"))
         origin = "null"; /* a sandboxed or file: page: another origin like any */
     int cross = origin && !same_origin(origin, host);
 
     if (!w->o.token && is_loopback_listener(w) && !loopback_host(host)) {
         json_error(res, 403, "Host is not a loopback name (DNS rebinding?)", NULL);
-        return;
+        return 1;
     }
     if (!strcmp(req->method, "OPTIONS")) {
         /* A preflight carries no token: answer it only where a token can
          * then be checked; without one, other origins get nothing. */
         if (!cross || !w->o.token) {
             json_error(res, 403, "cross-origin requests need the bearer token", NULL);
-            return;
+            return 1;
         }
         res->status = 204;
         res->headers[0] = "Access-Control-Allow-Origin";
@@ -445,11 +447,11 @@ void web_handle(void *ctx, const struct cbus_http_request *req, struct cbus_http
         res->headers[5] = "GET";
         res->headers[6] = "Vary";
         res->headers[7] = "Origin";
-        return;
+        return 1;
     }
     if (cross && !authed) {
         json_error(res, 403, "cross-origin request without the bearer token", NULL);
-        return;
+        return 1;
     }
     if (cross) {
         res->headers[0] = "Access-Control-Allow-Origin";
@@ -457,13 +459,13 @@ void web_handle(void *ctx, const struct cbus_http_request *req, struct cbus_http
         res->headers[2] = "Vary";
         res->headers[3] = "Origin";
     }
-    if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
-        json_error(res, 405, "only GET", NULL);
-        res->allow = "GET, HEAD, OPTIONS";
-        return;
-    }
-    /* The page and its scripts hold no data: served without the token, so
-     * a browser can load them and then send the token itself. */
+    return 0;
+}
+
+/* The page and its scripts hold no data: served without the token, so a
+ * browser can load them and then send the token itself.  1: served. */
+static int serve_static(const struct cbus_http_request *req, struct cbus_http_response *res)
+{
     for (const struct web_static_file *s = web_static_files; s->path; s++) {
         if (!strcmp(req->path, s->path)) {
             cbus_http_reply(res, 200, s->type, (const char *)s->data, s->len);
@@ -471,63 +473,75 @@ void web_handle(void *ctx, const struct cbus_http_request *req, struct cbus_http
             res->headers[5] = "default-src 'self'; img-src 'self' data:; style-src 'self'";
             res->headers[6] = "X-Content-Type-Options";
             res->headers[7] = "nosniff";
-            return;
+            return 1;
         }
     }
+    return 0;
+}
+
+/* GET /v1/runs/TRACE/progress: one trace's progress, as a stream. */
+static void serve_progress(struct web *w, const struct cbus_http_request *req, struct cbus_http_response *res,
+                           const char *id)
+{
+    const char *slash = strchr(id, '/');
+    char text[48];
+    uint8_t trace[16];
+    if (!slash || strcmp(slash, "/progress") || (size_t)(slash - id) >= sizeof text) {
+        json_error(res, 404, "no such resource (GET /v1/runs/TRACE/progress)", NULL);
+        return;
+    }
+    memcpy(text, id, (size_t)(slash - id));
+    text[slash - id] = '\0';
+    if (cbus_id_parse(trace, text)) {
+        json_error(res, 400, "the trace id is not 32 hex characters or a UUID", "trace");
+        return;
+    }
+    struct web_filter f;
+    memset(&f, 0, sizeof f);
+    struct args a = {.f = &f};
+    if (cbus_http_query_each(req, one_arg, &a) || f.kinds || f.has_run || f.has_trace || f.has_session ||
+        f.has_user) {
+        json_error(res, 400, a.err[0] ? a.err : "progress takes no filters", a.param[0] ? a.param : NULL);
+        return;
+    }
+    start_stream(w, req, res, &f, trace);
+}
+
+void web_handle(void *ctx, const struct cbus_http_request *req, struct cbus_http_response *res)
+{
+    struct web *w = ctx;
+    int authed = w->o.token && token_ok(w->o.token, cbus_http_header(req, "Authorization"));
+    if (access_gate(w, req, res, authed))
+        return;
+    if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
+        json_error(res, 405, "only GET", NULL);
+        res->allow = "GET, HEAD, OPTIONS";
+        return;
+    }
+    if (serve_static(req, res))
+        return;
     if (w->o.token && !authed) {
         json_error(res, 401, "a bearer token is required", NULL); /* httpd adds WWW-Authenticate */
         return;
     }
+    static const char runs[] = "/v1/runs/";
     if (!strcmp(req->path, "/v1/health")) {
         cbus_http_reply(res, 200, "text/plain; charset=utf-8", "ok\n", 3);
-        return;
-    }
-    if (!strcmp(req->path, "/v1/state")) {
+    } else if (!strcmp(req->path, "/v1/state")) {
         serve_doc(w, res, 0);
-        return;
-    }
-    if (!strcmp(req->path, "/metrics")) {
+    } else if (!strcmp(req->path, "/metrics")) {
         serve_doc(w, res, 1);
-        return;
-    }
-    if (!strcmp(req->path, "/v1/events")) {
+    } else if (!strcmp(req->path, "/v1/events")) {
         struct web_filter f;
         memset(&f, 0, sizeof f);
         struct args a = {.f = &f};
-        if (cbus_http_query_each(req, one_arg, &a)) {
+        if (cbus_http_query_each(req, one_arg, &a))
             json_error(res, 400, a.err, a.param);
-            return;
-        }
-        start_stream(w, req, res, &f, NULL);
-        return;
+        else
+            start_stream(w, req, res, &f, NULL);
+    } else if (!strncmp(req->path, runs, sizeof runs - 1)) {
+        serve_progress(w, req, res, req->path + sizeof runs - 1);
+    } else {
+        json_error(res, 404, "no such resource", NULL);
     }
-    static const char runs[] = "/v1/runs/";
-    if (!strncmp(req->path, runs, sizeof runs - 1)) {
-        const char *id = req->path + sizeof runs - 1;
-        const char *slash = strchr(id, '/');
-        char text[48];
-        uint8_t trace[16];
-        if (!slash || strcmp(slash, "/progress") || (size_t)(slash - id) >= sizeof text) {
-            json_error(res, 404, "no such resource (GET /v1/runs/TRACE/progress)", NULL);
-            return;
-        }
-        memcpy(text, id, (size_t)(slash - id));
-        text[slash - id] = '\0';
-        if (cbus_id_parse(trace, text)) {
-            json_error(res, 400, "the trace id is not 32 hex characters or a UUID", "trace");
-            return;
-        }
-        struct web_filter f;
-        memset(&f, 0, sizeof f);
-        struct args a = {.f = &f};
-        if (cbus_http_query_each(req, one_arg, &a) || f.kinds || f.has_run || f.has_trace ||
-            f.has_session || f.has_user) {
-            json_error(res, 400, a.err[0] ? a.err : "progress takes no filters",
-                       a.param[0] ? a.param : NULL);
-            return;
-        }
-        start_stream(w, req, res, &f, trace);
-        return;
-    }
-    json_error(res, 404, "no such resource", NULL);
 }
