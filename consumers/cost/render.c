@@ -529,9 +529,29 @@ static void prom_groups(struct sbuf *b, const char *what, const struct cost_ktab
     }
 }
 
-void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+/* One latency histogram per model that has samples: durations (ttft 0)
+ * or times to first token (ttft 1). */
+static void prom_model_hist(struct sbuf *b, const struct cost_ktab *mt, int ttft, const char *name,
+                            const char *help)
 {
-    const struct cost_ktab *mt = &l->models, *ut = &l->users;
+    prom_head(b, name, "histogram", help);
+    for (size_t i = 0; i < mt->n; i++) {
+        const struct cost_model *m = cost_ktab_val_at(mt, i);
+        const struct cost_hist *h = ttft ? &m->lat.ttft : &m->lat.duration;
+        if (!h->count)
+            continue;
+        struct sbuf lb;
+        sbuf_init(&lb);
+        model_labels(&lb, cost_ktab_key_at(mt, i));
+        prom_hist(b, name, lb.data, h, ttft ? COST_HIST_TTFT : COST_HIST_DURATION);
+        sbuf_free(&lb);
+    }
+}
+
+/* Per model: cost, call counts, tokens and the two latency histograms. */
+static void prom_models(struct sbuf *b, const struct cost_ledger *l)
+{
+    const struct cost_ktab *mt = &l->models;
     prom_head(b, "cbus_cost_usd_total", "counter",
               "Cost of LLM calls in USD (exact sum of integer pico-dollars).");
     for (size_t i = 0; i < mt->n; i++) {
@@ -579,66 +599,53 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
                         (unsigned long long)m->c.tokens[f]);
         }
     }
-    prom_head(b, "cbus_cost_request_duration_seconds", "histogram",
-              "LLM call duration (gen_ai.client.operation.duration buckets).");
-    for (size_t i = 0; i < mt->n; i++) {
-        const struct cost_model *m = cost_ktab_val_at(mt, i);
-        if (!m->lat.duration.count)
-            continue;
-        struct sbuf lb;
-        sbuf_init(&lb);
-        model_labels(&lb, cost_ktab_key_at(mt, i));
-        prom_hist(b, "cbus_cost_request_duration_seconds", lb.data, &m->lat.duration, COST_HIST_DURATION);
-        sbuf_free(&lb);
+    prom_model_hist(b, mt, 0, "cbus_cost_request_duration_seconds",
+                    "LLM call duration (gen_ai.client.operation.duration buckets).");
+    prom_model_hist(b, mt, 1, "cbus_cost_time_to_first_token_seconds",
+                    "Time to first token (exponential buckets 1 ms .. 16.384 s).");
+}
+
+/* Per user (prom_users: a label per user can be many series). */
+static void prom_users(struct sbuf *b, const struct cost_ledger *l)
+{
+    const struct cost_ktab *ut = &l->users;
+    prom_head(b, "cbus_cost_user_usd_total", "counter", "Cost per user in USD.");
+    for (size_t i = 0; i < ut->n; i++) {
+        const char *k = cost_ktab_key_at(ut, i);
+        const struct cost_user *u = cost_ktab_val_at(ut, i);
+        sbuf_puts(b, "cbus_cost_user_usd_total{user=\"");
+        prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
+        sbuf_puts(b, "\"} ");
+        prom_usd(b, u->c.cost_pico);
+        sbuf_puts(b, "\n");
     }
-    prom_head(b, "cbus_cost_time_to_first_token_seconds", "histogram",
-              "Time to first token (exponential buckets 1 ms .. 16.384 s).");
-    for (size_t i = 0; i < mt->n; i++) {
-        const struct cost_model *m = cost_ktab_val_at(mt, i);
-        if (!m->lat.ttft.count)
-            continue;
-        struct sbuf lb;
-        sbuf_init(&lb);
-        model_labels(&lb, cost_ktab_key_at(mt, i));
-        prom_hist(b, "cbus_cost_time_to_first_token_seconds", lb.data, &m->lat.ttft, COST_HIST_TTFT);
-        sbuf_free(&lb);
+    prom_head(b, "cbus_cost_user_requests_total", "counter", "Completed calls per user.");
+    for (size_t i = 0; i < ut->n; i++) {
+        const char *k = cost_ktab_key_at(ut, i);
+        const struct cost_user *u = cost_ktab_val_at(ut, i);
+        sbuf_puts(b, "cbus_cost_user_requests_total{user=\"");
+        prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
+        sbuf_printf(b, "\"} %llu\n", (unsigned long long)u->c.requests);
     }
-    prom_scores(b, &l->scores);
-    prom_groups(b, "agent", &l->agents, CBUS_AGENT_LEN);
-    prom_groups(b, "tenant", &l->tenants, CBUS_TENANT_LEN);
-    if (ri->prom_users) {
-        prom_head(b, "cbus_cost_user_usd_total", "counter", "Cost per user in USD.");
-        for (size_t i = 0; i < ut->n; i++) {
-            const char *k = cost_ktab_key_at(ut, i);
-            const struct cost_user *u = cost_ktab_val_at(ut, i);
-            sbuf_puts(b, "cbus_cost_user_usd_total{user=\"");
+    prom_head(b, "cbus_cost_user_tokens_total", "counter", "Tokens per user by type.");
+    for (size_t i = 0; i < ut->n; i++) {
+        const char *k = cost_ktab_key_at(ut, i);
+        const struct cost_user *u = cost_ktab_val_at(ut, i);
+        for (unsigned f = 0; f < COST_TOK__COUNT; f++) {
+            if (!u->c.reported[f])
+                continue;
+            sbuf_puts(b, "cbus_cost_user_tokens_total{user=\"");
             prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
-            sbuf_puts(b, "\"} ");
-            prom_usd(b, u->c.cost_pico);
-            sbuf_puts(b, "\n");
-        }
-        prom_head(b, "cbus_cost_user_requests_total", "counter", "Completed calls per user.");
-        for (size_t i = 0; i < ut->n; i++) {
-            const char *k = cost_ktab_key_at(ut, i);
-            const struct cost_user *u = cost_ktab_val_at(ut, i);
-            sbuf_puts(b, "cbus_cost_user_requests_total{user=\"");
-            prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
-            sbuf_printf(b, "\"} %llu\n", (unsigned long long)u->c.requests);
-        }
-        prom_head(b, "cbus_cost_user_tokens_total", "counter", "Tokens per user by type.");
-        for (size_t i = 0; i < ut->n; i++) {
-            const char *k = cost_ktab_key_at(ut, i);
-            const struct cost_user *u = cost_ktab_val_at(ut, i);
-            for (unsigned f = 0; f < COST_TOK__COUNT; f++) {
-                if (!u->c.reported[f])
-                    continue;
-                sbuf_puts(b, "cbus_cost_user_tokens_total{user=\"");
-                prom_key(b, k, CBUS_USER_LEN, cost_key_whole_hash(k, CBUS_USER_LEN));
-                sbuf_printf(b, "\",type=\"%s\"} %llu\n", cost_tok_names[f],
-                            (unsigned long long)u->c.tokens[f]);
-            }
+            sbuf_printf(b, "\",type=\"%s\"} %llu\n", cost_tok_names[f],
+                        (unsigned long long)u->c.tokens[f]);
         }
     }
+}
+
+/* Every budget's spend, limit and verdict, global then by scope. */
+static void prom_budgets(struct sbuf *b, const struct cost_ledger *l)
+{
+    const struct cost_ktab *ut = &l->users;
     static const char *const bm[] = {"cbus_cost_budget_spent_usd", "cbus_cost_budget_limit_usd",
                                      "cbus_cost_budget_exceeded"};
     static const char *const bh[] = {"Spend in the current budget period, USD.",
@@ -664,6 +671,11 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
                             u->budget, &u->b, bm[m]);
             }
     }
+}
+
+/* What the daemon itself saw: anomalies, events read, lost, lag, alerts. */
+static void prom_daemon(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+{
     const struct cost_anomalies *a = &l->an;
     prom_head(b, "cbus_cost_anomalies_total", "counter",
               "Inconsistent or unaccountable input, by kind.");
@@ -694,4 +706,16 @@ void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct 
     sbuf_printf(b, "cbus_cost_alerts_total %llu\n", (unsigned long long)ri->alerts);
     prom_head(b, "cbus_cost_webhook_failures_total", "counter", "Alert webhooks that failed.");
     sbuf_printf(b, "cbus_cost_webhook_failures_total %llu\n", (unsigned long long)ri->webhook_failed);
+}
+
+void cost_render_prom(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+{
+    prom_models(b, l);
+    prom_scores(b, &l->scores);
+    prom_groups(b, "agent", &l->agents, CBUS_AGENT_LEN);
+    prom_groups(b, "tenant", &l->tenants, CBUS_TENANT_LEN);
+    if (ri->prom_users)
+        prom_users(b, l);
+    prom_budgets(b, l);
+    prom_daemon(b, l, ri);
 }
