@@ -92,38 +92,16 @@ static int header_ok(const char *name, const char *value)
     return 1;
 }
 
-static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
-                     const struct cbus_cfg_entry *e, char *err, size_t errlen)
+#define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
+enum { NOT_MINE = 1 }; /* a setting the function does not own */
+
+/* [export] and [otlp]: what is sent, how it is batched and retried.  NOT_MINE for any other. */
+static int export_entry(struct export_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                        char *err, size_t errlen)
 {
     const char *s = e->section, *k = e->key;
     uint64_t u;
     int r;
-    /* [bus] name, consumer and [status]: shared by every daemon (config.h);
-     * [bus] consumer_name is still taken. */
-    const struct cbus_cfg_common cc = {
-        .bus = c->bus, .consumer = c->consumer_name, .consumer_size = sizeof c->consumer_name,
-        .status_file = c->status_file, .status_file_size = sizeof c->status_file,
-        .status_interval_ns = &c->status_interval_ns};
-    if ((r = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
-        return r < 0 ? r : 0;
-#define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
-    if (IS("bus", "mode")) {
-        static const char *const modes[] = {"lossy", "lossless", NULL};
-        unsigned m;
-        if ((r = cbus_cfg_choice(cfg, e, modes, &m, err, errlen)))
-            return r;
-        c->lossless = m == 1;
-        return 0;
-    }
-    if (IS("bus", "start")) {
-        static const char *const starts[] = {"newest", "oldest", "resume", NULL};
-        static const unsigned map[] = {CBUS_START_NEWEST, CBUS_START_OLDEST, CBUS_START_RESUME};
-        unsigned m;
-        if ((r = cbus_cfg_choice(cfg, e, starts, &m, err, errlen)))
-            return r;
-        c->start = map[m];
-        return 0;
-    }
     if (IS("export", "format")) {
         static const char *const formats[] = {"otlp", "msgpack", NULL};
         return cbus_cfg_choice(cfg, e, formats, &c->format, err, errlen);
@@ -199,6 +177,15 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
             return cbus_cfg_error(cfg, e, err, errlen, "must be between 256 and 16M");
         return 0;
     }
+    return NOT_MINE;
+}
+
+/* [spans], [cost] and [spool]: span assembly, prices and the disk spool.  NOT_MINE for any other. */
+static int spans_entry(struct export_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                       char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
+    int r;
     if (IS("spans", "run_timeout")) {
         if ((r = cbus_cfg_duration_ns(cfg, e, &c->run_timeout_ns, err, errlen)))
             return r;
@@ -240,6 +227,14 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
             return cbus_cfg_error(cfg, e, err, errlen, "must be at least 64k");
         return 0;
     }
+    return NOT_MINE;
+}
+
+/* [headers], [auth], [tls] and the [langfuse] and [phoenix] profiles.  NOT_MINE for any other. */
+static int transport_entry(struct export_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                           char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
     if (!strcmp(s, "headers")) {
         if (c->n_headers >= EXPORT_MAX_HEADERS)
             return cbus_cfg_error(cfg, e, err, errlen, "at most %d headers", EXPORT_MAX_HEADERS);
@@ -281,9 +276,46 @@ static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
         return copy_str(cfg, e, c->ca_file, sizeof c->ca_file, err, errlen);
     if (IS("tls", "verify"))
         return cbus_cfg_bool(cfg, e, &c->tls_verify, err, errlen);
-#undef IS
+    return NOT_MINE;
+}
+
+static int set_entry(struct export_config *c, const struct cbus_cfg *cfg,
+                     const struct cbus_cfg_entry *e, char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
+    int r;
+    /* [bus] name, consumer and [status]: shared by every daemon (config.h);
+     * [bus] consumer_name is still taken. */
+    const struct cbus_cfg_common cc = {
+        .bus = c->bus, .consumer = c->consumer_name, .consumer_size = sizeof c->consumer_name,
+        .status_file = c->status_file, .status_file_size = sizeof c->status_file,
+        .status_interval_ns = &c->status_interval_ns};
+    if ((r = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
+        return r < 0 ? r : 0;
+    if (IS("bus", "mode")) {
+        static const char *const modes[] = {"lossy", "lossless", NULL};
+        unsigned m;
+        if ((r = cbus_cfg_choice(cfg, e, modes, &m, err, errlen)))
+            return r;
+        c->lossless = m == 1;
+        return 0;
+    }
+    if (IS("bus", "start")) {
+        static const char *const starts[] = {"newest", "oldest", "resume", NULL};
+        static const unsigned map[] = {CBUS_START_NEWEST, CBUS_START_OLDEST, CBUS_START_RESUME};
+        unsigned m;
+        if ((r = cbus_cfg_choice(cfg, e, starts, &m, err, errlen)))
+            return r;
+        c->start = map[m];
+        return 0;
+    }
+    if ((r = export_entry(c, cfg, e, err, errlen)) != NOT_MINE ||
+        (r = spans_entry(c, cfg, e, err, errlen)) != NOT_MINE ||
+        (r = transport_entry(c, cfg, e, err, errlen)) != NOT_MINE)
+        return r;
     return cbus_cfg_error(cfg, e, err, errlen, "unknown setting");
 }
+#undef IS
 
 int export_config_load(struct export_config *c, const char *path, char *err, size_t errlen)
 {
