@@ -295,6 +295,107 @@ static char *read_all(const char *path, size_t *len, int *rc)
     return *rc ? NULL : buf;
 }
 
+/* Magic, checksum and version: 0 with *r past them and *ver set. */
+static int check_envelope(const char *buf, size_t len, struct rd *r, uint32_t *ver, const char *path,
+                          char *err, size_t errlen)
+{
+    if (len < 8 + 4 + 4 + 4 || memcmp(buf, CKPT_MAGIC, 8)) {
+        snprintf(err, errlen, "%s: not a cbus-cost checkpoint", path);
+        return -EBADMSG;
+    }
+    uint32_t crc;
+    memcpy(&crc, buf + len - 4, 4);
+    if (crc != (uint32_t)crc32(0L, (const Bytef *)buf, (uInt)(len - 4))) {
+        snprintf(err, errlen, "%s: checksum mismatch (corrupt checkpoint)", path);
+        return -EBADMSG;
+    }
+    *r = (struct rd){(const unsigned char *)buf + 8, len - 8 - 4, 0};
+    uint32_t stamp;
+    get(r, ver, 4);
+    get(r, &stamp, 4);
+    if (*ver < 1 || *ver > CKPT_VERSION || stamp != CKPT_STAMP) {
+        snprintf(err, errlen,
+                 "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
+                 "this build %u, %08x)", path, *ver, stamp, CKPT_VERSION, CKPT_STAMP);
+        return -EPROTO;
+    }
+    return 0;
+}
+
+/* The saved read position: one cursor, and from version 3 one per lane
+ * (which must add up to it). */
+static int load_position(struct rd *r, uint32_t ver, struct cost_ledger *l, const char *path, char *err,
+                         size_t errlen)
+{
+    uint64_t cursor = get_u64(r);
+    struct cbus_position pos = {.lanes = 1, .pos = {cursor}}; /* before version 3: one lane */
+    if (ver >= 3) {
+        get(r, &pos.lanes, 4);
+        if (pos.lanes == 0 || pos.lanes > CBUS_MAX_LANES || (pos.lanes & (pos.lanes - 1))) {
+            snprintf(err, errlen, "%s: %u lanes in the saved position (corrupt checkpoint)", path,
+                     pos.lanes);
+            return -EBADMSG;
+        }
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < pos.lanes; i++)
+            sum += pos.pos[i] = get_u64(r);
+        if (sum != cursor) {
+            snprintf(err, errlen, "%s: the saved position does not add up to its cursor "
+                     "(corrupt checkpoint)", path);
+            return -EBADMSG;
+        }
+    }
+    cost_ledger_set_position(l, &pos);
+    return 0;
+}
+
+/* Table t's n entries (0 models, 1 users, 2 sessions, 3 agents, 4 tenants);
+ * a key seen twice marks the reader bad. */
+static int load_table(struct rd *r, uint32_t ver, unsigned t, struct cost_ktab *kt, uint64_t n,
+                      const char *path, char *err, size_t errlen)
+{
+    if (n > kt->max_entries) {
+        snprintf(err, errlen, "%s: holds %llu entries, more than the configured maximum %zu "
+                 "(raise max_models/max_users/max_sessions/max_agents/max_tenants)", path,
+                 (unsigned long long)n, kt->max_entries);
+        return -EOVERFLOW;
+    }
+    for (uint64_t i = 0; i < n && !r->bad; i++) {
+        unsigned char key[COST_KEY_MAX];
+        if (ver >= 4)
+            get(r, key, kt->key_size);
+        else
+            get_old_key(r, key, t);
+        if (r->bad)
+            break;
+        uint64_t h = cost_key_hash(key, kt->key_size);
+        if (cost_ktab_find(kt, key, h) >= 0) {
+            r->bad = 1;
+            break;
+        }
+        long idx = cost_ktab_insert(kt, key, h);
+        if (idx < 0) {
+            snprintf(err, errlen, "%s: %s", path, strerror((int)-idx));
+            return (int)idx;
+        }
+        void *v = cost_ktab_val_at(kt, (size_t)idx);
+        if (t == 0) {
+            struct cost_model *m = v;
+            get(r, &m->c, sizeof m->c);
+            get_lat(r, &m->lat);
+        } else if (t == 1 || t >= 3) {
+            struct cost_user *u = v;
+            get(r, &u->c, sizeof u->c);
+            get(r, &u->b, sizeof u->b);
+        } else {
+            struct cost_session *s = v;
+            get(r, &s->c, sizeof s->c);
+            get(r, &s->b, sizeof s->b);
+        }
+    }
+    return 0;
+}
+
 int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *path, char *err,
                          size_t errlen)
 {
@@ -306,48 +407,13 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
             snprintf(err, errlen, "%s: %s", path, strerror(-rc));
         return rc;
     }
-    rc = -EBADMSG;
-    if (len < 8 + 4 + 4 + 4 || memcmp(buf, CKPT_MAGIC, 8)) {
-        snprintf(err, errlen, "%s: not a cbus-cost checkpoint", path);
+    struct rd r;
+    uint32_t ver;
+    if ((rc = check_envelope(buf, len, &r, &ver, path, err, errlen)))
         goto out;
-    }
-    uint32_t crc;
-    memcpy(&crc, buf + len - 4, 4);
-    if (crc != (uint32_t)crc32(0L, (const Bytef *)buf, (uInt)(len - 4))) {
-        snprintf(err, errlen, "%s: checksum mismatch (corrupt checkpoint)", path);
-        goto out;
-    }
-    struct rd r = {(const unsigned char *)buf + 8, len - 8 - 4, 0};
-    uint32_t ver, stamp;
-    get(&r, &ver, 4);
-    get(&r, &stamp, 4);
-    if (ver < 1 || ver > CKPT_VERSION || stamp != CKPT_STAMP) {
-        snprintf(err, errlen,
-                 "%s: written by an incompatible cbus-cost build (version %u, layout %08x; "
-                 "this build %u, %08x)", path, ver, stamp, CKPT_VERSION, CKPT_STAMP);
-        rc = -EPROTO;
-        goto out;
-    }
     *bus_id = get_u64(&r);
-    uint64_t cursor = get_u64(&r);
-    struct cbus_position pos = {.lanes = 1, .pos = {cursor}}; /* before version 3: one lane */
-    if (ver >= 3) {
-        get(&r, &pos.lanes, 4);
-        if (pos.lanes == 0 || pos.lanes > CBUS_MAX_LANES || (pos.lanes & (pos.lanes - 1))) {
-            snprintf(err, errlen, "%s: %u lanes in the saved position (corrupt checkpoint)", path,
-                     pos.lanes);
-            goto out;
-        }
-        uint64_t sum = 0;
-        for (uint32_t i = 0; i < pos.lanes; i++)
-            sum += pos.pos[i] = get_u64(&r);
-        if (sum != cursor) {
-            snprintf(err, errlen, "%s: the saved position does not add up to its cursor "
-                     "(corrupt checkpoint)", path);
-            goto out;
-        }
-    }
-    cost_ledger_set_position(l, &pos);
+    if ((rc = load_position(&r, ver, l, path, err, errlen)))
+        goto out;
     (void)get_u64(&r); /* saved_realtime_ns: informational */
     l->events = get_u64(&r);
     if (ver >= 2) {
@@ -371,63 +437,16 @@ int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *pa
         get(&r, &l->agent_overflow.c, sizeof l->agent_overflow.c);
         get(&r, &l->tenant_overflow.c, sizeof l->tenant_overflow.c);
     }
-    struct {
-        struct cost_ktab *t;
-        uint64_t n;
-    } tabs[5] = {{&l->models, nm}, {&l->users, nu}, {&l->sessions, ns}, {&l->agents, na},
-                 {&l->tenants, nt}};
-    for (unsigned t = 0; t < 5 && !r.bad; t++) {
-        struct cost_ktab *kt = tabs[t].t;
-        if (tabs[t].n > kt->max_entries) {
-            snprintf(err, errlen, "%s: holds %llu entries, more than the configured maximum %zu "
-                     "(raise max_models/max_users/max_sessions/max_agents/max_tenants)", path,
-                     (unsigned long long)tabs[t].n, kt->max_entries);
-            rc = -EOVERFLOW;
+    struct cost_ktab *tabs[5] = {&l->models, &l->users, &l->sessions, &l->agents, &l->tenants};
+    uint64_t counts[5] = {nm, nu, ns, na, nt};
+    for (unsigned t = 0; t < 5 && !r.bad; t++)
+        if ((rc = load_table(&r, ver, t, tabs[t], counts[t], path, err, errlen)))
             goto out;
-        }
-        for (uint64_t i = 0; i < tabs[t].n && !r.bad; i++) {
-            unsigned char key[COST_KEY_MAX];
-            if (ver >= 4)
-                get(&r, key, kt->key_size);
-            else
-                get_old_key(&r, key, t);
-            if (r.bad)
-                break;
-            uint64_t h = cost_key_hash(key, kt->key_size);
-            if (cost_ktab_find(kt, key, h) >= 0) {
-                r.bad = 1;
-                break;
-            }
-            long idx = cost_ktab_insert(kt, key, h);
-            if (idx < 0) {
-                snprintf(err, errlen, "%s: %s", path, strerror((int)-idx));
-                rc = (int)idx;
-                goto out;
-            }
-            void *v = cost_ktab_val_at(kt, (size_t)idx);
-            if (t == 0) {
-                struct cost_model *m = v;
-                get(&r, &m->c, sizeof m->c);
-                get_lat(&r, &m->lat);
-            } else if (t == 1 || t >= 3) {
-                struct cost_user *u = v;
-                get(&r, &u->c, sizeof u->c);
-                get(&r, &u->b, sizeof u->b);
-            } else {
-                struct cost_session *s = v;
-                get(&r, &s->c, sizeof s->c);
-                get(&r, &s->b, sizeof s->b);
-            }
-        }
-    }
-    if (ver >= 4 && !r.bad) {
-        rc = load_scores(&r, &l->scores, path, err, errlen);
-        if (rc)
-            goto out;
-        rc = -EBADMSG;
-    }
+    if (ver >= 4 && !r.bad && (rc = load_scores(&r, &l->scores, path, err, errlen)))
+        goto out;
     if (r.bad || r.left) {
         snprintf(err, errlen, "%s: truncated or inconsistent checkpoint", path);
+        rc = -EBADMSG;
         goto out;
     }
     cost_ledger_rebind(l);
