@@ -91,84 +91,82 @@ static unsigned limit_arg(const struct cbus_http_request *req, int *bad)
     return (unsigned)n;
 }
 
-void hist_api_handle(struct hist_store *st, const struct cbus_http_request *req,
-                     struct cbus_http_response *res)
+/* The store's answer r: the JSON in b, or the error it names. */
+static void answer(struct cbus_http_response *res, struct hist_store *st, int r, struct sbuf *b)
 {
-    static const char pre[] = "/v1/conversations";
-    const char *path = req->path;
-    int get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
-    struct sbuf b;
-    sbuf_init(&b);
+    if (r)
+        store_error(res, st, r);
+    else
+        reply_json(res, 200, b);
+}
+
+static uint64_t realtime_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* GET /v1/search?q=TEXT[&limit=N] */
+static void serve_search(struct hist_store *st, const struct cbus_http_request *req,
+                         struct cbus_http_response *res, struct sbuf *b)
+{
     int bad = 0;
-    if (!strcmp(path, "/v1/stats")) {
-        int r = get ? hist_render_stats(st, &b) : -EINVAL;
-        if (!get) {
-            res->allow = "GET, HEAD";
-            reply_error(res, 405, "method not allowed");
-        } else if (r) {
-            store_error(res, st, r);
-        } else {
-            reply_json(res, 200, &b);
-        }
-        goto out;
+    const char *q = cbus_http_query(req, "q");
+    unsigned limit = limit_arg(req, &bad);
+    if (!q || !*q || bad) {
+        reply_error(res, 400, "want ?q=TEXT (and limit 1..10000)");
+        return;
     }
-    if (!strcmp(path, "/v1/search")) {
-        if (!get) {
-            res->allow = "GET, HEAD";
-            reply_error(res, 405, "method not allowed");
-            goto out;
-        }
-        const char *q = cbus_http_query(req, "q");
-        unsigned limit = limit_arg(req, &bad);
-        if (!q || !*q || bad) {
-            reply_error(res, 400, "want ?q=TEXT (and limit 1..10000)");
-            goto out;
-        }
-        int r = hist_render_search(st, q, limit, 1, &b);
-        if (r)
-            store_error(res, st, r);
-        else
-            reply_json(res, 200, &b);
-        goto out;
+    answer(res, st, hist_render_search(st, q, limit, 1, b), b);
+}
+
+/* GET /v1/conversations[?user=U&since=T&limit=N] */
+static void serve_list(struct hist_store *st, const struct cbus_http_request *req,
+                       struct cbus_http_response *res, struct sbuf *b)
+{
+    int bad = 0;
+    struct hist_list_q q = {.user = cbus_http_query(req, "user")};
+    const char *since = cbus_http_query(req, "since");
+    unsigned long long ns = 0;
+    if (since && hist_parse_since(since, realtime_now_ns(), &ns)) {
+        reply_error(res, 400, "since: want 7d, 2026-12-01, 2026-12-01T10:00:00Z or epoch seconds");
+        return;
     }
-    if (strncmp(path, pre, sizeof pre - 1) || (path[sizeof pre - 1] && path[sizeof pre - 1] != '/')) {
-        reply_error(res, 404, "not found");
-        goto out;
+    q.since_ns = ns;
+    q.limit = limit_arg(req, &bad);
+    if (bad) {
+        reply_error(res, 400, "limit: want 1..10000");
+        return;
     }
-    const char *rest = path + sizeof pre - 1;
-    if (!*rest || !strcmp(rest, "/")) {
-        if (!get) {
-            res->allow = "GET, HEAD";
-            reply_error(res, 405, "method not allowed");
-            goto out;
-        }
-        struct hist_list_q q = {.user = cbus_http_query(req, "user")};
-        const char *since = cbus_http_query(req, "since");
-        unsigned long long ns = 0;
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        if (since && hist_parse_since(since, (unsigned long long)now.tv_sec * 1000000000ull +
-                                                 (unsigned long long)now.tv_nsec, &ns)) {
-            reply_error(res, 400, "since: want 7d, 2026-12-01, 2026-12-01T10:00:00Z or epoch seconds");
-            goto out;
-        }
-        q.since_ns = ns;
-        q.limit = limit_arg(req, &bad);
-        if (bad) {
-            reply_error(res, 400, "limit: want 1..10000");
-            goto out;
-        }
-        int r = hist_render_list(st, &q, 1, &b);
-        if (r)
-            store_error(res, st, r);
-        else
-            reply_json(res, 200, &b);
-        goto out;
+    answer(res, st, hist_render_list(st, &q, 1, b), b);
+}
+
+/* PATCH /v1/conversations/{id} {"title": "..."} */
+static void serve_rename(struct hist_store *st, const struct cbus_http_request *req,
+                         struct cbus_http_response *res, const char *id, struct sbuf *b)
+{
+    cJSON *j = cJSON_ParseWithLength(req->body, req->body_len);
+    const cJSON *title = cJSON_GetObjectItemCaseSensitive(j, "title");
+    if (!cJSON_IsObject(j) || !cJSON_IsString(title) || !*title->valuestring ||
+        strlen(title->valuestring) > HIST_TITLE_MAX) {
+        cJSON_Delete(j);
+        reply_error(res, 400, "want a JSON object {\"title\": \"...\"} (1..512 bytes)");
+        return;
     }
-    /* /v1/conversations/{id}[/messages]: the id is everything between
-     * (libmicrohttpd has decoded %XX already) */
+    int r = hist_store_rename(st, id, title->valuestring, realtime_now_ns());
+    cJSON_Delete(j);
+    if (!r)
+        r = hist_render_conv(st, id, 1, 0, b);
+    answer(res, st, r, b);
+}
+
+/* /v1/conversations/{id}[/messages]: the id is everything between
+ * (libmicrohttpd has decoded %XX already) */
+static void serve_conversation(struct hist_store *st, const struct cbus_http_request *req,
+                               struct cbus_http_response *res, const char *start, int get, struct sbuf *b)
+{
     char id[HIST_ID_MAX + 16];
-    const char *start = rest + 1;
     size_t len = strlen(start);
     int messages = 0;
     static const char suf[] = "/messages";
@@ -178,43 +176,49 @@ void hist_api_handle(struct hist_store *st, const struct cbus_http_request *req,
     }
     if (!len || len > HIST_ID_MAX) {
         reply_error(res, 404, "no such conversation");
-        goto out;
+        return;
     }
     memcpy(id, start, len);
     id[len] = '\0';
     if (get) {
-        int r = messages ? hist_render_messages(st, id, &b) : hist_render_conv(st, id, 1, 1, &b);
-        if (r)
-            store_error(res, st, r);
-        else
-            reply_json(res, 200, &b);
-        goto out;
+        answer(res, st, messages ? hist_render_messages(st, id, b) : hist_render_conv(st, id, 1, 1, b), b);
+    } else if (!strcmp(req->method, "PATCH") && !messages) {
+        serve_rename(st, req, res, id, b);
+    } else {
+        res->allow = messages ? "GET, HEAD" : "GET, HEAD, PATCH";
+        reply_error(res, 405, "method not allowed");
     }
-    if (!strcmp(req->method, "PATCH") && !messages) {
-        cJSON *j = cJSON_ParseWithLength(req->body, req->body_len);
-        const cJSON *title = cJSON_GetObjectItemCaseSensitive(j, "title");
-        if (!cJSON_IsObject(j) || !cJSON_IsString(title) || !*title->valuestring ||
-            strlen(title->valuestring) > HIST_TITLE_MAX) {
-            cJSON_Delete(j);
-            reply_error(res, 400, "want a JSON object {\"title\": \"...\"} (1..512 bytes)");
-            goto out;
-        }
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        int r = hist_store_rename(st, id, title->valuestring,
-                                  (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
-        cJSON_Delete(j);
-        if (!r)
-            r = hist_render_conv(st, id, 1, 0, &b);
-        if (r)
-            store_error(res, st, r);
-        else
-            reply_json(res, 200, &b);
-        goto out;
+}
+
+void hist_api_handle(struct hist_store *st, const struct cbus_http_request *req,
+                     struct cbus_http_response *res)
+{
+    static const char pre[] = "/v1/conversations";
+    const char *path = req->path;
+    int get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
+    int in_conversations = !strncmp(path, pre, sizeof pre - 1) &&
+                           (!path[sizeof pre - 1] || path[sizeof pre - 1] == '/');
+    const char *rest = path + sizeof pre - 1;
+    int collection = in_conversations && (!*rest || !strcmp(rest, "/"));
+    if (!in_conversations && strcmp(path, "/v1/stats") && strcmp(path, "/v1/search")) {
+        reply_error(res, 404, "not found");
+        return;
     }
-    res->allow = messages ? "GET, HEAD" : "GET, HEAD, PATCH";
-    reply_error(res, 405, "method not allowed");
-out:
+    if (!get && (!in_conversations || collection)) {
+        res->allow = "GET, HEAD";
+        reply_error(res, 405, "method not allowed");
+        return;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    if (!strcmp(path, "/v1/stats"))
+        answer(res, st, hist_render_stats(st, &b), &b);
+    else if (!strcmp(path, "/v1/search"))
+        serve_search(st, req, res, &b);
+    else if (collection)
+        serve_list(st, req, res, &b);
+    else
+        serve_conversation(st, req, res, rest + 1, get, &b);
     sbuf_free(&b);
 }
 
