@@ -350,6 +350,114 @@ static int read_trailer(struct cbus_mp_reader *r, const uint8_t **hash, const ch
     return 0;
 }
 
+enum { HDR_OUT_OF_RANGE = 1 }; /* header_entry: read, but the value is not allowed */
+
+/* 16 lowercase hex digits, as the header writes a bus id. */
+static int parse_bus_id(const char *s, uint32_t sl, uint64_t *id)
+{
+    if (sl != 16)
+        return -1;
+    uint64_t v = 0;
+    for (unsigned j = 0; j < 16; j++) {
+        char ch = s[j];
+        unsigned d = ch >= '0' && ch <= '9' ? (unsigned)(ch - '0')
+                   : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10) : 99;
+        if (d > 15)
+            return -1;
+        v = v << 4 | d;
+    }
+    *id = v;
+    return 0;
+}
+
+/* A string value that must fit dst (cap bytes, NUL included). */
+static int read_str_into(struct cbus_mp_reader *r, char *dst, size_t cap)
+{
+    const char *s;
+    uint32_t sl;
+    int rc = cbus_mp_read_str(r, &s, &sl);
+    if (rc)
+        return rc;
+    if (sl >= cap)
+        return HDR_OUT_OF_RANGE;
+    memcpy(dst, s, sl);
+    return 0;
+}
+
+/* One header entry's value, for key k.  seen gathers the required keys
+ * (1 file_seq, 2 first_seq, 4 prev_hash); *positions is bus_position's
+ * length.  Returns 0, HDR_OUT_OF_RANGE or the reader's error. */
+static int header_entry(struct cbus_mp_reader *r, struct audit_header *h, const char *k, uint32_t kl,
+                        unsigned *seen, uint32_t *positions)
+{
+    const char *s;
+    uint32_t sl;
+    int rc;
+    if (key_is(k, kl, "file_seq")) {
+        *seen |= 1;
+        return cbus_mp_read_uint(r, &h->file_seq);
+    }
+    if (key_is(k, kl, "created_ns"))
+        return cbus_mp_read_uint(r, &h->created_ns);
+    if (key_is(k, kl, "first_seq")) {
+        *seen |= 2;
+        return cbus_mp_read_uint(r, &h->first_seq);
+    }
+    if (key_is(k, kl, "bus_cursor"))
+        return cbus_mp_read_uint(r, &h->bus_cursor);
+    if (key_is(k, kl, "lanes")) {
+        uint64_t lanes;
+        if ((rc = cbus_mp_read_uint(r, &lanes)))
+            return rc;
+        if (!audit_lanes_valid(lanes))
+            return HDR_OUT_OF_RANGE;
+        h->pos.lanes = (uint32_t)lanes;
+        return 0;
+    }
+    if (key_is(k, kl, "bus_position")) {
+        uint32_t an;
+        if ((rc = cbus_mp_read_array(r, &an)))
+            return rc;
+        if (an == 0 || an > CBUS_MAX_LANES)
+            return HDR_OUT_OF_RANGE;
+        for (uint32_t j = 0; rc == 0 && j < an; j++)
+            rc = cbus_mp_read_uint(r, &h->pos.pos[j]);
+        *positions = an;
+        return rc;
+    }
+    if (key_is(k, kl, "bus"))
+        return read_str_into(r, h->bus, sizeof h->bus);
+    if (key_is(k, kl, "bus_id")) {
+        if ((rc = cbus_mp_read_str(r, &s, &sl)))
+            return rc;
+        return parse_bus_id(s, sl, &h->bus_id) ? HDR_OUT_OF_RANGE : 0;
+    }
+    if (key_is(k, kl, "prev_file"))
+        return read_str_into(r, h->prev_file, sizeof h->prev_file);
+    if (key_is(k, kl, "prev_hash")) {
+        const uint8_t *p;
+        if ((rc = cbus_mp_read_bin(r, &p, &sl)))
+            return rc;
+        if (sl != AUDIT_HASH_LEN)
+            return HDR_OUT_OF_RANGE;
+        memcpy(h->prev_hash, p, AUDIT_HASH_LEN);
+        *seen |= 4;
+        return 0;
+    }
+    if (key_is(k, kl, "redaction")) {
+        if ((rc = cbus_mp_read_str(r, &s, &sl)))
+            return rc;
+        for (unsigned m = 0; m <= AUDIT_REDACT_DROP; m++) {
+            if (key_is(s, sl, audit_redaction_name(m))) {
+                h->redaction = m;
+                return 0;
+            }
+        }
+        return HDR_OUT_OF_RANGE;
+    }
+    return cbus_mp_skip(r); /* a later minor version's key */
+}
+
 static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item *it,
                         const char **why)
 {
@@ -367,80 +475,14 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
         return -EBADMSG;
     }
     for (uint32_t i = 1; i + 1 < n; i++) {
-        const char *k, *s;
-        uint32_t kl, sl;
+        const char *k;
+        uint32_t kl;
         if ((rc = cbus_mp_read_str(r, &k, &kl)))
             goto bad;
-        if (key_is(k, kl, "file_seq")) {
-            rc = cbus_mp_read_uint(r, &h->file_seq);
-            seen |= 1;
-        } else if (key_is(k, kl, "created_ns")) {
-            rc = cbus_mp_read_uint(r, &h->created_ns);
-        } else if (key_is(k, kl, "first_seq")) {
-            rc = cbus_mp_read_uint(r, &h->first_seq);
-            seen |= 2;
-        } else if (key_is(k, kl, "bus_cursor")) {
-            rc = cbus_mp_read_uint(r, &h->bus_cursor);
-        } else if (key_is(k, kl, "lanes")) {
-            uint64_t lanes;
-            if ((rc = cbus_mp_read_uint(r, &lanes)) == 0) {
-                if (!audit_lanes_valid(lanes))
-                    goto bad_value;
-                h->pos.lanes = (uint32_t)lanes;
-            }
-        } else if (key_is(k, kl, "bus_position")) {
-            uint32_t an;
-            if ((rc = cbus_mp_read_array(r, &an)) == 0) {
-                if (an == 0 || an > CBUS_MAX_LANES)
-                    goto bad_value;
-                for (uint32_t j = 0; rc == 0 && j < an; j++)
-                    rc = cbus_mp_read_uint(r, &h->pos.pos[j]);
-                positions = an;
-            }
-        } else if (key_is(k, kl, "bus")) {
-            if ((rc = cbus_mp_read_str(r, &s, &sl)) == 0) {
-                if (sl >= sizeof h->bus)
-                    goto bad_value;
-                memcpy(h->bus, s, sl);
-            }
-        } else if (key_is(k, kl, "bus_id")) {
-            if ((rc = cbus_mp_read_str(r, &s, &sl)) == 0) {
-                if (sl != 16)
-                    goto bad_value;
-                for (unsigned j = 0; j < 16; j++) {
-                    char ch = s[j];
-                    unsigned v = ch >= '0' && ch <= '9' ? (unsigned)(ch - '0')
-                               : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10) : 99;
-                    if (v > 15)
-                        goto bad_value;
-                    h->bus_id = h->bus_id << 4 | v;
-                }
-            }
-        } else if (key_is(k, kl, "prev_file")) {
-            if ((rc = cbus_mp_read_str(r, &s, &sl)) == 0) {
-                if (sl >= sizeof h->prev_file)
-                    goto bad_value;
-                memcpy(h->prev_file, s, sl);
-            }
-        } else if (key_is(k, kl, "prev_hash")) {
-            const uint8_t *p;
-            if ((rc = cbus_mp_read_bin(r, &p, &sl)) == 0) {
-                if (sl != AUDIT_HASH_LEN)
-                    goto bad_value;
-                memcpy(h->prev_hash, p, AUDIT_HASH_LEN);
-                seen |= 4;
-            }
-        } else if (key_is(k, kl, "redaction")) {
-            if ((rc = cbus_mp_read_str(r, &s, &sl)) == 0) {
-                h->redaction = 99;
-                for (unsigned m = 0; m <= AUDIT_REDACT_DROP; m++)
-                    if (key_is(s, sl, audit_redaction_name(m)))
-                        h->redaction = m;
-                if (h->redaction == 99)
-                    goto bad_value;
-            }
-        } else {
-            rc = cbus_mp_skip(r); /* a later minor version's key */
+        rc = header_entry(r, h, k, kl, &seen, &positions);
+        if (rc == HDR_OUT_OF_RANGE) {
+            *why = "header value out of range";
+            return -EBADMSG;
         }
         if (rc)
             goto bad;
@@ -462,9 +504,6 @@ static int parse_header(struct cbus_mp_reader *r, uint32_t n, struct audit_item 
     memcpy(h->hash, hash, AUDIT_HASH_LEN);
     it->hash = hash;
     return 0;
-bad_value:
-    *why = "header value out of range";
-    return -EBADMSG;
 bad:
     if (rc == -EBADMSG)
         *why = "malformed header entry";
