@@ -41,33 +41,16 @@ static int copy_str(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, 
     return 0;
 }
 
-static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
-                     const struct cbus_cfg_entry *e, char *err, size_t errlen)
+#define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
+enum { NOT_MINE = 1 }; /* a setting the function does not own */
+
+/* [io] and [rotate]: how the log is written, synced and rotated. */
+static int io_entry(struct audit_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                    char *err, size_t errlen)
 {
     const char *s = e->section, *k = e->key;
     uint64_t u;
     int rc;
-    /* [bus] and [status]: the sections every daemon shares (config.h). */
-    const struct cbus_cfg_common cc = {
-        .daemon_section = "audit", .bus = c->bus, .consumer = c->name,
-        .consumer_size = sizeof c->name, .status_file = c->status_file,
-        .status_file_size = sizeof c->status_file, .status_off = &c->status_off,
-        .status_interval_ns = &c->status_interval_ns, .start = &c->start};
-    if ((rc = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
-        return rc < 0 ? rc : 0;
-#define IS(sec, key) (!strcmp(s, sec) && !strcmp(k, key))
-    if (IS("audit", "dir"))
-        return copy_str(cfg, e, c->dir, sizeof c->dir, err, errlen);
-    if (IS("audit", "prefix")) {
-        if ((rc = copy_str(cfg, e, c->prefix, sizeof c->prefix, err, errlen)))
-            return rc;
-        for (const char *p = c->prefix; *p; p++)
-            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                  (*p >= '0' && *p <= '9') || *p == '_' || *p == '.' || *p == '-'))
-                return cbus_cfg_error(cfg, e, err, errlen,
-                                      "'%s': use only letters, digits, '_', '.', '-'", e->value);
-        return 0;
-    }
     if (IS("io", "queue_depth")) {
         if ((rc = cbus_cfg_u64(cfg, e, 8, 1024, &u, err, errlen)))
             return rc;
@@ -113,6 +96,14 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         c->retain_files = (unsigned)u;
         return 0;
     }
+    return NOT_MINE;
+}
+
+/* [redact]: what of each event's preview and body the log keeps. */
+static int redact_entry(struct audit_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                        char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
     if (IS("redact", "preview")) {
         static const char *const choices[] = {"keep", "hash", "drop", NULL};
         return cbus_cfg_choice(cfg, e, choices, &c->preview, err, errlen);
@@ -141,13 +132,43 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
         memcpy(c->hash_salt, e->value, n + 1);
         return 0;
     }
+    return NOT_MINE;
+}
+
+static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
+                     const struct cbus_cfg_entry *e, char *err, size_t errlen)
+{
+    const char *s = e->section, *k = e->key;
+    int rc;
+    /* [bus] and [status]: the sections every daemon shares (config.h). */
+    const struct cbus_cfg_common cc = {
+        .daemon_section = "audit", .bus = c->bus, .consumer = c->name,
+        .consumer_size = sizeof c->name, .status_file = c->status_file,
+        .status_file_size = sizeof c->status_file, .status_off = &c->status_off,
+        .status_interval_ns = &c->status_interval_ns, .start = &c->start};
+    if ((rc = cbus_cfg_common_entry(&cc, cfg, e, err, errlen)))
+        return rc < 0 ? rc : 0;
+    if (IS("audit", "dir"))
+        return copy_str(cfg, e, c->dir, sizeof c->dir, err, errlen);
+    if (IS("audit", "prefix")) {
+        if ((rc = copy_str(cfg, e, c->prefix, sizeof c->prefix, err, errlen)))
+            return rc;
+        for (const char *p = c->prefix; *p; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                  (*p >= '0' && *p <= '9') || *p == '_' || *p == '.' || *p == '-'))
+                return cbus_cfg_error(cfg, e, err, errlen,
+                                      "'%s': use only letters, digits, '_', '.', '-'", e->value);
+        return 0;
+    }
+    if ((rc = io_entry(c, cfg, e, err, errlen)) != NOT_MINE ||
+        (rc = redact_entry(c, cfg, e, err, errlen)) != NOT_MINE)
+        return rc;
     if (IS("disk", "retry_initial"))
         return cbus_cfg_duration_ns(cfg, e, &c->retry_initial_ns, err, errlen);
     if (IS("disk", "retry_max"))
         return cbus_cfg_duration_ns(cfg, e, &c->retry_max_ns, err, errlen);
     if (IS("disk", "untether_after"))
         return cbus_cfg_duration_ns(cfg, e, &c->untether_after_ns, err, errlen);
-#undef IS
     if (strcmp(s, "audit") && strcmp(s, "io") && strcmp(s, "rotate") && strcmp(s, "redact") &&
         strcmp(s, "disk") && strcmp(s, "status") && strcmp(s, "bus"))
         return cbus_cfg_error(cfg, e, err, errlen,
@@ -155,6 +176,7 @@ static int set_entry(struct audit_config *c, const struct cbus_cfg *cfg,
                               s);
     return cbus_cfg_error(cfg, e, err, errlen, "unknown key");
 }
+#undef IS
 
 int audit_config_load(struct audit_config *c, const char *path, char *err, size_t errlen)
 {
