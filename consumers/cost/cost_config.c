@@ -200,6 +200,96 @@ static int parse_listen(const struct cbus_cfg *cfg, const struct cbus_cfg_entry 
     return 0;
 }
 
+enum { NOT_MINE = 1 }; /* a setting the function does not own */
+
+/* A path setting, relative to the config file's directory. */
+static int path_entry(char *dst, size_t cap, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                      const char *base_dir, char *err, size_t errlen)
+{
+    if (cbus_cfg_path(dst, cap, base_dir, e->value))
+        return cbus_cfg_error(cfg, e, err, errlen, "path too long");
+    return 0;
+}
+
+/* A duration setting that must lie in [lo, hi]; what says so names them. */
+static int bounded_duration(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e, uint64_t *ns,
+                            uint64_t lo, uint64_t hi, const char *range, char *err, size_t errlen)
+{
+    int r = cbus_cfg_duration_ns(cfg, e, ns, err, errlen);
+    if (!r && (*ns < lo || *ns > hi))
+        r = cbus_cfg_error(cfg, e, err, errlen, "must be between %s", range);
+    return r;
+}
+
+#define IS(sec, name) (!strcmp(e->section, sec) && !strcmp(e->key, name))
+
+/* [prices] and [state]: the price table, the checkpoint and the table
+ * sizes.  NOT_MINE for any other setting. */
+static int prices_state_entry(struct cost_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                              const char *base_dir, char *err, size_t errlen)
+{
+    const uint64_t S = UINT64_C(1000000000);
+    if (IS("prices", "file"))
+        return path_entry(c->prices_file, sizeof c->prices_file, cfg, e, base_dir, err, errlen);
+    if (IS("prices", "overrides"))
+        return path_entry(c->overrides_file, sizeof c->overrides_file, cfg, e, base_dir, err, errlen);
+    if (IS("state", "dir"))
+        return path_entry(c->state_dir, sizeof c->state_dir, cfg, e, base_dir, err, errlen);
+    if (IS("state", "checkpoint_interval"))
+        return bounded_duration(cfg, e, &c->checkpoint_interval_ns, 10000000, 3600 * S, "10ms and 1h", err,
+                                errlen);
+    if (IS("state", "fsync"))
+        return cbus_cfg_bool(cfg, e, &c->fsync, err, errlen);
+    if (IS("state", "snapshot_interval"))
+        return bounded_duration(cfg, e, &c->snapshot_interval_ns, 10000000, 3600 * S, "10ms and 1h", err,
+                                errlen);
+    if (IS("state", "session_ttl"))
+        return cbus_cfg_duration_ns(cfg, e, &c->session_ttl_ns, err, errlen);
+    if (IS("state", "max_users"))
+        return cbus_cfg_u64(cfg, e, 1, 10000000, &c->max_users, err, errlen);
+    if (IS("state", "max_sessions"))
+        return cbus_cfg_u64(cfg, e, 1, 10000000, &c->max_sessions, err, errlen);
+    if (IS("state", "max_agents"))
+        return cbus_cfg_u64(cfg, e, 1, 10000000, &c->max_agents, err, errlen);
+    if (IS("state", "max_tenants"))
+        return cbus_cfg_u64(cfg, e, 1, 10000000, &c->max_tenants, err, errlen);
+    if (IS("state", "max_models"))
+        return cbus_cfg_u64(cfg, e, 1, 1000000, &c->max_models, err, errlen);
+    if (IS("state", "snapshot_max_sessions"))
+        return cbus_cfg_u64(cfg, e, 0, 10000000, &c->snapshot_max_sessions, err, errlen);
+    return NOT_MINE;
+}
+
+/* [prometheus] and [webhook]: where totals and alerts go.  NOT_MINE for
+ * any other setting. */
+static int outputs_entry(struct cost_config *c, const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
+                         const char *base_dir, char *err, size_t errlen)
+{
+    if (IS("prometheus", "textfile"))
+        return path_entry(c->prom_textfile, sizeof c->prom_textfile, cfg, e, base_dir, err, errlen);
+    if (IS("prometheus", "users"))
+        return cbus_cfg_bool(cfg, e, &c->prom_users, err, errlen);
+    if (IS("prometheus", "listen"))
+        return parse_listen(cfg, e, c, err, errlen);
+    if (IS("webhook", "url")) {
+        if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8)) {
+            /* Even a mistyped URL may carry the credentials. */
+            char shown[CBUS_REDACT_SIZE(256)];
+            return cbus_cfg_error(cfg, e, err, errlen, "'%s' is not an http:// or https:// URL",
+                                  cbus_redact_url(shown, sizeof shown, e->value));
+        }
+        if (strlen(e->value) >= sizeof c->webhook_url)
+            return cbus_cfg_error(cfg, e, err, errlen, "URL too long");
+        snprintf(c->webhook_url, sizeof c->webhook_url, "%s", e->value);
+        return 0;
+    }
+    if (IS("webhook", "timeout"))
+        return bounded_duration(cfg, e, &c->webhook_timeout_ns, 1000000, 600 * UINT64_C(1000000000),
+                                "1ms and 10m", err, errlen);
+    return NOT_MINE;
+}
+#undef IS
+
 int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                       const char *base_dir, char *err, size_t errlen)
 {
@@ -212,7 +302,7 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
     cbus_cluster_conf_init(&c->cluster);
     for (size_t i = 0; i < cfg.count && !r; i++) {
         const struct cbus_cfg_entry *e = &cfg.entries[i];
-        const char *s = e->section, *k = e->key;
+        const char *s = e->section;
         /* [bus] name and consumer: the section every daemon shares (config.h). */
         const struct cbus_cfg_common cc = {
             .bus = c->bus, .consumer = c->consumer, .consumer_size = sizeof c->consumer,
@@ -232,62 +322,8 @@ int cost_config_parse(struct cost_config *c, const char *name, const char *text,
                 seen = !strcmp(cfg.entries[j].section, s);
             if (!seen)
                 r = parse_budget(c, &cfg, i, err, errlen);
-        } else if (!strcmp(s, "prices") && !strcmp(k, "file")) {
-            if (cbus_cfg_path(c->prices_file, sizeof c->prices_file, base_dir, e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
-        } else if (!strcmp(s, "prices") && !strcmp(k, "overrides")) {
-            if (cbus_cfg_path(c->overrides_file, sizeof c->overrides_file, base_dir, e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
-        } else if (!strcmp(s, "state") && !strcmp(k, "dir")) {
-            if (cbus_cfg_path(c->state_dir, sizeof c->state_dir, base_dir, e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
-        } else if (!strcmp(s, "state") && !strcmp(k, "checkpoint_interval")) {
-            r = cbus_cfg_duration_ns(&cfg, e, &c->checkpoint_interval_ns, err, errlen);
-            if (!r && (c->checkpoint_interval_ns < 10000000 || c->checkpoint_interval_ns > 3600 * UINT64_C(1000000000)))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 10ms and 1h");
-        } else if (!strcmp(s, "state") && !strcmp(k, "fsync")) {
-            r = cbus_cfg_bool(&cfg, e, &c->fsync, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_interval")) {
-            r = cbus_cfg_duration_ns(&cfg, e, &c->snapshot_interval_ns, err, errlen);
-            if (!r && (c->snapshot_interval_ns < 10000000 || c->snapshot_interval_ns > 3600 * UINT64_C(1000000000)))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 10ms and 1h");
-        } else if (!strcmp(s, "state") && !strcmp(k, "session_ttl")) {
-            r = cbus_cfg_duration_ns(&cfg, e, &c->session_ttl_ns, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "max_users")) {
-            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_users, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "max_sessions")) {
-            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_sessions, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "max_agents")) {
-            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_agents, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "max_tenants")) {
-            r = cbus_cfg_u64(&cfg, e, 1, 10000000, &c->max_tenants, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "max_models")) {
-            r = cbus_cfg_u64(&cfg, e, 1, 1000000, &c->max_models, err, errlen);
-        } else if (!strcmp(s, "state") && !strcmp(k, "snapshot_max_sessions")) {
-            r = cbus_cfg_u64(&cfg, e, 0, 10000000, &c->snapshot_max_sessions, err, errlen);
-        } else if (!strcmp(s, "prometheus") && !strcmp(k, "textfile")) {
-            if (cbus_cfg_path(c->prom_textfile, sizeof c->prom_textfile, base_dir, e->value))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "path too long");
-        } else if (!strcmp(s, "prometheus") && !strcmp(k, "users")) {
-            r = cbus_cfg_bool(&cfg, e, &c->prom_users, err, errlen);
-        } else if (!strcmp(s, "prometheus") && !strcmp(k, "listen")) {
-            r = parse_listen(&cfg, e, c, err, errlen);
-        } else if (!strcmp(s, "webhook") && !strcmp(k, "url")) {
-            if (strncmp(e->value, "http://", 7) && strncmp(e->value, "https://", 8)) {
-                /* Even a mistyped URL may carry the credentials. */
-                char shown[CBUS_REDACT_SIZE(256)];
-                r = cbus_cfg_error(&cfg, e, err, errlen, "'%s' is not an http:// or https:// URL",
-                                   cbus_redact_url(shown, sizeof shown, e->value));
-            }
-            else if (strlen(e->value) >= sizeof c->webhook_url)
-                r = cbus_cfg_error(&cfg, e, err, errlen, "URL too long");
-            else
-                snprintf(c->webhook_url, sizeof c->webhook_url, "%s", e->value);
-        } else if (!strcmp(s, "webhook") && !strcmp(k, "timeout")) {
-            r = cbus_cfg_duration_ns(&cfg, e, &c->webhook_timeout_ns, err, errlen);
-            if (!r && (c->webhook_timeout_ns < 1000000 || c->webhook_timeout_ns > 600 * UINT64_C(1000000000)))
-                r = cbus_cfg_error(&cfg, e, err, errlen, "must be between 1ms and 10m");
-        } else {
+        } else if ((r = prices_state_entry(c, &cfg, e, base_dir, err, errlen)) == NOT_MINE &&
+                   (r = outputs_entry(c, &cfg, e, base_dir, err, errlen)) == NOT_MINE) {
             static const char *const known[] = {"bus", "prices", "state", "prometheus", "webhook", NULL};
             r = cbus_cfg_unknown(&cfg, e, known, err, errlen);
         }
