@@ -488,8 +488,9 @@ void cost_ledger_set_position(struct cost_ledger *l, const struct cbus_position 
         l->cursor += l->pos.pos[i];
 }
 
-/* p holds ev's keys when ev is accountable. */
-static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const struct prep *p)
+/* Moves the ledger's position past ev; 0 when ev was applied before (its
+ * lane position is behind the saved one). */
+static int advance_position(struct cost_ledger *l, const struct cbus_event *ev)
 {
     /* The event id names its lane (id = lane position * lanes + lane). */
     unsigned lanes = l->pos.lanes ? l->pos.lanes : 1;
@@ -497,18 +498,87 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     uint64_t lp = ev->event_id / lanes;
     if (lp < l->pos.pos[lane]) {
         l->an.duplicate_events++;
-        return;
+        return 0;
     }
     l->cursor += lp + 1 - l->pos.pos[lane];
     l->pos.pos[lane] = lp + 1;
     l->events++;
+    return 1;
+}
+
+static void apply_score(struct cost_ledger *l, const struct cbus_event *ev, const struct prep *p)
+{
+    /* The name is not a key the producer hashes: its shown bytes are it. */
+    char nk[COST_SCORE_NAME_KEY];
+    cost_key_set(nk, CBUS_NAME_LEN, ev->name, sizeof ev->name);
+    uint64_t nh = cbus_key_hash(nk, strnlen(nk, CBUS_NAME_LEN));
+    memcpy(nk + CBUS_NAME_LEN, &nh, 8);
+    cost_scores_apply(&l->scores, ev, nk, p->mkey, p->has_agent ? p->akey : NULL);
+}
+
+/* The entries one accountable event counts in, and their keys (NULL: an
+ * overflow entry, which has no budget).  Each table is touched once per
+ * event, so a pointer into one table stays valid while the next inserts. */
+struct targets {
+    struct cost_model *m;
+    struct cost_user *u, *ag, *tn; /* ag, tn: NULL without an agent, tenant */
+    struct cost_session *s;        /* NULL without a session */
+    const char *ukey, *skey, *akey, *tkey;
+};
+
+static void get_targets(struct cost_ledger *l, const struct prep *p, struct targets *t)
+{
+    t->m = model_get(l, p);
+    t->u = user_get(l, p, &t->ukey);
+    t->s = session_get(l, p, &t->skey);
+    t->akey = t->tkey = NULL;
+    t->ag = p->has_agent ? group_get(l, &l->agents, p->akey, p->ah, CBUS_AGENT_LEN, COST_SCOPE_AGENT,
+                                     &l->an2.agents_overflow, &l->agent_overflow, &t->akey)
+                         : NULL;
+    t->tn = p->has_tenant ? group_get(l, &l->tenants, p->tkey, p->th, CBUS_TENANT_LEN, COST_SCOPE_TENANT,
+                                      &l->an2.tenants_overflow, &l->tenant_overflow, &t->tkey)
+                          : NULL;
+}
+
+static void end_usage_of(struct end_usage *e, const struct cbus_usage *us, const struct cost_model *m,
+                         struct cost_ledger *l, uint64_t ts, uint64_t minute)
+{
+    e->pres = us->usage_present;
+    e->tok[COST_TOK_INPUT] = e->pres & CBUS_USAGE_INPUT ? us->input_tokens : 0;
+    e->tok[COST_TOK_OUTPUT] = e->pres & CBUS_USAGE_OUTPUT ? us->output_tokens : 0;
+    e->tok[COST_TOK_CACHE_READ] = e->pres & CBUS_USAGE_CACHE_READ ? us->cache_read_tokens : 0;
+    e->tok[COST_TOK_CACHE_CREATION] = e->pres & CBUS_USAGE_CACHE_CREATION ? us->cache_creation_tokens : 0;
+    e->tok[COST_TOK_REASONING] = e->pres & CBUS_USAGE_REASONING ? us->reasoning_tokens : 0;
+    e->cost = cost_usage_cost(m->price, us, &l->an);
+    e->priced = m->price != NULL;
+    e->ts = ts;
+    e->minute = minute;
+    e->rate_tokens = e->tok[COST_TOK_INPUT] + e->tok[COST_TOK_OUTPUT];
+}
+
+/* An end's cost into every budget that covers it. */
+static void add_budgets(struct cost_ledger *l, const struct targets *t, uint64_t cost, uint64_t ts)
+{
+    uint64_t day = ts / COST_DAY_NS;
+    if (l->budgets.global)
+        budget_add(l, l->budgets.global, &l->global_b, cost, day, COST_SCOPE_GLOBAL, "*", 0);
+    if (t->u->budget && t->ukey)
+        budget_add(l, t->u->budget, &t->u->b, cost, day, COST_SCOPE_USER, t->ukey, CBUS_USER_LEN);
+    if (t->s && t->s->budget)
+        budget_add(l, t->s->budget, &t->s->b, cost, day, COST_SCOPE_SESSION, t->skey, CBUS_SESSION_LEN);
+    if (t->ag && t->ag->budget && t->akey)
+        budget_add(l, t->ag->budget, &t->ag->b, cost, day, COST_SCOPE_AGENT, t->akey, CBUS_AGENT_LEN);
+    if (t->tn && t->tn->budget && t->tkey)
+        budget_add(l, t->tn->budget, &t->tn->b, cost, day, COST_SCOPE_TENANT, t->tkey, CBUS_TENANT_LEN);
+}
+
+/* p holds ev's keys when ev is accountable. */
+static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const struct prep *p)
+{
+    if (!advance_position(l, ev))
+        return;
     if (ev->kind == CBUS_EV_SCORE) {
-        /* The name is not a key the producer hashes: its shown bytes are it. */
-        char nk[COST_SCORE_NAME_KEY];
-        cost_key_set(nk, CBUS_NAME_LEN, ev->name, sizeof ev->name);
-        uint64_t nh = cbus_key_hash(nk, strnlen(nk, CBUS_NAME_LEN));
-        memcpy(nk + CBUS_NAME_LEN, &nh, 8);
-        cost_scores_apply(&l->scores, ev, nk, p->mkey, p->has_agent ? p->akey : NULL);
+        apply_score(l, ev, p);
         return;
     }
     if (!accountable(ev))
@@ -517,76 +587,33 @@ static void apply_one(struct cost_ledger *l, const struct cbus_event *ev, const 
     uint64_t ts = ev->ts_realtime_ns;
     uint64_t minute = ts / COST_MINUTE_NS;
     l->an.truncated_keys += (ev->flags & KEY_FLAGS) != 0;
-    /* Each table is touched once per event, so a pointer into one table
-     * stays valid while the next table inserts. */
-    struct cost_model *m = model_get(l, p);
-    const char *ukey, *skey;
-    struct cost_user *u = user_get(l, p, &ukey);
-    struct cost_session *s = session_get(l, p, &skey);
-    const char *akey = NULL, *tkey = NULL;
-    struct cost_user *ag = p->has_agent
-                               ? group_get(l, &l->agents, p->akey, p->ah, CBUS_AGENT_LEN,
-                                           COST_SCOPE_AGENT, &l->an2.agents_overflow,
-                                           &l->agent_overflow, &akey)
-                               : NULL;
-    struct cost_user *tn = p->has_tenant
-                               ? group_get(l, &l->tenants, p->tkey, p->th, CBUS_TENANT_LEN,
-                                           COST_SCOPE_TENANT, &l->an2.tenants_overflow,
-                                           &l->tenant_overflow, &tkey)
-                               : NULL;
+    struct targets t;
+    get_targets(l, p, &t);
+    struct cost_counters *opt[3] = {t.s ? &t.s->c : NULL, t.ag ? &t.ag->c : NULL, t.tn ? &t.tn->c : NULL};
 
     if (cbus_kind_phase(ev->kind) == CBUS_PHASE_ERROR) {
         counters_error(&l->total, ts, minute);
-        counters_error(&m->c, ts, minute);
-        counters_error(&u->c, ts, minute);
-        if (s)
-            counters_error(&s->c, ts, minute);
-        if (ag)
-            counters_error(&ag->c, ts, minute);
-        if (tn)
-            counters_error(&tn->c, ts, minute);
+        counters_error(&t.m->c, ts, minute);
+        counters_error(&t.u->c, ts, minute);
+        for (int i = 0; i < 3; i++)
+            if (opt[i])
+                counters_error(opt[i], ts, minute);
         return;
     }
 
     const struct cbus_usage *us = &ev->u.usage;
     struct end_usage e;
-    e.pres = us->usage_present;
-    e.tok[COST_TOK_INPUT] = e.pres & CBUS_USAGE_INPUT ? us->input_tokens : 0;
-    e.tok[COST_TOK_OUTPUT] = e.pres & CBUS_USAGE_OUTPUT ? us->output_tokens : 0;
-    e.tok[COST_TOK_CACHE_READ] = e.pres & CBUS_USAGE_CACHE_READ ? us->cache_read_tokens : 0;
-    e.tok[COST_TOK_CACHE_CREATION] =
-        e.pres & CBUS_USAGE_CACHE_CREATION ? us->cache_creation_tokens : 0;
-    e.tok[COST_TOK_REASONING] = e.pres & CBUS_USAGE_REASONING ? us->reasoning_tokens : 0;
-    e.cost = cost_usage_cost(m->price, us, &l->an);
-    e.priced = m->price != NULL;
-    e.ts = ts;
-    e.minute = minute;
-    e.rate_tokens = e.tok[COST_TOK_INPUT] + e.tok[COST_TOK_OUTPUT];
-
+    end_usage_of(&e, us, t.m, l, ts, minute);
     counters_end(&l->total, &e);
-    counters_end(&m->c, &e);
-    counters_end(&u->c, &e);
+    counters_end(&t.m->c, &e);
+    counters_end(&t.u->c, &e);
     latency_add(&l->total_lat, us);
-    latency_add(&m->lat, us);
-    if (s)
-        counters_end(&s->c, &e);
-    if (ag)
-        counters_end(&ag->c, &e);
-    if (tn)
-        counters_end(&tn->c, &e);
-    if (e.cost == 0)
-        return; /* budgets only move on money; periods also move in tick() */
-    uint64_t day = ts / COST_DAY_NS;
-    if (l->budgets.global)
-        budget_add(l, l->budgets.global, &l->global_b, e.cost, day, COST_SCOPE_GLOBAL, "*", 0);
-    if (u->budget && ukey)
-        budget_add(l, u->budget, &u->b, e.cost, day, COST_SCOPE_USER, ukey, CBUS_USER_LEN);
-    if (s && s->budget)
-        budget_add(l, s->budget, &s->b, e.cost, day, COST_SCOPE_SESSION, skey, CBUS_SESSION_LEN);
-    if (ag && ag->budget && akey)
-        budget_add(l, ag->budget, &ag->b, e.cost, day, COST_SCOPE_AGENT, akey, CBUS_AGENT_LEN);
-    if (tn && tn->budget && tkey)
-        budget_add(l, tn->budget, &tn->b, e.cost, day, COST_SCOPE_TENANT, tkey, CBUS_TENANT_LEN);
+    latency_add(&t.m->lat, us);
+    for (int i = 0; i < 3; i++)
+        if (opt[i])
+            counters_end(opt[i], &e);
+    if (e.cost)
+        add_budgets(l, &t, e.cost, ts); /* budgets only move on money; periods also move in tick() */
 }
 
 void cost_ledger_apply(struct cost_ledger *l, const struct cbus_event *ev)
