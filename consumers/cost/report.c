@@ -199,95 +199,65 @@ static void print_scores(const cJSON *root)
     }
 }
 
-static void print_table(const cJSON *root, long max_sessions, int live)
+/* The latency percentiles and rates that close a model's (or the total's) row. */
+static void print_latencies(const cJSON *m)
 {
-    if (!live)
-        printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n", num(root, "pid"));
-    printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
-           "  alerts %.0f\n",
-           esc(str(root, "bus")), esc(str(root, "generated_at")), num(root, "events"),
-           num(root, "cursor"),
-           num(root, "checkpoint_cursor"), num(root, "lag"), num(root, "lost"),
-           num(root, "alerts"));
-    const cJSON *total = cJSON_GetObjectItemCaseSensitive(root, "total");
-    printf("\n");
+    char p50[16], p95[16], p99[16], t50[16];
+    lat(p50, sizeof p50, m, "duration_ms", "p50");
+    lat(p95, sizeof p95, m, "duration_ms", "p95");
+    lat(p99, sizeof p99, m, "duration_ms", "p99");
+    lat(t50, sizeof t50, m, "ttft_ms", "p50");
+    printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(m, "rpm"), num(m, "tpm"));
+}
+
+static void print_models(const cJSON *root)
+{
     header("PROVIDER/MODEL");
     printf(" %8s %8s %8s %8s %6s %8s\n", "P50_MS", "P95_MS", "P99_MS", "TTFT50", "RPM", "TPM");
     const cJSON *m;
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(root, "models")) {
-        char name[96], p50[16], p95[16], p99[16], t50[16];
+        char name[96];
         const char *prov = str(m, "provider");
         snprintf(name, sizeof name, "%s%s%s%s", prov, *prov ? "/" : "", str(m, "model"),
                  cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(m, "price_key")) ? " (unpriced)" : "");
         cell(name, 40);
         print_counts(m);
-        lat(p50, sizeof p50, m, "duration_ms", "p50");
-        lat(p95, sizeof p95, m, "duration_ms", "p95");
-        lat(p99, sizeof p99, m, "duration_ms", "p99");
-        lat(t50, sizeof t50, m, "ttft_ms", "p50");
-        printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(m, "rpm"), num(m, "tpm"));
+        print_latencies(m);
     }
-    {
-        char p50[16], p95[16], p99[16], t50[16];
-        printf("%-40s", "TOTAL");
-        print_counts(total);
-        lat(p50, sizeof p50, total, "duration_ms", "p50");
-        lat(p95, sizeof p95, total, "duration_ms", "p95");
-        lat(p99, sizeof p99, total, "duration_ms", "p99");
-        lat(t50, sizeof t50, total, "ttft_ms", "p50");
-        printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(total, "rpm"),
-               num(total, "tpm"));
-        if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(total, "budget"))) {
-            printf("global budget:");
-            print_budget(total);
-            printf("\n");
-        }
+    const cJSON *total = cJSON_GetObjectItemCaseSensitive(root, "total");
+    printf("%-40s", "TOTAL");
+    print_counts(total);
+    print_latencies(total);
+    if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(total, "budget"))) {
+        printf("global budget:");
+        print_budget(total);
+        printf("\n");
     }
+}
+
+/* One table of budget holders (users, agents, tenants, sessions): at most
+ * max rows (-1: all), key field `field`, "(none)" for an empty key when
+ * none_label is set. */
+static void print_holders(const cJSON *list, const char *title, const char *field, long max, int none_label)
+{
     printf("\n");
-    header("USER");
+    header(title);
     printf("  BUDGET (SPENT/LIMIT)\n");
+    long shown = 0;
     const cJSON *u;
-    cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(root, "users")) {
-        const char *name = str(u, "user");
-        key_cell(*name ? name : "(none)", 40);
+    cJSON_ArrayForEach(u, list) {
+        if (shown++ == max)
+            break;
+        const char *name = str(u, field);
+        key_cell(none_label && !*name ? "(none)" : name, 40);
         print_counts(u);
         print_budget(u);
         printf("\n");
     }
-    static const char *const groups[][3] = {{"agents", "agent", "AGENT"},
-                                            {"tenants", "tenant", "TENANT"}};
-    for (unsigned g = 0; g < 2; g++) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, groups[g][0]);
-        if (!cJSON_GetArraySize(list))
-            continue;
-        printf("\n");
-        header(groups[g][2]);
-        printf("  BUDGET (SPENT/LIMIT)\n");
-        cJSON_ArrayForEach(u, list) {
-            key_cell(str(u, groups[g][1]), 40);
-            print_counts(u);
-            print_budget(u);
-            printf("\n");
-        }
-    }
-    print_scores(root);
-    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(root, "sessions");
-    if (cJSON_GetArraySize(ss) && max_sessions) {
-        printf("\n");
-        header("SESSION (highest cost first)");
-        printf("  BUDGET (SPENT/LIMIT)\n");
-        long shown = 0;
-        const cJSON *s;
-        cJSON_ArrayForEach(s, ss) {
-            if (shown++ == max_sessions)
-                break;
-            key_cell(str(s, "session"), 40);
-            print_counts(s);
-            print_budget(s);
-            printf("\n");
-        }
-        printf("(%.0f sessions tracked)\n", num(root, "sessions_total"));
-    }
+}
+
+static void print_anomalies(const cJSON *root)
+{
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(root, "anomalies"), *a;
     int any = 0;
     cJSON_ArrayForEach(a, an) {
@@ -298,6 +268,84 @@ static void print_table(const cJSON *root, long max_sessions, int live)
     }
     if (any)
         printf("\n");
+}
+
+static void print_table(const cJSON *root, long max_sessions, int live)
+{
+    if (!live)
+        printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n", num(root, "pid"));
+    printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
+           "  alerts %.0f\n",
+           esc(str(root, "bus")), esc(str(root, "generated_at")), num(root, "events"),
+           num(root, "cursor"),
+           num(root, "checkpoint_cursor"), num(root, "lag"), num(root, "lost"),
+           num(root, "alerts"));
+    printf("\n");
+    print_models(root);
+    print_holders(cJSON_GetObjectItemCaseSensitive(root, "users"), "USER", "user", -1, 1);
+    static const char *const groups[][3] = {{"agents", "agent", "AGENT"},
+                                            {"tenants", "tenant", "TENANT"}};
+    for (unsigned g = 0; g < 2; g++) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, groups[g][0]);
+        if (cJSON_GetArraySize(list))
+            print_holders(list, groups[g][2], groups[g][1], -1, 0);
+    }
+    print_scores(root);
+    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(root, "sessions");
+    if (cJSON_GetArraySize(ss) && max_sessions) {
+        print_holders(ss, "SESSION (highest cost first)", "session", max_sessions, 0);
+        printf("(%.0f sessions tracked)\n", num(root, "sessions_total"));
+    }
+    print_anomalies(root);
+}
+
+/* The state directory --state-dir names, or the config's (for --bus). */
+static int report_state_dir(char *dir, size_t cap, const char *state_dir, const char *config, const char *bus)
+{
+    if (state_dir) {
+        snprintf(dir, cap, "%s", state_dir);
+        return 0;
+    }
+    if (!config) {
+        fprintf(stderr, "cbus-cost report: give --state-dir DIR or --config PATH\n");
+        return 2;
+    }
+    struct cost_config c;
+    char err[1024];
+    if (cost_config_load(&c, config, err, sizeof err)) {
+        fprintf(stderr, "cbus-cost report: %s\n", err);
+        return 2;
+    }
+    if (bus)
+        snprintf(c.bus, sizeof c.bus, "%s", bus);
+    cost_config_finish(&c);
+    snprintf(dir, cap, "%s", c.state_dir);
+    cost_config_free(&c);
+    return 0;
+}
+
+/* Asks the live daemon pid for a fresh snapshot and waits up to 1.5 s for
+ * it; on success *root and *text are replaced by the new one. */
+static void refresh_snapshot(long pid, const char *path, cJSON **root, char **text)
+{
+    double gen = num(*root, "generated_at_ns");
+    if (kill((pid_t)pid, SIGUSR1))
+        return;
+    for (int i = 0; i < 75; i++) {
+        struct timespec ts = {0, 20000000L};
+        nanosleep(&ts, NULL);
+        char *t2 = read_file(path);
+        cJSON *r2 = t2 ? cJSON_Parse(t2) : NULL;
+        if (r2 && num(r2, "generated_at_ns") != gen) {
+            cJSON_Delete(*root);
+            free(*text);
+            *root = r2;
+            *text = t2;
+            return;
+        }
+        cJSON_Delete(r2);
+        free(t2);
+    }
 }
 
 int cost_report_main(int argc, char **argv)
@@ -311,6 +359,7 @@ int cost_report_main(int argc, char **argv)
     const char *state_dir = NULL, *config = NULL, *bus = NULL;
     int json = 0, refresh = 1, opt;
     long max_sessions = 10;
+    char *end;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "s:c:b:jn:r", longopts, NULL)) != -1) {
         switch (opt) {
@@ -318,7 +367,13 @@ int cost_report_main(int argc, char **argv)
         case 'c': config = optarg; break;
         case 'b': bus = optarg; break;
         case 'j': json = 1; break;
-        case 'n': max_sessions = strtol(optarg, NULL, 10); break;
+        case 'n':
+            max_sessions = strtol(optarg, &end, 10);
+            if (end == optarg || *end || max_sessions < 0 || max_sessions > 1000000) {
+                fprintf(stderr, "cbus-cost report: --sessions %s: want 0..1000000\n", optarg);
+                return 2;
+            }
+            break;
         case 'r': refresh = 0; break;
         default:
             fprintf(stderr, "usage: cbus-cost report (--state-dir DIR | --config PATH [--bus NAME]) "
@@ -327,24 +382,9 @@ int cost_report_main(int argc, char **argv)
         }
     }
     char dir[COST_PATH_MAX];
-    if (state_dir) {
-        snprintf(dir, sizeof dir, "%s", state_dir);
-    } else if (config) {
-        struct cost_config c;
-        char err[1024];
-        if (cost_config_load(&c, config, err, sizeof err)) {
-            fprintf(stderr, "cbus-cost report: %s\n", err);
-            return 2;
-        }
-        if (bus)
-            snprintf(c.bus, sizeof c.bus, "%s", bus);
-        cost_config_finish(&c);
-        snprintf(dir, sizeof dir, "%s", c.state_dir);
-        cost_config_free(&c);
-    } else {
-        fprintf(stderr, "cbus-cost report: give --state-dir DIR or --config PATH\n");
-        return 2;
-    }
+    int rc = report_state_dir(dir, sizeof dir, state_dir, config, bus);
+    if (rc)
+        return rc;
     char path[COST_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/snapshot.json", dir);
     char *text = read_file(path);
@@ -354,33 +394,10 @@ int cost_report_main(int argc, char **argv)
         return 1;
     }
     cJSON *root = cJSON_Parse(text);
-    int live = 0;
-    if (root) {
-        long pid = (long)num(root, "pid");
-        live = pid > 0 && is_cbus_cost(pid);
-    }
-    if (root && refresh && live) {
-        /* Ask the live daemon for a fresh snapshot and wait for it (1.5 s). */
-        long pid = (long)num(root, "pid");
-        double gen = num(root, "generated_at_ns");
-        if (pid > 0 && is_cbus_cost(pid) && kill((pid_t)pid, SIGUSR1) == 0) {
-            for (int i = 0; i < 75; i++) {
-                struct timespec ts = {0, 20000000L};
-                nanosleep(&ts, NULL);
-                char *t2 = read_file(path);
-                cJSON *r2 = t2 ? cJSON_Parse(t2) : NULL;
-                if (r2 && num(r2, "generated_at_ns") != gen) {
-                    cJSON_Delete(root);
-                    free(text);
-                    root = r2;
-                    text = t2;
-                    break;
-                }
-                cJSON_Delete(r2);
-                free(t2);
-            }
-        }
-    }
+    long pid = root ? (long)num(root, "pid") : 0;
+    int live = pid > 0 && is_cbus_cost(pid);
+    if (root && refresh && live)
+        refresh_snapshot(pid, path, &root, &text);
     if (!root) {
         fprintf(stderr, "cbus-cost report: %s: not valid JSON\n", path);
         free(text);

@@ -418,6 +418,14 @@ Test(cost_daemon, sigkill_and_restart_counts_every_event_once)
     cr_assert_eq(pclose(f), 0);
     cr_assert(strstr(out, "openai/gpt-4o"), "%s", out);
     cr_assert(strstr(out, "user7"), "%s", out);
+    cr_assert(strstr(out, "\nTOTAL ") && strstr(out, "\nUSER "), "%s", out);
+    /* a bad --sessions is refused, not read as 0 */
+    snprintf(cmd, sizeof cmd, "%s report --state-dir %s/state --no-refresh --sessions ten 2>&1", BIN, dir);
+    f = popen(cmd, "r");
+    n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    cr_assert_eq(WEXITSTATUS(pclose(f)), 2, "%s", out);
+    cr_assert(strstr(out, "--sessions ten: want 0..1000000"), "%s", out);
     cbus_producer_close(p);
 }
 
