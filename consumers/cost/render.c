@@ -347,7 +347,9 @@ static void json_groups(struct sbuf *b, const char *list, const char *field,
     }
 }
 
-void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+/* The snapshot's first fields: who wrote it, the bus, the position and
+ * what the daemon counted, and the anomalies. */
+static void json_daemon(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
 {
     char t[32];
     uint64_t now = ri->now_realtime_ns;
@@ -380,11 +382,10 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
                 (unsigned long long)a->sessions_overflow,
                 (unsigned long long)l->an2.agents_overflow,
                 (unsigned long long)l->an2.tenants_overflow, (unsigned long long)a->late_events);
-    sbuf_puts(b, "\"total\":{");
-    json_counters(b, &l->total, now);
-    json_latency(b, &l->total_lat);
-    json_budget(b, l->budgets.global, &l->global_b);
-    sbuf_puts(b, "},\"models\":[");
+}
+
+static void json_models(struct sbuf *b, const struct cost_ledger *l, uint64_t now)
+{
     for (size_t i = 0; i < l->models.n; i++) {
         const char *k = cost_ktab_key_at(&l->models, i);
         const struct cost_model *m = cost_ktab_val_at(&l->models, i);
@@ -402,7 +403,10 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
         json_latency(b, &m->lat);
         sbuf_puts(b, "}");
     }
-    sbuf_puts(b, "],\"users\":[");
+}
+
+static void json_users(struct sbuf *b, const struct cost_ledger *l, uint64_t now)
+{
     for (size_t i = 0; i < l->users.n; i++) {
         const char *k = cost_ktab_key_at(&l->users, i);
         const struct cost_user *u = cost_ktab_val_at(&l->users, i);
@@ -413,11 +417,12 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
         json_budget(b, u->budget, &u->b);
         sbuf_puts(b, "}");
     }
-    json_groups(b, "agents", "agent", &l->agents, CBUS_AGENT_LEN, now);
-    json_groups(b, "tenants", "tenant", &l->tenants, CBUS_TENANT_LEN, now);
-    sbuf_puts(b, "],");
-    json_scores(b, &l->scores);
-    sbuf_printf(b, "\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
+}
+
+/* The max_sessions costliest sessions, highest first. */
+static void json_sessions(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri,
+                          uint64_t now)
+{
     size_t ns = l->sessions.n;
     size_t *idx = ns ? malloc(ns * sizeof *idx) : NULL;
     if (idx) {
@@ -440,6 +445,26 @@ void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct 
         }
         free(idx);
     }
+}
+
+void cost_render_json(struct sbuf *b, const struct cost_ledger *l, const struct cost_render_info *ri)
+{
+    uint64_t now = ri->now_realtime_ns;
+    json_daemon(b, l, ri);
+    sbuf_puts(b, "\"total\":{");
+    json_counters(b, &l->total, now);
+    json_latency(b, &l->total_lat);
+    json_budget(b, l->budgets.global, &l->global_b);
+    sbuf_puts(b, "},\"models\":[");
+    json_models(b, l, now);
+    sbuf_puts(b, "],\"users\":[");
+    json_users(b, l, now);
+    json_groups(b, "agents", "agent", &l->agents, CBUS_AGENT_LEN, now);
+    json_groups(b, "tenants", "tenant", &l->tenants, CBUS_TENANT_LEN, now);
+    sbuf_puts(b, "],");
+    json_scores(b, &l->scores);
+    sbuf_printf(b, "\"sessions_total\":%zu,\"sessions\":[", l->sessions.n);
+    json_sessions(b, l, ri, now);
     sbuf_puts(b, "]}\n");
 }
 
