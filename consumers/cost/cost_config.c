@@ -58,7 +58,8 @@ int cost_parse_period(const char *s, uint32_t *days)
     return 0;
 }
 
-/* Joins a relative path onto base_dir. */
+/* thresholds = 50,80,100: percentages of the limit at which an alert
+ * fires. */
 static int parse_thresholds(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
                             uint32_t *pcts, unsigned *n, char *err, size_t errlen)
 {
@@ -87,47 +88,55 @@ static int parse_thresholds(const struct cbus_cfg *cfg, const struct cbus_cfg_en
     return 0;
 }
 
-/* One [budget.global] / [budget.user.NAME] / [budget.session.NAME] /
- * [budget.agent.NAME] / [budget.tenant.NAME] section:
- * the entries from index first on that share its section name. */
-static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_t first,
-                        char *err, size_t errlen)
+/* The scope a [budget.*] section names, and the id after its prefix
+ * ("*" for budget.global). */
+static int budget_scope(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e0,
+                        struct cost_budget *b, char *err, size_t errlen)
 {
-    const struct cbus_cfg_entry *e0 = &cfg->entries[first];
-    const char *sec = e0->section;
-    struct cost_budget b;
-    memset(&b, 0, sizeof b);
-    b.line = e0->line;
-    b.period_days = 1;
-    const char *who;
+    static const struct {
+        const char *prefix;
+        enum cost_scope scope;
+    } scopes[] = {
+        {"budget.user.", COST_SCOPE_USER},
+        {"budget.session.", COST_SCOPE_SESSION},
+        {"budget.agent.", COST_SCOPE_AGENT},
+        {"budget.tenant.", COST_SCOPE_TENANT},
+    };
+    const char *sec = e0->section, *who = NULL;
     if (!strcmp(sec, "budget.global")) {
-        b.scope = COST_SCOPE_GLOBAL;
+        b->scope = COST_SCOPE_GLOBAL;
         who = "*";
-    } else if (!strncmp(sec, "budget.user.", 12)) {
-        b.scope = COST_SCOPE_USER;
-        who = sec + 12;
-    } else if (!strncmp(sec, "budget.session.", 15)) {
-        b.scope = COST_SCOPE_SESSION;
-        who = sec + 15;
-    } else if (!strncmp(sec, "budget.agent.", 13)) {
-        b.scope = COST_SCOPE_AGENT;
-        who = sec + 13;
-    } else if (!strncmp(sec, "budget.tenant.", 14)) {
-        b.scope = COST_SCOPE_TENANT;
-        who = sec + 14;
-    } else {
+    }
+    for (size_t i = 0; !who && i < sizeof scopes / sizeof scopes[0]; i++) {
+        size_t n = strlen(scopes[i].prefix);
+        if (!strncmp(sec, scopes[i].prefix, n)) {
+            b->scope = scopes[i].scope;
+            who = sec + n;
+        }
+    }
+    if (!who)
         return cbus_cfg_error(cfg, e0, err, errlen,
                               "unknown section [%s] (want budget.global, budget.user.NAME, "
                               "budget.session.NAME, budget.agent.NAME or budget.tenant.NAME; "
                               "NAME * is the default)", sec);
-    }
     /* An id is matched by the hash of its whole value, so it may be longer
      * than the event field producers cut it to. */
-    size_t maxkey = sizeof b.key - 1;
+    size_t maxkey = sizeof b->key - 1;
     if (!*who || strlen(who) > maxkey)
         return cbus_cfg_error(cfg, e0, err, errlen, "[%s]: id must be 1..%zu characters", sec,
                               maxkey);
-    snprintf(b.key, sizeof b.key, "%s", who); /* hashed by cost_budget_build() */
+    snprintf(b->key, sizeof b->key, "%s", who); /* hashed by cost_budget_build() */
+    return 0;
+}
+
+/* The keys of one budget section: limit and soft limit in pico-dollars,
+ * period, and the alert thresholds (cost_budget_build's defaults when
+ * none are given). */
+static int budget_entries(const struct cbus_cfg *cfg, size_t first, struct cost_budget *b,
+                          char *err, size_t errlen)
+{
+    const struct cbus_cfg_entry *e0 = &cfg->entries[first];
+    const char *sec = e0->section;
     uint32_t pcts[COST_MARKS_MAX];
     unsigned n_pcts = 0;
     int have_pcts = 0, have_limit = 0;
@@ -145,7 +154,7 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
             r = cbus_cfg_double(cfg, e, 1e-9, 1e12, &soft, err, errlen);
             soft_e = e;
         } else if (!strcmp(e->key, "period")) {
-            if (cost_parse_period(e->value, &b.period_days))
+            if (cost_parse_period(e->value, &b->period_days))
                 r = cbus_cfg_error(cfg, e, err, errlen,
                                    "'%s' is not a period (1d, 7d, 30d, Nd or none)", e->value);
         } else if (!strcmp(e->key, "thresholds")) {
@@ -160,17 +169,26 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
     }
     if (!have_limit)
         return cbus_cfg_error(cfg, e0, err, errlen, "[%s] needs limit_usd", sec);
-    cost_usd_to_pico(limit, 1e12, &b.limit_pico);
+    cost_usd_to_pico(limit, 1e12, &b->limit_pico);
     if (soft_e) {
-        cost_usd_to_pico(soft, 1e12, &b.soft_pico);
-        if (b.soft_pico >= b.limit_pico)
+        cost_usd_to_pico(soft, 1e12, &b->soft_pico);
+        if (b->soft_pico >= b->limit_pico)
             return cbus_cfg_error(cfg, soft_e, err, errlen, "soft_usd must be below limit_usd");
     }
-    if (cost_budget_build(&b, have_pcts ? pcts : NULL, n_pcts))
+    if (cost_budget_build(b, have_pcts ? pcts : NULL, n_pcts))
         return cbus_cfg_error(cfg, e0, err, errlen, "too many thresholds");
+    return 0;
+}
+
+/* Appends a parsed budget, refusing a second section for the same scope
+ * and id, and remembers the global and per-scope default ("*") budgets. */
+static int budget_add(struct cost_config *c, const struct cbus_cfg *cfg,
+                      const struct cbus_cfg_entry *e0, const struct cost_budget *b, char *err,
+                      size_t errlen)
+{
     for (size_t i = 0; i < c->n_budgets; i++)
-        if (c->budgets[i].scope == b.scope && !strcmp(c->budgets[i].key, b.key))
-            return cbus_cfg_error(cfg, e0, err, errlen, "[%s] given twice", sec);
+        if (c->budgets[i].scope == b->scope && !strcmp(c->budgets[i].key, b->key))
+            return cbus_cfg_error(cfg, e0, err, errlen, "[%s] given twice", e0->section);
     struct cost_budget *nb = realloc(c->budgets, (c->n_budgets + 1) * sizeof *nb);
     if (!nb) {
         snprintf(err, errlen, "%s: out of memory", cfg->path);
@@ -178,15 +196,34 @@ static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_
     }
     c->budgets = nb;
     long idx = (long)c->n_budgets;
-    c->budgets[c->n_budgets++] = b;
-    if (b.scope == COST_SCOPE_GLOBAL)
+    c->budgets[c->n_budgets++] = *b;
+    if (b->scope == COST_SCOPE_GLOBAL)
         c->global_idx = idx;
-    else if (!strcmp(b.key, "*")) {
+    else if (!strcmp(b->key, "*")) {
         long *def[COST_SCOPE__COUNT] = {NULL, &c->user_default_idx, &c->session_default_idx,
                                         &c->agent_default_idx, &c->tenant_default_idx};
-        *def[b.scope] = idx;
+        *def[b->scope] = idx;
     }
     return 0;
+}
+
+/* One [budget.global] / [budget.user.NAME] / [budget.session.NAME] /
+ * [budget.agent.NAME] / [budget.tenant.NAME] section:
+ * the entries from index first on that share its section name. */
+static int parse_budget(struct cost_config *c, const struct cbus_cfg *cfg, size_t first,
+                        char *err, size_t errlen)
+{
+    const struct cbus_cfg_entry *e0 = &cfg->entries[first];
+    struct cost_budget b;
+    memset(&b, 0, sizeof b);
+    b.line = e0->line;
+    b.period_days = 1;
+    int r = budget_scope(cfg, e0, &b, err, errlen);
+    if (!r)
+        r = budget_entries(cfg, first, &b, err, errlen);
+    if (!r)
+        r = budget_add(c, cfg, e0, &b, err, errlen);
+    return r;
 }
 
 static int parse_listen(const struct cbus_cfg *cfg, const struct cbus_cfg_entry *e,
