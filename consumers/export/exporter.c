@@ -447,6 +447,91 @@ static void note_error(struct exporter *x, const struct send_result *r)
     x->last_err.message[n] = '\0';
 }
 
+/* A batch the endpoint took, perhaps only in part (the spans it refused
+ * are not retried: OTLP says a partial success must not be). */
+static void on_sent(struct exporter *x, struct batch *b, const struct send_result *r)
+{
+    x->st.sent_batches++;
+    x->st.sent_items += b->items;
+    x->st.sent_bytes += b->body_len;
+    if (b->in_spool)
+        x->st.replayed++;
+    if (r->partial) {
+        x->st.partial_batches++;
+        x->st.partial_rejected += r->rejected;
+        if (rate_ok(x->now_ns, &x->last_partial_log_ns)) {
+            cbus_log_warn("partial success: %" PRIu64 " spans rejected (%s); not retried (+%" PRIu64
+                          " similar)",
+                          r->rejected, r->message[0] ? r->message : "no message", x->suppressed_partials);
+            x->suppressed_partials = 0;
+        } else {
+            x->suppressed_partials++;
+        }
+    }
+    if (x->unhealthy) {
+        cbus_log_info("endpoint is back (HTTP %ld); %zu spooled batches to replay", r->status,
+                      spool_count(x->spool) - (b->in_spool ? 1 : 0));
+        x->unhealthy = 0;
+    }
+    x->attempt = 0;
+    drop_batch(x, b);
+}
+
+/* A batch refused for good (a 4xx other than 429, or a request curl
+ * cannot make): dropped and counted, and the endpoint is reported as not
+ * OK although it answers. */
+static void on_rejected(struct exporter *x, struct batch *b, const struct send_result *r)
+{
+    x->st.rejected_batches++;
+    x->st.rejected_items += b->items;
+    if (rate_ok(x->now_ns, &x->last_reject_log_ns)) {
+        if (r->curl_code)
+            cbus_log_error("request failed for good (%s): batch of %u dropped (+%" PRIu64 " similar)",
+                           r->message, b->items, x->suppressed_rejects);
+        else
+            cbus_log_error("HTTP %ld: batch of %u dropped, not retried: %s (+%" PRIu64 " similar)",
+                           r->status, b->items, r->message, x->suppressed_rejects);
+        x->suppressed_rejects = 0;
+    } else {
+        x->suppressed_rejects++;
+    }
+    x->unhealthy = 0; /* it answered: no backoff, nothing to spool */
+    x->rejecting = 1; /* but it is losing our data: not OK */
+    x->attempt = 0;
+    drop_batch(x, b);
+}
+
+/* A batch to try again: after the server's Retry-After, else after a
+ * jittered exponential backoff; meanwhile it and what follows go to the
+ * spool. */
+static void on_retry(struct exporter *x, struct batch *b, const struct send_result *r)
+{
+    x->st.retried++;
+    uint64_t delay = r->has_retry_after
+                         ? r->retry_after_ns
+                         : retry_backoff_ns(x->attempt, x->cfg.retry_initial_ns, x->cfg.retry_max_ns, rnd(x));
+    x->attempt++;
+    if (!x->unhealthy) {
+        char why[300];
+        if (r->curl_code)
+            snprintf(why, sizeof why, "%s", r->message);
+        else
+            snprintf(why, sizeof why, "HTTP %ld", r->status);
+        cbus_log_warn("endpoint unavailable (%s): spooling, next try in %" PRIu64 " ms%s", why,
+                      delay / 1000000, r->has_retry_after ? " (Retry-After)" : "");
+    }
+    x->unhealthy = 1;
+    uint64_t t = x->now_ns + delay;
+    if (t > x->next_try_ns || r->has_retry_after)
+        x->next_try_ns = t;
+    if (b->in_spool) {
+        spool_unload(x->spool, b); /* stays at the head */
+    } else {
+        to_spool(x, b);
+        queue_to_spool(x);
+    }
+}
+
 static void on_done(void *arg, struct batch *b, const struct send_result *r)
 {
     struct exporter *x = arg;
@@ -467,77 +552,14 @@ static void on_done(void *arg, struct batch *b, const struct send_result *r)
         list_del(&x->direct, b);
     switch (r->outcome) {
     case SEND_OK:
-        x->st.sent_batches++;
-        x->st.sent_items += b->items;
-        x->st.sent_bytes += b->body_len;
-        if (b->in_spool)
-            x->st.replayed++;
-        if (r->partial) {
-            x->st.partial_batches++;
-            x->st.partial_rejected += r->rejected;
-            if (rate_ok(x->now_ns, &x->last_partial_log_ns)) {
-                cbus_log_warn("partial success: %" PRIu64 " spans rejected (%s); not retried (+%" PRIu64
-                              " similar)",
-                              r->rejected, r->message[0] ? r->message : "no message", x->suppressed_partials);
-                x->suppressed_partials = 0;
-            } else {
-                x->suppressed_partials++;
-            }
-        }
-        if (x->unhealthy) {
-            cbus_log_info("endpoint is back (HTTP %ld); %zu spooled batches to replay", r->status,
-                          spool_count(x->spool) - (b->in_spool ? 1 : 0));
-            x->unhealthy = 0;
-        }
-        x->attempt = 0;
-        drop_batch(x, b);
+        on_sent(x, b, r);
         break;
     case SEND_REJECT:
-        x->st.rejected_batches++;
-        x->st.rejected_items += b->items;
-        if (rate_ok(x->now_ns, &x->last_reject_log_ns)) {
-            if (r->curl_code)
-                cbus_log_error("request failed for good (%s): batch of %u dropped (+%" PRIu64 " similar)",
-                               r->message, b->items, x->suppressed_rejects);
-            else
-                cbus_log_error("HTTP %ld: batch of %u dropped, not retried: %s (+%" PRIu64 " similar)",
-                               r->status, b->items, r->message, x->suppressed_rejects);
-            x->suppressed_rejects = 0;
-        } else {
-            x->suppressed_rejects++;
-        }
-        x->unhealthy = 0; /* it answered: no backoff, nothing to spool */
-        x->rejecting = 1; /* but it is losing our data: not OK */
-        x->attempt = 0;
-        drop_batch(x, b);
+        on_rejected(x, b, r);
         break;
-    case SEND_RETRY: {
-        x->st.retried++;
-        uint64_t delay = r->has_retry_after
-                             ? r->retry_after_ns
-                             : retry_backoff_ns(x->attempt, x->cfg.retry_initial_ns, x->cfg.retry_max_ns, rnd(x));
-        x->attempt++;
-        if (!x->unhealthy) {
-            char why[300];
-            if (r->curl_code)
-                snprintf(why, sizeof why, "%s", r->message);
-            else
-                snprintf(why, sizeof why, "HTTP %ld", r->status);
-            cbus_log_warn("endpoint unavailable (%s): spooling, next try in %" PRIu64 " ms%s", why,
-                          delay / 1000000, r->has_retry_after ? " (Retry-After)" : "");
-        }
-        x->unhealthy = 1;
-        uint64_t t = x->now_ns + delay;
-        if (t > x->next_try_ns || r->has_retry_after)
-            x->next_try_ns = t;
-        if (b->in_spool) {
-            spool_unload(x->spool, b); /* stays at the head */
-        } else {
-            to_spool(x, b);
-            queue_to_spool(x);
-        }
+    case SEND_RETRY:
+        on_retry(x, b, r);
         break;
-    }
     }
 }
 
