@@ -212,6 +212,69 @@ static void load_counts(struct hist_store *s)
     sqlite3_finalize(q);
 }
 
+/* The writer's side of opening: WAL and durability settings, the schema
+ * created if new, and the statements it runs per event prepared once. */
+static int open_writer(struct hist_store *s, const char *path, char *err, size_t errlen)
+{
+    /* WAL: readers (the CLI, the HTTP thread) never block the writer.
+     * NORMAL: a commit survives a crash of the process, FULL also power
+     * loss (an fsync per commit). */
+    int r = exec(s, "PRAGMA journal_mode=WAL");
+    if (!r)
+        r = exec(s, (s->flags & HIST_STORE_FSYNC) ? "PRAGMA synchronous=FULL"
+                                                  : "PRAGMA synchronous=NORMAL");
+    /* 32 MiB of page cache: a batch's index pages stay in memory */
+    if (!r)
+        r = exec(s, "PRAGMA cache_size=-32768");
+    if (!r)
+        r = exec(s, "BEGIN IMMEDIATE");
+    if (!r)
+        r = exec(s, schema);
+    if (!r) {
+        char v[96];
+        snprintf(v, sizeof v, "INSERT OR IGNORE INTO meta(k, v) VALUES ('schema', %d)",
+                 SCHEMA_VERSION);
+        r = exec(s, v);
+    }
+    if (!r)
+        r = exec(s, "COMMIT");
+    if (r) {
+        snprintf(err, errlen, "%s: %s", path, s->errmsg);
+        exec(s, "ROLLBACK");
+        return r;
+    }
+    for (int i = 0; i < ST__COUNT; i++) {
+        int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                                    NULL);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
+            return code_of(rc);
+        }
+    }
+    return 0;
+}
+
+/* A reader of a file that is not a store, or of another schema, says so
+ * at once. */
+static int check_schema(struct hist_store *s, const char *path, char *err, size_t errlen)
+{
+    sqlite3_stmt *q;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: not a cbus-history store (%s)", path, sqlite3_errmsg(s->db));
+        return -EPROTO;
+    }
+    rc = sqlite3_step(q);
+    int ver = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) : 0;
+    sqlite3_finalize(q);
+    if (ver != SCHEMA_VERSION) {
+        snprintf(err, errlen, "%s: store schema %d, this cbus-history reads %d", path, ver,
+                 SCHEMA_VERSION);
+        return -EPROTO;
+    }
+    return 0;
+}
+
 int hist_store_open(struct hist_store **out, const char *path, unsigned flags, char *err,
                     size_t errlen)
 {
@@ -244,61 +307,11 @@ int hist_store_open(struct hist_store **out, const char *path, unsigned flags, c
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, 5000);
-    if (!(flags & HIST_STORE_RDONLY)) {
-        /* WAL: readers (the CLI, the HTTP thread) never block the writer.
-         * NORMAL: a commit survives a crash of the process, FULL also power
-         * loss (an fsync per commit). */
-        r = exec(s, "PRAGMA journal_mode=WAL");
-        if (!r)
-            r = exec(s, (flags & HIST_STORE_FSYNC) ? "PRAGMA synchronous=FULL"
-                                                   : "PRAGMA synchronous=NORMAL");
-        /* 32 MiB of page cache: a batch's index pages stay in memory */
-        if (!r)
-            r = exec(s, "PRAGMA cache_size=-32768");
-        if (!r)
-            r = exec(s, "BEGIN IMMEDIATE");
-        if (!r)
-            r = exec(s, schema);
-        if (!r) {
-            char v[96];
-            snprintf(v, sizeof v, "INSERT OR IGNORE INTO meta(k, v) VALUES ('schema', %d)",
-                     SCHEMA_VERSION);
-            r = exec(s, v);
-        }
-        if (!r)
-            r = exec(s, "COMMIT");
-        if (r) {
-            snprintf(err, errlen, "%s: %s", path, s->errmsg);
-            exec(s, "ROLLBACK");
-            goto err_close;
-        }
-        for (int i = 0; i < ST__COUNT; i++) {
-            rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
-                                    NULL);
-            if (rc != SQLITE_OK) {
-                snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
-                r = code_of(rc);
-                goto err_close;
-            }
-        }
-    }
-    /* A reader of a file that is not a store says so at once. */
-    sqlite3_stmt *q;
-    rc = sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &q, NULL);
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "%s: not a cbus-history store (%s)", path, sqlite3_errmsg(s->db));
-        r = -EPROTO;
+    r = (flags & HIST_STORE_RDONLY) ? 0 : open_writer(s, path, err, errlen);
+    if (!r)
+        r = check_schema(s, path, err, errlen);
+    if (r)
         goto err_close;
-    }
-    rc = sqlite3_step(q);
-    int ver = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) : 0;
-    sqlite3_finalize(q);
-    if (ver != SCHEMA_VERSION) {
-        snprintf(err, errlen, "%s: store schema %d, this cbus-history reads %d", path, ver,
-                 SCHEMA_VERSION);
-        r = -EPROTO;
-        goto err_close;
-    }
     load_counts(s);
     *out = s;
     return 0;
