@@ -247,6 +247,43 @@ static int recover_file(struct audit_chain *c, const char *dir, const char *name
     return 0;
 }
 
+/* The value the state names (read from its last_off into buf, len bytes,
+ * of a file of total bytes) ends exactly at the state's offset with the
+ * state's hash and sequence: then the chain up to there is what the state
+ * says (the whole chain is `verify`'s job, not a restart's). */
+static int state_matches(const struct audit_state *s, const uint8_t *buf, size_t len,
+                         uint64_t total)
+{
+    size_t vlen = (size_t)(s->offset - s->last_off);
+    struct audit_item it;
+    if (total < s->offset || len < vlen || audit_parse(buf, len, &it, NULL) != 0 ||
+        it.len != vlen || memcmp(it.hash, s->hash, AUDIT_HASH_LEN) != 0)
+        return 0;
+    if (it.is_header)
+        return s->last_off == 0 && it.hdr.file_seq == s->file_seq &&
+               it.hdr.first_seq == s->next_seq && it.hdr.bus_id == s->bus_id;
+    return s->last_off > 0 && it.seq + 1 == s->next_seq;
+}
+
+/* Where the writer resumes: the state's file, extended by the records
+ * found after the state's offset (res). */
+static void resume_at(struct audit_resume *out, const char *name, const struct audit_state *s,
+                      const struct audit_scan_result *res)
+{
+    out->have_file = 1;
+    snprintf(out->name, sizeof out->name, "%s", name);
+    out->file_seq = s->file_seq;
+    out->file_size = res->good_end;
+    out->created_ns = s->created_ns;
+    out->redaction = (unsigned)s->redaction;
+    out->bus_id = s->bus_id;
+    out->format = s->format;
+    out->records_in_file = s->records_in_file + res->records;
+    out->last_off = res->records ? res->last_off : s->last_off;
+    out->have_cursor = 1;
+    out->pos = res->pos;
+}
+
 /* The fast path: resume from the state file s.  Returns 0 (done), 1 (the
  * state does not match the log: nothing changed, use the slow path), or
  * -errno. */
@@ -273,17 +310,8 @@ static int recover_from_state(struct audit_chain *c, const char *dir,
         return rc;
     }
     out->bytes_read += len;
-    /* The value the state names must end exactly at its offset with its
-     * hash: then the chain up to there is what the state says (the whole
-     * chain is `verify`'s job, not a restart's). */
     size_t vlen = (size_t)(s->offset - s->last_off);
-    struct audit_item it;
-    int ok = total >= s->offset && len >= vlen && audit_parse(buf, len, &it, NULL) == 0 &&
-             it.len == vlen && memcmp(it.hash, s->hash, AUDIT_HASH_LEN) == 0 &&
-             (it.is_header ? s->last_off == 0 && it.hdr.file_seq == s->file_seq &&
-                                 it.hdr.first_seq == s->next_seq && it.hdr.bus_id == s->bus_id
-                           : s->last_off > 0 && it.seq + 1 == s->next_seq);
-    if (!ok) {
+    if (!state_matches(s, buf, len, total)) {
         free(buf);
         cbus_log_warn("recovery: the state file does not match %s (offset %llu); checking the "
                       "whole file", path, (unsigned long long)s->offset);
@@ -305,18 +333,7 @@ static int recover_from_state(struct audit_chain *c, const char *dir,
         return rc;
     }
     free(buf);
-    out->have_file = 1;
-    snprintf(out->name, sizeof out->name, "%s", files[i].name);
-    out->file_seq = s->file_seq;
-    out->file_size = res.good_end;
-    out->created_ns = s->created_ns;
-    out->redaction = (unsigned)s->redaction;
-    out->bus_id = s->bus_id;
-    out->format = s->format;
-    out->records_in_file = s->records_in_file + res.records;
-    out->last_off = res.records ? res.last_off : s->last_off;
-    out->have_cursor = 1;
-    out->pos = res.pos;
+    resume_at(out, files[i].name, s, &res);
     memcpy(c->hash, st.hash, sizeof c->hash);
     c->next_seq = st.next_seq;
     /* Files created after the state was written (a rotation just before

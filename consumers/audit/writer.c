@@ -320,6 +320,41 @@ static void state_save(struct audit_writer *w, uint64_t off, uint64_t last_off, 
     }
 }
 
+/* The batch buffers, page-aligned: the kernel copies whole pages into the
+ * page cache. */
+static int alloc_batches(struct audit_writer *w, char *err, size_t errlen)
+{
+    for (unsigned i = 0; i < w->qd; i++) {
+        w->b[i].cap = w->o.batch_bytes;
+        if (posix_memalign((void **)&w->b[i].buf, 4096, w->o.batch_bytes)) {
+            snprintf(err, errlen, "out of memory for %u batches of %zu bytes", w->qd,
+                     w->o.batch_bytes);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* The state file that lets the next restart skip re-reading the log.
+ * Without it the writer still works (a restart checks the whole last
+ * file), so failing to open it is a warning, not an error. */
+static void open_state_file(struct audit_writer *w, const struct audit_resume *resume)
+{
+    w->state_fd = audit_state_open(w->dir, w->prefix);
+    if (w->state_fd < 0) {
+        cbus_log_warn("cannot open the state file in %s: %s; a restart will check the whole "
+                      "last file", w->dir, strerror(-w->state_fd));
+        return;
+    }
+    struct audit_state old;
+    if (audit_state_load(w->dir, w->prefix, &old) == 0)
+        w->state.gen = old.gen;
+    /* What recovery just checked, so the next restart starts there. */
+    if (resume->have_file)
+        state_save(w, resume->file_size, resume->last_off, w->chain.next_seq, w->chain.hash,
+                   resume->records_in_file, &resume->pos);
+}
+
 int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts *o,
                       struct audit_resume *resume, char *err, size_t errlen)
 {
@@ -355,16 +390,8 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
         snprintf(err, errlen, "out of memory");
         goto err_chain;
     }
-    for (unsigned i = 0; i < w->qd; i++) {
-        /* Page-aligned: the kernel copies whole pages into the page cache. */
-        w->b[i].cap = o->batch_bytes;
-        if (posix_memalign((void **)&w->b[i].buf, 4096, o->batch_bytes)) {
-            rc = -ENOMEM;
-            snprintf(err, errlen, "out of memory for %u batches of %zu bytes", w->qd,
-                     o->batch_bytes);
-            goto err_bufs;
-        }
-    }
+    if ((rc = alloc_batches(w, err, errlen)))
+        goto err_bufs;
     /* Two SQEs per batch (write + linked fdatasync) plus the interval sync. */
     rc = io_uring_queue_init(2 * w->qd + 2, &w->ring, 0);
     if (rc < 0) {
@@ -380,19 +407,7 @@ int audit_writer_open(struct audit_writer **out, const struct audit_writer_opts 
         snprintf(err, errlen, "%s/%s: %s", w->dir, resume->name, strerror(-rc));
         goto err_ring;
     }
-    w->state_fd = audit_state_open(w->dir, w->prefix);
-    if (w->state_fd < 0) {
-        cbus_log_warn("cannot open the state file in %s: %s; a restart will check the whole "
-                      "last file", w->dir, strerror(-w->state_fd));
-    } else {
-        struct audit_state old;
-        if (audit_state_load(w->dir, w->prefix, &old) == 0)
-            w->state.gen = old.gen;
-        /* What recovery just checked, so the next restart starts there. */
-        if (resume->have_file)
-            state_save(w, resume->file_size, resume->last_off, w->chain.next_seq, w->chain.hash,
-                       resume->records_in_file, &resume->pos);
-    }
+    open_state_file(w, resume);
     w->last_sync_ns = mono_ns();
     *out = w;
     return 0;
@@ -504,6 +519,35 @@ static int grow_batch(struct batch *b, size_t need)
     return 0;
 }
 
+/* The current file is full or old enough to rotate (never an empty one). */
+static int rotation_due(struct audit_writer *w)
+{
+    return w->file_records &&
+           ((w->o.max_file_bytes && w->file_off >= w->o.max_file_bytes) ||
+            (w->o.max_file_age_ns && real_ns(w) - w->file_created_ns >= w->o.max_file_age_ns));
+}
+
+/* A gap record for the positions of lane from its expected position up to
+ * lp, which the consumer never received. */
+static int append_gap(struct audit_writer *w, struct batch *b, unsigned lanes, unsigned lane,
+                      uint64_t lp)
+{
+    uint64_t from = w->last.pos[lane];
+    int g = lanes > 1 ? audit_gap_encode_lane(&w->chain, lane, from, lp, b->buf + b->len,
+                                              b->cap - b->len)
+                      : audit_gap_encode(&w->chain, from, lp, b->buf + b->len, b->cap - b->len);
+    if (g < 0)
+        return g; /* cannot happen: room was checked */
+    w->st.gaps++;
+    w->st.gap_positions += lp - from;
+    b->last_off = w->file_off;
+    b->len += (size_t)g;
+    w->file_off += (uint64_t)g;
+    w->file_records++;
+    w->st.records++;
+    return 0;
+}
+
 int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev,
                         const struct cbus_body *body)
 {
@@ -511,9 +555,7 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev,
         return -EAGAIN; /* the first file could not be created: service retries */
     if (w->rotate_pending)
         return -EAGAIN;
-    if (w->file_records &&
-        ((w->o.max_file_bytes && w->file_off >= w->o.max_file_bytes) ||
-         (w->o.max_file_age_ns && real_ns(w) - w->file_created_ns >= w->o.max_file_age_ns))) {
+    if (rotation_due(w)) {
         w->rotate_pending = 1;
         finish_filling(w);
         return -EAGAIN;
@@ -551,20 +593,9 @@ int audit_writer_append(struct audit_writer *w, const struct cbus_event *ev,
             return g;
     }
     if (gap) {
-        uint64_t from = w->last.pos[lane];
-        int g = lanes > 1 ? audit_gap_encode_lane(&w->chain, lane, from, lp, b->buf + b->len,
-                                                  b->cap - b->len)
-                          : audit_gap_encode(&w->chain, from, lp, b->buf + b->len,
-                                             b->cap - b->len);
+        int g = append_gap(w, b, lanes, lane, lp);
         if (g < 0)
-            return g; /* cannot happen: room was checked */
-        w->st.gaps++;
-        w->st.gap_positions += lp - from;
-        b->last_off = w->file_off;
-        b->len += (size_t)g;
-        w->file_off += (uint64_t)g;
-        w->file_records++;
-        w->st.records++;
+            return g;
     }
     uint64_t at = w->file_off;
     int n = audit_record_encode(&w->chain, ev, body, &w->o.redact, b->buf + b->len,
