@@ -319,6 +319,9 @@ static void put_finish_reason(struct cbus_mp_writer *w, unsigned reason)
         mp_uint(w, reason);
 }
 
+/* Kept whole (about 100 lines): one case per payload, each the list of its
+ * wire keys in schema order, to be read beside kind_entries() and
+ * read_kind_key(); split, the schema would be spread over functions. */
 static void put_kind_entries(struct cbus_mp_writer *w, const struct cbus_event *ev)
 {
     switch (cbus_kind_payload(ev->kind)) {
@@ -523,6 +526,9 @@ static void put_body(struct cbus_mp_writer *w, const struct cbus_body_parts *bp,
 #define EV_TEXT_FIELDS(X) \
     X(provider) X(model) X(user) X(session) X(agent) X(tenant) X(request_id) X(name)
 
+/* Kept whole (about 100 lines): the entry count in the map header must
+ * match the entries written after it, and in one function the two lists
+ * can be checked against each other line by line. */
 int cbus_evmp_encode(const struct cbus_event *ev, const struct cbus_body *body,
                      const struct cbus_evmp_opts *opts, uint8_t *out, size_t cap)
 {
@@ -1137,7 +1143,9 @@ static int read_score(struct cbus_mp_reader *r, struct cbus_score_info *sc)
 /* A key that names a per-kind number lands in the union member of the
  * event's kind; "kind" comes first in the schema, so it is known by then.
  * A decoder still accepts any order: per-kind keys seen before "kind" are
- * resolved by a second pass over the map (rare: foreign writers only). */
+ * resolved by a second pass over the map (rare: foreign writers only).
+ * Kept whole (about 90 lines) for the reason put_kind_entries() is: one
+ * case per payload, mirroring the writer's. */
 static int read_kind_key(struct cbus_mp_reader *r, struct cbus_event *ev, const char *k,
                          uint32_t kl, int *handled)
 {
@@ -1266,7 +1274,9 @@ static uint64_t key_field_hash(const struct cbus_event *ev, unsigned key)
     return cbus_key_hash(f, strnlen(f, size));
 }
 
-/* pass 0: everything but per-kind keys; pass 1: per-kind keys only. */
+/* pass 0: everything but per-kind keys; pass 1: per-kind keys only.
+ * Kept whole (about 90 lines): one branch per common wire key, in the
+ * order cbus_evmp_encode() writes them. */
 static int decode_pass(struct cbus_mp_reader *r, struct cbus_event *ev, int pass,
                        int *deferred, struct decode_state *st)
 {
@@ -1426,7 +1436,8 @@ static int body_suffix(const char *k, uint32_t kl, const char *suffix, unsigned 
 }
 
 /* The body map back into sections, in type order (the encoder's order, so
- * decode(encode(decode(x))) gives the same bytes). */
+ * decode(encode(decode(x))) gives the same bytes).  About 80 lines: the
+ * bounds checks on a foreign map and the rebuild stay in one place. */
 static int rebuild_body(const uint8_t *at, const uint8_t *end, void *bodybuf, size_t cap,
                         struct cbus_body *body)
 {
