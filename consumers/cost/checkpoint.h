@@ -37,8 +37,10 @@ int cost_checkpoint_save(const struct cost_ledger *l, uint64_t bus_id, uint64_t 
 int cost_write_file(const char *path, const void *data, size_t len, int do_fsync);
 
 /* Loads path into l (freshly initialised, with its prices and budgets) and
- * rebinds prices and budgets.  Returns 0, -ENOENT (no checkpoint yet), or
- * -EBADMSG / -EPROTO with a message in err (corrupt / other build). */
+ * rebinds prices and budgets.  Returns 0, -ENOENT (no checkpoint yet),
+ * -EBADMSG / -EPROTO with a message in err (corrupt / other build), or
+ * -EOVERFLOW with a message in err (more entries than the ledger's
+ * max_models / max_users / max_sessions hold). */
 int cost_checkpoint_load(struct cost_ledger *l, uint64_t *bus_id, const char *path, char *err,
                          size_t errlen);
 
