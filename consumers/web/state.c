@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "event_json.h"
+#include "inspect.h"
 #include "web.h"
 
 #define FILE_MAX (32u << 20) /* a cost snapshot at 1,000 users is ~700 KB */
@@ -168,13 +169,6 @@ static void put_throttled(struct web *w, struct sbuf *b, struct sbuf *m, cJSON *
     sbuf_printf(m, "\"} %u\n", nthrottled);
 }
 
-struct csnap {
-    unsigned idx;
-    uint32_t state, flags, pid;
-    uint64_t generation, heartbeat_ns, consumed, lost, abandoned, read_pos, cursor, untethered;
-    char name[CBUS_NAME_MAX];
-    int alive;
-};
 
 /* The bus's own counters: JSON into b, Prometheus samples into m. */
 static void bus_counters(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *m, uint64_t tail, double dt)
@@ -203,39 +197,6 @@ static void bus_counters(struct web *w, cbus_bus *bus, struct sbuf *b, struct sb
     w->prev_tail = tail;
 }
 
-/* Consumer entry i as read now; 0 for a free entry. */
-static int consumer_snap(cbus_bus *bus, unsigned i, struct csnap *c)
-{
-    struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
-    if (!e)
-        return 0;
-    *c = (struct csnap){.idx = i};
-    c->state = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (c->state == CBUS_CSTATE_FREE)
-        return 0;
-    c->flags = atomic_load_explicit(&e->flags, memory_order_relaxed);
-    c->pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
-    c->generation = atomic_load_explicit(&e->generation, memory_order_relaxed);
-    c->heartbeat_ns = atomic_load_explicit(&e->heartbeat_ns, memory_order_relaxed);
-    c->consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
-    c->lost = atomic_load_explicit(&e->lost, memory_order_relaxed);
-    c->abandoned = atomic_load_explicit(&e->abandoned, memory_order_relaxed);
-    c->untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
-    for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
-        uint64_t cur, rp;
-        if (cbus_bus_consumer_lane(bus, i, L, &cur, &rp) == 0) {
-            c->cursor += cur;
-            c->read_pos += rp;
-        }
-    }
-    /* Another process writes the name: a torn one is shown as it is,
-     * bounded and made valid UTF-8 by the JSON writer. */
-    memcpy(c->name, e->name, sizeof e->name);
-    c->name[sizeof e->name] = '\0';
-    c->alive = cbus_bus_consumer_alive(bus, i);
-    return 1;
-}
-
 /* The four per-consumer metric families, gathered apart so each family's
  * samples stay together in the exposition. */
 struct consumer_metrics {
@@ -246,7 +207,7 @@ static const char *const consumer_metric_names[4] = {"cbus_consumer_lag", "cbus_
                                                      "cbus_consumer_lost_total",
                                                      "cbus_consumer_abandoned_total"};
 
-static void consumer_json(struct web *w, const struct csnap *c, uint64_t tail, double dt, uint64_t now,
+static void consumer_json(struct web *w, const struct cbus_consumer_snap *c, uint64_t tail, double dt, uint64_t now,
                           int first, struct sbuf *b, struct consumer_metrics *cm)
 {
     unsigned i = c->idx;
@@ -322,8 +283,8 @@ static void bus_json(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *
     }
     int first = 1;
     for (unsigned i = 0; i < maxc; i++) {
-        struct csnap c;
-        if (!consumer_snap(bus, i, &c))
+        struct cbus_consumer_snap c;
+        if (!cbus_consumer_snap_read(bus, i, &c))
             continue;
         consumer_json(w, &c, tail, dt, now, first, b, &cm);
         first = 0;

@@ -3,6 +3,7 @@
 #include "cbusctl.h"
 
 #include "daemon.h"
+#include "inspect.h"
 #include "sbuf.h"
 
 #include <getopt.h>
@@ -16,14 +17,6 @@
 /* A one-shot stat samples twice this far apart to report rates. */
 #define RATE_SAMPLE_NS (200 * UINT64_C(1000000))
 
-struct csnap {
-    unsigned idx;
-    uint32_t state, flags, pid;
-    int alive;              /* 1, 0, or -errno */
-    uint64_t generation, heartbeat_ns, consumed, lost, abandoned, read_pos, cursor, untethered;
-    uint64_t kinds;         /* with CBUS_CFLAG_KINDS: the kinds it needs */
-    char name[CBUS_NAME_MAX];
-};
 
 struct psnap {
     unsigned idx;
@@ -38,7 +31,7 @@ struct snap {
     uint64_t tail, dropped, untethered, overflow_emitted, gate;
     uint32_t waiters;
     unsigned nc, np;
-    struct csnap c[CBUS_MAX_CONSUMERS];
+    struct cbus_consumer_snap c[CBUS_MAX_CONSUMERS];
     struct psnap p[CBUS_MAX_PRODUCERS];
 };
 
@@ -61,38 +54,8 @@ static void take(cbus_bus *bus, struct snap *s)
 
     s->nc = 0;
     for (unsigned i = 0; i < maxc; i++) {
-        struct cbus_consumer_entry *e = cbus_bus_consumer_entry(bus, i);
-        if (!e)
-            continue;
-        uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
-        if (state == CBUS_CSTATE_FREE)
-            continue;
-        struct csnap *c = &s->c[s->nc++];
-        c->idx = i;
-        c->state = state;
-        c->flags = atomic_load_explicit(&e->flags, memory_order_relaxed);
-        c->pid = atomic_load_explicit(&e->pid, memory_order_relaxed);
-        c->generation = atomic_load_explicit(&e->generation, memory_order_relaxed);
-        c->heartbeat_ns = atomic_load_explicit(&e->heartbeat_ns, memory_order_relaxed);
-        c->consumed = atomic_load_explicit(&e->consumed, memory_order_relaxed);
-        c->lost = atomic_load_explicit(&e->lost, memory_order_relaxed);
-        c->abandoned = atomic_load_explicit(&e->abandoned, memory_order_relaxed);
-        /* summed over the lanes, like cbus_consumer_stats() */
-        c->read_pos = c->cursor = 0;
-        for (unsigned L = 0; L < cbus_bus_lanes(bus); L++) {
-            uint64_t cur, rp;
-            if (cbus_bus_consumer_lane(bus, i, L, &cur, &rp) == 0) {
-                c->cursor += cur;
-                c->read_pos += rp;
-            }
-        }
-        c->untethered = atomic_load_explicit(&e->untethered_count, memory_order_relaxed);
-        c->kinds = atomic_load_explicit(&e->kinds, memory_order_relaxed);
-        /* The name may change under us if the entry is re-attached; a torn
-         * name is harmless for display, and strnlen bounds it. */
-        memcpy(c->name, e->name, sizeof e->name);
-        c->name[sizeof e->name] = '\0';
-        c->alive = cbus_bus_consumer_alive(bus, i);
+        if (cbus_consumer_snap_read(bus, i, &s->c[s->nc]))
+            s->nc++;
     }
 
     s->np = 0;
@@ -114,12 +77,12 @@ static void take(cbus_bus *bus, struct snap *s)
 
 /* Events per second between two samples of the same entry, or -1 when the
  * entry was re-attached (or appeared) in between. */
-static double consumer_rate(const struct snap *prev, const struct snap *cur, const struct csnap *c)
+static double consumer_rate(const struct snap *prev, const struct snap *cur, const struct cbus_consumer_snap *c)
 {
     if (!prev || cur->t_ns <= prev->t_ns)
         return -1;
     for (unsigned i = 0; i < prev->nc; i++) {
-        const struct csnap *p = &prev->c[i];
+        const struct cbus_consumer_snap *p = &prev->c[i];
         if (p->idx != c->idx || p->generation != c->generation || p->consumed > c->consumed)
             continue;
         return (double)(c->consumed - p->consumed) * 1e9 / (double)(cur->t_ns - prev->t_ns);
@@ -134,12 +97,12 @@ static double tail_rate(const struct snap *prev, const struct snap *cur)
     return (double)(cur->tail - prev->tail) * 1e9 / (double)(cur->t_ns - prev->t_ns);
 }
 
-static uint64_t lag_of(const struct snap *s, const struct csnap *c)
+static uint64_t lag_of(const struct snap *s, const struct cbus_consumer_snap *c)
 {
     return s->tail > c->read_pos ? s->tail - c->read_pos : 0;
 }
 
-static uint64_t hb_age(const struct snap *s, const struct csnap *c)
+static uint64_t hb_age(const struct snap *s, const struct cbus_consumer_snap *c)
 {
     return s->bus_now_ns > c->heartbeat_ns ? s->bus_now_ns - c->heartbeat_ns : 0;
 }
@@ -168,7 +131,7 @@ static void json_rate(struct sbuf *b, const char *key, double rate)
 /* What a lossless consumer told producers it needs: "all", or the kinds by
  * name (unknown bits, from a newer library or a stray write, as numbers).
  * A lossy consumer needs nothing: "-". */
-static const char *fmt_kinds(char *buf, size_t len, const struct csnap *c)
+static const char *fmt_kinds(char *buf, size_t len, const struct cbus_consumer_snap *c)
 {
     if (!(c->flags & CBUS_CFLAG_LOSSLESS))
         return "-";
@@ -232,7 +195,7 @@ static void print_json(const char *name, const struct cbus_shm_header *h, const 
 
     sbuf_puts(&b, ",\"consumers\":[");
     for (unsigned i = 0; i < s->nc; i++) {
-        const struct csnap *c = &s->c[i];
+        const struct cbus_consumer_snap *c = &s->c[i];
         sbuf_printf(&b, "%s{\"index\":%u,\"name\":", i ? "," : "", c->idx);
         sbuf_json_str(&b, c->name, strnlen(c->name, sizeof c->name));
         sbuf_printf(&b, ",\"pid\":%u,\"state\":\"%s\",\"alive\":%s", c->pid, state_name(c->state),
@@ -324,7 +287,7 @@ static void print_human(const char *name, const struct cbus_shm_header *h, const
                "NAME", "PID", "ALIVE", "MODE", "TETH", "CURSOR", "READ", "LAG", "CONSUMED", "LOST",
                "ABAND", "RATE/s", "HB AGE", "KINDS");
         for (unsigned i = 0; i < s->nc; i++) {
-            const struct csnap *c = &s->c[i];
+            const struct cbus_consumer_snap *c = &s->c[i];
             char nm[96];
             fmt_safe(nm, sizeof nm, c->name, sizeof c->name);
             const char *alive = c->alive > 0 ? "yes" : c->alive == 0 ? "DEAD" : "?";
