@@ -13,6 +13,7 @@
 #include "daemon.h"
 #include "cost_daemon.h"
 #include "sbuf.h"
+#include "json_get.h"
 
 static char *read_file(const char *path)
 {
@@ -34,18 +35,6 @@ static int is_cbus_cost(long pid)
     fclose(f);
     comm[strcspn(comm, "\n")] = '\0';
     return strcmp(comm, "cbus-cost") == 0;
-}
-
-static double num(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static const char *str(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : "";
 }
 
 /* Every string in the snapshot came from a producer (or from whoever can
@@ -123,7 +112,7 @@ static void lat(char *out, size_t n, const cJSON *agg, const char *h, const char
         snprintf(out, n, "-");
         return;
     }
-    snprintf(out, n, "%.1f", num(o, q));
+    snprintf(out, n, "%.1f", cbus_json_num(o, q));
 }
 
 static void print_counts(const cJSON *a)
@@ -134,9 +123,9 @@ static void print_counts(const cJSON *a)
     tok(cr, sizeof cr, a, "cache_read");
     tok(cc, sizeof cc, a, "cache_creation");
     tok(rs, sizeof rs, a, "reasoning");
-    usd6(cost, sizeof cost, str(a, "cost_usd"));
-    printf(" %8.0f %5.0f %11s %10s %10s %10s %9s %14s", num(a, "requests"), num(a, "errors"), in,
-           out, cr, cc, rs, esc(cost));
+    usd6(cost, sizeof cost, cbus_json_str(a, "cost_usd", ""));
+    printf(" %8.0f %5.0f %11s %10s %10s %10s %9s %14s", cbus_json_num(a, "requests"),
+           cbus_json_num(a, "errors"), in, out, cr, cc, rs, esc(cost));
 }
 
 static void print_budget(const cJSON *a)
@@ -147,9 +136,9 @@ static void print_budget(const cJSON *a)
         return;
     }
     char spent[48], limit[48];
-    usd6(spent, sizeof spent, str(b, "spent_usd"));
-    usd6(limit, sizeof limit, str(b, "limit_usd"));
-    printf("  %s/%s per %s%s", esc(spent), esc(limit), esc(str(b, "period")),
+    usd6(spent, sizeof spent, cbus_json_str(b, "spent_usd", ""));
+    usd6(limit, sizeof limit, cbus_json_str(b, "limit_usd", ""));
+    printf("  %s/%s per %s%s", esc(spent), esc(limit), esc(cbus_json_str(b, "period", "")),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "exceeded")) ? "  EXCEEDED" : "");
 }
 
@@ -168,25 +157,26 @@ static void print_scores(const cJSON *root)
     printf("\n%-32s %-40s %7s  %s\n", "SCORE", "BY", "COUNT", "MEAN / SUCCESS RATE / CATEGORIES");
     cJSON_ArrayForEach(r, list) {
         char who[160];
-        const char *by = str(r, "by");
+        const char *by = cbus_json_str(r, "by", "");
         if (!strcmp(by, "model"))
-            snprintf(who, sizeof who, "%s/%s", str(r, "provider"), str(r, "model"));
+            snprintf(who, sizeof who, "%s/%s", cbus_json_str(r, "provider", ""),
+                     cbus_json_str(r, "model", ""));
         else if (!strcmp(by, "agent"))
-            snprintf(who, sizeof who, "agent %s", str(r, "agent"));
+            snprintf(who, sizeof who, "agent %s", cbus_json_str(r, "agent", ""));
         else
             snprintf(who, sizeof who, "(all)");
-        key_cell(str(r, "name"), 32);
+        key_cell(cbus_json_str(r, "name", ""), 32);
         printf(" ");
         key_cell(who, 40);
-        printf(" %7.0f ", num(r, "count"));
+        printf(" %7.0f ", cbus_json_num(r, "count"));
         const cJSON *n = cJSON_GetObjectItemCaseSensitive(r, "numeric");
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(r, "boolean");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "categorical");
         if (cJSON_IsObject(n))
-            printf(" mean %s (n=%.0f)", esc(str(n, "mean")), num(n, "count"));
+            printf(" mean %s (n=%.0f)", esc(cbus_json_str(n, "mean", "")), cbus_json_num(n, "count"));
         if (cJSON_IsObject(b))
-            printf(" success %.4f (%.0f of %.0f)", num(b, "success_rate"), num(b, "true"),
-                   num(b, "count"));
+            printf(" success %.4f (%.0f of %.0f)", cbus_json_num(b, "success_rate"), cbus_json_num(b, "true"),
+                   cbus_json_num(b, "count"));
         if (cJSON_IsObject(c)) {
             const cJSON *cat;
             cJSON_ArrayForEach(cat, cJSON_GetObjectItemCaseSensitive(c, "categories")) {
@@ -207,7 +197,8 @@ static void print_latencies(const cJSON *m)
     lat(p95, sizeof p95, m, "duration_ms", "p95");
     lat(p99, sizeof p99, m, "duration_ms", "p99");
     lat(t50, sizeof t50, m, "ttft_ms", "p50");
-    printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, num(m, "rpm"), num(m, "tpm"));
+    printf(" %8s %8s %8s %8s %6.0f %8.0f\n", p50, p95, p99, t50, cbus_json_num(m, "rpm"),
+           cbus_json_num(m, "tpm"));
 }
 
 static void print_models(const cJSON *root)
@@ -217,8 +208,8 @@ static void print_models(const cJSON *root)
     const cJSON *m;
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(root, "models")) {
         char name[96];
-        const char *prov = str(m, "provider");
-        snprintf(name, sizeof name, "%s%s%s%s", prov, *prov ? "/" : "", str(m, "model"),
+        const char *prov = cbus_json_str(m, "provider", "");
+        snprintf(name, sizeof name, "%s%s%s%s", prov, *prov ? "/" : "", cbus_json_str(m, "model", ""),
                  cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(m, "price_key")) ? " (unpriced)" : "");
         cell(name, 40);
         print_counts(m);
@@ -248,7 +239,7 @@ static void print_holders(const cJSON *list, const char *title, const char *fiel
     cJSON_ArrayForEach(u, list) {
         if (shown++ == max)
             break;
-        const char *name = str(u, field);
+        const char *name = cbus_json_str(u, field, "");
         key_cell(none_label && !*name ? "(none)" : name, 40);
         print_counts(u);
         print_budget(u);
@@ -273,13 +264,14 @@ static void print_anomalies(const cJSON *root)
 static void print_table(const cJSON *root, long max_sessions, int live)
 {
     if (!live)
-        printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n", num(root, "pid"));
+        printf("(cbus-cost pid %.0f is not running: this is its last snapshot)\n",
+               cbus_json_num(root, "pid"));
     printf("bus %s  generated %s  events %.0f  cursor %.0f (checkpointed %.0f)  lag %.0f  lost %.0f"
            "  alerts %.0f\n",
-           esc(str(root, "bus")), esc(str(root, "generated_at")), num(root, "events"),
-           num(root, "cursor"),
-           num(root, "checkpoint_cursor"), num(root, "lag"), num(root, "lost"),
-           num(root, "alerts"));
+           esc(cbus_json_str(root, "bus", "")), esc(cbus_json_str(root, "generated_at", "")),
+           cbus_json_num(root, "events"), cbus_json_num(root, "cursor"),
+           cbus_json_num(root, "checkpoint_cursor"), cbus_json_num(root, "lag"), cbus_json_num(root, "lost"),
+           cbus_json_num(root, "alerts"));
     printf("\n");
     print_models(root);
     print_holders(cJSON_GetObjectItemCaseSensitive(root, "users"), "USER", "user", -1, 1);
@@ -294,7 +286,7 @@ static void print_table(const cJSON *root, long max_sessions, int live)
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(root, "sessions");
     if (cJSON_GetArraySize(ss) && max_sessions) {
         print_holders(ss, "SESSION (highest cost first)", "session", max_sessions, 0);
-        printf("(%.0f sessions tracked)\n", num(root, "sessions_total"));
+        printf("(%.0f sessions tracked)\n", cbus_json_num(root, "sessions_total"));
     }
     print_anomalies(root);
 }
@@ -328,7 +320,7 @@ static int report_state_dir(char *dir, size_t cap, const char *state_dir, const 
  * it; on success *root and *text are replaced by the new one. */
 static void refresh_snapshot(long pid, const char *path, cJSON **root, char **text)
 {
-    double gen = num(*root, "generated_at_ns");
+    double gen = cbus_json_num(*root, "generated_at_ns");
     if (kill((pid_t)pid, SIGUSR1))
         return;
     for (int i = 0; i < 75; i++) {
@@ -336,7 +328,7 @@ static void refresh_snapshot(long pid, const char *path, cJSON **root, char **te
         nanosleep(&ts, NULL);
         char *t2 = read_file(path);
         cJSON *r2 = t2 ? cJSON_Parse(t2) : NULL;
-        if (r2 && num(r2, "generated_at_ns") != gen) {
+        if (r2 && cbus_json_num(r2, "generated_at_ns") != gen) {
             cJSON_Delete(*root);
             free(*text);
             *root = r2;
@@ -394,7 +386,7 @@ int cost_report_main(int argc, char **argv)
         return 1;
     }
     cJSON *root = cJSON_Parse(text);
-    long pid = root ? (long)num(root, "pid") : 0;
+    long pid = root ? (long)cbus_json_num(root, "pid") : 0;
     int live = pid > 0 && is_cbus_cost(pid);
     if (root && refresh && live)
         refresh_snapshot(pid, path, &root, &text);

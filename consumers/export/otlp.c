@@ -9,6 +9,7 @@
 
 #include "content.h"
 #include "event_body.h"
+#include "json_get.h"
 
 /* Appends without sbuf_add's per-call NUL store: this runs ~40 times per
  * span.  otlp_span() restores the NUL terminator sbuf promises at its end. */
@@ -1006,12 +1007,6 @@ static void oi_json(struct enc *e, const char *key, int kn, const cJSON *v)
     }
 }
 
-static const char *oi_field(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* One gen_ai message ({"role","parts":[...],"name"}) as message.*: a lone
  * text (or tool result) as message.content, several as message.contents,
  * tool calls as message.tool_calls, a tool result's id as
@@ -1021,26 +1016,26 @@ static void oi_message(struct enc *e, const char *pre, unsigned i, const cJSON *
     char k[160];
     int kn;
     kn = snprintf(k, sizeof k, "%s.%u.message.role", pre, i);
-    oi_str(e, k, kn, oi_field(m, "role"));
+    oi_str(e, k, kn, cbus_json_str(m, "role", NULL));
     kn = snprintf(k, sizeof k, "%s.%u.message.name", pre, i);
-    oi_str(e, k, kn, oi_field(m, "name"));
+    oi_str(e, k, kn, cbus_json_str(m, "name", NULL));
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(m, "parts"), *pt;
     unsigned texts = 0;
     cJSON_ArrayForEach(pt, parts) {
-        const char *t = oi_field(pt, "type");
+        const char *t = cbus_json_str(pt, "type", NULL);
         if (t && (!strcmp(t, "text") || !strcmp(t, "reasoning") || !strcmp(t, "tool_call_response")))
             texts++;
     }
     unsigned c = 0, tc = 0;
     cJSON_ArrayForEach(pt, parts) {
-        const char *t = oi_field(pt, "type");
+        const char *t = cbus_json_str(pt, "type", NULL);
         if (!t)
             continue;
         if (!strcmp(t, "tool_call")) {
             kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.id", pre, i, tc);
-            oi_str(e, k, kn, oi_field(pt, "id"));
+            oi_str(e, k, kn, cbus_json_str(pt, "id", NULL));
             kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.function.name", pre, i, tc);
-            oi_str(e, k, kn, oi_field(pt, "name"));
+            oi_str(e, k, kn, cbus_json_str(pt, "name", NULL));
             kn = snprintf(k, sizeof k, "%s.%u.message.tool_calls.%u.tool_call.function.arguments", pre, i, tc);
             oi_json(e, k, kn, cJSON_GetObjectItemCaseSensitive(pt, "arguments"));
             tc++;
@@ -1052,7 +1047,7 @@ static void oi_message(struct enc *e, const char *pre, unsigned i, const cJSON *
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(pt, resp ? "response" : "content");
         if (resp) {
             kn = snprintf(k, sizeof k, "%s.%u.message.tool_call_id", pre, i);
-            oi_str(e, k, kn, oi_field(pt, "id"));
+            oi_str(e, k, kn, cbus_json_str(pt, "id", NULL));
         }
         if (texts == 1 && strcmp(t, "reasoning")) {
             kn = snprintf(k, sizeof k, "%s.%u.message.content", pre, i);

@@ -25,6 +25,7 @@
 
 #include "event_body.h"
 #include "prices.h"
+#include "json_get.h"
 
 #define PROMPT_MAX 4096 /* messages of one prompt considered */
 
@@ -349,13 +350,6 @@ static int on_tool(struct hist_store *s, const struct ev_ctx *c, const struct cb
     return r;
 }
 
-/* A string member of o, or NULL. */
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* An explicit conversation event (cbus_conversation_*): the operation is
  * the event's name, its fields the body's JSON object, a message's text
  * (or the title) the body's text, bytes as the producer gave them. */
@@ -366,7 +360,7 @@ static int on_conversation(struct hist_store *s, struct ev_ctx *c, const struct 
     cJSON *j = NULL;
     if (mp->data && !(mp->flags & CBUS_BODY_SECTION_CUT))
         j = cJSON_ParseWithLength(mp->data, mp->len);
-    const char *conv = jstr(j, "conversation");
+    const char *conv = cbus_json_str(j, "conversation", NULL);
     if (conv && *conv && strlen(conv) < sizeof c->conv)
         snprintf(c->conv, sizeof c->conv, "%s", conv);
     if (!cJSON_IsObject(j) || !c->conv[0]) {
@@ -376,7 +370,7 @@ static int on_conversation(struct hist_store *s, struct ev_ctx *c, const struct 
         return 0;
     }
     int r = hist_store_conv_touch(s, c->conv, ev->ts_realtime_ns, c->user, c->tenant, c->agent);
-    const char *title = jstr(j, "title");
+    const char *title = cbus_json_str(j, "title", NULL);
     if (r) {
     } else if (!strcmp(c->name, "create")) {
         if (title && *title)
@@ -387,14 +381,14 @@ static int on_conversation(struct hist_store *s, struct ev_ctx *c, const struct 
         if (title && *title)
             r = hist_store_rename(s, c->conv, title, ev->ts_realtime_ns);
     } else if (!strcmp(c->name, "state")) {
-        const char *state = jstr(j, "state");
+        const char *state = cbus_json_str(j, "state", NULL);
         if (state && *state && strlen(state) <= 32)
             r = hist_store_set_state(s, c->conv, state, ev->ts_realtime_ns);
     } else if (!strcmp(c->name, "message")) {
         struct hist_msg m;
         base_msg(c, ev, &m);
         char id[HIST_ID_MAX];
-        const char *mid = jstr(j, "id");
+        const char *mid = cbus_json_str(j, "id", NULL);
         if (mid && *mid && strlen(mid) < sizeof id) {
             snprintf(id, sizeof id, "%s", mid);
         } else {
@@ -403,8 +397,8 @@ static int on_conversation(struct hist_store *s, struct ev_ctx *c, const struct 
                      (unsigned long long)ev->event_id);
         }
         m.id = id;
-        m.role = hist_role_norm(jstr(j, "role"));
-        const char *parent = jstr(j, "parent");
+        m.role = hist_role_norm(cbus_json_str(j, "role", NULL));
+        const char *parent = cbus_json_str(j, "parent", NULL);
         m.parent = parent && *parent && strlen(parent) < HIST_ID_MAX ? parent : NULL;
         m.text = c->text ? c->text : "";
         m.text_len = c->text_len;

@@ -15,6 +15,7 @@
 #include "daemon.h"
 #include "ratelimit_config.h"
 #include "sbuf.h"
+#include "json_get.h"
 
 /* Every string shown here comes from a producer (keys are user, session
  * and model names) or from shared memory: printed through this, so a
@@ -52,18 +53,6 @@ static char *slurp(const char *path)
     return r ? NULL : b;
 }
 
-static double num(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static const char *str(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
-
 static void fmt_pair(char *out, size_t n, const cJSON *k, const char *used, const char *burst,
                      const char *limit)
 {
@@ -71,7 +60,8 @@ static void fmt_pair(char *out, size_t n, const cJSON *k, const char *used, cons
         snprintf(out, n, "-");
         return;
     }
-    snprintf(out, n, "%.0f/%.0f (%.0f/min)", num(k, used), num(k, burst), num(k, limit));
+    snprintf(out, n, "%.0f/%.0f (%.0f/min)", cbus_json_num(k, used), cbus_json_num(k, burst),
+             cbus_json_num(k, limit));
 }
 
 static int print_status(const char *path, unsigned top)
@@ -92,34 +82,41 @@ static int print_status(const char *path, unsigned top)
     const cJSON *cons = cJSON_GetObjectItemCaseSensitive(root, "consumer");
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    double age = ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - num(root, "updated_realtime_ns")) / 1e9;
-    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n", SAFE(str(cons, "name")),
-           SAFE(str(root, "bus")), num(root, "pid"), age);
+    double age =
+        ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - cbus_json_num(root, "updated_realtime_ns")) / 1e9;
+    printf("cbus-ratelimit '%s' on bus %s, pid %.0f, status %.1f s old\n",
+           SAFE(cbus_json_str(cons, "name", "")), SAFE(cbus_json_str(root, "bus", "")),
+           cbus_json_num(root, "pid"), age);
     printf("events %.0f  requests %.0f  tokens in/out %.0f/%.0f  lost %.0f  lag %.0f\n",
-           num(lim, "events"), num(lim, "requests"), num(lim, "input_tokens"),
-           num(lim, "output_tokens"), num(cons, "lost"), num(cons, "lag"));
+           cbus_json_num(lim, "events"), cbus_json_num(lim, "requests"), cbus_json_num(lim, "input_tokens"),
+           cbus_json_num(lim, "output_tokens"), cbus_json_num(cons, "lost"), cbus_json_num(cons, "lag"));
     printf("throttles %.0f  over_limit %.0f  published %.0f  cleared %.0f  publish_failed %.0f  "
            "in table %.0f\n",
-           num(lim, "throttles"), num(lim, "over_limit"), num(lim, "published"), num(lim, "cleared"),
-           num(lim, "publish_failed"), num(lim, "published_now"));
+           cbus_json_num(lim, "throttles"), cbus_json_num(lim, "over_limit"), cbus_json_num(lim, "published"),
+           cbus_json_num(lim, "cleared"), cbus_json_num(lim, "publish_failed"),
+           cbus_json_num(lim, "published_now"));
     printf("keys %.0f (peak %.0f, expired %.0f, untracked events %.0f)  pending estimates %.0f\n\n",
-           num(lim, "keys"), num(lim, "keys_peak"), num(lim, "keys_expired"), num(lim, "untracked"),
-           num(lim, "pending"));
+           cbus_json_num(lim, "keys"), cbus_json_num(lim, "keys_peak"), cbus_json_num(lim, "keys_expired"),
+           cbus_json_num(lim, "untracked"), cbus_json_num(lim, "pending"));
     const cJSON *cl = cJSON_GetObjectItemCaseSensitive(root, "cluster");
     if (cl) /* fleet mode (docs/fleet.md) */
         printf("fleet: %s, node %s, redis %s%s, syncs %.0f, failures %.0f, cut off %.1f s in %.0f "
                "cut-offs, rtt %.0f us%s%s\n\n",
-               SAFE(str(cl, "state")), SAFE(str(cl, "node")), SAFE(str(cl, "address")),
-               SAFE(str(cl, "prefix")), num(cl, "syncs"), num(cl, "failures"),
-               num(cl, "cut_off_ms") / 1000, num(cl, "cutoffs"), num(cl, "rtt_last_us"),
-               *str(cl, "last_error") ? ", last error: " : "", SAFE(str(cl, "last_error")));
+               SAFE(cbus_json_str(cl, "state", "")), SAFE(cbus_json_str(cl, "node", "")),
+               SAFE(cbus_json_str(cl, "address", "")), SAFE(cbus_json_str(cl, "prefix", "")),
+               cbus_json_num(cl, "syncs"), cbus_json_num(cl, "failures"),
+               cbus_json_num(cl, "cut_off_ms") / 1000, cbus_json_num(cl, "cutoffs"),
+               cbus_json_num(cl, "rtt_last_us"), *cbus_json_str(cl, "last_error", "") ? ", last error: " : "",
+               SAFE(cbus_json_str(cl, "last_error", "")));
     printf("%-5s %-9s %-9s %s\n", "LINE", "THROTTLES", "OVER", "RULE");
     const cJSON *r;
     cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(lim, "rules"))
     {
-        printf("%-5.0f %-9.0f %-9.0f %s%s\n", num(r, "line"), num(r, "throttles"), num(r, "over_limit"),
-               SAFE(str(r, "rule")), cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "published"))
-                                   ? "" : "   (counted, not published)");
+        printf("%-5.0f %-9.0f %-9.0f %s%s\n", cbus_json_num(r, "line"), cbus_json_num(r, "throttles"),
+               cbus_json_num(r, "over_limit"), SAFE(cbus_json_str(r, "rule", "")),
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "published"))
+                   ? ""
+                   : "   (counted, not published)");
     }
     printf("\n%-36s %-5s %-9s %-9s %-24s %-28s %s\n", "KEY", "LINE", "STATE", "RETRY",
            "REQUESTS USED/BURST", "TOKENS USED/BURST", "OVER");
@@ -132,10 +129,11 @@ static int print_status(const char *path, unsigned top)
         char req[64], tok[64], retry[32] = "-";
         fmt_pair(req, sizeof req, k, "requests_used", "burst", "rpm");
         fmt_pair(tok, sizeof tok, k, "tokens_used", "token_burst", "tpm");
-        if (num(k, "retry_after_ms") > 0)
-            snprintf(retry, sizeof retry, "%.3fs", num(k, "retry_after_ms") / 1000);
-        printf("%-36s %-5.0f %-9s %-9s %-24s %-28s %.0f\n", SAFE(str(k, "key")), num(k, "rule_line"),
-               SAFE(str(k, "state")), retry, req, tok, num(k, "over_limit"));
+        if (cbus_json_num(k, "retry_after_ms") > 0)
+            snprintf(retry, sizeof retry, "%.3fs", cbus_json_num(k, "retry_after_ms") / 1000);
+        printf("%-36s %-5.0f %-9s %-9s %-24s %-28s %.0f\n", SAFE(cbus_json_str(k, "key", "")),
+               cbus_json_num(k, "rule_line"), SAFE(cbus_json_str(k, "state", "")), retry, req, tok,
+               cbus_json_num(k, "over_limit"));
     }
     if (!shown)
         printf("(no key has used any of its allowance)\n");

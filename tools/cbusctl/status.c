@@ -18,6 +18,7 @@
 
 #include "files.h"
 #include "sbuf.h"
+#include "json_get.h"
 
 #define STATUS_MAX_BYTES (16u << 20) /* a status file is small; refuse a huge one */
 #define MAX_FILES 256
@@ -62,18 +63,6 @@ static cJSON *parse_status(const char *path, const char **why)
     return j;
 }
 
-static double num(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static const char *str(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static int is_true(const cJSON *o, const char *k)
 {
     return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, k));
@@ -84,7 +73,7 @@ static double age_s(const cJSON *j)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - num(j, "updated_realtime_ns")) / 1e9;
+    return ((double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - cbus_json_num(j, "updated_realtime_ns")) / 1e9;
 }
 
 /* running, stopped (a clean stop wrote running false), or gone (the file
@@ -93,7 +82,7 @@ static const char *state_of(const cJSON *j)
 {
     if (!is_true(j, "running"))
         return "stopped";
-    double p = num(j, "pid");
+    double p = cbus_json_num(j, "pid");
     if (p >= 1 && p <= 4194304 && (kill((pid_t)p, 0) == 0 || errno == EPERM))
         return "running";
     return "gone";
@@ -153,20 +142,21 @@ static void print_own(const char *name, const cJSON *o, const char *prefix, int 
 static void print_text(const char *path, const cJSON *j)
 {
     char a[CBUS_HUMAN_MAX(64)], b[CBUS_HUMAN_MAX(64)], c[CBUS_HUMAN_MAX(64)], p[CBUS_HUMAN_MAX(512)];
-    printf("%s  pid %.0f  %s  updated %s (%.1f s ago)  %s\n", safe(a, sizeof a, str(j, "daemon")),
-           num(j, "pid"), state_of(j), safe(b, sizeof b, str(j, "updated")), age_s(j),
-           safe(p, sizeof p, path));
-    if (str(j, "bus"))
-        printf("  bus %s (id %s)\n", safe(a, sizeof a, str(j, "bus")),
-               safe(b, sizeof b, str(j, "bus_id")));
+    printf("%s  pid %.0f  %s  updated %s (%.1f s ago)  %s\n",
+           safe(a, sizeof a, cbus_json_str(j, "daemon", NULL)), cbus_json_num(j, "pid"), state_of(j),
+           safe(b, sizeof b, cbus_json_str(j, "updated", NULL)), age_s(j), safe(p, sizeof p, path));
+    if (cbus_json_str(j, "bus", NULL))
+        printf("  bus %s (id %s)\n", safe(a, sizeof a, cbus_json_str(j, "bus", NULL)),
+               safe(b, sizeof b, cbus_json_str(j, "bus_id", NULL)));
     const cJSON *cons = cJSON_GetObjectItemCaseSensitive(j, "consumer");
     if (cJSON_IsObject(cons))
         printf("  consumer %s, %s: consumed %.0f, lost %.0f, lag %.0f, read %.0f, committed %.0f, "
                "%s, re-attached %.0f\n",
-               safe(a, sizeof a, str(cons, "name")), safe(c, sizeof c, str(cons, "mode")),
-               num(cons, "consumed"), num(cons, "lost"), num(cons, "lag"), num(cons, "read_pos"),
-               num(cons, "cursor"),
-               is_true(cons, "tethered") ? "tethered" : "untethered", num(cons, "reattached"));
+               safe(a, sizeof a, cbus_json_str(cons, "name", NULL)),
+               safe(c, sizeof c, cbus_json_str(cons, "mode", NULL)), cbus_json_num(cons, "consumed"),
+               cbus_json_num(cons, "lost"), cbus_json_num(cons, "lag"), cbus_json_num(cons, "read_pos"),
+               cbus_json_num(cons, "cursor"), is_true(cons, "tethered") ? "tethered" : "untethered",
+               cbus_json_num(cons, "reattached"));
     const cJSON *v;
     cJSON_ArrayForEach(v, j)
     {
