@@ -1240,20 +1240,28 @@ static void check_verifiers(uint32_t E, const struct epoch_sum *ep, const uint64
     }
 }
 
-int main(int argc, char **argv)
+/* ---- the run, phase by phase (main) -------------------------------------- */
+
+/* What main's phases hand on to each other. */
+struct run {
+    int have[K__COUNT];        /* the daemons started (their binary exists) */
+    pthread_t sampler;         /* sched_sampler */
+    struct thread_arg *ths;    /* the G.threads producer threads */
+    uint64_t steal0, irq0;     /* the host's steal and irq time at the producers' start */
+    uint64_t steal1, irq1;     /* ... and at their end */
+    uint64_t t0;               /* when the chaos began */
+    uint64_t tail, elapsed;    /* the bus's tail and the time since t0 when the producers ended */
+    uint32_t E;                /* the last bus incarnation (epoch) */
+    uint64_t *committed;       /* per producer instance */
+    const struct epoch_sum *ep; /* per epoch */
+    uint64_t committed_sum, dropped_sum, uncommitted, positions;
+};
+
+/* Under the test command a daemon that cannot be checked fails the run
+ * instead of being skipped with a message CI would not read.  Returns 0 or
+ * the exit status 3. */
+static int strict_daemons_present(void)
 {
-    if (argc > 2 && !strcmp(argv[1], "--role")) {
-        if (!strcmp(argv[2], "producer"))
-            return soak_producer_main(argc - 2, argv + 2);
-        if (!strcmp(argv[2], "verifier"))
-            return soak_verifier_main(argc - 2, argv + 2);
-        fprintf(stderr, "cbus-soak: unknown role '%s'\n", argv[2]);
-        return 2;
-    }
-    if (parse_args(argc, argv))
-        return 2;
-    /* Under the test command a daemon that cannot be checked fails the run
-     * instead of being skipped with a message CI would not read. */
     const char *strict = getenv("CBUS_TEST_STRICT");
     if (strict && !strcmp(strict, "1") && !G.no_daemons) {
         int missing = 0;
@@ -1266,6 +1274,13 @@ int main(int argc, char **argv)
         if (missing)
             return 3;
     }
+    return 0;
+}
+
+/* This program, the run's temp dir, its state file and its bus name.
+ * Returns 0 or the exit status 3. */
+static int set_up_paths(void)
+{
     ssize_t sl = readlink("/proc/self/exe", G.self, sizeof G.self - 1);
     if (sl <= 0) {
         perror("cbus-soak: /proc/self/exe");
@@ -1283,6 +1298,13 @@ int main(int argc, char **argv)
     }
     snprintf(G.state_path, sizeof G.state_path, "%s/state", G.tmp);
     snprintf(G.bus, sizeof G.bus, "soak-%d", (int)getpid());
+    return 0;
+}
+
+/* Signals, the state shared with the children, and a probe of what
+ * invariant 6 needs from the kernel.  Returns 0 or the exit status 3. */
+static int set_up_state(void)
+{
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_int};
     sigaction(SIGINT, &sa, NULL);
@@ -1308,11 +1330,18 @@ int main(int argc, char **argv)
         return 3;
     }
     held_close(&probe);
+    return 0;
+}
+
+/* The bus, and what the run will do to it.  Returns 0 or the exit
+ * status 3. */
+static int set_up_bus(void)
+{
     struct cbus_create_opts co = {.capacity = G.capacity,
                                   .lanes = G.lanes,
                                   .lossless_wait_ns = bus_wait_bound(),
                                   .stall_timeout_ns = G.stall_timeout_ns};
-    r = cbus_bus_create(G.bus, &co);
+    int r = cbus_bus_create(G.bus, &co);
     if (!r)
         r = cbus_bus_open(&BUS, G.bus, 0);
     if (r) {
@@ -1328,7 +1357,13 @@ int main(int argc, char **argv)
     faults_describe(fdesc, sizeof fdesc, G.faults);
     printf("  segment faults: %s, every %.0f ms on average\n", fdesc, G.fault_mean_ns / 1e6);
     faults_set_bus(BUS);
+    return 0;
+}
 
+/* The verifiers and the daemons, each attached before anything is
+ * emitted.  Returns 0 or the exit status 3. */
+static int start_consumers(struct run *R)
+{
     /* verifiers first, so they see every position from 0 */
     ST->nver = G.verifiers_lossless + G.verifiers_lossy;
     for (unsigned v = 0; v < ST->nver; v++) {
@@ -1338,7 +1373,7 @@ int main(int argc, char **argv)
         start_child(add_child(K_VERIFIER, v, name));
     }
     /* daemons: each one whose binary exists */
-    int have[K__COUNT] = {0};
+    int *have = R->have;
     if (!G.no_daemons) {
         if (free_loopback_port(&G.port) || daemons_write_configs()) {
             fprintf(stderr, "cbus-soak: cannot prepare the daemons' configuration in %s\n", G.tmp);
@@ -1371,9 +1406,13 @@ int main(int argc, char **argv)
         wait_attached("cost", 20000000000u);
     if (have[K_AUDIT])
         wait_attached("audit", 20000000000u);
+    return 0;
+}
 
-    pthread_t sampler;
-    pthread_create(&sampler, NULL, sched_sampler, NULL);
+/* The scheduling sampler, then the producer threads and processes. */
+static void start_producers(struct run *R)
+{
+    pthread_create(&R->sampler, NULL, sched_sampler, NULL);
 
     if (G.plant_wait_ns)
         printf("  PLANTED: producers wait up to %.3f ms in the gate; invariant 6 checks %.3f ms\n",
@@ -1385,10 +1424,10 @@ int main(int argc, char **argv)
         /* (planted: slow until the run ends, however long it is extended) */
         atomic_store(&ST->ver[0].slow_until_ns,
                      soak_now_ns() + (G.plant_wait_ns ? 4 * G.duration_ns : G.duration_ns * 2 / 3));
-    held_host_time(&steal0, &irq0); /* host time from here to the producers' end */
+    held_host_time(&R->steal0, &R->irq0); /* host time from here to the producers' end */
 
     /* producers */
-    struct thread_arg *ths = calloc(G.threads, sizeof *ths);
+    struct thread_arg *ths = R->ths = calloc(G.threads, sizeof *ths);
     const double per = G.rate / (G.threads + G.procs);
     for (unsigned t = 0; t < G.threads; t++) {
         uint32_t idx = atomic_fetch_add(&ST->next_instance, 1);
@@ -1401,8 +1440,13 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "producer%u", p);
         start_child(add_child(K_PRODUCER, p, name));
     }
+}
 
-    /* chaos */
+/* The chaos: kills, stops, faults and re-creations until the run's
+ * duration is over (longer for a planted wait, see inside). */
+static void run_chaos(struct run *R)
+{
+    const uint64_t steal0 = R->steal0, irq0 = R->irq0;
     uint64_t t0 = soak_now_ns(), now = t0, next_act = t0 + G.chaos_mean_ns, next_report = t0 + 10000000000u;
     uint64_t next_fault = t0 + G.fault_mean_ns;
     uint64_t next_recreate = t0 + rnd_range(3000000000u, 10000000000u);
@@ -1465,8 +1509,15 @@ int main(int argc, char **argv)
             printf("  PLANTED: run extended to %.1f s (the host's steal and irq hid the overrun at %.0f s)\n",
                    (soak_now_ns() - t0) / 1e9, G.duration_ns / 1e9);
     }
+    R->t0 = t0;
+}
 
-    /* end of chaos: heal, stop producers, drain */
+/* The end of the chaos: heal, stop the producers, and note where the
+ * bus and the host's time stand. */
+static void stop_producers(struct run *R)
+{
+    struct thread_arg *ths = R->ths;
+    const uint64_t t0 = R->t0, steal0 = R->steal0, irq0 = R->irq0;
     heal_all();
     atomic_store(&ST->stop, 1);
     for (unsigned t = 0; t < G.threads; t++) {
@@ -1495,9 +1546,17 @@ int main(int argc, char **argv)
     sample();
     const uint64_t tail = cbus_bus_tail(BUS);
     const uint64_t elapsed = soak_now_ns() - t0;
+    R->steal1 = steal1;
+    R->irq1 = irq1;
+    R->tail = tail;
+    R->elapsed = elapsed;
+}
 
-    /* Drain: every verifier reaches the tail, every daemon entry's read
-     * position reaches it (a wedged consumer never does). */
+/* Drain: every verifier reaches the tail, every daemon entry's read
+ * position reaches it (a wedged consumer never does). */
+static void drain(const struct run *R)
+{
+    const uint64_t tail = R->tail;
     uint64_t drain_end = soak_now_ns() + 60000000000u;
     for (;;) {
         reap();
@@ -1505,8 +1564,7 @@ int main(int argc, char **argv)
         for (unsigned v = 0; v < ST->nver; v++)
             pending |= ST->ver[v].g[atomic_load(&ST->ver[v].gw)].applied_pos < tail;
         for (unsigned i = 0; i < nkids; i++) {
-            const char *en = kids[i].kind == K_COST ? "cost" : kids[i].kind == K_AUDIT ? "audit"
-                           : kids[i].kind == K_EXPORT ? "export" : kids[i].kind == K_RATELIMIT ? "ratelimit" : NULL;
+            const char *en = daemon_entry_name(kids[i].kind);
             if (!en)
                 continue;
             int ei = entry_by_name(en);
@@ -1519,8 +1577,7 @@ int main(int argc, char **argv)
     }
     printf("  drained in %.1f s\n", (soak_now_ns() + 60000000000u - drain_end) / 1e9);
     for (unsigned i = 0; i < nkids; i++) {
-        const char *en = kids[i].kind == K_COST ? "cost" : kids[i].kind == K_AUDIT ? "audit"
-                       : kids[i].kind == K_EXPORT ? "export" : kids[i].kind == K_RATELIMIT ? "ratelimit" : NULL;
+        const char *en = daemon_entry_name(kids[i].kind);
         if (!en)
             continue;
         int ei = entry_by_name(en);
@@ -1529,11 +1586,15 @@ int main(int argc, char **argv)
             violation("%s wedged: read position %" PRIu64 " never reached the tail %" PRIu64
                       " (60 s after the producers stopped)", kids[i].name, rp, tail);
     }
+}
 
-    /* What was committed: the producers' own counts, plus an event a killed
-     * producer process committed but did not live to count, if a verifier
-     * saw it.  Per bus incarnation (epoch): each producer instance emitted
-     * into one. */
+/* What was committed: the producers' own counts, plus an event a killed
+ * producer process committed but did not live to count, if a verifier
+ * saw it.  Per bus incarnation (epoch): each producer instance emitted
+ * into one. */
+static void count_committed(struct run *R)
+{
+    const uint64_t tail = R->tail;
     const uint32_t E = atomic_load(&ST->epoch);
     uint64_t *committed = calloc(SOAK_MAX_PROD, sizeof *committed);
     static struct epoch_sum ep[SOAK_MAX_EPOCH];
@@ -1590,7 +1651,21 @@ int main(int argc, char **argv)
             violation("epoch %u: the bus counted %" PRIu64 " drops, the producers %" PRIu64 " (%" PRIu64
                       " producer processes killed)", e, bus_dropped_e, es->dropped, prod_kills_epoch[e]);
     }
+    R->E = E;
+    R->committed = committed;
+    R->ep = ep;
+    R->committed_sum = committed_sum;
+    R->dropped_sum = dropped_sum;
+    R->uncommitted = uncommitted;
+    R->positions = positions;
+}
 
+/* What the run did, in numbers. */
+static void report(const struct run *R)
+{
+    const uint64_t elapsed = R->elapsed, positions = R->positions, committed_sum = R->committed_sum;
+    const uint64_t uncommitted = R->uncommitted, dropped_sum = R->dropped_sum;
+    const uint32_t E = R->E;
     printf("cbus-soak: %.1f s, %" PRIu64 " positions, %" PRIu64 " events committed (%.0f/s), %" PRIu64
            " uncommitted claims (killed producers), %" PRIu64 " emits dropped by the lossless bound\n",
            elapsed / 1e9, positions, committed_sum, committed_sum / (elapsed / 1e9), uncommitted, dropped_sum);
@@ -1619,15 +1694,24 @@ int main(int argc, char **argv)
                    kids[i].throttles, kids[i].faults);
     printf("  %-16s kills %" PRIu64 " (%u instances)\n", "producer procs", prod_kills_total,
            n_instances() - G.threads);
+}
+
+/* Invariant 6: how long the library held a producer (check_held). */
+static void check_waits(const struct run *R)
+{
     atomic_store(&sched_stop, 1);
-    pthread_join(sampler, NULL);
+    pthread_join(R->sampler, NULL);
     const uint64_t sched = atomic_load(&sched_delay_max);
     printf("  library's max producer wait %.3f ms (wall clock; the machine delayed a 1 ms sleeper "
            "by up to %.1f ms)\n", max_wait_seen / 1e6, sched / 1e6);
-    check_held(steal1 - steal0, irq1 - irq0);
+    check_held(R->steal1 - R->steal0, R->irq1 - R->irq0);
+}
 
-    check_verifiers(E, ep, committed);
-
+/* cbus-cost's totals against the soak's independent sum. */
+static void check_cost(const struct run *R)
+{
+    const int *have = R->have;
+    const uint64_t tail = R->tail;
     if (have[K_COST]) {
         char msg[768];
         int excused = 0;
@@ -1650,7 +1734,11 @@ int main(int argc, char **argv)
                    "run queue or the disk (>= a quarter of the stall timeout): the host's doing, "
                    "not counted as a violation\n", cost_untethered_seen, cost_rq_excuse_ns / 1e6);
     }
-    /* stop the daemons: each must exit 0 on SIGTERM */
+}
+
+/* Stops the daemons: each must exit 0 on SIGTERM. */
+static void stop_daemons(void)
+{
     for (unsigned i = 0; i < nkids; i++) {
         if (kids[i].kind == K_PRODUCER || kids[i].state == C_OFF)
             continue;
@@ -1670,6 +1758,12 @@ int main(int argc, char **argv)
             child_log_tail(&kids[i], 8);
         }
     }
+}
+
+/* cbus-audit's log, verified by its own verifier. */
+static void check_audit(const struct run *R)
+{
+    const int *have = R->have;
     if (have[K_AUDIT]) {
         char msg[512];
         int a = daemons_audit_verify(msg, sizeof msg);
@@ -1677,8 +1771,13 @@ int main(int argc, char **argv)
         if (a != 0)
             violation("cbus-audit verify failed: %s", msg);
     }
+}
 
-    /* cleanup, then look for leftovers */
+/* Cleans up, looks for leftovers, and gives the verdict: the exit status. */
+static int finish(struct run *R)
+{
+    uint64_t *committed = R->committed;
+    struct thread_arg *ths = R->ths;
     cbus_bus_close(BUS);
     cbus_bus_destroy(G.bus);
     soak_state_close(ST);
@@ -1701,4 +1800,35 @@ int main(int argc, char **argv)
     }
     printf("cbus-soak: OK, all invariants hold\n");
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 2 && !strcmp(argv[1], "--role")) {
+        if (!strcmp(argv[2], "producer"))
+            return soak_producer_main(argc - 2, argv + 2);
+        if (!strcmp(argv[2], "verifier"))
+            return soak_verifier_main(argc - 2, argv + 2);
+        fprintf(stderr, "cbus-soak: unknown role '%s'\n", argv[2]);
+        return 2;
+    }
+    if (parse_args(argc, argv))
+        return 2;
+    struct run R = {0};
+    int r;
+    if ((r = strict_daemons_present()) || (r = set_up_paths()) || (r = set_up_state()) || (r = set_up_bus()) ||
+        (r = start_consumers(&R)))
+        return r;
+    start_producers(&R);
+    run_chaos(&R);
+    stop_producers(&R);
+    drain(&R);
+    count_committed(&R);
+    report(&R);
+    check_waits(&R);
+    check_verifiers(R.E, R.ep, R.committed);
+    check_cost(&R);
+    stop_daemons();
+    check_audit(&R);
+    return finish(&R);
 }
