@@ -239,67 +239,94 @@ static int emit_one(cbus_producer *p, cbus_ctx *ctx, const struct cbus_emit_args
     return cbus_emit(p, ctx, ea);
 }
 
-int cmd_emit(int argc, char **argv)
-{
-    const char *arg[O__COUNT] = {0};
-    int given[O__COUNT] = {0};
+/* The command line, as cmd_emit's steps read it. */
+struct emit_opts {
+    const char *arg[O__COUNT];
+    int given[O__COUNT];
     const char *tags[64], *meta[64];
-    unsigned ntags = 0, nmeta = 0;
-    int r;
+    unsigned ntags, nmeta;
+    const char *bus;
+    int kind;
+    int help; /* --help was given and printed */
+};
 
+/* Per-kind numbers, laid out as the event's union. */
+union emit_payload {
+    struct cbus_usage usage;
+    struct cbus_llm_start_info start;
+    struct cbus_token_info token;
+    struct cbus_error_info error;
+    struct cbus_retry_info retry;
+    struct cbus_retriever_info retriever;
+    struct cbus_span_info span;
+    struct cbus_score_info score;
+};
+
+/* Reads and checks the command line into *o: the flags, the bus name, the
+ * kind and which flags apply to it.  Returns EXIT_OK or EXIT_USAGE. */
+static int parse_emit_args(int argc, char **argv, struct emit_opts *o)
+{
+    int r;
     optind = 0;
     for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
         if (c == 'h' || c == O_HELP) {
             emit_help(stdout);
+            o->help = 1;
             return EXIT_OK;
         }
         if (c <= 0 || c >= O__COUNT) {
             emit_help(stderr);
             return EXIT_USAGE;
         }
-        given[c] = 1;
-        arg[c] = optarg;
+        o->given[c] = 1;
+        o->arg[c] = optarg;
         if (c == O_TAG || c == O_METADATA) {
-            unsigned *n = c == O_TAG ? &ntags : &nmeta;
+            unsigned *n = c == O_TAG ? &o->ntags : &o->nmeta;
             if (*n == 64)
                 return cli_usage_error("emit", "--%s: at most 64", opt_name(c));
-            (c == O_TAG ? tags : meta)[(*n)++] = optarg;
+            (c == O_TAG ? o->tags : o->meta)[(*n)++] = optarg;
         }
     }
-    if (given[O_PREVIEW] && given[O_TEXT_FILE])
+    if (o->given[O_PREVIEW] && o->given[O_TEXT_FILE])
         return cli_usage_error("emit", "--text and --text-file: give one");
-    if (given[O_RESPONSE_ID]) { /* as cbus_llm_end_response checks it: a usage error here */
-        size_t n = strlen(arg[O_RESPONSE_ID]), i = 0;
-        while (i < n && (unsigned char)arg[O_RESPONSE_ID][i] > 0x20 &&
-               (unsigned char)arg[O_RESPONSE_ID][i] < 0x7f)
+    if (o->given[O_RESPONSE_ID]) { /* as cbus_llm_end_response checks it: a usage error here */
+        size_t n = strlen(o->arg[O_RESPONSE_ID]), i = 0;
+        while (i < n && (unsigned char)o->arg[O_RESPONSE_ID][i] > 0x20 &&
+               (unsigned char)o->arg[O_RESPONSE_ID][i] < 0x7f)
             i++;
         if (!n || n > CBUS_RESPONSE_ID_MAX || i < n)
-            return cli_usage_error("emit", "--response-id '%s': 1 to %d bytes of printable ASCII, "
-                                           "no space", arg[O_RESPONSE_ID], CBUS_RESPONSE_ID_MAX);
+            return cli_usage_error("emit",
+                                   "--response-id '%s': 1 to %d bytes of printable ASCII, "
+                                   "no space",
+                                   o->arg[O_RESPONSE_ID], CBUS_RESPONSE_ID_MAX);
     }
-    if (given[O_NAME] && (given[O_SYSTEM_FILE] || given[O_RESPONSE_ID]))
+    if (o->given[O_NAME] && (o->given[O_SYSTEM_FILE] || o->given[O_RESPONSE_ID]))
         return cli_usage_error("emit", "--name: not carried with --%s",
-                               given[O_SYSTEM_FILE] ? "system-file" : "response-id");
+                               o->given[O_SYSTEM_FILE] ? "system-file" : "response-id");
     if (optind != argc - 1)
         return cli_usage_error("emit", "expected exactly one bus NAME");
-    const char *name = argv[optind];
-    if ((r = cli_bus_name("emit", name)))
+    o->bus = argv[optind];
+    if ((r = cli_bus_name("emit", o->bus)))
         return r;
-    if (!given[O_KIND])
+    if (!o->given[O_KIND])
         return cli_usage_error("emit", "--kind is required (llm_start, llm_end, tool_start, ...)");
-    int kind = cbus_kind_from_name(arg[O_KIND]);
+    int kind = o->kind = cbus_kind_from_name(o->arg[O_KIND]);
     if (kind <= 0)
-        return cli_usage_error("emit", "--kind '%s': unknown kind", arg[O_KIND]);
-    for (const struct option *o = longopts; o->name; o++) {
-        if (given[o->val] && !(applies_to(o->val) & K(kind)))
-            return cli_usage_error("emit", "--%s does not apply to kind %s", o->name,
-                                   arg[O_KIND]);
+        return cli_usage_error("emit", "--kind '%s': unknown kind", o->arg[O_KIND]);
+    for (const struct option *opt = longopts; opt->name; opt++) {
+        if (o->given[opt->val] && !(applies_to(opt->val) & K(kind)))
+            return cli_usage_error("emit", "--%s does not apply to kind %s", opt->name, o->arg[O_KIND]);
     }
+    return EXIT_OK;
+}
 
-    /* Context: ids and bounded strings. */
-    cbus_ctx ctx;
+/* The event's context from the flags: ids and bounded strings, tags and
+ * metadata.  Returns EXIT_OK or EXIT_USAGE. */
+static int set_context(const struct emit_opts *o, cbus_ctx *ctx)
+{
     uint8_t id[16];
-    cbus_ctx_init(&ctx);
+    int r;
+    cbus_ctx_init(ctx);
     static const struct {
         int id;
         int (*set)(cbus_ctx *, const char *);
@@ -310,203 +337,222 @@ int cmd_emit(int argc, char **argv)
         {O_TENANT, cbus_ctx_set_tenant},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
-        if (given[strings[i].id] && (r = strings[i].set(&ctx, arg[strings[i].id])) < 0) {
+        if (o->given[strings[i].id] && (r = strings[i].set(ctx, o->arg[strings[i].id])) < 0) {
             cli_error("emit: setting a context string: %s", cbus_strerror(r));
             return EXIT_USAGE;
         }
     }
-    for (unsigned i = 0; i < ntags; i++)
-        if ((r = cbus_ctx_add_tag(&ctx, tags[i])) < 0) {
-            cli_error("emit: --tag '%s': %s", tags[i], cbus_strerror(r));
+    for (unsigned i = 0; i < o->ntags; i++)
+        if ((r = cbus_ctx_add_tag(ctx, o->tags[i])) < 0) {
+            cli_error("emit: --tag '%s': %s", o->tags[i], cbus_strerror(r));
             return EXIT_USAGE;
         }
-    for (unsigned i = 0; i < nmeta; i++) {
+    for (unsigned i = 0; i < o->nmeta; i++) {
         char kv[1024];
         char *eq;
-        if (strlen(meta[i]) >= sizeof kv || !(eq = strchr(strcpy(kv, meta[i]), '=')))
-            return cli_usage_error("emit", "--metadata '%s': expected KEY=VALUE", meta[i]);
+        if (strlen(o->meta[i]) >= sizeof kv || !(eq = strchr(strcpy(kv, o->meta[i]), '=')))
+            return cli_usage_error("emit", "--metadata '%s': expected KEY=VALUE", o->meta[i]);
         *eq = '\0';
-        if ((r = cbus_ctx_set_metadata(&ctx, kv, eq + 1)) < 0) {
-            cli_error("emit: --metadata '%s': %s", meta[i], cbus_strerror(r));
+        if ((r = cbus_ctx_set_metadata(ctx, kv, eq + 1)) < 0) {
+            cli_error("emit: --metadata '%s': %s", o->meta[i], cbus_strerror(r));
             return EXIT_USAGE;
         }
     }
-    if (given[O_RUN]) {
-        if ((r = parse_id("--run-id", arg[O_RUN], id)))
+    if (o->given[O_RUN]) {
+        if ((r = parse_id("--run-id", o->arg[O_RUN], id)))
             return r;
-        cbus_ctx_set_run_id(&ctx, id);
+        cbus_ctx_set_run_id(ctx, id);
     }
-    if (given[O_PARENT]) {
-        if ((r = parse_id("--parent-run-id", arg[O_PARENT], id)))
+    if (o->given[O_PARENT]) {
+        if ((r = parse_id("--parent-run-id", o->arg[O_PARENT], id)))
             return r;
-        cbus_ctx_set_parent_run_id(&ctx, id);
+        cbus_ctx_set_parent_run_id(ctx, id);
     }
-    if (given[O_TRACE]) {
-        if ((r = parse_id("--trace-id", arg[O_TRACE], id)))
+    if (o->given[O_TRACE]) {
+        if ((r = parse_id("--trace-id", o->arg[O_TRACE], id)))
             return r;
-        cbus_ctx_set_trace_id(&ctx, id);
+        cbus_ctx_set_trace_id(ctx, id);
     }
+    return EXIT_OK;
+}
 
-    /* Per-kind numbers, laid out as the event's union. */
-    union {
-        struct cbus_usage usage;
-        struct cbus_llm_start_info start;
-        struct cbus_token_info token;
-        struct cbus_error_info error;
-        struct cbus_retry_info retry;
-        struct cbus_retriever_info retriever;
-        struct cbus_span_info span;
-        struct cbus_score_info score;
-    } pl;
+/* An end's usage from the flags (duration already parsed).  Returns EXIT_OK
+ * or EXIT_USAGE. */
+static int set_usage(const struct emit_opts *o, uint64_t duration, struct cbus_usage *u)
+{
+    int r;
+    static const struct {
+        int id;
+        unsigned bit;
+        size_t off;
+    } counts[] = {
+        {O_INPUT, CBUS_USAGE_INPUT, offsetof(struct cbus_usage, input_tokens)},
+        {O_OUTPUT, CBUS_USAGE_OUTPUT, offsetof(struct cbus_usage, output_tokens)},
+        {O_CACHE_READ, CBUS_USAGE_CACHE_READ, offsetof(struct cbus_usage, cache_read_tokens)},
+        {O_CACHE_CREATION, CBUS_USAGE_CACHE_CREATION,
+         offsetof(struct cbus_usage, cache_creation_tokens)},
+        {O_REASONING, CBUS_USAGE_REASONING, offsetof(struct cbus_usage, reasoning_tokens)},
+    };
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        if (!o->given[counts[i].id])
+            continue;
+        uint32_t v;
+        char flag[48];
+        snprintf(flag, sizeof flag, "--%s", opt_name(counts[i].id));
+        if ((r = cli_u32("emit", flag, o->arg[counts[i].id], &v)))
+            return r;
+        memcpy((char *)u + counts[i].off, &v, sizeof v);
+        u->usage_present |= (uint8_t)counts[i].bit;
+    }
+    if (o->given[O_DURATION]) {
+        u->duration_ns = duration;
+        u->usage_present |= CBUS_USAGE_DURATION;
+    }
+    if (o->given[O_TTFT]) {
+        if ((r = cli_duration("emit", "--ttft", o->arg[O_TTFT], &u->ttft_ns)))
+            return r;
+        u->usage_present |= CBUS_USAGE_TTFT;
+    }
+    if (o->given[O_FINISH]) {
+        int fr = cbus_finish_reason_from_name(o->arg[O_FINISH]);
+        if (fr < 0)
+            return cli_usage_error("emit",
+                                   "--finish-reason '%s': expected stop, length, "
+                                   "tool_calls, content_filter, error or other",
+                                   o->arg[O_FINISH]);
+        u->finish_reason = (uint8_t)fr;
+    }
+    if (o->given[O_GENERATIONS]) {
+        uint64_t g = 0;
+        if ((r = cli_u64("emit", "--generations", o->arg[O_GENERATIONS], 0, UINT16_MAX, &g)))
+            return r;
+        u->generations = (uint16_t)g;
+    }
+    return EXIT_OK;
+}
+
+/* The kind's payload from the flags into *pl, its size into *len (0: the
+ * kind has none).  Returns EXIT_OK or EXIT_USAGE. */
+static int set_payload(const struct emit_opts *o, union emit_payload *pl, size_t *len)
+{
     size_t pl_len = 0;
     uint64_t duration = 0;
-    memset(&pl, 0, sizeof pl);
-    if (given[O_DURATION] && (r = cli_duration("emit", "--duration", arg[O_DURATION], &duration)))
+    int r;
+    const int kind = o->kind;
+    memset(pl, 0, sizeof *pl);
+    if (o->given[O_DURATION] && (r = cli_duration("emit", "--duration", o->arg[O_DURATION], &duration)))
         return r;
 
     if (K(kind) & P(CBUS_PAYLOAD_USAGE)) {
-        static const struct {
-            int id;
-            unsigned bit;
-            size_t off;
-        } counts[] = {
-            {O_INPUT, CBUS_USAGE_INPUT, offsetof(struct cbus_usage, input_tokens)},
-            {O_OUTPUT, CBUS_USAGE_OUTPUT, offsetof(struct cbus_usage, output_tokens)},
-            {O_CACHE_READ, CBUS_USAGE_CACHE_READ, offsetof(struct cbus_usage, cache_read_tokens)},
-            {O_CACHE_CREATION, CBUS_USAGE_CACHE_CREATION,
-             offsetof(struct cbus_usage, cache_creation_tokens)},
-            {O_REASONING, CBUS_USAGE_REASONING, offsetof(struct cbus_usage, reasoning_tokens)},
-        };
-        for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
-            if (!given[counts[i].id])
-                continue;
-            uint32_t v;
-            char flag[48];
-            snprintf(flag, sizeof flag, "--%s", opt_name(counts[i].id));
-            if ((r = cli_u32("emit", flag, arg[counts[i].id], &v)))
-                return r;
-            memcpy((char *)&pl.usage + counts[i].off, &v, sizeof v);
-            pl.usage.usage_present |= (uint8_t)counts[i].bit;
-        }
-        if (given[O_DURATION]) {
-            pl.usage.duration_ns = duration;
-            pl.usage.usage_present |= CBUS_USAGE_DURATION;
-        }
-        if (given[O_TTFT]) {
-            if ((r = cli_duration("emit", "--ttft", arg[O_TTFT], &pl.usage.ttft_ns)))
-                return r;
-            pl.usage.usage_present |= CBUS_USAGE_TTFT;
-        }
-        if (given[O_FINISH]) {
-            int fr = cbus_finish_reason_from_name(arg[O_FINISH]);
-            if (fr < 0)
-                return cli_usage_error("emit", "--finish-reason '%s': expected stop, length, "
-                                               "tool_calls, content_filter, error or other",
-                                       arg[O_FINISH]);
-            pl.usage.finish_reason = (uint8_t)fr;
-        }
-        if (given[O_GENERATIONS]) {
-            uint64_t g = 0;
-            if ((r = cli_u64("emit", "--generations", arg[O_GENERATIONS], 0, UINT16_MAX, &g)))
-                return r;
-            pl.usage.generations = (uint16_t)g;
-        }
-        pl_len = sizeof pl.usage;
+        if ((r = set_usage(o, duration, &pl->usage)))
+            return r;
+        pl_len = sizeof pl->usage;
     } else if (K(kind) & KINDS_START) {
-        if ((given[O_PROMPTS] && (r = cli_u32("emit", "--prompt-count", arg[O_PROMPTS],
-                                              &pl.start.prompt_count))) ||
-            (given[O_EST_INPUT] && (r = cli_u32("emit", "--est-input-tokens", arg[O_EST_INPUT],
-                                                &pl.start.est_input_tokens))) ||
-            (given[O_MAX_TOKENS] && (r = cli_u32("emit", "--max-tokens", arg[O_MAX_TOKENS],
-                                                 &pl.start.max_tokens))))
+        if ((o->given[O_PROMPTS] &&
+             (r = cli_u32("emit", "--prompt-count", o->arg[O_PROMPTS], &pl->start.prompt_count))) ||
+            (o->given[O_EST_INPUT] &&
+             (r = cli_u32("emit", "--est-input-tokens", o->arg[O_EST_INPUT], &pl->start.est_input_tokens))) ||
+            (o->given[O_MAX_TOKENS] &&
+             (r = cli_u32("emit", "--max-tokens", o->arg[O_MAX_TOKENS], &pl->start.max_tokens))))
             return r;
-        pl_len = sizeof pl.start;
+        pl_len = sizeof pl->start;
     } else if (K(kind) & P(CBUS_PAYLOAD_TOKEN)) {
-        if (given[O_INDEX] && (r = cli_u32("emit", "--index", arg[O_INDEX], &pl.token.index)))
+        if (o->given[O_INDEX] && (r = cli_u32("emit", "--index", o->arg[O_INDEX], &pl->token.index)))
             return r;
-        pl_len = sizeof pl.token;
+        pl_len = sizeof pl->token;
     } else if (K(kind) & KINDS_ERROR) {
-        if (given[O_HTTP]) {
+        if (o->given[O_HTTP]) {
             uint64_t st = 0;
-            if ((r = cli_u64("emit", "--http-status", arg[O_HTTP], 100, 599, &st)))
+            if ((r = cli_u64("emit", "--http-status", o->arg[O_HTTP], 100, 599, &st)))
                 return r;
-            pl.error.http_status = (int32_t)st;
+            pl->error.http_status = (int32_t)st;
         }
-        pl.error.duration_ns = duration;
-        pl_len = sizeof pl.error;
+        pl->error.duration_ns = duration;
+        pl_len = sizeof pl->error;
     } else if (K(kind) & P(CBUS_PAYLOAD_RETRY)) {
-        if ((given[O_ATTEMPT] &&
-             (r = cli_u32("emit", "--attempt", arg[O_ATTEMPT], &pl.retry.attempt))) ||
-            (given[O_BACKOFF] &&
-             (r = cli_duration("emit", "--backoff", arg[O_BACKOFF], &pl.retry.backoff_ns))))
+        if ((o->given[O_ATTEMPT] &&
+             (r = cli_u32("emit", "--attempt", o->arg[O_ATTEMPT], &pl->retry.attempt))) ||
+            (o->given[O_BACKOFF] &&
+             (r = cli_duration("emit", "--backoff", o->arg[O_BACKOFF], &pl->retry.backoff_ns))))
             return r;
-        pl_len = sizeof pl.retry;
+        pl_len = sizeof pl->retry;
     } else if (K(kind) & P(CBUS_PAYLOAD_RETRIEVER)) {
-        if (given[O_DOCS] && (r = cli_u32("emit", "--document-count", arg[O_DOCS],
-                                          &pl.retriever.document_count)))
+        if (o->given[O_DOCS] &&
+            (r = cli_u32("emit", "--document-count", o->arg[O_DOCS], &pl->retriever.document_count)))
             return r;
-        pl.retriever.duration_ns = duration;
-        pl_len = sizeof pl.retriever;
+        pl->retriever.duration_ns = duration;
+        pl_len = sizeof pl->retriever;
     } else if (K(kind) & KINDS_SPAN) {
-        pl.span.duration_ns = duration;
-        pl_len = sizeof pl.span;
+        pl->span.duration_ns = duration;
+        pl_len = sizeof pl->span;
     } else if (K(kind) & P(CBUS_PAYLOAD_SCORE)) {
-        pl.score.type = CBUS_SCORE_NUMERIC;
-        if (given[O_SCORE_TYPE]) {
-            int t = cbus_score_type_from_name(arg[O_SCORE_TYPE], strlen(arg[O_SCORE_TYPE]));
+        pl->score.type = CBUS_SCORE_NUMERIC;
+        if (o->given[O_SCORE_TYPE]) {
+            int t = cbus_score_type_from_name(o->arg[O_SCORE_TYPE], strlen(o->arg[O_SCORE_TYPE]));
             if (t < 0)
-                return cli_usage_error("emit", "--score-type '%s': expected numeric, boolean "
-                                               "or categorical", arg[O_SCORE_TYPE]);
-            pl.score.type = (uint8_t)t;
+                return cli_usage_error("emit",
+                                       "--score-type '%s': expected numeric, boolean "
+                                       "or categorical",
+                                       o->arg[O_SCORE_TYPE]);
+            pl->score.type = (uint8_t)t;
         }
-        if (given[O_SCORE_VALUE]) {
+        if (o->given[O_SCORE_VALUE]) {
             char *end;
             errno = 0;
-            pl.score.value = strtod(arg[O_SCORE_VALUE], &end);
-            if (errno || end == arg[O_SCORE_VALUE] || *end)
+            pl->score.value = strtod(o->arg[O_SCORE_VALUE], &end);
+            if (errno || end == o->arg[O_SCORE_VALUE] || *end)
                 return cli_usage_error("emit", "--score-value '%s': expected a number",
-                                       arg[O_SCORE_VALUE]);
+                                       o->arg[O_SCORE_VALUE]);
         }
-        pl_len = sizeof pl.score;
+        pl_len = sizeof pl->score;
     }
+    *len = pl_len;
+    return 0;
+}
 
+/* Opens a producer on the bus and emits the event --repeat times, with the
+ * text, messages and system instructions read from their files.  Returns
+ * the exit status. */
+static int emit_events(const struct emit_opts *o, cbus_ctx *ctx, const union emit_payload *pl, size_t pl_len)
+{
+    int r;
     uint64_t repeat = 1;
-    if (given[O_REPEAT] && (r = cli_u64("emit", "--repeat", arg[O_REPEAT], 1, UINT64_MAX, &repeat)))
+    if (o->given[O_REPEAT] && (r = cli_u64("emit", "--repeat", o->arg[O_REPEAT], 1, UINT64_MAX, &repeat)))
         return r;
-    struct cbus_producer_opts po = {.name = given[O_PRODUCER] ? arg[O_PRODUCER] : "cbusctl"};
-    if (given[O_PRODUCER] && strlen(po.name) >= PRODUCER_NAME_SIZE)
+    struct cbus_producer_opts po = {.name = o->given[O_PRODUCER] ? o->arg[O_PRODUCER] : "cbusctl"};
+    if (o->given[O_PRODUCER] && strlen(po.name) >= PRODUCER_NAME_SIZE)
         return cli_usage_error("emit", "--producer-name '%s': at most %zu characters", po.name,
                                PRODUCER_NAME_SIZE - 1);
-    if (given[O_TRUST])
+    if (o->given[O_TRUST])
         po.open_flags |= CBUS_OPEN_TRUST_OWNER;
 
     char *text = NULL, *messages = NULL, *system = NULL;
     size_t text_len = SIZE_MAX, messages_len = 0, system_len = 0;
-    if (given[O_TEXT_FILE] && (r = read_file("--text-file", arg[O_TEXT_FILE], &text, &text_len)))
+    if (o->given[O_TEXT_FILE] && (r = read_file("--text-file", o->arg[O_TEXT_FILE], &text, &text_len)))
         return r;
-    if ((given[O_MESSAGES_FILE] &&
-         (r = read_file("--messages-file", arg[O_MESSAGES_FILE], &messages, &messages_len))) ||
-        (given[O_SYSTEM_FILE] &&
-         (r = read_file("--system-file", arg[O_SYSTEM_FILE], &system, &system_len)))) {
+    if ((o->given[O_MESSAGES_FILE] &&
+         (r = read_file("--messages-file", o->arg[O_MESSAGES_FILE], &messages, &messages_len))) ||
+        (o->given[O_SYSTEM_FILE] &&
+         (r = read_file("--system-file", o->arg[O_SYSTEM_FILE], &system, &system_len)))) {
         free(text);
         free(messages);
         return r;
     }
 
     cbus_producer *p;
-    if ((r = cbus_producer_open(&p, name, &po))) {
-        cli_explain_open_error(name, r);
+    if ((r = cbus_producer_open(&p, o->bus, &po))) {
+        cli_explain_open_error(o->bus, r);
         free(text);
         free(messages);
         free(system);
         return EXIT_RUNTIME;
     }
     struct cbus_emit_args ea = {
-        .kind = (unsigned)kind,
-        .name = arg[O_NAME],
-        .preview = text ? text : arg[O_PREVIEW],
+        .kind = (unsigned)o->kind,
+        .name = o->arg[O_NAME],
+        .preview = text ? text : o->arg[O_PREVIEW],
         .preview_len = text_len,
-        .payload = pl_len ? &pl : NULL,
+        .payload = pl_len ? pl : NULL,
         .payload_len = pl_len,
         .messages = messages,
         .messages_len = messages_len,
@@ -514,11 +560,11 @@ int cmd_emit(int argc, char **argv)
     uint64_t dropped = 0;
     int rc = EXIT_OK;
     for (uint64_t i = 0; i < repeat; i++) {
-        r = emit_one(p, &ctx, &ea, system, system_len, arg[O_RESPONSE_ID]);
+        r = emit_one(p, ctx, &ea, system, system_len, o->arg[O_RESPONSE_ID]);
         if (r == -EAGAIN) {
             dropped++;
         } else if (r < 0) {
-            cli_error("emit into bus '%s': %s", name, cbus_strerror(r));
+            cli_error("emit into bus '%s': %s", o->bus, cbus_strerror(r));
             rc = EXIT_RUNTIME;
             break;
         }
@@ -526,7 +572,7 @@ int cmd_emit(int argc, char **argv)
     if (dropped) {
         cli_error("%" PRIu64 " of %" PRIu64 " events dropped: a lossless consumer kept bus '%s' "
                   "full past the producer wait bound (see cbusctl stat %s)",
-                  dropped, repeat, name, name);
+                  dropped, repeat, o->bus, o->bus);
         rc = EXIT_RUNTIME;
     }
     cbus_producer_close(p);
@@ -534,4 +580,18 @@ int cmd_emit(int argc, char **argv)
     free(messages);
     free(system);
     return rc;
+}
+
+int cmd_emit(int argc, char **argv)
+{
+    struct emit_opts o = {0};
+    int r = parse_emit_args(argc, argv, &o);
+    if (r || o.help)
+        return r;
+    cbus_ctx ctx;
+    union emit_payload pl;
+    size_t pl_len = 0;
+    if ((r = set_context(&o, &ctx)) || (r = set_payload(&o, &pl, &pl_len)))
+        return r;
+    return emit_events(&o, &ctx, &pl, pl_len);
 }
