@@ -43,6 +43,165 @@ static int is_pow2(uint64_t v)
     return v && !(v & (v - 1));
 }
 
+/* --mode: octal, owner read and write, never world-accessible. */
+static int parse_mode(const char *text, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long m = strtoul(text, &end, 8);
+    if (errno || end == text || *end || m > 0777)
+        return cli_usage_error("create", "--mode '%s': expected octal like 0600 or 0660", text);
+    if ((m & 0600) != 0600 || (m & ~0660ul))
+        return cli_usage_error("create",
+                               "--mode %s: the owner needs read and write, and "
+                               "a bus is never world-accessible (0600, 0640, "
+                               "0660)",
+                               text);
+    *out = (uint32_t)m;
+    return EXIT_OK;
+}
+
+/* A power of two in min..max. */
+static int parse_pow2(const char *flag, const char *text, uint64_t min, uint64_t max, uint64_t *out)
+{
+    int r = cli_u64("create", flag, text, min, max, out);
+    if (r)
+        return r;
+    if (!is_pow2(*out))
+        return cli_usage_error("create", "%s %s: must be a power of two", flag, text);
+    return EXIT_OK;
+}
+
+/* A duration above zero. */
+static int parse_positive_duration(const char *flag, const char *text, uint64_t *out)
+{
+    int r = cli_duration("create", flag, text, out);
+    if (r)
+        return r;
+    if (!*out)
+        return cli_usage_error("create", "%s must be above zero", flag);
+    return EXIT_OK;
+}
+
+/* One option of getopt's into *o (--size into *size). */
+static int parse_create_opt(int c, const char *arg, struct cbus_create_opts *o, uint64_t *size)
+{
+    uint64_t v = 0;
+    int r;
+    switch (c) {
+    case 'c':
+        return parse_pow2("--capacity", arg, CAPACITY_MIN, CAPACITY_MAX, &o->capacity);
+    case 's':
+        return cli_u64("create", "--size", arg, 1, UINT64_MAX, size);
+    case 'g':
+        o->group_name = arg;
+        return EXIT_OK;
+    case 'm':
+        return parse_mode(arg, &o->mode);
+    case 'w':
+        return parse_positive_duration("--lossless-wait", arg, &o->lossless_wait_ns);
+    case 't':
+        return parse_positive_duration("--stall-timeout", arg, &o->stall_timeout_ns);
+    case 'a':
+        return parse_positive_duration("--abandon-timeout", arg, &o->abandon_timeout_ns);
+    case 'A':
+        return parse_positive_duration("--admit-stale", arg, &o->admit_stale_ns);
+    case 'e':
+        if ((r = parse_pow2("--admission-entries", arg, 1, UINT32_MAX, &v)))
+            return r;
+        o->admission_entries = (uint32_t)v;
+        return EXIT_OK;
+    case 'l':
+        if ((r = parse_pow2("--lanes", arg, 1, CBUS_MAX_LANES, &v)))
+            return r;
+        o->lanes = (uint32_t)v;
+        return EXIT_OK;
+    case 'b':
+        if ((r = cli_u64("create", "--body-limit", arg, CBUS_BODY_PER_SLOT, CBUS_BODY_LIMIT_MAX, &v)))
+            return r;
+        o->body_limit = (uint32_t)v;
+        return EXIT_OK;
+    default: /* getopt's '?': it said what was wrong */
+        create_help(stderr);
+        return EXIT_USAGE;
+    }
+}
+
+/* --size: the capacity into o->capacity. */
+static int capacity_for_size(struct cbus_create_opts *o, uint64_t size)
+{
+    /* The largest power-of-two capacity whose whole segment fits. */
+    uint64_t best = 0;
+    for (uint64_t cap = CAPACITY_MIN; cap <= CAPACITY_MAX; cap <<= 1) {
+        o->capacity = cap;
+        size_t need = cbus_bus_size(o);
+        if (need && need <= size)
+            best = cap;
+    }
+    o->capacity = CAPACITY_MIN;
+    if (!best) {
+        char b1[32], b2[32];
+        return cli_usage_error("create", "--size %s: too small, the smallest bus takes %s",
+                               fmt_bytes(b1, sizeof b1, size), fmt_bytes(b2, sizeof b2, cbus_bus_size(o)));
+    }
+    o->capacity = best;
+    return EXIT_OK;
+}
+
+/* The lanes and the body limit against the capacity; the bus's slots into
+ * *slots. */
+static int check_layout(const struct cbus_create_opts *o, uint64_t *slots)
+{
+    uint64_t lanes_cap = *slots = o->capacity ? o->capacity : 16384;
+    if (o->lanes && lanes_cap / o->lanes < 256)
+        return cli_usage_error("create",
+                               "--lanes %u: %" PRIu64 " slots give each lane %" PRIu64
+                               ", fewer than 256; raise --capacity or lower --lanes",
+                               o->lanes, lanes_cap, lanes_cap / o->lanes);
+    uint64_t lane_slots = lanes_cap / (o->lanes ? o->lanes : 1);
+    if (o->body_limit && o->body_limit > lane_slots / 16 * CBUS_BODY_PER_SLOT)
+        return cli_usage_error("create",
+                               "--body-limit %u: a body may take a sixteenth of a lane, "
+                               "%" PRIu64 " bytes with %" PRIu64 " slots per lane; "
+                               "raise --capacity (a 1 MiB body needs 65536 per lane)",
+                               o->body_limit, lane_slots / 16 * CBUS_BODY_PER_SLOT, lane_slots);
+    return EXIT_OK;
+}
+
+/* What cbus_bus_create's error r means to the operator; the exit status. */
+static int explain_create_error(int r, const char *name, const char *path, const struct cbus_create_opts *o)
+{
+    switch (r) {
+    case -EEXIST:
+        cli_error("bus '%s' already exists (%s): remove it first with cbusctl destroy %s", name,
+                  path, name);
+        return EXIT_RUNTIME;
+    case -ENOSPC:
+        cli_error("no room in /dev/shm for bus '%s' (%zu bytes): choose a smaller --capacity or "
+                  "--size, or enlarge /dev/shm",
+                  name, cbus_bus_size(o));
+        return EXIT_RUNTIME;
+    case -ENOENT:
+        if (o->group_name) {
+            cli_error("no group '%s'", o->group_name);
+            return EXIT_RUNTIME;
+        }
+        cli_error("create bus '%s': %s", name, cbus_strerror(r));
+        return EXIT_RUNTIME;
+    case -EPERM:
+    case -EACCES:
+        cli_error("permission denied creating bus '%s' (%s)%s", name, path,
+                  o->group_name ? ": you must be a member of the group to chown to it" : "");
+        return EXIT_RUNTIME;
+    case -EINVAL:
+        cli_error("create bus '%s': the library refused the options (%s)", name, cbus_strerror(r));
+        return EXIT_USAGE;
+    default:
+        cli_error("create bus '%s': %s", name, cbus_strerror(r));
+        return EXIT_RUNTIME;
+    }
+}
+
 int cmd_create(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -61,93 +220,17 @@ int cmd_create(int argc, char **argv)
         {0},
     };
     struct cbus_create_opts o = {0};
-    uint64_t size = 0, v = 0;
+    uint64_t size = 0, lanes_cap;
     int r;
 
     optind = 0;
     for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
-        switch (c) {
-        case 'c':
-            if ((r = cli_u64("create", "--capacity", optarg, CAPACITY_MIN, CAPACITY_MAX,
-                             &o.capacity)))
-                return r;
-            if (!is_pow2(o.capacity))
-                return cli_usage_error("create", "--capacity %s: must be a power of two", optarg);
-            break;
-        case 's':
-            if ((r = cli_u64("create", "--size", optarg, 1, UINT64_MAX, &size)))
-                return r;
-            break;
-        case 'g':
-            o.group_name = optarg;
-            break;
-        case 'm': {
-            char *end;
-            errno = 0;
-            unsigned long m = strtoul(optarg, &end, 8);
-            if (errno || end == optarg || *end || m > 0777)
-                return cli_usage_error("create", "--mode '%s': expected octal like 0600 or 0660",
-                                       optarg);
-            if ((m & 0600) != 0600 || (m & ~0660ul))
-                return cli_usage_error("create", "--mode %s: the owner needs read and write, and "
-                                                 "a bus is never world-accessible (0600, 0640, "
-                                                 "0660)",
-                                       optarg);
-            o.mode = (uint32_t)m;
-            break;
-        }
-        case 'w':
-            if ((r = cli_duration("create", "--lossless-wait", optarg, &o.lossless_wait_ns)))
-                return r;
-            if (!o.lossless_wait_ns)
-                return cli_usage_error("create", "--lossless-wait must be above zero");
-            break;
-        case 't':
-            if ((r = cli_duration("create", "--stall-timeout", optarg, &o.stall_timeout_ns)))
-                return r;
-            if (!o.stall_timeout_ns)
-                return cli_usage_error("create", "--stall-timeout must be above zero");
-            break;
-        case 'a':
-            if ((r = cli_duration("create", "--abandon-timeout", optarg, &o.abandon_timeout_ns)))
-                return r;
-            if (!o.abandon_timeout_ns)
-                return cli_usage_error("create", "--abandon-timeout must be above zero");
-            break;
-        case 'A':
-            if ((r = cli_duration("create", "--admit-stale", optarg, &o.admit_stale_ns)))
-                return r;
-            if (!o.admit_stale_ns)
-                return cli_usage_error("create", "--admit-stale must be above zero");
-            break;
-        case 'e':
-            if ((r = cli_u64("create", "--admission-entries", optarg, 1, UINT32_MAX, &v)))
-                return r;
-            if (!is_pow2(v))
-                return cli_usage_error("create", "--admission-entries %s: must be a power of two",
-                                       optarg);
-            o.admission_entries = (uint32_t)v;
-            break;
-        case 'l':
-            if ((r = cli_u64("create", "--lanes", optarg, 1, CBUS_MAX_LANES, &v)))
-                return r;
-            if (!is_pow2(v))
-                return cli_usage_error("create", "--lanes %s: must be a power of two", optarg);
-            o.lanes = (uint32_t)v;
-            break;
-        case 'b':
-            if ((r = cli_u64("create", "--body-limit", optarg, CBUS_BODY_PER_SLOT,
-                             CBUS_BODY_LIMIT_MAX, &v)))
-                return r;
-            o.body_limit = (uint32_t)v;
-            break;
-        case 'h':
+        if (c == 'h') {
             create_help(stdout);
             return EXIT_OK;
-        default:
-            create_help(stderr);
-            return EXIT_USAGE;
         }
+        if ((r = parse_create_opt(c, optarg, &o, &size)))
+            return r;
     }
     if (optind != argc - 1)
         return cli_usage_error("create", "expected exactly one bus NAME");
@@ -156,70 +239,13 @@ int cmd_create(int argc, char **argv)
         return r;
     if (size && o.capacity)
         return cli_usage_error("create", "give --capacity or --size, not both");
-    if (size) {
-        /* The largest power-of-two capacity whose whole segment fits. */
-        uint64_t best = 0;
-        for (uint64_t cap = CAPACITY_MIN; cap <= CAPACITY_MAX; cap <<= 1) {
-            o.capacity = cap;
-            size_t need = cbus_bus_size(&o);
-            if (need && need <= size)
-                best = cap;
-        }
-        o.capacity = CAPACITY_MIN;
-        if (!best) {
-            char b1[32], b2[32];
-            return cli_usage_error("create", "--size %s: too small, the smallest bus takes %s",
-                                   fmt_bytes(b1, sizeof b1, size),
-                                   fmt_bytes(b2, sizeof b2, cbus_bus_size(&o)));
-        }
-        o.capacity = best;
-    }
-    uint64_t lanes_cap = o.capacity ? o.capacity : 16384;
-    if (o.lanes && lanes_cap / o.lanes < 256)
-        return cli_usage_error("create", "--lanes %u: %" PRIu64 " slots give each lane %" PRIu64
-                                         ", fewer than 256; raise --capacity or lower --lanes",
-                               o.lanes, lanes_cap, lanes_cap / o.lanes);
-    uint64_t lane_slots = lanes_cap / (o.lanes ? o.lanes : 1);
-    if (o.body_limit && o.body_limit > lane_slots / 16 * CBUS_BODY_PER_SLOT)
-        return cli_usage_error("create", "--body-limit %u: a body may take a sixteenth of a lane, "
-                                         "%" PRIu64 " bytes with %" PRIu64 " slots per lane; "
-                                         "raise --capacity (a 1 MiB body needs 65536 per lane)",
-                               o.body_limit, lane_slots / 16 * CBUS_BODY_PER_SLOT, lane_slots);
+    if ((size && (r = capacity_for_size(&o, size))) || (r = check_layout(&o, &lanes_cap)))
+        return r;
 
     char path[64];
     cli_shm_path(path, sizeof path, name);
-    r = cbus_bus_create(name, &o);
-    switch (r) {
-    case 0:
-        break;
-    case -EEXIST:
-        cli_error("bus '%s' already exists (%s): remove it first with cbusctl destroy %s", name,
-                  path, name);
-        return EXIT_RUNTIME;
-    case -ENOSPC:
-        cli_error("no room in /dev/shm for bus '%s' (%zu bytes): choose a smaller --capacity or "
-                  "--size, or enlarge /dev/shm",
-                  name, cbus_bus_size(&o));
-        return EXIT_RUNTIME;
-    case -ENOENT:
-        if (o.group_name) {
-            cli_error("no group '%s'", o.group_name);
-            return EXIT_RUNTIME;
-        }
-        cli_error("create bus '%s': %s", name, cbus_strerror(r));
-        return EXIT_RUNTIME;
-    case -EPERM:
-    case -EACCES:
-        cli_error("permission denied creating bus '%s' (%s)%s", name, path,
-                  o.group_name ? ": you must be a member of the group to chown to it" : "");
-        return EXIT_RUNTIME;
-    case -EINVAL:
-        cli_error("create bus '%s': the library refused the options (%s)", name, cbus_strerror(r));
-        return EXIT_USAGE;
-    default:
-        cli_error("create bus '%s': %s", name, cbus_strerror(r));
-        return EXIT_RUNTIME;
-    }
+    if ((r = cbus_bus_create(name, &o)))
+        return explain_create_error(r, name, path, &o);
 
     struct stat st;
     char sz[32];
