@@ -87,7 +87,20 @@ static void tail_help(FILE *f)
             "Events the tail missed because producers lapped it are reported on stderr.\n");
 }
 
-int cmd_tail(int argc, char **argv)
+/* The command line, as cmd_tail's steps read it. */
+struct tail_opts {
+    struct filter f;
+    int json, want_body;
+    uint64_t count;               /* 0: until interrupted */
+    char cname[CBUS_NAME_MAX];    /* the default consumer name, tail-PID */
+    struct cbus_consumer_opts co; /* co.name: cname or --name */
+    const char *bus;
+    int help; /* --help was given and printed */
+};
+
+/* Reads and checks the command line into *t.  Returns EXIT_OK or
+ * EXIT_USAGE. */
+static int parse_tail_args(int argc, char **argv, struct tail_opts *t)
 {
     static const struct option longopts[] = {
         {"kind", required_argument, NULL, 'k'},
@@ -102,52 +115,49 @@ int cmd_tail(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {0},
     };
-    struct filter f = {0};
-    int json = 0, want_body = 0, r;
-    uint64_t count = 0;
-    char cname[CBUS_NAME_MAX];
-    struct cbus_consumer_opts co = {.mode = CBUS_LOSSY, .start = CBUS_START_NEWEST};
-
-    snprintf(cname, sizeof cname, "tail-%d", (int)getpid());
-    co.name = cname;
+    int r;
+    t->co = (struct cbus_consumer_opts){.mode = CBUS_LOSSY, .start = CBUS_START_NEWEST};
+    snprintf(t->cname, sizeof t->cname, "tail-%d", (int)getpid());
+    t->co.name = t->cname;
     optind = 0;
     for (int c; (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1;) {
         switch (c) {
         case 'k':
-            if ((r = parse_kinds(optarg, &f.kinds)))
+            if ((r = parse_kinds(optarg, &t->f.kinds)))
                 return r;
             break;
         case 'u':
-            f.user = optarg;
+            t->f.user = optarg;
             break;
         case 'm':
-            f.model = optarg;
+            t->f.model = optarg;
             break;
         case 'j':
-            json = 1;
+            t->json = 1;
             break;
         case 'b':
-            want_body = 1;
+            t->want_body = 1;
             break;
         case 'n':
-            if ((r = cli_u64("tail", "--count", optarg, 1, UINT64_MAX, &count)))
+            if ((r = cli_u64("tail", "--count", optarg, 1, UINT64_MAX, &t->count)))
                 return r;
             break;
         case 'o':
-            co.start = CBUS_START_OLDEST;
+            t->co.start = CBUS_START_OLDEST;
             break;
         case 'N':
             if (cbus_name_valid(optarg) || strlen(optarg) >= CONSUMER_NAME_SIZE)
                 return cli_usage_error("tail", "--name '%s': use 1..%zu characters of "
                                                "[A-Za-z0-9_.-], not starting with '.'",
                                        optarg, CONSUMER_NAME_SIZE - 1);
-            co.name = optarg;
+            t->co.name = optarg;
             break;
         case 'T':
-            co.open_flags |= CBUS_OPEN_TRUST_OWNER;
+            t->co.open_flags |= CBUS_OPEN_TRUST_OWNER;
             break;
         case 'h':
             tail_help(stdout);
+            t->help = 1;
             return EXIT_OK;
         default:
             tail_help(stderr);
@@ -156,16 +166,20 @@ int cmd_tail(int argc, char **argv)
     }
     if (optind != argc - 1)
         return cli_usage_error("tail", "expected exactly one bus NAME");
-    const char *name = argv[optind];
-    if ((r = cli_bus_name("tail", name)))
-        return r;
+    t->bus = argv[optind];
+    return cli_bus_name("tail", t->bus);
+}
 
-    cbus_consumer *c;
-    r = cbus_consumer_attach(&c, name, &co);
+/* Attaches the tail's consumer, saying why it could not.  Returns EXIT_OK
+ * or EXIT_RUNTIME. */
+static int attach_tail(const struct tail_opts *t, cbus_consumer **c)
+{
+    const char *name = t->bus;
+    int r = cbus_consumer_attach(c, name, &t->co);
     if (r == -EBUSY) {
         cli_error("a live consumer named '%s' is already attached to bus '%s': pick another "
                   "--name",
-                  co.name, name);
+                  t->co.name, name);
         return EXIT_RUNTIME;
     }
     if (r == -ENOSPC) {
@@ -178,71 +192,73 @@ int cmd_tail(int argc, char **argv)
         cli_explain_open_error(name, r);
         return EXIT_RUNTIME;
     }
+    return EXIT_OK;
+}
 
-    /* SIGPIPE is ignored there: a closed pipe (| head) shows up as a write
-     * error, and we detach cleanly instead of dying with the entry held. */
-    cbus_daemon_signals();
-    struct cbus_event *evs = calloc(BATCH, sizeof *evs);
-    /* --body: bodies are copied into one buffer of the bus's body limit
-     * (poll_bodies stops a batch early when the next body does not fit). */
-    struct cbus_body bodies[BATCH];
-    size_t body_cap = want_body ? cbus_bus_body_limit(cbus_consumer_bus(c)) : 0;
-    void *body_buf = body_cap ? malloc(body_cap) : NULL;
-    struct sbuf out;
-    sbuf_init(&out);
-    uint64_t printed = 0, lost_seen = 0;
-    int rc = EXIT_OK;
-    if (!evs || (body_cap && !body_buf)) {
-        cli_error("out of memory");
-        rc = EXIT_RUNTIME;
+/* Waits for events when a poll found none.  Returns EXIT_OK to poll again,
+ * or EXIT_RUNTIME (evicted, or the wait failed). */
+static int wait_events(const struct tail_opts *t, cbus_consumer *c)
+{
+    int w = cbus_consumer_wait(c, WAIT_NS);
+    if (w == -ESTALE) {
+        cli_error("tail consumer '%s' was evicted from bus '%s'", t->co.name, t->bus);
+        return EXIT_RUNTIME;
     }
+    if (w < 0 && w != -EINTR) {
+        cli_error("waiting on bus '%s': %s", t->bus, cbus_strerror(w));
+        return EXIT_RUNTIME;
+    }
+    return EXIT_OK;
+}
 
-    while (evs && !cbus_daemon_stop && (!count || printed < count)) {
-        int n = want_body ? cbus_consumer_poll_bodies(c, evs, bodies, BATCH, body_buf, body_cap)
-                          : cbus_consumer_poll(c, evs, BATCH);
+/* The batch's events that match, as text or JSON lines, into out, up to
+ * --count in all (*printed counts them). */
+static void render_batch(const struct tail_opts *t, const struct cbus_event *evs,
+                         const struct cbus_body *bodies, int n, struct sbuf *out, uint64_t *printed)
+{
+    sbuf_reset(out);
+    for (int i = 0; i < n && (!t->count || *printed < t->count); i++) {
+        if (!matches(&t->f, &evs[i]))
+            continue;
+        const struct cbus_body *body = t->want_body ? &bodies[i] : NULL;
+        if (t->json)
+            cbus_event_json(out, &evs[i], body);
+        else
+            event_text(out, &evs[i], body);
+        sbuf_add(out, "\n", 1);
+        (*printed)++;
+    }
+}
+
+/* Polls, prints and commits until --count, a signal, or an error; reports
+ * the events lost to lapping on stderr as they happen.  Returns the exit
+ * status. */
+static int follow(const struct tail_opts *t, cbus_consumer *c, struct cbus_event *evs,
+                  struct cbus_body *bodies, void *body_buf, size_t body_cap, struct sbuf *out)
+{
+    uint64_t printed = 0, lost_seen = 0;
+    while (!cbus_daemon_stop && (!t->count || printed < t->count)) {
+        int n = t->want_body ? cbus_consumer_poll_bodies(c, evs, bodies, BATCH, body_buf, body_cap)
+                             : cbus_consumer_poll(c, evs, BATCH);
         if (n == -ESTALE) {
-            cli_error("tail consumer '%s' was evicted from bus '%s'", co.name, name);
-            rc = EXIT_RUNTIME;
-            break;
+            cli_error("tail consumer '%s' was evicted from bus '%s'", t->co.name, t->bus);
+            return EXIT_RUNTIME;
         }
         if (n < 0) {
-            cli_error("reading bus '%s': %s", name, cbus_strerror(n));
-            rc = EXIT_RUNTIME;
-            break;
+            cli_error("reading bus '%s': %s", t->bus, cbus_strerror(n));
+            return EXIT_RUNTIME;
         }
         if (n == 0) {
-            int w = cbus_consumer_wait(c, WAIT_NS);
-            if (w == -ESTALE) {
-                cli_error("tail consumer '%s' was evicted from bus '%s'", co.name, name);
-                rc = EXIT_RUNTIME;
-                break;
-            }
-            if (w < 0 && w != -EINTR) {
-                cli_error("waiting on bus '%s': %s", name, cbus_strerror(w));
-                rc = EXIT_RUNTIME;
-                break;
-            }
+            if (wait_events(t, c))
+                return EXIT_RUNTIME;
             continue;
         }
-
-        sbuf_reset(&out);
-        for (int i = 0; i < n && (!count || printed < count); i++) {
-            if (!matches(&f, &evs[i]))
-                continue;
-            const struct cbus_body *body = want_body ? &bodies[i] : NULL;
-            if (json)
-                cbus_event_json(&out, &evs[i], body);
-            else
-                event_text(&out, &evs[i], body);
-            sbuf_add(&out, "\n", 1);
-            printed++;
-        }
-        if (out.failed) {
+        render_batch(t, evs, bodies, n, out, &printed);
+        if (out->failed) {
             cli_error("out of memory");
-            rc = EXIT_RUNTIME;
-            break;
+            return EXIT_RUNTIME;
         }
-        if (out.len && (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout)))
+        if (out->len && (fwrite(out->data, 1, out->len, stdout) != out->len || fflush(stdout)))
             break; /* reader went away (EPIPE): a normal end for a tail */
         cbus_consumer_commit(c);
 
@@ -254,7 +270,37 @@ int cmd_tail(int argc, char **argv)
             lost_seen = st.lost;
         }
     }
+    return EXIT_OK;
+}
 
+int cmd_tail(int argc, char **argv)
+{
+    struct tail_opts t = {0};
+    int r = parse_tail_args(argc, argv, &t);
+    if (r || t.help)
+        return r;
+    cbus_consumer *c;
+    if ((r = attach_tail(&t, &c)))
+        return r;
+
+    /* SIGPIPE is ignored there: a closed pipe (| head) shows up as a write
+     * error, and we detach cleanly instead of dying with the entry held. */
+    cbus_daemon_signals();
+    struct cbus_event *evs = calloc(BATCH, sizeof *evs);
+    /* --body: bodies are copied into one buffer of the bus's body limit
+     * (poll_bodies stops a batch early when the next body does not fit). */
+    struct cbus_body bodies[BATCH];
+    size_t body_cap = t.want_body ? cbus_bus_body_limit(cbus_consumer_bus(c)) : 0;
+    void *body_buf = body_cap ? malloc(body_cap) : NULL;
+    struct sbuf out;
+    sbuf_init(&out);
+    int rc;
+    if (!evs || (body_cap && !body_buf)) {
+        cli_error("out of memory");
+        rc = EXIT_RUNTIME;
+    } else {
+        rc = follow(&t, c, evs, bodies, body_buf, body_cap, &out);
+    }
     sbuf_free(&out);
     free(body_buf);
     free(evs);
