@@ -133,12 +133,10 @@ static void free_consumer(cbus_consumer *c, int release_entry)
     free(c);
 }
 
-CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
-                                      const struct cbus_consumer_opts *opts)
+/* The options, against this bus.  Returns 0, -EINVAL, or -ESTALE (a saved
+ * position from another bus). */
+static int check_attach_opts(const cbus_bus *bus, const struct cbus_consumer_opts *opts)
 {
-    if (!out)
-        return -EINVAL;
-    *out = NULL;
     if (!bus || bus->readonly || !opts || cbus_name_valid(opts->name) ||
         strlen(opts->name) >= sizeof(bus->consumers[0].name) || opts->mode > CBUS_LOSSLESS ||
         opts->start > CBUS_START_RESUME || (opts->flags & ~CBUS_CONSUMER_KEEP))
@@ -160,18 +158,26 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
         if (opts->position ? opts->position->lanes != nl : nl != 1)
             return -EINVAL;
     }
+    return 0;
+}
 
-    /* Same name: a live owner keeps it; a dead one's entry is ours to take
-     * over (and, with RESUME, its cursor).  The dead entry is evicted only
-     * once the new one gates producers, so a lossless consumer's events are
-     * never unguarded in between. */
-    int resume_from = -1, dead_idx = -1;
-    uint64_t resume_cursor[CBUS_MAX_LANES] = {0};
+/* Same name: a live owner keeps it; a dead one's entry is ours to take
+ * over (and, with RESUME, its cursor).  The dead entry is evicted only
+ * once the new one gates producers, so a lossless consumer's events are
+ * never unguarded in between.
+ * Sets *resume_from (-1: none) and resume_cursor[] from a parked or dead
+ * entry of this name, *dead_idx (-1: none) to the dead one.  Returns 0, or
+ * -EBUSY: a live consumer has the name. */
+static int find_same_name(cbus_bus *bus, const char *name, int *resume_from, uint64_t *resume_cursor,
+                          int *dead_idx)
+{
+    const unsigned nl = bus->lane_count;
+    *resume_from = *dead_idx = -1;
     for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
         struct cbus_consumer_entry *e = &bus->consumers[i];
         uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
         if ((st != CBUS_CSTATE_ACTIVE && st != CBUS_CSTATE_PARKED) ||
-            strncmp(e->name, opts->name, sizeof e->name))
+            strncmp(e->name, name, sizeof e->name))
             continue;
         if (st == CBUS_CSTATE_PARKED) {
             /* A clean detach of this name: free it; its cursor is ours to resume. */
@@ -182,7 +188,7 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
                                                         memory_order_acq_rel,
                                                         memory_order_acquire)) {
                 memcpy(resume_cursor, cur, nl * sizeof cur[0]);
-                resume_from = (int)i;
+                *resume_from = (int)i;
             }
             continue;
         }
@@ -190,21 +196,17 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
             return -EBUSY;
         for (unsigned L = 0; L < nl; L++)
             resume_cursor[L] = atomic_load_explicit(cbus__cursor_word(bus, i, L), memory_order_acquire);
-        resume_from = (int)i;
-        dead_idx = (int)i;
+        *resume_from = (int)i;
+        *dead_idx = (int)i;
     }
+    return 0;
+}
 
-    cbus_consumer *c = calloc(1, sizeof *c + nl * sizeof c->ln[0]);
-    if (!c)
-        return -ENOMEM;
-    c->bus = bus;
-    c->mode = opts->mode;
-    c->keep = !!(opts->flags & CBUS_CONSUMER_KEEP);
-    c->kinds = opts->kinds;
-    c->lock_fd = -1;
-    c->nlanes = nl;
+/* Claims an entry for a new consumer: free entries first, then dead
+ * consumers' entries, then parked ones.  Returns its index or -ENOSPC. */
+static int claim_entry(cbus_bus *bus)
+{
     int claimed = -1;
-    /* Free entries first, then dead consumers' entries, then parked ones. */
     for (int pass = 0; pass < 3 && claimed < 0; pass++) {
         for (unsigned i = 0; i < CBUS_MAX_CONSUMERS; i++) {
             struct cbus_consumer_entry *e = &bus->consumers[i];
@@ -224,57 +226,60 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
             }
         }
     }
-    if (claimed < 0) {
-        free(c);
-        return -ENOSPC;
-    }
-    c->idx = (unsigned)claimed;
-    c->e = &bus->consumers[claimed];
-    int r = take_lock(c);
-    if (r) {
-        free_consumer(c, 1);
-        return r;
-    }
+    return claimed < 0 ? -ENOSPC : claimed;
+}
 
-    struct cbus_consumer_entry *e = c->e;
-    for (unsigned L = 0; L < nl; L++) {
-        struct lane_rd *l = &c->ln[L];
-        l->lane = L;
-        l->tail = bus->tails[L];
-        l->slots = cbus__lane_slots(bus, L);
-        l->cursor_word = cbus__cursor_word(bus, c->idx, L);
-        l->read_pos_word = cbus__read_pos_word(bus, c->idx, L);
-        uint64_t tail = atomic_load_explicit(l->tail, memory_order_acquire);
-        if (tail >= CBUS__POS_LIMIT) {
-            cbus__tail_repair(bus, L, 0); /* corrupt: do not start beyond the ring */
-            tail = atomic_load_explicit(l->tail, memory_order_acquire);
-        }
-        if (tail >= CBUS__POS_LIMIT) {
-            free_consumer(c, 1);
-            return -EBADMSG;
-        }
-        uint64_t start;
-        switch (opts->start) {
-        case CBUS_START_OLDEST:
-            start = tail > bus->lane_cap ? tail - bus->lane_cap : 0;
-            break;
-        case CBUS_START_CURSOR:
-            start = opts->position ? opts->position->pos[L] : opts->cursor;
-            break;
-        case CBUS_START_RESUME:
-            start = resume_from >= 0 ? resume_cursor[L] : tail;
-            break;
-        default:
-            start = tail;
-            break;
-        }
-        if (start > tail)
-            start = tail; /* a cursor from the future (other bus, corrupt file) */
-        l->read_pos = l->cursor = l->delivered_end = start;
-        atomic_store_explicit(l->read_pos_word, start, memory_order_relaxed);
-        /* RELEASE: visible to any producer that sees the entry ACTIVE below. */
-        atomic_store_explicit(l->cursor_word, start, memory_order_release);
+/* Lane L's reader at its start: oldest, a saved cursor, the resumed one
+ * (resume_cursor NULL: none to resume) or the tail, never past the tail.
+ * Returns 0, or -EBADMSG for a lane whose tail is past the ring even after
+ * repair. */
+static int lane_start(cbus_consumer *c, unsigned L, const struct cbus_consumer_opts *opts,
+                      const uint64_t *resume_cursor)
+{
+    cbus_bus *bus = c->bus;
+    struct lane_rd *l = &c->ln[L];
+    l->lane = L;
+    l->tail = bus->tails[L];
+    l->slots = cbus__lane_slots(bus, L);
+    l->cursor_word = cbus__cursor_word(bus, c->idx, L);
+    l->read_pos_word = cbus__read_pos_word(bus, c->idx, L);
+    uint64_t tail = atomic_load_explicit(l->tail, memory_order_acquire);
+    if (tail >= CBUS__POS_LIMIT) {
+        cbus__tail_repair(bus, L, 0); /* corrupt: do not start beyond the ring */
+        tail = atomic_load_explicit(l->tail, memory_order_acquire);
     }
+    if (tail >= CBUS__POS_LIMIT)
+        return -EBADMSG;
+    uint64_t start;
+    switch (opts->start) {
+    case CBUS_START_OLDEST:
+        start = tail > bus->lane_cap ? tail - bus->lane_cap : 0;
+        break;
+    case CBUS_START_CURSOR:
+        start = opts->position ? opts->position->pos[L] : opts->cursor;
+        break;
+    case CBUS_START_RESUME:
+        start = resume_cursor ? resume_cursor[L] : tail;
+        break;
+    default:
+        start = tail;
+        break;
+    }
+    if (start > tail)
+        start = tail; /* a cursor from the future (other bus, corrupt file) */
+    l->read_pos = l->cursor = l->delivered_end = start;
+    atomic_store_explicit(l->read_pos_word, start, memory_order_relaxed);
+    /* RELEASE: visible to any producer that sees the entry ACTIVE below. */
+    atomic_store_explicit(l->cursor_word, start, memory_order_release);
+    return 0;
+}
+
+/* The entry's identity and counters, then ACTIVE: from here producers see
+ * it (and a lossless one gates them). */
+static void publish_entry(cbus_consumer *c, const struct cbus_consumer_opts *opts)
+{
+    cbus_bus *bus = c->bus;
+    struct cbus_consumer_entry *e = c->e;
     c->generation = atomic_fetch_add_explicit(&e->generation, 1, memory_order_acq_rel) + 1;
     atomic_store_explicit(&e->pid, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&e->pid_start_time, cbus__pid_start_time(getpid()), memory_order_relaxed);
@@ -297,6 +302,49 @@ CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
     atomic_store_explicit(&e->state, CBUS_CSTATE_ACTIVE, memory_order_release);
     if (opts->mode == CBUS_LOSSLESS)
         cbus__consumer_tether(bus, e);
+}
+
+CBUS_API int cbus_consumer_attach_bus(cbus_consumer **out, cbus_bus *bus,
+                                      const struct cbus_consumer_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    int r = check_attach_opts(bus, opts);
+    if (r)
+        return r;
+    const unsigned nl = bus->lane_count;
+    int resume_from, dead_idx;
+    uint64_t resume_cursor[CBUS_MAX_LANES] = {0};
+    if ((r = find_same_name(bus, opts->name, &resume_from, resume_cursor, &dead_idx)))
+        return r;
+
+    cbus_consumer *c = calloc(1, sizeof *c + nl * sizeof c->ln[0]);
+    if (!c)
+        return -ENOMEM;
+    c->bus = bus;
+    c->mode = opts->mode;
+    c->keep = !!(opts->flags & CBUS_CONSUMER_KEEP);
+    c->kinds = opts->kinds;
+    c->lock_fd = -1;
+    c->nlanes = nl;
+    int claimed = claim_entry(bus);
+    if (claimed < 0) {
+        free(c);
+        return claimed;
+    }
+    c->idx = (unsigned)claimed;
+    c->e = &bus->consumers[claimed];
+    if ((r = take_lock(c))) {
+        free_consumer(c, 1);
+        return r;
+    }
+    for (unsigned L = 0; L < nl; L++)
+        if ((r = lane_start(c, L, opts, resume_from >= 0 ? resume_cursor : NULL))) {
+            free_consumer(c, 1);
+            return r;
+        }
+    publish_entry(c, opts);
     if (dead_idx >= 0 && dead_idx != (int)c->idx)
         cbus_bus_evict(bus, (unsigned)dead_idx, 0); /* -EBUSY/-ENOENT: someone else did */
     *out = c;
