@@ -169,7 +169,6 @@ static void put_throttled(struct web *w, struct sbuf *b, struct sbuf *m, cJSON *
     sbuf_printf(m, "\"} %u\n", nthrottled);
 }
 
-
 /* The bus's own counters: JSON into b, Prometheus samples into m. */
 static void bus_counters(struct web *w, cbus_bus *bus, struct sbuf *b, struct sbuf *m, uint64_t tail, double dt)
 {
@@ -207,8 +206,8 @@ static const char *const consumer_metric_names[4] = {"cbus_consumer_lag", "cbus_
                                                      "cbus_consumer_lost_total",
                                                      "cbus_consumer_abandoned_total"};
 
-static void consumer_json(struct web *w, const struct cbus_consumer_snap *c, uint64_t tail, double dt, uint64_t now,
-                          int first, struct sbuf *b, struct consumer_metrics *cm)
+static void consumer_json(struct web *w, const struct cbus_consumer_snap *c, uint64_t tail, double dt,
+                          uint64_t now, int first, struct sbuf *b, struct consumer_metrics *cm)
 {
     unsigned i = c->idx;
     uint64_t lagv = tail > c->read_pos ? tail - c->read_pos : 0;

@@ -335,6 +335,20 @@ struct cbus_score_info {            /* score: name = the score's name */
     uint8_t  _reserved[7];
 };
 
+/* An event's per-kind numbers (cbus_event.u; cbus_emit_args.payload points
+ * at one of these). */
+union cbus_event_payload {
+    struct cbus_usage usage;
+    struct cbus_llm_start_info llm_start;
+    struct cbus_token_info token;
+    struct cbus_error_info error;
+    struct cbus_retry_info retry;
+    struct cbus_retriever_info retriever;
+    struct cbus_span_info span;
+    struct cbus_score_info score;
+    uint8_t raw[64];
+};
+
 /* One event: every kind has the same 496-byte layout. */
 struct cbus_event {
     uint16_t kind;                  /* enum cbus_kind */
@@ -348,17 +362,7 @@ struct cbus_event {
     uint8_t  run_id[16];            /* UUID bytes */
     uint8_t  parent_run_id[16];
     uint8_t  trace_id[16];          /* W3C 128-bit trace id */
-    union {
-        struct cbus_usage usage;
-        struct cbus_llm_start_info llm_start;
-        struct cbus_token_info token;
-        struct cbus_error_info error;
-        struct cbus_retry_info retry;
-        struct cbus_retriever_info retriever;
-        struct cbus_span_info span;
-        struct cbus_score_info score;
-        uint8_t raw[64];
-    } u;
+    union cbus_event_payload u;
     uint64_t key_hash[CBUS_KEY__COUNT]; /* cbus_key_hash() of each whole key */
     char provider[CBUS_PROVIDER_LEN];   /* "openai", "anthropic", "aws.bedrock" */
     char model[CBUS_MODEL_LEN];
@@ -655,6 +659,7 @@ static_assert(offsetof(struct cbus_event, run_id) == 40, "run_id");
 static_assert(offsetof(struct cbus_event, parent_run_id) == 56, "parent_run_id");
 static_assert(offsetof(struct cbus_event, trace_id) == 72, "trace_id");
 static_assert(offsetof(struct cbus_event, u) == 88, "u");
+static_assert(sizeof(union cbus_event_payload) == 64, "u size");
 static_assert(offsetof(struct cbus_event, key_hash) == 152, "key_hash");
 static_assert(offsetof(struct cbus_event, provider) == 200, "provider");
 static_assert(offsetof(struct cbus_event, model) == 224, "model");

@@ -250,18 +250,6 @@ struct emit_opts {
     int help; /* --help was given and printed */
 };
 
-/* Per-kind numbers, laid out as the event's union. */
-union emit_payload {
-    struct cbus_usage usage;
-    struct cbus_llm_start_info start;
-    struct cbus_token_info token;
-    struct cbus_error_info error;
-    struct cbus_retry_info retry;
-    struct cbus_retriever_info retriever;
-    struct cbus_span_info span;
-    struct cbus_score_info score;
-};
-
 /* Reads and checks the command line into *o: the flags, the bus name, the
  * kind and which flags apply to it.  Returns EXIT_OK or EXIT_USAGE. */
 static int parse_emit_args(int argc, char **argv, struct emit_opts *o)
@@ -389,8 +377,7 @@ static int set_usage(const struct emit_opts *o, uint64_t duration, struct cbus_u
         {O_INPUT, CBUS_USAGE_INPUT, offsetof(struct cbus_usage, input_tokens)},
         {O_OUTPUT, CBUS_USAGE_OUTPUT, offsetof(struct cbus_usage, output_tokens)},
         {O_CACHE_READ, CBUS_USAGE_CACHE_READ, offsetof(struct cbus_usage, cache_read_tokens)},
-        {O_CACHE_CREATION, CBUS_USAGE_CACHE_CREATION,
-         offsetof(struct cbus_usage, cache_creation_tokens)},
+        {O_CACHE_CREATION, CBUS_USAGE_CACHE_CREATION, offsetof(struct cbus_usage, cache_creation_tokens)},
         {O_REASONING, CBUS_USAGE_REASONING, offsetof(struct cbus_usage, reasoning_tokens)},
     };
     for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
@@ -433,7 +420,7 @@ static int set_usage(const struct emit_opts *o, uint64_t duration, struct cbus_u
 
 /* The kind's payload from the flags into *pl, its size into *len (0: the
  * kind has none).  Returns EXIT_OK or EXIT_USAGE. */
-static int set_payload(const struct emit_opts *o, union emit_payload *pl, size_t *len)
+static int set_payload(const struct emit_opts *o, union cbus_event_payload *pl, size_t *len)
 {
     size_t pl_len = 0;
     uint64_t duration = 0;
@@ -449,13 +436,13 @@ static int set_payload(const struct emit_opts *o, union emit_payload *pl, size_t
         pl_len = sizeof pl->usage;
     } else if (K(kind) & KINDS_START) {
         if ((o->given[O_PROMPTS] &&
-             (r = cli_u32("emit", "--prompt-count", o->arg[O_PROMPTS], &pl->start.prompt_count))) ||
-            (o->given[O_EST_INPUT] &&
-             (r = cli_u32("emit", "--est-input-tokens", o->arg[O_EST_INPUT], &pl->start.est_input_tokens))) ||
+             (r = cli_u32("emit", "--prompt-count", o->arg[O_PROMPTS], &pl->llm_start.prompt_count))) ||
+            (o->given[O_EST_INPUT] && (r = cli_u32("emit", "--est-input-tokens", o->arg[O_EST_INPUT],
+                                                   &pl->llm_start.est_input_tokens))) ||
             (o->given[O_MAX_TOKENS] &&
-             (r = cli_u32("emit", "--max-tokens", o->arg[O_MAX_TOKENS], &pl->start.max_tokens))))
+             (r = cli_u32("emit", "--max-tokens", o->arg[O_MAX_TOKENS], &pl->llm_start.max_tokens))))
             return r;
-        pl_len = sizeof pl->start;
+        pl_len = sizeof pl->llm_start;
     } else if (K(kind) & P(CBUS_PAYLOAD_TOKEN)) {
         if (o->given[O_INDEX] && (r = cli_u32("emit", "--index", o->arg[O_INDEX], &pl->token.index)))
             return r;
@@ -513,7 +500,8 @@ static int set_payload(const struct emit_opts *o, union emit_payload *pl, size_t
 /* Opens a producer on the bus and emits the event --repeat times, with the
  * text, messages and system instructions read from their files.  Returns
  * the exit status. */
-static int emit_events(const struct emit_opts *o, cbus_ctx *ctx, const union emit_payload *pl, size_t pl_len)
+static int emit_events(const struct emit_opts *o, cbus_ctx *ctx, const union cbus_event_payload *pl,
+                       size_t pl_len)
 {
     int r;
     uint64_t repeat = 1;
@@ -589,7 +577,7 @@ int cmd_emit(int argc, char **argv)
     if (r || o.help)
         return r;
     cbus_ctx ctx;
-    union emit_payload pl;
+    union cbus_event_payload pl;
     size_t pl_len = 0;
     if ((r = set_context(&o, &ctx)) || (r = set_payload(&o, &pl, &pl_len)))
         return r;

@@ -17,7 +17,6 @@
 /* A one-shot stat samples twice this far apart to report rates. */
 #define RATE_SAMPLE_NS (200 * UINT64_C(1000000))
 
-
 struct psnap {
     unsigned idx;
     uint32_t pid;
@@ -77,7 +76,8 @@ static void take(cbus_bus *bus, struct snap *s)
 
 /* Events per second between two samples of the same entry, or -1 when the
  * entry was re-attached (or appeared) in between. */
-static double consumer_rate(const struct snap *prev, const struct snap *cur, const struct cbus_consumer_snap *c)
+static double consumer_rate(const struct snap *prev, const struct snap *cur,
+                            const struct cbus_consumer_snap *c)
 {
     if (!prev || cur->t_ns <= prev->t_ns)
         return -1;

@@ -1244,15 +1244,15 @@ static void check_verifiers(uint32_t E, const struct epoch_sum *ep, const uint64
 
 /* What main's phases hand on to each other. */
 struct run {
-    int have[K__COUNT];        /* the daemons started (their binary exists) */
-    pthread_t sampler;         /* sched_sampler */
-    struct thread_arg *ths;    /* the G.threads producer threads */
-    uint64_t steal0, irq0;     /* the host's steal and irq time at the producers' start */
-    uint64_t steal1, irq1;     /* ... and at their end */
-    uint64_t t0;               /* when the chaos began */
-    uint64_t tail, elapsed;    /* the bus's tail and the time since t0 when the producers ended */
-    uint32_t E;                /* the last bus incarnation (epoch) */
-    uint64_t *committed;       /* per producer instance */
+    int have[K__COUNT];         /* the daemons started (their binary exists) */
+    pthread_t sampler;          /* sched_sampler */
+    struct thread_arg *ths;     /* the G.threads producer threads */
+    uint64_t steal0, irq0;      /* the host's steal and irq time at the producers' start */
+    uint64_t steal1, irq1;      /* ... and at their end */
+    uint64_t t0;                /* when the chaos began */
+    uint64_t tail, elapsed;     /* the bus's tail and the time since t0 when the producers ended */
+    uint32_t E;                 /* the last bus incarnation (epoch) */
+    uint64_t *committed;        /* per producer instance */
     const struct epoch_sum *ep; /* per epoch */
     uint64_t committed_sum, dropped_sum, uncommitted, positions;
 };
@@ -1816,8 +1816,8 @@ int main(int argc, char **argv)
         return 2;
     struct run R = {0};
     int r;
-    if ((r = strict_daemons_present()) || (r = set_up_paths()) || (r = set_up_state()) || (r = set_up_bus()) ||
-        (r = start_consumers(&R)))
+    if ((r = strict_daemons_present()) || (r = set_up_paths()) || (r = set_up_state()) ||
+        (r = set_up_bus()) || (r = start_consumers(&R)))
         return r;
     start_producers(&R);
     run_chaos(&R);
